@@ -1,0 +1,45 @@
+# One entry point for people and CI alike.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: up test lint typecheck lock proto bench clean
+
+$(BIN)/trustmesh: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@touch $@
+
+## Start the whole stack with the demo (state in .trustmesh/).
+up: $(BIN)/trustmesh
+	$(BIN)/trustmesh up
+
+## Lint, type-check and run the whole test suite.
+test: $(BIN)/trustmesh lint typecheck
+	$(BIN)/python -m pytest
+
+lint: $(BIN)/trustmesh
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck: $(BIN)/trustmesh
+	$(BIN)/mypy
+
+## Re-pin dependencies (needs the package registry).
+lock: $(BIN)/trustmesh
+	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
+	    -o requirements.lock -q
+
+## Regenerate the Workload API protobuf modules (needs grpcio-tools).
+proto:
+	$(BIN)/python -m pip install --quiet grpcio-tools
+	cd src && ../$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. \
+	    trustmesh/identity/_proto/workload.proto
+
+bench: $(BIN)/trustmesh
+	$(BIN)/python benchmarks/svid_issuance.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

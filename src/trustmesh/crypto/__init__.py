@@ -1,0 +1,78 @@
+"""The only place in trustmesh that touches low-level primitives (``cryptography.hazmat``).
+
+Everyone else calls these recipes: sealing keys at rest, the workload CA and SVIDs, JWTs.
+"""
+
+from trustmesh.crypto._jwt import (
+    ALLOWED_ALGORITHMS,
+    jwks_document,
+    key_id,
+    public_jwk,
+    sign_jwt,
+    verify_jwt,
+)
+from trustmesh.crypto._seal import (
+    DEV_KEY_WARNING,
+    SEAL_KEY_ENV,
+    SEAL_PASSPHRASE_ENV,
+    SealKey,
+    is_sealed,
+    load_seal_key,
+    open_sealed,
+    reseal,
+    seal,
+)
+from trustmesh.crypto._x509 import (
+    Issuer,
+    PrivateKey,
+    PublicKey,
+    cert_der,
+    cert_pem,
+    certs_from_der,
+    certs_from_pem,
+    certs_to_der,
+    create_intermediate_ca,
+    create_root_ca,
+    fingerprint_sha256,
+    generate_key,
+    issue_x509_svid,
+    private_key_from_der,
+    private_key_to_der,
+    uri_sans,
+    verify_svid_chain,
+)
+
+__all__ = [
+    "ALLOWED_ALGORITHMS",
+    "DEV_KEY_WARNING",
+    "SEAL_KEY_ENV",
+    "SEAL_PASSPHRASE_ENV",
+    "Issuer",
+    "PrivateKey",
+    "PublicKey",
+    "SealKey",
+    "cert_der",
+    "cert_pem",
+    "certs_from_der",
+    "certs_from_pem",
+    "certs_to_der",
+    "create_intermediate_ca",
+    "create_root_ca",
+    "fingerprint_sha256",
+    "generate_key",
+    "is_sealed",
+    "issue_x509_svid",
+    "jwks_document",
+    "key_id",
+    "load_seal_key",
+    "open_sealed",
+    "private_key_from_der",
+    "private_key_to_der",
+    "public_jwk",
+    "reseal",
+    "seal",
+    "sign_jwt",
+    "uri_sans",
+    "verify_jwt",
+    "verify_svid_chain",
+]

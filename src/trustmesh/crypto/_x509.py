@@ -1,0 +1,294 @@
+"""X.509 recipes: the workload CA (root + intermediate) and X.509-SVIDs.
+
+SVIDs follow the SPIFFE X509-SVID standard (spiffe/standards X509-SVID.md):
+exactly one URI SAN holding the SPIFFE ID (§2), leaf ``CA=false`` (§4.1), key usage
+``digitalSignature`` and never ``keyCertSign``/``cRLSign`` on a leaf (§4.3), signing
+certificates with ``CA=true`` and ``keyCertSign`` (§4.1, §4.3) carrying the trust domain's
+SPIFFE ID (§3).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from trustmesh.errors import CryptoError
+
+PrivateKey = ec.EllipticCurvePrivateKey
+PublicKey = ec.EllipticCurvePublicKey
+
+#: A leaf's notBefore is set this far in the past, to absorb small clock skew between hosts.
+BACKDATE = dt.timedelta(seconds=10)
+
+
+@dataclass(frozen=True, repr=False)
+class Issuer:
+    """A signing certificate and its private key."""
+
+    cert: x509.Certificate
+    key: PrivateKey
+
+    def __repr__(self) -> str:
+        return f"Issuer(subject={self.cert.subject.rfc4514_string()!r})"
+
+
+def generate_key() -> PrivateKey:
+    """A new ECDSA P-256 private key."""
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def private_key_to_der(key: PrivateKey) -> bytes:
+    """PKCS#8 DER, unencrypted: for the Workload API, or to seal at rest."""
+    return key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def private_key_from_der(der: bytes) -> PrivateKey:
+    key = serialization.load_der_private_key(der, password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise CryptoError("expected an EC private key")
+    return key
+
+
+def cert_der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def cert_pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def certs_from_pem(data: bytes) -> list[x509.Certificate]:
+    return x509.load_pem_x509_certificates(data)
+
+
+def certs_to_der(certs: Iterable[x509.Certificate]) -> bytes:
+    """ASN.1 DER certificates concatenated, as the Workload API carries them."""
+    return b"".join(cert_der(c) for c in certs)
+
+
+def certs_from_der(data: bytes) -> list[x509.Certificate]:
+    """Split concatenated DER certificates (each a SEQUENCE with a definite length)."""
+    certs: list[x509.Certificate] = []
+    offset = 0
+    while offset < len(data):
+        end = offset + _der_length(data, offset)
+        if end > len(data):
+            raise CryptoError("truncated DER certificate")
+        certs.append(x509.load_der_x509_certificate(data[offset:end]))
+        offset = end
+    return certs
+
+
+def _der_length(data: bytes, offset: int) -> int:
+    if data[offset] != 0x30 or offset + 2 > len(data):
+        raise CryptoError("not a DER SEQUENCE")
+    first = data[offset + 1]
+    if first < 0x80:
+        return 2 + first
+    n = first & 0x7F
+    if n == 0 or n > 4 or offset + 2 + n > len(data):
+        raise CryptoError("unsupported DER length")
+    return 2 + n + int.from_bytes(data[offset + 2 : offset + 2 + n], "big")
+
+
+def fingerprint_sha256(cert: x509.Certificate) -> str:
+    return hashlib.sha256(cert_der(cert)).hexdigest()
+
+
+def _name(trust_domain: str, common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "trustmesh"),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, trust_domain),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _ca_builder(
+    subject: x509.Name,
+    issuer_name: x509.Name,
+    public_key: PublicKey,
+    trust_domain: str,
+    *,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+    path_length: int | None,
+) -> x509.CertificateBuilder:
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
+
+
+def create_root_ca(
+    trust_domain: str, key: PrivateKey, *, now: dt.datetime, ttl: dt.timedelta, label: str
+) -> x509.Certificate:
+    """A self-signed root for the trust domain; it signs only intermediates."""
+    name = _name(trust_domain, f"trustmesh root CA {label}")
+    builder = _ca_builder(
+        name,
+        name,
+        key.public_key(),
+        trust_domain,
+        not_before=now - BACKDATE,
+        not_after=now + ttl,
+        path_length=1,
+    )
+    builder = builder.add_extension(
+        x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False
+    )
+    return builder.sign(key, hashes.SHA256())
+
+
+def create_intermediate_ca(
+    trust_domain: str,
+    public_key: PublicKey,
+    root: Issuer,
+    *,
+    now: dt.datetime,
+    ttl: dt.timedelta,
+    label: str,
+) -> x509.Certificate:
+    """A signing CA under ``root`` (path length 0: it signs only leaves)."""
+    not_after = min(now + ttl, root.cert.not_valid_after_utc)
+    builder = _ca_builder(
+        _name(trust_domain, f"trustmesh signing CA {label}"),
+        root.cert.subject,
+        public_key,
+        trust_domain,
+        not_before=now - BACKDATE,
+        not_after=not_after,
+        path_length=0,
+    )
+    builder = builder.add_extension(_aki(root.cert), critical=False)
+    return builder.sign(root.key, hashes.SHA256())
+
+
+def _aki(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+
+def issue_x509_svid(
+    spiffe_id: str,
+    issuer: Issuer,
+    *,
+    now: dt.datetime,
+    ttl: dt.timedelta,
+    key: PrivateKey | None = None,
+) -> tuple[x509.Certificate, PrivateKey]:
+    """Issue an X.509-SVID: one URI SAN, CA=false, digitalSignature, random serial.
+
+    The certificate never outlives its issuer: notAfter is clamped to the issuer's.
+    """
+    key = key or generate_key()
+    not_after = min(now + ttl, issuer.cert.not_valid_after_utc)
+    public_key = key.public_key()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "trustmesh")]))
+        .issuer_name(issuer.cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(_aki(issuer.cert), critical=False)
+        .sign(issuer.key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def uri_sans(cert: x509.Certificate) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(u) for u in san.get_values_for_type(x509.UniformResourceIdentifier)]
+
+
+def verify_svid_chain(
+    chain: Sequence[x509.Certificate],
+    roots: Sequence[x509.Certificate],
+    *,
+    now: dt.datetime,
+) -> str:
+    """Verify ``chain`` (leaf first) up to one of ``roots`` and return its SPIFFE ID.
+
+    Raises CryptoError when the chain does not verify.
+    """
+    from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+
+    if not chain or not roots:
+        raise CryptoError("empty chain or bundle")
+    verifier = PolicyBuilder().store(Store(list(roots))).time(now).build_client_verifier()
+    try:
+        verified = verifier.verify(chain[0], list(chain[1:]))
+    except VerificationError as exc:
+        raise CryptoError(f"chain does not verify: {exc}") from None
+    ids = [str(s.value) for s in verified.subjects or [] if isinstance(s, x509.UniformResourceIdentifier)]
+    if len(ids) != 1:
+        raise CryptoError("an SVID must carry exactly one URI SAN")
+    return ids[0]

@@ -1,0 +1,1 @@
+"""Workload identity: the SPIFFE CA, the Workload API, attestation and rotation."""

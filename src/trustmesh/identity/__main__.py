@@ -1,0 +1,33 @@
+"""``python -m trustmesh.identity --config FILE --state DIR``: the identity service process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from trustmesh.config import load_config
+from trustmesh.errors import ConfigError, TrustmeshError
+from trustmesh.identity.server import serve_until_signalled
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="trustmesh-identity")
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--state", type=Path, required=True)
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+        asyncio.run(serve_until_signalled(config, args.state))
+    except ConfigError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return 2
+    except TrustmeshError as exc:
+        print(f"identity: {exc.detail}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""When to renew, prepare, activate and retire CA generations: pure decisions, no I/O.
+
+A *generation* is a root CA, the signing (intermediate) CA under it and the JWT-SVID
+signing key. Its life, as in SPIRE's CA manager:
+
+``prepared``  published in the X.509 and JWT bundles, signs nothing yet;
+``active``    signs every new SVID;
+``retiring``  signs nothing, stays in the bundles until every SVID it signed has expired;
+then it is dropped.
+
+So the next CA is in every bundle before it signs anything, and the old one is still there
+until nothing chains to it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    PREPARED = "prepared"
+    ACTIVE = "active"
+    RETIRING = "retiring"
+
+
+@dataclass(frozen=True)
+class GenerationTimes:
+    id: int
+    status: Status
+    root_not_before: dt.datetime
+    root_not_after: dt.datetime
+    signing_not_before: dt.datetime
+    signing_not_after: dt.datetime
+    activate_at: dt.datetime | None = None
+    retire_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class RotationSettings:
+    max_svid_ttl: dt.timedelta
+    #: The least time a prepared CA is published before it may sign (forced rotations).
+    publish_delay: dt.timedelta
+
+
+@dataclass(frozen=True)
+class CreateInitial:
+    pass
+
+
+@dataclass(frozen=True)
+class RenewSigningCA:
+    generation: int
+
+
+@dataclass(frozen=True)
+class Prepare:
+    activate_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Activate:
+    generation: int
+    retire_previous_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Retire:
+    generation: int
+
+
+Action = CreateInitial | RenewSigningCA | Prepare | Activate | Retire
+
+
+def _fraction(start: dt.datetime, end: dt.datetime, f: float) -> dt.datetime:
+    return start + (end - start) * f
+
+
+def plan(
+    now: dt.datetime, generations: list[GenerationTimes], settings: RotationSettings
+) -> list[Action]:
+    """What to do at ``now``. Applying every returned action brings the CA up to date."""
+    active = [g for g in generations if g.status is Status.ACTIVE]
+    if not active:
+        prepared = [g for g in generations if g.status is Status.PREPARED]
+        if prepared:  # a crash between two steps: activate what was published
+            return [Activate(prepared[0].id, now + settings.max_svid_ttl)]
+        return [CreateInitial()]
+    current = active[0]
+    actions: list[Action] = []
+    for g in generations:
+        if g.status is Status.RETIRING and g.retire_at is not None and now >= g.retire_at:
+            actions.append(Retire(g.id))
+    prepared = next((g for g in generations if g.status is Status.PREPARED), None)
+    if prepared is None:
+        # Prepare at half of the root's life; it activates at five sixths (as SPIRE does).
+        if now >= _fraction(current.root_not_before, current.root_not_after, 0.5):
+            activate_at = max(
+                _fraction(current.root_not_before, current.root_not_after, 5 / 6),
+                now + settings.publish_delay,
+            )
+            actions.append(Prepare(activate_at))
+    elif prepared.activate_at is not None and now >= prepared.activate_at:
+        actions.append(Activate(prepared.id, now + settings.max_svid_ttl))
+        return actions
+    # The signing CA renews at half its life, under the same root: no bundle change.
+    if now >= _fraction(current.signing_not_before, current.signing_not_after, 0.5):
+        actions.append(RenewSigningCA(current.id))
+    return actions
+
+
+def force_prepare(now: dt.datetime, settings: RotationSettings) -> Prepare:
+    """An operator-requested rotation: publish now, sign after the publish delay."""
+    return Prepare(now + settings.publish_delay)

@@ -1,0 +1,210 @@
+"""Assembly of the identity service: state directory, CA, store, Workload API socket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import fcntl
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from grpclib.health.service import Health
+from grpclib.server import Server
+
+from trustmesh import crypto, events
+from trustmesh.config import TrustmeshConfig
+from trustmesh.errors import StateError
+from trustmesh.identity.ca import CASettings, CertificateAuthority
+from trustmesh.identity.service import Clock, IdentityService, ServiceSettings, utcnow
+from trustmesh.identity.store import SqliteIdentityStore
+from trustmesh.identity.workload import ChangeFeed, WorkloadAPI
+
+#: sun_path is 108 bytes on Linux, including the terminating NUL.
+MAX_SOCKET_PATH = 107
+
+
+@dataclass(frozen=True)
+class IdentityPaths:
+    """Where the identity service keeps its state, below the state directory."""
+
+    root: Path
+
+    @property
+    def db(self) -> Path:
+        return self.root / "identity.db"
+
+    @property
+    def socket(self) -> Path:
+        return self.root / "workload.sock"
+
+    @property
+    def events(self) -> Path:
+        return self.root / "events" / "identity.jsonl"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "identity.lock"
+
+    @property
+    def socket_address(self) -> str:
+        return f"unix://{self.socket.absolute()}"
+
+
+def service_settings(config: TrustmeshConfig) -> ServiceSettings:
+    ident = config.identity
+    return ServiceSettings(
+        trust_domain=config.trust_domain,
+        svid_ttl=ident.svid_ttl,
+        max_svid_ttl=ident.max_svid_ttl,
+        jwt_svid_ttl=ident.jwt_svid_ttl,
+    )
+
+
+def ca_settings(config: TrustmeshConfig, publish_delay: dt.timedelta | None = None) -> CASettings:
+    ident = config.identity
+    return CASettings(
+        trust_domain=config.trust_domain,
+        root_ttl=ident.root_ttl,
+        ca_ttl=ident.ca_ttl,
+        max_svid_ttl=ident.max_svid_ttl,
+        publish_delay=publish_delay or min(dt.timedelta(minutes=5), ident.max_svid_ttl),
+    )
+
+
+def prepare_state_dir(root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = root.stat()
+    if st.st_uid != os.getuid():
+        raise StateError(f"state directory {root} is owned by another user")
+    if st.st_mode & 0o077:
+        root.chmod(0o700)
+
+
+def open_store(config: TrustmeshConfig, state_dir: Path) -> SqliteIdentityStore:
+    paths = IdentityPaths(state_dir)
+    prepare_state_dir(state_dir)
+    return SqliteIdentityStore(paths.db)
+
+
+class IdentityServer:
+    """The running identity service. ``start()`` binds the socket; ``close()`` stops."""
+
+    def __init__(
+        self,
+        config: TrustmeshConfig,
+        state_dir: Path,
+        *,
+        clock: Clock = utcnow,
+        tick_interval: float = 1.0,
+        publish_delay: dt.timedelta | None = None,
+        sink: events.EventSink | None = None,
+    ) -> None:
+        self.config = config
+        self.paths = IdentityPaths(state_dir.absolute())
+        if len(str(self.paths.socket)) > MAX_SOCKET_PATH:
+            raise StateError(
+                f"socket path {self.paths.socket} is longer than {MAX_SOCKET_PATH} bytes; "
+                "choose a shorter --state directory"
+            )
+        prepare_state_dir(self.paths.root)
+        self._lock_fd = _lock(self.paths.lock)
+        seal_key = crypto.load_seal_key(self.paths.root, dev=config.dev)
+        if seal_key.warning:
+            print(f"WARNING: {seal_key.warning}", file=sys.stderr, flush=True)
+        self._file_sink = events.JsonLinesSink(self.paths.events)
+        self.sink: events.EventSink = (
+            events.FanoutSink(self._file_sink, sink) if sink else self._file_sink
+        )
+        self.store = SqliteIdentityStore(self.paths.db)
+        self.clock = clock
+        self.ca = CertificateAuthority(ca_settings(config, publish_delay), self.store, seal_key)
+        self.ca.load(clock())
+        self.service = IdentityService(service_settings(config), self.store, self.ca, self.sink, clock=clock)
+        self.feed = ChangeFeed()
+        self.api = WorkloadAPI(self.service, self.feed)
+        self._server = Server([self.api, Health()])
+        self._tick_interval = tick_interval
+        self._ticker: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        _remove_stale_socket(self.paths.socket)
+        await self._server.start(path=str(self.paths.socket))
+        # Any local process may connect; attestation decides what it gets (as SPIRE's
+        # agent socket). Who can reach the socket at all is the state directory's mode.
+        self.paths.socket.chmod(0o777)  # noqa: S103
+        self._ticker = asyncio.create_task(self._tick_forever())
+
+    def tick(self) -> None:
+        if self.service.tick():
+            self.feed.bump()
+
+    def rotate_ca(self) -> None:
+        """Prepare the next CA now (published at once, signing after the publish delay)."""
+        self.ca.force_rotation(self.clock())
+        self.feed.bump()
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._tick_interval)
+            self.tick()
+
+    async def close(self) -> None:
+        if self._ticker:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        self._server.close()
+        await self._server.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            self.paths.socket.unlink()
+        self.store.close()
+        self._file_sink.close()
+        os.close(self._lock_fd)
+
+
+def _lock(path: Path) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StateError(f"another identity service holds {path}") from None
+    return fd
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """A socket file left by a crash is removed; a live one means another server runs."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_socket():
+        raise StateError(f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        path.unlink(missing_ok=True)
+        return
+    finally:
+        probe.close()
+    raise StateError(f"another server is listening on {path}")
+
+
+async def serve_until_signalled(config: TrustmeshConfig, state_dir: Path) -> None:
+    """Run until SIGTERM/SIGINT: the process entry point used by ``trustmesh up``."""
+    import signal
+
+    server = IdentityServer(config, state_dir)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"identity: Workload API on {server.paths.socket_address}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await server.close()

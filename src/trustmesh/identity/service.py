@@ -1,0 +1,330 @@
+"""The identity service's core: which SPIFFE IDs a process may hold, and issuing them.
+
+No sockets here: the Workload API adapter (:mod:`trustmesh.identity.workload`) attests
+the peer and calls in; every decision is emitted as an event.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+
+from trustmesh import crypto, events
+from trustmesh.errors import AttestationError, InvalidTokenError, PermissionDeniedError, UsageError
+from trustmesh.identity.attestation import ProcessInfo
+from trustmesh.identity.ca import CertificateAuthority
+from trustmesh.identity.models import IssuedSVID, JoinToken, RegistrationEntry, parse_selector
+from trustmesh.identity.spiffeid import parse_spiffe_id, require_workload_id
+from trustmesh.identity.store import IdentityStore
+from trustmesh.reasons import Reason
+
+Clock = Callable[[], dt.datetime]
+
+#: Renewed SVIDs are pushed when this fraction of their lifetime has passed: before
+#: half-life, so a workload always holds a certificate with more than half its life left
+#: to fall back on if the identity service is briefly away.
+RENEW_FRACTION = 0.45
+#: A one-time join token is valid for this long by default, and at most ``MAX_JOIN_TTL``.
+DEFAULT_JOIN_TTL = dt.timedelta(minutes=10)
+MAX_JOIN_TTL = dt.timedelta(hours=24)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def hash_join_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    trust_domain: str
+    svid_ttl: dt.timedelta
+    max_svid_ttl: dt.timedelta
+    jwt_svid_ttl: dt.timedelta
+
+
+@dataclass(frozen=True)
+class Identity:
+    spiffe_id: str
+    ttl: dt.timedelta
+
+
+@dataclass(frozen=True, repr=False)
+class X509SVID:
+    spiffe_id: str
+    chain: tuple[x509.Certificate, ...]  # leaf first
+    key: crypto.PrivateKey
+    issued_at: dt.datetime
+
+    def __repr__(self) -> str:
+        return f"X509SVID({self.spiffe_id}, not_after={self.not_after.isoformat()})"
+
+    @property
+    def not_after(self) -> dt.datetime:
+        return self.chain[0].not_valid_after_utc
+
+    @property
+    def renew_at(self) -> dt.datetime:
+        return self.issued_at + (self.not_after - self.issued_at) * RENEW_FRACTION
+
+
+class IdentityService:
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        store: IdentityStore,
+        ca: CertificateAuthority,
+        sink: events.EventSink,
+        *,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.ca = ca
+        self.sink = sink
+        self.clock = clock
+        self._entries: tuple[RegistrationEntry, ...] = ()
+        self._store_version = -1
+        self.refresh_entries()
+
+    # -- state -----------------------------------------------------------------------------
+    def refresh_entries(self) -> bool:
+        """Reload entries if another process (the CLI) changed the store. True if changed."""
+        version = self.store.data_version()
+        if version == self._store_version:
+            return False
+        self._store_version = version
+        entries = tuple(self.store.list_entries())
+        changed = entries != self._entries
+        self._entries = entries
+        return changed
+
+    def tick(self) -> bool:
+        """Periodic upkeep: store changes, CA rotation. True when streams must re-send."""
+        changed = self.refresh_entries()
+        return self.ca.tick(self.clock()) or changed
+
+    # -- attestation -----------------------------------------------------------------------
+    def identities(self, proc: ProcessInfo) -> list[Identity]:
+        """Every SPIFFE ID ``proc`` may hold: entries whose selectors it all presents,
+        and join tokens it redeemed. Raises AttestationError (and emits) when none."""
+        selectors = proc.selectors()
+        found: dict[str, dt.timedelta] = {}
+        for entry in self._entries:
+            if entry.matches(selectors):
+                ttl = min(entry.ttl or self.settings.svid_ttl, self.settings.max_svid_ttl)
+                found[entry.spiffe_id] = min(found.get(entry.spiffe_id, ttl), ttl)
+        for binding in self.store.bindings_for(proc.pid, proc.start_time):
+            found.setdefault(binding.spiffe_id, self.settings.svid_ttl)
+        if not found:
+            self._emit_refusal(proc, Reason.NO_MATCHING_ENTRY, "no registration entry matches")
+            raise AttestationError("no registration entry matches", reason=Reason.NO_MATCHING_ENTRY)
+        return [Identity(sid, ttl) for sid, ttl in sorted(found.items())]
+
+    # -- issuance --------------------------------------------------------------------------
+    def issue_x509(self, identity: Identity, proc: ProcessInfo) -> X509SVID:
+        now = self.clock()
+        cert, key = crypto.issue_x509_svid(identity.spiffe_id, self.ca.issuer, now=now, ttl=identity.ttl)
+        svid = X509SVID(identity.spiffe_id, (cert, *self.ca.chain_tail), key, now)
+        self.store.record_svid(
+            IssuedSVID(
+                spiffe_id=identity.spiffe_id,
+                serial=format(cert.serial_number, "x"),
+                not_before=cert.not_valid_before_utc,
+                not_after=cert.not_valid_after_utc,
+                chain_pem="".join(crypto.cert_pem(c) for c in svid.chain),
+                issued_at=now,
+            )
+        )
+        self._emit(
+            events.EventClass.ENTITY_MANAGEMENT,
+            1,
+            "Create",
+            events.Decision.ALLOW,
+            Reason.SVID_ISSUED,
+            "X.509-SVID issued",
+            spiffe_id=identity.spiffe_id,
+            attributes={"pid": proc.pid, "serial": format(cert.serial_number, "x"),
+                        "not_after": cert.not_valid_after_utc.isoformat()},
+        )
+        return svid
+
+    def issue_jwt(self, spiffe_id: str, audience: list[str]) -> str:
+        if not audience or any(not a for a in audience):
+            raise UsageError("audience is required")
+        now = self.clock()
+        ttl = min(self.settings.jwt_svid_ttl, self.settings.max_svid_ttl)
+        generation = self.ca.active
+        claims: dict[str, Any] = {
+            "sub": spiffe_id,
+            "aud": audience,
+            "iat": int(now.timestamp()),
+            "exp": int((now + ttl).timestamp()),
+            "jti": secrets.token_urlsafe(16),
+        }
+        token = crypto.sign_jwt(claims, generation.jwt_key, kid=generation.jwt_kid)
+        self._emit(
+            events.EventClass.ENTITY_MANAGEMENT,
+            1,
+            "Create",
+            events.Decision.ALLOW,
+            Reason.SVID_ISSUED,
+            "JWT-SVID issued",
+            spiffe_id=spiffe_id,
+            jti=claims["jti"],
+            attributes={"audience": " ".join(audience)},
+        )
+        return token
+
+    def validate_jwt(self, token: str, audience: str) -> tuple[str, dict[str, Any]]:
+        """Validate a JWT-SVID of this trust domain for ``audience`` (JWT-SVID §3, §4)."""
+        if not audience or not token:
+            raise UsageError("audience and svid are required")
+        try:
+            claims = crypto.verify_jwt(
+                token, self.ca.jwt_public_keys, audience=audience, now=self.clock().timestamp()
+            )
+            sub = claims.get("sub")
+            if not isinstance(sub, str):
+                raise InvalidTokenError("sub missing", reason=Reason.TOKEN_MALFORMED)
+            td, path = parse_spiffe_id(sub)
+        except UsageError:
+            raise InvalidTokenError("sub is not a SPIFFE ID", reason=Reason.TOKEN_MALFORMED) from None
+        except InvalidTokenError as exc:
+            self._emit(
+                events.EventClass.AUTHENTICATION,
+                1,
+                "Logon",
+                events.Decision.DENY,
+                exc.reason or Reason.TOKEN_MALFORMED,
+                "JWT-SVID rejected",
+                attributes={"audience": audience},
+            )
+            raise
+        if td != self.settings.trust_domain or not path:
+            raise InvalidTokenError("sub is not a workload of this trust domain", reason=Reason.TOKEN_MALFORMED)
+        return sub, claims
+
+    # -- join tokens -----------------------------------------------------------------------
+    def create_join_token(self, spiffe_id: str, ttl: dt.timedelta = DEFAULT_JOIN_TTL) -> str:
+        require_workload_id(spiffe_id, self.settings.trust_domain)
+        if not dt.timedelta(seconds=1) <= ttl <= MAX_JOIN_TTL:
+            raise UsageError(f"join token TTL must be between 1 s and {MAX_JOIN_TTL}")
+        token = secrets.token_urlsafe(32)
+        now = self.clock()
+        self.store.add_join_token(JoinToken(hash_join_token(token), spiffe_id, now + ttl, now))
+        self._emit(
+            events.EventClass.ENTITY_MANAGEMENT, 1, "Create", events.Decision.ALLOW,
+            Reason.TOKEN_CREATED, "join token created", spiffe_id=spiffe_id,
+            attributes={"expires_at": (now + ttl).isoformat()},
+        )
+        return token
+
+    def redeem_join_token(self, token: str, proc: ProcessInfo) -> str:
+        try:
+            spiffe_id = self.store.redeem_join_token(
+                hash_join_token(token), now=self.clock(), pid=proc.pid, start_time=proc.start_time
+            )
+        except PermissionDeniedError as exc:
+            self._emit_refusal(proc, exc.reason or Reason.JOIN_TOKEN_INVALID, exc.detail)
+            raise
+        self._emit(
+            events.EventClass.AUTHENTICATION, 1, "Logon", events.Decision.ALLOW, Reason.ATTESTED,
+            "join token redeemed", spiffe_id=spiffe_id,
+            attributes={"pid": proc.pid, "uid": proc.uid, "exe_sha256": proc.exe_sha256},
+        )
+        return spiffe_id
+
+    # -- registration entries --------------------------------------------------------------
+    def register(
+        self, spiffe_id: str, selectors: list[str], ttl: dt.timedelta | None = None
+    ) -> RegistrationEntry:
+        entry = register_entry(self.store, self.settings, spiffe_id, selectors, ttl, self.sink)
+        self._store_version = -1  # our own write does not move PRAGMA data_version
+        self.refresh_entries()
+        return entry
+
+    # -- events ------------------------------------------------------------------------------
+    def _emit_refusal(self, proc: ProcessInfo, reason: str, message: str) -> None:
+        self._emit(
+            events.EventClass.AUTHENTICATION, 1, "Logon", events.Decision.DENY, reason,
+            f"workload refused: {message}",
+            attributes={"pid": proc.pid, "uid": proc.uid, "gid": proc.gid,
+                        "exe_path": proc.exe_path, "exe_sha256": proc.exe_sha256},
+        )
+
+    def emit_attestation_failure(self, reason: str, message: str) -> None:
+        self._emit(
+            events.EventClass.AUTHENTICATION, 1, "Logon", events.Decision.DENY, reason,
+            f"workload refused: {message}",
+        )
+
+    def _emit(
+        self,
+        cls: events.EventClass,
+        activity_id: int,
+        activity_name: str,
+        decision: events.Decision,
+        reason: str,
+        message: str,
+        **fields: Any,
+    ) -> None:
+        self.sink.emit(
+            events.event(
+                cls,
+                activity_id=activity_id,
+                activity_name=activity_name,
+                component="identity",
+                decision=decision,
+                reason=reason,
+                message=message,
+                now=self.clock(),
+                **fields,
+            )
+        )
+
+
+def register_entry(
+    store: IdentityStore,
+    settings: ServiceSettings,
+    spiffe_id: str,
+    selectors: list[str],
+    ttl: dt.timedelta | None,
+    sink: events.EventSink,
+) -> RegistrationEntry:
+    """Validate and store a registration entry (shared by the service and the CLI)."""
+    require_workload_id(spiffe_id, settings.trust_domain)
+    if not selectors:
+        raise UsageError("an entry needs at least one selector")
+    canonical = frozenset(parse_selector(s) for s in selectors)
+    if ttl is not None and not dt.timedelta(seconds=10) <= ttl <= settings.max_svid_ttl:
+        raise UsageError(
+            f"TTL {int(ttl.total_seconds())} s is outside 10 s .. the enforced maximum "
+            f"{int(settings.max_svid_ttl.total_seconds())} s (identity.max_svid_ttl)"
+        )
+    entry = RegistrationEntry(
+        id=secrets.token_hex(8), spiffe_id=spiffe_id, selectors=canonical, ttl=ttl, created_at=utcnow()
+    )
+    store.add_entry(entry)
+    sink.emit(
+        events.event(
+            events.EventClass.ENTITY_MANAGEMENT,
+            activity_id=1,
+            activity_name="Create",
+            component="identity",
+            decision=events.Decision.ALLOW,
+            reason=Reason.ENTRY_CREATED,
+            message="registration entry created",
+            spiffe_id=spiffe_id,
+            attributes={"entry_id": entry.id, "selectors": " ".join(sorted(canonical))},
+        )
+    )
+    return entry

@@ -1,0 +1,230 @@
+"""The SPIFFE Workload API (spiffe/standards SPIFFE_Workload_API.md) over gRPC (grpclib).
+
+grpclib exposes each call's transport, so every call is attested from the kernel's peer
+credentials of the connection that made it (grpcio does not: grpc/grpc#15511).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from google.protobuf import struct_pb2
+from grpclib import GRPCError, Status
+from grpclib.const import Cardinality, Handler
+from grpclib.server import Stream
+
+from trustmesh import crypto
+from trustmesh.errors import (
+    AttestationError,
+    InvalidTokenError,
+    PermissionDeniedError,
+    UsageError,
+)
+from trustmesh.identity._proto import workload_pb2 as pb
+from trustmesh.identity.attestation import ExecutableHasher, ProcessInfo, attest_socket
+from trustmesh.identity.service import IdentityService, X509SVID
+from trustmesh.reasons import Reason
+
+#: Workload API §5.2: every request carries this header, so that a workload cannot be
+#: tricked into calling the API through an HTTP proxy (SSRF).
+SECURITY_HEADER = "workload.spiffe.io"
+JOIN_METHOD = "/trustmesh.workload.v1.Join/RedeemJoinToken"
+
+
+class ChangeFeed:
+    """A version number and a way to wait for it to move (entries, CA, bundles)."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self._event = asyncio.Event()
+
+    def bump(self) -> None:
+        self.version += 1
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+
+    async def wait(self, version: int, timeout: float) -> None:
+        if self.version != version:
+            return
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout=max(timeout, 0.0))
+        except TimeoutError:
+            pass
+
+
+class WorkloadAPI:
+    """The gRPC service, registered under the bare name ``SpiffeWorkloadAPI``."""
+
+    def __init__(self, service: IdentityService, feed: ChangeFeed) -> None:
+        self.service = service
+        self.feed = feed
+        self.hasher = ExecutableHasher()
+
+    def __mapping__(self) -> dict[str, Handler]:
+        def h(func: Callable[[Stream], Awaitable[None]], card: Cardinality, req: Any, rep: Any) -> Handler:
+            return Handler(func, card, req, rep)
+
+        return {
+            "/SpiffeWorkloadAPI/FetchX509SVID": h(
+                self.fetch_x509_svid, Cardinality.UNARY_STREAM, pb.X509SVIDRequest, pb.X509SVIDResponse
+            ),
+            "/SpiffeWorkloadAPI/FetchX509Bundles": h(
+                self.fetch_x509_bundles, Cardinality.UNARY_STREAM, pb.X509BundlesRequest, pb.X509BundlesResponse
+            ),
+            "/SpiffeWorkloadAPI/FetchJWTSVID": h(
+                self.fetch_jwt_svid, Cardinality.UNARY_UNARY, pb.JWTSVIDRequest, pb.JWTSVIDResponse
+            ),
+            "/SpiffeWorkloadAPI/FetchJWTBundles": h(
+                self.fetch_jwt_bundles, Cardinality.UNARY_STREAM, pb.JWTBundlesRequest, pb.JWTBundlesResponse
+            ),
+            "/SpiffeWorkloadAPI/ValidateJWTSVID": h(
+                self.validate_jwt_svid, Cardinality.UNARY_UNARY, pb.ValidateJWTSVIDRequest,
+                pb.ValidateJWTSVIDResponse,
+            ),
+            JOIN_METHOD: h(
+                self.redeem_join_token, Cardinality.UNARY_UNARY, pb.RedeemJoinTokenRequest,
+                pb.RedeemJoinTokenResponse,
+            ),
+        }
+
+    # -- common steps ----------------------------------------------------------------------
+    def _check_header(self, stream: Stream) -> None:
+        if stream.metadata is None or stream.metadata.get(SECURITY_HEADER) != "true":
+            self.service.emit_attestation_failure(
+                Reason.MISSING_SECURITY_HEADER, "security header missing from request"
+            )
+            raise GRPCError(Status.INVALID_ARGUMENT, "security header missing from request")
+
+    def _attest(self, stream: Stream) -> ProcessInfo:
+        sock: socket.socket | None = stream.peer._transport.get_extra_info("socket")
+        if sock is None:
+            raise GRPCError(Status.PERMISSION_DENIED, "no identity issued")
+        try:
+            return attest_socket(sock, self.hasher)
+        except AttestationError as exc:
+            self.service.emit_attestation_failure(exc.reason or Reason.ATTESTATION_FAILED, exc.detail)
+            raise GRPCError(Status.PERMISSION_DENIED, "no identity issued") from None
+
+    def _identities(self, stream: Stream) -> tuple[ProcessInfo, list[str], Any]:
+        proc = self._attest(stream)
+        try:
+            ids = self.service.identities(proc)
+        except AttestationError:
+            raise GRPCError(Status.PERMISSION_DENIED, "no identity issued") from None
+        return proc, [i.spiffe_id for i in ids], ids
+
+    def _bundle_der(self) -> bytes:
+        return crypto.certs_to_der(self.service.ca.x509_roots)
+
+    # -- X.509 -----------------------------------------------------------------------------
+    async def fetch_x509_svid(self, stream: Stream) -> None:
+        self._check_header(stream)
+        await stream.recv_message()
+        sent_key: tuple[object, ...] | None = None
+        renew_at = dt.datetime.max.replace(tzinfo=dt.UTC)
+        while True:
+            version = self.feed.version
+            proc, _, identities = self._identities(stream)
+            key = (tuple(identities), self.service.ca.version)
+            if key != sent_key or self.service.clock() >= renew_at:
+                svids = [self.service.issue_x509(i, proc) for i in identities]
+                await stream.send_message(self._x509_response(svids))
+                sent_key = key
+                renew_at = min(s.renew_at for s in svids)
+            timeout = (renew_at - self.service.clock()).total_seconds()
+            await self.feed.wait(version, timeout)
+
+    def _x509_response(self, svids: list[X509SVID]) -> pb.X509SVIDResponse:
+        bundle = self._bundle_der()
+        return pb.X509SVIDResponse(
+            svids=[
+                pb.X509SVID(
+                    spiffe_id=s.spiffe_id,
+                    x509_svid=crypto.certs_to_der(s.chain),
+                    x509_svid_key=crypto.private_key_to_der(s.key),
+                    bundle=bundle,
+                )
+                for s in svids
+            ]
+        )
+
+    async def fetch_x509_bundles(self, stream: Stream) -> None:
+        self._check_header(stream)
+        await stream.recv_message()
+        sent: int | None = None
+        while True:
+            version = self.feed.version
+            self._identities(stream)
+            if sent != self.service.ca.version:
+                td = self.service.settings.trust_domain
+                await stream.send_message(pb.X509BundlesResponse(bundles={td: self._bundle_der()}))
+                sent = self.service.ca.version
+            await self.feed.wait(version, 3600)
+
+    # -- JWT -------------------------------------------------------------------------------
+    async def fetch_jwt_svid(self, stream: Stream) -> None:
+        self._check_header(stream)
+        request = await stream.recv_message()
+        if request is None or not request.audience:
+            raise GRPCError(Status.INVALID_ARGUMENT, "audience must be specified")
+        _, ids, _ = self._identities(stream)
+        if request.spiffe_id:
+            if request.spiffe_id not in ids:
+                raise GRPCError(Status.PERMISSION_DENIED, "no identity issued")
+            ids = [request.spiffe_id]
+        try:
+            svids = [
+                pb.JWTSVID(spiffe_id=sid, svid=self.service.issue_jwt(sid, list(request.audience)))
+                for sid in ids
+            ]
+        except UsageError as exc:
+            raise GRPCError(Status.INVALID_ARGUMENT, exc.detail) from None
+        await stream.send_message(pb.JWTSVIDResponse(svids=svids))
+
+    async def fetch_jwt_bundles(self, stream: Stream) -> None:
+        self._check_header(stream)
+        await stream.recv_message()
+        sent: int | None = None
+        while True:
+            version = self.feed.version
+            self._identities(stream)
+            if sent != self.service.ca.version:
+                td = self.service.settings.trust_domain
+                jwks = crypto.jwks_document(self.service.ca.jwt_public_keys)
+                await stream.send_message(pb.JWTBundlesResponse(bundles={td: jwks}))
+                sent = self.service.ca.version
+            await self.feed.wait(version, 3600)
+
+    async def validate_jwt_svid(self, stream: Stream) -> None:
+        self._check_header(stream)
+        request = await stream.recv_message()
+        if request is None or not request.audience:
+            raise GRPCError(Status.INVALID_ARGUMENT, "audience must be specified")
+        if not request.svid:
+            raise GRPCError(Status.INVALID_ARGUMENT, "svid must be specified")
+        self._identities(stream)
+        try:
+            sub, claims = self.service.validate_jwt(request.svid, request.audience)
+        except (InvalidTokenError, UsageError):
+            raise GRPCError(Status.INVALID_ARGUMENT, "invalid JWT-SVID") from None
+        struct = struct_pb2.Struct()
+        struct.update(claims)
+        await stream.send_message(pb.ValidateJWTSVIDResponse(spiffe_id=sub, claims=struct))
+
+    # -- trustmesh: join tokens ------------------------------------------------------------
+    async def redeem_join_token(self, stream: Stream) -> None:
+        self._check_header(stream)
+        request = await stream.recv_message()
+        if request is None or not request.token:
+            raise GRPCError(Status.INVALID_ARGUMENT, "token must be specified")
+        proc = self._attest(stream)
+        try:
+            spiffe_id = self.service.redeem_join_token(request.token, proc)
+        except PermissionDeniedError:
+            raise GRPCError(Status.PERMISSION_DENIED, "invalid join token") from None
+        self.feed.bump()
+        await stream.send_message(pb.RedeemJoinTokenResponse(spiffe_id=spiffe_id))

@@ -1,0 +1,40 @@
+"""The shared vocabulary of decision reasons (kebab-case), spoken by every component."""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["Reason"]
+
+
+class Reason(enum.StrEnum):
+    OK = "ok"
+    # workload identity
+    ATTESTED = "attested"
+    NO_MATCHING_ENTRY = "no-matching-entry"
+    ATTESTATION_FAILED = "attestation-failed"
+    PROCESS_EXITED = "process-exited"
+    JOIN_TOKEN_INVALID = "join-token-invalid"
+    JOIN_TOKEN_USED = "join-token-used"
+    JOIN_TOKEN_EXPIRED = "join-token-expired"
+    MISSING_SECURITY_HEADER = "missing-security-header"
+    SVID_ISSUED = "svid-issued"
+    SVID_ROTATED = "svid-rotated"
+    CA_PREPARED = "ca-prepared"
+    CA_ACTIVATED = "ca-activated"
+    CA_RETIRED = "ca-retired"
+    ENTRY_CREATED = "entry-created"
+    ENTRY_REMOVED = "entry-removed"
+    TOKEN_CREATED = "token-created"
+    # tokens
+    TOKEN_VALID = "token-valid"
+    TOKEN_EXPIRED = "token-expired"
+    TOKEN_NOT_YET_VALID = "token-not-yet-valid"
+    TOKEN_BAD_SIGNATURE = "token-bad-signature"
+    TOKEN_WRONG_AUDIENCE = "token-wrong-audience"
+    TOKEN_MALFORMED = "token-malformed"
+    TOKEN_UNKNOWN_KEY = "token-unknown-key"
+    # authorization
+    POLICY_ALLOW = "policy-allow"
+    POLICY_DENY = "policy-deny"
+    RATE_LIMITED = "rate-limited"
