@@ -36,7 +36,7 @@ lock: $(BIN)/trustmesh
 proto:
 	$(BIN)/python -m pip install --quiet grpcio-tools
 	cd src && ../$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. \
-	    trustmesh/identity/_proto/workload.proto
+	    trustmesh/_proto/workload.proto
 
 bench: $(BIN)/trustmesh
 	$(BIN)/python benchmarks/svid_issuance.py

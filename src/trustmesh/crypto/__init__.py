@@ -23,6 +23,7 @@ from trustmesh.crypto._seal import (
     seal,
 )
 from trustmesh.crypto._x509 import (
+    BACKDATE,
     Issuer,
     PrivateKey,
     PublicKey,
@@ -44,6 +45,7 @@ from trustmesh.crypto._x509 import (
 
 __all__ = [
     "ALLOWED_ALGORITHMS",
+    "BACKDATE",
     "DEV_KEY_WARNING",
     "SEAL_KEY_ENV",
     "SEAL_PASSPHRASE_ENV",

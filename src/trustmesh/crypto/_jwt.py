@@ -87,7 +87,9 @@ def verify_jwt(
     except jwt.InvalidSignatureError:
         raise InvalidTokenError("bad signature", reason="token-bad-signature") from None
     except jwt.InvalidTokenError as exc:
-        raise InvalidTokenError(f"invalid token: {type(exc).__name__}", reason="token-malformed") from None
+        raise InvalidTokenError(
+            f"invalid token: {type(exc).__name__}", reason="token-malformed"
+        ) from None
     exp = claims.get("exp")
     if not isinstance(exp, int | float) or isinstance(exp, bool) or now > exp + leeway:
         raise InvalidTokenError("expired", reason="token-expired")

@@ -126,7 +126,9 @@ def load_seal_key(
             f"{SEAL_PASSPHRASE_ENV}; a key file is allowed only with `dev: true`"
         )
     path = state_dir / KEY_FILE_NAME
-    return SealKey(_read_or_create_private_file(path, 32), "keyfile", DEV_KEY_WARNING.format(path=path))
+    return SealKey(
+        _read_or_create_private_file(path, 32), "keyfile", DEV_KEY_WARNING.format(path=path)
+    )
 
 
 def _salt(state_dir: Path) -> bytes:
@@ -148,8 +150,7 @@ def _read_or_create_private_file(path: Path, size: int) -> bytes:
             raise KeySourceError(f"{path} is owned by another user")
         if stat.S_IMODE(st.st_mode) & 0o077:
             raise KeySourceError(
-                f"{path} is readable by others (mode {stat.S_IMODE(st.st_mode):o}); "
-                "it must be 0600"
+                f"{path} is readable by others (mode {stat.S_IMODE(st.st_mode):o}); it must be 0600"
             )
         data = os.read(fd, size + 1)
     finally:

@@ -247,7 +247,9 @@ def issue_x509_svid(
             critical=True,
         )
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
             critical=False,
         )
         .add_extension(
@@ -288,7 +290,11 @@ def verify_svid_chain(
         verified = verifier.verify(chain[0], list(chain[1:]))
     except VerificationError as exc:
         raise CryptoError(f"chain does not verify: {exc}") from None
-    ids = [str(s.value) for s in verified.subjects or [] if isinstance(s, x509.UniformResourceIdentifier)]
+    ids = [
+        str(s.value)
+        for s in verified.subjects or []
+        if isinstance(s, x509.UniformResourceIdentifier)
+    ]
     if len(ids) != 1:
         raise CryptoError("an SVID must carry exactly one URI SAN")
     return ids[0]

@@ -131,7 +131,9 @@ def attest_socket(sock: socket.socket, hasher: ExecutableHasher) -> ProcessInfo:
             sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
         )
     except OSError as exc:
-        raise AttestationError(f"no peer credentials: {exc}", reason=Reason.ATTESTATION_FAILED) from None
+        raise AttestationError(
+            f"no peer credentials: {exc}", reason=Reason.ATTESTATION_FAILED
+        ) from None
     pidfd = _peer_pidfd(sock, pid)
     try:
         return _inspect(pid, uid, gid, pidfd, hasher)
@@ -176,5 +178,7 @@ def _inspect(pid: int, uid: int, gid: int, pidfd: int, hasher: ExecutableHasher)
         ) from None
     if not _alive(pidfd):
         # The facts above may belong to a process that reused the pid.
-        raise AttestationError("peer process exited during attestation", reason=Reason.PROCESS_EXITED)
+        raise AttestationError(
+            "peer process exited during attestation", reason=Reason.PROCESS_EXITED
+        )
     return ProcessInfo(pid, start_time, uid, gid, exe_path, exe_sha256)

@@ -102,6 +102,13 @@ class CertificateAuthority:
     def load(self, now: dt.datetime) -> None:
         """Open the stored generations (or create the first) and bring them up to date."""
         self._generations = [self._open(s) for s in self._store.load_generations()]
+        expected = f"spiffe://{self.settings.trust_domain}"
+        for g in self._generations:
+            if crypto.uri_sans(g.root) != [expected]:
+                raise StateError(
+                    f"the state directory holds a CA for {crypto.uri_sans(g.root)}, not {expected}: "
+                    "use another --state directory for another trust domain"
+                )
         self.tick(now)
 
     def tick(self, now: dt.datetime) -> bool:
@@ -120,7 +127,9 @@ class CertificateAuthority:
         """Prepare the next generation now; it signs once the publish delay has passed."""
         if any(g.status is Status.PREPARED for g in self._generations):
             return
-        settings = rotation.RotationSettings(self.settings.max_svid_ttl, self.settings.publish_delay)
+        settings = rotation.RotationSettings(
+            self.settings.max_svid_ttl, self.settings.publish_delay
+        )
         self._apply(rotation.force_prepare(now, settings), now)
         self._persist()
 
@@ -153,7 +162,9 @@ class CertificateAuthority:
         gen_id = max((g.id for g in self._generations), default=0) + 1
         td = self.settings.trust_domain
         root_key = crypto.generate_key()
-        root = crypto.create_root_ca(td, root_key, now=now, ttl=self.settings.root_ttl, label=str(gen_id))
+        root = crypto.create_root_ca(
+            td, root_key, now=now, ttl=self.settings.root_ttl, label=str(gen_id)
+        )
         signing_key = crypto.generate_key()
         signing = crypto.create_intermediate_ca(
             td,
@@ -194,7 +205,9 @@ class CertificateAuthority:
         return f"trustmesh/identity/{self.settings.trust_domain}/{gen_id}/{what}".encode()
 
     def _seal(self, gen_id: int, what: str, key: crypto.PrivateKey) -> str:
-        blob = crypto.seal(crypto.private_key_to_der(key), self._seal_key, context=self._context(gen_id, what))
+        blob = crypto.seal(
+            crypto.private_key_to_der(key), self._seal_key, context=self._context(gen_id, what)
+        )
         return base64.b64encode(blob).decode("ascii")
 
     def _unseal(self, gen_id: int, what: str, value: object) -> crypto.PrivateKey:

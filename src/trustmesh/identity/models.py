@@ -29,7 +29,9 @@ def parse_selector(text: str) -> str:
         )
     _, kind, value = parts
     if kind not in _SELECTOR_VALUE:
-        raise UsageError(f"selector {text!r}: unknown kind {kind!r} (expected one of {', '.join(SELECTOR_KINDS)})")
+        raise UsageError(
+            f"selector {text!r}: unknown kind {kind!r} (expected one of {', '.join(SELECTOR_KINDS)})"
+        )
     if kind == "sha256":
         value = value.lower()
     if not _SELECTOR_VALUE[kind].match(value):

@@ -83,9 +83,9 @@ def plan(
     """What to do at ``now``. Applying every returned action brings the CA up to date."""
     active = [g for g in generations if g.status is Status.ACTIVE]
     if not active:
-        prepared = [g for g in generations if g.status is Status.PREPARED]
-        if prepared:  # a crash between two steps: activate what was published
-            return [Activate(prepared[0].id, now + settings.max_svid_ttl)]
+        published = [g for g in generations if g.status is Status.PREPARED]
+        if published:  # a crash between two steps: activate what was published
+            return [Activate(published[0].id, now + settings.max_svid_ttl)]
         return [CreateInitial()]
     current = active[0]
     actions: list[Action] = []

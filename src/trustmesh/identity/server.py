@@ -18,8 +18,9 @@ from grpclib.server import Server
 from trustmesh import crypto, events
 from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import StateError
+from trustmesh.identity.admin import ServiceSettings, utcnow
 from trustmesh.identity.ca import CASettings, CertificateAuthority
-from trustmesh.identity.service import Clock, IdentityService, ServiceSettings, utcnow
+from trustmesh.identity.service import Clock, IdentityService
 from trustmesh.identity.store import SqliteIdentityStore
 from trustmesh.identity.workload import ChangeFeed, WorkloadAPI
 
@@ -84,7 +85,7 @@ def prepare_state_dir(root: Path) -> None:
         root.chmod(0o700)
 
 
-def open_store(config: TrustmeshConfig, state_dir: Path) -> SqliteIdentityStore:
+def open_store(state_dir: Path) -> SqliteIdentityStore:
     paths = IdentityPaths(state_dir)
     prepare_state_dir(state_dir)
     return SqliteIdentityStore(paths.db)
@@ -123,7 +124,9 @@ class IdentityServer:
         self.clock = clock
         self.ca = CertificateAuthority(ca_settings(config, publish_delay), self.store, seal_key)
         self.ca.load(clock())
-        self.service = IdentityService(service_settings(config), self.store, self.ca, self.sink, clock=clock)
+        self.service = IdentityService(
+            service_settings(config), self.store, self.ca, self.sink, clock=clock
+        )
         self.feed = ChangeFeed()
         self.api = WorkloadAPI(self.service, self.feed)
         self._server = Server([self.api, Health()])
@@ -135,7 +138,7 @@ class IdentityServer:
         await self._server.start(path=str(self.paths.socket))
         # Any local process may connect; attestation decides what it gets (as SPIRE's
         # agent socket). Who can reach the socket at all is the state directory's mode.
-        self.paths.socket.chmod(0o777)  # noqa: S103
+        self.paths.socket.chmod(0o777)
         self._ticker = asyncio.create_task(self._tick_forever())
 
     def tick(self) -> None:

@@ -7,7 +7,6 @@ the peer and calls in; every decision is emitted as an event.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,10 +16,12 @@ from cryptography import x509
 
 from trustmesh import crypto, events
 from trustmesh.errors import AttestationError, InvalidTokenError, PermissionDeniedError, UsageError
+from trustmesh.identity import admin
+from trustmesh.identity.admin import DEFAULT_JOIN_TTL, ServiceSettings, hash_join_token, utcnow
 from trustmesh.identity.attestation import ProcessInfo
 from trustmesh.identity.ca import CertificateAuthority
-from trustmesh.identity.models import IssuedSVID, JoinToken, RegistrationEntry, parse_selector
-from trustmesh.identity.spiffeid import parse_spiffe_id, require_workload_id
+from trustmesh.identity.models import IssuedSVID, RegistrationEntry
+from trustmesh.identity.spiffeid import parse_spiffe_id
 from trustmesh.identity.store import IdentityStore
 from trustmesh.reasons import Reason
 
@@ -29,26 +30,7 @@ Clock = Callable[[], dt.datetime]
 #: Renewed SVIDs are pushed when this fraction of their lifetime has passed: before
 #: half-life, so a workload always holds a certificate with more than half its life left
 #: to fall back on if the identity service is briefly away.
-RENEW_FRACTION = 0.45
-#: A one-time join token is valid for this long by default, and at most ``MAX_JOIN_TTL``.
-DEFAULT_JOIN_TTL = dt.timedelta(minutes=10)
-MAX_JOIN_TTL = dt.timedelta(hours=24)
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def hash_join_token(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-@dataclass(frozen=True)
-class ServiceSettings:
-    trust_domain: str
-    svid_ttl: dt.timedelta
-    max_svid_ttl: dt.timedelta
-    jwt_svid_ttl: dt.timedelta
+RENEW_FRACTION = 0.4
 
 
 @dataclass(frozen=True)
@@ -132,7 +114,9 @@ class IdentityService:
     # -- issuance --------------------------------------------------------------------------
     def issue_x509(self, identity: Identity, proc: ProcessInfo) -> X509SVID:
         now = self.clock()
-        cert, key = crypto.issue_x509_svid(identity.spiffe_id, self.ca.issuer, now=now, ttl=identity.ttl)
+        cert, key = crypto.issue_x509_svid(
+            identity.spiffe_id, self.ca.issuer, now=now, ttl=identity.ttl
+        )
         svid = X509SVID(identity.spiffe_id, (cert, *self.ca.chain_tail), key, now)
         self.store.record_svid(
             IssuedSVID(
@@ -152,8 +136,11 @@ class IdentityService:
             Reason.SVID_ISSUED,
             "X.509-SVID issued",
             spiffe_id=identity.spiffe_id,
-            attributes={"pid": proc.pid, "serial": format(cert.serial_number, "x"),
-                        "not_after": cert.not_valid_after_utc.isoformat()},
+            attributes={
+                "pid": proc.pid,
+                "serial": format(cert.serial_number, "x"),
+                "not_after": cert.not_valid_after_utc.isoformat(),
+            },
         )
         return svid
 
@@ -197,7 +184,9 @@ class IdentityService:
                 raise InvalidTokenError("sub missing", reason=Reason.TOKEN_MALFORMED)
             td, path = parse_spiffe_id(sub)
         except UsageError:
-            raise InvalidTokenError("sub is not a SPIFFE ID", reason=Reason.TOKEN_MALFORMED) from None
+            raise InvalidTokenError(
+                "sub is not a SPIFFE ID", reason=Reason.TOKEN_MALFORMED
+            ) from None
         except InvalidTokenError as exc:
             self._emit(
                 events.EventClass.AUTHENTICATION,
@@ -210,23 +199,16 @@ class IdentityService:
             )
             raise
         if td != self.settings.trust_domain or not path:
-            raise InvalidTokenError("sub is not a workload of this trust domain", reason=Reason.TOKEN_MALFORMED)
+            raise InvalidTokenError(
+                "sub is not a workload of this trust domain", reason=Reason.TOKEN_MALFORMED
+            )
         return sub, claims
 
     # -- join tokens -----------------------------------------------------------------------
     def create_join_token(self, spiffe_id: str, ttl: dt.timedelta = DEFAULT_JOIN_TTL) -> str:
-        require_workload_id(spiffe_id, self.settings.trust_domain)
-        if not dt.timedelta(seconds=1) <= ttl <= MAX_JOIN_TTL:
-            raise UsageError(f"join token TTL must be between 1 s and {MAX_JOIN_TTL}")
-        token = secrets.token_urlsafe(32)
-        now = self.clock()
-        self.store.add_join_token(JoinToken(hash_join_token(token), spiffe_id, now + ttl, now))
-        self._emit(
-            events.EventClass.ENTITY_MANAGEMENT, 1, "Create", events.Decision.ALLOW,
-            Reason.TOKEN_CREATED, "join token created", spiffe_id=spiffe_id,
-            attributes={"expires_at": (now + ttl).isoformat()},
+        return admin.create_join_token(
+            self.store, self.settings, spiffe_id, ttl, self.sink, now=self.clock()
         )
-        return token
 
     def redeem_join_token(self, token: str, proc: ProcessInfo) -> str:
         try:
@@ -237,8 +219,13 @@ class IdentityService:
             self._emit_refusal(proc, exc.reason or Reason.JOIN_TOKEN_INVALID, exc.detail)
             raise
         self._emit(
-            events.EventClass.AUTHENTICATION, 1, "Logon", events.Decision.ALLOW, Reason.ATTESTED,
-            "join token redeemed", spiffe_id=spiffe_id,
+            events.EventClass.AUTHENTICATION,
+            1,
+            "Logon",
+            events.Decision.ALLOW,
+            Reason.ATTESTED,
+            "join token redeemed",
+            spiffe_id=spiffe_id,
             attributes={"pid": proc.pid, "uid": proc.uid, "exe_sha256": proc.exe_sha256},
         )
         return spiffe_id
@@ -247,7 +234,9 @@ class IdentityService:
     def register(
         self, spiffe_id: str, selectors: list[str], ttl: dt.timedelta | None = None
     ) -> RegistrationEntry:
-        entry = register_entry(self.store, self.settings, spiffe_id, selectors, ttl, self.sink)
+        entry = admin.register_entry(
+            self.store, self.settings, spiffe_id, selectors, ttl, self.sink
+        )
         self._store_version = -1  # our own write does not move PRAGMA data_version
         self.refresh_entries()
         return entry
@@ -255,15 +244,28 @@ class IdentityService:
     # -- events ------------------------------------------------------------------------------
     def _emit_refusal(self, proc: ProcessInfo, reason: str, message: str) -> None:
         self._emit(
-            events.EventClass.AUTHENTICATION, 1, "Logon", events.Decision.DENY, reason,
+            events.EventClass.AUTHENTICATION,
+            1,
+            "Logon",
+            events.Decision.DENY,
+            reason,
             f"workload refused: {message}",
-            attributes={"pid": proc.pid, "uid": proc.uid, "gid": proc.gid,
-                        "exe_path": proc.exe_path, "exe_sha256": proc.exe_sha256},
+            attributes={
+                "pid": proc.pid,
+                "uid": proc.uid,
+                "gid": proc.gid,
+                "exe_path": proc.exe_path,
+                "exe_sha256": proc.exe_sha256,
+            },
         )
 
     def emit_attestation_failure(self, reason: str, message: str) -> None:
         self._emit(
-            events.EventClass.AUTHENTICATION, 1, "Logon", events.Decision.DENY, reason,
+            events.EventClass.AUTHENTICATION,
+            1,
+            "Logon",
+            events.Decision.DENY,
+            reason,
             f"workload refused: {message}",
         )
 
@@ -290,41 +292,3 @@ class IdentityService:
                 **fields,
             )
         )
-
-
-def register_entry(
-    store: IdentityStore,
-    settings: ServiceSettings,
-    spiffe_id: str,
-    selectors: list[str],
-    ttl: dt.timedelta | None,
-    sink: events.EventSink,
-) -> RegistrationEntry:
-    """Validate and store a registration entry (shared by the service and the CLI)."""
-    require_workload_id(spiffe_id, settings.trust_domain)
-    if not selectors:
-        raise UsageError("an entry needs at least one selector")
-    canonical = frozenset(parse_selector(s) for s in selectors)
-    if ttl is not None and not dt.timedelta(seconds=10) <= ttl <= settings.max_svid_ttl:
-        raise UsageError(
-            f"TTL {int(ttl.total_seconds())} s is outside 10 s .. the enforced maximum "
-            f"{int(settings.max_svid_ttl.total_seconds())} s (identity.max_svid_ttl)"
-        )
-    entry = RegistrationEntry(
-        id=secrets.token_hex(8), spiffe_id=spiffe_id, selectors=canonical, ttl=ttl, created_at=utcnow()
-    )
-    store.add_entry(entry)
-    sink.emit(
-        events.event(
-            events.EventClass.ENTITY_MANAGEMENT,
-            activity_id=1,
-            activity_name="Create",
-            component="identity",
-            decision=events.Decision.ALLOW,
-            reason=Reason.ENTRY_CREATED,
-            message="registration entry created",
-            spiffe_id=spiffe_id,
-            attributes={"entry_id": entry.id, "selectors": " ".join(sorted(canonical))},
-        )
-    )
-    return entry

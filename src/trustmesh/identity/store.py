@@ -167,7 +167,9 @@ class SqliteIdentityStore:
             if row is None:
                 raise PermissionDeniedError("unknown join token", reason=Reason.JOIN_TOKEN_INVALID)
             if row[2] is not None:
-                raise PermissionDeniedError("join token already used", reason=Reason.JOIN_TOKEN_USED)
+                raise PermissionDeniedError(
+                    "join token already used", reason=Reason.JOIN_TOKEN_USED
+                )
             if _dt(row[1]) <= now:
                 raise PermissionDeniedError("join token expired", reason=Reason.JOIN_TOKEN_EXPIRED)
             self._db.execute(
@@ -193,9 +195,7 @@ class SqliteIdentityStore:
         return [Binding(r[0], r[1], r[2], _dt(r[3])) for r in rows.fetchall()]
 
     def remove_bindings(self, pid: int, start_time: int) -> None:
-        self._db.execute(
-            "DELETE FROM bindings WHERE pid = ? AND start_time = ?", (pid, start_time)
-        )
+        self._db.execute("DELETE FROM bindings WHERE pid = ? AND start_time = ?", (pid, start_time))
 
     # -- issued SVIDs (public facts only) ------------------------------------------------
     def record_svid(self, svid: IssuedSVID) -> None:

@@ -7,6 +7,7 @@ credentials of the connection that made it (grpcio does not: grpc/grpc#15511).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import socket
 from collections.abc import Awaitable, Callable
@@ -18,15 +19,15 @@ from grpclib.const import Cardinality, Handler
 from grpclib.server import Stream
 
 from trustmesh import crypto
+from trustmesh._proto import workload_pb2 as pb
 from trustmesh.errors import (
     AttestationError,
     InvalidTokenError,
     PermissionDeniedError,
     UsageError,
 )
-from trustmesh.identity._proto import workload_pb2 as pb
 from trustmesh.identity.attestation import ExecutableHasher, ProcessInfo, attest_socket
-from trustmesh.identity.service import IdentityService, X509SVID
+from trustmesh.identity.service import X509SVID, IdentityService
 from trustmesh.reasons import Reason
 
 #: Workload API §5.2: every request carries this header, so that a workload cannot be
@@ -50,10 +51,8 @@ class ChangeFeed:
     async def wait(self, version: int, timeout: float) -> None:
         if self.version != version:
             return
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._event.wait(), timeout=max(timeout, 0.0))
-        except TimeoutError:
-            pass
 
 
 class WorkloadAPI:
@@ -65,51 +64,71 @@ class WorkloadAPI:
         self.hasher = ExecutableHasher()
 
     def __mapping__(self) -> dict[str, Handler]:
-        def h(func: Callable[[Stream], Awaitable[None]], card: Cardinality, req: Any, rep: Any) -> Handler:
+        def h(
+            func: Callable[[Stream[Any, Any]], Awaitable[None]],
+            card: Cardinality,
+            req: Any,
+            rep: Any,
+        ) -> Handler:
             return Handler(func, card, req, rep)
 
         return {
             "/SpiffeWorkloadAPI/FetchX509SVID": h(
-                self.fetch_x509_svid, Cardinality.UNARY_STREAM, pb.X509SVIDRequest, pb.X509SVIDResponse
+                self.fetch_x509_svid,
+                Cardinality.UNARY_STREAM,
+                pb.X509SVIDRequest,
+                pb.X509SVIDResponse,
             ),
             "/SpiffeWorkloadAPI/FetchX509Bundles": h(
-                self.fetch_x509_bundles, Cardinality.UNARY_STREAM, pb.X509BundlesRequest, pb.X509BundlesResponse
+                self.fetch_x509_bundles,
+                Cardinality.UNARY_STREAM,
+                pb.X509BundlesRequest,
+                pb.X509BundlesResponse,
             ),
             "/SpiffeWorkloadAPI/FetchJWTSVID": h(
                 self.fetch_jwt_svid, Cardinality.UNARY_UNARY, pb.JWTSVIDRequest, pb.JWTSVIDResponse
             ),
             "/SpiffeWorkloadAPI/FetchJWTBundles": h(
-                self.fetch_jwt_bundles, Cardinality.UNARY_STREAM, pb.JWTBundlesRequest, pb.JWTBundlesResponse
+                self.fetch_jwt_bundles,
+                Cardinality.UNARY_STREAM,
+                pb.JWTBundlesRequest,
+                pb.JWTBundlesResponse,
             ),
             "/SpiffeWorkloadAPI/ValidateJWTSVID": h(
-                self.validate_jwt_svid, Cardinality.UNARY_UNARY, pb.ValidateJWTSVIDRequest,
+                self.validate_jwt_svid,
+                Cardinality.UNARY_UNARY,
+                pb.ValidateJWTSVIDRequest,
                 pb.ValidateJWTSVIDResponse,
             ),
             JOIN_METHOD: h(
-                self.redeem_join_token, Cardinality.UNARY_UNARY, pb.RedeemJoinTokenRequest,
+                self.redeem_join_token,
+                Cardinality.UNARY_UNARY,
+                pb.RedeemJoinTokenRequest,
                 pb.RedeemJoinTokenResponse,
             ),
         }
 
     # -- common steps ----------------------------------------------------------------------
-    def _check_header(self, stream: Stream) -> None:
+    def _check_header(self, stream: Stream[Any, Any]) -> None:
         if stream.metadata is None or stream.metadata.get(SECURITY_HEADER) != "true":
             self.service.emit_attestation_failure(
                 Reason.MISSING_SECURITY_HEADER, "security header missing from request"
             )
             raise GRPCError(Status.INVALID_ARGUMENT, "security header missing from request")
 
-    def _attest(self, stream: Stream) -> ProcessInfo:
+    def _attest(self, stream: Stream[Any, Any]) -> ProcessInfo:
         sock: socket.socket | None = stream.peer._transport.get_extra_info("socket")
         if sock is None:
             raise GRPCError(Status.PERMISSION_DENIED, "no identity issued")
         try:
             return attest_socket(sock, self.hasher)
         except AttestationError as exc:
-            self.service.emit_attestation_failure(exc.reason or Reason.ATTESTATION_FAILED, exc.detail)
+            self.service.emit_attestation_failure(
+                exc.reason or Reason.ATTESTATION_FAILED, exc.detail
+            )
             raise GRPCError(Status.PERMISSION_DENIED, "no identity issued") from None
 
-    def _identities(self, stream: Stream) -> tuple[ProcessInfo, list[str], Any]:
+    def _identities(self, stream: Stream[Any, Any]) -> tuple[ProcessInfo, list[str], Any]:
         proc = self._attest(stream)
         try:
             ids = self.service.identities(proc)
@@ -121,7 +140,7 @@ class WorkloadAPI:
         return crypto.certs_to_der(self.service.ca.x509_roots)
 
     # -- X.509 -----------------------------------------------------------------------------
-    async def fetch_x509_svid(self, stream: Stream) -> None:
+    async def fetch_x509_svid(self, stream: Stream[Any, Any]) -> None:
         self._check_header(stream)
         await stream.recv_message()
         sent_key: tuple[object, ...] | None = None
@@ -152,7 +171,7 @@ class WorkloadAPI:
             ]
         )
 
-    async def fetch_x509_bundles(self, stream: Stream) -> None:
+    async def fetch_x509_bundles(self, stream: Stream[Any, Any]) -> None:
         self._check_header(stream)
         await stream.recv_message()
         sent: int | None = None
@@ -166,7 +185,7 @@ class WorkloadAPI:
             await self.feed.wait(version, 3600)
 
     # -- JWT -------------------------------------------------------------------------------
-    async def fetch_jwt_svid(self, stream: Stream) -> None:
+    async def fetch_jwt_svid(self, stream: Stream[Any, Any]) -> None:
         self._check_header(stream)
         request = await stream.recv_message()
         if request is None or not request.audience:
@@ -185,7 +204,7 @@ class WorkloadAPI:
             raise GRPCError(Status.INVALID_ARGUMENT, exc.detail) from None
         await stream.send_message(pb.JWTSVIDResponse(svids=svids))
 
-    async def fetch_jwt_bundles(self, stream: Stream) -> None:
+    async def fetch_jwt_bundles(self, stream: Stream[Any, Any]) -> None:
         self._check_header(stream)
         await stream.recv_message()
         sent: int | None = None
@@ -199,7 +218,7 @@ class WorkloadAPI:
                 sent = self.service.ca.version
             await self.feed.wait(version, 3600)
 
-    async def validate_jwt_svid(self, stream: Stream) -> None:
+    async def validate_jwt_svid(self, stream: Stream[Any, Any]) -> None:
         self._check_header(stream)
         request = await stream.recv_message()
         if request is None or not request.audience:
@@ -216,7 +235,7 @@ class WorkloadAPI:
         await stream.send_message(pb.ValidateJWTSVIDResponse(spiffe_id=sub, claims=struct))
 
     # -- trustmesh: join tokens ------------------------------------------------------------
-    async def redeem_join_token(self, stream: Stream) -> None:
+    async def redeem_join_token(self, stream: Stream[Any, Any]) -> None:
         self._check_header(stream)
         request = await stream.recv_message()
         if request is None or not request.token:

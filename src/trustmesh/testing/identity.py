@@ -49,7 +49,7 @@ def identity_server_in_thread(
             try:
                 server = IdentityServer(config, state_dir, **kwargs)
                 await server.start()
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
                 started.set_exception(exc)
                 return
             started.set_result(server)

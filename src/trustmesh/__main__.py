@@ -1,0 +1,5 @@
+"""``python -m trustmesh`` is the ``trustmesh`` command."""
+
+from trustmesh.cli import main
+
+main()

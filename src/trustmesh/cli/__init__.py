@@ -1,0 +1,25 @@
+"""The ``trustmesh`` command. Exit codes: 0 success, 1 failure at run time, 2 bad usage/config."""
+
+from __future__ import annotations
+
+import typer
+
+from trustmesh.cli import config_cmd, identity_cmd, stack
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="trustmesh",
+    help="Zero-trust security platform for Python microservices.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(config_cmd.app, name="config")
+app.add_typer(identity_cmd.app, name="identity")
+app.add_typer(identity_cmd.svid_app, name="svid")
+stack.register(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,286 @@
+"""``trustmesh up [--detach]``, ``status --json``, ``down``: the stack on one machine."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import h2.exceptions
+import typer
+from grpclib import GRPCError
+from grpclib.client import Channel
+from grpclib.exceptions import StreamTerminatedError
+from grpclib.health.v1.health_grpc import HealthStub
+from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+from rich.table import Table
+
+from trustmesh import crypto
+from trustmesh.cli._common import (
+    DEFAULT_STATE,
+    EXIT_FAILURE,
+    ConfigOption,
+    StateOption,
+    err,
+    fail,
+    fail_on,
+    load_or_exit,
+    out,
+)
+from trustmesh.cli.supervisor import (
+    ComponentSpec,
+    RunPaths,
+    Supervisor,
+    process_alive,
+    python_module_argv,
+    read_json,
+    stop_stack,
+    supervisor_running,
+)
+from trustmesh.config import TrustmeshConfig
+from trustmesh.errors import TrustmeshError
+from trustmesh.identity.server import MAX_SOCKET_PATH, IdentityPaths, prepare_state_dir
+from trustmesh.identity.store import SqliteIdentityStore
+
+DETACH_TIMEOUT = 90.0
+
+
+def components(config_path: Path, state: Path) -> list[ComponentSpec]:
+    return [
+        ComponentSpec(
+            "identity",
+            python_module_argv(
+                "trustmesh.identity", "--config", str(config_path), "--state", str(state)
+            ),
+        )
+    ]
+
+
+# -- health ------------------------------------------------------------------------------
+async def _probe_grpc(socket: Path, timeout: float) -> bool:
+    channel = Channel(path=str(socket))
+    try:
+        reply = await HealthStub(channel).Check(HealthCheckRequest(), timeout=timeout)
+    except (OSError, TimeoutError, GRPCError, StreamTerminatedError, h2.exceptions.ProtocolError):
+        return False
+    finally:
+        channel.close()
+    return bool(reply.status == HealthCheckResponse.SERVING)
+
+
+def probe(spec: ComponentSpec, state: Path, timeout: float = 2.0) -> bool:
+    if spec.name == "identity":
+        sock = IdentityPaths(state).socket
+        return sock.is_socket() and asyncio.run(_probe_grpc(sock, timeout))
+    return False
+
+
+def _signing_ca_expiry(state: Path) -> str | None:
+    db = IdentityPaths(state).db
+    if not db.exists():
+        return None
+    store = SqliteIdentityStore(db)
+    try:
+        for gen in store.load_generations():
+            if gen.doc.get("status") == "active":
+                cert = crypto.certs_from_pem(str(gen.doc["signing"]).encode())[0]
+                return cert.not_valid_after_utc.isoformat()
+    finally:
+        store.close()
+    return None
+
+
+def stack_status(config: TrustmeshConfig, config_path: Path, state: Path) -> dict[str, Any]:
+    paths = RunPaths(state)
+    running = supervisor_running(paths)
+    sup = read_json(paths.supervisor) or {}
+    rows = []
+    for spec in components(config_path, state):
+        doc = read_json(paths.component(spec.name)) or {}
+        pid, start = doc.get("pid"), doc.get("start_time")
+        alive = isinstance(pid, int) and isinstance(start, int) and process_alive(pid, start)
+        rows.append(
+            {
+                "name": spec.name,
+                "url": IdentityPaths(state).socket_address,
+                "spiffe_id": config.component_spiffe_id(spec.name),
+                "healthy": bool(running and alive and probe(spec, state)),
+                "cert_expires": _signing_ca_expiry(state),
+                "cert_kind": "signing-ca",
+                "pid": pid if alive else None,
+            }
+        )
+    return {
+        "state": str(state),
+        "running": running,
+        "phase": sup.get("phase") if running else "stopped",
+        "trust_domain": config.trust_domain,
+        "workload_api": IdentityPaths(state).socket_address,
+        "components": rows,
+    }
+
+
+def _print_table(status: dict[str, Any]) -> None:
+    table = Table("component", "URL", "SPIFFE ID", "healthy", "cert expires", title="trustmesh")
+    for c in status["components"]:
+        expires = c["cert_expires"] or "-"
+        if c["cert_expires"]:
+            left = dt.datetime.fromisoformat(c["cert_expires"]) - dt.datetime.now(dt.UTC)
+            expires = f"{expires} ({left.days}d {left.seconds // 3600}h left)"
+        table.add_row(
+            c["name"], c["url"], c["spiffe_id"], "yes" if c["healthy"] else "[red]no[/]", expires
+        )
+    out.print(table)
+    out.print(
+        f"Workload API: {status['workload_api']}  (export SPIFFE_ENDPOINT_SOCKET={status['workload_api']})"
+    )
+
+
+# -- commands ------------------------------------------------------------------------------
+def _check_state(config: TrustmeshConfig, state: Path) -> None:
+    if len(str(IdentityPaths(state).socket)) > MAX_SOCKET_PATH:
+        fail(f"state directory path {state} is too long for a unix socket; choose a shorter one", 2)
+    try:
+        prepare_state_dir(state)
+        key = crypto.load_seal_key(state, dev=config.dev)
+    except TrustmeshError as exc:
+        fail_on(exc)
+    if key.warning:
+        err.print(f"[bold yellow]WARNING:[/] {key.warning}")
+
+
+def up(
+    config: ConfigOption = None,
+    state: StateOption = DEFAULT_STATE,
+    detach: Annotated[
+        bool, typer.Option("--detach", "-d", help="Return once every component is healthy.")
+    ] = False,
+) -> None:
+    """Start the stack: the identity service (more components join in later releases)."""
+    cfg, cfg_path = load_or_exit(config)
+    state, cfg_path = state.absolute(), cfg_path.absolute()
+    _check_state(cfg, state)
+    if supervisor_running(RunPaths(state)):
+        fail(f"trustmesh is already running with state {state} (see `trustmesh status`)")
+    if detach:
+        _up_detached(cfg, cfg_path, state)
+    else:
+        raise typer.Exit(run_supervisor(cfg, cfg_path, state, interactive=True))
+
+
+def _up_detached(cfg: TrustmeshConfig, cfg_path: Path, state: Path) -> None:
+    paths = RunPaths(state)
+    paths.logs.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(paths.log("supervisor"), "ab") as log:
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            python_module_argv(
+                "trustmesh", "_supervise", "--config", str(cfg_path), "--state", str(state)
+            ),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + DETACH_TIMEOUT
+    while time.monotonic() < deadline:
+        doc = read_json(paths.supervisor) or {}
+        if doc.get("pid") == proc.pid and doc.get("phase") == "ready":
+            _print_table(stack_status(cfg, cfg_path, state))
+            return
+        if proc.poll() is not None:
+            failed = doc.get("failed") if doc.get("pid") == proc.pid else None
+            fail(f"{failed or 'the supervisor'} failed to start; see {paths.logs}/")
+        time.sleep(0.1)
+    stop_stack(state, lambda m: err.print(m, markup=False))
+    fail(f"the stack was not healthy within {DETACH_TIMEOUT:.0f}s; see {paths.logs}/")
+
+
+def run_supervisor(cfg: TrustmeshConfig, cfg_path: Path, state: Path, *, interactive: bool) -> int:
+    def log(message: str) -> None:
+        print(
+            f"{dt.datetime.now(dt.UTC).isoformat(timespec='seconds')} supervisor: {message}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    specs = components(cfg_path, state)
+    sup = Supervisor(state, specs, lambda spec: probe(spec, state), log=log)
+    try:
+        sup.acquire()
+    except TrustmeshError as exc:
+        log(exc.detail)
+        return EXIT_FAILURE
+    sup.install_signal_handlers()
+
+    def phase(name: str, **extra: object) -> None:
+        doc = read_json(sup.paths.supervisor) or {}
+        tmp = sup.paths.supervisor.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**doc, "phase": name, **extra}))
+        tmp.replace(sup.paths.supervisor)
+
+    try:
+        phase("starting")
+        failed = sup.start_all()
+        if failed:
+            phase("failed", failed=failed)
+            log(f"{failed} did not become healthy; see {sup.paths.log(failed)}")
+            return EXIT_FAILURE
+        phase("ready")
+        if interactive:
+            _print_table(stack_status(cfg, cfg_path, state))
+            out.print("Press Ctrl-C to stop.")
+        failed = sup.watch()
+        return EXIT_FAILURE if failed else 0
+    finally:
+        sup.stop_all()
+        sup.release()
+        if interactive:
+            out.print("stopped.")
+
+
+def status(
+    config: ConfigOption = None,
+    state: StateOption = DEFAULT_STATE,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Report each component's URL, SPIFFE ID, health and certificate expiry.
+    Exit 0 when every component is healthy, 1 otherwise."""
+    cfg, cfg_path = load_or_exit(config)
+    report = stack_status(cfg, cfg_path.absolute(), state.absolute())
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        if not report["running"]:
+            out.print("trustmesh is not running.")
+        _print_table(report)
+    healthy = report["running"] and all(c["healthy"] for c in report["components"])
+    raise typer.Exit(0 if healthy else EXIT_FAILURE)
+
+
+def down(state: StateOption = DEFAULT_STATE) -> None:
+    """Stop everything that `up` started; no process remains."""
+    was = stop_stack(state.absolute(), lambda m: err.print(m, markup=False))
+    out.print("stopped." if was else "trustmesh was not running.")
+
+
+def supervise(
+    config: Annotated[Path, typer.Option("--config")],
+    state: Annotated[Path, typer.Option("--state")],
+) -> None:
+    """(internal) The detached supervisor started by `up --detach`."""
+    cfg, cfg_path = load_or_exit(config)
+    os.umask(0o077)
+    raise typer.Exit(run_supervisor(cfg, cfg_path.absolute(), state.absolute(), interactive=False))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("up")(up)
+    app.command("status")(status)
+    app.command("down")(down)
+    app.command("_supervise", hidden=True)(supervise)

@@ -1,0 +1,294 @@
+"""Process supervision for ``trustmesh up``: start components, watch, restart, stop.
+
+Files below ``<state>/run/``: ``supervisor.lock`` (held with flock for as long as a
+supervisor runs: a lock nobody holds is stale, whatever the files say),
+``supervisor.json`` and one ``<component>.json`` per child (pid + start time, so a pid
+that the kernel has since given to another process is never signalled).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trustmesh.errors import StateError
+from trustmesh.identity.attestation import start_time_of
+
+_PR_SET_PDEATHSIG = 1
+RESTART_LIMIT = 5  # restarts of one component within RESTART_WINDOW before giving up
+RESTART_WINDOW = 60.0
+STOP_GRACE = 10.0
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    name: str
+    argv: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    ready_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    state: Path
+
+    @property
+    def run(self) -> Path:
+        return self.state / "run"
+
+    @property
+    def logs(self) -> Path:
+        return self.state / "logs"
+
+    @property
+    def lock(self) -> Path:
+        return self.run / "supervisor.lock"
+
+    @property
+    def supervisor(self) -> Path:
+        return self.run / "supervisor.json"
+
+    def component(self, name: str) -> Path:
+        return self.run / f"{name}.json"
+
+    def log(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+
+def process_alive(pid: int, start_time: int) -> bool:
+    """True if ``pid`` is still the process that started at ``start_time``."""
+    try:
+        return start_time_of(pid) == start_time
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def _write_json(path: Path, doc: dict[str, object]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc))
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> dict[str, object] | None:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def supervisor_running(paths: RunPaths) -> bool:
+    """Whether a supervisor holds the lock (the only reliable sign of life)."""
+    if not paths.lock.exists():
+        return False
+    fd = os.open(paths.lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        state: Path,
+        components: Sequence[ComponentSpec],
+        ready: Callable[[ComponentSpec], bool],
+        *,
+        log: Callable[[str], None],
+    ) -> None:
+        self.paths = RunPaths(state.absolute())
+        self.components = list(components)
+        self.ready = ready
+        self.log = log
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.restarts: dict[str, list[float]] = {}
+        self.stopping = False
+        self._lock_fd: int | None = None
+
+    # -- the lock -------------------------------------------------------------------------
+    def acquire(self) -> None:
+        self.paths.run.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.paths.logs.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StateError(
+                f"trustmesh is already running with state {self.paths.state}"
+            ) from None
+        self._lock_fd = fd
+        reap_orphans(self.paths, self.log)  # left by a supervisor that was killed
+        _write_json(
+            self.paths.supervisor,
+            {
+                "pid": os.getpid(),
+                "start_time": start_time_of(os.getpid()),
+                "started_at": time.time(),
+            },
+        )
+
+    def release(self) -> None:
+        for path in self.paths.run.glob("*.json"):
+            path.unlink(missing_ok=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- children -------------------------------------------------------------------------
+    def start(self, spec: ComponentSpec) -> None:
+        log = open(self.paths.log(spec.name), "ab", buffering=0)  # noqa: SIM115 - child owns it
+        env = {**os.environ, **spec.env}
+        proc = subprocess.Popen(  # noqa: S603 - argv built by trustmesh, never a shell
+            spec.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=_die_with_parent,
+            close_fds=True,
+        )
+        log.close()
+        self.children[spec.name] = proc
+        _write_json(
+            self.paths.component(spec.name),
+            {"pid": proc.pid, "start_time": _start_time_or_zero(proc.pid), "argv": list(spec.argv)},
+        )
+
+    def start_all(self) -> str | None:
+        """Start every component in order; return the name of one that failed, if any."""
+        for spec in self.components:
+            self.start(spec)
+            deadline = time.monotonic() + spec.ready_timeout
+            while not self.ready(spec):
+                if self.stopping:
+                    return spec.name
+                if self.children[spec.name].poll() is not None or time.monotonic() > deadline:
+                    return spec.name
+                time.sleep(0.1)
+        return None
+
+    def watch(self) -> str | None:
+        """Block until asked to stop; restart crashed children with backoff."""
+        while not self.stopping:
+            time.sleep(0.25)
+            for spec in self.components:
+                proc = self.children.get(spec.name)
+                if proc is None or proc.poll() is None or self.stopping:
+                    continue
+                now = time.monotonic()
+                recent = [t for t in self.restarts.get(spec.name, []) if now - t < RESTART_WINDOW]
+                if len(recent) >= RESTART_LIMIT:
+                    self.log(f"{spec.name} keeps exiting (code {proc.returncode}); giving up")
+                    return spec.name
+                self.restarts[spec.name] = [*recent, now]
+                self.log(f"{spec.name} exited with code {proc.returncode}; restarting")
+                time.sleep(min(2 ** len(recent) * 0.2, 5.0))
+                self.start(spec)
+        return None
+
+    def stop_all(self) -> None:
+        for spec in reversed(self.components):
+            proc = self.children.get(spec.name)
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        for proc in self.children.values():
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, _frame: object) -> None:
+            self.stopping = True
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, handler)
+
+
+def _start_time_or_zero(pid: int) -> int:
+    try:
+        return start_time_of(pid)
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def reap_orphans(paths: RunPaths, log: Callable[[str], None]) -> None:
+    """Stop component processes recorded by a supervisor that is gone (crash, SIGKILL)."""
+    for path in paths.run.glob("*.json"):
+        if path == paths.supervisor:
+            continue
+        doc = read_json(path)
+        pid, start = (doc or {}).get("pid"), (doc or {}).get("start_time")
+        if isinstance(pid, int) and isinstance(start, int) and process_alive(pid, start):
+            log(f"stopping leftover {path.stem} (pid {pid})")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            _wait_gone(pid, start, STOP_GRACE)
+            if process_alive(pid, start):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        path.unlink(missing_ok=True)
+
+
+def _wait_gone(pid: int, start: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not process_alive(pid, start):
+            return True
+        time.sleep(0.05)
+    return not process_alive(pid, start)
+
+
+def stop_stack(state: Path, log: Callable[[str], None], timeout: float = 30.0) -> bool:
+    """``trustmesh down``: stop the supervisor (it stops its children) and any leftovers.
+    Returns True if something was running."""
+    paths = RunPaths(state.absolute())
+    if not paths.run.exists():
+        return False
+    was_running = False
+    doc = read_json(paths.supervisor)
+    pid, start = (doc or {}).get("pid"), (doc or {}).get("start_time")
+    if supervisor_running(paths) and isinstance(pid, int) and isinstance(start, int):
+        was_running = True
+        if process_alive(pid, start):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            if not _wait_gone(pid, start, timeout):
+                log(f"supervisor (pid {pid}) did not stop in {timeout:.0f}s; killing it")
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                _wait_gone(pid, start, 5)
+    leftovers = [p for p in paths.run.glob("*.json") if p != paths.supervisor]
+    if leftovers:
+        was_running = True
+    reap_orphans(paths, log)
+    paths.supervisor.unlink(missing_ok=True)
+    return was_running
+
+
+def python_module_argv(module: str, *args: str) -> tuple[str, ...]:
+    return (sys.executable, "-m", module, *args)

@@ -1,0 +1,451 @@
+"""The declaration (``trustmesh.yaml``) as frozen pydantic models.
+
+Validation errors raised here carry ``ctx["problem"]`` and ``ctx["expected"]`` so that the
+loader can print ``<file>:<line>: <key.path>: <problem> (expected <expected>)``.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Any, Final
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from trustmesh.config.durations import Duration, format_duration
+from trustmesh.errors import NotFoundError, UsageError
+
+__all__ = [
+    "ALLOW_EXPECTED",
+    "HARD_MAX_SVID_TTL",
+    "HTTP_METHODS",
+    "MIN_TTL",
+    "RESERVED_SERVICE_NAMES",
+    "SERVICE_NAME_EXPECTED",
+    "TRUST_DOMAIN_EXPECTED",
+    "AllowRule",
+    "CallSpec",
+    "IdentitySettings",
+    "ServiceSpec",
+    "TrustmeshConfig",
+    "parse_allow_rule",
+]
+
+HARD_MAX_SVID_TTL: Final = timedelta(days=7)
+MIN_TTL: Final = timedelta(seconds=10)
+HTTP_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "*"})
+RESERVED_SERVICE_NAMES: Final = frozenset({"trustmesh"})
+
+_MODEL_CONFIG: Final = ConfigDict(frozen=True, extra="forbid", strict=True)
+_SERVICE_NAME_RE: Final = re.compile(r"[a-z][a-z0-9-]{0,62}")
+_TRUST_DOMAIN_RE: Final = re.compile(r"[a-z0-9._-]{1,255}")
+_RUN_RE: Final = re.compile(
+    r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*", re.A
+)
+_LITERAL_RE: Final = re.compile(r"[A-Za-z0-9._~-]+")
+_PARAM_RE: Final = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+TRUST_DOMAIN_EXPECTED: Final = (
+    "a SPIFFE trust domain name: lowercase letters, digits, '.', '-' and '_', "
+    "no scheme or port, such as 'shop.example'"
+)
+SERVICE_NAME_EXPECTED: Final = (
+    "a lowercase name matching ^[a-z][a-z0-9-]{0,62}$ other than 'trustmesh'"
+)
+ALLOW_EXPECTED: Final = (
+    '"METHOD /path" with METHOD one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS or *, '
+    "and path segments that are literals ([A-Za-z0-9._~-]), {param} placeholders or a final *, "
+    'such as "GET /items/{id}"'
+)
+
+
+def _problem(kind: str, problem: str, expected: str) -> PydanticCustomError:
+    return PydanticCustomError(
+        kind, "{problem} (expected {expected})", {"problem": problem, "expected": expected}
+    )
+
+
+class _Problems:
+    """Collects ``(loc, input, problem, expected)`` and raises them as one ValidationError."""
+
+    def __init__(self) -> None:
+        self._errors: list[InitErrorDetails] = []
+
+    def add(self, loc: tuple[str | int, ...], value: Any, problem: str, expected: str) -> None:
+        self._errors.append(
+            InitErrorDetails(type=_problem("invalid", problem, expected), loc=loc, input=value)
+        )
+
+    def raise_if_any(self, title: str) -> None:
+        if self._errors:
+            raise ValidationError.from_exception_data(title, self._errors)
+
+
+# --- trust domain and names -------------------------------------------------------------
+
+
+def _trust_domain_problem(value: str) -> str | None:
+    """What is wrong with a trust domain name (SPIFFE-ID §2.1), or None."""
+    if not value:
+        return "is empty"
+    if len(value) > 255:
+        return f"is {len(value)} characters long, more than 255"
+    if "://" in value:
+        return f"{value!r} includes a URL scheme"
+    if ":" in value:
+        return f"{value!r} includes a port"
+    if value != value.lower():
+        return f"{value!r} contains uppercase letters"
+    if value.startswith(".") or value.endswith("."):
+        return f"{value!r} starts or ends with a dot"
+    if ".." in value:
+        return f"{value!r} has an empty label"
+    if _TRUST_DOMAIN_RE.fullmatch(value) is None:
+        bad = sorted({c for c in value if not (c.isascii() and (c.isalnum() or c in "._-"))})
+        return f"{value!r} contains characters that are not allowed: {', '.join(map(repr, bad))}"
+    return None
+
+
+def _check_trust_domain(value: str) -> str:
+    problem = _trust_domain_problem(value)
+    if problem is not None:
+        raise _problem("trust_domain", problem, TRUST_DOMAIN_EXPECTED)
+    return value
+
+
+def _check_service_name(value: str) -> str:
+    if value in RESERVED_SERVICE_NAMES:
+        raise _problem(
+            "service_name",
+            f"{value!r} is reserved for trustmesh's own components",
+            SERVICE_NAME_EXPECTED,
+        )
+    if _SERVICE_NAME_RE.fullmatch(value) is None:
+        raise _problem(
+            "service_name", f"{value!r} is not a valid service name", SERVICE_NAME_EXPECTED
+        )
+    return value
+
+
+def _check_run(value: str) -> str:
+    if _RUN_RE.fullmatch(value) is None:
+        raise _problem(
+            "run", f"{value!r} is not an ASGI import string", "'package.module:attribute'"
+        )
+    return value
+
+
+def _check_command(value: list[str]) -> list[str]:
+    expected = "a non-empty argv list, such as ['python', '-m', 'myservice']"
+    if not value or not value[0]:
+        raise _problem("command", "command is empty", expected)
+    if any("\x00" in arg for arg in value):
+        raise _problem("command", "command contains a NUL character", expected)
+    return value
+
+
+def _check_port(value: int) -> int:
+    if not 1024 <= value <= 65535:
+        raise _problem("port", f"port {value} is out of range", "an integer from 1024 to 65535")
+    return value
+
+
+def _check_ttl(value: timedelta) -> timedelta:
+    if value < MIN_TTL:
+        raise _problem(
+            "ttl", f"{format_duration(value)} is too short", f"at least {format_duration(MIN_TTL)}"
+        )
+    return value
+
+
+ServiceName = Annotated[
+    str,
+    AfterValidator(_check_service_name),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "allOf": [{"pattern": "^[a-z][a-z0-9-]{0,62}$"}, {"not": {"const": "trustmesh"}}],
+        }
+    ),
+]
+Ttl = Annotated[Duration, AfterValidator(_check_ttl)]
+
+
+# --- allow rules --------------------------------------------------------------------------
+
+
+class AllowRule(BaseModel):
+    """One parsed ``"METHOD /path/{param}/*"`` item of a call's ``allow`` list."""
+
+    model_config = _MODEL_CONFIG
+
+    method: str
+    pattern: str
+    segments: tuple[str, ...]
+
+
+def _path_problem(path: str) -> str | None:
+    if not path.startswith("/"):
+        return f"path {path!r} does not start with '/'"
+    for char, what in (("?", "a query string"), ("#", "a fragment"), ("%", "percent-encoding")):
+        if char in path:
+            return f"path {path!r} contains {what} ({char!r})"
+    if "\\" in path or ";" in path:
+        return f"path {path!r} contains a backslash or ';'"
+    if path == "/":
+        return None
+    segments = path[1:].split("/")
+    params: set[str] = set()
+    for index, segment in enumerate(segments):
+        if not segment:
+            return f"path {path!r} has an empty segment"
+        if segment in {".", ".."}:
+            return f"path {path!r} has a {segment!r} segment"
+        if segment == "*":
+            if index != len(segments) - 1:
+                return f"path {path!r} has '*' before its last segment"
+            continue
+        param = _PARAM_RE.fullmatch(segment)
+        if param is not None:
+            if param.group(1) in params:
+                return f"path {path!r} repeats the placeholder {segment}"
+            params.add(param.group(1))
+        elif _LITERAL_RE.fullmatch(segment) is None:
+            return f"path {path!r} has an invalid segment {segment!r}"
+    return None
+
+
+def parse_allow_rule(text: str) -> AllowRule:
+    """Parse ``"GET /items/{id}"``; raise ``ValueError`` saying what is wrong."""
+    method, sep, path = text.partition(" ")
+    if not sep or not method or any(c.isspace() for c in path):
+        raise ValueError(f"{text!r} is not 'METHOD /path'")
+    if method not in HTTP_METHODS:
+        raise ValueError(f"{method!r} is not an allowed HTTP method")
+    problem = _path_problem(path)
+    if problem is not None:
+        raise ValueError(problem)
+    segments = tuple(path[1:].split("/")) if path != "/" else ()
+    return AllowRule(method=method, pattern=path, segments=segments)
+
+
+def _check_allow(value: str) -> str:
+    try:
+        parse_allow_rule(value)
+    except ValueError as exc:
+        raise _problem("allow_rule", str(exc), ALLOW_EXPECTED) from None
+    return value
+
+
+# --- the models ---------------------------------------------------------------------------
+
+
+class IdentitySettings(BaseModel):
+    """Lifetimes of the certificates and tokens the identity service issues."""
+
+    model_config = _MODEL_CONFIG
+
+    svid_ttl: Ttl = Field(default="1h", validate_default=True)
+    max_svid_ttl: Ttl = Field(default="24h", validate_default=True)
+    jwt_svid_ttl: Ttl = Field(default="5m", validate_default=True)
+    ca_ttl: Ttl = Field(default="7d", validate_default=True)
+    root_ttl: Ttl = Field(default="365d", validate_default=True)
+
+    @model_validator(mode="after")
+    def _check_rotation_room(self) -> IdentitySettings:
+        f = format_duration
+        problems = _Problems()
+        if self.max_svid_ttl > HARD_MAX_SVID_TTL:
+            problems.add(
+                ("max_svid_ttl",),
+                f(self.max_svid_ttl),
+                f"{f(self.max_svid_ttl)} is above the hard limit HARD_MAX_SVID_TTL",
+                f"at most {f(HARD_MAX_SVID_TTL)}",
+            )
+        for key in ("svid_ttl", "jwt_svid_ttl"):
+            ttl: timedelta = getattr(self, key)
+            if ttl > self.max_svid_ttl:
+                problems.add(
+                    (key,),
+                    f(ttl),
+                    f"{f(ttl)} is longer than max_svid_ttl",
+                    f"at most max_svid_ttl ({f(self.max_svid_ttl)})",
+                )
+        if self.ca_ttl < 2 * self.max_svid_ttl:
+            problems.add(
+                ("ca_ttl",),
+                f(self.ca_ttl),
+                f"{f(self.ca_ttl)} leaves no room for rotation",
+                f"at least 2 × max_svid_ttl ({f(2 * self.max_svid_ttl)})",
+            )
+        if self.root_ttl < 2 * self.ca_ttl:
+            problems.add(
+                ("root_ttl",),
+                f(self.root_ttl),
+                f"{f(self.root_ttl)} leaves no room for rotation",
+                f"at least 2 × ca_ttl ({f(2 * self.ca_ttl)})",
+            )
+        problems.raise_if_any("IdentitySettings")
+        return self
+
+
+class ServiceSpec(BaseModel):
+    """How to run one service: an ASGI app (``run``) or a command (``command``)."""
+
+    model_config = _MODEL_CONFIG
+
+    run: Annotated[str, AfterValidator(_check_run)] | None = Field(
+        default=None, description="ASGI import string 'package.module:attr' (never imported here)"
+    )
+    command: Annotated[list[str], AfterValidator(_check_command)] | None = Field(
+        default=None, description="argv of a process that serves the service"
+    )
+    port: (
+        Annotated[
+            int,
+            AfterValidator(_check_port),
+            WithJsonSchema({"type": "integer", "minimum": 1024, "maximum": 65535}),
+        ]
+        | None
+    ) = None
+
+    @model_validator(mode="after")
+    def _exactly_one_way_to_run(self) -> ServiceSpec:
+        if (self.run is None) == (self.command is None):
+            has = "both" if self.run is not None else "neither"
+            raise _problem("service", f"has {has} 'run' and 'command'", "exactly one of them")
+        return self
+
+
+class CallSpec(BaseModel):
+    """Service ``from`` may call these routes of service ``to``; everything else is denied."""
+
+    model_config = _MODEL_CONFIG
+
+    from_: str = Field(alias="from")
+    to: str
+    allow: list[Annotated[str, AfterValidator(_check_allow)]] = Field(
+        min_length=1, description='routes of "to" that "from" may call, e.g. "GET /items/{id}"'
+    )
+
+    _rules: tuple[AllowRule, ...] = PrivateAttr(default=())
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._rules = tuple(parse_allow_rule(item) for item in self.allow)
+
+    @property
+    def rules(self) -> tuple[AllowRule, ...]:
+        """The parsed ``allow`` items, in order."""
+        return self._rules
+
+    @model_validator(mode="after")
+    def _no_duplicate_rules(self) -> CallSpec:
+        seen: dict[str, int] = {}
+        problems = _Problems()
+        for index, item in enumerate(self.allow):
+            if item in seen:
+                problems.add(
+                    ("allow", index), item, f"repeats allow[{seen[item]}]", "each rule once"
+                )
+            seen.setdefault(item, index)
+        problems.raise_if_any("CallSpec")
+        return self
+
+
+class TrustmeshConfig(BaseModel):
+    """The whole declaration: trust domain, services and who may call whom."""
+
+    model_config = _MODEL_CONFIG
+
+    trust_domain: Annotated[
+        str,
+        AfterValidator(_check_trust_domain),
+        WithJsonSchema(
+            {"type": "string", "pattern": r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$", "maxLength": 255}
+        ),
+    ] = Field(description="SPIFFE trust domain name (SPIFFE-ID §2.1), such as shop.example")
+    dev: bool = Field(default=False, description="dev mode: allows a 0600 key file to seal keys")
+    identity: IdentitySettings = Field(default_factory=IdentitySettings)
+    services: dict[ServiceName, ServiceSpec] = Field(default_factory=dict)
+    calls: list[CallSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> TrustmeshConfig:
+        # A model check (not a ``services`` field check) so that an unknown service named
+        # in ``calls`` is still reported alongside a port clash.
+        problems = _Problems()
+        ports: dict[int, str] = {}
+        for name, spec in self.services.items():
+            if spec.port is None:
+                continue
+            if spec.port in ports:
+                problems.add(
+                    ("services", name, "port"),
+                    spec.port,
+                    f"port {spec.port} is used by both {ports[spec.port]!r} and {name!r}",
+                    "a different port for each service",
+                )
+            ports.setdefault(spec.port, name)
+        problems.raise_if_any("TrustmeshConfig")
+        return self
+
+    @field_validator("calls")
+    @classmethod
+    def _check_references(cls, calls: list[CallSpec], info: ValidationInfo) -> list[CallSpec]:
+        # Runs after ``services`` (declaration order); if services failed, only the
+        # checks that need no service list are made.
+        services: dict[str, ServiceSpec] | None = info.data.get("services")
+        known = ", ".join(sorted(services or {})) or "(no services declared)"
+        problems = _Problems()
+        pairs: dict[tuple[str, str], int] = {}
+        for index, call in enumerate(calls):
+            for key, name in (("from", call.from_), ("to", call.to)):
+                if services is not None and name not in services:
+                    problems.add(
+                        (index, key),
+                        name,
+                        f"{name!r} is not a declared service",
+                        f"one of: {known}",
+                    )
+            if call.from_ == call.to:
+                problems.add(
+                    (index, "to"),
+                    call.to,
+                    f"{call.to!r} calls itself",
+                    "a service other than 'from'",
+                )
+            pair = (call.from_, call.to)
+            if pair in pairs:
+                problems.add(
+                    (index,),
+                    pair,
+                    f"repeats calls[{pairs[pair]}] ({call.from_} → {call.to})",
+                    "one entry per (from, to) pair; merge their allow lists",
+                )
+            pairs.setdefault(pair, index)
+        problems.raise_if_any("calls")
+        return calls
+
+    def spiffe_id(self, service: str) -> str:
+        """``spiffe://<trust-domain>/<service>`` of a declared service."""
+        if service not in self.services:
+            raise NotFoundError(f"service {service!r} is not declared in the configuration")
+        return f"spiffe://{self.trust_domain}/{service}"
+
+    def component_spiffe_id(self, component: str) -> str:
+        """``spiffe://<trust-domain>/trustmesh/<component>`` of a trustmesh component."""
+        if _SERVICE_NAME_RE.fullmatch(component) is None:
+            raise UsageError(f"{component!r} is not a valid component name")
+        return f"spiffe://{self.trust_domain}/trustmesh/{component}"

@@ -1,0 +1,602 @@
+"""The OCSF-shaped security event every trustmesh component emits.
+
+An :class:`Event` is a frozen value built with :func:`event` and written by an
+:class:`EventSink`. ``Event.to_ocsf()`` maps it onto an OCSF 1.3 object; the trustmesh
+facts (SPIFFE IDs, ``sub``, ``client_id``, ``jti``, ``trace_id``, decision, reason code)
+live under ``unmapped.trustmesh``. Until the audit service exists, events are written as
+JSON lines by :class:`JsonLinesSink` and read back with :func:`read_events`.
+
+Never a secret inside. Every string is checked when the event is built, and an event
+that carries one is refused (:class:`~trustmesh.errors.UsageError` from :func:`event`,
+a pydantic ``ValidationError`` from ``Event(...)``; neither repeats the offending value):
+
+* a compact JWS/JWE anywhere in a string: base64url segments joined by dots whose
+  first segment decodes to a JSON object with ``alg`` (a ``jti`` is an id, not a token,
+  and is accepted);
+* a PEM block (``-----BEGIN``) or an RFC 6750 bearer credential (``Bearer <b64token>``);
+* an attribute key naming a secret: it contains (case-insensitive, ``-`` and ``.`` read
+  as ``_``) one of ``password passwd passphrase secret token authorization private_key
+  api_key apikey cookie credential bearer totp``, unless it is one of the names that
+  describe a secret without holding it: ``token_type``, ``token_type_hint``,
+  ``secret_path``, ``secret_version``. Attribute *values* get the checks above too.
+
+Log injection: identifiers (component, activity name, reason, SPIFFE IDs, ``sub``,
+``client_id``, ``jti``, ``trace_id``, endpoint names, attribute keys) refuse control,
+format and line-separator characters. Free text (``message``, attribute values) may hold
+them: the JSON encoding escapes them, and it is ASCII-only, so one event is one line.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import ipaddress
+import json
+import os
+import re
+import stat
+import threading
+import types
+import unicodedata
+import uuid
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Protocol, Self, runtime_checkable
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    ValidationError,
+    field_validator,
+)
+
+from trustmesh import __version__
+from trustmesh.errors import StateError, UsageError
+from trustmesh.reasons import Reason
+
+__all__ = [
+    "OCSF_VERSION",
+    "AttributeValue",
+    "Decision",
+    "Endpoint",
+    "Event",
+    "EventClass",
+    "EventSink",
+    "FanoutSink",
+    "JsonLinesSink",
+    "MemorySink",
+    "Severity",
+    "Status",
+    "event",
+    "read_events",
+]
+
+OCSF_VERSION = "1.3.0"
+_MAX_ID = 2048  # SPIFFE IDs may be up to 2048 bytes
+_MAX_TEXT = 4096
+_MAX_ATTRIBUTES = 32
+_MAX_LINE = 1 << 20
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class EventClass(enum.IntEnum):
+    """The OCSF 1.3 event classes trustmesh emits; the value is ``class_uid``.
+
+    Common activities (``activity_id`` / ``activity_name``):
+
+    * ``AUTHENTICATION`` (3002): 1 Logon, 2 Logoff, 3 Authentication Ticket,
+      4 Service Ticket Request, 99 Other.
+    * ``AUTHORIZE_SESSION`` (3003): 1 Assign Privileges, 2 Assign Groups, 99 Other.
+    * ``ENTITY_MANAGEMENT`` (3004): 1 Create, 2 Read, 3 Update, 4 Delete, 5 Move,
+      6 Enroll, 7 Unenroll, 8 Enable, 9 Disable, 99 Other.
+    * ``API_ACTIVITY`` (6003): 1 Create, 2 Read, 3 Update, 4 Delete, 99 Other.
+    * ``DETECTION_FINDING`` (2004): 1 Create, 2 Update, 3 Close, 99 Other.
+    """
+
+    class_name: str
+    category_uid: int
+    category_name: str
+
+    def __new__(cls, class_uid: int, class_name: str, category_uid: int, category: str) -> Self:
+        member = int.__new__(cls, class_uid)
+        member._value_ = class_uid
+        member.class_name = class_name
+        member.category_uid = category_uid
+        member.category_name = category
+        return member
+
+    DETECTION_FINDING = (2004, "Detection Finding", 2, "Findings")
+    AUTHENTICATION = (3002, "Authentication", 3, "Identity & Access Management")
+    AUTHORIZE_SESSION = (3003, "Authorize Session", 3, "Identity & Access Management")
+    ENTITY_MANAGEMENT = (3004, "Entity Management", 3, "Identity & Access Management")
+    API_ACTIVITY = (6003, "API Activity", 6, "Application Activity")
+
+
+class Decision(enum.StrEnum):
+    """What the emitting component decided: let it through, refuse it, or fail (closed)."""
+
+    ALLOW = "allow"
+    DENY = "deny"
+    ERROR = "error"
+
+
+class Status(enum.IntEnum):
+    """OCSF ``status_id``."""
+
+    UNKNOWN = 0
+    SUCCESS = 1
+    FAILURE = 2
+    OTHER = 99
+
+
+class Severity(enum.IntEnum):
+    """OCSF ``severity_id``."""
+
+    UNKNOWN = 0
+    INFORMATIONAL = 1
+    LOW = 2
+    MEDIUM = 3
+    HIGH = 4
+    CRITICAL = 5
+    FATAL = 6
+    OTHER = 99
+
+
+# --- the secret and injection checks ------------------------------------------------
+
+_SECRET_KEY_WORDS = (
+    *("password", "passwd", "passphrase", "secret", "token", "authorization"),
+    *("private_key", "api_key", "apikey", "cookie", "credential", "bearer", "totp"),
+)
+_SAFE_KEYS = frozenset({"token_type", "token_type_hint", "secret_path", "secret_version"})
+_JOSE_RUN = re.compile(r"[A-Za-z0-9_.-]+")
+_BEARER = re.compile(r"\bbearer[ \t]+[A-Za-z0-9._~+/-]{16,}", re.IGNORECASE)  # RFC 6750 §2.1
+_MIN_HEADER = 14  # len(base64url('{"alg":"x"}')) rounded down
+
+
+def _looks_like_jose_header(segment: str) -> bool:
+    if len(segment) < _MIN_HEADER or len(segment) % 4 == 1:
+        return False
+    try:
+        raw = base64.b64decode(segment + "=" * (-len(segment) % 4), altchars=b"-_", validate=True)
+        header = json.loads(raw)
+    except (binascii.Error, ValueError, RecursionError):
+        return False
+    return isinstance(header, dict) and "alg" in header
+
+
+def _has_jose(value: str) -> bool:
+    """A compact JWS (RFC 7515 §7.1, 3 segments) or JWE (RFC 7516 §7.1, 5) in ``value``."""
+    for match in _JOSE_RUN.finditer(value):
+        parts = match.group().split(".")
+        if any(_looks_like_jose_header(part) for part in parts[:-2]):
+            return True
+    return False
+
+
+def _check_no_secret(value: str) -> str:
+    if "-----BEGIN" in value:
+        raise ValueError("looks like a PEM block; events never carry keys or certificates")
+    if _has_jose(value):
+        raise ValueError("looks like a JWT/JOSE object; events never carry tokens")
+    if _BEARER.search(value):
+        raise ValueError("looks like a bearer credential; events never carry tokens")
+    return value
+
+
+def _check_text(value: str) -> str:
+    if len(value) > _MAX_TEXT:
+        raise ValueError(f"longer than {_MAX_TEXT} characters")
+    if any(unicodedata.category(ch) == "Cs" for ch in value):
+        raise ValueError("contains a lone surrogate")
+    return _check_no_secret(value)
+
+
+def _check_id(value: str) -> str:
+    if not value:
+        raise ValueError("must not be empty")
+    if len(value) > _MAX_ID:
+        raise ValueError(f"longer than {_MAX_ID} characters")
+    # Cc: control (\n, \r, ESC...), Cf: format (bidi overrides), Cs: surrogates,
+    # Zl/Zp: U+2028/U+2029, which some readers treat as line breaks.
+    if any(unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Zl", "Zp"} for ch in value):
+        raise ValueError("contains a control, format or line-separator character")
+    return _check_no_secret(value)
+
+
+def _check_reason(value: str) -> str:
+    value = str(value)  # a Reason member becomes its plain code
+    if not 0 < len(value) <= 64 or not all(
+        part and part.isascii() and part.isalnum() and part == part.lower()
+        for part in value.split("-")
+    ):
+        raise ValueError("must be a kebab-case reason code such as 'token-expired'")
+    return value
+
+
+def _check_key(key: str) -> str:
+    _check_id(key)
+    if len(key) > 64 or not (key.isascii() and key[0].isalpha()):
+        raise ValueError("attribute keys are ASCII names of at most 64 characters")
+    if not all(ch.isalnum() or ch in "_.-" for ch in key):
+        raise ValueError("attribute keys hold only letters, digits, '_', '.' and '-'")
+    lowered = key.lower().replace("-", "_").replace(".", "_")
+    if lowered not in _SAFE_KEYS and any(word in lowered for word in _SECRET_KEY_WORDS):
+        raise ValueError("attribute key names a secret; events never carry secret values")
+    return key
+
+
+AttributeValue = str | int | bool | None
+
+
+def _check_attributes(value: object) -> Mapping[str, AttributeValue]:
+    # One plain validator, keys first: a pydantic error location never names a key.
+    if not isinstance(value, Mapping):
+        raise ValueError("must be a mapping of names to str, int, bool or None")
+    if len(value) > _MAX_ATTRIBUTES:
+        raise ValueError(f"at most {_MAX_ATTRIBUTES} attributes")
+    checked: dict[str, AttributeValue] = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise ValueError("attribute keys must be strings")
+        _check_key(key)
+        if isinstance(item, str):
+            _check_text(item)
+        elif isinstance(item, int):  # bool included
+            if not -(2**63) <= item < 2**63:
+                raise ValueError("attribute integers must fit in 64 bits")
+        elif item is not None:
+            raise ValueError("attribute values must be str, int, bool or None")
+        checked[key] = item
+    return types.MappingProxyType(checked)
+
+
+_Id = Annotated[str, AfterValidator(_check_id)]
+_Text = Annotated[str, AfterValidator(_check_text)]
+_Attributes = Annotated[
+    Mapping[str, AttributeValue], PlainValidator(_check_attributes), PlainSerializer(dict)
+]
+_MODEL_CONFIG = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+
+# --- the model ----------------------------------------------------------------------
+
+
+class Endpoint(BaseModel):
+    """An OCSF network endpoint: the source or destination of a request."""
+
+    model_config = _MODEL_CONFIG
+
+    ip: str | None = None
+    port: int | None = Field(default=None, ge=0, le=65535)
+    hostname: _Id | None = None
+    svc_name: _Id | None = None
+    uid: _Id | None = None
+
+    @field_validator("ip")
+    @classmethod
+    def _ip(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise ValueError("not an IPv4 or IPv6 address") from None
+
+    def to_ocsf(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class Event(BaseModel):
+    """One security event. Build it with :func:`event`; render it with :meth:`to_ocsf`."""
+
+    model_config = _MODEL_CONFIG
+
+    event_class: EventClass
+    activity_id: int = Field(ge=0, le=99)  # type_uid = class_uid * 100 + activity_id
+    activity_name: _Id
+    time: datetime
+    component: _Id
+    decision: Decision
+    reason: Annotated[str, AfterValidator(_check_reason)]
+    message: _Text
+    status: Status
+    severity: Severity
+    uid: str = Field(default_factory=lambda: uuid.uuid4().hex, pattern=r"^[0-9a-f]{32}$")
+    spiffe_id: _Id | None = None
+    peer_spiffe_id: _Id | None = None
+    sub: _Id | None = None
+    client_id: _Id | None = None
+    jti: _Id | None = None
+    trace_id: _Id | None = None
+    src: Endpoint | None = None
+    dst: Endpoint | None = None
+    attributes: _Attributes = Field(default_factory=lambda: types.MappingProxyType({}))
+
+    @field_validator("time")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("must be timezone-aware")
+        return value.astimezone(UTC)
+
+    @property
+    def type_uid(self) -> int:
+        return int(self.event_class) * 100 + self.activity_id
+
+    @property
+    def time_ms(self) -> int:
+        """Milliseconds since the Unix epoch (OCSF ``time``), exact, no float rounding."""
+        return (self.time - _EPOCH) // timedelta(milliseconds=1)
+
+    def to_ocsf(self) -> dict[str, Any]:
+        """The OCSF 1.3 object; absent (None) fields are omitted."""
+        cls = self.event_class
+        metadata: dict[str, Any] = {
+            "version": OCSF_VERSION,
+            "uid": self.uid,
+            "product": {
+                "name": "trustmesh",
+                "vendor_name": "trustmesh",
+                "version": __version__,
+                "feature": {"name": self.component},
+            },
+        }
+        if self.trace_id is not None:
+            metadata["correlation_uid"] = self.trace_id
+        actor: dict[str, Any] = {"app_name": self.component}
+        if self.spiffe_id is not None:
+            actor["app_uid"] = self.spiffe_id
+        if self.sub is not None:
+            actor["user"] = {"uid": self.sub}
+        trustmesh: dict[str, Any] = {
+            name: value
+            for name in ("spiffe_id", "peer_spiffe_id", "sub", "client_id", "jti", "trace_id")
+            if (value := getattr(self, name)) is not None
+        }
+        trustmesh["decision"] = self.decision.value
+        trustmesh["reason"] = self.reason
+        if self.attributes:
+            trustmesh["attributes"] = dict(self.attributes)
+        ocsf: dict[str, Any] = {
+            "class_uid": int(cls),
+            "class_name": cls.class_name,
+            "category_uid": cls.category_uid,
+            "category_name": cls.category_name,
+            "activity_id": self.activity_id,
+            "activity_name": self.activity_name,
+            "type_uid": self.type_uid,
+            "time": self.time_ms,
+            "severity_id": int(self.severity),
+            "severity": self.severity.name.title(),
+            "status_id": int(self.status),
+            "status": self.status.name.title(),
+            "status_detail": self.reason,
+            "message": self.message,
+            "metadata": metadata,
+            "actor": actor,
+        }
+        if self.src is not None:
+            ocsf["src_endpoint"] = self.src.to_ocsf()
+        if self.dst is not None:
+            ocsf["dst_endpoint"] = self.dst.to_ocsf()
+        ocsf["unmapped"] = {"trustmesh": trustmesh}
+        return ocsf
+
+    def to_json(self) -> str:
+        """Compact, ASCII-only JSON on one line (every control character escaped)."""
+        return json.dumps(self.to_ocsf(), separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+_STATUS_OF = {Decision.ALLOW: Status.SUCCESS, Decision.DENY: Status.FAILURE}
+_SEVERITY_OF = {Decision.ALLOW: Severity.INFORMATIONAL}
+
+
+def event(
+    cls: EventClass,
+    *,
+    activity_id: int,
+    activity_name: str,
+    component: str,
+    decision: Decision,
+    reason: Reason | str,
+    message: str,
+    now: datetime | None = None,
+    severity: Severity | None = None,
+    status: Status | None = None,
+    spiffe_id: str | None = None,
+    peer_spiffe_id: str | None = None,
+    sub: str | None = None,
+    client_id: str | None = None,
+    jti: str | None = None,
+    trace_id: str | None = None,
+    src: Endpoint | None = None,
+    dst: Endpoint | None = None,
+    attributes: Mapping[str, AttributeValue] | None = None,
+) -> Event:
+    """Build an :class:`Event`, or raise :class:`UsageError` naming the bad fields.
+
+    ``now`` defaults to ``datetime.now(UTC)`` and must be timezone-aware. ``status``
+    defaults from ``decision`` (allow: Success; deny, error: Failure); ``severity``
+    defaults to Informational for allow and Medium otherwise. The error never repeats
+    the refused value, so a token passed by mistake does not leak through it.
+    """
+    try:
+        decision = Decision(decision)
+    except ValueError:
+        raise UsageError("invalid event: decision: must be allow, deny or error") from None
+    try:
+        return Event(
+            event_class=cls,
+            activity_id=activity_id,
+            activity_name=activity_name,
+            time=datetime.now(UTC) if now is None else now,
+            component=component,
+            decision=decision,
+            reason=reason,
+            message=message,
+            status=_STATUS_OF.get(decision, Status.FAILURE) if status is None else status,
+            severity=_SEVERITY_OF.get(decision, Severity.MEDIUM) if severity is None else severity,
+            spiffe_id=spiffe_id,
+            peer_spiffe_id=peer_spiffe_id,
+            sub=sub,
+            client_id=client_id,
+            jti=jti,
+            trace_id=trace_id,
+            src=src,
+            dst=dst,
+            attributes={} if attributes is None else attributes,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            for err in exc.errors(include_url=False, include_input=False, include_context=False)
+        )
+        raise UsageError(f"invalid event: {problems}") from None
+
+
+# --- sinks --------------------------------------------------------------------------
+
+
+@runtime_checkable
+class EventSink(Protocol):
+    """Where events go. ``emit`` either records the event or raises: never drops it."""
+
+    def emit(self, event: Event) -> None: ...
+
+
+class MemorySink:
+    """Keeps events in ``events``, in order: for tests and in-process consumers."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._lock = threading.Lock()
+
+    def emit(self, event: Event) -> None:
+        with self._lock:
+            self.events.append(event)
+
+
+class FanoutSink:
+    """Emits to every sink in turn. If some fail, the others still get the event and
+    the first error is raised (the rest attached as notes)."""
+
+    def __init__(self, *sinks: EventSink) -> None:
+        self.sinks: tuple[EventSink, ...] = sinks
+
+    def emit(self, event: Event) -> None:
+        errors: list[Exception] = []
+        for sink in self.sinks:
+            try:
+                sink.emit(event)
+            except Exception as exc:  # noqa: BLE001 - re-raised below, once the others have it
+                errors.append(exc)
+        if errors:
+            first = errors[0]
+            for other in errors[1:]:
+                first.add_note(f"also failed: {type(other).__name__}: {other}")
+            raise first
+
+
+class JsonLinesSink:
+    """Appends one compact JSON object per line to ``path``.
+
+    The file is opened ``O_APPEND`` (never a symlink, only a regular file), created
+    0600 with missing parent directories 0700, and an existing file is narrowed to
+    0600. Each ``emit`` is one ``write(2)`` under a lock, so the kernel has the whole
+    line when it returns (no user-space buffer); with ``fsync=True`` it is also on disk.
+    An ``OSError`` propagates: an event is never dropped silently.
+    """
+
+    def __init__(self, path: Path, *, fsync: bool = False) -> None:
+        self.path = Path(path)
+        self._fsync = fsync
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+        fd = os.open(self.path, flags, 0o600)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise StateError(f"event log {self.path} is not a regular file")
+            if info.st_mode & 0o077:
+                os.fchmod(fd, 0o600)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd: int | None = fd
+
+    def emit(self, event: Event) -> None:
+        data = (event.to_json() + "\n").encode("ascii")
+        with self._lock:
+            if self._fd is None:
+                raise ValueError("emit on a closed event sink")
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            if self._fsync:
+                os.fsync(self._fd)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                fd, self._fd = self._fd, None
+                os.close(fd)
+
+    @property
+    def closed(self) -> bool:
+        return self._fd is None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+# --- reading ------------------------------------------------------------------------
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def read_events(path: Path, *, max_line_bytes: int = _MAX_LINE) -> Iterator[dict[str, Any]]:
+    """Parse a JSON-lines event log, one object per line; blank lines are skipped.
+
+    Refuses (:class:`StateError` naming the line) a line over ``max_line_bytes``, a
+    line that is not a JSON object, duplicate keys and NaN/Infinity.
+    """
+    with open(path, "rb") as file:
+        number = 0
+        while line := file.readline(max_line_bytes + 1):
+            number += 1
+            if len(line) > max_line_bytes:
+                raise StateError(f"{path}:{number}: line longer than {max_line_bytes} bytes")
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(
+                    line, object_pairs_hook=_no_duplicates, parse_constant=_no_constant
+                )
+            except (ValueError, RecursionError) as exc:
+                raise StateError(f"{path}:{number}: not valid JSON ({exc})") from None
+            if not isinstance(obj, dict):
+                raise StateError(f"{path}:{number}: not a JSON object")
+            yield obj

@@ -1,0 +1,144 @@
+"""Managing registration entries and join tokens: shared by the service and the CLI.
+
+Each function validates, writes through the store and emits an event; nothing here
+needs the CA, so the CLI can manage entries whether or not the service is running.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from trustmesh import events
+from trustmesh.errors import UsageError
+from trustmesh.identity.models import JoinToken, RegistrationEntry, parse_selector
+from trustmesh.identity.spiffeid import require_workload_id
+from trustmesh.identity.store import IdentityStore
+from trustmesh.reasons import Reason
+
+#: A one-time join token is valid for this long by default, and at most ``MAX_JOIN_TTL``.
+DEFAULT_JOIN_TTL = dt.timedelta(minutes=10)
+MAX_JOIN_TTL = dt.timedelta(hours=24)
+MIN_SVID_TTL = dt.timedelta(seconds=10)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def hash_join_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    trust_domain: str
+    svid_ttl: dt.timedelta
+    max_svid_ttl: dt.timedelta
+    jwt_svid_ttl: dt.timedelta
+
+
+def _emit(
+    sink: events.EventSink,
+    reason: Reason,
+    message: str,
+    activity: tuple[int, str],
+    now: dt.datetime,
+    **fields: object,
+) -> None:
+    sink.emit(
+        events.event(
+            events.EventClass.ENTITY_MANAGEMENT,
+            activity_id=activity[0],
+            activity_name=activity[1],
+            component="identity",
+            decision=events.Decision.ALLOW,
+            reason=reason,
+            message=message,
+            now=now,
+            **fields,  # type: ignore[arg-type]
+        )
+    )
+
+
+def register_entry(
+    store: IdentityStore,
+    settings: ServiceSettings,
+    spiffe_id: str,
+    selectors: list[str],
+    ttl: dt.timedelta | None,
+    sink: events.EventSink,
+) -> RegistrationEntry:
+    """Validate and store a registration entry; TTLs above the enforced maximum are refused."""
+    require_workload_id(spiffe_id, settings.trust_domain)
+    if not selectors:
+        raise UsageError("an entry needs at least one selector")
+    canonical = frozenset(parse_selector(s) for s in selectors)
+    if ttl is not None and not MIN_SVID_TTL <= ttl <= settings.max_svid_ttl:
+        raise UsageError(
+            f"TTL {int(ttl.total_seconds())} s is outside {int(MIN_SVID_TTL.total_seconds())} s"
+            f" .. {int(settings.max_svid_ttl.total_seconds())} s (identity.max_svid_ttl, the"
+            " enforced maximum)"
+        )
+    now = utcnow()
+    entry = RegistrationEntry(
+        id=secrets.token_hex(8), spiffe_id=spiffe_id, selectors=canonical, ttl=ttl, created_at=now
+    )
+    store.add_entry(entry)
+    _emit(
+        sink,
+        Reason.ENTRY_CREATED,
+        "registration entry created",
+        (1, "Create"),
+        now,
+        spiffe_id=spiffe_id,
+        attributes={"entry_id": entry.id, "selectors": " ".join(sorted(canonical))},
+    )
+    return entry
+
+
+def remove_entry(store: IdentityStore, entry_id: str, sink: events.EventSink) -> RegistrationEntry:
+    entry = store.remove_entry(entry_id)
+    _emit(
+        sink,
+        Reason.ENTRY_REMOVED,
+        "registration entry removed",
+        (4, "Delete"),
+        utcnow(),
+        spiffe_id=entry.spiffe_id,
+        attributes={"entry_id": entry.id},
+    )
+    return entry
+
+
+def create_join_token(
+    store: IdentityStore,
+    settings: ServiceSettings,
+    spiffe_id: str,
+    ttl: dt.timedelta,
+    sink: events.EventSink,
+    *,
+    now: dt.datetime | None = None,
+) -> str:
+    """A one-time token for ``spiffe_id``. Only its SHA-256 is stored; the token is
+    returned once, to be handed to exactly one process."""
+    require_workload_id(spiffe_id, settings.trust_domain)
+    if not dt.timedelta(seconds=1) <= ttl <= MAX_JOIN_TTL:
+        raise UsageError(
+            f"join token TTL must be between 1 s and {int(MAX_JOIN_TTL.total_seconds())} s"
+        )
+    now = now or utcnow()
+    token = secrets.token_urlsafe(32)
+    store.add_join_token(JoinToken(hash_join_token(token), spiffe_id, now + ttl, now))
+    _emit(
+        sink,
+        Reason.TOKEN_CREATED,
+        "join token created",
+        (1, "Create"),
+        now,
+        spiffe_id=spiffe_id,
+        attributes={"expires_at": (now + ttl).isoformat()},
+    )
+    return token

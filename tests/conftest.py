@@ -1,0 +1,75 @@
+"""Fixtures shared by every test folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import trustmesh
+
+REQUIRE_SERVICES = os.environ.get("TRUSTMESH_REQUIRE_SERVICES") == "1"
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(name: str, host: str, port: int) -> None:
+    """Skip where a service is unreachable (a laptop); fail in CI, which must have it."""
+    if _reachable(host, port):
+        return
+    message = f"{name} is not reachable on {host}:{port}"
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{message} and TRUSTMESH_REQUIRE_SERVICES=1")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A temporary directory with a short path: unix socket paths are limited to 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="tm", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class PythonCopy:
+    """A copy of this interpreter at another path (and, if tampered, with other bytes),
+    so that a test can run a workload whose executable path or hash differs from its own."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        src = Path(trustmesh.__file__).resolve().parents[1]
+        site = [p for p in sys.path if p.endswith("site-packages")]
+        self.env = {
+            **os.environ,
+            "PYTHONHOME": sys.base_prefix,
+            "PYTHONPATH": os.pathsep.join([str(src), *site]),
+        }
+
+    @classmethod
+    def make(cls, directory: Path, name: str, *, tamper: bool = False) -> PythonCopy:
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / name
+        shutil.copy2(Path(sys.executable).resolve(), target)
+        if tamper:
+            with open(target, "ab") as f:
+                f.write(b"\0trustmesh-test")
+        return cls(target)
+
+
+@pytest.fixture
+def python_copy(short_tmp: Path) -> type[PythonCopy]:
+    return PythonCopy
