@@ -23,6 +23,7 @@ class Reason(enum.StrEnum):
     CA_PREPARED = "ca-prepared"
     CA_ACTIVATED = "ca-activated"
     CA_RETIRED = "ca-retired"
+    CA_RENEWED = "ca-renewed"
     ENTRY_CREATED = "entry-created"
     ENTRY_REMOVED = "entry-removed"
     TOKEN_CREATED = "token-created"

@@ -195,10 +195,20 @@ def _up_detached(cfg: TrustmeshConfig, cfg_path: Path, state: Path) -> None:
             return
         if proc.poll() is not None:
             failed = doc.get("failed") if doc.get("pid") == proc.pid else None
-            fail(f"{failed or 'the supervisor'} failed to start; see {paths.logs}/")
+            name = str(failed or "supervisor")
+            for line in _tail(paths.log(name)):
+                err.print(f"  {name}: {line}", markup=False)
+            fail(f"{name} failed to start; see {paths.log(name)}")
         time.sleep(0.1)
     stop_stack(state, lambda m: err.print(m, markup=False))
     fail(f"the stack was not healthy within {DETACH_TIMEOUT:.0f}s; see {paths.logs}/")
+
+
+def _tail(path: Path, lines: int = 10) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []
 
 
 def run_supervisor(cfg: TrustmeshConfig, cfg_path: Path, state: Path, *, interactive: bool) -> int:

@@ -148,8 +148,10 @@ class Supervisor:
         )
 
     def release(self) -> None:
+        # supervisor.json stays, with its last phase, for `up --detach` to read the outcome
         for path in self.paths.run.glob("*.json"):
-            path.unlink(missing_ok=True)
+            if path != self.paths.supervisor:
+                path.unlink(missing_ok=True)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -66,6 +66,8 @@ class CertificateAuthority:
         self._seal_key = seal_key
         self._generations: list[Generation] = []
         self.version = 0
+        #: What the last ``tick``/``force_rotation`` did, for the caller to report.
+        self.last_actions: tuple[rotation.Action, ...] = ()
 
     # -- views ---------------------------------------------------------------------------
     @property
@@ -101,14 +103,17 @@ class CertificateAuthority:
     # -- lifecycle -----------------------------------------------------------------------
     def load(self, now: dt.datetime) -> None:
         """Open the stored generations (or create the first) and bring them up to date."""
-        self._generations = [self._open(s) for s in self._store.load_generations()]
+        stored = self._store.load_generations()
         expected = f"spiffe://{self.settings.trust_domain}"
-        for g in self._generations:
-            if crypto.uri_sans(g.root) != [expected]:
+        for gen in stored:
+            root = crypto.certs_from_pem(str(gen.doc.get("root", "")).encode())[0]
+            if crypto.uri_sans(root) != [expected]:
+                found = ", ".join(crypto.uri_sans(root)) or "no trust domain"
                 raise StateError(
-                    f"the state directory holds a CA for {crypto.uri_sans(g.root)}, not {expected}: "
+                    f"the state directory holds the CA of {found}, not {expected}: "
                     "use another --state directory for another trust domain"
                 )
+        self._generations = [self._open(s) for s in stored]
         self.tick(now)
 
     def tick(self, now: dt.datetime) -> bool:
@@ -119,6 +124,7 @@ class CertificateAuthority:
         actions = rotation.plan(now, [g.times() for g in self._generations], settings)
         for action in actions:
             self._apply(action, now)
+        self.last_actions = tuple(actions)
         if actions:
             self._persist()
         return bool(actions)
@@ -130,7 +136,9 @@ class CertificateAuthority:
         settings = rotation.RotationSettings(
             self.settings.max_svid_ttl, self.settings.publish_delay
         )
-        self._apply(rotation.force_prepare(now, settings), now)
+        action = rotation.force_prepare(now, settings)
+        self._apply(action, now)
+        self.last_actions = (action,)
         self._persist()
 
     def _apply(self, action: rotation.Action, now: dt.datetime) -> None:

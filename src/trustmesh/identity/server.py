@@ -143,11 +143,13 @@ class IdentityServer:
 
     def tick(self) -> None:
         if self.service.tick():
+            self.service.report_ca_actions(self.ca.last_actions)
             self.feed.bump()
 
     def rotate_ca(self) -> None:
         """Prepare the next CA now (published at once, signing after the publish delay)."""
         self.ca.force_rotation(self.clock())
+        self.service.report_ca_actions(self.ca.last_actions)
         self.feed.bump()
 
     async def _tick_forever(self) -> None:
@@ -156,6 +158,7 @@ class IdentityServer:
             self.tick()
 
     async def close(self) -> None:
+        self.service.flush_issued()
         if self._ticker:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):

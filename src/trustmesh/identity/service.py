@@ -16,7 +16,7 @@ from cryptography import x509
 
 from trustmesh import crypto, events
 from trustmesh.errors import AttestationError, InvalidTokenError, PermissionDeniedError, UsageError
-from trustmesh.identity import admin
+from trustmesh.identity import admin, rotation
 from trustmesh.identity.admin import DEFAULT_JOIN_TTL, ServiceSettings, hash_join_token, utcnow
 from trustmesh.identity.attestation import ProcessInfo
 from trustmesh.identity.ca import CertificateAuthority
@@ -74,6 +74,7 @@ class IdentityService:
         self.sink = sink
         self.clock = clock
         self._entries: tuple[RegistrationEntry, ...] = ()
+        self._issued: dict[str, X509SVID] = {}
         self._store_version = -1
         self.refresh_entries()
 
@@ -91,8 +92,25 @@ class IdentityService:
 
     def tick(self) -> bool:
         """Periodic upkeep: store changes, CA rotation. True when streams must re-send."""
+        self.flush_issued()
         changed = self.refresh_entries()
         return self.ca.tick(self.clock()) or changed
+
+    def flush_issued(self) -> None:
+        """Record the last SVID issued per SPIFFE ID (public facts only) in the store."""
+        issued, self._issued = self._issued, {}
+        for svid in issued.values():
+            leaf = svid.chain[0]
+            self.store.record_svid(
+                IssuedSVID(
+                    spiffe_id=svid.spiffe_id,
+                    serial=format(leaf.serial_number, "x"),
+                    not_before=leaf.not_valid_before_utc,
+                    not_after=leaf.not_valid_after_utc,
+                    chain_pem="".join(crypto.cert_pem(c) for c in svid.chain),
+                    issued_at=svid.issued_at,
+                )
+            )
 
     # -- attestation -----------------------------------------------------------------------
     def identities(self, proc: ProcessInfo) -> list[Identity]:
@@ -118,16 +136,9 @@ class IdentityService:
             identity.spiffe_id, self.ca.issuer, now=now, ttl=identity.ttl
         )
         svid = X509SVID(identity.spiffe_id, (cert, *self.ca.chain_tail), key, now)
-        self.store.record_svid(
-            IssuedSVID(
-                spiffe_id=identity.spiffe_id,
-                serial=format(cert.serial_number, "x"),
-                not_before=cert.not_valid_before_utc,
-                not_after=cert.not_valid_after_utc,
-                chain_pem="".join(crypto.cert_pem(c) for c in svid.chain),
-                issued_at=now,
-            )
-        )
+        # Public facts for `svid show`, written in batches by flush_issued() (off the
+        # per-call path: one SQLite write per second, not one per SVID).
+        self._issued[identity.spiffe_id] = svid
         self._emit(
             events.EventClass.ENTITY_MANAGEMENT,
             1,
@@ -240,6 +251,47 @@ class IdentityService:
         self._store_version = -1  # our own write does not move PRAGMA data_version
         self.refresh_entries()
         return entry
+
+    def report_ca_actions(self, actions: tuple[rotation.Action, ...]) -> None:
+        """One event per CA lifecycle step (prepared, activated, retired, renewed)."""
+        for action in actions:
+            attrs: dict[str, events.AttributeValue]
+            match action:
+                case rotation.Prepare(activate_at=when):
+                    reason, message, attrs = (
+                        Reason.CA_PREPARED,
+                        "next CA published",
+                        {"activate_at": when.isoformat()},
+                    )
+                case rotation.Activate(generation=gen):
+                    reason, message, attrs = (
+                        Reason.CA_ACTIVATED,
+                        "CA activated",
+                        {"generation": gen},
+                    )
+                case rotation.Retire(generation=gen):
+                    reason, message, attrs = (
+                        Reason.CA_RETIRED,
+                        "CA retired from the bundle",
+                        {"generation": gen},
+                    )
+                case rotation.RenewSigningCA(generation=gen):
+                    reason, message, attrs = (
+                        Reason.CA_RENEWED,
+                        "signing CA renewed",
+                        {"generation": gen},
+                    )
+                case _:
+                    reason, message, attrs = Reason.CA_PREPARED, "CA created", {}
+            self._emit(
+                events.EventClass.ENTITY_MANAGEMENT,
+                3,
+                "Update",
+                events.Decision.ALLOW,
+                reason,
+                message,
+                attributes=attrs,
+            )
 
     # -- events ------------------------------------------------------------------------------
     def _emit_refusal(self, proc: ProcessInfo, reason: str, message: str) -> None:

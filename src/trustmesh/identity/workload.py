@@ -62,6 +62,7 @@ class WorkloadAPI:
         self.service = service
         self.feed = feed
         self.hasher = ExecutableHasher()
+        self._bundle_cache: tuple[int, bytes] = (-1, b"")
 
     def __mapping__(self) -> dict[str, Handler]:
         def h(
@@ -137,7 +138,10 @@ class WorkloadAPI:
         return proc, [i.spiffe_id for i in ids], ids
 
     def _bundle_der(self) -> bytes:
-        return crypto.certs_to_der(self.service.ca.x509_roots)
+        ca = self.service.ca
+        if self._bundle_cache[0] != ca.version:
+            self._bundle_cache = (ca.version, crypto.certs_to_der(ca.x509_roots))
+        return self._bundle_cache[1]
 
     # -- X.509 -----------------------------------------------------------------------------
     async def fetch_x509_svid(self, stream: Stream[Any, Any]) -> None:

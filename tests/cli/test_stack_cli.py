@@ -1,0 +1,227 @@
+"""`trustmesh up --detach` / `status --json` / `down`, driven as a user or a script would,
+as real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from trustmesh.cli.supervisor import process_alive
+
+
+def tm(*args: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trustmesh", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture
+def config(short_tmp: Path) -> Path:
+    path = short_tmp / "trustmesh.yaml"
+    path.write_text("trust_domain: cli.example\ndev: true\nidentity: {svid_ttl: 5m}\n")
+    return path
+
+
+@pytest.fixture
+def stack(short_tmp: Path, config: Path) -> Iterator[Path]:
+    state = short_tmp / "state"
+    up = tm("up", "--config", str(config), "--state", str(state), "--detach")
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        yield state
+    finally:
+        tm("down", "--state", str(state))
+
+
+def _status(config: Path, state: Path) -> tuple[int, dict[str, object]]:
+    result = tm("status", "--config", str(config), "--state", str(state), "--json")
+    return result.returncode, json.loads(result.stdout)
+
+
+def _pids(state: Path) -> list[tuple[int, int]]:
+    found = []
+    for path in (state / "run").glob("*.json"):
+        doc = json.loads(path.read_text())
+        found.append((doc["pid"], doc["start_time"]))
+    return found
+
+
+def test_up_status_down(stack: Path, config: Path) -> None:
+    code, status = _status(config, stack)
+    assert code == 0
+    assert status["running"] is True
+    assert status["workload_api"] == f"unix://{stack}/workload.sock"
+    (identity,) = status["components"]  # type: ignore[misc]
+    assert identity["name"] == "identity"
+    assert identity["healthy"] is True
+    assert identity["spiffe_id"] == "spiffe://cli.example/trustmesh/identity"
+    assert identity["cert_expires"]
+    pids = _pids(stack)
+    assert len(pids) == 2  # supervisor and identity
+    assert all(process_alive(p, s) for p, s in pids)
+
+    down = tm("down", "--state", str(stack))
+    assert down.returncode == 0
+    assert not any(process_alive(p, s) for p, s in pids), "down must leave no process"
+    assert not (stack / "workload.sock").exists()
+    code, status = _status(config, stack)
+    assert code == 1
+    assert status["running"] is False
+
+
+def test_second_up_is_refused_while_running(stack: Path, config: Path) -> None:
+    again = tm("up", "--config", str(config), "--state", str(stack), "--detach")
+    assert again.returncode == 1
+    assert "already running" in again.stderr
+
+
+def test_restart_reuses_the_trust_domain(stack: Path, config: Path) -> None:
+    def roots() -> list[str]:
+        import sqlite3
+
+        db = sqlite3.connect(stack / "identity.db")
+        try:
+            return [json.loads(r[0])["root"] for r in db.execute("SELECT doc FROM ca_generations")]
+        finally:
+            db.close()
+
+    before = roots()
+    assert tm("down", "--state", str(stack)).returncode == 0
+    up = tm("up", "--config", str(config), "--state", str(stack), "--detach")
+    assert up.returncode == 0, up.stderr
+    assert roots() == before
+
+
+def test_another_trust_domain_on_the_same_state_fails_clearly(stack: Path, short_tmp: Path) -> None:
+    assert tm("down", "--state", str(stack)).returncode == 0
+    other = short_tmp / "other.yaml"
+    other.write_text("trust_domain: other.example\ndev: true\n")
+    up = tm("up", "--config", str(other), "--state", str(stack), "--detach")
+    assert up.returncode == 1
+    assert "spiffe://cli.example, not spiffe://other.example" in up.stderr
+    assert "another --state directory" in up.stderr
+
+
+def test_crashed_supervisor_leaves_nothing_behind(stack: Path, config: Path) -> None:
+    pids = _pids(stack)
+    sup = json.loads((stack / "run" / "supervisor.json").read_text())
+    os.kill(sup["pid"], signal.SIGKILL)  # no chance to clean up
+    deadline = time.monotonic() + 15
+    # its children die with it (parent-death signal), and a new `up` starts cleanly
+    while time.monotonic() < deadline and any(process_alive(p, s) for p, s in pids):
+        time.sleep(0.1)
+    assert not any(process_alive(p, s) for p, s in pids)
+    up = tm("up", "--config", str(config), "--state", str(stack), "--detach")
+    assert up.returncode == 0, up.stderr
+    code, _ = _status(config, stack)
+    assert code == 0
+
+
+def test_down_when_not_running(short_tmp: Path) -> None:
+    result = tm("down", "--state", str(short_tmp / "nothing"))
+    assert result.returncode == 0
+    assert "not running" in result.stdout
+
+
+def test_foreground_up_stops_every_child_on_ctrl_c(short_tmp: Path, config: Path) -> None:
+    state = short_tmp / "fg"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trustmesh", "up", "--config", str(config), "--state", str(state)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            code, _ = _status(config, state)
+            if code == 0:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("foreground stack never became healthy")
+        children = [(p, s) for p, s in _pids(state) if p != proc.pid]
+        assert children
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        assert not any(process_alive(p, s) for p, s in children)
+        assert not (state / "workload.sock").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
+
+
+def test_up_without_a_sealing_key_outside_dev_mode(short_tmp: Path) -> None:
+    config = short_tmp / "prod.yaml"
+    config.write_text("trust_domain: prod.example\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRUSTMESH_SEAL")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trustmesh",
+            "up",
+            "--config",
+            str(config),
+            "--state",
+            str(short_tmp / "p"),
+            "--detach",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "TRUSTMESH_SEAL_KEY" in result.stderr
+    assert not (short_tmp / "p" / "identity.db").exists()
+
+
+def test_up_with_a_sealing_key_from_the_environment(short_tmp: Path) -> None:
+    import base64
+
+    config = short_tmp / "prod.yaml"
+    config.write_text("trust_domain: prod.example\n")
+    state = short_tmp / "p"
+    env = {**os.environ, "TRUSTMESH_SEAL_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode()}
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "trustmesh",
+                "up",
+                "--config",
+                str(config),
+                "--state",
+                str(state),
+                "--detach",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "DEV MODE" not in result.stderr
+        assert not (state / "seal.key").exists()
+    finally:
+        tm("down", "--state", str(state))
