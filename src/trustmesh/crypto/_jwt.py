@@ -91,7 +91,8 @@ def verify_jwt(
             f"invalid token: {type(exc).__name__}", reason="token-malformed"
         ) from None
     exp = claims.get("exp")
-    if not isinstance(exp, int | float) or isinstance(exp, bool) or now > exp + leeway:
+    # RFC 7519 §4.1.4: the token must not be accepted on or after its expiration time.
+    if not isinstance(exp, int | float) or isinstance(exp, bool) or now >= exp + leeway:
         raise InvalidTokenError("expired", reason="token-expired")
     nbf = claims.get("nbf")
     if nbf is not None and (not isinstance(nbf, int | float) or now + leeway < nbf):

@@ -119,6 +119,8 @@ def load_seal_key(
         return SealKey(key, "env")
     passphrase = env.get(SEAL_PASSPHRASE_ENV)
     if passphrase:
+        if len(passphrase) < 12:  # refused before anything is written
+            raise KeySourceError("the sealing passphrase must be at least 12 characters")
         return SealKey.from_passphrase(passphrase, _salt(state_dir))
     if not dev:
         raise KeySourceError(
@@ -143,7 +145,10 @@ def _read_or_create_private_file(path: Path, size: int) -> bytes:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if not path.exists():
         _write_private_file(path, os.urandom(size))
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise KeySourceError(f"{path} cannot be opened safely ({exc.strerror})") from None
     try:
         st = os.fstat(fd)
         if st.st_uid != os.getuid():

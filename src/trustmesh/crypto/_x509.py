@@ -79,6 +79,8 @@ def certs_to_der(certs: Iterable[x509.Certificate]) -> bytes:
 
 def certs_from_der(data: bytes) -> list[x509.Certificate]:
     """Split concatenated DER certificates (each a SEQUENCE with a definite length)."""
+    if not data:
+        raise CryptoError("no certificate")
     certs: list[x509.Certificate] = []
     offset = 0
     while offset < len(data):
@@ -137,7 +139,7 @@ def _ca_builder(
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True,
+                digital_signature=False,
                 content_commitment=False,
                 key_encipherment=False,
                 data_encipherment=False,
@@ -220,6 +222,8 @@ def issue_x509_svid(
 
     The certificate never outlives its issuer: notAfter is clamped to the issuer's.
     """
+    if not issuer.cert.not_valid_before_utc <= now < issuer.cert.not_valid_after_utc:
+        raise CryptoError("the signing CA is not valid at this time")
     key = key or generate_key()
     not_after = min(now + ttl, issuer.cert.not_valid_after_utc)
     public_key = key.public_key()
@@ -276,6 +280,7 @@ def verify_svid_chain(
     roots: Sequence[x509.Certificate],
     *,
     now: dt.datetime,
+    trust_domain: str | None = None,
 ) -> str:
     """Verify ``chain`` (leaf first) up to one of ``roots`` and return its SPIFFE ID.
 
@@ -290,11 +295,25 @@ def verify_svid_chain(
         verified = verifier.verify(chain[0], list(chain[1:]))
     except VerificationError as exc:
         raise CryptoError(f"chain does not verify: {exc}") from None
-    ids = [
-        str(s.value)
-        for s in verified.subjects or []
-        if isinstance(s, x509.UniformResourceIdentifier)
-    ]
+    del verified  # the path is valid; the SPIFFE rules on the leaf follow
+    leaf = chain[0]
+    ids = uri_sans(leaf)
+    # X509-SVID §5.2: exactly one URI SAN, a SPIFFE ID with a path, on a non-CA leaf
+    # that may not sign certificates or CRLs.
     if len(ids) != 1:
         raise CryptoError("an SVID must carry exactly one URI SAN")
-    return ids[0]
+    spiffe_id = ids[0]
+    prefix = "spiffe://"
+    td, _, path = spiffe_id[len(prefix) :].partition("/")
+    if not spiffe_id.startswith(prefix) or not td or not path:
+        raise CryptoError("the URI SAN is not a workload SPIFFE ID")
+    if trust_domain is not None and td != trust_domain:
+        raise CryptoError(f"SVID of trust domain {td!r}, expected {trust_domain!r}")
+    try:
+        constraints = leaf.extensions.get_extension_for_class(x509.BasicConstraints).value
+        usage = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        raise CryptoError("an SVID needs basic constraints and key usage") from None
+    if constraints.ca or usage.key_cert_sign or usage.crl_sign or not usage.digital_signature:
+        raise CryptoError("an SVID leaf must be CA=false, digitalSignature, no cert/CRL signing")
+    return spiffe_id

@@ -65,6 +65,7 @@ class CertificateAuthority:
         self._store = store
         self._seal_key = seal_key
         self._generations: list[Generation] = []
+        self._last_id = 0  # generation ids only grow, even after every generation retired
         self.version = 0
         #: What the last ``tick``/``force_rotation`` did, for the caller to report.
         self.last_actions: tuple[rotation.Action, ...] = ()
@@ -148,10 +149,12 @@ class CertificateAuthority:
             case rotation.Prepare(activate_at=activate_at):
                 self._generations.append(self._new_generation(now, Status.PREPARED, activate_at))
             case rotation.Activate(generation=gen_id, retire_previous_at=retire_at):
+                # A prepared generation's signing CA was made when it was published and
+                # signs nothing until now: give it a fresh one, valid for ca_ttl from now.
                 self._generations = [
                     replace(g, status=Status.RETIRING, retire_at=retire_at)
                     if g.status is Status.ACTIVE
-                    else replace(g, status=Status.ACTIVE, activate_at=now)
+                    else replace(self._renew_signing(g, now), status=Status.ACTIVE, activate_at=now)
                     if g.id == gen_id
                     else g
                     for g in self._generations
@@ -167,7 +170,7 @@ class CertificateAuthority:
     def _new_generation(
         self, now: dt.datetime, status: Status, activate_at: dt.datetime | None
     ) -> Generation:
-        gen_id = max((g.id for g in self._generations), default=0) + 1
+        gen_id = self._last_id = max([self._last_id, *(g.id for g in self._generations)]) + 1
         td = self.settings.trust_domain
         root_key = crypto.generate_key()
         root = crypto.create_root_ca(

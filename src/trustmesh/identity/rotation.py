@@ -18,6 +18,10 @@ import datetime as dt
 from dataclasses import dataclass
 from enum import StrEnum
 
+#: notAfter is inclusive (RFC 5280 §4.1.2.5): keep a retiring root one second longer than
+#: the last SVID it may have signed.
+_INCLUSIVE = dt.timedelta(seconds=1)
+
 
 class Status(StrEnum):
     PREPARED = "prepared"
@@ -85,9 +89,13 @@ def plan(
     if not active:
         published = [g for g in generations if g.status is Status.PREPARED]
         if published:  # a crash between two steps: activate what was published
-            return [Activate(published[0].id, now + settings.max_svid_ttl)]
+            return [Activate(published[0].id, now + settings.max_svid_ttl + _INCLUSIVE)]
         return [CreateInitial()]
     current = active[0]
+    if now >= current.root_not_after:
+        # Down for longer than the root lived: nothing it signed is valid any more, so
+        # there is nothing to hand over; start again from a new root.
+        return [*(Retire(g.id) for g in generations), CreateInitial()]
     actions: list[Action] = []
     for g in generations:
         if g.status is Status.RETIRING and g.retire_at is not None and now >= g.retire_at:
@@ -100,9 +108,13 @@ def plan(
                 _fraction(current.root_not_before, current.root_not_after, 5 / 6),
                 now + settings.publish_delay,
             )
+            if activate_at >= current.root_not_after:
+                # Prepared late (the service was down): the publish delay no longer fits
+                # before the current root ends; hand over halfway to its end instead.
+                activate_at = now + (current.root_not_after - now) / 2
             actions.append(Prepare(activate_at))
     elif prepared.activate_at is not None and now >= prepared.activate_at:
-        actions.append(Activate(prepared.id, now + settings.max_svid_ttl))
+        actions.append(Activate(prepared.id, now + settings.max_svid_ttl + _INCLUSIVE))
         return actions
     # The signing CA renews at half its life, under the same root: no bundle change.
     if now >= _fraction(current.signing_not_before, current.signing_not_after, 0.5):
