@@ -92,6 +92,20 @@ async def grpclib_rate(socket: str, seconds: float, concurrency: int) -> float:
     return count / (time.perf_counter() - start)
 
 
+def server_cpu_seconds(leader: int) -> float:
+    """CPU time (user + system) of the identity service: the leader and its workers."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    pids = [leader]
+    children = Path(f"/proc/{leader}/task/{leader}/children")
+    if children.exists():
+        pids += [int(p) for p in children.read_text().split()]
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
 def pyspiffe_rate(address: str, seconds: float) -> float:
     from spiffe import WorkloadApiClient
 
@@ -149,9 +163,16 @@ def main() -> None:
         print(f"machine: {os.cpu_count()} cores; {args.seconds:.0f} s per measurement")
         base = baseline(args.seconds)
         print(f"baseline  crypto.issue_x509_svid in-process      {base:8.0f} /s   1.00x")
+        cpu_before = server_cpu_seconds(server.pid)
         api = asyncio.run(grpclib_rate(str(socket), args.seconds, args.concurrency))
+        cpu = server_cpu_seconds(server.pid) - cpu_before
         print(
             f"Workload API, grpclib, {args.concurrency:2d} concurrent streams   {api:8.0f} /s   {api / base:.2f}x"
+        )
+        per_cpu = api * args.seconds / cpu if cpu else float("nan")
+        print(
+            f"  identity service CPU: {cpu:.1f} s in {args.seconds:.0f} s, {per_cpu:.0f} issues per "
+            "CPU-second (the load generator shares this machine's cores)"
         )
         spiffe = pyspiffe_rate(f"unix://{socket}", args.seconds)
         print(

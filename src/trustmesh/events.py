@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 import ipaddress
 import json
 import os
@@ -157,6 +158,7 @@ _SECRET_KEY_WORDS = (
 _SAFE_KEYS = frozenset({"token_type", "token_type_hint", "secret_path", "secret_version"})
 _JOSE_RUN = re.compile(r"[A-Za-z0-9_.-]+")
 _BEARER = re.compile(r"\bbearer[ \t]+[A-Za-z0-9._~+/-]{16,}", re.IGNORECASE)  # RFC 6750 §2.1
+_ASCII_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MIN_HEADER = 14  # len(base64url('{"alg":"x"}')) rounded down
 
 
@@ -173,6 +175,8 @@ def _looks_like_jose_header(segment: str) -> bool:
 
 def _has_jose(value: str) -> bool:
     """A compact JWS (RFC 7515 §7.1, 3 segments) or JWE (RFC 7516 §7.1, 5) in ``value``."""
+    if value.count(".") < 2:  # fast path: no compact serialization has fewer dots
+        return False
     for match in _JOSE_RUN.finditer(value):
         parts = match.group().split(".")
         if any(_looks_like_jose_header(part) for part in parts[:-2]):
@@ -193,11 +197,12 @@ def _check_no_secret(value: str) -> str:
 def _check_text(value: str) -> str:
     if len(value) > _MAX_TEXT:
         raise ValueError(f"longer than {_MAX_TEXT} characters")
-    if any(unicodedata.category(ch) == "Cs" for ch in value):
+    if not value.isascii() and any(unicodedata.category(ch) == "Cs" for ch in value):
         raise ValueError("contains a lone surrogate")
     return _check_no_secret(value)
 
 
+@functools.lru_cache(maxsize=4096)  # pure; ids (SPIFFE IDs, clients) repeat a lot
 def _check_id(value: str) -> str:
     if not value:
         raise ValueError("must not be empty")
@@ -205,7 +210,10 @@ def _check_id(value: str) -> str:
         raise ValueError(f"longer than {_MAX_ID} characters")
     # Cc: control (\n, \r, ESC...), Cf: format (bidi overrides), Cs: surrogates,
     # Zl/Zp: U+2028/U+2029, which some readers treat as line breaks.
-    if any(unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Zl", "Zp"} for ch in value):
+    if value.isascii():
+        if _ASCII_CONTROL.search(value):
+            raise ValueError("contains a control, format or line-separator character")
+    elif any(unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Zl", "Zp"} for ch in value):
         raise ValueError("contains a control, format or line-separator character")
     return _check_no_secret(value)
 
@@ -220,6 +228,7 @@ def _check_reason(value: str) -> str:
     return value
 
 
+@functools.lru_cache(maxsize=1024)  # pure; attribute names are a small set
 def _check_key(key: str) -> str:
     _check_id(key)
     if len(key) > 64 or not (key.isascii() and key[0].isalpha()):

@@ -225,3 +225,50 @@ def test_up_with_a_sealing_key_from_the_environment(short_tmp: Path) -> None:
         assert not (state / "seal.key").exists()
     finally:
         tm("down", "--state", str(state))
+
+
+def test_workload_api_workers_serve_and_stop(short_tmp: Path) -> None:
+    from spiffe import WorkloadApiClient
+
+    from trustmesh.identity.store import SqliteIdentityStore
+
+    config = short_tmp / "workers.yaml"
+    config.write_text("trust_domain: workers.example\ndev: true\nidentity: {workers: 3}\n")
+    state = short_tmp / "w"
+    up = tm("up", "--config", str(config), "--state", str(state), "--detach")
+    assert up.returncode == 0, up.stderr
+    try:
+        identity = json.loads((state / "run" / "identity.json").read_text())["pid"]
+        children = Path(f"/proc/{identity}/task/{identity}/children").read_text().split()
+        workers = [(int(p), _start_time(int(p))) for p in children]
+        assert len(workers) == 2
+        store = SqliteIdentityStore(state / "identity.db")
+        try:
+            from trustmesh.config import load_config
+            from trustmesh.events import MemorySink
+            from trustmesh.identity import admin
+            from trustmesh.identity.server import service_settings
+
+            admin.register_entry(
+                store,
+                service_settings(load_config(config)),
+                "spiffe://workers.example/api",
+                [f"unix:uid:{os.getuid()}", f"unix:path:{os.readlink('/proc/self/exe')}"],
+                None,
+                MemorySink(),
+            )
+        finally:
+            store.close()
+        address = f"unix://{state}/workload.sock"
+        for _ in range(12):  # separate connections: the kernel spreads them over processes
+            with WorkloadApiClient(address) as client:
+                assert str(client.fetch_x509_svid().spiffe_id) == "spiffe://workers.example/api"
+    finally:
+        assert tm("down", "--state", str(state)).returncode == 0
+    assert not any(process_alive(p, s) for p, s in workers)
+
+
+def _start_time(pid: int) -> int:
+    from trustmesh.identity.attestation import start_time_of
+
+    return start_time_of(pid)

@@ -262,6 +262,12 @@ class IdentitySettings(BaseModel):
     jwt_svid_ttl: Ttl = Field(default="5m", validate_default=True)
     ca_ttl: Ttl = Field(default="7d", validate_default=True)
     root_ttl: Ttl = Field(default="365d", validate_default=True)
+    workers: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="Workload API server processes; 0 means one per CPU core (at most 8).",
+    )
 
     @model_validator(mode="after")
     def _check_rotation_room(self) -> IdentitySettings:

@@ -16,10 +16,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trustmesh-identity")
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--state", type=Path, required=True)
+    parser.add_argument("--worker-fd", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
-        asyncio.run(serve_until_signalled(config, args.state))
+        asyncio.run(
+            serve_until_signalled(
+                config,
+                args.state.absolute(),
+                config_path=args.config.absolute(),
+                worker_fd=args.worker_fd,
+            )
+        )
     except ConfigError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return 2

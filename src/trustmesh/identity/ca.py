@@ -59,11 +59,20 @@ class CertificateAuthority:
     """Holds the unsealed CA keys in memory; persists every change, sealed, to the store."""
 
     def __init__(
-        self, settings: CASettings, store: IdentityStore, seal_key: crypto.SealKey
+        self,
+        settings: CASettings,
+        store: IdentityStore,
+        seal_key: crypto.SealKey,
+        *,
+        follower: bool = False,
     ) -> None:
         self.settings = settings
         self._store = store
         self._seal_key = seal_key
+        #: A follower (a worker process) never rotates: it signs with what the leader
+        #: stored, and reloads when the stored generations change.
+        self.follower = follower
+        self._followed: list[tuple[int, dict[str, object]]] = []
         self._generations: list[Generation] = []
         self._last_id = 0  # generation ids only grow, even after every generation retired
         self.version = 0
@@ -115,10 +124,28 @@ class CertificateAuthority:
                     "use another --state directory for another trust domain"
                 )
         self._generations = [self._open(s) for s in stored]
+        self._followed = [(g.id, g.doc) for g in stored]
+        if self.follower:
+            if not self._generations:
+                raise StateError("no CA in the store yet: the leader creates it")
+            return
         self.tick(now)
+
+    def follow(self) -> bool:
+        """Reload the generations if the leader changed them. True when anything changed."""
+        stored = self._store.load_generations()
+        seen = [(g.id, g.doc) for g in stored]
+        if seen == self._followed:
+            return False
+        self._generations = [self._open(g) for g in stored]
+        self._followed = seen
+        self.version += 1
+        return True
 
     def tick(self, now: dt.datetime) -> bool:
         """Apply the rotation plan at ``now``. True when anything changed."""
+        if self.follower:
+            return self.follow()
         settings = rotation.RotationSettings(
             max_svid_ttl=self.settings.max_svid_ttl, publish_delay=self.settings.publish_delay
         )
@@ -230,6 +257,10 @@ class CertificateAuthority:
         return crypto.private_key_from_der(der)
 
     def _persist(self) -> None:
+        self._persist_docs()
+        self._followed = [(g.id, g.doc) for g in self._store.load_generations()]
+
+    def _persist_docs(self) -> None:
         docs = [
             StoredGeneration(
                 g.id,

@@ -8,6 +8,7 @@ import datetime as dt
 import fcntl
 import os
 import socket
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,7 +93,13 @@ def open_store(state_dir: Path) -> SqliteIdentityStore:
 
 
 class IdentityServer:
-    """The running identity service. ``start()`` binds the socket; ``close()`` stops."""
+    """The running identity service. ``start()`` binds the socket; ``close()`` stops.
+
+    The *leader* holds the state lock, rotates the CA and, when ``worker_argv`` is given,
+    starts ``workers - 1`` worker processes that accept on the same listening socket
+    (handed to them as an inherited file descriptor). A worker (``listen_fd`` given) is a
+    follower: it signs with the CA the leader stored and reloads it when it changes.
+    """
 
     def __init__(
         self,
@@ -103,6 +110,8 @@ class IdentityServer:
         tick_interval: float = 1.0,
         publish_delay: dt.timedelta | None = None,
         sink: events.EventSink | None = None,
+        listen_fd: int | None = None,
+        worker_argv: list[str] | None = None,
     ) -> None:
         self.config = config
         self.paths = IdentityPaths(state_dir.absolute())
@@ -111,10 +120,17 @@ class IdentityServer:
                 f"socket path {self.paths.socket} is longer than {MAX_SOCKET_PATH} bytes; "
                 "choose a shorter --state directory"
             )
-        prepare_state_dir(self.paths.root)
-        self._lock_fd = _lock(self.paths.lock)
+        self.follower = listen_fd is not None
+        self._listen_fd = listen_fd
+        self._worker_argv = worker_argv
+        self._workers: list[subprocess.Popen[bytes]] = []
+        if not self.follower:
+            prepare_state_dir(self.paths.root)
+            self._lock_fd: int | None = _lock(self.paths.lock)
+        else:
+            self._lock_fd = None
         seal_key = crypto.load_seal_key(self.paths.root, dev=config.dev)
-        if seal_key.warning:
+        if seal_key.warning and not self.follower:
             print(f"WARNING: {seal_key.warning}", file=sys.stderr, flush=True)
         self._file_sink = events.JsonLinesSink(self.paths.events)
         self.sink: events.EventSink = (
@@ -122,7 +138,9 @@ class IdentityServer:
         )
         self.store = SqliteIdentityStore(self.paths.db)
         self.clock = clock
-        self.ca = CertificateAuthority(ca_settings(config, publish_delay), self.store, seal_key)
+        self.ca = CertificateAuthority(
+            ca_settings(config, publish_delay), self.store, seal_key, follower=self.follower
+        )
         self.ca.load(clock())
         self.service = IdentityService(
             service_settings(config), self.store, self.ca, self.sink, clock=clock
@@ -130,21 +148,54 @@ class IdentityServer:
         self.feed = ChangeFeed()
         self.api = WorkloadAPI(self.service, self.feed)
         self._server = Server([self.api, Health()])
+        self._listener: socket.socket | None = None
         self._tick_interval = tick_interval
         self._ticker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        _remove_stale_socket(self.paths.socket)
-        await self._server.start(path=str(self.paths.socket))
-        # Any local process may connect; attestation decides what it gets (as SPIRE's
-        # agent socket). Who can reach the socket at all is the state directory's mode.
-        self.paths.socket.chmod(0o777)
+        if self._listen_fd is not None:
+            self._listener = socket.socket(fileno=self._listen_fd)
+        else:
+            _remove_stale_socket(self.paths.socket)
+            self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._listener.bind(str(self.paths.socket))
+            # Any local process may connect; attestation decides what it gets (as SPIRE's
+            # agent socket). Who can reach the socket at all is the state directory's mode.
+            self.paths.socket.chmod(0o777)
+            self._listener.listen(512)
+        self._listener.setblocking(False)
+        await self._server.start(sock=self._listener)
+        if self._worker_argv is not None:
+            for _ in range(worker_count(self.config) - 1):
+                self._spawn_worker()
         self._ticker = asyncio.create_task(self._tick_forever())
+
+    def _spawn_worker(self) -> None:
+        if self._listener is None or self._worker_argv is None:
+            raise StateError("workers are started by a listening leader")
+        fd = self._listener.fileno()
+        self._workers.append(
+            subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [*self._worker_argv, "--worker-fd", str(fd)],
+                pass_fds=(fd,),
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
+        )
 
     def tick(self) -> None:
         if self.service.tick():
             self.service.report_ca_actions(self.ca.last_actions)
             self.feed.bump()
+        for worker in list(self._workers):
+            if worker.poll() is not None:  # a crashed worker is replaced
+                print(
+                    f"identity: worker {worker.pid} exited ({worker.returncode}); restarting",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                self._workers.remove(worker)
+                self._spawn_worker()
 
     def rotate_ca(self) -> None:
         """Prepare the next CA now (published at once, signing after the publish delay)."""
@@ -163,13 +214,36 @@ class IdentityServer:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
+        workers, self._workers = self._workers, []
+        for worker in workers:
+            worker.terminate()
         self._server.close()
         await self._server.wait_closed()
-        with contextlib.suppress(FileNotFoundError):
-            self.paths.socket.unlink()
+        for worker in workers:
+            try:
+                worker.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+        if not self.follower:
+            with contextlib.suppress(FileNotFoundError):
+                self.paths.socket.unlink()
         self.store.close()
         self._file_sink.close()
-        os.close(self._lock_fd)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+
+
+def worker_count(config: TrustmeshConfig) -> int:
+    """Processes serving the Workload API: configured, or one per core (at most 8)."""
+    return config.identity.workers or min(os.cpu_count() or 1, 8)
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def _lock(path: Path) -> int:
@@ -199,17 +273,36 @@ def _remove_stale_socket(path: Path) -> None:
     raise StateError(f"another server is listening on {path}")
 
 
-async def serve_until_signalled(config: TrustmeshConfig, state_dir: Path) -> None:
-    """Run until SIGTERM/SIGINT: the process entry point used by ``trustmesh up``."""
+async def serve_until_signalled(
+    config: TrustmeshConfig,
+    state_dir: Path,
+    *,
+    config_path: Path | None = None,
+    worker_fd: int | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT: the process entry point used by ``trustmesh up``.
+    Paths are absolute (workers are started with them)."""
     import signal
 
-    server = IdentityServer(config, state_dir)
+    worker_argv = None
+    if worker_fd is None and config_path is not None:
+        worker_argv = [
+            sys.executable,
+            "-m",
+            "trustmesh.identity",
+            "--config",
+            str(config_path),
+            "--state",
+            str(state_dir),
+        ]
+    server = IdentityServer(config, state_dir, listen_fd=worker_fd, worker_argv=worker_argv)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"identity: Workload API on {server.paths.socket_address}", flush=True)
+    if worker_fd is None:
+        print(f"identity: Workload API on {server.paths.socket_address}", flush=True)
     try:
         await stop.wait()
     finally:

@@ -116,6 +116,7 @@ class IdentityService:
     def identities(self, proc: ProcessInfo) -> list[Identity]:
         """Every SPIFFE ID ``proc`` may hold: entries whose selectors it all presents,
         and join tokens it redeemed. Raises AttestationError (and emits) when none."""
+        self.refresh_entries()  # an entry registered a moment ago counts at once
         selectors = proc.selectors()
         found: dict[str, dt.timedelta] = {}
         for entry in self._entries:
