@@ -127,7 +127,9 @@ def stack_status(config: TrustmeshConfig, config_path: Path, state: Path) -> dic
 
 
 def _print_table(status: dict[str, Any]) -> None:
-    table = Table("component", "URL", "SPIFFE ID", "healthy", "cert expires", title="trustmesh")
+    table = Table(title="trustmesh")
+    for column in ("component", "URL", "SPIFFE ID", "healthy", "cert expires"):
+        table.add_column(column, overflow="fold")
     for c in status["components"]:
         expires = c["cert_expires"] or "-"
         if c["cert_expires"]:

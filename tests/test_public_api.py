@@ -1,0 +1,90 @@
+"""The public facades: a change to what they export is a deliberate, reviewed change."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+EXPECTED = {
+    "trustmesh.crypto": [
+        "ALLOWED_ALGORITHMS",
+        "BACKDATE",
+        "DEV_KEY_WARNING",
+        "Issuer",
+        "PrivateKey",
+        "PublicKey",
+        "SEAL_KEY_ENV",
+        "SEAL_PASSPHRASE_ENV",
+        "SealKey",
+        "cert_der",
+        "cert_pem",
+        "certs_from_der",
+        "certs_from_pem",
+        "certs_to_der",
+        "create_intermediate_ca",
+        "create_root_ca",
+        "fingerprint_sha256",
+        "generate_key",
+        "is_sealed",
+        "issue_x509_svid",
+        "jwks_document",
+        "key_id",
+        "load_seal_key",
+        "open_sealed",
+        "private_key_from_der",
+        "private_key_to_der",
+        "public_jwk",
+        "reseal",
+        "seal",
+        "sign_jwt",
+        "uri_sans",
+        "verify_jwt",
+        "verify_svid_chain",
+    ],
+    "trustmesh.sdk": [
+        "ENDPOINT_ENV",
+        "JOIN_TOKEN_ENV",
+        "redeem_join_token",
+        "redeem_join_token_from_env",
+    ],
+    "trustmesh.testing": ["FakeClock", "RunningIdentityServer", "identity_server_in_thread"],
+}
+
+
+@pytest.mark.parametrize("module", sorted(EXPECTED))
+def test_all_is_pinned(module: str) -> None:
+    mod = importlib.import_module(module)
+    exported = list(mod.__all__)
+    assert sorted(exported) == sorted(EXPECTED[module])
+    for name in exported:
+        assert hasattr(mod, name), name
+
+
+def test_only_crypto_imports_hazmat() -> None:
+    """STYLE: trustmesh.crypto is the only importer of cryptography.hazmat."""
+    from pathlib import Path
+
+    import trustmesh
+
+    root = Path(trustmesh.__file__).parent
+    offenders = [
+        str(path.relative_to(root))
+        for path in root.rglob("*.py")
+        if "hazmat" in path.read_text() and path.parent.name != "crypto"
+    ]
+    assert offenders == []
+
+
+def test_sdk_never_imports_components() -> None:
+    """ARCHITECTURE: the SDK speaks protocols; it never imports identity, auth, secrets or
+    gateway internals, so a team can swap those for SPIRE, Keycloak or Vault."""
+    from pathlib import Path
+
+    import trustmesh
+
+    sdk = Path(trustmesh.__file__).parent / "sdk"
+    for path in sdk.rglob("*.py"):
+        text = path.read_text()
+        for component in ("identity", "auth", "secrets", "gateway"):
+            assert f"trustmesh.{component}" not in text, (path.name, component)
