@@ -53,6 +53,15 @@ def private_key_to_der(key: PrivateKey) -> bytes:
     )
 
 
+def private_key_to_pem(key: PrivateKey) -> bytes:
+    """PKCS#8 PEM, unencrypted: only ever written to memory (see sdk.tls)."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
 def private_key_from_der(der: bytes) -> PrivateKey:
     key = serialization.load_der_private_key(der, password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
@@ -296,10 +305,14 @@ def verify_svid_chain(
     except VerificationError as exc:
         raise CryptoError(f"chain does not verify: {exc}") from None
     del verified  # the path is valid; the SPIFFE rules on the leaf follow
-    leaf = chain[0]
+    return leaf_spiffe_id(chain[0], trust_domain=trust_domain)
+
+
+def leaf_spiffe_id(leaf: x509.Certificate, *, trust_domain: str | None = None) -> str:
+    """The SPIFFE ID of an X.509-SVID leaf, checked against X509-SVID §5.2: exactly one URI
+    SAN, a SPIFFE ID with a path (in ``trust_domain`` if given), on a non-CA leaf with
+    digitalSignature that may not sign certificates or CRLs. Raises CryptoError."""
     ids = uri_sans(leaf)
-    # X509-SVID §5.2: exactly one URI SAN, a SPIFFE ID with a path, on a non-CA leaf
-    # that may not sign certificates or CRLs.
     if len(ids) != 1:
         raise CryptoError("an SVID must carry exactly one URI SAN")
     spiffe_id = ids[0]

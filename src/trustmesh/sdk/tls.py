@@ -1,0 +1,117 @@
+"""mTLS with SPIFFE: SSL contexts from an X.509-SVID, rotated without a restart.
+
+Keys never touch the disk: certificate chain and key are handed to OpenSSL through an
+anonymous memory file (``memfd_create``). Hostname checks are off and the SPIFFE ID is
+checked instead (X509-SVID §5: the peer's identity is its URI SAN, not a DNS name).
+
+Rotation: ``load_cert_chain`` on a live context only changes what *new* handshakes
+present, and ``load_verify_locations`` can only add CAs; so every rotation builds fresh
+contexts, and the listening context's ``sni_callback`` (called on every handshake, with
+or without SNI) switches each new connection to the newest one. Open connections keep
+the context they were made with.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from typing import Any
+
+from cryptography import x509
+
+from trustmesh import crypto
+from trustmesh.errors import AuthenticationError, CryptoError
+from trustmesh.sdk.x509source import X509Context, X509Source
+
+
+def _load_identity(ctx: ssl.SSLContext, x: X509Context) -> None:
+    fd = os.memfd_create("trustmesh-svid", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, x.chain_pem() + crypto.private_key_to_pem(x.key))
+        ctx.load_cert_chain(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
+    ctx.load_verify_locations(cadata=x.bundle_pem().decode("ascii"))
+
+
+def server_context(x: X509Context) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.verify_mode = ssl.CERT_REQUIRED  # a client certificate chaining to the bundle
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    _load_identity(ctx, x)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def client_context(x: X509Context) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = False  # the SPIFFE ID is checked instead (see peer_spiffe_id)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    _load_identity(ctx, x)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def peer_certificate(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> x509.Certificate:
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        raise AuthenticationError("the peer presented no certificate", reason="no-peer-certificate")
+    return x509.load_der_x509_certificate(der)
+
+
+def peer_spiffe_id(ssl_object: ssl.SSLObject | ssl.SSLSocket, trust_domain: str) -> str:
+    """The SPIFFE ID of a verified peer (OpenSSL already checked the chain against the
+    bundle); the leaf must follow the X509-SVID rules and belong to ``trust_domain``."""
+    try:
+        return crypto.leaf_spiffe_id(peer_certificate(ssl_object), trust_domain=trust_domain)
+    except CryptoError as exc:
+        raise AuthenticationError(exc.detail, reason="invalid-peer-svid") from None
+
+
+class RotatingTLS:
+    """Server and client contexts that follow an :class:`X509Source`."""
+
+    def __init__(self, source: X509Source) -> None:
+        self.source = source
+        first = source.context
+        self.trust_domain = first.trust_domain
+        self._server = server_context(first)
+        self._client = client_context(first)
+        #: The context a server listens with: it hands every handshake to the newest one.
+        self.listening = server_context(first)
+        self.listening.sni_callback = self._switch
+        source.subscribe(self._rotate)
+
+    def _rotate(self, x: X509Context) -> None:
+        self._server = server_context(x)
+        self._client = client_context(x)
+        self.trust_domain = x.trust_domain
+
+    def _switch(self, ssl_object: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+        ssl_object.context = self._server
+
+    @property
+    def client(self) -> ssl.SSLContext:
+        """The context for new outgoing connections (pooled ones keep theirs)."""
+        return self._client
+
+    def tls_extension(self, ssl_object: ssl.SSLObject) -> dict[str, Any]:
+        """The ASGI TLS extension (``scope["extensions"]["tls"]``), plus ``spiffe_id``."""
+        cert = peer_certificate(ssl_object)
+        cipher = ssl_object.cipher()
+        version = ssl_object.version()
+        return {
+            "server_cert": None,
+            "client_cert_chain": [crypto.cert_pem(cert)],
+            "client_cert_name": cert.subject.rfc4514_string(),
+            "client_cert_error": None,
+            "tls_version": _TLS_VERSIONS.get(version or ""),
+            "cipher_suite": None,
+            "cipher": cipher[0] if cipher else None,
+            "spiffe_id": peer_spiffe_id(ssl_object, self.trust_domain),
+        }
+
+
+_TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
