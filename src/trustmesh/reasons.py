@@ -35,6 +35,9 @@ class Reason(enum.StrEnum):
     TOKEN_WRONG_AUDIENCE = "token-wrong-audience"
     TOKEN_MALFORMED = "token-malformed"
     TOKEN_UNKNOWN_KEY = "token-unknown-key"
+    # requests
+    UNAUTHENTICATED = "unauthenticated"
+    PATH_NON_CANONICAL = "path-non-canonical"
     # authorization
     POLICY_ALLOW = "policy-allow"
     POLICY_DENY = "policy-deny"

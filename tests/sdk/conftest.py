@@ -14,6 +14,7 @@ from trustmesh.testing import RunningIdentityServer, identity_server_in_thread
 TD = "sdk.example"
 ORDERS = f"spiffe://{TD}/orders"
 PAYMENTS = f"spiffe://{TD}/payments"
+INVENTORY = f"spiffe://{TD}/inventory"
 
 
 def start_identity(state: Path, trust_domain: str, ids: list[str], ttl: str = "10s"):  # type: ignore[no-untyped-def]
@@ -36,7 +37,7 @@ def start_identity(state: Path, trust_domain: str, ids: list[str], ttl: str = "1
 
 @pytest.fixture
 def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
-    cm, running = start_identity(short_tmp / "state", TD, [ORDERS, PAYMENTS])
+    cm, running = start_identity(short_tmp / "state", TD, [ORDERS, PAYMENTS, INVENTORY])
     try:
         yield running
     finally:

@@ -1,0 +1,102 @@
+"""Canonical paths: every trick that could make a pattern mean two things is refused."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trustmesh.policy.paths import NonCanonicalPath, canonical_path
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"/", "/"),
+        (b"/charges", "/charges"),
+        (b"/charges/123", "/charges/123"),
+        (b"/charges/", "/charges/"),
+        (b"/a%20b", "/a b"),
+        (b"/caf%C3%A9", "/café"),
+        (b"/a:b@c!$&'()*+,=", "/a:b@c!$&'()*+,="),
+        (b"/a%3Fb", "/a?b"),
+    ],
+)
+def test_canonical_paths_pass(raw: bytes, expected: str) -> None:
+    assert canonical_path(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"/admin/../charges",  # dot segments
+        b"/./charges",
+        b"/charges/.",
+        b"/charges/..",
+        b"/%2e%2e/admin",  # encoded dots
+        b"/%2E/admin",
+        b"/.%2e/admin",
+        b"//charges",  # empty segments
+        b"/charges//1",
+        b"/charges;jsessionid=1",  # path parameters
+        b"/charges%3Bx",
+        b"/charges\\..\\admin",  # backslashes
+        b"/charges%5C..%5Cadmin",
+        b"/charges%2F..%2Fadmin",  # an encoded slash
+        b"/charges%00.json",  # NUL
+        b"/charges%0A",  # control bytes
+        b"/charges%7F",
+        b"/%252e%252e/admin",  # double encoding
+        b"/%25",
+        b"/%41dmin",  # needlessly escaped unreserved characters
+        b"/%7Eadmin",
+        b"/charges%",  # malformed escapes
+        b"/charges%4",
+        b"/charges%G1",
+        b"/caf\xc3\xa9",  # raw non-ASCII bytes
+        b"/a b",  # raw space
+        b"/a\tb",
+        b"/a#b",
+        b"/a?b",
+        b"/a[b]",
+        b"/%C3%28",  # escapes that are not UTF-8
+        b"charges",  # not absolute
+        b"",
+        b"/" + b"a" * 5000,  # too long
+    ],
+)
+def test_non_canonical_paths_are_refused(raw: bytes) -> None:
+    with pytest.raises(NonCanonicalPath):
+        canonical_path(raw)
+
+
+_SEGMENT = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="/\\;%."),
+    min_size=1,
+    max_size=12,
+)
+
+
+@given(st.lists(_SEGMENT, min_size=0, max_size=6))
+def test_quoted_segments_round_trip(segments: list[str]) -> None:
+    """A path built the standard way (each segment percent-encoded) is canonical and decodes
+    back to exactly its segments."""
+    path = "/" + "/".join(segments)
+    raw = quote(path, safe="/!$&'()*+,=:@-_~").encode("ascii")
+    assert canonical_path(raw) == path
+
+
+@given(st.binary(max_size=64))
+def test_arbitrary_bytes_never_crash(raw: bytes) -> None:
+    try:
+        result = canonical_path(b"/" + raw)
+    except NonCanonicalPath:
+        return
+    parts = result[1:].split("/")
+    assert "." not in parts
+    assert ".." not in parts
+    assert "" not in parts[:-1]
+    assert "\\" not in result
+    assert ";" not in result
