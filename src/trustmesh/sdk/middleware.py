@@ -21,6 +21,7 @@ from trustmesh.errors import UsageError
 from trustmesh.policy.calls import CallAuthorizer
 from trustmesh.policy.paths import NonCanonicalPath, canonical_path
 from trustmesh.reasons import Reason
+from trustmesh.sdk import trace
 from trustmesh.sdk.serve import ASGIApp, Receive, Scope, Send
 
 
@@ -52,6 +53,15 @@ class ZeroTrustMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        incoming = next((v for k, v in scope.get("headers", ()) if k == b"traceparent"), None)
+        current = trace.parse(incoming.decode("latin-1") if incoming else None)
+        token = trace.use(current or trace.TraceParent.new())
+        try:
+            await self._handle(scope, receive, send)
+        finally:
+            trace.reset(token)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         tls: dict[str, Any] = (scope.get("extensions") or {}).get("tls") or {}
         caller = tls.get("spiffe_id")
         method = scope["method"]
@@ -107,6 +117,7 @@ class ZeroTrustMiddleware:
         policy: str | None = None,
     ) -> None:
         client = scope.get("client")
+        current = trace.current()
         # the raw path as sent, for forensics; a refused one is never decoded
         raw = scope.get("raw_path", b"").decode("latin-1")[:512] or scope["path"][:512]
         fields: dict[str, Any] = {
@@ -118,6 +129,7 @@ class ZeroTrustMiddleware:
             "message": message,
             "spiffe_id": self.spiffe_id,
             "peer_spiffe_id": caller,
+            "trace_id": current.trace_id if current else None,
             "src": events.Endpoint(ip=client[0], port=client[1]) if client else None,
         }
         attributes = {"method": scope["method"], "path": raw, "route": route, "policy": policy}

@@ -1,0 +1,206 @@
+"""Calling another service: mTLS with this service's SVID, and the server must present
+the SPIFFE ID expected for that service (hostname checks off, SPIFFE ID check on).
+
+Per target service: one aiohttp session whose pool survives rotations (each request is
+made with the newest client context; connections made with an older one stay pooled
+until they close), timeouts, bounded retries for idempotent methods only, a circuit
+breaker, and W3C ``traceparent`` propagation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp.client_reqrep import ClientRequest
+
+from trustmesh import crypto
+from trustmesh.errors import AuthenticationError, CryptoError, UnavailableError
+from trustmesh.sdk import trace
+from trustmesh.sdk.tls import RotatingTLS
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+RETRY_STATUSES = frozenset({502, 503, 504})
+
+
+class ServerIdentityError(AuthenticationError):
+    """The server is not the service we meant to call."""
+
+    code = "server_identity_mismatch"
+
+
+class _SpiffeConnector(aiohttp.TCPConnector):
+    """Checks the server's SPIFFE ID on every new connection, right after the handshake."""
+
+    def __init__(self, expected: str, trust_domain: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.expected = expected
+        self.trust_domain = trust_domain
+
+    async def _wrap_create_connection(
+        self, *args: Any, req: ClientRequest, **kwargs: Any
+    ) -> tuple[asyncio.Transport, Any]:
+        transport, protocol = await super()._wrap_create_connection(*args, req=req, **kwargs)
+        ssl_object = transport.get_extra_info("ssl_object")
+        try:
+            der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+            if not der:
+                raise CryptoError("no server certificate")
+            from cryptography import x509
+
+            found = crypto.leaf_spiffe_id(
+                x509.load_der_x509_certificate(der), trust_domain=self.trust_domain
+            )
+        except CryptoError as exc:
+            transport.close()
+            raise ServerIdentityError(
+                f"server {req.url.host}:{req.url.port}: {exc.detail}"
+            ) from None
+        if found != self.expected:
+            transport.close()
+            raise ServerIdentityError(
+                f"server {req.url.host}:{req.url.port} is {found}, expected {self.expected}"
+            )
+        return transport, protocol
+
+
+@dataclass
+class CircuitBreaker:
+    """Closed → open after ``threshold`` consecutive failures; after ``cooldown`` seconds
+    one trial call is let through (half-open): success closes it, failure re-opens it."""
+
+    threshold: int = 5
+    cooldown: float = 5.0
+    failures: int = 0
+    opened_at: float | None = None
+    _trial: bool = field(default=False, repr=False)
+
+    def allow(self, now: float) -> bool:
+        if self.opened_at is None:
+            return True
+        if now - self.opened_at >= self.cooldown and not self._trial:
+            self._trial = True
+            return True
+        return False
+
+    def record(self, ok: bool, now: float) -> None:
+        if ok:
+            self.failures, self.opened_at, self._trial = 0, None, False
+            return
+        self.failures += 1
+        if self._trial or self.failures >= self.threshold:
+            self.opened_at, self._trial = now, False
+
+    @property
+    def state(self) -> str:
+        return "closed" if self.opened_at is None else "open"
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        import json
+
+        return json.loads(self.body)
+
+
+class ServiceClient:
+    """Calls one service, at ``base_url``, that must present ``expected_spiffe_id``."""
+
+    def __init__(
+        self,
+        tls: RotatingTLS,
+        base_url: str,
+        expected_spiffe_id: str,
+        *,
+        timeout: float = 10.0,
+        connect_timeout: float = 3.0,
+        retries: int = 2,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
+        self.tls = tls
+        self.base_url = base_url.rstrip("/")
+        self.expected = expected_spiffe_id
+        self.retries = retries
+        self.breaker = breaker or CircuitBreaker()
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
+        trust_domain = expected_spiffe_id.removeprefix("spiffe://").partition("/")[0]
+        self._session = aiohttp.ClientSession(
+            connector=_SpiffeConnector(
+                expected_spiffe_id, trust_domain, limit=100, keepalive_timeout=30
+            ),
+            timeout=self._timeout,
+        )
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def __aenter__(self) -> ServiceClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Response:
+        method = method.upper()
+        attempts = 1 + (self.retries if method in IDEMPOTENT else 0)
+        parent = trace.current()
+        span = parent.child() if parent else trace.TraceParent.new()
+        sent_headers = {**(headers or {}), "traceparent": span.header()}
+        last = UnavailableError(f"{self.expected}: no attempt made")
+        for attempt in range(attempts):
+            if attempt:
+                await asyncio.sleep(min(0.05 * 2**attempt, 1.0) * (0.5 + random.random()))  # noqa: S311 - jitter
+            if not self.breaker.allow(time.monotonic()):
+                raise UnavailableError(f"circuit open for {self.expected}")
+            try:
+                async with self._session.request(
+                    method,
+                    self.base_url + path,
+                    json=json,
+                    headers=sent_headers,
+                    ssl=self.tls.client,
+                ) as r:
+                    body = await r.read()
+                    response = Response(r.status, dict(r.headers), body)
+            except ServerIdentityError:
+                self.breaker.record(False, time.monotonic())
+                raise  # never retried: the network is not flaky, it is someone else
+            except aiohttp.ServerDisconnectedError as exc:
+                # under TLS 1.3 a server that refuses our certificate hangs up after the
+                # handshake: say so instead of "server disconnected"
+                last = UnavailableError(
+                    f"{self.expected} closed the connection (did it refuse our SVID?): {exc}"
+                )
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                last = UnavailableError(f"{self.expected} unreachable: {type(exc).__name__}")
+            else:
+                failed = response.status in RETRY_STATUSES
+                self.breaker.record(not failed, time.monotonic())
+                if not failed or attempt == attempts - 1:
+                    return response
+                continue
+            self.breaker.record(False, time.monotonic())
+        raise last
+
+    async def get(self, path: str, **kwargs: Any) -> Response:
+        return await self.request("GET", path, **kwargs)
+
+    async def post(self, path: str, **kwargs: Any) -> Response:
+        return await self.request("POST", path, **kwargs)
