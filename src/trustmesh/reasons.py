@@ -27,6 +27,8 @@ class Reason(enum.StrEnum):
     ENTRY_CREATED = "entry-created"
     ENTRY_REMOVED = "entry-removed"
     TOKEN_CREATED = "token-created"
+    DISCOVERY_LOOKUP = "discovery-lookup"
+    DISCOVERY_REFUSED = "discovery-refused"
     # tokens
     TOKEN_VALID = "token-valid"
     TOKEN_EXPIRED = "token-expired"

@@ -64,7 +64,11 @@ def test_up_status_down(stack: Path, config: Path) -> None:
     assert code == 0
     assert status["running"] is True
     assert status["workload_api"] == f"unix://{stack}/workload.sock"
-    (identity,) = status["components"]  # type: ignore[misc]
+    identity, discovery = status["components"]  # type: ignore[misc]
+    assert discovery["name"] == "discovery"
+    assert discovery["healthy"] is True
+    assert discovery["url"].startswith("https://127.0.0.1:")
+    assert status["stale_instances"] == []
     assert identity["name"] == "identity"
     assert identity["healthy"] is True
     assert identity["spiffe_id"] == "spiffe://cli.example/trustmesh/identity"

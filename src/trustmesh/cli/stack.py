@@ -116,14 +116,52 @@ def stack_status(config: TrustmeshConfig, config_path: Path, state: Path) -> dic
                 "pid": pid if alive else None,
             }
         )
+    discovery = read_json(IdentityPaths(state).discovery) or {}
+    listed = discovery.get("instances") if running else []
+    instances = listed if isinstance(listed, list) else []
+    if running and isinstance(discovery.get("url"), str):
+        rows.append(
+            {
+                "name": "discovery",
+                "url": discovery["url"],
+                "spiffe_id": discovery.get("spiffe_id"),
+                "healthy": _fresh(discovery.get("updated_at")) and _tcp_open(str(discovery["url"])),
+                "cert_expires": discovery.get("cert_expires"),
+                "cert_kind": "svid",
+                "pid": rows[0]["pid"] if rows else None,
+            }
+        )
     return {
         "state": str(state),
         "running": running,
+        "instances": instances,
+        "stale_instances": [i for i in instances if isinstance(i, dict) and i.get("stale")],
         "phase": sup.get("phase") if running else "stopped",
         "trust_domain": config.trust_domain,
         "workload_api": IdentityPaths(state).socket_address,
         "components": rows,
     }
+
+
+def _fresh(updated_at: object, within: float = 10.0) -> bool:
+    if not isinstance(updated_at, str):
+        return False
+    age = dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(updated_at)
+    return age.total_seconds() < within
+
+
+def _tcp_open(url: str) -> bool:
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection(
+            (parts.hostname or "127.0.0.1", parts.port or 443), timeout=1
+        ):
+            return True
+    except OSError:
+        return False
 
 
 def _print_table(status: dict[str, Any]) -> None:
@@ -139,6 +177,8 @@ def _print_table(status: dict[str, Any]) -> None:
             c["name"], c["url"], c["spiffe_id"], "yes" if c["healthy"] else "[red]no[/]", expires
         )
     out.print(table)
+    for instance in status.get("stale_instances", []):
+        out.print(f"[yellow]stale:[/] {instance['service']} at {instance['url']} stopped renewing")
     out.print(
         f"Workload API: {status['workload_api']}  (export SPIFFE_ENDPOINT_SOCKET={status['workload_api']})"
     )

@@ -268,6 +268,12 @@ class IdentitySettings(BaseModel):
         le=64,
         description="Workload API server processes; 0 means one per CPU core (at most 8).",
     )
+    discovery_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Loopback port of the discovery API (mTLS); 0 picks a free one.",
+    )
 
     @model_validator(mode="after")
     def _check_rotation_room(self) -> IdentitySettings:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import fcntl
+import json
 import os
 import socket
 import subprocess
@@ -21,9 +22,14 @@ from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import StateError
 from trustmesh.identity.admin import ServiceSettings, utcnow
 from trustmesh.identity.ca import CASettings, CertificateAuthority
+from trustmesh.identity.discovery import Registry
+from trustmesh.identity.discovery_app import discovery_app
+from trustmesh.identity.selfsvid import CASource
 from trustmesh.identity.service import Clock, IdentityService
 from trustmesh.identity.store import SqliteIdentityStore
 from trustmesh.identity.workload import ChangeFeed, WorkloadAPI
+from trustmesh.sdk.serve import Served
+from trustmesh.sdk.serve import start as serve_start
 
 #: sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_SOCKET_PATH = 107
@@ -50,6 +56,10 @@ class IdentityPaths:
     @property
     def lock(self) -> Path:
         return self.root / "identity.lock"
+
+    @property
+    def discovery(self) -> Path:
+        return self.root / "discovery.json"
 
     @property
     def socket_address(self) -> str:
@@ -112,6 +122,7 @@ class IdentityServer:
         sink: events.EventSink | None = None,
         listen_fd: int | None = None,
         worker_argv: list[str] | None = None,
+        discovery: bool = False,
     ) -> None:
         self.config = config
         self.paths = IdentityPaths(state_dir.absolute())
@@ -149,6 +160,15 @@ class IdentityServer:
         self.api = WorkloadAPI(self.service, self.feed)
         self._server = Server([self.api, Health()])
         self._listener: socket.socket | None = None
+        self._discovery_enabled = discovery and not self.follower
+        self.registry = Registry(config)
+        self.self_svid = CASource(
+            self.ca,
+            config.component_spiffe_id("identity"),
+            min(config.identity.svid_ttl, config.identity.max_svid_ttl),
+            clock,
+        )
+        self.discovery: Served | None = None
         self._tick_interval = tick_interval
         self._ticker: asyncio.Task[None] | None = None
 
@@ -168,6 +188,14 @@ class IdentityServer:
         if self._worker_argv is not None:
             for _ in range(worker_count(self.config) - 1):
                 self._spawn_worker()
+        if self._discovery_enabled:
+            self.discovery = await serve_start(
+                discovery_app(self.registry, self.sink, self.clock),
+                source=self.self_svid,
+                host="127.0.0.1",
+                port=self.config.identity.discovery_port,
+            )
+            self._write_discovery_file()
         self._ticker = asyncio.create_task(self._tick_forever())
 
     def _spawn_worker(self) -> None:
@@ -183,10 +211,32 @@ class IdentityServer:
             )
         )
 
+    @property
+    def discovery_url(self) -> str | None:
+        return f"https://127.0.0.1:{self.discovery.port}" if self.discovery else None
+
+    def _write_discovery_file(self) -> None:
+        """What `trustmesh status` reads: the discovery URL and the live instances."""
+        now = self.clock()
+        self.registry.expire(now, grace=self.registry.lease * 4)  # stale ones are shown a while
+        doc = {
+            "url": self.discovery_url,
+            "spiffe_id": self.self_svid.spiffe_id,
+            "cert_expires": self.self_svid.context.not_after.isoformat(),
+            "updated_at": now.isoformat(),
+            "instances": self.registry.snapshot(now),
+        }
+        tmp = self.paths.discovery.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(self.paths.discovery)
+
     def tick(self) -> None:
         if self.service.tick():
             self.service.report_ca_actions(self.ca.last_actions)
             self.feed.bump()
+        if self._discovery_enabled:
+            self.self_svid.refresh()
+            self._write_discovery_file()
         for worker in list(self._workers):
             if worker.poll() is not None:  # a crashed worker is replaced
                 print(
@@ -214,6 +264,9 @@ class IdentityServer:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
+        if self.discovery is not None:
+            await self.discovery.stop()
+            self.paths.discovery.unlink(missing_ok=True)
         workers, self._workers = self._workers, []
         for worker in workers:
             worker.terminate()
@@ -295,7 +348,13 @@ async def serve_until_signalled(
             "--state",
             str(state_dir),
         ]
-    server = IdentityServer(config, state_dir, listen_fd=worker_fd, worker_argv=worker_argv)
+    server = IdentityServer(
+        config,
+        state_dir,
+        listen_fd=worker_fd,
+        worker_argv=worker_argv,
+        discovery=worker_fd is None,
+    )
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -22,7 +22,7 @@ from uvicorn.protocols.utils import get_remote_addr
 
 from trustmesh.errors import AuthenticationError
 from trustmesh.sdk.tls import RotatingTLS
-from trustmesh.sdk.x509source import X509Source
+from trustmesh.sdk.x509source import SVIDSource, X509Source
 
 log = logging.getLogger("trustmesh.sdk")
 
@@ -104,7 +104,7 @@ class Served:
     server: uvicorn.Server
     task: asyncio.Task[None]
     tls: RotatingTLS
-    source: X509Source
+    source: SVIDSource
     owns_source: bool
 
     @property
@@ -125,7 +125,7 @@ async def start(
     *,
     host: str = "127.0.0.1",
     port: int = 0,
-    source: X509Source | None = None,
+    source: SVIDSource | None = None,
     address: str | None = None,
     log_level: str = "warning",
 ) -> Served:

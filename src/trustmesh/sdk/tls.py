@@ -21,7 +21,7 @@ from cryptography import x509
 
 from trustmesh import crypto
 from trustmesh.errors import AuthenticationError, CryptoError
-from trustmesh.sdk.x509source import X509Context, X509Source
+from trustmesh.sdk.x509source import SVIDSource, X509Context
 
 
 def _load_identity(ctx: ssl.SSLContext, x: X509Context) -> None:
@@ -71,9 +71,9 @@ def peer_spiffe_id(ssl_object: ssl.SSLObject | ssl.SSLSocket, trust_domain: str)
 
 
 class RotatingTLS:
-    """Server and client contexts that follow an :class:`X509Source`."""
+    """Server and client contexts that follow an SVID source (the Workload API's stream)."""
 
-    def __init__(self, source: X509Source) -> None:
+    def __init__(self, source: SVIDSource) -> None:
         self.source = source
         first = source.context
         self.trust_domain = first.trust_domain

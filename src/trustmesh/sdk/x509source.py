@@ -16,6 +16,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import h2.exceptions
 from cryptography import x509
@@ -78,6 +79,19 @@ def parse_response(reply: pb.X509SVIDResponse, spiffe_id: str | None = None) -> 
     if key.public_key() != chain[0].public_key():
         raise CryptoError("the SVID's key does not match its certificate")
     return X509Context(chosen.spiffe_id, chain, key, bundle)
+
+
+class SVIDSource(Protocol):
+    """Anything that holds a current X.509 context and says when it changes."""
+
+    @property
+    def context(self) -> X509Context: ...
+
+    def subscribe(self, callback: Callable[[X509Context], None]) -> None: ...
+
+    async def start(self, timeout: float = 30.0) -> X509Context: ...
+
+    async def close(self) -> None: ...
 
 
 class X509Source:

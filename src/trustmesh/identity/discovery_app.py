@@ -1,0 +1,110 @@
+"""The discovery API, served over mTLS by the identity service (``sdk.serve``).
+
+``PUT /v1/instances`` {"url"} registers or renews the caller's own instance;
+``DELETE /v1/instances`` {"url"} removes it; ``GET /v1/services/{name}`` lists the
+endpoints of a service the caller may call. The caller is always the verified peer SVID.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from trustmesh import events
+from trustmesh.errors import TrustmeshError, UsageError
+from trustmesh.identity.discovery import Registry
+from trustmesh.identity.service import Clock
+from trustmesh.reasons import Reason
+
+MAX_BODY = 4096
+
+
+def _error(exc: TrustmeshError) -> JSONResponse:
+    return JSONResponse(exc.to_dict(), status_code=exc.status)
+
+
+def discovery_app(registry: Registry, sink: events.EventSink, clock: Clock) -> Starlette:
+    def caller(request: Request) -> str:
+        return str(request.scope["extensions"]["tls"]["spiffe_id"])
+
+    def emit(decision: events.Decision, reason: str, message: str, peer: str, **attrs: Any) -> None:
+        sink.emit(
+            events.event(
+                events.EventClass.API_ACTIVITY,
+                activity_id=2 if reason in (Reason.DISCOVERY_LOOKUP,) else 99,
+                activity_name="Read" if reason in (Reason.DISCOVERY_LOOKUP,) else "Other",
+                component="identity",
+                decision=decision,
+                reason=reason,
+                message=message,
+                peer_spiffe_id=peer,
+                now=clock(),
+                attributes=attrs,
+            )
+        )
+
+    async def url_of(request: Request) -> str:
+        body = await request.body()
+        if len(body) > MAX_BODY:
+            raise UsageError("body too large")
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            raise UsageError("body must be JSON") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("url"), str):
+            raise UsageError('body must be {"url": "https://host:port"}')
+        return str(doc["url"])
+
+    async def put_instance(request: Request) -> JSONResponse:
+        peer = caller(request)
+        try:
+            instance = registry.register(peer, await url_of(request), clock())
+        except TrustmeshError as exc:
+            emit(events.Decision.DENY, Reason.DISCOVERY_REFUSED, exc.detail, peer)
+            return _error(exc)
+        return JSONResponse(
+            {"service": instance.service, "expires_at": instance.expires_at.isoformat()}
+        )
+
+    async def delete_instance(request: Request) -> JSONResponse:
+        peer = caller(request)
+        try:
+            removed = registry.deregister(peer, await url_of(request))
+        except TrustmeshError as exc:
+            return _error(exc)
+        return JSONResponse({"removed": removed})
+
+    async def get_service(request: Request) -> JSONResponse:
+        peer = caller(request)
+        name = request.path_params["name"]
+        try:
+            found = registry.lookup(peer, name, clock())
+        except TrustmeshError as exc:
+            emit(
+                events.Decision.DENY,
+                Reason.DISCOVERY_REFUSED,
+                "lookup refused",
+                peer,
+                service=name[:64],
+            )
+            return _error(exc)
+        emit(events.Decision.ALLOW, Reason.DISCOVERY_LOOKUP, "lookup", peer, service=name)
+        return JSONResponse(
+            {
+                "service": name,
+                "endpoints": [{"url": i.url, "spiffe_id": i.spiffe_id} for i in found],
+            }
+        )
+
+    return Starlette(
+        routes=[
+            Route("/v1/instances", put_instance, methods=["PUT"]),
+            Route("/v1/instances", delete_instance, methods=["DELETE"]),
+            Route("/v1/services/{name}", get_service, methods=["GET"]),
+        ]
+    )
