@@ -47,8 +47,12 @@ EXPECTED = {
     "trustmesh.sdk": [
         "ENDPOINT_ENV",
         "JOIN_TOKEN_ENV",
+        "Runtime",
+        "client",
+        "current",
         "redeem_join_token",
         "redeem_join_token_from_env",
+        "run_service",
     ],
     "trustmesh.testing": ["FakeClock", "RunningIdentityServer", "identity_server_in_thread"],
 }

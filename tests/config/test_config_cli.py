@@ -33,7 +33,7 @@ def test_check_reports_every_problem_on_stderr_and_exits_2(valid_yaml: str, tmp_
     lines = result.stderr.splitlines()
     assert lines[0] == (
         f"{path}:12: services.orders.prot: unknown key 'prot' (did you mean 'port'?) "
-        "(expected one of: command, port, run)"
+        "(expected one of: command, external, port, run)"
     )
     # user text is printed as-is, never interpreted as Rich markup
     assert lines[1].startswith(f"{path}:21: calls[1].allow[1]: path '/[bold]x[/bold]' has an")
@@ -60,7 +60,7 @@ def test_check_defaults_to_the_packaged_declaration(
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(config_cmd.app, ["check"])
     assert result.exit_code == 0, result.output
-    assert "default.yaml: trust domain trustmesh.local, 0 services, 0 calls" in result.stdout
+    assert "default.yaml: trust domain trustmesh.local, 3 services, 2 calls" in result.stdout
 
 
 def test_check_prefers_local_trustmesh_yaml(

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,6 +28,7 @@ from trustmesh.cli._common import (
     EXIT_FAILURE,
     ConfigOption,
     StateOption,
+    cli_event_sink,
     err,
     fail,
     fail_on,
@@ -45,14 +47,23 @@ from trustmesh.cli.supervisor import (
 )
 from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import TrustmeshError
-from trustmesh.identity.server import MAX_SOCKET_PATH, IdentityPaths, prepare_state_dir
+from trustmesh.identity import admin
+from trustmesh.identity.server import (
+    MAX_SOCKET_PATH,
+    IdentityPaths,
+    prepare_state_dir,
+    service_settings,
+)
 from trustmesh.identity.store import SqliteIdentityStore
 
 DETACH_TIMEOUT = 90.0
+JOIN_TTL = dt.timedelta(minutes=2)  # a started process redeems its token within seconds
 
 
-def components(config_path: Path, state: Path) -> list[ComponentSpec]:
-    return [
+def components(config: TrustmeshConfig, config_path: Path, state: Path) -> list[ComponentSpec]:
+    """The identity service first, then every declared service, each its own process with
+    its own identity (a fresh one-time join token at every start)."""
+    specs = [
         ComponentSpec(
             "identity",
             python_module_argv(
@@ -60,6 +71,57 @@ def components(config_path: Path, state: Path) -> list[ComponentSpec]:
             ),
         )
     ]
+    paths = IdentityPaths(state)
+    for name, service in config.services.items():
+        if service.external:
+            continue
+        argv = (
+            tuple(service.command)
+            if service.command
+            else python_module_argv("trustmesh.sdk.runner", str(service.run))
+        )
+        specs.append(
+            ComponentSpec(
+                name,
+                argv,
+                env={
+                    "SPIFFE_ENDPOINT_SOCKET": paths.socket_address,
+                    "TRUSTMESH_CONFIG": str(config_path),
+                    "TRUSTMESH_SERVICE": name,
+                    "TRUSTMESH_EVENTS": str(state / "events" / f"{name}.jsonl"),
+                },
+                env_factory=_service_env(config, state, name),
+            )
+        )
+    return specs
+
+
+def _service_env(config: TrustmeshConfig, state: Path, name: str) -> Callable[[], dict[str, str]]:
+    def make() -> dict[str, str]:
+        store = SqliteIdentityStore(IdentityPaths(state).db)
+        try:
+            with cli_event_sink(state) as sink:
+                token = admin.create_join_token(
+                    store, service_settings(config), config.spiffe_id(name), JOIN_TTL, sink
+                )
+        finally:
+            store.close()
+        discovery = read_json(IdentityPaths(state).discovery) or {}
+        return {
+            "TRUSTMESH_JOIN_TOKEN": token,
+            "TRUSTMESH_DISCOVERY_URL": str(discovery.get("url") or ""),
+        }
+
+    return make
+
+
+def _instance(state: Path, name: str) -> dict[str, Any] | None:
+    doc = read_json(IdentityPaths(state).discovery) or {}
+    listed = doc.get("instances")
+    for instance in listed if isinstance(listed, list) else []:
+        if isinstance(instance, dict) and instance.get("service") == name:
+            return instance
+    return None
 
 
 # -- health ------------------------------------------------------------------------------
@@ -78,7 +140,10 @@ def probe(spec: ComponentSpec, state: Path, timeout: float = 2.0) -> bool:
     if spec.name == "identity":
         sock = IdentityPaths(state).socket
         return sock.is_socket() and asyncio.run(_probe_grpc(sock, timeout))
-    return False
+    # a service is up once it serves and has registered with discovery (which it does
+    # only after its SVID arrived and its mTLS server listens)
+    instance = _instance(state, spec.name)
+    return bool(instance and not instance.get("stale") and _tcp_open(str(instance.get("url"))))
 
 
 def _signing_ca_expiry(state: Path) -> str | None:
@@ -100,19 +165,33 @@ def stack_status(config: TrustmeshConfig, config_path: Path, state: Path) -> dic
     paths = RunPaths(state)
     running = supervisor_running(paths)
     sup = read_json(paths.supervisor) or {}
-    rows = []
-    for spec in components(config_path, state):
+    rows: list[dict[str, Any]] = []
+    for spec in components(config, config_path, state):
         doc = read_json(paths.component(spec.name)) or {}
         pid, start = doc.get("pid"), doc.get("start_time")
         alive = isinstance(pid, int) and isinstance(start, int) and process_alive(pid, start)
+        if spec.name == "identity":
+            rows.append(
+                {
+                    "name": spec.name,
+                    "url": IdentityPaths(state).socket_address,
+                    "spiffe_id": config.component_spiffe_id(spec.name),
+                    "healthy": bool(running and alive and probe(spec, state)),
+                    "cert_expires": _signing_ca_expiry(state),
+                    "cert_kind": "signing-ca",
+                    "pid": pid if alive else None,
+                }
+            )
+            continue
+        instance = _instance(state, spec.name) or {}
         rows.append(
             {
                 "name": spec.name,
-                "url": IdentityPaths(state).socket_address,
-                "spiffe_id": config.component_spiffe_id(spec.name),
+                "url": instance.get("url"),
+                "spiffe_id": config.spiffe_id(spec.name),
                 "healthy": bool(running and alive and probe(spec, state)),
-                "cert_expires": _signing_ca_expiry(state),
-                "cert_kind": "signing-ca",
+                "cert_expires": instance.get("cert_expires"),
+                "cert_kind": "svid",
                 "pid": pid if alive else None,
             }
         )
@@ -131,6 +210,7 @@ def stack_status(config: TrustmeshConfig, config_path: Path, state: Path) -> dic
                 "pid": rows[0]["pid"] if rows else None,
             }
         )
+        rows.insert(1, rows.pop())  # identity, discovery, then the services
     return {
         "state": str(state),
         "running": running,
@@ -261,7 +341,7 @@ def run_supervisor(cfg: TrustmeshConfig, cfg_path: Path, state: Path, *, interac
             flush=True,
         )
 
-    specs = components(cfg_path, state)
+    specs = components(cfg, cfg_path, state)
     sup = Supervisor(state, specs, lambda spec: probe(spec, state), log=log)
     try:
         sup.acquire()

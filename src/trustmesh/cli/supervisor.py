@@ -36,6 +36,8 @@ class ComponentSpec:
     argv: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
     ready_timeout: float = 30.0
+    #: Called at every (re)start for what changes per start, e.g. a fresh join token.
+    env_factory: Callable[[], dict[str, str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,7 @@ class Supervisor:
     # -- children -------------------------------------------------------------------------
     def start(self, spec: ComponentSpec) -> None:
         log = open(self.paths.log(spec.name), "ab", buffering=0)  # noqa: SIM115 - child owns it
-        env = {**os.environ, **spec.env}
+        env = {**os.environ, **spec.env, **(spec.env_factory() if spec.env_factory else {})}
         proc = subprocess.Popen(  # noqa: S603 - argv built by trustmesh, never a shell
             spec.argv,
             stdin=subprocess.DEVNULL,

@@ -333,11 +333,27 @@ class ServiceSpec(BaseModel):
         | None
     ) = None
 
+    external: bool = Field(
+        default=False,
+        description="runs outside `trustmesh up` (started by hand or elsewhere); it still "
+        "gets an identity through a registration entry or a join token",
+    )
+
     @model_validator(mode="after")
     def _exactly_one_way_to_run(self) -> ServiceSpec:
+        if self.external:
+            if self.run is not None or self.command is not None:
+                raise _problem(
+                    "service", "is external but has 'run' or 'command'", "neither, when external"
+                )
+            return self
         if (self.run is None) == (self.command is None):
             has = "both" if self.run is not None else "neither"
-            raise _problem("service", f"has {has} 'run' and 'command'", "exactly one of them")
+            raise _problem(
+                "service",
+                f"has {has} 'run' and 'command'",
+                "exactly one of them (or external: true)",
+            )
         return self
 
 

@@ -26,6 +26,7 @@ class Instance:
     url: str
     registered_at: dt.datetime
     expires_at: dt.datetime
+    cert_expires: str | None = None
 
 
 @dataclass
@@ -42,7 +43,9 @@ class Registry:
             raise PermissionDeniedError(f"{spiffe_id} is not a declared service")
         return name
 
-    def register(self, spiffe_id: str, url: str, now: dt.datetime) -> Instance:
+    def register(
+        self, spiffe_id: str, url: str, now: dt.datetime, cert_expires: str | None = None
+    ) -> Instance:
         service = self.service_of(spiffe_id)
         parts = urlsplit(url)
         if parts.scheme != "https" or not parts.hostname or parts.port is None:
@@ -57,6 +60,7 @@ class Registry:
             url,
             previous.registered_at if previous else now,
             now + self.lease,
+            cert_expires,
         )
         self.instances[key] = instance
         return instance
@@ -95,6 +99,7 @@ class Registry:
                 "spiffe_id": i.spiffe_id,
                 "url": i.url,
                 "expires_at": i.expires_at.isoformat(),
+                "cert_expires": i.cert_expires,
                 "stale": i.expires_at <= now,
             }
             for i in sorted(self.instances.values(), key=lambda i: (i.service, i.url))

@@ -7,6 +7,7 @@ endpoints of a service the caller may call. The caller is always the verified pe
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
@@ -48,7 +49,7 @@ def discovery_app(registry: Registry, sink: events.EventSink, clock: Clock) -> S
             )
         )
 
-    async def url_of(request: Request) -> str:
+    async def body_of(request: Request) -> tuple[str, str | None]:
         body = await request.body()
         if len(body) > MAX_BODY:
             raise UsageError("body too large")
@@ -58,12 +59,19 @@ def discovery_app(registry: Registry, sink: events.EventSink, clock: Clock) -> S
             raise UsageError("body must be JSON") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("url"), str):
             raise UsageError('body must be {"url": "https://host:port"}')
-        return str(doc["url"])
+        expires = doc.get("cert_expires")
+        if expires is not None:
+            try:
+                expires = dt.datetime.fromisoformat(str(expires)).isoformat()
+            except ValueError:
+                raise UsageError("cert_expires must be an ISO 8601 time") from None
+        return str(doc["url"]), expires
 
     async def put_instance(request: Request) -> JSONResponse:
         peer = caller(request)
         try:
-            instance = registry.register(peer, await url_of(request), clock())
+            url, expires = await body_of(request)
+            instance = registry.register(peer, url, clock(), expires)
         except TrustmeshError as exc:
             emit(events.Decision.DENY, Reason.DISCOVERY_REFUSED, exc.detail, peer)
             return _error(exc)
@@ -74,7 +82,7 @@ def discovery_app(registry: Registry, sink: events.EventSink, clock: Clock) -> S
     async def delete_instance(request: Request) -> JSONResponse:
         peer = caller(request)
         try:
-            removed = registry.deregister(peer, await url_of(request))
+            removed = registry.deregister(peer, (await body_of(request))[0])
         except TrustmeshError as exc:
             return _error(exc)
         return JSONResponse({"removed": removed})

@@ -31,6 +31,7 @@ class DiscoveryClient:
         if not url:
             raise UnavailableError(f"no discovery URL: pass one or set {DISCOVERY_ENV}")
         expected = f"spiffe://{tls.trust_domain}/trustmesh/identity"
+        self._tls = tls
         self._client = ServiceClient(tls, url, expected, timeout=5.0)
         self._heartbeat: asyncio.Task[None] | None = None
         self._registered: str | None = None
@@ -43,7 +44,10 @@ class DiscoveryClient:
             self._heartbeat = asyncio.create_task(self._renew_forever(), name="trustmesh-heartbeat")
 
     async def _put(self, url: str) -> None:
-        response = await self._client.request("PUT", "/v1/instances", json={"url": url})
+        expires = self._tls.source.context.not_after.isoformat()
+        response = await self._client.request(
+            "PUT", "/v1/instances", json={"url": url, "cert_expires": expires}
+        )
         if response.status != 200:
             raise UnavailableError(f"discovery refused the registration ({response.status})")
 

@@ -1,0 +1,165 @@
+"""The demo shop under `trustmesh up`: separate processes with their own identities,
+calling each other over mTLS by name; a caller outside the declaration gets nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from trustmesh.cli.supervisor import process_alive
+from trustmesh.config import default_config_path
+from trustmesh.errors import NotFoundError
+from trustmesh.sdk import redeem_join_token
+from trustmesh.sdk.client import ServiceClient
+from trustmesh.sdk.discovery import DiscoveryClient
+from trustmesh.sdk.tls import RotatingTLS
+from trustmesh.sdk.x509source import X509Source
+
+TD = "trustmesh.local"
+
+
+def tm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trustmesh", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="tm", dir="/tmp"))
+    config = root / "trustmesh.yaml"
+    # the packaged demo, plus a storefront that runs outside `up` (this test) and may
+    # place and read orders
+    config.write_text(
+        default_config_path().read_text()
+        + '\n  - {from: storefront, to: orders, allow: ["POST /orders", "GET /orders/{order_id}"]}\n'
+    )
+    text = config.read_text().replace(
+        "services:\n", "services:\n  storefront: {external: true}\n", 1
+    )
+    config.write_text(text)
+    state = root / "state"
+    started = time.monotonic()
+    up = tm("up", "--config", str(config), "--state", str(state), "--detach")
+    elapsed = time.monotonic() - started
+    assert up.returncode == 0, up.stdout + up.stderr
+    status = json.loads(
+        tm("status", "--config", str(config), "--state", str(state), "--json").stdout
+    )
+    try:
+        yield {"config": config, "state": state, "status": status, "up_seconds": elapsed}
+    finally:
+        tm("down", "--state", str(state))
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_up_starts_every_component_healthy_quickly(shop: dict[str, object]) -> None:
+    status = shop["status"]
+    assert isinstance(status, dict)
+    names = [c["name"] for c in status["components"]]
+    assert names == ["identity", "discovery", "inventory", "payments", "orders"]
+    assert all(c["healthy"] for c in status["components"]), status["components"]
+    assert all(c["cert_expires"] for c in status["components"])
+    assert float(shop["up_seconds"]) < 30  # type: ignore[arg-type]
+
+
+class Workload:
+    """This test process, holding an identity from a CLI join token."""
+
+    def __init__(self, shop: dict[str, object], name: str) -> None:
+        self.shop, self.name = shop, name
+
+    async def __aenter__(self) -> tuple[RotatingTLS, DiscoveryClient]:
+        status = self.shop["status"]
+        assert isinstance(status, dict)
+        token = tm(
+            "identity",
+            "token",
+            "create",
+            "--spiffe-id",
+            f"spiffe://{TD}/{self.name}",
+            "--config",
+            str(self.shop["config"]),
+            "--state",
+            str(self.shop["state"]),
+        ).stdout.strip()
+        await redeem_join_token(status["workload_api"], token)
+        self.source = X509Source(status["workload_api"], spiffe_id=f"spiffe://{TD}/{self.name}")
+        await self.source.start()
+        tls = RotatingTLS(self.source)
+        discovery_url = next(c["url"] for c in status["components"] if c["name"] == "discovery")
+        self.discovery = DiscoveryClient(tls, discovery_url)
+        return tls, self.discovery
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.discovery.close()
+        await self.source.close()
+
+
+async def test_an_order_flows_through_three_services(shop: dict[str, object]) -> None:
+    async with Workload(shop, "storefront") as (tls, discovery):
+        (endpoint,) = await discovery.lookup("orders")
+        async with ServiceClient(tls, endpoint.url, endpoint.spiffe_id) as orders:
+            placed = await orders.post("/orders", json={"item": "tea", "quantity": 2})
+            assert placed.status == 201, placed.body
+            order = placed.json()
+            assert order["charge"].startswith("ch_")
+            assert order["reservation"].startswith("res_")
+            again = await orders.get(f"/orders/{order['id']}")
+            assert again.status == 200
+            # a path the declaration does not allow the storefront
+            assert (await orders.get("/orders")).status == 403
+        with pytest.raises(NotFoundError):  # the storefront may not call payments
+            await discovery.lookup("payments")
+
+
+async def test_payments_may_not_call_orders(shop: dict[str, object]) -> None:
+    async with Workload(shop, "payments") as (tls, discovery):
+        with pytest.raises(NotFoundError):
+            await discovery.lookup("orders")  # discovery does not even say where it is
+        status = shop["status"]
+        assert isinstance(status, dict)
+        orders_url = next(c["url"] for c in status["components"] if c["name"] == "orders")
+        async with ServiceClient(tls, orders_url, f"spiffe://{TD}/orders") as orders:
+            refused = await orders.get("/orders/ord_1")
+        assert refused.status == 403
+        assert refused.json()["error"] == "policy-deny"
+    events_file = Path(str(shop["state"])) / "events" / "orders.jsonl"
+    deny = [
+        json.loads(line) for line in events_file.read_text().splitlines() if '"policy-deny"' in line
+    ]
+    assert any(
+        e["unmapped"]["trustmesh"]["peer_spiffe_id"] == f"spiffe://{TD}/payments" for e in deny
+    )
+
+
+def test_down_leaves_no_process(shop: dict[str, object]) -> None:
+    state = Path(str(shop["state"]))
+    pids = []
+    for path in (state / "run").glob("*.json"):
+        doc = json.loads(path.read_text())
+        if "start_time" in doc:
+            pids.append((doc["pid"], doc["start_time"]))
+    identity = json.loads((state / "run" / "identity.json").read_text())["pid"]
+    children = Path(f"/proc/{identity}/task/{identity}/children").read_text().split()
+    from trustmesh.identity.attestation import start_time_of
+
+    pids += [(int(p), start_time_of(int(p))) for p in children]
+    assert len(pids) >= 5
+    assert tm("down", "--state", str(state)).returncode == 0
+    assert not any(process_alive(p, s) for p, s in pids)
