@@ -76,6 +76,7 @@ __all__ = [
     "Status",
     "event",
     "read_events",
+    "restamp",
 ]
 
 OCSF_VERSION = "1.3.0"
@@ -471,6 +472,33 @@ def event(
 
 
 # --- sinks --------------------------------------------------------------------------
+
+
+def restamp(
+    template: Event,
+    *,
+    now: datetime | None = None,
+    trace_id: str | None = None,
+    src: Endpoint | None = None,
+    attributes: Mapping[str, AttributeValue] | None = None,
+) -> Event:
+    """A new occurrence of an already-validated event: new time and uid, and these
+    per-occurrence fields, each checked as :func:`event` would. For hot paths that emit
+    many events of one shape (the SDK middleware): far cheaper than building anew."""
+    when = now or datetime.now(UTC)
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise UsageError("now must be timezone-aware")
+    update: dict[str, Any] = {"time": when.astimezone(UTC), "uid": uuid.uuid4().hex}
+    try:
+        if trace_id is not None:
+            update["trace_id"] = _check_id(trace_id)
+        if attributes is not None:
+            update["attributes"] = _check_attributes(attributes)
+    except ValueError as exc:
+        raise UsageError(f"invalid event field: {exc}") from None
+    if src is not None:
+        update["src"] = src
+    return template.model_copy(update=update)
 
 
 @runtime_checkable

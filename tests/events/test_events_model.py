@@ -40,7 +40,40 @@ def test_public_api_is_pinned() -> None:
         "Status",
         "event",
         "read_events",
+        "restamp",
     ]
+
+
+def test_restamp_is_a_new_occurrence_checked_like_event() -> None:
+    import datetime as dt
+
+    from trustmesh.errors import UsageError
+
+    template = events.event(
+        events.EventClass.API_ACTIVITY,
+        activity_id=99,
+        activity_name="Other",
+        component="payments",
+        decision=events.Decision.ALLOW,
+        reason="policy-allow",
+        message="call allowed",
+        peer_spiffe_id="spiffe://x.example/orders",
+    )
+    later = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    again = events.restamp(template, now=later, trace_id="a" * 32, attributes={"path": "/x"})
+    assert again.uid != template.uid
+    assert again.time == later
+    assert again.reason == template.reason
+    assert again.attributes["path"] == "/x"
+    jwt_like = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+    with pytest.raises(UsageError):
+        events.restamp(template, attributes={"path": "/charges/" + jwt_like})
+    with pytest.raises(UsageError):
+        events.restamp(template, attributes={"password": "x"})
+    with pytest.raises(UsageError):
+        events.restamp(template, trace_id="a\nb")
+    with pytest.raises(UsageError):
+        events.restamp(template, now=dt.datetime(2030, 1, 1))  # naive
 
 
 @pytest.mark.parametrize(

@@ -48,6 +48,7 @@ class ZeroTrustMiddleware:
         self.sink = sink
         self.component = component or authorizer.callee
         self.spiffe_id = authorizer.config.spiffe_id(authorizer.callee)
+        self._templates: dict[tuple[object, ...], events.Event] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -120,26 +121,33 @@ class ZeroTrustMiddleware:
         current = trace.current()
         # the raw path as sent, for forensics; a refused one is never decoded
         raw = scope.get("raw_path", b"").decode("latin-1")[:512] or scope["path"][:512]
-        fields: dict[str, Any] = {
-            "activity_id": 99,
-            "activity_name": "Other",
-            "component": self.component,
-            "decision": decision,
-            "reason": reason,
-            "message": message,
-            "spiffe_id": self.spiffe_id,
-            "peer_spiffe_id": caller,
-            "trace_id": current.trace_id if current else None,
-            "src": events.Endpoint(ip=client[0], port=client[1]) if client else None,
-        }
-        attributes = {"method": scope["method"], "path": raw, "route": route, "policy": policy}
+        method = scope["method"]
+        key = (decision, reason, message, caller, route, policy, method)
+        template = self._templates.get(key)
+        if template is None:
+            if len(self._templates) > 4096:
+                self._templates.clear()
+            template = self._templates[key] = events.event(
+                events.EventClass.API_ACTIVITY,
+                activity_id=99,
+                activity_name="Other",
+                component=self.component,
+                decision=decision,
+                reason=reason,
+                message=message,
+                spiffe_id=self.spiffe_id,
+                peer_spiffe_id=caller,
+            )
+        src = events.Endpoint(ip=client[0], port=client[1]) if client else None
+        attributes = {"method": method, "path": raw, "route": route, "policy": policy}
+        trace_id = current.trace_id if current else None
         try:
-            event = events.event(events.EventClass.API_ACTIVITY, attributes=attributes, **fields)
+            event = events.restamp(template, trace_id=trace_id, src=src, attributes=attributes)
         except UsageError:
             # the path looked like a secret (a token pasted into a URL): record the decision
             # without it rather than lose the event
             attributes["path"] = "<withheld>"
-            event = events.event(events.EventClass.API_ACTIVITY, attributes=attributes, **fields)
+            event = events.restamp(template, trace_id=trace_id, src=src, attributes=attributes)
         self.sink.emit(event)
 
 
