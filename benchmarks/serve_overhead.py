@@ -181,7 +181,7 @@ def main() -> None:
     if up.returncode != 0:
         raise SystemExit(up.stderr)
     try:
-        address = f"unix://{state}/workload.sock"
+        address = f"unix://{state}/public/workload.sock"
         exe = os.readlink("/proc/self/exe")
         # both the server and the load generator are this interpreter, run by this user
         for name in ("payments", "loadgen"):

@@ -18,6 +18,7 @@ class Reason(enum.StrEnum):
     JOIN_TOKEN_USED = "join-token-used"
     JOIN_TOKEN_EXPIRED = "join-token-expired"
     MISSING_SECURITY_HEADER = "missing-security-header"
+    IDENTITY_NOT_HELD = "identity-not-held"
     SVID_ISSUED = "svid-issued"
     SVID_ROTATED = "svid-rotated"
     CA_PREPARED = "ca-prepared"

@@ -41,7 +41,7 @@ def test_register_list_remove(env: tuple[Path, Path]) -> None:
         "--selector",
         "unix:uid:1000",
         "--selector",
-        "unix:path:/usr/bin/python3",
+        "unix:path:/srv/orders/bin/worker",
         "--ttl",
         "30m",
         "--config",
@@ -52,7 +52,7 @@ def test_register_list_remove(env: tuple[Path, Path]) -> None:
     )
     assert reg.returncode == 0, reg.stderr
     entry = json.loads(reg.stdout)
-    assert entry["selectors"] == ["unix:path:/usr/bin/python3", "unix:uid:1000"]
+    assert entry["selectors"] == ["unix:path:/srv/orders/bin/worker", "unix:uid:1000"]
     assert entry["ttl_seconds"] == 1800
     listed = json.loads(tm("identity", "list", "--state", str(state), "--json").stdout)
     assert [e["id"] for e in listed] == [entry["id"]]
@@ -65,7 +65,7 @@ def test_register_list_remove(env: tuple[Path, Path]) -> None:
         "--selector",
         "unix:uid:1000",
         "--selector",
-        "unix:path:/usr/bin/python3",
+        "unix:path:/srv/orders/bin/worker",
         "--ttl",
         "30m",
         "--config",
@@ -99,6 +99,8 @@ def test_register_list_remove(env: tuple[Path, Path]) -> None:
             "expected unix",
         ),
         (["--spiffe-id", "spiffe://cli.example/x", "--selector", "unix:uid:abc"], "invalid uid"),
+        (["--spiffe-id", "spiffe://cli.example/x\n", "--selector", "unix:uid:1"], "segments"),
+        (["--spiffe-id", "spiffe://cli.example/x", "--selector", "unix:uid:1\n"], "invalid uid"),
         (
             ["--spiffe-id", "spiffe://cli.example/x", "--selector", "unix:sha256:1234"],
             "invalid sha256",
@@ -190,3 +192,26 @@ def test_svid_show_unknown_id(env: tuple[Path, Path]) -> None:
     assert "no SVID" in result.stderr
     bad = tm("svid", "show", "not-an-id", "--state", str(state))
     assert bad.returncode == 2
+
+
+def test_a_symlinked_path_selector_is_refused(env: tuple[Path, Path], short_tmp: Path) -> None:
+    """The kernel reports the resolved executable: a symlink's path could never match."""
+    config, state = env
+    target = short_tmp / "real-worker"
+    target.write_text("#!/bin/sh\n")
+    link = short_tmp / "worker"
+    link.symlink_to(target)
+    result = tm(
+        "identity",
+        "register",
+        "--spiffe-id",
+        "spiffe://cli.example/w",
+        "--selector",
+        f"unix:path:{link}",
+        "--config",
+        str(config),
+        "--state",
+        str(state),
+    )
+    assert result.returncode == 2
+    assert f"unix:path:{target}" in result.stderr

@@ -63,7 +63,7 @@ def test_up_status_down(stack: Path, config: Path) -> None:
     code, status = _status(config, stack)
     assert code == 0
     assert status["running"] is True
-    assert status["workload_api"] == f"unix://{stack}/workload.sock"
+    assert status["workload_api"] == f"unix://{stack}/public/workload.sock"
     identity, discovery = status["components"]  # type: ignore[misc]
     assert discovery["name"] == "discovery"
     assert discovery["healthy"] is True
@@ -80,7 +80,7 @@ def test_up_status_down(stack: Path, config: Path) -> None:
     down = tm("down", "--state", str(stack))
     assert down.returncode == 0
     assert not any(process_alive(p, s) for p, s in pids), "down must leave no process"
-    assert not (stack / "workload.sock").exists()
+    assert not (stack / "public" / "workload.sock").exists()
     code, status = _status(config, stack)
     assert code == 1
     assert status["running"] is False
@@ -162,7 +162,7 @@ def test_foreground_up_stops_every_child_on_ctrl_c(short_tmp: Path, config: Path
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
         assert not any(process_alive(p, s) for p, s in children)
-        assert not (state / "workload.sock").exists()
+        assert not (state / "public" / "workload.sock").exists()
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -263,7 +263,7 @@ def test_workload_api_workers_serve_and_stop(short_tmp: Path) -> None:
             )
         finally:
             store.close()
-        address = f"unix://{state}/workload.sock"
+        address = f"unix://{state}/public/workload.sock"
         for _ in range(12):  # separate connections: the kernel spreads them over processes
             with WorkloadApiClient(address) as client:
                 assert str(client.fetch_x509_svid().spiffe_id) == "spiffe://workers.example/api"

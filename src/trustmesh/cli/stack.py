@@ -299,7 +299,8 @@ def up(
 def _up_detached(cfg: TrustmeshConfig, cfg_path: Path, state: Path) -> None:
     paths = RunPaths(state)
     paths.logs.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open(paths.log("supervisor"), "ab") as log:
+    fd = os.open(paths.log("supervisor"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "ab") as log:
         proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             python_module_argv(
                 "trustmesh", "_supervise", "--config", str(cfg_path), "--state", str(state)

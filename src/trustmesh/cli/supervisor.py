@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trustmesh.errors import StateError
+from trustmesh.identity.attestation import process_alive as process_alive
 from trustmesh.identity.attestation import start_time_of
 
 _PR_SET_PDEATHSIG = 1
@@ -65,14 +66,6 @@ class RunPaths:
 
     def log(self, name: str) -> Path:
         return self.logs / f"{name}.log"
-
-
-def process_alive(pid: int, start_time: int) -> bool:
-    """True if ``pid`` is still the process that started at ``start_time``."""
-    try:
-        return start_time_of(pid) == start_time
-    except (OSError, ValueError, IndexError):
-        return False
 
 
 def _write_json(path: Path, doc: dict[str, object]) -> None:
@@ -160,7 +153,8 @@ class Supervisor:
 
     # -- children -------------------------------------------------------------------------
     def start(self, spec: ComponentSpec) -> None:
-        log = open(self.paths.log(spec.name), "ab", buffering=0)  # noqa: SIM115 - child owns it
+        fd = os.open(self.paths.log(spec.name), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        log = os.fdopen(fd, "ab", buffering=0)
         env = {**os.environ, **spec.env, **(spec.env_factory() if spec.env_factory else {})}
         proc = subprocess.Popen(  # noqa: S603 - argv built by trustmesh, never a shell
             spec.argv,

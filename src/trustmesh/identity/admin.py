@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import secrets
 from dataclasses import dataclass
 
@@ -40,26 +41,25 @@ class ServiceSettings:
     jwt_svid_ttl: dt.timedelta
 
 
-def _emit(
-    sink: events.EventSink,
+def _event(
     reason: Reason,
     message: str,
     activity: tuple[int, str],
     now: dt.datetime,
     **fields: object,
-) -> None:
-    sink.emit(
-        events.event(
-            events.EventClass.ENTITY_MANAGEMENT,
-            activity_id=activity[0],
-            activity_name=activity[1],
-            component="identity",
-            decision=events.Decision.ALLOW,
-            reason=reason,
-            message=message,
-            now=now,
-            **fields,  # type: ignore[arg-type]
-        )
+) -> events.Event:
+    """Built (and so validated) *before* anything is written: input the event model
+    refuses is refused, and changes nothing."""
+    return events.event(
+        events.EventClass.ENTITY_MANAGEMENT,
+        activity_id=activity[0],
+        activity_name=activity[1],
+        component="identity",
+        decision=events.Decision.ALLOW,
+        reason=reason,
+        message=message,
+        now=now,
+        **fields,  # type: ignore[arg-type]
     )
 
 
@@ -76,6 +76,13 @@ def register_entry(
     if not selectors:
         raise UsageError("an entry needs at least one selector")
     canonical = frozenset(parse_selector(s) for s in selectors)
+    for selector in canonical:
+        path = selector.removeprefix("unix:path:")
+        if path != selector and os.path.islink(path):
+            raise UsageError(
+                f"{path} is a symlink; the kernel reports the file it points to: "
+                f"use unix:path:{os.path.realpath(path)}"
+            )
     if ttl is not None and not MIN_SVID_TTL <= ttl <= settings.max_svid_ttl:
         raise UsageError(
             f"TTL {int(ttl.total_seconds())} s is outside {int(MIN_SVID_TTL.total_seconds())} s"
@@ -86,9 +93,7 @@ def register_entry(
     entry = RegistrationEntry(
         id=secrets.token_hex(8), spiffe_id=spiffe_id, selectors=canonical, ttl=ttl, created_at=now
     )
-    store.add_entry(entry)
-    _emit(
-        sink,
+    event = _event(
         Reason.ENTRY_CREATED,
         "registration entry created",
         (1, "Create"),
@@ -96,19 +101,22 @@ def register_entry(
         spiffe_id=spiffe_id,
         attributes={"entry_id": entry.id, "selectors": " ".join(sorted(canonical))},
     )
+    store.add_entry(entry)
+    sink.emit(event)
     return entry
 
 
 def remove_entry(store: IdentityStore, entry_id: str, sink: events.EventSink) -> RegistrationEntry:
     entry = store.remove_entry(entry_id)
-    _emit(
-        sink,
-        Reason.ENTRY_REMOVED,
-        "registration entry removed",
-        (4, "Delete"),
-        utcnow(),
-        spiffe_id=entry.spiffe_id,
-        attributes={"entry_id": entry.id},
+    sink.emit(
+        _event(
+            Reason.ENTRY_REMOVED,
+            "registration entry removed",
+            (4, "Delete"),
+            utcnow(),
+            spiffe_id=entry.spiffe_id,
+            attributes={"entry_id": entry.id},
+        )
     )
     return entry
 
@@ -131,9 +139,7 @@ def create_join_token(
         )
     now = now or utcnow()
     token = secrets.token_urlsafe(32)
-    store.add_join_token(JoinToken(hash_join_token(token), spiffe_id, now + ttl, now))
-    _emit(
-        sink,
+    event = _event(
         Reason.TOKEN_CREATED,
         "join token created",
         (1, "Create"),
@@ -141,4 +147,6 @@ def create_join_token(
         spiffe_id=spiffe_id,
         attributes={"expires_at": (now + ttl).isoformat()},
     )
+    store.add_join_token(JoinToken(hash_join_token(token), spiffe_id, now + ttl, now))
+    sink.emit(event)
     return token

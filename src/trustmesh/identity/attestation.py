@@ -12,7 +12,7 @@ The executable is identified by the SHA-256 of the file the kernel runs
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import grp
 import hashlib
 import os
@@ -20,6 +20,9 @@ import pwd
 import select
 import socket
 import struct
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -39,15 +42,16 @@ class ProcessInfo:
     uid: int
     gid: int
     exe_path: str
-    exe_sha256: str
+    exe_sha256: str | None  # None: too large to hash (see MAX_HASHED_EXECUTABLE)
 
     def selectors(self) -> frozenset[str]:
         found = {
             f"unix:uid:{self.uid}",
             f"unix:gid:{self.gid}",
             f"unix:path:{self.exe_path}",
-            f"unix:sha256:{self.exe_sha256}",
         }
+        if self.exe_sha256 is not None:
+            found.add(f"unix:sha256:{self.exe_sha256}")
         user = _user_name(self.uid)
         if user:
             found.add(f"unix:user:{user}")
@@ -73,33 +77,63 @@ def _group_name(gid: int) -> str | None:
         return None
 
 
+#: Executables larger than this are not hashed (a process cannot make the service read
+#: gigabytes); such a process presents no ``unix:sha256`` selector.
+MAX_HASHED_EXECUTABLE = 512 << 20
+
+
 class ExecutableHasher:
-    """SHA-256 of executables, cached by (device, inode, size, mtime, ctime) of the file
-    actually opened through ``/proc/<pid>/exe``: a replaced file has a new key."""
+    """SHA-256 of executables, cached (LRU) by (device, inode, size, mtime, ctime) of the
+    file actually opened through ``/proc/<pid>/exe``: a replaced file has a new key.
+    Thread-safe: attestation runs off the event loop."""
 
     def __init__(self, max_entries: int = 1024) -> None:
-        self._cache: dict[tuple[int, int, int, int, int], str] = {}
+        self._cache: OrderedDict[tuple[int, int, int, int, int], str] = OrderedDict()
         self._max = max_entries
+        self._lock = threading.Lock()
 
-    def digest(self, pid: int) -> str:
+    def digest(self, pid: int) -> str | None:
         fd = os.open(f"/proc/{pid}/exe", os.O_RDONLY)
         try:
             st = os.fstat(fd)
+            if st.st_size > MAX_HASHED_EXECUTABLE:
+                return None
             key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            cached = self._cache.get(key)
-            if cached is not None:
-                return cached
+            with self._lock:
+                cached = self._cache.get(key)
+                if cached is not None:
+                    self._cache.move_to_end(key)
+                    return cached
             h = hashlib.sha256()
             with os.fdopen(os.dup(fd), "rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     h.update(chunk)
             digest = h.hexdigest()
-            if len(self._cache) >= self._max:
-                self._cache.clear()
-            self._cache[key] = digest
+            with self._lock:
+                self._cache[key] = digest
+                while len(self._cache) > self._max:
+                    self._cache.popitem(last=False)
             return digest
         finally:
             os.close(fd)
+
+
+def process_alive(pid: int, start_time: int) -> bool:
+    """True if ``pid`` is still the process that started at ``start_time``."""
+    try:
+        return start_time_of(pid) == start_time
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def boot_id() -> str:
+    with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+        return f.read().strip()
+
+
+def boot_ticks() -> int:
+    """Now, in the clock ticks since boot that ``/proc/<pid>/stat`` start times use."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK"))
 
 
 def _alive(pidfd: int) -> bool:
@@ -116,8 +150,15 @@ def start_time_of(pid: int) -> int:
     return int(fields[19])  # field 22 overall: starttime
 
 
-def attest_socket(sock: socket.socket, hasher: ExecutableHasher) -> ProcessInfo:
-    """Attest the process at the other end of a connected unix socket."""
+def attest_socket(
+    sock: socket.socket, hasher: ExecutableHasher, accepted_at: int | None = None
+) -> ProcessInfo:
+    """Attest the process at the other end of a connected unix socket.
+
+    ``accepted_at`` (boot ticks) is when the connection was accepted: where the kernel
+    cannot pin the peer (no ``SO_PEERPIDFD``), a process that started after that cannot
+    be the one that connected — it reused the pid — and is refused.
+    """
     try:
         pid, uid, gid = _UCRED.unpack(
             sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
@@ -126,11 +167,17 @@ def attest_socket(sock: socket.socket, hasher: ExecutableHasher) -> ProcessInfo:
         raise AttestationError(
             f"no peer credentials: {exc}", reason=Reason.ATTESTATION_FAILED
         ) from None
-    pidfd = _peer_pidfd(sock, pid)
+    pidfd, pinned = _peer_pidfd(sock, pid)
     try:
-        return _inspect(pid, uid, gid, pidfd, hasher)
+        info = _inspect(pid, uid, gid, pidfd, hasher)
     finally:
         os.close(pidfd)
+    if not pinned and (accepted_at is None or info.start_time > accepted_at):
+        raise AttestationError(
+            "the process holding the peer's pid started after the connection: pid reuse",
+            reason=Reason.PROCESS_EXITED,
+        )
+    return info
 
 
 def attest_pid(pid: int, uid: int, gid: int, hasher: ExecutableHasher) -> ProcessInfo:
@@ -145,16 +192,27 @@ def attest_pid(pid: int, uid: int, gid: int, hasher: ExecutableHasher) -> Proces
         os.close(pidfd)
 
 
-def _peer_pidfd(sock: socket.socket, pid: int) -> int:
-    with contextlib.suppress(OSError):
-        # The kernel pins the peer's struct pid at connect(): this pidfd names the very
-        # process SO_PEERCRED reported, and cannot be re-pointed by pid reuse. If that
-        # process has exited, _inspect's liveness check refuses the facts read by pid.
-        pidfd = sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
-        if pidfd > 0:
-            return pidfd
+def _peer_pidfd(sock: socket.socket, pid: int) -> tuple[int, bool]:
+    """A pidfd for the peer, and whether the kernel pinned it to the connecting process.
+
+    With ``SO_PEERPIDFD`` (Linux ≥ 6.5) the kernel hands out a pidfd for the very process
+    that connected (its struct pid is held by the socket), immune to pid reuse; if that
+    process is gone, _inspect's liveness check refuses. Only where the kernel does not
+    know the option (ENOPROTOOPT) is the pid opened by number — not pinned, so the caller
+    must check the process's start time against the connection's. Any other error is a
+    refusal.
+    """
     try:
-        return os.pidfd_open(pid)
+        pidfd = sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
+    except OSError as exc:
+        if exc.errno != errno.ENOPROTOOPT:
+            raise AttestationError("peer process is gone", reason=Reason.PROCESS_EXITED) from None
+    else:
+        if pidfd > 0:
+            return pidfd, True
+        raise AttestationError("no pidfd for the peer", reason=Reason.ATTESTATION_FAILED)
+    try:
+        return os.pidfd_open(pid), False
     except OSError:
         raise AttestationError("peer process is gone", reason=Reason.PROCESS_EXITED) from None
 

@@ -34,7 +34,9 @@ def parse_selector(text: str) -> str:
         )
     if kind == "sha256":
         value = value.lower()
-    if not _SELECTOR_VALUE[kind].match(value):
+    if kind in ("uid", "gid") and _SELECTOR_VALUE[kind].fullmatch(value):
+        value = str(int(value))  # one spelling: "0001" is uid 1
+    if not _SELECTOR_VALUE[kind].fullmatch(value):
         raise UsageError(f"selector {text!r}: invalid {kind} value")
     return f"unix:{kind}:{value}"
 

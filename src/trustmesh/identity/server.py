@@ -9,25 +9,26 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from grpclib.health.service import Health
-from grpclib.server import Server
 
 from trustmesh import crypto, events
 from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import StateError
 from trustmesh.identity.admin import ServiceSettings, utcnow
+from trustmesh.identity.attestation import boot_id
 from trustmesh.identity.ca import CASettings, CertificateAuthority
 from trustmesh.identity.discovery import Registry
 from trustmesh.identity.discovery_app import discovery_app
 from trustmesh.identity.selfsvid import CASource
 from trustmesh.identity.service import Clock, IdentityService
 from trustmesh.identity.store import SqliteIdentityStore
-from trustmesh.identity.workload import ChangeFeed, WorkloadAPI
+from trustmesh.identity.workload import ChangeFeed, GuardedServer, WorkloadAPI
 from trustmesh.sdk.serve import Served
 from trustmesh.sdk.serve import start as serve_start
 
@@ -47,7 +48,7 @@ class IdentityPaths:
 
     @property
     def socket(self) -> Path:
-        return self.root / "workload.sock"
+        return self.root / "public" / "workload.sock"
 
     @property
     def events(self) -> Path:
@@ -88,12 +89,19 @@ def ca_settings(config: TrustmeshConfig, publish_delay: dt.timedelta | None = No
 
 
 def prepare_state_dir(root: Path) -> None:
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """The state directory: the owner's alone (0711: others may pass through to the
+    Workload API socket in ``public/``, but may not list it; every file inside is 0600)."""
+    root.mkdir(parents=True, exist_ok=True, mode=0o711)
     st = root.stat()
     if st.st_uid != os.getuid():
         raise StateError(f"state directory {root} is owned by another user")
-    if st.st_mode & 0o077:
-        root.chmod(0o700)
+    if stat.S_IMODE(st.st_mode) != 0o711:
+        root.chmod(0o711)
+    public = root / "public"
+    public.mkdir(exist_ok=True, mode=0o755)
+    if public.is_symlink() or not public.is_dir():
+        raise StateError(f"{public} must be a directory")
+    public.chmod(0o755)
 
 
 def open_store(state_dir: Path) -> SqliteIdentityStore:
@@ -156,9 +164,12 @@ class IdentityServer:
         self.service = IdentityService(
             service_settings(config), self.store, self.ca, self.sink, clock=clock
         )
+        if not self.follower:
+            self.store.reset_bindings_after_boot(boot_id())
+            self.service.prune_bindings()
         self.feed = ChangeFeed()
         self.api = WorkloadAPI(self.service, self.feed)
-        self._server = Server([self.api, Health()])
+        self._server = GuardedServer([self.api, Health()], self.api.guard)
         self._listener: socket.socket | None = None
         self._discovery_enabled = discovery and not self.follower
         self.registry = Registry(config)
@@ -173,6 +184,7 @@ class IdentityServer:
         self._ticker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        _raise_fd_limit()
         if self._listen_fd is not None:
             self._listener = socket.socket(fileno=self._listen_fd)
         else:
@@ -285,6 +297,17 @@ class IdentityServer:
         self._file_sink.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
+
+
+def _raise_fd_limit() -> None:
+    """Use every file descriptor the hard limit allows: with many workloads connected, a
+    soft limit of 1,024 is reached long before the connection guard's caps."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def worker_count(config: TrustmeshConfig) -> int:

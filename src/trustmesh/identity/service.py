@@ -18,7 +18,7 @@ from trustmesh import crypto, events
 from trustmesh.errors import AttestationError, InvalidTokenError, PermissionDeniedError, UsageError
 from trustmesh.identity import admin, rotation
 from trustmesh.identity.admin import DEFAULT_JOIN_TTL, ServiceSettings, hash_join_token, utcnow
-from trustmesh.identity.attestation import ProcessInfo
+from trustmesh.identity.attestation import ProcessInfo, process_alive
 from trustmesh.identity.ca import CertificateAuthority
 from trustmesh.identity.models import IssuedSVID, RegistrationEntry
 from trustmesh.identity.spiffeid import parse_spiffe_id
@@ -75,6 +75,7 @@ class IdentityService:
         self.clock = clock
         self._entries: tuple[RegistrationEntry, ...] = ()
         self._issued: dict[str, X509SVID] = {}
+        self._ticks = 0
         self._store_version = -1
         self.refresh_entries()
 
@@ -90,9 +91,16 @@ class IdentityService:
         self._entries = entries
         return changed
 
+    def prune_bindings(self) -> int:
+        """Forget join-token bindings of processes that have exited."""
+        return self.store.prune_bindings(process_alive)
+
     def tick(self) -> bool:
         """Periodic upkeep: store changes, CA rotation. True when streams must re-send."""
         self.flush_issued()
+        self._ticks += 1
+        if self._ticks % 30 == 0:
+            self.prune_bindings()
         changed = self.refresh_entries()
         return self.ca.tick(self.clock()) or changed
 

@@ -24,14 +24,14 @@ def parse_spiffe_id(value: str) -> tuple[str, str]:
         raise UsageError(f"{value!r}: a SPIFFE ID starts with 'spiffe://'")
     rest = value[len("spiffe://") :]
     trust_domain, sep, path = rest.partition("/")
-    if not _TRUST_DOMAIN.match(trust_domain):
+    if not _TRUST_DOMAIN.fullmatch(trust_domain):
         raise UsageError(
             f"{value!r}: the trust domain may hold only lowercase letters, digits, '.', '-', '_'"
         )
     if not sep:
         return trust_domain, ""
     for segment in path.split("/"):
-        if segment in ("", ".", "..") or not _SEGMENT.match(segment):
+        if segment in ("", ".", "..") or not _SEGMENT.fullmatch(segment):
             raise UsageError(
                 f"{value!r}: path segments are non-empty [A-Za-z0-9._-], never '.' or '..'"
             )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -49,6 +50,10 @@ CREATE TABLE IF NOT EXISTS svids (
     chain_pem TEXT NOT NULL,
     issued_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS ca_generations (
     id INTEGER PRIMARY KEY,
     doc TEXT NOT NULL
@@ -75,6 +80,8 @@ class IdentityStore(Protocol):
     ) -> str: ...
     def bindings_for(self, pid: int, start_time: int) -> list[Binding]: ...
     def list_bindings(self) -> list[Binding]: ...
+    def prune_bindings(self, alive: Callable[[int, int], bool]) -> int: ...
+    def reset_bindings_after_boot(self, boot_id: str) -> bool: ...
     def remove_bindings(self, pid: int, start_time: int) -> None: ...
     def record_svid(self, svid: IssuedSVID) -> None: ...
     def last_svid(self, spiffe_id: str) -> IssuedSVID | None: ...
@@ -193,6 +200,26 @@ class SqliteIdentityStore:
     def list_bindings(self) -> list[Binding]:
         rows = self._db.execute("SELECT pid, start_time, spiffe_id, created_at FROM bindings")
         return [Binding(r[0], r[1], r[2], _dt(r[3])) for r in rows.fetchall()]
+
+    def prune_bindings(self, alive: Callable[[int, int], bool]) -> int:
+        """Drop bindings whose process is gone; return how many."""
+        gone = [
+            (b.pid, b.start_time) for b in self.list_bindings() if not alive(b.pid, b.start_time)
+        ]
+        for pid, start_time in gone:
+            self.remove_bindings(pid, start_time)
+        return len(gone)
+
+    def reset_bindings_after_boot(self, boot_id: str) -> bool:
+        """(pid, start time) pairs repeat after a reboot: forget every binding of another
+        boot. True when bindings were dropped."""
+        with self._transaction():
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'boot_id'").fetchone()
+            if row is not None and row[0] == boot_id:
+                return False
+            self._db.execute("DELETE FROM bindings")
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('boot_id', ?)", (boot_id,))
+            return row is not None
 
     def remove_bindings(self, pid: int, start_time: int) -> None:
         self._db.execute("DELETE FROM bindings WHERE pid = ? AND start_time = ?", (pid, start_time))

@@ -9,14 +9,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import logging
 import socket
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from google.protobuf import struct_pb2
+from google.protobuf.message import DecodeError
 from grpclib import GRPCError, Status
 from grpclib.const import Cardinality, Handler
-from grpclib.server import Stream
+from grpclib.server import Server, Stream
 
 from trustmesh import crypto
 from trustmesh._proto import workload_pb2 as pb
@@ -26,14 +29,31 @@ from trustmesh.errors import (
     PermissionDeniedError,
     UsageError,
 )
-from trustmesh.identity.attestation import ExecutableHasher, ProcessInfo, attest_socket
+from trustmesh.identity.attestation import (
+    ExecutableHasher,
+    ProcessInfo,
+    attest_socket,
+    boot_ticks,
+)
 from trustmesh.identity.service import X509SVID, IdentityService
 from trustmesh.reasons import Reason
+
+log = logging.getLogger("trustmesh.identity")
 
 #: Workload API §5.2: every request carries this header, so that a workload cannot be
 #: tricked into calling the API through an HTTP proxy (SSRF).
 SECURITY_HEADER = "workload.spiffe.io"
 JOIN_METHOD = "/trustmesh.workload.v1.Join/RedeemJoinToken"
+MAX_AUDIENCES = 16
+MAX_AUDIENCE_LENGTH = 256
+
+
+async def _recv(stream: Stream[Any, Any]) -> Any:
+    """The request message; a malformed one is INVALID_ARGUMENT (never a traceback)."""
+    try:
+        return await stream.recv_message()
+    except DecodeError:
+        raise GRPCError(Status.INVALID_ARGUMENT, "malformed request message") from None
 
 
 class ChangeFeed:
@@ -55,6 +75,75 @@ class ChangeFeed:
             await asyncio.wait_for(self._event.wait(), timeout=max(timeout, 0.0))
 
 
+class ConnectionGuard:
+    """Admits connections up to a total and a per-uid cap (a local process cannot exhaust
+    the service's file descriptors), and remembers when each was accepted (boot ticks),
+    for attestation on kernels that cannot pin the peer process."""
+
+    def __init__(self, max_total: int = 1024, max_per_uid: int = 256) -> None:
+        self.max_total = max_total
+        self.max_per_uid = max_per_uid
+        self._open: dict[int, tuple[int, int]] = {}  # id(transport) -> (uid, accepted at)
+        self._per_uid: dict[int, int] = {}
+
+    def admit(self, transport: Any) -> bool:
+        sock = transport.get_extra_info("socket")
+        try:
+            _, uid, _ = struct.unpack(
+                "3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+            )
+        except (OSError, AttributeError):
+            return False
+        if len(self._open) >= self.max_total or self._per_uid.get(uid, 0) >= self.max_per_uid:
+            return False
+        self._open[id(transport)] = (uid, boot_ticks())
+        self._per_uid[uid] = self._per_uid.get(uid, 0) + 1
+        return True
+
+    def release(self, transport: Any) -> None:
+        entry = self._open.pop(id(transport), None)
+        if entry is not None:
+            self._per_uid[entry[0]] -= 1
+            if not self._per_uid[entry[0]]:
+                del self._per_uid[entry[0]]
+
+    def accepted_at(self, transport: Any) -> int | None:
+        entry = self._open.get(id(transport))
+        return entry[1] if entry else None
+
+
+class GuardedServer(Server):
+    """grpclib's server, with every connection passed through a :class:`ConnectionGuard`."""
+
+    def __init__(self, handlers: list[Any], guard: ConnectionGuard) -> None:
+        super().__init__(handlers)
+        self.guard = guard
+
+    def _protocol_factory(self) -> Any:
+        protocol = super()._protocol_factory()
+        made, lost = protocol.connection_made, protocol.connection_lost
+        guard = self.guard
+        admitted: list[Any] = []
+
+        def connection_made(transport: Any) -> None:
+            if not guard.admit(transport):
+                log.warning("Workload API: connection refused (limit reached)")
+                transport.abort()
+                return
+            admitted.append(transport)
+            made(transport)
+
+        def connection_lost(exc: BaseException | None) -> None:
+            if not admitted:  # refused at once: grpclib never saw it
+                return
+            guard.release(admitted[0])
+            lost(exc)
+
+        protocol.connection_made = connection_made  # type: ignore[method-assign]
+        protocol.connection_lost = connection_lost  # type: ignore[method-assign]
+        return protocol
+
+
 class WorkloadAPI:
     """The gRPC service, registered under the bare name ``SpiffeWorkloadAPI``."""
 
@@ -62,6 +151,7 @@ class WorkloadAPI:
         self.service = service
         self.feed = feed
         self.hasher = ExecutableHasher()
+        self.guard = ConnectionGuard()
         self._bundle_cache: tuple[int, bytes] = (-1, b"")
 
     def __mapping__(self) -> dict[str, Handler]:
@@ -117,20 +207,23 @@ class WorkloadAPI:
             )
             raise GRPCError(Status.INVALID_ARGUMENT, "security header missing from request")
 
-    def _attest(self, stream: Stream[Any, Any]) -> ProcessInfo:
-        sock: socket.socket | None = stream.peer._transport.get_extra_info("socket")
+    async def _attest(self, stream: Stream[Any, Any]) -> ProcessInfo:
+        transport = stream.peer._transport
+        sock: socket.socket | None = transport.get_extra_info("socket")
         if sock is None:
             raise GRPCError(Status.PERMISSION_DENIED, "no identity issued")
+        accepted = self.guard.accepted_at(transport)
         try:
-            return attest_socket(sock, self.hasher)
+            # off the event loop: hashing an executable reads the whole file
+            return await asyncio.to_thread(attest_socket, sock, self.hasher, accepted)
         except AttestationError as exc:
             self.service.emit_attestation_failure(
                 exc.reason or Reason.ATTESTATION_FAILED, exc.detail
             )
             raise GRPCError(Status.PERMISSION_DENIED, "no identity issued") from None
 
-    def _identities(self, stream: Stream[Any, Any]) -> tuple[ProcessInfo, list[str], Any]:
-        proc = self._attest(stream)
+    async def _identities(self, stream: Stream[Any, Any]) -> tuple[ProcessInfo, list[str], Any]:
+        proc = await self._attest(stream)
         try:
             ids = self.service.identities(proc)
         except AttestationError:
@@ -146,12 +239,12 @@ class WorkloadAPI:
     # -- X.509 -----------------------------------------------------------------------------
     async def fetch_x509_svid(self, stream: Stream[Any, Any]) -> None:
         self._check_header(stream)
-        await stream.recv_message()
+        await _recv(stream)
         sent_key: tuple[object, ...] | None = None
         renew_at = dt.datetime.max.replace(tzinfo=dt.UTC)
         while True:
             version = self.feed.version
-            proc, _, identities = self._identities(stream)
+            proc, _, identities = await self._identities(stream)
             key = (tuple(identities), self.service.ca.version)
             if key != sent_key or self.service.clock() >= renew_at:
                 svids = [self.service.issue_x509(i, proc) for i in identities]
@@ -177,11 +270,11 @@ class WorkloadAPI:
 
     async def fetch_x509_bundles(self, stream: Stream[Any, Any]) -> None:
         self._check_header(stream)
-        await stream.recv_message()
+        await _recv(stream)
         sent: int | None = None
         while True:
             version = self.feed.version
-            self._identities(stream)
+            await self._identities(stream)
             if sent != self.service.ca.version:
                 td = self.service.settings.trust_domain
                 await stream.send_message(pb.X509BundlesResponse(bundles={td: self._bundle_der()}))
@@ -191,12 +284,23 @@ class WorkloadAPI:
     # -- JWT -------------------------------------------------------------------------------
     async def fetch_jwt_svid(self, stream: Stream[Any, Any]) -> None:
         self._check_header(stream)
-        request = await stream.recv_message()
+        request = await _recv(stream)
         if request is None or not request.audience:
             raise GRPCError(Status.INVALID_ARGUMENT, "audience must be specified")
-        _, ids, _ = self._identities(stream)
+        if len(request.audience) > MAX_AUDIENCES or any(
+            not a or len(a) > MAX_AUDIENCE_LENGTH for a in request.audience
+        ):
+            raise GRPCError(
+                Status.INVALID_ARGUMENT,
+                f"at most {MAX_AUDIENCES} audiences of 1 to {MAX_AUDIENCE_LENGTH} characters",
+            )
+        _, ids, _ = await self._identities(stream)
         if request.spiffe_id:
             if request.spiffe_id not in ids:
+                self.service.emit_attestation_failure(
+                    Reason.IDENTITY_NOT_HELD,
+                    "JWT-SVID asked for an identity the workload does not hold",
+                )
                 raise GRPCError(Status.PERMISSION_DENIED, "no identity issued")
             ids = [request.spiffe_id]
         try:
@@ -210,11 +314,11 @@ class WorkloadAPI:
 
     async def fetch_jwt_bundles(self, stream: Stream[Any, Any]) -> None:
         self._check_header(stream)
-        await stream.recv_message()
+        await _recv(stream)
         sent: int | None = None
         while True:
             version = self.feed.version
-            self._identities(stream)
+            await self._identities(stream)
             if sent != self.service.ca.version:
                 td = self.service.settings.trust_domain
                 jwks = crypto.jwks_document(self.service.ca.jwt_public_keys)
@@ -224,12 +328,12 @@ class WorkloadAPI:
 
     async def validate_jwt_svid(self, stream: Stream[Any, Any]) -> None:
         self._check_header(stream)
-        request = await stream.recv_message()
+        request = await _recv(stream)
         if request is None or not request.audience:
             raise GRPCError(Status.INVALID_ARGUMENT, "audience must be specified")
         if not request.svid:
             raise GRPCError(Status.INVALID_ARGUMENT, "svid must be specified")
-        self._identities(stream)
+        await self._identities(stream)
         try:
             sub, claims = self.service.validate_jwt(request.svid, request.audience)
         except (InvalidTokenError, UsageError):
@@ -241,10 +345,10 @@ class WorkloadAPI:
     # -- trustmesh: join tokens ------------------------------------------------------------
     async def redeem_join_token(self, stream: Stream[Any, Any]) -> None:
         self._check_header(stream)
-        request = await stream.recv_message()
+        request = await _recv(stream)
         if request is None or not request.token:
             raise GRPCError(Status.INVALID_ARGUMENT, "token must be specified")
-        proc = self._attest(stream)
+        proc = await self._attest(stream)
         try:
             spiffe_id = self.service.redeem_join_token(request.token, proc)
         except PermissionDeniedError:
