@@ -54,7 +54,12 @@ EXPECTED = {
         "redeem_join_token_from_env",
         "run_service",
     ],
-    "trustmesh.testing": ["FakeClock", "RunningIdentityServer", "identity_server_in_thread"],
+    "trustmesh.testing": [
+        "FakeClock",
+        "RunningIdentityServer",
+        "identity_server_in_thread",
+        "run_cli",
+    ],
 }
 
 

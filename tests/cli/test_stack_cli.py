@@ -15,17 +15,7 @@ from pathlib import Path
 import pytest
 
 from trustmesh.cli.supervisor import process_alive
-
-
-def tm(*args: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "trustmesh", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=check,
-        stdin=subprocess.DEVNULL,
-    )
+from trustmesh.testing import run_cli as tm
 
 
 @pytest.fixture

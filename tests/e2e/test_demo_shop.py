@@ -4,8 +4,6 @@ calling each other over mTLS by name; a caller outside the declaration gets noth
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,19 +18,9 @@ from trustmesh.sdk.client import ServiceClient
 from trustmesh.sdk.discovery import DiscoveryClient
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.x509source import X509Source
+from trustmesh.testing import run_cli as tm
 
 TD = "trustmesh.local"
-
-
-def tm(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "trustmesh", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -44,6 +44,7 @@ from trustmesh.cli.supervisor import (
     read_json,
     stop_stack,
     supervisor_running,
+    write_json,
 )
 from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import TrustmeshError
@@ -115,8 +116,8 @@ def _service_env(config: TrustmeshConfig, state: Path, name: str) -> Callable[[]
     return make
 
 
-def _instance(state: Path, name: str) -> dict[str, Any] | None:
-    doc = read_json(IdentityPaths(state).discovery) or {}
+def _instance(doc: dict[str, object], name: str) -> dict[str, Any] | None:
+    """``name``'s instance in the discovery snapshot the identity service writes."""
     listed = doc.get("instances")
     for instance in listed if isinstance(listed, list) else []:
         if isinstance(instance, dict) and instance.get("service") == name:
@@ -142,7 +143,10 @@ def probe(spec: ComponentSpec, state: Path, timeout: float = 2.0) -> bool:
         return sock.is_socket() and asyncio.run(_probe_grpc(sock, timeout))
     # a service is up once it serves and has registered with discovery (which it does
     # only after its SVID arrived and its mTLS server listens)
-    instance = _instance(state, spec.name)
+    return _serving(_instance(read_json(IdentityPaths(state).discovery) or {}, spec.name))
+
+
+def _serving(instance: dict[str, Any] | None) -> bool:
     return bool(instance and not instance.get("stale") and _tcp_open(str(instance.get("url"))))
 
 
@@ -165,6 +169,7 @@ def stack_status(config: TrustmeshConfig, config_path: Path, state: Path) -> dic
     paths = RunPaths(state)
     running = supervisor_running(paths)
     sup = read_json(paths.supervisor) or {}
+    discovery = read_json(IdentityPaths(state).discovery) or {}
     rows: list[dict[str, Any]] = []
     for spec in components(config, config_path, state):
         doc = read_json(paths.component(spec.name)) or {}
@@ -183,19 +188,18 @@ def stack_status(config: TrustmeshConfig, config_path: Path, state: Path) -> dic
                 }
             )
             continue
-        instance = _instance(state, spec.name) or {}
+        instance = _instance(discovery, spec.name) or {}
         rows.append(
             {
                 "name": spec.name,
                 "url": instance.get("url"),
                 "spiffe_id": config.spiffe_id(spec.name),
-                "healthy": bool(running and alive and probe(spec, state)),
+                "healthy": bool(running and alive and _serving(instance)),
                 "cert_expires": instance.get("cert_expires"),
                 "cert_kind": "svid",
                 "pid": pid if alive else None,
             }
         )
-    discovery = read_json(IdentityPaths(state).discovery) or {}
     listed = discovery.get("instances") if running else []
     instances = listed if isinstance(listed, list) else []
     if running and isinstance(discovery.get("url"), str):
@@ -353,9 +357,7 @@ def run_supervisor(cfg: TrustmeshConfig, cfg_path: Path, state: Path, *, interac
 
     def phase(name: str, **extra: object) -> None:
         doc = read_json(sup.paths.supervisor) or {}
-        tmp = sup.paths.supervisor.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**doc, "phase": name, **extra}))
-        tmp.replace(sup.paths.supervisor)
+        write_json(sup.paths.supervisor, {**doc, "phase": name, **extra})
 
     try:
         phase("starting")

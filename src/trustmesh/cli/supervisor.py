@@ -68,7 +68,7 @@ class RunPaths:
         return self.logs / f"{name}.log"
 
 
-def _write_json(path: Path, doc: dict[str, object]) -> None:
+def write_json(path: Path, doc: dict[str, object]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc))
     tmp.replace(path)
@@ -133,7 +133,7 @@ class Supervisor:
             ) from None
         self._lock_fd = fd
         reap_orphans(self.paths, self.log)  # left by a supervisor that was killed
-        _write_json(
+        write_json(
             self.paths.supervisor,
             {
                 "pid": os.getpid(),
@@ -167,7 +167,7 @@ class Supervisor:
         )
         log.close()
         self.children[spec.name] = proc
-        _write_json(
+        write_json(
             self.paths.component(spec.name),
             {"pid": proc.pid, "start_time": _start_time_or_zero(proc.pid), "argv": list(spec.argv)},
         )

@@ -1,6 +1,7 @@
 """Public test helpers: run trustmesh components in-process for a test or a benchmark."""
 
+from trustmesh.testing.cli import run_cli
 from trustmesh.testing.clock import FakeClock
 from trustmesh.testing.identity import RunningIdentityServer, identity_server_in_thread
 
-__all__ = ["FakeClock", "RunningIdentityServer", "identity_server_in_thread"]
+__all__ = ["FakeClock", "RunningIdentityServer", "identity_server_in_thread", "run_cli"]
