@@ -22,14 +22,13 @@ from trustmesh.policy.calls import CallAuthorizer
 from trustmesh.policy.paths import NonCanonicalPath, canonical_path
 from trustmesh.reasons import Reason
 from trustmesh.sdk import trace
-from trustmesh.sdk.serve import ASGIApp, Receive, Scope, Send
+from trustmesh.sdk.serve import UNAUTHENTICATED, ASGIApp, Receive, Scope, Send, respond_json
 
 
 def _body(error: str, message: str) -> bytes:
     return json.dumps({"error": error, "message": message}).encode()
 
 
-_UNAUTHENTICATED = _body("unauthenticated", "a valid SVID of this trust domain is required")
 _NON_CANONICAL = _body("invalid_request", "the request path is not in canonical form")
 _POLICY_DENY = _body("policy-deny", "this call is not allowed")
 
@@ -68,7 +67,7 @@ class ZeroTrustMiddleware:
         method = scope["method"]
         if not caller:
             self._emit(events.Decision.DENY, Reason.UNAUTHENTICATED, "no valid peer SVID", scope)
-            await _respond(send, 401, _UNAUTHENTICATED)
+            await respond_json(send, 401, UNAUTHENTICATED)
             return
         raw = scope.get("raw_path") or scope["path"].encode("utf-8")
         try:
@@ -81,7 +80,7 @@ class ZeroTrustMiddleware:
                 scope,
                 caller=caller,
             )
-            await _respond(send, 400, _NON_CANONICAL)
+            await respond_json(send, 400, _NON_CANONICAL)
             return
         decision = self.authorizer.decide(caller, method, path)
         if not decision.allowed:
@@ -93,7 +92,7 @@ class ZeroTrustMiddleware:
                 caller=caller,
                 route=decision.route,
             )
-            await _respond(send, 403, _POLICY_DENY)
+            await respond_json(send, 403, _POLICY_DENY)
             return
         self._emit(
             events.Decision.ALLOW,
@@ -149,18 +148,3 @@ class ZeroTrustMiddleware:
             attributes["path"] = "<withheld>"
             event = events.restamp(template, trace_id=trace_id, src=src, attributes=attributes)
         self.sink.emit(event)
-
-
-async def _respond(send: Send, status: int, body: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"cache-control", b"no-store"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

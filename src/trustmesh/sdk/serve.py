@@ -32,9 +32,25 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-_UNAUTHENTICATED = json.dumps(
+UNAUTHENTICATED = json.dumps(
     {"error": "unauthenticated", "message": "a valid SVID of this trust domain is required"}
 ).encode()
+
+
+async def respond_json(send: Send, status: int, body: bytes) -> None:
+    """A JSON error response, never cached."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 class _Peers:
@@ -83,14 +99,7 @@ class _WithTLSExtension:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
                 return
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 401,
-                    "headers": [(b"content-type", b"application/json")],
-                }
-            )
-            await send({"type": "http.response.body", "body": _UNAUTHENTICATED})
+            await respond_json(send, 401, UNAUTHENTICATED)
             return
         extensions = dict(scope.get("extensions") or {})
         extensions["tls"] = tls
