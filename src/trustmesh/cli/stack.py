@@ -139,8 +139,15 @@ async def _probe_grpc(socket: Path, timeout: float) -> bool:
 
 def probe(spec: ComponentSpec, state: Path, timeout: float = 2.0) -> bool:
     if spec.name == "identity":
+        # ready once both the Workload API answers and discovery is published: services
+        # started next read the discovery URL from that file
         sock = IdentityPaths(state).socket
-        return sock.is_socket() and asyncio.run(_probe_grpc(sock, timeout))
+        discovery = read_json(IdentityPaths(state).discovery) or {}
+        return (
+            isinstance(discovery.get("url"), str)
+            and sock.is_socket()
+            and asyncio.run(_probe_grpc(sock, timeout))
+        )
     # a service is up once it serves and has registered with discovery (which it does
     # only after its SVID arrived and its mTLS server listens)
     return _serving(_instance(read_json(IdentityPaths(state).discovery) or {}, spec.name))

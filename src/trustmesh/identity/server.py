@@ -185,6 +185,8 @@ class IdentityServer:
 
     async def start(self) -> None:
         _raise_fd_limit()
+        if not self.follower:  # a snapshot left by a crash names a server that is gone
+            self.paths.discovery.unlink(missing_ok=True)
         if self._listen_fd is not None:
             self._listener = socket.socket(fileno=self._listen_fd)
         else:
