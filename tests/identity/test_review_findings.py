@@ -1,7 +1,7 @@
 """Findings of a security review of the identity service and the CLI (issue 2).
 
 Each test sends the attack or the misuse with a real client and asserts what a fixed
-service does; each is marked ``xfail(strict=True)`` until the finding is fixed.
+service does; each was an ``xfail(strict=True)`` test until the finding was fixed.
 """
 
 from __future__ import annotations
@@ -211,11 +211,6 @@ def test_garbage_protobuf_is_invalid_argument(server: RunningIdentityServer) -> 
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: no receive limit on Workload API messages: any size is buffered "
-    "(300 MB was), then handled; the client even learns internal event-validation text",
-)
 def test_oversized_request_is_resource_exhausted(server: RunningIdentityServer) -> None:
     request = workload_pb2.JWTSVIDRequest(audience=["a" * (8 * 1024 * 1024)])
     with grpc.insecure_channel(
@@ -302,11 +297,6 @@ def test_huge_executable_does_not_stall_other_workloads(
         attacker.wait()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: no cap on connections; a local process holding idle connections up to "
-    "the fd limit stops the Workload API and (CPython gh-151615) floods the log",
-)
 def test_idle_connections_do_not_take_the_workload_api_down(short_tmp: Path) -> None:
     config_path = short_tmp / "trustmesh.yaml"
     config_path.write_text(f"trust_domain: {TD}\ndev: true\nidentity: {{workers: 1}}\n")

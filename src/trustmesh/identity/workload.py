@@ -12,7 +12,9 @@ import datetime as dt
 import logging
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -46,12 +48,32 @@ SECURITY_HEADER = "workload.spiffe.io"
 JOIN_METHOD = "/trustmesh.workload.v1.Join/RedeemJoinToken"
 MAX_AUDIENCES = 16
 MAX_AUDIENCE_LENGTH = 256
+#: Workload API requests are small (a JWT-SVID to validate is the largest).
+MAX_REQUEST_BYTES = 64 * 1024
+_WARN_EVERY = 10.0
 
 
 async def _recv(stream: Stream[Any, Any]) -> Any:
-    """The request message; a malformed one is INVALID_ARGUMENT (never a traceback)."""
+    """The request message, read with a size limit (grpclib has none): a larger one is
+    RESOURCE_EXHAUSTED before its body is read (flow control then holds the sender back),
+    a malformed one INVALID_ARGUMENT — never a traceback."""
+    raw = stream._stream  # grpclib's HTTP/2 stream: the prefix is read before the body
+    prefix = await raw.recv_data(5)
+    if len(prefix) < 5:
+        raise GRPCError(Status.INVALID_ARGUMENT, "request message missing")
+    if prefix[0]:
+        raise GRPCError(Status.UNIMPLEMENTED, "compressed messages are not supported")
+    size = int.from_bytes(prefix[1:], "big")
+    if size > MAX_REQUEST_BYTES:
+        raise GRPCError(
+            Status.RESOURCE_EXHAUSTED,
+            f"request message of {size} bytes exceeds the limit of {MAX_REQUEST_BYTES}",
+        )
+    body = await raw.recv_data(size)
+    if len(body) != size:
+        raise GRPCError(Status.INVALID_ARGUMENT, "request message truncated")
     try:
-        return await stream.recv_message()
+        return stream._codec.decode(body, stream._recv_type)
     except DecodeError:
         raise GRPCError(Status.INVALID_ARGUMENT, "malformed request message") from None
 
@@ -75,18 +97,33 @@ class ChangeFeed:
             await asyncio.wait_for(self._event.wait(), timeout=max(timeout, 0.0))
 
 
+@dataclass(eq=False)
+class _Admitted:
+    uid: int
+    accepted_at: int
+    transport: Any
+    idle: Callable[[], bool]
+
+
 class ConnectionGuard:
     """Admits connections up to a total and a per-uid cap (a local process cannot exhaust
     the service's file descriptors), and remembers when each was accepted (boot ticks),
-    for attestation on kernels that cannot pin the peer process."""
+    for attestation on kernels that cannot pin the peer process.
+
+    At a cap, the oldest *idle* connection (no call in progress) of that uid — or, at the
+    total cap, of anyone — is closed to make room, so idle connections held open by one
+    process cannot lock out the next workload; a connection with a call in progress is
+    never evicted."""
 
     def __init__(self, max_total: int = 1024, max_per_uid: int = 256) -> None:
         self.max_total = max_total
         self.max_per_uid = max_per_uid
-        self._open: dict[int, tuple[int, int]] = {}  # id(transport) -> (uid, accepted at)
+        self._open: dict[int, _Admitted] = {}  # id(transport) -> entry, oldest first
         self._per_uid: dict[int, int] = {}
+        self.evicted = 0
+        self.refused = 0
 
-    def admit(self, transport: Any) -> bool:
+    def admit(self, transport: Any, idle: Callable[[], bool] = lambda: True) -> bool:
         sock = transport.get_extra_info("socket")
         try:
             _, uid, _ = struct.unpack(
@@ -94,22 +131,36 @@ class ConnectionGuard:
             )
         except (OSError, AttributeError):
             return False
-        if len(self._open) >= self.max_total or self._per_uid.get(uid, 0) >= self.max_per_uid:
+        if self._per_uid.get(uid, 0) >= self.max_per_uid:
+            if not self._evict_idle(uid):
+                self.refused += 1
+                return False
+        elif len(self._open) >= self.max_total and not self._evict_idle(None):
+            self.refused += 1
             return False
-        self._open[id(transport)] = (uid, boot_ticks())
+        self._open[id(transport)] = _Admitted(uid, boot_ticks(), transport, idle)
         self._per_uid[uid] = self._per_uid.get(uid, 0) + 1
         return True
+
+    def _evict_idle(self, uid: int | None) -> bool:
+        for entry in self._open.values():
+            if (uid is None or entry.uid == uid) and entry.idle():
+                self.release(entry.transport)
+                entry.transport.abort()
+                self.evicted += 1
+                return True
+        return False
 
     def release(self, transport: Any) -> None:
         entry = self._open.pop(id(transport), None)
         if entry is not None:
-            self._per_uid[entry[0]] -= 1
-            if not self._per_uid[entry[0]]:
-                del self._per_uid[entry[0]]
+            self._per_uid[entry.uid] -= 1
+            if not self._per_uid[entry.uid]:
+                del self._per_uid[entry.uid]
 
     def accepted_at(self, transport: Any) -> int | None:
         entry = self._open.get(id(transport))
-        return entry[1] if entry else None
+        return entry.accepted_at if entry else None
 
 
 class GuardedServer(Server):
@@ -118,6 +169,18 @@ class GuardedServer(Server):
     def __init__(self, handlers: list[Any], guard: ConnectionGuard) -> None:
         super().__init__(handlers)
         self.guard = guard
+        self._last_warning = -_WARN_EVERY
+
+    def _warn(self, message: str) -> None:
+        now = time.monotonic()  # one line per interval: a flood must not flood the log
+        if now - self._last_warning >= _WARN_EVERY:
+            self._last_warning = now
+            log.warning(
+                "Workload API: %s (so far: %d refused, %d idle evicted)",
+                message,
+                self.guard.refused,
+                self.guard.evicted,
+            )
 
     def _protocol_factory(self) -> Any:
         protocol = super()._protocol_factory()
@@ -125,11 +188,20 @@ class GuardedServer(Server):
         guard = self.guard
         admitted: list[Any] = []
 
+        def idle() -> bool:
+            connection = getattr(protocol, "connection", None)
+            if connection is None:
+                return True
+            return bool(connection._connection.open_inbound_streams == 0)
+
         def connection_made(transport: Any) -> None:
-            if not guard.admit(transport):
-                log.warning("Workload API: connection refused (limit reached)")
+            evicted = guard.evicted
+            if not guard.admit(transport, idle):
+                self._warn("connection refused (limit reached)")
                 transport.abort()
                 return
+            if guard.evicted != evicted:
+                self._warn("idle connection closed to admit a new one (limit reached)")
             admitted.append(transport)
             made(transport)
 
