@@ -60,7 +60,7 @@ def test_check_defaults_to_the_packaged_declaration(
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(config_cmd.app, ["check"])
     assert result.exit_code == 0, result.output
-    assert "default.yaml: trust domain trustmesh.local, 3 services, 2 calls" in result.stdout
+    assert "default.yaml: trust domain trustmesh.local, 4 services, 3 calls" in result.stdout
 
 
 def test_check_prefers_local_trustmesh_yaml(

@@ -29,16 +29,8 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]
 
     root = Path(tempfile.mkdtemp(prefix="tm", dir="/tmp"))
     config = root / "trustmesh.yaml"
-    # the packaged demo, plus a storefront that runs outside `up` (this test) and may
-    # place and read orders
-    config.write_text(
-        default_config_path().read_text()
-        + '\n  - {from: storefront, to: orders, allow: ["POST /orders", "GET /orders/{order_id}"]}\n'
-    )
-    text = config.read_text().replace(
-        "services:\n", "services:\n  storefront: {external: true}\n", 1
-    )
-    config.write_text(text)
+    # the packaged demo, which declares a storefront that runs outside `up` (this test)
+    config.write_text(default_config_path().read_text())
     state = root / "state"
     started = time.monotonic()
     up = tm("up", "--config", str(config), "--state", str(state), "--detach")
@@ -134,6 +126,40 @@ async def test_payments_may_not_call_orders(shop: dict[str, object]) -> None:
     assert any(
         e["unmapped"]["trustmesh"]["peer_spiffe_id"] == f"spiffe://{TD}/payments" for e in deny
     )
+
+
+def test_trustmesh_call_tries_the_shop_from_a_shell(shop: dict[str, object]) -> None:
+    where = ("--config", str(shop["config"]), "--state", str(shop["state"]))
+    placed = tm(
+        "call", "orders", "POST", "/orders", "--json", '{"item": "tea", "quantity": 1}', *where
+    )
+    assert placed.returncode == 0, placed.stdout + placed.stderr
+    status_line, _, body = placed.stdout.partition("\n")
+    assert status_line == "HTTP 201"
+    order = json.loads(body)
+    assert order["charge"].startswith("ch_")
+    read = tm("call", "orders", "GET", f"/orders/{order['id']}", *where)
+    assert read.returncode == 0
+    assert json.loads(read.stdout.partition("\n")[2])["id"] == order["id"]
+    # a path the declaration does not allow the storefront: the answer is shown, exit 1
+    listed = tm("call", "orders", "GET", "/orders", *where)
+    assert listed.returncode == 1
+    assert listed.stdout.startswith("HTTP 403")
+    assert '"policy-deny"' in listed.stdout
+    # payments may not call orders: discovery will not even say where it is
+    refused = tm("call", "orders", "GET", f"/orders/{order['id']}", "--as", "payments", *where)
+    assert refused.returncode != 0
+    assert "orders" in refused.stderr
+    # bad usage changes nothing and exits 2
+    for bad in (
+        ("call", "orders", "FETCH", "/orders"),
+        ("call", "orders", "GET", "orders"),
+        ("call", "nosuch", "GET", "/x"),
+        ("call", "orders", "POST", "/orders", "--json", "{not json"),
+    ):
+        result = tm(*bad, *where)
+        assert result.returncode == 2, (bad, result.stdout, result.stderr)
+        assert result.stderr.strip()
 
 
 def test_down_leaves_no_process(shop: dict[str, object]) -> None:

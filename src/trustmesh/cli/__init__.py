@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from trustmesh.cli import config_cmd, identity_cmd, stack
+from trustmesh.cli import call_cmd, config_cmd, identity_cmd, stack
 
 __all__ = ["app", "main"]
 
@@ -19,6 +19,7 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(identity_cmd.app, name="identity")
 app.add_typer(identity_cmd.svid_app, name="svid")
 stack.register(app)
+call_cmd.register(app)
 
 
 def main() -> None:
