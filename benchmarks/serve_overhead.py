@@ -81,6 +81,7 @@ LOAD = textwrap.dedent(
         conn = aiohttp.TCPConnector(limit=conns)
         async with aiohttp.ClientSession(connector=conn) as session:
             await worker(session, time.perf_counter() + 1)  # warm up
+            warm = len(latencies)
             latencies.clear()
             start = time.perf_counter()
             await asyncio.gather(*(worker(session, start + seconds) for _ in range(conns)))
@@ -89,7 +90,7 @@ LOAD = textwrap.dedent(
         print(json.dumps({"rps": len(latencies) / elapsed, "errors": errors,
                           "p50": latencies[len(latencies) // 2] * 1000,
                           "p99": latencies[int(len(latencies) * 0.99)] * 1000,
-                          "count": len(latencies)}))
+                          "count": len(latencies), "warm": warm}))
 
     asyncio.run(main())
     """
@@ -130,8 +131,8 @@ def measure(
         )
         cpu = cpu_seconds(server.pid) - before
         result = json.loads(out.stdout)
-        # the warm-up second is included in the CPU reading; count its calls in too
-        result["cpu_per_1000"] = cpu / (result["count"] * (1 + 1 / args.seconds)) * 1000
+        # the warm-up calls are included in the CPU reading; count them in too
+        result["cpu_per_1000"] = cpu / (result["count"] + result["warm"]) * 1000
         return result
     finally:
         server.terminate()

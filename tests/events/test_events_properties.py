@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trustmesh.events import Decision, EventClass, event
+from trustmesh.events import Decision, Endpoint, EventClass, event, restamp
 from trustmesh.reasons import Reason
 
 
@@ -110,3 +110,45 @@ def test_safe_events_round_trip_through_json(
     assert parsed["type_uid"] == int(cls) * 100 + activity_id
     micros = (now - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
     assert parsed["time"] * 1000 <= micros < (parsed["time"] + 1) * 1000
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    message=text,
+    spiffe_id=optional_id,
+    template_trace=optional_id,
+    trace_id=optional_id,
+    port=st.none() | st.integers(0, 65535),
+    ip=st.sampled_from(["127.0.0.1", "::1", "10.1.2.3"]),
+    attributes=st.none() | st.dictionaries(attribute_keys, attribute_values, max_size=5),
+    now=times,
+)
+def test_a_restamped_event_renders_exactly_as_one_built_anew(
+    message: str,
+    spiffe_id: str | None,
+    template_trace: str | None,
+    trace_id: str | None,
+    port: int | None,
+    ip: str,
+    attributes: dict[str, str | int | bool | None] | None,
+    now: datetime,
+) -> None:
+    template = event(
+        EventClass.API_ACTIVITY,
+        activity_id=99,
+        activity_name="Other",
+        component="payments",
+        decision=Decision.ALLOW,
+        reason=Reason.POLICY_ALLOW,
+        message=message,
+        spiffe_id=spiffe_id,
+        trace_id=template_trace,
+    )
+    src = Endpoint(ip=ip, port=port) if port is not None else None
+    for _ in range(2):  # the second render comes from the cached skeleton
+        stamped = restamp(template, now=now, trace_id=trace_id, src=src, attributes=attributes)
+        line = stamped.to_json()
+        assert line == json.dumps(stamped.to_ocsf(), separators=(",", ":"), ensure_ascii=True)
+        assert json.loads(line) == stamped.to_ocsf()
+    changed = stamped.model_copy(update={"message": "changed"})
+    assert json.loads(changed.to_json())["message"] == "changed"

@@ -29,6 +29,8 @@ _LITERAL = _UNRESERVED | frozenset(b"!$&'()*+,=:@/")
 _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
 _FORBIDDEN_ESCAPED = frozenset({0x25, 0x2F, 0x5C, 0x3B, 0x2E}) | frozenset(range(0x20)) | {0x7F}
 MAX_PATH = 4096
+# the common case: only literal characters, no escape, no dot or empty segment
+_PLAIN = re.compile(rb"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9\-._~!$&'()*+,=:@]+)+/?|/")
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,17 @@ class NonCanonicalPath(ValueError):
 
 def canonical_path(raw: bytes) -> str:
     """The decoded path, if ``raw`` is canonical; raise NonCanonicalPath otherwise."""
+    if not raw.startswith(b"/"):
+        raise NonCanonicalPath("not an absolute path")
+    if len(raw) > MAX_PATH:
+        raise NonCanonicalPath("path too long")
+    if _PLAIN.fullmatch(raw):
+        return raw.decode("ascii")
+    return _canonical_path_slow(raw)
+
+
+def _canonical_path_slow(raw: bytes) -> str:
+    """:func:`canonical_path` byte by byte (every path with an escape or a refusal)."""
     if not raw.startswith(b"/"):
         raise NonCanonicalPath("not an absolute path")
     if len(raw) > MAX_PATH:

@@ -48,6 +48,7 @@ class ZeroTrustMiddleware:
         self.component = component or authorizer.callee
         self.spiffe_id = authorizer.config.spiffe_id(authorizer.callee)
         self._templates: dict[tuple[object, ...], events.Event] = {}
+        self._endpoints: dict[tuple[str, int], events.Endpoint] = {}  # per connection
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -137,7 +138,13 @@ class ZeroTrustMiddleware:
                 spiffe_id=self.spiffe_id,
                 peer_spiffe_id=caller,
             )
-        src = events.Endpoint(ip=client[0], port=client[1]) if client else None
+        src = None
+        if client:
+            src = self._endpoints.get(client)
+            if src is None:
+                if len(self._endpoints) > 4096:
+                    self._endpoints.clear()
+                src = self._endpoints[client] = events.Endpoint(ip=client[0], port=client[1])
         attributes = {"method": method, "path": raw, "route": route, "policy": policy}
         trace_id = current.trace_id if current else None
         try:
