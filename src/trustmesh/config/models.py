@@ -313,6 +313,53 @@ class IdentitySettings(BaseModel):
         return self
 
 
+class AuthConfig(BaseModel):
+    """The identity provider (OAuth 2.0 authorization server)."""
+
+    model_config = _MODEL_CONFIG
+
+    access_token_ttl: Ttl = Field(
+        default="15m", validate_default=True, description="Lifetime of access tokens (≤ 1h)."
+    )
+    key_publish_delay: Ttl = Field(
+        default="5m",
+        validate_default=True,
+        description="How long a new signing key is in the JWKS before it signs.",
+    )
+    key_rotation: Ttl = Field(
+        default="24h", validate_default=True, description="Age at which a signing key is replaced."
+    )
+    port: int = Field(default=0, ge=0, le=65535, description="Loopback port; 0 picks a free one.")
+    issuer: str | None = Field(
+        default=None, description="The issuer URL; by default the server's own https URL."
+    )
+    database: str | None = Field(
+        default=None,
+        description="SQLAlchemy async URL (postgresql+asyncpg://…); default SQLite in the state directory.",
+    )
+
+    @model_validator(mode="after")
+    def _check_lifetimes(self) -> AuthConfig:
+        f = format_duration
+        problems = _Problems()
+        if self.access_token_ttl > timedelta(hours=1):
+            problems.add(
+                ("access_token_ttl",),
+                f(self.access_token_ttl),
+                f"{f(self.access_token_ttl)} is too long for an access token",
+                "at most 1h",
+            )
+        if self.key_rotation < 2 * (self.key_publish_delay + self.access_token_ttl):
+            problems.add(
+                ("key_rotation",),
+                f(self.key_rotation),
+                f"{f(self.key_rotation)} leaves no room for rotation",
+                "at least 2 × (key_publish_delay + access_token_ttl)",
+            )
+        problems.raise_if_any("AuthConfig")
+        return self
+
+
 class ServiceSpec(BaseModel):
     """How to run one service: an ASGI app (``run``) or a command (``command``)."""
 
@@ -406,6 +453,7 @@ class TrustmeshConfig(BaseModel):
     ] = Field(description="SPIFFE trust domain name (SPIFFE-ID §2.1), such as shop.example")
     dev: bool = Field(default=False, description="dev mode: allows a 0600 key file to seal keys")
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     services: dict[ServiceName, ServiceSpec] = Field(default_factory=dict)
     calls: list[CallSpec] = Field(default_factory=list)
 

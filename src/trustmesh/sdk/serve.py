@@ -32,6 +32,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+GRACEFUL_SHUTDOWN_SECONDS = 5
+
 UNAUTHENTICATED = json.dumps(
     {"error": "unauthenticated", "message": "a valid SVID of this trust domain is required"}
 ).encode()
@@ -155,6 +157,9 @@ async def start(
         server_header=False,
         date_header=False,
         lifespan="auto",
+        # in-flight requests get this long to finish at shutdown; an idle keep-alive
+        # client that never answers the TLS close would otherwise hold it for 30 s
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
     server = uvicorn.Server(config)
     # _serve: uvicorn's serve() without its signal capture; the caller owns the signals

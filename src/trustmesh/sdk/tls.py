@@ -13,6 +13,8 @@ the context they were made with.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import ssl
 from typing import Any
@@ -111,6 +113,12 @@ class RotatingTLS:
             "cipher_suite": None,
             "cipher": cipher[0] if cipher else None,
             "spiffe_id": peer_spiffe_id(ssl_object, self.trust_domain),
+            # RFC 8705 §3.1 x5t#S256 of the leaf: what certificate-bound tokens name
+            "client_cert_x5t_s256": base64.urlsafe_b64encode(
+                hashlib.sha256(crypto.cert_der(cert)).digest()
+            )
+            .rstrip(b"=")
+            .decode(),
         }
 
 

@@ -1,0 +1,282 @@
+"""The identity provider over HTTP (Starlette, served by ``sdk.serve`` over mTLS):
+discovery (RFC 8414, OIDC Discovery), JWKS, the token endpoint, introspection
+(RFC 7662), revocation (RFC 7009) and the revocation feed the SDK polls."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+from authlib.oauth2 import OAuth2Error
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from trustmesh import events
+from trustmesh.auth.oauth import (
+    ASSERTION_ALGORITHMS,
+    AUTH_METHODS,
+    CLIENT_CREDENTIALS,
+    CoreRequest,
+    OAuthServer,
+    Prefetched,
+    TokenRecord,
+)
+from trustmesh.auth.service import ALG, AuthService
+from trustmesh.errors import InvalidTokenError
+from trustmesh.reasons import Reason
+
+log = logging.getLogger("trustmesh.auth")
+
+MAX_FORM_BYTES = 64 * 1024
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+class _BadForm(Exception):
+    def __init__(self, description: str) -> None:
+        self.description = description
+
+
+def _error(status: int, error: str, description: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": error, "error_description": description}, status_code=status, headers=_NO_STORE
+    )
+
+
+async def _form(request: Request) -> list[tuple[str, str]]:
+    """An ``application/x-www-form-urlencoded`` body (RFC 6749 §3.2), strictly."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/x-www-form-urlencoded":
+        raise _BadForm("the body must be application/x-www-form-urlencoded")
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > MAX_FORM_BYTES):
+        raise _BadForm(f"the body must be at most {MAX_FORM_BYTES} bytes")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise _BadForm(f"the body must be at most {MAX_FORM_BYTES} bytes")
+    try:
+        text = body.decode("utf-8")
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text))
+    except (UnicodeDecodeError, ValueError):
+        raise _BadForm("the body is not a valid form") from None
+    seen: set[str] = set()
+    for key, _ in pairs:  # RFC 6749 §3.2: parameters MUST NOT be included more than once
+        if key in seen and key not in ("resource", "audience"):
+            raise _BadForm(f"parameter {key!r} repeated")
+        seen.add(key)
+    return pairs
+
+
+def _client_ids(form: list[tuple[str, str]], authorization: str | None) -> set[str]:
+    """Every client the request could authenticate as: client_id, the Basic user, or the
+    (not yet verified) subject of a client assertion."""
+    ids = {v for k, v in form if k == "client_id" and v}
+    if authorization and authorization[:6].lower() == "basic ":
+        try:
+            user = base64.b64decode(authorization[6:], validate=True).decode().partition(":")[0]
+        except (binascii.Error, UnicodeDecodeError):
+            user = ""
+        if user:
+            ids.add(unquote(user))
+    assertion = next((v for k, v in form if k == "client_assertion"), None)
+    if assertion and assertion.count(".") == 2:
+        try:
+            payload = assertion.split(".")[1]
+            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+            if isinstance(claims, dict) and isinstance(claims.get("sub"), str):
+                ids.add(claims["sub"])
+        except (binascii.Error, ValueError, UnicodeDecodeError):
+            pass
+    return {i for i in ids if len(i) <= 128}
+
+
+def auth_app(service: AuthService, base_url: Callable[[], str]) -> Starlette:
+    server = OAuthServer(service, lambda: base_url() + "/oauth2/token")
+
+    def metadata() -> dict[str, Any]:
+        base = base_url()
+        return {
+            "issuer": service.settings.issuer,
+            "token_endpoint": base + "/oauth2/token",
+            "jwks_uri": base + "/jwks.json",
+            "introspection_endpoint": base + "/oauth2/introspect",
+            "revocation_endpoint": base + "/oauth2/revoke",
+            "grant_types_supported": [CLIENT_CREDENTIALS],
+            "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
+            "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
+            "introspection_endpoint_auth_methods_supported": list(AUTH_METHODS),
+            "revocation_endpoint_auth_methods_supported": list(AUTH_METHODS),
+            "tls_client_certificate_bound_access_tokens": True,
+            "response_types_supported": [],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": [ALG],
+        }
+
+    async def discovery(_: Request) -> JSONResponse:
+        return JSONResponse(metadata(), headers={"Cache-Control": "max-age=300"})
+
+    async def jwks(_: Request) -> Response:
+        # verifiers may cache the set for half the publish delay: a new key is in every
+        # cache before it signs
+        max_age = max(1, min(300, service.settings.publish_delay // 2))
+        return Response(
+            service.ring.jwks,
+            media_type="application/jwk-set+json",
+            headers={"Cache-Control": f"max-age={max_age}"},
+        )
+
+    async def prefetch(form: list[tuple[str, str]], request: Request) -> Prefetched:
+        prefetched = Prefetched()
+        for client_id in _client_ids(form, request.headers.get("authorization")):
+            prefetched.clients[client_id] = await service.client(client_id)
+        return prefetched
+
+    async def run(request: Request, endpoint: str) -> tuple[CoreRequest, Prefetched, Response]:
+        tls = (request.scope.get("extensions") or {}).get("tls") or {}
+        form = await _form(request)
+        prefetched = await prefetch(form, request)
+        if endpoint != "token":
+            token = next((v for k, v in form if k == "token"), None)
+            if token:
+                try:
+                    claims = service.verify_own(token)
+                except InvalidTokenError:
+                    pass
+                else:
+                    revoked = await service.store.is_revoked(claims["jti"])
+                    prefetched.token = TokenRecord(claims, revoked)
+        core = CoreRequest(
+            "POST",
+            str(request.url),
+            request.headers,
+            form,
+            peer_spiffe_id=tls.get("spiffe_id"),
+            peer_thumbprint=tls.get("client_cert_x5t_s256"),
+        )
+        if endpoint == "token":
+            status, body, headers = server.run(core, prefetched, server.create_token_response)
+        else:
+            status, body, headers = server.run(
+                core, prefetched, lambda r: server.create_endpoint_response(endpoint, r)
+            )
+        for key, expires in prefetched.new_assertions:  # replay: refuse what was decided
+            if not await service.store.use_assertion(key, expires):
+                core.issued = None
+                return core, prefetched, _error(401, "invalid_client", "client assertion replayed")
+        if isinstance(body, dict) and body.get("error") == "invalid_client":
+            status = 401  # RFC 6749 §5.2: the client failed to authenticate
+        response = JSONResponse(body, status_code=status, headers={**dict(headers), **_NO_STORE})
+        return core, prefetched, response
+
+    def client_of(core: CoreRequest) -> str | None:
+        client = getattr(core, "client", None)
+        return client.get_client_id() if client is not None else None
+
+    async def token_endpoint(request: Request) -> Response:
+        try:
+            core, _, response = await run(request, "token")
+        except _BadForm as exc:
+            return _error(400, "invalid_request", exc.description)
+        if core.issued is not None:
+            claims = core.issued.claims
+            service.emit(
+                Reason.TOKEN_ISSUED,
+                f"access token issued for {', '.join(core.audiences)}",
+                client_id=claims["client_id"],
+                jti=claims["jti"],
+                sub=claims["sub"],
+                peer_spiffe_id=core.peer_spiffe_id,
+            )
+        else:
+            error = json.loads(bytes(response.body)).get("error", "invalid_request")
+            service.emit(
+                Reason.CLIENT_AUTH_FAILED if error == "invalid_client" else Reason.TOKEN_REFUSED,
+                f"token request refused: {error}",
+                decision=events.Decision.DENY,
+                peer_spiffe_id=core.peer_spiffe_id,
+                client_id=client_of(core),
+            )
+        return response
+
+    async def introspect(request: Request) -> Response:
+        try:
+            core, prefetched, response = await run(request, "introspection")
+        except _BadForm as exc:
+            return _error(400, "invalid_request", exc.description)
+        if response.status_code == 200:
+            service.emit(
+                Reason.TOKEN_INTROSPECTED,
+                "token introspected",
+                client_id=client_of(core),
+                jti=prefetched.token.claims["jti"] if prefetched.token else None,
+                peer_spiffe_id=core.peer_spiffe_id,
+            )
+        return response
+
+    async def revoke(request: Request) -> Response:
+        try:
+            core, prefetched, response = await run(request, "revocation")
+        except _BadForm as exc:
+            return _error(400, "invalid_request", exc.description)
+        for record in prefetched.revoke:
+            claims = record.claims
+            await service.store.revoke(
+                claims["jti"], claims["client_id"], int(claims["exp"]), int(service.clock())
+            )
+            service.emit(
+                Reason.TOKEN_REVOKED,
+                "access token revoked",
+                client_id=claims["client_id"],
+                jti=claims["jti"],
+                sub=claims.get("sub"),
+                peer_spiffe_id=core.peer_spiffe_id,
+            )
+        return response
+
+    async def revocation_feed(request: Request) -> Response:
+        since = request.query_params.get("since", "0")
+        if not since.isdigit() or len(since) > 18:
+            return _error(400, "invalid_request", "since must be a non-negative integer")
+        now = int(service.clock())
+        rows = await service.store.revocations_since(int(since), now)
+        cursor = rows[-1].seq if rows else max(int(since), 0)
+        latest = await service.store.last_revocation_seq()
+        if latest < int(since):  # the store was reset: start over
+            rows = await service.store.revocations_since(0, now)
+            cursor = rows[-1].seq if rows else 0
+        return JSONResponse(
+            {"cursor": cursor, "revoked": [{"jti": r.jti, "exp": r.expires_at} for r in rows]},
+            headers=_NO_STORE,
+        )
+
+    async def health(_: Request) -> Response:
+        ok = service.ring.active is not None
+        return JSONResponse(
+            {"status": "ok" if ok else "no-signing-key"}, status_code=200 if ok else 503
+        )
+
+    async def oauth_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, OAuth2Error)  # noqa: S101 - registered for this type only
+        return _error(exc.status_code or 400, exc.error or "invalid_request", exc.description or "")
+
+    return Starlette(
+        routes=[
+            Route("/.well-known/openid-configuration", discovery, methods=["GET"]),
+            Route("/.well-known/oauth-authorization-server", discovery, methods=["GET"]),
+            Route("/jwks.json", jwks, methods=["GET"]),
+            Route("/oauth2/token", token_endpoint, methods=["POST"]),
+            Route("/oauth2/introspect", introspect, methods=["POST"]),
+            Route("/oauth2/revoke", revoke, methods=["POST"]),
+            Route("/v1/revocations", revocation_feed, methods=["GET"]),
+            Route("/healthz", health, methods=["GET"]),
+        ],
+        exception_handlers={OAuth2Error: oauth_error},
+    )

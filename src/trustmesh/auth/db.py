@@ -1,0 +1,306 @@
+"""The identity provider's tables and the queries it makes (SQLAlchemy 2 async).
+
+Times are integer seconds since the epoch (one representation on SQLite and PostgreSQL).
+Private signing keys are stored sealed; client secrets only as a hash.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from trustmesh.auth.keys import KeyState
+from trustmesh.errors import ConflictError, NotFoundError
+from trustmesh.store import create_tables
+
+metadata = MetaData()
+
+clients = Table(
+    "auth_clients",
+    metadata,
+    Column("client_id", String(128), primary_key=True),
+    Column("auth_method", String(32), nullable=False),
+    Column("spiffe_id", String(2048), unique=True),
+    Column("secret_hash", String(128)),
+    Column("jwks", Text),
+    Column("scopes", Text, nullable=False, default=""),
+    Column("audiences", Text, nullable=False, default=""),
+    Column("managed", Integer, nullable=False, default=0),  # derived from the declaration
+    Column("created_at", BigInteger, nullable=False),
+)
+
+signing_keys = Table(
+    "auth_signing_keys",
+    metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("alg", String(16), nullable=False),
+    Column("sealed_private", LargeBinary, nullable=False),
+    Column("public_jwk", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("activate_at", BigInteger, nullable=False),
+    Column("retire_at", BigInteger),
+    Column("remove_at", BigInteger),
+)
+
+revocations = Table(
+    "auth_revocations",
+    metadata,
+    Column(
+        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("jti", String(128), nullable=False, unique=True),
+    Column("client_id", String(128), nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger, nullable=False),
+)
+
+used_assertions = Table(
+    "auth_used_assertions",
+    metadata,
+    Column("key", String(512), primary_key=True),  # client_id + " " + jti
+    Column("expires_at", BigInteger, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Client:
+    """An OAuth client. ``auth_method`` is how it authenticates at the token endpoint:
+    ``tls_client_auth`` (RFC 8705: its certificate carries ``spiffe_id``),
+    ``private_key_jwt`` (RFC 7523: assertions signed with a key in ``jwks``) or
+    ``client_secret_basic`` (a generated secret, stored hashed)."""
+
+    client_id: str
+    auth_method: str
+    spiffe_id: str | None = None
+    secret_hash: str | None = None
+    jwks: dict[str, object] | None = None
+    scopes: tuple[str, ...] = ()
+    audiences: tuple[str, ...] = ()
+    managed: bool = False
+    created_at: int = 0
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    state: KeyState
+    alg: str
+    sealed_private: bytes
+    public_jwk: dict[str, str] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Revocation:
+    seq: int
+    jti: str
+    expires_at: int
+
+
+def _client(row: object) -> Client:
+    m = row._mapping  # type: ignore[attr-defined]
+    return Client(
+        client_id=m["client_id"],
+        auth_method=m["auth_method"],
+        spiffe_id=m["spiffe_id"],
+        secret_hash=m["secret_hash"],
+        jwks=json.loads(m["jwks"]) if m["jwks"] else None,
+        scopes=tuple(m["scopes"].split()),
+        audiences=tuple(m["audiences"].split()),
+        managed=bool(m["managed"]),
+        created_at=m["created_at"],
+    )
+
+
+def _client_values(client: Client) -> dict[str, object]:
+    return {
+        "client_id": client.client_id,
+        "auth_method": client.auth_method,
+        "spiffe_id": client.spiffe_id,
+        "secret_hash": client.secret_hash,
+        "jwks": json.dumps(client.jwks) if client.jwks is not None else None,
+        "scopes": " ".join(client.scopes),
+        "audiences": " ".join(client.audiences),
+        "managed": int(client.managed),
+        "created_at": client.created_at,
+    }
+
+
+class AuthStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def create(self) -> None:
+        await create_tables(self.engine, metadata)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # -- clients -------------------------------------------------------------------------
+    async def add_client(self, client: Client) -> None:
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(clients).values(**_client_values(client)))
+        except IntegrityError:
+            raise ConflictError(
+                f"a client {client.client_id!r} (or one with that SPIFFE ID) already exists"
+            ) from None
+
+    async def sync_managed_clients(self, wanted: Sequence[Client]) -> None:
+        """Make the managed clients (one per declared service) exactly ``wanted``."""
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(select(clients).where(clients.c.managed == 1))).all()
+            have = {c.client_id: c for c in map(_client, rows)}
+            names = {c.client_id for c in wanted}
+            for gone in have.keys() - names:
+                await conn.execute(delete(clients).where(clients.c.client_id == gone))
+            for client in wanted:
+                old = have.get(client.client_id)
+                values = _client_values(client)
+                if old is None:
+                    await conn.execute(insert(clients).values(**values))
+                elif (old.spiffe_id, old.audiences, old.scopes) != (
+                    client.spiffe_id,
+                    client.audiences,
+                    client.scopes,
+                ):
+                    values.pop("created_at")
+                    await conn.execute(
+                        update(clients)
+                        .where(clients.c.client_id == client.client_id)
+                        .values(**values)
+                    )
+
+    async def get_client(self, client_id: str) -> Client | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(select(clients).where(clients.c.client_id == client_id))
+            ).first()
+        return _client(row) if row is not None else None
+
+    async def list_clients(self) -> list[Client]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(clients).order_by(clients.c.client_id))).all()
+        return [_client(r) for r in rows]
+
+    async def remove_client(self, client_id: str) -> None:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                delete(clients).where(clients.c.client_id == client_id, clients.c.managed == 0)
+            )
+        if result.rowcount == 0:
+            raise NotFoundError(
+                f"no removable client {client_id!r} (declared services are managed)"
+            )
+
+    # -- signing keys --------------------------------------------------------------------
+    async def keys(self) -> list[StoredKey]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(signing_keys))).all()
+        return [
+            StoredKey(
+                KeyState(r.kid, r.created_at, r.activate_at, r.retire_at, r.remove_at),
+                r.alg,
+                r.sealed_private,
+                json.loads(r.public_jwk),
+            )
+            for r in rows
+        ]
+
+    async def add_key(self, key: StoredKey) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(signing_keys).values(
+                    kid=key.state.kid,
+                    alg=key.alg,
+                    sealed_private=key.sealed_private,
+                    public_jwk=json.dumps(key.public_jwk),
+                    created_at=key.state.created_at,
+                    activate_at=key.state.activate_at,
+                )
+            )
+
+    async def retire_key(self, kid: str, retire_at: int, remove_at: int) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(signing_keys)
+                .where(signing_keys.c.kid == kid, signing_keys.c.retire_at.is_(None))
+                .values(retire_at=retire_at, remove_at=remove_at)
+            )
+
+    async def remove_key(self, kid: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(signing_keys).where(signing_keys.c.kid == kid))
+
+    # -- revocation ----------------------------------------------------------------------
+    async def revoke(self, jti: str, client_id: str, expires_at: int, now: int) -> None:
+        """Record a revoked token id (idempotent: revoking twice is one revocation)."""
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    insert(revocations).values(
+                        jti=jti, client_id=client_id, expires_at=expires_at, revoked_at=now
+                    )
+                )
+        except IntegrityError:
+            return
+
+    async def is_revoked(self, jti: str) -> bool:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(select(revocations.c.seq).where(revocations.c.jti == jti))
+            ).first()
+        return row is not None
+
+    async def revocations_since(self, seq: int, now: int, limit: int = 1000) -> list[Revocation]:
+        """Revocations after ``seq`` whose tokens have not expired yet, oldest first."""
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(revocations.c.seq, revocations.c.jti, revocations.c.expires_at)
+                    .where(revocations.c.seq > seq, revocations.c.expires_at > now)
+                    .order_by(revocations.c.seq)
+                    .limit(limit)
+                )
+            ).all()
+        return [Revocation(r.seq, r.jti, r.expires_at) for r in rows]
+
+    async def last_revocation_seq(self) -> int:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(revocations.c.seq).order_by(revocations.c.seq.desc()).limit(1)
+                )
+            ).first()
+        return int(row.seq) if row is not None else 0
+
+    async def prune(self, now: int) -> None:
+        """Forget revocations and used assertions of tokens that have expired anyway."""
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(revocations).where(revocations.c.expires_at <= now))
+            await conn.execute(delete(used_assertions).where(used_assertions.c.expires_at <= now))
+
+    async def use_assertion(self, key: str, expires_at: int) -> bool:
+        """Record a client assertion's jti; False if it was used before (a replay)."""
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(used_assertions).values(key=key, expires_at=expires_at))
+        except IntegrityError:
+            return False
+        return True

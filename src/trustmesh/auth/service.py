@@ -1,0 +1,341 @@
+"""The identity provider's state and decisions: signing keys (rotated as a protocol),
+clients (cached briefly), access tokens (RFC 9068, certificate-bound per RFC 8705), and
+revocation. The HTTP side (:mod:`trustmesh.auth.app`) and the OAuth protocol machinery
+(:mod:`trustmesh.auth.oauth`) sit on top of it."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from trustmesh import crypto, events
+from trustmesh.auth import keys as keyplan
+from trustmesh.auth.db import AuthStore, Client, StoredKey
+from trustmesh.config import TrustmeshConfig
+from trustmesh.errors import InvalidTokenError
+from trustmesh.reasons import Reason
+
+log = logging.getLogger("trustmesh.auth")
+
+ALG = "ES256"
+ACCESS_JWT_TYP = "at+jwt"
+CLIENT_CACHE_SECONDS = 2.0
+_FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c", "crit"})
+
+
+def hash_secret(secret: str) -> str:
+    """A client secret's stored form. Secrets are generated (256 random bits), so a fast
+    hash is enough: there is nothing to guess."""
+    return "sha256$" + hashlib.sha256(secret.encode()).hexdigest()
+
+
+def check_secret(secret: str, stored: str | None) -> bool:
+    if not stored or not stored.startswith("sha256$"):
+        return False
+    return hmac.compare_digest(hash_secret(secret), stored)
+
+
+def new_secret() -> str:
+    return base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()
+
+
+def thumbprint(cert_der: bytes) -> str:
+    """``x5t#S256`` (RFC 8705 §3.1): base64url SHA-256 of the DER certificate."""
+    return base64.urlsafe_b64encode(hashlib.sha256(cert_der).digest()).rstrip(b"=").decode()
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    issuer: str
+    token_ttl: int = 900  # RFC 9068 access tokens: 15 minutes by default
+    publish_delay: int = 300  # a new key is in the JWKS this long before it signs
+    rotate_every: int = 86_400
+    leeway: int = 60
+
+
+@dataclass(frozen=True)
+class Issued:
+    token: str
+    claims: dict[str, Any]
+
+
+class KeyRing:
+    """The signing keys in memory (private keys opened from their sealed form)."""
+
+    def __init__(self) -> None:
+        self.states: list[keyplan.KeyState] = []
+        self.private: dict[str, crypto.PrivateKey] = {}
+        self.public: dict[str, crypto.PublicKey] = {}
+        self.jwks: bytes = b'{"keys":[]}'
+        self.active: keyplan.KeyState | None = None
+
+    def load(self, stored: Sequence[StoredKey], seal_key: crypto.SealKey, now: int) -> None:
+        states, private, public, jwks = [], {}, {}, []
+        for key in stored:
+            if key.state.status(now) == "removed":
+                continue
+            states.append(key.state)
+            if key.state.kid not in self.private:
+                der = crypto.open_sealed(
+                    key.sealed_private, seal_key, context=_seal_context(key.state.kid)
+                )
+                private[key.state.kid] = crypto.private_key_from_der(der)
+            else:
+                private[key.state.kid] = self.private[key.state.kid]
+            public[key.state.kid] = private[key.state.kid].public_key()
+            jwks.append(key.public_jwk)
+        jwks.sort(key=lambda j: j["kid"])
+        self.states, self.private, self.public = states, private, public
+        self.jwks = json.dumps({"keys": jwks}, separators=(",", ":")).encode()
+        self.active = keyplan.signer(states, now)
+
+
+def _seal_context(kid: str) -> bytes:
+    return b"trustmesh/auth/signing-key/" + kid.encode()
+
+
+class AuthService:
+    def __init__(
+        self,
+        config: TrustmeshConfig,
+        store: AuthStore,
+        seal_key: crypto.SealKey,
+        settings: AuthSettings,
+        sink: events.EventSink,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.seal_key = seal_key
+        self.settings = settings
+        self.sink = sink
+        self.clock = clock
+        self.ring = KeyRing()
+        self.spiffe_id = config.component_spiffe_id("auth")
+        self._clients: dict[str, tuple[float, Client | None]] = {}
+        self._lock = asyncio.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.store.create()
+        await self.store.sync_managed_clients(self.managed_clients())
+        await self.tick()
+
+    def managed_clients(self) -> list[Client]:
+        """One client per declared service: client_id = the service name, authenticated
+        by its SVID (tls_client_auth), allowed to ask for tokens addressed to the
+        services the declaration lets it call."""
+        callees: dict[str, set[str]] = {}
+        for call in self.config.calls:
+            callees.setdefault(call.from_, set()).add(self.config.spiffe_id(call.to))
+        return [
+            Client(
+                client_id=name,
+                auth_method="tls_client_auth",
+                spiffe_id=self.config.spiffe_id(name),
+                audiences=tuple(sorted(callees.get(name, ()))),
+                managed=True,
+                created_at=int(self.clock()),
+            )
+            for name in self.config.services
+        ]
+
+    async def tick(self, *, rotate: bool = False) -> list[keyplan.Action]:
+        """Apply the key protocol at the current time; reload the ring."""
+        async with self._lock:
+            now = int(self.clock())
+            stored = await self.store.keys()
+            actions = keyplan.plan(
+                [k.state for k in stored],
+                now,
+                keyplan.RotationSettings(
+                    publish_delay=self.settings.publish_delay,
+                    token_lifetime=self.settings.token_ttl,
+                    rotate_every=self.settings.rotate_every,
+                    leeway=self.settings.leeway,
+                ),
+                rotate=rotate,
+            )
+            for action in actions:
+                await self._apply(action, now)
+            if actions:
+                stored = await self.store.keys()
+            before = self.ring.active.kid if self.ring.active else None
+            self.ring.load(stored, self.seal_key, now)
+            after = self.ring.active.kid if self.ring.active else None
+            if after != before and after is not None:
+                self._event(Reason.KEY_ACTIVATED, f"signing key {after} now signs", kid=after)
+            return actions
+
+    async def _apply(self, action: keyplan.Action, now: int) -> None:
+        if isinstance(action, keyplan.CreateKey):
+            private = crypto.generate_key()
+            kid = keyplan.new_kid(private.public_key())
+            jwk = crypto.public_jwk(private.public_key())
+            jwk.update(kid=kid, use="sig", alg=ALG)
+            sealed = crypto.seal(
+                crypto.private_key_to_der(private), self.seal_key, context=_seal_context(kid)
+            )
+            state = keyplan.KeyState(kid, now, action.activate_at)
+            self._event(
+                Reason.KEY_CREATED,
+                f"signing key {kid} published; signs from {keyplan.utc(action.activate_at).isoformat()}",
+                kid=kid,
+            )
+            await self.store.add_key(StoredKey(state, ALG, sealed, jwk))
+        elif isinstance(action, keyplan.RetireKey):
+            self._event(Reason.KEY_RETIRED, f"signing key {action.kid} retired", kid=action.kid)
+            await self.store.retire_key(action.kid, action.retire_at, action.remove_at)
+        else:
+            self._event(Reason.KEY_REMOVED, f"signing key {action.kid} removed", kid=action.kid)
+            await self.store.remove_key(action.kid)
+
+    # -- clients ---------------------------------------------------------------------------
+    async def client(self, client_id: str) -> Client | None:
+        """A client record, cached for a moment (a removed client stops working within
+        CLIENT_CACHE_SECONDS)."""
+        now = time.monotonic()
+        cached = self._clients.get(client_id)
+        if cached is not None and now - cached[0] < CLIENT_CACHE_SECONDS:
+            return cached[1]
+        if len(client_id) > 128:
+            return None
+        found = await self.store.get_client(client_id)
+        if len(self._clients) > 10_000:
+            self._clients.clear()
+        self._clients[client_id] = (now, found)
+        return found
+
+    # -- tokens ----------------------------------------------------------------------------
+    def mint(
+        self,
+        *,
+        client: Client,
+        subject: str,
+        audience: Sequence[str],
+        scope: Sequence[str],
+        cnf_thumbprint: str | None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Issued:
+        """An RFC 9068 access token: only the claims the audience needs."""
+        active = self.ring.active
+        if active is None:
+            raise InvalidTokenError("no signing key is active", reason="token-refused")
+        now = int(self.clock())
+        claims: dict[str, Any] = {
+            "iss": self.settings.issuer,
+            "sub": subject,
+            "aud": audience[0] if len(audience) == 1 else list(audience),
+            "exp": now + self.settings.token_ttl,
+            "iat": now,
+            "jti": base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode(),
+            "client_id": client.client_id,
+        }
+        if scope:
+            claims["scope"] = " ".join(scope)
+        if cnf_thumbprint is not None:
+            claims["cnf"] = {"x5t#S256": cnf_thumbprint}
+        if extra:
+            claims.update(extra)
+        token = jwt.encode(
+            claims,
+            self.ring.private[active.kid],
+            algorithm=ALG,
+            headers={"kid": active.kid, "typ": ACCESS_JWT_TYP},
+        )
+        return Issued(token, claims)
+
+    def verify_own(self, token: str) -> dict[str, Any]:
+        """Claims of an access token this server issued and that has not expired (any
+        audience); InvalidTokenError otherwise. Revocation is checked by the caller."""
+        if len(token) > 8192:
+            raise InvalidTokenError("token too long", reason="token-malformed")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise InvalidTokenError("malformed token", reason="token-malformed") from None
+        if header.get("alg") != ALG or header.get("typ") != ACCESS_JWT_TYP:
+            raise InvalidTokenError("not an access token of this server", reason="token-malformed")
+        if _FORBIDDEN_HEADERS & header.keys():
+            raise InvalidTokenError("forbidden JOSE header", reason="token-malformed")
+        kid = header.get("kid")
+        key = self.ring.public.get(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise InvalidTokenError("unknown key id", reason="token-unknown-key")
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=[ALG],
+                issuer=self.settings.issuer,
+                options={
+                    "verify_aud": False,
+                    "verify_exp": False,
+                    "require": ["iss", "exp", "iat", "jti", "sub", "client_id"],
+                },
+            )
+        except jwt.InvalidSignatureError:
+            raise InvalidTokenError("bad signature", reason="token-bad-signature") from None
+        except jwt.InvalidTokenError as exc:
+            raise InvalidTokenError(
+                f"invalid token: {type(exc).__name__}", reason="token-malformed"
+            ) from None
+        if self.clock() >= claims["exp"]:
+            raise InvalidTokenError("expired", reason="token-expired")
+        return claims
+
+    # -- events ----------------------------------------------------------------------------
+    def emit(
+        self,
+        reason: Reason,
+        message: str,
+        *,
+        decision: events.Decision = events.Decision.ALLOW,
+        attributes: Mapping[str, str | int | bool | None] | None = None,
+        **fields: Any,
+    ) -> None:
+        """An event of this component: token decisions are OCSF Authentication (service
+        ticket requests), key and client changes Entity Management."""
+        cls, activity = _EVENT_SHAPE.get(
+            reason, (events.EventClass.AUTHENTICATION, (4, "Service Ticket Request"))
+        )
+        self.sink.emit(
+            events.event(
+                cls,
+                activity_id=activity[0],
+                activity_name=activity[1],
+                component="auth",
+                decision=decision,
+                reason=reason,
+                message=message,
+                spiffe_id=self.spiffe_id,
+                attributes=attributes or {},
+                **fields,
+            )
+        )
+
+    def _event(self, reason: Reason, message: str, *, kid: str) -> None:
+        self.emit(reason, message, attributes={"kid": kid})
+
+
+_MANAGEMENT = events.EventClass.ENTITY_MANAGEMENT
+_EVENT_SHAPE: dict[str, tuple[events.EventClass, tuple[int, str]]] = {
+    Reason.KEY_CREATED: (_MANAGEMENT, (1, "Create")),
+    Reason.KEY_ACTIVATED: (_MANAGEMENT, (8, "Enable")),
+    Reason.KEY_RETIRED: (_MANAGEMENT, (9, "Disable")),
+    Reason.KEY_REMOVED: (_MANAGEMENT, (4, "Delete")),
+    Reason.CLIENT_CREATED: (_MANAGEMENT, (1, "Create")),
+    Reason.CLIENT_REMOVED: (_MANAGEMENT, (4, "Delete")),
+}

@@ -1,0 +1,69 @@
+"""The relational store every server component shares: SQLAlchemy 2 async, SQLite by
+default (a file in the state directory), PostgreSQL at scale (``postgresql+asyncpg://``).
+
+Each component declares its tables on its own :class:`sqlalchemy.MetaData` and creates
+them with :func:`create_tables`; nothing here knows any component.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import MetaData, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from trustmesh.errors import UsageError
+
+__all__ = ["create_engine", "create_tables", "sqlite_url"]
+
+_DRIVERS = {"sqlite+aiosqlite", "postgresql+asyncpg"}
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite+aiosqlite:///{path.absolute()}"
+
+
+def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    """An async engine for ``url``: ``sqlite+aiosqlite:///…`` or ``postgresql+asyncpg://…``.
+
+    SQLite gets WAL, a busy timeout and foreign keys on every connection; the file is
+    created 0600 in a 0700 directory (it holds sealed keys and client records)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise UsageError("database URL is not a valid URL") from None
+    if parsed.drivername not in _DRIVERS:
+        raise UsageError(
+            f"database driver {parsed.drivername!r} is not supported "
+            f"(expected one of: {', '.join(sorted(_DRIVERS))})"
+        )
+    if parsed.drivername.startswith("sqlite"):
+        database = parsed.database
+        if not database or database == ":memory:":
+            raise UsageError("an SQLite database must be a file")
+        path = Path(database)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.touch(mode=0o600, exist_ok=True)
+        path.chmod(0o600)
+        engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_async_engine(url, **kwargs)
+
+
+async def create_tables(engine: AsyncEngine, metadata: MetaData) -> None:
+    """Create ``metadata``'s tables that do not exist yet (idempotent)."""
+    async with engine.begin() as connection:
+        await connection.run_sync(metadata.create_all)

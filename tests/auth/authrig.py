@@ -1,0 +1,145 @@
+"""An identity service and an identity provider for auth tests: this process holds the
+SVIDs of orders, payments, inventory and the provider itself."""
+
+from __future__ import annotations
+
+import os
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from requests.adapters import HTTPAdapter
+
+from trustmesh import crypto, events
+from trustmesh.auth.server import RunningAuth, serve_auth
+from trustmesh.config import TrustmeshConfig, parse_config
+from trustmesh.sdk.x509source import X509Source
+from trustmesh.testing import RunningIdentityServer, identity_server_in_thread
+
+TD = "auth.example"
+ORDERS = f"spiffe://{TD}/orders"
+PAYMENTS = f"spiffe://{TD}/payments"
+INVENTORY = f"spiffe://{TD}/inventory"
+AUTH = f"spiffe://{TD}/trustmesh/auth"
+
+CONFIG = f"""
+trust_domain: {TD}
+dev: true
+identity: {{svid_ttl: 1h}}
+services:
+  orders: {{external: true}}
+  payments: {{external: true}}
+  inventory: {{external: true}}
+calls:
+  - {{from: orders, to: payments, allow: ["POST /charges"]}}
+  - {{from: orders, to: inventory, allow: ["GET /items/{{item}}"]}}
+"""
+
+
+@dataclass
+class Workload:
+    """PEM files of one SVID (for clients that take files) and its context."""
+
+    spiffe_id: str
+    cert: Path
+    key: Path
+    bundle: Path
+    source: X509Source
+
+    def ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.bundle))
+        ctx.check_hostname = False  # SPIFFE: the server's SPIFFE ID is checked, not a name
+        ctx.load_cert_chain(str(self.cert), str(self.key))
+        return ctx
+
+    def mount(self, session: requests.Session) -> requests.Session:
+        """Make ``session`` present this SVID and trust the bundle, SPIFFE-style: the
+        server's certificate must chain to the bundle; there is no host name to match."""
+        session.trust_env = False  # REQUESTS_CA_BUNDLE must not replace the bundle
+        session.mount("https://", _SPIFFEAdapter(self.ssl_context()))
+        return session
+
+    @property
+    def leaf_der(self) -> bytes:
+        return crypto.cert_der(self.source.context.chain[0])
+
+
+class _SPIFFEAdapter(HTTPAdapter):
+    def __init__(self, ctx: ssl.SSLContext) -> None:
+        self._ctx = ctx
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["ssl_context"] = self._ctx
+        kwargs["assert_hostname"] = False
+        super().init_poolmanager(*args, **kwargs)
+
+
+def auth_config(extra: str = "") -> TrustmeshConfig:
+    return parse_config(CONFIG + extra, source="test.yaml")
+
+
+@pytest.fixture
+def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
+    config = auth_config()
+    cm = identity_server_in_thread(config, short_tmp / "identity")
+    running = cm.__enter__()
+    exe = os.readlink("/proc/self/exe")
+    try:
+        for spiffe_id in (ORDERS, PAYMENTS, INVENTORY, AUTH):
+            running.call(
+                running.server.service.register,
+                spiffe_id,
+                [f"unix:uid:{os.getuid()}", f"unix:path:{exe}"],
+                None,
+            )
+        yield running
+    finally:
+        cm.__exit__(None, None, None)
+
+
+async def workload(identity: RunningIdentityServer, spiffe_id: str, where: Path) -> Workload:
+    source = X509Source(identity.address, spiffe_id=spiffe_id)
+    context = await source.start()
+    where.mkdir(parents=True, exist_ok=True, mode=0o700)
+    name = spiffe_id.rsplit("/", 1)[1]
+    cert, key, bundle = where / f"{name}.pem", where / f"{name}.key", where / "bundle.pem"
+    cert.write_bytes(b"".join(crypto.cert_pem(c).encode() for c in context.chain))
+    key.touch(mode=0o600)
+    key.write_bytes(crypto.private_key_to_pem(context.key))
+    bundle.write_bytes(b"".join(crypto.cert_pem(c).encode() for c in context.bundle))
+    return Workload(spiffe_id, cert, key, bundle, source)
+
+
+@dataclass
+class AuthRig:
+    auth: RunningAuth
+    sink: events.MemorySink
+    orders: Workload
+    payments: Workload
+    inventory: Workload
+
+    @property
+    def url(self) -> str:
+        return self.auth.url
+
+
+@pytest.fixture
+async def rig(identity: RunningIdentityServer, short_tmp: Path) -> AsyncIterator[AuthRig]:
+    sink = events.MemorySink()
+    source = X509Source(identity.address, spiffe_id=AUTH)
+    await source.start()
+    running = await serve_auth(auth_config(), short_tmp / "state", source=source, sink=sink)
+    files = short_tmp / "pki"
+    workloads = [await workload(identity, s, files) for s in (ORDERS, PAYMENTS, INVENTORY)]
+    try:
+        yield AuthRig(running, sink, *workloads)
+    finally:
+        for w in workloads:
+            await w.source.close()
+        await running.stop()
+        await source.close()
