@@ -52,7 +52,7 @@ def test_up_starts_every_component_healthy_quickly(shop: dict[str, object]) -> N
     status = shop["status"]
     assert isinstance(status, dict)
     names = [c["name"] for c in status["components"]]
-    assert names == ["identity", "discovery", "inventory", "payments", "orders"]
+    assert names == ["identity", "discovery", "auth", "inventory", "payments", "orders"]
     assert all(c["healthy"] for c in status["components"]), status["components"]
     assert all(c["cert_expires"] for c in status["components"])
     assert float(shop["up_seconds"]) < 30  # type: ignore[arg-type]
@@ -126,6 +126,35 @@ async def test_payments_may_not_call_orders(shop: dict[str, object]) -> None:
     assert any(
         e["unmapped"]["trustmesh"]["peer_spiffe_id"] == f"spiffe://{TD}/payments" for e in deny
     )
+
+
+async def test_the_identity_provider_issues_a_bound_token_to_a_workload(
+    shop: dict[str, object],
+) -> None:
+    status = shop["status"]
+    assert isinstance(status, dict)
+    auth = next(c for c in status["components"] if c["name"] == "auth")
+    assert auth["healthy"]
+    assert auth["spiffe_id"] == f"spiffe://{TD}/trustmesh/auth"
+    async with (
+        Workload(shop, "storefront") as (tls, _),
+        ServiceClient(tls, auth["url"], auth["spiffe_id"]) as idp,
+    ):
+        got = await idp.post(
+            "/oauth2/token",
+            data={"grant_type": "client_credentials", "client_id": "storefront"},
+        )
+        assert got.status == 200, got.body
+        token = got.json()["access_token"]
+        jwks = (await idp.get("/jwks.json")).json()
+    import jwt as pyjwt
+
+    kid = pyjwt.get_unverified_header(token)["kid"]
+    key = pyjwt.PyJWK(next(k for k in jwks["keys"] if k["kid"] == kid)).key
+    claims = pyjwt.decode(
+        token, key, algorithms=["ES256"], audience=f"spiffe://{TD}/orders", issuer=auth["issuer"]
+    )
+    assert claims["sub"] == f"spiffe://{TD}/storefront"
 
 
 def test_trustmesh_call_tries_the_shop_from_a_shell(shop: dict[str, object]) -> None:

@@ -77,12 +77,12 @@ def plan(
     keys: Sequence[KeyState], now: int, settings: RotationSettings, *, rotate: bool = False
 ) -> list[Action]:
     """What to do at ``now`` so that the protocol holds; ``rotate`` asks for a new key."""
-    actions: list[Action] = []
+    actions: list[Action] = [RemoveKey(k.kid) for k in keys if k.status(now) == "removed"]
     current = signer(keys, now)
     if current is None and not any(k.status(now) == "published" for k in keys):
         # nothing can sign and nothing is on its way: the first key (or a recovery after
         # every key expired) signs at once; there is no older JWKS to warm up
-        return [CreateKey(activate_at=now)]
+        return [*actions, CreateKey(activate_at=now)]
     keep = settings.token_lifetime + settings.leeway
     for key in keys:
         status = key.status(now)
@@ -90,8 +90,6 @@ def plan(
             # a newer key took over: this one stops signing now and stays published
             # until every token it could have signed has expired
             actions.append(RetireKey(key.kid, retire_at=now, remove_at=now + keep))
-        elif status == "removed":
-            actions.append(RemoveKey(key.kid))
     pending = any(k.status(now) == "published" for k in keys)
     stale = (
         current is not None

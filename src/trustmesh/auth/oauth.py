@@ -45,7 +45,7 @@ CLIENT_CREDENTIALS = "client_credentials"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a grant type
 AUTH_METHODS = ("tls_client_auth", "private_key_jwt", "client_secret_basic", "client_secret_post")
 ASSERTION_ALGORITHMS = ["ES256", "ES384", "PS256", "RS256"]
-MAX_ASSERTION_LIFETIME = 600
+MAX_ASSERTION_LIFETIME = 3600 + 60  # what common clients send (Authlib: 1 h), plus skew
 
 
 class InvalidTargetError(OAuth2Error):  # type: ignore[misc]

@@ -23,6 +23,7 @@ from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from rich.table import Table
 
 from trustmesh import crypto
+from trustmesh.auth.__main__ import endpoint_path as auth_endpoint_path
 from trustmesh.cli._common import (
     DEFAULT_STATE,
     EXIT_FAILURE,
@@ -73,6 +74,19 @@ def components(config: TrustmeshConfig, config_path: Path, state: Path) -> list[
         )
     ]
     paths = IdentityPaths(state)
+    specs.append(
+        ComponentSpec(
+            "auth",
+            python_module_argv(
+                "trustmesh.auth", "--config", str(config_path), "--state", str(state)
+            ),
+            env={
+                "SPIFFE_ENDPOINT_SOCKET": paths.socket_address,
+                "TRUSTMESH_EVENTS": str(state / "events" / "auth.jsonl"),
+            },
+            env_factory=_join_env(config, state, config.component_spiffe_id("auth")),
+        )
+    )
     for name, service in config.services.items():
         if service.external:
             continue
@@ -97,20 +111,29 @@ def components(config: TrustmeshConfig, config_path: Path, state: Path) -> list[
     return specs
 
 
+def _join_token(config: TrustmeshConfig, state: Path, spiffe_id: str) -> str:
+    store = SqliteIdentityStore(IdentityPaths(state).db)
+    try:
+        with cli_event_sink(state) as sink:
+            return admin.create_join_token(
+                store, service_settings(config), spiffe_id, JOIN_TTL, sink
+            )
+    finally:
+        store.close()
+
+
+def _join_env(config: TrustmeshConfig, state: Path, spiffe_id: str) -> Callable[[], dict[str, str]]:
+    return lambda: {"TRUSTMESH_JOIN_TOKEN": _join_token(config, state, spiffe_id)}
+
+
 def _service_env(config: TrustmeshConfig, state: Path, name: str) -> Callable[[], dict[str, str]]:
     def make() -> dict[str, str]:
-        store = SqliteIdentityStore(IdentityPaths(state).db)
-        try:
-            with cli_event_sink(state) as sink:
-                token = admin.create_join_token(
-                    store, service_settings(config), config.spiffe_id(name), JOIN_TTL, sink
-                )
-        finally:
-            store.close()
         discovery = read_json(IdentityPaths(state).discovery) or {}
+        auth = read_json(auth_endpoint_path(state)) or {}
         return {
-            "TRUSTMESH_JOIN_TOKEN": token,
+            "TRUSTMESH_JOIN_TOKEN": _join_token(config, state, config.spiffe_id(name)),
             "TRUSTMESH_DISCOVERY_URL": str(discovery.get("url") or ""),
+            "TRUSTMESH_AUTH_URL": str(auth.get("url") or ""),
         }
 
     return make
@@ -148,6 +171,9 @@ def probe(spec: ComponentSpec, state: Path, timeout: float = 2.0) -> bool:
             and sock.is_socket()
             and asyncio.run(_probe_grpc(sock, timeout))
         )
+    if spec.name == "auth":  # up once it serves and has said where
+        url = (read_json(auth_endpoint_path(state)) or {}).get("url")
+        return isinstance(url, str) and _tcp_open(url)
     # a service is up once it serves and has registered with discovery (which it does
     # only after its SVID arrived and its mTLS server listens)
     return _serving(_instance(read_json(IdentityPaths(state).discovery) or {}, spec.name))
@@ -192,6 +218,21 @@ def stack_status(config: TrustmeshConfig, config_path: Path, state: Path) -> dic
                     "cert_expires": _signing_ca_expiry(state),
                     "cert_kind": "signing-ca",
                     "pid": pid if alive else None,
+                }
+            )
+            continue
+        if spec.name == "auth":
+            endpoint = read_json(auth_endpoint_path(state)) or {}
+            rows.append(
+                {
+                    "name": spec.name,
+                    "url": endpoint.get("url"),
+                    "spiffe_id": config.component_spiffe_id(spec.name),
+                    "healthy": bool(running and alive and probe(spec, state)),
+                    "cert_expires": endpoint.get("cert_expires"),
+                    "cert_kind": "svid",
+                    "pid": pid if alive else None,
+                    "issuer": endpoint.get("issuer"),
                 }
             )
             continue

@@ -156,6 +156,7 @@ class ServiceClient:
         path: str,
         *,
         json: Any = None,
+        data: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Response:
         method = method.upper()
@@ -174,6 +175,7 @@ class ServiceClient:
                     method,
                     self.base_url + path,
                     json=json,
+                    data=data,
                     headers=sent_headers,
                     ssl=self.tls.client,
                 ) as r:

@@ -1,0 +1,192 @@
+"""The identity provider's service layer on its own: signing-key rotation under a
+controlled clock, keys sealed at rest, and the same store on PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import jwt
+import pytest
+from authrig import PAYMENTS, auth_config
+from services import require_service
+
+from trustmesh import crypto, events
+from trustmesh.auth.db import AuthStore, Client
+from trustmesh.auth.service import AuthService, AuthSettings
+from trustmesh.crypto import SealKey
+from trustmesh.errors import ConflictError, InvalidTokenError, NotFoundError, SealError
+from trustmesh.reasons import Reason
+from trustmesh.store import create_engine, sqlite_url
+
+ISSUER = "https://127.0.0.1:1"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_900_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _service(store: AuthStore, clock: Clock, sink: events.MemorySink) -> AuthService:
+    key = SealKey(os.urandom(32), "env")
+    settings = AuthSettings(issuer=ISSUER, token_ttl=900, publish_delay=300, rotate_every=0)
+    return AuthService(auth_config(), store, key, settings, sink, clock=clock)
+
+
+@pytest.fixture
+async def sqlite_store(short_tmp: Path) -> AsyncIterator[AuthStore]:
+    store = AuthStore(create_engine(sqlite_url(short_tmp / "auth.db")))
+    yield store
+    await store.close()
+
+
+def _verify(service: AuthService, token: str) -> dict[str, object]:
+    kid = jwt.get_unverified_header(token)["kid"]
+    keys = {j["kid"]: j for j in json.loads(service.ring.jwks)["keys"]}
+    key = jwt.PyJWK(keys[kid]).key
+    claims: dict[str, object] = jwt.decode(
+        token,
+        key,
+        algorithms=["ES256"],
+        audience=PAYMENTS,
+        issuer=ISSUER,
+        options={"verify_exp": False, "verify_iat": False},
+    )
+    return claims
+
+
+async def test_rotation_publishes_first_then_signs_and_keeps_the_old_key(
+    sqlite_store: AuthStore,
+) -> None:
+    clock, sink = Clock(), events.MemorySink()
+    service = _service(sqlite_store, clock, sink)
+    await service.start()
+    orders = next(c for c in service.managed_clients() if c.client_id == "orders")
+    first = service.ring.active
+    assert first is not None
+
+    def mint() -> str:
+        return service.mint(
+            client=orders,
+            subject=orders.spiffe_id or "",
+            audience=[PAYMENTS],
+            scope=[],
+            cnf_thumbprint=None,
+        ).token
+
+    old_token = mint()
+    await service.tick(rotate=True)
+    kids = {j["kid"] for j in json.loads(service.ring.jwks)["keys"]}
+    assert len(kids) == 2  # the next key is published...
+    assert jwt.get_unverified_header(mint())["kid"] == first.kid  # ...but does not sign yet
+    await service.tick(rotate=True)  # asking again while one is pending adds nothing
+    assert len(json.loads(service.ring.jwks)["keys"]) == 2
+    clock.now += 300
+    await service.tick()
+    new_token = mint()
+    assert service.ring.active is not None
+    assert service.ring.active.kid != first.kid
+    assert jwt.get_unverified_header(new_token)["kid"] == service.ring.active.kid
+    # tokens signed by the old key stay verifiable until they expire
+    assert _verify(service, old_token)["sub"] == orders.spiffe_id
+    assert _verify(service, new_token)["sub"] == orders.spiffe_id
+    clock.now += 900 + 60 - 1
+    await service.tick()
+    assert first.kid in service.ring.jwks.decode()
+    clock.now += 2
+    await service.tick()
+    assert first.kid not in service.ring.jwks.decode()
+    with pytest.raises(InvalidTokenError):
+        service.verify_own(old_token)
+    reasons = [e.reason for e in sink.events]
+    for reason in (
+        Reason.KEY_CREATED,
+        Reason.KEY_ACTIVATED,
+        Reason.KEY_RETIRED,
+        Reason.KEY_REMOVED,
+    ):
+        assert reason in reasons
+
+
+async def test_signing_keys_are_sealed_at_rest(sqlite_store: AuthStore, short_tmp: Path) -> None:
+    service = _service(sqlite_store, Clock(), events.MemorySink())
+    await service.start()
+    with sqlite3.connect(short_tmp / "auth.db") as db:
+        rows = db.execute("SELECT sealed_private, public_jwk FROM auth_signing_keys").fetchall()
+    assert rows
+    for sealed, public in rows:
+        assert crypto.is_sealed(sealed)
+        assert b"PRIVATE KEY" not in sealed
+        assert '"d"' not in public
+    # another sealing key cannot open them: the service refuses to start
+    other = AuthService(
+        auth_config(),
+        sqlite_store,
+        SealKey(os.urandom(32), "env"),
+        AuthSettings(issuer=ISSUER),
+        events.MemorySink(),
+        clock=Clock(),
+    )
+    with pytest.raises(SealError):
+        await other.start()
+
+
+async def _exercise_store(store: AuthStore) -> None:
+    await store.create()
+    await store.create()  # idempotent
+    client = Client("batch", "client_secret_basic", secret_hash="sha256$00", audiences=(PAYMENTS,))
+    await store.add_client(client)
+    with pytest.raises(ConflictError):
+        await store.add_client(client)
+    assert await store.get_client("batch") == client
+    await store.revoke("j1", "batch", expires_at=200, now=100)
+    await store.revoke("j1", "batch", expires_at=200, now=100)  # idempotent
+    await store.revoke("j2", "batch", expires_at=150, now=100)
+    assert await store.is_revoked("j1")
+    assert not await store.is_revoked("j3")
+    rows = await store.revocations_since(0, now=120)
+    assert [r.jti for r in rows] == ["j1", "j2"]
+    assert [r.jti for r in await store.revocations_since(rows[0].seq, now=120)] == ["j2"]
+    assert [r.jti for r in await store.revocations_since(0, now=160)] == ["j1"]
+    assert await store.use_assertion("batch a1", 300)
+    assert not await store.use_assertion("batch a1", 300)
+    await store.prune(now=300)
+    assert not await store.is_revoked("j1")
+    assert await store.use_assertion("batch a1", 400)
+    await store.remove_client("batch")
+    with pytest.raises(NotFoundError):
+        await store.remove_client("batch")
+
+
+async def test_store_on_sqlite(sqlite_store: AuthStore) -> None:
+    await _exercise_store(sqlite_store)
+
+
+@pytest.mark.services
+async def test_store_on_postgresql() -> None:
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    import asyncpg
+
+    name = f"tm_auth_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/test")
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        store = AuthStore(create_engine(f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"))
+        try:
+            await _exercise_store(store)
+            clock = Clock()
+            service = _service(store, clock, events.MemorySink())
+            await service.start()
+            assert service.ring.active is not None
+        finally:
+            await store.close()
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        await admin.close()

@@ -1,0 +1,117 @@
+"""The other client authentication methods: private_key_jwt (RFC 7523) with a real
+Authlib client, and generated client secrets stored only as a hash."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+import requests
+from authlib.integrations.requests_client import OAuth2Session
+from authlib.oauth2.rfc7523 import PrivateKeyJWT, private_key_jwt_sign
+from authrig import PAYMENTS, AuthRig
+from joserfc.jwk import ECKey
+
+from trustmesh.auth.db import Client
+from trustmesh.auth.service import hash_secret, new_secret
+
+
+def _post(rig: AuthRig, data: dict[str, str], **kwargs: Any) -> requests.Response:
+    with rig.inventory.mount(requests.Session()) as s:
+        return s.post(rig.url + "/oauth2/token", data=data, timeout=10, **kwargs)
+
+
+async def test_private_key_jwt_with_authlib_and_replay_refused(rig: AuthRig) -> None:
+    key = ECKey.generate_key("P-256", parameters={"kid": "batch-1"}, private=True)
+    await rig.auth.service.store.add_client(
+        Client(
+            client_id="batch",
+            auth_method="private_key_jwt",
+            jwks={"keys": [key.as_dict(private=False)]},
+            audiences=(PAYMENTS,),
+            scopes=("charges:read",),
+            created_at=int(time.time()),
+        )
+    )
+    endpoint = rig.url + "/oauth2/token"
+
+    def fetch() -> dict[str, Any]:
+        session = OAuth2Session(
+            client_id="batch", client_secret=key, token_endpoint_auth_method="private_key_jwt"
+        )
+        session.register_client_auth_method(PrivateKeyJWT(endpoint, alg="ES256"))
+        rig.inventory.mount(session)
+        with session:
+            token: dict[str, Any] = session.fetch_token(
+                endpoint, grant_type="client_credentials", scope="charges:read"
+            )
+            return token
+
+    token = await asyncio.to_thread(fetch)
+    claims = jwt.decode(token["access_token"], options={"verify_signature": False})
+    assert claims["client_id"] == "batch"
+    assert claims["sub"] == "batch"
+    assert claims["aud"] == PAYMENTS
+    assert claims["scope"] == "charges:read"
+    assert "x5t#S256" in claims["cnf"]  # bound to the certificate it came over
+
+    assertion = private_key_jwt_sign(key, "batch", endpoint, alg="ES256")
+    form = {
+        "grant_type": "client_credentials",
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": assertion,
+    }
+    first = await asyncio.to_thread(_post, rig, form)
+    assert first.status_code == 200, first.text
+    replay = await asyncio.to_thread(_post, rig, form)
+    assert replay.status_code == 401
+    assert replay.json()["error"] == "invalid_client"
+    # signed by a key the client never registered
+    other = ECKey.generate_key("P-256", private=True)
+    forged = {
+        **form,
+        "client_assertion": private_key_jwt_sign(other, "batch", endpoint, alg="ES256"),
+    }
+    assert (await asyncio.to_thread(_post, rig, forged)).status_code == 401
+    # addressed to another server
+    elsewhere = private_key_jwt_sign(key, "batch", "https://elsewhere.example/token", alg="ES256")
+    wrong_aud = {**form, "client_assertion": elsewhere}
+    assert (await asyncio.to_thread(_post, rig, wrong_aud)).status_code == 401
+
+
+async def test_client_secret_basic_and_the_secret_is_stored_hashed(
+    rig: AuthRig, short_tmp: Path
+) -> None:
+    secret = new_secret()
+    await rig.auth.service.store.add_client(
+        Client(
+            client_id="reporting",
+            auth_method="client_secret_basic",
+            secret_hash=hash_secret(secret),
+            audiences=(PAYMENTS,),
+            created_at=int(time.time()),
+        )
+    )
+    good = await asyncio.to_thread(
+        _post, rig, {"grant_type": "client_credentials"}, auth=("reporting", secret)
+    )
+    assert good.status_code == 200, good.text
+    bad = await asyncio.to_thread(
+        _post, rig, {"grant_type": "client_credentials"}, auth=("reporting", secret + "x")
+    )
+    assert bad.status_code == 401
+    assert bad.json()["error"] == "invalid_client"
+    # a client that must use its certificate cannot switch to a (guessed) secret
+    switched = await asyncio.to_thread(
+        _post, rig, {"grant_type": "client_credentials"}, auth=("orders", "x")
+    )
+    assert switched.status_code == 401
+    database = short_tmp / "state" / "auth" / "auth.db"
+    with sqlite3.connect(database) as db:
+        rows = db.execute("SELECT * FROM auth_clients").fetchall()
+    assert secret not in repr(rows)
+    assert oct(database.stat().st_mode & 0o777) == "0o600"
