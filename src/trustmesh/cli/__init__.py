@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from trustmesh.cli import call_cmd, config_cmd, identity_cmd, stack
+from trustmesh.cli import auth_cmd, call_cmd, config_cmd, identity_cmd, stack
 
 __all__ = ["app", "main"]
 
@@ -20,6 +20,7 @@ app.add_typer(identity_cmd.app, name="identity")
 app.add_typer(identity_cmd.svid_app, name="svid")
 stack.register(app)
 call_cmd.register(app)
+auth_cmd.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,137 @@
+"""``trustmesh auth``: clients and signing keys from the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from joserfc.jwk import ECKey
+
+from trustmesh.testing import run_cli as tm
+
+CONFIG = """
+trust_domain: cli.example
+dev: true
+services:
+  orders: {external: true}
+  payments: {external: true}
+calls:
+  - {from: orders, to: payments, allow: ["POST /charges"]}
+"""
+
+
+@pytest.fixture
+def where(short_tmp: Path) -> tuple[str, ...]:
+    config = short_tmp / "trustmesh.yaml"
+    config.write_text(CONFIG)
+    return ("--config", str(config), "--state", str(short_tmp / "state"))
+
+
+def test_secret_client_is_shown_once_and_stored_hashed(
+    where: tuple[str, ...], short_tmp: Path
+) -> None:
+    made = tm(
+        "auth",
+        "client",
+        "create",
+        "reporting",
+        "--method",
+        "client_secret_basic",
+        "--audience",
+        "payments",
+        "--scope",
+        "charges:read",
+        *where,
+    )
+    assert made.returncode == 0, made.stderr
+    secret = made.stdout.strip().splitlines()[-1]
+    assert len(secret) >= 40
+    listed = tm("auth", "client", "list", "--json", *where)
+    assert listed.returncode == 0, listed.stderr
+    assert secret not in listed.stdout
+    clients = {c["client_id"]: c for c in json.loads(listed.stdout)}
+    assert clients["reporting"]["audiences"] == ["spiffe://cli.example/payments"]
+    assert clients["reporting"]["scopes"] == ["charges:read"]
+    assert clients["orders"]["managed"] is True  # declared services are clients
+    assert clients["orders"]["audiences"] == ["spiffe://cli.example/payments"]
+    for path in (short_tmp / "state").rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    again = tm(
+        "auth",
+        "client",
+        "create",
+        "reporting",
+        "--method",
+        "client_secret_basic",
+        "--audience",
+        "payments",
+        *where,
+    )
+    assert again.returncode == 2
+    assert "already exists" in again.stderr
+    assert tm("auth", "client", "remove", "reporting", *where).returncode == 0
+    assert tm("auth", "client", "remove", "reporting", *where).returncode == 2
+    assert tm("auth", "client", "remove", "orders", *where).returncode == 2  # declared
+
+
+def test_private_key_jwt_client_takes_public_keys_only(
+    where: tuple[str, ...], short_tmp: Path
+) -> None:
+    key = ECKey.generate_key("P-256", private=True)
+    public = short_tmp / "public.jwks"
+    public.write_text(json.dumps({"keys": [key.as_dict(private=False)]}))
+    private = short_tmp / "private.jwks"
+    private.write_text(json.dumps({"keys": [key.as_dict(private=True)]}))
+    refused = tm(
+        "auth",
+        "client",
+        "create",
+        "batch",
+        "--jwks",
+        str(private),
+        "--audience",
+        "payments",
+        *where,
+    )
+    assert refused.returncode == 2
+    assert "private key material" in refused.stderr
+    made = tm(
+        "auth", "client", "create", "batch", "--jwks", str(public), "--audience", "payments", *where
+    )
+    assert made.returncode == 0, made.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("bad id!", "--audience", "payments"),
+        ("orders", "--audience", "payments"),  # a declared service
+        ("x", "--method", "magic", "--audience", "payments"),
+        ("x", "--method", "client_secret_basic"),  # no audience
+        ("x", "--method", "client_secret_basic", "--audience", "nosuch"),
+        ("x", "--method", "client_secret_basic", "--audience", "spiffe://other.example/a"),
+        ("x", "--method", "tls_client_auth", "--audience", "payments"),  # no --spiffe-id
+        ("x", "--method", "client_secret_basic", "--audience", "payments", "--scope", "a b"),
+    ],
+)
+def test_bad_client_definitions_exit_2_and_change_nothing(
+    where: tuple[str, ...], args: tuple[str, ...]
+) -> None:
+    result = tm("auth", "client", "create", *args, *where)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip()
+    listed = json.loads(tm("auth", "client", "list", "--json", *where).stdout)
+    assert {c["client_id"] for c in listed} == {"orders", "payments"}
+
+
+def test_rotate_keys_publishes_the_next_key_before_it_signs(where: tuple[str, ...]) -> None:
+    first = tm("auth", "rotate-keys", "--json", *where)
+    assert first.returncode == 0, first.stderr
+    keys = json.loads(first.stdout)
+    assert sorted(k["status"] for k in keys) == ["active", "published"]
+    again = json.loads(tm("auth", "rotate-keys", "--json", *where).stdout)
+    assert len(again) == 2  # one pending key at a time
+    listed = json.loads(tm("auth", "keys", "--json", *where).stdout)
+    assert [k["kid"] for k in listed] == [k["kid"] for k in keys]
