@@ -39,6 +39,8 @@ class Reason(enum.StrEnum):
     TOKEN_MALFORMED = "token-malformed"
     TOKEN_UNKNOWN_KEY = "token-unknown-key"
     TOKEN_REVOKED = "token-revoked"
+    TOKEN_MISSING = "token-missing"
+    TOKEN_WRONG_ISSUER = "token-wrong-issuer"
     TOKEN_NOT_BOUND = "token-not-bound"
     # identity provider
     TOKEN_ISSUED = "token-issued"

@@ -1,0 +1,334 @@
+"""Access-token verification for services: what the middleware checks on every request.
+
+Speaks only the wire protocols (JWKS, RFC 9068 access tokens, RFC 8705 binding), so the
+provider behind it can be trustmesh's or Keycloak's. The JOSE work is PyJWT's; this
+module decides what is acceptable:
+
+- the JWS: compact form only; ``alg`` exactly one of the allow-list (``ES256``) — never
+  ``none`` or an HMAC with a public key; no ``jku``/``x5u``/``jwk``/``x5c`` (nothing is
+  ever fetched from or trusted in a token) and no ``crit``; ``kid`` is only a dictionary
+  key, never a path or a query;
+- the key: from the provider's JWKS only — EC P-256, ``alg`` ES256 if stated, ``use``
+  ``sig`` if stated, ``key_ops`` with ``verify`` if stated, a valid point, no private
+  part, no duplicate ``kid``; an unknown ``kid`` triggers one rate-limited refetch;
+- the claims: ``typ`` ``at+jwt``; ``iss`` one of the configured issuers; ``aud`` this
+  service; ``exp``/``nbf``/``iat`` with a small leeway; ``sub``, ``jti``, ``client_id``
+  present; ``cnf.x5t#S256`` equal to the mTLS peer's certificate; ``jti`` not revoked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Container, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from trustmesh.errors import InvalidTokenError, TrustmeshError
+from trustmesh.reasons import Reason
+
+log = logging.getLogger("trustmesh.sdk")
+
+ALLOWED_ALGORITHMS = ("ES256",)
+ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
+FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c", "crit"})
+MAX_TOKEN_LENGTH = 8192
+_B64URL = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
+
+PublicKey = Any  # what PyJWT's PyJWK.key holds for an EC key
+
+
+def _refuse(reason: Reason, message: str) -> InvalidTokenError:
+    return InvalidTokenError(message, reason=reason)
+
+
+def load_jwks(document: bytes | str | Mapping[str, Any]) -> dict[str, PublicKey]:
+    """The usable verification keys of a JWK Set, by ``kid``. Keys that are not ES256
+    signature keys, are malformed, or share a ``kid`` are left out (never guessed at)."""
+    try:
+        doc = json.loads(document) if isinstance(document, bytes | str) else document
+    except ValueError:
+        return {}
+    listed = doc.get("keys") if isinstance(doc, Mapping) else None
+    if not isinstance(listed, list):
+        return {}
+    keys: dict[str, PublicKey] = {}
+    duplicated: set[str] = set()
+    for jwk in listed:
+        if not isinstance(jwk, Mapping):
+            continue
+        kid = jwk.get("kid")
+        if not isinstance(kid, str) or not 0 < len(kid) <= 128:
+            continue
+        if kid in keys or kid in duplicated:
+            duplicated.add(kid)
+            keys.pop(kid, None)
+            continue
+        if (
+            jwk.get("kty") != "EC"
+            or jwk.get("crv") != "P-256"
+            or jwk.get("alg", "ES256") != "ES256"
+            or jwk.get("use", "sig") != "sig"
+            or ("key_ops" in jwk and "verify" not in (jwk.get("key_ops") or ()))
+            or "d" in jwk
+        ):
+            continue
+        try:
+            keys[kid] = jwt.PyJWK(dict(jwk), algorithm="ES256").key
+        except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError):
+            continue
+    return keys
+
+
+def verify_jws(
+    token: object, keys: Mapping[str, PublicKey], algorithms: Sequence[str] = ALLOWED_ALGORITHMS
+) -> tuple[dict[str, Any], bytes]:
+    """The header and payload of a compact JWS signed by one of ``keys``, or
+    InvalidTokenError (with a reason code)."""
+    header = unverified_header(token, algorithms)
+    key = keys.get(header["kid"])
+    if key is None:
+        raise _refuse(Reason.TOKEN_UNKNOWN_KEY, "unknown key id")
+    try:
+        decoded = jwt.api_jws.PyJWS().decode_complete(str(token), key, algorithms=[header["alg"]])
+    except jwt.InvalidSignatureError:
+        raise _refuse(Reason.TOKEN_BAD_SIGNATURE, "bad signature") from None
+    except (jwt.InvalidTokenError, ValueError, TypeError):
+        raise _refuse(Reason.TOKEN_MALFORMED, "malformed token") from None
+    return header, decoded["payload"]
+
+
+def unverified_header(
+    token: object, algorithms: Sequence[str] = ALLOWED_ALGORITHMS
+) -> dict[str, Any]:
+    """The JOSE header, after the checks that need no key (see the module docstring)."""
+    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
+        raise _refuse(Reason.TOKEN_MALFORMED, "not a compact JWS")
+    raw = token.encode("ascii", "replace")
+    if raw.count(b".") != 2 or not set(raw) <= _B64URL or any(not p for p in raw.split(b".")):
+        raise _refuse(Reason.TOKEN_MALFORMED, "not a compact JWS")
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError:
+        raise _refuse(Reason.TOKEN_MALFORMED, "malformed header") from None
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in algorithms:
+        raise _refuse(Reason.TOKEN_MALFORMED, f"algorithm {str(alg)[:16]!r} not allowed")
+    if FORBIDDEN_HEADERS & header.keys():
+        raise _refuse(Reason.TOKEN_MALFORMED, "header parameter not accepted")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not 0 < len(kid) <= 128:
+        raise _refuse(Reason.TOKEN_UNKNOWN_KEY, "no usable key id")
+    return header
+
+
+class JWKSCache:
+    """The provider's keys, refreshed when they age (the response's max-age, clamped) and
+    once — rate-limited — when a token names a key not in the set. A failed fetch keeps
+    the keys already known: verification goes on while the provider is down."""
+
+    def __init__(
+        self,
+        fetch: Callable[[], Awaitable[tuple[bytes, float | None]]],
+        *,
+        max_age: float = 300.0,
+        min_refetch_interval: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._fetch = fetch
+        self.max_age = max_age
+        self.min_refetch_interval = min_refetch_interval
+        self._clock = clock
+        self.keys: dict[str, PublicKey] = {}
+        self._fetched_at: float | None = None
+        self._unknown_refetch_at: float | None = None
+        self._ttl = max_age
+        self._lock = asyncio.Lock()
+        self.fetches = 0
+
+    async def refresh(self) -> None:
+        async with self._lock:
+            await self._refresh()
+
+    async def _refresh(self) -> None:
+        self._fetched_at = self._clock()
+        self.fetches += 1
+        try:
+            body, max_age = await self._fetch()
+        except (TrustmeshError, OSError, TimeoutError, ValueError) as exc:  # provider down:
+            # keep verifying with the keys we have
+            log.warning(
+                "JWKS fetch failed (%s); keeping %d known keys", type(exc).__name__, len(self.keys)
+            )
+            return
+        keys = load_jwks(body)
+        if keys or not self.keys:
+            self.keys = keys
+        self._ttl = min(max(max_age if max_age is not None else self.max_age, 1.0), self.max_age)
+
+    async def key(self, kid: str) -> PublicKey | None:
+        now = self._clock()
+        fetched = self._fetched_at
+        if fetched is None or now - fetched >= self._ttl:
+            async with self._lock:
+                if self._fetched_at == fetched:
+                    await self._refresh()
+        key = self.keys.get(kid)
+        if key is not None:
+            return key
+        async with self._lock:  # one refetch per interval, whatever the traffic
+            key = self.keys.get(kid)
+            last = self._unknown_refetch_at
+            if key is None and (last is None or self._clock() - last >= self.min_refetch_interval):
+                self._unknown_refetch_at = self._clock()
+                await self._refresh()
+                key = self.keys.get(kid)
+        return key
+
+
+class RevocationList:
+    """Revoked token ids (``jti``), each until its token would have expired anyway."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._revoked: dict[str, float] = {}
+        self._clock = clock
+        self.cursor = 0
+
+    def add(self, jti: str, exp: float) -> None:
+        self._revoked[jti] = exp
+
+    def __contains__(self, jti: object) -> bool:
+        return isinstance(jti, str) and jti in self._revoked
+
+    def prune(self) -> None:
+        now = self._clock()
+        self._revoked = {j: e for j, e in self._revoked.items() if e > now}
+
+    def __len__(self) -> int:
+        return len(self._revoked)
+
+
+@dataclass(frozen=True)
+class VerifiedToken:
+    claims: dict[str, Any]
+    token_hash: bytes
+
+    @property
+    def subject(self) -> str:
+        return str(self.claims["sub"])
+
+    @property
+    def client_id(self) -> str:
+        return str(self.claims["client_id"])
+
+    @property
+    def jti(self) -> str:
+        return str(self.claims["jti"])
+
+    @property
+    def scopes(self) -> frozenset[str]:
+        scope = self.claims.get("scope")
+        return frozenset(scope.split()) if isinstance(scope, str) else frozenset()
+
+
+class TokenVerifier:
+    """Verifies bearer access tokens addressed to ``audience``; verified tokens are
+    cached until they expire (the binding, revocation and expiry are checked every time)."""
+
+    def __init__(
+        self,
+        *,
+        issuers: Container[str],
+        audience: str,
+        jwks: JWKSCache,
+        revoked: RevocationList | None = None,
+        leeway: float = 30.0,
+        require_binding: bool = True,
+        clock: Callable[[], float] = time.time,
+        cache_size: int = 10_000,
+    ) -> None:
+        self.issuers = issuers
+        self.audience = audience
+        self.jwks = jwks
+        self.revoked = revoked if revoked is not None else RevocationList(clock)
+        self.leeway = leeway
+        self.require_binding = require_binding
+        self._clock = clock
+        self._cache: OrderedDict[bytes, VerifiedToken] = OrderedDict()
+        self._cache_size = cache_size
+
+    async def verify(self, token: str, *, peer_thumbprint: str | None) -> VerifiedToken:
+        digest = hashlib.sha256(token.encode("utf-8", "replace")).digest()
+        verified = self._cache.get(digest)
+        if verified is None:
+            verified = await self._verify(token, digest)
+            self._cache[digest] = verified
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        claims = verified.claims
+        if self._clock() >= claims["exp"] + self.leeway:
+            self._cache.pop(digest, None)
+            raise _refuse(Reason.TOKEN_EXPIRED, "expired")
+        if self.require_binding or "cnf" in claims:
+            cnf = claims.get("cnf")
+            bound = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
+            if not isinstance(bound, str) or bound != peer_thumbprint:
+                raise _refuse(Reason.TOKEN_NOT_BOUND, "token is bound to another certificate")
+        if claims["jti"] in self.revoked:
+            raise _refuse(Reason.TOKEN_REVOKED, "token revoked")
+        return verified
+
+    async def _verify(self, token: str, digest: bytes) -> VerifiedToken:
+        header = unverified_header(token)
+        typ = header.get("typ")
+        if not isinstance(typ, str) or typ.lower() not in ACCESS_TOKEN_TYPES:
+            raise _refuse(Reason.TOKEN_MALFORMED, "not an access token (typ)")
+        key = await self.jwks.key(header["kid"])
+        if key is None:
+            raise _refuse(Reason.TOKEN_UNKNOWN_KEY, "unknown key id")
+        now = self._clock()
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=[header["alg"]],
+                audience=self.audience,
+                issuer=self.issuers,
+                leeway=self.leeway,
+                options={
+                    "require": ["iss", "aud", "exp", "iat", "sub", "jti", "client_id"],
+                    "verify_exp": False,  # against our clock, below
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
+            )
+        except jwt.InvalidSignatureError:
+            raise _refuse(Reason.TOKEN_BAD_SIGNATURE, "bad signature") from None
+        except jwt.InvalidAudienceError:
+            raise _refuse(Reason.TOKEN_WRONG_AUDIENCE, "wrong audience") from None
+        except jwt.InvalidIssuerError:
+            raise _refuse(Reason.TOKEN_WRONG_ISSUER, "wrong issuer") from None
+        except (jwt.InvalidTokenError, ValueError, TypeError):
+            raise _refuse(Reason.TOKEN_MALFORMED, "malformed token") from None
+        for name in ("exp", "iat", "nbf"):
+            value = claims.get(name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+            ):
+                raise _refuse(Reason.TOKEN_MALFORMED, f"{name} is not a number")
+        for name in ("sub", "jti", "client_id"):
+            if not isinstance(claims.get(name), str) or not claims[name]:
+                raise _refuse(Reason.TOKEN_MALFORMED, f"{name} is not a string")
+        if now >= claims["exp"] + self.leeway:
+            raise _refuse(Reason.TOKEN_EXPIRED, "expired")
+        if "nbf" in claims and now + self.leeway < claims["nbf"]:
+            raise _refuse(Reason.TOKEN_NOT_YET_VALID, "not yet valid")
+        if now + self.leeway < claims["iat"]:
+            raise _refuse(Reason.TOKEN_NOT_YET_VALID, "issued in the future")
+        return VerifiedToken(claims, digest)

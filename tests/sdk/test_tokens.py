@@ -1,0 +1,342 @@
+"""The SDK's access-token verifier: Wycheproof's JWS vectors and the attacks on JWT
+verifiers, each a test. Keys are real (P-256), tokens are signed with PyJWT or, for the
+attacks PyJWT refuses to produce, put together by hand."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+
+from trustmesh import crypto
+from trustmesh.errors import InvalidTokenError
+from trustmesh.reasons import Reason
+from trustmesh.sdk.tokens import JWKSCache, RevocationList, TokenVerifier, load_jwks, verify_jws
+
+VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors" / "wycheproof"
+ISSUER = "https://idp.example"
+AUDIENCE = "spiffe://sdk.example/payments"
+THUMB = "a" * 43
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+# -- Wycheproof ----------------------------------------------------------------------------
+def _cases() -> Iterator[Any]:
+    for name in (
+        "json_web_signature_test.json",
+        "json_web_key_test.json",
+        "json_web_crypto_test.json",
+    ):
+        doc = json.loads((VECTORS / name).read_text())
+        for group in doc["testGroups"]:
+            key = group.get("public") or group.get("private")
+            for test in group["tests"]:
+                if "jws" in test:
+                    yield pytest.param(key, test, id=f"{name.split('_test')[0]}-{test['tcId']}")
+
+
+@pytest.mark.parametrize(("key", "test"), list(_cases()))
+def test_wycheproof_jws(key: dict[str, Any], test: dict[str, Any]) -> None:
+    """Every valid ES256 JWS is accepted; every invalid one, and every JWS in an algorithm
+    the verifier does not support, is rejected. Keys load through the verifier's own JWKS
+    loader (a key it refuses counts as a rejection)."""
+    jwks = key if "keys" in key else {"keys": [key]}
+    keys = load_jwks(jwks)
+    jws = test["jws"]
+    supported = False
+    if isinstance(jws, str) and jws.count(".") == 2:
+        try:
+            supported = jwt.get_unverified_header(jws).get("alg") == "ES256"
+        except jwt.InvalidTokenError:
+            supported = False
+    try:
+        verify_jws(jws, keys)
+        accepted = True
+    except InvalidTokenError:
+        accepted = False
+    if test["result"] == "valid" and supported:
+        assert accepted, test["comment"]
+    else:
+        assert not accepted, test["comment"]
+
+
+def test_the_vectors_are_there_and_hold_es256_cases() -> None:
+    cases = list(_cases())
+    assert len(cases) > 400
+    es256_valid = [
+        c
+        for c in cases
+        if c.values[1]["result"] == "valid"
+        and '"ES256"'
+        in base64.urlsafe_b64decode(c.values[1]["jws"].split(".")[0] + "==").decode(
+            errors="replace"
+        )
+    ]
+    assert len(es256_valid) >= 3
+
+
+# -- a verifier against one P-256 key ------------------------------------------------------
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Keys:
+    def __init__(self) -> None:
+        self.private = crypto.generate_key()
+        self.kid = crypto.key_id(self.private.public_key())
+        jwk = crypto.public_jwk(self.private.public_key())
+        jwk.update(kid=self.kid, alg="ES256", use="sig")
+        self.jwks = {"keys": [jwk]}
+        self.fetches = 0
+
+    async def fetch(self) -> tuple[bytes, float | None]:
+        self.fetches += 1
+        return json.dumps(self.jwks).encode(), 300.0
+
+    def token(self, header: dict[str, Any] | None = None, **claims: Any) -> str:
+        now = int(time.time())
+        body = {
+            "iss": ISSUER,
+            "sub": "spiffe://sdk.example/orders",
+            "aud": AUDIENCE,
+            "exp": now + 600,
+            "iat": now,
+            "jti": "j-1",
+            "client_id": "orders",
+            "cnf": {"x5t#S256": THUMB},
+        }
+        body.update(claims)
+        body = {k: v for k, v in body.items() if v is not None}
+        return jwt.encode(
+            body,
+            self.private,
+            algorithm="ES256",
+            headers={"kid": self.kid, "typ": "at+jwt", **(header or {})},
+        )
+
+
+@pytest.fixture
+def keys() -> Keys:
+    return Keys()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def verifier(keys: Keys, clock: Clock) -> TokenVerifier:
+    cache = JWKSCache(keys.fetch, min_refetch_interval=10, clock=clock)
+    return TokenVerifier(issuers={ISSUER}, audience=AUDIENCE, jwks=cache, leeway=30, clock=clock)
+
+
+async def _refused(verifier: TokenVerifier, token: str, reason: Reason, thumb: str = THUMB) -> None:
+    with pytest.raises(InvalidTokenError) as info:
+        await verifier.verify(token, peer_thumbprint=thumb)
+    assert info.value.reason == reason, info.value.detail
+
+
+async def test_a_good_token_passes_and_is_cached(verifier: TokenVerifier, keys: Keys) -> None:
+    token = keys.token()
+    verified = await verifier.verify(token, peer_thumbprint=THUMB)
+    assert verified.subject == "spiffe://sdk.example/orders"
+    assert verified.client_id == "orders"
+    again = await verifier.verify(token, peer_thumbprint=THUMB)
+    assert again is verified
+    assert keys.fetches == 1
+
+
+def _forge(header: dict[str, Any], payload: dict[str, Any], signature: bytes = b"") -> str:
+    head = _b64(json.dumps(header).encode())
+    body = _b64(json.dumps(payload).encode())
+    return f"{head}.{body}.{_b64(signature)}"
+
+
+def _claims(keys: Keys) -> dict[str, Any]:
+    return jwt.decode(keys.token(), options={"verify_signature": False})
+
+
+@pytest.mark.parametrize("alg", ["none", "None", "NONE", "nOnE"])
+async def test_alg_none_in_any_casing(verifier: TokenVerifier, keys: Keys, alg: str) -> None:
+    header = {"alg": alg, "kid": keys.kid, "typ": "at+jwt"}
+    for token in (_forge(header, _claims(keys)), _forge(header, _claims(keys))[:-0] + "AA"):
+        with pytest.raises(InvalidTokenError):
+            await verifier.verify(token, peer_thumbprint=THUMB)
+    assert keys.fetches == 0  # refused before any key was looked at
+
+
+def _hmac_token(secret: bytes, keys: Keys) -> str:
+    header = {"alg": "HS256", "kid": keys.kid, "typ": "at+jwt"}
+    signing_input = (
+        f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(_claims(keys)).encode())}"
+    )
+    signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{_b64(signature)}"
+
+
+async def test_hs256_signed_with_our_public_key_pem_and_jwk(
+    verifier: TokenVerifier, keys: Keys
+) -> None:
+    from cryptography.hazmat.primitives import serialization  # the attacker's tooling
+
+    pem = keys.private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    jwk = json.dumps(keys.jwks["keys"][0]).encode()
+    for secret in (pem, jwk, pem.strip()):
+        await _refused(verifier, _hmac_token(secret, keys), Reason.TOKEN_MALFORMED)
+
+
+async def test_embedded_jwk_is_not_trusted(verifier: TokenVerifier, keys: Keys) -> None:
+    attacker = Keys()
+    token = attacker.token(header={"jwk": attacker.jwks["keys"][0], "kid": attacker.kid})
+    await _refused(verifier, token, Reason.TOKEN_MALFORMED)
+    # the same key id as ours, signed by the attacker's key
+    await _refused(verifier, attacker.token(header={"kid": keys.kid}), Reason.TOKEN_BAD_SIGNATURE)
+
+
+class _Counter(BaseHTTPRequestHandler):
+    hits = 0
+
+    def do_GET(self) -> None:
+        type(self).hits += 1
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b'{"keys": []}')
+
+    def log_message(self, *_: object) -> None:
+        return
+
+
+async def test_jku_and_x5u_are_refused_and_nothing_is_fetched(
+    verifier: TokenVerifier, keys: Keys
+) -> None:
+    server = HTTPServer(("127.0.0.1", 0), _Counter)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
+        for header in ({"jku": url}, {"x5u": url}, {"x5c": ["MIIB"]}):
+            await _refused(verifier, keys.token(header=header), Reason.TOKEN_MALFORMED)
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+    assert _Counter.hits == 0
+    assert keys.fetches == 0
+
+
+@pytest.mark.parametrize(
+    "kid",
+    ["../../../../../../dev/null", "/etc/passwd", "' OR '1'='1", "x'; DROP TABLE keys; --", "%00"],
+)
+async def test_hostile_kid_is_just_an_unknown_key(
+    verifier: TokenVerifier, keys: Keys, kid: str
+) -> None:
+    await _refused(verifier, keys.token(header={"kid": kid}), Reason.TOKEN_UNKNOWN_KEY)
+
+
+async def test_unknown_kid_refetches_once_rate_limited(
+    verifier: TokenVerifier, keys: Keys, clock: Clock
+) -> None:
+    await verifier.verify(keys.token(), peer_thumbprint=THUMB)
+    assert keys.fetches == 1
+    for n in range(5):
+        await _refused(verifier, keys.token(header={"kid": f"nope-{n}"}), Reason.TOKEN_UNKNOWN_KEY)
+    assert keys.fetches == 2  # one refetch for the first unknown kid, then rate-limited
+    # a key published later is found by the next refetch
+    rotated = Keys()
+    keys.jwks["keys"].append(rotated.jwks["keys"][0])
+    token = rotated.token()
+    await _refused(verifier, token, Reason.TOKEN_UNKNOWN_KEY)  # still rate-limited
+    clock.now += 11
+    assert (await verifier.verify(token, peer_thumbprint=THUMB)).jti == "j-1"
+
+
+async def test_unknown_crit_is_refused(verifier: TokenVerifier, keys: Keys) -> None:
+    await _refused(verifier, keys.token(header={"crit": ["exp"], "exp": 1}), Reason.TOKEN_MALFORMED)
+
+
+async def test_expired_and_not_yet_valid(verifier: TokenVerifier, keys: Keys, clock: Clock) -> None:
+    now = int(clock.now)
+    await _refused(verifier, keys.token(exp=now - 31, iat=now - 600), Reason.TOKEN_EXPIRED)
+    await _refused(verifier, keys.token(nbf=now + 120), Reason.TOKEN_NOT_YET_VALID)
+    await _refused(verifier, keys.token(iat=now + 120), Reason.TOKEN_NOT_YET_VALID)
+    # a cached token expires too
+    token = keys.token(exp=now + 5)
+    await verifier.verify(token, peer_thumbprint=THUMB)
+    clock.now += 40
+    await _refused(verifier, token, Reason.TOKEN_EXPIRED)
+
+
+async def test_wrong_audience_and_issuer(verifier: TokenVerifier, keys: Keys) -> None:
+    await _refused(
+        verifier, keys.token(aud="spiffe://sdk.example/orders"), Reason.TOKEN_WRONG_AUDIENCE
+    )
+    await _refused(verifier, keys.token(iss="https://evil.example"), Reason.TOKEN_WRONG_ISSUER)
+    await _refused(verifier, keys.token(iss=None), Reason.TOKEN_MALFORMED)
+
+
+async def test_token_bound_to_another_certificate(verifier: TokenVerifier, keys: Keys) -> None:
+    token = keys.token()
+    await _refused(verifier, token, Reason.TOKEN_NOT_BOUND, thumb="b" * 43)
+    await _refused(verifier, keys.token(cnf=None), Reason.TOKEN_NOT_BOUND)
+    assert (await verifier.verify(token, peer_thumbprint=THUMB)).jti == "j-1"
+
+
+async def test_revoked_token(verifier: TokenVerifier, keys: Keys) -> None:
+    token = keys.token(jti="j-9")
+    await verifier.verify(token, peer_thumbprint=THUMB)
+    verifier.revoked.add("j-9", time.time() + 600)
+    await _refused(verifier, token, Reason.TOKEN_REVOKED)
+
+
+async def test_not_an_access_token(verifier: TokenVerifier, keys: Keys) -> None:
+    await _refused(verifier, keys.token(header={"typ": "JWT"}), Reason.TOKEN_MALFORMED)
+    for bad in ("", "a.b", "a.b.c.d", "x" * 9000, "é.é.é"):
+        await _refused(verifier, bad, Reason.TOKEN_MALFORMED)
+
+
+async def test_provider_down_keeps_the_known_keys(keys: Keys, clock: Clock) -> None:
+    up = True
+
+    async def fetch() -> tuple[bytes, float | None]:
+        if not up:
+            raise OSError("connection refused")
+        return await keys.fetch()
+
+    cache = JWKSCache(fetch, max_age=60, min_refetch_interval=1, clock=clock)
+    verifier = TokenVerifier(issuers={ISSUER}, audience=AUDIENCE, jwks=cache, clock=clock)
+    await verifier.verify(keys.token(jti="a"), peer_thumbprint=THUMB)
+    up = False
+    clock.now += 120  # the set is stale and the provider is down
+    assert (await verifier.verify(keys.token(jti="b"), peer_thumbprint=THUMB)).jti == "b"
+
+
+def test_revocation_list_forgets_expired_tokens() -> None:
+    clock = Clock()
+    revoked = RevocationList(clock)
+    revoked.add("a", clock.now + 10)
+    revoked.add("b", clock.now - 1)
+    revoked.prune()
+    assert "a" in revoked
+    assert "b" not in revoked
+    assert len(revoked) == 1
