@@ -16,6 +16,7 @@ from trustmesh.errors import NotFoundError
 from trustmesh.sdk import redeem_join_token
 from trustmesh.sdk.client import ServiceClient
 from trustmesh.sdk.discovery import DiscoveryClient
+from trustmesh.sdk.oauth import AuthClient, TokenSource
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.x509source import X509Source
 from trustmesh.testing import run_cli as tm
@@ -84,17 +85,27 @@ class Workload:
         tls = RotatingTLS(self.source)
         discovery_url = next(c["url"] for c in status["components"] if c["name"] == "discovery")
         self.discovery = DiscoveryClient(tls, discovery_url)
+        auth = next(c for c in status["components"] if c["name"] == "auth")
+        self.auth = AuthClient(tls, auth["url"], auth["spiffe_id"])
+        self.tokens = TokenSource(self.auth, self.name)
         return tls, self.discovery
 
     async def __aexit__(self, *_: object) -> None:
         await self.discovery.close()
+        await self.auth.close()
         await self.source.close()
 
 
 async def test_an_order_flows_through_three_services(shop: dict[str, object]) -> None:
-    async with Workload(shop, "storefront") as (tls, discovery):
+    workload = Workload(shop, "storefront")
+    async with workload as (tls, discovery):
         (endpoint,) = await discovery.lookup("orders")
-        async with ServiceClient(tls, endpoint.url, endpoint.spiffe_id) as orders:
+        async with ServiceClient(tls, endpoint.url, endpoint.spiffe_id) as bare:
+            refused = await bare.post("/orders", json={"item": "tea", "quantity": 2})
+            assert refused.status == 401  # every service now requires a token
+            assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+        token = workload.tokens.provider(endpoint.spiffe_id)
+        async with ServiceClient(tls, endpoint.url, endpoint.spiffe_id, token=token) as orders:
             placed = await orders.post("/orders", json={"item": "tea", "quantity": 2})
             assert placed.status == 201, placed.body
             order = placed.json()

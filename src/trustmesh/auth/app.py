@@ -109,6 +109,7 @@ def auth_app(service: AuthService, base_url: Callable[[], str]) -> Starlette:
             "jwks_uri": base + "/jwks.json",
             "introspection_endpoint": base + "/oauth2/introspect",
             "revocation_endpoint": base + "/oauth2/revoke",
+            "trustmesh_revocation_feed": base + "/v1/revocations",
             "grant_types_supported": [CLIENT_CREDENTIALS],
             "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
             "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
@@ -231,6 +232,7 @@ def auth_app(service: AuthService, base_url: Callable[[], str]) -> Starlette:
             await service.store.revoke(
                 claims["jti"], claims["client_id"], int(claims["exp"]), int(service.clock())
             )
+            await service.publish_revocation(claims["jti"], int(claims["exp"]))
             service.emit(
                 Reason.TOKEN_REVOKED,
                 "access token revoked",

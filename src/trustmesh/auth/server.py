@@ -37,7 +37,7 @@ class RunningAuth:
         with contextlib.suppress(asyncio.CancelledError):
             await self._ticker
         await self.served.stop()
-        await self.service.store.close()
+        await self.service.close()
 
 
 def database_url(config: TrustmeshConfig, state: Path) -> str:

@@ -25,6 +25,7 @@ from trustmesh.auth.db import AuthStore, Client, StoredKey
 from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import InvalidTokenError
 from trustmesh.reasons import Reason
+from trustmesh.sdk.oauth import REVOCATION_CHANNEL
 
 log = logging.getLogger("trustmesh.auth")
 
@@ -126,6 +127,7 @@ class AuthService:
         self.spiffe_id = config.component_spiffe_id("auth")
         self._clients: dict[str, tuple[float, Client | None]] = {}
         self._lock = asyncio.Lock()
+        self._redis: Any = None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -296,6 +298,28 @@ class AuthService:
         if self.clock() >= claims["exp"]:
             raise InvalidTokenError("expired", reason="token-expired")
         return claims
+
+    # -- revocation --------------------------------------------------------------------------
+    async def publish_revocation(self, jti: str, exp: int) -> None:
+        """Tell subscribed services at once (Redis pub/sub, when configured); the feed
+        they poll is the backstop, so a failure here loses nothing."""
+        url = self.config.auth.redis
+        if url is None:
+            return
+        import redis.asyncio as redis
+
+        try:
+            if self._redis is None:
+                self._redis = redis.from_url(url)
+            await self._redis.publish(REVOCATION_CHANNEL, json.dumps({"jti": jti, "exp": exp}))
+        except (OSError, redis.RedisError) as exc:
+            log.warning("revocation not published to Redis (%s); services will poll it", exc)
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+        await self.store.close()
 
     # -- events ----------------------------------------------------------------------------
     def emit(

@@ -4,8 +4,9 @@ workload — the way to try the demo shop (or any service) from a shell.
 The command acts as the workload named by ``--as``: it creates a one-time join token for
 that identity (an administrative act on the state directory, recorded as an event),
 redeems it over the Workload API, finds the callee through discovery and calls it over
-mTLS, checking the callee's SPIFFE ID. The callee's middleware decides as it would for
-that workload: a call the declaration does not allow is answered 403.
+mTLS, checking the callee's SPIFFE ID, with an access token for the callee from the
+identity provider (when the stack runs one). The callee's middleware decides as it
+would for that workload: a call the declaration does not allow is answered 403.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
+from trustmesh.auth.__main__ import endpoint_path as auth_endpoint_path
 from trustmesh.cli._common import (
     DEFAULT_STATE,
     EXIT_FAILURE,
@@ -36,12 +38,21 @@ from trustmesh.identity import admin
 from trustmesh.identity.server import IdentityPaths, open_store, service_settings
 from trustmesh.sdk.client import Response, ServiceClient
 from trustmesh.sdk.discovery import DiscoveryClient
+from trustmesh.sdk.oauth import AuthClient, TokenSource
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.workload import redeem_join_token
 from trustmesh.sdk.x509source import X509Source
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 _TOKEN_TTL = dt.timedelta(minutes=1)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def _join_token(config: TrustmeshConfig, state: Path, spiffe_id: str) -> str:
@@ -88,8 +99,21 @@ async def _call(
         finally:
             await discovery.close()
         endpoint = endpoints[0]
-        async with ServiceClient(tls, endpoint.url, endpoint.spiffe_id, retries=0) as client:
-            return await client.request(method, path, json=body)
+        auth_doc = _read_json(auth_endpoint_path(state))
+        auth = (
+            AuthClient(tls, str(auth_doc["url"]), config.component_spiffe_id("auth"))
+            if isinstance(auth_doc.get("url"), str)
+            else None
+        )
+        try:
+            token = TokenSource(auth, caller).provider(endpoint.spiffe_id) if auth else None
+            async with ServiceClient(
+                tls, endpoint.url, endpoint.spiffe_id, retries=0, token=token
+            ) as client:
+                return await client.request(method, path, json=body)
+        finally:
+            if auth is not None:
+                await auth.close()
     finally:
         await source.close()
 

@@ -337,6 +337,11 @@ class AuthConfig(BaseModel):
         default=None,
         description="SQLAlchemy async URL (postgresql+asyncpg://…); default SQLite in the state directory.",
     )
+    redis: str | None = Field(
+        default=None,
+        pattern=r"^rediss?://",
+        description="Redis URL: revocations are published at once (services poll otherwise).",
+    )
 
     @model_validator(mode="after")
     def _check_lifetimes(self) -> AuthConfig:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +113,10 @@ class Response:
         return json.loads(self.body)
 
 
+#: Called for the bearer token of each request; ``True`` asks for a fresh one.
+TokenProvider = Callable[[bool], Awaitable[str]]
+
+
 class ServiceClient:
     """Calls one service, at ``base_url``, that must present ``expected_spiffe_id``."""
 
@@ -126,8 +130,10 @@ class ServiceClient:
         connect_timeout: float = 3.0,
         retries: int = 2,
         breaker: CircuitBreaker | None = None,
+        token: TokenProvider | None = None,
     ) -> None:
         self.tls = tls
+        self.token = token
         self.base_url = base_url.rstrip("/")
         self.expected = expected_spiffe_id
         self.retries = retries
@@ -164,6 +170,29 @@ class ServiceClient:
         parent = trace.current()
         span = parent.child() if parent else trace.TraceParent.new()
         sent_headers = {**(headers or {}), "traceparent": span.header()}
+        if self.token is not None:
+            sent_headers["Authorization"] = f"Bearer {await self.token(False)}"
+        response = await self._send(method, path, attempts, json, data, sent_headers)
+        if (
+            self.token is not None
+            and response.status == 401
+            and "invalid_token" in response.headers.get("WWW-Authenticate", "")
+        ):
+            # the token was refused before the service saw the request (its SVID rotated
+            # under it, say): once, with a fresh token, whatever the method
+            sent_headers["Authorization"] = f"Bearer {await self.token(True)}"
+            response = await self._send(method, path, attempts, json, data, sent_headers)
+        return response
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        attempts: int,
+        json: Any,
+        data: Mapping[str, str] | None,
+        sent_headers: dict[str, str],
+    ) -> Response:
         last = UnavailableError(f"{self.expected}: no attempt made")
         for attempt in range(attempts):
             if attempt:

@@ -6,7 +6,11 @@ On every request, in this order, each step answering with a structured JSON erro
 2. the raw path must be canonical → else ``400 invalid_request`` (see
    :mod:`trustmesh.policy.paths`: a pattern can never be tricked);
 3. Cedar must permit (caller SPIFFE ID, method, canonical path) → else
-   ``403 policy-deny``; default deny.
+   ``403 policy-deny``; default deny (checked before the token: a caller the declaration
+   does not allow costs no signature check);
+4. with a token verifier: a bearer access token addressed to this service, bound to the
+   caller's certificate, not revoked (see :mod:`trustmesh.sdk.tokens`) → else ``401``
+   with ``WWW-Authenticate: Bearer`` (``error="invalid_token"`` when one was sent).
 
 Every decision, allow and deny, is an event.
 """
@@ -17,12 +21,13 @@ import json
 from typing import Any
 
 from trustmesh import events
-from trustmesh.errors import UsageError
+from trustmesh.errors import InvalidTokenError, UsageError
 from trustmesh.policy.calls import CallAuthorizer
 from trustmesh.policy.paths import NonCanonicalPath, canonical_path
 from trustmesh.reasons import Reason
 from trustmesh.sdk import trace
 from trustmesh.sdk.serve import UNAUTHENTICATED, ASGIApp, Receive, Scope, Send, respond_json
+from trustmesh.sdk.tokens import TokenVerifier, VerifiedToken
 
 
 def _body(error: str, message: str) -> bytes:
@@ -31,6 +36,12 @@ def _body(error: str, message: str) -> bytes:
 
 _NON_CANONICAL = _body("invalid_request", "the request path is not in canonical form")
 _POLICY_DENY = _body("policy-deny", "this call is not allowed")
+_TOKEN_MISSING = _body("unauthenticated", "a bearer access token is required")
+_TOKEN_INVALID = _body("invalid_token", "the access token was refused")
+_CHALLENGE = [(b"www-authenticate", b'Bearer realm="trustmesh"')]
+_INVALID_CHALLENGE = [(b"www-authenticate", b'Bearer realm="trustmesh", error="invalid_token"')]
+#: Where the verified token is handed to the app (``request.state`` in Starlette).
+TOKEN_STATE_KEY = "trustmesh_token"  # noqa: S105 - a dictionary key
 
 
 class ZeroTrustMiddleware:
@@ -41,8 +52,10 @@ class ZeroTrustMiddleware:
         authorizer: CallAuthorizer,
         sink: events.EventSink,
         component: str | None = None,
+        verifier: TokenVerifier | None = None,
     ) -> None:
         self.app = app
+        self.verifier = verifier
         self.authorizer = authorizer
         self.sink = sink
         self.component = component or authorizer.callee
@@ -95,6 +108,11 @@ class ZeroTrustMiddleware:
             )
             await respond_json(send, 403, _POLICY_DENY)
             return
+        token: VerifiedToken | None = None
+        if self.verifier is not None:
+            token = await self._token(scope, send, tls, caller)
+            if token is None:
+                return
         self._emit(
             events.Decision.ALLOW,
             decision.reason,
@@ -103,8 +121,42 @@ class ZeroTrustMiddleware:
             caller=caller,
             route=decision.route,
             policy=",".join(decision.policies),
+            token=token,
         )
+        if token is not None:
+            scope.setdefault("state", {})[TOKEN_STATE_KEY] = token
         await self.app(scope, receive, send)
+
+    async def _token(
+        self, scope: Scope, send: Send, tls: dict[str, Any], caller: str
+    ) -> VerifiedToken | None:
+        assert self.verifier is not None  # noqa: S101 - called only with a verifier
+        header = next((v for k, v in scope.get("headers", ()) if k == b"authorization"), None)
+        if header is None or header[:7].lower() != b"bearer " or not header[7:].strip():
+            self._emit(
+                events.Decision.DENY,
+                Reason.TOKEN_MISSING,
+                "no bearer token",
+                scope,
+                caller=caller,
+            )
+            await respond_json(send, 401, _TOKEN_MISSING, _CHALLENGE)
+            return None
+        try:
+            return await self.verifier.verify(
+                header[7:].strip().decode("ascii", "replace"),
+                peer_thumbprint=tls.get("client_cert_x5t_s256"),
+            )
+        except InvalidTokenError as exc:
+            self._emit(
+                events.Decision.DENY,
+                exc.reason or Reason.TOKEN_MALFORMED,
+                f"token refused: {exc.detail}",
+                scope,
+                caller=caller,
+            )
+            await respond_json(send, 401, _TOKEN_INVALID, _INVALID_CHALLENGE)
+            return None
 
     def _emit(
         self,
@@ -116,13 +168,16 @@ class ZeroTrustMiddleware:
         caller: str | None = None,
         route: str | None = None,
         policy: str | None = None,
+        token: VerifiedToken | None = None,
     ) -> None:
         client = scope.get("client")
         current = trace.current()
         # the raw path as sent, for forensics; a refused one is never decoded
         raw = scope.get("raw_path", b"").decode("latin-1")[:512] or scope["path"][:512]
         method = scope["method"]
-        key = (decision, reason, message, caller, route, policy, method)
+        sub = token.subject if token is not None else None
+        client_id = token.client_id if token is not None else None
+        key = (decision, reason, message, caller, route, policy, method, sub, client_id)
         template = self._templates.get(key)
         if template is None:
             if len(self._templates) > 4096:
@@ -137,6 +192,8 @@ class ZeroTrustMiddleware:
                 message=message,
                 spiffe_id=self.spiffe_id,
                 peer_spiffe_id=caller,
+                sub=sub,
+                client_id=client_id,
             )
         src = None
         if client:
@@ -146,6 +203,8 @@ class ZeroTrustMiddleware:
                     self._endpoints.clear()
                 src = self._endpoints[client] = events.Endpoint(ip=client[0], port=client[1])
         attributes = {"method": method, "path": raw, "route": route, "policy": policy}
+        if token is not None:
+            attributes["jti"] = token.jti
         trace_id = current.trace_id if current else None
         try:
             event = events.restamp(template, trace_id=trace_id, src=src, attributes=attributes)

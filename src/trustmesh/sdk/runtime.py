@@ -31,8 +31,10 @@ from trustmesh.policy.calls import CallAuthorizer
 from trustmesh.sdk.client import ServiceClient
 from trustmesh.sdk.discovery import DiscoveryClient, Endpoint
 from trustmesh.sdk.middleware import ZeroTrustMiddleware
+from trustmesh.sdk.oauth import AuthClient, RevocationFeed, TokenSource
 from trustmesh.sdk.serve import ASGIApp, Served, start
 from trustmesh.sdk.tls import RotatingTLS
+from trustmesh.sdk.tokens import RevocationList, TokenVerifier
 from trustmesh.sdk.workload import redeem_join_token
 from trustmesh.sdk.x509source import X509Source
 
@@ -40,6 +42,7 @@ CONFIG_ENV = "TRUSTMESH_CONFIG"
 SERVICE_ENV = "TRUSTMESH_SERVICE"
 PORT_ENV = "TRUSTMESH_PORT"
 EVENTS_ENV = "TRUSTMESH_EVENTS"
+AUTH_URL_ENV = "TRUSTMESH_AUTH_URL"
 
 
 @dataclass
@@ -54,6 +57,10 @@ class Runtime:
     discovery: DiscoveryClient | None
     sink: events.EventSink
     clients: dict[str, ServiceClient] = field(default_factory=dict)
+    auth: AuthClient | None = None
+    tokens: TokenSource | None = None
+    revocations: RevocationFeed | None = None
+    verifier: TokenVerifier | None = None
 
     @property
     def url(self) -> str:
@@ -70,7 +77,12 @@ class Runtime:
         if not endpoints:
             raise UnavailableError(f"no instance of {service} is running")
         endpoint = endpoints[0]
-        created = ServiceClient(self.tls, endpoint.url, endpoint.spiffe_id)
+        created = ServiceClient(
+            self.tls,
+            endpoint.url,
+            endpoint.spiffe_id,
+            token=self.tokens.provider(endpoint.spiffe_id) if self.tokens else None,
+        )
         self.clients[service] = created
         return created
 
@@ -79,6 +91,10 @@ class Runtime:
             await c.close()
         if self.discovery is not None:
             await self.discovery.close()
+        if self.revocations is not None:
+            await self.revocations.close()
+        if self.auth is not None:
+            await self.auth.close()
         await self.served.stop()
         await self.source.close()
 
@@ -106,6 +122,7 @@ async def run_service(
     port: int | None = None,
     discovery_url: str | None = None,
     sink: events.EventSink | None = None,
+    auth_url: str | None = None,
 ) -> Runtime:
     """Bring ``app`` up as ``service``; settings default to what ``trustmesh up`` passes
     in the environment."""
@@ -127,13 +144,46 @@ async def run_service(
     if sink is None:
         path = os.environ.get(EVENTS_ENV)
         sink = events.JsonLinesSink(Path(path)) if path else events.MemorySink()
-    guarded = ZeroTrustMiddleware(app, authorizer=CallAuthorizer(config, service), sink=sink)
+    auth_url = auth_url if auth_url is not None else os.environ.get(AUTH_URL_ENV) or None
+    auth: AuthClient | None = None
+    verifier: TokenVerifier | None = None
+    feed: RevocationFeed | None = None
+    if auth_url:
+        # with an identity provider, every request must carry a token for this service
+        auth = AuthClient(tls, auth_url, config.component_spiffe_id("auth"))
+        await auth.discover()
+        jwks = auth.jwks_cache()
+        await jwks.refresh()
+        revoked = RevocationList()
+        feed = RevocationFeed(auth, revoked, redis_url=config.auth.redis)
+        await feed.start()
+        verifier = TokenVerifier(
+            issuers={auth.issuer},
+            audience=config.spiffe_id(service),
+            jwks=jwks,
+            revoked=revoked,
+        )
+    guarded = ZeroTrustMiddleware(
+        app, authorizer=CallAuthorizer(config, service), sink=sink, verifier=verifier
+    )
     if port is None:
         port = int(os.environ.get(PORT_ENV) or config.services[service].port or 0)
     served = await start(guarded, source=source, port=port)
     url = discovery_url or os.environ.get("TRUSTMESH_DISCOVERY_URL")
     discovery = DiscoveryClient(tls, url) if url else None
-    runtime = Runtime(config, service, source, tls, served, discovery, sink)
+    runtime = Runtime(
+        config,
+        service,
+        source,
+        tls,
+        served,
+        discovery,
+        sink,
+        auth=auth,
+        tokens=TokenSource(auth, service) if auth else None,
+        revocations=feed,
+        verifier=verifier,
+    )
     if discovery is not None:
         await discovery.register(runtime.url)
     _runtime = runtime

@@ -39,7 +39,9 @@ UNAUTHENTICATED = json.dumps(
 ).encode()
 
 
-async def respond_json(send: Send, status: int, body: bytes) -> None:
+async def respond_json(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     """A JSON error response, never cached."""
     await send(
         {
@@ -49,6 +51,7 @@ async def respond_json(send: Send, status: int, body: bytes) -> None:
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"cache-control", b"no-store"),
+                *(headers or ()),
             ],
         }
     )

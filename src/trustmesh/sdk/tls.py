@@ -72,6 +72,12 @@ def peer_spiffe_id(ssl_object: ssl.SSLObject | ssl.SSLSocket, trust_domain: str)
         raise AuthenticationError(exc.detail, reason="invalid-peer-svid") from None
 
 
+def _thumbprint(cert: Any) -> str:
+    """``x5t#S256`` (RFC 8705 §3.1): base64url SHA-256 of the DER certificate."""
+    digest = hashlib.sha256(crypto.cert_der(cert)).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
 class RotatingTLS:
     """Server and client contexts that follow an SVID source (the Workload API's stream)."""
 
@@ -84,12 +90,18 @@ class RotatingTLS:
         #: The context a server listens with: it hands every handshake to the newest one.
         self.listening = server_context(first)
         self.listening.sni_callback = self._switch
+        #: Moves on at every rotation: clients pool connections per generation, and
+        #: tokens bound to the previous certificate are dropped.
+        self.generation = 0
+        self.thumbprint = _thumbprint(first.chain[0])
         source.subscribe(self._rotate)
 
     def _rotate(self, x: X509Context) -> None:
         self._server = server_context(x)
         self._client = client_context(x)
         self.trust_domain = x.trust_domain
+        self.thumbprint = _thumbprint(x.chain[0])
+        self.generation += 1
 
     def _switch(self, ssl_object: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
         ssl_object.context = self._server
@@ -114,11 +126,7 @@ class RotatingTLS:
             "cipher": cipher[0] if cipher else None,
             "spiffe_id": peer_spiffe_id(ssl_object, self.trust_domain),
             # RFC 8705 §3.1 x5t#S256 of the leaf: what certificate-bound tokens name
-            "client_cert_x5t_s256": base64.urlsafe_b64encode(
-                hashlib.sha256(crypto.cert_der(cert)).digest()
-            )
-            .rstrip(b"=")
-            .decode(),
+            "client_cert_x5t_s256": _thumbprint(cert),
         }
 
 

@@ -1,0 +1,202 @@
+"""The SDK side of the identity provider, over the wire only (OAuth 2.0 metadata, JWKS,
+the token endpoint, the revocation feed): what lets a service verify the tokens it
+receives and obtain the ones it sends.
+
+- :class:`AuthClient` talks to the provider over mTLS (its SPIFFE ID is checked);
+- :class:`TokenSource` obtains client-credentials tokens per audience, caches them until
+  shortly before they expire, and drops them when the SVID rotates (they are bound to
+  the certificate);
+- :class:`RevocationFeed` keeps a :class:`~trustmesh.sdk.tokens.RevocationList` current:
+  Redis pub/sub when configured (immediate), polling otherwise (every second), both
+  resuming from a cursor so nothing revoked is missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from trustmesh.errors import AuthenticationError, TrustmeshError, UnavailableError
+from trustmesh.sdk.client import ServiceClient
+from trustmesh.sdk.tls import RotatingTLS
+from trustmesh.sdk.tokens import JWKSCache, RevocationList
+
+log = logging.getLogger("trustmesh.sdk")
+
+REVOCATION_CHANNEL = "trustmesh:revocations"
+_REFRESH_MARGIN = 0.2  # a token is renewed when a fifth of its life is left
+
+
+def _max_age(cache_control: str | None) -> float | None:
+    for part in (cache_control or "").split(","):
+        name, _, value = part.strip().partition("=")
+        if name.lower() == "max-age" and value.isdigit():
+            return float(value)
+    return None
+
+
+class AuthClient:
+    """The identity provider at ``url``, which must present ``spiffe_id``."""
+
+    def __init__(self, tls: RotatingTLS, url: str, spiffe_id: str) -> None:
+        self.tls = tls
+        self.url = url.rstrip("/")
+        self.spiffe_id = spiffe_id
+        self.http = ServiceClient(tls, self.url, spiffe_id, retries=2)
+        self.metadata: dict[str, Any] = {}
+
+    async def close(self) -> None:
+        await self.http.close()
+
+    async def discover(self) -> dict[str, Any]:
+        response = await self.http.get("/.well-known/oauth-authorization-server")
+        if response.status != 200:
+            raise UnavailableError(f"identity provider metadata: HTTP {response.status}")
+        self.metadata = response.json()
+        return self.metadata
+
+    @property
+    def issuer(self) -> str:
+        return str(self.metadata["issuer"])
+
+    async def jwks(self) -> tuple[bytes, float | None]:
+        response = await self.http.get("/jwks.json")
+        if response.status != 200:
+            raise UnavailableError(f"JWKS: HTTP {response.status}")
+        return response.body, _max_age(response.headers.get("Cache-Control"))
+
+    def jwks_cache(self, **kwargs: Any) -> JWKSCache:
+        return JWKSCache(self.jwks, **kwargs)
+
+    async def client_credentials(self, client_id: str, audience: str) -> tuple[str, float]:
+        """A certificate-bound access token for ``audience``; (token, expires at)."""
+        response = await self.http.post(
+            "/oauth2/token",
+            data={"grant_type": "client_credentials", "client_id": client_id, "audience": audience},
+        )
+        body = response.json() if response.body.startswith(b"{") else {}
+        if response.status != 200 or "access_token" not in body:
+            raise AuthenticationError(
+                f"token for {audience} refused: {body.get('error', response.status)}"
+                f" {body.get('error_description', '')}".rstrip()
+            )
+        return str(body["access_token"]), time.time() + float(body.get("expires_in", 60))
+
+    async def revocations(self, since: int) -> tuple[int, list[tuple[str, float]]]:
+        response = await self.http.get(f"/v1/revocations?since={since}")
+        if response.status != 200:
+            raise UnavailableError(f"revocation feed: HTTP {response.status}")
+        body = response.json()
+        return int(body["cursor"]), [(r["jti"], float(r["exp"])) for r in body["revoked"]]
+
+
+class TokenSource:
+    """Client-credentials tokens of ``client_id``, one per audience, reused until a fifth
+    of their life is left or the SVID they are bound to rotates."""
+
+    def __init__(self, auth: AuthClient, client_id: str) -> None:
+        self.auth = auth
+        self.client_id = client_id
+        self._tokens: dict[str, tuple[str, float, float, int]] = {}  # aud -> token, renew, exp, gen
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.fetched = 0
+
+    async def token(self, audience: str, *, force: bool = False) -> str:
+        lock = self._locks.setdefault(audience, asyncio.Lock())
+        async with lock:
+            cached = self._tokens.get(audience)
+            now = time.time()
+            if (
+                cached is not None
+                and not force
+                and now < cached[1]
+                and cached[3] == self.auth.tls.generation
+            ):
+                return cached[0]
+            generation = self.auth.tls.generation  # the certificate the token will be bound to
+            token, expires = await self.auth.client_credentials(self.client_id, audience)
+            self.fetched += 1
+            renew = now + (expires - now) * (1 - _REFRESH_MARGIN)
+            self._tokens[audience] = (token, renew, expires, generation)
+            return token
+
+    def provider(self, audience: str) -> Callable[[bool], Any]:
+        """What a :class:`ServiceClient` calls for the token of each request."""
+        return lambda force: self.token(audience, force=force)
+
+
+class RevocationFeed:
+    """Keeps ``revoked`` current from the provider's feed (and Redis, when given)."""
+
+    def __init__(
+        self,
+        auth: AuthClient,
+        revoked: RevocationList,
+        *,
+        interval: float = 1.0,
+        redis_url: str | None = None,
+    ) -> None:
+        self.auth = auth
+        self.revoked = revoked
+        self.interval = interval
+        self.redis_url = redis_url
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self.poll_once()
+        # with Redis, revocations arrive at once; polling stays as the backstop
+        poll_every = self.interval * 10 if self.redis_url else self.interval
+        self._tasks.append(asyncio.create_task(self._poll(poll_every), name="tm-revocations"))
+        if self.redis_url:
+            self._tasks.append(asyncio.create_task(self._subscribe(), name="tm-revocations-redis"))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def poll_once(self) -> None:
+        cursor, rows = await self.auth.revocations(self.revoked.cursor)
+        for jti, exp in rows:
+            self.revoked.add(jti, exp)
+        self.revoked.cursor = cursor
+        self.revoked.prune()
+
+    async def _poll(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.poll_once()
+            except (TrustmeshError, OSError, ValueError, KeyError, TimeoutError) as exc:
+                log.warning("revocation feed unavailable (%s); keeping %d", exc, len(self.revoked))
+
+    async def _subscribe(self) -> None:
+        import redis.asyncio as redis
+
+        assert self.redis_url is not None  # noqa: S101 - started only with a URL
+        while True:
+            client = redis.from_url(self.redis_url)
+            try:
+                async with client.pubsub() as pubsub:
+                    await pubsub.subscribe(REVOCATION_CHANNEL)
+                    await self.poll_once()  # what was revoked while we were not listening
+                    async for message in pubsub.listen():
+                        if message.get("type") != "message":
+                            continue
+                        try:
+                            item = json.loads(message["data"])
+                            self.revoked.add(str(item["jti"]), float(item["exp"]))
+                        except (ValueError, KeyError, TypeError):
+                            continue
+            except (OSError, redis.RedisError, TrustmeshError) as exc:
+                log.warning("revocation channel unavailable (%s); polling meanwhile", exc)
+                await asyncio.sleep(self.interval)
+            finally:
+                await client.aclose()
