@@ -3,6 +3,7 @@ SVIDs of orders, payments, inventory and the provider itself."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import ssl
 from collections.abc import AsyncIterator, Iterator
@@ -37,6 +38,7 @@ services:
 calls:
   - {{from: orders, to: payments, allow: ["POST /charges"]}}
   - {{from: orders, to: inventory, allow: ["GET /items/{{item}}"]}}
+  - {{from: payments, to: inventory, allow: ["GET /items/{{item}}"]}}
 """
 
 
@@ -83,9 +85,11 @@ def auth_config(extra: str = "") -> TrustmeshConfig:
     return parse_config(CONFIG + extra, source="test.yaml")
 
 
-@pytest.fixture
-def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
-    config = auth_config()
+def _identity(short_tmp: Path, svid_ttl: str) -> Iterator[RunningIdentityServer]:
+    config = parse_config(
+        CONFIG.replace("identity: {svid_ttl: 1h}", f"identity: {{svid_ttl: {svid_ttl}}}"),
+        source="test.yaml",
+    )
     cm = identity_server_in_thread(config, short_tmp / "identity")
     running = cm.__enter__()
     exe = os.readlink("/proc/self/exe")
@@ -100,6 +104,17 @@ def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
         yield running
     finally:
         cm.__exit__(None, None, None)
+
+
+@pytest.fixture
+def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
+    yield from _identity(short_tmp, "1h")
+
+
+@pytest.fixture
+def fast_identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
+    """SVIDs that live 10 seconds: several rotations in one test."""
+    yield from _identity(short_tmp, "10s")
 
 
 async def workload(identity: RunningIdentityServer, spiffe_id: str, where: Path) -> Workload:
@@ -128,12 +143,14 @@ class AuthRig:
         return self.auth.url
 
 
-@pytest.fixture
-async def rig(identity: RunningIdentityServer, short_tmp: Path) -> AsyncIterator[AuthRig]:
+@contextlib.asynccontextmanager
+async def make_rig(
+    identity: RunningIdentityServer, short_tmp: Path, extra: str = ""
+) -> AsyncIterator[AuthRig]:
     sink = events.MemorySink()
     source = X509Source(identity.address, spiffe_id=AUTH)
     await source.start()
-    running = await serve_auth(auth_config(), short_tmp / "state", source=source, sink=sink)
+    running = await serve_auth(auth_config(extra), short_tmp / "state", source=source, sink=sink)
     files = short_tmp / "pki"
     workloads = [await workload(identity, s, files) for s in (ORDERS, PAYMENTS, INVENTORY)]
     try:
@@ -143,3 +160,9 @@ async def rig(identity: RunningIdentityServer, short_tmp: Path) -> AsyncIterator
             await w.source.close()
         await running.stop()
         await source.close()
+
+
+@pytest.fixture
+async def rig(identity: RunningIdentityServer, short_tmp: Path) -> AsyncIterator[AuthRig]:
+    async with make_rig(identity, short_tmp) as made:
+        yield made

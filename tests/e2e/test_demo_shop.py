@@ -3,10 +3,13 @@ calling each other over mTLS by name; a caller outside the declaration gets noth
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -166,6 +169,77 @@ async def test_the_identity_provider_issues_a_bound_token_to_a_workload(
         token, key, algorithms=["ES256"], audience=f"spiffe://{TD}/orders", issuer=auth["issuer"]
     )
     assert claims["sub"] == f"spiffe://{TD}/storefront"
+
+
+def _events(shop: dict[str, object], name: str) -> list[dict[str, Any]]:
+    path = Path(str(shop["state"])) / "events" / f"{name}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def test_users_orders_are_theirs_and_the_chain_is_recorded(shop: dict[str, object]) -> None:
+    where = ("--config", str(shop["config"]), "--state", str(shop["state"]))
+    secrets = {}
+    for user in ("alice", "bob"):
+        made = tm(
+            "auth",
+            "client",
+            "create",
+            user,
+            "--method",
+            "client_secret_basic",
+            "--audience",
+            "orders",
+            *where,
+        )
+        assert made.returncode == 0, made.stderr
+        secrets[user] = made.stdout.strip().splitlines()[-1]
+    await asyncio.sleep(2.5)  # the provider's client cache
+    workload = Workload(shop, "storefront")
+    async with workload as (tls, discovery):
+        (endpoint,) = await discovery.lookup("orders")
+
+        async def user_token(user: str) -> str:
+            basic = base64.b64encode(f"{user}:{secrets[user]}".encode()).decode()
+            got = await workload.auth.http.post(
+                "/oauth2/token",
+                data={"grant_type": "client_credentials"},
+                headers={"Authorization": f"Basic {basic}"},
+            )
+            assert got.status == 200, got.body
+            return str(got.json()["access_token"])
+
+        tokens = {u: await user_token(u) for u in ("alice", "bob")}
+
+        def as_user(user: str) -> ServiceClient:
+            async def provider(_force: bool) -> str:
+                return tokens[user]
+
+            return ServiceClient(tls, endpoint.url, endpoint.spiffe_id, token=provider)
+
+        async with as_user("alice") as alice, as_user("bob") as bob:
+            placed = await alice.post("/orders", json={"item": "mug", "quantity": 1})
+            assert placed.status == 201, placed.body
+            order = placed.json()
+            assert order["owner"] == "alice"
+            assert (await alice.get(f"/orders/{order['id']}")).status == 200
+            refused = await bob.get(f"/orders/{order['id']}")
+            assert refused.status == 403
+    # orders recorded bob's refusal; payments saw alice as the subject, orders as the actor
+    denied = [
+        e
+        for e in _events(shop, "orders")
+        if e["class_uid"] == 3003 and e["unmapped"]["trustmesh"].get("sub") == "bob"
+    ]
+    assert denied
+    assert denied[-1]["unmapped"]["trustmesh"]["decision"] == "deny"
+    charged = [
+        e["unmapped"]["trustmesh"]
+        for e in _events(shop, "payments")
+        if e["unmapped"]["trustmesh"].get("sub") == "alice"
+    ]
+    assert charged
+    assert charged[-1]["attributes"]["actor"] == f"spiffe://{TD}/orders"
+    assert charged[-1]["client_id"] == "orders"
 
 
 def test_trustmesh_call_tries_the_shop_from_a_shell(shop: dict[str, object]) -> None:

@@ -23,6 +23,7 @@ from trustmesh.auth.oauth import (
     ASSERTION_ALGORITHMS,
     AUTH_METHODS,
     CLIENT_CREDENTIALS,
+    TOKEN_EXCHANGE,
     CoreRequest,
     OAuthServer,
     Prefetched,
@@ -110,7 +111,7 @@ def auth_app(service: AuthService, base_url: Callable[[], str]) -> Starlette:
             "introspection_endpoint": base + "/oauth2/introspect",
             "revocation_endpoint": base + "/oauth2/revoke",
             "trustmesh_revocation_feed": base + "/v1/revocations",
-            "grant_types_supported": [CLIENT_CREDENTIALS],
+            "grant_types_supported": [CLIENT_CREDENTIALS, TOKEN_EXCHANGE],
             "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
             "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
             "introspection_endpoint_auth_methods_supported": list(AUTH_METHODS),
@@ -144,8 +145,9 @@ def auth_app(service: AuthService, base_url: Callable[[], str]) -> Starlette:
         tls = (request.scope.get("extensions") or {}).get("tls") or {}
         form = await _form(request)
         prefetched = await prefetch(form, request)
-        if endpoint != "token":
-            token = next((v for k, v in form if k == "token"), None)
+        field = "token" if endpoint != "token" else "subject_token"
+        if endpoint != "token" or any(k == "subject_token" for k, _ in form):
+            token = next((v for k, v in form if k == field), None)
             if token:
                 try:
                     claims = service.verify_own(token)
@@ -188,9 +190,13 @@ def auth_app(service: AuthService, base_url: Callable[[], str]) -> Starlette:
             return _error(400, "invalid_request", exc.description)
         if core.issued is not None:
             claims = core.issued.claims
+            actor = (
+                claims.get("act", {}).get("sub") if isinstance(claims.get("act"), dict) else None
+            )
             service.emit(
                 Reason.TOKEN_ISSUED,
-                f"access token issued for {', '.join(core.audiences)}",
+                f"access token issued for {', '.join(core.audiences)}"
+                + (f" (exchanged by {actor})" if actor else ""),
                 client_id=claims["client_id"],
                 jti=claims["jti"],
                 sub=claims["sub"],

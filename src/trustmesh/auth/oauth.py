@@ -26,11 +26,13 @@ from authlib.oauth2.rfc6749 import (
 )
 from authlib.oauth2.rfc6749.errors import (
     InvalidClientError,
+    InvalidGrantError,
     InvalidRequestError,
     InvalidScopeError,
     UnauthorizedClientError,
 )
 from authlib.oauth2.rfc6749.grants import ClientCredentialsGrant
+from authlib.oauth2.rfc6749.grants.base import BaseGrant, TokenEndpointMixin
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
@@ -40,9 +42,12 @@ from joserfc.jwk import KeySet
 
 from trustmesh.auth.db import Client
 from trustmesh.auth.service import AuthService, Issued, check_secret
+from trustmesh.sdk.oauth import ACCESS_TOKEN_TYPE_URN, TOKEN_EXCHANGE
 
 CLIENT_CREDENTIALS = "client_credentials"
-TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a grant type
+__all__ = ["ACCESS_TOKEN_TYPE_URN", "CLIENT_CREDENTIALS", "TOKEN_EXCHANGE", "OAuthServer"]
+
+
 AUTH_METHODS = ("tls_client_auth", "private_key_jwt", "client_secret_basic", "client_secret_post")
 ASSERTION_ALGORITHMS = ["ES256", "ES384", "PS256", "RS256"]
 MAX_ASSERTION_LIFETIME = 3600 + 60  # what common clients send (Authlib: 1 h), plus skew
@@ -92,6 +97,7 @@ class CoreRequest(OAuth2Request):  # type: ignore[misc]
         self.peer_thumbprint = peer_thumbprint
         self.issued: Issued | None = None
         self.audiences: list[str] = []
+        self.subject: TokenRecord | None = None
 
     @property
     def args(self) -> dict[str, str]:
@@ -250,7 +256,9 @@ class _AudienceAndScope:
     request: CoreRequest
     server: OAuthServer
 
-    def check_audience_and_scope(self, record: Client, allowed_audiences: Sequence[str]) -> None:
+    def check_audience_and_scope(
+        self, record: Client, allowed_audiences: Sequence[str], *, allow_extra_scope: bool = False
+    ) -> None:
         config = self.server.service.config
         wanted: list[str] = []
         for name in ("resource", "audience"):
@@ -272,7 +280,7 @@ class _AudienceAndScope:
         self.request.audiences = wanted
         scope = self.request.payload.scope or ""
         extra = [s for s in scope.split() if s not in record.scopes]
-        if extra:
+        if extra and not allow_extra_scope:
             raise InvalidScopeError(description=f"scope not allowed for this client: {extra[0]}")
 
 
@@ -342,6 +350,94 @@ class Revocation(RevocationEndpoint):  # type: ignore[misc]
         _prefetched.get().revoke.append(token)
 
 
+MAX_ACT_DEPTH = 8
+
+
+class TokenExchange(_AudienceAndScope, BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
+    """RFC 8693: a service trades an access token it received (addressed to it) for one
+    addressed to the next service. The subject stays the original one; ``act`` records
+    who acted, newest first (each nested ``act`` is the previous actor); scopes can only
+    narrow; the new token lives no longer than the one it replaces."""
+
+    GRANT_TYPE = TOKEN_EXCHANGE
+    TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = list(AUTH_METHODS)
+
+    def validate_token_request(self) -> None:
+        client = self.authenticate_token_endpoint_client()
+        if not client.check_grant_type(self.GRANT_TYPE):
+            raise UnauthorizedClientError(description="token exchange is not allowed")
+        self.request.client = client
+        form = self.request.form
+        if not form.get("subject_token"):
+            raise InvalidRequestError(description="subject_token is required")
+        if form.get("subject_token_type") != ACCESS_TOKEN_TYPE_URN:
+            raise InvalidRequestError(
+                description=f"subject_token_type must be {ACCESS_TOKEN_TYPE_URN}"
+            )
+        if form.get("requested_token_type", ACCESS_TOKEN_TYPE_URN) != ACCESS_TOKEN_TYPE_URN:
+            raise InvalidRequestError(description="only access tokens can be requested")
+        if "actor_token" in form:
+            raise InvalidRequestError(
+                description="the actor is the authenticated client; no actor_token"
+            )
+        subject = _prefetched.get().token
+        if subject is None or subject.is_expired() or subject.is_revoked():
+            raise InvalidGrantError(
+                description="subject_token is not an active token of this server"
+            )
+        record: Client = client.record
+        aud = subject.claims.get("aud")
+        audiences = aud if isinstance(aud, list) else [aud]
+        if record.spiffe_id is None or record.spiffe_id not in audiences:
+            # only the service a token was addressed to may trade it
+            raise InvalidGrantError(description="subject_token is not addressed to this client")
+        act = subject.claims.get("act")
+        depth = 0
+        while isinstance(act, dict):
+            depth, act = depth + 1, act.get("act")
+        if depth >= MAX_ACT_DEPTH:
+            raise InvalidGrantError(description="delegation chain too long")
+        self.check_audience_and_scope(record, record.audiences, allow_extra_scope=True)
+        granted = set(str(subject.claims.get("scope", "")).split())
+        wanted = (self.request.payload.scope or "").split()
+        widened = [s for s in wanted if s not in granted]
+        if widened:
+            raise InvalidScopeError(
+                description=f"scope can only narrow: {widened[0]} was not granted"
+            )
+        self.request.subject = subject
+
+    def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
+        record: Client = self.request.client.record
+        subject = self.request.subject
+        assert subject is not None  # noqa: S101 - set by validate_token_request
+        claims = subject.claims
+        wanted = (self.request.payload.scope or "").split()
+        scope = wanted or str(claims.get("scope", "")).split()
+        actor: dict[str, Any] = {"sub": record.spiffe_id or record.client_id}
+        if isinstance(claims.get("act"), dict):
+            actor["act"] = claims["act"]
+        issued = self.server.service.mint(
+            client=record,
+            subject=str(claims["sub"]),
+            audience=self.request.audiences,
+            scope=scope,
+            cnf_thumbprint=self.request.peer_thumbprint,
+            extra={"act": actor},
+            not_after=int(claims["exp"]),
+        )
+        self.request.issued = issued
+        body: dict[str, Any] = {
+            "access_token": issued.token,
+            "issued_token_type": ACCESS_TOKEN_TYPE_URN,
+            "token_type": "Bearer",
+            "expires_in": issued.claims["exp"] - issued.claims["iat"],
+        }
+        if scope:
+            body["scope"] = " ".join(scope)
+        return 200, body, self.TOKEN_RESPONSE_HEADER
+
+
 # -- the server --------------------------------------------------------------------------
 class OAuthServer(AuthorizationServer):  # type: ignore[misc]
     def __init__(self, service: AuthService, token_endpoint: Callable[[], str]) -> None:
@@ -353,6 +449,7 @@ class OAuthServer(AuthorizationServer):  # type: ignore[misc]
             PrivateKeyJWT(lambda: [token_endpoint(), service.settings.issuer]),
         )
         self.register_grant(ClientCredentials)
+        self.register_grant(TokenExchange)
         self.register_endpoint(Introspection(self))
         self.register_endpoint(Revocation(self))
 

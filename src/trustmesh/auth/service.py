@@ -230,6 +230,7 @@ class AuthService:
         scope: Sequence[str],
         cnf_thumbprint: str | None,
         extra: Mapping[str, Any] | None = None,
+        not_after: int | None = None,
     ) -> Issued:
         """An RFC 9068 access token: only the claims the audience needs."""
         active = self.ring.active
@@ -240,7 +241,7 @@ class AuthService:
             "iss": self.settings.issuer,
             "sub": subject,
             "aud": audience[0] if len(audience) == 1 else list(audience),
-            "exp": now + self.settings.token_ttl,
+            "exp": min(now + self.settings.token_ttl, not_after or now + self.settings.token_ttl),
             "iat": now,
             "jti": base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode(),
             "client_id": client.client_id,

@@ -106,9 +106,9 @@ async def _call(
             else None
         )
         try:
-            token = TokenSource(auth, caller).provider(endpoint.spiffe_id) if auth else None
+            bearer = TokenSource(auth, caller).provider(endpoint.spiffe_id) if auth else None
             async with ServiceClient(
-                tls, endpoint.url, endpoint.spiffe_id, retries=0, token=token
+                tls, endpoint.url, endpoint.spiffe_id, retries=0, token=bearer
             ) as client:
                 return await client.request(method, path, json=body)
         finally:

@@ -1,10 +1,12 @@
-"""Orders: reserves stock at inventory and charges at payments, over mTLS, by name."""
+"""Orders: reserves stock at inventory and charges at payments, over mTLS, by name, on
+behalf of whoever placed the order (token exchange); an order can be read only by its
+owner (object-level authorization with Cedar)."""
 
 from __future__ import annotations
 
 import secrets
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from trustmesh import sdk
@@ -14,22 +16,45 @@ app = FastAPI(title="orders", docs_url=None, redoc_url=None, openapi_url=None)
 ORDERS: dict[str, dict[str, object]] = {}
 PRICES = {"tea": 450, "mug": 1200, "kettle": 3900}
 
+#: Who may do what to an order: its owner may read it.
+POLICY = sdk.ObjectPolicy(
+    """
+    @id("owner-reads-order")
+    permit(principal, action == Action::"read", resource is Order)
+      when { resource.owner == principal };
+    """
+)
+
 
 class OrderRequest(BaseModel):
     item: str = Field(min_length=1, max_length=64)
     quantity: int = Field(ge=1, le=100)
 
 
+def _owner(http: Request) -> str:
+    token = sdk.request_token(http)
+    if token is not None:
+        return token.subject
+    tls = http.scope.get("extensions", {}).get("tls", {})
+    return str(tls.get("spiffe_id"))  # no identity provider: the calling workload
+
+
+async def _client(name: str, http: Request) -> sdk.ServiceClient | sdk.OnBehalfClient:
+    if sdk.request_token(http) is not None:
+        return await sdk.client(name, on_behalf_of=http)
+    return await sdk.client(name)
+
+
 @app.post("/orders", status_code=201)
-async def create_order(request: OrderRequest) -> dict[str, object]:
+async def create_order(request: OrderRequest, http: Request) -> dict[str, object]:
     if request.item not in PRICES:
         raise HTTPException(404, "no such item")
     order_id = "ord_" + secrets.token_hex(6)
-    inventory = await sdk.client("inventory")
+    inventory = await _client("inventory", http)
     reserved = await inventory.post("/reservations", json=request.model_dump())
     if reserved.status != 201:
         raise HTTPException(409, f"inventory said {reserved.status}")
-    payments = await sdk.client("payments")
+    payments = await _client("payments", http)
     amount = PRICES[request.item] * request.quantity
     charged = await payments.post("/charges", json={"order_id": order_id, "amount_cents": amount})
     if charged.status != 201:
@@ -37,6 +62,7 @@ async def create_order(request: OrderRequest) -> dict[str, object]:
     ORDERS[order_id] = {
         "id": order_id,
         **request.model_dump(),
+        "owner": _owner(http),
         "reservation": reserved.json()["id"],
         "charge": charged.json()["id"],
         "amount_cents": amount,
@@ -45,7 +71,13 @@ async def create_order(request: OrderRequest) -> dict[str, object]:
 
 
 @app.get("/orders/{order_id}")
-async def get_order(order_id: str) -> dict[str, object]:
-    if order_id not in ORDERS:
+async def get_order(order_id: str, http: Request) -> dict[str, object]:
+    order = ORDERS.get(order_id)
+    # the same answer for "not yours" and "not there" would hide existence; the owner
+    # check comes first so that a stranger learns nothing either way
+    owner = str(order["owner"]) if order else ""
+    if not sdk.authorize(http, POLICY, "read", "Order", order_id, owner=sdk.User(owner)):
+        raise HTTPException(403, "policy-deny")
+    if order is None:
         raise HTTPException(404, "no such order")
-    return ORDERS[order_id]
+    return order

@@ -1,7 +1,17 @@
 """What a service imports to be a zero-trust citizen: ``run_service``/``serve`` and
 ``client``. See :mod:`trustmesh.sdk.runtime` for the one-screen tour."""
 
-from trustmesh.sdk.runtime import Runtime, client, current, run_service
+from trustmesh.policy.objects import ObjectPolicy, User
+from trustmesh.sdk.client import ServiceClient
+from trustmesh.sdk.runtime import (
+    OnBehalfClient,
+    Runtime,
+    authorize,
+    client,
+    current,
+    request_token,
+    run_service,
+)
 from trustmesh.sdk.workload import (
     ENDPOINT_ENV,
     JOIN_TOKEN_ENV,
@@ -12,10 +22,16 @@ from trustmesh.sdk.workload import (
 __all__ = [
     "ENDPOINT_ENV",
     "JOIN_TOKEN_ENV",
+    "ObjectPolicy",
+    "OnBehalfClient",
     "Runtime",
+    "ServiceClient",
+    "User",
+    "authorize",
     "client",
     "current",
     "redeem_join_token",
     "redeem_join_token_from_env",
+    "request_token",
     "run_service",
 ]

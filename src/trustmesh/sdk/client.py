@@ -164,23 +164,27 @@ class ServiceClient:
         json: Any = None,
         data: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
+        token: TokenProvider | None = None,
     ) -> Response:
+        """``token`` overrides the client's own token provider for this request (an
+        on-behalf-of call carries the exchanged token of the caller's subject)."""
         method = method.upper()
+        provider = token if token is not None else self.token
         attempts = 1 + (self.retries if method in IDEMPOTENT else 0)
         parent = trace.current()
         span = parent.child() if parent else trace.TraceParent.new()
         sent_headers = {**(headers or {}), "traceparent": span.header()}
-        if self.token is not None:
-            sent_headers["Authorization"] = f"Bearer {await self.token(False)}"
+        if provider is not None:
+            sent_headers["Authorization"] = f"Bearer {await provider(False)}"
         response = await self._send(method, path, attempts, json, data, sent_headers)
         if (
-            self.token is not None
+            provider is not None
             and response.status == 401
             and "invalid_token" in response.headers.get("WWW-Authenticate", "")
         ):
             # the token was refused before the service saw the request (its SVID rotated
             # under it, say): once, with a fresh token, whatever the method
-            sent_headers["Authorization"] = f"Bearer {await self.token(True)}"
+            sent_headers["Authorization"] = f"Bearer {await provider(True)}"
             response = await self._send(method, path, attempts, json, data, sent_headers)
         return response
 

@@ -205,6 +205,8 @@ class ZeroTrustMiddleware:
         attributes = {"method": method, "path": raw, "route": route, "policy": policy}
         if token is not None:
             attributes["jti"] = token.jti
+            if token.actor is not None:
+                attributes["actor"] = token.actor
         trace_id = current.trace_id if current else None
         try:
             event = events.restamp(template, trace_id=trace_id, src=src, attributes=attributes)

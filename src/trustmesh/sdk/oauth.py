@@ -18,17 +18,18 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 from trustmesh.errors import AuthenticationError, TrustmeshError, UnavailableError
-from trustmesh.sdk.client import ServiceClient
+from trustmesh.sdk.client import ServiceClient, TokenProvider
 from trustmesh.sdk.tls import RotatingTLS
-from trustmesh.sdk.tokens import JWKSCache, RevocationList
+from trustmesh.sdk.tokens import JWKSCache, RevocationList, VerifiedToken
 
 log = logging.getLogger("trustmesh.sdk")
 
 REVOCATION_CHANNEL = "trustmesh:revocations"
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a URN
+ACCESS_TOKEN_TYPE_URN = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a URN
 _REFRESH_MARGIN = 0.2  # a token is renewed when a fifth of its life is left
 
 
@@ -75,10 +76,27 @@ class AuthClient:
 
     async def client_credentials(self, client_id: str, audience: str) -> tuple[str, float]:
         """A certificate-bound access token for ``audience``; (token, expires at)."""
-        response = await self.http.post(
-            "/oauth2/token",
-            data={"grant_type": "client_credentials", "client_id": client_id, "audience": audience},
-        )
+        form = {"grant_type": "client_credentials", "client_id": client_id, "audience": audience}
+        return await self._token_request(form, audience)
+
+    async def exchange(
+        self, client_id: str, subject_token: str, audience: str, scope: str | None = None
+    ) -> tuple[str, float]:
+        """RFC 8693: trade ``subject_token`` (addressed to this service) for one addressed
+        to ``audience``, on behalf of the same subject; (token, expires at)."""
+        form = {
+            "grant_type": TOKEN_EXCHANGE,
+            "client_id": client_id,
+            "subject_token": subject_token,
+            "subject_token_type": ACCESS_TOKEN_TYPE_URN,
+            "audience": audience,
+        }
+        if scope:
+            form["scope"] = scope
+        return await self._token_request(form, audience)
+
+    async def _token_request(self, form: dict[str, str], audience: str) -> tuple[str, float]:
+        response = await self.http.post("/oauth2/token", data=form)
         body = response.json() if response.body.startswith(b"{") else {}
         if response.status != 200 or "access_token" not in body:
             raise AuthenticationError(
@@ -125,9 +143,40 @@ class TokenSource:
             self._tokens[audience] = (token, renew, expires, generation)
             return token
 
-    def provider(self, audience: str) -> Callable[[bool], Any]:
+    async def on_behalf_of(
+        self, subject: VerifiedToken, audience: str, *, force: bool = False
+    ) -> str:
+        """A token for ``audience`` carrying ``subject``'s subject (token exchange), reused
+        for the same incoming token while it is fresh and the SVID has not rotated."""
+        key = f"{subject.token_hash.hex()} {audience}"
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            cached = self._tokens.get(key)
+            now = time.time()
+            generation = self.auth.tls.generation
+            if cached and not force and now < cached[1] and cached[3] == generation:
+                return cached[0]
+            token, expires = await self.auth.exchange(self.client_id, subject.raw, audience)
+            self.fetched += 1
+            if len(self._tokens) > 10_000:
+                self._tokens = {k: v for k, v in self._tokens.items() if v[2] > now}
+            self._tokens[key] = (
+                token,
+                now + (expires - now) * (1 - _REFRESH_MARGIN),
+                expires,
+                generation,
+            )
+            return token
+
+    def provider(self, audience: str, on_behalf_of: VerifiedToken | None = None) -> TokenProvider:
         """What a :class:`ServiceClient` calls for the token of each request."""
-        return lambda force: self.token(audience, force=force)
+
+        async def get(force: bool) -> str:
+            if on_behalf_of is not None:
+                return await self.on_behalf_of(on_behalf_of, audience, force=force)
+            return await self.token(audience, force=force)
+
+        return get
 
 
 class RevocationFeed:

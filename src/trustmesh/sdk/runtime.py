@@ -23,18 +23,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from trustmesh import events
 from trustmesh.config import TrustmeshConfig, load_config
 from trustmesh.errors import NotFoundError, UnavailableError
 from trustmesh.policy.calls import CallAuthorizer
-from trustmesh.sdk.client import ServiceClient
+from trustmesh.policy.objects import AttributeValue, ObjectDecision, ObjectPolicy
+from trustmesh.reasons import Reason
+from trustmesh.sdk.client import Response, ServiceClient, TokenProvider
 from trustmesh.sdk.discovery import DiscoveryClient, Endpoint
-from trustmesh.sdk.middleware import ZeroTrustMiddleware
+from trustmesh.sdk.middleware import TOKEN_STATE_KEY, ZeroTrustMiddleware
 from trustmesh.sdk.oauth import AuthClient, RevocationFeed, TokenSource
 from trustmesh.sdk.serve import ASGIApp, Served, start
 from trustmesh.sdk.tls import RotatingTLS
-from trustmesh.sdk.tokens import RevocationList, TokenVerifier
+from trustmesh.sdk.tokens import RevocationList, TokenVerifier, VerifiedToken
 from trustmesh.sdk.workload import redeem_join_token
 from trustmesh.sdk.x509source import X509Source
 
@@ -86,6 +89,18 @@ class Runtime:
         self.clients[service] = created
         return created
 
+    async def client_for(self, service: str, on_behalf_of: object) -> OnBehalfClient:
+        """A client for ``service`` whose calls carry ``on_behalf_of``'s subject: the
+        token the caller sent (a request, or its verified token) is exchanged (RFC 8693)
+        for one addressed to ``service``."""
+        subject = request_token(on_behalf_of)
+        if subject is None:
+            raise UnavailableError("no verified token on this request to act on behalf of")
+        shared = await self.client(service)
+        if self.tokens is None:
+            raise UnavailableError("no identity provider configured")
+        return OnBehalfClient(shared, self.tokens.provider(shared.expected, on_behalf_of=subject))
+
     async def close(self) -> None:
         for c in self.clients.values():
             await c.close()
@@ -108,9 +123,81 @@ def current() -> Runtime:
     return _runtime
 
 
-async def client(service: str) -> ServiceClient:
-    """``await sdk.client("payments")``: a client for a service this one may call."""
+async def client(
+    service: str, *, on_behalf_of: object | None = None
+) -> ServiceClient | OnBehalfClient:
+    """``await sdk.client("payments")``: a client for a service this one may call, with
+    this service's own token; ``on_behalf_of=request`` carries the caller's subject."""
+    if on_behalf_of is not None:
+        return await current().client_for(service, on_behalf_of)
     return await current().client(service)
+
+
+def request_token(request: object) -> VerifiedToken | None:
+    """The verified access token of a request (a Starlette/FastAPI request or an ASGI
+    scope), as the middleware left it; a VerifiedToken is returned as is."""
+    if isinstance(request, VerifiedToken):
+        return request
+    scope = getattr(request, "scope", request)
+    state = scope.get("state") if isinstance(scope, dict) else None
+    token = state.get(TOKEN_STATE_KEY) if isinstance(state, dict) else None
+    return token if isinstance(token, VerifiedToken) else None
+
+
+def authorize(
+    request: object,
+    policy: ObjectPolicy,
+    action: str,
+    resource_type: str,
+    resource_id: str,
+    **attributes: AttributeValue,
+) -> bool:
+    """May the end user of ``request`` (its token's subject) do ``action`` to this object?
+    Cedar decides (default deny; no token, no access); every decision is an event."""
+    token = request_token(request)
+    if token is None:
+        decision = ObjectDecision(False, Reason.TOKEN_MISSING)
+    else:
+        decision = policy.decide(token.subject, action, resource_type, resource_id, attributes)
+    runtime = _runtime
+    if runtime is not None:
+        runtime.sink.emit(
+            events.event(
+                events.EventClass.AUTHORIZE_SESSION,
+                activity_id=99,
+                activity_name="Other",
+                component=runtime.service,
+                decision=events.Decision.ALLOW if decision.allowed else events.Decision.DENY,
+                reason=decision.reason,
+                message=f"{action} {resource_type} {'allowed' if decision.allowed else 'denied'}",
+                spiffe_id=runtime.config.spiffe_id(runtime.service),
+                sub=token.subject if token else None,
+                client_id=token.client_id if token else None,
+                attributes={
+                    "action": action,
+                    "resource": f"{resource_type}::{resource_id}"[:512],
+                    "policy": ",".join(decision.policies),
+                },
+            )
+        )
+    return decision.allowed
+
+
+@dataclass
+class OnBehalfClient:
+    """A service client whose requests carry an exchanged token (see ``client_for``)."""
+
+    client: ServiceClient
+    token: TokenProvider
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Response:
+        return await self.client.request(method, path, token=self.token, **kwargs)
+
+    async def get(self, path: str, **kwargs: Any) -> Response:
+        return await self.request("GET", path, **kwargs)
+
+    async def post(self, path: str, **kwargs: Any) -> Response:
+        return await self.request("POST", path, **kwargs)
 
 
 async def run_service(

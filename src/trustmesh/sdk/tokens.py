@@ -25,7 +25,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Container, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
@@ -218,6 +218,14 @@ class RevocationList:
 class VerifiedToken:
     claims: dict[str, Any]
     token_hash: bytes
+    #: The token as received: what an on-behalf-of call exchanges (never logged).
+    raw: str = field(repr=False, default="")
+
+    @property
+    def actor(self) -> str | None:
+        """Who passed the token on most recently (RFC 8693 ``act.sub``), if anyone."""
+        act = self.claims.get("act")
+        return str(act["sub"]) if isinstance(act, dict) and "sub" in act else None
 
     @property
     def subject(self) -> str:
@@ -331,4 +339,4 @@ class TokenVerifier:
             raise _refuse(Reason.TOKEN_NOT_YET_VALID, "not yet valid")
         if now + self.leeway < claims["iat"]:
             raise _refuse(Reason.TOKEN_NOT_YET_VALID, "issued in the future")
-        return VerifiedToken(claims, digest)
+        return VerifiedToken(claims, digest, token)
