@@ -54,7 +54,7 @@ def test_up_status_down(stack: Path, config: Path) -> None:
     assert code == 0
     assert status["running"] is True
     assert status["workload_api"] == f"unix://{stack}/public/workload.sock"
-    identity, discovery = status["components"]  # type: ignore[misc]
+    identity, discovery, auth = status["components"]  # type: ignore[misc]
     assert discovery["name"] == "discovery"
     assert discovery["healthy"] is True
     assert discovery["url"].startswith("https://127.0.0.1:")
@@ -63,8 +63,14 @@ def test_up_status_down(stack: Path, config: Path) -> None:
     assert identity["healthy"] is True
     assert identity["spiffe_id"] == "spiffe://cli.example/trustmesh/identity"
     assert identity["cert_expires"]
+    assert auth["name"] == "auth"
+    assert auth["healthy"] is True
+    assert auth["spiffe_id"] == "spiffe://cli.example/trustmesh/auth"
+    assert auth["url"].startswith("https://127.0.0.1:")
+    assert auth["issuer"] == auth["url"]
+    assert auth["cert_expires"]
     pids = _pids(stack)
-    assert len(pids) == 2  # supervisor and identity
+    assert len(pids) == 3  # supervisor, identity and auth
     assert all(process_alive(p, s) for p, s in pids)
 
     down = tm("down", "--state", str(stack))
