@@ -40,6 +40,9 @@ proto:
 
 bench: $(BIN)/trustmesh
 	$(BIN)/python benchmarks/svid_issuance.py
+	$(BIN)/python benchmarks/serve_overhead.py
+	$(BIN)/python benchmarks/token_issuance.py
+	$(BIN)/python benchmarks/token_check.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -348,7 +348,7 @@ class Event(BaseModel):
     dst: Endpoint | None = None
     attributes: _Attributes = Field(default_factory=lambda: types.MappingProxyType({}))
     # shared with the template a restamped event came from: its JSON with holes
-    _skeletons: dict[tuple[bool, bool, bool], str] | None = PrivateAttr(default=None)
+    _skeletons: dict[tuple[bool, bool, bool, bool], str] | None = PrivateAttr(default=None)
 
     @field_validator("time")
     @classmethod
@@ -426,13 +426,13 @@ class Event(BaseModel):
         An event made by :func:`restamp` is rendered from its template's pre-rendered
         skeleton (the same text, far cheaper: the hot path of every service call)."""
         private = self.__pydantic_private__  # not self._x: pydantic's lookup is slow
-        skeletons: dict[tuple[bool, bool, bool], str] | None = (
+        skeletons: dict[tuple[bool, bool, bool, bool], str] | None = (
             private["_skeletons"] if private else None
         )
         if skeletons is None:
             return _dumps(self.to_ocsf())
         has_src, has_attributes = self.src is not None, bool(self.attributes)
-        shape = (self.trace_id is not None, has_src, has_attributes)
+        shape = (self.trace_id is not None, has_src, has_attributes, self.jti is not None)
         template = skeletons.get(shape)
         if template is None:
             template = skeletons[shape] = _skeleton(self.to_ocsf(), shape)
@@ -443,6 +443,7 @@ class Event(BaseModel):
             C=_dumps(self.trace_id),
             S=src.to_json() if src is not None else "",
             A=_dumps(dict(self.attributes)) if has_attributes else "",
+            J=_dumps(self.jti),
         )
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
@@ -458,14 +459,14 @@ _dumps = _ENCODER.encode
 
 # A hole in a skeleton: a string no event can hold (a per-process random marker)
 _HOLE = "\x00" + os.urandom(8).hex()
-_HOLE_JSON = re.compile(re.escape(_dumps(_HOLE)[:-1]) + r'([TUCSA])"')
+_HOLE_JSON = re.compile(re.escape(_dumps(_HOLE)[:-1]) + r'([TUCSAJ])"')
 
 
-def _skeleton(ocsf: dict[str, Any], shape: tuple[bool, bool, bool]) -> str:
+def _skeleton(ocsf: dict[str, Any], shape: tuple[bool, bool, bool, bool]) -> str:
     """The JSON text of ``ocsf`` as a format string with a named field for each
     per-occurrence value (``to_json`` fills them in). ``ocsf`` is rendered from an event of this
     shape (trace id, source, attributes present), so every key is in its place."""
-    has_trace, has_src, has_attributes = shape
+    has_trace, has_src, has_attributes, has_jti = shape
     ocsf["time"] = _HOLE + "T"
     ocsf["metadata"]["uid"] = _HOLE + "U"
     trustmesh = ocsf["unmapped"]["trustmesh"]
@@ -475,6 +476,8 @@ def _skeleton(ocsf: dict[str, Any], shape: tuple[bool, bool, bool]) -> str:
         ocsf["src_endpoint"] = _HOLE + "S"
     if has_attributes:
         trustmesh["attributes"] = _HOLE + "A"
+    if has_jti:
+        trustmesh["jti"] = _HOLE + "J"
     text = _dumps(ocsf).replace("{", "{{").replace("}", "}}")
     quoted = {"U": '"{U}"'}  # the uid is checked hex: no escaping needed
     return _HOLE_JSON.sub(lambda m: quoted.get(m[1], "{" + m[1] + "}"), text)
@@ -557,6 +560,7 @@ def restamp(
     trace_id: str | None = None,
     src: Endpoint | None = None,
     attributes: Mapping[str, AttributeValue] | None = None,
+    jti: str | None = None,
 ) -> Event:
     """A new occurrence of an already-validated event: new time and uid, and these
     per-occurrence fields, each checked as :func:`event` would. For hot paths that emit
@@ -570,6 +574,8 @@ def restamp(
             update["trace_id"] = _check_id(trace_id)
         if attributes is not None:
             update["attributes"] = _check_attributes(attributes)
+        if jti is not None:
+            update["jti"] = _check_id(jti)
     except ValueError as exc:
         raise UsageError(f"invalid event field: {exc}") from None
     if src is not None:

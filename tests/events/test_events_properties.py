@@ -122,6 +122,7 @@ def test_safe_events_round_trip_through_json(
     ip=st.sampled_from(["127.0.0.1", "::1", "10.1.2.3"]),
     attributes=st.none() | st.dictionaries(attribute_keys, attribute_values, max_size=5),
     now=times,
+    jti=optional_id,
 )
 def test_a_restamped_event_renders_exactly_as_one_built_anew(
     message: str,
@@ -132,6 +133,7 @@ def test_a_restamped_event_renders_exactly_as_one_built_anew(
     ip: str,
     attributes: dict[str, str | int | bool | None] | None,
     now: datetime,
+    jti: str | None,
 ) -> None:
     template = event(
         EventClass.API_ACTIVITY,
@@ -146,7 +148,9 @@ def test_a_restamped_event_renders_exactly_as_one_built_anew(
     )
     src = Endpoint(ip=ip, port=port) if port is not None else None
     for _ in range(2):  # the second render comes from the cached skeleton
-        stamped = restamp(template, now=now, trace_id=trace_id, src=src, attributes=attributes)
+        stamped = restamp(
+            template, now=now, trace_id=trace_id, src=src, attributes=attributes, jti=jti
+        )
         line = stamped.to_json()
         assert line == json.dumps(stamped.to_ocsf(), separators=(",", ":"), ensure_ascii=True)
         assert json.loads(line) == stamped.to_ocsf()

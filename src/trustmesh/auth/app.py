@@ -193,8 +193,7 @@ def auth_app(service: AuthService, base_url: Callable[[], str]) -> Starlette:
             actor = (
                 claims.get("act", {}).get("sub") if isinstance(claims.get("act"), dict) else None
             )
-            service.emit(
-                Reason.TOKEN_ISSUED,
+            service.emit_issued(
                 f"access token issued for {', '.join(core.audiences)}"
                 + (f" (exchanged by {actor})" if actor else ""),
                 client_id=claims["client_id"],

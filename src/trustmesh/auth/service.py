@@ -128,6 +128,7 @@ class AuthService:
         self._clients: dict[str, tuple[float, Client | None]] = {}
         self._lock = asyncio.Lock()
         self._redis: Any = None
+        self._templates: dict[tuple[str, str, str, str | None], events.Event] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -351,6 +352,31 @@ class AuthService:
                 **fields,
             )
         )
+
+    def emit_issued(
+        self, message: str, *, client_id: str, sub: str, peer_spiffe_id: str | None, jti: str
+    ) -> None:
+        """The token-issued event, from a cached template (the issuance hot path)."""
+        key = (message, client_id, sub, peer_spiffe_id)
+        template = self._templates.get(key)
+        if template is None:
+            if len(self._templates) > 4096:
+                self._templates.clear()
+            cls, activity = events.EventClass.AUTHENTICATION, (4, "Service Ticket Request")
+            template = self._templates[key] = events.event(
+                cls,
+                activity_id=activity[0],
+                activity_name=activity[1],
+                component="auth",
+                decision=events.Decision.ALLOW,
+                reason=Reason.TOKEN_ISSUED,
+                message=message,
+                spiffe_id=self.spiffe_id,
+                client_id=client_id,
+                sub=sub,
+                peer_spiffe_id=peer_spiffe_id,
+            )
+        self.sink.emit(events.restamp(template, jti=jti))
 
     def _event(self, reason: Reason, message: str, *, kid: str) -> None:
         self.emit(reason, message, attributes={"kid": kid})

@@ -49,6 +49,14 @@ async def _client(name: str, http: Request) -> sdk.ServiceClient | sdk.OnBehalfC
 async def create_order(request: OrderRequest, http: Request) -> dict[str, object]:
     if request.item not in PRICES:
         raise HTTPException(404, "no such item")
+    try:
+        return await _place(request, http)
+    except (sdk.UnavailableError, sdk.AuthenticationError) as exc:
+        # a callee or the identity provider (on-behalf-of tokens) is unreachable
+        raise HTTPException(503, f"temporarily unavailable: {exc.detail}") from None
+
+
+async def _place(request: OrderRequest, http: Request) -> dict[str, object]:
     order_id = "ord_" + secrets.token_hex(6)
     inventory = await _client("inventory", http)
     reserved = await inventory.post("/reservations", json=request.model_dump())

@@ -1,6 +1,7 @@
 """What a service imports to be a zero-trust citizen: ``run_service``/``serve`` and
 ``client``. See :mod:`trustmesh.sdk.runtime` for the one-screen tour."""
 
+from trustmesh.errors import AuthenticationError, UnavailableError
 from trustmesh.policy.objects import ObjectPolicy, User
 from trustmesh.sdk.client import ServiceClient
 from trustmesh.sdk.runtime import (
@@ -22,10 +23,12 @@ from trustmesh.sdk.workload import (
 __all__ = [
     "ENDPOINT_ENV",
     "JOIN_TOKEN_ENV",
+    "AuthenticationError",
     "ObjectPolicy",
     "OnBehalfClient",
     "Runtime",
     "ServiceClient",
+    "UnavailableError",
     "User",
     "authorize",
     "client",
