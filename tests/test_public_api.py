@@ -9,6 +9,17 @@ import pytest
 EXPECTED = {
     "trustmesh.crypto": [
         "ALLOWED_ALGORITHMS",
+        "MAX_PASSWORD_LENGTH",
+        "MIN_PASSWORD_LENGTH",
+        "TOTP_STEP",
+        "check_password_policy",
+        "hash_password",
+        "needs_rehash",
+        "new_totp_secret",
+        "totp_code",
+        "totp_uri",
+        "verify_password",
+        "verify_totp",
         "BACKDATE",
         "DEV_KEY_WARNING",
         "Issuer",

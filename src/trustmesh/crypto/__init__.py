@@ -1,6 +1,7 @@
 """The only place in trustmesh that touches low-level primitives (``cryptography.hazmat``).
 
-Everyone else calls these recipes: sealing keys at rest, the workload CA and SVIDs, JWTs.
+Everyone else calls these recipes: sealing keys at rest, the workload CA and SVIDs, JWTs,
+password hashes (argon2id) and one-time passwords (TOTP).
 """
 
 from trustmesh.crypto._jwt import (
@@ -10,6 +11,21 @@ from trustmesh.crypto._jwt import (
     public_jwk,
     sign_jwt,
     verify_jwt,
+)
+from trustmesh.crypto._otp import (
+    TOTP_STEP,
+    new_totp_secret,
+    totp_code,
+    totp_uri,
+    verify_totp,
+)
+from trustmesh.crypto._passwords import (
+    MAX_PASSWORD_LENGTH,
+    MIN_PASSWORD_LENGTH,
+    check_password_policy,
+    hash_password,
+    needs_rehash,
+    verify_password,
 )
 from trustmesh.crypto._seal import (
     DEV_KEY_WARNING,
@@ -49,8 +65,11 @@ __all__ = [
     "ALLOWED_ALGORITHMS",
     "BACKDATE",
     "DEV_KEY_WARNING",
+    "MAX_PASSWORD_LENGTH",
+    "MIN_PASSWORD_LENGTH",
     "SEAL_KEY_ENV",
     "SEAL_PASSPHRASE_ENV",
+    "TOTP_STEP",
     "Issuer",
     "PrivateKey",
     "PublicKey",
@@ -60,16 +79,20 @@ __all__ = [
     "certs_from_der",
     "certs_from_pem",
     "certs_to_der",
+    "check_password_policy",
     "create_intermediate_ca",
     "create_root_ca",
     "fingerprint_sha256",
     "generate_key",
+    "hash_password",
     "is_sealed",
     "issue_x509_svid",
     "jwks_document",
     "key_id",
     "leaf_spiffe_id",
     "load_seal_key",
+    "needs_rehash",
+    "new_totp_secret",
     "open_sealed",
     "private_key_from_der",
     "private_key_to_der",
@@ -78,7 +101,11 @@ __all__ = [
     "reseal",
     "seal",
     "sign_jwt",
+    "totp_code",
+    "totp_uri",
     "uri_sans",
     "verify_jwt",
+    "verify_password",
     "verify_svid_chain",
+    "verify_totp",
 ]
