@@ -6,7 +6,10 @@ Private signing keys are stored sealed; client secrets only as a hash.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -70,6 +73,28 @@ revocations = Table(
     Column("client_id", String(128), nullable=False),
     Column("expires_at", BigInteger, nullable=False),
     Column("revoked_at", BigInteger, nullable=False),
+)
+
+refresh_families = Table(
+    "auth_refresh_families",
+    metadata,
+    Column("family_id", String(64), primary_key=True),
+    Column("client_id", String(128), nullable=False),
+    Column("subject", String(2048), nullable=False),
+    Column("scope", Text, nullable=False, default=""),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),  # absolute: rotation never extends it
+    Column("revoked_at", BigInteger),
+    Column("revoked_reason", String(64)),
+)
+
+refresh_tokens = Table(
+    "auth_refresh_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),  # SHA-256 of the token, hex
+    Column("family_id", String(64), nullable=False, index=True),
+    Column("issued_at", BigInteger, nullable=False),
+    Column("used_at", BigInteger),
 )
 
 used_assertions = Table(
@@ -140,6 +165,33 @@ def _client_values(client: Client) -> dict[str, object]:
         "managed": int(client.managed),
         "created_at": client.created_at,
     }
+
+
+@dataclass(frozen=True)
+class RefreshFamily:
+    family_id: str
+    client_id: str
+    subject: str
+    scope: str
+    expires_at: int
+
+
+@dataclass(frozen=True)
+class RefreshOutcome:
+    """What presenting a refresh token did: ``token`` is the new one (rotated) when
+    ``status`` is ``rotated``; ``reused`` means the family is now revoked."""
+
+    status: str  # rotated | reused | revoked | expired | unknown
+    token: str | None = None
+    family: RefreshFamily | None = None
+
+
+def _refresh_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+
+
+def _new_refresh_token() -> str:
+    return base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()
 
 
 class AuthStore:
@@ -295,6 +347,95 @@ class AuthStore:
         async with self.engine.begin() as conn:
             await conn.execute(delete(revocations).where(revocations.c.expires_at <= now))
             await conn.execute(delete(used_assertions).where(used_assertions.c.expires_at <= now))
+
+    # -- refresh tokens (rotation with reuse detection) -------------------------------------
+    async def start_refresh_family(
+        self, client_id: str, subject: str, scope: str, now: int, lifetime: int
+    ) -> tuple[str, RefreshFamily]:
+        """A new family and its first refresh token (returned once; stored hashed)."""
+        family = RefreshFamily(
+            base64.urlsafe_b64encode(os.urandom(18)).decode(),
+            client_id,
+            subject,
+            scope,
+            now + lifetime,
+        )
+        token = _new_refresh_token()
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(refresh_families).values(
+                    family_id=family.family_id,
+                    client_id=client_id,
+                    subject=subject,
+                    scope=scope,
+                    created_at=now,
+                    expires_at=family.expires_at,
+                )
+            )
+            await conn.execute(
+                insert(refresh_tokens).values(
+                    token_hash=_refresh_hash(token), family_id=family.family_id, issued_at=now
+                )
+            )
+        return token, family
+
+    async def rotate_refresh(self, token: str, client_id: str, now: int) -> RefreshOutcome:
+        """Spend ``token`` and issue its successor, atomically: of any number of
+        concurrent presentations exactly one wins; any later (or losing) presentation of a
+        spent token is reuse and revokes the whole family."""
+        digest = _refresh_hash(token)
+        async with self.engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    select(refresh_families)
+                    .join(
+                        refresh_tokens, refresh_tokens.c.family_id == refresh_families.c.family_id
+                    )
+                    .where(refresh_tokens.c.token_hash == digest)
+                )
+            ).first()
+            if row is None or row.client_id != client_id:
+                return RefreshOutcome("unknown")
+            family = RefreshFamily(
+                row.family_id, row.client_id, row.subject, row.scope, row.expires_at
+            )
+            if row.revoked_at is not None:
+                return RefreshOutcome("revoked", family=family)
+            if now >= row.expires_at:
+                return RefreshOutcome("expired", family=family)
+            spent = await conn.execute(
+                update(refresh_tokens)
+                .where(refresh_tokens.c.token_hash == digest, refresh_tokens.c.used_at.is_(None))
+                .values(used_at=now)
+            )
+            if spent.rowcount != 1:
+                await conn.execute(
+                    update(refresh_families)
+                    .where(
+                        refresh_families.c.family_id == family.family_id,
+                        refresh_families.c.revoked_at.is_(None),
+                    )
+                    .values(revoked_at=now, revoked_reason="refresh-token-reused")
+                )
+                return RefreshOutcome("reused", family=family)
+            successor = _new_refresh_token()
+            await conn.execute(
+                insert(refresh_tokens).values(
+                    token_hash=_refresh_hash(successor), family_id=family.family_id, issued_at=now
+                )
+            )
+        return RefreshOutcome("rotated", successor, family)
+
+    async def revoke_refresh_family(self, family_id: str, now: int, reason: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(refresh_families)
+                .where(
+                    refresh_families.c.family_id == family_id,
+                    refresh_families.c.revoked_at.is_(None),
+                )
+                .values(revoked_at=now, revoked_reason=reason[:64])
+            )
 
     async def use_assertion(self, key: str, expires_at: int) -> bool:
         """Record a client assertion's jti; False if it was used before (a replay)."""

@@ -1,0 +1,114 @@
+"""Refresh tokens: rotation with reuse detection (a replayed token revokes its family),
+an absolute lifetime, hashed storage, and exactly one winner among concurrent refreshes —
+on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from services import require_service
+
+from trustmesh.auth.db import AuthStore
+from trustmesh.store import create_engine, sqlite_url
+
+NOW = 1_900_000_000
+
+
+@pytest.fixture
+async def sqlite_store(short_tmp: Path) -> AsyncIterator[AuthStore]:
+    store = AuthStore(create_engine(sqlite_url(short_tmp / "auth.db")))
+    await store.create()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def pg_store() -> AsyncIterator[AuthStore]:
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    import asyncpg
+
+    name = f"tm_refresh_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/test")
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    store = AuthStore(create_engine(f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"))
+    try:
+        await store.create()
+        yield store
+    finally:
+        await store.close()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        await admin.close()
+
+
+async def _rotation_and_reuse(store: AuthStore) -> None:
+    first, family = await store.start_refresh_family("shop-web", "alice", "orders:read", NOW, 3600)
+    rotated = await store.rotate_refresh(first, "shop-web", NOW + 10)
+    assert rotated.status == "rotated"
+    assert rotated.token is not None
+    assert rotated.token != first
+    assert rotated.family == family
+    second = await store.rotate_refresh(rotated.token, "shop-web", NOW + 20)
+    assert second.status == "rotated"
+    # the old token comes back: reuse — the whole family is revoked, newest token included
+    assert (await store.rotate_refresh(first, "shop-web", NOW + 30)).status == "reused"
+    assert second.token is not None
+    assert (await store.rotate_refresh(second.token, "shop-web", NOW + 31)).status == "revoked"
+    # another client cannot spend it; garbage is unknown
+    other, _ = await store.start_refresh_family("shop-web", "bob", "", NOW, 3600)
+    assert (await store.rotate_refresh(other, "batch", NOW + 1)).status == "unknown"
+    assert (await store.rotate_refresh("garbage", "shop-web", NOW + 1)).status == "unknown"
+
+
+async def _absolute_lifetime(store: AuthStore) -> None:
+    token, _ = await store.start_refresh_family("shop-web", "alice", "", NOW, 100)
+    for t in (NOW + 40, NOW + 80):
+        outcome = await store.rotate_refresh(token, "shop-web", t)
+        assert outcome.status == "rotated"
+        assert outcome.token is not None
+        token = outcome.token
+    assert (await store.rotate_refresh(token, "shop-web", NOW + 100)).status == "expired"
+
+
+async def _one_winner(store: AuthStore) -> None:
+    token, _ = await store.start_refresh_family("shop-web", "alice", "", NOW, 3600)
+    outcomes = await asyncio.gather(
+        *(store.rotate_refresh(token, "shop-web", NOW + 5) for _ in range(20))
+    )
+    statuses = sorted(o.status for o in outcomes)
+    assert statuses.count("rotated") == 1, statuses
+    assert set(statuses) <= {"rotated", "reused", "revoked"}
+    winner = next(o for o in outcomes if o.status == "rotated")
+    assert winner.token is not None
+    # the replays revoked the family: the winner's token is dead too
+    assert (await store.rotate_refresh(winner.token, "shop-web", NOW + 6)).status == "revoked"
+
+
+async def test_rotation_and_reuse_on_sqlite(sqlite_store: AuthStore) -> None:
+    await _rotation_and_reuse(sqlite_store)
+
+
+async def test_absolute_lifetime_on_sqlite(sqlite_store: AuthStore) -> None:
+    await _absolute_lifetime(sqlite_store)
+
+
+async def test_twenty_concurrent_refreshes_one_winner_on_sqlite(sqlite_store: AuthStore) -> None:
+    await _one_winner(sqlite_store)
+
+
+async def test_refresh_tokens_are_stored_hashed(sqlite_store: AuthStore, short_tmp: Path) -> None:
+    token, _ = await sqlite_store.start_refresh_family("shop-web", "alice", "", NOW, 3600)
+    with sqlite3.connect(short_tmp / "auth.db") as db:
+        rows = db.execute("SELECT * FROM auth_refresh_tokens").fetchall()
+    assert token not in repr(rows)
+
+
+@pytest.mark.services
+async def test_refresh_on_postgresql(pg_store: AuthStore) -> None:
+    await _rotation_and_reuse(pg_store)
+    await _absolute_lifetime(pg_store)
+    await _one_winner(pg_store)
