@@ -49,6 +49,7 @@ class Reason(enum.StrEnum):
     CLIENT_AUTH_FAILED = "client-auth-failed"
     CLIENT_CREATED = "client-created"
     CLIENT_REMOVED = "client-removed"
+    ADMIN_DENIED = "admin-denied"
     KEY_CREATED = "key-created"
     KEY_ACTIVATED = "key-activated"
     KEY_RETIRED = "key-retired"

@@ -1,8 +1,12 @@
-"""``trustmesh auth``: clients and signing keys from the command line."""
+"""``trustmesh auth``: clients and signing keys from the command line, through the running
+identity provider's admin API (as the operator)."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,20 +25,39 @@ calls:
 """
 
 
+@pytest.fixture(scope="module")
+def where() -> Iterator[tuple[str, ...]]:
+    root = Path(tempfile.mkdtemp(prefix="tma", dir="/tmp"))
+    config = root / "trustmesh.yaml"
+    config.write_text(CONFIG)
+    args = ("--config", str(config), "--state", str(root / "state"))
+    up = tm("up", *args, "--detach")
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        yield args
+    finally:
+        tm("down", "--state", str(root / "state"))
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture
-def where(short_tmp: Path) -> tuple[str, ...]:
+def short_tmp_files(short_tmp: Path) -> Path:
+    return short_tmp
+
+
+def test_without_a_running_provider_the_command_says_so(short_tmp: Path) -> None:
     config = short_tmp / "trustmesh.yaml"
     config.write_text(CONFIG)
-    return ("--config", str(config), "--state", str(short_tmp / "state"))
+    result = tm("auth", "client", "list", "--config", str(config), "--state", str(short_tmp / "s"))
+    assert result.returncode == 1
+    assert "trustmesh up" in result.stderr
 
 
-def test_secret_client_is_shown_once_and_stored_hashed(
-    where: tuple[str, ...], short_tmp: Path
-) -> None:
+def test_secret_client_is_shown_once_and_stored_hashed(where: tuple[str, ...]) -> None:
     made = tm(
         "auth",
         "client",
-        "create",
+        "add",
         "reporting",
         "--method",
         "client_secret_basic",
@@ -55,13 +78,16 @@ def test_secret_client_is_shown_once_and_stored_hashed(
     assert clients["reporting"]["scopes"] == ["charges:read"]
     assert clients["orders"]["managed"] is True  # declared services are clients
     assert clients["orders"]["audiences"] == ["spiffe://cli.example/payments"]
-    for path in (short_tmp / "state").rglob("*"):
-        if path.is_file():
+    for path in Path(where[3]).rglob("*"):
+        if path.is_file() and not path.is_socket():
             assert secret.encode() not in path.read_bytes(), path
+    events = (Path(where[3]) / "events" / "auth.jsonl").read_text()
+    assert '"client-created"' in events
+    assert "trustmesh/operator" in events
     again = tm(
         "auth",
         "client",
-        "create",
+        "add",
         "reporting",
         "--method",
         "client_secret_basic",
@@ -77,8 +103,9 @@ def test_secret_client_is_shown_once_and_stored_hashed(
 
 
 def test_private_key_jwt_client_takes_public_keys_only(
-    where: tuple[str, ...], short_tmp: Path
+    where: tuple[str, ...], short_tmp_files: Path
 ) -> None:
+    short_tmp = short_tmp_files
     key = ECKey.generate_key("P-256", private=True)
     public = short_tmp / "public.jwks"
     public.write_text(json.dumps({"keys": [key.as_dict(private=False)]}))
@@ -87,7 +114,7 @@ def test_private_key_jwt_client_takes_public_keys_only(
     refused = tm(
         "auth",
         "client",
-        "create",
+        "add",
         "batch",
         "--jwks",
         str(private),
@@ -98,7 +125,7 @@ def test_private_key_jwt_client_takes_public_keys_only(
     assert refused.returncode == 2
     assert "private key material" in refused.stderr
     made = tm(
-        "auth", "client", "create", "batch", "--jwks", str(public), "--audience", "payments", *where
+        "auth", "client", "add", "batch", "--jwks", str(public), "--audience", "payments", *where
     )
     assert made.returncode == 0, made.stderr
 
@@ -119,14 +146,17 @@ def test_private_key_jwt_client_takes_public_keys_only(
 def test_bad_client_definitions_exit_2_and_change_nothing(
     where: tuple[str, ...], args: tuple[str, ...]
 ) -> None:
-    result = tm("auth", "client", "create", *args, *where)
+    result = tm("auth", "client", "add", *args, *where)
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.strip()
     listed = json.loads(tm("auth", "client", "list", "--json", *where).stdout)
-    assert {c["client_id"] for c in listed} == {"orders", "payments"}
+    assert "x" not in {c["client_id"] for c in listed}
+    assert "bad id!" not in {c["client_id"] for c in listed}
 
 
 def test_rotate_keys_publishes_the_next_key_before_it_signs(where: tuple[str, ...]) -> None:
+    before = json.loads(tm("auth", "keys", "--json", *where).stdout)
+    assert [k["status"] for k in before] == ["active"]
     first = tm("auth", "rotate-keys", "--json", *where)
     assert first.returncode == 0, first.stderr
     keys = json.loads(first.stdout)

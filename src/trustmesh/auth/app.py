@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from trustmesh import events
+from trustmesh.auth.admin import admin_routes
 from trustmesh.auth.oauth import (
     ASSERTION_ALGORITHMS,
     AUTH_METHODS,
@@ -276,6 +277,7 @@ def auth_app(service: AuthService, base_url: Callable[[], str]) -> Starlette:
 
     return Starlette(
         routes=[
+            *admin_routes(service),
             Route("/.well-known/openid-configuration", discovery, methods=["GET"]),
             Route("/.well-known/oauth-authorization-server", discovery, methods=["GET"]),
             Route("/jwks.json", jwks, methods=["GET"]),

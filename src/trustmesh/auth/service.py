@@ -390,4 +390,5 @@ _EVENT_SHAPE: dict[str, tuple[events.EventClass, tuple[int, str]]] = {
     Reason.KEY_REMOVED: (_MANAGEMENT, (4, "Delete")),
     Reason.CLIENT_CREATED: (_MANAGEMENT, (1, "Create")),
     Reason.CLIENT_REMOVED: (_MANAGEMENT, (4, "Delete")),
+    Reason.ADMIN_DENIED: (events.EventClass.API_ACTIVITY, (99, "Other")),
 }

@@ -12,9 +12,11 @@ would for that workload: a call the declaration does not allow is answered 403.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -71,6 +73,25 @@ def _join_token(config: TrustmeshConfig, state: Path, spiffe_id: str) -> str:
         store.close()
 
 
+@contextlib.asynccontextmanager
+async def as_workload(
+    config: TrustmeshConfig, state: Path, spiffe_id: str
+) -> AsyncIterator[RotatingTLS]:
+    """This process as ``spiffe_id``: a one-time join token (an administrative act on the
+    state directory, recorded as an event), redeemed over the Workload API."""
+    paths = IdentityPaths(state)
+    if not paths.socket.is_socket():
+        raise UsageError(f"no running stack in {state} (start it with `trustmesh up`)")
+    token = _join_token(config, state, spiffe_id)
+    await redeem_join_token(paths.socket_address, token)
+    source = X509Source(paths.socket_address, spiffe_id=spiffe_id)
+    await source.start()
+    try:
+        yield RotatingTLS(source)
+    finally:
+        await source.close()
+
+
 async def _call(
     config: TrustmeshConfig,
     state: Path,
@@ -86,13 +107,7 @@ async def _call(
         discovery_url = snapshot["url"]
     except (OSError, ValueError, KeyError, TypeError):
         raise UsageError(f"no running stack in {state} (start it with `trustmesh up`)") from None
-    spiffe_id = config.spiffe_id(caller)
-    token = _join_token(config, state, spiffe_id)
-    await redeem_join_token(paths.socket_address, token)
-    source = X509Source(paths.socket_address, spiffe_id=spiffe_id)
-    await source.start()
-    try:
-        tls = RotatingTLS(source)
+    async with as_workload(config, state, config.spiffe_id(caller)) as tls:
         discovery = DiscoveryClient(tls, discovery_url)
         try:
             endpoints = await discovery.lookup(service)
@@ -114,8 +129,6 @@ async def _call(
         finally:
             if auth is not None:
                 await auth.close()
-    finally:
-        await source.close()
 
 
 def call(
