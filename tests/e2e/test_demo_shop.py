@@ -183,7 +183,7 @@ async def test_users_orders_are_theirs_and_the_chain_is_recorded(shop: dict[str,
         made = tm(
             "auth",
             "client",
-            "create",
+            "add",
             user,
             "--method",
             "client_secret_basic",
