@@ -26,6 +26,7 @@ ORDERS = f"spiffe://{TD}/orders"
 PAYMENTS = f"spiffe://{TD}/payments"
 INVENTORY = f"spiffe://{TD}/inventory"
 AUTH = f"spiffe://{TD}/trustmesh/auth"
+OPERATOR = f"spiffe://{TD}/trustmesh/operator"
 
 CONFIG = f"""
 trust_domain: {TD}
@@ -94,7 +95,7 @@ def _identity(short_tmp: Path, svid_ttl: str) -> Iterator[RunningIdentityServer]
     running = cm.__enter__()
     exe = os.readlink("/proc/self/exe")
     try:
-        for spiffe_id in (ORDERS, PAYMENTS, INVENTORY, AUTH):
+        for spiffe_id in (ORDERS, PAYMENTS, INVENTORY, AUTH, OPERATOR):
             running.call(
                 running.server.service.register,
                 spiffe_id,
@@ -137,6 +138,7 @@ class AuthRig:
     orders: Workload
     payments: Workload
     inventory: Workload
+    operator: Workload
 
     @property
     def url(self) -> str:
@@ -152,7 +154,9 @@ async def make_rig(
     await source.start()
     running = await serve_auth(auth_config(extra), short_tmp / "state", source=source, sink=sink)
     files = short_tmp / "pki"
-    workloads = [await workload(identity, s, files) for s in (ORDERS, PAYMENTS, INVENTORY)]
+    workloads = [
+        await workload(identity, s, files) for s in (ORDERS, PAYMENTS, INVENTORY, OPERATOR)
+    ]
     try:
         yield AuthRig(running, sink, *workloads)
     finally:

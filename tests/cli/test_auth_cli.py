@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -165,3 +167,67 @@ def test_rotate_keys_publishes_the_next_key_before_it_signs(where: tuple[str, ..
     assert len(again) == 2  # one pending key at a time
     listed = json.loads(tm("auth", "keys", "--json", *where).stdout)
     assert [k["kid"] for k in listed] == [k["kid"] for k in keys]
+
+
+def test_users_from_the_command_line(where: tuple[str, ...]) -> None:
+    made = tm("auth", "user", "add", "alice", *where)
+    assert made.returncode == 0, made.stderr
+    password = made.stdout.strip().splitlines()[-1]
+    assert len(password) >= 40
+    admin = tm("auth", "user", "add", "root-admin", "--role", "admin", *where)
+    assert admin.returncode == 0, admin.stderr
+    assert admin.stdout.strip().splitlines()[-1].startswith("otpauth://totp/")
+    chosen = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trustmesh",
+            "auth",
+            "user",
+            "add",
+            "carol",
+            "--password-stdin",
+            *where,
+        ],
+        input="a chosen passphrase here\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert chosen.returncode == 0, chosen.stderr
+    assert "a chosen passphrase" not in chosen.stdout
+    listed = {
+        u["username"]: u for u in json.loads(tm("auth", "user", "list", "--json", *where).stdout)
+    }
+    assert listed["root-admin"]["mfa"] is True
+    assert listed["alice"]["mfa"] is False
+    assert tm("auth", "user", "lock", "alice", *where).returncode == 0
+    assert json.loads(tm("auth", "user", "list", "--json", *where).stdout)[0]["locked"] is True
+    reset = tm("auth", "user", "reset-mfa", "alice", *where)
+    assert reset.returncode == 0
+    assert reset.stdout.strip().splitlines()[-1].startswith("otpauth://totp/")
+    assert tm("auth", "user", "lock", "nobody", *where).returncode == 2
+    short = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trustmesh",
+            "auth",
+            "user",
+            "add",
+            "dan",
+            "--password-stdin",
+            *where,
+        ],
+        input="short\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert short.returncode == 2
+    assert "12 characters" in short.stderr
+    for path in Path(where[3]).rglob("*"):
+        if path.is_file() and not path.is_socket():
+            assert password.encode() not in path.read_bytes(), path

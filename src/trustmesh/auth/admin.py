@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,9 +19,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from trustmesh import events
-from trustmesh.auth.db import Client
+from trustmesh import crypto, events
+from trustmesh.auth.db import Client, User
 from trustmesh.auth.keys import KeyState
+from trustmesh.auth.lockout import normalize_login
 from trustmesh.auth.service import AuthService, hash_secret, new_secret
 from trustmesh.errors import ConflictError, NotFoundError, TrustmeshError, UsageError
 from trustmesh.identity.spiffeid import require_workload_id
@@ -136,6 +138,69 @@ def key_docs(states: list[KeyState], now: int) -> list[dict[str, object]]:
     ]
 
 
+ROLES = ("admin", "user")
+_USERNAME = re.compile(r"[a-z0-9][a-z0-9._@+-]{0,127}")
+
+
+def _seal_context(user_id: str) -> bytes:
+    return b"trustmesh/auth/totp/" + user_id.encode()
+
+
+def enroll_totp(service: AuthService, user_id: str, username: str) -> tuple[bytes, str]:
+    """A new TOTP secret, sealed for storage, and the otpauth URI to show once."""
+    secret = crypto.new_totp_secret()
+    sealed = crypto.seal(secret, service.seal_key, context=_seal_context(user_id))
+    return sealed, crypto.totp_uri(secret, username, f"trustmesh {service.config.trust_domain}")
+
+
+def new_user(service: AuthService, body: object) -> tuple[User, str | None, str | None]:
+    """A user from an admin request, checked; its generated password and otpauth URI (each
+    returned once) where made. Admins are enrolled in TOTP from the start (MFA required)."""
+    if not isinstance(body, dict):
+        raise UsageError("the body must be a JSON object")
+    unknown = set(body) - {"username", "roles", "password", "mfa"}
+    if unknown:
+        raise UsageError(f"unknown field {sorted(unknown)[0]!r}")
+    raw = body.get("username")
+    username = normalize_login(raw) if isinstance(raw, str) else ""
+    if not _USERNAME.fullmatch(username):
+        raise UsageError("username: 1-128 lowercase letters, digits or . _ @ + -")
+    roles = body.get("roles", ["user"])
+    if not isinstance(roles, list) or not roles or any(r not in ROLES for r in roles):
+        raise UsageError(f"roles: one or more of {', '.join(ROLES)}")
+    password = body.get("password")
+    generated = None
+    if password is None:
+        password = generated = new_secret()
+    if not isinstance(password, str):
+        raise UsageError("password: a string")
+    password_hash = crypto.hash_password(password)
+    user_id = uuid.uuid4().hex
+    mfa = body.get("mfa", False) or "admin" in roles
+    if not isinstance(mfa, bool):
+        raise UsageError("mfa: true or false")
+    sealed, uri = enroll_totp(service, user_id, username) if mfa else (None, None)
+    user = User(
+        user_id=user_id,
+        username=username,
+        password_hash=password_hash,
+        roles=tuple(dict.fromkeys(roles)),
+        totp_sealed=sealed,
+        created_at=int(time.time()),
+    )
+    return user, generated, uri
+
+
+def user_doc(user: User) -> dict[str, Any]:
+    return {
+        "user_id": user.user_id,
+        "username": user.username,
+        "roles": list(user.roles),
+        "mfa": user.mfa_enrolled,
+        "locked": user.locked,
+    }
+
+
 def admin_routes(service: AuthService) -> list[Route]:
     operator = service.config.component_spiffe_id("operator")
 
@@ -211,7 +276,79 @@ def admin_routes(service: AuthService) -> list[Route]:
         states = [k.state for k in await service.store.keys()]
         return JSONResponse(key_docs(states, int(service.clock())))
 
+    async def json_body(request: Request) -> object:
+        raw = await request.body()
+        if len(raw) > MAX_BODY:
+            raise UsageError(f"the body must be at most {MAX_BODY} bytes")
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise UsageError("the body is not JSON") from None
+
+    def user_event(reason: Reason, message: str, user: User) -> None:
+        service.emit(
+            reason,
+            message,
+            sub=user.user_id,
+            peer_spiffe_id=operator,
+            attributes={"username": user.username, "roles": " ".join(user.roles)},
+        )
+
+    async def list_users(_: Request) -> Response:
+        return JSONResponse([user_doc(u) for u in await service.store.list_users()])
+
+    async def add_user(request: Request) -> Response:
+        user, password, uri = new_user(service, await json_body(request))
+        await service.store.add_user(user)
+        user_event(Reason.USER_CREATED, "user created", user)
+        doc = user_doc(user)
+        if password is not None:
+            doc["password"] = password  # generated: shown once, stored only as argon2id
+        if uri is not None:
+            doc["totp_uri"] = uri  # shown once; the secret is stored sealed
+        return JSONResponse(doc, status_code=201, headers={"Cache-Control": "no-store"})
+
+    async def set_lock(request: Request, locked: bool) -> Response:
+        user = await service.store.update_user(
+            normalize_login(request.path_params["username"]), locked=locked
+        )
+        user_event(
+            Reason.USER_LOCKED if locked else Reason.USER_UNLOCKED,
+            "user locked" if locked else "user unlocked",
+            user,
+        )
+        return JSONResponse(user_doc(user))
+
+    async def lock(request: Request) -> Response:
+        return await set_lock(request, True)
+
+    async def unlock(request: Request) -> Response:
+        return await set_lock(request, False)
+
+    async def reset_mfa(request: Request) -> Response:
+        username = normalize_login(request.path_params["username"])
+        existing = await service.store.get_user(username)
+        if existing is None:
+            raise NotFoundError(f"no user {username!r}")
+        sealed, uri = enroll_totp(service, existing.user_id, existing.username)
+        user = await service.store.update_user(username, totp_sealed=sealed, totp_last_step=None)
+        user_event(Reason.MFA_RESET, "MFA reset: a new TOTP secret was enrolled", user)
+        doc = user_doc(user)
+        doc["totp_uri"] = uri
+        return JSONResponse(doc, headers={"Cache-Control": "no-store"})
+
     return [
+        Route("/admin/v1/users", guarded("list-users", list_users), methods=["GET"]),
+        Route("/admin/v1/users", guarded("add-user", add_user), methods=["POST"]),
+        Route("/admin/v1/users/{username}/lock", guarded("lock-user", lock), methods=["POST"]),
+        Route(
+            "/admin/v1/users/{username}/unlock", guarded("unlock-user", unlock), methods=["POST"]
+        ),
+        Route(
+            "/admin/v1/users/{username}/reset-mfa",
+            guarded("reset-mfa", reset_mfa),
+            methods=["POST"],
+        ),
         Route("/admin/v1/clients", guarded("list-clients", list_clients), methods=["GET"]),
         Route("/admin/v1/clients", guarded("add-client", add_client), methods=["POST"]),
         Route(

@@ -75,6 +75,19 @@ revocations = Table(
     Column("revoked_at", BigInteger, nullable=False),
 )
 
+users = Table(
+    "auth_users",
+    metadata,
+    Column("user_id", String(64), primary_key=True),
+    Column("username", String(256), nullable=False, unique=True),  # normalized login name
+    Column("password_hash", String(256), nullable=False),  # argon2id PHC string
+    Column("roles", Text, nullable=False, default=""),
+    Column("totp_sealed", LargeBinary),  # the TOTP secret, sealed
+    Column("totp_last_step", BigInteger),
+    Column("locked", Integer, nullable=False, default=0),
+    Column("created_at", BigInteger, nullable=False),
+)
+
 refresh_families = Table(
     "auth_refresh_families",
     metadata,
@@ -165,6 +178,36 @@ def _client_values(client: Client) -> dict[str, object]:
         "managed": int(client.managed),
         "created_at": client.created_at,
     }
+
+
+@dataclass(frozen=True)
+class User:
+    user_id: str
+    username: str
+    password_hash: str = field(repr=False)
+    roles: tuple[str, ...] = ()
+    totp_sealed: bytes | None = field(default=None, repr=False)
+    totp_last_step: int | None = None
+    locked: bool = False
+    created_at: int = 0
+
+    @property
+    def mfa_enrolled(self) -> bool:
+        return self.totp_sealed is not None
+
+
+def _user(row: object) -> User:
+    m = row._mapping  # type: ignore[attr-defined]
+    return User(
+        user_id=m["user_id"],
+        username=m["username"],
+        password_hash=m["password_hash"],
+        roles=tuple(m["roles"].split()),
+        totp_sealed=m["totp_sealed"],
+        totp_last_step=m["totp_last_step"],
+        locked=bool(m["locked"]),
+        created_at=m["created_at"],
+    )
 
 
 @dataclass(frozen=True)
@@ -347,6 +390,51 @@ class AuthStore:
         async with self.engine.begin() as conn:
             await conn.execute(delete(revocations).where(revocations.c.expires_at <= now))
             await conn.execute(delete(used_assertions).where(used_assertions.c.expires_at <= now))
+
+    # -- users ---------------------------------------------------------------------------
+    async def add_user(self, user: User) -> None:
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    insert(users).values(
+                        user_id=user.user_id,
+                        username=user.username,
+                        password_hash=user.password_hash,
+                        roles=" ".join(user.roles),
+                        totp_sealed=user.totp_sealed,
+                        totp_last_step=user.totp_last_step,
+                        locked=int(user.locked),
+                        created_at=user.created_at,
+                    )
+                )
+        except IntegrityError:
+            raise ConflictError(f"a user {user.username!r} already exists") from None
+
+    async def get_user(self, username: str) -> User | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(users).where(users.c.username == username))).first()
+        return _user(row) if row is not None else None
+
+    async def list_users(self) -> list[User]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(users).order_by(users.c.username))).all()
+        return [_user(r) for r in rows]
+
+    async def update_user(self, username: str, **values: object) -> User:
+        allowed = {"locked", "totp_sealed", "totp_last_step", "password_hash", "roles"}
+        if set(values) - allowed:
+            raise ValueError(f"cannot update {sorted(set(values) - allowed)}")
+        if "locked" in values:
+            values["locked"] = int(bool(values["locked"]))
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(users).where(users.c.username == username).values(**values)
+            )
+        if result.rowcount == 0:
+            raise NotFoundError(f"no user {username!r}")
+        found = await self.get_user(username)
+        assert found is not None  # noqa: S101 - just updated
+        return found
 
     # -- refresh tokens (rotation with reuse detection) -------------------------------------
     async def start_refresh_family(

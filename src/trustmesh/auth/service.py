@@ -391,4 +391,8 @@ _EVENT_SHAPE: dict[str, tuple[events.EventClass, tuple[int, str]]] = {
     Reason.CLIENT_CREATED: (_MANAGEMENT, (1, "Create")),
     Reason.CLIENT_REMOVED: (_MANAGEMENT, (4, "Delete")),
     Reason.ADMIN_DENIED: (events.EventClass.API_ACTIVITY, (99, "Other")),
+    Reason.USER_CREATED: (_MANAGEMENT, (1, "Create")),
+    Reason.USER_LOCKED: (_MANAGEMENT, (9, "Disable")),
+    Reason.USER_UNLOCKED: (_MANAGEMENT, (8, "Enable")),
+    Reason.MFA_RESET: (_MANAGEMENT, (3, "Update")),
 }

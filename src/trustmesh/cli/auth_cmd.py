@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import typer
 from rich.table import Table
@@ -40,6 +42,8 @@ client_app = typer.Typer(
     help="OAuth clients (declared services are clients already).", no_args_is_help=True
 )
 app.add_typer(client_app, name="client")
+user_app = typer.Typer(help="Users of the identity provider.", no_args_is_help=True)
+app.add_typer(user_app, name="user")
 
 METHODS = ("private_key_jwt", "client_secret_basic", "tls_client_auth")
 
@@ -158,6 +162,80 @@ def client_remove(
     cfg, _ = load_or_exit(config)
     _admin(cfg, state, "DELETE", f"/admin/v1/clients/{client_id}")
     out.print(f"client {client_id} removed", markup=False)
+
+
+@user_app.command("add")
+def user_add(
+    username: Annotated[str, typer.Argument(help="The login name.")],
+    role: Annotated[
+        list[str] | None, typer.Option("--role", help="user (default) or admin (repeatable).")
+    ] = None,
+    mfa: Annotated[
+        bool, typer.Option("--mfa", help="Enroll TOTP now (always for admins).")
+    ] = False,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin.")
+    ] = False,
+    config: ConfigOption = None,
+    state: StateOption = DEFAULT_STATE,
+) -> None:
+    """Add a user. Without --password-stdin a password is generated and printed once; an
+    admin (or --mfa) gets a TOTP secret, printed once as an otpauth:// URI."""
+    cfg, _ = load_or_exit(config)
+    body: dict[str, Any] = {"username": username, "roles": list(role or ["user"]), "mfa": mfa}
+    if password_stdin:
+        body["password"] = sys.stdin.readline().rstrip("\n")
+    made = _admin(cfg, state, "POST", "/admin/v1/users", body)
+    out.print(f"user {made['username']} added (roles: {', '.join(made['roles'])})", markup=False)
+    if "password" in made:
+        out.print("password (shown once):", markup=False)
+        print(made["password"])
+    if "totp_uri" in made:
+        out.print("TOTP enrolment (shown once; add it to an authenticator app):", markup=False)
+        print(made["totp_uri"])
+
+
+@user_app.command("list")
+def user_list(
+    config: ConfigOption = None, state: StateOption = DEFAULT_STATE, as_json: JsonOption = False
+) -> None:
+    """List users (never a password or an MFA secret)."""
+    cfg, _ = load_or_exit(config)
+    docs = _admin(cfg, state, "GET", "/admin/v1/users")
+    if as_json:
+        out.print_json(data=docs)
+        return
+    table = Table("user", "roles", "MFA", "locked")
+    for d in docs:
+        table.add_row(
+            d["username"],
+            " ".join(d["roles"]),
+            "yes" if d["mfa"] else "",
+            "yes" if d["locked"] else "",
+        )
+    out.print(table)
+
+
+def _user_action(action: str, help_text: str) -> None:
+    def command(
+        username: Annotated[str, typer.Argument(help="The login name.")],
+        config: ConfigOption = None,
+        state: StateOption = DEFAULT_STATE,
+    ) -> None:
+        cfg, _ = load_or_exit(config)
+        done = _admin(cfg, state, "POST", f"/admin/v1/users/{quote(username, safe='')}/{action}")
+        out.print(f"user {done['username']}: {action} done", markup=False)
+        if "totp_uri" in done:
+            out.print("new TOTP enrolment (shown once):", markup=False)
+            print(done["totp_uri"])
+
+    command.__doc__ = help_text
+    user_app.command(action)(command)
+
+
+_user_action("lock", "Lock a user out (no login until unlocked).")
+_user_action("unlock", "Let a locked user log in again.")
+_user_action("reset-mfa", "Replace a user's TOTP secret (the old one stops working).")
 
 
 def _print_keys(rows: list[dict[str, Any]], as_json: bool) -> None:
