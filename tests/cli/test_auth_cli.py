@@ -203,7 +203,10 @@ def test_users_from_the_command_line(where: tuple[str, ...]) -> None:
     assert listed["root-admin"]["mfa"] is True
     assert listed["alice"]["mfa"] is False
     assert tm("auth", "user", "lock", "alice", *where).returncode == 0
-    assert json.loads(tm("auth", "user", "list", "--json", *where).stdout)[0]["locked"] is True
+    after = {
+        u["username"]: u for u in json.loads(tm("auth", "user", "list", "--json", *where).stdout)
+    }
+    assert after["alice"]["locked"] is True
     reset = tm("auth", "user", "reset-mfa", "alice", *where)
     assert reset.returncode == 0
     assert reset.stdout.strip().splitlines()[-1].startswith("otpauth://totp/")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,7 +45,13 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]
         tm("status", "--config", str(config), "--state", str(state), "--json").stdout
     )
     try:
-        yield {"config": config, "state": state, "status": status, "up_seconds": elapsed}
+        yield {
+            "config": config,
+            "state": state,
+            "status": status,
+            "up_seconds": elapsed,
+            "up_output": up.stdout,
+        }
     finally:
         tm("down", "--state", str(state))
         import shutil
@@ -240,6 +247,27 @@ async def test_users_orders_are_theirs_and_the_chain_is_recorded(shop: dict[str,
     assert charged
     assert charged[-1]["attributes"]["actor"] == f"spiffe://{TD}/orders"
     assert charged[-1]["client_id"] == "orders"
+
+
+def test_first_up_creates_demo_users_and_shows_their_credentials_once(
+    shop: dict[str, object],
+) -> None:
+    output = str(shop["up_output"])
+    assert "Demo users (shown once" in output
+    passwords = re.findall(r"password: (\S+)", output)
+    assert len(passwords) == 2
+    assert "otpauth://totp/" in output  # the admin has MFA from the start
+    where = ("--config", str(shop["config"]), "--state", str(shop["state"]))
+    users = {
+        u["username"]: u for u in json.loads(tm("auth", "user", "list", "--json", *where).stdout)
+    }
+    assert users["shopper"]["roles"] == ["user"]
+    assert users["admin"]["roles"] == ["admin"]
+    assert users["admin"]["mfa"] is True
+    for path in Path(str(shop["state"])).rglob("*"):
+        if path.is_file() and not path.is_socket():
+            data = path.read_bytes()
+            assert not any(p.encode() in data for p in passwords), path
 
 
 def test_trustmesh_call_tries_the_shop_from_a_shell(shop: dict[str, object]) -> None:

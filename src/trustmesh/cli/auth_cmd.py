@@ -32,7 +32,7 @@ from trustmesh.cli._common import (
 )
 from trustmesh.cli.call_cmd import as_workload
 from trustmesh.config import TrustmeshConfig
-from trustmesh.errors import TrustmeshError
+from trustmesh.errors import TrustmeshError, UnavailableError
 from trustmesh.sdk.client import ServiceClient
 
 app = typer.Typer(
@@ -48,14 +48,25 @@ app.add_typer(user_app, name="user")
 METHODS = ("private_key_jwt", "client_secret_basic", "tls_client_auth")
 
 
-def _admin(
+class AdminError(TrustmeshError):
+    """The admin API refused (its message); ``usage`` when the request itself was bad."""
+
+    def __init__(self, message: str, *, usage: bool) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+def admin_call(
     config: TrustmeshConfig, state: Path, method: str, path: str, body: object = None
 ) -> Any:
+    """One admin API request as the operator; AdminError/TrustmeshError on failure."""
     try:
         endpoint = json.loads(endpoint_path(state).read_text())
         url = str(endpoint["url"])
     except (OSError, ValueError, KeyError, TypeError):
-        fail(f"the identity provider is not running for {state} (start it with `trustmesh up`)")
+        raise UnavailableError(
+            f"the identity provider is not running for {state} (start it with `trustmesh up`)"
+        ) from None
 
     async def call() -> Any:
         operator, auth = config.component_spiffe_id("operator"), config.component_spiffe_id("auth")
@@ -70,12 +81,21 @@ def _admin(
                 message = f"{doc.get('message') or doc.get('error')}"
             except ValueError:
                 message = f"HTTP {response.status}"
-            code = 2 if response.status in (400, 404, 409) else 1
-            fail(message, code)
+            raise AdminError(message, usage=response.status in (400, 404, 409))
         return response.json() if response.body else None
 
+    return asyncio.run(call())
+
+
+def _admin(
+    config: TrustmeshConfig, state: Path, method: str, path: str, body: object = None
+) -> Any:
     try:
-        return asyncio.run(call())
+        return admin_call(config, state, method, path, body)
+    except AdminError as exc:
+        fail(exc.detail, 2 if exc.usage else 1)
+    except UnavailableError as exc:
+        fail(exc.detail)
     except TrustmeshError as exc:
         fail_on(exc)
 

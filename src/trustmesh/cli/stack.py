@@ -367,6 +367,7 @@ def _up_detached(cfg: TrustmeshConfig, cfg_path: Path, state: Path) -> None:
         doc = read_json(paths.supervisor) or {}
         if doc.get("pid") == proc.pid and doc.get("phase") == "ready":
             _print_table(stack_status(cfg, cfg_path, state))
+            _demo_users(cfg, state)
             return
         if proc.poll() is not None:
             failed = doc.get("failed") if doc.get("pid") == proc.pid else None
@@ -377,6 +378,43 @@ def _up_detached(cfg: TrustmeshConfig, cfg_path: Path, state: Path) -> None:
         time.sleep(0.1)
     stop_stack(state, lambda m: err.print(m, markup=False))
     fail(f"the stack was not healthy within {DETACH_TIMEOUT:.0f}s; see {paths.logs}/")
+
+
+DEMO_USERS = (("shopper", ["user"]), ("admin", ["admin"]))
+
+
+def _demo_users(cfg: TrustmeshConfig, state: Path) -> None:
+    """In dev mode, the first start creates a shop user and an admin through the admin
+    API and prints their credentials once (only hashes and a sealed TOTP secret are kept)."""
+    if not cfg.dev:
+        return
+    from trustmesh.cli.auth_cmd import AdminError, admin_call
+
+    marker = state / "auth" / "demo-users.created"
+    if marker.exists():
+        out.print("Demo users: shopper, admin (their credentials were shown at the first start).")
+        return
+    lines = []
+    try:
+        for name, roles in DEMO_USERS:
+            try:
+                made = admin_call(
+                    cfg, state, "POST", "/admin/v1/users", {"username": name, "roles": roles}
+                )
+            except AdminError:
+                continue  # exists already
+            line = f"  {name:8} password: {made['password']}"
+            if "totp_uri" in made:
+                line += f"\n  {'':8} TOTP:     {made['totp_uri']}"
+            lines.append(line)
+    except TrustmeshError as exc:
+        err.print(f"warning: demo users not created: {exc.detail}", markup=False)
+        return
+    marker.touch(mode=0o600)
+    if lines:
+        out.print("Demo users (shown once; only their hashes are stored):", markup=False)
+        for line in lines:
+            out.print(line, markup=False)
 
 
 def _tail(path: Path, lines: int = 10) -> list[str]:
@@ -417,6 +455,7 @@ def run_supervisor(cfg: TrustmeshConfig, cfg_path: Path, state: Path, *, interac
         phase("ready")
         if interactive:
             _print_table(stack_status(cfg, cfg_path, state))
+            _demo_users(cfg, state)
             out.print("Press Ctrl-C to stop.")
         failed = sup.watch()
         return EXIT_FAILURE if failed else 0
