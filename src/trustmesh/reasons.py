@@ -50,6 +50,8 @@ class Reason(enum.StrEnum):
     CLIENT_CREATED = "client-created"
     CLIENT_REMOVED = "client-removed"
     ADMIN_DENIED = "admin-denied"
+    LOGIN_FAILED = "login-failed"
+    LOGIN_SUCCEEDED = "login-succeeded"
     USER_CREATED = "user-created"
     USER_LOCKED = "user-locked"
     USER_UNLOCKED = "user-unlocked"

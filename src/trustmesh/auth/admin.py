@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from trustmesh import crypto, events
+from trustmesh.auth import pkce
 from trustmesh.auth.db import Client, User
 from trustmesh.auth.keys import KeyState
 from trustmesh.auth.lockout import normalize_login
@@ -28,7 +29,7 @@ from trustmesh.errors import ConflictError, NotFoundError, TrustmeshError, Usage
 from trustmesh.identity.spiffeid import require_workload_id
 from trustmesh.reasons import Reason
 
-METHODS = ("private_key_jwt", "client_secret_basic", "tls_client_auth")
+METHODS = ("private_key_jwt", "client_secret_basic", "tls_client_auth", "none")
 MAX_BODY = 256 * 1024
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _JWK_KTYS = {"EC", "RSA", "OKP"}
@@ -45,7 +46,15 @@ def new_client(service: AuthService, body: object) -> tuple[Client, str | None]:
     """A client from an admin request body, checked; and its secret, if one is made."""
     if not isinstance(body, dict):
         raise UsageError("the body must be a JSON object")
-    unknown = set(body) - {"client_id", "method", "jwks", "spiffe_id", "audiences", "scopes"}
+    unknown = set(body) - {
+        "client_id",
+        "method",
+        "jwks",
+        "spiffe_id",
+        "audiences",
+        "scopes",
+        "redirect_uris",
+    }
     if unknown:
         raise UsageError(f"unknown field {sorted(unknown)[0]!r}")
     config = service.config
@@ -74,6 +83,13 @@ def new_client(service: AuthService, body: object) -> tuple[Client, str | None]:
         isinstance(s, str) and s and s.isprintable() and not set(s) & set(' "\\') for s in scopes
     ):
         raise UsageError("scopes: printable words without spaces, quotes or backslashes")
+    redirect_uris = body.get("redirect_uris", [])
+    if not isinstance(redirect_uris, list) or not all(isinstance(u, str) for u in redirect_uris):
+        raise UsageError("redirect_uris: a list of URLs")
+    for uri in redirect_uris:
+        pkce.check_registered_redirect_uri(uri)
+    if method == "none" and not redirect_uris:
+        raise UsageError("a public client (method none) needs redirect_uris")
     secret = new_secret() if method == "client_secret_basic" else None
     client = Client(
         client_id=client_id,
@@ -86,6 +102,7 @@ def new_client(service: AuthService, body: object) -> tuple[Client, str | None]:
         scopes=tuple(scopes),
         audiences=tuple(dict.fromkeys(_audience(service, a) for a in audiences)),
         created_at=int(time.time()),
+        redirect_uris=tuple(redirect_uris),
     )
     return client, secret
 
@@ -119,6 +136,7 @@ def client_doc(client: Client) -> dict[str, Any]:
         "audiences": list(client.audiences),
         "scopes": list(client.scopes),
         "managed": client.managed,
+        "redirect_uris": list(client.redirect_uris),
     }
 
 

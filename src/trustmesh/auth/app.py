@@ -20,6 +20,16 @@ from starlette.routing import Route
 
 from trustmesh import events
 from trustmesh.auth.admin import admin_routes
+from trustmesh.auth.flow import (
+    AUTHORIZATION_CODE,
+    REFRESH_LIFETIME,
+    REFRESH_TOKEN,
+    AuthorizationCode,
+    FlowStore,
+    RefreshGrant,
+    flow_routes,
+)
+from trustmesh.auth.login import SessionCodec
 from trustmesh.auth.oauth import (
     ASSERTION_ALGORITHMS,
     AUTH_METHODS,
@@ -102,6 +112,72 @@ def _client_ids(form: list[tuple[str, str]], authorization: str | None) -> set[s
 
 def auth_app(service: AuthService, base_url: Callable[[], str]) -> Starlette:
     server = OAuthServer(service, lambda: base_url() + "/oauth2/token")
+    server.register_grant(AuthorizationCode)
+    server.register_grant(RefreshGrant)
+    flow = FlowStore(service.store)
+    codec = SessionCodec(service.seal_key.key)
+
+    async def flow_prefetch(
+        form: list[tuple[str, str]], prefetched: Prefetched, core: CoreRequest
+    ) -> None:
+        grant = next((v for k, v in form if k == "grant_type"), None)
+        now = int(service.clock())
+        if grant == AUTHORIZATION_CODE:
+            code = next((v for k, v in form if k == "code"), "")
+            record = await flow.code(code) if code else None
+            prefetched.code = record
+            if record is not None and record.used_at is not None:
+                # a code used twice: whatever it issued is revoked (RFC 6749 §4.1.2)
+                if record.issued_jti and record.issued_exp:
+                    await service.store.revoke(
+                        record.issued_jti, record.client_id, record.issued_exp, now
+                    )
+                if record.family_id:
+                    await service.store.revoke_refresh_family(record.family_id, now, "code-reused")
+                service.emit(
+                    Reason.TOKEN_REVOKED,
+                    "authorization code reused: its tokens are revoked",
+                    decision=events.Decision.DENY,
+                    client_id=record.client_id,
+                    sub=record.user_id,
+                )
+        elif grant == REFRESH_TOKEN:
+            token = next((v for k, v in form if k == "refresh_token"), "")
+            ids = _client_ids(form, core.headers.get("Authorization"))
+            if token and len(ids) == 1:
+                prefetched.refresh = await service.store.rotate_refresh(token, next(iter(ids)), now)
+                if prefetched.refresh.status == "reused":
+                    service.emit(
+                        Reason.TOKEN_REVOKED,
+                        "refresh token reused: the family is revoked",
+                        decision=events.Decision.DENY,
+                        client_id=next(iter(ids)),
+                    )
+
+    async def flow_after(
+        core: CoreRequest, prefetched: Prefetched, status: int, body: Any
+    ) -> tuple[int, Any]:
+        if core.issued is None or not getattr(core, "wants_refresh", False):
+            return status, body
+        claims = core.issued.claims
+        now = int(service.clock())
+        refresh, family = await service.store.start_refresh_family(
+            claims["client_id"], claims["sub"], str(claims.get("scope", "")), now, REFRESH_LIFETIME
+        )
+        record = prefetched.code
+        if record is not None and not await flow.spend_code(
+            record.code_hash, now, claims["jti"], claims["exp"], family.family_id
+        ):
+            # lost a race with another use of the same code: nothing it issued survives
+            await service.store.revoke(claims["jti"], claims["client_id"], claims["exp"], now)
+            await service.store.revoke_refresh_family(family.family_id, now, "code-reused")
+            core.issued = None
+            return 400, {
+                "error": "invalid_grant",
+                "error_description": "authorization code already used",
+            }
+        body["refresh_token"] = refresh
+        return status, body
 
     def metadata() -> dict[str, Any]:
         base = base_url()
@@ -112,13 +188,22 @@ def auth_app(service: AuthService, base_url: Callable[[], str]) -> Starlette:
             "introspection_endpoint": base + "/oauth2/introspect",
             "revocation_endpoint": base + "/oauth2/revoke",
             "trustmesh_revocation_feed": base + "/v1/revocations",
-            "grant_types_supported": [CLIENT_CREDENTIALS, TOKEN_EXCHANGE],
+            "authorization_endpoint": base + "/oauth2/authorize",
+            "grant_types_supported": [
+                CLIENT_CREDENTIALS,
+                TOKEN_EXCHANGE,
+                AUTHORIZATION_CODE,
+                REFRESH_TOKEN,
+            ],
+            "code_challenge_methods_supported": ["S256"],
+            "authorization_response_iss_parameter_supported": True,
+            "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "amr"],
             "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
             "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
             "introspection_endpoint_auth_methods_supported": list(AUTH_METHODS),
             "revocation_endpoint_auth_methods_supported": list(AUTH_METHODS),
             "tls_client_certificate_bound_access_tokens": True,
-            "response_types_supported": [],
+            "response_types_supported": ["code"],
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": [ALG],
         }
@@ -166,7 +251,9 @@ def auth_app(service: AuthService, base_url: Callable[[], str]) -> Starlette:
             peer_thumbprint=tls.get("client_cert_x5t_s256"),
         )
         if endpoint == "token":
+            await flow_prefetch(form, prefetched, core)
             status, body, headers = server.run(core, prefetched, server.create_token_response)
+            status, body = await flow_after(core, prefetched, status, body)
         else:
             status, body, headers = server.run(
                 core, prefetched, lambda r: server.create_endpoint_response(endpoint, r)
@@ -278,6 +365,7 @@ def auth_app(service: AuthService, base_url: Callable[[], str]) -> Starlette:
     return Starlette(
         routes=[
             *admin_routes(service),
+            *flow_routes(service, flow, codec),
             Route("/.well-known/openid-configuration", discovery, methods=["GET"]),
             Route("/.well-known/oauth-authorization-server", discovery, methods=["GET"]),
             Route("/jwks.json", jwks, methods=["GET"]),

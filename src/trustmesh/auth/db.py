@@ -47,6 +47,7 @@ clients = Table(
     Column("scopes", Text, nullable=False, default=""),
     Column("audiences", Text, nullable=False, default=""),
     Column("managed", Integer, nullable=False, default=0),  # derived from the declaration
+    Column("redirect_uris", Text, nullable=False, default=""),
     Column("created_at", BigInteger, nullable=False),
 )
 
@@ -134,6 +135,7 @@ class Client:
     audiences: tuple[str, ...] = ()
     managed: bool = False
     created_at: int = 0
+    redirect_uris: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,7 @@ def _client(row: object) -> Client:
         audiences=tuple(m["audiences"].split()),
         managed=bool(m["managed"]),
         created_at=m["created_at"],
+        redirect_uris=tuple(m["redirect_uris"].split()),
     )
 
 
@@ -177,6 +180,7 @@ def _client_values(client: Client) -> dict[str, object]:
         "audiences": " ".join(client.audiences),
         "managed": int(client.managed),
         "created_at": client.created_at,
+        "redirect_uris": " ".join(client.redirect_uris),
     }
 
 

@@ -134,6 +134,8 @@ class OAuthClient(ClientMixin):  # type: ignore[misc]
         )
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        if method == "none":  # a public client (a browser or native app): PKCE protects it
+            return self.record.auth_method == "none"
         if self.record.auth_method == "client_secret_basic":
             return method in ("client_secret_basic", "client_secret_post")
         return method == self.record.auth_method
@@ -142,6 +144,10 @@ class OAuthClient(ClientMixin):  # type: ignore[misc]
         return False
 
     def check_grant_type(self, grant_type: str) -> bool:
+        if self.record.redirect_uris and grant_type in ("authorization_code", "refresh_token"):
+            return True
+        if self.record.auth_method == "none":
+            return False  # a public client has no credentials of its own to use
         return grant_type in (CLIENT_CREDENTIALS, TOKEN_EXCHANGE)
 
 
@@ -172,6 +178,8 @@ class Prefetched:
     token: TokenRecord | None = None
     new_assertions: list[tuple[str, int]] = field(default_factory=list)
     revoke: list[TokenRecord] = field(default_factory=list)
+    code: Any = None  # the authorization code's record (trustmesh.auth.flow)
+    refresh: Any = None  # the outcome of spending a refresh token
 
 
 _prefetched: contextvars.ContextVar[Prefetched] = contextvars.ContextVar("trustmesh_auth_prefetch")

@@ -261,6 +261,43 @@ class AuthService:
         )
         return Issued(token, claims)
 
+    def id_token(
+        self,
+        *,
+        client_id: str,
+        subject: str,
+        username: str,
+        nonce: str | None,
+        auth_time: int,
+        amr: list[str],
+        access_token: str,
+    ) -> str:
+        """An OIDC ID token (Core §2) for ``client_id``, with ``at_hash`` (§3.1.3.6)."""
+        active = self.ring.active
+        if active is None:
+            raise InvalidTokenError("no signing key is active", reason="token-refused")
+        now = int(self.clock())
+        digest = hashlib.sha256(access_token.encode("ascii")).digest()
+        claims: dict[str, Any] = {
+            "iss": self.settings.issuer,
+            "sub": subject,
+            "aud": client_id,
+            "exp": now + 300,
+            "iat": now,
+            "auth_time": auth_time,
+            "amr": amr,
+            "at_hash": base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode(),
+            "preferred_username": username,
+        }
+        if nonce:
+            claims["nonce"] = nonce
+        return jwt.encode(
+            claims,
+            self.ring.private[active.kid],
+            algorithm=ALG,
+            headers={"kid": active.kid, "typ": "JWT"},
+        )
+
     def verify_own(self, token: str) -> dict[str, Any]:
         """Claims of an access token this server issued and that has not expired (any
         audience); InvalidTokenError otherwise. Revocation is checked by the caller."""

@@ -1,0 +1,456 @@
+"""Authorization code + PKCE (RFC 6749 §4.1, RFC 7636) with OIDC ID tokens, login, and
+refresh tokens with rotation — the user side of the identity provider.
+
+Codes are single-use, live ``CODE_SECONDS``, are stored hashed, and remember what they
+issued: presenting a code a second time revokes the access token and refresh family it
+produced. PKCE (S256) is required of every client; redirect URIs match exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Any, ClassVar
+from urllib.parse import parse_qsl, urlencode
+
+from authlib.oauth2.rfc6749.errors import (
+    InvalidGrantError,
+    UnauthorizedClientError,
+)
+from authlib.oauth2.rfc6749.grants.base import BaseGrant, TokenEndpointMixin
+from sqlalchemy import BigInteger, Column, String, Table, Text, insert, select, update
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from trustmesh import crypto, events
+from trustmesh.auth import pkce
+from trustmesh.auth.db import AuthStore, metadata
+from trustmesh.auth.lockout import LockoutPolicy, LoginState, after_failure, normalize_login
+from trustmesh.auth.login import (
+    CSRF_COOKIE,
+    LOGIN_FAILED,
+    SECURITY_HEADERS,
+    SESSION_COOKIE,
+    SESSION_SECONDS,
+    SessionCodec,
+    cookie_header,
+    error_page,
+    login_page,
+    safe_next,
+)
+from trustmesh.auth.oauth import AUTH_METHODS, Prefetched, _AudienceAndScope, _prefetched
+from trustmesh.auth.service import AuthService
+from trustmesh.errors import UsageError
+from trustmesh.reasons import Reason
+
+AUTHORIZATION_CODE = "authorization_code"
+REFRESH_TOKEN = "refresh_token"  # noqa: S105 - a grant type
+CODE_SECONDS = 60
+ID_TOKEN_SECONDS = 300
+REFRESH_LIFETIME = 30 * 86400
+LOCKOUT = LockoutPolicy(threshold=5, base_delay=30.0, max_delay=3600.0)
+
+codes = Table(
+    "auth_codes",
+    metadata,
+    Column("code_hash", String(64), primary_key=True),
+    Column("client_id", String(128), nullable=False),
+    Column("user_id", String(64), nullable=False),
+    Column("username", String(256), nullable=False),
+    Column("redirect_uri", Text, nullable=False),
+    Column("scope", Text, nullable=False),
+    Column("nonce", Text),
+    Column("code_challenge", String(64), nullable=False),
+    Column("auth_time", BigInteger, nullable=False),
+    Column("amr", String(64), nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("used_at", BigInteger),
+    Column("issued_jti", String(64)),
+    Column("issued_exp", BigInteger),
+    Column("family_id", String(64)),
+)
+
+login_attempts = Table(
+    "auth_login_attempts",
+    metadata,
+    Column("login", String(256), primary_key=True),
+    Column("failures", BigInteger, nullable=False),
+    Column("locked_until", BigInteger, nullable=False),
+)
+
+
+def _hash(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()
+
+
+@dataclass(frozen=True)
+class CodeRecord:
+    code_hash: str
+    client_id: str
+    user_id: str
+    username: str
+    redirect_uri: str
+    scope: str
+    nonce: str | None
+    code_challenge: str
+    auth_time: int
+    amr: tuple[str, ...]
+    expires_at: int
+    used_at: int | None
+    issued_jti: str | None
+    issued_exp: int | None
+    family_id: str | None
+
+
+class FlowStore:
+    def __init__(self, store: AuthStore) -> None:
+        self.engine = store.engine
+
+    async def new_code(self, record: CodeRecord) -> None:
+        async with self.engine.begin() as conn:
+            values = {k: v for k, v in record.__dict__.items() if k != "amr"}
+            await conn.execute(insert(codes).values(**values, amr=" ".join(record.amr)))
+
+    async def code(self, code: str) -> CodeRecord | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(select(codes).where(codes.c.code_hash == _hash(code)))
+            ).first()
+        if row is None:
+            return None
+        m = dict(row._mapping)
+        m["amr"] = tuple(str(m["amr"]).split())
+        return CodeRecord(**m)
+
+    async def spend_code(
+        self, code_hash: str, now: int, jti: str, exp: int, family: str | None
+    ) -> bool:
+        """Mark the code used and remember what it issued; False if it was used already."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(codes)
+                .where(codes.c.code_hash == code_hash, codes.c.used_at.is_(None))
+                .values(used_at=now, issued_jti=jti, issued_exp=exp, family_id=family)
+            )
+        return result.rowcount == 1
+
+    async def attempts(self, login: str) -> LoginState:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(select(login_attempts).where(login_attempts.c.login == login))
+            ).first()
+        return LoginState(int(row.failures), float(row.locked_until)) if row else LoginState()
+
+    async def record_attempt(self, login: str, state: LoginState) -> None:
+        async with self.engine.begin() as conn:
+            updated = await conn.execute(
+                update(login_attempts)
+                .where(login_attempts.c.login == login)
+                .values(failures=state.failures, locked_until=int(state.locked_until))
+            )
+            if updated.rowcount == 0:
+                await conn.execute(
+                    insert(login_attempts).values(
+                        login=login, failures=state.failures, locked_until=int(state.locked_until)
+                    )
+                )
+
+
+# -- grants ------------------------------------------------------------------------------
+class AuthorizationCode(_AudienceAndScope, BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
+    GRANT_TYPE = AUTHORIZATION_CODE
+    TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = [*AUTH_METHODS, "none"]
+
+    def validate_token_request(self) -> None:
+        client = self.authenticate_token_endpoint_client()
+        if not client.check_grant_type(self.GRANT_TYPE):
+            raise UnauthorizedClientError(description="authorization_code is not allowed")
+        self.request.client = client
+        record = _flow().code
+        now = self.server.service.clock()
+        if record is None or record.client_id != client.get_client_id():
+            raise InvalidGrantError(description="invalid authorization code")
+        if record.used_at is not None:
+            raise InvalidGrantError(description="authorization code already used")
+        if now >= record.expires_at:
+            raise InvalidGrantError(description="authorization code expired")
+        if self.request.form.get("redirect_uri") != record.redirect_uri:
+            raise InvalidGrantError(
+                description="redirect_uri does not match the authorization request"
+            )
+        if not pkce.verify_pkce(record.code_challenge, self.request.form.get("code_verifier")):
+            raise InvalidGrantError(description="code_verifier does not match (PKCE)")
+        self.check_audience_and_scope(
+            client.record, client.record.audiences, allow_extra_scope=True
+        )
+
+    def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
+        record = _flow().code
+        assert record is not None  # noqa: S101 - validated
+        return (
+            200,
+            issue_user_tokens(
+                self,
+                record.user_id,
+                record.username,
+                record.scope,
+                record.nonce,
+                record.auth_time,
+                record.amr,
+            ),
+            self.TOKEN_RESPONSE_HEADER,
+        )
+
+
+class RefreshGrant(_AudienceAndScope, BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
+    GRANT_TYPE = REFRESH_TOKEN
+    TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = [*AUTH_METHODS, "none"]
+
+    def validate_token_request(self) -> None:
+        client = self.authenticate_token_endpoint_client()
+        self.request.client = client
+        outcome = _flow().refresh
+        if outcome is None or outcome.status != "rotated" or outcome.family is None:
+            status = outcome.status if outcome else "unknown"
+            raise InvalidGrantError(description=f"refresh token {status}")
+        if outcome.family.client_id != client.get_client_id():
+            raise InvalidGrantError(description="refresh token of another client")
+        self.check_audience_and_scope(
+            client.record, client.record.audiences, allow_extra_scope=True
+        )
+
+    def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
+        outcome = _flow().refresh
+        assert outcome is not None  # noqa: S101 - validated
+        assert outcome.family is not None  # noqa: S101 - validated
+        family = outcome.family
+        record: Any = self.request.client.record
+        issued = self.server.service.mint(
+            client=record,
+            subject=family.subject,
+            audience=self.request.audiences,
+            scope=family.scope.split(),
+            cnf_thumbprint=self.request.peer_thumbprint,
+        )
+        self.request.issued = issued
+        body = {
+            "access_token": issued.token,
+            "token_type": "Bearer",
+            "expires_in": issued.claims["exp"] - issued.claims["iat"],
+            "refresh_token": outcome.token,
+        }
+        if family.scope:
+            body["scope"] = family.scope
+        return 200, body, self.TOKEN_RESPONSE_HEADER
+
+
+def _flow() -> Prefetched:
+    return _prefetched.get()
+
+
+def issue_user_tokens(
+    grant: Any,
+    user_id: str,
+    username: str,
+    scope: str,
+    nonce: str | None,
+    auth_time: int,
+    amr: tuple[str, ...],
+) -> dict[str, Any]:
+    service: AuthService = grant.server.service
+    record: Any = grant.request.client.record
+    issued = service.mint(
+        client=record,
+        subject=user_id,
+        audience=grant.request.audiences,
+        scope=scope.split(),
+        cnf_thumbprint=grant.request.peer_thumbprint,
+    )
+    grant.request.issued = issued
+    body: dict[str, Any] = {
+        "access_token": issued.token,
+        "token_type": "Bearer",
+        "expires_in": issued.claims["exp"] - issued.claims["iat"],
+        "scope": scope,
+    }
+    if "openid" in scope.split():
+        body["id_token"] = service.id_token(
+            client_id=record.client_id,
+            subject=user_id,
+            username=username,
+            nonce=nonce,
+            auth_time=auth_time,
+            amr=list(amr),
+            access_token=issued.token,
+        )
+    grant.request.wants_refresh = True
+    return body
+
+
+__all__ = [
+    "AUTHORIZATION_CODE",
+    "REFRESH_LIFETIME",
+    "REFRESH_TOKEN",
+    "AuthorizationCode",
+    "FlowStore",
+    "RefreshGrant",
+    "flow_routes",
+]
+
+
+# -- HTTP: authorize and login -----------------------------------------------------------
+def _html(body: str, status: int = 200, headers: dict[str, str] | None = None) -> HTMLResponse:
+    return HTMLResponse(body, status_code=status, headers={**SECURITY_HEADERS, **(headers or {})})
+
+
+def flow_routes(service: AuthService, flow: FlowStore, codec: SessionCodec) -> list[Route]:
+    def redirect_error(redirect_uri: str, error: str, state: str | None) -> Response:
+        params = {"error": error, "iss": service.settings.issuer}
+        if state:
+            params["state"] = state
+        sep = "&" if "?" in redirect_uri else "?"
+        return RedirectResponse(
+            redirect_uri + sep + urlencode(params), status_code=303, headers=SECURITY_HEADERS
+        )
+
+    async def authorize(request: Request) -> Response:
+        q = request.query_params
+        client = await service.client(q.get("client_id", ""))
+        redirect_uri = q.get("redirect_uri")
+        if client is None or not client.redirect_uris:
+            return _html(error_page("Unknown client."), 400)
+        if not pkce.redirect_uri_matches(redirect_uri, client.redirect_uris):
+            return _html(error_page("The redirect URI is not registered for this client."), 400)
+        assert redirect_uri is not None  # noqa: S101 - matched
+        state = q.get("state")
+        if q.get("response_type") != "code":
+            return redirect_error(redirect_uri, "unsupported_response_type", state)
+        try:
+            challenge = pkce.check_challenge(
+                q.get("code_challenge"), q.get("code_challenge_method")
+            )
+        except UsageError:
+            return redirect_error(redirect_uri, "invalid_request", state)
+        scope = q.get("scope", "")
+        if any(s not in (*client.scopes, "openid") for s in scope.split()):
+            return redirect_error(redirect_uri, "invalid_scope", state)
+        session = codec.read(request.cookies.get(SESSION_COOKIE), service.clock())
+        if session is None:
+            target = "/login?" + urlencode(
+                {"next": str(request.url.path) + "?" + str(request.url.query)}
+            )
+            return RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
+        code = base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()
+        now = int(service.clock())
+        await flow.new_code(
+            CodeRecord(
+                code_hash=_hash(code),
+                client_id=client.client_id,
+                user_id=session.user_id,
+                username=session.username,
+                redirect_uri=redirect_uri,
+                scope=scope,
+                nonce=q.get("nonce"),
+                code_challenge=challenge,
+                auth_time=session.auth_time,
+                amr=session.amr,
+                expires_at=now + CODE_SECONDS,
+                used_at=None,
+                issued_jti=None,
+                issued_exp=None,
+                family_id=None,
+            )
+        )
+        params = {"code": code, "iss": service.settings.issuer}
+        if state:
+            params["state"] = state
+        sep = "&" if "?" in redirect_uri else "?"
+        return RedirectResponse(
+            redirect_uri + sep + urlencode(params), status_code=303, headers=SECURITY_HEADERS
+        )
+
+    async def login_form(
+        request: Request, message: str | None = None, status: int = 200
+    ) -> Response:
+        next_url = safe_next(request.query_params.get("next")) or "/oauth2/authorize?"
+        csrf = request.cookies.get(CSRF_COOKIE) or codec.new_csrf()
+        response = _html(
+            login_page(next_url=next_url, csrf=codec.csrf_field(csrf), message=message), status
+        )
+        response.headers.append("Set-Cookie", cookie_header(CSRF_COOKIE, csrf, 3600))
+        return response
+
+    async def login_get(request: Request) -> Response:
+        return await login_form(request)
+
+    async def login_post(request: Request) -> Response:
+        raw = await request.body()
+        if len(raw) > 16 * 1024:
+            return _html(error_page("Request too large."), 413)
+        form = dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
+        if not codec.csrf_ok(request.cookies.get(CSRF_COOKIE), form.get("csrf")):
+            return _html(error_page("The form expired; reload the page and try again."), 403)
+        next_url = safe_next(form.get("next"))
+        login = normalize_login(form.get("username", ""))[:256]
+        now = service.clock()
+        attempts = await flow.attempts(login)
+        user = await service.store.get_user(login)
+        password_ok = await asyncio.to_thread(
+            crypto.verify_password, user.password_hash if user else None, form.get("password", "")
+        )
+        otp_ok, step = True, None
+        if user is not None and user.mfa_enrolled:
+            secret = crypto.open_sealed(
+                user.totp_sealed or b"",
+                service.seal_key,
+                context=b"trustmesh/auth/totp/" + user.user_id.encode(),
+            )
+            step = crypto.verify_totp(
+                secret, form.get("otp", ""), now, last_step=user.totp_last_step
+            )
+            otp_ok = step is not None
+        mfa_missing = user is not None and "admin" in user.roles and not user.mfa_enrolled
+        ok = (
+            user is not None
+            and password_ok
+            and otp_ok
+            and not user.locked
+            and not mfa_missing
+            and not attempts.locked(now)
+        )
+        if not ok:
+            await flow.record_attempt(login, after_failure(attempts, now, LOCKOUT))
+            service.emit(
+                Reason.LOGIN_FAILED,
+                "login refused",
+                decision=events.Decision.DENY,
+                attributes={"login": login[:128]},
+            )
+            return await login_form(request, LOGIN_FAILED, 401)
+        assert user is not None  # noqa: S101 - ok implies a user
+        if step is not None:
+            await service.store.update_user(user.username, totp_last_step=step)
+        await flow.record_attempt(login, LoginState())
+        amr = ["pwd", "otp", "mfa"] if step is not None else ["pwd"]
+        cookie = codec.issue(user.user_id, user.username, amr, int(now))
+        service.emit(
+            Reason.LOGIN_SUCCEEDED,
+            "login",
+            sub=user.user_id,
+            attributes={"login": user.username, "amr": " ".join(amr)},
+        )
+        response = RedirectResponse(next_url or "/", status_code=303, headers=SECURITY_HEADERS)
+        response.headers.append(
+            "Set-Cookie", cookie_header(SESSION_COOKIE, cookie, SESSION_SECONDS)
+        )
+        return response
+
+    return [
+        Route("/oauth2/authorize", authorize, methods=["GET"]),
+        Route("/login", login_get, methods=["GET"]),
+        Route("/login", login_post, methods=["POST"]),
+    ]
