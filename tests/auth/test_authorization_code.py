@@ -35,10 +35,7 @@ def _admin(rig: AuthRig, path: str, body: Any) -> dict[str, Any]:
     return doc
 
 
-async def _setup(rig: AuthRig) -> dict[str, Any]:
-    alice = await asyncio.to_thread(
-        _admin, rig, "/admin/v1/users", {"username": "alice", "password": PASSWORD}
-    )
+async def _add_shop_client(rig: AuthRig) -> None:
     await asyncio.to_thread(
         _admin,
         rig,
@@ -50,6 +47,13 @@ async def _setup(rig: AuthRig) -> dict[str, Any]:
             "audiences": ["orders"],
         },
     )
+
+
+async def _setup(rig: AuthRig) -> dict[str, Any]:
+    alice = await asyncio.to_thread(
+        _admin, rig, "/admin/v1/users", {"username": "alice", "password": PASSWORD}
+    )
+    await _add_shop_client(rig)
     return alice
 
 
@@ -324,17 +328,7 @@ async def test_admins_need_their_one_time_code(rig: AuthRig) -> None:
         "/admin/v1/users",
         {"username": "bob", "password": PASSWORD, "roles": ["admin"]},
     )
-    await asyncio.to_thread(
-        _admin,
-        rig,
-        "/admin/v1/clients",
-        {
-            "client_id": "shop-web",
-            "method": "none",
-            "redirect_uris": [REDIRECT],
-            "audiences": ["orders"],
-        },
-    )
+    await _add_shop_client(rig)
     secret_b32 = parse_qs(urlsplit(bob["totp_uri"]).query)["secret"][0]
     secret = base64.b32decode(secret_b32 + "=" * (-len(secret_b32) % 8))
 
