@@ -344,3 +344,41 @@ async def test_admins_need_their_one_time_code(rig: AuthRig) -> None:
     code = crypto.totp_code(secret, time.time())
     assert (await asyncio.to_thread(attempt, code)).status_code == 303
     assert (await asyncio.to_thread(attempt, code)).status_code == 401  # used within its step
+
+
+async def test_userinfo_names_the_user_behind_a_bound_token(rig: AuthRig) -> None:
+    alice = await _setup(rig)
+    tokens, _, _ = await asyncio.to_thread(_flow, rig)
+
+    def userinfo(token: str, who: Any) -> requests.Response:
+        with who.mount(requests.Session()) as s:
+            return s.get(
+                rig.url + "/oauth2/userinfo",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=30,
+            )
+
+    ok = await asyncio.to_thread(userinfo, tokens["access_token"], rig.orders)
+    assert ok.status_code == 200, ok.text
+    assert ok.json() == {"sub": alice["user_id"], "preferred_username": "alice"}
+    # the token is bound to the certificate it was issued over
+    stolen = await asyncio.to_thread(userinfo, tokens["access_token"], rig.payments)
+    assert stolen.status_code == 401
+    assert 'error="invalid_token"' in stolen.headers["WWW-Authenticate"]
+    garbage = await asyncio.to_thread(userinfo, "garbage", rig.orders)
+    assert garbage.status_code == 401
+
+    # a service's own token names no user
+    def service_token() -> str:
+        with rig.orders.mount(requests.Session()) as s:
+            data = {
+                "grant_type": "client_credentials",
+                "client_id": "orders",
+                "audience": "payments",
+            }
+            return str(
+                s.post(rig.url + "/oauth2/token", data=data, timeout=30).json()["access_token"]
+            )
+
+    token = await asyncio.to_thread(service_token)
+    assert (await asyncio.to_thread(userinfo, token, rig.orders)).status_code == 401

@@ -187,6 +187,7 @@ def auth_app(service: AuthService, base_url: Callable[[], str]) -> Starlette:
             "jwks_uri": base + "/jwks.json",
             "introspection_endpoint": base + "/oauth2/introspect",
             "revocation_endpoint": base + "/oauth2/revoke",
+            "userinfo_endpoint": base + "/oauth2/userinfo",
             "trustmesh_revocation_feed": base + "/v1/revocations",
             "authorization_endpoint": base + "/oauth2/authorize",
             "grant_types_supported": [
@@ -352,6 +353,36 @@ def auth_app(service: AuthService, base_url: Callable[[], str]) -> Starlette:
             headers=_NO_STORE,
         )
 
+    async def userinfo(request: Request) -> Response:
+        """OIDC Core §5.3: the user behind an access token, bound to this connection."""
+        challenge = {"WWW-Authenticate": 'Bearer error="invalid_token"', **_NO_STORE}
+        header = request.headers.get("authorization", "")
+        if header[:7].lower() != "bearer ":
+            return JSONResponse(
+                {"error": "invalid_token"},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="trustmesh"', **_NO_STORE},
+            )
+        tls = (request.scope.get("extensions") or {}).get("tls") or {}
+        try:
+            claims = service.verify_own(header[7:].strip())
+        except InvalidTokenError:
+            return JSONResponse({"error": "invalid_token"}, status_code=401, headers=challenge)
+        cnf = claims.get("cnf")
+        bound = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
+        user = await service.store.get_user_by_id(str(claims["sub"]))
+        if (
+            bound is None
+            or bound != tls.get("client_cert_x5t_s256")
+            or await service.store.is_revoked(str(claims["jti"]))
+            or user is None
+            or user.locked
+        ):
+            return JSONResponse({"error": "invalid_token"}, status_code=401, headers=challenge)
+        return JSONResponse(
+            {"sub": user.user_id, "preferred_username": user.username}, headers=_NO_STORE
+        )
+
     async def health(_: Request) -> Response:
         ok = service.ring.active is not None
         return JSONResponse(
@@ -373,6 +404,7 @@ def auth_app(service: AuthService, base_url: Callable[[], str]) -> Starlette:
             Route("/oauth2/introspect", introspect, methods=["POST"]),
             Route("/oauth2/revoke", revoke, methods=["POST"]),
             Route("/v1/revocations", revocation_feed, methods=["GET"]),
+            Route("/oauth2/userinfo", userinfo, methods=["GET"]),
             Route("/healthz", health, methods=["GET"]),
         ],
         exception_handlers={OAuth2Error: oauth_error},

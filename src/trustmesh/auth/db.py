@@ -419,6 +419,11 @@ class AuthStore:
             row = (await conn.execute(select(users).where(users.c.username == username))).first()
         return _user(row) if row is not None else None
 
+    async def get_user_by_id(self, user_id: str) -> User | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(users).where(users.c.user_id == user_id))).first()
+        return _user(row) if row is not None else None
+
     async def list_users(self) -> list[User]:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(select(users).order_by(users.c.username))).all()
