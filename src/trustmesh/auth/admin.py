@@ -248,19 +248,21 @@ def admin_routes(service: AuthService) -> list[Route]:
 
         return endpoint
 
+    async def json_body(request: Request) -> object:
+        raw = await request.body()
+        if len(raw) > MAX_BODY:
+            raise UsageError(f"the body must be at most {MAX_BODY} bytes")
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise UsageError("the body is not JSON") from None
+
     async def list_clients(_: Request) -> Response:
         await service.store.sync_managed_clients(service.managed_clients())
         return JSONResponse([client_doc(c) for c in await service.store.list_clients()])
 
     async def add_client(request: Request) -> Response:
-        raw = await request.body()
-        if len(raw) > MAX_BODY:
-            raise UsageError(f"the body must be at most {MAX_BODY} bytes")
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            raise UsageError("the body is not JSON") from None
-        client, secret = new_client(service, body)
+        client, secret = new_client(service, await json_body(request))
         await service.store.add_client(client)
         service.emit(
             Reason.CLIENT_CREATED,
@@ -293,15 +295,6 @@ def admin_routes(service: AuthService) -> list[Route]:
         await service.tick(rotate=True)
         states = [k.state for k in await service.store.keys()]
         return JSONResponse(key_docs(states, int(service.clock())))
-
-    async def json_body(request: Request) -> object:
-        raw = await request.body()
-        if len(raw) > MAX_BODY:
-            raise UsageError(f"the body must be at most {MAX_BODY} bytes")
-        try:
-            return json.loads(raw)
-        except ValueError:
-            raise UsageError("the body is not JSON") from None
 
     def user_event(reason: Reason, message: str, user: User) -> None:
         service.emit(

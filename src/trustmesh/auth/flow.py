@@ -42,7 +42,7 @@ from trustmesh.auth.login import (
     login_page,
     safe_next,
 )
-from trustmesh.auth.oauth import AUTH_METHODS, Prefetched, _AudienceAndScope, _prefetched
+from trustmesh.auth.oauth import AUTH_METHODS, _AudienceAndScope, _prefetched
 from trustmesh.auth.service import AuthService
 from trustmesh.errors import UsageError
 from trustmesh.reasons import Reason
@@ -170,7 +170,7 @@ class AuthorizationCode(_AudienceAndScope, BaseGrant, TokenEndpointMixin):  # ty
         if not client.check_grant_type(self.GRANT_TYPE):
             raise UnauthorizedClientError(description="authorization_code is not allowed")
         self.request.client = client
-        record = _flow().code
+        record = _prefetched.get().code
         now = self.server.service.clock()
         if record is None or record.client_id != client.get_client_id():
             raise InvalidGrantError(description="invalid authorization code")
@@ -189,7 +189,7 @@ class AuthorizationCode(_AudienceAndScope, BaseGrant, TokenEndpointMixin):  # ty
         )
 
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
-        record = _flow().code
+        record = _prefetched.get().code
         assert record is not None  # noqa: S101 - validated
         return (
             200,
@@ -213,7 +213,7 @@ class RefreshGrant(_AudienceAndScope, BaseGrant, TokenEndpointMixin):  # type: i
     def validate_token_request(self) -> None:
         client = self.authenticate_token_endpoint_client()
         self.request.client = client
-        outcome = _flow().refresh
+        outcome = _prefetched.get().refresh
         if outcome is None or outcome.status != "rotated" or outcome.family is None:
             status = outcome.status if outcome else "unknown"
             raise InvalidGrantError(description=f"refresh token {status}")
@@ -224,7 +224,7 @@ class RefreshGrant(_AudienceAndScope, BaseGrant, TokenEndpointMixin):  # type: i
         )
 
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
-        outcome = _flow().refresh
+        outcome = _prefetched.get().refresh
         assert outcome is not None  # noqa: S101 - validated
         assert outcome.family is not None  # noqa: S101 - validated
         family = outcome.family
@@ -246,10 +246,6 @@ class RefreshGrant(_AudienceAndScope, BaseGrant, TokenEndpointMixin):  # type: i
         if family.scope:
             body["scope"] = family.scope
         return 200, body, self.TOKEN_RESPONSE_HEADER
-
-
-def _flow() -> Prefetched:
-    return _prefetched.get()
 
 
 def issue_user_tokens(

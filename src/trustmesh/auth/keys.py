@@ -16,8 +16,6 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from trustmesh import crypto
-
 
 @dataclass(frozen=True)
 class KeyState:
@@ -99,10 +97,6 @@ def plan(
     if (rotate or stale) and not pending:
         actions.append(CreateKey(activate_at=now + settings.publish_delay))
     return actions
-
-
-def new_kid(public_key: crypto.PublicKey) -> str:
-    return crypto.key_id(public_key)
 
 
 def utc(ts: int) -> dt.datetime:

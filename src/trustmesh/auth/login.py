@@ -17,7 +17,6 @@ import hmac
 import html
 import json
 import os
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,7 +148,3 @@ def safe_next(value: str | None) -> str | None:
     if any(ch in value for ch in "\r\n\t"):
         return None
     return value
-
-
-def now() -> int:
-    return int(time.time())

@@ -51,11 +51,6 @@ def new_secret() -> str:
     return base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()
 
 
-def thumbprint(cert_der: bytes) -> str:
-    """``x5t#S256`` (RFC 8705 §3.1): base64url SHA-256 of the DER certificate."""
-    return base64.urlsafe_b64encode(hashlib.sha256(cert_der).digest()).rstrip(b"=").decode()
-
-
 @dataclass(frozen=True)
 class AuthSettings:
     issuer: str
@@ -185,7 +180,7 @@ class AuthService:
     async def _apply(self, action: keyplan.Action, now: int) -> None:
         if isinstance(action, keyplan.CreateKey):
             private = crypto.generate_key()
-            kid = keyplan.new_kid(private.public_key())
+            kid = crypto.key_id(private.public_key())
             jwk = crypto.public_jwk(private.public_key())
             jwk.update(kid=kid, use="sig", alg=ALG)
             sealed = crypto.seal(
@@ -361,6 +356,32 @@ class AuthService:
         await self.store.close()
 
     # -- events ----------------------------------------------------------------------------
+    def _build(
+        self,
+        reason: Reason,
+        message: str,
+        decision: events.Decision,
+        attributes: Mapping[str, str | int | bool | None] | None,
+        **fields: Any,
+    ) -> events.Event:
+        """An event of this component: token decisions are OCSF Authentication (service
+        ticket requests), key, client and user changes Entity Management."""
+        cls, activity = _EVENT_SHAPE.get(
+            reason, (events.EventClass.AUTHENTICATION, (4, "Service Ticket Request"))
+        )
+        return events.event(
+            cls,
+            activity_id=activity[0],
+            activity_name=activity[1],
+            component="auth",
+            decision=decision,
+            reason=reason,
+            message=message,
+            spiffe_id=self.spiffe_id,
+            attributes=attributes or {},
+            **fields,
+        )
+
     def emit(
         self,
         reason: Reason,
@@ -370,25 +391,7 @@ class AuthService:
         attributes: Mapping[str, str | int | bool | None] | None = None,
         **fields: Any,
     ) -> None:
-        """An event of this component: token decisions are OCSF Authentication (service
-        ticket requests), key and client changes Entity Management."""
-        cls, activity = _EVENT_SHAPE.get(
-            reason, (events.EventClass.AUTHENTICATION, (4, "Service Ticket Request"))
-        )
-        self.sink.emit(
-            events.event(
-                cls,
-                activity_id=activity[0],
-                activity_name=activity[1],
-                component="auth",
-                decision=decision,
-                reason=reason,
-                message=message,
-                spiffe_id=self.spiffe_id,
-                attributes=attributes or {},
-                **fields,
-            )
-        )
+        self.sink.emit(self._build(reason, message, decision, attributes, **fields))
 
     def emit_issued(
         self, message: str, *, client_id: str, sub: str, peer_spiffe_id: str | None, jti: str
@@ -399,16 +402,11 @@ class AuthService:
         if template is None:
             if len(self._templates) > 4096:
                 self._templates.clear()
-            cls, activity = events.EventClass.AUTHENTICATION, (4, "Service Ticket Request")
-            template = self._templates[key] = events.event(
-                cls,
-                activity_id=activity[0],
-                activity_name=activity[1],
-                component="auth",
-                decision=events.Decision.ALLOW,
-                reason=Reason.TOKEN_ISSUED,
-                message=message,
-                spiffe_id=self.spiffe_id,
+            template = self._templates[key] = self._build(
+                Reason.TOKEN_ISSUED,
+                message,
+                events.Decision.ALLOW,
+                None,
                 client_id=client_id,
                 sub=sub,
                 peer_spiffe_id=peer_spiffe_id,

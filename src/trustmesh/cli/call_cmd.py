@@ -34,6 +34,7 @@ from trustmesh.cli._common import (
     fail_on,
     load_or_exit,
 )
+from trustmesh.cli.supervisor import read_json
 from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import TrustmeshError, UsageError
 from trustmesh.identity import admin
@@ -47,14 +48,6 @@ from trustmesh.sdk.x509source import X509Source
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 _TOKEN_TTL = dt.timedelta(minutes=1)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
 
 
 def _join_token(config: TrustmeshConfig, state: Path, spiffe_id: str) -> str:
@@ -114,7 +107,7 @@ async def _call(
         finally:
             await discovery.close()
         endpoint = endpoints[0]
-        auth_doc = _read_json(auth_endpoint_path(state))
+        auth_doc = read_json(auth_endpoint_path(state)) or {}
         auth = (
             AuthClient(tls, str(auth_doc["url"]), config.component_spiffe_id("auth"))
             if isinstance(auth_doc.get("url"), str)
