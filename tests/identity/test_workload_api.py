@@ -73,7 +73,20 @@ def test_fetch_x509_svid_verifies_against_the_bundle(server: RunningIdentityServ
     assert crypto.verify_svid_chain(chain, roots, now=now) == f"spiffe://{TD}/orders"
     # the private key delivered is the leaf's
     assert svid.private_key.public_key().public_numbers() == chain[0].public_key().public_numbers()
-    assert "svid-issued" in _reasons(server)
+    issued = [e for e in _events(server) if e["status_detail"] == "svid-issued"]
+    assert issued
+    # each issue is its own event: this certificate's serial and expiry, this process
+    mine = [
+        e
+        for e in issued
+        if e["unmapped"]["trustmesh"]["attributes"]["serial"] == format(chain[0].serial_number, "x")
+    ]
+    assert len(mine) == 1
+    trustmesh = mine[0]["unmapped"]["trustmesh"]
+    assert trustmesh["spiffe_id"] == f"spiffe://{TD}/orders"
+    assert trustmesh["attributes"]["pid"] == os.getpid()
+    assert trustmesh["attributes"]["not_after"] == chain[0].not_valid_after_utc.isoformat()
+    assert len({e["metadata"]["uid"] for e in issued}) == len(issued)
 
 
 def test_svid_ttl_is_the_configured_one(server: RunningIdentityServer) -> None:
@@ -188,7 +201,7 @@ def test_unregistered_process_is_refused(
         e
         for e in _events(server)
         if e["status_detail"] == "no-matching-entry"
-        and e["unmapped"]["trustmesh"]["attributes"]["pid"] == result["pid"]  # type: ignore[index]
+        and e["unmapped"]["trustmesh"]["attributes"]["pid"] == result["pid"]
     ]
     assert refusals, "the refusal must be an event naming the process"
 

@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -214,6 +215,32 @@ def create_intermediate_ca(
     return builder.sign(root.key, hashes.SHA256())
 
 
+# What every X.509-SVID holds, built once (issuance is the Workload API's hot path).
+_SVID_SUBJECT = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "trustmesh")])
+_SVID_EXTENSIONS: tuple[tuple[x509.ExtensionType, bool], ...] = (  # (value, critical)
+    (x509.BasicConstraints(ca=False, path_length=None), True),
+    (
+        x509.KeyUsage(
+            digital_signature=True,
+            content_commitment=False,
+            key_encipherment=False,
+            data_encipherment=False,
+            key_agreement=False,
+            key_cert_sign=False,
+            crl_sign=False,
+            encipher_only=False,
+            decipher_only=False,
+        ),
+        True,
+    ),
+    (
+        x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+        False,
+    ),
+)
+
+
+@lru_cache(maxsize=16)
 def _aki(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
     ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
@@ -236,36 +263,19 @@ def issue_x509_svid(
     key = key or generate_key()
     not_after = min(now + ttl, issuer.cert.not_valid_after_utc)
     public_key = key.public_key()
-    cert = (
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "trustmesh")]))
+        .subject_name(_SVID_SUBJECT)
         .issuer_name(issuer.cert.subject)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - BACKDATE)
         .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .add_extension(
+    )
+    for value, critical in _SVID_EXTENSIONS:
+        builder = builder.add_extension(value, critical=critical)
+    cert = (
+        builder.add_extension(
             x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]),
             critical=False,
         )

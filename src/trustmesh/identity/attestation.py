@@ -82,17 +82,24 @@ def _group_name(gid: int) -> str | None:
 MAX_HASHED_EXECUTABLE = 512 << 20
 
 
+class NotHashedYet(Exception):
+    """The executable's digest is not cached: hashing it means reading the whole file,
+    which a caller on an event loop does in a thread instead (see ``cached_only``)."""
+
+
 class ExecutableHasher:
     """SHA-256 of executables, cached (LRU) by (device, inode, size, mtime, ctime) of the
     file actually opened through ``/proc/<pid>/exe``: a replaced file has a new key.
-    Thread-safe: attestation runs off the event loop."""
+    Thread-safe: a cache miss is hashed off the event loop."""
 
     def __init__(self, max_entries: int = 1024) -> None:
         self._cache: OrderedDict[tuple[int, int, int, int, int], str] = OrderedDict()
         self._max = max_entries
         self._lock = threading.Lock()
 
-    def digest(self, pid: int) -> str | None:
+    def digest(self, pid: int, *, cached_only: bool = False) -> str | None:
+        """The digest of ``pid``'s executable; with ``cached_only``, raise
+        :class:`NotHashedYet` rather than read the file."""
         fd = os.open(f"/proc/{pid}/exe", os.O_RDONLY)
         try:
             st = os.fstat(fd)
@@ -104,6 +111,8 @@ class ExecutableHasher:
                 if cached is not None:
                     self._cache.move_to_end(key)
                     return cached
+            if cached_only:
+                raise NotHashedYet
             h = hashlib.sha256()
             with os.fdopen(os.dup(fd), "rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -151,13 +160,20 @@ def start_time_of(pid: int) -> int:
 
 
 def attest_socket(
-    sock: socket.socket, hasher: ExecutableHasher, accepted_at: int | None = None
+    sock: socket.socket,
+    hasher: ExecutableHasher,
+    accepted_at: int | None = None,
+    *,
+    cached_only: bool = False,
 ) -> ProcessInfo:
     """Attest the process at the other end of a connected unix socket.
 
     ``accepted_at`` (boot ticks) is when the connection was accepted: where the kernel
     cannot pin the peer (no ``SO_PEERPIDFD``), a process that started after that cannot
     be the one that connected — it reused the pid — and is refused.
+
+    With ``cached_only``, every step is a short system call (safe on an event loop), and
+    :class:`NotHashedYet` is raised where the executable would have to be read.
     """
     try:
         pid, uid, gid = _UCRED.unpack(
@@ -169,7 +185,7 @@ def attest_socket(
         ) from None
     pidfd, pinned = _peer_pidfd(sock, pid)
     try:
-        info = _inspect(pid, uid, gid, pidfd, hasher)
+        info = _inspect(pid, uid, gid, pidfd, hasher, cached_only)
     finally:
         os.close(pidfd)
     if not pinned and (accepted_at is None or info.start_time > accepted_at):
@@ -217,11 +233,13 @@ def _peer_pidfd(sock: socket.socket, pid: int) -> tuple[int, bool]:
         raise AttestationError("peer process is gone", reason=Reason.PROCESS_EXITED) from None
 
 
-def _inspect(pid: int, uid: int, gid: int, pidfd: int, hasher: ExecutableHasher) -> ProcessInfo:
+def _inspect(
+    pid: int, uid: int, gid: int, pidfd: int, hasher: ExecutableHasher, cached_only: bool = False
+) -> ProcessInfo:
     try:
         start_time = start_time_of(pid)
         exe_path = os.readlink(f"/proc/{pid}/exe")
-        exe_sha256 = hasher.digest(pid)
+        exe_sha256 = hasher.digest(pid, cached_only=cached_only)
     except (OSError, ValueError, IndexError) as exc:
         raise AttestationError(
             f"cannot inspect process {pid}: {type(exc).__name__}", reason=Reason.ATTESTATION_FAILED

@@ -33,6 +33,7 @@ from trustmesh.errors import (
 )
 from trustmesh.identity.attestation import (
     ExecutableHasher,
+    NotHashedYet,
     ProcessInfo,
     attest_socket,
     boot_ticks,
@@ -225,6 +226,7 @@ class WorkloadAPI:
         self.hasher = ExecutableHasher()
         self.guard = ConnectionGuard()
         self._bundle_cache: tuple[int, bytes] = (-1, b"")
+        self._tail_cache: tuple[tuple[Any, ...], bytes] = ((), b"")
 
     def __mapping__(self) -> dict[str, Handler]:
         def h(
@@ -286,8 +288,10 @@ class WorkloadAPI:
             raise GRPCError(Status.PERMISSION_DENIED, "no identity issued")
         accepted = self.guard.accepted_at(transport)
         try:
-            # off the event loop: hashing an executable reads the whole file
-            return await asyncio.to_thread(attest_socket, sock, self.hasher, accepted)
+            try:  # a few /proc reads: inline, unless the executable must be hashed
+                return attest_socket(sock, self.hasher, accepted, cached_only=True)
+            except NotHashedYet:  # off the event loop: hashing reads the whole file
+                return await asyncio.to_thread(attest_socket, sock, self.hasher, accepted)
         except AttestationError as exc:
             self.service.emit_attestation_failure(
                 exc.reason or Reason.ATTESTATION_FAILED, exc.detail
@@ -307,6 +311,13 @@ class WorkloadAPI:
         if self._bundle_cache[0] != ca.version:
             self._bundle_cache = (ca.version, crypto.certs_to_der(ca.x509_roots))
         return self._bundle_cache[1]
+
+    def _chain_der(self, chain: tuple[Any, ...]) -> bytes:
+        """The leaf's DER and its CA chain's (the same for every SVID of a CA: cached)."""
+        tail = chain[1:]
+        if self._tail_cache[0] != tail:
+            self._tail_cache = (tail, crypto.certs_to_der(tail))
+        return crypto.cert_der(chain[0]) + self._tail_cache[1]
 
     # -- X.509 -----------------------------------------------------------------------------
     async def fetch_x509_svid(self, stream: Stream[Any, Any]) -> None:
@@ -332,7 +343,7 @@ class WorkloadAPI:
             svids=[
                 pb.X509SVID(
                     spiffe_id=s.spiffe_id,
-                    x509_svid=crypto.certs_to_der(s.chain),
+                    x509_svid=self._chain_der(s.chain),
                     x509_svid_key=crypto.private_key_to_der(s.key),
                     bundle=bundle,
                 )
