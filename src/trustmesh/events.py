@@ -86,6 +86,9 @@ _MAX_TEXT = 4096
 _MAX_ATTRIBUTES = 32
 _MAX_LINE = 1 << 20
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: A rendered event with holes: the literal text around them, and which value fills each
+#: (see ``_skeleton``).
+_Skeleton = tuple[tuple[str, ...], tuple[int, ...]]
 
 
 class EventClass(enum.IntEnum):
@@ -348,7 +351,7 @@ class Event(BaseModel):
     dst: Endpoint | None = None
     attributes: _Attributes = Field(default_factory=lambda: types.MappingProxyType({}))
     # shared with the template a restamped event came from: its JSON with holes
-    _skeletons: dict[tuple[bool, bool, bool, bool], str] | None = PrivateAttr(default=None)
+    _skeletons: dict[tuple[bool, bool, bool, bool], _Skeleton] | None = PrivateAttr(default=None)
 
     @field_validator("time")
     @classmethod
@@ -426,25 +429,31 @@ class Event(BaseModel):
         An event made by :func:`restamp` is rendered from its template's pre-rendered
         skeleton (the same text, far cheaper: the hot path of every service call)."""
         private = self.__pydantic_private__  # not self._x: pydantic's lookup is slow
-        skeletons: dict[tuple[bool, bool, bool, bool], str] | None = (
+        skeletons: dict[tuple[bool, bool, bool, bool], _Skeleton] | None = (
             private["_skeletons"] if private else None
         )
         if skeletons is None:
             return _dumps(self.to_ocsf())
-        has_src, has_attributes = self.src is not None, bool(self.attributes)
-        shape = (self.trace_id is not None, has_src, has_attributes, self.jti is not None)
-        template = skeletons.get(shape)
-        if template is None:
-            template = skeletons[shape] = _skeleton(self.to_ocsf(), shape)
-        src = self.src
-        return template.format(
-            T=self.time_ms,
-            U=self.uid,
-            C=_dumps(self.trace_id),
-            S=src.to_json() if src is not None else "",
-            A=_dumps(dict(self.attributes)) if has_attributes else "",
-            J=_dumps(self.jti),
+        src, attributes, trace_id, jti = self.src, self.attributes, self.trace_id, self.jti
+        shape = (trace_id is not None, src is not None, bool(attributes), jti is not None)
+        skeleton = skeletons.get(shape)
+        if skeleton is None:
+            skeleton = skeletons[shape] = _skeleton(self.to_ocsf(), shape)
+        since = self.time - _EPOCH  # time_ms, without timedelta division
+        values = (
+            str(since.days * 86_400_000 + since.seconds * 1000 + since.microseconds // 1000),
+            self.uid,  # checked hex: no escaping needed
+            _escape(trace_id) if trace_id is not None else "",
+            src.to_json() if src is not None else "",
+            _dumps_flat(attributes) if attributes else "",
+            _escape(jti) if jti is not None else "",
         )
+        literals, holes = skeleton
+        out = [literals[0]]
+        for hole, literal in zip(holes, literals[1:], strict=True):
+            out.append(values[hole])
+            out.append(literal)
+        return "".join(out)
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         copied = super().model_copy(update=update, deep=deep)
@@ -455,17 +464,34 @@ class Event(BaseModel):
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 _dumps = _ENCODER.encode
+_escape = json.encoder.encode_basestring_ascii  # a str as _dumps renders it
+# _dumps without its per-call set-up, for the flat mappings of a hot path (attributes:
+# str, int, bool, None values; never circular). The same text: the same C encoder.
+_c_encoder = json.encoder.c_make_encoder  # type: ignore[attr-defined]
+_FLAT = (
+    _c_encoder(None, _ENCODER.default, _escape, None, ":", ",", False, False, False)
+    if _c_encoder is not None
+    else None
+)
+
+
+def _dumps_flat(value: Mapping[str, AttributeValue]) -> str:
+    if _FLAT is None:
+        return _dumps(dict(value))
+    return "".join(_FLAT(dict(value), 0))
 
 
 # A hole in a skeleton: a string no event can hold (a per-process random marker)
 _HOLE = "\x00" + os.urandom(8).hex()
 _HOLE_JSON = re.compile(re.escape(_dumps(_HOLE)[:-1]) + r'([TUCSAJ])"')
+_HOLE_INDEX = {name: i for i, name in enumerate("TUCSAJ")}  # order of to_json's values
+_UID_HOLE = _HOLE_INDEX["U"]
 
 
-def _skeleton(ocsf: dict[str, Any], shape: tuple[bool, bool, bool, bool]) -> str:
-    """The JSON text of ``ocsf`` as a format string with a named field for each
-    per-occurrence value (``to_json`` fills them in). ``ocsf`` is rendered from an event of this
-    shape (trace id, source, attributes present), so every key is in its place."""
+def _skeleton(ocsf: dict[str, Any], shape: tuple[bool, bool, bool, bool]) -> _Skeleton:
+    """The JSON text of ``ocsf`` cut at each per-occurrence value (``to_json`` fills them
+    in). ``ocsf`` is rendered from an event of this shape (trace id, source, attributes,
+    jti present), so every key is in its place."""
     has_trace, has_src, has_attributes, has_jti = shape
     ocsf["time"] = _HOLE + "T"
     ocsf["metadata"]["uid"] = _HOLE + "U"
@@ -478,9 +504,13 @@ def _skeleton(ocsf: dict[str, Any], shape: tuple[bool, bool, bool, bool]) -> str
         trustmesh["attributes"] = _HOLE + "A"
     if has_jti:
         trustmesh["jti"] = _HOLE + "J"
-    text = _dumps(ocsf).replace("{", "{{").replace("}", "}}")
-    quoted = {"U": '"{U}"'}  # the uid is checked hex: no escaping needed
-    return _HOLE_JSON.sub(lambda m: quoted.get(m[1], "{" + m[1] + "}"), text)
+    pieces = _HOLE_JSON.split(_dumps(ocsf))  # each hole's quotes go with it
+    literals, holes = list(pieces[0::2]), tuple(_HOLE_INDEX[name] for name in pieces[1::2])
+    for i, hole in enumerate(holes):
+        if hole == _UID_HOLE:  # the uid is filled in unquoted (it is checked hex)
+            literals[i] += '"'
+            literals[i + 1] = '"' + literals[i + 1]
+    return tuple(literals), holes
 
 
 _STATUS_OF = {Decision.ALLOW: Status.SUCCESS, Decision.DENY: Status.FAILURE}
@@ -565,35 +595,48 @@ def restamp(
     """A new occurrence of an already-validated event: new time and uid, and these
     per-occurrence fields, each checked as :func:`event` would. For hot paths that emit
     many events of one shape (the SDK middleware): far cheaper than building anew."""
-    when = now or datetime.now(UTC)
-    if when.tzinfo is None or when.utcoffset() is None:
+    if now is None:
+        when = datetime.now(UTC)
+    elif now.tzinfo is None or now.utcoffset() is None:
         raise UsageError("now must be timezone-aware")
-    update: dict[str, Any] = {"time": when.astimezone(UTC), "uid": os.urandom(16).hex()}
+    else:
+        when = now.astimezone(UTC)
+    fields = template.__dict__.copy()
+    fields["time"] = when
+    fields["uid"] = os.urandom(16).hex()
     try:
         if trace_id is not None:
-            update["trace_id"] = _check_id(trace_id)
+            fields["trace_id"] = _check_id(trace_id)
         if attributes is not None:
-            update["attributes"] = _check_attributes(attributes)
+            fields["attributes"] = _check_attributes(attributes)
         if jti is not None:
-            update["jti"] = _check_id(jti)
+            fields["jti"] = _check_id(jti)
     except ValueError as exc:
         raise UsageError(f"invalid event field: {exc}") from None
     if src is not None:
-        update["src"] = src
+        fields["src"] = src
     private = template.__pydantic_private__
     assert private is not None  # noqa: S101 - the model has private attributes
-    if private["_skeletons"] is None:
-        private["_skeletons"] = {}
+    skeletons = private["_skeletons"]
+    if skeletons is None:
+        skeletons = private["_skeletons"] = {}
     # what model_copy does, without its generic overhead: every value here is checked
     stamped = Event.__new__(Event)
-    object.__setattr__(stamped, "__dict__", {**template.__dict__, **update})
-    object.__setattr__(
-        stamped, "__pydantic_fields_set__", template.model_fields_set | update.keys()
-    )
+    object.__setattr__(stamped, "__dict__", fields)
+    object.__setattr__(stamped, "__pydantic_fields_set__", _stamped_fields(template))
     object.__setattr__(stamped, "__pydantic_extra__", None)
     # shared with the template: only per-occurrence fields changed
-    object.__setattr__(stamped, "__pydantic_private__", {"_skeletons": private["_skeletons"]})
+    object.__setattr__(stamped, "__pydantic_private__", {"_skeletons": skeletons})
     return stamped
+
+
+_STAMPED = frozenset({"time", "uid", "trace_id", "attributes", "jti", "src"})
+
+
+def _stamped_fields(template: Event) -> set[str]:
+    # pydantic's "fields set": the template's, and what a restamp may set (a superset
+    # is harmless: it only matters to exclude_unset, which no renderer uses)
+    return template.model_fields_set | _STAMPED
 
 
 @runtime_checkable

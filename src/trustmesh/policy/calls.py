@@ -91,6 +91,8 @@ class CallAuthorizer:
                 routes[route_id] = _Route(route_id, rule.method, Pattern.parse(rule.pattern))
         self.routes = tuple(routes.values())
         self._decide_route = lru_cache(maxsize=8192)(self._cedar)
+        # whole decisions, by (caller, method, path): the same few calls repeat
+        self._decided = lru_cache(maxsize=16384)(self._decide)
 
     def candidates(self, method: str, path: str) -> Iterable[_Route]:
         for route in self.routes:
@@ -99,6 +101,9 @@ class CallAuthorizer:
 
     def decide(self, caller: str, method: str, path: str) -> CallDecision:
         """``path`` must be canonical (see :func:`trustmesh.policy.paths.canonical_path`)."""
+        return self._decided(caller, method, path)
+
+    def _decide(self, caller: str, method: str, path: str) -> CallDecision:
         denied = CallDecision(False, Reason.POLICY_DENY)
         for route in self.candidates(method, path):
             decision = self._decide_route(caller, method, route.id)
