@@ -50,6 +50,8 @@ class Reason(enum.StrEnum):
     CLIENT_CREATED = "client-created"
     CLIENT_REMOVED = "client-removed"
     ADMIN_DENIED = "admin-denied"
+    ADMIN_READ = "admin-read"
+    KEYS_ROTATED = "keys-rotated"
     LOGIN_FAILED = "login-failed"
     LOGIN_SUCCEEDED = "login-succeeded"
     USER_CREATED = "user-created"

@@ -139,10 +139,22 @@ class AuthRig:
     payments: Workload
     inventory: Workload
     operator: Workload
+    state: Path
 
     @property
     def url(self) -> str:
+        """The mTLS listener (workloads)."""
         return self.auth.url
+
+    @property
+    def public_url(self) -> str:
+        """The public listener (browsers, public clients); dev mode always has one."""
+        assert self.auth.urls.public is not None
+        return self.auth.urls.public
+
+    @property
+    def issuer(self) -> str:
+        return self.auth.service.settings.issuer
 
 
 @contextlib.asynccontextmanager
@@ -158,7 +170,7 @@ async def make_rig(
         await workload(identity, s, files) for s in (ORDERS, PAYMENTS, INVENTORY, OPERATOR)
     ]
     try:
-        yield AuthRig(running, sink, *workloads)
+        yield AuthRig(running, sink, *workloads, short_tmp / "state")
     finally:
         for w in workloads:
             await w.source.close()

@@ -133,12 +133,12 @@ def _flow(rig: AuthRig) -> tuple[dict[str, Any], str, str]:
 async def test_code_flow_with_pkce_and_a_verifiable_id_token(rig: AuthRig) -> None:
     alice = await _setup(rig)
     tokens, location, _ = await asyncio.to_thread(_flow, rig)
-    assert parse_qs(urlsplit(location).query)["iss"] == [rig.url]
+    assert parse_qs(urlsplit(location).query)["iss"] == [rig.issuer]
     jwks = jwt.PyJWKClient(rig.url + "/jwks.json", ssl_context=rig.orders.ssl_context())
     id_token = tokens["id_token"]
     key = await asyncio.to_thread(jwks.get_signing_key_from_jwt, id_token)
     claims = jwt.decode(
-        id_token, key.key, algorithms=["ES256"], audience="shop-web", issuer=rig.url
+        id_token, key.key, algorithms=["ES256"], audience="shop-web", issuer=rig.issuer
     )
     assert claims["sub"] == alice["user_id"]
     assert claims["nonce"] == tokens["_nonce"]

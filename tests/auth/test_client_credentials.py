@@ -49,11 +49,18 @@ async def test_discovery_documents_name_every_endpoint(rig: AuthRig) -> None:
 
     for path in ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"):
         doc = await asyncio.to_thread(get, path)
-        assert doc["issuer"] == rig.url
-        assert doc["token_endpoint"] == rig.url + "/oauth2/token"
-        assert doc["jwks_uri"] == rig.url + "/jwks.json"
+        # the public listener is the issuer; workloads use the mTLS aliases (RFC 8705 §5)
+        assert doc["issuer"] == rig.public_url
+        assert doc["token_endpoint"] == rig.public_url + "/oauth2/token"
+        assert doc["jwks_uri"] == rig.public_url + "/jwks.json"
         assert doc["introspection_endpoint"] == rig.url + "/oauth2/introspect"
-        assert doc["revocation_endpoint"] == rig.url + "/oauth2/revoke"
+        assert doc["revocation_endpoint"] == rig.public_url + "/oauth2/revoke"
+        assert doc["mtls_endpoint_aliases"] == {
+            "token_endpoint": rig.url + "/oauth2/token",
+            "revocation_endpoint": rig.url + "/oauth2/revoke",
+            "introspection_endpoint": rig.url + "/oauth2/introspect",
+            "userinfo_endpoint": rig.url + "/oauth2/userinfo",
+        }
         assert "tls_client_auth" in doc["token_endpoint_auth_methods_supported"]
         assert doc["tls_client_certificate_bound_access_tokens"] is True
     jwks = await asyncio.to_thread(get, "/jwks.json")
@@ -76,7 +83,7 @@ async def test_authlib_client_gets_a_certificate_bound_token_pyjwt_verifies(
 
     jwks_client = jwt.PyJWKClient(rig.url + "/jwks.json", ssl_context=rig.orders.ssl_context())
     key = await asyncio.to_thread(jwks_client.get_signing_key_from_jwt, access)
-    claims = jwt.decode(access, key.key, algorithms=["ES256"], audience=PAYMENTS, issuer=rig.url)
+    claims = jwt.decode(access, key.key, algorithms=["ES256"], audience=PAYMENTS, issuer=rig.issuer)
     assert claims["sub"] == ORDERS
     assert claims["client_id"] == "orders"
     assert set(claims) == {"iss", "sub", "aud", "exp", "iat", "jti", "client_id", "cnf"}

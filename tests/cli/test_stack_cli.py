@@ -67,7 +67,9 @@ def test_up_status_down(stack: Path, config: Path) -> None:
     assert auth["healthy"] is True
     assert auth["spiffe_id"] == "spiffe://cli.example/trustmesh/auth"
     assert auth["url"].startswith("https://127.0.0.1:")
-    assert auth["issuer"] == auth["url"]
+    # dev mode: browsers reach a public listener, whose URL is the issuer
+    assert auth["public_url"].startswith("https://127.0.0.1:")
+    assert auth["issuer"] == auth["public_url"] != auth["url"]
     assert auth["cert_expires"]
     pids = _pids(stack)
     assert len(pids) == 3  # supervisor, identity and auth

@@ -31,6 +31,7 @@ def endpoint_path(state: Path) -> Path:
 def _write_endpoint(path: Path, running: RunningAuth, context: X509Context) -> None:
     doc = {
         "url": running.url,
+        "public_url": running.urls.public,
         "issuer": running.service.settings.issuer,
         "spiffe_id": context.spiffe_id,
         "cert_expires": context.not_after.isoformat(),
@@ -42,7 +43,7 @@ def _write_endpoint(path: Path, running: RunningAuth, context: X509Context) -> N
     tmp.replace(path)
 
 
-async def run(config: TrustmeshConfig, state: Path) -> None:
+async def run(config: TrustmeshConfig, state: Path, config_dir: Path) -> None:
     address = os.environ.get("SPIFFE_ENDPOINT_SOCKET")
     if not address:
         raise UnavailableError("SPIFFE_ENDPOINT_SOCKET is not set")
@@ -52,7 +53,7 @@ async def run(config: TrustmeshConfig, state: Path) -> None:
     source = X509Source(address, spiffe_id=config.component_spiffe_id("auth"))
     await source.start()
     sink = events.JsonLinesSink(Path(os.environ.get(EVENTS_ENV) or state / "events" / "auth.jsonl"))
-    running = await serve_auth(config, state, source=source, sink=sink)
+    running = await serve_auth(config, state, source=source, sink=sink, config_dir=config_dir)
     path = endpoint_path(state)
     _write_endpoint(path, running, source.context)
     source.subscribe(lambda context: _write_endpoint(path, running, context))
@@ -76,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state", type=Path, required=True)
     args = parser.parse_args(argv)
     try:
-        asyncio.run(run(load_config(args.config), args.state.absolute()))
+        asyncio.run(
+            run(load_config(args.config), args.state.absolute(), args.config.absolute().parent)
+        )
     except ConfigError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return 2

@@ -1,9 +1,19 @@
-"""The identity provider's admin API (``/admin/v1``): clients and signing keys.
+"""The identity provider's admin API (``/admin/v1``): clients, users and signing keys.
 
-Only the operator may use it: the SPIFFE ID ``spiffe://<td>/trustmesh/operator`` in the
-caller's verified certificate (the CLI gets that identity from a one-time join token, an
-act that needs the state directory). Every request, allowed or refused, is an event.
-Admin users with MFA arrive with the user side of the provider.
+Two kinds of caller may use it:
+
+- the **operator**: the SPIFFE ID ``spiffe://<td>/trustmesh/operator`` in the caller's
+  verified certificate (the CLI gets that identity from a one-time join token, an act
+  that needs the state directory);
+- an **admin user**: a bearer access token from this provider, addressed to the provider
+  itself (``aud`` holds ``spiffe://<td>/trustmesh/auth``), for a user who still exists,
+  is not locked and has the ``admin`` role, issued after a login with a one-time code
+  (``amr`` holds ``otp``), not revoked, and — if certificate-bound — presented over
+  the connection it is bound to. A refreshed token carries no ``amr``: admin actions
+  need a fresh login with MFA.
+
+Anyone else gets ``403`` (``401`` for a token that does not verify). Every request,
+allowed or refused, is an event naming who made it.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
@@ -25,7 +36,13 @@ from trustmesh.auth.db import Client, User
 from trustmesh.auth.keys import KeyState
 from trustmesh.auth.lockout import normalize_login
 from trustmesh.auth.service import AuthService, hash_secret, new_secret
-from trustmesh.errors import ConflictError, NotFoundError, TrustmeshError, UsageError
+from trustmesh.errors import (
+    ConflictError,
+    InvalidTokenError,
+    NotFoundError,
+    TrustmeshError,
+    UsageError,
+)
 from trustmesh.identity.spiffeid import require_workload_id
 from trustmesh.reasons import Reason
 
@@ -219,6 +236,54 @@ def user_doc(user: User) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Actor:
+    """Who is making an admin request: the operator's SVID, or an admin user."""
+
+    peer_spiffe_id: str | None
+    user_id: str | None = None
+    username: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"user:{self.username}" if self.username else "operator"
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, error: str, why: str, sub: str | None = None) -> None:
+        self.status, self.error, self.why, self.sub = status, error, why, sub
+
+
+async def admin_user(service: AuthService, request: Request, tls: dict[str, Any]) -> Actor:
+    """The admin user behind the request's bearer token, or :class:`_Refused`."""
+    header = request.headers.get("authorization", "")
+    if header[:7].lower() != "bearer " or not header[7:].strip():
+        raise _Refused(403, "forbidden", "neither the operator nor an admin user's token")
+    try:
+        claims = service.verify_own(header[7:].strip())
+    except InvalidTokenError as exc:
+        raise _Refused(401, "invalid_token", f"token refused: {exc.detail}") from None
+    sub = str(claims.get("sub", ""))
+    aud = claims.get("aud")
+    audiences = aud if isinstance(aud, list) else [aud]
+    if service.config.component_spiffe_id("auth") not in audiences:
+        raise _Refused(403, "forbidden", "the token is not addressed to the provider", sub)
+    cnf = claims.get("cnf")
+    if cnf is not None and (
+        not isinstance(cnf, dict) or cnf.get("x5t#S256") != tls.get("client_cert_x5t_s256")
+    ):
+        raise _Refused(401, "invalid_token", "the token is bound to another certificate", sub)
+    if await service.store.is_revoked(str(claims.get("jti", ""))):
+        raise _Refused(401, "invalid_token", "the token is revoked", sub)
+    user = await service.store.get_user_by_id(sub)
+    if user is None or user.locked or "admin" not in user.roles:
+        raise _Refused(403, "forbidden", "not an admin user", sub)
+    amr = claims.get("amr")
+    if not isinstance(amr, list) or "otp" not in amr:
+        raise _Refused(403, "mfa_required", "admin actions need a login with a one-time code", sub)
+    return Actor(tls.get("spiffe_id"), user.user_id, user.username)
+
+
 def admin_routes(service: AuthService) -> list[Route]:
     operator = service.config.component_spiffe_id("operator")
 
@@ -226,17 +291,30 @@ def admin_routes(service: AuthService) -> list[Route]:
         async def endpoint(request: Request) -> Response:
             tls = (request.scope.get("extensions") or {}).get("tls") or {}
             peer = tls.get("spiffe_id")
-            if peer != operator:
+            try:
+                actor = Actor(peer) if peer == operator else await admin_user(service, request, tls)
+            except _Refused as refused:
                 service.emit(
                     Reason.ADMIN_DENIED,
-                    f"admin {action} refused: not the operator",
+                    f"admin {action} refused: {refused.why}",
                     decision=events.Decision.DENY,
                     peer_spiffe_id=peer,
+                    sub=refused.sub,
                     attributes={"action": action},
                 )
-                return _error(403, "forbidden", "the admin API is for the operator only")
+                headers = (
+                    {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+                    if refused.status == 401
+                    else None
+                )
+                return JSONResponse(
+                    {"error": refused.error, "message": refused.why},
+                    status_code=refused.status,
+                    headers=headers,
+                )
+            request.state.actor = actor
             try:
-                return await handler(request)
+                response = await handler(request)
             except ConflictError as exc:
                 return _error(409, "conflict", exc.detail)
             except NotFoundError as exc:
@@ -245,8 +323,23 @@ def admin_routes(service: AuthService) -> list[Route]:
                 return _error(400, "invalid_request", exc.detail)
             except TrustmeshError as exc:
                 return _error(exc.status, exc.code, exc.detail)
+            if request.method == "GET":  # a change emits its own event; a read, this one
+                service.emit(
+                    Reason.ADMIN_READ,
+                    f"admin {action}",
+                    peer_spiffe_id=peer,
+                    attributes={"action": action, "by": actor.name},
+                )
+            return response
 
         return endpoint
+
+    def emit(request: Request, reason: Reason, message: str, **fields: Any) -> None:
+        actor: Actor = request.state.actor
+        attributes = {**fields.pop("attributes", {}), "by": actor.name}
+        service.emit(
+            reason, message, peer_spiffe_id=actor.peer_spiffe_id, attributes=attributes, **fields
+        )
 
     async def json_body(request: Request) -> object:
         raw = await request.body()
@@ -264,11 +357,11 @@ def admin_routes(service: AuthService) -> list[Route]:
     async def add_client(request: Request) -> Response:
         client, secret = new_client(service, await json_body(request))
         await service.store.add_client(client)
-        service.emit(
+        emit(
+            request,
             Reason.CLIENT_CREATED,
             f"OAuth client created ({client.auth_method})",
             client_id=client.client_id,
-            peer_spiffe_id=operator,
             attributes={"audiences": " ".join(client.audiences)[:512]},
         )
         doc = client_doc(client)
@@ -279,29 +372,25 @@ def admin_routes(service: AuthService) -> list[Route]:
     async def remove_client(request: Request) -> Response:
         client_id = request.path_params["client_id"]
         await service.store.remove_client(client_id)
-        service.emit(
-            Reason.CLIENT_REMOVED,
-            "OAuth client removed",
-            client_id=client_id[:128],
-            peer_spiffe_id=operator,
-        )
+        emit(request, Reason.CLIENT_REMOVED, "OAuth client removed", client_id=client_id[:128])
         return Response(status_code=204)
 
     async def list_keys(_: Request) -> Response:
         states = [k.state for k in await service.store.keys()]
         return JSONResponse(key_docs(states, int(service.clock())))
 
-    async def rotate_keys(_: Request) -> Response:
+    async def rotate_keys(request: Request) -> Response:
         await service.tick(rotate=True)
+        emit(request, Reason.KEYS_ROTATED, "signing-key rotation requested")
         states = [k.state for k in await service.store.keys()]
         return JSONResponse(key_docs(states, int(service.clock())))
 
-    def user_event(reason: Reason, message: str, user: User) -> None:
-        service.emit(
+    def user_event(request: Request, reason: Reason, message: str, user: User) -> None:
+        emit(
+            request,
             reason,
             message,
             sub=user.user_id,
-            peer_spiffe_id=operator,
             attributes={"username": user.username, "roles": " ".join(user.roles)},
         )
 
@@ -311,7 +400,7 @@ def admin_routes(service: AuthService) -> list[Route]:
     async def add_user(request: Request) -> Response:
         user, password, uri = new_user(service, await json_body(request))
         await service.store.add_user(user)
-        user_event(Reason.USER_CREATED, "user created", user)
+        user_event(request, Reason.USER_CREATED, "user created", user)
         doc = user_doc(user)
         if password is not None:
             doc["password"] = password  # generated: shown once, stored only as argon2id
@@ -324,6 +413,7 @@ def admin_routes(service: AuthService) -> list[Route]:
             normalize_login(request.path_params["username"]), locked=locked
         )
         user_event(
+            request,
             Reason.USER_LOCKED if locked else Reason.USER_UNLOCKED,
             "user locked" if locked else "user unlocked",
             user,
@@ -343,7 +433,7 @@ def admin_routes(service: AuthService) -> list[Route]:
             raise NotFoundError(f"no user {username!r}")
         sealed, uri = enroll_totp(service, existing.user_id, existing.username)
         user = await service.store.update_user(username, totp_sealed=sealed, totp_last_step=None)
-        user_event(Reason.MFA_RESET, "MFA reset: a new TOTP secret was enrolled", user)
+        user_event(request, Reason.MFA_RESET, "MFA reset: a new TOTP secret was enrolled", user)
         doc = user_doc(user)
         doc["totp_uri"] = uri
         return JSONResponse(doc, headers={"Cache-Control": "no-store"})

@@ -1,6 +1,14 @@
-"""The identity provider over HTTP (Starlette, served by ``sdk.serve`` over mTLS):
-discovery (RFC 8414, OIDC Discovery), JWKS, the token endpoint, introspection
-(RFC 7662), revocation (RFC 7009) and the revocation feed the SDK polls."""
+"""The identity provider over HTTP (Starlette): discovery (RFC 8414, OIDC Discovery),
+JWKS, the token endpoint, introspection (RFC 7662), revocation (RFC 7009), userinfo, the
+login flow, the admin API and the revocation feed the SDK polls.
+
+Two listeners serve it. The **mTLS** one (``sdk.serve``, the provider's SVID) serves
+everything to workloads. The **public** one (server-authenticated TLS) serves what a
+browser or a public client needs — discovery, JWKS, authorize and login, the token
+endpoint, revocation, userinfo and the admin API (admin users' tokens only) — and its
+URL is the issuer. Discovery then lists the mTLS URLs as ``mtls_endpoint_aliases``
+(RFC 8705 §5). Tokens issued over the public listener are not certificate-bound: the
+services' SDK refuses them; they serve the gateway, userinfo and the admin API."""
 
 from __future__ import annotations
 
@@ -8,7 +16,7 @@ import base64
 import binascii
 import json
 import logging
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
@@ -110,8 +118,39 @@ def _client_ids(form: list[tuple[str, str]], authorization: str | None) -> set[s
     return {i for i in ids if len(i) <= 128}
 
 
-def auth_app(service: AuthService, base_url: Callable[[], str]) -> Starlette:
-    server = OAuthServer(service, lambda: base_url() + "/oauth2/token")
+@dataclass(frozen=True)
+class AuthURLs:
+    """Where the provider listens: mTLS (always) and public (when enabled)."""
+
+    mtls: str
+    public: str | None = None
+
+    @property
+    def front(self) -> str:
+        """The URL clients are told to use first (the issuer's listener)."""
+        return self.public or self.mtls
+
+
+#: Paths served on the public listener (everything else answers 404 there).
+PUBLIC_PATHS = frozenset(
+    {
+        "/.well-known/openid-configuration",
+        "/.well-known/oauth-authorization-server",
+        "/jwks.json",
+        "/oauth2/authorize",
+        "/login",
+        "/oauth2/token",
+        "/oauth2/revoke",
+        "/oauth2/userinfo",
+        "/healthz",
+    }
+)
+
+
+def auth_app(service: AuthService, urls: AuthURLs, *, public: bool = False) -> Starlette:
+    """The provider's app for one listener (``public``: the browser-facing subset)."""
+    token_urls = [u + "/oauth2/token" for u in (urls.public, urls.mtls) if u]
+    server = OAuthServer(service, lambda: token_urls)
     server.register_grant(AuthorizationCode)
     server.register_grant(RefreshGrant)
     flow = FlowStore(service.store)
@@ -180,15 +219,15 @@ def auth_app(service: AuthService, base_url: Callable[[], str]) -> Starlette:
         return status, body
 
     def metadata() -> dict[str, Any]:
-        base = base_url()
-        return {
+        base, mtls = urls.front, urls.mtls
+        doc: dict[str, Any] = {
             "issuer": service.settings.issuer,
             "token_endpoint": base + "/oauth2/token",
             "jwks_uri": base + "/jwks.json",
-            "introspection_endpoint": base + "/oauth2/introspect",
+            "introspection_endpoint": mtls + "/oauth2/introspect",  # workloads only
             "revocation_endpoint": base + "/oauth2/revoke",
             "userinfo_endpoint": base + "/oauth2/userinfo",
-            "trustmesh_revocation_feed": base + "/v1/revocations",
+            "trustmesh_revocation_feed": mtls + "/v1/revocations",
             "authorization_endpoint": base + "/oauth2/authorize",
             "grant_types_supported": [
                 CLIENT_CREDENTIALS,
@@ -208,6 +247,14 @@ def auth_app(service: AuthService, base_url: Callable[[], str]) -> Starlette:
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": [ALG],
         }
+        if urls.public is not None:
+            doc["mtls_endpoint_aliases"] = {
+                "token_endpoint": mtls + "/oauth2/token",
+                "revocation_endpoint": mtls + "/oauth2/revoke",
+                "introspection_endpoint": mtls + "/oauth2/introspect",
+                "userinfo_endpoint": mtls + "/oauth2/userinfo",
+            }
+        return doc
 
     async def discovery(_: Request) -> JSONResponse:
         return JSONResponse(metadata(), headers={"Cache-Control": "max-age=300"})
@@ -354,7 +401,8 @@ def auth_app(service: AuthService, base_url: Callable[[], str]) -> Starlette:
         )
 
     async def userinfo(request: Request) -> Response:
-        """OIDC Core §5.3: the user behind an access token, bound to this connection."""
+        """OIDC Core §5.3: the user behind an access token (a certificate-bound one only
+        over the connection it is bound to)."""
         challenge = {"WWW-Authenticate": 'Bearer error="invalid_token"', **_NO_STORE}
         header = request.headers.get("authorization", "")
         if header[:7].lower() != "bearer ":
@@ -368,12 +416,11 @@ def auth_app(service: AuthService, base_url: Callable[[], str]) -> Starlette:
             claims = service.verify_own(header[7:].strip())
         except InvalidTokenError:
             return JSONResponse({"error": "invalid_token"}, status_code=401, headers=challenge)
-        cnf = claims.get("cnf")
+        cnf = claims.get("cnf")  # a bound token only over the connection it is bound to
         bound = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
         user = await service.store.get_user_by_id(str(claims["sub"]))
         if (
-            bound is None
-            or bound != tls.get("client_cert_x5t_s256")
+            (cnf is not None and (bound is None or bound != tls.get("client_cert_x5t_s256")))
             or await service.store.is_revoked(str(claims["jti"]))
             or user is None
             or user.locked
@@ -393,19 +440,21 @@ def auth_app(service: AuthService, base_url: Callable[[], str]) -> Starlette:
         assert isinstance(exc, OAuth2Error)  # noqa: S101 - registered for this type only
         return _error(exc.status_code or 400, exc.error or "invalid_request", exc.description or "")
 
+    routes = [
+        *flow_routes(service, flow, codec),
+        Route("/.well-known/openid-configuration", discovery, methods=["GET"]),
+        Route("/.well-known/oauth-authorization-server", discovery, methods=["GET"]),
+        Route("/jwks.json", jwks, methods=["GET"]),
+        Route("/oauth2/token", token_endpoint, methods=["POST"]),
+        Route("/oauth2/introspect", introspect, methods=["POST"]),
+        Route("/oauth2/revoke", revoke, methods=["POST"]),
+        Route("/v1/revocations", revocation_feed, methods=["GET"]),
+        Route("/oauth2/userinfo", userinfo, methods=["GET"]),
+        Route("/healthz", health, methods=["GET"]),
+    ]
+    if public:
+        routes = [r for r in routes if r.path in PUBLIC_PATHS]
     return Starlette(
-        routes=[
-            *admin_routes(service),
-            *flow_routes(service, flow, codec),
-            Route("/.well-known/openid-configuration", discovery, methods=["GET"]),
-            Route("/.well-known/oauth-authorization-server", discovery, methods=["GET"]),
-            Route("/jwks.json", jwks, methods=["GET"]),
-            Route("/oauth2/token", token_endpoint, methods=["POST"]),
-            Route("/oauth2/introspect", introspect, methods=["POST"]),
-            Route("/oauth2/revoke", revoke, methods=["POST"]),
-            Route("/v1/revocations", revocation_feed, methods=["GET"]),
-            Route("/oauth2/userinfo", userinfo, methods=["GET"]),
-            Route("/healthz", health, methods=["GET"]),
-        ],
+        routes=[*admin_routes(service), *routes],
         exception_handlers={OAuth2Error: oauth_error},
     )

@@ -265,6 +265,8 @@ def issue_user_tokens(
         audience=grant.request.audiences,
         scope=scope.split(),
         cnf_thumbprint=grant.request.peer_thumbprint,
+        # RFC 9068 §2.2.1: how the user logged in (the admin API asks for "otp")
+        extra={"auth_time": auth_time, "amr": list(amr)},
     )
     grant.request.issued = issued
     body: dict[str, Any] = {

@@ -448,13 +448,14 @@ class TokenExchange(_AudienceAndScope, BaseGrant, TokenEndpointMixin):  # type: 
 
 # -- the server --------------------------------------------------------------------------
 class OAuthServer(AuthorizationServer):  # type: ignore[misc]
-    def __init__(self, service: AuthService, token_endpoint: Callable[[], str]) -> None:
+    def __init__(self, service: AuthService, token_endpoints: Callable[[], list[str]]) -> None:
         super().__init__()
         self.service = service
         self.register_client_auth_method("tls_client_auth", authenticate_tls_client)
+        # a client assertion may name any of the token endpoint's URLs, or the issuer
         self.register_client_auth_method(
             PrivateKeyJWT.CLIENT_AUTH_METHOD,
-            PrivateKeyJWT(lambda: [token_endpoint(), service.settings.issuer]),
+            PrivateKeyJWT(lambda: [*token_endpoints(), service.settings.issuer]),
         )
         self.register_grant(ClientCredentials)
         self.register_grant(TokenExchange)

@@ -1,5 +1,6 @@
 """Run the identity provider: its store, keys and HTTP app, served over mTLS with its
-own SVID (``spiffe://<td>/trustmesh/auth``) through ``sdk.serve``."""
+own SVID (``spiffe://<td>/trustmesh/auth``) through ``sdk.serve`` and, when enabled, over
+server-authenticated TLS for browsers (see :mod:`trustmesh.auth.app`)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trustmesh import crypto, events
-from trustmesh.auth.app import auth_app
+from trustmesh.auth.app import AuthURLs, auth_app
 from trustmesh.auth.db import AuthStore
 from trustmesh.auth.service import AuthService, AuthSettings
 from trustmesh.config import TrustmeshConfig
-from trustmesh.sdk.serve import Served, start
+from trustmesh.errors import ConfigError
+from trustmesh.sdk.serve import PublicServed, Served, start, start_public
 from trustmesh.sdk.x509source import SVIDSource
 from trustmesh.store import create_engine, sqlite_url
 
@@ -29,13 +31,21 @@ PRUNE_EVERY = 60
 class RunningAuth:
     service: AuthService
     served: Served
-    url: str
+    urls: AuthURLs
+    public: PublicServed | None
     _ticker: asyncio.Task[None]
+
+    @property
+    def url(self) -> str:
+        """The mTLS URL (what workloads use)."""
+        return self.urls.mtls
 
     async def stop(self) -> None:
         self._ticker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._ticker
+        if self.public is not None:
+            await self.public.stop()
         await self.served.stop()
         await self.service.close()
 
@@ -58,25 +68,62 @@ async def serve_auth(
     sink: events.EventSink,
     host: str = "127.0.0.1",
     port: int | None = None,
+    config_dir: Path | None = None,
 ) -> RunningAuth:
-    """Start the identity provider; return once it listens with an active signing key."""
+    """Start the identity provider; return once it listens with an active signing key.
+
+    ``config_dir`` resolves relative certificate paths (the config file's folder)."""
     port = port if port is not None else config.auth.port
     if not port:
         port = _free_port(host)  # the issuer names the port: it must be known up front
-    url = f"https://{host}:{port}"
+    public_port: int | None = None
+    if config.auth_public_listener:
+        public_port = config.auth.public_port or _free_port(host)
+    urls = AuthURLs(
+        f"https://{host}:{port}",
+        f"https://{host}:{public_port}" if public_port is not None else None,
+    )
     settings = AuthSettings(
-        issuer=config.auth.issuer or url,
+        issuer=config.auth.issuer or urls.front,
         token_ttl=int(config.auth.access_token_ttl.total_seconds()),
         publish_delay=int(config.auth.key_publish_delay.total_seconds()),
         rotate_every=int(config.auth.key_rotation.total_seconds()),
     )
     seal_key = crypto.load_seal_key(state, dev=config.dev)
+    certificate = None
+    if public_port is not None:
+        certificate = _public_certificate(config, state, seal_key, config_dir or Path.cwd())
     store = AuthStore(create_engine(database_url(config, state)))
     service = AuthService(config, store, seal_key, settings, sink)
     await service.start()
-    served = await start(auth_app(service, lambda: url), host=host, port=port, source=source)
+    served = await start(auth_app(service, urls), host=host, port=port, source=source)
+    public = None
+    if certificate is not None and public_port is not None:
+        try:
+            public = await start_public(
+                auth_app(service, urls, public=True),
+                chain_pem=certificate.chain_pem(),
+                key_pem=certificate.key_pem(),
+                host=host,
+                port=public_port,
+            )
+        except BaseException:
+            await served.stop()
+            await service.close()
+            raise
     ticker = asyncio.create_task(_tick_forever(service), name="trustmesh-auth-keys")
-    return RunningAuth(service, served, url, ticker)
+    return RunningAuth(service, served, urls, public, ticker)
+
+
+def _public_certificate(
+    config: TrustmeshConfig, state: Path, seal_key: crypto.SealKey, config_dir: Path
+) -> crypto.ServerCertificate:
+    cert, key = config.auth.public_tls_cert, config.auth.public_tls_key
+    if cert is not None and key is not None:
+        return crypto.load_server_certificate(config_dir / cert, config_dir / key)
+    if not config.dev:  # the config check says so too
+        raise ConfigError("auth.public_tls_cert: required outside dev mode")
+    return crypto.local_server_certificate(state, seal_key)
 
 
 async def _tick_forever(service: AuthService) -> None:

@@ -233,6 +233,7 @@ def stack_status(config: TrustmeshConfig, config_path: Path, state: Path) -> dic
                     "cert_kind": "svid",
                     "pid": pid if alive else None,
                     "issuer": endpoint.get("issuer"),
+                    "public_url": endpoint.get("public_url"),
                 }
             )
             continue
@@ -271,6 +272,8 @@ def stack_status(config: TrustmeshConfig, config_path: Path, state: Path) -> dic
         "phase": sup.get("phase") if running else "stopped",
         "trust_domain": config.trust_domain,
         "workload_api": IdentityPaths(state).socket_address,
+        # dev mode: the CA of the browser-facing listeners (import it to trust them)
+        "edge_ca": str(crypto.edge_ca_path(state)) if crypto.edge_ca_path(state).exists() else None,
         "components": rows,
     }
 
@@ -309,6 +312,12 @@ def _print_table(status: dict[str, Any]) -> None:
             c["name"], c["url"], c["spiffe_id"], "yes" if c["healthy"] else "[red]no[/]", expires
         )
     out.print(table)
+    for c in status["components"]:
+        if c.get("public_url"):
+            out.print(
+                f"{c['name']}: browsers and public clients use {c['public_url']} (the issuer: "
+                f"{c.get('issuer')}); dev certificate authority: {status.get('edge_ca') or '-'}"
+            )
     for instance in status.get("stale_instances", []):
         out.print(f"[yellow]stale:[/] {instance['service']} at {instance['url']} stopped renewing")
     out.print(

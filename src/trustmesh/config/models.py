@@ -342,11 +342,38 @@ class AuthConfig(BaseModel):
         pattern=r"^rediss?://",
         description="Redis URL: revocations are published at once (services poll otherwise).",
     )
+    public_listener: bool | None = Field(
+        default=None,
+        description=(
+            "Also serve the browser-facing endpoints (login, authorize, token for public "
+            "clients, userinfo, discovery, JWKS) over server-authenticated TLS; its URL is "
+            "then the issuer. Default: on in dev mode or when public_tls_cert is set."
+        ),
+    )
+    public_port: int = Field(
+        default=0, ge=0, le=65535, description="Loopback port of the public listener; 0 picks one."
+    )
+    public_tls_cert: str | None = Field(
+        default=None,
+        description="PEM certificate chain of the public listener, relative to this file "
+        "(required outside dev mode; dev mode issues one from a local edge CA).",
+    )
+    public_tls_key: str | None = Field(
+        default=None, description="PEM private key of public_tls_cert."
+    )
 
     @model_validator(mode="after")
     def _check_lifetimes(self) -> AuthConfig:
         f = format_duration
         problems = _Problems()
+        if (self.public_tls_cert is None) != (self.public_tls_key is None):
+            missing = "public_tls_key" if self.public_tls_key is None else "public_tls_cert"
+            problems.add(
+                (missing,),
+                None,
+                "public_tls_cert and public_tls_key go together",
+                "both files, or neither",
+            )
         if self.access_token_ttl > timedelta(hours=1):
             problems.add(
                 ("access_token_ttl",),
@@ -462,11 +489,25 @@ class TrustmeshConfig(BaseModel):
     services: dict[ServiceName, ServiceSpec] = Field(default_factory=dict)
     calls: list[CallSpec] = Field(default_factory=list)
 
+    @property
+    def auth_public_listener(self) -> bool:
+        """Whether the identity provider serves browsers (see AuthConfig.public_listener)."""
+        if self.auth.public_listener is not None:
+            return self.auth.public_listener
+        return self.dev or self.auth.public_tls_cert is not None
+
     @model_validator(mode="after")
     def _distinct_ports(self) -> TrustmeshConfig:
         # A model check (not a ``services`` field check) so that an unknown service named
         # in ``calls`` is still reported alongside a port clash.
         problems = _Problems()
+        if self.auth.public_listener is True and not self.dev and self.auth.public_tls_cert is None:
+            problems.add(
+                ("auth", "public_tls_cert"),
+                None,
+                "the public listener needs a certificate outside dev mode",
+                "a PEM certificate chain file (and public_tls_key), or public_listener: false",
+            )
         ports: dict[int, str] = {}
         for name, spec in self.services.items():
             if spec.port is None:

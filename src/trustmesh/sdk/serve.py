@@ -21,7 +21,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.utils import get_remote_addr
 
 from trustmesh.errors import AuthenticationError
-from trustmesh.sdk.tls import RotatingTLS
+from trustmesh.sdk.tls import RotatingTLS, web_server_context
 from trustmesh.sdk.x509source import SVIDSource, X509Source
 
 log = logging.getLogger("trustmesh.sdk")
@@ -174,6 +174,59 @@ async def start(
             raise RuntimeError("the server stopped before it started")
         await asyncio.sleep(0.01)
     return Served(server, task, tls, source, owns)
+
+
+@dataclass
+class PublicServed:
+    """A running server-authenticated TLS listener (no SVID asked of clients)."""
+
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+
+    @property
+    def port(self) -> int:
+        sockets = self.server.servers[0].sockets
+        return int(sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+async def start_public(
+    app: ASGIApp,
+    *,
+    chain_pem: bytes,
+    key_pem: bytes,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    log_level: str = "warning",
+) -> PublicServed:
+    """Serve ``app`` over server-authenticated TLS, for clients that hold no SVID
+    (browsers, public OAuth clients). The app sees no ``tls`` extension: nothing it
+    serves here may depend on a workload identity."""
+    context = web_server_context(chain_pem, key_pem)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        ssl_context_factory=lambda _config, _default: context,
+        log_level=log_level,
+        proxy_headers=False,
+        server_header=False,
+        date_header=False,
+        lifespan="off",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server._serve(), name="trustmesh-serve-public")
+    while not server.started:
+        if task.done():
+            await task
+            raise RuntimeError("the server stopped before it started")
+        await asyncio.sleep(0.01)
+    return PublicServed(server, task)
 
 
 def serve(

@@ -36,6 +36,22 @@ def _load_identity(ctx: ssl.SSLContext, x: X509Context) -> None:
     ctx.load_verify_locations(cadata=x.bundle_pem().decode("ascii"))
 
 
+def web_server_context(chain_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
+    """Server-authenticated TLS for clients without an SVID (browsers): an ordinary web
+    server certificate, no client certificate asked for. The key goes through memory only."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    fd = os.memfd_create("trustmesh-web-cert", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, chain_pem + key_pem)
+        ctx.load_cert_chain(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
 def server_context(x: X509Context) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
