@@ -12,7 +12,7 @@ import ssl
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urljoin, urlsplit
+from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import jwt
 import pytest
@@ -382,3 +382,25 @@ def test_outside_dev_mode_the_public_listener_needs_a_certificate() -> None:
         "trust_domain: x.example\nauth: {public_tls_cert: c.pem, public_tls_key: k.pem}\n",
         source="t.yaml",
     ).auth_public_listener
+
+
+async def test_the_login_form_may_end_only_at_the_clients_registered_origin(
+    rig: AuthRig,
+) -> None:
+    """Browsers apply CSP form-action to the redirects after a form is sent: the login
+    page allows its own origin and the registered redirect URI's, nothing else."""
+    ca = _edge_ca(rig)
+    await _client(rig, "shop-web", ["orders"])
+
+    def csp(redirect_uri: str) -> str:
+        nxt = "/oauth2/authorize?" + urlencode(
+            {"client_id": "shop-web", "redirect_uri": redirect_uri, "response_type": "code"}
+        )
+        with PublicBrowser(rig, ca) as browser:
+            page = browser.get("/login?" + urlencode({"next": nxt}))
+        assert page.status_code == 200
+        return str(page.headers["Content-Security-Policy"])
+
+    assert "form-action 'self' https://shop.example;" in await asyncio.to_thread(csp, REDIRECT)
+    for evil in ("https://evil.example/cb", "https://shop.example.evil.example/cb"):
+        assert "form-action 'self';" in await asyncio.to_thread(csp, evil)

@@ -14,7 +14,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from authlib.oauth2.rfc6749.errors import (
     InvalidGrantError,
@@ -39,6 +39,7 @@ from trustmesh.auth.login import (
     SessionCodec,
     cookie_header,
     error_page,
+    login_csp,
     login_page,
     safe_next,
 )
@@ -371,13 +372,30 @@ def flow_routes(service: AuthService, flow: FlowStore, codec: SessionCodec) -> l
             redirect_uri + sep + urlencode(params), status_code=303, headers=SECURITY_HEADERS
         )
 
+    async def return_origin(next_url: str) -> str | None:
+        """The origin the login's redirects end at: the redirect URI of the pending
+        authorization request, if registered for its client."""
+        query = dict(parse_qsl(urlsplit(next_url).query))
+        client = await service.client(query.get("client_id", ""))
+        redirect_uri = query.get("redirect_uri")
+        if client is None or not pkce.redirect_uri_matches(redirect_uri, client.redirect_uris):
+            return None
+        parts = urlsplit(redirect_uri or "")
+        return f"{parts.scheme}://{parts.netloc}"
+
     async def login_form(
         request: Request, message: str | None = None, status: int = 200
     ) -> Response:
         next_url = safe_next(request.query_params.get("next")) or "/oauth2/authorize?"
         csrf = request.cookies.get(CSRF_COOKIE) or codec.new_csrf()
+        # CSP form-action also governs the redirects after the form is sent (browsers
+        # check the whole chain): allow the registered redirect URI's origin, no other.
+        origin = await return_origin(next_url)
+        headers = {"Content-Security-Policy": login_csp(origin)} if origin else None
         response = _html(
-            login_page(next_url=next_url, csrf=codec.csrf_field(csrf), message=message), status
+            login_page(next_url=next_url, csrf=codec.csrf_field(csrf), message=message),
+            status,
+            headers,
         )
         response.headers.append("Set-Cookie", cookie_header(CSRF_COOKIE, csrf, 3600))
         return response

@@ -25,16 +25,24 @@ CSRF_COOKIE = "__Host-tm_csrf"
 SESSION_SECONDS = 8 * 3600
 LOGIN_FAILED = "Invalid username, password or one-time code."
 
+
+def login_csp(return_origin: str | None = None) -> str:
+    """The pages' Content Security Policy; a login form may also end its redirect chain
+    at the origin of the client's registered redirect URI."""
+    form_action = "'self'" + (f" {return_origin}" if return_origin else "")
+    return (
+        f"default-src 'none'; style-src 'unsafe-inline'; form-action {form_action}; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    )
+
+
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "Pragma": "no-cache",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'"
-    ),
+    "Content-Security-Policy": login_csp(),
 }
 
 

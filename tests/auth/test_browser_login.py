@@ -1,0 +1,219 @@
+"""A real browser (headless Chromium driven through ChromeDriver) logs in to the shop:
+authorization code + PKCE against the identity provider's public listener, the login
+form filled in and submitted, the redirect back to a relying party that exchanges the
+code, verifies the ID token and asks userinfo who signed in.
+
+Chromium trusts exactly the two dev certificates in play (``--ignore-certificate-errors-
+spki-list``), not every certificate."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import shutil
+import ssl
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import jwt
+import pytest
+import requests
+from authlib.common.security import generate_token
+from authlib.integrations.requests_client import OAuth2Session
+from authrig import AuthRig
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from services import REQUIRE_SERVICES
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+from starlette.routing import Route
+
+from trustmesh import crypto
+from trustmesh.sdk.serve import start_public
+
+PASSWORD = "correct horse battery staple"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def browser_binaries() -> tuple[str, str]:
+    if CHROMIUM and CHROMEDRIVER:
+        return CHROMIUM, CHROMEDRIVER
+    message = (
+        "Chromium and ChromeDriver are not installed (apt-get install chromium chromium-driver)"
+    )
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{message} and TRUSTMESH_REQUIRE_SERVICES=1")
+    pytest.skip(message)
+
+
+def _spki_pin(cert: x509.Certificate) -> str:
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+@pytest.fixture
+def chrome(browser_binaries: tuple[str, str]) -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, chromedriver = browser_binaries
+    profile = tempfile.mkdtemp(prefix="tm-chrome-")
+    made: list[Any] = []
+
+    def start(pins: list[str]) -> Any:
+        options = webdriver.ChromeOptions()
+        options.binary_location = chromium
+        for arg in (
+            "--headless=new",
+            "--no-sandbox",  # CI runs as root
+            "--disable-dev-shm-usage",
+            "--disable-gpu",
+            "--no-first-run",
+            f"--user-data-dir={profile}",
+            f"--ignore-certificate-errors-spki-list={','.join(pins)}",
+        ):
+            options.add_argument(arg)
+        driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
+        driver.set_page_load_timeout(30)
+        made.append(driver)
+        return driver
+
+    try:
+        yield start
+    finally:
+        for driver in made:
+            driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+async def _leaf(url: str, ca: str) -> x509.Certificate:
+    parts = urlsplit(url)
+    assert parts.hostname is not None
+    context = ssl.create_default_context(cafile=ca)
+    _, writer = await asyncio.open_connection(parts.hostname, parts.port, ssl=context)
+    der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    writer.close()
+    await writer.wait_closed()
+    return x509.load_der_x509_certificate(der)
+
+
+def _operator_post(rig: AuthRig, path: str, body: Any) -> dict[str, Any]:
+    with rig.operator.mount(requests.Session()) as s:
+        r = s.post(rig.url + path, json=body, timeout=30)
+    assert r.status_code == 201, r.text
+    doc: dict[str, Any] = r.json()
+    return doc
+
+
+async def test_a_browser_logs_in_with_code_and_pkce(rig: AuthRig, chrome: Any) -> None:
+    ca = str(crypto.edge_ca_path(rig.state))
+    alice = await asyncio.to_thread(
+        _operator_post, rig, "/admin/v1/users", {"username": "alice", "password": PASSWORD}
+    )
+    # the relying party: a small web app with its own dev certificate
+    rp_cert = crypto.local_server_certificate(rig.state, rig.auth.service.seal_key)
+    seen: dict[str, Any] = {}
+    session = OAuth2Session(
+        client_id="shop-web",
+        scope="openid",
+        token_endpoint_auth_method="none",
+        code_challenge_method="S256",
+    )
+    session.trust_env = False
+    session.verify = ca
+    verifier, nonce = generate_token(48), generate_token(16)
+
+    def exchange(url: str) -> dict[str, Any]:
+        tokens: dict[str, Any] = session.fetch_token(
+            rig.public_url + "/oauth2/token", authorization_response=url, code_verifier=verifier
+        )
+        info = requests.get(
+            rig.public_url + "/oauth2/userinfo",
+            headers={"Authorization": f"Bearer {tokens['access_token']}"},
+            verify=ca,
+            timeout=30,
+        )
+        tokens["userinfo"] = info.json()
+        return tokens
+
+    async def callback(request: Request) -> HTMLResponse:
+        tokens = await asyncio.to_thread(exchange, str(request.url))
+        seen["tokens"] = tokens
+        who = tokens["userinfo"].get("preferred_username", "?")
+        return HTMLResponse(f"<html><body><p id='who'>Signed in as {who}</p></body></html>")
+
+    rp = await start_public(
+        Starlette(routes=[Route("/cb", callback)]),
+        chain_pem=rp_cert.chain_pem(),
+        key_pem=rp_cert.key_pem(),
+    )
+    try:
+        redirect = f"https://127.0.0.1:{rp.port}/cb"
+        session.redirect_uri = redirect
+        await asyncio.to_thread(
+            _operator_post,
+            rig,
+            "/admin/v1/clients",
+            {
+                "client_id": "shop-web",
+                "method": "none",
+                "redirect_uris": [redirect],
+                "audiences": ["orders"],
+            },
+        )
+        start, _ = session.create_authorization_url(
+            rig.public_url + "/oauth2/authorize", code_verifier=verifier, nonce=nonce
+        )
+        pins = [_spki_pin(await _leaf(rig.public_url, ca)), _spki_pin(rp_cert.chain[0])]
+        signed_in = await asyncio.to_thread(_drive, chrome(pins), start, "alice", PASSWORD)
+    finally:
+        await rp.stop()
+    assert signed_in == "Signed in as alice"
+    tokens = seen["tokens"]
+    assert tokens["userinfo"] == {"sub": alice["user_id"], "preferred_username": "alice"}
+    jwks = jwt.PyJWKClient(
+        rig.public_url + "/jwks.json", ssl_context=ssl.create_default_context(cafile=ca)
+    )
+    key = await asyncio.to_thread(jwks.get_signing_key_from_jwt, tokens["id_token"])
+    claims = jwt.decode(
+        tokens["id_token"], key.key, algorithms=["ES256"], audience="shop-web", issuer=rig.issuer
+    )
+    assert claims["sub"] == alice["user_id"]
+    assert claims["nonce"] == nonce
+
+
+def _drive(driver: Any, start: str, username: str, password: str) -> str:
+    """In the browser: open the authorization URL, fill in the login form, submit, and
+    return what the relying party's page says."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(start)
+    wait = WebDriverWait(driver, 30)
+    wait.until(expected_conditions.presence_of_element_located((By.NAME, "username")))
+    assert "/login" in driver.current_url
+    driver.find_element(By.NAME, "username").send_keys(username)
+    driver.find_element(By.NAME, "password").send_keys(password)
+    driver.find_element(By.CSS_SELECTOR, "form button, form input[type=submit]").click()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = driver.find_elements(By.ID, "who")
+        if found:
+            return str(found[0].text)
+        time.sleep(0.1)
+    raise AssertionError(
+        f"the browser did not reach the relying party: {driver.current_url}\n"
+        + driver.page_source[:2000]
+        + f"\n{os.linesep.join(str(e) for e in driver.get_log('browser'))}"
+    )
