@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import re
 import ssl
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -404,3 +406,55 @@ async def test_the_login_form_may_end_only_at_the_clients_registered_origin(
     assert "form-action 'self' https://shop.example;" in await asyncio.to_thread(csp, REDIRECT)
     for evil in ("https://evil.example/cb", "https://shop.example.evil.example/cb"):
         assert "form-action 'self';" in await asyncio.to_thread(csp, evil)
+
+
+async def test_twenty_concurrent_refreshes_over_http_have_one_winner(rig: AuthRig) -> None:
+    """20 clients replay one refresh token at once over HTTP: exactly one gets tokens;
+    the replays revoke the family, so even the winner's new refresh token is dead."""
+    ca = _edge_ca(rig)
+    await asyncio.to_thread(
+        _created, rig, "/admin/v1/users", {"username": "alice", "password": PASSWORD}
+    )
+    await _client(rig, "shop-web", ["orders"])
+    tokens = await asyncio.to_thread(_code_flow, rig, ca, "shop-web", "alice")
+    barrier = threading.Barrier(20)
+
+    def refresh(_: int) -> requests.Response:
+        with requests.Session() as s:
+            s.trust_env = False
+            s.verify = ca
+            s.get(rig.public_url + "/healthz", timeout=30)  # connect before the race
+            barrier.wait(timeout=30)
+            return s.post(
+                rig.public_url + "/oauth2/token",
+                data={
+                    "grant_type": "refresh_token",
+                    "refresh_token": tokens["refresh_token"],
+                    "client_id": "shop-web",
+                },
+                timeout=60,
+            )
+
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        answers = await asyncio.to_thread(lambda: list(pool.map(refresh, range(20))))
+    winners = [a for a in answers if a.status_code == 200]
+    assert len(winners) == 1, [a.status_code for a in answers]
+    assert all(
+        a.status_code == 400 and a.json()["error"] == "invalid_grant"
+        for a in answers
+        if a is not winners[0]
+    )
+    again = await asyncio.to_thread(
+        lambda: requests.post(
+            rig.public_url + "/oauth2/token",
+            data={
+                "grant_type": "refresh_token",
+                "refresh_token": winners[0].json()["refresh_token"],
+                "client_id": "shop-web",
+            },
+            verify=ca,
+            timeout=30,
+        )
+    )
+    assert again.status_code == 400
+    assert any(e.reason == Reason.TOKEN_REVOKED for e in rig.sink.events)
