@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urljoin, urlsplit
 
 import pytest
 import requests
+from authlib.common.security import generate_token
+from authlib.integrations.requests_client import OAuth2Session
 from requests.adapters import HTTPAdapter
 
 from trustmesh import crypto, events
@@ -182,3 +186,77 @@ async def make_rig(
 async def rig(identity: RunningIdentityServer, short_tmp: Path) -> AsyncIterator[AuthRig]:
     async with make_rig(identity, short_tmp) as made:
         yield made
+
+
+class FormLogin:
+    """A browser's part in a login: cookies kept, the form read and sent, redirects
+    followed only by hand. ``session`` decides the channel (a workload's mTLS seat, or
+    plain TLS to the public listener)."""
+
+    def __init__(self, session: requests.Session, base: str) -> None:
+        self.session = session
+        self.base = base
+
+    def get(self, url: str) -> requests.Response:
+        return self.session.get(urljoin(self.base, url), allow_redirects=False, timeout=30)
+
+    def login(self, start: str, username: str, password: str, otp: str = "") -> requests.Response:
+        first = self.get(start)
+        assert first.status_code == 303, first.text
+        form = self.get(first.headers["Location"])
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+        nxt = re.search(r'name="next" value="([^"]+)"', form.text)
+        assert csrf, form.text
+        assert nxt, form.text
+        return self.session.post(
+            self.base + "/login",
+            data={
+                "csrf": csrf[1],
+                "next": nxt[1].replace("&amp;", "&"),
+                "username": username,
+                "password": password,
+                "otp": otp,
+            },
+            allow_redirects=False,
+            timeout=30,
+        )
+
+
+def code_flow(
+    session: requests.Session,
+    base: str,
+    client_id: str,
+    redirect_uri: str,
+    username: str,
+    password: str,
+    otp: str = "",
+) -> dict[str, Any]:
+    """Authorization code + PKCE as a public client, through ``session`` (Authlib's
+    client for the protocol); the token response."""
+    client = OAuth2Session(
+        client_id=client_id,
+        redirect_uri=redirect_uri,
+        scope="openid",
+        token_endpoint_auth_method="none",
+        code_challenge_method="S256",
+    )
+    verifier = generate_token(48)
+    url, _ = client.create_authorization_url(
+        base + "/oauth2/authorize", code_verifier=verifier, nonce=generate_token(16)
+    )
+    browser = FormLogin(session, base)
+    logged_in = browser.login(url, username, password, otp)
+    assert logged_in.status_code == 303, logged_in.text
+    back = browser.get(logged_in.headers["Location"])
+    assert back.status_code == 303, back.text
+    data = {
+        "grant_type": "authorization_code",
+        "code": parse_qs(urlsplit(back.headers["Location"]).query)["code"][0],
+        "redirect_uri": redirect_uri,
+        "client_id": client_id,
+        "code_verifier": verifier,
+    }
+    answer = session.post(base + "/oauth2/token", data=data, timeout=30)
+    assert answer.status_code == 200, answer.text
+    tokens: dict[str, Any] = answer.json()
+    return tokens

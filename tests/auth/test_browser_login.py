@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import os
 import shutil
@@ -92,7 +93,8 @@ def chrome(browser_binaries: tuple[str, str]) -> Iterator[Any]:
         yield start
     finally:
         for driver in made:
-            driver.quit()
+            with contextlib.suppress(Exception):  # quit already, as a rule
+                driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
 
 
@@ -175,8 +177,13 @@ async def test_a_browser_logs_in_with_code_and_pkce(rig: AuthRig, chrome: Any) -
             rig.public_url + "/oauth2/authorize", code_verifier=verifier, nonce=nonce
         )
         pins = [_spki_pin(await _leaf(rig.public_url, ca)), _spki_pin(rp_cert.chain[0])]
-        signed_in = await asyncio.to_thread(_drive, chrome(pins), start, "alice", PASSWORD)
+        driver = chrome(pins)
+        try:
+            signed_in = await asyncio.to_thread(_drive, driver, start, "alice", PASSWORD)
+        finally:  # the browser's connections close before the servers stop
+            await asyncio.to_thread(driver.quit)
     finally:
+        session.close()  # no keep-alive connection outlives the test's servers
         await rp.stop()
     assert signed_in == "Signed in as alice"
     tokens = seen["tokens"]

@@ -165,6 +165,8 @@ def auth_app(service: AuthService, urls: AuthURLs, *, public: bool = False) -> S
             code = next((v for k, v in form if k == "code"), "")
             record = await flow.code(code) if code else None
             prefetched.code = record
+            if record is not None:
+                prefetched.user = await service.store.get_user_by_id(record.user_id)
             if record is not None and record.used_at is not None:
                 # a code used twice: whatever it issued is revoked (RFC 6749 §4.1.2)
                 if record.issued_jti and record.issued_exp:
@@ -185,6 +187,10 @@ def auth_app(service: AuthService, urls: AuthURLs, *, public: bool = False) -> S
             ids = _client_ids(form, core.headers.get("Authorization"))
             if token and len(ids) == 1:
                 prefetched.refresh = await service.store.rotate_refresh(token, next(iter(ids)), now)
+                if prefetched.refresh.family is not None:
+                    prefetched.user = await service.store.get_user_by_id(
+                        prefetched.refresh.family.subject
+                    )
                 if prefetched.refresh.status == "reused":
                     service.emit(
                         Reason.TOKEN_REVOKED,
@@ -241,7 +247,7 @@ def auth_app(service: AuthService, urls: AuthURLs, *, public: bool = False) -> S
             "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
             "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
             "introspection_endpoint_auth_methods_supported": list(AUTH_METHODS),
-            "revocation_endpoint_auth_methods_supported": list(AUTH_METHODS),
+            "revocation_endpoint_auth_methods_supported": [*AUTH_METHODS, "none"],
             "tls_client_certificate_bound_access_tokens": True,
             "response_types_supported": ["code"],
             "subject_types_supported": ["public"],

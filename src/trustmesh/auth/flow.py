@@ -162,6 +162,19 @@ class FlowStore:
 
 
 # -- grants ------------------------------------------------------------------------------
+def _check_user() -> None:
+    """A code or refresh token is worth nothing once its user is gone or locked."""
+    user = _prefetched.get().user
+    if user is None or user.locked:
+        raise InvalidGrantError(description="the user is unknown or locked")
+
+
+def _user_claims() -> dict[str, Any]:
+    """RFC 9068 §2.2.3.1: the user's roles (and name), for the services' own checks."""
+    user = _prefetched.get().user
+    return {"preferred_username": user.username, "roles": list(user.roles)}
+
+
 class AuthorizationCode(_AudienceAndScope, BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
     GRANT_TYPE = AUTHORIZATION_CODE
     TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = [*AUTH_METHODS, "none"]
@@ -185,6 +198,7 @@ class AuthorizationCode(_AudienceAndScope, BaseGrant, TokenEndpointMixin):  # ty
             )
         if not pkce.verify_pkce(record.code_challenge, self.request.form.get("code_verifier")):
             raise InvalidGrantError(description="code_verifier does not match (PKCE)")
+        _check_user()
         self.check_audience_and_scope(
             client.record, client.record.audiences, allow_extra_scope=True
         )
@@ -220,6 +234,7 @@ class RefreshGrant(_AudienceAndScope, BaseGrant, TokenEndpointMixin):  # type: i
             raise InvalidGrantError(description=f"refresh token {status}")
         if outcome.family.client_id != client.get_client_id():
             raise InvalidGrantError(description="refresh token of another client")
+        _check_user()
         self.check_audience_and_scope(
             client.record, client.record.audiences, allow_extra_scope=True
         )
@@ -236,6 +251,7 @@ class RefreshGrant(_AudienceAndScope, BaseGrant, TokenEndpointMixin):  # type: i
             audience=self.request.audiences,
             scope=family.scope.split(),
             cnf_thumbprint=self.request.peer_thumbprint,
+            extra=_user_claims(),  # no amr: a refresh is no login
         )
         self.request.issued = issued
         body = {
@@ -266,8 +282,8 @@ def issue_user_tokens(
         audience=grant.request.audiences,
         scope=scope.split(),
         cnf_thumbprint=grant.request.peer_thumbprint,
-        # RFC 9068 §2.2.1: how the user logged in (the admin API asks for "otp")
-        extra={"auth_time": auth_time, "amr": list(amr)},
+        # RFC 9068 §2.2.1: how the user logged in (the admin APIs ask for "otp")
+        extra={**_user_claims(), "auth_time": auth_time, "amr": list(amr)},
     )
     grant.request.issued = issued
     body: dict[str, Any] = {

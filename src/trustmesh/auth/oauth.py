@@ -180,6 +180,7 @@ class Prefetched:
     revoke: list[TokenRecord] = field(default_factory=list)
     code: Any = None  # the authorization code's record (trustmesh.auth.flow)
     refresh: Any = None  # the outcome of spending a refresh token
+    user: Any = None  # the user a code or refresh token is for (trustmesh.auth.db.User)
 
 
 _prefetched: contextvars.ContextVar[Prefetched] = contextvars.ContextVar("trustmesh_auth_prefetch")
@@ -348,7 +349,8 @@ class Introspection(IntrospectionEndpoint):  # type: ignore[misc]
 
 
 class Revocation(RevocationEndpoint):  # type: ignore[misc]
-    CLIENT_AUTH_METHODS: ClassVar[list[str]] = list(AUTH_METHODS)
+    # a public client revokes its own tokens by its client_id (RFC 7009 §2.1, §5)
+    CLIENT_AUTH_METHODS: ClassVar[list[str]] = [*AUTH_METHODS, "none"]
     SUPPORTED_TOKEN_TYPES = ("access_token",)
 
     def query_token(self, token_string: str, token_type_hint: str | None) -> TokenRecord | None:

@@ -41,15 +41,30 @@ class ServiceSettings:
     jwt_svid_ttl: dt.timedelta
 
 
+@dataclass(frozen=True)
+class Actor:
+    """Who made an admin request: the peer's SPIFFE ID, and a name for the record
+    (``operator``, or ``user:<name>`` for an admin user acting through a workload)."""
+
+    peer_spiffe_id: str | None
+    name: str
+
+
 def _event(
     reason: Reason,
     message: str,
     activity: tuple[int, str],
     now: dt.datetime,
+    *,
+    actor: Actor | None = None,
     **fields: object,
 ) -> events.Event:
     """Built (and so validated) *before* anything is written: input the event model
     refuses is refused, and changes nothing."""
+    if actor is not None:
+        attributes = dict(fields.pop("attributes", {}) or {})  # type: ignore[call-overload]
+        fields["attributes"] = {**attributes, "by": actor.name}
+        fields["peer_spiffe_id"] = actor.peer_spiffe_id
     return events.event(
         events.EventClass.ENTITY_MANAGEMENT,
         activity_id=activity[0],
@@ -70,8 +85,11 @@ def register_entry(
     selectors: list[str],
     ttl: dt.timedelta | None,
     sink: events.EventSink,
+    *,
+    actor: Actor | None = None,
 ) -> RegistrationEntry:
-    """Validate and store a registration entry; TTLs above the enforced maximum are refused."""
+    """Validate and store a registration entry; TTLs above the enforced maximum are refused.
+    ``actor``: who asked, through the admin API (the CLI on the store: nobody named)."""
     require_workload_id(spiffe_id, settings.trust_domain)
     if not selectors:
         raise UsageError("an entry needs at least one selector")
@@ -100,13 +118,16 @@ def register_entry(
         now,
         spiffe_id=spiffe_id,
         attributes={"entry_id": entry.id, "selectors": " ".join(sorted(canonical))},
+        actor=actor,
     )
     store.add_entry(entry)
     sink.emit(event)
     return entry
 
 
-def remove_entry(store: IdentityStore, entry_id: str, sink: events.EventSink) -> RegistrationEntry:
+def remove_entry(
+    store: IdentityStore, entry_id: str, sink: events.EventSink, *, actor: Actor | None = None
+) -> RegistrationEntry:
     entry = store.remove_entry(entry_id)
     sink.emit(
         _event(
@@ -116,6 +137,7 @@ def remove_entry(store: IdentityStore, entry_id: str, sink: events.EventSink) ->
             utcnow(),
             spiffe_id=entry.spiffe_id,
             attributes={"entry_id": entry.id},
+            actor=actor,
         )
     )
     return entry
@@ -129,6 +151,7 @@ def create_join_token(
     sink: events.EventSink,
     *,
     now: dt.datetime | None = None,
+    actor: Actor | None = None,
 ) -> str:
     """A one-time token for ``spiffe_id``. Only its SHA-256 is stored; the token is
     returned once, to be handed to exactly one process."""
@@ -146,6 +169,7 @@ def create_join_token(
         now,
         spiffe_id=spiffe_id,
         attributes={"expires_at": (now + ttl).isoformat()},
+        actor=actor,
     )
     store.add_join_token(JoinToken(hash_join_token(token), spiffe_id, now + ttl, now))
     sink.emit(event)

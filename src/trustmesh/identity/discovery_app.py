@@ -29,7 +29,11 @@ def _error(exc: TrustmeshError) -> JSONResponse:
     return JSONResponse(exc.to_dict(), status_code=exc.status)
 
 
-def discovery_app(registry: Registry, sink: events.EventSink, clock: Clock) -> Starlette:
+def discovery_app(
+    registry: Registry, sink: events.EventSink, clock: Clock, extra: list[Route] | None = None
+) -> Starlette:
+    """Discovery, and ``extra`` routes on the same listener (the admin API)."""
+
     def caller(request: Request) -> str:
         return str(request.scope["extensions"]["tls"]["spiffe_id"])
 
@@ -114,5 +118,6 @@ def discovery_app(registry: Registry, sink: events.EventSink, clock: Clock) -> S
             Route("/v1/instances", put_instance, methods=["PUT"]),
             Route("/v1/instances", delete_instance, methods=["DELETE"]),
             Route("/v1/services/{name}", get_service, methods=["GET"]),
+            *(extra or ()),
         ]
     )

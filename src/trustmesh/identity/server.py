@@ -12,6 +12,7 @@ import socket
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from trustmesh import crypto, events
 from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import StateError
 from trustmesh.identity.admin import ServiceSettings, utcnow
+from trustmesh.identity.admin_app import AdminTokens, admin_routes
 from trustmesh.identity.attestation import boot_id
 from trustmesh.identity.ca import CASettings, CertificateAuthority
 from trustmesh.identity.discovery import Registry
@@ -61,6 +63,12 @@ class IdentityPaths:
     @property
     def discovery(self) -> Path:
         return self.root / "discovery.json"
+
+    @property
+    def auth_endpoint(self) -> Path:
+        """Where the identity provider, once running, writes its URLs (``trustmesh.auth``
+        writes this file; the admin API reads it to check admin users' tokens)."""
+        return self.root / "auth" / "endpoint.json"
 
     @property
     def socket_address(self) -> str:
@@ -131,6 +139,7 @@ class IdentityServer:
         listen_fd: int | None = None,
         worker_argv: list[str] | None = None,
         discovery: bool = False,
+        locate_auth: Callable[[], str | None] | None = None,
     ) -> None:
         self.config = config
         self.paths = IdentityPaths(state_dir.absolute())
@@ -180,6 +189,11 @@ class IdentityServer:
             clock,
         )
         self.discovery: Served | None = None
+        self.admin_tokens = AdminTokens(
+            config,
+            lambda: self.discovery.tls if self.discovery else None,
+            locate_auth or self._auth_url,
+        )
         self._tick_interval = tick_interval
         self._ticker: asyncio.Task[None] | None = None
 
@@ -204,13 +218,37 @@ class IdentityServer:
                 self._spawn_worker()
         if self._discovery_enabled:
             self.discovery = await serve_start(
-                discovery_app(self.registry, self.sink, self.clock),
+                discovery_app(
+                    self.registry,
+                    self.sink,
+                    self.clock,
+                    admin_routes(
+                        self.config,
+                        self.store,
+                        service_settings(self.config),
+                        self.sink,
+                        self.admin_tokens,
+                        self._entries_changed,
+                    ),
+                ),
                 source=self.self_svid,
                 host="127.0.0.1",
                 port=self.config.identity.discovery_port,
             )
             self._write_discovery_file()
         self._ticker = asyncio.create_task(self._tick_forever())
+
+    def _entries_changed(self) -> None:
+        if self.service.refresh_entries():
+            self.feed.bump()  # streams re-send (or stop) at once
+
+    def _auth_url(self) -> str | None:
+        try:
+            doc = json.loads(self.paths.auth_endpoint.read_text())
+        except (OSError, ValueError):
+            return None
+        url = doc.get("url") if isinstance(doc, dict) else None
+        return url if isinstance(url, str) else None
 
     def _spawn_worker(self) -> None:
         if self._listener is None or self._worker_argv is None:
@@ -278,6 +316,7 @@ class IdentityServer:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
+        await self.admin_tokens.close()
         if self.discovery is not None:
             await self.discovery.stop()
             self.paths.discovery.unlink(missing_ok=True)

@@ -1,0 +1,299 @@
+"""The identity service's admin API (``/admin/v1``), served over mTLS beside discovery:
+registration entries and one-time join tokens.
+
+``GET /admin/v1/entries``, ``POST /admin/v1/entries`` {"spiffe_id", "selectors", "ttl"?
+(seconds)}, ``DELETE /admin/v1/entries/{id}``, ``POST /admin/v1/join-tokens``
+{"spiffe_id", "ttl"? (seconds)}.
+
+Two kinds of caller, as at the identity provider's admin API:
+
+- the **operator**: the SPIFFE ID ``spiffe://<td>/trustmesh/operator`` in the verified
+  peer certificate;
+- a workload acting for an **admin user** (a console, say): a bearer access token from
+  the identity provider addressed to this service (``aud`` holds
+  ``spiffe://<td>/trustmesh/identity``), bound to the caller's certificate, not revoked,
+  with ``admin`` in ``roles`` and ``otp`` in ``amr`` (a login with a one-time code). The
+  token is checked as every service checks tokens — JWKS, issuer, audience, binding,
+  the revocation feed — through the provider's public protocol, never its internals.
+
+Anyone else gets 403 (401 for a token that does not verify), and every request, allowed
+or refused, is an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from trustmesh import events
+from trustmesh.config import TrustmeshConfig
+from trustmesh.errors import (
+    InvalidTokenError,
+    NotFoundError,
+    TrustmeshError,
+    UnavailableError,
+    UsageError,
+)
+from trustmesh.identity import admin
+from trustmesh.identity.admin import Actor, ServiceSettings
+from trustmesh.identity.models import RegistrationEntry
+from trustmesh.identity.store import IdentityStore
+from trustmesh.reasons import Reason
+from trustmesh.sdk.oauth import AuthClient, RevocationFeed
+from trustmesh.sdk.tls import RotatingTLS
+from trustmesh.sdk.tokens import RevocationList, TokenVerifier, VerifiedToken
+
+log = logging.getLogger("trustmesh.identity")
+
+MAX_BODY = 64 * 1024
+Handler = Callable[[Request, Actor], Awaitable[Response]]
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, error: str, why: str, sub: str | None = None) -> None:
+        self.status, self.error, self.why, self.sub = status, error, why, sub
+
+
+class AdminTokens:
+    """Checks admin users' tokens against the identity provider, found through
+    ``locate()`` (its mTLS URL, or None while it is not running). Set up on first use:
+    the provider starts after this service."""
+
+    def __init__(
+        self,
+        config: TrustmeshConfig,
+        tls: Callable[[], RotatingTLS | None],
+        locate: Callable[[], str | None],
+    ) -> None:
+        self.config = config
+        self._tls = tls
+        self._locate = locate
+        self._verifier: TokenVerifier | None = None
+        self._client: AuthClient | None = None
+        self._feed: RevocationFeed | None = None
+        self._lock = asyncio.Lock()
+
+    async def verifier(self) -> TokenVerifier:
+        async with self._lock:
+            if self._verifier is not None:
+                return self._verifier
+            url, tls = self._locate(), self._tls()
+            if url is None or tls is None:
+                raise UnavailableError("the identity provider is not running")
+            client = AuthClient(tls, url, self.config.component_spiffe_id("auth"))
+            try:
+                await client.discover()
+                jwks = client.jwks_cache()
+                await jwks.refresh()
+                revoked = RevocationList()
+                feed = RevocationFeed(client, revoked, redis_url=self.config.auth.redis)
+                await feed.start()
+            except BaseException:
+                await client.close()
+                raise
+            self._client, self._feed = client, feed
+            self._verifier = TokenVerifier(
+                issuers={client.issuer},
+                audience=self.config.component_spiffe_id("identity"),
+                jwks=jwks,
+                revoked=revoked,
+            )
+            return self._verifier
+
+    async def check(self, token: str, peer_thumbprint: str | None) -> VerifiedToken:
+        verifier = await self.verifier()
+        return await verifier.verify(token, peer_thumbprint=peer_thumbprint)
+
+    async def close(self) -> None:
+        if self._feed is not None:
+            await self._feed.close()
+        if self._client is not None:
+            await self._client.close()
+
+
+def _entry_doc(entry: RegistrationEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "spiffe_id": entry.spiffe_id,
+        "selectors": sorted(entry.selectors),
+        "ttl": int(entry.ttl.total_seconds()) if entry.ttl else None,
+        "created_at": entry.created_at.isoformat(),
+    }
+
+
+def _ttl(value: object, name: str) -> dt.timedelta | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise UsageError(f"{name}: expected a positive number of seconds")
+    return dt.timedelta(seconds=value)
+
+
+def admin_routes(
+    config: TrustmeshConfig,
+    store: IdentityStore,
+    settings: ServiceSettings,
+    sink: events.EventSink,
+    tokens: AdminTokens,
+    changed: Callable[[], None],
+) -> list[Route]:
+    """``changed`` is called after every write (the Workload API streams re-send)."""
+    operator = config.component_spiffe_id("operator")
+
+    def emit_refusal(action: str, why: str, peer: str | None, sub: str | None) -> None:
+        sink.emit(
+            events.event(
+                events.EventClass.API_ACTIVITY,
+                activity_id=99,
+                activity_name="Other",
+                component="identity",
+                decision=events.Decision.DENY,
+                reason=Reason.ADMIN_DENIED,
+                message=f"admin {action} refused: {why}",
+                peer_spiffe_id=peer,
+                sub=sub,
+                attributes={"action": action},
+            )
+        )
+
+    async def actor_of(request: Request) -> Actor:
+        tls = (request.scope.get("extensions") or {}).get("tls") or {}
+        peer = tls.get("spiffe_id")
+        if peer == operator:
+            return Actor(peer, "operator")
+        header = request.headers.get("authorization", "")
+        if header[:7].lower() != "bearer " or not header[7:].strip():
+            raise _Refused(403, "forbidden", "neither the operator nor an admin user's token")
+        try:
+            token = await tokens.check(header[7:].strip(), tls.get("client_cert_x5t_s256"))
+        except InvalidTokenError as exc:
+            raise _Refused(401, "invalid_token", f"token refused: {exc.detail}") from None
+        except UnavailableError as exc:
+            raise _Refused(503, "unavailable", exc.detail) from None
+        roles = token.claims.get("roles")
+        if not isinstance(roles, list) or "admin" not in roles:
+            raise _Refused(403, "forbidden", "not an admin user", token.subject)
+        amr = token.claims.get("amr")
+        if not isinstance(amr, list) or "otp" not in amr:
+            raise _Refused(
+                403,
+                "mfa_required",
+                "admin actions need a login with a one-time code",
+                token.subject,
+            )
+        name = token.claims.get("preferred_username") or token.subject
+        return Actor(peer, f"user:{name}")
+
+    def guarded(action: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                actor = await actor_of(request)
+            except _Refused as refused:
+                peer = ((request.scope.get("extensions") or {}).get("tls") or {}).get("spiffe_id")
+                emit_refusal(action, refused.why, peer, refused.sub)
+                headers = (
+                    {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+                    if refused.status == 401
+                    else None
+                )
+                return JSONResponse(
+                    {"error": refused.error, "message": refused.why},
+                    status_code=refused.status,
+                    headers=headers,
+                )
+            try:
+                return await handler(request, actor)
+            except NotFoundError as exc:
+                return JSONResponse({"error": "not_found", "message": exc.detail}, 404)
+            except UsageError as exc:
+                return JSONResponse({"error": "invalid_request", "message": exc.detail}, 400)
+            except TrustmeshError as exc:
+                return JSONResponse({"error": exc.code, "message": exc.detail}, exc.status)
+
+        return endpoint
+
+    async def body(request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        if len(raw) > MAX_BODY:
+            raise UsageError(f"the body must be at most {MAX_BODY} bytes")
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            raise UsageError("the body is not JSON") from None
+        if not isinstance(doc, dict):
+            raise UsageError("the body must be a JSON object")
+        return doc
+
+    async def list_entries(_: Request, actor: Actor) -> Response:
+        entries = store.list_entries()
+        sink.emit(
+            events.event(
+                events.EventClass.API_ACTIVITY,
+                activity_id=2,
+                activity_name="Read",
+                component="identity",
+                decision=events.Decision.ALLOW,
+                reason=Reason.ADMIN_READ,
+                message="admin list-entries",
+                peer_spiffe_id=actor.peer_spiffe_id,
+                attributes={"action": "list-entries", "by": actor.name},
+            )
+        )
+        return JSONResponse([_entry_doc(e) for e in entries])
+
+    async def add_entry(request: Request, actor: Actor) -> Response:
+        doc = await body(request)
+        unknown = set(doc) - {"spiffe_id", "selectors", "ttl"}
+        if unknown:
+            raise UsageError(f"unknown field {sorted(unknown)[0]!r}")
+        selectors = doc.get("selectors")
+        if not isinstance(selectors, list) or not all(isinstance(s, str) for s in selectors):
+            raise UsageError("selectors: expected a list of strings such as unix:uid:1000")
+        spiffe_id = doc.get("spiffe_id")
+        if not isinstance(spiffe_id, str):
+            raise UsageError("spiffe_id: expected a SPIFFE ID")
+        entry = admin.register_entry(
+            store, settings, spiffe_id, selectors, _ttl(doc.get("ttl"), "ttl"), sink, actor=actor
+        )
+        changed()
+        return JSONResponse(_entry_doc(entry), status_code=201)
+
+    async def remove_entry(request: Request, actor: Actor) -> Response:
+        entry = admin.remove_entry(store, request.path_params["entry_id"], sink, actor=actor)
+        changed()
+        return JSONResponse(_entry_doc(entry))
+
+    async def join_token(request: Request, actor: Actor) -> Response:
+        doc = await body(request)
+        unknown = set(doc) - {"spiffe_id", "ttl"}
+        if unknown:
+            raise UsageError(f"unknown field {sorted(unknown)[0]!r}")
+        spiffe_id = doc.get("spiffe_id")
+        if not isinstance(spiffe_id, str):
+            raise UsageError("spiffe_id: expected a SPIFFE ID")
+        ttl = _ttl(doc.get("ttl"), "ttl") or admin.DEFAULT_JOIN_TTL
+        token = admin.create_join_token(store, settings, spiffe_id, ttl, sink, actor=actor)
+        return JSONResponse(
+            {"token": token, "spiffe_id": spiffe_id, "ttl": int(ttl.total_seconds())},
+            status_code=201,
+            headers={"Cache-Control": "no-store"},  # shown once; only its hash is stored
+        )
+
+    return [
+        Route("/admin/v1/entries", guarded("list-entries", list_entries), methods=["GET"]),
+        Route("/admin/v1/entries", guarded("add-entry", add_entry), methods=["POST"]),
+        Route(
+            "/admin/v1/entries/{entry_id}",
+            guarded("remove-entry", remove_entry),
+            methods=["DELETE"],
+        ),
+        Route("/admin/v1/join-tokens", guarded("create-join-token", join_token), methods=["POST"]),
+    ]
