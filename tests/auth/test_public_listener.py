@@ -21,7 +21,7 @@ import pytest
 import requests
 from authlib.common.security import generate_token
 from authlib.integrations.requests_client import OAuth2Session
-from authrig import AUTH, ORDERS, AuthRig, make_rig
+from authrig import AUTH, ORDERS, AuthRig, code_flow, make_rig
 from cryptography import x509
 
 from trustmesh import crypto
@@ -458,3 +458,39 @@ async def test_twenty_concurrent_refreshes_over_http_have_one_winner(rig: AuthRi
     )
     assert again.status_code == 400
     assert any(e.reason == Reason.TOKEN_REVOKED for e in rig.sink.events)
+
+
+async def test_a_family_started_over_mtls_is_not_refreshed_without_it(rig: AuthRig) -> None:
+    """Tokens issued over mTLS are certificate-bound; their refresh token must not mint
+    unbound ones on the public listener (and a try there does not spend it)."""
+    ca = _edge_ca(rig)
+    await asyncio.to_thread(
+        _created, rig, "/admin/v1/users", {"username": "alice", "password": PASSWORD}
+    )
+    await _client(rig, "shop-web", ["orders"])
+
+    def over_mtls() -> dict[str, Any]:
+        with rig.orders.mount(requests.Session()) as s:
+            return code_flow(s, rig.url, "shop-web", REDIRECT, "alice", PASSWORD)
+
+    tokens = await asyncio.to_thread(over_mtls)
+    assert "cnf" in jwt.decode(tokens["access_token"], options={"verify_signature": False})
+    form = {
+        "grant_type": "refresh_token",
+        "refresh_token": tokens["refresh_token"],
+        "client_id": "shop-web",
+    }
+    public = await asyncio.to_thread(
+        lambda: requests.post(rig.public_url + "/oauth2/token", data=form, verify=ca, timeout=30)
+    )
+    assert public.status_code == 400
+    assert public.json()["error"] == "invalid_grant"
+    assert "mTLS" in public.json()["error_description"]
+
+    def refresh_over_mtls() -> requests.Response:
+        with rig.orders.mount(requests.Session()) as s:
+            return s.post(rig.url + "/oauth2/token", data=form, timeout=30)
+
+    ok = await asyncio.to_thread(refresh_over_mtls)
+    assert ok.status_code == 200, ok.text
+    assert "cnf" in jwt.decode(ok.json()["access_token"], options={"verify_signature": False})

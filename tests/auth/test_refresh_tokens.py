@@ -88,6 +88,50 @@ async def _one_winner(store: AuthStore) -> None:
     assert (await store.rotate_refresh(winner.token, "shop-web", NOW + 6)).status == "revoked"
 
 
+async def _bound_family(store: AuthStore) -> None:
+    """A family started over mTLS refreshes only over mTLS; a try without leaves the
+    token unspent (the rightful holder is not locked out)."""
+    token, family = await store.start_refresh_family("shop-web", "alice", "", NOW, 3600, bound=True)
+    assert family.bound
+    assert (await store.rotate_refresh(token, "shop-web", NOW + 1)).status == "needs-mtls"
+    outcome = await store.rotate_refresh(token, "shop-web", NOW + 2, over_mtls=True)
+    assert outcome.status == "rotated"
+    assert outcome.family is not None
+    assert outcome.family.bound
+    # an unbound family refreshes over either channel
+    plain, _ = await store.start_refresh_family("shop-web", "alice", "", NOW, 3600)
+    assert (await store.rotate_refresh(plain, "shop-web", NOW + 1)).status == "rotated"
+
+
+async def test_bound_family_on_sqlite(sqlite_store: AuthStore) -> None:
+    await _bound_family(sqlite_store)
+
+
+async def test_a_store_from_an_older_release_gains_the_new_column(short_tmp: Path) -> None:
+    """Tables an older release made get the columns a newer one declares (with their
+    defaults for existing rows); nothing is lost."""
+    path = short_tmp / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE auth_refresh_families (family_id VARCHAR(64) PRIMARY KEY, "
+            "client_id VARCHAR(128) NOT NULL, subject VARCHAR(2048) NOT NULL, scope TEXT NOT NULL, "
+            "created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL, revoked_at BIGINT, "
+            "revoked_reason VARCHAR(64))"
+        )
+        db.execute(
+            "INSERT INTO auth_refresh_families VALUES ('f1', 'shop-web', 'alice', '', 1, 9, NULL, NULL)"
+        )
+    store = AuthStore(create_engine(sqlite_url(path)))
+    try:
+        await store.create()
+        await store.create()  # idempotent
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT family_id, bound FROM auth_refresh_families").fetchall()
+    assert rows == [("f1", 0)]
+
+
 async def test_rotation_and_reuse_on_sqlite(sqlite_store: AuthStore) -> None:
     await _rotation_and_reuse(sqlite_store)
 
@@ -112,3 +156,4 @@ async def test_refresh_on_postgresql(pg_store: AuthStore) -> None:
     await _rotation_and_reuse(pg_store)
     await _absolute_lifetime(pg_store)
     await _one_winner(pg_store)
+    await _bound_family(pg_store)

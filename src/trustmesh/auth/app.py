@@ -186,7 +186,9 @@ def auth_app(service: AuthService, urls: AuthURLs, *, public: bool = False) -> S
             token = next((v for k, v in form if k == "refresh_token"), "")
             ids = _client_ids(form, core.headers.get("Authorization"))
             if token and len(ids) == 1:
-                prefetched.refresh = await service.store.rotate_refresh(token, next(iter(ids)), now)
+                prefetched.refresh = await service.store.rotate_refresh(
+                    token, next(iter(ids)), now, over_mtls=core.peer_thumbprint is not None
+                )
                 if prefetched.refresh.family is not None:
                     prefetched.user = await service.store.get_user_by_id(
                         prefetched.refresh.family.subject
@@ -207,7 +209,12 @@ def auth_app(service: AuthService, urls: AuthURLs, *, public: bool = False) -> S
         claims = core.issued.claims
         now = int(service.clock())
         refresh, family = await service.store.start_refresh_family(
-            claims["client_id"], claims["sub"], str(claims.get("scope", "")), now, REFRESH_LIFETIME
+            claims["client_id"],
+            claims["sub"],
+            str(claims.get("scope", "")),
+            now,
+            REFRESH_LIFETIME,
+            bound="cnf" in claims,  # refreshed only where its tokens can stay bound
         )
         record = prefetched.code
         if record is not None and not await flow.spend_code(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Integer,
     LargeBinary,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     Table,
     Text,
     delete,
+    false,
     insert,
     select,
     update,
@@ -100,6 +102,8 @@ refresh_families = Table(
     Column("expires_at", BigInteger, nullable=False),  # absolute: rotation never extends it
     Column("revoked_at", BigInteger),
     Column("revoked_reason", String(64)),
+    # started over mTLS (its access tokens certificate-bound): refreshed only over mTLS
+    Column("bound", Boolean, nullable=False, server_default=false()),
 )
 
 refresh_tokens = Table(
@@ -221,6 +225,7 @@ class RefreshFamily:
     subject: str
     scope: str
     expires_at: int
+    bound: bool = False
 
 
 @dataclass(frozen=True)
@@ -228,7 +233,7 @@ class RefreshOutcome:
     """What presenting a refresh token did: ``token`` is the new one (rotated) when
     ``status`` is ``rotated``; ``reused`` means the family is now revoked."""
 
-    status: str  # rotated | reused | revoked | expired | unknown
+    status: str  # rotated | reused | revoked | expired | unknown | needs-mtls
     token: str | None = None
     family: RefreshFamily | None = None
 
@@ -447,7 +452,14 @@ class AuthStore:
 
     # -- refresh tokens (rotation with reuse detection) -------------------------------------
     async def start_refresh_family(
-        self, client_id: str, subject: str, scope: str, now: int, lifetime: int
+        self,
+        client_id: str,
+        subject: str,
+        scope: str,
+        now: int,
+        lifetime: int,
+        *,
+        bound: bool = False,
     ) -> tuple[str, RefreshFamily]:
         """A new family and its first refresh token (returned once; stored hashed)."""
         family = RefreshFamily(
@@ -456,6 +468,7 @@ class AuthStore:
             subject,
             scope,
             now + lifetime,
+            bound,
         )
         token = _new_refresh_token()
         async with self.engine.begin() as conn:
@@ -467,6 +480,7 @@ class AuthStore:
                     scope=scope,
                     created_at=now,
                     expires_at=family.expires_at,
+                    bound=bound,
                 )
             )
             await conn.execute(
@@ -476,10 +490,13 @@ class AuthStore:
             )
         return token, family
 
-    async def rotate_refresh(self, token: str, client_id: str, now: int) -> RefreshOutcome:
+    async def rotate_refresh(
+        self, token: str, client_id: str, now: int, *, over_mtls: bool = False
+    ) -> RefreshOutcome:
         """Spend ``token`` and issue its successor, atomically: of any number of
         concurrent presentations exactly one wins; any later (or losing) presentation of a
-        spent token is reuse and revokes the whole family."""
+        spent token is reuse and revokes the whole family. A bound family presented
+        without mTLS is refused (``needs-mtls``) and the token stays unspent."""
         digest = _refresh_hash(token)
         async with self.engine.begin() as conn:
             row = (
@@ -494,12 +511,14 @@ class AuthStore:
             if row is None or row.client_id != client_id:
                 return RefreshOutcome("unknown")
             family = RefreshFamily(
-                row.family_id, row.client_id, row.subject, row.scope, row.expires_at
+                row.family_id, row.client_id, row.subject, row.scope, row.expires_at, row.bound
             )
             if row.revoked_at is not None:
                 return RefreshOutcome("revoked", family=family)
             if now >= row.expires_at:
                 return RefreshOutcome("expired", family=family)
+            if family.bound and not over_mtls:
+                return RefreshOutcome("needs-mtls", family=family)
             spent = await conn.execute(
                 update(refresh_tokens)
                 .where(refresh_tokens.c.token_hash == digest, refresh_tokens.c.used_at.is_(None))

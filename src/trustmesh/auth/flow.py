@@ -229,6 +229,10 @@ class RefreshGrant(_AudienceAndScope, BaseGrant, TokenEndpointMixin):  # type: i
         client = self.authenticate_token_endpoint_client()
         self.request.client = client
         outcome = _prefetched.get().refresh
+        if outcome is not None and outcome.status == "needs-mtls":
+            raise InvalidGrantError(
+                description="this refresh token's tokens are certificate-bound: refresh over mTLS"
+            )
         if outcome is None or outcome.status != "rotated" or outcome.family is None:
             status = outcome.status if outcome else "unknown"
             raise InvalidGrantError(description=f"refresh token {status}")

@@ -10,12 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import MetaData, event
-from sqlalchemy.engine import make_url
+from sqlalchemy import MetaData, event, inspect, text
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.schema import CreateColumn
 
-from trustmesh.errors import UsageError
+from trustmesh.errors import StateError, UsageError
 
 __all__ = ["create_engine", "create_tables", "sqlite_url"]
 
@@ -64,6 +65,25 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
 
 
 async def create_tables(engine: AsyncEngine, metadata: MetaData) -> None:
-    """Create ``metadata``'s tables that do not exist yet (idempotent)."""
+    """Create ``metadata``'s tables that do not exist yet, and add the columns a newer
+    release declared to tables an older one made (idempotent). An added column must be
+    nullable or have a server default: existing rows need a value."""
     async with engine.begin() as connection:
         await connection.run_sync(metadata.create_all)
+        await connection.run_sync(_add_missing_columns, metadata)
+
+
+def _add_missing_columns(connection: Connection, metadata: MetaData) -> None:
+    inspector = inspect(connection)
+    for table in metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable and column.server_default is None:
+                raise StateError(
+                    f"table {table.name} lacks column {column.name}, which cannot be added "
+                    "to existing rows; migrate the database"
+                )
+            spec = CreateColumn(column).compile(dialect=connection.dialect)
+            connection.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {spec}"))
