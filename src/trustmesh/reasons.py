@@ -54,6 +54,7 @@ class Reason(enum.StrEnum):
     KEYS_ROTATED = "keys-rotated"
     LOGIN_FAILED = "login-failed"
     LOGIN_SUCCEEDED = "login-succeeded"
+    LOGOUT = "logout"
     USER_CREATED = "user-created"
     USER_LOCKED = "user-locked"
     USER_UNLOCKED = "user-unlocked"

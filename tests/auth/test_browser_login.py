@@ -224,3 +224,39 @@ def _drive(driver: Any, start: str, username: str, password: str) -> str:
         + driver.page_source[:2000]
         + f"\n{os.linesep.join(str(e) for e in driver.get_log('browser'))}"
     )
+
+
+async def test_a_browser_signs_in_to_the_account_page_and_out(rig: AuthRig, chrome: Any) -> None:
+    """The provider's own small page: the login form, back to the account page, and a
+    sign-out that ends the session (the demo's "try it in a browser")."""
+    ca = str(crypto.edge_ca_path(rig.state))
+    await asyncio.to_thread(
+        _operator_post, rig, "/admin/v1/users", {"username": "shopper", "password": PASSWORD}
+    )
+    driver = chrome([_spki_pin(await _leaf(rig.public_url, ca))])
+    try:
+        after = await asyncio.to_thread(_account_round_trip, driver, rig.public_url)
+    finally:
+        await asyncio.to_thread(driver.quit)
+    assert after == ("Signed in as shopper", True)
+    reasons = [e.reason for e in rig.sink.events]
+    assert "login-succeeded" in reasons
+    assert "logout" in reasons
+
+
+def _account_round_trip(driver: Any, base: str) -> tuple[str, bool]:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(driver, 30)
+    driver.get(base + "/account")
+    wait.until(expected_conditions.presence_of_element_located((By.NAME, "username")))
+    driver.find_element(By.NAME, "username").send_keys("shopper")
+    driver.find_element(By.NAME, "password").send_keys(PASSWORD)
+    driver.find_element(By.CSS_SELECTOR, "form button").click()
+    who = wait.until(expected_conditions.presence_of_element_located((By.ID, "who"))).text
+    driver.find_element(By.CSS_SELECTOR, "form button").click()  # sign out
+    wait.until(expected_conditions.presence_of_element_located((By.NAME, "username")))
+    signed_out = "/login" in driver.current_url
+    return str(who), signed_out

@@ -139,6 +139,8 @@ PUBLIC_PATHS = frozenset(
         "/jwks.json",
         "/oauth2/authorize",
         "/login",
+        "/account",
+        "/logout",
         "/oauth2/token",
         "/oauth2/revoke",
         "/oauth2/userinfo",

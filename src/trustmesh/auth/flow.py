@@ -31,12 +31,14 @@ from trustmesh.auth import pkce
 from trustmesh.auth.db import AuthStore, metadata
 from trustmesh.auth.lockout import LockoutPolicy, LoginState, after_failure, normalize_login
 from trustmesh.auth.login import (
+    ACCOUNT_PATH,
     CSRF_COOKIE,
     LOGIN_FAILED,
     SECURITY_HEADERS,
     SESSION_COOKIE,
     SESSION_SECONDS,
     SessionCodec,
+    account_page,
     cookie_header,
     error_page,
     login_csp,
@@ -485,7 +487,45 @@ def flow_routes(service: AuthService, flow: FlowStore, codec: SessionCodec) -> l
         )
         return response
 
+    async def account(request: Request) -> Response:
+        """Who is signed in (the provider's own small page: a login flow to try in a
+        browser); without a session, the login form, back here afterwards."""
+        session = codec.read(request.cookies.get(SESSION_COOKIE), service.clock())
+        if session is None:
+            target = "/login?" + urlencode({"next": ACCOUNT_PATH})
+            return RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
+        csrf = request.cookies.get(CSRF_COOKIE) or codec.new_csrf()
+        response = _html(
+            account_page(
+                username=session.username,
+                amr=session.amr,
+                auth_time=session.auth_time,
+                csrf=codec.csrf_field(csrf),
+            )
+        )
+        response.headers.append("Set-Cookie", cookie_header(CSRF_COOKIE, csrf, 3600))
+        return response
+
+    async def logout(request: Request) -> Response:
+        raw = await request.body()
+        form = dict(parse_qsl(raw[: 16 * 1024].decode("utf-8", "replace")))
+        if not codec.csrf_ok(request.cookies.get(CSRF_COOKIE), form.get("csrf")):
+            return _html(error_page("The form expired; reload the page and try again."), 403)
+        session = codec.read(request.cookies.get(SESSION_COOKIE), service.clock())
+        if session is not None:
+            service.emit(
+                Reason.LOGOUT,
+                "logout",
+                sub=session.user_id,
+                attributes={"login": session.username},
+            )
+        response = RedirectResponse(ACCOUNT_PATH, status_code=303, headers=SECURITY_HEADERS)
+        response.headers.append("Set-Cookie", cookie_header(SESSION_COOKIE, "", 0))
+        return response
+
     return [
+        Route(ACCOUNT_PATH, account, methods=["GET"]),
+        Route("/logout", logout, methods=["POST"]),
         Route("/oauth2/authorize", authorize, methods=["GET"]),
         Route("/login", login_get, methods=["GET"]),
         Route("/login", login_post, methods=["POST"]),

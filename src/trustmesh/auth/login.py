@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as _dt
 import hashlib
 import hmac
 import html
@@ -149,8 +150,33 @@ def error_page(message: str) -> str:
     )
 
 
+ACCOUNT_PATH = "/account"
+
+
+def account_page(*, username: str, amr: tuple[str, ...], auth_time: int, csrf: str) -> str:
+    """Who is signed in here, and a way out. Every dynamic value is escaped."""
+    when = _dt.datetime.fromtimestamp(auth_time, _dt.UTC).isoformat(timespec="seconds")
+    how = "password and one-time code" if "otp" in amr else "password"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Account · trustmesh</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{{font-family:system-ui,sans-serif;max-width:24rem;margin:4rem auto}}
+button{{margin-top:1rem;padding:.5rem 1rem}}</style></head>
+<body><h1>Account</h1>
+<p id="who">Signed in as {html.escape(username)}</p>
+<p>With {html.escape(how)}, at {html.escape(when)}.</p>
+<form method="post" action="/logout">
+<input type="hidden" name="csrf" value="{html.escape(csrf)}">
+<button type="submit">Sign out</button>
+</form></body></html>
+"""
+
+
 def safe_next(value: str | None) -> str | None:
-    """Only a return to this server's authorization endpoint (no open redirect)."""
+    """Only a return to this server's authorization endpoint or the account page (no
+    open redirect)."""
+    if value == ACCOUNT_PATH:
+        return value
     if not value or not value.startswith("/oauth2/authorize?") or "\\" in value:
         return None
     if any(ch in value for ch in "\r\n\t"):

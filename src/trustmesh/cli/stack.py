@@ -315,8 +315,10 @@ def _print_table(status: dict[str, Any]) -> None:
     for c in status["components"]:
         if c.get("public_url"):
             out.print(
-                f"{c['name']}: browsers and public clients use {c['public_url']} (the issuer: "
-                f"{c.get('issuer')}); dev certificate authority: {status.get('edge_ca') or '-'}"
+                f"{c['name']}: browsers and public clients use {c['public_url']} (the issuer); "
+                f"sign in at {c['public_url']}/account. Its certificate comes from "
+                f"{status.get('edge_ca') or 'the configured files'}",
+                markup=False,
             )
     for instance in status.get("stale_instances", []):
         out.print(f"[yellow]stale:[/] {instance['service']} at {instance['url']} stopped renewing")
