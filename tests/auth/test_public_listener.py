@@ -8,20 +8,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
-import re
 import ssl
 import threading
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import jwt
 import pytest
 import requests
 from authlib.common.security import generate_token
 from authlib.integrations.requests_client import OAuth2Session
-from authrig import AUTH, ORDERS, AuthRig, code_flow, make_rig
+from authrig import AUTH, ORDERS, AuthRig, FormLogin, code_flow, make_rig
 from cryptography import x509
 
 from trustmesh import crypto
@@ -51,45 +50,13 @@ def _edge_ca(rig: AuthRig) -> str:
     return str(crypto.edge_ca_path(rig.state))
 
 
-class PublicBrowser:
-    """A cookie-keeping HTTPS client with no client certificate, trusting only the dev
-    edge CA — what a browser on this machine is."""
-
-    def __init__(self, rig: AuthRig, ca: str) -> None:
-        self.base = rig.public_url
-        self.session = requests.Session()
-        self.session.trust_env = False  # else REQUESTS_CA_BUNDLE overrides verify
-        self.session.verify = ca
-
-    def __enter__(self) -> PublicBrowser:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.session.close()
-
-    def get(self, url: str) -> requests.Response:
-        return self.session.get(urljoin(self.base, url), allow_redirects=False, timeout=30)
-
-    def login(self, start: str, username: str, password: str, otp: str = "") -> requests.Response:
-        first = self.get(start)
-        assert first.status_code == 303, first.text
-        form = self.get(first.headers["Location"])
-        csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
-        nxt = re.search(r'name="next" value="([^"]+)"', form.text)
-        assert csrf, form.text
-        assert nxt, form.text
-        return self.session.post(
-            self.base + "/login",
-            data={
-                "csrf": csrf[1],
-                "next": nxt[1].replace("&amp;", "&"),
-                "username": username,
-                "password": password,
-                "otp": otp,
-            },
-            allow_redirects=False,
-            timeout=30,
-        )
+def _browser(rig: AuthRig, ca: str) -> FormLogin:
+    """What a browser on this machine is: cookies, no client certificate, trusting only
+    the dev edge CA."""
+    session = requests.Session()
+    session.trust_env = False  # else REQUESTS_CA_BUNDLE overrides verify
+    session.verify = ca
+    return FormLogin(session, rig.public_url)
 
 
 def _code_flow(
@@ -112,7 +79,8 @@ def _code_flow(
     url, _ = client.create_authorization_url(
         metadata["authorization_endpoint"], code_verifier=verifier, nonce=nonce
     )
-    with PublicBrowser(rig, ca) as browser:
+    browser = _browser(rig, ca)
+    with browser.session:
         logged_in = browser.login(url, username, PASSWORD, otp)
         assert logged_in.status_code == 303, logged_in.text
         back = browser.get(logged_in.headers["Location"])
@@ -398,7 +366,8 @@ async def test_the_login_form_may_end_only_at_the_clients_registered_origin(
         nxt = "/oauth2/authorize?" + urlencode(
             {"client_id": "shop-web", "redirect_uri": redirect_uri, "response_type": "code"}
         )
-        with PublicBrowser(rig, ca) as browser:
+        browser = _browser(rig, ca)
+        with browser.session:
             page = browser.get("/login?" + urlencode({"next": nxt}))
         assert page.status_code == 200
         return str(page.headers["Content-Security-Policy"])

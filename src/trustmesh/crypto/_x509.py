@@ -128,6 +128,22 @@ def _name(trust_domain: str, common_name: str) -> x509.Name:
     )
 
 
+def key_usage(*, digital_signature: bool = False, cert_sign: bool = False) -> x509.KeyUsage:
+    """KeyUsage with only these bits: a leaf signs (digitalSignature), a CA signs
+    certificates and CRLs (keyCertSign, cRLSign)."""
+    return x509.KeyUsage(
+        digital_signature=digital_signature,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
 def _ca_builder(
     subject: x509.Name,
     issuer_name: x509.Name,
@@ -147,20 +163,7 @@ def _ca_builder(
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(key_usage(cert_sign=True), critical=True)
         .add_extension(
             x509.SubjectAlternativeName(
                 [x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")]
@@ -219,20 +222,7 @@ def create_intermediate_ca(
 _SVID_SUBJECT = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "trustmesh")])
 _SVID_EXTENSIONS: tuple[tuple[x509.ExtensionType, bool], ...] = (  # (value, critical)
     (x509.BasicConstraints(ca=False, path_length=None), True),
-    (
-        x509.KeyUsage(
-            digital_signature=True,
-            content_commitment=False,
-            key_encipherment=False,
-            data_encipherment=False,
-            key_agreement=False,
-            key_cert_sign=False,
-            crl_sign=False,
-            encipher_only=False,
-            decipher_only=False,
-        ),
-        True,
-    ),
+    (key_usage(digital_signature=True), True),
     (
         x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
         False,

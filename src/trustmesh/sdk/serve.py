@@ -164,16 +164,22 @@ async def start(
         # client that never answers the TLS close would otherwise hold it for 30 s
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
+    server, task = await _run(config, "trustmesh-serve")
+    return Served(server, task, tls, source, owns)
+
+
+async def _run(config: uvicorn.Config, name: str) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    """Start uvicorn; return once it listens (or raise what stopped it)."""
     server = uvicorn.Server(config)
     # _serve: uvicorn's serve() without its signal capture; the caller owns the signals
     # (pinned uvicorn version; covered by the tests).
-    task = asyncio.create_task(server._serve(), name="trustmesh-serve")
+    task = asyncio.create_task(server._serve(), name=name)
     while not server.started:
         if task.done():
             await task  # raises what stopped it
             raise RuntimeError("the server stopped before it started")
         await asyncio.sleep(0.01)
-    return Served(server, task, tls, source, owns)
+    return server, task
 
 
 @dataclass
@@ -219,14 +225,7 @@ async def start_public(
         lifespan="off",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server._serve(), name="trustmesh-serve-public")
-    while not server.started:
-        if task.done():
-            await task
-            raise RuntimeError("the server stopped before it started")
-        await asyncio.sleep(0.01)
-    return PublicServed(server, task)
+    return PublicServed(*await _run(config, "trustmesh-serve-public"))
 
 
 def serve(
