@@ -11,14 +11,14 @@ import hashlib
 import re
 import time
 from typing import Any
-from urllib.parse import parse_qs, urljoin, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import jwt
 import pytest
 import requests
 from authlib.common.security import generate_token
 from authlib.integrations.requests_client import OAuth2Session
-from authrig import ORDERS, AuthRig
+from authrig import ORDERS, AuthRig, FormLogin
 
 from trustmesh import crypto
 from trustmesh.reasons import Reason
@@ -57,12 +57,13 @@ async def _setup(rig: AuthRig) -> dict[str, Any]:
     return alice
 
 
-class Browser:
+class Browser(FormLogin):
     """A cookie-keeping HTTP client that follows only this server's redirects."""
 
     def __init__(self, rig: AuthRig) -> None:
+        # the gateway's seat, in effect
+        super().__init__(rig.orders.mount(requests.Session()), rig.url)
         self.rig = rig
-        self.session = rig.orders.mount(requests.Session())  # the gateway's seat, in effect
 
     def __enter__(self) -> Browser:
         return self
@@ -70,30 +71,11 @@ class Browser:
     def __exit__(self, *_: object) -> None:
         self.session.close()
 
-    def get(self, url: str) -> requests.Response:
-        return self.session.get(urljoin(self.rig.url, url), allow_redirects=False, timeout=30)
-
     def login(self, start: str, username: str, password: str, otp: str = "") -> requests.Response:
         first = self.get(start)
         if first.status_code != 303 or "/login" not in first.headers["Location"]:
             return first
-        form = self.get(first.headers["Location"])
-        csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
-        nxt = re.search(r'name="next" value="([^"]+)"', form.text)
-        assert csrf, form.text
-        assert nxt, form.text
-        return self.session.post(
-            self.rig.url + "/login",
-            data={
-                "csrf": csrf[1],
-                "next": nxt[1].replace("&amp;", "&"),
-                "username": username,
-                "password": password,
-                "otp": otp,
-            },
-            allow_redirects=False,
-            timeout=30,
-        )
+        return super().login(start, username, password, otp)
 
 
 def _authlib() -> tuple[OAuth2Session, str, str]:

@@ -112,14 +112,11 @@ class _WithTLSExtension:
 
 
 @dataclass
-class Served:
-    """A running server: its port, its TLS contexts, and a way to stop it."""
+class PublicServed:
+    """A running listener: its port, and a way to stop it."""
 
     server: uvicorn.Server
     task: asyncio.Task[None]
-    tls: RotatingTLS
-    source: SVIDSource
-    owns_source: bool
 
     @property
     def port(self) -> int:
@@ -130,6 +127,18 @@ class Served:
         self.server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
+
+
+@dataclass
+class Served(PublicServed):
+    """A running mTLS server: also its TLS contexts and SVID source."""
+
+    tls: RotatingTLS
+    source: SVIDSource
+    owns_source: bool
+
+    async def stop(self) -> None:
+        await super().stop()
         if self.owns_source:
             await self.source.close()
 
@@ -180,24 +189,6 @@ async def _run(config: uvicorn.Config, name: str) -> tuple[uvicorn.Server, async
             raise RuntimeError("the server stopped before it started")
         await asyncio.sleep(0.01)
     return server, task
-
-
-@dataclass
-class PublicServed:
-    """A running server-authenticated TLS listener (no SVID asked of clients)."""
-
-    server: uvicorn.Server
-    task: asyncio.Task[None]
-
-    @property
-    def port(self) -> int:
-        sockets = self.server.servers[0].sockets
-        return int(sockets[0].getsockname()[1])
-
-    async def stop(self) -> None:
-        self.server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
 
 
 async def start_public(
