@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from trustmesh.config.durations import Duration, format_duration
+from trustmesh.config.gateway import GatewayConfig
 from trustmesh.errors import NotFoundError, UsageError
 
 __all__ = [
@@ -486,6 +487,9 @@ class TrustmeshConfig(BaseModel):
     dev: bool = Field(default=False, description="dev mode: allows a 0600 key file to seal keys")
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    gateway: GatewayConfig | None = Field(
+        default=None, description="The edge gateway; `trustmesh up` runs it when declared."
+    )
     services: dict[ServiceName, ServiceSpec] = Field(default_factory=dict)
     calls: list[CallSpec] = Field(default_factory=list)
 
@@ -520,6 +524,23 @@ class TrustmeshConfig(BaseModel):
                     "a different port for each service",
                 )
             ports.setdefault(spec.port, name)
+        if self.gateway is not None:
+            if not self.dev and self.gateway.tls_cert is None:
+                problems.add(
+                    ("gateway", "tls_cert"),
+                    None,
+                    "the gateway needs a certificate outside dev mode",
+                    "a PEM certificate chain file (and tls_key)",
+                )
+            known = ", ".join(sorted(self.services)) or "(no services declared)"
+            for index, route in enumerate(self.gateway.routes):
+                if route.to not in self.services:
+                    problems.add(
+                        ("gateway", "routes", index, "to"),
+                        route.to,
+                        f"{route.to!r} is not a declared service",
+                        f"one of: {known}",
+                    )
         problems.raise_if_any("TrustmeshConfig")
         return self
 

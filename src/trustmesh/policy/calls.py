@@ -58,15 +58,27 @@ def compile_call_policies(config: TrustmeshConfig) -> str:
         for j, rule in enumerate(call.rules):
             action = "action" if rule.method == "*" else f"action == Action::{_quote(rule.method)}"
             route = f"{call.to} {rule.method} {rule.pattern}"
-            out.append(
-                f'@id("calls[{i}].allow[{j}]")\n'
-                f"permit (\n"
-                f"    principal == Workload::{_quote(principal)},\n"
-                f"    {action},\n"
-                f"    resource == Route::{_quote(route)}\n"
-                f");\n"
-            )
+            out.append(_permit(f"calls[{i}].allow[{j}]", principal, action, route))
+    if config.gateway is not None:  # each gateway route implies the call gateway → service
+        gateway = config.component_spiffe_id("gateway")
+        for i, gw_route in enumerate(config.gateway.routes):
+            for method in gw_route.methods:
+                for pattern in gw_route.call_patterns():
+                    route = f"{gw_route.to} {method} {pattern}"
+                    action = f"action == Action::{_quote(method)}"
+                    out.append(_permit(f"gateway.routes[{i}]", gateway, action, route))
     return "\n".join(out)
+
+
+def _permit(policy_id: str, principal: str, action: str, route: str) -> str:
+    return (
+        f"@id({_quote(policy_id)})\n"
+        f"permit (\n"
+        f"    principal == Workload::{_quote(principal)},\n"
+        f"    {action},\n"
+        f"    resource == Route::{_quote(route)}\n"
+        f");\n"
+    )
 
 
 @dataclass
@@ -89,6 +101,13 @@ class CallAuthorizer:
             for rule in call.rules:
                 route_id = f"{call.to} {rule.method} {rule.pattern}"
                 routes[route_id] = _Route(route_id, rule.method, Pattern.parse(rule.pattern))
+        for gw_route in self.config.gateway.routes if self.config.gateway else ():
+            if gw_route.to != self.callee:
+                continue
+            for method in gw_route.methods:
+                for pattern in gw_route.call_patterns():
+                    route_id = f"{gw_route.to} {method} {pattern}"
+                    routes[route_id] = _Route(route_id, method, Pattern.parse(pattern))
         self.routes = tuple(routes.values())
         self._decide_route = lru_cache(maxsize=8192)(self._cedar)
         # whole decisions, by (caller, method, path): the same few calls repeat

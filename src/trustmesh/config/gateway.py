@@ -1,0 +1,188 @@
+"""The ``gateway:`` section of the declaration: the edge's listener and its routes.
+
+A route sends requests for a host (optional) and a path prefix, with given methods, to a
+declared service, after the authentication the route names. Each route also declares,
+implicitly, the call ``gateway → service`` for its methods under its prefix: nothing
+about who may call whom is written twice.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import timedelta
+from typing import Annotated, Final, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from trustmesh.config.durations import Duration, format_duration
+
+__all__ = ["AUTH_MODES", "GatewayConfig", "GatewayRoute"]
+
+_MODEL_CONFIG: Final = ConfigDict(frozen=True, extra="forbid", strict=True)
+_SEGMENT_RE: Final = re.compile(r"[A-Za-z0-9._~-]+")
+_HOST_RE: Final = re.compile(
+    r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
+)
+_CLAIM_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
+#: How a route authenticates: ``jwt`` (a bearer access token from the identity provider)
+#: or ``anonymous`` (no credential: the route says so explicitly).
+AUTH_MODES: Final = ("jwt", "anonymous")
+#: Claims the gateway itself sets in the internal token; a route cannot map them.
+_RESERVED_CLAIMS: Final = frozenset(
+    {"iss", "aud", "exp", "iat", "nbf", "jti", "act", "cnf", "client_id", "scope"}
+)
+MAX_INTERNAL_TOKEN_TTL: Final = timedelta(minutes=5)
+
+
+def _invalid(problem: str, expected: str) -> PydanticCustomError:
+    return PydanticCustomError(
+        "invalid", "{problem} (expected {expected})", {"problem": problem, "expected": expected}
+    )
+
+
+def _check_prefix(value: str) -> str:
+    """A literal, canonical path prefix: ``/``, ``/orders``, ``/api/v1``."""
+    if value == "/":
+        return value
+    if not value.startswith("/") or value.endswith("/"):
+        raise _invalid(
+            f"{value!r} is not a path prefix", "'/' or '/segment[/segment…]', no '/' at the end"
+        )
+    for segment in value[1:].split("/"):
+        if segment in ("", ".", "..") or _SEGMENT_RE.fullmatch(segment) is None:
+            raise _invalid(
+                f"{value!r} has the segment {segment!r}",
+                "literal segments of letters, digits and . _ ~ - (no placeholders)",
+            )
+    return value
+
+
+def _check_host(value: str) -> str:
+    if _HOST_RE.fullmatch(value) is None:
+        raise _invalid(f"{value!r} is not a host name", "a lower-case DNS name, without a port")
+    return value
+
+
+def _check_claim(value: str) -> str:
+    if _CLAIM_RE.fullmatch(value) is None or value in _RESERVED_CLAIMS:
+        raise _invalid(
+            f"{value!r} cannot be mapped",
+            "a lower-case claim name other than " + ", ".join(sorted(_RESERVED_CLAIMS)),
+        )
+    return value
+
+
+def _check_cidr(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=True)
+    except ValueError as exc:
+        raise _invalid(f"{value!r}: {exc}", "a CIDR block such as 10.0.0.0/8 or ::1/128") from None
+    return value
+
+
+def _check_token_ttl(value: timedelta) -> timedelta:
+    if not timedelta(seconds=5) <= value <= MAX_INTERNAL_TOKEN_TTL:
+        raise _invalid(
+            f"{format_duration(value)} is outside 5s .. {format_duration(MAX_INTERNAL_TOKEN_TTL)}",
+            "a short lifetime: the token is minted per request",
+        )
+    return value
+
+
+Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+AuthMode = Literal["jwt", "anonymous"]
+
+
+def _only_get() -> list[Method]:
+    return ["GET"]
+
+
+def _jwt_only() -> list[AuthMode]:
+    return ["jwt"]
+
+
+class GatewayRoute(BaseModel):
+    """Requests for ``host`` (any, if unset) under ``path`` with one of ``methods`` go to
+    service ``to``, after ``auth``. The longest matching prefix wins."""
+
+    model_config = _MODEL_CONFIG
+
+    path: Annotated[str, AfterValidator(_check_prefix)] = Field(
+        description="Path prefix: '/orders' matches /orders and /orders/…, never /ordersX."
+    )
+    to: str = Field(description="The declared service that serves the route.")
+    methods: list[Method] = Field(default_factory=_only_get, min_length=1)
+    host: Annotated[str, AfterValidator(_check_host)] | None = Field(
+        default=None, description="Only requests for this Host (without port)."
+    )
+    auth: list[AuthMode] = Field(
+        default_factory=_jwt_only,
+        min_length=1,
+        description="jwt: a bearer access token from the identity provider; anonymous: none "
+        "needed (say so explicitly).",
+    )
+    claims: list[Annotated[str, AfterValidator(_check_claim)]] = Field(
+        default_factory=lambda: ["roles"],
+        description="User claims copied into the internal token (sub always is).",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GatewayRoute:
+        if len(set(self.methods)) != len(self.methods):
+            raise _invalid("methods repeat", "each method once")
+        if "anonymous" in self.auth and len(self.auth) > 1:
+            raise _invalid(
+                "auth mixes anonymous with a credential",
+                "either [anonymous] or the credentials the route accepts",
+            )
+        return self
+
+    def call_patterns(self) -> tuple[str, ...]:
+        """The path patterns of the implied call ``gateway → to``."""
+        return ("/", "/*") if self.path == "/" else (self.path, self.path + "/*")
+
+
+class GatewayConfig(BaseModel):
+    """The edge: a TLS listener for clients, and where each request goes."""
+
+    model_config = _MODEL_CONFIG
+
+    port: int = Field(default=0, ge=0, le=65535, description="Loopback port; 0 picks one.")
+    tls_cert: str | None = Field(
+        default=None,
+        description="PEM certificate chain, relative to this file (required outside dev "
+        "mode; dev mode issues one from the local edge CA).",
+    )
+    tls_key: str | None = Field(default=None, description="PEM private key of tls_cert.")
+    internal_token_ttl: Annotated[Duration, AfterValidator(_check_token_ttl)] = Field(
+        default="60s",
+        validate_default=True,
+        description="Lifetime of the token the gateway signs for the upstream (≤ 5m).",
+    )
+    max_body_bytes: int = Field(
+        default=1 << 20, ge=1, le=64 << 20, description="Larger request bodies get 413."
+    )
+    trusted_proxies: list[Annotated[str, AfterValidator(_check_cidr)]] = Field(
+        default_factory=list,
+        description="Hops whose X-Forwarded-For is believed (CIDR); none by default.",
+    )
+    routes: list[GatewayRoute] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> GatewayConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise _invalid("tls_cert and tls_key go together", "both files, or neither")
+        seen: dict[tuple[str | None, str, str], int] = {}
+        for index, route in enumerate(self.routes):
+            for method in route.methods:
+                key = (route.host, route.path, method)
+                if key in seen:
+                    raise _invalid(
+                        f"routes[{index}] repeats {method} {route.path} of routes[{seen[key]}]"
+                        + (f" for host {route.host}" if route.host else ""),
+                        "one route per host, path prefix and method",
+                    )
+                seen[key] = index
+        return self
