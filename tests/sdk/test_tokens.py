@@ -340,3 +340,27 @@ def test_revocation_list_forgets_expired_tokens() -> None:
     assert "a" in revoked
     assert "b" not in revoked
     assert len(revoked) == 1
+
+
+async def test_each_issuer_is_checked_with_its_own_keys_only(keys: Keys, clock: Clock) -> None:
+    """Two trusted issuers (the provider and the gateway): a token is verified only with
+    the keys of the issuer it names, so the gateway's key cannot vouch for a token that
+    claims to come from the provider, nor the other way round."""
+    gateway = Keys()
+    gateway_issuer = "spiffe://sdk.example/trustmesh/gateway"
+    verifier = TokenVerifier(
+        audience=AUDIENCE,
+        issuers={ISSUER},
+        jwks=JWKSCache(keys.fetch, clock=clock),
+        trusted={gateway_issuer: JWKSCache(gateway.fetch, clock=clock)},
+        clock=clock,
+    )
+    assert (await verifier.verify(keys.token(), peer_thumbprint=THUMB)).subject
+    from_gateway = gateway.token(iss=gateway_issuer, jti="g-1")
+    assert (await verifier.verify(from_gateway, peer_thumbprint=THUMB)).jti == "g-1"
+    # the gateway's key signing a token that names the provider, and the reverse
+    await _refused(verifier, gateway.token(jti="g-2"), Reason.TOKEN_UNKNOWN_KEY)
+    await _refused(verifier, keys.token(iss=gateway_issuer, jti="p-2"), Reason.TOKEN_UNKNOWN_KEY)
+    await _refused(verifier, keys.token(iss="https://elsewhere.example"), Reason.TOKEN_WRONG_ISSUER)
+    with pytest.raises(ValueError, match="at least one issuer"):
+        TokenVerifier(audience=AUDIENCE)

@@ -19,12 +19,14 @@ module decides what is acceptable:
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Container, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -245,25 +247,47 @@ class VerifiedToken:
         return frozenset(scope.split()) if isinstance(scope, str) else frozenset()
 
 
+def _unverified_issuer(token: str) -> str | None:
+    """The ``iss`` a token claims, read only to pick that issuer's keys (the signature,
+    checked next with those keys, then vouches for it)."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, IndexError, binascii.Error, RecursionError):
+        return None
+    issuer = claims.get("iss") if isinstance(claims, dict) else None
+    return issuer if isinstance(issuer, str) else None
+
+
 class TokenVerifier:
     """Verifies bearer access tokens addressed to ``audience``; verified tokens are
-    cached until they expire (the binding, revocation and expiry are checked every time)."""
+    cached until they expire (the binding, revocation and expiry are checked every time).
+
+    Each trusted issuer has its own keys: ``issuers`` share ``jwks`` (one provider under
+    several names), and ``trusted`` adds issuers with keys of their own (the gateway). A
+    token's keys are looked up only among its own issuer's, so one issuer's key can
+    never vouch for a token that names another (issuer confusion)."""
 
     def __init__(
         self,
         *,
-        issuers: Container[str],
         audience: str,
-        jwks: JWKSCache,
+        issuers: Iterable[str] = (),
+        jwks: JWKSCache | None = None,
+        trusted: Mapping[str, JWKSCache] | None = None,
         revoked: RevocationList | None = None,
         leeway: float = 30.0,
         require_binding: bool = True,
         clock: Callable[[], float] = time.time,
         cache_size: int = 10_000,
     ) -> None:
-        self.issuers = issuers
+        self._keys: dict[str, JWKSCache] = {}
+        if jwks is not None:
+            self._keys.update(dict.fromkeys(issuers, jwks))
+        self._keys.update(trusted or {})
+        if not self._keys:
+            raise ValueError("a token verifier needs at least one issuer and its keys")
         self.audience = audience
-        self.jwks = jwks
         self.revoked = revoked if revoked is not None else RevocationList(clock)
         self.leeway = leeway
         self.require_binding = require_binding
@@ -297,7 +321,13 @@ class TokenVerifier:
         typ = header.get("typ")
         if not isinstance(typ, str) or typ.lower() not in ACCESS_TOKEN_TYPES:
             raise _refuse(Reason.TOKEN_MALFORMED, "not an access token (typ)")
-        key = await self.jwks.key(header["kid"])
+        issuer = _unverified_issuer(token)
+        if issuer is None:
+            raise _refuse(Reason.TOKEN_MALFORMED, "no issuer")
+        keys = self._keys.get(issuer)
+        if keys is None:
+            raise _refuse(Reason.TOKEN_WRONG_ISSUER, "wrong issuer")
+        key = await keys.key(header["kid"])
         if key is None:
             raise _refuse(Reason.TOKEN_UNKNOWN_KEY, "unknown key id")
         now = self._clock()
@@ -307,7 +337,7 @@ class TokenVerifier:
                 key,
                 algorithms=[header["alg"]],
                 audience=self.audience,
-                issuer=self.issuers,
+                issuer=issuer,
                 leeway=self.leeway,
                 options={
                     "require": ["iss", "aud", "exp", "iat", "sub", "jti", "client_id"],
