@@ -66,6 +66,9 @@ class Reason(enum.StrEnum):
     # requests
     UNAUTHENTICATED = "unauthenticated"
     PATH_NON_CANONICAL = "path-non-canonical"
+    ROUTE_NOT_FOUND = "route-not-found"
+    METHOD_NOT_ALLOWED = "method-not-allowed"
+    ROUTE_MATCHED = "route-matched"
     # authorization
     POLICY_ALLOW = "policy-allow"
     POLICY_DENY = "policy-deny"

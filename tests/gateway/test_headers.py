@@ -1,0 +1,118 @@
+"""Header hygiene at the edge: what a client sends that could speak for the gateway is
+removed, hop-by-hop headers end here, responses carry the security headers, and the
+client address comes from X-Forwarded-For only through trusted proxies."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trustmesh.gateway.headers import (
+    SECURITY_HEADERS,
+    TrustedProxies,
+    client_address,
+    response_headers,
+    upstream_headers,
+)
+
+ATTACK = [
+    (b"host", b"shop.example"),
+    (b"authorization", b"Bearer user-token"),
+    (b"x-forwarded-for", b"10.0.0.1"),
+    (b"forwarded", b"for=10.0.0.1"),
+    (b"x-real-ip", b"10.0.0.1"),
+    (b"x-forwarded-client-cert", b"Hash=abc;URI=spiffe://shop.example/admin"),
+    (b"x-ssl-client-cert", b"-----BEGIN CERTIFICATE-----"),
+    (b"X-Trustmesh-Spiffe-Id", b"spiffe://shop.example/admin"),
+    (b"x-remote-user", b"admin"),
+    (b"connection", b"keep-alive, x-secret-hop"),
+    (b"x-secret-hop", b"1"),
+    (b"keep-alive", b"timeout=5"),
+    (b"transfer-encoding", b"chunked"),
+    (b"upgrade", b"websocket"),
+    (b"te", b"trailers"),
+    (b"content-type", b"application/json"),
+    (b"accept", b"*/*"),
+    (b"cookie", b"session=1"),
+]
+
+
+def test_a_client_cannot_speak_for_the_gateway() -> None:
+    out = upstream_headers(
+        ATTACK, client="203.0.113.9", extra=[(b"authorization", b"Bearer internal")]
+    )
+    names = [n for n, _ in out]
+    assert dict(out)[b"authorization"] == b"Bearer internal"
+    assert names.count(b"authorization") == 1
+    for gone in (
+        b"host",
+        b"forwarded",
+        b"x-real-ip",
+        b"x-forwarded-client-cert",
+        b"x-ssl-client-cert",
+        b"x-trustmesh-spiffe-id",
+        b"x-remote-user",
+        b"connection",
+        b"x-secret-hop",  # named by Connection: hop-by-hop
+        b"keep-alive",
+        b"transfer-encoding",
+        b"upgrade",
+        b"te",
+    ):
+        assert gone not in names, gone
+    assert dict(out)[b"x-forwarded-for"] == b"203.0.113.9"  # the gateway's, not the client's
+    assert names.count(b"x-forwarded-for") == 1
+    assert dict(out)[b"content-type"] == b"application/json"
+    assert dict(out)[b"cookie"] == b"session=1"
+
+
+def test_responses_carry_the_security_headers_and_no_internal_ones() -> None:
+    out = response_headers(
+        [
+            (b"content-type", b"application/json"),
+            (b"server", b"uvicorn"),
+            (b"x-frame-options", b"ALLOWALL"),
+            (b"x-trustmesh-debug", b"1"),
+            (b"connection", b"close"),
+            (b"set-cookie", b"a=1"),
+        ]
+    )
+    headers = dict(out)
+    for name, value in SECURITY_HEADERS:
+        assert headers[name] == value
+    assert b"server" not in headers
+    assert b"x-trustmesh-debug" not in headers
+    assert b"connection" not in headers
+    assert [n for n, _ in out].count(b"x-frame-options") == 1
+    assert headers[b"set-cookie"] == b"a=1"
+
+
+def test_x_forwarded_for_is_believed_only_from_trusted_proxies() -> None:
+    xff = [(b"x-forwarded-for", b"1.2.3.4, 198.51.100.7")]
+    nobody = TrustedProxies()
+    assert client_address("203.0.113.9", xff, nobody) == "203.0.113.9"
+    proxy = TrustedProxies(["10.0.0.0/8"])
+    assert client_address("203.0.113.9", xff, proxy) == "203.0.113.9"  # peer not trusted
+    # through the proxy: the rightmost entry not itself a proxy; the client's own
+    # leftmost claim (1.2.3.4) is never taken
+    assert client_address("10.0.0.5", xff, proxy) == "198.51.100.7"
+    chained = [(b"x-forwarded-for", b"1.2.3.4, 198.51.100.7, 10.0.0.9")]
+    assert client_address("10.0.0.5", chained, proxy) == "198.51.100.7"
+    garbage = [(b"x-forwarded-for", b"1.2.3.4, not-an-ip")]
+    assert client_address("10.0.0.5", garbage, proxy) == "10.0.0.5"
+    assert client_address("10.0.0.5", [], proxy) == "10.0.0.5"
+
+
+addresses = st.ip_addresses(v=4).map(str)
+
+
+@given(addresses, st.lists(addresses, max_size=6))
+def test_rotating_x_forwarded_for_never_moves_an_untrusted_client(
+    peer: str, claimed: list[str]
+) -> None:
+    """What an untrusted client writes in X-Forwarded-For never changes its address."""
+    header = [(b"x-forwarded-for", ", ".join(claimed).encode())] if claimed else []
+    found = client_address(peer, header, TrustedProxies(["127.0.0.0/8"]))
+    assert found in (peer, *claimed)
+    if not peer.startswith("127."):
+        assert found == peer
