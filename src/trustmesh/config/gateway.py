@@ -31,7 +31,7 @@ _CLAIM_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
 AUTH_MODES: Final = ("jwt", "anonymous")
 #: Claims the gateway itself sets in the internal token; a route cannot map them.
 _RESERVED_CLAIMS: Final = frozenset(
-    {"iss", "aud", "exp", "iat", "nbf", "jti", "act", "cnf", "client_id", "scope"}
+    {"iss", "aud", "exp", "iat", "nbf", "jti", "act", "cnf", "client_id", "sub"}
 )
 MAX_INTERNAL_TOKEN_TTL: Final = timedelta(minutes=5)
 
