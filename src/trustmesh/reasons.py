@@ -69,6 +69,9 @@ class Reason(enum.StrEnum):
     ROUTE_NOT_FOUND = "route-not-found"
     METHOD_NOT_ALLOWED = "method-not-allowed"
     ROUTE_MATCHED = "route-matched"
+    REQUEST_FORWARDED = "request-forwarded"
+    REQUEST_TOO_LARGE = "request-too-large"
+    UPSTREAM_UNAVAILABLE = "upstream-unavailable"
     # authorization
     POLICY_ALLOW = "policy-allow"
     POLICY_DENY = "policy-deny"

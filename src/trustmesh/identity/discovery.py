@@ -69,6 +69,9 @@ class Registry:
         return self.instances.pop((self.service_of(spiffe_id), url), None) is not None
 
     def may_call(self, caller: str, service: str) -> bool:
+        gateway = self.config.gateway
+        if gateway is not None and caller == self.config.component_spiffe_id("gateway"):
+            return any(r.to == service for r in gateway.routes)  # its routes' targets
         try:
             name = self.service_of(caller)
         except PermissionDeniedError:

@@ -106,6 +106,8 @@ class Response:
     status: int
     headers: Mapping[str, str]
     body: bytes
+    #: Every header as received, repeated ones included (a proxy relays these).
+    raw_headers: tuple[tuple[bytes, bytes], ...] = ()
 
     def json(self) -> Any:
         import json
@@ -194,8 +196,8 @@ class ServiceClient:
         path: str,
         attempts: int,
         json: Any,
-        data: Mapping[str, str] | None,
-        sent_headers: dict[str, str],
+        data: Mapping[str, str] | bytes | None,
+        sent_headers: dict[str, str] | list[tuple[str, str]],
     ) -> Response:
         last = UnavailableError(f"{self.expected}: no attempt made")
         for attempt in range(attempts):
@@ -213,7 +215,7 @@ class ServiceClient:
                     ssl=self.tls.client,
                 ) as r:
                     body = await r.read()
-                    response = Response(r.status, dict(r.headers), body)
+                    response = Response(r.status, dict(r.headers), body, r.raw_headers)
             except ServerIdentityError:
                 self.breaker.record(False, time.monotonic())
                 raise  # never retried: the network is not flaky, it is someone else
@@ -233,6 +235,16 @@ class ServiceClient:
                 continue
             self.breaker.record(False, time.monotonic())
         raise last
+
+    async def forward(
+        self, method: str, target: str, headers: list[tuple[str, str]], content: bytes
+    ) -> Response:
+        """Relay a request as it is (a gateway's upstream call): ``target`` is the path
+        and query, ``headers`` every header to send (repeats kept), ``content`` the body.
+        Retried, like every call, only when the method is idempotent."""
+        method = method.upper()
+        attempts = 1 + (self.retries if method in IDEMPOTENT else 0)
+        return await self._send(method, target, attempts, None, content or None, headers)
 
     async def get(self, path: str, **kwargs: Any) -> Response:
         return await self.request("GET", path, **kwargs)

@@ -21,6 +21,7 @@ services it may call by name.
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,10 +35,10 @@ from trustmesh.reasons import Reason
 from trustmesh.sdk.client import Response, ServiceClient, TokenProvider
 from trustmesh.sdk.discovery import DiscoveryClient, Endpoint
 from trustmesh.sdk.middleware import TOKEN_STATE_KEY, ZeroTrustMiddleware
-from trustmesh.sdk.oauth import AuthClient, RevocationFeed, TokenSource
+from trustmesh.sdk.oauth import AuthClient, RevocationFeed, TokenSource, _max_age
 from trustmesh.sdk.serve import ASGIApp, Served, start
 from trustmesh.sdk.tls import RotatingTLS
-from trustmesh.sdk.tokens import RevocationList, TokenVerifier, VerifiedToken
+from trustmesh.sdk.tokens import JWKSCache, RevocationList, TokenVerifier, VerifiedToken
 from trustmesh.sdk.workload import redeem_join_token
 from trustmesh.sdk.x509source import X509Source
 
@@ -46,6 +47,9 @@ SERVICE_ENV = "TRUSTMESH_SERVICE"
 PORT_ENV = "TRUSTMESH_PORT"
 EVENTS_ENV = "TRUSTMESH_EVENTS"
 AUTH_URL_ENV = "TRUSTMESH_AUTH_URL"
+#: The gateway's mTLS listener, where its JWKS is: set, the service also trusts the
+#: tokens the gateway signs for it (issuer: the gateway's SPIFFE ID).
+GATEWAY_URL_ENV = "TRUSTMESH_GATEWAY_URL"
 
 
 @dataclass
@@ -64,6 +68,8 @@ class Runtime:
     tokens: TokenSource | None = None
     revocations: RevocationFeed | None = None
     verifier: TokenVerifier | None = None
+    #: Clients of the runtime's own (the gateway's JWKS), closed with it.
+    own_clients: list[ServiceClient] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -102,7 +108,7 @@ class Runtime:
         return OnBehalfClient(shared, self.tokens.provider(shared.expected, on_behalf_of=subject))
 
     async def close(self) -> None:
-        for c in self.clients.values():
+        for c in [*self.clients.values(), *self.own_clients]:
             await c.close()
         if self.discovery is not None:
             await self.discovery.close()
@@ -115,6 +121,18 @@ class Runtime:
 
 
 _runtime: Runtime | None = None
+
+
+def _jwks_fetcher(client: ServiceClient) -> Callable[[], Awaitable[tuple[bytes, float | None]]]:
+    """A JWKSCache fetch function for the JWKS at ``client``'s ``/jwks.json``."""
+
+    async def fetch() -> tuple[bytes, float | None]:
+        response = await client.get("/jwks.json")
+        if response.status != 200:
+            raise UnavailableError(f"JWKS: HTTP {response.status}")
+        return response.body, _max_age(response.headers.get("Cache-Control"))
+
+    return fetch
 
 
 def current() -> Runtime:
@@ -210,6 +228,7 @@ async def run_service(
     discovery_url: str | None = None,
     sink: events.EventSink | None = None,
     auth_url: str | None = None,
+    gateway_url: str | None = None,
 ) -> Runtime:
     """Bring ``app`` up as ``service``; settings default to what ``trustmesh up`` passes
     in the environment."""
@@ -235,6 +254,7 @@ async def run_service(
     auth: AuthClient | None = None
     verifier: TokenVerifier | None = None
     feed: RevocationFeed | None = None
+    extra_clients: list[ServiceClient] = []
     if auth_url:
         # with an identity provider, every request must carry a token for this service
         auth = AuthClient(tls, auth_url, config.component_spiffe_id("auth"))
@@ -244,10 +264,17 @@ async def run_service(
         revoked = RevocationList()
         feed = RevocationFeed(auth, revoked, redis_url=config.auth.redis)
         await feed.start()
+        trusted: dict[str, JWKSCache] = {}
+        gateway_url = gateway_url if gateway_url is not None else os.environ.get(GATEWAY_URL_ENV)
+        if gateway_url:
+            gateway = ServiceClient(tls, gateway_url, config.component_spiffe_id("gateway"))
+            extra_clients.append(gateway)
+            trusted[config.component_spiffe_id("gateway")] = JWKSCache(_jwks_fetcher(gateway))
         verifier = TokenVerifier(
             issuers={auth.issuer},
             audience=config.spiffe_id(service),
             jwks=jwks,
+            trusted=trusted,
             revoked=revoked,
         )
     guarded = ZeroTrustMiddleware(
@@ -270,6 +297,7 @@ async def run_service(
         tokens=TokenSource(auth, service) if auth else None,
         revocations=feed,
         verifier=verifier,
+        own_clients=extra_clients,
     )
     if discovery is not None:
         await discovery.register(runtime.url)

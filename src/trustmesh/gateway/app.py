@@ -1,0 +1,333 @@
+"""The gateway's request pipeline, as an ASGI app served on its TLS listener.
+
+Each stage decides, and a refusal ends the request with a structured error and an event:
+
+1. the raw path must be canonical → ``400 invalid_request``;
+2. a route must take it (host, longest prefix, method) → ``404`` / ``405`` + ``Allow``;
+3. the route's authentication: a bearer access token from a trusted issuer, addressed to
+   the gateway, not bound to a certificate the client cannot show, not revoked →
+   ``401`` with ``WWW-Authenticate: Bearer``; or an anonymous route;
+4. the body must fit the limit → ``413``;
+5. forward over mTLS (the gateway's SVID; the upstream's SPIFFE ID checked) with the
+   internal token in place of the client's, spoofable and hop-by-hop headers removed;
+   no healthy upstream → a fast ``503``.
+
+The response goes back with the upstream's status and body, its hop-by-hop and internal
+headers removed and the security headers set. Later stages (policy, rate limits, request
+validation) slot in between 3 and 5.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from trustmesh import events
+from trustmesh.errors import InvalidTokenError, TrustmeshError
+from trustmesh.gateway.headers import (
+    SECURITY_HEADERS,
+    TrustedProxies,
+    client_address,
+    response_headers,
+    upstream_headers,
+)
+from trustmesh.gateway.internal import GatewayKey, internal_claims
+from trustmesh.gateway.routes import RouteTable, request_host
+from trustmesh.policy.paths import NonCanonicalPath, canonical_path
+from trustmesh.reasons import Reason
+from trustmesh.sdk import trace
+from trustmesh.sdk.client import Response, ServiceClient
+from trustmesh.sdk.serve import Receive, Scope, Send
+from trustmesh.sdk.tokens import TokenVerifier
+
+log = logging.getLogger("trustmesh.gateway")
+
+#: Finds a client for a service (discovery, pooled); raises TrustmeshError when none.
+Upstreams = Callable[[str], Awaitable[ServiceClient]]
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    spiffe_id: str  # the gateway's: the issuer of internal tokens, the audience it accepts
+    trust_domain: str
+    token_ttl: int
+    max_body_bytes: int
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class GatewayApp:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        routes: RouteTable,
+        verifier: TokenVerifier | None,
+        key: GatewayKey,
+        thumbprint: Callable[[], str],
+        upstreams: Upstreams,
+        sink: events.EventSink,
+        trusted_proxies: TrustedProxies | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.routes = routes
+        self.verifier = verifier
+        self.key = key
+        self.thumbprint = thumbprint
+        self.upstreams = upstreams
+        self.sink = sink
+        self.trusted = trusted_proxies or TrustedProxies()
+        self.clock = clock
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return  # no websockets through the gateway (yet): the connection closes
+        incoming = next((v for k, v in scope["headers"] if k == b"traceparent"), None)
+        current = trace.parse(incoming.decode("latin-1") if incoming else None)
+        token = trace.use(current.child() if current else trace.TraceParent.new())
+        try:
+            await self._handle(scope, receive, send)
+        finally:
+            trace.reset(token)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers: list[tuple[bytes, bytes]] = list(scope["headers"])
+        method: str = scope["method"]
+        peer = (scope.get("client") or ("0.0.0.0", 0))[0]  # noqa: S104 - a label, never bound
+        client = client_address(peer, headers, self.trusted)
+        raw = scope.get("raw_path") or scope["path"].encode("utf-8")
+        context = {"method": method, "path": raw.decode("latin-1")[:512], "client": client}
+        try:
+            path = canonical_path(raw)
+        except NonCanonicalPath as exc:
+            self._emit(events.Decision.DENY, Reason.PATH_NON_CANONICAL, exc.why, context)
+            await _error(send, 400, "invalid_request", "the request path is not in canonical form")
+            return
+        host = request_host(next((v for k, v in headers if k == b"host"), None))
+        decision = self.routes.decide(host, path, method)
+        if decision.route is None:
+            if decision.reason == Reason.METHOD_NOT_ALLOWED:
+                self._emit(events.Decision.DENY, decision.reason, "method not allowed", context)
+                allow = ", ".join(decision.allowed_methods).encode()
+                await _error(
+                    send, 405, "method_not_allowed", "method not allowed", [(b"allow", allow)]
+                )
+            else:
+                self._emit(events.Decision.DENY, decision.reason, "no route", context)
+                await _error(send, 404, "not_found", "no such route")
+            return
+        route = decision.route
+        context["route"] = f"routes[{decision.index}]"
+        user: dict[str, Any] | None = None
+        if route.auth != ["anonymous"]:
+            user = await self._authenticate(headers, send, context)
+            if user is None:
+                return
+        try:
+            body = await _read_body(receive, headers, self.settings.max_body_bytes)
+        except _TooLarge:
+            self._emit(events.Decision.DENY, Reason.REQUEST_TOO_LARGE, "body too large", context)
+            await _error(send, 413, "request_too_large", "the request body is too large")
+            return
+        upstream_id = f"spiffe://{self.settings.trust_domain}/{route.to}"
+        now = int(self.clock())
+        internal = self.key.sign(
+            internal_claims(
+                route=route,
+                user=user,
+                issuer=self.settings.spiffe_id,
+                audience=upstream_id,
+                thumbprint=self.thumbprint(),
+                now=now,
+                ttl=self.settings.token_ttl,
+            )
+        )
+        current = trace.current()
+        extra = [(b"authorization", b"Bearer " + internal.encode("ascii"))]
+        if current is not None:
+            extra.append((b"traceparent", current.header().encode("ascii")))
+        forwarded = [  # the client that sends sets Content-Length for the body it sends
+            (k.decode("latin-1"), v.decode("latin-1"))
+            for k, v in upstream_headers(headers, client=client, extra=extra)
+            if k != b"content-length"
+        ]
+        target = path + (
+            "?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else ""
+        )
+        try:
+            upstream = await self.upstreams(route.to)
+            answer = await upstream.forward(method, target, forwarded, body)
+        except (TrustmeshError, OSError) as exc:
+            detail = exc.detail if isinstance(exc, TrustmeshError) else type(exc).__name__
+            self._emit(
+                events.Decision.ERROR,
+                Reason.UPSTREAM_UNAVAILABLE,
+                f"upstream: {detail}",
+                context,
+                user,
+            )
+            await _error(send, 503, "unavailable", "the service is unavailable; try again")
+            return
+        context["status"] = answer.status
+        self._emit(events.Decision.ALLOW, Reason.REQUEST_FORWARDED, "forwarded", context, user)
+        await _relay(send, answer)
+
+    async def _authenticate(
+        self, headers: list[tuple[bytes, bytes]], send: Send, context: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        header = next((v for k, v in headers if k == b"authorization"), None)
+        if header is None or header[:7].lower() != b"bearer " or not header[7:].strip():
+            self._emit(events.Decision.DENY, Reason.TOKEN_MISSING, "no bearer token", context)
+            await _error(
+                send,
+                401,
+                "unauthenticated",
+                "a bearer access token is required",
+                [(b"www-authenticate", b'Bearer realm="trustmesh"')],
+            )
+            return None
+        if self.verifier is None:
+            self._emit(events.Decision.ERROR, Reason.UPSTREAM_UNAVAILABLE, "no issuer", context)
+            await _error(send, 503, "unavailable", "token verification is unavailable")
+            return None
+        try:
+            verified = await self.verifier.verify(
+                header[7:].strip().decode("ascii", "replace"), peer_thumbprint=None
+            )
+        except InvalidTokenError as exc:
+            self._emit(
+                events.Decision.DENY,
+                exc.reason or Reason.TOKEN_MALFORMED,
+                f"token refused: {exc.detail}",
+                context,
+            )
+            await _error(
+                send,
+                401,
+                "invalid_token",
+                "the access token was refused",
+                [(b"www-authenticate", b'Bearer realm="trustmesh", error="invalid_token"')],
+            )
+            return None
+        return dict(verified.claims)
+
+    def _emit(
+        self,
+        decision: events.Decision,
+        reason: str,
+        message: str,
+        context: dict[str, Any],
+        user: dict[str, Any] | None = None,
+    ) -> None:
+        current = trace.current()
+        attributes = {k: v for k, v in context.items() if isinstance(v, str | int)}
+        try:
+            event = events.event(
+                events.EventClass.API_ACTIVITY,
+                activity_id=99,
+                activity_name="Other",
+                component="gateway",
+                decision=decision,
+                reason=reason,
+                message=message,
+                spiffe_id=self.settings.spiffe_id,
+                sub=str(user["sub"]) if user else None,
+                client_id=str(user.get("client_id")) if user and user.get("client_id") else None,
+                jti=str(user["jti"]) if user and user.get("jti") else None,
+                trace_id=current.trace_id if current else None,
+                attributes=attributes,
+            )
+        except TrustmeshError:  # the path looked like a secret: keep the decision
+            attributes["path"] = "<withheld>"
+            event = events.event(
+                events.EventClass.API_ACTIVITY,
+                activity_id=99,
+                activity_name="Other",
+                component="gateway",
+                decision=decision,
+                reason=reason,
+                message=message,
+                spiffe_id=self.settings.spiffe_id,
+                attributes=attributes,
+            )
+        self.sink.emit(event)
+
+
+async def _read_body(receive: Receive, headers: list[tuple[bytes, bytes]], limit: int) -> bytes:
+    declared = next((v for k, v in headers if k == b"content-length"), None)
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise _TooLarge
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+async def _relay(send: Send, answer: Response) -> None:
+    raw = answer.raw_headers or tuple(
+        (k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items()
+    )
+    headers = [
+        (k, v)
+        for k, v in response_headers(raw)
+        if k not in (b"content-length", b"content-encoding")  # the body is relayed decoded
+    ]
+    headers.append((b"content-length", str(len(answer.body)).encode()))
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.body", "body": answer.body})
+
+
+async def _error(
+    send: Send,
+    status: int,
+    error: str,
+    message: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    body = json.dumps({"error": error, "message": message}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+                *SECURITY_HEADERS,
+                *(headers or ()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+__all__ = ["GatewayApp", "GatewaySettings", "Upstreams"]

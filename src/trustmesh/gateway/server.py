@@ -1,0 +1,168 @@
+"""Run the gateway: its public TLS listener (clients), and an mTLS listener of its own
+(``sdk.serve``, the gateway's SVID) where services fetch the JWKS of its internal tokens.
+
+User tokens are verified with the identity provider's keys, fetched over mTLS and cached
+(traffic keeps flowing while the provider is down); revocations arrive through the
+provider's feed (a second by polling, at once with Redis)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from trustmesh import crypto, events
+from trustmesh.config import TrustmeshConfig
+from trustmesh.errors import ConfigError
+from trustmesh.gateway.app import GatewayApp, GatewaySettings
+from trustmesh.gateway.headers import TrustedProxies
+from trustmesh.gateway.internal import GatewayKey
+from trustmesh.gateway.routes import RouteTable
+from trustmesh.gateway.upstreams import UpstreamPool
+from trustmesh.sdk.discovery import DiscoveryClient
+from trustmesh.sdk.oauth import AuthClient, RevocationFeed
+from trustmesh.sdk.serve import PublicServed, Served, start, start_public
+from trustmesh.sdk.tls import RotatingTLS
+from trustmesh.sdk.tokens import RevocationList, TokenVerifier
+from trustmesh.sdk.x509source import SVIDSource
+
+log = logging.getLogger("trustmesh.gateway")
+
+__all__ = ["RunningGateway", "serve_gateway"]
+
+
+@dataclass
+class RunningGateway:
+    public: PublicServed
+    internal: Served
+    upstreams: UpstreamPool
+    discovery: DiscoveryClient
+    auth: AuthClient | None
+    feed: RevocationFeed | None
+    key: GatewayKey
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.public.port}"
+
+    @property
+    def internal_url(self) -> str:
+        return f"https://127.0.0.1:{self.internal.port}"
+
+    async def stop(self) -> None:
+        await self.public.stop()
+        await self.internal.stop()
+        await self.upstreams.close()
+        await self.discovery.close()
+        if self.feed is not None:
+            await self.feed.close()
+        if self.auth is not None:
+            await self.auth.close()
+
+
+def internal_app(key: GatewayKey) -> Starlette:
+    async def jwks(_: Request) -> Response:
+        return Response(
+            key.jwks(),
+            media_type="application/jwk-set+json",
+            headers={"Cache-Control": "max-age=60"},
+        )
+
+    async def health(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    return Starlette(
+        routes=[
+            Route("/jwks.json", jwks, methods=["GET"]),
+            Route("/healthz", health, methods=["GET"]),
+        ]
+    )
+
+
+async def serve_gateway(
+    config: TrustmeshConfig,
+    state: Path,
+    *,
+    source: SVIDSource,
+    sink: events.EventSink,
+    discovery_url: str,
+    auth_url: str | None,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    internal_port: int = 0,
+    config_dir: Path | None = None,
+) -> RunningGateway:
+    """Start the gateway; return once both listeners accept."""
+    gateway = config.gateway
+    if gateway is None:
+        raise ConfigError("no gateway: section in the declaration")
+    seal_key = crypto.load_seal_key(state, dev=config.dev)
+    key = GatewayKey.load_or_create(state, seal_key)
+    if gateway.tls_cert is not None and gateway.tls_key is not None:
+        folder = config_dir or Path.cwd()
+        certificate = crypto.load_server_certificate(
+            folder / gateway.tls_cert, folder / gateway.tls_key
+        )
+    elif config.dev:
+        certificate = crypto.local_server_certificate(state, seal_key)
+    else:
+        raise ConfigError("gateway.tls_cert: required outside dev mode")
+    tls = RotatingTLS(source)
+    spiffe_id = config.component_spiffe_id("gateway")
+    auth: AuthClient | None = None
+    feed: RevocationFeed | None = None
+    verifier: TokenVerifier | None = None
+    if auth_url:
+        auth = AuthClient(tls, auth_url, config.component_spiffe_id("auth"))
+        await auth.discover()
+        jwks = auth.jwks_cache()
+        await jwks.refresh()
+        revoked = RevocationList()
+        feed = RevocationFeed(auth, revoked, redis_url=config.auth.redis)
+        await feed.start()
+        verifier = TokenVerifier(
+            audience=spiffe_id,
+            issuers={auth.issuer},
+            jwks=jwks,
+            revoked=revoked,
+            require_binding=False,  # a browser has no certificate; a bound token still must match
+        )
+    discovery = DiscoveryClient(tls, discovery_url)
+    upstreams = UpstreamPool(tls, discovery)
+    app = GatewayApp(
+        GatewaySettings(
+            spiffe_id=spiffe_id,
+            trust_domain=config.trust_domain,
+            token_ttl=int(gateway.internal_token_ttl.total_seconds()),
+            max_body_bytes=gateway.max_body_bytes,
+        ),
+        RouteTable(gateway.routes),
+        verifier,
+        key,
+        lambda: tls.thumbprint,
+        upstreams,
+        sink,
+        TrustedProxies(gateway.trusted_proxies),
+    )
+    internal = await start(internal_app(key), source=source, host=host, port=internal_port)
+    try:
+        public = await start_public(
+            app,
+            chain_pem=certificate.chain_pem(),
+            key_pem=certificate.key_pem(),
+            host=host,
+            port=gateway.port if port is None else port,
+        )
+    except BaseException:
+        await internal.stop()
+        with contextlib.suppress(Exception):
+            await upstreams.close()
+            await discovery.close()
+        raise
+    return RunningGateway(public, internal, upstreams, discovery, auth, feed, key)

@@ -1,0 +1,251 @@
+"""The gateway, live: TLS in from a client with no SVID, the user's token verified with
+the provider's keys, the request forwarded over mTLS to a service run by the SDK, which
+believes only the gateway's internal token. Each refusal is asserted with its event."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from authrig import (
+    AUTH,
+    CONFIG,
+    INVENTORY,
+    OPERATOR,
+    ORDERS,
+    PAYMENTS,
+    TD,
+    AuthRig,
+    code_flow,
+    make_rig,
+)
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from trustmesh import crypto, events
+from trustmesh.config import parse_config
+from trustmesh.gateway.server import RunningGateway, serve_gateway
+from trustmesh.reasons import Reason
+from trustmesh.sdk.runtime import Runtime, run_service
+from trustmesh.sdk.x509source import X509Source
+from trustmesh.testing import RunningIdentityServer, identity_server_in_thread
+
+GATEWAY = f"spiffe://{TD}/trustmesh/gateway"
+SECTION = """gateway:
+  max_body_bytes: 1024
+  routes:
+    - {path: /orders, to: orders, methods: [GET, POST], claims: [roles, preferred_username]}
+    - {path: /public, to: orders, auth: [anonymous]}
+    - {path: /pay, to: payments}
+"""
+PASSWORD = "alice's long passphrase"
+REDIRECT = "https://shop.example/cb"
+
+
+async def echo(request: Request) -> JSONResponse:
+    """The upstream: says what it was told, and by whom."""
+    token = request.state.trustmesh_token
+    return JSONResponse(
+        {
+            "path": request.url.path,
+            "query": request.url.query,
+            "sub": token.subject,
+            "claims": {k: v for k, v in token.claims.items() if k not in ("exp", "iat", "jti")},
+            "headers": dict(request.headers),
+            "body": (await request.body()).decode(),
+        },
+        headers={"x-trustmesh-debug": "internal", "set-cookie": "a=1"},
+    )
+
+
+APP = Starlette(routes=[Route("/{path:path}", echo, methods=["GET", "POST"])])
+
+
+@pytest.fixture
+def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
+    config = parse_config(CONFIG + SECTION, source="test.yaml")
+    with identity_server_in_thread(config, short_tmp / "identity", discovery=True) as running:
+        exe = os.readlink("/proc/self/exe")
+        for spiffe_id in (ORDERS, PAYMENTS, INVENTORY, AUTH, OPERATOR, GATEWAY):
+            running.call(
+                running.server.service.register,
+                spiffe_id,
+                [f"unix:uid:{os.getuid()}", f"unix:path:{exe}"],
+                None,
+            )
+        yield running
+
+
+@pytest.fixture
+async def stack(
+    identity: RunningIdentityServer, short_tmp: Path
+) -> AsyncIterator[tuple[AuthRig, RunningGateway, Runtime, events.MemorySink]]:
+    config_file = short_tmp / "trustmesh.yaml"
+    config_file.write_text(CONFIG + SECTION)
+    config = parse_config(config_file.read_text(), source=str(config_file))
+    assert identity.server.discovery is not None
+    discovery_url = f"https://127.0.0.1:{identity.server.discovery.port}"
+    sink = events.MemorySink()
+    async with make_rig(identity, short_tmp, SECTION) as rig:
+        source = X509Source(identity.address, spiffe_id=GATEWAY)
+        await source.start()
+        gateway = await serve_gateway(
+            config,
+            short_tmp / "state",
+            source=source,
+            sink=sink,
+            discovery_url=discovery_url,
+            auth_url=rig.url,
+        )
+        orders = await run_service(
+            APP,
+            service="orders",
+            config_path=config_file,
+            address=identity.address,
+            port=0,
+            discovery_url=discovery_url,
+            auth_url=rig.url,
+            gateway_url=gateway.internal_url,
+            sink=events.MemorySink(),
+        )
+        try:
+            yield rig, gateway, orders, sink
+        finally:
+            await orders.close()
+            await gateway.stop()
+            await source.close()
+
+
+def _token(rig: AuthRig, audiences: list[str], client_id: str = "shop-web") -> str:
+    ca = str(crypto.edge_ca_path(rig.state))
+    with rig.operator.mount(requests.Session()) as s:
+        s.post(
+            rig.url + "/admin/v1/users",
+            json={"username": "alice", "password": PASSWORD, "roles": ["user"]},
+            timeout=30,
+        )
+        made = s.post(
+            rig.url + "/admin/v1/clients",
+            json={
+                "client_id": client_id,
+                "method": "none",
+                "redirect_uris": [REDIRECT],
+                "audiences": audiences,
+            },
+            timeout=30,
+        )
+        assert made.status_code == 201, made.text
+    with requests.Session() as browser:
+        browser.trust_env = False
+        browser.verify = ca
+        tokens = code_flow(browser, rig.public_url, client_id, REDIRECT, "alice", PASSWORD)
+    return str(tokens["access_token"])
+
+
+def _call(
+    gateway: RunningGateway, ca: str, method: str, path: str, token: str | None = None, **kw: Any
+) -> requests.Response:
+    headers = dict(kw.pop("headers", {}))
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    with requests.Session() as s:
+        s.trust_env = False
+        return s.request(method, gateway.url + path, headers=headers, verify=ca, timeout=30, **kw)
+
+
+def _reasons(sink: events.MemorySink) -> list[str]:
+    return [e.reason for e in sink.events]
+
+
+async def test_a_user_reaches_the_service_through_the_gateway(stack: Any) -> None:
+    rig, gateway, _, sink = stack
+    ca = str(crypto.edge_ca_path(rig.state))
+    token = await asyncio.to_thread(_token, rig, [GATEWAY])
+    answer = await asyncio.to_thread(
+        _call,
+        gateway,
+        ca,
+        "POST",
+        "/orders/o_1?x=1",
+        token,
+        json={"item": "tea"},
+        headers={
+            "X-Forwarded-For": "10.9.9.9",
+            "X-Trustmesh-Spiffe-Id": "spiffe://auth.example/trustmesh/operator",
+            "X-Forwarded-Client-Cert": "URI=spiffe://auth.example/payments",
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    seen = answer.json()
+    assert seen["path"] == "/orders/o_1"
+    assert seen["query"] == "x=1"
+    assert seen["body"] == json.dumps({"item": "tea"}).replace(", ", ", ")
+    claims = seen["claims"]
+    assert claims["iss"] == GATEWAY
+    assert claims["aud"] == ORDERS
+    assert claims["act"] == {"sub": GATEWAY}
+    assert claims["roles"] == ["user"]
+    assert claims["preferred_username"] == "alice"
+    assert "amr" not in claims  # not mapped by the route
+    headers = seen["headers"]
+    assert headers["x-forwarded-for"] == "127.0.0.1"  # the gateway's, not the client's
+    assert "x-trustmesh-spiffe-id" not in headers
+    assert "x-forwarded-client-cert" not in headers
+    assert headers["authorization"] != f"Bearer {token}"  # the user's token stays at the edge
+    # the response: security headers on, internal ones off
+    assert answer.headers["Strict-Transport-Security"].startswith("max-age=")
+    assert answer.headers["X-Content-Type-Options"] == "nosniff"
+    assert "x-trustmesh-debug" not in answer.headers
+    assert answer.headers["set-cookie"] == "a=1"
+    forwarded = [e for e in sink.events if e.reason == Reason.REQUEST_FORWARDED]
+    assert forwarded
+    assert forwarded[-1].sub == seen["sub"]
+    # an anonymous route says so upstream
+    anonymous = await asyncio.to_thread(_call, gateway, ca, "GET", "/public/menu")
+    assert anonymous.status_code == 200
+    assert anonymous.json()["sub"] == "anonymous"
+
+
+async def test_refusals_at_the_edge(stack: Any) -> None:
+    rig, gateway, _, sink = stack
+    ca = str(crypto.edge_ca_path(rig.state))
+    no_token = await asyncio.to_thread(_call, gateway, ca, "GET", "/orders/o_1")
+    assert no_token.status_code == 401
+    assert no_token.headers["WWW-Authenticate"].startswith("Bearer")
+    garbage = await asyncio.to_thread(_call, gateway, ca, "GET", "/orders/o_1", "garbage")
+    assert garbage.status_code == 401
+    assert 'error="invalid_token"' in garbage.headers["WWW-Authenticate"]
+    # a token addressed to a service, not to the gateway
+    wrong = await asyncio.to_thread(_token, rig, ["orders"], "other-app")
+    refused = await asyncio.to_thread(_call, gateway, ca, "GET", "/orders/o_1", wrong)
+    assert refused.status_code == 401
+    assert Reason.TOKEN_WRONG_AUDIENCE in _reasons(sink)
+    encoded = await asyncio.to_thread(_call, gateway, ca, "GET", "/orders/%2e%2e/pay")
+    assert encoded.status_code == 400
+    assert (await asyncio.to_thread(_call, gateway, ca, "GET", "/nowhere")).status_code == 404
+    wrong_method = await asyncio.to_thread(_call, gateway, ca, "DELETE", "/orders/o_1")
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["Allow"] == "GET, POST"
+    token = await asyncio.to_thread(_token, rig, [GATEWAY])
+    big = await asyncio.to_thread(_call, gateway, ca, "POST", "/orders", token, data=b"x" * 2048)
+    assert big.status_code == 413
+    # no live payments instance: a fast 503, not a hang
+    down = await asyncio.to_thread(_call, gateway, ca, "GET", "/pay/1", token)
+    assert down.status_code == 503
+    for reason in (
+        Reason.TOKEN_MISSING,
+        Reason.PATH_NON_CANONICAL,
+        Reason.ROUTE_NOT_FOUND,
+        Reason.METHOD_NOT_ALLOWED,
+        Reason.REQUEST_TOO_LARGE,
+        Reason.UPSTREAM_UNAVAILABLE,
+    ):
+        assert reason in _reasons(sink), reason
