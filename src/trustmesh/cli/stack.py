@@ -49,6 +49,7 @@ from trustmesh.cli.supervisor import (
 )
 from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import TrustmeshError
+from trustmesh.gateway.__main__ import endpoint_path as gateway_endpoint_path
 from trustmesh.identity import admin
 from trustmesh.identity.server import (
     MAX_SOCKET_PATH,
@@ -87,6 +88,20 @@ def components(config: TrustmeshConfig, config_path: Path, state: Path) -> list[
             env_factory=_join_env(config, state, config.component_spiffe_id("auth")),
         )
     )
+    if config.gateway is not None:  # before the services: they are told where its keys are
+        specs.append(
+            ComponentSpec(
+                "gateway",
+                python_module_argv(
+                    "trustmesh.gateway", "--config", str(config_path), "--state", str(state)
+                ),
+                env={
+                    "SPIFFE_ENDPOINT_SOCKET": paths.socket_address,
+                    "TRUSTMESH_EVENTS": str(state / "events" / "gateway.jsonl"),
+                },
+                env_factory=_join_env(config, state, config.component_spiffe_id("gateway")),
+            )
+        )
     for name, service in config.services.items():
         if service.external:
             continue
@@ -130,10 +145,12 @@ def _service_env(config: TrustmeshConfig, state: Path, name: str) -> Callable[[]
     def make() -> dict[str, str]:
         discovery = read_json(IdentityPaths(state).discovery) or {}
         auth = read_json(auth_endpoint_path(state)) or {}
+        gateway = read_json(gateway_endpoint_path(state)) or {}
         return {
             "TRUSTMESH_JOIN_TOKEN": _join_token(config, state, config.spiffe_id(name)),
             "TRUSTMESH_DISCOVERY_URL": str(discovery.get("url") or ""),
             "TRUSTMESH_AUTH_URL": str(auth.get("url") or ""),
+            "TRUSTMESH_GATEWAY_URL": str(gateway.get("internal_url") or ""),
         }
 
     return make
@@ -174,6 +191,10 @@ def probe(spec: ComponentSpec, state: Path, timeout: float = 2.0) -> bool:
     if spec.name == "auth":  # up once it serves and has said where
         url = (read_json(auth_endpoint_path(state)) or {}).get("url")
         return isinstance(url, str) and _tcp_open(url)
+    if spec.name == "gateway":
+        doc = read_json(gateway_endpoint_path(state)) or {}
+        url, internal = doc.get("url"), doc.get("internal_url")
+        return isinstance(url, str) and isinstance(internal, str) and _tcp_open(url)
     # a service is up once it serves and has registered with discovery (which it does
     # only after its SVID arrived and its mTLS server listens)
     return _serving(_instance(read_json(IdentityPaths(state).discovery) or {}, spec.name))
@@ -234,6 +255,21 @@ def stack_status(config: TrustmeshConfig, config_path: Path, state: Path) -> dic
                     "pid": pid if alive else None,
                     "issuer": endpoint.get("issuer"),
                     "public_url": endpoint.get("public_url"),
+                }
+            )
+            continue
+        if spec.name == "gateway":
+            endpoint = read_json(gateway_endpoint_path(state)) or {}
+            rows.append(
+                {
+                    "name": spec.name,
+                    "url": endpoint.get("url"),
+                    "internal_url": endpoint.get("internal_url"),
+                    "spiffe_id": config.component_spiffe_id(spec.name),
+                    "healthy": bool(running and alive and probe(spec, state)),
+                    "cert_expires": endpoint.get("cert_expires"),
+                    "cert_kind": "svid",
+                    "pid": pid if alive else None,
                 }
             )
             continue
