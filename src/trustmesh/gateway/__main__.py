@@ -7,19 +7,17 @@ services) with ``SPIFFE_ENDPOINT_SOCKET`` and a one-time join token for
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
 
 from trustmesh import events
-from trustmesh.config import TrustmeshConfig, load_config
-from trustmesh.errors import ConfigError, TrustmeshError, UnavailableError
+from trustmesh.config import TrustmeshConfig
+from trustmesh.errors import UnavailableError
 from trustmesh.gateway.server import RunningGateway, serve_gateway
+from trustmesh.sdk.process import component_main, until_stopped, write_json_atomic
 from trustmesh.sdk.runtime import EVENTS_ENV
 from trustmesh.sdk.workload import JOIN_TOKEN_ENV, redeem_join_token
 from trustmesh.sdk.x509source import X509Context, X509Source
@@ -47,9 +45,7 @@ def _write_endpoint(path: Path, running: RunningGateway, context: X509Context) -
         "pid": os.getpid(),
         "updated_at": time.time(),
     }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc))
-    tmp.replace(path)
+    write_json_atomic(path, doc)
 
 
 async def run(config: TrustmeshConfig, state: Path, config_dir: Path) -> None:
@@ -81,12 +77,8 @@ async def run(config: TrustmeshConfig, state: Path, config_dir: Path) -> None:
     _write_endpoint(path, running, source.context)
     source.subscribe(lambda context: _write_endpoint(path, running, context))
     print(f"gateway: {running.url}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_stopped()
     finally:
         path.unlink(missing_ok=True)
         await running.stop()
@@ -95,21 +87,7 @@ async def run(config: TrustmeshConfig, state: Path, config_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="trustmesh-gateway")
-    parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--state", type=Path, required=True)
-    args = parser.parse_args(argv)
-    try:
-        asyncio.run(
-            run(load_config(args.config), args.state.absolute(), args.config.absolute().parent)
-        )
-    except ConfigError as exc:
-        print("\n".join(exc.problems), file=sys.stderr)
-        return 2
-    except TrustmeshError as exc:
-        print(f"gateway: {exc.detail}", file=sys.stderr)
-        return 1
-    return 0
+    return component_main("trustmesh-gateway", run, argv)
 
 
 if __name__ == "__main__":

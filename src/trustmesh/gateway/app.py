@@ -41,7 +41,7 @@ from trustmesh.policy.paths import NonCanonicalPath, canonical_path
 from trustmesh.reasons import Reason
 from trustmesh.sdk import trace
 from trustmesh.sdk.client import Response, ServiceClient
-from trustmesh.sdk.serve import Receive, Scope, Send
+from trustmesh.sdk.serve import Receive, Scope, Send, respond_json
 from trustmesh.sdk.tokens import TokenVerifier
 
 log = logging.getLogger("trustmesh.gateway")
@@ -230,8 +230,9 @@ class GatewayApp:
     ) -> None:
         current = trace.current()
         attributes = {k: v for k, v in context.items() if isinstance(v, str | int)}
-        try:
-            event = events.event(
+
+        def build() -> events.Event:
+            return events.event(
                 events.EventClass.API_ACTIVITY,
                 activity_id=99,
                 activity_name="Other",
@@ -246,19 +247,12 @@ class GatewayApp:
                 trace_id=current.trace_id if current else None,
                 attributes=attributes,
             )
-        except TrustmeshError:  # the path looked like a secret: keep the decision
+
+        try:
+            event = build()
+        except TrustmeshError:  # the path looked like a secret: keep the decision without it
             attributes["path"] = "<withheld>"
-            event = events.event(
-                events.EventClass.API_ACTIVITY,
-                activity_id=99,
-                activity_name="Other",
-                component="gateway",
-                decision=decision,
-                reason=reason,
-                message=message,
-                spiffe_id=self.settings.spiffe_id,
-                attributes=attributes,
-            )
+            event = build()
         self.sink.emit(event)
 
 
@@ -304,20 +298,7 @@ async def _error(
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
     body = json.dumps({"error": error, "message": message}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"cache-control", b"no-store"),
-                *SECURITY_HEADERS,
-                *(headers or ()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await respond_json(send, status, body, [*SECURITY_HEADERS, *(headers or ())])
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

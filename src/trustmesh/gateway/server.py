@@ -26,10 +26,10 @@ from trustmesh.gateway.internal import GatewayKey
 from trustmesh.gateway.routes import RouteTable
 from trustmesh.gateway.upstreams import UpstreamPool
 from trustmesh.sdk.discovery import DiscoveryClient
-from trustmesh.sdk.oauth import AuthClient, RevocationFeed
+from trustmesh.sdk.oauth import ProviderTrust
 from trustmesh.sdk.serve import PublicServed, Served, start, start_public
 from trustmesh.sdk.tls import RotatingTLS
-from trustmesh.sdk.tokens import RevocationList, TokenVerifier
+from trustmesh.sdk.tokens import TokenVerifier
 from trustmesh.sdk.x509source import SVIDSource
 
 log = logging.getLogger("trustmesh.gateway")
@@ -43,8 +43,7 @@ class RunningGateway:
     internal: Served
     upstreams: UpstreamPool
     discovery: DiscoveryClient
-    auth: AuthClient | None
-    feed: RevocationFeed | None
+    trust: ProviderTrust | None
     key: GatewayKey
 
     @property
@@ -60,10 +59,8 @@ class RunningGateway:
         await self.internal.stop()
         await self.upstreams.close()
         await self.discovery.close()
-        if self.feed is not None:
-            await self.feed.close()
-        if self.auth is not None:
-            await self.auth.close()
+        if self.trust is not None:
+            await self.trust.close()
 
 
 def internal_app(key: GatewayKey) -> Starlette:
@@ -115,22 +112,17 @@ async def serve_gateway(
         raise ConfigError("gateway.tls_cert: required outside dev mode")
     tls = RotatingTLS(source)
     spiffe_id = config.component_spiffe_id("gateway")
-    auth: AuthClient | None = None
-    feed: RevocationFeed | None = None
+    trust: ProviderTrust | None = None
     verifier: TokenVerifier | None = None
     if auth_url:
-        auth = AuthClient(tls, auth_url, config.component_spiffe_id("auth"))
-        await auth.discover()
-        jwks = auth.jwks_cache()
-        await jwks.refresh()
-        revoked = RevocationList()
-        feed = RevocationFeed(auth, revoked, redis_url=config.auth.redis)
-        await feed.start()
+        trust = await ProviderTrust.connect(
+            tls, auth_url, config.component_spiffe_id("auth"), redis_url=config.auth.redis
+        )
         verifier = TokenVerifier(
             audience=spiffe_id,
-            issuers={auth.issuer},
-            jwks=jwks,
-            revoked=revoked,
+            issuers={trust.auth.issuer},
+            jwks=trust.jwks,
+            revoked=trust.revoked,
             require_binding=False,  # a browser has no certificate; a bound token still must match
         )
     discovery = DiscoveryClient(tls, discovery_url)
@@ -165,4 +157,4 @@ async def serve_gateway(
             await upstreams.close()
             await discovery.close()
         raise
-    return RunningGateway(public, internal, upstreams, discovery, auth, feed, key)
+    return RunningGateway(public, internal, upstreams, discovery, trust, key)

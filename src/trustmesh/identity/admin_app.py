@@ -47,9 +47,9 @@ from trustmesh.identity.admin import Actor, ServiceSettings
 from trustmesh.identity.models import RegistrationEntry
 from trustmesh.identity.store import IdentityStore
 from trustmesh.reasons import Reason
-from trustmesh.sdk.oauth import AuthClient, RevocationFeed
+from trustmesh.sdk.oauth import ProviderTrust
 from trustmesh.sdk.tls import RotatingTLS
-from trustmesh.sdk.tokens import RevocationList, TokenVerifier, VerifiedToken
+from trustmesh.sdk.tokens import TokenVerifier, VerifiedToken
 
 log = logging.getLogger("trustmesh.identity")
 
@@ -77,8 +77,7 @@ class AdminTokens:
         self._tls = tls
         self._locate = locate
         self._verifier: TokenVerifier | None = None
-        self._client: AuthClient | None = None
-        self._feed: RevocationFeed | None = None
+        self._trust: ProviderTrust | None = None
         self._lock = asyncio.Lock()
 
     async def verifier(self) -> TokenVerifier:
@@ -88,23 +87,15 @@ class AdminTokens:
             url, tls = self._locate(), self._tls()
             if url is None or tls is None:
                 raise UnavailableError("the identity provider is not running")
-            client = AuthClient(tls, url, self.config.component_spiffe_id("auth"))
-            try:
-                await client.discover()
-                jwks = client.jwks_cache()
-                await jwks.refresh()
-                revoked = RevocationList()
-                feed = RevocationFeed(client, revoked, redis_url=self.config.auth.redis)
-                await feed.start()
-            except BaseException:
-                await client.close()
-                raise
-            self._client, self._feed = client, feed
+            trust = await ProviderTrust.connect(
+                tls, url, self.config.component_spiffe_id("auth"), redis_url=self.config.auth.redis
+            )
+            self._trust = trust
             self._verifier = TokenVerifier(
-                issuers={client.issuer},
+                issuers={trust.auth.issuer},
                 audience=self.config.component_spiffe_id("identity"),
-                jwks=jwks,
-                revoked=revoked,
+                jwks=trust.jwks,
+                revoked=trust.revoked,
             )
             return self._verifier
 
@@ -113,10 +104,8 @@ class AdminTokens:
         return await verifier.verify(token, peer_thumbprint=peer_thumbprint)
 
     async def close(self) -> None:
-        if self._feed is not None:
-            await self._feed.close()
-        if self._client is not None:
-            await self._client.close()
+        if self._trust is not None:
+            await self._trust.close()
 
 
 def _entry_doc(entry: RegistrationEntry) -> dict[str, Any]:

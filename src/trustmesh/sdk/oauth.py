@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from trustmesh.errors import AuthenticationError, TrustmeshError, UnavailableError
@@ -249,3 +250,37 @@ class RevocationFeed:
                 await asyncio.sleep(self.interval)
             finally:
                 await client.aclose()
+
+
+@dataclass
+class ProviderTrust:
+    """What a component holds to check the identity provider's tokens: the provider's
+    client, the revocation feed that keeps ``revoked`` current, and the provider's keys."""
+
+    auth: AuthClient
+    feed: RevocationFeed
+    jwks: JWKSCache
+    revoked: RevocationList
+
+    @classmethod
+    async def connect(
+        cls, tls: RotatingTLS, url: str, spiffe_id: str, *, redis_url: str | None = None
+    ) -> ProviderTrust:
+        """Discover the provider at ``url`` (it must present ``spiffe_id``), fetch its
+        keys and start following its revocations."""
+        auth = AuthClient(tls, url, spiffe_id)
+        try:
+            await auth.discover()
+            jwks = auth.jwks_cache()
+            await jwks.refresh()
+            revoked = RevocationList()
+            feed = RevocationFeed(auth, revoked, redis_url=redis_url)
+            await feed.start()
+        except BaseException:
+            await auth.close()
+            raise
+        return cls(auth, feed, jwks, revoked)
+
+    async def close(self) -> None:
+        await self.feed.close()
+        await self.auth.close()

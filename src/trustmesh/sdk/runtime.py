@@ -35,10 +35,16 @@ from trustmesh.reasons import Reason
 from trustmesh.sdk.client import Response, ServiceClient, TokenProvider
 from trustmesh.sdk.discovery import DiscoveryClient, Endpoint
 from trustmesh.sdk.middleware import TOKEN_STATE_KEY, ZeroTrustMiddleware
-from trustmesh.sdk.oauth import AuthClient, RevocationFeed, TokenSource, _max_age
+from trustmesh.sdk.oauth import (
+    AuthClient,
+    ProviderTrust,
+    RevocationFeed,
+    TokenSource,
+    _max_age,
+)
 from trustmesh.sdk.serve import ASGIApp, Served, start
 from trustmesh.sdk.tls import RotatingTLS
-from trustmesh.sdk.tokens import JWKSCache, RevocationList, TokenVerifier, VerifiedToken
+from trustmesh.sdk.tokens import JWKSCache, TokenVerifier, VerifiedToken
 from trustmesh.sdk.workload import redeem_join_token
 from trustmesh.sdk.x509source import X509Source
 
@@ -257,13 +263,10 @@ async def run_service(
     extra_clients: list[ServiceClient] = []
     if auth_url:
         # with an identity provider, every request must carry a token for this service
-        auth = AuthClient(tls, auth_url, config.component_spiffe_id("auth"))
-        await auth.discover()
-        jwks = auth.jwks_cache()
-        await jwks.refresh()
-        revoked = RevocationList()
-        feed = RevocationFeed(auth, revoked, redis_url=config.auth.redis)
-        await feed.start()
+        trust = await ProviderTrust.connect(
+            tls, auth_url, config.component_spiffe_id("auth"), redis_url=config.auth.redis
+        )
+        auth, feed = trust.auth, trust.feed
         trusted: dict[str, JWKSCache] = {}
         gateway_url = gateway_url if gateway_url is not None else os.environ.get(GATEWAY_URL_ENV)
         if gateway_url:
@@ -273,9 +276,9 @@ async def run_service(
         verifier = TokenVerifier(
             issuers={auth.issuer},
             audience=config.spiffe_id(service),
-            jwks=jwks,
+            jwks=trust.jwks,
             trusted=trusted,
-            revoked=revoked,
+            revoked=trust.revoked,
         )
     guarded = ZeroTrustMiddleware(
         app, authorizer=CallAuthorizer(config, service), sink=sink, verifier=verifier
