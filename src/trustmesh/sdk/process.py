@@ -6,17 +6,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from trustmesh import events
 from trustmesh.config import TrustmeshConfig, load_config
-from trustmesh.errors import ConfigError, TrustmeshError
+from trustmesh.errors import ConfigError, TrustmeshError, UnavailableError
+from trustmesh.sdk.runtime import EVENTS_ENV
+from trustmesh.sdk.workload import JOIN_TOKEN_ENV, redeem_join_token
+from trustmesh.sdk.x509source import X509Context, X509Source
 
-__all__ = ["component_main", "until_stopped", "write_json_atomic"]
+__all__ = [
+    "component_identity",
+    "component_main",
+    "serve_until_stopped",
+    "until_stopped",
+    "write_json_atomic",
+]
 
 #: ``run(config, state, config_dir)``: the component's life, until it is told to stop.
 Run = Callable[[TrustmeshConfig, Path, Path], Coroutine[Any, Any, None]]
@@ -55,3 +68,58 @@ def component_main(prog: str, run: Run, argv: list[str] | None = None) -> int:
         print(f"{name}: {exc.detail}", file=sys.stderr)
         return 1
     return 0
+
+
+@contextlib.asynccontextmanager
+async def component_identity(
+    config: TrustmeshConfig, state: Path, component: str
+) -> AsyncIterator[tuple[X509Source, events.JsonLinesSink]]:
+    """The component's SVID (a one-time join token from ``up`` redeemed first) and its
+    event log (``TRUSTMESH_EVENTS``, else ``<state>/events/<component>.jsonl``)."""
+    address = os.environ.get("SPIFFE_ENDPOINT_SOCKET")
+    if not address:
+        raise UnavailableError("SPIFFE_ENDPOINT_SOCKET is not set")
+    token = os.environ.pop(JOIN_TOKEN_ENV, None)
+    if token:
+        await redeem_join_token(address, token)
+    source = X509Source(address, spiffe_id=config.component_spiffe_id(component))
+    await source.start()
+    sink = events.JsonLinesSink(
+        Path(os.environ.get(EVENTS_ENV) or state / "events" / f"{component}.jsonl")
+    )
+    try:
+        yield source, sink
+    finally:
+        await source.close()
+        sink.close()
+
+
+async def serve_until_stopped(
+    source: X509Source,
+    endpoint: Path,
+    describe: Callable[[], dict[str, Any]],
+    stop: Callable[[], Awaitable[None]],
+) -> None:
+    """Say where the component listens (``describe()``, with its SVID's facts) in
+    ``endpoint`` — again at each rotation — until SIGTERM/SIGINT; then remove the file
+    and ``stop()``."""
+
+    def write(context: X509Context) -> None:
+        doc = {
+            **describe(),
+            "spiffe_id": context.spiffe_id,
+            "cert_expires": context.not_after.isoformat(),
+            "pid": os.getpid(),
+            "updated_at": time.time(),
+        }
+        write_json_atomic(endpoint, doc)
+
+    endpoint.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write(source.context)
+    source.subscribe(write)
+    try:
+        await until_stopped()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(endpoint)  # a gone component must not look alive
+        await stop()
