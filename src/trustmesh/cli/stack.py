@@ -75,33 +75,24 @@ def components(config: TrustmeshConfig, config_path: Path, state: Path) -> list[
         )
     ]
     paths = IdentityPaths(state)
-    specs.append(
-        ComponentSpec(
-            "auth",
+
+    def component(name: str) -> ComponentSpec:
+        """A trustmesh server component, with its own identity through a join token."""
+        return ComponentSpec(
+            name,
             python_module_argv(
-                "trustmesh.auth", "--config", str(config_path), "--state", str(state)
+                f"trustmesh.{name}", "--config", str(config_path), "--state", str(state)
             ),
             env={
                 "SPIFFE_ENDPOINT_SOCKET": paths.socket_address,
-                "TRUSTMESH_EVENTS": str(state / "events" / "auth.jsonl"),
+                "TRUSTMESH_EVENTS": str(state / "events" / f"{name}.jsonl"),
             },
-            env_factory=_join_env(config, state, config.component_spiffe_id("auth")),
+            env_factory=_join_env(config, state, config.component_spiffe_id(name)),
         )
-    )
+
+    specs.append(component("auth"))
     if config.gateway is not None:  # before the services: they are told where its keys are
-        specs.append(
-            ComponentSpec(
-                "gateway",
-                python_module_argv(
-                    "trustmesh.gateway", "--config", str(config_path), "--state", str(state)
-                ),
-                env={
-                    "SPIFFE_ENDPOINT_SOCKET": paths.socket_address,
-                    "TRUSTMESH_EVENTS": str(state / "events" / "gateway.jsonl"),
-                },
-                env_factory=_join_env(config, state, config.component_spiffe_id("gateway")),
-            )
-        )
+        specs.append(component("gateway"))
     for name, service in config.services.items():
         if service.external:
             continue
