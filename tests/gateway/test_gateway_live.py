@@ -44,7 +44,7 @@ SECTION = """gateway:
   routes:
     - {path: /orders, to: orders, methods: [GET, POST], claims: [roles, preferred_username]}
     - {path: /public, to: orders, auth: [anonymous]}
-    - {path: /pay, to: payments}
+    - {path: /stock, to: inventory}
 """
 PASSWORD = "alice's long passphrase"
 REDIRECT = "https://shop.example/cb"
@@ -66,7 +66,22 @@ async def echo(request: Request) -> JSONResponse:
     )
 
 
-APP = Starlette(routes=[Route("/{path:path}", echo, methods=["GET", "POST"])])
+RUNTIMES: dict[str, Runtime] = {}
+
+
+async def pay(request: Request) -> JSONResponse:
+    """orders → payments on the user's behalf: the gateway's token is exchanged."""
+    client = await RUNTIMES["orders"].client_for("payments", on_behalf_of=request)
+    answer = await client.post("/charges", json={"amount": 5})
+    return JSONResponse(answer.json(), status_code=answer.status)
+
+
+APP = Starlette(
+    routes=[
+        Route("/orders/{id}/pay", pay, methods=["POST"]),
+        Route("/{path:path}", echo, methods=["GET", "POST"]),
+    ]
+)
 
 
 @pytest.fixture
@@ -105,6 +120,19 @@ async def stack(
             discovery_url=discovery_url,
             auth_url=rig.url,
         )
+        endpoint = short_tmp / "state" / "gateway" / "endpoint.json"
+        endpoint.write_text(json.dumps({"internal_url": gateway.internal_url}))  # as `up` has it
+        payments = await run_service(
+            APP,
+            service="payments",
+            config_path=config_file,
+            address=identity.address,
+            port=0,
+            discovery_url=discovery_url,
+            auth_url=rig.url,
+            gateway_url=gateway.internal_url,
+            sink=events.MemorySink(),
+        )
         orders = await run_service(
             APP,
             service="orders",
@@ -116,10 +144,13 @@ async def stack(
             gateway_url=gateway.internal_url,
             sink=events.MemorySink(),
         )
+        RUNTIMES["orders"] = orders
         try:
             yield rig, gateway, orders, sink
         finally:
+            RUNTIMES.clear()
             await orders.close()
+            await payments.close()
             await gateway.stop()
             await source.close()
 
@@ -228,7 +259,7 @@ async def test_refusals_at_the_edge(stack: Any) -> None:
     refused = await asyncio.to_thread(_call, gateway, ca, "GET", "/orders/o_1", wrong)
     assert refused.status_code == 401
     assert Reason.TOKEN_WRONG_AUDIENCE in _reasons(sink)
-    encoded = await asyncio.to_thread(_call, gateway, ca, "GET", "/orders/%2e%2e/pay")
+    encoded = await asyncio.to_thread(_call, gateway, ca, "GET", "/orders/%2e%2e/stock")
     assert encoded.status_code == 400
     assert (await asyncio.to_thread(_call, gateway, ca, "GET", "/nowhere")).status_code == 404
     wrong_method = await asyncio.to_thread(_call, gateway, ca, "DELETE", "/orders/o_1")
@@ -237,8 +268,8 @@ async def test_refusals_at_the_edge(stack: Any) -> None:
     token = await asyncio.to_thread(_token, rig, [GATEWAY])
     big = await asyncio.to_thread(_call, gateway, ca, "POST", "/orders", token, data=b"x" * 2048)
     assert big.status_code == 413
-    # no live payments instance: a fast 503, not a hang
-    down = await asyncio.to_thread(_call, gateway, ca, "GET", "/pay/1", token)
+    # no live inventory instance: a fast 503, not a hang
+    down = await asyncio.to_thread(_call, gateway, ca, "GET", "/stock/1", token)
     assert down.status_code == 503
     for reason in (
         Reason.TOKEN_MISSING,
@@ -249,3 +280,62 @@ async def test_refusals_at_the_edge(stack: Any) -> None:
         Reason.UPSTREAM_UNAVAILABLE,
     ):
         assert reason in _reasons(sink), reason
+
+
+async def test_a_service_acts_for_the_user_beyond_the_gateway(stack: Any) -> None:
+    """orders got the request through the gateway and calls payments for the user: the
+    provider trades the gateway's token (RFC 8693); payments sees the user as subject
+    and the chain gateway → orders as actors."""
+    rig, gateway, _, _ = stack
+    ca = str(crypto.edge_ca_path(rig.state))
+    token = await asyncio.to_thread(_token, rig, [GATEWAY])
+    answer = await asyncio.to_thread(_call, gateway, ca, "POST", "/orders/o_1/pay", token)
+    assert answer.status_code == 200, answer.text
+    seen = answer.json()
+    assert seen["path"] == "/charges"
+    claims = seen["claims"]
+    assert claims["iss"] == rig.issuer  # the provider's token now
+    assert claims["aud"] == PAYMENTS
+    assert claims["act"] == {"sub": ORDERS, "act": {"sub": GATEWAY}}
+    user = await asyncio.to_thread(_userinfo_sub, rig, token)
+    assert seen["sub"] == user
+    # a forged "gateway" token is not traded: only the gateway's keys vouch for it
+    forged = crypto.sign_jwt(
+        {"iss": GATEWAY, "sub": user, "aud": ORDERS, "exp": 4_000_000_000, "iat": 1, "jti": "f"},
+        crypto.generate_key(),
+        kid=gateway.key.kid,  # even naming the gateway's key id
+        typ="at+jwt",
+    )
+
+    def exchange(subject: str) -> requests.Response:
+        with rig.orders.mount(requests.Session()) as s:
+            return s.post(
+                rig.url + "/oauth2/token",
+                data={
+                    "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+                    "client_id": "orders",
+                    "subject_token": subject,
+                    "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+                    "audience": "payments",
+                },
+                timeout=30,
+            )
+
+    refused = await asyncio.to_thread(exchange, forged)
+    assert refused.status_code == 400
+    assert refused.json()["error"] == "invalid_grant"
+    # and the user's own token for the gateway is not orders' to trade
+    not_for_orders = await asyncio.to_thread(exchange, token)
+    assert not_for_orders.status_code == 400
+
+
+def _userinfo_sub(rig: AuthRig, token: str) -> str:
+    ca = str(crypto.edge_ca_path(rig.state))
+    info = requests.get(
+        rig.public_url + "/oauth2/userinfo",
+        headers={"Authorization": f"Bearer {token}"},
+        verify=ca,
+        timeout=30,
+    )
+    assert info.status_code == 200, info.text
+    return str(info.json()["sub"])

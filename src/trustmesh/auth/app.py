@@ -37,6 +37,7 @@ from trustmesh.auth.flow import (
     RefreshGrant,
     flow_routes,
 )
+from trustmesh.auth.gateway_tokens import GatewayTokens
 from trustmesh.auth.login import SessionCodec
 from trustmesh.auth.oauth import (
     ASSERTION_ALGORITHMS,
@@ -49,7 +50,7 @@ from trustmesh.auth.oauth import (
     TokenRecord,
 )
 from trustmesh.auth.service import ALG, AuthService
-from trustmesh.errors import InvalidTokenError
+from trustmesh.errors import InvalidTokenError, UnavailableError
 from trustmesh.reasons import Reason
 
 log = logging.getLogger("trustmesh.auth")
@@ -149,8 +150,15 @@ PUBLIC_PATHS = frozenset(
 )
 
 
-def auth_app(service: AuthService, urls: AuthURLs, *, public: bool = False) -> Starlette:
-    """The provider's app for one listener (``public``: the browser-facing subset)."""
+def auth_app(
+    service: AuthService,
+    urls: AuthURLs,
+    *,
+    public: bool = False,
+    gateway_tokens: GatewayTokens | None = None,
+) -> Starlette:
+    """The provider's app for one listener (``public``: the browser-facing subset).
+    ``gateway_tokens``: accept the gateway's tokens as subject tokens in token exchange."""
     token_urls = [u + "/oauth2/token" for u in (urls.public, urls.mtls) if u]
     server = OAuthServer(service, lambda: token_urls)
     server.register_grant(AuthorizationCode)
@@ -301,8 +309,14 @@ def auth_app(service: AuthService, urls: AuthURLs, *, public: bool = False) -> S
                 try:
                     claims = service.verify_own(token)
                 except InvalidTokenError:
-                    pass
-                else:
+                    claims = None
+                    if endpoint == "token" and gateway_tokens is not None:
+                        # a subject token the gateway signed (RFC 8693 only)
+                        try:
+                            claims = await gateway_tokens.verify(token)
+                        except (InvalidTokenError, UnavailableError):
+                            claims = None
+                if claims is not None:
                     revoked = await service.store.is_revoked(claims["jti"])
                     prefetched.token = TokenRecord(claims, revoked)
         core = CoreRequest(

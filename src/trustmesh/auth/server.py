@@ -14,10 +14,12 @@ from pathlib import Path
 from trustmesh import crypto, events
 from trustmesh.auth.app import AuthURLs, auth_app
 from trustmesh.auth.db import AuthStore
+from trustmesh.auth.gateway_tokens import GatewayTokens, gateway_url_from
 from trustmesh.auth.service import AuthService, AuthSettings
 from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import ConfigError
 from trustmesh.sdk.serve import PublicServed, Served, start, start_public
+from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.x509source import SVIDSource
 from trustmesh.store import create_engine, sqlite_url
 
@@ -34,6 +36,7 @@ class RunningAuth:
     urls: AuthURLs
     public: PublicServed | None
     _ticker: asyncio.Task[None]
+    gateway_tokens: GatewayTokens | None = None
 
     @property
     def url(self) -> str:
@@ -47,6 +50,8 @@ class RunningAuth:
         if self.public is not None:
             await self.public.stop()
         await self.served.stop()
+        if self.gateway_tokens is not None:
+            await self.gateway_tokens.close()
         await self.service.close()
 
 
@@ -96,7 +101,22 @@ async def serve_auth(
     store = AuthStore(create_engine(database_url(config, state)))
     service = AuthService(config, store, seal_key, settings, sink)
     await service.start()
-    served = await start(auth_app(service, urls), host=host, port=port, source=source)
+    gateway_tokens = None
+    if config.gateway is not None:
+        holder: list[RotatingTLS] = []
+        gateway_tokens = GatewayTokens(
+            config.component_spiffe_id("gateway"),
+            lambda: holder[0] if holder else None,
+            gateway_url_from(state),
+        )
+    served = await start(
+        auth_app(service, urls, gateway_tokens=gateway_tokens),
+        host=host,
+        port=port,
+        source=source,
+    )
+    if gateway_tokens is not None:
+        holder.append(served.tls)
     public = None
     if certificate is not None and public_port is not None:
         try:
@@ -112,7 +132,7 @@ async def serve_auth(
             await service.close()
             raise
     ticker = asyncio.create_task(_tick_forever(service), name="trustmesh-auth-keys")
-    return RunningAuth(service, served, urls, public, ticker)
+    return RunningAuth(service, served, urls, public, ticker, gateway_tokens)
 
 
 def _public_certificate(

@@ -1,0 +1,105 @@
+"""Token exchange (RFC 8693) with a subject token the gateway signed: a service that got
+a request through the gateway trades the gateway's internal token for one addressed to
+the next service, on behalf of the same user, as it would a token of this provider.
+
+The gateway's keys are fetched from its mTLS listener (found through the endpoint file
+``trustmesh up`` has it write), cached, and refetched once for an unknown key id. A
+gateway token is accepted only as a subject token — never at introspection, revocation,
+userinfo or the admin API — and only when the gateway is declared.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from trustmesh.errors import InvalidTokenError, UnavailableError
+from trustmesh.reasons import Reason
+from trustmesh.sdk.client import ServiceClient
+from trustmesh.sdk.tls import RotatingTLS
+from trustmesh.sdk.tokens import ACCESS_TOKEN_TYPES, JWKSCache, unverified_header
+
+__all__ = ["GatewayTokens", "gateway_url_from"]
+
+
+def gateway_url_from(state: Path) -> Callable[[], str | None]:
+    """The gateway's mTLS URL, read from its endpoint file when needed."""
+
+    def locate() -> str | None:
+        try:
+            doc = json.loads((state / "gateway" / "endpoint.json").read_text())
+        except (OSError, ValueError):
+            return None
+        url = doc.get("internal_url") if isinstance(doc, dict) else None
+        return url if isinstance(url, str) else None
+
+    return locate
+
+
+class GatewayTokens:
+    def __init__(
+        self,
+        issuer: str,
+        tls: Callable[[], RotatingTLS | None],
+        locate: Callable[[], str | None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.issuer = issuer
+        self._tls = tls
+        self._locate = locate
+        self._clock = clock
+        self._client: ServiceClient | None = None
+        self._keys: JWKSCache | None = None
+
+    def _cache(self) -> JWKSCache:
+        if self._keys is not None:
+            return self._keys
+        url, tls = self._locate(), self._tls()
+        if url is None or tls is None:
+            raise UnavailableError("the gateway is not running")
+        client = ServiceClient(tls, url, self.issuer, retries=1)
+
+        async def fetch() -> tuple[bytes, float | None]:
+            response = await client.get("/jwks.json")
+            if response.status != 200:
+                raise UnavailableError(f"gateway JWKS: HTTP {response.status}")
+            return response.body, 60.0
+
+        self._client, self._keys = client, JWKSCache(fetch)
+        return self._keys
+
+    async def verify(self, token: str) -> dict[str, Any]:
+        """The claims of a live token the gateway signed (any audience: the grant checks
+        it names the client that trades it); InvalidTokenError otherwise."""
+        header = unverified_header(token)
+        if str(header.get("typ", "")).lower() not in ACCESS_TOKEN_TYPES:
+            raise InvalidTokenError("not an access token", reason=Reason.TOKEN_MALFORMED)
+        key = await self._cache().key(header["kid"])
+        if key is None:
+            raise InvalidTokenError("unknown key id", reason=Reason.TOKEN_UNKNOWN_KEY)
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=[header["alg"]],
+                issuer=self.issuer,
+                options={
+                    "verify_aud": False,
+                    "require": ["iss", "aud", "exp", "iat", "sub", "jti"],
+                },
+                leeway=30,
+            )
+        except jwt.InvalidTokenError:
+            raise InvalidTokenError(
+                "invalid gateway token", reason=Reason.TOKEN_MALFORMED
+            ) from None
+        return claims
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
