@@ -13,9 +13,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
-from authrig import OPERATOR, AuthRig
+from authrig import OPERATOR, AuthRig, make_rig
 
+from trustmesh.config import parse_config
+from trustmesh.errors import ConfigError
 from trustmesh.reasons import Reason
+from trustmesh.testing import RunningIdentityServer
 
 
 def _call(rig: AuthRig, method: str, path: str, body: Any = None) -> requests.Response:
@@ -109,3 +112,33 @@ async def test_only_the_operator_manages_users(rig: AuthRig) -> None:
 
     assert (await asyncio.to_thread(call)).status_code == 403
     assert (await _api(rig, "GET", "/admin/v1/users")).json() == []
+
+
+async def test_the_declared_roles_are_the_ones_users_may_hold(
+    identity: RunningIdentityServer, short_tmp: Path
+) -> None:
+    """auth.roles names the roles (RFC 9068 roles claim) a shop needs; admin is always
+    one, and anything else is refused."""
+    async with make_rig(identity, short_tmp, "auth: {roles: [customer, support]}\n") as shop:
+        made = await _api(
+            shop, "POST", "/admin/v1/users", {"username": "cat", "roles": ["customer"]}
+        )
+        assert made.status_code == 201, made.text
+        assert made.json()["roles"] == ["customer"]
+        support = await _api(
+            shop, "POST", "/admin/v1/users", {"username": "sue", "roles": ["support", "customer"]}
+        )
+        assert support.status_code == 201, support.text
+        admin = await _api(shop, "POST", "/admin/v1/users", {"username": "ada", "roles": ["admin"]})
+        assert admin.status_code == 201
+        assert "totp_uri" in admin.json()  # admins always get MFA
+        for roles in (["user"], ["root"], ["Customer"]):
+            refused = await _api(shop, "POST", "/admin/v1/users", {"username": "x", "roles": roles})
+            assert refused.status_code == 400, roles
+            assert "customer" in refused.json()["message"]
+
+
+def test_a_bad_role_name_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config("trust_domain: x.example\nauth: {roles: [Not OK]}\n", source="t.yaml")
+    assert "auth.roles[0]" in " ".join(caught.value.problems)

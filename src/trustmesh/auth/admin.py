@@ -173,7 +173,6 @@ def key_docs(states: list[KeyState], now: int) -> list[dict[str, object]]:
     ]
 
 
-ROLES = ("admin", "user")
 _USERNAME = re.compile(r"[a-z0-9][a-z0-9._@+-]{0,127}")
 
 
@@ -200,9 +199,10 @@ def new_user(service: AuthService, body: object) -> tuple[User, str | None, str 
     username = normalize_login(raw) if isinstance(raw, str) else ""
     if not _USERNAME.fullmatch(username):
         raise UsageError("username: 1-128 lowercase letters, digits or . _ @ + -")
+    known = ("admin", *(r for r in service.config.auth.roles if r != "admin"))
     roles = body.get("roles", ["user"])
-    if not isinstance(roles, list) or not roles or any(r not in ROLES for r in roles):
-        raise UsageError(f"roles: one or more of {', '.join(ROLES)}")
+    if not isinstance(roles, list) or not roles or any(r not in known for r in roles):
+        raise UsageError(f"roles: one or more of {', '.join(known)} (auth.roles)")
     password = body.get("password")
     generated = None
     if password is None:

@@ -188,7 +188,8 @@ def client_remove(
 def user_add(
     username: Annotated[str, typer.Argument(help="The login name.")],
     role: Annotated[
-        list[str] | None, typer.Option("--role", help="user (default) or admin (repeatable).")
+        list[str] | None,
+        typer.Option("--role", help="user (default), admin or a role of auth.roles (repeatable)."),
     ] = None,
     mfa: Annotated[
         bool, typer.Option("--mfa", help="Enroll TOTP now (always for admins).")

@@ -163,6 +163,17 @@ def _check_port(value: int) -> int:
     return value
 
 
+_ROLE_RE: Final = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+
+
+def _check_role(value: str) -> str:
+    if _ROLE_RE.fullmatch(value) is None:
+        raise _problem(
+            "role", f"{value!r} is not a role name", "a lower-case name of at most 32 characters"
+        )
+    return value
+
+
 def _check_ttl(value: timedelta) -> timedelta:
     if value < MIN_TTL:
         raise _problem(
@@ -342,6 +353,12 @@ class AuthConfig(BaseModel):
         default=None,
         pattern=r"^rediss?://",
         description="Redis URL: revocations are published at once (services poll otherwise).",
+    )
+    roles: list[Annotated[str, AfterValidator(_check_role)]] = Field(
+        default_factory=lambda: ["user", "admin"],
+        max_length=64,
+        description="The roles users may hold (RFC 9068 roles claim); 'admin' is always one "
+        "and always needs MFA.",
     )
     public_listener: bool | None = Field(
         default=None,
