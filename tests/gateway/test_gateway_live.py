@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -339,3 +340,32 @@ def _userinfo_sub(rig: AuthRig, token: str) -> str:
     )
     assert info.status_code == 200, info.text
     return str(info.json()["sub"])
+
+
+async def test_a_revoked_token_is_refused_within_two_seconds(stack: Any) -> None:
+    rig, gateway, _, sink = stack
+    ca = str(crypto.edge_ca_path(rig.state))
+    token = await asyncio.to_thread(_token, rig, [GATEWAY])
+    assert (
+        await asyncio.to_thread(_call, gateway, ca, "GET", "/orders/o_1", token)
+    ).status_code == 200
+    revoked = await asyncio.to_thread(
+        lambda: requests.post(
+            rig.public_url + "/oauth2/revoke",
+            data={"token": token, "client_id": "shop-web"},
+            verify=ca,
+            timeout=30,
+        )
+    )
+    assert revoked.status_code == 200
+    started = time.monotonic()
+    status = 200
+    while time.monotonic() - started < 2.0:
+        status = (
+            await asyncio.to_thread(_call, gateway, ca, "GET", "/orders/o_1", token)
+        ).status_code
+        if status == 401:
+            break
+        await asyncio.sleep(0.1)
+    assert status == 401, "the gateway still took a token revoked 2 s ago"
+    assert Reason.TOKEN_REVOKED in _reasons(sink)
