@@ -70,6 +70,7 @@ class Reason(enum.StrEnum):
     METHOD_NOT_ALLOWED = "method-not-allowed"
     ROUTE_MATCHED = "route-matched"
     REQUEST_FORWARDED = "request-forwarded"
+    IP_DENIED = "ip-denied"
     REQUEST_TOO_LARGE = "request-too-large"
     UPSTREAM_UNAVAILABLE = "upstream-unavailable"
     # authorization

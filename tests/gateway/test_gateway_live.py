@@ -46,6 +46,8 @@ SECTION = """gateway:
     - {path: /orders, to: orders, methods: [GET, POST], claims: [roles, preferred_username]}
     - {path: /public, to: orders, auth: [anonymous]}
     - {path: /stock, to: inventory}
+    - {path: /partners, to: orders, auth: [anonymous], allow_ips: [10.0.0.0/8]}
+    - {path: /blocked, to: orders, auth: [anonymous], deny_ips: [127.0.0.0/8]}
 """
 PASSWORD = "alice's long passphrase"
 REDIRECT = "https://shop.example/cb"
@@ -369,3 +371,18 @@ async def test_a_revoked_token_is_refused_within_two_seconds(stack: Any) -> None
         await asyncio.sleep(0.1)
     assert status == 401, "the gateway still took a token revoked 2 s ago"
     assert Reason.TOKEN_REVOKED in _reasons(sink)
+
+
+async def test_address_rules_hold_and_a_forged_x_forwarded_for_does_not_help(
+    stack: Any,
+) -> None:
+    rig, gateway, _, sink = stack
+    ca = str(crypto.edge_ca_path(rig.state))
+    for path in ("/partners/x", "/blocked/x"):
+        refused = await asyncio.to_thread(
+            _call, gateway, ca, "GET", path, headers={"X-Forwarded-For": "10.1.2.3"}
+        )
+        assert refused.status_code == 403, path
+        assert refused.json()["error"] == "forbidden"
+    assert _reasons(sink).count(Reason.IP_DENIED) == 2
+    assert (await asyncio.to_thread(_call, gateway, ca, "GET", "/public/x")).status_code == 200

@@ -127,6 +127,13 @@ class GatewayRoute(BaseModel):
         default_factory=lambda: ["roles"],
         description="User claims copied into the internal token (sub always is).",
     )
+    allow_ips: list[Annotated[str, AfterValidator(_check_cidr)]] | None = Field(
+        default=None,
+        description="Only clients in these CIDR blocks (after the gateway-wide lists).",
+    )
+    deny_ips: list[Annotated[str, AfterValidator(_check_cidr)]] = Field(
+        default_factory=list, description="Clients in these CIDR blocks are refused."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> GatewayRoute:
@@ -167,6 +174,13 @@ class GatewayConfig(BaseModel):
     trusted_proxies: list[Annotated[str, AfterValidator(_check_cidr)]] = Field(
         default_factory=list,
         description="Hops whose X-Forwarded-For is believed (CIDR); none by default.",
+    )
+    allow_ips: list[Annotated[str, AfterValidator(_check_cidr)]] | None = Field(
+        default=None,
+        description="Only clients in these CIDR blocks may use the gateway (unset: anyone).",
+    )
+    deny_ips: list[Annotated[str, AfterValidator(_check_cidr)]] = Field(
+        default_factory=list, description="Clients in these CIDR blocks are refused (403)."
     )
     routes: list[GatewayRoute] = Field(default_factory=list)
 

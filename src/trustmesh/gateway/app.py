@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ from trustmesh.gateway.headers import (
     upstream_headers,
 )
 from trustmesh.gateway.internal import GatewayKey, internal_claims
+from trustmesh.gateway.iprules import IPRules
 from trustmesh.gateway.routes import RouteTable, request_host
 from trustmesh.policy.paths import NonCanonicalPath, canonical_path
 from trustmesh.reasons import Reason
@@ -62,6 +63,9 @@ class _TooLarge(Exception):
     pass
 
 
+_ANYONE = IPRules.of(None, ())
+
+
 class GatewayApp:
     def __init__(
         self,
@@ -74,6 +78,8 @@ class GatewayApp:
         sink: events.EventSink,
         trusted_proxies: TrustedProxies | None = None,
         clock: Callable[[], float] = time.time,
+        ip_rules: IPRules | None = None,
+        route_ip_rules: Sequence[IPRules] = (),
     ) -> None:
         self.settings = settings
         self.routes = routes
@@ -84,6 +90,13 @@ class GatewayApp:
         self.sink = sink
         self.trusted = trusted_proxies or TrustedProxies()
         self.clock = clock
+        self.ip_rules = ip_rules or IPRules.of(None, ())
+        self._route_ip_rules = tuple(route_ip_rules)
+
+    def _route_rules(self, index: int) -> IPRules:
+        if index < len(self._route_ip_rules):
+            return self._route_ip_rules[index]
+        return _ANYONE
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -106,6 +119,10 @@ class GatewayApp:
         client = client_address(peer, headers, self.trusted)
         raw = scope.get("raw_path") or scope["path"].encode("utf-8")
         context = {"method": method, "path": raw.decode("latin-1")[:512], "client": client}
+        if not self.ip_rules.admits(client):
+            self._emit(events.Decision.DENY, Reason.IP_DENIED, "client address refused", context)
+            await _error(send, 403, "forbidden", "not allowed from this address")
+            return
         try:
             path = canonical_path(raw)
         except NonCanonicalPath as exc:
@@ -127,6 +144,10 @@ class GatewayApp:
             return
         route = decision.route
         context["route"] = f"routes[{decision.index}]"
+        if not self._route_rules(decision.index).admits(client):
+            self._emit(events.Decision.DENY, Reason.IP_DENIED, "client address refused", context)
+            await _error(send, 403, "forbidden", "not allowed from this address")
+            return
         user: dict[str, Any] | None = None
         if route.auth != ["anonymous"]:
             user = await self._authenticate(headers, send, context)

@@ -23,6 +23,7 @@ from trustmesh.errors import ConfigError
 from trustmesh.gateway.app import GatewayApp, GatewaySettings
 from trustmesh.gateway.headers import TrustedProxies
 from trustmesh.gateway.internal import GatewayKey
+from trustmesh.gateway.iprules import IPRules
 from trustmesh.gateway.routes import RouteTable
 from trustmesh.gateway.upstreams import UpstreamPool
 from trustmesh.sdk.discovery import DiscoveryClient
@@ -141,6 +142,8 @@ async def serve_gateway(
         upstreams,
         sink,
         TrustedProxies(gateway.trusted_proxies),
+        ip_rules=IPRules.of(gateway.allow_ips, gateway.deny_ips),
+        route_ip_rules=[IPRules.of(r.allow_ips, r.deny_ips) for r in gateway.routes],
     )
     internal = await start(internal_app(key), source=source, host=host, port=internal_port)
     try:
