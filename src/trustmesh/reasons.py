@@ -71,6 +71,7 @@ class Reason(enum.StrEnum):
     ROUTE_MATCHED = "route-matched"
     REQUEST_FORWARDED = "request-forwarded"
     IP_DENIED = "ip-denied"
+    CORS_DENIED = "cors-denied"
     REQUEST_TOO_LARGE = "request-too-large"
     UPSTREAM_UNAVAILABLE = "upstream-unavailable"
     # authorization

@@ -57,6 +57,14 @@ def test_routes_parse_with_safe_defaults() -> None:
         ("{path: /o, to: orders, methods: [GET, GET]}", "methods repeat"),
         ("{path: /o, to: orders, host: 'Shop.Example:443'}", "is not a host name"),
         ("{path: /o, to: orders, upstream: x}", "upstream"),
+        ("{path: /o, to: orders, cors: {origins: ['*'], credentials: true}}", "any site"),
+        ("{path: /o, to: orders, cors: {origins: ['https://Shop.Example/']}}", "is not an origin"),
+        ("{path: /o, to: orders, cors: {origins: []}}", "cors.origins"),
+        (
+            "{path: /o, to: orders, cors: {origins: ['https://a.example'], headers: [X_Y]}}",
+            "not a header",
+        ),
+        ("{path: /o, to: orders, allow_ips: [not-a-cidr]}", "allow_ips[0]"),
     ],
 )
 def test_bad_routes_are_refused_naming_the_key(route: str, message: str) -> None:

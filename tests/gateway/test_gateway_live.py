@@ -43,7 +43,8 @@ GATEWAY = f"spiffe://{TD}/trustmesh/gateway"
 SECTION = """gateway:
   max_body_bytes: 1024
   routes:
-    - {path: /orders, to: orders, methods: [GET, POST], claims: [roles, preferred_username]}
+    - {path: /orders, to: orders, methods: [GET, POST], claims: [roles, preferred_username],
+       cors: {origins: ["https://shop.example"]}}
     - {path: /public, to: orders, auth: [anonymous]}
     - {path: /stock, to: inventory}
     - {path: /partners, to: orders, auth: [anonymous], allow_ips: [10.0.0.0/8]}
@@ -65,7 +66,11 @@ async def echo(request: Request) -> JSONResponse:
             "headers": dict(request.headers),
             "body": (await request.body()).decode(),
         },
-        headers={"x-trustmesh-debug": "internal", "set-cookie": "a=1"},
+        headers={
+            "x-trustmesh-debug": "internal",
+            "set-cookie": "a=1",
+            "access-control-allow-origin": "*",  # the gateway decides CORS, not the service
+        },
     )
 
 
@@ -386,3 +391,53 @@ async def test_address_rules_hold_and_a_forged_x_forwarded_for_does_not_help(
         assert refused.json()["error"] == "forbidden"
     assert _reasons(sink).count(Reason.IP_DENIED) == 2
     assert (await asyncio.to_thread(_call, gateway, ca, "GET", "/public/x")).status_code == 200
+
+
+async def test_cors_is_granted_only_to_the_declared_origin(stack: Any) -> None:
+    rig, gateway, _, sink = stack
+    ca = str(crypto.edge_ca_path(rig.state))
+
+    def preflight(
+        origin: str, method: str = "POST", headers: str = "authorization"
+    ) -> requests.Response:
+        return _call(
+            gateway,
+            ca,
+            "OPTIONS",
+            "/orders/o_1",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": method,
+                "Access-Control-Request-Headers": headers,
+            },
+        )
+
+    ok = await asyncio.to_thread(preflight, "https://shop.example")
+    assert ok.status_code == 204, ok.text
+    assert ok.headers["Access-Control-Allow-Origin"] == "https://shop.example"
+    assert ok.headers["Access-Control-Allow-Methods"] == "GET, POST"
+    assert "Access-Control-Allow-Credentials" not in ok.headers
+    for refused in (
+        await asyncio.to_thread(preflight, "https://evil.example"),
+        await asyncio.to_thread(preflight, "https://shop.example", "DELETE"),
+        await asyncio.to_thread(preflight, "https://shop.example", "POST", "x-evil"),
+    ):
+        assert refused.status_code == 403
+        assert "Access-Control-Allow-Origin" not in refused.headers
+    assert _reasons(sink).count(Reason.CORS_DENIED) == 3
+    # a route without a CORS policy grants nothing, whatever its service says
+    no_cors = await asyncio.to_thread(
+        _call, gateway, ca, "GET", "/public/x", headers={"Origin": "https://shop.example"}
+    )
+    assert no_cors.status_code == 200
+    assert "Access-Control-Allow-Origin" not in no_cors.headers
+    token = await asyncio.to_thread(_token, rig, [GATEWAY])
+    allowed = await asyncio.to_thread(
+        _call, gateway, ca, "GET", "/orders/o_1", token, headers={"Origin": "https://shop.example"}
+    )
+    assert allowed.headers["Access-Control-Allow-Origin"] == "https://shop.example"
+    other = await asyncio.to_thread(
+        _call, gateway, ca, "GET", "/orders/o_1", token, headers={"Origin": "https://evil.example"}
+    )
+    assert other.status_code == 200
+    assert "Access-Control-Allow-Origin" not in other.headers

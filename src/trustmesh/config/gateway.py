@@ -18,7 +18,7 @@ from pydantic_core import PydanticCustomError
 
 from trustmesh.config.durations import Duration, format_duration
 
-__all__ = ["AUTH_MODES", "GatewayConfig", "GatewayRoute"]
+__all__ = ["AUTH_MODES", "CorsPolicy", "GatewayConfig", "GatewayRoute"]
 
 _MODEL_CONFIG: Final = ConfigDict(frozen=True, extra="forbid", strict=True)
 _SEGMENT_RE: Final = re.compile(r"[A-Za-z0-9._~-]+")
@@ -95,6 +95,45 @@ Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 AuthMode = Literal["jwt", "anonymous"]
 
 
+_ORIGIN_RE: Final = re.compile(r"https?://[a-z0-9.-]+(:[0-9]{1,5})?|\*")
+_HEADER_RE: Final = re.compile(r"[a-z0-9-]{1,64}")
+
+
+def _check_origin(value: str) -> str:
+    if _ORIGIN_RE.fullmatch(value) is None:
+        raise _invalid(f"{value!r} is not an origin", "scheme://host[:port] in lower case, or '*'")
+    return value
+
+
+def _check_header_name(value: str) -> str:
+    if _HEADER_RE.fullmatch(value) is None:
+        raise _invalid(f"{value!r} is not a header name", "a lower-case header name")
+    return value
+
+
+class CorsPolicy(BaseModel):
+    """Which web origins may call a route from a browser (the Fetch standard's CORS)."""
+
+    model_config = _MODEL_CONFIG
+
+    origins: list[Annotated[str, AfterValidator(_check_origin)]] = Field(min_length=1)
+    headers: list[Annotated[str, AfterValidator(_check_header_name)]] = Field(
+        default_factory=lambda: ["authorization", "content-type"],
+        description="Request headers a page may send.",
+    )
+    max_age: int = Field(default=600, ge=0, le=86400, description="Preflight cache, seconds.")
+    credentials: bool = Field(default=False, description="Allow cookies / credentials.")
+
+    @model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> CorsPolicy:
+        if self.credentials and "*" in self.origins:
+            raise _invalid(
+                "'*' with credentials would let any site act as the user",
+                "the exact origins, when credentials are allowed",
+            )
+        return self
+
+
 def _only_get() -> list[Method]:
     return ["GET"]
 
@@ -134,6 +173,7 @@ class GatewayRoute(BaseModel):
     deny_ips: list[Annotated[str, AfterValidator(_check_cidr)]] = Field(
         default_factory=list, description="Clients in these CIDR blocks are refused."
     )
+    cors: CorsPolicy | None = Field(default=None, description="Browser access from other origins.")
 
     @model_validator(mode="after")
     def _consistent(self) -> GatewayRoute:

@@ -28,6 +28,7 @@ from typing import Any
 
 from trustmesh import events
 from trustmesh.errors import InvalidTokenError, TrustmeshError
+from trustmesh.gateway.cors import is_preflight, preflight_headers, response_grants
 from trustmesh.gateway.headers import (
     SECURITY_HEADERS,
     TrustedProxies,
@@ -130,6 +131,10 @@ class GatewayApp:
             await _error(send, 400, "invalid_request", "the request path is not in canonical form")
             return
         host = request_host(next((v for k, v in headers if k == b"host"), None))
+        asked = is_preflight(method, headers)
+        if asked is not None:  # answered at the edge, never forwarded
+            await self._preflight(host, path, asked, headers, send, context)
+            return
         decision = self.routes.decide(host, path, method)
         if decision.route is None:
             if decision.reason == Reason.METHOD_NOT_ALLOWED:
@@ -200,7 +205,34 @@ class GatewayApp:
             return
         context["status"] = answer.status
         self._emit(events.Decision.ALLOW, Reason.REQUEST_FORWARDED, "forwarded", context, user)
-        await _relay(send, answer)
+        await _relay(send, answer, response_grants(route.cors, headers))
+
+    async def _preflight(
+        self,
+        host: str | None,
+        path: str,
+        asked: str,
+        headers: list[tuple[bytes, bytes]],
+        send: Send,
+        context: dict[str, Any],
+    ) -> None:
+        decision = self.routes.decide(host, path, asked)
+        route = decision.route
+        grants = None
+        if route is not None and route.cors is not None:
+            grants = preflight_headers(route.cors, route.methods, headers)
+        if grants is None:
+            self._emit(events.Decision.DENY, Reason.CORS_DENIED, "CORS preflight refused", context)
+            await _error(send, 403, "forbidden", "cross-origin request not allowed")
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 204,
+                "headers": [*grants, *SECURITY_HEADERS],
+            }
+        )
+        await send({"type": "http.response.body", "body": b""})
 
     async def _authenticate(
         self, headers: list[tuple[bytes, bytes]], send: Send, context: dict[str, Any]
@@ -297,7 +329,9 @@ async def _read_body(receive: Receive, headers: list[tuple[bytes, bytes]], limit
     return b"".join(chunks)
 
 
-async def _relay(send: Send, answer: Response) -> None:
+async def _relay(
+    send: Send, answer: Response, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
     raw = answer.raw_headers or tuple(
         (k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items()
     )
@@ -307,6 +341,9 @@ async def _relay(send: Send, answer: Response) -> None:
         if k not in (b"content-length", b"content-encoding")  # the body is relayed decoded
     ]
     headers.append((b"content-length", str(len(answer.body)).encode()))
+    if extra:  # the gateway's CORS grants replace any the upstream set
+        names = {k for k, _ in extra}
+        headers = [(k, v) for k, v in headers if k not in names] + extra
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     await send({"type": "http.response.body", "body": answer.body})
 

@@ -120,7 +120,9 @@ def response_headers(headers: Headers) -> list[tuple[bytes, bytes]]:
     kept = [
         (name.lower(), value)
         for name, value in headers
-        if (lowered := name.lower()) not in drop and not _internal(lowered)
+        if (lowered := name.lower()) not in drop
+        and not _internal(lowered)
+        and not lowered.startswith(b"access-control-")  # CORS is the gateway's to grant
     ]
     kept.extend(SECURITY_HEADERS)
     return kept
