@@ -11,7 +11,6 @@ userinfo or the admin API — and only when the gateway is declared.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import jwt
 from trustmesh.errors import InvalidTokenError, UnavailableError
 from trustmesh.reasons import Reason
 from trustmesh.sdk.client import ServiceClient
+from trustmesh.sdk.oauth import jwks_fetcher
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.tokens import ACCESS_TOKEN_TYPES, JWKSCache, unverified_header
 
@@ -42,35 +42,21 @@ def gateway_url_from(state: Path) -> Callable[[], str | None]:
 
 
 class GatewayTokens:
-    def __init__(
-        self,
-        issuer: str,
-        tls: Callable[[], RotatingTLS | None],
-        locate: Callable[[], str | None],
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, issuer: str, tls: RotatingTLS, locate: Callable[[], str | None]) -> None:
         self.issuer = issuer
         self._tls = tls
         self._locate = locate
-        self._clock = clock
         self._client: ServiceClient | None = None
         self._keys: JWKSCache | None = None
 
     def _cache(self) -> JWKSCache:
         if self._keys is not None:
             return self._keys
-        url, tls = self._locate(), self._tls()
-        if url is None or tls is None:
+        url = self._locate()
+        if url is None:
             raise UnavailableError("the gateway is not running")
-        client = ServiceClient(tls, url, self.issuer, retries=1)
-
-        async def fetch() -> tuple[bytes, float | None]:
-            response = await client.get("/jwks.json")
-            if response.status != 200:
-                raise UnavailableError(f"gateway JWKS: HTTP {response.status}")
-            return response.body, 60.0
-
-        self._client, self._keys = client, JWKSCache(fetch)
+        self._client = ServiceClient(self._tls, url, self.issuer, retries=1)
+        self._keys = JWKSCache(jwks_fetcher(self._client))
         return self._keys
 
     async def verify(self, token: str) -> dict[str, Any]:

@@ -101,22 +101,15 @@ async def serve_auth(
     store = AuthStore(create_engine(database_url(config, state)))
     service = AuthService(config, store, seal_key, settings, sink)
     await service.start()
+    tls = RotatingTLS(source)  # one set of contexts: the server's and its own calls
     gateway_tokens = None
     if config.gateway is not None:
-        holder: list[RotatingTLS] = []
         gateway_tokens = GatewayTokens(
-            config.component_spiffe_id("gateway"),
-            lambda: holder[0] if holder else None,
-            gateway_url_from(state),
+            config.component_spiffe_id("gateway"), tls, gateway_url_from(state)
         )
     served = await start(
-        auth_app(service, urls, gateway_tokens=gateway_tokens),
-        host=host,
-        port=port,
-        source=source,
+        auth_app(service, urls, gateway_tokens=gateway_tokens), host=host, port=port, tls=tls
     )
-    if gateway_tokens is not None:
-        holder.append(served.tls)
     public = None
     if certificate is not None and public_port is not None:
         try:

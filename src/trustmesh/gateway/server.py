@@ -145,7 +145,7 @@ async def serve_gateway(
         ip_rules=IPRules.of(gateway.allow_ips, gateway.deny_ips),
         route_ip_rules=[IPRules.of(r.allow_ips, r.deny_ips) for r in gateway.routes],
     )
-    internal = await start(internal_app(key), source=source, host=host, port=internal_port)
+    internal = await start(internal_app(key), tls=tls, host=host, port=internal_port)
     try:
         public = await start_public(
             app,

@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,19 @@ def _max_age(cache_control: str | None) -> float | None:
         if name.lower() == "max-age" and value.isdigit():
             return float(value)
     return None
+
+
+def jwks_fetcher(client: ServiceClient) -> Callable[[], Awaitable[tuple[bytes, float | None]]]:
+    """A :class:`JWKSCache` fetch function for the JWKS at ``client``'s ``/jwks.json``
+    (the provider's, the gateway's): the document and how long it may be cached."""
+
+    async def fetch() -> tuple[bytes, float | None]:
+        response = await client.get("/jwks.json")
+        if response.status != 200:
+            raise UnavailableError(f"JWKS: HTTP {response.status}")
+        return response.body, _max_age(response.headers.get("Cache-Control"))
+
+    return fetch
 
 
 class AuthClient:
@@ -67,10 +81,7 @@ class AuthClient:
         return str(self.metadata["issuer"])
 
     async def jwks(self) -> tuple[bytes, float | None]:
-        response = await self.http.get("/jwks.json")
-        if response.status != 200:
-            raise UnavailableError(f"JWKS: HTTP {response.status}")
-        return response.body, _max_age(response.headers.get("Cache-Control"))
+        return await jwks_fetcher(self.http)()
 
     def jwks_cache(self, **kwargs: Any) -> JWKSCache:
         return JWKSCache(self.jwks, **kwargs)

@@ -21,7 +21,6 @@ services it may call by name.
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from trustmesh.sdk.oauth import (
     ProviderTrust,
     RevocationFeed,
     TokenSource,
-    _max_age,
+    jwks_fetcher,
 )
 from trustmesh.sdk.serve import ASGIApp, Served, start
 from trustmesh.sdk.tls import RotatingTLS
@@ -127,18 +126,6 @@ class Runtime:
 
 
 _runtime: Runtime | None = None
-
-
-def _jwks_fetcher(client: ServiceClient) -> Callable[[], Awaitable[tuple[bytes, float | None]]]:
-    """A JWKSCache fetch function for the JWKS at ``client``'s ``/jwks.json``."""
-
-    async def fetch() -> tuple[bytes, float | None]:
-        response = await client.get("/jwks.json")
-        if response.status != 200:
-            raise UnavailableError(f"JWKS: HTTP {response.status}")
-        return response.body, _max_age(response.headers.get("Cache-Control"))
-
-    return fetch
 
 
 def current() -> Runtime:
@@ -272,7 +259,7 @@ async def run_service(
         if gateway_url:
             gateway = ServiceClient(tls, gateway_url, config.component_spiffe_id("gateway"))
             extra_clients.append(gateway)
-            trusted[config.component_spiffe_id("gateway")] = JWKSCache(_jwks_fetcher(gateway))
+            trusted[config.component_spiffe_id("gateway")] = JWKSCache(jwks_fetcher(gateway))
         verifier = TokenVerifier(
             issuers={auth.issuer},
             audience=config.spiffe_id(service),
@@ -285,7 +272,7 @@ async def run_service(
     )
     if port is None:
         port = int(os.environ.get(PORT_ENV) or config.services[service].port or 0)
-    served = await start(guarded, source=source, port=port)
+    served = await start(guarded, tls=tls, port=port)
     url = discovery_url or os.environ.get("TRUSTMESH_DISCOVERY_URL")
     discovery = DiscoveryClient(tls, url) if url else None
     runtime = Runtime(

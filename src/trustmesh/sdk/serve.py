@@ -151,12 +151,16 @@ async def start(
     source: SVIDSource | None = None,
     address: str | None = None,
     log_level: str = "warning",
+    tls: RotatingTLS | None = None,
 ) -> Served:
-    """Start serving ``app`` over mTLS; return once it listens."""
+    """Start serving ``app`` over mTLS; return once it listens. ``tls``: the caller's
+    contexts for its SVID source, shared rather than built (and rotated) twice."""
+    if tls is not None:
+        source = tls.source
     owns = source is None
     source = source or X509Source(address)
     await source.start()
-    tls = RotatingTLS(source)
+    tls = tls or RotatingTLS(source)
     peers = _Peers()
     config = uvicorn.Config(
         _WithTLSExtension(app, peers),
