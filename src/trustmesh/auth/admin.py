@@ -23,7 +23,6 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
@@ -37,7 +36,6 @@ from trustmesh.auth.keys import KeyState
 from trustmesh.auth.lockout import normalize_login
 from trustmesh.auth.service import AuthService, hash_secret, new_secret
 from trustmesh.errors import (
-    ConflictError,
     InvalidTokenError,
     NotFoundError,
     TrustmeshError,
@@ -45,6 +43,8 @@ from trustmesh.errors import (
 )
 from trustmesh.identity.spiffeid import require_workload_id
 from trustmesh.reasons import Reason
+from trustmesh.sdk.admin import Actor, Refused, failure_response
+from trustmesh.sdk.tokens import bearer_token
 
 METHODS = ("private_key_jwt", "client_secret_basic", "tls_client_auth", "none")
 MAX_BODY = 256 * 1024
@@ -53,10 +53,6 @@ _JWK_KTYS = {"EC", "RSA", "OKP"}
 _PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "k")
 
 Handler = Callable[[Request], Awaitable[Response]]
-
-
-def _error(status: int, error: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": error, "message": message}, status_code=status)
 
 
 def new_client(service: AuthService, body: object) -> tuple[Client, str | None]:
@@ -236,52 +232,34 @@ def user_doc(user: User) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
-class Actor:
-    """Who is making an admin request: the operator's SVID, or an admin user."""
-
-    peer_spiffe_id: str | None
-    user_id: str | None = None
-    username: str | None = None
-
-    @property
-    def name(self) -> str:
-        return f"user:{self.username}" if self.username else "operator"
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, error: str, why: str, sub: str | None = None) -> None:
-        self.status, self.error, self.why, self.sub = status, error, why, sub
-
-
 async def admin_user(service: AuthService, request: Request, tls: dict[str, Any]) -> Actor:
-    """The admin user behind the request's bearer token, or :class:`_Refused`."""
-    header = request.headers.get("authorization", "")
-    if header[:7].lower() != "bearer " or not header[7:].strip():
-        raise _Refused(403, "forbidden", "neither the operator nor an admin user's token")
+    """The admin user behind the request's bearer token, or :class:`Refused`."""
+    token = bearer_token(request.headers.get("authorization"))
+    if token is None:
+        raise Refused(403, "forbidden", "neither the operator nor an admin user's token")
     try:
-        claims = service.verify_own(header[7:].strip())
+        claims = service.verify_own(token)
     except InvalidTokenError as exc:
-        raise _Refused(401, "invalid_token", f"token refused: {exc.detail}") from None
+        raise Refused(401, "invalid_token", f"token refused: {exc.detail}") from None
     sub = str(claims.get("sub", ""))
     aud = claims.get("aud")
     audiences = aud if isinstance(aud, list) else [aud]
     if service.config.component_spiffe_id("auth") not in audiences:
-        raise _Refused(403, "forbidden", "the token is not addressed to the provider", sub)
+        raise Refused(403, "forbidden", "the token is not addressed to the provider", sub)
     cnf = claims.get("cnf")
     if cnf is not None and (
         not isinstance(cnf, dict) or cnf.get("x5t#S256") != tls.get("client_cert_x5t_s256")
     ):
-        raise _Refused(401, "invalid_token", "the token is bound to another certificate", sub)
+        raise Refused(401, "invalid_token", "the token is bound to another certificate", sub)
     if await service.store.is_revoked(str(claims.get("jti", ""))):
-        raise _Refused(401, "invalid_token", "the token is revoked", sub)
+        raise Refused(401, "invalid_token", "the token is revoked", sub)
     user = await service.store.get_user_by_id(sub)
     if user is None or user.locked or "admin" not in user.roles:
-        raise _Refused(403, "forbidden", "not an admin user", sub)
+        raise Refused(403, "forbidden", "not an admin user", sub)
     amr = claims.get("amr")
     if not isinstance(amr, list) or "otp" not in amr:
-        raise _Refused(403, "mfa_required", "admin actions need a login with a one-time code", sub)
-    return Actor(tls.get("spiffe_id"), user.user_id, user.username)
+        raise Refused(403, "mfa_required", "admin actions need a login with a one-time code", sub)
+    return Actor.user(tls.get("spiffe_id"), user.username)
 
 
 def admin_routes(service: AuthService) -> list[Route]:
@@ -293,7 +271,7 @@ def admin_routes(service: AuthService) -> list[Route]:
             peer = tls.get("spiffe_id")
             try:
                 actor = Actor(peer) if peer == operator else await admin_user(service, request, tls)
-            except _Refused as refused:
+            except Refused as refused:
                 service.emit(
                     Reason.ADMIN_DENIED,
                     f"admin {action} refused: {refused.why}",
@@ -302,27 +280,12 @@ def admin_routes(service: AuthService) -> list[Route]:
                     sub=refused.sub,
                     attributes={"action": action},
                 )
-                headers = (
-                    {"WWW-Authenticate": 'Bearer error="invalid_token"'}
-                    if refused.status == 401
-                    else None
-                )
-                return JSONResponse(
-                    {"error": refused.error, "message": refused.why},
-                    status_code=refused.status,
-                    headers=headers,
-                )
+                return refused.response()
             request.state.actor = actor
             try:
                 response = await handler(request)
-            except ConflictError as exc:
-                return _error(409, "conflict", exc.detail)
-            except NotFoundError as exc:
-                return _error(404, "not_found", exc.detail)
-            except UsageError as exc:
-                return _error(400, "invalid_request", exc.detail)
             except TrustmeshError as exc:
-                return _error(exc.status, exc.code, exc.detail)
+                return failure_response(exc)
             if request.method == "GET":  # a change emits its own event; a read, this one
                 service.emit(
                     Reason.ADMIN_READ,

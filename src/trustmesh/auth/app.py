@@ -52,6 +52,7 @@ from trustmesh.auth.oauth import (
 from trustmesh.auth.service import ALG, AuthService
 from trustmesh.errors import InvalidTokenError, UnavailableError
 from trustmesh.reasons import Reason
+from trustmesh.sdk.tokens import bearer_token
 
 log = logging.getLogger("trustmesh.auth")
 
@@ -433,8 +434,8 @@ def auth_app(
         """OIDC Core §5.3: the user behind an access token (a certificate-bound one only
         over the connection it is bound to)."""
         challenge = {"WWW-Authenticate": 'Bearer error="invalid_token"', **_NO_STORE}
-        header = request.headers.get("authorization", "")
-        if header[:7].lower() != "bearer ":
+        token = bearer_token(request.headers.get("authorization"))
+        if token is None:
             return JSONResponse(
                 {"error": "invalid_token"},
                 status_code=401,
@@ -442,7 +443,7 @@ def auth_app(
             )
         tls = (request.scope.get("extensions") or {}).get("tls") or {}
         try:
-            claims = service.verify_own(header[7:].strip())
+            claims = service.verify_own(token)
         except InvalidTokenError:
             return JSONResponse({"error": "invalid_token"}, status_code=401, headers=challenge)
         cnf = claims.get("cnf")  # a bound token only over the connection it is bound to

@@ -44,7 +44,7 @@ from trustmesh.reasons import Reason
 from trustmesh.sdk import trace
 from trustmesh.sdk.client import Response, ServiceClient
 from trustmesh.sdk.serve import Receive, Scope, Send, respond_json
-from trustmesh.sdk.tokens import TokenVerifier
+from trustmesh.sdk.tokens import TokenVerifier, bearer_token
 
 log = logging.getLogger("trustmesh.gateway")
 
@@ -237,8 +237,8 @@ class GatewayApp:
     async def _authenticate(
         self, headers: list[tuple[bytes, bytes]], send: Send, context: dict[str, Any]
     ) -> dict[str, Any] | None:
-        header = next((v for k, v in headers if k == b"authorization"), None)
-        if header is None or header[:7].lower() != b"bearer " or not header[7:].strip():
+        token = bearer_token(next((v for k, v in headers if k == b"authorization"), None))
+        if token is None:
             self._emit(events.Decision.DENY, Reason.TOKEN_MISSING, "no bearer token", context)
             await _error(
                 send,
@@ -253,9 +253,7 @@ class GatewayApp:
             await _error(send, 503, "unavailable", "token verification is unavailable")
             return None
         try:
-            verified = await self.verifier.verify(
-                header[7:].strip().decode("ascii", "replace"), peer_thumbprint=None
-            )
+            verified = await self.verifier.verify(token, peer_thumbprint=None)
         except InvalidTokenError as exc:
             self._emit(
                 events.Decision.DENY,

@@ -18,6 +18,7 @@ from trustmesh.identity.models import JoinToken, RegistrationEntry, parse_select
 from trustmesh.identity.spiffeid import require_workload_id
 from trustmesh.identity.store import IdentityStore
 from trustmesh.reasons import Reason
+from trustmesh.sdk.admin import Actor
 
 #: A one-time join token is valid for this long by default, and at most ``MAX_JOIN_TTL``.
 DEFAULT_JOIN_TTL = dt.timedelta(minutes=10)
@@ -39,15 +40,6 @@ class ServiceSettings:
     svid_ttl: dt.timedelta
     max_svid_ttl: dt.timedelta
     jwt_svid_ttl: dt.timedelta
-
-
-@dataclass(frozen=True)
-class Actor:
-    """Who made an admin request: the peer's SPIFFE ID, and a name for the record
-    (``operator``, or ``user:<name>`` for an admin user acting through a workload)."""
-
-    peer_spiffe_id: str | None
-    name: str
 
 
 def _event(

@@ -37,29 +37,24 @@ from trustmesh import events
 from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import (
     InvalidTokenError,
-    NotFoundError,
     TrustmeshError,
     UnavailableError,
     UsageError,
 )
 from trustmesh.identity import admin
-from trustmesh.identity.admin import Actor, ServiceSettings
+from trustmesh.identity.admin import ServiceSettings
 from trustmesh.identity.models import RegistrationEntry
 from trustmesh.identity.store import IdentityStore
 from trustmesh.reasons import Reason
+from trustmesh.sdk.admin import Actor, Refused, failure_response
 from trustmesh.sdk.oauth import ProviderTrust
 from trustmesh.sdk.tls import RotatingTLS
-from trustmesh.sdk.tokens import TokenVerifier, VerifiedToken
+from trustmesh.sdk.tokens import TokenVerifier, VerifiedToken, bearer_token
 
 log = logging.getLogger("trustmesh.identity")
 
 MAX_BODY = 64 * 1024
 Handler = Callable[[Request, Actor], Awaitable[Response]]
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, error: str, why: str, sub: str | None = None) -> None:
-        self.status, self.error, self.why, self.sub = status, error, why, sub
 
 
 class AdminTokens:
@@ -157,55 +152,41 @@ def admin_routes(
         tls = (request.scope.get("extensions") or {}).get("tls") or {}
         peer = tls.get("spiffe_id")
         if peer == operator:
-            return Actor(peer, "operator")
-        header = request.headers.get("authorization", "")
-        if header[:7].lower() != "bearer " or not header[7:].strip():
-            raise _Refused(403, "forbidden", "neither the operator nor an admin user's token")
+            return Actor(peer)
+        bearer = bearer_token(request.headers.get("authorization"))
+        if bearer is None:
+            raise Refused(403, "forbidden", "neither the operator nor an admin user's token")
         try:
-            token = await tokens.check(header[7:].strip(), tls.get("client_cert_x5t_s256"))
+            token = await tokens.check(bearer, tls.get("client_cert_x5t_s256"))
         except InvalidTokenError as exc:
-            raise _Refused(401, "invalid_token", f"token refused: {exc.detail}") from None
+            raise Refused(401, "invalid_token", f"token refused: {exc.detail}") from None
         except UnavailableError as exc:
-            raise _Refused(503, "unavailable", exc.detail) from None
+            raise Refused(503, "unavailable", exc.detail) from None
         roles = token.claims.get("roles")
         if not isinstance(roles, list) or "admin" not in roles:
-            raise _Refused(403, "forbidden", "not an admin user", token.subject)
+            raise Refused(403, "forbidden", "not an admin user", token.subject)
         amr = token.claims.get("amr")
         if not isinstance(amr, list) or "otp" not in amr:
-            raise _Refused(
+            raise Refused(
                 403,
                 "mfa_required",
                 "admin actions need a login with a one-time code",
                 token.subject,
             )
-        name = token.claims.get("preferred_username") or token.subject
-        return Actor(peer, f"user:{name}")
+        return Actor.user(peer, str(token.claims.get("preferred_username") or token.subject))
 
     def guarded(action: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             try:
                 actor = await actor_of(request)
-            except _Refused as refused:
+            except Refused as refused:
                 peer = ((request.scope.get("extensions") or {}).get("tls") or {}).get("spiffe_id")
                 emit_refusal(action, refused.why, peer, refused.sub)
-                headers = (
-                    {"WWW-Authenticate": 'Bearer error="invalid_token"'}
-                    if refused.status == 401
-                    else None
-                )
-                return JSONResponse(
-                    {"error": refused.error, "message": refused.why},
-                    status_code=refused.status,
-                    headers=headers,
-                )
+                return refused.response()
             try:
                 return await handler(request, actor)
-            except NotFoundError as exc:
-                return JSONResponse({"error": "not_found", "message": exc.detail}, 404)
-            except UsageError as exc:
-                return JSONResponse({"error": "invalid_request", "message": exc.detail}, 400)
             except TrustmeshError as exc:
-                return JSONResponse({"error": exc.code, "message": exc.detail}, exc.status)
+                return failure_response(exc)
 
         return endpoint
 

@@ -27,7 +27,7 @@ from trustmesh.policy.paths import NonCanonicalPath, canonical_path
 from trustmesh.reasons import Reason
 from trustmesh.sdk import trace
 from trustmesh.sdk.serve import UNAUTHENTICATED, ASGIApp, Receive, Scope, Send, respond_json
-from trustmesh.sdk.tokens import TokenVerifier, VerifiedToken
+from trustmesh.sdk.tokens import TokenVerifier, VerifiedToken, bearer_token
 
 
 def _body(error: str, message: str) -> bytes:
@@ -131,8 +131,10 @@ class ZeroTrustMiddleware:
         self, scope: Scope, send: Send, tls: dict[str, Any], caller: str
     ) -> VerifiedToken | None:
         assert self.verifier is not None  # noqa: S101 - called only with a verifier
-        header = next((v for k, v in scope.get("headers", ()) if k == b"authorization"), None)
-        if header is None or header[:7].lower() != b"bearer " or not header[7:].strip():
+        token = bearer_token(
+            next((v for k, v in scope.get("headers", ()) if k == b"authorization"), None)
+        )
+        if token is None:
             self._emit(
                 events.Decision.DENY,
                 Reason.TOKEN_MISSING,
@@ -144,8 +146,7 @@ class ZeroTrustMiddleware:
             return None
         try:
             return await self.verifier.verify(
-                header[7:].strip().decode("ascii", "replace"),
-                peer_thumbprint=tls.get("client_cert_x5t_s256"),
+                token, peer_thumbprint=tls.get("client_cert_x5t_s256")
             )
         except InvalidTokenError as exc:
             self._emit(

@@ -46,6 +46,17 @@ _B64URL = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012345
 PublicKey = Any  # what PyJWT's PyJWK.key holds for an EC key
 
 
+def bearer_token(value: str | bytes | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (RFC 6750 §2.1; the
+    scheme is case-insensitive), or None when there is none."""
+    if value is None:
+        return None
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    if text[:7].lower() != "bearer ":
+        return None
+    return text[7:].strip() or None
+
+
 def _refuse(reason: Reason, message: str) -> InvalidTokenError:
     return InvalidTokenError(message, reason=reason)
 
