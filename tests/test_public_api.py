@@ -30,6 +30,7 @@ EXPECTED = {
         "issue_server_certificate",
         "load_server_certificate",
         "local_server_certificate",
+        "server_certificate",
         "Issuer",
         "PrivateKey",
         "PublicKey",

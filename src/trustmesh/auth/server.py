@@ -132,11 +132,11 @@ def _public_certificate(
     config: TrustmeshConfig, state: Path, seal_key: crypto.SealKey, config_dir: Path
 ) -> crypto.ServerCertificate:
     cert, key = config.auth.public_tls_cert, config.auth.public_tls_key
-    if cert is not None and key is not None:
-        return crypto.load_server_certificate(config_dir / cert, config_dir / key)
-    if not config.dev:  # the config check says so too
+    files = (config_dir / cert, config_dir / key) if cert and key else None
+    certificate = crypto.server_certificate(state, seal_key, files, dev=config.dev)
+    if certificate is None:  # the config check says so too
         raise ConfigError("auth.public_tls_cert: required outside dev mode")
-    return crypto.local_server_certificate(state, seal_key)
+    return certificate
 
 
 async def _tick_forever(service: AuthService) -> None:

@@ -13,6 +13,7 @@ from trustmesh.crypto._edge import (
     issue_server_certificate,
     load_server_certificate,
     local_server_certificate,
+    server_certificate,
 )
 from trustmesh.crypto._jwt import (
     ALLOWED_ALGORITHMS,
@@ -118,6 +119,7 @@ __all__ = [
     "public_jwk",
     "reseal",
     "seal",
+    "server_certificate",
     "sign_jwt",
     "totp_code",
     "totp_uri",

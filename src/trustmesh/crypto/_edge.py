@@ -219,3 +219,18 @@ def load_server_certificate(cert_file: Path, key_file: Path) -> ServerCertificat
     if chain[0].public_key() != key.public_key():
         raise CryptoError(f"{key_file} is not the key of the first certificate in {cert_file}")
     return ServerCertificate(chain, key)
+
+
+def server_certificate(
+    state: Path,
+    seal_key: SealKey,
+    files: tuple[Path, Path] | None,
+    *,
+    dev: bool,
+) -> ServerCertificate | None:
+    """A web listener's certificate: the operator's ``(cert, key)`` files when given;
+    in dev mode, a fresh one from the local edge CA; else None (the caller says which
+    setting is missing)."""
+    if files is not None:
+        return load_server_certificate(*files)
+    return local_server_certificate(state, seal_key) if dev else None

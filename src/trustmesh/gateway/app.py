@@ -22,11 +22,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from trustmesh import events
+from trustmesh.config.gateway import GatewayConfig
 from trustmesh.errors import InvalidTokenError, TrustmeshError
 from trustmesh.gateway.cors import is_preflight, preflight_headers, response_grants
 from trustmesh.gateway.headers import (
@@ -44,6 +44,7 @@ from trustmesh.reasons import Reason
 from trustmesh.sdk import trace
 from trustmesh.sdk.client import Response, ServiceClient
 from trustmesh.sdk.serve import Receive, Scope, Send, respond_json
+from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.tokens import TokenVerifier, bearer_token
 
 log = logging.getLogger("trustmesh.gateway")
@@ -52,52 +53,41 @@ log = logging.getLogger("trustmesh.gateway")
 Upstreams = Callable[[str], Awaitable[ServiceClient]]
 
 
-@dataclass(frozen=True)
-class GatewaySettings:
-    spiffe_id: str  # the gateway's: the issuer of internal tokens, the audience it accepts
-    trust_domain: str
-    token_ttl: int
-    max_body_bytes: int
-
-
 class _TooLarge(Exception):
     pass
 
 
-_ANYONE = IPRules.of(None, ())
-
-
 class GatewayApp:
+    """The pipeline for the declaration's ``gateway:`` section, every stage compiled
+    from it once (routes, address rules, trusted proxies)."""
+
     def __init__(
         self,
-        settings: GatewaySettings,
-        routes: RouteTable,
+        gateway: GatewayConfig,
+        *,
+        spiffe_id: str,
+        trust_domain: str,
         verifier: TokenVerifier | None,
         key: GatewayKey,
-        thumbprint: Callable[[], str],
+        tls: RotatingTLS,
         upstreams: Upstreams,
         sink: events.EventSink,
-        trusted_proxies: TrustedProxies | None = None,
         clock: Callable[[], float] = time.time,
-        ip_rules: IPRules | None = None,
-        route_ip_rules: Sequence[IPRules] = (),
     ) -> None:
-        self.settings = settings
-        self.routes = routes
+        self.spiffe_id = spiffe_id  # the issuer of internal tokens, the audience it accepts
+        self.trust_domain = trust_domain
+        self.token_ttl = int(gateway.internal_token_ttl.total_seconds())
+        self.max_body_bytes = gateway.max_body_bytes
+        self.routes = RouteTable(gateway.routes)
+        self.ip_rules = IPRules.of(gateway.allow_ips, gateway.deny_ips)
+        self.route_ip_rules = tuple(IPRules.of(r.allow_ips, r.deny_ips) for r in gateway.routes)
+        self.trusted = TrustedProxies(gateway.trusted_proxies)
         self.verifier = verifier
         self.key = key
-        self.thumbprint = thumbprint
+        self.tls = tls
         self.upstreams = upstreams
         self.sink = sink
-        self.trusted = trusted_proxies or TrustedProxies()
         self.clock = clock
-        self.ip_rules = ip_rules or IPRules.of(None, ())
-        self._route_ip_rules = tuple(route_ip_rules)
-
-    def _route_rules(self, index: int) -> IPRules:
-        if index < len(self._route_ip_rules):
-            return self._route_ip_rules[index]
-        return _ANYONE
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -149,7 +139,7 @@ class GatewayApp:
             return
         route = decision.route
         context["route"] = f"routes[{decision.index}]"
-        if not self._route_rules(decision.index).admits(client):
+        if not self.route_ip_rules[decision.index].admits(client):
             self._emit(events.Decision.DENY, Reason.IP_DENIED, "client address refused", context)
             await _error(send, 403, "forbidden", "not allowed from this address")
             return
@@ -159,22 +149,22 @@ class GatewayApp:
             if user is None:
                 return
         try:
-            body = await _read_body(receive, headers, self.settings.max_body_bytes)
+            body = await _read_body(receive, headers, self.max_body_bytes)
         except _TooLarge:
             self._emit(events.Decision.DENY, Reason.REQUEST_TOO_LARGE, "body too large", context)
             await _error(send, 413, "request_too_large", "the request body is too large")
             return
-        upstream_id = f"spiffe://{self.settings.trust_domain}/{route.to}"
+        upstream_id = f"spiffe://{self.trust_domain}/{route.to}"
         now = int(self.clock())
         internal = self.key.sign(
             internal_claims(
                 route=route,
                 user=user,
-                issuer=self.settings.spiffe_id,
+                issuer=self.spiffe_id,
                 audience=upstream_id,
-                thumbprint=self.thumbprint(),
+                thumbprint=self.tls.thumbprint,
                 now=now,
-                ttl=self.settings.token_ttl,
+                ttl=self.token_ttl,
             )
         )
         current = trace.current()
@@ -291,7 +281,7 @@ class GatewayApp:
                 decision=decision,
                 reason=reason,
                 message=message,
-                spiffe_id=self.settings.spiffe_id,
+                spiffe_id=self.spiffe_id,
                 sub=str(user["sub"]) if user else None,
                 client_id=str(user.get("client_id")) if user and user.get("client_id") else None,
                 jti=str(user["jti"]) if user and user.get("jti") else None,
@@ -367,4 +357,4 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-__all__ = ["GatewayApp", "GatewaySettings", "Upstreams"]
+__all__ = ["GatewayApp", "Upstreams"]

@@ -20,11 +20,8 @@ from starlette.routing import Route
 from trustmesh import crypto, events
 from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import ConfigError
-from trustmesh.gateway.app import GatewayApp, GatewaySettings
-from trustmesh.gateway.headers import TrustedProxies
+from trustmesh.gateway.app import GatewayApp
 from trustmesh.gateway.internal import GatewayKey
-from trustmesh.gateway.iprules import IPRules
-from trustmesh.gateway.routes import RouteTable
 from trustmesh.gateway.upstreams import UpstreamPool
 from trustmesh.sdk.discovery import DiscoveryClient
 from trustmesh.sdk.oauth import ProviderTrust
@@ -102,14 +99,14 @@ async def serve_gateway(
         raise ConfigError("no gateway: section in the declaration")
     seal_key = crypto.load_seal_key(state, dev=config.dev)
     key = GatewayKey.load_or_create(state, seal_key)
-    if gateway.tls_cert is not None and gateway.tls_key is not None:
-        folder = config_dir or Path.cwd()
-        certificate = crypto.load_server_certificate(
-            folder / gateway.tls_cert, folder / gateway.tls_key
-        )
-    elif config.dev:
-        certificate = crypto.local_server_certificate(state, seal_key)
-    else:
+    folder = config_dir or Path.cwd()
+    files = (
+        (folder / gateway.tls_cert, folder / gateway.tls_key)
+        if gateway.tls_cert and gateway.tls_key
+        else None
+    )
+    certificate = crypto.server_certificate(state, seal_key, files, dev=config.dev)
+    if certificate is None:  # the config check says so too
         raise ConfigError("gateway.tls_cert: required outside dev mode")
     tls = RotatingTLS(source)
     spiffe_id = config.component_spiffe_id("gateway")
@@ -129,21 +126,14 @@ async def serve_gateway(
     discovery = DiscoveryClient(tls, discovery_url)
     upstreams = UpstreamPool(tls, discovery)
     app = GatewayApp(
-        GatewaySettings(
-            spiffe_id=spiffe_id,
-            trust_domain=config.trust_domain,
-            token_ttl=int(gateway.internal_token_ttl.total_seconds()),
-            max_body_bytes=gateway.max_body_bytes,
-        ),
-        RouteTable(gateway.routes),
-        verifier,
-        key,
-        lambda: tls.thumbprint,
-        upstreams,
-        sink,
-        TrustedProxies(gateway.trusted_proxies),
-        ip_rules=IPRules.of(gateway.allow_ips, gateway.deny_ips),
-        route_ip_rules=[IPRules.of(r.allow_ips, r.deny_ips) for r in gateway.routes],
+        gateway,
+        spiffe_id=spiffe_id,
+        trust_domain=config.trust_domain,
+        verifier=verifier,
+        key=key,
+        tls=tls,
+        upstreams=upstreams,
+        sink=sink,
     )
     internal = await start(internal_app(key), tls=tls, host=host, port=internal_port)
     try:
