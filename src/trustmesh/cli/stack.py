@@ -233,8 +233,8 @@ def stack_status(config: TrustmeshConfig, config_path: Path, state: Path) -> dic
                 }
             )
             continue
-        if spec.name == "auth":
-            endpoint = read_json(auth_endpoint_path(state)) or {}
+        if spec.name in _ENDPOINT_FILES:  # a component that says where it listens
+            endpoint = read_json(_ENDPOINT_FILES[spec.name](state)) or {}
             rows.append(
                 {
                     "name": spec.name,
@@ -244,23 +244,7 @@ def stack_status(config: TrustmeshConfig, config_path: Path, state: Path) -> dic
                     "cert_expires": endpoint.get("cert_expires"),
                     "cert_kind": "svid",
                     "pid": pid if alive else None,
-                    "issuer": endpoint.get("issuer"),
-                    "public_url": endpoint.get("public_url"),
-                }
-            )
-            continue
-        if spec.name == "gateway":
-            endpoint = read_json(gateway_endpoint_path(state)) or {}
-            rows.append(
-                {
-                    "name": spec.name,
-                    "url": endpoint.get("url"),
-                    "internal_url": endpoint.get("internal_url"),
-                    "spiffe_id": config.component_spiffe_id(spec.name),
-                    "healthy": bool(running and alive and probe(spec, state)),
-                    "cert_expires": endpoint.get("cert_expires"),
-                    "cert_kind": "svid",
-                    "pid": pid if alive else None,
+                    **{k: endpoint.get(k) for k in _ENDPOINT_EXTRAS[spec.name]},
                 }
             )
             continue
@@ -303,6 +287,14 @@ def stack_status(config: TrustmeshConfig, config_path: Path, state: Path) -> dic
         "edge_ca": str(crypto.edge_ca_path(state)) if crypto.edge_ca_path(state).exists() else None,
         "components": rows,
     }
+
+
+#: Components that write where they listen, and what else of it `status` shows.
+_ENDPOINT_FILES: dict[str, Callable[[Path], Path]] = {
+    "auth": auth_endpoint_path,
+    "gateway": gateway_endpoint_path,
+}
+_ENDPOINT_EXTRAS = {"auth": ("issuer", "public_url"), "gateway": ("internal_url",)}
 
 
 def _fresh(updated_at: object, within: float = 10.0) -> bool:

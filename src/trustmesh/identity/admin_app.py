@@ -132,19 +132,27 @@ def admin_routes(
     """``changed`` is called after every write (the Workload API streams re-send)."""
     operator = config.component_spiffe_id("operator")
 
-    def emit_refusal(action: str, why: str, peer: str | None, sub: str | None) -> None:
+    def emit(
+        decision: events.Decision,
+        reason: Reason,
+        message: str,
+        peer: str | None,
+        attributes: dict[str, str],
+        sub: str | None = None,
+    ) -> None:
+        read = decision == events.Decision.ALLOW
         sink.emit(
             events.event(
                 events.EventClass.API_ACTIVITY,
-                activity_id=99,
-                activity_name="Other",
+                activity_id=2 if read else 99,
+                activity_name="Read" if read else "Other",
                 component="identity",
-                decision=events.Decision.DENY,
-                reason=Reason.ADMIN_DENIED,
-                message=f"admin {action} refused: {why}",
+                decision=decision,
+                reason=reason,
+                message=message,
                 peer_spiffe_id=peer,
                 sub=sub,
-                attributes={"action": action},
+                attributes=attributes,
             )
         )
 
@@ -181,7 +189,14 @@ def admin_routes(
                 actor = await actor_of(request)
             except Refused as refused:
                 peer = ((request.scope.get("extensions") or {}).get("tls") or {}).get("spiffe_id")
-                emit_refusal(action, refused.why, peer, refused.sub)
+                emit(
+                    events.Decision.DENY,
+                    Reason.ADMIN_DENIED,
+                    f"admin {action} refused: {refused.why}",
+                    peer,
+                    {"action": action},
+                    refused.sub,
+                )
                 return refused.response()
             try:
                 return await handler(request, actor)
@@ -204,18 +219,12 @@ def admin_routes(
 
     async def list_entries(_: Request, actor: Actor) -> Response:
         entries = store.list_entries()
-        sink.emit(
-            events.event(
-                events.EventClass.API_ACTIVITY,
-                activity_id=2,
-                activity_name="Read",
-                component="identity",
-                decision=events.Decision.ALLOW,
-                reason=Reason.ADMIN_READ,
-                message="admin list-entries",
-                peer_spiffe_id=actor.peer_spiffe_id,
-                attributes={"action": "list-entries", "by": actor.name},
-            )
+        emit(
+            events.Decision.ALLOW,
+            Reason.ADMIN_READ,
+            "admin list-entries",
+            actor.peer_spiffe_id,
+            {"action": "list-entries", "by": actor.name},
         )
         return JSONResponse([_entry_doc(e) for e in entries])
 
