@@ -28,6 +28,7 @@ EXPECTED = {
         "create_edge_ca",
         "edge_ca_path",
         "issue_server_certificate",
+        "load_or_create_sealed_key",
         "load_server_certificate",
         "local_server_certificate",
         "server_certificate",

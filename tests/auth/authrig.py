@@ -91,15 +91,20 @@ def auth_config(extra: str = "") -> TrustmeshConfig:
 
 
 def _identity(short_tmp: Path, svid_ttl: str) -> Iterator[RunningIdentityServer]:
-    config = parse_config(
-        CONFIG.replace("identity: {svid_ttl: 1h}", f"identity: {{svid_ttl: {svid_ttl}}}"),
-        source="test.yaml",
-    )
-    cm = identity_server_in_thread(config, short_tmp / "identity")
-    running = cm.__enter__()
-    exe = os.readlink("/proc/self/exe")
-    try:
-        for spiffe_id in (ORDERS, PAYMENTS, INVENTORY, AUTH, OPERATOR):
+    text = CONFIG.replace("identity: {svid_ttl: 1h}", f"identity: {{svid_ttl: {svid_ttl}}}")
+    yield from identity_for(short_tmp, text)
+
+
+def identity_for(
+    short_tmp: Path, config_text: str, extra_ids: tuple[str, ...] = (), **server: Any
+) -> Iterator[RunningIdentityServer]:
+    """An identity service for ``config_text`` (``server``: IdentityServer options) that
+    hands this process the SVIDs of orders, payments, inventory, the provider, the
+    operator and ``extra_ids``."""
+    config = parse_config(config_text, source="test.yaml")
+    with identity_server_in_thread(config, short_tmp / "identity", **server) as running:
+        exe = os.readlink("/proc/self/exe")
+        for spiffe_id in (ORDERS, PAYMENTS, INVENTORY, AUTH, OPERATOR, *extra_ids):
             running.call(
                 running.server.service.register,
                 spiffe_id,
@@ -107,8 +112,6 @@ def _identity(short_tmp: Path, svid_ttl: str) -> Iterator[RunningIdentityServer]
                 None,
             )
         yield running
-    finally:
-        cm.__exit__(None, None, None)
 
 
 @pytest.fixture

@@ -17,24 +17,20 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 from authrig import (
-    AUTH,
     CONFIG,
-    INVENTORY,
-    OPERATOR,
     ORDERS,
-    PAYMENTS,
     TD,
     AuthRig,
     Workload,
     code_flow,
+    identity_for,
     make_rig,
 )
 
 from trustmesh import crypto
-from trustmesh.config import parse_config
 from trustmesh.identity.admin import DEFAULT_JOIN_TTL
 from trustmesh.reasons import Reason
-from trustmesh.testing import RunningIdentityServer, identity_server_in_thread
+from trustmesh.testing import RunningIdentityServer
 
 IDENTITY = f"spiffe://{TD}/trustmesh/identity"
 REDIRECT = "https://console.example/cb"
@@ -50,19 +46,9 @@ def located() -> dict[str, str]:
 def identity(short_tmp: Path, located: dict[str, str]) -> Iterator[RunningIdentityServer]:
     """The identity service with its HTTPS listener (discovery and the admin API); it
     finds the provider through ``located`` once the rig has started it."""
-    config = parse_config(CONFIG, source="test.yaml")
-    with identity_server_in_thread(
-        config, short_tmp / "identity", discovery=True, locate_auth=lambda: located.get("url")
-    ) as running:
-        exe = os.readlink("/proc/self/exe")
-        for spiffe_id in (ORDERS, PAYMENTS, INVENTORY, AUTH, OPERATOR):
-            running.call(
-                running.server.service.register,
-                spiffe_id,
-                [f"unix:uid:{os.getuid()}", f"unix:path:{exe}"],
-                None,
-            )
-        yield running
+    yield from identity_for(
+        short_tmp, CONFIG, discovery=True, locate_auth=lambda: located.get("url")
+    )
 
 
 @pytest.fixture

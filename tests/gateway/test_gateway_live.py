@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,15 +14,13 @@ from typing import Any
 import pytest
 import requests
 from authrig import (
-    AUTH,
     CONFIG,
-    INVENTORY,
-    OPERATOR,
     ORDERS,
     PAYMENTS,
     TD,
     AuthRig,
     code_flow,
+    identity_for,
     make_rig,
 )
 from starlette.applications import Starlette
@@ -37,7 +34,7 @@ from trustmesh.gateway.server import RunningGateway, serve_gateway
 from trustmesh.reasons import Reason
 from trustmesh.sdk.runtime import Runtime, run_service
 from trustmesh.sdk.x509source import X509Source
-from trustmesh.testing import RunningIdentityServer, identity_server_in_thread
+from trustmesh.testing import RunningIdentityServer
 
 GATEWAY = f"spiffe://{TD}/trustmesh/gateway"
 SECTION = """gateway:
@@ -94,17 +91,7 @@ APP = Starlette(
 
 @pytest.fixture
 def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
-    config = parse_config(CONFIG + SECTION, source="test.yaml")
-    with identity_server_in_thread(config, short_tmp / "identity", discovery=True) as running:
-        exe = os.readlink("/proc/self/exe")
-        for spiffe_id in (ORDERS, PAYMENTS, INVENTORY, AUTH, OPERATOR, GATEWAY):
-            running.call(
-                running.server.service.register,
-                spiffe_id,
-                [f"unix:uid:{os.getuid()}", f"unix:path:{exe}"],
-                None,
-            )
-        yield running
+    yield from identity_for(short_tmp, CONFIG + SECTION, (GATEWAY,), discovery=True)
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from trustmesh.crypto._seal import SealKey, open_sealed, seal
+from trustmesh.crypto._seal import SealKey, _write_private_file, open_sealed, seal
 from trustmesh.crypto._x509 import (
     BACKDATE,
     PrivateKey,
@@ -234,3 +234,18 @@ def server_certificate(
     if files is not None:
         return load_server_certificate(*files)
     return local_server_certificate(state, seal_key) if dev else None
+
+
+def load_or_create_sealed_key(path: Path, seal_key: SealKey, *, context: bytes) -> PrivateKey:
+    """An EC private key kept sealed (bound to ``context``) in ``path``: read, or made and
+    written 0600 on first use (if another process wins that race, its key is read)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = generate_key()
+        try:
+            _write_private_file(path, seal(private_key_to_der(key), seal_key, context=context))
+        except FileExistsError:
+            pass
+        else:
+            return key
+    return private_key_from_der(open_sealed(path.read_bytes(), seal_key, context=context))

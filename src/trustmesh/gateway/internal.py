@@ -72,22 +72,8 @@ class GatewayKey:
 
     @classmethod
     def load_or_create(cls, state: Path, seal_key: crypto.SealKey) -> GatewayKey:
-        folder = state / "gateway"
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = folder / "signing-key.sealed"
-        if path.exists():
-            key = crypto.private_key_from_der(
-                crypto.open_sealed(path.read_bytes(), seal_key, context=_CONTEXT)
-            )
-        else:
-            key = crypto.generate_key()
-            sealed = crypto.seal(crypto.private_key_to_der(key), seal_key, context=_CONTEXT)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            try:
-                os.write(fd, sealed)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        path = state / "gateway" / "signing-key.sealed"
+        key = crypto.load_or_create_sealed_key(path, seal_key, context=_CONTEXT)
         return cls(key, crypto.key_id(key.public_key()))
 
     def jwks(self) -> bytes:
