@@ -18,7 +18,17 @@ from pydantic_core import PydanticCustomError
 
 from trustmesh.config.durations import Duration, format_duration
 
-__all__ = ["AUTH_MODES", "CorsPolicy", "GatewayConfig", "GatewayRoute"]
+__all__ = [
+    "AUTH_MODES",
+    "RATE_LIMIT_KEYS",
+    "CorsPolicy",
+    "GatewayConfig",
+    "GatewayRoute",
+    "HealthCheck",
+    "OutlierDetection",
+    "RateLimitRule",
+    "UpstreamSettings",
+]
 
 _MODEL_CONFIG: Final = ConfigDict(frozen=True, extra="forbid", strict=True)
 _SEGMENT_RE: Final = re.compile(r"[A-Za-z0-9._~-]+")
@@ -26,9 +36,10 @@ _HOST_RE: Final = re.compile(
     r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
 )
 _CLAIM_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
-#: How a route authenticates: ``jwt`` (a bearer access token from the identity provider)
-#: or ``anonymous`` (no credential: the route says so explicitly).
-AUTH_MODES: Final = ("jwt", "anonymous")
+#: How a route authenticates: ``jwt`` (a bearer access token from the identity provider),
+#: ``api_key`` (a key made with ``trustmesh gateway key add``, scoped to routes) or
+#: ``anonymous`` (no credential: the route says so explicitly).
+AUTH_MODES: Final = ("jwt", "api_key", "anonymous")
 #: Claims the gateway itself sets in the internal token; a route cannot map them.
 _RESERVED_CLAIMS: Final = frozenset(
     {"iss", "aud", "exp", "iat", "nbf", "jti", "act", "cnf", "client_id", "sub"}
@@ -82,6 +93,12 @@ def _check_cidr(value: str) -> str:
     return value
 
 
+def _check_timeout(value: timedelta) -> timedelta:
+    if not timedelta(milliseconds=100) <= value <= timedelta(minutes=10):
+        raise _invalid(f"{format_duration(value)} is outside 100ms .. 10m", "a timeout")
+    return value
+
+
 def _check_token_ttl(value: timedelta) -> timedelta:
     if not timedelta(seconds=5) <= value <= MAX_INTERNAL_TOKEN_TTL:
         raise _invalid(
@@ -92,7 +109,48 @@ def _check_token_ttl(value: timedelta) -> timedelta:
 
 
 Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-AuthMode = Literal["jwt", "anonymous"]
+#: What a rate limit counts by: the consumer (token subject, API key or client), each of
+#: the consumer's roles, the route as a whole, or the client address.
+RATE_LIMIT_KEYS: Final = ("consumer", "role", "route", "ip")
+RateLimitKey = Literal["consumer", "role", "route", "ip"]
+_RATE_RE: Final = re.compile(
+    r"([1-9][0-9]{0,8})\s*(?:/|per)\s*([1-9][0-9]{0,4}\s+)?(second|minute|hour|day)s?"
+)
+_ROUTE_NAME_RE: Final = re.compile(r"[A-Za-z0-9._~/-]{1,128}")
+
+
+def _check_rate(value: str) -> str:
+    if _RATE_RE.fullmatch(value.strip()) is None:
+        raise _invalid(
+            f"{value!r} is not a rate",
+            "'N/second', 'N/minute', 'N/hour', 'N/day' or 'N per M minutes'",
+        )
+    return value.strip()
+
+
+def _check_route_name(value: str) -> str:
+    if _ROUTE_NAME_RE.fullmatch(value) is None:
+        raise _invalid(f"{value!r} is not a route name", "letters, digits and . _ ~ / -")
+    return value
+
+
+class RateLimitRule(BaseModel):
+    """At most ``limit`` requests per window for each value of ``per``; counted with a
+    moving window (exact) or a sliding window counter (cheaper, approximate)."""
+
+    model_config = _MODEL_CONFIG
+
+    per: RateLimitKey = Field(description="consumer | role | route | ip")
+    limit: Annotated[str, AfterValidator(_check_rate)] = Field(
+        description="Such as '100/minute' or '10 per 5 seconds'."
+    )
+    window: Literal["moving", "sliding"] = Field(default="moving")
+    roles: list[str] | None = Field(
+        default=None, description="Only for consumers holding one of these roles (unset: all)."
+    )
+
+
+AuthMode = Literal["jwt", "api_key", "anonymous"]
 
 
 _ORIGIN_RE: Final = re.compile(r"https?://[a-z0-9.-]+(:[0-9]{1,5})?|\*")
@@ -159,8 +217,8 @@ class GatewayRoute(BaseModel):
     auth: list[AuthMode] = Field(
         default_factory=_jwt_only,
         min_length=1,
-        description="jwt: a bearer access token from the identity provider; anonymous: none "
-        "needed (say so explicitly).",
+        description="jwt: a bearer access token from the identity provider; api_key: a "
+        "gateway API key scoped to this route; anonymous: none needed (say so explicitly).",
     )
     claims: list[Annotated[str, AfterValidator(_check_claim)]] = Field(
         default_factory=lambda: ["roles"],
@@ -174,6 +232,23 @@ class GatewayRoute(BaseModel):
         default_factory=list, description="Clients in these CIDR blocks are refused."
     )
     cors: CorsPolicy | None = Field(default=None, description="Browser access from other origins.")
+    name: Annotated[str, AfterValidator(_check_route_name)] | None = Field(
+        default=None,
+        description='The route\'s Cedar id (Route::"<name>"); default: the path prefix, '
+        "after the host when one is set.",
+    )
+    rate_limits: list[RateLimitRule] = Field(default_factory=list)
+    timeout: Annotated[Duration, AfterValidator(_check_timeout)] = Field(
+        default="30s",
+        validate_default=True,
+        description="How long the upstream may take to answer (then 504).",
+    )
+
+    @property
+    def route_name(self) -> str:
+        if self.name is not None:
+            return self.name
+        return f"{self.host}{self.path}" if self.host else self.path
 
     @model_validator(mode="after")
     def _consistent(self) -> GatewayRoute:
@@ -189,6 +264,47 @@ class GatewayRoute(BaseModel):
     def call_patterns(self) -> tuple[str, ...]:
         """The path patterns of the implied call ``gateway → to``."""
         return ("/", "/*") if self.path == "/" else (self.path, self.path + "/*")
+
+
+class HealthCheck(BaseModel):
+    """Active health checks: ``GET path`` on each instance every ``interval`` over mTLS."""
+
+    model_config = _MODEL_CONFIG
+
+    path: Annotated[str, AfterValidator(_check_prefix)] = Field(
+        default="/.well-known/trustmesh/health",
+        description="Answered by the SDK middleware to mTLS peers of the trust domain.",
+    )
+    interval: Duration = Field(default="5s", validate_default=True)
+    timeout: Duration = Field(default="2s", validate_default=True)
+    unhealthy_after: int = Field(default=2, ge=1, le=100, description="Failures in a row.")
+    healthy_after: int = Field(default=1, ge=1, le=100, description="Successes in a row.")
+
+
+class OutlierDetection(BaseModel):
+    """Passive outlier ejection: an instance that fails ``consecutive_failures`` requests in
+    a row (connection errors, timeouts, 5xx) is ejected for ``ejection``, longer each time
+    (the circuit opens), at most ``max_ejected_percent`` of a pool at once."""
+
+    model_config = _MODEL_CONFIG
+
+    consecutive_failures: int = Field(default=5, ge=1, le=1000)
+    ejection: Duration = Field(default="30s", validate_default=True)
+    max_ejection: Duration = Field(default="5m", validate_default=True)
+    max_ejected_percent: int = Field(default=50, ge=0, le=100)
+
+
+class UpstreamSettings(BaseModel):
+    """How the gateway spreads requests over a service's instances."""
+
+    model_config = _MODEL_CONFIG
+
+    balance: Literal["round_robin", "least_requests"] = Field(default="least_requests")
+    retries: int = Field(
+        default=1, ge=0, le=5, description="Retries of idempotent methods on another instance."
+    )
+    health_check: HealthCheck | None = Field(default_factory=lambda: HealthCheck())
+    outlier: OutlierDetection = Field(default_factory=lambda: OutlierDetection())
 
 
 class GatewayConfig(BaseModel):
@@ -222,12 +338,43 @@ class GatewayConfig(BaseModel):
     deny_ips: list[Annotated[str, AfterValidator(_check_cidr)]] = Field(
         default_factory=list, description="Clients in these CIDR blocks are refused (403)."
     )
+    policies: list[str] = Field(
+        default_factory=list,
+        description="Cedar policy files (relative to this file) deciding every request at the "
+        "edge, validated against the schema generated from this declaration; default deny. "
+        "Unset: a route admits whoever passes its authentication.",
+    )
+    rate_limits: list[RateLimitRule] = Field(
+        default_factory=list, description="Limits over every route (each route adds its own)."
+    )
+    redis: str | None = Field(
+        default=None,
+        description="redis:// URL where gateway replicas share rate-limit counters (unset: "
+        "in memory). When it is unreachable each gateway limits on its own and says so.",
+    )
+    upstream: UpstreamSettings = Field(default_factory=lambda: UpstreamSettings())
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Loopback port of the Prometheus /metrics listener (0 picks one; unset: none).",
+    )
     routes: list[GatewayRoute] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _distinct(self) -> GatewayConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise _invalid("tls_cert and tls_key go together", "both files, or neither")
+        names: dict[str, tuple[str | None, str]] = {}
+        for index, route in enumerate(self.routes):
+            where = (route.host, route.path)
+            if names.setdefault(route.route_name, where) != where:
+                raise _invalid(
+                    f"routes[{index}] is named {route.route_name!r} like another route",
+                    "a distinct name for each host and path prefix",
+                )
+        if self.redis is not None and not self.redis.startswith(("redis://", "rediss://")):
+            raise _invalid("gateway.redis is not a redis:// URL", "redis://host:port/db")
         seen: dict[tuple[str | None, str, str], int] = {}
         for index, route in enumerate(self.routes):
             for method in route.methods:
