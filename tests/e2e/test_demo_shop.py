@@ -255,13 +255,14 @@ def test_first_up_creates_demo_users_and_shows_their_credentials_once(
     output = str(shop["up_output"])
     assert "Demo users (shown once" in output
     passwords = re.findall(r"password: (\S+)", output)
-    assert len(passwords) == 2
+    assert len(passwords) == 3
     assert "otpauth://totp/" in output  # the admin has MFA from the start
     where = ("--config", str(shop["config"]), "--state", str(shop["state"]))
     users = {
         u["username"]: u for u in json.loads(tm("auth", "user", "list", "--json", *where).stdout)
     }
-    assert users["shopper"]["roles"] == ["user"]
+    assert users["shopper"]["roles"] == ["customer"]
+    assert users["support"]["roles"] == ["support"]
     assert users["admin"]["roles"] == ["admin"]
     assert users["admin"]["mfa"] is True
     for path in Path(str(shop["state"])).rglob("*"):

@@ -196,7 +196,9 @@ def new_user(service: AuthService, body: object) -> tuple[User, str | None, str 
     if not _USERNAME.fullmatch(username):
         raise UsageError("username: 1-128 lowercase letters, digits or . _ @ + -")
     known = ("admin", *(r for r in service.config.auth.roles if r != "admin"))
-    roles = body.get("roles", ["user"])
+    # unset: the first role the declaration lists (auth.roles), never admin by default
+    default = [r for r in service.config.auth.roles if r != "admin"][:1] or ["admin"]
+    roles = body.get("roles", default)
     if not isinstance(roles, list) or not roles or any(r not in known for r in roles):
         raise UsageError(f"roles: one or more of {', '.join(known)} (auth.roles)")
     password = body.get("password")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from trustmesh.cli import auth_cmd, call_cmd, config_cmd, identity_cmd, stack
+from trustmesh.cli import auth_cmd, call_cmd, config_cmd, identity_cmd, policy_cmd, stack
 
 __all__ = ["app", "main"]
 
@@ -18,6 +18,7 @@ app = typer.Typer(
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(identity_cmd.app, name="identity")
 app.add_typer(identity_cmd.svid_app, name="svid")
+app.add_typer(policy_cmd.app, name="policy")
 stack.register(app)
 call_cmd.register(app)
 auth_cmd.register(app)

@@ -189,7 +189,9 @@ def user_add(
     username: Annotated[str, typer.Argument(help="The login name.")],
     role: Annotated[
         list[str] | None,
-        typer.Option("--role", help="user (default), admin or a role of auth.roles (repeatable)."),
+        typer.Option(
+            "--role", help="A role of auth.roles (repeatable); default: the first one listed."
+        ),
     ] = None,
     mfa: Annotated[
         bool, typer.Option("--mfa", help="Enroll TOTP now (always for admins).")
@@ -203,7 +205,9 @@ def user_add(
     """Add a user. Without --password-stdin a password is generated and printed once; an
     admin (or --mfa) gets a TOTP secret, printed once as an otpauth:// URI."""
     cfg, _ = load_or_exit(config)
-    body: dict[str, Any] = {"username": username, "roles": list(role or ["user"]), "mfa": mfa}
+    body: dict[str, Any] = {"username": username, "mfa": mfa}
+    if role:  # unset: the first role auth.roles declares
+        body["roles"] = list(role)
     if password_stdin:
         body["password"] = sys.stdin.readline().rstrip("\n")
     made = _admin(cfg, state, "POST", "/admin/v1/users", body)

@@ -48,7 +48,15 @@ def check(config: ConfigOption = None) -> None:
             errors.print(problem)
         errors.print(f"{path}: {len(exc.problems)} problem(s) found", style="bold red")
         raise typer.Exit(EXIT_BAD_CONFIG) from None
+    from trustmesh.cli.policy_cmd import edge_policy_or_exit
+
+    policy = edge_policy_or_exit(loaded, path.parent)
     out = Console(soft_wrap=True, markup=False, highlight=False)
+    if loaded.gateway is not None and policy is None:
+        out.print(
+            "warning: gateway.policies is not set: each route admits whoever passes its "
+            "authentication (declare Cedar policies to decide per role, claim and context)"
+        )
     out.print(
         f"ok: {path}: trust domain {loaded.trust_domain}, "
         f"{len(loaded.services)} services, {len(loaded.calls)} calls"

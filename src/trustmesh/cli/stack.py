@@ -366,9 +366,12 @@ def up(
         bool, typer.Option("--detach", "-d", help="Return once every component is healthy.")
     ] = False,
 ) -> None:
-    """Start the stack: the identity service (more components join in later releases)."""
+    """Start the stack: identity, the identity provider, the gateway and the services."""
+    from trustmesh.cli.policy_cmd import edge_policy_or_exit
+
     cfg, cfg_path = load_or_exit(config)
     state, cfg_path = state.absolute(), cfg_path.absolute()
+    edge_policy_or_exit(cfg, cfg_path.parent)  # a bad policy stops `up` before anything starts
     _check_state(cfg, state)
     if supervisor_running(RunPaths(state)):
         fail(f"trustmesh is already running with state {state} (see `trustmesh status`)")
@@ -410,7 +413,7 @@ def _up_detached(cfg: TrustmeshConfig, cfg_path: Path, state: Path) -> None:
     fail(f"the stack was not healthy within {DETACH_TIMEOUT:.0f}s; see {paths.logs}/")
 
 
-DEMO_USERS = (("shopper", ["user"]), ("admin", ["admin"]))
+DEMO_USERS = (("shopper", ["customer"]), ("support", ["support"]), ("admin", ["admin"]))
 
 
 def _demo_users(cfg: TrustmeshConfig, state: Path) -> None:
@@ -422,7 +425,10 @@ def _demo_users(cfg: TrustmeshConfig, state: Path) -> None:
 
     marker = state / "auth" / "demo-users.created"
     if marker.exists():
-        out.print("Demo users: shopper, admin (their credentials were shown at the first start).")
+        out.print(
+            "Demo users: shopper (customer), support, admin "
+            "(their credentials were shown at the first start)."
+        )
         return
     lines = []
     try:

@@ -1,6 +1,7 @@
 """Orders: reserves stock at inventory and charges at payments, over mTLS, by name, on
-behalf of whoever placed the order (token exchange); an order can be read only by its
-owner (object-level authorization with Cedar)."""
+behalf of whoever placed the order (token exchange). Object-level authorization with
+Cedar: an order can be read by its owner, and by support and admins; only an admin may
+refund one. (The gateway's policies decide first, per route; these decide per order.)"""
 
 from __future__ import annotations
 
@@ -16,12 +17,20 @@ app = FastAPI(title="orders", docs_url=None, redoc_url=None, openapi_url=None)
 ORDERS: dict[str, dict[str, object]] = {}
 PRICES = {"tea": 450, "mug": 1200, "kettle": 3900}
 
-#: Who may do what to an order: its owner may read it.
+#: Who may do what to an order: its owner, support and admins may read it; admins refund.
 POLICY = sdk.ObjectPolicy(
     """
     @id("owner-reads-order")
     permit(principal, action == Action::"read", resource is Order)
       when { resource.owner == principal };
+
+    @id("staff-read-orders")
+    permit(principal, action == Action::"read", resource is Order)
+      when { principal.roles.contains("support") || principal.roles.contains("admin") };
+
+    @id("admins-refund-and-list")
+    permit(principal, action in [Action::"refund", Action::"list"], resource is Order)
+      when { principal.roles.contains("admin") };
     """
 )
 
@@ -78,14 +87,35 @@ async def _place(request: OrderRequest, http: Request) -> dict[str, object]:
     return ORDERS[order_id]
 
 
-@app.get("/orders/{order_id}")
-async def get_order(order_id: str, http: Request) -> dict[str, object]:
+def _order(order_id: str, http: Request, action: str) -> dict[str, object]:
     order = ORDERS.get(order_id)
     # the same answer for "not yours" and "not there" would hide existence; the owner
     # check comes first so that a stranger learns nothing either way
     owner = str(order["owner"]) if order else ""
-    if not sdk.authorize(http, POLICY, "read", "Order", order_id, owner=sdk.User(owner)):
+    if not sdk.authorize(http, POLICY, action, "Order", order_id, owner=sdk.User(owner)):
         raise HTTPException(403, "policy-deny")
     if order is None:
         raise HTTPException(404, "no such order")
     return order
+
+
+@app.get("/orders/{order_id}")
+async def get_order(order_id: str, http: Request) -> dict[str, object]:
+    return _order(order_id, http, "read")
+
+
+@app.post("/orders/{order_id}/refund")
+async def refund_order(order_id: str, http: Request) -> dict[str, object]:
+    order = _order(order_id, http, "refund")
+    if order.get("refunded"):
+        raise HTTPException(409, "already refunded")
+    order["refunded"] = True
+    return order
+
+
+@app.get("/admin/orders")
+async def all_orders(http: Request) -> dict[str, object]:
+    """Every order, for admins (the gateway admits only admins signed in with MFA)."""
+    if not sdk.authorize(http, POLICY, "list", "Order", "*", owner=sdk.User("")):
+        raise HTTPException(403, "policy-deny")
+    return {"orders": sorted(ORDERS.values(), key=lambda o: str(o["id"]))}

@@ -7,14 +7,16 @@ Each stage decides, and a refusal ends the request with a structured error and a
 3. the route's authentication: a bearer access token from a trusted issuer, addressed to
    the gateway, not bound to a certificate the client cannot show, not revoked →
    ``401`` with ``WWW-Authenticate: Bearer``; or an anonymous route;
-4. the body must fit the limit → ``413``;
-5. forward over mTLS (the gateway's SVID; the upstream's SPIFFE ID checked) with the
+4. the edge policies (Cedar, when declared): principal, method, route and context
+   (client address, path, time) → ``403`` unless a permit applies and no forbid does;
+5. the body must fit the limit → ``413``;
+6. forward over mTLS (the gateway's SVID; the upstream's SPIFFE ID checked) with the
    internal token in place of the client's, spoofable and hop-by-hop headers removed;
    no healthy upstream → a fast ``503``.
 
 The response goes back with the upstream's status and body, its hop-by-hop and internal
-headers removed and the security headers set. Later stages (policy, rate limits, request
-validation) slot in between 3 and 5.
+headers removed and the security headers set. Later stages (request validation, the
+injection filter) slot in between 5 and 6.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from trustmesh.gateway.headers import (
 from trustmesh.gateway.internal import GatewayKey, internal_claims
 from trustmesh.gateway.iprules import IPRules
 from trustmesh.gateway.routes import RouteTable, request_host
+from trustmesh.policy.edge import ANONYMOUS, EdgePolicy, EdgeRequest, Principal
 from trustmesh.policy.paths import NonCanonicalPath, canonical_path
 from trustmesh.reasons import Reason
 from trustmesh.sdk import trace
@@ -72,6 +75,7 @@ class GatewayApp:
         tls: RotatingTLS,
         upstreams: Upstreams,
         sink: events.EventSink,
+        policy: EdgePolicy | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.spiffe_id = spiffe_id  # the issuer of internal tokens, the audience it accepts
@@ -83,6 +87,7 @@ class GatewayApp:
         self.route_ip_rules = tuple(IPRules.of(r.allow_ips, r.deny_ips) for r in gateway.routes)
         self.trusted = TrustedProxies(gateway.trusted_proxies)
         self.verifier = verifier
+        self.policy = policy
         self.key = key
         self.tls = tls
         self.upstreams = upstreams
@@ -148,6 +153,26 @@ class GatewayApp:
             user = await self._authenticate(headers, send, context)
             if user is None:
                 return
+        if self.policy is not None:
+            verdict = self.policy.decide(
+                EdgeRequest(
+                    principal=Principal.from_claims(user) if user else ANONYMOUS,
+                    method=method,
+                    route=route.route_name,
+                    ip=client,
+                    path=path,
+                    host=host or "",
+                    service=route.to,
+                    time=int(self.clock()),
+                )
+            )
+            if not verdict.allowed:
+                context["policy"] = ",".join(verdict.policies)
+                why = f"policy: {verdict.error}" if verdict.error else "no policy permits"
+                self._emit(events.Decision.DENY, verdict.reason, why, context, user)
+                await _error(send, 403, "forbidden", "not allowed by policy")
+                return
+            context["policy"] = ",".join(verdict.policies)
         try:
             body = await _read_body(receive, headers, self.max_body_bytes)
         except _TooLarge:

@@ -23,6 +23,7 @@ from trustmesh.errors import ConfigError
 from trustmesh.gateway.app import GatewayApp
 from trustmesh.gateway.internal import GatewayKey
 from trustmesh.gateway.upstreams import UpstreamPool
+from trustmesh.policy.edge import load_edge_policy
 from trustmesh.sdk.discovery import DiscoveryClient
 from trustmesh.sdk.oauth import ProviderTrust
 from trustmesh.sdk.serve import PublicServed, Served, start, start_public
@@ -125,8 +126,10 @@ async def serve_gateway(
         )
     discovery = DiscoveryClient(tls, discovery_url)
     upstreams = UpstreamPool(tls, discovery)
+    policy = load_edge_policy(config, folder)
     app = GatewayApp(
         gateway,
+        policy=policy,
         spiffe_id=spiffe_id,
         trust_domain=config.trust_domain,
         verifier=verifier,

@@ -4,7 +4,8 @@ this object? Cedar policies a service writes about its own objects, for example:
     permit(principal, action == Action::"read", resource is Order)
       when { resource.owner == principal };
 
-Principals are ``User::"<token subject>"``; a resource is ``<Type>::"<id>"`` with the
+Principals are ``User::"<token subject>"`` with the attribute ``roles`` (the token's
+roles claim, a set: ``principal.roles.contains("support")``); a resource is ``<Type>::"<id>"`` with the
 attributes the service passes (a :class:`User` value is an entity reference, so
 ``resource.owner == principal`` compares identities). Pure: parsed once, no I/O.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import cedarpy
@@ -62,6 +63,8 @@ class ObjectPolicy:
         resource_type: str,
         resource_id: str,
         attributes: Mapping[str, AttributeValue] | None = None,
+        *,
+        roles: Sequence[str] = (),
     ) -> ObjectDecision:
         if not _NAME.fullmatch(resource_type):
             raise UsageError(f"resource type {resource_type!r} is not a Cedar type name")
@@ -71,7 +74,7 @@ class ObjectPolicy:
                 raise UsageError(f"attribute {key!r} is not a Cedar attribute name")
             attrs[key] = _ref("User", value.id) if isinstance(value, User) else value
         entities = [
-            {"uid": _ref("User", principal), "attrs": {}, "parents": []},
+            {"uid": _ref("User", principal), "attrs": {"roles": list(roles)}, "parents": []},
             {"uid": _ref(resource_type, resource_id), "attrs": attrs, "parents": []},
         ]
         result = cedarpy.is_authorized(

@@ -169,7 +169,15 @@ def authorize(
     if token is None:
         decision = ObjectDecision(False, Reason.TOKEN_MISSING)
     else:
-        decision = policy.decide(token.subject, action, resource_type, resource_id, attributes)
+        roles = token.claims.get("roles")
+        decision = policy.decide(
+            token.subject,
+            action,
+            resource_type,
+            resource_id,
+            attributes,
+            roles=[r for r in roles if isinstance(r, str)] if isinstance(roles, list) else (),
+        )
     runtime = _runtime
     if runtime is not None:
         runtime.sink.emit(

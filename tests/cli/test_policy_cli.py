@@ -1,0 +1,75 @@
+"""``trustmesh policy test|schema`` and the policy check in ``config check`` and ``up``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from trustmesh.config import default_config_path
+from trustmesh.testing import run_cli as tm
+
+
+def _shop(tmp_path: Path) -> Path:
+    """A copy of the packaged demo declaration with its policies and their cases."""
+    folder = default_config_path().parent
+    for name in ("default.yaml", "shop.cedar", "shop.tests.yaml"):
+        shutil.copy(folder / name, tmp_path / name)
+    return tmp_path / "default.yaml"
+
+
+def test_the_demo_policies_pass_their_cases(tmp_path: Path) -> None:
+    result = tm("policy", "test", "--config", str(_shop(tmp_path)), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["failed"] == 0
+    assert report["passed"] >= 12
+    by_name = {case["name"]: case for case in report["cases"]}
+    denied = by_name["an admin without MFA cannot reach the admin routes"]
+    assert denied["decision"] == "deny"
+    assert denied["policies"] == ["admin-routes-need-mfa"]
+
+
+def test_a_failing_case_fails_the_run(tmp_path: Path) -> None:
+    config = _shop(tmp_path)
+    cases = tmp_path / "shop.tests.yaml"
+    cases.write_text(
+        cases.read_text()
+        + "\n- {name: support refunds, principal: {roles: [support], id: s}, action: POST,"
+        " resource: /orders, context: {path: /orders/o1/refund}, expect: allow}\n"
+    )
+    result = tm("policy", "test", "--config", str(config))
+    assert result.returncode == 1
+    assert "FAIL  support refunds: deny (expected allow)" in result.stdout
+
+
+def test_a_case_naming_an_unknown_route_is_bad_config(tmp_path: Path) -> None:
+    config = _shop(tmp_path)
+    (tmp_path / "shop.tests.yaml").write_text(
+        "- {name: x, action: GET, resource: /nowhere, expect: deny}\n"
+    )
+    result = tm("policy", "test", "--config", str(config))
+    assert result.returncode == 2
+    assert "resource '/nowhere' is not a route" in result.stderr
+
+
+def test_config_check_and_up_refuse_a_policy_naming_an_unknown_route(tmp_path: Path) -> None:
+    config = _shop(tmp_path)
+    (tmp_path / "shop.cedar").write_text(
+        'permit (principal, action, resource == Route::"/refunds");\n'
+    )
+    checked = tm("config", "check", "--config", str(config))
+    assert checked.returncode == 2
+    assert "gateway.policies[0]: shop.cedar:" in checked.stderr
+    assert '"/refunds"' in checked.stderr
+    started = tm("up", "--detach", "--config", str(config), "--state", str(tmp_path / "st"))
+    assert started.returncode == 2
+    assert "shop.cedar" in started.stderr
+    assert not (tmp_path / "st").exists() or not any((tmp_path / "st").iterdir())
+
+
+def test_schema_is_generated_from_the_declaration(tmp_path: Path) -> None:
+    result = tm("policy", "schema", "--config", str(_shop(tmp_path)))
+    assert result.returncode == 0
+    assert 'entity Route enum ["/admin", "/items", "/orders"];' in result.stdout
+    assert "context: RequestContext" in result.stdout

@@ -1,0 +1,195 @@
+"""The gateway's Cedar policies, live: users of the provider with the roles customer,
+support and admin (with TOTP) sign in, and the edge decides per role, route and path,
+each refusal with its event and the policy that decided."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+from authrig import CONFIG, TD, AuthRig, code_flow, identity_for, make_rig
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from trustmesh import crypto, events
+from trustmesh.config import parse_config
+from trustmesh.gateway.server import RunningGateway, serve_gateway
+from trustmesh.reasons import Reason
+from trustmesh.sdk.runtime import Runtime, run_service
+from trustmesh.sdk.x509source import X509Source
+from trustmesh.testing import RunningIdentityServer
+
+GATEWAY = f"spiffe://{TD}/trustmesh/gateway"
+SECTION = """auth: {roles: [customer, support]}
+gateway:
+  policies: [edge.cedar]
+  routes:
+    - {path: /orders, to: orders, methods: [GET, POST]}
+    - {path: /admin, to: orders}
+"""
+POLICIES = """
+@id("customers-order")
+permit (principal is User, action in [Action::"GET", Action::"POST"], resource == Route::"/orders")
+when { principal.roles.contains("customer") && !(context.path like "/orders/*/refund") };
+
+@id("support-reads-orders")
+permit (principal is User, action == Action::"GET", resource == Route::"/orders")
+when { principal.roles.contains("support") };
+
+@id("admins-with-mfa")
+permit (principal is User, action, resource)
+when { principal.roles.contains("admin") && principal.mfa };
+
+@id("admin-routes-need-mfa")
+forbid (principal, action, resource == Route::"/admin")
+unless { principal.roles.contains("admin") && principal.mfa };
+"""
+PASSWORD = "a long enough passphrase"
+REDIRECT = "https://shop.example/cb"
+
+
+async def echo(request: Request) -> JSONResponse:
+    token = request.state.trustmesh_token
+    return JSONResponse({"path": request.url.path, "sub": token.subject})
+
+
+APP = Starlette(routes=[Route("/{path:path}", echo, methods=["GET", "POST"])])
+
+
+@pytest.fixture
+def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
+    yield from identity_for(short_tmp, CONFIG + SECTION, (GATEWAY,), discovery=True)
+
+
+@pytest.fixture
+async def stack(
+    identity: RunningIdentityServer, short_tmp: Path
+) -> AsyncIterator[tuple[AuthRig, RunningGateway, events.MemorySink]]:
+    config_file = short_tmp / "trustmesh.yaml"
+    config_file.write_text(CONFIG + SECTION)
+    (short_tmp / "edge.cedar").write_text(POLICIES)
+    config = parse_config(config_file.read_text(), source=str(config_file))
+    assert identity.server.discovery is not None
+    discovery_url = f"https://127.0.0.1:{identity.server.discovery.port}"
+    sink = events.MemorySink()
+    async with make_rig(identity, short_tmp, SECTION) as rig:
+        source = X509Source(identity.address, spiffe_id=GATEWAY)
+        await source.start()
+        gateway = await serve_gateway(
+            config,
+            short_tmp / "state",
+            source=source,
+            sink=sink,
+            discovery_url=discovery_url,
+            auth_url=rig.url,
+            config_dir=short_tmp,
+        )
+        orders: Runtime = await run_service(
+            APP,
+            service="orders",
+            config_path=config_file,
+            address=identity.address,
+            port=0,
+            discovery_url=discovery_url,
+            auth_url=rig.url,
+            gateway_url=gateway.internal_url,
+            sink=events.MemorySink(),
+        )
+        try:
+            yield rig, gateway, sink
+        finally:
+            await orders.close()
+            await gateway.stop()
+            await source.close()
+
+
+def _sign_in(rig: AuthRig, username: str, roles: list[str]) -> str:
+    """Create the user and the web client (first time), sign in, return the access token."""
+    with rig.operator.mount(requests.Session()) as s:
+        made = s.post(
+            rig.url + "/admin/v1/users",
+            json={"username": username, "password": PASSWORD, "roles": roles},
+            timeout=30,
+        )
+        assert made.status_code == 201, made.text
+        s.post(
+            rig.url + "/admin/v1/clients",
+            json={
+                "client_id": "shop-web",
+                "method": "none",
+                "redirect_uris": [REDIRECT],
+                "audiences": [GATEWAY],
+            },
+            timeout=30,
+        )
+    otp = ""
+    if "totp_uri" in made.json():
+        secret = parse_qs(urlsplit(made.json()["totp_uri"]).query)["secret"][0]
+        key = base64.b32decode(secret + "=" * (-len(secret) % 8))
+        otp = crypto.totp_code(key, time.time())
+    with requests.Session() as browser:
+        browser.trust_env = False
+        browser.verify = str(crypto.edge_ca_path(rig.state))
+        tokens = code_flow(browser, rig.public_url, "shop-web", REDIRECT, username, PASSWORD, otp)
+    return str(tokens["access_token"])
+
+
+def _call(rig: AuthRig, gateway: RunningGateway, method: str, path: str, token: str) -> int:
+    with requests.Session() as s:
+        s.trust_env = False
+        answer = s.request(
+            method,
+            gateway.url + path,
+            headers={"Authorization": f"Bearer {token}"},
+            verify=str(crypto.edge_ca_path(rig.state)),
+            timeout=30,
+        )
+        return answer.status_code
+
+
+def _last_denial(sink: events.MemorySink) -> events.Event:
+    denials = [e for e in sink.events if e.reason == Reason.POLICY_DENY]
+    assert denials
+    return denials[-1]
+
+
+async def test_roles_decide_at_the_edge(stack: Any) -> None:
+    rig, gateway, sink = stack
+    carol = await asyncio.to_thread(_sign_in, rig, "carol", ["customer"])
+    sam = await asyncio.to_thread(_sign_in, rig, "sam", ["support"])
+    root = await asyncio.to_thread(_sign_in, rig, "root", ["admin"])
+
+    async def call(method: str, path: str, token: str) -> int:
+        return await asyncio.to_thread(_call, rig, gateway, method, path, token)
+
+    # a customer orders and reads, but does not refund
+    assert await call("POST", "/orders", carol) == 200
+    assert await call("GET", "/orders/o1", carol) == 200
+    assert await call("POST", "/orders/o1/refund", carol) == 403
+    denial = _last_denial(sink)
+    assert denial.attributes["path"] == "/orders/o1/refund"
+    assert denial.attributes["route"] == "routes[0]"
+    # support reads any order, changes none, and has no business on the admin routes
+    assert await call("GET", "/orders/o1", sam) == 200
+    assert await call("POST", "/orders/o1/refund", sam) == 403
+    assert await call("POST", "/orders", sam) == 403
+    assert await call("GET", "/admin/orders", sam) == 403
+    assert _last_denial(sink).attributes["policy"] == "admin-routes-need-mfa"
+    # an admin who signed in with TOTP may
+    assert await call("GET", "/admin/orders", root) == 200
+    assert await call("POST", "/orders/o1/refund", root) == 200
+    allowed = [e for e in sink.events if e.reason == Reason.REQUEST_FORWARDED]
+    assert allowed[-1].attributes["policy"] == "admins-with-mfa"
+    assert all(e.decision == events.Decision.DENY for e in sink.events if e.reason == "policy-deny")
+    body = json.dumps([dict(e.attributes) for e in sink.events])
+    assert carol not in body  # tokens never reach the events
