@@ -33,6 +33,7 @@ GATEWAY = f"spiffe://{TD}/trustmesh/gateway"
 SECTION = """auth: {roles: [customer, support]}
 gateway:
   policies: [edge.cedar]
+  metrics_port: 0
   routes:
     - {path: /orders, to: orders, methods: [GET, POST]}
     - {path: /admin, to: orders}
@@ -193,3 +194,14 @@ async def test_roles_decide_at_the_edge(stack: Any) -> None:
     assert all(e.decision == events.Decision.DENY for e in sink.events if e.reason == "policy-deny")
     body = json.dumps([dict(e.attributes) for e in sink.events])
     assert carol not in body  # tokens never reach the events
+    # and the admin port counts them, labelled by route and reason, never by path or user
+    metrics = await asyncio.to_thread(requests.get, gateway.metrics_url, timeout=10)
+    assert metrics.status_code == 200
+    assert metrics.headers["Content-Type"].startswith("text/plain; version=")
+    text = metrics.text
+    assert 'trustmesh_gateway_requests_total{route="/orders",status="4xx"} 3.0' in text
+    assert 'trustmesh_gateway_requests_total{route="/admin",status="2xx"} 1.0' in text
+    assert 'trustmesh_gateway_decisions_total{decision="deny",reason="policy-deny"} 4.0' in text
+    assert "trustmesh_gateway_request_duration_seconds_bucket" in text
+    assert "/orders/o1" not in text
+    assert "carol" not in text

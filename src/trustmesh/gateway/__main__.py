@@ -48,7 +48,11 @@ async def run(config: TrustmeshConfig, state: Path, config_dir: Path) -> None:
         await serve_until_stopped(
             source,
             endpoint_path(state),
-            lambda: {"url": running.url, "internal_url": running.internal_url},
+            lambda: {
+                "url": running.url,
+                "internal_url": running.internal_url,
+                "metrics_url": running.metrics_url,
+            },
             running.stop,
         )
 

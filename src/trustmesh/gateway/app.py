@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from trustmesh import events
@@ -40,6 +40,7 @@ from trustmesh.gateway.headers import (
 )
 from trustmesh.gateway.internal import GatewayKey, internal_claims
 from trustmesh.gateway.iprules import IPRules
+from trustmesh.gateway.metrics import GatewayMetrics
 from trustmesh.gateway.routes import RouteTable, request_host
 from trustmesh.policy.edge import ANONYMOUS, EdgePolicy, EdgeRequest, Principal
 from trustmesh.policy.paths import NonCanonicalPath, canonical_path
@@ -76,6 +77,7 @@ class GatewayApp:
         upstreams: Upstreams,
         sink: events.EventSink,
         policy: EdgePolicy | None = None,
+        metrics: GatewayMetrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.spiffe_id = spiffe_id  # the issuer of internal tokens, the audience it accepts
@@ -88,6 +90,7 @@ class GatewayApp:
         self.trusted = TrustedProxies(gateway.trusted_proxies)
         self.verifier = verifier
         self.policy = policy
+        self.metrics = metrics
         self.key = key
         self.tls = tls
         self.upstreams = upstreams
@@ -103,18 +106,37 @@ class GatewayApp:
         incoming = next((v for k, v in scope["headers"] if k == b"traceparent"), None)
         current = trace.parse(incoming.decode("latin-1") if incoming else None)
         token = trace.use(current.child() if current else trace.TraceParent.new())
+        context: dict[str, Any] = {}
+        metrics = self.metrics
         try:
-            await self._handle(scope, receive, send)
+            if metrics is None:
+                await self._handle(scope, receive, send, context)
+                return
+            started = time.perf_counter()
+            status = 0
+
+            async def watched(message: MutableMapping[str, Any]) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            await self._handle(scope, receive, watched, context)
+            metrics.answered(
+                context.get("route_name", "-"), status, time.perf_counter() - started
+            )
         finally:
             trace.reset(token)
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: Send, context: dict[str, Any]
+    ) -> None:
         headers: list[tuple[bytes, bytes]] = list(scope["headers"])
         method: str = scope["method"]
         peer = (scope.get("client") or ("0.0.0.0", 0))[0]  # noqa: S104 - a label, never bound
         client = client_address(peer, headers, self.trusted)
         raw = scope.get("raw_path") or scope["path"].encode("utf-8")
-        context = {"method": method, "path": raw.decode("latin-1")[:512], "client": client}
+        context.update(method=method, path=raw.decode("latin-1")[:512], client=client)
         if not self.ip_rules.admits(client):
             self._emit(events.Decision.DENY, Reason.IP_DENIED, "client address refused", context)
             await _error(send, 403, "forbidden", "not allowed from this address")
@@ -144,6 +166,7 @@ class GatewayApp:
             return
         route = decision.route
         context["route"] = f"routes[{decision.index}]"
+        context["route_name"] = route.route_name
         if not self.route_ip_rules[decision.index].admits(client):
             self._emit(events.Decision.DENY, Reason.IP_DENIED, "client address refused", context)
             await _error(send, 403, "forbidden", "not allowed from this address")
@@ -294,8 +317,12 @@ class GatewayApp:
         context: dict[str, Any],
         user: dict[str, Any] | None = None,
     ) -> None:
+        if self.metrics is not None:
+            self.metrics.decided(decision.value, reason)
         current = trace.current()
-        attributes = {k: v for k, v in context.items() if isinstance(v, str | int)}
+        attributes = {
+            k: v for k, v in context.items() if isinstance(v, str | int) and k != "route_name"
+        }
 
         def build() -> events.Event:
             return events.event(

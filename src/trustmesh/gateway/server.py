@@ -22,11 +22,12 @@ from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import ConfigError
 from trustmesh.gateway.app import GatewayApp
 from trustmesh.gateway.internal import GatewayKey
+from trustmesh.gateway.metrics import GatewayMetrics
 from trustmesh.gateway.upstreams import UpstreamPool
 from trustmesh.policy.edge import load_edge_policy
 from trustmesh.sdk.discovery import DiscoveryClient
 from trustmesh.sdk.oauth import ProviderTrust
-from trustmesh.sdk.serve import PublicServed, Served, start, start_public
+from trustmesh.sdk.serve import PublicServed, Served, start, start_loopback, start_public
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.tokens import TokenVerifier
 from trustmesh.sdk.x509source import SVIDSource
@@ -44,6 +45,7 @@ class RunningGateway:
     discovery: DiscoveryClient
     trust: ProviderTrust | None
     key: GatewayKey
+    metrics: PublicServed | None = None
 
     @property
     def url(self) -> str:
@@ -53,9 +55,15 @@ class RunningGateway:
     def internal_url(self) -> str:
         return f"https://127.0.0.1:{self.internal.port}"
 
+    @property
+    def metrics_url(self) -> str | None:
+        return f"http://127.0.0.1:{self.metrics.port}/metrics" if self.metrics else None
+
     async def stop(self) -> None:
         await self.public.stop()
         await self.internal.stop()
+        if self.metrics is not None:
+            await self.metrics.stop()
         await self.upstreams.close()
         await self.discovery.close()
         if self.trust is not None:
@@ -127,9 +135,11 @@ async def serve_gateway(
     discovery = DiscoveryClient(tls, discovery_url)
     upstreams = UpstreamPool(tls, discovery)
     policy = load_edge_policy(config, folder)
+    metrics = GatewayMetrics() if gateway.metrics_port is not None else None
     app = GatewayApp(
         gateway,
         policy=policy,
+        metrics=metrics,
         spiffe_id=spiffe_id,
         trust_domain=config.trust_domain,
         verifier=verifier,
@@ -147,10 +157,17 @@ async def serve_gateway(
             host=host,
             port=gateway.port if port is None else port,
         )
+        scraped = None
+        if metrics is not None and gateway.metrics_port is not None:
+            try:
+                scraped = await start_loopback(metrics.app, host=host, port=gateway.metrics_port)
+            except BaseException:
+                await public.stop()
+                raise
     except BaseException:
         await internal.stop()
         with contextlib.suppress(Exception):
             await upstreams.close()
             await discovery.close()
         raise
-    return RunningGateway(public, internal, upstreams, discovery, trust, key)
+    return RunningGateway(public, internal, upstreams, discovery, trust, key, scraped)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -20,7 +21,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.utils import get_remote_addr
 
-from trustmesh.errors import AuthenticationError
+from trustmesh.errors import AuthenticationError, UsageError
 from trustmesh.sdk.tls import RotatingTLS, web_server_context
 from trustmesh.sdk.x509source import SVIDSource, X509Source
 
@@ -221,6 +222,28 @@ async def start_public(
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
     return PublicServed(*await _run(config, "trustmesh-serve-public"))
+
+
+async def start_loopback(
+    app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
+) -> PublicServed:
+    """Serve ``app`` over plain HTTP on a loopback address only (an admin listener such
+    as Prometheus metrics, for a scraper on the same machine)."""
+    if not ipaddress.ip_address(host).is_loopback:
+        raise UsageError(f"{host} is not a loopback address: plain HTTP stays on loopback")
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        interface="asgi3",
+        log_level=log_level,
+        proxy_headers=False,
+        server_header=False,
+        date_header=False,
+        lifespan="off",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
+    return PublicServed(*await _run(config, "trustmesh-serve-loopback"))
 
 
 def serve(

@@ -1,0 +1,106 @@
+"""The gateway's Prometheus metrics, served in the text exposition format on an admin
+listener of their own (``gateway.metrics_port``, loopback only).
+
+Labels are bounded by the declaration: route names, decision reasons (the shared enum),
+HTTP status classes, upstream services; never a path, a user or a client address.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from trustmesh.sdk.serve import Receive, Scope, Send
+
+__all__ = ["CONTENT_TYPE_LATEST", "GatewayMetrics"]
+
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class GatewayMetrics:
+    """Counters and histograms of one gateway, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "trustmesh_gateway_requests",
+            "Requests answered, by route and status class.",
+            ("route", "status"),
+            registry=self.registry,
+        )
+        self.decisions = Counter(
+            "trustmesh_gateway_decisions",
+            "Decisions taken, by outcome and reason code.",
+            ("decision", "reason"),
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "trustmesh_gateway_request_duration_seconds",
+            "Time from the request's arrival to the response's start, by route.",
+            ("route",),
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.upstream_duration = Histogram(
+            "trustmesh_gateway_upstream_duration_seconds",
+            "Time the upstream took to answer, by service.",
+            ("service",),
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.rate_limit_fallback = Gauge(
+            "trustmesh_gateway_rate_limit_fallback",
+            "1 while the shared rate-limit store is unreachable and each gateway limits alone.",
+            registry=self.registry,
+        )
+        self.upstream_instances = Gauge(
+            "trustmesh_gateway_upstream_instances",
+            "Known instances per service and state (healthy, unhealthy, ejected).",
+            ("service", "state"),
+            registry=self.registry,
+        )
+        self._statuses = {code: f"{code // 100}xx" for code in range(100, 600)}
+        self.refresh: Callable[[], None] | None = None  # called before each scrape
+
+    def answered(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, self._statuses.get(status, "other")).inc()
+        self.duration.labels(route).observe(seconds)
+
+    def decided(self, decision: str, reason: str) -> None:
+        self.decisions.labels(decision, reason).inc()
+
+    def render(self) -> bytes:
+        if self.refresh is not None:
+            self.refresh()
+        return generate_latest(self.registry)
+
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI: ``GET /metrics``; everything else 404."""
+        if scope["type"] != "http":
+            return
+        if scope["path"] != "/metrics" or scope["method"] not in ("GET", "HEAD"):
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 404,
+                    "headers": [(b"content-type", b"text/plain")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b"not found\n"})
+            return
+        body = self.render()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", CONTENT_TYPE_LATEST.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send(
+            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
+        )
