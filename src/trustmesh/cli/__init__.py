@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from trustmesh.cli import auth_cmd, call_cmd, config_cmd, identity_cmd, policy_cmd, stack
+from trustmesh.cli import (
+    auth_cmd,
+    call_cmd,
+    config_cmd,
+    gateway_cmd,
+    identity_cmd,
+    policy_cmd,
+    stack,
+)
 
 __all__ = ["app", "main"]
 
@@ -22,6 +30,7 @@ app.add_typer(policy_cmd.app, name="policy")
 stack.register(app)
 call_cmd.register(app)
 auth_cmd.register(app)
+gateway_cmd.register(app)
 
 
 def main() -> None:

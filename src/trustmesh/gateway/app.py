@@ -5,18 +5,20 @@ Each stage decides, and a refusal ends the request with a structured error and a
 1. the raw path must be canonical → ``400 invalid_request``;
 2. a route must take it (host, longest prefix, method) → ``404`` / ``405`` + ``Allow``;
 3. the route's authentication: a bearer access token from a trusted issuer, addressed to
-   the gateway, not bound to a certificate the client cannot show, not revoked →
-   ``401`` with ``WWW-Authenticate: Bearer``; or an anonymous route;
-4. the edge policies (Cedar, when declared): principal, method, route and context
+   the gateway, not bound to a certificate the client cannot show, not revoked, or an API
+   key in scope for the route → ``401`` with ``WWW-Authenticate``; or an anonymous route;
+4. the rate limits (per consumer, role, route and client address) → ``429`` with
+   ``Retry-After`` and the RateLimit headers, which every limited response carries;
+5. the edge policies (Cedar, when declared): principal, method, route and context
    (client address, path, time) → ``403`` unless a permit applies and no forbid does;
-5. the body must fit the limit → ``413``;
-6. forward over mTLS (the gateway's SVID; the upstream's SPIFFE ID checked) with the
+6. the body must fit the limit → ``413``;
+7. forward over mTLS (the gateway's SVID; the upstream's SPIFFE ID checked) with the
    internal token in place of the client's, spoofable and hop-by-hop headers removed;
-   no healthy upstream → a fast ``503``.
+   no healthy upstream → a fast ``503``; no answer within the route's timeout → ``504``.
 
 The response goes back with the upstream's status and body, its hop-by-hop and internal
 headers removed and the security headers set. Later stages (request validation, the
-injection filter) slot in between 5 and 6.
+injection filter) slot in between 6 and 7.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Callable, MutableMapping
+from typing import Any, Protocol
 
 from trustmesh import events
-from trustmesh.config.gateway import GatewayConfig
+from trustmesh.config.gateway import GatewayConfig, GatewayRoute
 from trustmesh.errors import InvalidTokenError, TrustmeshError
+from trustmesh.gateway.apikeys import presented_api_key
 from trustmesh.gateway.cors import is_preflight, preflight_headers, response_grants
 from trustmesh.gateway.headers import (
     SECURITY_HEADERS,
@@ -40,21 +43,37 @@ from trustmesh.gateway.headers import (
 )
 from trustmesh.gateway.internal import GatewayKey, internal_claims
 from trustmesh.gateway.iprules import IPRules
+from trustmesh.gateway.keystore import ApiKeyVerifier
 from trustmesh.gateway.metrics import GatewayMetrics
+from trustmesh.gateway.ratelimit import RateLimiter
 from trustmesh.gateway.routes import RouteTable, request_host
+from trustmesh.gateway.upstreams import UpstreamTimeoutError
 from trustmesh.policy.edge import ANONYMOUS, EdgePolicy, EdgeRequest, Principal
 from trustmesh.policy.paths import NonCanonicalPath, canonical_path
 from trustmesh.reasons import Reason
 from trustmesh.sdk import trace
-from trustmesh.sdk.client import Response, ServiceClient
+from trustmesh.sdk.client import Response
 from trustmesh.sdk.serve import Receive, Scope, Send, respond_json
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.tokens import TokenVerifier, bearer_token
 
 log = logging.getLogger("trustmesh.gateway")
 
-#: Finds a client for a service (discovery, pooled); raises TrustmeshError when none.
-Upstreams = Callable[[str], Awaitable[ServiceClient]]
+
+class Upstreams(Protocol):
+    """Sends a request to an instance of a service (see :class:`UpstreamPool`): raises
+    UnavailableError when none is in rotation, UpstreamTimeoutError after ``timeout``."""
+
+    async def forward(
+        self,
+        service: str,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        *,
+        timeout: float,
+    ) -> Response: ...
 
 
 class _TooLarge(Exception):
@@ -77,6 +96,8 @@ class GatewayApp:
         upstreams: Upstreams,
         sink: events.EventSink,
         policy: EdgePolicy | None = None,
+        limiter: RateLimiter | None = None,
+        api_keys: ApiKeyVerifier | None = None,
         metrics: GatewayMetrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -87,9 +108,12 @@ class GatewayApp:
         self.routes = RouteTable(gateway.routes)
         self.ip_rules = IPRules.of(gateway.allow_ips, gateway.deny_ips)
         self.route_ip_rules = tuple(IPRules.of(r.allow_ips, r.deny_ips) for r in gateway.routes)
+        self.timeouts = tuple(r.timeout.total_seconds() for r in gateway.routes)
         self.trusted = TrustedProxies(gateway.trusted_proxies)
         self.verifier = verifier
         self.policy = policy
+        self.limiter = limiter
+        self.api_keys = api_keys
         self.metrics = metrics
         self.key = key
         self.tls = tls
@@ -122,9 +146,7 @@ class GatewayApp:
                 await send(message)
 
             await self._handle(scope, receive, watched, context)
-            metrics.answered(
-                context.get("route_name", "-"), status, time.perf_counter() - started
-            )
+            metrics.answered(context.get("route_name", "-"), status, time.perf_counter() - started)
         finally:
             trace.reset(token)
 
@@ -172,14 +194,37 @@ class GatewayApp:
             await _error(send, 403, "forbidden", "not allowed from this address")
             return
         user: dict[str, Any] | None = None
+        principal = ANONYMOUS
         if route.auth != ["anonymous"]:
-            user = await self._authenticate(headers, send, context)
-            if user is None:
+            found = await self._authenticate(route, headers, send, context)
+            if found is None:
                 return
+            user, principal = found
+        if self.limiter is not None:
+            limited = await self.limiter.hit(
+                decision.index,
+                consumer=None if user is None else f"{principal.type}:{principal.id}",
+                roles=principal.roles,
+                ip=client,
+            )
+            if not limited.allowed:
+                context["rule"] = limited.rule
+                self._emit(events.Decision.DENY, limited.reason, "rate limited", context, user)
+                await _error(
+                    send,
+                    429,
+                    "rate_limited",
+                    "too many requests; try again later",
+                    limited.headers(),
+                )
+                return
+            grants = limited.headers()
+        else:
+            grants = []
         if self.policy is not None:
             verdict = self.policy.decide(
                 EdgeRequest(
-                    principal=Principal.from_claims(user) if user else ANONYMOUS,
+                    principal=principal,
                     method=method,
                     route=route.route_name,
                     ip=client,
@@ -202,6 +247,7 @@ class GatewayApp:
             self._emit(events.Decision.DENY, Reason.REQUEST_TOO_LARGE, "body too large", context)
             await _error(send, 413, "request_too_large", "the request body is too large")
             return
+        timeouts = self.timeouts
         upstream_id = f"spiffe://{self.trust_domain}/{route.to}"
         now = int(self.clock())
         internal = self.key.sign(
@@ -228,8 +274,19 @@ class GatewayApp:
             "?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else ""
         )
         try:
-            upstream = await self.upstreams(route.to)
-            answer = await upstream.forward(method, target, forwarded, body)
+            answer = await self.upstreams.forward(
+                route.to, method, target, forwarded, body, timeout=timeouts[decision.index]
+            )
+        except UpstreamTimeoutError as exc:
+            self._emit(
+                events.Decision.ERROR,
+                Reason.UPSTREAM_TIMEOUT,
+                f"upstream: {exc.detail}",
+                context,
+                user,
+            )
+            await _error(send, 504, "timeout", "the service did not answer in time")
+            return
         except (TrustmeshError, OSError) as exc:
             detail = exc.detail if isinstance(exc, TrustmeshError) else type(exc).__name__
             self._emit(
@@ -243,7 +300,7 @@ class GatewayApp:
             return
         context["status"] = answer.status
         self._emit(events.Decision.ALLOW, Reason.REQUEST_FORWARDED, "forwarded", context, user)
-        await _relay(send, answer, response_grants(route.cors, headers))
+        await _relay(send, answer, [*response_grants(route.cors, headers), *grants])
 
     async def _preflight(
         self,
@@ -273,17 +330,34 @@ class GatewayApp:
         await send({"type": "http.response.body", "body": b""})
 
     async def _authenticate(
-        self, headers: list[tuple[bytes, bytes]], send: Send, context: dict[str, Any]
-    ) -> dict[str, Any] | None:
-        token = bearer_token(next((v for k, v in headers if k == b"authorization"), None))
+        self,
+        route: GatewayRoute,
+        headers: list[tuple[bytes, bytes]],
+        send: Send,
+        context: dict[str, Any],
+    ) -> tuple[dict[str, Any], Principal] | None:
+        """The route's credential: an API key (where the route takes them) or a bearer
+        token; the caller's claims for the internal token, and the policy principal."""
+        if "api_key" in route.auth and self.api_keys is not None:
+            presented = presented_api_key(headers)
+            if presented is not None:
+                return await self._api_key(presented, route, send, context)
+        token = (
+            bearer_token(next((v for k, v in headers if k == b"authorization"), None))
+            if "jwt" in route.auth
+            else None
+        )
         if token is None:
-            self._emit(events.Decision.DENY, Reason.TOKEN_MISSING, "no bearer token", context)
+            self._emit(events.Decision.DENY, Reason.TOKEN_MISSING, "no credential", context)
+            challenge = b'Bearer realm="trustmesh"' if "jwt" in route.auth else b""
+            if "api_key" in route.auth:
+                challenge += (b", " if challenge else b"") + b'ApiKey realm="trustmesh"'
             await _error(
                 send,
                 401,
                 "unauthenticated",
-                "a bearer access token is required",
-                [(b"www-authenticate", b'Bearer realm="trustmesh"')],
+                "a credential is required",
+                [(b"www-authenticate", challenge)],
             )
             return None
         if self.verifier is None:
@@ -307,7 +381,48 @@ class GatewayApp:
                 [(b"www-authenticate", b'Bearer realm="trustmesh", error="invalid_token"')],
             )
             return None
-        return dict(verified.claims)
+        claims = dict(verified.claims)
+        return claims, Principal.from_claims(claims)
+
+    async def _api_key(
+        self, presented: str, route: GatewayRoute, send: Send, context: dict[str, Any]
+    ) -> tuple[dict[str, Any], Principal] | None:
+        keys = self.api_keys
+        try:
+            found = await keys.verify(presented, route.route_name) if keys else None
+        except TrustmeshError as exc:  # the key store cannot be read: refuse, closed
+            self._emit(events.Decision.ERROR, Reason.UPSTREAM_UNAVAILABLE, exc.detail, context)
+            await _error(send, 503, "unavailable", "API key verification is unavailable")
+            return None
+        if found is None or not found.allowed or found.key_id is None:
+            reason = found.reason if found is not None else Reason.API_KEY_MALFORMED
+            self._emit(events.Decision.DENY, reason, "API key refused", context)
+            await _error(
+                send,
+                401,
+                "invalid_key",
+                "the API key was refused",
+                [(b"www-authenticate", b'ApiKey realm="trustmesh", error="invalid_key"')],
+            )
+            return None
+        now = int(self.clock())
+        claims: dict[str, Any] = {
+            "sub": found.principal,
+            "client_id": found.principal,
+            "roles": list(found.roles),
+            "exp": found.expires_at or now + self.token_ttl,
+        }
+        context["api_key"] = found.key_id
+        principal = Principal(
+            "ApiKey", found.key_id, roles=tuple(sorted(found.roles)), name=found.name or ""
+        )
+        return claims, principal
+
+    def record(
+        self, decision: events.Decision, reason: str, message: str, **attributes: str | int
+    ) -> None:
+        """An event about the gateway itself (an upstream ejected, a store unreachable)."""
+        self._emit(decision, reason, message, dict(attributes))
 
     def _emit(
         self,

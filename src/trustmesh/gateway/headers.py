@@ -48,6 +48,7 @@ HOP_BY_HOP: Final = frozenset(
 SPOOFABLE: Final = frozenset(
     {
         b"authorization",  # replaced by the internal token
+        b"x-api-key",  # API keys stay at the edge too
         b"forwarded",
         b"x-forwarded-for",
         b"x-forwarded-host",

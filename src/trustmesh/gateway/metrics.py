@@ -7,7 +7,8 @@ HTTP status classes, upstream services; never a path, a user or a client address
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -70,6 +71,22 @@ class GatewayMetrics:
 
     def decided(self, decision: str, reason: str) -> None:
         self.decisions.labels(decision, reason).inc()
+
+    def upstreams_from(self, snapshot: Mapping[str, list[dict[str, Any]]], now: float) -> None:
+        """Set the instance gauges from the pool's snapshot (``UpstreamPool.snapshot``)."""
+        self.upstream_instances.clear()
+        for service, instances in snapshot.items():
+            counts = {"healthy": 0, "unhealthy": 0, "ejected": 0}
+            for instance in instances:
+                until = instance.get("ejected_until")
+                if until is not None and until > now:
+                    counts["ejected"] += 1
+                elif instance.get("healthy"):
+                    counts["healthy"] += 1
+                else:
+                    counts["unhealthy"] += 1
+            for state, count in counts.items():
+                self.upstream_instances.labels(service, state).set(count)
 
     def render(self) -> bytes:
         if self.refresh is not None:

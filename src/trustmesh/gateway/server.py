@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +23,12 @@ from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import ConfigError
 from trustmesh.gateway.app import GatewayApp
 from trustmesh.gateway.internal import GatewayKey
+from trustmesh.gateway.keystore import ApiKeyVerifier
 from trustmesh.gateway.metrics import GatewayMetrics
+from trustmesh.gateway.ratelimit import RateLimiter
 from trustmesh.gateway.upstreams import UpstreamPool
 from trustmesh.policy.edge import load_edge_policy
+from trustmesh.reasons import Reason
 from trustmesh.sdk.discovery import DiscoveryClient
 from trustmesh.sdk.oauth import ProviderTrust
 from trustmesh.sdk.serve import PublicServed, Served, start, start_loopback, start_public
@@ -33,6 +37,14 @@ from trustmesh.sdk.tokens import TokenVerifier
 from trustmesh.sdk.x509source import SVIDSource
 
 log = logging.getLogger("trustmesh.gateway")
+
+_UPSTREAM_REASONS = {
+    "ejected": Reason.UPSTREAM_EJECTED,
+    "restored": Reason.UPSTREAM_RESTORED,
+    "unhealthy": Reason.UPSTREAM_UNHEALTHY,
+    "healthy": Reason.UPSTREAM_HEALTHY,
+}
+_RECOVERED = frozenset({"restored", "healthy"})
 
 __all__ = ["RunningGateway", "serve_gateway"]
 
@@ -46,6 +58,8 @@ class RunningGateway:
     trust: ProviderTrust | None
     key: GatewayKey
     metrics: PublicServed | None = None
+    limiter: RateLimiter | None = None
+    api_keys: ApiKeyVerifier | None = None
 
     @property
     def url(self) -> str:
@@ -64,6 +78,10 @@ class RunningGateway:
         await self.internal.stop()
         if self.metrics is not None:
             await self.metrics.stop()
+        if self.limiter is not None:
+            await self.limiter.close()
+        if self.api_keys is not None:
+            await self.api_keys.close()
         await self.upstreams.close()
         await self.discovery.close()
         if self.trust is not None:
@@ -133,12 +151,41 @@ async def serve_gateway(
             require_binding=False,  # a browser has no certificate; a bound token still must match
         )
     discovery = DiscoveryClient(tls, discovery_url)
-    upstreams = UpstreamPool(tls, discovery)
     policy = load_edge_policy(config, folder)
     metrics = GatewayMetrics() if gateway.metrics_port is not None else None
+    app: GatewayApp | None = None
+
+    def upstream_changed(service: str, url: str, state: str, why: str) -> None:
+        if app is not None:
+            decision = events.Decision.ALLOW if state in _RECOVERED else events.Decision.ERROR
+            app.record(decision, _UPSTREAM_REASONS[state], why, service=service, instance=url)
+
+    def store_changed(shared: bool, why: str) -> None:
+        if metrics is not None:
+            metrics.rate_limit_fallback.set(0 if shared else 1)
+        if app is not None:
+            reason = Reason.RATE_LIMIT_STORE_BACK if shared else Reason.RATE_LIMIT_STORE_DOWN
+            decision = events.Decision.ALLOW if shared else events.Decision.ERROR
+            app.record(decision, reason, why)
+
+    upstreams = UpstreamPool(tls, discovery, gateway.upstream, on_change=upstream_changed)
+    limiter = (
+        RateLimiter.from_config(gateway, on_storage_change=store_changed)
+        if gateway.rate_limits or any(r.rate_limits for r in gateway.routes)
+        else None
+    )
+    api_keys = (
+        await ApiKeyVerifier.open(state, config)
+        if any("api_key" in r.auth for r in gateway.routes)
+        else None
+    )
+    if metrics is not None:
+        metrics.refresh = lambda: metrics.upstreams_from(upstreams.snapshot(), time.monotonic())
     app = GatewayApp(
         gateway,
         policy=policy,
+        limiter=limiter,
+        api_keys=api_keys,
         metrics=metrics,
         spiffe_id=spiffe_id,
         trust_domain=config.trust_domain,
@@ -150,6 +197,7 @@ async def serve_gateway(
     )
     internal = await start(internal_app(key), tls=tls, host=host, port=internal_port)
     try:
+        await upstreams.start()
         public = await start_public(
             app,
             chain_pem=certificate.chain_pem(),
@@ -169,5 +217,11 @@ async def serve_gateway(
         with contextlib.suppress(Exception):
             await upstreams.close()
             await discovery.close()
+            if limiter is not None:
+                await limiter.close()
+            if api_keys is not None:
+                await api_keys.close()
         raise
-    return RunningGateway(public, internal, upstreams, discovery, trust, key, scraped)
+    return RunningGateway(
+        public, internal, upstreams, discovery, trust, key, scraped, limiter, api_keys
+    )

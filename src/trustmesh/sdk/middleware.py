@@ -3,6 +3,9 @@
 On every request, in this order, each step answering with a structured JSON error:
 
 1. the peer must be a verified SVID of this trust domain → else ``401 unauthenticated``;
+   such a peer's ``GET /.well-known/trustmesh/health`` (exactly that raw path) is then
+   answered ``200 {"status": "ok"}`` at once — no token, no policy, no event: the
+   gateway's active health check, which learns nothing but that the service answers;
 2. the raw path must be canonical → else ``400 invalid_request`` (see
    :mod:`trustmesh.policy.paths`: a pattern can never be tricked);
 3. Cedar must permit (caller SPIFFE ID, method, canonical path) → else
@@ -12,7 +15,7 @@ On every request, in this order, each step answering with a structured JSON erro
    caller's certificate, not revoked (see :mod:`trustmesh.sdk.tokens`) → else ``401``
    with ``WWW-Authenticate: Bearer`` (``error="invalid_token"`` when one was sent).
 
-Every decision, allow and deny, is an event.
+Every decision, allow and deny, is an event (health checks decide nothing).
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ _NON_CANONICAL = _body("invalid_request", "the request path is not in canonical 
 _POLICY_DENY = _body("policy-deny", "this call is not allowed")
 _TOKEN_MISSING = _body("unauthenticated", "a bearer access token is required")
 _TOKEN_INVALID = _body("invalid_token", "the access token was refused")
+#: Where the gateway's health checks ask (``gateway.upstream.health_check.path``).
+HEALTH_PATH = b"/.well-known/trustmesh/health"
+_HEALTH_OK = json.dumps({"status": "ok"}).encode()
 _CHALLENGE = [(b"www-authenticate", b'Bearer realm="trustmesh"')]
 _INVALID_CHALLENGE = [(b"www-authenticate", b'Bearer realm="trustmesh", error="invalid_token"')]
 #: Where the verified token is handed to the app (``request.state`` in Starlette).
@@ -84,6 +90,9 @@ class ZeroTrustMiddleware:
             await respond_json(send, 401, UNAUTHENTICATED)
             return
         raw = scope.get("raw_path") or scope["path"].encode("utf-8")
+        if raw == HEALTH_PATH and method == "GET":  # only after the peer's SVID is verified
+            await respond_json(send, 200, _HEALTH_OK)
+            return
         try:
             path = canonical_path(raw)
         except NonCanonicalPath as exc:
