@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from trustmesh import crypto, events
 from trustmesh.config import parse_config
+from trustmesh.errors import UnavailableError
 from trustmesh.gateway.server import RunningGateway, serve_gateway
 from trustmesh.reasons import Reason
 from trustmesh.sdk.runtime import Runtime, run_service
@@ -205,3 +206,46 @@ async def test_roles_decide_at_the_edge(stack: Any) -> None:
     assert "trustmesh_gateway_request_duration_seconds_bucket" in text
     assert "/orders/o1" not in text
     assert "carol" not in text
+
+
+async def test_jwt_routes_keep_working_while_the_provider_is_down(stack: Any) -> None:
+    """The gateway verifies with the provider's keys it already has: stopping the
+    provider does not stop signed-in users (ARCHITECTURE: identity provider down)."""
+    rig, gateway, _ = stack
+    carol = await asyncio.to_thread(_sign_in, rig, "carol", ["customer"])
+    assert await asyncio.to_thread(_call, rig, gateway, "GET", "/orders/o1", carol) == 200
+    await rig.auth.stop()
+    for _ in range(3):
+        assert await asyncio.to_thread(_call, rig, gateway, "GET", "/orders/o1", carol) == 200
+    # and a token the gateway never saw, signed by a key it does not know, is still refused
+    forged = crypto.sign_jwt(
+        {"iss": rig.issuer, "sub": "x", "aud": GATEWAY, "exp": 4_000_000_000, "iat": 1},
+        crypto.generate_key(),
+        kid="unknown",
+        typ="at+jwt",
+    )
+    assert await asyncio.to_thread(_call, rig, gateway, "GET", "/orders/o1", forged) == 401
+
+
+async def test_the_gateway_does_not_start_without_the_provider(
+    identity: RunningIdentityServer, short_tmp: Path
+) -> None:
+    config = parse_config(CONFIG + SECTION, source="trustmesh.yaml")
+    (short_tmp / "edge.cedar").write_text(POLICIES)
+    assert identity.server.discovery is not None
+    source = X509Source(identity.address, spiffe_id=GATEWAY)
+    await source.start()
+    try:
+        for auth_url in (None, "https://127.0.0.1:9"):  # not running; nothing listening
+            with pytest.raises(UnavailableError):
+                await serve_gateway(
+                    config,
+                    short_tmp / "state",
+                    source=source,
+                    sink=events.MemorySink(),
+                    discovery_url=f"https://127.0.0.1:{identity.server.discovery.port}",
+                    auth_url=auth_url,
+                    config_dir=short_tmp,
+                )
+    finally:
+        await source.close()

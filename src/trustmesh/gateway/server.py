@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from trustmesh import crypto, events
 from trustmesh.config import TrustmeshConfig
-from trustmesh.errors import ConfigError
+from trustmesh.errors import ConfigError, UnavailableError
 from trustmesh.gateway.app import GatewayApp
 from trustmesh.gateway.internal import GatewayKey
 from trustmesh.gateway.keystore import ApiKeyVerifier
@@ -139,6 +139,10 @@ async def serve_gateway(
     spiffe_id = config.component_spiffe_id("gateway")
     trust: ProviderTrust | None = None
     verifier: TokenVerifier | None = None
+    if auth_url is None and any("jwt" in r.auth for r in gateway.routes):
+        # fail closed and loudly at start, rather than 503 on every request: once started,
+        # the gateway keeps the provider's keys it has while the provider is down
+        raise UnavailableError("the identity provider is not running; jwt routes need its keys")
     if auth_url:
         trust = await ProviderTrust.connect(
             tls, auth_url, config.component_spiffe_id("auth"), redis_url=config.auth.redis
