@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 from authrig import CONFIG, TD, AuthRig, code_flow, identity_for, make_rig
+from fake_oidc import FakeIssuer, fake_issuer
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -76,7 +77,7 @@ def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
 @pytest.fixture
 async def stack(
     identity: RunningIdentityServer, short_tmp: Path
-) -> AsyncIterator[tuple[AuthRig, RunningGateway, events.MemorySink]]:
+) -> AsyncIterator[tuple[AuthRig, RunningGateway, events.MemorySink, FakeIssuer]]:
     config_file = short_tmp / "trustmesh.yaml"
     config_file.write_text(CONFIG + SECTION)
     (short_tmp / "edge.cedar").write_text(POLICIES)
@@ -84,7 +85,14 @@ async def stack(
     assert identity.server.discovery is not None
     discovery_url = f"https://127.0.0.1:{identity.server.discovery.port}"
     sink = events.MemorySink()
-    async with make_rig(identity, short_tmp, SECTION) as rig:
+    async with make_rig(identity, short_tmp, SECTION) as rig, fake_issuer(short_tmp / "kc") as kc:
+        # another OpenID Provider (Keycloak-like) the gateway also trusts
+        config = parse_config(
+            config_file.read_text()
+            + f'  issuers:\n    - {{issuer: "{kc.url}", audience: shop-api, '
+            f'ca_file: "{kc.ca_file}", roles_claim: realm_access.roles}}\n',
+            source=str(config_file),
+        )
         source = X509Source(identity.address, spiffe_id=GATEWAY)
         await source.start()
         gateway = await serve_gateway(
@@ -108,7 +116,7 @@ async def stack(
             sink=events.MemorySink(),
         )
         try:
-            yield rig, gateway, sink
+            yield rig, gateway, sink, kc
         finally:
             await orders.close()
             await gateway.stop()
@@ -166,7 +174,7 @@ def _last_denial(sink: events.MemorySink) -> events.Event:
 
 
 async def test_roles_decide_at_the_edge(stack: Any) -> None:
-    rig, gateway, sink = stack
+    rig, gateway, sink, _ = stack
     carol = await asyncio.to_thread(_sign_in, rig, "carol", ["customer"])
     sam = await asyncio.to_thread(_sign_in, rig, "sam", ["support"])
     root = await asyncio.to_thread(_sign_in, rig, "root", ["admin"])
@@ -211,7 +219,7 @@ async def test_roles_decide_at_the_edge(stack: Any) -> None:
 async def test_jwt_routes_keep_working_while_the_provider_is_down(stack: Any) -> None:
     """The gateway verifies with the provider's keys it already has: stopping the
     provider does not stop signed-in users (ARCHITECTURE: identity provider down)."""
-    rig, gateway, _ = stack
+    rig, gateway, _, _ = stack
     carol = await asyncio.to_thread(_sign_in, rig, "carol", ["customer"])
     assert await asyncio.to_thread(_call, rig, gateway, "GET", "/orders/o1", carol) == 200
     await rig.auth.stop()
@@ -249,3 +257,23 @@ async def test_the_gateway_does_not_start_without_the_provider(
                 )
     finally:
         await source.close()
+
+
+async def test_tokens_of_another_openid_provider(stack: Any) -> None:
+    """A Keycloak-style RS256 token (roles under realm_access) is verified with that
+    provider's JWKS, found through discovery; its roles meet the same policies."""
+    rig, gateway, sink, kc = stack
+
+    def call(method: str, path: str, token: str) -> int:
+        return _call(rig, gateway, method, path, token)
+
+    customer = kc.token()
+    assert await asyncio.to_thread(call, "GET", "/orders/o1", customer) == 200
+    assert await asyncio.to_thread(call, "POST", "/orders/o1/refund", customer) == 403
+    support = kc.token(sub="kc-user-2", realm_access={"roles": ["support"]})
+    assert await asyncio.to_thread(call, "GET", "/orders/o1", support) == 200
+    assert await asyncio.to_thread(call, "GET", "/admin/orders", support) == 403
+    assert await asyncio.to_thread(call, "GET", "/orders/o1", kc.token(aud="other")) == 401
+    forwarded = [e for e in sink.events if e.reason == Reason.REQUEST_FORWARDED]
+    assert forwarded[0].sub == "kc-user-1"
+    assert Reason.TOKEN_WRONG_AUDIENCE in [e.reason for e in sink.events]

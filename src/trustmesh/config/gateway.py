@@ -22,6 +22,7 @@ __all__ = [
     "AUTH_MODES",
     "RATE_LIMIT_KEYS",
     "CorsPolicy",
+    "ExternalIssuer",
     "GatewayConfig",
     "GatewayRoute",
     "HealthCheck",
@@ -307,6 +308,62 @@ class UpstreamSettings(BaseModel):
     outlier: OutlierDetection = Field(default_factory=lambda: OutlierDetection())
 
 
+_ISSUER_RE: Final = re.compile(
+    r"https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%!$&'()*+,;=:@/-]*)?"
+)
+_CLAIM_PATH_RE: Final = re.compile(
+    r"[A-Za-z_][A-Za-z0-9_-]{0,63}(\.[A-Za-z_][A-Za-z0-9_-]{0,63}){0,3}"
+)
+ExternalAlgorithm = Literal[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"
+]
+
+
+def _check_issuer(value: str) -> str:
+    if _ISSUER_RE.fullmatch(value) is None or "?" in value or "#" in value:
+        raise _invalid(
+            f"{value!r} is not an issuer URL",
+            "https://host[:port][/path], with no query or fragment (OIDC Discovery §2)",
+        )
+    return value
+
+
+def _common_algorithms() -> list[ExternalAlgorithm]:
+    return ["RS256", "ES256"]
+
+
+def _check_claim_path(value: str) -> str:
+    if _CLAIM_PATH_RE.fullmatch(value) is None:
+        raise _invalid(f"{value!r} is not a claim path", "a claim name, or a dotted path")
+    return value
+
+
+class ExternalIssuer(BaseModel):
+    """Another OpenID Provider whose access tokens the gateway accepts on ``jwt`` routes,
+    found through OpenID Connect Discovery and verified with its JWKS."""
+
+    model_config = _MODEL_CONFIG
+
+    issuer: Annotated[str, AfterValidator(_check_issuer)] = Field(
+        description="The issuer identifier, exactly as in its tokens' iss claim."
+    )
+    audience: str = Field(min_length=1, max_length=256, description="The aud tokens must name.")
+    algorithms: list[ExternalAlgorithm] = Field(
+        default_factory=_common_algorithms,
+        min_length=1,
+        description="Signature algorithms accepted (never none or HMAC).",
+    )
+    ca_file: str | None = Field(
+        default=None,
+        description="PEM bundle that verifies the issuer's TLS certificate (relative to this "
+        "file); default: the system's trust store.",
+    )
+    roles_claim: Annotated[str, AfterValidator(_check_claim_path)] = Field(
+        default="roles",
+        description="Where the user's roles are (a dotted path, e.g. realm_access.roles).",
+    )
+
+
 class GatewayConfig(BaseModel):
     """The edge: a TLS listener for clients, and where each request goes."""
 
@@ -352,6 +409,10 @@ class GatewayConfig(BaseModel):
         description="redis:// URL where gateway replicas share rate-limit counters (unset: "
         "in memory). When it is unreachable each gateway limits on its own and says so.",
     )
+    issuers: list[ExternalIssuer] = Field(
+        default_factory=list,
+        description="Other OpenID Providers whose access tokens jwt routes accept.",
+    )
     upstream: UpstreamSettings = Field(default_factory=lambda: UpstreamSettings())
     metrics_port: int | None = Field(
         default=None,
@@ -373,6 +434,9 @@ class GatewayConfig(BaseModel):
                     f"routes[{index}] is named {route.route_name!r} like another route",
                     "a distinct name for each host and path prefix",
                 )
+        issuers = [i.issuer for i in self.issuers]
+        if len(set(issuers)) != len(issuers):
+            raise _invalid("issuers repeat", "each issuer once")
         if self.redis is not None and not self.redis.startswith(("redis://", "rediss://")):
             raise _invalid("gateway.redis is not a redis:// URL", "redis://host:port/db")
         seen: dict[tuple[str | None, str, str], int] = {}

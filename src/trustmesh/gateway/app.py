@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from trustmesh import events
 from trustmesh.config.gateway import GatewayConfig, GatewayRoute
-from trustmesh.errors import InvalidTokenError, TrustmeshError
+from trustmesh.errors import InvalidTokenError, TrustmeshError, UnavailableError
 from trustmesh.gateway.apikeys import presented_api_key
 from trustmesh.gateway.cors import is_preflight, preflight_headers, response_grants
 from trustmesh.gateway.headers import (
@@ -45,6 +45,7 @@ from trustmesh.gateway.internal import GatewayKey, internal_claims
 from trustmesh.gateway.iprules import IPRules
 from trustmesh.gateway.keystore import ApiKeyVerifier
 from trustmesh.gateway.metrics import GatewayMetrics
+from trustmesh.gateway.oidc import ExternalIssuers
 from trustmesh.gateway.ratelimit import RateLimiter
 from trustmesh.gateway.routes import RouteTable, request_host
 from trustmesh.gateway.upstreams import UpstreamTimeoutError
@@ -98,6 +99,7 @@ class GatewayApp:
         policy: EdgePolicy | None = None,
         limiter: RateLimiter | None = None,
         api_keys: ApiKeyVerifier | None = None,
+        external: ExternalIssuers | None = None,
         metrics: GatewayMetrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -114,6 +116,7 @@ class GatewayApp:
         self.policy = policy
         self.limiter = limiter
         self.api_keys = api_keys
+        self.external = external
         self.metrics = metrics
         self.key = key
         self.tls = tls
@@ -360,12 +363,14 @@ class GatewayApp:
                 [(b"www-authenticate", challenge)],
             )
             return None
-        if self.verifier is None:
-            self._emit(events.Decision.ERROR, Reason.UPSTREAM_UNAVAILABLE, "no issuer", context)
-            await _error(send, 503, "unavailable", "token verification is unavailable")
-            return None
+        external = self.external.issuer_of(token) if self.external is not None else None
         try:
-            verified = await self.verifier.verify(token, peer_thumbprint=None)
+            if external is not None:  # another OpenID Provider's token: its keys alone
+                claims = await external.verify(token)
+            elif self.verifier is None:
+                raise UnavailableError("no identity provider to verify tokens with")
+            else:
+                claims = dict((await self.verifier.verify(token, peer_thumbprint=None)).claims)
         except InvalidTokenError as exc:
             self._emit(
                 events.Decision.DENY,
@@ -381,7 +386,10 @@ class GatewayApp:
                 [(b"www-authenticate", b'Bearer realm="trustmesh", error="invalid_token"')],
             )
             return None
-        claims = dict(verified.claims)
+        except UnavailableError as exc:
+            self._emit(events.Decision.ERROR, Reason.UPSTREAM_UNAVAILABLE, exc.detail, context)
+            await _error(send, 503, "unavailable", "token verification is unavailable")
+            return None
         return claims, Principal.from_claims(claims)
 
     async def _api_key(

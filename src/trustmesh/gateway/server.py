@@ -25,6 +25,7 @@ from trustmesh.gateway.app import GatewayApp
 from trustmesh.gateway.internal import GatewayKey
 from trustmesh.gateway.keystore import ApiKeyVerifier
 from trustmesh.gateway.metrics import GatewayMetrics
+from trustmesh.gateway.oidc import ExternalIssuers
 from trustmesh.gateway.ratelimit import RateLimiter
 from trustmesh.gateway.upstreams import UpstreamPool
 from trustmesh.policy.edge import load_edge_policy
@@ -60,6 +61,7 @@ class RunningGateway:
     metrics: PublicServed | None = None
     limiter: RateLimiter | None = None
     api_keys: ApiKeyVerifier | None = None
+    external: ExternalIssuers | None = None
 
     @property
     def url(self) -> str:
@@ -82,6 +84,8 @@ class RunningGateway:
             await self.limiter.close()
         if self.api_keys is not None:
             await self.api_keys.close()
+        if self.external is not None:
+            await self.external.close()
         await self.upstreams.close()
         await self.discovery.close()
         if self.trust is not None:
@@ -139,7 +143,7 @@ async def serve_gateway(
     spiffe_id = config.component_spiffe_id("gateway")
     trust: ProviderTrust | None = None
     verifier: TokenVerifier | None = None
-    if auth_url is None and any("jwt" in r.auth for r in gateway.routes):
+    if auth_url is None and any("jwt" in r.auth for r in gateway.routes) and not gateway.issuers:
         # fail closed and loudly at start, rather than 503 on every request: once started,
         # the gateway keeps the provider's keys it has while the provider is down
         raise UnavailableError("the identity provider is not running; jwt routes need its keys")
@@ -183,6 +187,7 @@ async def serve_gateway(
         if any("api_key" in r.auth for r in gateway.routes)
         else None
     )
+    external = await ExternalIssuers.start(gateway.issuers, folder) if gateway.issuers else None
     if metrics is not None:
         metrics.refresh = lambda: metrics.upstreams_from(upstreams.snapshot(), time.monotonic())
     app = GatewayApp(
@@ -190,6 +195,7 @@ async def serve_gateway(
         policy=policy,
         limiter=limiter,
         api_keys=api_keys,
+        external=external,
         metrics=metrics,
         spiffe_id=spiffe_id,
         trust_domain=config.trust_domain,
@@ -225,7 +231,9 @@ async def serve_gateway(
                 await limiter.close()
             if api_keys is not None:
                 await api_keys.close()
+            if external is not None:
+                await external.close()
         raise
     return RunningGateway(
-        public, internal, upstreams, discovery, trust, key, scraped, limiter, api_keys
+        public, internal, upstreams, discovery, trust, key, scraped, limiter, api_keys, external
     )

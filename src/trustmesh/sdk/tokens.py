@@ -153,8 +153,10 @@ class JWKSCache:
         max_age: float = 300.0,
         min_refetch_interval: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        loader: Callable[[bytes], dict[str, PublicKey]] = load_jwks,
     ) -> None:
         self._fetch = fetch
+        self._load = loader
         self.max_age = max_age
         self.min_refetch_interval = min_refetch_interval
         self._clock = clock
@@ -180,7 +182,7 @@ class JWKSCache:
                 "JWKS fetch failed (%s); keeping %d known keys", type(exc).__name__, len(self.keys)
             )
             return
-        keys = load_jwks(body)
+        keys = self._load(body)
         if keys or not self.keys:
             self.keys = keys
         self._ttl = min(max(max_age if max_age is not None else self.max_age, 1.0), self.max_age)
@@ -258,7 +260,7 @@ class VerifiedToken:
         return frozenset(scope.split()) if isinstance(scope, str) else frozenset()
 
 
-def _unverified_issuer(token: str) -> str | None:
+def unverified_issuer(token: str) -> str | None:
     """The ``iss`` a token claims, read only to pick that issuer's keys (the signature,
     checked next with those keys, then vouches for it)."""
     try:
@@ -332,7 +334,7 @@ class TokenVerifier:
         typ = header.get("typ")
         if not isinstance(typ, str) or typ.lower() not in ACCESS_TOKEN_TYPES:
             raise _refuse(Reason.TOKEN_MALFORMED, "not an access token (typ)")
-        issuer = _unverified_issuer(token)
+        issuer = unverified_issuer(token)
         if issuer is None:
             raise _refuse(Reason.TOKEN_MALFORMED, "no issuer")
         keys = self._keys.get(issuer)

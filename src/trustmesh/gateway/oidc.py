@@ -1,0 +1,310 @@
+"""Access tokens from other OpenID Providers (Keycloak, Entra ID, Auth0, …) on ``jwt``
+routes: each issuer in ``gateway.issuers`` is found through OpenID Connect Discovery
+1.0 (§4: ``<issuer>/.well-known/openid-configuration``; §4.3: the document's ``issuer``
+must be exactly the one configured) and its tokens are verified with its JWKS (RFC 7517):
+
+* the header's ``alg`` must be one the issuer is configured for — never ``none`` or an
+  HMAC algorithm (RFC 8725 §3.1: no algorithm confusion with a public key), and the key
+  must be of that algorithm's type; headers that point at other keys (``jku``, ``x5u``,
+  ``jwk``…) are refused, as for the provider's tokens;
+* ``iss`` exactly, ``aud`` containing the configured audience, ``exp`` (and ``nbf``,
+  ``iat``) with 30 s of leeway, ``sub`` present (RFC 9068 §4 where the issuer follows it);
+* an unknown ``kid`` triggers one refetch of the JWKS, at most every 10 s whatever the
+  traffic; a failed fetch keeps the keys known (tokens keep working while it is down);
+* a verified token is cached until it expires.
+
+The issuer's roles (``roles_claim``, a dotted path such as ``realm_access.roles``) become
+the ``roles`` claim the gateway's policies and routes see.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import ssl
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import aiohttp
+import jwt
+
+from trustmesh.config.gateway import ExternalIssuer
+from trustmesh.errors import InvalidTokenError, UnavailableError
+from trustmesh.reasons import Reason
+from trustmesh.sdk.tokens import JWKSCache, PublicKey, unverified_header, unverified_issuer
+
+__all__ = ["ExternalIssuers", "ExternalVerifier", "http_fetcher", "load_external_jwks"]
+
+#: Which JWK may verify which algorithm: (kty, crv or None).
+_KEY_TYPES: Final = {
+    "RS256": ("RSA", None),
+    "RS384": ("RSA", None),
+    "RS512": ("RSA", None),
+    "PS256": ("RSA", None),
+    "PS384": ("RSA", None),
+    "PS512": ("RSA", None),
+    "ES256": ("EC", "P-256"),
+    "ES384": ("EC", "P-384"),
+    "EdDSA": ("OKP", "Ed25519"),
+}
+_MIN_RSA_BITS: Final = 2048
+_MAX_DOCUMENT: Final = 1 << 20
+LEEWAY: Final = 30.0
+
+#: GET ``url``; the body and its max-age (seconds) when the response says one.
+Fetch = Callable[[str], Awaitable[tuple[bytes, float | None]]]
+
+
+def load_external_jwks(document: bytes, algorithms: Sequence[str]) -> dict[str, PublicKey]:
+    """The verification keys of a JWK Set usable with ``algorithms``, by ``kid``: keys of
+    another type, private keys, encryption keys, RSA keys under 2048 bits, malformed keys
+    and keys sharing a ``kid`` are left out."""
+    try:
+        doc = json.loads(document)
+    except ValueError:
+        return {}
+    listed = doc.get("keys") if isinstance(doc, dict) else None
+    if not isinstance(listed, list):
+        return {}
+    wanted = {_KEY_TYPES[a] for a in algorithms if a in _KEY_TYPES}
+    keys: dict[str, PublicKey] = {}
+    duplicated: set[str] = set()
+    for jwk in listed:
+        if not isinstance(jwk, dict):
+            continue
+        kid = jwk.get("kid")
+        if not isinstance(kid, str) or not 0 < len(kid) <= 128:
+            continue
+        if kid in keys or kid in duplicated:
+            duplicated.add(kid)
+            keys.pop(kid, None)
+            continue
+        kty, crv = jwk.get("kty"), jwk.get("crv")
+        if (
+            (kty, crv if kty != "RSA" else None) not in wanted
+            or "d" in jwk
+            or jwk.get("use", "sig") != "sig"
+            or ("key_ops" in jwk and "verify" not in (jwk.get("key_ops") or ()))
+            or ("alg" in jwk and jwk["alg"] not in algorithms)
+        ):
+            continue
+        try:
+            key = jwt.PyJWK(dict(jwk)).key
+        except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError):
+            continue
+        if kty == "RSA" and key.key_size < _MIN_RSA_BITS:
+            continue
+        keys[kid] = (kty, crv if kty != "RSA" else None, key)
+    return keys
+
+
+def http_fetcher(
+    ca_file: Path | None, *, timeout: float = 5.0
+) -> tuple[Fetch, Callable[[], Awaitable[None]]]:
+    """A fetch function over HTTPS (the system's trust store, or ``ca_file``), no
+    redirects, documents up to 1 MiB; and a function that closes its session."""
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    session: aiohttp.ClientSession | None = None
+
+    async def fetch(url: str) -> tuple[bytes, float | None]:
+        nonlocal session
+        if not url.startswith("https://"):
+            raise UnavailableError(f"{url[:80]!r} is not an https URL")
+        if session is None:
+            session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                connector=aiohttp.TCPConnector(ssl=context, limit=4),
+            )
+        try:
+            async with session.get(url, allow_redirects=False) as response:
+                body = await response.content.read(_MAX_DOCUMENT + 1)
+                if response.status != 200 or len(body) > _MAX_DOCUMENT:
+                    raise UnavailableError(f"{url}: HTTP {response.status}")
+                return body, _max_age(response.headers.get("Cache-Control"))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UnavailableError(f"{url}: {type(exc).__name__}") from None
+
+    async def close() -> None:
+        if session is not None:
+            await session.close()
+
+    return fetch, close
+
+
+def _max_age(header: str | None) -> float | None:
+    for part in (header or "").split(","):
+        name, _, value = part.strip().partition("=")
+        if name.lower() == "max-age" and value.isdigit():
+            return float(value)
+    return None
+
+
+class ExternalVerifier:
+    """One external issuer: discovered once (retried at most every 10 s until it
+    answers), its tokens verified per the module docstring."""
+
+    def __init__(
+        self,
+        spec: ExternalIssuer,
+        fetch: Fetch,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        cache_size: int = 10_000,
+    ) -> None:
+        self.spec = spec
+        self._fetch = fetch
+        self._clock = clock
+        self._monotonic = monotonic
+        self.jwks: JWKSCache | None = None
+        self._tried_at: float | None = None
+        self._cache: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
+        self._cache_size = cache_size
+
+    async def discover(self) -> None:
+        """Read the issuer's metadata and its keys; raise UnavailableError when it cannot."""
+        self._tried_at = self._monotonic()
+        url = self.spec.issuer.rstrip("/") + "/.well-known/openid-configuration"
+        body, _ = await self._fetch(url)
+        try:
+            metadata = json.loads(body)
+        except ValueError:
+            raise UnavailableError(f"{url}: not JSON") from None
+        if not isinstance(metadata, dict) or metadata.get("issuer") != self.spec.issuer:
+            # OIDC Discovery §4.3: a document for another issuer is not this one's
+            raise UnavailableError(f"{url}: names another issuer")
+        jwks_uri = metadata.get("jwks_uri")
+        if not isinstance(jwks_uri, str) or not jwks_uri.startswith("https://"):
+            raise UnavailableError(f"{url}: no https jwks_uri")
+        algorithms = tuple(self.spec.algorithms)
+
+        async def fetch_keys() -> tuple[bytes, float | None]:
+            return await self._fetch(jwks_uri)
+
+        cache = JWKSCache(
+            fetch_keys,
+            clock=self._monotonic,
+            loader=lambda document: load_external_jwks(document, algorithms),
+        )
+        await cache.refresh()
+        self.jwks = cache
+
+    async def verify(self, token: str) -> dict[str, Any]:
+        digest = hashlib.sha256(token.encode("utf-8", "replace")).digest()
+        claims = self._cache.get(digest)
+        if claims is None:
+            claims = await self._verify(token)
+            self._cache[digest] = claims
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        if self._clock() >= claims["exp"] + LEEWAY:
+            self._cache.pop(digest, None)
+            raise _refuse(Reason.TOKEN_EXPIRED, "expired")
+        return claims
+
+    async def _verify(self, token: str) -> dict[str, Any]:
+        header = unverified_header(token, self.spec.algorithms)
+        if self.jwks is None:
+            tried = self._tried_at
+            if tried is None or self._monotonic() - tried >= 10.0:
+                with contextlib.suppress(UnavailableError):
+                    await self.discover()
+            if self.jwks is None:
+                raise UnavailableError(f"issuer {self.spec.issuer} has not answered discovery")
+        entry = await self.jwks.key(header["kid"])
+        if entry is None:
+            raise _refuse(Reason.TOKEN_UNKNOWN_KEY, "unknown key id")
+        kty, crv, key = entry
+        if _KEY_TYPES.get(header["alg"]) != (kty, crv):
+            raise _refuse(Reason.TOKEN_MALFORMED, "algorithm does not fit the key")
+        now = self._clock()
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=[header["alg"]],
+                audience=self.spec.audience,
+                issuer=self.spec.issuer,
+                leeway=LEEWAY,
+                options={"require": ["iss", "aud", "exp", "sub"], "verify_exp": False},
+            )
+        except jwt.InvalidSignatureError:
+            raise _refuse(Reason.TOKEN_BAD_SIGNATURE, "bad signature") from None
+        except jwt.InvalidAudienceError:
+            raise _refuse(Reason.TOKEN_WRONG_AUDIENCE, "wrong audience") from None
+        except jwt.InvalidIssuerError:
+            raise _refuse(Reason.TOKEN_WRONG_ISSUER, "wrong issuer") from None
+        except jwt.ImmatureSignatureError:
+            raise _refuse(Reason.TOKEN_NOT_YET_VALID, "not yet valid") from None
+        except (jwt.InvalidTokenError, ValueError, TypeError):
+            raise _refuse(Reason.TOKEN_MALFORMED, "malformed token") from None
+        exp = claims.get("exp")
+        if isinstance(exp, bool) or not isinstance(exp, int | float):
+            raise _refuse(Reason.TOKEN_MALFORMED, "exp is not a number")
+        if now >= exp + LEEWAY:
+            raise _refuse(Reason.TOKEN_EXPIRED, "expired")
+        if not isinstance(claims.get("sub"), str) or not claims["sub"]:
+            raise _refuse(Reason.TOKEN_MALFORMED, "sub is not a string")
+        roles = _at(claims, self.spec.roles_claim)
+        claims["roles"] = (
+            sorted({r for r in roles if isinstance(r, str)}) if isinstance(roles, list) else []
+        )
+        client = claims.get("client_id") or claims.get("azp")
+        claims["client_id"] = client if isinstance(client, str) else claims["sub"]
+        claims.setdefault("jti", digest_hex(token))
+        return claims
+
+
+def digest_hex(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()[:32]
+
+
+def _at(claims: Mapping[str, Any], path: str) -> object:
+    value: object = claims
+    for part in path.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _refuse(reason: Reason, detail: str) -> InvalidTokenError:
+    return InvalidTokenError(detail, reason=reason)
+
+
+class ExternalIssuers:
+    """Every external issuer, by its identifier: a token is sent to the issuer it names,
+    whose keys alone can vouch for it."""
+
+    def __init__(
+        self,
+        verifiers: Sequence[ExternalVerifier],
+        closers: Sequence[Callable[[], Awaitable[None]]] = (),
+    ) -> None:
+        self.by_issuer = {v.spec.issuer: v for v in verifiers}
+        self._closers = tuple(closers)
+
+    @classmethod
+    async def start(cls, specs: Sequence[ExternalIssuer], config_dir: Path) -> ExternalIssuers:
+        verifiers: list[ExternalVerifier] = []
+        closers: list[Callable[[], Awaitable[None]]] = []
+        for spec in specs:
+            fetch, close = http_fetcher(config_dir / spec.ca_file if spec.ca_file else None)
+            verifier = ExternalVerifier(spec, fetch)
+            with contextlib.suppress(UnavailableError):  # retried when a token names it;
+                await verifier.discover()  # until then its tokens get 503
+            verifiers.append(verifier)
+            closers.append(close)
+        return cls(verifiers, closers)
+
+    def issuer_of(self, token: str) -> ExternalVerifier | None:
+        issuer = unverified_issuer(token)
+        return self.by_issuer.get(issuer) if issuer is not None else None
+
+    async def close(self) -> None:
+        for close in self._closers:
+            await close()
