@@ -42,6 +42,7 @@ class Reason(enum.StrEnum):
     TOKEN_MISSING = "token-missing"
     TOKEN_WRONG_ISSUER = "token-wrong-issuer"
     TOKEN_NOT_BOUND = "token-not-bound"
+    TOKEN_INACTIVE = "token-inactive"
     # identity provider
     TOKEN_ISSUED = "token-issued"
     TOKEN_REFUSED = "token-refused"

@@ -39,6 +39,7 @@ gateway:
   routes:
     - {path: /orders, to: orders, methods: [GET, POST]}
     - {path: /admin, to: orders}
+    - {path: /live, to: orders, auth: [introspection]}
 """
 POLICIES = """
 @id("customers-order")
@@ -52,6 +53,10 @@ when { principal.roles.contains("support") };
 @id("admins-with-mfa")
 permit (principal is User, action, resource)
 when { principal.roles.contains("admin") && principal.mfa };
+
+@id("customers-live")
+permit (principal is User, action == Action::"GET", resource == Route::"/live")
+when { principal.roles.contains("customer") };
 
 @id("admin-routes-need-mfa")
 forbid (principal, action, resource == Route::"/admin")
@@ -219,12 +224,17 @@ async def test_roles_decide_at_the_edge(stack: Any) -> None:
 async def test_jwt_routes_keep_working_while_the_provider_is_down(stack: Any) -> None:
     """The gateway verifies with the provider's keys it already has: stopping the
     provider does not stop signed-in users (ARCHITECTURE: identity provider down)."""
-    rig, gateway, _, _ = stack
+    rig, gateway, sink, _ = stack
     carol = await asyncio.to_thread(_sign_in, rig, "carol", ["customer"])
     assert await asyncio.to_thread(_call, rig, gateway, "GET", "/orders/o1", carol) == 200
+    assert await asyncio.to_thread(_call, rig, gateway, "GET", "/live/o1", carol) == 200
     await rig.auth.stop()
     for _ in range(3):
         assert await asyncio.to_thread(_call, rig, gateway, "GET", "/orders/o1", carol) == 200
+    await asyncio.sleep(1.1)  # past the introspection answer's second of caching
+    # a route that must ask the provider cannot, and says so
+    assert await asyncio.to_thread(_call, rig, gateway, "GET", "/live/o1", carol) == 503
+    assert Reason.UPSTREAM_UNAVAILABLE in [e.reason for e in sink.events]
     # and a token the gateway never saw, signed by a key it does not know, is still refused
     forged = crypto.sign_jwt(
         {"iss": rig.issuer, "sub": "x", "aud": GATEWAY, "exp": 4_000_000_000, "iat": 1},
@@ -277,3 +287,29 @@ async def test_tokens_of_another_openid_provider(stack: Any) -> None:
     forwarded = [e for e in sink.events if e.reason == Reason.REQUEST_FORWARDED]
     assert forwarded[0].sub == "kc-user-1"
     assert Reason.TOKEN_WRONG_AUDIENCE in [e.reason for e in sink.events]
+
+
+async def test_introspection_routes_see_a_revocation_at_once(stack: Any) -> None:
+    """The provider vouches for each token on an introspection route: once the user's app
+    revokes the token (RFC 7009), the next request past the second of caching is refused."""
+    rig, gateway, sink, _ = stack
+    carol = await asyncio.to_thread(_sign_in, rig, "carol", ["customer"])
+    assert await asyncio.to_thread(_call, rig, gateway, "GET", "/live/o1", carol) == 200
+
+    def revoke() -> int:
+        with requests.Session() as s:
+            s.trust_env = False
+            return s.post(
+                rig.public_url + "/oauth2/revoke",
+                data={"token": carol, "client_id": "shop-web"},
+                verify=str(crypto.edge_ca_path(rig.state)),
+                timeout=30,
+            ).status_code
+
+    assert await asyncio.to_thread(revoke) == 200
+    await asyncio.sleep(1.1)
+    assert await asyncio.to_thread(_call, rig, gateway, "GET", "/live/o1", carol) == 401
+    assert Reason.TOKEN_INACTIVE in [e.reason for e in sink.events]
+    # and a support user, active, is still decided by policy after introspection
+    sam = await asyncio.to_thread(_sign_in, rig, "sam", ["support"])
+    assert await asyncio.to_thread(_call, rig, gateway, "GET", "/live/o1", sam) == 403

@@ -325,6 +325,26 @@ class ClientCredentials(_AudienceAndScope, ClientCredentialsGrant):  # type: ign
 
 
 # -- introspection (RFC 7662) and revocation (RFC 7009) -----------------------------------
+#: What introspection tells about an active token (RFC 7662 §2.2, and the user's roles,
+#: methods and sign-in time, which the gateway's policies decide on).
+_INTROSPECTED = (
+    "scope",
+    "client_id",
+    "sub",
+    "aud",
+    "iss",
+    "exp",
+    "iat",
+    "jti",
+    "cnf",
+    "act",
+    "roles",
+    "amr",
+    "auth_time",
+    "preferred_username",
+)
+
+
 class Introspection(IntrospectionEndpoint):  # type: ignore[misc]
     CLIENT_AUTH_METHODS: ClassVar[list[str]] = list(AUTH_METHODS)
 
@@ -342,7 +362,7 @@ class Introspection(IntrospectionEndpoint):  # type: ignore[misc]
     def introspect_token(self, token: TokenRecord) -> dict[str, Any]:
         claims = token.claims
         body = {"active": True, "token_type": "Bearer"}
-        for name in ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "jti", "cnf", "act"):
+        for name in _INTROSPECTED:
             if name in claims:
                 body[name] = claims[name]
         return body

@@ -25,7 +25,7 @@ from trustmesh.auth.db import AuthStore, Client, StoredKey
 from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import InvalidTokenError
 from trustmesh.reasons import Reason
-from trustmesh.sdk.oauth import REVOCATION_CHANNEL
+from trustmesh.sdk.oauth import GATEWAY_CLIENT_ID, REVOCATION_CHANNEL
 
 log = logging.getLogger("trustmesh.auth")
 
@@ -138,7 +138,7 @@ class AuthService:
         callees: dict[str, set[str]] = {}
         for call in self.config.calls:
             callees.setdefault(call.from_, set()).add(self.config.spiffe_id(call.to))
-        return [
+        clients = [
             Client(
                 client_id=name,
                 auth_method="tls_client_auth",
@@ -149,6 +149,19 @@ class AuthService:
             )
             for name in self.config.services
         ]
+        if self.config.gateway is not None:
+            # the gateway introspects the tokens addressed to it (RFC 7662); it asks for none
+            clients.append(
+                Client(
+                    client_id=GATEWAY_CLIENT_ID,
+                    auth_method="tls_client_auth",
+                    spiffe_id=self.config.component_spiffe_id("gateway"),
+                    audiences=(),
+                    managed=True,
+                    created_at=int(self.clock()),
+                )
+            )
+        return clients
 
     async def tick(self, *, rotate: bool = False) -> list[keyplan.Action]:
         """Apply the key protocol at the current time; reload the ring."""

@@ -38,9 +38,10 @@ _HOST_RE: Final = re.compile(
 )
 _CLAIM_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
 #: How a route authenticates: ``jwt`` (a bearer access token from the identity provider),
-#: ``api_key`` (a key made with ``trustmesh gateway key add``, scoped to routes) or
-#: ``anonymous`` (no credential: the route says so explicitly).
-AUTH_MODES: Final = ("jwt", "api_key", "anonymous")
+#: ``introspection`` (a bearer token, opaque or not, the provider vouches for when asked:
+#: RFC 7662), ``api_key`` (a key made with ``trustmesh gateway key add``, scoped to
+#: routes) or ``anonymous`` (no credential: the route says so explicitly).
+AUTH_MODES: Final = ("jwt", "introspection", "api_key", "anonymous")
 #: Claims the gateway itself sets in the internal token; a route cannot map them.
 _RESERVED_CLAIMS: Final = frozenset(
     {"iss", "aud", "exp", "iat", "nbf", "jti", "act", "cnf", "client_id", "sub"}
@@ -151,7 +152,7 @@ class RateLimitRule(BaseModel):
     )
 
 
-AuthMode = Literal["jwt", "api_key", "anonymous"]
+AuthMode = Literal["jwt", "introspection", "api_key", "anonymous"]
 
 
 _ORIGIN_RE: Final = re.compile(r"https?://[a-z0-9.-]+(:[0-9]{1,5})?|\*")
@@ -218,8 +219,10 @@ class GatewayRoute(BaseModel):
     auth: list[AuthMode] = Field(
         default_factory=_jwt_only,
         min_length=1,
-        description="jwt: a bearer access token from the identity provider; api_key: a "
-        "gateway API key scoped to this route; anonymous: none needed (say so explicitly).",
+        description="jwt: a bearer access token verified with its issuer's keys; "
+        "introspection: a bearer token the identity provider vouches for when asked (RFC "
+        "7662; 503 while it is down); api_key: a gateway API key scoped to this route; "
+        "anonymous: none needed (say so explicitly).",
     )
     claims: list[Annotated[str, AfterValidator(_check_claim)]] = Field(
         default_factory=lambda: ["roles"],

@@ -42,6 +42,7 @@ from trustmesh.gateway.headers import (
     upstream_headers,
 )
 from trustmesh.gateway.internal import GatewayKey, internal_claims
+from trustmesh.gateway.introspection import Introspector
 from trustmesh.gateway.iprules import IPRules
 from trustmesh.gateway.keystore import ApiKeyVerifier
 from trustmesh.gateway.metrics import GatewayMetrics
@@ -100,6 +101,7 @@ class GatewayApp:
         limiter: RateLimiter | None = None,
         api_keys: ApiKeyVerifier | None = None,
         external: ExternalIssuers | None = None,
+        introspector: Introspector | None = None,
         metrics: GatewayMetrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -117,6 +119,7 @@ class GatewayApp:
         self.limiter = limiter
         self.api_keys = api_keys
         self.external = external
+        self.introspector = introspector
         self.metrics = metrics
         self.key = key
         self.tls = tls
@@ -345,14 +348,15 @@ class GatewayApp:
             presented = presented_api_key(headers)
             if presented is not None:
                 return await self._api_key(presented, route, send, context)
+        by_token = "jwt" in route.auth or "introspection" in route.auth
         token = (
             bearer_token(next((v for k, v in headers if k == b"authorization"), None))
-            if "jwt" in route.auth
+            if by_token
             else None
         )
         if token is None:
             self._emit(events.Decision.DENY, Reason.TOKEN_MISSING, "no credential", context)
-            challenge = b'Bearer realm="trustmesh"' if "jwt" in route.auth else b""
+            challenge = b'Bearer realm="trustmesh"' if by_token else b""
             if "api_key" in route.auth:
                 challenge += (b", " if challenge else b"") + b'ApiKey realm="trustmesh"'
             await _error(
@@ -364,8 +368,14 @@ class GatewayApp:
             )
             return None
         external = self.external.issuer_of(token) if self.external is not None else None
+        # introspection where the route asks for it, unless a JWT route gets a JWT
+        ask = "introspection" in route.auth and ("jwt" not in route.auth or token.count(".") != 2)
         try:
-            if external is not None:  # another OpenID Provider's token: its keys alone
+            if ask:
+                if self.introspector is None:
+                    raise UnavailableError("no identity provider to introspect with")
+                claims = await self.introspector.verify(token)
+            elif external is not None:  # another OpenID Provider's token: its keys alone
                 claims = await external.verify(token)
             elif self.verifier is None:
                 raise UnavailableError("no identity provider to verify tokens with")

@@ -23,6 +23,7 @@ from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import ConfigError, UnavailableError
 from trustmesh.gateway.app import GatewayApp
 from trustmesh.gateway.internal import GatewayKey
+from trustmesh.gateway.introspection import Introspector
 from trustmesh.gateway.keystore import ApiKeyVerifier
 from trustmesh.gateway.metrics import GatewayMetrics
 from trustmesh.gateway.oidc import ExternalIssuers
@@ -143,10 +144,14 @@ async def serve_gateway(
     spiffe_id = config.component_spiffe_id("gateway")
     trust: ProviderTrust | None = None
     verifier: TokenVerifier | None = None
-    if auth_url is None and any("jwt" in r.auth for r in gateway.routes) and not gateway.issuers:
+    needs_provider = any(
+        "introspection" in r.auth or ("jwt" in r.auth and not gateway.issuers)
+        for r in gateway.routes
+    )
+    if auth_url is None and needs_provider:
         # fail closed and loudly at start, rather than 503 on every request: once started,
         # the gateway keeps the provider's keys it has while the provider is down
-        raise UnavailableError("the identity provider is not running; jwt routes need its keys")
+        raise UnavailableError("the identity provider is not running; the routes need it")
     if auth_url:
         trust = await ProviderTrust.connect(
             tls, auth_url, config.component_spiffe_id("auth"), redis_url=config.auth.redis
@@ -188,6 +193,11 @@ async def serve_gateway(
         else None
     )
     external = await ExternalIssuers.start(gateway.issuers, folder) if gateway.issuers else None
+    introspector = (
+        Introspector(trust.auth.introspect, audience=spiffe_id)
+        if trust is not None and any("introspection" in r.auth for r in gateway.routes)
+        else None
+    )
     if metrics is not None:
         metrics.refresh = lambda: metrics.upstreams_from(upstreams.snapshot(), time.monotonic())
     app = GatewayApp(
@@ -196,6 +206,7 @@ async def serve_gateway(
         limiter=limiter,
         api_keys=api_keys,
         external=external,
+        introspector=introspector,
         metrics=metrics,
         spiffe_id=spiffe_id,
         trust_domain=config.trust_domain,

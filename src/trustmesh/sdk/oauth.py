@@ -30,6 +30,9 @@ from trustmesh.sdk.tokens import JWKSCache, RevocationList, VerifiedToken
 log = logging.getLogger("trustmesh.sdk")
 
 REVOCATION_CHANNEL = "trustmesh:revocations"
+#: The client id of the gateway at the provider (a managed client, authenticated by its
+#: SVID): it introspects the tokens addressed to it. Not a valid service name.
+GATEWAY_CLIENT_ID = "trustmesh/gateway"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a URN
 ACCESS_TOKEN_TYPE_URN = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a URN
 _REFRESH_MARGIN = 0.2  # a token is renewed when a fifth of its life is left
@@ -116,6 +119,18 @@ class AuthClient:
                 f" {body.get('error_description', '')}".rstrip()
             )
         return str(body["access_token"]), time.time() + float(body.get("expires_in", 60))
+
+    async def introspect(self, token: str, client_id: str) -> dict[str, Any]:
+        """RFC 7662 §2: what the provider knows of ``token`` (this workload authenticates
+        with its SVID as ``client_id``); UnavailableError when it cannot say."""
+        response = await self.http.post(
+            "/oauth2/introspect",
+            data={"token": token, "token_type_hint": "access_token", "client_id": client_id},
+        )
+        body = response.json() if response.body.startswith(b"{") else None
+        if response.status != 200 or not isinstance(body, dict):
+            raise UnavailableError(f"introspection: HTTP {response.status}")
+        return body
 
     async def revocations(self, since: int) -> tuple[int, list[tuple[str, float]]]:
         response = await self.http.get(f"/v1/revocations?since={since}")
