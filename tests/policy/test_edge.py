@@ -124,7 +124,9 @@ def test_default_deny_and_rbac(tmp_path: Path) -> None:
     assert not _ask(policy, _user(), "GET")  # no role: nothing permits
     assert not _ask(policy, ANONYMOUS, "GET")
     assert not _ask(policy, _user("customer"), "GET", "admin")
-    decision = policy.decide(EdgeRequest(_user("customer"), "GET", "/orders", "::1", "/", "", "o", 0))
+    decision = policy.decide(
+        EdgeRequest(_user("customer"), "GET", "/orders", "::1", "/", "", "o", 0)
+    )
     assert decision.reason == Reason.POLICY_ALLOW
     assert decision.policies == ("customers",)
 
