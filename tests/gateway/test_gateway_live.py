@@ -238,6 +238,11 @@ async def test_a_user_reaches_the_service_through_the_gateway(stack: Any) -> Non
     anonymous = await asyncio.to_thread(_call, gateway, ca, "GET", "/public/menu")
     assert anonymous.status_code == 200
     assert anonymous.json()["sub"] == "anonymous"
+    # the internal token is signed once per credential and route, and reused while it
+    # is fresh: the service's verifier hits its cache too
+    again = await asyncio.to_thread(_call, gateway, ca, "GET", "/orders/o_2", token)
+    assert again.json()["headers"]["authorization"] == headers["authorization"]
+    assert anonymous.json()["headers"]["authorization"] != headers["authorization"]
 
 
 async def test_refusals_at_the_edge(stack: Any) -> None:

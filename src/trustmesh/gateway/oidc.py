@@ -35,7 +35,14 @@ import jwt
 from trustmesh.config.gateway import ExternalIssuer
 from trustmesh.errors import InvalidTokenError, UnavailableError
 from trustmesh.reasons import Reason
-from trustmesh.sdk.tokens import JWKSCache, PublicKey, unverified_header, unverified_issuer
+from trustmesh.sdk.oauth import cache_max_age
+from trustmesh.sdk.tokens import (
+    JWKSCache,
+    PublicKey,
+    jwk_set,
+    unverified_header,
+    unverified_issuer,
+)
 
 __all__ = ["ExternalIssuers", "ExternalVerifier", "http_fetcher", "load_external_jwks"]
 
@@ -63,33 +70,12 @@ def load_external_jwks(document: bytes, algorithms: Sequence[str]) -> dict[str, 
     """The verification keys of a JWK Set usable with ``algorithms``, by ``kid``: keys of
     another type, private keys, encryption keys, RSA keys under 2048 bits, malformed keys
     and keys sharing a ``kid`` are left out."""
-    try:
-        doc = json.loads(document)
-    except ValueError:
-        return {}
-    listed = doc.get("keys") if isinstance(doc, dict) else None
-    if not isinstance(listed, list):
-        return {}
     wanted = {_KEY_TYPES[a] for a in algorithms if a in _KEY_TYPES}
     keys: dict[str, PublicKey] = {}
-    duplicated: set[str] = set()
-    for jwk in listed:
-        if not isinstance(jwk, dict):
-            continue
-        kid = jwk.get("kid")
-        if not isinstance(kid, str) or not 0 < len(kid) <= 128:
-            continue
-        if kid in keys or kid in duplicated:
-            duplicated.add(kid)
-            keys.pop(kid, None)
-            continue
+    for kid, jwk in jwk_set(document).items():
         kty, crv = jwk.get("kty"), jwk.get("crv")
-        if (
-            (kty, crv if kty != "RSA" else None) not in wanted
-            or "d" in jwk
-            or jwk.get("use", "sig") != "sig"
-            or ("key_ops" in jwk and "verify" not in (jwk.get("key_ops") or ()))
-            or ("alg" in jwk and jwk["alg"] not in algorithms)
+        if (kty, crv if kty != "RSA" else None) not in wanted or (
+            "alg" in jwk and jwk["alg"] not in algorithms
         ):
             continue
         try:
@@ -124,7 +110,7 @@ def http_fetcher(
                 body = await response.content.read(_MAX_DOCUMENT + 1)
                 if response.status != 200 or len(body) > _MAX_DOCUMENT:
                     raise UnavailableError(f"{url}: HTTP {response.status}")
-                return body, _max_age(response.headers.get("Cache-Control"))
+                return body, cache_max_age(response.headers.get("Cache-Control"))
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UnavailableError(f"{url}: {type(exc).__name__}") from None
 
@@ -133,14 +119,6 @@ def http_fetcher(
             await session.close()
 
     return fetch, close
-
-
-def _max_age(header: str | None) -> float | None:
-    for part in (header or "").split(","):
-        name, _, value = part.strip().partition("=")
-        if name.lower() == "max-age" and value.isdigit():
-            return float(value)
-    return None
 
 
 class ExternalVerifier:

@@ -38,7 +38,7 @@ ACCESS_TOKEN_TYPE_URN = "urn:ietf:params:oauth:token-type:access_token"  # noqa:
 _REFRESH_MARGIN = 0.2  # a token is renewed when a fifth of its life is left
 
 
-def _max_age(cache_control: str | None) -> float | None:
+def cache_max_age(cache_control: str | None) -> float | None:
     for part in (cache_control or "").split(","):
         name, _, value = part.strip().partition("=")
         if name.lower() == "max-age" and value.isdigit():
@@ -54,7 +54,7 @@ def jwks_fetcher(client: ServiceClient) -> Callable[[], Awaitable[tuple[bytes, f
         response = await client.get("/jwks.json")
         if response.status != 200:
             raise UnavailableError(f"JWKS: HTTP {response.status}")
-        return response.body, _max_age(response.headers.get("Cache-Control"))
+        return response.body, cache_max_age(response.headers.get("Cache-Control"))
 
     return fetch
 

@@ -61,9 +61,10 @@ def _refuse(reason: Reason, message: str) -> InvalidTokenError:
     return InvalidTokenError(message, reason=reason)
 
 
-def load_jwks(document: bytes | str | Mapping[str, Any]) -> dict[str, PublicKey]:
-    """The usable verification keys of a JWK Set, by ``kid``. Keys that are not ES256
-    signature keys, are malformed, or share a ``kid`` are left out (never guessed at)."""
+def jwk_set(document: bytes | str | Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """The public signature keys of a JWK Set (RFC 7517 §5) by ``kid``: entries without a
+    usable ``kid``, private keys, keys for another use, and every key whose ``kid`` is
+    shared are left out (never guessed at)."""
     try:
         doc = json.loads(document) if isinstance(document, bytes | str) else document
     except ValueError:
@@ -71,7 +72,7 @@ def load_jwks(document: bytes | str | Mapping[str, Any]) -> dict[str, PublicKey]
     listed = doc.get("keys") if isinstance(doc, Mapping) else None
     if not isinstance(listed, list):
         return {}
-    keys: dict[str, PublicKey] = {}
+    found: dict[str, Mapping[str, Any]] = {}
     duplicated: set[str] = set()
     for jwk in listed:
         if not isinstance(jwk, Mapping):
@@ -79,17 +80,30 @@ def load_jwks(document: bytes | str | Mapping[str, Any]) -> dict[str, PublicKey]
         kid = jwk.get("kid")
         if not isinstance(kid, str) or not 0 < len(kid) <= 128:
             continue
-        if kid in keys or kid in duplicated:
+        if kid in found or kid in duplicated:
             duplicated.add(kid)
-            keys.pop(kid, None)
+            found.pop(kid, None)
             continue
+        if (
+            jwk.get("use", "sig") == "sig"
+            and ("key_ops" not in jwk or "verify" in (jwk.get("key_ops") or ()))
+            and "d" not in jwk
+        ):
+            found[kid] = jwk
+        else:
+            duplicated.add(kid)  # a kid also used by a key we refuse is not trusted either
+    return found
+
+
+def load_jwks(document: bytes | str | Mapping[str, Any]) -> dict[str, PublicKey]:
+    """The usable verification keys of a JWK Set, by ``kid``: ES256 signature keys only
+    (see :func:`jwk_set` for what else is left out)."""
+    keys: dict[str, PublicKey] = {}
+    for kid, jwk in jwk_set(document).items():
         if (
             jwk.get("kty") != "EC"
             or jwk.get("crv") != "P-256"
             or jwk.get("alg", "ES256") != "ES256"
-            or jwk.get("use", "sig") != "sig"
-            or ("key_ops" in jwk and "verify" not in (jwk.get("key_ops") or ()))
-            or "d" in jwk
         ):
             continue
         try:
