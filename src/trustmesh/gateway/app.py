@@ -79,6 +79,9 @@ class Upstreams(Protocol):
 
 
 _MINTED_CACHE = 16384
+#: Context attributes that never hold a client's data verbatim (kept when another did
+#: not pass the event's secret check).
+_PLAIN_ATTRIBUTES = frozenset({"method", "client", "route", "status", "policy", "rule"})
 
 
 class _TooLarge(Exception):
@@ -453,7 +456,7 @@ class GatewayApp:
             "roles": list(found.roles),
             "exp": found.expires_at or now + self.token_ttl,
         }
-        context["api_key"] = found.key_id
+        context["key_id"] = found.key_id  # the key's public id, never the key
         principal = Principal(
             "ApiKey", found.key_id, roles=tuple(sorted(found.roles)), name=found.name or ""
         )
@@ -499,7 +502,8 @@ class GatewayApp:
 
         try:
             event = build()
-        except TrustmeshError:  # the path looked like a secret: keep the decision without it
+        except TrustmeshError:  # an attribute looked like a secret: keep the decision
+            attributes = {k: v for k, v in attributes.items() if k in _PLAIN_ATTRIBUTES}
             attributes["path"] = "<withheld>"
             event = build()
         self.sink.emit(event)
