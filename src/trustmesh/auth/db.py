@@ -30,11 +30,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from trustmesh.auth.keys import KeyState
 from trustmesh.errors import ConflictError, NotFoundError
-from trustmesh.store import create_tables
+from trustmesh.store import SqlStore
 
 metadata = MetaData()
 
@@ -246,15 +245,8 @@ def _new_refresh_token() -> str:
     return base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()
 
 
-class AuthStore:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-
-    async def create(self) -> None:
-        await create_tables(self.engine, metadata)
-
-    async def close(self) -> None:
-        await self.engine.dispose()
+class AuthStore(SqlStore):
+    metadata = metadata
 
     # -- clients -------------------------------------------------------------------------
     async def add_client(self, client: Client) -> None:

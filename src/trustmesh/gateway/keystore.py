@@ -26,7 +26,6 @@ from typing import Final, Protocol
 
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, Text, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from trustmesh import events
 from trustmesh.config import TrustmeshConfig
@@ -49,7 +48,7 @@ from trustmesh.gateway.apikeys import (
     parse_key,
     principal_of,
 )
-from trustmesh.store import create_engine, create_tables, sqlite_url
+from trustmesh.store import SqlStore, create_engine, sqlite_url
 
 __all__ = [
     "MAX_GRACE",
@@ -129,17 +128,10 @@ def _record(row: object) -> KeyRecord:
     )
 
 
-class SqlKeyStore:
+class SqlKeyStore(SqlStore):
     """:class:`KeyStore` on SQLite (default) or PostgreSQL."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-
-    async def create(self) -> None:
-        await create_tables(self.engine, metadata)
-
-    async def close(self) -> None:
-        await self.engine.dispose()
+    metadata = metadata
 
     async def add(self, record: KeyRecord) -> None:
         try:

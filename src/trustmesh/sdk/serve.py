@@ -196,6 +196,26 @@ async def _run(config: uvicorn.Config, name: str) -> tuple[uvicorn.Server, async
     return server, task
 
 
+def _listener_config(
+    app: ASGIApp, host: str, port: int, log_level: str, **extra: Any
+) -> uvicorn.Config:
+    """A listener with no workload identity in play: no proxy headers believed, no
+    ``server``/``date`` headers, no lifespan, the bounded graceful shutdown."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        interface="asgi3",
+        log_level=log_level,
+        proxy_headers=False,
+        server_header=False,
+        date_header=False,
+        lifespan="off",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        **extra,
+    )
+
+
 async def start_public(
     app: ASGIApp,
     *,
@@ -209,17 +229,8 @@ async def start_public(
     (browsers, public OAuth clients). The app sees no ``tls`` extension: nothing it
     serves here may depend on a workload identity."""
     context = web_server_context(chain_pem, key_pem)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        ssl_context_factory=lambda _config, _default: context,
-        log_level=log_level,
-        proxy_headers=False,
-        server_header=False,
-        date_header=False,
-        lifespan="off",
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    config = _listener_config(
+        app, host, port, log_level, ssl_context_factory=lambda _config, _default: context
     )
     return PublicServed(*await _run(config, "trustmesh-serve-public"))
 
@@ -231,18 +242,7 @@ async def start_loopback(
     as Prometheus metrics, for a scraper on the same machine)."""
     if not ipaddress.ip_address(host).is_loopback:
         raise UsageError(f"{host} is not a loopback address: plain HTTP stays on loopback")
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        interface="asgi3",
-        log_level=log_level,
-        proxy_headers=False,
-        server_header=False,
-        date_header=False,
-        lifespan="off",
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-    )
+    config = _listener_config(app, host, port, log_level)
     return PublicServed(*await _run(config, "trustmesh-serve-loopback"))
 
 

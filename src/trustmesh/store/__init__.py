@@ -8,7 +8,7 @@ them with :func:`create_tables`; nothing here knows any component.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import MetaData, event, inspect, text
 from sqlalchemy.engine import Connection, make_url
@@ -18,7 +18,7 @@ from sqlalchemy.schema import CreateColumn
 
 from trustmesh.errors import StateError, UsageError
 
-__all__ = ["create_engine", "create_tables", "sqlite_url"]
+__all__ = ["SqlStore", "create_engine", "create_tables", "sqlite_url"]
 
 _DRIVERS = {"sqlite+aiosqlite", "postgresql+asyncpg"}
 
@@ -87,3 +87,19 @@ def _add_missing_columns(connection: Connection, metadata: MetaData) -> None:
                 )
             spec = CreateColumn(column).compile(dialect=connection.dialect)
             connection.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {spec}"))
+
+
+class SqlStore:
+    """A component's tables (``metadata``) on one engine: created on demand, released
+    with the engine."""
+
+    metadata: ClassVar[MetaData]
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def create(self) -> None:
+        await create_tables(self.engine, self.metadata)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
