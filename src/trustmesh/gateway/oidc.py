@@ -39,6 +39,7 @@ from trustmesh.sdk.oauth import cache_max_age
 from trustmesh.sdk.tokens import (
     JWKSCache,
     PublicKey,
+    decode_claims,
     jwk_set,
     unverified_header,
     unverified_issuer,
@@ -199,34 +200,17 @@ class ExternalVerifier:
         kty, crv, key = entry
         if _KEY_TYPES.get(header["alg"]) != (kty, crv):
             raise _refuse(Reason.TOKEN_MALFORMED, "algorithm does not fit the key")
-        now = self._clock()
-        try:
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                key,
-                algorithms=[header["alg"]],
-                audience=self.spec.audience,
-                issuer=self.spec.issuer,
-                leeway=LEEWAY,
-                options={"require": ["iss", "aud", "exp", "sub"], "verify_exp": False},
-            )
-        except jwt.InvalidSignatureError:
-            raise _refuse(Reason.TOKEN_BAD_SIGNATURE, "bad signature") from None
-        except jwt.InvalidAudienceError:
-            raise _refuse(Reason.TOKEN_WRONG_AUDIENCE, "wrong audience") from None
-        except jwt.InvalidIssuerError:
-            raise _refuse(Reason.TOKEN_WRONG_ISSUER, "wrong issuer") from None
-        except jwt.ImmatureSignatureError:
-            raise _refuse(Reason.TOKEN_NOT_YET_VALID, "not yet valid") from None
-        except (jwt.InvalidTokenError, ValueError, TypeError):
-            raise _refuse(Reason.TOKEN_MALFORMED, "malformed token") from None
-        exp = claims.get("exp")
-        if isinstance(exp, bool) or not isinstance(exp, int | float):
-            raise _refuse(Reason.TOKEN_MALFORMED, "exp is not a number")
-        if now >= exp + LEEWAY:
-            raise _refuse(Reason.TOKEN_EXPIRED, "expired")
-        if not isinstance(claims.get("sub"), str) or not claims["sub"]:
-            raise _refuse(Reason.TOKEN_MALFORMED, "sub is not a string")
+        claims = decode_claims(
+            token,
+            key,
+            algorithm=header["alg"],
+            audience=self.spec.audience,
+            issuer=self.spec.issuer,
+            require=("iss", "aud", "exp", "sub"),
+            strings=("sub",),
+            now=self._clock(),
+            leeway=LEEWAY,
+        )
         roles = _at(claims, self.spec.roles_claim)
         claims["roles"] = (
             sorted({r for r in roles if isinstance(r, str)}) if isinstance(roles, list) else []

@@ -286,6 +286,59 @@ def unverified_issuer(token: str) -> str | None:
     return issuer if isinstance(issuer, str) else None
 
 
+def decode_claims(
+    token: str,
+    key: PublicKey,
+    *,
+    algorithm: str,
+    audience: str,
+    issuer: str,
+    require: Sequence[str],
+    strings: Sequence[str],
+    now: float,
+    leeway: float,
+) -> dict[str, Any]:
+    """The claims of a JWT signed by ``key`` with ``algorithm`` for ``audience`` from
+    ``issuer`` (RFC 7519 §7.2), its times checked against ``now`` with ``leeway`` and
+    ``strings`` non-empty strings; or InvalidTokenError naming the first failure."""
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key,
+            algorithms=[algorithm],
+            audience=audience,
+            issuer=issuer,
+            options={
+                "require": list(require),
+                "verify_exp": False,  # against our clock, below
+                "verify_nbf": False,
+                "verify_iat": False,
+            },
+        )
+    except jwt.InvalidSignatureError:
+        raise _refuse(Reason.TOKEN_BAD_SIGNATURE, "bad signature") from None
+    except jwt.InvalidAudienceError:
+        raise _refuse(Reason.TOKEN_WRONG_AUDIENCE, "wrong audience") from None
+    except jwt.InvalidIssuerError:
+        raise _refuse(Reason.TOKEN_WRONG_ISSUER, "wrong issuer") from None
+    except (jwt.InvalidTokenError, ValueError, TypeError):
+        raise _refuse(Reason.TOKEN_MALFORMED, "malformed token") from None
+    for name in ("exp", "iat", "nbf"):
+        value = claims.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise _refuse(Reason.TOKEN_MALFORMED, f"{name} is not a number")
+    for name in strings:
+        if not isinstance(claims.get(name), str) or not claims[name]:
+            raise _refuse(Reason.TOKEN_MALFORMED, f"{name} is not a string")
+    if now >= claims["exp"] + leeway:
+        raise _refuse(Reason.TOKEN_EXPIRED, "expired")
+    if "nbf" in claims and now + leeway < claims["nbf"]:
+        raise _refuse(Reason.TOKEN_NOT_YET_VALID, "not yet valid")
+    if "iat" in claims and now + leeway < claims["iat"]:
+        raise _refuse(Reason.TOKEN_NOT_YET_VALID, "issued in the future")
+    return claims
+
+
 class TokenVerifier:
     """Verifies bearer access tokens addressed to ``audience``; verified tokens are
     cached until they expire (the binding, revocation and expiry are checked every time).
@@ -357,43 +410,15 @@ class TokenVerifier:
         key = await keys.key(header["kid"])
         if key is None:
             raise _refuse(Reason.TOKEN_UNKNOWN_KEY, "unknown key id")
-        now = self._clock()
-        try:
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                key,
-                algorithms=[header["alg"]],
-                audience=self.audience,
-                issuer=issuer,
-                leeway=self.leeway,
-                options={
-                    "require": ["iss", "aud", "exp", "iat", "sub", "jti", "client_id"],
-                    "verify_exp": False,  # against our clock, below
-                    "verify_nbf": False,
-                    "verify_iat": False,
-                },
-            )
-        except jwt.InvalidSignatureError:
-            raise _refuse(Reason.TOKEN_BAD_SIGNATURE, "bad signature") from None
-        except jwt.InvalidAudienceError:
-            raise _refuse(Reason.TOKEN_WRONG_AUDIENCE, "wrong audience") from None
-        except jwt.InvalidIssuerError:
-            raise _refuse(Reason.TOKEN_WRONG_ISSUER, "wrong issuer") from None
-        except (jwt.InvalidTokenError, ValueError, TypeError):
-            raise _refuse(Reason.TOKEN_MALFORMED, "malformed token") from None
-        for name in ("exp", "iat", "nbf"):
-            value = claims.get(name)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int | float)
-            ):
-                raise _refuse(Reason.TOKEN_MALFORMED, f"{name} is not a number")
-        for name in ("sub", "jti", "client_id"):
-            if not isinstance(claims.get(name), str) or not claims[name]:
-                raise _refuse(Reason.TOKEN_MALFORMED, f"{name} is not a string")
-        if now >= claims["exp"] + self.leeway:
-            raise _refuse(Reason.TOKEN_EXPIRED, "expired")
-        if "nbf" in claims and now + self.leeway < claims["nbf"]:
-            raise _refuse(Reason.TOKEN_NOT_YET_VALID, "not yet valid")
-        if now + self.leeway < claims["iat"]:
-            raise _refuse(Reason.TOKEN_NOT_YET_VALID, "issued in the future")
+        claims = decode_claims(
+            token,
+            key,
+            algorithm=header["alg"],
+            audience=self.audience,
+            issuer=issuer,
+            require=("iss", "aud", "exp", "iat", "sub", "jti", "client_id"),
+            strings=("sub", "jti", "client_id"),
+            now=self._clock(),
+            leeway=self.leeway,
+        )
         return VerifiedToken(claims, digest, token)
