@@ -408,6 +408,10 @@ def test_the_shop_through_the_gateway(shop: dict[str, object]) -> None:
     ]
     assert any(d["attributes"].get("policy") == "admin-routes-need-mfa" for d in denied)
     assert any(e["status_detail"] == "request-forwarded" for e in gateway_events)
+    # the admin port counts it all (loopback, plain HTTP, for a local Prometheus)
+    metrics_url = next(c for c in status["components"] if c["name"] == "gateway")["metrics_url"]
+    scraped = requests.get(metrics_url, timeout=10).text
+    assert 'trustmesh_gateway_decisions_total{decision="deny",reason="policy-deny"}' in scraped
 
 
 def _sign_in_with(shop: dict[str, object], username: str, password: str) -> str:

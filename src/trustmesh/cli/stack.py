@@ -294,7 +294,10 @@ _ENDPOINT_FILES: dict[str, Callable[[Path], Path]] = {
     "auth": auth_endpoint_path,
     "gateway": gateway_endpoint_path,
 }
-_ENDPOINT_EXTRAS = {"auth": ("issuer", "public_url"), "gateway": ("internal_url",)}
+_ENDPOINT_EXTRAS = {
+    "auth": ("issuer", "public_url"),
+    "gateway": ("internal_url", "metrics_url"),
+}
 
 
 def _fresh(updated_at: object, within: float = 10.0) -> bool:
@@ -339,6 +342,8 @@ def _print_table(status: dict[str, Any]) -> None:
                 f"{status.get('edge_ca') or 'the configured files'}",
                 markup=False,
             )
+        if c.get("metrics_url"):
+            out.print(f"{c['name']}: Prometheus metrics at {c['metrics_url']}", markup=False)
     for instance in status.get("stale_instances", []):
         out.print(f"[yellow]stale:[/] {instance['service']} at {instance['url']} stopped renewing")
     out.print(
