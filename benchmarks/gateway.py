@@ -535,6 +535,8 @@ def report(results: dict[str, Result], targets: list[Target], args: argparse.Nam
             f"{target.name:44}{r.rps:8.0f}{r.p50_ms:9.2f}{r.p99_ms:9.2f}{r.non_2xx:9d}"
             f"{r.socket_errors:9d}{proxy}{r.upstream_cpu_us:10.0f}{flag}"
         )
+    if not targets[-1].name.startswith("gateway"):
+        return clean
     gateway = results[targets[-1].name]
     print()
     for target in targets[:-1]:
@@ -557,6 +559,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: 3 s, 1 s warm-up")
     parser.add_argument(
         "--no-edge-policy", action="store_true", help="declare no gateway Cedar policy"
+    )
+    parser.add_argument(
+        "--only",
+        choices=("direct", "nginx", "gateway"),
+        help="measure only these targets (to profile one with py-spy meanwhile)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--verbose", action="store_true", help="print wrk's own output")
@@ -633,6 +640,8 @@ def main() -> None:
                 int(inventory["pid"]),
             ),
         ]
+        if args.only:
+            targets = [t for t in targets if t.name.startswith(args.only)]
         for target in targets:
             header = dict(h.split(": ", 1) for h in target.headers)
             wait_until_up(target.url + PATH, target.ca, header, target.name)
@@ -652,7 +661,7 @@ def main() -> None:
                 time.sleep(0.5)  # the warm-up's last events are written before the count
                 events_before = count_lines(events_file)
                 runs[target.name].append(run_wrk(target, args, script, args.duration))
-                if target is targets[-1]:
+                if target.name.startswith("gateway"):
                     time.sleep(1)  # the event sink writes the run's last lines
                     events += count_lines(events_file) - events_before
                     served += runs[target.name][-1].requests

@@ -79,6 +79,7 @@ class Upstreams(Protocol):
 
 
 _MINTED_CACHE = 16384
+_TEMPLATES = 4096
 #: Context attributes that never hold a client's data verbatim (kept when another did
 #: not pass the event's secret check).
 _PLAIN_ATTRIBUTES = frozenset({"method", "client", "route", "status", "policy", "rule"})
@@ -121,6 +122,7 @@ class GatewayApp:
         self.timeouts = tuple(r.timeout.total_seconds() for r in gateway.routes)
         self.upstream_ids = tuple(f"spiffe://{trust_domain}/{r.to}" for r in gateway.routes)
         self._minted: dict[tuple[object, ...], tuple[float, bytes]] = {}
+        self._templates: dict[tuple[object, ...], events.Event] = {}
         self.trusted = TrustedProxies(gateway.trusted_proxies)
         self.verifier = verifier
         self.policy = policy
@@ -482,9 +484,38 @@ class GatewayApp:
         attributes = {
             k: v for k, v in context.items() if isinstance(v, str | int) and k != "route_name"
         }
-
-        def build() -> events.Event:
-            return events.event(
+        sub = str(user["sub"]) if user else None
+        client_id = str(user["client_id"]) if user and user.get("client_id") else None
+        jti = str(user["jti"]) if user and user.get("jti") else None
+        trace_id = current.trace_id if current else None
+        # the event's fixed part is validated once per shape; each occurrence is restamped
+        # with its own time, uid, trace, attributes and token id (as in the SDK middleware)
+        key = (decision, reason, message, sub, client_id)
+        try:
+            template = self._templates.get(key)
+            if template is None:
+                if len(self._templates) >= _TEMPLATES:
+                    self._templates.clear()
+                template = self._templates[key] = events.event(
+                    events.EventClass.API_ACTIVITY,
+                    activity_id=99,
+                    activity_name="Other",
+                    component="gateway",
+                    decision=decision,
+                    reason=reason,
+                    message=message,
+                    spiffe_id=self.spiffe_id,
+                    sub=sub,
+                    client_id=client_id,
+                )
+            try:
+                event = events.restamp(template, trace_id=trace_id, attributes=attributes, jti=jti)
+            except TrustmeshError:  # an attribute looked like a secret: keep the decision
+                attributes = {k: v for k, v in attributes.items() if k in _PLAIN_ATTRIBUTES}
+                attributes["path"] = "<withheld>"
+                event = events.restamp(template, trace_id=trace_id, attributes=attributes, jti=jti)
+        except TrustmeshError:  # a subject no event may carry: the decision, without it
+            event = events.event(
                 events.EventClass.API_ACTIVITY,
                 activity_id=99,
                 activity_name="Other",
@@ -493,19 +524,8 @@ class GatewayApp:
                 reason=reason,
                 message=message,
                 spiffe_id=self.spiffe_id,
-                sub=str(user["sub"]) if user else None,
-                client_id=str(user.get("client_id")) if user and user.get("client_id") else None,
-                jti=str(user["jti"]) if user and user.get("jti") else None,
-                trace_id=current.trace_id if current else None,
-                attributes=attributes,
+                attributes={k: v for k, v in attributes.items() if k in _PLAIN_ATTRIBUTES},
             )
-
-        try:
-            event = build()
-        except TrustmeshError:  # an attribute looked like a secret: keep the decision
-            attributes = {k: v for k, v in attributes.items() if k in _PLAIN_ATTRIBUTES}
-            attributes["path"] = "<withheld>"
-            event = build()
         self.sink.emit(event)
 
 
