@@ -86,6 +86,7 @@ class Reason(enum.StrEnum):
     API_KEY_CREATED = "api-key-created"
     API_KEY_ROTATED = "api-key-rotated"
     REQUEST_TOO_LARGE = "request-too-large"
+    REQUEST_INCOMPLETE = "request-incomplete"
     UPSTREAM_UNAVAILABLE = "upstream-unavailable"
     UPSTREAM_TIMEOUT = "upstream-timeout"
     UPSTREAM_EJECTED = "upstream-ejected"

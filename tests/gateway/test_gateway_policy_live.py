@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -191,6 +193,9 @@ async def test_roles_decide_at_the_edge(stack: Any) -> None:
     assert await call("POST", "/orders", carol) == 200
     assert await call("GET", "/orders/o1", carol) == 200
     assert await call("POST", "/orders/o1/refund", carol) == 403
+    # a policy's path is the one served: an escaped '?' or '#' is refused, not decoded
+    assert await call("POST", "/orders/o1/refund%3F", carol) == 400
+    assert await call("POST", "/orders/o1/refund%23x", carol) == 400
     denial = _last_denial(sink)
     assert denial.attributes["path"] == "/orders/o1/refund"
     assert denial.attributes["route"] == "routes[0]"
@@ -285,7 +290,10 @@ async def test_tokens_of_another_openid_provider(stack: Any) -> None:
     assert await asyncio.to_thread(call, "GET", "/admin/orders", support) == 403
     assert await asyncio.to_thread(call, "GET", "/orders/o1", kc.token(aud="other")) == 401
     forwarded = [e for e in sink.events if e.reason == Reason.REQUEST_FORWARDED]
-    assert forwarded[0].sub == "kc-user-1"
+    assert forwarded[0].sub == f"{kc.url}#kc-user-1"
+    # that issuer may not make admins: its "admin" role is dropped at the edge
+    boss = kc.token(sub="kc-boss", realm_access={"roles": ["admin"]}, amr=["pwd", "otp"])
+    assert await asyncio.to_thread(call, "GET", "/admin/orders", boss) == 403
     assert Reason.TOKEN_WRONG_AUDIENCE in [e.reason for e in sink.events]
 
 
@@ -313,3 +321,29 @@ async def test_introspection_routes_see_a_revocation_at_once(stack: Any) -> None
     # and a support user, active, is still decided by policy after introspection
     sam = await asyncio.to_thread(_sign_in, rig, "sam", ["support"])
     assert await asyncio.to_thread(_call, rig, gateway, "GET", "/live/o1", sam) == 403
+
+
+async def test_a_partial_body_is_never_forwarded(stack: Any) -> None:
+    """A client that declares a body and goes away halfway: nothing reaches the service."""
+    rig, gateway, sink, _ = stack
+    carol = await asyncio.to_thread(_sign_in, rig, "carol", ["customer"])
+    context = ssl.create_default_context(cafile=str(crypto.edge_ca_path(rig.state)))
+    _reader, writer = await asyncio.open_connection(
+        "127.0.0.1", int(gateway.url.rsplit(":", 1)[1]), ssl=context, server_hostname="localhost"
+    )
+    writer.write(
+        b"POST /orders/partial HTTP/1.1\r\nHost: localhost\r\n"
+        b"Authorization: Bearer " + carol.encode() + b"\r\n"
+        b'Content-Type: application/json\r\nContent-Length: 26\r\n\r\n{"item": "tea"'
+    )
+    await writer.drain()
+    writer.close()
+    with contextlib.suppress(ConnectionError, ssl.SSLError):
+        await writer.wait_closed()
+    for _ in range(50):
+        if Reason.REQUEST_INCOMPLETE in [e.reason for e in sink.events]:
+            break
+        await asyncio.sleep(0.1)
+    assert Reason.REQUEST_INCOMPLETE in [e.reason for e in sink.events]
+    forwarded = [e for e in sink.events if e.reason == Reason.REQUEST_FORWARDED]
+    assert not [e for e in forwarded if e.attributes.get("path") == "/orders/partial"]

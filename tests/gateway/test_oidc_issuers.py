@@ -39,7 +39,7 @@ async def verifier(idp: FakeIssuer) -> AsyncIterator[ExternalVerifier]:
         roles_claim="realm_access.roles",
     )
     fetch, close = http_fetcher(idp.ca_file)
-    made = ExternalVerifier(spec, fetch)
+    made = ExternalVerifier(spec, fetch, declared_roles=("admin", "customer", "support"))
     await made.discover()
     try:
         yield made
@@ -57,7 +57,8 @@ async def test_a_token_of_the_issuer_is_accepted(
     idp: FakeIssuer, verifier: ExternalVerifier
 ) -> None:
     claims = await verifier.verify(idp.token())
-    assert claims["sub"] == "kc-user-1"
+    assert claims["sub"] == f"{idp.url}#kc-user-1"  # never a local user, nor another issuer's
+    assert claims["idp"] == idp.url
     assert claims["roles"] == ["customer"]  # from realm_access.roles
     assert claims["client_id"] == "shop-spa"  # azp
     assert claims["preferred_username"] == "kim"
@@ -112,13 +113,35 @@ async def test_forgeries_are_refused(idp: FakeIssuer, verifier: ExternalVerifier
     )
 
 
+async def test_roles_are_only_those_the_issuer_may_grant(
+    idp: FakeIssuer, verifier: ExternalVerifier
+) -> None:
+    claims = await verifier.verify(
+        idp.token(realm_access={"roles": ["admin", "customer", "offline_access", 7]})
+    )
+    assert claims["roles"] == ["customer"]  # admin only when the issuer's roles list it
+
+
+async def test_id_tokens_are_not_access_tokens(idp: FakeIssuer, verifier: ExternalVerifier) -> None:
+    for extra in ({"nonce": "n-1"}, {"at_hash": "x"}, {"c_hash": "y"}, {"typ": "ID"}):
+        assert await _refused(verifier, idp.token(**extra)) == Reason.TOKEN_MALFORMED
+    kid = next(iter(idp.keys))
+    typed = jwt.encode(
+        jwt.decode(idp.token(), options={"verify_signature": False}),
+        idp.keys[kid],
+        algorithm="RS256",
+        headers={"kid": kid, "typ": "logout+jwt"},
+    )
+    assert await _refused(verifier, typed) == Reason.TOKEN_MALFORMED
+
+
 async def test_an_unknown_kid_is_refetched_once(
     idp: FakeIssuer, verifier: ExternalVerifier
 ) -> None:
     fetched = idp.jwks_fetches
     rotated = idp.new_key()  # the issuer rotates: a token under the new key arrives
     claims = await verifier.verify(idp.token(rotated))
-    assert claims["sub"] == "kc-user-1"
+    assert claims["sub"].endswith("#kc-user-1")
     assert idp.jwks_fetches == fetched + 1
     # a flood of unknown kids costs at most one more fetch per interval
     for i in range(20):

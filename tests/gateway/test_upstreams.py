@@ -59,7 +59,8 @@ class Clock:
 
 
 class Behaviour:
-    """One instance's app: answers ``ok``, ``500`` or hangs; can hold requests open."""
+    """One instance's app: answers ``ok``, ``503`` (it cannot serve), ``500`` (the app's
+    own error) or hangs; can hold requests open."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -74,8 +75,10 @@ class Behaviour:
         if self.mode == "hang" or self.hold:
             self.held += 1
             await self.release.wait()
+        if self.mode == "503":
+            return JSONResponse({"error": "boom"}, status_code=503)
         if self.mode == "500":
-            return JSONResponse({"error": "boom"}, status_code=500)
+            return JSONResponse({"error": "bad input"}, status_code=500)
         return JSONResponse({"instance": self.name})
 
     @property
@@ -222,10 +225,10 @@ async def test_round_robin_spreads_over_the_instances_from_discovery(rig: Rig) -
 async def test_a_failing_instance_is_ejected_then_restored_after_its_time(rig: Rig) -> None:
     await rig.instance("a")
     b = await rig.instance("b")
-    b.behaviour.mode = "500"
+    b.behaviour.mode = "503"
     pool = rig.pool(outlier={"consecutive_failures": 2, "ejection": "10s", "max_ejection": "1m"})
     statuses = Counter([(await _get(pool)).status for _ in range(4)])
-    assert statuses == {200: 2, 500: 2}  # retries: 0, so b's 500s reach the caller
+    assert statuses == {200: 2, 503: 2}  # retries: 0, so b's 503s reach the caller
     assert [c[2] for c in rig.changes] == ["ejected"]
     assert rig.changes[0][:2] == ("orders", b.url)
     (ejected,) = [i for i in pool.snapshot()["orders"] if i["ejected_until"] is not None]
@@ -243,10 +246,25 @@ async def test_a_failing_instance_is_ejected_then_restored_after_its_time(rig: R
     assert [c[2] for c in rig.changes] == ["ejected", "restored"]
 
 
+async def test_an_application_error_ejects_nothing_and_is_not_retried(rig: Rig) -> None:
+    """A 500 is the application's answer to this request (a caller can provoke one with
+    bad input): relayed as it is, never counted against the instance, never retried, so
+    no caller can take a service out of rotation by sending such requests."""
+    a, b = await rig.instance("a"), await rig.instance("b")
+    a.behaviour.mode = b.behaviour.mode = "500"
+    pool = rig.pool(
+        retries=1, outlier={"consecutive_failures": 1, "ejection": "10s", "max_ejection": "1m"}
+    )
+    assert [(await _get(pool)).status for _ in range(5)] == [500] * 5
+    assert a.behaviour.total + b.behaviour.total == 5  # one call each: no retry
+    assert rig.changes == []
+    assert all(i["ejected_until"] is None for i in pool.snapshot()["orders"])
+
+
 async def test_a_restored_instance_that_fails_again_is_out_for_twice_as_long(rig: Rig) -> None:
     await rig.instance("a")
     b = await rig.instance("b")
-    b.behaviour.mode = "500"
+    b.behaviour.mode = "503"
     pool = rig.pool(outlier={"consecutive_failures": 2, "ejection": "10s", "max_ejection": "15s"})
     for _ in range(4):
         await _get(pool)
@@ -260,19 +278,19 @@ async def test_a_restored_instance_that_fails_again_is_out_for_twice_as_long(rig
 
 async def test_get_is_retried_on_another_instance_and_post_never(rig: Rig) -> None:
     a, b = await rig.instance("a"), await rig.instance("b")
-    b.behaviour.mode = "500"
+    b.behaviour.mode = "503"
     pool = rig.pool(retries=1)
     assert [(await _get(pool)).status for _ in range(4)] == [200] * 4
     assert b.behaviour.hits["GET"] >= 1  # each GET that b failed …
     assert a.behaviour.hits["GET"] == 4  # … was retried on a: every GET ended there once
     statuses = Counter([(await _get(pool, "POST")).status for _ in range(4)])
-    assert statuses == {200: 2, 500: 2}
+    assert statuses == {200: 2, 503: 2}
     assert a.behaviour.hits["POST"] == b.behaviour.hits["POST"] == 2
     for method in ("PATCH", "PUT", "DELETE"):
         before = a.behaviour.hits[method]
         outcomes = [(await _get(pool, method)).status for _ in range(2)]
         if method == "PATCH":
-            assert sorted(outcomes) == [200, 500]
+            assert sorted(outcomes) == [200, 503]
             assert a.behaviour.hits[method] == before + 1
         else:
             assert outcomes == [200, 200]
@@ -296,9 +314,9 @@ async def test_a_stopped_instance_costs_a_get_nothing_and_a_post_an_error(rig: R
 
 async def test_retries_stop_when_no_other_instance_is_left(rig: Rig) -> None:
     a = await rig.instance("a")
-    a.behaviour.mode = "500"
+    a.behaviour.mode = "503"
     pool = rig.pool(retries=3)
-    assert (await _get(pool)).status == 500
+    assert (await _get(pool)).status == 503
     assert a.behaviour.hits["GET"] == 1  # never twice on the same instance
 
 
@@ -319,7 +337,7 @@ async def test_a_hanging_instance_times_out_and_is_charged(rig: Rig) -> None:
 
 async def test_no_healthy_instance_means_unavailable_without_a_request(rig: Rig) -> None:
     a, b = await rig.instance("a"), await rig.instance("b")
-    a.behaviour.mode = b.behaviour.mode = "500"
+    a.behaviour.mode = b.behaviour.mode = "503"
     pool = rig.pool(outlier={"consecutive_failures": 1, "max_ejected_percent": 50})
     await _get(pool)
     await _get(pool)

@@ -365,6 +365,11 @@ class ExternalIssuer(BaseModel):
         default="roles",
         description="Where the user's roles are (a dotted path, e.g. realm_access.roles).",
     )
+    roles: list[str] | None = Field(
+        default=None,
+        description="The roles taken from this issuer's tokens, of auth.roles (unset: every "
+        "declared role but admin; list admin to let this issuer's admins in).",
+    )
 
 
 class GatewayConfig(BaseModel):

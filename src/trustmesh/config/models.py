@@ -549,6 +549,16 @@ class TrustmeshConfig(BaseModel):
                     "the gateway needs a certificate outside dev mode",
                     "a PEM certificate chain file (and tls_key)",
                 )
+            declared = {"admin", *self.auth.roles}
+            for index, issuer in enumerate(self.gateway.issuers):
+                for role in issuer.roles or ():
+                    if role not in declared:
+                        problems.add(
+                            ("gateway", "issuers", index, "roles"),
+                            role,
+                            f"{role!r} is not a declared role",
+                            "one of: " + ", ".join(sorted(declared)) + " (auth.roles)",
+                        )
             known = ", ".join(sorted(self.services)) or "(no services declared)"
             for index, route in enumerate(self.gateway.routes):
                 if route.to not in self.services:

@@ -23,6 +23,7 @@ injection filter) slot in between 6 and 7.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -89,6 +90,10 @@ class _TooLarge(Exception):
     pass
 
 
+class _Incomplete(Exception):
+    """The client went away before its whole body arrived."""
+
+
 class GatewayApp:
     """The pipeline for the declaration's ``gateway:`` section, every stage compiled
     from it once (routes, address rules, trusted proxies)."""
@@ -143,7 +148,14 @@ class GatewayApp:
             return
         if scope["type"] != "http":
             return  # no websockets through the gateway (yet): the connection closes
-        incoming = next((v for k, v in scope["headers"] if k == b"traceparent"), None)
+        # a trace goes on from the client only through a trusted proxy: anyone else could
+        # attach their requests to a trace of their choosing
+        peer = (scope.get("client") or ("", 0))[0]
+        incoming = (
+            next((v for k, v in scope["headers"] if k == b"traceparent"), None)
+            if self.trusted and peer in self.trusted
+            else None
+        )
         current = trace.parse(incoming.decode("latin-1") if incoming else None)
         token = trace.use(current.child() if current else trace.TraceParent.new())
         context: dict[str, Any] = {}
@@ -211,11 +223,12 @@ class GatewayApp:
             return
         user: dict[str, Any] | None = None
         principal = ANONYMOUS
+        credential: object = None  # what the caller presented, as the internal token's key
         if route.auth != ["anonymous"]:
             found = await self._authenticate(route, headers, send, context)
             if found is None:
                 return
-            user, principal = found
+            user, principal, credential = found
         if self.limiter is not None:
             limited = await self.limiter.hit(
                 decision.index,
@@ -263,9 +276,15 @@ class GatewayApp:
             self._emit(events.Decision.DENY, Reason.REQUEST_TOO_LARGE, "body too large", context)
             await _error(send, 413, "request_too_large", "the request body is too large")
             return
+        except _Incomplete:
+            self._emit(
+                events.Decision.DENY, Reason.REQUEST_INCOMPLETE, "body incomplete", context, user
+            )
+            await _error(send, 400, "invalid_request", "the request body is incomplete")
+            return
         timeouts = self.timeouts
         current = trace.current()
-        extra = [(b"authorization", self._internal_token(decision.index, route, user))]
+        extra = [(b"authorization", self._internal_token(decision.index, route, user, credential))]
         if current is not None:
             extra.append((b"traceparent", current.header().encode("ascii")))
         forwarded = [  # the client that sends sets Content-Length for the body it sends
@@ -273,7 +292,9 @@ class GatewayApp:
             for k, v in upstream_headers(headers, client=client, extra=extra)
             if k != b"content-length"
         ]
-        target = path + (
+        # the path as received (canonical, still encoded): what the policy decided on is
+        # what the service is asked for, never re-encoded or re-parsed differently
+        target = raw.decode("ascii") + (
             "?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else ""
         )
         try:
@@ -306,7 +327,7 @@ class GatewayApp:
         await _relay(send, answer, [*response_grants(route.cors, headers), *grants])
 
     def _internal_token(
-        self, index: int, route: GatewayRoute, user: dict[str, Any] | None
+        self, index: int, route: GatewayRoute, user: dict[str, Any] | None, credential: object
     ) -> bytes:
         """The ``Authorization`` value for the upstream: the internal token for this
         caller's credential and route, signed once and reused while more than a quarter of
@@ -315,7 +336,8 @@ class GatewayApp:
         which is checked (revocation included) on every request before it is reused."""
         now = self.clock()
         thumbprint = self.tls.thumbprint
-        credential = None if user is None else (user.get("jti") or user["sub"], user["exp"])
+        # keyed by the credential itself (a token's digest, an API key's id), never by
+        # claims another issuer could copy
         key = (credential, index, thumbprint)
         cached = self._minted.get(key)
         if cached is not None and now < cached[0]:
@@ -369,7 +391,7 @@ class GatewayApp:
         headers: list[tuple[bytes, bytes]],
         send: Send,
         context: dict[str, Any],
-    ) -> tuple[dict[str, Any], Principal] | None:
+    ) -> tuple[dict[str, Any], Principal, object] | None:
         """The route's credential: an API key (where the route takes them) or a bearer
         token; the caller's claims for the internal token, and the policy principal."""
         if "api_key" in route.auth and self.api_keys is not None:
@@ -428,11 +450,12 @@ class GatewayApp:
             self._emit(events.Decision.ERROR, Reason.UPSTREAM_UNAVAILABLE, exc.detail, context)
             await _error(send, 503, "unavailable", "token verification is unavailable")
             return None
-        return claims, Principal.from_claims(claims)
+        digest = hashlib.sha256(token.encode("ascii", "replace")).digest()
+        return claims, Principal.from_claims(claims), digest
 
     async def _api_key(
         self, presented: str, route: GatewayRoute, send: Send, context: dict[str, Any]
-    ) -> tuple[dict[str, Any], Principal] | None:
+    ) -> tuple[dict[str, Any], Principal, object] | None:
         keys = self.api_keys
         try:
             found = await keys.verify(presented, route.route_name) if keys else None
@@ -462,7 +485,7 @@ class GatewayApp:
         principal = Principal(
             "ApiKey", found.key_id, roles=tuple(sorted(found.roles)), name=found.name or ""
         )
-        return claims, principal
+        return claims, principal, ("api-key", found.key_id)
 
     def record(
         self, decision: events.Decision, reason: str, message: str, **attributes: str | int
@@ -537,8 +560,8 @@ async def _read_body(receive: Receive, headers: list[tuple[bytes, bytes]], limit
     size = 0
     while True:
         message = await receive()
-        if message["type"] == "http.disconnect":
-            break
+        if message["type"] == "http.disconnect":  # a partial body is never forwarded
+            raise _Incomplete
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -546,6 +569,8 @@ async def _read_body(receive: Receive, headers: list[tuple[bytes, bytes]], limit
         chunks.append(chunk)
         if not message.get("more_body"):
             break
+    if declared is not None and size != int(declared):
+        raise _Incomplete
     return b"".join(chunks)
 
 

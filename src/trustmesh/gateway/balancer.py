@@ -11,7 +11,7 @@ touches a socket: ``now`` is always a parameter, randomness an injected ``Random
   instances start healthy: discovery lists only instances that renew their lease.
 * **Passive outlier ejection** (Envoy's consecutive-5xx detector, a circuit breaker per
   instance): an instance that fails ``consecutive_failures`` requests in a row
-  (connection error, timeout, 5xx) is *ejected* for ``ejection``, doubled at each new
+  (connection error, timeout, 502/503/504) is *ejected* for ``ejection``, doubled at each new
   ejection up to ``max_ejection``. When its time is up it is *restored on probation*: its
   first outcome decides — a failure ejects it again at once (the half-open circuit
   re-opens), a success closes the circuit. The doubling resets once it has served, without

@@ -49,6 +49,8 @@ SPOOFABLE: Final = frozenset(
     {
         b"authorization",  # replaced by the internal token
         b"x-api-key",  # API keys stay at the edge too
+        b"traceparent",  # the gateway's own trace context replaces the client's
+        b"tracestate",
         b"forwarded",
         b"x-forwarded-for",
         b"x-forwarded-host",
@@ -108,6 +110,7 @@ def upstream_headers(
         if (lowered := name.lower()) not in drop
         and lowered not in SPOOFABLE
         and not _internal(lowered)
+        and b"_" not in lowered  # x_forwarded_for reads as X-Forwarded-For to CGI-style stacks
     ]
     kept.append((b"x-forwarded-for", client.encode("ascii")))
     kept.append((b"x-forwarded-proto", b"https"))

@@ -5,8 +5,9 @@ gives revocation at once; the price is a round trip, and no answer while the pro
 is down: those routes then answer ``503`` (the ARCHITECTURE's failure table), while
 ``jwt`` routes keep working on cached keys.
 
-An active answer is kept for at most ``cache_seconds`` (1 s), never past the token's
-expiry; an inactive one is not kept. The token must be addressed to the gateway, and a
+An answer is kept for at most ``cache_seconds`` (1 s), an active one never past the
+token's expiry: a flood of made-up tokens costs the provider one question per token per
+second at most. The token must be addressed to the gateway, and a
 token bound to a certificate (``cnf``) is refused: the client of the edge has none.
 """
 
@@ -45,7 +46,7 @@ class Introspector:
         self.client_id = client_id
         self.cache_seconds = cache_seconds
         self._clock = clock
-        self._cache: OrderedDict[bytes, tuple[float, dict[str, Any]]] = OrderedDict()
+        self._cache: OrderedDict[bytes, tuple[float, dict[str, Any] | None]] = OrderedDict()
         self._cache_size = cache_size
 
     async def verify(self, token: str) -> dict[str, Any]:
@@ -56,10 +57,12 @@ class Introspector:
         now = self._clock()
         cached = self._cache.get(digest)
         if cached is not None and now < cached[0]:
+            if cached[1] is None:  # refused a moment ago: not asked again at once
+                raise InvalidTokenError("inactive", reason=Reason.TOKEN_INACTIVE)
             return cached[1]
         answer = await self._introspect(token, self.client_id)
         if answer.get("active") is not True:
-            self._cache.pop(digest, None)
+            self._remember(digest, now + self.cache_seconds, None)
             raise InvalidTokenError(
                 "inactive (revoked, expired or unknown)", reason=Reason.TOKEN_INACTIVE
             )
@@ -81,7 +84,10 @@ class Introspector:
         claims.pop("active", None)
         claims.setdefault("client_id", sub)
         claims.setdefault("jti", digest.hex()[:32])
-        self._cache[digest] = (min(now + self.cache_seconds, float(exp)), claims)
+        self._remember(digest, min(now + self.cache_seconds, float(exp)), claims)
+        return claims
+
+    def _remember(self, digest: bytes, until: float, claims: dict[str, Any] | None) -> None:
+        self._cache[digest] = (until, claims)
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-        return claims

@@ -18,6 +18,7 @@ the same delay. When the database cannot be read the verifier fails closed: it r
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Final, Protocol
 
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, Text, insert, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 
 from trustmesh import events
 from trustmesh.config import TrustmeshConfig
@@ -50,6 +51,7 @@ from trustmesh.gateway.apikeys import (
 )
 from trustmesh.store import SqlStore, create_engine, sqlite_url
 
+log = logging.getLogger("trustmesh.gateway")
 __all__ = [
     "MAX_GRACE",
     "REFRESH_SECONDS",
@@ -405,7 +407,8 @@ class ApiKeyVerifier:
         self._loaded_at = now  # what a load shows is at least this recent
         try:
             records = await self.store.all()
-        except (SQLAlchemyError, OSError):
+        except Exception:
+            log.warning("the API key store cannot be read", exc_info=True)
             self._healthy = False
             return
         self._records = {r.key_id: r for r in records}

@@ -13,8 +13,16 @@ must be exactly the one configured) and its tokens are verified with its JWKS (R
   traffic; a failed fetch keeps the keys known (tokens keep working while it is down);
 * a verified token is cached until it expires.
 
-The issuer's roles (``roles_claim``, a dotted path such as ``realm_access.roles``) become
-the ``roles`` claim the gateway's policies and routes see.
+Kept apart from the provider's users and from each other:
+
+* the subject becomes ``<issuer>#<sub>`` (and ``idp`` names the issuer), so no other
+  issuer can mint a token for a local user or for another issuer's user;
+* of the issuer's roles (``roles_claim``, a dotted path such as ``realm_access.roles``),
+  only those its ``roles`` allow (default: every declared role but ``admin``) become the
+  ``roles`` claim the gateway's policies and routes see;
+* ID tokens are not access tokens (OIDC Core §2; RFC 9068 §4): a token carrying
+  ``nonce``, ``at_hash`` or ``c_hash``, or typed ``ID`` (Keycloak), is refused, as is a
+  header ``typ`` other than ``at+jwt`` or ``JWT``.
 """
 
 from __future__ import annotations
@@ -60,6 +68,8 @@ _KEY_TYPES: Final = {
     "EdDSA": ("OKP", "Ed25519"),
 }
 _MIN_RSA_BITS: Final = 2048
+_ACCESS_TYPES: Final = frozenset({"at+jwt", "application/at+jwt", "jwt"})
+_ID_TOKEN_CLAIMS: Final = frozenset({"nonce", "at_hash", "c_hash"})
 _MAX_DOCUMENT: Final = 1 << 20
 LEEWAY: Final = 30.0
 
@@ -108,9 +118,16 @@ def http_fetcher(
             )
         try:
             async with session.get(url, allow_redirects=False) as response:
-                body = await response.content.read(_MAX_DOCUMENT + 1)
-                if response.status != 200 or len(body) > _MAX_DOCUMENT:
+                if response.status != 200:
                     raise UnavailableError(f"{url}: HTTP {response.status}")
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.content.iter_chunked(65536):
+                    size += len(chunk)
+                    if size > _MAX_DOCUMENT:
+                        raise UnavailableError(f"{url}: larger than {_MAX_DOCUMENT} bytes")
+                    chunks.append(chunk)
+                body = b"".join(chunks)
                 return body, cache_max_age(response.headers.get("Cache-Control"))
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UnavailableError(f"{url}: {type(exc).__name__}") from None
@@ -131,11 +148,15 @@ class ExternalVerifier:
         spec: ExternalIssuer,
         fetch: Fetch,
         *,
+        declared_roles: Sequence[str] = (),
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         cache_size: int = 10_000,
     ) -> None:
         self.spec = spec
+        self.allowed_roles = frozenset(
+            spec.roles if spec.roles is not None else (r for r in declared_roles if r != "admin")
+        )
         self._fetch = fetch
         self._clock = clock
         self._monotonic = monotonic
@@ -200,6 +221,9 @@ class ExternalVerifier:
         kty, crv, key = entry
         if _KEY_TYPES.get(header["alg"]) != (kty, crv):
             raise _refuse(Reason.TOKEN_MALFORMED, "algorithm does not fit the key")
+        typ = header.get("typ")
+        if typ is not None and (not isinstance(typ, str) or typ.lower() not in _ACCESS_TYPES):
+            raise _refuse(Reason.TOKEN_MALFORMED, "not an access token (typ)")
         claims = decode_claims(
             token,
             key,
@@ -211,12 +235,18 @@ class ExternalVerifier:
             now=self._clock(),
             leeway=LEEWAY,
         )
+        if _ID_TOKEN_CLAIMS & claims.keys() or claims.get("typ") == "ID":
+            raise _refuse(Reason.TOKEN_MALFORMED, "an ID token, not an access token")
         roles = _at(claims, self.spec.roles_claim)
         claims["roles"] = (
-            sorted({r for r in roles if isinstance(r, str)}) if isinstance(roles, list) else []
+            sorted({r for r in roles if isinstance(r, str) and r in self.allowed_roles})
+            if isinstance(roles, list)
+            else []
         )
         client = claims.get("client_id") or claims.get("azp")
         claims["client_id"] = client if isinstance(client, str) else claims["sub"]
+        claims["idp"] = self.spec.issuer
+        claims["sub"] = f"{self.spec.issuer}#{claims['sub']}"
         claims.setdefault("jti", digest_hex(token))
         return claims
 
@@ -251,12 +281,14 @@ class ExternalIssuers:
         self._closers = tuple(closers)
 
     @classmethod
-    async def start(cls, specs: Sequence[ExternalIssuer], config_dir: Path) -> ExternalIssuers:
+    async def start(
+        cls, specs: Sequence[ExternalIssuer], config_dir: Path, declared_roles: Sequence[str]
+    ) -> ExternalIssuers:
         verifiers: list[ExternalVerifier] = []
         closers: list[Callable[[], Awaitable[None]]] = []
         for spec in specs:
             fetch, close = http_fetcher(config_dir / spec.ca_file if spec.ca_file else None)
-            verifier = ExternalVerifier(spec, fetch)
+            verifier = ExternalVerifier(spec, fetch, declared_roles=declared_roles)
             with contextlib.suppress(UnavailableError):  # retried when a token names it;
                 await verifier.discover()  # until then its tokens get 503
             verifiers.append(verifier)

@@ -192,7 +192,11 @@ async def serve_gateway(
         if any("api_key" in r.auth for r in gateway.routes)
         else None
     )
-    external = await ExternalIssuers.start(gateway.issuers, folder) if gateway.issuers else None
+    external = (
+        await ExternalIssuers.start(gateway.issuers, folder, ("admin", *config.auth.roles))
+        if gateway.issuers
+        else None
+    )
     introspector = (
         Introspector(trust.auth.introspect, audience=spiffe_id)
         if trust is not None and any("introspection" in r.auth for r in gateway.routes)

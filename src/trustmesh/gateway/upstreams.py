@@ -15,8 +15,8 @@ request.
   answers ``504``), and the instance is charged with a failure.
 * **Retries** (RFC 9110 §9.2.2: only idempotent methods — GET, HEAD, OPTIONS, PUT,
   DELETE; never POST or PATCH), at most ``retries``, each on an instance not tried yet,
-  after a connection failure or a ``5xx``. When none is left the last outcome stands: the
-  upstream's ``5xx`` is relayed, a connection failure is :class:`UnavailableError`.
+  after a connection failure or a ``502``/``503``/``504``. When none is left the last outcome stands: the
+  upstream's ``502``–``504`` is relayed, a connection failure is :class:`UnavailableError`.
 * **Active health checks** (:meth:`UpstreamPool.start`): ``GET`` the health path of every
   known instance every ``interval`` over mTLS, answered by the SDK middleware to any SVID
   of the trust domain; only ``200`` counts as a pass.
@@ -47,6 +47,7 @@ __all__ = ["REFRESH_SECONDS", "Discovery", "OnChange", "UpstreamPool", "Upstream
 log = logging.getLogger("trustmesh.gateway")
 
 REFRESH_SECONDS = 5.0
+_GATEWAY_FAILURES = frozenset({502, 503, 504})
 #: The clients' own limit: the longest route timeout; each call is bounded by its own.
 _CLIENT_TIMEOUT = 600.0
 #: ``on_change(service, endpoint_url, state, why)``; state: ejected, restored, unhealthy,
@@ -172,7 +173,10 @@ class UpstreamPool:
             finally:
                 svc.balancer.end(key)
                 await self._release(inst)
-            failed = response.status >= 500
+            # a gateway failure (Envoy's consecutive_gateway_failure): the instance could not
+            # serve. A 500 is the application's own answer to this request (bad input can
+            # cause one), so no caller can eject a service, or make it retried, by sending them
+            failed = response.status in _GATEWAY_FAILURES
             self._record(service, svc, key, not failed, f"status {response.status}")
             if not failed:
                 return response

@@ -8,6 +8,9 @@ canonical; anything a server, proxy or framework might normalise differently is 
 - empty segments (``//``) and a backslash (``\\``, ``%5C``), which some stacks treat as ``/``;
 - ``;`` (path parameters, RFC 3986 §3.3: ``/admin;x=1`` matches ``/admin`` in some servers);
 - ``%2F`` (a slash hidden in a segment), ``%00`` and every other control byte;
+- ``%3F`` and ``%23``: decoded, they would read as the start of a query or a fragment to
+  whatever parses the path again (a proxy's client, a framework), so the path a policy
+  decided on would not be the one served;
 - ``%25`` (double encoding: ``%252e`` is ``%2e`` after one decode);
 - a percent-encoded unreserved character (``%41`` for ``A``): RFC 3986 §6.2.2.2 says it
   is equivalent to the literal, so two spellings would name one resource;
@@ -27,7 +30,9 @@ _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 # pchar (RFC 3986 §3.3) without ';' and without '%' (escapes are handled apart)
 _LITERAL = _UNRESERVED | frozenset(b"!$&'()*+,=:@/")
 _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
-_FORBIDDEN_ESCAPED = frozenset({0x25, 0x2F, 0x5C, 0x3B, 0x2E}) | frozenset(range(0x20)) | {0x7F}
+_FORBIDDEN_ESCAPED = (
+    frozenset({0x25, 0x2F, 0x5C, 0x3B, 0x2E, 0x3F, 0x23}) | frozenset(range(0x20)) | {0x7F}
+)
 MAX_PATH = 4096
 # the common case: only literal characters, no escape, no dot or empty segment
 _PLAIN = re.compile(rb"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9\-._~!$&'()*+,=:@]+)+/?|/")

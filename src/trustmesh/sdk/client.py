@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp.client_reqrep import ClientRequest
+from yarl import URL
 
 from trustmesh import crypto
 from trustmesh.errors import AuthenticationError, CryptoError, UnavailableError
@@ -193,7 +194,7 @@ class ServiceClient:
     async def _send(
         self,
         method: str,
-        path: str,
+        path: str | URL,
         attempts: int,
         json: Any,
         data: Mapping[str, str] | bytes | None,
@@ -208,7 +209,7 @@ class ServiceClient:
             try:
                 async with self._session.request(
                     method,
-                    self.base_url + path,
+                    path if isinstance(path, URL) else self.base_url + path,
                     json=json,
                     data=data,
                     headers=sent_headers,
@@ -244,7 +245,9 @@ class ServiceClient:
         Retried, like every call, only when the method is idempotent."""
         method = method.upper()
         attempts = 1 + (self.retries if method in IDEMPOTENT else 0)
-        return await self._send(method, target, attempts, None, content or None, headers)
+        # sent as it is: never decoded, re-quoted or re-parsed on the way
+        url = URL(self.base_url + target, encoded=True)
+        return await self._send(method, url, attempts, None, content or None, headers)
 
     async def get(self, path: str, **kwargs: Any) -> Response:
         return await self.request("GET", path, **kwargs)
