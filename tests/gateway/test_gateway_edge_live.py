@@ -328,6 +328,19 @@ async def test_a_forged_x_forwarded_for_does_not_reset_a_per_ip_limit(stack: Sta
     assert stack.seen[-1]["headers"]["x-forwarded-for"] == forged[0]
 
 
+async def test_failed_attempts_count_against_an_address_limit(stack: Stack) -> None:
+    """Address limits are counted before authentication: guessing credentials from one
+    address is throttled like any other traffic from it."""
+    edge = await stack.gateway(rate_limits="[{per: ip, limit: 4/minute}]")
+    tries = [
+        await stack.call("/jwt-only/x", edge=edge, headers={"Authorization": f"Bearer guess{i}"})
+        for i in range(5)
+    ]
+    assert [t.status for t in tries] == [401, 401, 401, 401, 429]
+    assert 1 <= int(tries[-1].headers["retry-after"]) <= 60
+    assert edge.last(Reason.RATE_LIMITED).attributes["rule"] == "rate_limits[0]"
+
+
 @pytest.mark.services
 async def test_two_gateways_sharing_redis_admit_the_limit_between_them(stack: Stack) -> None:
     require_service("Redis", "127.0.0.1", 6379)

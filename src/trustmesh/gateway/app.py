@@ -48,7 +48,7 @@ from trustmesh.gateway.iprules import IPRules
 from trustmesh.gateway.keystore import ApiKeyVerifier
 from trustmesh.gateway.metrics import GatewayMetrics
 from trustmesh.gateway.oidc import ExternalIssuers
-from trustmesh.gateway.ratelimit import RateLimiter
+from trustmesh.gateway.ratelimit import RateDecision, RateLimiter
 from trustmesh.gateway.routes import RouteTable, request_host
 from trustmesh.gateway.upstreams import UpstreamTimeoutError
 from trustmesh.policy.edge import ANONYMOUS, EdgePolicy, EdgeRequest, Principal
@@ -224,6 +224,14 @@ class GatewayApp:
         user: dict[str, Any] | None = None
         principal = ANONYMOUS
         credential: object = None  # what the caller presented, as the internal token's key
+        grants: list[tuple[bytes, bytes]] = []
+        if self.limiter is not None:  # address limits first: failed attempts count too
+            early = await self.limiter.hit(
+                decision.index, consumer=None, roles=(), ip=client, stage="before_auth"
+            )
+            if not await self._admitted(early, send, context, None):
+                return
+            grants = early.headers()
         if route.auth != ["anonymous"]:
             found = await self._authenticate(route, headers, send, context)
             if found is None:
@@ -235,21 +243,12 @@ class GatewayApp:
                 consumer=None if user is None else f"{principal.type}:{principal.id}",
                 roles=principal.roles,
                 ip=client,
+                stage="after_auth",
             )
-            if not limited.allowed:
-                context["rule"] = limited.rule
-                self._emit(events.Decision.DENY, limited.reason, "rate limited", context, user)
-                await _error(
-                    send,
-                    429,
-                    "rate_limited",
-                    "too many requests; try again later",
-                    limited.headers(),
-                )
+            if not await self._admitted(limited, send, context, user):
                 return
-            grants = limited.headers()
-        else:
-            grants = []
+            if limited.rule and (not grants or limited.remaining < early.remaining):
+                grants = limited.headers()  # the tighter limit is the one to tell
         if self.policy is not None:
             verdict = self.policy.decide(
                 EdgeRequest(
@@ -325,6 +324,22 @@ class GatewayApp:
         context["status"] = answer.status
         self._emit(events.Decision.ALLOW, Reason.REQUEST_FORWARDED, "forwarded", context, user)
         await _relay(send, answer, [*response_grants(route.cors, headers), *grants])
+
+    async def _admitted(
+        self,
+        limited: RateDecision,
+        send: Send,
+        context: dict[str, Any],
+        user: dict[str, Any] | None,
+    ) -> bool:
+        if limited.allowed:
+            return True
+        context["rule"] = limited.rule
+        self._emit(events.Decision.DENY, limited.reason, "rate limited", context, user)
+        await _error(
+            send, 429, "rate_limited", "too many requests; try again later", limited.headers()
+        )
+        return False
 
     def _internal_token(
         self, index: int, route: GatewayRoute, user: dict[str, Any] | None, credential: object

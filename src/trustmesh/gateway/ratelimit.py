@@ -57,6 +57,7 @@ log = logging.getLogger("trustmesh.gateway.ratelimit")
 
 Clock = Callable[[], float]
 #: Told ``(False, why)`` when the shared store fails, ``(True, why)`` when it is back.
+Stage = Literal["before_auth", "after_auth", "all"]
 StorageListener = Callable[[bool, str], None]
 StorageKind = Literal["memory", "redis", "fallback"]
 
@@ -185,11 +186,19 @@ def _compile(gateway: GatewayConfig) -> tuple[tuple[_Rule, ...], ...]:
     return tuple(for_route(i, route) for i, route in enumerate(gateway.routes))
 
 
+def _before_auth(rule: _Rule) -> bool:
+    """A rule that needs nothing but the client's address: counted before authentication,
+    so that failed attempts count too."""
+    return rule.per == "ip" and rule.roles is None
+
+
 def _buckets(
-    rules: Sequence[_Rule], consumer: str | None, roles: Sequence[str], ip: str
+    rules: Sequence[_Rule], consumer: str | None, roles: Sequence[str], ip: str, stage: Stage
 ) -> list[tuple[_Rule, str]]:
     buckets: list[tuple[_Rule, str]] = []
     for rule in rules:
+        if stage != "all" and _before_auth(rule) != (stage == "before_auth"):
+            continue
         held: frozenset[str] | None = None
         if rule.roles is not None:
             held = rule.roles.intersection(roles)
@@ -282,10 +291,18 @@ class RateLimiter:
         )
 
     async def hit(
-        self, route_index: int, *, consumer: str | None, roles: Sequence[str], ip: str
+        self,
+        route_index: int,
+        *,
+        consumer: str | None,
+        roles: Sequence[str],
+        ip: str,
+        stage: Stage = "all",
     ) -> RateDecision:
-        """Count one request on ``gateway.routes[route_index]`` unless a rule refuses it."""
-        buckets = _buckets(self._rules[route_index], consumer, roles, ip)
+        """Count one request on ``gateway.routes[route_index]`` unless a rule refuses it.
+        ``stage``: ``before_auth`` counts only the rules that need nothing but the address
+        (``per: ip`` without ``roles``), ``after_auth`` the others, ``all`` every one."""
+        buckets = _buckets(self._rules[route_index], consumer, roles, ip, stage)
         counter = self._counter()
         if not buckets:
             return RateDecision(True, Reason.OK, "", 0, 0, 0, 0, None, counter.kind)  # no rule
