@@ -14,6 +14,7 @@ from trustmesh.gateway.headers import (
     response_headers,
     upstream_headers,
 )
+from trustmesh.gateway.routes import request_host
 
 ATTACK = [
     (b"host", b"shop.example"),
@@ -113,6 +114,21 @@ def test_x_forwarded_for_is_believed_only_from_trusted_proxies() -> None:
     garbage = [(b"x-forwarded-for", b"1.2.3.4, not-an-ip")]
     assert client_address("10.0.0.5", garbage, proxy) == "10.0.0.5"
     assert client_address("10.0.0.5", [], proxy) == "10.0.0.5"
+    # with a port, as some load balancers write the entry
+    for entry, address in (
+        (b"198.51.100.7:5678", "198.51.100.7"),
+        (b"[2001:db8::7]:443", "2001:db8::7"),
+        (b"2001:db8::7", "2001:db8::7"),
+    ):
+        assert client_address("10.0.0.5", [(b"x-forwarded-for", entry)], proxy) == address
+    for bad in (b"198.51.100.7:http", b"[2001:db8::7", b"[2001:db8::7]x", b"1.2.3.4:1234567"):
+        assert client_address("10.0.0.5", [(b"x-forwarded-for", bad)], proxy) == "10.0.0.5"
+
+
+def test_a_host_name_with_a_trailing_dot_is_the_same_host() -> None:
+    assert request_host(b"Shop.Example.:8443") == "shop.example"
+    assert request_host(b"shop.example.") == "shop.example"
+    assert request_host(b"[::1]:8443") == "[::1]"
 
 
 addresses = st.ip_addresses(v=4).map(str)

@@ -217,6 +217,19 @@ async def test_per_ip_is_shared_by_consumers_of_one_address(limiters: Limiters) 
     assert allowed(await hits(limiter, 1, consumer="alice", ip="198.51.100.1")) == [True]
 
 
+async def test_an_ipv6_client_is_counted_by_its_slash_64(limiters: Limiters) -> None:
+    """One host usually holds a whole /64: rotating the low bits does not reset a count."""
+    limiter = limiters(gateway([{"per": "ip", "limit": "2/hour"}]))
+    rotating = [f"2001:db8:1:2::{i:x}" for i in range(1, 4)]
+    outcomes = [(await limiter.hit(0, consumer=None, roles=(), ip=ip)).allowed for ip in rotating]
+    assert outcomes == [True, True, False]
+    assert (await limiter.hit(0, consumer=None, roles=(), ip="2001:db8:1:3::1")).allowed
+    # an IPv4-mapped address counts as that IPv4 address
+    assert (await limiter.hit(0, consumer=None, roles=(), ip="192.0.2.9")).allowed
+    assert (await limiter.hit(0, consumer=None, roles=(), ip="::ffff:192.0.2.9")).allowed
+    assert not (await limiter.hit(0, consumer=None, roles=(), ip="192.0.2.9")).allowed
+
+
 async def test_per_role_counts_each_role_and_needs_room_in_all(limiters: Limiters) -> None:
     limiter = limiters(gateway([{"per": "role", "limit": "2/hour"}]))
     assert allowed(await hits(limiter, 1, consumer="alice", roles=("staff",))) == [True]

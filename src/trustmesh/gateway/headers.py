@@ -160,12 +160,31 @@ def client_address(peer: str, headers: Headers, trusted: TrustedProxies) -> str:
         if name.lower() == b"x-forwarded-for":
             hops.extend(h.strip() for h in value.decode("latin-1").split(","))
     current = peer
-    for hop in reversed(hops):
-        try:
-            ipaddress.ip_address(hop)
-        except ValueError:
+    for entry in reversed(hops):
+        hop = _hop_address(entry)
+        if hop is None:
             return current
         current = hop
         if hop not in trusted:
             return hop
     return current
+
+
+def _hop_address(entry: str) -> str | None:
+    """The address of an ``X-Forwarded-For`` entry: ``1.2.3.4``, ``2001:db8::1``, or with
+    a port as some load balancers write it (``1.2.3.4:5678``, ``[2001:db8::1]:443``)."""
+    text, port = entry, ""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            return None
+        text, port = text[1:end], text[end + 1 :]
+    elif text.count(":") == 1:
+        text, _, digits = text.partition(":")
+        port = ":" + digits
+    if port and not (port.startswith(":") and port[1:].isdigit() and len(port) <= 6):
+        return None
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None

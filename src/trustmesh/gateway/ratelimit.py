@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import json
 import logging
 import math
@@ -186,6 +187,20 @@ def _compile(gateway: GatewayConfig) -> tuple[tuple[_Rule, ...], ...]:
     return tuple(for_route(i, route) for i, route in enumerate(gateway.routes))
 
 
+def _address_bucket(ip: str) -> str:
+    """What one address limit counts: an IPv4 address, or the IPv6 /64 an address is in
+    (one host is usually given a whole /64: counting per /128 would be no limit at all)."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
 def _before_auth(rule: _Rule) -> bool:
     """A rule that needs nothing but the client's address: counted before authentication,
     so that failed attempts count too."""
@@ -207,7 +222,7 @@ def _buckets(
         if rule.per == "route":
             buckets.append((rule, rule.key))
         elif rule.per == "ip" or (rule.per == "consumer" and consumer is None):
-            buckets.append((rule, f"{rule.key}.ip.{_digest(ip)}"))
+            buckets.append((rule, f"{rule.key}.ip.{_digest(_address_bucket(ip))}"))
         elif rule.per == "consumer" and consumer is not None:
             buckets.append((rule, f"{rule.key}.consumer.{_digest(consumer)}"))
         elif rule.per == "role" and consumer is not None:

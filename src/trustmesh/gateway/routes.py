@@ -56,6 +56,7 @@ def request_host(header: bytes | None) -> str | None:
         end = text.find("]")
         return text[: end + 1] if end > 0 else None
     name = text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+    name = name.removesuffix(".")  # "shop.example." is shop.example (RFC 1034 §3.1)
     return name or None
 
 
