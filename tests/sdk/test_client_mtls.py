@@ -14,7 +14,12 @@ from starlette.routing import Route
 
 from trustmesh.errors import UnavailableError
 from trustmesh.sdk import trace
-from trustmesh.sdk.client import CircuitBreaker, ServerIdentityError, ServiceClient
+from trustmesh.sdk.client import (
+    CircuitBreaker,
+    ResponseTooLargeError,
+    ServerIdentityError,
+    ServiceClient,
+)
 from trustmesh.sdk.serve import Served, start
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.x509source import X509Source
@@ -205,3 +210,32 @@ def test_trace_parsing() -> None:
         "garbage",
     ):
         assert trace.parse(bad) is None
+
+
+async def test_an_answer_larger_than_the_client_reads_is_refused(
+    identity: RunningIdentityServer, orders_tls: RotatingTLS
+) -> None:
+    """Decoded size counts: a small gzip bomb is refused, not buffered; never retried."""
+    import gzip
+
+    bomb = gzip.compress(b"0" * 200_000)
+    hits = 0
+
+    async def big(_: Request) -> Response:
+        nonlocal hits
+        hits += 1
+        return Response(bomb, headers={"content-encoding": "gzip"})
+
+    source = X509Source(identity.address, spiffe_id=PAYMENTS)
+    served = await start(Starlette(routes=[Route("/big", big)]), source=source)
+    try:
+        url = f"https://127.0.0.1:{served.port}"
+        async with ServiceClient(orders_tls, url, PAYMENTS, max_response_bytes=100_000) as c:
+            with pytest.raises(ResponseTooLargeError):
+                await c.get("/big")
+        assert hits == 1
+        assert len(bomb) < 100_000  # small on the wire
+        async with ServiceClient(orders_tls, url, PAYMENTS, max_response_bytes=300_000) as c:
+            assert len((await c.get("/big")).body) == 200_000
+    finally:
+        await _stop(served)

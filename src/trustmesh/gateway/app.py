@@ -55,7 +55,7 @@ from trustmesh.policy.edge import ANONYMOUS, EdgePolicy, EdgeRequest, Principal
 from trustmesh.policy.paths import NonCanonicalPath, canonical_path
 from trustmesh.reasons import Reason
 from trustmesh.sdk import trace
-from trustmesh.sdk.client import Response
+from trustmesh.sdk.client import Response, ResponseTooLargeError
 from trustmesh.sdk.serve import Receive, Scope, Send, respond_json
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.tokens import TokenVerifier, bearer_token
@@ -300,6 +300,12 @@ class GatewayApp:
             answer = await self.upstreams.forward(
                 route.to, method, target, forwarded, body, timeout=timeouts[decision.index]
             )
+        except ResponseTooLargeError as exc:
+            self._emit(
+                events.Decision.ERROR, Reason.UPSTREAM_UNAVAILABLE, exc.detail, context, user
+            )
+            await _error(send, 502, "bad_gateway", "the service's answer was too large")
+            return
         except UpstreamTimeoutError as exc:
             self._emit(
                 events.Decision.ERROR,

@@ -38,7 +38,13 @@ from trustmesh.config.gateway import HealthCheck, UpstreamSettings
 from trustmesh.errors import NotFoundError, TrustmeshError, UnavailableError
 from trustmesh.gateway.balancer import Balancer, Change, HealthRules, OutlierRules
 from trustmesh.reasons import Reason
-from trustmesh.sdk.client import IDEMPOTENT, CircuitBreaker, Response, ServiceClient
+from trustmesh.sdk.client import (
+    IDEMPOTENT,
+    CircuitBreaker,
+    Response,
+    ResponseTooLargeError,
+    ServiceClient,
+)
 from trustmesh.sdk.discovery import Endpoint
 from trustmesh.sdk.tls import RotatingTLS
 
@@ -163,6 +169,9 @@ class UpstreamPool:
                 raise UpstreamTimeoutError(
                     f"{service} at {key} did not answer within {timeout:g}s"
                 ) from None
+            except ResponseTooLargeError:  # the instance served: its answer is the problem
+                self._record(service, svc, key, True, "response too large")
+                raise
             except (TrustmeshError, OSError) as exc:
                 detail = exc.detail if isinstance(exc, TrustmeshError) else type(exc).__name__
                 self._record(service, svc, key, False, detail)

@@ -116,6 +116,16 @@ class Response:
         return json.loads(self.body)
 
 
+#: The largest response body a client reads (decoded); larger ones are an error.
+MAX_RESPONSE_BYTES = 64 << 20
+
+
+class ResponseTooLargeError(UnavailableError):
+    """The service's answer was larger than the client reads (never retried)."""
+
+    code = "response_too_large"
+
+
 #: Called for the bearer token of each request; ``True`` asks for a fresh one.
 TokenProvider = Callable[[bool], Awaitable[str]]
 
@@ -134,8 +144,10 @@ class ServiceClient:
         retries: int = 2,
         breaker: CircuitBreaker | None = None,
         token: TokenProvider | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         self.tls = tls
+        self.max_response_bytes = max_response_bytes
         self.token = token
         self.base_url = base_url.rstrip("/")
         self.expected = expected_spiffe_id
@@ -152,6 +164,21 @@ class ServiceClient:
 
     async def close(self) -> None:
         await self._session.close()
+
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        """The body, decoded, up to ``max_response_bytes`` (a decompression bomb or a
+        runaway answer is refused, not buffered)."""
+        limit = self.max_response_bytes
+        if response.content_length is not None and response.content_length > limit:
+            raise ResponseTooLargeError(f"{self.expected}: response over {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > limit:
+                raise ResponseTooLargeError(f"{self.expected}: response over {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def __aenter__(self) -> ServiceClient:
         return self
@@ -215,11 +242,13 @@ class ServiceClient:
                     headers=sent_headers,
                     ssl=self.tls.client,
                 ) as r:
-                    body = await r.read()
+                    body = await self._read(r)
                     response = Response(r.status, dict(r.headers), body, r.raw_headers)
             except ServerIdentityError:
                 self.breaker.record(False, time.monotonic())
                 raise  # never retried: the network is not flaky, it is someone else
+            except ResponseTooLargeError:
+                raise  # the same request would get the same answer
             except aiohttp.ServerDisconnectedError as exc:
                 # under TLS 1.3 a server that refuses our certificate hangs up after the
                 # handshake: say so instead of "server disconnected"
