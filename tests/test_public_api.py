@@ -85,6 +85,7 @@ EXPECTED = {
     ],
     "trustmesh.testing": [
         "FakeClock",
+        "PrivateRedis",
         "RunningIdentityServer",
         "identity_server_in_thread",
         "run_cli",

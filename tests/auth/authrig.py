@@ -3,10 +3,12 @@ SVIDs of orders, payments, inventory and the provider itself."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import re
 import ssl
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,3 +265,41 @@ def code_flow(
     assert answer.status_code == 200, answer.text
     tokens: dict[str, Any] = answer.json()
     return tokens
+
+
+WEB_REDIRECT = "https://shop.example/cb"
+WEB_PASSWORD = "a long enough passphrase"
+
+
+def sign_in_user(rig: AuthRig, username: str, roles: list[str], *, audience: str) -> str:
+    """Create the user (with TOTP when the provider enrols one) and, the first time, the
+    public web client ``shop-web`` for ``audience``; sign in with code + PKCE on the
+    public listener; the access token."""
+    with rig.operator.mount(requests.Session()) as s:
+        made = s.post(
+            rig.url + "/admin/v1/users",
+            json={"username": username, "password": WEB_PASSWORD, "roles": roles},
+            timeout=30,
+        )
+        assert made.status_code == 201, made.text
+        s.post(
+            rig.url + "/admin/v1/clients",
+            json={
+                "client_id": "shop-web",
+                "method": "none",
+                "redirect_uris": [WEB_REDIRECT],
+                "audiences": [audience],
+            },
+            timeout=30,
+        )
+    otp = ""
+    if "totp_uri" in made.json():
+        secret = parse_qs(urlsplit(made.json()["totp_uri"]).query)["secret"][0]
+        otp = crypto.totp_code(base64.b32decode(secret + "=" * (-len(secret) % 8)), time.time())
+    with requests.Session() as browser:
+        browser.trust_env = False
+        browser.verify = str(crypto.edge_ca_path(rig.state))
+        tokens = code_flow(
+            browser, rig.public_url, "shop-web", WEB_REDIRECT, username, WEB_PASSWORD, otp
+        )
+    return str(tokens["access_token"])

@@ -9,10 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import shutil
-import socket
 import ssl
-import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,10 +18,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-import redis.asyncio as aioredis
-import requests
-from authrig import CONFIG, TD, AuthRig, code_flow, identity_for, make_rig
-from services import REQUIRE_SERVICES, require_service
+from authrig import CONFIG, TD, AuthRig, identity_for, make_rig, sign_in_user
+from services import require_service
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -38,12 +33,10 @@ from trustmesh.gateway.server import RunningGateway, serve_gateway
 from trustmesh.reasons import Reason
 from trustmesh.sdk.runtime import Runtime, run_service
 from trustmesh.sdk.x509source import X509Source
-from trustmesh.testing import RunningIdentityServer
+from trustmesh.testing import PrivateRedis, RunningIdentityServer
 
 GATEWAY = f"spiffe://{TD}/trustmesh/gateway"
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
-PASSWORD = "a long enough passphrase"
-REDIRECT = "https://shop.example/cb"
 LIMITED = '"routes[0].rate_limits[0]"'  # the rule's name in the RateLimit headers
 SHARED_LIMIT = 50
 SLOW_SECONDS = 3.0  # the slow handler's time to answer: far beyond the /slow route's timeout
@@ -192,7 +185,7 @@ class Stack:
             )
 
     async def sign_in(self, username: str, roles: list[str]) -> str:
-        return await asyncio.to_thread(_sign_in, self.rig, username, roles)
+        return await asyncio.to_thread(sign_in_user, self.rig, username, roles, audience=GATEWAY)
 
 
 @pytest.fixture
@@ -230,32 +223,6 @@ async def stack(identity: RunningIdentityServer, short_tmp: Path, run: str) -> A
             for edge in made.edges:
                 await edge.running.stop()
             await source.close()
-
-
-def _sign_in(rig: AuthRig, username: str, roles: list[str]) -> str:
-    """Create the user (and, the first time, the web client); sign in; the access token."""
-    with rig.operator.mount(requests.Session()) as s:
-        made = s.post(
-            rig.url + "/admin/v1/users",
-            json={"username": username, "password": PASSWORD, "roles": roles},
-            timeout=30,
-        )
-        assert made.status_code == 201, made.text
-        s.post(
-            rig.url + "/admin/v1/clients",
-            json={
-                "client_id": "shop-web",
-                "method": "none",
-                "redirect_uris": [REDIRECT],
-                "audiences": [GATEWAY],
-            },
-            timeout=30,
-        )
-    with requests.Session() as browser:
-        browser.trust_env = False
-        browser.verify = str(crypto.edge_ca_path(rig.state))
-        tokens = code_flow(browser, rig.public_url, "shop-web", REDIRECT, username, PASSWORD)
-    return str(tokens["access_token"])
 
 
 async def _until(
@@ -363,62 +330,6 @@ async def test_two_gateways_sharing_redis_admit_the_limit_between_them(stack: St
     assert refusals == statuses.count(429)
 
 
-class PrivateRedis:
-    """A redis-server of this test's own, on a free port, without persistence."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError(f"redis-server did not listen on port {self.port}")
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
-
-    async def keys(self) -> list[str]:
-        client = aioredis.Redis.from_url(self.url, decode_responses=True)
-        try:
-            return [k async for k in client.scan_iter(match="trustmesh:ratelimit:*")]
-        finally:
-            await client.aclose()
-
-
-@pytest.fixture
-async def private_redis(short_tmp: Path) -> AsyncIterator[PrivateRedis]:
-    if shutil.which("redis-server") is None:
-        message = "redis-server is not installed"
-        if REQUIRE_SERVICES:
-            pytest.fail(f"{message} and TRUSTMESH_REQUIRE_SERVICES=1")
-        pytest.skip(message)
-    server = PrivateRedis(short_tmp)
-    await asyncio.to_thread(server.start)
-    try:
-        yield server
-    finally:
-        await asyncio.to_thread(server.kill)
-
-
 @pytest.mark.services
 async def test_a_gateway_limits_on_its_own_while_redis_is_down(
     stack: Stack, private_redis: PrivateRedis
@@ -429,7 +340,7 @@ async def test_a_gateway_limits_on_its_own_while_redis_is_down(
         return await stack.call("/anon/x", edge=edge)
 
     assert [(await anon()).status for _ in range(2)] == [200, 200]
-    assert await private_redis.keys()  # counted in Redis
+    assert await private_redis.keys("trustmesh:ratelimit:*")  # counted in Redis
     await asyncio.to_thread(private_redis.kill)
     # still answering, with the same rule counted in this instance's memory (afresh)
     during = [(await anon()).status for _ in range(4)]
@@ -454,7 +365,7 @@ async def test_a_gateway_limits_on_its_own_while_redis_is_down(
     assert set(answers[:-1]) <= {429}
     assert edge.last(Reason.RATE_LIMIT_STORE_BACK).decision == events.Decision.ALLOW
     assert (await anon()).status == 200
-    assert await private_redis.keys()
+    assert await private_redis.keys("trustmesh:ratelimit:*")
 
 
 # -- API keys ----------------------------------------------------------------------------

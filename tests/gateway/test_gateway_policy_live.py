@@ -5,19 +5,16 @@ each refusal with its event and the policy that decided."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import ssl
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
-from authrig import CONFIG, TD, AuthRig, code_flow, identity_for, make_rig
+from authrig import CONFIG, TD, AuthRig, identity_for, make_rig, sign_in_user
 from fake_oidc import FakeIssuer, fake_issuer
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -64,8 +61,6 @@ when { principal.roles.contains("customer") };
 forbid (principal, action, resource == Route::"/admin")
 unless { principal.roles.contains("admin") && principal.mfa };
 """
-PASSWORD = "a long enough passphrase"
-REDIRECT = "https://shop.example/cb"
 
 
 async def echo(request: Request) -> JSONResponse:
@@ -131,34 +126,7 @@ async def stack(
 
 
 def _sign_in(rig: AuthRig, username: str, roles: list[str]) -> str:
-    """Create the user and the web client (first time), sign in, return the access token."""
-    with rig.operator.mount(requests.Session()) as s:
-        made = s.post(
-            rig.url + "/admin/v1/users",
-            json={"username": username, "password": PASSWORD, "roles": roles},
-            timeout=30,
-        )
-        assert made.status_code == 201, made.text
-        s.post(
-            rig.url + "/admin/v1/clients",
-            json={
-                "client_id": "shop-web",
-                "method": "none",
-                "redirect_uris": [REDIRECT],
-                "audiences": [GATEWAY],
-            },
-            timeout=30,
-        )
-    otp = ""
-    if "totp_uri" in made.json():
-        secret = parse_qs(urlsplit(made.json()["totp_uri"]).query)["secret"][0]
-        key = base64.b32decode(secret + "=" * (-len(secret) % 8))
-        otp = crypto.totp_code(key, time.time())
-    with requests.Session() as browser:
-        browser.trust_env = False
-        browser.verify = str(crypto.edge_ca_path(rig.state))
-        tokens = code_flow(browser, rig.public_url, "shop-web", REDIRECT, username, PASSWORD, otp)
-    return str(tokens["access_token"])
+    return sign_in_user(rig, username, roles, audience=GATEWAY)
 
 
 def _call(rig: AuthRig, gateway: RunningGateway, method: str, path: str, token: str) -> int:

@@ -5,23 +5,19 @@ fallback while Redis is down."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
-from services import REQUIRE_SERVICES, require_service
+from services import require_service
 
 from trustmesh.config.gateway import GatewayConfig
 from trustmesh.gateway.ratelimit import RateDecision, RateLimiter
 from trustmesh.reasons import Reason
+from trustmesh.testing import PrivateRedis
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 HOUR = 3600
@@ -387,64 +383,6 @@ async def test_keys_are_namespaced_and_hide_untrusted_ids(limiters: Limiters) ->
 
 
 # -- fallback when Redis is down -----------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class PrivateRedis:
-    """A redis-server of this test's own, on a free port, without persistence."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = _free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary is not None
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError(f"redis-server did not listen on port {self.port}")
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
-
-
-@pytest.fixture
-async def private_redis(short_tmp: Path) -> AsyncIterator[PrivateRedis]:
-    if shutil.which("redis-server") is None:
-        message = "redis-server is not installed"
-        if REQUIRE_SERVICES:
-            pytest.fail(f"{message} and TRUSTMESH_REQUIRE_SERVICES=1")
-        pytest.skip(message)
-    server = PrivateRedis(short_tmp)
-    await asyncio.to_thread(server.start)
-    try:
-        yield server
-    finally:
-        await asyncio.to_thread(server.kill)
 
 
 async def _until(condition: Callable[[], bool], what: str) -> None:

@@ -3,5 +3,12 @@
 from trustmesh.testing.cli import run_cli
 from trustmesh.testing.clock import FakeClock
 from trustmesh.testing.identity import RunningIdentityServer, identity_server_in_thread
+from trustmesh.testing.redis import PrivateRedis
 
-__all__ = ["FakeClock", "RunningIdentityServer", "identity_server_in_thread", "run_cli"]
+__all__ = [
+    "FakeClock",
+    "PrivateRedis",
+    "RunningIdentityServer",
+    "identity_server_in_thread",
+    "run_cli",
+]
