@@ -383,6 +383,17 @@ async def test_address_rules_hold_and_a_forged_x_forwarded_for_does_not_help(
         assert refused.json()["error"] == "forbidden"
     assert _reasons(sink).count(Reason.IP_DENIED) == 2
     assert (await asyncio.to_thread(_call, gateway, ca, "GET", "/public/x")).status_code == 200
+    # a route's address rules hold for its CORS preflights too
+    preflight = await asyncio.to_thread(
+        _call,
+        gateway,
+        ca,
+        "OPTIONS",
+        "/blocked/x",
+        headers={"Origin": "https://shop.example", "Access-Control-Request-Method": "GET"},
+    )
+    assert preflight.status_code == 403
+    assert _reasons(sink).count(Reason.IP_DENIED) == 3
 
 
 async def test_cors_is_granted_only_to_the_declared_origin(stack: Any) -> None:

@@ -390,6 +390,12 @@ class GatewayApp:
     ) -> None:
         decision = self.routes.decide(host, path, asked)
         route = decision.route
+        if route is not None and not self.route_ip_rules[decision.index].admits(
+            context["client"]
+        ):  # the route's address rules hold for its preflights too
+            self._emit(events.Decision.DENY, Reason.IP_DENIED, "client address refused", context)
+            await _error(send, 403, "forbidden", "not allowed from this address")
+            return
         grants = None
         if route is not None and route.cors is not None:
             grants = preflight_headers(route.cors, route.methods, headers)
