@@ -135,3 +135,23 @@ def test_each_route_implies_exactly_its_call_from_the_gateway() -> None:
     payments = CallAuthorizer(config, "payments")
     assert payments.decide(gateway, "GET", "/admin/x").allowed
     assert not payments.decide(gateway, "POST", "/admin/x").allowed
+
+
+def test_a_route_names_only_known_issuers() -> None:
+    issuers = '  issuers: [{issuer: "https://kc.example/realms/shop", audience: shop-api}]\n'
+    fine = parse_config(
+        _config(
+            '    - {path: /orders, to: orders, issuers: [trustmesh, "https://kc.example/realms/shop"]}\n',
+            issuers,
+        ),
+        source="t.yaml",
+    )
+    assert fine.gateway is not None
+    assert fine.gateway.routes[0].issuers == ["trustmesh", "https://kc.example/realms/shop"]
+    with pytest.raises(ConfigError, match=r"names 'https://other.example'.*expected 'trustmesh'"):
+        parse_config(
+            _config(
+                '    - {path: /orders, to: orders, issuers: ["https://other.example"]}\n', issuers
+            ),
+            source="t.yaml",
+        )

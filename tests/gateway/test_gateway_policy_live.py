@@ -39,6 +39,7 @@ gateway:
     - {path: /orders, to: orders, methods: [GET, POST]}
     - {path: /admin, to: orders}
     - {path: /live, to: orders, auth: [introspection]}
+    - {path: /staff, to: orders, issuers: [trustmesh]}
 """
 POLICIES = """
 @id("customers-order")
@@ -55,6 +56,10 @@ when { principal.roles.contains("admin") && principal.mfa };
 
 @id("customers-live")
 permit (principal is User, action == Action::"GET", resource == Route::"/live")
+when { principal.roles.contains("customer") };
+
+@id("customers-staff")
+permit (principal is User, action == Action::"GET", resource == Route::"/staff")
 when { principal.roles.contains("customer") };
 
 @id("admin-routes-need-mfa")
@@ -259,6 +264,11 @@ async def test_tokens_of_another_openid_provider(stack: Any) -> None:
     assert await asyncio.to_thread(call, "GET", "/orders/o1", kc.token(aud="other")) == 401
     forwarded = [e for e in sink.events if e.reason == Reason.REQUEST_FORWARDED]
     assert forwarded[0].sub == f"{kc.url}#kc-user-1"
+    # a route that takes only the provider's users refuses the other issuer's
+    assert await asyncio.to_thread(call, "GET", "/staff/x", customer) == 401
+    assert sink.events[-1].reason == Reason.TOKEN_WRONG_ISSUER
+    carol = await asyncio.to_thread(_sign_in, rig, "carol", ["customer"])
+    assert await asyncio.to_thread(call, "GET", "/staff/x", carol) == 200
     # that issuer may not make admins: its "admin" role is dropped at the edge
     boss = kc.token(sub="kc-boss", realm_access={"roles": ["admin"]}, amr=["pwd", "otp"])
     assert await asyncio.to_thread(call, "GET", "/admin/orders", boss) == 403

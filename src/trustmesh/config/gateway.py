@@ -20,6 +20,7 @@ from trustmesh.config.durations import Duration, format_duration
 
 __all__ = [
     "AUTH_MODES",
+    "PROVIDER_ISSUER",
     "RATE_LIMIT_KEYS",
     "CorsPolicy",
     "ExternalIssuer",
@@ -47,6 +48,8 @@ _RESERVED_CLAIMS: Final = frozenset(
     {"iss", "aud", "exp", "iat", "nbf", "jti", "act", "cnf", "client_id", "sub"}
 )
 MAX_INTERNAL_TOKEN_TTL: Final = timedelta(minutes=5)
+#: A route's ``issuers`` entry for trustmesh's own identity provider.
+PROVIDER_ISSUER: Final = "trustmesh"
 
 
 def _invalid(problem: str, expected: str) -> PydanticCustomError:
@@ -242,6 +245,11 @@ class GatewayRoute(BaseModel):
         "after the host when one is set.",
     )
     rate_limits: list[RateLimitRule] = Field(default_factory=list)
+    issuers: list[str] | None = Field(
+        default=None,
+        description="Whose tokens a jwt route takes: 'trustmesh' (the identity provider) "
+        "and/or issuers of gateway.issuers (unset: all of them).",
+    )
     timeout: Annotated[Duration, AfterValidator(_check_timeout)] = Field(
         default="30s",
         validate_default=True,
@@ -445,6 +453,14 @@ class GatewayConfig(BaseModel):
         issuers = [i.issuer for i in self.issuers]
         if len(set(issuers)) != len(issuers):
             raise _invalid("issuers repeat", "each issuer once")
+        known = {PROVIDER_ISSUER, *issuers}
+        for index, route in enumerate(self.routes):
+            for name in route.issuers or ():
+                if name not in known:
+                    raise _invalid(
+                        f"routes[{index}].issuers names {name!r}",
+                        "'trustmesh' or an issuer of gateway.issuers: " + ", ".join(sorted(known)),
+                    )
         if self.redis is not None and not self.redis.startswith(("redis://", "rediss://")):
             raise _invalid("gateway.redis is not a redis:// URL", "redis://host:port/db")
         seen: dict[tuple[str | None, str, str], int] = {}

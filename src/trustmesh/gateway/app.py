@@ -31,7 +31,7 @@ from collections.abc import Callable, MutableMapping
 from typing import Any, Protocol
 
 from trustmesh import events
-from trustmesh.config.gateway import GatewayConfig, GatewayRoute
+from trustmesh.config.gateway import PROVIDER_ISSUER, GatewayConfig, GatewayRoute
 from trustmesh.errors import InvalidTokenError, TrustmeshError, UnavailableError
 from trustmesh.gateway.apikeys import presented_api_key
 from trustmesh.gateway.cors import is_preflight, preflight_headers, response_grants
@@ -447,7 +447,13 @@ class GatewayApp:
         external = self.external.issuer_of(token) if self.external is not None else None
         # introspection where the route asks for it, unless a JWT route gets a JWT
         ask = "introspection" in route.auth and ("jwt" not in route.auth or token.count(".") != 2)
+        issuer = external.spec.issuer if external is not None else PROVIDER_ISSUER
         try:
+            if not ask and route.issuers is not None and issuer not in route.issuers:
+                # another issuer's users have no business on this route
+                raise InvalidTokenError(
+                    "an issuer this route does not take", reason=Reason.TOKEN_WRONG_ISSUER
+                )
             if ask:
                 if self.introspector is None:
                     raise UnavailableError("no identity provider to introspect with")
