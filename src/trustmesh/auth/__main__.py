@@ -9,13 +9,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from trustmesh.auth.endpoint import endpoint_path
 from trustmesh.auth.server import serve_auth
 from trustmesh.config import TrustmeshConfig
 from trustmesh.sdk.process import component_identity, component_main, serve_until_stopped
-
-
-def endpoint_path(state: Path) -> Path:
-    return state / "auth" / "endpoint.json"
 
 
 async def run(config: TrustmeshConfig, state: Path, config_dir: Path) -> None:

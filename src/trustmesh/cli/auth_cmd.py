@@ -19,7 +19,7 @@ from urllib.parse import quote
 import typer
 from rich.table import Table
 
-from trustmesh.auth.__main__ import endpoint_path
+from trustmesh.auth.endpoint import endpoint_path
 from trustmesh.cli._common import (
     DEFAULT_STATE,
     ConfigOption,

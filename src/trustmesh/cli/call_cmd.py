@@ -22,7 +22,7 @@ from typing import Annotated, Any
 
 import typer
 
-from trustmesh.auth.__main__ import endpoint_path as auth_endpoint_path
+from trustmesh.auth.endpoint import endpoint_path as auth_endpoint_path
 from trustmesh.cli._common import (
     DEFAULT_STATE,
     EXIT_FAILURE,

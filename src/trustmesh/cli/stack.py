@@ -23,7 +23,7 @@ from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from rich.table import Table
 
 from trustmesh import crypto
-from trustmesh.auth.__main__ import endpoint_path as auth_endpoint_path
+from trustmesh.auth.endpoint import endpoint_path as auth_endpoint_path
 from trustmesh.cli._common import (
     DEFAULT_STATE,
     EXIT_FAILURE,
@@ -49,7 +49,7 @@ from trustmesh.cli.supervisor import (
 )
 from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import TrustmeshError
-from trustmesh.gateway.__main__ import endpoint_path as gateway_endpoint_path
+from trustmesh.gateway.endpoint import endpoint_path as gateway_endpoint_path
 from trustmesh.identity import admin
 from trustmesh.identity.server import (
     MAX_SOCKET_PATH,

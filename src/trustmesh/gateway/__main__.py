@@ -13,12 +13,9 @@ from pathlib import Path
 
 from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import UnavailableError
+from trustmesh.gateway.endpoint import endpoint_path
 from trustmesh.gateway.server import serve_gateway
 from trustmesh.sdk.process import component_identity, component_main, serve_until_stopped
-
-
-def endpoint_path(state: Path) -> Path:
-    return state / "gateway" / "endpoint.json"
 
 
 def _url_from(path: Path) -> str | None:

@@ -1,0 +1,13 @@
+"""Where the running auth process says it listens: ``<state>/auth/endpoint.json`` (written
+by the process, read by ``trustmesh status`` and the processes ``up`` starts after it).
+Kept apart from the process's own module so that reading it imports nothing heavy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["endpoint_path"]
+
+
+def endpoint_path(state: Path) -> Path:
+    return state / "auth" / "endpoint.json"
