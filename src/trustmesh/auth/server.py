@@ -18,7 +18,7 @@ from trustmesh.auth.gateway_tokens import GatewayTokens, gateway_url_from
 from trustmesh.auth.service import AuthService, AuthSettings
 from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import ConfigError
-from trustmesh.sdk.serve import PublicServed, Served, start, start_public
+from trustmesh.sdk.serve import PublicServed, Served, bound_socket, start, start_public
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.x509source import SVIDSource
 from trustmesh.store import create_engine, sqlite_url
@@ -59,12 +59,6 @@ def database_url(config: TrustmeshConfig, state: Path) -> str:
     return config.auth.database or sqlite_url(state.absolute() / "auth" / "auth.db")
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 async def serve_auth(
     config: TrustmeshConfig,
     state: Path,
@@ -79,11 +73,39 @@ async def serve_auth(
 
     ``config_dir`` resolves relative certificate paths (the config file's folder)."""
     port = port if port is not None else config.auth.port
-    if not port:
-        port = _free_port(host)  # the issuer names the port: it must be known up front
-    public_port: int | None = None
+    # the issuer names the ports: they are bound up front, so no one can take them before
+    # the listeners start on them
+    sock = bound_socket(host, port or 0)
+    public_sock: socket.socket | None = None
     if config.auth_public_listener:
-        public_port = config.auth.public_port or _free_port(host)
+        try:
+            public_sock = bound_socket(host, config.auth.public_port or 0)
+        except OSError:
+            sock.close()
+            raise
+    try:
+        return await _serve_on(
+            config, state, source, sink, host, sock, public_sock, config_dir or Path.cwd()
+        )
+    except BaseException:  # the listeners never took them
+        sock.close()
+        if public_sock is not None:
+            public_sock.close()
+        raise
+
+
+async def _serve_on(
+    config: TrustmeshConfig,
+    state: Path,
+    source: SVIDSource,
+    sink: events.EventSink,
+    host: str,
+    sock: socket.socket,
+    public_sock: socket.socket | None,
+    config_dir: Path,
+) -> RunningAuth:
+    port = int(sock.getsockname()[1])
+    public_port = int(public_sock.getsockname()[1]) if public_sock is not None else None
     urls = AuthURLs(
         f"https://{host}:{port}",
         f"https://{host}:{public_port}" if public_port is not None else None,
@@ -97,7 +119,7 @@ async def serve_auth(
     seal_key = crypto.load_seal_key(state, dev=config.dev)
     certificate = None
     if public_port is not None:
-        certificate = _public_certificate(config, state, seal_key, config_dir or Path.cwd())
+        certificate = _public_certificate(config, state, seal_key, config_dir)
     store = AuthStore(create_engine(database_url(config, state)))
     service = AuthService(config, store, seal_key, settings, sink)
     await service.start()
@@ -108,7 +130,11 @@ async def serve_auth(
             config.component_spiffe_id("gateway"), tls, gateway_url_from(state)
         )
     served = await start(
-        auth_app(service, urls, gateway_tokens=gateway_tokens), host=host, port=port, tls=tls
+        auth_app(service, urls, gateway_tokens=gateway_tokens),
+        host=host,
+        port=port,
+        tls=tls,
+        sock=sock,
     )
     public = None
     if certificate is not None and public_port is not None:
@@ -119,6 +145,7 @@ async def serve_auth(
                 key_pem=certificate.key_pem(),
                 host=host,
                 port=public_port,
+                sock=public_sock,
             )
         except BaseException:
             await served.stop()

@@ -13,6 +13,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import socket
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -153,9 +154,11 @@ async def start(
     address: str | None = None,
     log_level: str = "warning",
     tls: RotatingTLS | None = None,
+    sock: socket.socket | None = None,
 ) -> Served:
     """Start serving ``app`` over mTLS; return once it listens. ``tls``: the caller's
-    contexts for its SVID source, shared rather than built (and rotated) twice."""
+    contexts for its SVID source, shared rather than built (and rotated) twice. ``sock``:
+    a socket already bound (see :func:`bound_socket`), when the port had to be known first."""
     if tls is not None:
         source = tls.source
     owns = source is None
@@ -178,16 +181,33 @@ async def start(
         # client that never answers the TLS close would otherwise hold it for 30 s
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
-    server, task = await _run(config, "trustmesh-serve")
+    server, task = await _run(config, "trustmesh-serve", sock)
     return Served(server, task, tls, source, owns)
 
 
-async def _run(config: uvicorn.Config, name: str) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+def bound_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A TCP socket bound to ``host`` (port 0: one the system picks), not yet listening:
+    its port is known, and no one else can take it, before the server starts on it (a port
+    merely found free could be given to another socket in between)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def _run(
+    config: uvicorn.Config, name: str, sock: socket.socket | None = None
+) -> tuple[uvicorn.Server, asyncio.Task[None]]:
     """Start uvicorn; return once it listens (or raise what stopped it)."""
     server = uvicorn.Server(config)
     # _serve: uvicorn's serve() without its signal capture; the caller owns the signals
     # (pinned uvicorn version; covered by the tests).
-    task = asyncio.create_task(server._serve(), name=name)
+    task = asyncio.create_task(server._serve([sock] if sock else None), name=name)
     while not server.started:
         if task.done():
             await task  # raises what stopped it
@@ -224,15 +244,16 @@ async def start_public(
     host: str = "127.0.0.1",
     port: int = 0,
     log_level: str = "warning",
+    sock: socket.socket | None = None,
 ) -> PublicServed:
     """Serve ``app`` over server-authenticated TLS, for clients that hold no SVID
     (browsers, public OAuth clients). The app sees no ``tls`` extension: nothing it
-    serves here may depend on a workload identity."""
+    serves here may depend on a workload identity. ``sock``: as for :func:`start`."""
     context = web_server_context(chain_pem, key_pem)
     config = _listener_config(
         app, host, port, log_level, ssl_context_factory=lambda _config, _default: context
     )
-    return PublicServed(*await _run(config, "trustmesh-serve-public"))
+    return PublicServed(*await _run(config, "trustmesh-serve-public", sock))
 
 
 async def start_loopback(
