@@ -526,6 +526,28 @@ class GatewayApp:
         """An event about the gateway itself (an upstream ejected, a store unreachable)."""
         self._emit(decision, reason, message, dict(attributes))
 
+    def _template(
+        self,
+        decision: events.Decision,
+        reason: str,
+        message: str,
+        sub: str | None,
+        client_id: str | None,
+    ) -> events.Event:
+        """The fixed part of a gateway decision's event (validated once per shape)."""
+        return events.event(
+            events.EventClass.API_ACTIVITY,
+            activity_id=99,
+            activity_name="Other",
+            component="gateway",
+            decision=decision,
+            reason=reason,
+            message=message,
+            spiffe_id=self.spiffe_id,
+            sub=sub,
+            client_id=client_id,
+        )
+
     def _emit(
         self,
         decision: events.Decision,
@@ -547,40 +569,23 @@ class GatewayApp:
         # the event's fixed part is validated once per shape; each occurrence is restamped
         # with its own time, uid, trace, attributes and token id (as in the SDK middleware)
         key = (decision, reason, message, sub, client_id)
+        plain = {k: v for k, v in attributes.items() if k in _PLAIN_ATTRIBUTES}
         try:
             template = self._templates.get(key)
             if template is None:
                 if len(self._templates) >= _TEMPLATES:
                     self._templates.clear()
-                template = self._templates[key] = events.event(
-                    events.EventClass.API_ACTIVITY,
-                    activity_id=99,
-                    activity_name="Other",
-                    component="gateway",
-                    decision=decision,
-                    reason=reason,
-                    message=message,
-                    spiffe_id=self.spiffe_id,
-                    sub=sub,
-                    client_id=client_id,
+                template = self._templates[key] = self._template(
+                    decision, reason, message, sub, client_id
                 )
             try:
                 event = events.restamp(template, trace_id=trace_id, attributes=attributes, jti=jti)
             except TrustmeshError:  # an attribute looked like a secret: keep the decision
-                attributes = {k: v for k, v in attributes.items() if k in _PLAIN_ATTRIBUTES}
-                attributes["path"] = "<withheld>"
-                event = events.restamp(template, trace_id=trace_id, attributes=attributes, jti=jti)
+                plain["path"] = "<withheld>"
+                event = events.restamp(template, trace_id=trace_id, attributes=plain, jti=jti)
         except TrustmeshError:  # a subject no event may carry: the decision, without it
-            event = events.event(
-                events.EventClass.API_ACTIVITY,
-                activity_id=99,
-                activity_name="Other",
-                component="gateway",
-                decision=decision,
-                reason=reason,
-                message=message,
-                spiffe_id=self.spiffe_id,
-                attributes={k: v for k, v in attributes.items() if k in _PLAIN_ATTRIBUTES},
+            event = events.restamp(
+                self._template(decision, reason, message, None, None), attributes=plain
             )
         self.sink.emit(event)
 

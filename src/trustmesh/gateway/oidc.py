@@ -197,7 +197,7 @@ class ExternalVerifier:
         digest = hashlib.sha256(token.encode("utf-8", "replace")).digest()
         claims = self._cache.get(digest)
         if claims is None:
-            claims = await self._verify(token)
+            claims = await self._verify(token, digest)
             self._cache[digest] = claims
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
@@ -206,7 +206,7 @@ class ExternalVerifier:
             raise _refuse(Reason.TOKEN_EXPIRED, "expired")
         return claims
 
-    async def _verify(self, token: str) -> dict[str, Any]:
+    async def _verify(self, token: str, digest: bytes) -> dict[str, Any]:
         header = unverified_header(token, self.spec.algorithms)
         if self.jwks is None:
             tried = self._tried_at
@@ -247,12 +247,8 @@ class ExternalVerifier:
         claims["client_id"] = client if isinstance(client, str) else claims["sub"]
         claims["idp"] = self.spec.issuer
         claims["sub"] = f"{self.spec.issuer}#{claims['sub']}"
-        claims.setdefault("jti", digest_hex(token))
+        claims.setdefault("jti", digest.hex()[:32])
         return claims
-
-
-def digest_hex(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()[:32]
 
 
 def _at(claims: Mapping[str, Any], path: str) -> object:
