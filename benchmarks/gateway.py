@@ -34,7 +34,7 @@ serves the mesh targets; every target answers ``GET /items/tea`` with the same a
 
 Before measuring, probes show which gateway stages this build enforces (401 without a
 token; 403 on a route the edge policy does not permit; 429 on a route limited to one
-call a minute). Each target gets a short warm-up, then the measured run; the table shows
+call a minute; 431 for a 64 KiB header). Each target gets a short warm-up, then the measured run; the table shows
 throughput, p50/p99 latency, non-2xx answers and socket errors (either one is flagged and
 makes the exit status 1), and the CPU the proxy and the upstream each spent per
 request (from /proc, warm-up excluded). The machine is shared by wrk, the proxy and the
@@ -448,6 +448,11 @@ def probe_gateway(url: str, ca: Path, token: str) -> dict[str, str]:
         ]
         found["rate limit"] = (
             "enforced (429 over limit)" if codes[1] == 429 else f"not enforced (HTTP {codes})"
+        )
+        huge = {**bearer, "X-Filler": "a" * 65536}  # twice the default head limit
+        oversized = s.get(url + PATH, headers=huge, timeout=30).status_code
+        found["head limits"] = (
+            "enforced (431 over 32 KiB)" if oversized == 431 else f"not enforced (HTTP {oversized})"
         )
     return found
 

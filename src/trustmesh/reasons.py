@@ -93,6 +93,18 @@ class Reason(enum.StrEnum):
     UPSTREAM_RESTORED = "upstream-restored"
     UPSTREAM_UNHEALTHY = "upstream-unhealthy"
     UPSTREAM_HEALTHY = "upstream-healthy"
+    # connections and request heads at a public listener
+    CONNECTION_LIMIT = "connection-limit"
+    CONNECTION_LIMIT_ADDRESS = "connection-limit-address"
+    TLS_HANDSHAKE_TIMEOUT = "tls-handshake-timeout"
+    TLS_HANDSHAKE_FAILED = "tls-handshake-failed"
+    HEADER_TIMEOUT = "header-timeout"
+    BODY_TIMEOUT = "body-timeout"
+    HEADERS_TOO_LARGE = "headers-too-large"
+    REQUEST_LINE_TOO_LONG = "request-line-too-long"
+    REQUEST_MALFORMED = "request-malformed"
+    HOST_INVALID = "host-invalid"
+    UPGRADE_UNSUPPORTED = "upgrade-unsupported"
     # authorization
     POLICY_ALLOW = "policy-allow"
     POLICY_DENY = "policy-deny"

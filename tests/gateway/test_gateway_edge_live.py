@@ -7,6 +7,7 @@ over mTLS to a service run by the SDK. Each refusal is asserted with its event."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import ssl
@@ -543,3 +544,120 @@ def test_a_route_timeout_is_whole_seconds(stack: Stack) -> None:
     rounded: the problem names the key."""
     with pytest.raises(ConfigError, match=r"routes.*timeout.*'300ms' is not a duration"):
         parse_config(CONFIG + section(stack.run, "300ms"), source="t.yaml")
+
+
+# -- the client listener's bounds ----------------------------------------------------------
+async def _raw(
+    edge: Edge, stack: Stack, source: str = "127.0.0.1"
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TLS connection to the gateway from ``source`` (any 127/8 address is loopback)."""
+    context = ssl.create_default_context(cafile=str(crypto.edge_ca_path(stack.rig.state)))
+    return await asyncio.open_connection(
+        "127.0.0.1",
+        edge.running.public.port,
+        ssl=context,
+        server_hostname="localhost",
+        local_addr=(source, 0),
+    )
+
+
+async def _answer_to(edge: Edge, stack: Stack, raw: bytes) -> bytes:
+    reader, writer = await _raw(edge, stack)
+    writer.write(raw)
+    chunks = []
+    with contextlib.suppress(ConnectionError, ssl.SSLError):
+        while chunk := await asyncio.wait_for(reader.read(65536), 5):
+            chunks.append(chunk)
+    writer.close()
+    return b"".join(chunks)
+
+
+async def test_the_gateway_bounds_what_clients_send_and_hold(stack: Stack) -> None:
+    """The attack of the hardening review, against a live gateway: a 32 MB header line,
+    a trickled head, requests that must not be routed, one address holding connections
+    open. Each is refused (and the upstream never sees it), others are served, and the
+    refusals are counted in metrics and reported as a few aggregated events."""
+    edge = await stack.gateway(
+        limits="{header_timeout: 1s, max_header_bytes: 16384, max_header_line_bytes: 4096,"
+        " max_connections_per_address: 10}",
+        metrics_port="0",
+    )
+    token = await stack.sign_in("alice", ["user"])
+    seen_before = len(stack.seen)
+    head = b"GET /jwt-only/x HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer %s\r\n" % (
+        token.encode()
+    )
+    # a 32 MB header line: refused once the head passes 16 KiB
+    reader, writer = await _raw(edge, stack)
+    writer.write(head + b"X-Big: ")
+    sent = 0
+    with contextlib.suppress(ConnectionError, ssl.SSLError):
+        while sent < 32 << 20 and not reader._buffer:  # type: ignore[attr-defined]
+            writer.write(b"a" * 65536)
+            await writer.drain()
+            sent += 65536
+            await asyncio.sleep(0)
+    big = await asyncio.wait_for(reader.read(4096), 5)
+    writer.close()
+    assert big.startswith(b"HTTP/1.1 431 ")
+    assert sent < 8 << 20
+    # a head trickled one line at a time: 408 at the header timeout
+    started = time.monotonic()
+    reader, writer = await _raw(edge, stack)
+    writer.write(head)
+    with contextlib.suppress(ConnectionError, ssl.SSLError):
+        for i in range(40):
+            await asyncio.sleep(0.1)
+            if reader._buffer or reader.at_eof():  # type: ignore[attr-defined]
+                break
+            writer.write(b"X-%d: trickle\r\n" % i)
+    slow = await asyncio.wait_for(reader.read(4096), 5)
+    writer.close()
+    assert slow.startswith(b"HTTP/1.1 408 ")
+    assert time.monotonic() - started < 2.5
+    # never routed: HTTP/0.9, no Host, two Hosts, a WebSocket upgrade
+    for raw, status in (
+        (b"GET /jwt-only/x\r\n\r\n", b"400"),
+        (head.replace(b"Host: localhost\r\n", b"") + b"\r\n", b"400"),
+        (head + b"Host: evil.example\r\n\r\n", b"400"),
+        (head + b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n", b"501"),
+    ):
+        answer = await _answer_to(edge, stack, raw)
+        assert answer.startswith(b"HTTP/1.1 " + status), (raw[:40], answer[:60])
+    # one address holding connections open (each mid-head): the eleventh is refused …
+    held = [await _raw(edge, stack, "127.0.0.2") for _ in range(10)]
+    for _, writer in held:
+        writer.write(b"GET /jwt-only/x HTTP/1.1\r\n")
+    with pytest.raises((ConnectionError, ssl.SSLError)):
+        await _raw(edge, stack, "127.0.0.2")
+    # … while another address is served
+    ok = await stack.call("/jwt-only/x", edge=edge, token=token)
+    assert ok.status == 200
+    assert len(stack.seen) == seen_before + 1  # only that request reached the service
+    for _, writer in held:
+        writer.close()
+
+    assert edge.running.metrics_url is not None
+    async with stack.http.get(edge.running.metrics_url) as scraped:
+        text = await scraped.text()
+    for reason, count in (
+        (Reason.HEADERS_TOO_LARGE, 1),
+        (Reason.HEADER_TIMEOUT, 1),
+        (Reason.REQUEST_MALFORMED, 1),
+        (Reason.HOST_INVALID, 2),
+        (Reason.UPGRADE_UNSUPPORTED, 1),
+        (Reason.CONNECTION_LIMIT_ADDRESS, 1),
+    ):
+        assert f'trustmesh_gateway_refused_total{{reason="{reason}"}} {count}.0' in text
+    edge.running.public.report()  # what the periodic report hands over
+    refused = [e for e in edge.sink.events if e.message == "refused at the listener"]
+    assert {e.reason: e.attributes["count"] for e in refused} == {
+        Reason.HEADERS_TOO_LARGE: 1,
+        Reason.HEADER_TIMEOUT: 1,
+        Reason.REQUEST_MALFORMED: 1,
+        Reason.HOST_INVALID: 2,
+        Reason.UPGRADE_UNSUPPORTED: 1,
+        Reason.CONNECTION_LIMIT_ADDRESS: 1,
+    }
+    limited = next(e for e in refused if e.reason == Reason.CONNECTION_LIMIT_ADDRESS)
+    assert limited.attributes["addresses"] == "127.0.0.2 ×1"

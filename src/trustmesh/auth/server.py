@@ -18,6 +18,7 @@ from trustmesh.auth.gateway_tokens import GatewayTokens, gateway_url_from
 from trustmesh.auth.service import AuthService, AuthSettings
 from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import ConfigError
+from trustmesh.sdk.guard import ConnectionGuard, ConnectionLimits
 from trustmesh.sdk.serve import PublicServed, Served, bound_socket, start, start_public
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.x509source import SVIDSource
@@ -146,6 +147,8 @@ async def _serve_on(
                 host=host,
                 port=public_port,
                 sock=public_sock,
+                guard=ConnectionGuard(ConnectionLimits.of(config.auth.public_limits)),
+                on_refusals=service.listener_refused,
             )
         except BaseException:
             await served.stop()

@@ -25,6 +25,7 @@ from trustmesh.auth.db import AuthStore, Client, StoredKey
 from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import InvalidTokenError
 from trustmesh.reasons import Reason
+from trustmesh.sdk.guard import LISTENER_REFUSALS, RefusalSummary
 from trustmesh.sdk.oauth import GATEWAY_CLIENT_ID, REVOCATION_CHANNEL
 
 log = logging.getLogger("trustmesh.auth")
@@ -406,6 +407,19 @@ class AuthService:
     ) -> None:
         self.sink.emit(self._build(reason, message, decision, attributes, **fields))
 
+    def listener_refused(self, summaries: list[RefusalSummary]) -> None:
+        """What the public listener refused in the last interval, one event per reason."""
+        for summary in summaries:
+            self.emit(
+                summary.reason,
+                "refused at the public listener",
+                decision=events.Decision.DENY,
+                attributes={
+                    "count": summary.count,
+                    "addresses": ", ".join(f"{a} ×{n}" for a, n in summary.top_addresses),
+                },
+            )
+
     def emit_issued(
         self, message: str, *, client_id: str, sub: str, peer_spiffe_id: str | None, jti: str
     ) -> None:
@@ -443,4 +457,5 @@ _EVENT_SHAPE: dict[str, tuple[events.EventClass, tuple[int, str]]] = {
     Reason.USER_LOCKED: (_MANAGEMENT, (9, "Disable")),
     Reason.USER_UNLOCKED: (_MANAGEMENT, (8, "Enable")),
     Reason.MFA_RESET: (_MANAGEMENT, (3, "Update")),
+    **dict.fromkeys(LISTENER_REFUSALS, (events.EventClass.API_ACTIVITY, (99, "Other"))),
 }

@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from pydantic_core import PydanticCustomError
 
 from trustmesh.config.durations import Duration, format_duration
+from trustmesh.config.listener import ListenerLimits
 
 __all__ = [
     "AUTH_MODES",
@@ -435,6 +436,10 @@ class GatewayConfig(BaseModel):
         ge=0,
         le=65535,
         description="Loopback port of the Prometheus /metrics listener (0 picks one; unset: none).",
+    )
+    limits: ListenerLimits = Field(
+        default_factory=lambda: ListenerLimits(),
+        description="Connections, request-head sizes and timeouts of the client listener.",
     )
     routes: list[GatewayRoute] = Field(default_factory=list)
 

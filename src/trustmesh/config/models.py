@@ -26,6 +26,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from trustmesh.config.durations import Duration, format_duration
 from trustmesh.config.gateway import GatewayConfig
+from trustmesh.config.listener import ListenerLimits
 from trustmesh.errors import NotFoundError, UsageError
 
 __all__ = [
@@ -378,6 +379,10 @@ class AuthConfig(BaseModel):
     )
     public_tls_key: str | None = Field(
         default=None, description="PEM private key of public_tls_cert."
+    )
+    public_limits: ListenerLimits = Field(
+        default_factory=lambda: ListenerLimits(),
+        description="Connections, request-head sizes and timeouts of the public listener.",
     )
 
     @model_validator(mode="after")

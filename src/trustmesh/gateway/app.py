@@ -56,6 +56,7 @@ from trustmesh.policy.paths import NonCanonicalPath, canonical_path
 from trustmesh.reasons import Reason
 from trustmesh.sdk import trace
 from trustmesh.sdk.client import Response, ResponseTooLargeError
+from trustmesh.sdk.guard import RefusalSummary
 from trustmesh.sdk.serve import Receive, Scope, Send, respond_json
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.tokens import TokenVerifier, bearer_token
@@ -525,6 +526,18 @@ class GatewayApp:
     ) -> None:
         """An event about the gateway itself (an upstream ejected, a store unreachable)."""
         self._emit(decision, reason, message, dict(attributes))
+
+    def refusals(self, summaries: list[RefusalSummary]) -> None:
+        """What the client listener refused in the last interval, one event per reason
+        (a flood of connections is a few events, not one each)."""
+        for summary in summaries:
+            self.record(
+                events.Decision.DENY,
+                summary.reason,
+                "refused at the listener",
+                count=summary.count,
+                addresses=", ".join(f"{a} ×{n}" for a, n in summary.top_addresses),
+            )
 
     def _template(
         self,

@@ -62,6 +62,18 @@ class GatewayMetrics:
             ("service", "state"),
             registry=self.registry,
         )
+        self.connections = Gauge(
+            "trustmesh_gateway_connections",
+            "Client connections open (TLS handshakes included).",
+            registry=self.registry,
+        )
+        self.refused = Counter(
+            "trustmesh_gateway_refused",
+            "Connections and request heads refused at the listener, by reason (over a "
+            "connection cap, TLS handshake failed or too slow, head too large or too slow…).",
+            ("reason",),
+            registry=self.registry,
+        )
         self._statuses = {code: f"{code // 100}xx" for code in range(100, 600)}
         self.refresh: Callable[[], None] | None = None  # called before each scrape
 
@@ -71,6 +83,9 @@ class GatewayMetrics:
 
     def decided(self, decision: str, reason: str) -> None:
         self.decisions.labels(decision, reason).inc()
+
+    def listener_refused(self, reason: str) -> None:
+        self.refused.labels(reason).inc()
 
     def upstreams_from(self, snapshot: Mapping[str, list[dict[str, Any]]], now: float) -> None:
         """Set the instance gauges from the pool's snapshot (``UpstreamPool.snapshot``)."""

@@ -32,6 +32,7 @@ from trustmesh.gateway.upstreams import UpstreamPool
 from trustmesh.policy.edge import load_edge_policy
 from trustmesh.reasons import Reason
 from trustmesh.sdk.discovery import DiscoveryClient
+from trustmesh.sdk.guard import ConnectionGuard, ConnectionLimits
 from trustmesh.sdk.oauth import ProviderTrust
 from trustmesh.sdk.serve import PublicServed, Served, start, start_loopback, start_public
 from trustmesh.sdk.tls import RotatingTLS
@@ -202,8 +203,6 @@ async def serve_gateway(
         if trust is not None and any("introspection" in r.auth for r in gateway.routes)
         else None
     )
-    if metrics is not None:
-        metrics.refresh = lambda: metrics.upstreams_from(upstreams.snapshot(), time.monotonic())
     app = GatewayApp(
         gateway,
         policy=policy,
@@ -220,6 +219,18 @@ async def serve_gateway(
         upstreams=upstreams,
         sink=sink,
     )
+    guard = ConnectionGuard(
+        ConnectionLimits.of(gateway.limits),
+        exempt=lambda address: address in app.trusted,  # a load balancer speaks for many
+        on_refused=metrics.listener_refused if metrics is not None else None,
+    )
+    if metrics is not None:
+
+        def refresh() -> None:
+            metrics.upstreams_from(upstreams.snapshot(), time.monotonic())
+            metrics.connections.set(guard.open)
+
+        metrics.refresh = refresh
     internal = await start(internal_app(key), tls=tls, host=host, port=internal_port)
     try:
         await upstreams.start()
@@ -229,6 +240,8 @@ async def serve_gateway(
             key_pem=certificate.key_pem(),
             host=host,
             port=gateway.port if port is None else port,
+            guard=guard,
+            on_refusals=app.refusals,
         )
         scraped = None
         if metrics is not None and gateway.metrics_port is not None:

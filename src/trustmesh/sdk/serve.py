@@ -15,7 +15,7 @@ import json
 import logging
 import socket
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
@@ -23,6 +23,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.utils import get_remote_addr
 
 from trustmesh.errors import AuthenticationError, UsageError
+from trustmesh.sdk.guard import ConnectionGuard, ConnectionLimits, RefusalSummary
+from trustmesh.sdk.protocol import guarded_protocol
 from trustmesh.sdk.tls import RotatingTLS, web_server_context
 from trustmesh.sdk.x509source import SVIDSource, X509Source
 
@@ -113,22 +115,50 @@ class _WithTLSExtension:
         await self.app({**scope, "extensions": extensions}, receive, send)
 
 
+RefusalReport = Callable[[list[RefusalSummary]], None]
+#: How often a public listener reports the connections and requests it refused.
+REPORT_EVERY_SECONDS = 10.0
+
+
 @dataclass
 class PublicServed:
-    """A running listener: its port, and a way to stop it."""
+    """A running listener: its port, and a way to stop it; a public TLS listener also
+    has the guard that bounds its connections, and reports what it refused."""
 
     server: uvicorn.Server
     task: asyncio.Task[None]
+    guard: ConnectionGuard | None = field(default=None, kw_only=True)
+    on_refusals: RefusalReport | None = field(default=None, kw_only=True)
+    _reporter: asyncio.Task[None] | None = field(default=None, repr=False, kw_only=True)
 
     @property
     def port(self) -> int:
         sockets = self.server.servers[0].sockets
         return int(sockets[0].getsockname()[1])
 
+    def report(self) -> None:
+        """Hand the refusals counted since the last report to ``on_refusals``."""
+        if self.guard is not None and self.on_refusals is not None:
+            summaries = self.guard.drain()
+            if summaries:
+                self.on_refusals(summaries)
+
+    async def _report_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            self.report()
+
     async def stop(self) -> None:
         self.server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
+        if self._reporter is not None:
+            self._reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reporter
+        if self.guard is not None:
+            self.guard.close_all()  # connections still in their TLS handshake
+            self.report()
 
 
 @dataclass
@@ -245,15 +275,36 @@ async def start_public(
     port: int = 0,
     log_level: str = "warning",
     sock: socket.socket | None = None,
+    guard: ConnectionGuard | None = None,
+    on_refusals: RefusalReport | None = None,
+    report_every: float = REPORT_EVERY_SECONDS,
 ) -> PublicServed:
     """Serve ``app`` over server-authenticated TLS, for clients that hold no SVID
     (browsers, public OAuth clients). The app sees no ``tls`` extension: nothing it
-    serves here may depend on a workload identity. ``sock``: as for :func:`start`."""
+    serves here may depend on a workload identity. ``sock``: as for :func:`start`.
+
+    Connections are bounded by ``guard`` (default: :class:`ConnectionLimits`' defaults;
+    see :mod:`trustmesh.sdk.protocol`); every ``report_every`` seconds the refusals it
+    counted go to ``on_refusals``, one summary per reason."""
     context = web_server_context(chain_pem, key_pem)
+    guard = guard or ConnectionGuard(ConnectionLimits())
     config = _listener_config(
-        app, host, port, log_level, ssl_context_factory=lambda _config, _default: context
+        app,
+        host,
+        port,
+        log_level,
+        http=guarded_protocol(context, guard),
+        ws="none",
+        timeout_keep_alive=guard.limits.keepalive_timeout,
     )
-    return PublicServed(*await _run(config, "trustmesh-serve-public", sock))
+    served = PublicServed(
+        *await _run(config, "trustmesh-serve-public", sock), guard=guard, on_refusals=on_refusals
+    )
+    if on_refusals is not None:
+        served._reporter = asyncio.create_task(
+            served._report_every(report_every), name="trustmesh-serve-refusals"
+        )
+    return served
 
 
 async def start_loopback(

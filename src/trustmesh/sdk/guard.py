@@ -1,0 +1,210 @@
+"""Who may hold a connection open at a public listener, and the tally of who was refused.
+
+:class:`ConnectionGuard` admits a connection (before its TLS handshake: a refused one
+costs no cryptography) up to a total cap and a per-address cap; at a cap it closes the
+oldest *idle* keep-alive connection of that address (or, at the total cap, of anyone)
+to make room, so connections parked by one client cannot lock out the next, and refuses
+only when none is idle. Every refusal — at a cap, a handshake that fails or takes too
+long, a request head too large or too slow — is counted; :meth:`ConnectionGuard.drain`
+hands the counts of the last interval over, one summary per reason with the addresses
+that caused most of them, so a flood becomes a few events, not one per connection.
+
+Pure bookkeeping: no sockets, no timers (the protocol in :mod:`trustmesh.sdk.protocol`
+holds those)."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+from trustmesh.config.listener import ListenerLimits
+from trustmesh.reasons import Reason
+
+__all__ = [
+    "LISTENER_REFUSALS",
+    "ConnectionGuard",
+    "ConnectionLimits",
+    "Guarded",
+    "RefusalSummary",
+    "address_bucket",
+]
+
+#: Every reason a public listener refuses a connection or a request head for.
+LISTENER_REFUSALS: Final = frozenset(
+    {
+        Reason.CONNECTION_LIMIT,
+        Reason.CONNECTION_LIMIT_ADDRESS,
+        Reason.TLS_HANDSHAKE_TIMEOUT,
+        Reason.TLS_HANDSHAKE_FAILED,
+        Reason.HEADER_TIMEOUT,
+        Reason.BODY_TIMEOUT,
+        Reason.HEADERS_TOO_LARGE,
+        Reason.REQUEST_LINE_TOO_LONG,
+        Reason.REQUEST_MALFORMED,
+        Reason.HOST_INVALID,
+        Reason.UPGRADE_UNSUPPORTED,
+    }
+)
+_TOP_ADDRESSES = 5
+_MAX_TRACKED_ADDRESSES = 10_000
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """:class:`~trustmesh.config.listener.ListenerLimits` in seconds (fractions allowed,
+    for tests); see there for what each bound means."""
+
+    max_connections: int = 4096
+    max_connections_per_address: int = 256
+    handshake_timeout: float = 10.0
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 15.0
+    body_timeout: float = 30.0
+    max_header_bytes: int = 32768
+    max_header_line_bytes: int = 8192
+    max_headers: int = 100
+
+    @classmethod
+    def of(cls, settings: ListenerLimits) -> ConnectionLimits:
+        return cls(
+            max_connections=settings.max_connections,
+            max_connections_per_address=settings.max_connections_per_address,
+            handshake_timeout=settings.handshake_timeout.total_seconds(),
+            header_timeout=settings.header_timeout.total_seconds(),
+            keepalive_timeout=settings.keepalive_timeout.total_seconds(),
+            body_timeout=settings.body_timeout.total_seconds(),
+            max_header_bytes=settings.max_header_bytes,
+            max_header_line_bytes=settings.max_header_line_bytes,
+            max_headers=settings.max_headers,
+        )
+
+
+def address_bucket(address: str) -> str:
+    """What one per-address cap counts: an IPv4 address (an IPv4-mapped IPv6 address is
+    that IPv4 address), or the IPv6 /64 an address is in (one host usually holds a /64)."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+    return str(parsed)
+
+
+class Guarded(Protocol):
+    """A connection as the guard sees it."""
+
+    @property
+    def address(self) -> str: ...
+
+    def idle(self) -> bool:
+        """Between requests, with nothing of the next one received yet."""
+        ...
+
+    def abort(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class RefusalSummary:
+    """Refusals for one reason during one interval."""
+
+    reason: Reason
+    count: int
+    top_addresses: tuple[tuple[str, int], ...]
+
+
+@dataclass
+class _Tally:
+    count: int = 0
+    addresses: Counter[str] = field(default_factory=Counter)
+
+
+class ConnectionGuard:
+    """Admission and refusal accounting for one listener's connections."""
+
+    def __init__(
+        self,
+        limits: ConnectionLimits,
+        *,
+        exempt: Callable[[str], bool] = lambda _address: False,
+        on_refused: Callable[[Reason], None] | None = None,
+    ) -> None:
+        self.limits = limits
+        self._exempt = exempt
+        self._on_refused = on_refused
+        self._open: dict[int, tuple[str, Guarded]] = {}  # id -> (bucket, conn); oldest first
+        self._per_bucket: Counter[str] = Counter()
+        self.refused: Counter[Reason] = Counter()  # since the start
+        self.evicted = 0
+        self._window: dict[Reason, _Tally] = {}
+
+    @property
+    def open(self) -> int:
+        return len(self._open)
+
+    def admit(self, conn: Guarded) -> Reason | None:
+        """Admit ``conn`` (None), or say why not (it is then counted as refused)."""
+        bucket = address_bucket(conn.address)
+        limits = self.limits
+        capped = not self._exempt(conn.address)
+        if capped and self._per_bucket[bucket] >= limits.max_connections_per_address:
+            if not self._evict_idle(bucket):
+                self.refuse(Reason.CONNECTION_LIMIT_ADDRESS, conn.address)
+                return Reason.CONNECTION_LIMIT_ADDRESS
+        elif len(self._open) >= limits.max_connections and not self._evict_idle(None):
+            self.refuse(Reason.CONNECTION_LIMIT, conn.address)
+            return Reason.CONNECTION_LIMIT
+        self._open[id(conn)] = (bucket, conn)
+        self._per_bucket[bucket] += 1
+        return None
+
+    def release(self, conn: Guarded) -> None:
+        """``conn`` closed (a connection never admitted, or released before, is ignored)."""
+        entry = self._open.pop(id(conn), None)
+        if entry is not None:
+            bucket = entry[0]
+            self._per_bucket[bucket] -= 1
+            if self._per_bucket[bucket] <= 0:
+                del self._per_bucket[bucket]
+
+    def refuse(self, reason: Reason, address: str) -> None:
+        """Count one refusal (the caller closes the connection)."""
+        self.refused[reason] += 1
+        tally = self._window.setdefault(reason, _Tally())
+        tally.count += 1
+        if address in tally.addresses or len(tally.addresses) < _MAX_TRACKED_ADDRESSES:
+            tally.addresses[address] += 1
+        if self._on_refused is not None:
+            self._on_refused(reason)
+
+    def drain(self) -> list[RefusalSummary]:
+        """The refusals since the last drain, one summary per reason; the window restarts."""
+        window, self._window = self._window, {}
+        return [
+            RefusalSummary(reason, tally.count, tuple(tally.addresses.most_common(_TOP_ADDRESSES)))
+            for reason, tally in sorted(window.items())
+        ]
+
+    def close_all(self) -> None:
+        """Abort every connection still open (the listener is stopping)."""
+        for _, conn in list(self._open.values()):
+            conn.abort()
+        self._open.clear()
+        self._per_bucket.clear()
+
+    def _evict_idle(self, bucket: str | None) -> bool:
+        for key, (owner, conn) in self._open.items():
+            if (bucket is None or owner == bucket) and conn.idle():
+                del self._open[key]
+                self._per_bucket[owner] -= 1
+                if self._per_bucket[owner] <= 0:
+                    del self._per_bucket[owner]
+                conn.abort()
+                self.evicted += 1
+                return True
+        return False

@@ -1,0 +1,322 @@
+"""HTTP/1.1 over TLS for a public listener, bounded in what a client may send and how
+slowly (uvicorn's httptools protocol, with the bounds it lacks).
+
+A connection is, in order:
+
+1. admitted by the listener's :class:`~trustmesh.sdk.guard.ConnectionGuard` as a bare
+   TCP connection (a per-address and a total cap; refused ones are closed before any
+   TLS work);
+2. given ``handshake_timeout`` to complete TLS (``loop.start_tls``), else closed;
+3. given ``keepalive_timeout`` of silence before each request, else closed;
+4. given ``header_timeout`` from the first byte of a request head to its end, however
+   it trickles in → ``408``; a head over ``max_header_bytes`` or ``max_headers`` lines,
+   or a header line over ``max_header_line_bytes`` → ``431``; a request line over it →
+   ``414`` (the bytes held while a head is incomplete never exceed the head limit);
+5. a head must be HTTP/1.1 or HTTP/1.0 (an HTTP/0.9 request line is ``400``), in origin
+   form (``/path``: no absolute URI, ``*`` or ``CONNECT`` authority), with exactly one
+   valid ``Host`` (RFC 9112 §3.2: a missing, repeated or malformed one is ``400``); an
+   ``Upgrade`` (WebSocket, h2c) is ``501``;
+6. while a body arrives, at most ``body_timeout`` of silence → ``408``.
+
+Every refusal answers ``{"error", "message"}`` with ``Connection: close``, closes the
+connection, and is counted by the guard, which reports them in aggregate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import ssl
+from typing import Any, ClassVar
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from trustmesh.reasons import Reason
+from trustmesh.sdk.guard import ConnectionGuard
+
+__all__ = ["GuardedHttpProtocol", "guarded_protocol"]
+
+# RFC 9110 §7.2 / RFC 3986 §3.2.2: host [ ":" port ]; host a reg-name, IPv4 or IP-literal
+_HOST = re.compile(
+    rb"(?:\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9\-._~!$&'()*+,;=%]{1,253})(?::[0-9]{1,5})?"
+)
+#: After a refusal, what the client still sends is read and dropped until it has been
+#: quiet this long (at most _LINGER_MAX seconds or _LINGER_BYTES): closing with unread
+#: data would reset the connection, and the client would lose the answer (nginx's
+#: lingering close).
+_LINGER_QUIET = 0.3
+_LINGER_MAX = 3.0
+_LINGER_BYTES = 1 << 20
+#: Bytes that may arrive between the end of the handshake and the protocol taking over.
+_EARLY_BYTES = 4 << 20
+_ERRORS = {
+    400: "invalid_request",
+    408: "request_timeout",
+    414: "uri_too_long",
+    431: "headers_too_large",
+    501: "not_implemented",
+}
+
+
+class _Stop(Exception):
+    """Raised in a parser callback to stop parsing (the refusal is on the protocol)."""
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """One client connection: TLS started here, after the guard admits the address."""
+
+    guard: ClassVar[ConnectionGuard]
+    context: ClassVar[ssl.SSLContext]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.address = ""
+        self._raw: asyncio.Transport | None = None
+        self._ready = False
+        self._closed = False
+        self._early: list[bytes] = []
+        self._head_started = False  # a request head has begun and is not complete
+        self._head_bytes = 0
+        self._header_lines = 0
+        self._header_size = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._refusal: tuple[int, Reason, str] | None = None
+        self._handshake: asyncio.Task[None] | None = None
+        self._linger: asyncio.TimerHandle | None = None
+        self._lingered = 0
+        self._linger_until = 0.0
+
+    # -- what the guard asks -------------------------------------------------------------
+    def idle(self) -> bool:
+        return (
+            self._ready
+            and not self._head_started
+            and (self.cycle is None or self.cycle.response_complete)
+            and not self.pipeline
+        )
+
+    def abort(self) -> None:
+        transport = self.transport if self._ready else self._raw
+        if transport is not None:
+            transport.abort()
+
+    # -- the connection ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """A bare TCP connection: admitted (or closed at once), then TLS begins."""
+        self._raw = transport
+        peer = transport.get_extra_info("peername")
+        self.address = str(peer[0]) if peer else ""
+        if self.guard.admit(self) is not None:
+            transport.abort()
+            return
+        transport.pause_reading()  # nothing is read as plain text meanwhile
+        self._handshake = self.loop.create_task(self._start_tls(transport))
+
+    async def _start_tls(self, raw: asyncio.Transport) -> None:
+        limits = self.guard.limits
+        started = self.loop.time()
+        try:
+            tls = await self.loop.start_tls(
+                raw,
+                self,
+                self.context,
+                server_side=True,
+                ssl_handshake_timeout=limits.handshake_timeout,
+            )
+        except (OSError, ssl.SSLError) as exc:
+            self.guard.release(self)
+            raw.abort()
+            if self.loop.time() - started >= limits.handshake_timeout:
+                self.guard.refuse(Reason.TLS_HANDSHAKE_TIMEOUT, self.address)
+            elif isinstance(exc, ssl.SSLError):
+                self.guard.refuse(Reason.TLS_HANDSHAKE_FAILED, self.address)
+            return  # else the client went away: nothing to count
+        finally:
+            self._handshake = None
+        if tls is None or self._closed:  # closed during the handshake
+            self.guard.release(self)
+            return
+        super().connection_made(tls)
+        self._ready = True
+        self.timeout_keep_alive_task = self.loop.call_later(
+            limits.keepalive_timeout, self.timeout_keep_alive_handler
+        )
+        early, self._early = self._early, []
+        for chunk in early:  # what came with the handshake's last flight
+            self.data_received(chunk)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.guard.release(self)
+        self._cancel_timers()
+        if self._ready:
+            super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._ready:  # the handshake's last flight (one socket read or two)
+            self._early.append(data)
+            if sum(map(len, self._early)) > _EARLY_BYTES:
+                self.abort()
+            return
+        if self._refusal is not None:
+            self._drop(len(data))
+            return
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:  # refused in on_headers_complete already
+            return
+        except httptools.HttpParserError:
+            refusal = self._refusal or (
+                400,
+                Reason.REQUEST_MALFORMED,
+                "the request is not valid HTTP/1.1",
+            )
+            self._refusal = None
+            self._refuse(*refusal)
+            return
+        if self._head_started:  # a head is incomplete: its clock runs, its bytes count
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(
+                    self.guard.limits.header_timeout, self._head_timed_out
+                )
+            self._head_bytes += len(data)
+            if self._head_bytes > self.guard.limits.max_header_bytes:
+                self._refuse(431, Reason.HEADERS_TOO_LARGE, "the request head is too large")
+        elif self.cycle is not None and self.cycle.more_body and not self.cycle.response_complete:
+            self._arm_body_timer()  # a body is arriving: each chunk restarts its clock
+
+    # -- parser callbacks ----------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_lines = 0
+        self._header_size = 0
+        self._head_started = True
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if len(self.url) > self.guard.limits.max_header_line_bytes:
+            self._stop(414, Reason.REQUEST_LINE_TOO_LONG, "the request line is too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        limits = self.guard.limits
+        line = len(name) + len(value) + 4  # "name: value\r\n"
+        self._header_lines += 1
+        self._header_size += line
+        if self._header_lines > limits.max_headers:
+            self._stop(431, Reason.HEADERS_TOO_LARGE, "too many header lines")
+        if line > limits.max_header_line_bytes:
+            self._stop(431, Reason.HEADERS_TOO_LARGE, "a header line is too large")
+        if self._header_size + len(self.url) > limits.max_header_bytes:
+            self._stop(431, Reason.HEADERS_TOO_LARGE, "the request head is too large")
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        problem = self._head_problem()
+        if problem is not None:
+            self._stop(*problem)
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        self._head_started = False
+        self._head_bytes = 0
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _head_problem(self) -> tuple[int, Reason, str] | None:
+        if self.parser.get_http_version() not in ("1.1", "1.0"):
+            return 400, Reason.REQUEST_MALFORMED, "HTTP/1.1 (or HTTP/1.0) only"
+        if self.parser.should_upgrade():
+            return 501, Reason.UPGRADE_UNSUPPORTED, "protocol upgrades are not supported here"
+        if not self.url.startswith(b"/"):
+            return 400, Reason.REQUEST_MALFORMED, "the request target must be a path"
+        hosts = [value for name, value in self.headers if name == b"host"]
+        if len(hosts) != 1 or _HOST.fullmatch(hosts[0]) is None:
+            return 400, Reason.HOST_INVALID, "exactly one valid Host header is required"
+        return None
+
+    # -- timers and refusals -------------------------------------------------------------
+    def _arm_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+        self._body_timer = self.loop.call_later(
+            self.guard.limits.body_timeout, self._body_timed_out
+        )
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._head_started and not self._closed:
+            self._refuse(408, Reason.HEADER_TIMEOUT, "the request head took too long")
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        cycle = self.cycle
+        if self._closed or cycle is None or not cycle.more_body or cycle.response_complete:
+            return
+        if self.flow.read_paused:  # the application is behind, not the client
+            self._arm_body_timer()
+            return
+        self._refuse(408, Reason.BODY_TIMEOUT, "the request body took too long")
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._head_timer, self._body_timer, self._linger):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._body_timer = self._linger = None
+
+    def _drop(self, size: int) -> None:
+        """Lingering after a refusal: drop what arrives; close once the client is quiet."""
+        self._lingered += size
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        if self._lingered > _LINGER_BYTES or self.loop.time() >= self._linger_until:
+            self.transport.close()
+        else:
+            self._linger = self.loop.call_later(_LINGER_QUIET, self.transport.close)
+
+    def _stop(self, status: int, reason: Reason, message: str) -> None:
+        self._refusal = (status, reason, message)
+        raise _Stop(message)
+
+    def _refuse(self, status: int, reason: Reason, message: str) -> None:
+        """Answer ``status`` (unless a response has begun), close, and count it."""
+        self.guard.refuse(reason, self.address)
+        self._cancel_timers()
+        self._refusal = (status, reason, message)
+        cycle = self.cycle
+        started = False
+        if cycle is not None and not cycle.response_complete:
+            started = cycle.response_started
+            cycle.disconnected = True  # the app's receive() sees http.disconnect
+            cycle.message_event.set()
+        if not started and not self.transport.is_closing():
+            body = json.dumps({"error": _ERRORS[status], "message": message}).encode()
+            self.transport.write(
+                b"".join(
+                    (
+                        STATUS_LINE[status],
+                        b"content-type: application/json\r\n",
+                        b"content-length: %d\r\n" % len(body),
+                        b"cache-control: no-store\r\n",
+                        b"x-content-type-options: nosniff\r\n",
+                        b"connection: close\r\n\r\n",
+                        body,
+                    )
+                )
+            )
+        self._linger_until = self.loop.time() + _LINGER_MAX
+        self._drop(0)
+
+
+def guarded_protocol(context: ssl.SSLContext, guard: ConnectionGuard) -> type[GuardedHttpProtocol]:
+    """The protocol class for one listener (uvicorn builds one per connection)."""
+    return type("ListenerProtocol", (GuardedHttpProtocol,), {"context": context, "guard": guard})

@@ -1,0 +1,507 @@
+"""A public listener bounds what a client may hold open and send, and how slowly.
+
+Each attack is sent with raw sockets (TLS where the attack is inside TLS, bare TCP where
+it never gets there), and each test checks that a well-behaved client is still served."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trustmesh import crypto
+from trustmesh.reasons import Reason
+from trustmesh.sdk.guard import ConnectionGuard, ConnectionLimits, RefusalSummary
+from trustmesh.sdk.serve import PublicServed, Receive, Scope, Send, start_public
+
+FAST = ConnectionLimits(
+    handshake_timeout=0.5,
+    header_timeout=0.6,
+    keepalive_timeout=0.8,
+    body_timeout=0.5,
+    max_header_bytes=4096,
+    max_header_line_bytes=1024,
+    max_headers=20,
+)
+
+
+async def echo(scope: Scope, receive: Receive, send: Send) -> None:
+    """Reads the whole body, answers what it saw."""
+    if scope["type"] != "http":
+        return
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        size += len(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    body = json.dumps({"path": scope["path"], "size": size}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class Listener:
+    def __init__(self, served: PublicServed, ca: Path, reports: list[RefusalSummary]) -> None:
+        self.served = served
+        self.port = served.port
+        self.context = ssl.create_default_context(cafile=str(ca))
+        self.reports = reports
+
+    @property
+    def guard(self) -> ConnectionGuard:
+        assert self.served.guard is not None
+        return self.served.guard
+
+    async def tls(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(
+            "127.0.0.1", self.port, ssl=self.context, server_hostname="localhost"
+        )
+
+    async def tcp(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", self.port)
+
+    async def exchange(self, raw: bytes, *, timeout: float = 5.0) -> bytes:
+        """Send ``raw`` on a new TLS connection; everything the server sent back until
+        it closed (or ``timeout``)."""
+        reader, writer = await self.tls()
+        try:
+            writer.write(raw)
+            await writer.drain()
+            return await asyncio.wait_for(_read_all(reader), timeout)
+        finally:
+            await _close(writer)
+
+    async def get(self, path: str = "/ok") -> int:
+        """A well-behaved request's status."""
+        answer = await self.exchange(
+            f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
+        )
+        return status_of(answer)
+
+
+async def _read_all(reader: asyncio.StreamReader) -> bytes:
+    chunks = []
+    with contextlib.suppress(ConnectionError, ssl.SSLError):
+        while chunk := await reader.read(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError):
+        await asyncio.wait_for(writer.wait_closed(), 2)
+
+
+def status_of(answer: bytes) -> int:
+    assert answer.startswith(b"HTTP/1.1 "), answer[:80]
+    return int(answer[9:12])
+
+
+def error_of(answer: bytes) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+    return body
+
+
+async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bytes:
+    """What the server sent before it closed the connection; fails if it stays open."""
+    return await asyncio.wait_for(_read_all(reader), seconds)
+
+
+ListenerFactory = Callable[..., Awaitable[Listener]]
+
+
+@pytest.fixture
+async def listen(tmp_path: Path) -> AsyncIterator[ListenerFactory]:
+    seal_key = crypto.load_seal_key(tmp_path, dev=True)
+    certificate = crypto.local_server_certificate(tmp_path, seal_key)
+    running: list[PublicServed] = []
+
+    async def start(limits: ConnectionLimits = FAST, **guard: Any) -> Listener:
+        reports: list[RefusalSummary] = []
+        served = await start_public(
+            echo,
+            chain_pem=certificate.chain_pem(),
+            key_pem=certificate.key_pem(),
+            guard=ConnectionGuard(limits, **guard),
+            on_refusals=reports.extend,
+            report_every=3600,
+        )
+        running.append(served)
+        return Listener(served, crypto.edge_ca_path(tmp_path), reports)
+
+    yield start
+    for served in running:
+        await served.stop()
+
+
+# -- request heads: size ------------------------------------------------------------------
+async def test_a_huge_header_line_is_refused_before_it_is_held(listen: ListenerFactory) -> None:
+    """The attack: one 32 MB header line. The server answers 431 once the head passes its
+    limit, closing the connection, long before the line ends."""
+    sent = 0
+    refused_after: list[int] = []  # what the client had sent when the server refused
+    listener = await listen(
+        ConnectionLimits(max_header_bytes=32768),
+        on_refused=lambda _reason: refused_after.append(sent),
+    )
+    reader, writer = await listener.tls()
+    writer.write(b"GET /ok HTTP/1.1\r\nHost: localhost\r\nX-Big: ")
+    with contextlib.suppress(ConnectionError, ssl.SSLError):
+        while sent < 32 << 20 and not refused_after:
+            writer.write(b"a" * 65536)
+            await writer.drain()
+            sent += 65536
+            await asyncio.sleep(0)
+    answer = await closed_within(reader, 5)
+    await _close(writer)
+    assert status_of(answer) == 431
+    assert error_of(answer)["error"] == "headers_too_large"
+    assert refused_after[0] <= 32768 + 4 * 65536  # within a few reads of the limit
+    assert listener.guard.refused[Reason.HEADERS_TOO_LARGE] == 1
+    assert await listener.get() == 200
+
+
+@pytest.mark.parametrize(
+    ("head", "status", "reason"),
+    [
+        (
+            b"GET /ok HTTP/1.1\r\nHost: localhost\r\nX-Long: " + b"a" * 2000 + b"\r\n\r\n",
+            431,
+            Reason.HEADERS_TOO_LARGE,
+        ),
+        (
+            b"GET /ok HTTP/1.1\r\nHost: localhost\r\n" + b"X-A: b\r\n" * 25 + b"\r\n",
+            431,
+            Reason.HEADERS_TOO_LARGE,
+        ),
+        (
+            b"GET /ok HTTP/1.1\r\nHost: localhost\r\n"
+            + b"".join(b"X-%d: %s\r\n" % (i, b"c" * 900) for i in range(6))
+            + b"\r\n",
+            431,
+            Reason.HEADERS_TOO_LARGE,
+        ),
+        (
+            b"GET /" + b"a" * 2000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            414,
+            Reason.REQUEST_LINE_TOO_LONG,
+        ),
+    ],
+    ids=["line", "count", "total", "request-line"],
+)
+async def test_heads_over_a_limit_are_refused(
+    listen: ListenerFactory, head: bytes, status: int, reason: Reason
+) -> None:
+    listener = await listen()
+    answer = await listener.exchange(head)
+    assert status_of(answer) == status
+    assert b"connection: close" in answer.lower()
+    assert listener.guard.refused == {reason: 1}
+    assert await listener.get() == 200
+
+
+async def test_heads_within_the_limits_are_served(listen: ListenerFactory) -> None:
+    listener = await listen()
+    head = (
+        b"GET /ok HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+        + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 500) for i in range(6))
+        + b"\r\n"
+    )
+    assert status_of(await listener.exchange(head)) == 200
+    assert not listener.guard.refused
+
+
+# -- request heads: form ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("head", "status", "reason"),
+    [
+        (b"GET /ok\r\n\r\n", 400, Reason.REQUEST_MALFORMED),
+        (b"GET /ok HTTP/0.9\r\nHost: localhost\r\n\r\n", 400, Reason.REQUEST_MALFORMED),
+        (b"GET /ok HTTP/1.1\r\n\r\n", 400, Reason.HOST_INVALID),
+        (b"GET /ok HTTP/1.0\r\n\r\n", 400, Reason.HOST_INVALID),
+        (
+            b"GET /ok HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\n\r\n",
+            400,
+            Reason.HOST_INVALID,
+        ),
+        (b"GET /ok HTTP/1.1\r\nHost: local host\r\n\r\n", 400, Reason.HOST_INVALID),
+        (b"GET /ok HTTP/1.1\r\nHost: \r\n\r\n", 400, Reason.HOST_INVALID),
+        (
+            b"GET http://evil.example/ok HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            400,
+            Reason.REQUEST_MALFORMED,
+        ),
+        (b"OPTIONS * HTTP/1.1\r\nHost: localhost\r\n\r\n", 400, Reason.REQUEST_MALFORMED),
+        (
+            b"GET /ok HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            501,
+            Reason.UPGRADE_UNSUPPORTED,
+        ),
+        (
+            b"GET /ok HTTP/1.1\r\nHost: localhost\r\nUpgrade: h2c\r\nConnection: Upgrade, "
+            b"HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+            501,
+            Reason.UPGRADE_UNSUPPORTED,
+        ),
+        (
+            b"GET /ok HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+            b"ab",
+            400,
+            Reason.REQUEST_MALFORMED,
+        ),
+        (b"\x16\x03\x01garbage\r\n\r\n", 400, Reason.REQUEST_MALFORMED),
+    ],
+    ids=[
+        "http-0.9",
+        "http-0.9-version",
+        "no-host",
+        "no-host-1.0",
+        "two-hosts",
+        "bad-host",
+        "empty-host",
+        "absolute-form",
+        "asterisk-form",
+        "websocket",
+        "h2c",
+        "two-lengths",
+        "garbage",
+    ],
+)
+async def test_requests_that_must_not_be_routed_are_refused(
+    listen: ListenerFactory, head: bytes, status: int, reason: Reason
+) -> None:
+    listener = await listen()
+    answer = await listener.exchange(head)
+    assert status_of(answer) == status, answer[:200]
+    assert b"connection: close" in answer.lower()
+    assert b'"path"' not in answer  # the app never saw it
+    assert listener.guard.refused == {reason: 1}
+    assert await listener.get() == 200
+
+
+async def test_http_1_0_with_a_host_is_served(listen: ListenerFactory) -> None:
+    listener = await listen()
+    answer = await listener.exchange(b"GET /ok HTTP/1.0\r\nHost: localhost:8443\r\n\r\n")
+    assert status_of(answer) == 200
+
+
+# -- slowness -----------------------------------------------------------------------------
+async def test_a_trickled_head_gets_408_within_the_header_timeout(
+    listen: ListenerFactory,
+) -> None:
+    """Slowloris: one header line at a time, each well within any idle timeout."""
+    listener = await listen()
+    reader, writer = await listener.tls()
+    started = time.monotonic()
+    writer.write(b"GET /ok HTTP/1.1\r\nHost: localhost\r\n")
+    answer = b""
+    with contextlib.suppress(ConnectionError, ssl.SSLError):
+        for i in range(20):
+            await asyncio.sleep(0.1)
+            writer.write(b"X-%d: trickle\r\n" % i)
+            await writer.drain()
+            if reader.at_eof() or reader._buffer:  # type: ignore[attr-defined]
+                break
+    answer = await closed_within(reader, 3)
+    elapsed = time.monotonic() - started
+    await _close(writer)
+    assert status_of(answer) == 408
+    assert error_of(answer)["error"] == "request_timeout"
+    assert FAST.header_timeout <= elapsed < FAST.header_timeout + 1.0
+    assert listener.guard.refused == {Reason.HEADER_TIMEOUT: 1}
+
+
+async def test_a_stalled_body_gets_408(listen: ListenerFactory) -> None:
+    listener = await listen()
+    reader, writer = await listener.tls()
+    writer.write(b"POST /ok HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n0123456789")
+    await writer.drain()
+    answer = await closed_within(reader, 3)
+    await _close(writer)
+    assert status_of(answer) == 408
+    assert listener.guard.refused == {Reason.BODY_TIMEOUT: 1}
+
+
+async def test_a_slow_but_steady_body_is_served(listen: ListenerFactory) -> None:
+    listener = await listen()
+    reader, writer = await listener.tls()
+    writer.write(b"POST /ok HTTP/1.1\r\nHost: localhost\r\nContent-Length: 40\r\n\r\n")
+    for _ in range(4):  # 0.8 s in all, each gap within the body timeout
+        await asyncio.sleep(0.2)
+        writer.write(b"0123456789")
+        await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+    await _close(writer)
+    assert status_of(head) == 200
+
+
+async def test_idle_connections_close_before_and_between_requests(
+    listen: ListenerFactory,
+) -> None:
+    listener = await listen()
+    reader, writer = await listener.tls()  # handshake done, no request: closed when idle
+    started = time.monotonic()
+    assert await closed_within(reader, 3) == b""
+    assert time.monotonic() - started >= FAST.keepalive_timeout - 0.1
+    await _close(writer)
+
+    reader, writer = await listener.tls()
+    writer.write(b"GET /ok HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    answer = await closed_within(reader, 3)  # the answer, then the idle close
+    await _close(writer)
+    assert status_of(answer) == 200
+    assert not listener.guard.refused  # idling is no offence
+
+
+async def test_a_connection_that_never_starts_tls_is_closed(listen: ListenerFactory) -> None:
+    listener = await listen()
+    reader, writer = await listener.tcp()
+    started = time.monotonic()
+    assert await closed_within(reader, 3) == b""
+    assert time.monotonic() - started >= FAST.handshake_timeout - 0.1
+    await _close(writer)
+    await asyncio.sleep(0.05)
+    assert listener.guard.refused == {Reason.TLS_HANDSHAKE_TIMEOUT: 1}
+    assert listener.guard.open == 0
+
+
+async def test_a_bad_handshake_is_counted(listen: ListenerFactory) -> None:
+    listener = await listen()
+    reader, writer = await listener.tcp()
+    writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")  # plain HTTP to a TLS port
+    await writer.drain()
+    await closed_within(reader, 3)
+    await _close(writer)
+    await asyncio.sleep(0.05)
+    assert listener.guard.refused == {Reason.TLS_HANDSHAKE_FAILED: 1}
+
+
+# -- connection caps ----------------------------------------------------------------------
+async def _busy(listener: Listener) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TLS connection in the middle of a request head (so not idle)."""
+    reader, writer = await listener.tls()
+    writer.write(b"GET /ok HTTP/1.1\r\nHost: localhost\r\n")
+    await writer.drain()
+    return reader, writer
+
+
+async def test_one_address_cannot_hold_more_than_its_share(listen: ListenerFactory) -> None:
+    limits = ConnectionLimits(max_connections_per_address=3, header_timeout=30)
+    listener = await listen(limits)
+    held = [await _busy(listener) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    assert listener.guard.open == 3
+    with pytest.raises((ConnectionError, ssl.SSLError)):
+        await listener.tls()  # closed before its handshake
+    assert listener.guard.refused == {Reason.CONNECTION_LIMIT_ADDRESS: 1}
+    for _, writer in held:
+        await _close(writer)
+    await asyncio.sleep(0.1)
+    assert await listener.get() == 200  # room again once they went
+
+
+async def test_idle_keepalive_connections_make_room(listen: ListenerFactory) -> None:
+    limits = ConnectionLimits(max_connections_per_address=2)
+    listener = await listen(limits)
+    idle = []
+    for _ in range(2):  # two keep-alive connections, each after a complete exchange
+        reader, writer = await listener.tls()
+        writer.write(b"GET /ok HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        await reader.readuntil(b"\r\n0\r\n\r\n")  # the whole (chunked) answer
+        idle.append((reader, writer))
+    assert await listener.get() == 200  # the oldest idle one was closed for it
+    assert listener.guard.evicted == 1
+    assert await closed_within(idle[0][0], 2) == b""
+    assert not listener.guard.refused
+    for _, writer in idle:
+        await _close(writer)
+
+
+async def test_the_total_cap_holds_for_exempt_addresses_too(listen: ListenerFactory) -> None:
+    limits = ConnectionLimits(max_connections=4, max_connections_per_address=1, header_timeout=30)
+    listener = await listen(limits, exempt=lambda address: address == "127.0.0.1")
+    held = [await _busy(listener) for _ in range(4)]  # beyond the per-address cap: exempt
+    await asyncio.sleep(0.05)
+    assert listener.guard.open == 4
+    with pytest.raises((ConnectionError, ssl.SSLError)):
+        await listener.tls()  # closed before its handshake
+    assert listener.guard.refused == {Reason.CONNECTION_LIMIT: 1}
+    for _, writer in held:
+        await _close(writer)
+
+
+# -- under attack, others are served; refusals are reported in aggregate -------------------
+async def test_others_are_served_during_a_slow_header_attack(listen: ListenerFactory) -> None:
+    limits = ConnectionLimits(
+        header_timeout=0.6, handshake_timeout=0.6, max_connections_per_address=512
+    )
+    listener = await listen(limits)
+    trickling = [await _busy(listener) for _ in range(100)]
+    bare = [await listener.tcp() for _ in range(50)]  # never start TLS
+    for _ in range(3):
+        started = time.monotonic()
+        assert await listener.get() == 200
+        assert time.monotonic() - started < 1.0
+    await asyncio.gather(*(closed_within(reader, 3) for reader, _ in trickling + bare))
+    await asyncio.sleep(0.05)
+    assert listener.guard.open == 0  # every attacking connection was closed
+    assert listener.guard.refused[Reason.HEADER_TIMEOUT] == 100
+    assert listener.guard.refused[Reason.TLS_HANDSHAKE_TIMEOUT] == 50
+    listener.served.report()
+    reported = {summary.reason: summary for summary in listener.reports}
+    assert set(reported) == {Reason.HEADER_TIMEOUT, Reason.TLS_HANDSHAKE_TIMEOUT}
+    assert reported[Reason.HEADER_TIMEOUT].count == 100
+    assert reported[Reason.HEADER_TIMEOUT].top_addresses == (("127.0.0.1", 100),)
+    for _, writer in trickling + bare:
+        await _close(writer)
+
+
+async def test_stopping_closes_connections_still_in_their_handshake(
+    listen: ListenerFactory,
+) -> None:
+    listener = await listen(ConnectionLimits(handshake_timeout=30))
+    reader, writer = await listener.tcp()
+    await asyncio.sleep(0.05)
+    assert listener.guard.open == 1
+    await listener.served.stop()
+    assert await closed_within(reader, 2) == b""
+    await _close(writer)
+    assert listener.guard.open == 0
+
+
+def test_ipv6_clients_count_by_their_64_and_mapped_ipv4_as_itself() -> None:
+    class Conn:
+        def __init__(self, address: str) -> None:
+            self.address = address
+
+        def idle(self) -> bool:
+            return False
+
+        def abort(self) -> None:
+            pass
+
+    guard = ConnectionGuard(ConnectionLimits(max_connections_per_address=2))
+    assert guard.admit(Conn("2001:db8::1")) is None
+    assert guard.admit(Conn("2001:db8::ffff:2")) is None
+    assert guard.admit(Conn("2001:db8::3")) == Reason.CONNECTION_LIMIT_ADDRESS
+    assert guard.admit(Conn("2001:db8:0:1::1")) is None  # another /64
+    assert guard.admit(Conn("192.0.2.1")) is None
+    assert guard.admit(Conn("::ffff:192.0.2.1")) is None
+    assert guard.admit(Conn("192.0.2.1")) == Reason.CONNECTION_LIMIT_ADDRESS
