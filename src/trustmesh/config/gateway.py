@@ -92,6 +92,8 @@ def _check_claim(value: str) -> str:
 
 def _check_cidr(value: str) -> str:
     try:
+        if "%" in value:  # a zone index names an interface, never a client (RFC 4007 §11)
+            raise ValueError("has a zone index")
         ipaddress.ip_network(value, strict=True)
     except ValueError as exc:
         raise _invalid(f"{value!r}: {exc}", "a CIDR block such as 10.0.0.0/8 or ::1/128") from None
