@@ -492,6 +492,8 @@ class GatewayApp:
             await _error(send, 503, "unavailable", "token verification is unavailable")
             return None
         digest = hashlib.sha256(token.encode("ascii", "replace")).digest()
+        if external is not None and not ask:  # its type and issuer are the declaration's
+            return claims, external.principal(claims), digest
         return claims, Principal.from_claims(claims), digest
 
     async def _api_key(
@@ -524,7 +526,11 @@ class GatewayApp:
         }
         context["key_id"] = found.key_id  # the key's public id, never the key
         principal = Principal(
-            "ApiKey", found.key_id, roles=tuple(sorted(found.roles)), name=found.name or ""
+            "ApiKey",
+            found.key_id,
+            roles=tuple(sorted(found.roles)),
+            name=found.name or "",
+            issuer=PROVIDER_ISSUER,  # the gateway's own keys
         )
         return claims, principal, ("api-key", found.key_id)
 
