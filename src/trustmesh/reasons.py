@@ -72,6 +72,7 @@ class Reason(enum.StrEnum):
     ROUTE_MATCHED = "route-matched"
     REQUEST_FORWARDED = "request-forwarded"
     IP_DENIED = "ip-denied"
+    FORWARDED_FOR_INVALID = "forwarded-for-invalid"
     CORS_DENIED = "cors-denied"
     RATE_LIMIT_STORE_DOWN = "rate-limit-store-down"
     RATE_LIMIT_STORE_BACK = "rate-limit-store-back"

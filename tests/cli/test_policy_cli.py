@@ -73,3 +73,29 @@ def test_schema_is_generated_from_the_declaration(tmp_path: Path) -> None:
     assert result.returncode == 0
     assert 'entity Route enum ["/admin", "/items", "/orders"];' in result.stdout
     assert "context: RequestContext" in result.stdout
+    assert "entity User = { roles: Set<String>," in result.stdout
+    assert "name: String, issuer: String };" in result.stdout
+
+
+def test_cases_see_the_issuer_the_gateway_would(tmp_path: Path) -> None:
+    """Unset, a case's principal is the provider's (``trustmesh``; ``""`` when anonymous),
+    as the gateway has it; a case names another issuer with ``issuer``."""
+    config = _shop(tmp_path)
+    (tmp_path / "shop.cedar").write_text(
+        '@id("ours") permit (principal, action, resource == Route::"/items")\n'
+        '  when { principal.issuer == "trustmesh" };\n'
+        '@id("nobodys") permit (principal, action, resource == Route::"/admin")\n'
+        '  when { principal.issuer == "" };\n'
+    )
+    (tmp_path / "shop.tests.yaml").write_text(
+        "- {name: ours, principal: {id: u}, action: GET, resource: /items, expect: allow}\n"
+        "- {name: theirs, principal: {id: u, issuer: 'https://kc.example'}, action: GET,"
+        " resource: /items, expect: deny}\n"
+        "- {name: anonymous, principal: {type: Anonymous}, action: GET, resource: /admin,"
+        " expect: allow}\n"
+        "- {name: a client, principal: {type: Client, id: c}, action: GET, resource: /admin,"
+        " expect: deny}\n"
+    )
+    result = tm("policy", "test", "--config", str(config), "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["passed"] == 4

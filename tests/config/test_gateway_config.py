@@ -65,6 +65,7 @@ def test_routes_parse_with_safe_defaults() -> None:
             "not a header",
         ),
         ("{path: /o, to: orders, allow_ips: [not-a-cidr]}", "allow_ips[0]"),
+        ("{path: /o, to: orders, deny_ips: ['fe80::1%eth0/128']}", "has a zone index"),
     ],
 )
 def test_bad_routes_are_refused_naming_the_key(route: str, message: str) -> None:

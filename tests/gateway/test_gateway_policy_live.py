@@ -97,7 +97,7 @@ async def stack(
         config = parse_config(
             config_file.read_text()
             + f'  issuers:\n    - {{issuer: "{kc.url}", audience: shop-api, '
-            f'ca_file: "{kc.ca_file}", roles_claim: realm_access.roles}}\n',
+            f'ca_file: "{kc.ca_file}", roles_claim: realm_access.roles, principal: user}}\n',
             source=str(config_file),
         )
         source = X509Source(identity.address, spiffe_id=GATEWAY)

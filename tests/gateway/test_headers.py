@@ -4,9 +4,13 @@ client address comes from X-Forwarded-For only through trusted proxies."""
 
 from __future__ import annotations
 
-from hypothesis import given
+import ipaddress
+
+import pytest
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from trustmesh.errors import UsageError
 from trustmesh.gateway.headers import (
     SECURITY_HEADERS,
     TrustedProxies,
@@ -15,6 +19,7 @@ from trustmesh.gateway.headers import (
     upstream_headers,
 )
 from trustmesh.gateway.routes import request_host
+from trustmesh.reasons import Reason
 
 ATTACK = [
     (b"host", b"shop.example"),
@@ -111,8 +116,6 @@ def test_x_forwarded_for_is_believed_only_from_trusted_proxies() -> None:
     assert client_address("10.0.0.5", xff, proxy) == "198.51.100.7"
     chained = [(b"x-forwarded-for", b"1.2.3.4, 198.51.100.7, 10.0.0.9")]
     assert client_address("10.0.0.5", chained, proxy) == "198.51.100.7"
-    garbage = [(b"x-forwarded-for", b"1.2.3.4, not-an-ip")]
-    assert client_address("10.0.0.5", garbage, proxy) == "10.0.0.5"
     assert client_address("10.0.0.5", [], proxy) == "10.0.0.5"
     # with a port, as some load balancers write the entry
     for entry, address in (
@@ -121,8 +124,91 @@ def test_x_forwarded_for_is_believed_only_from_trusted_proxies() -> None:
         (b"2001:db8::7", "2001:db8::7"),
     ):
         assert client_address("10.0.0.5", [(b"x-forwarded-for", entry)], proxy) == address
-    for bad in (b"198.51.100.7:http", b"[2001:db8::7", b"[2001:db8::7]x", b"1.2.3.4:1234567"):
-        assert client_address("10.0.0.5", [(b"x-forwarded-for", bad)], proxy) == "10.0.0.5"
+
+
+PROXY = TrustedProxies(["10.0.0.0/8"])
+
+
+def _refused(value: bytes) -> UsageError:
+    with pytest.raises(UsageError) as caught:
+        client_address("10.0.0.5", [(b"x-forwarded-for", value)], PROXY)
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"1.2.3.4, not-an-ip",
+        b"198.51.100.7:http",
+        b"[2001:db8::7",
+        b"[2001:db8::7]x",
+        b"1.2.3.4:1234567",
+        b"fe80::1%eth0",  # a zone index (RFC 4007 §11) names an interface, not a host
+        b"[fe80::1%25eth0]:443",
+        b"198.51.100.7, ",
+        b"",
+        b"unknown",  # RFC 7239's obfuscated node, which X-Forwarded-For does not have
+    ],
+)
+def test_a_forwarded_for_entry_that_is_not_an_address_is_refused(value: bytes) -> None:
+    """Never "the proxy's own address": a proxy that cannot say who its client is has
+    not said it (the gateway answers 400)."""
+    assert _refused(value).reason == Reason.FORWARDED_FOR_INVALID
+
+
+def test_only_the_entries_the_walk_reaches_must_be_addresses() -> None:
+    """Left of the client's entry is whatever the client wrote: never read, never refused."""
+    header = [(b"x-forwarded-for", b"<script>, 198.51.100.7, 10.0.0.9")]
+    assert client_address("10.0.0.5", header, PROXY) == "198.51.100.7"
+
+
+@pytest.mark.parametrize(
+    ("entry", "address"),
+    [
+        (b"64:FF9B::C633:6407", "64:ff9b::c633:6407"),
+        (b"[64:ff9b::c633:6407]:443", "64:ff9b::c633:6407"),
+        (b"2002:c633:6407:1:0::9", "2002:c633:6407:1::9"),
+        (b"::ffff:198.51.100.7", "::ffff:c633:6407"),
+        (b"2001:DB8::7", "2001:db8::7"),
+    ],
+)
+def test_the_client_address_is_in_canonical_form(entry: bytes, address: str) -> None:
+    """One spelling per address, whether it came from the proxy or is the peer (the
+    address rules then meet an IPv6 form of an IPv4 address as both: see test_iprules)."""
+    assert client_address("10.0.0.5", [(b"x-forwarded-for", entry)], PROXY) == address
+    peer = entry.decode().removeprefix("[").removesuffix("]:443")
+    assert client_address(peer, [], TrustedProxies()) == address
+
+
+def test_a_proxy_is_trusted_by_its_own_address_only() -> None:
+    """Never by an IPv6 spelling of it another network could send from, nor with a zone."""
+    header = [(b"x-forwarded-for", b"198.51.100.7")]
+    for peer in ("64:ff9b::a00:5", "2002:a00:5::1", "fe80::1%eth0"):
+        assert client_address(peer, header, PROXY) != "198.51.100.7", peer
+    assert "fe80::1%eth0" not in TrustedProxies(["fe80::/10"])
+
+
+@given(st.text(max_size=40))
+def test_any_entry_is_an_address_or_refused(entry: str) -> None:
+    header = [(b"x-forwarded-for", entry.encode("utf-8"))]
+    try:
+        found = client_address("10.0.0.5", header, PROXY)
+    except UsageError as exc:
+        refused: UsageError | None = exc
+    else:
+        refused = None
+    if refused is not None:
+        assert refused.reason == Reason.FORWARDED_FOR_INVALID
+        return
+    parsed = ipaddress.ip_address(found)  # an address, in its canonical form
+    assert str(parsed) == found
+    assert "%" not in found
+
+
+@given(st.ip_addresses(v=6))
+def test_a_scoped_ipv6_entry_is_always_refused(address: ipaddress.IPv6Address) -> None:
+    assume(address.scope_id is None)
+    _refused(f"{address}%eth0".encode())
 
 
 def test_a_host_name_with_a_trailing_dot_is_the_same_host() -> None:

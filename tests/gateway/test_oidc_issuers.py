@@ -60,8 +60,94 @@ async def test_a_token_of_the_issuer_is_accepted(
     assert claims["sub"] == f"{idp.url}#kc-user-1"  # never a local user, nor another issuer's
     assert claims["idp"] == idp.url
     assert claims["roles"] == ["customer"]  # from realm_access.roles
-    assert claims["client_id"] == "shop-spa"  # azp
-    assert claims["preferred_username"] == "kim"
+    assert claims["client_id"] == f"{idp.url}#shop-spa"  # azp, never a local client
+    assert claims["preferred_username"] == f"{idp.url}#kim"
+
+
+async def test_only_what_the_declaration_vouches_for_is_kept(
+    idp: FakeIssuer, verifier: ExternalVerifier
+) -> None:
+    """A name is namespaced; a login time, second factor, groups, scopes, a delegation
+    chain, a confirmation key and custom claims are the issuer's word, and dropped."""
+    now = int(time.time())
+    claims = await verifier.verify(
+        idp.token(
+            preferred_username="alice",
+            email="alice@shop.example",
+            client_id="storefront",
+            auth_time=now,
+            amr=["pwd", "otp"],
+            groups=["staff"],
+            scope="openid orders:refund",
+            act={"sub": "spiffe://shop.example/payments"},
+            cnf={"x5t#S256": "abc"},
+            tenant="shop",
+            jti="kc-jti-1",
+        )
+    )
+    assert claims == {
+        "iss": idp.url,
+        "idp": idp.url,
+        "sub": f"{idp.url}#kc-user-1",
+        "client_id": f"{idp.url}#storefront",
+        "preferred_username": f"{idp.url}#alice",
+        "email": f"{idp.url}#alice@shop.example",
+        "roles": ["customer"],
+        "groups": [],
+        "exp": claims["exp"],
+        "iat": claims["iat"],
+        "jti": "kc-jti-1",
+    }
+    principal = verifier.principal(claims)
+    assert (principal.type, principal.issuer, principal.name) == (
+        "Client",  # preferred_username and auth_time do not make a user
+        idp.url,
+        f"{idp.url}#alice",
+    )
+    assert (principal.mfa, principal.amr, principal.groups, principal.scopes) == (
+        False,
+        (),
+        (),
+        (),
+    )
+
+
+async def test_an_issuer_trusted_further_by_its_declaration(idp: FakeIssuer) -> None:
+    spec = ExternalIssuer(
+        issuer=idp.url,
+        audience="shop-api",
+        algorithms=["RS256"],
+        roles_claim="realm_access.roles",
+        principal="user",
+        trust_amr=True,
+        groups_claim="org.groups",
+        groups=["staff"],
+        scopes=["orders:read"],
+    )
+    fetch, close = http_fetcher(idp.ca_file)
+    try:
+        made = ExternalVerifier(spec, fetch, declared_roles=("admin", "customer"))
+        await made.discover()
+        claims = await made.verify(
+            idp.token(
+                amr=["pwd", "otp", 3],
+                org={"groups": ["staff", "admins"]},
+                groups=["ignored: not the declared claim"],
+                scope="openid orders:read orders:refund",
+            )
+        )
+    finally:
+        await close()
+    assert claims["groups"] == ["staff"]
+    assert claims["amr"] == ["otp", "pwd"]
+    assert claims["scope"] == "orders:read"
+    principal = made.principal(claims)
+    assert (principal.type, principal.mfa, principal.groups, principal.scopes) == (
+        "User",
+        True,
+        ("staff",),
+        ("orders:read",),
+    )
 
 
 def _b64(data: bytes) -> str:

@@ -226,6 +226,17 @@ async def test_an_ipv6_client_is_counted_by_its_slash_64(limiters: Limiters) -> 
     assert not (await limiter.hit(0, consumer=None, roles=(), ip="192.0.2.9")).allowed
 
 
+async def test_an_ipv4_address_in_nat64_or_6to4_form_counts_as_itself(
+    limiters: Limiters,
+) -> None:
+    """NAT64 (64:ff9b::/96) and 6to4 (2002::/16) spellings of 192.0.2.9 share its bucket:
+    switching forms does not reset a count."""
+    limiter = limiters(gateway([{"per": "ip", "limit": "3/hour"}]))
+    forms = ["192.0.2.9", "64:ff9b::c000:209", "2002:c000:209:1::5", "::ffff:192.0.2.9"]
+    outcomes = [(await limiter.hit(0, consumer=None, roles=(), ip=ip)).allowed for ip in forms]
+    assert outcomes == [True, True, True, False]
+
+
 async def test_per_role_counts_each_role_and_needs_room_in_all(limiters: Limiters) -> None:
     limiter = limiters(gateway([{"per": "role", "limit": "2/hour"}]))
     assert allowed(await hits(limiter, 1, consumer="alice", roles=("staff",))) == [True]

@@ -71,6 +71,7 @@ def test_schema_lists_routes_methods_and_context() -> None:
     assert 'entity Route enum ["/items", "/orders", "admin"];' in schema
     assert 'action "GET", "POST" appliesTo' in schema
     assert "ip: ipaddr" in schema
+    assert "name: String, issuer: String }" in schema
 
 
 def test_nothing_declared_means_no_edge_policy(tmp_path: Path) -> None:
@@ -184,9 +185,19 @@ def test_claims_become_the_principal() -> None:
         scopes=("openid", "orders"),
         mfa=True,
         name="sam",
+        issuer="trustmesh",
     )
+    assert user.issuer == "trustmesh"  # the provider's own token
     client = Principal.from_claims({"sub": "storefront", "client_id": "storefront"})
     assert (client.type, client.mfa, client.roles) == ("Client", False, ())
+    # another issuer's: the type and issuer its declaration gives, whatever the claims say
+    foreign = Principal.from_claims(
+        {"sub": "https://kc.example#u1", "auth_time": 1, "preferred_username": "x"},
+        issuer="https://kc.example",
+        kind="Client",
+    )
+    assert (foreign.type, foreign.issuer) == ("Client", "https://kc.example")
+    assert ANONYMOUS.issuer == ""
     assert not Principal.from_claims({"sub": "x", "auth_time": 1, "amr": ["pwd"]}).mfa
 
 

@@ -93,6 +93,8 @@ def _check_claim(value: str) -> str:
 
 def _check_cidr(value: str) -> str:
     try:
+        if "%" in value:  # a zone index names an interface, never a client (RFC 4007 §11)
+            raise ValueError("has a zone index")
         ipaddress.ip_network(value, strict=True)
     except ValueError as exc:
         raise _invalid(f"{value!r}: {exc}", "a CIDR block such as 10.0.0.0/8 or ::1/128") from None
@@ -350,9 +352,20 @@ def _check_claim_path(value: str) -> str:
     return value
 
 
+def _check_name(value: str) -> str:
+    if not value or len(value) > 256 or not value.isprintable():
+        raise _invalid(f"{value!r} is not a name", "1 to 256 printable characters")
+    return value
+
+
 class ExternalIssuer(BaseModel):
     """Another OpenID Provider whose access tokens the gateway accepts on ``jwt`` routes,
-    found through OpenID Connect Discovery and verified with its JWKS."""
+    found through OpenID Connect Discovery and verified with its JWKS.
+
+    Its tokens never speak for a local user: every name in them is namespaced
+    (``<issuer>#<value>``), and what they say beyond that — roles, groups, scopes, the
+    way the user signed in, whether the subject is a user at all — counts only where this
+    declaration says so."""
 
     model_config = _MODEL_CONFIG
 
@@ -378,6 +391,28 @@ class ExternalIssuer(BaseModel):
         default=None,
         description="The roles taken from this issuer's tokens, of auth.roles (unset: every "
         "declared role but admin; list admin to let this issuer's admins in).",
+    )
+    principal: Literal["client", "user"] = Field(
+        default="client",
+        description="What this issuer's tokens name in the edge policies: Client (default) or "
+        "User — decided here, never by claims the issuer writes (preferred_username, "
+        "auth_time).",
+    )
+    trust_amr: bool = Field(
+        default=False,
+        description="Believe this issuer's amr claim (RFC 8176): the principal's amr, and mfa "
+        "when it holds otp, mfa, hwk or swk. Default: amr empty, mfa false.",
+    )
+    groups_claim: Annotated[str, AfterValidator(_check_claim_path)] = Field(
+        default="groups", description="Where the user's groups are (a dotted path)."
+    )
+    groups: list[Annotated[str, AfterValidator(_check_name)]] = Field(
+        default_factory=list,
+        description="The groups taken from this issuer's tokens, as written (default: none).",
+    )
+    scopes: list[Annotated[str, AfterValidator(_check_name)]] = Field(
+        default_factory=list,
+        description="The scopes taken from this issuer's tokens' scope claim (default: none).",
     )
 
 

@@ -2,7 +2,9 @@
 
 Each stage decides, and a refusal ends the request with a structured error and an event:
 
-1. the raw path must be canonical → ``400 invalid_request``;
+1. the client address (the peer, or ``X-Forwarded-For`` from a trusted proxy: an entry
+   that is not an address → ``400 invalid_request``) must pass the address rules →
+   ``403``; the raw path must be canonical → ``400 invalid_request``;
 2. a route must take it (host, longest prefix, method) → ``404`` / ``405`` + ``Allow``;
 3. the route's authentication: a bearer access token from a trusted issuer, addressed to
    the gateway, not bound to a certificate the client cannot show, not revoked, or an API
@@ -32,7 +34,7 @@ from typing import Any, Protocol
 
 from trustmesh import events
 from trustmesh.config.gateway import PROVIDER_ISSUER, GatewayConfig, GatewayRoute
-from trustmesh.errors import InvalidTokenError, TrustmeshError, UnavailableError
+from trustmesh.errors import InvalidTokenError, TrustmeshError, UnavailableError, UsageError
 from trustmesh.gateway.apikeys import presented_api_key
 from trustmesh.gateway.cors import is_preflight, preflight_headers, response_grants
 from trustmesh.gateway.headers import (
@@ -185,9 +187,15 @@ class GatewayApp:
         headers: list[tuple[bytes, bytes]] = list(scope["headers"])
         method: str = scope["method"]
         peer = (scope.get("client") or ("0.0.0.0", 0))[0]  # noqa: S104 - a label, never bound
-        client = client_address(peer, headers, self.trusted)
         raw = scope.get("raw_path") or scope["path"].encode("utf-8")
-        context.update(method=method, path=raw.decode("latin-1")[:512], client=client)
+        context.update(method=method, path=raw.decode("latin-1")[:512], client=peer)
+        try:
+            client = client_address(peer, headers, self.trusted)
+        except UsageError as exc:  # a trusted proxy that cannot say who its client is
+            self._emit(events.Decision.DENY, Reason.FORWARDED_FOR_INVALID, exc.detail, context)
+            await _error(send, 400, "invalid_request", "X-Forwarded-For holds a non-address")
+            return
+        context["client"] = client
         if not self.ip_rules.admits(client):
             self._emit(events.Decision.DENY, Reason.IP_DENIED, "client address refused", context)
             await _error(send, 403, "forbidden", "not allowed from this address")
@@ -485,6 +493,8 @@ class GatewayApp:
             await _error(send, 503, "unavailable", "token verification is unavailable")
             return None
         digest = hashlib.sha256(token.encode("ascii", "replace")).digest()
+        if external is not None and not ask:  # its type and issuer are the declaration's
+            return claims, external.principal(claims), digest
         return claims, Principal.from_claims(claims), digest
 
     async def _api_key(
@@ -517,7 +527,11 @@ class GatewayApp:
         }
         context["key_id"] = found.key_id  # the key's public id, never the key
         principal = Principal(
-            "ApiKey", found.key_id, roles=tuple(sorted(found.roles)), name=found.name or ""
+            "ApiKey",
+            found.key_id,
+            roles=tuple(sorted(found.roles)),
+            name=found.name or "",
+            issuer=PROVIDER_ISSUER,  # the gateway's own keys
         )
         return claims, principal, ("api-key", found.key_id)
 

@@ -11,7 +11,9 @@ headers every response carries are set.
 
 The client address is the TCP peer, unless that peer is a trusted proxy: then
 ``X-Forwarded-For`` is read from the right, skipping trusted hops (the leftmost entries
-are whatever the client wrote, and are never believed).
+are whatever the client wrote, and are never believed). An entry the walk reaches that
+is not an address (a zone index included) is refused — the request is a 400 — never
+read as "the proxy itself".
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import Final
+
+from trustmesh.errors import UsageError
+from trustmesh.gateway.iprules import parse_address
+from trustmesh.reasons import Reason
 
 __all__ = [
     "SECURITY_HEADERS",
@@ -139,34 +145,39 @@ class TrustedProxies:
         self._networks = tuple(ipaddress.ip_network(c) for c in cidrs)
 
     def __contains__(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in self._networks)
+        # the hop's own address only: an IPv4 proxy is never trusted as a NAT64 or 6to4
+        # spelling of its address, which another network could send from
+        ip = parse_address(address)
+        return ip is not None and any(ip in network for network in self._networks)
 
     def __bool__(self) -> bool:
         return bool(self._networks)
 
 
 def client_address(peer: str, headers: Headers, trusted: TrustedProxies) -> str:
-    """The client's address: the peer, or — where the peer is a trusted proxy — the
-    rightmost ``X-Forwarded-For`` entry that is not itself a trusted proxy. An entry
-    that is not an address ends the walk at the last hop known good."""
-    if not trusted or peer not in trusted:
-        return peer
+    """The client's address (in its canonical text form): the peer, or — where the peer
+    is a trusted proxy — the rightmost ``X-Forwarded-For`` entry that is not itself a
+    trusted proxy. A peer that is not an address is returned as it is (the address rules
+    refuse it); an entry the walk reaches that is not one raises :class:`UsageError`
+    (reason ``forwarded-for-invalid``)."""
+    own = parse_address(peer)
+    if own is None or not trusted or peer not in trusted:
+        return peer if own is None else str(own)
     hops: list[str] = []
     for name, value in headers:
         if name.lower() == b"x-forwarded-for":
             hops.extend(h.strip() for h in value.decode("latin-1").split(","))
-    current = peer
-    for entry in reversed(hops):
+    current = str(own)
+    for position, entry in enumerate(reversed(hops), start=1):
         hop = _hop_address(entry)
         if hop is None:
-            return current
+            raise UsageError(
+                f"X-Forwarded-For entry {position} from the right is not an address",
+                reason=Reason.FORWARDED_FOR_INVALID,
+            )
         current = hop
         if hop not in trusted:
-            return hop
+            break
     return current
 
 
@@ -184,7 +195,5 @@ def _hop_address(entry: str) -> str | None:
         port = ":" + digits
     if port and not (port.startswith(":") and port[1:].isdigit() and len(port) <= 6):
         return None
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        return None
+    ip = parse_address(text)
+    return None if ip is None else str(ip)

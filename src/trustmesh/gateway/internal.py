@@ -40,7 +40,9 @@ def internal_claims(
     jti: str | None = None,
 ) -> dict[str, Any]:
     """The internal token's claims. ``user``: the verified claims of the caller's token
-    (None on an anonymous route). The token never outlives the user's."""
+    (None on an anonymous route); another issuer's come namespaced and filtered
+    (:func:`trustmesh.gateway.oidc.vouched_claims`: no ``act`` of its own making, no claim
+    it alone vouches for). The token never outlives the user's."""
     exp = now + ttl
     claims: dict[str, Any] = {"iss": issuer, "aud": audience, "iat": now}
     if user is None:

@@ -1,16 +1,57 @@
 """Who may connect, by address: deny lists win, then an allow list (if any) must hold the
 client. Checked on the client address the gateway established (see :mod:`headers`: an
-untrusted hop cannot choose it), gateway-wide and then per route."""
+untrusted hop cannot choose it), gateway-wide and then per route.
+
+An IPv6 address that carries an IPv4 one also meets the IPv4 rules as that address
+(:func:`embedded_ipv4`), so ``deny_ips: [203.0.113.0/24]`` holds however the client's
+address is spelled, and an IPv6 rule (``deny_ips: ["2002::/16"]``) still holds for the
+IPv6 form:
+
+* IPv4-mapped, ``::ffff:0:0/96`` (RFC 4291 §2.5.5.2: a dual-stack socket's IPv4 peer);
+* NAT64's well-known prefix, ``64:ff9b::/96`` (RFC 6052 §2.1: the last 32 bits);
+* 6to4, ``2002::/16`` (RFC 3056 §2: the 32 bits after the prefix).
+
+An address with a zone index (``fe80::1%eth0``, RFC 4007 §11) names an interface of the
+host that wrote it, not a client: :func:`parse_address` takes it for no address, and
+what is no address is refused.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final
 
-__all__ = ["IPRules"]
+__all__ = ["IPRules", "embedded_ipv4", "parse_address"]
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+_NAT64: Final = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def parse_address(text: str) -> _Address | None:
+    """The IPv4 or IPv6 address ``text`` spells; None for anything else, an address with
+    a zone index included."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None:
+        return None
+    return ip
+
+
+def embedded_ipv4(ip: _Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv4-mapped, NAT64 or 6to4 address carries (see the module
+    docstring); None for any other address."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        return None
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip.sixtofour
 
 
 def _networks(cidrs: Iterable[str]) -> tuple[_Network, ...]:
@@ -27,12 +68,13 @@ class IPRules:
         return cls(_networks(allow) if allow is not None else None, _networks(deny))
 
     def admits(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
+        ip = parse_address(address)
+        if ip is None:
             return False  # not an address: nothing vouches for it
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1
-        if any(ip in network for network in self.deny):
+        v4 = embedded_ipv4(ip)
+        forms = (ip,) if v4 is None else (ip, v4)  # each meets the rules of its version
+        if any(form in network for form in forms for network in self.deny):
             return False
-        return self.allow is None or any(ip in network for network in self.allow)
+        return self.allow is None or any(
+            form in network for form in forms for network in self.allow
+        )

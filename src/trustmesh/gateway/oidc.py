@@ -13,13 +13,23 @@ must be exactly the one configured) and its tokens are verified with its JWKS (R
   traffic; a failed fetch keeps the keys known (tokens keep working while it is down);
 * a verified token is cached until it expires.
 
-Kept apart from the provider's users and from each other:
+Kept apart from the provider's users and from each other — the verified token is turned
+into the claims the gateway vouches for (:func:`vouched_claims`), and nothing else of it
+reaches a policy or an upstream:
 
-* the subject becomes ``<issuer>#<sub>`` (and ``idp`` names the issuer), so no other
-  issuer can mint a token for a local user or for another issuer's user;
+* every name is namespaced: ``sub``, ``client_id`` (or ``azp``), ``preferred_username``
+  and ``email`` become ``<issuer>#<value>`` (and ``idp`` names the issuer), so no issuer
+  can mint a token for a local user or client, or for another issuer's;
+* the principal's type is the declaration's (``principal``: Client unless declared
+  users), never the token's say (``preferred_username``, ``auth_time``); its policy
+  attribute ``issuer`` is the issuer's URL;
 * of the issuer's roles (``roles_claim``, a dotted path such as ``realm_access.roles``),
   only those its ``roles`` allow (default: every declared role but ``admin``) become the
-  ``roles`` claim the gateway's policies and routes see;
+  ``roles`` claim the gateway's policies and routes see; likewise ``groups`` (from
+  ``groups_claim``) and ``scope``, of which none are taken unless declared; ``amr`` (and
+  so ``mfa``) only with ``trust_amr``;
+* every other claim — ``act`` (a delegation chain of the issuer's making), ``cnf``,
+  ``auth_time``, custom claims a route maps — is dropped;
 * ID tokens are not access tokens (OIDC Core §2; RFC 9068 §4): a token carrying
   ``nonce``, ``at_hash`` or ``c_hash``, or typed ``ID`` (Keycloak), is refused, as is a
   header ``typ`` other than ``at+jwt`` or ``JWT``.
@@ -42,6 +52,7 @@ import jwt
 
 from trustmesh.config.gateway import ExternalIssuer
 from trustmesh.errors import InvalidTokenError, UnavailableError
+from trustmesh.policy.edge import Principal
 from trustmesh.reasons import Reason
 from trustmesh.sdk.oauth import cache_max_age
 from trustmesh.sdk.tokens import (
@@ -53,7 +64,13 @@ from trustmesh.sdk.tokens import (
     unverified_issuer,
 )
 
-__all__ = ["ExternalIssuers", "ExternalVerifier", "http_fetcher", "load_external_jwks"]
+__all__ = [
+    "ExternalIssuers",
+    "ExternalVerifier",
+    "http_fetcher",
+    "load_external_jwks",
+    "vouched_claims",
+]
 
 #: Which JWK may verify which algorithm: (kty, crv or None).
 _KEY_TYPES: Final = {
@@ -237,18 +254,58 @@ class ExternalVerifier:
         )
         if _ID_TOKEN_CLAIMS & claims.keys() or claims.get("typ") == "ID":
             raise _refuse(Reason.TOKEN_MALFORMED, "an ID token, not an access token")
-        roles = _at(claims, self.spec.roles_claim)
-        claims["roles"] = (
-            sorted({r for r in roles if isinstance(r, str) and r in self.allowed_roles})
-            if isinstance(roles, list)
-            else []
-        )
-        client = claims.get("client_id") or claims.get("azp")
-        claims["client_id"] = client if isinstance(client, str) else claims["sub"]
-        claims["idp"] = self.spec.issuer
-        claims["sub"] = f"{self.spec.issuer}#{claims['sub']}"
-        claims.setdefault("jti", digest.hex()[:32])
-        return claims
+        return vouched_claims(claims, self.spec, self.allowed_roles, digest)
+
+    def principal(self, claims: Mapping[str, Any]) -> Principal:
+        """The edge policies' principal for claims :meth:`verify` returned: of the type
+        the declaration gives this issuer's tokens, with ``issuer`` its URL."""
+        kind = "User" if self.spec.principal == "user" else "Client"
+        return Principal.from_claims(claims, issuer=self.spec.issuer, kind=kind)
+
+
+#: Another issuer's claims that name someone: taken as ``<issuer>#<value>``.
+_NAMESPACED: Final = ("preferred_username", "email")
+
+
+def vouched_claims(
+    claims: Mapping[str, Any], spec: ExternalIssuer, roles: frozenset[str], digest: bytes
+) -> dict[str, Any]:
+    """What the gateway takes from another issuer's verified token (``claims``), as the
+    module docstring lists: names namespaced, roles, groups, scopes and ``amr`` only as
+    ``spec`` allows (``roles``: the roles it may grant), nothing else."""
+    issuer = spec.issuer
+    client = claims.get("client_id") or claims.get("azp")
+    jti = claims.get("jti")
+    vouched: dict[str, Any] = {
+        "iss": issuer,
+        "idp": issuer,
+        "sub": f"{issuer}#{claims['sub']}",
+        "client_id": f"{issuer}#{client if isinstance(client, str) else claims['sub']}",
+        "exp": claims["exp"],
+        "jti": jti if isinstance(jti, str) and jti else digest.hex()[:32],
+        "roles": _kept(_at(claims, spec.roles_claim), roles),
+        "groups": _kept(_at(claims, spec.groups_claim), frozenset(spec.groups)),
+    }
+    for name in ("iat", "nbf"):
+        if isinstance(claims.get(name), int | float):
+            vouched[name] = claims[name]
+    for name in _NAMESPACED:
+        value = claims.get(name)
+        if isinstance(value, str) and value:
+            vouched[name] = f"{issuer}#{value}"
+    scope = claims.get("scope")
+    if isinstance(scope, str) and (kept := _kept(scope.split(), frozenset(spec.scopes))):
+        vouched["scope"] = " ".join(kept)
+    if spec.trust_amr:
+        vouched["amr"] = _kept(claims.get("amr"), None)
+    return vouched
+
+
+def _kept(values: object, allowed: frozenset[str] | None) -> list[str]:
+    """The strings of a claim's list that ``allowed`` holds (any string, when None)."""
+    if not isinstance(values, list):
+        return []
+    return sorted({v for v in values if isinstance(v, str) and (allowed is None or v in allowed)})
 
 
 def _at(claims: Mapping[str, Any], path: str) -> object:

@@ -50,6 +50,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from trustmesh.config.gateway import GatewayConfig, GatewayRoute, RateLimitRule
+from trustmesh.gateway.iprules import embedded_ipv4, parse_address
 from trustmesh.reasons import Reason
 
 __all__ = ["RateDecision", "RateLimiter", "StorageListener"]
@@ -188,15 +189,17 @@ def _compile(gateway: GatewayConfig) -> tuple[tuple[_Rule, ...], ...]:
 
 
 def _address_bucket(ip: str) -> str:
-    """What one address limit counts: an IPv4 address, or the IPv6 /64 an address is in
-    (one host is usually given a whole /64: counting per /128 would be no limit at all)."""
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
+    """What one address limit counts: an IPv4 address (however spelled: an IPv4-mapped,
+    NAT64 or 6to4 address counts as the IPv4 address it carries), or the IPv6 /64 an
+    address is in (one host is usually given a whole /64: counting per /128 would be no
+    limit at all)."""
+    address = parse_address(ip)
+    if address is None:
         return ip
     if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
+        v4 = embedded_ipv4(address)
+        if v4 is not None:
+            return str(v4)
         return str(ipaddress.IPv6Network((address, 64), strict=False))
     return str(address)
 

@@ -9,7 +9,8 @@ policies (``shop.cedar`` → ``shop.tests.yaml``) and run by ``trustmesh policy 
       expect: allow
 
 Unset context fields take the route's values (path = its prefix, service = its target),
-``ip`` 127.0.0.1 and a fixed weekday noon. Each case is decided by the same compiled
+``ip`` 127.0.0.1 and a fixed weekday noon; an unset ``principal.issuer`` is the
+provider's (``trustmesh``), or ``""`` for ``Anonymous``, as at the gateway. Each case is decided by the same compiled
 :class:`~trustmesh.policy.edge.EdgePolicy` the gateway runs.
 """
 
@@ -25,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trustmesh.config import TrustmeshConfig
+from trustmesh.config.gateway import PROVIDER_ISSUER
 from trustmesh.errors import ConfigError
 from trustmesh.policy.edge import EdgeDecision, EdgePolicy, EdgeRequest, Principal
 
@@ -46,6 +48,12 @@ class CasePrincipal(BaseModel):
     scopes: list[str] = Field(default_factory=list)
     mfa: bool = False
     name: str = ""
+    issuer: str | None = Field(default=None, max_length=256)
+
+    def issued_by(self) -> str:
+        if self.issuer is not None:
+            return self.issuer
+        return "" if self.type == "Anonymous" else PROVIDER_ISSUER
 
 
 class CaseContext(BaseModel):
@@ -155,6 +163,7 @@ def run_cases(
                     scopes=tuple(sorted(set(p.scopes))),
                     mfa=p.mfa,
                     name=p.name,
+                    issuer=p.issued_by(),
                 ),
                 method=case.action,
                 route=case.resource,

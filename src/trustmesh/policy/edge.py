@@ -6,7 +6,9 @@ policy that names an unknown route, action or attribute is a config error, not a
 deny at run time. The request the gateway asks about is::
 
     principal  User::"<sub>" | Client::"<client_id>" | ApiKey::"<id>" | Anonymous::"anonymous"
-               with roles, groups, amr, scopes (sets of strings), mfa (bool), name (string)
+               with roles, groups, amr, scopes (sets of strings), mfa (bool), name and
+               issuer (strings: "trustmesh" for the provider's tokens and the gateway's
+               API keys, the issuer's URL for another OpenID Provider's, "" for Anonymous)
     action     Action::"<HTTP method>"            (only methods some route declares)
     resource   Route::"<route name>"              (an enumerated entity type: the routes)
     context    ip (ipaddr), method, path, host, service (strings),
@@ -30,7 +32,7 @@ from typing import Any, Final
 import cedarpy
 
 from trustmesh.config import TrustmeshConfig
-from trustmesh.config.gateway import GatewayConfig
+from trustmesh.config.gateway import PROVIDER_ISSUER, GatewayConfig
 from trustmesh.errors import ConfigError
 from trustmesh.reasons import Reason
 
@@ -60,7 +62,7 @@ CONTEXT_FIELDS: Final = {
 }
 _PRINCIPAL_ATTRS: Final = (
     "roles: Set<String>, groups: Set<String>, amr: Set<String>, scopes: Set<String>, "
-    "mfa: Bool, name: String"
+    "mfa: Bool, name: String, issuer: String"
 )
 _MAX_POLICY_BYTES: Final = 1 << 20
 _CACHE_SIZE: Final = 16384
@@ -79,15 +81,22 @@ class Principal:
     scopes: tuple[str, ...] = ()
     mfa: bool = False
     name: str = ""
+    issuer: str = ""
 
     @classmethod
-    def from_claims(cls, claims: Mapping[str, Any]) -> Principal:
-        """A token's subject: a user (signed in: ``auth_time``) or a client."""
+    def from_claims(
+        cls, claims: Mapping[str, Any], *, issuer: str = PROVIDER_ISSUER, kind: str | None = None
+    ) -> Principal:
+        """A token's subject. ``issuer``: who vouched for the claims; ``kind``: the type
+        its declaration gives it. Unset (the provider's own tokens), a user is one who
+        signed in (``auth_time``), anyone else a client. Another issuer's claims come here
+        already namespaced and filtered (see :mod:`trustmesh.gateway.oidc`)."""
         roles = _strings(claims.get("roles"))
         amr = _strings(claims.get("amr"))
         scope = claims.get("scope")
         scopes = tuple(sorted(set(scope.split()))) if isinstance(scope, str) else ()
-        kind = "User" if "auth_time" in claims or "preferred_username" in claims else "Client"
+        if kind is None:
+            kind = "User" if "auth_time" in claims or "preferred_username" in claims else "Client"
         name = claims.get("preferred_username") or claims.get("client_id") or ""
         return cls(
             kind,
@@ -98,6 +107,7 @@ class Principal:
             scopes=scopes,
             mfa=bool({"otp", "mfa", "hwk", "swk"} & set(amr)),  # RFC 8176 methods
             name=str(name),
+            issuer=issuer,
         )
 
     def entity(self) -> dict[str, Any]:
@@ -110,6 +120,7 @@ class Principal:
                 "scopes": list(self.scopes),
                 "mfa": self.mfa,
                 "name": self.name,
+                "issuer": self.issuer,
             },
             "parents": [],
         }
