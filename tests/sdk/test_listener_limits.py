@@ -486,7 +486,7 @@ async def test_stopping_closes_connections_still_in_their_handshake(
     assert listener.guard.open == 0
 
 
-def test_ipv6_clients_count_by_their_64_and_mapped_ipv4_as_itself() -> None:
+def test_ipv6_clients_count_by_their_64_and_an_embedded_ipv4_as_itself() -> None:
     class Conn:
         def __init__(self, address: str) -> None:
             self.address = address
@@ -505,3 +505,5 @@ def test_ipv6_clients_count_by_their_64_and_mapped_ipv4_as_itself() -> None:
     assert guard.admit(Conn("192.0.2.1")) is None
     assert guard.admit(Conn("::ffff:192.0.2.1")) is None
     assert guard.admit(Conn("192.0.2.1")) == Reason.CONNECTION_LIMIT_ADDRESS
+    assert guard.admit(Conn("64:ff9b::c000:201")) == Reason.CONNECTION_LIMIT_ADDRESS  # NAT64
+    assert guard.admit(Conn("2002:c000:201::1")) == Reason.CONNECTION_LIMIT_ADDRESS  # 6to4

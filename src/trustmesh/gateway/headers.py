@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from typing import Final
 
 from trustmesh.errors import UsageError
-from trustmesh.gateway.iprules import parse_address
+from trustmesh.policy.addresses import parse_address
 from trustmesh.reasons import Reason
 
 __all__ = [

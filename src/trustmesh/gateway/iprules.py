@@ -21,37 +21,12 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
 
-__all__ = ["IPRules", "embedded_ipv4", "parse_address"]
+from trustmesh.policy.addresses import embedded_ipv4, parse_address
+
+__all__ = ["IPRules"]
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-_NAT64: Final = ipaddress.IPv6Network("64:ff9b::/96")
-
-
-def parse_address(text: str) -> _Address | None:
-    """The IPv4 or IPv6 address ``text`` spells; None for anything else, an address with
-    a zone index included."""
-    try:
-        ip = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None:
-        return None
-    return ip
-
-
-def embedded_ipv4(ip: _Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv4-mapped, NAT64 or 6to4 address carries (see the module
-    docstring); None for any other address."""
-    if isinstance(ip, ipaddress.IPv4Address):
-        return None
-    if ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    if ip in _NAT64:
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    return ip.sixtofour
 
 
 def _networks(cidrs: Iterable[str]) -> tuple[_Network, ...]:

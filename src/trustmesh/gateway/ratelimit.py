@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import ipaddress
 import json
 import logging
 import math
@@ -50,7 +49,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from trustmesh.config.gateway import GatewayConfig, GatewayRoute, RateLimitRule
-from trustmesh.gateway.iprules import embedded_ipv4, parse_address
+from trustmesh.policy.addresses import address_bucket
 from trustmesh.reasons import Reason
 
 __all__ = ["RateDecision", "RateLimiter", "StorageListener"]
@@ -188,22 +187,6 @@ def _compile(gateway: GatewayConfig) -> tuple[tuple[_Rule, ...], ...]:
     return tuple(for_route(i, route) for i, route in enumerate(gateway.routes))
 
 
-def _address_bucket(ip: str) -> str:
-    """What one address limit counts: an IPv4 address (however spelled: an IPv4-mapped,
-    NAT64 or 6to4 address counts as the IPv4 address it carries), or the IPv6 /64 an
-    address is in (one host is usually given a whole /64: counting per /128 would be no
-    limit at all)."""
-    address = parse_address(ip)
-    if address is None:
-        return ip
-    if isinstance(address, ipaddress.IPv6Address):
-        v4 = embedded_ipv4(address)
-        if v4 is not None:
-            return str(v4)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
-
-
 def _before_auth(rule: _Rule) -> bool:
     """A rule that needs nothing but the client's address: counted before authentication,
     so that failed attempts count too."""
@@ -225,7 +208,7 @@ def _buckets(
         if rule.per == "route":
             buckets.append((rule, rule.key))
         elif rule.per == "ip" or (rule.per == "consumer" and consumer is None):
-            buckets.append((rule, f"{rule.key}.ip.{_digest(_address_bucket(ip))}"))
+            buckets.append((rule, f"{rule.key}.ip.{_digest(address_bucket(ip))}"))
         elif rule.per == "consumer" and consumer is not None:
             buckets.append((rule, f"{rule.key}.consumer.{_digest(consumer)}"))
         elif rule.per == "role" and consumer is not None:

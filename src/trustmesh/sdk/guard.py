@@ -14,13 +14,13 @@ holds those)."""
 
 from __future__ import annotations
 
-import ipaddress
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from trustmesh.config.listener import ListenerLimits
+from trustmesh.policy.addresses import address_bucket
 from trustmesh.reasons import Reason
 
 __all__ = [
@@ -29,7 +29,6 @@ __all__ = [
     "ConnectionLimits",
     "Guarded",
     "RefusalSummary",
-    "address_bucket",
 ]
 
 #: Every reason a public listener refuses a connection or a request head for.
@@ -80,20 +79,6 @@ class ConnectionLimits:
             max_header_line_bytes=settings.max_header_line_bytes,
             max_headers=settings.max_headers,
         )
-
-
-def address_bucket(address: str) -> str:
-    """What one per-address cap counts: an IPv4 address (an IPv4-mapped IPv6 address is
-    that IPv4 address), or the IPv6 /64 an address is in (one host usually holds a /64)."""
-    try:
-        parsed = ipaddress.ip_address(address)
-    except ValueError:
-        return address
-    if isinstance(parsed, ipaddress.IPv6Address):
-        if parsed.ipv4_mapped is not None:
-            return str(parsed.ipv4_mapped)
-        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
-    return str(parsed)
 
 
 class Guarded(Protocol):

@@ -1,0 +1,64 @@
+"""Client addresses in one form, for every rule that counts or matches them.
+
+An IPv6 address may carry an IPv4 one, and then stands for that IPv4 client
+(:func:`embedded_ipv4`):
+
+* IPv4-mapped, ``::ffff:0:0/96`` (RFC 4291 §2.5.5.2: a dual-stack socket's IPv4 peer);
+* NAT64's well-known prefix, ``64:ff9b::/96`` (RFC 6052 §2.1: the last 32 bits);
+* 6to4, ``2002::/16`` (RFC 3056 §2: the 32 bits after the prefix).
+
+An address with a zone index (``fe80::1%eth0``, RFC 4007 §11) names an interface of the
+host that wrote it, not a client: :func:`parse_address` takes it for no address.
+
+What one per-address limit counts (:func:`address_bucket`) is an IPv4 address however
+spelled, or the IPv6 /64 an address is in: one host is usually given a whole /64, so
+counting per /128 would be no limit at all. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Final
+
+__all__ = ["Address", "address_bucket", "embedded_ipv4", "parse_address"]
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+_NAT64: Final = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def parse_address(text: str) -> Address | None:
+    """The IPv4 or IPv6 address ``text`` spells; None for anything else, an address with
+    a zone index included."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None:
+        return None
+    return ip
+
+
+def embedded_ipv4(ip: Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv4-mapped, NAT64 or 6to4 address carries (see the module
+    docstring); None for any other address."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        return None
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip.sixtofour
+
+
+def address_bucket(text: str) -> str:
+    """What one per-address limit counts for ``text``: the IPv4 address it is or carries,
+    or its IPv6 /64 (``text`` itself if it is no address)."""
+    address = parse_address(text)
+    if address is None:
+        return text
+    if isinstance(address, ipaddress.IPv6Address):
+        v4 = embedded_ipv4(address)
+        if v4 is not None:
+            return str(v4)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
