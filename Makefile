@@ -1,6 +1,9 @@
 # One entry point for people and CI alike.
 PYTHON ?= python3
 VENV   ?= .venv
+# pytest workers (pytest-xdist): most tests wait on sockets and subprocesses, so more
+# workers than cores pay off; TEST_JOBS=0 runs everything in one process.
+TEST_JOBS ?= 4
 BIN     = $(VENV)/bin
 
 .PHONY: up test lint typecheck lock proto bench clean
@@ -18,7 +21,7 @@ up: $(BIN)/trustmesh
 
 ## Lint, type-check and run the whole test suite.
 test: $(BIN)/trustmesh lint typecheck
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile
 
 lint: $(BIN)/trustmesh
 	$(BIN)/ruff check src tests benchmarks

@@ -84,7 +84,7 @@ def test_audience_may_be_one_of_several() -> None:
 # -- algorithm confusion --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kid", [KID, None])
+@pytest.mark.parametrize("kid", [KID, None], ids=["kid", "no-kid"])
 @pytest.mark.parametrize("alg", ["none", "None", "NONE", "nOnE"])
 def test_alg_none_is_refused_in_every_casing(alg: str, kid: str | None) -> None:
     header = {"alg": alg, "typ": "JWT", "kid": kid}
@@ -103,7 +103,7 @@ def test_missing_alg_is_refused() -> None:
     assert reason_of(forge({"kid": KID}, claims())) == "token-malformed"
 
 
-@pytest.mark.parametrize("kid", [KID, "hmac-key"])
+@pytest.mark.parametrize("kid", [KID, "hmac-key"], ids=["kid", "hmac-key"])
 @pytest.mark.parametrize(
     ("alg", "digest"),
     [("HS256", hashlib.sha256), ("HS384", hashlib.sha384), ("HS512", hashlib.sha512)],
@@ -203,6 +203,7 @@ def test_tampered_claims_are_refused() -> None:
         KID.upper() if KID.upper() != KID else KID.lower(),
         "http://attacker.example/key",
     ],
+    ids=["traversal", "sql", "empty", "nul", "newline", "other-case", "url"],
 )
 def test_hostile_kid_values_just_yield_unknown_key(kid: str) -> None:
     token = crypto.sign_jwt(claims(), KEY, kid=kid)
