@@ -3,14 +3,16 @@
 Each stage decides, and a refusal ends the request with a structured error and an event:
 
 1. the raw path must be canonical → ``400 invalid_request``;
-2. a route must take it (host, longest prefix, method) → ``404`` / ``405`` + ``Allow``;
+2. a route must take it (host, longest prefix, one of the route's operations, method) →
+   ``404`` / ``405`` + ``Allow``; a trailing slash no operation declares → ``400``;
 3. the route's authentication: a bearer access token from a trusted issuer, addressed to
    the gateway, not bound to a certificate the client cannot show, not revoked, or an API
    key in scope for the route → ``401`` with ``WWW-Authenticate``; or an anonymous route;
 4. the rate limits (per consumer, role, route and client address) → ``429`` with
    ``Retry-After`` and the RateLimit headers, which every limited response carries;
 5. the edge policies (Cedar, when declared): principal, method, route and context
-   (client address, path, time) → ``403`` unless a permit applies and no forbid does;
+   (client address, path, the operation's template and values, time) → ``403`` unless a
+   permit applies and no forbid does;
 6. the body must fit the limit → ``413``;
 7. forward over mTLS (the gateway's SVID; the upstream's SPIFFE ID checked) with the
    internal token in place of the client's, spoofable and hop-by-hop headers removed;
@@ -49,7 +51,7 @@ from trustmesh.gateway.keystore import ApiKeyVerifier
 from trustmesh.gateway.metrics import GatewayMetrics
 from trustmesh.gateway.oidc import ExternalIssuers
 from trustmesh.gateway.ratelimit import RateDecision, RateLimiter
-from trustmesh.gateway.routes import RouteTable, request_host
+from trustmesh.gateway.routes import RouteDecision, RouteTable, request_host
 from trustmesh.gateway.upstreams import UpstreamTimeoutError
 from trustmesh.policy.edge import ANONYMOUS, EdgePolicy, EdgeRequest, Principal
 from trustmesh.policy.paths import NonCanonicalPath, canonical_path
@@ -204,15 +206,7 @@ class GatewayApp:
             return
         decision = self.routes.decide(host, path, method)
         if decision.route is None:
-            if decision.reason == Reason.METHOD_NOT_ALLOWED:
-                self._emit(events.Decision.DENY, decision.reason, "method not allowed", context)
-                allow = ", ".join(decision.allowed_methods).encode()
-                await _error(
-                    send, 405, "method_not_allowed", "method not allowed", [(b"allow", allow)]
-                )
-            else:
-                self._emit(events.Decision.DENY, decision.reason, "no route", context)
-                await _error(send, 404, "not_found", "no such route")
+            await self._unrouted(decision, send, context)
             return
         route = decision.route
         context["route"] = f"routes[{decision.index}]"
@@ -260,6 +254,8 @@ class GatewayApp:
                     host=host or "",
                     service=route.to,
                     time=int(self.clock()),
+                    template=decision.template,
+                    params=decision.params,
                 )
             )
             if not verdict.allowed:
@@ -330,6 +326,20 @@ class GatewayApp:
         context["status"] = answer.status
         self._emit(events.Decision.ALLOW, Reason.REQUEST_FORWARDED, "forwarded", context, user)
         await _relay(send, answer, [*response_grants(route.cors, headers), *grants])
+
+    async def _unrouted(self, decision: RouteDecision, send: Send, context: dict[str, Any]) -> None:
+        """The answer to a request no route takes: 405, 400 or 404."""
+        if decision.reason == Reason.METHOD_NOT_ALLOWED:
+            self._emit(events.Decision.DENY, decision.reason, "method not allowed", context)
+            allow = ", ".join(decision.allowed_methods).encode()
+            await _error(send, 405, "method_not_allowed", "method not allowed", [(b"allow", allow)])
+        elif decision.reason == Reason.PATH_NON_CANONICAL:
+            why = "a trailing slash the route does not declare"
+            self._emit(events.Decision.DENY, decision.reason, why, context)
+            await _error(send, 400, "invalid_request", "the request path is not in canonical form")
+        else:
+            self._emit(events.Decision.DENY, decision.reason, "no route", context)
+            await _error(send, 404, "not_found", "no such route")
 
     async def _admitted(
         self,
