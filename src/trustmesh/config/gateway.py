@@ -285,6 +285,15 @@ class GatewayRoute(BaseModel):
         default_factory=list, description="Clients in these CIDR blocks are refused."
     )
     cors: CorsPolicy | None = Field(default=None, description="Browser access from other origins.")
+    request_headers: list[Annotated[str, AfterValidator(_check_header_name)]] | None = Field(
+        default=None,
+        description="Strict mode: only these request headers (lower-case names) reach the "
+        "service, besides those the gateway sets (authorization: its internal token, "
+        "traceparent, x-forwarded-for, x-forwarded-proto). Unset: every header but the "
+        "hop-by-hop ones and those the gateway strips from every request (identities, "
+        "certificates, addresses, other URLs or methods: see trustmesh.gateway.headers), "
+        "which no route can let through.",
+    )
     name: Annotated[str, AfterValidator(_check_route_name)] | None = Field(
         default=None,
         description='The route\'s Cedar id (Route::"<name>"); default: the path prefix, '

@@ -15,7 +15,9 @@ Each stage decides, and a refusal ends the request with a structured error and a
    permit applies and no forbid does;
 6. the body must fit the limit → ``413``;
 7. forward over mTLS (the gateway's SVID; the upstream's SPIFFE ID checked) with the
-   internal token in place of the client's, spoofable and hop-by-hop headers removed;
+   internal token in place of the client's, hop-by-hop headers and those that claim an
+   identity, an address, a URL or a method removed (on a strict route, every header it
+   does not list);
    no healthy upstream → a fast ``503``; no answer within the route's timeout → ``504``.
 
 The response goes back with the upstream's status and body, its hop-by-hop and internal
@@ -38,10 +40,12 @@ from trustmesh.errors import InvalidTokenError, TrustmeshError, UnavailableError
 from trustmesh.gateway.apikeys import presented_api_key
 from trustmesh.gateway.cors import is_preflight, preflight_headers, response_grants
 from trustmesh.gateway.headers import (
+    GATEWAY_SET,
     SECURITY_HEADERS,
     TrustedProxies,
     client_address,
     response_headers,
+    stripped,
     upstream_headers,
 )
 from trustmesh.gateway.internal import GatewayKey, internal_claims
@@ -128,6 +132,7 @@ class GatewayApp:
         self.route_ip_rules = tuple(IPRules.of(r.allow_ips, r.deny_ips) for r in gateway.routes)
         self.timeouts = tuple(r.timeout.total_seconds() for r in gateway.routes)
         self.upstream_ids = tuple(f"spiffe://{trust_domain}/{r.to}" for r in gateway.routes)
+        self.allowed_headers = tuple(_allowed_headers(i, r) for i, r in enumerate(gateway.routes))
         self._minted: dict[tuple[object, ...], tuple[float, bytes]] = {}
         self._templates: dict[tuple[object, ...], events.Event] = {}
         self.trusted = TrustedProxies(gateway.trusted_proxies)
@@ -284,7 +289,9 @@ class GatewayApp:
             extra.append((b"traceparent", current.header().encode("ascii")))
         forwarded = [  # the client that sends sets Content-Length for the body it sends
             (k.decode("latin-1"), v.decode("latin-1"))
-            for k, v in upstream_headers(headers, client=client, extra=extra)
+            for k, v in upstream_headers(
+                headers, client=client, extra=extra, allowed=self.allowed_headers[decision.index]
+            )
             if k != b"content-length"
         ]
         # the path as received (canonical, still encoded): what the policy decided on is
@@ -598,6 +605,23 @@ class GatewayApp:
                 self._template(decision, reason, message, None, None), attributes=plain
             )
         self.sink.emit(event)
+
+
+def _allowed_headers(index: int, route: GatewayRoute) -> frozenset[bytes] | None:
+    """A strict route's request headers (None: not strict); the names it lists that the
+    gateway strips or sets itself are said at start, never let through."""
+    if route.request_headers is None:
+        return None
+    names = frozenset(name.encode("ascii") for name in route.request_headers)
+    moot = sorted(n.decode() for n in names if stripped(n) or n in GATEWAY_SET)
+    if moot:
+        log.warning(
+            "routes[%d].request_headers: %s never reach the service from a client "
+            "(the gateway strips or sets them)",
+            index,
+            ", ".join(moot),
+        )
+    return names
 
 
 async def _read_body(receive: Receive, headers: list[tuple[bytes, bytes]], limit: int) -> bytes:
