@@ -19,9 +19,10 @@ from authrig import CONFIG, ORDERS, TD, AuthRig, make_rig
 
 from trustmesh import crypto, events
 from trustmesh.config import parse_config
+from trustmesh.config.gateway import HealthCheck
 from trustmesh.gateway.server import RunningGateway, serve_gateway
 from trustmesh.sdk.discovery import DiscoveryClient
-from trustmesh.sdk.serve import ASGIApp, start
+from trustmesh.sdk.serve import ASGIApp, Receive, Scope, Send, start
 from trustmesh.sdk.x509source import X509Source
 from trustmesh.testing import RunningIdentityServer
 
@@ -83,6 +84,21 @@ class Edge:
         return Answer(int(status_line.split(" ", 2)[1]), parsed, rest)
 
 
+def healthy(app: ASGIApp) -> ASGIApp:
+    """``app``, with the gateway's health probes answered ``200`` before they reach it (as
+    the SDK middleware answers them): the instance stays in rotation, and the app sees only
+    what clients sent."""
+
+    async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == HealthCheck().path:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await app(scope, receive, send)
+
+    return serve
+
+
 @contextlib.asynccontextmanager
 async def edge_stack(
     identity: RunningIdentityServer,
@@ -92,7 +108,7 @@ async def edge_stack(
     files: dict[str, str] | None = None,
 ) -> AsyncIterator[Edge]:
     """The provider, a gateway for ``CONFIG + section`` (``files`` written beside it) and
-    ``upstream`` as the one instance of ``orders``."""
+    ``upstream`` as the one instance of ``orders`` (bare: no SDK middleware)."""
     config_file = root / "trustmesh.yaml"
     config_file.write_text(CONFIG + section)
     for name, text in (files or {}).items():
@@ -112,7 +128,8 @@ async def edge_stack(
             auth_url=rig.url,
             config_dir=root,
         )
-        served = await start(upstream, source=X509Source(identity.address, spiffe_id=ORDERS))
+        source_orders = X509Source(identity.address, spiffe_id=ORDERS)
+        served = await start(healthy(upstream), source=source_orders)
         registration = DiscoveryClient(served.tls, discovery_url)
         await registration.register(f"https://127.0.0.1:{served.port}")
         try:
@@ -120,5 +137,6 @@ async def edge_stack(
         finally:
             await registration.close()
             await served.stop()
+            await source_orders.close()
             await gateway.stop()
             await source.close()

@@ -294,6 +294,14 @@ class GatewayRoute(BaseModel):
         "certificates, addresses, other URLs or methods: see trustmesh.gateway.headers), "
         "which no route can let through.",
     )
+    relay_errors: bool = Field(
+        default=False,
+        description="Relay the service's own answer when it refuses or fails a request "
+        "(status ≥ 400), body and all. Off: the gateway answers that status in its own "
+        'shape ({"error", "message"}), keeping only the headers a client needs (Allow, '
+        "WWW-Authenticate, Retry-After, RateLimit…): nothing of a framework's or a stack "
+        "trace's body reaches the client.",
+    )
     name: Annotated[str, AfterValidator(_check_route_name)] | None = Field(
         default=None,
         description='The route\'s Cedar id (Route::"<name>"); default: the path prefix, '

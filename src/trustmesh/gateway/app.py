@@ -21,7 +21,9 @@ Each stage decides, and a refusal ends the request with a structured error and a
    no healthy upstream → a fast ``503``; no answer within the route's timeout → ``504``.
 
 The response goes back with the upstream's status and body, its hop-by-hop and internal
-headers removed and the security headers set. Later stages (request validation, the
+headers removed and the security headers set; an upstream's error (≥ 400) in the gateway's
+own shape, with only the headers a client needs (:mod:`trustmesh.gateway.answers`),
+unless the route relays errors as they are (``relay_errors``). Later stages (request validation, the
 injection filter) slot in between 6 and 7.
 """
 
@@ -37,15 +39,15 @@ from typing import Any, Protocol
 from trustmesh import events
 from trustmesh.config.gateway import PROVIDER_ISSUER, GatewayConfig, GatewayRoute
 from trustmesh.errors import InvalidTokenError, TrustmeshError, UnavailableError
+from trustmesh.gateway.answers import error_code, error_headers, error_message
 from trustmesh.gateway.apikeys import presented_api_key
 from trustmesh.gateway.cors import is_preflight, preflight_headers, response_grants
 from trustmesh.gateway.headers import (
-    GATEWAY_SET,
     SECURITY_HEADERS,
     TrustedProxies,
     client_address,
     response_headers,
-    stripped,
+    strict_headers,
     upstream_headers,
 )
 from trustmesh.gateway.internal import GatewayKey, internal_claims
@@ -132,7 +134,9 @@ class GatewayApp:
         self.route_ip_rules = tuple(IPRules.of(r.allow_ips, r.deny_ips) for r in gateway.routes)
         self.timeouts = tuple(r.timeout.total_seconds() for r in gateway.routes)
         self.upstream_ids = tuple(f"spiffe://{trust_domain}/{r.to}" for r in gateway.routes)
-        self.allowed_headers = tuple(_allowed_headers(i, r) for i, r in enumerate(gateway.routes))
+        self.allowed_headers = tuple(
+            strict_headers(r, f"routes[{i}]") for i, r in enumerate(gateway.routes)
+        )
         self._minted: dict[tuple[object, ...], tuple[float, bytes]] = {}
         self._templates: dict[tuple[object, ...], events.Event] = {}
         self.trusted = TrustedProxies(gateway.trusted_proxies)
@@ -332,7 +336,11 @@ class GatewayApp:
             return
         context["status"] = answer.status
         self._emit(events.Decision.ALLOW, Reason.REQUEST_FORWARDED, "forwarded", context, user)
-        await _relay(send, answer, [*response_grants(route.cors, headers), *grants])
+        extra = [*response_grants(route.cors, headers), *grants]
+        if answer.status >= 400 and not route.relay_errors:
+            await _upstream_error(send, answer, extra)
+            return
+        await _relay(send, answer, extra)
 
     async def _unrouted(self, decision: RouteDecision, send: Send, context: dict[str, Any]) -> None:
         """The answer to a request no route takes: 405, 400 or 404."""
@@ -607,23 +615,6 @@ class GatewayApp:
         self.sink.emit(event)
 
 
-def _allowed_headers(index: int, route: GatewayRoute) -> frozenset[bytes] | None:
-    """A strict route's request headers (None: not strict); the names it lists that the
-    gateway strips or sets itself are said at start, never let through."""
-    if route.request_headers is None:
-        return None
-    names = frozenset(name.encode("ascii") for name in route.request_headers)
-    moot = sorted(n.decode() for n in names if stripped(n) or n in GATEWAY_SET)
-    if moot:
-        log.warning(
-            "routes[%d].request_headers: %s never reach the service from a client "
-            "(the gateway strips or sets them)",
-            index,
-            ", ".join(moot),
-        )
-    return names
-
-
 async def _read_body(receive: Receive, headers: list[tuple[bytes, bytes]], limit: int) -> bytes:
     declared = next((v for k, v in headers if k == b"content-length"), None)
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
@@ -646,15 +637,21 @@ async def _read_body(receive: Receive, headers: list[tuple[bytes, bytes]], limit
     return b"".join(chunks)
 
 
-async def _relay(
-    send: Send, answer: Response, extra: list[tuple[bytes, bytes]] | None = None
-) -> None:
+def _cleaned(answer: Response) -> list[tuple[bytes, bytes]]:
+    """The upstream's response headers, every one as received, through
+    :func:`response_headers`."""
     raw = answer.raw_headers or tuple(
         (k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items()
     )
+    return response_headers(raw)
+
+
+async def _relay(
+    send: Send, answer: Response, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
     headers = [
         (k, v)
-        for k, v in response_headers(raw)
+        for k, v in _cleaned(answer)
         if k not in (b"content-length", b"content-encoding")  # the body is relayed decoded
     ]
     headers.append((b"content-length", str(len(answer.body)).encode()))
@@ -663,6 +660,15 @@ async def _relay(
         headers = [(k, v) for k, v in headers if k not in names] + extra
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     await send({"type": "http.response.body", "body": answer.body})
+
+
+async def _upstream_error(send: Send, answer: Response, extra: list[tuple[bytes, bytes]]) -> None:
+    """The gateway's own answer for the upstream's error: its status, the gateway's
+    shape, and only the headers a client needs from the upstream's."""
+    names = {k for k, _ in extra}  # the gateway's own grants win
+    kept = [(k, v) for k, v in error_headers(_cleaned(answer)) if k not in names]
+    status = answer.status
+    await _error(send, status, error_code(status), error_message(status), [*kept, *extra])
 
 
 async def _error(

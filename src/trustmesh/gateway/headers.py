@@ -20,8 +20,11 @@ are whatever the client wrote, and are never believed).
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Final
+
+from trustmesh.config.gateway import GatewayRoute
 
 __all__ = [
     "GATEWAY_SET",
@@ -31,11 +34,13 @@ __all__ = [
     "TrustedProxies",
     "client_address",
     "response_headers",
+    "strict_headers",
     "stripped",
     "upstream_headers",
 ]
 
 Headers = Sequence[tuple[bytes, bytes]]
+log = logging.getLogger("trustmesh.gateway")
 
 HOP_BY_HOP: Final = frozenset(
     {
@@ -193,6 +198,24 @@ def upstream_headers(
     kept.append((b"x-forwarded-proto", b"https"))
     kept.extend(extra)
     return kept
+
+
+def strict_headers(route: GatewayRoute, where: str) -> frozenset[bytes] | None:
+    """A strict route's request headers (None: the route is not strict). The names it
+    lists that the gateway strips or sets itself are said once, at start: they are never
+    let through."""
+    if route.request_headers is None:
+        return None
+    names = frozenset(name.encode("ascii") for name in route.request_headers)
+    moot = sorted(n.decode() for n in names if stripped(n) or n in GATEWAY_SET)
+    if moot:
+        log.warning(
+            "%s.request_headers: %s never reach the service from a client "
+            "(the gateway strips or sets them)",
+            where,
+            ", ".join(moot),
+        )
+    return names
 
 
 def response_headers(headers: Headers) -> list[tuple[bytes, bytes]]:
