@@ -122,6 +122,8 @@ async def test_no_spelling_of_a_denied_operation_reaches_the_upstream(shop: Edge
     assert (await shop.send("GET", "/admin/orders", who="root")).status == 200
     assert SEEN == [("POST", "/orders/ord_1/refund"), ("GET", "/admin/orders")]
     SEEN.clear()
+    forwarded = [e.attributes for e in shop.sink.events if e.reason == "request-forwarded"]
+    assert forwarded[0]["template"] == "/orders/{order_id}/refund"  # the event names it
     leaked: list[tuple[str, str, str, int]] = []
     for method, path, who in DENIED:
         assert (await shop.send(method, path, who=who)).status == 403, (method, path, who)

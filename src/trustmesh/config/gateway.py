@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from datetime import timedelta
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -40,7 +40,7 @@ _HOST_RE: Final = re.compile(
     r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
 )
 _CLAIM_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
-TEMPLATE_EXPECTED: Final = (
+_TEMPLATE_EXPECTED: Final = (
     "'/path/{name}' or 'METHOD /path/{name}' under the route's path: literal segments "
     "([A-Za-z0-9._~-]), {name} placeholders of one segment, a final * (one or more), "
     "and a final '/' only where the path has one"
@@ -98,7 +98,7 @@ def _check_template(value: str) -> str:
         raise _invalid(f"{value!r} names the method {method!r}", ", ".join(_METHODS))
     problem = path_problem(template, trailing_slash=True)
     if problem is not None:
-        raise _invalid(problem, TEMPLATE_EXPECTED)
+        raise _invalid(problem, _TEMPLATE_EXPECTED)
     return value
 
 
@@ -147,7 +147,7 @@ def _check_token_ttl(value: timedelta) -> timedelta:
 
 
 Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-_METHODS: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+_METHODS: Final = get_args(Method)
 #: What a rate limit counts by: the consumer (token subject, API key or client), each of
 #: the consumer's roles, the route as a whole, or the client address.
 RATE_LIMIT_KEYS: Final = ("consumer", "role", "route", "ip")
@@ -338,6 +338,8 @@ class GatewayRoute(BaseModel):
         return self
 
     def _check_paths(self) -> None:
+        """Each operation under the prefix, for a method of the route, once; no two
+        templates of one shape."""
         shapes: dict[str, str] = {}
         for index, entry in enumerate(self.paths or ()):
             method, template = _split_operation(entry)
@@ -350,7 +352,7 @@ class GatewayRoute(BaseModel):
             if not (prefix == "/" or template == prefix or template.startswith(prefix + "/")):
                 raise _invalid(
                     f"paths[{index}] {template!r} is not under the route's path {prefix!r}",
-                    TEMPLATE_EXPECTED,
+                    _TEMPLATE_EXPECTED,
                 )
             other = shapes.setdefault(_shape(template), template)
             if other != template:

@@ -23,8 +23,8 @@ Each stage decides, and a refusal ends the request with a structured error and a
 The response goes back with the upstream's status and body, its hop-by-hop and internal
 headers removed and the security headers set; an upstream's error (≥ 400) in the gateway's
 own shape, with only the headers a client needs (:mod:`trustmesh.gateway.answers`),
-unless the route relays errors as they are (``relay_errors``). Later stages (request validation, the
-injection filter) slot in between 6 and 7.
+unless the route relays errors as they are (``relay_errors``). Later stages (request
+validation, the injection filter) slot in between 6 and 7.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ _MINTED_CACHE = 16384
 _TEMPLATES = 4096
 #: Context attributes that never hold a client's data verbatim (kept when another did
 #: not pass the event's secret check).
-_PLAIN_ATTRIBUTES = frozenset({"method", "client", "route", "status", "policy", "rule"})
+_PLAIN_ATTRIBUTES = frozenset({"method", "client", "route", "template", "status", "policy", "rule"})
 
 
 class _TooLarge(Exception):
@@ -220,6 +220,7 @@ class GatewayApp:
         route = decision.route
         context["route"] = f"routes[{decision.index}]"
         context["route_name"] = route.route_name
+        context["template"] = decision.template  # the declaration's words, not the client's
         if not self.route_ip_rules[decision.index].admits(client):
             self._emit(events.Decision.DENY, Reason.IP_DENIED, "client address refused", context)
             await _error(send, 403, "forbidden", "not allowed from this address")

@@ -132,7 +132,7 @@ STRIPPED_FAMILIES: Final = (
     b"x-goog-",  # Google IAP: X-Goog-Authenticated-User-*, X-Goog-IAP-JWT-Assertion
     b"x-appengine-",
     b"x-azure-",
-    b"cf-",  # Cloudflare: CF-Connecting-IP, Cf-Access-Authenticated-User-Email, Cf-Access-Jwt-Assertion
+    b"cf-",  # Cloudflare: CF-Connecting-IP, Cf-Access-Authenticated-User-Email, -Jwt-Assertion
     b"impersonate-",  # Kubernetes impersonation
     b"x-trustmesh-",  # trustmesh's own, and other proxies' internal headers
     b"x-envoy-",
