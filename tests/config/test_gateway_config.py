@@ -66,6 +66,19 @@ def test_routes_parse_with_safe_defaults() -> None:
         ),
         ("{path: /o, to: orders, allow_ips: [not-a-cidr]}", "allow_ips[0]"),
         ("{path: /o, to: orders, deny_ips: ['fe80::1%eth0/128']}", "has a zone index"),
+        ("{path: /o, to: orders, paths: [/p]}", "'/p' is not under the route's path '/o'"),
+        ("{path: /o, to: orders, paths: [/ox]}", "is not under the route's path"),
+        ("{path: /o, to: orders, paths: ['POST /o']}", "names POST, not a method"),
+        ("{path: /o, to: orders, paths: ['TRACE /o']}", "names the method 'TRACE'"),
+        ("{path: /o, to: orders, paths: ['/o//x']}", "has an empty segment"),
+        ("{path: /o, to: orders, paths: ['/o/*/x']}", "'*' before its last segment"),
+        ("{path: /o, to: orders, paths: ['/o/*/']}", "'*' before its last segment"),
+        ("{path: /o, to: orders, paths: ['/o/{a}/{a}']}", "repeats the placeholder"),
+        ("{path: /o, to: orders, paths: ['/o/%41']}", "percent-encoding"),
+        ("{path: /o, to: orders, paths: ['/o/a b']}", "has an invalid segment"),
+        ("{path: /o, to: orders, paths: ['/o/{a}', '/o/{b}']}", "matches the very paths"),
+        ("{path: /o, to: orders, paths: [/o, /o]}", "paths repeat an operation"),
+        ("{path: /o, to: orders, paths: []}", "paths"),
     ],
 )
 def test_bad_routes_are_refused_naming_the_key(route: str, message: str) -> None:
@@ -156,3 +169,37 @@ def test_a_route_names_only_known_issuers() -> None:
             ),
             source="t.yaml",
         )
+
+
+def test_a_route_lists_its_operations_and_implies_only_those_calls() -> None:
+    config = parse_config(
+        _config(
+            "    - {path: /orders, to: orders, methods: [GET, POST], paths: [/orders,\n"
+            "       'GET /orders/{id}', 'POST /orders/{id}/refund', '/orders/export/']}\n"
+            "    - {path: /admin, to: payments}\n"
+        ),
+        source="t.yaml",
+    )
+    assert config.gateway is not None
+    orders_route, admin_route = config.gateway.routes
+    assert orders_route.operations() == (
+        ("GET", "/orders"),
+        ("POST", "/orders"),
+        ("GET", "/orders/{id}"),
+        ("POST", "/orders/{id}/refund"),
+        ("GET", "/orders/export/"),
+        ("POST", "/orders/export/"),
+    )
+    assert admin_route.operations() == (("GET", "/admin"), ("GET", "/admin/*"))
+    gateway = config.component_spiffe_id("gateway")
+    orders = CallAuthorizer(config, "orders")
+    assert orders.decide(gateway, "GET", "/orders/o_1").allowed
+    assert orders.decide(gateway, "POST", "/orders/o_1/refund").allowed
+    assert orders.decide(gateway, "GET", "/orders/export/").allowed  # declared with its slash
+    for method, path in (
+        ("POST", "/orders/o_1"),  # that operation is GET only
+        ("GET", "/orders/o_1/refund"),
+        ("POST", "/orders/o_1/refund/"),
+        ("GET", "/orders/o_1/items"),  # not an operation of the route
+    ):
+        assert not orders.decide(gateway, method, path).allowed, (method, path)

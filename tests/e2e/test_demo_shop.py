@@ -345,8 +345,8 @@ def _sign_in(shop: dict[str, object], username: str) -> str:
 
 
 def test_the_shop_through_the_gateway(shop: dict[str, object]) -> None:
-    """A customer orders and reads only their own orders; support reads any order but
-    cannot refund; only an admin who signed in with TOTP reaches the admin routes; and a
+    """A customer orders and reads (and lists) only their own orders; support reads any
+    order but cannot refund; only an admin who signed in with TOTP reaches the admin routes; and a
     user's token presented to a service directly, around the gateway, gets nothing."""
     config = load_config(Path(str(shop["config"])))
     state = Path(str(shop["state"]))
@@ -392,6 +392,20 @@ def test_the_shop_through_the_gateway(shop: dict[str, object]) -> None:
     # another customer may not read it (the orders service decides, per order)
     carol = _sign_in_with(shop, "carol", "carol's long passphrase")
     assert call("GET", f"/orders/{order}", carol).status_code == 403
+    # each customer lists their own orders; support, who reads any order, lists them all
+    assert [o["id"] for o in call("GET", "/orders", shopper).json()["orders"]] == [order]
+    assert call("GET", "/orders", carol).json()["orders"] == []
+    assert order in [o["id"] for o in call("GET", "/orders", support).json()["orders"]]
+    # the service's own error comes back in the gateway's shape, nothing of its framework's
+    bad = call("POST", "/orders", shopper, json={"item": "tea"})
+    assert bad.status_code == 422
+    assert bad.json() == {
+        "error": "unprocessable_entity",
+        "message": "the service refused the request (422)",
+    }
+    # another spelling of a refund is no operation of the shop: refused at the edge
+    assert call("POST", f"/orders/{order}/refund/", shopper).status_code == 400
+    assert call("POST", f"/orders/{order}/Refund", shopper).status_code == 404
     # support reads any order, refunds none, places none
     assert call("GET", f"/orders/{order}", support).json()["id"] == order
     assert call("POST", f"/orders/{order}/refund", support).status_code == 403

@@ -13,9 +13,11 @@ from hypothesis import strategies as st
 from trustmesh.errors import UsageError
 from trustmesh.gateway.headers import (
     SECURITY_HEADERS,
+    STRIPPED_FAMILIES,
     TrustedProxies,
     client_address,
     response_headers,
+    stripped,
     upstream_headers,
 )
 from trustmesh.gateway.routes import request_host
@@ -230,3 +232,52 @@ def test_rotating_x_forwarded_for_never_moves_an_untrusted_client(
     assert found in (peer, *claimed)
     if not peer.startswith("127."):
         assert found == peer
+
+
+def test_identity_and_routing_families_are_stripped_and_others_kept() -> None:
+    sent = [
+        (b"X-Forwarded-Groups", b"admin"),
+        (b"x-original-url", b"/admin"),
+        (b"X-HTTP-Method-Override", b"DELETE"),
+        (b"Remote-User", b"root"),
+        (b"REMOTE-GROUPS", b"admin"),
+        (b"x-ms-client-principal-name", b"root"),
+        (b"Cf-Connecting-Ip", b"10.0.0.1"),
+        (b"impersonate-user", b"root"),
+        (b"x-client-cert-chain", b"-----BEGIN CERTIFICATE-----"),
+        (b"x-request-id", b"r-1"),
+        (b"accept-language", b"de"),
+    ]
+    names = [n for n, _ in upstream_headers(sent, client="203.0.113.9")]
+    assert names == [b"x-request-id", b"accept-language", b"x-forwarded-for", b"x-forwarded-proto"]
+
+
+def test_a_strict_route_keeps_only_what_it_names() -> None:
+    sent = [(b"accept", b"*/*"), (b"x-request-id", b"r-1"), (b"x-remote-user", b"root")]
+    allowed = frozenset({b"accept", b"x-remote-user"})
+    out = upstream_headers(
+        sent, client="203.0.113.9", extra=[(b"authorization", b"Bearer i")], allowed=allowed
+    )
+    assert [n for n, _ in out] == [
+        b"accept",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"authorization",
+    ]
+
+
+@given(
+    st.sampled_from(list(STRIPPED_FAMILIES)),
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=12),
+    st.lists(st.booleans(), min_size=40, max_size=40),
+)
+def test_every_member_of_a_family_in_any_case_is_stripped(
+    family: bytes, rest: str, upper: list[bool]
+) -> None:
+    name = family + rest.encode()
+    spelled = bytes(
+        c - 32 if u and 97 <= c <= 122 else c for c, u in zip(name, upper * 3, strict=False)
+    )
+    assert stripped(name)
+    out = upstream_headers([(spelled, b"forged")], client="::1")
+    assert b"forged" not in [v for _, v in out]

@@ -55,8 +55,9 @@ def _ask(
     ip: str = "127.0.0.1",
     path: str = "/orders/1",
     time: int = NOON,
+    template: str = "/orders/*",
 ) -> bool:
-    request = EdgeRequest(principal, method, route, ip, path, "", "orders", time)
+    request = EdgeRequest(principal, method, route, ip, path, "", "orders", time, template)
     return policy.decide(request).allowed
 
 
@@ -126,7 +127,7 @@ def test_default_deny_and_rbac(tmp_path: Path) -> None:
     assert not _ask(policy, ANONYMOUS, "GET")
     assert not _ask(policy, _user("customer"), "GET", "admin")
     decision = policy.decide(
-        EdgeRequest(_user("customer"), "GET", "/orders", "::1", "/", "", "o", 0)
+        EdgeRequest(_user("customer"), "GET", "/orders", "::1", "/", "", "o", 0, "/orders")
     )
     assert decision.reason == Reason.POLICY_ALLOW
     assert decision.policies == ("customers",)
@@ -145,7 +146,9 @@ def test_forbid_wins_and_mfa_is_required_for_admin_routes(tmp_path: Path) -> Non
     assert _ask(policy, _user("admin", mfa=True), route="admin")
     assert not _ask(policy, _user("admin", mfa=False), route="admin")
     assert _ask(policy, _user("admin", mfa=False), route="/orders")
-    denied = policy.decide(EdgeRequest(_user("admin"), "GET", "admin", "::1", "/admin", "", "o", 0))
+    denied = policy.decide(
+        EdgeRequest(_user("admin"), "GET", "admin", "::1", "/admin", "", "o", 0, "/admin")
+    )
     assert denied.policies == ("admin-needs-mfa",)
 
 
@@ -223,3 +226,74 @@ def test_decisions_are_cached_only_on_what_the_policies_read(tmp_path: Path) -> 
     assert calls == 0  # already decided above for this principal, route and time
     assert _ask(policy, _user(sub="u2"), time=50)
     assert calls == 1
+
+
+OPERATIONS = DECLARATION.replace(
+    "    - {path: /orders, to: orders, methods: [GET, POST]}\n",
+    "    - {path: /orders, to: orders, methods: [GET, POST],\n"
+    '       paths: ["/orders", "GET /orders/{order_id}", "POST /orders/{order_id}/refund"]}\n',
+)
+
+
+def test_the_schema_lists_every_template_and_placeholder() -> None:
+    config = parse_config(OPERATIONS, source="x")
+    assert config.gateway is not None
+    schema = edge_schema(config.gateway)
+    assert (
+        'entity Template enum ["/admin", "/admin/*", "/items", "/items/*", "/orders", '
+        '"/orders/{order_id}", "/orders/{order_id}/refund"];'
+    ) in schema
+    assert 'type Params = { "order_id"?: String };' in schema
+    assert "template: Template, params: Params" in schema
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [  # a template or placeholder no route declares is a config error, not a silent deny
+        (
+            'permit(principal, action, resource) when { context.template == Template::"/orders/{id}" };',
+            "/orders/{id}",
+        ),
+        (
+            'permit(principal, action, resource) when { context.params.order_id == "x" };',
+            "order_id",
+        ),
+        ("permit(principal, action, resource) when { context.params has id };", None),
+    ],
+)
+def test_policies_naming_templates_are_checked(
+    tmp_path: Path, text: str, needle: str | None
+) -> None:
+    (tmp_path / "edge.cedar").write_text(text)
+    config = parse_config(OPERATIONS, source="x")
+    if needle is None:  # an optional attribute may be tested for, even one never declared
+        assert load_edge_policy(config, tmp_path) is not None
+        return
+    with pytest.raises(ConfigError) as caught:
+        load_edge_policy(config, tmp_path)
+    assert needle in caught.value.problems[0]
+    assert "templates /admin, /admin/*" in caught.value.problems[0]
+
+
+def test_policies_decide_on_the_template_and_its_values(tmp_path: Path) -> None:
+    policy = _load(
+        tmp_path,
+        """
+        @id("reads") permit(principal is User, action, resource == Route::"/orders")
+          when { context.template == Template::"/orders/{order_id}"
+                 && context.params has order_id && context.params.order_id like "ord_*" };
+        """,
+        OPERATIONS,
+    )
+    assert policy.context_reads == {"template", "params"}
+
+    def ask(template: str, **params: str) -> bool:
+        request = EdgeRequest(
+            _user(), "GET", "/orders", "::1", "/x", "", "o", NOON, template, tuple(params.items())
+        )
+        return policy.decide(request).allowed
+
+    assert ask("/orders/{order_id}", order_id="ord_1")
+    assert not ask("/orders/{order_id}", order_id="1")  # the values key the cache too
+    assert not ask("/orders/{order_id}/refund", order_id="ord_1")
+    assert not ask("/orders")

@@ -18,6 +18,7 @@ from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import ConfigError
 from trustmesh.policy.cases import run_cases
 from trustmesh.policy.edge import EdgePolicy, edge_schema, load_edge_policy
+from trustmesh.reasons import Reason
 
 __all__ = ["app", "edge_policy_or_exit"]
 
@@ -75,6 +76,7 @@ def run_tests(
                             "name": r.case.name,
                             "expected": r.case.expect,
                             "decision": "allow" if r.decision.allowed else "deny",
+                            "reason": str(r.decision.reason),
                             "policies": list(r.decision.policies),
                             "passed": r.passed,
                         }
@@ -88,6 +90,8 @@ def run_tests(
         for r in results:
             got = "allow" if r.decision.allowed else "deny"
             why = f" by {', '.join(r.decision.policies)}" if r.decision.policies else ""
+            if r.decision.reason not in (Reason.POLICY_ALLOW, Reason.POLICY_DENY):
+                why = f" ({r.decision.reason}: refused before any policy)"
             mark = "PASS" if r.passed else "FAIL"
             out.print(f"{mark}  {r.case.name}: {got}{why} (expected {r.case.expect})")
             if r.decision.error:

@@ -1,8 +1,9 @@
 """The ``gateway:`` section of the declaration: the edge's listener and its routes.
 
 A route sends requests for a host (optional) and a path prefix, with given methods, to a
-declared service, after the authentication the route names. Each route also declares,
-implicitly, the call ``gateway → service`` for its methods under its prefix: nothing
+declared service, after the authentication the route names; where it lists its
+operations (``paths``: path templates, with or without a method) only those. Each route
+also declares, implicitly, the calls ``gateway → service`` for its operations: nothing
 about who may call whom is written twice.
 """
 
@@ -11,13 +12,14 @@ from __future__ import annotations
 import ipaddress
 import re
 from datetime import timedelta
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from trustmesh.config.durations import Duration, format_duration
 from trustmesh.config.listener import ListenerLimits
+from trustmesh.config.patterns import PARAM_RE, path_problem
 
 __all__ = [
     "AUTH_MODES",
@@ -39,6 +41,11 @@ _HOST_RE: Final = re.compile(
     r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
 )
 _CLAIM_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_TEMPLATE_EXPECTED: Final = (
+    "'/path/{name}' or 'METHOD /path/{name}' under the route's path: literal segments "
+    "([A-Za-z0-9._~-]), {name} placeholders of one segment, a final * (one or more), "
+    "and a final '/' only where the path has one"
+)
 #: How a route authenticates: ``jwt`` (a bearer access token from the identity provider),
 #: ``introspection`` (a bearer token, opaque or not, the provider vouches for when asked:
 #: RFC 7662), ``api_key`` (a key made with ``trustmesh gateway key add``, scoped to
@@ -74,6 +81,32 @@ def _check_prefix(value: str) -> str:
                 "literal segments of letters, digits and . _ ~ - (no placeholders)",
             )
     return value
+
+
+def _split_operation(value: str) -> tuple[str, str]:
+    """``("", "/orders/{id}")`` or ``("POST", "/orders/{id}/refund")``: an entry of a
+    route's ``paths``, without or with its method."""
+    method, sep, template = value.partition(" ")
+    if not sep or method.startswith("/"):
+        return "", value
+    return method, template
+
+
+def _check_template(value: str) -> str:
+    """``/orders/{id}`` or ``POST /orders/{id}/refund``: an operation of a route."""
+    method, template = _split_operation(value)
+    if method and method not in _METHODS:
+        raise _invalid(f"{value!r} names the method {method!r}", ", ".join(_METHODS))
+    problem = path_problem(template, trailing_slash=True)
+    if problem is not None:
+        raise _invalid(problem, _TEMPLATE_EXPECTED)
+    return value
+
+
+def _shape(template: str) -> str:
+    """A template with its placeholders unnamed: two templates of one shape match the
+    very same paths."""
+    return PARAM_RE.sub("{}", template)
 
 
 def _check_host(value: str) -> str:
@@ -117,6 +150,7 @@ def _check_token_ttl(value: timedelta) -> timedelta:
 
 
 Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+_METHODS: Final = get_args(Method)
 #: What a rate limit counts by: the consumer (token subject, API key or client), each of
 #: the consumer's roles, the route as a whole, or the client address.
 RATE_LIMIT_KEYS: Final = ("consumer", "role", "route", "ip")
@@ -210,7 +244,8 @@ def _jwt_only() -> list[AuthMode]:
 
 class GatewayRoute(BaseModel):
     """Requests for ``host`` (any, if unset) under ``path`` with one of ``methods`` go to
-    service ``to``, after ``auth``. The longest matching prefix wins."""
+    service ``to``, after ``auth``. The longest matching prefix wins; where the route
+    lists ``paths``, the request must be one of those operations."""
 
     model_config = _MODEL_CONFIG
 
@@ -219,6 +254,17 @@ class GatewayRoute(BaseModel):
     )
     to: str = Field(description="The declared service that serves the route.")
     methods: list[Method] = Field(default_factory=_only_get, min_length=1)
+    paths: list[Annotated[str, AfterValidator(_check_template)]] | None = Field(
+        default=None,
+        min_length=1,
+        description="The operations the route serves: path templates under 'path' "
+        "('/orders/{id}': literal segments, {name} placeholders of one segment, a final *), "
+        "each for all the route's methods or for one ('POST /orders/{id}/refund'). Set: a "
+        "request must match one exactly (else 404; a trailing '/' only where a template "
+        "ends in one), the policies see the template and its values (context.template, "
+        "context.params) and the service gets only these calls from the gateway. Unset: "
+        "every path under the prefix, none with a trailing '/'.",
+    )
     host: Annotated[str, AfterValidator(_check_host)] | None = Field(
         default=None, description="Only requests for this Host (without port)."
     )
@@ -242,6 +288,23 @@ class GatewayRoute(BaseModel):
         default_factory=list, description="Clients in these CIDR blocks are refused."
     )
     cors: CorsPolicy | None = Field(default=None, description="Browser access from other origins.")
+    request_headers: list[Annotated[str, AfterValidator(_check_header_name)]] | None = Field(
+        default=None,
+        description="Strict mode: only these request headers (lower-case names) reach the "
+        "service, besides those the gateway sets (authorization: its internal token, "
+        "traceparent, x-forwarded-for, x-forwarded-proto). Unset: every header but the "
+        "hop-by-hop ones and those the gateway strips from every request (identities, "
+        "certificates, addresses, other URLs or methods: see trustmesh.gateway.headers), "
+        "which no route can let through.",
+    )
+    relay_errors: bool = Field(
+        default=False,
+        description="Relay the service's own answer when it refuses or fails a request "
+        "(status ≥ 400), body and all. Off: the gateway answers that status in its own "
+        'shape ({"error", "message"}), keeping only the headers a client needs (Allow, '
+        "WWW-Authenticate, Retry-After, RateLimit…): nothing of a framework's or a stack "
+        "trace's body reaches the client.",
+    )
     name: Annotated[str, AfterValidator(_check_route_name)] | None = Field(
         default=None,
         description='The route\'s Cedar id (Route::"<name>"); default: the path prefix, '
@@ -274,11 +337,51 @@ class GatewayRoute(BaseModel):
                 "auth mixes anonymous with a credential",
                 "either [anonymous] or the credentials the route accepts",
             )
+        self._check_paths()
         return self
 
-    def call_patterns(self) -> tuple[str, ...]:
-        """The path patterns of the implied call ``gateway → to``."""
-        return ("/", "/*") if self.path == "/" else (self.path, self.path + "/*")
+    def _check_paths(self) -> None:
+        """Each operation under the prefix, for a method of the route, once; no two
+        templates of one shape."""
+        shapes: dict[str, str] = {}
+        for index, entry in enumerate(self.paths or ()):
+            method, template = _split_operation(entry)
+            if method and method not in self.methods:
+                raise _invalid(
+                    f"paths[{index}] names {method}, not a method of the route",
+                    "one of " + ", ".join(self.methods),
+                )
+            prefix = self.path
+            if not (prefix == "/" or template == prefix or template.startswith(prefix + "/")):
+                raise _invalid(
+                    f"paths[{index}] {template!r} is not under the route's path {prefix!r}",
+                    _TEMPLATE_EXPECTED,
+                )
+            other = shapes.setdefault(_shape(template), template)
+            if other != template:
+                raise _invalid(
+                    f"paths[{index}] {template!r} matches the very paths {other!r} does",
+                    "each template once, its placeholders named alike",
+                )
+        operations = self._declared()
+        if len(set(operations)) != len(operations):
+            raise _invalid("paths repeat an operation", "each method and template once")
+
+    def _declared(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        for entry in self.paths or ():
+            method, template = _split_operation(entry)
+            out.extend((m, template) for m in ([method] if method else self.methods))
+        return out
+
+    def operations(self) -> tuple[tuple[str, str], ...]:
+        """(method, path template) of each operation the route serves: its ``paths``, or
+        when unset its prefix and every path under it (``/orders``, ``/orders/*``). These
+        are also the calls ``gateway → to`` the declaration implies."""
+        if self.paths is not None:
+            return tuple(self._declared())
+        patterns = ("/", "/*") if self.path == "/" else (self.path, self.path + "/*")
+        return tuple((method, pattern) for method in self.methods for pattern in patterns)
 
 
 class HealthCheck(BaseModel):

@@ -27,6 +27,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from trustmesh.config.durations import Duration, format_duration
 from trustmesh.config.gateway import GatewayConfig
 from trustmesh.config.listener import ListenerLimits
+from trustmesh.config.patterns import path_problem
 from trustmesh.errors import NotFoundError, UsageError
 
 __all__ = [
@@ -56,8 +57,6 @@ _TRUST_DOMAIN_RE: Final = re.compile(r"[a-z0-9._-]{1,255}")
 _RUN_RE: Final = re.compile(
     r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*", re.A
 )
-_LITERAL_RE: Final = re.compile(r"[A-Za-z0-9._~-]+")
-_PARAM_RE: Final = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 TRUST_DOMAIN_EXPECTED: Final = (
     "a SPIFFE trust domain name: lowercase letters, digits, '.', '-' and '_', "
@@ -209,37 +208,6 @@ class AllowRule(BaseModel):
     segments: tuple[str, ...]
 
 
-def _path_problem(path: str) -> str | None:
-    if not path.startswith("/"):
-        return f"path {path!r} does not start with '/'"
-    for char, what in (("?", "a query string"), ("#", "a fragment"), ("%", "percent-encoding")):
-        if char in path:
-            return f"path {path!r} contains {what} ({char!r})"
-    if "\\" in path or ";" in path:
-        return f"path {path!r} contains a backslash or ';'"
-    if path == "/":
-        return None
-    segments = path[1:].split("/")
-    params: set[str] = set()
-    for index, segment in enumerate(segments):
-        if not segment:
-            return f"path {path!r} has an empty segment"
-        if segment in {".", ".."}:
-            return f"path {path!r} has a {segment!r} segment"
-        if segment == "*":
-            if index != len(segments) - 1:
-                return f"path {path!r} has '*' before its last segment"
-            continue
-        param = _PARAM_RE.fullmatch(segment)
-        if param is not None:
-            if param.group(1) in params:
-                return f"path {path!r} repeats the placeholder {segment}"
-            params.add(param.group(1))
-        elif _LITERAL_RE.fullmatch(segment) is None:
-            return f"path {path!r} has an invalid segment {segment!r}"
-    return None
-
-
 def parse_allow_rule(text: str) -> AllowRule:
     """Parse ``"GET /items/{id}"``; raise ``ValueError`` saying what is wrong."""
     method, sep, path = text.partition(" ")
@@ -247,7 +215,7 @@ def parse_allow_rule(text: str) -> AllowRule:
         raise ValueError(f"{text!r} is not 'METHOD /path'")
     if method not in HTTP_METHODS:
         raise ValueError(f"{method!r} is not an allowed HTTP method")
-    problem = _path_problem(path)
+    problem = path_problem(path)
     if problem is not None:
         raise ValueError(problem)
     segments = tuple(path[1:].split("/")) if path != "/" else ()

@@ -1,7 +1,9 @@
 """Orders: reserves stock at inventory and charges at payments, over mTLS, by name, on
 behalf of whoever placed the order (token exchange). Object-level authorization with
 Cedar: an order can be read by its owner, and by support and admins; only an admin may
-refund one. (The gateway's policies decide first, per route; these decide per order.)"""
+refund one. ``GET /orders`` lists the caller's own orders — and every order for support
+and admins, who may read any (shop.cedar: "support reads any order"). (The gateway's
+policies decide first, per operation; these decide per order.)"""
 
 from __future__ import annotations
 
@@ -28,8 +30,12 @@ POLICY = sdk.ObjectPolicy(
     permit(principal, action == Action::"read", resource is Order)
       when { principal.roles.contains("support") || principal.roles.contains("admin") };
 
-    @id("admins-refund-and-list")
-    permit(principal, action in [Action::"refund", Action::"list"], resource is Order)
+    @id("staff-list-orders")
+    permit(principal, action == Action::"list", resource is Order)
+      when { principal.roles.contains("support") || principal.roles.contains("admin") };
+
+    @id("admins-refund")
+    permit(principal, action == Action::"refund", resource is Order)
       when { principal.roles.contains("admin") };
     """
 )
@@ -97,6 +103,17 @@ def _order(order_id: str, http: Request, action: str) -> dict[str, object]:
     if order is None:
         raise HTTPException(404, "no such order")
     return order
+
+
+@app.get("/orders")
+async def list_orders(http: Request) -> dict[str, object]:
+    """The caller's own orders; support and admins (``list``) see every order."""
+    if sdk.authorize(http, POLICY, "list", "Order", "*", owner=sdk.User("")):
+        mine = list(ORDERS.values())
+    else:
+        caller = _owner(http)
+        mine = [order for order in ORDERS.values() if order["owner"] == caller]
+    return {"orders": sorted(mine, key=lambda o: str(o["id"]))}
 
 
 @app.get("/orders/{order_id}")

@@ -5,22 +5,28 @@ Each stage decides, and a refusal ends the request with a structured error and a
 1. the client address (the peer, or ``X-Forwarded-For`` from a trusted proxy: an entry
    that is not an address → ``400 invalid_request``) must pass the address rules →
    ``403``; the raw path must be canonical → ``400 invalid_request``;
-2. a route must take it (host, longest prefix, method) → ``404`` / ``405`` + ``Allow``;
+2. a route must take it (host, longest prefix, one of the route's operations, method) →
+   ``404`` / ``405`` + ``Allow``; a trailing slash no operation declares → ``400``;
 3. the route's authentication: a bearer access token from a trusted issuer, addressed to
    the gateway, not bound to a certificate the client cannot show, not revoked, or an API
    key in scope for the route → ``401`` with ``WWW-Authenticate``; or an anonymous route;
 4. the rate limits (per consumer, role, route and client address) → ``429`` with
    ``Retry-After`` and the RateLimit headers, which every limited response carries;
 5. the edge policies (Cedar, when declared): principal, method, route and context
-   (client address, path, time) → ``403`` unless a permit applies and no forbid does;
+   (client address, path, the operation's template and values, time) → ``403`` unless a
+   permit applies and no forbid does;
 6. the body must fit the limit → ``413``;
 7. forward over mTLS (the gateway's SVID; the upstream's SPIFFE ID checked) with the
-   internal token in place of the client's, spoofable and hop-by-hop headers removed;
+   internal token in place of the client's, hop-by-hop headers and those that claim an
+   identity, an address, a URL or a method removed (on a strict route, every header it
+   does not list);
    no healthy upstream → a fast ``503``; no answer within the route's timeout → ``504``.
 
 The response goes back with the upstream's status and body, its hop-by-hop and internal
-headers removed and the security headers set. Later stages (request validation, the
-injection filter) slot in between 6 and 7.
+headers removed and the security headers set; an upstream's error (≥ 400) in the gateway's
+own shape, with only the headers a client needs (:mod:`trustmesh.gateway.answers`),
+unless the route relays errors as they are (``relay_errors``). Later stages (request
+validation, the injection filter) slot in between 6 and 7.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from typing import Any, Protocol
 from trustmesh import events
 from trustmesh.config.gateway import PROVIDER_ISSUER, GatewayConfig, GatewayRoute
 from trustmesh.errors import InvalidTokenError, TrustmeshError, UnavailableError, UsageError
+from trustmesh.gateway.answers import error_code, error_headers, error_message
 from trustmesh.gateway.apikeys import presented_api_key
 from trustmesh.gateway.cors import is_preflight, preflight_headers, response_grants
 from trustmesh.gateway.headers import (
@@ -42,6 +49,7 @@ from trustmesh.gateway.headers import (
     TrustedProxies,
     client_address,
     response_headers,
+    strict_headers,
     upstream_headers,
 )
 from trustmesh.gateway.internal import GatewayKey, internal_claims
@@ -51,7 +59,7 @@ from trustmesh.gateway.keystore import ApiKeyVerifier
 from trustmesh.gateway.metrics import GatewayMetrics
 from trustmesh.gateway.oidc import ExternalIssuers
 from trustmesh.gateway.ratelimit import RateDecision, RateLimiter
-from trustmesh.gateway.routes import RouteTable, request_host
+from trustmesh.gateway.routes import RouteDecision, RouteTable, request_host
 from trustmesh.gateway.upstreams import UpstreamTimeoutError
 from trustmesh.policy.edge import ANONYMOUS, EdgePolicy, EdgeRequest, Principal
 from trustmesh.policy.paths import NonCanonicalPath, canonical_path
@@ -86,7 +94,7 @@ _MINTED_CACHE = 16384
 _TEMPLATES = 4096
 #: Context attributes that never hold a client's data verbatim (kept when another did
 #: not pass the event's secret check).
-_PLAIN_ATTRIBUTES = frozenset({"method", "client", "route", "status", "policy", "rule"})
+_PLAIN_ATTRIBUTES = frozenset({"method", "client", "route", "template", "status", "policy", "rule"})
 
 
 class _TooLarge(Exception):
@@ -129,6 +137,9 @@ class GatewayApp:
         self.route_ip_rules = tuple(IPRules.of(r.allow_ips, r.deny_ips) for r in gateway.routes)
         self.timeouts = tuple(r.timeout.total_seconds() for r in gateway.routes)
         self.upstream_ids = tuple(f"spiffe://{trust_domain}/{r.to}" for r in gateway.routes)
+        self.allowed_headers = tuple(
+            strict_headers(r, f"routes[{i}]") for i, r in enumerate(gateway.routes)
+        )
         self._minted: dict[tuple[object, ...], tuple[float, bytes]] = {}
         self._templates: dict[tuple[object, ...], events.Event] = {}
         self.trusted = TrustedProxies(gateway.trusted_proxies)
@@ -213,19 +224,12 @@ class GatewayApp:
             return
         decision = self.routes.decide(host, path, method)
         if decision.route is None:
-            if decision.reason == Reason.METHOD_NOT_ALLOWED:
-                self._emit(events.Decision.DENY, decision.reason, "method not allowed", context)
-                allow = ", ".join(decision.allowed_methods).encode()
-                await _error(
-                    send, 405, "method_not_allowed", "method not allowed", [(b"allow", allow)]
-                )
-            else:
-                self._emit(events.Decision.DENY, decision.reason, "no route", context)
-                await _error(send, 404, "not_found", "no such route")
+            await self._unrouted(decision, send, context)
             return
         route = decision.route
         context["route"] = f"routes[{decision.index}]"
         context["route_name"] = route.route_name
+        context["template"] = decision.template  # the declaration's words, not the client's
         if not self.route_ip_rules[decision.index].admits(client):
             self._emit(events.Decision.DENY, Reason.IP_DENIED, "client address refused", context)
             await _error(send, 403, "forbidden", "not allowed from this address")
@@ -269,6 +273,8 @@ class GatewayApp:
                     host=host or "",
                     service=route.to,
                     time=int(self.clock()),
+                    template=decision.template,
+                    params=decision.params,
                 )
             )
             if not verdict.allowed:
@@ -297,7 +303,9 @@ class GatewayApp:
             extra.append((b"traceparent", current.header().encode("ascii")))
         forwarded = [  # the client that sends sets Content-Length for the body it sends
             (k.decode("latin-1"), v.decode("latin-1"))
-            for k, v in upstream_headers(headers, client=client, extra=extra)
+            for k, v in upstream_headers(
+                headers, client=client, extra=extra, allowed=self.allowed_headers[decision.index]
+            )
             if k != b"content-length"
         ]
         # the path as received (canonical, still encoded): what the policy decided on is
@@ -338,7 +346,25 @@ class GatewayApp:
             return
         context["status"] = answer.status
         self._emit(events.Decision.ALLOW, Reason.REQUEST_FORWARDED, "forwarded", context, user)
-        await _relay(send, answer, [*response_grants(route.cors, headers), *grants])
+        extra = [*response_grants(route.cors, headers), *grants]
+        if answer.status >= 400 and not route.relay_errors:
+            await _upstream_error(send, answer, extra)
+            return
+        await _relay(send, answer, extra)
+
+    async def _unrouted(self, decision: RouteDecision, send: Send, context: dict[str, Any]) -> None:
+        """The answer to a request no route takes: 405, 400 or 404."""
+        if decision.reason == Reason.METHOD_NOT_ALLOWED:
+            self._emit(events.Decision.DENY, decision.reason, "method not allowed", context)
+            allow = ", ".join(decision.allowed_methods).encode()
+            await _error(send, 405, "method_not_allowed", "method not allowed", [(b"allow", allow)])
+        elif decision.reason == Reason.PATH_NON_CANONICAL:
+            why = "a trailing slash the route does not declare"
+            self._emit(events.Decision.DENY, decision.reason, why, context)
+            await _error(send, 400, "invalid_request", "the request path is not in canonical form")
+        else:
+            self._emit(events.Decision.DENY, decision.reason, "no route", context)
+            await _error(send, 404, "not_found", "no such route")
 
     async def _admitted(
         self,
@@ -639,15 +665,21 @@ async def _read_body(receive: Receive, headers: list[tuple[bytes, bytes]], limit
     return b"".join(chunks)
 
 
-async def _relay(
-    send: Send, answer: Response, extra: list[tuple[bytes, bytes]] | None = None
-) -> None:
+def _cleaned(answer: Response) -> list[tuple[bytes, bytes]]:
+    """The upstream's response headers, every one as received, through
+    :func:`response_headers`."""
     raw = answer.raw_headers or tuple(
         (k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items()
     )
+    return response_headers(raw)
+
+
+async def _relay(
+    send: Send, answer: Response, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
     headers = [
         (k, v)
-        for k, v in response_headers(raw)
+        for k, v in _cleaned(answer)
         if k not in (b"content-length", b"content-encoding")  # the body is relayed decoded
     ]
     headers.append((b"content-length", str(len(answer.body)).encode()))
@@ -656,6 +688,15 @@ async def _relay(
         headers = [(k, v) for k, v in headers if k not in names] + extra
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     await send({"type": "http.response.body", "body": answer.body})
+
+
+async def _upstream_error(send: Send, answer: Response, extra: list[tuple[bytes, bytes]]) -> None:
+    """The gateway's own answer for the upstream's error: its status, the gateway's
+    shape, and only the headers a client needs from the upstream's."""
+    names = {k for k, _ in extra}  # the gateway's own grants win
+    kept = [(k, v) for k, v in error_headers(_cleaned(answer)) if k not in names]
+    status = answer.status
+    await _error(send, status, error_code(status), error_message(status), [*kept, *extra])
 
 
 async def _error(

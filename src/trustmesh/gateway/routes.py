@@ -1,9 +1,14 @@
-"""Which route a request takes: by host, the longest matching path prefix, and method.
+"""Which route a request takes: by host, the longest matching path prefix, the route's
+operations (its path templates) and method.
 
 Matching runs on the canonical path (:func:`trustmesh.policy.paths.canonical_path`), so
 ``/orders/%2e%2e/admin`` never reaches here to be mistaken for ``/admin``. A prefix
 matches on segment boundaries: ``/orders`` takes ``/orders`` and ``/orders/…``, never
 ``/ordersX``. Routes for the request's host win over host-less routes of the same prefix.
+Within the prefix, the path must then be one of the route's operations, matched exactly
+(:class:`~trustmesh.policy.routes.Operations`): a route that lists none serves every
+path under its prefix. A trailing ``/`` no template declares is not the path's canonical
+form (``path-non-canonical``, 400): ``/orders/1/refund/`` is never ``/orders/1/refund``.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from trustmesh.config.gateway import GatewayRoute
+from trustmesh.policy.routes import Operations
 from trustmesh.reasons import Reason
 
 __all__ = ["RouteDecision", "RouteTable", "request_host"]
@@ -19,13 +25,16 @@ __all__ = ["RouteDecision", "RouteTable", "request_host"]
 
 @dataclass(frozen=True)
 class RouteDecision:
-    """The route taken, or why none: ``route-not-found`` (404) or
-    ``method-not-allowed`` (405, with the methods the path does allow)."""
+    """The route taken, with the template the path matched and its placeholders' values,
+    or why none: ``route-not-found`` (404), ``method-not-allowed`` (405, with the methods
+    the path does allow) or ``path-non-canonical`` (400: a trailing slash)."""
 
     reason: Reason
     route: GatewayRoute | None = None
     index: int = -1
     allowed_methods: tuple[str, ...] = ()
+    template: str = ""
+    params: tuple[tuple[str, str], ...] = ()
 
     @property
     def found(self) -> bool:
@@ -38,6 +47,7 @@ class _Entry:
     host: str | None
     index: int
     route: GatewayRoute
+    operations: Operations
 
 
 def _under(prefix: str, path: str) -> bool:
@@ -64,7 +74,9 @@ class RouteTable:
     """Built once from the declaration; ``decide`` is a few string comparisons."""
 
     def __init__(self, routes: Sequence[GatewayRoute]) -> None:
-        entries = [_Entry(r.path, r.host, i, r) for i, r in enumerate(routes)]
+        entries = [
+            _Entry(r.path, r.host, i, r, Operations(r.operations())) for i, r in enumerate(routes)
+        ]
         # longest prefix first; at equal length, a host-specific route first
         entries.sort(key=lambda e: (-len(e.prefix), e.host is None, e.index))
         self._entries = tuple(entries)
@@ -73,6 +85,7 @@ class RouteTable:
         """``path`` must be canonical."""
         best: _Entry | None = None
         allowed: list[str] = []
+        refused = Reason.ROUTE_NOT_FOUND
         for entry in self._entries:
             if entry.host is not None and entry.host != host:
                 continue
@@ -84,11 +97,21 @@ class RouteTable:
             ):
                 break  # only routes as specific as the best one share its path
             best = best or entry
-            if method in entry.route.methods:  # HEAD too only if listed: the call policy agrees
-                return RouteDecision(Reason.ROUTE_MATCHED, entry.route, entry.index)
-            allowed.extend(entry.route.methods)
-        if best is None:
-            return RouteDecision(Reason.ROUTE_NOT_FOUND)
-        return RouteDecision(
-            Reason.METHOD_NOT_ALLOWED, allowed_methods=tuple(dict.fromkeys(allowed))
-        )
+            # HEAD too only if listed: the call policy agrees
+            found = entry.operations.match(method, path)
+            if found.reason == Reason.ROUTE_MATCHED:
+                return RouteDecision(
+                    Reason.ROUTE_MATCHED,
+                    entry.route,
+                    entry.index,
+                    template=found.template,
+                    params=found.params,
+                )
+            allowed.extend(found.allowed_methods)
+            if found.reason == Reason.PATH_NON_CANONICAL:
+                refused = found.reason
+        if allowed:
+            return RouteDecision(
+                Reason.METHOD_NOT_ALLOWED, allowed_methods=tuple(dict.fromkeys(allowed))
+            )
+        return RouteDecision(refused)

@@ -62,11 +62,10 @@ def compile_call_policies(config: TrustmeshConfig) -> str:
     if config.gateway is not None:  # each gateway route implies the call gateway → service
         gateway = config.component_spiffe_id("gateway")
         for i, gw_route in enumerate(config.gateway.routes):
-            for method in gw_route.methods:
-                for pattern in gw_route.call_patterns():
-                    route = f"{gw_route.to} {method} {pattern}"
-                    action = f"action == Action::{_quote(method)}"
-                    out.append(_permit(f"gateway.routes[{i}]", gateway, action, route))
+            for method, pattern in gw_route.operations():
+                route = f"{gw_route.to} {method} {pattern}"
+                action = f"action == Action::{_quote(method)}"
+                out.append(_permit(f"gateway.routes[{i}]", gateway, action, route))
     return "\n".join(out)
 
 
@@ -104,10 +103,9 @@ class CallAuthorizer:
         for gw_route in self.config.gateway.routes if self.config.gateway else ():
             if gw_route.to != self.callee:
                 continue
-            for method in gw_route.methods:
-                for pattern in gw_route.call_patterns():
-                    route_id = f"{gw_route.to} {method} {pattern}"
-                    routes[route_id] = _Route(route_id, method, Pattern.parse(pattern))
+            for method, pattern in gw_route.operations():
+                route_id = f"{gw_route.to} {method} {pattern}"
+                routes[route_id] = _Route(route_id, method, Pattern.parse(pattern))
         self.routes = tuple(routes.values())
         self._decide_route = lru_cache(maxsize=8192)(self._cedar)
         # whole decisions, by (caller, method, path): the same few calls repeat

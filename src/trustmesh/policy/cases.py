@@ -10,7 +10,11 @@ policies (``shop.cedar`` → ``shop.tests.yaml``) and run by ``trustmesh policy 
 
 Unset context fields take the route's values (path = its prefix, service = its target),
 ``ip`` 127.0.0.1 and a fixed weekday noon; an unset ``principal.issuer`` is the
-provider's (``trustmesh``), or ``""`` for ``Anonymous``, as at the gateway. Each case is decided by the same compiled
+provider's (``trustmesh``), or ``""`` for ``Anonymous``, as at the gateway. The template
+and its values come from matching the path to the route's operations, as the gateway
+does; a path the gateway refuses before any policy (not canonical, a trailing slash no
+template declares, no such operation or method) is a deny with that reason. Each other
+case is decided by the same compiled
 :class:`~trustmesh.policy.edge.EdgePolicy` the gateway runs.
 """
 
@@ -26,9 +30,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trustmesh.config import TrustmeshConfig
-from trustmesh.config.gateway import PROVIDER_ISSUER
+from trustmesh.config.gateway import PROVIDER_ISSUER, GatewayRoute
 from trustmesh.errors import ConfigError
 from trustmesh.policy.edge import EdgeDecision, EdgePolicy, EdgeRequest, Principal
+from trustmesh.policy.paths import NonCanonicalPath, canonical_path
+from trustmesh.policy.routes import Operations
+from trustmesh.reasons import Reason
 
 __all__ = ["CaseResult", "PolicyCase", "load_cases", "run_cases", "tests_file_for"]
 
@@ -128,6 +135,7 @@ def run_cases(
     if gateway is None:
         return [], []
     routes = {route.route_name: route for route in gateway.routes}
+    compiled: dict[str, Operations] = {}
     results: list[CaseResult] = []
     missing: list[str] = []
     problems: list[str] = []
@@ -149,34 +157,55 @@ def run_cases(
             except ValueError:
                 problems.append(f"{tests}: case {index}: context.ip is not an IP address")
                 continue
-            moment = case.context.time
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=dt.UTC)
-            p = case.principal
-            request = EdgeRequest(
-                principal=Principal(
-                    p.type,
-                    p.id,
-                    roles=tuple(sorted(set(p.roles))),
-                    groups=tuple(sorted(set(p.groups))),
-                    amr=tuple(sorted(set(p.amr))),
-                    scopes=tuple(sorted(set(p.scopes))),
-                    mfa=p.mfa,
-                    name=p.name,
-                    issuer=p.issued_by(),
-                ),
-                method=case.action,
-                route=case.resource,
-                ip=case.context.ip,
-                path=case.context.path or route.path,
-                host=case.context.host,
-                service=route.to,
-                time=int(moment.timestamp()),
-            )
-            results.append(CaseResult(str(tests), case, policy.decide(request)))
+            operations = compiled.get(route.route_name)
+            if operations is None:
+                operations = compiled[route.route_name] = Operations(route.operations())
+            asked = _request(case, route, operations)
+            decision = policy.decide(asked) if isinstance(asked, EdgeRequest) else asked
+            results.append(CaseResult(str(tests), case, decision))
     if problems:
         raise ConfigError("\n".join(problems), problems=tuple(problems))
     return results, missing
+
+
+def _request(
+    case: PolicyCase, route: GatewayRoute, operations: Operations
+) -> EdgeRequest | EdgeDecision:
+    """What the gateway would ask the policies for this case, or its refusal before."""
+    path = case.context.path or route.path
+    try:
+        path = canonical_path(path.encode("utf-8"))
+    except NonCanonicalPath:
+        return EdgeDecision(False, Reason.PATH_NON_CANONICAL)
+    found = operations.match(case.action, path)
+    if found.reason != Reason.ROUTE_MATCHED:
+        return EdgeDecision(False, found.reason)
+    moment = case.context.time
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    p = case.principal
+    return EdgeRequest(
+        principal=Principal(
+            p.type,
+            p.id,
+            roles=tuple(sorted(set(p.roles))),
+            groups=tuple(sorted(set(p.groups))),
+            amr=tuple(sorted(set(p.amr))),
+            scopes=tuple(sorted(set(p.scopes))),
+            mfa=p.mfa,
+            name=p.name,
+            issuer=p.issued_by(),
+        ),
+        method=case.action,
+        route=case.resource,
+        ip=case.context.ip,
+        path=path,
+        host=case.context.host,
+        service=route.to,
+        time=int(moment.timestamp()),
+        template=found.template,
+        params=found.params,
+    )
 
 
 def _error(line: str) -> ConfigError:

@@ -12,7 +12,16 @@ deny at run time. The request the gateway asks about is::
     action     Action::"<HTTP method>"            (only methods some route declares)
     resource   Route::"<route name>"              (an enumerated entity type: the routes)
     context    ip (ipaddr), method, path, host, service (strings),
+               template (Template::"<path template>", an enumerated entity type: every
+               route's operations, e.g. Template::"/orders/{id}/refund", or for a route
+               that lists none Template::"/orders" and Template::"/orders/*"),
+               params (a record: the matched template's placeholder values, each
+               attribute optional, named after every placeholder the routes declare),
                time (epoch seconds), hour (0-23 UTC), weekday (1 = Monday … 7, ISO 8601)
+
+Policies decide on the operation (``context.template == Template::"/orders/{id}/refund"``)
+rather than on the raw path: the gateway matched the path to that template exactly, so no
+other spelling of it (a trailing slash, another case) is that operation.
 
 Default deny: no ``permit`` that applies, or any ``forbid`` that does, refuses. Decisions
 are cached per (principal and its attributes, action, route, the context fields the
@@ -33,6 +42,7 @@ import cedarpy
 
 from trustmesh.config import TrustmeshConfig
 from trustmesh.config.gateway import PROVIDER_ISSUER, GatewayConfig
+from trustmesh.config.patterns import placeholders
 from trustmesh.errors import ConfigError
 from trustmesh.reasons import Reason
 
@@ -56,6 +66,8 @@ CONTEXT_FIELDS: Final = {
     "path": "String",
     "host": "String",
     "service": "String",
+    "template": "Template",
+    "params": "Params",
     "time": "Long",
     "hour": "Long",
     "weekday": "Long",
@@ -147,6 +159,8 @@ class EdgeRequest:
     host: str
     service: str
     time: int
+    template: str  # the route's path template the path matched
+    params: tuple[tuple[str, str], ...] = ()  # its placeholders' values
 
     def context(self) -> dict[str, Any]:
         at = dt.datetime.fromtimestamp(self.time, dt.UTC)
@@ -156,6 +170,8 @@ class EdgeRequest:
             "path": self.path,
             "host": self.host,
             "service": self.service,
+            "template": {"__entity": {"type": "Template", "id": self.template}},
+            "params": dict(self.params),
             "time": self.time,
             "hour": at.hour,
             "weekday": at.isoweekday(),
@@ -174,11 +190,15 @@ def edge_schema(gateway: GatewayConfig) -> str:
     """The Cedar schema (human-readable syntax) generated from the ``gateway:`` section."""
     routes = sorted({route.route_name for route in gateway.routes})
     methods = sorted({m for route in gateway.routes for m in route.methods})
+    templates = sorted({t for route in gateway.routes for _, t in route.operations()})
+    params = sorted({p for t in templates for p in placeholders(t)})
     lines = [f"entity {kind} = {{ {_PRINCIPAL_ATTRS} }};" for kind in PRINCIPAL_TYPES]
-    if routes:
-        lines.append(f"entity Route enum [{', '.join(json.dumps(r) for r in routes)}];")
-    else:
-        lines.append("entity Route;")
+    for kind, names in (("Route", routes), ("Template", templates)):
+        if names:
+            lines.append(f"entity {kind} enum [{', '.join(json.dumps(n) for n in names)}];")
+        else:
+            lines.append(f"entity {kind};")
+    lines.append(f"type Params = {{ {', '.join(f'{json.dumps(p)}?: String' for p in params)} }};")
     fields = ", ".join(f"{name}: {kind}" for name, kind in CONTEXT_FIELDS.items())
     lines.append(f"type RequestContext = {{ {fields} }};")
     if methods:
@@ -298,10 +318,11 @@ def _check(text: str, schema: Any, gateway: GatewayConfig) -> Iterator[str]:
     if result.validation_passed:
         return
     routes = ", ".join(sorted({r.route_name for r in gateway.routes})) or "(none)"
+    templates = ", ".join(sorted({t for r in gateway.routes for _, t in r.operations()}))
     for error in result.errors:
         message = " ".join(str(error).split())
         yield (
-            f"{message} (expected routes {routes}; actions "
+            f"{message} (expected routes {routes}; templates {templates or '(none)'}; actions "
             f"{', '.join(sorted({m for r in gateway.routes for m in r.methods}))}; "
             f"principal attributes {_PRINCIPAL_ATTRS}; context fields "
             f"{', '.join(CONTEXT_FIELDS)})"

@@ -1,16 +1,25 @@
-"""Path patterns (``/charges/{id}``, ``/items/*``) matched segment by segment.
+"""Path patterns (``/charges/{id}``, ``/items/*``) matched segment by segment, and the
+operations of a gateway route (:class:`Operations`) matched to one template.
 
 ``{name}`` matches exactly one non-empty segment; a final ``*`` matches one or more
-segments; every other segment matches itself literally. Matching runs on the canonical,
-decoded path (:func:`trustmesh.policy.paths.canonical_path`), whose segments cannot hide
-a ``/``, so a pattern means the same thing to every component.
+segments; every other segment, the empty one after a final ``/`` included, matches
+itself literally. Matching runs on the canonical, decoded path
+(:func:`trustmesh.policy.paths.canonical_path`), whose segments cannot hide a ``/``, so
+a pattern means the same thing to every component.
+
+Where several templates match one path, the most specific wins, read from the left: a
+literal segment before a placeholder before ``*`` (as OpenAPI matches concrete paths
+before templated ones); the declaration refuses two templates of the same shape.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["Pattern"]
+from trustmesh.reasons import Reason
+
+__all__ = ["Operations", "Pattern", "TemplateMatch"]
 
 
 @dataclass(frozen=True)
@@ -24,23 +33,82 @@ class Pattern:
         return cls(text, segments)
 
     def matches(self, path: str) -> bool:
-        parts = path[1:].split("/") if path != "/" else []
+        return self.bind(_parts(path)) is not None
+
+    def bind(self, parts: list[str]) -> tuple[tuple[str, str], ...] | None:
+        """The placeholders' values if the path (its segments) matches, else None."""
         pattern = self.segments
         if pattern and pattern[-1] == "*":
             head = pattern[:-1]
-            return (
-                len(parts) > len(head)
-                and all(p for p in parts[len(head) :])
-                and _match_all(head, parts[: len(head)])
-            )
-        return len(parts) == len(pattern) and _match_all(pattern, parts)
+            if len(parts) <= len(head) or not all(parts[len(head) :]):
+                return None
+            return _match_all(head, parts[: len(head)])
+        if len(parts) != len(pattern):
+            return None
+        return _match_all(pattern, parts)
+
+    @property
+    def specificity(self) -> tuple[int, ...]:
+        """Sorts the most specific first: per segment, literal < placeholder < ``*``."""
+        return tuple(2 if s == "*" else 1 if _is_param(s) else 0 for s in self.segments)
 
 
-def _match_all(pattern: tuple[str, ...], parts: list[str]) -> bool:
+def _parts(path: str) -> list[str]:
+    return path[1:].split("/") if path != "/" else []
+
+
+def _is_param(segment: str) -> bool:
+    return segment.startswith("{") and segment.endswith("}")
+
+
+def _match_all(pattern: tuple[str, ...], parts: list[str]) -> tuple[tuple[str, str], ...] | None:
+    bound: list[tuple[str, str]] = []
     for want, got in zip(pattern, parts, strict=True):
-        if want.startswith("{") and want.endswith("}"):
+        if _is_param(want):
             if not got:
-                return False
+                return None
+            bound.append((want[1:-1], got))
         elif want != got:
-            return False
-    return True
+            return None
+    return tuple(bound)
+
+
+@dataclass(frozen=True)
+class TemplateMatch:
+    """The operation a path is: ``route-matched`` with its template and the values of its
+    placeholders; ``method-not-allowed`` (the template's methods); ``path-non-canonical``
+    (a trailing ``/`` no template declares); or ``route-not-found``."""
+
+    reason: Reason
+    template: str = ""
+    params: tuple[tuple[str, str], ...] = ()
+    allowed_methods: tuple[str, ...] = ()
+
+
+_NOT_FOUND = TemplateMatch(Reason.ROUTE_NOT_FOUND)
+_TRAILING_SLASH = TemplateMatch(Reason.PATH_NON_CANONICAL)
+
+
+class Operations:
+    """A route's operations, ``(method, template)`` pairs, compiled once."""
+
+    def __init__(self, operations: Iterable[tuple[str, str]]) -> None:
+        methods: dict[str, list[str]] = {}
+        for method, template in operations:
+            methods.setdefault(template, []).append(method)
+        compiled = [(Pattern.parse(t), tuple(m)) for t, m in methods.items()]
+        compiled.sort(key=lambda item: item[0].specificity)
+        self._templates = tuple(compiled)
+
+    def match(self, method: str, path: str) -> TemplateMatch:
+        """``path`` must be canonical. The most specific template that matches owns the
+        path, whatever the method."""
+        parts = _parts(path)
+        for pattern, methods in self._templates:
+            params = pattern.bind(parts)
+            if params is None:
+                continue
+            if method in methods:
+                return TemplateMatch(Reason.ROUTE_MATCHED, pattern.text, params)
+            return TemplateMatch(Reason.METHOD_NOT_ALLOWED, allowed_methods=methods)
+        return _TRAILING_SLASH if len(path) > 1 and path.endswith("/") else _NOT_FOUND

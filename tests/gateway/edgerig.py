@@ -1,0 +1,142 @@
+"""A live gateway in front of a bare upstream, for tests of what crosses the edge.
+
+The upstream holds the ``orders`` SVID and serves over mTLS, registered in discovery, but
+runs no SDK middleware: whatever the gateway sends reaches its app, which records it. So
+a test sees exactly what the gateway forwarded, not what a service's own policy let
+through. Requests go out over raw TLS, byte for byte as written (header case, repeats and
+paths no client library normalises)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from authrig import CONFIG, ORDERS, TD, AuthRig, make_rig
+
+from trustmesh import crypto, events
+from trustmesh.config import parse_config
+from trustmesh.config.gateway import HealthCheck
+from trustmesh.gateway.server import RunningGateway, serve_gateway
+from trustmesh.sdk.discovery import DiscoveryClient
+from trustmesh.sdk.serve import ASGIApp, Receive, Scope, Send, start
+from trustmesh.sdk.x509source import X509Source
+from trustmesh.testing import RunningIdentityServer
+
+GATEWAY = f"spiffe://{TD}/trustmesh/gateway"
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: list[tuple[str, str]]  # lower-case names, in order
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k == name), None)
+
+
+@dataclass
+class Edge:
+    rig: AuthRig
+    gateway: RunningGateway
+    sink: events.MemorySink
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    def reasons(self) -> list[str]:
+        return [e.reason for e in self.sink.events]
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        who: str | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+        body: bytes = b"",
+    ) -> Answer:
+        """One request on its own connection, exactly as written: its answer."""
+        context = ssl.create_default_context(cafile=str(crypto.edge_ca_path(self.rig.state)))
+        port = int(self.gateway.url.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=context, server_hostname="localhost"
+        )
+        lines = [f"{method} {path} HTTP/1.1", "Host: localhost", "Connection: close"]
+        if who is not None:
+            lines.append(f"Authorization: Bearer {self.tokens[who]}")
+        lines.extend(f"{name}: {value}" for name, value in headers)
+        lines.append(f"Content-Length: {len(body)}")
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        await writer.drain()
+        raw = await reader.read()
+        writer.close()
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            await writer.wait_closed()
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        parsed = [
+            (name.strip().lower(), value.strip())
+            for name, _, value in (line.partition(":") for line in header_lines)
+        ]
+        return Answer(int(status_line.split(" ", 2)[1]), parsed, rest)
+
+
+def healthy(app: ASGIApp) -> ASGIApp:
+    """``app``, with the gateway's health probes answered ``200`` before they reach it (as
+    the SDK middleware answers them): the instance stays in rotation, and the app sees only
+    what clients sent."""
+
+    async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == HealthCheck().path:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await app(scope, receive, send)
+
+    return serve
+
+
+@contextlib.asynccontextmanager
+async def edge_stack(
+    identity: RunningIdentityServer,
+    root: Path,
+    section: str,
+    upstream: ASGIApp,
+    files: dict[str, str] | None = None,
+) -> AsyncIterator[Edge]:
+    """The provider, a gateway for ``CONFIG + section`` (``files`` written beside it) and
+    ``upstream`` as the one instance of ``orders`` (bare: no SDK middleware)."""
+    config_file = root / "trustmesh.yaml"
+    config_file.write_text(CONFIG + section)
+    for name, text in (files or {}).items():
+        (root / name).write_text(text)
+    assert identity.server.discovery is not None
+    discovery_url = f"https://127.0.0.1:{identity.server.discovery.port}"
+    sink = events.MemorySink()
+    async with make_rig(identity, root, section) as rig:
+        source = X509Source(identity.address, spiffe_id=GATEWAY)
+        await source.start()
+        gateway = await serve_gateway(
+            parse_config(config_file.read_text(), source=str(config_file)),
+            root / "state",
+            source=source,
+            sink=sink,
+            discovery_url=discovery_url,
+            auth_url=rig.url,
+            config_dir=root,
+        )
+        source_orders = X509Source(identity.address, spiffe_id=ORDERS)
+        served = await start(healthy(upstream), source=source_orders)
+        registration = DiscoveryClient(served.tls, discovery_url)
+        await registration.register(f"https://127.0.0.1:{served.port}")
+        try:
+            yield Edge(rig, gateway, sink)
+        finally:
+            await registration.close()
+            await served.stop()
+            await source_orders.close()
+            await gateway.stop()
+            await source.close()
