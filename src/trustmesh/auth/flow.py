@@ -47,13 +47,15 @@ from trustmesh.auth.login import (
     login_page,
     safe_next,
 )
-from trustmesh.auth.oauth import AUTH_METHODS, _AudienceAndScope, _prefetched
+from trustmesh.auth.methods import CLIENT_METHODS
+from trustmesh.auth.oauth import _AudienceAndScope, _prefetched
 from trustmesh.auth.service import AuthService
 from trustmesh.errors import StateError, UsageError
 from trustmesh.reasons import Reason
 
 AUTHORIZATION_CODE = "authorization_code"
 REFRESH_TOKEN = "refresh_token"  # noqa: S105 - a grant type
+OPENID = "openid"  # the scope every client may ask for: an ID token (OIDC Core §3.1.2.1)
 CODE_SECONDS = 60
 ID_TOKEN_SECONDS = 300
 REFRESH_LIFETIME = 30 * 86400
@@ -215,7 +217,7 @@ def _user_claims() -> dict[str, Any]:
 
 class AuthorizationCode(_AudienceAndScope, BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
     GRANT_TYPE = AUTHORIZATION_CODE
-    TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = [*AUTH_METHODS, "none"]
+    TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = list(CLIENT_METHODS)
 
     def validate_token_request(self) -> None:
         client = self.authenticate_token_endpoint_client()
@@ -261,7 +263,7 @@ class AuthorizationCode(_AudienceAndScope, BaseGrant, TokenEndpointMixin):  # ty
 
 class RefreshGrant(_AudienceAndScope, BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
     GRANT_TYPE = REFRESH_TOKEN
-    TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = [*AUTH_METHODS, "none"]
+    TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = list(CLIENT_METHODS)
 
     def validate_token_request(self) -> None:
         client = self.authenticate_token_endpoint_client()
@@ -334,7 +336,7 @@ def issue_user_tokens(
         "expires_in": issued.claims["exp"] - issued.claims["iat"],
         "scope": scope,
     }
-    if "openid" in scope.split():
+    if OPENID in scope.split():
         body["id_token"] = service.id_token(
             client_id=record.client_id,
             subject=user_id,
@@ -350,6 +352,7 @@ def issue_user_tokens(
 
 __all__ = [
     "AUTHORIZATION_CODE",
+    "OPENID",
     "REFRESH_LIFETIME",
     "REFRESH_TOKEN",
     "AuthorizationCode",
@@ -393,7 +396,7 @@ def flow_routes(service: AuthService, flow: FlowStore, codec: SessionCodec) -> l
         except UsageError:
             return redirect_error(redirect_uri, "invalid_request", state)
         scope = q.get("scope", "")
-        if any(s not in (*client.scopes, "openid") for s in scope.split()):
+        if any(s not in (*client.scopes, OPENID) for s in scope.split()):
             return redirect_error(redirect_uri, "invalid_scope", state)
         session = codec.read(request.cookies.get(SESSION_COOKIE), service.clock())
         if session is None:
