@@ -102,7 +102,7 @@ def new_client(service: AuthService, body: object) -> tuple[Client, str | None]:
     for uri in redirect_uris:
         pkce.check_registered_redirect_uri(uri)
     if method == PUBLIC_METHOD and not redirect_uris:
-        raise UsageError("a public client (method none) needs redirect_uris")
+        raise UsageError("a public client (method none) needs at least one redirect URI")
     secret = new_secret() if method == "client_secret_basic" else None
     client = Client(
         client_id=client_id,
