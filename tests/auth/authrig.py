@@ -235,14 +235,17 @@ def code_flow(
     username: str,
     password: str,
     otp: str = "",
+    *,
+    client_secret: str | None = None,
 ) -> dict[str, Any]:
-    """Authorization code + PKCE as a public client, through ``session`` (Authlib's
-    client for the protocol); the token response."""
+    """Authorization code + PKCE as a public client (or, with ``client_secret``, a
+    confidential one: HTTP Basic), through ``session`` (Authlib's client for the
+    protocol); the token response."""
     client = OAuth2Session(
         client_id=client_id,
         redirect_uri=redirect_uri,
         scope="openid",
-        token_endpoint_auth_method="none",
+        token_endpoint_auth_method="client_secret_basic" if client_secret else "none",
         code_challenge_method="S256",
     )
     verifier = generate_token(48)
@@ -258,10 +261,12 @@ def code_flow(
         "grant_type": "authorization_code",
         "code": parse_qs(urlsplit(back.headers["Location"]).query)["code"][0],
         "redirect_uri": redirect_uri,
-        "client_id": client_id,
         "code_verifier": verifier,
     }
-    answer = session.post(base + "/oauth2/token", data=data, timeout=30)
+    auth = (client_id, client_secret) if client_secret else None
+    if auth is None:
+        data["client_id"] = client_id
+    answer = session.post(base + "/oauth2/token", data=data, auth=auth, timeout=30)
     assert answer.status_code == 200, answer.text
     tokens: dict[str, Any] = answer.json()
     return tokens

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import jwt
 import pytest
 from authrig import PAYMENTS, auth_config
-from services import require_service
+from services import postgres_database
 
 from trustmesh import crypto, events
 from trustmesh.auth.db import AuthStore, Client
@@ -171,14 +170,8 @@ async def test_store_on_sqlite(sqlite_store: AuthStore) -> None:
 
 @pytest.mark.services
 async def test_store_on_postgresql() -> None:
-    require_service("PostgreSQL", "127.0.0.1", 5432)
-    import asyncpg
-
-    name = f"tm_auth_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/test")
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        store = AuthStore(create_engine(f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"))
+    async with postgres_database("tm_auth") as url:
+        store = AuthStore(create_engine(url))
         try:
             await _exercise_store(store)
             clock = Clock()
@@ -187,6 +180,3 @@ async def test_store_on_postgresql() -> None:
             assert service.ring.active is not None
         finally:
             await store.close()
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        await admin.close()

@@ -11,9 +11,13 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import jwt
 import pytest
+import requests
+from authrig import code_flow
 from joserfc.jwk import ECKey
 
+from trustmesh import crypto
 from trustmesh.testing import run_cli as tm
 
 CONFIG = """
@@ -45,6 +49,69 @@ def where() -> Iterator[tuple[str, ...]]:
 @pytest.fixture
 def short_tmp_files(short_tmp: Path) -> Path:
     return short_tmp
+
+
+REDIRECT = "https://shop.example/cb"
+
+
+def tm_stdin(stdin: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``trustmesh ARGS…`` reading ``stdin``."""
+    return subprocess.run(
+        [sys.executable, "-m", "trustmesh", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _sign_in(
+    where: tuple[str, ...], client_id: str, password: str, secret: str | None = None
+) -> dict[str, object]:
+    """Code + PKCE on the provider's public listener, as ``erin``; the token response."""
+    status = json.loads(tm("status", *where, "--json").stdout)
+    public = next(c for c in status["components"] if c["name"] == "auth")["public_url"]
+    with requests.Session() as browser:
+        browser.trust_env = False
+        browser.verify = str(crypto.edge_ca_path(Path(where[3])))
+        return code_flow(
+            browser, public, client_id, REDIRECT, "erin", password, client_secret=secret
+        )
+
+
+def test_public_and_web_clients_from_the_command_line_sign_users_in(
+    where: tuple[str, ...],
+) -> None:
+    loopback = "http://127.0.0.1:8765/cb"  # a native app's (RFC 8252 §7.3)
+    public = tm(
+        "auth", "client", "add", "shop-web", "--method", "none", "--audience", "payments",
+        "--redirect-uri", REDIRECT, "--redirect-uri", loopback, *where,
+    )  # fmt: skip
+    assert public.returncode == 0, public.stdout + public.stderr
+    web = tm(
+        "auth", "client", "add", "shop-backend", "--method", "client_secret_basic",
+        "--audience", "payments", "--redirect-uri", REDIRECT, *where,
+    )  # fmt: skip
+    assert web.returncode == 0, web.stdout + web.stderr
+    secret = web.stdout.strip().splitlines()[-1]
+    clients = {
+        c["client_id"]: c for c in json.loads(tm("auth", "client", "list", "--json", *where).stdout)
+    }
+    assert clients["shop-web"]["auth_method"] == "none"
+    assert clients["shop-web"]["redirect_uris"] == [REDIRECT, loopback]
+    assert clients["shop-backend"]["redirect_uris"] == [REDIRECT]
+    password = "erin's long passphrase"
+    erin = tm_stdin(password + "\n", "auth", "user", "add", "erin", "--password-stdin", *where)
+    assert erin.returncode == 0, erin.stderr
+    for client_id, client_secret in (("shop-web", None), ("shop-backend", secret)):
+        tokens = _sign_in(where, client_id, password, client_secret)
+        claims = jwt.decode(str(tokens["access_token"]), options={"verify_signature": False})
+        assert claims["client_id"] == client_id
+        assert claims["aud"] == "spiffe://cli.example/payments"
+        assert claims["preferred_username"] == "erin"
+        assert "id_token" in tokens
+        assert "refresh_token" in tokens
 
 
 def test_without_a_running_provider_the_command_says_so(short_tmp: Path) -> None:
@@ -143,6 +210,7 @@ def test_private_key_jwt_client_takes_public_keys_only(
         ("x", "--method", "client_secret_basic", "--audience", "spiffe://other.example/a"),
         ("x", "--method", "tls_client_auth", "--audience", "payments"),  # no --spiffe-id
         ("x", "--method", "client_secret_basic", "--audience", "payments", "--scope", "a b"),
+        ("x", "--method", "client_secret_post", "--audience", "payments"),  # not registrable
     ],
 )
 def test_bad_client_definitions_exit_2_and_change_nothing(
@@ -154,6 +222,32 @@ def test_bad_client_definitions_exit_2_and_change_nothing(
     listed = json.loads(tm("auth", "client", "list", "--json", *where).stdout)
     assert "x" not in {c["client_id"] for c in listed}
     assert "bad id!" not in {c["client_id"] for c in listed}
+
+
+@pytest.mark.parametrize(
+    ("uris", "says"),
+    [
+        ((), "needs at least one redirect URI"),
+        (("http://shop.example/cb",), "https, or http on a loopback address"),
+        (("https://shop.example/cb#top",), "no fragment"),
+        (("https://user@shop.example/cb",), "no userinfo"),
+        (("https://shop.example:99999/cb",), "not a valid URL"),
+        (("/cb",), "https, or http on a loopback address"),
+        ((REDIRECT, "ftp://shop.example/cb"), "https, or http on a loopback address"),
+    ],
+)
+def test_bad_redirect_uris_exit_2_say_why_and_change_nothing(
+    where: tuple[str, ...], uris: tuple[str, ...], says: str
+) -> None:
+    options = [a for u in uris for a in ("--redirect-uri", u)]
+    result = tm(
+        "auth", "client", "add", "x", "--method", "none", "--audience", "payments", *options,
+        *where,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert says in result.stderr
+    listed = json.loads(tm("auth", "client", "list", "--json", *where).stdout)
+    assert "x" not in {c["client_id"] for c in listed}
 
 
 def test_rotate_keys_publishes_the_next_key_before_it_signs(where: tuple[str, ...]) -> None:
@@ -177,23 +271,8 @@ def test_users_from_the_command_line(where: tuple[str, ...]) -> None:
     admin = tm("auth", "user", "add", "root-admin", "--role", "admin", *where)
     assert admin.returncode == 0, admin.stderr
     assert admin.stdout.strip().splitlines()[-1].startswith("otpauth://totp/")
-    chosen = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trustmesh",
-            "auth",
-            "user",
-            "add",
-            "carol",
-            "--password-stdin",
-            *where,
-        ],
-        input="a chosen passphrase here\n",
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    chosen = tm_stdin(
+        "a chosen passphrase here\n", "auth", "user", "add", "carol", "--password-stdin", *where
     )
     assert chosen.returncode == 0, chosen.stderr
     assert "a chosen passphrase" not in chosen.stdout
@@ -211,24 +290,7 @@ def test_users_from_the_command_line(where: tuple[str, ...]) -> None:
     assert reset.returncode == 0
     assert reset.stdout.strip().splitlines()[-1].startswith("otpauth://totp/")
     assert tm("auth", "user", "lock", "nobody", *where).returncode == 2
-    short = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trustmesh",
-            "auth",
-            "user",
-            "add",
-            "dan",
-            "--password-stdin",
-            *where,
-        ],
-        input="short\n",
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    short = tm_stdin("short\n", "auth", "user", "add", "dan", "--password-stdin", *where)
     assert short.returncode == 2
     assert "12 characters" in short.stderr
     for path in Path(where[3]).rglob("*"):

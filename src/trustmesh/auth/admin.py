@@ -34,6 +34,7 @@ from trustmesh.auth import pkce
 from trustmesh.auth.db import Client, User
 from trustmesh.auth.keys import KeyState
 from trustmesh.auth.lockout import normalize_login
+from trustmesh.auth.methods import CLIENT_METHODS, PUBLIC_METHOD
 from trustmesh.auth.service import AuthService, hash_secret, new_secret
 from trustmesh.errors import (
     InvalidTokenError,
@@ -46,7 +47,6 @@ from trustmesh.reasons import Reason
 from trustmesh.sdk.admin import Actor, Refused, failure_response
 from trustmesh.sdk.tokens import bearer_token
 
-METHODS = ("private_key_jwt", "client_secret_basic", "tls_client_auth", "none")
 MAX_BODY = 256 * 1024
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _JWK_KTYS = {"EC", "RSA", "OKP"}
@@ -77,8 +77,8 @@ def new_client(service: AuthService, body: object) -> tuple[Client, str | None]:
     if client_id in config.services:
         raise UsageError(f"client_id {client_id!r}: declared services are clients already")
     method = body.get("method", "private_key_jwt")
-    if method not in METHODS:
-        raise UsageError(f"method {method!r}: expected one of {', '.join(METHODS)}")
+    if method not in CLIENT_METHODS:
+        raise UsageError(f"method {method!r}: expected one of {', '.join(CLIENT_METHODS)}")
     jwks, spiffe_id = body.get("jwks"), body.get("spiffe_id")
     if (method == "private_key_jwt") != (jwks is not None):
         raise UsageError("jwks is required with private_key_jwt, and only with it")
@@ -101,8 +101,8 @@ def new_client(service: AuthService, body: object) -> tuple[Client, str | None]:
         raise UsageError("redirect_uris: a list of URLs")
     for uri in redirect_uris:
         pkce.check_registered_redirect_uri(uri)
-    if method == "none" and not redirect_uris:
-        raise UsageError("a public client (method none) needs redirect_uris")
+    if method == PUBLIC_METHOD and not redirect_uris:
+        raise UsageError("a public client (method none) needs at least one redirect URI")
     secret = new_secret() if method == "client_secret_basic" else None
     client = Client(
         client_id=client_id,

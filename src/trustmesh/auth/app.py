@@ -30,6 +30,7 @@ from trustmesh import events
 from trustmesh.auth.admin import admin_routes
 from trustmesh.auth.flow import (
     AUTHORIZATION_CODE,
+    OPENID,
     REFRESH_LIFETIME,
     REFRESH_TOKEN,
     AuthorizationCode,
@@ -41,7 +42,6 @@ from trustmesh.auth.gateway_tokens import GatewayTokens
 from trustmesh.auth.login import SessionCodec
 from trustmesh.auth.oauth import (
     ASSERTION_ALGORITHMS,
-    AUTH_METHODS,
     CLIENT_CREDENTIALS,
     TOKEN_EXCHANGE,
     CoreRequest,
@@ -49,7 +49,7 @@ from trustmesh.auth.oauth import (
     Prefetched,
     TokenRecord,
 )
-from trustmesh.auth.service import ALG, AuthService
+from trustmesh.auth.service import ALG, ID_TOKEN_CLAIMS, AuthService
 from trustmesh.errors import InvalidTokenError, UnavailableError
 from trustmesh.reasons import Reason
 from trustmesh.sdk.tokens import bearer_token
@@ -160,8 +160,13 @@ def auth_app(
 ) -> Starlette:
     """The provider's app for one listener (``public``: the browser-facing subset).
     ``gateway_tokens``: accept the gateway's tokens as subject tokens in token exchange."""
-    token_urls = [u + "/oauth2/token" for u in (urls.public, urls.mtls) if u]
-    server = OAuthServer(service, lambda: token_urls)
+    client_auth_urls = [
+        u + path
+        for u in (urls.public, urls.mtls)
+        if u
+        for path in ("/oauth2/token", "/oauth2/introspect", "/oauth2/revoke")
+    ]
+    server = OAuthServer(service, lambda: client_auth_urls)
     server.register_grant(AuthorizationCode)
     server.register_grant(RefreshGrant)
     flow = FlowStore(service.store)
@@ -261,11 +266,12 @@ def auth_app(
             ],
             "code_challenge_methods_supported": ["S256"],
             "authorization_response_iss_parameter_supported": True,
-            "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "amr"],
-            "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
+            "scopes_supported": [OPENID],  # a client's own scopes are its registration's
+            "claims_supported": list(ID_TOKEN_CLAIMS),  # userinfo's are among them
+            "token_endpoint_auth_methods_supported": server.auth_methods("token"),
             "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
-            "introspection_endpoint_auth_methods_supported": list(AUTH_METHODS),
-            "revocation_endpoint_auth_methods_supported": [*AUTH_METHODS, "none"],
+            "introspection_endpoint_auth_methods_supported": server.auth_methods("introspection"),
+            "revocation_endpoint_auth_methods_supported": server.auth_methods("revocation"),
             "tls_client_certificate_bound_access_tokens": True,
             "response_types_supported": ["code"],
             "subject_types_supported": ["public"],

@@ -26,6 +26,7 @@ from sqlalchemy import (
     delete,
     false,
     insert,
+    or_,
     select,
     update,
 )
@@ -441,6 +442,23 @@ class AuthStore(SqlStore):
         found = await self.get_user(username)
         assert found is not None  # noqa: S101 - just updated
         return found
+
+    async def use_totp_step(self, user_id: str, totp_sealed: bytes, step: int) -> bool:
+        """Record ``step`` as the user's last used TOTP step if it is later than the one
+        recorded, for the secret it was checked against (``totp_sealed``: an MFA reset in
+        between voids it). One conditional UPDATE, so of any number of concurrent uses of
+        one code exactly one is True; that one may sign in."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(users)
+                .where(
+                    users.c.user_id == user_id,
+                    users.c.totp_sealed == totp_sealed,
+                    or_(users.c.totp_last_step.is_(None), users.c.totp_last_step < step),
+                )
+                .values(totp_last_step=step)
+            )
+        return result.rowcount == 1
 
     # -- refresh tokens (rotation with reuse detection) -------------------------------------
     async def start_refresh_family(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
@@ -22,13 +23,14 @@ from authlib.oauth2.rfc6749.errors import (
 )
 from authlib.oauth2.rfc6749.grants.base import BaseGrant, TokenEndpointMixin
 from sqlalchemy import BigInteger, Column, String, Table, Text, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from trustmesh import crypto, events
 from trustmesh.auth import pkce
-from trustmesh.auth.db import AuthStore, metadata
+from trustmesh.auth.db import AuthStore, User, metadata
 from trustmesh.auth.lockout import LockoutPolicy, LoginState, after_failure, normalize_login
 from trustmesh.auth.login import (
     ACCOUNT_PATH,
@@ -45,13 +47,15 @@ from trustmesh.auth.login import (
     login_page,
     safe_next,
 )
-from trustmesh.auth.oauth import AUTH_METHODS, _AudienceAndScope, _prefetched
+from trustmesh.auth.methods import CLIENT_METHODS
+from trustmesh.auth.oauth import _AudienceAndScope, _prefetched
 from trustmesh.auth.service import AuthService
-from trustmesh.errors import UsageError
+from trustmesh.errors import StateError, UsageError
 from trustmesh.reasons import Reason
 
 AUTHORIZATION_CODE = "authorization_code"
 REFRESH_TOKEN = "refresh_token"  # noqa: S105 - a grant type
+OPENID = "openid"  # the scope every client may ask for: an ID token (OIDC Core §3.1.2.1)
 CODE_SECONDS = 60
 ID_TOKEN_SECONDS = 300
 REFRESH_LIFETIME = 30 * 86400
@@ -148,19 +152,53 @@ class FlowStore:
             ).first()
         return LoginState(int(row.failures), float(row.locked_until)) if row else LoginState()
 
-    async def record_attempt(self, login: str, state: LoginState) -> None:
+    async def count_attempt(self, login: str, now: float, policy: LockoutPolicy) -> LoginState:
+        """Count a login attempt as failed before its credentials are checked (a success
+        clears it: :meth:`clear_attempts`); the state the attempt found. Counted in one
+        locked UPDATE: concurrent attempts each count and each finds the ones before it,
+        so a burst of guesses is locked out as soon as a sequence would be."""
+        found = await self._count(login, now, policy)
+        if found is None:  # its first attempt: make the row (a concurrent one may have)
+            with contextlib.suppress(IntegrityError):
+                async with self.engine.begin() as conn:
+                    await conn.execute(
+                        insert(login_attempts).values(login=login, failures=0, locked_until=0)
+                    )
+            found = await self._count(login, now, policy)
+        if found is None:
+            raise StateError(f"login attempts of {login[:64]!r} vanished while counted")
+        return found
+
+    async def _count(self, login: str, now: float, policy: LockoutPolicy) -> LoginState | None:
+        table = login_attempts
         async with self.engine.begin() as conn:
-            updated = await conn.execute(
+            row = (
+                await conn.execute(
+                    update(table)
+                    .where(table.c.login == login)
+                    .values(failures=table.c.failures + 1)
+                    .returning(table.c.failures, table.c.locked_until)
+                )
+            ).first()
+            if row is None:
+                return None
+            found = LoginState(int(row.failures) - 1, float(row.locked_until))
+            counted = after_failure(found, now, policy)
+            if counted.locked_until != found.locked_until:  # the row stays locked till commit
+                await conn.execute(
+                    update(table)
+                    .where(table.c.login == login)
+                    .values(locked_until=int(counted.locked_until))
+                )
+        return found
+
+    async def clear_attempts(self, login: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
                 update(login_attempts)
                 .where(login_attempts.c.login == login)
-                .values(failures=state.failures, locked_until=int(state.locked_until))
+                .values(failures=0, locked_until=0)
             )
-            if updated.rowcount == 0:
-                await conn.execute(
-                    insert(login_attempts).values(
-                        login=login, failures=state.failures, locked_until=int(state.locked_until)
-                    )
-                )
 
 
 # -- grants ------------------------------------------------------------------------------
@@ -179,7 +217,7 @@ def _user_claims() -> dict[str, Any]:
 
 class AuthorizationCode(_AudienceAndScope, BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
     GRANT_TYPE = AUTHORIZATION_CODE
-    TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = [*AUTH_METHODS, "none"]
+    TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = list(CLIENT_METHODS)
 
     def validate_token_request(self) -> None:
         client = self.authenticate_token_endpoint_client()
@@ -225,7 +263,7 @@ class AuthorizationCode(_AudienceAndScope, BaseGrant, TokenEndpointMixin):  # ty
 
 class RefreshGrant(_AudienceAndScope, BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
     GRANT_TYPE = REFRESH_TOKEN
-    TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = [*AUTH_METHODS, "none"]
+    TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = list(CLIENT_METHODS)
 
     def validate_token_request(self) -> None:
         client = self.authenticate_token_endpoint_client()
@@ -298,7 +336,7 @@ def issue_user_tokens(
         "expires_in": issued.claims["exp"] - issued.claims["iat"],
         "scope": scope,
     }
-    if "openid" in scope.split():
+    if OPENID in scope.split():
         body["id_token"] = service.id_token(
             client_id=record.client_id,
             subject=user_id,
@@ -314,6 +352,7 @@ def issue_user_tokens(
 
 __all__ = [
     "AUTHORIZATION_CODE",
+    "OPENID",
     "REFRESH_LIFETIME",
     "REFRESH_TOKEN",
     "AuthorizationCode",
@@ -357,7 +396,7 @@ def flow_routes(service: AuthService, flow: FlowStore, codec: SessionCodec) -> l
         except UsageError:
             return redirect_error(redirect_uri, "invalid_request", state)
         scope = q.get("scope", "")
-        if any(s not in (*client.scopes, "openid") for s in scope.split()):
+        if any(s not in (*client.scopes, OPENID) for s in scope.split()):
             return redirect_error(redirect_uri, "invalid_scope", state)
         session = codec.read(request.cookies.get(SESSION_COOKIE), service.clock())
         if session is None:
@@ -425,6 +464,15 @@ def flow_routes(service: AuthService, flow: FlowStore, codec: SessionCodec) -> l
     async def login_get(request: Request) -> Response:
         return await login_form(request)
 
+    def one_time_step(user: User, code: str, now: float) -> int | None:
+        """The step of ``code`` if it is the user's valid, unused one-time code."""
+        secret = crypto.open_sealed(
+            user.totp_sealed or b"",
+            service.seal_key,
+            context=b"trustmesh/auth/totp/" + user.user_id.encode(),
+        )
+        return crypto.verify_totp(secret, code, now, last_step=user.totp_last_step)
+
     async def login_post(request: Request) -> Response:
         raw = await request.body()
         if len(raw) > 16 * 1024:
@@ -435,21 +483,14 @@ def flow_routes(service: AuthService, flow: FlowStore, codec: SessionCodec) -> l
         next_url = safe_next(form.get("next"))
         login = normalize_login(form.get("username", ""))[:256]
         now = service.clock()
-        attempts = await flow.attempts(login)
+        attempts = await flow.count_attempt(login, now, LOCKOUT)  # a failure until it succeeds
         user = await service.store.get_user(login)
         password_ok = await asyncio.to_thread(
             crypto.verify_password, user.password_hash if user else None, form.get("password", "")
         )
         otp_ok, step = True, None
         if user is not None and user.mfa_enrolled:
-            secret = crypto.open_sealed(
-                user.totp_sealed or b"",
-                service.seal_key,
-                context=b"trustmesh/auth/totp/" + user.user_id.encode(),
-            )
-            step = crypto.verify_totp(
-                secret, form.get("otp", ""), now, last_step=user.totp_last_step
-            )
+            step = one_time_step(user, form.get("otp", ""), now)
             otp_ok = step is not None
         mfa_missing = user is not None and "admin" in user.roles and not user.mfa_enrolled
         ok = (
@@ -460,8 +501,11 @@ def flow_routes(service: AuthService, flow: FlowStore, codec: SessionCodec) -> l
             and not mfa_missing
             and not attempts.locked(now)
         )
-        if not ok:
-            await flow.record_attempt(login, after_failure(attempts, now, LOCKOUT))
+        if ok and user is not None and step is not None:
+            # check-and-record in one statement: of concurrent logins with one code, one
+            # wins; the others fail like any wrong code
+            ok = await service.store.use_totp_step(user.user_id, user.totp_sealed or b"", step)
+        if not ok or user is None:
             service.emit(
                 Reason.LOGIN_FAILED,
                 "login refused",
@@ -469,10 +513,7 @@ def flow_routes(service: AuthService, flow: FlowStore, codec: SessionCodec) -> l
                 attributes={"login": login[:128]},
             )
             return await login_form(request, LOGIN_FAILED, 401)
-        assert user is not None  # noqa: S101 - ok implies a user
-        if step is not None:
-            await service.store.update_user(user.username, totp_last_step=step)
-        await flow.record_attempt(login, LoginState())
+        await flow.clear_attempts(login)
         amr = ["pwd", "otp", "mfa"] if step is not None else ["pwd"]
         cookie = codec.issue(user.user_id, user.username, amr, int(now))
         service.emit(

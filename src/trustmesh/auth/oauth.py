@@ -41,14 +41,20 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from trustmesh.auth.db import Client
+from trustmesh.auth.methods import AUTH_METHODS, CLIENT_METHODS, PUBLIC_METHOD
 from trustmesh.auth.service import AuthService, Issued, check_secret
 from trustmesh.sdk.oauth import ACCESS_TOKEN_TYPE_URN, TOKEN_EXCHANGE
 
 CLIENT_CREDENTIALS = "client_credentials"
-__all__ = ["ACCESS_TOKEN_TYPE_URN", "CLIENT_CREDENTIALS", "TOKEN_EXCHANGE", "OAuthServer"]
+__all__ = [
+    "ACCESS_TOKEN_TYPE_URN",
+    "AUTH_METHODS",
+    "CLIENT_CREDENTIALS",
+    "TOKEN_EXCHANGE",
+    "OAuthServer",
+]
 
 
-AUTH_METHODS = ("tls_client_auth", "private_key_jwt", "client_secret_basic", "client_secret_post")
 ASSERTION_ALGORITHMS = ["ES256", "ES384", "PS256", "RS256"]
 MAX_ASSERTION_LIFETIME = 3600 + 60  # what common clients send (Authlib: 1 h), plus skew
 
@@ -134,10 +140,7 @@ class OAuthClient(ClientMixin):  # type: ignore[misc]
         )
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
-        if method == "none":  # a public client (a browser or native app): PKCE protects it
-            return self.record.auth_method == "none"
-        if self.record.auth_method == "client_secret_basic":
-            return method in ("client_secret_basic", "client_secret_post")
+        """Only the way it was registered (a public client: ``none``, PKCE protects it)."""
         return method == self.record.auth_method
 
     def check_response_type(self, response_type: str) -> bool:
@@ -146,7 +149,7 @@ class OAuthClient(ClientMixin):  # type: ignore[misc]
     def check_grant_type(self, grant_type: str) -> bool:
         if self.record.redirect_uris and grant_type in ("authorization_code", "refresh_token"):
             return True
-        if self.record.auth_method == "none":
+        if self.record.auth_method == PUBLIC_METHOD:
             return False  # a public client has no credentials of its own to use
         return grant_type in (CLIENT_CREDENTIALS, TOKEN_EXCHANGE)
 
@@ -470,19 +473,40 @@ class TokenExchange(_AudienceAndScope, BaseGrant, TokenEndpointMixin):  # type: 
 
 # -- the server --------------------------------------------------------------------------
 class OAuthServer(AuthorizationServer):  # type: ignore[misc]
-    def __init__(self, service: AuthService, token_endpoints: Callable[[], list[str]]) -> None:
+    def __init__(self, service: AuthService, endpoints: Callable[[], list[str]]) -> None:
+        """``endpoints``: the URLs of the endpoints that authenticate clients (token,
+        introspection, revocation; on every listener)."""
         super().__init__()
         self.service = service
+        self._accepts: dict[str, set[str]] = {}  # endpoint -> client auth methods
         self.register_client_auth_method("tls_client_auth", authenticate_tls_client)
-        # a client assertion may name any of the token endpoint's URLs, or the issuer
+        # RFC 7523 §3: a client assertion's audience identifies this server: the issuer,
+        # or the URL of an endpoint that takes one (clients such as Authlib's name the
+        # one they post to)
         self.register_client_auth_method(
             PrivateKeyJWT.CLIENT_AUTH_METHOD,
-            PrivateKeyJWT(lambda: [*token_endpoints(), service.settings.issuer]),
+            PrivateKeyJWT(lambda: [*endpoints(), service.settings.issuer]),
         )
         self.register_grant(ClientCredentials)
         self.register_grant(TokenExchange)
         self.register_endpoint(Introspection(self))
         self.register_endpoint(Revocation(self))
+
+    def register_grant(self, grant_cls: Any, extensions: Any = None) -> None:
+        super().register_grant(grant_cls, extensions)
+        methods = getattr(grant_cls, "TOKEN_ENDPOINT_AUTH_METHODS", ())
+        self._accepts.setdefault("token", set()).update(methods)
+
+    def register_endpoint(self, endpoint: Any) -> None:
+        super().register_endpoint(endpoint)
+        self._accepts.setdefault(endpoint.ENDPOINT_NAME, set()).update(endpoint.CLIENT_AUTH_METHODS)
+
+    def auth_methods(self, endpoint: str) -> list[str]:
+        """The methods a client can be registered with that authenticate at ``endpoint``
+        (``token``, ``introspection``, ``revocation``): what discovery advertises
+        (RFC 8414 §2), read from the grants and endpoints themselves."""
+        accepted = self._accepts.get(endpoint, set())
+        return [m for m in CLIENT_METHODS if m in accepted]
 
     def query_client(self, client_id: str) -> OAuthClient | None:
         return _query_client(client_id)

@@ -33,6 +33,20 @@ log = logging.getLogger("trustmesh.auth")
 ALG = "ES256"
 ACCESS_JWT_TYP = "at+jwt"
 CLIENT_CACHE_SECONDS = 2.0
+#: What an ID token carries (OIDC Core §2, §3.1.3.6), userinfo's claims (``sub``,
+#: ``preferred_username``) among them: discovery's ``claims_supported``.
+ID_TOKEN_CLAIMS = (
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "iat",
+    "auth_time",
+    "nonce",
+    "amr",
+    "at_hash",
+    "preferred_username",
+)
 _FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c", "crit"})
 
 

@@ -20,6 +20,7 @@ import typer
 from rich.table import Table
 
 from trustmesh.auth.endpoint import endpoint_path
+from trustmesh.auth.methods import CLIENT_METHODS
 from trustmesh.cli._common import (
     DEFAULT_STATE,
     ConfigOption,
@@ -44,8 +45,6 @@ client_app = typer.Typer(
 app.add_typer(client_app, name="client")
 user_app = typer.Typer(help="Users of the identity provider.", no_args_is_help=True)
 app.add_typer(user_app, name="user")
-
-METHODS = ("private_key_jwt", "client_secret_basic", "tls_client_auth")
 
 
 class AdminError(TrustmeshError):
@@ -104,7 +103,12 @@ def _admin(
 def client_add(
     client_id: Annotated[str, typer.Argument(help="The client id (letters, digits, . _ : -).")],
     method: Annotated[
-        str, typer.Option("--method", help=f"Authentication: {', '.join(METHODS)}.")
+        str,
+        typer.Option(
+            "--method",
+            help=f"Authentication: {', '.join(CLIENT_METHODS)} (none: a public client, "
+            "a browser or native app; it needs --redirect-uri).",
+        ),
     ] = "private_key_jwt",
     jwks: Annotated[
         Path | None, typer.Option("--jwks", help="JWK Set file (private_key_jwt).", dir_okay=False)
@@ -120,17 +124,28 @@ def client_add(
     scope: Annotated[
         list[str] | None, typer.Option("--scope", help="A scope it may ask for (repeatable).")
     ] = None,
+    redirect_uri: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--redirect-uri",
+            help="Where authorization codes go (repeatable; https, or http on a loopback "
+            "address); lets the client sign users in with code + PKCE.",
+        ),
+    ] = None,
     config: ConfigOption = None,
     state: StateOption = DEFAULT_STATE,
 ) -> None:
-    """Register an OAuth client. For client_secret_basic, the secret is printed once (only
-    its hash is stored)."""
+    """Register an OAuth client. With --redirect-uri it signs users in (authorization code
+    + PKCE, refresh tokens); a confidential client also gets tokens of its own (client
+    credentials, token exchange). For client_secret_basic, the secret is printed once
+    (only its hash is stored)."""
     cfg, _ = load_or_exit(config)
     body: dict[str, Any] = {
         "client_id": client_id,
         "method": method,
         "audiences": list(audience or []),
         "scopes": list(scope or []),
+        "redirect_uris": list(redirect_uri or []),
     }
     if jwks is not None:
         try:
@@ -158,7 +173,9 @@ def client_list(
     if as_json:
         out.print_json(data=docs)
         return
-    table = Table("client", "method", "SPIFFE ID", "audiences", "scopes", "declared")
+    table = Table(
+        "client", "method", "SPIFFE ID", "audiences", "scopes", "redirect URIs", "declared"
+    )
     for d in docs:
         table.add_row(
             d["client_id"],
@@ -166,6 +183,7 @@ def client_list(
             d["spiffe_id"] or "",
             "\n".join(d["audiences"]),
             " ".join(d["scopes"]),
+            "\n".join(d["redirect_uris"]),
             "yes" if d["managed"] else "",
         )
     out.print(table)
