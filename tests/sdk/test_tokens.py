@@ -331,6 +331,19 @@ async def test_provider_down_keeps_the_known_keys(keys: Keys, clock: Clock) -> N
     assert (await verifier.verify(keys.token(jti="b"), peer_thumbprint=THUMB)).jti == "b"
 
 
+async def test_the_default_leeway_is_five_seconds(keys: Keys, clock: Clock) -> None:
+    """A token that expired 20 s ago is refused, one that expired 3 s ago taken: the
+    clocks of issuer and verifier may differ by a few seconds, not by twenty."""
+    cache = JWKSCache(keys.fetch, clock=clock)
+    verifier = TokenVerifier(issuers={ISSUER}, audience=AUDIENCE, jwks=cache, clock=clock)
+    now = int(clock.now)
+    await _refused(verifier, keys.token(exp=now - 20, iat=now - 600), Reason.TOKEN_EXPIRED)
+    token = keys.token(exp=now - 3, iat=now - 600, jti="j-3")
+    assert (await verifier.verify(token, peer_thumbprint=THUMB)).jti == "j-3"
+    clock.now += 2.5  # cached, and now past the leeway too
+    await _refused(verifier, token, Reason.TOKEN_EXPIRED)
+
+
 def test_revocation_list_forgets_expired_tokens() -> None:
     clock = Clock()
     revoked = RevocationList(clock)

@@ -215,8 +215,8 @@ class PrivateKeyJWT(JWTBearerClientAssertion):  # type: ignore[misc]
 
     CLIENT_AUTH_METHOD = "private_key_jwt"
 
-    def __init__(self, audiences: Callable[[], list[str]]) -> None:
-        super().__init__(validate_jti=True, leeway=30)
+    def __init__(self, audiences: Callable[[], list[str]], leeway: int) -> None:
+        super().__init__(validate_jti=True, leeway=leeway)
         self._audiences = audiences
         self._seen: dict[str, int] = {}  # key -> expires at, in this process
 
@@ -477,7 +477,10 @@ class OAuthServer(AuthorizationServer):  # type: ignore[misc]
         # a client assertion may name any of the token endpoint's URLs, or the issuer
         self.register_client_auth_method(
             PrivateKeyJWT.CLIENT_AUTH_METHOD,
-            PrivateKeyJWT(lambda: [*token_endpoints(), service.settings.issuer]),
+            PrivateKeyJWT(
+                lambda: [*token_endpoints(), service.settings.issuer],
+                service.settings.token_leeway,
+            ),
         )
         self.register_grant(ClientCredentials)
         self.register_grant(TokenExchange)

@@ -57,7 +57,11 @@ class AuthSettings:
     token_ttl: int = 900  # RFC 9068 access tokens: 15 minutes by default
     publish_delay: int = 300  # a new key is in the JWKS this long before it signs
     rotate_every: int = 86_400
-    leeway: int = 60
+    leeway: int = 60  # how long a retired key stays published past its tokens' expiry
+    #: How far past ``exp`` a token signed elsewhere (a gateway token, a client
+    #: assertion) is still taken (``auth.token_leeway``); the provider's own tokens are
+    #: checked against its own clock, with none.
+    token_leeway: int = 5
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ module decides what is acceptable:
   ``sig`` if stated, ``key_ops`` with ``verify`` if stated, a valid point, no private
   part, no duplicate ``kid``; an unknown ``kid`` triggers one rate-limited refetch;
 - the claims: ``typ`` ``at+jwt``; ``iss`` one of the configured issuers; ``aud`` this
-  service; ``exp``/``nbf``/``iat`` with a small leeway; ``sub``, ``jti``, ``client_id``
-  present; ``cnf.x5t#S256`` equal to the mTLS peer's certificate; ``jti`` not revoked.
+  service; ``exp``/``nbf``/``iat`` with a small leeway (5 s by default); ``sub``, ``jti``,
+  ``client_id`` present; ``cnf.x5t#S256`` equal to the mTLS peer's certificate; ``jti`` not revoked.
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ ALLOWED_ALGORITHMS = ("ES256",)
 ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c", "crit"})
 MAX_TOKEN_LENGTH = 8192
+#: Seconds a token is still taken past its ``exp`` (before its ``nbf``/``iat``), for
+#: clocks that differ; the declaration's ``auth.token_leeway`` sets it (≤ 30 s).
+DEFAULT_LEEWAY = 5.0
 _B64URL = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 PublicKey = Any  # what PyJWT's PyJWK.key holds for an EC key
@@ -356,7 +359,7 @@ class TokenVerifier:
         jwks: JWKSCache | None = None,
         trusted: Mapping[str, JWKSCache] | None = None,
         revoked: RevocationList | None = None,
-        leeway: float = 30.0,
+        leeway: float = DEFAULT_LEEWAY,
         require_binding: bool = True,
         clock: Callable[[], float] = time.time,
         cache_size: int = 10_000,
