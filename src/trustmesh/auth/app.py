@@ -415,6 +415,18 @@ def auth_app(
         return response
 
     async def revocation_feed(request: Request) -> Response:
+        """What was revoked since the caller's cursor; only for those who verify tokens
+        (:attr:`AuthService.feed_readers`)."""
+        tls = (request.scope.get("extensions") or {}).get("tls") or {}
+        peer = tls.get("spiffe_id")
+        if peer not in service.feed_readers:
+            service.emit(
+                Reason.REVOCATION_FEED_DENIED,
+                "revocation feed refused: the caller verifies no tokens",
+                decision=events.Decision.DENY,
+                peer_spiffe_id=peer,
+            )
+            return _error(403, "forbidden", "the revocation feed is for token verifiers only")
         since = request.query_params.get("since", "0")
         if not since.isdigit() or len(since) > 18:
             return _error(400, "invalid_request", "since must be a non-negative integer")

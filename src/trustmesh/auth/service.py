@@ -128,6 +128,16 @@ class AuthService:
         self._lock = asyncio.Lock()
         self._redis: Any = None
         self._templates: dict[tuple[str, str, str, str | None], events.Event] = {}
+        #: Who may read the revocation feed: the identities that verify tokens — the
+        #: declared services, the gateway (when declared) and the identity service
+        #: (its admin API takes admin users' tokens).
+        self.feed_readers = frozenset(
+            [
+                *(config.spiffe_id(name) for name in config.services),
+                config.component_spiffe_id("identity"),
+                *([config.component_spiffe_id("gateway")] if config.gateway is not None else []),
+            ]
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -447,4 +457,5 @@ _EVENT_SHAPE: dict[str, tuple[events.EventClass, tuple[int, str]]] = {
     Reason.USER_LOCKED: (_MANAGEMENT, (9, "Disable")),
     Reason.USER_UNLOCKED: (_MANAGEMENT, (8, "Enable")),
     Reason.MFA_RESET: (_MANAGEMENT, (3, "Update")),
+    Reason.REVOCATION_FEED_DENIED: (events.EventClass.API_ACTIVITY, (99, "Other")),
 }
