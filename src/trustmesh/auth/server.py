@@ -179,5 +179,6 @@ async def _tick_forever(service: AuthService) -> None:
             await service.tick()
             if ticks % PRUNE_EVERY == 0:
                 await service.store.prune(int(service.clock()))
+                await service.revocations.prune(int(service.clock()))
         except Exception:  # keep signing with the keys we have; say so loudly
             log.exception("signing-key maintenance failed; retrying")

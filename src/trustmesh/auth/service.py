@@ -22,6 +22,7 @@ import jwt
 from trustmesh import crypto, events
 from trustmesh.auth import keys as keyplan
 from trustmesh.auth.db import AuthStore, Client, StoredKey
+from trustmesh.auth.revocations import Revocations
 from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import InvalidTokenError
 from trustmesh.reasons import Reason
@@ -128,6 +129,7 @@ class AuthService:
         self._lock = asyncio.Lock()
         self._redis: Any = None
         self._templates: dict[tuple[str, str, str, str | None], events.Event] = {}
+        self.revocations = Revocations(self)
         #: Who may read the revocation feed: the identities that verify tokens — the
         #: declared services, the gateway (when declared) and the identity service
         #: (its admin API takes admin users' tokens).
@@ -361,9 +363,10 @@ class AuthService:
         return claims
 
     # -- revocation --------------------------------------------------------------------------
-    async def publish_revocation(self, jti: str, exp: int) -> None:
-        """Tell subscribed services at once (Redis pub/sub, when configured); the feed
-        they poll is the backstop, so a failure here loses nothing."""
+    async def publish(self, revocation: Mapping[str, str | int]) -> None:
+        """Tell subscribed services of a revocation at once (Redis pub/sub, when
+        configured): ``{"jti", "exp"}`` for a token, ``{"sub", "before", "exp"}`` for a
+        subject. The feed they poll is the backstop, so a failure here loses nothing."""
         url = self.config.auth.redis
         if url is None:
             return
@@ -372,7 +375,7 @@ class AuthService:
         try:
             if self._redis is None:
                 self._redis = redis.from_url(url)
-            await self._redis.publish(REVOCATION_CHANNEL, json.dumps({"jti": jti, "exp": exp}))
+            await self._redis.publish(REVOCATION_CHANNEL, json.dumps(dict(revocation)))
         except (OSError, redis.RedisError) as exc:
             log.warning("revocation not published to Redis (%s); services will poll it", exc)
 
@@ -457,5 +460,6 @@ _EVENT_SHAPE: dict[str, tuple[events.EventClass, tuple[int, str]]] = {
     Reason.USER_LOCKED: (_MANAGEMENT, (9, "Disable")),
     Reason.USER_UNLOCKED: (_MANAGEMENT, (8, "Enable")),
     Reason.MFA_RESET: (_MANAGEMENT, (3, "Update")),
+    Reason.PASSWORD_CHANGED: (_MANAGEMENT, (3, "Update")),
     Reason.REVOCATION_FEED_DENIED: (events.EventClass.API_ACTIVITY, (99, "Other")),
 }

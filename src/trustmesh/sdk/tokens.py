@@ -13,7 +13,8 @@ module decides what is acceptable:
   part, no duplicate ``kid``; an unknown ``kid`` triggers one rate-limited refetch;
 - the claims: ``typ`` ``at+jwt``; ``iss`` one of the configured issuers; ``aud`` this
   service; ``exp``/``nbf``/``iat`` with a small leeway (5 s by default); ``sub``, ``jti``,
-  ``client_id`` present; ``cnf.x5t#S256`` equal to the mTLS peer's certificate; ``jti`` not revoked.
+  ``client_id`` present; ``cnf.x5t#S256`` equal to the mTLS peer's certificate; not
+  revoked — neither its ``jti`` nor its subject since before its ``iat``.
 """
 
 from __future__ import annotations
@@ -225,25 +226,52 @@ class JWKSCache:
 
 
 class RevocationList:
-    """Revoked token ids (``jti``), each until its token would have expired anyway."""
+    """What the provider revoked, each until every token it can match has expired:
+    token ids (``jti``), and subjects — every token for ``sub`` issued (``iat``) before
+    ``before``, whoever signed it. ``cursor`` and ``subjects_cursor`` are where the feed
+    resumes."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._revoked: dict[str, float] = {}
+        self._subjects: dict[str, tuple[float, float]] = {}  # sub -> (before, exp)
         self._clock = clock
         self.cursor = 0
+        self.subjects_cursor = 0
 
     def add(self, jti: str, exp: float) -> None:
         self._revoked[jti] = exp
 
+    def add_subject(self, sub: str, before: float, exp: float) -> None:
+        """Tokens for ``sub`` issued before ``before`` are revoked (until ``exp``); a
+        later revocation of the same subject only extends it."""
+        held = self._subjects.get(sub)
+        if held is not None:
+            before, exp = max(before, held[0]), max(exp, held[1])
+        self._subjects[sub] = (before, exp)
+
     def __contains__(self, jti: object) -> bool:
         return isinstance(jti, str) and jti in self._revoked
+
+    def revokes(self, claims: Mapping[str, Any]) -> bool:
+        """Whether a verified token with ``claims`` is revoked: by its ``jti``, or by a
+        revocation of its subject made after it was issued (an ``iat`` in the same second
+        counts as before: fail closed)."""
+        if claims.get("jti") in self:
+            return True
+        sub = claims.get("sub")
+        held = self._subjects.get(sub) if isinstance(sub, str) else None
+        if held is None:
+            return False
+        iat = claims.get("iat")
+        return isinstance(iat, bool) or not isinstance(iat, int | float) or iat < held[0]
 
     def prune(self) -> None:
         now = self._clock()
         self._revoked = {j: e for j, e in self._revoked.items() if e > now}
+        self._subjects = {s: v for s, v in self._subjects.items() if v[1] > now}
 
     def __len__(self) -> int:
-        return len(self._revoked)
+        return len(self._revoked) + len(self._subjects)
 
 
 @dataclass(frozen=True)
@@ -395,7 +423,7 @@ class TokenVerifier:
             bound = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
             if not isinstance(bound, str) or bound != peer_thumbprint:
                 raise _refuse(Reason.TOKEN_NOT_BOUND, "token is bound to another certificate")
-        if claims["jti"] in self.revoked:
+        if self.revoked.revokes(claims):
             raise _refuse(Reason.TOKEN_REVOKED, "token revoked")
         return verified
 
