@@ -60,6 +60,8 @@ class Reason(enum.StrEnum):
     USER_LOCKED = "user-locked"
     USER_UNLOCKED = "user-unlocked"
     MFA_RESET = "mfa-reset"
+    PASSWORD_CHANGED = "password-changed"
+    REVOCATION_FEED_DENIED = "revocation-feed-denied"
     KEY_CREATED = "key-created"
     KEY_ACTIVATED = "key-activated"
     KEY_RETIRED = "key-retired"

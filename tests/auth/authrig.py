@@ -9,6 +9,7 @@ import os
 import re
 import ssl
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +21,14 @@ import requests
 from authlib.common.security import generate_token
 from authlib.integrations.requests_client import OAuth2Session
 from requests.adapters import HTTPAdapter
+from services import require_service
 
 from trustmesh import crypto, events
+from trustmesh.auth.db import AuthStore
 from trustmesh.auth.server import RunningAuth, serve_auth
 from trustmesh.config import TrustmeshConfig, parse_config
 from trustmesh.sdk.x509source import X509Source
+from trustmesh.store import create_engine, sqlite_url
 from trustmesh.testing import RunningIdentityServer, identity_server_in_thread
 
 TD = "auth.example"
@@ -138,6 +142,34 @@ async def workload(identity: RunningIdentityServer, spiffe_id: str, where: Path)
     key.write_bytes(crypto.private_key_to_pem(context.key))
     bundle.write_bytes(b"".join(crypto.cert_pem(c).encode() for c in context.bundle))
     return Workload(spiffe_id, cert, key, bundle, source)
+
+
+@pytest.fixture
+async def sqlite_store(short_tmp: Path) -> AsyncIterator[AuthStore]:
+    """The provider's store on SQLite, its tables made."""
+    store = AuthStore(create_engine(sqlite_url(short_tmp / "auth.db")))
+    await store.create()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def pg_store() -> AsyncIterator[AuthStore]:
+    """The provider's store on a PostgreSQL database of its own, its tables made."""
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    import asyncpg
+
+    name = f"tm_auth_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/test")
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    store = AuthStore(create_engine(f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"))
+    try:
+        await store.create()
+        yield store
+    finally:
+        await store.close()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        await admin.close()
 
 
 @dataclass

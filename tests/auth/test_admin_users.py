@@ -105,6 +105,63 @@ async def test_lock_unlock_and_reset_mfa(rig: AuthRig) -> None:
         assert reason in reasons
 
 
+def _password_hash(short_tmp: Path, username: str) -> str:
+    with sqlite3.connect(short_tmp / "state" / "auth" / "auth.db") as db:
+        row = db.execute(
+            "SELECT password_hash FROM auth_users WHERE username = ?", (username,)
+        ).fetchone()
+    return str(row[0])
+
+
+async def test_a_password_is_changed_chosen_or_generated(rig: AuthRig, short_tmp: Path) -> None:
+    await _api(rig, "POST", "/admin/v1/users", {"username": "erin"})
+    first = _password_hash(short_tmp, "erin")
+    chosen = await _api(
+        rig, "POST", "/admin/v1/users/Erin/password", {"password": "a new long passphrase"}
+    )
+    assert chosen.status_code == 200, chosen.text
+    assert "password" not in chosen.json()  # chosen: never echoed
+    assert chosen.headers["Cache-Control"] == "no-store"
+    second = _password_hash(short_tmp, "erin")
+    assert second.startswith("$argon2id$")
+    assert second != first
+    generated = await _api(rig, "POST", "/admin/v1/users/erin/password", {})
+    assert generated.status_code == 200, generated.text
+    password = generated.json()["password"]  # shown once, stored only as argon2id
+    assert len(password) >= 40
+    assert password not in _password_hash(short_tmp, "erin")
+    changed = [e for e in rig.sink.events if e.reason == Reason.PASSWORD_CHANGED]
+    assert [e.attributes["username"] for e in changed] == ["erin", "erin"]
+    assert all(e.attributes["by"] == "operator" for e in changed)
+    # each change revoked every token of the user (see test_subject_revocation)
+    subject = [e for e in rig.sink.events if "before" in e.attributes]
+    assert [e.attributes["cause"] for e in subject] == ["password-changed"] * 2
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"password": "short"}, 400),
+        ({"password": 12345678901234}, 400),
+        ({"password": "a long enough passphrase", "extra": 1}, 400),
+        (["a long enough passphrase"], 400),
+        (None, 400),
+    ],
+)
+async def test_a_bad_password_change_is_refused_and_changes_nothing(
+    rig: AuthRig, short_tmp: Path, body: Any, status: int
+) -> None:
+    await _api(rig, "POST", "/admin/v1/users", {"username": "erin"})
+    before = _password_hash(short_tmp, "erin")
+    refused = await _api(rig, "POST", "/admin/v1/users/erin/password", body)
+    assert refused.status_code == status, refused.text
+    assert refused.json()["error"] == "invalid_request"
+    assert _password_hash(short_tmp, "erin") == before
+    assert not any(e.reason == Reason.TOKEN_REVOKED for e in rig.sink.events)
+    missing = await _api(rig, "POST", "/admin/v1/users/nobody/password", {})
+    assert missing.status_code == 404
+
+
 async def test_only_the_operator_manages_users(rig: AuthRig) -> None:
     def call() -> requests.Response:
         with rig.orders.mount(requests.Session()) as s:

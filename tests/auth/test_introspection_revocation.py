@@ -4,12 +4,28 @@ learns only about tokens issued to it or addressed to it."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
-from authrig import ORDERS, PAYMENTS, AuthRig, Workload
+from authrig import (
+    CONFIG,
+    ORDERS,
+    PAYMENTS,
+    TD,
+    AuthRig,
+    Workload,
+    identity_for,
+    make_rig,
+    workload,
+)
 
 from trustmesh.reasons import Reason
+from trustmesh.testing import RunningIdentityServer
+
+BATCH = f"spiffe://{TD}/batch"  # a workload of the trust domain, not a declared service
 
 
 def _post(rig: AuthRig, workload: Workload, path: str, data: dict[str, str]) -> requests.Response:
@@ -117,3 +133,34 @@ async def test_a_token_from_another_issuer_key_is_not_ours(rig: AuthRig) -> None
         claims, crypto.generate_key(), algorithm="ES256", headers={"kid": kid, "typ": "at+jwt"}
     )
     assert (await _introspect(rig, rig.orders, "orders", forged)) == {"active": False}
+
+
+@pytest.fixture
+def identity_with_batch(short_tmp: Path) -> Iterator[RunningIdentityServer]:
+    yield from identity_for(short_tmp, CONFIG, (BATCH,))
+
+
+async def test_the_revocation_feed_answers_only_those_who_verify_tokens(
+    identity_with_batch: RunningIdentityServer, short_tmp: Path
+) -> None:
+    """Which tokens were revoked — and, by subject, which users — is for the gateway
+    and the declared services: any other workload of the trust domain gets 403."""
+    async with make_rig(identity_with_batch, short_tmp) as rig:
+        batch = await workload(identity_with_batch, BATCH, short_tmp / "batch")
+        try:
+
+            def feed(who: Workload) -> requests.Response:
+                with who.mount(requests.Session()) as s:
+                    return s.get(rig.url + "/v1/revocations", params={"since": "0"}, timeout=10)
+
+            refused = await asyncio.to_thread(feed, batch)
+            assert refused.status_code == 403
+            assert refused.json()["error"] == "forbidden"
+            denied = [e for e in rig.sink.events if e.reason == Reason.REVOCATION_FEED_DENIED]
+            assert [e.peer_spiffe_id for e in denied] == [BATCH]
+            assert (await asyncio.to_thread(feed, rig.operator)).status_code == 403
+            allowed = await asyncio.to_thread(feed, rig.orders)
+            assert allowed.status_code == 200, allowed.text
+            assert allowed.json()["revoked"] == []
+        finally:
+            await batch.source.close()

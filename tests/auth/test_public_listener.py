@@ -310,12 +310,13 @@ async def test_admin_users_act_with_mfa_and_are_refused_without(rig: AuthRig) ->
         for u in (await asyncio.to_thread(_admin, rig, "GET", "/admin/v1/users")).json()
     }
     assert "eve" not in names
-    # locking the admin takes effect at once
+    # locking the admin takes effect at once: their tokens are revoked
     assert (
         await asyncio.to_thread(_admin, rig, "POST", "/admin/v1/users/bob/lock")
     ).status_code == 200
     after_lock = await asyncio.to_thread(call, admin["access_token"], "GET", "/admin/v1/users")
-    assert after_lock.status_code == 403
+    assert after_lock.status_code == 401
+    assert after_lock.json()["message"] == "the token is revoked"
 
 
 def carol_sub(tokens: dict[str, Any]) -> str:

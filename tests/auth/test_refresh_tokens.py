@@ -6,43 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from services import require_service
 
 from trustmesh.auth.db import AuthStore
 from trustmesh.store import create_engine, sqlite_url
 
 NOW = 1_900_000_000
-
-
-@pytest.fixture
-async def sqlite_store(short_tmp: Path) -> AsyncIterator[AuthStore]:
-    store = AuthStore(create_engine(sqlite_url(short_tmp / "auth.db")))
-    await store.create()
-    yield store
-    await store.close()
-
-
-@pytest.fixture
-async def pg_store() -> AsyncIterator[AuthStore]:
-    require_service("PostgreSQL", "127.0.0.1", 5432)
-    import asyncpg
-
-    name = f"tm_refresh_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/test")
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    store = AuthStore(create_engine(f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"))
-    try:
-        await store.create()
-        yield store
-    finally:
-        await store.close()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        await admin.close()
 
 
 async def _rotation_and_reuse(store: AuthStore) -> None:

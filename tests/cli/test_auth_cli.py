@@ -293,6 +293,20 @@ def test_users_from_the_command_line(where: tuple[str, ...]) -> None:
     short = tm_stdin("short\n", "auth", "user", "add", "dan", "--password-stdin", *where)
     assert short.returncode == 2
     assert "12 characters" in short.stderr
+    # a new password: generated and shown once, or read from stdin; never echoed
+    changed = tm("auth", "user", "set-password", "alice", *where)
+    assert changed.returncode == 0, changed.stderr
+    generated = changed.stdout.strip().splitlines()[-1]
+    assert len(generated) >= 40
+    assert generated != password
+    set_password = ("auth", "user", "set-password", "carol", "--password-stdin", *where)
+    chosen_again = tm(*set_password, stdin="another chosen passphrase\n")
+    assert chosen_again.returncode == 0, chosen_again.stderr
+    assert "another chosen" not in chosen_again.stdout
+    too_short = tm(*set_password, stdin="short\n")
+    assert too_short.returncode == 2
+    assert tm("auth", "user", "set-password", "nobody", *where).returncode == 2
     for path in Path(where[3]).rglob("*"):
         if path.is_file() and not path.is_socket():
             assert password.encode() not in path.read_bytes(), path
+            assert generated.encode() not in path.read_bytes(), path

@@ -263,6 +263,17 @@ def test_ttl_boundaries_are_inclusive() -> None:
     assert identity.max_svid_ttl == HARD_MAX_SVID_TTL
 
 
+def test_token_leeway_is_five_seconds_and_at_most_thirty() -> None:
+    assert TrustmeshConfig.model_validate(config()).auth.token_leeway == timedelta(seconds=5)
+    chosen = TrustmeshConfig.model_validate(config(auth={"token_leeway": "30s"}))
+    assert chosen.auth.token_leeway == timedelta(seconds=30)
+    [(loc, message)] = errors(config(auth={"token_leeway": "31s"}))
+    assert loc == ("auth", "token_leeway")
+    assert "at most 30s" in message
+    [(loc, _)] = errors(config(auth={"token_leeway": "0s"}))
+    assert loc == ("auth", "token_leeway")
+
+
 # --- immutability and helpers -----------------------------------------------------------
 
 

@@ -331,6 +331,45 @@ async def test_provider_down_keeps_the_known_keys(keys: Keys, clock: Clock) -> N
     assert (await verifier.verify(keys.token(jti="b"), peer_thumbprint=THUMB)).jti == "b"
 
 
+async def test_the_default_leeway_is_five_seconds(keys: Keys, clock: Clock) -> None:
+    """A token that expired 20 s ago is refused, one that expired 3 s ago taken: the
+    clocks of issuer and verifier may differ by a few seconds, not by twenty."""
+    cache = JWKSCache(keys.fetch, clock=clock)
+    verifier = TokenVerifier(issuers={ISSUER}, audience=AUDIENCE, jwks=cache, clock=clock)
+    now = int(clock.now)
+    await _refused(verifier, keys.token(exp=now - 20, iat=now - 600), Reason.TOKEN_EXPIRED)
+    token = keys.token(exp=now - 3, iat=now - 600, jti="j-3")
+    assert (await verifier.verify(token, peer_thumbprint=THUMB)).jti == "j-3"
+    clock.now += 2.5  # cached, and now past the leeway too
+    await _refused(verifier, token, Reason.TOKEN_EXPIRED)
+
+
+async def test_a_revoked_subject_takes_every_token_issued_before(
+    verifier: TokenVerifier, keys: Keys, clock: Clock
+) -> None:
+    """A subject revoked with ``before`` T: its tokens with ``iat`` < T are refused,
+    whoever signed them (cached ones too); later ones, and other subjects', pass."""
+    now = int(clock.now)
+    user = "a0b1c2"
+    old = keys.token(sub=user, iat=now - 1, jti="old")
+    same_second = keys.token(sub=user, iat=now, jti="same")
+    later = keys.token(sub=user, iat=now + 1, jti="later")
+    other = keys.token(sub="someone-else", iat=now - 1, jti="other")
+    for token in (old, same_second, other):
+        await verifier.verify(token, peer_thumbprint=THUMB)
+    verifier.revoked.add_subject(user, now + 1, clock.now + 600)
+    await _refused(verifier, old, Reason.TOKEN_REVOKED)
+    await _refused(verifier, same_second, Reason.TOKEN_REVOKED)
+    assert (await verifier.verify(later, peer_thumbprint=THUMB)).jti == "later"
+    assert (await verifier.verify(other, peer_thumbprint=THUMB)).jti == "other"
+    # an older revocation arriving late never shortens a newer one
+    verifier.revoked.add_subject(user, now - 100, clock.now + 10)
+    await _refused(verifier, same_second, Reason.TOKEN_REVOKED)
+    clock.now += 700  # every token it could match has expired: forgotten
+    verifier.revoked.prune()
+    assert len(verifier.revoked) == 0
+
+
 def test_revocation_list_forgets_expired_tokens() -> None:
     clock = Clock()
     revoked = RevocationList(clock)

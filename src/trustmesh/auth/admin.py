@@ -18,6 +18,7 @@ allowed or refused, is an event naming who made it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -201,12 +202,7 @@ def new_user(service: AuthService, body: object) -> tuple[User, str | None, str 
     roles = body.get("roles", default)
     if not isinstance(roles, list) or not roles or any(r not in known for r in roles):
         raise UsageError(f"roles: one or more of {', '.join(known)} (auth.roles)")
-    password = body.get("password")
-    generated = None
-    if password is None:
-        password = generated = new_secret()
-    if not isinstance(password, str):
-        raise UsageError("password: a string")
+    password, generated = chosen_password(body.get("password"))
     password_hash = crypto.hash_password(password)
     user_id = uuid.uuid4().hex
     mfa = body.get("mfa", False) or "admin" in roles
@@ -222,6 +218,17 @@ def new_user(service: AuthService, body: object) -> tuple[User, str | None, str 
         created_at=int(time.time()),
     )
     return user, generated, uri
+
+
+def chosen_password(value: object) -> tuple[str, str | None]:
+    """The password a request sets: ``value``, or a generated one when it is unset; and
+    the generated one, to show once."""
+    if value is None:
+        generated = new_secret()
+        return generated, generated
+    if not isinstance(value, str):
+        raise UsageError("password: a string")
+    return value, None
 
 
 def user_doc(user: User) -> dict[str, Any]:
@@ -253,7 +260,7 @@ async def admin_user(service: AuthService, request: Request, tls: dict[str, Any]
         not isinstance(cnf, dict) or cnf.get("x5t#S256") != tls.get("client_cert_x5t_s256")
     ):
         raise Refused(401, "invalid_token", "the token is bound to another certificate", sub)
-    if await service.store.is_revoked(str(claims.get("jti", ""))):
+    if await service.revocations.is_revoked(claims):
         raise Refused(401, "invalid_token", "the token is revoked", sub)
     user = await service.store.get_user_by_id(sub)
     if user is None or user.locked or "admin" not in user.roles:
@@ -373,6 +380,11 @@ def admin_routes(service: AuthService) -> list[Route]:
             doc["totp_uri"] = uri  # shown once; the secret is stored sealed
         return JSONResponse(doc, status_code=201, headers={"Cache-Control": "no-store"})
 
+    async def revoke_tokens(request: Request, user: User, cause: str) -> None:
+        """Every token the user holds stops working (see trustmesh.auth.revocations)."""
+        actor: Actor = request.state.actor
+        await service.revocations.subject(user.user_id, cause, attributes={"by": actor.name})
+
     async def set_lock(request: Request, locked: bool) -> Response:
         user = await service.store.update_user(
             normalize_login(request.path_params["username"]), locked=locked
@@ -383,6 +395,8 @@ def admin_routes(service: AuthService) -> list[Route]:
             "user locked" if locked else "user unlocked",
             user,
         )
+        if locked:
+            await revoke_tokens(request, user, "user-locked")
         return JSONResponse(user_doc(user))
 
     async def lock(request: Request) -> Response:
@@ -399,8 +413,26 @@ def admin_routes(service: AuthService) -> list[Route]:
         sealed, uri = enroll_totp(service, existing.user_id, existing.username)
         user = await service.store.update_user(username, totp_sealed=sealed, totp_last_step=None)
         user_event(request, Reason.MFA_RESET, "MFA reset: a new TOTP secret was enrolled", user)
+        await revoke_tokens(request, user, "mfa-reset")
         doc = user_doc(user)
         doc["totp_uri"] = uri
+        return JSONResponse(doc, headers={"Cache-Control": "no-store"})
+
+    async def set_password(request: Request) -> Response:
+        """A new password (argon2id) — the one in the body, or a generated one shown
+        once; every token the user holds is revoked."""
+        username = normalize_login(request.path_params["username"])
+        body = await json_body(request)
+        if not isinstance(body, dict) or set(body) - {"password"}:
+            raise UsageError('the body must be {"password": "…"}, or {} for a generated one')
+        password, generated = chosen_password(body.get("password"))
+        password_hash = await asyncio.to_thread(crypto.hash_password, password)
+        user = await service.store.update_user(username, password_hash=password_hash)
+        user_event(request, Reason.PASSWORD_CHANGED, "password changed", user)
+        await revoke_tokens(request, user, "password-changed")
+        doc = user_doc(user)
+        if generated is not None:
+            doc["password"] = generated  # shown once, stored only as argon2id
         return JSONResponse(doc, headers={"Cache-Control": "no-store"})
 
     return [
@@ -413,6 +445,11 @@ def admin_routes(service: AuthService) -> list[Route]:
         Route(
             "/admin/v1/users/{username}/reset-mfa",
             guarded("reset-mfa", reset_mfa),
+            methods=["POST"],
+        ),
+        Route(
+            "/admin/v1/users/{username}/password",
+            guarded("set-password", set_password),
             methods=["POST"],
         ),
         Route("/admin/v1/clients", guarded("list-clients", list_clients), methods=["GET"]),

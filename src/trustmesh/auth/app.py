@@ -47,8 +47,10 @@ from trustmesh.auth.oauth import (
     CoreRequest,
     OAuthServer,
     Prefetched,
+    RefreshRecord,
     TokenRecord,
 )
+from trustmesh.auth.revocations import LiveToken
 from trustmesh.auth.service import ALG, ID_TOKEN_CLAIMS, AuthService
 from trustmesh.errors import InvalidTokenError, UnavailableError
 from trustmesh.reasons import Reason
@@ -172,6 +174,8 @@ def auth_app(
     flow = FlowStore(service.store)
     codec = SessionCodec(service.seal_key.key)
 
+    revocations = service.revocations
+
     async def flow_prefetch(
         form: list[tuple[str, str]], prefetched: Prefetched, core: CoreRequest
     ) -> None:
@@ -186,11 +190,12 @@ def auth_app(
             if record is not None and record.used_at is not None:
                 # a code used twice: whatever it issued is revoked (RFC 6749 §4.1.2)
                 if record.issued_jti and record.issued_exp:
-                    await service.store.revoke(
-                        record.issued_jti, record.client_id, record.issued_exp, now
+                    issued = LiveToken(
+                        record.issued_jti, record.client_id, record.user_id, record.issued_exp
                     )
+                    await revocations.token(issued, "code-reused")
                 if record.family_id:
-                    await service.store.revoke_refresh_family(record.family_id, now, "code-reused")
+                    await revocations.family(record.family_id, "code-reused")
                 service.emit(
                     Reason.TOKEN_REVOKED,
                     "authorization code reused: its tokens are revoked",
@@ -202,50 +207,73 @@ def auth_app(
             token = next((v for k, v in form if k == "refresh_token"), "")
             ids = _client_ids(form, core.headers.get("Authorization"))
             if token and len(ids) == 1:
-                prefetched.refresh = await service.store.rotate_refresh(
+                prefetched.refresh = outcome = await service.store.rotate_refresh(
                     token, next(iter(ids)), now, over_mtls=core.peer_thumbprint is not None
                 )
-                if prefetched.refresh.family is not None:
-                    prefetched.user = await service.store.get_user_by_id(
-                        prefetched.refresh.family.subject
-                    )
-                if prefetched.refresh.status == "reused":
+                if outcome.family is not None:
+                    prefetched.user = await service.store.get_user_by_id(outcome.family.subject)
+                if outcome.status == "reused" and outcome.family is not None:
                     service.emit(
                         Reason.TOKEN_REVOKED,
                         "refresh token reused: the family is revoked",
                         decision=events.Decision.DENY,
                         client_id=next(iter(ids)),
+                        sub=outcome.family.subject,
                     )
+                    # and every access token it issued (OAuth 2.0 Security BCP §4.14.2)
+                    await revocations.family(outcome.family.family_id, "refresh-token-reused")
+        if prefetched.user is not None:  # never a token born revoked
+            prefetched.subject_state = await revocations.before_issuing(prefetched.user.user_id)
 
     async def flow_after(
         core: CoreRequest, prefetched: Prefetched, status: int, body: Any
     ) -> tuple[int, Any]:
-        if core.issued is None or not getattr(core, "wants_refresh", False):
+        """Record the access token a code or refresh grant issued in its family. A user
+        revoked meanwhile or a code spent twice leaves nothing alive (400
+        invalid_grant). A family revoked while it refreshed (its token replayed at the
+        same time) revokes this token too; the answer stands, as it would have had it
+        left a moment sooner: of concurrent refreshes one wins, and its tokens die with
+        the family."""
+        if core.issued is None or prefetched.user is None:
             return status, body
         claims = core.issued.claims
+        issued = LiveToken(claims["jti"], claims["client_id"], claims["sub"], claims["exp"])
         now = int(service.clock())
-        refresh, family = await service.store.start_refresh_family(
-            claims["client_id"],
-            claims["sub"],
-            str(claims.get("scope", "")),
-            now,
-            REFRESH_LIFETIME,
-            bound="cnf" in claims,  # refreshed only where its tokens can stay bound
-        )
-        record = prefetched.code
-        if record is not None and not await flow.spend_code(
-            record.code_hash, now, claims["jti"], claims["exp"], family.family_id
+        refreshed, record = prefetched.refresh, prefetched.code
+        cause = None
+        if refreshed is not None and refreshed.family is not None:
+            family_id = refreshed.family.family_id
+            if not await revocations.store.record_family_token(family_id, issued):
+                await revocations.family(family_id, "family-revoked")
+                return status, body
+        elif getattr(core, "wants_refresh", False):
+            refresh, family = await service.store.start_refresh_family(
+                claims["client_id"],
+                claims["sub"],
+                str(claims.get("scope", "")),
+                now,
+                REFRESH_LIFETIME,
+                bound="cnf" in claims,  # refreshed only where its tokens can stay bound
+            )
+            family_id = family.family_id
+            body["refresh_token"] = refresh
+            await revocations.store.record_family_token(family_id, issued)
+            if record is not None and not await flow.spend_code(
+                record.code_hash, now, claims["jti"], claims["exp"], family_id
+            ):  # lost a race with another use of the same code: nothing it issued survives
+                cause = "code-reused"
+        else:
+            return status, body
+        if cause is None and await revocations.revoked_since(
+            issued.subject, prefetched.subject_state
         ):
-            # lost a race with another use of the same code: nothing it issued survives
-            await service.store.revoke(claims["jti"], claims["client_id"], claims["exp"], now)
-            await service.store.revoke_refresh_family(family.family_id, now, "code-reused")
-            core.issued = None
-            return 400, {
-                "error": "invalid_grant",
-                "error_description": "authorization code already used",
-            }
-        body["refresh_token"] = refresh
-        return status, body
+            cause = "user-revoked"  # locked, MFA reset, password changed — just now
+        if cause is None:
+            return status, body
+        await revocations.family(family_id, cause)
+        core.issued = None
+        why = "authorization code already used" if cause == "code-reused" else "grant revoked"
+        return 400, {"error": "invalid_grant", "error_description": why}
 
     def metadata() -> dict[str, Any]:
         base, mtls = urls.front, urls.mtls
@@ -305,27 +333,50 @@ def auth_app(
             prefetched.clients[client_id] = await service.client(client_id)
         return prefetched
 
+    async def access_claims(token: str, endpoint: str) -> dict[str, Any] | None:
+        try:
+            return service.verify_own(token)
+        except InvalidTokenError:
+            if endpoint == "token" and gateway_tokens is not None:
+                # a subject token the gateway signed (RFC 8693 only)
+                try:
+                    return await gateway_tokens.verify(token)
+                except (InvalidTokenError, UnavailableError):
+                    return None
+        return None
+
+    async def prefetch_token(
+        token: str, endpoint: str, hint: str | None, prefetched: Prefetched
+    ) -> None:
+        """The token an endpoint is asked about: an access token (a subject token at
+        the token endpoint), or — to revoke — a refresh token; the hint only says which
+        to look for first (RFC 7009 §2.1)."""
+        lookups = (
+            ["access_token", "refresh_token"] if endpoint == "revocation" else ["access_token"]
+        )
+        if hint == "refresh_token":
+            lookups.reverse()
+        for kind in lookups:
+            if kind == "refresh_token":
+                family = await revocations.store.family_of(token)
+                if family is not None:
+                    prefetched.refresh_token = RefreshRecord(family)
+                    return
+                continue
+            claims = await access_claims(token, endpoint)
+            if claims is not None:
+                prefetched.token = TokenRecord(claims, await revocations.is_revoked(claims))
+                return
+
     async def run(request: Request, endpoint: str) -> tuple[CoreRequest, Prefetched, Response]:
         tls = (request.scope.get("extensions") or {}).get("tls") or {}
         form = await _form(request)
         prefetched = await prefetch(form, request)
         field = "token" if endpoint != "token" else "subject_token"
-        if endpoint != "token" or any(k == "subject_token" for k, _ in form):
-            token = next((v for k, v in form if k == field), None)
-            if token:
-                try:
-                    claims = service.verify_own(token)
-                except InvalidTokenError:
-                    claims = None
-                    if endpoint == "token" and gateway_tokens is not None:
-                        # a subject token the gateway signed (RFC 8693 only)
-                        try:
-                            claims = await gateway_tokens.verify(token)
-                        except (InvalidTokenError, UnavailableError):
-                            claims = None
-                if claims is not None:
-                    revoked = await service.store.is_revoked(claims["jti"])
-                    prefetched.token = TokenRecord(claims, revoked)
+        token = next((v for k, v in form if k == field), None)
+        if token:
+            hint = next((v for k, v in form if k == "token_type_hint"), None)
+            await prefetch_token(token, endpoint, hint, prefetched)
         core = CoreRequest(
             "POST",
             str(request.url),
@@ -405,34 +456,57 @@ def auth_app(
         except _BadForm as exc:
             return _error(400, "invalid_request", exc.description)
         for record in prefetched.revoke:
+            if isinstance(record, RefreshRecord):  # its family, and what it issued
+                await revocations.family(
+                    record.family.family_id,
+                    "refresh-token-revoked",
+                    peer_spiffe_id=core.peer_spiffe_id,
+                )
+                continue
             claims = record.claims
-            await service.store.revoke(
-                claims["jti"], claims["client_id"], int(claims["exp"]), int(service.clock())
+            revoked = LiveToken(
+                claims["jti"], claims["client_id"], str(claims.get("sub", "")), int(claims["exp"])
             )
-            await service.publish_revocation(claims["jti"], int(claims["exp"]))
-            service.emit(
-                Reason.TOKEN_REVOKED,
-                "access token revoked",
-                client_id=claims["client_id"],
-                jti=claims["jti"],
-                sub=claims.get("sub"),
-                peer_spiffe_id=core.peer_spiffe_id,
-            )
+            await revocations.token(revoked, "revoked", peer_spiffe_id=core.peer_spiffe_id)
         return response
 
     async def revocation_feed(request: Request) -> Response:
-        since = request.query_params.get("since", "0")
-        if not since.isdigit() or len(since) > 18:
-            return _error(400, "invalid_request", "since must be a non-negative integer")
+        """What was revoked since the caller's cursors: token ids (``since``) and
+        subjects (``subjects_since``), each a sequence of its own. Only for those who
+        verify tokens (:attr:`AuthService.feed_readers`)."""
+        tls = (request.scope.get("extensions") or {}).get("tls") or {}
+        peer = tls.get("spiffe_id")
+        if peer not in service.feed_readers:
+            service.emit(
+                Reason.REVOCATION_FEED_DENIED,
+                "revocation feed refused: the caller verifies no tokens",
+                decision=events.Decision.DENY,
+                peer_spiffe_id=peer,
+            )
+            return _error(403, "forbidden", "the revocation feed is for token verifiers only")
+        cursors = []
+        for name in ("since", "subjects_since"):
+            value = request.query_params.get(name, "0")
+            if not value.isdigit() or len(value) > 18:
+                return _error(400, "invalid_request", f"{name} must be a non-negative integer")
+            cursors.append(int(value))
+        since, subjects_since = cursors
         now = int(service.clock())
-        rows = await service.store.revocations_since(int(since), now)
-        cursor = rows[-1].seq if rows else max(int(since), 0)
-        latest = await service.store.last_revocation_seq()
-        if latest < int(since):  # the store was reset: start over
-            rows = await service.store.revocations_since(0, now)
-            cursor = rows[-1].seq if rows else 0
+        rows = await service.store.revocations_since(since, now)
+        if await service.store.last_revocation_seq() < since:  # the store was reset
+            rows, since = await service.store.revocations_since(0, now), 0
+        subjects = await revocations.store.subjects_since(subjects_since, now)
+        if await revocations.store.last_subject_seq() < subjects_since:
+            subjects, subjects_since = await revocations.store.subjects_since(0, now), 0
         return JSONResponse(
-            {"cursor": cursor, "revoked": [{"jti": r.jti, "exp": r.expires_at} for r in rows]},
+            {
+                "cursor": rows[-1].seq if rows else since,
+                "revoked": [{"jti": r.jti, "exp": r.expires_at} for r in rows],
+                "subjects_cursor": subjects[-1].seq if subjects else subjects_since,
+                "subjects": [
+                    {"sub": r.subject, "before": r.before, "exp": r.expires_at} for r in subjects
+                ],
+            },
             headers=_NO_STORE,
         )
 
@@ -457,7 +531,7 @@ def auth_app(
         user = await service.store.get_user_by_id(str(claims["sub"]))
         if (
             (cnf is not None and (bound is None or bound != tls.get("client_cert_x5t_s256")))
-            or await service.store.is_revoked(str(claims["jti"]))
+            or await revocations.is_revoked(claims)
             or user is None
             or user.locked
         ):

@@ -238,6 +238,13 @@ class RefreshOutcome:
     family: RefreshFamily | None = None
 
 
+def _family(row: object) -> RefreshFamily:
+    m = row._mapping  # type: ignore[attr-defined]
+    return RefreshFamily(
+        m["family_id"], m["client_id"], m["subject"], m["scope"], m["expires_at"], m["bound"]
+    )
+
+
 def _refresh_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
 
@@ -346,8 +353,9 @@ class AuthStore(SqlStore):
             await conn.execute(delete(signing_keys).where(signing_keys.c.kid == kid))
 
     # -- revocation ----------------------------------------------------------------------
-    async def revoke(self, jti: str, client_id: str, expires_at: int, now: int) -> None:
-        """Record a revoked token id (idempotent: revoking twice is one revocation)."""
+    async def revoke(self, jti: str, client_id: str, expires_at: int, now: int) -> bool:
+        """Record a revoked token id (idempotent: revoking twice is one revocation);
+        whether this call revoked it."""
         try:
             async with self.engine.begin() as conn:
                 await conn.execute(
@@ -356,7 +364,8 @@ class AuthStore(SqlStore):
                     )
                 )
         except IntegrityError:
-            return
+            return False
+        return True
 
     async def is_revoked(self, jti: str) -> bool:
         async with self.engine.connect() as conn:
@@ -520,9 +529,7 @@ class AuthStore(SqlStore):
             ).first()
             if row is None or row.client_id != client_id:
                 return RefreshOutcome("unknown")
-            family = RefreshFamily(
-                row.family_id, row.client_id, row.subject, row.scope, row.expires_at, row.bound
-            )
+            family = _family(row)
             if row.revoked_at is not None:
                 return RefreshOutcome("revoked", family=family)
             if now >= row.expires_at:
@@ -551,17 +558,6 @@ class AuthStore(SqlStore):
                 )
             )
         return RefreshOutcome("rotated", successor, family)
-
-    async def revoke_refresh_family(self, family_id: str, now: int, reason: str) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                update(refresh_families)
-                .where(
-                    refresh_families.c.family_id == family_id,
-                    refresh_families.c.revoked_at.is_(None),
-                )
-                .values(revoked_at=now, revoked_reason=reason[:64])
-            )
 
     async def use_assertion(self, key: str, expires_at: int) -> bool:
         """Record a client assertion's jti; False if it was used before (a replay)."""

@@ -3,7 +3,9 @@ refresh tokens with rotation — the user side of the identity provider.
 
 Codes are single-use, live ``CODE_SECONDS``, are stored hashed, and remember what they
 issued: presenting a code a second time revokes the access token and refresh family it
-produced. PKCE (S256) is required of every client; redirect URIs match exactly.
+produced. PKCE (S256) is required of every client; redirect URIs match exactly. A
+sign-in from before the user's tokens were revoked (locked, MFA reset, password changed:
+:mod:`trustmesh.auth.revocations`) authorizes nothing more: its session and its codes.
 """
 
 from __future__ import annotations
@@ -239,6 +241,9 @@ class AuthorizationCode(_AudienceAndScope, BaseGrant, TokenEndpointMixin):  # ty
         if not pkce.verify_pkce(record.code_challenge, self.request.form.get("code_verifier")):
             raise InvalidGrantError(description="code_verifier does not match (PKCE)")
         _check_user()
+        revoked = _prefetched.get().subject_state  # the user's tokens revoked since sign-in
+        if revoked is not None and record.auth_time < revoked.before:
+            raise InvalidGrantError(description="the sign-in was revoked since")
         self.check_audience_and_scope(
             client.record, client.record.audiences, allow_extra_scope=True
         )
@@ -399,6 +404,10 @@ def flow_routes(service: AuthService, flow: FlowStore, codec: SessionCodec) -> l
         if any(s not in (*client.scopes, OPENID) for s in scope.split()):
             return redirect_error(redirect_uri, "invalid_scope", state)
         session = codec.read(request.cookies.get(SESSION_COOKIE), service.clock())
+        if session is not None and await service.revocations.predates(
+            session.user_id, session.auth_time
+        ):  # signed in before the user's tokens were revoked: sign in again
+            session = None
         if session is None:
             target = "/login?" + urlencode(
                 {"next": str(request.url.path) + "?" + str(request.url.query)}
@@ -515,7 +524,8 @@ def flow_routes(service: AuthService, flow: FlowStore, codec: SessionCodec) -> l
             return await login_form(request, LOGIN_FAILED, 401)
         await flow.clear_attempts(login)
         amr = ["pwd", "otp", "mfa"] if step is not None else ["pwd"]
-        cookie = codec.issue(user.user_id, user.username, amr, int(now))
+        await service.revocations.before_issuing(user.user_id)  # never a session born revoked
+        cookie = codec.issue(user.user_id, user.username, amr, int(service.clock()))
         service.emit(
             Reason.LOGIN_SUCCEEDED,
             "login",

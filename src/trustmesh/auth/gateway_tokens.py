@@ -42,8 +42,11 @@ def gateway_url_from(state: Path) -> Callable[[], str | None]:
 
 
 class GatewayTokens:
-    def __init__(self, issuer: str, tls: RotatingTLS, locate: Callable[[], str | None]) -> None:
+    def __init__(
+        self, issuer: str, tls: RotatingTLS, locate: Callable[[], str | None], *, leeway: int
+    ) -> None:
         self.issuer = issuer
+        self.leeway = leeway  # auth.token_leeway: the gateway's clock may differ
         self._tls = tls
         self._locate = locate
         self._client: ServiceClient | None = None
@@ -78,7 +81,7 @@ class GatewayTokens:
                     "verify_aud": False,
                     "require": ["iss", "aud", "exp", "iat", "sub", "jti"],
                 },
-                leeway=30,
+                leeway=self.leeway,
             )
         except jwt.InvalidTokenError:
             raise InvalidTokenError(

@@ -40,7 +40,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
-from trustmesh.auth.db import Client
+from trustmesh.auth.db import Client, RefreshFamily
 from trustmesh.auth.methods import AUTH_METHODS, CLIENT_METHODS, PUBLIC_METHOD
 from trustmesh.auth.service import AuthService, Issued, check_secret
 from trustmesh.sdk.oauth import ACCESS_TOKEN_TYPE_URN, TOKEN_EXCHANGE
@@ -172,6 +172,17 @@ class TokenRecord:
         return self.revoked
 
 
+@dataclass(frozen=True)
+class RefreshRecord:
+    """A refresh token this server issued (spent or not), as the revocation endpoint
+    sees it: revoking it revokes its family (RFC 7009 §2.1)."""
+
+    family: RefreshFamily
+
+    def check_client(self, client: OAuthClient) -> bool:
+        return self.family.client_id == client.get_client_id()
+
+
 @dataclass
 class Prefetched:
     """What one request may ask of the store, read before Authlib runs, and what Authlib
@@ -179,11 +190,13 @@ class Prefetched:
 
     clients: dict[str, Client | None] = field(default_factory=dict)
     token: TokenRecord | None = None
+    refresh_token: RefreshRecord | None = None  # the token to revoke, if a refresh token
     new_assertions: list[tuple[str, int]] = field(default_factory=list)
-    revoke: list[TokenRecord] = field(default_factory=list)
+    revoke: list[TokenRecord | RefreshRecord] = field(default_factory=list)
     code: Any = None  # the authorization code's record (trustmesh.auth.flow)
     refresh: Any = None  # the outcome of spending a refresh token
     user: Any = None  # the user a code or refresh token is for (trustmesh.auth.db.User)
+    subject_state: Any = None  # that user's revocations (trustmesh.auth.revocations)
 
 
 _prefetched: contextvars.ContextVar[Prefetched] = contextvars.ContextVar("trustmesh_auth_prefetch")
@@ -218,8 +231,8 @@ class PrivateKeyJWT(JWTBearerClientAssertion):  # type: ignore[misc]
 
     CLIENT_AUTH_METHOD = "private_key_jwt"
 
-    def __init__(self, audiences: Callable[[], list[str]]) -> None:
-        super().__init__(validate_jti=True, leeway=30)
+    def __init__(self, audiences: Callable[[], list[str]], leeway: int) -> None:
+        super().__init__(validate_jti=True, leeway=leeway)
         self._audiences = audiences
         self._seen: dict[str, int] = {}  # key -> expires at, in this process
 
@@ -372,14 +385,27 @@ class Introspection(IntrospectionEndpoint):  # type: ignore[misc]
 
 
 class Revocation(RevocationEndpoint):  # type: ignore[misc]
+    """RFC 7009: access and refresh tokens, each only by the client it was issued to; an
+    unknown token is no error (§2.2). ``token_type_hint`` only orders the lookups (§2.1):
+    a token is found whatever the hint says, and an unknown hint is ignored."""
+
     # a public client revokes its own tokens by its client_id (RFC 7009 §2.1, §5)
     CLIENT_AUTH_METHODS: ClassVar[list[str]] = [*AUTH_METHODS, "none"]
-    SUPPORTED_TOKEN_TYPES = ("access_token",)
+    SUPPORTED_TOKEN_TYPES = ("access_token", "refresh_token")
 
-    def query_token(self, token_string: str, token_type_hint: str | None) -> TokenRecord | None:
-        return _prefetched.get().token
+    def check_params(self, request: Any, client: Any) -> None:
+        """``token`` is required; a hint is never a reason to refuse, not even an unknown
+        one (RFC 7009 §2.1: it only helps the server find the token)."""
+        if "token" not in request.form:
+            raise InvalidRequestError(description="token is required")
 
-    def revoke_token(self, token: TokenRecord, request: Any) -> None:
+    def query_token(
+        self, token_string: str, token_type_hint: str | None
+    ) -> TokenRecord | RefreshRecord | None:
+        prefetched = _prefetched.get()
+        return prefetched.token or prefetched.refresh_token
+
+    def revoke_token(self, token: TokenRecord | RefreshRecord, request: Any) -> None:
         _prefetched.get().revoke.append(token)
 
 
@@ -485,7 +511,10 @@ class OAuthServer(AuthorizationServer):  # type: ignore[misc]
         # one they post to)
         self.register_client_auth_method(
             PrivateKeyJWT.CLIENT_AUTH_METHOD,
-            PrivateKeyJWT(lambda: [*endpoints(), service.settings.issuer]),
+            PrivateKeyJWT(
+                lambda: [*endpoints(), service.settings.issuer],
+                service.settings.token_leeway,
+            ),
         )
         self.register_grant(ClientCredentials)
         self.register_grant(TokenExchange)

@@ -116,6 +116,7 @@ async def _serve_on(
         token_ttl=int(config.auth.access_token_ttl.total_seconds()),
         publish_delay=int(config.auth.key_publish_delay.total_seconds()),
         rotate_every=int(config.auth.key_rotation.total_seconds()),
+        token_leeway=int(config.auth.token_leeway.total_seconds()),
     )
     seal_key = crypto.load_seal_key(state, dev=config.dev)
     certificate = None
@@ -128,7 +129,10 @@ async def _serve_on(
     gateway_tokens = None
     if config.gateway is not None:
         gateway_tokens = GatewayTokens(
-            config.component_spiffe_id("gateway"), tls, gateway_url_from(state)
+            config.component_spiffe_id("gateway"),
+            tls,
+            gateway_url_from(state),
+            leeway=settings.token_leeway,
         )
     served = await start(
         auth_app(service, urls, gateway_tokens=gateway_tokens),
@@ -178,5 +182,6 @@ async def _tick_forever(service: AuthService) -> None:
             await service.tick()
             if ticks % PRUNE_EVERY == 0:
                 await service.store.prune(int(service.clock()))
+                await service.revocations.prune(int(service.clock()))
         except Exception:  # keep signing with the keys we have; say so loudly
             log.exception("signing-key maintenance failed; retrying")

@@ -22,6 +22,7 @@ import jwt
 from trustmesh import crypto, events
 from trustmesh.auth import keys as keyplan
 from trustmesh.auth.db import AuthStore, Client, StoredKey
+from trustmesh.auth.revocations import Revocations
 from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import InvalidTokenError
 from trustmesh.reasons import Reason
@@ -72,7 +73,11 @@ class AuthSettings:
     token_ttl: int = 900  # RFC 9068 access tokens: 15 minutes by default
     publish_delay: int = 300  # a new key is in the JWKS this long before it signs
     rotate_every: int = 86_400
-    leeway: int = 60
+    leeway: int = 60  # how long a retired key stays published past its tokens' expiry
+    #: How far past ``exp`` a token signed elsewhere (a gateway token, a client
+    #: assertion) is still taken (``auth.token_leeway``); the provider's own tokens are
+    #: checked against its own clock, with none.
+    token_leeway: int = 5
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,17 @@ class AuthService:
         self._lock = asyncio.Lock()
         self._redis: Any = None
         self._templates: dict[tuple[str, str, str, str | None], events.Event] = {}
+        self.revocations = Revocations(self)
+        #: Who may read the revocation feed: the identities that verify tokens — the
+        #: declared services, the gateway (when declared) and the identity service
+        #: (its admin API takes admin users' tokens).
+        self.feed_readers = frozenset(
+            [
+                *(config.spiffe_id(name) for name in config.services),
+                config.component_spiffe_id("identity"),
+                *([config.component_spiffe_id("gateway")] if config.gateway is not None else []),
+            ]
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -362,9 +378,10 @@ class AuthService:
         return claims
 
     # -- revocation --------------------------------------------------------------------------
-    async def publish_revocation(self, jti: str, exp: int) -> None:
-        """Tell subscribed services at once (Redis pub/sub, when configured); the feed
-        they poll is the backstop, so a failure here loses nothing."""
+    async def publish(self, revocation: Mapping[str, str | int]) -> None:
+        """Tell subscribed services of a revocation at once (Redis pub/sub, when
+        configured): ``{"jti", "exp"}`` for a token, ``{"sub", "before", "exp"}`` for a
+        subject. The feed they poll is the backstop, so a failure here loses nothing."""
         url = self.config.auth.redis
         if url is None:
             return
@@ -373,7 +390,7 @@ class AuthService:
         try:
             if self._redis is None:
                 self._redis = redis.from_url(url)
-            await self._redis.publish(REVOCATION_CHANNEL, json.dumps({"jti": jti, "exp": exp}))
+            await self._redis.publish(REVOCATION_CHANNEL, json.dumps(dict(revocation)))
         except (OSError, redis.RedisError) as exc:
             log.warning("revocation not published to Redis (%s); services will poll it", exc)
 
@@ -471,5 +488,7 @@ _EVENT_SHAPE: dict[str, tuple[events.EventClass, tuple[int, str]]] = {
     Reason.USER_LOCKED: (_MANAGEMENT, (9, "Disable")),
     Reason.USER_UNLOCKED: (_MANAGEMENT, (8, "Enable")),
     Reason.MFA_RESET: (_MANAGEMENT, (3, "Update")),
+    Reason.PASSWORD_CHANGED: (_MANAGEMENT, (3, "Update")),
+    Reason.REVOCATION_FEED_DENIED: (events.EventClass.API_ACTIVITY, (99, "Other")),
     **dict.fromkeys(LISTENER_REFUSALS, (events.EventClass.API_ACTIVITY, (99, "Other"))),
 }

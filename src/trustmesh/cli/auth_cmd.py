@@ -202,6 +202,17 @@ def client_remove(
     out.print(f"client {client_id} removed", markup=False)
 
 
+def _password(from_stdin: bool) -> dict[str, str]:
+    """The password part of a request body: read from stdin, or none (one is generated)."""
+    return {"password": sys.stdin.readline().rstrip("\n")} if from_stdin else {}
+
+
+def _show_generated_password(doc: dict[str, Any]) -> None:
+    if "password" in doc:
+        out.print("password (shown once):", markup=False)
+        print(doc["password"])
+
+
 @user_app.command("add")
 def user_add(
     username: Annotated[str, typer.Argument(help="The login name.")],
@@ -226,13 +237,10 @@ def user_add(
     body: dict[str, Any] = {"username": username, "mfa": mfa}
     if role:  # unset: the first role auth.roles declares
         body["roles"] = list(role)
-    if password_stdin:
-        body["password"] = sys.stdin.readline().rstrip("\n")
+    body.update(_password(password_stdin))
     made = _admin(cfg, state, "POST", "/admin/v1/users", body)
     out.print(f"user {made['username']} added (roles: {', '.join(made['roles'])})", markup=False)
-    if "password" in made:
-        out.print("password (shown once):", markup=False)
-        print(made["password"])
+    _show_generated_password(made)
     if "totp_uri" in made:
         out.print("TOTP enrolment (shown once; add it to an authenticator app):", markup=False)
         print(made["totp_uri"])
@@ -276,9 +284,30 @@ def _user_action(action: str, help_text: str) -> None:
     user_app.command(action)(command)
 
 
-_user_action("lock", "Lock a user out (no login until unlocked).")
+_user_action("lock", "Lock a user out (no login until unlocked); their tokens are revoked.")
 _user_action("unlock", "Let a locked user log in again.")
-_user_action("reset-mfa", "Replace a user's TOTP secret (the old one stops working).")
+_user_action(
+    "reset-mfa",
+    "Replace a user's TOTP secret (the old one stops working); their tokens are revoked.",
+)
+
+
+@user_app.command("set-password")
+def user_set_password(
+    username: Annotated[str, typer.Argument(help="The login name.")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the new password from stdin.")
+    ] = False,
+    config: ConfigOption = None,
+    state: StateOption = DEFAULT_STATE,
+) -> None:
+    """Set a user's password; their tokens are revoked. Without --password-stdin a
+    password is generated and printed once."""
+    cfg, _ = load_or_exit(config)
+    path = f"/admin/v1/users/{quote(username, safe='')}/password"
+    done = _admin(cfg, state, "POST", path, _password(password_stdin))
+    out.print(f"user {done['username']}: password set; their tokens are revoked", markup=False)
+    _show_generated_password(done)
 
 
 def _print_keys(rows: list[dict[str, Any]], as_json: bool) -> None:

@@ -34,6 +34,8 @@ __all__ = [
     "ALLOW_EXPECTED",
     "HARD_MAX_SVID_TTL",
     "HTTP_METHODS",
+    "MAX_ACCESS_TOKEN_TTL",
+    "MAX_TOKEN_LEEWAY",
     "MIN_TTL",
     "RESERVED_SERVICE_NAMES",
     "SERVICE_NAME_EXPECTED",
@@ -47,6 +49,9 @@ __all__ = [
 ]
 
 HARD_MAX_SVID_TTL: Final = timedelta(days=7)
+MAX_ACCESS_TOKEN_TTL: Final = timedelta(hours=1)
+#: The most clock difference a token verifier may be told to forgive (auth.token_leeway).
+MAX_TOKEN_LEEWAY: Final = timedelta(seconds=30)
 MIN_TTL: Final = timedelta(seconds=10)
 HTTP_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "*"})
 RESERVED_SERVICE_NAMES: Final = frozenset({"trustmesh"})
@@ -294,6 +299,16 @@ class IdentitySettings(BaseModel):
         return self
 
 
+def _check_leeway(value: timedelta) -> timedelta:
+    if value > MAX_TOKEN_LEEWAY:
+        raise _problem(
+            "token_leeway",
+            f"{format_duration(value)} forgives too much",
+            f"at most {format_duration(MAX_TOKEN_LEEWAY)} (a few seconds is usual)",
+        )
+    return value
+
+
 class AuthConfig(BaseModel):
     """The identity provider (OAuth 2.0 authorization server)."""
 
@@ -301,6 +316,13 @@ class AuthConfig(BaseModel):
 
     access_token_ttl: Ttl = Field(
         default="15m", validate_default=True, description="Lifetime of access tokens (≤ 1h)."
+    )
+    token_leeway: Annotated[Duration, AfterValidator(_check_leeway)] = Field(
+        default="5s",
+        validate_default=True,
+        description="Clock leeway of every token check — the gateway, every service's SDK, "
+        "the provider's checks of tokens signed elsewhere: how long past its expiry (or "
+        "before its issue time) a token is still taken (≤ 30s).",
     )
     key_publish_delay: Ttl = Field(
         default="5m",
@@ -365,7 +387,7 @@ class AuthConfig(BaseModel):
                 "public_tls_cert and public_tls_key go together",
                 "both files, or neither",
             )
-        if self.access_token_ttl > timedelta(hours=1):
+        if self.access_token_ttl > MAX_ACCESS_TOKEN_TTL:
             problems.add(
                 ("access_token_ttl",),
                 f(self.access_token_ttl),

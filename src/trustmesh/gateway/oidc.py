@@ -8,7 +8,7 @@ must be exactly the one configured) and its tokens are verified with its JWKS (R
   must be of that algorithm's type; headers that point at other keys (``jku``, ``x5u``,
   ``jwk``…) are refused, as for the provider's tokens;
 * ``iss`` exactly, ``aud`` containing the configured audience, ``exp`` (and ``nbf``,
-  ``iat``) with 30 s of leeway, ``sub`` present (RFC 9068 §4 where the issuer follows it);
+  ``iat``) with ``auth.token_leeway`` (5 s by default), ``sub`` present (RFC 9068 §4 where the issuer follows it);
 * an unknown ``kid`` triggers one refetch of the JWKS, at most every 10 s whatever the
   traffic; a failed fetch keeps the keys known (tokens keep working while it is down);
 * a verified token is cached until it expires.
@@ -56,6 +56,7 @@ from trustmesh.policy.edge import Principal
 from trustmesh.reasons import Reason
 from trustmesh.sdk.oauth import cache_max_age
 from trustmesh.sdk.tokens import (
+    DEFAULT_LEEWAY,
     JWKSCache,
     PublicKey,
     decode_claims,
@@ -88,7 +89,7 @@ _MIN_RSA_BITS: Final = 2048
 _ACCESS_TYPES: Final = frozenset({"at+jwt", "application/at+jwt", "jwt"})
 _ID_TOKEN_CLAIMS: Final = frozenset({"nonce", "at_hash", "c_hash"})
 _MAX_DOCUMENT: Final = 1 << 20
-LEEWAY: Final = 30.0
+LEEWAY: Final = DEFAULT_LEEWAY
 
 #: GET ``url``; the body and its max-age (seconds) when the response says one.
 Fetch = Callable[[str], Awaitable[tuple[bytes, float | None]]]
@@ -166,6 +167,7 @@ class ExternalVerifier:
         fetch: Fetch,
         *,
         declared_roles: Sequence[str] = (),
+        leeway: float = LEEWAY,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         cache_size: int = 10_000,
@@ -175,6 +177,7 @@ class ExternalVerifier:
             spec.roles if spec.roles is not None else (r for r in declared_roles if r != "admin")
         )
         self._fetch = fetch
+        self.leeway = leeway
         self._clock = clock
         self._monotonic = monotonic
         self.jwks: JWKSCache | None = None
@@ -218,7 +221,7 @@ class ExternalVerifier:
             self._cache[digest] = claims
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
-        if self._clock() >= claims["exp"] + LEEWAY:
+        if self._clock() >= claims["exp"] + self.leeway:
             self._cache.pop(digest, None)
             raise _refuse(Reason.TOKEN_EXPIRED, "expired")
         return claims
@@ -250,7 +253,7 @@ class ExternalVerifier:
             require=("iss", "aud", "exp", "sub"),
             strings=("sub",),
             now=self._clock(),
-            leeway=LEEWAY,
+            leeway=self.leeway,
         )
         if _ID_TOKEN_CLAIMS & claims.keys() or claims.get("typ") == "ID":
             raise _refuse(Reason.TOKEN_MALFORMED, "an ID token, not an access token")
@@ -335,13 +338,18 @@ class ExternalIssuers:
 
     @classmethod
     async def start(
-        cls, specs: Sequence[ExternalIssuer], config_dir: Path, declared_roles: Sequence[str]
+        cls,
+        specs: Sequence[ExternalIssuer],
+        config_dir: Path,
+        declared_roles: Sequence[str],
+        *,
+        leeway: float = LEEWAY,
     ) -> ExternalIssuers:
         verifiers: list[ExternalVerifier] = []
         closers: list[Callable[[], Awaitable[None]]] = []
         for spec in specs:
             fetch, close = http_fetcher(config_dir / spec.ca_file if spec.ca_file else None)
-            verifier = ExternalVerifier(spec, fetch, declared_roles=declared_roles)
+            verifier = ExternalVerifier(spec, fetch, declared_roles=declared_roles, leeway=leeway)
             with contextlib.suppress(UnavailableError):  # retried when a token names it;
                 await verifier.discover()  # until then its tokens get 503
             verifiers.append(verifier)

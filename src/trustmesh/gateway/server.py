@@ -162,6 +162,7 @@ async def serve_gateway(
             issuers={trust.auth.issuer},
             jwks=trust.jwks,
             revoked=trust.revoked,
+            leeway=config.auth.token_leeway.total_seconds(),
             require_binding=False,  # a browser has no certificate; a bound token still must match
         )
     discovery = DiscoveryClient(tls, discovery_url)
@@ -194,7 +195,12 @@ async def serve_gateway(
         else None
     )
     external = (
-        await ExternalIssuers.start(gateway.issuers, folder, ("admin", *config.auth.roles))
+        await ExternalIssuers.start(
+            gateway.issuers,
+            folder,
+            ("admin", *config.auth.roles),
+            leeway=config.auth.token_leeway.total_seconds(),
+        )
         if gateway.issuers
         else None
     )

@@ -91,6 +91,7 @@ class AdminTokens:
                 audience=self.config.component_spiffe_id("identity"),
                 jwks=trust.jwks,
                 revoked=trust.revoked,
+                leeway=self.config.auth.token_leeway.total_seconds(),
             )
             return self._verifier
 

@@ -6,9 +6,10 @@ receives and obtain the ones it sends.
 - :class:`TokenSource` obtains client-credentials tokens per audience, caches them until
   shortly before they expire, and drops them when the SVID rotates (they are bound to
   the certificate);
-- :class:`RevocationFeed` keeps a :class:`~trustmesh.sdk.tokens.RevocationList` current:
-  Redis pub/sub when configured (immediate), polling otherwise (every second), both
-  resuming from a cursor so nothing revoked is missed.
+- :class:`RevocationFeed` keeps a :class:`~trustmesh.sdk.tokens.RevocationList` current
+  (token ids, and subjects whose tokens issued before a time are revoked): Redis pub/sub
+  when configured (immediate), polling otherwise (every second), both resuming from
+  cursors so nothing revoked is missed.
 """
 
 from __future__ import annotations
@@ -57,6 +58,17 @@ def jwks_fetcher(client: ServiceClient) -> Callable[[], Awaitable[tuple[bytes, f
         return response.body, cache_max_age(response.headers.get("Cache-Control"))
 
     return fetch
+
+
+@dataclass(frozen=True)
+class RevocationPage:
+    """One answer of the revocation feed: ``revoked`` (jti, exp) after ``cursor``, and
+    ``subjects`` (sub, before, exp) after ``subjects_cursor``."""
+
+    cursor: int
+    revoked: list[tuple[str, float]]
+    subjects_cursor: int
+    subjects: list[tuple[str, float, float]]
 
 
 class AuthClient:
@@ -132,12 +144,21 @@ class AuthClient:
             raise UnavailableError(f"introspection: HTTP {response.status}")
         return body
 
-    async def revocations(self, since: int) -> tuple[int, list[tuple[str, float]]]:
-        response = await self.http.get(f"/v1/revocations?since={since}")
+    async def revocations(self, since: int, subjects_since: int = 0) -> RevocationPage:
+        """What was revoked after the cursors (token ids, and subjects: tokens for ``sub``
+        issued before ``before``)."""
+        response = await self.http.get(
+            f"/v1/revocations?since={since}&subjects_since={subjects_since}"
+        )
         if response.status != 200:
             raise UnavailableError(f"revocation feed: HTTP {response.status}")
         body = response.json()
-        return int(body["cursor"]), [(r["jti"], float(r["exp"])) for r in body["revoked"]]
+        return RevocationPage(
+            int(body["cursor"]),
+            [(str(r["jti"]), float(r["exp"])) for r in body["revoked"]],
+            int(body["subjects_cursor"]),
+            [(str(r["sub"]), float(r["before"]), float(r["exp"])) for r in body["subjects"]],
+        )
 
 
 class TokenSource:
@@ -239,11 +260,30 @@ class RevocationFeed:
                 await task
 
     async def poll_once(self) -> None:
-        cursor, rows = await self.auth.revocations(self.revoked.cursor)
-        for jti, exp in rows:
-            self.revoked.add(jti, exp)
-        self.revoked.cursor = cursor
-        self.revoked.prune()
+        revoked = self.revoked
+        page = await self.auth.revocations(revoked.cursor, revoked.subjects_cursor)
+        for jti, exp in page.revoked:
+            revoked.add(jti, exp)
+        for sub, before, exp in page.subjects:
+            revoked.add_subject(sub, before, exp)
+        revoked.cursor, revoked.subjects_cursor = page.cursor, page.subjects_cursor
+        revoked.prune()
+
+    def pushed(self, data: bytes | str) -> None:
+        """A revocation pushed through Redis: ``{"jti", "exp"}`` or ``{"sub", "before",
+        "exp"}``; anything else is ignored (the feed has it anyway)."""
+        try:
+            item = json.loads(data)
+            if not isinstance(item, dict):
+                return
+            if "jti" in item:
+                self.revoked.add(str(item["jti"]), float(item["exp"]))
+            elif "sub" in item:
+                self.revoked.add_subject(
+                    str(item["sub"]), float(item["before"]), float(item["exp"])
+                )
+        except (ValueError, KeyError, TypeError):
+            return
 
     async def _poll(self, every: float) -> None:
         while True:
@@ -264,13 +304,8 @@ class RevocationFeed:
                     await pubsub.subscribe(REVOCATION_CHANNEL)
                     await self.poll_once()  # what was revoked while we were not listening
                     async for message in pubsub.listen():
-                        if message.get("type") != "message":
-                            continue
-                        try:
-                            item = json.loads(message["data"])
-                            self.revoked.add(str(item["jti"]), float(item["exp"]))
-                        except (ValueError, KeyError, TypeError):
-                            continue
+                        if message.get("type") == "message":
+                            self.pushed(message["data"])
             except (OSError, redis.RedisError, TrustmeshError) as exc:
                 log.warning("revocation channel unavailable (%s); polling meanwhile", exc)
                 await asyncio.sleep(self.interval)

@@ -274,6 +274,7 @@ async def run_service(
             jwks=trust.jwks,
             trusted=trusted,
             revoked=trust.revoked,
+            leeway=config.auth.token_leeway.total_seconds(),
         )
     guarded = ZeroTrustMiddleware(
         app, authorizer=CallAuthorizer(config, service), sink=sink, verifier=verifier

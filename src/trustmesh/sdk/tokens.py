@@ -12,8 +12,9 @@ module decides what is acceptable:
   ``sig`` if stated, ``key_ops`` with ``verify`` if stated, a valid point, no private
   part, no duplicate ``kid``; an unknown ``kid`` triggers one rate-limited refetch;
 - the claims: ``typ`` ``at+jwt``; ``iss`` one of the configured issuers; ``aud`` this
-  service; ``exp``/``nbf``/``iat`` with a small leeway; ``sub``, ``jti``, ``client_id``
-  present; ``cnf.x5t#S256`` equal to the mTLS peer's certificate; ``jti`` not revoked.
+  service; ``exp``/``nbf``/``iat`` with a small leeway (5 s by default); ``sub``, ``jti``,
+  ``client_id`` present; ``cnf.x5t#S256`` equal to the mTLS peer's certificate; not
+  revoked — neither its ``jti`` nor its subject since before its ``iat``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ ALLOWED_ALGORITHMS = ("ES256",)
 ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c", "crit"})
 MAX_TOKEN_LENGTH = 8192
+#: Seconds a token is still taken past its ``exp`` (before its ``nbf``/``iat``), for
+#: clocks that differ; the declaration's ``auth.token_leeway`` sets it (≤ 30 s).
+DEFAULT_LEEWAY = 5.0
 _B64URL = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 PublicKey = Any  # what PyJWT's PyJWK.key holds for an EC key
@@ -222,25 +226,52 @@ class JWKSCache:
 
 
 class RevocationList:
-    """Revoked token ids (``jti``), each until its token would have expired anyway."""
+    """What the provider revoked, each until every token it can match has expired:
+    token ids (``jti``), and subjects — every token for ``sub`` issued (``iat``) before
+    ``before``, whoever signed it. ``cursor`` and ``subjects_cursor`` are where the feed
+    resumes."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._revoked: dict[str, float] = {}
+        self._subjects: dict[str, tuple[float, float]] = {}  # sub -> (before, exp)
         self._clock = clock
         self.cursor = 0
+        self.subjects_cursor = 0
 
     def add(self, jti: str, exp: float) -> None:
         self._revoked[jti] = exp
 
+    def add_subject(self, sub: str, before: float, exp: float) -> None:
+        """Tokens for ``sub`` issued before ``before`` are revoked (until ``exp``); a
+        later revocation of the same subject only extends it."""
+        held = self._subjects.get(sub)
+        if held is not None:
+            before, exp = max(before, held[0]), max(exp, held[1])
+        self._subjects[sub] = (before, exp)
+
     def __contains__(self, jti: object) -> bool:
         return isinstance(jti, str) and jti in self._revoked
+
+    def revokes(self, claims: Mapping[str, Any]) -> bool:
+        """Whether a verified token with ``claims`` is revoked: by its ``jti``, or by a
+        revocation of its subject made after it was issued (an ``iat`` in the same second
+        counts as before: fail closed)."""
+        if claims.get("jti") in self:
+            return True
+        sub = claims.get("sub")
+        held = self._subjects.get(sub) if isinstance(sub, str) else None
+        if held is None:
+            return False
+        iat = claims.get("iat")
+        return isinstance(iat, bool) or not isinstance(iat, int | float) or iat < held[0]
 
     def prune(self) -> None:
         now = self._clock()
         self._revoked = {j: e for j, e in self._revoked.items() if e > now}
+        self._subjects = {s: v for s, v in self._subjects.items() if v[1] > now}
 
     def __len__(self) -> int:
-        return len(self._revoked)
+        return len(self._revoked) + len(self._subjects)
 
 
 @dataclass(frozen=True)
@@ -356,7 +387,7 @@ class TokenVerifier:
         jwks: JWKSCache | None = None,
         trusted: Mapping[str, JWKSCache] | None = None,
         revoked: RevocationList | None = None,
-        leeway: float = 30.0,
+        leeway: float = DEFAULT_LEEWAY,
         require_binding: bool = True,
         clock: Callable[[], float] = time.time,
         cache_size: int = 10_000,
@@ -392,7 +423,7 @@ class TokenVerifier:
             bound = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
             if not isinstance(bound, str) or bound != peer_thumbprint:
                 raise _refuse(Reason.TOKEN_NOT_BOUND, "token is bound to another certificate")
-        if claims["jti"] in self.revoked:
+        if self.revoked.revokes(claims):
             raise _refuse(Reason.TOKEN_REVOKED, "token revoked")
         return verified
 

@@ -8,15 +8,20 @@ from collections.abc import Mapping
 
 
 def run_cli(
-    *args: str, timeout: float = 120, env: Mapping[str, str] | None = None
+    *args: str,
+    timeout: float = 120,
+    env: Mapping[str, str] | None = None,
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """``trustmesh ARGS…`` with this interpreter; never raises on a non-zero exit."""
+    """``trustmesh ARGS…`` with this interpreter, ``stdin`` as its input (none by
+    default); never raises on a non-zero exit."""
     return subprocess.run(  # noqa: S603 - our own interpreter and module
         [sys.executable, "-m", "trustmesh", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
-        stdin=subprocess.DEVNULL,
+        input=stdin,
+        stdin=subprocess.DEVNULL if stdin is None else None,
         env=dict(env) if env is not None else None,
     )
