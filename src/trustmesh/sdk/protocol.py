@@ -69,6 +69,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     guard: ClassVar[ConnectionGuard]
     context: ClassVar[ssl.SSLContext]
+    max_line: ClassVar[int]  # the guard's limits, read on every header line
+    max_headers: ClassVar[int]
+    max_head: ClassVar[int]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -81,6 +84,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._header_lines = 0
         self._header_size = 0
+        self._hosts = 0
+        self._host: bytes | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._refusal: tuple[int, Reason, str] | None = None
@@ -194,25 +199,40 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._header_lines = 0
         self._header_size = 0
+        self._host = None
+        self._hosts = 0
         self._head_started = True
 
     def on_url(self, url: bytes) -> None:
-        super().on_url(url)
-        if len(self.url) > self.guard.limits.max_header_line_bytes:
+        self.url += url
+        if len(self.url) > self.max_line:
             self._stop(414, Reason.REQUEST_LINE_TOO_LONG, "the request line is too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        limits = self.guard.limits
+        # uvicorn's on_header, with the bounds (the hot path: one call per header line)
+        name = name.lower()
         line = len(name) + len(value) + 4  # "name: value\r\n"
         self._header_lines += 1
         self._header_size += line
-        if self._header_lines > limits.max_headers:
-            self._stop(431, Reason.HEADERS_TOO_LARGE, "too many header lines")
-        if line > limits.max_header_line_bytes:
-            self._stop(431, Reason.HEADERS_TOO_LARGE, "a header line is too large")
-        if self._header_size + len(self.url) > limits.max_header_bytes:
-            self._stop(431, Reason.HEADERS_TOO_LARGE, "the request head is too large")
-        super().on_header(name, value)
+        if (
+            line > self.max_line
+            or self._header_lines > self.max_headers
+            or self._header_size + len(self.url) > self.max_head
+        ):
+            self._stop(431, Reason.HEADERS_TOO_LARGE, self._too_large(line))
+        if name == b"host":
+            self._hosts += 1
+            self._host = value
+        elif name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
+
+    def _too_large(self, line: int) -> str:
+        if line > self.max_line:
+            return "a header line is too large"
+        if self._header_lines > self.max_headers:
+            return "too many header lines"
+        return "the request head is too large"
 
     def on_headers_complete(self) -> None:
         problem = self._head_problem()
@@ -238,8 +258,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             return 501, Reason.UPGRADE_UNSUPPORTED, "protocol upgrades are not supported here"
         if not self.url.startswith(b"/"):
             return 400, Reason.REQUEST_MALFORMED, "the request target must be a path"
-        hosts = [value for name, value in self.headers if name == b"host"]
-        if len(hosts) != 1 or _HOST.fullmatch(hosts[0]) is None:
+        if self._hosts != 1 or self._host is None or _HOST.fullmatch(self._host) is None:
             return 400, Reason.HOST_INVALID, "exactly one valid Host header is required"
         return None
 
@@ -319,4 +338,15 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
 def guarded_protocol(context: ssl.SSLContext, guard: ConnectionGuard) -> type[GuardedHttpProtocol]:
     """The protocol class for one listener (uvicorn builds one per connection)."""
-    return type("ListenerProtocol", (GuardedHttpProtocol,), {"context": context, "guard": guard})
+    limits = guard.limits
+    return type(
+        "ListenerProtocol",
+        (GuardedHttpProtocol,),
+        {
+            "context": context,
+            "guard": guard,
+            "max_line": limits.max_header_line_bytes,
+            "max_headers": limits.max_headers,
+            "max_head": limits.max_header_bytes,
+        },
+    )
