@@ -75,6 +75,10 @@ permit (principal, action, resource == Route::"/partners");
 @id("by-address-too")
 permit (principal, action, resource == Route::"/blocked");
 
+@id("not-from-the-test-net")
+forbid (principal, action, resource == Route::"/blocked")
+when { context.ip.isInRange(ip("192.0.2.0/24")) };
+
 @id("local-users")
 permit (principal is User, action, resource == Route::"/local")
 when { principal.issuer == "trustmesh" };
@@ -304,6 +308,10 @@ async def test_ipv4_in_ipv6_forms_meet_the_ipv4_rules(stack: Stack) -> None:
         assert denied.reason == Reason.IP_DENIED
         assert denied.attributes["client"] == form  # the address as the proxy saw it
     assert await stack.call("/blocked/x", headers=via("198.51.100.7")) == 200
+    # the edge policies see the IPv4 client too, however its address is spelled
+    for form in ("192.0.2.5", "::ffff:c000:205", "64:ff9b::c000:205", "2002:c000:205::1"):
+        assert await stack.call("/blocked/x", headers=via(form)) == 403, form
+        assert stack.sink.events[-1].reason == Reason.POLICY_DENY
 
 
 async def test_a_forwarded_for_that_is_not_an_address_is_400(stack: Stack) -> None:

@@ -61,6 +61,7 @@ from trustmesh.gateway.oidc import ExternalIssuers
 from trustmesh.gateway.ratelimit import RateDecision, RateLimiter
 from trustmesh.gateway.routes import RouteDecision, RouteTable, request_host
 from trustmesh.gateway.upstreams import UpstreamTimeoutError
+from trustmesh.policy.addresses import as_ipv4
 from trustmesh.policy.edge import ANONYMOUS, EdgePolicy, EdgeRequest, Principal
 from trustmesh.policy.paths import NonCanonicalPath, canonical_path
 from trustmesh.reasons import Reason
@@ -268,7 +269,7 @@ class GatewayApp:
                     principal=principal,
                     method=method,
                     route=route.route_name,
-                    ip=client,
+                    ip=as_ipv4(client),  # IPv4 ranges hold however it is spelled
                     path=path,
                     host=host or "",
                     service=route.to,

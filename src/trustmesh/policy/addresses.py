@@ -20,7 +20,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Final
 
-__all__ = ["Address", "address_bucket", "embedded_ipv4", "parse_address"]
+__all__ = ["Address", "address_bucket", "as_ipv4", "embedded_ipv4", "parse_address"]
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 _NAT64: Final = ipaddress.IPv6Network("64:ff9b::/96")
@@ -62,3 +62,13 @@ def address_bucket(text: str) -> str:
             return str(v4)
         return str(ipaddress.IPv6Network((address, 64), strict=False))
     return str(address)
+
+
+def as_ipv4(text: str) -> str:
+    """``text``, or the IPv4 address it carries when it is an IPv4-mapped, NAT64 or 6to4
+    address: what a policy on IPv4 ranges must see of that client."""
+    if ":" not in text:
+        return text
+    address = parse_address(text)
+    v4 = embedded_ipv4(address) if address is not None else None
+    return text if v4 is None else str(v4)

@@ -11,7 +11,7 @@ deny at run time. The request the gateway asks about is::
                API keys, the issuer's URL for another OpenID Provider's, "" for Anonymous)
     action     Action::"<HTTP method>"            (only methods some route declares)
     resource   Route::"<route name>"              (an enumerated entity type: the routes)
-    context    ip (ipaddr), method, path, host, service (strings),
+    context    ip (ipaddr: an IPv4 client as IPv4, however spelled), method, path, host, service (strings),
                template (Template::"<path template>", an enumerated entity type: every
                route's operations, e.g. Template::"/orders/{id}/refund", or for a route
                that lists none Template::"/orders" and Template::"/orders/*"),
