@@ -18,6 +18,7 @@ from authrig import AuthRig, make_rig
 from trustmesh import crypto
 from trustmesh.reasons import Reason
 from trustmesh.testing import RunningIdentityServer
+from trustmesh.testing.rawtls import RawTLS
 
 LIMITS = """
 auth:
@@ -32,23 +33,12 @@ async def limited(identity: RunningIdentityServer, short_tmp: Path) -> AsyncIter
         yield made
 
 
-async def _open(rig: AuthRig) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    port = int(rig.public_url.rsplit(":", 1)[1])
-    context = ssl.create_default_context(cafile=str(crypto.edge_ca_path(rig.state)))
-    return await asyncio.open_connection(
-        "127.0.0.1", port, ssl=context, server_hostname="localhost"
-    )
+def _raw(rig: AuthRig) -> RawTLS:
+    return RawTLS(int(rig.public_url.rsplit(":", 1)[1]), crypto.edge_ca_path(rig.state))
 
 
 async def _answer(rig: AuthRig, raw: bytes) -> bytes:
-    reader, writer = await _open(rig)
-    writer.write(raw)
-    chunks = []
-    with contextlib.suppress(ConnectionError, ssl.SSLError):
-        while chunk := await asyncio.wait_for(reader.read(65536), 5):
-            chunks.append(chunk)
-    writer.close()
-    return b"".join(chunks)
+    return await _raw(rig).exchange(raw)
 
 
 async def _discovery_status(rig: AuthRig) -> int:
@@ -77,7 +67,7 @@ async def test_the_public_listener_refuses_what_the_gateway_refuses(limited: Aut
     assert upgrade.startswith(b"HTTP/1.1 501 ")
 
     started = time.monotonic()
-    reader, writer = await _open(rig)  # slowloris
+    reader, writer = await _raw(rig).open()  # slowloris
     writer.write(b"GET /login HTTP/1.1\r\nHost: localhost\r\n")
     with contextlib.suppress(ConnectionError, ssl.SSLError):
         for i in range(30):

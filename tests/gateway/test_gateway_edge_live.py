@@ -35,6 +35,7 @@ from trustmesh.reasons import Reason
 from trustmesh.sdk.runtime import Runtime, run_service
 from trustmesh.sdk.x509source import X509Source
 from trustmesh.testing import PrivateRedis, RunningIdentityServer
+from trustmesh.testing.rawtls import RawTLS
 
 GATEWAY = f"spiffe://{TD}/trustmesh/gateway"
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
@@ -547,29 +548,8 @@ def test_a_route_timeout_is_whole_seconds(stack: Stack) -> None:
 
 
 # -- the client listener's bounds ----------------------------------------------------------
-async def _raw(
-    edge: Edge, stack: Stack, source: str = "127.0.0.1"
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A TLS connection to the gateway from ``source`` (any 127/8 address is loopback)."""
-    context = ssl.create_default_context(cafile=str(crypto.edge_ca_path(stack.rig.state)))
-    return await asyncio.open_connection(
-        "127.0.0.1",
-        edge.running.public.port,
-        ssl=context,
-        server_hostname="localhost",
-        local_addr=(source, 0),
-    )
-
-
-async def _answer_to(edge: Edge, stack: Stack, raw: bytes) -> bytes:
-    reader, writer = await _raw(edge, stack)
-    writer.write(raw)
-    chunks = []
-    with contextlib.suppress(ConnectionError, ssl.SSLError):
-        while chunk := await asyncio.wait_for(reader.read(65536), 5):
-            chunks.append(chunk)
-    writer.close()
-    return b"".join(chunks)
+def _raw(edge: Edge, stack: Stack) -> RawTLS:
+    return RawTLS(edge.running.public.port, crypto.edge_ca_path(stack.rig.state))
 
 
 async def test_the_gateway_bounds_what_clients_send_and_hold(stack: Stack) -> None:
@@ -588,7 +568,7 @@ async def test_the_gateway_bounds_what_clients_send_and_hold(stack: Stack) -> No
         token.encode()
     )
     # a 32 MB header line: refused once the head passes 16 KiB
-    reader, writer = await _raw(edge, stack)
+    reader, writer = await _raw(edge, stack).open()
     writer.write(head + b"X-Big: ")
     sent = 0
     with contextlib.suppress(ConnectionError, ssl.SSLError):
@@ -603,7 +583,7 @@ async def test_the_gateway_bounds_what_clients_send_and_hold(stack: Stack) -> No
     assert sent < 8 << 20
     # a head trickled one line at a time: 408 at the header timeout
     started = time.monotonic()
-    reader, writer = await _raw(edge, stack)
+    reader, writer = await _raw(edge, stack).open()
     writer.write(head)
     with contextlib.suppress(ConnectionError, ssl.SSLError):
         for i in range(40):
@@ -622,14 +602,14 @@ async def test_the_gateway_bounds_what_clients_send_and_hold(stack: Stack) -> No
         (head + b"Host: evil.example\r\n\r\n", b"400"),
         (head + b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n", b"501"),
     ):
-        answer = await _answer_to(edge, stack, raw)
+        answer = await _raw(edge, stack).exchange(raw)
         assert answer.startswith(b"HTTP/1.1 " + status), (raw[:40], answer[:60])
     # one address holding connections open (each mid-head): the eleventh is refused …
-    held = [await _raw(edge, stack, "127.0.0.2") for _ in range(10)]
+    held = [await _raw(edge, stack).open("127.0.0.2") for _ in range(10)]
     for _, writer in held:
         writer.write(b"GET /jwt-only/x HTTP/1.1\r\n")
     with pytest.raises((ConnectionError, ssl.SSLError)):
-        await _raw(edge, stack, "127.0.0.2")
+        await _raw(edge, stack).open("127.0.0.2")
     # … while another address is served
     ok = await stack.call("/jwt-only/x", edge=edge, token=token)
     assert ok.status == 200

@@ -20,6 +20,7 @@ from trustmesh import crypto
 from trustmesh.reasons import Reason
 from trustmesh.sdk.guard import ConnectionGuard, ConnectionLimits, RefusalSummary
 from trustmesh.sdk.serve import PublicServed, Receive, Scope, Send, start_public
+from trustmesh.testing.rawtls import RawTLS, close, until_closed
 
 FAST = ConnectionLimits(
     handshake_timeout=0.5,
@@ -56,10 +57,13 @@ async def echo(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 class Listener:
+    """A running listener, reached with raw TLS (or bare TCP)."""
+
     def __init__(self, served: PublicServed, ca: Path, reports: list[RefusalSummary]) -> None:
         self.served = served
         self.port = served.port
-        self.context = ssl.create_default_context(cafile=str(ca))
+        self.raw = RawTLS(served.port, ca)
+        self.exchange = self.raw.exchange
         self.reports = reports
 
     @property
@@ -68,23 +72,10 @@ class Listener:
         return self.served.guard
 
     async def tls(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.open_connection(
-            "127.0.0.1", self.port, ssl=self.context, server_hostname="localhost"
-        )
+        return await self.raw.open()
 
     async def tcp(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await asyncio.open_connection("127.0.0.1", self.port)
-
-    async def exchange(self, raw: bytes, *, timeout: float = 5.0) -> bytes:
-        """Send ``raw`` on a new TLS connection; everything the server sent back until
-        it closed (or ``timeout``)."""
-        reader, writer = await self.tls()
-        try:
-            writer.write(raw)
-            await writer.drain()
-            return await asyncio.wait_for(_read_all(reader), timeout)
-        finally:
-            await _close(writer)
 
     async def get(self, path: str = "/ok") -> int:
         """A well-behaved request's status."""
@@ -92,20 +83,6 @@ class Listener:
             f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
         )
         return status_of(answer)
-
-
-async def _read_all(reader: asyncio.StreamReader) -> bytes:
-    chunks = []
-    with contextlib.suppress(ConnectionError, ssl.SSLError):
-        while chunk := await reader.read(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _close(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError):
-        await asyncio.wait_for(writer.wait_closed(), 2)
 
 
 def status_of(answer: bytes) -> int:
@@ -116,11 +93,6 @@ def status_of(answer: bytes) -> int:
 def error_of(answer: bytes) -> dict[str, Any]:
     body: dict[str, Any] = json.loads(answer.split(b"\r\n\r\n", 1)[1])
     return body
-
-
-async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bytes:
-    """What the server sent before it closed the connection; fails if it stays open."""
-    return await asyncio.wait_for(_read_all(reader), seconds)
 
 
 ListenerFactory = Callable[..., Awaitable[Listener]]
@@ -168,8 +140,8 @@ async def test_a_huge_header_line_is_refused_before_it_is_held(listen: ListenerF
             await writer.drain()
             sent += 65536
             await asyncio.sleep(0)
-    answer = await closed_within(reader, 5)
-    await _close(writer)
+    answer = await until_closed(reader, 5)
+    await close(writer)
     assert status_of(answer) == 431
     assert error_of(answer)["error"] == "headers_too_large"
     assert refused_after[0] <= 32768 + 4 * 65536  # within a few reads of the limit
@@ -319,9 +291,9 @@ async def test_a_trickled_head_gets_408_within_the_header_timeout(
             await writer.drain()
             if reader.at_eof() or reader._buffer:  # type: ignore[attr-defined]
                 break
-    answer = await closed_within(reader, 3)
+    answer = await until_closed(reader, 3)
     elapsed = time.monotonic() - started
-    await _close(writer)
+    await close(writer)
     assert status_of(answer) == 408
     assert error_of(answer)["error"] == "request_timeout"
     assert FAST.header_timeout <= elapsed < FAST.header_timeout + 1.0
@@ -333,8 +305,8 @@ async def test_a_stalled_body_gets_408(listen: ListenerFactory) -> None:
     reader, writer = await listener.tls()
     writer.write(b"POST /ok HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n0123456789")
     await writer.drain()
-    answer = await closed_within(reader, 3)
-    await _close(writer)
+    answer = await until_closed(reader, 3)
+    await close(writer)
     assert status_of(answer) == 408
     assert listener.guard.refused == {Reason.BODY_TIMEOUT: 1}
 
@@ -348,7 +320,7 @@ async def test_a_slow_but_steady_body_is_served(listen: ListenerFactory) -> None
         writer.write(b"0123456789")
         await writer.drain()
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
-    await _close(writer)
+    await close(writer)
     assert status_of(head) == 200
 
 
@@ -358,14 +330,14 @@ async def test_idle_connections_close_before_and_between_requests(
     listener = await listen()
     reader, writer = await listener.tls()  # handshake done, no request: closed when idle
     started = time.monotonic()
-    assert await closed_within(reader, 3) == b""
+    assert await until_closed(reader, 3) == b""
     assert time.monotonic() - started >= FAST.keepalive_timeout - 0.1
-    await _close(writer)
+    await close(writer)
 
     reader, writer = await listener.tls()
     writer.write(b"GET /ok HTTP/1.1\r\nHost: localhost\r\n\r\n")
-    answer = await closed_within(reader, 3)  # the answer, then the idle close
-    await _close(writer)
+    answer = await until_closed(reader, 3)  # the answer, then the idle close
+    await close(writer)
     assert status_of(answer) == 200
     assert not listener.guard.refused  # idling is no offence
 
@@ -374,9 +346,9 @@ async def test_a_connection_that_never_starts_tls_is_closed(listen: ListenerFact
     listener = await listen()
     reader, writer = await listener.tcp()
     started = time.monotonic()
-    assert await closed_within(reader, 3) == b""
+    assert await until_closed(reader, 3) == b""
     assert time.monotonic() - started >= FAST.handshake_timeout - 0.1
-    await _close(writer)
+    await close(writer)
     await asyncio.sleep(0.05)
     assert listener.guard.refused == {Reason.TLS_HANDSHAKE_TIMEOUT: 1}
     assert listener.guard.open == 0
@@ -387,8 +359,8 @@ async def test_a_bad_handshake_is_counted(listen: ListenerFactory) -> None:
     reader, writer = await listener.tcp()
     writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")  # plain HTTP to a TLS port
     await writer.drain()
-    await closed_within(reader, 3)
-    await _close(writer)
+    await until_closed(reader, 3)
+    await close(writer)
     await asyncio.sleep(0.05)
     assert listener.guard.refused == {Reason.TLS_HANDSHAKE_FAILED: 1}
 
@@ -412,7 +384,7 @@ async def test_one_address_cannot_hold_more_than_its_share(listen: ListenerFacto
         await listener.tls()  # closed before its handshake
     assert listener.guard.refused == {Reason.CONNECTION_LIMIT_ADDRESS: 1}
     for _, writer in held:
-        await _close(writer)
+        await close(writer)
     await asyncio.sleep(0.1)
     assert await listener.get() == 200  # room again once they went
 
@@ -428,10 +400,10 @@ async def test_idle_keepalive_connections_make_room(listen: ListenerFactory) -> 
         idle.append((reader, writer))
     assert await listener.get() == 200  # the oldest idle one was closed for it
     assert listener.guard.evicted == 1
-    assert await closed_within(idle[0][0], 2) == b""
+    assert await until_closed(idle[0][0], 2) == b""
     assert not listener.guard.refused
     for _, writer in idle:
-        await _close(writer)
+        await close(writer)
 
 
 async def test_the_total_cap_holds_for_exempt_addresses_too(listen: ListenerFactory) -> None:
@@ -444,7 +416,7 @@ async def test_the_total_cap_holds_for_exempt_addresses_too(listen: ListenerFact
         await listener.tls()  # closed before its handshake
     assert listener.guard.refused == {Reason.CONNECTION_LIMIT: 1}
     for _, writer in held:
-        await _close(writer)
+        await close(writer)
 
 
 # -- under attack, others are served; refusals are reported in aggregate -------------------
@@ -459,7 +431,7 @@ async def test_others_are_served_during_a_slow_header_attack(listen: ListenerFac
         started = time.monotonic()
         assert await listener.get() == 200
         assert time.monotonic() - started < 1.0
-    await asyncio.gather(*(closed_within(reader, 3) for reader, _ in trickling + bare))
+    await asyncio.gather(*(until_closed(reader, 3) for reader, _ in trickling + bare))
     await asyncio.sleep(0.05)
     assert listener.guard.open == 0  # every attacking connection was closed
     assert listener.guard.refused[Reason.HEADER_TIMEOUT] == 100
@@ -470,7 +442,7 @@ async def test_others_are_served_during_a_slow_header_attack(listen: ListenerFac
     assert reported[Reason.HEADER_TIMEOUT].count == 100
     assert reported[Reason.HEADER_TIMEOUT].top_addresses == (("127.0.0.1", 100),)
     for _, writer in trickling + bare:
-        await _close(writer)
+        await close(writer)
 
 
 async def test_stopping_closes_connections_still_in_their_handshake(
@@ -481,8 +453,8 @@ async def test_stopping_closes_connections_still_in_their_handshake(
     await asyncio.sleep(0.05)
     assert listener.guard.open == 1
     await listener.served.stop()
-    assert await closed_within(reader, 2) == b""
-    await _close(writer)
+    assert await until_closed(reader, 2) == b""
+    await close(writer)
     assert listener.guard.open == 0
 
 
