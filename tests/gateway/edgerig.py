@@ -4,7 +4,8 @@ The upstream holds the ``orders`` SVID and serves over mTLS, registered in disco
 runs no SDK middleware: whatever the gateway sends reaches its app, which records it. So
 a test sees exactly what the gateway forwarded, not what a service's own policy let
 through. Requests go out over raw TLS, byte for byte as written (header case, repeats and
-paths no client library normalises)."""
+paths no client library normalises). The provider and the gateway are liverig's
+(:func:`liverig.live_gateway`, the identity service from :func:`liverig.live_identity`)."""
 
 from __future__ import annotations
 
@@ -15,18 +16,16 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from authrig import CONFIG, ORDERS, TD, AuthRig, make_rig
+from authrig import ORDERS, AuthRig
+from liverig import live_gateway
 
 from trustmesh import crypto, events
-from trustmesh.config import parse_config
 from trustmesh.config.gateway import HealthCheck
-from trustmesh.gateway.server import RunningGateway, serve_gateway
+from trustmesh.gateway.server import RunningGateway
 from trustmesh.sdk.discovery import DiscoveryClient
 from trustmesh.sdk.serve import ASGIApp, Receive, Scope, Send, start
 from trustmesh.sdk.x509source import X509Source
 from trustmesh.testing import RunningIdentityServer
-
-GATEWAY = f"spiffe://{TD}/trustmesh/gateway"
 
 
 @dataclass(frozen=True)
@@ -109,34 +108,14 @@ async def edge_stack(
 ) -> AsyncIterator[Edge]:
     """The provider, a gateway for ``CONFIG + section`` (``files`` written beside it) and
     ``upstream`` as the one instance of ``orders`` (bare: no SDK middleware)."""
-    config_file = root / "trustmesh.yaml"
-    config_file.write_text(CONFIG + section)
-    for name, text in (files or {}).items():
-        (root / name).write_text(text)
-    assert identity.server.discovery is not None
-    discovery_url = f"https://127.0.0.1:{identity.server.discovery.port}"
-    sink = events.MemorySink()
-    async with make_rig(identity, root, section) as rig:
-        source = X509Source(identity.address, spiffe_id=GATEWAY)
-        await source.start()
-        gateway = await serve_gateway(
-            parse_config(config_file.read_text(), source=str(config_file)),
-            root / "state",
-            source=source,
-            sink=sink,
-            discovery_url=discovery_url,
-            auth_url=rig.url,
-            config_dir=root,
-        )
+    async with live_gateway(identity, root, section, files=files) as live:
         source_orders = X509Source(identity.address, spiffe_id=ORDERS)
         served = await start(healthy(upstream), source=source_orders)
-        registration = DiscoveryClient(served.tls, discovery_url)
+        registration = DiscoveryClient(served.tls, live.discovery_url)
         await registration.register(f"https://127.0.0.1:{served.port}")
         try:
-            yield Edge(rig, gateway, sink)
+            yield Edge(live.rig, live.gateway, live.sink)
         finally:
             await registration.close()
             await served.stop()
             await source_orders.close()
-            await gateway.stop()
-            await source.close()

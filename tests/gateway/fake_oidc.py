@@ -41,6 +41,16 @@ class FakeIssuer:
     def ca_file(self) -> Path:
         return crypto.edge_ca_path(self.state)
 
+    def declaration(self, **trust: str) -> str:
+        """This issuer's entry in ``gateway.issuers`` (a flow mapping) for the tokens it
+        signs (audience ``shop-api``, roles under ``realm_access``), with ``trust``: more
+        keys and their YAML values."""
+        more = "".join(f", {key}: {value}" for key, value in trust.items())
+        return (
+            f'{{issuer: "{self.url}", audience: shop-api, ca_file: "{self.ca_file}",'
+            f" roles_claim: realm_access.roles{more}}}"
+        )
+
     def new_key(self) -> str:
         kid = uuid.uuid4().hex[:12]
         self.keys[kid] = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -1,36 +1,168 @@
-"""A whole path for token tests: the identity service and provider of the auth tests, the
-gateway in front, and two services run by the SDK (orders, payments) that echo the
-token they were given — so a test can follow a user's token, the gateway's internal
-token and an exchanged token, and present each one again, directly."""
+"""The live gateway stack of the gateway's tests, built in one place: an identity service
+that hands out the gateway's SVID and serves discovery (:func:`live_identity`), the
+identity provider of the auth tests, a gateway via ``serve_gateway``, the services the SDK
+runs in front of their apps, and a client with no SVID that trusts the dev edge CA
+(:func:`live_gateway`). What differs between the tests is what they pass: the
+declaration's section, the services and their apps, files beside the declaration (edge
+policies), other issuers the gateway trusts; gateways with other settings and more
+services start on demand (:meth:`Live.start_gateway`, :meth:`Live.start_service`).
+
+On it, a whole path for token tests (:func:`open_stack`): two services run by the SDK
+(orders, payments) that echo the token they were given — so a test can follow a user's
+token, the gateway's internal token and an exchanged token, and present each one again,
+directly."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import requests
-from authrig import CONFIG, ORDERS, PAYMENTS, TD, AuthRig, code_flow, make_rig
+from authrig import CONFIG, ORDERS, PAYMENTS, TD, AuthRig, code_flow, identity_for, make_rig
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from trustmesh import crypto, events
-from trustmesh.config import parse_config
+from trustmesh.config import TrustmeshConfig, parse_config
+from trustmesh.gateway.endpoint import endpoint_path
 from trustmesh.gateway.server import RunningGateway, serve_gateway
 from trustmesh.sdk.client import Response, ServiceClient
 from trustmesh.sdk.runtime import Runtime, run_service
+from trustmesh.sdk.serve import ASGIApp
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.x509source import X509Source
 from trustmesh.testing import RunningIdentityServer
 
 GATEWAY = f"spiffe://{TD}/trustmesh/gateway"
+
+
+def live_identity(short_tmp: Path, section: str) -> Iterator[RunningIdentityServer]:
+    """The identity service for ``CONFIG + section``, handing out the gateway's SVID too
+    and serving discovery: what :func:`live_gateway` needs."""
+    yield from identity_for(short_tmp, CONFIG + section, (GATEWAY,), discovery=True)
+
+
+@dataclass
+class Live:
+    """A running stack: the provider, the gateway(s) and the services the SDK runs."""
+
+    rig: AuthRig
+    root: Path  # the declaration (trustmesh.yaml), the files beside it, and the state
+    address: str  # the identity service's
+    discovery_url: str
+    source: X509Source  # the gateway's SVID: every gateway of the stack holds it
+    http: aiohttp.ClientSession  # no SVID, trusts the dev edge CA, a connection per request
+    sink: events.MemorySink  # the first gateway's events
+    gateways: list[RunningGateway] = field(default_factory=list)
+    runtimes: list[Runtime] = field(default_factory=list)  # stopped with the stack
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def gateway(self) -> RunningGateway:
+        """The first gateway: the one the services trust."""
+        return self.gateways[0]
+
+    async def start_gateway(
+        self, config: TrustmeshConfig, sink: events.EventSink
+    ) -> RunningGateway:
+        """Another gateway for ``config``, on the stack's state (one signing key, one API
+        key store), stopped with the stack."""
+        running = await serve_gateway(
+            config,
+            self.state,
+            source=self.source,
+            sink=sink,
+            discovery_url=self.discovery_url,
+            auth_url=self.rig.url,
+            config_dir=self.root,
+        )
+        self.gateways.append(running)
+        return running
+
+    async def start_service(self, name: str, app: ASGIApp) -> Runtime:
+        """``app`` run by the SDK as ``name`` (it trusts the first gateway), stopped with
+        the stack unless a test takes it out of ``runtimes``."""
+        runtime = await run_service(
+            app,
+            service=name,
+            config_path=self.root / "trustmesh.yaml",
+            address=self.address,
+            port=0,
+            discovery_url=self.discovery_url,
+            auth_url=self.rig.url,
+            gateway_url=self.gateway.internal_url,
+            sink=events.MemorySink(),
+        )
+        self.runtimes.append(runtime)
+        return runtime
+
+
+def _issuers(entries: Sequence[str]) -> str:
+    """``gateway.issuers`` with these entries (flow mappings), to follow a section whose
+    last key is ``gateway``."""
+    if not entries:
+        return ""
+    return "  issuers:\n" + "".join(f"    - {entry}\n" for entry in entries)
+
+
+@contextlib.asynccontextmanager
+async def live_gateway(
+    identity: RunningIdentityServer,
+    root: Path,
+    section: str,
+    services: Sequence[tuple[str, ASGIApp]] = (),
+    *,
+    files: Mapping[str, str] | None = None,
+    issuers: Sequence[str] = (),
+) -> AsyncIterator[Live]:
+    """The provider and a gateway for ``CONFIG + section`` (written to ``trustmesh.yaml``
+    in ``root``, ``files`` beside it; the gateway alone also trusts ``issuers``, entries
+    of ``gateway.issuers``), its endpoint file written as ``up`` has it, and ``services``
+    (name, app) run by the SDK in that order. ``identity``: from :func:`live_identity`."""
+    config_file = root / "trustmesh.yaml"
+    config_file.write_text(CONFIG + section)
+    for name, text in (files or {}).items():
+        (root / name).write_text(text)
+    config = parse_config(CONFIG + section + _issuers(issuers), source=str(config_file))
+    assert identity.server.discovery is not None
+    discovery_url = f"https://127.0.0.1:{identity.server.discovery.port}"
+    async with make_rig(identity, root, section) as rig:
+        source = X509Source(identity.address, spiffe_id=GATEWAY)
+        await source.start()
+        tls = ssl.create_default_context(cafile=str(crypto.edge_ca_path(rig.state)))
+        http = aiohttp.ClientSession(  # a connection per request: nothing kept across waits
+            connector=aiohttp.TCPConnector(ssl=tls, force_close=True, limit=16),
+            timeout=aiohttp.ClientTimeout(total=30),
+        )
+        live = Live(rig, root, identity.address, discovery_url, source, http, events.MemorySink())
+        try:
+            gateway = await live.start_gateway(config, live.sink)
+            endpoint_path(live.state).write_text(json.dumps({"internal_url": gateway.internal_url}))
+            for name, app in services:
+                await live.start_service(name, app)
+            yield live
+        finally:
+            await http.close()
+            for runtime in reversed(live.runtimes):
+                await runtime.close()
+            for running in reversed(live.gateways):
+                await running.stop()
+            await source.close()
+
+
 SECTION = """gateway:
   routes:
     - {path: /orders, to: orders, methods: [GET, POST], claims: [roles, preferred_username]}
@@ -176,57 +308,19 @@ async def within(seconds: float, check: Callable[[], Awaitable[bool]], what: str
         await asyncio.sleep(0.05)
 
 
-def identity_config(extra: str = "") -> str:
-    return CONFIG + SECTION + extra
-
-
 @contextlib.asynccontextmanager
 async def open_stack(
     identity: RunningIdentityServer, short_tmp: Path, extra: str = ""
 ) -> AsyncIterator[Stack]:
-    """The stack for ``CONFIG + SECTION + extra`` (``identity`` must hand out the
-    gateway's SVID and serve discovery)."""
-    config_file = short_tmp / "trustmesh.yaml"
-    config_file.write_text(identity_config(extra))
-    config = parse_config(config_file.read_text(), source=str(config_file))
-    assert identity.server.discovery is not None
-    discovery_url = f"https://127.0.0.1:{identity.server.discovery.port}"
-    sink = events.MemorySink()
-    async with make_rig(identity, short_tmp, SECTION + extra) as rig:
-        source = X509Source(identity.address, spiffe_id=GATEWAY)
-        await source.start()
-        gateway = await serve_gateway(
-            config,
-            short_tmp / "state",
-            source=source,
-            sink=sink,
-            discovery_url=discovery_url,
-            auth_url=rig.url,
-        )
-        endpoint = short_tmp / "state" / "gateway" / "endpoint.json"
-        endpoint.write_text(json.dumps({"internal_url": gateway.internal_url}))  # as `up` has it
-        runtimes: list[Runtime] = []
+    """The token path for ``SECTION + extra`` (``identity``: ``live_identity(short_tmp,
+    SECTION)``)."""
+    services = [("payments", APP), ("orders", APP)]
+    async with live_gateway(identity, short_tmp, SECTION + extra, services) as live:
+        payments, orders = live.runtimes
+        RUNTIMES["orders"] = orders
         try:
-            for name in ("payments", "orders"):
-                runtimes.append(
-                    await run_service(
-                        APP,
-                        service=name,
-                        config_path=config_file,
-                        address=identity.address,
-                        port=0,
-                        discovery_url=discovery_url,
-                        auth_url=rig.url,
-                        gateway_url=gateway.internal_url,
-                        sink=events.MemorySink(),
-                    )
-                )
-            payments, orders = runtimes
-            RUNTIMES["orders"] = orders
-            yield Stack(rig, gateway, RotatingTLS(source), orders, payments, sink)
+            yield Stack(
+                live.rig, live.gateway, RotatingTLS(live.source), orders, payments, live.sink
+            )
         finally:
             RUNTIMES.clear()
-            for runtime in reversed(runtimes):
-                await runtime.close()
-            await gateway.stop()
-            await source.close()

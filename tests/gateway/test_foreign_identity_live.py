@@ -10,7 +10,6 @@ not an address is a 400."""
 from __future__ import annotations
 
 import asyncio
-import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -19,22 +18,19 @@ from typing import Any
 
 import aiohttp
 import pytest
-from authrig import CONFIG, TD, AuthRig, identity_for, make_rig, sign_in_user
+from authrig import TD, AuthRig, sign_in_user
 from fake_oidc import FakeIssuer, fake_issuer
+from liverig import GATEWAY, live_gateway, live_identity
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from trustmesh import crypto, events
-from trustmesh.config import parse_config
-from trustmesh.gateway.server import RunningGateway, serve_gateway
+from trustmesh import events
+from trustmesh.gateway.server import RunningGateway
 from trustmesh.reasons import Reason
-from trustmesh.sdk.runtime import Runtime, run_service
-from trustmesh.sdk.x509source import X509Source
 from trustmesh.testing import RunningIdentityServer
 
-GATEWAY = f"spiffe://{TD}/trustmesh/gateway"
 MAPPED = "[roles, preferred_username, email, groups, amr, scope, tenant, idp]"
 SECTION = f"""auth: {{roles: [customer, support]}}
 gateway:
@@ -129,71 +125,32 @@ def recorder(seen: list[dict[str, Any]]) -> Starlette:
     return Starlette(routes=[Route("/{p:path}", note)])
 
 
-def issuers(kc: FakeIssuer, partner: FakeIssuer) -> str:
-    return (
-        "  issuers:\n"
-        f'    - {{issuer: "{kc.url}", audience: shop-api, ca_file: "{kc.ca_file}",'
-        " roles_claim: realm_access.roles}\n"
-        f'    - {{issuer: "{partner.url}", audience: shop-api, ca_file: "{partner.ca_file}",'
-        " roles_claim: realm_access.roles, principal: user, trust_amr: true,"
-        " groups: [staff], scopes: [orders:read]}\n"
-    )
-
-
 @pytest.fixture
 def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
-    yield from identity_for(short_tmp, CONFIG + SECTION, (GATEWAY,), discovery=True)
+    yield from live_identity(short_tmp, SECTION)
 
 
 @pytest.fixture
 async def stack(identity: RunningIdentityServer, short_tmp: Path) -> AsyncIterator[Stack]:
-    config_file = short_tmp / "trustmesh.yaml"
-    config_file.write_text(CONFIG + SECTION)
-    assert identity.server.discovery is not None
-    discovery_url = f"https://127.0.0.1:{identity.server.discovery.port}"
-    sink = events.MemorySink()
+    seen: list[dict[str, Any]] = []
     async with (
-        make_rig(identity, short_tmp, SECTION) as rig,
         fake_issuer(short_tmp / "kc") as kc,
         fake_issuer(short_tmp / "partner") as partner,
+        live_gateway(
+            identity,
+            short_tmp,
+            SECTION,
+            [("orders", recorder(seen))],
+            files={"edge.cedar": POLICIES + PARTNER_POLICY % partner.url},
+            issuers=[
+                kc.declaration(),
+                partner.declaration(
+                    principal="user", trust_amr="true", groups="[staff]", scopes="[orders:read]"
+                ),
+            ],
+        ) as live,
     ):
-        (short_tmp / "edge.cedar").write_text(POLICIES + PARTNER_POLICY % partner.url)
-        config = parse_config(CONFIG + SECTION + issuers(kc, partner), source=str(config_file))
-        source = X509Source(identity.address, spiffe_id=GATEWAY)
-        await source.start()
-        gateway = await serve_gateway(
-            config,
-            short_tmp / "state",
-            source=source,
-            sink=sink,
-            discovery_url=discovery_url,
-            auth_url=rig.url,
-            config_dir=short_tmp,
-        )
-        tls = ssl.create_default_context(cafile=str(crypto.edge_ca_path(rig.state)))
-        http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=tls, force_close=True, limit=8),
-            timeout=aiohttp.ClientTimeout(total=30),
-        )
-        made = Stack(rig, gateway, sink, kc, partner, http)
-        orders: Runtime = await run_service(
-            recorder(made.seen),
-            service="orders",
-            config_path=config_file,
-            address=identity.address,
-            port=0,
-            discovery_url=discovery_url,
-            auth_url=rig.url,
-            gateway_url=gateway.internal_url,
-            sink=events.MemorySink(),
-        )
-        try:
-            yield made
-        finally:
-            await http.close()
-            await orders.close()
-            await gateway.stop()
-            await source.close()
+        yield Stack(live.rig, live.gateway, live.sink, kc, partner, live.http, seen)
 
 
 # -- another issuer's identity ---------------------------------------------------------

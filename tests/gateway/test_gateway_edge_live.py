@@ -19,7 +19,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from authrig import CONFIG, TD, AuthRig, identity_for, make_rig, sign_in_user
+from authrig import CONFIG, AuthRig, sign_in_user
+from liverig import GATEWAY, Live, live_gateway, live_identity
 from services import require_service
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -30,14 +31,12 @@ from trustmesh import crypto, events
 from trustmesh.config import parse_config
 from trustmesh.errors import ConfigError
 from trustmesh.gateway.keystore import add_key, open_keystore, revoke_key
-from trustmesh.gateway.server import RunningGateway, serve_gateway
+from trustmesh.gateway.server import RunningGateway
 from trustmesh.reasons import Reason
-from trustmesh.sdk.runtime import Runtime, run_service
-from trustmesh.sdk.x509source import X509Source
+from trustmesh.sdk.runtime import Runtime
 from trustmesh.testing import PrivateRedis, RunningIdentityServer
 from trustmesh.testing.rawtls import RawTLS
 
-GATEWAY = f"spiffe://{TD}/trustmesh/gateway"
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 LIMITED = '"routes[0].rate_limits[0]"'  # the rule's name in the RateLimit headers
 SHARED_LIMIT = 50
@@ -117,20 +116,30 @@ class Stack:
     """An identity service, the provider, the gateway(s) on one state directory (one
     signing key, one API key store) and the service ``orders``."""
 
-    rig: AuthRig
-    root: Path
+    live: Live
     run: str
-    address: str  # the identity service's
-    discovery_url: str
-    source: X509Source
-    http: aiohttp.ClientSession
     seen: list[dict[str, Any]] = field(default_factory=list)
     edges: list[Edge] = field(default_factory=list)
-    services: list[Runtime] = field(default_factory=list)
+
+    @property
+    def rig(self) -> AuthRig:
+        return self.live.rig
+
+    @property
+    def root(self) -> Path:
+        return self.live.root
 
     @property
     def state(self) -> Path:
-        return self.root / "state"
+        return self.live.state
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        return self.live.http
+
+    @property
+    def services(self) -> list[Runtime]:
+        return self.live.runtimes
 
     @property
     def edge(self) -> Edge:
@@ -140,32 +149,12 @@ class Stack:
         """Another gateway on the same state, with these gateway-wide settings."""
         text = CONFIG + section(self.run, slow_timeout, **gateway_wide)
         sink = events.MemorySink()
-        running = await serve_gateway(
-            parse_config(text, source=f"gateway-{len(self.edges)}.yaml"),
-            self.state,
-            source=self.source,
-            sink=sink,
-            discovery_url=self.discovery_url,
-            auth_url=self.rig.url,
-            config_dir=self.root,
-        )
-        self.edges.append(Edge(running, sink))
+        config = parse_config(text, source=f"gateway-{len(self.edges)}.yaml")
+        self.edges.append(Edge(await self.live.start_gateway(config, sink), sink))
         return self.edges[-1]
 
     async def service(self, name: str) -> Runtime:
-        runtime = await run_service(
-            upstream(self.seen),
-            service=name,
-            config_path=self.root / "trustmesh.yaml",
-            address=self.address,
-            port=0,
-            discovery_url=self.discovery_url,
-            auth_url=self.rig.url,
-            gateway_url=self.edge.running.internal_url,
-            sink=events.MemorySink(),
-        )
-        self.services.append(runtime)
-        return runtime
+        return await self.live.start_service(name, upstream(self.seen))
 
     async def call(
         self,
@@ -197,34 +186,16 @@ def run() -> str:
 
 @pytest.fixture
 def identity(short_tmp: Path, run: str) -> Iterator[RunningIdentityServer]:
-    yield from identity_for(short_tmp, CONFIG + section(run), (GATEWAY,), discovery=True)
+    yield from live_identity(short_tmp, section(run))
 
 
 @pytest.fixture
 async def stack(identity: RunningIdentityServer, short_tmp: Path, run: str) -> AsyncIterator[Stack]:
-    (short_tmp / "trustmesh.yaml").write_text(CONFIG + section(run))
-    assert identity.server.discovery is not None
-    discovery_url = f"https://127.0.0.1:{identity.server.discovery.port}"
-    async with make_rig(identity, short_tmp, section(run)) as rig:
-        source = X509Source(identity.address, spiffe_id=GATEWAY)
-        await source.start()
-        tls = ssl.create_default_context(cafile=str(crypto.edge_ca_path(rig.state)))
-        http = aiohttp.ClientSession(  # a connection per request: nothing kept across waits
-            connector=aiohttp.TCPConnector(ssl=tls, force_close=True, limit=16),
-            timeout=aiohttp.ClientTimeout(total=30),
-        )
-        made = Stack(rig, short_tmp, run, identity.address, discovery_url, source, http)
-        try:
-            await made.gateway()
-            await made.service("orders")
-            yield made
-        finally:
-            await http.close()
-            for runtime in made.services:
-                await runtime.close()
-            for edge in made.edges:
-                await edge.running.stop()
-            await source.close()
+    seen: list[dict[str, Any]] = []
+    async with live_gateway(
+        identity, short_tmp, section(run), [("orders", upstream(seen))]
+    ) as live:
+        yield Stack(live, run, seen, [Edge(live.gateway, live.sink)])
 
 
 async def _until(

@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from authrig import CONFIG, identity_for
-from edgerig import GATEWAY, Edge, edge_stack
+from edgerig import Edge, edge_stack
 from fastapi import FastAPI, Response
 from fastapi.responses import PlainTextResponse
+from liverig import live_identity
 
 from trustmesh.testing import RunningIdentityServer
 
@@ -50,7 +50,7 @@ def service() -> FastAPI:
 
 @pytest.fixture
 def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
-    yield from identity_for(short_tmp, CONFIG + SECTION, (GATEWAY,), discovery=True)
+    yield from live_identity(short_tmp, SECTION)
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from authrig import CONFIG, identity_for
-from edgerig import GATEWAY, Edge, edge_stack
+from edgerig import Edge, edge_stack
+from liverig import live_identity
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -130,7 +130,7 @@ def echo() -> Starlette:
 
 @pytest.fixture
 def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
-    yield from identity_for(short_tmp, CONFIG + SECTION, (GATEWAY,), discovery=True)
+    yield from live_identity(short_tmp, SECTION)
 
 
 @pytest.fixture

@@ -13,30 +13,19 @@ from typing import Any
 
 import pytest
 import requests
-from authrig import (
-    CONFIG,
-    ORDERS,
-    PAYMENTS,
-    TD,
-    AuthRig,
-    code_flow,
-    identity_for,
-    make_rig,
-)
+from authrig import ORDERS, PAYMENTS, AuthRig, code_flow
+from liverig import GATEWAY, live_gateway, live_identity
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from trustmesh import crypto, events
-from trustmesh.config import parse_config
-from trustmesh.gateway.server import RunningGateway, serve_gateway
+from trustmesh.gateway.server import RunningGateway
 from trustmesh.reasons import Reason
-from trustmesh.sdk.runtime import Runtime, run_service
-from trustmesh.sdk.x509source import X509Source
+from trustmesh.sdk.runtime import Runtime
 from trustmesh.testing import RunningIdentityServer
 
-GATEWAY = f"spiffe://{TD}/trustmesh/gateway"
 SECTION = """gateway:
   max_body_bytes: 1024
   routes:
@@ -91,63 +80,21 @@ APP = Starlette(
 
 @pytest.fixture
 def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
-    yield from identity_for(short_tmp, CONFIG + SECTION, (GATEWAY,), discovery=True)
+    yield from live_identity(short_tmp, SECTION)
 
 
 @pytest.fixture
 async def stack(
     identity: RunningIdentityServer, short_tmp: Path
 ) -> AsyncIterator[tuple[AuthRig, RunningGateway, Runtime, events.MemorySink]]:
-    config_file = short_tmp / "trustmesh.yaml"
-    config_file.write_text(CONFIG + SECTION)
-    config = parse_config(config_file.read_text(), source=str(config_file))
-    assert identity.server.discovery is not None
-    discovery_url = f"https://127.0.0.1:{identity.server.discovery.port}"
-    sink = events.MemorySink()
-    async with make_rig(identity, short_tmp, SECTION) as rig:
-        source = X509Source(identity.address, spiffe_id=GATEWAY)
-        await source.start()
-        gateway = await serve_gateway(
-            config,
-            short_tmp / "state",
-            source=source,
-            sink=sink,
-            discovery_url=discovery_url,
-            auth_url=rig.url,
-        )
-        endpoint = short_tmp / "state" / "gateway" / "endpoint.json"
-        endpoint.write_text(json.dumps({"internal_url": gateway.internal_url}))  # as `up` has it
-        payments = await run_service(
-            APP,
-            service="payments",
-            config_path=config_file,
-            address=identity.address,
-            port=0,
-            discovery_url=discovery_url,
-            auth_url=rig.url,
-            gateway_url=gateway.internal_url,
-            sink=events.MemorySink(),
-        )
-        orders = await run_service(
-            APP,
-            service="orders",
-            config_path=config_file,
-            address=identity.address,
-            port=0,
-            discovery_url=discovery_url,
-            auth_url=rig.url,
-            gateway_url=gateway.internal_url,
-            sink=events.MemorySink(),
-        )
+    services = [("payments", APP), ("orders", APP)]
+    async with live_gateway(identity, short_tmp, SECTION, services) as live:
+        _, orders = live.runtimes
         RUNTIMES["orders"] = orders
         try:
-            yield rig, gateway, orders, sink
+            yield live.rig, live.gateway, orders, live.sink
         finally:
             RUNTIMES.clear()
-            await orders.close()
-            await payments.close()
-            await gateway.stop()
-            await source.close()
 
 
 def _token(rig: AuthRig, audiences: list[str], client_id: str = "shop-web") -> str:

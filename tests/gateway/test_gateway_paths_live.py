@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from authrig import CONFIG, identity_for, sign_in_user
-from edgerig import GATEWAY, Edge, edge_stack
+from authrig import sign_in_user
+from edgerig import Edge, edge_stack
+from liverig import GATEWAY, live_identity
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -66,7 +67,7 @@ SEEN: list[tuple[str, str]] = []
 
 @pytest.fixture
 def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
-    yield from identity_for(short_tmp, CONFIG + shop_section(), (GATEWAY,), discovery=True)
+    yield from live_identity(short_tmp, shop_section())
 
 
 @pytest.fixture(params=sorted(POLICY_SOURCES))

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 import requests
-from authrig import CONFIG, TD, AuthRig, identity_for, make_rig, sign_in_user
+from authrig import CONFIG, AuthRig, sign_in_user
 from fake_oidc import FakeIssuer, fake_issuer
+from liverig import GATEWAY, live_gateway, live_identity
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -26,11 +27,9 @@ from trustmesh.config import parse_config
 from trustmesh.errors import UnavailableError
 from trustmesh.gateway.server import RunningGateway, serve_gateway
 from trustmesh.reasons import Reason
-from trustmesh.sdk.runtime import Runtime, run_service
 from trustmesh.sdk.x509source import X509Source
 from trustmesh.testing import RunningIdentityServer
 
-GATEWAY = f"spiffe://{TD}/trustmesh/gateway"
 SECTION = """auth: {roles: [customer, support]}
 gateway:
   policies: [edge.cedar]
@@ -78,56 +77,26 @@ APP = Starlette(routes=[Route("/{path:path}", echo, methods=["GET", "POST"])])
 
 @pytest.fixture
 def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
-    yield from identity_for(short_tmp, CONFIG + SECTION, (GATEWAY,), discovery=True)
+    yield from live_identity(short_tmp, SECTION)
 
 
 @pytest.fixture
 async def stack(
     identity: RunningIdentityServer, short_tmp: Path
 ) -> AsyncIterator[tuple[AuthRig, RunningGateway, events.MemorySink, FakeIssuer]]:
-    config_file = short_tmp / "trustmesh.yaml"
-    config_file.write_text(CONFIG + SECTION)
-    (short_tmp / "edge.cedar").write_text(POLICIES)
-    config = parse_config(config_file.read_text(), source=str(config_file))
-    assert identity.server.discovery is not None
-    discovery_url = f"https://127.0.0.1:{identity.server.discovery.port}"
-    sink = events.MemorySink()
-    async with make_rig(identity, short_tmp, SECTION) as rig, fake_issuer(short_tmp / "kc") as kc:
-        # another OpenID Provider (Keycloak-like) the gateway also trusts
-        config = parse_config(
-            config_file.read_text()
-            + f'  issuers:\n    - {{issuer: "{kc.url}", audience: shop-api, '
-            f'ca_file: "{kc.ca_file}", roles_claim: realm_access.roles, principal: user}}\n',
-            source=str(config_file),
-        )
-        source = X509Source(identity.address, spiffe_id=GATEWAY)
-        await source.start()
-        gateway = await serve_gateway(
-            config,
-            short_tmp / "state",
-            source=source,
-            sink=sink,
-            discovery_url=discovery_url,
-            auth_url=rig.url,
-            config_dir=short_tmp,
-        )
-        orders: Runtime = await run_service(
-            APP,
-            service="orders",
-            config_path=config_file,
-            address=identity.address,
-            port=0,
-            discovery_url=discovery_url,
-            auth_url=rig.url,
-            gateway_url=gateway.internal_url,
-            sink=events.MemorySink(),
-        )
-        try:
-            yield rig, gateway, sink, kc
-        finally:
-            await orders.close()
-            await gateway.stop()
-            await source.close()
+    # another OpenID Provider (Keycloak-like) the gateway also trusts
+    async with (
+        fake_issuer(short_tmp / "kc") as kc,
+        live_gateway(
+            identity,
+            short_tmp,
+            SECTION,
+            [("orders", APP)],
+            files={"edge.cedar": POLICIES},
+            issuers=[kc.declaration(principal="user")],
+        ) as live,
+    ):
+        yield live.rig, live.gateway, live.sink, kc
 
 
 def _sign_in(rig: AuthRig, username: str, roles: list[str]) -> str:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from authrig import ORDERS, identity_for
-from liverig import GATEWAY, Stack, identity_config, open_stack
+from authrig import ORDERS
+from liverig import GATEWAY, SECTION, Stack, live_identity, open_stack
 
 from trustmesh import crypto
 from trustmesh.reasons import Reason
@@ -22,7 +22,7 @@ from trustmesh.testing import RunningIdentityServer
 
 @pytest.fixture
 def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
-    yield from identity_for(short_tmp, identity_config(), (GATEWAY,), discovery=True)
+    yield from live_identity(short_tmp, SECTION)
 
 
 def provider_token(stack: Stack, *, expired_for: int) -> str:

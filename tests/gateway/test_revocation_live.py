@@ -17,8 +17,15 @@ from urllib.parse import parse_qs, urlsplit
 
 import jwt
 import pytest
-from authrig import identity_for
-from liverig import GATEWAY, POLL_BOUND, PUSH_BOUND, Stack, identity_config, open_stack, within
+from liverig import (
+    POLL_BOUND,
+    PUSH_BOUND,
+    SECTION,
+    Stack,
+    live_identity,
+    open_stack,
+    within,
+)
 
 from trustmesh import crypto
 from trustmesh.reasons import Reason
@@ -31,7 +38,7 @@ NEW_PASSWORD = "alice's brand new passphrase"
 
 @pytest.fixture
 def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
-    yield from identity_for(short_tmp, identity_config(), (GATEWAY,), discovery=True)
+    yield from live_identity(short_tmp, SECTION)
 
 
 @pytest.fixture(params=["poll", "redis"])
