@@ -34,9 +34,17 @@ FAST = ConnectionLimits(
 
 
 async def echo(scope: Scope, receive: Receive, send: Send) -> None:
-    """Reads the whole body, answers what it saw."""
+    """Reads the whole body, answers what it saw. ``/early`` answers 403 without reading
+    the body (as the gateway refuses at the edge); ``/slow`` answers after 0.5 s and
+    ``/late-read`` reads the body only after 0.8 s (longer than FAST's body timeout)."""
     if scope["type"] != "http":
         return
+    if scope["path"] == "/early":
+        await send({"type": "http.response.start", "status": 403, "headers": []})
+        await send({"type": "http.response.body", "body": b"no"})
+        return
+    if scope["path"] in ("/slow", "/late-read"):
+        await asyncio.sleep(0.5 if scope["path"] == "/slow" else 0.8)
     size = 0
     while True:
         message = await receive()
@@ -479,3 +487,115 @@ def test_ipv6_clients_count_by_their_64_and_an_embedded_ipv4_as_itself() -> None
     assert guard.admit(Conn("192.0.2.1")) == Reason.CONNECTION_LIMIT_ADDRESS
     assert guard.admit(Conn("64:ff9b::c000:201")) == Reason.CONNECTION_LIMIT_ADDRESS  # NAT64
     assert guard.admit(Conn("2002:c000:201::1")) == Reason.CONNECTION_LIMIT_ADDRESS  # 6to4
+
+
+# -- order, keep-alive and bodies (found in review) -----------------------------------------
+async def test_a_body_trickled_after_an_early_answer_cannot_hold_the_connection(
+    listen: ListenerFactory,
+) -> None:
+    listener = await listen()
+    reader, writer = await listener.tls()
+    writer.write(b"POST /early HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000000000\r\n\r\n")
+    await writer.drain()
+    started = time.monotonic()
+    with contextlib.suppress(ConnectionError, ssl.SSLError):
+        while not reader.at_eof() and time.monotonic() - started < 10:
+            await asyncio.sleep(0.1)  # a byte at a time, never quiet long enough to time out
+            writer.write(b"x")
+            await writer.drain()
+    answer = await until_closed(reader, 5)
+    await close(writer)
+    assert status_of(answer) == 403
+    assert time.monotonic() - started < 5  # lingered a few seconds at most, then closed
+    await asyncio.sleep(0.05)
+    assert listener.guard.open == 0
+
+
+async def test_a_refused_pipelined_head_is_answered_after_the_requests_before_it(
+    listen: ListenerFactory,
+) -> None:
+    listener = await listen()
+    answer = await listener.exchange(
+        b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        b"GET /b HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        b"GET /c HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 2000 + b"\r\n\r\n"
+    )
+    statuses = [int(line[9:12]) for line in answer.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")]
+    assert statuses == [200, 200, 431]
+    assert answer.index(b'"/slow"') < answer.index(b'"/b"') < answer.index(b"headers_too_large")
+
+
+async def test_a_slow_answer_does_not_time_out_the_next_pipelined_head(
+    listen: ListenerFactory,
+) -> None:
+    limits = ConnectionLimits(header_timeout=0.2)
+    listener = await listen(limits)
+    reader, writer = await listener.tls()
+    writer.write(b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\nGET /b HTTP/1.1\r\n")
+    await writer.drain()
+    await asyncio.sleep(0.6)  # the slow answer takes 0.5 s: the next head is not late
+    writer.write(b"Host: localhost\r\nConnection: close\r\n\r\n")
+    answer = await until_closed(reader, 5)
+    await close(writer)
+    statuses = [int(line[9:12]) for line in answer.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")]
+    assert statuses == [200, 200]
+    assert not listener.guard.refused
+
+
+async def test_a_body_and_the_start_of_the_next_head_in_one_read_are_both_served(
+    listen: ListenerFactory,
+) -> None:
+    """The bytes of a body that ends in the same read as the next head begins are not
+    counted against that head's limit (FAST: 4 KiB)."""
+    listener = await listen()
+    reader, writer = await listener.tls()
+    writer.write(
+        b"POST /one HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4050\r\n\r\n"
+        + b"b" * 4050
+        + b"GET /two HTTP/1.1\r\nHo"
+    )
+    await writer.drain()
+    await asyncio.sleep(0.1)
+    writer.write(b"st: localhost\r\nConnection: close\r\n\r\n")
+    answer = await until_closed(reader, 5)
+    await close(writer)
+    statuses = [int(line[9:12]) for line in answer.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")]
+    assert statuses == [200, 200]
+    assert not listener.guard.refused
+
+
+async def test_a_client_waiting_for_100_continue_is_not_timed_out(
+    listen: ListenerFactory,
+) -> None:
+    listener = await listen()
+    reader, writer = await listener.tls()
+    writer.write(
+        b"POST /late-read HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n"
+        b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
+    )
+    await writer.drain()
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+    assert interim.startswith(b"HTTP/1.1 100 ")
+    writer.write(b"hello")
+    answer = await until_closed(reader, 5)
+    await close(writer)
+    assert status_of(answer) == 200
+    assert not listener.guard.refused
+
+
+async def test_a_failing_report_is_logged_and_reporting_goes_on(
+    listen: ListenerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    listener = await listen()
+    assert status_of(await listener.exchange(b"GET /ok HTTP/1.1\r\n\r\n")) == 400
+
+    def broken(_summaries: list[RefusalSummary]) -> None:
+        raise RuntimeError("no sink")
+
+    listener.served.on_refusals = broken
+    listener.served.report()  # logged, not raised
+    assert "could not be reported" in caplog.text
+    listener.served.on_refusals = listener.reports.extend
+    assert status_of(await listener.exchange(b"GET /ok HTTP/1.1\r\n\r\n")) == 400
+    listener.served.report()
+    assert [s.count for s in listener.reports] == [1]

@@ -445,10 +445,7 @@ class AuthService:
                 summary.reason,
                 "refused at the public listener",
                 decision=events.Decision.DENY,
-                attributes={
-                    "count": summary.count,
-                    "addresses": ", ".join(f"{a} ×{n}" for a, n in summary.top_addresses),
-                },
+                attributes=summary.attributes(),
             )
 
     def emit_issued(

@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Final
 
+from trustmesh.sdk.protocol import LISTENER_CODES
+
 __all__ = ["ERROR_HEADERS", "error_code", "error_headers", "error_message"]
 
 #: The upstream's headers an error answer keeps (lower-case names).
@@ -48,6 +50,7 @@ _CODES: Final = {
     502: "bad_gateway",
     503: "unavailable",
     504: "timeout",
+    **LISTENER_CODES,  # the listener's own answers: 408, 414, 431, 501
 }
 _NOT_A_CODE: Final = re.compile(r"[^a-z0-9]+")
 _MESSAGES: Final = {

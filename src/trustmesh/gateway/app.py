@@ -576,8 +576,7 @@ class GatewayApp:
                 events.Decision.DENY,
                 summary.reason,
                 "refused at the listener",
-                count=summary.count,
-                addresses=", ".join(f"{a} ×{n}" for a, n in summary.top_addresses),
+                **summary.attributes(),
             )
 
     def _template(

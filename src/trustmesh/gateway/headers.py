@@ -180,6 +180,20 @@ def stripped(name: bytes) -> bool:
     return name in STRIPPED or name.startswith(STRIPPED_FAMILIES) or b"_" in name
 
 
+_VERDICTS: dict[bytes, bool] = {}  # lower-case name -> never forwarded (a bounded memo)
+_MAX_VERDICTS = 4096
+
+
+def _never_forwarded(name: bytes) -> bool:
+    """Hop-by-hop or :func:`stripped`, decided once per name (the per-request path)."""
+    verdict = _VERDICTS.get(name)
+    if verdict is None:
+        verdict = name in HOP_BY_HOP or stripped(name)
+        if len(_VERDICTS) < _MAX_VERDICTS:  # names are the client's: the memo stays small
+            _VERDICTS[name] = verdict
+    return verdict
+
+
 def upstream_headers(
     headers: Headers,
     *,
@@ -191,12 +205,12 @@ def upstream_headers(
     where ``allowed`` is given (a strict route) every one it does not name;
     ``X-Forwarded-For`` and ``X-Forwarded-Proto`` set by the gateway; ``extra`` added
     (the internal token, the trace context). Names are lower-cased (ASGI gives them so)."""
-    drop = HOP_BY_HOP | _connection_tokens(headers)
+    named = _connection_tokens(headers)  # hop-by-hop for this message (RFC 9110 §7.6.1)
     kept = [
         (lowered, value)
         for name, value in headers
-        if (lowered := name.lower()) not in drop
-        and not stripped(lowered)
+        if not _never_forwarded(lowered := name.lower())
+        and lowered not in named
         and (allowed is None or lowered in allowed)
     ]
     kept.append((b"x-forwarded-for", client.encode("ascii")))
@@ -223,9 +237,13 @@ def strict_headers(route: GatewayRoute, where: str) -> frozenset[bytes] | None:
     return names
 
 
+_RESPONSE_DROP: Final = HOP_BY_HOP | _SECURITY_NAMES | {b"server"}
+
+
 def response_headers(headers: Headers) -> list[tuple[bytes, bytes]]:
     """The upstream's response headers, cleaned, with the security headers set."""
-    drop = HOP_BY_HOP | _connection_tokens(headers) | _SECURITY_NAMES | {b"server"}
+    named = _connection_tokens(headers)
+    drop = _RESPONSE_DROP | named if named else _RESPONSE_DROP
     kept = [
         (name.lower(), value)
         for name, value in headers

@@ -47,6 +47,7 @@ LISTENER_REFUSALS: Final = frozenset(
         Reason.UPGRADE_UNSUPPORTED,
     }
 )
+_DEFAULTS: Final = ListenerLimits()
 _TOP_ADDRESSES = 5
 _MAX_TRACKED_ADDRESSES = 10_000
 
@@ -56,15 +57,15 @@ class ConnectionLimits:
     """:class:`~trustmesh.config.listener.ListenerLimits` in seconds (fractions allowed,
     for tests); see there for what each bound means."""
 
-    max_connections: int = 4096
-    max_connections_per_address: int = 256
-    handshake_timeout: float = 10.0
-    header_timeout: float = 10.0
-    keepalive_timeout: float = 15.0
-    body_timeout: float = 30.0
-    max_header_bytes: int = 32768
-    max_header_line_bytes: int = 8192
-    max_headers: int = 100
+    max_connections: int = _DEFAULTS.max_connections
+    max_connections_per_address: int = _DEFAULTS.max_connections_per_address
+    handshake_timeout: float = _DEFAULTS.handshake_timeout.total_seconds()
+    header_timeout: float = _DEFAULTS.header_timeout.total_seconds()
+    keepalive_timeout: float = _DEFAULTS.keepalive_timeout.total_seconds()
+    body_timeout: float = _DEFAULTS.body_timeout.total_seconds()
+    max_header_bytes: int = _DEFAULTS.max_header_bytes
+    max_header_line_bytes: int = _DEFAULTS.max_header_line_bytes
+    max_headers: int = _DEFAULTS.max_headers
 
     @classmethod
     def of(cls, settings: ListenerLimits) -> ConnectionLimits:
@@ -102,6 +103,11 @@ class RefusalSummary:
     count: int
     top_addresses: tuple[tuple[str, int], ...]
 
+    def attributes(self) -> dict[str, str | int]:
+        """The summary as an event's attributes."""
+        addresses = ", ".join(f"{address} ×{n}" for address, n in self.top_addresses)
+        return {"count": self.count, "addresses": addresses}
+
 
 @dataclass
 class _Tally:
@@ -123,7 +129,7 @@ class ConnectionGuard:
         self._exempt = exempt
         self._on_refused = on_refused
         self._open: dict[int, tuple[str, Guarded]] = {}  # id -> (bucket, conn); oldest first
-        self._per_bucket: Counter[str] = Counter()
+        self._by_bucket: dict[str, dict[int, Guarded]] = {}  # the same, per bucket
         self.refused: Counter[Reason] = Counter()  # since the start
         self.evicted = 0
         self._window: dict[Reason, _Tally] = {}
@@ -137,25 +143,26 @@ class ConnectionGuard:
         bucket = address_bucket(conn.address)
         limits = self.limits
         capped = not self._exempt(conn.address)
-        if capped and self._per_bucket[bucket] >= limits.max_connections_per_address:
-            if not self._evict_idle(bucket):
+        held = self._by_bucket.get(bucket, {})
+        if capped and len(held) >= limits.max_connections_per_address:
+            if not self._evict_idle(held):
                 self.refuse(Reason.CONNECTION_LIMIT_ADDRESS, conn.address)
                 return Reason.CONNECTION_LIMIT_ADDRESS
         elif len(self._open) >= limits.max_connections and not self._evict_idle(None):
             self.refuse(Reason.CONNECTION_LIMIT, conn.address)
             return Reason.CONNECTION_LIMIT
         self._open[id(conn)] = (bucket, conn)
-        self._per_bucket[bucket] += 1
+        self._by_bucket.setdefault(bucket, {})[id(conn)] = conn
         return None
 
     def release(self, conn: Guarded) -> None:
         """``conn`` closed (a connection never admitted, or released before, is ignored)."""
         entry = self._open.pop(id(conn), None)
         if entry is not None:
-            bucket = entry[0]
-            self._per_bucket[bucket] -= 1
-            if self._per_bucket[bucket] <= 0:
-                del self._per_bucket[bucket]
+            held = self._by_bucket[entry[0]]
+            del held[id(conn)]
+            if not held:
+                del self._by_bucket[entry[0]]
 
     def refuse(self, reason: Reason, address: str) -> None:
         """Count one refusal (the caller closes the connection)."""
@@ -180,15 +187,14 @@ class ConnectionGuard:
         for _, conn in list(self._open.values()):
             conn.abort()
         self._open.clear()
-        self._per_bucket.clear()
+        self._by_bucket.clear()
 
-    def _evict_idle(self, bucket: str | None) -> bool:
-        for key, (owner, conn) in self._open.items():
-            if (bucket is None or owner == bucket) and conn.idle():
-                del self._open[key]
-                self._per_bucket[owner] -= 1
-                if self._per_bucket[owner] <= 0:
-                    del self._per_bucket[owner]
+    def _evict_idle(self, among: dict[int, Guarded] | None) -> bool:
+        """Close the oldest idle connection ``among`` one address's (None: anyone's)."""
+        candidates = among.values() if among is not None else (c for _, c in self._open.values())
+        for conn in candidates:
+            if conn.idle():
+                self.release(conn)
                 conn.abort()
                 self.evicted += 1
                 return True

@@ -28,7 +28,7 @@ import asyncio
 import json
 import re
 import ssl
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -36,7 +36,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from trustmesh.reasons import Reason
 from trustmesh.sdk.guard import ConnectionGuard
 
-__all__ = ["GuardedHttpProtocol", "guarded_protocol"]
+__all__ = ["LISTENER_CODES", "GuardedHttpProtocol", "guarded_protocol"]
 
 # RFC 9110 §7.2 / RFC 3986 §3.2.2: host [ ":" port ]; host a reg-name, IPv4 or IP-literal
 _HOST = re.compile(
@@ -49,9 +49,12 @@ _HOST = re.compile(
 _LINGER_QUIET = 0.3
 _LINGER_MAX = 3.0
 _LINGER_BYTES = 1 << 20
+#: How long a closing connection waits for the client's TLS close_notify.
+_SHUTDOWN_SECONDS = 5.0
 #: Bytes that may arrive between the end of the handshake and the protocol taking over.
 _EARLY_BYTES = 4 << 20
-_ERRORS = {
+#: The error codes of the listener's own answers (the gateway answers these statuses so).
+LISTENER_CODES: Final = {
     400: "invalid_request",
     408: "request_timeout",
     414: "uri_too_long",
@@ -88,7 +91,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._host: bytes | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
-        self._refusal: tuple[int, Reason, str] | None = None
+        self._refusal: tuple[int, Reason, str] | None = None  # what this connection ends with
+        self._deferred = False  # … once the responses before it have gone out
+        self._lingering = False
+        self._completed = False  # a request completed during the current read
         self._handshake: asyncio.Task[None] | None = None
         self._linger: asyncio.TimerHandle | None = None
         self._lingered = 0
@@ -130,6 +136,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 self.context,
                 server_side=True,
                 ssl_handshake_timeout=limits.handshake_timeout,
+                ssl_shutdown_timeout=_SHUTDOWN_SECONDS,
             )
         except (OSError, ssl.SSLError) as exc:
             self.guard.release(self)
@@ -166,15 +173,15 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             if sum(map(len, self._early)) > _EARLY_BYTES:
                 self.abort()
             return
-        if self._refusal is not None:
+        if self._refusal is not None or self._lingering:
             self._drop(len(data))
             return
         self._unset_keepalive_if_required()
+        started_before = self._head_started
+        self._completed = False
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:  # refused in on_headers_complete already
-            return
-        except httptools.HttpParserError:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
             refusal = self._refusal or (
                 400,
                 Reason.REQUEST_MALFORMED,
@@ -188,10 +195,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 self._head_timer = self.loop.call_later(
                     self.guard.limits.header_timeout, self._head_timed_out
                 )
-            self._head_bytes += len(data)
-            if self._head_bytes > self.guard.limits.max_header_bytes:
+            if started_before or not self._completed:  # all of this read is head
+                self._head_bytes += len(data)
+            else:  # the read also ended a request: count what the parser has seen
+                self._head_bytes = len(self.url) + self._header_size
+            if self._head_bytes > self.max_head:
                 self._refuse(431, Reason.HEADERS_TOO_LARGE, "the request head is too large")
-        elif self.cycle is not None and self.cycle.more_body and not self.cycle.response_complete:
+        elif self.cycle is not None and self.cycle.more_body:
             self._arm_body_timer()  # a body is arriving: each chunk restarts its clock
 
     # -- parser callbacks ----------------------------------------------------------------
@@ -247,9 +257,29 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
+        self._completed = True
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
+
+    def on_response_complete(self) -> None:
+        if self.transport.is_closing():
+            super().on_response_complete()
+        elif self._deferred and not self.pipeline:  # the refused head's turn to be answered
+            self.server_state.total_requests += 1
+            self._deferred = False
+            assert self._refusal is not None  # noqa: S101 - deferred implies a refusal
+            self._answer(*self._refusal)
+        elif self.cycle is not None and self.cycle.more_body and not self._deferred:
+            # answered before its body arrived (a refusal at the edge): the rest of the
+            # body is read and dropped for a moment, then the connection closes; a client
+            # trickling it cannot hold the connection
+            self.server_state.total_requests += 1
+            self._linger_until = self.loop.time() + _LINGER_MAX
+            self._lingering = True
+            self._drop(0)
+        else:
+            super().on_response_complete()
 
     def _head_problem(self) -> tuple[int, Reason, str] | None:
         if self.parser.get_http_version() not in ("1.1", "1.0"):
@@ -266,14 +296,29 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def _arm_body_timer(self) -> None:
         if self._body_timer is not None:
             self._body_timer.cancel()
+        if self.cycle is not None and self.cycle.waiting_for_100_continue:
+            self._body_timer = None  # the client waits for our "100 Continue"
+            return
         self._body_timer = self.loop.call_later(
             self.guard.limits.body_timeout, self._body_timed_out
         )
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        if self._head_started and not self._closed:
-            self._refuse(408, Reason.HEADER_TIMEOUT, "the request head took too long")
+        if not self._head_started or self._closed:
+            return
+        if self._pending():  # the answer to an earlier request is late, not this client
+            self._head_timer = self.loop.call_later(
+                self.guard.limits.header_timeout, self._head_timed_out
+            )
+            return
+        self._refuse(408, Reason.HEADER_TIMEOUT, "the request head took too long")
+
+    def _pending(self) -> bool:
+        """An earlier request of this connection is still being answered (while a new
+        head is read, ``cycle`` is the previous request's)."""
+        cycle = self.cycle
+        return bool(self.pipeline) or (cycle is not None and not cycle.response_complete)
 
     def _body_timed_out(self) -> None:
         self._body_timer = None
@@ -292,33 +337,52 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._head_timer = self._body_timer = self._linger = None
 
     def _drop(self, size: int) -> None:
-        """Lingering after a refusal: drop what arrives; close once the client is quiet."""
+        """After the last answer: drop what arrives; close once the client is quiet (or
+        has sent too much, or lingered too long)."""
         self._lingered += size
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
-        if self._lingered > _LINGER_BYTES or self.loop.time() >= self._linger_until:
-            self.transport.close()
+        if self._lingered > _LINGER_BYTES:
+            self._close()
+        elif self._deferred:
+            return  # the answer waits for the responses before it
+        elif self.loop.time() >= self._linger_until:
+            self._close()
         else:
-            self._linger = self.loop.call_later(_LINGER_QUIET, self.transport.close)
+            self._linger = self.loop.call_later(_LINGER_QUIET, self._close)
+
+    def _close(self) -> None:
+        self.guard.release(self)  # the slot is free now, not after TLS's closing exchange
+        self.transport.close()
 
     def _stop(self, status: int, reason: Reason, message: str) -> None:
         self._refusal = (status, reason, message)
         raise _Stop(message)
 
     def _refuse(self, status: int, reason: Reason, message: str) -> None:
-        """Answer ``status`` (unless a response has begun), close, and count it."""
+        """Count the refusal; answer ``status`` and close — after the answers to the
+        requests before it, when a new head is refused (pipelining keeps its order)."""
         self.guard.refuse(reason, self.address)
         self._cancel_timers()
         self._refusal = (status, reason, message)
+        if self._head_started and self._pending():
+            self._deferred = True  # on_response_complete answers it
+            return
         cycle = self.cycle
-        started = False
-        if cycle is not None and not cycle.response_complete:
-            started = cycle.response_started
+        if not self._head_started and cycle is not None and not cycle.response_complete:
+            # the request whose body is arriving is the refused one
             cycle.disconnected = True  # the app's receive() sees http.disconnect
             cycle.message_event.set()
-        if not started and not self.transport.is_closing():
-            body = json.dumps({"error": _ERRORS[status], "message": message}).encode()
+            if cycle.response_started:  # too late to answer: close after a moment
+                self._answer(status, reason, message, write=False)
+                return
+        self._answer(status, reason, message)
+
+    def _answer(self, status: int, _reason: Reason, message: str, *, write: bool = True) -> None:
+        """Write the refusal (``{"error", "message"}``, ``Connection: close``), then linger."""
+        if write and not self.transport.is_closing():
+            body = json.dumps({"error": LISTENER_CODES[status], "message": message}).encode()
             self.transport.write(
                 b"".join(
                     (
@@ -332,6 +396,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                     )
                 )
             )
+        self._lingering = True
         self._linger_until = self.loop.time() + _LINGER_MAX
         self._drop(0)
 

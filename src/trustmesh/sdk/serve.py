@@ -137,11 +137,15 @@ class PublicServed:
         return int(sockets[0].getsockname()[1])
 
     def report(self) -> None:
-        """Hand the refusals counted since the last report to ``on_refusals``."""
+        """Hand the refusals counted since the last report to ``on_refusals`` (a failure
+        there is logged: the listener goes on, and so does the next report)."""
         if self.guard is not None and self.on_refusals is not None:
             summaries = self.guard.drain()
             if summaries:
-                self.on_refusals(summaries)
+                try:
+                    self.on_refusals(summaries)
+                except Exception:
+                    log.exception("the listener's refusals could not be reported")
 
     async def _report_every(self, seconds: float) -> None:
         while True:
