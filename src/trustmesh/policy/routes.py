@@ -26,26 +26,28 @@ __all__ = ["Operations", "Pattern", "TemplateMatch"]
 class Pattern:
     text: str
     segments: tuple[str, ...]
+    #: per segment, the placeholder's name (None: a literal or ``*``), read once at load
+    names: tuple[str | None, ...]
 
     @classmethod
     def parse(cls, text: str) -> Pattern:
         segments = tuple(text[1:].split("/")) if text != "/" else ()
-        return cls(text, segments)
+        return cls(text, segments, tuple(s[1:-1] if _is_param(s) else None for s in segments))
 
     def matches(self, path: str) -> bool:
         return self.bind(_parts(path)) is not None
 
     def bind(self, parts: list[str]) -> tuple[tuple[str, str], ...] | None:
         """The placeholders' values if the path (its segments) matches, else None."""
-        pattern = self.segments
+        pattern, names = self.segments, self.names
         if pattern and pattern[-1] == "*":
-            head = pattern[:-1]
-            if len(parts) <= len(head) or not all(parts[len(head) :]):
+            size = len(pattern) - 1
+            if len(parts) <= size or not all(parts[size:]):
                 return None
-            return _match_all(head, parts[: len(head)])
+            return _match_all(pattern[:size], names, parts[:size])
         if len(parts) != len(pattern):
             return None
-        return _match_all(pattern, parts)
+        return _match_all(pattern, names, parts)
 
     @property
     def specificity(self) -> tuple[int, ...]:
@@ -61,13 +63,15 @@ def _is_param(segment: str) -> bool:
     return segment.startswith("{") and segment.endswith("}")
 
 
-def _match_all(pattern: tuple[str, ...], parts: list[str]) -> tuple[tuple[str, str], ...] | None:
+def _match_all(
+    pattern: tuple[str, ...], names: tuple[str | None, ...], parts: list[str]
+) -> tuple[tuple[str, str], ...] | None:
     bound: list[tuple[str, str]] = []
-    for want, got in zip(pattern, parts, strict=True):
-        if _is_param(want):
+    for want, name, got in zip(pattern, names, parts, strict=False):
+        if name is not None:
             if not got:
                 return None
-            bound.append((want[1:-1], got))
+            bound.append((name, got))
         elif want != got:
             return None
     return tuple(bound)
