@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -31,10 +32,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql import Select, Update
 
 from trustmesh.auth.keys import KeyState
 from trustmesh.errors import ConflictError, NotFoundError
-from trustmesh.store import SqlStore
+from trustmesh.store import SqlStore, append_in_order
 
 metadata = MetaData()
 
@@ -76,6 +78,7 @@ revocations = Table(
     Column("client_id", String(128), nullable=False),
     Column("expires_at", BigInteger, nullable=False),
     Column("revoked_at", BigInteger, nullable=False),
+    sqlite_autoincrement=True,  # a feed: a key is never handed out twice
 )
 
 users = Table(
@@ -249,6 +252,24 @@ def _refresh_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
 
 
+def _family_of(token_hash: str) -> Select[Any]:
+    """The family of the refresh token hashed to ``token_hash``."""
+    return (
+        select(refresh_families)
+        .join(refresh_tokens, refresh_tokens.c.family_id == refresh_families.c.family_id)
+        .where(refresh_tokens.c.token_hash == token_hash)
+    )
+
+
+def _revoke_family(family_id: str, now: int, reason: str) -> Update:
+    """Mark a family revoked, unless it is already (its first reason stays)."""
+    return (
+        update(refresh_families)
+        .where(refresh_families.c.family_id == family_id, refresh_families.c.revoked_at.is_(None))
+        .values(revoked_at=now, revoked_reason=reason[:64])
+    )
+
+
 def _new_refresh_token() -> str:
     return base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()
 
@@ -358,6 +379,7 @@ class AuthStore(SqlStore):
         whether this call revoked it."""
         try:
             async with self.engine.begin() as conn:
+                await append_in_order(conn, revocations)
                 await conn.execute(
                     insert(revocations).values(
                         jti=jti, client_id=client_id, expires_at=expires_at, revoked_at=now
@@ -518,15 +540,7 @@ class AuthStore(SqlStore):
         without mTLS is refused (``needs-mtls``) and the token stays unspent."""
         digest = _refresh_hash(token)
         async with self.engine.begin() as conn:
-            row = (
-                await conn.execute(
-                    select(refresh_families)
-                    .join(
-                        refresh_tokens, refresh_tokens.c.family_id == refresh_families.c.family_id
-                    )
-                    .where(refresh_tokens.c.token_hash == digest)
-                )
-            ).first()
+            row = (await conn.execute(_family_of(digest))).first()
             if row is None or row.client_id != client_id:
                 return RefreshOutcome("unknown")
             family = _family(row)
@@ -542,14 +556,7 @@ class AuthStore(SqlStore):
                 .values(used_at=now)
             )
             if spent.rowcount != 1:
-                await conn.execute(
-                    update(refresh_families)
-                    .where(
-                        refresh_families.c.family_id == family.family_id,
-                        refresh_families.c.revoked_at.is_(None),
-                    )
-                    .values(revoked_at=now, revoked_reason="refresh-token-reused")
-                )
+                await conn.execute(_revoke_family(family.family_id, now, "refresh-token-reused"))
                 return RefreshOutcome("reused", family=family)
             successor = _new_refresh_token()
             await conn.execute(
@@ -558,6 +565,25 @@ class AuthStore(SqlStore):
                 )
             )
         return RefreshOutcome("rotated", successor, family)
+
+    async def family_of(self, refresh_token: str) -> RefreshFamily | None:
+        """The family of any refresh token it issued (spent or not), or None."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(_family_of(_refresh_hash(refresh_token)))).first()
+        return _family(row) if row is not None else None
+
+    async def revoke_family(self, family_id: str, now: int, reason: str) -> RefreshFamily | None:
+        """Mark the family revoked (idempotent): the family if this call revoked it."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(_revoke_family(family_id, now, reason))
+            if result.rowcount != 1:
+                return None
+            row = (
+                await conn.execute(
+                    select(refresh_families).where(refresh_families.c.family_id == family_id)
+                )
+            ).first()
+        return _family(row) if row is not None else None
 
     async def use_assertion(self, key: str, expires_at: int) -> bool:
         """Record a client assertion's jti; False if it was used before (a replay)."""

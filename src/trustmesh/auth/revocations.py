@@ -48,21 +48,18 @@ from sqlalchemy import (
     func,
     insert,
     select,
-    update,
 )
 
 from trustmesh.auth.db import (
     AuthStore,
     RefreshFamily,
-    _family,
-    _refresh_hash,
     metadata,
     refresh_families,
-    refresh_tokens,
 )
 from trustmesh.auth.login import SESSION_SECONDS
 from trustmesh.config.models import MAX_ACCESS_TOKEN_TTL, MAX_TOKEN_LEEWAY
 from trustmesh.reasons import Reason
+from trustmesh.store import append_in_order
 
 if TYPE_CHECKING:
     from trustmesh.auth.service import AuthService
@@ -107,6 +104,7 @@ subject_revocations = Table(
     Column("expires_at", BigInteger, nullable=False),
     Column("revoked_at", BigInteger, nullable=False),
     Column("reason", String(64), nullable=False),
+    sqlite_autoincrement=True,  # a feed: a key is never handed out twice
 )
 
 
@@ -144,6 +142,7 @@ class RevocationStore:
     """The tables of family tokens and subject revocations (on the provider's engine)."""
 
     def __init__(self, store: AuthStore) -> None:
+        self.auth = store
         self.engine = store.engine
 
     async def record_family_token(self, family_id: str, token: LiveToken) -> bool:
@@ -176,23 +175,7 @@ class RevocationStore:
     ) -> tuple[RefreshFamily | None, list[LiveToken]]:
         """Revoke the family (idempotent): the family if this call revoked it, and the
         live access tokens it issued."""
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
-                update(refresh_families)
-                .where(
-                    refresh_families.c.family_id == family_id,
-                    refresh_families.c.revoked_at.is_(None),
-                )
-                .values(revoked_at=now, revoked_reason=reason[:64])
-            )
-            revoked = None
-            if result.rowcount == 1:
-                row = (
-                    await conn.execute(
-                        select(refresh_families).where(refresh_families.c.family_id == family_id)
-                    )
-                ).first()
-                revoked = _family(row) if row is not None else None
+        revoked = await self.auth.revoke_family(family_id, now, reason)
         async with self.engine.connect() as conn:
             rows = (
                 await conn.execute(
@@ -216,25 +199,12 @@ class RevocationStore:
             ).all()
         return [r.family_id for r in rows]
 
-    async def family_of(self, refresh_token: str) -> RefreshFamily | None:
-        """The family of any refresh token it issued (spent or not), or None."""
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(refresh_families)
-                    .join(
-                        refresh_tokens, refresh_tokens.c.family_id == refresh_families.c.family_id
-                    )
-                    .where(refresh_tokens.c.token_hash == _refresh_hash(refresh_token))
-                )
-            ).first()
-        return _family(row) if row is not None else None
-
     async def revoke_subject(
         self, subject: str, before: int, now: int, reason: str
     ) -> SubjectRevocation:
         expires_at = before + SUBJECT_REVOCATION_SECONDS
         async with self.engine.begin() as conn:
+            await append_in_order(conn, subject_revocations)
             result = await conn.execute(
                 insert(subject_revocations).values(
                     subject=subject,

@@ -3,22 +3,32 @@ default (a file in the state directory), PostgreSQL at scale (``postgresql+async
 
 Each component declares its tables on its own :class:`sqlalchemy.MetaData` and creates
 them with :func:`create_tables`; nothing here knows any component.
+
+A table that is read as a feed (rows after a cursor, in key order: revocations) must
+never hand out a key below one a reader has seen: declare it with
+``sqlite_autoincrement=True`` (SQLite otherwise reuses the largest key once its row is
+deleted; tables an older release made are rebuilt with it) and append to it with
+:func:`append_in_order` (on PostgreSQL a sequence hands out keys in the order inserts
+start, not the order they commit: a reader could pass a key whose row commits later).
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any, ClassVar
 
-from sqlalchemy import MetaData, event, inspect, text
+from sqlalchemy import MetaData, Table, event, inspect, select, text
+from sqlalchemy import column as column_clause
+from sqlalchemy import table as table_clause
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.schema import CreateColumn
 
 from trustmesh.errors import StateError, UsageError
 
-__all__ = ["SqlStore", "create_engine", "create_tables", "sqlite_url"]
+__all__ = ["SqlStore", "append_in_order", "create_engine", "create_tables", "sqlite_url"]
 
 _DRIVERS = {"sqlite+aiosqlite", "postgresql+asyncpg"}
 
@@ -71,6 +81,42 @@ async def create_tables(engine: AsyncEngine, metadata: MetaData) -> None:
     async with engine.begin() as connection:
         await connection.run_sync(metadata.create_all)
         await connection.run_sync(_add_missing_columns, metadata)
+        if connection.dialect.name == "sqlite":
+            await connection.run_sync(_add_autoincrement, metadata)
+
+
+async def append_in_order(connection: AsyncConnection, table: Table) -> None:
+    """Make the rest of this transaction the only one appending to ``table`` until it
+    commits, so keys are committed in the order they are handed out (a feed reader never
+    passes a key whose row is not visible yet). SQLite has one writer at a time anyway;
+    on PostgreSQL a transaction-scoped advisory lock, keyed by the table's name."""
+    if connection.dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(table.name.encode()).digest()[:8], "big", signed=True)
+        await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+def _add_autoincrement(connection: Connection, metadata: MetaData) -> None:
+    """Rebuild a table an older release made without ``AUTOINCREMENT`` that now wants it
+    (SQLite cannot alter that in place): copy its rows into a new table, keeping their
+    keys, so the next key is above every one handed out before."""
+    for table in metadata.sorted_tables:
+        if not table.dialect_options["sqlite"].get("autoincrement"):
+            continue
+        ddl = connection.execute(
+            text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :name"),
+            {"name": table.name},
+        ).scalar()
+        if ddl is None or "AUTOINCREMENT" in ddl.upper():
+            continue
+        old = f"{table.name}__before_autoincrement"
+        connection.execute(text(f'ALTER TABLE "{table.name}" RENAME TO "{old}"'))
+        for index in table.indexes:  # their names are still taken by the renamed table
+            connection.execute(text(f'DROP INDEX IF EXISTS "{index.name}"'))
+        table.create(connection)
+        names = [c.name for c in table.columns]
+        rows = select(*table_clause(old, *(column_clause(n) for n in names)).c)
+        connection.execute(table.insert().from_select(names, rows))
+        connection.execute(text(f'DROP TABLE "{old}"'))
 
 
 def _add_missing_columns(connection: Connection, metadata: MetaData) -> None:
