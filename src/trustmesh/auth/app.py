@@ -40,11 +40,13 @@ from trustmesh.auth.flow import (
 )
 from trustmesh.auth.gateway_tokens import GatewayTokens
 from trustmesh.auth.login import SessionCodec
+from trustmesh.auth.methods import CLIENT_METHODS
 from trustmesh.auth.oauth import (
     ASSERTION_ALGORITHMS,
     CLIENT_CREDENTIALS,
     TOKEN_EXCHANGE,
     CoreRequest,
+    OAuthClient,
     OAuthServer,
     Prefetched,
     RefreshRecord,
@@ -177,16 +179,28 @@ def auth_app(
     revocations = service.revocations
 
     async def flow_prefetch(
-        form: list[tuple[str, str]], prefetched: Prefetched, core: CoreRequest
+        grant: str,
+        client_id: str,
+        form: list[tuple[str, str]],
+        prefetched: Prefetched,
+        core: CoreRequest,
     ) -> None:
-        grant = next((v for k, v in form if k == "grant_type"), None)
+        """What a code or refresh grant reads and spends before Authlib runs, for the
+        client the request authenticated as: a code's record and whether it was used
+        before (whatever it issued is then revoked), a refresh token rotated (reused: its
+        family revoked), and the user's revocation state — read before the user, so a
+        revocation after it shows in :meth:`revoked_since`."""
         now = int(service.clock())
         if grant == AUTHORIZATION_CODE:
             code = next((v for k, v in form if k == "code"), "")
             record = await flow.code(code) if code else None
+            if record is not None and record.client_id != client_id:
+                record = None  # another client's code: refused, and it revokes nothing
             prefetched.code = record
-            if record is not None:
-                prefetched.user = await service.store.get_user_by_id(record.user_id)
+            user_id = record.user_id if record is not None else None
+            if user_id is not None:
+                prefetched.subject_state = await revocations.before_issuing(user_id)
+                prefetched.user = await service.store.get_user_by_id(user_id)
             if record is not None and record.used_at is not None:
                 # a code used twice: whatever it issued is revoked (RFC 6749 §4.1.2)
                 if record.issued_jti and record.issued_exp:
@@ -205,25 +219,26 @@ def auth_app(
                 )
         elif grant == REFRESH_TOKEN:
             token = next((v for k, v in form if k == "refresh_token"), "")
-            ids = _client_ids(form, core.headers.get("Authorization"))
-            if token and len(ids) == 1:
-                prefetched.refresh = outcome = await service.store.rotate_refresh(
-                    token, next(iter(ids)), now, over_mtls=core.peer_thumbprint is not None
+            if not token:
+                return
+            # another client's token is unknown to this one: refused, and it revokes nothing
+            prefetched.refresh = outcome = await service.store.rotate_refresh(
+                token, client_id, now, over_mtls=core.peer_thumbprint is not None
+            )
+            if outcome.family is not None:
+                subject = outcome.family.subject
+                prefetched.subject_state = await revocations.before_issuing(subject)
+                prefetched.user = await service.store.get_user_by_id(subject)
+            if outcome.status == "reused" and outcome.family is not None:
+                service.emit(
+                    Reason.TOKEN_REVOKED,
+                    "refresh token reused: the family is revoked",
+                    decision=events.Decision.DENY,
+                    client_id=client_id,
+                    sub=outcome.family.subject,
                 )
-                if outcome.family is not None:
-                    prefetched.user = await service.store.get_user_by_id(outcome.family.subject)
-                if outcome.status == "reused" and outcome.family is not None:
-                    service.emit(
-                        Reason.TOKEN_REVOKED,
-                        "refresh token reused: the family is revoked",
-                        decision=events.Decision.DENY,
-                        client_id=next(iter(ids)),
-                        sub=outcome.family.subject,
-                    )
-                    # and every access token it issued (OAuth 2.0 Security BCP §4.14.2)
-                    await revocations.family(outcome.family.family_id, "refresh-token-reused")
-        if prefetched.user is not None:  # never a token born revoked
-            prefetched.subject_state = await revocations.before_issuing(prefetched.user.user_id)
+                # and every access token it issued (OAuth 2.0 Security BCP §4.14.2)
+                await revocations.family(outcome.family.family_id, "refresh-token-reused")
 
     async def flow_after(
         core: CoreRequest, prefetched: Prefetched, status: int, body: Any
@@ -327,6 +342,25 @@ def auth_app(
             headers={"Cache-Control": f"max-age={max_age}"},
         )
 
+    async def authenticate_first(core: CoreRequest, prefetched: Prefetched) -> str | None:
+        """The client a code or refresh grant request authenticates as, checked before
+        the grant spends or revokes anything (a stolen refresh token without its client's
+        credentials rotates nothing; a replayed assertion revokes nothing); None if it
+        does not (the grant then answers its error). The assertion it spends is marked
+        used now: ``prefetched.new_assertions`` keeps it only if it was used before."""
+        try:
+            client: OAuthClient = server.run(
+                core, prefetched, lambda r: server.authenticate_client(r, CLIENT_METHODS)
+            )
+        except OAuth2Error:
+            return None
+        spent, prefetched.new_assertions = prefetched.new_assertions, []
+        for key, expires in spent:
+            if not await service.store.use_assertion(key, expires):
+                prefetched.new_assertions.append((key, expires))
+                return None
+        return str(client.get_client_id())
+
     async def prefetch(form: list[tuple[str, str]], request: Request) -> Prefetched:
         prefetched = Prefetched()
         for client_id in _client_ids(form, request.headers.get("authorization")):
@@ -358,7 +392,7 @@ def auth_app(
             lookups.reverse()
         for kind in lookups:
             if kind == "refresh_token":
-                family = await revocations.store.family_of(token)
+                family = await service.store.family_of(token)
                 if family is not None:
                     prefetched.refresh_token = RefreshRecord(family)
                     return
@@ -386,7 +420,17 @@ def auth_app(
             peer_thumbprint=tls.get("client_cert_x5t_s256"),
         )
         if endpoint == "token":
-            await flow_prefetch(form, prefetched, core)
+            grant = next((v for k, v in form if k == "grant_type"), "")
+            if grant in (AUTHORIZATION_CODE, REFRESH_TOKEN):
+                client_id = await authenticate_first(core, prefetched)
+                if prefetched.new_assertions:  # spent, and found replayed
+                    return (
+                        core,
+                        prefetched,
+                        _error(401, "invalid_client", "client assertion replayed"),
+                    )
+                if client_id is not None:
+                    await flow_prefetch(grant, client_id, form, prefetched, core)
             status, body, headers = server.run(core, prefetched, server.create_token_response)
             status, body = await flow_after(core, prefetched, status, body)
         else:
@@ -455,7 +499,9 @@ def auth_app(
             core, prefetched, response = await run(request, "revocation")
         except _BadForm as exc:
             return _error(400, "invalid_request", exc.description)
-        for record in prefetched.revoke:
+        # what Authlib decided to revoke, only if the request stands (a replayed
+        # assertion is refused after Authlib returns)
+        for record in prefetched.revoke if response.status_code == 200 else ():
             if isinstance(record, RefreshRecord):  # its family, and what it issued
                 await revocations.family(
                     record.family.family_id,

@@ -51,6 +51,7 @@ from trustmesh.auth.login import (
 )
 from trustmesh.auth.methods import CLIENT_METHODS
 from trustmesh.auth.oauth import _AudienceAndScope, _prefetched
+from trustmesh.auth.revocations import SubjectState
 from trustmesh.auth.service import AuthService
 from trustmesh.errors import StateError, UsageError
 from trustmesh.reasons import Reason
@@ -482,6 +483,20 @@ def flow_routes(service: AuthService, flow: FlowStore, codec: SessionCodec) -> l
         )
         return crypto.verify_totp(secret, code, now, last_step=user.totp_last_step)
 
+    async def user_and_state(login: str) -> tuple[User | None, SubjectState]:
+        """The user signing in as ``login`` and its revocation state, the state read
+        first: a lock, password change or MFA reset (each changes the user, then revokes
+        it) after the read shows in ``revoked_since``; the wait keeps a session from
+        being born in the second its user was revoked."""
+        user = await service.store.get_user(login)
+        if user is None:
+            return None, SubjectState()
+        state = await service.revocations.before_issuing(user.user_id)
+        again = await service.store.get_user(login)
+        if again is None or again.user_id != user.user_id:
+            return None, state  # removed meanwhile (or another user took its name)
+        return again, state
+
     async def login_post(request: Request) -> Response:
         raw = await request.body()
         if len(raw) > 16 * 1024:
@@ -493,7 +508,7 @@ def flow_routes(service: AuthService, flow: FlowStore, codec: SessionCodec) -> l
         login = normalize_login(form.get("username", ""))[:256]
         now = service.clock()
         attempts = await flow.count_attempt(login, now, LOCKOUT)  # a failure until it succeeds
-        user = await service.store.get_user(login)
+        user, state = await user_and_state(login)
         password_ok = await asyncio.to_thread(
             crypto.verify_password, user.password_hash if user else None, form.get("password", "")
         )
@@ -522,10 +537,20 @@ def flow_routes(service: AuthService, flow: FlowStore, codec: SessionCodec) -> l
                 attributes={"login": login[:128]},
             )
             return await login_form(request, LOGIN_FAILED, 401)
-        await flow.clear_attempts(login)
         amr = ["pwd", "otp", "mfa"] if step is not None else ["pwd"]
-        await service.revocations.before_issuing(user.user_id)  # never a session born revoked
         cookie = codec.issue(user.user_id, user.username, amr, int(service.clock()))
+        if await service.revocations.revoked_since(user.user_id, state):
+            # locked, password changed or MFA reset after the user was read: the
+            # credentials just checked may be the old ones
+            service.emit(
+                Reason.LOGIN_FAILED,
+                "login refused: the user was revoked while signing in",
+                decision=events.Decision.DENY,
+                sub=user.user_id,
+                attributes={"login": login[:128]},
+            )
+            return await login_form(request, LOGIN_FAILED, 401)
+        await flow.clear_attempts(login)
         service.emit(
             Reason.LOGIN_SUCCEEDED,
             "login",

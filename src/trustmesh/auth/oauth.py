@@ -15,7 +15,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749 import (
@@ -104,6 +104,9 @@ class CoreRequest(OAuth2Request):  # type: ignore[misc]
         self.issued: Issued | None = None
         self.audiences: list[str] = []
         self.subject: TokenRecord | None = None
+        # the client and method this request authenticated with, once checked (a grant
+        # with side effects checks it before it spends or revokes anything)
+        self.authenticated: tuple[OAuthClient, str] | None = None
 
     @property
     def args(self) -> dict[str, str]:
@@ -112,6 +115,9 @@ class CoreRequest(OAuth2Request):  # type: ignore[misc]
     @property
     def form(self) -> dict[str, str]:
         return self._form
+
+
+T = TypeVar("T")
 
 
 # -- clients -----------------------------------------------------------------------------
@@ -540,6 +546,23 @@ class OAuthServer(AuthorizationServer):  # type: ignore[misc]
     def query_client(self, client_id: str) -> OAuthClient | None:
         return _query_client(client_id)
 
+    def authenticate_client(
+        self, request: CoreRequest, methods: Sequence[str], endpoint: str = "token"
+    ) -> OAuthClient:
+        """The request's client, authenticated once: a second check within the request
+        (the grant's own, after the provider checked first) answers the first one's
+        client where its method is one ``methods`` allows (an assertion is spent by the
+        first check and would look replayed to a second)."""
+        known = request.authenticated
+        if known is not None:
+            client, method = known
+            if method in methods and client.check_endpoint_auth_method(method, endpoint):
+                request.auth_method = method
+                return client
+        client = super().authenticate_client(request, methods, endpoint)
+        request.authenticated = (client, request.auth_method)
+        return client  # type: ignore[no-any-return]
+
     def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
         """Access tokens are self-contained JWTs: nothing to store."""
 
@@ -558,11 +581,11 @@ class OAuthServer(AuthorizationServer):  # type: ignore[misc]
         return status, body, list(headers)
 
     def run(
-        self, request: CoreRequest, prefetched: Prefetched, call: Callable[[CoreRequest], Any]
-    ) -> tuple[int, Any, list[tuple[str, str]]]:
+        self, request: CoreRequest, prefetched: Prefetched, call: Callable[[CoreRequest], T]
+    ) -> T:
+        """``call`` (an Authlib entry point) with what was read for this request."""
         token = _prefetched.set(prefetched)
         try:
-            result: tuple[int, Any, list[tuple[str, str]]] = call(request)
-            return result
+            return call(request)
         finally:
             _prefetched.reset(token)
