@@ -528,12 +528,14 @@ async def test_a_refused_pipelined_head_is_answered_after_the_requests_before_it
 async def test_a_slow_answer_does_not_time_out_the_next_pipelined_head(
     listen: ListenerFactory,
 ) -> None:
-    limits = ConnectionLimits(header_timeout=0.2)
+    # a head timer that ran during the slow answer (0.5 s) would fire at 0.4 s, before
+    # the rest of the head at 0.6 s; the right one runs from 0.5 s and fires at 0.9 s
+    limits = ConnectionLimits(header_timeout=0.4)
     listener = await listen(limits)
     reader, writer = await listener.tls()
     writer.write(b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\nGET /b HTTP/1.1\r\n")
     await writer.drain()
-    await asyncio.sleep(0.6)  # the slow answer takes 0.5 s: the next head is not late
+    await asyncio.sleep(0.6)
     writer.write(b"Host: localhost\r\nConnection: close\r\n\r\n")
     answer = await until_closed(reader, 5)
     await close(writer)

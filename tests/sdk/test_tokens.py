@@ -23,7 +23,7 @@ from trustmesh.errors import InvalidTokenError
 from trustmesh.reasons import Reason
 from trustmesh.sdk.tokens import JWKSCache, RevocationList, TokenVerifier, load_jwks, verify_jws
 
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors" / "wycheproof"
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "wycheproof"  # tests/vectors
 ISSUER = "https://idp.example"
 AUDIENCE = "spiffe://sdk.example/payments"
 THUMB = "a" * 43
