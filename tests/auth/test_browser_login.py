@@ -36,7 +36,7 @@ from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
 from trustmesh import crypto
-from trustmesh.sdk.serve import start_public
+from trustmesh.platform.listeners import start_public
 
 PASSWORD = "correct horse battery staple"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,12 +21,14 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from trustmesh import events
+from trustmesh.errors import UsageError
 from trustmesh.reasons import Reason
 from trustmesh.sdk.client import ServiceClient
 from trustmesh.sdk.middleware import TOKEN_STATE_KEY
-from trustmesh.sdk.oauth import AuthClient, TokenSource
+from trustmesh.sdk.oauth import AuthClient, RevocationFeed, TokenSource
 from trustmesh.sdk.runtime import Runtime, run_service
 from trustmesh.sdk.tls import RotatingTLS
+from trustmesh.sdk.tokens import RevocationList
 from trustmesh.sdk.x509source import X509Source
 from trustmesh.testing import RunningIdentityServer
 
@@ -135,10 +138,12 @@ async def test_revocation_reaches_the_service_at_once_over_redis(
     identity: RunningIdentityServer, short_tmp: Path
 ) -> None:
     require_service("Redis", "127.0.0.1", 6379)
-    extra = "auth: {redis: 'redis://127.0.0.1:6379/0'}\n"
+    channel = f"tm-test:{uuid.uuid4().hex}"  # the declared channel, on both ends
+    extra = f"auth: {{redis: 'redis://127.0.0.1:6379/0', revocation_channel: '{channel}'}}\n"
     async with stack(identity, short_tmp, extra) as (rig, runtime, caller, _sink):
         assert runtime.revocations is not None
         assert runtime.revocations.redis_url is not None
+        assert runtime.revocations.redis_channel == channel
         await asyncio.sleep(0.5)  # the subscription is in place
         # with Redis, polling is every 10 s: only the channel can be this fast
         assert await _revoked_within(rig, caller, 2.0) <= 2.0
@@ -194,3 +199,8 @@ async def test_no_401_across_a_signing_key_rotation(
                     "/charges", json={}, headers={"Authorization": f"Bearer {token}"}
                 )
                 assert r.status == 201
+
+
+def test_a_redis_url_without_its_channel_is_refused() -> None:
+    with pytest.raises(UsageError, match="channel"):
+        RevocationFeed(None, RevocationList(), redis_url="redis://127.0.0.1:6379/0")  # type: ignore[arg-type]

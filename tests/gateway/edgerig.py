@@ -22,8 +22,8 @@ from liverig import live_gateway
 from trustmesh import crypto, events
 from trustmesh.config.gateway import HealthCheck
 from trustmesh.gateway.server import RunningGateway
+from trustmesh.platform.listeners import ASGIApp, Receive, Scope, Send, start
 from trustmesh.sdk.discovery import DiscoveryClient
-from trustmesh.sdk.serve import ASGIApp, Receive, Scope, Send, start
 from trustmesh.sdk.x509source import X509Source
 from trustmesh.testing import RunningIdentityServer
 

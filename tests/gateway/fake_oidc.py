@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from trustmesh import crypto
-from trustmesh.sdk.serve import PublicServed, start_public
+from trustmesh.platform.listeners import PublicServed, start_public
 
 
 @dataclass

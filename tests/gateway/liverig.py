@@ -36,9 +36,9 @@ from trustmesh import crypto, events
 from trustmesh.config import TrustmeshConfig, parse_config
 from trustmesh.gateway.endpoint import endpoint_path
 from trustmesh.gateway.server import RunningGateway, serve_gateway
+from trustmesh.platform.listeners import ASGIApp
 from trustmesh.sdk.client import Response, ServiceClient
 from trustmesh.sdk.runtime import Runtime, run_service
-from trustmesh.sdk.serve import ASGIApp
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.x509source import X509Source
 from trustmesh.testing import RunningIdentityServer

@@ -28,8 +28,8 @@ from liverig import (
 )
 
 from trustmesh import crypto
+from trustmesh.platform.names import GATEWAY_CLIENT_ID
 from trustmesh.reasons import Reason
-from trustmesh.sdk.oauth import GATEWAY_CLIENT_ID
 from trustmesh.testing import PrivateRedis, RunningIdentityServer
 
 PASSWORD = "alice's long passphrase"

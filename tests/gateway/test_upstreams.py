@@ -25,10 +25,10 @@ from trustmesh.config import TrustmeshConfig, parse_config
 from trustmesh.config.gateway import UpstreamSettings
 from trustmesh.errors import UnavailableError
 from trustmesh.gateway.upstreams import REFRESH_SECONDS, UpstreamPool, UpstreamTimeoutError
+from trustmesh.platform.listeners import Served, start
 from trustmesh.policy.calls import CallAuthorizer
 from trustmesh.sdk.discovery import DiscoveryClient, Endpoint
 from trustmesh.sdk.middleware import ZeroTrustMiddleware
-from trustmesh.sdk.serve import Served, start
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.x509source import X509Source
 from trustmesh.testing import RunningIdentityServer, identity_server_in_thread

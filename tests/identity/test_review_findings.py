@@ -29,7 +29,7 @@ from trustmesh.config import parse_config
 from trustmesh.errors import UsageError
 from trustmesh.events import read_events
 from trustmesh.identity.models import parse_selector
-from trustmesh.identity.spiffeid import parse_spiffe_id
+from trustmesh.spiffeid import parse_spiffe_id
 from trustmesh.testing import RunningIdentityServer, identity_server_in_thread
 
 TD = "shop.example"

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from trustmesh import crypto
+from trustmesh.platform.guard import ConnectionGuard, ConnectionLimits, RefusalSummary
+from trustmesh.platform.listeners import PublicServed, Receive, Scope, Send, start_public
 from trustmesh.reasons import Reason
-from trustmesh.sdk.guard import ConnectionGuard, ConnectionLimits, RefusalSummary
-from trustmesh.sdk.serve import PublicServed, Receive, Scope, Send, start_public
 from trustmesh.testing.rawtls import RawTLS, close, until_closed
 
 FAST = ConnectionLimits(

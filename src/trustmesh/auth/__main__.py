@@ -12,7 +12,7 @@ from pathlib import Path
 from trustmesh.auth.endpoint import endpoint_path
 from trustmesh.auth.server import serve_auth
 from trustmesh.config import TrustmeshConfig
-from trustmesh.sdk.process import component_identity, component_main, serve_until_stopped
+from trustmesh.platform.process import component_identity, component_main, serve_until_stopped
 
 
 async def run(config: TrustmeshConfig, state: Path, config_dir: Path) -> None:

@@ -43,10 +43,10 @@ from trustmesh.errors import (
     TrustmeshError,
     UsageError,
 )
-from trustmesh.identity.spiffeid import require_workload_id
+from trustmesh.platform.admin import Actor, Refused, failure_response
 from trustmesh.reasons import Reason
-from trustmesh.sdk.admin import Actor, Refused, failure_response
 from trustmesh.sdk.tokens import bearer_token
+from trustmesh.spiffeid import require_workload_id
 
 MAX_BODY = 256 * 1024
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")

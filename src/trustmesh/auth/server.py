@@ -18,8 +18,8 @@ from trustmesh.auth.gateway_tokens import GatewayTokens, gateway_url_from
 from trustmesh.auth.service import AuthService, AuthSettings
 from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import ConfigError
-from trustmesh.sdk.guard import ConnectionGuard, ConnectionLimits
-from trustmesh.sdk.serve import PublicServed, Served, bound_socket, start, start_public
+from trustmesh.platform.guard import ConnectionGuard, ConnectionLimits
+from trustmesh.platform.listeners import PublicServed, Served, bound_socket, start, start_public
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.x509source import SVIDSource
 from trustmesh.store import create_engine, sqlite_url

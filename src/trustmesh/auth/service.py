@@ -25,9 +25,9 @@ from trustmesh.auth.db import AuthStore, Client, StoredKey
 from trustmesh.auth.revocations import Revocations
 from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import InvalidTokenError
+from trustmesh.platform.guard import LISTENER_REFUSALS, RefusalSummary
+from trustmesh.platform.names import GATEWAY_CLIENT_ID
 from trustmesh.reasons import Reason
-from trustmesh.sdk.guard import LISTENER_REFUSALS, RefusalSummary
-from trustmesh.sdk.oauth import GATEWAY_CLIENT_ID, REVOCATION_CHANNEL
 
 log = logging.getLogger("trustmesh.auth")
 
@@ -390,7 +390,9 @@ class AuthService:
         try:
             if self._redis is None:
                 self._redis = redis.from_url(url)
-            await self._redis.publish(REVOCATION_CHANNEL, json.dumps(dict(revocation)))
+            await self._redis.publish(
+                self.config.auth.revocation_channel, json.dumps(dict(revocation))
+            )
         except (OSError, redis.RedisError) as exc:
             log.warning("revocation not published to Redis (%s); services will poll it", exc)
 

@@ -29,8 +29,8 @@ from trustmesh.errors import TrustmeshError, UsageError
 from trustmesh.identity import admin
 from trustmesh.identity.models import RegistrationEntry
 from trustmesh.identity.server import open_store, service_settings
-from trustmesh.identity.spiffeid import parse_spiffe_id
 from trustmesh.identity.store import SqliteIdentityStore
+from trustmesh.spiffeid import parse_spiffe_id
 
 app = typer.Typer(help="Workload registration entries and join tokens.", no_args_is_help=True)
 token_app = typer.Typer(help="One-time join tokens.", no_args_is_help=True)

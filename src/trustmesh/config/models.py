@@ -345,6 +345,12 @@ class AuthConfig(BaseModel):
         pattern=r"^rediss?://",
         description="Redis URL: revocations are published at once (services poll otherwise).",
     )
+    revocation_channel: str = Field(
+        default="trustmesh:revocations",
+        pattern=r"^[A-Za-z0-9:._/-]{1,128}$",
+        description="The Redis channel revocations are pushed on (give each stack that "
+        "shares one Redis its own).",
+    )
     roles: list[Annotated[str, AfterValidator(_check_role)]] = Field(
         default_factory=lambda: ["user", "admin"],
         max_length=64,

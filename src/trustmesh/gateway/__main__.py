@@ -15,7 +15,7 @@ from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import UnavailableError
 from trustmesh.gateway.endpoint import endpoint_path
 from trustmesh.gateway.server import serve_gateway
-from trustmesh.sdk.process import component_identity, component_main, serve_until_stopped
+from trustmesh.platform.process import component_identity, component_main, serve_until_stopped
 
 
 def _url_from(path: Path) -> str | None:

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Final
 
-from trustmesh.sdk.protocol import LISTENER_CODES
+from trustmesh.platform.protocol import LISTENER_CODES
 
 __all__ = ["ERROR_HEADERS", "error_code", "error_headers", "error_message"]
 

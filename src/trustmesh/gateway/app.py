@@ -61,14 +61,14 @@ from trustmesh.gateway.oidc import ExternalIssuers
 from trustmesh.gateway.ratelimit import RateDecision, RateLimiter
 from trustmesh.gateway.routes import RouteDecision, RouteTable, request_host
 from trustmesh.gateway.upstreams import UpstreamTimeoutError
+from trustmesh.platform.guard import RefusalSummary
+from trustmesh.platform.listeners import Receive, Scope, Send, respond_json
 from trustmesh.policy.addresses import as_ipv4
 from trustmesh.policy.edge import ANONYMOUS, EdgePolicy, EdgeRequest, Principal
 from trustmesh.policy.paths import NonCanonicalPath, canonical_path
 from trustmesh.reasons import Reason
 from trustmesh.sdk import trace
 from trustmesh.sdk.client import Response, ResponseTooLargeError
-from trustmesh.sdk.guard import RefusalSummary
-from trustmesh.sdk.serve import Receive, Scope, Send, respond_json
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.tokens import TokenVerifier, bearer_token
 

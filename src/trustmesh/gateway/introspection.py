@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from trustmesh.errors import InvalidTokenError
+from trustmesh.platform.names import GATEWAY_CLIENT_ID
 from trustmesh.reasons import Reason
-from trustmesh.sdk.oauth import GATEWAY_CLIENT_ID
 
 __all__ = ["Introspector"]
 

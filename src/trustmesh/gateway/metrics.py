@@ -13,7 +13,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from trustmesh.sdk.serve import Receive, Scope, Send
+from trustmesh.platform.listeners import Receive, Scope, Send
 
 __all__ = ["CONTENT_TYPE_LATEST", "GatewayMetrics"]
 

@@ -29,12 +29,12 @@ from trustmesh.gateway.metrics import GatewayMetrics
 from trustmesh.gateway.oidc import ExternalIssuers
 from trustmesh.gateway.ratelimit import RateLimiter
 from trustmesh.gateway.upstreams import UpstreamPool
+from trustmesh.platform.guard import ConnectionGuard, ConnectionLimits
+from trustmesh.platform.listeners import PublicServed, Served, start, start_loopback, start_public
 from trustmesh.policy.edge import load_edge_policy
 from trustmesh.reasons import Reason
 from trustmesh.sdk.discovery import DiscoveryClient
-from trustmesh.sdk.guard import ConnectionGuard, ConnectionLimits
 from trustmesh.sdk.oauth import ProviderTrust
-from trustmesh.sdk.serve import PublicServed, Served, start, start_loopback, start_public
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.tokens import TokenVerifier
 from trustmesh.sdk.x509source import SVIDSource
@@ -155,7 +155,11 @@ async def serve_gateway(
         raise UnavailableError("the identity provider is not running; the routes need it")
     if auth_url:
         trust = await ProviderTrust.connect(
-            tls, auth_url, config.component_spiffe_id("auth"), redis_url=config.auth.redis
+            tls,
+            auth_url,
+            config.component_spiffe_id("auth"),
+            redis_url=config.auth.redis,
+            redis_channel=config.auth.revocation_channel,
         )
         verifier = TokenVerifier(
             audience=spiffe_id,

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from trustmesh import events
 from trustmesh.errors import UsageError
 from trustmesh.identity.models import JoinToken, RegistrationEntry, parse_selector
-from trustmesh.identity.spiffeid import require_workload_id
 from trustmesh.identity.store import IdentityStore
+from trustmesh.platform.admin import Actor
 from trustmesh.reasons import Reason
-from trustmesh.sdk.admin import Actor
+from trustmesh.spiffeid import require_workload_id
 
 #: A one-time join token is valid for this long by default, and at most ``MAX_JOIN_TTL``.
 DEFAULT_JOIN_TTL = dt.timedelta(minutes=10)

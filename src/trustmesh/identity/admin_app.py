@@ -45,8 +45,8 @@ from trustmesh.identity import admin
 from trustmesh.identity.admin import ServiceSettings
 from trustmesh.identity.models import RegistrationEntry
 from trustmesh.identity.store import IdentityStore
+from trustmesh.platform.admin import Actor, Refused, failure_response
 from trustmesh.reasons import Reason
-from trustmesh.sdk.admin import Actor, Refused, failure_response
 from trustmesh.sdk.oauth import ProviderTrust
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.tokens import TokenVerifier, VerifiedToken, bearer_token
@@ -83,7 +83,11 @@ class AdminTokens:
             if url is None or tls is None:
                 raise UnavailableError("the identity provider is not running")
             trust = await ProviderTrust.connect(
-                tls, url, self.config.component_spiffe_id("auth"), redis_url=self.config.auth.redis
+                tls,
+                url,
+                self.config.component_spiffe_id("auth"),
+                redis_url=self.config.auth.redis,
+                redis_channel=self.config.auth.revocation_channel,
             )
             self._trust = trust
             self._verifier = TokenVerifier(

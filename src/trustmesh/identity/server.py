@@ -31,8 +31,8 @@ from trustmesh.identity.selfsvid import CASource
 from trustmesh.identity.service import Clock, IdentityService
 from trustmesh.identity.store import SqliteIdentityStore
 from trustmesh.identity.workload import ChangeFeed, GuardedServer, WorkloadAPI
-from trustmesh.sdk.serve import Served
-from trustmesh.sdk.serve import start as serve_start
+from trustmesh.platform.listeners import Served
+from trustmesh.platform.listeners import start as serve_start
 
 #: sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_SOCKET_PATH = 107

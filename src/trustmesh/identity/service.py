@@ -21,9 +21,9 @@ from trustmesh.identity.admin import DEFAULT_JOIN_TTL, ServiceSettings, hash_joi
 from trustmesh.identity.attestation import ProcessInfo, process_alive
 from trustmesh.identity.ca import CertificateAuthority
 from trustmesh.identity.models import IssuedSVID, RegistrationEntry
-from trustmesh.identity.spiffeid import parse_spiffe_id
 from trustmesh.identity.store import IdentityStore
 from trustmesh.reasons import Reason
+from trustmesh.spiffeid import parse_spiffe_id
 
 Clock = Callable[[], dt.datetime]
 

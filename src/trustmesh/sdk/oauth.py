@@ -23,17 +23,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from trustmesh.errors import AuthenticationError, TrustmeshError, UnavailableError
+from trustmesh.errors import AuthenticationError, TrustmeshError, UnavailableError, UsageError
 from trustmesh.sdk.client import ServiceClient, TokenProvider
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.tokens import JWKSCache, RevocationList, VerifiedToken
 
 log = logging.getLogger("trustmesh.sdk")
 
-REVOCATION_CHANNEL = "trustmesh:revocations"
-#: The client id of the gateway at the provider (a managed client, authenticated by its
-#: SVID): it introspects the tokens addressed to it. Not a valid service name.
-GATEWAY_CLIENT_ID = "trustmesh/gateway"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a URN
 ACCESS_TOKEN_TYPE_URN = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a URN
 _REFRESH_MARGIN = 0.2  # a token is renewed when a fifth of its life is left
@@ -237,11 +233,17 @@ class RevocationFeed:
         *,
         interval: float = 1.0,
         redis_url: str | None = None,
+        redis_channel: str = "",
     ) -> None:
+        """``redis_url`` and ``redis_channel``: where the provider pushes revocations
+        (the declaration's ``auth.redis`` and ``auth.revocation_channel``)."""
+        if redis_url and not redis_channel:
+            raise UsageError("a Redis URL for revocations needs the channel they are pushed on")
         self.auth = auth
         self.revoked = revoked
         self.interval = interval
         self.redis_url = redis_url
+        self.redis_channel = redis_channel
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -301,7 +303,7 @@ class RevocationFeed:
             client = redis.from_url(self.redis_url)
             try:
                 async with client.pubsub() as pubsub:
-                    await pubsub.subscribe(REVOCATION_CHANNEL)
+                    await pubsub.subscribe(self.redis_channel)
                     await self.poll_once()  # what was revoked while we were not listening
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
@@ -325,17 +327,24 @@ class ProviderTrust:
 
     @classmethod
     async def connect(
-        cls, tls: RotatingTLS, url: str, spiffe_id: str, *, redis_url: str | None = None
+        cls,
+        tls: RotatingTLS,
+        url: str,
+        spiffe_id: str,
+        *,
+        redis_url: str | None = None,
+        redis_channel: str = "",
     ) -> ProviderTrust:
         """Discover the provider at ``url`` (it must present ``spiffe_id``), fetch its
-        keys and start following its revocations."""
+        keys and start following its revocations (pushed on ``redis_channel`` at
+        ``redis_url``, when given)."""
         auth = AuthClient(tls, url, spiffe_id)
         try:
             await auth.discover()
             jwks = auth.jwks_cache()
             await jwks.refresh()
             revoked = RevocationList()
-            feed = RevocationFeed(auth, revoked, redis_url=redis_url)
+            feed = RevocationFeed(auth, revoked, redis_url=redis_url, redis_channel=redis_channel)
             await feed.start()
         except BaseException:
             await auth.close()

@@ -259,7 +259,11 @@ async def run_service(
     if auth_url:
         # with an identity provider, every request must carry a token for this service
         trust = await ProviderTrust.connect(
-            tls, auth_url, config.component_spiffe_id("auth"), redis_url=config.auth.redis
+            tls,
+            auth_url,
+            config.component_spiffe_id("auth"),
+            redis_url=config.auth.redis,
+            redis_channel=config.auth.revocation_channel,
         )
         auth, feed = trust.auth, trust.feed
         trusted: dict[str, JWKSCache] = {}

@@ -10,22 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import socket
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.utils import get_remote_addr
 
-from trustmesh.errors import AuthenticationError, UsageError
-from trustmesh.sdk.guard import ConnectionGuard, ConnectionLimits, RefusalSummary
-from trustmesh.sdk.protocol import guarded_protocol
-from trustmesh.sdk.tls import RotatingTLS, web_server_context
+from trustmesh.errors import AuthenticationError
+from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.x509source import SVIDSource, X509Source
 
 log = logging.getLogger("trustmesh.sdk")
@@ -115,58 +112,26 @@ class _WithTLSExtension:
         await self.app({**scope, "extensions": extensions}, receive, send)
 
 
-RefusalReport = Callable[[list[RefusalSummary]], None]
-#: How often a public listener reports the connections and requests it refused.
-REPORT_EVERY_SECONDS = 10.0
-
-
 @dataclass
-class PublicServed:
-    """A running listener: its port, and a way to stop it; a public TLS listener also
-    has the guard that bounds its connections, and reports what it refused."""
+class Listener:
+    """A running listener: its port, and a way to stop it."""
 
     server: uvicorn.Server
     task: asyncio.Task[None]
-    guard: ConnectionGuard | None = field(default=None, kw_only=True)
-    on_refusals: RefusalReport | None = field(default=None, kw_only=True)
-    _reporter: asyncio.Task[None] | None = field(default=None, repr=False, kw_only=True)
 
     @property
     def port(self) -> int:
         sockets = self.server.servers[0].sockets
         return int(sockets[0].getsockname()[1])
 
-    def report(self) -> None:
-        """Hand the refusals counted since the last report to ``on_refusals`` (a failure
-        there is logged: the listener goes on, and so does the next report)."""
-        if self.guard is not None and self.on_refusals is not None:
-            summaries = self.guard.drain()
-            if summaries:
-                try:
-                    self.on_refusals(summaries)
-                except Exception:
-                    log.exception("the listener's refusals could not be reported")
-
-    async def _report_every(self, seconds: float) -> None:
-        while True:
-            await asyncio.sleep(seconds)
-            self.report()
-
     async def stop(self) -> None:
         self.server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
-        if self._reporter is not None:
-            self._reporter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reporter
-        if self.guard is not None:
-            self.guard.close_all()  # connections still in their TLS handshake
-            self.report()
 
 
 @dataclass
-class Served(PublicServed):
+class Served(Listener):
     """A running mTLS server: also its TLS contexts and SVID source."""
 
     tls: RotatingTLS
@@ -192,7 +157,7 @@ async def start(
 ) -> Served:
     """Start serving ``app`` over mTLS; return once it listens. ``tls``: the caller's
     contexts for its SVID source, shared rather than built (and rotated) twice. ``sock``:
-    a socket already bound (see :func:`bound_socket`), when the port had to be known first."""
+    a socket already bound (see :func:`trustmesh.platform.listeners.bound_socket`), when the port had to be known first."""
     if tls is not None:
         source = tls.source
     owns = source is None
@@ -215,29 +180,15 @@ async def start(
         # client that never answers the TLS close would otherwise hold it for 30 s
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
-    server, task = await _run(config, "trustmesh-serve", sock)
+    server, task = await run_server(config, "trustmesh-serve", sock)
     return Served(server, task, tls, source, owns)
 
 
-def bound_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
-    """A TCP socket bound to ``host`` (port 0: one the system picks), not yet listening:
-    its port is known, and no one else can take it, before the server starts on it (a port
-    merely found free could be given to another socket in between)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-async def _run(
+async def run_server(
     config: uvicorn.Config, name: str, sock: socket.socket | None = None
 ) -> tuple[uvicorn.Server, asyncio.Task[None]]:
-    """Start uvicorn; return once it listens (or raise what stopped it)."""
+    """Start uvicorn on ``config`` (on ``sock``, if bound already); return once it
+    listens (or raise what stopped it)."""
     server = uvicorn.Server(config)
     # _serve: uvicorn's serve() without its signal capture; the caller owns the signals
     # (pinned uvicorn version; covered by the tests).
@@ -248,78 +199,6 @@ async def _run(
             raise RuntimeError("the server stopped before it started")
         await asyncio.sleep(0.01)
     return server, task
-
-
-def _listener_config(
-    app: ASGIApp, host: str, port: int, log_level: str, **extra: Any
-) -> uvicorn.Config:
-    """A listener with no workload identity in play: no proxy headers believed, no
-    ``server``/``date`` headers, no lifespan, the bounded graceful shutdown."""
-    return uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        interface="asgi3",
-        log_level=log_level,
-        proxy_headers=False,
-        server_header=False,
-        date_header=False,
-        lifespan="off",
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-        **extra,
-    )
-
-
-async def start_public(
-    app: ASGIApp,
-    *,
-    chain_pem: bytes,
-    key_pem: bytes,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    log_level: str = "warning",
-    sock: socket.socket | None = None,
-    guard: ConnectionGuard | None = None,
-    on_refusals: RefusalReport | None = None,
-    report_every: float = REPORT_EVERY_SECONDS,
-) -> PublicServed:
-    """Serve ``app`` over server-authenticated TLS, for clients that hold no SVID
-    (browsers, public OAuth clients). The app sees no ``tls`` extension: nothing it
-    serves here may depend on a workload identity. ``sock``: as for :func:`start`.
-
-    Connections are bounded by ``guard`` (default: :class:`ConnectionLimits`' defaults;
-    see :mod:`trustmesh.sdk.protocol`); every ``report_every`` seconds the refusals it
-    counted go to ``on_refusals``, one summary per reason."""
-    context = web_server_context(chain_pem, key_pem)
-    guard = guard or ConnectionGuard(ConnectionLimits())
-    config = _listener_config(
-        app,
-        host,
-        port,
-        log_level,
-        http=guarded_protocol(context, guard),
-        ws="none",
-        timeout_keep_alive=guard.limits.keepalive_timeout,
-    )
-    served = PublicServed(
-        *await _run(config, "trustmesh-serve-public", sock), guard=guard, on_refusals=on_refusals
-    )
-    if on_refusals is not None:
-        served._reporter = asyncio.create_task(
-            served._report_every(report_every), name="trustmesh-serve-refusals"
-        )
-    return served
-
-
-async def start_loopback(
-    app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
-) -> PublicServed:
-    """Serve ``app`` over plain HTTP on a loopback address only (an admin listener such
-    as Prometheus metrics, for a scraper on the same machine)."""
-    if not ipaddress.ip_address(host).is_loopback:
-        raise UsageError(f"{host} is not a loopback address: plain HTTP stays on loopback")
-    config = _listener_config(app, host, port, log_level)
-    return PublicServed(*await _run(config, "trustmesh-serve-loopback"))
 
 
 def serve(

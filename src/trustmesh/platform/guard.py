@@ -9,7 +9,7 @@ long, a request head too large or too slow — is counted; :meth:`ConnectionGuar
 hands the counts of the last interval over, one summary per reason with the addresses
 that caused most of them, so a flood becomes a few events, not one per connection.
 
-Pure bookkeeping: no sockets, no timers (the protocol in :mod:`trustmesh.sdk.protocol`
+Pure bookkeeping: no sockets, no timers (the protocol in :mod:`trustmesh.platform.protocol`
 holds those)."""
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ slowly (uvicorn's httptools protocol, with the bounds it lacks).
 
 A connection is, in order:
 
-1. admitted by the listener's :class:`~trustmesh.sdk.guard.ConnectionGuard` as a bare
+1. admitted by the listener's :class:`~trustmesh.platform.guard.ConnectionGuard` as a bare
    TCP connection (a per-address and a total cap; refused ones are closed before any
    TLS work);
 2. given ``handshake_timeout`` to complete TLS (``loop.start_tls``), else closed;
@@ -33,8 +33,8 @@ from typing import Any, ClassVar, Final
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from trustmesh.platform.guard import ConnectionGuard
 from trustmesh.reasons import Reason
-from trustmesh.sdk.guard import ConnectionGuard
 
 __all__ = ["LISTENER_CODES", "GuardedHttpProtocol", "guarded_protocol"]
 

@@ -1,0 +1,184 @@
+"""The listeners a server component serves on: mutual TLS with its SVID (the SDK's,
+:func:`trustmesh.sdk.serve.start`, re-exported here), server-authenticated TLS for
+clients without an SVID (browsers, public OAuth clients: bounded by a
+:class:`~trustmesh.platform.guard.ConnectionGuard`), and plain HTTP on loopback (a
+metrics scraper). A component binds its sockets first (:func:`bound_socket`) when its
+URLs must name their ports before it serves."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+
+from trustmesh.errors import UsageError
+from trustmesh.platform.guard import ConnectionGuard, ConnectionLimits, RefusalSummary
+from trustmesh.platform.protocol import guarded_protocol
+from trustmesh.sdk.serve import (
+    GRACEFUL_SHUTDOWN_SECONDS,
+    ASGIApp,
+    Listener,
+    Receive,
+    Scope,
+    Send,
+    Served,
+    respond_json,
+    run_server,
+    start,
+)
+from trustmesh.sdk.tls import web_server_context
+
+__all__ = [
+    "REPORT_EVERY_SECONDS",
+    "ASGIApp",
+    "Listener",
+    "PublicServed",
+    "Receive",
+    "RefusalReport",
+    "Scope",
+    "Send",
+    "Served",
+    "bound_socket",
+    "respond_json",
+    "start",
+    "start_loopback",
+    "start_public",
+]
+
+log = logging.getLogger("trustmesh.platform")
+
+RefusalReport = Callable[[list[RefusalSummary]], None]
+#: How often a public listener reports the connections and requests it refused.
+REPORT_EVERY_SECONDS = 10.0
+
+
+@dataclass
+class PublicServed(Listener):
+    """A running listener without workload identity; a public TLS listener also has the
+    guard that bounds its connections, and reports what it refused."""
+
+    guard: ConnectionGuard | None = field(default=None, kw_only=True)
+    on_refusals: RefusalReport | None = field(default=None, kw_only=True)
+    _reporter: asyncio.Task[None] | None = field(default=None, repr=False, kw_only=True)
+
+    def report(self) -> None:
+        """Hand the refusals counted since the last report to ``on_refusals`` (a failure
+        there is logged: the listener goes on, and so does the next report)."""
+        if self.guard is not None and self.on_refusals is not None:
+            summaries = self.guard.drain()
+            if summaries:
+                try:
+                    self.on_refusals(summaries)
+                except Exception:
+                    log.exception("the listener's refusals could not be reported")
+
+    async def _report_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            self.report()
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._reporter is not None:
+            self._reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reporter
+        if self.guard is not None:
+            self.guard.close_all()  # connections still in their TLS handshake
+            self.report()
+
+
+def bound_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A TCP socket bound to ``host`` (port 0: one the system picks), not yet listening:
+    its port is known, and no one else can take it, before the server starts on it (a port
+    merely found free could be given to another socket in between)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _listener_config(
+    app: ASGIApp, host: str, port: int, log_level: str, **extra: Any
+) -> uvicorn.Config:
+    """A listener with no workload identity in play: no proxy headers believed, no
+    ``server``/``date`` headers, no lifespan, the bounded graceful shutdown."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        interface="asgi3",
+        log_level=log_level,
+        proxy_headers=False,
+        server_header=False,
+        date_header=False,
+        lifespan="off",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        **extra,
+    )
+
+
+async def start_public(
+    app: ASGIApp,
+    *,
+    chain_pem: bytes,
+    key_pem: bytes,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    log_level: str = "warning",
+    sock: socket.socket | None = None,
+    guard: ConnectionGuard | None = None,
+    on_refusals: RefusalReport | None = None,
+    report_every: float = REPORT_EVERY_SECONDS,
+) -> PublicServed:
+    """Serve ``app`` over server-authenticated TLS, for clients that hold no SVID
+    (browsers, public OAuth clients). The app sees no ``tls`` extension: nothing it
+    serves here may depend on a workload identity. ``sock``: as for :func:`start`.
+
+    Connections are bounded by ``guard`` (default: :class:`ConnectionLimits`' defaults;
+    see :mod:`trustmesh.platform.protocol`); every ``report_every`` seconds the refusals it
+    counted go to ``on_refusals``, one summary per reason."""
+    context = web_server_context(chain_pem, key_pem)
+    guard = guard or ConnectionGuard(ConnectionLimits())
+    config = _listener_config(
+        app,
+        host,
+        port,
+        log_level,
+        http=guarded_protocol(context, guard),
+        ws="none",
+        timeout_keep_alive=guard.limits.keepalive_timeout,
+    )
+    served = PublicServed(
+        *await run_server(config, "trustmesh-serve-public", sock),
+        guard=guard,
+        on_refusals=on_refusals,
+    )
+    if on_refusals is not None:
+        served._reporter = asyncio.create_task(
+            served._report_every(report_every), name="trustmesh-serve-refusals"
+        )
+    return served
+
+
+async def start_loopback(
+    app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
+) -> PublicServed:
+    """Serve ``app`` over plain HTTP on a loopback address only (an admin listener such
+    as Prometheus metrics, for a scraper on the same machine)."""
+    if not ipaddress.ip_address(host).is_loopback:
+        raise UsageError(f"{host} is not a loopback address: plain HTTP stays on loopback")
+    config = _listener_config(app, host, port, log_level)
+    return PublicServed(*await run_server(config, "trustmesh-serve-loopback"))
