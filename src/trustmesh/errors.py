@@ -9,8 +9,8 @@
     ├── ConflictError                   conflict           409
     ├── AuthenticationError             unauthenticated    401
     │   ├── InvalidTokenError           invalid_token      401
-    │   └── AttestationError            attestation_failed 403
-    ├── PermissionDeniedError           permission_denied  403
+    │   └── AttestationError            forbidden          403
+    ├── PermissionDeniedError           forbidden          403
     ├── CryptoError                     crypto_error       500
     │   ├── SealError                   seal_error         500
     │   └── KeySourceError              key_source_error   500
@@ -24,6 +24,8 @@ Opaque outward, precise inward: ``code`` and ``public_message`` are what a clien
 from __future__ import annotations
 
 from typing import ClassVar
+
+from trustmesh.reasons import Reason
 
 __all__ = [
     "AttestationError",
@@ -50,7 +52,7 @@ class TrustmeshError(Exception):
     status: ClassVar[int] = 500
     public_message: ClassVar[str] = "internal error"
 
-    def __init__(self, detail: str = "", *, reason: str | None = None) -> None:
+    def __init__(self, detail: str = "", *, reason: Reason | None = None) -> None:
         super().__init__(detail or self.public_message)
         self.detail = detail or self.public_message
         self.reason = reason
@@ -104,13 +106,13 @@ class InvalidTokenError(AuthenticationError):
 class AttestationError(AuthenticationError):
     """A workload could not be attested, or matches no registration entry."""
 
-    code = "attestation_failed"
+    code = "forbidden"
     status = 403
     public_message = "no identity issued for this workload"
 
 
 class PermissionDeniedError(TrustmeshError):
-    code = "permission_denied"
+    code = "forbidden"
     status = 403
     public_message = "permission denied"
 

@@ -60,7 +60,7 @@ from pydantic import (
 
 from trustmesh import __version__
 from trustmesh.errors import StateError, UsageError
-from trustmesh.reasons import Reason
+from trustmesh.reasons import Activity, Code, Reason, parse
 
 __all__ = [
     "OCSF_VERSION",
@@ -228,14 +228,13 @@ def _check_id(value: str) -> str:
     return _check_no_secret(value)
 
 
-def _check_reason(value: str) -> str:
-    value = str(value)  # a Reason member becomes its plain code
-    if not 0 < len(value) <= 64 or not all(
-        part and part.isascii() and part.isalnum() and part == part.lower()
-        for part in value.split("-")
-    ):
-        raise ValueError("must be a kebab-case reason code such as 'token-expired'")
-    return value
+def _check_reason(value: object) -> Code:
+    """A member of the closed vocabulary, given as itself or by its value."""
+    if isinstance(value, Reason | Activity):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be a trustmesh.reasons member")
+    return parse(value)
 
 
 @functools.lru_cache(maxsize=1024)  # pure; attribute names are a small set
@@ -336,7 +335,9 @@ class Event(BaseModel):
     time: datetime
     component: _Id
     decision: Decision
-    reason: Annotated[str, AfterValidator(_check_reason)]
+    reason: Annotated[
+        Code, PlainValidator(_check_reason), PlainSerializer(lambda c: c.value, return_type=str)
+    ]
     message: _Text
     status: Status
     severity: Severity
@@ -395,7 +396,7 @@ class Event(BaseModel):
             if (value := getattr(self, name)) is not None
         }
         trustmesh["decision"] = self.decision.value
-        trustmesh["reason"] = self.reason
+        trustmesh["reason"] = self.reason.value
         if self.attributes:
             trustmesh["attributes"] = dict(self.attributes)
         ocsf: dict[str, Any] = {
@@ -411,7 +412,7 @@ class Event(BaseModel):
             "severity": self.severity.name.title(),
             "status_id": int(self.status),
             "status": self.status.name.title(),
-            "status_detail": self.reason,
+            "status_detail": self.reason.value,
             "message": self.message,
             "metadata": metadata,
             "actor": actor,
@@ -524,7 +525,7 @@ def event(
     activity_name: str,
     component: str,
     decision: Decision,
-    reason: Reason | str,
+    reason: Code,
     message: str,
     now: datetime | None = None,
     severity: Severity | None = None,

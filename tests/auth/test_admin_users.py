@@ -17,7 +17,7 @@ from authrig import OPERATOR, AuthRig, make_rig
 
 from trustmesh.config import parse_config
 from trustmesh.errors import ConfigError
-from trustmesh.reasons import Reason
+from trustmesh.reasons import Activity, Reason
 from trustmesh.testing import RunningIdentityServer
 
 
@@ -59,7 +59,7 @@ async def test_users_are_added_with_hashed_passwords_and_sealed_mfa(
     assert [u["username"] for u in listed] == ["alice", "bob"]
     assert "password" not in repr(listed)
     assert "totp" not in repr(listed)
-    created = [e for e in rig.sink.events if e.reason == Reason.USER_CREATED]
+    created = [e for e in rig.sink.events if e.reason == Activity.USER_CREATED]
     assert [e.attributes["username"] for e in created] == ["alice", "bob"]
     assert all(e.peer_spiffe_id == OPERATOR for e in created)
 
@@ -101,7 +101,7 @@ async def test_lock_unlock_and_reset_mfa(rig: AuthRig) -> None:
     missing = await _api(rig, "POST", "/admin/v1/users/nobody/lock")
     assert missing.status_code == 404
     reasons = [e.reason for e in rig.sink.events]
-    for reason in (Reason.USER_LOCKED, Reason.USER_UNLOCKED, Reason.MFA_RESET):
+    for reason in (Activity.USER_LOCKED, Activity.USER_UNLOCKED, Activity.MFA_RESET):
         assert reason in reasons
 
 
@@ -130,7 +130,7 @@ async def test_a_password_is_changed_chosen_or_generated(rig: AuthRig, short_tmp
     password = generated.json()["password"]  # shown once, stored only as argon2id
     assert len(password) >= 40
     assert password not in _password_hash(short_tmp, "erin")
-    changed = [e for e in rig.sink.events if e.reason == Reason.PASSWORD_CHANGED]
+    changed = [e for e in rig.sink.events if e.reason == Activity.PASSWORD_CHANGED]
     assert [e.attributes["username"] for e in changed] == ["erin", "erin"]
     assert all(e.attributes["by"] == "operator" for e in changed)
     # each change revoked every token of the user (see test_subject_revocation)

@@ -19,7 +19,7 @@ from trustmesh.auth.db import AuthStore, Client
 from trustmesh.auth.service import AuthService, AuthSettings
 from trustmesh.crypto import SealKey
 from trustmesh.errors import ConflictError, InvalidTokenError, NotFoundError, SealError
-from trustmesh.reasons import Reason
+from trustmesh.reasons import Activity
 from trustmesh.store import create_engine, sqlite_url
 
 ISSUER = "https://127.0.0.1:1"
@@ -106,10 +106,10 @@ async def test_rotation_publishes_first_then_signs_and_keeps_the_old_key(
         service.verify_own(old_token)
     reasons = [e.reason for e in sink.events]
     for reason in (
-        Reason.KEY_CREATED,
-        Reason.KEY_ACTIVATED,
-        Reason.KEY_RETIRED,
-        Reason.KEY_REMOVED,
+        Activity.KEY_CREATED,
+        Activity.KEY_ACTIVATED,
+        Activity.KEY_RETIRED,
+        Activity.KEY_REMOVED,
     ):
         assert reason in reasons
 

@@ -26,7 +26,7 @@ from cryptography import x509
 from trustmesh import crypto
 from trustmesh.config import parse_config
 from trustmesh.errors import ConfigError, InvalidTokenError
-from trustmesh.reasons import Reason
+from trustmesh.reasons import Activity, Reason
 from trustmesh.sdk.tokens import JWKSCache, RevocationList, TokenVerifier
 from trustmesh.testing import RunningIdentityServer
 
@@ -275,7 +275,7 @@ async def test_admin_users_act_with_mfa_and_are_refused_without(rig: AuthRig) ->
         call, admin["access_token"], "POST", "/admin/v1/users", {"username": "dave"}
     )
     assert made.status_code == 201, made.text
-    created = [e for e in rig.sink.events if e.reason == Reason.USER_CREATED]
+    created = [e for e in rig.sink.events if e.reason == Activity.USER_CREATED]
     assert created[-1].attributes["by"] == "user:bob"
     listed = await asyncio.to_thread(call, admin["access_token"], "GET", "/admin/v1/users")
     assert listed.status_code == 200

@@ -144,7 +144,7 @@ async def test_payments_may_not_call_orders(shop: dict[str, object]) -> None:
         async with ServiceClient(tls, orders_url, f"spiffe://{TD}/orders") as orders:
             refused = await orders.get("/orders/ord_1")
         assert refused.status == 403
-        assert refused.json()["error"] == "policy-deny"
+        assert refused.json()["error"] == "forbidden"  # one spelling of 403 everywhere
     events_file = Path(str(shop["state"])) / "events" / "orders.jsonl"
     deny = [
         json.loads(line) for line in events_file.read_text().splitlines() if '"policy-deny"' in line
@@ -293,7 +293,7 @@ def test_trustmesh_call_tries_the_shop_from_a_shell(shop: dict[str, object]) -> 
     listed = tm("call", "orders", "GET", "/orders", *where)
     assert listed.returncode == 1
     assert listed.stdout.startswith("HTTP 403")
-    assert '"policy-deny"' in listed.stdout
+    assert '"forbidden"' in listed.stdout
     # payments may not call orders: discovery will not even say where it is
     refused = tm("call", "orders", "GET", f"/orders/{order['id']}", "--as", "payments", *where)
     assert refused.returncode != 0

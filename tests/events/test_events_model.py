@@ -185,7 +185,9 @@ def test_reason_is_the_status_detail(make: Make) -> None:
     assert ocsf["status_detail"] == "token-expired"
     assert ocsf["unmapped"]["trustmesh"]["reason"] == "token-expired"
     assert type(ocsf["status_detail"]) is str
-    assert make(reason="custom-reason-2").reason == "custom-reason-2"
+    assert make(reason="token-expired").reason is Reason.TOKEN_EXPIRED  # by value
+    with pytest.raises(UsageError, match="reason"):  # the vocabulary is closed
+        make(reason="custom-reason-2")
 
 
 @pytest.mark.parametrize("reason", ["", "Token-Expired", "token_expired", "a--b", "-a", "x" * 65])

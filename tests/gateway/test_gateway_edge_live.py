@@ -32,7 +32,7 @@ from trustmesh.config import parse_config
 from trustmesh.errors import ConfigError
 from trustmesh.gateway.keystore import add_key, open_keystore, revoke_key
 from trustmesh.gateway.server import RunningGateway
-from trustmesh.reasons import Reason
+from trustmesh.reasons import Activity, Reason
 from trustmesh.sdk.runtime import Runtime
 from trustmesh.testing import PrivateRedis, RunningIdentityServer
 from trustmesh.testing.rawtls import RawTLS
@@ -298,7 +298,7 @@ async def test_two_gateways_sharing_redis_admit_the_limit_between_them(stack: St
     assert SHARED_LIMIT <= admitted <= 1.02 * SHARED_LIMIT
     for index, edge in enumerate(edges):  # both took part, and every count went to Redis
         assert {s for i, s in answers if i == index} == {200, 429}
-        assert Reason.RATE_LIMIT_STORE_DOWN not in edge.reasons()
+        assert Activity.RATE_LIMIT_STORE_DOWN not in edge.reasons()
     refusals = sum(edge.reasons().count(Reason.RATE_LIMITED) for edge in edges)
     assert refusals == statuses.count(429)
 
@@ -318,8 +318,8 @@ async def test_a_gateway_limits_on_its_own_while_redis_is_down(
     # still answering, with the same rule counted in this instance's memory (afresh)
     during = [(await anon()).status for _ in range(4)]
     assert during == [200, 200, 200, 429]
-    assert edge.reasons().count(Reason.RATE_LIMIT_STORE_DOWN) == 1
-    down = edge.last(Reason.RATE_LIMIT_STORE_DOWN)
+    assert edge.reasons().count(Activity.RATE_LIMIT_STORE_DOWN) == 1
+    down = edge.last(Activity.RATE_LIMIT_STORE_DOWN)
     assert down.decision == events.Decision.ERROR
     assert "redis unreachable" in down.message
     assert edge.last(Reason.RATE_LIMITED).decision == events.Decision.DENY
@@ -333,10 +333,10 @@ async def test_a_gateway_limits_on_its_own_while_redis_is_down(
         answers.append(answer.status)
         return answer
 
-    await _until(probe, lambda _: Reason.RATE_LIMIT_STORE_BACK in edge.reasons(), 15)
+    await _until(probe, lambda _: Activity.RATE_LIMIT_STORE_BACK in edge.reasons(), 15)
     # the fallback's count held until Redis was back (the last may be counted there)
     assert set(answers[:-1]) <= {429}
-    assert edge.last(Reason.RATE_LIMIT_STORE_BACK).decision == events.Decision.ALLOW
+    assert edge.last(Activity.RATE_LIMIT_STORE_BACK).decision == events.Decision.ALLOW
     assert (await anon()).status == 200
     assert await private_redis.keys("trustmesh:ratelimit:*")
 

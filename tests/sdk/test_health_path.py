@@ -139,7 +139,7 @@ async def test_the_same_peer_gets_nothing_else(
 ) -> None:
     status, _, body = await _request(payments.port, inventory_tls.client, b"/charges/ch_1")
     assert status == 403
-    assert json.loads(body)["error"] == "policy-deny"
+    assert json.loads(body)["error"] == "forbidden"
     assert [e.reason for e in sink.events] == ["policy-deny"]
 
 

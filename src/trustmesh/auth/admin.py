@@ -44,7 +44,7 @@ from trustmesh.errors import (
     UsageError,
 )
 from trustmesh.platform.admin import Actor, Refused, failure_response
-from trustmesh.reasons import Reason
+from trustmesh.reasons import Activity, Code, Reason
 from trustmesh.sdk.tokens import bearer_token
 from trustmesh.spiffeid import require_workload_id
 
@@ -306,7 +306,7 @@ def admin_routes(service: AuthService) -> list[Route]:
 
         return endpoint
 
-    def emit(request: Request, reason: Reason, message: str, **fields: Any) -> None:
+    def emit(request: Request, reason: Code, message: str, **fields: Any) -> None:
         actor: Actor = request.state.actor
         attributes = {**fields.pop("attributes", {}), "by": actor.name}
         service.emit(
@@ -331,7 +331,7 @@ def admin_routes(service: AuthService) -> list[Route]:
         await service.store.add_client(client)
         emit(
             request,
-            Reason.CLIENT_CREATED,
+            Activity.CLIENT_CREATED,
             f"OAuth client created ({client.auth_method})",
             client_id=client.client_id,
             attributes={"audiences": " ".join(client.audiences)[:512]},
@@ -344,7 +344,7 @@ def admin_routes(service: AuthService) -> list[Route]:
     async def remove_client(request: Request) -> Response:
         client_id = request.path_params["client_id"]
         await service.store.remove_client(client_id)
-        emit(request, Reason.CLIENT_REMOVED, "OAuth client removed", client_id=client_id[:128])
+        emit(request, Activity.CLIENT_REMOVED, "OAuth client removed", client_id=client_id[:128])
         return Response(status_code=204)
 
     async def list_keys(_: Request) -> Response:
@@ -353,11 +353,11 @@ def admin_routes(service: AuthService) -> list[Route]:
 
     async def rotate_keys(request: Request) -> Response:
         await service.tick(rotate=True)
-        emit(request, Reason.KEYS_ROTATED, "signing-key rotation requested")
+        emit(request, Activity.KEYS_ROTATED, "signing-key rotation requested")
         states = [k.state for k in await service.store.keys()]
         return JSONResponse(key_docs(states, int(service.clock())))
 
-    def user_event(request: Request, reason: Reason, message: str, user: User) -> None:
+    def user_event(request: Request, reason: Code, message: str, user: User) -> None:
         emit(
             request,
             reason,
@@ -372,7 +372,7 @@ def admin_routes(service: AuthService) -> list[Route]:
     async def add_user(request: Request) -> Response:
         user, password, uri = new_user(service, await json_body(request))
         await service.store.add_user(user)
-        user_event(request, Reason.USER_CREATED, "user created", user)
+        user_event(request, Activity.USER_CREATED, "user created", user)
         doc = user_doc(user)
         if password is not None:
             doc["password"] = password  # generated: shown once, stored only as argon2id
@@ -380,7 +380,7 @@ def admin_routes(service: AuthService) -> list[Route]:
             doc["totp_uri"] = uri  # shown once; the secret is stored sealed
         return JSONResponse(doc, status_code=201, headers={"Cache-Control": "no-store"})
 
-    async def revoke_tokens(request: Request, user: User, cause: str) -> None:
+    async def revoke_tokens(request: Request, user: User, cause: Activity) -> None:
         """Every token the user holds stops working (see trustmesh.auth.revocations)."""
         actor: Actor = request.state.actor
         await service.revocations.subject(user.user_id, cause, attributes={"by": actor.name})
@@ -391,12 +391,12 @@ def admin_routes(service: AuthService) -> list[Route]:
         )
         user_event(
             request,
-            Reason.USER_LOCKED if locked else Reason.USER_UNLOCKED,
+            Activity.USER_LOCKED if locked else Activity.USER_UNLOCKED,
             "user locked" if locked else "user unlocked",
             user,
         )
         if locked:
-            await revoke_tokens(request, user, "user-locked")
+            await revoke_tokens(request, user, Activity.USER_LOCKED)
         return JSONResponse(user_doc(user))
 
     async def lock(request: Request) -> Response:
@@ -412,8 +412,8 @@ def admin_routes(service: AuthService) -> list[Route]:
             raise NotFoundError(f"no user {username!r}")
         sealed, uri = enroll_totp(service, existing.user_id, existing.username)
         user = await service.store.update_user(username, totp_sealed=sealed, totp_last_step=None)
-        user_event(request, Reason.MFA_RESET, "MFA reset: a new TOTP secret was enrolled", user)
-        await revoke_tokens(request, user, "mfa-reset")
+        user_event(request, Activity.MFA_RESET, "MFA reset: a new TOTP secret was enrolled", user)
+        await revoke_tokens(request, user, Activity.MFA_RESET)
         doc = user_doc(user)
         doc["totp_uri"] = uri
         return JSONResponse(doc, headers={"Cache-Control": "no-store"})
@@ -428,8 +428,8 @@ def admin_routes(service: AuthService) -> list[Route]:
         password, generated = chosen_password(body.get("password"))
         password_hash = await asyncio.to_thread(crypto.hash_password, password)
         user = await service.store.update_user(username, password_hash=password_hash)
-        user_event(request, Reason.PASSWORD_CHANGED, "password changed", user)
-        await revoke_tokens(request, user, "password-changed")
+        user_event(request, Activity.PASSWORD_CHANGED, "password changed", user)
+        await revoke_tokens(request, user, Activity.PASSWORD_CHANGED)
         doc = user_doc(user)
         if generated is not None:
             doc["password"] = generated  # shown once, stored only as argon2id

@@ -55,7 +55,7 @@ from trustmesh.auth.oauth import (
 from trustmesh.auth.revocations import LiveToken
 from trustmesh.auth.service import ALG, ID_TOKEN_CLAIMS, AuthService
 from trustmesh.errors import InvalidTokenError, UnavailableError
-from trustmesh.reasons import Reason
+from trustmesh.reasons import Activity, Reason
 from trustmesh.sdk.tokens import bearer_token
 
 log = logging.getLogger("trustmesh.auth")
@@ -211,7 +211,7 @@ def auth_app(
                 if record.family_id:
                     await revocations.family(record.family_id, "code-reused")
                 service.emit(
-                    Reason.TOKEN_REVOKED,
+                    Activity.TOKEN_REVOKED,
                     "authorization code reused: its tokens are revoked",
                     decision=events.Decision.DENY,
                     client_id=record.client_id,
@@ -231,7 +231,7 @@ def auth_app(
                 prefetched.user = await service.store.get_user_by_id(subject)
             if outcome.status == "reused" and outcome.family is not None:
                 service.emit(
-                    Reason.TOKEN_REVOKED,
+                    Activity.TOKEN_REVOKED,
                     "refresh token reused: the family is revoked",
                     decision=events.Decision.DENY,
                     client_id=client_id,

@@ -54,7 +54,7 @@ from trustmesh.auth.oauth import _AudienceAndScope, _prefetched
 from trustmesh.auth.revocations import SubjectState
 from trustmesh.auth.service import AuthService
 from trustmesh.errors import StateError, UsageError
-from trustmesh.reasons import Reason
+from trustmesh.reasons import Activity, Reason
 
 AUTHORIZATION_CODE = "authorization_code"
 REFRESH_TOKEN = "refresh_token"  # noqa: S105 - a grant type
@@ -590,7 +590,7 @@ def flow_routes(service: AuthService, flow: FlowStore, codec: SessionCodec) -> l
         session = codec.read(request.cookies.get(SESSION_COOKIE), service.clock())
         if session is not None:
             service.emit(
-                Reason.LOGOUT,
+                Activity.LOGOUT,
                 "logout",
                 sub=session.user_id,
                 attributes={"login": session.username},

@@ -58,7 +58,7 @@ from trustmesh.auth.db import (
 )
 from trustmesh.auth.login import SESSION_SECONDS
 from trustmesh.config.models import MAX_ACCESS_TOKEN_TTL, MAX_TOKEN_LEEWAY
-from trustmesh.reasons import Reason
+from trustmesh.reasons import Activity
 from trustmesh.store import append_in_order
 
 if TYPE_CHECKING:
@@ -289,7 +289,7 @@ class Revocations:
             return
         await service.publish({"jti": token.jti, "exp": token.expires_at})
         service.emit(
-            Reason.TOKEN_REVOKED,
+            Activity.TOKEN_REVOKED,
             "access token revoked" + ("" if cause == "revoked" else f" ({cause})"),
             client_id=token.client_id,
             jti=token.jti,
@@ -306,7 +306,7 @@ class Revocations:
         family, tokens = await self.store.revoke_family(family_id, self._now(), cause)
         if family is not None:
             self.service.emit(
-                Reason.TOKEN_REVOKED,
+                Activity.TOKEN_REVOKED,
                 f"refresh token family revoked ({cause})",
                 client_id=family.client_id,
                 sub=family.subject,
@@ -327,7 +327,7 @@ class Revocations:
             {"sub": subject, "before": revoked.before, "exp": revoked.expires_at}
         )
         self.service.emit(
-            Reason.TOKEN_REVOKED,
+            Activity.TOKEN_REVOKED,
             f"every token of the user issued before {revoked.before} revoked ({cause})",
             sub=subject,
             attributes={**(attributes or {}), "cause": cause, "before": revoked.before},

@@ -24,10 +24,10 @@ from trustmesh.auth import keys as keyplan
 from trustmesh.auth.db import AuthStore, Client, StoredKey
 from trustmesh.auth.revocations import Revocations
 from trustmesh.config import TrustmeshConfig
-from trustmesh.errors import InvalidTokenError
+from trustmesh.errors import InvalidTokenError, UnavailableError
 from trustmesh.platform.guard import LISTENER_REFUSALS, RefusalSummary
 from trustmesh.platform.names import GATEWAY_CLIENT_ID
-from trustmesh.reasons import Reason
+from trustmesh.reasons import Activity, Code, Reason
 
 log = logging.getLogger("trustmesh.auth")
 
@@ -218,7 +218,7 @@ class AuthService:
             self.ring.load(stored, self.seal_key, now)
             after = self.ring.active.kid if self.ring.active else None
             if after != before and after is not None:
-                self._event(Reason.KEY_ACTIVATED, f"signing key {after} now signs", kid=after)
+                self._event(Activity.KEY_ACTIVATED, f"signing key {after} now signs", kid=after)
             return actions
 
     async def _apply(self, action: keyplan.Action, now: int) -> None:
@@ -232,16 +232,16 @@ class AuthService:
             )
             state = keyplan.KeyState(kid, now, action.activate_at)
             self._event(
-                Reason.KEY_CREATED,
+                Activity.KEY_CREATED,
                 f"signing key {kid} published; signs from {keyplan.utc(action.activate_at).isoformat()}",
                 kid=kid,
             )
             await self.store.add_key(StoredKey(state, ALG, sealed, jwk))
         elif isinstance(action, keyplan.RetireKey):
-            self._event(Reason.KEY_RETIRED, f"signing key {action.kid} retired", kid=action.kid)
+            self._event(Activity.KEY_RETIRED, f"signing key {action.kid} retired", kid=action.kid)
             await self.store.retire_key(action.kid, action.retire_at, action.remove_at)
         else:
-            self._event(Reason.KEY_REMOVED, f"signing key {action.kid} removed", kid=action.kid)
+            self._event(Activity.KEY_REMOVED, f"signing key {action.kid} removed", kid=action.kid)
             await self.store.remove_key(action.kid)
 
     # -- clients ---------------------------------------------------------------------------
@@ -275,7 +275,9 @@ class AuthService:
         """An RFC 9068 access token: only the claims the audience needs."""
         active = self.ring.active
         if active is None:
-            raise InvalidTokenError("no signing key is active", reason="token-refused")
+            raise UnavailableError(
+                "no signing key is active", reason=Reason.SIGNING_KEY_UNAVAILABLE
+            )
         now = int(self.clock())
         claims: dict[str, Any] = {
             "iss": self.settings.issuer,
@@ -314,7 +316,9 @@ class AuthService:
         """An OIDC ID token (Core §2) for ``client_id``, with ``at_hash`` (§3.1.3.6)."""
         active = self.ring.active
         if active is None:
-            raise InvalidTokenError("no signing key is active", reason="token-refused")
+            raise UnavailableError(
+                "no signing key is active", reason=Reason.SIGNING_KEY_UNAVAILABLE
+            )
         now = int(self.clock())
         digest = hashlib.sha256(access_token.encode("ascii")).digest()
         claims: dict[str, Any] = {
@@ -341,19 +345,21 @@ class AuthService:
         """Claims of an access token this server issued and that has not expired (any
         audience); InvalidTokenError otherwise. Revocation is checked by the caller."""
         if len(token) > 8192:
-            raise InvalidTokenError("token too long", reason="token-malformed")
+            raise InvalidTokenError("token too long", reason=Reason.TOKEN_MALFORMED)
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
-            raise InvalidTokenError("malformed token", reason="token-malformed") from None
+            raise InvalidTokenError("malformed token", reason=Reason.TOKEN_MALFORMED) from None
         if header.get("alg") != ALG or header.get("typ") != ACCESS_JWT_TYP:
-            raise InvalidTokenError("not an access token of this server", reason="token-malformed")
+            raise InvalidTokenError(
+                "not an access token of this server", reason=Reason.TOKEN_MALFORMED
+            )
         if _FORBIDDEN_HEADERS & header.keys():
-            raise InvalidTokenError("forbidden JOSE header", reason="token-malformed")
+            raise InvalidTokenError("forbidden JOSE header", reason=Reason.TOKEN_MALFORMED)
         kid = header.get("kid")
         key = self.ring.public.get(kid) if isinstance(kid, str) else None
         if key is None:
-            raise InvalidTokenError("unknown key id", reason="token-unknown-key")
+            raise InvalidTokenError("unknown key id", reason=Reason.TOKEN_UNKNOWN_KEY)
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -368,13 +374,13 @@ class AuthService:
                 },
             )
         except jwt.InvalidSignatureError:
-            raise InvalidTokenError("bad signature", reason="token-bad-signature") from None
+            raise InvalidTokenError("bad signature", reason=Reason.TOKEN_BAD_SIGNATURE) from None
         except jwt.InvalidTokenError as exc:
             raise InvalidTokenError(
-                f"invalid token: {type(exc).__name__}", reason="token-malformed"
+                f"invalid token: {type(exc).__name__}", reason=Reason.TOKEN_MALFORMED
             ) from None
         if self.clock() >= claims["exp"]:
-            raise InvalidTokenError("expired", reason="token-expired")
+            raise InvalidTokenError("expired", reason=Reason.TOKEN_EXPIRED)
         return claims
 
     # -- revocation --------------------------------------------------------------------------
@@ -405,7 +411,7 @@ class AuthService:
     # -- events ----------------------------------------------------------------------------
     def _build(
         self,
-        reason: Reason,
+        reason: Code,
         message: str,
         decision: events.Decision,
         attributes: Mapping[str, str | int | bool | None] | None,
@@ -431,7 +437,7 @@ class AuthService:
 
     def emit(
         self,
-        reason: Reason,
+        reason: Code,
         message: str,
         *,
         decision: events.Decision = events.Decision.ALLOW,
@@ -470,24 +476,24 @@ class AuthService:
             )
         self.sink.emit(events.restamp(template, jti=jti))
 
-    def _event(self, reason: Reason, message: str, *, kid: str) -> None:
+    def _event(self, reason: Code, message: str, *, kid: str) -> None:
         self.emit(reason, message, attributes={"kid": kid})
 
 
 _MANAGEMENT = events.EventClass.ENTITY_MANAGEMENT
 _EVENT_SHAPE: dict[str, tuple[events.EventClass, tuple[int, str]]] = {
-    Reason.KEY_CREATED: (_MANAGEMENT, (1, "Create")),
-    Reason.KEY_ACTIVATED: (_MANAGEMENT, (8, "Enable")),
-    Reason.KEY_RETIRED: (_MANAGEMENT, (9, "Disable")),
-    Reason.KEY_REMOVED: (_MANAGEMENT, (4, "Delete")),
-    Reason.CLIENT_CREATED: (_MANAGEMENT, (1, "Create")),
-    Reason.CLIENT_REMOVED: (_MANAGEMENT, (4, "Delete")),
+    Activity.KEY_CREATED: (_MANAGEMENT, (1, "Create")),
+    Activity.KEY_ACTIVATED: (_MANAGEMENT, (8, "Enable")),
+    Activity.KEY_RETIRED: (_MANAGEMENT, (9, "Disable")),
+    Activity.KEY_REMOVED: (_MANAGEMENT, (4, "Delete")),
+    Activity.CLIENT_CREATED: (_MANAGEMENT, (1, "Create")),
+    Activity.CLIENT_REMOVED: (_MANAGEMENT, (4, "Delete")),
     Reason.ADMIN_DENIED: (events.EventClass.API_ACTIVITY, (99, "Other")),
-    Reason.USER_CREATED: (_MANAGEMENT, (1, "Create")),
-    Reason.USER_LOCKED: (_MANAGEMENT, (9, "Disable")),
-    Reason.USER_UNLOCKED: (_MANAGEMENT, (8, "Enable")),
-    Reason.MFA_RESET: (_MANAGEMENT, (3, "Update")),
-    Reason.PASSWORD_CHANGED: (_MANAGEMENT, (3, "Update")),
+    Activity.USER_CREATED: (_MANAGEMENT, (1, "Create")),
+    Activity.USER_LOCKED: (_MANAGEMENT, (9, "Disable")),
+    Activity.USER_UNLOCKED: (_MANAGEMENT, (8, "Enable")),
+    Activity.MFA_RESET: (_MANAGEMENT, (3, "Update")),
+    Activity.PASSWORD_CHANGED: (_MANAGEMENT, (3, "Update")),
     Reason.REVOCATION_FEED_DENIED: (events.EventClass.API_ACTIVITY, (99, "Other")),
     **dict.fromkeys(LISTENER_REFUSALS, (events.EventClass.API_ACTIVITY, (99, "Other"))),
 }

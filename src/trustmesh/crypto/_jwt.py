@@ -13,6 +13,7 @@ from jwt.algorithms import ECAlgorithm
 
 from trustmesh.crypto._x509 import PrivateKey, PublicKey
 from trustmesh.errors import InvalidTokenError
+from trustmesh.reasons import Reason
 
 #: The only algorithms trustmesh accepts on JWT-SVIDs; `none` and HMAC never.
 ALLOWED_ALGORITHMS = ("ES256",)
@@ -60,15 +61,15 @@ def verify_jwt(
     try:
         header = jwt.get_unverified_header(token)
     except jwt.InvalidTokenError:
-        raise InvalidTokenError("malformed token", reason="token-malformed") from None
+        raise InvalidTokenError("malformed token", reason=Reason.TOKEN_MALFORMED) from None
     alg = header.get("alg")
     if alg not in ALLOWED_ALGORITHMS:
-        raise InvalidTokenError(f"algorithm {alg!r} not allowed", reason="token-malformed")
+        raise InvalidTokenError(f"algorithm {alg!r} not allowed", reason=Reason.TOKEN_MALFORMED)
     if _FORBIDDEN_HEADERS & header.keys():
-        raise InvalidTokenError("forbidden JOSE header", reason="token-malformed")
+        raise InvalidTokenError("forbidden JOSE header", reason=Reason.TOKEN_MALFORMED)
     kid = header.get("kid")
     if not isinstance(kid, str) or kid not in keys:
-        raise InvalidTokenError("unknown key id", reason="token-unknown-key")
+        raise InvalidTokenError("unknown key id", reason=Reason.TOKEN_UNKNOWN_KEY)
     try:
         claims: dict[str, Any] = jwt.decode(
             token,
@@ -83,18 +84,18 @@ def verify_jwt(
             },
         )
     except jwt.InvalidAudienceError:
-        raise InvalidTokenError("wrong audience", reason="token-wrong-audience") from None
+        raise InvalidTokenError("wrong audience", reason=Reason.TOKEN_WRONG_AUDIENCE) from None
     except jwt.InvalidSignatureError:
-        raise InvalidTokenError("bad signature", reason="token-bad-signature") from None
+        raise InvalidTokenError("bad signature", reason=Reason.TOKEN_BAD_SIGNATURE) from None
     except jwt.InvalidTokenError as exc:
         raise InvalidTokenError(
-            f"invalid token: {type(exc).__name__}", reason="token-malformed"
+            f"invalid token: {type(exc).__name__}", reason=Reason.TOKEN_MALFORMED
         ) from None
     exp = claims.get("exp")
     # RFC 7519 §4.1.4: the token must not be accepted on or after its expiration time.
     if not isinstance(exp, int | float) or isinstance(exp, bool) or now >= exp + leeway:
-        raise InvalidTokenError("expired", reason="token-expired")
+        raise InvalidTokenError("expired", reason=Reason.TOKEN_EXPIRED)
     nbf = claims.get("nbf")
     if nbf is not None and (not isinstance(nbf, int | float) or now + leeway < nbf):
-        raise InvalidTokenError("not yet valid", reason="token-not-yet-valid")
+        raise InvalidTokenError("not yet valid", reason=Reason.TOKEN_NOT_YET_VALID)
     return claims

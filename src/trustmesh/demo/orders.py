@@ -99,7 +99,7 @@ def _order(order_id: str, http: Request, action: str) -> dict[str, object]:
     # check comes first so that a stranger learns nothing either way
     owner = str(order["owner"]) if order else ""
     if not sdk.authorize(http, POLICY, action, "Order", order_id, owner=sdk.User(owner)):
-        raise HTTPException(403, "policy-deny")
+        raise HTTPException(403, "forbidden")
     if order is None:
         raise HTTPException(404, "no such order")
     return order
@@ -134,5 +134,5 @@ async def refund_order(order_id: str, http: Request) -> dict[str, object]:
 async def all_orders(http: Request) -> dict[str, object]:
     """Every order, for admins (the gateway admits only admins signed in with MFA)."""
     if not sdk.authorize(http, POLICY, "list", "Order", "*", owner=sdk.User("")):
-        raise HTTPException(403, "policy-deny")
+        raise HTTPException(403, "forbidden")
     return {"orders": sorted(ORDERS.values(), key=lambda o: str(o["id"]))}

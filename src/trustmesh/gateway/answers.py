@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Final
 
-from trustmesh.platform.protocol import LISTENER_CODES
+from trustmesh.reasons import STATUS_CODES
 
 __all__ = ["ERROR_HEADERS", "error_code", "error_headers", "error_message"]
 
@@ -36,22 +36,6 @@ ERROR_HEADERS: Final = frozenset(
         b"ratelimit-policy",
     }
 )
-#: The codes the gateway already answers its own refusals with; other statuses take
-#: their reason phrase (``409`` → ``conflict``).
-_CODES: Final = {
-    400: "invalid_request",
-    401: "unauthenticated",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "request_too_large",
-    429: "rate_limited",
-    500: "service_error",
-    502: "bad_gateway",
-    503: "unavailable",
-    504: "timeout",
-    **LISTENER_CODES,  # the listener's own answers: 408, 414, 431, 501
-}
 _NOT_A_CODE: Final = re.compile(r"[^a-z0-9]+")
 _MESSAGES: Final = {
     401: "the service requires another credential",
@@ -65,7 +49,7 @@ _MESSAGES: Final = {
 
 def error_code(status: int) -> str:
     """The ``error`` of the gateway's answer for an upstream's ``status`` (≥ 400)."""
-    code = _CODES.get(status)
+    code = STATUS_CODES.get(status)
     if code is not None:
         return code
     try:

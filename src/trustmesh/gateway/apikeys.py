@@ -36,7 +36,7 @@ from typing import Final
 
 from trustmesh.config.gateway import GatewayRoute
 from trustmesh.errors import UsageError
-from trustmesh.reasons import Reason
+from trustmesh.reasons import Activity, Reason
 
 __all__ = [
     "ALL_ROUTES",
@@ -81,8 +81,8 @@ API_KEY_SUPERSEDED: Final = Reason.API_KEY_SUPERSEDED  # a rotated-out secret pa
 API_KEY_REVOKED: Final = Reason.API_KEY_REVOKED
 API_KEY_EXPIRED: Final = Reason.API_KEY_EXPIRED
 API_KEY_OUT_OF_SCOPE: Final = Reason.API_KEY_OUT_OF_SCOPE
-API_KEY_CREATED: Final = Reason.API_KEY_CREATED
-API_KEY_ROTATED: Final = Reason.API_KEY_ROTATED
+API_KEY_CREATED: Final = Activity.API_KEY_CREATED
+API_KEY_ROTATED: Final = Activity.API_KEY_ROTATED
 
 KEY_PREFIX: Final = "tmk_"
 #: A scope that admits every route (that accepts API keys).
@@ -155,7 +155,7 @@ class KeyDecision:
     ``expires_at`` only when allowed. ``reason`` is one of the ``API_KEY_*`` codes."""
 
     allowed: bool
-    reason: str
+    reason: Reason
     key_id: str | None = None
     name: str | None = None
     roles: tuple[str, ...] = ()

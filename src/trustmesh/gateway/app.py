@@ -66,7 +66,7 @@ from trustmesh.platform.listeners import Receive, Scope, Send, respond_json
 from trustmesh.policy.addresses import as_ipv4
 from trustmesh.policy.edge import ANONYMOUS, EdgePolicy, EdgeRequest, Principal
 from trustmesh.policy.paths import NonCanonicalPath, canonical_path
-from trustmesh.reasons import Reason
+from trustmesh.reasons import ANSWERS, Code, Reason
 from trustmesh.sdk import trace
 from trustmesh.sdk.client import Response, ResponseTooLargeError
 from trustmesh.sdk.tls import RotatingTLS
@@ -205,18 +205,20 @@ class GatewayApp:
             client = client_address(peer, headers, self.trusted)
         except UsageError as exc:  # a trusted proxy that cannot say who its client is
             self._emit(events.Decision.DENY, Reason.FORWARDED_FOR_INVALID, exc.detail, context)
-            await _error(send, 400, "invalid_request", "X-Forwarded-For holds a non-address")
+            await _refuse(send, Reason.FORWARDED_FOR_INVALID, "X-Forwarded-For holds a non-address")
             return
         context["client"] = client
         if not self.ip_rules.admits(client):
             self._emit(events.Decision.DENY, Reason.IP_DENIED, "client address refused", context)
-            await _error(send, 403, "forbidden", "not allowed from this address")
+            await _refuse(send, Reason.IP_DENIED, "not allowed from this address")
             return
         try:
             path = canonical_path(raw)
         except NonCanonicalPath as exc:
             self._emit(events.Decision.DENY, Reason.PATH_NON_CANONICAL, exc.why, context)
-            await _error(send, 400, "invalid_request", "the request path is not in canonical form")
+            await _refuse(
+                send, Reason.PATH_NON_CANONICAL, "the request path is not in canonical form"
+            )
             return
         host = request_host(next((v for k, v in headers if k == b"host"), None))
         asked = is_preflight(method, headers)
@@ -233,7 +235,7 @@ class GatewayApp:
         context["template"] = decision.template  # the declaration's words, not the client's
         if not self.route_ip_rules[decision.index].admits(client):
             self._emit(events.Decision.DENY, Reason.IP_DENIED, "client address refused", context)
-            await _error(send, 403, "forbidden", "not allowed from this address")
+            await _refuse(send, Reason.IP_DENIED, "not allowed from this address")
             return
         user: dict[str, Any] | None = None
         principal = ANONYMOUS
@@ -282,20 +284,20 @@ class GatewayApp:
                 context["policy"] = ",".join(verdict.policies)
                 why = f"policy: {verdict.error}" if verdict.error else "no policy permits"
                 self._emit(events.Decision.DENY, verdict.reason, why, context, user)
-                await _error(send, 403, "forbidden", "not allowed by policy")
+                await _refuse(send, verdict.reason, "not allowed by policy")
                 return
             context["policy"] = ",".join(verdict.policies)
         try:
             body = await _read_body(receive, headers, self.max_body_bytes)
         except _TooLarge:
             self._emit(events.Decision.DENY, Reason.REQUEST_TOO_LARGE, "body too large", context)
-            await _error(send, 413, "request_too_large", "the request body is too large")
+            await _refuse(send, Reason.REQUEST_TOO_LARGE, "the request body is too large")
             return
         except _Incomplete:
             self._emit(
                 events.Decision.DENY, Reason.REQUEST_INCOMPLETE, "body incomplete", context, user
             )
-            await _error(send, 400, "invalid_request", "the request body is incomplete")
+            await _refuse(send, Reason.REQUEST_INCOMPLETE, "the request body is incomplete")
             return
         timeouts = self.timeouts
         current = trace.current()
@@ -319,10 +321,9 @@ class GatewayApp:
                 route.to, method, target, forwarded, body, timeout=timeouts[decision.index]
             )
         except ResponseTooLargeError as exc:
-            self._emit(
-                events.Decision.ERROR, Reason.UPSTREAM_UNAVAILABLE, exc.detail, context, user
-            )
-            await _error(send, 502, "bad_gateway", "the service's answer was too large")
+            reason = Reason.UPSTREAM_ANSWER_TOO_LARGE
+            self._emit(events.Decision.ERROR, reason, exc.detail, context, user)
+            await _refuse(send, reason, "the service's answer was too large")
             return
         except UpstreamTimeoutError as exc:
             self._emit(
@@ -332,7 +333,7 @@ class GatewayApp:
                 context,
                 user,
             )
-            await _error(send, 504, "timeout", "the service did not answer in time")
+            await _refuse(send, Reason.UPSTREAM_TIMEOUT, "the service did not answer in time")
             return
         except (TrustmeshError, OSError) as exc:
             detail = exc.detail if isinstance(exc, TrustmeshError) else type(exc).__name__
@@ -343,7 +344,9 @@ class GatewayApp:
                 context,
                 user,
             )
-            await _error(send, 503, "unavailable", "the service is unavailable; try again")
+            await _refuse(
+                send, Reason.UPSTREAM_UNAVAILABLE, "the service is unavailable; try again"
+            )
             return
         context["status"] = answer.status
         self._emit(events.Decision.ALLOW, Reason.REQUEST_FORWARDED, "forwarded", context, user)
@@ -358,14 +361,16 @@ class GatewayApp:
         if decision.reason == Reason.METHOD_NOT_ALLOWED:
             self._emit(events.Decision.DENY, decision.reason, "method not allowed", context)
             allow = ", ".join(decision.allowed_methods).encode()
-            await _error(send, 405, "method_not_allowed", "method not allowed", [(b"allow", allow)])
+            await _refuse(send, decision.reason, "method not allowed", [(b"allow", allow)])
         elif decision.reason == Reason.PATH_NON_CANONICAL:
             why = "a trailing slash the route does not declare"
             self._emit(events.Decision.DENY, decision.reason, why, context)
-            await _error(send, 400, "invalid_request", "the request path is not in canonical form")
+            await _refuse(
+                send, Reason.PATH_NON_CANONICAL, "the request path is not in canonical form"
+            )
         else:
             self._emit(events.Decision.DENY, decision.reason, "no route", context)
-            await _error(send, 404, "not_found", "no such route")
+            await _refuse(send, decision.reason, "no such route")
 
     async def _admitted(
         self,
@@ -378,9 +383,7 @@ class GatewayApp:
             return True
         context["rule"] = limited.rule
         self._emit(events.Decision.DENY, limited.reason, "rate limited", context, user)
-        await _error(
-            send, 429, "rate_limited", "too many requests; try again later", limited.headers()
-        )
+        await _refuse(send, limited.reason, "too many requests; try again later", limited.headers())
         return False
 
     def _internal_token(
@@ -430,14 +433,14 @@ class GatewayApp:
             context["client"]
         ):  # the route's address rules hold for its preflights too
             self._emit(events.Decision.DENY, Reason.IP_DENIED, "client address refused", context)
-            await _error(send, 403, "forbidden", "not allowed from this address")
+            await _refuse(send, Reason.IP_DENIED, "not allowed from this address")
             return
         grants = None
         if route is not None and route.cors is not None:
             grants = preflight_headers(route.cors, route.methods, headers)
         if grants is None:
             self._emit(events.Decision.DENY, Reason.CORS_DENIED, "CORS preflight refused", context)
-            await _error(send, 403, "forbidden", "cross-origin request not allowed")
+            await _refuse(send, Reason.CORS_DENIED, "cross-origin request not allowed")
             return
         await send(
             {
@@ -472,10 +475,9 @@ class GatewayApp:
             challenge = b'Bearer realm="trustmesh"' if by_token else b""
             if "api_key" in route.auth:
                 challenge += (b", " if challenge else b"") + b'ApiKey realm="trustmesh"'
-            await _error(
+            await _refuse(
                 send,
-                401,
-                "unauthenticated",
+                Reason.TOKEN_MISSING,
                 "a credential is required",
                 [(b"www-authenticate", challenge)],
             )
@@ -501,23 +503,19 @@ class GatewayApp:
             else:
                 claims = dict((await self.verifier.verify(token, peer_thumbprint=None)).claims)
         except InvalidTokenError as exc:
-            self._emit(
-                events.Decision.DENY,
-                exc.reason or Reason.TOKEN_MALFORMED,
-                f"token refused: {exc.detail}",
-                context,
-            )
-            await _error(
+            reason = exc.reason or Reason.TOKEN_MALFORMED
+            self._emit(events.Decision.DENY, reason, f"token refused: {exc.detail}", context)
+            await _refuse(
                 send,
-                401,
-                "invalid_token",
+                reason,
                 "the access token was refused",
                 [(b"www-authenticate", b'Bearer realm="trustmesh", error="invalid_token"')],
             )
             return None
         except UnavailableError as exc:
-            self._emit(events.Decision.ERROR, Reason.UPSTREAM_UNAVAILABLE, exc.detail, context)
-            await _error(send, 503, "unavailable", "token verification is unavailable")
+            reason = Reason.VERIFICATION_UNAVAILABLE
+            self._emit(events.Decision.ERROR, reason, exc.detail, context)
+            await _refuse(send, reason, "token verification is unavailable")
             return None
         digest = hashlib.sha256(token.encode("ascii", "replace")).digest()
         if external is not None and not ask:  # its type and issuer are the declaration's
@@ -531,16 +529,15 @@ class GatewayApp:
         try:
             found = await keys.verify(presented, route.route_name) if keys else None
         except TrustmeshError as exc:  # the key store cannot be read: refuse, closed
-            self._emit(events.Decision.ERROR, Reason.UPSTREAM_UNAVAILABLE, exc.detail, context)
-            await _error(send, 503, "unavailable", "API key verification is unavailable")
+            self._emit(events.Decision.ERROR, Reason.KEY_STORE_UNAVAILABLE, exc.detail, context)
+            await _refuse(send, Reason.KEY_STORE_UNAVAILABLE, "API key verification is unavailable")
             return None
         if found is None or not found.allowed or found.key_id is None:
             reason = found.reason if found is not None else Reason.API_KEY_MALFORMED
             self._emit(events.Decision.DENY, reason, "API key refused", context)
-            await _error(
+            await _refuse(
                 send,
-                401,
-                "invalid_key",
+                reason,
                 "the API key was refused",
                 [(b"www-authenticate", b'ApiKey realm="trustmesh", error="invalid_key"')],
             )
@@ -563,7 +560,7 @@ class GatewayApp:
         return claims, principal, ("api-key", found.key_id)
 
     def record(
-        self, decision: events.Decision, reason: str, message: str, **attributes: str | int
+        self, decision: events.Decision, reason: Code, message: str, **attributes: str | int
     ) -> None:
         """An event about the gateway itself (an upstream ejected, a store unreachable)."""
         self._emit(decision, reason, message, dict(attributes))
@@ -582,7 +579,7 @@ class GatewayApp:
     def _template(
         self,
         decision: events.Decision,
-        reason: str,
+        reason: Code,
         message: str,
         sub: str | None,
         client_id: str | None,
@@ -604,7 +601,7 @@ class GatewayApp:
     def _emit(
         self,
         decision: events.Decision,
-        reason: str,
+        reason: Code,
         message: str,
         context: dict[str, Any],
         user: dict[str, Any] | None = None,
@@ -697,6 +694,15 @@ async def _upstream_error(send: Send, answer: Response, extra: list[tuple[bytes,
     kept = [(k, v) for k, v in error_headers(_cleaned(answer)) if k not in names]
     status = answer.status
     await _error(send, status, error_code(status), error_message(status), [*kept, *extra])
+
+
+async def _refuse(
+    send: Send, reason: Reason, message: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """The gateway's answer to a refusal: the status and code the vocabulary gives
+    ``reason`` (trustmesh.reasons.ANSWERS), in the gateway's shape."""
+    refusal = ANSWERS[reason]
+    await _error(send, refusal.status, refusal.code, message, headers)
 
 
 async def _error(

@@ -49,6 +49,7 @@ from trustmesh.gateway.apikeys import (
     parse_key,
     principal_of,
 )
+from trustmesh.reasons import Code
 from trustmesh.store import SqlStore, create_engine, sqlite_url
 
 log = logging.getLogger("trustmesh.gateway")
@@ -219,7 +220,7 @@ async def open_keystore(state: Path) -> SqlKeyStore:
 
 
 def _event(
-    reason: str,
+    reason: Code,
     message: str,
     activity: tuple[int, str],
     record: KeyRecord,

@@ -32,7 +32,7 @@ from trustmesh.gateway.upstreams import UpstreamPool
 from trustmesh.platform.guard import ConnectionGuard, ConnectionLimits
 from trustmesh.platform.listeners import PublicServed, Served, start, start_loopback, start_public
 from trustmesh.policy.edge import load_edge_policy
-from trustmesh.reasons import Reason
+from trustmesh.reasons import Activity
 from trustmesh.sdk.discovery import DiscoveryClient
 from trustmesh.sdk.oauth import ProviderTrust
 from trustmesh.sdk.tls import RotatingTLS
@@ -42,10 +42,10 @@ from trustmesh.sdk.x509source import SVIDSource
 log = logging.getLogger("trustmesh.gateway")
 
 _UPSTREAM_REASONS = {
-    "ejected": Reason.UPSTREAM_EJECTED,
-    "restored": Reason.UPSTREAM_RESTORED,
-    "unhealthy": Reason.UPSTREAM_UNHEALTHY,
-    "healthy": Reason.UPSTREAM_HEALTHY,
+    "ejected": Activity.UPSTREAM_EJECTED,
+    "restored": Activity.UPSTREAM_RESTORED,
+    "unhealthy": Activity.UPSTREAM_UNHEALTHY,
+    "healthy": Activity.UPSTREAM_HEALTHY,
 }
 _RECOVERED = frozenset({"restored", "healthy"})
 
@@ -183,7 +183,7 @@ async def serve_gateway(
         if metrics is not None:
             metrics.rate_limit_fallback.set(0 if shared else 1)
         if app is not None:
-            reason = Reason.RATE_LIMIT_STORE_BACK if shared else Reason.RATE_LIMIT_STORE_DOWN
+            reason = Activity.RATE_LIMIT_STORE_BACK if shared else Activity.RATE_LIMIT_STORE_DOWN
             decision = events.Decision.ALLOW if shared else events.Decision.ERROR
             app.record(decision, reason, why)
 

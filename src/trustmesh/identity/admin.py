@@ -17,7 +17,7 @@ from trustmesh.errors import UsageError
 from trustmesh.identity.models import JoinToken, RegistrationEntry, parse_selector
 from trustmesh.identity.store import IdentityStore
 from trustmesh.platform.admin import Actor
-from trustmesh.reasons import Reason
+from trustmesh.reasons import Activity, Code
 from trustmesh.spiffeid import require_workload_id
 
 #: A one-time join token is valid for this long by default, and at most ``MAX_JOIN_TTL``.
@@ -43,7 +43,7 @@ class ServiceSettings:
 
 
 def _event(
-    reason: Reason,
+    reason: Code,
     message: str,
     activity: tuple[int, str],
     now: dt.datetime,
@@ -104,7 +104,7 @@ def register_entry(
         id=secrets.token_hex(8), spiffe_id=spiffe_id, selectors=canonical, ttl=ttl, created_at=now
     )
     event = _event(
-        Reason.ENTRY_CREATED,
+        Activity.ENTRY_CREATED,
         "registration entry created",
         (1, "Create"),
         now,
@@ -123,7 +123,7 @@ def remove_entry(
     entry = store.remove_entry(entry_id)
     sink.emit(
         _event(
-            Reason.ENTRY_REMOVED,
+            Activity.ENTRY_REMOVED,
             "registration entry removed",
             (4, "Delete"),
             utcnow(),
@@ -155,7 +155,7 @@ def create_join_token(
     now = now or utcnow()
     token = secrets.token_urlsafe(32)
     event = _event(
-        Reason.TOKEN_CREATED,
+        Activity.JOIN_TOKEN_CREATED,
         "join token created",
         (1, "Create"),
         now,

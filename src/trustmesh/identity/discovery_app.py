@@ -20,7 +20,7 @@ from trustmesh import events
 from trustmesh.errors import TrustmeshError, UsageError
 from trustmesh.identity.discovery import Registry
 from trustmesh.identity.service import Clock
-from trustmesh.reasons import Reason
+from trustmesh.reasons import Code, Reason
 
 MAX_BODY = 4096
 
@@ -37,7 +37,9 @@ def discovery_app(
     def caller(request: Request) -> str:
         return str(request.scope["extensions"]["tls"]["spiffe_id"])
 
-    def emit(decision: events.Decision, reason: str, message: str, peer: str, **attrs: Any) -> None:
+    def emit(
+        decision: events.Decision, reason: Code, message: str, peer: str, **attrs: Any
+    ) -> None:
         sink.emit(
             events.event(
                 events.EventClass.API_ACTIVITY,

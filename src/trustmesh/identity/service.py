@@ -22,7 +22,7 @@ from trustmesh.identity.attestation import ProcessInfo, process_alive
 from trustmesh.identity.ca import CertificateAuthority
 from trustmesh.identity.models import IssuedSVID, RegistrationEntry
 from trustmesh.identity.store import IdentityStore
-from trustmesh.reasons import Reason
+from trustmesh.reasons import Activity, Code, Reason
 from trustmesh.spiffeid import parse_spiffe_id
 
 Clock = Callable[[], dt.datetime]
@@ -175,7 +175,7 @@ class IdentityService:
                 activity_name="Create",
                 component="identity",
                 decision=events.Decision.ALLOW,
-                reason=Reason.SVID_ISSUED,
+                reason=Activity.SVID_ISSUED,
                 message="X.509-SVID issued",
                 now=self.clock(),
                 spiffe_id=spiffe_id,
@@ -201,7 +201,7 @@ class IdentityService:
             1,
             "Create",
             events.Decision.ALLOW,
-            Reason.SVID_ISSUED,
+            Activity.SVID_ISSUED,
             "JWT-SVID issued",
             spiffe_id=spiffe_id,
             jti=claims["jti"],
@@ -286,30 +286,30 @@ class IdentityService:
             match action:
                 case rotation.Prepare(activate_at=when):
                     reason, message, attrs = (
-                        Reason.CA_PREPARED,
+                        Activity.CA_PREPARED,
                         "next CA published",
                         {"activate_at": when.isoformat()},
                     )
                 case rotation.Activate(generation=gen):
                     reason, message, attrs = (
-                        Reason.CA_ACTIVATED,
+                        Activity.CA_ACTIVATED,
                         "CA activated",
                         {"generation": gen},
                     )
                 case rotation.Retire(generation=gen):
                     reason, message, attrs = (
-                        Reason.CA_RETIRED,
+                        Activity.CA_RETIRED,
                         "CA retired from the bundle",
                         {"generation": gen},
                     )
                 case rotation.RenewSigningCA(generation=gen):
                     reason, message, attrs = (
-                        Reason.CA_RENEWED,
+                        Activity.CA_RENEWED,
                         "signing CA renewed",
                         {"generation": gen},
                     )
                 case _:
-                    reason, message, attrs = Reason.CA_PREPARED, "CA created", {}
+                    reason, message, attrs = Activity.CA_PREPARED, "CA created", {}
             self._emit(
                 events.EventClass.ENTITY_MANAGEMENT,
                 3,
@@ -321,7 +321,7 @@ class IdentityService:
             )
 
     # -- events ------------------------------------------------------------------------------
-    def _emit_refusal(self, proc: ProcessInfo, reason: str, message: str) -> None:
+    def _emit_refusal(self, proc: ProcessInfo, reason: Code, message: str) -> None:
         self._emit(
             events.EventClass.AUTHENTICATION,
             1,
@@ -338,7 +338,7 @@ class IdentityService:
             },
         )
 
-    def emit_attestation_failure(self, reason: str, message: str) -> None:
+    def emit_attestation_failure(self, reason: Code, message: str) -> None:
         self._emit(
             events.EventClass.AUTHENTICATION,
             1,
@@ -354,7 +354,7 @@ class IdentityService:
         activity_id: int,
         activity_name: str,
         decision: events.Decision,
-        reason: str,
+        reason: Code,
         message: str,
         **fields: Any,
     ) -> None:

@@ -28,15 +28,15 @@ import asyncio
 import json
 import re
 import ssl
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from trustmesh.platform.guard import ConnectionGuard
-from trustmesh.reasons import Reason
+from trustmesh.reasons import STATUS_CODES, Reason
 
-__all__ = ["LISTENER_CODES", "GuardedHttpProtocol", "guarded_protocol"]
+__all__ = ["GuardedHttpProtocol", "guarded_protocol"]
 
 # RFC 9110 §7.2 / RFC 3986 §3.2.2: host [ ":" port ]; host a reg-name, IPv4 or IP-literal
 _HOST = re.compile(
@@ -53,14 +53,6 @@ _LINGER_BYTES = 1 << 20
 _SHUTDOWN_SECONDS = 5.0
 #: Bytes that may arrive between the end of the handshake and the protocol taking over.
 _EARLY_BYTES = 4 << 20
-#: The error codes of the listener's own answers (the gateway answers these statuses so).
-LISTENER_CODES: Final = {
-    400: "invalid_request",
-    408: "request_timeout",
-    414: "uri_too_long",
-    431: "headers_too_large",
-    501: "not_implemented",
-}
 
 
 class _Stop(Exception):
@@ -382,7 +374,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def _answer(self, status: int, _reason: Reason, message: str, *, write: bool = True) -> None:
         """Write the refusal (``{"error", "message"}``, ``Connection: close``), then linger."""
         if write and not self.transport.is_closing():
-            body = json.dumps({"error": LISTENER_CODES[status], "message": message}).encode()
+            body = json.dumps({"error": STATUS_CODES[status], "message": message}).encode()
             self.transport.write(
                 b"".join(
                     (

@@ -9,7 +9,7 @@ On every request, in this order, each step answering with a structured JSON erro
 2. the raw path must be canonical → else ``400 invalid_request`` (see
    :mod:`trustmesh.policy.paths`: a pattern can never be tricked);
 3. Cedar must permit (caller SPIFFE ID, method, canonical path) → else
-   ``403 policy-deny``; default deny (checked before the token: a caller the declaration
+   ``403 forbidden``; default deny (checked before the token: a caller the declaration
    does not allow costs no signature check);
 4. with a token verifier: a bearer access token addressed to this service, bound to the
    caller's certificate, not revoked (see :mod:`trustmesh.sdk.tokens`) → else ``401``
@@ -27,7 +27,7 @@ from trustmesh import events
 from trustmesh.errors import InvalidTokenError, UsageError
 from trustmesh.policy.calls import CallAuthorizer
 from trustmesh.policy.paths import NonCanonicalPath, canonical_path
-from trustmesh.reasons import Reason
+from trustmesh.reasons import ANSWERS, Code, Reason
 from trustmesh.sdk import trace
 from trustmesh.sdk.serve import UNAUTHENTICATED, ASGIApp, Receive, Scope, Send, respond_json
 from trustmesh.sdk.tokens import TokenVerifier, VerifiedToken, bearer_token
@@ -37,10 +37,14 @@ def _body(error: str, message: str) -> bytes:
     return json.dumps({"error": error, "message": message}).encode()
 
 
-_NON_CANONICAL = _body("invalid_request", "the request path is not in canonical form")
-_POLICY_DENY = _body("policy-deny", "this call is not allowed")
-_TOKEN_MISSING = _body("unauthenticated", "a bearer access token is required")
-_TOKEN_INVALID = _body("invalid_token", "the access token was refused")
+def _refusal(reason: Reason, message: str) -> bytes:
+    return _body(ANSWERS[reason].code, message)
+
+
+_NON_CANONICAL = _refusal(Reason.PATH_NON_CANONICAL, "the request path is not in canonical form")
+_POLICY_DENY = _refusal(Reason.POLICY_DENY, "this call is not allowed")
+_TOKEN_MISSING = _refusal(Reason.TOKEN_MISSING, "a bearer access token is required")
+_TOKEN_INVALID = _refusal(Reason.TOKEN_MALFORMED, "the access token was refused")
 #: Where the gateway's health checks ask (``gateway.upstream.health_check.path``).
 HEALTH_PATH = b"/.well-known/trustmesh/health"
 _HEALTH_OK = json.dumps({"status": "ok"}).encode()
@@ -171,7 +175,7 @@ class ZeroTrustMiddleware:
     def _emit(
         self,
         decision: events.Decision,
-        reason: str,
+        reason: Code,
         message: str,
         scope: Scope,
         *,

@@ -23,6 +23,7 @@ from cryptography import x509
 
 from trustmesh import crypto
 from trustmesh.errors import AuthenticationError, CryptoError
+from trustmesh.reasons import Reason
 from trustmesh.sdk.x509source import SVIDSource, X509Context
 
 
@@ -75,7 +76,9 @@ def client_context(x: X509Context) -> ssl.SSLContext:
 def peer_certificate(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> x509.Certificate:
     der = ssl_object.getpeercert(binary_form=True)
     if not der:
-        raise AuthenticationError("the peer presented no certificate", reason="no-peer-certificate")
+        raise AuthenticationError(
+            "the peer presented no certificate", reason=Reason.PEER_CERTIFICATE_MISSING
+        )
     return x509.load_der_x509_certificate(der)
 
 
@@ -85,7 +88,7 @@ def peer_spiffe_id(ssl_object: ssl.SSLObject | ssl.SSLSocket, trust_domain: str)
     try:
         return crypto.leaf_spiffe_id(peer_certificate(ssl_object), trust_domain=trust_domain)
     except CryptoError as exc:
-        raise AuthenticationError(exc.detail, reason="invalid-peer-svid") from None
+        raise AuthenticationError(exc.detail, reason=Reason.PEER_SVID_INVALID) from None
 
 
 def _thumbprint(cert: Any) -> str:
