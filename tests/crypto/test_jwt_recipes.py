@@ -1,4 +1,6 @@
-"""JWT-SVID recipes: ES256 only, keys by kid, aud/exp/nbf at an explicit ``now``.
+"""The one JWT recipe (crypto.verify_jwt with an Expect): ES256 only unless asked, keys by
+kid, iss/aud/typ as expected, exp/nbf/iat at an explicit ``now``; used for JWT-SVIDs, the
+provider's access tokens, the gateway's and other issuers'.
 
 Every attack is sent as a real token (signed for real, or forged by hand where PyJWT refuses
 to produce it) and the refusal's ``reason`` is asserted."""
@@ -38,6 +40,11 @@ ATTACKER_CERT = crypto.create_root_ca(
 )
 
 
+def svid(audience: str, leeway: float = 0.0) -> crypto.Expect:
+    """What a JWT-SVID must be (JWT-SVID §3): for ``audience``, with exp, aud and sub."""
+    return crypto.Expect(audience=audience, required=("exp", "aud", "sub"), leeway=leeway)
+
+
 def claims(**overrides: Any) -> dict[str, Any]:
     base: dict[str, Any] = {"sub": SUBJECT, "aud": AUDIENCE, "exp": NOW + 300, "iat": NOW}
     base.update(overrides)
@@ -64,7 +71,7 @@ def sign_raw(header: dict[str, Any], payload: dict[str, Any], key: crypto.Privat
 
 def reason_of(token: str, *, now: float = NOW, leeway: float = 0, audience: str = AUDIENCE) -> str:
     with pytest.raises(InvalidTokenError) as info:
-        crypto.verify_jwt(token, KEYS, audience=audience, now=now, leeway=leeway)
+        crypto.verify_jwt(token, KEYS, svid(audience=audience, leeway=leeway), now=now)
     assert info.value.code == "invalid_token"
     assert info.value.reason is not None
     return info.value.reason
@@ -73,12 +80,12 @@ def reason_of(token: str, *, now: float = NOW, leeway: float = 0, audience: str 
 def test_round_trip() -> None:
     token = crypto.sign_jwt(claims(), KEY, kid=KID)
     assert jwt.get_unverified_header(token) == {"alg": "ES256", "kid": KID, "typ": "JWT"}
-    assert crypto.verify_jwt(token, KEYS, audience=AUDIENCE, now=NOW) == claims()
+    assert crypto.verify_jwt(token, KEYS, svid(audience=AUDIENCE), now=NOW) == claims()
 
 
 def test_audience_may_be_one_of_several() -> None:
     token = crypto.sign_jwt(claims(aud=["spiffe://example.org/other", AUDIENCE]), KEY, kid=KID)
-    assert crypto.verify_jwt(token, KEYS, audience=AUDIENCE, now=NOW)["sub"] == SUBJECT
+    assert crypto.verify_jwt(token, KEYS, svid(audience=AUDIENCE), now=NOW)["sub"] == SUBJECT
 
 
 # -- algorithm confusion --------------------------------------------------------------------
@@ -157,8 +164,8 @@ def test_embedded_key_headers_are_refused(name: str) -> None:
 def test_embedded_key_headers_are_refused_even_on_a_genuine_signature(name: str) -> None:
     """The rule stands on its own: the token is otherwise valid."""
     token = sign_raw(_header(name), claims(), KEY)
-    with pytest.raises(InvalidTokenError, match="forbidden JOSE header") as info:
-        crypto.verify_jwt(token, KEYS, audience=AUDIENCE, now=NOW)
+    with pytest.raises(InvalidTokenError, match="header parameter not accepted") as info:
+        crypto.verify_jwt(token, KEYS, svid(audience=AUDIENCE), now=NOW)
     assert info.value.reason == "token-malformed"
 
 
@@ -229,7 +236,9 @@ def test_required_claims(missing: str) -> None:
 def test_expired_is_refused_and_leeway_is_honoured() -> None:
     token = crypto.sign_jwt(claims(exp=NOW - 1), KEY, kid=KID)
     assert reason_of(token) == "token-expired"
-    assert crypto.verify_jwt(token, KEYS, audience=AUDIENCE, now=NOW, leeway=5)["sub"] == SUBJECT
+    assert (
+        crypto.verify_jwt(token, KEYS, svid(audience=AUDIENCE, leeway=5), now=NOW)["sub"] == SUBJECT
+    )
     assert reason_of(token, leeway=0.5) == "token-expired"
     old = crypto.sign_jwt(claims(exp=NOW - 6), KEY, kid=KID)
     assert reason_of(old, leeway=5) == "token-expired"
@@ -243,22 +252,93 @@ def test_token_is_refused_at_its_expiry_instant() -> None:
 @pytest.mark.parametrize("exp", ["9999999999", True, [NOW + 300], {"t": NOW + 300}])
 def test_exp_that_is_not_a_number_is_refused(exp: Any) -> None:
     token = crypto.sign_jwt(claims(exp=exp), KEY, kid=KID)
-    assert reason_of(token) == "token-expired"
+    assert reason_of(token) == "token-malformed"  # as every verifier says it
 
 
 def test_not_before_in_the_future_is_refused_and_leeway_is_honoured() -> None:
     token = crypto.sign_jwt(claims(nbf=NOW + 10), KEY, kid=KID)
     assert reason_of(token) == "token-not-yet-valid"
     assert reason_of(token, leeway=9) == "token-not-yet-valid"
-    assert crypto.verify_jwt(token, KEYS, audience=AUDIENCE, now=NOW, leeway=10)["nbf"] == NOW + 10
-    assert crypto.verify_jwt(token, KEYS, audience=AUDIENCE, now=NOW + 10)["nbf"] == NOW + 10
+    assert (
+        crypto.verify_jwt(token, KEYS, svid(audience=AUDIENCE, leeway=10), now=NOW)["nbf"]
+        == NOW + 10
+    )
+    assert crypto.verify_jwt(token, KEYS, svid(audience=AUDIENCE), now=NOW + 10)["nbf"] == NOW + 10
 
 
 def test_nbf_that_is_not_a_number_is_refused() -> None:
     token = crypto.sign_jwt(claims(nbf="0"), KEY, kid=KID)
-    assert reason_of(token) == "token-not-yet-valid"
+    assert reason_of(token) == "token-malformed"  # as every verifier says it
 
 
 @pytest.mark.parametrize("token", ["", "a", "a.b", "a.b.c", "....", "not a token at all"])
 def test_malformed_tokens_are_refused(token: str) -> None:
     assert reason_of(token) == "token-malformed"
+
+
+# -- what an Expect asks beyond a JWT-SVID ----------------------------------------------
+def _refused(token: str, expect: crypto.Expect, now: float = NOW) -> str:
+    with pytest.raises(InvalidTokenError) as info:
+        crypto.verify_jwt(token, KEYS, expect, now=now)
+    return str(info.value.reason)
+
+
+def test_the_issuer_is_checked_when_expected_and_left_to_the_caller_when_not() -> None:
+    token = crypto.sign_jwt(claims(iss="https://idp.example"), KEY, kid=KID)
+    ours = crypto.Expect(issuer="https://idp.example", audience=AUDIENCE)
+    assert crypto.verify_jwt(token, KEYS, ours, now=NOW)["iss"] == "https://idp.example"
+    theirs = crypto.Expect(issuer="https://other.example", audience=AUDIENCE)
+    assert _refused(token, theirs) == "token-wrong-issuer"
+    anyone = crypto.Expect(audience=AUDIENCE)
+    assert crypto.verify_jwt(token, KEYS, anyone, now=NOW)["sub"] == SUBJECT
+    required = crypto.Expect(issuer="https://idp.example", required=("exp", "iss"))
+    assert _refused(crypto.sign_jwt(claims(), KEY, kid=KID), required) == "token-malformed"
+
+
+def test_any_audience_only_when_the_caller_checks_it() -> None:
+    token = crypto.sign_jwt(claims(aud="spiffe://example.org/elsewhere"), KEY, kid=KID)
+    assert _refused(token, crypto.Expect(audience=AUDIENCE)) == "token-wrong-audience"
+    anywhere = crypto.verify_jwt(token, KEYS, crypto.Expect(), now=NOW)
+    assert anywhere["aud"] == "spiffe://example.org/elsewhere"
+    several = crypto.Expect(audience=[AUDIENCE, "spiffe://example.org/elsewhere"])
+    assert crypto.verify_jwt(token, KEYS, several, now=NOW)["sub"] == SUBJECT
+
+
+def test_the_type_of_token_is_checked_case_blind_and_may_be_optional() -> None:
+    access = frozenset({"at+jwt", "application/at+jwt"})
+    typed = crypto.sign_jwt(claims(), KEY, kid=KID, typ="AT+JWT")
+    assert crypto.verify_jwt(typed, KEYS, crypto.Expect(typ=access), now=NOW)["sub"] == SUBJECT
+    plain = crypto.sign_jwt(claims(), KEY, kid=KID)  # typ JWT: an ID token looks so
+    assert _refused(plain, crypto.Expect(typ=access)) == "token-malformed"
+    untyped = sign_raw({"alg": "ES256", "kid": KID}, claims(), KEY)
+    assert _refused(untyped, crypto.Expect(typ=access)) == "token-malformed"
+    optional = crypto.Expect(typ=access, typ_optional=True)
+    assert crypto.verify_jwt(untyped, KEYS, optional, now=NOW)["sub"] == SUBJECT
+    assert _refused(plain, optional) == "token-malformed"  # absent may pass; wrong never
+
+
+def test_a_token_issued_in_the_future_is_not_yet_valid() -> None:
+    token = crypto.sign_jwt(claims(iat=NOW + 60), KEY, kid=KID)
+    assert _refused(token, crypto.Expect()) == "token-not-yet-valid"
+    later = crypto.verify_jwt(token, KEYS, crypto.Expect(), now=NOW + 60)
+    assert later["iat"] == NOW + 60
+    assert crypto.verify_jwt(token, KEYS, crypto.Expect(leeway=60), now=NOW)["sub"] == SUBJECT
+
+
+def test_claims_that_must_be_strings() -> None:
+    expect = crypto.Expect(strings=("sub", "client_id"))
+    good = crypto.sign_jwt(claims(client_id="storefront"), KEY, kid=KID)
+    assert crypto.verify_jwt(good, KEYS, expect, now=NOW)["client_id"] == "storefront"
+    for bad in ("", 7, ["storefront"], None):
+        token = crypto.sign_jwt(claims(client_id=bad), KEY, kid=KID)
+        assert _refused(token, expect) == "token-malformed"
+
+
+def test_other_algorithms_only_where_an_issuer_declares_them() -> None:
+    token = crypto.sign_jwt(claims(), KEY, kid=KID)  # ES256
+    keys = {KID: KEY.public_key()}
+    assert crypto.verify_jwt(token, keys, crypto.Expect(), now=NOW)["sub"] == SUBJECT
+    es384_only = crypto.Expect(algorithms=("ES384",))
+    with pytest.raises(InvalidTokenError, match="not allowed") as info:
+        crypto.verify_jwt(token, keys, es384_only, now=NOW)
+    assert info.value.reason == "token-malformed"

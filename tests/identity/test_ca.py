@@ -33,6 +33,11 @@ SETTINGS = CASettings(
 )
 
 
+def svid(audience: str, leeway: float = 0.0) -> crypto.Expect:
+    """What a JWT-SVID must be (JWT-SVID §3): for ``audience``, with exp, aud and sub."""
+    return crypto.Expect(audience=audience, required=("exp", "aud", "sub"), leeway=leeway)
+
+
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "state" / "identity.db"
@@ -184,11 +189,14 @@ def test_a_jwt_of_a_retired_generation_is_refused(
     clock.advance(SETTINGS.publish_delay)
     ca.tick(clock())
     now = clock().timestamp()
-    assert crypto.verify_jwt(token, ca.jwt_public_keys, audience="svc", now=now)["sub"] == SPIFFE_ID
+    assert (
+        crypto.verify_jwt(token, ca.jwt_public_keys, svid(audience="svc"), now=now)["sub"]
+        == SPIFFE_ID
+    )
     clock.advance(SETTINGS.max_svid_ttl + SECOND)
     ca.tick(clock())
     with pytest.raises(InvalidTokenError) as info:
-        crypto.verify_jwt(token, ca.jwt_public_keys, audience="svc", now=clock().timestamp())
+        crypto.verify_jwt(token, ca.jwt_public_keys, svid(audience="svc"), now=clock().timestamp())
     assert info.value.reason == "token-unknown-key"
 
 

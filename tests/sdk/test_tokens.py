@@ -19,9 +19,10 @@ import jwt
 import pytest
 
 from trustmesh import crypto
+from trustmesh.crypto import verify_jws
 from trustmesh.errors import InvalidTokenError
 from trustmesh.reasons import Reason
-from trustmesh.sdk.tokens import JWKSCache, RevocationList, TokenVerifier, load_jwks, verify_jws
+from trustmesh.sdk.tokens import JWKSCache, RevocationList, TokenVerifier, load_jwks
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "wycheproof"  # tests/vectors
 ISSUER = "https://idp.example"

@@ -15,14 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jwt
-
+from trustmesh.crypto import Expect, unverified_header, verify_jwt
 from trustmesh.errors import InvalidTokenError, UnavailableError
 from trustmesh.reasons import Reason
 from trustmesh.sdk.client import ServiceClient
 from trustmesh.sdk.oauth import jwks_fetcher
 from trustmesh.sdk.tls import RotatingTLS
-from trustmesh.sdk.tokens import ACCESS_TOKEN_TYPES, JWKSCache, unverified_header
+from trustmesh.sdk.tokens import ACCESS_TOKEN_TYPES, JWKSCache
 
 __all__ = ["GatewayTokens", "gateway_url_from"]
 
@@ -43,9 +42,16 @@ def gateway_url_from(state: Path) -> Callable[[], str | None]:
 
 class GatewayTokens:
     def __init__(
-        self, issuer: str, tls: RotatingTLS, locate: Callable[[], str | None], *, leeway: int
+        self,
+        issuer: str,
+        tls: RotatingTLS,
+        locate: Callable[[], str | None],
+        *,
+        leeway: int,
+        clock: Callable[[], float],
     ) -> None:
         self.issuer = issuer
+        self.clock = clock
         self.leeway = leeway  # auth.token_leeway: the gateway's clock may differ
         self._tls = tls
         self._locate = locate
@@ -66,28 +72,16 @@ class GatewayTokens:
         """The claims of a live token the gateway signed (any audience: the grant checks
         it names the client that trades it); InvalidTokenError otherwise."""
         header = unverified_header(token)
-        if str(header.get("typ", "")).lower() not in ACCESS_TOKEN_TYPES:
-            raise InvalidTokenError("not an access token", reason=Reason.TOKEN_MALFORMED)
         key = await self._cache().key(header["kid"])
         if key is None:
             raise InvalidTokenError("unknown key id", reason=Reason.TOKEN_UNKNOWN_KEY)
-        try:
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                key,
-                algorithms=[header["alg"]],
-                issuer=self.issuer,
-                options={
-                    "verify_aud": False,
-                    "require": ["iss", "aud", "exp", "iat", "sub", "jti"],
-                },
-                leeway=self.leeway,
-            )
-        except jwt.InvalidTokenError:
-            raise InvalidTokenError(
-                "invalid gateway token", reason=Reason.TOKEN_MALFORMED
-            ) from None
-        return claims
+        expect = Expect(
+            issuer=self.issuer,
+            typ=ACCESS_TOKEN_TYPES,
+            required=("iss", "aud", "exp", "iat", "sub", "jti"),
+            leeway=self.leeway,
+        )
+        return verify_jwt(token, {header["kid"]: key}, expect, now=self.clock())
 
     async def close(self) -> None:
         if self._client is not None:

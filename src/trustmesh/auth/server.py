@@ -133,6 +133,7 @@ async def _serve_on(
             tls,
             gateway_url_from(state),
             leeway=settings.token_leeway,
+            clock=service.clock,
         )
     served = await start(
         auth_app(service, urls, gateway_tokens=gateway_tokens),

@@ -1,11 +1,29 @@
-"""JWT recipes (ES256) for JWT-SVIDs, on PyJWT: no hand-written JOSE."""
+"""The one JWT recipe (on PyJWT: no hand-written JOSE): :func:`sign_jwt` and
+:func:`verify_jwt`. Every token trustmesh checks — its provider's access tokens, the
+gateway's internal tokens, another issuer's, JWT-SVIDs — goes through
+:func:`verify_jwt` with an :class:`Expect` saying what it must be, against a clock the
+caller passes in. A failure raises :class:`~trustmesh.errors.InvalidTokenError` with
+the :class:`~trustmesh.reasons.Reason` that names it.
+
+What is acceptable, whoever asks:
+
+- the JWS: compact form only, at most 8 KiB; ``alg`` exactly one of the allow-list
+  (``ES256`` unless the caller's issuer declares others) — never ``none`` or an HMAC
+  with a public key; no ``jku``/``x5u``/``jwk``/``x5c`` (nothing is ever fetched from or
+  trusted in a token) and no ``crit``; ``kid`` is only a dictionary key;
+- the claims: ``iss`` and ``aud`` as expected (either may be left to the caller), the
+  required ones present, ``exp``/``nbf``/``iat`` numbers checked against ``now`` with
+  the caller's leeway (RFC 7519 §4.1.4: never accepted on or after ``exp``).
+"""
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import jwt
@@ -15,9 +33,11 @@ from trustmesh.crypto._x509 import PrivateKey, PublicKey
 from trustmesh.errors import InvalidTokenError
 from trustmesh.reasons import Reason
 
-#: The only algorithms trustmesh accepts on JWT-SVIDs; `none` and HMAC never.
+#: The algorithms trustmesh accepts unless an issuer declares others; `none` and HMAC never.
 ALLOWED_ALGORITHMS = ("ES256",)
-_FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c", "crit"})
+FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c", "crit"})
+MAX_TOKEN_LENGTH = 8192
+_B64URL = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 
 def key_id(public_key: PublicKey) -> str:
@@ -42,60 +62,146 @@ def jwks_document(keys: Mapping[str, PublicKey]) -> bytes:
 
 
 def sign_jwt(claims: Mapping[str, Any], key: PrivateKey, *, kid: str, typ: str = "JWT") -> str:
+    """``claims`` signed with ``key`` (ES256), naming ``kid`` and ``typ`` in the header."""
     return jwt.encode(dict(claims), key, algorithm="ES256", headers={"kid": kid, "typ": typ})
 
 
-def verify_jwt(
-    token: str,
-    keys: Mapping[str, PublicKey],
-    *,
-    audience: str,
-    now: float,
-    leeway: float = 0,
-    required: Sequence[str] = ("exp", "aud", "sub"),
-) -> dict[str, Any]:
-    """Verify an ES256 JWT against ``keys`` (by kid) and check aud/exp/nbf at ``now``.
+@dataclass(frozen=True)
+class Expect:
+    """What a token must be. ``issuer``/``audience`` None: any (the caller decides on
+    it: a provider checking its own tokens for any audience); ``typ`` None: any header
+    ``typ``, else the lower-cased ``typ`` must be one of them (``typ_optional``: or
+    absent); ``required``: claims that must be present; ``strings``: claims that must
+    be non-empty strings; ``leeway``: seconds of clock difference allowed."""
 
-    Raises InvalidTokenError with ``reason`` set to a kebab-case code.
-    """
+    issuer: str | None = None
+    audience: str | Sequence[str] | None = None
+    typ: frozenset[str] | None = None
+    typ_optional: bool = False
+    algorithms: tuple[str, ...] = ALLOWED_ALGORITHMS
+    required: tuple[str, ...] = ("exp",)
+    strings: tuple[str, ...] = ()
+    leeway: float = 0.0
+
+
+def _refuse(reason: Reason, message: str) -> InvalidTokenError:
+    return InvalidTokenError(message, reason=reason)
+
+
+def unverified_header(
+    token: object, algorithms: Sequence[str] = ALLOWED_ALGORITHMS
+) -> dict[str, Any]:
+    """The JOSE header, after the checks that need no key (see the module docstring)."""
+    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
+        raise _refuse(Reason.TOKEN_MALFORMED, "not a compact JWS")
+    raw = token.encode("ascii", "replace")
+    if raw.count(b".") != 2 or not set(raw) <= _B64URL or any(not p for p in raw.split(b".")):
+        raise _refuse(Reason.TOKEN_MALFORMED, "not a compact JWS")
     try:
         header = jwt.get_unverified_header(token)
     except jwt.InvalidTokenError:
-        raise InvalidTokenError("malformed token", reason=Reason.TOKEN_MALFORMED) from None
+        raise _refuse(Reason.TOKEN_MALFORMED, "malformed header") from None
     alg = header.get("alg")
-    if alg not in ALLOWED_ALGORITHMS:
-        raise InvalidTokenError(f"algorithm {alg!r} not allowed", reason=Reason.TOKEN_MALFORMED)
-    if _FORBIDDEN_HEADERS & header.keys():
-        raise InvalidTokenError("forbidden JOSE header", reason=Reason.TOKEN_MALFORMED)
+    if not isinstance(alg, str) or alg not in algorithms:
+        raise _refuse(Reason.TOKEN_MALFORMED, f"algorithm {str(alg)[:16]!r} not allowed")
+    if FORBIDDEN_HEADERS & header.keys():
+        raise _refuse(Reason.TOKEN_MALFORMED, "header parameter not accepted")
     kid = header.get("kid")
-    if not isinstance(kid, str) or kid not in keys:
-        raise InvalidTokenError("unknown key id", reason=Reason.TOKEN_UNKNOWN_KEY)
+    if not isinstance(kid, str) or not 0 < len(kid) <= 128:
+        raise _refuse(Reason.TOKEN_UNKNOWN_KEY, "no usable key id")
+    return header
+
+
+def unverified_issuer(token: str) -> str | None:
+    """The ``iss`` a token claims, read only to pick that issuer's keys (the signature,
+    checked next with those keys, then vouches for it)."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, IndexError, binascii.Error, RecursionError):
+        return None
+    issuer = claims.get("iss") if isinstance(claims, dict) else None
+    return issuer if isinstance(issuer, str) else None
+
+
+def verify_jws(
+    token: object, keys: Mapping[str, PublicKey], algorithms: Sequence[str] = ALLOWED_ALGORITHMS
+) -> tuple[dict[str, Any], bytes]:
+    """The header and payload of a compact JWS signed by one of ``keys`` (no claims
+    checked), or InvalidTokenError."""
+    header = unverified_header(token, algorithms)
+    key = keys.get(header["kid"])
+    if key is None:
+        raise _refuse(Reason.TOKEN_UNKNOWN_KEY, "unknown key id")
+    try:
+        decoded = jwt.api_jws.PyJWS().decode_complete(str(token), key, algorithms=[header["alg"]])
+    except jwt.InvalidSignatureError:
+        raise _refuse(Reason.TOKEN_BAD_SIGNATURE, "bad signature") from None
+    except (jwt.InvalidTokenError, ValueError, TypeError):
+        raise _refuse(Reason.TOKEN_MALFORMED, "malformed token") from None
+    return header, decoded["payload"]
+
+
+def verify_jwt(
+    token: object, keys: Mapping[str, PublicKey], expect: Expect, *, now: float
+) -> dict[str, Any]:
+    """The claims of ``token`` if one of ``keys`` (by ``kid``) signed it and it is what
+    ``expect`` says at ``now``; InvalidTokenError naming the first failure otherwise."""
+    header = unverified_header(token, expect.algorithms)
+    if expect.typ is not None:
+        typ = header.get("typ")
+        if not (typ is None and expect.typ_optional) and (
+            not isinstance(typ, str) or typ.lower() not in expect.typ
+        ):
+            raise _refuse(Reason.TOKEN_MALFORMED, "not the expected type of token (typ)")
+    key = keys.get(header["kid"])
+    if key is None:
+        raise _refuse(Reason.TOKEN_UNKNOWN_KEY, "unknown key id")
+    claims = _decode(str(token), key, header["alg"], expect)
+    _check_claims(claims, expect, now)
+    return claims
+
+
+def _decode(token: str, key: PublicKey, algorithm: str, expect: Expect) -> dict[str, Any]:
     try:
         claims: dict[str, Any] = jwt.decode(
             token,
-            keys[kid],
-            algorithms=list(ALLOWED_ALGORITHMS),
-            audience=audience,
+            key,
+            algorithms=[algorithm],
+            audience=expect.audience,
+            issuer=expect.issuer,
             options={
-                "verify_exp": False,
+                "require": list(expect.required),
+                "verify_aud": expect.audience is not None,
+                "verify_iss": expect.issuer is not None,
+                "verify_exp": False,  # against the caller's clock, below
                 "verify_nbf": False,
                 "verify_iat": False,
-                "require": list(required),
             },
         )
-    except jwt.InvalidAudienceError:
-        raise InvalidTokenError("wrong audience", reason=Reason.TOKEN_WRONG_AUDIENCE) from None
     except jwt.InvalidSignatureError:
-        raise InvalidTokenError("bad signature", reason=Reason.TOKEN_BAD_SIGNATURE) from None
-    except jwt.InvalidTokenError as exc:
-        raise InvalidTokenError(
-            f"invalid token: {type(exc).__name__}", reason=Reason.TOKEN_MALFORMED
-        ) from None
-    exp = claims.get("exp")
-    # RFC 7519 §4.1.4: the token must not be accepted on or after its expiration time.
-    if not isinstance(exp, int | float) or isinstance(exp, bool) or now >= exp + leeway:
-        raise InvalidTokenError("expired", reason=Reason.TOKEN_EXPIRED)
-    nbf = claims.get("nbf")
-    if nbf is not None and (not isinstance(nbf, int | float) or now + leeway < nbf):
-        raise InvalidTokenError("not yet valid", reason=Reason.TOKEN_NOT_YET_VALID)
+        raise _refuse(Reason.TOKEN_BAD_SIGNATURE, "bad signature") from None
+    except jwt.InvalidAudienceError:
+        raise _refuse(Reason.TOKEN_WRONG_AUDIENCE, "wrong audience") from None
+    except jwt.InvalidIssuerError:
+        raise _refuse(Reason.TOKEN_WRONG_ISSUER, "wrong issuer") from None
+    except (jwt.InvalidTokenError, ValueError, TypeError):
+        raise _refuse(Reason.TOKEN_MALFORMED, "malformed token") from None
     return claims
+
+
+def _check_claims(claims: Mapping[str, Any], expect: Expect, now: float) -> None:
+    for name in ("exp", "iat", "nbf"):
+        value = claims.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise _refuse(Reason.TOKEN_MALFORMED, f"{name} is not a number")
+    for name in expect.strings:
+        if not isinstance(claims.get(name), str) or not claims[name]:
+            raise _refuse(Reason.TOKEN_MALFORMED, f"{name} is not a string")
+    leeway = expect.leeway
+    if "exp" not in claims or now >= claims["exp"] + leeway:
+        raise _refuse(Reason.TOKEN_EXPIRED, "expired")
+    if "nbf" in claims and now + leeway < claims["nbf"]:
+        raise _refuse(Reason.TOKEN_NOT_YET_VALID, "not yet valid")
+    if "iat" in claims and now + leeway < claims["iat"]:
+        raise _refuse(Reason.TOKEN_NOT_YET_VALID, "issued in the future")

@@ -51,19 +51,12 @@ import aiohttp
 import jwt
 
 from trustmesh.config.gateway import ExternalIssuer
+from trustmesh.crypto import Expect, unverified_header, unverified_issuer, verify_jwt
 from trustmesh.errors import InvalidTokenError, UnavailableError
 from trustmesh.policy.edge import Principal
 from trustmesh.reasons import Reason
 from trustmesh.sdk.oauth import cache_max_age
-from trustmesh.sdk.tokens import (
-    DEFAULT_LEEWAY,
-    JWKSCache,
-    PublicKey,
-    decode_claims,
-    jwk_set,
-    unverified_header,
-    unverified_issuer,
-)
+from trustmesh.sdk.tokens import DEFAULT_LEEWAY, JWKSCache, PublicKey, jwk_set
 
 __all__ = [
     "ExternalIssuers",
@@ -226,6 +219,21 @@ class ExternalVerifier:
             raise _refuse(Reason.TOKEN_EXPIRED, "expired")
         return claims
 
+    @property
+    def _expect(self) -> Expect:
+        """An access token of this issuer for the audience the declaration names (a
+        ``typ``, if it says one, of an access token)."""
+        return Expect(
+            issuer=self.spec.issuer,
+            audience=self.spec.audience,
+            typ=_ACCESS_TYPES,
+            typ_optional=True,
+            algorithms=tuple(self.spec.algorithms),
+            required=("iss", "aud", "exp", "sub"),
+            strings=("sub",),
+            leeway=self.leeway,
+        )
+
     async def _verify(self, token: str, digest: bytes) -> dict[str, Any]:
         header = unverified_header(token, self.spec.algorithms)
         if self.jwks is None:
@@ -241,20 +249,7 @@ class ExternalVerifier:
         kty, crv, key = entry
         if _KEY_TYPES.get(header["alg"]) != (kty, crv):
             raise _refuse(Reason.TOKEN_MALFORMED, "algorithm does not fit the key")
-        typ = header.get("typ")
-        if typ is not None and (not isinstance(typ, str) or typ.lower() not in _ACCESS_TYPES):
-            raise _refuse(Reason.TOKEN_MALFORMED, "not an access token (typ)")
-        claims = decode_claims(
-            token,
-            key,
-            algorithm=header["alg"],
-            audience=self.spec.audience,
-            issuer=self.spec.issuer,
-            require=("iss", "aud", "exp", "sub"),
-            strings=("sub",),
-            now=self._clock(),
-            leeway=self.leeway,
-        )
+        claims = verify_jwt(token, {header["kid"]: key}, self._expect, now=self._clock())
         if _ID_TOKEN_CLAIMS & claims.keys() or claims.get("typ") == "ID":
             raise _refuse(Reason.TOKEN_MALFORMED, "an ID token, not an access token")
         return vouched_claims(claims, self.spec, self.allowed_roles, digest)

@@ -214,8 +214,9 @@ class IdentityService:
         if not audience or not token:
             raise UsageError("audience and svid are required")
         try:
+            expect = crypto.Expect(audience=audience, required=("exp", "aud", "sub"))
             claims = crypto.verify_jwt(
-                token, self.ca.jwt_public_keys, audience=audience, now=self.clock().timestamp()
+                token, self.ca.jwt_public_keys, expect, now=self.clock().timestamp()
             )
             sub = claims.get("sub")
             if not isinstance(sub, str):

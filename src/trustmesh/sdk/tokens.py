@@ -20,32 +20,32 @@ module decides what is acceptable:
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
 import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
 
+from trustmesh.crypto import (
+    Expect,
+    unverified_header,
+    unverified_issuer,
+    verify_jwt,
+)
 from trustmesh.errors import InvalidTokenError, TrustmeshError
 from trustmesh.reasons import Reason
 
 log = logging.getLogger("trustmesh.sdk")
 
-ALLOWED_ALGORITHMS = ("ES256",)
 ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
-FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c", "crit"})
-MAX_TOKEN_LENGTH = 8192
 #: Seconds a token is still taken past its ``exp`` (before its ``nbf``/``iat``), for
 #: clocks that differ; the declaration's ``auth.token_leeway`` sets it (≤ 30 s).
 DEFAULT_LEEWAY = 5.0
-_B64URL = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 PublicKey = Any  # what PyJWT's PyJWK.key holds for an EC key
 
@@ -115,48 +115,6 @@ def load_jwks(document: bytes | str | Mapping[str, Any]) -> dict[str, PublicKey]
         except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError):
             continue
     return keys
-
-
-def verify_jws(
-    token: object, keys: Mapping[str, PublicKey], algorithms: Sequence[str] = ALLOWED_ALGORITHMS
-) -> tuple[dict[str, Any], bytes]:
-    """The header and payload of a compact JWS signed by one of ``keys``, or
-    InvalidTokenError (with a reason code)."""
-    header = unverified_header(token, algorithms)
-    key = keys.get(header["kid"])
-    if key is None:
-        raise _refuse(Reason.TOKEN_UNKNOWN_KEY, "unknown key id")
-    try:
-        decoded = jwt.api_jws.PyJWS().decode_complete(str(token), key, algorithms=[header["alg"]])
-    except jwt.InvalidSignatureError:
-        raise _refuse(Reason.TOKEN_BAD_SIGNATURE, "bad signature") from None
-    except (jwt.InvalidTokenError, ValueError, TypeError):
-        raise _refuse(Reason.TOKEN_MALFORMED, "malformed token") from None
-    return header, decoded["payload"]
-
-
-def unverified_header(
-    token: object, algorithms: Sequence[str] = ALLOWED_ALGORITHMS
-) -> dict[str, Any]:
-    """The JOSE header, after the checks that need no key (see the module docstring)."""
-    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
-        raise _refuse(Reason.TOKEN_MALFORMED, "not a compact JWS")
-    raw = token.encode("ascii", "replace")
-    if raw.count(b".") != 2 or not set(raw) <= _B64URL or any(not p for p in raw.split(b".")):
-        raise _refuse(Reason.TOKEN_MALFORMED, "not a compact JWS")
-    try:
-        header = jwt.get_unverified_header(token)
-    except jwt.InvalidTokenError:
-        raise _refuse(Reason.TOKEN_MALFORMED, "malformed header") from None
-    alg = header.get("alg")
-    if not isinstance(alg, str) or alg not in algorithms:
-        raise _refuse(Reason.TOKEN_MALFORMED, f"algorithm {str(alg)[:16]!r} not allowed")
-    if FORBIDDEN_HEADERS & header.keys():
-        raise _refuse(Reason.TOKEN_MALFORMED, "header parameter not accepted")
-    kid = header.get("kid")
-    if not isinstance(kid, str) or not 0 < len(kid) <= 128:
-        raise _refuse(Reason.TOKEN_UNKNOWN_KEY, "no usable key id")
-    return header
 
 
 class JWKSCache:
@@ -305,71 +263,6 @@ class VerifiedToken:
         return frozenset(scope.split()) if isinstance(scope, str) else frozenset()
 
 
-def unverified_issuer(token: str) -> str | None:
-    """The ``iss`` a token claims, read only to pick that issuer's keys (the signature,
-    checked next with those keys, then vouches for it)."""
-    try:
-        payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (ValueError, IndexError, binascii.Error, RecursionError):
-        return None
-    issuer = claims.get("iss") if isinstance(claims, dict) else None
-    return issuer if isinstance(issuer, str) else None
-
-
-def decode_claims(
-    token: str,
-    key: PublicKey,
-    *,
-    algorithm: str,
-    audience: str,
-    issuer: str,
-    require: Sequence[str],
-    strings: Sequence[str],
-    now: float,
-    leeway: float,
-) -> dict[str, Any]:
-    """The claims of a JWT signed by ``key`` with ``algorithm`` for ``audience`` from
-    ``issuer`` (RFC 7519 §7.2), its times checked against ``now`` with ``leeway`` and
-    ``strings`` non-empty strings; or InvalidTokenError naming the first failure."""
-    try:
-        claims: dict[str, Any] = jwt.decode(
-            token,
-            key,
-            algorithms=[algorithm],
-            audience=audience,
-            issuer=issuer,
-            options={
-                "require": list(require),
-                "verify_exp": False,  # against our clock, below
-                "verify_nbf": False,
-                "verify_iat": False,
-            },
-        )
-    except jwt.InvalidSignatureError:
-        raise _refuse(Reason.TOKEN_BAD_SIGNATURE, "bad signature") from None
-    except jwt.InvalidAudienceError:
-        raise _refuse(Reason.TOKEN_WRONG_AUDIENCE, "wrong audience") from None
-    except jwt.InvalidIssuerError:
-        raise _refuse(Reason.TOKEN_WRONG_ISSUER, "wrong issuer") from None
-    except (jwt.InvalidTokenError, ValueError, TypeError):
-        raise _refuse(Reason.TOKEN_MALFORMED, "malformed token") from None
-    for name in ("exp", "iat", "nbf"):
-        value = claims.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise _refuse(Reason.TOKEN_MALFORMED, f"{name} is not a number")
-    for name in strings:
-        if not isinstance(claims.get(name), str) or not claims[name]:
-            raise _refuse(Reason.TOKEN_MALFORMED, f"{name} is not a string")
-    if now >= claims["exp"] + leeway:
-        raise _refuse(Reason.TOKEN_EXPIRED, "expired")
-    if "nbf" in claims and now + leeway < claims["nbf"]:
-        raise _refuse(Reason.TOKEN_NOT_YET_VALID, "not yet valid")
-    if "iat" in claims and now + leeway < claims["iat"]:
-        raise _refuse(Reason.TOKEN_NOT_YET_VALID, "issued in the future")
-    return claims
-
-
 class TokenVerifier:
     """Verifies bearer access tokens addressed to ``audience``; verified tokens are
     cached until they expire (the binding, revocation and expiry are checked every time).
@@ -427,6 +320,17 @@ class TokenVerifier:
             raise _refuse(Reason.TOKEN_REVOKED, "token revoked")
         return verified
 
+    def _expect(self, issuer: str) -> Expect:
+        """RFC 9068: an access token of ``issuer`` for this service."""
+        return Expect(
+            issuer=issuer,
+            audience=self.audience,
+            typ=ACCESS_TOKEN_TYPES,
+            required=("iss", "aud", "exp", "iat", "sub", "jti", "client_id"),
+            strings=("sub", "jti", "client_id"),
+            leeway=self.leeway,
+        )
+
     async def _verify(self, token: str, digest: bytes) -> VerifiedToken:
         header = unverified_header(token)
         typ = header.get("typ")
@@ -441,15 +345,5 @@ class TokenVerifier:
         key = await keys.key(header["kid"])
         if key is None:
             raise _refuse(Reason.TOKEN_UNKNOWN_KEY, "unknown key id")
-        claims = decode_claims(
-            token,
-            key,
-            algorithm=header["alg"],
-            audience=self.audience,
-            issuer=issuer,
-            require=("iss", "aud", "exp", "iat", "sub", "jti", "client_id"),
-            strings=("sub", "jti", "client_id"),
-            now=self._clock(),
-            leeway=self.leeway,
-        )
+        claims = verify_jwt(token, {header["kid"]: key}, self._expect(issuer), now=self._clock())
         return VerifiedToken(claims, digest, token)
