@@ -22,6 +22,12 @@ Each stage decides, and a refusal ends the request with a structured error and a
    does not list);
    no healthy upstream → a fast ``503``; no answer within the route's timeout → ``504``.
 
+Each stage is a small method over one :class:`Exchange` (the request, and what the
+stages before found); it carries on, or returns a frozen :class:`Refusal` (the decision,
+the reason, what the event and the client are told) or a :class:`Reply`. One loop
+(:meth:`GatewayApp._handle`) records the event and answers, the status and code coming
+from the reason (trustmesh.reasons.ANSWERS).
+
 The response goes back with the upstream's status and body, its hop-by-hop and internal
 headers removed and the security headers set; an upstream's error (≥ 400) in the gateway's
 own shape, with only the headers a client needs (:mod:`trustmesh.gateway.answers`),
@@ -36,6 +42,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from trustmesh import events
@@ -57,7 +64,7 @@ from trustmesh.gateway.introspection import Introspector
 from trustmesh.gateway.iprules import IPRules
 from trustmesh.gateway.keystore import ApiKeyVerifier
 from trustmesh.gateway.metrics import GatewayMetrics
-from trustmesh.gateway.oidc import ExternalIssuers
+from trustmesh.gateway.oidc import ExternalIssuers, ExternalVerifier
 from trustmesh.gateway.ratelimit import RateDecision, RateLimiter
 from trustmesh.gateway.routes import RouteDecision, RouteTable, request_host
 from trustmesh.gateway.upstreams import UpstreamTimeoutError
@@ -96,6 +103,76 @@ _TEMPLATES = 4096
 #: Context attributes that never hold a client's data verbatim (kept when another did
 #: not pass the event's secret check).
 _PLAIN_ATTRIBUTES = frozenset({"method", "client", "route", "template", "status", "policy", "rule"})
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A stage's refusal: the decision and reason its event records (with ``detail``),
+    and what the client is told (``message``; the status and code are the reason's,
+    from trustmesh.reasons.ANSWERS), with any headers the answer needs."""
+
+    decision: events.Decision
+    reason: Reason
+    detail: str
+    message: str
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+    @classmethod
+    def deny(
+        cls,
+        reason: Reason,
+        detail: str,
+        message: str,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> Refusal:
+        return cls(events.Decision.DENY, reason, detail, message, headers)
+
+    @classmethod
+    def error(cls, reason: Reason, detail: str, message: str) -> Refusal:
+        """Refused, closed, because something the decision needs failed."""
+        return cls(events.Decision.ERROR, reason, detail, message)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A stage's own answer, with no body (a CORS preflight's 204)."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+
+
+Outcome = Refusal | Reply
+
+_NOT_CANONICAL = "the request path is not in canonical form"
+_ADDRESS_REFUSED = Refusal.deny(
+    Reason.IP_DENIED, "client address refused", "not allowed from this address"
+)
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One request as the stages see it: what came in, and what each stage found."""
+
+    scope: Scope
+    receive: Receive
+    headers: list[tuple[bytes, bytes]]
+    method: str
+    raw: bytes  # the path as received, still encoded
+    peer: str
+    context: dict[str, Any]  # the event's attributes
+    client: str = ""
+    path: str = ""
+    host: str | None = None
+    route: GatewayRoute | None = None
+    index: int = -1
+    template: str = ""
+    params: tuple[tuple[str, str], ...] = ()
+    early: RateDecision | None = None
+    grants: list[tuple[bytes, bytes]] = field(default_factory=list)  # RateLimit headers
+    user: dict[str, Any] | None = None  # the caller's claims
+    principal: Principal = ANONYMOUS
+    credential: object = None  # what the caller presented, as the internal token's key
+    body: bytes = b""
 
 
 class _TooLarge(Exception):
@@ -156,6 +233,17 @@ class GatewayApp:
         self.upstreams = upstreams
         self.sink = sink
         self.clock = clock
+        self._stages = (
+            self._address,
+            self._path,
+            self._preflight,
+            self._route,
+            self._limit_before_auth,
+            self._authenticate,
+            self._limit_after_auth,
+            self._authorize,
+            self._body,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -196,195 +284,333 @@ class GatewayApp:
     async def _handle(
         self, scope: Scope, receive: Receive, send: Send, context: dict[str, Any]
     ) -> None:
-        headers: list[tuple[bytes, bytes]] = list(scope["headers"])
-        method: str = scope["method"]
+        """Run the stages in order; the first that refuses (or answers) ends the request:
+        one place records the event and answers. A request every stage lets through is
+        forwarded."""
         peer = (scope.get("client") or ("0.0.0.0", 0))[0]  # noqa: S104 - a label, never bound
         raw = scope.get("raw_path") or scope["path"].encode("utf-8")
+        method: str = scope["method"]
         context.update(method=method, path=raw.decode("latin-1")[:512], client=peer)
+        ex = Exchange(scope, receive, list(scope["headers"]), method, raw, peer, context)
+        for stage in self._stages:
+            outcome = await stage(ex)
+            if outcome is not None:
+                break
+        else:
+            outcome = await self._forward(ex, send)
+            if outcome is None:
+                return
+        if isinstance(outcome, Reply):
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": outcome.status,
+                    "headers": outcome.headers,
+                }
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
+        self._emit(outcome.decision, outcome.reason, outcome.detail, context, ex.user)
+        await _refuse(send, outcome.reason, outcome.message, list(outcome.headers))
+
+    # -- the stages: each refuses (a Refusal), answers (a Reply) or carries on (None) --
+    async def _address(self, ex: Exchange) -> Outcome | None:
+        """The client's address (a trusted proxy's X-Forwarded-For), and the rules."""
         try:
-            client = client_address(peer, headers, self.trusted)
+            ex.client = client_address(ex.peer, ex.headers, self.trusted)
         except UsageError as exc:  # a trusted proxy that cannot say who its client is
-            self._emit(events.Decision.DENY, Reason.FORWARDED_FOR_INVALID, exc.detail, context)
-            await _refuse(send, Reason.FORWARDED_FOR_INVALID, "X-Forwarded-For holds a non-address")
-            return
-        context["client"] = client
-        if not self.ip_rules.admits(client):
-            self._emit(events.Decision.DENY, Reason.IP_DENIED, "client address refused", context)
-            await _refuse(send, Reason.IP_DENIED, "not allowed from this address")
-            return
+            return Refusal.deny(
+                Reason.FORWARDED_FOR_INVALID, exc.detail, "X-Forwarded-For holds a non-address"
+            )
+        ex.context["client"] = ex.client
+        if not self.ip_rules.admits(ex.client):
+            return _ADDRESS_REFUSED
+        return None
+
+    async def _path(self, ex: Exchange) -> Outcome | None:
         try:
-            path = canonical_path(raw)
+            ex.path = canonical_path(ex.raw)
         except NonCanonicalPath as exc:
-            self._emit(events.Decision.DENY, Reason.PATH_NON_CANONICAL, exc.why, context)
-            await _refuse(
-                send, Reason.PATH_NON_CANONICAL, "the request path is not in canonical form"
-            )
-            return
-        host = request_host(next((v for k, v in headers if k == b"host"), None))
-        asked = is_preflight(method, headers)
-        if asked is not None:  # answered at the edge, never forwarded
-            await self._preflight(host, path, asked, headers, send, context)
-            return
-        decision = self.routes.decide(host, path, method)
-        if decision.route is None:
-            await self._unrouted(decision, send, context)
-            return
+            return Refusal.deny(Reason.PATH_NON_CANONICAL, exc.why, _NOT_CANONICAL)
+        ex.host = request_host(next((v for k, v in ex.headers if k == b"host"), None))
+        return None
+
+    async def _preflight(self, ex: Exchange) -> Outcome | None:
+        """A CORS preflight is answered at the edge, never forwarded."""
+        asked = is_preflight(ex.method, ex.headers)
+        if asked is None:
+            return None
+        decision = self.routes.decide(ex.host, ex.path, asked)
         route = decision.route
+        if route is not None and not self.route_ip_rules[decision.index].admits(ex.client):
+            return _ADDRESS_REFUSED  # the route's address rules hold for its preflights too
+        grants = None
+        if route is not None and route.cors is not None:
+            grants = preflight_headers(route.cors, route.methods, ex.headers)
+        if grants is None:
+            return Refusal.deny(
+                Reason.CORS_DENIED, "CORS preflight refused", "cross-origin request not allowed"
+            )
+        return Reply(204, [*grants, *SECURITY_HEADERS])
+
+    async def _route(self, ex: Exchange) -> Outcome | None:
+        """The route that takes the request: 405 (with Allow), 400 or 404 if none."""
+        decision = self.routes.decide(ex.host, ex.path, ex.method)
+        if decision.route is None:
+            return _unrouted(decision)
+        ex.route, ex.index = decision.route, decision.index
+        ex.template, ex.params = decision.template, decision.params
+        context = ex.context
         context["route"] = f"routes[{decision.index}]"
-        context["route_name"] = route.route_name
+        context["route_name"] = decision.route.route_name
         context["template"] = decision.template  # the declaration's words, not the client's
-        if not self.route_ip_rules[decision.index].admits(client):
-            self._emit(events.Decision.DENY, Reason.IP_DENIED, "client address refused", context)
-            await _refuse(send, Reason.IP_DENIED, "not allowed from this address")
-            return
-        user: dict[str, Any] | None = None
-        principal = ANONYMOUS
-        credential: object = None  # what the caller presented, as the internal token's key
-        grants: list[tuple[bytes, bytes]] = []
-        if self.limiter is not None:  # address limits first: failed attempts count too
-            early = await self.limiter.hit(
-                decision.index, consumer=None, roles=(), ip=client, stage="before_auth"
-            )
-            if not await self._admitted(early, send, context, None):
-                return
-            grants = early.headers()
-        if route.auth != ["anonymous"]:
-            found = await self._authenticate(route, headers, send, context)
-            if found is None:
-                return
-            user, principal, credential = found
-        if self.limiter is not None:
-            limited = await self.limiter.hit(
-                decision.index,
-                consumer=None if user is None else f"{principal.type}:{principal.id}",
-                roles=principal.roles,
-                ip=client,
-                stage="after_auth",
-            )
-            if not await self._admitted(limited, send, context, user):
-                return
-            if limited.rule and (not grants or limited.remaining < early.remaining):
-                grants = limited.headers()  # the tighter limit is the one to tell
-        if self.policy is not None:
-            verdict = self.policy.decide(
-                EdgeRequest(
-                    principal=principal,
-                    method=method,
-                    route=route.route_name,
-                    ip=as_ipv4(client),  # IPv4 ranges hold however it is spelled
-                    path=path,
-                    host=host or "",
-                    service=route.to,
-                    time=int(self.clock()),
-                    template=decision.template,
-                    params=decision.params,
-                )
-            )
-            if not verdict.allowed:
-                context["policy"] = ",".join(verdict.policies)
-                why = f"policy: {verdict.error}" if verdict.error else "no policy permits"
-                self._emit(events.Decision.DENY, verdict.reason, why, context, user)
-                await _refuse(send, verdict.reason, "not allowed by policy")
-                return
-            context["policy"] = ",".join(verdict.policies)
-        try:
-            body = await _read_body(receive, headers, self.max_body_bytes)
-        except _TooLarge:
-            self._emit(events.Decision.DENY, Reason.REQUEST_TOO_LARGE, "body too large", context)
-            await _refuse(send, Reason.REQUEST_TOO_LARGE, "the request body is too large")
-            return
-        except _Incomplete:
-            self._emit(
-                events.Decision.DENY, Reason.REQUEST_INCOMPLETE, "body incomplete", context, user
-            )
-            await _refuse(send, Reason.REQUEST_INCOMPLETE, "the request body is incomplete")
-            return
-        timeouts = self.timeouts
-        current = trace.current()
-        extra = [(b"authorization", self._internal_token(decision.index, route, user, credential))]
-        if current is not None:
-            extra.append((b"traceparent", current.header().encode("ascii")))
-        forwarded = [  # the client that sends sets Content-Length for the body it sends
-            (k.decode("latin-1"), v.decode("latin-1"))
-            for k, v in upstream_headers(
-                headers, client=client, extra=extra, allowed=self.allowed_headers[decision.index]
-            )
-            if k != b"content-length"
-        ]
-        # the path as received (canonical, still encoded): what the policy decided on is
-        # what the service is asked for, never re-encoded or re-parsed differently
-        target = raw.decode("ascii") + (
-            "?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else ""
+        if not self.route_ip_rules[decision.index].admits(ex.client):
+            return _ADDRESS_REFUSED
+        return None
+
+    async def _limit_before_auth(self, ex: Exchange) -> Outcome | None:
+        """The address limits, before any credential is looked at: failed attempts
+        count too."""
+        if self.limiter is None:
+            return None
+        early = await self.limiter.hit(
+            ex.index, consumer=None, roles=(), ip=ex.client, stage="before_auth"
         )
+        ex.early = early
+        ex.grants = early.headers()
+        return self._limited(ex, early)
+
+    async def _authenticate(self, ex: Exchange) -> Outcome | None:
+        """The route's credential: an API key (where the route takes them) or a bearer
+        token; the caller's claims for the internal token, and the policy principal."""
+        route = ex.route
+        assert route is not None  # noqa: S101 - the route stage ran
+        if route.auth == ["anonymous"]:
+            return None
+        if "api_key" in route.auth and self.api_keys is not None:
+            presented = presented_api_key(ex.headers)
+            if presented is not None:
+                return await self._api_key(ex, presented)
+        by_token = "jwt" in route.auth or "introspection" in route.auth
+        authorization = next((v for k, v in ex.headers if k == b"authorization"), None)
+        token = bearer_token(authorization) if by_token else None
+        if token is None:
+            challenge = b'Bearer realm="trustmesh"' if by_token else b""
+            if "api_key" in route.auth:
+                challenge += (b", " if challenge else b"") + b'ApiKey realm="trustmesh"'
+            return Refusal.deny(
+                Reason.TOKEN_MISSING,
+                "no credential",
+                "a credential is required",
+                ((b"www-authenticate", challenge),),
+            )
+        return await self._bearer(ex, route, token)
+
+    async def _bearer(self, ex: Exchange, route: GatewayRoute, token: str) -> Outcome | None:
+        external = self.external.issuer_of(token) if self.external is not None else None
+        # introspection where the route asks for it, unless a JWT route gets a JWT
+        ask = "introspection" in route.auth and ("jwt" not in route.auth or token.count(".") != 2)
+        issuer = external.spec.issuer if external is not None else PROVIDER_ISSUER
+        try:
+            if not ask and route.issuers is not None and issuer not in route.issuers:
+                # another issuer's users have no business on this route
+                raise InvalidTokenError(
+                    "an issuer this route does not take", reason=Reason.TOKEN_WRONG_ISSUER
+                )
+            claims = await self._claims(token, ask, external)
+        except InvalidTokenError as exc:
+            return Refusal.deny(
+                exc.reason or Reason.TOKEN_MALFORMED,
+                f"token refused: {exc.detail}",
+                "the access token was refused",
+                ((b"www-authenticate", b'Bearer realm="trustmesh", error="invalid_token"'),),
+            )
+        except UnavailableError as exc:
+            return Refusal.error(
+                Reason.VERIFICATION_UNAVAILABLE, exc.detail, "token verification is unavailable"
+            )
+        ex.user = claims
+        ex.credential = hashlib.sha256(token.encode("ascii", "replace")).digest()
+        if external is not None and not ask:  # its type and issuer are the declaration's
+            ex.principal = external.principal(claims)
+        else:
+            ex.principal = Principal.from_claims(claims)
+        return None
+
+    async def _claims(
+        self, token: str, ask: bool, external: ExternalVerifier | None
+    ) -> dict[str, Any]:
+        """The token's claims: by introspection, another issuer's keys, or the
+        provider's."""
+        if ask:
+            if self.introspector is None:
+                raise UnavailableError("no identity provider to introspect with")
+            return await self.introspector.verify(token)
+        if external is not None:  # another OpenID Provider's token: its keys alone
+            return await external.verify(token)
+        if self.verifier is None:
+            raise UnavailableError("no identity provider to verify tokens with")
+        return dict((await self.verifier.verify(token, peer_thumbprint=None)).claims)
+
+    async def _api_key(self, ex: Exchange, presented: str) -> Outcome | None:
+        keys = self.api_keys
+        assert ex.route is not None  # noqa: S101 - the route stage ran
+        try:
+            found = await keys.verify(presented, ex.route.route_name) if keys else None
+        except TrustmeshError as exc:  # the key store cannot be read: refuse, closed
+            return Refusal.error(
+                Reason.KEY_STORE_UNAVAILABLE, exc.detail, "API key verification is unavailable"
+            )
+        if found is None or not found.allowed or found.key_id is None:
+            return Refusal.deny(
+                found.reason if found is not None else Reason.API_KEY_MALFORMED,
+                "API key refused",
+                "the API key was refused",
+                ((b"www-authenticate", b'ApiKey realm="trustmesh", error="invalid_key"'),),
+            )
+        now = int(self.clock())
+        ex.user = {
+            "sub": found.principal,
+            "client_id": found.principal,
+            "roles": list(found.roles),
+            "exp": found.expires_at or now + self.token_ttl,
+        }
+        ex.context["key_id"] = found.key_id  # the key's public id, never the key
+        ex.principal = Principal(
+            "ApiKey",
+            found.key_id,
+            roles=tuple(sorted(found.roles)),
+            name=found.name or "",
+            issuer=PROVIDER_ISSUER,  # the gateway's own keys
+        )
+        ex.credential = ("api-key", found.key_id)
+        return None
+
+    async def _limit_after_auth(self, ex: Exchange) -> Outcome | None:
+        """The consumer's, role's and route's limits; the tighter limit is the one the
+        answer tells."""
+        if self.limiter is None:
+            return None
+        principal = ex.principal
+        limited = await self.limiter.hit(
+            ex.index,
+            consumer=None if ex.user is None else f"{principal.type}:{principal.id}",
+            roles=principal.roles,
+            ip=ex.client,
+            stage="after_auth",
+        )
+        refused = self._limited(ex, limited)
+        early = ex.early
+        tighter = not ex.grants or (early is not None and limited.remaining < early.remaining)
+        if refused is None and limited.rule and tighter:
+            ex.grants = limited.headers()
+        return refused
+
+    def _limited(self, ex: Exchange, limited: RateDecision) -> Outcome | None:
+        if limited.allowed:
+            return None
+        ex.context["rule"] = limited.rule
+        return Refusal.deny(
+            limited.reason,
+            "rate limited",
+            "too many requests; try again later",
+            tuple(limited.headers()),
+        )
+
+    async def _authorize(self, ex: Exchange) -> Outcome | None:
+        """The edge policies (Cedar): a permit must apply and no forbid."""
+        if self.policy is None:
+            return None
+        route = ex.route
+        assert route is not None  # noqa: S101 - the route stage ran
+        verdict = self.policy.decide(
+            EdgeRequest(
+                principal=ex.principal,
+                method=ex.method,
+                route=route.route_name,
+                ip=as_ipv4(ex.client),  # IPv4 ranges hold however it is spelled
+                path=ex.path,
+                host=ex.host or "",
+                service=route.to,
+                time=int(self.clock()),
+                template=ex.template,
+                params=ex.params,
+            )
+        )
+        ex.context["policy"] = ",".join(verdict.policies)
+        if verdict.allowed:
+            return None
+        why = f"policy: {verdict.error}" if verdict.error else "no policy permits"
+        return Refusal.deny(verdict.reason, why, "not allowed by policy")
+
+    async def _body(self, ex: Exchange) -> Outcome | None:
+        try:
+            ex.body = await _read_body(ex.receive, ex.headers, self.max_body_bytes)
+        except _TooLarge:
+            return Refusal.deny(
+                Reason.REQUEST_TOO_LARGE, "body too large", "the request body is too large"
+            )
+        except _Incomplete:
+            return Refusal.deny(
+                Reason.REQUEST_INCOMPLETE, "body incomplete", "the request body is incomplete"
+            )
+        return None
+
+    async def _forward(self, ex: Exchange, send: Send) -> Outcome | None:
+        """Forward over mTLS with the internal token; relay the answer (an upstream's
+        error in the gateway's shape unless the route relays errors)."""
+        route = ex.route
+        assert route is not None  # noqa: S101 - the route stage ran
         try:
             answer = await self.upstreams.forward(
-                route.to, method, target, forwarded, body, timeout=timeouts[decision.index]
+                route.to,
+                ex.method,
+                _target(ex),
+                self._upstream_headers(ex, route),
+                ex.body,
+                timeout=self.timeouts[ex.index],
             )
         except ResponseTooLargeError as exc:
-            reason = Reason.UPSTREAM_ANSWER_TOO_LARGE
-            self._emit(events.Decision.ERROR, reason, exc.detail, context, user)
-            await _refuse(send, reason, "the service's answer was too large")
-            return
+            return Refusal.error(
+                Reason.UPSTREAM_ANSWER_TOO_LARGE, exc.detail, "the service's answer was too large"
+            )
         except UpstreamTimeoutError as exc:
-            self._emit(
-                events.Decision.ERROR,
+            return Refusal.error(
                 Reason.UPSTREAM_TIMEOUT,
                 f"upstream: {exc.detail}",
-                context,
-                user,
+                "the service did not answer in time",
             )
-            await _refuse(send, Reason.UPSTREAM_TIMEOUT, "the service did not answer in time")
-            return
         except (TrustmeshError, OSError) as exc:
             detail = exc.detail if isinstance(exc, TrustmeshError) else type(exc).__name__
-            self._emit(
-                events.Decision.ERROR,
+            return Refusal.error(
                 Reason.UPSTREAM_UNAVAILABLE,
                 f"upstream: {detail}",
-                context,
-                user,
+                "the service is unavailable; try again",
             )
-            await _refuse(
-                send, Reason.UPSTREAM_UNAVAILABLE, "the service is unavailable; try again"
-            )
-            return
-        context["status"] = answer.status
-        self._emit(events.Decision.ALLOW, Reason.REQUEST_FORWARDED, "forwarded", context, user)
-        extra = [*response_grants(route.cors, headers), *grants]
+        ex.context["status"] = answer.status
+        self._emit(
+            events.Decision.ALLOW, Reason.REQUEST_FORWARDED, "forwarded", ex.context, ex.user
+        )
+        extra = [*response_grants(route.cors, ex.headers), *ex.grants]
         if answer.status >= 400 and not route.relay_errors:
             await _upstream_error(send, answer, extra)
-            return
-        await _relay(send, answer, extra)
-
-    async def _unrouted(self, decision: RouteDecision, send: Send, context: dict[str, Any]) -> None:
-        """The answer to a request no route takes: 405, 400 or 404."""
-        if decision.reason == Reason.METHOD_NOT_ALLOWED:
-            self._emit(events.Decision.DENY, decision.reason, "method not allowed", context)
-            allow = ", ".join(decision.allowed_methods).encode()
-            await _refuse(send, decision.reason, "method not allowed", [(b"allow", allow)])
-        elif decision.reason == Reason.PATH_NON_CANONICAL:
-            why = "a trailing slash the route does not declare"
-            self._emit(events.Decision.DENY, decision.reason, why, context)
-            await _refuse(
-                send, Reason.PATH_NON_CANONICAL, "the request path is not in canonical form"
-            )
         else:
-            self._emit(events.Decision.DENY, decision.reason, "no route", context)
-            await _refuse(send, decision.reason, "no such route")
+            await _relay(send, answer, extra)
+        return None
 
-    async def _admitted(
-        self,
-        limited: RateDecision,
-        send: Send,
-        context: dict[str, Any],
-        user: dict[str, Any] | None,
-    ) -> bool:
-        if limited.allowed:
-            return True
-        context["rule"] = limited.rule
-        self._emit(events.Decision.DENY, limited.reason, "rate limited", context, user)
-        await _refuse(send, limited.reason, "too many requests; try again later", limited.headers())
-        return False
+    def _upstream_headers(self, ex: Exchange, route: GatewayRoute) -> list[tuple[str, str]]:
+        """The request's headers for the upstream: the internal token in place of the
+        client's credential, the trace, and only what the upstream may believe."""
+        extra = [(b"authorization", self._internal_token(ex.index, route, ex.user, ex.credential))]
+        current = trace.current()
+        if current is not None:
+            extra.append((b"traceparent", current.header().encode("ascii")))
+        allowed = self.allowed_headers[ex.index]
+        return [  # the client that sends sets Content-Length for the body it sends
+            (k.decode("latin-1"), v.decode("latin-1"))
+            for k, v in upstream_headers(ex.headers, client=ex.client, extra=extra, allowed=allowed)
+            if k != b"content-length"
+        ]
 
     def _internal_token(
         self, index: int, route: GatewayRoute, user: dict[str, Any] | None, credential: object
@@ -417,147 +643,6 @@ class GatewayApp:
             self._minted.pop(next(iter(self._minted)))
         self._minted[key] = (reuse_until, value)
         return value
-
-    async def _preflight(
-        self,
-        host: str | None,
-        path: str,
-        asked: str,
-        headers: list[tuple[bytes, bytes]],
-        send: Send,
-        context: dict[str, Any],
-    ) -> None:
-        decision = self.routes.decide(host, path, asked)
-        route = decision.route
-        if route is not None and not self.route_ip_rules[decision.index].admits(
-            context["client"]
-        ):  # the route's address rules hold for its preflights too
-            self._emit(events.Decision.DENY, Reason.IP_DENIED, "client address refused", context)
-            await _refuse(send, Reason.IP_DENIED, "not allowed from this address")
-            return
-        grants = None
-        if route is not None and route.cors is not None:
-            grants = preflight_headers(route.cors, route.methods, headers)
-        if grants is None:
-            self._emit(events.Decision.DENY, Reason.CORS_DENIED, "CORS preflight refused", context)
-            await _refuse(send, Reason.CORS_DENIED, "cross-origin request not allowed")
-            return
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 204,
-                "headers": [*grants, *SECURITY_HEADERS],
-            }
-        )
-        await send({"type": "http.response.body", "body": b""})
-
-    async def _authenticate(
-        self,
-        route: GatewayRoute,
-        headers: list[tuple[bytes, bytes]],
-        send: Send,
-        context: dict[str, Any],
-    ) -> tuple[dict[str, Any], Principal, object] | None:
-        """The route's credential: an API key (where the route takes them) or a bearer
-        token; the caller's claims for the internal token, and the policy principal."""
-        if "api_key" in route.auth and self.api_keys is not None:
-            presented = presented_api_key(headers)
-            if presented is not None:
-                return await self._api_key(presented, route, send, context)
-        by_token = "jwt" in route.auth or "introspection" in route.auth
-        token = (
-            bearer_token(next((v for k, v in headers if k == b"authorization"), None))
-            if by_token
-            else None
-        )
-        if token is None:
-            self._emit(events.Decision.DENY, Reason.TOKEN_MISSING, "no credential", context)
-            challenge = b'Bearer realm="trustmesh"' if by_token else b""
-            if "api_key" in route.auth:
-                challenge += (b", " if challenge else b"") + b'ApiKey realm="trustmesh"'
-            await _refuse(
-                send,
-                Reason.TOKEN_MISSING,
-                "a credential is required",
-                [(b"www-authenticate", challenge)],
-            )
-            return None
-        external = self.external.issuer_of(token) if self.external is not None else None
-        # introspection where the route asks for it, unless a JWT route gets a JWT
-        ask = "introspection" in route.auth and ("jwt" not in route.auth or token.count(".") != 2)
-        issuer = external.spec.issuer if external is not None else PROVIDER_ISSUER
-        try:
-            if not ask and route.issuers is not None and issuer not in route.issuers:
-                # another issuer's users have no business on this route
-                raise InvalidTokenError(
-                    "an issuer this route does not take", reason=Reason.TOKEN_WRONG_ISSUER
-                )
-            if ask:
-                if self.introspector is None:
-                    raise UnavailableError("no identity provider to introspect with")
-                claims = await self.introspector.verify(token)
-            elif external is not None:  # another OpenID Provider's token: its keys alone
-                claims = await external.verify(token)
-            elif self.verifier is None:
-                raise UnavailableError("no identity provider to verify tokens with")
-            else:
-                claims = dict((await self.verifier.verify(token, peer_thumbprint=None)).claims)
-        except InvalidTokenError as exc:
-            reason = exc.reason or Reason.TOKEN_MALFORMED
-            self._emit(events.Decision.DENY, reason, f"token refused: {exc.detail}", context)
-            await _refuse(
-                send,
-                reason,
-                "the access token was refused",
-                [(b"www-authenticate", b'Bearer realm="trustmesh", error="invalid_token"')],
-            )
-            return None
-        except UnavailableError as exc:
-            reason = Reason.VERIFICATION_UNAVAILABLE
-            self._emit(events.Decision.ERROR, reason, exc.detail, context)
-            await _refuse(send, reason, "token verification is unavailable")
-            return None
-        digest = hashlib.sha256(token.encode("ascii", "replace")).digest()
-        if external is not None and not ask:  # its type and issuer are the declaration's
-            return claims, external.principal(claims), digest
-        return claims, Principal.from_claims(claims), digest
-
-    async def _api_key(
-        self, presented: str, route: GatewayRoute, send: Send, context: dict[str, Any]
-    ) -> tuple[dict[str, Any], Principal, object] | None:
-        keys = self.api_keys
-        try:
-            found = await keys.verify(presented, route.route_name) if keys else None
-        except TrustmeshError as exc:  # the key store cannot be read: refuse, closed
-            self._emit(events.Decision.ERROR, Reason.KEY_STORE_UNAVAILABLE, exc.detail, context)
-            await _refuse(send, Reason.KEY_STORE_UNAVAILABLE, "API key verification is unavailable")
-            return None
-        if found is None or not found.allowed or found.key_id is None:
-            reason = found.reason if found is not None else Reason.API_KEY_MALFORMED
-            self._emit(events.Decision.DENY, reason, "API key refused", context)
-            await _refuse(
-                send,
-                reason,
-                "the API key was refused",
-                [(b"www-authenticate", b'ApiKey realm="trustmesh", error="invalid_key"')],
-            )
-            return None
-        now = int(self.clock())
-        claims: dict[str, Any] = {
-            "sub": found.principal,
-            "client_id": found.principal,
-            "roles": list(found.roles),
-            "exp": found.expires_at or now + self.token_ttl,
-        }
-        context["key_id"] = found.key_id  # the key's public id, never the key
-        principal = Principal(
-            "ApiKey",
-            found.key_id,
-            roles=tuple(sorted(found.roles)),
-            name=found.name or "",
-            issuer=PROVIDER_ISSUER,  # the gateway's own keys
-        )
-        return claims, principal, ("api-key", found.key_id)
 
     def record(
         self, decision: events.Decision, reason: Code, message: str, **attributes: str | int
@@ -638,6 +723,28 @@ class GatewayApp:
                 self._template(decision, reason, message, None, None), attributes=plain
             )
         self.sink.emit(event)
+
+
+def _unrouted(decision: RouteDecision) -> Refusal:
+    """Why no route takes a request: 405 (with the methods the path allows), 400 (a
+    trailing slash no operation declares) or 404."""
+    if decision.reason == Reason.METHOD_NOT_ALLOWED:
+        allow = ", ".join(decision.allowed_methods).encode()
+        return Refusal.deny(
+            decision.reason, "method not allowed", "method not allowed", ((b"allow", allow),)
+        )
+    if decision.reason == Reason.PATH_NON_CANONICAL:
+        return Refusal.deny(
+            decision.reason, "a trailing slash the route does not declare", _NOT_CANONICAL
+        )
+    return Refusal.deny(decision.reason, "no route", "no such route")
+
+
+def _target(ex: Exchange) -> str:
+    """The path as received (canonical, still encoded) and the query: what the policy
+    decided on is what the service is asked for, never re-encoded or re-parsed."""
+    query = ex.scope.get("query_string")
+    return ex.raw.decode("ascii") + ("?" + query.decode("latin-1") if query else "")
 
 
 async def _read_body(receive: Receive, headers: list[tuple[bytes, bytes]], limit: int) -> bytes:

@@ -32,7 +32,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from trustmesh.config.gateway import HealthCheck, UpstreamSettings
 from trustmesh.errors import NotFoundError, TrustmeshError, UnavailableError
@@ -92,6 +92,15 @@ class _Service:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
+class _Attempt(NamedTuple):
+    """Where one try goes: the service, its state, the instance's key and the instance."""
+
+    service: str
+    svc: _Service
+    key: str
+    inst: _Instance
+
+
 class UpstreamPool:
     """Every routed service's instances, balanced, checked and ejected per ``settings``."""
 
@@ -145,7 +154,7 @@ class UpstreamPool:
             raise UpstreamTimeoutError(f"discovery of {service} took over {timeout:g}s") from None
         attempts = 1 + (self.settings.retries if method in IDEMPOTENT else 0)
         tried: list[str] = []
-        last: Response | TrustmeshError | None = None
+        last: Response | UnavailableError | None = None
         for _ in range(attempts):
             pick = svc.balancer.pick(self.clock(), tried)
             self._report(service, pick.changes)
@@ -159,37 +168,11 @@ class UpstreamPool:
             inst = svc.instances.get(key)
             if inst is None:  # cannot happen: the balancer holds exactly these keys
                 break
-            inst.active += 1
-            svc.balancer.begin(key)
-            try:
-                async with asyncio.timeout(remaining):
-                    response = await inst.client.forward(method, target, headers, body)
-            except TimeoutError:
-                self._record(service, svc, key, False, "timeout")
-                raise UpstreamTimeoutError(
-                    f"{service} at {key} did not answer within {timeout:g}s"
-                ) from None
-            except ResponseTooLargeError:  # the instance served: its answer is the problem
-                self._record(service, svc, key, True, "response too large")
-                raise
-            except (TrustmeshError, OSError) as exc:
-                detail = exc.detail if isinstance(exc, TrustmeshError) else type(exc).__name__
-                self._record(service, svc, key, False, detail)
-                last = UnavailableError(
-                    f"{service} at {key}: {detail}", reason=Reason.UPSTREAM_UNAVAILABLE
-                )
-                continue
-            finally:
-                svc.balancer.end(key)
-                await self._release(inst)
-            # a gateway failure (Envoy's consecutive_gateway_failure): the instance could not
-            # serve. A 500 is the application's own answer to this request (bad input can
-            # cause one), so no caller can eject a service, or make it retried, by sending them
-            failed = response.status in _GATEWAY_FAILURES
-            self._record(service, svc, key, not failed, f"status {response.status}")
-            if not failed:
-                return response
-            last = response
+            last = await self._attempt(
+                _Attempt(service, svc, key, inst), method, target, headers, body, remaining, timeout
+            )
+            if isinstance(last, Response) and last.status not in _GATEWAY_FAILURES:
+                return last
         if isinstance(last, Response):
             return last
         if last is not None:
@@ -197,6 +180,48 @@ class UpstreamPool:
         raise UnavailableError(
             f"no healthy instance of {service} in rotation", reason=Reason.UPSTREAM_UNAVAILABLE
         )
+
+    async def _attempt(
+        self,
+        to: _Attempt,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        remaining: float,
+        timeout: float,
+    ) -> Response | UnavailableError:
+        """One try at one instance: its answer, or why it could not serve (the caller
+        tries another); a timeout or an oversized answer ends the request."""
+        service, svc, key, inst = to
+        inst.active += 1
+        svc.balancer.begin(key)
+        try:
+            async with asyncio.timeout(remaining):
+                response = await inst.client.forward(method, target, headers, body)
+        except TimeoutError:
+            self._record(service, svc, key, False, "timeout")
+            raise UpstreamTimeoutError(
+                f"{service} at {key} did not answer within {timeout:g}s"
+            ) from None
+        except ResponseTooLargeError:  # the instance served: its answer is the problem
+            self._record(service, svc, key, True, "response too large")
+            raise
+        except (TrustmeshError, OSError) as exc:
+            detail = exc.detail if isinstance(exc, TrustmeshError) else type(exc).__name__
+            self._record(service, svc, key, False, detail)
+            return UnavailableError(
+                f"{service} at {key}: {detail}", reason=Reason.UPSTREAM_UNAVAILABLE
+            )
+        finally:
+            svc.balancer.end(key)
+            await self._release(inst)
+        # a gateway failure (Envoy's consecutive_gateway_failure): the instance could not
+        # serve. A 500 is the application's own answer to this request (bad input can
+        # cause one), so no caller can eject a service, or make it retried, by sending them
+        failed = response.status in _GATEWAY_FAILURES
+        self._record(service, svc, key, not failed, f"status {response.status}")
+        return response
 
     def _record(self, service: str, svc: _Service, key: str, ok: bool, why: str) -> None:
         self._report(service, svc.balancer.record(key, ok, self.clock(), why))
