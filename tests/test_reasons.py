@@ -120,3 +120,21 @@ def test_an_event_carries_a_member_checked_by_value() -> None:
     for bad in ("policy-denied", "made-up-reason", 7, None):
         with pytest.raises(UsageError, match="reason"):
             _event(bad)
+
+
+def test_every_member_is_exercised_by_a_test() -> None:
+    """Each member is named (``Reason.X``, ``Activity.X``) or spelled in some test other
+    than this file and the layer test: a code no test reaches is a code no one knows
+    still works."""
+    here = {Path(__file__).resolve(), (ROOT / "tests" / "test_layers.py").resolve()}
+    text = "\n".join(
+        p.read_text() for p in (ROOT / "tests").rglob("*.py") if p.resolve() not in here
+    )
+    missing = [
+        f"{type(m).__name__}.{m.name}"
+        for m in [*Reason, *Activity]
+        if f"{type(m).__name__}.{m.name}" not in text
+        and f'"{m.value}"' not in text
+        and f"'{m.value}'" not in text
+    ]
+    assert missing == []

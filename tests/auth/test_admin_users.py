@@ -17,7 +17,7 @@ from authrig import OPERATOR, AuthRig, make_rig
 
 from trustmesh.config import parse_config
 from trustmesh.errors import ConfigError
-from trustmesh.reasons import Activity, Reason
+from trustmesh.reasons import Activity
 from trustmesh.testing import RunningIdentityServer
 
 
@@ -157,7 +157,7 @@ async def test_a_bad_password_change_is_refused_and_changes_nothing(
     assert refused.status_code == status, refused.text
     assert refused.json()["error"] == "invalid_request"
     assert _password_hash(short_tmp, "erin") == before
-    assert not any(e.reason == Reason.TOKEN_REVOKED for e in rig.sink.events)
+    assert not any(e.reason == Activity.TOKEN_REVOKED for e in rig.sink.events)
     missing = await _api(rig, "POST", "/admin/v1/users/nobody/password", {})
     assert missing.status_code == 404
 

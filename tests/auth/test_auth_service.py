@@ -18,8 +18,14 @@ from trustmesh import crypto, events
 from trustmesh.auth.db import AuthStore, Client
 from trustmesh.auth.service import AuthService, AuthSettings
 from trustmesh.crypto import SealKey
-from trustmesh.errors import ConflictError, InvalidTokenError, NotFoundError, SealError
-from trustmesh.reasons import Activity
+from trustmesh.errors import (
+    ConflictError,
+    InvalidTokenError,
+    NotFoundError,
+    SealError,
+    UnavailableError,
+)
+from trustmesh.reasons import Activity, Reason
 from trustmesh.store import create_engine, sqlite_url
 
 ISSUER = "https://127.0.0.1:1"
@@ -61,6 +67,18 @@ def _verify(service: AuthService, token: str) -> dict[str, object]:
     return claims
 
 
+def _mint(service: AuthService) -> str:
+    """An access token from ``service`` for the orders client, addressed to payments."""
+    orders = next(c for c in service.managed_clients() if c.client_id == "orders")
+    return service.mint(
+        client=orders,
+        subject=orders.spiffe_id or "",
+        audience=[PAYMENTS],
+        scope=[],
+        cnf_thumbprint=None,
+    ).token
+
+
 async def test_rotation_publishes_first_then_signs_and_keeps_the_old_key(
     sqlite_store: AuthStore,
 ) -> None:
@@ -70,26 +88,17 @@ async def test_rotation_publishes_first_then_signs_and_keeps_the_old_key(
     orders = next(c for c in service.managed_clients() if c.client_id == "orders")
     first = service.ring.active
     assert first is not None
-
-    def mint() -> str:
-        return service.mint(
-            client=orders,
-            subject=orders.spiffe_id or "",
-            audience=[PAYMENTS],
-            scope=[],
-            cnf_thumbprint=None,
-        ).token
-
-    old_token = mint()
+    old_token = _mint(service)
     await service.tick(rotate=True)
     kids = {j["kid"] for j in json.loads(service.ring.jwks)["keys"]}
     assert len(kids) == 2  # the next key is published...
-    assert jwt.get_unverified_header(mint())["kid"] == first.kid  # ...but does not sign yet
+    # ...but does not sign yet
+    assert jwt.get_unverified_header(_mint(service))["kid"] == first.kid
     await service.tick(rotate=True)  # asking again while one is pending adds nothing
     assert len(json.loads(service.ring.jwks)["keys"]) == 2
     clock.now += 300
     await service.tick()
-    new_token = mint()
+    new_token = _mint(service)
     assert service.ring.active is not None
     assert service.ring.active.kid != first.kid
     assert jwt.get_unverified_header(new_token)["kid"] == service.ring.active.kid
@@ -112,6 +121,43 @@ async def test_rotation_publishes_first_then_signs_and_keeps_the_old_key(
         Activity.KEY_REMOVED,
     ):
         assert reason in reasons
+
+
+async def test_with_no_active_key_nothing_is_signed_until_one_activates(
+    sqlite_store: AuthStore,
+) -> None:
+    """The active key's row is lost (deleted by hand, an older backup restored) while the
+    next key is only published: the provider signs nothing rather than sign early."""
+    clock, sink = Clock(), events.MemorySink()
+    service = _service(sqlite_store, clock, sink)
+    await service.start()
+    first = service.ring.active
+    assert first is not None
+    await service.tick(rotate=True)  # the next key: published, signing after 300 s
+    await sqlite_store.remove_key(first.kid)
+    await service.tick()
+    assert service.ring.active is None
+    with pytest.raises(UnavailableError) as minted:
+        _mint(service)
+    assert minted.value.reason is Reason.SIGNING_KEY_UNAVAILABLE
+    with pytest.raises(UnavailableError) as id_token:
+        service.id_token(
+            client_id="shop-web",
+            subject="alice",
+            username="alice",
+            nonce=None,
+            auth_time=int(clock()),
+            amr=["pwd"],
+            access_token="x",
+        )
+    assert id_token.value.reason is Reason.SIGNING_KEY_UNAVAILABLE
+    # once the published key's time comes, it signs (no new key was made meanwhile)
+    clock.now += 300
+    await service.tick()
+    active = service.ring.active
+    assert active is not None
+    assert [k.kid for k in service.ring.states] == [active.kid]
+    assert jwt.get_unverified_header(_mint(service))["kid"] == active.kid
 
 
 async def test_signing_keys_are_sealed_at_rest(sqlite_store: AuthStore, short_tmp: Path) -> None:

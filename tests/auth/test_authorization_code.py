@@ -20,8 +20,8 @@ from authlib.common.security import generate_token
 from authlib.integrations.requests_client import OAuth2Session
 from authrig import ORDERS, AuthRig, FormLogin
 
-from trustmesh import crypto
-from trustmesh.reasons import Reason
+from trustmesh import crypto, events
+from trustmesh.reasons import Activity, Reason
 
 REDIRECT = "https://shop.example/cb"
 PASSWORD = "alice's long passphrase"
@@ -167,6 +167,23 @@ async def test_code_reuse_revokes_what_it_issued(rig: AuthRig) -> None:
     assert again.status_code == 400
     assert again.json()["error"] == "invalid_grant"
     assert (await asyncio.to_thread(_introspect, rig, tokens["access_token"]))["active"] is False
+    # the provider revoked what the code issued, and refused the second exchange
+    jti = jwt.decode(tokens["access_token"], options={"verify_signature": False})["jti"]
+    revoked = [e for e in rig.sink.events if e.reason is Activity.TOKEN_REVOKED]
+    assert [(e.decision, e.client_id, e.jti, e.message) for e in revoked] == [
+        (events.Decision.ALLOW, "shop-web", jti, "access token revoked (code-reused)"),
+        (events.Decision.ALLOW, "shop-web", None, "refresh token family revoked (code-reused)"),
+        (
+            events.Decision.DENY,
+            "shop-web",
+            None,
+            "authorization code reused: its tokens are revoked",
+        ),
+    ]
+    refused = [e for e in rig.sink.events if e.reason is Reason.TOKEN_REFUSED]
+    assert [(e.decision, e.message) for e in refused] == [
+        (events.Decision.DENY, "token request refused: invalid_grant")
+    ]
     refreshed = await asyncio.to_thread(
         _token,
         rig,

@@ -16,6 +16,7 @@ from authlib.integrations.requests_client import OAuth2Session
 from authlib.oauth2.auth import encode_none
 from authrig import INVENTORY, ORDERS, PAYMENTS, AuthRig, Workload
 
+from trustmesh import events
 from trustmesh.reasons import Reason
 
 
@@ -171,6 +172,10 @@ async def test_bad_token_requests_get_oauth_errors(
     assert response.status_code in (400, 401)
     assert response.json()["error"] == error
     assert response.headers["cache-control"] == "no-store"
+    refused = [e for e in rig.sink.events if e.reason is Reason.TOKEN_REFUSED]
+    assert [(e.decision, e.peer_spiffe_id, e.message) for e in refused] == [
+        (events.Decision.DENY, ORDERS, f"token request refused: {error}")
+    ]
 
 
 async def test_malformed_bodies_are_invalid_requests(rig: AuthRig) -> None:

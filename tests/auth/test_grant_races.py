@@ -32,7 +32,7 @@ from joserfc.jwk import ECKey
 
 from trustmesh import crypto
 from trustmesh.auth.db import Client
-from trustmesh.reasons import Reason
+from trustmesh.reasons import Activity, Reason
 from trustmesh.testing import RunningIdentityServer
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -202,7 +202,7 @@ async def test_a_stolen_refresh_token_without_its_clients_secret_rotates_nothing
         answer = await asyncio.to_thread(_token, rig, data, auth=auth)
         assert answer.status_code == 401, answer.text
         assert answer.json()["error"] == "invalid_client"
-    assert not any(e.reason == Reason.TOKEN_REVOKED for e in rig.sink.events)
+    assert not any(e.reason == Activity.TOKEN_REVOKED for e in rig.sink.events)
     # the rightful client's token was neither spent nor its family revoked
     rightful = await asyncio.to_thread(_token, rig, refresh, auth=("portal", secret))
     assert rightful.status_code == 200, rightful.text
@@ -269,7 +269,7 @@ async def test_a_replayed_assertion_spends_and_revokes_nothing_even_after_a_rest
                 session.post, rig.public_url + "/oauth2/revoke", data=revoke, timeout=30
             )
         assert refused.status_code == 401, refused.text
-        assert not any(e.reason == Reason.TOKEN_REVOKED for e in rig.sink.events)
+        assert not any(e.reason == Activity.TOKEN_REVOKED for e in rig.sink.events)
         claims = rig.auth.service.verify_own(tokens["access_token"])
         assert not await rig.auth.service.revocations.is_revoked(claims)
 

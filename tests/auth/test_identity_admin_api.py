@@ -18,6 +18,7 @@ import pytest
 import requests
 from authrig import (
     CONFIG,
+    OPERATOR,
     ORDERS,
     TD,
     AuthRig,
@@ -29,7 +30,7 @@ from authrig import (
 
 from trustmesh import crypto
 from trustmesh.identity.admin import DEFAULT_JOIN_TTL
-from trustmesh.reasons import Reason
+from trustmesh.reasons import Activity, Reason
 from trustmesh.testing import RunningIdentityServer
 
 IDENTITY = f"spiffe://{TD}/trustmesh/identity"
@@ -115,6 +116,22 @@ async def test_the_operator_manages_entries_and_join_tokens(
     assert all(e.id != entry["id"] for e in _entries(identity))
     created = [e for e in _reasons(identity) if e["status_detail"] == "entry-created"]
     assert created[-1]["unmapped"]["trustmesh"]["attributes"]["by"] == "operator"
+    # the listing is a read, recorded as one; the join token is recorded, never its value
+    done = {
+        reason: [
+            e["unmapped"]["trustmesh"] for e in _reasons(identity) if e["status_detail"] == reason
+        ]
+        for reason in (Reason.ADMIN_READ, Activity.JOIN_TOKEN_CREATED)
+    }
+    assert [
+        (t["decision"], t["peer_spiffe_id"], t["attributes"]["action"], t["attributes"]["by"])
+        for t in done[Reason.ADMIN_READ]
+    ] == [("allow", OPERATOR, "list-entries", "operator")]
+    assert [
+        (t["decision"], t["spiffe_id"], t["attributes"]["by"])
+        for t in done[Activity.JOIN_TOKEN_CREATED]
+    ] == [("allow", f"spiffe://{TD}/reports", "operator")]
+    assert token.json()["token"] not in identity.server.paths.events.read_text()
     # bad input: a clear 400, nothing stored
     before = len(_entries(identity))
     for body in (
@@ -227,4 +244,4 @@ async def test_an_admin_user_acts_through_a_workload_with_mfa(
             break
         await asyncio.sleep(0.2)
     assert status == 401
-    assert any(e.reason == Reason.TOKEN_REVOKED for e in rig.sink.events)
+    assert any(e.reason is Activity.TOKEN_REVOKED for e in rig.sink.events)

@@ -12,6 +12,7 @@ import pytest
 import requests
 from authrig import (
     CONFIG,
+    INVENTORY,
     ORDERS,
     PAYMENTS,
     TD,
@@ -22,7 +23,8 @@ from authrig import (
     workload,
 )
 
-from trustmesh.reasons import Reason
+from trustmesh import events
+from trustmesh.reasons import Activity, Reason
 from trustmesh.testing import RunningIdentityServer
 
 BATCH = f"spiffe://{TD}/batch"  # a workload of the trust domain, not a declared service
@@ -70,6 +72,19 @@ async def test_issuer_and_audience_may_introspect_others_learn_nothing(rig: Auth
     assert stranger == {"active": False}
     garbage = await _introspect(rig, rig.orders, "orders", "not-a-token")
     assert garbage == {"active": False}
+    # every answered introspection is recorded: who asked, about which token
+    asked = [
+        (e.decision, e.client_id, e.peer_spiffe_id, e.jti)
+        for e in rig.sink.events
+        if e.reason is Reason.TOKEN_INTROSPECTED
+    ]
+    allow = events.Decision.ALLOW
+    assert asked == [
+        (allow, "orders", ORDERS, mine["jti"]),
+        (allow, "payments", PAYMENTS, mine["jti"]),
+        (allow, "inventory", INVENTORY, mine["jti"]),
+        (allow, "orders", ORDERS, None),
+    ]
 
 
 async def test_introspection_requires_client_authentication(rig: AuthRig) -> None:
@@ -118,7 +133,7 @@ async def test_revoked_token_is_inactive_and_in_the_feed(rig: AuthRig) -> None:
     assert later["revoked"] == []
     assert later["cursor"] == body["cursor"]
     assert (await asyncio.to_thread(feed, "-1")).status_code == 400
-    assert any(e.reason == Reason.TOKEN_REVOKED and e.jti == jti for e in rig.sink.events)
+    assert any(e.reason is Activity.TOKEN_REVOKED and e.jti == jti for e in rig.sink.events)
 
 
 async def test_a_token_from_another_issuer_key_is_not_ours(rig: AuthRig) -> None:

@@ -427,7 +427,7 @@ async def test_twenty_concurrent_refreshes_over_http_have_one_winner(rig: AuthRi
         )
     )
     assert again.status_code == 400
-    assert any(e.reason == Reason.TOKEN_REVOKED for e in rig.sink.events)
+    assert any(e.reason is Activity.TOKEN_REVOKED for e in rig.sink.events)
 
 
 async def test_a_family_started_over_mtls_is_not_refreshed_without_it(rig: AuthRig) -> None:

@@ -22,7 +22,7 @@ from trustmesh import crypto, events
 from trustmesh.auth.db import AuthStore
 from trustmesh.auth.revocations import SUBJECT_REVOCATION_SECONDS, LiveToken
 from trustmesh.auth.service import AuthService, AuthSettings
-from trustmesh.reasons import Reason
+from trustmesh.reasons import Activity
 
 T0 = 1_900_000_000
 
@@ -49,7 +49,7 @@ def _events(service: AuthService, kind: str) -> list[events.Event]:
     return [
         e
         for e in sink.events
-        if e.reason == Reason.TOKEN_REVOKED
+        if e.reason == Activity.TOKEN_REVOKED
         and (e.jti is not None if kind == "jti" else kind in e.attributes)
     ]
 
@@ -278,14 +278,14 @@ async def test_a_refresh_token_is_revoked_only_by_its_client(rig: AuthRig) -> No
     )
     assert stranger.status_code == 400, stranger.text
     assert stranger.json()["error"] == "invalid_grant"
-    assert not any(e.reason == Reason.TOKEN_REVOKED for e in rig.sink.events)
+    assert not any(e.reason == Activity.TOKEN_REVOKED for e in rig.sink.events)
     for hint in ("refresh_token", None):  # a hint, or none: found either way
         data = {"token": refresh, "client_id": "shop-web"}
         if hint:
             data["token_type_hint"] = hint
         assert (await asyncio.to_thread(_revoke, rig, data)).status_code == 200
     jti = jwt.decode(tokens["access_token"], options={"verify_signature": False})["jti"]
-    revoked = [e for e in rig.sink.events if e.reason == Reason.TOKEN_REVOKED]
+    revoked = [e for e in rig.sink.events if e.reason == Activity.TOKEN_REVOKED]
     assert [e.jti for e in revoked] == [None, jti]  # the family, its token: once each
     assert revoked[0].attributes["cause"] == "refresh-token-revoked"
     assert revoked[0].attributes["family"]

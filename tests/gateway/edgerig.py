@@ -44,6 +44,7 @@ class Edge:
     gateway: RunningGateway
     sink: events.MemorySink
     tokens: dict[str, str] = field(default_factory=dict)
+    upstream_url: str = ""  # the one instance of orders
 
     def reasons(self) -> list[str]:
         return [e.reason for e in self.sink.events]
@@ -105,16 +106,21 @@ async def edge_stack(
     section: str,
     upstream: ASGIApp,
     files: dict[str, str] | None = None,
+    *,
+    probes_reach_the_app: bool = False,
 ) -> AsyncIterator[Edge]:
     """The provider, a gateway for ``CONFIG + section`` (``files`` written beside it) and
-    ``upstream`` as the one instance of ``orders`` (bare: no SDK middleware)."""
+    ``upstream`` as the one instance of ``orders`` (bare: no SDK middleware; the health
+    probes answered before they reach it, unless ``probes_reach_the_app``)."""
     async with live_gateway(identity, root, section, files=files) as live:
         source_orders = X509Source(identity.address, spiffe_id=ORDERS)
-        served = await start(healthy(upstream), source=source_orders)
+        app = upstream if probes_reach_the_app else healthy(upstream)
+        served = await start(app, source=source_orders)
         registration = DiscoveryClient(served.tls, live.discovery_url)
-        await registration.register(f"https://127.0.0.1:{served.port}")
+        served_url = f"https://127.0.0.1:{served.port}"
+        await registration.register(served_url)
         try:
-            yield Edge(live.rig, live.gateway, live.sink)
+            yield Edge(live.rig, live.gateway, live.sink, upstream_url=served_url)
         finally:
             await registration.close()
             await served.stop()

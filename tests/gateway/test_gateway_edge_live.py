@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import secrets
+import sqlite3
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -30,7 +31,7 @@ from starlette.routing import Route
 from trustmesh import crypto, events
 from trustmesh.config import parse_config
 from trustmesh.errors import ConfigError
-from trustmesh.gateway.keystore import add_key, open_keystore, revoke_key
+from trustmesh.gateway.keystore import add_key, keys_db_path, open_keystore, revoke_key
 from trustmesh.gateway.server import RunningGateway
 from trustmesh.reasons import Activity, Reason
 from trustmesh.sdk.runtime import Runtime
@@ -441,6 +442,32 @@ async def test_an_api_key_reaches_the_service_and_is_revoked_within_two_seconds(
     assert status == 401, "the gateway still took a key revoked 2 s ago"
     assert stack.edge.reasons()[-1] == Reason.API_KEY_REVOKED
     assert (await keyed(_with_key(everywhere))).status == 200  # the others still work
+
+
+async def test_an_unreadable_key_store_fails_closed_with_503_until_it_is_back(
+    stack: Stack,
+) -> None:
+    _, key = await _key(stack, ["/keyed"], [])
+
+    async def keyed() -> Answer:
+        return await stack.call("/keyed/x", headers=_with_key(key))
+
+    assert (await _until(keyed, lambda a: a.status != 401, 3)).status == 200
+    with sqlite3.connect(keys_db_path(stack.state)) as db:  # the table is gone
+        db.execute("ALTER TABLE gateway_api_keys RENAME TO moved_away")
+    # the snapshot in hand serves until it is a second old; the next load fails: closed
+    down = await _until(keyed, lambda a: a.status != 200, 3)
+    assert down.status == 503
+    assert down.json()["error"] == "unavailable"
+    refused = stack.edge.last(Reason.KEY_STORE_UNAVAILABLE)
+    assert refused.decision == events.Decision.ERROR
+    assert refused.attributes["route"] == "routes[3]"
+    served = len(stack.seen)
+    assert [(await keyed()).status for _ in range(3)] == [503] * 3
+    assert len(stack.seen) == served  # nothing reaches the service while it is down
+    with sqlite3.connect(keys_db_path(stack.state)) as db:
+        db.execute("ALTER TABLE moved_away RENAME TO gateway_api_keys")
+    assert (await _until(keyed, lambda a: a.status == 200, 3)).status == 200
 
 
 async def test_cedar_sees_an_api_key_as_its_principal_with_its_roles(stack: Stack) -> None:

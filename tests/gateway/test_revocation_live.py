@@ -29,7 +29,7 @@ from liverig import (
 
 from trustmesh import crypto
 from trustmesh.platform.names import GATEWAY_CLIENT_ID
-from trustmesh.reasons import Reason
+from trustmesh.reasons import Activity
 from trustmesh.testing import PrivateRedis, RunningIdentityServer
 
 PASSWORD = "alice's long passphrase"
@@ -106,7 +106,7 @@ async def test_refresh_token_reuse_revokes_the_familys_access_tokens(
     assert replayed.status_code == 400
     await refused_everywhere(live, bound, first["access_token"], newest["access_token"])
     assert (await asyncio.to_thread(live.refresh, newest["refresh_token"])).status_code == 400
-    revoked = {e.jti for e in live.rig.sink.events if e.reason == Reason.TOKEN_REVOKED and e.jti}
+    revoked = {e.jti for e in live.rig.sink.events if e.reason == Activity.TOKEN_REVOKED and e.jti}
     assert revoked == {jti(first["access_token"]), jti(newest["access_token"])}  # each an event
     # the same user's other sign-in is not touched
     assert await live.status(other["access_token"]) == 200
@@ -182,7 +182,7 @@ async def test_a_user_change_revokes_their_live_tokens_everywhere(
     assert introspected == {"active": False}
     assert (await asyncio.to_thread(live.refresh, tokens["refresh_token"])).status_code == 400
     assert any(
-        e.reason == Reason.TOKEN_REVOKED and e.sub and "before" in e.attributes
+        e.reason is Activity.TOKEN_REVOKED and e.sub and "before" in e.attributes
         for e in live.rig.sink.events
     ), "the subject's revocation is an event"
     # a token issued after the revocation works (in the same second, too)

@@ -17,6 +17,7 @@ from trustmesh import crypto
 from trustmesh.config import parse_config
 from trustmesh.errors import CryptoError
 from trustmesh.events import read_events
+from trustmesh.reasons import Activity
 from trustmesh.testing import FakeClock, RunningIdentityServer, identity_server_in_thread
 
 TD = "shop.example"
@@ -111,6 +112,36 @@ def test_next_ca_is_published_before_it_signs(
     assert (
         reasons.index("ca-prepared") < reasons.index("ca-activated") < reasons.index("ca-retired")
     )
+
+
+def test_the_signing_ca_renews_at_half_its_life_under_the_same_root(
+    server: RunningIdentityServer, clock: FakeClock
+) -> None:
+    before = server.server.ca.active
+    signing = before.signing
+    half = (
+        signing.not_valid_before_utc
+        + (signing.not_valid_after_utc - signing.not_valid_before_utc) / 2
+    )
+    clock.advance(half - clock() + dt.timedelta(seconds=1))
+    server.call(server.server.tick)
+    after = server.server.ca.active
+    assert (after.id, after.root) == (before.id, before.root)  # no bundle change
+    assert after.signing.serial_number != signing.serial_number
+    renewed = [
+        e
+        for e in read_events(server.server.paths.events)
+        if e["status_detail"] == Activity.CA_RENEWED
+    ]
+    assert [
+        (t["decision"], t["attributes"]["generation"])
+        for t in (e["unmapped"]["trustmesh"] for e in renewed)
+    ] == [("allow", before.id)]
+    # SVIDs issued from now on chain through the new signing CA to the same root
+    with WorkloadApiClient(server.address) as client:
+        chain = list(client.fetch_x509_svid().cert_chain)
+    assert crypto.cert_der(chain[1]) == crypto.cert_der(after.signing)
+    assert _verifies(chain, before.root, clock())
 
 
 def test_jwt_bundle_publishes_the_next_key_first(

@@ -14,6 +14,7 @@ from trustmesh.config import TrustmeshConfig, parse_config
 from trustmesh.errors import NotFoundError, UnavailableError
 from trustmesh.events import read_events
 from trustmesh.identity.discovery import LEASE, Registry
+from trustmesh.reasons import Reason
 from trustmesh.sdk.discovery import DiscoveryClient, Endpoint
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.x509source import X509Source
@@ -92,6 +93,15 @@ async def test_a_caller_finds_what_it_may_call(
             Endpoint("https://127.0.0.1:9443", sid("payments"))
         ]
         assert await orders.lookup("inventory") == []  # allowed, nobody registered yet
+    lookups = [
+        e
+        for e in read_events(identity.server.paths.events)
+        if e["status_detail"] == Reason.DISCOVERY_LOOKUP
+    ]
+    assert [
+        (t["decision"], t["peer_spiffe_id"], t["attributes"]["service"])
+        for t in (e["unmapped"]["trustmesh"] for e in lookups)
+    ] == [("allow", sid("orders"), "payments"), ("allow", sid("orders"), "inventory")]
 
 
 async def test_discovery_never_reveals_a_service_the_caller_may_not_call(

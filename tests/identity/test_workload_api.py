@@ -14,13 +14,14 @@ from pathlib import Path
 
 import grpc
 import pytest
-from spiffe import JwtSource, WorkloadApiClient, X509Source
-from spiffe.workloadapi.errors import FetchX509SvidError, ValidateJwtSvidError
+from spiffe import JwtSource, SpiffeId, WorkloadApiClient, X509Source
+from spiffe.workloadapi.errors import FetchJwtSvidError, FetchX509SvidError, ValidateJwtSvidError
 
 from trustmesh import crypto
 from trustmesh.config import parse_config
 from trustmesh.events import read_events
 from trustmesh.identity.store import SqliteIdentityStore
+from trustmesh.reasons import Activity, Reason
 from trustmesh.testing import RunningIdentityServer, identity_server_in_thread
 
 TD = "shop.example"
@@ -111,6 +112,23 @@ def test_jwt_svid_for_an_audience_validates(server: RunningIdentityServer) -> No
         assert bundle is not None
         assert bundle.jwt_authorities
     assert "token-wrong-audience" in _reasons(server)
+
+
+def test_a_jwt_svid_for_an_identity_the_workload_does_not_hold_is_refused(
+    server: RunningIdentityServer,
+) -> None:
+    with WorkloadApiClient(server.address) as client:
+        with pytest.raises(FetchJwtSvidError, match="no identity issued"):
+            client.fetch_jwt_svid(
+                audience={"inventory"}, subject=SpiffeId(f"spiffe://{TD}/payments")
+            )
+        held = client.fetch_jwt_svid(
+            audience={"inventory"}, subject=SpiffeId(f"spiffe://{TD}/orders")
+        )
+    assert str(held.spiffe_id) == f"spiffe://{TD}/orders"
+    refused = [e for e in _events(server) if e["status_detail"] == Reason.IDENTITY_NOT_HELD]
+    assert len(refused) == 1
+    assert refused[0]["unmapped"]["trustmesh"]["decision"] == "deny"
 
 
 def test_jwt_svid_refuses_a_forged_token(server: RunningIdentityServer) -> None:
@@ -241,6 +259,14 @@ def test_join_token_is_one_time(
     assert second["ok"] is False
     assert "refused" in str(second["error"])
     assert "join-token-used" in _reasons(server)
+    created = [e for e in _events(server) if e["status_detail"] == Activity.JOIN_TOKEN_CREATED]
+    assert [e["unmapped"]["trustmesh"]["spiffe_id"] for e in created] == [f"spiffe://{TD}/web"]
+    # the redemption is the attestation that bound the process: one allow, naming it
+    attested = [e for e in _events(server) if e["status_detail"] == Reason.ATTESTED]
+    assert [
+        (t["decision"], t["spiffe_id"], t["attributes"]["pid"])
+        for t in (e["unmapped"]["trustmesh"] for e in attested)
+    ] == [("allow", f"spiffe://{TD}/web", first["pid"])]
     # a bound process keeps its identity only for its own lifetime: a new process with the
     # same pid would have another start time; the binding is (pid, start time)
     bindings = server.call(server.server.store.list_bindings)

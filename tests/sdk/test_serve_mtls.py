@@ -4,6 +4,7 @@ sockets and real TLS on 127.0.0.1, with aiohttp as the client."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import ssl
@@ -19,8 +20,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from trustmesh import crypto
+from trustmesh.errors import AuthenticationError
+from trustmesh.reasons import Reason
 from trustmesh.sdk.serve import Served, start
-from trustmesh.sdk.tls import RotatingTLS, client_context
+from trustmesh.sdk.tls import RotatingTLS, client_context, server_context
 from trustmesh.sdk.x509source import X509Context, X509Source
 from trustmesh.testing import RunningIdentityServer
 
@@ -110,10 +113,11 @@ async def test_certificate_from_another_trust_domain_is_refused(
         await _get(server.port, ctx)
 
 
-async def test_a_cert_from_our_ca_that_breaks_the_svid_rules_gets_401(
-    server: Served, identity: RunningIdentityServer, client_tls: RotatingTLS
-) -> None:
-    """Two URI SANs: chains to the bundle, so TLS accepts it; the SPIFFE check must not."""
+def _two_uri_sans(
+    identity: RunningIdentityServer, bundle: tuple[x509.Certificate, ...]
+) -> X509Context:
+    """A client identity whose certificate our CA signed with two URI SANs: it chains to
+    the bundle, so TLS accepts it; the SPIFFE check must not."""
     from cryptography.hazmat.primitives import hashes  # test-only forgery
     from cryptography.x509.oid import NameOID
 
@@ -137,12 +141,67 @@ async def test_a_cert_from_our_ca_that_breaks_the_svid_rules_gets_401(
         )
         .sign(issuer.key, hashes.SHA256())
     )
-    ctx = client_context(
-        X509Context(ORDERS, (cert, issuer.cert), key, client_tls.source.context.bundle)
-    )
+    return X509Context(ORDERS, (cert, issuer.cert), key, bundle)
+
+
+async def test_a_cert_from_our_ca_that_breaks_the_svid_rules_gets_401(
+    server: Served, identity: RunningIdentityServer, client_tls: RotatingTLS
+) -> None:
+    ctx = client_context(_two_uri_sans(identity, client_tls.source.context.bundle))
     response = await _get(server.port, ctx)
     assert response.status == 401
     assert json.loads(await response.text())["error"] == "unauthenticated"
+
+
+async def _peer_refused(
+    tls: RotatingTLS, listening: ssl.SSLContext, client: ssl.SSLContext
+) -> AuthenticationError:
+    """What ``tls`` makes of the peer of a real TLS connection (``listening`` on the server
+    side, ``client`` on the other): the refusal it raises."""
+    seen: asyncio.Future[AuthenticationError] = asyncio.get_running_loop().create_future()
+
+    async def handle(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            tls.tls_extension(writer.get_extra_info("ssl_object"))
+        except AuthenticationError as exc:
+            seen.set_result(exc)
+        else:
+            seen.set_exception(AssertionError("the peer was accepted"))
+        writer.close()
+
+    listener = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=listening)
+    try:
+        port = listener.sockets[0].getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client)
+        try:
+            return await asyncio.wait_for(seen, 10)
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError, ssl.SSLError):
+                await writer.wait_closed()
+    finally:
+        listener.close()
+        await listener.wait_closed()
+
+
+async def test_the_spiffe_check_names_why_a_peer_is_refused(
+    server: Served, identity: RunningIdentityServer
+) -> None:
+    """A peer whose certificate breaks the X509-SVID rules is ``invalid-peer-svid``; a peer
+    that presented none — where a context did not ask for one, so TLS let it through — is
+    ``no-peer-certificate``: the SPIFFE check does not lean on the handshake for either."""
+    tls = server.tls
+    bundle = tls.source.context.bundle
+    forged = client_context(_two_uri_sans(identity, bundle))
+    invalid = await _peer_refused(tls, tls.listening, forged)
+    assert invalid.reason is Reason.PEER_SVID_INVALID
+    not_asked = server_context(tls.source.context)
+    not_asked.verify_mode = ssl.CERT_NONE
+    anonymous = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    anonymous.check_hostname = False
+    anonymous.load_verify_locations(cadata=tls.source.context.bundle_pem().decode())
+    missing = await _peer_refused(tls, not_asked, anonymous)
+    assert missing.reason is Reason.PEER_CERTIFICATE_MISSING
 
 
 async def test_rotation_under_steady_load(server: Served, client_tls: RotatingTLS) -> None:
