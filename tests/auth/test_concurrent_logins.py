@@ -24,7 +24,7 @@ from services import postgres_database
 
 from trustmesh import crypto
 from trustmesh.auth.db import AuthStore, User
-from trustmesh.auth.flow import FlowStore
+from trustmesh.auth.flow_store import FlowStore
 from trustmesh.auth.login import LOGIN_FAILED, SESSION_COOKIE
 from trustmesh.reasons import Reason
 from trustmesh.store import create_engine, sqlite_url

@@ -225,17 +225,7 @@ async def test_a_replayed_assertion_spends_and_revokes_nothing_even_after_a_rest
     key = ECKey.generate_key("P-256", parameters={"kid": "batch-web-1"}, private=True)
     extra = f"auth: {{issuer: '{ISSUER}'}}\n"
     async with make_rig(identity, short_tmp, extra) as rig:
-        await asyncio.to_thread(_add_user, rig)
-        await rig.auth.service.store.add_client(
-            Client(
-                client_id="batch-web",
-                auth_method="private_key_jwt",
-                jwks={"keys": [key.as_dict(private=False)]},
-                redirect_uris=(WEB_REDIRECT,),
-                audiences=("orders",),
-                created_at=int(time.time()),
-            )
-        )
+        await _add_batch_web(rig, key)
         code, verifier = await asyncio.to_thread(_sign_in_for_code, rig, "batch-web")
         first = await asyncio.to_thread(
             _token,
@@ -278,6 +268,21 @@ async def test_a_replayed_assertion_spends_and_revokes_nothing_even_after_a_rest
         assert rightful.status_code == 200, rightful.text
 
 
+async def _add_batch_web(rig: AuthRig, key: ECKey) -> None:
+    """alice, and the confidential client ``batch-web`` (``private_key_jwt`` with ``key``)."""
+    await asyncio.to_thread(_add_user, rig)
+    await rig.auth.service.store.add_client(
+        Client(
+            client_id="batch-web",
+            auth_method="private_key_jwt",
+            jwks={"keys": [key.as_dict(private=False)]},
+            redirect_uris=(WEB_REDIRECT,),
+            audiences=("orders",),
+            created_at=int(time.time()),
+        )
+    )
+
+
 def _sign_in_for_code(rig: AuthRig, client_id: str) -> tuple[str, str]:
     verifier = generate_token(48)
     with _browser(rig) as session:
@@ -287,3 +292,44 @@ def _sign_in_for_code(rig: AuthRig, client_id: str) -> tuple[str, str]:
         back = form.get(logged_in.headers["Location"])
         assert back.status_code == 303, back.text
     return parse_qs(urlsplit(back.headers["Location"]).query)["code"][0], verifier
+
+
+async def test_a_replayed_assertion_revokes_nothing_at_the_revocation_endpoint(
+    identity: RunningIdentityServer, short_tmp: Path
+) -> None:
+    """After a restart, only the store remembers an assertion: the revocation endpoint
+    records it once Authlib has decided, and revokes only if it was not used before."""
+    key = ECKey.generate_key("P-256", parameters={"kid": "batch-web-1"}, private=True)
+    extra = f"auth: {{issuer: '{ISSUER}'}}\n"
+    async with make_rig(identity, short_tmp, extra) as rig:
+        await _add_batch_web(rig, key)
+        code, verifier = await asyncio.to_thread(_sign_in_for_code, rig, "batch-web")
+        captured = _assertion(key)  # an attacker sees this one go by
+        exchange = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": WEB_REDIRECT,
+            "code_verifier": verifier,
+        }
+        first = await asyncio.to_thread(_token, rig, _with(captured, exchange))
+        assert first.status_code == 200, first.text
+        tokens = first.json()
+
+    async with make_rig(identity, short_tmp, extra) as rig:
+
+        def revoke(assertion: str) -> requests.Response:
+            with _browser(rig) as session:
+                data = _with(assertion, {"token": tokens["access_token"]})
+                return session.post(rig.public_url + "/oauth2/revoke", data=data, timeout=30)
+
+        refused = await asyncio.to_thread(revoke, captured)
+        assert refused.status_code == 401, refused.text
+        assert refused.json()["error"] == "invalid_client"
+        assert not any(e.reason == Reason.TOKEN_REVOKED for e in rig.sink.events)
+        claims = rig.auth.service.verify_own(tokens["access_token"])
+        assert not await rig.auth.service.revocations.is_revoked(claims)
+
+        # the rightful client, with a fresh assertion, revokes it
+        revoked = await asyncio.to_thread(revoke, _assertion(key))
+        assert revoked.status_code == 200, revoked.text
+        assert await rig.auth.service.revocations.is_revoked(claims)

@@ -13,13 +13,14 @@ Two kinds of caller may use it:
   need a fresh login with MFA.
 
 Anyone else gets ``403`` (``401`` for a token that does not verify). Every request,
-allowed or refused, is an event naming who made it.
+allowed or refused, is an event naming who made it. A POST's body is one of
+:mod:`trustmesh.auth.models`: an unknown field or a wrong type is a ``400`` and changes
+nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 import uuid
@@ -36,6 +37,7 @@ from trustmesh.auth.db import Client, User
 from trustmesh.auth.keys import KeyState
 from trustmesh.auth.lockout import normalize_login
 from trustmesh.auth.methods import CLIENT_METHODS, PUBLIC_METHOD
+from trustmesh.auth.models import NewClient, NewPassword, NewUser, NoFields, parse_body
 from trustmesh.auth.service import AuthService, hash_secret, new_secret
 from trustmesh.errors import (
     InvalidTokenError,
@@ -48,7 +50,6 @@ from trustmesh.reasons import Activity, Code, Reason
 from trustmesh.sdk.tokens import bearer_token
 from trustmesh.spiffeid import require_workload_id
 
-MAX_BODY = 256 * 1024
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _JWK_KTYS = {"EC", "RSA", "OKP"}
 _PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "k")
@@ -56,67 +57,41 @@ _PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "k")
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def new_client(service: AuthService, body: object) -> tuple[Client, str | None]:
+def new_client(service: AuthService, body: NewClient) -> tuple[Client, str | None]:
     """A client from an admin request body, checked; and its secret, if one is made."""
-    if not isinstance(body, dict):
-        raise UsageError("the body must be a JSON object")
-    unknown = set(body) - {
-        "client_id",
-        "method",
-        "jwks",
-        "spiffe_id",
-        "audiences",
-        "scopes",
-        "redirect_uris",
-    }
-    if unknown:
-        raise UsageError(f"unknown field {sorted(unknown)[0]!r}")
     config = service.config
-    client_id = body.get("client_id")
-    if not isinstance(client_id, str) or not _CLIENT_ID.fullmatch(client_id):
+    client_id, method = body.client_id, body.method
+    if not _CLIENT_ID.fullmatch(client_id):
         raise UsageError("client_id: expected 1-128 letters, digits, '.', '_', ':' or '-'")
     if client_id in config.services:
         raise UsageError(f"client_id {client_id!r}: declared services are clients already")
-    method = body.get("method", "private_key_jwt")
     if method not in CLIENT_METHODS:
         raise UsageError(f"method {method!r}: expected one of {', '.join(CLIENT_METHODS)}")
-    jwks, spiffe_id = body.get("jwks"), body.get("spiffe_id")
-    if (method == "private_key_jwt") != (jwks is not None):
+    if (method == "private_key_jwt") != (body.jwks is not None):
         raise UsageError("jwks is required with private_key_jwt, and only with it")
-    if (method == "tls_client_auth") != (spiffe_id is not None):
+    if (method == "tls_client_auth") != (body.spiffe_id is not None):
         raise UsageError("spiffe_id is required with tls_client_auth, and only with it")
-    audiences = body.get("audiences")
-    if (
-        not isinstance(audiences, list)
-        or not audiences
-        or not all(isinstance(a, str) for a in audiences)
-    ):
+    if not body.audiences:
         raise UsageError("audiences: name at least one service the client may get tokens for")
-    scopes = body.get("scopes", [])
-    if not isinstance(scopes, list) or not all(
-        isinstance(s, str) and s and s.isprintable() and not set(s) & set(' "\\') for s in scopes
-    ):
+    if not all(s and s.isprintable() and not set(s) & set(' "\\') for s in body.scopes):
         raise UsageError("scopes: printable words without spaces, quotes or backslashes")
-    redirect_uris = body.get("redirect_uris", [])
-    if not isinstance(redirect_uris, list) or not all(isinstance(u, str) for u in redirect_uris):
-        raise UsageError("redirect_uris: a list of URLs")
-    for uri in redirect_uris:
+    for uri in body.redirect_uris:
         pkce.check_registered_redirect_uri(uri)
-    if method == PUBLIC_METHOD and not redirect_uris:
+    if method == PUBLIC_METHOD and not body.redirect_uris:
         raise UsageError("a public client (method none) needs at least one redirect URI")
     secret = new_secret() if method == "client_secret_basic" else None
     client = Client(
         client_id=client_id,
         auth_method=method,
-        spiffe_id=require_workload_id(spiffe_id, config.trust_domain)
-        if isinstance(spiffe_id, str)
+        spiffe_id=require_workload_id(body.spiffe_id, config.trust_domain)
+        if body.spiffe_id is not None
         else None,
         secret_hash=hash_secret(secret) if secret else None,
-        jwks=_public_jwks(jwks) if jwks is not None else None,
-        scopes=tuple(scopes),
-        audiences=tuple(dict.fromkeys(_audience(service, a) for a in audiences)),
+        jwks=_public_jwks(body.jwks) if body.jwks is not None else None,
+        scopes=tuple(body.scopes),
+        audiences=tuple(dict.fromkeys(_audience(service, a) for a in body.audiences)),
         created_at=int(time.time()),
-        redirect_uris=tuple(redirect_uris),
+        redirect_uris=tuple(body.redirect_uris),
     )
     return client, secret
 
@@ -184,30 +159,22 @@ def enroll_totp(service: AuthService, user_id: str, username: str) -> tuple[byte
     return sealed, crypto.totp_uri(secret, username, f"trustmesh {service.config.trust_domain}")
 
 
-def new_user(service: AuthService, body: object) -> tuple[User, str | None, str | None]:
+def new_user(service: AuthService, body: NewUser) -> tuple[User, str | None, str | None]:
     """A user from an admin request, checked; its generated password and otpauth URI (each
     returned once) where made. Admins are enrolled in TOTP from the start (MFA required)."""
-    if not isinstance(body, dict):
-        raise UsageError("the body must be a JSON object")
-    unknown = set(body) - {"username", "roles", "password", "mfa"}
-    if unknown:
-        raise UsageError(f"unknown field {sorted(unknown)[0]!r}")
-    raw = body.get("username")
-    username = normalize_login(raw) if isinstance(raw, str) else ""
+    username = normalize_login(body.username)
     if not _USERNAME.fullmatch(username):
         raise UsageError("username: 1-128 lowercase letters, digits or . _ @ + -")
     known = ("admin", *(r for r in service.config.auth.roles if r != "admin"))
     # unset: the first role the declaration lists (auth.roles), never admin by default
     default = [r for r in service.config.auth.roles if r != "admin"][:1] or ["admin"]
-    roles = body.get("roles", default)
-    if not isinstance(roles, list) or not roles or any(r not in known for r in roles):
+    roles = body.roles if "roles" in body.model_fields_set else default
+    if not roles or any(r not in known for r in roles):
         raise UsageError(f"roles: one or more of {', '.join(known)} (auth.roles)")
-    password, generated = chosen_password(body.get("password"))
+    password, generated = chosen_password(body.password)
     password_hash = crypto.hash_password(password)
     user_id = uuid.uuid4().hex
-    mfa = body.get("mfa", False) or "admin" in roles
-    if not isinstance(mfa, bool):
-        raise UsageError("mfa: true or false")
+    mfa = body.mfa or "admin" in roles
     sealed, uri = enroll_totp(service, user_id, username) if mfa else (None, None)
     user = User(
         user_id=user_id,
@@ -220,14 +187,12 @@ def new_user(service: AuthService, body: object) -> tuple[User, str | None, str 
     return user, generated, uri
 
 
-def chosen_password(value: object) -> tuple[str, str | None]:
+def chosen_password(value: str | None) -> tuple[str, str | None]:
     """The password a request sets: ``value``, or a generated one when it is unset; and
     the generated one, to show once."""
     if value is None:
         generated = new_secret()
         return generated, generated
-    if not isinstance(value, str):
-        raise UsageError("password: a string")
     return value, None
 
 
@@ -271,15 +236,50 @@ async def admin_user(service: AuthService, request: Request, tls: dict[str, Any]
     return Actor.user(tls.get("spiffe_id"), user.username)
 
 
-def admin_routes(service: AuthService) -> list[Route]:
-    operator = service.config.component_spiffe_id("operator")
+class AdminAPI:
+    """The admin API's routes: each guarded (the operator or an admin user; a refusal
+    is an event), its body parsed before anything is read or changed, a read or a
+    change an event naming who made it."""
 
-    def guarded(action: str, handler: Handler) -> Handler:
+    def __init__(self, service: AuthService) -> None:
+        self.service = service
+        self.operator = service.config.component_spiffe_id("operator")
+
+    def routes(self) -> list[Route]:
+        guarded = self._guarded
+        user = "/admin/v1/users/{username}"
+        return [
+            Route("/admin/v1/users", guarded("list-users", self.list_users), methods=["GET"]),
+            Route("/admin/v1/users", guarded("add-user", self.add_user), methods=["POST"]),
+            Route(f"{user}/lock", guarded("lock-user", self.lock), methods=["POST"]),
+            Route(f"{user}/unlock", guarded("unlock-user", self.unlock), methods=["POST"]),
+            Route(f"{user}/reset-mfa", guarded("reset-mfa", self.reset_mfa), methods=["POST"]),
+            Route(f"{user}/password", guarded("set-password", self.set_password), methods=["POST"]),
+            Route("/admin/v1/clients", guarded("list-clients", self.list_clients), methods=["GET"]),
+            Route("/admin/v1/clients", guarded("add-client", self.add_client), methods=["POST"]),
+            Route(
+                "/admin/v1/clients/{client_id}",
+                guarded("remove-client", self.remove_client),
+                methods=["DELETE"],
+            ),
+            Route("/admin/v1/keys", guarded("list-keys", self.list_keys), methods=["GET"]),
+            Route(
+                "/admin/v1/keys/rotate", guarded("rotate-keys", self.rotate_keys), methods=["POST"]
+            ),
+        ]
+
+    def _guarded(self, action: str, handler: Handler) -> Handler:
+        service = self.service
+
         async def endpoint(request: Request) -> Response:
             tls = (request.scope.get("extensions") or {}).get("tls") or {}
             peer = tls.get("spiffe_id")
             try:
-                actor = Actor(peer) if peer == operator else await admin_user(service, request, tls)
+                actor = (
+                    Actor(peer)
+                    if peer == self.operator
+                    else await admin_user(service, request, tls)
+                )
             except Refused as refused:
                 service.emit(
                     Reason.ADMIN_DENIED,
@@ -306,30 +306,24 @@ def admin_routes(service: AuthService) -> list[Route]:
 
         return endpoint
 
-    def emit(request: Request, reason: Code, message: str, **fields: Any) -> None:
+    def _emit(self, request: Request, reason: Code, message: str, **fields: Any) -> None:
         actor: Actor = request.state.actor
         attributes = {**fields.pop("attributes", {}), "by": actor.name}
-        service.emit(
+        self.service.emit(
             reason, message, peer_spiffe_id=actor.peer_spiffe_id, attributes=attributes, **fields
         )
 
-    async def json_body(request: Request) -> object:
-        raw = await request.body()
-        if len(raw) > MAX_BODY:
-            raise UsageError(f"the body must be at most {MAX_BODY} bytes")
-        try:
-            return json.loads(raw)
-        except ValueError:
-            raise UsageError("the body is not JSON") from None
+    # -- clients -----------------------------------------------------------------------------
+    async def list_clients(self, _: Request) -> Response:
+        store = self.service.store
+        await store.sync_managed_clients(self.service.managed_clients())
+        return JSONResponse([client_doc(c) for c in await store.list_clients()])
 
-    async def list_clients(_: Request) -> Response:
-        await service.store.sync_managed_clients(service.managed_clients())
-        return JSONResponse([client_doc(c) for c in await service.store.list_clients()])
-
-    async def add_client(request: Request) -> Response:
-        client, secret = new_client(service, await json_body(request))
-        await service.store.add_client(client)
-        emit(
+    async def add_client(self, request: Request) -> Response:
+        body = parse_body(NewClient, await request.body())
+        client, secret = new_client(self.service, body)
+        await self.service.store.add_client(client)
+        self._emit(
             request,
             Activity.CLIENT_CREATED,
             f"OAuth client created ({client.auth_method})",
@@ -341,24 +335,29 @@ def admin_routes(service: AuthService) -> list[Route]:
             doc["client_secret"] = secret  # shown once; only the hash is stored
         return JSONResponse(doc, status_code=201, headers={"Cache-Control": "no-store"})
 
-    async def remove_client(request: Request) -> Response:
+    async def remove_client(self, request: Request) -> Response:
         client_id = request.path_params["client_id"]
-        await service.store.remove_client(client_id)
-        emit(request, Activity.CLIENT_REMOVED, "OAuth client removed", client_id=client_id[:128])
+        await self.service.store.remove_client(client_id)
+        self._emit(
+            request, Activity.CLIENT_REMOVED, "OAuth client removed", client_id=client_id[:128]
+        )
         return Response(status_code=204)
 
-    async def list_keys(_: Request) -> Response:
-        states = [k.state for k in await service.store.keys()]
-        return JSONResponse(key_docs(states, int(service.clock())))
+    # -- keys --------------------------------------------------------------------------------
+    async def list_keys(self, _: Request) -> Response:
+        states = [k.state for k in await self.service.store.keys()]
+        return JSONResponse(key_docs(states, int(self.service.clock())))
 
-    async def rotate_keys(request: Request) -> Response:
-        await service.tick(rotate=True)
-        emit(request, Activity.KEYS_ROTATED, "signing-key rotation requested")
-        states = [k.state for k in await service.store.keys()]
-        return JSONResponse(key_docs(states, int(service.clock())))
+    async def rotate_keys(self, request: Request) -> Response:
+        parse_body(NoFields, await request.body(), optional=True)
+        await self.service.tick(rotate=True)
+        self._emit(request, Activity.KEYS_ROTATED, "signing-key rotation requested")
+        states = [k.state for k in await self.service.store.keys()]
+        return JSONResponse(key_docs(states, int(self.service.clock())))
 
-    def user_event(request: Request, reason: Code, message: str, user: User) -> None:
-        emit(
+    # -- users -------------------------------------------------------------------------------
+    def _user_event(self, request: Request, reason: Code, message: str, user: User) -> None:
+        self._emit(
             request,
             reason,
             message,
@@ -366,13 +365,14 @@ def admin_routes(service: AuthService) -> list[Route]:
             attributes={"username": user.username, "roles": " ".join(user.roles)},
         )
 
-    async def list_users(_: Request) -> Response:
-        return JSONResponse([user_doc(u) for u in await service.store.list_users()])
+    async def list_users(self, _: Request) -> Response:
+        return JSONResponse([user_doc(u) for u in await self.service.store.list_users()])
 
-    async def add_user(request: Request) -> Response:
-        user, password, uri = new_user(service, await json_body(request))
-        await service.store.add_user(user)
-        user_event(request, Activity.USER_CREATED, "user created", user)
+    async def add_user(self, request: Request) -> Response:
+        body = parse_body(NewUser, await request.body())
+        user, password, uri = new_user(self.service, body)
+        await self.service.store.add_user(user)
+        self._user_event(request, Activity.USER_CREATED, "user created", user)
         doc = user_doc(user)
         if password is not None:
             doc["password"] = password  # generated: shown once, stored only as argon2id
@@ -380,85 +380,61 @@ def admin_routes(service: AuthService) -> list[Route]:
             doc["totp_uri"] = uri  # shown once; the secret is stored sealed
         return JSONResponse(doc, status_code=201, headers={"Cache-Control": "no-store"})
 
-    async def revoke_tokens(request: Request, user: User, cause: Activity) -> None:
+    async def _revoke_tokens(self, request: Request, user: User, cause: Activity) -> None:
         """Every token the user holds stops working (see trustmesh.auth.revocations)."""
         actor: Actor = request.state.actor
-        await service.revocations.subject(user.user_id, cause, attributes={"by": actor.name})
+        await self.service.revocations.subject(user.user_id, cause, attributes={"by": actor.name})
 
-    async def set_lock(request: Request, locked: bool) -> Response:
-        user = await service.store.update_user(
+    async def _set_lock(self, request: Request, locked: bool) -> Response:
+        parse_body(NoFields, await request.body(), optional=True)
+        user = await self.service.store.update_user(
             normalize_login(request.path_params["username"]), locked=locked
         )
-        user_event(
+        self._user_event(
             request,
             Activity.USER_LOCKED if locked else Activity.USER_UNLOCKED,
             "user locked" if locked else "user unlocked",
             user,
         )
         if locked:
-            await revoke_tokens(request, user, Activity.USER_LOCKED)
+            await self._revoke_tokens(request, user, Activity.USER_LOCKED)
         return JSONResponse(user_doc(user))
 
-    async def lock(request: Request) -> Response:
-        return await set_lock(request, True)
+    async def lock(self, request: Request) -> Response:
+        return await self._set_lock(request, True)
 
-    async def unlock(request: Request) -> Response:
-        return await set_lock(request, False)
+    async def unlock(self, request: Request) -> Response:
+        return await self._set_lock(request, False)
 
-    async def reset_mfa(request: Request) -> Response:
+    async def reset_mfa(self, request: Request) -> Response:
+        parse_body(NoFields, await request.body(), optional=True)
         username = normalize_login(request.path_params["username"])
-        existing = await service.store.get_user(username)
+        existing = await self.service.store.get_user(username)
         if existing is None:
             raise NotFoundError(f"no user {username!r}")
-        sealed, uri = enroll_totp(service, existing.user_id, existing.username)
-        user = await service.store.update_user(username, totp_sealed=sealed, totp_last_step=None)
-        user_event(request, Activity.MFA_RESET, "MFA reset: a new TOTP secret was enrolled", user)
-        await revoke_tokens(request, user, Activity.MFA_RESET)
+        sealed, uri = enroll_totp(self.service, existing.user_id, existing.username)
+        user = await self.service.store.update_user(
+            username, totp_sealed=sealed, totp_last_step=None
+        )
+        self._user_event(
+            request, Activity.MFA_RESET, "MFA reset: a new TOTP secret was enrolled", user
+        )
+        await self._revoke_tokens(request, user, Activity.MFA_RESET)
         doc = user_doc(user)
         doc["totp_uri"] = uri
         return JSONResponse(doc, headers={"Cache-Control": "no-store"})
 
-    async def set_password(request: Request) -> Response:
+    async def set_password(self, request: Request) -> Response:
         """A new password (argon2id) — the one in the body, or a generated one shown
         once; every token the user holds is revoked."""
         username = normalize_login(request.path_params["username"])
-        body = await json_body(request)
-        if not isinstance(body, dict) or set(body) - {"password"}:
-            raise UsageError('the body must be {"password": "…"}, or {} for a generated one')
-        password, generated = chosen_password(body.get("password"))
+        body = parse_body(NewPassword, await request.body())
+        password, generated = chosen_password(body.password)
         password_hash = await asyncio.to_thread(crypto.hash_password, password)
-        user = await service.store.update_user(username, password_hash=password_hash)
-        user_event(request, Activity.PASSWORD_CHANGED, "password changed", user)
-        await revoke_tokens(request, user, Activity.PASSWORD_CHANGED)
+        user = await self.service.store.update_user(username, password_hash=password_hash)
+        self._user_event(request, Activity.PASSWORD_CHANGED, "password changed", user)
+        await self._revoke_tokens(request, user, Activity.PASSWORD_CHANGED)
         doc = user_doc(user)
         if generated is not None:
             doc["password"] = generated  # shown once, stored only as argon2id
         return JSONResponse(doc, headers={"Cache-Control": "no-store"})
-
-    return [
-        Route("/admin/v1/users", guarded("list-users", list_users), methods=["GET"]),
-        Route("/admin/v1/users", guarded("add-user", add_user), methods=["POST"]),
-        Route("/admin/v1/users/{username}/lock", guarded("lock-user", lock), methods=["POST"]),
-        Route(
-            "/admin/v1/users/{username}/unlock", guarded("unlock-user", unlock), methods=["POST"]
-        ),
-        Route(
-            "/admin/v1/users/{username}/reset-mfa",
-            guarded("reset-mfa", reset_mfa),
-            methods=["POST"],
-        ),
-        Route(
-            "/admin/v1/users/{username}/password",
-            guarded("set-password", set_password),
-            methods=["POST"],
-        ),
-        Route("/admin/v1/clients", guarded("list-clients", list_clients), methods=["GET"]),
-        Route("/admin/v1/clients", guarded("add-client", add_client), methods=["POST"]),
-        Route(
-            "/admin/v1/clients/{client_id}",
-            guarded("remove-client", remove_client),
-            methods=["DELETE"],
-        ),
-        Route("/admin/v1/keys", guarded("list-keys", list_keys), methods=["GET"]),
-        Route("/admin/v1/keys/rotate", guarded("rotate-keys", rotate_keys), methods=["POST"]),
-    ]

@@ -368,5 +368,25 @@ class Revocations:
         between is then revoked by its caller)."""
         return (await self.store.subject_state(subject, self._now())).seq > state.seq
 
+    async def feed(self, since: int, subjects_since: int) -> dict[str, Any]:
+        """What was revoked since a verifier's cursors, as the feed answers it: token ids
+        (``since``) and subjects (``subjects_since``), each a sequence of its own. A
+        cursor past the newest revocation (the store was reset) starts again at 0."""
+        now, store = self._now(), self.service.store
+        rows = await store.revocations_since(since, now)
+        if await store.last_revocation_seq() < since:
+            rows, since = await store.revocations_since(0, now), 0
+        subjects = await self.store.subjects_since(subjects_since, now)
+        if await self.store.last_subject_seq() < subjects_since:
+            subjects, subjects_since = await self.store.subjects_since(0, now), 0
+        return {
+            "cursor": rows[-1].seq if rows else since,
+            "revoked": [{"jti": r.jti, "exp": r.expires_at} for r in rows],
+            "subjects_cursor": subjects[-1].seq if subjects else subjects_since,
+            "subjects": [
+                {"sub": r.subject, "before": r.before, "exp": r.expires_at} for r in subjects
+            ],
+        }
+
     async def prune(self, now: int) -> None:
         await self.store.prune(now)

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,13 +112,7 @@ async def _serve_on(
         f"https://{host}:{port}",
         f"https://{host}:{public_port}" if public_port is not None else None,
     )
-    settings = AuthSettings(
-        issuer=config.auth.issuer or urls.front,
-        token_ttl=int(config.auth.access_token_ttl.total_seconds()),
-        publish_delay=int(config.auth.key_publish_delay.total_seconds()),
-        rotate_every=int(config.auth.key_rotation.total_seconds()),
-        token_leeway=int(config.auth.token_leeway.total_seconds()),
-    )
+    settings = _settings(config, urls)
     seal_key = crypto.load_seal_key(state, dev=config.dev)
     certificate = None
     if public_port is not None:
@@ -126,15 +121,7 @@ async def _serve_on(
     service = AuthService(config, store, seal_key, settings, sink)
     await service.start()
     tls = RotatingTLS(source)  # one set of contexts: the server's and its own calls
-    gateway_tokens = None
-    if config.gateway is not None:
-        gateway_tokens = GatewayTokens(
-            config.component_spiffe_id("gateway"),
-            tls,
-            gateway_url_from(state),
-            leeway=settings.token_leeway,
-            clock=service.clock,
-        )
+    gateway_tokens = _gateway_tokens(config, state, tls, settings.token_leeway, service.clock)
     served = await start(
         auth_app(service, urls, gateway_tokens=gateway_tokens),
         host=host,
@@ -161,6 +148,35 @@ async def _serve_on(
             raise
     ticker = asyncio.create_task(_tick_forever(service), name="trustmesh-auth-keys")
     return RunningAuth(service, served, urls, public, ticker, gateway_tokens)
+
+
+def _gateway_tokens(
+    config: TrustmeshConfig,
+    state: Path,
+    tls: RotatingTLS,
+    leeway: int,
+    clock: Callable[[], float],
+) -> GatewayTokens | None:
+    """The gateway's keys, when one is declared: its tokens are subject tokens too."""
+    if config.gateway is None:
+        return None
+    return GatewayTokens(
+        config.component_spiffe_id("gateway"),
+        tls,
+        gateway_url_from(state),
+        leeway=leeway,
+        clock=clock,
+    )
+
+
+def _settings(config: TrustmeshConfig, urls: AuthURLs) -> AuthSettings:
+    return AuthSettings(
+        issuer=config.auth.issuer or urls.front,
+        token_ttl=int(config.auth.access_token_ttl.total_seconds()),
+        publish_delay=int(config.auth.key_publish_delay.total_seconds()),
+        rotate_every=int(config.auth.key_rotation.total_seconds()),
+        token_leeway=int(config.auth.token_leeway.total_seconds()),
+    )
 
 
 def _public_certificate(

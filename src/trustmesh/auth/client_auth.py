@@ -1,0 +1,135 @@
+"""How a client authenticates, beyond what Authlib 1.9 has: RFC 8705 ``tls_client_auth``
+(the client is the SPIFFE ID in its certificate) and RFC 7523 ``private_key_jwt`` with
+replay protection — an assertion's ``jti`` is remembered in this process (refused at
+once) and recorded in the store once the request stands (refused after a restart too).
+
+Authlib asks for clients synchronously: :func:`client_authentication` gives it, for one
+request, the clients that request read beforehand, and keeps the assertion it accepted on
+the request until it is recorded (:func:`trustmesh.auth.core.spend_assertions`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from authlib.oauth2.rfc6749.authenticate_client import ClientAuthentication
+from authlib.oauth2.rfc6749.errors import InvalidClientError
+from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+
+from trustmesh.auth.core import CoreRequest, OAuthClient
+
+__all__ = [
+    "ASSERTION_ALGORITHMS",
+    "PrivateKeyJWT",
+    "SeenAssertions",
+    "authenticate_tls_client",
+    "client_authentication",
+]
+
+ASSERTION_ALGORITHMS = ["ES256", "ES384", "PS256", "RS256"]
+MAX_ASSERTION_LIFETIME = 3600 + 60  # what common clients send (Authlib: 1 h), plus skew
+
+
+def authenticate_tls_client(
+    query_client: Callable[[str], OAuthClient | None], request: CoreRequest
+) -> OAuthClient | None:
+    """RFC 8705 §2.1.2 (``tls_client_auth`` with ``tls_client_auth_san_uri``): the client
+    is the one whose registered SPIFFE ID is the URI SAN of the verified certificate."""
+    client_id = request.form.get("client_id")
+    if not client_id or request.peer_spiffe_id is None:
+        return None
+    client = query_client(client_id)
+    if client is None or client.record.auth_method != "tls_client_auth":
+        return None
+    if client.record.spiffe_id != request.peer_spiffe_id:
+        raise InvalidClientError(
+            description="the client certificate does not belong to this client"
+        )
+    return client
+
+
+class SeenAssertions:
+    """The client assertions this process accepted, each until it expires."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, int] = {}  # key -> expires at
+
+    def first_use(self, key: str, expires: int, now: int) -> bool:
+        """Remember ``key`` until ``expires``; False if it is remembered already."""
+        if self._until.get(key, 0) > now:
+            return False
+        if len(self._until) > 100_000:
+            self._until = {k: v for k, v in self._until.items() if v > now}
+        self._until[key] = expires
+        return True
+
+
+class PrivateKeyJWT(JWTBearerClientAssertion):  # type: ignore[misc]
+    """RFC 7523 §2.2 ``private_key_jwt``: an assertion signed with a registered key, for
+    one request (``spent`` is the request's list of assertions to record)."""
+
+    CLIENT_AUTH_METHOD = "private_key_jwt"
+
+    def __init__(
+        self,
+        audiences: Callable[[], list[str]],
+        leeway: int,
+        seen: SeenAssertions,
+        spent: list[tuple[str, int]],
+    ) -> None:
+        super().__init__(validate_jti=True, leeway=leeway)
+        self._audiences = audiences
+        self._seen = seen
+        self._spent = spent
+
+    def get_audiences(self) -> list[str]:
+        return self._audiences()
+
+    def resolve_client_public_key(self, client: OAuthClient) -> KeySet:
+        if client.record.auth_method != "private_key_jwt" or not client.record.jwks:
+            raise InvalidClientError(description="the client has no registered keys")
+        return KeySet.import_key_set(client.record.jwks)  # type: ignore[arg-type]
+
+    def process_assertion_claims(self, assertion: str, resolve_key: Any) -> dict[str, Any]:
+        try:
+            token = jwt.decode(assertion, resolve_key, algorithms=ASSERTION_ALGORITHMS)
+        except (JoseError, ValueError) as exc:
+            raise InvalidClientError(description="invalid client assertion") from exc
+        self.verify_claims(token.claims)
+        return dict(token.claims)
+
+    def verify_claims(self, claims: Any) -> None:
+        exp = claims.get("exp")
+        if isinstance(exp, int) and exp - time.time() > MAX_ASSERTION_LIFETIME:
+            raise InvalidClientError(description="client assertion lives too long")
+        super().verify_claims(claims)
+
+    def validate_jti(self, claims: Mapping[str, Any], jti: str) -> bool:
+        if not isinstance(jti, str) or len(jti) > 256:
+            return False
+        key = f"{claims['sub']} {jti}"
+        now = int(time.time())
+        expires = int(claims.get("exp", now + MAX_ASSERTION_LIFETIME))
+        if not self._seen.first_use(key, expires, now):  # the store is asked too, later
+            return False
+        self._spent.append((key, expires))
+        return True
+
+
+def client_authentication(
+    request: CoreRequest, audiences: Callable[[], list[str]], leeway: int, seen: SeenAssertions
+) -> ClientAuthentication:
+    """Authlib's client authentication for ``request``: its methods (Authlib's own —
+    ``client_secret_basic``, ``none`` — and the two above) over the clients it read."""
+    auth = ClientAuthentication(request.query_client)
+    auth.register("tls_client_auth", authenticate_tls_client)
+    auth.register(
+        PrivateKeyJWT.CLIENT_AUTH_METHOD,
+        PrivateKeyJWT(audiences, leeway, seen, request.new_assertions),
+    )
+    return auth
