@@ -107,7 +107,7 @@ async def test_audience_is_a_callee_the_declaration_allows(rig: AuthRig) -> None
         rig,
         rig.orders,
         "/oauth2/token",
-        {"grant_type": "client_credentials", "client_id": "orders"},
+        {"grant_type": "client_credentials", "client_id": "orders", "audience": "payments"},
     )
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_target"
@@ -201,3 +201,28 @@ async def test_malformed_bodies_are_invalid_requests(rig: AuthRig) -> None:
         response = await asyncio.to_thread(post_raw, body, content_type)
         assert response.status_code == 400, body[:40]
         assert response.json()["error"] == "invalid_request"
+
+
+async def test_with_no_key_to_sign_a_token_request_gets_503_and_an_event(rig: AuthRig) -> None:
+    """The active key's row is lost while the next key is only published: the provider
+    issues nothing, answers 503 in its error shape (not a bare 500) and records why."""
+    service = rig.auth.service
+    first = service.ring.active
+    assert first is not None
+    await service.tick(rotate=True)  # the next key: published, not signing yet
+    await service.store.remove_key(first.kid)
+    await service.tick()
+    assert service.ring.active is None
+    answer = await asyncio.to_thread(
+        _post,
+        rig,
+        rig.orders,
+        "/oauth2/token",
+        {"grant_type": "client_credentials", "client_id": "orders", "audience": "payments"},
+    )
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["error"] == "unavailable"
+    assert answer.headers["cache-control"] == "no-store"
+    refused = [e for e in rig.sink.events if e.reason is Reason.SIGNING_KEY_UNAVAILABLE]
+    assert [e.decision for e in refused] == [events.Decision.ERROR]
+    assert not any(e.reason is Reason.TOKEN_ISSUED for e in rig.sink.events)

@@ -45,7 +45,8 @@ from trustmesh.auth.login import SessionCodec
 from trustmesh.auth.oauth import OAuthServer
 from trustmesh.auth.pages import LoginPages
 from trustmesh.auth.service import ALG, ID_TOKEN_CLAIMS, AuthService
-from trustmesh.reasons import Reason
+from trustmesh.errors import UnavailableError
+from trustmesh.reasons import ANSWERS, Reason
 from trustmesh.sdk.tokens import bearer_token
 
 log = logging.getLogger("trustmesh.auth")
@@ -198,6 +199,13 @@ class ProviderRoutes:
             core, outcome = await self._respond(request, "token")
         except _BadForm as exc:
             return _error(400, "invalid_request", exc.description)
+        except UnavailableError as exc:  # no key may sign now: nothing issued, and said so
+            reason = exc.reason or Reason.SIGNING_KEY_UNAVAILABLE
+            self.service.emit(
+                reason, f"token request failed: {exc.detail}", decision=events.Decision.ERROR
+            )
+            answer = ANSWERS[reason]
+            return _error(answer.status, answer.code, "tokens cannot be issued now; try again")
         self._token_event(core, outcome[1])
         return _answer(outcome)
 
