@@ -41,7 +41,7 @@ import threading
 import types
 import unicodedata
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Protocol, Self, runtime_checkable
@@ -60,7 +60,7 @@ from pydantic import (
 
 from trustmesh import __version__
 from trustmesh.errors import StateError, UsageError
-from trustmesh.reasons import Activity, Code, Reason, parse
+from trustmesh.reasons import ANSWERS, Activity, Code, Reason, parse
 
 __all__ = [
     "OCSF_VERSION",
@@ -73,11 +73,14 @@ __all__ = [
     "FanoutSink",
     "JsonLinesSink",
     "MemorySink",
+    "Recorder",
     "Severity",
+    "Shape",
     "Status",
     "event",
     "read_events",
     "restamp",
+    "shape_of",
 ]
 
 OCSF_VERSION = "1.3.0"
@@ -579,6 +582,205 @@ def event(
             for err in exc.errors(include_url=False, include_input=False, include_context=False)
         )
         raise UsageError(f"invalid event: {problems}") from None
+
+
+# --- the one recorder -------------------------------------------------------------------
+#: An event's OCSF shape: its class and activity (id, name).
+Shape = tuple["EventClass", int, str]
+_OTHER_API: Shape = (EventClass.API_ACTIVITY, 99, "Other")
+_MANAGE = EventClass.ENTITY_MANAGEMENT
+_AUTHN = EventClass.AUTHENTICATION
+_VERBS: tuple[tuple[tuple[int, str], tuple[Activity, ...]], ...] = (
+    (
+        (1, "Create"),
+        (
+            Activity.SVID_ISSUED,
+            Activity.CA_PREPARED,
+            Activity.CA_RENEWED,
+            Activity.ENTRY_CREATED,
+            Activity.JOIN_TOKEN_CREATED,
+            Activity.CLIENT_CREATED,
+            Activity.KEY_CREATED,
+            Activity.KEYS_ROTATED,
+            Activity.USER_CREATED,
+            Activity.API_KEY_CREATED,
+        ),
+    ),
+    ((3, "Update"), (Activity.MFA_RESET, Activity.PASSWORD_CHANGED, Activity.API_KEY_ROTATED)),
+    ((4, "Delete"), (Activity.ENTRY_REMOVED, Activity.CLIENT_REMOVED, Activity.KEY_REMOVED)),
+    ((8, "Enable"), (Activity.CA_ACTIVATED, Activity.KEY_ACTIVATED, Activity.USER_UNLOCKED)),
+    ((9, "Disable"), (Activity.CA_RETIRED, Activity.KEY_RETIRED, Activity.USER_LOCKED)),
+)
+_TICKET: Shape = (_AUTHN, 4, "Service Ticket Request")
+#: What each code records, where it is not an API decision (API Activity, Other).
+_SHAPES: Mapping[Code, Shape] = types.MappingProxyType(
+    {
+        **{a: (_MANAGE, *verb) for verb, codes in _VERBS for a in codes},
+        Reason.LOGIN_SUCCEEDED: (_AUTHN, 1, "Logon"),
+        Reason.LOGIN_FAILED: (_AUTHN, 1, "Logon"),
+        Activity.LOGOUT: (_AUTHN, 2, "Logoff"),
+        Reason.TOKEN_ISSUED: _TICKET,
+        Reason.TOKEN_REFUSED: _TICKET,
+        Reason.CLIENT_AUTH_FAILED: _TICKET,
+        Reason.SIGNING_KEY_UNAVAILABLE: _TICKET,
+        Activity.TOKEN_REVOKED: _TICKET,
+        Reason.DISCOVERY_LOOKUP: (EventClass.API_ACTIVITY, 2, "Read"),
+        # refused at an API, whichever component's default says otherwise
+        Reason.ADMIN_DENIED: _OTHER_API,
+        Reason.REVOCATION_FEED_DENIED: _OTHER_API,
+        **dict.fromkeys(
+            (
+                Reason.CONNECTION_LIMIT,
+                Reason.CONNECTION_LIMIT_ADDRESS,
+                Reason.TLS_HANDSHAKE_TIMEOUT,
+                Reason.TLS_HANDSHAKE_FAILED,
+                Reason.HEADER_TIMEOUT,
+                Reason.BODY_TIMEOUT,
+                Reason.HEADERS_TOO_LARGE,
+                Reason.REQUEST_LINE_TOO_LONG,
+                Reason.REQUEST_MALFORMED,
+                Reason.HOST_INVALID,
+                Reason.UPGRADE_UNSUPPORTED,
+            ),
+            _OTHER_API,
+        ),
+    }
+)
+
+
+#: The table by the code's own type, then its spelling: a reason and an activity may
+#: share a spelling (token-revoked), and so a hash.
+_SHAPES_BY_TYPE: dict[type, dict[str, Shape]] = {
+    kind: {k.value: v for k, v in _SHAPES.items() if isinstance(k, kind)}
+    for kind in (Reason, Activity)
+}
+
+
+def shape_of(code: Code, default: Shape = _OTHER_API) -> Shape:
+    """The OCSF class and activity an event recording ``code`` takes."""
+    return _SHAPES_BY_TYPE[type(code)].get(code.value, default)
+
+
+def _decision_of(code: Code) -> Decision:
+    """An activity happened (allow); a reason with an answer refused (deny)."""
+    return Decision.DENY if isinstance(code, Reason) and code in ANSWERS else Decision.ALLOW
+
+
+class Recorder:
+    """The one way a component records what it decided or did: it builds the event
+    (validated once per shape: code, message, decision and who), keeps it as a
+    template, and emits each occurrence restamped with its own time, uid, trace, token
+    id, source and attributes — cheap enough for a hot path. An attribute that fails
+    the event's checks (a secret pasted into a path) is withheld, never the event; a
+    subject no event may carry leaves the decision recorded without it.
+
+    ``default`` is the shape of codes :func:`shape_of` does not know (the gateway's and
+    the middleware's decisions: API Activity, Other; the provider's: Service Ticket
+    Request)."""
+
+    def __init__(
+        self,
+        sink: EventSink,
+        *,
+        component: str,
+        spiffe_id: str | None = None,
+        default: Shape = _OTHER_API,
+        clock: Callable[[], datetime] | None = None,
+        cache_size: int = 4096,
+    ) -> None:
+        self.sink = sink
+        self.component = component
+        self.spiffe_id = spiffe_id
+        self.default = default
+        self.clock = clock
+        self._templates: dict[tuple[object, ...], Event] = {}
+        self._cache_size = cache_size
+
+    def record(
+        self,
+        code: Code,
+        message: str,
+        *,
+        decision: Decision | None = None,
+        shape: Shape | None = None,
+        sub: str | None = None,
+        client_id: str | None = None,
+        peer_spiffe_id: str | None = None,
+        jti: str | None = None,
+        trace_id: str | None = None,
+        src: Endpoint | None = None,
+        attributes: Mapping[str, AttributeValue] | None = None,
+    ) -> Event:
+        """Emit one occurrence; the event, as emitted."""
+        decided = _decision_of(code) if decision is None else decision
+        template = self.template(code, message, decided, shape, sub, client_id, peer_spiffe_id)
+        now = self.clock() if self.clock is not None else None
+        try:
+            event = restamp(
+                template, now=now, trace_id=trace_id, src=src, attributes=attributes, jti=jti
+            )
+        except UsageError:  # a value no event may carry: withhold it, keep the decision
+            kept = _withheld(attributes)
+            try:
+                event = restamp(
+                    template, now=now, trace_id=trace_id, src=src, attributes=kept, jti=jti
+                )
+            except UsageError:  # the trace or token id itself: the decision, without them
+                event = restamp(template, now=now, src=src, attributes=kept)
+        self.sink.emit(event)
+        return event
+
+    def template(
+        self,
+        code: Code,
+        message: str,
+        decision: Decision,
+        shape: Shape | None = None,
+        sub: str | None = None,
+        client_id: str | None = None,
+        peer_spiffe_id: str | None = None,
+    ) -> Event:
+        """The validated fixed part of an event of this shape (built once, kept)."""
+        key = (type(code), code, message, decision, shape, sub, client_id, peer_spiffe_id)
+        template = self._templates.get(key)
+        if template is not None:
+            return template
+        if len(self._templates) >= self._cache_size:
+            self._templates.clear()
+        cls, activity_id, activity_name = shape or shape_of(code, self.default)
+        fields: dict[str, Any] = {
+            "activity_id": activity_id,
+            "activity_name": activity_name,
+            "component": self.component,
+            "decision": decision,
+            "reason": code,
+            "message": message,
+            "spiffe_id": self.spiffe_id,
+            "peer_spiffe_id": peer_spiffe_id,
+            "now": _EPOCH,  # every occurrence is restamped
+        }
+        try:
+            template = event(cls, sub=sub, client_id=client_id, **fields)
+        except UsageError:  # a subject no event may carry: the decision, without it
+            template = event(cls, **fields)
+        self._templates[key] = template
+        return template
+
+
+def _withheld(attributes: Mapping[str, AttributeValue] | None) -> dict[str, AttributeValue]:
+    """``attributes`` with every value the event's checks refuse replaced."""
+    kept: dict[str, AttributeValue] = {}
+    for key, value in (attributes or {}).items():
+        try:
+            _check_attributes({key: value})
+        except ValueError:
+            try:
+                _check_key(key)
+            except ValueError:
+                continue
+            value = "<withheld>"
+        kept[key] = value
+    return kept
 
 
 # --- sinks --------------------------------------------------------------------------

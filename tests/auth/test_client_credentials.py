@@ -107,7 +107,7 @@ async def test_audience_is_a_callee_the_declaration_allows(rig: AuthRig) -> None
         rig,
         rig.orders,
         "/oauth2/token",
-        {"grant_type": "client_credentials", "client_id": "orders", "audience": "payments"},
+        {"grant_type": "client_credentials", "client_id": "orders"},
     )
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_target"

@@ -36,11 +36,14 @@ def test_public_api_is_pinned() -> None:
         "FanoutSink",
         "JsonLinesSink",
         "MemorySink",
+        "Recorder",
         "Severity",
+        "Shape",
         "Status",
         "event",
         "read_events",
         "restamp",
+        "shape_of",
     ]
 
 

@@ -23,7 +23,7 @@ from trustmesh.auth.db import AuthStore, Client, StoredKey
 from trustmesh.auth.revocations import Revocations
 from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import UnavailableError
-from trustmesh.platform.guard import LISTENER_REFUSALS, RefusalSummary
+from trustmesh.platform.guard import RefusalSummary
 from trustmesh.platform.names import GATEWAY_CLIENT_ID
 from trustmesh.reasons import Activity, Code, Reason
 
@@ -140,7 +140,11 @@ class AuthService:
         self._clients: dict[str, tuple[float, Client | None]] = {}
         self._lock = asyncio.Lock()
         self._redis: Any = None
-        self._templates: dict[tuple[str, str, str, str | None], events.Event] = {}
+        # token decisions are OCSF Authentication (service ticket requests); key, client
+        # and user changes Entity Management (events.shape_of)
+        self.recorder = events.Recorder(
+            sink, component="auth", spiffe_id=self.spiffe_id, default=_TICKET
+        )
         self.revocations = Revocations(self)
         #: Who may read the revocation feed: the identities that verify tokens — the
         #: declared services, the gateway (when declared) and the identity service
@@ -372,42 +376,17 @@ class AuthService:
         await self.store.close()
 
     # -- events ----------------------------------------------------------------------------
-    def _build(
-        self,
-        reason: Code,
-        message: str,
-        decision: events.Decision,
-        attributes: Mapping[str, str | int | bool | None] | None,
-        **fields: Any,
-    ) -> events.Event:
-        """An event of this component: token decisions are OCSF Authentication (service
-        ticket requests), key, client and user changes Entity Management."""
-        cls, activity = _EVENT_SHAPE.get(
-            reason, (events.EventClass.AUTHENTICATION, (4, "Service Ticket Request"))
-        )
-        return events.event(
-            cls,
-            activity_id=activity[0],
-            activity_name=activity[1],
-            component="auth",
-            decision=decision,
-            reason=reason,
-            message=message,
-            spiffe_id=self.spiffe_id,
-            attributes=attributes or {},
-            **fields,
-        )
-
     def emit(
         self,
         reason: Code,
         message: str,
         *,
-        decision: events.Decision = events.Decision.ALLOW,
+        decision: events.Decision | None = None,
         attributes: Mapping[str, str | int | bool | None] | None = None,
         **fields: Any,
     ) -> None:
-        self.sink.emit(self._build(reason, message, decision, attributes, **fields))
+        """Record ``reason`` (an activity or an allow, unless ``decision`` says)."""
+        self.recorder.record(reason, message, decision=decision, attributes=attributes, **fields)
 
     def listener_refused(self, summaries: list[RefusalSummary]) -> None:
         """What the public listener refused in the last interval, one event per reason."""
@@ -422,41 +401,18 @@ class AuthService:
     def emit_issued(
         self, message: str, *, client_id: str, sub: str, peer_spiffe_id: str | None, jti: str
     ) -> None:
-        """The token-issued event, from a cached template (the issuance hot path)."""
-        key = (message, client_id, sub, peer_spiffe_id)
-        template = self._templates.get(key)
-        if template is None:
-            if len(self._templates) > 4096:
-                self._templates.clear()
-            template = self._templates[key] = self._build(
-                Reason.TOKEN_ISSUED,
-                message,
-                events.Decision.ALLOW,
-                None,
-                client_id=client_id,
-                sub=sub,
-                peer_spiffe_id=peer_spiffe_id,
-            )
-        self.sink.emit(events.restamp(template, jti=jti))
+        """The token-issued event (the issuance hot path: one template per shape)."""
+        self.recorder.record(
+            Reason.TOKEN_ISSUED,
+            message,
+            client_id=client_id,
+            sub=sub,
+            peer_spiffe_id=peer_spiffe_id,
+            jti=jti,
+        )
 
     def _event(self, reason: Code, message: str, *, kid: str) -> None:
         self.emit(reason, message, attributes={"kid": kid})
 
 
-_MANAGEMENT = events.EventClass.ENTITY_MANAGEMENT
-_EVENT_SHAPE: dict[str, tuple[events.EventClass, tuple[int, str]]] = {
-    Activity.KEY_CREATED: (_MANAGEMENT, (1, "Create")),
-    Activity.KEY_ACTIVATED: (_MANAGEMENT, (8, "Enable")),
-    Activity.KEY_RETIRED: (_MANAGEMENT, (9, "Disable")),
-    Activity.KEY_REMOVED: (_MANAGEMENT, (4, "Delete")),
-    Activity.CLIENT_CREATED: (_MANAGEMENT, (1, "Create")),
-    Activity.CLIENT_REMOVED: (_MANAGEMENT, (4, "Delete")),
-    Reason.ADMIN_DENIED: (events.EventClass.API_ACTIVITY, (99, "Other")),
-    Activity.USER_CREATED: (_MANAGEMENT, (1, "Create")),
-    Activity.USER_LOCKED: (_MANAGEMENT, (9, "Disable")),
-    Activity.USER_UNLOCKED: (_MANAGEMENT, (8, "Enable")),
-    Activity.MFA_RESET: (_MANAGEMENT, (3, "Update")),
-    Activity.PASSWORD_CHANGED: (_MANAGEMENT, (3, "Update")),
-    Reason.REVOCATION_FEED_DENIED: (events.EventClass.API_ACTIVITY, (99, "Other")),
-    **dict.fromkeys(LISTENER_REFUSALS, (events.EventClass.API_ACTIVITY, (99, "Other"))),
-}
+_TICKET: events.Shape = (events.EventClass.AUTHENTICATION, 4, "Service Ticket Request")

@@ -99,10 +99,6 @@ class Upstreams(Protocol):
 
 
 _MINTED_CACHE = 16384
-_TEMPLATES = 4096
-#: Context attributes that never hold a client's data verbatim (kept when another did
-#: not pass the event's secret check).
-_PLAIN_ATTRIBUTES = frozenset({"method", "client", "route", "template", "status", "policy", "rule"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +215,6 @@ class GatewayApp:
             strict_headers(r, f"routes[{i}]") for i, r in enumerate(gateway.routes)
         )
         self._minted: dict[tuple[object, ...], tuple[float, bytes]] = {}
-        self._templates: dict[tuple[object, ...], events.Event] = {}
         self.trusted = TrustedProxies(gateway.trusted_proxies)
         self.verifier = verifier
         self.policy = policy
@@ -232,6 +227,7 @@ class GatewayApp:
         self.tls = tls
         self.upstreams = upstreams
         self.sink = sink
+        self.recorder = events.Recorder(sink, component="gateway", spiffe_id=spiffe_id)
         self.clock = clock
         self._stages = (
             self._address,
@@ -661,28 +657,6 @@ class GatewayApp:
                 **summary.attributes(),
             )
 
-    def _template(
-        self,
-        decision: events.Decision,
-        reason: Code,
-        message: str,
-        sub: str | None,
-        client_id: str | None,
-    ) -> events.Event:
-        """The fixed part of a gateway decision's event (validated once per shape)."""
-        return events.event(
-            events.EventClass.API_ACTIVITY,
-            activity_id=99,
-            activity_name="Other",
-            component="gateway",
-            decision=decision,
-            reason=reason,
-            message=message,
-            spiffe_id=self.spiffe_id,
-            sub=sub,
-            client_id=client_id,
-        )
-
     def _emit(
         self,
         decision: events.Decision,
@@ -697,32 +671,16 @@ class GatewayApp:
         attributes = {
             k: v for k, v in context.items() if isinstance(v, str | int) and k != "route_name"
         }
-        sub = str(user["sub"]) if user else None
-        client_id = str(user["client_id"]) if user and user.get("client_id") else None
-        jti = str(user["jti"]) if user and user.get("jti") else None
-        trace_id = current.trace_id if current else None
-        # the event's fixed part is validated once per shape; each occurrence is restamped
-        # with its own time, uid, trace, attributes and token id (as in the SDK middleware)
-        key = (decision, reason, message, sub, client_id)
-        plain = {k: v for k, v in attributes.items() if k in _PLAIN_ATTRIBUTES}
-        try:
-            template = self._templates.get(key)
-            if template is None:
-                if len(self._templates) >= _TEMPLATES:
-                    self._templates.clear()
-                template = self._templates[key] = self._template(
-                    decision, reason, message, sub, client_id
-                )
-            try:
-                event = events.restamp(template, trace_id=trace_id, attributes=attributes, jti=jti)
-            except TrustmeshError:  # an attribute looked like a secret: keep the decision
-                plain["path"] = "<withheld>"
-                event = events.restamp(template, trace_id=trace_id, attributes=plain, jti=jti)
-        except TrustmeshError:  # a subject no event may carry: the decision, without it
-            event = events.restamp(
-                self._template(decision, reason, message, None, None), attributes=plain
-            )
-        self.sink.emit(event)
+        self.recorder.record(
+            reason,
+            message,
+            decision=decision,
+            sub=str(user["sub"]) if user else None,
+            client_id=str(user["client_id"]) if user and user.get("client_id") else None,
+            jti=str(user["jti"]) if user and user.get("jti") else None,
+            trace_id=current.trace_id if current else None,
+            attributes=attributes,
+        )
 
 
 def _unrouted(decision: RouteDecision) -> Refusal:

@@ -24,7 +24,7 @@ import json
 from typing import Any
 
 from trustmesh import events
-from trustmesh.errors import InvalidTokenError, UsageError
+from trustmesh.errors import InvalidTokenError
 from trustmesh.policy.calls import CallAuthorizer
 from trustmesh.policy.paths import NonCanonicalPath, canonical_path
 from trustmesh.reasons import ANSWERS, Code, Reason
@@ -70,7 +70,7 @@ class ZeroTrustMiddleware:
         self.sink = sink
         self.component = component or authorizer.callee
         self.spiffe_id = authorizer.config.spiffe_id(authorizer.callee)
-        self._templates: dict[tuple[object, ...], events.Event] = {}
+        self.recorder = events.Recorder(sink, component=self.component, spiffe_id=self.spiffe_id)
         self._endpoints: dict[tuple[str, int], events.Endpoint] = {}  # per connection
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -189,26 +189,6 @@ class ZeroTrustMiddleware:
         # the raw path as sent, for forensics; a refused one is never decoded
         raw = scope.get("raw_path", b"").decode("latin-1")[:512] or scope["path"][:512]
         method = scope["method"]
-        sub = token.subject if token is not None else None
-        client_id = token.client_id if token is not None else None
-        key = (decision, reason, message, caller, route, policy, method, sub, client_id)
-        template = self._templates.get(key)
-        if template is None:
-            if len(self._templates) > 4096:
-                self._templates.clear()
-            template = self._templates[key] = events.event(
-                events.EventClass.API_ACTIVITY,
-                activity_id=99,
-                activity_name="Other",
-                component=self.component,
-                decision=decision,
-                reason=reason,
-                message=message,
-                spiffe_id=self.spiffe_id,
-                peer_spiffe_id=caller,
-                sub=sub,
-                client_id=client_id,
-            )
         src = None
         if client:
             src = self._endpoints.get(client)
@@ -221,12 +201,14 @@ class ZeroTrustMiddleware:
             attributes["jti"] = token.jti
             if token.actor is not None:
                 attributes["actor"] = token.actor
-        trace_id = current.trace_id if current else None
-        try:
-            event = events.restamp(template, trace_id=trace_id, src=src, attributes=attributes)
-        except UsageError:
-            # the path looked like a secret (a token pasted into a URL): record the decision
-            # without it rather than lose the event
-            attributes["path"] = "<withheld>"
-            event = events.restamp(template, trace_id=trace_id, src=src, attributes=attributes)
-        self.sink.emit(event)
+        self.recorder.record(
+            reason,
+            message,
+            decision=decision,
+            peer_spiffe_id=caller,
+            sub=token.subject if token is not None else None,
+            client_id=token.client_id if token is not None else None,
+            trace_id=current.trace_id if current else None,
+            src=src,
+            attributes=attributes,
+        )

@@ -1,0 +1,113 @@
+"""events.Recorder: the one way components build, cache and emit events — the shape from
+the code, the decision from the code unless given, one validated template per shape,
+each occurrence restamped, and a value no event may carry withheld, never the event."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from trustmesh import events
+from trustmesh.events import Decision, EventClass, Recorder, shape_of
+from trustmesh.reasons import Activity, Reason
+
+T0 = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+TOKEN = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlc2lnbmF0dXJl"
+
+
+class Ticking:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(seconds=1)
+        return self.now
+
+
+def _recorder(**kwargs: object) -> tuple[Recorder, events.MemorySink]:
+    sink = events.MemorySink()
+    return Recorder(sink, component="test", spiffe_id="spiffe://t.example/x", **kwargs), sink  # type: ignore[arg-type]
+
+
+def test_each_occurrence_is_its_own_event_from_one_template() -> None:
+    recorder, sink = _recorder(clock=Ticking())
+    for path in ("/a", "/b"):
+        recorder.record(Reason.POLICY_DENY, "denied", sub="alice", attributes={"path": path})
+    first, second = sink.events
+    assert (first.reason, first.decision, first.sub) == (Reason.POLICY_DENY, Decision.DENY, "alice")
+    assert [e.attributes["path"] for e in sink.events] == ["/a", "/b"]
+    assert first.uid != second.uid
+    assert second.time - first.time == timedelta(seconds=1)
+    assert len(recorder._templates) == 1  # validated once for the shape
+    recorder.record(Reason.POLICY_DENY, "denied", sub="bob")
+    assert len(recorder._templates) == 2
+    assert sink.events[-1].spiffe_id == "spiffe://t.example/x"
+
+
+def test_the_decision_follows_the_code_unless_given() -> None:
+    recorder, sink = _recorder()
+    recorder.record(Activity.KEY_CREATED, "key created")
+    recorder.record(Reason.RATE_LIMITED, "too many")
+    recorder.record(Reason.REQUEST_FORWARDED, "forwarded")
+    recorder.record(Reason.UPSTREAM_TIMEOUT, "late", decision=Decision.ERROR)
+    assert [e.decision for e in sink.events] == [
+        Decision.ALLOW,
+        Decision.DENY,
+        Decision.ALLOW,
+        Decision.ERROR,
+    ]
+
+
+def test_the_shape_follows_the_code_then_the_component() -> None:
+    assert shape_of(Activity.USER_LOCKED) == (EventClass.ENTITY_MANAGEMENT, 9, "Disable")
+    assert shape_of(Reason.LOGIN_FAILED) == (EventClass.AUTHENTICATION, 1, "Logon")
+    assert shape_of(Reason.POLICY_DENY) == (EventClass.API_ACTIVITY, 99, "Other")
+    ticket = (EventClass.AUTHENTICATION, 4, "Service Ticket Request")
+    recorder, sink = _recorder(default=ticket)
+    recorder.record(Reason.TOKEN_INTROSPECTED, "introspected")
+    recorder.record(Reason.ADMIN_DENIED, "not an operator")  # an API refusal everywhere
+    recorder.record(Reason.POLICY_DENY, "x", shape=(EventClass.AUTHORIZE_SESSION, 99, "Other"))
+    shapes = [(e.event_class, e.activity_id, e.activity_name) for e in sink.events]
+    assert shapes == [
+        ticket,
+        (EventClass.API_ACTIVITY, 99, "Other"),
+        (EventClass.AUTHORIZE_SESSION, 99, "Other"),
+    ]
+
+
+def test_a_secret_in_an_attribute_is_withheld_and_the_decision_kept() -> None:
+    recorder, sink = _recorder()
+    recorder.record(
+        Reason.ROUTE_NOT_FOUND,
+        "no route",
+        trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
+        attributes={"path": f"/x/{TOKEN}", "method": "GET"},
+    )
+    (event,) = sink.events
+    assert dict(event.attributes) == {"path": "<withheld>", "method": "GET"}
+    assert event.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert TOKEN not in event.to_json()
+
+
+def test_a_subject_no_event_may_carry_leaves_the_decision_without_it() -> None:
+    recorder, sink = _recorder()
+    recorder.record(Reason.POLICY_DENY, "denied", sub=TOKEN, client_id="shop")
+    (event,) = sink.events
+    assert event.reason is Reason.POLICY_DENY
+    assert event.sub is None
+    assert TOKEN not in event.to_json()
+
+
+def test_a_reason_and_an_activity_spelled_alike_stay_apart() -> None:
+    """``token-revoked`` is a refusal (a revoked token presented) and an activity (the
+    provider revoking one): each keeps its own decision, shape and template."""
+    ticket = (EventClass.AUTHENTICATION, 4, "Service Ticket Request")
+    recorder, sink = _recorder()
+    recorder.record(Reason.TOKEN_REVOKED, "token revoked")
+    recorder.record(Activity.TOKEN_REVOKED, "token revoked")
+    refused, revoked = sink.events
+    assert (refused.reason, refused.decision) == (Reason.TOKEN_REVOKED, Decision.DENY)
+    assert (revoked.reason, revoked.decision) == (Activity.TOKEN_REVOKED, Decision.ALLOW)
+    assert type(refused.reason) is Reason
+    assert type(revoked.reason) is Activity
+    assert (refused.event_class, refused.activity_id) == (EventClass.API_ACTIVITY, 99)
+    assert (revoked.event_class, revoked.activity_id, revoked.activity_name) == ticket
