@@ -60,7 +60,7 @@ from pydantic import (
 
 from trustmesh import __version__
 from trustmesh.errors import StateError, UsageError
-from trustmesh.reasons import ANSWERS, Activity, Code, Reason, parse
+from trustmesh.reasons import ANSWERS, LISTENER_REFUSALS, Activity, Code, Reason, parse
 
 __all__ = [
     "OCSF_VERSION",
@@ -628,22 +628,7 @@ _SHAPES: Mapping[Code, Shape] = types.MappingProxyType(
         # refused at an API, whichever component's default says otherwise
         Reason.ADMIN_DENIED: _OTHER_API,
         Reason.REVOCATION_FEED_DENIED: _OTHER_API,
-        **dict.fromkeys(
-            (
-                Reason.CONNECTION_LIMIT,
-                Reason.CONNECTION_LIMIT_ADDRESS,
-                Reason.TLS_HANDSHAKE_TIMEOUT,
-                Reason.TLS_HANDSHAKE_FAILED,
-                Reason.HEADER_TIMEOUT,
-                Reason.BODY_TIMEOUT,
-                Reason.HEADERS_TOO_LARGE,
-                Reason.REQUEST_LINE_TOO_LONG,
-                Reason.REQUEST_MALFORMED,
-                Reason.HOST_INVALID,
-                Reason.UPGRADE_UNSUPPORTED,
-            ),
-            _OTHER_API,
-        ),
+        **dict.fromkeys(LISTENER_REFUSALS, _OTHER_API),
     }
 )
 

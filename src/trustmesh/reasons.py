@@ -15,7 +15,17 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final, TypeAlias
 
-__all__ = ["ANSWERS", "STATUS_CODES", "Activity", "Answer", "Code", "Reason", "answer", "parse"]
+__all__ = [
+    "ANSWERS",
+    "LISTENER_REFUSALS",
+    "STATUS_CODES",
+    "Activity",
+    "Answer",
+    "Code",
+    "Reason",
+    "answer",
+    "parse",
+]
 
 
 class Reason(enum.StrEnum):
@@ -153,6 +163,24 @@ def parse(value: str) -> Code:
         return _BY_VALUE[value]
     except (KeyError, TypeError):
         raise ValueError("not a reason or activity of trustmesh.reasons") from None
+
+
+#: Every reason a public listener refuses a connection or a request head for.
+LISTENER_REFUSALS: Final = frozenset(
+    {
+        Reason.CONNECTION_LIMIT,
+        Reason.CONNECTION_LIMIT_ADDRESS,
+        Reason.TLS_HANDSHAKE_TIMEOUT,
+        Reason.TLS_HANDSHAKE_FAILED,
+        Reason.HEADER_TIMEOUT,
+        Reason.BODY_TIMEOUT,
+        Reason.HEADERS_TOO_LARGE,
+        Reason.REQUEST_LINE_TOO_LONG,
+        Reason.REQUEST_MALFORMED,
+        Reason.HOST_INVALID,
+        Reason.UPGRADE_UNSUPPORTED,
+    }
+)
 
 
 @dataclass(frozen=True)

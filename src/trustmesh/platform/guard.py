@@ -21,7 +21,7 @@ from typing import Final, Protocol
 
 from trustmesh.config.listener import ListenerLimits
 from trustmesh.policy.addresses import address_bucket
-from trustmesh.reasons import Reason
+from trustmesh.reasons import LISTENER_REFUSALS, Reason
 
 __all__ = [
     "LISTENER_REFUSALS",
@@ -31,22 +31,6 @@ __all__ = [
     "RefusalSummary",
 ]
 
-#: Every reason a public listener refuses a connection or a request head for.
-LISTENER_REFUSALS: Final = frozenset(
-    {
-        Reason.CONNECTION_LIMIT,
-        Reason.CONNECTION_LIMIT_ADDRESS,
-        Reason.TLS_HANDSHAKE_TIMEOUT,
-        Reason.TLS_HANDSHAKE_FAILED,
-        Reason.HEADER_TIMEOUT,
-        Reason.BODY_TIMEOUT,
-        Reason.HEADERS_TOO_LARGE,
-        Reason.REQUEST_LINE_TOO_LONG,
-        Reason.REQUEST_MALFORMED,
-        Reason.HOST_INVALID,
-        Reason.UPGRADE_UNSUPPORTED,
-    }
-)
 _DEFAULTS: Final = ListenerLimits()
 _TOP_ADDRESSES = 5
 _MAX_TRACKED_ADDRESSES = 10_000
