@@ -37,23 +37,12 @@ def discovery_app(
     def caller(request: Request) -> str:
         return str(request.scope["extensions"]["tls"]["spiffe_id"])
 
+    recorder = events.Recorder(sink, component="identity", clock=clock)
+
     def emit(
         decision: events.Decision, reason: Code, message: str, peer: str, **attrs: Any
     ) -> None:
-        sink.emit(
-            events.event(
-                events.EventClass.API_ACTIVITY,
-                activity_id=2 if reason in (Reason.DISCOVERY_LOOKUP,) else 99,
-                activity_name="Read" if reason in (Reason.DISCOVERY_LOOKUP,) else "Other",
-                component="identity",
-                decision=decision,
-                reason=reason,
-                message=message,
-                peer_spiffe_id=peer,
-                now=clock(),
-                attributes=attrs,
-            )
-        )
+        recorder.record(reason, message, decision=decision, peer_spiffe_id=peer, attributes=attrs)
 
     async def body_of(request: Request) -> tuple[str, str | None]:
         body = await request.body()
