@@ -691,14 +691,18 @@ class Recorder:
         sub: str | None = None,
         client_id: str | None = None,
         peer_spiffe_id: str | None = None,
+        spiffe_id: str | None = None,
         jti: str | None = None,
         trace_id: str | None = None,
         src: Endpoint | None = None,
         attributes: Mapping[str, AttributeValue] | None = None,
     ) -> Event:
-        """Emit one occurrence; the event, as emitted."""
+        """Emit one occurrence; the event, as emitted. ``spiffe_id``: the workload the
+        event is about, where it is not the recorder's own (an SVID issued to it)."""
         decided = _decision_of(code) if decision is None else decision
-        template = self.template(code, message, decided, shape, sub, client_id, peer_spiffe_id)
+        template = self.template(
+            code, message, decided, shape, sub, client_id, peer_spiffe_id, spiffe_id
+        )
         now = self.clock() if self.clock is not None else None
         try:
             event = restamp(
@@ -724,9 +728,20 @@ class Recorder:
         sub: str | None = None,
         client_id: str | None = None,
         peer_spiffe_id: str | None = None,
+        spiffe_id: str | None = None,
     ) -> Event:
         """The validated fixed part of an event of this shape (built once, kept)."""
-        key = (type(code), code, message, decision, shape, sub, client_id, peer_spiffe_id)
+        key = (
+            type(code),
+            code,
+            message,
+            decision,
+            shape,
+            sub,
+            client_id,
+            peer_spiffe_id,
+            spiffe_id,
+        )
         template = self._templates.get(key)
         if template is not None:
             return template
@@ -740,7 +755,7 @@ class Recorder:
             "decision": decision,
             "reason": code,
             "message": message,
-            "spiffe_id": self.spiffe_id,
+            "spiffe_id": spiffe_id or self.spiffe_id,
             "peer_spiffe_id": peer_spiffe_id,
             "now": _EPOCH,  # every occurrence is restamped
         }

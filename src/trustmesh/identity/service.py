@@ -75,7 +75,7 @@ class IdentityService:
         self.clock = clock
         self._entries: tuple[RegistrationEntry, ...] = ()
         self._issued: dict[str, X509SVID] = {}
-        self._issued_events: dict[str, events.Event] = {}  # per SPIFFE ID, for restamp
+        self.recorder = events.Recorder(sink, component="identity", clock=clock)
         self._ticks = 0
         self._store_version = -1
         self.refresh_entries()
@@ -149,38 +149,17 @@ class IdentityService:
         # Public facts for `svid show`, written in batches by flush_issued() (off the
         # per-call path: one SQLite write per second, not one per SVID).
         self._issued[identity.spiffe_id] = svid
-        self.sink.emit(
-            events.restamp(
-                self._issued_event(identity.spiffe_id),
-                now=now,
-                attributes={
-                    "pid": proc.pid,
-                    "serial": format(cert.serial_number, "x"),
-                    "not_after": cert.not_valid_after_utc.isoformat(),
-                },
-            )
+        self.recorder.record(
+            Activity.SVID_ISSUED,
+            "X.509-SVID issued",
+            spiffe_id=identity.spiffe_id,
+            attributes={
+                "pid": proc.pid,
+                "serial": format(cert.serial_number, "x"),
+                "not_after": cert.not_valid_after_utc.isoformat(),
+            },
         )
         return svid
-
-    def _issued_event(self, spiffe_id: str) -> events.Event:
-        """The "X.509-SVID issued" event of ``spiffe_id``, built once and restamped per
-        issue (the hot path of the Workload API)."""
-        template = self._issued_events.get(spiffe_id)
-        if template is None:
-            if len(self._issued_events) >= 4096:  # bounded: entries come and go
-                self._issued_events.clear()
-            template = self._issued_events[spiffe_id] = events.event(
-                events.EventClass.ENTITY_MANAGEMENT,
-                activity_id=1,
-                activity_name="Create",
-                component="identity",
-                decision=events.Decision.ALLOW,
-                reason=Activity.SVID_ISSUED,
-                message="X.509-SVID issued",
-                now=self.clock(),
-                spiffe_id=spiffe_id,
-            )
-        return template
 
     def issue_jwt(self, spiffe_id: str, audience: list[str]) -> str:
         if not audience or any(not a for a in audience):
@@ -359,16 +338,6 @@ class IdentityService:
         message: str,
         **fields: Any,
     ) -> None:
-        self.sink.emit(
-            events.event(
-                cls,
-                activity_id=activity_id,
-                activity_name=activity_name,
-                component="identity",
-                decision=decision,
-                reason=reason,
-                message=message,
-                now=self.clock(),
-                **fields,
-            )
+        self.recorder.record(
+            reason, message, decision=decision, shape=(cls, activity_id, activity_name), **fields
         )
