@@ -82,7 +82,7 @@ class IdentityService:
 
     # -- state -----------------------------------------------------------------------------
     def refresh_entries(self) -> bool:
-        """Reload entries if another process (the CLI) changed the store. True if changed."""
+        """Reload entries if another process changed the store. True if changed."""
         version = self.store.data_version()
         if version == self._store_version:
             return False
