@@ -5,11 +5,13 @@ clear refusal."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from clirig import events_of, identity_on, tm
+from spiffe import WorkloadApiClient
 
 from trustmesh.testing import RunningIdentityServer, run_cli
 
@@ -225,3 +227,25 @@ def test_a_declaration_of_another_trust_domain_is_refused(
     # without --config, the stack's own trust domain is used
     listed = tm("identity", "list", "--state", str(env[1]), "--json")
     assert listed.returncode == 0, listed.stderr
+
+
+def _held(identity: RunningIdentityServer) -> set[str]:
+    """The SPIFFE IDs the Workload API gives this process now."""
+    with WorkloadApiClient(identity.address) as client:
+        return {str(svid.spiffe_id) for svid in client.fetch_x509_svids()}
+
+
+def test_an_entry_takes_effect_at_the_running_service_at_once(
+    env: tuple[Path, Path], identity: RunningIdentityServer
+) -> None:
+    """Registered or removed through the admin API, an entry counts at the very next
+    request, in the process that wrote it (its own write does not move the store's
+    data version: it is reloaded all the same)."""
+    me = f"spiffe://{TD}/me"
+    exe = os.readlink("/proc/self/exe")
+    selectors = ("--selector", f"unix:uid:{os.getuid()}", "--selector", f"unix:path:{exe}")
+    made = tm("identity", "register", "--spiffe-id", me, *selectors, *_args(env), "--json")
+    assert made.returncode == 0, made.stderr
+    assert me in _held(identity)
+    assert tm("identity", "remove", json.loads(made.stdout)["id"], *_args(env)).returncode == 0
+    assert me not in _held(identity)

@@ -227,7 +227,7 @@ class IdentityServer:
         return JSONResponse({"status": "ok", "signing_ca_expires": expires.isoformat()})
 
     def _entries_changed(self) -> None:
-        if self.service.refresh_entries():
+        if self.service.refresh_entries(written=True):
             self.feed.bump()  # streams re-send (or stop) at once
 
     def _auth_url(self) -> str | None:
