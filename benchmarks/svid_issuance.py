@@ -34,7 +34,8 @@ from trustmesh._proto import workload_pb2 as pb
 from trustmesh.config import parse_config
 from trustmesh.events import MemorySink
 from trustmesh.identity import admin
-from trustmesh.identity.server import IdentityPaths, service_settings
+from trustmesh.identity.endpoint import IdentityPaths
+from trustmesh.identity.server import service_settings
 from trustmesh.identity.store import SqliteIdentityStore
 
 TD = "bench.example"

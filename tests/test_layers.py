@@ -33,22 +33,9 @@ LAYER = {
     "__init__": 0,  # the package root: its version, nothing else
 }
 
-#: What the CLI still reads of components' insides; each entry goes when its command
-#: goes through the component's admin API (issue 14). Nothing may be added.
-CLI_STILL_INSIDE = {
-    ("trustmesh.cli.call_cmd", "trustmesh.identity"),
-    ("trustmesh.cli.call_cmd", "trustmesh.identity.server"),
-    ("trustmesh.cli.gateway_cmd", "trustmesh.gateway.apikeys"),
-    ("trustmesh.cli.gateway_cmd", "trustmesh.gateway.keystore"),
-    ("trustmesh.cli.identity_cmd", "trustmesh.identity"),
-    ("trustmesh.cli.identity_cmd", "trustmesh.identity.models"),
-    ("trustmesh.cli.identity_cmd", "trustmesh.identity.server"),
-    ("trustmesh.cli.identity_cmd", "trustmesh.identity.store"),
-    ("trustmesh.cli.stack", "trustmesh.identity"),
-    ("trustmesh.cli.stack", "trustmesh.identity.server"),
-    ("trustmesh.cli.stack", "trustmesh.identity.store"),
-    ("trustmesh.cli.supervisor", "trustmesh.identity.attestation"),
-}
+#: What the CLI still reads of components' insides: nothing since every command goes
+#: through the component's admin API (issue 14). Nothing may be added.
+CLI_STILL_INSIDE: set[tuple[str, str]] = set()
 #: What the CLI may always read of a component: where it listens, and the names of
 #: what its admin API takes.
 CLI_MAY_READ = {"endpoint", "methods"}

@@ -3,6 +3,7 @@ as real processes."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -82,6 +83,33 @@ def test_up_status_down(stack: Path, config: Path) -> None:
     code, status = _status(config, stack)
     assert code == 1
     assert status["running"] is False
+
+
+def test_status_asks_the_components_not_their_files(stack: Path, config: Path) -> None:
+    """A component that stops answering is unhealthy, though its files still say where it
+    listens and its port still takes connections; once it answers again, it is healthy."""
+    code, status = _status(config, stack)
+    assert code == 0
+    rows = {c["name"]: c for c in status["components"]}  # type: ignore[union-attr]
+    auth = rows["auth"]
+    os.kill(auth["pid"], signal.SIGSTOP)
+    try:
+        code, status = _status(config, stack)
+    finally:
+        os.kill(auth["pid"], signal.SIGCONT)
+    assert code == 1
+    rows = {c["name"]: c for c in status["components"]}  # type: ignore[union-attr]
+    assert rows["auth"]["healthy"] is False
+    assert rows["auth"]["url"] == auth["url"]  # where it said it listens, as before
+    assert (stack / "auth" / "endpoint.json").exists()
+    assert rows["auth"]["cert_expires"] is None  # no answer, no certificate seen
+    assert rows["identity"]["healthy"]
+    assert rows["discovery"]["healthy"]
+    # the identity service's row: its signing CA, which outlives the SVIDs it signs
+    signing = dt.datetime.fromisoformat(rows["identity"]["cert_expires"])
+    assert signing > dt.datetime.fromisoformat(rows["discovery"]["cert_expires"])
+    code, _ = _status(config, stack)
+    assert code == 0
 
 
 def test_second_up_is_refused_while_running(stack: Path, config: Path) -> None:

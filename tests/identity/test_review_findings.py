@@ -301,27 +301,6 @@ def test_idle_connections_do_not_take_the_workload_api_down(short_tmp: Path) -> 
     config_path = short_tmp / "trustmesh.yaml"
     config_path.write_text(f"trust_domain: {TD}\ndev: true\nidentity: {{workers: 1}}\n")
     state = short_tmp / "state"
-    reg = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trustmesh",
-            "identity",
-            "register",
-            "--config",
-            str(config_path),
-            "--state",
-            str(state),
-            "--spiffe-id",
-            f"spiffe://{TD}/orders",
-            *[arg for s in _my_selectors() for arg in ("--selector", s)],
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert reg.returncode == 0, reg.stderr
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 
     def low_fd_limit() -> None:  # a common default soft limit, well below the hard one
@@ -340,8 +319,31 @@ def test_idle_connections_do_not_take_the_workload_api_down(short_tmp: Path) -> 
     held: list[socket.socket] = []
     try:
         deadline = time.monotonic() + 30
-        while not sock_path.is_socket() and time.monotonic() < deadline:
+        while not (sock_path.is_socket() and (state / "discovery.json").exists()):
+            assert time.monotonic() < deadline, "the identity service did not start"
             time.sleep(0.1)
+        # registered through the running service's admin API, before the idle flood
+        reg = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "trustmesh",
+                "identity",
+                "register",
+                "--config",
+                str(config_path),
+                "--state",
+                str(state),
+                "--spiffe-id",
+                f"spiffe://{TD}/orders",
+                *[arg for s in _my_selectors() for arg in ("--selector", s)],
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert reg.returncode == 0, reg.stderr
         deadline = time.monotonic() + 10
         while len(held) < 400 and time.monotonic() < deadline:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -8,9 +8,8 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 
-from trustmesh import events
-from trustmesh.config import TrustmeshConfig, load_config, resolve_config_path
-from trustmesh.errors import ConfigError, TrustmeshError
+from trustmesh.config import TrustmeshConfig, load_config, parse_duration, resolve_config_path
+from trustmesh.errors import ConfigError, TrustmeshError, UsageError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -50,6 +49,19 @@ def fail_on(exc: TrustmeshError) -> NoReturn:
     raise typer.Exit(code)
 
 
+def seconds_option(option: str, value: str | None, *, zero: bool = False) -> int | None:
+    """A duration option (``90d``, ``1h30m``, ``3600``; ``0`` too with ``zero``) in whole
+    seconds, the admin APIs' unit; exit 2 naming the option when it is not one."""
+    if value is None:
+        return None
+    if zero and value.strip() in ("0", "0s"):
+        return 0
+    try:
+        return int(parse_duration(value).total_seconds())
+    except (ValueError, TypeError) as exc:
+        fail_on(UsageError(f"{option} {value!r}: {exc}"))
+
+
 def load_or_exit(config: Path | None) -> tuple[TrustmeshConfig, Path]:
     path = resolve_config_path(config)
     try:
@@ -60,6 +72,7 @@ def load_or_exit(config: Path | None) -> tuple[TrustmeshConfig, Path]:
         raise typer.Exit(EXIT_USAGE) from None
 
 
-def cli_event_sink(state: Path) -> events.JsonLinesSink:
-    """Events of administrative commands, beside the service's own."""
-    return events.JsonLinesSink(state.absolute() / "events" / "cli.jsonl")
+def declared(config: Path | None) -> TrustmeshConfig | None:
+    """The declaration named by --config (exit 2 if it is bad), or None when there is none
+    (a command on the running stack then needs none: the stack knows its trust domain)."""
+    return load_or_exit(config)[0] if config is not None else None

@@ -2,14 +2,14 @@
 its admin API (never its stores directly).
 
 The command acts as the operator: it takes the identity
-``spiffe://<td>/trustmesh/operator`` with a one-time join token (which needs the state
-directory) and calls the running provider over mTLS. The provider records every admin
-action as an event.
+``spiffe://<td>/trustmesh/operator`` with a one-time join token from the identity
+service's operator socket (which needs the state directory's owner; see
+:mod:`trustmesh.cli._admin`) and calls the running provider over mTLS. The provider
+records every admin action as an event.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -19,22 +19,20 @@ from urllib.parse import quote
 import typer
 from rich.table import Table
 
-from trustmesh.auth.endpoint import endpoint_path
 from trustmesh.auth.methods import CLIENT_METHODS
+from trustmesh.cli import _admin as _admin_api
+from trustmesh.cli._admin import AdminError as AdminError
 from trustmesh.cli._common import (
     DEFAULT_STATE,
     ConfigOption,
     JsonOption,
     StateOption,
     fail,
-    fail_on,
     load_or_exit,
     out,
 )
-from trustmesh.cli.call_cmd import as_workload
 from trustmesh.config import TrustmeshConfig
-from trustmesh.errors import TrustmeshError, UnavailableError
-from trustmesh.sdk.client import ServiceClient
+from trustmesh.errors import TrustmeshError
 
 app = typer.Typer(
     help="The identity provider: OAuth clients and signing keys.", no_args_is_help=True
@@ -47,43 +45,12 @@ user_app = typer.Typer(help="Users of the identity provider.", no_args_is_help=T
 app.add_typer(user_app, name="user")
 
 
-class AdminError(TrustmeshError):
-    """The admin API refused (its message); ``usage`` when the request itself was bad."""
-
-    def __init__(self, message: str, *, usage: bool) -> None:
-        super().__init__(message)
-        self.usage = usage
-
-
 def admin_call(
     config: TrustmeshConfig, state: Path, method: str, path: str, body: object = None
 ) -> Any:
-    """One admin API request as the operator; AdminError/TrustmeshError on failure."""
-    try:
-        endpoint = json.loads(endpoint_path(state).read_text())
-        url = str(endpoint["url"])
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UnavailableError(
-            f"the identity provider is not running for {state} (start it with `trustmesh up`)"
-        ) from None
-
-    async def call() -> Any:
-        operator, auth = config.component_spiffe_id("operator"), config.component_spiffe_id("auth")
-        async with (
-            as_workload(config, state, operator) as tls,
-            ServiceClient(tls, url, auth, retries=0) as client,
-        ):
-            response = await client.request(method, path, json=body)
-        if response.status >= 400:
-            try:
-                doc = response.json()
-                message = f"{doc.get('message') or doc.get('error')}"
-            except ValueError:
-                message = f"HTTP {response.status}"
-            raise AdminError(message, usage=response.status in (400, 404, 409))
-        return response.json() if response.body else None
-
-    return asyncio.run(call())
+    """One request to the provider's admin API as the operator; AdminError/TrustmeshError
+    on failure."""
+    return _admin_api.call(state, "auth", method, path, body, config=config)
 
 
 def _admin(
@@ -91,12 +58,8 @@ def _admin(
 ) -> Any:
     try:
         return admin_call(config, state, method, path, body)
-    except AdminError as exc:
-        fail(exc.detail, 2 if exc.usage else 1)
-    except UnavailableError as exc:
-        fail(exc.detail)
     except TrustmeshError as exc:
-        fail_on(exc)
+        _admin_api.fail_admin(exc)
 
 
 @client_app.command("add")

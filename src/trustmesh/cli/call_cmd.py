@@ -1,35 +1,32 @@
 """``trustmesh call``: one request to a service of the running stack, made as a declared
 workload — the way to try the demo shop (or any service) from a shell.
 
-The command acts as the workload named by ``--as``: it creates a one-time join token for
-that identity (an administrative act on the state directory, recorded as an event),
-redeems it over the Workload API, finds the callee through discovery and calls it over
-mTLS, checking the callee's SPIFFE ID, with an access token for the callee from the
-identity provider (when the stack runs one). The callee's middleware decides as it
+The command acts as the workload named by ``--as``: as the operator, it has the identity
+service's admin API make a one-time join token for that identity (recorded as an event
+there), redeems it over the Workload API, finds the callee through discovery and calls
+it over mTLS, checking the callee's SPIFFE ID, with an access token for the callee from
+the identity provider (when the stack runs one). The callee's middleware decides as it
 would for that workload: a call the declaration does not allow is answered 403.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import datetime as dt
 import json
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from trustmesh.auth.endpoint import endpoint_path as auth_endpoint_path
+from trustmesh.cli._admin import as_workload
 from trustmesh.cli._common import (
     DEFAULT_STATE,
     EXIT_FAILURE,
     EXIT_OK,
     ConfigOption,
     StateOption,
-    cli_event_sink,
     fail,
     fail_on,
     load_or_exit,
@@ -37,52 +34,12 @@ from trustmesh.cli._common import (
 from trustmesh.cli.supervisor import read_json
 from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import TrustmeshError, UsageError
-from trustmesh.identity import admin
-from trustmesh.identity.server import IdentityPaths, open_store, service_settings
+from trustmesh.identity.endpoint import IdentityPaths
 from trustmesh.sdk.client import Response, ServiceClient
 from trustmesh.sdk.discovery import DiscoveryClient
 from trustmesh.sdk.oauth import AuthClient, TokenSource
-from trustmesh.sdk.tls import RotatingTLS
-from trustmesh.sdk.workload import redeem_join_token
-from trustmesh.sdk.x509source import X509Source
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
-_TOKEN_TTL = dt.timedelta(minutes=1)
-
-
-def _join_token(config: TrustmeshConfig, state: Path, spiffe_id: str) -> str:
-    try:
-        store = open_store(state)
-    except TrustmeshError as exc:
-        fail_on(exc)
-    try:
-        with cli_event_sink(state) as sink:
-            return admin.create_join_token(
-                store, service_settings(config), spiffe_id, _TOKEN_TTL, sink
-            )
-    except TrustmeshError as exc:
-        fail_on(exc)
-    finally:
-        store.close()
-
-
-@contextlib.asynccontextmanager
-async def as_workload(
-    config: TrustmeshConfig, state: Path, spiffe_id: str
-) -> AsyncIterator[RotatingTLS]:
-    """This process as ``spiffe_id``: a one-time join token (an administrative act on the
-    state directory, recorded as an event), redeemed over the Workload API."""
-    paths = IdentityPaths(state)
-    if not paths.socket.is_socket():
-        raise UsageError(f"no running stack in {state} (start it with `trustmesh up`)")
-    token = _join_token(config, state, spiffe_id)
-    await redeem_join_token(paths.socket_address, token)
-    source = X509Source(paths.socket_address, spiffe_id=spiffe_id)
-    await source.start()
-    try:
-        yield RotatingTLS(source)
-    finally:
-        await source.close()
 
 
 async def _call(

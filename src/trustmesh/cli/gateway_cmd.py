@@ -1,48 +1,36 @@
-"""``trustmesh gateway key add|list|revoke|rotate``: the gateway's API keys.
+"""``trustmesh gateway key add|list|revoke|rotate``: the gateway's API keys, through the
+running gateway's admin API, as the operator (never its key store).
 
-The command writes the gateway's key store (``<state>/gateway/keys.db``) directly; a
-running gateway sees a change within about a second. A key is printed once, when it is
-made or rotated; only its digest is stored, and neither is ever listed. Every change is
-recorded as an event in ``<state>/events/cli.jsonl``.
+A key is printed once, when it is made or rotated; only its digest is stored, and
+neither is ever listed. The gateway records every change as an event of its own; a
+revoked key is refused at once by the gateway that revoked it, and within about a second
+by any other gateway on the same store.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
+from urllib.parse import quote
 
 import typer
 from rich.table import Table
-from sqlalchemy.exc import SQLAlchemyError
 
+from trustmesh.cli import _admin
 from trustmesh.cli._common import (
     DEFAULT_STATE,
-    EXIT_USAGE,
     ConfigOption,
     JsonOption,
     StateOption,
-    cli_event_sink,
     err,
-    fail,
-    fail_on,
-    load_or_exit,
     out,
+    seconds_option,
 )
-from trustmesh.config import parse_duration
-from trustmesh.errors import TrustmeshError, UsageError
-from trustmesh.gateway.apikeys import IssuedKey, KeyRecord, principal_of, routes_without_api_keys
-from trustmesh.gateway.keystore import (
-    SqlKeyStore,
-    add_key,
-    keys_db_path,
-    open_keystore,
-    revoke_key,
-    rotate_key,
+from trustmesh.cli._common import (
+    declared as _declared,
 )
+from trustmesh.errors import TrustmeshError
 
 app = typer.Typer(help="The edge gateway.", no_args_is_help=True)
 key_app = typer.Typer(
@@ -51,70 +39,32 @@ key_app = typer.Typer(
 )
 app.add_typer(key_app, name="key")
 
-T = TypeVar("T")
+KEYS = "/admin/v1/api-keys"
 
 
-def _with_store(state: Path, action: Callable[[SqlKeyStore], Awaitable[T]]) -> T:
-    async def run() -> T:
-        store = await open_keystore(state)
-        try:
-            return await action(store)
-        finally:
-            await store.close()
-
+def _gateway(state: Path, config: Path | None, method: str, path: str, body: object = None) -> Any:
+    """One request to the gateway's admin API as the operator, or exit. A declaration
+    given with --config must be the running stack's (its trust domain)."""
     try:
-        return asyncio.run(run())
+        return _admin.call(state, "gateway", method, path, body, config=_declared(config))
     except TrustmeshError as exc:
-        fail_on(exc)
-    except (OSError, SQLAlchemyError) as exc:
-        fail(f"the key store under {state} cannot be used: {type(exc).__name__}")
+        _admin.fail_admin(exc)
 
 
-def _duration(option: str, value: str | None, *, zero: bool = False) -> timedelta | None:
-    if value is None:
-        return None
-    if zero and value.strip() in ("0", "0s"):
-        return timedelta(0)
-    try:
-        return parse_duration(value)
-    except (ValueError, TypeError) as exc:
-        fail_on(UsageError(f"{option} {value!r}: {exc}"))
+def _key_path(key_id: str, action: str) -> str:
+    return f"{KEYS}/{quote(key_id, safe='')}/{action}"
 
 
-def _time(epoch: int | None) -> str | None:
-    return datetime.fromtimestamp(epoch, UTC).isoformat() if epoch is not None else None
+def _short(iso: str | None) -> str:
+    return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%MZ") if iso else ""
 
 
-def _short(epoch: int | None) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%MZ") if epoch else ""
-
-
-def _doc(record: KeyRecord, now: float) -> dict[str, Any]:
-    """What may be shown of a key: never its secret or a digest."""
-    return {
-        "id": record.key_id,
-        "name": record.name,
-        "principal": principal_of(record.key_id),
-        "scopes": list(record.scopes),
-        "roles": list(record.roles),
-        "status": record.status(now),
-        "created_at": _time(record.created_at),
-        "expires_at": _time(record.expires_at),
-        "revoked_at": _time(record.revoked_at),
-        "rotated_at": _time(record.rotated_at),
-        "previous_valid_until": _time(record.previous_until)
-        if record.previous_until is not None and now < record.previous_until
-        else None,
-    }
-
-
-def _show_issued(issued: IssuedKey, now: float, as_json: bool, what: str) -> None:
-    record = issued.record
+def _show_issued(doc: dict[str, Any], as_json: bool, what: str) -> None:
     if as_json:
-        out.print_json(data={**_doc(record, now), "key": issued.key})
+        out.print_json(data={k: v for k, v in doc.items() if k != "routes_without_api_keys"})
         return
-    err.print(f"key {record.key_id} ({record.name}) {what}; the key (shown once):", markup=False)
-    print(issued.key)  # plain stdout: scripts capture it
+    err.print(f"key {doc['id']} ({doc['name']}) {what}; the key (shown once):", markup=False)
+    print(doc["key"])  # plain stdout: scripts capture it
 
 
 @key_app.command("add")
@@ -140,43 +90,25 @@ def key_add(
     as_json: JsonOption = False,
 ) -> None:
     """Make an API key for routes SCOPE. The key is printed once; only its hash is kept."""
-    cfg, _ = load_or_exit(config)
-    lifetime = _duration("--expires", expires)
-    now = time.time()
-
-    async def action(store: SqlKeyStore) -> IssuedKey:
-        with cli_event_sink(state) as sink:
-            return await add_key(
-                store,
-                cfg,
-                name=name,
-                scopes=scope,
-                roles=role or [],
-                expires_in=lifetime,
-                now=now,
-                sink=sink,
-            )
-
-    issued = _with_store(state, action)
-    routes = cfg.gateway.routes if cfg.gateway is not None else []
-    for route in routes_without_api_keys(issued.record.scopes, routes):
+    body: dict[str, object] = {"name": name, "scopes": scope, "roles": role or []}
+    lifetime = seconds_option("--expires", expires)
+    if lifetime is not None:
+        body["expires_in"] = lifetime
+    made = _gateway(state, config, "POST", KEYS, body)
+    for route in made.get("routes_without_api_keys", []):
         err.print(
             f"warning: route {route} does not accept API keys (add api_key to its auth)",
             markup=False,
         )
-    _show_issued(issued, now, as_json, "added")
+    _show_issued(made, as_json, "added")
 
 
 @key_app.command("list")
-def key_list(state: StateOption = DEFAULT_STATE, as_json: JsonOption = False) -> None:
+def key_list(
+    config: ConfigOption = None, state: StateOption = DEFAULT_STATE, as_json: JsonOption = False
+) -> None:
     """List API keys (never a secret or a hash)."""
-    now = time.time()
-
-    async def action(store: SqlKeyStore) -> list[KeyRecord]:
-        return await store.all()
-
-    records = _with_store(state, action) if keys_db_path(state).exists() else []
-    docs = [_doc(r, now) for r in records]
+    docs = _gateway(state, config, "GET", KEYS)
     if as_json:
         out.print_json(data=docs)
         return
@@ -184,47 +116,36 @@ def key_list(state: StateOption = DEFAULT_STATE, as_json: JsonOption = False) ->
     table.add_column("id", no_wrap=True)  # what revoke and rotate take: never cut
     for heading in ("name", "scopes", "roles", "status", "expires"):
         table.add_column(heading)
-    for r, d in zip(records, docs, strict=True):
+    for d in docs:
         status = d["status"]
-        if status == "rotating" and r.previous_until is not None:
-            status += f" (old key until {_short(r.previous_until)})"
+        if status == "rotating" and d["previous_valid_until"]:
+            status += f" (old key until {_short(d['previous_valid_until'])})"
         table.add_row(
             d["id"],
             d["name"],
             " ".join(d["scopes"]),
             " ".join(d["roles"]),
             status,
-            _short(r.expires_at),
+            _short(d["expires_at"]),
         )
     out.print(table)
-
-
-def _missing(state: Path, key_id: str) -> None:
-    if not keys_db_path(state).exists():
-        fail(f"no API key {key_id!r} (no key store under {state})", EXIT_USAGE)
 
 
 @key_app.command("revoke")
 def key_revoke(
     key_id: Annotated[str, typer.Argument(metavar="ID", help="The key's id (see `list`).")],
+    config: ConfigOption = None,
     state: StateOption = DEFAULT_STATE,
     as_json: JsonOption = False,
 ) -> None:
-    """Revoke a key: a running gateway refuses it within about a second."""
-    _missing(state, key_id)
-    now = time.time()
-
-    async def action(store: SqlKeyStore) -> tuple[KeyRecord, bool]:
-        with cli_event_sink(state) as sink:
-            return await revoke_key(store, key_id, now=now, sink=sink)
-
-    record, newly = _with_store(state, action)
+    """Revoke a key: the gateway refuses it from now on."""
+    doc = _gateway(state, config, "POST", _key_path(key_id, "revoke"), {})
     if as_json:
-        out.print_json(data=_doc(record, now))
-    elif newly:
-        out.print(f"key {record.key_id} ({record.name}) revoked", markup=False)
+        out.print_json(data={k: v for k, v in doc.items() if k != "revoked_now"})
+    elif doc["revoked_now"]:
+        out.print(f"key {doc['id']} ({doc['name']}) revoked", markup=False)
     else:
-        out.print(f"key {record.key_id} ({record.name}) was revoked already", markup=False)
+        out.print(f"key {doc['id']} ({doc['name']}) was revoked already", markup=False)
 
 
 @key_app.command("rotate")
@@ -234,20 +155,16 @@ def key_rotate(
         str,
         typer.Option("--grace", help="How long the old key stays valid: 0 (default) up to 7d."),
     ] = "0",
+    config: ConfigOption = None,
     state: StateOption = DEFAULT_STATE,
     as_json: JsonOption = False,
 ) -> None:
     """Issue a new key for the same id, scopes and roles (printed once); the old one is
     refused after --grace."""
-    _missing(state, key_id)
-    period = _duration("--grace", grace, zero=True) or timedelta(0)
-    now = time.time()
-
-    async def action(store: SqlKeyStore) -> IssuedKey:
-        with cli_event_sink(state) as sink:
-            return await rotate_key(store, key_id, grace=period, now=now, sink=sink)
-
-    _show_issued(_with_store(state, action), now, as_json, "rotated")
+    body = {"grace": seconds_option("--grace", grace, zero=True) or 0}
+    _show_issued(
+        _gateway(state, config, "POST", _key_path(key_id, "rotate"), body), as_json, "rotated"
+    )
 
 
 def register(parent: typer.Typer) -> None:

@@ -1,35 +1,33 @@
-"""``trustmesh identity register|list|remove``, ``identity token create``, ``svid show``."""
+"""``trustmesh identity register|list|remove``, ``identity token create``, ``svid show``:
+through the running identity service's admin API, as the operator (never its store)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
+from urllib.parse import quote, urlencode
 
 import typer
 from rich.table import Table
 
 from trustmesh import crypto
+from trustmesh.cli import _admin
 from trustmesh.cli._common import (
     DEFAULT_STATE,
     ConfigOption,
     JsonOption,
     StateOption,
-    cli_event_sink,
     fail,
     fail_on,
-    load_or_exit,
     out,
+    seconds_option,
 )
-from trustmesh.config import parse_duration
+from trustmesh.cli._common import (
+    declared as _declared,
+)
 from trustmesh.errors import TrustmeshError, UsageError
-from trustmesh.identity import admin
-from trustmesh.identity.models import RegistrationEntry
-from trustmesh.identity.server import open_store, service_settings
-from trustmesh.identity.store import SqliteIdentityStore
 from trustmesh.spiffeid import parse_spiffe_id
 
 app = typer.Typer(help="Workload registration entries and join tokens.", no_args_is_help=True)
@@ -37,26 +35,27 @@ token_app = typer.Typer(help="One-time join tokens.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 svid_app = typer.Typer(help="Inspect issued X.509-SVIDs.", no_args_is_help=True)
 
+#: A join token is valid this long unless --ttl says otherwise.
+DEFAULT_JOIN_TTL = "10m"
 
-@contextmanager
-def _store(state: Path) -> Iterator[SqliteIdentityStore]:
+
+def _identity(state: Path, config: Path | None, method: str, path: str, body: object = None) -> Any:
+    """One request to the identity service's admin API as the operator, or exit. A declaration
+    given with --config must be the running stack's (its trust domain)."""
     try:
-        store = open_store(state)
+        return _admin.call(state, "identity", method, path, body, config=_declared(config))
     except TrustmeshError as exc:
-        fail_on(exc)
-    try:
-        yield store
-    finally:
-        store.close()
+        _admin.fail_admin(exc)
 
 
-def _ttl(value: str | None) -> dt.timedelta | None:
-    if value is None:
-        return None
-    try:
-        return parse_duration(value)
-    except (ValueError, TypeError) as exc:
-        raise UsageError(f"--ttl {value!r}: {exc}") from None
+def _entry_json(doc: dict[str, Any]) -> dict[str, object]:
+    return {
+        "id": doc["id"],
+        "spiffe_id": doc["spiffe_id"],
+        "selectors": doc["selectors"],
+        "ttl_seconds": doc["ttl"],
+        "created_at": doc["created_at"],
+    }
 
 
 @app.command("register")
@@ -78,80 +77,84 @@ def register(
     as_json: JsonOption = False,
 ) -> None:
     """Allow workloads presenting SELECTORs to hold SPIFFE-ID."""
-    cfg, _ = load_or_exit(config)
-    with _store(state) as store, cli_event_sink(state) as sink:
-        try:
-            entry = admin.register_entry(
-                store, service_settings(cfg), spiffe_id, selector, _ttl(ttl), sink
-            )
-        except TrustmeshError as exc:
-            fail_on(exc)
+    body: dict[str, object] = {"spiffe_id": spiffe_id, "selectors": selector}
+    seconds = seconds_option("--ttl", ttl)
+    if seconds is not None:
+        body["ttl"] = seconds
+    entry = _identity(state, config, "POST", "/admin/v1/entries", body)
     if as_json:
         out.print_json(data=_entry_json(entry))
     else:
-        out.print(f"entry {entry.id}: {entry.spiffe_id} ← {' '.join(sorted(entry.selectors))}")
-
-
-def _entry_json(entry: RegistrationEntry) -> dict[str, object]:
-    return {
-        "id": entry.id,
-        "spiffe_id": entry.spiffe_id,
-        "selectors": sorted(entry.selectors),
-        "ttl_seconds": int(entry.ttl.total_seconds()) if entry.ttl else None,
-        "created_at": entry.created_at.isoformat(),
-    }
+        selectors = " ".join(entry["selectors"])
+        out.print(f"entry {entry['id']}: {entry['spiffe_id']} ← {selectors}", markup=False)
 
 
 @app.command("list")
-def list_entries(state: StateOption = DEFAULT_STATE, as_json: JsonOption = False) -> None:
+def list_entries(
+    config: ConfigOption = None, state: StateOption = DEFAULT_STATE, as_json: JsonOption = False
+) -> None:
     """List registration entries."""
-    with _store(state) as store:
-        entries = store.list_entries()
+    entries = _identity(state, config, "GET", "/admin/v1/entries")
     if as_json:
         out.print_json(data=[_entry_json(e) for e in entries])
         return
     table = Table("id", "SPIFFE ID", "selectors", "TTL")
     for e in entries:
-        ttl = f"{int(e.ttl.total_seconds())}s" if e.ttl else "default"
-        table.add_row(e.id, e.spiffe_id, "\n".join(sorted(e.selectors)), ttl)
+        ttl = f"{e['ttl']}s" if e["ttl"] else "default"
+        table.add_row(e["id"], e["spiffe_id"], "\n".join(e["selectors"]), ttl)
     out.print(table)
 
 
 @app.command("remove")
 def remove(
     entry_id: Annotated[str, typer.Argument(help="Entry id (see `identity list`).")],
+    config: ConfigOption = None,
     state: StateOption = DEFAULT_STATE,
 ) -> None:
     """Remove a registration entry; workloads holding only it lose their identity."""
-    with _store(state) as store, cli_event_sink(state) as sink:
-        try:
-            entry = admin.remove_entry(store, entry_id, sink)
-        except TrustmeshError as exc:
-            fail_on(exc)
-    out.print(f"removed entry {entry.id} ({entry.spiffe_id})")
+    path = f"/admin/v1/entries/{quote(entry_id, safe='')}"
+    entry = _identity(state, config, "DELETE", path)
+    out.print(f"removed entry {entry['id']} ({entry['spiffe_id']})", markup=False)
 
 
 @token_app.command("create")
 def token_create(
     spiffe_id: Annotated[str, typer.Option("--spiffe-id", help="The identity the token grants.")],
-    ttl: Annotated[str, typer.Option(help="How long the token may be redeemed.")] = "10m",
+    ttl: Annotated[
+        str, typer.Option(help="How long the token may be redeemed.")
+    ] = DEFAULT_JOIN_TTL,
     config: ConfigOption = None,
     state: StateOption = DEFAULT_STATE,
 ) -> None:
     """Create a one-time join token (printed once on stdout; only its hash is stored)."""
-    cfg, _ = load_or_exit(config)
-    with _store(state) as store, cli_event_sink(state) as sink:
-        try:
-            lifetime = _ttl(ttl) or admin.DEFAULT_JOIN_TTL
-            token = admin.create_join_token(store, service_settings(cfg), spiffe_id, lifetime, sink)
-        except TrustmeshError as exc:
-            fail_on(exc)
-    print(token)  # plain stdout: scripts capture it
+    body = {"spiffe_id": spiffe_id, "ttl": seconds_option("--ttl", ttl)}
+    made = _identity(state, config, "POST", "/admin/v1/join-tokens", body)
+    print(made["token"])  # plain stdout: scripts capture it
+
+
+def _svid_facts(doc: dict[str, Any]) -> dict[str, object]:
+    """The public facts of an issued SVID, read from its chain (never a key)."""
+    chain = crypto.certs_from_pem(str(doc["chain_pem"]).encode())
+    leaf = chain[0]
+    not_after = dt.datetime.fromisoformat(doc["not_after"])
+    return {
+        "spiffe_id": doc["spiffe_id"],
+        "uri_sans": crypto.uri_sans(leaf),
+        "serial": doc["serial"],
+        "not_before": doc["not_before"],
+        "not_after": doc["not_after"],
+        "issued_at": doc["issued_at"],
+        "expired": not_after <= dt.datetime.now(dt.UTC),
+        "issuer": leaf.issuer.rfc4514_string(),
+        "sha256_fingerprint": crypto.fingerprint_sha256(leaf),
+        "chain_length": len(chain),
+    }
 
 
 @svid_app.command("show")
 def svid_show(
     spiffe_id: Annotated[str, typer.Argument(help="spiffe://<trust-domain>/<path>")],
+    config: ConfigOption = None,
     state: StateOption = DEFAULT_STATE,
     as_json: JsonOption = False,
     pem: Annotated[bool, typer.Option("--pem", help="Print the certificate chain.")] = False,
@@ -161,30 +164,20 @@ def svid_show(
         parse_spiffe_id(spiffe_id)
     except UsageError as exc:
         fail_on(exc)
-    with _store(state) as store:
-        svid = store.last_svid(spiffe_id)
-    if svid is None:
-        fail(f"no SVID has been issued for {spiffe_id}", 1)
-    chain = crypto.certs_from_pem(svid.chain_pem.encode())
-    leaf = chain[0]
-    facts = {
-        "spiffe_id": svid.spiffe_id,
-        "uri_sans": crypto.uri_sans(leaf),
-        "serial": svid.serial,
-        "not_before": svid.not_before.isoformat(),
-        "not_after": svid.not_after.isoformat(),
-        "issued_at": svid.issued_at.isoformat(),
-        "expired": svid.not_after <= dt.datetime.now(dt.UTC),
-        "issuer": leaf.issuer.rfc4514_string(),
-        "sha256_fingerprint": crypto.fingerprint_sha256(leaf),
-        "chain_length": len(chain),
-    }
+    path = f"/admin/v1/svids/last?{urlencode({'spiffe_id': spiffe_id})}"
+    try:
+        doc = _admin.call(state, "identity", "GET", path, config=_declared(config))
+    except _admin.AdminError as exc:  # none issued yet (404): a fact, not bad usage
+        fail(exc.detail, 2 if exc.http_status in (400, 409) else 1)
+    except TrustmeshError as exc:
+        _admin.fail_admin(exc)
+    facts = _svid_facts(doc)
     if as_json:
-        out.print_json(json.dumps({**facts, **({"chain_pem": svid.chain_pem} if pem else {})}))
+        out.print_json(json.dumps({**facts, **({"chain_pem": doc["chain_pem"]} if pem else {})}))
         return
     table = Table(show_header=False)
     for key, value in facts.items():
         table.add_row(key, str(value))
     out.print(table)
     if pem:
-        print(svid.chain_pem, end="")
+        print(doc["chain_pem"], end="")

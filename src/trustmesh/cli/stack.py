@@ -13,29 +13,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-import h2.exceptions
 import typer
-from grpclib import GRPCError
-from grpclib.client import Channel
-from grpclib.exceptions import StreamTerminatedError
-from grpclib.health.v1.health_grpc import HealthStub
-from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from rich.table import Table
 
 from trustmesh import crypto
 from trustmesh.auth.endpoint import endpoint_path as auth_endpoint_path
+from trustmesh.cli._admin import join_token
 from trustmesh.cli._common import (
     DEFAULT_STATE,
     EXIT_FAILURE,
     ConfigOption,
     StateOption,
-    cli_event_sink,
     err,
     fail,
     fail_on,
     load_or_exit,
     out,
 )
+from trustmesh.cli.health import HEALTH_PATH, Answer, Target, ask_all, probe_grpc
 from trustmesh.cli.supervisor import (
     ComponentSpec,
     RunPaths,
@@ -48,19 +43,14 @@ from trustmesh.cli.supervisor import (
     write_json,
 )
 from trustmesh.config import TrustmeshConfig
-from trustmesh.errors import TrustmeshError
+from trustmesh.errors import TrustmeshError, UnavailableError
 from trustmesh.gateway.endpoint import endpoint_path as gateway_endpoint_path
-from trustmesh.identity import admin
-from trustmesh.identity.server import (
-    MAX_SOCKET_PATH,
-    IdentityPaths,
-    prepare_state_dir,
-    service_settings,
-)
-from trustmesh.identity.store import SqliteIdentityStore
+from trustmesh.identity.endpoint import MAX_SOCKET_PATH, IdentityPaths, prepare_state_dir
 
 DETACH_TIMEOUT = 90.0
-JOIN_TTL = dt.timedelta(minutes=2)  # a started process redeems its token within seconds
+JOIN_TTL = 120  # seconds: a started process redeems its token within seconds
+#: How long a start waits for the identity service (restarting, say) to make its token.
+JOIN_WAIT = 10.0
 
 
 def components(config: TrustmeshConfig, config_path: Path, state: Path) -> list[ComponentSpec]:
@@ -118,14 +108,17 @@ def components(config: TrustmeshConfig, config_path: Path, state: Path) -> list[
 
 
 def _join_token(config: TrustmeshConfig, state: Path, spiffe_id: str) -> str:
-    store = SqliteIdentityStore(IdentityPaths(state).db)
-    try:
-        with cli_event_sink(state) as sink:
-            return admin.create_join_token(
-                store, service_settings(config), spiffe_id, JOIN_TTL, sink
-            )
-    finally:
-        store.close()
+    """A one-time join token for a process ``up`` starts, made by the identity service's
+    admin API (started first) at the operator's request; an identity service that is
+    itself restarting is waited for a while."""
+    deadline = time.monotonic() + JOIN_WAIT
+    while True:
+        try:
+            return asyncio.run(join_token(state, spiffe_id, JOIN_TTL, config))
+        except UnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _join_env(config: TrustmeshConfig, state: Path, spiffe_id: str) -> Callable[[], dict[str, str]]:
@@ -156,18 +149,7 @@ def _instance(doc: dict[str, object], name: str) -> dict[str, Any] | None:
     return None
 
 
-# -- health ------------------------------------------------------------------------------
-async def _probe_grpc(socket: Path, timeout: float) -> bool:
-    channel = Channel(path=str(socket))
-    try:
-        reply = await HealthStub(channel).Check(HealthCheckRequest(), timeout=timeout)
-    except (OSError, TimeoutError, GRPCError, StreamTerminatedError, h2.exceptions.ProtocolError):
-        return False
-    finally:
-        channel.close()
-    return bool(reply.status == HealthCheckResponse.SERVING)
-
-
+# -- readiness (the supervisor's, while it starts the stack) --------------------------------
 def probe(spec: ComponentSpec, state: Path, timeout: float = 2.0) -> bool:
     if spec.name == "identity":
         # ready once both the Workload API answers and discovery is published: services
@@ -177,7 +159,7 @@ def probe(spec: ComponentSpec, state: Path, timeout: float = 2.0) -> bool:
         return (
             isinstance(discovery.get("url"), str)
             and sock.is_socket()
-            and asyncio.run(_probe_grpc(sock, timeout))
+            and asyncio.run(probe_grpc(sock, timeout))
         )
     if spec.name == "auth":  # up once it serves and has said where
         url = (read_json(auth_endpoint_path(state)) or {}).get("url")
@@ -195,118 +177,6 @@ def _serving(instance: dict[str, Any] | None) -> bool:
     return bool(instance and not instance.get("stale") and _tcp_open(str(instance.get("url"))))
 
 
-def _signing_ca_expiry(state: Path) -> str | None:
-    db = IdentityPaths(state).db
-    if not db.exists():
-        return None
-    store = SqliteIdentityStore(db)
-    try:
-        for gen in store.load_generations():
-            if gen.doc.get("status") == "active":
-                cert = crypto.certs_from_pem(str(gen.doc["signing"]).encode())[0]
-                return cert.not_valid_after_utc.isoformat()
-    finally:
-        store.close()
-    return None
-
-
-def stack_status(config: TrustmeshConfig, config_path: Path, state: Path) -> dict[str, Any]:
-    paths = RunPaths(state)
-    running = supervisor_running(paths)
-    sup = read_json(paths.supervisor) or {}
-    discovery = read_json(IdentityPaths(state).discovery) or {}
-    rows: list[dict[str, Any]] = []
-    for spec in components(config, config_path, state):
-        doc = read_json(paths.component(spec.name)) or {}
-        pid, start = doc.get("pid"), doc.get("start_time")
-        alive = isinstance(pid, int) and isinstance(start, int) and process_alive(pid, start)
-        if spec.name == "identity":
-            rows.append(
-                {
-                    "name": spec.name,
-                    "url": IdentityPaths(state).socket_address,
-                    "spiffe_id": config.component_spiffe_id(spec.name),
-                    "healthy": bool(running and alive and probe(spec, state)),
-                    "cert_expires": _signing_ca_expiry(state),
-                    "cert_kind": "signing-ca",
-                    "pid": pid if alive else None,
-                }
-            )
-            continue
-        if spec.name in _ENDPOINT_FILES:  # a component that says where it listens
-            endpoint = read_json(_ENDPOINT_FILES[spec.name](state)) or {}
-            rows.append(
-                {
-                    "name": spec.name,
-                    "url": endpoint.get("url"),
-                    "spiffe_id": config.component_spiffe_id(spec.name),
-                    "healthy": bool(running and alive and probe(spec, state)),
-                    "cert_expires": endpoint.get("cert_expires"),
-                    "cert_kind": "svid",
-                    "pid": pid if alive else None,
-                    **{k: endpoint.get(k) for k in _ENDPOINT_EXTRAS[spec.name]},
-                }
-            )
-            continue
-        instance = _instance(discovery, spec.name) or {}
-        rows.append(
-            {
-                "name": spec.name,
-                "url": instance.get("url"),
-                "spiffe_id": config.spiffe_id(spec.name),
-                "healthy": bool(running and alive and _serving(instance)),
-                "cert_expires": instance.get("cert_expires"),
-                "cert_kind": "svid",
-                "pid": pid if alive else None,
-            }
-        )
-    listed = discovery.get("instances") if running else []
-    instances = listed if isinstance(listed, list) else []
-    if running and isinstance(discovery.get("url"), str):
-        rows.append(
-            {
-                "name": "discovery",
-                "url": discovery["url"],
-                "spiffe_id": discovery.get("spiffe_id"),
-                "healthy": _fresh(discovery.get("updated_at")) and _tcp_open(str(discovery["url"])),
-                "cert_expires": discovery.get("cert_expires"),
-                "cert_kind": "svid",
-                "pid": rows[0]["pid"] if rows else None,
-            }
-        )
-        rows.insert(1, rows.pop())  # identity, discovery, then the services
-    return {
-        "state": str(state),
-        "running": running,
-        "instances": instances,
-        "stale_instances": [i for i in instances if isinstance(i, dict) and i.get("stale")],
-        "phase": sup.get("phase") if running else "stopped",
-        "trust_domain": config.trust_domain,
-        "workload_api": IdentityPaths(state).socket_address,
-        # dev mode: the CA of the browser-facing listeners (import it to trust them)
-        "edge_ca": str(crypto.edge_ca_path(state)) if crypto.edge_ca_path(state).exists() else None,
-        "components": rows,
-    }
-
-
-#: Components that write where they listen, and what else of it `status` shows.
-_ENDPOINT_FILES: dict[str, Callable[[Path], Path]] = {
-    "auth": auth_endpoint_path,
-    "gateway": gateway_endpoint_path,
-}
-_ENDPOINT_EXTRAS = {
-    "auth": ("issuer", "public_url"),
-    "gateway": ("internal_url", "metrics_url"),
-}
-
-
-def _fresh(updated_at: object, within: float = 10.0) -> bool:
-    if not isinstance(updated_at, str):
-        return False
-    age = dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(updated_at)
-    return age.total_seconds() < within
-
-
 def _tcp_open(url: str) -> bool:
     import socket
     from urllib.parse import urlsplit
@@ -319,6 +189,145 @@ def _tcp_open(url: str) -> bool:
             return True
     except OSError:
         return False
+
+
+# -- status: what the running components answer ------------------------------------------
+#: Components that say where they listen: their file, the key of their mTLS listener's
+#: URL there, and what else of it `status` shows.
+_ENDPOINTS: dict[str, tuple[Callable[[Path], Path], str, tuple[str, ...]]] = {
+    "auth": (auth_endpoint_path, "url", ("issuer", "public_url")),
+    "gateway": (gateway_endpoint_path, "internal_url", ("internal_url", "metrics_url")),
+}
+
+
+def _targets(
+    config: TrustmeshConfig, state: Path, names: list[str], discovery: dict[str, Any]
+) -> dict[str, Target]:
+    """Whom to ask, and where: every component's mTLS listener, as it says it listens."""
+    found: dict[str, Target] = {}
+    if isinstance(discovery.get("url"), str):  # discovery, and the identity service's CA
+        identity = config.component_spiffe_id("identity")
+        found["discovery"] = Target(discovery["url"], identity, "/healthz")
+    for name in names:
+        if name in _ENDPOINTS:
+            path, key, _ = _ENDPOINTS[name]
+            url = (read_json(path(state)) or {}).get(key)
+            spiffe_id, health = config.component_spiffe_id(name), "/healthz"
+        else:
+            url = (_instance(discovery, name) or {}).get("url")
+            spiffe_id, health = config.spiffe_id(name), HEALTH_PATH
+        if isinstance(url, str):
+            found[name] = Target(url, spiffe_id, health)
+    return found
+
+
+def _component_row(
+    config: TrustmeshConfig, state: Path, name: str, answer: Answer, discovery: dict[str, Any]
+) -> dict[str, Any]:
+    """A component's row (the identity service's is :func:`_identity_rows`)."""
+    if name in _ENDPOINTS:
+        path, _, extras = _ENDPOINTS[name]
+        endpoint = read_json(path(state)) or {}
+        return {
+            "name": name,
+            "url": endpoint.get("url"),
+            "spiffe_id": config.component_spiffe_id(name),
+            "healthy": answer.ok,
+            "cert_expires": answer.cert_expires,
+            "cert_kind": "svid",
+            **{k: endpoint.get(k) for k in extras},
+        }
+    instance = _instance(discovery, name) or {}
+    return {
+        "name": name,
+        "url": instance.get("url"),
+        "spiffe_id": config.spiffe_id(name),
+        # a service that stopped renewing its lease is not found by its callers
+        "healthy": answer.ok and not instance.get("stale"),
+        "cert_expires": answer.cert_expires,
+        "cert_kind": "svid",
+    }
+
+
+def _identity_rows(
+    config: TrustmeshConfig, state: Path, workload_api: bool, answer: Answer | None
+) -> list[dict[str, Any]]:
+    """The identity service (its Workload API, and its signing CA's expiry as it says),
+    then its mTLS listener (discovery and the admin API) when it has one."""
+    signing = answer.doc.get("signing_ca_expires") if answer else None
+    rows = [
+        {
+            "name": "identity",
+            "url": IdentityPaths(state).socket_address,
+            "spiffe_id": config.component_spiffe_id("identity"),
+            "healthy": workload_api,
+            "cert_expires": signing if isinstance(signing, str) else None,
+            "cert_kind": "signing-ca",
+        }
+    ]
+    if answer is not None:
+        discovery = read_json(IdentityPaths(state).discovery) or {}
+        rows.append(
+            {
+                "name": "discovery",
+                "url": discovery.get("url"),
+                "spiffe_id": config.component_spiffe_id("identity"),
+                "healthy": answer.ok,
+                "cert_expires": answer.cert_expires,
+                "cert_kind": "svid",
+            }
+        )
+    return rows
+
+
+def _pid(paths: RunPaths, name: str) -> int | None:
+    """The component's process, as the supervisor recorded it, while it is that process."""
+    doc = read_json(paths.component(name)) or {}
+    pid, start = doc.get("pid"), doc.get("start_time")
+    alive = isinstance(pid, int) and isinstance(start, int) and process_alive(pid, start)
+    return pid if alive and isinstance(pid, int) else None
+
+
+async def _ask_stack(
+    config: TrustmeshConfig, state: Path, targets: dict[str, Target]
+) -> tuple[bool, dict[str, Answer]]:
+    workload_api, answers = await asyncio.gather(
+        probe_grpc(IdentityPaths(state).socket), ask_all(config, state, targets)
+    )
+    return workload_api, answers
+
+
+def stack_status(config: TrustmeshConfig, config_path: Path, state: Path) -> dict[str, Any]:
+    """Each component's URL, SPIFFE ID, health and certificate expiry, as the running
+    components answer (nothing is asked when no supervisor runs: all are down)."""
+    paths = RunPaths(state)
+    running = supervisor_running(paths)
+    discovery = (read_json(IdentityPaths(state).discovery) or {}) if running else {}
+    names = [spec.name for spec in components(config, config_path, state)]
+    targets = _targets(config, state, names[1:], discovery) if running else {}
+    workload_api, answers = (
+        asyncio.run(_ask_stack(config, state, targets)) if running else (False, {})
+    )
+    discovery_answer = answers.get("discovery", Answer()) if "discovery" in targets else None
+    rows = _identity_rows(config, state, workload_api, discovery_answer)
+    for name in names[1:]:
+        rows.append(_component_row(config, state, name, answers.get(name, Answer()), discovery))
+    for row in rows:
+        row["pid"] = _pid(paths, "identity" if row["name"] == "discovery" else row["name"])
+    listed = discovery.get("instances")
+    instances = listed if isinstance(listed, list) else []
+    return {
+        "state": str(state),
+        "running": running,
+        "instances": instances,
+        "stale_instances": [i for i in instances if isinstance(i, dict) and i.get("stale")],
+        "phase": (read_json(paths.supervisor) or {}).get("phase") if running else "stopped",
+        "trust_domain": config.trust_domain,
+        "workload_api": IdentityPaths(state).socket_address,
+        # dev mode: the CA of the browser-facing listeners (import it to trust them)
+        "edge_ca": str(crypto.edge_ca_path(state)) if crypto.edge_ca_path(state).exists() else None,
+        "components": rows,
+    }
 
 
 def _print_table(status: dict[str, Any]) -> None:
@@ -353,8 +362,12 @@ def _print_table(status: dict[str, Any]) -> None:
 
 # -- commands ------------------------------------------------------------------------------
 def _check_state(config: TrustmeshConfig, state: Path) -> None:
-    if len(str(IdentityPaths(state).socket)) > MAX_SOCKET_PATH:
-        fail(f"state directory path {state} is too long for a unix socket; choose a shorter one", 2)
+    if IdentityPaths(state).socket_too_long() is not None:
+        fail(
+            f"state directory path {state} is too long for a unix socket "
+            f"(at most {MAX_SOCKET_PATH} bytes); choose a shorter one",
+            2,
+        )
     try:
         prepare_state_dir(state)
         key = crypto.load_seal_key(state, dev=config.dev)

@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trustmesh.errors import StateError
-from trustmesh.identity.attestation import process_alive as process_alive
-from trustmesh.identity.attestation import start_time_of
+from trustmesh.errors import StateError, TrustmeshError
+from trustmesh.platform.procfs import process_alive as process_alive
+from trustmesh.platform.procfs import start_time_of
 
 _PR_SET_PDEATHSIG = 1
 RESTART_LIMIT = 5  # restarts of one component within RESTART_WINDOW before giving up
@@ -152,10 +152,17 @@ class Supervisor:
             self._lock_fd = None
 
     # -- children -------------------------------------------------------------------------
-    def start(self, spec: ComponentSpec) -> None:
+    def start(self, spec: ComponentSpec) -> bool:
+        """Start ``spec``'s process; False (logged) when what it needs could not be had
+        (its join token, say): the component stays down, and counts as a failed start."""
+        try:
+            made = spec.env_factory() if spec.env_factory else {}
+        except TrustmeshError as exc:
+            self.log(f"{spec.name} not started: {exc.detail}")
+            return False
         fd = os.open(self.paths.log(spec.name), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         log = os.fdopen(fd, "ab", buffering=0)
-        env = {**os.environ, **spec.env, **(spec.env_factory() if spec.env_factory else {})}
+        env = {**os.environ, **spec.env, **made}
         proc = subprocess.Popen(  # noqa: S603 - argv built by trustmesh, never a shell
             spec.argv,
             stdin=subprocess.DEVNULL,
@@ -171,11 +178,13 @@ class Supervisor:
             self.paths.component(spec.name),
             {"pid": proc.pid, "start_time": _start_time_or_zero(proc.pid), "argv": list(spec.argv)},
         )
+        return True
 
     def start_all(self) -> str | None:
         """Start every component in order; return the name of one that failed, if any."""
         for spec in self.components:
-            self.start(spec)
+            if not self.start(spec):
+                return spec.name
             deadline = time.monotonic() + spec.ready_timeout
             while not self.ready(spec):
                 if self.stopping:

@@ -3,7 +3,9 @@
 Started by ``trustmesh up`` (after the identity service and the provider, before the
 services) with ``SPIFFE_ENDPOINT_SOCKET`` and a one-time join token for
 ``spiffe://<td>/trustmesh/gateway``; writes where it listens to
-``<state>/gateway/endpoint.json`` once it serves (and again when its SVID rotates)."""
+``<state>/gateway/endpoint.json`` once it serves (and again when its SVID rotates):
+``url`` (public), ``internal_url`` (mTLS: its JWKS), ``admin_url`` (mTLS: its admin API),
+``metrics_url``."""
 
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ async def run(config: TrustmeshConfig, state: Path, config_dir: Path) -> None:
             lambda: {
                 "url": running.url,
                 "internal_url": running.internal_url,
+                "admin_url": running.admin_url,
                 "metrics_url": running.metrics_url,
             },
             running.stop,

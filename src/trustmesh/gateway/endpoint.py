@@ -1,6 +1,7 @@
-"""Where the running gateway process says it listens: ``<state>/gateway/endpoint.json`` (written
-by the process, read by ``trustmesh status`` and the processes ``up`` starts after it).
-Kept apart from the process's own module so that reading it imports nothing heavy."""
+"""Where the running gateway process says it listens: ``<state>/gateway/endpoint.json``
+(``url``, ``internal_url``, ``admin_url``, ``metrics_url``; written by the process, read by
+the CLI and the processes ``up`` starts after it). Kept apart from the process's own
+module so that reading it imports nothing heavy."""
 
 from __future__ import annotations
 

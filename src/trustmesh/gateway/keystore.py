@@ -2,14 +2,16 @@
 
 The keys are rows of one table, ``gateway_api_keys`` (SQLAlchemy 2 async through
 :mod:`trustmesh.store`), in the SQLite file ``<state>/gateway/keys.db`` (0600 in a 0700
-directory): ``trustmesh gateway key …`` writes it and the gateway process reads it. A
-row holds the key's digests, never its secret (:mod:`trustmesh.gateway.apikeys`).
+directory), written and read by gateways only: the admin API
+(:mod:`trustmesh.gateway.admin_app`, which ``trustmesh gateway key …`` calls) manages the
+keys. A row holds the key's digests, never its secret (:mod:`trustmesh.gateway.apikeys`).
 
 The gateway never asks the database per request. :class:`ApiKeyVerifier` holds a
 snapshot of every record and reloads it when it is older than ``refresh`` (at most one
 second), one load at a time however many requests wait. So a hot key costs a dictionary
 look-up and one SHA-256; a revocation (or a rotation's end of grace) is seen within
-``refresh`` plus one load; and a flood of random keys costs the database nothing (an
+``refresh`` plus one load (at the next decision, when the change came through this
+gateway's admin API); and a flood of random keys costs the database nothing (an
 unknown id is a miss in the snapshot, never a query). A new or rotated key works within
 the same delay. When the database cannot be read the verifier fails closed: it raises
 :class:`~trustmesh.errors.UnavailableError` and tries again one ``refresh`` later.
@@ -49,6 +51,7 @@ from trustmesh.gateway.apikeys import (
     parse_key,
     principal_of,
 )
+from trustmesh.platform.admin import Actor
 from trustmesh.reasons import Code
 from trustmesh.store import SqlStore, create_engine, sqlite_url
 
@@ -225,9 +228,13 @@ def _event(
     activity: tuple[int, str],
     record: KeyRecord,
     now: float,
-    **extra: int,
+    actor: Actor | None = None,
+    **extra: int | str,
 ) -> events.Event:
-    """Built (and so validated) before anything is written."""
+    """Built (and so validated) before anything is written. ``actor``: who asked, through
+    the admin API (named in the event)."""
+    if actor is not None:
+        extra["by"] = actor.name
     return events.event(
         events.EventClass.ENTITY_MANAGEMENT,
         activity_id=activity[0],
@@ -237,6 +244,7 @@ def _event(
         reason=reason,
         message=message,
         now=datetime.fromtimestamp(now, UTC),
+        peer_spiffe_id=actor.peer_spiffe_id if actor is not None else None,
         attributes={
             "key_id": record.key_id,
             "key_name": record.name,
@@ -259,6 +267,7 @@ async def add_key(
     expires_in: timedelta | None = None,
     now: float,
     sink: events.EventSink,
+    actor: Actor | None = None,
 ) -> IssuedKey:
     """Make a key for routes ``scopes`` (declared route names, or ``*``) whose principal
     carries ``roles`` (of ``auth.roles``). The key is in the result, and nowhere else."""
@@ -278,7 +287,7 @@ async def add_key(
             created_at=int(now),
             expires_at=expires_at,
         )
-        made = _event(API_KEY_CREATED, "API key created", (1, "Create"), record, now)
+        made = _event(API_KEY_CREATED, "API key created", (1, "Create"), record, now, actor)
         try:
             await store.add(record)
         except ConflictError:
@@ -294,7 +303,12 @@ def _check_id(key_id: str) -> None:
 
 
 async def revoke_key(
-    store: KeyStore, key_id: str, *, now: float, sink: events.EventSink
+    store: KeyStore,
+    key_id: str,
+    *,
+    now: float,
+    sink: events.EventSink,
+    actor: Actor | None = None,
 ) -> tuple[KeyRecord, bool]:
     """Revoke a key (its current and any previous secret): the gateway refuses it
     within :data:`REFRESH_SECONDS` and a load. Revoking twice changes nothing; the flag
@@ -303,7 +317,7 @@ async def revoke_key(
     record = await store.get(key_id)
     if record is None:
         raise NotFoundError(f"no API key {key_id!r}")
-    made = _event(API_KEY_REVOKED, "API key revoked", (9, "Disable"), record, now)
+    made = _event(API_KEY_REVOKED, "API key revoked", (9, "Disable"), record, now, actor)
     record, newly = await store.revoke(key_id, int(now))
     if newly:
         sink.emit(made)
@@ -317,6 +331,7 @@ async def rotate_key(
     grace: timedelta = timedelta(0),
     now: float,
     sink: events.EventSink,
+    actor: Actor | None = None,
 ) -> IssuedKey:
     """A new secret for the same id, scopes and roles; the old one stays valid for
     ``grace`` (0: refused at once), then is refused. Only the last old secret is kept."""
@@ -337,6 +352,7 @@ async def rotate_key(
         (3, "Update"),
         record,
         now,
+        actor,
         grace_seconds=grace_seconds,
     )
     _, key = new_key(key_id)
@@ -390,6 +406,11 @@ class ApiKeyVerifier:
             await store.close()
             raise
         return verifier
+
+    def reload_soon(self) -> None:
+        """The store just changed (an admin action here): the next decision reloads, not
+        one ``refresh`` later."""
+        self._loaded_at = None
 
     def _fresh(self, now: float) -> bool:
         loaded = self._loaded_at

@@ -1,5 +1,6 @@
 """Run the gateway: its public TLS listener (clients), and an mTLS listener of its own
-(``sdk.serve``, the gateway's SVID) where services fetch the JWKS of its internal tokens.
+(``sdk.serve``, the gateway's SVID) where services fetch the JWKS of its internal tokens
+and the operator manages API keys (:mod:`trustmesh.gateway.admin_app`).
 
 User tokens are verified with the identity provider's keys, fetched over mTLS and cached
 (traffic keeps flowing while the provider is down); revocations arrive through the
@@ -21,10 +22,11 @@ from starlette.routing import Route
 from trustmesh import crypto, events
 from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import ConfigError, UnavailableError
+from trustmesh.gateway.admin_app import KeyAdmin
 from trustmesh.gateway.app import GatewayApp
 from trustmesh.gateway.internal import GatewayKey
 from trustmesh.gateway.introspection import Introspector
-from trustmesh.gateway.keystore import ApiKeyVerifier
+from trustmesh.gateway.keystore import ApiKeyVerifier, SqlKeyStore, open_keystore
 from trustmesh.gateway.metrics import GatewayMetrics
 from trustmesh.gateway.oidc import ExternalIssuers
 from trustmesh.gateway.ratelimit import RateLimiter
@@ -64,6 +66,7 @@ class RunningGateway:
     limiter: RateLimiter | None = None
     api_keys: ApiKeyVerifier | None = None
     external: ExternalIssuers | None = None
+    key_store: SqlKeyStore | None = None  # the admin API's
 
     @property
     def url(self) -> str:
@@ -72,6 +75,11 @@ class RunningGateway:
     @property
     def internal_url(self) -> str:
         return f"https://127.0.0.1:{self.internal.port}"
+
+    @property
+    def admin_url(self) -> str:
+        """The admin API's listener: the mTLS one."""
+        return self.internal_url
 
     @property
     def metrics_url(self) -> str | None:
@@ -88,13 +96,15 @@ class RunningGateway:
             await self.api_keys.close()
         if self.external is not None:
             await self.external.close()
+        if self.key_store is not None:
+            await self.key_store.close()
         await self.upstreams.close()
         await self.discovery.close()
         if self.trust is not None:
             await self.trust.close()
 
 
-def internal_app(key: GatewayKey) -> Starlette:
+def internal_app(key: GatewayKey, admin: KeyAdmin) -> Starlette:
     async def jwks(_: Request) -> Response:
         return Response(
             key.jwks(),
@@ -109,8 +119,34 @@ def internal_app(key: GatewayKey) -> Starlette:
         routes=[
             Route("/jwks.json", jwks, methods=["GET"]),
             Route("/healthz", health, methods=["GET"]),
+            *admin.routes(),
         ]
     )
+
+
+async def _start_internal(
+    config: TrustmeshConfig,
+    state: Path,
+    key: GatewayKey,
+    sink: events.EventSink,
+    api_keys: ApiKeyVerifier | None,
+    *,
+    tls: RotatingTLS,
+    host: str,
+    port: int,
+) -> tuple[Served, SqlKeyStore]:
+    """The mTLS listener: the JWKS of the internal tokens, the health check, the admin
+    API over the key store (a change there is seen by ``api_keys`` at its next decision)."""
+    key_store = await open_keystore(state)
+    admin = KeyAdmin(
+        config, key_store, sink, changed=api_keys.reload_soon if api_keys else lambda: None
+    )
+    try:
+        internal = await start(internal_app(key, admin), tls=tls, host=host, port=port)
+    except BaseException:
+        await key_store.close()
+        raise
+    return internal, key_store
 
 
 async def serve_gateway(
@@ -241,7 +277,9 @@ async def serve_gateway(
             metrics.connections.set(guard.open)
 
         metrics.refresh = refresh
-    internal = await start(internal_app(key), tls=tls, host=host, port=internal_port)
+    internal, key_store = await _start_internal(
+        config, state, key, sink, api_keys, tls=tls, host=host, port=internal_port
+    )
     try:
         await upstreams.start()
         public = await start_public(
@@ -263,6 +301,7 @@ async def serve_gateway(
     except BaseException:
         await internal.stop()
         with contextlib.suppress(Exception):
+            await key_store.close()
             await upstreams.close()
             await discovery.close()
             if limiter is not None:
@@ -272,6 +311,8 @@ async def serve_gateway(
             if external is not None:
                 await external.close()
         raise
-    return RunningGateway(
+    running = RunningGateway(
         public, internal, upstreams, discovery, trust, key, scraped, limiter, api_keys, external
     )
+    running.key_store = key_store
+    return running

@@ -1,7 +1,9 @@
-"""Managing registration entries and join tokens: shared by the service and the CLI.
+"""Managing registration entries and join tokens: what the admin API
+(:mod:`trustmesh.identity.admin_app`) and the operator socket
+(:mod:`trustmesh.identity.operator`) do, and the service itself.
 
-Each function validates, writes through the store and emits an event; nothing here
-needs the CA, so the CLI can manage entries whether or not the service is running.
+Each function validates, writes through the store and emits an event (naming the
+``actor``, when an admin asked); nothing here needs the CA.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def register_entry(
     actor: Actor | None = None,
 ) -> RegistrationEntry:
     """Validate and store a registration entry; TTLs above the enforced maximum are refused.
-    ``actor``: who asked, through the admin API (the CLI on the store: nobody named)."""
+    ``actor``: who asked, through the admin API (None: the service itself)."""
     require_workload_id(spiffe_id, settings.trust_domain)
     if not selectors:
         raise UsageError("an entry needs at least one selector")

@@ -3,7 +3,8 @@ registration entries and one-time join tokens.
 
 ``GET /admin/v1/entries``, ``POST /admin/v1/entries`` {"spiffe_id", "selectors", "ttl"?
 (seconds)}, ``DELETE /admin/v1/entries/{id}``, ``POST /admin/v1/join-tokens``
-{"spiffe_id", "ttl"? (seconds)}.
+{"spiffe_id", "ttl"? (seconds)}, ``GET /admin/v1/svids/last?spiffe_id=…`` (the last
+X.509-SVID issued for that ID: its public facts and chain, never a key).
 
 Two kinds of caller, as at the identity provider's admin API:
 
@@ -37,24 +38,24 @@ from trustmesh import events
 from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import (
     InvalidTokenError,
-    TrustmeshError,
+    NotFoundError,
     UnavailableError,
     UsageError,
 )
 from trustmesh.identity import admin
 from trustmesh.identity.admin import ServiceSettings
-from trustmesh.identity.models import RegistrationEntry
+from trustmesh.identity.models import IssuedSVID, RegistrationEntry
 from trustmesh.identity.store import IdentityStore
-from trustmesh.platform.admin import Actor, Refused, failure_response
-from trustmesh.reasons import Reason
+from trustmesh.platform.admin import Actor, Handler, Refused, read_event
+from trustmesh.platform.admin import guarded as admin_guarded
 from trustmesh.sdk.oauth import ProviderTrust
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.tokens import TokenVerifier, VerifiedToken, bearer_token
+from trustmesh.spiffeid import parse_spiffe_id
 
 log = logging.getLogger("trustmesh.identity")
 
 MAX_BODY = 64 * 1024
-Handler = Callable[[Request, Actor], Awaitable[Response]]
 
 
 class AdminTokens:
@@ -118,6 +119,30 @@ def _entry_doc(entry: RegistrationEntry) -> dict[str, Any]:
     }
 
 
+async def _json_object(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise UsageError(f"the body must be at most {MAX_BODY} bytes")
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise UsageError("the body is not JSON") from None
+    if not isinstance(doc, dict):
+        raise UsageError("the body must be a JSON object")
+    return doc
+
+
+def _svid_doc(svid: IssuedSVID) -> dict[str, Any]:
+    return {
+        "spiffe_id": svid.spiffe_id,
+        "serial": svid.serial,
+        "not_before": svid.not_before.isoformat(),
+        "not_after": svid.not_after.isoformat(),
+        "issued_at": svid.issued_at.isoformat(),
+        "chain_pem": svid.chain_pem,
+    }
+
+
 def _ttl(value: object, name: str) -> dt.timedelta | None:
     if value is None:
         return None
@@ -133,33 +158,11 @@ def admin_routes(
     sink: events.EventSink,
     tokens: AdminTokens,
     changed: Callable[[], None],
+    last_svid: Callable[[str], IssuedSVID | None],
 ) -> list[Route]:
-    """``changed`` is called after every write (the Workload API streams re-send)."""
+    """``changed`` is called after every write (the Workload API streams re-send);
+    ``last_svid`` finds the last SVID issued for a SPIFFE ID."""
     operator = config.component_spiffe_id("operator")
-
-    def emit(
-        decision: events.Decision,
-        reason: Reason,
-        message: str,
-        peer: str | None,
-        attributes: dict[str, str],
-        sub: str | None = None,
-    ) -> None:
-        read = decision == events.Decision.ALLOW
-        sink.emit(
-            events.event(
-                events.EventClass.API_ACTIVITY,
-                activity_id=2 if read else 99,
-                activity_name="Read" if read else "Other",
-                component="identity",
-                decision=decision,
-                reason=reason,
-                message=message,
-                peer_spiffe_id=peer,
-                sub=sub,
-                attributes=attributes,
-            )
-        )
 
     async def actor_of(request: Request) -> Actor:
         tls = (request.scope.get("extensions") or {}).get("tls") or {}
@@ -189,52 +192,15 @@ def admin_routes(
         return Actor.user(peer, str(token.claims.get("preferred_username") or token.subject))
 
     def guarded(action: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(request: Request) -> Response:
-            try:
-                actor = await actor_of(request)
-            except Refused as refused:
-                peer = ((request.scope.get("extensions") or {}).get("tls") or {}).get("spiffe_id")
-                emit(
-                    events.Decision.DENY,
-                    Reason.ADMIN_DENIED,
-                    f"admin {action} refused: {refused.why}",
-                    peer,
-                    {"action": action},
-                    refused.sub,
-                )
-                return refused.response()
-            try:
-                return await handler(request, actor)
-            except TrustmeshError as exc:
-                return failure_response(exc)
-
-        return endpoint
-
-    async def body(request: Request) -> dict[str, Any]:
-        raw = await request.body()
-        if len(raw) > MAX_BODY:
-            raise UsageError(f"the body must be at most {MAX_BODY} bytes")
-        try:
-            doc = json.loads(raw)
-        except ValueError:
-            raise UsageError("the body is not JSON") from None
-        if not isinstance(doc, dict):
-            raise UsageError("the body must be a JSON object")
-        return doc
+        return admin_guarded("identity", action, actor_of, handler, sink)
 
     async def list_entries(_: Request, actor: Actor) -> Response:
         entries = store.list_entries()
-        emit(
-            events.Decision.ALLOW,
-            Reason.ADMIN_READ,
-            "admin list-entries",
-            actor.peer_spiffe_id,
-            {"action": "list-entries", "by": actor.name},
-        )
+        sink.emit(read_event("identity", "list-entries", actor))
         return JSONResponse([_entry_doc(e) for e in entries])
 
     async def add_entry(request: Request, actor: Actor) -> Response:
-        doc = await body(request)
+        doc = await _json_object(request)
         unknown = set(doc) - {"spiffe_id", "selectors", "ttl"}
         if unknown:
             raise UsageError(f"unknown field {sorted(unknown)[0]!r}")
@@ -256,7 +222,7 @@ def admin_routes(
         return JSONResponse(_entry_doc(entry))
 
     async def join_token(request: Request, actor: Actor) -> Response:
-        doc = await body(request)
+        doc = await _json_object(request)
         unknown = set(doc) - {"spiffe_id", "ttl"}
         if unknown:
             raise UsageError(f"unknown field {sorted(unknown)[0]!r}")
@@ -271,7 +237,17 @@ def admin_routes(
             headers={"Cache-Control": "no-store"},  # shown once; only its hash is stored
         )
 
+    async def show_svid(request: Request, actor: Actor) -> Response:
+        spiffe_id = request.query_params.get("spiffe_id", "")
+        parse_spiffe_id(spiffe_id)
+        svid = last_svid(spiffe_id)
+        sink.emit(read_event("identity", "show-svid", actor))
+        if svid is None:
+            raise NotFoundError(f"no SVID has been issued for {spiffe_id}")
+        return JSONResponse(_svid_doc(svid))
+
     return [
+        Route("/admin/v1/svids/last", guarded("show-svid", show_svid), methods=["GET"]),
         Route("/admin/v1/entries", guarded("list-entries", list_entries), methods=["GET"]),
         Route("/admin/v1/entries", guarded("add-entry", add_entry), methods=["POST"]),
         Route(

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from trustmesh.errors import AttestationError
+from trustmesh.platform.procfs import process_alive as process_alive
+from trustmesh.platform.procfs import start_time_of
 from trustmesh.reasons import Reason
 
 #: getsockopt option number on Linux (include/uapi/asm-generic/socket.h); Python 3.11
@@ -127,14 +129,6 @@ class ExecutableHasher:
             os.close(fd)
 
 
-def process_alive(pid: int, start_time: int) -> bool:
-    """True if ``pid`` is still the process that started at ``start_time``."""
-    try:
-        return start_time_of(pid) == start_time
-    except (OSError, ValueError, IndexError):
-        return False
-
-
 def boot_id() -> str:
     with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
         return f.read().strip()
@@ -149,14 +143,6 @@ def _alive(pidfd: int) -> bool:
     poller = select.poll()
     poller.register(pidfd, select.POLLIN)
     return not poller.poll(0)
-
-
-def start_time_of(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-        stat = f.read()
-    # comm (field 2) may hold spaces and parentheses: fields resume after the last ')'.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[19])  # field 22 overall: starttime
 
 
 def attest_socket(

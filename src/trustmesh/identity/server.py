@@ -9,70 +9,38 @@ import fcntl
 import json
 import os
 import socket
-import stat
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from grpclib.health.service import Health
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from trustmesh import crypto, events
 from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import StateError
+from trustmesh.identity import admin
 from trustmesh.identity.admin import ServiceSettings, utcnow
 from trustmesh.identity.admin_app import AdminTokens, admin_routes
 from trustmesh.identity.attestation import boot_id
 from trustmesh.identity.ca import CASettings, CertificateAuthority
 from trustmesh.identity.discovery import Registry
 from trustmesh.identity.discovery_app import discovery_app
+from trustmesh.identity.endpoint import MAX_SOCKET_PATH as MAX_SOCKET_PATH
+from trustmesh.identity.endpoint import IdentityPaths as IdentityPaths
+from trustmesh.identity.endpoint import prepare_state_dir
+from trustmesh.identity.models import IssuedSVID
+from trustmesh.identity.operator import OPERATOR_TOKEN_TTL, OperatorSocket
 from trustmesh.identity.selfsvid import CASource
 from trustmesh.identity.service import Clock, IdentityService
 from trustmesh.identity.store import SqliteIdentityStore
 from trustmesh.identity.workload import ChangeFeed, GuardedServer, WorkloadAPI
+from trustmesh.platform.admin import Actor
 from trustmesh.platform.listeners import Served
 from trustmesh.platform.listeners import start as serve_start
-
-#: sun_path is 108 bytes on Linux, including the terminating NUL.
-MAX_SOCKET_PATH = 107
-
-
-@dataclass(frozen=True)
-class IdentityPaths:
-    """Where the identity service keeps its state, below the state directory."""
-
-    root: Path
-
-    @property
-    def db(self) -> Path:
-        return self.root / "identity.db"
-
-    @property
-    def socket(self) -> Path:
-        return self.root / "public" / "workload.sock"
-
-    @property
-    def events(self) -> Path:
-        return self.root / "events" / "identity.jsonl"
-
-    @property
-    def lock(self) -> Path:
-        return self.root / "identity.lock"
-
-    @property
-    def discovery(self) -> Path:
-        return self.root / "discovery.json"
-
-    @property
-    def auth_endpoint(self) -> Path:
-        """Where the identity provider, once running, writes its URLs (``trustmesh.auth``
-        writes this file; the admin API reads it to check admin users' tokens)."""
-        return self.root / "auth" / "endpoint.json"
-
-    @property
-    def socket_address(self) -> str:
-        return f"unix://{self.socket.absolute()}"
 
 
 def service_settings(config: TrustmeshConfig) -> ServiceSettings:
@@ -94,28 +62,6 @@ def ca_settings(config: TrustmeshConfig, publish_delay: dt.timedelta | None = No
         max_svid_ttl=ident.max_svid_ttl,
         publish_delay=publish_delay or min(dt.timedelta(minutes=5), ident.max_svid_ttl),
     )
-
-
-def prepare_state_dir(root: Path) -> None:
-    """The state directory: the owner's alone (0711: others may pass through to the
-    Workload API socket in ``public/``, but may not list it; every file inside is 0600)."""
-    root.mkdir(parents=True, exist_ok=True, mode=0o711)
-    st = root.stat()
-    if st.st_uid != os.getuid():
-        raise StateError(f"state directory {root} is owned by another user")
-    if stat.S_IMODE(st.st_mode) != 0o711:
-        root.chmod(0o711)
-    public = root / "public"
-    public.mkdir(exist_ok=True, mode=0o755)
-    if public.is_symlink() or not public.is_dir():
-        raise StateError(f"{public} must be a directory")
-    public.chmod(0o755)
-
-
-def open_store(state_dir: Path) -> SqliteIdentityStore:
-    paths = IdentityPaths(state_dir)
-    prepare_state_dir(state_dir)
-    return SqliteIdentityStore(paths.db)
 
 
 class IdentityServer:
@@ -143,9 +89,10 @@ class IdentityServer:
     ) -> None:
         self.config = config
         self.paths = IdentityPaths(state_dir.absolute())
-        if len(str(self.paths.socket)) > MAX_SOCKET_PATH:
+        too_long = self.paths.socket_too_long()
+        if too_long is not None:
             raise StateError(
-                f"socket path {self.paths.socket} is longer than {MAX_SOCKET_PATH} bytes; "
+                f"socket path {too_long} is longer than {MAX_SOCKET_PATH} bytes; "
                 "choose a shorter --state directory"
             )
         self.follower = listen_fd is not None
@@ -189,6 +136,7 @@ class IdentityServer:
             clock,
         )
         self.discovery: Served | None = None
+        self.operator: OperatorSocket | None = None
         self.admin_tokens = AdminTokens(
             config,
             lambda: self.discovery.tls if self.discovery else None,
@@ -217,29 +165,69 @@ class IdentityServer:
             for _ in range(worker_count(self.config) - 1):
                 self._spawn_worker()
         if self._discovery_enabled:
-            self.discovery = await serve_start(
-                discovery_app(
-                    self.registry,
-                    self.sink,
-                    self.clock,
-                    admin_routes(
-                        self.config,
-                        self.store,
-                        service_settings(self.config),
-                        self.sink,
-                        self.admin_tokens,
-                        self._entries_changed,
-                    ),
-                ),
-                source=self.self_svid,
-                host="127.0.0.1",
-                port=self.config.identity.discovery_port,
-            )
-            self._write_discovery_file()
+            await self._serve_discovery()
         self._ticker = asyncio.create_task(self._tick_forever())
 
+    async def _serve_discovery(self) -> None:
+        """Discovery, the admin API and the health check on the mTLS listener; the
+        operator's socket; then the snapshot that says where they are."""
+        routes = admin_routes(
+            self.config,
+            self.store,
+            service_settings(self.config),
+            self.sink,
+            self.admin_tokens,
+            self._entries_changed,
+            self._last_svid,
+        )
+        self.discovery = await serve_start(
+            discovery_app(
+                self.registry,
+                self.sink,
+                self.clock,
+                [*routes, Route("/healthz", self._health, methods=["GET"])],
+            ),
+            source=self.self_svid,
+            host="127.0.0.1",
+            port=self.config.identity.discovery_port,
+        )
+        _remove_stale_socket(self.paths.operator_socket)
+        self.operator = OperatorSocket(
+            self.paths.operator_socket,
+            self.config.component_spiffe_id("operator"),
+            self._operator_token,
+            self.sink,
+            self.clock,
+        )
+        await self.operator.start()
+        self._write_discovery_file()
+
+    def _operator_token(self, now: dt.datetime) -> str:
+        return admin.create_join_token(
+            self.store,
+            service_settings(self.config),
+            self.config.component_spiffe_id("operator"),
+            OPERATOR_TOKEN_TTL,
+            self.sink,
+            now=now,
+            actor=Actor(None),
+        )
+
+    def _last_svid(self, spiffe_id: str) -> IssuedSVID | None:
+        self.service.flush_issued()  # what was issued a moment ago counts
+        return self.store.last_svid(spiffe_id)
+
+    async def _health(self, _: Request) -> Response:
+        """For any workload of the trust domain (the listener checked its SVID): up, and
+        until when the signing CA signs (public: it is in every SVID's chain)."""
+        try:
+            expires = self.ca.active.signing.not_valid_after_utc
+        except StateError:
+            return JSONResponse({"status": "no-signing-ca"}, status_code=503)
+        return JSONResponse({"status": "ok", "signing_ca_expires": expires.isoformat()})
+
     def _entries_changed(self) -> None:
-        if self.service.refresh_entries():
+        if self.service.refresh_entries(written=True):
             self.feed.bump()  # streams re-send (or stop) at once
 
     def _auth_url(self) -> str | None:
@@ -317,6 +305,8 @@ class IdentityServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
         await self.admin_tokens.close()
+        if self.operator is not None:
+            await self.operator.close()
         if self.discovery is not None:
             await self.discovery.stop()
             self.paths.discovery.unlink(missing_ok=True)

@@ -81,10 +81,11 @@ class IdentityService:
         self.refresh_entries()
 
     # -- state -----------------------------------------------------------------------------
-    def refresh_entries(self) -> bool:
-        """Reload entries if another process (the CLI) changed the store. True if changed."""
+    def refresh_entries(self, *, written: bool = False) -> bool:
+        """Reload entries if another process changed the store, or this one did
+        (``written``: its own writes do not move PRAGMA data_version). True if changed."""
         version = self.store.data_version()
-        if version == self._store_version:
+        if version == self._store_version and not written:
             return False
         self._store_version = version
         entries = tuple(self.store.list_entries())
@@ -255,8 +256,7 @@ class IdentityService:
         entry = admin.register_entry(
             self.store, self.settings, spiffe_id, selectors, ttl, self.sink
         )
-        self._store_version = -1  # our own write does not move PRAGMA data_version
-        self.refresh_entries()
+        self.refresh_entries(written=True)
         return entry
 
     def report_ca_actions(self, actions: tuple[rotation.Action, ...]) -> None:

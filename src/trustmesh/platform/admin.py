@@ -1,18 +1,43 @@
-"""What the admin APIs (the identity provider's, the identity service's) do alike: who
-is asking — the operator's SVID, or an admin user — and how a refusal is answered."""
+"""What the admin APIs (the identity provider's, the identity service's, the gateway's)
+do alike: who is asking — the operator's SVID, or an admin user — how a request body is
+read, and how a refusal is answered."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
-from starlette.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
-from trustmesh.errors import TrustmeshError
+from trustmesh import events
+from trustmesh.errors import TrustmeshError, UsageError
+from trustmesh.reasons import Reason
 
-__all__ = ["OPERATOR", "Actor", "Refused", "failure_response"]
+__all__ = [
+    "OPERATOR",
+    "Actor",
+    "Refused",
+    "admin_event",
+    "failure_response",
+    "guarded",
+    "operator_only",
+    "peer_spiffe_id",
+    "read_body",
+    "read_event",
+]
 
 #: How events name the operator (an admin user is ``user:<name>``).
 OPERATOR = "operator"
+
+Body = TypeVar("Body", bound=BaseModel)
+#: Who is asking (an :class:`Actor`), or :class:`Refused`.
+Authenticate = Callable[[Request], Awaitable["Actor"]]
+#: What an admin endpoint does for ``Actor``; a :class:`TrustmeshError` is its failure.
+Handler = Callable[[Request, "Actor"], Awaitable[Response]]
 
 
 @dataclass(frozen=True)
@@ -48,3 +73,113 @@ def failure_response(exc: TrustmeshError) -> JSONResponse:
     """An admin action that failed on its input or its target: the error's own code and
     status (400 invalid_request, 404 not_found, 409 conflict…) and what was wrong."""
     return JSONResponse({"error": exc.code, "message": exc.detail}, status_code=exc.status)
+
+
+def admin_event(
+    component: str,
+    decision: events.Decision,
+    reason: Reason,
+    message: str,
+    peer: str | None,
+    attributes: dict[str, str],
+    sub: str | None = None,
+) -> events.Event:
+    """The event of an admin request that changes nothing itself: a read (allowed) or a
+    refusal. A change emits its own event (created, removed, revoked…)."""
+    read = decision == events.Decision.ALLOW
+    return events.event(
+        events.EventClass.API_ACTIVITY,
+        activity_id=2 if read else 99,
+        activity_name="Read" if read else "Other",
+        component=component,
+        decision=decision,
+        reason=reason,
+        message=message,
+        peer_spiffe_id=peer,
+        sub=sub,
+        attributes=attributes,
+    )
+
+
+def read_event(component: str, action: str, actor: Actor) -> events.Event:
+    """The event of an allowed read (a change emits its own: created, removed…)."""
+    attributes = {"action": action, "by": actor.name}
+    allow = events.Decision.ALLOW
+    message = f"admin {action}"
+    return admin_event(
+        component, allow, Reason.ADMIN_READ, message, actor.peer_spiffe_id, attributes
+    )
+
+
+def guarded(
+    component: str,
+    action: str,
+    authenticate: Authenticate,
+    handler: Handler,
+    sink: events.EventSink,
+) -> Callable[[Request], Awaitable[Response]]:
+    """An admin endpoint: who asks first (refused: its answer, and an ``admin-denied``
+    event), then ``handler`` (a :class:`TrustmeshError` it raises is answered with
+    :func:`failure_response`)."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            actor = await authenticate(request)
+        except Refused as refused:
+            why = f"admin {action} refused: {refused.why}"
+            peer, attributes = peer_spiffe_id(request), {"action": action}
+            deny = events.Decision.DENY
+            event = admin_event(
+                component, deny, Reason.ADMIN_DENIED, why, peer, attributes, refused.sub
+            )
+            sink.emit(event)
+            return refused.response()
+        try:
+            return await handler(request, actor)
+        except TrustmeshError as exc:
+            return failure_response(exc)
+
+    return endpoint
+
+
+def peer_spiffe_id(request: Request) -> str | None:
+    """The SPIFFE ID of the verified peer certificate (set by the mTLS listener)."""
+    tls = (request.scope.get("extensions") or {}).get("tls") or {}
+    peer = tls.get("spiffe_id")
+    return peer if isinstance(peer, str) else None
+
+
+def operator_only(request: Request, operator: str) -> Actor:
+    """The operator (``operator``: ``spiffe://<td>/trustmesh/operator``), named by the
+    peer's verified SVID; anyone else is :class:`Refused` (403)."""
+    peer = peer_spiffe_id(request)
+    if peer != operator:
+        raise Refused(403, "forbidden", "only the operator may use this API")
+    return Actor(peer)
+
+
+async def read_body(request: Request, model: type[Body], limit: int) -> Body:
+    """The JSON body as ``model`` (strict: a model with ``extra="forbid"`` refuses an
+    unknown field); an empty body is ``{}``. :class:`UsageError` (400) says what was wrong
+    and never repeats a value."""
+    raw = await request.body()
+    if len(raw) > limit:
+        raise UsageError(f"the body must be at most {limit} bytes")
+    try:
+        doc = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        raise UsageError("the body is not JSON") from None
+    if not isinstance(doc, dict):
+        raise UsageError("the body must be a JSON object")
+    try:
+        return model.model_validate(doc, strict=True)
+    except ValidationError as exc:
+        raise UsageError(_first_problem(exc)) from None
+
+
+def _first_problem(exc: ValidationError) -> str:
+    problem = exc.errors(include_input=False)[0]
+    where = ".".join(str(part) for part in problem["loc"]) or "body"
+    if problem["type"] == "extra_forbidden":
+        return f"unknown field {where!r}"
+    return f"{where}: {problem['msg']}"
