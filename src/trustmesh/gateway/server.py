@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from trustmesh import crypto, events
 from trustmesh.config import TrustmeshConfig
+from trustmesh.config.gateway import GatewayConfig, GatewayRoute
 from trustmesh.errors import ConfigError, UnavailableError
 from trustmesh.gateway.admin_app import KeyAdmin
 from trustmesh.gateway.app import GatewayApp
@@ -169,6 +170,53 @@ async def serve_gateway(
     seal_key = crypto.load_seal_key(state, dev=config.dev)
     key = GatewayKey.load_or_create(state, seal_key)
     folder = config_dir or Path.cwd()
+    certificate = _certificate(config, gateway, state, seal_key, folder)
+    tls = RotatingTLS(source)
+    spiffe_id = config.component_spiffe_id("gateway")
+    trust, verifier = await _provider(config, gateway, tls, spiffe_id, auth_url)
+    policy = load_edge_policy(config, folder)
+    metrics = GatewayMetrics() if gateway.metrics_port is not None else None
+    changes = _Changes(metrics)
+    parts = await _parts(config, gateway, state, folder, tls, discovery_url, trust, changes)
+    app = changes.app = GatewayApp(
+        gateway,
+        policy=policy,
+        limiter=parts.limiter,
+        api_keys=parts.api_keys,
+        external=parts.external,
+        introspector=parts.introspector(trust, spiffe_id),
+        metrics=metrics,
+        spiffe_id=spiffe_id,
+        trust_domain=config.trust_domain,
+        verifier=verifier,
+        key=key,
+        tls=tls,
+        upstreams=parts.upstreams,
+        sink=sink,
+    )
+    internal, key_store = await _start_internal(
+        config, state, key, sink, parts.api_keys, tls=tls, host=host, port=internal_port
+    )
+    try:
+        public, scraped = await _listen(app, gateway, certificate, metrics, parts, host, port)
+    except BaseException:
+        await internal.stop()
+        with contextlib.suppress(Exception):
+            await key_store.close()
+            await parts.close()
+        raise
+    return parts.running(public, internal, trust, key, scraped, key_store)
+
+
+def _certificate(
+    config: TrustmeshConfig,
+    gateway: GatewayConfig,
+    state: Path,
+    seal_key: crypto.SealKey,
+    folder: Path,
+) -> crypto.ServerCertificate:
+    """The public listener's certificate: the declared files, or in dev mode the local
+    edge CA's."""
     files = (
         (folder / gateway.tls_cert, folder / gateway.tls_key)
         if gateway.tls_cert and gateway.tls_key
@@ -177,10 +225,17 @@ async def serve_gateway(
     certificate = crypto.server_certificate(state, seal_key, files, dev=config.dev)
     if certificate is None:  # the config check says so too
         raise ConfigError("gateway.tls_cert: required outside dev mode")
-    tls = RotatingTLS(source)
-    spiffe_id = config.component_spiffe_id("gateway")
-    trust: ProviderTrust | None = None
-    verifier: TokenVerifier | None = None
+    return certificate
+
+
+async def _provider(
+    config: TrustmeshConfig,
+    gateway: GatewayConfig,
+    tls: RotatingTLS,
+    spiffe_id: str,
+    auth_url: str | None,
+) -> tuple[ProviderTrust | None, TokenVerifier | None]:
+    """The identity provider's keys and revocations, and the verifier of its tokens."""
     needs_provider = any(
         "introspection" in r.auth or ("jwt" in r.auth and not gateway.issuers)
         for r in gateway.routes
@@ -189,85 +244,147 @@ async def serve_gateway(
         # fail closed and loudly at start, rather than 503 on every request: once started,
         # the gateway keeps the provider's keys it has while the provider is down
         raise UnavailableError("the identity provider is not running; the routes need it")
-    if auth_url:
-        trust = await ProviderTrust.connect(
-            tls,
-            auth_url,
-            config.component_spiffe_id("auth"),
-            redis_url=config.auth.redis,
-            redis_channel=config.auth.revocation_channel,
-        )
-        verifier = TokenVerifier(
-            audience=spiffe_id,
-            issuers={trust.auth.issuer},
-            jwks=trust.jwks,
-            revoked=trust.revoked,
-            leeway=config.auth.token_leeway.total_seconds(),
-            require_binding=False,  # a browser has no certificate; a bound token still must match
-        )
-    discovery = DiscoveryClient(tls, discovery_url)
-    policy = load_edge_policy(config, folder)
-    metrics = GatewayMetrics() if gateway.metrics_port is not None else None
-    app: GatewayApp | None = None
+    if not auth_url:
+        return None, None
+    trust = await ProviderTrust.connect(
+        tls,
+        auth_url,
+        config.component_spiffe_id("auth"),
+        redis_url=config.auth.redis,
+        redis_channel=config.auth.revocation_channel,
+    )
+    verifier = TokenVerifier(
+        audience=spiffe_id,
+        issuers={trust.auth.issuer},
+        jwks=trust.jwks,
+        revoked=trust.revoked,
+        leeway=config.auth.token_leeway.total_seconds(),
+        require_binding=False,  # a browser has no certificate; a bound token still must match
+    )
+    return trust, verifier
 
-    def upstream_changed(service: str, url: str, state: str, why: str) -> None:
-        if app is not None:
+
+class _Changes:
+    """What the gateway's parts report about themselves (an upstream ejected, the rate
+    limit store down), recorded by the app once it exists."""
+
+    def __init__(self, metrics: GatewayMetrics | None) -> None:
+        self.metrics = metrics
+        self.app: GatewayApp | None = None
+
+    def upstream(self, service: str, url: str, state: str, why: str) -> None:
+        if self.app is not None:
             decision = events.Decision.ALLOW if state in _RECOVERED else events.Decision.ERROR
-            app.record(decision, _UPSTREAM_REASONS[state], why, service=service, instance=url)
+            self.app.record(decision, _UPSTREAM_REASONS[state], why, service=service, instance=url)
 
-    def store_changed(shared: bool, why: str) -> None:
-        if metrics is not None:
-            metrics.rate_limit_fallback.set(0 if shared else 1)
-        if app is not None:
+    def store(self, shared: bool, why: str) -> None:
+        if self.metrics is not None:
+            self.metrics.rate_limit_fallback.set(0 if shared else 1)
+        if self.app is not None:
             reason = Activity.RATE_LIMIT_STORE_BACK if shared else Activity.RATE_LIMIT_STORE_DOWN
             decision = events.Decision.ALLOW if shared else events.Decision.ERROR
-            app.record(decision, reason, why)
+            self.app.record(decision, reason, why)
 
-    upstreams = UpstreamPool(tls, discovery, gateway.upstream, on_change=upstream_changed)
-    limiter = (
-        RateLimiter.from_config(gateway, on_storage_change=store_changed)
-        if gateway.rate_limits or any(r.rate_limits for r in gateway.routes)
-        else None
-    )
-    api_keys = (
-        await ApiKeyVerifier.open(state, config)
-        if any("api_key" in r.auth for r in gateway.routes)
-        else None
-    )
-    external = (
-        await ExternalIssuers.start(
-            gateway.issuers,
-            folder,
-            ("admin", *config.auth.roles),
-            leeway=config.auth.token_leeway.total_seconds(),
+
+@dataclass
+class _Parts:
+    """The parts the pipeline stands on, each only where a route needs it."""
+
+    discovery: DiscoveryClient
+    upstreams: UpstreamPool
+    limiter: RateLimiter | None
+    api_keys: ApiKeyVerifier | None
+    external: ExternalIssuers | None
+    routes: list[GatewayRoute]
+
+    def introspector(self, trust: ProviderTrust | None, spiffe_id: str) -> Introspector | None:
+        """Introspection at the provider, where a route asks for it."""
+        if trust is None or not any("introspection" in r.auth for r in self.routes):
+            return None
+        return Introspector(trust.auth.introspect, audience=spiffe_id)
+
+    def running(
+        self,
+        public: PublicServed,
+        internal: Served,
+        trust: ProviderTrust | None,
+        key: GatewayKey,
+        scraped: PublicServed | None,
+        key_store: SqlKeyStore,
+    ) -> RunningGateway:
+        running = RunningGateway(
+            public,
+            internal,
+            self.upstreams,
+            self.discovery,
+            trust,
+            key,
+            scraped,
+            self.limiter,
+            self.api_keys,
+            self.external,
         )
-        if gateway.issuers
-        else None
+        running.key_store = key_store
+        return running
+
+    async def close(self) -> None:
+        await self.upstreams.close()
+        await self.discovery.close()
+        for part in (self.limiter, self.api_keys, self.external):
+            if part is not None:
+                await part.close()
+
+
+async def _parts(
+    config: TrustmeshConfig,
+    gateway: GatewayConfig,
+    state: Path,
+    folder: Path,
+    tls: RotatingTLS,
+    discovery_url: str,
+    trust: ProviderTrust | None,
+    changes: _Changes,
+) -> _Parts:
+    discovery = DiscoveryClient(tls, discovery_url)
+    routes = gateway.routes
+    return _Parts(
+        discovery,
+        UpstreamPool(tls, discovery, gateway.upstream, on_change=changes.upstream),
+        (
+            RateLimiter.from_config(gateway, on_storage_change=changes.store)
+            if gateway.rate_limits or any(r.rate_limits for r in routes)
+            else None
+        ),
+        (
+            await ApiKeyVerifier.open(state, config)
+            if any("api_key" in r.auth for r in routes)
+            else None
+        ),
+        (
+            await ExternalIssuers.start(
+                gateway.issuers,
+                folder,
+                ("admin", *config.auth.roles),
+                leeway=config.auth.token_leeway.total_seconds(),
+            )
+            if gateway.issuers
+            else None
+        ),
+        routes,
     )
-    introspector = (
-        Introspector(trust.auth.introspect, audience=spiffe_id)
-        if trust is not None and any("introspection" in r.auth for r in gateway.routes)
-        else None
-    )
-    app = GatewayApp(
-        gateway,
-        policy=policy,
-        limiter=limiter,
-        api_keys=api_keys,
-        external=external,
-        introspector=introspector,
-        metrics=metrics,
-        spiffe_id=spiffe_id,
-        trust_domain=config.trust_domain,
-        verifier=verifier,
-        key=key,
-        tls=tls,
-        upstreams=upstreams,
-        sink=sink,
-    )
+
+
+def _guard(
+    gateway: GatewayConfig,
+    app: GatewayApp,
+    metrics: GatewayMetrics | None,
+    upstreams: UpstreamPool,
+) -> ConnectionGuard:
+    """The public listener's connection bounds (a trusted load balancer speaks for many
+    and is exempt); the metrics read the upstreams and the open connections."""
     guard = ConnectionGuard(
         ConnectionLimits.of(gateway.limits),
-        exempt=lambda address: address in app.trusted,  # a load balancer speaks for many
+        exempt=lambda address: address in app.trusted,
         on_refused=metrics.listener_refused if metrics is not None else None,
     )
     if metrics is not None:
@@ -277,42 +394,40 @@ async def serve_gateway(
             metrics.connections.set(guard.open)
 
         metrics.refresh = refresh
-    internal, key_store = await _start_internal(
-        config, state, key, sink, api_keys, tls=tls, host=host, port=internal_port
+    return guard
+
+
+async def _listen(
+    app: GatewayApp,
+    gateway: GatewayConfig,
+    certificate: crypto.ServerCertificate,
+    metrics: GatewayMetrics | None,
+    parts: _Parts,
+    host: str,
+    port: int | None,
+) -> tuple[PublicServed, PublicServed | None]:
+    """The upstreams checked, then the public listener and the metrics."""
+    await parts.upstreams.start()
+    public = await start_public(
+        app,
+        chain_pem=certificate.chain_pem(),
+        key_pem=certificate.key_pem(),
+        host=host,
+        port=gateway.port if port is None else port,
+        guard=_guard(gateway, app, metrics, parts.upstreams),
+        on_refusals=app.refusals,
     )
+    return public, await _start_metrics(gateway, metrics, public, host)
+
+
+async def _start_metrics(
+    gateway: GatewayConfig, metrics: GatewayMetrics | None, public: PublicServed, host: str
+) -> PublicServed | None:
+    """The metrics on loopback, when declared (the public listener stops if it fails)."""
+    if metrics is None or gateway.metrics_port is None:
+        return None
     try:
-        await upstreams.start()
-        public = await start_public(
-            app,
-            chain_pem=certificate.chain_pem(),
-            key_pem=certificate.key_pem(),
-            host=host,
-            port=gateway.port if port is None else port,
-            guard=guard,
-            on_refusals=app.refusals,
-        )
-        scraped = None
-        if metrics is not None and gateway.metrics_port is not None:
-            try:
-                scraped = await start_loopback(metrics.app, host=host, port=gateway.metrics_port)
-            except BaseException:
-                await public.stop()
-                raise
+        return await start_loopback(metrics.app, host=host, port=gateway.metrics_port)
     except BaseException:
-        await internal.stop()
-        with contextlib.suppress(Exception):
-            await key_store.close()
-            await upstreams.close()
-            await discovery.close()
-            if limiter is not None:
-                await limiter.close()
-            if api_keys is not None:
-                await api_keys.close()
-            if external is not None:
-                await external.close()
+        await public.stop()
         raise
-    running = RunningGateway(
-        public, internal, upstreams, discovery, trust, key, scraped, limiter, api_keys, external
-    )
-    running.key_store = key_store
-    return running
