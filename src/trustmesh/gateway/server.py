@@ -246,13 +246,7 @@ async def _provider(
         raise UnavailableError("the identity provider is not running; the routes need it")
     if not auth_url:
         return None, None
-    trust = await ProviderTrust.connect(
-        tls,
-        auth_url,
-        config.component_spiffe_id("auth"),
-        redis_url=config.auth.redis,
-        redis_channel=config.auth.revocation_channel,
-    )
+    trust = await ProviderTrust.declared(tls, auth_url, config)
     verifier = TokenVerifier(
         audience=spiffe_id,
         issuers={trust.auth.issuer},

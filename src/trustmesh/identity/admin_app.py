@@ -83,13 +83,7 @@ class AdminTokens:
             url, tls = self._locate(), self._tls()
             if url is None or tls is None:
                 raise UnavailableError("the identity provider is not running")
-            trust = await ProviderTrust.connect(
-                tls,
-                url,
-                self.config.component_spiffe_id("auth"),
-                redis_url=self.config.auth.redis,
-                redis_channel=self.config.auth.revocation_channel,
-            )
+            trust = await ProviderTrust.declared(tls, url, self.config)
             self._trust = trust
             self._verifier = TokenVerifier(
                 issuers={trust.auth.issuer},

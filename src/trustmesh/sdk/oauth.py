@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import AuthenticationError, TrustmeshError, UnavailableError, UsageError
 from trustmesh.sdk.client import ServiceClient, TokenProvider
 from trustmesh.sdk.tls import RotatingTLS
@@ -350,6 +351,18 @@ class ProviderTrust:
             await auth.close()
             raise
         return cls(auth, feed, jwks, revoked)
+
+    @classmethod
+    async def declared(cls, tls: RotatingTLS, url: str, config: TrustmeshConfig) -> ProviderTrust:
+        """:meth:`connect` to the declaration's provider at ``url`` (its SPIFFE ID, and
+        the Redis channel its revocations are pushed on)."""
+        return await cls.connect(
+            tls,
+            url,
+            config.component_spiffe_id("auth"),
+            redis_url=config.auth.redis,
+            redis_channel=config.auth.revocation_channel,
+        )
 
     async def close(self) -> None:
         await self.feed.close()

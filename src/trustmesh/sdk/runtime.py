@@ -258,13 +258,7 @@ async def run_service(
     extra_clients: list[ServiceClient] = []
     if auth_url:
         # with an identity provider, every request must carry a token for this service
-        trust = await ProviderTrust.connect(
-            tls,
-            auth_url,
-            config.component_spiffe_id("auth"),
-            redis_url=config.auth.redis,
-            redis_channel=config.auth.revocation_channel,
-        )
+        trust = await ProviderTrust.declared(tls, auth_url, config)
         auth, feed = trust.auth, trust.feed
         trusted: dict[str, JWKSCache] = {}
         gateway_url = gateway_url if gateway_url is not None else os.environ.get(GATEWAY_URL_ENV)
