@@ -10,7 +10,7 @@ import re
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,12 +200,18 @@ class AuthRig:
 
 @contextlib.asynccontextmanager
 async def make_rig(
-    identity: RunningIdentityServer, short_tmp: Path, extra: str = ""
+    identity: RunningIdentityServer,
+    short_tmp: Path,
+    extra: str = "",
+    clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[AuthRig]:
+    """The provider (its service on ``clock``) and the SVID files of its callers."""
     sink = events.MemorySink()
     source = X509Source(identity.address, spiffe_id=AUTH)
     await source.start()
-    running = await serve_auth(auth_config(extra), short_tmp / "state", source=source, sink=sink)
+    running = await serve_auth(
+        auth_config(extra), short_tmp / "state", source=source, sink=sink, clock=clock
+    )
     files = short_tmp / "pki"
     workloads = [
         await workload(identity, s, files) for s in (ORDERS, PAYMENTS, INVENTORY, OPERATOR)

@@ -27,22 +27,18 @@ from trustmesh.errors import (
 )
 from trustmesh.reasons import Activity, Reason
 from trustmesh.store import create_engine, sqlite_url
+from trustmesh.testing import FakeClock
 
 ISSUER = "https://127.0.0.1:1"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_900_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+T0 = 1_900_000_000.0
 
 
-def _service(store: AuthStore, clock: Clock, sink: events.MemorySink) -> AuthService:
+def _service(store: AuthStore, clock: FakeClock, sink: events.MemorySink) -> AuthService:
     key = SealKey(os.urandom(32), "env")
     settings = AuthSettings(issuer=ISSUER, token_ttl=900, publish_delay=300, rotate_every=0)
-    return AuthService(auth_config(), store, key, settings, sink, clock=clock)
+    return AuthService(auth_config(), store, key, settings, sink, clock=clock.time)
 
 
 @pytest.fixture
@@ -82,7 +78,7 @@ def _mint(service: AuthService) -> str:
 async def test_rotation_publishes_first_then_signs_and_keeps_the_old_key(
     sqlite_store: AuthStore,
 ) -> None:
-    clock, sink = Clock(), events.MemorySink()
+    clock, sink = FakeClock(T0), events.MemorySink()
     service = _service(sqlite_store, clock, sink)
     await service.start()
     orders = next(c for c in service.managed_clients() if c.client_id == "orders")
@@ -96,7 +92,7 @@ async def test_rotation_publishes_first_then_signs_and_keeps_the_old_key(
     assert jwt.get_unverified_header(_mint(service))["kid"] == first.kid
     await service.tick(rotate=True)  # asking again while one is pending adds nothing
     assert len(json.loads(service.ring.jwks)["keys"]) == 2
-    clock.now += 300
+    clock.advance(300)
     await service.tick()
     new_token = _mint(service)
     assert service.ring.active is not None
@@ -105,10 +101,10 @@ async def test_rotation_publishes_first_then_signs_and_keeps_the_old_key(
     # tokens signed by the old key stay verifiable until they expire
     assert _verify(service, old_token)["sub"] == orders.spiffe_id
     assert _verify(service, new_token)["sub"] == orders.spiffe_id
-    clock.now += 900 + 60 - 1
+    clock.advance(900 + 60 - 1)
     await service.tick()
     assert first.kid in service.ring.jwks.decode()
-    clock.now += 2
+    clock.advance(2)
     await service.tick()
     assert first.kid not in service.ring.jwks.decode()
     with pytest.raises(InvalidTokenError):
@@ -128,7 +124,7 @@ async def test_with_no_active_key_nothing_is_signed_until_one_activates(
 ) -> None:
     """The active key's row is lost (deleted by hand, an older backup restored) while the
     next key is only published: the provider signs nothing rather than sign early."""
-    clock, sink = Clock(), events.MemorySink()
+    clock, sink = FakeClock(T0), events.MemorySink()
     service = _service(sqlite_store, clock, sink)
     await service.start()
     first = service.ring.active
@@ -146,13 +142,13 @@ async def test_with_no_active_key_nothing_is_signed_until_one_activates(
             subject="alice",
             username="alice",
             nonce=None,
-            auth_time=int(clock()),
+            auth_time=int(clock.time()),
             amr=["pwd"],
             access_token="x",
         )
     assert id_token.value.reason is Reason.SIGNING_KEY_UNAVAILABLE
     # once the published key's time comes, it signs (no new key was made meanwhile)
-    clock.now += 300
+    clock.advance(300)
     await service.tick()
     active = service.ring.active
     assert active is not None
@@ -161,7 +157,7 @@ async def test_with_no_active_key_nothing_is_signed_until_one_activates(
 
 
 async def test_signing_keys_are_sealed_at_rest(sqlite_store: AuthStore, short_tmp: Path) -> None:
-    service = _service(sqlite_store, Clock(), events.MemorySink())
+    service = _service(sqlite_store, FakeClock(T0), events.MemorySink())
     await service.start()
     with sqlite3.connect(short_tmp / "auth.db") as db:
         rows = db.execute("SELECT sealed_private, public_jwk FROM auth_signing_keys").fetchall()
@@ -177,7 +173,7 @@ async def test_signing_keys_are_sealed_at_rest(sqlite_store: AuthStore, short_tm
         SealKey(os.urandom(32), "env"),
         AuthSettings(issuer=ISSUER),
         events.MemorySink(),
-        clock=Clock(),
+        clock=FakeClock(T0).time,
     )
     with pytest.raises(SealError):
         await other.start()
@@ -220,7 +216,7 @@ async def test_store_on_postgresql() -> None:
         store = AuthStore(create_engine(url))
         try:
             await _exercise_store(store)
-            clock = Clock()
+            clock = FakeClock(T0)
             service = _service(store, clock, events.MemorySink())
             await service.start()
             assert service.ring.active is not None

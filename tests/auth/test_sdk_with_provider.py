@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import jwt
 import pytest
 from authrig import AUTH, CONFIG, ORDERS, PAYMENTS, AuthRig, make_rig
 from services import require_service
@@ -30,7 +31,7 @@ from trustmesh.sdk.runtime import Runtime, run_service
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.tokens import RevocationList
 from trustmesh.sdk.x509source import X509Source
-from trustmesh.testing import RunningIdentityServer
+from trustmesh.testing import FakeClock, RunningIdentityServer
 
 
 async def charge(request: Request) -> JSONResponse:
@@ -52,9 +53,12 @@ class Caller:
 
 @asynccontextmanager
 async def stack(
-    identity: RunningIdentityServer, short_tmp: Path, extra: str = ""
+    identity: RunningIdentityServer,
+    short_tmp: Path,
+    extra: str = "",
+    clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[tuple[AuthRig, Runtime, Caller, events.MemorySink]]:
-    async with make_rig(identity, short_tmp, extra) as rig:
+    async with make_rig(identity, short_tmp, extra, clock) as rig:
         config = short_tmp / "trustmesh.yaml"
         config.write_text(CONFIG + extra)
         sink = events.MemorySink()
@@ -149,12 +153,14 @@ async def test_revocation_reaches_the_service_at_once_over_redis(
         assert await _revoked_within(rig, caller, 2.0) <= 2.0
 
 
-async def _steady_load(caller: Caller, seconds: float) -> dict[int, int]:
+async def _steady_load(caller: Caller, stop: asyncio.Event) -> dict[int, int]:
+    """Four callers, each sending its next request 10 ms after the last answer, until
+    ``stop`` is set (or a minute has passed); how many answers of each status."""
     statuses: dict[int, int] = {}
-    deadline = time.monotonic() + seconds
+    deadline = time.monotonic() + 60
 
     async def worker() -> None:
-        while time.monotonic() < deadline:
+        while not stop.is_set() and time.monotonic() < deadline:
             r = await caller.payments.post("/charges", json={})
             statuses[r.status] = statuses.get(r.status, 0) + 1
             await asyncio.sleep(0.01)
@@ -168,7 +174,16 @@ async def test_no_401_across_svid_rotations(
 ) -> None:
     async with stack(fast_identity, short_tmp) as (_, _runtime, caller, _sink):
         first = caller.tls.generation
-        statuses = await _steady_load(caller, 22.0)
+        stop = asyncio.Event()
+        load = asyncio.create_task(_steady_load(caller, stop))
+        # a 10 s SVID is renewed after 4 s (RENEW_FRACTION), so two renewals take about 8 s
+        # of real time: TLS checks certificates against the real clock, not a fake one
+        deadline = time.monotonic() + 30
+        while caller.tls.generation - first < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)  # the load goes on with the newest SVID
+        stop.set()
+        statuses = await load
         assert caller.tls.generation - first >= 2, "expected several rotations"
         assert set(statuses) == {201}, statuses
         assert caller.tokens.fetched >= 3  # a new bound token after each rotation
@@ -178,18 +193,29 @@ async def test_no_401_across_a_signing_key_rotation(
     identity: RunningIdentityServer, short_tmp: Path
 ) -> None:
     extra = "auth: {key_publish_delay: 10s, access_token_ttl: 10m, key_rotation: 1h}\n"
-    async with stack(identity, short_tmp, extra) as (rig, _runtime, caller, _sink):
+    # The provider's clock is moved past the publish delay, not waited for. It runs 15 s
+    # behind the real time, so even then no token it signs is dated in the future of the
+    # service, which checks iat against the real time (with 5 s of leeway).
+    clock = FakeClock(time.time() - 15)
+    async with stack(identity, short_tmp, extra, clock.time) as (rig, _runtime, caller, _sink):
         old_token = await caller.tokens.token(PAYMENTS)
         old_kid = rig.auth.service.ring.active.kid if rig.auth.service.ring.active else None
-        load = asyncio.create_task(_steady_load(caller, 14.0))
+        stop = asyncio.Event()
+        load = asyncio.create_task(_steady_load(caller, stop))
         await asyncio.sleep(1.0)
         await rig.auth.service.tick(rotate=True)
-        await asyncio.sleep(11.0)  # the new key signs now
+        await asyncio.sleep(1.0)  # under load: the new key is published, the old one signs
+        assert rig.auth.service.ring.active is not None
+        assert rig.auth.service.ring.active.kid == old_kid
+        clock.advance(11)  # past the publish delay: the new key signs now
         await rig.auth.service.tick()
         assert rig.auth.service.ring.active is not None
         assert rig.auth.service.ring.active.kid != old_kid
         new_token = await caller.tokens.token(PAYMENTS, force=True)
         assert new_token != old_token
+        assert jwt.get_unverified_header(new_token)["kid"] == rig.auth.service.ring.active.kid
+        await asyncio.sleep(1.0)  # under load with the new key's tokens
+        stop.set()
         statuses = await load
         assert set(statuses) == {201}, statuses
         # the old token is still good until it expires; the new one is signed by the new key

@@ -23,22 +23,17 @@ from trustmesh.auth.db import AuthStore
 from trustmesh.auth.revocations import SUBJECT_REVOCATION_SECONDS, LiveToken
 from trustmesh.auth.service import AuthService, AuthSettings
 from trustmesh.reasons import Activity
+from trustmesh.testing import FakeClock
 
 T0 = 1_900_000_000
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0 + 0.4
-
-    def __call__(self) -> float:
-        return self.now
+START = T0 + 0.4  # where each service's clock starts: 0.6 s before the next whole second
 
 
-async def _service(store: AuthStore, clock: Clock) -> AuthService:
+async def _service(store: AuthStore, clock: FakeClock) -> AuthService:
     settings = AuthSettings(issuer="https://127.0.0.1:1", rotate_every=0)
     key = crypto.SealKey(os.urandom(32), "env")
-    return AuthService(auth_config(), store, key, settings, events.MemorySink(), clock=clock)
+    return AuthService(auth_config(), store, key, settings, events.MemorySink(), clock=clock.time)
 
 
 def _events(service: AuthService, kind: str) -> list[events.Event]:
@@ -55,7 +50,7 @@ def _events(service: AuthService, kind: str) -> list[events.Event]:
 
 
 async def _a_subject_is_revoked_from_the_next_whole_second(store: AuthStore) -> None:
-    clock = Clock()
+    clock = FakeClock(START)
     service = await _service(store, clock)
     revocations = service.revocations
     revoked = await revocations.subject("u1", "password-changed")
@@ -74,32 +69,32 @@ async def _a_subject_is_revoked_from_the_next_whole_second(store: AuthStore) -> 
 
     async def sleep(seconds: float) -> None:
         slept.append(seconds)
-        clock.now += seconds
+        clock.advance(seconds)
 
     revocations.sleep = sleep
     state = await revocations.before_issuing("u1")
     assert slept == [pytest.approx(0.6)]
-    assert int(clock()) == revoked.before
+    assert int(clock.time()) == revoked.before
     assert not await revocations.revoked_since("u1", state)
     assert await revocations.before_issuing("u2") is not None
     assert len(slept) == 1  # nothing to wait for without a revocation
     # on the feed, after its cursor; gone once nothing it matches can live
-    listed = await revocations.store.subjects_since(0, int(clock()))
+    listed = await revocations.store.subjects_since(0, int(clock.time()))
     assert [(r.subject, r.before) for r in listed] == [("u1", T0 + 1)]
-    assert await revocations.store.subjects_since(listed[-1].seq, int(clock())) == []
+    assert await revocations.store.subjects_since(listed[-1].seq, int(clock.time())) == []
     await revocations.subject("u1", "user-locked")
     assert await revocations.revoked_since("u1", state)
-    clock.now += SUBJECT_REVOCATION_SECONDS + 2
-    await revocations.prune(int(clock()))
-    assert await revocations.store.subjects_since(0, int(clock())) == []
+    clock.advance(SUBJECT_REVOCATION_SECONDS + 2)
+    await revocations.prune(int(clock.time()))
+    assert await revocations.store.subjects_since(0, int(clock.time())) == []
     assert not await revocations.is_revoked({"jti": "j", "sub": "u1", "iat": T0})
 
 
 async def _a_family_takes_every_access_token_it_issued(store: AuthStore) -> None:
-    clock = Clock()
+    clock = FakeClock(START)
     service = await _service(store, clock)
     revocations = service.revocations
-    now = int(clock())
+    now = int(clock.time())
     _, family = await store.start_refresh_family("shop-web", "u1", "", now, 3600)
     issued = [LiveToken(f"jti-{i}", "shop-web", "u1", now + 900) for i in range(3)]
     expired = LiveToken("jti-old", "shop-web", "u1", now - 1)

@@ -31,6 +31,7 @@ from trustmesh.gateway.keystore import (
     rotate_key,
 )
 from trustmesh.store import create_engine
+from trustmesh.testing import FakeClock
 
 CONFIG = """
 trust_domain: keys.example
@@ -48,14 +49,6 @@ gateway:
 T0 = 1_800_000_000.0
 
 
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def config() -> TrustmeshConfig:
     return parse_config(CONFIG, source="test")
@@ -67,15 +60,15 @@ def sink() -> events.MemorySink:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(T0)
 
 
 @pytest.fixture
 async def verifier(
-    short_tmp: Path, config: TrustmeshConfig, clock: Clock
+    short_tmp: Path, config: TrustmeshConfig, clock: FakeClock
 ) -> AsyncIterator[ApiKeyVerifier]:
-    opened = await ApiKeyVerifier.open(short_tmp, config, clock=clock)
+    opened = await ApiKeyVerifier.open(short_tmp, config, clock=clock.time)
     try:
         yield opened
     finally:
@@ -334,10 +327,10 @@ async def test_a_new_key_is_shown_once_and_only_its_digest_is_stored(
 
 
 async def test_verify_ok_wrong_unknown_malformed_out_of_scope(
-    verifier: ApiKeyVerifier, config: TrustmeshConfig, sink: events.MemorySink, clock: Clock
+    verifier: ApiKeyVerifier, config: TrustmeshConfig, sink: events.MemorySink, clock: FakeClock
 ) -> None:
     issued = await _add(verifier, config, sink, roles=("reader", "user"))
-    clock.now += 1  # past the snapshot taken at open
+    clock.advance(1)  # past the snapshot taken at open
     ok = await verifier.verify(issued.key, "/orders")
     assert ok.allowed
     assert (ok.reason, ok.principal, ok.roles, ok.name) == (
@@ -355,44 +348,44 @@ async def test_verify_ok_wrong_unknown_malformed_out_of_scope(
 
 
 async def test_a_revocation_is_seen_within_the_refresh_period(
-    verifier: ApiKeyVerifier, config: TrustmeshConfig, sink: events.MemorySink, clock: Clock
+    verifier: ApiKeyVerifier, config: TrustmeshConfig, sink: events.MemorySink, clock: FakeClock
 ) -> None:
     issued = await _add(verifier, config, sink)
-    clock.now += 1
+    clock.advance(1)
     assert (await verifier.verify(issued.key, "/orders")).allowed
     record, newly = await revoke_key(
-        _store(verifier), issued.record.key_id, now=clock.now, sink=sink
+        _store(verifier), issued.record.key_id, now=clock.time(), sink=sink
     )
     assert newly
-    assert record.revoked_at == int(clock.now)
-    clock.now += verifier.refresh  # ≤ 1 s later
+    assert record.revoked_at == int(clock.time())
+    clock.advance(verifier.refresh)  # ≤ 1 s later
     refused = await verifier.verify(issued.key, "/orders")
     assert (refused.allowed, refused.reason) == (False, "api-key-revoked")
     # revoking again changes nothing and records nothing
-    _, newly = await revoke_key(_store(verifier), issued.record.key_id, now=clock.now, sink=sink)
+    _, newly = await revoke_key(_store(verifier), issued.record.key_id, now=clock.time(), sink=sink)
     assert not newly
     assert [e.reason for e in sink.events] == ["api-key-created", "api-key-revoked"]
     with pytest.raises(NotFoundError):
-        await revoke_key(_store(verifier), "a" * 12, now=clock.now, sink=sink)
+        await revoke_key(_store(verifier), "a" * 12, now=clock.time(), sink=sink)
     with pytest.raises(NotFoundError):
-        await revoke_key(_store(verifier), "../etc", now=clock.now, sink=sink)
+        await revoke_key(_store(verifier), "../etc", now=clock.time(), sink=sink)
 
 
 async def test_an_expired_key_is_refused(
-    verifier: ApiKeyVerifier, config: TrustmeshConfig, sink: events.MemorySink, clock: Clock
+    verifier: ApiKeyVerifier, config: TrustmeshConfig, sink: events.MemorySink, clock: FakeClock
 ) -> None:
     issued = await _add(verifier, config, sink, expires_in=timedelta(hours=1))
     assert issued.record.expires_at == int(T0) + 3600
-    clock.now = T0 + 3599
+    clock.set(T0 + 3599)
     assert (await verifier.verify(issued.key, "/orders")).allowed
-    clock.now = T0 + 3600
+    clock.set(T0 + 3600)
     assert (await verifier.verify(issued.key, "/orders")).reason == "api-key-expired"
     with pytest.raises(ConflictError, match="expired"):
-        await rotate_key(_store(verifier), issued.record.key_id, now=clock.now, sink=sink)
+        await rotate_key(_store(verifier), issued.record.key_id, now=clock.time(), sink=sink)
 
 
 async def test_rotation_keeps_the_old_secret_for_its_grace_only(
-    verifier: ApiKeyVerifier, config: TrustmeshConfig, sink: events.MemorySink, clock: Clock
+    verifier: ApiKeyVerifier, config: TrustmeshConfig, sink: events.MemorySink, clock: FakeClock
 ) -> None:
     first = await _add(verifier, config, sink, scopes=("/orders", "reports"))
     rotated = await rotate_key(
@@ -404,15 +397,15 @@ async def test_rotation_keeps_the_old_secret_for_its_grace_only(
     assert rotated.record.roles == first.record.roles
     assert rotated.record.rotated_at == int(T0)
     assert rotated.record.previous_until == int(T0) + 3600
-    clock.now = T0 + 3599
+    clock.set(T0 + 3599)
     assert (await verifier.verify(first.key, "reports")).allowed
     assert (await verifier.verify(rotated.key, "reports")).allowed
-    clock.now = T0 + 3600
+    clock.set(T0 + 3600)
     assert (await verifier.verify(first.key, "reports")).reason == "api-key-superseded"
     assert (await verifier.verify(rotated.key, "reports")).allowed
     # without grace the old secret is refused at once; only the last one is remembered
-    third = await rotate_key(_store(verifier), first.record.key_id, now=clock.now, sink=sink)
-    clock.now += 1
+    third = await rotate_key(_store(verifier), first.record.key_id, now=clock.time(), sink=sink)
+    clock.advance(1)
     assert (await verifier.verify(rotated.key, "reports")).reason == "api-key-superseded"
     assert (await verifier.verify(first.key, "reports")).reason == "api-key-invalid"
     assert (await verifier.verify(third.key, "reports")).allowed
@@ -425,18 +418,18 @@ async def test_rotation_keeps_the_old_secret_for_its_grace_only(
         await rotate_key(
             _store(verifier), first.record.key_id, grace=timedelta(days=8), now=T0, sink=sink
         )
-    await revoke_key(_store(verifier), first.record.key_id, now=clock.now, sink=sink)
+    await revoke_key(_store(verifier), first.record.key_id, now=clock.time(), sink=sink)
     with pytest.raises(ConflictError, match="revoked"):
-        await rotate_key(_store(verifier), first.record.key_id, now=clock.now, sink=sink)
+        await rotate_key(_store(verifier), first.record.key_id, now=clock.time(), sink=sink)
     with pytest.raises(NotFoundError):
-        await rotate_key(_store(verifier), "b" * 12, now=clock.now, sink=sink)
+        await rotate_key(_store(verifier), "b" * 12, now=clock.time(), sink=sink)
 
 
 async def test_a_hot_key_and_a_flood_of_random_keys_cost_no_queries(
-    verifier: ApiKeyVerifier, config: TrustmeshConfig, sink: events.MemorySink, clock: Clock
+    verifier: ApiKeyVerifier, config: TrustmeshConfig, sink: events.MemorySink, clock: FakeClock
 ) -> None:
     issued = await _add(verifier, config, sink)
-    clock.now += 1
+    clock.advance(1)
     assert (await verifier.verify(issued.key, "/orders")).allowed  # loads the snapshot
     with queries(_store(verifier)) as seen:
         for _ in range(200):
@@ -449,7 +442,7 @@ async def test_a_hot_key_and_a_flood_of_random_keys_cost_no_queries(
             )
     assert seen == []
     # past the refresh period, however many requests arrive at once, one load serves all
-    clock.now += verifier.refresh
+    clock.advance(verifier.refresh)
     with queries(_store(verifier)) as seen:
         decisions = await asyncio.gather(
             *(verifier.verify(issued.key, "/orders") for _ in range(50)),
@@ -460,13 +453,13 @@ async def test_a_hot_key_and_a_flood_of_random_keys_cost_no_queries(
 
 
 async def test_an_unreadable_store_fails_closed_and_is_retried_once_per_period(
-    verifier: ApiKeyVerifier, config: TrustmeshConfig, sink: events.MemorySink, clock: Clock
+    verifier: ApiKeyVerifier, config: TrustmeshConfig, sink: events.MemorySink, clock: FakeClock
 ) -> None:
     issued = await _add(verifier, config, sink)
     store = _store(verifier)
     async with store.engine.begin() as conn:
         await conn.execute(text("ALTER TABLE gateway_api_keys RENAME TO moved_away"))
-    clock.now += 1
+    clock.advance(1)
     with queries(store) as seen:
         with pytest.raises(UnavailableError):
             await verifier.verify(issued.key, "/orders")
@@ -476,7 +469,7 @@ async def test_an_unreadable_store_fails_closed_and_is_retried_once_per_period(
     assert len(seen) == 1
     async with store.engine.begin() as conn:
         await conn.execute(text("ALTER TABLE moved_away RENAME TO gateway_api_keys"))
-    clock.now += verifier.refresh
+    clock.advance(verifier.refresh)
     assert (await verifier.verify(issued.key, "/orders")).allowed
 
 
@@ -500,7 +493,7 @@ async def _exercise_store(store: SqlKeyStore, config: TrustmeshConfig) -> None:
     )
     assert rotated.record.previous_hash == issued.record.secret_hash
     assert rotated.record.secret_hash == hash_key(rotated.key)
-    verifier = ApiKeyVerifier(store, clock=Clock(T0 + 2))
+    verifier = ApiKeyVerifier(store, clock=FakeClock(T0 + 2).time)
     assert (await verifier.verify(issued.key, "anything")).allowed
     record, newly = await store.revoke(issued.record.key_id, int(T0) + 3)
     assert newly

@@ -79,8 +79,10 @@ def upstream(seen: list[dict[str, Any]]) -> Starlette:
         seen.append(told)
         return JSONResponse(told)
 
-    async def slow(_: Request) -> JSONResponse:
-        await asyncio.sleep(SLOW_SECONDS)
+    async def slow(request: Request) -> JSONResponse:
+        deadline = time.monotonic() + SLOW_SECONDS  # or until the gateway hangs up
+        while time.monotonic() < deadline and not await request.is_disconnected():
+            await asyncio.sleep(0.05)
         return JSONResponse({"late": True})
 
     return Starlette(routes=[Route("/slow/{p:path}", slow), Route("/{p:path}", echo)])

@@ -17,7 +17,7 @@ from services import require_service
 from trustmesh.config.gateway import GatewayConfig
 from trustmesh.gateway.ratelimit import RateDecision, RateLimiter
 from trustmesh.reasons import Reason
-from trustmesh.testing import PrivateRedis
+from trustmesh.testing import FakeClock, PrivateRedis
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 HOUR = 3600
@@ -36,14 +36,6 @@ def gateway(
             "redis": redis,
         }
     )
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Changes(list[tuple[bool, str]]):
@@ -410,7 +402,7 @@ async def test_fallback_while_redis_is_down_and_back_after(
 ) -> None:
     clock, changes = FakeClock(), Changes()
     config = gateway([{"per": "consumer", "limit": "3 per 1 hour"}], redis=private_redis.url)
-    limiter = limiters(config, changes, clock=clock, probe_interval=5.0)
+    limiter = limiters(config, changes, clock=clock.monotonic, probe_interval=5.0)
 
     before = await hits(limiter, 2)
     assert allowed(before) == [True, True]
@@ -429,12 +421,12 @@ async def test_fallback_while_redis_is_down_and_back_after(
 
     await asyncio.to_thread(private_redis.start)
     # no probe before the interval has passed
-    clock.now += 4.9
+    clock.advance(4.9)
     assert (await hits(limiter, 1, consumer="bob"))[0].storage == "fallback"
     await asyncio.sleep(0.1)
     assert [ok for ok, _ in changes] == [False]
     # due: the next request starts a probe in the background and is decided in memory
-    clock.now += 0.2
+    clock.advance(0.2)
     assert (await hits(limiter, 1, consumer="bob"))[0].storage == "fallback"
     await _until(lambda: len(changes) == 2, "the recovery to be told")
     assert changes[1][0] is True
@@ -457,16 +449,16 @@ async def test_redis_down_at_start_falls_back_and_retries(
     clock, changes = FakeClock(), Changes()
     config = gateway([{"per": "ip", "limit": "2 per 1 hour"}], redis=private_redis.url)
     await asyncio.to_thread(private_redis.kill)
-    limiter = limiters(config, changes, clock=clock)
+    limiter = limiters(config, changes, clock=clock.monotonic)
     assert allowed(await hits(limiter, 3)) == [True, True, False]
     assert [ok for ok, _ in changes] == [False]
     # a probe that fails leaves the limiter on its fallback and tells nothing more
-    clock.now += 10
+    clock.advance(10)
     assert (await hits(limiter, 1))[0].storage == "fallback"
     await asyncio.sleep(0.2)
     assert [ok for ok, _ in changes] == [False]
     await asyncio.to_thread(private_redis.start)
-    clock.now += 10
+    clock.advance(10)
     assert (await hits(limiter, 1))[0].storage == "fallback"
     await _until(lambda: len(changes) == 2, "the recovery to be told")
     assert (await hits(limiter, 1))[0].storage == "redis"
@@ -500,14 +492,14 @@ async def test_a_silent_redis_costs_at_most_the_socket_timeout(limiters: Limiter
     port = server.sockets[0].getsockname()[1]
     clock, changes = FakeClock(), Changes()
     config = gateway([{"per": "ip", "limit": "2 per 1 hour"}], redis=f"redis://127.0.0.1:{port}/0")
-    limiter = limiters(config, changes, clock=clock, socket_timeout=0.2)
+    limiter = limiters(config, changes, clock=clock.monotonic, socket_timeout=0.2)
     try:
         first = await asyncio.wait_for(limiter.hit(0, consumer=None, roles=(), ip=IP), 5)
         assert first.allowed
         assert first.storage == "fallback"
         assert [ok for ok, _ in changes] == [False]
         # a due probe hangs on the silent server in the background; requests go on
-        clock.now += 10
+        clock.advance(10)
         connections = len(held)
         decisions = await asyncio.wait_for(hits(limiter, 2, consumer=None), 5)
         assert allowed(decisions) == [True, False]

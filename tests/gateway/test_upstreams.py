@@ -31,7 +31,7 @@ from trustmesh.sdk.discovery import DiscoveryClient, Endpoint
 from trustmesh.sdk.middleware import ZeroTrustMiddleware
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.x509source import X509Source
-from trustmesh.testing import RunningIdentityServer, identity_server_in_thread
+from trustmesh.testing import FakeClock, RunningIdentityServer, identity_server_in_thread
 
 TD = "pool.example"
 ORDERS = f"spiffe://{TD}/orders"
@@ -49,14 +49,6 @@ gateway:
     - {{path: /orders, to: orders, methods: [GET, POST, PUT, PATCH, DELETE], auth: [anonymous]}}
 """
 CONFIG: TrustmeshConfig = parse_config(CONFIG_TEXT, source="test.yaml")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Behaviour:
@@ -138,7 +130,7 @@ class Rig:
     identity: RunningIdentityServer
     discovery_url: str
     tls: RotatingTLS
-    clock: Clock = field(default_factory=Clock)
+    clock: FakeClock = field(default_factory=FakeClock)
     changes: list[tuple[str, str, str, str]] = field(default_factory=list)
     instances: list[Instance] = field(default_factory=list)
     pools: list[UpstreamPool] = field(default_factory=list)
@@ -167,7 +159,7 @@ class Rig:
             discovery or DiscoveryClient(self.tls, self.discovery_url),
             UpstreamSettings.model_validate(config),
             on_change=lambda *change: self.changes.append(change),
-            clock=self.clock,
+            clock=self.clock.monotonic,
         )
         self.pools.append(pool)
         return pool
@@ -234,13 +226,13 @@ async def test_a_failing_instance_is_ejected_then_restored_after_its_time(rig: R
     assert rig.changes[0][:2] == ("orders", b.url)
     (ejected,) = [i for i in pool.snapshot()["orders"] if i["ejected_until"] is not None]
     assert ejected["url"] == b.url
-    assert ejected["ejected_until"] == rig.clock.now + 10
+    assert ejected["ejected_until"] == rig.clock.monotonic() + 10
 
     hits = b.behaviour.total
     assert [(await _get(pool)).status for _ in range(4)] == [200] * 4
     assert b.behaviour.total == hits  # out of rotation
 
-    rig.clock.now += 10
+    rig.clock.advance(10)
     b.behaviour.mode = "ok"
     answers = Counter([(await _get(pool)).json()["instance"] for _ in range(4)])
     assert answers == {"a": 2, "b": 2}
@@ -269,12 +261,12 @@ async def test_a_restored_instance_that_fails_again_is_out_for_twice_as_long(rig
     pool = rig.pool(outlier={"consecutive_failures": 2, "ejection": "10s", "max_ejection": "15s"})
     for _ in range(4):
         await _get(pool)
-    rig.clock.now += 10
+    rig.clock.advance(10)
     for _ in range(2):  # restored on probation: its first failure ejects it again
         await _get(pool)
     assert [c[2] for c in rig.changes] == ["ejected", "restored", "ejected"]
     (ejected,) = [i for i in pool.snapshot()["orders"] if i["ejected_until"] is not None]
-    assert ejected["ejected_until"] == rig.clock.now + 15  # 20s, capped at max_ejection
+    assert ejected["ejected_until"] == rig.clock.monotonic() + 15  # 20s, capped at max_ejection
 
 
 async def test_get_is_retried_on_another_instance_and_post_never(rig: Rig) -> None:
@@ -409,7 +401,7 @@ async def test_endpoints_follow_discovery(rig: Rig) -> None:
     assert (await _get(pool)).json()["instance"] == "a"
     b = await rig.instance("b")
     assert {(await _get(pool)).json()["instance"] for _ in range(3)} == {"a"}  # cached
-    rig.clock.now += REFRESH_SECONDS
+    rig.clock.advance(REFRESH_SECONDS)
     await pool.refresh("orders")
     assert {(await _get(pool)).json()["instance"] for _ in range(4)} == {"a", "b"}
     await a.deregister()

@@ -359,7 +359,7 @@ def test_idle_connections_do_not_take_the_workload_api_down(short_tmp: Path) -> 
                 raise
             held.append(s)
         before = log_path.stat().st_size
-        time.sleep(3)
+        time.sleep(1)  # a flood shows within a second; the bound is the rate it had over 3 s
         log_bytes = log_path.stat().st_size - before
         code = (
             "import sys\n"
@@ -377,7 +377,7 @@ def test_idle_connections_do_not_take_the_workload_api_down(short_tmp: Path) -> 
             served = legit.stdout.strip() == f"spiffe://{TD}/orders"
         except subprocess.TimeoutExpired:
             served = False
-        assert log_bytes < 100_000, f"{log_bytes} bytes of log in 3 s"
+        assert log_bytes < 100_000 / 3, f"{log_bytes} bytes of log in 1 s"
         assert served, "a registered workload got no SVID while idle connections were held"
     finally:
         for s in held:

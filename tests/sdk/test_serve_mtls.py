@@ -210,12 +210,19 @@ async def test_rotation_under_steady_load(server: Served, client_tls: RotatingTL
     errors: list[str] = []
     served = 0
     seen_serials: set[int] = set()
-    deadline = time.monotonic() + 14
+    # a 10 s SVID is renewed after 4 s, for real (TLS checks certificates against the real
+    # clock): the load runs until the server's SVID was renewed twice and new handshakes
+    # saw three certificates, then 1 s more, or 30 s at most
+    done = asyncio.Event()
+    deadline = time.monotonic() + 30
+
+    def running() -> bool:
+        return not done.is_set() and time.monotonic() < deadline
 
     async def load() -> None:
         nonlocal served
         async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
+            while running():
                 try:
                     async with session.get(
                         f"https://127.0.0.1:{server.port}/whoami", ssl=client_tls.client
@@ -229,7 +236,7 @@ async def test_rotation_under_steady_load(server: Served, client_tls: RotatingTL
                 await asyncio.sleep(0.01)
 
     async def handshakes() -> None:
-        while time.monotonic() < deadline:
+        while running():
             _, writer = await asyncio.open_connection(
                 "127.0.0.1", server.port, ssl=client_tls.client
             )
@@ -246,7 +253,15 @@ async def test_rotation_under_steady_load(server: Served, client_tls: RotatingTL
             await writer.wait_closed()
             await asyncio.sleep(0.5)
 
-    await asyncio.gather(load(), load(), handshakes())
+    async def until_rotated_twice() -> None:
+        while server.source.updates < 3 or len(seen_serials) < 3:  # as asserted below
+            if time.monotonic() >= deadline:
+                return
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
+        done.set()
+
+    await asyncio.gather(load(), load(), handshakes(), until_rotated_twice())
     assert errors == []
     assert served > 100
     assert server.source.updates >= 3, "at least two rotations of the server's SVID"

@@ -23,6 +23,7 @@ from trustmesh.crypto import verify_jws
 from trustmesh.errors import InvalidTokenError
 from trustmesh.reasons import Reason
 from trustmesh.sdk.tokens import JWKSCache, RevocationList, TokenVerifier, load_jwks
+from trustmesh.testing import FakeClock
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "wycheproof"  # tests/vectors
 ISSUER = "https://idp.example"
@@ -90,14 +91,6 @@ def test_the_vectors_are_there_and_hold_es256_cases() -> None:
 
 
 # -- a verifier against one P-256 key ------------------------------------------------------
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class Keys:
     def __init__(self) -> None:
         self.private = crypto.generate_key()
@@ -139,14 +132,16 @@ def keys() -> Keys:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
-def verifier(keys: Keys, clock: Clock) -> TokenVerifier:
-    cache = JWKSCache(keys.fetch, min_refetch_interval=10, clock=clock)
-    return TokenVerifier(issuers={ISSUER}, audience=AUDIENCE, jwks=cache, leeway=30, clock=clock)
+def verifier(keys: Keys, clock: FakeClock) -> TokenVerifier:
+    cache = JWKSCache(keys.fetch, min_refetch_interval=10, clock=clock.monotonic)
+    return TokenVerifier(
+        issuers={ISSUER}, audience=AUDIENCE, jwks=cache, leeway=30, clock=clock.time
+    )
 
 
 async def _refused(verifier: TokenVerifier, token: str, reason: Reason, thumb: str = THUMB) -> None:
@@ -256,7 +251,7 @@ async def test_hostile_kid_is_just_an_unknown_key(
 
 
 async def test_unknown_kid_refetches_once_rate_limited(
-    verifier: TokenVerifier, keys: Keys, clock: Clock
+    verifier: TokenVerifier, keys: Keys, clock: FakeClock
 ) -> None:
     await verifier.verify(keys.token(), peer_thumbprint=THUMB)
     assert keys.fetches == 1
@@ -268,7 +263,7 @@ async def test_unknown_kid_refetches_once_rate_limited(
     keys.jwks["keys"].append(rotated.jwks["keys"][0])
     token = rotated.token()
     await _refused(verifier, token, Reason.TOKEN_UNKNOWN_KEY)  # still rate-limited
-    clock.now += 11
+    clock.advance(11)
     assert (await verifier.verify(token, peer_thumbprint=THUMB)).jti == "j-1"
 
 
@@ -276,15 +271,17 @@ async def test_unknown_crit_is_refused(verifier: TokenVerifier, keys: Keys) -> N
     await _refused(verifier, keys.token(header={"crit": ["exp"], "exp": 1}), Reason.TOKEN_MALFORMED)
 
 
-async def test_expired_and_not_yet_valid(verifier: TokenVerifier, keys: Keys, clock: Clock) -> None:
-    now = int(clock.now)
+async def test_expired_and_not_yet_valid(
+    verifier: TokenVerifier, keys: Keys, clock: FakeClock
+) -> None:
+    now = int(clock.time())
     await _refused(verifier, keys.token(exp=now - 31, iat=now - 600), Reason.TOKEN_EXPIRED)
     await _refused(verifier, keys.token(nbf=now + 120), Reason.TOKEN_NOT_YET_VALID)
     await _refused(verifier, keys.token(iat=now + 120), Reason.TOKEN_NOT_YET_VALID)
     # a cached token expires too
     token = keys.token(exp=now + 5)
     await verifier.verify(token, peer_thumbprint=THUMB)
-    clock.now += 40
+    clock.advance(40)
     await _refused(verifier, token, Reason.TOKEN_EXPIRED)
 
 
@@ -316,7 +313,7 @@ async def test_not_an_access_token(verifier: TokenVerifier, keys: Keys) -> None:
         await _refused(verifier, bad, Reason.TOKEN_MALFORMED)
 
 
-async def test_provider_down_keeps_the_known_keys(keys: Keys, clock: Clock) -> None:
+async def test_provider_down_keeps_the_known_keys(keys: Keys, clock: FakeClock) -> None:
     up = True
 
     async def fetch() -> tuple[bytes, float | None]:
@@ -324,33 +321,33 @@ async def test_provider_down_keeps_the_known_keys(keys: Keys, clock: Clock) -> N
             raise OSError("connection refused")
         return await keys.fetch()
 
-    cache = JWKSCache(fetch, max_age=60, min_refetch_interval=1, clock=clock)
-    verifier = TokenVerifier(issuers={ISSUER}, audience=AUDIENCE, jwks=cache, clock=clock)
+    cache = JWKSCache(fetch, max_age=60, min_refetch_interval=1, clock=clock.monotonic)
+    verifier = TokenVerifier(issuers={ISSUER}, audience=AUDIENCE, jwks=cache, clock=clock.time)
     await verifier.verify(keys.token(jti="a"), peer_thumbprint=THUMB)
     up = False
-    clock.now += 120  # the set is stale and the provider is down
+    clock.advance(120)  # the set is stale and the provider is down
     assert (await verifier.verify(keys.token(jti="b"), peer_thumbprint=THUMB)).jti == "b"
 
 
-async def test_the_default_leeway_is_five_seconds(keys: Keys, clock: Clock) -> None:
+async def test_the_default_leeway_is_five_seconds(keys: Keys, clock: FakeClock) -> None:
     """A token that expired 20 s ago is refused, one that expired 3 s ago taken: the
     clocks of issuer and verifier may differ by a few seconds, not by twenty."""
-    cache = JWKSCache(keys.fetch, clock=clock)
-    verifier = TokenVerifier(issuers={ISSUER}, audience=AUDIENCE, jwks=cache, clock=clock)
-    now = int(clock.now)
+    cache = JWKSCache(keys.fetch, clock=clock.monotonic)
+    verifier = TokenVerifier(issuers={ISSUER}, audience=AUDIENCE, jwks=cache, clock=clock.time)
+    now = int(clock.time())
     await _refused(verifier, keys.token(exp=now - 20, iat=now - 600), Reason.TOKEN_EXPIRED)
     token = keys.token(exp=now - 3, iat=now - 600, jti="j-3")
     assert (await verifier.verify(token, peer_thumbprint=THUMB)).jti == "j-3"
-    clock.now += 2.5  # cached, and now past the leeway too
+    clock.advance(2.5)  # cached, and now past the leeway too
     await _refused(verifier, token, Reason.TOKEN_EXPIRED)
 
 
 async def test_a_revoked_subject_takes_every_token_issued_before(
-    verifier: TokenVerifier, keys: Keys, clock: Clock
+    verifier: TokenVerifier, keys: Keys, clock: FakeClock
 ) -> None:
     """A subject revoked with ``before`` T: its tokens with ``iat`` < T are refused,
     whoever signed them (cached ones too); later ones, and other subjects', pass."""
-    now = int(clock.now)
+    now = int(clock.time())
     user = "a0b1c2"
     old = keys.token(sub=user, iat=now - 1, jti="old")
     same_second = keys.token(sub=user, iat=now, jti="same")
@@ -358,31 +355,31 @@ async def test_a_revoked_subject_takes_every_token_issued_before(
     other = keys.token(sub="someone-else", iat=now - 1, jti="other")
     for token in (old, same_second, other):
         await verifier.verify(token, peer_thumbprint=THUMB)
-    verifier.revoked.add_subject(user, now + 1, clock.now + 600)
+    verifier.revoked.add_subject(user, now + 1, clock.time() + 600)
     await _refused(verifier, old, Reason.TOKEN_REVOKED)
     await _refused(verifier, same_second, Reason.TOKEN_REVOKED)
     assert (await verifier.verify(later, peer_thumbprint=THUMB)).jti == "later"
     assert (await verifier.verify(other, peer_thumbprint=THUMB)).jti == "other"
     # an older revocation arriving late never shortens a newer one
-    verifier.revoked.add_subject(user, now - 100, clock.now + 10)
+    verifier.revoked.add_subject(user, now - 100, clock.time() + 10)
     await _refused(verifier, same_second, Reason.TOKEN_REVOKED)
-    clock.now += 700  # every token it could match has expired: forgotten
+    clock.advance(700)  # every token it could match has expired: forgotten
     verifier.revoked.prune()
     assert len(verifier.revoked) == 0
 
 
 def test_revocation_list_forgets_expired_tokens() -> None:
-    clock = Clock()
-    revoked = RevocationList(clock)
-    revoked.add("a", clock.now + 10)
-    revoked.add("b", clock.now - 1)
+    clock = FakeClock()
+    revoked = RevocationList(clock.time)
+    revoked.add("a", clock.time() + 10)
+    revoked.add("b", clock.time() - 1)
     revoked.prune()
     assert "a" in revoked
     assert "b" not in revoked
     assert len(revoked) == 1
 
 
-async def test_each_issuer_is_checked_with_its_own_keys_only(keys: Keys, clock: Clock) -> None:
+async def test_each_issuer_is_checked_with_its_own_keys_only(keys: Keys, clock: FakeClock) -> None:
     """Two trusted issuers (the provider and the gateway): a token is verified only with
     the keys of the issuer it names, so the gateway's key cannot vouch for a token that
     claims to come from the provider, nor the other way round."""
@@ -391,9 +388,9 @@ async def test_each_issuer_is_checked_with_its_own_keys_only(keys: Keys, clock: 
     verifier = TokenVerifier(
         audience=AUDIENCE,
         issuers={ISSUER},
-        jwks=JWKSCache(keys.fetch, clock=clock),
-        trusted={gateway_issuer: JWKSCache(gateway.fetch, clock=clock)},
-        clock=clock,
+        jwks=JWKSCache(keys.fetch, clock=clock.monotonic),
+        trusted={gateway_issuer: JWKSCache(gateway.fetch, clock=clock.monotonic)},
+        clock=clock.time,
     )
     assert (await verifier.verify(keys.token(), peer_thumbprint=THUMB)).subject
     from_gateway = gateway.token(iss=gateway_issuer, jti="g-1")

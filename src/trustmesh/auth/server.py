@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,10 +71,12 @@ async def serve_auth(
     host: str = "127.0.0.1",
     port: int | None = None,
     config_dir: Path | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> RunningAuth:
     """Start the identity provider; return once it listens with an active signing key.
 
-    ``config_dir`` resolves relative certificate paths (the config file's folder)."""
+    ``config_dir`` resolves relative certificate paths (the config file's folder);
+    ``clock`` (epoch seconds) is the service's: signing keys, tokens, revocations."""
     port = port if port is not None else config.auth.port
     # the issuer names the ports: they are bound up front, so no one can take them before
     # the listeners start on them
@@ -87,7 +90,7 @@ async def serve_auth(
             raise
     try:
         return await _serve_on(
-            config, state, source, sink, host, sock, public_sock, config_dir or Path.cwd()
+            config, state, source, sink, host, sock, public_sock, config_dir or Path.cwd(), clock
         )
     except BaseException:  # the listeners never took them
         sock.close()
@@ -105,6 +108,7 @@ async def _serve_on(
     sock: socket.socket,
     public_sock: socket.socket | None,
     config_dir: Path,
+    clock: Callable[[], float],
 ) -> RunningAuth:
     port = int(sock.getsockname()[1])
     public_port = int(public_sock.getsockname()[1]) if public_sock is not None else None
@@ -118,7 +122,7 @@ async def _serve_on(
     if public_port is not None:
         certificate = _public_certificate(config, state, seal_key, config_dir)
     store = AuthStore(create_engine(database_url(config, state)))
-    service = AuthService(config, store, seal_key, settings, sink)
+    service = AuthService(config, store, seal_key, settings, sink, clock=clock)
     await service.start()
     tls = RotatingTLS(source)  # one set of contexts: the server's and its own calls
     gateway_tokens = _gateway_tokens(config, state, tls, settings.token_leeway, service.clock)
