@@ -31,6 +31,7 @@ EXPECTED = {
         "certs_from_der",
         "certs_from_pem",
         "certs_to_der",
+        "check_claims",
         "check_password_policy",
         "create_edge_ca",
         "create_intermediate_ca",

@@ -13,11 +13,12 @@ import jwt
 import requests
 from authlib.integrations.requests_client import OAuth2Session
 from authlib.oauth2.rfc7523 import PrivateKeyJWT, private_key_jwt_sign
-from authrig import PAYMENTS, AuthRig
+from authrig import PAYMENTS, AuthRig, make_rig
 from joserfc.jwk import ECKey
 
 from trustmesh.auth.db import Client
 from trustmesh.auth.service import hash_secret, new_secret
+from trustmesh.testing import RunningIdentityServer
 
 
 def _post(rig: AuthRig, data: dict[str, str], **kwargs: Any) -> requests.Response:
@@ -115,3 +116,36 @@ async def test_client_secret_basic_and_the_secret_is_stored_hashed(
         rows = db.execute("SELECT * FROM auth_clients").fetchall()
     assert secret not in repr(rows)
     assert oct(database.stat().st_mode & 0o777) == "0o600"
+
+
+async def test_an_assertion_is_judged_by_the_providers_clock(
+    identity: RunningIdentityServer, short_tmp: Path
+) -> None:
+    """A provider whose clock runs two hours ahead finds a fresh assertion (exp one
+    minute from the client's now) expired: its own clock decides, not the wall clock."""
+    key = ECKey.generate_key("P-256", parameters={"kid": "batch-1"}, private=True)
+    async with make_rig(identity, short_tmp, clock=lambda: time.time() + 7200) as rig:
+        await rig.auth.service.store.add_client(
+            Client(
+                client_id="batch",
+                auth_method="private_key_jwt",
+                jwks={"keys": [key.as_dict(private=False)]},
+                audiences=(PAYMENTS,),
+                created_at=int(time.time()),
+            )
+        )
+        endpoint = rig.url + "/oauth2/token"
+        form = {
+            "grant_type": "client_credentials",
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": private_key_jwt_sign(key, "batch", endpoint, alg="ES256"),
+        }
+        late = await asyncio.to_thread(_post, rig, form)
+        assert late.status_code == 401, late.text
+        assert late.json()["error"] == "invalid_client"
+        now = int(rig.auth.service.clock())
+        on_time = private_key_jwt_sign(
+            key, "batch", endpoint, alg="ES256", claims={"iat": now, "exp": now + 60}
+        )
+        answer = await asyncio.to_thread(_post, rig, {**form, "client_assertion": on_time})
+        assert answer.status_code == 200, answer.text

@@ -342,3 +342,26 @@ def test_other_algorithms_only_where_an_issuer_declares_them() -> None:
     with pytest.raises(InvalidTokenError, match="not allowed") as info:
         crypto.verify_jwt(token, keys, es384_only, now=NOW)
     assert info.value.reason == "token-malformed"
+
+
+def test_the_claims_half_for_a_signature_checked_elsewhere() -> None:
+    """crypto.check_claims: what verify_jwt checks of the claims, for a client assertion
+    whose signature Authlib's key resolution checked."""
+    expect = crypto.Expect(
+        issuer="batch", audience=["https://idp.example/token"], required=("iss", "exp", "jti")
+    )
+    good = {"iss": "batch", "aud": "https://idp.example/token", "exp": NOW + 60, "jti": "j"}
+    crypto.check_claims(good, expect, now=NOW)
+    cases = [
+        ({**good, "iss": "other"}, "token-wrong-issuer"),
+        ({**good, "aud": ["https://elsewhere.example"]}, "token-wrong-audience"),
+        ({**good, "aud": 7}, "token-wrong-audience"),
+        ({k: v for k, v in good.items() if k != "jti"}, "token-malformed"),
+        ({**good, "exp": NOW}, "token-expired"),
+        ({**good, "nbf": NOW + 30}, "token-not-yet-valid"),
+        ({**good, "exp": "soon"}, "token-malformed"),
+    ]
+    for claims, reason in cases:
+        with pytest.raises(InvalidTokenError) as info:
+            crypto.check_claims(claims, expect, now=NOW)
+        assert info.value.reason == reason, claims

@@ -10,7 +10,6 @@ the request until it is recorded (:func:`trustmesh.auth.core.spend_assertions`).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,7 +20,9 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
+from trustmesh import crypto
 from trustmesh.auth.core import CoreRequest, OAuthClient
+from trustmesh.errors import InvalidTokenError
 
 __all__ = [
     "ASSERTION_ALGORITHMS",
@@ -81,11 +82,13 @@ class PrivateKeyJWT(JWTBearerClientAssertion):  # type: ignore[misc]
         leeway: int,
         seen: SeenAssertions,
         spent: list[tuple[str, int]],
+        clock: Callable[[], float],
     ) -> None:
         super().__init__(validate_jti=True, leeway=leeway)
         self._audiences = audiences
         self._seen = seen
         self._spent = spent
+        self._clock = clock
 
     def get_audiences(self) -> list[str]:
         return self._audiences()
@@ -104,16 +107,33 @@ class PrivateKeyJWT(JWTBearerClientAssertion):  # type: ignore[misc]
         return dict(token.claims)
 
     def verify_claims(self, claims: Any) -> None:
-        exp = claims.get("exp")
-        if isinstance(exp, int) and exp - time.time() > MAX_ASSERTION_LIFETIME:
+        """RFC 7523 §3: iss and sub the client, aud this server, exp (and nbf, iat)
+        against the provider's clock — the one claims check (crypto.check_claims) — and
+        a lifetime no longer than a client needs; then the jti, once."""
+        now = self._clock()
+        issuer = claims.get("iss")
+        expect = crypto.Expect(
+            issuer=issuer if isinstance(issuer, str) else "",
+            audience=self.get_audiences(),
+            required=("iss", "sub", "aud", "exp", "jti"),
+            leeway=self.leeway,
+        )
+        try:
+            crypto.check_claims(dict(claims), expect, now=now)
+        except InvalidTokenError as exc:
+            raise InvalidClientError(description=f"client assertion: {exc.detail}") from None
+        if claims["sub"] != issuer:
+            raise InvalidClientError(description="Issuer and Subject MUST match.")
+        if claims["exp"] - now > MAX_ASSERTION_LIFETIME:
             raise InvalidClientError(description="client assertion lives too long")
-        super().verify_claims(claims)
+        if not self.validate_jti(claims, claims["jti"]):
+            raise InvalidClientError(description="JWT ID is used before.")
 
     def validate_jti(self, claims: Mapping[str, Any], jti: str) -> bool:
         if not isinstance(jti, str) or len(jti) > 256:
             return False
         key = f"{claims['sub']} {jti}"
-        now = int(time.time())
+        now = int(self._clock())
         expires = int(claims.get("exp", now + MAX_ASSERTION_LIFETIME))
         if not self._seen.first_use(key, expires, now):  # the store is asked too, later
             return False
@@ -122,7 +142,11 @@ class PrivateKeyJWT(JWTBearerClientAssertion):  # type: ignore[misc]
 
 
 def client_authentication(
-    request: CoreRequest, audiences: Callable[[], list[str]], leeway: int, seen: SeenAssertions
+    request: CoreRequest,
+    audiences: Callable[[], list[str]],
+    leeway: int,
+    seen: SeenAssertions,
+    clock: Callable[[], float],
 ) -> ClientAuthentication:
     """Authlib's client authentication for ``request``: its methods (Authlib's own —
     ``client_secret_basic``, ``none`` — and the two above) over the clients it read."""
@@ -130,6 +154,6 @@ def client_authentication(
     auth.register("tls_client_auth", authenticate_tls_client)
     auth.register(
         PrivateKeyJWT.CLIENT_AUTH_METHOD,
-        PrivateKeyJWT(audiences, leeway, seen, request.new_assertions),
+        PrivateKeyJWT(audiences, leeway, seen, request.new_assertions, clock),
     )
     return auth

@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -82,12 +81,13 @@ class TokenRecord:
 
     claims: dict[str, Any]
     revoked: bool
+    checked_at: float  # the provider's clock when it was looked up
 
     def check_client(self, client: OAuthClient) -> bool:
         return bool(self.claims.get("client_id") == client.get_client_id())
 
     def is_expired(self) -> bool:
-        return bool(time.time() >= self.claims["exp"])
+        return bool(self.checked_at >= self.claims["exp"])
 
     def is_revoked(self) -> bool:
         return self.revoked

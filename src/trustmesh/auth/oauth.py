@@ -128,7 +128,8 @@ class OAuthServer(AuthorizationServer):  # type: ignore[misc]
                 claims = await self.gateway_tokens.verify(token)
             except (InvalidTokenError, UnavailableError):
                 return None
-        return TokenRecord(claims, await self.service.revocations.is_revoked(claims))
+        revoked = await self.service.revocations.is_revoked(claims)
+        return TokenRecord(claims, revoked, self.service.clock())
 
     def run(
         self, request: CoreRequest, prefetched: Prefetched, call: Callable[[CoreRequest], T]
@@ -153,7 +154,11 @@ class OAuthServer(AuthorizationServer):  # type: ignore[misc]
                 request.auth_method = method
                 return client
         auth = client_authentication(
-            request, self._assertion_audiences, self.service.settings.token_leeway, self._seen
+            request,
+            self._assertion_audiences,
+            self.service.settings.token_leeway,
+            self._seen,
+            self.service.clock,
         )
         client = auth(request, methods, endpoint)
         request.authenticated = (client, request.auth_method)

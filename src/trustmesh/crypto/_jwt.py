@@ -190,6 +190,24 @@ def _decode(token: str, key: PublicKey, algorithm: str, expect: Expect) -> dict[
     return claims
 
 
+def check_claims(claims: Mapping[str, Any], expect: Expect, *, now: float) -> None:
+    """The claims half of :func:`verify_jwt`, for a token whose signature something else
+    checked (a client assertion, under keys Authlib resolves): required claims, ``iss``,
+    ``aud`` and the times, with ``expect``'s leeway at ``now``."""
+    for name in expect.required:
+        if name not in claims:
+            raise _refuse(Reason.TOKEN_MALFORMED, f"{name} is missing")
+    if expect.issuer is not None and claims.get("iss") != expect.issuer:
+        raise _refuse(Reason.TOKEN_WRONG_ISSUER, "wrong issuer")
+    if expect.audience is not None:
+        wanted = {expect.audience} if isinstance(expect.audience, str) else set(expect.audience)
+        aud = claims.get("aud")
+        named = {aud} if isinstance(aud, str) else set(aud) if isinstance(aud, list) else set()
+        if not all(isinstance(a, str) for a in named) or not wanted & named:
+            raise _refuse(Reason.TOKEN_WRONG_AUDIENCE, "wrong audience")
+    _check_claims(claims, expect, now)
+
+
 def _check_claims(claims: Mapping[str, Any], expect: Expect, now: float) -> None:
     for name in ("exp", "iat", "nbf"):
         value = claims.get(name)
