@@ -26,7 +26,8 @@ def _post(rig: AuthRig, data: dict[str, str], **kwargs: Any) -> requests.Respons
         return s.post(rig.url + "/oauth2/token", data=data, timeout=10, **kwargs)
 
 
-async def test_private_key_jwt_with_authlib_and_replay_refused(rig: AuthRig) -> None:
+async def _batch_client(rig: AuthRig) -> ECKey:
+    """The private_key_jwt client ``batch`` (for payments); its signing key."""
     key = ECKey.generate_key("P-256", parameters={"kid": "batch-1"}, private=True)
     await rig.auth.service.store.add_client(
         Client(
@@ -38,6 +39,11 @@ async def test_private_key_jwt_with_authlib_and_replay_refused(rig: AuthRig) -> 
             created_at=int(time.time()),
         )
     )
+    return key
+
+
+async def test_private_key_jwt_with_authlib_and_replay_refused(rig: AuthRig) -> None:
+    key = await _batch_client(rig)
     endpoint = rig.url + "/oauth2/token"
 
     def fetch() -> dict[str, Any]:
@@ -123,17 +129,8 @@ async def test_an_assertion_is_judged_by_the_providers_clock(
 ) -> None:
     """A provider whose clock runs two hours ahead finds a fresh assertion (exp one
     minute from the client's now) expired: its own clock decides, not the wall clock."""
-    key = ECKey.generate_key("P-256", parameters={"kid": "batch-1"}, private=True)
     async with make_rig(identity, short_tmp, clock=lambda: time.time() + 7200) as rig:
-        await rig.auth.service.store.add_client(
-            Client(
-                client_id="batch",
-                auth_method="private_key_jwt",
-                jwks={"keys": [key.as_dict(private=False)]},
-                audiences=(PAYMENTS,),
-                created_at=int(time.time()),
-            )
-        )
+        key = await _batch_client(rig)
         endpoint = rig.url + "/oauth2/token"
         form = {
             "grant_type": "client_credentials",
