@@ -6,12 +6,12 @@ URI) the admin API checks, with its own messages."""
 
 from __future__ import annotations
 
-import json
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from trustmesh.errors import UsageError
+from trustmesh.platform.admin import json_object
 
 __all__ = ["MAX_BODY", "NewClient", "NewPassword", "NewUser", "NoFields", "parse_body"]
 
@@ -63,16 +63,7 @@ def parse_body(model: type[B], raw: bytes, *, optional: bool = False) -> B:
     """``raw`` (a JSON object) as ``model``; ``optional``: an empty body is ``{}``.
     UsageError (400) for anything else: too large, not JSON, not an object, an unknown
     field (named), a value of the wrong type."""
-    if len(raw) > MAX_BODY:
-        raise UsageError(f"the body must be at most {MAX_BODY} bytes")
-    if optional and not raw.strip():
-        return model()
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        raise UsageError("the body is not JSON") from None
-    if not isinstance(doc, dict):
-        raise UsageError("the body must be a JSON object")
+    doc = json_object(raw, MAX_BODY, empty=optional)
     try:
         return model.model_validate(doc)
     except ValidationError as exc:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -46,7 +45,7 @@ from trustmesh.identity import admin
 from trustmesh.identity.admin import ServiceSettings
 from trustmesh.identity.models import IssuedSVID, RegistrationEntry
 from trustmesh.identity.store import IdentityStore
-from trustmesh.platform.admin import Actor, Handler, Refused, read_event
+from trustmesh.platform.admin import Actor, Handler, Refused, json_object, read_event
 from trustmesh.platform.admin import guarded as admin_guarded
 from trustmesh.sdk.oauth import ProviderTrust
 from trustmesh.sdk.tls import RotatingTLS
@@ -114,16 +113,7 @@ def _entry_doc(entry: RegistrationEntry) -> dict[str, Any]:
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise UsageError(f"the body must be at most {MAX_BODY} bytes")
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        raise UsageError("the body is not JSON") from None
-    if not isinstance(doc, dict):
-        raise UsageError("the body must be a JSON object")
-    return doc
+    return json_object(await request.body(), MAX_BODY)
 
 
 def _svid_doc(svid: IssuedSVID) -> dict[str, Any]:

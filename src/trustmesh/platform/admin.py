@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
@@ -24,6 +24,7 @@ __all__ = [
     "admin_event",
     "failure_response",
     "guarded",
+    "json_object",
     "operator_only",
     "peer_spiffe_id",
     "read_body",
@@ -158,19 +159,27 @@ def operator_only(request: Request, operator: str) -> Actor:
     return Actor(peer)
 
 
-async def read_body(request: Request, model: type[Body], limit: int) -> Body:
-    """The JSON body as ``model`` (strict: a model with ``extra="forbid"`` refuses an
-    unknown field); an empty body is ``{}``. :class:`UsageError` (400) says what was wrong
-    and never repeats a value."""
-    raw = await request.body()
+def json_object(raw: bytes, limit: int, *, empty: bool = False) -> dict[str, Any]:
+    """An admin request's body: a JSON object of at most ``limit`` bytes (``empty``: no
+    body at all is ``{}``). :class:`UsageError` (400) says what was wrong."""
     if len(raw) > limit:
         raise UsageError(f"the body must be at most {limit} bytes")
+    if empty and not raw.strip():
+        return {}
     try:
-        doc = json.loads(raw) if raw.strip() else {}
+        doc = json.loads(raw)
     except ValueError:
         raise UsageError("the body is not JSON") from None
     if not isinstance(doc, dict):
         raise UsageError("the body must be a JSON object")
+    return doc
+
+
+async def read_body(request: Request, model: type[Body], limit: int) -> Body:
+    """The JSON body as ``model`` (strict: a model with ``extra="forbid"`` refuses an
+    unknown field); an empty body is ``{}``. :class:`UsageError` (400) says what was wrong
+    and never repeats a value."""
+    doc = json_object(await request.body(), limit, empty=True)
     try:
         return model.model_validate(doc, strict=True)
     except ValidationError as exc:
