@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from trustmesh.config import load_config
-from trustmesh.errors import ConfigError, TrustmeshError
 from trustmesh.identity.server import serve_until_signalled
+from trustmesh.platform.process import exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state", type=Path, required=True)
     parser.add_argument("--worker-fd", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    try:
+
+    def serve() -> None:
         config = load_config(args.config)
         asyncio.run(
             serve_until_signalled(
@@ -28,13 +29,8 @@ def main(argv: list[str] | None = None) -> int:
                 worker_fd=args.worker_fd,
             )
         )
-    except ConfigError as exc:
-        print("\n".join(exc.problems), file=sys.stderr)
-        return 2
-    except TrustmeshError as exc:
-        print(f"identity: {exc.detail}", file=sys.stderr)
-        return 1
-    return 0
+
+    return exit_code("identity", serve)
 
 
 if __name__ == "__main__":

@@ -14,21 +14,18 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-import uvicorn
 
 from trustmesh.errors import UsageError
 from trustmesh.platform.guard import ConnectionGuard, ConnectionLimits, RefusalSummary
 from trustmesh.platform.protocol import guarded_protocol
 from trustmesh.sdk.serve import (
-    GRACEFUL_SHUTDOWN_SECONDS,
     ASGIApp,
     Listener,
     Receive,
     Scope,
     Send,
     Served,
+    listener_config,
     respond_json,
     run_server,
     start,
@@ -110,26 +107,6 @@ def bound_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     return sock
 
 
-def _listener_config(
-    app: ASGIApp, host: str, port: int, log_level: str, **extra: Any
-) -> uvicorn.Config:
-    """A listener with no workload identity in play: no proxy headers believed, no
-    ``server``/``date`` headers, no lifespan, the bounded graceful shutdown."""
-    return uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        interface="asgi3",
-        log_level=log_level,
-        proxy_headers=False,
-        server_header=False,
-        date_header=False,
-        lifespan="off",
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-        **extra,
-    )
-
-
 async def start_public(
     app: ASGIApp,
     *,
@@ -152,7 +129,7 @@ async def start_public(
     counted go to ``on_refusals``, one summary per reason."""
     context = web_server_context(chain_pem, key_pem)
     guard = guard or ConnectionGuard(ConnectionLimits())
-    config = _listener_config(
+    config = listener_config(
         app,
         host,
         port,
@@ -180,5 +157,5 @@ async def start_loopback(
     as Prometheus metrics, for a scraper on the same machine)."""
     if not ipaddress.ip_address(host).is_loopback:
         raise UsageError(f"{host} is not a loopback address: plain HTTP stays on loopback")
-    config = _listener_config(app, host, port, log_level)
+    config = listener_config(app, host, port, log_level)
     return PublicServed(*await run_server(config, "trustmesh-serve-loopback"))

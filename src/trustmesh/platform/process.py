@@ -57,10 +57,19 @@ def component_main(prog: str, run: Run, argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--state", type=Path, required=True)
     args = parser.parse_args(argv)
-    name = prog.removeprefix("trustmesh-")
-    try:
+
+    def main() -> None:
         config = load_config(args.config)
         asyncio.run(run(config, args.state.absolute(), args.config.absolute().parent))
+
+    return exit_code(prog.removeprefix("trustmesh-"), main)
+
+
+def exit_code(name: str, main: Callable[[], None]) -> int:
+    """Run a component's ``main``: 0 when it ends, 2 for a bad declaration (every
+    problem on stderr), 1 for any other failure it reports (one line, named)."""
+    try:
+        main()
     except ConfigError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return 2

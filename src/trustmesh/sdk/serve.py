@@ -15,7 +15,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -165,23 +165,45 @@ async def start(
     await source.start()
     tls = tls or RotatingTLS(source)
     peers = _Peers()
-    config = uvicorn.Config(
+    config = listener_config(
         _WithTLSExtension(app, peers),
-        host=host,
-        port=port,
+        host,
+        port,
+        log_level,
+        lifespan="auto",
         http=_protocol_class(tls, peers),
         ssl_context_factory=lambda _config, _default: tls.listening,
+    )
+    server, task = await run_server(config, "trustmesh-serve", sock)
+    return Served(server, task, tls, source, owns)
+
+
+def listener_config(
+    app: ASGIApp,
+    host: str,
+    port: int,
+    log_level: str,
+    *,
+    lifespan: Literal["auto", "on", "off"] = "off",
+    **extra: Any,
+) -> uvicorn.Config:
+    """A listener as every trustmesh server runs one: no proxy headers believed, no
+    ``server``/``date`` headers, and the bounded graceful shutdown (in-flight requests
+    get this long at shutdown; an idle keep-alive client that never answers the TLS
+    close would otherwise hold it for 30 s)."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        interface="asgi3",
         log_level=log_level,
         proxy_headers=False,
         server_header=False,
         date_header=False,
-        lifespan="auto",
-        # in-flight requests get this long to finish at shutdown; an idle keep-alive
-        # client that never answers the TLS close would otherwise hold it for 30 s
+        lifespan=lifespan,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        **extra,
     )
-    server, task = await run_server(config, "trustmesh-serve", sock)
-    return Served(server, task, tls, source, owns)
 
 
 async def run_server(
