@@ -609,7 +609,10 @@ _VERBS: tuple[tuple[tuple[int, str], tuple[Activity, ...]], ...] = (
     ((3, "Update"), (Activity.MFA_RESET, Activity.PASSWORD_CHANGED, Activity.API_KEY_ROTATED)),
     ((4, "Delete"), (Activity.ENTRY_REMOVED, Activity.CLIENT_REMOVED, Activity.KEY_REMOVED)),
     ((8, "Enable"), (Activity.CA_ACTIVATED, Activity.KEY_ACTIVATED, Activity.USER_UNLOCKED)),
-    ((9, "Disable"), (Activity.CA_RETIRED, Activity.KEY_RETIRED, Activity.USER_LOCKED)),
+    (
+        (9, "Disable"),
+        (Activity.CA_RETIRED, Activity.KEY_RETIRED, Activity.USER_LOCKED, Activity.API_KEY_REVOKED),
+    ),
 )
 _TICKET: Shape = (_AUTHN, 4, "Service Ticket Request")
 #: What each code records, where it is not an API decision (API Activity, Other).

@@ -140,6 +140,7 @@ class Activity(enum.StrEnum):
     LOGOUT = "logout"
     API_KEY_CREATED = "api-key-created"
     API_KEY_ROTATED = "api-key-rotated"
+    API_KEY_REVOKED = "api-key-revoked"
     UPSTREAM_EJECTED = "upstream-ejected"
     UPSTREAM_RESTORED = "upstream-restored"
     UPSTREAM_UNHEALTHY = "upstream-unhealthy"

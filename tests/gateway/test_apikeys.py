@@ -30,6 +30,7 @@ from trustmesh.gateway.keystore import (
     revoke_key,
     rotate_key,
 )
+from trustmesh.reasons import Reason
 from trustmesh.store import create_engine
 from trustmesh.testing import FakeClock
 
@@ -160,7 +161,7 @@ def test_a_new_key_has_a_prefix_a_public_id_and_256_random_bits() -> None:
 def test_malformed_keys_are_refused_by_their_shape(presented: str) -> None:
     assert parse_key(presented) is None
     decision = decide(None, presented, "/orders", now=T0)
-    assert decision == apikeys.KeyDecision(False, apikeys.API_KEY_MALFORMED)
+    assert decision == apikeys.KeyDecision(False, Reason.API_KEY_MALFORMED)
 
 
 @given(st.text(max_size=120))

@@ -16,8 +16,7 @@ from authrig import OPERATOR, ORDERS, Workload
 from liverig import Live, live_gateway, live_identity
 
 from trustmesh import crypto
-from trustmesh.gateway.apikeys import API_KEY_CREATED
-from trustmesh.reasons import Reason
+from trustmesh.reasons import Activity, Reason
 from trustmesh.testing import RunningIdentityServer
 
 SECTION = """gateway:
@@ -82,7 +81,7 @@ async def test_the_operator_manages_keys_and_each_change_holds_at_once(live: Liv
     key = made.json()
     assert key["routes_without_api_keys"] == ["/public"]
     assert await reports(live, key["key"]) == 503
-    created = next(e for e in live.sink.events if e.reason == API_KEY_CREATED)
+    created = next(e for e in live.sink.events if e.reason == Activity.API_KEY_CREATED)
     assert created.peer_spiffe_id == OPERATOR
     assert created.attributes["by"] == "operator"
     listed = await admin(live, operator, "GET", KEYS)
@@ -132,7 +131,7 @@ async def test_a_workload_that_is_not_the_operator_is_refused(
     assert denied[0].peer_spiffe_id == ORDERS
     assert (await admin(live, live.rig.operator, "GET", KEYS)).json() == before
     assert await reports(live, key["key"]) == 503  # still its one key, still valid
-    assert _reasons(live).count(API_KEY_CREATED) == 1
+    assert _reasons(live).count(Activity.API_KEY_CREATED) == 1
 
 
 @pytest.mark.parametrize(
@@ -164,7 +163,7 @@ async def test_a_bad_body_is_refused_and_changes_nothing(
     assert (await admin(live, operator, "GET", KEYS)).json() == before
     assert await reports(live, key["key"]) == 503
     changes = [r for r in _reasons(live) if r.startswith("api-key-") and r != "api-key-valid"]
-    assert changes == [API_KEY_CREATED]
+    assert changes == [Activity.API_KEY_CREATED]
 
 
 async def test_a_body_that_is_not_json_is_refused(live: Live) -> None:

@@ -36,22 +36,12 @@ from typing import Final
 
 from trustmesh.config.gateway import GatewayRoute
 from trustmesh.errors import UsageError
-from trustmesh.reasons import Activity, Reason
+from trustmesh.reasons import Reason
 
 __all__ = [
     "ALL_ROUTES",
-    "API_KEY_CREATED",
-    "API_KEY_EXPIRED",
     "API_KEY_HEADER",
-    "API_KEY_INVALID",
-    "API_KEY_MALFORMED",
-    "API_KEY_OUT_OF_SCOPE",
-    "API_KEY_REVOKED",
-    "API_KEY_ROTATED",
     "API_KEY_SCHEME",
-    "API_KEY_SUPERSEDED",
-    "API_KEY_UNKNOWN",
-    "API_KEY_VALID",
     "KEY_PREFIX",
     "STRIP_HEADERS",
     "IssuedKey",
@@ -71,18 +61,6 @@ __all__ = [
     "principal_of",
     "routes_without_api_keys",
 ]
-
-# Reason codes (kebab-case, like trustmesh.reasons.Reason).
-API_KEY_VALID: Final = Reason.API_KEY_VALID
-API_KEY_MALFORMED: Final = Reason.API_KEY_MALFORMED  # not tmk_<id>_<secret>: refused unlooked-up
-API_KEY_UNKNOWN: Final = Reason.API_KEY_UNKNOWN  # no key has this id
-API_KEY_INVALID: Final = Reason.API_KEY_INVALID  # the id exists, the secret is wrong
-API_KEY_SUPERSEDED: Final = Reason.API_KEY_SUPERSEDED  # a rotated-out secret past its grace
-API_KEY_REVOKED: Final = Reason.API_KEY_REVOKED
-API_KEY_EXPIRED: Final = Reason.API_KEY_EXPIRED
-API_KEY_OUT_OF_SCOPE: Final = Reason.API_KEY_OUT_OF_SCOPE
-API_KEY_CREATED: Final = Activity.API_KEY_CREATED
-API_KEY_ROTATED: Final = Activity.API_KEY_ROTATED
 
 KEY_PREFIX: Final = "tmk_"
 #: A scope that admits every route (that accepts API keys).
@@ -248,28 +226,28 @@ def decide(
     declaration no longer has."""
     parsed = parse_key(presented)
     if parsed is None:
-        return KeyDecision(False, API_KEY_MALFORMED)
+        return KeyDecision(False, Reason.API_KEY_MALFORMED)
     key_id = parsed.key_id
     if record is None or record.key_id != key_id:
-        return KeyDecision(False, API_KEY_UNKNOWN, key_id)
+        return KeyDecision(False, Reason.API_KEY_UNKNOWN, key_id)
     digest = hash_key(parsed.key)
     if not _matches(record.secret_hash, digest):
         if _matches(record.previous_hash, digest):
             until = record.previous_until
             if until is None or now >= until:
-                return KeyDecision(False, API_KEY_SUPERSEDED, key_id, record.name)
+                return KeyDecision(False, Reason.API_KEY_SUPERSEDED, key_id, record.name)
         else:
-            return KeyDecision(False, API_KEY_INVALID, key_id)
+            return KeyDecision(False, Reason.API_KEY_INVALID, key_id)
     if record.revoked_at is not None:
-        return KeyDecision(False, API_KEY_REVOKED, key_id, record.name)
+        return KeyDecision(False, Reason.API_KEY_REVOKED, key_id, record.name)
     if record.expires_at is not None and now >= record.expires_at:
-        return KeyDecision(False, API_KEY_EXPIRED, key_id, record.name)
+        return KeyDecision(False, Reason.API_KEY_EXPIRED, key_id, record.name)
     if not in_scope(record.scopes, route_name):
-        return KeyDecision(False, API_KEY_OUT_OF_SCOPE, key_id, record.name)
+        return KeyDecision(False, Reason.API_KEY_OUT_OF_SCOPE, key_id, record.name)
     roles = record.roles
     if declared_roles is not None:
         roles = tuple(r for r in roles if r in declared_roles)
-    return KeyDecision(True, API_KEY_VALID, key_id, record.name, roles, record.expires_at)
+    return KeyDecision(True, Reason.API_KEY_VALID, key_id, record.name, roles, record.expires_at)
 
 
 # --- what ``add`` accepts -------------------------------------------------------------

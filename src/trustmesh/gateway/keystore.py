@@ -34,10 +34,6 @@ from trustmesh import events
 from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import ConflictError, NotFoundError, UnavailableError, UsageError
 from trustmesh.gateway.apikeys import (
-    API_KEY_CREATED,
-    API_KEY_MALFORMED,
-    API_KEY_REVOKED,
-    API_KEY_ROTATED,
     IssuedKey,
     KeyDecision,
     KeyRecord,
@@ -52,7 +48,7 @@ from trustmesh.gateway.apikeys import (
     principal_of,
 )
 from trustmesh.platform.admin import Actor
-from trustmesh.reasons import Code
+from trustmesh.reasons import Activity, Code, Reason
 from trustmesh.store import SqlStore, create_engine, sqlite_url
 
 log = logging.getLogger("trustmesh.gateway")
@@ -287,7 +283,9 @@ async def add_key(
             created_at=int(now),
             expires_at=expires_at,
         )
-        made = _event(API_KEY_CREATED, "API key created", (1, "Create"), record, now, actor)
+        made = _event(
+            Activity.API_KEY_CREATED, "API key created", (1, "Create"), record, now, actor
+        )
         try:
             await store.add(record)
         except ConflictError:
@@ -317,7 +315,7 @@ async def revoke_key(
     record = await store.get(key_id)
     if record is None:
         raise NotFoundError(f"no API key {key_id!r}")
-    made = _event(API_KEY_REVOKED, "API key revoked", (9, "Disable"), record, now, actor)
+    made = _event(Activity.API_KEY_REVOKED, "API key revoked", (9, "Disable"), record, now, actor)
     record, newly = await store.revoke(key_id, int(now))
     if newly:
         sink.emit(made)
@@ -347,7 +345,7 @@ async def rotate_key(
         raise ConflictError(f"API key {key_id} has expired; add a new key")
     grace_seconds = int(grace.total_seconds())
     made = _event(
-        API_KEY_ROTATED,
+        Activity.API_KEY_ROTATED,
         "API key rotated",
         (3, "Update"),
         record,
@@ -442,7 +440,7 @@ class ApiKeyVerifier:
         Raises :class:`UnavailableError` when the store cannot be read (fail closed)."""
         parsed = parse_key(presented)
         if parsed is None:
-            return KeyDecision(False, API_KEY_MALFORMED)
+            return KeyDecision(False, Reason.API_KEY_MALFORMED)
         now = self.clock()
         records = await self._snapshot(now)
         return decide(
