@@ -17,6 +17,7 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from trustmesh import crypto
 from trustmesh.errors import InvalidTokenError
@@ -344,14 +345,15 @@ def test_other_algorithms_only_where_an_issuer_declares_them() -> None:
     assert info.value.reason == "token-malformed"
 
 
-def test_the_claims_half_for_a_signature_checked_elsewhere() -> None:
-    """crypto.check_claims: what verify_jwt checks of the claims, for a client assertion
-    whose signature Authlib's key resolution checked."""
+def test_the_claims_of_a_client_assertion() -> None:
+    """What the provider asks of a client assertion (RFC 7523 §3) through the recipe:
+    ``iss`` the client, ``aud`` one of the server's names, ``jti`` present, the times."""
     expect = crypto.Expect(
         issuer="batch", audience=["https://idp.example/token"], required=("iss", "exp", "jti")
     )
+    keys = {KID: KEY.public_key()}
     good = {"iss": "batch", "aud": "https://idp.example/token", "exp": NOW + 60, "jti": "j"}
-    crypto.check_claims(good, expect, now=NOW)
+    assert crypto.verify_jwt(crypto.sign_jwt(good, KEY, kid=KID), keys, expect, now=NOW) == good
     cases = [
         ({**good, "iss": "other"}, "token-wrong-issuer"),
         ({**good, "aud": ["https://elsewhere.example"]}, "token-wrong-audience"),
@@ -363,5 +365,65 @@ def test_the_claims_half_for_a_signature_checked_elsewhere() -> None:
     ]
     for claims, reason in cases:
         with pytest.raises(InvalidTokenError) as info:
-            crypto.check_claims(claims, expect, now=NOW)
+            crypto.verify_jwt(crypto.sign_jwt(claims, KEY, kid=KID), keys, expect, now=NOW)
         assert info.value.reason == reason, claims
+
+
+RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def test_a_token_naming_no_key_only_where_allowed_and_only_against_one_key() -> None:
+    token = jwt.encode(claims(), KEY, algorithm="ES256")  # no kid
+    one = {KID: KEY.public_key()}
+    unnamed = crypto.Expect(audience=AUDIENCE, kid_optional=True)
+    assert crypto.verify_jwt(token, one, unnamed, now=NOW)["sub"] == SUBJECT
+    with pytest.raises(InvalidTokenError) as info:
+        crypto.verify_jwt(token, KEYS, unnamed, now=NOW)  # two keys: never guessed
+    assert info.value.reason == "token-unknown-key"
+    with pytest.raises(InvalidTokenError) as info:
+        crypto.verify_jwt(token, one, crypto.Expect(audience=AUDIENCE), now=NOW)
+    assert info.value.reason == "token-unknown-key"
+
+
+def test_the_key_must_fit_the_algorithm() -> None:
+    """An RSA key never checks an ES256 signature, a P-256 key never an ES384 one, even
+    when the header's algorithm is allowed."""
+    rs256 = jwt.encode(claims(), RSA_KEY, algorithm="RS256", headers={"kid": KID})
+    both = crypto.Expect(audience=AUDIENCE, algorithms=("ES256", "RS256", "ES384"))
+    with pytest.raises(InvalidTokenError, match="does not fit") as info:
+        crypto.verify_jwt(rs256, {KID: KEY.public_key()}, both, now=NOW)
+    assert info.value.reason == "token-malformed"
+    es256 = crypto.sign_jwt(claims(), KEY, kid=KID)
+    with pytest.raises(InvalidTokenError, match="does not fit"):
+        crypto.verify_jwt(es256, {KID: RSA_KEY.public_key()}, both, now=NOW)
+    es384 = sign_raw({"alg": "ES384", "kid": KID}, claims(), KEY)
+    with pytest.raises(InvalidTokenError, match="does not fit"):
+        crypto.verify_jwt(es384, {KID: KEY.public_key()}, both, now=NOW)
+    rsa_keys = {KID: RSA_KEY.public_key()}
+    assert crypto.verify_jwt(rs256, rsa_keys, both, now=NOW)["sub"] == SUBJECT
+
+
+def test_verifying_keys_of_a_jwk_set() -> None:
+    """Keys usable with the allowed algorithms, by kid; a set's lone unnamed key only
+    when asked; small RSA keys, private keys and shared kids left out."""
+    small = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505
+    ec_jwk = crypto.public_jwk(KEY.public_key())
+    rsa_jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(RSA_KEY.public_key()))
+    small_jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(small.public_key()))
+    private = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(RSA_KEY))
+    document = {
+        "keys": [
+            {**ec_jwk, "kid": "e"},
+            {**rsa_jwk, "kid": "r"},
+            {**small_jwk, "kid": "small"},
+            {**private, "kid": "private"},
+            {**ec_jwk, "kid": "twice"},
+            {**rsa_jwk, "kid": "twice"},
+        ]
+    }
+    assert set(crypto.verifying_keys(document)) == {"e"}
+    assert set(crypto.verifying_keys(document, ("ES256", "RS256"))) == {"e", "r"}
+    lone = {"keys": [ec_jwk]}
+    assert crypto.verifying_keys(lone) == {}
+    assert set(crypto.verifying_keys(lone, lone_unnamed=True)) == {""}
+    assert crypto.verifying_keys({"keys": [ec_jwk, rsa_jwk]}, lone_unnamed=True) == {}

@@ -18,8 +18,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fake_oidc import FakeIssuer, fake_issuer
 
 from trustmesh.config.gateway import ExternalIssuer
+from trustmesh.crypto import verifying_keys
 from trustmesh.errors import InvalidTokenError, UnavailableError
-from trustmesh.gateway.oidc import ExternalVerifier, http_fetcher, load_external_jwks
+from trustmesh.gateway.oidc import ExternalVerifier, http_fetcher
 from trustmesh.reasons import Reason
 
 
@@ -258,9 +259,9 @@ def test_only_keys_for_the_configured_algorithms_are_loaded() -> None:
         ]
     }
     document = json.dumps(jwks).encode()
-    assert set(load_external_jwks(document, ["RS256"])) == {"r"}
-    assert set(load_external_jwks(document, ["RS256", "ES256"])) == {"r", "e"}
-    assert load_external_jwks(b"not json", ["RS256"]) == {}
+    assert set(verifying_keys(document, ["RS256"])) == {"r"}
+    assert set(verifying_keys(document, ["RS256", "ES256"])) == {"r", "e"}
+    assert verifying_keys(b"not json", ["RS256"]) == {}
 
 
 async def test_discovery_must_name_the_configured_issuer(idp: FakeIssuer) -> None:

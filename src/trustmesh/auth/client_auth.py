@@ -11,14 +11,12 @@ the request until it is recorded (:func:`trustmesh.auth.core.spend_assertions`).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from authlib.oauth2.rfc6749.authenticate_client import ClientAuthentication
 from authlib.oauth2.rfc6749.errors import InvalidClientError
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
-from joserfc import jwt
-from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
 
 from trustmesh import crypto
 from trustmesh.auth.core import CoreRequest, OAuthClient
@@ -26,6 +24,7 @@ from trustmesh.errors import InvalidTokenError
 
 __all__ = [
     "ASSERTION_ALGORITHMS",
+    "ClientKeys",
     "PrivateKeyJWT",
     "SeenAssertions",
     "authenticate_tls_client",
@@ -70,6 +69,14 @@ class SeenAssertions:
         return True
 
 
+@dataclass(frozen=True)
+class ClientKeys:
+    """The keys a client registered for its assertions, by ``kid``."""
+
+    client_id: str
+    keys: Mapping[str, Any]
+
+
 class PrivateKeyJWT(JWTBearerClientAssertion):  # type: ignore[misc]
     """RFC 7523 §2.2 ``private_key_jwt``: an assertion signed with a registered key, for
     one request (``spent`` is the request's list of assertions to record)."""
@@ -93,36 +100,38 @@ class PrivateKeyJWT(JWTBearerClientAssertion):  # type: ignore[misc]
     def get_audiences(self) -> list[str]:
         return self._audiences()
 
-    def resolve_client_public_key(self, client: OAuthClient) -> KeySet:
+    def resolve_client_public_key(self, client: OAuthClient) -> ClientKeys:
         if client.record.auth_method != "private_key_jwt" or not client.record.jwks:
             raise InvalidClientError(description="the client has no registered keys")
-        return KeySet.import_key_set(client.record.jwks)  # type: ignore[arg-type]
+        keys = crypto.verifying_keys(client.record.jwks, ASSERTION_ALGORITHMS, lone_unnamed=True)
+        return ClientKeys(client.record.client_id, keys)
 
     def process_assertion_claims(self, assertion: str, resolve_key: Any) -> dict[str, Any]:
-        try:
-            token = jwt.decode(assertion, resolve_key, algorithms=ASSERTION_ALGORITHMS)
-        except (JoseError, ValueError) as exc:
-            raise InvalidClientError(description="invalid client assertion") from exc
-        self.verify_claims(token.claims)
-        return dict(token.claims)
-
-    def verify_claims(self, claims: Any) -> None:
-        """RFC 7523 §3: iss and sub the client, aud this server, exp (and nbf, iat)
-        against the provider's clock — the one claims check (crypto.check_claims) — and
-        a lifetime no longer than a client needs; then the jti, once."""
-        now = self._clock()
-        issuer = claims.get("iss")
+        """RFC 7523 §3 through the one JWT recipe: signed by a key the client registered
+        (with an allowed algorithm; a set of one key may go unnamed), ``iss`` the client,
+        ``aud`` this server, the times against the provider's clock; then
+        :meth:`verify_claims` for what is particular to an assertion."""
+        keys: ClientKeys = resolve_key
         expect = crypto.Expect(
-            issuer=issuer if isinstance(issuer, str) else "",
+            issuer=keys.client_id,
             audience=self.get_audiences(),
+            algorithms=tuple(ASSERTION_ALGORITHMS),
             required=("iss", "sub", "aud", "exp", "jti"),
             leeway=self.leeway,
+            kid_optional=True,
         )
         try:
-            crypto.check_claims(dict(claims), expect, now=now)
+            claims = crypto.verify_jwt(assertion, keys.keys, expect, now=self._clock())
         except InvalidTokenError as exc:
             raise InvalidClientError(description=f"client assertion: {exc.detail}") from None
-        if claims["sub"] != issuer:
+        self.verify_claims(claims)
+        return claims
+
+    def verify_claims(self, claims: Any) -> None:
+        """What :func:`crypto.verify_jwt` leaves to an assertion (RFC 7523 §3): ``sub``
+        the client too, a lifetime no longer than a client needs, and the ``jti`` once."""
+        now = self._clock()
+        if claims["sub"] != claims["iss"]:
             raise InvalidClientError(description="Issuer and Subject MUST match.")
         if claims["exp"] - now > MAX_ASSERTION_LIFETIME:
             raise InvalidClientError(description="client assertion lives too long")

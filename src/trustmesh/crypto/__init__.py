@@ -19,9 +19,10 @@ from trustmesh.crypto._edge import (
 from trustmesh.crypto._jwt import (
     ALLOWED_ALGORITHMS,
     FORBIDDEN_HEADERS,
+    KEY_TYPES,
     MAX_TOKEN_LENGTH,
     Expect,
-    check_claims,
+    jwk_set,
     jwks_document,
     key_id,
     public_jwk,
@@ -30,6 +31,7 @@ from trustmesh.crypto._jwt import (
     unverified_issuer,
     verify_jws,
     verify_jwt,
+    verifying_keys,
 )
 from trustmesh.crypto._otp import (
     TOTP_STEP,
@@ -86,6 +88,7 @@ __all__ = [
     "DEV_KEY_WARNING",
     "EDGE_CA_TTL",
     "FORBIDDEN_HEADERS",
+    "KEY_TYPES",
     "LOCAL_NAMES",
     "MAX_PASSWORD_LENGTH",
     "MAX_TOKEN_LENGTH",
@@ -104,7 +107,6 @@ __all__ = [
     "certs_from_der",
     "certs_from_pem",
     "certs_to_der",
-    "check_claims",
     "check_password_policy",
     "create_edge_ca",
     "create_intermediate_ca",
@@ -116,6 +118,7 @@ __all__ = [
     "is_sealed",
     "issue_server_certificate",
     "issue_x509_svid",
+    "jwk_set",
     "jwks_document",
     "key_id",
     "leaf_spiffe_id",
@@ -144,4 +147,5 @@ __all__ = [
     "verify_password",
     "verify_svid_chain",
     "verify_totp",
+    "verifying_keys",
 ]

@@ -10,7 +10,9 @@ What is acceptable, whoever asks:
 - the JWS: compact form only, at most 8 KiB; ``alg`` exactly one of the allow-list
   (``ES256`` unless the caller's issuer declares others) — never ``none`` or an HMAC
   with a public key; no ``jku``/``x5u``/``jwk``/``x5c`` (nothing is ever fetched from or
-  trusted in a token) and no ``crit``; ``kid`` is only a dictionary key;
+  trusted in a token) and no ``crit``; ``kid`` is only a dictionary key (a token may
+  name none only where the caller allows it and holds one key); the key must fit the
+  ``alg`` (:data:`KEY_TYPES`: an RSA key never checks an ES256 signature);
 - the claims: ``iss`` and ``aud`` as expected (either may be left to the caller), the
   required ones present, ``exp``/``nbf``/``iat`` numbers checked against ``now`` with
   the caller's leeway (RFC 7519 §4.1.4: never accepted on or after ``exp``).
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm
 
 from trustmesh.crypto._x509 import PrivateKey, PublicKey
@@ -37,6 +40,20 @@ from trustmesh.reasons import Reason
 ALLOWED_ALGORITHMS = ("ES256",)
 FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c", "crit"})
 MAX_TOKEN_LENGTH = 8192
+#: Which key may verify which algorithm: (kty, crv or None).
+KEY_TYPES: dict[str, tuple[str, str | None]] = {
+    "RS256": ("RSA", None),
+    "RS384": ("RSA", None),
+    "RS512": ("RSA", None),
+    "PS256": ("RSA", None),
+    "PS384": ("RSA", None),
+    "PS512": ("RSA", None),
+    "ES256": ("EC", "P-256"),
+    "ES384": ("EC", "P-384"),
+    "EdDSA": ("OKP", "Ed25519"),
+}
+MIN_RSA_BITS = 2048
+_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
 _B64URL = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 
@@ -61,6 +78,84 @@ def jwks_document(keys: Mapping[str, PublicKey]) -> bytes:
     return json.dumps({"keys": [public_jwk(k, kid) for kid, k in keys.items()]}).encode()
 
 
+def jwk_set(
+    document: bytes | str | Mapping[str, Any], *, lone_unnamed: bool = False
+) -> dict[str, Mapping[str, Any]]:
+    """The public signature keys of a JWK Set (RFC 7517 §5) by ``kid``: entries without a
+    usable ``kid``, private keys, keys for another use, and every key whose ``kid`` is
+    shared are left out (never guessed at). ``lone_unnamed``: a set of one key without a
+    ``kid`` gives that key, under ``""`` (a client's registered set, RFC 7523)."""
+    try:
+        doc = json.loads(document) if isinstance(document, bytes | str) else document
+    except ValueError:
+        return {}
+    listed = doc.get("keys") if isinstance(doc, Mapping) else None
+    if not isinstance(listed, list):
+        return {}
+    if lone_unnamed and len(listed) == 1 and isinstance(listed[0], Mapping):
+        listed = [{**listed[0], "kid": listed[0].get("kid", "")}]
+    found: dict[str, Mapping[str, Any]] = {}
+    duplicated: set[str] = set()
+    for jwk in listed:
+        if not isinstance(jwk, Mapping):
+            continue
+        kid = jwk.get("kid")
+        if not isinstance(kid, str) or len(kid) > 128 or not (kid or lone_unnamed):
+            continue
+        if kid in found or kid in duplicated:
+            duplicated.add(kid)
+            found.pop(kid, None)
+            continue
+        if (
+            jwk.get("use", "sig") == "sig"
+            and ("key_ops" not in jwk or "verify" in (jwk.get("key_ops") or ()))
+            and "d" not in jwk
+        ):
+            found[kid] = jwk
+        else:
+            duplicated.add(kid)  # a kid also used by a key we refuse is not trusted either
+    return found
+
+
+def verifying_keys(
+    document: bytes | str | Mapping[str, Any],
+    algorithms: Sequence[str] = ALLOWED_ALGORITHMS,
+    *,
+    lone_unnamed: bool = False,
+) -> dict[str, Any]:
+    """The verification keys of a JWK Set usable with ``algorithms``, by ``kid`` (see
+    :func:`jwk_set`): keys of another type, keys whose ``alg`` is not allowed, private
+    keys, encryption keys, RSA keys under 2048 bits and malformed keys are left out."""
+    wanted = {KEY_TYPES[a] for a in algorithms if a in KEY_TYPES}
+    keys: dict[str, Any] = {}
+    for kid, jwk in jwk_set(document, lone_unnamed=lone_unnamed).items():
+        kty, crv = jwk.get("kty"), jwk.get("crv")
+        if (kty, crv if kty != "RSA" else None) not in wanted or (
+            "alg" in jwk and jwk["alg"] not in algorithms
+        ):
+            continue
+        try:
+            key = jwt.PyJWK(dict(jwk)).key
+        except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError):
+            continue
+        if _key_type(key) is None:
+            continue
+        keys[kid] = key
+    return keys
+
+
+def _key_type(key: object) -> tuple[str, str | None] | None:
+    """(kty, crv) of a public key trustmesh verifies with; None for any other key."""
+    if isinstance(key, rsa.RSAPublicKey):
+        return ("RSA", None) if key.key_size >= MIN_RSA_BITS else None
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        crv = _CURVES.get(key.curve.name)
+        return ("EC", crv) if crv else None
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return ("OKP", "Ed25519")
+    return None
+
+
 def sign_jwt(claims: Mapping[str, Any], key: PrivateKey, *, kid: str, typ: str = "JWT") -> str:
     """``claims`` signed with ``key`` (ES256), naming ``kid`` and ``typ`` in the header."""
     return jwt.encode(dict(claims), key, algorithm="ES256", headers={"kid": kid, "typ": typ})
@@ -72,7 +167,8 @@ class Expect:
     it: a provider checking its own tokens for any audience); ``typ`` None: any header
     ``typ``, else the lower-cased ``typ`` must be one of them (``typ_optional``: or
     absent); ``required``: claims that must be present; ``strings``: claims that must
-    be non-empty strings; ``leeway``: seconds of clock difference allowed."""
+    be non-empty strings; ``leeway``: seconds of clock difference allowed;
+    ``kid_optional``: a token may name no key when ``keys`` holds one."""
 
     issuer: str | None = None
     audience: str | Sequence[str] | None = None
@@ -82,6 +178,7 @@ class Expect:
     required: tuple[str, ...] = ("exp",)
     strings: tuple[str, ...] = ()
     leeway: float = 0.0
+    kid_optional: bool = False
 
 
 def _refuse(reason: Reason, message: str) -> InvalidTokenError:
@@ -89,9 +186,10 @@ def _refuse(reason: Reason, message: str) -> InvalidTokenError:
 
 
 def unverified_header(
-    token: object, algorithms: Sequence[str] = ALLOWED_ALGORITHMS
+    token: object, algorithms: Sequence[str] = ALLOWED_ALGORITHMS, *, kid_optional: bool = False
 ) -> dict[str, Any]:
-    """The JOSE header, after the checks that need no key (see the module docstring)."""
+    """The JOSE header, after the checks that need no key (see the module docstring);
+    ``kid_optional``: a header may name no key (then a set of one key is asked)."""
     if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
         raise _refuse(Reason.TOKEN_MALFORMED, "not a compact JWS")
     raw = token.encode("ascii", "replace")
@@ -107,9 +205,22 @@ def unverified_header(
     if FORBIDDEN_HEADERS & header.keys():
         raise _refuse(Reason.TOKEN_MALFORMED, "header parameter not accepted")
     kid = header.get("kid")
-    if not isinstance(kid, str) or not 0 < len(kid) <= 128:
+    if not (kid is None and kid_optional) and (not isinstance(kid, str) or not 0 < len(kid) <= 128):
         raise _refuse(Reason.TOKEN_UNKNOWN_KEY, "no usable key id")
     return header
+
+
+def _pick(header: Mapping[str, Any], keys: Mapping[str, Any]) -> Any:
+    """The key of ``keys`` the header names (a header naming none: the only key), if it
+    fits the header's algorithm (an RSA key never checks an ES256 signature)."""
+    kid = header.get("kid")
+    only = next(iter(keys.values())) if len(keys) == 1 else None
+    key = only if kid is None else keys.get(kid)
+    if key is None:
+        raise _refuse(Reason.TOKEN_UNKNOWN_KEY, "unknown key id")
+    if KEY_TYPES.get(header["alg"]) != _key_type(key):
+        raise _refuse(Reason.TOKEN_MALFORMED, "algorithm does not fit the key")
+    return key
 
 
 def unverified_issuer(token: str) -> str | None:
@@ -125,14 +236,12 @@ def unverified_issuer(token: str) -> str | None:
 
 
 def verify_jws(
-    token: object, keys: Mapping[str, PublicKey], algorithms: Sequence[str] = ALLOWED_ALGORITHMS
+    token: object, keys: Mapping[str, Any], algorithms: Sequence[str] = ALLOWED_ALGORITHMS
 ) -> tuple[dict[str, Any], bytes]:
     """The header and payload of a compact JWS signed by one of ``keys`` (no claims
     checked), or InvalidTokenError."""
     header = unverified_header(token, algorithms)
-    key = keys.get(header["kid"])
-    if key is None:
-        raise _refuse(Reason.TOKEN_UNKNOWN_KEY, "unknown key id")
+    key = _pick(header, keys)
     try:
         decoded = jwt.api_jws.PyJWS().decode_complete(str(token), key, algorithms=[header["alg"]])
     except jwt.InvalidSignatureError:
@@ -143,26 +252,24 @@ def verify_jws(
 
 
 def verify_jwt(
-    token: object, keys: Mapping[str, PublicKey], expect: Expect, *, now: float
+    token: object, keys: Mapping[str, Any], expect: Expect, *, now: float
 ) -> dict[str, Any]:
     """The claims of ``token`` if one of ``keys`` (by ``kid``) signed it and it is what
     ``expect`` says at ``now``; InvalidTokenError naming the first failure otherwise."""
-    header = unverified_header(token, expect.algorithms)
+    header = unverified_header(token, expect.algorithms, kid_optional=expect.kid_optional)
     if expect.typ is not None:
         typ = header.get("typ")
         if not (typ is None and expect.typ_optional) and (
             not isinstance(typ, str) or typ.lower() not in expect.typ
         ):
             raise _refuse(Reason.TOKEN_MALFORMED, "not the expected type of token (typ)")
-    key = keys.get(header["kid"])
-    if key is None:
-        raise _refuse(Reason.TOKEN_UNKNOWN_KEY, "unknown key id")
+    key = _pick(header, keys)
     claims = _decode(str(token), key, header["alg"], expect)
     _check_claims(claims, expect, now)
     return claims
 
 
-def _decode(token: str, key: PublicKey, algorithm: str, expect: Expect) -> dict[str, Any]:
+def _decode(token: str, key: Any, algorithm: str, expect: Expect) -> dict[str, Any]:
     try:
         claims: dict[str, Any] = jwt.decode(
             token,
@@ -188,24 +295,6 @@ def _decode(token: str, key: PublicKey, algorithm: str, expect: Expect) -> dict[
     except (jwt.InvalidTokenError, ValueError, TypeError):
         raise _refuse(Reason.TOKEN_MALFORMED, "malformed token") from None
     return claims
-
-
-def check_claims(claims: Mapping[str, Any], expect: Expect, *, now: float) -> None:
-    """The claims half of :func:`verify_jwt`, for a token whose signature something else
-    checked (a client assertion, under keys Authlib resolves): required claims, ``iss``,
-    ``aud`` and the times, with ``expect``'s leeway at ``now``."""
-    for name in expect.required:
-        if name not in claims:
-            raise _refuse(Reason.TOKEN_MALFORMED, f"{name} is missing")
-    if expect.issuer is not None and claims.get("iss") != expect.issuer:
-        raise _refuse(Reason.TOKEN_WRONG_ISSUER, "wrong issuer")
-    if expect.audience is not None:
-        wanted = {expect.audience} if isinstance(expect.audience, str) else set(expect.audience)
-        aud = claims.get("aud")
-        named = {aud} if isinstance(aud, str) else set(aud) if isinstance(aud, list) else set()
-        if not all(isinstance(a, str) for a in named) or not wanted & named:
-            raise _refuse(Reason.TOKEN_WRONG_AUDIENCE, "wrong audience")
-    _check_claims(claims, expect, now)
 
 
 def _check_claims(claims: Mapping[str, Any], expect: Expect, now: float) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import time
 from collections import OrderedDict
@@ -29,13 +28,12 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import jwt
-
 from trustmesh.crypto import (
     Expect,
     unverified_header,
     unverified_issuer,
     verify_jwt,
+    verifying_keys,
 )
 from trustmesh.errors import InvalidTokenError, TrustmeshError
 from trustmesh.reasons import Reason
@@ -65,58 +63,6 @@ def _refuse(reason: Reason, message: str) -> InvalidTokenError:
     return InvalidTokenError(message, reason=reason)
 
 
-def jwk_set(document: bytes | str | Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-    """The public signature keys of a JWK Set (RFC 7517 §5) by ``kid``: entries without a
-    usable ``kid``, private keys, keys for another use, and every key whose ``kid`` is
-    shared are left out (never guessed at)."""
-    try:
-        doc = json.loads(document) if isinstance(document, bytes | str) else document
-    except ValueError:
-        return {}
-    listed = doc.get("keys") if isinstance(doc, Mapping) else None
-    if not isinstance(listed, list):
-        return {}
-    found: dict[str, Mapping[str, Any]] = {}
-    duplicated: set[str] = set()
-    for jwk in listed:
-        if not isinstance(jwk, Mapping):
-            continue
-        kid = jwk.get("kid")
-        if not isinstance(kid, str) or not 0 < len(kid) <= 128:
-            continue
-        if kid in found or kid in duplicated:
-            duplicated.add(kid)
-            found.pop(kid, None)
-            continue
-        if (
-            jwk.get("use", "sig") == "sig"
-            and ("key_ops" not in jwk or "verify" in (jwk.get("key_ops") or ()))
-            and "d" not in jwk
-        ):
-            found[kid] = jwk
-        else:
-            duplicated.add(kid)  # a kid also used by a key we refuse is not trusted either
-    return found
-
-
-def load_jwks(document: bytes | str | Mapping[str, Any]) -> dict[str, PublicKey]:
-    """The usable verification keys of a JWK Set, by ``kid``: ES256 signature keys only
-    (see :func:`jwk_set` for what else is left out)."""
-    keys: dict[str, PublicKey] = {}
-    for kid, jwk in jwk_set(document).items():
-        if (
-            jwk.get("kty") != "EC"
-            or jwk.get("crv") != "P-256"
-            or jwk.get("alg", "ES256") != "ES256"
-        ):
-            continue
-        try:
-            keys[kid] = jwt.PyJWK(dict(jwk), algorithm="ES256").key
-        except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError):
-            continue
-    return keys
-
-
 class JWKSCache:
     """The provider's keys, refreshed when they age (the response's max-age, clamped) and
     once — rate-limited — when a token names a key not in the set. A failed fetch keeps
@@ -129,7 +75,7 @@ class JWKSCache:
         max_age: float = 300.0,
         min_refetch_interval: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
-        loader: Callable[[bytes], dict[str, PublicKey]] = load_jwks,
+        loader: Callable[[bytes], dict[str, PublicKey]] = verifying_keys,
     ) -> None:
         self._fetch = fetch
         self._load = loader
