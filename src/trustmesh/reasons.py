@@ -110,6 +110,11 @@ class Reason(enum.StrEnum):
     POLICY_ALLOW = "policy-allow"
     POLICY_DENY = "policy-deny"
     RATE_LIMITED = "rate-limited"
+    # the secrets service
+    SECRETS_SEALED = "secrets-sealed"
+    UNSEAL_SHARE_INVALID = "unseal-share-invalid"
+    AUDIT_UNAVAILABLE = "audit-unavailable"
+    STORED_VALUE_CORRUPT = "stored-value-corrupt"
 
 
 class Activity(enum.StrEnum):
@@ -274,6 +279,10 @@ ANSWERS: Final = MappingProxyType(
         Reason.UPGRADE_UNSUPPORTED: Answer(501, "not_implemented"),
         Reason.POLICY_DENY: _FORBIDDEN,
         Reason.RATE_LIMITED: Answer(429, "rate_limited"),
+        Reason.SECRETS_SEALED: _UNAVAILABLE,
+        Reason.UNSEAL_SHARE_INVALID: _BAD_REQUEST,
+        Reason.AUDIT_UNAVAILABLE: _UNAVAILABLE,
+        Reason.STORED_VALUE_CORRUPT: Answer(500, "service_error"),
     }
 )
 #: The code of a status that did not come from a reason here: a service's own error the

@@ -28,6 +28,7 @@ from trustmesh.config.durations import Duration, format_duration
 from trustmesh.config.gateway import GatewayConfig
 from trustmesh.config.listener import ListenerLimits
 from trustmesh.config.patterns import path_problem
+from trustmesh.config.secrets import SecretsConfig
 from trustmesh.errors import NotFoundError, UsageError
 
 __all__ = [
@@ -508,6 +509,10 @@ class TrustmeshConfig(BaseModel):
     gateway: GatewayConfig | None = Field(
         default=None, description="The edge gateway; `trustmesh up` runs it when declared."
     )
+    secrets: SecretsConfig | None = Field(
+        default=None,
+        description="The secrets service (Vault HTTP API); `trustmesh up` runs it when declared.",
+    )
     services: dict[ServiceName, ServiceSpec] = Field(default_factory=dict)
     calls: list[CallSpec] = Field(default_factory=list)
 
@@ -569,8 +574,46 @@ class TrustmeshConfig(BaseModel):
                         f"{route.to!r} is not a declared service",
                         f"one of: {known}",
                     )
+        self._check_secrets(problems)
         problems.raise_if_any("TrustmeshConfig")
         return self
+
+    def _check_secrets(self, problems: _Problems) -> None:
+        if self.secrets is None:
+            return
+        if self.secrets.dev_auto_unseal and not self.dev:
+            problems.add(
+                ("secrets", "dev_auto_unseal"),
+                True,
+                "auto-unseal from a key file beside the data is for dev mode only",
+                "dev: true, or unseal with `trustmesh secrets unseal`",
+            )
+        prefix = f"spiffe://{self.trust_domain}/"
+        known = ", ".join(sorted(self.services)) or "(no services declared)"
+        for index, policy in enumerate(self.secrets.policies):
+            name = policy.identity
+            if name.startswith("spiffe://"):
+                ok = name.startswith(prefix) and len(name) > len(prefix)
+                expected = f"a SPIFFE ID under {prefix}"
+            else:
+                ok = name == "operator" or name in self.services
+                expected = f"'operator' or one of: {known}"
+            if not ok:
+                problems.add(
+                    ("secrets", "policies", index, "identity"),
+                    name,
+                    f"{name!r} is not an identity of this trust domain",
+                    expected,
+                )
+
+    def secrets_identity(self, name: str) -> str:
+        """The SPIFFE ID a ``secrets.policies`` entry names: a service, the operator, or
+        a SPIFFE ID as written."""
+        if name.startswith("spiffe://"):
+            return name
+        if name == "operator":
+            return self.component_spiffe_id("operator")
+        return f"spiffe://{self.trust_domain}/{name}"
 
     @field_validator("calls")
     @classmethod

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.utils import get_remote_addr
 
@@ -66,10 +67,16 @@ class _Peers:
         self.by_addr: dict[tuple[str, int], dict[str, Any]] = {}
 
 
-def _protocol_class(tls: RotatingTLS, peers: _Peers) -> type[HttpToolsProtocol]:
-    class TLSHttpProtocol(HttpToolsProtocol):
+def _protocol_class(
+    tls: RotatingTLS, peers: _Peers, parser: Literal["httptools", "h11"] = "httptools"
+) -> type[HttpToolsProtocol | H11Protocol]:
+    base: type[HttpToolsProtocol | H11Protocol] = (
+        HttpToolsProtocol if parser == "httptools" else H11Protocol
+    )
+
+    class TLSHttpProtocol(base):  # type: ignore[valid-type,misc]
         # asyncio calls connection_made once the TLS handshake is complete.
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
             addr = get_remote_addr(transport)
             ssl_object = transport.get_extra_info("ssl_object")
@@ -154,10 +161,12 @@ async def start(
     log_level: str = "warning",
     tls: RotatingTLS | None = None,
     sock: socket.socket | None = None,
+    parser: Literal["httptools", "h11"] = "httptools",
 ) -> Served:
     """Start serving ``app`` over mTLS; return once it listens. ``tls``: the caller's
     contexts for its SVID source, shared rather than built (and rotated) twice. ``sock``:
-    a socket already bound (see :func:`trustmesh.platform.listeners.bound_socket`), when the port had to be known first."""
+    a socket already bound (see :func:`trustmesh.platform.listeners.bound_socket`), when the port had to be known first.
+    ``parser``: ``h11`` where clients send methods llhttp does not know (Vault's ``LIST``)."""
     if tls is not None:
         source = tls.source
     owns = source is None
@@ -171,7 +180,7 @@ async def start(
         port,
         log_level,
         lifespan="auto",
-        http=_protocol_class(tls, peers),
+        http=_protocol_class(tls, peers, parser),
         ssl_context_factory=lambda _config, _default: tls.listening,
     )
     server, task = await run_server(config, "trustmesh-serve", sock)

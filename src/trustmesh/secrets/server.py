@@ -1,0 +1,159 @@
+"""Run the secrets service: its store, barrier, engines and HTTP app, served over mTLS
+with its own SVID (``spiffe://<td>/trustmesh/secrets``).
+
+In dev mode (``secrets.dev_auto_unseal``, on by default with ``dev: true``) the service
+initialises itself with one share, keeps that share in a 0600 file beside the data and
+unseals from it at every start — and says so loudly: anyone who can read the state
+directory can then read every secret."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from trustmesh import crypto, events
+from trustmesh.config import TrustmeshConfig
+from trustmesh.config.secrets import SecretsConfig
+from trustmesh.errors import ConfigError, StateError
+from trustmesh.platform.listeners import Served, bound_socket, start
+from trustmesh.sdk.tls import RotatingTLS
+from trustmesh.sdk.x509source import SVIDSource
+from trustmesh.secrets.app import SecretsApp
+from trustmesh.secrets.audit import AuditDevice
+from trustmesh.secrets.endpoint import dev_unseal_path
+from trustmesh.secrets.routes import SecretsRoutes
+from trustmesh.secrets.service import SecretsService, audit_key
+from trustmesh.secrets.store import SecretsStore
+from trustmesh.store import create_engine, sqlite_url
+
+__all__ = ["DEV_UNSEAL_WARNING", "RunningSecrets", "serve_secrets"]
+
+log = logging.getLogger("trustmesh.secrets")
+
+DEV_UNSEAL_WARNING = (
+    "DEV MODE: the secrets service unseals itself from {path}, which sits beside the data. "
+    "Anyone who can read the state directory can read every secret. Initialise with "
+    "`trustmesh secrets init` and unseal with shares for anything but local development."
+)
+
+
+@dataclass
+class RunningSecrets:
+    service: SecretsService
+    served: Served
+    url: str
+
+    async def stop(self) -> None:
+        await self.served.stop()
+        await self.service.close()
+
+
+def settings_of(config: TrustmeshConfig) -> SecretsConfig:
+    if config.secrets is None:
+        raise ConfigError("secrets: not declared in the configuration")
+    return config.secrets
+
+
+async def serve_secrets(
+    config: TrustmeshConfig,
+    state: Path,
+    *,
+    source: SVIDSource,
+    sink: events.EventSink,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    clock: Callable[[], float] = time.time,
+) -> RunningSecrets:
+    """Start the secrets service; return once it listens (unsealed, in dev mode)."""
+    settings = settings_of(config)
+    sock = bound_socket(host, port if port is not None else settings.port)
+    try:
+        service = await _service(config, settings, state, clock)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        return await _serve(config, service, source, sink, host, sock)
+    except BaseException:
+        sock.close()
+        await service.close()
+        raise
+
+
+def _paths(settings: SecretsConfig, state: Path) -> tuple[str, Path]:
+    """The database URL and the audit file."""
+    folder = state.absolute() / "secrets"
+    url = settings.database or sqlite_url(folder / "secrets.db")
+    return url, Path(settings.audit_file) if settings.audit_file else folder / "audit.jsonl"
+
+
+async def _service(
+    config: TrustmeshConfig, settings: SecretsConfig, state: Path, clock: Callable[[], float]
+) -> SecretsService:
+    url, audit_file = _paths(settings, state)
+    store = SecretsStore(create_engine(url))
+    await store.create()
+    key = await audit_key(store, crypto.load_seal_key(state, dev=config.dev))
+    service = SecretsService(config, settings, store, AuditDevice(audit_file, key), clock=clock)
+    await service.start()
+    auto = settings.dev_auto_unseal if settings.dev_auto_unseal is not None else config.dev
+    if auto:
+        await _dev_unseal(service, dev_unseal_path(state))
+    return service
+
+
+def _keep_share(path: Path, share: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(base64.b64encode(share).decode() + "\n")
+
+
+def _kept_share(path: Path) -> bytes:
+    try:
+        return base64.b64decode(path.read_text().strip(), validate=True)
+    except (OSError, ValueError, binascii.Error) as exc:
+        raise StateError(
+            f"dev auto-unseal: cannot read {path} ({exc}); the service was initialised "
+            "with shares elsewhere: unseal it with `trustmesh secrets unseal`"
+        ) from None
+
+
+async def _dev_unseal(service: SecretsService, path: Path) -> None:
+    """Initialise with one share kept in ``path`` (0600) if need be; unseal from it."""
+    barrier = service.barrier
+    if not barrier.initialized:
+        (share,) = await barrier.initialize(1, 1)
+        _keep_share(path, share)
+    share = _kept_share(path)
+    print(DEV_UNSEAL_WARNING.format(path=path), file=sys.stderr, flush=True)
+    log.warning(DEV_UNSEAL_WARNING.format(path=path))
+    await barrier.submit(share)
+    await service.kv.load_config()
+
+
+async def _serve(
+    config: TrustmeshConfig,
+    service: SecretsService,
+    source: SVIDSource,
+    sink: events.EventSink,
+    host: str,
+    sock: socket.socket,
+) -> RunningSecrets:
+    port = int(sock.getsockname()[1])
+    recorder = events.Recorder(
+        sink, component="secrets", spiffe_id=config.component_spiffe_id("secrets")
+    )
+    app = SecretsApp(service, SecretsRoutes(service).table(), recorder)
+    served = await start(
+        app, host=host, port=port, tls=RotatingTLS(source), sock=sock, parser="h11"
+    )
+    return RunningSecrets(service, served, f"https://{host}:{port}")

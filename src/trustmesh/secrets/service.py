@@ -1,0 +1,145 @@
+"""The secrets service's parts put together: the barrier, the engines, the tokens, the
+policies compiled from the declaration, and the audit device."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from trustmesh import crypto
+from trustmesh.config import TrustmeshConfig
+from trustmesh.config.secrets import SecretsConfig
+from trustmesh.secrets.app import Call, Reply, Timings
+from trustmesh.secrets.audit import AuditDevice
+from trustmesh.secrets.barrier import Barrier
+from trustmesh.secrets.kv import KvEngine, rfc3339
+from trustmesh.secrets.policy import Acl
+from trustmesh.secrets.store import SecretsStore
+from trustmesh.secrets.tokens import ROOT_POLICY, Tokens
+from trustmesh.secrets.transit_api import TransitKeys
+
+__all__ = ["SecretsService", "audit_key"]
+
+_AUDIT_KEY_CONTEXT = b"trustmesh/secrets/audit-hmac"
+
+
+async def audit_key(store: SecretsStore, seal_key: crypto.SealKey) -> bytes:
+    """The audit HMAC key: made once, kept in the store sealed under the state's sealing
+    key (not the barrier's: a request made while sealed, an unseal share, is audited too)."""
+    async with store.tx() as tx:
+        sealed = await tx.system("audit-hmac")
+        if sealed is None:
+            key = os.urandom(32)
+            await tx.put_system(
+                "audit-hmac", crypto.seal(key, seal_key, context=_AUDIT_KEY_CONTEXT)
+            )
+            return key
+    return crypto.open_sealed(sealed, seal_key, context=_AUDIT_KEY_CONTEXT)
+
+
+class SecretsService:
+    def __init__(
+        self,
+        config: TrustmeshConfig,
+        settings: SecretsConfig,
+        store: SecretsStore,
+        audit: AuditDevice,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.barrier = Barrier(store, clock)
+        self.kv = KvEngine(store, self.barrier, clock)
+        self.transit = TransitKeys(store, self.barrier, clock)
+        self.tokens = Tokens(
+            store,
+            ttl=settings.token_ttl.total_seconds(),
+            max_ttl=settings.token_max_ttl.total_seconds(),
+            clock=clock,
+        )
+        self.audit = audit
+        self.operator = config.component_spiffe_id("operator")
+        self.acls = {p.identity: Acl(p.allow) for p in settings.policies}
+        self.identities = {
+            config.secrets_identity(p.identity): p.identity for p in settings.policies
+        }
+        self.timings = Timings()
+
+    async def start(self) -> None:
+        await self.store.create()
+        await self.barrier.load()
+
+    async def close(self) -> None:
+        self.audit.close()
+        await self.store.close()
+
+    def seal(self) -> None:
+        """Seal: the barrier drops its keys, the engines what they opened."""
+        self.barrier.seal()
+        self.transit.clear()
+
+    def allows(self, policies: tuple[str, ...], path: str, capability: str) -> bool:
+        """Whether a token with ``policies`` may do ``capability`` on ``path``: the root
+        policy may do anything; a deny in any policy refuses."""
+        if ROOT_POLICY in policies:
+            return True
+        acls = [self.acls[name] for name in policies if name in self.acls]
+        found = [acl.capabilities(path) for acl in acls]
+        if any(acl.denies(path) for acl in acls):
+            return False
+        return any(capability in caps for caps in found)
+
+    # -- audit ---------------------------------------------------------------------------
+
+    def _auth(self, call: Call) -> dict[str, Any] | None:
+        entry = call.entry
+        if entry is None:
+            return {"spiffe_id": call.spiffe_id} if call.spiffe_id else None
+        return {
+            "client_token": self.audit.hash(call.token or ""),
+            "accessor": self.audit.hash(entry.accessor),
+            "display_name": entry.display_name,
+            "policies": list(entry.policies),
+            "spiffe_id": entry.spiffe_id,
+        }
+
+    def _request(self, call: Call) -> dict[str, Any]:
+        return {
+            "id": call.request_id,
+            "operation": call.method.lower(),
+            "path": call.path,
+            "spiffe_id": call.spiffe_id,
+            "remote_address": call.remote,
+            "data": self.audit.hashed(call.body) if call.body else None,
+        }
+
+    async def audit_request(self, call: Call) -> None:
+        await self.audit.record(
+            {
+                "time": rfc3339(self.clock()),
+                "type": "request",
+                "auth": self._auth(call),
+                "request": self._request(call),
+            }
+        )
+
+    async def audit_response(self, call: Call, reply: Reply) -> None:
+        body = reply.body or {}
+        errors = body.get("errors")
+        await self.audit.record(
+            {
+                "time": rfc3339(self.clock()),
+                "type": "response",
+                "auth": self._auth(call),
+                "request": self._request(call),
+                "response": {
+                    "status": reply.status,
+                    "data": self.audit.hashed(body.get("data")),
+                    "auth": self.audit.hashed(body.get("auth")),
+                },
+                "error": errors[0] if errors else "",
+            }
+        )
