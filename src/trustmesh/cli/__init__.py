@@ -11,6 +11,7 @@ from trustmesh.cli import (
     gateway_cmd,
     identity_cmd,
     policy_cmd,
+    secrets_cmd,
     stack,
 )
 
@@ -31,6 +32,7 @@ stack.register(app)
 call_cmd.register(app)
 auth_cmd.register(app)
 gateway_cmd.register(app)
+secrets_cmd.register(app)
 
 
 def main() -> None:

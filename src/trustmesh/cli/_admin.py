@@ -28,6 +28,7 @@ from trustmesh.sdk.client import ServiceClient
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.workload import redeem_join_token
 from trustmesh.sdk.x509source import X509Source
+from trustmesh.secrets.endpoint import endpoint_path as secrets_endpoint_path
 from trustmesh.spiffeid import parse_spiffe_id
 
 #: A workload's token (``trustmesh call --as``) is redeemed at once, by this process.
@@ -40,6 +41,7 @@ _WHERE: dict[str, tuple[str, Callable[[Path], Path], str]] = {
     "identity": ("the identity service", lambda state: IdentityPaths(state).discovery, "url"),
     "auth": ("the identity provider", auth_endpoint_path, "url"),
     "gateway": ("the gateway", gateway_endpoint_path, "admin_url"),
+    "secrets": ("the secrets service", secrets_endpoint_path, "url"),
 }
 
 
@@ -156,8 +158,9 @@ async def admin_request(
     if response.status >= 400:
         try:
             doc = response.json()
-            message = f"{doc.get('message') or doc.get('error')}"
-        except (ValueError, AttributeError):
+            errors = doc.get("errors")  # the secrets service answers in Vault's shape
+            message = f"{errors[0] if errors else doc.get('message') or doc.get('error')}"
+        except (ValueError, AttributeError, TypeError):
             message = f"HTTP {response.status}"
         raise AdminError(message, status=response.status)
     return response.json() if response.body else None

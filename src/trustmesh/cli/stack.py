@@ -46,6 +46,7 @@ from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import TrustmeshError, UnavailableError
 from trustmesh.gateway.endpoint import endpoint_path as gateway_endpoint_path
 from trustmesh.identity.endpoint import MAX_SOCKET_PATH, IdentityPaths, prepare_state_dir
+from trustmesh.secrets.endpoint import endpoint_path as secrets_endpoint_path
 
 DETACH_TIMEOUT = 90.0
 JOIN_TTL = 120  # seconds: a started process redeems its token within seconds
@@ -81,6 +82,8 @@ def components(config: TrustmeshConfig, config_path: Path, state: Path) -> list[
         )
 
     specs.append(component("auth"))
+    if config.secrets is not None:  # before the services: they read their secrets there
+        specs.append(component("secrets"))
     if config.gateway is not None:  # before the services: they are told where its keys are
         specs.append(component("gateway"))
     for name, service in config.services.items():
@@ -130,11 +133,13 @@ def _service_env(config: TrustmeshConfig, state: Path, name: str) -> Callable[[]
         discovery = read_json(IdentityPaths(state).discovery) or {}
         auth = read_json(auth_endpoint_path(state)) or {}
         gateway = read_json(gateway_endpoint_path(state)) or {}
+        secrets = read_json(secrets_endpoint_path(state)) or {}
         return {
             "TRUSTMESH_JOIN_TOKEN": _join_token(config, state, config.spiffe_id(name)),
             "TRUSTMESH_DISCOVERY_URL": str(discovery.get("url") or ""),
             "TRUSTMESH_AUTH_URL": str(auth.get("url") or ""),
             "TRUSTMESH_GATEWAY_URL": str(gateway.get("internal_url") or ""),
+            "TRUSTMESH_SECRETS_URL": str(secrets.get("url") or ""),
         }
 
     return make
@@ -163,6 +168,9 @@ def probe(spec: ComponentSpec, state: Path, timeout: float = 2.0) -> bool:
         )
     if spec.name == "auth":  # up once it serves and has said where
         url = (read_json(auth_endpoint_path(state)) or {}).get("url")
+        return isinstance(url, str) and _tcp_open(url)
+    if spec.name == "secrets":
+        url = (read_json(secrets_endpoint_path(state)) or {}).get("url")
         return isinstance(url, str) and _tcp_open(url)
     if spec.name == "gateway":
         doc = read_json(gateway_endpoint_path(state)) or {}
@@ -196,8 +204,12 @@ def _tcp_open(url: str) -> bool:
 #: URL there, and what else of it `status` shows.
 _ENDPOINTS: dict[str, tuple[Callable[[Path], Path], str, tuple[str, ...]]] = {
     "auth": (auth_endpoint_path, "url", ("issuer", "public_url")),
+    "secrets": (secrets_endpoint_path, "url", ()),
     "gateway": (gateway_endpoint_path, "internal_url", ("internal_url", "metrics_url")),
 }
+#: Where a component answers for its health, where it is not /healthz (the secrets
+#: service: Vault's sys/health, 200 only when initialised and unsealed).
+_HEALTH = {"secrets": "/v1/sys/health"}
 
 
 def _targets(
@@ -212,7 +224,7 @@ def _targets(
         if name in _ENDPOINTS:
             path, key, _ = _ENDPOINTS[name]
             url = (read_json(path(state)) or {}).get(key)
-            spiffe_id, health = config.component_spiffe_id(name), "/healthz"
+            spiffe_id, health = config.component_spiffe_id(name), _HEALTH.get(name, "/healthz")
         else:
             url = (_instance(discovery, name) or {}).get("url")
             spiffe_id, health = config.spiffe_id(name), HEALTH_PATH
