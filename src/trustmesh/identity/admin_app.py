@@ -45,7 +45,7 @@ from trustmesh.identity import admin
 from trustmesh.identity.admin import ServiceSettings
 from trustmesh.identity.models import IssuedSVID, RegistrationEntry
 from trustmesh.identity.store import IdentityStore
-from trustmesh.platform.admin import Actor, Handler, Refused, json_object, read_event
+from trustmesh.platform.admin import Actor, Handler, Refused, json_object, record_read
 from trustmesh.platform.admin import guarded as admin_guarded
 from trustmesh.sdk.oauth import ProviderTrust
 from trustmesh.sdk.tls import RotatingTLS
@@ -147,6 +147,7 @@ def admin_routes(
     """``changed`` is called after every write (the Workload API streams re-send);
     ``last_svid`` finds the last SVID issued for a SPIFFE ID."""
     operator = config.component_spiffe_id("operator")
+    recorder = events.Recorder(sink, component="identity")
 
     async def actor_of(request: Request) -> Actor:
         tls = (request.scope.get("extensions") or {}).get("tls") or {}
@@ -176,11 +177,11 @@ def admin_routes(
         return Actor.user(peer, str(token.claims.get("preferred_username") or token.subject))
 
     def guarded(action: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-        return admin_guarded("identity", action, actor_of, handler, sink)
+        return admin_guarded(action, actor_of, handler, recorder)
 
     async def list_entries(_: Request, actor: Actor) -> Response:
         entries = store.list_entries()
-        sink.emit(read_event("identity", "list-entries", actor))
+        record_read(recorder, "list-entries", actor)
         return JSONResponse([_entry_doc(e) for e in entries])
 
     async def add_entry(request: Request, actor: Actor) -> Response:
@@ -225,7 +226,7 @@ def admin_routes(
         spiffe_id = request.query_params.get("spiffe_id", "")
         parse_spiffe_id(spiffe_id)
         svid = last_svid(spiffe_id)
-        sink.emit(read_event("identity", "show-svid", actor))
+        record_read(recorder, "show-svid", actor)
         if svid is None:
             raise NotFoundError(f"no SVID has been issued for {spiffe_id}")
         return JSONResponse(_svid_doc(svid))

@@ -68,6 +68,8 @@ class Runtime:
     served: Served
     discovery: DiscoveryClient | None
     sink: events.EventSink
+    #: The service's recorder (the middleware's): its decisions and :func:`authorize`'s.
+    recorder: events.Recorder
     clients: dict[str, ServiceClient] = field(default_factory=dict)
     auth: AuthClient | None = None
     tokens: TokenSource | None = None
@@ -155,6 +157,9 @@ def request_token(request: object) -> VerifiedToken | None:
     return token if isinstance(token, VerifiedToken) else None
 
 
+_AUTHORIZE: events.Shape = (events.EventClass.AUTHORIZE_SESSION, 99, "Other")
+
+
 def authorize(
     request: object,
     policy: ObjectPolicy,
@@ -180,24 +185,18 @@ def authorize(
         )
     runtime = _runtime
     if runtime is not None:
-        runtime.sink.emit(
-            events.event(
-                events.EventClass.AUTHORIZE_SESSION,
-                activity_id=99,
-                activity_name="Other",
-                component=runtime.service,
-                decision=events.Decision.ALLOW if decision.allowed else events.Decision.DENY,
-                reason=decision.reason,
-                message=f"{action} {resource_type} {'allowed' if decision.allowed else 'denied'}",
-                spiffe_id=runtime.config.spiffe_id(runtime.service),
-                sub=token.subject if token else None,
-                client_id=token.client_id if token else None,
-                attributes={
-                    "action": action,
-                    "resource": f"{resource_type}::{resource_id}"[:512],
-                    "policy": ",".join(decision.policies),
-                },
-            )
+        runtime.recorder.record(
+            decision.reason,
+            f"{action} {resource_type} {'allowed' if decision.allowed else 'denied'}",
+            decision=events.Decision.ALLOW if decision.allowed else events.Decision.DENY,
+            shape=_AUTHORIZE,
+            sub=token.subject if token else None,
+            client_id=token.client_id if token else None,
+            attributes={
+                "action": action,
+                "resource": f"{resource_type}::{resource_id}"[:512],
+                "policy": ",".join(decision.policies),
+            },
         )
     return decision.allowed
 
@@ -290,6 +289,7 @@ async def run_service(
         served,
         discovery,
         sink,
+        guarded.recorder,
         auth=auth,
         tokens=TokenSource(auth, service) if auth else None,
         revocations=feed,
