@@ -577,11 +577,15 @@ def event(
             attributes={} if attributes is None else attributes,
         )
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-            for err in exc.errors(include_url=False, include_input=False, include_context=False)
-        )
-        raise UsageError(f"invalid event: {problems}") from None
+        raise UsageError(f"invalid event: {_problems(exc)}") from None
+
+
+def _problems(exc: ValidationError) -> str:
+    """Where each problem is and what it is; never the refused value."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+        for err in exc.errors(include_url=False, include_input=False, include_context=False)
+    )
 
 
 # --- the one recorder -------------------------------------------------------------------
