@@ -44,7 +44,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Protocol, Self, runtime_checkable
+from typing import Annotated, Any, Protocol, Self, TypedDict, Unpack, runtime_checkable
 
 from pydantic import (
     AfterValidator,
@@ -577,11 +577,15 @@ def event(
             attributes={} if attributes is None else attributes,
         )
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-            for err in exc.errors(include_url=False, include_input=False, include_context=False)
-        )
-        raise UsageError(f"invalid event: {problems}") from None
+        raise UsageError(f"invalid event: {_problems(exc)}") from None
+
+
+def _problems(exc: ValidationError) -> str:
+    """Where each problem is and what it is; never the refused value."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+        for err in exc.errors(include_url=False, include_input=False, include_context=False)
+    )
 
 
 # --- the one recorder -------------------------------------------------------------------
@@ -654,13 +658,33 @@ def _decision_of(code: Code) -> Decision:
     return Decision.DENY if isinstance(code, Reason) and code in ANSWERS else Decision.ALLOW
 
 
+class _Occurrence(TypedDict, total=False):
+    """What :meth:`Recorder.record` takes besides the code and message (see
+    :meth:`Recorder.build`)."""
+
+    decision: Decision | None
+    shape: Shape | None
+    sub: str | None
+    client_id: str | None
+    peer_spiffe_id: str | None
+    spiffe_id: str | None
+    jti: str | None
+    trace_id: str | None
+    src: Endpoint | None
+    attributes: Mapping[str, AttributeValue] | None
+    now: datetime | None
+    strict: bool
+
+
 class Recorder:
     """The one way a component records what it decided or did: it builds the event
     (validated once per shape: code, message, decision and who), keeps it as a
     template, and emits each occurrence restamped with its own time, uid, trace, token
     id, source and attributes — cheap enough for a hot path. An attribute that fails
     the event's checks (a secret pasted into a path) is withheld, never the event; a
-    subject no event may carry leaves the decision recorded without it.
+    subject no event may carry leaves the decision recorded without it. A change that
+    is checked before it is made builds its event first (:meth:`build`, ``strict``:
+    a value no event may carry refuses the change) and writes it once made (:meth:`write`).
 
     ``default`` is the shape of codes :func:`shape_of` does not know (the gateway's and
     the middleware's decisions: API Activity, Other; the provider's: Service Ticket
@@ -684,7 +708,7 @@ class Recorder:
         self._templates: dict[tuple[object, ...], Event] = {}
         self._cache_size = cache_size
 
-    def record(
+    def build(
         self,
         code: Code,
         message: str,
@@ -699,26 +723,42 @@ class Recorder:
         trace_id: str | None = None,
         src: Endpoint | None = None,
         attributes: Mapping[str, AttributeValue] | None = None,
+        now: datetime | None = None,
+        strict: bool = False,
     ) -> Event:
-        """Emit one occurrence; the event, as emitted. ``spiffe_id``: the workload the
-        event is about, where it is not the recorder's own (an SVID issued to it)."""
+        """One occurrence, not written: for a change whose event is made (and so checked)
+        before the change, and written (:meth:`write`) once it is done. ``spiffe_id``: the
+        workload the event is about, where it is not the recorder's own (an SVID issued
+        to it); ``now``: the occurrence's time, where the caller has one (default: the
+        recorder's clock). ``strict``: a value no event may carry raises
+        :class:`~trustmesh.errors.UsageError` (the caller refuses its input, and changes
+        nothing) instead of being withheld."""
         decided = _decision_of(code) if decision is None else decision
         template = self.template(
-            code, message, decided, shape, sub, client_id, peer_spiffe_id, spiffe_id
+            code, message, decided, shape, sub, client_id, peer_spiffe_id, spiffe_id, strict
         )
-        now = self.clock() if self.clock is not None else None
+        if now is None and self.clock is not None:
+            now = self.clock()
         try:
-            event = restamp(
+            return restamp(
                 template, now=now, trace_id=trace_id, src=src, attributes=attributes, jti=jti
             )
         except UsageError:  # a value no event may carry: withhold it, keep the decision
-            kept = _withheld(attributes)
-            try:
-                event = restamp(
-                    template, now=now, trace_id=trace_id, src=src, attributes=kept, jti=jti
-                )
-            except UsageError:  # the trace or token id itself: the decision, without them
-                event = restamp(template, now=now, src=src, attributes=kept)
+            if strict:
+                raise
+        kept = _withheld(attributes)
+        try:
+            return restamp(template, now=now, trace_id=trace_id, src=src, attributes=kept, jti=jti)
+        except UsageError:  # the trace or token id itself: the decision, without them
+            return restamp(template, now=now, src=src, attributes=kept)
+
+    def write(self, event: Event) -> None:
+        """Write an occurrence made by :meth:`build`."""
+        self.sink.emit(event)
+
+    def record(self, code: Code, message: str, **fields: Unpack[_Occurrence]) -> Event:
+        """Build one occurrence (:meth:`build`) and write it; the event, as written."""
+        event = self.build(code, message, **fields)
         self.sink.emit(event)
         return event
 
@@ -732,8 +772,10 @@ class Recorder:
         client_id: str | None = None,
         peer_spiffe_id: str | None = None,
         spiffe_id: str | None = None,
+        strict: bool = False,
     ) -> Event:
-        """The validated fixed part of an event of this shape (built once, kept)."""
+        """The validated fixed part of an event of this shape (built once, kept).
+        ``strict``: a subject no event may carry raises, rather than being left out."""
         key = (
             type(code),
             code,
@@ -744,6 +786,7 @@ class Recorder:
             client_id,
             peer_spiffe_id,
             spiffe_id,
+            strict,
         )
         template = self._templates.get(key)
         if template is not None:
@@ -765,6 +808,8 @@ class Recorder:
         try:
             template = event(cls, sub=sub, client_id=client_id, **fields)
         except UsageError:  # a subject no event may carry: the decision, without it
+            if strict:
+                raise
             template = event(cls, **fields)
         self._templates[key] = template
         return template

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from trustmesh import events
+from trustmesh.errors import UsageError
 from trustmesh.events import Decision, EventClass, Recorder, shape_of
 from trustmesh.reasons import Activity, Reason
 
@@ -111,3 +114,40 @@ def test_a_reason_and_an_activity_spelled_alike_stay_apart() -> None:
     assert type(revoked.reason) is Activity
     assert (refused.event_class, refused.activity_id) == (EventClass.API_ACTIVITY, 99)
     assert (revoked.event_class, revoked.activity_id, revoked.activity_name) == ticket
+
+
+def test_build_makes_an_occurrence_that_write_emits() -> None:
+    """A change builds its event before it is made (nothing written), then writes it."""
+    recorder, sink = _recorder()
+    made = recorder.build(
+        Activity.KEY_CREATED, "key created", now=T0, attributes={"key_id": "k1"}, strict=True
+    )
+    assert sink.events == []
+    assert (made.event_class, made.activity_id, made.activity_name) == (
+        EventClass.ENTITY_MANAGEMENT,
+        1,
+        "Create",
+    )
+    assert (made.decision, made.time, dict(made.attributes)) == (
+        Decision.ALLOW,
+        T0,
+        {"key_id": "k1"},
+    )
+    recorder.write(made)
+    assert sink.events == [made]
+
+
+def test_strict_refuses_what_no_event_may_carry_instead_of_withholding_it() -> None:
+    recorder, sink = _recorder()
+    with pytest.raises(UsageError):
+        recorder.build(Activity.KEY_CREATED, "key created", attributes={"name": TOKEN}, strict=True)
+    with pytest.raises(UsageError):
+        recorder.build(Activity.KEY_CREATED, "key created", sub=TOKEN, strict=True)
+    # the same values, not strict: the event is kept, the value withheld or left out
+    assert recorder.build(Activity.KEY_CREATED, "key created", sub=TOKEN).sub is None
+    kept = recorder.build(Activity.KEY_CREATED, "key created", attributes={"name": TOKEN})
+    assert dict(kept.attributes) == {"name": "<withheld>"}
+    # a template left without its subject is never handed to a strict build
+    with pytest.raises(UsageError):
+        recorder.build(Activity.KEY_CREATED, "key created", sub=TOKEN, strict=True)
+    assert sink.events == []

@@ -65,6 +65,7 @@ class Live:
     sink: events.MemorySink  # the first gateway's events
     gateways: list[RunningGateway] = field(default_factory=list)
     runtimes: list[Runtime] = field(default_factory=list)  # stopped with the stack
+    clock: Callable[[], float] = time.time  # the gateways' wall clock
 
     @property
     def state(self) -> Path:
@@ -88,6 +89,7 @@ class Live:
             discovery_url=self.discovery_url,
             auth_url=self.rig.url,
             config_dir=self.root,
+            clock=self.clock,
         )
         self.gateways.append(running)
         return running
@@ -127,11 +129,14 @@ async def live_gateway(
     *,
     files: Mapping[str, str] | None = None,
     issuers: Sequence[str] = (),
+    clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[Live]:
     """The provider and a gateway for ``CONFIG + section`` (written to ``trustmesh.yaml``
     in ``root``, ``files`` beside it; the gateway alone also trusts ``issuers``, entries
     of ``gateway.issuers``), its endpoint file written as ``up`` has it, and ``services``
-    (name, app) run by the SDK in that order. ``identity``: from :func:`live_identity`."""
+    (name, app) run by the SDK in that order. ``identity``: from :func:`live_identity`;
+    ``clock``: the gateways' wall clock (a :class:`~trustmesh.testing.FakeClock`'s ``time``
+    moves what the gateway decides by time, not the provider or the services)."""
     config_file = root / "trustmesh.yaml"
     config_file.write_text(CONFIG + section)
     for name, text in (files or {}).items():
@@ -147,7 +152,8 @@ async def live_gateway(
             connector=aiohttp.TCPConnector(ssl=tls, force_close=True, limit=16),
             timeout=aiohttp.ClientTimeout(total=30),
         )
-        live = Live(rig, root, identity.address, discovery_url, source, http, events.MemorySink())
+        sink = events.MemorySink()
+        live = Live(rig, root, identity.address, discovery_url, source, http, sink, clock=clock)
         try:
             gateway = await live.start_gateway(config, live.sink)
             endpoint_path(live.state).write_text(json.dumps({"internal_url": gateway.internal_url}))

@@ -28,7 +28,7 @@ from trustmesh.errors import UnavailableError
 from trustmesh.gateway.server import RunningGateway, serve_gateway
 from trustmesh.reasons import Reason
 from trustmesh.sdk.x509source import X509Source
-from trustmesh.testing import RunningIdentityServer
+from trustmesh.testing import FakeClock, RunningIdentityServer
 
 SECTION = """auth: {roles: [customer, support]}
 gateway:
@@ -81,8 +81,14 @@ def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
 
 
 @pytest.fixture
+def clock() -> FakeClock:
+    """The gateway's wall clock (the introspection cache's second passes when moved)."""
+    return FakeClock()
+
+
+@pytest.fixture
 async def stack(
-    identity: RunningIdentityServer, short_tmp: Path
+    identity: RunningIdentityServer, short_tmp: Path, clock: FakeClock
 ) -> AsyncIterator[tuple[AuthRig, RunningGateway, events.MemorySink, FakeIssuer]]:
     # another OpenID Provider (Keycloak-like) the gateway also trusts
     async with (
@@ -94,6 +100,7 @@ async def stack(
             [("orders", APP)],
             files={"edge.cedar": POLICIES},
             issuers=[kc.declaration(principal="user")],
+            clock=clock.time,
         ) as live,
     ):
         yield live.rig, live.gateway, live.sink, kc
@@ -168,7 +175,9 @@ async def test_roles_decide_at_the_edge(stack: Any) -> None:
     assert "carol" not in text
 
 
-async def test_jwt_routes_keep_working_while_the_provider_is_down(stack: Any) -> None:
+async def test_jwt_routes_keep_working_while_the_provider_is_down(
+    stack: Any, clock: FakeClock
+) -> None:
     """The gateway verifies with the provider's keys it already has: stopping the
     provider does not stop signed-in users (ARCHITECTURE: identity provider down)."""
     rig, gateway, sink, _ = stack
@@ -178,7 +187,7 @@ async def test_jwt_routes_keep_working_while_the_provider_is_down(stack: Any) ->
     await rig.auth.stop()
     for _ in range(3):
         assert await asyncio.to_thread(_call, rig, gateway, "GET", "/orders/o1", carol) == 200
-    await asyncio.sleep(1.1)  # past the introspection answer's second of caching
+    clock.advance(1.1)  # past the introspection answer's second of caching
     # a route that must ask the provider cannot, and says so
     assert await asyncio.to_thread(_call, rig, gateway, "GET", "/live/o1", carol) == 503
     unavailable = [e for e in sink.events if e.reason is Reason.VERIFICATION_UNAVAILABLE]
@@ -245,7 +254,7 @@ async def test_tokens_of_another_openid_provider(stack: Any) -> None:
     assert Reason.TOKEN_WRONG_AUDIENCE in [e.reason for e in sink.events]
 
 
-async def test_introspection_routes_see_a_revocation_at_once(stack: Any) -> None:
+async def test_introspection_routes_see_a_revocation_at_once(stack: Any, clock: FakeClock) -> None:
     """The provider vouches for each token on an introspection route: once the user's app
     revokes the token (RFC 7009), the next request past the second of caching is refused."""
     rig, gateway, sink, _ = stack
@@ -263,7 +272,7 @@ async def test_introspection_routes_see_a_revocation_at_once(stack: Any) -> None
             ).status_code
 
     assert await asyncio.to_thread(revoke) == 200
-    await asyncio.sleep(1.1)
+    clock.advance(1.1)  # past the introspection answer's second of caching
     assert await asyncio.to_thread(_call, rig, gateway, "GET", "/live/o1", carol) == 401
     assert Reason.TOKEN_INACTIVE in [e.reason for e in sink.events]
     # and a support user, active, is still decided by policy after introspection

@@ -219,7 +219,11 @@ class AuthService:
             self.ring.load(stored, self.seal_key, now)
             after = self.ring.active.kid if self.ring.active else None
             if after != before and after is not None:
-                self._event(Activity.KEY_ACTIVATED, f"signing key {after} now signs", kid=after)
+                self.emit(
+                    Activity.KEY_ACTIVATED,
+                    f"signing key {after} now signs",
+                    attributes={"kid": after},
+                )
             return actions
 
     async def _apply(self, action: keyplan.Action, now: int) -> None:
@@ -232,17 +236,25 @@ class AuthService:
                 crypto.private_key_to_der(private), self.seal_key, context=_seal_context(kid)
             )
             state = keyplan.KeyState(kid, now, action.activate_at)
-            self._event(
+            self.emit(
                 Activity.KEY_CREATED,
                 f"signing key {kid} published; signs from {keyplan.utc(action.activate_at).isoformat()}",
-                kid=kid,
+                attributes={"kid": kid},
             )
             await self.store.add_key(StoredKey(state, ALG, sealed, jwk))
         elif isinstance(action, keyplan.RetireKey):
-            self._event(Activity.KEY_RETIRED, f"signing key {action.kid} retired", kid=action.kid)
+            self.emit(
+                Activity.KEY_RETIRED,
+                f"signing key {action.kid} retired",
+                attributes={"kid": action.kid},
+            )
             await self.store.retire_key(action.kid, action.retire_at, action.remove_at)
         else:
-            self._event(Activity.KEY_REMOVED, f"signing key {action.kid} removed", kid=action.kid)
+            self.emit(
+                Activity.KEY_REMOVED,
+                f"signing key {action.kid} removed",
+                attributes={"kid": action.kid},
+            )
             await self.store.remove_key(action.kid)
 
     # -- clients ---------------------------------------------------------------------------
@@ -410,9 +422,6 @@ class AuthService:
             peer_spiffe_id=peer_spiffe_id,
             jti=jti,
         )
-
-    def _event(self, reason: Code, message: str, *, kid: str) -> None:
-        self.emit(reason, message, attributes={"kid": kid})
 
 
 _TICKET: events.Shape = (events.EventClass.AUTHENTICATION, 4, "Service Ticket Request")

@@ -62,17 +62,20 @@ def _admin(
         _admin_api.fail_admin(exc)
 
 
+_MethodOption = Annotated[
+    str,
+    typer.Option(
+        "--method",
+        help=f"Authentication: {', '.join(CLIENT_METHODS)} (none: a public client, "
+        "a browser or native app; it needs --redirect-uri).",
+    ),
+]
+
+
 @client_app.command("add")
 def client_add(
     client_id: Annotated[str, typer.Argument(help="The client id (letters, digits, . _ : -).")],
-    method: Annotated[
-        str,
-        typer.Option(
-            "--method",
-            help=f"Authentication: {', '.join(CLIENT_METHODS)} (none: a public client, "
-            "a browser or native app; it needs --redirect-uri).",
-        ),
-    ] = "private_key_jwt",
+    method: _MethodOption = "private_key_jwt",
     jwks: Annotated[
         Path | None, typer.Option("--jwks", help="JWK Set file (private_key_jwt).", dir_okay=False)
     ] = None,
@@ -111,10 +114,7 @@ def client_add(
         "redirect_uris": list(redirect_uri or []),
     }
     if jwks is not None:
-        try:
-            body["jwks"] = json.loads(jwks.read_text())
-        except (OSError, ValueError) as exc:
-            fail(f"--jwks {jwks}: not a readable JSON file ({exc})", 2)
+        body["jwks"] = _jwks_file(jwks)
     if spiffe_id is not None:
         body["spiffe_id"] = spiffe_id
     made = _admin(cfg, state, "POST", "/admin/v1/clients", body)
@@ -124,6 +124,13 @@ def client_add(
         print(secret)
     else:
         out.print(f"client {client_id} added ({method})", markup=False)
+
+
+def _jwks_file(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        fail(f"--jwks {path}: not a readable JSON file ({exc})", 2)
 
 
 @client_app.command("list")

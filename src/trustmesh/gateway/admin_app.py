@@ -41,7 +41,7 @@ from trustmesh.platform.admin import (
     guarded,
     operator_only,
     read_body,
-    read_event,
+    record_read,
 )
 
 __all__ = ["MAX_BODY", "KeyAdmin", "key_doc"]
@@ -108,6 +108,7 @@ class KeyAdmin:
         self.config = config
         self.store = store
         self.sink = sink
+        self.recorder = events.Recorder(sink, component="gateway")
         self.changed = changed
         self.clock = clock
         self.operator = config.component_spiffe_id("operator")
@@ -130,7 +131,7 @@ class KeyAdmin:
         ]
 
     def _guarded(self, action: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-        return guarded("gateway", action, self._operator, handler, self.sink)
+        return guarded(action, self._operator, handler, self.recorder)
 
     async def _operator(self, request: Request) -> Actor:
         return operator_only(request, self.operator)
@@ -138,7 +139,7 @@ class KeyAdmin:
     async def list_keys(self, _: Request, actor: Actor) -> Response:
         now = self.clock()
         records = await self.store.all()
-        self.sink.emit(read_event("gateway", "list-api-keys", actor))
+        record_read(self.recorder, "list-api-keys", actor)
         return JSONResponse([key_doc(r, now) for r in records])
 
     def _issued(self, issued: IssuedKey, now: float, status: int, **extra: Any) -> JSONResponse:

@@ -47,8 +47,8 @@ from trustmesh.gateway.apikeys import (
     parse_key,
     principal_of,
 )
-from trustmesh.platform.admin import Actor
-from trustmesh.reasons import Activity, Code, Reason
+from trustmesh.platform.admin import Actor, named_by
+from trustmesh.reasons import Activity, Reason
 from trustmesh.store import SqlStore, create_engine, sqlite_url
 
 log = logging.getLogger("trustmesh.gateway")
@@ -218,39 +218,34 @@ async def open_keystore(state: Path) -> SqlKeyStore:
 # --- management: each change is recorded as an event (never with a secret) -------------
 
 
-def _event(
-    reason: Code,
+def _change(
+    sink: events.EventSink,
+    code: Activity,
     message: str,
-    activity: tuple[int, str],
     record: KeyRecord,
     now: float,
-    actor: Actor | None = None,
+    actor: Actor | None,
     **extra: int | str,
-) -> events.Event:
-    """Built (and so validated) before anything is written. ``actor``: who asked, through
-    the admin API (named in the event)."""
-    if actor is not None:
-        extra["by"] = actor.name
-    return events.event(
-        events.EventClass.ENTITY_MANAGEMENT,
-        activity_id=activity[0],
-        activity_name=activity[1],
-        component="gateway",
-        decision=events.Decision.ALLOW,
-        reason=reason,
-        message=message,
-        now=datetime.fromtimestamp(now, UTC),
-        peer_spiffe_id=actor.peer_spiffe_id if actor is not None else None,
-        attributes={
-            "key_id": record.key_id,
-            "key_name": record.name,
-            "principal": principal_of(record.key_id),
-            "scopes": " ".join(record.scopes),
-            "roles": " ".join(record.roles),
-            "expires_at": record.expires_at,
-            **extra,
-        },
+) -> tuple[events.Recorder, events.Event]:
+    """The change's event (and the recorder to write it with once the change is made),
+    built strictly before anything is written: input no event may carry is refused, and
+    changes nothing. It says what the key is (never its secret), and who asked."""
+    facts: dict[str, events.AttributeValue] = {
+        "key_id": record.key_id,
+        "key_name": record.name,
+        "principal": principal_of(record.key_id),
+        "scopes": " ".join(record.scopes),
+        "roles": " ".join(record.roles),
+        "expires_at": record.expires_at,
+        **extra,
+    }
+    peer, attributes = named_by(actor, facts)
+    recorder = events.Recorder(sink, component="gateway")
+    when = datetime.fromtimestamp(now, UTC)
+    made = recorder.build(
+        code, message, now=when, peer_spiffe_id=peer, attributes=attributes, strict=True
     )
+    return recorder, made
 
 
 async def add_key(
@@ -283,14 +278,14 @@ async def add_key(
             created_at=int(now),
             expires_at=expires_at,
         )
-        made = _event(
-            Activity.API_KEY_CREATED, "API key created", (1, "Create"), record, now, actor
+        recorder, made = _change(
+            sink, Activity.API_KEY_CREATED, "API key created", record, now, actor
         )
         try:
             await store.add(record)
         except ConflictError:
             continue
-        sink.emit(made)
+        recorder.write(made)
         return IssuedKey(record, key)
     raise ConflictError("could not find a free key id")  # pragma: no cover
 
@@ -315,10 +310,10 @@ async def revoke_key(
     record = await store.get(key_id)
     if record is None:
         raise NotFoundError(f"no API key {key_id!r}")
-    made = _event(Activity.API_KEY_REVOKED, "API key revoked", (9, "Disable"), record, now, actor)
+    recorder, made = _change(sink, Activity.API_KEY_REVOKED, "API key revoked", record, now, actor)
     record, newly = await store.revoke(key_id, int(now))
     if newly:
-        sink.emit(made)
+        recorder.write(made)
     return record, newly
 
 
@@ -344,10 +339,10 @@ async def rotate_key(
     if record.expires_at is not None and now >= record.expires_at:
         raise ConflictError(f"API key {key_id} has expired; add a new key")
     grace_seconds = int(grace.total_seconds())
-    made = _event(
+    recorder, made = _change(
+        sink,
         Activity.API_KEY_ROTATED,
         "API key rotated",
-        (3, "Update"),
         record,
         now,
         actor,
@@ -357,7 +352,7 @@ async def rotate_key(
     rotated = await store.rotate(
         key_id, hash_key(key), now=int(now), previous_until=int(now) + grace_seconds
     )
-    sink.emit(made)
+    recorder.write(made)
     return IssuedKey(rotated, key)
 
 

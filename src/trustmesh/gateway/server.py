@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,18 +131,19 @@ async def _start_internal(
     state: Path,
     key: GatewayKey,
     sink: events.EventSink,
-    api_keys: ApiKeyVerifier | None,
+    parts: _Parts,
     *,
     tls: RotatingTLS,
     host: str,
     port: int,
 ) -> tuple[Served, SqlKeyStore]:
     """The mTLS listener: the JWKS of the internal tokens, the health check, the admin
-    API over the key store (a change there is seen by ``api_keys`` at its next decision)."""
+    API over the key store (a change there is seen by the gateway's API keys at its next
+    decision)."""
     key_store = await open_keystore(state)
-    admin = KeyAdmin(
-        config, key_store, sink, changed=api_keys.reload_soon if api_keys else lambda: None
-    )
+    api_keys = parts.api_keys
+    changed = api_keys.reload_soon if api_keys else lambda: None
+    admin = KeyAdmin(config, key_store, sink, changed=changed, clock=parts.clock)
     try:
         internal = await start(internal_app(key, admin), tls=tls, host=host, port=port)
     except BaseException:
@@ -162,8 +164,10 @@ async def serve_gateway(
     port: int | None = None,
     internal_port: int = 0,
     config_dir: Path | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> RunningGateway:
-    """Start the gateway; return once both listeners accept."""
+    """Start the gateway; return once both listeners accept. ``clock``: the wall clock
+    its decisions read (tokens' times, the introspection cache, API keys)."""
     gateway = config.gateway
     if gateway is None:
         raise ConfigError("no gateway: section in the declaration")
@@ -177,7 +181,7 @@ async def serve_gateway(
     policy = load_edge_policy(config, folder)
     metrics = GatewayMetrics() if gateway.metrics_port is not None else None
     changes = _Changes(metrics)
-    parts = await _parts(config, gateway, state, folder, tls, discovery_url, trust, changes)
+    parts = await _parts(config, gateway, state, folder, tls, discovery_url, trust, changes, clock)
     app = changes.app = GatewayApp(
         gateway,
         policy=policy,
@@ -193,9 +197,10 @@ async def serve_gateway(
         tls=tls,
         upstreams=parts.upstreams,
         sink=sink,
+        clock=parts.clock,
     )
     internal, key_store = await _start_internal(
-        config, state, key, sink, parts.api_keys, tls=tls, host=host, port=internal_port
+        config, state, key, sink, parts, tls=tls, host=host, port=internal_port
     )
     try:
         public, scraped = await _listen(app, gateway, certificate, metrics, parts, host, port)
@@ -290,12 +295,13 @@ class _Parts:
     api_keys: ApiKeyVerifier | None
     external: ExternalIssuers | None
     routes: list[GatewayRoute]
+    clock: Callable[[], float]
 
     def introspector(self, trust: ProviderTrust | None, spiffe_id: str) -> Introspector | None:
         """Introspection at the provider, where a route asks for it."""
         if trust is None or not any("introspection" in r.auth for r in self.routes):
             return None
-        return Introspector(trust.auth.introspect, audience=spiffe_id)
+        return Introspector(trust.auth.introspect, audience=spiffe_id, clock=self.clock)
 
     def running(
         self,
@@ -338,6 +344,7 @@ async def _parts(
     discovery_url: str,
     trust: ProviderTrust | None,
     changes: _Changes,
+    clock: Callable[[], float],
 ) -> _Parts:
     discovery = DiscoveryClient(tls, discovery_url)
     routes = gateway.routes
@@ -350,7 +357,7 @@ async def _parts(
             else None
         ),
         (
-            await ApiKeyVerifier.open(state, config)
+            await ApiKeyVerifier.open(state, config, clock=clock)
             if any("api_key" in r.auth for r in routes)
             else None
         ),
@@ -365,6 +372,7 @@ async def _parts(
             else None
         ),
         routes,
+        clock,
     )
 
 

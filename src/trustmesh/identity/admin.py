@@ -18,8 +18,8 @@ from trustmesh import events
 from trustmesh.errors import UsageError
 from trustmesh.identity.models import JoinToken, RegistrationEntry, parse_selector
 from trustmesh.identity.store import IdentityStore
-from trustmesh.platform.admin import Actor
-from trustmesh.reasons import Activity, Code
+from trustmesh.platform.admin import Actor, named_by
+from trustmesh.reasons import Activity
 from trustmesh.spiffeid import require_workload_id
 
 #: A one-time join token is valid for this long by default, and at most ``MAX_JOIN_TTL``.
@@ -42,34 +42,6 @@ class ServiceSettings:
     svid_ttl: dt.timedelta
     max_svid_ttl: dt.timedelta
     jwt_svid_ttl: dt.timedelta
-
-
-def _event(
-    reason: Code,
-    message: str,
-    activity: tuple[int, str],
-    now: dt.datetime,
-    *,
-    actor: Actor | None = None,
-    **fields: object,
-) -> events.Event:
-    """Built (and so validated) *before* anything is written: input the event model
-    refuses is refused, and changes nothing."""
-    if actor is not None:
-        attributes = dict(fields.pop("attributes", {}) or {})  # type: ignore[call-overload]
-        fields["attributes"] = {**attributes, "by": actor.name}
-        fields["peer_spiffe_id"] = actor.peer_spiffe_id
-    return events.event(
-        events.EventClass.ENTITY_MANAGEMENT,
-        activity_id=activity[0],
-        activity_name=activity[1],
-        component="identity",
-        decision=events.Decision.ALLOW,
-        reason=reason,
-        message=message,
-        now=now,
-        **fields,  # type: ignore[arg-type]
-    )
 
 
 def register_entry(
@@ -105,17 +77,21 @@ def register_entry(
     entry = RegistrationEntry(
         id=secrets.token_hex(8), spiffe_id=spiffe_id, selectors=canonical, ttl=ttl, created_at=now
     )
-    event = _event(
+    recorder = events.Recorder(sink, component="identity")
+    peer, attributes = named_by(
+        actor, {"entry_id": entry.id, "selectors": " ".join(sorted(canonical))}
+    )
+    made = recorder.build(
         Activity.ENTRY_CREATED,
         "registration entry created",
-        (1, "Create"),
-        now,
+        now=now,
         spiffe_id=spiffe_id,
-        attributes={"entry_id": entry.id, "selectors": " ".join(sorted(canonical))},
-        actor=actor,
+        peer_spiffe_id=peer,
+        attributes=attributes,
+        strict=True,
     )
     store.add_entry(entry)
-    sink.emit(event)
+    recorder.write(made)
     return entry
 
 
@@ -123,16 +99,15 @@ def remove_entry(
     store: IdentityStore, entry_id: str, sink: events.EventSink, *, actor: Actor | None = None
 ) -> RegistrationEntry:
     entry = store.remove_entry(entry_id)
-    sink.emit(
-        _event(
-            Activity.ENTRY_REMOVED,
-            "registration entry removed",
-            (4, "Delete"),
-            utcnow(),
-            spiffe_id=entry.spiffe_id,
-            attributes={"entry_id": entry.id},
-            actor=actor,
-        )
+    peer, attributes = named_by(actor, {"entry_id": entry.id})
+    events.Recorder(sink, component="identity").record(
+        Activity.ENTRY_REMOVED,
+        "registration entry removed",
+        now=utcnow(),
+        spiffe_id=entry.spiffe_id,
+        peer_spiffe_id=peer,
+        attributes=attributes,
+        strict=True,
     )
     return entry
 
@@ -156,15 +131,17 @@ def create_join_token(
         )
     now = now or utcnow()
     token = secrets.token_urlsafe(32)
-    event = _event(
+    recorder = events.Recorder(sink, component="identity")
+    peer, attributes = named_by(actor, {"expires_at": (now + ttl).isoformat()})
+    made = recorder.build(
         Activity.JOIN_TOKEN_CREATED,
         "join token created",
-        (1, "Create"),
-        now,
+        now=now,
         spiffe_id=spiffe_id,
-        attributes={"expires_at": (now + ttl).isoformat()},
-        actor=actor,
+        peer_spiffe_id=peer,
+        attributes=attributes,
+        strict=True,
     )
     store.add_join_token(JoinToken(hash_join_token(token), spiffe_id, now + ttl, now))
-    sink.emit(event)
+    recorder.write(made)
     return token

@@ -45,7 +45,7 @@ from trustmesh.identity import admin
 from trustmesh.identity.admin import ServiceSettings
 from trustmesh.identity.models import IssuedSVID, RegistrationEntry
 from trustmesh.identity.store import IdentityStore
-from trustmesh.platform.admin import Actor, Handler, Refused, json_object, read_event
+from trustmesh.platform.admin import Actor, Handler, Refused, json_object, record_read
 from trustmesh.platform.admin import guarded as admin_guarded
 from trustmesh.sdk.oauth import ProviderTrust
 from trustmesh.sdk.tls import RotatingTLS
@@ -135,109 +135,138 @@ def _ttl(value: object, name: str) -> dt.timedelta | None:
     return dt.timedelta(seconds=value)
 
 
-def admin_routes(
-    config: TrustmeshConfig,
-    store: IdentityStore,
-    settings: ServiceSettings,
-    sink: events.EventSink,
-    tokens: AdminTokens,
-    changed: Callable[[], None],
-    last_svid: Callable[[str], IssuedSVID | None],
-) -> list[Route]:
-    """``changed`` is called after every write (the Workload API streams re-send);
-    ``last_svid`` finds the last SVID issued for a SPIFFE ID."""
-    operator = config.component_spiffe_id("operator")
+class IdentityAdmin:
+    """The admin API's routes: each guarded (the operator or an admin user; a refusal is
+    an event), a read an event naming who asked, a change one through
+    :mod:`trustmesh.identity.admin`. ``changed`` is called after every write (the
+    Workload API streams re-send); ``last_svid`` finds the last SVID issued for a SPIFFE
+    ID."""
 
-    async def actor_of(request: Request) -> Actor:
+    def __init__(
+        self,
+        config: TrustmeshConfig,
+        store: IdentityStore,
+        settings: ServiceSettings,
+        sink: events.EventSink,
+        tokens: AdminTokens,
+        changed: Callable[[], None],
+        last_svid: Callable[[str], IssuedSVID | None],
+    ) -> None:
+        self.store, self.settings, self.sink, self.tokens = store, settings, sink, tokens
+        self.changed, self.last_svid = changed, last_svid
+        self.operator = config.component_spiffe_id("operator")
+        self.recorder = events.Recorder(sink, component="identity")
+
+    def routes(self) -> list[Route]:
+        guarded = self._guarded
+        entries = "/admin/v1/entries"
+        return [
+            Route("/admin/v1/svids/last", guarded("show-svid", self.show_svid), methods=["GET"]),
+            Route(entries, guarded("list-entries", self.list_entries), methods=["GET"]),
+            Route(entries, guarded("add-entry", self.add_entry), methods=["POST"]),
+            Route(
+                entries + "/{entry_id}",
+                guarded("remove-entry", self.remove_entry),
+                methods=["DELETE"],
+            ),
+            Route(
+                "/admin/v1/join-tokens",
+                guarded("create-join-token", self.join_token),
+                methods=["POST"],
+            ),
+        ]
+
+    def _guarded(self, action: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        return admin_guarded(action, self.actor_of, handler, self.recorder)
+
+    async def actor_of(self, request: Request) -> Actor:
+        """The operator (by its SVID), or an admin user (by a token); else :class:`Refused`."""
         tls = (request.scope.get("extensions") or {}).get("tls") or {}
         peer = tls.get("spiffe_id")
-        if peer == operator:
+        if peer == self.operator:
             return Actor(peer)
         bearer = bearer_token(request.headers.get("authorization"))
         if bearer is None:
             raise Refused(403, "forbidden", "neither the operator nor an admin user's token")
         try:
-            token = await tokens.check(bearer, tls.get("client_cert_x5t_s256"))
+            token = await self.tokens.check(bearer, tls.get("client_cert_x5t_s256"))
         except InvalidTokenError as exc:
             raise Refused(401, "invalid_token", f"token refused: {exc.detail}") from None
         except UnavailableError as exc:
             raise Refused(503, "unavailable", exc.detail) from None
-        roles = token.claims.get("roles")
-        if not isinstance(roles, list) or "admin" not in roles:
-            raise Refused(403, "forbidden", "not an admin user", token.subject)
-        amr = token.claims.get("amr")
-        if not isinstance(amr, list) or "otp" not in amr:
-            raise Refused(
-                403,
-                "mfa_required",
-                "admin actions need a login with a one-time code",
-                token.subject,
-            )
-        return Actor.user(peer, str(token.claims.get("preferred_username") or token.subject))
+        return Actor.user(peer, _admin_user(token))
 
-    def guarded(action: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-        return admin_guarded("identity", action, actor_of, handler, sink)
-
-    async def list_entries(_: Request, actor: Actor) -> Response:
-        entries = store.list_entries()
-        sink.emit(read_event("identity", "list-entries", actor))
+    async def list_entries(self, _: Request, actor: Actor) -> Response:
+        entries = self.store.list_entries()
+        record_read(self.recorder, "list-entries", actor)
         return JSONResponse([_entry_doc(e) for e in entries])
 
-    async def add_entry(request: Request, actor: Actor) -> Response:
-        doc = await _json_object(request)
-        unknown = set(doc) - {"spiffe_id", "selectors", "ttl"}
-        if unknown:
-            raise UsageError(f"unknown field {sorted(unknown)[0]!r}")
+    async def add_entry(self, request: Request, actor: Actor) -> Response:
+        doc = _fields(await _json_object(request), "spiffe_id", "selectors", "ttl")
         selectors = doc.get("selectors")
         if not isinstance(selectors, list) or not all(isinstance(s, str) for s in selectors):
             raise UsageError("selectors: expected a list of strings such as unix:uid:1000")
-        spiffe_id = doc.get("spiffe_id")
-        if not isinstance(spiffe_id, str):
-            raise UsageError("spiffe_id: expected a SPIFFE ID")
+        spiffe_id = _spiffe_id(doc)
+        ttl = _ttl(doc.get("ttl"), "ttl")
         entry = admin.register_entry(
-            store, settings, spiffe_id, selectors, _ttl(doc.get("ttl"), "ttl"), sink, actor=actor
+            self.store, self.settings, spiffe_id, selectors, ttl, self.sink, actor=actor
         )
-        changed()
+        self.changed()
         return JSONResponse(_entry_doc(entry), status_code=201)
 
-    async def remove_entry(request: Request, actor: Actor) -> Response:
-        entry = admin.remove_entry(store, request.path_params["entry_id"], sink, actor=actor)
-        changed()
+    async def remove_entry(self, request: Request, actor: Actor) -> Response:
+        entry_id = request.path_params["entry_id"]
+        entry = admin.remove_entry(self.store, entry_id, self.sink, actor=actor)
+        self.changed()
         return JSONResponse(_entry_doc(entry))
 
-    async def join_token(request: Request, actor: Actor) -> Response:
-        doc = await _json_object(request)
-        unknown = set(doc) - {"spiffe_id", "ttl"}
-        if unknown:
-            raise UsageError(f"unknown field {sorted(unknown)[0]!r}")
-        spiffe_id = doc.get("spiffe_id")
-        if not isinstance(spiffe_id, str):
-            raise UsageError("spiffe_id: expected a SPIFFE ID")
+    async def join_token(self, request: Request, actor: Actor) -> Response:
+        doc = _fields(await _json_object(request), "spiffe_id", "ttl")
+        spiffe_id = _spiffe_id(doc)
         ttl = _ttl(doc.get("ttl"), "ttl") or admin.DEFAULT_JOIN_TTL
-        token = admin.create_join_token(store, settings, spiffe_id, ttl, sink, actor=actor)
+        token = admin.create_join_token(
+            self.store, self.settings, spiffe_id, ttl, self.sink, actor=actor
+        )
         return JSONResponse(
             {"token": token, "spiffe_id": spiffe_id, "ttl": int(ttl.total_seconds())},
             status_code=201,
             headers={"Cache-Control": "no-store"},  # shown once; only its hash is stored
         )
 
-    async def show_svid(request: Request, actor: Actor) -> Response:
+    async def show_svid(self, request: Request, actor: Actor) -> Response:
         spiffe_id = request.query_params.get("spiffe_id", "")
         parse_spiffe_id(spiffe_id)
-        svid = last_svid(spiffe_id)
-        sink.emit(read_event("identity", "show-svid", actor))
+        svid = self.last_svid(spiffe_id)
+        record_read(self.recorder, "show-svid", actor)
         if svid is None:
             raise NotFoundError(f"no SVID has been issued for {spiffe_id}")
         return JSONResponse(_svid_doc(svid))
 
-    return [
-        Route("/admin/v1/svids/last", guarded("show-svid", show_svid), methods=["GET"]),
-        Route("/admin/v1/entries", guarded("list-entries", list_entries), methods=["GET"]),
-        Route("/admin/v1/entries", guarded("add-entry", add_entry), methods=["POST"]),
-        Route(
-            "/admin/v1/entries/{entry_id}",
-            guarded("remove-entry", remove_entry),
-            methods=["DELETE"],
-        ),
-        Route("/admin/v1/join-tokens", guarded("create-join-token", join_token), methods=["POST"]),
-    ]
+
+def _admin_user(token: VerifiedToken) -> str:
+    """The name of the admin user ``token`` (verified) speaks for: ``admin`` in its roles
+    and a login with a one-time code (``otp`` in ``amr``); else :class:`Refused` (403)."""
+    roles = token.claims.get("roles")
+    if not isinstance(roles, list) or "admin" not in roles:
+        raise Refused(403, "forbidden", "not an admin user", token.subject)
+    amr = token.claims.get("amr")
+    if not isinstance(amr, list) or "otp" not in amr:
+        raise Refused(
+            403, "mfa_required", "admin actions need a login with a one-time code", token.subject
+        )
+    return str(token.claims.get("preferred_username") or token.subject)
+
+
+def _fields(doc: dict[str, Any], *known: str) -> dict[str, Any]:
+    """``doc``, if it holds no field but ``known``; else :class:`UsageError` naming one."""
+    unknown = set(doc) - set(known)
+    if unknown:
+        raise UsageError(f"unknown field {sorted(unknown)[0]!r}")
+    return doc
+
+
+def _spiffe_id(doc: dict[str, Any]) -> str:
+    spiffe_id = doc.get("spiffe_id")
+    if not isinstance(spiffe_id, str):
+        raise UsageError("spiffe_id: expected a SPIFFE ID")
+    return spiffe_id

@@ -33,70 +33,54 @@ def discovery_app(
     registry: Registry, sink: events.EventSink, clock: Clock, extra: list[Route] | None = None
 ) -> Starlette:
     """Discovery, and ``extra`` routes on the same listener (the admin API)."""
+    return Starlette(routes=[*DiscoveryRoutes(registry, sink, clock).routes(), *(extra or ())])
 
-    def caller(request: Request) -> str:
-        return str(request.scope["extensions"]["tls"]["spiffe_id"])
 
-    recorder = events.Recorder(sink, component="identity", clock=clock)
+class DiscoveryRoutes:
+    """The discovery API over ``registry``: the caller is always the verified peer SVID;
+    a refusal, and a lookup, is an event."""
 
-    def emit(
-        decision: events.Decision, reason: Code, message: str, peer: str, **attrs: Any
-    ) -> None:
-        recorder.record(reason, message, decision=decision, peer_spiffe_id=peer, attributes=attrs)
+    def __init__(self, registry: Registry, sink: events.EventSink, clock: Clock) -> None:
+        self.registry, self.clock = registry, clock
+        self.recorder = events.Recorder(sink, component="identity", clock=clock)
 
-    async def body_of(request: Request) -> tuple[str, str | None]:
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            raise UsageError("body too large")
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/instances", self.put_instance, methods=["PUT"]),
+            Route("/v1/instances", self.delete_instance, methods=["DELETE"]),
+            Route("/v1/services/{name}", self.get_service, methods=["GET"]),
+        ]
+
+    async def put_instance(self, request: Request) -> JSONResponse:
+        peer = _caller(request)
         try:
-            doc = json.loads(body)
-        except ValueError:
-            raise UsageError("body must be JSON") from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("url"), str):
-            raise UsageError('body must be {"url": "https://host:port"}')
-        expires = doc.get("cert_expires")
-        if expires is not None:
-            try:
-                expires = dt.datetime.fromisoformat(str(expires)).isoformat()
-            except ValueError:
-                raise UsageError("cert_expires must be an ISO 8601 time") from None
-        return str(doc["url"]), expires
-
-    async def put_instance(request: Request) -> JSONResponse:
-        peer = caller(request)
-        try:
-            url, expires = await body_of(request)
-            instance = registry.register(peer, url, clock(), expires)
+            url, expires = await _body_of(request)
+            instance = self.registry.register(peer, url, self.clock(), expires)
         except TrustmeshError as exc:
-            emit(events.Decision.DENY, Reason.DISCOVERY_REFUSED, exc.detail, peer)
+            self._record(events.Decision.DENY, Reason.DISCOVERY_REFUSED, exc.detail, peer)
             return _error(exc)
         return JSONResponse(
             {"service": instance.service, "expires_at": instance.expires_at.isoformat()}
         )
 
-    async def delete_instance(request: Request) -> JSONResponse:
-        peer = caller(request)
+    async def delete_instance(self, request: Request) -> JSONResponse:
+        peer = _caller(request)
         try:
-            removed = registry.deregister(peer, (await body_of(request))[0])
+            removed = self.registry.deregister(peer, (await _body_of(request))[0])
         except TrustmeshError as exc:
             return _error(exc)
         return JSONResponse({"removed": removed})
 
-    async def get_service(request: Request) -> JSONResponse:
-        peer = caller(request)
+    async def get_service(self, request: Request) -> JSONResponse:
+        peer = _caller(request)
         name = request.path_params["name"]
         try:
-            found = registry.lookup(peer, name, clock())
+            found = self.registry.lookup(peer, name, self.clock())
         except TrustmeshError as exc:
-            emit(
-                events.Decision.DENY,
-                Reason.DISCOVERY_REFUSED,
-                "lookup refused",
-                peer,
-                service=name[:64],
-            )
+            refused = Reason.DISCOVERY_REFUSED
+            self._record(events.Decision.DENY, refused, "lookup refused", peer, service=name[:64])
             return _error(exc)
-        emit(events.Decision.ALLOW, Reason.DISCOVERY_LOOKUP, "lookup", peer, service=name)
+        self._record(events.Decision.ALLOW, Reason.DISCOVERY_LOOKUP, "lookup", peer, service=name)
         return JSONResponse(
             {
                 "service": name,
@@ -104,11 +88,33 @@ def discovery_app(
             }
         )
 
-    return Starlette(
-        routes=[
-            Route("/v1/instances", put_instance, methods=["PUT"]),
-            Route("/v1/instances", delete_instance, methods=["DELETE"]),
-            Route("/v1/services/{name}", get_service, methods=["GET"]),
-            *(extra or ()),
-        ]
-    )
+    def _record(
+        self, decision: events.Decision, reason: Code, message: str, peer: str, **attrs: Any
+    ) -> None:
+        self.recorder.record(
+            reason, message, decision=decision, peer_spiffe_id=peer, attributes=attrs
+        )
+
+
+def _caller(request: Request) -> str:
+    return str(request.scope["extensions"]["tls"]["spiffe_id"])
+
+
+async def _body_of(request: Request) -> tuple[str, str | None]:
+    """The instance's URL, and when its certificate expires (if said)."""
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise UsageError("body too large")
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise UsageError("body must be JSON") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("url"), str):
+        raise UsageError('body must be {"url": "https://host:port"}')
+    expires = doc.get("cert_expires")
+    if expires is not None:
+        try:
+            expires = dt.datetime.fromisoformat(str(expires)).isoformat()
+        except ValueError:
+            raise UsageError("cert_expires must be an ISO 8601 time") from None
+    return str(doc["url"]), expires

@@ -32,7 +32,6 @@ from pathlib import Path
 
 from trustmesh import events
 from trustmesh.errors import TrustmeshError
-from trustmesh.platform.admin import admin_event
 from trustmesh.reasons import Reason
 
 __all__ = ["OPERATOR_TOKEN_TTL", "OperatorSocket"]
@@ -59,7 +58,7 @@ class OperatorSocket:
         self.path = path
         self.operator = operator
         self._mint = mint
-        self._sink = sink
+        self._recorder = events.Recorder(sink, component="identity")
         self._clock = clock
         self._server: asyncio.AbstractServer | None = None
 
@@ -93,7 +92,7 @@ class OperatorSocket:
         )
         if uid != os.geteuid():
             why = f"the operator socket refused uid {uid} (pid {pid}): not the service's own"
-            self._refused(why)
+            self._recorder.record(Reason.ADMIN_DENIED, why, attributes={"action": "operator-token"})
             return {"error": "forbidden", "message": "not the state directory's owner"}
         now = self._clock()
         try:
@@ -105,7 +104,3 @@ class OperatorSocket:
             "spiffe_id": self.operator,
             "expires_at": (now + OPERATOR_TOKEN_TTL).isoformat(),
         }
-
-    def _refused(self, why: str) -> None:
-        deny, attributes = events.Decision.DENY, {"action": "operator-token"}
-        self._sink.emit(admin_event("identity", deny, Reason.ADMIN_DENIED, why, None, attributes))

@@ -87,32 +87,16 @@ def plan(
     """What to do at ``now``. Applying every returned action brings the CA up to date."""
     active = [g for g in generations if g.status is Status.ACTIVE]
     if not active:
-        published = [g for g in generations if g.status is Status.PREPARED]
-        if published:  # a crash between two steps: activate what was published
-            return [Activate(published[0].id, now + settings.max_svid_ttl + _INCLUSIVE)]
-        return [CreateInitial()]
+        return _without_active(now, generations, settings)
     current = active[0]
     if now >= current.root_not_after:
         # Down for longer than the root lived: nothing it signed is valid any more, so
         # there is nothing to hand over; start again from a new root.
         return [*(Retire(g.id) for g in generations), CreateInitial()]
-    actions: list[Action] = []
-    for g in generations:
-        if g.status is Status.RETIRING and g.retire_at is not None and now >= g.retire_at:
-            actions.append(Retire(g.id))
+    actions: list[Action] = [Retire(g.id) for g in generations if _retired_by(g, now)]
     prepared = next((g for g in generations if g.status is Status.PREPARED), None)
     if prepared is None:
-        # Prepare at half of the root's life; it activates at five sixths (as SPIRE does).
-        if now >= _fraction(current.root_not_before, current.root_not_after, 0.5):
-            activate_at = max(
-                _fraction(current.root_not_before, current.root_not_after, 5 / 6),
-                now + settings.publish_delay,
-            )
-            if activate_at >= current.root_not_after:
-                # Prepared late (the service was down): the publish delay no longer fits
-                # before the current root ends; hand over halfway to its end instead.
-                activate_at = now + (current.root_not_after - now) / 2
-            actions.append(Prepare(activate_at))
+        actions.extend(_prepare(now, current, settings))
     elif prepared.activate_at is not None and now >= prepared.activate_at:
         actions.append(Activate(prepared.id, now + settings.max_svid_ttl + _INCLUSIVE))
         return actions
@@ -120,6 +104,38 @@ def plan(
     if now >= _fraction(current.signing_not_before, current.signing_not_after, 0.5):
         actions.append(RenewSigningCA(current.id))
     return actions
+
+
+def _without_active(
+    now: dt.datetime, generations: list[GenerationTimes], settings: RotationSettings
+) -> list[Action]:
+    published = [g for g in generations if g.status is Status.PREPARED]
+    if published:  # a crash between two steps: activate what was published
+        return [Activate(published[0].id, now + settings.max_svid_ttl + _INCLUSIVE)]
+    return [CreateInitial()]
+
+
+def _retired_by(generation: GenerationTimes, now: dt.datetime) -> bool:
+    """A retiring generation whose last SVID has expired: out of the bundles."""
+    retire_at = generation.retire_at
+    return generation.status is Status.RETIRING and retire_at is not None and now >= retire_at
+
+
+def _prepare(
+    now: dt.datetime, current: GenerationTimes, settings: RotationSettings
+) -> list[Action]:
+    """Prepare at half of the root's life; it activates at five sixths (as SPIRE does)."""
+    if now < _fraction(current.root_not_before, current.root_not_after, 0.5):
+        return []
+    activate_at = max(
+        _fraction(current.root_not_before, current.root_not_after, 5 / 6),
+        now + settings.publish_delay,
+    )
+    if activate_at >= current.root_not_after:
+        # Prepared late (the service was down): the publish delay no longer fits
+        # before the current root ends; hand over halfway to its end instead.
+        activate_at = now + (current.root_not_after - now) / 2
+    return [Prepare(activate_at)]
 
 
 def force_prepare(now: dt.datetime, settings: RotationSettings) -> Prepare:

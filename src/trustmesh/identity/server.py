@@ -24,7 +24,7 @@ from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import StateError
 from trustmesh.identity import admin
 from trustmesh.identity.admin import ServiceSettings, utcnow
-from trustmesh.identity.admin_app import AdminTokens, admin_routes
+from trustmesh.identity.admin_app import AdminTokens, IdentityAdmin
 from trustmesh.identity.attestation import boot_id
 from trustmesh.identity.ca import CASettings, CertificateAuthority
 from trustmesh.identity.discovery import Registry
@@ -41,6 +41,17 @@ from trustmesh.identity.workload import ChangeFeed, GuardedServer, WorkloadAPI
 from trustmesh.platform.admin import Actor
 from trustmesh.platform.listeners import Served
 from trustmesh.platform.listeners import start as serve_start
+
+
+def _checked_paths(state_dir: Path) -> IdentityPaths:
+    paths = IdentityPaths(state_dir.absolute())
+    too_long = paths.socket_too_long()
+    if too_long is not None:
+        raise StateError(
+            f"socket path {too_long} is longer than {MAX_SOCKET_PATH} bytes; "
+            "choose a shorter --state directory"
+        )
+    return paths
 
 
 def service_settings(config: TrustmeshConfig) -> ServiceSettings:
@@ -87,23 +98,15 @@ class IdentityServer:
         discovery: bool = False,
         locate_auth: Callable[[], str | None] | None = None,
     ) -> None:
-        self.config = config
-        self.paths = IdentityPaths(state_dir.absolute())
-        too_long = self.paths.socket_too_long()
-        if too_long is not None:
-            raise StateError(
-                f"socket path {too_long} is longer than {MAX_SOCKET_PATH} bytes; "
-                "choose a shorter --state directory"
-            )
+        self.config, self.clock = config, clock
+        self.paths = _checked_paths(state_dir)
         self.follower = listen_fd is not None
-        self._listen_fd = listen_fd
-        self._worker_argv = worker_argv
+        self._listen_fd, self._worker_argv = listen_fd, worker_argv
         self._workers: list[subprocess.Popen[bytes]] = []
+        self._lock_fd: int | None = None
         if not self.follower:
             prepare_state_dir(self.paths.root)
-            self._lock_fd: int | None = _lock(self.paths.lock)
-        else:
-            self._lock_fd = None
+            self._lock_fd = _lock(self.paths.lock)
         seal_key = crypto.load_seal_key(self.paths.root, dev=config.dev)
         if seal_key.warning and not self.follower:
             print(f"WARNING: {seal_key.warning}", file=sys.stderr, flush=True)
@@ -112,17 +115,7 @@ class IdentityServer:
             events.FanoutSink(self._file_sink, sink) if sink else self._file_sink
         )
         self.store = SqliteIdentityStore(self.paths.db)
-        self.clock = clock
-        self.ca = CertificateAuthority(
-            ca_settings(config, publish_delay), self.store, seal_key, follower=self.follower
-        )
-        self.ca.load(clock())
-        self.service = IdentityService(
-            service_settings(config), self.store, self.ca, self.sink, clock=clock
-        )
-        if not self.follower:
-            self.store.reset_bindings_after_boot(boot_id())
-            self.service.prune_bindings()
+        self.ca, self.service = self._issuer(seal_key, publish_delay)
         self.feed = ChangeFeed()
         self.api = WorkloadAPI(self.service, self.feed)
         self._server = GuardedServer([self.api, Health()], self.api.guard)
@@ -144,6 +137,22 @@ class IdentityServer:
         )
         self._tick_interval = tick_interval
         self._ticker: asyncio.Task[None] | None = None
+
+    def _issuer(
+        self, seal_key: crypto.SealKey, publish_delay: dt.timedelta | None
+    ) -> tuple[CertificateAuthority, IdentityService]:
+        """The CA (loaded; a follower's signs with what the leader stored) and the service
+        that issues with it (a leader forgets bindings from before the last boot)."""
+        settings = ca_settings(self.config, publish_delay)
+        ca = CertificateAuthority(settings, self.store, seal_key, follower=self.follower)
+        ca.load(self.clock())
+        service = IdentityService(
+            service_settings(self.config), self.store, ca, self.sink, clock=self.clock
+        )
+        if not self.follower:
+            self.store.reset_bindings_after_boot(boot_id())
+            service.prune_bindings()
+        return ca, service
 
     async def start(self) -> None:
         _raise_fd_limit()
@@ -171,7 +180,7 @@ class IdentityServer:
     async def _serve_discovery(self) -> None:
         """Discovery, the admin API and the health check on the mTLS listener; the
         operator's socket; then the snapshot that says where they are."""
-        routes = admin_routes(
+        routes = IdentityAdmin(
             self.config,
             self.store,
             service_settings(self.config),
@@ -179,7 +188,7 @@ class IdentityServer:
             self.admin_tokens,
             self._entries_changed,
             self._last_svid,
-        )
+        ).routes()
         self.discovery = await serve_start(
             discovery_app(
                 self.registry,

@@ -21,14 +21,14 @@ __all__ = [
     "OPERATOR",
     "Actor",
     "Refused",
-    "admin_event",
     "failure_response",
     "guarded",
     "json_object",
+    "named_by",
     "operator_only",
     "peer_spiffe_id",
     "read_body",
-    "read_event",
+    "record_read",
 ]
 
 #: How events name the operator (an admin user is ``user:<name>``).
@@ -76,48 +76,38 @@ def failure_response(exc: TrustmeshError) -> JSONResponse:
     return JSONResponse({"error": exc.code, "message": exc.detail}, status_code=exc.status)
 
 
-def admin_event(
-    component: str,
-    decision: events.Decision,
-    reason: Reason,
-    message: str,
-    peer: str | None,
-    attributes: dict[str, str],
-    sub: str | None = None,
-) -> events.Event:
-    """The event of an admin request that changes nothing itself: a read (allowed) or a
-    refusal. A change emits its own event (created, removed, revoked…)."""
-    read = decision == events.Decision.ALLOW
-    return events.event(
-        events.EventClass.API_ACTIVITY,
-        activity_id=2 if read else 99,
-        activity_name="Read" if read else "Other",
-        component=component,
-        decision=decision,
-        reason=reason,
-        message=message,
+def named_by(
+    actor: Actor | None, attributes: dict[str, events.AttributeValue]
+) -> tuple[str | None, dict[str, events.AttributeValue]]:
+    """Who asked for a change, as its event names them: the peer's SPIFFE ID, and ``by``
+    after the change's own ``attributes`` (``actor`` None: the component itself)."""
+    if actor is None:
+        return None, attributes
+    return actor.peer_spiffe_id, {**attributes, "by": actor.name}
+
+
+#: An allowed read's shape (a refusal's is the code's own: API Activity, Other).
+_READ: events.Shape = (events.EventClass.API_ACTIVITY, 2, "Read")
+
+
+def record_read(recorder: events.Recorder, action: str, actor: Actor) -> None:
+    """An allowed read is an event (a change records its own: created, removed…)."""
+    attributes = {"action": action, "by": actor.name}
+    peer = actor.peer_spiffe_id
+    recorder.record(
+        Reason.ADMIN_READ,
+        f"admin {action}",
+        shape=_READ,
         peer_spiffe_id=peer,
-        sub=sub,
         attributes=attributes,
     )
 
 
-def read_event(component: str, action: str, actor: Actor) -> events.Event:
-    """The event of an allowed read (a change emits its own: created, removed…)."""
-    attributes = {"action": action, "by": actor.name}
-    allow = events.Decision.ALLOW
-    message = f"admin {action}"
-    return admin_event(
-        component, allow, Reason.ADMIN_READ, message, actor.peer_spiffe_id, attributes
-    )
-
-
 def guarded(
-    component: str,
     action: str,
     authenticate: Authenticate,
     handler: Handler,
-    sink: events.EventSink,
+    recorder: events.Recorder,
 ) -> Callable[[Request], Awaitable[Response]]:
     """An admin endpoint: who asks first (refused: its answer, and an ``admin-denied``
     event), then ``handler`` (a :class:`TrustmeshError` it raises is answered with
@@ -127,13 +117,13 @@ def guarded(
         try:
             actor = await authenticate(request)
         except Refused as refused:
-            why = f"admin {action} refused: {refused.why}"
-            peer, attributes = peer_spiffe_id(request), {"action": action}
-            deny = events.Decision.DENY
-            event = admin_event(
-                component, deny, Reason.ADMIN_DENIED, why, peer, attributes, refused.sub
+            recorder.record(
+                Reason.ADMIN_DENIED,
+                f"admin {action} refused: {refused.why}",
+                peer_spiffe_id=peer_spiffe_id(request),
+                sub=refused.sub,
+                attributes={"action": action},
             )
-            sink.emit(event)
             return refused.response()
         try:
             return await handler(request, actor)

@@ -68,6 +68,8 @@ class Runtime:
     served: Served
     discovery: DiscoveryClient | None
     sink: events.EventSink
+    #: The service's recorder (the middleware's): its decisions and :func:`authorize`'s.
+    recorder: events.Recorder
     clients: dict[str, ServiceClient] = field(default_factory=dict)
     auth: AuthClient | None = None
     tokens: TokenSource | None = None
@@ -155,6 +157,9 @@ def request_token(request: object) -> VerifiedToken | None:
     return token if isinstance(token, VerifiedToken) else None
 
 
+_AUTHORIZE: events.Shape = (events.EventClass.AUTHORIZE_SESSION, 99, "Other")
+
+
 def authorize(
     request: object,
     policy: ObjectPolicy,
@@ -180,24 +185,18 @@ def authorize(
         )
     runtime = _runtime
     if runtime is not None:
-        runtime.sink.emit(
-            events.event(
-                events.EventClass.AUTHORIZE_SESSION,
-                activity_id=99,
-                activity_name="Other",
-                component=runtime.service,
-                decision=events.Decision.ALLOW if decision.allowed else events.Decision.DENY,
-                reason=decision.reason,
-                message=f"{action} {resource_type} {'allowed' if decision.allowed else 'denied'}",
-                spiffe_id=runtime.config.spiffe_id(runtime.service),
-                sub=token.subject if token else None,
-                client_id=token.client_id if token else None,
-                attributes={
-                    "action": action,
-                    "resource": f"{resource_type}::{resource_id}"[:512],
-                    "policy": ",".join(decision.policies),
-                },
-            )
+        runtime.recorder.record(
+            decision.reason,
+            f"{action} {resource_type} {'allowed' if decision.allowed else 'denied'}",
+            decision=events.Decision.ALLOW if decision.allowed else events.Decision.DENY,
+            shape=_AUTHORIZE,
+            sub=token.subject if token else None,
+            client_id=token.client_id if token else None,
+            attributes={
+                "action": action,
+                "resource": f"{resource_type}::{resource_id}"[:512],
+                "policy": ",".join(decision.policies),
+            },
         )
     return decision.allowed
 
@@ -234,48 +233,15 @@ async def run_service(
     """Bring ``app`` up as ``service``; settings default to what ``trustmesh up`` passes
     in the environment."""
     global _runtime
-    service = service or os.environ.get(SERVICE_ENV)
-    config_file = config_path or Path(os.environ.get(CONFIG_ENV, "trustmesh.yaml"))
-    if not service:
-        raise UnavailableError(f"no service name: pass one or set {SERVICE_ENV}")
-    config = load_config(config_file)
-    if service not in config.services:
-        raise NotFoundError(f"{service!r} is not declared in {config_file}")
-    address = address or os.environ.get("SPIFFE_ENDPOINT_SOCKET")
-    token = os.environ.pop("TRUSTMESH_JOIN_TOKEN", None)
-    if token and address:
-        await redeem_join_token(address, token)
-    source = X509Source(address, spiffe_id=config.spiffe_id(service))
-    await source.start()
+    service, config = _declared(service, config_path)
+    source = await _identity(config, service, address)
     tls = RotatingTLS(source)
     if sink is None:
         path = os.environ.get(EVENTS_ENV)
         sink = events.JsonLinesSink(Path(path)) if path else events.MemorySink()
-    auth_url = auth_url if auth_url is not None else os.environ.get(AUTH_URL_ENV) or None
-    auth: AuthClient | None = None
-    verifier: TokenVerifier | None = None
-    feed: RevocationFeed | None = None
-    extra_clients: list[ServiceClient] = []
-    if auth_url:
-        # with an identity provider, every request must carry a token for this service
-        trust = await ProviderTrust.declared(tls, auth_url, config)
-        auth, feed = trust.auth, trust.feed
-        trusted: dict[str, JWKSCache] = {}
-        gateway_url = gateway_url if gateway_url is not None else os.environ.get(GATEWAY_URL_ENV)
-        if gateway_url:
-            gateway = ServiceClient(tls, gateway_url, config.component_spiffe_id("gateway"))
-            extra_clients.append(gateway)
-            trusted[config.component_spiffe_id("gateway")] = JWKSCache(jwks_fetcher(gateway))
-        verifier = TokenVerifier(
-            issuers={auth.issuer},
-            audience=config.spiffe_id(service),
-            jwks=trust.jwks,
-            trusted=trusted,
-            revoked=trust.revoked,
-            leeway=config.auth.token_leeway.total_seconds(),
-        )
+    trust = await _TokenTrust.declared(tls, config, service, auth_url, gateway_url)
     guarded = ZeroTrustMiddleware(
-        app, authorizer=CallAuthorizer(config, service), sink=sink, verifier=verifier
+        app, authorizer=CallAuthorizer(config, service), sink=sink, verifier=trust.verifier
     )
     if port is None:
         port = int(os.environ.get(PORT_ENV) or config.services[service].port or 0)
@@ -290,13 +256,80 @@ async def run_service(
         served,
         discovery,
         sink,
-        auth=auth,
-        tokens=TokenSource(auth, service) if auth else None,
-        revocations=feed,
-        verifier=verifier,
-        own_clients=extra_clients,
+        guarded.recorder,
+        auth=trust.auth,
+        tokens=TokenSource(trust.auth, service) if trust.auth else None,
+        revocations=trust.feed,
+        verifier=trust.verifier,
+        own_clients=trust.clients,
     )
     if discovery is not None:
         await discovery.register(runtime.url)
     _runtime = runtime
     return runtime
+
+
+def _declared(service: str | None, config_path: Path | None) -> tuple[str, TrustmeshConfig]:
+    """The service's name and the declaration it is in (given, or from the environment)."""
+    service = service or os.environ.get(SERVICE_ENV)
+    config_file = config_path or Path(os.environ.get(CONFIG_ENV, "trustmesh.yaml"))
+    if not service:
+        raise UnavailableError(f"no service name: pass one or set {SERVICE_ENV}")
+    config = load_config(config_file)
+    if service not in config.services:
+        raise NotFoundError(f"{service!r} is not declared in {config_file}")
+    return service, config
+
+
+async def _identity(config: TrustmeshConfig, service: str, address: str | None) -> X509Source:
+    """The service's SVIDs from the Workload API at ``address`` (a join token handed in
+    the environment is redeemed first, once), started."""
+    address = address or os.environ.get("SPIFFE_ENDPOINT_SOCKET")
+    token = os.environ.pop("TRUSTMESH_JOIN_TOKEN", None)
+    if token and address:
+        await redeem_join_token(address, token)
+    source = X509Source(address, spiffe_id=config.spiffe_id(service))
+    await source.start()
+    return source
+
+
+@dataclass(frozen=True)
+class _TokenTrust:
+    """With an identity provider, every request must carry a token for this service:
+    the provider's client, its revocation feed, the verifier, and the clients it holds
+    (the gateway's JWKS, when the gateway's tokens are trusted too). None without one."""
+
+    auth: AuthClient | None = None
+    feed: RevocationFeed | None = None
+    verifier: TokenVerifier | None = None
+    clients: list[ServiceClient] = field(default_factory=list)
+
+    @classmethod
+    async def declared(
+        cls,
+        tls: RotatingTLS,
+        config: TrustmeshConfig,
+        service: str,
+        auth_url: str | None,
+        gateway_url: str | None,
+    ) -> _TokenTrust:
+        auth_url = auth_url if auth_url is not None else os.environ.get(AUTH_URL_ENV) or None
+        if not auth_url:
+            return cls()
+        trust = await ProviderTrust.declared(tls, auth_url, config)
+        trusted: dict[str, JWKSCache] = {}
+        clients: list[ServiceClient] = []
+        gateway_url = gateway_url if gateway_url is not None else os.environ.get(GATEWAY_URL_ENV)
+        if gateway_url:
+            gateway = ServiceClient(tls, gateway_url, config.component_spiffe_id("gateway"))
+            clients.append(gateway)
+            trusted[config.component_spiffe_id("gateway")] = JWKSCache(jwks_fetcher(gateway))
+        verifier = TokenVerifier(
+            issuers={trust.auth.issuer},
+            audience=config.spiffe_id(service),
+            jwks=trust.jwks,
+            trusted=trusted,
+            revoked=trust.revoked,
+            leeway=config.auth.token_leeway.total_seconds(),
+        )
+        return cls(trust.auth, trust.feed, verifier, clients)
