@@ -91,6 +91,8 @@ EXPECTED = {
         "redeem_join_token_from_env",
         "request_token",
         "run_service",
+        "secret",
+        "secrets",
     ],
     "trustmesh.testing": [
         "FakeClock",

@@ -69,7 +69,16 @@ def test_up_starts_every_component_healthy_quickly(shop: dict[str, object]) -> N
     status = shop["status"]
     assert isinstance(status, dict)
     names = [c["name"] for c in status["components"]]
-    assert names == ["identity", "discovery", "auth", "gateway", "inventory", "payments", "orders"]
+    assert names == [
+        "identity",
+        "discovery",
+        "auth",
+        "secrets",
+        "gateway",
+        "inventory",
+        "payments",
+        "orders",
+    ]
     assert all(c["healthy"] for c in status["components"]), status["components"]
     assert all(c["cert_expires"] for c in status["components"])
     assert float(shop["up_seconds"]) < 90  # type: ignore[arg-type]  # a hang guard, not a benchmark
@@ -133,6 +142,108 @@ async def test_an_order_flows_through_three_services(shop: dict[str, object]) ->
             assert (await orders.get("/orders")).status == 403
         with pytest.raises(NotFoundError):  # the storefront may not call payments
             await discovery.lookup("payments")
+
+
+CARD = "4111111111111111"
+
+
+async def test_a_card_is_kept_only_as_transit_ciphertext(shop: dict[str, object]) -> None:
+    """payments signs the charge with the processor key it read from the secrets service
+    and keeps the card only as ciphertext of its transit key: the card is in no answer,
+    no store, no log and no event."""
+    workload = Workload(shop, "storefront")
+    async with workload as (tls, discovery):
+        (endpoint,) = await discovery.lookup("orders")
+        token = workload.tokens.provider(endpoint.spiffe_id)
+        async with ServiceClient(tls, endpoint.url, endpoint.spiffe_id, token=token) as orders:
+            body = {"item": "tea", "quantity": 1, "card_number": CARD}
+            placed = await orders.post("/orders", json=body)
+    assert placed.status == 201, placed.body
+    assert CARD.encode() not in placed.body
+    state = Path(str(shop["state"]))
+    for path in state.rglob("*"):
+        if path.is_file() and not path.is_socket():
+            assert CARD.encode() not in path.read_bytes(), path
+    audit = [
+        json.loads(line) for line in (state / "secrets" / "audit.jsonl").read_text().splitlines()
+    ]
+    encrypted = [
+        r
+        for r in audit
+        if r["type"] == "response"
+        and r["request"]["path"] == "transit/encrypt/payments"
+        and r["response"]["status"] == 200
+    ]
+    assert encrypted
+    assert encrypted[-1]["auth"]["spiffe_id"] == f"spiffe://{TD}/payments"
+
+
+def test_hvac_against_trustmesh_up(shop: dict[str, object], tmp_path: Path) -> None:
+    """The real hvac client, unmodified, logs in with an SVID from `trustmesh up`: payments
+    reads its own secret and uses its transit key, and can do nothing else; orders, with
+    no secrets policy, cannot even log in."""
+    import hvac
+    import hvac.exceptions
+
+    status = shop["status"]
+    assert isinstance(status, dict)
+    secrets_url = next(c["url"] for c in status["components"] if c["name"] == "secrets")
+
+    async def pem(name: str) -> tuple[str, str, str]:
+        async with Workload(shop, name) as (tls, _):
+            context = tls.source.context
+            cert, key, bundle = (tmp_path / f"{name}.{e}" for e in ("pem", "key", "ca"))
+            cert.write_bytes(b"".join(crypto.cert_pem(c).encode() for c in context.chain))
+            key.write_bytes(crypto.private_key_to_pem(context.key))
+            bundle.write_bytes(b"".join(crypto.cert_pem(c).encode() for c in context.bundle))
+        return str(cert), str(key), str(bundle)
+
+    def client(name: str) -> hvac.Client:
+        cert, key, bundle = asyncio.run(pem(name))
+        session = requests.Session()
+        session.mount("https://", _SPIFFEAdapter(bundle, cert, key))
+        return hvac.Client(url=secrets_url, cert=(cert, key), verify=bundle, session=session)
+
+    payments = client("payments")
+    payments.auth.cert.login()
+    processor = payments.secrets.kv.v2.read_secret_version(
+        "payments/processor", raise_on_deleted_version=True
+    )
+    assert processor["data"]["data"]["api_key"].startswith("demo_")
+    sealed = payments.secrets.transit.encrypt_data(
+        "payments", plaintext=base64.b64encode(b"x").decode()
+    )
+    assert sealed["data"]["ciphertext"].startswith("vault:v")
+    with pytest.raises(hvac.exceptions.Forbidden):
+        payments.secrets.kv.v2.create_or_update_secret("payments/processor", {"api_key": "mine"})
+    with pytest.raises(hvac.exceptions.Forbidden):
+        payments.secrets.transit.encrypt_data("orders", plaintext="eA==")
+    with pytest.raises(hvac.exceptions.Forbidden):
+        client("orders").auth.cert.login()
+    lookup = payments.auth.token.lookup_self()["data"]
+    assert lookup["policies"] == ["payments"]
+    payments.auth.token.revoke_self()
+    with pytest.raises(hvac.exceptions.Forbidden):
+        payments.auth.token.lookup_self()
+    sealed_status = tm("secrets", "status", "--state", str(shop["state"]), "--json")
+    assert json.loads(sealed_status.stdout)["sealed"] is False
+
+
+class _SPIFFEAdapter(requests.adapters.HTTPAdapter):
+    """The server's certificate names a SPIFFE ID, not a host: trust the bundle only."""
+
+    def __init__(self, bundle: str, cert: str, key: str) -> None:
+        import ssl
+
+        self._ctx = ssl.create_default_context(cafile=bundle)
+        self._ctx.check_hostname = False
+        self._ctx.load_cert_chain(cert, key)
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["ssl_context"] = self._ctx
+        kwargs["assert_hostname"] = False
+        super().init_poolmanager(*args, **kwargs)
 
 
 async def test_payments_may_not_call_orders(shop: dict[str, object]) -> None:

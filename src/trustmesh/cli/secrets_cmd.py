@@ -5,8 +5,10 @@ and rotate). The unseal key shares are printed once, by ``init``; nothing keeps 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
+from secrets import token_hex
 from typing import Annotated, Any
 
 import typer
@@ -14,7 +16,9 @@ import typer
 from trustmesh.cli import _admin
 from trustmesh.cli._common import DEFAULT_STATE, ConfigOption, JsonOption, StateOption, err, out
 from trustmesh.cli._common import declared as _declared
-from trustmesh.errors import TrustmeshError
+from trustmesh.config import TrustmeshConfig
+from trustmesh.errors import TrustmeshError, UnavailableError
+from trustmesh.sdk.secrets import SecretsClient
 
 app = typer.Typer(
     help="The secrets service: initialise, unseal, seal, rotate its root key.",
@@ -116,6 +120,30 @@ def rotate(state: StateOption = DEFAULT_STATE, config: ConfigOption = None) -> N
     out.print(
         "secrets: the keyring is under a new root key; new values use a new term", markup=False
     )
+
+
+#: What the demo's payments service reads at start (its processor's API key).
+DEMO_SECRET_PATH = "payments/processor"  # noqa: S105 - a path, not a secret
+
+
+def seed_demo(config: TrustmeshConfig, state: Path) -> None:
+    """Dev mode, the demo: the operator writes payments' processor key into the secrets
+    service once (check-and-set 0: an existing value is kept), so that payments reads its
+    credentials from there and from nowhere else."""
+
+    async def run() -> None:
+        async with _admin.as_operator(state, config) as operator:
+            url = _admin.admin_url(state, "secrets")
+            client = SecretsClient(operator.tls, url, operator.component("secrets"))
+            try:
+                body = {"options": {"cas": 0}, "data": {"api_key": "demo_" + token_hex(24)}}
+                answer = await client.request("POST", f"/v1/secret/data/{DEMO_SECRET_PATH}", body)
+            finally:
+                await client.close()
+        if answer.status >= 300 and b"check-and-set" not in answer.body:
+            raise UnavailableError(f"the demo's secret was not written (HTTP {answer.status})")
+
+    asyncio.run(run())
 
 
 def register(root: typer.Typer) -> None:

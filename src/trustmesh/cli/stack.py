@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -31,6 +32,7 @@ from trustmesh.cli._common import (
     out,
 )
 from trustmesh.cli.health import HEALTH_PATH, Answer, Target, ask_all, probe_grpc
+from trustmesh.cli.secrets_cmd import seed_demo
 from trustmesh.cli.supervisor import (
     ComponentSpec,
     RunPaths,
@@ -83,7 +85,10 @@ def components(config: TrustmeshConfig, config_path: Path, state: Path) -> list[
 
     specs.append(component("auth"))
     if config.secrets is not None:  # before the services: they read their secrets there
-        specs.append(component("secrets"))
+        secrets = component("secrets")
+        if config.dev and "payments" in config.services:
+            secrets = dataclasses.replace(secrets, on_ready=lambda: seed_demo(config, state))
+        specs.append(secrets)
     if config.gateway is not None:  # before the services: they are told where its keys are
         specs.append(component("gateway"))
     for name, service in config.services.items():

@@ -39,6 +39,9 @@ class ComponentSpec:
     ready_timeout: float = 30.0
     #: Called at every (re)start for what changes per start, e.g. a fresh join token.
     env_factory: Callable[[], dict[str, str]] | None = None
+    #: Called once the component is ready at ``up`` (the demo's secrets, say); a
+    #: TrustmeshError fails the start.
+    on_ready: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,14 @@ class Supervisor:
                 if self.children[spec.name].poll() is not None or time.monotonic() > deadline:
                     return spec.name
                 time.sleep(0.1)
+            if spec.on_ready is not None:
+                try:
+                    spec.on_ready()
+                except TrustmeshError as exc:
+                    self.log(
+                        f"{spec.name} started, but what follows its start failed: {exc.detail}"
+                    )
+                    return spec.name
         return None
 
     def watch(self) -> str | None:

@@ -205,16 +205,28 @@ def _buckets(
             held = rule.roles.intersection(roles)
             if consumer is None or not held:
                 continue
-        if rule.per == "route":
-            buckets.append((rule, rule.key))
-        elif rule.per == "ip" or (rule.per == "consumer" and consumer is None):
-            buckets.append((rule, f"{rule.key}.ip.{_digest(address_bucket(ip))}"))
-        elif rule.per == "consumer" and consumer is not None:
-            buckets.append((rule, f"{rule.key}.consumer.{_digest(consumer)}"))
-        elif rule.per == "role" and consumer is not None:
-            names = sorted(held if held is not None else set(roles))
-            buckets.extend((rule, f"{rule.key}.role.{_digest(role)}") for role in names)
+        buckets.extend((rule, key) for key in _rule_keys(rule, consumer, roles, held, ip))
     return buckets
+
+
+def _rule_keys(
+    rule: _Rule,
+    consumer: str | None,
+    roles: Sequence[str],
+    held: frozenset[str] | None,
+    ip: str,
+) -> list[str]:
+    """The buckets one rule counts this request in (none: the rule does not apply)."""
+    if rule.per == "route":
+        return [rule.key]
+    if rule.per == "ip" or (rule.per == "consumer" and consumer is None):
+        return [f"{rule.key}.ip.{_digest(address_bucket(ip))}"]
+    if rule.per == "consumer" and consumer is not None:
+        return [f"{rule.key}.consumer.{_digest(consumer)}"]
+    if rule.per == "role" and consumer is not None:
+        names = sorted(held if held is not None else set(roles))
+        return [f"{rule.key}.role.{_digest(role)}" for role in names]
+    return []
 
 
 async def _each(awaitables: list[Awaitable[_T]]) -> list[_T]:

@@ -12,6 +12,8 @@ from trustmesh.sdk.runtime import (
     current,
     request_token,
     run_service,
+    secret,
+    secrets,
 )
 from trustmesh.sdk.workload import (
     ENDPOINT_ENV,
@@ -37,4 +39,6 @@ __all__ = [
     "redeem_join_token_from_env",
     "request_token",
     "run_service",
+    "secret",
+    "secrets",
 ]

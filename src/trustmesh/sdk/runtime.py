@@ -41,6 +41,7 @@ from trustmesh.sdk.oauth import (
     TokenSource,
     jwks_fetcher,
 )
+from trustmesh.sdk.secrets import SECRETS_URL_ENV, SecretsClient, secrets_url
 from trustmesh.sdk.serve import ASGIApp, Served, start
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.tokens import JWKSCache, TokenVerifier, VerifiedToken
@@ -77,6 +78,18 @@ class Runtime:
     verifier: TokenVerifier | None = None
     #: Clients of the runtime's own (the gateway's JWKS), closed with it.
     own_clients: list[ServiceClient] = field(default_factory=list)
+    secrets_url: str | None = None
+    _secrets: SecretsClient | None = None
+
+    def secrets(self) -> SecretsClient:
+        """The client of the secrets service (``TRUSTMESH_SECRETS_URL``), made once."""
+        if self._secrets is None:
+            url = self.secrets_url or secrets_url()
+            if not url:
+                raise UnavailableError(f"no secrets service: {SECRETS_URL_ENV} is not set")
+            server = self.config.component_spiffe_id("secrets")
+            self._secrets = SecretsClient(self.tls, url, server)
+        return self._secrets
 
     @property
     def url(self) -> str:
@@ -117,6 +130,8 @@ class Runtime:
     async def close(self) -> None:
         for c in [*self.clients.values(), *self.own_clients]:
             await c.close()
+        if self._secrets is not None:
+            await self._secrets.close()
         if self.discovery is not None:
             await self.discovery.close()
         if self.revocations is not None:
@@ -144,6 +159,17 @@ async def client(
     if on_behalf_of is not None:
         return await current().client_for(service, on_behalf_of)
     return await current().client(service)
+
+
+async def secret(path: str) -> dict[str, Any]:
+    """``await sdk.secret("payments/db")``: the value this service may read at ``path``
+    in the secrets service (KV v2), logged in with its SVID, cached until its TTL."""
+    return await current().secrets().secret(path)
+
+
+def secrets() -> SecretsClient:
+    """This service's client of the secrets service (transit: ``encrypt``/``decrypt``)."""
+    return current().secrets()
 
 
 def request_token(request: object) -> VerifiedToken | None:
