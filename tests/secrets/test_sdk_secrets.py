@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
-from secretsrig import SECRETS, SecretsRig
+from secretsrig import PAYMENTS, SECRETS, SecretsRig
 
 from trustmesh.errors import NotFoundError, PermissionDeniedError
 from trustmesh.sdk.secrets import DEFAULT_TTL, SecretsClient
 from trustmesh.sdk.tls import RotatingTLS
+from trustmesh.sdk.x509source import X509Context, X509Source
 from trustmesh.testing import FakeClock
 
 
@@ -90,3 +91,49 @@ async def test_transit_through_the_sdk(sdk: tuple[SecretsClient, FakeClock]) -> 
     sealed = await client.encrypt("payments", b"4111 1111 1111 1111")
     assert sealed.startswith("vault:v1:")
     assert await client.decrypt("payments", sealed) == b"4111 1111 1111 1111"
+
+
+class _Rotating:
+    """The payments SVID source, rotated on demand to a second real SVID."""
+
+    def __init__(self, first: X509Source, second: X509Source) -> None:
+        self._sources = [first, second]
+        self._subscribers: list[Callable[[X509Context], None]] = []
+
+    @property
+    def context(self) -> X509Context:
+        return self._sources[0].context
+
+    def subscribe(self, callback: Callable[[X509Context], None]) -> None:
+        self._subscribers.append(callback)
+        callback(self.context)
+
+    async def start(self, timeout: float = 30.0) -> X509Context:
+        return self.context
+
+    async def close(self) -> None:
+        return None
+
+    def rotate(self) -> None:
+        self._sources.reverse()
+        for callback in self._subscribers:
+            callback(self.context)
+
+
+async def test_a_new_login_after_the_svid_rotates(rig: SecretsRig) -> None:
+    second = X509Source(rig.identity.address, spiffe_id=PAYMENTS)
+    await second.start()
+    source = _Rotating(rig.payments.source, second)
+    assert source.context.chain[0].serial_number != second.context.chain[0].serial_number
+    client = SecretsClient(RotatingTLS(source), rig.url, SECRETS)
+    try:
+        await client.encrypt("payments", b"before")
+        assert client.logins == 1
+        source.rotate()
+        await client.encrypt("payments", b"after")
+        assert client.logins == 2  # the token came with the old SVID's login
+        await client.encrypt("payments", b"again")
+        assert client.logins == 2
+    finally:
+        await client.close()
+        await second.close()

@@ -107,3 +107,42 @@ async def test_dev_mode_unseals_from_a_private_key_file(rig: SecretsRig) -> None
     assert not rig.running.service.barrier.sealed
     status = await asyncio.to_thread(lambda: rig.operator.client(rig.url).sys.read_seal_status())
     assert (status["t"], status["n"], status["sealed"]) == (1, 1, False)
+
+
+async def test_rotating_the_root_key_keeps_every_value_and_the_shares(
+    identity: RunningIdentityServer, short_tmp: Path
+) -> None:
+    """`sys/rotate`: the keyring goes under a new root key and new values under a new
+    data-key term, while serving; after a restart the same shares unseal and every value,
+    old and new, reads back."""
+    config = secrets_config(SHARES)
+    state = short_tmp / "state"
+    async with secrets_rig(identity, state, config) as rig:
+
+        def before() -> dict[str, list[str]]:
+            op = rig.operator.client(rig.url)
+            keys = op.sys.initialize(secret_shares=2, secret_threshold=2)
+            op.sys.submit_unseal_keys(keys["keys"])
+            kv = rig.login(rig.payments).secrets.kv.v2
+            kv.create_or_update_secret("payments/old", {"v": "term-1"})
+            payments = rig.payments.client(rig.url)
+            with pytest.raises(hvac.exceptions.Forbidden):
+                payments.adapter.put("/v1/sys/rotate")  # the operator's alone
+            op.adapter.put("/v1/sys/rotate")
+            kv.create_or_update_secret("payments/new", {"v": "term-2"})
+            return keys
+
+        keys = await asyncio.to_thread(before)
+        assert rig.running.service.barrier.term == 2
+    async with secrets_rig(identity, state, config) as rig:
+
+        def after() -> None:
+            op = rig.operator.client(rig.url)
+            op.sys.submit_unseal_keys(keys["keys"])
+            kv = rig.login(rig.payments).secrets.kv.v2
+            for name, value in (("old", "term-1"), ("new", "term-2")):
+                read = kv.read_secret_version(f"payments/{name}", raise_on_deleted_version=True)
+                assert read["data"]["data"] == {"v": value}
+
+        await asyncio.to_thread(after)
+        assert rig.running.service.barrier.term == 2
