@@ -301,7 +301,8 @@ class SecretsApp:
         if route.access == "any-token":
             return
         # only a route that can tell (a KV path) makes a write a "create"; else "update"
-        exists = route.exists is None or await route.exists(call)
+        writes = call.method in ("POST", "PUT")
+        exists = not writes or route.exists is None or await route.exists(call)
         capability = operation_capability(call.method, exists)
         if not service.allows(call.entry.policies, call.path, capability):
             raise Refusal(403, "permission denied", Reason.POLICY_DENY)

@@ -15,11 +15,12 @@ shapes (``created_time``, ``deletion_time``, ``destroyed``, ``version`` …), so
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -116,6 +117,37 @@ class _Meta:
         return deleted is None or deleted > now
 
 
+class _SealedCache:
+    """The sealed blobs this process read, by path (the store stays the truth: a write
+    drops its path once committed, and a read started before a write never puts back
+    what it read). Only sealed bytes are kept: a value opens on each read."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        self.generation = 0
+        self._entries: dict[str, tuple[bytes | None, dict[int, bytes]]] = {}
+
+    def get(self, path: str) -> tuple[bytes | None, dict[int, bytes]] | None:
+        return self._entries.get(path)
+
+    def put(self, path: str, meta: bytes | None, since: int) -> dict[int, bytes]:
+        """Keep ``path``'s metadata (None: nothing there) read at generation ``since``."""
+        values: dict[int, bytes] = {}
+        if since == self.generation:
+            if len(self._entries) >= self.limit:
+                self._entries.clear()
+            self._entries[path] = (meta, values)
+        return values
+
+    def drop(self, path: str) -> None:
+        self.generation += 1
+        self._entries.pop(path, None)
+
+    def clear(self) -> None:
+        self.generation += 1
+        self._entries.clear()
+
+
 def _place(path: str, version: int) -> bytes:
     return f"kv/{path}#{version}".encode()
 
@@ -155,6 +187,7 @@ class KvEngine:
         self.barrier = barrier
         self.clock = clock
         self._writing = asyncio.Lock()  # one writer per process (SQLite has one anyway)
+        self._cache = _SealedCache()
         self.config: dict[str, Any] = {
             "max_versions": 0,
             "cas_required": False,
@@ -176,9 +209,28 @@ class KvEngine:
     def _max_versions(self, meta: _Meta) -> int:
         return meta.max_versions or self.config["max_versions"] or DEFAULT_MAX_VERSIONS
 
-    async def exists(self, path: str) -> bool:
+    @contextlib.asynccontextmanager
+    async def _changing(self, path: str) -> AsyncIterator[Tx]:
+        """The one writer's transaction on ``path``; its cached blobs dropped once it
+        committed (or failed)."""
+        async with self._writing:
+            try:
+                async with self.store.tx() as tx:
+                    yield tx
+            finally:
+                self._cache.drop(path)
+
+    async def _cached_meta(self, path: str) -> tuple[bytes | None, dict[int, bytes]]:
+        cached = self._cache.get(path)
+        if cached is not None:
+            return cached
+        since = self._cache.generation
         async with self.store.tx() as tx:
-            return await tx.kv_meta(path) is not None
+            raw = await tx.kv_meta(path)
+        return raw, self._cache.put(path, raw, since)
+
+    async def exists(self, path: str) -> bool:
+        return (await self._cached_meta(path))[0] is not None
 
     # -- data ----------------------------------------------------------------------------
 
@@ -195,7 +247,7 @@ class KvEngine:
         if cas is not None and (not isinstance(cas, int) or isinstance(cas, bool) or cas < 0):
             raise UsageError("cas must be a non-negative integer")
         plaintext = json.dumps(data, separators=(",", ":")).encode()
-        async with self._writing, self.store.tx() as tx:
+        async with self._changing(path) as tx:
             now = self.clock()
             meta = await self._meta(tx, path, for_update=True)
             new = meta is None
@@ -229,20 +281,26 @@ class KvEngine:
 
     async def read(self, path: str, version: int | None = None) -> dict[str, Any]:
         """``{"data": …, "metadata": …}`` of a version (the current one by default)."""
-        async with self.store.tx() as tx:
-            meta = await self._meta(tx, path)
-            if meta is None or not meta.current:
-                raise NotFoundError("no value at this path")
-            number = version or meta.current
-            if number not in meta.versions:
-                raise NotFoundError("no such version")
-            now = self.clock()
-            info = meta.version_info(number, now)
-            if not meta.alive(number, now):
-                raise DeletedVersion(info)
-            sealed = await tx.kv_value(path, number)
-        if sealed is None:
+        since = self._cache.generation
+        raw, values = await self._cached_meta(path)
+        if raw is None:
+            raise NotFoundError("no value at this path")
+        meta = _Meta.from_bytes(self.barrier.open_value(raw, _meta_place(path)))
+        number = version or meta.current
+        if not meta.current or number not in meta.versions:
+            raise NotFoundError("no such version")
+        now = self.clock()
+        info = meta.version_info(number, now)
+        if not meta.alive(number, now):
             raise DeletedVersion(info)
+        sealed = values.get(number)
+        if sealed is None:
+            async with self.store.tx() as tx:
+                sealed = await tx.kv_value(path, number)
+            if sealed is None:
+                raise DeletedVersion(info)
+            if since == self._cache.generation:
+                values[number] = sealed
         value = json.loads(self.barrier.open_value(sealed, _place(path, number)))
         return {"data": value, "metadata": info}
 
@@ -265,7 +323,7 @@ class KvEngine:
     ) -> list[int]:
         """Apply ``edit`` to ``versions`` (None: the current one) of ``path``; return the
         versions edited."""
-        async with self._writing, self.store.tx() as tx:
+        async with self._changing(path) as tx:
             meta = await self._meta(tx, path, for_update=True)
             if meta is None:
                 return []
@@ -333,7 +391,7 @@ class KvEngine:
 
     async def write_metadata(self, path: str, body: Mapping[str, Any]) -> None:
         changes = _metadata_changes(body)
-        async with self._writing, self.store.tx() as tx:
+        async with self._changing(path) as tx:
             now = self.clock()
             meta = await self._meta(tx, path, for_update=True)
             new = meta is None
@@ -345,7 +403,7 @@ class KvEngine:
             await self._put_meta(tx, path, meta, new=new)
 
     async def delete_metadata(self, path: str) -> None:
-        async with self._writing, self.store.tx() as tx:
+        async with self._changing(path) as tx:
             await tx.drop_kv_values(path)
             await tx.drop_kv_meta(path)
 

@@ -3,7 +3,8 @@
 ``POST /v1/transit/encrypt/<key>``), one server process, every request audited (fsynced
 JSON lines) and recorded as an event.
 
-Run: ``.venv/bin/python benchmarks/secrets.py [--seconds 10] [--connections 32]``
+Run: ``.venv/bin/python benchmarks/secrets_service.py [--seconds 10] [--connections 32]``
+(not ``secrets.py``: a script of that name would shadow the standard library's module)
 
 Goal (issue 15): ≥ 2,000/s each. Anchors, published (no Vault or OpenBao binary runs on
 this machine, so they are not measured here; the hardware differs): OpenBao's benchmark
