@@ -97,7 +97,10 @@ def bound_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     its port is known, and no one else can take it, before the server starts on it (a port
     merely found free could be given to another socket in between)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets that say they are TCP
+    # (an accepted socket inherits proto 0 otherwise, and every answer written in two
+    # parts waits out the peer's delayed ACK: ~40 ms per request)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
