@@ -59,6 +59,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]
             "status": status,
             "up_seconds": elapsed,
             "up_output": up.stdout,
+            "up_stderr": up.stderr,
         }
     finally:
         tm("down", "--state", str(state))
@@ -225,6 +226,8 @@ def test_hvac_against_trustmesh_up(shop: dict[str, object], tmp_path: Path) -> N
     payments.auth.token.revoke_self()
     with pytest.raises(hvac.exceptions.Forbidden):
         payments.auth.token.lookup_self()
+    # dev mode says, where the person who ran `up` sees it, what auto-unseal gives up
+    assert "unseals itself from" in str(shop["up_stderr"])
     sealed_status = tm("secrets", "status", "--state", str(shop["state"]), "--json")
     assert json.loads(sealed_status.stdout)["sealed"] is False
 

@@ -48,6 +48,7 @@ from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import TrustmeshError, UnavailableError
 from trustmesh.gateway.endpoint import endpoint_path as gateway_endpoint_path
 from trustmesh.identity.endpoint import MAX_SOCKET_PATH, IdentityPaths, prepare_state_dir
+from trustmesh.secrets.endpoint import DEV_UNSEAL_WARNING, dev_unseal_path
 from trustmesh.secrets.endpoint import endpoint_path as secrets_endpoint_path
 
 DETACH_TIMEOUT = 90.0
@@ -436,6 +437,7 @@ def _up_detached(cfg: TrustmeshConfig, cfg_path: Path, state: Path) -> None:
         if doc.get("pid") == proc.pid and doc.get("phase") == "ready":
             _print_table(stack_status(cfg, cfg_path, state))
             _demo_users(cfg, state)
+            _dev_warnings(state)
             return
         if proc.poll() is not None:
             failed = doc.get("failed") if doc.get("pid") == proc.pid else None
@@ -488,6 +490,13 @@ def _demo_users(cfg: TrustmeshConfig, state: Path) -> None:
             out.print(line, markup=False)
 
 
+def _dev_warnings(state: Path) -> None:
+    """What dev mode gives up, said where the person who ran `up` sees it."""
+    key_file = dev_unseal_path(state)
+    if key_file.exists():
+        err.print("warning: " + DEV_UNSEAL_WARNING.format(path=key_file), markup=False)
+
+
 def _tail(path: Path, lines: int = 10) -> list[str]:
     try:
         return path.read_text(errors="replace").splitlines()[-lines:]
@@ -527,6 +536,7 @@ def run_supervisor(cfg: TrustmeshConfig, cfg_path: Path, state: Path, *, interac
         if interactive:
             _print_table(stack_status(cfg, cfg_path, state))
             _demo_users(cfg, state)
+            _dev_warnings(state)
             out.print("Press Ctrl-C to stop.")
         failed = sup.watch()
         return EXIT_FAILURE if failed else 0

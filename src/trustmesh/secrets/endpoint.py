@@ -7,7 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["dev_unseal_path", "endpoint_path"]
+__all__ = ["DEV_UNSEAL_WARNING", "dev_unseal_path", "endpoint_path"]
+
+DEV_UNSEAL_WARNING = (
+    "DEV MODE: the secrets service unseals itself from {path}, which sits beside the data. "
+    "Anyone who can read the state directory can read every secret. Initialise with "
+    "`trustmesh secrets init` and unseal with shares for anything but local development."
+)
 
 
 def endpoint_path(state: Path) -> Path:

@@ -28,21 +28,15 @@ from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.x509source import SVIDSource
 from trustmesh.secrets.app import SecretsApp
 from trustmesh.secrets.audit import AuditDevice
-from trustmesh.secrets.endpoint import dev_unseal_path
+from trustmesh.secrets.endpoint import DEV_UNSEAL_WARNING, dev_unseal_path
 from trustmesh.secrets.routes import SecretsRoutes
 from trustmesh.secrets.service import SecretsService, audit_key
 from trustmesh.secrets.store import SecretsStore
 from trustmesh.store import create_engine, sqlite_url
 
-__all__ = ["DEV_UNSEAL_WARNING", "RunningSecrets", "serve_secrets"]
+__all__ = ["RunningSecrets", "serve_secrets"]
 
 log = logging.getLogger("trustmesh.secrets")
-
-DEV_UNSEAL_WARNING = (
-    "DEV MODE: the secrets service unseals itself from {path}, which sits beside the data. "
-    "Anyone who can read the state directory can read every secret. Initialise with "
-    "`trustmesh secrets init` and unseal with shares for anything but local development."
-)
 
 
 @dataclass
