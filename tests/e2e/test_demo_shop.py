@@ -232,6 +232,67 @@ def test_hvac_against_trustmesh_up(shop: dict[str, object], tmp_path: Path) -> N
     assert json.loads(sealed_status.stdout)["sealed"] is False
 
 
+@pytest.mark.filterwarnings("ignore:The raise_on_deleted_version:DeprecationWarning")
+def test_hvac_kv_and_transit_against_trustmesh_up(shop: dict[str, object], tmp_path: Path) -> None:
+    """The operator (its SVID from the operator socket, as the CLI gets it) drives the
+    whole KV v2 and transit API of the running stack with hvac."""
+    import hvac
+    import hvac.exceptions
+
+    from trustmesh.cli._admin import as_operator
+
+    status = shop["status"]
+    assert isinstance(status, dict)
+    url = next(c["url"] for c in status["components"] if c["name"] == "secrets")
+
+    async def operator_pem() -> tuple[str, str, str]:
+        async with as_operator(Path(str(shop["state"]))) as operator:
+            context = operator.tls.source.context
+            files = [tmp_path / n for n in ("op.pem", "op.key", "op.ca")]
+            files[0].write_bytes(b"".join(crypto.cert_pem(c).encode() for c in context.chain))
+            files[1].write_bytes(crypto.private_key_to_pem(context.key))
+            files[2].write_bytes(b"".join(crypto.cert_pem(c).encode() for c in context.bundle))
+        return str(files[0]), str(files[1]), str(files[2])
+
+    cert, key, bundle = asyncio.run(operator_pem())
+    session = requests.Session()
+    session.mount("https://", _SPIFFEAdapter(bundle, cert, key))
+    client = hvac.Client(url=url, cert=(cert, key), verify=bundle, session=session)
+    client.auth.cert.login()
+    kv = client.secrets.kv.v2
+    kv.create_or_update_secret("shop/db", {"password": "one"})
+    kv.create_or_update_secret("shop/db", {"password": "two"}, cas=1)
+    with pytest.raises(hvac.exceptions.InvalidRequest):
+        kv.create_or_update_secret("shop/db", {"password": "late"}, cas=1)
+    assert kv.read_secret_version("shop/db", version=1, raise_on_deleted_version=True)["data"][
+        "data"
+    ] == {"password": "one"}
+    assert "db" in kv.list_secrets("shop")["data"]["keys"]
+    kv.delete_secret_versions("shop/db", versions=[2])
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        kv.read_secret_version("shop/db", raise_on_deleted_version=True)
+    kv.undelete_secret_versions("shop/db", versions=[2])
+    kv.destroy_secret_versions("shop/db", versions=[1])
+    versions = kv.read_secret_metadata("shop/db")["data"]["versions"]
+    assert versions["1"]["destroyed"] is True
+    assert versions["2"]["deletion_time"] == ""
+    transit = client.secrets.transit
+    transit.create_key("shop")
+    first = transit.encrypt_data("shop", plaintext=base64.b64encode(b"card").decode())["data"]
+    transit.rotate_key("shop")
+    rewrapped = transit.rewrap_data("shop", ciphertext=first["ciphertext"])["data"]
+    assert rewrapped["ciphertext"].startswith("vault:v2:")
+    batch = transit.encrypt_data("shop", batch_input=[{"plaintext": "YQ=="}, {"plaintext": "Yg=="}])
+    results = batch["data"]["batch_results"]
+    opened = transit.decrypt_data(
+        "shop", batch_input=[{"ciphertext": r["ciphertext"]} for r in results]
+    )
+    assert [r["plaintext"] for r in opened["data"]["batch_results"]] == ["YQ==", "Yg=="]
+    assert client.auth.token.lookup_self()["data"]["policies"] == ["operator"]
+    client.auth.token.revoke_self()
+    assert not client.is_authenticated()
+
+
 class _SPIFFEAdapter(requests.adapters.HTTPAdapter):
     """The server's certificate names a SPIFFE ID, not a host: trust the bundle only."""
 
