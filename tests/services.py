@@ -1,12 +1,20 @@
-"""Tests that need Redis or PostgreSQL: skip where unreachable, fail in CI."""
+"""Tests that need Redis or PostgreSQL: skip where unreachable, fail in CI; and a private
+PostgreSQL cluster for a test that must stop, break or reconfigure one."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pwd
+import shutil
 import socket
+import subprocess
+import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
@@ -49,3 +57,101 @@ async def postgres_database(prefix: str) -> AsyncIterator[str]:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
         await admin.close()
+
+
+@dataclass
+class PrivatePostgres:
+    """A PostgreSQL cluster of a test's own (``initdb`` + ``pg_ctl``) in ``folder``, on
+    a free port of 127.0.0.1 — never the machine's own. ``ADMIN`` (a superuser) connects
+    over the unix socket in ``folder`` with trust; over TCP every role gives its password
+    (SCRAM), so a wrong one is refused. Run as ``nobody`` when the tests run as root
+    (PostgreSQL refuses root)."""
+
+    ADMIN: ClassVar[str] = "tmadmin"
+    folder: Path
+    port: int
+
+    @property
+    def data(self) -> Path:
+        return self.folder / "data"
+
+    def _run(self, *argv: str) -> None:
+        if os.geteuid() == 0:
+            who = pwd.getpwnam("nobody")
+            argv = (
+                "setpriv",
+                f"--reuid={who.pw_uid}",
+                f"--regid={who.pw_gid}",
+                "--clear-groups",
+                *argv,
+            )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        subprocess.run(argv, check=True, capture_output=True, timeout=60, env=env)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.folder} -h 127.0.0.1 -c fsync=off"
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.folder / "log"),
+            "-w",
+            "-o",
+            options,
+            "start",
+        )
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    async def admin(self, database: str = "postgres") -> Any:
+        """An asyncpg connection as the superuser, over the unix socket."""
+        import asyncpg
+
+        return await asyncpg.connect(
+            host=str(self.folder), port=self.port, user=self.ADMIN, database=database
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A started :class:`PrivatePostgres`, stopped and removed afterwards. Skips where
+    ``initdb`` is not installed (fails with TRUSTMESH_REQUIRE_SERVICES=1)."""
+    if shutil.which("initdb") is None or shutil.which("pg_ctl") is None:
+        message = "initdb and pg_ctl (PostgreSQL's server) are not on PATH"
+        if REQUIRE_SERVICES:
+            pytest.fail(f"{message} and TRUSTMESH_REQUIRE_SERVICES=1")
+        pytest.skip(message)
+    folder = Path(tempfile.mkdtemp(prefix="tmpg", dir="/tmp"))
+    if os.geteuid() == 0:
+        who = pwd.getpwnam("nobody")
+        os.chown(folder, who.pw_uid, who.pw_gid)
+    cluster = PrivatePostgres(folder, _free_port())
+    try:
+        cluster._run(
+            "initdb",
+            "-D",
+            str(cluster.data),
+            "-U",
+            cluster.ADMIN,
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+        )
+        cluster.start()
+        try:
+            yield cluster
+        finally:
+            with contextlib.suppress(subprocess.CalledProcessError):
+                cluster.stop()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

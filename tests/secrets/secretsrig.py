@@ -54,6 +54,7 @@ secrets:
         "secret/*": [create, read, update, delete, list, patch]
         "sys/*": [read, update]
         "transit/*": [create, read, update, delete, list]
+        "database/*": [create, read, update, delete, list]
 """
 
 

@@ -1,6 +1,7 @@
 """The Vault API paths the secrets service answers, and their handlers: ``sys/`` (health,
 init, seal, unseal, mounts, audit-hash, rotate, key status), ``auth/cert/login`` and
-``auth/token/*-self``, KV v2 under ``secret/`` and transit under ``transit/``. Any other path is 404; any other
+``auth/token/*-self``, KV v2 under ``secret/``, transit under ``transit/``,
+database credentials under ``database/`` and ``sys/leases/``. Any other path is 404; any other
 method on a known path is 405 — never a silent success."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from trustmesh.errors import PermissionDeniedError, UsageError
 from trustmesh.reasons import Reason
 from trustmesh.secrets.app import NO_CONTENT, Call, Handler, Reply, Route, data_reply, envelope
 from trustmesh.secrets.barrier import decode_share
+from trustmesh.secrets.database_api import DatabaseRoutes
 from trustmesh.secrets.service import SecretsService
 from trustmesh.secrets.tokens import ROOT_POLICY
 from trustmesh.secrets.transit_api import TransitRoutes
@@ -100,6 +102,7 @@ class SecretsRoutes:
             r("secret/undelete/(.+)", put=self.kv_undelete, post=self.kv_undelete),
             r("secret/destroy/(.+)", put=self.kv_destroy, post=self.kv_destroy),
             *TransitRoutes(self.s.transit).table(),
+            *DatabaseRoutes(self.s.database).table(),
             r(
                 "secret/metadata/(.*)",
                 get=self.kv_metadata,
@@ -221,6 +224,7 @@ class SecretsRoutes:
         mounts = {
             "secret/": mount("kv", "key/value secret storage", version="2"),
             "transit/": mount("transit", "encryption as a service"),
+            "database/": mount("database", "database credentials"),
             "sys/": mount("system", "system endpoints"),
         }
         return Reply(200, {**mounts, **envelope(mounts, call.request_id)})

@@ -8,8 +8,10 @@ directory can then read every secret."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import logging
 import os
 import socket
@@ -44,8 +46,13 @@ class RunningSecrets:
     service: SecretsService
     served: Served
     url: str
+    sweeper: asyncio.Task[None] | None = None  # revokes expired leases
 
     async def stop(self) -> None:
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.sweeper
         await self.served.stop()
         await self.service.close()
 
@@ -150,4 +157,5 @@ async def _serve(
     served = await start(
         app, host=host, port=port, tls=RotatingTLS(source), sock=sock, parser="h11"
     )
-    return RunningSecrets(service, served, f"https://{host}:{port}")
+    sweeper = asyncio.create_task(service.database.run())
+    return RunningSecrets(service, served, f"https://{host}:{port}", sweeper)

@@ -14,6 +14,7 @@ from trustmesh.config.secrets import SecretsConfig
 from trustmesh.secrets.app import Call, Reply, Timings
 from trustmesh.secrets.audit import AuditDevice
 from trustmesh.secrets.barrier import Barrier
+from trustmesh.secrets.database import DatabaseEngine
 from trustmesh.secrets.kv import KvEngine, rfc3339
 from trustmesh.secrets.policy import Acl
 from trustmesh.secrets.store import SecretsStore
@@ -54,6 +55,7 @@ class SecretsService:
         self.barrier = Barrier(store, clock)
         self.kv = KvEngine(store, self.barrier, clock)
         self.transit = TransitKeys(store, self.barrier, clock)
+        self.database = DatabaseEngine(store.engine, self.barrier, clock)
         self.tokens = Tokens(
             store,
             ttl=settings.token_ttl.total_seconds(),
@@ -70,6 +72,7 @@ class SecretsService:
 
     async def start(self) -> None:
         await self.store.create()
+        await self.database.start()
         await self.barrier.load()
 
     async def close(self) -> None:
