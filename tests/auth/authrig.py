@@ -20,8 +20,8 @@ import pytest
 import requests
 from authlib.common.security import generate_token
 from authlib.integrations.requests_client import OAuth2Session
-from requests.adapters import HTTPAdapter
 from services import require_service
+from spiffe_http import SPIFFEAdapter, spiffe_context, write_pems
 
 from trustmesh import crypto, events
 from trustmesh.auth.db import AuthStore
@@ -64,32 +64,18 @@ class Workload:
     source: X509Source
 
     def ssl_context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cafile=str(self.bundle))
-        ctx.check_hostname = False  # SPIFFE: the server's SPIFFE ID is checked, not a name
-        ctx.load_cert_chain(str(self.cert), str(self.key))
-        return ctx
+        return spiffe_context(self.bundle, self.cert, self.key)
 
     def mount(self, session: requests.Session) -> requests.Session:
         """Make ``session`` present this SVID and trust the bundle, SPIFFE-style: the
         server's certificate must chain to the bundle; there is no host name to match."""
         session.trust_env = False  # REQUESTS_CA_BUNDLE must not replace the bundle
-        session.mount("https://", _SPIFFEAdapter(self.ssl_context()))
+        session.mount("https://", SPIFFEAdapter(self.ssl_context()))
         return session
 
     @property
     def leaf_der(self) -> bytes:
         return crypto.cert_der(self.source.context.chain[0])
-
-
-class _SPIFFEAdapter(HTTPAdapter):
-    def __init__(self, ctx: ssl.SSLContext) -> None:
-        self._ctx = ctx
-        super().__init__()
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["ssl_context"] = self._ctx
-        kwargs["assert_hostname"] = False
-        super().init_poolmanager(*args, **kwargs)
 
 
 def auth_config(extra: str = "") -> TrustmeshConfig:
@@ -134,13 +120,7 @@ def fast_identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
 async def workload(identity: RunningIdentityServer, spiffe_id: str, where: Path) -> Workload:
     source = X509Source(identity.address, spiffe_id=spiffe_id)
     context = await source.start()
-    where.mkdir(parents=True, exist_ok=True, mode=0o700)
-    name = spiffe_id.rsplit("/", 1)[1]
-    cert, key, bundle = where / f"{name}.pem", where / f"{name}.key", where / "bundle.pem"
-    cert.write_bytes(b"".join(crypto.cert_pem(c).encode() for c in context.chain))
-    key.touch(mode=0o600)
-    key.write_bytes(crypto.private_key_to_pem(context.key))
-    bundle.write_bytes(b"".join(crypto.cert_pem(c).encode() for c in context.bundle))
+    cert, key, bundle = write_pems(context, where, spiffe_id.rsplit("/", 1)[1])
     return Workload(spiffe_id, cert, key, bundle, source)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import requests
 from authrig import code_flow
+from spiffe_http import spiffe_session, write_pems
 
 from trustmesh import crypto
 from trustmesh.auth.service import CLIENT_CACHE_SECONDS
@@ -192,17 +193,12 @@ def test_hvac_against_trustmesh_up(shop: dict[str, object], tmp_path: Path) -> N
 
     async def pem(name: str) -> tuple[str, str, str]:
         async with Workload(shop, name) as (tls, _):
-            context = tls.source.context
-            cert, key, bundle = (tmp_path / f"{name}.{e}" for e in ("pem", "key", "ca"))
-            cert.write_bytes(b"".join(crypto.cert_pem(c).encode() for c in context.chain))
-            key.write_bytes(crypto.private_key_to_pem(context.key))
-            bundle.write_bytes(b"".join(crypto.cert_pem(c).encode() for c in context.bundle))
+            cert, key, bundle = write_pems(tls.source.context, tmp_path / name, name)
         return str(cert), str(key), str(bundle)
 
     def client(name: str) -> hvac.Client:
         cert, key, bundle = asyncio.run(pem(name))
-        session = requests.Session()
-        session.mount("https://", _SPIFFEAdapter(bundle, cert, key))
+        session = spiffe_session(bundle, cert, key)
         return hvac.Client(url=secrets_url, cert=(cert, key), verify=bundle, session=session)
 
     payments = client("payments")
@@ -247,16 +243,11 @@ def test_hvac_kv_and_transit_against_trustmesh_up(shop: dict[str, object], tmp_p
 
     async def operator_pem() -> tuple[str, str, str]:
         async with as_operator(Path(str(shop["state"]))) as operator:
-            context = operator.tls.source.context
-            files = [tmp_path / n for n in ("op.pem", "op.key", "op.ca")]
-            files[0].write_bytes(b"".join(crypto.cert_pem(c).encode() for c in context.chain))
-            files[1].write_bytes(crypto.private_key_to_pem(context.key))
-            files[2].write_bytes(b"".join(crypto.cert_pem(c).encode() for c in context.bundle))
-        return str(files[0]), str(files[1]), str(files[2])
+            cert, key, bundle = write_pems(operator.tls.source.context, tmp_path, "operator")
+        return str(cert), str(key), str(bundle)
 
     cert, key, bundle = asyncio.run(operator_pem())
-    session = requests.Session()
-    session.mount("https://", _SPIFFEAdapter(bundle, cert, key))
+    session = spiffe_session(bundle, cert, key)
     client = hvac.Client(url=url, cert=(cert, key), verify=bundle, session=session)
     client.auth.cert.login()
     kv = client.secrets.kv.v2
@@ -291,23 +282,6 @@ def test_hvac_kv_and_transit_against_trustmesh_up(shop: dict[str, object], tmp_p
     assert client.auth.token.lookup_self()["data"]["policies"] == ["operator"]
     client.auth.token.revoke_self()
     assert not client.is_authenticated()
-
-
-class _SPIFFEAdapter(requests.adapters.HTTPAdapter):
-    """The server's certificate names a SPIFFE ID, not a host: trust the bundle only."""
-
-    def __init__(self, bundle: str, cert: str, key: str) -> None:
-        import ssl
-
-        self._ctx = ssl.create_default_context(cafile=bundle)
-        self._ctx.check_hostname = False
-        self._ctx.load_cert_chain(cert, key)
-        super().__init__()
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["ssl_context"] = self._ctx
-        kwargs["assert_hostname"] = False
-        super().init_poolmanager(*args, **kwargs)
 
 
 async def test_payments_may_not_call_orders(shop: dict[str, object]) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import ssl
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +13,9 @@ from typing import Any
 
 import hvac
 import requests
-from requests.adapters import HTTPAdapter
+from spiffe_http import spiffe_session, write_pems
 
-from trustmesh import crypto, events
+from trustmesh import events
 from trustmesh.config import TrustmeshConfig, parse_config
 from trustmesh.sdk.x509source import X509Source
 from trustmesh.secrets.server import RunningSecrets, serve_secrets
@@ -64,19 +63,6 @@ def secrets_config(text: str = CONFIG, **replace: str) -> TrustmeshConfig:
     return parse_config(text, source="test.yaml")
 
 
-class _SPIFFEAdapter(HTTPAdapter):
-    """Trust the bundle; the server's certificate names a SPIFFE ID, not a host."""
-
-    def __init__(self, ctx: ssl.SSLContext) -> None:
-        self._ctx = ctx
-        super().__init__()
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["ssl_context"] = self._ctx
-        kwargs["assert_hostname"] = False
-        super().init_poolmanager(*args, **kwargs)
-
-
 @dataclass
 class Workload:
     spiffe_id: str
@@ -86,13 +72,7 @@ class Workload:
     source: X509Source
 
     def session(self) -> requests.Session:
-        ctx = ssl.create_default_context(cafile=str(self.bundle))
-        ctx.check_hostname = False
-        ctx.load_cert_chain(str(self.cert), str(self.key))
-        session = requests.Session()
-        session.trust_env = False
-        session.mount("https://", _SPIFFEAdapter(ctx))
-        return session
+        return spiffe_session(self.bundle, self.cert, self.key)
 
     def client(self, url: str, token: str | None = None) -> hvac.Client:
         """An unmodified hvac client presenting this SVID."""
@@ -122,13 +102,7 @@ def identity_for(config: TrustmeshConfig, where: Path) -> Iterator[RunningIdenti
 async def workload(identity: RunningIdentityServer, spiffe_id: str, where: Path) -> Workload:
     source = X509Source(identity.address, spiffe_id=spiffe_id)
     context = await source.start()
-    where.mkdir(parents=True, exist_ok=True, mode=0o700)
-    name = spiffe_id.rsplit("/", 1)[1]
-    cert, key, bundle = where / f"{name}.pem", where / f"{name}.key", where / "bundle.pem"
-    cert.write_bytes(b"".join(crypto.cert_pem(c).encode() for c in context.chain))
-    key.touch(mode=0o600)
-    key.write_bytes(crypto.private_key_to_pem(context.key))
-    bundle.write_bytes(b"".join(crypto.cert_pem(c).encode() for c in context.bundle))
+    cert, key, bundle = write_pems(context, where, spiffe_id.rsplit("/", 1)[1])
     return Workload(spiffe_id, cert, key, bundle, source)
 
 
