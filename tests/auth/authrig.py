@@ -7,7 +7,6 @@ import base64
 import contextlib
 import os
 import re
-import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -21,7 +20,8 @@ import requests
 from authlib.common.security import generate_token
 from authlib.integrations.requests_client import OAuth2Session
 from services import require_service
-from spiffe_http import SPIFFEAdapter, spiffe_context, write_pems
+from spiffe_http import Workload
+from spiffe_http import workload as svid_files
 
 from trustmesh import crypto, events
 from trustmesh.auth.db import AuthStore
@@ -51,31 +51,6 @@ calls:
   - {{from: orders, to: inventory, allow: ["GET /items/{{item}}"]}}
   - {{from: payments, to: inventory, allow: ["GET /items/{{item}}"]}}
 """
-
-
-@dataclass
-class Workload:
-    """PEM files of one SVID (for clients that take files) and its context."""
-
-    spiffe_id: str
-    cert: Path
-    key: Path
-    bundle: Path
-    source: X509Source
-
-    def ssl_context(self) -> ssl.SSLContext:
-        return spiffe_context(self.bundle, self.cert, self.key)
-
-    def mount(self, session: requests.Session) -> requests.Session:
-        """Make ``session`` present this SVID and trust the bundle, SPIFFE-style: the
-        server's certificate must chain to the bundle; there is no host name to match."""
-        session.trust_env = False  # REQUESTS_CA_BUNDLE must not replace the bundle
-        session.mount("https://", SPIFFEAdapter(self.ssl_context()))
-        return session
-
-    @property
-    def leaf_der(self) -> bytes:
-        return crypto.cert_der(self.source.context.chain[0])
 
 
 def auth_config(extra: str = "") -> TrustmeshConfig:
@@ -118,10 +93,7 @@ def fast_identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
 
 
 async def workload(identity: RunningIdentityServer, spiffe_id: str, where: Path) -> Workload:
-    source = X509Source(identity.address, spiffe_id=spiffe_id)
-    context = await source.start()
-    cert, key, bundle = write_pems(context, where, spiffe_id.rsplit("/", 1)[1])
-    return Workload(spiffe_id, cert, key, bundle, source)
+    return await svid_files(identity.address, spiffe_id, where, Workload)
 
 
 @pytest.fixture

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import hvac
-import requests
-from spiffe_http import spiffe_session, write_pems
+import spiffe_http
 
 from trustmesh import events
 from trustmesh.config import TrustmeshConfig, parse_config
@@ -63,17 +62,7 @@ def secrets_config(text: str = CONFIG, **replace: str) -> TrustmeshConfig:
     return parse_config(text, source="test.yaml")
 
 
-@dataclass
-class Workload:
-    spiffe_id: str
-    cert: Path
-    key: Path
-    bundle: Path
-    source: X509Source
-
-    def session(self) -> requests.Session:
-        return spiffe_session(self.bundle, self.cert, self.key)
-
+class Workload(spiffe_http.Workload):
     def client(self, url: str, token: str | None = None) -> hvac.Client:
         """An unmodified hvac client presenting this SVID."""
         return hvac.Client(
@@ -100,10 +89,7 @@ def identity_for(config: TrustmeshConfig, where: Path) -> Iterator[RunningIdenti
 
 
 async def workload(identity: RunningIdentityServer, spiffe_id: str, where: Path) -> Workload:
-    source = X509Source(identity.address, spiffe_id=spiffe_id)
-    context = await source.start()
-    cert, key, bundle = write_pems(context, where, spiffe_id.rsplit("/", 1)[1])
-    return Workload(spiffe_id, cert, key, bundle, source)
+    return await spiffe_http.workload(identity.address, spiffe_id, where, Workload)
 
 
 @dataclass
