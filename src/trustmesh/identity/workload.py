@@ -163,6 +163,13 @@ class ConnectionGuard:
         entry = self._open.get(id(transport))
         return entry.accepted_at if entry else None
 
+    def abort_all(self) -> None:
+        """Close every connection still open (the server stops): none is left for the
+        garbage collector to find unclosed."""
+        for entry in list(self._open.values()):
+            self.release(entry.transport)
+            entry.transport.abort()
+
 
 class GuardedServer(Server):
     """grpclib's server, with every connection passed through a :class:`ConnectionGuard`."""
@@ -182,6 +189,10 @@ class GuardedServer(Server):
                 self.guard.refused,
                 self.guard.evicted,
             )
+
+    def close(self) -> None:
+        super().close()
+        self.guard.abort_all()
 
     def _protocol_factory(self) -> Any:
         protocol = super()._protocol_factory()
