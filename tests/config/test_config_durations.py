@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trustmesh.config import format_duration, parse_duration
+from trustmesh.config.durations import seconds_or_zero
 
 
 @pytest.mark.parametrize(
@@ -59,3 +60,15 @@ def test_parse_text_either_succeeds_positive_or_raises_value_error(text: str) ->
         return
     assert parsed > timedelta(0)
     assert format_duration(parsed) == format_duration(parse_duration(format_duration(parsed)))
+
+
+def test_a_vault_ttl_field_is_seconds_a_duration_or_none() -> None:
+    """seconds_or_zero: Vault's TTL fields, where 0 in any spelling (or nothing) is none."""
+    for none in (None, "", 0, "0", "0s", "00m"):
+        assert seconds_or_zero(none) == 0, none
+    assert seconds_or_zero(90) == 90
+    assert seconds_or_zero("90") == 90
+    assert seconds_or_zero("1h30m") == 5400
+    for bad in (-1, True, 1.5, "soon", "1y", [1]):
+        with pytest.raises(ValueError, match=r"duration|boolean|float|positive"):
+            seconds_or_zero(bad)

@@ -140,6 +140,9 @@ async def test_rotating_the_root_key_keeps_every_value_and_the_shares(
             op = rig.operator.client(rig.url)
             op.sys.submit_unseal_keys(keys["keys"])
             kv = rig.login(rig.payments).secrets.kv.v2
+            key_status = rig.login(rig.operator).adapter.get("/v1/sys/key-status")["data"]
+            assert key_status["term"] == 2
+            assert key_status["install_time"].endswith("Z")
             for name, value in (("old", "term-1"), ("new", "term-2")):
                 read = kv.read_secret_version(f"payments/{name}", raise_on_deleted_version=True)
                 assert read["data"]["data"] == {"v": value}

@@ -13,7 +13,13 @@ from typing import Annotated, Any, Final
 from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
-__all__ = ["DURATION_EXPECTED", "Duration", "format_duration", "parse_duration"]
+__all__ = [
+    "DURATION_EXPECTED",
+    "Duration",
+    "format_duration",
+    "parse_duration",
+    "seconds_or_zero",
+]
 
 DURATION_EXPECTED: Final = (
     'a positive whole number of seconds, or a string like "10s", "5m", "1h", "7d" or "1h30m"'
@@ -61,6 +67,16 @@ def parse_duration(value: object) -> timedelta:
         )
         return _checked(total)
     raise ValueError(f"a {type(value).__name__} is not a duration")
+
+
+def seconds_or_zero(value: object) -> int:
+    """A TTL field as the Vault API takes it: whole seconds or a ``"1h30m"`` string, where
+    ``None``, ``""``, ``0``, ``"0"`` and ``"0s"`` mean none (0). ValueError otherwise."""
+    if value is None or value == "" or (value == 0 and not isinstance(value, bool)):
+        return 0
+    if isinstance(value, str) and re.fullmatch(r"0+[smhd]?", value):
+        return 0
+    return int(parse_duration(value).total_seconds())
 
 
 def _checked(seconds: int) -> timedelta:

@@ -69,7 +69,7 @@ from trustmesh.gateway.ratelimit import RateDecision, RateLimiter
 from trustmesh.gateway.routes import RouteDecision, RouteTable, request_host
 from trustmesh.gateway.upstreams import UpstreamTimeoutError
 from trustmesh.platform.guard import RefusalSummary
-from trustmesh.platform.listeners import Receive, Scope, Send, respond_json
+from trustmesh.platform.listeners import Receive, Scope, Send, answer_lifespan, respond_json
 from trustmesh.policy.addresses import as_ipv4
 from trustmesh.policy.edge import ANONYMOUS, EdgePolicy, EdgeRequest, Principal
 from trustmesh.policy.paths import NonCanonicalPath, canonical_path
@@ -243,7 +243,7 @@ class GatewayApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await answer_lifespan(receive, send)
             return
         if scope["type"] != "http":
             return  # no websockets through the gateway (yet): the connection closes
@@ -779,16 +779,6 @@ async def _error(
 ) -> None:
     body = json.dumps({"error": error, "message": message}).encode()
     await respond_json(send, status, body, [*SECURITY_HEADERS, *(headers or ())])
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 __all__ = ["GatewayApp", "Upstreams"]

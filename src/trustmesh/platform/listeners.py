@@ -42,6 +42,7 @@ __all__ = [
     "Scope",
     "Send",
     "Served",
+    "answer_lifespan",
     "bound_socket",
     "respond_json",
     "start",
@@ -90,6 +91,18 @@ class PublicServed(Listener):
         if self.guard is not None:
             self.guard.close_all()  # connections still in their TLS handshake
             self.report()
+
+
+async def answer_lifespan(receive: Receive, send: Send) -> None:
+    """An app's side of the ASGI lifespan protocol, for apps with nothing to start or stop
+    there (their owner starts and stops what they use)."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 def bound_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any, Final
 from urllib.parse import quote
 
-from trustmesh.config.durations import parse_duration
+from trustmesh.config.durations import seconds_or_zero
 from trustmesh.errors import NotFoundError, PermissionDeniedError, UnavailableError, UsageError
 from trustmesh.sdk.client import Response, ServiceClient
 from trustmesh.sdk.tls import RotatingTLS
@@ -155,12 +155,10 @@ class SecretsClient:
 
 def _ttl(custom: object) -> float:
     value = custom.get("ttl") if isinstance(custom, dict) else None
-    if isinstance(value, str):
-        try:
-            return parse_duration(value).total_seconds()
-        except (ValueError, TypeError):
-            pass
-    return DEFAULT_TTL
+    try:
+        return float(seconds_or_zero(value)) or DEFAULT_TTL
+    except ValueError:
+        return DEFAULT_TTL
 
 
 def _answer(response: Response, what: str) -> dict[str, Any]:

@@ -26,10 +26,9 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, Literal
 from urllib.parse import parse_qsl
 
@@ -41,6 +40,7 @@ from trustmesh.errors import (
     UsageError,
 )
 from trustmesh.events import Recorder
+from trustmesh.platform.listeners import answer_lifespan
 from trustmesh.reasons import Reason
 from trustmesh.secrets.kv import DeletedVersion
 from trustmesh.secrets.policy import check_path, operation_capability
@@ -53,7 +53,6 @@ __all__ = [
     "Reply",
     "Route",
     "SecretsApp",
-    "Timings",
     "data_reply",
     "envelope",
     "parse_body",
@@ -194,16 +193,14 @@ class SecretsApp:
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await answer_lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
-        started = time.monotonic()
         call = _call(scope)
         prepared = await self._prepare(call, scope, receive)
         reply = prepared if isinstance(prepared, Reply) else await self._run(call, prepared)
         await self._send(send, reply, call)
-        self.service.timings.observe(time.monotonic() - started)
 
     async def _prepare(
         self, call: Call, scope: MutableMapping[str, Any], receive: Any
@@ -310,7 +307,8 @@ class SecretsApp:
 
     async def _audit_refusal(self, call: Call, reply: Reply, reason: Reason) -> None:
         """A refusal is recorded too (the audit device, if it can, and an event)."""
-        self._record(call, reason, (reply.body or {}).get("errors", [""])[0] if reply.body else "")
+        errors = (reply.body or {}).get("errors") or [""]
+        self._record(call, reason, errors[0])
         try:
             await self.service.audit_request(call)
             await self.service.audit_response(call, reply)
@@ -395,26 +393,3 @@ async def _read_body(receive: Any) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body"):
             return b"".join(chunks)
-
-
-async def _lifespan(receive: Any, send: Any) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-
-
-@dataclass
-class Timings:
-    """Request counts and time, for the health answer and the benchmark."""
-
-    requests: int = 0
-    seconds: float = 0.0
-    started: float = field(default_factory=time.time)
-
-    def observe(self, seconds: float) -> None:
-        self.requests += 1
-        self.seconds += seconds

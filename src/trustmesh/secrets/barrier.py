@@ -192,6 +192,12 @@ class Barrier:
     def term(self) -> int:
         return self._keyring.active if self._keyring else 0
 
+    @property
+    def installed_at(self) -> float | None:
+        """When the active data-key term was installed (epoch seconds)."""
+        keyring = self._keyring
+        return keyring.installed.get(keyring.active) if keyring else None
+
     # -- init, unseal, seal --------------------------------------------------------------
 
     async def initialize(self, shares: int, threshold: int) -> list[bytes]:

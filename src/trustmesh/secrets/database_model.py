@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, quote, urlsplit
 
-from trustmesh.config.durations import parse_duration
+from trustmesh.config.durations import seconds_or_zero
 from trustmesh.errors import UsageError
 from trustmesh.secrets.kv import rfc3339
 
@@ -167,10 +167,8 @@ def _flag(value: object, key: str) -> bool:
 
 def ttl_seconds(value: object, key: str) -> int:
     """A TTL as Vault takes it: seconds or a duration such as '1h'; 0 or none: unset."""
-    if value is None or value in ("", 0, "0"):
-        return 0
     try:
-        return int(parse_duration(value).total_seconds())
+        return seconds_or_zero(value)
     except ValueError:
         raise UsageError(f"{key} must be a number of seconds or a duration such as '1h'") from None
 

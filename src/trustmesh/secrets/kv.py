@@ -18,13 +18,12 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from trustmesh.config.durations import parse_duration
+from trustmesh.config.durations import seconds_or_zero
 from trustmesh.errors import NotFoundError, UsageError
 from trustmesh.secrets.barrier import Barrier
 from trustmesh.secrets.store import SecretsStore, Tx
@@ -165,16 +164,12 @@ def _versions(value: object) -> list[int]:
 
 
 def _seconds(value: object, name: str) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-        return float(value)
-    if isinstance(value, str):
-        if re.fullmatch(r"0+[smhd]?|", value):
-            return 0.0  # never
-        try:
-            return parse_duration(value).total_seconds()
-        except (ValueError, TypeError):
-            pass
-    raise UsageError(f"{name}: expected a duration such as '30m' or a number of seconds")
+    try:
+        return float(seconds_or_zero(value))
+    except ValueError:
+        raise UsageError(
+            f"{name}: expected a duration such as '30m' or a number of seconds"
+        ) from None
 
 
 class KvEngine:

@@ -11,14 +11,15 @@ import re
 from typing import Any, Final
 
 from trustmesh import __version__
-from trustmesh.config.durations import parse_duration
+from trustmesh.config.durations import seconds_or_zero
 from trustmesh.errors import PermissionDeniedError, UsageError
 from trustmesh.reasons import Reason
 from trustmesh.secrets.app import NO_CONTENT, Call, Handler, Reply, Route, data_reply, envelope
 from trustmesh.secrets.barrier import decode_share
 from trustmesh.secrets.database_api import DatabaseRoutes
+from trustmesh.secrets.kv import rfc3339
 from trustmesh.secrets.service import SecretsService
-from trustmesh.secrets.tokens import ROOT_POLICY
+from trustmesh.secrets.tokens import ROOT_POLICY, TokenEntry
 from trustmesh.secrets.transit_api import TransitRoutes
 
 __all__ = ["SecretsRoutes"]
@@ -43,16 +44,12 @@ def _int(value: object, name: str, low: int, high: int) -> int:
 
 def _seconds(value: object) -> float | None:
     """A TTL or increment as Vault takes it: seconds, or a duration such as '1h'."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(int(value)) if value.isdigit() else parse_duration(value).total_seconds()
-        except (ValueError, TypeError):
-            pass
-    raise UsageError("increment must be a number of seconds or a duration such as '1h'")
+    try:
+        return float(seconds_or_zero(value)) or None
+    except ValueError:
+        raise UsageError(
+            "increment must be a number of seconds or a duration such as '1h'"
+        ) from None
 
 
 class SecretsRoutes:
@@ -208,7 +205,8 @@ class SecretsRoutes:
 
     async def key_status(self, call: Call) -> Reply:
         barrier = self.s.barrier
-        return data_reply({"term": barrier.term, "install_time": ""}, call.request_id)
+        installed = rfc3339(barrier.installed_at) if barrier.installed_at else ""
+        return data_reply({"term": barrier.term, "install_time": installed}, call.request_id)
 
     async def mounts(self, call: Call) -> Reply:
         def mount(kind: str, description: str, **options: str) -> dict[str, Any]:
@@ -269,7 +267,7 @@ class SecretsRoutes:
         return NO_CONTENT
 
     @staticmethod
-    def _entry(call: Call) -> Any:
+    def _entry(call: Call) -> TokenEntry:
         if call.entry is None:
             raise PermissionDeniedError("permission denied", reason=Reason.TOKEN_MISSING)
         return call.entry

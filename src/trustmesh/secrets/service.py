@@ -11,7 +11,7 @@ from typing import Any
 from trustmesh import crypto
 from trustmesh.config import TrustmeshConfig
 from trustmesh.config.secrets import SecretsConfig
-from trustmesh.secrets.app import Call, Reply, Timings
+from trustmesh.secrets.app import Call, Reply
 from trustmesh.secrets.audit import AuditDevice
 from trustmesh.secrets.barrier import Barrier
 from trustmesh.secrets.database import DatabaseEngine
@@ -68,7 +68,6 @@ class SecretsService:
         self.identities = {
             config.secrets_identity(p.identity): p.identity for p in settings.policies
         }
-        self.timings = Timings()
 
     async def start(self) -> None:
         await self.store.create()
@@ -90,10 +89,9 @@ class SecretsService:
         if ROOT_POLICY in policies:
             return True
         acls = [self.acls[name] for name in policies if name in self.acls]
-        found = [acl.capabilities(path) for acl in acls]
         if any(acl.denies(path) for acl in acls):
             return False
-        return any(capability in caps for caps in found)
+        return any(acl.allows(path, capability) for acl in acls)
 
     # -- audit ---------------------------------------------------------------------------
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 from sqlalchemy import (
     Boolean,
@@ -155,9 +154,6 @@ class Tx:
     async def transit_names(self) -> list[str]:
         query = select(transit_keys.c.name).order_by(transit_keys.c.name)
         return [row[0] for row in await self.c.execute(query)]
-
-    async def all_rows(self, table: Table) -> list[Any]:
-        return list(await self.c.execute(select(table)))
 
 
 class SecretsStore(SqlStore):
