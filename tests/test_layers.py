@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "trustmesh"
 
 FOUNDATION = {"errors", "reasons", "events", "config", "crypto", "store", "policy", "spiffeid"}
 FOUNDATION |= {"_proto"}
-COMPONENTS = {"identity", "auth", "gateway", "secrets"}
+COMPONENTS = {"identity", "auth", "gateway", "secrets", "audit"}
 LAYER = {
     **dict.fromkeys(FOUNDATION, 0),
     "sdk": 1,
