@@ -234,7 +234,8 @@ async def test_revoke_ends_sessions_and_drops_a_role_that_owns_things(
     )
     creds = await threaded(operator.secrets.database.generate_credentials, "owner")
     user, password = creds["data"]["username"], creds["data"]["password"]
-    assert creds["lease_duration"] == 768 * 3600  # the mount's default
+    # the mount's default (768 h), capped at the remaining life of the token (1 h)
+    assert creds["lease_duration"] == 3600
     session = await connect_as(root.cluster, user, password)
     await session.execute("CREATE TABLE made_by_lease (x int)")
 
@@ -266,6 +267,56 @@ async def test_revoke_ends_sessions_and_drops_a_role_that_owns_things(
     assert all([await role_exists(root.cluster, u["username"]) for u in users])
     await threaded(operator.sys.revoke_prefix, "database/creds/readonly")
     assert not any([await role_exists(root.cluster, u["username"]) for u in users])
+    assert await rig.running.service.database.store.names(leases) == []
+
+
+async def test_leases_go_with_the_token_that_created_them(
+    rig: SecretsRig, root: Root, clock: FakeClock
+) -> None:
+    """Vault's rule: revoking a token revokes every lease it created; and a lease never
+    outlives its token (capped at issue and at renewal, refused once the token is gone)."""
+    operator = await configured(rig, root, default_ttl=7200, max_ttl=86400)
+    payments = await threaded(rig.login, rig.payments)
+    mine = [
+        (await threaded(payments.secrets.database.generate_credentials, "readonly"))
+        for _ in range(2)
+    ]
+    other = await threaded(operator.secrets.database.generate_credentials, "readonly")
+    # the role's default is 2 h; the token that asked lives 1 h
+    assert {c["lease_duration"] for c in [*mine, other]} == {3600}
+    clock.advance(600)
+    capped = await threaded(payments.sys.renew_lease, mine[0]["lease_id"], increment=7200)
+    assert capped["lease_duration"] == 3000
+    assert "token" in capped["warnings"][0]
+    # its own leases need no policy on sys/leases; another token's do
+    looked = (await threaded(payments.sys.read_lease, mine[1]["lease_id"]))["data"]
+    assert looked["ttl"] == 3000
+    with pytest.raises(hvac.exceptions.Forbidden):
+        await threaded(payments.sys.read_lease, other["lease_id"])
+    with pytest.raises(hvac.exceptions.Forbidden):
+        await threaded(payments.sys.renew_lease, other["lease_id"])
+    with pytest.raises(hvac.exceptions.Forbidden):
+        await threaded(payments.sys.revoke_lease, other["lease_id"])
+
+    await threaded(payments.auth.token.revoke_self)
+    for creds in mine:
+        assert not await role_exists(root.cluster, creds["data"]["username"])
+        with pytest.raises(hvac.exceptions.InvalidRequest, match="invalid lease"):
+            await threaded(operator.sys.read_lease, creds["lease_id"])
+    # another token's lease is untouched
+    assert await role_exists(root.cluster, other["data"]["username"])
+    session = await connect_as(root.cluster, other["data"]["username"], other["data"]["password"])
+    await session.close()
+
+    # a token that expires takes its leases with it: renewal is refused, the sweep drops
+    clock.advance(3000)
+    with pytest.raises(hvac.exceptions.Forbidden):
+        await threaded(operator.sys.renew_lease, other["lease_id"])
+    relogged = await threaded(rig.login, rig.operator)
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="expired or revoked"):
+        await threaded(relogged.sys.renew_lease, other["lease_id"])
+    await rig.running.service.database.tick(clock.time())
+    assert not await role_exists(root.cluster, other["data"]["username"])
     assert await rig.running.service.database.store.names(leases) == []
 
 
@@ -406,14 +457,22 @@ async def test_refusals(rig: SecretsRig, root: Root) -> None:
 # -- the pure parts ----------------------------------------------------------------------
 
 
-def test_lease_ttl_is_capped_by_the_max_from_issue() -> None:
+def test_lease_ttl_is_capped_by_the_max_from_issue_and_by_the_token() -> None:
     role = Role("r", "db", ("x",), default_ttl=60, max_ttl=300)
-    assert lease_ttl(0, role, 1000, 1000) == (60, None)
-    assert lease_ttl(120, role, 1000, 1100) == (120, None)
-    ttl, warning = lease_ttl(1000, role, 1000, 1100)
+    never = float("inf")
+    assert lease_ttl(0, role, 1000, 1000, never) == (60, None)
+    assert lease_ttl(120, role, 1000, 1100, never) == (120, None)
+    ttl, warning = lease_ttl(1000, role, 1000, 1100, never)
     assert ttl == 200
     assert warning is not None
-    assert lease_ttl(0, Role("r", "db", ("x",)), 0, 0) == (768 * 3600, None)
+    assert "max_ttl" in warning
+    assert lease_ttl(0, Role("r", "db", ("x",)), 0, 0, never) == (768 * 3600, None)
+    # the token that created it expires first: the lease ends with it
+    ttl, warning = lease_ttl(120, role, 1000, 1100, 1150)
+    assert ttl == 50
+    assert warning is not None
+    assert "token" in warning
+    assert lease_ttl(0, role, 1000, 1000, 1060) == (60, None)
 
 
 def test_identifiers_are_quoted() -> None:

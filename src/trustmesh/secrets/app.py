@@ -14,7 +14,9 @@ Vault's shape (``{"errors": [...]}``) by one function:
    the client certificate), or a token (``X-Vault-Token``) bound to the SPIFFE ID of
    the connection (403 otherwise);
 4. **authorize** — the capability the operation needs on the path, from the token's
-   policies (403 otherwise; deny wins);
+   policies (403 otherwise; deny wins); a route may also let a token act on what it
+   made itself (``owned``: a token looks up, renews and revokes its own leases, as
+   Vault's default policy lets it);
 5. **audit** — the request is recorded (503 if it cannot be: nothing is served
    unaudited), the handler runs, the response is recorded before it is sent.
 
@@ -102,12 +104,14 @@ Handler = Callable[[Call], Awaitable[Reply]]
 class Route:
     """``pattern`` (a full match of the path after ``/v1/``) answered by ``handlers`` per
     method, after ``access``; ``exists``: for a write, whether the target exists (the
-    capability is then ``update``, else ``create``)."""
+    capability is then ``update``, else ``create``); ``owned``: whether the token acts on
+    what it made itself (then no policy is needed)."""
 
     pattern: re.Pattern[str]
     handlers: Mapping[str, Handler]
     access: Access = "token"
     exists: Callable[[Call], Awaitable[bool]] | None = None
+    owned: Callable[[Call], Awaitable[bool]] | None = None
 
 
 class Refusal(Exception):
@@ -301,6 +305,9 @@ class SecretsApp:
         writes = call.method in ("POST", "PUT")
         exists = not writes or route.exists is None or await route.exists(call)
         capability = operation_capability(call.method, exists)
+        if route.owned is not None and await route.owned(call):
+            self._record(call, Reason.POLICY_ALLOW, f"{capability} (its own)")
+            return
         if not service.allows(call.entry.policies, call.path, capability):
             raise Refusal(403, "permission denied", Reason.POLICY_DENY)
         self._record(call, Reason.POLICY_ALLOW, capability)

@@ -39,16 +39,15 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
-from sqlalchemy import Column, Float, Integer, LargeBinary, MetaData, String, Table, delete, select
-from sqlalchemy import update as sql_update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from trustmesh.errors import TrustmeshError, UnavailableError, UsageError
+from trustmesh.errors import PermissionDeniedError, TrustmeshError, UnavailableError, UsageError
+from trustmesh.reasons import Reason
 from trustmesh.secrets.barrier import Barrier
 from trustmesh.secrets.database_model import (
     ALNUM,
@@ -68,12 +67,11 @@ from trustmesh.secrets.database_model import (
     to_bytes,
     valid_until,
 )
-from trustmesh.store import SqlStore
+from trustmesh.secrets.database_store import DatabaseStore, LeaseRow, connections, leases, roles
 
 __all__ = [
     "TICK_INTERVAL",
     "DatabaseEngine",
-    "DatabaseStore",
     "Issued",
     "Sweep",
 ]
@@ -113,124 +111,6 @@ class Sweep:
 
     revoked: int = 0
     failed: Mapping[str, str] = dataclasses.field(default_factory=dict)
-
-
-# -- storage -----------------------------------------------------------------------------
-
-metadata = MetaData()
-
-
-def _by_name(table: str) -> Table:
-    """A table of sealed values by name."""
-    return Table(
-        table,
-        metadata,
-        Column("name", String(128), primary_key=True),
-        Column("value", LargeBinary, nullable=False),
-    )
-
-
-connections = _by_name("secrets_db_connections")
-roles = _by_name("secrets_db_roles")
-leases = Table(
-    "secrets_db_leases",
-    metadata,
-    Column("name", String(256), primary_key=True),  # the lease id
-    Column("db_name", String(128), nullable=False, index=True),
-    Column("revoke_at", Float, nullable=False, index=True),
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("value", LargeBinary, nullable=False),
-)
-
-
-@dataclass(frozen=True)
-class LeaseRow:
-    value: bytes
-    db_name: str
-    revoke_at: float
-
-
-class DatabaseStore(SqlStore):
-    """The engine's tables: each value a sealed blob under its name."""
-
-    metadata = metadata
-
-    async def get(self, table: Table, name: str) -> bytes | None:
-        async with self.engine.connect() as c:
-            value = (await c.execute(select(table.c.value).where(table.c.name == name))).scalar()
-        return bytes(value) if value is not None else None
-
-    async def put(self, table: Table, name: str, value: bytes) -> None:
-        async with self.engine.begin() as c:
-            done = await c.execute(
-                sql_update(table).where(table.c.name == name).values(value=value)
-            )
-            if done.rowcount == 0:
-                await c.execute(table.insert().values(name=name, value=value))
-
-    async def drop(self, table: Table, name: str) -> None:
-        async with self.engine.begin() as c:
-            await c.execute(delete(table).where(table.c.name == name))
-
-    async def names(self, table: Table, prefix: str = "") -> list[str]:
-        query = select(table.c.name).order_by(table.c.name)
-        if prefix:
-            query = query.where(table.c.name.startswith(prefix, autoescape=True))
-        async with self.engine.connect() as c:
-            return [row[0] for row in await c.execute(query)]
-
-    async def add_lease(self, lease_id: str, db_name: str, revoke_at: float, value: bytes) -> None:
-        async with self.engine.begin() as c:
-            await c.execute(
-                leases.insert().values(
-                    name=lease_id, db_name=db_name, revoke_at=revoke_at, attempts=0, value=value
-                )
-            )
-
-    async def lease(self, lease_id: str) -> LeaseRow | None:
-        query = select(leases.c.value, leases.c.db_name, leases.c.revoke_at).where(
-            leases.c.name == lease_id
-        )
-        async with self.engine.connect() as c:
-            row = (await c.execute(query)).first()
-        return LeaseRow(bytes(row[0]), row[1], row[2]) if row is not None else None
-
-    async def change_lease(self, lease_id: str, **values: Any) -> None:
-        async with self.engine.begin() as c:
-            await c.execute(sql_update(leases).where(leases.c.name == lease_id).values(**values))
-
-    async def failed_lease(self, lease_id: str, revoke_at: float) -> int:
-        """Count a failed revocation; due again no later than ``revoke_at``."""
-        async with self.engine.begin() as c:
-            row = (
-                await c.execute(
-                    select(leases.c.attempts, leases.c.revoke_at).where(leases.c.name == lease_id)
-                )
-            ).first()
-            if row is None:
-                return 0
-            await c.execute(
-                sql_update(leases)
-                .where(leases.c.name == lease_id)
-                .values(attempts=row[0] + 1, revoke_at=min(row[1], revoke_at))
-            )
-        return int(row[0]) + 1
-
-    async def due(self, now: float, limit: int) -> list[tuple[str, str]]:
-        """Leases due for revocation at ``now``, the oldest first: (lease id, connection)."""
-        query = (
-            select(leases.c.name, leases.c.db_name)
-            .where(leases.c.revoke_at <= now)
-            .order_by(leases.c.revoke_at)
-            .limit(limit)
-        )
-        async with self.engine.connect() as c:
-            return [(row[0], row[1]) for row in await c.execute(query)]
-
-    async def has_leases(self, db_name: str) -> bool:
-        query = select(leases.c.name).where(leases.c.db_name == db_name).limit(1)
-        async with self.engine.connect() as c:
-            return (await c.execute(query)).first() is not None
 
 
 class _Locks:
@@ -307,14 +187,20 @@ def _failure(exc: BaseException, connection: str, *hidden: str | None) -> Trustm
 
 
 class DatabaseEngine:
-    """Connections, roles and leases over the store, sealed by ``barrier``; ``clock``:
-    epoch seconds."""
+    """Connections, roles and leases over the store, sealed by ``barrier``;
+    ``token_expiry``: when the token with this accessor expires (None: revoked, expired or
+    unknown); ``clock``: epoch seconds."""
 
     def __init__(
-        self, engine: AsyncEngine, barrier: Barrier, clock: Callable[[], float] = time.time
+        self,
+        engine: AsyncEngine,
+        barrier: Barrier,
+        token_expiry: Callable[[str], Awaitable[float | None]],
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = DatabaseStore(engine)
         self.barrier = barrier
+        self.token_expiry = token_expiry
         self.clock = clock
         self._locks = _Locks()
 
@@ -449,8 +335,9 @@ class DatabaseEngine:
 
     # credentials -------------------------------------------------------------------------
 
-    async def issue(self, role_name: str, display_name: str) -> Issued:
-        """A fresh login for ``role_name``, under a new lease."""
+    async def issue(self, role_name: str, display_name: str, token_accessor: str) -> Issued:
+        """A fresh login for ``role_name``, under a new lease that belongs to the token
+        with ``token_accessor``: it never outlives that token, and goes with it."""
         role = await self.role(role_name)
         if role is None:
             raise UsageError(f"unknown role: {role_name}")
@@ -460,7 +347,10 @@ class DatabaseEngine:
         if not connection.allows(role_name):
             raise UsageError(f"{role_name!r} is not an allowed role of {role.db_name!r}")
         now = self.clock()
-        ttl, _ = lease_ttl(0, role, now, now)
+        not_after = await self.token_expiry(token_accessor)
+        if not_after is None or not_after <= now:
+            raise PermissionDeniedError("permission denied", reason=Reason.TOKEN_INACTIVE)
+        ttl, _ = lease_ttl(0, role, now, now, not_after)
         lease = Lease(
             lease_id=f"database/creds/{role_name}/{random_text(ALNUM, 24)}",
             role=role_name,
@@ -469,10 +359,13 @@ class DatabaseEngine:
             issued=now,
             expires=now + ttl,
             revocation_statements=role.revocation_statements,
+            token_accessor=token_accessor,
         )
         password = random_text(ALNUM, 32)
         sealed = self._seal("lease", lease.lease_id, lease)
-        await self.store.add_lease(lease.lease_id, lease.db_name, lease.expires, sealed)
+        await self.store.add_lease(
+            lease.lease_id, lease.db_name, lease.expires, sealed, token_accessor
+        )
         values = {
             "name": lease.username,
             "username": lease.username,
@@ -513,7 +406,8 @@ class DatabaseEngine:
 
     async def renew(self, lease_id: str, increment: float) -> tuple[Lease, int, str | None]:
         """Extend a lease by ``increment`` seconds from now (0: the role's default TTL),
-        never past the role's max TTL from issue; the role's renew statements run first."""
+        never past the role's max TTL from issue nor past the expiry of the token that
+        created it; the role's renew statements run first."""
         async with self._locks.hold(lease_id):
             found = await self._lease(lease_id)
             if found is None:
@@ -525,7 +419,10 @@ class DatabaseEngine:
             role = await self.role(lease.role)
             if role is None:
                 raise UsageError(f"could not find role with name {lease.role!r}")
-            ttl, warning = lease_ttl(increment, role, lease.issued, now)
+            not_after = await self._owner_expiry(lease)
+            if not_after is None or not_after <= now:
+                raise UsageError("the token that created this lease is no longer valid")
+            ttl, warning = lease_ttl(increment, role, lease.issued, now, not_after)
             if ttl <= 0:
                 raise UsageError("the lease has reached its max TTL")
             renewed = replace(lease, expires=now + ttl, last_renewal=now)
@@ -575,6 +472,22 @@ class DatabaseEngine:
                 f"stay due and are retried every {TICK_INTERVAL:g} s"
             )
         return sweep.revoked
+
+    async def revoke_token_leases(self, accessor: str) -> Sweep:
+        """Revoke every lease the token with ``accessor`` created (that token was just
+        revoked); one that cannot be revoked now stays due and is retried every tick."""
+        return await self._sweep(None, await self.store.token_leases(accessor), due_now=True)
+
+    async def created_by(self, lease_id: str, accessor: str) -> bool:
+        """Whether the token with ``accessor`` created the lease ``lease_id``."""
+        if LEASE_RE.fullmatch(lease_id) is None:
+            return False
+        return await self.store.lease_token(lease_id) == accessor
+
+    async def _owner_expiry(self, lease: Lease) -> float | None:
+        if not lease.token_accessor:  # issued before leases knew their token
+            return float("inf")
+        return await self.token_expiry(lease.token_accessor)
 
     async def _revoke_now(self, lease_id: str) -> str | None:
         """Make a lease due now and revoke it; why it failed, or None."""

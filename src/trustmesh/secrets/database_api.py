@@ -11,7 +11,9 @@ module reads requests and answers them):
 - ``sys/leases/lookup``, ``sys/leases/renew``, ``sys/leases/revoke`` (PUT/POST with
   ``lease_id``; renew and revoke also take it in the path), and
   ``sys/leases/revoke-prefix/<prefix>`` — the operator's only (Vault asks ``sudo``,
-  which the declaration does not offer).
+  which the declaration does not offer). A token may look up, renew and revoke the
+  leases it created without a policy for ``sys/leases/*`` (Vault's default policy grants
+  any token these paths for any lease; here only for its own).
 
 As in Vault, a write to a connection or a role that does not exist needs ``create``;
 to one that does, ``update``.
@@ -22,7 +24,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from trustmesh.errors import NotFoundError, UsageError
+from trustmesh.errors import NotFoundError, PermissionDeniedError, UsageError
+from trustmesh.reasons import Reason
 from trustmesh.secrets.app import NO_CONTENT, Access, Call, Handler, Reply, Route, data_reply
 from trustmesh.secrets.database import DatabaseEngine
 from trustmesh.secrets.database_model import NAME_PATTERN, ttl_seconds
@@ -59,12 +62,21 @@ class DatabaseRoutes:
         async def role_exists(call: Call) -> bool:
             return await engine.role(call.rest) is not None
 
+        async def own_lease(call: Call) -> bool:
+            lease_id = call.rest or call.body.get("lease_id")
+            if call.entry is None or not isinstance(lease_id, str):
+                return False
+            return await engine.created_by(lease_id, call.entry.accessor)
+
         def route(
-            pattern: str, access: Access = "token", exists: Any = None, **handlers: Handler
+            pattern: str,
+            access: Access = "token",
+            exists: Any = None,
+            owned: Any = None,
+            **handlers: Handler,
         ) -> Route:
-            return Route(
-                re.compile(pattern), {m.upper(): h for m, h in handlers.items()}, access, exists
-            )
+            methods = {m.upper(): h for m, h in handlers.items()}
+            return Route(re.compile(pattern), methods, access, exists, owned)
 
         return [
             route("database/config/?", list=self.list_connections),
@@ -87,9 +99,11 @@ class DatabaseRoutes:
             ),
             route(f"database/creds/{_NAME}", get=self.creds),
             route(f"database/rotate-root/{_NAME}", post=self.rotate_root, put=self.rotate_root),
-            route("sys/leases/lookup", put=self.lookup, post=self.lookup),
-            route("sys/leases/renew(?:/(.+))?", put=self.renew, post=self.renew),
-            route("sys/leases/revoke(?:/(.+))?", put=self.revoke, post=self.revoke),
+            route("sys/leases/lookup", owned=own_lease, put=self.lookup, post=self.lookup),
+            route("sys/leases/renew(?:/(.+))?", owned=own_lease, put=self.renew, post=self.renew),
+            route(
+                "sys/leases/revoke(?:/(.+))?", owned=own_lease, put=self.revoke, post=self.revoke
+            ),
             route(
                 "sys/leases/revoke-prefix/(.+)",
                 "operator",
@@ -143,8 +157,9 @@ class DatabaseRoutes:
     # -- credentials and leases ----------------------------------------------------------
 
     async def creds(self, call: Call) -> Reply:
-        who = call.entry.display_name if call.entry is not None else "token"
-        issued = await self.engine.issue(call.rest, who)
+        if call.entry is None:
+            raise PermissionDeniedError("permission denied", reason=Reason.TOKEN_MISSING)
+        issued = await self.engine.issue(call.rest, call.entry.display_name, call.entry.accessor)
         return data_reply(
             {"username": issued.lease.username, "password": issued.password},
             call.request_id,

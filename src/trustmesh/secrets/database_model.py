@@ -380,6 +380,7 @@ class Lease:
     expires: float
     last_renewal: float | None = None
     revocation_statements: tuple[str, ...] = ()
+    token_accessor: str = ""  # the token that created it: revoked with it, never outlives it
 
     def lookup(self, now: float) -> dict[str, Any]:
         """``sys/leases/lookup``'s answer."""
@@ -393,15 +394,25 @@ class Lease:
         }
 
 
-def lease_ttl(increment: float, role: Role, issued: float, now: float) -> tuple[int, str | None]:
+def lease_ttl(
+    increment: float, role: Role, issued: float, now: float, not_after: float
+) -> tuple[int, str | None]:
     """A lease's TTL from ``now`` (Vault's ``CalculateTTL``): ``increment``, else the role's
     default, else the mount's; never past the role's (else the mount's) max TTL from
-    ``issued`` — then capped, with a warning."""
+    ``issued``, nor past ``not_after`` (when the token that created it expires) — then
+    capped, with a warning."""
     max_ttl = min(role.max_ttl or SYSTEM_MAX_TTL, SYSTEM_MAX_TTL)
     wanted = int(increment or role.default_ttl or SYSTEM_DEFAULT_TTL)
     left = int(issued + max_ttl - now)
-    if wanted <= left:
+    token_left = int(min(not_after - now, SYSTEM_MAX_TTL))
+    if wanted <= min(left, token_left):
         return wanted, None
+    if token_left < left:
+        warning = (
+            f"TTL of {wanted}s exceeded the remaining life of the token that created the "
+            f"lease ({max(0, token_left)}s); TTL value is capped accordingly"
+        )
+        return max(0, token_left), warning
     warning = (
         f"TTL of {wanted}s exceeded the effective max_ttl of {max_ttl}s; "
         "TTL value is capped accordingly"

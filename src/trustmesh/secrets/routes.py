@@ -263,7 +263,11 @@ class SecretsRoutes:
         return data_reply(None, call.request_id, auth=auth)
 
     async def revoke_self(self, call: Call) -> Reply:
+        """Revoke the token, then every lease it created (Vault's too): a lease that cannot
+        be revoked now stays due and is retried at every sweep."""
+        entry = self._entry(call)
         await self.s.tokens.revoke(call.token or "")
+        await self.s.database.revoke_token_leases(entry.accessor)
         return NO_CONTENT
 
     @staticmethod

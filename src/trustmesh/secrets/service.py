@@ -55,13 +55,13 @@ class SecretsService:
         self.barrier = Barrier(store, clock)
         self.kv = KvEngine(store, self.barrier, clock)
         self.transit = TransitKeys(store, self.barrier, clock)
-        self.database = DatabaseEngine(store.engine, self.barrier, clock)
         self.tokens = Tokens(
             store,
             ttl=settings.token_ttl.total_seconds(),
             max_ttl=settings.token_max_ttl.total_seconds(),
             clock=clock,
         )
+        self.database = DatabaseEngine(store.engine, self.barrier, self.tokens.expiry, clock)
         self.audit = audit
         self.operator = config.component_spiffe_id("operator")
         self.acls = {p.identity: Acl(p.allow) for p in settings.policies}

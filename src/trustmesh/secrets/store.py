@@ -173,6 +173,14 @@ class SecretsStore(SqlStore):
             row = (await connection.execute(query)).first()
         return (row[0], row[1], bool(row[2])) if row is not None else None
 
+    async def token_by_accessor(self, accessor: str) -> tuple[str, float, bool] | None:
+        query = select(tokens.c.record, tokens.c.expires, tokens.c.revoked).where(
+            tokens.c.accessor == accessor
+        )
+        async with self.engine.connect() as connection:
+            row = (await connection.execute(query)).first()
+        return (row[0], row[1], bool(row[2])) if row is not None else None
+
     async def put_token(self, digest: str, accessor: str, record: str, expires: float) -> None:
         async with self.engine.begin() as connection:
             await connection.execute(

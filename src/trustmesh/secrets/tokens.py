@@ -150,6 +150,13 @@ class Tokens:
             raise PermissionDeniedError("permission denied", reason=Reason.TOKEN_NOT_BOUND)
         return entry
 
+    async def expiry(self, accessor: str) -> float | None:
+        """When the token with ``accessor`` expires; None once revoked, expired or pruned."""
+        row = await self.store.token_by_accessor(accessor)
+        if row is None or row[2] or row[1] <= self.clock():
+            return None
+        return row[1]
+
     async def renew(self, token: str, entry: TokenEntry, increment: float | None) -> TokenEntry:
         """Extend ``entry`` by ``increment`` (default: its TTL) from now, never past its
         max TTL."""
