@@ -24,11 +24,12 @@ import asyncpg
 import hvac
 import hvac.exceptions
 import pytest
-from secretsrig import SecretsRig, Workload, secrets_config, secrets_rig
+from secretsrig import SECRETS, SecretsRig, Workload, secrets_config, secrets_rig
 from services import PrivatePostgres, private_postgres
 
-from trustmesh.errors import UsageError
-from trustmesh.secrets.database import leases
+from trustmesh.errors import PermissionDeniedError, UsageError
+from trustmesh.sdk.secrets import SecretsClient
+from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.secrets.database_model import (
     PLUGIN,
     Connection,
@@ -37,6 +38,7 @@ from trustmesh.secrets.database_model import (
     quote_ident,
     scram_verifier,
 )
+from trustmesh.secrets.database_store import leases
 from trustmesh.testing import FakeClock, RunningIdentityServer
 
 CREATE = [
@@ -318,6 +320,55 @@ async def test_leases_go_with_the_token_that_created_them(
     await rig.running.service.database.tick(clock.time())
     assert not await role_exists(root.cluster, other["data"]["username"])
     assert await rig.running.service.database.store.names(leases) == []
+
+
+async def test_the_sdk_keeps_credentials_under_their_lease(
+    rig: SecretsRig, root: Root, clock: FakeClock
+) -> None:
+    """``SecretsClient.database_credentials``: one login per lease, renewed at half-life,
+    replaced when a renewal cannot give half the lease again (the role's max TTL)."""
+    await configured(rig, root)  # default 60 s, max 300 s
+    client = SecretsClient(
+        RotatingTLS(rig.payments.source), rig.url, SECRETS, clock=clock.monotonic
+    )
+
+    def asked(path: str) -> int:
+        lines = [json.loads(line) for line in rig.audit_lines()]
+        return sum(1 for r in lines if r["type"] == "request" and r["request"]["path"] == path)
+
+    try:
+        first = await client.database_credentials("readonly")
+        assert "password" not in repr(first)
+        session = await connect_as(root.cluster, first.username, first.password)
+        await session.close()
+        assert await client.database_credentials("readonly") == first
+        assert asked("database/creds/readonly") == 1
+        for step in range(1, 9):  # renewed at every half-life until 300 s from issue
+            clock.advance(31)
+            assert (await client.database_credentials("readonly")).username == first.username
+            assert asked("sys/leases/renew") == step
+        clock.advance(31)  # 279 s: a renewal gives 21 s, less than half of 60: a new login
+        second = await client.database_credentials("readonly")
+        assert second.username != first.username
+        assert asked("database/creds/readonly") == 2
+        session = await connect_as(root.cluster, second.username, second.password)
+        await session.close()
+        # the first lease runs out on its own; the second lives on
+        clock.advance(22)
+        await rig.running.service.database.tick(clock.time())
+        assert not await role_exists(root.cluster, first.username)
+        assert await role_exists(root.cluster, second.username)
+        # revoked behind its back: the renewal is refused, and a new login follows
+        operator = await threaded(rig.login, rig.operator)
+        await threaded(operator.sys.revoke_lease, second.lease_id)
+        clock.advance(31)
+        third = await client.database_credentials("readonly")
+        assert third.username not in (first.username, second.username)
+        assert await role_exists(root.cluster, third.username)
+        with pytest.raises(PermissionDeniedError):
+            await client.database_credentials("owner")  # not payments' to ask
+    finally:
+        await client.close()
 
 
 async def test_rotate_root_leaves_only_the_service_knowing_the_password(

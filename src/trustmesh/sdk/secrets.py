@@ -8,6 +8,12 @@ with cert auth): ``await sdk.secret("payments/db")`` and transit's ``encrypt``/`
 - The token is renewed once half its lifetime has passed, and the service logs in again
   after its SVID rotates (the token belongs to the identity, the login to the SVID) or
   when the token is refused.
+- Database credentials (``database_credentials("readonly")``) are kept under their lease:
+  renewed once half of it has passed; replaced by a fresh login when a renewal cannot
+  give at least half the lease again (the role's max TTL, or the end of the token that
+  created it, is near), fails, or comes too late. The replaced lease runs out on its
+  own, so connections opened with it have until then to be recycled: ask again
+  whenever a connection is opened (a pool's connect hook).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import base64
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -25,7 +32,7 @@ from trustmesh.errors import NotFoundError, PermissionDeniedError, UnavailableEr
 from trustmesh.sdk.client import Response, ServiceClient
 from trustmesh.sdk.tls import RotatingTLS
 
-__all__ = ["DEFAULT_TTL", "SECRETS_URL_ENV", "SecretsClient"]
+__all__ = ["DEFAULT_TTL", "SECRETS_URL_ENV", "DatabaseCredentials", "SecretsClient"]
 
 #: Where the secrets service listens (``trustmesh up`` sets it); Vault's name is read too.
 SECRETS_URL_ENV: Final = "TRUSTMESH_SECRETS_URL"
@@ -34,6 +41,23 @@ DEFAULT_TTL: Final = 300.0
 
 def secrets_url() -> str | None:
     return os.environ.get(SECRETS_URL_ENV) or os.environ.get("VAULT_ADDR") or None
+
+
+@dataclass(frozen=True)
+class DatabaseCredentials:
+    """A login issued under a lease; ``expires``: on the client's (monotonic) clock."""
+
+    username: str
+    password: str = field(repr=False)
+    lease_id: str
+    expires: float
+
+
+@dataclass
+class _Lease:
+    credentials: DatabaseCredentials
+    ttl: int  # as first granted
+    renew_at: float
 
 
 def _quoted(path: str) -> str:
@@ -59,6 +83,8 @@ class SecretsClient:
         self._renew_at = 0.0
         self._expires = 0.0
         self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._leases: dict[tuple[str, str], _Lease] = {}
+        self._lease_lock = asyncio.Lock()
         self._login_lock = asyncio.Lock()
         self._svid = self._serial()
         self.logins = 0
@@ -137,6 +163,53 @@ class SecretsClient:
         ttl = _ttl((doc.get("metadata") or {}).get("custom_metadata"))
         self._cache[path] = (now + ttl, value)
         return dict(value)
+
+    # -- database credentials ------------------------------------------------------------
+
+    async def database_credentials(
+        self, role: str, *, mount: str = "database"
+    ) -> DatabaseCredentials:
+        """A live login for the database role ``role``, kept under its lease (see the
+        module's docstring for when it is renewed and when replaced)."""
+        async with self._lease_lock:
+            key, now = (mount, role), self.clock()
+            held = self._leases.get(key)
+            if held is not None and now < held.renew_at:
+                return held.credentials
+            if held is not None and now < held.credentials.expires and await self._renewed(held):
+                return held.credentials
+            fresh = await self._new_credentials(mount, role)
+            self._leases[key] = fresh
+            return fresh.credentials
+
+    async def _new_credentials(self, mount: str, role: str) -> _Lease:
+        response = await self.request("GET", f"/v1/{mount}/creds/{_quoted(role)}")
+        doc = _answer(response, f"get credentials of {role!r}")
+        data, ttl, lease_id = doc.get("data") or {}, doc.get("lease_duration"), doc.get("lease_id")
+        username, password = data.get("username"), data.get("password")
+        if not (isinstance(username, str) and isinstance(password, str)):
+            raise UnavailableError(f"the credentials of {role!r} have no username and password")
+        if not isinstance(lease_id, str) or not isinstance(ttl, int) or ttl <= 0:
+            raise UnavailableError(f"the credentials of {role!r} came without a lease")
+        now = self.clock()
+        credentials = DatabaseCredentials(username, password, lease_id, now + ttl)
+        return _Lease(credentials, ttl, now + ttl / 2)
+
+    async def _renewed(self, held: _Lease) -> bool:
+        """Renew ``held`` for its first TTL again; False when that cannot give at least
+        half of it (then a new login is due)."""
+        body = {"lease_id": held.credentials.lease_id, "increment": held.ttl}
+        try:
+            response = await self.request("PUT", "/v1/sys/leases/renew", body)
+            ttl = _answer(response, "renew the lease").get("lease_duration")
+        except (PermissionDeniedError, UsageError, NotFoundError):
+            return False  # revoked, past its max, or made by a token this client lost
+        if not isinstance(ttl, int) or ttl < held.ttl / 2:
+            return False
+        now = self.clock()
+        held.credentials = replace(held.credentials, expires=now + ttl)
+        held.renew_at = now + ttl / 2
+        return True
 
     # -- transit -------------------------------------------------------------------------
 
