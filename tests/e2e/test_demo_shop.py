@@ -226,6 +226,10 @@ def test_hvac_against_trustmesh_up(shop: dict[str, object], tmp_path: Path) -> N
     assert "unseals itself from" in str(shop["up_stderr"])
     sealed_status = tm("secrets", "status", "--state", str(shop["state"]), "--json")
     assert json.loads(sealed_status.stdout)["sealed"] is False
+    # the declaration read again by the running service (the file `up` was given)
+    reloaded = tm("secrets", "reload", "--state", str(shop["state"]), "--json")
+    assert reloaded.returncode == 0, reloaded.stderr
+    assert "payments" in json.loads(reloaded.stdout)["data"]["identities"]
 
 
 @pytest.mark.filterwarnings("ignore:The raise_on_deleted_version:DeprecationWarning")

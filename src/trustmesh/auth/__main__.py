@@ -15,7 +15,8 @@ from trustmesh.config import TrustmeshConfig
 from trustmesh.platform.process import component_identity, component_main, serve_until_stopped
 
 
-async def run(config: TrustmeshConfig, state: Path, config_dir: Path) -> None:
+async def run(config: TrustmeshConfig, state: Path, config_file: Path) -> None:
+    config_dir = config_file.parent
     async with component_identity(config, state, "auth") as (source, sink):
         running = await serve_auth(config, state, source=source, sink=sink, config_dir=config_dir)
         print(f"auth: issuer {running.service.settings.issuer}", flush=True)

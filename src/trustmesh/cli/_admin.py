@@ -159,7 +159,11 @@ async def admin_request(
         try:
             doc = response.json()
             errors = doc.get("errors")  # the secrets service answers in Vault's shape
-            message = f"{errors[0] if errors else doc.get('message') or doc.get('error')}"
+            message = (
+                "\n".join(map(str, errors))
+                if errors
+                else f"{doc.get('message') or doc.get('error')}"
+            )
         except (ValueError, AttributeError, TypeError):
             message = f"HTTP {response.status}"
         raise AdminError(message, status=response.status)

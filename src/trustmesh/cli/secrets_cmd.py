@@ -1,6 +1,7 @@
-"""``trustmesh secrets init|unseal|seal|status|rotate``: the secrets service's seal, through
-its Vault API (``sys/``), as the operator (whose SVID alone may initialise, unseal, seal
-and rotate). The unseal key shares are printed once, by ``init``; nothing keeps them.
+"""``trustmesh secrets init|unseal|seal|status|rotate|reload``: the secrets service's seal
+and policies, through its Vault API (``sys/``), as the operator (whose SVID alone may
+initialise, unseal, seal, rotate and reload). The unseal key shares are printed once,
+by ``init``; nothing keeps them.
 """
 
 from __future__ import annotations
@@ -120,6 +121,24 @@ def rotate(state: StateOption = DEFAULT_STATE, config: ConfigOption = None) -> N
     out.print(
         "secrets: the keyring is under a new root key; new values use a new term", markup=False
     )
+
+
+@app.command("reload")
+def reload(
+    state: StateOption = DEFAULT_STATE, config: ConfigOption = None, as_json: JsonOption = False
+) -> None:
+    """Read the declaration the service was started with again and apply its secrets
+    policies and token lifetimes, to the tokens already issued too (a declaration that
+    does not load changes nothing; every problem is named)."""
+    doc = _sys(state, config, "PUT", "config/reload/policies")
+    if as_json:
+        out.print_json(data=doc)
+        return
+    data = doc.get("data") or {}
+    names = ", ".join(data.get("identities") or []) or "none"
+    out.print(f"secrets: policies reloaded; identities: {names}", markup=False)
+    for warning in doc.get("warnings") or []:
+        err.print(f"warning: {warning}", markup=False)
 
 
 #: What the demo's payments service reads at start (its processor's API key).

@@ -29,7 +29,8 @@ def _url_from(path: Path) -> str | None:
     return url if isinstance(url, str) else None
 
 
-async def run(config: TrustmeshConfig, state: Path, config_dir: Path) -> None:
+async def run(config: TrustmeshConfig, state: Path, config_file: Path) -> None:
+    config_dir = config_file.parent
     discovery_url = _url_from(state / "discovery.json")
     if discovery_url is None:
         raise UnavailableError("discovery is not running (no discovery.json)")

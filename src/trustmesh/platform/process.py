@@ -31,7 +31,8 @@ __all__ = [
     "write_json_atomic",
 ]
 
-#: ``run(config, state, config_dir)``: the component's life, until it is told to stop.
+#: ``run(config, state, config_file)``: the component's life, until it is told to stop
+#: (``config_file``, absolute: to find what it names, and to read it again on a reload).
 Run = Callable[[TrustmeshConfig, Path, Path], Coroutine[Any, Any, None]]
 
 
@@ -60,7 +61,7 @@ def component_main(prog: str, run: Run, argv: list[str] | None = None) -> int:
 
     def main() -> None:
         config = load_config(args.config)
-        asyncio.run(run(config, args.state.absolute(), args.config.absolute().parent))
+        asyncio.run(run(config, args.state.absolute(), args.config.absolute()))
 
     return exit_code(prog.removeprefix("trustmesh-"), main)
 

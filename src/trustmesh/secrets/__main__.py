@@ -15,9 +15,11 @@ from trustmesh.secrets.endpoint import endpoint_path
 from trustmesh.secrets.server import serve_secrets
 
 
-async def run(config: TrustmeshConfig, state: Path, _config_dir: Path) -> None:
+async def run(config: TrustmeshConfig, state: Path, config_file: Path) -> None:
     async with component_identity(config, state, "secrets") as (source, sink):
-        running = await serve_secrets(config, state, source=source, sink=sink)
+        running = await serve_secrets(
+            config, state, source=source, sink=sink, config_file=config_file
+        )
         print(f"secrets: {running.url}", flush=True)
         await serve_until_stopped(
             source, endpoint_path(state), lambda: {"url": running.url}, running.stop

@@ -6,13 +6,15 @@ method on a known path is 405 — never a silent success."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 from typing import Any, Final
 
 from trustmesh import __version__
+from trustmesh.config import load_config
 from trustmesh.config.durations import seconds_or_zero
-from trustmesh.errors import PermissionDeniedError, UsageError
+from trustmesh.errors import ConfigError, PermissionDeniedError, UsageError
 from trustmesh.reasons import Reason
 from trustmesh.secrets.app import NO_CONTENT, Call, Handler, Reply, Route, data_reply, envelope
 from trustmesh.secrets.barrier import decode_share
@@ -75,6 +77,7 @@ class SecretsRoutes:
             r("sys/unseal", "operator", put=self.unseal, post=self.unseal),
             r("sys/seal", "operator", put=self.seal, post=self.seal),
             r("sys/rotate", "operator", put=self.rotate, post=self.rotate),
+            r("sys/config/reload/policies", "operator", put=self.reload, post=self.reload),
             r("sys/key-status", get=self.key_status),
             r("sys/mounts", get=self.mounts),
             r("sys/audit-hash/([A-Za-z0-9_-]+)", put=self.audit_hash, post=self.audit_hash),
@@ -203,6 +206,26 @@ class SecretsRoutes:
         await self.s.barrier.rotate_root()
         return NO_CONTENT
 
+    async def reload(self, call: Call) -> Reply:
+        """Read the declaration again and swap in its policies and token lifetimes
+        (Vault's ``sys/config/reload/<subsystem>``); one that does not load changes
+        nothing and is answered 400 with every problem, naming the key."""
+        source = self.s.config_file
+        if source is None:
+            raise UsageError("this service was not started from a configuration file")
+        try:
+            config = await asyncio.to_thread(load_config, source)
+            restart = self.s.reload(config)
+        except ConfigError as exc:
+            return Reply(400, {"errors": list(exc.problems)})
+        warnings = [f"{name} changed: it takes a restart to apply" for name in restart]
+        data = {
+            "identities": sorted(self.s.policies.acls),
+            "token_ttl": int(self.s.tokens.ttl),
+            "token_max_ttl": int(self.s.tokens.max_ttl),
+        }
+        return data_reply(data, call.request_id, warnings=warnings or None)
+
     async def key_status(self, call: Call) -> Reply:
         barrier = self.s.barrier
         installed = rfc3339(barrier.installed_at) if barrier.installed_at else ""
@@ -240,7 +263,7 @@ class SecretsRoutes:
     async def login(self, call: Call) -> Reply:
         """Cert auth: the client certificate's SPIFFE ID is the identity; an identity
         with no policy in the declaration cannot log in."""
-        name = self.s.identities.get(call.spiffe_id or "")
+        name = self.s.policies.identities.get(call.spiffe_id or "")
         if name is None or call.spiffe_id is None:
             raise PermissionDeniedError(
                 "this identity has no secrets policy", reason=Reason.POLICY_DENY

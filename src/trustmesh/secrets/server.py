@@ -72,12 +72,14 @@ async def serve_secrets(
     host: str = "127.0.0.1",
     port: int | None = None,
     clock: Callable[[], float] = time.time,
+    config_file: Path | None = None,
 ) -> RunningSecrets:
-    """Start the secrets service; return once it listens (unsealed, in dev mode)."""
+    """Start the secrets service; return once it listens (unsealed, in dev mode).
+    ``config_file``: where ``config`` was read, read again by ``sys/config/reload``."""
     settings = settings_of(config)
     sock = bound_socket(host, port if port is not None else settings.port)
     try:
-        service = await _service(config, settings, state, clock)
+        service = await _service(config, settings, state, clock, config_file)
     except BaseException:
         sock.close()
         raise
@@ -97,13 +99,18 @@ def _paths(settings: SecretsConfig, state: Path) -> tuple[str, Path]:
 
 
 async def _service(
-    config: TrustmeshConfig, settings: SecretsConfig, state: Path, clock: Callable[[], float]
+    config: TrustmeshConfig,
+    settings: SecretsConfig,
+    state: Path,
+    clock: Callable[[], float],
+    config_file: Path | None,
 ) -> SecretsService:
     url, audit_file = _paths(settings, state)
     store = SecretsStore(create_engine(url))
     await store.create()
     key = await audit_key(store, crypto.load_seal_key(state, dev=config.dev))
-    service = SecretsService(config, settings, store, AuditDevice(audit_file, key), clock=clock)
+    audit = AuditDevice(audit_file, key)
+    service = SecretsService(config, settings, store, audit, clock=clock, config_file=config_file)
     await service.start()
     auto = settings.dev_auto_unseal if settings.dev_auto_unseal is not None else config.dev
     if auto:

@@ -1,16 +1,24 @@
 """The secrets service's parts put together: the barrier, the engines, the tokens, the
-policies compiled from the declaration, and the audit device."""
+policies compiled from the declaration, and the audit device.
+
+The policies (and the token lifetimes) are one immutable snapshot, compiled from the
+declaration off the request path and swapped in whole by :meth:`SecretsService.reload`;
+a token names its policies, so a reload applies to the tokens already issued too."""
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final
 
 from trustmesh import crypto
 from trustmesh.config import TrustmeshConfig
 from trustmesh.config.secrets import SecretsConfig
+from trustmesh.errors import ConfigError
 from trustmesh.secrets.app import Call, Reply
 from trustmesh.secrets.audit import AuditDevice
 from trustmesh.secrets.barrier import Barrier
@@ -21,7 +29,10 @@ from trustmesh.secrets.store import SecretsStore
 from trustmesh.secrets.tokens import ROOT_POLICY, Tokens
 from trustmesh.secrets.transit_api import TransitKeys
 
-__all__ = ["SecretsService", "audit_key"]
+__all__ = ["Policies", "SecretsService", "audit_key"]
+
+#: Settings a reload cannot change: they take a restart.
+_AT_START: Final = ("port", "database", "audit_file", "dev_auto_unseal")
 
 _AUDIT_KEY_CONTEXT = b"trustmesh/secrets/audit-hmac"
 
@@ -40,6 +51,24 @@ async def audit_key(store: SecretsStore, seal_key: crypto.SealKey) -> bytes:
     return crypto.open_sealed(sealed, seal_key, context=_AUDIT_KEY_CONTEXT)
 
 
+@dataclass(frozen=True)
+class Policies:
+    """Who may do what, compiled from one declaration: the ACL of each identity's name,
+    and the identity's name of each SPIFFE ID."""
+
+    acls: Mapping[str, Acl]
+    identities: Mapping[str, str]
+
+    @classmethod
+    def compile(cls, config: TrustmeshConfig, settings: SecretsConfig) -> Policies:
+        return cls(
+            MappingProxyType({p.identity: Acl(p.allow) for p in settings.policies}),
+            MappingProxyType(
+                {config.secrets_identity(p.identity): p.identity for p in settings.policies}
+            ),
+        )
+
+
 class SecretsService:
     def __init__(
         self,
@@ -49,8 +78,10 @@ class SecretsService:
         audit: AuditDevice,
         *,
         clock: Callable[[], float] = time.time,
+        config_file: Path | None = None,
     ) -> None:
         self.store = store
+        self.config_file = config_file  # read again on a reload
         self.clock = clock
         self.barrier = Barrier(store, clock)
         self.kv = KvEngine(store, self.barrier, clock)
@@ -64,10 +95,8 @@ class SecretsService:
         self.database = DatabaseEngine(store.engine, self.barrier, self.tokens.expiry, clock)
         self.audit = audit
         self.operator = config.component_spiffe_id("operator")
-        self.acls = {p.identity: Acl(p.allow) for p in settings.policies}
-        self.identities = {
-            config.secrets_identity(p.identity): p.identity for p in settings.policies
-        }
+        self.settings = settings
+        self.policies = Policies.compile(config, settings)
 
     async def start(self) -> None:
         await self.store.create()
@@ -88,10 +117,24 @@ class SecretsService:
         policy may do anything; a deny in any policy refuses."""
         if ROOT_POLICY in policies:
             return True
-        acls = [self.acls[name] for name in policies if name in self.acls]
+        known = self.policies.acls
+        acls = [known[name] for name in policies if name in known]
         if any(acl.denies(path) for acl in acls):
             return False
         return any(acl.allows(path, capability) for acl in acls)
+
+    def reload(self, config: TrustmeshConfig) -> list[str]:
+        """Swap in the policies and token lifetimes ``config`` declares (compiled first:
+        a declaration that does not compile changes nothing); the settings that differ
+        but take a restart to apply."""
+        settings = config.secrets
+        if settings is None:
+            raise ConfigError("secrets: not declared in the configuration")
+        policies = Policies.compile(config, settings)
+        self.tokens.ttl = settings.token_ttl.total_seconds()
+        self.tokens.max_ttl = settings.token_max_ttl.total_seconds()
+        self.policies, before, self.settings = policies, self.settings, settings
+        return [name for name in _AT_START if getattr(before, name) != getattr(settings, name)]
 
     # -- audit ---------------------------------------------------------------------------
 
