@@ -28,7 +28,7 @@ version (above ``latest_version``: too new; below ``min_decryption_version``: to
 base64, then authentication (``cipher: message authentication failed`` for any tampered,
 truncated or foreign ciphertext: never garbage).
 
-Refusals raise :class:`TransitError` (a ``UsageError``: HTTP 400); the adapter answers
+Refusals raise :class:`~trustmesh.secrets.transit_fields.TransitError` (a ``UsageError``: HTTP 400); the adapter answers
 ``{"errors": [str(exc)]}``. A message never holds plaintext or key bytes. Batches follow
 Vault: structural problems (not a list, an item that is not an object, a field of the wrong
 JSON type) refuse the whole request; anything else fails its own item only, which gets
@@ -45,17 +45,30 @@ ciphertext fails alone instead of failing the batch; ``supports_derivation`` is 
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import ClassVar, NotRequired, TypedDict
 
 from trustmesh.crypto import SealKey, open_sealed, seal
-from trustmesh.errors import SealError, StateError, UsageError
+from trustmesh.errors import SealError, StateError
+from trustmesh.secrets.transit_fields import (
+    BatchAnswer,
+    TransitError,
+    associated_bytes,
+    b64decode,
+    batch,
+    is_int,
+    item_options,
+    item_text,
+    item_version,
+    refuse_derivation,
+    require_int,
+    strict_b64decode,
+)
 
 __all__ = [
     "KEY_NOT_FOUND",
@@ -95,7 +108,6 @@ _VAULT_TYPES = frozenset(
 #: Vault's ``framework.GenericNameRegex`` (ASCII ``\\w``), bounded in length.
 _NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,254}[A-Za-z0-9_])?")
 _VERSION = re.compile(r"[1-9][0-9]{0,9}")
-_B64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
 _CONTEXT_LABEL = b"trustmesh/secrets/transit/v1\x00"
 _KEY_BYTES = 32
 _DATAKEY_BITS = frozenset({128, 256, 512})
@@ -116,12 +128,6 @@ _STORED_FIELDS = frozenset(
         "versions",
     ]
 )
-_STRING_FIELDS = ("plaintext", "ciphertext", "associated_data", "context", "nonce", "reference")
-
-
-class TransitError(UsageError):
-    """A request the transit engine refuses (HTTP 400). ``str(exc)`` is the message Vault
-    would answer (its own wording where it has one): never plaintext or key bytes."""
 
 
 class EncryptResult(TypedDict):
@@ -137,20 +143,6 @@ class DatakeyResult(TypedDict):
     ciphertext: str
     key_version: int
     plaintext: NotRequired[str]  # only for ``datakey/plaintext``
-
-
-@dataclass(frozen=True)
-class BatchAnswer:
-    """A batch's ``data`` (``{"batch_results": [...]}``, in input order), the HTTP status
-    Vault answers it with, and Vault's warnings."""
-
-    results: tuple[dict[str, object], ...]
-    status: int = 200
-    warnings: tuple[str, ...] = ()
-
-    @property
-    def data(self) -> dict[str, object]:
-        return {"batch_results": [dict(result) for result in self.results]}
 
 
 @dataclass(frozen=True, repr=False)
@@ -195,16 +187,16 @@ class TransitKey:
         for version in self.versions.values():
             if not isinstance(version, KeyVersion) or len(version.key) != _KEY_BYTES:
                 return "a version's key is not 32 bytes"
-            if not _is_int(version.created) or version.created < 0:
+            if not is_int(version.created) or version.created < 0:
                 return "a version's creation time is not a unix time"
         latest = len(self.versions)
         if (
-            not _is_int(self.min_decryption_version)
+            not is_int(self.min_decryption_version)
             or not 1 <= self.min_decryption_version <= latest
         ):
             return "min_decryption_version out of range"
         if (
-            not _is_int(self.min_encryption_version)
+            not is_int(self.min_encryption_version)
             or not 0 <= self.min_encryption_version <= latest
         ):
             return "min_encryption_version out of range"
@@ -271,7 +263,7 @@ class TransitKey:
         warnings: list[str] = []
         min_dec = self.min_decryption_version
         if min_decryption_version is not None:
-            _require_int("min_decryption_version", min_decryption_version)
+            require_int("min_decryption_version", min_decryption_version)
             if min_decryption_version < 0:
                 raise TransitError("min decryption version cannot be negative")
             if min_decryption_version == 0:
@@ -287,7 +279,7 @@ class TransitKey:
             min_dec = min_decryption_version
         min_enc = self.min_encryption_version
         if min_encryption_version is not None:
-            _require_int("min_encryption_version", min_encryption_version)
+            require_int("min_encryption_version", min_encryption_version)
             if min_encryption_version < 0:
                 raise TransitError("min encryption version cannot be negative")
             if min_encryption_version != min_enc and min_encryption_version > self.latest_version:
@@ -360,11 +352,11 @@ class TransitKey:
         nonce: str | None = None,
     ) -> EncryptResult:
         """``POST encrypt/:name``: ``plaintext`` is base64, as in Vault."""
-        _refuse_derivation(context, nonce)
+        refuse_derivation(context, nonce)
         if not isinstance(plaintext, str):
             raise TransitError(_MISSING_PLAINTEXT)
-        raw = _b64decode(plaintext)
-        return self._seal(raw, key_version, _associated(associated_data))
+        raw = b64decode(plaintext)
+        return self._seal(raw, key_version, associated_bytes(associated_data))
 
     def decrypt(
         self,
@@ -375,8 +367,8 @@ class TransitKey:
         nonce: str | None = None,
     ) -> DecryptResult:
         """``POST decrypt/:name``: the plaintext, base64-encoded."""
-        _refuse_derivation(context, nonce)
-        raw = self._open(ciphertext, _associated(associated_data))
+        refuse_derivation(context, nonce)
+        raw = self._open(ciphertext, associated_bytes(associated_data))
         return {"plaintext": base64.b64encode(raw).decode("ascii")}
 
     def rewrap(
@@ -390,8 +382,8 @@ class TransitKey:
     ) -> EncryptResult:
         """``POST rewrap/:name``: the same plaintext under ``key_version`` (latest by
         default), never leaving this function."""
-        _refuse_derivation(context, nonce)
-        associated = _associated(associated_data)
+        refuse_derivation(context, nonce)
+        associated = associated_bytes(associated_data)
         return self._seal(self._open(ciphertext, associated), key_version, associated)
 
     def datakey(
@@ -407,8 +399,8 @@ class TransitKey:
         plaintext too when ``kind`` is ``plaintext`` (``wrapped``: the ciphertext only)."""
         if kind not in ("plaintext", "wrapped"):
             raise TransitError("Invalid path, must be 'plaintext' or 'wrapped'")
-        _refuse_derivation(context, nonce)
-        if not _is_int(bits) or bits not in _DATAKEY_BITS:
+        refuse_derivation(context, nonce)
+        if not is_int(bits) or bits not in _DATAKEY_BITS:
             raise TransitError("invalid bit length")
         raw = os.urandom(bits // 8)
         sealed = self._seal(raw, key_version, b"")
@@ -428,10 +420,12 @@ class TransitKey:
         """``encrypt/:name`` with ``batch_input``: each item as :meth:`encrypt`."""
 
         def one(item: Mapping[str, object]) -> dict[str, object]:
-            plaintext = _text(item, "plaintext")
-            return dict(self.encrypt(plaintext, key_version=_version(item), **_options(item)))
+            plaintext = item_text(item, "plaintext")
+            return dict(
+                self.encrypt(plaintext, key_version=item_version(item), **item_options(item))
+            )
 
-        return _batch(items, one, {}, partial_failure_response_code)
+        return batch(items, one, {}, partial_failure_response_code)
 
     def decrypt_batch(
         self, items: object, *, partial_failure_response_code: int | None = None
@@ -440,19 +434,21 @@ class TransitKey:
         item carries ``"plaintext": ""`` beside its error, as in Vault."""
 
         def one(item: Mapping[str, object]) -> dict[str, object]:
-            return dict(self.decrypt(_text(item, "ciphertext"), **_options(item)))
+            return dict(self.decrypt(item_text(item, "ciphertext"), **item_options(item)))
 
-        return _batch(items, one, {"plaintext": ""}, partial_failure_response_code)
+        return batch(items, one, {"plaintext": ""}, partial_failure_response_code)
 
     def rewrap_batch(self, items: object) -> BatchAnswer:
         """``rewrap/:name`` with ``batch_input``: each item as :meth:`rewrap`. Vault
         answers 200 whatever failed (each failure is in its item)."""
 
         def one(item: Mapping[str, object]) -> dict[str, object]:
-            ciphertext = _text(item, "ciphertext")
-            return dict(self.rewrap(ciphertext, key_version=_version(item), **_options(item)))
+            ciphertext = item_text(item, "ciphertext")
+            return dict(
+                self.rewrap(ciphertext, key_version=item_version(item), **item_options(item))
+            )
 
-        return replace(_batch(items, one, {}, None), status=200)
+        return replace(batch(items, one, {}, None), status=200)
 
     # -- storage --------------------------------------------------------------------------
 
@@ -497,7 +493,7 @@ class TransitKey:
             if set(entry) != {"key", "created"} or not isinstance(entry["key"], str):
                 raise StateError("stored transit key: bad version entry")
             try:
-                key = _strict_b64decode(entry["key"])
+                key = strict_b64decode(entry["key"])
             except ValueError:
                 raise StateError("stored transit key: a version's key is not base64") from None
             versions[int(number)] = KeyVersion(key, entry["created"])
@@ -529,7 +525,7 @@ class TransitKey:
     def _encryption_version(self, key_version: int | None) -> int:
         if key_version is None or key_version == 0:
             return self.latest_version
-        _require_int("key_version", key_version)
+        require_int("key_version", key_version)
         if key_version < 0:
             raise TransitError("requested version for encryption is negative")
         if key_version > self.latest_version:
@@ -567,7 +563,7 @@ class TransitKey:
         if version < self.min_decryption_version:
             raise TransitError(_TOO_OLD)
         try:
-            blob = _strict_b64decode(body)
+            blob = strict_b64decode(body)
         except ValueError:
             raise TransitError("invalid ciphertext: could not decode base64") from None
         key = SealKey(self.versions[version].key, "transit")
@@ -579,125 +575,6 @@ class TransitKey:
 
 def _new_version(now: float) -> KeyVersion:
     return KeyVersion(os.urandom(_KEY_BYTES), int(now))
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _require_int(field: str, value: object) -> None:
-    if not _is_int(value):
-        raise TransitError(f"{field} must be an integer")
-
-
-def _refuse_derivation(context: str | None, nonce: str | None) -> None:
-    if context:
-        raise TransitError(
-            "context was provided but this key does not use key derivation "
-            "(derived keys are not supported)"
-        )
-    if nonce:
-        raise TransitError("provided nonce not allowed for this key")
-
-
-def _b64decode(text: str, field: str = "") -> bytes:
-    """Strict standard base64 (padded), refused in Go's words as Vault answers them."""
-    try:
-        return _strict_b64decode(text)
-    except ValueError:
-        at = next((i for i, char in enumerate(text) if char not in _B64_ALPHABET), len(text))
-        prefix = f"{field}: " if field else ""
-        raise TransitError(f"{prefix}illegal base64 data at input byte {at}") from None
-
-
-def _strict_b64decode(text: str) -> bytes:
-    """Standard base64, padded to a multiple of 4, nothing after the padding (as Go's
-    ``base64.StdEncoding`` reads it); ValueError otherwise (binascii.Error is one)."""
-    raw = binascii.a2b_base64(text.encode("ascii"), strict_mode=True)
-    if len(text) != 4 * -(-len(raw) // 3):  # no missing or surplus padding
-        raise ValueError("base64 padding")
-    return raw
-
-
-def _associated(associated_data: str | None) -> bytes:
-    if associated_data is None or associated_data == "":
-        return b""
-    if not isinstance(associated_data, str):
-        raise TransitError("associated_data must be a base64 string")
-    return _b64decode(associated_data, "associated_data")
-
-
-def _text(item: Mapping[str, object], field: str) -> str | None:
-    value = item.get(field)
-    return value if isinstance(value, str) else None
-
-
-def _options(item: Mapping[str, object]) -> dict[str, str | None]:
-    """An item's optional string fields, as keyword arguments of the one-item methods."""
-    return {name: _text(item, name) for name in ("associated_data", "context", "nonce")}
-
-
-def _version(item: Mapping[str, object]) -> int | None:
-    value = item.get("key_version")
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _batch_items(items: object) -> Sequence[Mapping[str, object]]:
-    """Vault's structural checks on ``batch_input``: any failure refuses the request."""
-    if not isinstance(items, list):
-        raise TransitError("failed to parse batch input: batch_input must be an array")
-    if not items:
-        raise TransitError("missing batch input to process")
-    problems = []
-    for index, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise TransitError(f"failed to parse batch input: [{index}] expected a map")
-        for field in _STRING_FIELDS:
-            value = item.get(field)
-            if value is not None and not isinstance(value, str):
-                problems.append(f"'[{index}].{field}' expected type 'string'")
-        version = item.get("key_version")
-        if version is not None and not _is_int(version):
-            problems.append(f"'[{index}].key_version' expected type 'int'")
-    if problems:
-        raise TransitError("failed to parse batch input: " + "; ".join(problems))
-    return items
-
-
-def _batch(
-    items: object,
-    one: Callable[[Mapping[str, object]], dict[str, object]],
-    on_error: dict[str, object],
-    partial_failure_response_code: object,
-) -> BatchAnswer:
-    results: list[dict[str, object]] = []
-    successes = failures = 0
-    for item in _batch_items(items):
-        reference = _text(item, "reference") or ""
-        try:
-            result = one(item)
-        except TransitError as exc:
-            failures += 1
-            results.append({**on_error, "error": str(exc), "reference": reference})
-        else:
-            successes += 1
-            results.append({**result, "reference": reference})
-    status, warnings = _batch_status(successes, failures, partial_failure_response_code)
-    return BatchAnswer(tuple(results), status, warnings)
-
-
-def _batch_status(successes: int, failures: int, override: object) -> tuple[int, tuple[str, ...]]:
-    """Vault's ``batchRequestResponse``: 200 when every item succeeded; else 400, or the
-    caller's ``partial_failure_response_code`` (1..599) when at least one succeeded."""
-    if not failures:
-        return 200, ()
-    if override is None or not successes:
-        return 400, ()
-    if isinstance(override, int) and not isinstance(override, bool) and 1 <= override <= 599:
-        return override, ()
-    return 400, (
-        "invalid HTTP response code override from partial_failure_response_code, reverting to 400",
-    )
 
 
 def _unique_object(pairs: list[tuple[str, object]]) -> dict[str, object]:
