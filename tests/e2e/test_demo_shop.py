@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import re
+import secrets
 import shutil
 import time
 from collections.abc import Iterator
@@ -286,6 +287,92 @@ def test_hvac_kv_and_transit_against_trustmesh_up(shop: dict[str, object], tmp_p
     assert client.auth.token.lookup_self()["data"]["policies"] == ["operator"]
     client.auth.token.revoke_self()
     assert not client.is_authenticated()
+
+
+def test_hvac_database_credentials_against_trustmesh_up(
+    shop: dict[str, object], tmp_path: Path
+) -> None:
+    """The operator configures a private PostgreSQL in the running stack with hvac; the
+    issued role logs in, and is dropped when its lease is revoked and when the token that
+    asked for it is revoked."""
+    import asyncpg
+    import hvac
+    from services import private_postgres
+
+    from trustmesh.cli._admin import as_operator
+
+    status = shop["status"]
+    assert isinstance(status, dict)
+    url = next(c["url"] for c in status["components"] if c["name"] == "secrets")
+
+    async def operator_pem() -> tuple[str, str, str]:
+        async with as_operator(Path(str(shop["state"]))) as operator:
+            cert, key, bundle = write_pems(operator.tls.source.context, tmp_path, "operator")
+        return str(cert), str(key), str(bundle)
+
+    cert, key, bundle = asyncio.run(operator_pem())
+
+    def logged_in() -> hvac.Client:
+        session = spiffe_session(bundle, cert, key)
+        client = hvac.Client(url=url, cert=(cert, key), verify=bundle, session=session)
+        client.auth.cert.login()
+        return client
+
+    async def login_as(port: int, user: str, password: str) -> Any:
+        connection = await asyncpg.connect(
+            host="127.0.0.1", port=port, user=user, password=password, database="postgres"
+        )
+        try:
+            return await connection.fetchval("SELECT current_user")
+        finally:
+            await connection.close()
+
+    with private_postgres() as cluster:
+        root_password = secrets.token_hex(16)
+
+        async def make_root() -> None:
+            admin = await cluster.admin()
+            await admin.execute(f"CREATE ROLE shoproot SUPERUSER LOGIN PASSWORD '{root_password}'")
+            await admin.close()
+
+        async def exists(name: str) -> bool:
+            admin = await cluster.admin()
+            try:
+                return bool(await admin.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", name))
+            finally:
+                await admin.close()
+
+        asyncio.run(make_root())
+        client = logged_in()
+        database = client.secrets.database
+        database.configure(
+            "shopdb",
+            plugin_name="postgresql-database-plugin",
+            connection_url=f"postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{cluster.port}/postgres",
+            username="shoproot",
+            password=root_password,
+            allowed_roles=["reader"],
+        )
+        database.create_role(
+            "reader",
+            db_name="shopdb",
+            creation_statements=[
+                "CREATE ROLE \"{{name}}\" LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"
+            ],
+            default_ttl=300,
+        )
+        first = database.generate_credentials("reader")
+        user, password = first["data"]["username"], first["data"]["password"]
+        assert asyncio.run(login_as(cluster.port, user, password)) == user
+        client.sys.revoke_lease(first["lease_id"])
+        assert not asyncio.run(exists(user))
+        second = database.generate_credentials("reader")["data"]["username"]
+        assert asyncio.run(exists(second))
+        client.auth.token.revoke_self()  # its leases go with it
+        assert not asyncio.run(exists(second))
+        cleanup = logged_in().secrets.database
+        cleanup.delete_role("reader")
+        cleanup.delete_connection("shopdb")
 
 
 async def test_payments_may_not_call_orders(shop: dict[str, object]) -> None:
