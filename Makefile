@@ -46,6 +46,7 @@ bench: $(BIN)/trustmesh
 	$(BIN)/python benchmarks/serve_overhead.py
 	$(BIN)/python benchmarks/token_issuance.py
 	$(BIN)/python benchmarks/token_check.py
+	$(BIN)/python benchmarks/audit_ledger.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

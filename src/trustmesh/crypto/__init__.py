@@ -1,7 +1,8 @@
 """The only place in trustmesh that touches low-level primitives (``cryptography.hazmat``).
 
 Everyone else calls these recipes: sealing keys at rest, the workload CA and SVIDs, JWTs,
-password hashes (argon2id) and one-time passwords (TOTP).
+password hashes (argon2id), one-time passwords (TOTP) and detached Ed25519 signatures
+(the audit log's checkpoints).
 """
 
 from trustmesh.crypto._edge import (
@@ -59,6 +60,16 @@ from trustmesh.crypto._seal import (
     reseal,
     seal,
 )
+from trustmesh.crypto._sign import (
+    SigningKey,
+    generate_signing_key,
+    load_or_create_signing_key,
+    sign_detached,
+    signing_key_from_seed,
+    signing_key_id,
+    signing_public_key,
+    verify_detached,
+)
 from trustmesh.crypto._x509 import (
     BACKDATE,
     Issuer,
@@ -102,6 +113,7 @@ __all__ = [
     "PublicKey",
     "SealKey",
     "ServerCertificate",
+    "SigningKey",
     "cert_der",
     "cert_pem",
     "certs_from_der",
@@ -114,6 +126,7 @@ __all__ = [
     "edge_ca_path",
     "fingerprint_sha256",
     "generate_key",
+    "generate_signing_key",
     "hash_password",
     "is_sealed",
     "issue_server_certificate",
@@ -123,6 +136,7 @@ __all__ = [
     "key_id",
     "leaf_spiffe_id",
     "load_or_create_sealed_key",
+    "load_or_create_signing_key",
     "load_seal_key",
     "load_server_certificate",
     "local_server_certificate",
@@ -136,12 +150,17 @@ __all__ = [
     "reseal",
     "seal",
     "server_certificate",
+    "sign_detached",
     "sign_jwt",
+    "signing_key_from_seed",
+    "signing_key_id",
+    "signing_public_key",
     "totp_code",
     "totp_uri",
     "unverified_header",
     "unverified_issuer",
     "uri_sans",
+    "verify_detached",
     "verify_jws",
     "verify_jwt",
     "verify_password",

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from trustmesh.crypto._seal import SealKey, _write_private_file, open_sealed, seal
+from trustmesh.crypto._seal import SealKey, load_or_create_sealed, open_sealed, seal
 from trustmesh.crypto._x509 import (
     BACKDATE,
     PrivateKey,
@@ -239,13 +239,7 @@ def server_certificate(
 def load_or_create_sealed_key(path: Path, seal_key: SealKey, *, context: bytes) -> PrivateKey:
     """An EC private key kept sealed (bound to ``context``) in ``path``: read, or made and
     written 0600 on first use (if another process wins that race, its key is read)."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key = generate_key()
-        try:
-            _write_private_file(path, seal(private_key_to_der(key), seal_key, context=context))
-        except FileExistsError:
-            pass
-        else:
-            return key
-    return private_key_from_der(open_sealed(path.read_bytes(), seal_key, context=context))
+    der = load_or_create_sealed(
+        path, seal_key, context=context, make=lambda: private_key_to_der(generate_key())
+    )
+    return private_key_from_der(der)

@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,3 +172,21 @@ def _write_private_file(path: Path, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def load_or_create_sealed(
+    path: Path, seal_key: SealKey, *, context: bytes, make: Callable[[], bytes]
+) -> bytes:
+    """The plaintext kept sealed (bound to ``context``) in ``path``: opened, or made by
+    ``make`` and written 0600 on first use (if another process wins that race, its
+    file is read)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        plaintext = make()
+        try:
+            _write_private_file(path, seal(plaintext, seal_key, context=context))
+        except FileExistsError:
+            pass
+        else:
+            return plaintext
+    return open_sealed(path.read_bytes(), seal_key, context=context)

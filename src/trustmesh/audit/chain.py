@@ -1,0 +1,334 @@
+"""The audit log's hash chain and its signed checkpoints: pure values and functions (the
+storage is :mod:`trustmesh.audit.ledger`, the check :mod:`trustmesh.audit.verifier`).
+
+Records are numbered ``seq`` = 1, 2, 3… in the order they are appended. Each stores the
+event's canonical bytes (:func:`canonical`: JSON with sorted keys, compact separators,
+ASCII only, no NaN or Infinity) and its link hash::
+
+    hash(0)   = GENESIS = SHA-256("trustmesh/audit/genesis/v1")
+    hash(seq) = SHA-256("trustmesh/audit/record/v1" NUL || hash(seq - 1) || body(seq))
+
+so changing, removing, adding or moving a record breaks the link of the record after it.
+An attacker who can write the database can recompute the whole chain; what they cannot
+do is sign. A :class:`Checkpoint` signs (Ed25519, the audit key) the head of the chain —
+its seq, its hash, the number of records — with the time and the digest of the previous
+checkpoint, so the checkpoints form a chain of their own. Checkpoints are kept in the
+database and, one JSON line each (:meth:`Checkpoint.to_line`), outside it: a log cut
+below a checkpoint kept elsewhere is visibly truncated.
+
+The indexed columns a record is searched by are derived from its body
+(:func:`fields_of`), and refused when absent or malformed (the caller quarantines the
+event, with the reason).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from trustmesh import crypto
+from trustmesh.errors import StateError, UsageError
+
+__all__ = [
+    "GENESIS",
+    "LIMITS",
+    "Checkpoint",
+    "CheckpointPolicy",
+    "Fields",
+    "canonical",
+    "checkpoint_due",
+    "fields_of",
+    "link",
+    "make_checkpoint",
+    "ms",
+]
+
+GENESIS = hashlib.sha256(b"trustmesh/audit/genesis/v1").digest()
+_RECORD = b"trustmesh/audit/record/v1\x00"
+_CHECKPOINT = b"trustmesh/audit/checkpoint/v1\x00"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_LINE = 4096
+_UID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_HEX_HASH = re.compile(r"[0-9a-f]{64}")
+_HEX_SIGNATURE = re.compile(r"[0-9a-f]{128}")
+_LINE_FIELDS = frozenset(
+    {"v", "last_seq", "last_hash", "count", "time", "previous", "key_id", "signature"}
+)
+#: The longest value each text column holds.
+LIMITS = {"principal": 2048, "src_ip": 64, "decision": 16, "reason": 128, "trace_id": 256}
+
+
+def _refuse(value: object) -> Any:
+    raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False, default=_refuse
+)
+_encode = _ENCODER.encode
+
+
+def canonical(event: Mapping[str, Any]) -> bytes:
+    """The event's canonical bytes, or :class:`UsageError` for a value JSON cannot hold
+    (NaN, Infinity, bytes, sets, other objects, a cycle) or keys of mixed types.
+
+    Events come parsed from JSON (or from ``Event.to_ocsf()``), so their keys are
+    strings; a dict whose keys are all numbers, booleans or None is written as JSON
+    writes it (keys as strings), which stays deterministic — checking every key of
+    every event would cost as much as the encoding itself."""
+    try:
+        text = _encode(event)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise UsageError(f"not a JSON object: {exc}") from None
+    if not text.startswith("{"):
+        raise UsageError("not a JSON object")
+    return text.encode("ascii")
+
+
+def link(previous: bytes, body: bytes) -> bytes:
+    """The hash of a record with ``body`` after the record whose hash is ``previous``."""
+    return hashlib.sha256(_RECORD + previous + body).digest()
+
+
+def ms(when: datetime) -> int:
+    """Milliseconds since the Unix epoch (exact; ``when`` must be timezone-aware)."""
+    if when.tzinfo is None:
+        raise UsageError("a time must be timezone-aware")
+    return (when - _EPOCH) // timedelta(milliseconds=1)
+
+
+# --- the columns a record is searched by ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Fields:
+    """What a record is found by, derived from its event (see :func:`fields_of`)."""
+
+    uid: str
+    time: int  # ms since the epoch (OCSF ``time``)
+    class_uid: int
+    principal: str | None  # the user (``sub``), else the workload's SPIFFE ID
+    src_ip: str | None
+    decision: str | None
+    reason: str | None
+    trace_id: str | None
+
+    def values(self) -> tuple[object, ...]:
+        """The columns' values, in the order of the fields."""
+        return (
+            *(self.uid, self.time, self.class_uid, self.principal, self.src_ip),
+            *(self.decision, self.reason, self.trace_id),
+        )
+
+
+def _get(node: object, *path: str) -> object:
+    for key in path:
+        if type(node) is not dict:
+            return None
+        node = node.get(key)
+    return node
+
+
+def _text(name: str, *candidates: object) -> str | None:
+    for value in candidates:
+        if value is None:
+            continue
+        if type(value) is not str or not value or len(value) > LIMITS[name]:
+            raise UsageError(f"{name} must be a non-empty string of at most {LIMITS[name]}")
+        return value
+    return None
+
+
+def _integer(name: str, value: object, limit: int) -> int:
+    if type(value) is not int or not 0 <= value < limit:
+        raise UsageError(f"{name} must be an integer from 0 to {limit - 1}")
+    return value
+
+
+def fields_of(event: Mapping[str, Any]) -> Fields:
+    """The columns of an OCSF event: ``metadata.uid`` (required: what makes a retried
+    delivery a duplicate), ``time`` and ``class_uid`` (required), and from
+    ``unmapped.trustmesh`` (else the OCSF places) the principal, decision, reason and
+    trace id, and ``src_endpoint.ip``. :class:`UsageError` names what is wrong."""
+    if type(event) is not dict:
+        raise UsageError("an event must be a JSON object")
+    uid = _get(event, "metadata", "uid")
+    if type(uid) is not str or not _UID.fullmatch(uid):
+        raise UsageError("metadata.uid must be 1 to 64 letters, digits or ._:-")
+    tm = _get(event, "unmapped", "trustmesh")
+    tm = tm if type(tm) is dict else {}
+    return Fields(
+        uid=uid,
+        time=_integer("time", event.get("time"), 2**63),
+        class_uid=_integer("class_uid", event.get("class_uid"), 2**31),
+        principal=_text(
+            "principal",
+            tm.get("sub"),
+            _get(event, "actor", "user", "uid"),
+            tm.get("spiffe_id"),
+            _get(event, "actor", "app_uid"),
+        ),
+        src_ip=_text("src_ip", _get(event, "src_endpoint", "ip")),
+        decision=_text("decision", tm.get("decision")),
+        reason=_text("reason", tm.get("reason")),
+        trace_id=_text("trace_id", tm.get("trace_id"), _get(event, "metadata", "correlation_uid")),
+    )
+
+
+# --- checkpoints -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A signed statement of the chain's head: records 1..``last_seq`` (``count`` of
+    them) end with ``last_hash``; made at ``time`` (ms) after the checkpoint whose
+    digest is ``previous`` (GENESIS for the first), signed by the key ``key_id``."""
+
+    last_seq: int
+    last_hash: bytes
+    count: int
+    time: int
+    previous: bytes
+    key_id: str
+    signature: bytes
+
+    def signed_fields(self) -> dict[str, object]:
+        return {
+            "v": 1,
+            "last_seq": self.last_seq,
+            "last_hash": self.last_hash.hex(),
+            "count": self.count,
+            "time": self.time,
+            "previous": self.previous.hex(),
+            "key_id": self.key_id,
+        }
+
+    def signing_bytes(self) -> bytes:
+        """What the signature covers: a domain prefix, then the canonical JSON of every
+        field but the signature."""
+        return _CHECKPOINT + canonical(self.signed_fields())
+
+    @property
+    def digest(self) -> bytes:
+        """What the next checkpoint names as ``previous``."""
+        return hashlib.sha256(self.signing_bytes()).digest()
+
+    @property
+    def when(self) -> datetime:
+        return _EPOCH + timedelta(milliseconds=self.time)
+
+    def verifies(self, keys: Mapping[str, bytes]) -> bool:
+        """Whether it is signed by one of ``keys`` (key id → raw Ed25519 public key)."""
+        public = keys.get(self.key_id)
+        return public is not None and crypto.verify_detached(
+            public, self.signing_bytes(), self.signature
+        )
+
+    def to_line(self) -> bytes:
+        """One JSON line (with its newline) for a checkpoint file or a webhook."""
+        fields = self.signed_fields() | {"signature": self.signature.hex()}
+        return canonical(fields) + b"\n"
+
+    @classmethod
+    def from_line(cls, line: bytes) -> Checkpoint:
+        """Parse :meth:`to_line`'s output; :class:`StateError` for anything else."""
+        if len(line) > _MAX_LINE:
+            raise StateError(f"a checkpoint line is at most {_MAX_LINE} bytes")
+        try:
+            data = json.loads(line, object_pairs_hook=_unique, parse_constant=_no_constant)
+        except (ValueError, RecursionError):
+            raise StateError("a checkpoint line is not JSON") from None
+        if type(data) is not dict or set(data) != _LINE_FIELDS or data["v"] != 1:
+            raise StateError("a checkpoint line must hold exactly the fields of version 1")
+        numbers = [data[name] for name in ("last_seq", "count", "time")]
+        if any(type(n) is not int or not 0 <= n < 2**63 for n in numbers):
+            raise StateError("a checkpoint's seq, count and time are non-negative integers")
+        texts = (data["last_hash"], data["previous"], data["signature"], data["key_id"])
+        if not all(type(t) is str for t in texts):
+            raise StateError("a checkpoint's hashes, signature and key id are strings")
+        if not (
+            _HEX_HASH.fullmatch(data["last_hash"])
+            and _HEX_HASH.fullmatch(data["previous"])
+            and _HEX_SIGNATURE.fullmatch(data["signature"])
+            and _KEY_ID.fullmatch(data["key_id"])
+        ):
+            raise StateError("a checkpoint's hashes, signature or key id are malformed")
+        return cls(
+            last_seq=data["last_seq"],
+            last_hash=bytes.fromhex(data["last_hash"]),
+            count=data["count"],
+            time=data["time"],
+            previous=bytes.fromhex(data["previous"]),
+            key_id=data["key_id"],
+            signature=bytes.fromhex(data["signature"]),
+        )
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("duplicate key")
+    return result
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def make_checkpoint(
+    previous: Checkpoint | None,
+    *,
+    last_seq: int,
+    last_hash: bytes,
+    now: datetime,
+    key: crypto.SigningKey,
+) -> Checkpoint:
+    """Sign the head (``last_seq``, ``last_hash``) after ``previous``."""
+    if previous is not None and last_seq <= previous.last_seq:
+        raise UsageError(f"nothing to sign after seq {previous.last_seq}")
+    unsigned = Checkpoint(
+        last_seq=last_seq,
+        last_hash=last_hash,
+        count=last_seq,  # seqs are 1, 2, 3…: the head's seq counts the records
+        time=ms(now),
+        previous=GENESIS if previous is None else previous.digest,
+        key_id=crypto.signing_key_id(crypto.signing_public_key(key)),
+        signature=b"",
+    )
+    return dataclasses.replace(
+        unsigned, signature=crypto.sign_detached(key, unsigned.signing_bytes())
+    )
+
+
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    """Sign the head every ``records`` new records, or ``seconds`` after the last
+    checkpoint when anything is unsigned."""
+
+    records: int = 1000
+    seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.records < 1 or not (math.isfinite(self.seconds) and self.seconds > 0):
+            raise UsageError("a checkpoint policy needs records >= 1 and seconds > 0")
+
+
+def checkpoint_due(
+    policy: CheckpointPolicy, *, head_seq: int, last: Checkpoint | None, now: datetime
+) -> bool:
+    """Whether to sign the head (``head_seq``) now, after the newest checkpoint ``last``
+    (None: there is none yet, and any record is due)."""
+    signed = 0 if last is None else last.last_seq
+    if head_seq <= signed:
+        return False
+    if last is None or head_seq - signed >= policy.records:
+        return True
+    return ms(now) - last.time >= policy.seconds * 1000
