@@ -1,0 +1,201 @@
+"""Events shaped exactly as each component records them (the same Recorder, component
+name, shape default, reason, message and attributes as the component's code), rule
+files, and a detector with the time it has reached."""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from trustmesh import events
+from trustmesh.audit.detection import Alert, Detector, DetectorSettings
+from trustmesh.reasons import Activity, Code, Reason
+
+TD = "trustmesh.local"
+#: Monday 5 January 2026, 12:00 UTC: inside the default working hours.
+T0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+T0_MS = int(T0.timestamp() * 1000)
+_TICKET: events.Shape = (events.EventClass.AUTHENTICATION, 4, "Service Ticket Request")
+
+
+def spiffe(name: str) -> str:
+    return f"spiffe://{TD}/{name}"
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def _one(recorder: events.Recorder, code: Code, message: str, **fields: Any) -> dict[str, Any]:
+    return recorder.record(code, message, **fields).to_ocsf()
+
+
+def _auth() -> events.Recorder:
+    # trustmesh.auth.service.AuthService: token decisions default to Service Ticket Request
+    return events.Recorder(
+        events.MemorySink(), component="auth", spiffe_id=spiffe("auth"), default=_TICKET
+    )
+
+
+def login_failed(
+    login: str, seconds: float, *, sub: str | None = None, ip: str | None = None
+) -> dict[str, Any]:
+    """trustmesh.auth.pages.LoginPages._refused. ``ip``: the client address as OCSF's
+    src_endpoint, which credential stuffing needs (the provider does not record it yet)."""
+    return _one(
+        _auth(),
+        Reason.LOGIN_FAILED,
+        "login refused",
+        decision=events.Decision.DENY,
+        sub=sub,
+        attributes={"login": login[:128]},
+        src=events.Endpoint(ip=ip) if ip else None,
+        now=at(seconds),
+    )
+
+
+def login_succeeded(login: str, user_id: str, seconds: float) -> dict[str, Any]:
+    return _one(
+        _auth(),
+        Reason.LOGIN_SUCCEEDED,
+        "login",
+        sub=user_id,
+        attributes={"login": login, "amr": "pwd"},
+        now=at(seconds),
+    )
+
+
+def refresh_reused(user_id: str, seconds: float) -> dict[str, Any]:
+    """trustmesh.auth.user_grants: a refresh token used twice."""
+    return _one(
+        _auth(),
+        Activity.TOKEN_REVOKED,
+        "refresh token reused: the family is revoked",
+        decision=events.Decision.DENY,
+        client_id="storefront",
+        sub=user_id,
+        now=at(seconds),
+    )
+
+
+def token_revoked(user_id: str, seconds: float, cause: str) -> dict[str, Any]:
+    """trustmesh.auth.revocations.Revocations.token."""
+    return _one(
+        _auth(),
+        Activity.TOKEN_REVOKED,
+        "access token revoked" + ("" if cause == "revoked" else f" ({cause})"),
+        client_id="storefront",
+        jti="a1b2c3",
+        sub=user_id,
+        attributes={"cause": cause},
+        now=at(seconds),
+    )
+
+
+def admin_change(code: Code, seconds: float, *, by: str = "alice") -> dict[str, Any]:
+    """trustmesh.auth.admin.AdminAPI._user_event: a change made through the admin API."""
+    return _one(
+        _auth(),
+        code,
+        "user locked",
+        peer_spiffe_id=None,
+        sub="u-42",
+        attributes={"username": "bob", "roles": "customer", "by": by},
+        now=at(seconds),
+    )
+
+
+def gateway_refusal(
+    reason: Reason, seconds: float, *, client: str = "203.0.113.7"
+) -> dict[str, Any]:
+    """trustmesh.gateway.app.GatewayApp._emit for a refusal (the request's context as
+    attributes)."""
+    recorder = events.Recorder(
+        events.MemorySink(), component="gateway", spiffe_id=spiffe("gateway")
+    )
+    return _one(
+        recorder,
+        reason,
+        "refused",
+        decision=events.Decision.DENY,
+        trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
+        attributes={
+            "method": "GET",
+            "path": "/orders",
+            "client": client,
+            "route": "routes[1]",
+            "template": "/orders",
+        },
+        now=at(seconds),
+    )
+
+
+def call(
+    decision: events.Decision,
+    reason: Reason,
+    seconds: float,
+    *,
+    callee: str = "orders",
+    caller: str | None = None,
+) -> dict[str, Any]:
+    """trustmesh.sdk.middleware.ZeroTrustMiddleware._emit: a decision on a call."""
+    recorder = events.Recorder(events.MemorySink(), component=callee, spiffe_id=spiffe(callee))
+    return _one(
+        recorder,
+        reason,
+        "call denied by policy" if decision is events.Decision.DENY else "call allowed",
+        decision=decision,
+        peer_spiffe_id=caller,
+        trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
+        src=events.Endpoint(ip="127.0.0.1", port=50123),
+        attributes={"method": "POST", "path": "/orders", "route": None, "policy": None},
+        now=at(seconds),
+    )
+
+
+def secrets_decision(
+    reason: Reason,
+    seconds: float,
+    *,
+    caller: str,
+    path: str,
+    operation: str = "get",
+    message: str = "read",
+) -> dict[str, Any]:
+    """trustmesh.secrets.app.SecretsApp._record."""
+    recorder = events.Recorder(
+        events.MemorySink(), component="secrets", spiffe_id=spiffe("secrets")
+    )
+    return _one(
+        recorder,
+        reason,
+        message[:200] or reason.value,
+        peer_spiffe_id=caller,
+        attributes={"path": path[:256], "operation": operation},
+        now=at(seconds),
+    )
+
+
+def write_rules(directory: Path, text: str, name: str = "rules.yml") -> Path:
+    path = directory / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def feed(detector: Detector, stream: list[dict[str, Any]]) -> list[Alert]:
+    """Every alert ``stream`` raises, the windows decided at the end."""
+    alerts = [alert for event in stream for alert in detector.observe(event)]
+    return alerts + detector.flush()
+
+
+def shipped(**settings: Any) -> Detector:
+    return Detector.shipped(DetectorSettings(**settings))
+
+
+def named(alerts: list[Alert], name: str, detector: Detector) -> list[Alert]:
+    """The alerts of the rule called ``name``."""
+    keys = {r.info.key for r in detector.ruleset.detections if r.info.name == name}
+    keys |= {r.info.key for r in detector.ruleset.correlations if r.info.name == name}
+    return [a for a in alerts if a.rule_id in keys]
