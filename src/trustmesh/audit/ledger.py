@@ -331,12 +331,14 @@ class Ledger(SqlStore):
         keys: Mapping[str, bytes],
         *,
         checkpoint_file: Path | None = None,
+        external: Sequence[Checkpoint] | None = None,
         page: int = 2000,
     ) -> Verification:
         """Check the whole log, ``page`` records at a time, against the stored
-        checkpoints and those in ``checkpoint_file`` (``keys``: key id → raw Ed25519
-        public key)."""
-        external = None if checkpoint_file is None else read_checkpoints(checkpoint_file)
+        checkpoints, those in ``checkpoint_file`` and those given in ``external`` (a
+        verifier's own copy; ``keys``: key id → raw Ed25519 public key)."""
+        if checkpoint_file is not None:
+            external = [*(external or ()), *read_checkpoints(checkpoint_file)]
         stored = await self.checkpoints()
         verifier = ChainVerifier(keys, stored, external=external)
         columns = (records.c.seq, records.c.body, records.c.hash, *(records.c[n] for n in _FIELDS))

@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from trustmesh.config.audit import AuditConfig, DetectionConfig
 from trustmesh.config.durations import Duration, format_duration
 from trustmesh.config.gateway import GatewayConfig
 from trustmesh.config.listener import ListenerLimits
@@ -513,6 +514,12 @@ class TrustmeshConfig(BaseModel):
         default=None,
         description="The secrets service (Vault HTTP API); `trustmesh up` runs it when declared.",
     )
+    audit: AuditConfig | None = Field(
+        default=None,
+        description="The audit collector; `trustmesh up` runs it when declared, and every "
+        "component then delivers its events to it.",
+    )
+    detection: DetectionConfig = Field(default_factory=DetectionConfig)
     services: dict[ServiceName, ServiceSpec] = Field(default_factory=dict)
     calls: list[CallSpec] = Field(default_factory=list)
 

@@ -1,0 +1,241 @@
+"""The audit collector's HTTP API, on its mTLS listener (every caller presents an SVID of
+the trust domain; its SPIFFE ID is the verified peer certificate's).
+
+- ``POST /v1/events`` {"events": [OCSF object, …]} — any workload of the trust domain
+  delivers its events: at most :data:`~trustmesh.audit.service.MAX_BATCH` events and
+  :data:`MAX_BODY` bytes (``413`` otherwise: split it). ``200``
+  ``{"stored", "duplicates", "quarantined"}`` once the batch is durable — an invalid
+  event is quarantined with its reason, a body that is not JSON too, never refused
+  silently; a retry of a batch already stored is all duplicates. ``503`` when the store
+  cannot take it (nothing is acknowledged: the producer keeps the events and retries).
+- ``GET /v1/health`` — the chain's head (``records``): for ``trustmesh status``.
+- The operator's (``spiffe://<td>/trustmesh/operator``; anyone else ``403`` and an
+  ``admin-denied`` event): ``GET /v1/events`` (filters: ``since``, ``until`` (ISO 8601),
+  ``class_uid``, ``principal``, ``decision``, ``reason``, ``trace_id``, ``after`` (seq),
+  ``newest``, ``limit``), ``POST /v1/verify`` {"checkpoints"?: [checkpoint line, …]}
+  (the verifier's own copy of the checkpoints, beside the stored ones and the file),
+  ``GET /v1/alerts`` (``after``: the id of the last alert seen; ``limit``),
+  ``GET /v1/quarantine``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from typing import Any, Final
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from trustmesh import events
+from trustmesh.audit.chain import Checkpoint
+from trustmesh.audit.search import Query
+from trustmesh.audit.service import MAX_BATCH, AuditService
+from trustmesh.errors import TrustmeshError, UnavailableError, UsageError
+from trustmesh.platform.admin import (
+    Actor,
+    failure_response,
+    guarded,
+    json_object,
+    operator_only,
+    peer_spiffe_id,
+    record_read,
+)
+
+__all__ = ["MAX_BODY", "audit_app"]
+
+#: The most bytes one delivery may carry.
+MAX_BODY: Final = 4 * 1024 * 1024
+_NO_STORE: Final = {"Cache-Control": "no-store"}
+
+log = logging.getLogger("trustmesh.audit")
+
+
+def _int(request: Request, name: str, default: int | None = None) -> int | None:
+    value = request.query_params.get(name)
+    if value is None:
+        return default
+    if not value.isdigit() or len(value) > 18:
+        raise UsageError(f"{name} must be a non-negative integer")
+    return int(value)
+
+
+def _time(request: Request, name: str) -> datetime | None:
+    value = request.query_params.get(name)
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise UsageError(f"{name} must be an ISO 8601 time with its offset") from None
+    if when.tzinfo is None:
+        raise UsageError(f"{name} must be an ISO 8601 time with its offset")
+    return when
+
+
+def query_of(request: Request) -> Query:
+    """The search a ``GET /v1/events`` asks for (UsageError: 400)."""
+    params = request.query_params
+    unknown = set(params) - {
+        "since",
+        "until",
+        "class_uid",
+        "principal",
+        "decision",
+        "reason",
+        "trace_id",
+        "after",
+        "newest",
+        "limit",
+    }
+    if unknown:
+        raise UsageError(f"unknown filter: {sorted(unknown)[0][:40]!r}")
+    return Query(
+        since=_time(request, "since"),
+        until=_time(request, "until"),
+        class_uid=_int(request, "class_uid"),
+        principal=params.get("principal"),
+        decision=params.get("decision"),
+        reason=params.get("reason"),
+        trace_id=params.get("trace_id"),
+        after_seq=_int(request, "after"),
+        newest_first=params.get("newest") in ("1", "true"),
+        limit=_int(request, "limit", 100) or 100,
+    )
+
+
+class _Collector:
+    def __init__(self, service: AuditService, recorder: events.Recorder) -> None:
+        self.service = service
+        self.recorder = recorder
+
+    async def deliver(self, request: Request) -> Response:
+        reporter = peer_spiffe_id(request)
+        if reporter is None:  # the mTLS listener admits none without one
+            return JSONResponse({"error": "unauthenticated"}, status_code=401)
+        raw = await request.body()
+        if len(raw) > MAX_BODY:
+            return JSONResponse(
+                {"error": "too_large", "message": f"a delivery is at most {MAX_BODY} bytes"},
+                status_code=413,
+            )
+        try:
+            batch = _batch(raw)
+        except UsageError as exc:  # kept, with why, never dropped: it may be all we get
+            await self.service.ledger.quarantine(raw, exc.detail, now=self.service.now())
+            return JSONResponse({"stored": 0, "duplicates": 0, "quarantined": 1})
+        if len(batch) > MAX_BATCH:
+            return JSONResponse(
+                {"error": "too_large", "message": f"a delivery is at most {MAX_BATCH} events"},
+                status_code=413,
+            )
+        try:
+            ingested = await self.service.ingest(batch, reporter)
+        except TrustmeshError as exc:
+            return failure_response(exc)
+        except Exception:  # the store is down: nothing acknowledged, the producer retries
+            log.exception("audit: a delivery could not be stored")
+            return failure_response(UnavailableError("the audit log cannot store events now"))
+        return JSONResponse(ingested.answer())
+
+    async def health(self, _request: Request) -> Response:
+        seq, _ = await self.service.ledger.head()
+        return JSONResponse({"status": "ok", "records": seq})
+
+    async def search(self, request: Request, actor: Actor) -> Response:
+        query = query_of(request)
+        found = await self.service.search(query)
+        record_read(self.recorder, "audit-events", actor)
+        return JSONResponse({"events": found}, headers=_NO_STORE)
+
+    async def verify(self, request: Request, actor: Actor) -> Response:
+        body = json_object(await request.body(), MAX_BODY, empty=True)
+        lines = body.get("checkpoints", [])
+        if set(body) - {"checkpoints"} or not isinstance(lines, list):
+            raise UsageError('the body is {"checkpoints": [checkpoint line, …]}')
+        try:
+            given = [Checkpoint.from_line(str(line).encode()) for line in lines]
+        except TrustmeshError as exc:
+            raise UsageError(f"a checkpoint line is not one: {exc.detail}") from None
+        result = await self.service.verify(given or None)
+        record_read(self.recorder, "audit-verify", actor)
+        finding = result.finding
+        return JSONResponse(
+            {
+                "intact": finding is None,
+                "finding": None
+                if finding is None
+                else {"kind": finding.kind.value, "seq": finding.seq, "message": str(finding)},
+                "records": result.records,
+                "covered": result.covered,
+                "unsigned": result.unsigned,
+                "checkpoints": result.checkpoints,
+            }
+        )
+
+    async def alerts(self, request: Request, actor: Actor) -> Response:
+        after = _int(request, "after", 0) or 0
+        limit = min(_int(request, "limit", 100) or 100, 1000)
+        kept = self.service.alerts
+        found = [
+            {"id": index, **alert.to_dict()} for index, alert in enumerate(kept, 1) if index > after
+        ][:limit]
+        record_read(self.recorder, "audit-alerts", actor)
+        return JSONResponse({"alerts": found}, headers=_NO_STORE)
+
+    async def quarantine(self, request: Request, actor: Actor) -> Response:
+        limit = min(_int(request, "limit", 100) or 100, 1000)
+        rows = await self.service.ledger.quarantined(limit=limit)
+        record_read(self.recorder, "audit-quarantine", actor)
+        return JSONResponse(
+            {
+                "quarantined": [
+                    {
+                        "id": q.id,
+                        "received": q.received,
+                        "reason": q.reason,
+                        "size": q.size,
+                        "sha256": q.digest.hex(),
+                    }
+                    for q in rows
+                ]
+            },
+            headers=_NO_STORE,
+        )
+
+
+def _batch(raw: bytes) -> list[object]:
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise UsageError("the delivery is not JSON") from None
+    if not isinstance(doc, dict) or set(doc) != {"events"} or not isinstance(doc["events"], list):
+        raise UsageError('the delivery is not {"events": [...]}')
+    events_: list[object] = doc["events"]
+    return events_
+
+
+def audit_app(service: AuditService, recorder: events.Recorder, operator: str) -> Starlette:
+    collector = _Collector(service, recorder)
+
+    async def as_operator(request: Request) -> Actor:
+        return operator_only(request, operator)
+
+    def admin(action: str, handler: Any) -> Any:
+        return guarded(action, as_operator, handler, recorder)
+
+    return Starlette(
+        routes=[
+            Route("/v1/events", collector.deliver, methods=["POST"]),
+            Route("/v1/events", admin("audit-events", collector.search), methods=["GET"]),
+            Route("/v1/health", collector.health, methods=["GET"]),
+            Route("/v1/verify", admin("audit-verify", collector.verify), methods=["POST"]),
+            Route("/v1/alerts", admin("audit-alerts", collector.alerts), methods=["GET"]),
+            Route(
+                "/v1/quarantine", admin("audit-quarantine", collector.quarantine), methods=["GET"]
+            ),
+        ]
+    )

@@ -1,0 +1,137 @@
+"""Run the audit collector: its ledger (SQLite in the state directory, or PostgreSQL),
+the audit key that signs checkpoints (Ed25519, sealed at rest under the state's sealing
+key), the detector over the shipped and declared Sigma rules, and the HTTP API, served
+over mTLS with its own SVID (``spiffe://<td>/trustmesh/audit``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from trustmesh import crypto, events
+from trustmesh.audit.app import audit_app
+from trustmesh.audit.behaviour import WorkingHours
+from trustmesh.audit.chain import CheckpointPolicy
+from trustmesh.audit.detection import SHIPPED_RULES, Detector, DetectorSettings
+from trustmesh.audit.endpoint import checkpoint_path
+from trustmesh.audit.ledger import Ledger
+from trustmesh.audit.service import AuditService, OnAlerts
+from trustmesh.config import TrustmeshConfig
+from trustmesh.config.audit import AuditConfig, DetectionConfig
+from trustmesh.errors import ConfigError
+from trustmesh.platform.listeners import Served, bound_socket, start
+from trustmesh.sdk.tls import RotatingTLS
+from trustmesh.sdk.x509source import SVIDSource
+from trustmesh.store import create_engine, sqlite_url
+
+__all__ = ["RunningAudit", "detector_for", "serve_audit"]
+
+_KEY_CONTEXT: Final = b"trustmesh/audit/checkpoint-key"
+
+
+@dataclass
+class RunningAudit:
+    service: AuditService
+    served: Served
+    url: str
+    ticker: asyncio.Task[None]
+
+    async def stop(self) -> None:
+        self.ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.ticker
+        await self.served.stop()
+        await self.service.ledger.close()
+
+
+def settings_of(config: TrustmeshConfig) -> AuditConfig:
+    if config.audit is None:
+        raise ConfigError("audit: not declared in the configuration")
+    return config.audit
+
+
+def detector_for(detection: DetectionConfig, config_dir: Path | None) -> Detector:
+    """The detector the declaration asks for: the shipped rules (unless turned off) and
+    the declared files or folders, relative to the declaration's folder."""
+    hours = WorkingHours(
+        timezone=detection.timezone,
+        days=frozenset(detection.working_days),
+        start=detection.working_hours[0],
+        end=detection.working_hours[1],
+    )
+    base = config_dir or Path.cwd()
+    paths: list[str | Path] = [SHIPPED_RULES] if detection.shipped_rules else []
+    paths += [base / rule for rule in detection.rules]
+    settings = DetectorSettings(working_hours=hours, dry_run=detection.dry_run)
+    return Detector.from_paths(paths, settings)
+
+
+def _paths(settings: AuditConfig, state: Path) -> tuple[Path, str, Path]:
+    """The collector's folder, the database URL and the checkpoint file."""
+    folder = state.absolute() / "audit"
+    url = settings.database or sqlite_url(folder / "audit.db")
+    file = settings.checkpoint_file
+    return folder, url, Path(file) if file else checkpoint_path(state.absolute())
+
+
+async def serve_audit(
+    config: TrustmeshConfig,
+    state: Path,
+    *,
+    source: SVIDSource,
+    sink: events.EventSink,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    clock: Callable[[], float] = time.time,
+    config_file: Path | None = None,
+    on_alerts: OnAlerts | None = None,
+    tick: float = 1.0,
+) -> RunningAudit:
+    """Start the collector; return once it listens."""
+    settings = settings_of(config)
+    detector = detector_for(config.detection, config_file.parent if config_file else None)
+    folder, url, checkpoints = _paths(settings, state)
+    ledger = Ledger(create_engine(url), checkpoint_file=checkpoints)
+    sock = bound_socket(host, port if port is not None else settings.port)
+    try:
+        await ledger.create()
+        key = crypto.load_or_create_signing_key(
+            folder / "checkpoint-key.sealed",
+            crypto.load_seal_key(state, dev=config.dev),
+            context=_KEY_CONTEXT,
+        )
+        policy = CheckpointPolicy(
+            records=settings.checkpoint_every,
+            seconds=settings.checkpoint_interval.total_seconds(),
+        )
+        service = AuditService(ledger, key, detector, policy, on_alerts=on_alerts, clock=clock)
+        return await _serve(config, service, source, sink, host, sock, tick)
+    except BaseException:
+        sock.close()
+        await ledger.close()
+        raise
+
+
+async def _serve(
+    config: TrustmeshConfig,
+    service: AuditService,
+    source: SVIDSource,
+    sink: events.EventSink,
+    host: str,
+    sock: socket.socket,
+    tick: float,
+) -> RunningAudit:
+    recorder = events.Recorder(
+        sink, component="audit", spiffe_id=config.component_spiffe_id("audit")
+    )
+    app = audit_app(service, recorder, config.component_spiffe_id("operator"))
+    port = int(sock.getsockname()[1])
+    served = await start(app, host=host, port=port, tls=RotatingTLS(source), sock=sock)
+    ticker = asyncio.create_task(service.run(tick))
+    return RunningAudit(service, served, f"https://{host}:{port}", ticker)

@@ -1,0 +1,149 @@
+"""The collector's parts put together: the ledger (the hash-chained log), the audit key
+that signs its checkpoints, and the detector that runs the Sigma rules on every record.
+
+Ingest, for one batch from one producer (its SPIFFE ID, from its certificate):
+
+1. each event is stamped with the reporter (``unmapped.trustmesh.reporter``): who
+   delivered it, whatever it says of itself;
+2. the batch is appended in one transaction — duplicates (by ``metadata.uid``, a retry
+   after a lost answer) are skipped, invalid events quarantined with the reason;
+3. only once it is durable is the batch acknowledged, and the stored events (never the
+   duplicates) go through detection in chain order; alerts go to ``on_alerts``;
+4. a checkpoint is signed when N records or T seconds have passed since the last one
+   (:meth:`AuditService.tick` signs the time-due ones on a quiet log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from trustmesh import crypto
+from trustmesh.audit.chain import Checkpoint, CheckpointPolicy
+from trustmesh.audit.detection import Alert, Detector
+from trustmesh.audit.ledger import Appended, Ledger, Verification
+from trustmesh.audit.search import Query
+
+__all__ = ["MAX_BATCH", "AuditService", "Ingested"]
+
+log = logging.getLogger("trustmesh.audit")
+
+#: The most events one delivery may carry.
+MAX_BATCH: Final = 1000
+
+OnAlerts = Callable[[list[Alert]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Ingested:
+    appended: Appended
+    alerts: tuple[Alert, ...]
+    checkpoint: Checkpoint | None
+
+    def answer(self) -> dict[str, int]:
+        return {
+            "stored": len(self.appended.stored),
+            "duplicates": len(self.appended.duplicates),
+            "quarantined": len(self.appended.quarantined),
+        }
+
+
+def _stamped(event: object, reporter: str) -> object:
+    """``event`` with its reporter, when it has the place for one (an event without it
+    is refused by the ledger and quarantined as it came)."""
+    if not isinstance(event, dict):
+        return event
+    unmapped = event.get("unmapped")
+    if not isinstance(unmapped, dict) or not isinstance(unmapped.get("trustmesh"), dict):
+        return event
+    mine = unmapped["trustmesh"]
+    return {**event, "unmapped": {**unmapped, "trustmesh": {**mine, "reporter": reporter}}}
+
+
+class AuditService:
+    """``clock``: epoch seconds."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        key: crypto.SigningKey,
+        detector: Detector,
+        policy: CheckpointPolicy,
+        *,
+        on_alerts: OnAlerts | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.ledger = ledger
+        self.key = key
+        self.public_key = crypto.signing_public_key(key)
+        self.key_id = crypto.signing_key_id(self.public_key)
+        self.detector = detector
+        self.policy = policy
+        self.on_alerts = on_alerts
+        self.clock = clock
+        self.alerts: list[Alert] = []  # this process's, newest last (bounded)
+        self._detecting = asyncio.Lock()  # detection sees records in chain order
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), UTC)
+
+    async def ingest(self, events: Sequence[object], reporter: str) -> Ingested:
+        stamped = [_stamped(event, reporter) for event in events]
+        async with self._detecting:
+            appended = await self.ledger.append(stamped, now=self.now())  # type: ignore[arg-type]
+            stored = set(appended.stored)
+            alerts: list[Alert] = []
+            for event in stamped:
+                if isinstance(event, dict) and _uid(event) in stored:
+                    stored.discard(_uid(event))  # a uid twice in the batch: detected once
+                    alerts.extend(self.detector.observe(event))
+        checkpoint = await self.ledger.checkpoint(self.key, now=self.now(), policy=self.policy)
+        await self._raise(alerts)
+        return Ingested(appended, tuple(alerts), checkpoint)
+
+    async def tick(self) -> Checkpoint | None:
+        """What is due with no event arriving: correlation windows that closed, and a
+        checkpoint whose interval has passed."""
+        async with self._detecting:
+            alerts = self.detector.advance(int(self.clock() * 1000))
+        await self._raise(alerts)
+        return await self.ledger.checkpoint(self.key, now=self.now(), policy=self.policy)
+
+    async def run(self, interval: float = 1.0) -> None:
+        """:meth:`tick` every ``interval`` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.tick()
+            except Exception:  # the store or a bug: logged, and the next tick tries again
+                log.exception("audit: the periodic tick failed")
+
+    async def _raise(self, alerts: list[Alert]) -> None:
+        if not alerts:
+            return
+        self.alerts.extend(alerts)
+        del self.alerts[:-1000]
+        if self.on_alerts is not None:
+            await self.on_alerts(alerts)
+
+    async def search(self, query: Query) -> list[dict[str, Any]]:
+        return [dict(stored.event, seq=stored.seq) for stored in await self.ledger.search(query)]
+
+    async def verify(self, external: Sequence[Checkpoint] | None = None) -> Verification:
+        """The whole log against the stored checkpoints and the checkpoint file (or
+        ``external``, checkpoints a verifier brought with it)."""
+        keys: Mapping[str, bytes] = {self.key_id: self.public_key}
+        return await self.ledger.verify(
+            keys, checkpoint_file=self.ledger.checkpoint_file, external=external
+        )
+
+
+def _uid(event: Mapping[str, Any]) -> str | None:
+    metadata = event.get("metadata")
+    uid = metadata.get("uid") if isinstance(metadata, Mapping) else None
+    return uid if isinstance(uid, str) else None

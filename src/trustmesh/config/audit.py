@@ -1,0 +1,104 @@
+"""The ``audit:`` and ``detection:`` sections of the declaration: the audit collector's
+listener, store and checkpoints, how producers deliver to it, and the Sigma rules it runs::
+
+    audit:
+      checkpoint_every: 1000        # sign the chain's head every N records ...
+      checkpoint_interval: 10s      # ... or T, whichever comes first
+      spool: {max_bytes: 67108864, on_full: block}
+    detection:
+      rules: [rules/]               # more Sigma rule files or folders (beside the file)
+      timezone: Europe/Paris
+      working_hours: [8, 18]
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from trustmesh.config.durations import Duration
+
+__all__ = ["AuditConfig", "DetectionConfig", "SpoolConfig"]
+
+_MODEL_CONFIG: Final = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class SpoolConfig(BaseModel):
+    """Where a producer keeps the events the collector has not acknowledged yet."""
+
+    model_config = _MODEL_CONFIG
+
+    max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=64 * 1024,
+        le=1 << 40,
+        description="The most a producer's spool (fsynced, under <state>/spool/) may hold.",
+    )
+    on_full: Literal["block", "drop"] = Field(
+        default="block",
+        description="A full spool: 'block' the producer until the collector takes events "
+        "again, or 'drop' them, counted, with an event and an alert once it is back.",
+    )
+
+
+class AuditConfig(BaseModel):
+    """The audit collector; `trustmesh up` runs it (every component delivers to it)."""
+
+    model_config = _MODEL_CONFIG
+
+    port: int = Field(default=0, ge=0, le=65535, description="Loopback port; 0 picks one.")
+    database: str | None = Field(
+        default=None,
+        description="SQLAlchemy async URL (postgresql+asyncpg://…); default SQLite in the "
+        "state directory. On PostgreSQL the collector needs only INSERT and SELECT.",
+    )
+    checkpoint_every: int = Field(
+        default=1000, ge=1, le=10_000_000, description="Sign the chain every N records…"
+    )
+    checkpoint_interval: Duration = Field(
+        default="10s", validate_default=True, description="…or after this long, if sooner."
+    )
+    checkpoint_file: str | None = Field(
+        default=None,
+        description="Where signed checkpoints are also appended, outside the database "
+        "(default <state>/audit/checkpoints.jsonl): truncation stays visible.",
+    )
+    spool: SpoolConfig = Field(default_factory=SpoolConfig)
+
+    @model_validator(mode="after")
+    def _interval(self) -> AuditConfig:
+        if not timedelta(seconds=1) <= self.checkpoint_interval <= timedelta(days=1):
+            raise PydanticCustomError("invalid", "checkpoint_interval must be from 1s to 24h", {})
+        return self
+
+
+class DetectionConfig(BaseModel):
+    """The Sigma rules the collector runs on every event it stores."""
+
+    model_config = _MODEL_CONFIG
+
+    shipped_rules: bool = Field(
+        default=True, description="Run trustmesh's own ruleset (brute force, lateral movement…)."
+    )
+    rules: list[str] = Field(
+        default_factory=list,
+        max_length=256,
+        description="More Sigma rule files or folders, relative to the declaration's folder.",
+    )
+    timezone: str = Field(default="UTC", description="IANA timezone of the working hours.")
+    working_days: list[int] = Field(
+        default_factory=lambda: [1, 2, 3, 4, 5],
+        description="ISO weekdays (1 Monday … 7 Sunday) that are working days.",
+    )
+    working_hours: list[int] = Field(
+        default_factory=lambda: [8, 18],
+        min_length=2,
+        max_length=2,
+        description="[start, end): the hours of a working day, local time.",
+    )
+    dry_run: bool = Field(
+        default=False, description="Response actions are only recorded, never taken."
+    )
