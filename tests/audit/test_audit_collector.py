@@ -133,3 +133,44 @@ async def test_verify_names_an_altered_record(rig: CollectorRig) -> None:
     assert result["finding"]["seq"] == 7
     status, _ = await rig.operator.call("POST", "/v1/verify", {"checkpoints": ["{}"]})
     assert status == 400
+
+
+FAILED_LOGINS = """
+title: Any failed login
+id: 5d0c7d0e-0b38-4d0e-9a83-7f5d0d8b1a11
+status: test
+logsource: {product: trustmesh, service: auth}
+detection:
+  refused:
+    unmapped.trustmesh.reason: login-failed
+  condition: refused
+level: low
+"""
+
+
+async def test_rules_are_tested_over_the_stored_log_or_given_events(rig: CollectorRig) -> None:
+    stored = [login_failed("alice", 1), login_failed("bob", 2)]
+    await rig.payments.call("POST", "/v1/events", {"events": stored})
+    status, result = await rig.operator.call(
+        "POST", "/v1/rules/test", {"files": {"mine.yml": FAILED_LOGINS}}
+    )
+    assert status == 200
+    assert result["events"] == 2
+    assert len(result["alerts"]) == 2
+    assert {a["title"] for a in result["alerts"]} == {"Any failed login"}
+    status, result = await rig.operator.call(
+        "POST",
+        "/v1/rules/test",
+        {"files": {"mine.yml": FAILED_LOGINS}, "events": [login_failed("carol", 5)]},
+    )
+    assert (result["events"], len(result["alerts"])) == (1, 1)
+    broken = FAILED_LOGINS.replace("unmapped.trustmesh.reason:", "unmapped.trustmesh.reason|fly:")
+    status, result = await rig.operator.call(
+        "POST", "/v1/rules/test", {"files": {"broken.yml": broken}}
+    )
+    assert status == 400
+    assert any("broken.yml" in p and "fly" in p for p in result["problems"])
+    status, _ = await rig.payments.call(
+        "POST", "/v1/rules/test", {"files": {"mine.yml": FAILED_LOGINS}}
+    )
+    assert status == 403

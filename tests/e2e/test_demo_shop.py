@@ -75,6 +75,7 @@ def test_up_starts_every_component_healthy_quickly(shop: dict[str, object]) -> N
     assert names == [
         "identity",
         "discovery",
+        "audit",
         "auth",
         "secrets",
         "gateway",
@@ -85,6 +86,34 @@ def test_up_starts_every_component_healthy_quickly(shop: dict[str, object]) -> N
     assert all(c["healthy"] for c in status["components"]), status["components"]
     assert all(c["cert_expires"] for c in status["components"])
     assert float(shop["up_seconds"]) < 90  # type: ignore[arg-type]  # a hang guard, not a benchmark
+
+
+def test_the_audit_log_of_the_stack_verifies(shop: dict[str, object], tmp_path: Path) -> None:
+    """The collector `up` started: its chain verifies with the CLI (also against a copy
+    of the checkpoint file), the log is searchable, and a rule is tested over it."""
+    state = str(shop["state"])
+    verified = tm("audit", "verify", "--state", state, "--json")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert json.loads(verified.stdout)["intact"] is True
+    copy = tmp_path / "checkpoints.jsonl"
+    kept = Path(state) / "audit" / "checkpoints.jsonl"
+    copy.write_bytes(kept.read_bytes() if kept.exists() else b"")
+    verified = tm("audit", "verify", "--state", state, "--checkpoint", str(copy))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "audit log intact" in verified.stdout
+    searched = tm("audit", "events", "--state", state, "--json", "--limit", "5")
+    assert searched.returncode == 0, searched.stderr
+    rule = tmp_path / "any.yml"
+    rule.write_text(
+        "title: Anything from auth\nid: 0b9f4e0e-7d43-4f7c-8f0a-2f6f9e1f3c10\nstatus: test\n"
+        "logsource: {product: trustmesh, service: auth}\n"
+        "detection: {any: {class_uid: [3002, 3003, 3004, 6003]}, condition: any}\nlevel: low\n"
+    )
+    tested = tm("audit", "rules", "test", str(rule), "--state", state, "--json")
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "events" in json.loads(tested.stdout)
+    refused = tm("audit", "rules", "test", str(tmp_path / "none"), "--state", state)
+    assert refused.returncode == 2
 
 
 class Workload:

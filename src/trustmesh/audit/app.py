@@ -15,14 +15,19 @@ the trust domain; its SPIFFE ID is the verified peer certificate's).
   ``newest``, ``limit``), ``POST /v1/verify`` {"checkpoints"?: [checkpoint line, …]}
   (the verifier's own copy of the checkpoints, beside the stored ones and the file),
   ``GET /v1/alerts`` (``after``: the id of the last alert seen; ``limit``),
-  ``GET /v1/quarantine``.
+  ``GET /v1/quarantine``, ``POST /v1/rules/test`` {"files": {name: Sigma YAML},
+  "events"?: [...]} (run rules over the given events, or the stored log: how many each
+  matched, and the alerts; a rule that does not load is ``400`` with every problem).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import tempfile
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Final
 
 from starlette.applications import Starlette
@@ -32,9 +37,10 @@ from starlette.routing import Route
 
 from trustmesh import events
 from trustmesh.audit.chain import Checkpoint
+from trustmesh.audit.detection import ReplayResult, run_rules
 from trustmesh.audit.search import Query
 from trustmesh.audit.service import MAX_BATCH, AuditService
-from trustmesh.errors import TrustmeshError, UnavailableError, UsageError
+from trustmesh.errors import ConfigError, TrustmeshError, UnavailableError, UsageError
 from trustmesh.platform.admin import (
     Actor,
     failure_response,
@@ -49,6 +55,8 @@ __all__ = ["MAX_BODY", "audit_app"]
 
 #: The most bytes one delivery may carry.
 MAX_BODY: Final = 4 * 1024 * 1024
+#: The most recorded events ``rules/test`` replays.
+MAX_REPLAY: Final = 200_000
 _NO_STORE: Final = {"Cache-Control": "no-store"}
 
 log = logging.getLogger("trustmesh.audit")
@@ -186,6 +194,46 @@ class _Collector:
         record_read(self.recorder, "audit-alerts", actor)
         return JSONResponse({"alerts": found}, headers=_NO_STORE)
 
+    async def test_rules(self, request: Request, actor: Actor) -> Response:
+        body = json_object(await request.body(), MAX_BODY)
+        files, given = body.get("files"), body.get("events")
+        if (
+            set(body) - {"files", "events"}
+            or not isinstance(files, dict)
+            or not files
+            or not all(isinstance(v, str) for v in files.values())
+            or not (given is None or isinstance(given, list))
+        ):
+            raise UsageError('the body is {"files": {name: Sigma YAML}, "events"?: [...]}')
+        recorded = given if given is not None else await self._recorded()
+        try:
+            result = await asyncio.to_thread(_run_rules, files, recorded)
+        except ConfigError as exc:
+            problems = list(exc.problems)
+            return JSONResponse(
+                {"error": "invalid_rules", "message": "\n".join(problems), "problems": problems},
+                status_code=400,
+            )
+        record_read(self.recorder, "audit-rules-test", actor)
+        return JSONResponse(
+            {
+                "events": result.events,
+                "matches": dict(result.matches),
+                "alerts": [alert.to_dict() for alert in result.alerts],
+            }
+        )
+
+    async def _recorded(self) -> list[dict[str, Any]]:
+        """The stored log, oldest first, up to :data:`MAX_REPLAY` events."""
+        found: list[dict[str, Any]] = []
+        while len(found) < MAX_REPLAY:
+            after = found[-1]["seq"] if found else None
+            page = await self.service.search(Query(after_seq=after, limit=1000))
+            found += page
+            if len(page) < 1000:
+                break
+        return found[:MAX_REPLAY]
+
     async def quarantine(self, request: Request, actor: Actor) -> Response:
         limit = min(_int(request, "limit", 100) or 100, 1000)
         rows = await self.service.ledger.quarantined(limit=limit)
@@ -205,6 +253,20 @@ class _Collector:
             },
             headers=_NO_STORE,
         )
+
+
+def _run_rules(files: dict[str, str], recorded: list[Any]) -> ReplayResult:
+    """Run rule texts (named as their files were) over ``recorded``."""
+    with tempfile.TemporaryDirectory(prefix="trustmesh-rules-") as folder:
+        paths = []
+        for index, (name, text) in enumerate(files.items()):
+            stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).name)
+            path = Path(folder) / f"{index:03d}-{stem or 'rules'}"
+            path = path.with_suffix(".yml")
+            path.write_text(text)
+            paths.append(path)
+        events_ = [e for e in recorded if isinstance(e, dict)]
+        return run_rules(paths, events_)
 
 
 def _batch(raw: bytes) -> list[object]:
@@ -234,6 +296,9 @@ def audit_app(service: AuditService, recorder: events.Recorder, operator: str) -
             Route("/v1/health", collector.health, methods=["GET"]),
             Route("/v1/verify", admin("audit-verify", collector.verify), methods=["POST"]),
             Route("/v1/alerts", admin("audit-alerts", collector.alerts), methods=["GET"]),
+            Route(
+                "/v1/rules/test", admin("audit-rules-test", collector.test_rules), methods=["POST"]
+            ),
             Route(
                 "/v1/quarantine", admin("audit-quarantine", collector.quarantine), methods=["GET"]
             ),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -138,9 +139,11 @@ class AuditService:
         """The whole log against the stored checkpoints and the checkpoint file (or
         ``external``, checkpoints a verifier brought with it)."""
         keys: Mapping[str, bytes] = {self.key_id: self.public_key}
-        return await self.ledger.verify(
-            keys, checkpoint_file=self.ledger.checkpoint_file, external=external
-        )
+        file = self.ledger.checkpoint_file
+        missing = file is not None and not await asyncio.to_thread(os.path.exists, file)
+        if missing and not await self.ledger.checkpoints():
+            file = None  # a new log: nothing signed yet (a missing file after that is an error)
+        return await self.ledger.verify(keys, checkpoint_file=file, external=external)
 
 
 def _uid(event: Mapping[str, Any]) -> str | None:

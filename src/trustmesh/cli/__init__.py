@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from trustmesh.cli import (
+    audit_cmd,
     auth_cmd,
     call_cmd,
     config_cmd,
@@ -33,6 +34,7 @@ call_cmd.register(app)
 auth_cmd.register(app)
 gateway_cmd.register(app)
 secrets_cmd.register(app)
+app.add_typer(audit_cmd.app, name="audit")
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from trustmesh.audit.endpoint import endpoint_path as audit_endpoint_path
 from trustmesh.auth.endpoint import endpoint_path as auth_endpoint_path
 from trustmesh.cli._common import fail, fail_on
 from trustmesh.config import TrustmeshConfig
@@ -42,6 +43,7 @@ _WHERE: dict[str, tuple[str, Callable[[Path], Path], str]] = {
     "auth": ("the identity provider", auth_endpoint_path, "url"),
     "gateway": ("the gateway", gateway_endpoint_path, "admin_url"),
     "secrets": ("the secrets service", secrets_endpoint_path, "url"),
+    "audit": ("the audit collector", audit_endpoint_path, "url"),
 }
 
 

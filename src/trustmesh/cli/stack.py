@@ -18,6 +18,7 @@ import typer
 from rich.table import Table
 
 from trustmesh import crypto
+from trustmesh.audit.endpoint import endpoint_path as audit_endpoint_path
 from trustmesh.auth.endpoint import endpoint_path as auth_endpoint_path
 from trustmesh.cli._admin import join_token
 from trustmesh.cli._common import (
@@ -52,6 +53,8 @@ from trustmesh.secrets.endpoint import DEV_UNSEAL_WARNING, dev_unseal_path
 from trustmesh.secrets.endpoint import endpoint_path as secrets_endpoint_path
 
 DETACH_TIMEOUT = 90.0
+#: Where a process ``up`` starts delivers its events (the audit collector's URL).
+AUDIT_URL_ENV = "TRUSTMESH_AUDIT_URL"
 JOIN_TTL = 120  # seconds: a started process redeems its token within seconds
 #: How long a start waits for the identity service (restarting, say) to make its token.
 JOIN_WAIT = 10.0
@@ -81,9 +84,11 @@ def components(config: TrustmeshConfig, config_path: Path, state: Path) -> list[
                 "SPIFFE_ENDPOINT_SOCKET": paths.socket_address,
                 "TRUSTMESH_EVENTS": str(state / "events" / f"{name}.jsonl"),
             },
-            env_factory=_join_env(config, state, config.component_spiffe_id(name)),
+            env_factory=_component_env(config, state, name),
         )
 
+    if config.audit is not None:  # first: every component after it delivers its events there
+        specs.append(component("audit"))
     specs.append(component("auth"))
     if config.secrets is not None:  # before the services: they read their secrets there
         secrets = component("secrets")
@@ -130,8 +135,16 @@ def _join_token(config: TrustmeshConfig, state: Path, spiffe_id: str) -> str:
             time.sleep(0.2)
 
 
-def _join_env(config: TrustmeshConfig, state: Path, spiffe_id: str) -> Callable[[], dict[str, str]]:
-    return lambda: {"TRUSTMESH_JOIN_TOKEN": _join_token(config, state, spiffe_id)}
+def _audit_url(state: Path) -> str:
+    return str((read_json(audit_endpoint_path(state)) or {}).get("url") or "")
+
+
+def _component_env(config: TrustmeshConfig, state: Path, name: str) -> Callable[[], dict[str, str]]:
+    def make() -> dict[str, str]:
+        token = _join_token(config, state, config.component_spiffe_id(name))
+        return {"TRUSTMESH_JOIN_TOKEN": token, AUDIT_URL_ENV: _audit_url(state)}
+
+    return make
 
 
 def _service_env(config: TrustmeshConfig, state: Path, name: str) -> Callable[[], dict[str, str]]:
@@ -146,6 +159,7 @@ def _service_env(config: TrustmeshConfig, state: Path, name: str) -> Callable[[]
             "TRUSTMESH_AUTH_URL": str(auth.get("url") or ""),
             "TRUSTMESH_GATEWAY_URL": str(gateway.get("internal_url") or ""),
             "TRUSTMESH_SECRETS_URL": str(secrets.get("url") or ""),
+            AUDIT_URL_ENV: _audit_url(state),
         }
 
     return make
@@ -175,8 +189,9 @@ def probe(spec: ComponentSpec, state: Path, timeout: float = 2.0) -> bool:
     if spec.name == "auth":  # up once it serves and has said where
         url = (read_json(auth_endpoint_path(state)) or {}).get("url")
         return isinstance(url, str) and _tcp_open(url)
-    if spec.name == "secrets":
-        url = (read_json(secrets_endpoint_path(state)) or {}).get("url")
+    if spec.name in ("secrets", "audit"):
+        where = secrets_endpoint_path if spec.name == "secrets" else audit_endpoint_path
+        url = (read_json(where(state)) or {}).get("url")
         return isinstance(url, str) and _tcp_open(url)
     if spec.name == "gateway":
         doc = read_json(gateway_endpoint_path(state)) or {}
@@ -211,11 +226,12 @@ def _tcp_open(url: str) -> bool:
 _ENDPOINTS: dict[str, tuple[Callable[[Path], Path], str, tuple[str, ...]]] = {
     "auth": (auth_endpoint_path, "url", ("issuer", "public_url")),
     "secrets": (secrets_endpoint_path, "url", ()),
+    "audit": (audit_endpoint_path, "url", ()),
     "gateway": (gateway_endpoint_path, "internal_url", ("internal_url", "metrics_url")),
 }
 #: Where a component answers for its health, where it is not /healthz (the secrets
 #: service: Vault's sys/health, 200 only when initialised and unsealed).
-_HEALTH = {"secrets": "/v1/sys/health"}
+_HEALTH = {"secrets": "/v1/sys/health", "audit": "/v1/health"}
 
 
 def _targets(
