@@ -126,6 +126,9 @@ async def test_one_code_in_many_logins_at_once_signs_in_once(
         events = rig.sink.events
         assert len([e for e in events if e.reason == Reason.LOGIN_SUCCEEDED]) == 1
         assert len([e for e in events if e.reason == Reason.LOGIN_FAILED]) == LOGINS - 1
+        # where each login came from, for detection (credential stuffing: one address)
+        logins = [e for e in events if e.reason in (Reason.LOGIN_SUCCEEDED, Reason.LOGIN_FAILED)]
+        assert {e.to_ocsf()["src_endpoint"]["ip"] for e in logins} == {"127.0.0.1"}
 
 
 async def test_a_burst_of_guesses_is_locked_out_like_a_sequence(
