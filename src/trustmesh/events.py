@@ -608,10 +608,19 @@ _VERBS: tuple[tuple[tuple[int, str], tuple[Activity, ...]], ...] = (
             Activity.KEYS_ROTATED,
             Activity.USER_CREATED,
             Activity.API_KEY_CREATED,
+            Activity.BLOCK_ADDED,
         ),
     ),
     ((3, "Update"), (Activity.MFA_RESET, Activity.PASSWORD_CHANGED, Activity.API_KEY_ROTATED)),
-    ((4, "Delete"), (Activity.ENTRY_REMOVED, Activity.CLIENT_REMOVED, Activity.KEY_REMOVED)),
+    (
+        (4, "Delete"),
+        (
+            Activity.ENTRY_REMOVED,
+            Activity.CLIENT_REMOVED,
+            Activity.KEY_REMOVED,
+            Activity.BLOCK_REMOVED,
+        ),
+    ),
     ((8, "Enable"), (Activity.CA_ACTIVATED, Activity.KEY_ACTIVATED, Activity.USER_UNLOCKED)),
     (
         (9, "Disable"),
@@ -631,6 +640,7 @@ _SHAPES: Mapping[Code, Shape] = types.MappingProxyType(
         Reason.CLIENT_AUTH_FAILED: _TICKET,
         Reason.SIGNING_KEY_UNAVAILABLE: _TICKET,
         Activity.TOKEN_REVOKED: _TICKET,
+        Activity.ALERT_RAISED: (EventClass.DETECTION_FINDING, 1, "Create"),
         Reason.DISCOVERY_LOOKUP: (EventClass.API_ACTIVITY, 2, "Read"),
         # refused at an API, whichever component's default says otherwise
         Reason.ADMIN_DENIED: _OTHER_API,

@@ -77,6 +77,8 @@ class Reason(enum.StrEnum):
     ROUTE_MATCHED = "route-matched"
     REQUEST_FORWARDED = "request-forwarded"
     IP_DENIED = "ip-denied"
+    #: The client's address is blocked for a while (an automated response, or the operator).
+    ADDRESS_BLOCKED = "address-blocked"
     FORWARDED_FOR_INVALID = "forwarded-for-invalid"
     CORS_DENIED = "cors-denied"
     API_KEY_VALID = "api-key-valid"
@@ -152,6 +154,15 @@ class Activity(enum.StrEnum):
     UPSTREAM_HEALTHY = "upstream-healthy"
     RATE_LIMIT_STORE_DOWN = "rate-limit-store-down"
     RATE_LIMIT_STORE_BACK = "rate-limit-store-back"
+    BLOCK_ADDED = "block-added"
+    BLOCK_REMOVED = "block-removed"
+    #: An automated response action taken (or, in a dry run, planned), or undone.
+    RESPONSE_TAKEN = "response-taken"
+    RESPONSE_UNDONE = "response-undone"
+    #: A producer's spool was full and events were dropped (the ``drop`` policy).
+    EVENTS_DROPPED = "events-dropped"
+    #: A detection rule matched: an alert (OCSF Detection Finding, class 2004).
+    ALERT_RAISED = "alert-raised"
 
 
 #: What an event's ``reason`` carries: a decision's reason, or an activity.
@@ -245,6 +256,7 @@ ANSWERS: Final = MappingProxyType(
         Reason.ROUTE_NOT_FOUND: Answer(404, "not_found"),
         Reason.METHOD_NOT_ALLOWED: Answer(405, "method_not_allowed"),
         Reason.IP_DENIED: _FORBIDDEN,
+        Reason.ADDRESS_BLOCKED: _FORBIDDEN,
         Reason.FORWARDED_FOR_INVALID: _BAD_REQUEST,
         Reason.CORS_DENIED: _FORBIDDEN,
         **dict.fromkeys(
