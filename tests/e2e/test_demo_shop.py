@@ -114,6 +114,13 @@ def test_the_audit_log_of_the_stack_verifies(shop: dict[str, object], tmp_path: 
     assert "events" in json.loads(tested.stdout)
     refused = tm("audit", "rules", "test", str(tmp_path / "none"), "--state", state)
     assert refused.returncode == 2
+    responses = tm("audit", "response", "list", "--state", state, "--json")
+    assert responses.returncode == 0, responses.stderr
+    assert all(json.loads(line)["outcome"] for line in responses.stdout.splitlines())
+    unknown = tm("audit", "response", "undo", "0" * 32, "--state", state)
+    assert unknown.returncode != 0
+    assert "no response" in unknown.stderr
+    assert tm("audit", "response", "undo", "../x", "--state", state).returncode == 2
 
 
 class Workload:

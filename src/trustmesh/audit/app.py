@@ -17,7 +17,11 @@ the trust domain; its SPIFFE ID is the verified peer certificate's).
   ``GET /v1/alerts`` (``after``: the id of the last alert seen; ``limit``),
   ``GET /v1/quarantine``, ``POST /v1/rules/test`` {"files": {name: Sigma YAML},
   "events"?: [...]} (run rules over the given events, or the stored log: how many each
-  matched, and the alerts; a rule that does not load is ``400`` with every problem).
+  matched, and the alerts; a rule that does not load is ``400`` with every problem),
+  ``GET /v1/responses`` (the automated responses, newest first: taken, planned in a dry
+  run, failed or skipped, and whether undone), ``POST /v1/responses/{id}/undo`` (``404``
+  unknown, ``400`` one that cannot be undone, ``409`` undone already or refused by the
+  component; see :mod:`trustmesh.audit.response`).
 """
 
 from __future__ import annotations
@@ -38,9 +42,16 @@ from starlette.routing import Route
 from trustmesh import events
 from trustmesh.audit.chain import Checkpoint
 from trustmesh.audit.detection import ReplayResult, run_rules
+from trustmesh.audit.response import Responder
 from trustmesh.audit.search import Query
 from trustmesh.audit.service import MAX_BATCH, AuditService
-from trustmesh.errors import ConfigError, TrustmeshError, UnavailableError, UsageError
+from trustmesh.errors import (
+    ConfigError,
+    NotFoundError,
+    TrustmeshError,
+    UnavailableError,
+    UsageError,
+)
 from trustmesh.platform.admin import (
     Actor,
     failure_response,
@@ -116,9 +127,28 @@ def query_of(request: Request) -> Query:
 
 
 class _Collector:
-    def __init__(self, service: AuditService, recorder: events.Recorder) -> None:
+    def __init__(
+        self, service: AuditService, recorder: events.Recorder, responder: Responder | None
+    ) -> None:
         self.service = service
         self.recorder = recorder
+        self.responder = responder
+
+    async def responses(self, request: Request, actor: Actor) -> Response:
+        limit = min(_int(request, "limit", 100) or 100, 1000)
+        found = await self._responder().store.newest(limit=limit)
+        record_read(self.recorder, "audit-responses", actor)
+        return JSONResponse({"responses": [r.to_dict() for r in found]}, headers=_NO_STORE)
+
+    async def undo(self, request: Request, actor: Actor) -> Response:
+        json_object(await request.body(), MAX_BODY, empty=True)
+        record = await self._responder().undo(request.path_params["id"][:64], actor)
+        return JSONResponse(record.to_dict())
+
+    def _responder(self) -> Responder:
+        if self.responder is None:
+            raise NotFoundError("automated response is not running in this collector")
+        return self.responder
 
     async def deliver(self, request: Request) -> Response:
         reporter = peer_spiffe_id(request)
@@ -280,8 +310,13 @@ def _batch(raw: bytes) -> list[object]:
     return events_
 
 
-def audit_app(service: AuditService, recorder: events.Recorder, operator: str) -> Starlette:
-    collector = _Collector(service, recorder)
+def audit_app(
+    service: AuditService,
+    recorder: events.Recorder,
+    operator: str,
+    responder: Responder | None = None,
+) -> Starlette:
+    collector = _Collector(service, recorder, responder)
 
     async def as_operator(request: Request) -> Actor:
         return operator_only(request, operator)
@@ -301,6 +336,12 @@ def audit_app(service: AuditService, recorder: events.Recorder, operator: str) -
             ),
             Route(
                 "/v1/quarantine", admin("audit-quarantine", collector.quarantine), methods=["GET"]
+            ),
+            Route("/v1/responses", admin("audit-responses", collector.responses), methods=["GET"]),
+            Route(
+                "/v1/responses/{id}/undo",
+                admin("audit-response-undo", collector.undo),
+                methods=["POST"],
             ),
         ]
     )

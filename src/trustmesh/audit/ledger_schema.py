@@ -64,7 +64,9 @@ quarantine = Table(
 )
 
 
-def collector_grants(role: str, *, schema: str | None = None) -> tuple[str, ...]:
+def collector_grants(
+    role: str, *, schema: str | None = None, tables: MetaData = metadata
+) -> tuple[str, ...]:
     """The PostgreSQL statements that let ``role`` (the collector) append to the log
     and read it, and nothing else: no UPDATE, DELETE or TRUNCATE. Run them as the
     tables' owner, which the collector must not be."""
@@ -72,7 +74,7 @@ def collector_grants(role: str, *, schema: str | None = None) -> tuple[str, ...]
         if name is not None and not _ROLE.fullmatch(name):
             raise UsageError("a role or schema name is 1 to 63 lowercase letters, digits or _")
     prefix = f'"{schema}".' if schema else ""
-    names = ", ".join(f'{prefix}"{t.name}"' for t in metadata.sorted_tables)
+    names = ", ".join(f'{prefix}"{t.name}"' for t in tables.sorted_tables)
     statements = [f'REVOKE ALL ON {names} FROM "{role}"']
     if schema:
         statements.append(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')

@@ -18,9 +18,11 @@ from trustmesh import crypto, events
 from trustmesh.audit.app import audit_app
 from trustmesh.audit.behaviour import WorkingHours
 from trustmesh.audit.chain import CheckpointPolicy
-from trustmesh.audit.detection import SHIPPED_RULES, Detector, DetectorSettings
+from trustmesh.audit.detection import SHIPPED_RULES, Alert, Detector, DetectorSettings
 from trustmesh.audit.endpoint import checkpoint_path
 from trustmesh.audit.ledger import Ledger
+from trustmesh.audit.response import AdminCaller, Caller, Responder
+from trustmesh.audit.response_store import ResponseStore
 from trustmesh.audit.service import AuditService, OnAlerts
 from trustmesh.config import TrustmeshConfig
 from trustmesh.config.audit import AuditConfig, DetectionConfig
@@ -41,12 +43,17 @@ class RunningAudit:
     served: Served
     url: str
     ticker: asyncio.Task[None]
+    responder: Responder
+    responding: asyncio.Task[None]
 
     async def stop(self) -> None:
-        self.ticker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.ticker
+        for task in (self.ticker, self.responding):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.served.stop()
+        with contextlib.suppress(Exception):  # what it can: the rest waits for the next start
+            await self.service.store_own()
         await self.service.ledger.close()
 
 
@@ -92,6 +99,7 @@ async def serve_audit(
     config_file: Path | None = None,
     on_alerts: OnAlerts | None = None,
     tick: float = 1.0,
+    caller: Caller | None = None,
 ) -> RunningAudit:
     """Start the collector; return once it listens."""
     settings = settings_of(config)
@@ -110,8 +118,23 @@ async def serve_audit(
             records=settings.checkpoint_every,
             seconds=settings.checkpoint_interval.total_seconds(),
         )
-        service = AuditService(ledger, key, detector, policy, on_alerts=on_alerts, clock=clock)
-        return await _serve(config, service, source, sink, host, sock, tick)
+        spiffe_id = config.component_spiffe_id("audit")
+        service = AuditService(
+            ledger, key, detector, policy, on_alerts=on_alerts, clock=clock, spiffe_id=spiffe_id
+        )
+        responses = ResponseStore(ledger.engine)
+        await responses.create()
+        recorder = events.Recorder(
+            events.FanoutSink(sink, service.own), component="audit", spiffe_id=spiffe_id
+        )
+        responder = Responder(
+            responses,
+            caller or AdminCaller(RotatingTLS(source), folder.parent, config.trust_domain),
+            recorder,
+            never_block=config.detection.never_block,
+            clock=clock,
+        )
+        return await _serve(config, service, responder, source, host, sock, tick)
     except BaseException:
         sock.close()
         await ledger.close()
@@ -121,17 +144,23 @@ async def serve_audit(
 async def _serve(
     config: TrustmeshConfig,
     service: AuditService,
+    responder: Responder,
     source: SVIDSource,
-    sink: events.EventSink,
     host: str,
     sock: socket.socket,
     tick: float,
 ) -> RunningAudit:
-    recorder = events.Recorder(
-        sink, component="audit", spiffe_id=config.component_spiffe_id("audit")
-    )
-    app = audit_app(service, recorder, config.component_spiffe_id("operator"))
+    app = audit_app(service, responder.recorder, config.component_spiffe_id("operator"), responder)
+    outer = service.on_alerts
+
+    async def on_alerts(alerts: list[Alert]) -> None:
+        responder.submit(alerts)
+        if outer is not None:
+            await outer(alerts)
+
+    service.on_alerts = on_alerts
     port = int(sock.getsockname()[1])
     served = await start(app, host=host, port=port, tls=RotatingTLS(source), sock=sock)
     ticker = asyncio.create_task(service.run(tick))
-    return RunningAudit(service, served, f"https://{host}:{port}", ticker)
+    responding = asyncio.create_task(responder.run())
+    return RunningAudit(service, served, f"https://{host}:{port}", ticker, responder, responding)

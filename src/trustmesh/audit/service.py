@@ -11,26 +11,33 @@ Ingest, for one batch from one producer (its SPIFFE ID, from its certificate):
    duplicates) go through detection in chain order; alerts go to ``on_alerts``;
 4. a checkpoint is signed when N records or T seconds have passed since the last one
    (:meth:`AuditService.tick` signs the time-due ones on a quiet log).
+
+The collector's own events (who read the log, the responses it took) go into the same
+log: :attr:`AuditService.own` is an event sink whose events :meth:`AuditService.tick`
+ingests, reported by the collector's own SPIFFE ID.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from trustmesh import crypto
+from trustmesh import crypto, events
 from trustmesh.audit.chain import Checkpoint, CheckpointPolicy
 from trustmesh.audit.detection import Alert, Detector
 from trustmesh.audit.ledger import Appended, Ledger, Verification
 from trustmesh.audit.search import Query
 
-__all__ = ["MAX_BATCH", "AuditService", "Ingested"]
+__all__ = ["MAX_BATCH", "AuditService", "Ingested", "OwnEvents"]
 
 log = logging.getLogger("trustmesh.audit")
 
@@ -66,8 +73,37 @@ def _stamped(event: object, reporter: str) -> object:
     return {**event, "unmapped": {**unmapped, "trustmesh": {**mine, "reporter": reporter}}}
 
 
+class OwnEvents:
+    """The collector's own events, held until the next tick stores them (bounded: past
+    :data:`OWN_LIMIT` waiting, ``emit`` raises rather than drop one)."""
+
+    def __init__(self) -> None:
+        self._events: collections.deque[dict[str, Any]] = collections.deque()
+        self._lock = threading.Lock()
+
+    def emit(self, event: events.Event) -> None:
+        with self._lock:
+            if len(self._events) >= OWN_LIMIT:
+                raise RuntimeError("the audit collector's own events are not being stored")
+            self._events.append(json.loads(event.to_json()))
+
+    def take(self) -> list[dict[str, Any]]:
+        with self._lock:
+            taken = [self._events.popleft() for _ in range(min(len(self._events), MAX_BATCH))]
+        return taken
+
+    def put_back(self, taken: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self._events.extendleft(reversed(taken))
+
+
+#: The most of its own events the collector holds before storing them.
+OWN_LIMIT: Final = 100_000
+
+
 class AuditService:
-    """``clock``: epoch seconds."""
+    """``clock``: epoch seconds; ``spiffe_id``: the collector's own (its own events'
+    reporter)."""
 
     def __init__(
         self,
@@ -78,6 +114,7 @@ class AuditService:
         *,
         on_alerts: OnAlerts | None = None,
         clock: Callable[[], float] = time.time,
+        spiffe_id: str = "",
     ) -> None:
         self.ledger = ledger
         self.key = key
@@ -89,6 +126,8 @@ class AuditService:
         self.clock = clock
         self.alerts: list[Alert] = []  # this process's, newest last (bounded)
         self._detecting = asyncio.Lock()  # detection sees records in chain order
+        self.own = OwnEvents()
+        self.spiffe_id = spiffe_id
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
@@ -108,12 +147,22 @@ class AuditService:
         return Ingested(appended, tuple(alerts), checkpoint)
 
     async def tick(self) -> Checkpoint | None:
-        """What is due with no event arriving: correlation windows that closed, and a
-        checkpoint whose interval has passed."""
+        """What is due with no event arriving: the collector's own events, correlation
+        windows that closed, and a checkpoint whose interval has passed."""
+        await self.store_own()
         async with self._detecting:
             alerts = self.detector.advance(int(self.clock() * 1000))
         await self._raise(alerts)
         return await self.ledger.checkpoint(self.key, now=self.now(), policy=self.policy)
+
+    async def store_own(self) -> None:
+        """Ingest the collector's own events (kept for the next try if the store fails)."""
+        while taken := self.own.take():
+            try:
+                await self.ingest(taken, self.spiffe_id)
+            except BaseException:
+                self.own.put_back(taken)
+                raise
 
     async def run(self, interval: float = 1.0) -> None:
         """:meth:`tick` every ``interval`` seconds until cancelled."""

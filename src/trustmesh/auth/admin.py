@@ -12,7 +12,10 @@ Two kinds of caller may use it:
   the connection it is bound to. A refreshed token carries no ``amr``: admin actions
   need a fresh login with MFA.
 
-Anyone else gets ``403`` (``401`` for a token that does not verify). Every request,
+The audit collector (``spiffe://<td>/trustmesh/audit``) may lock and unlock a user and
+revoke a subject's tokens (``POST /admin/v1/revocations`` {"subject"}) — its automated
+responses — and nothing else. Anyone else gets ``403`` (``401`` for a token that does
+not verify). Every request,
 allowed or refused, is an event naming who made it. A POST's body is one of
 :mod:`trustmesh.auth.models`: an unknown field or a wrong type is a ``400`` and changes
 nothing.
@@ -37,7 +40,14 @@ from trustmesh.auth.db import Client, User
 from trustmesh.auth.keys import KeyState
 from trustmesh.auth.lockout import normalize_login
 from trustmesh.auth.methods import CLIENT_METHODS, PUBLIC_METHOD
-from trustmesh.auth.models import NewClient, NewPassword, NewUser, NoFields, parse_body
+from trustmesh.auth.models import (
+    NewClient,
+    NewPassword,
+    NewUser,
+    NoFields,
+    SubjectRevocation,
+    parse_body,
+)
 from trustmesh.auth.service import AuthService, hash_secret, new_secret
 from trustmesh.errors import (
     InvalidTokenError,
@@ -45,7 +55,7 @@ from trustmesh.errors import (
     TrustmeshError,
     UsageError,
 )
-from trustmesh.platform.admin import Actor, Refused, failure_response
+from trustmesh.platform.admin import RESPONDER, Actor, Refused, failure_response
 from trustmesh.reasons import Activity, Code, Reason
 from trustmesh.sdk.tokens import bearer_token
 from trustmesh.spiffeid import require_workload_id
@@ -55,6 +65,8 @@ _JWK_KTYS = {"EC", "RSA", "OKP"}
 _PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "k")
 
 Handler = Callable[[Request], Awaitable[Response]]
+#: What the audit collector may ask of this API (its automated responses): nothing else.
+RESPONSE_ACTIONS = frozenset({"lock-user", "unlock-user", "revoke-subject"})
 
 
 def new_client(service: AuthService, body: NewClient) -> tuple[Client, str | None]:
@@ -244,6 +256,7 @@ class AdminAPI:
     def __init__(self, service: AuthService) -> None:
         self.service = service
         self.operator = service.config.component_spiffe_id("operator")
+        self.responder = service.config.component_spiffe_id("audit")
 
     def routes(self) -> list[Route]:
         guarded = self._guarded
@@ -266,6 +279,11 @@ class AdminAPI:
             Route(
                 "/admin/v1/keys/rotate", guarded("rotate-keys", self.rotate_keys), methods=["POST"]
             ),
+            Route(
+                "/admin/v1/revocations",
+                guarded("revoke-subject", self.revoke_subject),
+                methods=["POST"],
+            ),
         ]
 
     def _guarded(self, action: str, handler: Handler) -> Handler:
@@ -275,11 +293,7 @@ class AdminAPI:
             tls = (request.scope.get("extensions") or {}).get("tls") or {}
             peer = tls.get("spiffe_id")
             try:
-                actor = (
-                    Actor(peer)
-                    if peer == self.operator
-                    else await admin_user(service, request, tls)
-                )
+                actor = await self._actor(action, request, tls)
             except Refused as refused:
                 service.emit(
                     Reason.ADMIN_DENIED,
@@ -305,6 +319,18 @@ class AdminAPI:
             return response
 
         return endpoint
+
+    async def _actor(self, action: str, request: Request, tls: dict[str, Any]) -> Actor:
+        """The operator; the audit collector, for what an automated response does and
+        nothing else; or an admin user (:func:`admin_user`)."""
+        peer = tls.get("spiffe_id")
+        if peer == self.operator:
+            return Actor(peer)
+        if peer == self.responder:
+            if action not in RESPONSE_ACTIONS:
+                raise Refused(403, "forbidden", "the audit collector may only take responses")
+            return Actor(peer, RESPONDER)
+        return await admin_user(self.service, request, tls)
 
     def _emit(self, request: Request, reason: Code, message: str, **fields: Any) -> None:
         actor: Actor = request.state.actor
@@ -384,6 +410,14 @@ class AdminAPI:
         """Every token the user holds stops working (see trustmesh.auth.revocations)."""
         actor: Actor = request.state.actor
         await self.service.revocations.subject(user.user_id, cause, attributes={"by": actor.name})
+
+    async def revoke_subject(self, request: Request) -> Response:
+        body = parse_body(SubjectRevocation, await request.body())
+        actor: Actor = request.state.actor
+        revoked = await self.service.revocations.subject(
+            body.subject, body.cause, attributes={"by": actor.name}
+        )
+        return JSONResponse({"subject": body.subject, "before": revoked.before})
 
     async def _set_lock(self, request: Request, locked: bool) -> Response:
         parse_body(NoFields, await request.body(), optional=True)

@@ -8,12 +8,20 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trustmesh.errors import UsageError
 from trustmesh.platform.admin import json_object
 
-__all__ = ["MAX_BODY", "NewClient", "NewPassword", "NewUser", "NoFields", "parse_body"]
+__all__ = [
+    "MAX_BODY",
+    "NewClient",
+    "NewPassword",
+    "NewUser",
+    "NoFields",
+    "SubjectRevocation",
+    "parse_body",
+]
 
 MAX_BODY = 256 * 1024
 
@@ -43,6 +51,14 @@ class NewUser(_Body):
     roles: list[str] = []
     password: str | None = None
     mfa: bool | None = None
+
+
+class SubjectRevocation(_Body):
+    """``POST /admin/v1/revocations``: every token of ``subject`` (a user's ``sub``, or a
+    client's) issued so far stops working."""
+
+    subject: str = Field(min_length=1, max_length=256)
+    cause: str = Field(default="admin", min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$")
 
 
 class NewPassword(_Body):

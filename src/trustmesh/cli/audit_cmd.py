@@ -1,4 +1,4 @@
-"""``trustmesh audit events|verify|alerts|rules test``: the audit log, through the
+"""``trustmesh audit events|verify|alerts|rules test|response list|undo``: the audit log, through the
 collector's API as the operator (whose SVID alone may read it); ``rules test`` runs Sigma
 rule files here, over events recorded by the collector or kept in a JSON-lines file."""
 
@@ -25,6 +25,11 @@ app = typer.Typer(
 )
 rules_app = typer.Typer(help="Sigma detection rules.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
+response_app = typer.Typer(
+    help="Automated responses: what the rules' actions did, and undoing them.",
+    no_args_is_help=True,
+)
+app.add_typer(response_app, name="response")
 
 
 def _call(state: Path, config: Path | None, method: str, path: str, body: object = None) -> Any:
@@ -203,3 +208,47 @@ def rules_test(
         out.print(f"  {rule}: {count} matched", markup=False)
     for index, alert in enumerate(result["alerts"], 1):
         _show_alert({"id": index, **alert}, False)
+
+
+def _show_response(record: dict[str, Any]) -> None:
+    undone = f", undone by {record['undone_by']}" if record.get("undone_at") else ""
+    out.print(
+        f"{record['id']} {record['action']} {record['target']} — {record['outcome']}"
+        f"{' (dry run)' if record['dry_run'] else ''}{undone} [{record['rule_id']}] "
+        f"{record['detail']}",
+        markup=False,
+    )
+
+
+@response_app.command("list")
+def response_list(
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many, newest first.")] = 100,
+    state: StateOption = DEFAULT_STATE,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The automated responses, newest first: taken, planned (dry run), failed, skipped."""
+    found = _call(state, config, "GET", f"/v1/responses?limit={limit}")["responses"]
+    for record in found:
+        if as_json:
+            print(json.dumps(record, separators=(",", ":")))
+        else:
+            _show_response(record)
+
+
+@response_app.command("undo")
+def response_undo(
+    response_id: Annotated[str, typer.Argument(help="The response's id (response list).")],
+    state: StateOption = DEFAULT_STATE,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Undo a response taken: unlock the user, lift the block (a revocation is final)."""
+    if not response_id.isalnum() or len(response_id) > 64:
+        err.print("a response id is letters and digits (see `trustmesh audit response list`)")
+        raise typer.Exit(2)
+    record = _call(state, config, "POST", f"/v1/responses/{response_id}/undo", {})
+    if as_json:
+        print(json.dumps(record))
+    else:
+        _show_response(record)

@@ -13,10 +13,11 @@ listener, store and checkpoints, how producers deliver to it, and the Sigma rule
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import timedelta
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from trustmesh.config.durations import Duration
@@ -102,3 +103,21 @@ class DetectionConfig(BaseModel):
     dry_run: bool = Field(
         default=False, description="Response actions are only recorded, never taken."
     )
+    never_block: list[str] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        max_length=1024,
+        description="Addresses or networks no automated response blocks at the gateway "
+        "(loopback: the stack itself and its operator).",
+    )
+
+    @field_validator("never_block")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for text in value:
+            try:
+                ipaddress.ip_network(text)
+            except ValueError:
+                raise PydanticCustomError(
+                    "invalid", "{text} is not an address or network", {"text": text[:64]}
+                ) from None
+        return value

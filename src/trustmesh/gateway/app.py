@@ -3,8 +3,8 @@
 Each stage decides, and a refusal ends the request with a structured error and an event:
 
 1. the client address (the peer, or ``X-Forwarded-For`` from a trusted proxy: an entry
-   that is not an address → ``400 invalid_request``) must pass the address rules →
-   ``403``; the raw path must be canonical → ``400 invalid_request``;
+   that is not an address → ``400 invalid_request``) must pass the address rules and
+   not be blocked (:mod:`trustmesh.gateway.blocklist`) → ``403``; the raw path must be canonical → ``400 invalid_request``;
 2. a route must take it (host, longest prefix, one of the route's operations, method) →
    ``404`` / ``405`` + ``Allow``; a trailing slash no operation declares → ``400``;
 3. the route's authentication: a bearer access token from a trusted issuer, addressed to
@@ -50,6 +50,7 @@ from trustmesh.config.gateway import PROVIDER_ISSUER, GatewayConfig, GatewayRout
 from trustmesh.errors import InvalidTokenError, TrustmeshError, UnavailableError, UsageError
 from trustmesh.gateway.answers import error_code, error_headers, error_message
 from trustmesh.gateway.apikeys import presented_api_key
+from trustmesh.gateway.blocklist import Blocklist
 from trustmesh.gateway.cors import is_preflight, preflight_headers, response_grants
 from trustmesh.gateway.headers import (
     SECURITY_HEADERS,
@@ -143,6 +144,9 @@ _NOT_CANONICAL = "the request path is not in canonical form"
 _ADDRESS_REFUSED = Refusal.deny(
     Reason.IP_DENIED, "client address refused", "not allowed from this address"
 )
+_ADDRESS_BLOCKED = Refusal.deny(
+    Reason.ADDRESS_BLOCKED, "client address blocked", "not allowed from this address"
+)
 
 
 @dataclass(slots=True)
@@ -200,6 +204,7 @@ class GatewayApp:
         external: ExternalIssuers | None = None,
         introspector: Introspector | None = None,
         metrics: GatewayMetrics | None = None,
+        blocks: Blocklist | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.spiffe_id = spiffe_id  # the issuer of internal tokens, the audience it accepts
@@ -208,6 +213,7 @@ class GatewayApp:
         self.max_body_bytes = gateway.max_body_bytes
         self.routes = RouteTable(gateway.routes)
         self.ip_rules = IPRules.of(gateway.allow_ips, gateway.deny_ips)
+        self.blocks = blocks if blocks is not None else Blocklist()
         self.route_ip_rules = tuple(IPRules.of(r.allow_ips, r.deny_ips) for r in gateway.routes)
         self.timeouts = tuple(r.timeout.total_seconds() for r in gateway.routes)
         self.upstream_ids = tuple(f"spiffe://{trust_domain}/{r.to}" for r in gateway.routes)
@@ -321,6 +327,8 @@ class GatewayApp:
         ex.context["client"] = ex.client
         if not self.ip_rules.admits(ex.client):
             return _ADDRESS_REFUSED
+        if self.blocks.blocked(ex.client, self.clock()):
+            return _ADDRESS_BLOCKED
         return None
 
     async def _path(self, ex: Exchange) -> Outcome | None:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -26,6 +26,8 @@ from trustmesh.config.gateway import GatewayConfig, GatewayRoute
 from trustmesh.errors import ConfigError, UnavailableError
 from trustmesh.gateway.admin_app import KeyAdmin
 from trustmesh.gateway.app import GatewayApp
+from trustmesh.gateway.block_admin import BlockAdmin
+from trustmesh.gateway.blocklist import Blocklist
 from trustmesh.gateway.internal import GatewayKey
 from trustmesh.gateway.introspection import Introspector
 from trustmesh.gateway.keystore import ApiKeyVerifier, SqlKeyStore, open_keystore
@@ -106,7 +108,7 @@ class RunningGateway:
             await self.trust.close()
 
 
-def internal_app(key: GatewayKey, admin: KeyAdmin) -> Starlette:
+def internal_app(key: GatewayKey, admin: KeyAdmin, blocks: BlockAdmin) -> Starlette:
     async def jwks(_: Request) -> Response:
         return Response(
             key.jwks(),
@@ -122,6 +124,7 @@ def internal_app(key: GatewayKey, admin: KeyAdmin) -> Starlette:
             Route("/jwks.json", jwks, methods=["GET"]),
             Route("/healthz", health, methods=["GET"]),
             *admin.routes(),
+            *blocks.routes(),
         ]
     )
 
@@ -144,8 +147,9 @@ async def _start_internal(
     api_keys = parts.api_keys
     changed = api_keys.reload_soon if api_keys else lambda: None
     admin = KeyAdmin(config, key_store, sink, changed=changed, clock=parts.clock)
+    blocks = BlockAdmin(config, parts.blocks, sink, clock=parts.clock)
     try:
-        internal = await start(internal_app(key, admin), tls=tls, host=host, port=port)
+        internal = await start(internal_app(key, admin, blocks), tls=tls, host=host, port=port)
     except BaseException:
         await key_store.close()
         raise
@@ -190,6 +194,7 @@ async def serve_gateway(
         external=parts.external,
         introspector=parts.introspector(trust, spiffe_id),
         metrics=metrics,
+        blocks=parts.blocks,
         spiffe_id=spiffe_id,
         trust_domain=config.trust_domain,
         verifier=verifier,
@@ -296,6 +301,7 @@ class _Parts:
     external: ExternalIssuers | None
     routes: list[GatewayRoute]
     clock: Callable[[], float]
+    blocks: Blocklist = field(default_factory=Blocklist)
 
     def introspector(self, trust: ProviderTrust | None, spiffe_id: str) -> Introspector | None:
         """Introspection at the provider, where a route asks for it."""

@@ -19,6 +19,7 @@ from trustmesh.reasons import Reason
 
 __all__ = [
     "OPERATOR",
+    "RESPONDER",
     "Actor",
     "Refused",
     "failure_response",
@@ -26,6 +27,7 @@ __all__ = [
     "json_object",
     "named_by",
     "operator_only",
+    "operator_or_responder",
     "peer_spiffe_id",
     "read_body",
     "record_read",
@@ -33,6 +35,8 @@ __all__ = [
 
 #: How events name the operator (an admin user is ``user:<name>``).
 OPERATOR = "operator"
+#: The audit collector, as an admin request's record names it when it takes a response.
+RESPONDER = "audit"
 
 Body = TypeVar("Body", bound=BaseModel)
 #: Who is asking (an :class:`Actor`), or :class:`Refused`.
@@ -138,6 +142,16 @@ def peer_spiffe_id(request: Request) -> str | None:
     tls = (request.scope.get("extensions") or {}).get("tls") or {}
     peer = tls.get("spiffe_id")
     return peer if isinstance(peer, str) else None
+
+
+def operator_or_responder(request: Request, operator: str, responder: str) -> Actor:
+    """The operator, or the audit collector taking an automated response (``responder``:
+    ``spiffe://<td>/trustmesh/audit``, named ``audit`` in the record); anyone else is
+    :class:`Refused` (403). Only the few endpoints a response calls use this."""
+    peer = peer_spiffe_id(request)
+    if peer == responder:
+        return Actor(peer, RESPONDER)
+    return operator_only(request, operator)
 
 
 def operator_only(request: Request, operator: str) -> Actor:
