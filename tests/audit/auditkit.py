@@ -178,6 +178,22 @@ def secrets_decision(
     )
 
 
+def events_dropped(count: int, seconds: float, *, component: str = "gateway") -> dict[str, Any]:
+    """trustmesh.sdk.delivery.AuditSink: a full spool dropped ``count`` events (the
+    ``drop`` policy), told once the collector answers again."""
+    recorder = events.Recorder(
+        events.MemorySink(), component=component, spiffe_id=spiffe(component)
+    )
+    return _one(
+        recorder,
+        Activity.EVENTS_DROPPED,
+        "events dropped: the audit spool was full",
+        decision=events.Decision.ERROR,
+        attributes={"dropped": count, "spool_max_bytes": 65536},
+        now=at(seconds),
+    )
+
+
 def write_rules(directory: Path, text: str, name: str = "rules.yml") -> Path:
     path = directory / name
     path.write_text(textwrap.dedent(text))

@@ -14,6 +14,7 @@ import pytest
 from auditkit import (
     admin_change,
     call,
+    events_dropped,
     feed,
     gateway_refusal,
     login_failed,
@@ -159,6 +160,10 @@ CASES: dict[str, tuple[Stream, list[Stream]]] = {
         [admin_change(Activity.USER_LOCKED, 10 * 3600)],  # Monday 22:00 UTC
         [[admin_change(Activity.USER_LOCKED, 0)], [admin_change(Activity.USER_LOCKED, -3 * 3600)]],
     ),
+    "events_dropped": (
+        [events_dropped(3, 0)],
+        [[admin_change(Activity.USER_LOCKED, 0)], reads(1)],
+    ),
     "new_spiffe_id": (
         calls_from(["orders", "storefront"], 0)
         + calls_from(["orders", "intruder", "intruder"], 3600),
@@ -256,7 +261,7 @@ def test_the_rule_files_ship_as_package_data() -> None:
     ]["trustmesh"]
     package = root / "src" / "trustmesh"
     files = sorted(SHIPPED_RULES.glob("*.yml"))
-    assert len(files) == 11
+    assert len(files) == 12
     for path in files:
         relative = str(path.relative_to(package))
         assert any(fnmatch.fnmatch(relative, p) for p in patterns), relative

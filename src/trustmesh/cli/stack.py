@@ -49,12 +49,11 @@ from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import TrustmeshError, UnavailableError
 from trustmesh.gateway.endpoint import endpoint_path as gateway_endpoint_path
 from trustmesh.identity.endpoint import MAX_SOCKET_PATH, IdentityPaths, prepare_state_dir
+from trustmesh.sdk.delivery import AUDIT_URL_ENV
 from trustmesh.secrets.endpoint import DEV_UNSEAL_WARNING, dev_unseal_path
 from trustmesh.secrets.endpoint import endpoint_path as secrets_endpoint_path
 
 DETACH_TIMEOUT = 90.0
-#: Where a process ``up`` starts delivers its events (the audit collector's URL).
-AUDIT_URL_ENV = "TRUSTMESH_AUDIT_URL"
 JOIN_TTL = 120  # seconds: a started process redeems its token within seconds
 #: How long a start waits for the identity service (restarting, say) to make its token.
 JOIN_WAIT = 10.0

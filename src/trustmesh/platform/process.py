@@ -19,6 +19,7 @@ from typing import Any
 from trustmesh import events
 from trustmesh.config import TrustmeshConfig, load_config
 from trustmesh.errors import ConfigError, TrustmeshError, UnavailableError
+from trustmesh.sdk.delivery import audit_sink_from_env
 from trustmesh.sdk.runtime import EVENTS_ENV
 from trustmesh.sdk.workload import JOIN_TOKEN_ENV, redeem_join_token
 from trustmesh.sdk.x509source import X509Context, X509Source
@@ -83,9 +84,13 @@ def exit_code(name: str, main: Callable[[], None]) -> int:
 @contextlib.asynccontextmanager
 async def component_identity(
     config: TrustmeshConfig, state: Path, component: str
-) -> AsyncIterator[tuple[X509Source, events.JsonLinesSink]]:
+) -> AsyncIterator[tuple[X509Source, events.EventSink]]:
     """The component's SVID (a one-time join token from ``up`` redeemed first) and its
-    event log (``TRUSTMESH_EVENTS``, else ``<state>/events/<component>.jsonl``)."""
+    event sink: the event log (``TRUSTMESH_EVENTS``, else
+    ``<state>/events/<component>.jsonl``) and, when ``up`` names the audit collector
+    (``TRUSTMESH_AUDIT_URL``), delivery to it through ``<state>/spool/<component>/``
+    (:mod:`trustmesh.sdk.delivery`; not for the collector itself). What is not
+    delivered when the component stops stays spooled for its next start."""
     address = os.environ.get("SPIFFE_ENDPOINT_SOCKET")
     if not address:
         raise UnavailableError("SPIFFE_ENDPOINT_SOCKET is not set")
@@ -94,14 +99,23 @@ async def component_identity(
         await redeem_join_token(address, token)
     source = X509Source(address, spiffe_id=config.component_spiffe_id(component))
     await source.start()
-    sink = events.JsonLinesSink(
+    log_sink = events.JsonLinesSink(
         Path(os.environ.get(EVENTS_ENV) or state / "events" / f"{component}.jsonl")
     )
     try:
+        audit = audit_sink_from_env(source, config, state, component)
+    except BaseException:
+        log_sink.close()
+        await source.close()
+        raise
+    sink: events.EventSink = log_sink if audit is None else events.FanoutSink(log_sink, audit)
+    try:
         yield source, sink
     finally:
+        if audit is not None:
+            await asyncio.to_thread(audit.close, 5.0)
         await source.close()
-        sink.close()
+        log_sink.close()
 
 
 async def serve_until_stopped(

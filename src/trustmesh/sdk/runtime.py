@@ -20,6 +20,7 @@ services it may call by name.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from trustmesh.policy.calls import CallAuthorizer
 from trustmesh.policy.objects import AttributeValue, ObjectDecision, ObjectPolicy
 from trustmesh.reasons import Reason
 from trustmesh.sdk.client import Response, ServiceClient, TokenProvider
+from trustmesh.sdk.delivery import AuditSink, audit_sink_from_env
 from trustmesh.sdk.discovery import DiscoveryClient, Endpoint
 from trustmesh.sdk.middleware import TOKEN_STATE_KEY, ZeroTrustMiddleware
 from trustmesh.sdk.oauth import (
@@ -79,6 +81,8 @@ class Runtime:
     #: Clients of the runtime's own (the gateway's JWKS), closed with it.
     own_clients: list[ServiceClient] = field(default_factory=list)
     secrets_url: str | None = None
+    #: Delivery of the service's events to the audit collector (``up`` names it).
+    audit: AuditSink | None = None
     _secrets: SecretsClient | None = None
 
     def secrets(self) -> SecretsClient:
@@ -139,6 +143,8 @@ class Runtime:
         if self.auth is not None:
             await self.auth.close()
         await self.served.stop()
+        if self.audit is not None:  # what is not delivered stays spooled for the next start
+            await asyncio.to_thread(self.audit.close, 5.0)
         await self.source.close()
 
 
@@ -257,14 +263,20 @@ async def run_service(
     gateway_url: str | None = None,
 ) -> Runtime:
     """Bring ``app`` up as ``service``; settings default to what ``trustmesh up`` passes
-    in the environment."""
+    in the environment. With an event log (``TRUSTMESH_EVENTS``, in ``<state>/events/``)
+    and the audit collector's URL (``TRUSTMESH_AUDIT_URL``), the service's events (its
+    middleware's and clients') are also delivered to the collector, spooled in
+    ``<state>/spool/<service>/``."""
     global _runtime
     service, config = _declared(service, config_path)
     source = await _identity(config, service, address)
     tls = RotatingTLS(source)
+    path = os.environ.get(EVENTS_ENV)
     if sink is None:
-        path = os.environ.get(EVENTS_ENV)
         sink = events.JsonLinesSink(Path(path)) if path else events.MemorySink()
+    audit = audit_sink_from_env(source, config, Path(path).parent.parent, service) if path else None
+    if audit is not None:
+        sink = events.FanoutSink(sink, audit)
     trust = await _TokenTrust.declared(tls, config, service, auth_url, gateway_url)
     guarded = ZeroTrustMiddleware(
         app, authorizer=CallAuthorizer(config, service), sink=sink, verifier=trust.verifier
@@ -288,6 +300,7 @@ async def run_service(
         revocations=trust.feed,
         verifier=trust.verifier,
         own_clients=trust.clients,
+        audit=audit,
     )
     if discovery is not None:
         await discovery.register(runtime.url)

@@ -1,0 +1,259 @@
+"""Delivering events to the audit collector: ``POST /v1/events`` over mTLS, from a
+thread (``http.client``, no event loop), and the back-off between failed attempts.
+
+The workload presents its SVID; the collector must present the SPIFFE ID expected for
+it (``spiffe://<td>/trustmesh/audit``), checked right after each handshake (X509-SVID
+§5: hostname checks off, the URI SAN checked instead). One keep-alive connection,
+re-made after any failure; a rotated SVID is used from the next connection on.
+
+What an answer means (the collector's ``app`` module):
+
+- ``200`` — the batch is durable (stored, duplicates of a retry, or quarantined):
+  :class:`Delivered`.
+- ``413`` — too big: :class:`BatchTooLargeError`; the caller splits the batch.
+- ``5xx``, a refused or broken connection, a timeout, a collector that is not the
+  collector — :class:`CollectorUnavailableError`: keep the events, back off, retry.
+- another ``4xx`` — :class:`DeliveryRefusedError`: a bug (the collector quarantines what
+  it cannot read rather than refusing it); the events are kept and retried too.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import random
+import ssl
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from trustmesh.errors import AuthenticationError, TrustmeshError, UnavailableError, UsageError
+from trustmesh.sdk.tls import client_context, peer_spiffe_id
+from trustmesh.sdk.x509source import SVIDSource, X509Context
+
+__all__ = [
+    "Backoff",
+    "BatchTooLargeError",
+    "CollectorClient",
+    "CollectorUnavailableError",
+    "Delivered",
+    "DeliveryRefusedError",
+]
+
+EVENTS_PATH: Final = "/v1/events"
+_MAX_ANSWER: Final = 64 * 1024
+
+
+class CollectorUnavailableError(UnavailableError):
+    """The collector did not take the batch (no answer, 5xx, or not the collector):
+    nothing was acknowledged; retry later."""
+
+    code = "collector_unavailable"
+
+
+class DeliveryRefusedError(TrustmeshError):
+    """The collector refused the batch with a 4xx: a bug on one side or the other."""
+
+    code = "delivery_refused"
+    status = 502
+
+    def __init__(self, detail: str, *, status_code: int) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+
+
+class BatchTooLargeError(DeliveryRefusedError):
+    """``413``: more events or bytes than one delivery may carry; split the batch."""
+
+    code = "batch_too_large"
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """The collector's answer to a delivery, once the batch is durable."""
+
+    stored: int
+    duplicates: int
+    quarantined: int
+
+
+def _jitter() -> float:
+    return random.random()  # noqa: S311 - spreads retries in time; not a secret
+
+
+@dataclass
+class Backoff:
+    """Exponential back-off with jitter, capped: after the n-th consecutive failure wait
+    ``min(maximum, initial * factor**(n-1))``, less up to ``jitter`` of it at random (so
+    producers that failed together do not retry together). ``clock`` and ``sleep`` are
+    parameters (tests move a fake clock)."""
+
+    initial: float = 0.1
+    maximum: float = 30.0
+    factor: float = 2.0
+    jitter: float = 0.5
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    random: Callable[[], float] = _jitter
+    failures: int = 0
+    not_before: float = 0.0
+    _limits: tuple[float, ...] = field(default=(), init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.initial <= self.maximum or self.factor < 1 or not 0 <= self.jitter <= 1:
+            raise UsageError("back-off: 0 < initial <= maximum, factor >= 1, 0 <= jitter <= 1")
+
+    def delay(self) -> float:
+        """The wait after the current run of failures (0 with none)."""
+        if self.failures == 0:
+            return 0.0
+        exponent = min(self.failures - 1, 64)
+        ceiling = min(self.maximum, self.initial * self.factor**exponent)
+        return ceiling * (1 - self.jitter * self.random())
+
+    def failed(self) -> float:
+        """Count a failure; the wait before the next attempt."""
+        self.failures += 1
+        wait = self.delay()
+        self.not_before = self.clock() + wait
+        return wait
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self.not_before = 0.0
+
+    def remaining(self) -> float:
+        """How long until the next attempt may be made."""
+        return max(0.0, self.not_before - self.clock())
+
+    def pause(self) -> None:
+        """Sleep until the next attempt may be made."""
+        wait = self.remaining()
+        if wait > 0:
+            self.sleep(wait)
+
+
+class CollectorClient:
+    """POSTs batches of rendered OCSF events (JSON bytes) to the collector at ``url``.
+
+    ``tls``: the workload's SVID source (a client context is made from its newest SVID
+    for each new connection) or a ready :class:`ssl.SSLContext`. ``expected_spiffe_id``:
+    the collector's (``config.component_spiffe_id("audit")``). Not thread-safe: one
+    delivering thread owns it."""
+
+    def __init__(
+        self,
+        url: str,
+        tls: SVIDSource | ssl.SSLContext,
+        expected_spiffe_id: str,
+        *,
+        timeout: float = 10.0,
+    ) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise UsageError(f"the audit collector's URL must be https://host:port, not {url!r}")
+        if not expected_spiffe_id.startswith("spiffe://"):
+            raise UsageError("the collector's expected SPIFFE ID must be a spiffe:// URI")
+        self.url = url
+        self.host = parts.hostname
+        self.port = parts.port or 443
+        self.expected = expected_spiffe_id
+        self.trust_domain = expected_spiffe_id.removeprefix("spiffe://").split("/", 1)[0]
+        self.timeout = timeout
+        self._tls = tls
+        self._made_from: X509Context | None = None
+        self._context: ssl.SSLContext | None = tls if isinstance(tls, ssl.SSLContext) else None
+        self._conn: http.client.HTTPSConnection | None = None
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if isinstance(self._tls, ssl.SSLContext):
+            return self._tls
+        newest = self._tls.context
+        if self._context is None or newest is not self._made_from:
+            self._context = client_context(newest)
+            self._made_from = newest
+        return self._context
+
+    def _connect(self) -> http.client.HTTPSConnection:
+        conn = http.client.HTTPSConnection(
+            self.host, self.port, context=self._ssl_context(), timeout=self.timeout
+        )
+        try:
+            conn.connect()
+            sock = conn.sock
+            if not isinstance(sock, ssl.SSLSocket):
+                raise CollectorUnavailableError("the connection to the collector is not TLS")
+            found = peer_spiffe_id(sock, self.trust_domain)
+        except AuthenticationError as exc:
+            conn.close()
+            raise CollectorUnavailableError(
+                f"{self.host}:{self.port} is not the audit collector: {exc.detail}"
+            ) from None
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise CollectorUnavailableError(
+                f"cannot connect to the audit collector at {self.host}:{self.port}: {exc}"
+            ) from None
+        if found != self.expected:
+            conn.close()
+            raise CollectorUnavailableError(
+                f"{self.host}:{self.port} is {found}, expected the collector {self.expected}"
+            )
+        return conn
+
+    def send(self, records: Sequence[bytes]) -> Delivered:
+        """Deliver ``records`` (each one OCSF event as JSON) as one batch, in order."""
+        body = b'{"events":[' + b",".join(records) + b"]}"
+        if self._conn is None:
+            self._conn = self._connect()
+        conn = self._conn
+        try:
+            conn.request(
+                "POST",
+                EVENTS_PATH,
+                body=body,
+                headers={"Content-Type": "application/json", "Connection": "keep-alive"},
+            )
+            answer = conn.getresponse()
+            status = answer.status
+            text = answer.read(_MAX_ANSWER + 1)
+            if answer.will_close:
+                self.close()
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise CollectorUnavailableError(
+                f"delivery to the audit collector failed: {exc}"
+            ) from None
+        if status == 200:
+            return _delivered(text)
+        if status == 413:
+            raise BatchTooLargeError(
+                f"a batch of {len(records)} events is too large", status_code=413
+            )
+        if status >= 500:
+            raise CollectorUnavailableError(f"the audit collector answered {status}")
+        raise DeliveryRefusedError(
+            f"the audit collector refused a delivery: {status} {text[:200]!r}", status_code=status
+        )
+
+    def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.close()
+
+
+def _delivered(text: bytes) -> Delivered:
+    try:
+        doc = json.loads(text) if len(text) <= _MAX_ANSWER else None
+    except ValueError:
+        doc = None
+    counts = [
+        doc.get(k) if isinstance(doc, dict) else None
+        for k in ("stored", "duplicates", "quarantined")
+    ]
+    if not all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
+        raise CollectorUnavailableError("the audit collector's answer is not one")
+    stored, duplicates, quarantined = (int(c) for c in counts)  # type: ignore[arg-type]
+    return Delivered(stored, duplicates, quarantined)

@@ -1,0 +1,357 @@
+"""Delivery that loses nothing: every component's events, to the audit collector.
+
+:class:`AuditSink` is an :class:`~trustmesh.events.EventSink`. On the hot path ``emit``
+only appends the event to memory (a deque) and, if it sleeps, wakes the delivering
+thread. That thread does the disk and network work, in order:
+
+1. memory → spool: up to ``batch`` events rendered as OCSF JSON and appended with one
+   fsync (:class:`~trustmesh.sdk.spool.Spool`); from then on the event counts as
+   recorded, whatever happens to this process;
+2. spool → collector: the oldest spooled events POSTed as one batch
+   (:class:`~trustmesh.sdk.collector.CollectorClient`), and acknowledged in the spool
+   only after the collector's ``200`` (durable there). A ``413`` splits the batch; a
+   failure backs off (:class:`~trustmesh.sdk.collector.Backoff`) while events keep
+   being spooled. A retry after a lost answer is stored once: the collector keys events
+   by their uid.
+
+A full spool (``max_bytes``) stops step 1, and memory fills up to ``max_queue`` events;
+then ``on_full`` decides: ``block`` — ``emit`` waits until there is room again (bounded
+waits on a condition, re-checked; ``block_timeout`` turns a wait that long into
+:class:`~trustmesh.errors.UnavailableError`); ``drop`` — the event is counted and
+dropped, and once the collector answers again an ``events-dropped`` event
+(:data:`~trustmesh.reasons.Activity.EVENTS_DROPPED`, the count in ``attributes.dropped``)
+is delivered, which the shipped rule ``events_dropped`` turns into an alert.
+
+:meth:`AuditSink.close` delivers what it can in its time; the rest is spooled (past the
+bound, if it must) for the next start: never lost. :func:`audit_sink_from_env` makes
+the sink ``trustmesh up`` asks for (``TRUSTMESH_AUDIT_URL``).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal
+
+from trustmesh import events
+from trustmesh.config import TrustmeshConfig
+from trustmesh.config.audit import SpoolConfig
+from trustmesh.errors import TrustmeshError, UnavailableError, UsageError
+from trustmesh.reasons import Activity
+from trustmesh.sdk.collector import (
+    Backoff,
+    BatchTooLargeError,
+    CollectorClient,
+    DeliveryRefusedError,
+)
+from trustmesh.sdk.spool import Spool
+from trustmesh.sdk.x509source import SVIDSource
+
+__all__ = [
+    "AUDIT_URL_ENV",
+    "MAX_BATCH",
+    "MAX_BATCH_BYTES",
+    "AuditSink",
+    "DeliveryStats",
+    "OnFull",
+    "audit_sink_from_env",
+]
+
+#: Where a process ``trustmesh up`` starts delivers its events (the collector's URL).
+AUDIT_URL_ENV: Final = "TRUSTMESH_AUDIT_URL"
+#: Events per delivery (the collector takes up to 1000 and 4 MiB).
+MAX_BATCH: Final = 500
+MAX_BATCH_BYTES: Final = 1024 * 1024
+#: The component whose events are not delivered: the collector stores its own directly.
+_COLLECTOR: Final = "audit"
+_IDLE: Final = 1.0  # seconds the thread sleeps with nothing to do (woken by emit)
+_RECHECK: Final = 0.1  # a blocked emit / a flush re-checks at least this often
+
+OnFull = Literal["block", "drop"]
+
+log = logging.getLogger("trustmesh.sdk.delivery")
+
+
+@dataclass(frozen=True)
+class DeliveryStats:
+    """Where a sink's events are: ``queued`` in memory, ``spooled`` on disk and not yet
+    acknowledged, ``delivered`` (acknowledged by the collector since this sink started),
+    ``dropped`` (a full spool under ``drop``), and ``failures`` (failed attempts)."""
+
+    queued: int
+    spooled: int
+    delivered: int
+    dropped: int
+    failures: int
+
+
+class AuditSink:
+    """Events to the audit collector through a fsynced spool (see the module)."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        client: CollectorClient,
+        *,
+        component: str,
+        on_full: OnFull = "block",
+        batch: int = MAX_BATCH,
+        max_queue: int = 10_000,
+        spiffe_id: str | None = None,
+        backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        block_timeout: float | None = None,
+    ) -> None:
+        if on_full not in ("block", "drop"):
+            raise UsageError("on_full is 'block' or 'drop'")
+        if not 1 <= batch <= 1000 or max_queue < 1:
+            raise UsageError("batch is 1 to 1000 events; max_queue at least 1")
+        self.spool = spool
+        self.client = client
+        self.component = component
+        self.on_full: OnFull = on_full
+        self.batch = batch
+        self.max_queue = max_queue
+        self.block_timeout = block_timeout
+        self.backoff = backoff or Backoff(clock=clock)
+        self.recorder = events.Recorder(self, component=component, spiffe_id=spiffe_id)
+        self._queue: collections.deque[events.Event] = collections.deque()
+        self._staged: list[bytes] = []  # taken from the queue, not yet in the spool
+        self._cond = threading.Condition()
+        self._awake = False
+        self._closing = False
+        self._stop = False
+        self._delivered = 0
+        self._dropped = 0
+        self._unreported = 0  # dropped, not yet told to the collector
+        self._failures = 0
+        self._thread = threading.Thread(
+            target=self._run, name=f"trustmesh-audit-delivery-{component}", daemon=True
+        )
+        self._thread.start()
+
+    # --- the producer's side (any thread) ----------------------------------------
+
+    def emit(self, event: events.Event) -> None:
+        """Queue ``event`` for delivery: an append to memory, unless memory is full
+        (then ``on_full`` applies)."""
+        if self._closing:
+            raise UnavailableError("emit on a closed audit sink")
+        if len(self._queue) >= self.max_queue and not self._room():
+            return
+        self._queue.append(event)
+        if not self._awake:
+            self._wake()
+
+    def _room(self) -> bool:
+        """Memory is full: wait for room (``block``) or count the event dropped."""
+        with self._cond:
+            if self.on_full == "drop":
+                self._dropped += 1
+                self._unreported += 1
+                return False
+            waited = 0.0
+            while len(self._queue) >= self.max_queue:
+                if self._closing:
+                    raise UnavailableError("emit on a closed audit sink")
+                if self.block_timeout is not None and waited >= self.block_timeout:
+                    raise UnavailableError("the audit spool is full and the collector is away")
+                self._awake = True
+                self._cond.notify_all()
+                self._cond.wait(_RECHECK)
+                waited += _RECHECK
+            return True
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._awake = True
+            self._cond.notify_all()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every event emitted so far is delivered; False if ``timeout``
+        seconds pass first (they stay queued or spooled)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._queue or self._staged or self.spool.records:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._thread.is_alive():
+                    return False
+                self._awake = True
+                self._cond.notify_all()
+                self._cond.wait(min(left, _RECHECK))
+        return True
+
+    def stats(self) -> DeliveryStats:
+        return DeliveryStats(
+            queued=len(self._queue) + len(self._staged),
+            spooled=self.spool.records,
+            delivered=self._delivered,
+            dropped=self._dropped,
+            failures=self._failures,
+        )
+
+    def close(self, timeout: float = 5.0) -> DeliveryStats:
+        """Stop taking events, deliver what can be in ``timeout`` seconds, and spool the
+        rest for the next start (past ``max_bytes`` if it must: never lost). The spool's
+        directory is released. Idempotent."""
+        if self._stop:
+            return self.stats()
+        self._closing = True
+        self.flush(timeout)
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join(self.client.timeout + 5.0)
+        if self._thread.is_alive():  # stuck in a send: leave it the spool
+            log.error("audit delivery of %s did not stop; its spool stays open", self.component)
+            return self.stats()
+        stats = self.stats()
+        self.client.close()
+        self.spool.close()
+        return stats
+
+    # --- the delivering thread ----------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            try:
+                stop = self._stop
+                self._to_spool(force=stop)
+                if stop:
+                    return
+                if self.spool.records and self.backoff.remaining() <= 0:
+                    self._deliver()
+            except Exception:  # a disk error: keep what is in memory, retry later
+                log.exception("audit delivery of %s: spooling failed", self.component)
+                self._failures += 1
+                self.backoff.failed()
+            with self._cond:
+                self._cond.notify_all()  # progress, for flush() and blocked emits
+                self._awake = False
+                if self._has_work():
+                    continue
+                self._cond.wait(self._idle_wait())
+
+    def _has_work(self) -> bool:
+        if self._stop:
+            return True
+        if (self._queue or self._staged) and self.spool.fits(1):
+            return True
+        return bool(self.spool.records) and self.backoff.remaining() <= 0
+
+    def _idle_wait(self) -> float:
+        if self.spool.records:
+            return min(_IDLE, max(self.backoff.remaining(), 0.001))
+        return _IDLE
+
+    def _to_spool(self, *, force: bool) -> None:
+        """Memory → spool, a batch per fsync, in order, while it fits."""
+        while True:
+            staged = self._staged
+            queue = self._queue
+            while len(staged) < self.batch and queue:
+                staged.append(queue.popleft().to_json().encode("ascii"))
+            if not staged:
+                return
+            if not self.spool.append(staged, force=force):
+                return  # full: they wait here, the queue fills, on_full applies
+            self._staged = []
+            if not force:
+                with self._cond:
+                    self._cond.notify_all()
+
+    def _deliver(self) -> None:
+        """Spool → collector: one batch (split on a 413), acknowledged once stored."""
+        records = self.spool.peek(self.batch)
+        size = 0
+        for i, record in enumerate(records):
+            size += len(record) + 1
+            if size > MAX_BATCH_BYTES and i > 0:
+                records = records[:i]
+                break
+        try:
+            self._send(records)
+        except TrustmeshError as exc:
+            self._failures += 1
+            wait = self.backoff.failed()
+            level = logging.ERROR if isinstance(exc, DeliveryRefusedError) else logging.WARNING
+            if self.backoff.failures == 1 or level == logging.ERROR:
+                log.log(
+                    level,
+                    "audit delivery of %s: %s (retrying in %.1fs; %d spooled)",
+                    self.component,
+                    exc.detail,
+                    wait,
+                    self.spool.records,
+                )
+            return
+        if self.backoff.failures:
+            log.warning("audit delivery of %s: the collector is back", self.component)
+        self.backoff.succeeded()
+        if self._unreported:
+            self._report_drops()
+
+    def _send(self, records: Sequence[bytes]) -> None:
+        try:
+            self.client.send(records)
+        except BatchTooLargeError:
+            if len(records) == 1:
+                raise DeliveryRefusedError(
+                    "the collector refuses one event as too large", status_code=413
+                ) from None
+            half = len(records) // 2
+            self._send(records[:half])
+            self._send(records[half:])
+            return
+        self.spool.ack(len(records))
+        self._delivered += len(records)
+
+    def _report_drops(self) -> None:
+        with self._cond:
+            count, self._unreported = self._unreported, 0
+        notice = self.recorder.build(
+            Activity.EVENTS_DROPPED,
+            "events dropped: the audit spool was full",
+            decision=events.Decision.ERROR,
+            attributes={"dropped": count, "spool_max_bytes": self.spool.max_bytes},
+        )
+        self._queue.append(notice)  # past the bound: it is the one that must get there
+        log.error("audit delivery of %s: %d events were dropped", self.component, count)
+
+
+def audit_sink_from_env(
+    source: SVIDSource,
+    config: TrustmeshConfig,
+    state: Path,
+    component: str,
+    *,
+    on_full: OnFull | None = None,
+    spool_max_bytes: int | None = None,
+) -> AuditSink | None:
+    """The sink delivering ``component``'s events to the collector named by
+    ``TRUSTMESH_AUDIT_URL``, spooling in ``<state>/spool/<component>/`` (``audit.spool``
+    of the declaration: its bound and policy, unless given); None when the variable is
+    unset or empty, and for the collector itself."""
+    url = os.environ.get(AUDIT_URL_ENV, "").strip()
+    if not url or component == _COLLECTOR:
+        return None
+    settings = config.audit.spool if config.audit is not None else SpoolConfig()
+    client = CollectorClient(url, source, config.component_spiffe_id(_COLLECTOR))
+    spool = Spool(state / "spool" / component, spool_max_bytes or settings.max_bytes)
+    try:
+        return AuditSink(
+            spool,
+            client,
+            component=component,
+            on_full=on_full or settings.on_full,
+            spiffe_id=source.context.spiffe_id,
+        )
+    except BaseException:
+        spool.close()
+        raise
