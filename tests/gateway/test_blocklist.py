@@ -3,9 +3,11 @@ time, whatever its spelling; the later end wins; an ended block no longer holds.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from trustmesh.errors import UsageError
+from trustmesh.errors import ConfigError, UnavailableError, UsageError
 from trustmesh.gateway.blocklist import MAX_SECONDS, Blocklist
 
 T0 = 1_800_000_000.0
@@ -63,3 +65,40 @@ def test_what_is_not_an_address_is_not_blocked() -> None:
     blocks = Blocklist()
     blocks.block("203.0.113.9", seconds=60, reason="", by="audit", now=T0)
     assert not blocks.blocked("not-an-address", T0)
+
+
+def test_blocks_outlive_a_restart_until_they_end(tmp_path: Path) -> None:
+    path = tmp_path / "gateway" / "blocks.json"
+    blocks = Blocklist(path)
+    blocks.block("203.0.113.9", seconds=60, reason="brute force", by="audit", now=T0)
+    blocks.block("198.51.100.7", seconds=600, reason="spray", by="operator", now=T0)
+    blocks.unblock("198.51.100.7")
+    blocks.block("192.0.2.1", seconds=10, reason="short", by="audit", now=T0)
+    assert path.stat().st_mode & 0o777 == 0o600
+    again = Blocklist(path, now=T0 + 30)  # the short block has ended by then
+    assert again.blocked("203.0.113.9", T0 + 30)
+    assert not again.blocked("198.51.100.7", T0 + 30)  # lifted before the restart
+    assert not again.blocked("192.0.2.1", T0 + 30)
+    assert [b.reason for b in again.active(T0 + 30)] == ["brute force"]
+    assert not again.blocked("203.0.113.9", T0 + 61)
+
+
+def test_a_blocklist_file_it_did_not_write_is_refused_not_taken_as_empty(tmp_path: Path) -> None:
+    path = tmp_path / "blocks.json"
+    path.write_text('{"blocks": [{"address": "203.0.113.9"}]}')
+    with pytest.raises(ConfigError, match=r"blocks\.json"):
+        Blocklist(path)
+
+
+def test_a_block_that_cannot_be_written_is_not_in_force(tmp_path: Path) -> None:
+    path = tmp_path / "blocks.json"
+    blocks = Blocklist(path)
+    blocks.block("203.0.113.9", seconds=60, reason="", by="audit", now=T0)
+    path.with_suffix(".tmp").mkdir()  # where the next version would be written
+    with pytest.raises(UnavailableError, match="cannot write the blocklist"):
+        blocks.block("198.51.100.7", seconds=60, reason="", by="audit", now=T0)
+    assert not blocks.blocked("198.51.100.7", T0)
+    with pytest.raises(UnavailableError):
+        blocks.unblock("203.0.113.9")
+    assert blocks.blocked("203.0.113.9", T0)
+    assert Blocklist(path).blocked("203.0.113.9", T0)

@@ -10,17 +10,24 @@ end; an ended block is forgotten at the next look. At most :data:`MAX_BLOCKS` ar
 force: beyond, a new block is refused (an attacker who could make the collector block
 every address it controls would otherwise grow the list without bound).
 
-Pure: ``now`` is a parameter. The list lives in the gateway's memory: a restart lifts
-every block (the collector's response log still says what was blocked and until when).
+``now`` is a parameter. Given a ``path`` (the gateway keeps ``<state>/gateway/
+blocks.json``), every change is written there before it is acknowledged (a new file,
+fsynced, renamed over the old, 0600), and a new list reads it back: a restart lifts no
+block that has not ended. A file that cannot be read is refused with its path named
+(blocks lost silently would let the blocked back in), never taken as empty.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import threading
-from dataclasses import dataclass
-from typing import Final
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Final
 
-from trustmesh.errors import ConflictError, UsageError
+from trustmesh.errors import ConfigError, ConflictError, UnavailableError, UsageError
 from trustmesh.policy.addresses import Address, embedded_ipv4, parse_address
 
 __all__ = ["MAX_BLOCKS", "MAX_SECONDS", "Block", "Blocklist"]
@@ -51,9 +58,14 @@ class Blocklist:
     """Blocked addresses and their ends; safe to share between the admin API and the
     request path (one lock, held only for a dict operation)."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: Path | None = None, *, now: float = 0.0) -> None:
         self._blocks: dict[Address, Block] = {}
         self._lock = threading.Lock()
+        self._path = path
+        if path is not None:
+            for block in _load(path):
+                if block.until > now:
+                    self._blocks[_canonical(block.address)] = block
 
     def block(self, address: str, *, seconds: float, reason: str, by: str, now: float) -> Block:
         """Block ``address`` for ``seconds`` (at most :data:`MAX_SECONDS`)."""
@@ -69,13 +81,28 @@ class Blocklist:
             until = max(now + seconds, old.until if old is not None else 0.0)
             block = Block(str(key), until, reason[:256], by[:256])
             self._blocks[key] = block
+            try:
+                self._save()
+            except BaseException:
+                if old is None:
+                    del self._blocks[key]
+                else:
+                    self._blocks[key] = old
+                raise
             return block
 
     def unblock(self, address: str) -> Block | None:
         """Lift the block on ``address``; the block lifted, or None if there was none."""
         key = _canonical(address)
         with self._lock:
-            return self._blocks.pop(key, None)
+            old = self._blocks.pop(key, None)
+            if old is not None:
+                try:
+                    self._save()
+                except BaseException:
+                    self._blocks[key] = old
+                    raise
+            return old
 
     def blocked(self, address: str, now: float) -> bool:
         """Whether ``address`` (as the gateway established it) is blocked at ``now``."""
@@ -104,3 +131,53 @@ class Blocklist:
     def _expire(self, now: float) -> None:
         for key in [k for k, b in self._blocks.items() if b.until <= now]:
             del self._blocks[key]
+
+    def _save(self) -> None:
+        """Write the list (the lock held): durable before the change is acknowledged."""
+        if self._path is None:
+            return
+        try:
+            _write(self._path, self._blocks.values())
+        except OSError as exc:
+            raise UnavailableError(f"cannot write the blocklist: {exc.strerror}") from None
+
+    @classmethod
+    def of_state(cls, state: Path, now: float) -> Blocklist:
+        """The gateway's blocks, kept in ``<state>/gateway/blocks.json``."""
+        return cls(state.absolute() / "gateway" / "blocks.json", now=now)
+
+
+def _write(path: Path, blocks: Iterable[Block]) -> None:
+    doc = {"blocks": [asdict(b) for b in blocks]}
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, json.dumps(doc, separators=(",", ":")).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _load(path: Path) -> list[Block]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise ConfigError(f"cannot read the blocklist {path}: {exc.strerror}") from None
+    try:
+        doc: Any = json.loads(raw)
+        return [
+            Block(str(b["address"]), float(b["until"]), str(b["reason"]), str(b["by"]))
+            for b in doc["blocks"]
+        ]
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"the blocklist {path} is not one trustmesh wrote") from None

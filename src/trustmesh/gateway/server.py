@@ -8,6 +8,7 @@ provider's feed (a second by polling, at once with Redis)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -379,6 +380,7 @@ async def _parts(
         ),
         routes,
         clock,
+        await asyncio.to_thread(Blocklist.of_state, state, clock()),
     )
 
 
