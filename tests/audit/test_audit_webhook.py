@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from tlsrig import Pki, Receiver, make_pki, receiver
 
 from trustmesh.audit._delivery import Backoff
@@ -22,9 +23,11 @@ from trustmesh.audit.webhook import (
     SIGNATURE_HEADER,
     Webhook,
     WebhookSender,
+    load_webhook,
     sign,
     verify_signature,
 )
+from trustmesh.config.audit import AlertsConfig, AuditConfig
 from trustmesh.errors import ConfigError
 
 SECRET = b"0123456789abcdef-webhook-secret"
@@ -243,3 +246,55 @@ def test_a_webhook_is_checked_when_it_is_made() -> None:
         WebhookSender([Webhook(**good), Webhook(**good)])
     with pytest.raises(ConfigError, match="CA certificates"):
         WebhookSender([Webhook(**good, ca_file="/nonexistent/ca.pem")])
+
+
+def test_a_declared_webhook_reads_its_secret_from_a_private_file(tmp_path: Path) -> None:
+    secret_file = tmp_path / "hook.secret"
+    secret_file.write_bytes(SECRET + b"\n")
+    secret_file.chmod(0o600)
+    declared = AuditConfig.model_validate(
+        {
+            "alerts": {
+                "webhooks": [
+                    {
+                        "name": "siem",
+                        "url": "https://siem.example/hook",
+                        "secret_file": "hook.secret",
+                        "ca_file": "ca.pem",
+                        "min_level": "medium",
+                    }
+                ],
+                "syslog": {"host": "siem.example"},
+            }
+        }
+    )
+    (config,) = declared.alerts.webhooks
+    assert declared.alerts.syslog is not None
+    assert declared.alerts.syslog.port == 6514
+    made = load_webhook(config, tmp_path)
+    assert (made.secret, made.ca_file, made.min_level) == (
+        SECRET,
+        str(tmp_path / "ca.pem"),
+        "medium",
+    )
+    secret_file.chmod(0o644)
+    with pytest.raises(ConfigError, match="others may read it"):
+        load_webhook(config, tmp_path)
+    secret_file.chmod(0o600)
+    secret_file.write_bytes(b"short\n")
+    with pytest.raises(ConfigError, match="at least 16 bytes"):
+        load_webhook(config, tmp_path)
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_webhook(config.model_copy(update={"secret_file": "missing"}), tmp_path)
+    assert AuditConfig().alerts == AlertsConfig()
+    hook = {"name": "a", "url": "https://x.example/", "secret_file": "s"}
+    for bad in (
+        {"webhooks": [{**hook, "url": "http://x.example/"}]},
+        {"webhooks": [{**hook, "url": "https://u:p@x.example/"}]},
+        {"webhooks": [{**hook, "secret": "inline"}]},
+        {"webhooks": [{**hook, "min_level": "severe"}]},
+        {"webhooks": [hook, hook]},
+        {"syslog": {"host": "x", "port": 0}},
+    ):
+        with pytest.raises(ValidationError):
+            AlertsConfig.model_validate(bad)

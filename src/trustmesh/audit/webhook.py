@@ -31,10 +31,12 @@ import hmac
 import http.client
 import json
 import re
+import stat
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -48,6 +50,7 @@ from trustmesh.audit._delivery import (
     tls_context,
 )
 from trustmesh.audit.alerts import LEVELS
+from trustmesh.config.audit import WebhookConfig
 from trustmesh.errors import ConfigError
 
 __all__ = [
@@ -55,6 +58,7 @@ __all__ = [
     "SIGNATURE_HEADER",
     "Webhook",
     "WebhookSender",
+    "load_webhook",
     "sign",
     "verify_signature",
 ]
@@ -101,6 +105,26 @@ class Webhook:
         informational)."""
         rank = LEVELS.index(level) if level in LEVELS else 0
         return rank >= LEVELS.index(self.min_level)
+
+
+def load_webhook(config: WebhookConfig, folder: Path) -> Webhook:
+    """The :class:`Webhook` a declaration's ``audit.alerts.webhooks`` entry describes:
+    its secret read from ``secret_file`` (trailing line breaks dropped), which must be
+    a regular file no one but its owner may read or write; relative paths are taken
+    from ``folder`` (the declaration's)."""
+    path = folder / config.secret_file
+    where = f"{path}: audit.alerts.webhooks[{config.name}].secret_file"
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{where}: not a regular file")
+        if info.st_mode & 0o077:
+            raise ConfigError(f"{where}: others may read it (chmod 600)")
+        secret = path.read_bytes().rstrip(b"\r\n")
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot be read ({exc.strerror})") from None
+    ca_file = None if config.ca_file is None else str(folder / config.ca_file)
+    return Webhook(config.name, config.url, secret, ca_file, config.min_level)
 
 
 def sign(secret: bytes, timestamp: int, body: bytes) -> str:
