@@ -76,6 +76,7 @@ def receiver(pki: Pki | None, statuses: list[int] | None = None) -> Iterator[Rec
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # the answer is two writes: no 40 ms delayed-ACK stall
 
         def do_POST(self) -> None:
             size = int(self.headers.get("Content-Length", "0"))

@@ -124,11 +124,16 @@ class Worker(Generic[T]):
         self.label = label
         self.finish = finish
         self.stats = DeliveryStats()
+        self._counting = threading.Lock()
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queue)
         self._abort = threading.Event()
         self._sleep = sleep or self._abort.wait
         self._thread: threading.Thread | None = None
         self._closed = False
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._counting:  # the caller's thread and the worker's both count
+            setattr(self.stats, name, getattr(self.stats, name) + n)
 
     def start(self) -> None:
         if self._thread is not None:
@@ -140,14 +145,14 @@ class Worker(Generic[T]):
         """Queue ``item``; False (counted as dropped) when the queue is full or closed.
         Never blocks."""
         if self._closed:
-            self.stats.dropped += 1
+            self._count("dropped")
             return False
         try:
             self._queue.put_nowait(item)
         except queue.Full:
-            self.stats.dropped += 1
+            self._count("dropped")
             return False
-        self.stats.submitted += 1
+        self._count("submitted")
         return True
 
     def close(self, timeout: float = 5.0) -> bool:
@@ -156,7 +161,7 @@ class Worker(Generic[T]):
         everything queued was delivered or given up."""
         self._closed = True
         if self._thread is None:
-            self.stats.dropped += self._queue.qsize()
+            self._count("dropped", self._queue.qsize())
             return self._queue.empty()
         while True:  # the stop marker goes last, whatever the queue holds
             try:
@@ -184,7 +189,7 @@ class Worker(Generic[T]):
             if item is _STOP:
                 return
             if self._abort.is_set():
-                self.stats.dropped += 1
+                self._count("dropped")
                 continue
             self._attempt(item)  # type: ignore[arg-type]
 
@@ -196,20 +201,20 @@ class Worker(Generic[T]):
                 if attempt == self.backoff.attempts or self._abort.is_set():
                     why = exc.why
                     break
-                self.stats.retries += 1
+                self._count("retries")
                 self._sleep(self.backoff.delay(attempt, self.rand, exc.after))
                 continue
             except GiveUp as exc:
-                self.stats.failed += 1
+                self._count("failed")
                 log.warning("audit %s: %s refused: %s", self.name, self.label(item), exc)
                 return
             except Exception:  # a bug in a sender: logged, and the thread goes on
-                self.stats.failed += 1
+                self._count("failed")
                 log.exception("audit %s: delivering %s failed", self.name, self.label(item))
                 return
-            self.stats.delivered += 1
+            self._count("delivered")
             return
-        self.stats.failed += 1
+        self._count("failed")
         log.warning(
             "audit %s: gave up on %s after %d attempts: %s",
             self.name,

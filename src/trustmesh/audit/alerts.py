@@ -241,8 +241,8 @@ class AlertStore(SqlStore):
             for row in found.values():
                 known[row["uid"]] = row
                 by_group.setdefault((row["rule_id"], row["group_key"]), []).append(row)
-            new: builtins.list[tuple[dict[str, Any], Alert]] = []
-            links: dict[int, builtins.list[str]] = {}  # alert id → event uids, in order
+            new: builtins.list[dict[str, Any]] = []  # rows to insert, in order
+            targets: builtins.list[tuple[dict[str, Any], tuple[str, ...]]] = []
             for row, alert in zip(rows, batch, strict=True):
                 target = known.get(row["uid"])
                 if target is None:
@@ -255,15 +255,21 @@ class AlertStore(SqlStore):
                         None,
                     )
                 if target is None:
-                    result = await connection.execute(alerts.insert().values(**row))
-                    key = result.inserted_primary_key
-                    if key is None or key[0] is None:
-                        raise StateError("audit_alerts: the database handed out no id")
-                    target = {**row, "id": int(key[0])}
+                    target = row
                     known[row["uid"]] = target
                     by_group.setdefault((row["rule_id"], row["group_key"]), []).append(target)
-                    new.append((target, alert))
-                links.setdefault(target["id"], []).extend(alert.event_uids)
+                    new.append(target)
+                targets.append((target, alert.event_uids))
+            if new:  # one statement; the ids come back in the rows' order
+                statement = alerts.insert().returning(alerts.c.id, sort_by_parameter_order=True)
+                ids = (await connection.execute(statement, new)).scalars().all()
+                if len(ids) != len(new):
+                    raise StateError("audit_alerts: the database handed out fewer ids")
+                for target, new_id in zip(new, ids, strict=True):
+                    target["id"] = int(new_id)
+            links: dict[int, builtins.list[str]] = {}  # alert id → event uids, in order
+            for target, named in targets:
+                links.setdefault(target["id"], []).extend(named)
             linked = await self._linked(connection, builtins.list(links))
             pending = []
             for alert_id, event_uids in links.items():
@@ -295,7 +301,7 @@ class AlertStore(SqlStore):
                 rule_path=row["rule_path"],
                 event_uids=tuple(linked[row["id"]]),
             )
-            for row, _ in new
+            for row in new
         ]
 
     @staticmethod
