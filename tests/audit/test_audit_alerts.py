@@ -6,6 +6,7 @@ records an alert."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -158,6 +159,20 @@ async def test_the_feed_its_filters_and_lookups(store: AlertStore) -> None:
     assert await store.get(99) is None
     assert [s.uid for s in await store.for_event("shared")] == [f"a{n}" for n in range(9)]
     assert await store.for_event("nothing") == []
+
+
+async def test_two_collectors_at_once_store_an_alert_once(store: AlertStore) -> None:
+    other = AlertStore(create_engine(store.engine.url.render_as_string(hide_password=False)))
+    try:
+        batches = [[alert(f"a{n}", events=(f"e{n}",)) for n in range(5)] for _ in range(4)]
+        done = await asyncio.gather(
+            *(s.add(b, now=T0) for s, b in zip((store, other) * 2, batches, strict=True))
+        )
+    finally:
+        await other.close()
+    assert sorted(a.uid for stored in done for a in stored) == ["a0"]  # one window
+    (kept,) = await store.list()
+    assert kept.event_uids == tuple(f"e{n}" for n in range(5))
 
 
 def test_the_grants_are_insert_select_and_the_sequence() -> None:

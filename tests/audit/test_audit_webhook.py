@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -298,3 +299,20 @@ def test_a_declared_webhook_reads_its_secret_from_a_private_file(tmp_path: Path)
     ):
         with pytest.raises(ValidationError):
             AlertsConfig.model_validate(bad)
+
+
+def test_close_gives_up_a_retry_in_progress_once_its_time_is_up(rig: Receiver, pki: Pki) -> None:
+    rig.statuses[:] = [503]
+    sender = WebhookSender(  # the default sleep: a real wait of 30 s before the retry
+        [hook(rig, pki)], rand=lambda: 1.0, backoff=Backoff(attempts=3, base=30.0)
+    )
+    sender.start()
+    sender.submit(alert(1))
+    sender.submit(alert(2))
+    rig.wait_for(1)
+    started = time.monotonic()
+    assert not sender.close(0.2)  # not everything was delivered
+    assert time.monotonic() - started < 2
+    stats = sender.stats["siem"]
+    assert (stats.delivered, stats.failed, stats.dropped) == (0, 1, 1)
+    assert len(rig.requests) == 1

@@ -20,6 +20,7 @@ import queue
 import secrets
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
@@ -163,17 +164,18 @@ class Worker(Generic[T]):
         if self._thread is None:
             self._count("dropped", self._queue.qsize())
             return self._queue.empty()
+        deadline = time.monotonic() + timeout
         while True:  # the stop marker goes last, whatever the queue holds
             try:
-                self._queue.put(_STOP, timeout=max(timeout, 0.01))
+                self._queue.put(_STOP, timeout=max(deadline - time.monotonic(), 0.01))
                 break
-            except queue.Full:
+            except queue.Full:  # the time is up with the queue still full
                 self._abort.set()
-        self._thread.join(timeout)
-        drained = not self._thread.is_alive()
-        if not drained:
-            self._abort.set()
+        self._thread.join(max(deadline - time.monotonic(), 0.0))
+        if self._thread.is_alive():
+            self._abort.set()  # cuts a wait between attempts short; no retry follows
             self._thread.join(1.0)
+        drained = not self._abort.is_set()
         self._thread = None
         return drained
 
@@ -203,6 +205,9 @@ class Worker(Generic[T]):
                     break
                 self._count("retries")
                 self._sleep(self.backoff.delay(attempt, self.rand, exc.after))
+                if self._abort.is_set():  # closed while waiting: no further attempt
+                    why = f"{exc.why}; closed before the next attempt"
+                    break
                 continue
             except GiveUp as exc:
                 self._count("failed")

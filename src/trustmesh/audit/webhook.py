@@ -51,7 +51,7 @@ from trustmesh.audit._delivery import (
 )
 from trustmesh.audit.alerts import LEVELS
 from trustmesh.config.audit import WebhookConfig
-from trustmesh.errors import ConfigError
+from trustmesh.errors import ConfigError, UsageError
 
 __all__ = [
     "MIN_SECRET_BYTES",
@@ -138,7 +138,10 @@ def verify_signature(
 ) -> bool:
     """For a receiver: whether ``header`` signs ``body`` with ``secret`` at a time within
     ``tolerance`` seconds of ``now`` (either way). Several ``v1`` (while a secret is
-    rotated) are accepted if one matches; each is compared in constant time."""
+    rotated) are accepted if one matches; each is compared in constant time. ``now``
+    must be timezone-aware."""
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise UsageError("now must be timezone-aware")
     if len(header) > 1024:
         return False
     timestamp: int | None = None
