@@ -22,7 +22,14 @@ from pydantic_core import PydanticCustomError
 
 from trustmesh.config.durations import Duration
 
-__all__ = ["AuditConfig", "DetectionConfig", "SpoolConfig"]
+__all__ = [
+    "AlertsConfig",
+    "AuditConfig",
+    "DetectionConfig",
+    "SpoolConfig",
+    "SyslogConfig",
+    "WebhookConfig",
+]
 
 _MODEL_CONFIG: Final = ConfigDict(frozen=True, extra="forbid", strict=True)
 
@@ -43,6 +50,59 @@ class SpoolConfig(BaseModel):
         description="A full spool: 'block' the producer until the collector takes events "
         "again, or 'drop' them, counted, with an event and an alert once it is back.",
     )
+
+
+class WebhookConfig(BaseModel):
+    """A receiver of alerts: each is POSTed as JSON, signed with HMAC-SHA256
+    (``X-Trustmesh-Signature``, see trustmesh.audit.webhook)."""
+
+    model_config = _MODEL_CONFIG
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="Names it in logs.")
+    url: str = Field(
+        pattern=r"^https://[^\s@/]+(/[^\s]*)?$",
+        max_length=2048,
+        description="https only; no credentials in it.",
+    )
+    secret_file: str = Field(
+        min_length=1,
+        description="A file (mode 0600 or stricter) holding the signing secret, at least "
+        "16 bytes; relative to the declaration's folder. Never the secret itself.",
+    )
+    ca_file: str | None = Field(
+        default=None, description="PEM CA certificates to trust instead of the system's."
+    )
+    min_level: Literal["informational", "low", "medium", "high", "critical"] = Field(
+        default="low", description="Alerts of this level or above are sent."
+    )
+
+
+class SyslogConfig(BaseModel):
+    """A syslog receiver: RFC 5424 over TLS (RFC 5425), octet-counted."""
+
+    model_config = _MODEL_CONFIG
+
+    host: str = Field(pattern=r"^[A-Za-z0-9.:_-]{1,253}$", description="Receiver's host name.")
+    port: int = Field(default=6514, ge=1, le=65535, description="RFC 5425's port by default.")
+    ca_file: str | None = Field(
+        default=None, description="PEM CA certificates to trust instead of the system's."
+    )
+
+
+class AlertsConfig(BaseModel):
+    """Where the collector sends the alerts it raises, besides its own store."""
+
+    model_config = _MODEL_CONFIG
+
+    webhooks: list[WebhookConfig] = Field(default_factory=list, max_length=32)
+    syslog: SyslogConfig | None = None
+
+    @model_validator(mode="after")
+    def _unique(self) -> AlertsConfig:
+        names = [hook.name for hook in self.webhooks]
+        if len(set(names)) != len(names):
+            raise PydanticCustomError("invalid", "each webhook name once", {})
+        return self
 
 
 class AuditConfig(BaseModel):
@@ -68,6 +128,7 @@ class AuditConfig(BaseModel):
         "(default <state>/audit/checkpoints.jsonl): truncation stays visible.",
     )
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
 
     @model_validator(mode="after")
     def _interval(self) -> AuditConfig:

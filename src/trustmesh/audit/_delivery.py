@@ -1,0 +1,282 @@
+"""What the alert senders share (:mod:`~trustmesh.audit.webhook`,
+:mod:`~trustmesh.audit.syslog`, :mod:`~trustmesh.audit.export`): a bounded queue drained
+by one background thread that retries with exponential backoff and full jitter, and a
+small HTTP POST over a TLS context of the sender's own.
+
+The collector's event loop never waits on a receiver: :meth:`Worker.submit` only puts
+the item in the queue (a full queue refuses it, and counts the drop). The thread
+delivers items one at a time, in order; an item whose delivery raises :class:`Retry`
+is tried again after ``min(cap, base * factor ** (attempt - 1))`` times a uniform
+random factor (AWS's "full jitter"), at most ``attempts`` times in all, then given up
+and logged (the item's label, never its content). :class:`GiveUp` gives up at once (a
+receiver that refuses the request: retrying changes nothing).
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import queue
+import secrets
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, Generic, TypeVar
+from urllib.parse import SplitResult
+
+from trustmesh.errors import ConfigError
+
+__all__ = [
+    "Backoff",
+    "DeliveryStats",
+    "GiveUp",
+    "Response",
+    "Retry",
+    "Worker",
+    "post",
+    "tls_context",
+]
+
+log = logging.getLogger("trustmesh.audit.delivery")
+
+T = TypeVar("T")
+_random = secrets.SystemRandom()
+_STOP: Final = object()
+#: The most of a response body read (and thrown away) to keep the connection usable.
+_MAX_RESPONSE = 64 * 1024
+
+
+class Retry(Exception):
+    """A delivery failed in a way another attempt may fix (network error, 5xx, 429).
+    ``after``: the receiver's own minimum wait (Retry-After), in seconds."""
+
+    def __init__(self, why: str, *, after: float | None = None) -> None:
+        super().__init__(why)
+        self.why = why
+        self.after = after
+
+
+class GiveUp(Exception):
+    """A delivery failed in a way no retry fixes (the receiver refused it: 4xx)."""
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Attempts and waits: the n-th retry waits ``uniform(0, min(cap, base * factor **
+    (n - 1)))`` seconds (at least a Retry-After, capped at ``cap``)."""
+
+    attempts: int = 6
+    base: float = 0.5
+    factor: float = 2.0
+    cap: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.attempts <= 100 or self.base < 0 or self.factor < 1 or self.cap < 0:
+            raise ConfigError("backoff: 1 to 100 attempts, base >= 0, factor >= 1, cap >= 0")
+
+    def delay(self, retry: int, rand: Callable[[], float], after: float | None = None) -> float:
+        """How long to wait before retry number ``retry`` (1, 2, …)."""
+        ceiling = min(self.cap, self.base * self.factor ** (retry - 1))
+        wait = rand() * ceiling
+        if after is not None:
+            wait = max(wait, min(after, self.cap))
+        return wait
+
+
+@dataclass
+class DeliveryStats:
+    """What a worker did so far (read from any thread: plain integers)."""
+
+    submitted: int = 0
+    delivered: int = 0
+    dropped: int = 0  # refused by a full queue, or left in it at close
+    failed: int = 0  # given up (attempts exhausted, or refused by the receiver)
+    retries: int = 0
+
+
+class Worker(Generic[T]):
+    """A queue of at most ``max_queue`` items delivered by ``deliver`` on a thread of
+    its own (module docstring), then ``finish`` on that thread (to close a
+    connection). ``sleep``: how the thread waits between attempts
+    (default: a wait that :meth:`close` cuts short once its timeout has passed);
+    ``rand``: the jitter's uniform [0, 1) source; ``label``: what a log line names an
+    item by."""
+
+    def __init__(
+        self,
+        name: str,
+        deliver: Callable[[T], None],
+        *,
+        max_queue: int = 1000,
+        backoff: Backoff | None = None,
+        sleep: Callable[[float], None] | None = None,
+        rand: Callable[[], float] = _random.random,
+        label: Callable[[T], str] = lambda _: "an item",
+        finish: Callable[[], None] = lambda: None,
+    ) -> None:
+        if max_queue < 1:
+            raise ConfigError(f"{name}: the queue holds at least 1 item")
+        self.name = name
+        self.deliver = deliver
+        self.backoff = backoff or Backoff()
+        self.rand = rand
+        self.label = label
+        self.finish = finish
+        self.stats = DeliveryStats()
+        self._counting = threading.Lock()
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queue)
+        self._abort = threading.Event()
+        self._sleep = sleep or self._abort.wait
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._counting:  # the caller's thread and the worker's both count
+            setattr(self.stats, name, getattr(self.stats, name) + n)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name=f"audit-{self.name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, item: T) -> bool:
+        """Queue ``item``; False (counted as dropped) when the queue is full or closed.
+        Never blocks."""
+        if self._closed:
+            self._count("dropped")
+            return False
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            self._count("dropped")
+            return False
+        self._count("submitted")
+        return True
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Refuse new items, deliver those queued for at most ``timeout`` seconds, then
+        stop (an item still queued is dropped, a retry in progress given up). True when
+        everything queued was delivered or given up."""
+        self._closed = True
+        if self._thread is None:
+            self._count("dropped", self._queue.qsize())
+            return self._queue.empty()
+        deadline = time.monotonic() + timeout
+        while True:  # the stop marker goes last, whatever the queue holds
+            try:
+                self._queue.put(_STOP, timeout=max(deadline - time.monotonic(), 0.01))
+                break
+            except queue.Full:  # the time is up with the queue still full
+                self._abort.set()
+        self._thread.join(max(deadline - time.monotonic(), 0.0))
+        if self._thread.is_alive():
+            self._abort.set()  # cuts a wait between attempts short; no retry follows
+            self._thread.join(1.0)
+        drained = not self._abort.is_set()
+        self._thread = None
+        return drained
+
+    def _run(self) -> None:
+        try:
+            self._drain()
+        finally:
+            self.finish()
+
+    def _drain(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            if self._abort.is_set():
+                self._count("dropped")
+                continue
+            self._attempt(item)  # type: ignore[arg-type]
+
+    def _attempt(self, item: T) -> None:
+        for attempt in range(1, self.backoff.attempts + 1):
+            try:
+                self.deliver(item)
+            except Retry as exc:
+                if attempt == self.backoff.attempts or self._abort.is_set():
+                    why = exc.why
+                    break
+                self._count("retries")
+                self._sleep(self.backoff.delay(attempt, self.rand, exc.after))
+                if self._abort.is_set():  # closed while waiting: no further attempt
+                    why = f"{exc.why}; closed before the next attempt"
+                    break
+                continue
+            except GiveUp as exc:
+                self._count("failed")
+                log.warning("audit %s: %s refused: %s", self.name, self.label(item), exc)
+                return
+            except Exception:  # a bug in a sender: logged, and the thread goes on
+                self._count("failed")
+                log.exception("audit %s: delivering %s failed", self.name, self.label(item))
+                return
+            self._count("delivered")
+            return
+        self._count("failed")
+        log.warning(
+            "audit %s: gave up on %s after %d attempts: %s",
+            self.name,
+            self.label(item),
+            attempt,
+            why,
+        )
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """A client context that verifies the server's certificate and name, TLS 1.2 at
+    least: against ``ca_file`` when given (a private CA), else the system's roots."""
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"{ca_file}: not a readable PEM file of CA certificates ({exc})"
+        ) from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    retry_after: float | None
+
+
+def post(
+    url: SplitResult,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    context: ssl.SSLContext | None,
+    timeout: float,
+    connection: http.client.HTTPConnection | None = None,
+) -> tuple[Response, http.client.HTTPConnection]:
+    """POST ``body`` to ``url`` (https with ``context``; http only where the caller
+    allows it) on ``connection`` (kept alive between calls; a new one when None); the
+    status, the Retry-After in seconds, and the connection for the next call. Network
+    and TLS errors raise :class:`Retry` (the connection is closed)."""
+    host, port = url.hostname or "", url.port
+    if connection is None:
+        if url.scheme == "https":
+            connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+        else:
+            connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+    try:
+        connection.request("POST", path, body=body, headers=headers)
+        answer = connection.getresponse()
+        answer.read(_MAX_RESPONSE)
+        retry_after = answer.getheader("Retry-After")
+        if answer.will_close or not answer.isclosed():  # or a body longer than we read
+            connection.close()  # the next request opens a new one
+    except (OSError, http.client.HTTPException) as exc:
+        connection.close()
+        raise Retry(f"{type(exc).__name__}: {exc}"[:200]) from None
+    after = float(retry_after) if retry_after and retry_after.strip().isdigit() else None
+    return Response(answer.status, after), connection
