@@ -740,6 +740,65 @@ async def test_a_users_token_does_not_walk_around_the_gateway(shop: dict[str, ob
     assert reasons & {"token-wrong-audience", "token-not-bound", "token-wrong-issuer"}
 
 
+async def test_the_stack_delivers_its_events_and_alerts_on_what_it_saw(
+    shop: dict[str, object],
+) -> None:
+    """Every component delivers what it records to the collector (not only to its local
+    file); a denied call of payments to orders raises the lateral-movement alert, whose
+    response (a dry run in the demo) is recorded."""
+    state = str(shop["state"])
+    status = shop["status"]
+    assert isinstance(status, dict)
+    urls = {c["name"]: c["url"] for c in status["components"]}
+    with requests.Session() as session:  # through the gateway to inventory
+        session.trust_env = False
+        ca = str(Path(state) / "edge" / "ca.pem")
+        got = session.get(urls["gateway"] + "/items/tea", verify=ca, timeout=30)
+        assert got.status_code == 200
+    async with Workload(shop, "payments") as (tls, _):
+        orders = ServiceClient(tls, urls["orders"], f"spiffe://{TD}/orders")
+        async with orders:
+            assert (await orders.get("/orders/ord_1")).status == 403
+    delivered: set[str] = set()
+    deadline = time.monotonic() + 30
+    wanted = {"auth", "gateway", "secrets", "inventory", "orders", "audit"}
+    while not wanted <= delivered and time.monotonic() < deadline:
+        found = tm("audit", "events", "--state", state, "--json", "--limit", "1000")
+        assert found.returncode == 0, found.stderr
+        delivered |= {
+            json.loads(line)["metadata"]["product"]["feature"]["name"]
+            for line in found.stdout.splitlines()
+        }
+        time.sleep(0.5)
+    assert wanted <= delivered, delivered
+
+    payments = f"spiffe://{TD}/payments"
+    alerts = [
+        json.loads(line)
+        for line in tm(
+            "audit", "alerts", "--state", state, "--json", "--level", "high"
+        ).stdout.splitlines()
+    ]
+    assert all(a["level"] in ("high", "critical") for a in alerts)
+    assert tm("audit", "alerts", "--state", state, "--level", "loud").returncode != 0
+    lateral = [a for a in alerts if a["title"].startswith("Denied service-to-service call")]
+    assert any(a["group"].get("unmapped.trustmesh.peer_spiffe_id") == payments for a in lateral)
+    findings = tm("audit", "events", "--state", state, "--json", "--class", "2004")
+    assert findings.returncode == 0, findings.stderr
+    assert any(
+        json.loads(line)["unmapped"]["trustmesh"]["attributes"]["alert_uid"] == lateral[0]["uid"]
+        for line in findings.stdout.splitlines()
+    )
+    responses = [
+        json.loads(line)
+        for line in tm("audit", "response", "list", "--state", state, "--json").stdout.splitlines()
+    ]
+    assert any(
+        r["action"] == "suspend-spiffe-id" and r["target"] == payments and r["dry_run"]
+        for r in responses
+    ), responses
+
+
 def test_down_leaves_no_process(shop: dict[str, object]) -> None:
     state = Path(str(shop["state"]))
     pids = []

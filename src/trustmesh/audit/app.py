@@ -14,7 +14,8 @@ the trust domain; its SPIFFE ID is the verified peer certificate's).
   ``class_uid``, ``principal``, ``decision``, ``reason``, ``trace_id``, ``after`` (seq),
   ``newest``, ``limit``), ``POST /v1/verify`` {"checkpoints"?: [checkpoint line, …]}
   (the verifier's own copy of the checkpoints, beside the stored ones and the file),
-  ``GET /v1/alerts`` (``after``: the id of the last alert seen; ``limit``),
+  ``GET /v1/alerts`` (the stored alerts, oldest first: ``after``, the id of the last
+  alert seen; ``limit``; ``rule``, a rule id; ``level``, the least level),
   ``GET /v1/quarantine``, ``POST /v1/rules/test`` {"files": {name: Sigma YAML},
   "events"?: [...]} (run rules over the given events, or the stored log: how many each
   matched, and the alerts; a rule that does not load is ``400`` with every problem),
@@ -217,10 +218,18 @@ class _Collector:
     async def alerts(self, request: Request, actor: Actor) -> Response:
         after = _int(request, "after", 0) or 0
         limit = min(_int(request, "limit", 100) or 100, 1000)
-        kept = self.service.alerts
-        found = [
-            {"id": index, **alert.to_dict()} for index, alert in enumerate(kept, 1) if index > after
-        ][:limit]
+        store = self.service.alert_store
+        if store is not None:
+            rule, level = request.query_params.get("rule"), request.query_params.get("level")
+            listed = await store.list(after_id=after, limit=limit, rule=rule, level=level)
+            found = [a.to_dict() for a in listed]
+        else:  # a collector without a store (tests of detection alone): this process's
+            kept = self.service.alerts
+            found = [
+                {"id": index, **alert.to_dict()}
+                for index, alert in enumerate(kept, 1)
+                if index > after
+            ][:limit]
         record_read(self.recorder, "audit-alerts", actor)
         return JSONResponse({"alerts": found}, headers=_NO_STORE)
 

@@ -1,7 +1,9 @@
 """Run the audit collector: its ledger (SQLite in the state directory, or PostgreSQL),
 the audit key that signs checkpoints (Ed25519, sealed at rest under the state's sealing
-key), the detector over the shipped and declared Sigma rules, and the HTTP API, served
-over mTLS with its own SVID (``spiffe://<td>/trustmesh/audit``)."""
+key), the detector over the shipped and declared Sigma rules, the alert store, the
+responder, the declared alert receivers (``audit.alerts``: signed webhooks, syslog over
+TLS), and the HTTP API, served over mTLS with its own SVID
+(``spiffe://<td>/trustmesh/audit``)."""
 
 from __future__ import annotations
 
@@ -9,12 +11,13 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, Protocol
 
 from trustmesh import crypto, events
+from trustmesh.audit.alerts import AlertStore
 from trustmesh.audit.app import audit_app
 from trustmesh.audit.behaviour import WorkingHours
 from trustmesh.audit.chain import CheckpointPolicy
@@ -24,6 +27,8 @@ from trustmesh.audit.ledger import Ledger
 from trustmesh.audit.response import AdminCaller, Caller, Responder
 from trustmesh.audit.response_store import ResponseStore
 from trustmesh.audit.service import AuditService, OnAlerts
+from trustmesh.audit.syslog import SyslogSender
+from trustmesh.audit.webhook import WebhookSender, load_webhook
 from trustmesh.config import TrustmeshConfig
 from trustmesh.config.audit import AuditConfig, DetectionConfig
 from trustmesh.errors import ConfigError
@@ -37,6 +42,12 @@ __all__ = ["RunningAudit", "detector_for", "serve_audit"]
 _KEY_CONTEXT: Final = b"trustmesh/audit/checkpoint-key"
 
 
+class _Receiver(Protocol):
+    def start(self) -> None: ...
+    def submit(self, alert: Mapping[str, Any]) -> object: ...
+    def close(self, timeout: float = 5.0) -> bool: ...
+
+
 @dataclass
 class RunningAudit:
     service: AuditService
@@ -45,6 +56,7 @@ class RunningAudit:
     ticker: asyncio.Task[None]
     responder: Responder
     responding: asyncio.Task[None]
+    receivers: list[_Receiver] = field(default_factory=list)
 
     async def stop(self) -> None:
         for task in (self.ticker, self.responding):
@@ -54,7 +66,28 @@ class RunningAudit:
         await self.served.stop()
         with contextlib.suppress(Exception):  # what it can: the rest waits for the next start
             await self.service.store_own()
+        for receiver in self.receivers:  # what they can send in a few seconds
+            await asyncio.to_thread(receiver.close, 3.0)
         await self.service.ledger.close()
+
+
+def _receivers(
+    settings: AuditConfig, folder: Path, hostname: str
+) -> tuple[WebhookSender | None, SyslogSender | None]:
+    """The declared alert receivers (not started)."""
+    hooks = [load_webhook(hook, folder) for hook in settings.alerts.webhooks]
+    syslog = settings.alerts.syslog
+    return (
+        WebhookSender(hooks) if hooks else None,
+        None
+        if syslog is None
+        else SyslogSender(
+            syslog.host,
+            syslog.port,
+            None if syslog.ca_file is None else str(folder / syslog.ca_file),
+            hostname=hostname,
+        ),
+    )
 
 
 def settings_of(config: TrustmeshConfig) -> AuditConfig:
@@ -119,11 +152,23 @@ async def serve_audit(
             seconds=settings.checkpoint_interval.total_seconds(),
         )
         spiffe_id = config.component_spiffe_id("audit")
+        alerts = AlertStore(ledger.engine)
+        await alerts.create()
         service = AuditService(
-            ledger, key, detector, policy, on_alerts=on_alerts, clock=clock, spiffe_id=spiffe_id
+            ledger,
+            key,
+            detector,
+            policy,
+            on_alerts=on_alerts,
+            clock=clock,
+            spiffe_id=spiffe_id,
+            alert_store=alerts,
         )
         responses = ResponseStore(ledger.engine)
         await responses.create()
+        webhooks, syslog = _receivers(
+            settings, config_file.parent if config_file else Path.cwd(), socket.gethostname()
+        )
         recorder = events.Recorder(
             events.FanoutSink(sink, service.own), component="audit", spiffe_id=spiffe_id
         )
@@ -134,7 +179,8 @@ async def serve_audit(
             never_block=config.detection.never_block,
             clock=clock,
         )
-        return await _serve(config, service, responder, source, host, sock, tick)
+        receivers: list[_Receiver] = [r for r in (webhooks, syslog) if r is not None]
+        return await _serve(config, service, responder, source, host, sock, tick, receivers)
     except BaseException:
         sock.close()
         await ledger.close()
@@ -149,18 +195,26 @@ async def _serve(
     host: str,
     sock: socket.socket,
     tick: float,
+    receivers: list[_Receiver],
 ) -> RunningAudit:
     app = audit_app(service, responder.recorder, config.component_spiffe_id("operator"), responder)
     outer = service.on_alerts
 
     async def on_alerts(alerts: list[Alert]) -> None:
         responder.submit(alerts)
+        for receiver in receivers:  # each queues, never waits on its receiver
+            for alert in alerts:
+                receiver.submit(alert.to_dict())
         if outer is not None:
             await outer(alerts)
 
     service.on_alerts = on_alerts
     port = int(sock.getsockname()[1])
     served = await start(app, host=host, port=port, tls=RotatingTLS(source), sock=sock)
+    for receiver in receivers:
+        receiver.start()
     ticker = asyncio.create_task(service.run(tick))
     responding = asyncio.create_task(responder.run())
-    return RunningAudit(service, served, f"https://{host}:{port}", ticker, responder, responding)
+    return RunningAudit(
+        service, served, f"https://{host}:{port}", ticker, responder, responding, receivers
+    )

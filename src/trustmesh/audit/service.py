@@ -12,9 +12,16 @@ Ingest, for one batch from one producer (its SPIFFE ID, from its certificate):
 4. a checkpoint is signed when N records or T seconds have passed since the last one
    (:meth:`AuditService.tick` signs the time-due ones on a quiet log).
 
-The collector's own events (who read the log, the responses it took) go into the same
-log: :attr:`AuditService.own` is an event sink whose events :meth:`AuditService.tick`
-ingests, reported by the collector's own SPIFFE ID.
+The collector's own events (who read the log, the responses it took, the Detection
+Findings of its alerts) go into the same log: :attr:`AuditService.own` is an event sink
+whose events :meth:`AuditService.tick` ingests, reported by the collector's own SPIFFE ID.
+Findings (class 2004) are not run through detection again: they are its output.
+
+Alerts are stored (:class:`~trustmesh.audit.alerts.AlertStore`: once per rule, group and
+window, whichever collector or restart raised them) before anything acts on them; only
+the newly stored go to ``on_alerts`` (responses, webhooks, syslog), each recorded as a
+finding. An alert the store cannot take now is kept (bounded) and stored at a later tick:
+its events are acknowledged already, and detection does not see them twice.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from trustmesh import crypto, events
+from trustmesh.audit.alerts import AlertStore, finding
 from trustmesh.audit.chain import Checkpoint, CheckpointPolicy
 from trustmesh.audit.detection import Alert, Detector
 from trustmesh.audit.ledger import Appended, Ledger, Verification
@@ -99,6 +107,9 @@ class OwnEvents:
 
 #: The most of its own events the collector holds before storing them.
 OWN_LIMIT: Final = 100_000
+#: The most alerts held while the alert store cannot take them.
+PENDING_LIMIT: Final = 10_000
+_FINDING: Final = int(events.EventClass.DETECTION_FINDING)
 
 
 class AuditService:
@@ -115,6 +126,7 @@ class AuditService:
         on_alerts: OnAlerts | None = None,
         clock: Callable[[], float] = time.time,
         spiffe_id: str = "",
+        alert_store: AlertStore | None = None,
     ) -> None:
         self.ledger = ledger
         self.key = key
@@ -128,6 +140,9 @@ class AuditService:
         self._detecting = asyncio.Lock()  # detection sees records in chain order
         self.own = OwnEvents()
         self.spiffe_id = spiffe_id
+        self.alert_store = alert_store
+        self._pending: list[Alert] = []  # raised, not stored yet (the store was down)
+        self._findings = events.Recorder(self.own, component="audit", spiffe_id=spiffe_id)
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
@@ -141,7 +156,8 @@ class AuditService:
             for event in stamped:
                 if isinstance(event, dict) and _uid(event) in stored:
                     stored.discard(_uid(event))  # a uid twice in the batch: detected once
-                    alerts.extend(self.detector.observe(event))
+                    if event.get("class_uid") != _FINDING:
+                        alerts.extend(self.detector.observe(event))
         checkpoint = await self.ledger.checkpoint(self.key, now=self.now(), policy=self.policy)
         await self._raise(alerts)
         return Ingested(appended, tuple(alerts), checkpoint)
@@ -152,7 +168,7 @@ class AuditService:
         await self.store_own()
         async with self._detecting:
             alerts = self.detector.advance(int(self.clock() * 1000))
-        await self._raise(alerts)
+        await self._raise(alerts)  # with any the store could not take before
         return await self.ledger.checkpoint(self.key, now=self.now(), policy=self.policy)
 
     async def store_own(self) -> None:
@@ -174,12 +190,35 @@ class AuditService:
                 log.exception("audit: the periodic tick failed")
 
     async def _raise(self, alerts: list[Alert]) -> None:
+        if self.alert_store is not None:
+            alerts = await self._store(self.alert_store, alerts)
         if not alerts:
             return
         self.alerts.extend(alerts)
         del self.alerts[:-1000]
         if self.on_alerts is not None:
             await self.on_alerts(alerts)
+
+    async def _store(self, store: AlertStore, alerts: list[Alert]) -> list[Alert]:
+        """The newly stored of ``alerts`` (and of those waiting), each recorded as a
+        finding; on a store failure they wait for the next try."""
+        waiting = list({a.uid: a for a in [*self._pending, *alerts]}.values())
+        if not waiting:
+            return []
+        try:
+            stored = await store.add(waiting, now=self.now())
+        except Exception:
+            log.exception("audit: the alert store failed; %d alerts wait", len(waiting))
+            if len(waiting) > PENDING_LIMIT:
+                log.error("audit: %d alerts lost: the store is down", len(waiting) - PENDING_LIMIT)
+            self._pending = waiting[-PENDING_LIMIT:]
+            return []
+        self._pending = []
+        now = self.now()
+        for alert in stored:
+            self._findings.write(finding(alert, self._findings, now))
+        fresh = {alert.uid for alert in stored}
+        return [alert for alert in waiting if alert.uid in fresh]
 
     async def search(self, query: Query) -> list[dict[str, Any]]:
         return [dict(stored.event, seq=stored.seq) for stored in await self.ledger.search(query)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -153,20 +154,30 @@ def _show_alert(alert: dict[str, Any], as_json: bool) -> None:
 def alerts(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Wait for new alerts.")] = False,
     interval: Annotated[float, typer.Option(min=0.2, help="Seconds between polls.")] = 1.0,
+    level: Annotated[
+        str | None,
+        typer.Option(help="The least level: informational, low, medium, high, critical."),
+    ] = None,
+    rule: Annotated[str | None, typer.Option(help="Of this rule id only.")] = None,
     state: StateOption = DEFAULT_STATE,
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """The alerts raised by the detection rules, oldest first; --follow waits for more."""
     after = 0
+    filters = "".join(
+        f"&{name}={urllib.parse.quote(value, safe='')}"
+        for name, value in (("level", level), ("rule", rule))
+        if value is not None
+    )
     while True:
-        found = _call(state, config, "GET", f"/v1/alerts?after={after}")["alerts"]
+        found = _call(state, config, "GET", f"/v1/alerts?after={after}{filters}")["alerts"]
         for alert in found:
             _show_alert(alert, as_json)
             after = max(after, int(alert["id"]))
-        if not follow:
-            return
-        if not found:
+        if not found:  # every page read
+            if not follow:
+                return
             time.sleep(interval)
 
 
