@@ -6,6 +6,7 @@ database is named by verify."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -174,3 +175,15 @@ async def test_rules_are_tested_over_the_stored_log_or_given_events(rig: Collect
         "POST", "/v1/rules/test", {"files": {"mine.yml": FAILED_LOGINS}}
     )
     assert status == 403
+
+
+async def test_a_number_past_64_bits_is_stored_exactly(rig: CollectorRig) -> None:
+    """The fast parser would round it to a float; the collector keeps what was sent."""
+    event = login_failed("bob", 1)
+    event["unmapped"]["trustmesh"]["attributes"]["big"] = 123456789012345678901234567890
+    raw = json.dumps({"events": [event]}).encode()
+    status, answer = await rig.payments.call("POST", "/v1/events", raw=raw)
+    assert (status, answer["stored"]) == (200, 1)
+    status, found = await rig.operator.call("GET", "/v1/events?limit=1")
+    (stored,) = found["events"]
+    assert stored["unmapped"]["trustmesh"]["attributes"]["big"] == 123456789012345678901234567890

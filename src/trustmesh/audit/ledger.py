@@ -308,6 +308,11 @@ class Ledger(SqlStore):
             append_checkpoint(self.checkpoint_file, made)
         return made
 
+    async def newest_checkpoint(self) -> Checkpoint | None:
+        """The checkpoint of the highest seq (None before the first)."""
+        async with self.engine.connect() as connection:
+            return await self._last_checkpoint(connection)
+
     async def checkpoints(self) -> list[Checkpoint]:
         async with self.engine.connect() as connection:
             query = select(checkpoints).order_by(checkpoints.c.last_seq)

@@ -40,7 +40,7 @@ from typing import Any, Final
 
 from trustmesh import crypto, events
 from trustmesh.audit.alerts import AlertStore, finding
-from trustmesh.audit.chain import Checkpoint, CheckpointPolicy
+from trustmesh.audit.chain import Checkpoint, CheckpointPolicy, checkpoint_due
 from trustmesh.audit.detection import Alert, Detector
 from trustmesh.audit.ledger import Appended, Ledger, Verification
 from trustmesh.audit.search import Query
@@ -71,14 +71,16 @@ class Ingested:
 
 def _stamped(event: object, reporter: str) -> object:
     """``event`` with its reporter, when it has the place for one (an event without it
-    is refused by the ledger and quarantined as it came)."""
-    if not isinstance(event, dict):
+    is refused by the ledger and quarantined as it came). Stamped in place: the events
+    of a delivery are the collector's once parsed (:meth:`AuditService.ingest` takes
+    them)."""
+    if type(event) is not dict:
         return event
     unmapped = event.get("unmapped")
-    if not isinstance(unmapped, dict) or not isinstance(unmapped.get("trustmesh"), dict):
-        return event
-    mine = unmapped["trustmesh"]
-    return {**event, "unmapped": {**unmapped, "trustmesh": {**mine, "reporter": reporter}}}
+    mine = unmapped.get("trustmesh") if type(unmapped) is dict else None
+    if type(mine) is dict:
+        mine["reporter"] = reporter
+    return event
 
 
 class OwnEvents:
@@ -143,11 +145,14 @@ class AuditService:
         self.alert_store = alert_store
         self._pending: list[Alert] = []  # raised, not stored yet (the store was down)
         self._findings = events.Recorder(self.own, component="audit", spiffe_id=spiffe_id)
+        self._newest: Checkpoint | None = None  # the newest checkpoint this collector saw
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
 
     async def ingest(self, events: Sequence[object], reporter: str) -> Ingested:
+        """Store and detect a delivery (module docstring). The events become the
+        collector's: each is stamped with ``reporter`` in place."""
         stamped = [_stamped(event, reporter) for event in events]
         async with self._detecting:
             appended = await self.ledger.append(stamped, now=self.now())  # type: ignore[arg-type]
@@ -158,7 +163,7 @@ class AuditService:
                     stored.discard(_uid(event))  # a uid twice in the batch: detected once
                     if event.get("class_uid") != _FINDING:
                         alerts.extend(self.detector.observe(event))
-        checkpoint = await self.ledger.checkpoint(self.key, now=self.now(), policy=self.policy)
+        checkpoint = await self._checkpoint(appended.head)
         await self._raise(alerts)
         return Ingested(appended, tuple(alerts), checkpoint)
 
@@ -169,7 +174,24 @@ class AuditService:
         async with self._detecting:
             alerts = self.detector.advance(int(self.clock() * 1000))
         await self._raise(alerts)  # with any the store could not take before
-        return await self.ledger.checkpoint(self.key, now=self.now(), policy=self.policy)
+        return await self._checkpoint(None)
+
+    async def _checkpoint(self, head: int | None) -> Checkpoint | None:
+        """A checkpoint if one is due. With the head just appended (``head``) and the
+        newest checkpoint known, a batch that makes none due costs no query; the ledger
+        decides under its lock otherwise (another collector may have signed since: a
+        stale newest checkpoint only makes this ask more often, never less)."""
+        now = self.now()
+        last = self._newest
+        if (
+            head is not None
+            and last is not None
+            and not checkpoint_due(self.policy, head_seq=head, last=last, now=now)
+        ):
+            return None
+        made = await self.ledger.checkpoint(self.key, now=now, policy=self.policy)
+        self._newest = made or await self.ledger.newest_checkpoint()
+        return made
 
     async def store_own(self) -> None:
         """Ingest the collector's own events (kept for the next try if the store fails)."""
