@@ -310,8 +310,10 @@ def _run_rules(files: dict[str, str], recorded: list[Any]) -> ReplayResult:
         return run_rules(paths, events_)
 
 
-#: A run of 20 digits: a number orjson would read as a float past 64 bits.
-_LONG_NUMBER: Final = re.compile(rb"[0-9]{20}")
+#: A value of 20 digits or more: a number orjson would read as a float past 64 bits
+#: (a number follows ``:``, ``[`` or ``,``; inside a string the same text only costs
+#: the slower parser).
+_LONG_NUMBER: Final = re.compile(rb"[:\[,][ \t\r\n]*-?[0-9]{20}")
 
 
 def _batch(raw: bytes) -> list[object]:
