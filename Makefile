@@ -21,7 +21,7 @@ up: $(BIN)/trustmesh
 
 ## Lint, type-check and run the whole test suite.
 test: $(BIN)/trustmesh lint typecheck
-	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadgroup
 
 lint: $(BIN)/trustmesh
 	$(BIN)/ruff check src tests benchmarks

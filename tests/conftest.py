@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -64,3 +67,33 @@ class PythonCopy:
 @pytest.fixture
 def python_copy(short_tmp: Path) -> type[PythonCopy]:
     return PythonCopy
+
+
+_WIDE_FIXTURE = re.compile(r"""scope\s*=\s*["'](?:class|module|package|session)["']""")
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under ``--dist loadgroup`` (the Makefile's): tests go to the workers one by one,
+    which balances a suite whose slow tests sit together in a few files — but the tests
+    of a file that declares a fixture wider than one test (a stack `up` once per module)
+    stay together on one worker, so that the fixture is made once; the largest groups
+    go first."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    root = config.rootpath
+
+    @functools.cache
+    def shares_fixtures(path: str) -> bool:
+        try:
+            return bool(_WIDE_FIXTURE.search((root / path).read_text()))
+        except OSError:
+            return True  # unknown: keep its tests together, as loadfile would
+
+    class OneByOne(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if shares_fixtures(path) else nodeid
+
+    return OneByOne(config, log)

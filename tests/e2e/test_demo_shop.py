@@ -34,6 +34,9 @@ from trustmesh.sdk.x509source import X509Source
 from trustmesh.testing import run_cli as tm
 
 TD = "trustmesh.local"
+#: Every secret the tests of this module used (tokens, passwords, one-time codes, secret
+#: values): no event may carry one (the last test greps every event for them).
+USED: set[str] = set()
 
 
 @pytest.fixture(scope="module")
@@ -244,6 +247,8 @@ def test_hvac_against_trustmesh_up(shop: dict[str, object], tmp_path: Path) -> N
         "payments/processor", raise_on_deleted_version=True
     )
     assert processor["data"]["data"]["api_key"].startswith("demo_")
+    USED.add(processor["data"]["data"]["api_key"])
+    USED.add(payments.token)
     sealed = payments.secrets.transit.encrypt_data(
         "payments", plaintext=base64.b64encode(b"x").decode()
     )
@@ -623,6 +628,8 @@ def _sign_in(shop: dict[str, object], username: str) -> str:
         browser.trust_env = False
         browser.verify = str(Path(str(shop["state"])) / "edge" / "ca.pem")
         tokens = code_flow(browser, public, "shop-web", REDIRECT, username, password, otp)
+    USED.update(str(v) for k, v in tokens.items() if k.endswith("_token"))
+    USED.update(x for x in (password, secret, otp) if x)
     return str(tokens["access_token"])
 
 
@@ -718,6 +725,8 @@ def _sign_in_with(shop: dict[str, object], username: str, password: str) -> str:
         browser.trust_env = False
         browser.verify = str(Path(str(shop["state"])) / "edge" / "ca.pem")
         tokens = code_flow(browser, public, "shop-web", REDIRECT, username, password)
+    USED.update(str(v) for k, v in tokens.items() if k.endswith("_token"))
+    USED.add(password)
     return str(tokens["access_token"])
 
 
@@ -797,6 +806,27 @@ async def test_the_stack_delivers_its_events_and_alerts_on_what_it_saw(
         r["action"] == "suspend-spiffe-id" and r["target"] == payments and r["dry_run"]
         for r in responses
     ), responses
+
+
+def test_no_event_carries_a_secret_the_tests_used(shop: dict[str, object]) -> None:
+    """Every event the stack recorded in this module — each component's log and the
+    collector's ledger, spools included — is grepped for every token, password, TOTP
+    secret and code, card and secret value the tests above used."""
+    used = set(USED) | {CARD}
+    for password, secret in _demo_credentials(shop).values():
+        used.update(x for x in (password, secret) if x)
+    used = {u for u in used if len(u) >= 8}  # a short value would match by chance
+    assert len(used) >= 8, used  # the tests above ran and signed in
+    state = Path(str(shop["state"]))
+    logs = [
+        *(state / "events").glob("*.jsonl"),
+        *(state / "audit").rglob("*"),
+        *(state / "spool").rglob("*"),
+    ]
+    records = b"".join(p.read_bytes() for p in logs if p.is_file())
+    assert b"alert-raised" in records or b"policy-deny" in records  # the logs are there
+    for value in used:
+        assert value.encode() not in records, f"a secret ({value[:4]}…) is in an event"
 
 
 def test_down_leaves_no_process(shop: dict[str, object]) -> None:
