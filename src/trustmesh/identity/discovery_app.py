@@ -3,6 +3,12 @@
 ``PUT /v1/instances`` {"url"} registers or renews the caller's own instance;
 ``DELETE /v1/instances`` {"url"} removes it; ``GET /v1/services/{name}`` lists the
 endpoints of a service the caller may call. The caller is always the verified peer SVID.
+
+``GET /v1/suspensions`` (:class:`SuspensionFeed`): the SPIFFE IDs suspended now, for any
+workload of the trust domain, so that services refuse them
+(:mod:`trustmesh.sdk.suspensions` polls it). Its ``ETag`` is the version of the list:
+with ``If-None-Match`` (or ``?since=<version>``) naming the current one, the answer is
+``304`` and no body, so polling every few seconds costs next to nothing.
 """
 
 from __future__ import annotations
@@ -13,13 +19,15 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from trustmesh import events
 from trustmesh.errors import TrustmeshError, UsageError
 from trustmesh.identity.discovery import Registry
 from trustmesh.identity.service import Clock
+from trustmesh.identity.store import IdentityStore
+from trustmesh.identity.suspensions import feed_doc
 from trustmesh.reasons import Code, Reason
 
 MAX_BODY = 4096
@@ -94,6 +102,28 @@ class DiscoveryRoutes:
         self.recorder.record(
             reason, message, decision=decision, peer_spiffe_id=peer, attributes=attrs
         )
+
+
+class SuspensionFeed:
+    """``GET /v1/suspensions`` over ``store``: which SPIFFE IDs are suspended, until when
+    (never why, nor who). A poll is not an event: it decides nothing, and every service
+    makes one every few seconds."""
+
+    def __init__(self, store: IdentityStore, clock: Clock) -> None:
+        self.store, self.clock = store, clock
+
+    def routes(self) -> list[Route]:
+        return [Route("/v1/suspensions", self.get, methods=["GET"])]
+
+    async def get(self, request: Request) -> Response:
+        version = self.store.suspensions_version()
+        etag = f'"{version}"'
+        headers = {"ETag": etag, "Cache-Control": "no-cache"}
+        since = request.query_params.get("since")
+        if request.headers.get("if-none-match") == etag or since == str(version):
+            return Response(status_code=304, headers=headers)
+        now = int(self.clock().timestamp() * 1000)
+        return JSONResponse(feed_doc(version, self.store.suspensions(now)), headers=headers)
 
 
 def _caller(request: Request) -> str:
