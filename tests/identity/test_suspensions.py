@@ -38,6 +38,8 @@ identity: {{svid_ttl: 1h, max_svid_ttl: 2h}}
 services:
   orders: {{external: true}}
   payments: {{external: true}}
+calls:
+  - {{from: orders, to: payments, allow: ["POST /charges"]}}
 """,
     source="test.yaml",
 )
@@ -65,13 +67,19 @@ def identity(short_tmp: Path, clock: FakeClock) -> Iterator[RunningIdentityServe
 
 
 class Callers:
-    """The operator, the audit collector and a workload (orders), each with its SVID."""
+    """The operator, the audit collector and two workloads, each with its SVID."""
 
     def __init__(
-        self, identity: RunningIdentityServer, operator: Workload, audit: Workload, orders: Workload
+        self,
+        identity: RunningIdentityServer,
+        operator: Workload,
+        audit: Workload,
+        orders: Workload,
+        payments: Workload,
     ) -> None:
         self.identity = identity
-        self.operator, self.audit, self.orders = operator, audit, orders
+        self.operator, self.audit = operator, audit
+        self.orders, self.payments = orders, payments
         self.url = str(identity.server.discovery_url)
 
     async def call(
@@ -99,7 +107,12 @@ class Callers:
 async def callers(identity: RunningIdentityServer, short_tmp: Path) -> AsyncIterator[Callers]:
     made = [
         await workload(identity.address, spiffe_id, short_tmp / name, Workload)
-        for spiffe_id, name in ((OPERATOR, "op"), (AUDIT, "audit"), (ORDERS, "orders"))
+        for spiffe_id, name in (
+            (OPERATOR, "op"),
+            (AUDIT, "audit"),
+            (ORDERS, "orders"),
+            (PAYMENTS, "payments"),
+        )
     ]
     try:
         yield Callers(identity, *made)
@@ -328,3 +341,29 @@ async def test_the_feed_tells_any_workload_and_is_cheap_to_poll(callers: Callers
     assert set(item) == {"spiffe_id", "until"}  # never why, nor who
     assert item["spiffe_id"] == PAYMENTS
     assert moved.headers["etag"] != etag
+
+
+async def test_discovery_refuses_a_suspended_caller_and_hides_a_suspended_instance(
+    callers: Callers,
+) -> None:
+    instance = {"url": "https://127.0.0.1:9443"}
+    registered = await callers.call(callers.payments, "PUT", "/v1/instances", instance)
+    assert registered.status_code == 200, registered.text
+    found = await callers.call(callers.orders, "GET", "/v1/services/payments")
+    assert [e["spiffe_id"] for e in found.json()["endpoints"]] == [PAYMENTS]
+    for target in (ORDERS, PAYMENTS):
+        made = await callers.call(
+            callers.operator, "POST", "/admin/v1/suspensions", {"spiffe_id": target}
+        )
+        assert made.status_code == 201
+    refused = await callers.call(callers.orders, "GET", "/v1/services/payments")
+    assert (refused.status_code, refused.json()["error"]) == (403, "forbidden")
+    again = await callers.call(callers.payments, "PUT", "/v1/instances", instance)
+    assert again.status_code == 403
+    denied = [  # at discovery (the Workload API's refusals name no peer: they are its own)
+        e for e in callers.events(Reason.SPIFFE_ID_SUSPENDED) if "peer_spiffe_id" in _trustmesh(e)
+    ]
+    assert {_trustmesh(e)["peer_spiffe_id"] for e in denied} == {ORDERS, PAYMENTS}
+    await callers.call(callers.operator, "DELETE", _lift(ORDERS))
+    hidden = await callers.call(callers.orders, "GET", "/v1/services/payments")
+    assert (hidden.status_code, hidden.json()["endpoints"]) == (200, [])

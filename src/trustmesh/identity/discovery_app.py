@@ -3,6 +3,8 @@
 ``PUT /v1/instances`` {"url"} registers or renews the caller's own instance;
 ``DELETE /v1/instances`` {"url"} removes it; ``GET /v1/services/{name}`` lists the
 endpoints of a service the caller may call. The caller is always the verified peer SVID.
+A suspended caller (``suspended``) is refused ``403`` (``suspended-spiffe-id``), and a
+suspended instance is found by no one.
 
 ``GET /v1/suspensions`` (:class:`SuspensionFeed`): the SPIFFE IDs suspended now, for any
 workload of the trust domain, so that services refuse them
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -23,7 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from trustmesh import events
-from trustmesh.errors import TrustmeshError, UsageError
+from trustmesh.errors import PermissionDeniedError, TrustmeshError, UsageError
 from trustmesh.identity.discovery import Registry
 from trustmesh.identity.service import Clock
 from trustmesh.identity.store import IdentityStore
@@ -38,18 +41,32 @@ def _error(exc: TrustmeshError) -> JSONResponse:
 
 
 def discovery_app(
-    registry: Registry, sink: events.EventSink, clock: Clock, extra: list[Route] | None = None
+    registry: Registry,
+    sink: events.EventSink,
+    clock: Clock,
+    extra: list[Route] | None = None,
+    *,
+    suspended: Callable[[str], object] = lambda _: None,
 ) -> Starlette:
-    """Discovery, and ``extra`` routes on the same listener (the admin API)."""
-    return Starlette(routes=[*DiscoveryRoutes(registry, sink, clock).routes(), *(extra or ())])
+    """Discovery, and ``extra`` routes on the same listener (the admin API).
+    ``suspended``: whether a SPIFFE ID is suspended now (truthy: it is)."""
+    routes = DiscoveryRoutes(registry, sink, clock, suspended=suspended).routes()
+    return Starlette(routes=[*routes, *(extra or ())])
 
 
 class DiscoveryRoutes:
     """The discovery API over ``registry``: the caller is always the verified peer SVID;
     a refusal, and a lookup, is an event."""
 
-    def __init__(self, registry: Registry, sink: events.EventSink, clock: Clock) -> None:
-        self.registry, self.clock = registry, clock
+    def __init__(
+        self,
+        registry: Registry,
+        sink: events.EventSink,
+        clock: Clock,
+        *,
+        suspended: Callable[[str], object] = lambda _: None,
+    ) -> None:
+        self.registry, self.clock, self.suspended = registry, clock, suspended
         self.recorder = events.Recorder(sink, component="identity", clock=clock)
 
     def routes(self) -> list[Route]:
@@ -59,8 +76,21 @@ class DiscoveryRoutes:
             Route("/v1/services/{name}", self.get_service, methods=["GET"]),
         ]
 
+    def _refused(self, peer: str, action: str) -> JSONResponse | None:
+        """A suspended caller's answer (and event); None for anyone else."""
+        if not self.suspended(peer):
+            return None
+        refused = Reason.SPIFFE_ID_SUSPENDED
+        self._record(events.Decision.DENY, refused, f"{action} refused", peer)
+        error = PermissionDeniedError("the caller's SPIFFE ID is suspended", reason=refused)
+        return JSONResponse(
+            {"error": error.code, "message": error.detail}, status_code=error.status
+        )
+
     async def put_instance(self, request: Request) -> JSONResponse:
         peer = _caller(request)
+        if (refusal := self._refused(peer, "registration")) is not None:
+            return refusal
         try:
             url, expires = await _body_of(request)
             instance = self.registry.register(peer, url, self.clock(), expires)
@@ -82,6 +112,8 @@ class DiscoveryRoutes:
     async def get_service(self, request: Request) -> JSONResponse:
         peer = _caller(request)
         name = request.path_params["name"]
+        if (refusal := self._refused(peer, "lookup")) is not None:
+            return refusal
         try:
             found = self.registry.lookup(peer, name, self.clock())
         except TrustmeshError as exc:
@@ -92,7 +124,11 @@ class DiscoveryRoutes:
         return JSONResponse(
             {
                 "service": name,
-                "endpoints": [{"url": i.url, "spiffe_id": i.spiffe_id} for i in found],
+                "endpoints": [
+                    {"url": i.url, "spiffe_id": i.spiffe_id}
+                    for i in found
+                    if not self.suspended(i.spiffe_id)
+                ],
             }
         )
 

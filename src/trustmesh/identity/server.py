@@ -197,6 +197,7 @@ class IdentityServer:
                 self.sink,
                 self.clock,
                 [*feed, *routes, Route("/healthz", self._health, methods=["GET"])],
+                suspended=self.service.suspended,
             ),
             source=self.self_svid,
             host="127.0.0.1",
