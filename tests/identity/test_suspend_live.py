@@ -7,14 +7,17 @@ refused, and the response records why."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from grpclib.client import Channel, UnaryStreamMethod
 
 from trustmesh import events
+from trustmesh._proto import workload_pb2 as pb
 from trustmesh.audit.detection import Alert
 from trustmesh.audit.extensions import Action, PlannedAction
 from trustmesh.audit.response import AdminCaller, Responder, call_for, undo_for
@@ -24,7 +27,8 @@ from trustmesh.events import read_events
 from trustmesh.platform.admin import Actor
 from trustmesh.reasons import Activity
 from trustmesh.sdk.tls import RotatingTLS
-from trustmesh.sdk.x509source import X509Source
+from trustmesh.sdk.workload import SECURITY_HEADER
+from trustmesh.sdk.x509source import FETCH_X509_SVID, X509Source
 from trustmesh.store import create_engine, sqlite_url
 from trustmesh.testing import RunningIdentityServer, identity_server_in_thread
 
@@ -181,3 +185,32 @@ def test_the_calls_a_suspension_makes() -> None:
     undo = undo_for(record)
     assert (undo.component, undo.method) == ("identity", "DELETE")
     assert undo.path == "/admin/v1/suspensions?spiffe_id=spiffe%3A%2F%2Frespond.example%2Forders"
+
+
+async def test_an_open_stream_sends_the_withheld_svid_when_the_suspension_ends(
+    identity: RunningIdentityServer, responder: tuple[Responder, events.MemorySink]
+) -> None:
+    """The suspension ends by itself (one second): the stream that withheld the SVID
+    wakes then and sends it, with no change to the store to wake it."""
+    taker, _ = responder
+    channel = Channel(path=str(identity.server.paths.socket))
+    try:
+        method = UnaryStreamMethod(
+            channel, FETCH_X509_SVID, pb.X509SVIDRequest, pb.X509SVIDResponse
+        )
+        async with method.open(metadata=[SECURITY_HEADER]) as stream:
+            await stream.send_message(pb.X509SVIDRequest(), end=True)
+
+            async def held() -> set[str]:
+                reply = await asyncio.wait_for(stream.recv_message(), timeout=20)
+                assert reply is not None
+                return {s.spiffe_id for s in reply.svids}
+
+            assert await held() == {ORDERS, AUDIT}
+            [record] = await taker.respond(_alert(_suspend(ORDERS, ms=1000)))
+            assert record.outcome == "taken", record.detail
+            assert await held() == {AUDIT}
+            assert await held() == {ORDERS, AUDIT}  # about a second later
+            await stream.cancel()  # the stream never ends by itself
+    finally:
+        channel.close()

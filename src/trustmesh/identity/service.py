@@ -108,6 +108,13 @@ class IdentityService:
         self._suspended = {s.spiffe_id: s for s in self.store.suspensions(now)}
         return True
 
+    def next_suspension_end(self) -> dt.datetime | None:
+        """When the first suspension in force ends by itself (None: none will): a stream
+        wakes then, and sends the SVID it withheld."""
+        now = int(self.clock().timestamp() * 1000)
+        ends = [s.until for s in self._suspended.values() if s.until is not None and s.until > now]
+        return dt.datetime.fromtimestamp(min(ends) / 1000, dt.UTC) if ends else None
+
     def suspended(self, spiffe_id: str) -> Suspension | None:
         """``spiffe_id``'s suspension in force now (as last read from the store), or None."""
         found = self._suspended.get(spiffe_id)
