@@ -89,6 +89,7 @@ class SuspensionFeed:
         self.interval = interval
         self.known = SuspendedIDs(clock)
         self._task: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
 
     def __contains__(self, spiffe_id: object) -> bool:
         return spiffe_id in self.known
@@ -128,13 +129,16 @@ class SuspensionFeed:
             )
 
     async def _poll_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
+        while not self._closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), self.interval)
+                return
             await self._poll_logged()
 
     async def close(self) -> None:
+        """Stop polling: a poll in flight ends first (within the client's timeout), so
+        that no connection is left half made."""
+        self._closing.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
         await self._client.close()
