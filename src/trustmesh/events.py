@@ -621,10 +621,24 @@ _VERBS: tuple[tuple[tuple[int, str], tuple[Activity, ...]], ...] = (
             Activity.BLOCK_REMOVED,
         ),
     ),
-    ((8, "Enable"), (Activity.CA_ACTIVATED, Activity.KEY_ACTIVATED, Activity.USER_UNLOCKED)),
+    (
+        (8, "Enable"),
+        (
+            Activity.CA_ACTIVATED,
+            Activity.KEY_ACTIVATED,
+            Activity.USER_UNLOCKED,
+            Activity.SPIFFE_ID_RESTORED,
+        ),
+    ),
     (
         (9, "Disable"),
-        (Activity.CA_RETIRED, Activity.KEY_RETIRED, Activity.USER_LOCKED, Activity.API_KEY_REVOKED),
+        (
+            Activity.CA_RETIRED,
+            Activity.KEY_RETIRED,
+            Activity.USER_LOCKED,
+            Activity.API_KEY_REVOKED,
+            Activity.SPIFFE_ID_SUSPENDED,
+        ),
     ),
 )
 _TICKET: Shape = (_AUTHN, 4, "Service Ticket Request")

@@ -117,6 +117,9 @@ class Reason(enum.StrEnum):
     UNSEAL_SHARE_INVALID = "unseal-share-invalid"
     AUDIT_UNAVAILABLE = "audit-unavailable"
     STORED_VALUE_CORRUPT = "stored-value-corrupt"
+    #: The SPIFFE ID is suspended (an automated response, or the operator): the identity
+    #: service issues it no SVID, and services refuse a peer presenting it.
+    SPIFFE_ID_SUSPENDED = "suspended-spiffe-id"
 
 
 class Activity(enum.StrEnum):
@@ -163,6 +166,9 @@ class Activity(enum.StrEnum):
     EVENTS_DROPPED = "events-dropped"
     #: A detection rule matched: an alert (OCSF Detection Finding, class 2004).
     ALERT_RAISED = "alert-raised"
+    #: A SPIFFE ID suspended (no SVID issued, refused by services), or the suspension lifted.
+    SPIFFE_ID_SUSPENDED = "spiffe-id-suspended"
+    SPIFFE_ID_RESTORED = "spiffe-id-restored"
 
 
 #: What an event's ``reason`` carries: a decision's reason, or an activity.
@@ -295,6 +301,7 @@ ANSWERS: Final = MappingProxyType(
         Reason.UNSEAL_SHARE_INVALID: _BAD_REQUEST,
         Reason.AUDIT_UNAVAILABLE: _UNAVAILABLE,
         Reason.STORED_VALUE_CORRUPT: Answer(500, "service_error"),
+        Reason.SPIFFE_ID_SUSPENDED: _FORBIDDEN,
     }
 )
 #: The code of a status that did not come from a reason here: a service's own error the

@@ -198,14 +198,17 @@ async def test_a_subjects_tokens_are_revoked_and_that_cannot_be_undone(
         await taker.undo(record.id, Actor(OPERATOR))
 
 
-async def test_an_action_trustmesh_cannot_take_is_recorded_as_failed(
+async def test_a_response_whose_component_is_not_running_is_recorded_as_failed(
     responder: tuple[Responder, events.MemorySink],
 ) -> None:
+    """No identity service has written its snapshot in this state directory: the
+    suspension is not taken, and says why (it is taken for real in
+    tests/identity/test_suspend_live.py)."""
     taker, _ = responder
     target = f"spiffe://{TD}/orders"
     [record] = await taker.respond(_alert(_action(Action.SUSPEND_SPIFFE_ID, target)))
     assert record.outcome == "failed"
-    assert "not available" in record.detail
+    assert "identity component is not running" in record.detail
 
 
 async def test_the_collectors_identity_may_take_responses_and_nothing_else(

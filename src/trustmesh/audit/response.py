@@ -12,8 +12,11 @@ action                 the call (the collector's own SVID)         undone by
                                                                    in again)
 ``block-address``      gateway ``POST /admin/v1/blocks``           ``DELETE …/blocks/
                        {"address", "seconds"}                      {address}``
-``suspend-spiffe-id``  not taken in this release: recorded as
-                       ``failed`` with why
+``suspend-spiffe-id``  identity service ``POST /admin/v1/         ``DELETE …/suspensions
+                       suspensions`` {"spiffe_id", "seconds"?}     ?spiffe_id=…``
+                       (no SVID is issued for it, and services
+                       refuse it; the control plane's own IDs
+                       are refused: ``failed``)
 =====================  =========================================  =======================
 
 The components authorise these calls: the collector's identity may make them and no
@@ -67,7 +70,7 @@ _QUEUE: Final = 10_000
 
 @dataclass(frozen=True)
 class Call:
-    """One admin request: to ``component`` (``auth`` or ``gateway``)."""
+    """One admin request: to ``component`` (``auth``, ``gateway`` or ``identity``)."""
 
     component: str
     method: str
@@ -77,6 +80,9 @@ class Call:
 
 #: Makes a :class:`Call`; its HTTP status and JSON answer (an exception: not reached).
 Caller = Callable[[Call], Awaitable[tuple[int, Any]]]
+
+
+_SUSPENSIONS: Final = "/admin/v1/suspensions"
 
 
 def _quoted(value: str) -> str:
@@ -96,6 +102,11 @@ def call_for(action: PlannedAction) -> Call | None:
             seconds = max(1, (action.duration_ms or 0) // 1000)
             block = {"address": target, "seconds": seconds, "reason": "automated response"}
             return Call("gateway", "POST", "/admin/v1/blocks", block)
+        case Action.SUSPEND_SPIFFE_ID:
+            suspension: dict[str, Any] = {"spiffe_id": target, "cause": "automated response"}
+            if action.duration_ms is not None:
+                suspension["seconds"] = max(1, action.duration_ms // 1000)
+            return Call("identity", "POST", _SUSPENSIONS, suspension)
     return None
 
 
@@ -106,6 +117,9 @@ def undo_for(record: ResponseRecord) -> Call:
             return Call("auth", "POST", f"/admin/v1/users/{_quoted(record.target)}/unlock", {})
         case Action.BLOCK_ADDRESS:
             return Call("gateway", "DELETE", f"/admin/v1/blocks/{_quoted(record.target)}")
+        case Action.SUSPEND_SPIFFE_ID:
+            query = urllib.parse.urlencode({"spiffe_id": record.target})
+            return Call("identity", "DELETE", f"{_SUSPENSIONS}?{query}")
         case Action.REVOKE_TOKENS:
             raise UsageError("a revocation cannot be undone: the subject logs in again")
     raise UsageError(f"{record.action} was not taken: nothing to undo")
@@ -113,10 +127,15 @@ def undo_for(record: ResponseRecord) -> Call:
 
 class AdminCaller:
     """Calls the components' admin APIs as the collector: where each listens is read from
-    the endpoint file it writes under the state directory (it may start after the
-    collector, and move); its SPIFFE ID is checked on every connection."""
+    the file it writes under the state directory (it may start after the collector, and
+    move; the identity service's is its discovery snapshot); its SPIFFE ID is checked on
+    every connection."""
 
-    _WHERE: Final = {"auth": ("auth", "url"), "gateway": ("gateway", "admin_url")}
+    _WHERE: Final = {
+        "auth": ("auth/endpoint.json", "url"),
+        "gateway": ("gateway/endpoint.json", "admin_url"),
+        "identity": ("discovery.json", "url"),
+    }
 
     def __init__(self, tls: RotatingTLS, state: Path, trust_domain: str) -> None:
         self.tls = tls
@@ -124,9 +143,9 @@ class AdminCaller:
         self.trust_domain = trust_domain
 
     async def __call__(self, call: Call) -> tuple[int, Any]:
-        folder, key = self._WHERE[call.component]
+        where, key = self._WHERE[call.component]
         try:
-            doc = json.loads((self.state / folder / "endpoint.json").read_text())
+            doc = json.loads((self.state / where).read_text())
             url = doc[key]
         except (OSError, ValueError, KeyError, TypeError):
             raise ConflictError(f"the {call.component} component is not running") from None

@@ -1,5 +1,6 @@
-"""``trustmesh identity register|list|remove``, ``identity token create``, ``svid show``:
-through the running identity service's admin API, as the operator (never its store)."""
+"""``trustmesh identity register|list|remove``, ``identity token create``, ``svid show``,
+``identity suspend|unsuspend|suspensions``: through the running identity service's admin
+API, as the operator (never its store)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ svid_app = typer.Typer(help="Inspect issued X.509-SVIDs.", no_args_is_help=True)
 
 #: A join token is valid this long unless --ttl says otherwise.
 DEFAULT_JOIN_TTL = "10m"
+SUSPENSIONS = "/admin/v1/suspensions"
 
 
 def _identity(state: Path, config: Path | None, method: str, path: str, body: object = None) -> Any:
@@ -130,6 +132,81 @@ def token_create(
     body = {"spiffe_id": spiffe_id, "ttl": seconds_option("--ttl", ttl)}
     made = _identity(state, config, "POST", "/admin/v1/join-tokens", body)
     print(made["token"])  # plain stdout: scripts capture it
+
+
+def _suspension_json(doc: dict[str, Any]) -> dict[str, object]:
+    return {
+        "spiffe_id": doc["spiffe_id"],
+        "until": doc["until"],
+        "cause": doc["cause"],
+        "created": doc["created"],
+        "by": doc["by"],
+    }
+
+
+def _checked_id(spiffe_id: str) -> str:
+    try:
+        parse_spiffe_id(spiffe_id)
+    except UsageError as exc:
+        fail_on(exc)
+    return spiffe_id
+
+
+@app.command("suspend")
+def suspend(
+    spiffe_id: Annotated[str, typer.Argument(help="spiffe://<trust-domain>/<path>")],
+    for_: Annotated[
+        str | None,
+        typer.Option("--for", help="How long, e.g. 1h (at most 30d); default: until lifted."),
+    ] = None,
+    cause: Annotated[str | None, typer.Option(help="Why (recorded; at most 256 chars).")] = None,
+    config: ConfigOption = None,
+    state: StateOption = DEFAULT_STATE,
+    as_json: JsonOption = False,
+) -> None:
+    """Suspend SPIFFE-ID: no SVID is issued for it, and services refuse it."""
+    body: dict[str, object] = {"spiffe_id": _checked_id(spiffe_id)}
+    seconds = seconds_option("--for", for_)
+    if seconds is not None:
+        body["seconds"] = seconds
+    if cause is not None:
+        body["cause"] = cause
+    made = _identity(state, config, "POST", SUSPENSIONS, body)
+    if as_json:
+        out.print_json(data=_suspension_json(made))
+        return
+    until = made["until"] or "lifted"
+    out.print(f"suspended {made['spiffe_id']} until {until}", markup=False)
+
+
+@app.command("unsuspend")
+def unsuspend(
+    spiffe_id: Annotated[str, typer.Argument(help="spiffe://<trust-domain>/<path>")],
+    config: ConfigOption = None,
+    state: StateOption = DEFAULT_STATE,
+) -> None:
+    """Lift SPIFFE-ID's suspension (a fact, not an error, when there was none)."""
+    path = f"{SUSPENSIONS}?{urlencode({'spiffe_id': _checked_id(spiffe_id)})}"
+    lifted = _identity(state, config, "DELETE", path)
+    if lifted["lifted"]:
+        out.print(f"lifted the suspension of {spiffe_id}", markup=False)
+    else:
+        out.print(f"{spiffe_id} was not suspended", markup=False)
+
+
+@app.command("suspensions")
+def list_suspensions(
+    config: ConfigOption = None, state: StateOption = DEFAULT_STATE, as_json: JsonOption = False
+) -> None:
+    """List the suspended SPIFFE IDs."""
+    found = _identity(state, config, "GET", SUSPENSIONS)["suspensions"]
+    if as_json:
+        out.print_json(data=[_suspension_json(s) for s in found])
+        return
+    table = Table("SPIFFE ID", "until", "by", "cause")
+    for s in found:
+        table.add_row(s["spiffe_id"], s["until"] or "lifted", s["by"], s["cause"])
+    out.print(table)
 
 
 def _svid_facts(doc: dict[str, Any]) -> dict[str, object]:

@@ -1,10 +1,17 @@
 """The identity service's admin API (``/admin/v1``), served over mTLS beside discovery:
-registration entries and one-time join tokens.
+registration entries, one-time join tokens and suspended SPIFFE IDs.
 
 ``GET /admin/v1/entries``, ``POST /admin/v1/entries`` {"spiffe_id", "selectors", "ttl"?
 (seconds)}, ``DELETE /admin/v1/entries/{id}``, ``POST /admin/v1/join-tokens``
 {"spiffe_id", "ttl"? (seconds)}, ``GET /admin/v1/svids/last?spiffe_id=…`` (the last
 X.509-SVID issued for that ID: its public facts and chain, never a key).
+
+``GET /admin/v1/suspensions``, ``POST /admin/v1/suspensions`` {"spiffe_id", "seconds"?
+(at most 30 days; none: until lifted), "cause"?} (``201``; the control plane's own IDs,
+``spiffe://<td>/trustmesh/…``, are refused ``403``), ``DELETE
+/admin/v1/suspensions?spiffe_id=…`` (``200`` {"lifted": true|false}): see
+:mod:`trustmesh.identity.suspensions`. These three are also open to the audit collector
+(``spiffe://<td>/trustmesh/audit``) taking an automated response — nothing else is.
 
 Two kinds of caller, as at the identity provider's admin API:
 
@@ -41,11 +48,21 @@ from trustmesh.errors import (
     UnavailableError,
     UsageError,
 )
-from trustmesh.identity import admin
-from trustmesh.identity.admin import ServiceSettings
+from trustmesh.identity import admin, suspensions
+from trustmesh.identity.admin import ServiceSettings, utcnow
 from trustmesh.identity.models import IssuedSVID, RegistrationEntry
+from trustmesh.identity.service import Clock
 from trustmesh.identity.store import IdentityStore
-from trustmesh.platform.admin import Actor, Handler, Refused, json_object, record_read
+from trustmesh.platform.admin import (
+    RESPONDER,
+    Actor,
+    Authenticate,
+    Handler,
+    Refused,
+    json_object,
+    peer_spiffe_id,
+    record_read,
+)
 from trustmesh.platform.admin import guarded as admin_guarded
 from trustmesh.sdk.oauth import ProviderTrust
 from trustmesh.sdk.tls import RotatingTLS
@@ -151,10 +168,13 @@ class IdentityAdmin:
         tokens: AdminTokens,
         changed: Callable[[], None],
         last_svid: Callable[[str], IssuedSVID | None],
+        *,
+        clock: Clock = utcnow,
     ) -> None:
         self.store, self.settings, self.sink, self.tokens = store, settings, sink, tokens
-        self.changed, self.last_svid = changed, last_svid
+        self.changed, self.last_svid, self.clock = changed, last_svid, clock
         self.operator = config.component_spiffe_id("operator")
+        self.responder = config.component_spiffe_id("audit")
         self.recorder = events.Recorder(sink, component="identity")
 
     def routes(self) -> list[Route]:
@@ -174,10 +194,33 @@ class IdentityAdmin:
                 guarded("create-join-token", self.join_token),
                 methods=["POST"],
             ),
+            *self._suspension_routes(),
         ]
 
-    def _guarded(self, action: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-        return admin_guarded(action, self.actor_of, handler, self.recorder)
+    def _suspension_routes(self) -> list[Route]:
+        """The routes an automated response calls: the audit collector may, too."""
+        where = "/admin/v1/suspensions"
+
+        def guarded(action: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+            return self._guarded(action, handler, self.actor_or_responder)
+
+        return [
+            Route(where, guarded("list-suspensions", self.list_suspensions), methods=["GET"]),
+            Route(where, guarded("suspend", self.suspend), methods=["POST"]),
+            Route(where, guarded("lift-suspension", self.lift_suspension), methods=["DELETE"]),
+        ]
+
+    def _guarded(
+        self, action: str, handler: Handler, who: Authenticate | None = None
+    ) -> Callable[[Request], Awaitable[Response]]:
+        return admin_guarded(action, who or self.actor_of, handler, self.recorder)
+
+    async def actor_or_responder(self, request: Request) -> Actor:
+        """The audit collector (named ``audit``), or whoever :meth:`actor_of` admits."""
+        peer = peer_spiffe_id(request)
+        if peer == self.responder:
+            return Actor(peer, RESPONDER)
+        return await self.actor_of(request)
 
     async def actor_of(self, request: Request) -> Actor:
         """The operator (by its SVID), or an admin user (by a token); else :class:`Refused`."""
@@ -241,6 +284,40 @@ class IdentityAdmin:
         if svid is None:
             raise NotFoundError(f"no SVID has been issued for {spiffe_id}")
         return JSONResponse(_svid_doc(svid))
+
+    # -- suspended SPIFFE IDs -------------------------------------------------------------
+    async def list_suspensions(self, _: Request, actor: Actor) -> Response:
+        found = self.store.suspensions(int(self.clock().timestamp() * 1000))
+        record_read(self.recorder, "list-suspensions", actor)
+        return JSONResponse({"suspensions": [suspensions.suspension_doc(s) for s in found]})
+
+    async def suspend(self, request: Request, actor: Actor) -> Response:
+        doc = _fields(await _json_object(request), "spiffe_id", "seconds", "cause")
+        made = suspensions.suspend(
+            self.store,
+            self.settings.trust_domain,
+            doc.get("spiffe_id"),
+            doc.get("seconds"),
+            doc.get("cause"),
+            self.sink,
+            actor=actor,
+            now=self.clock(),
+        )
+        self.changed()  # streams of the suspended ID stop at once
+        return JSONResponse(suspensions.suspension_doc(made), status_code=201)
+
+    async def lift_suspension(self, request: Request, actor: Actor) -> Response:
+        spiffe_id = request.query_params.get("spiffe_id")
+        lifted = suspensions.lift(
+            self.store,
+            self.settings.trust_domain,
+            spiffe_id,
+            self.sink,
+            actor=actor,
+            now=self.clock(),
+        )
+        self.changed()
+        return JSONResponse({"spiffe_id": spiffe_id, "lifted": lifted is not None})
 
 
 def _admin_user(token: VerifiedToken) -> str:

@@ -86,3 +86,19 @@ class IssuedSVID:
     not_after: dt.datetime
     chain_pem: str
     issued_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Suspension:
+    """``spiffe_id`` may hold no SVID, and services refuse it, until ``until`` (ms since
+    the epoch; None: until lifted). ``by``: who suspended it (``operator``, ``audit``,
+    ``user:<name>``); ``created``: when (ms)."""
+
+    spiffe_id: str
+    until: int | None
+    cause: str
+    created: int
+    by: str
+
+    def active(self, now_ms: int) -> bool:
+        return self.until is None or now_ms < self.until

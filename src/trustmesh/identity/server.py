@@ -28,7 +28,7 @@ from trustmesh.identity.admin_app import AdminTokens, IdentityAdmin
 from trustmesh.identity.attestation import boot_id
 from trustmesh.identity.ca import CASettings, CertificateAuthority
 from trustmesh.identity.discovery import Registry
-from trustmesh.identity.discovery_app import discovery_app
+from trustmesh.identity.discovery_app import SuspensionFeed, discovery_app
 from trustmesh.identity.endpoint import MAX_SOCKET_PATH as MAX_SOCKET_PATH
 from trustmesh.identity.endpoint import IdentityPaths as IdentityPaths
 from trustmesh.identity.endpoint import prepare_state_dir
@@ -178,8 +178,8 @@ class IdentityServer:
         self._ticker = asyncio.create_task(self._tick_forever())
 
     async def _serve_discovery(self) -> None:
-        """Discovery, the admin API and the health check on the mTLS listener; the
-        operator's socket; then the snapshot that says where they are."""
+        """Discovery, the suspensions feed, the admin API and the health check on the mTLS
+        listener; the operator's socket; then the snapshot that says where they are."""
         routes = IdentityAdmin(
             self.config,
             self.store,
@@ -188,13 +188,16 @@ class IdentityServer:
             self.admin_tokens,
             self._entries_changed,
             self._last_svid,
+            clock=self.clock,
         ).routes()
+        feed = SuspensionFeed(self.store, self.clock).routes()
         self.discovery = await serve_start(
             discovery_app(
                 self.registry,
                 self.sink,
                 self.clock,
-                [*routes, Route("/healthz", self._health, methods=["GET"])],
+                [*feed, *routes, Route("/healthz", self._health, methods=["GET"])],
+                suspended=self.service.suspended,
             ),
             source=self.self_svid,
             host="127.0.0.1",

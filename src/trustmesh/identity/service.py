@@ -1,4 +1,7 @@
 """The identity service's core: which SPIFFE IDs a process may hold, and issuing them.
+A suspended SPIFFE ID (:mod:`trustmesh.identity.suspensions`) is held by no one while
+its suspension lasts: no SVID is issued for it, new or renewed, and the refusal is an
+event (``suspended-spiffe-id``).
 
 No sockets here: the Workload API adapter (:mod:`trustmesh.identity.workload`) attests
 the peer and calls in; every decision is emitted as an event.
@@ -20,7 +23,7 @@ from trustmesh.identity import admin, rotation
 from trustmesh.identity.admin import DEFAULT_JOIN_TTL, ServiceSettings, hash_join_token, utcnow
 from trustmesh.identity.attestation import ProcessInfo, process_alive
 from trustmesh.identity.ca import CertificateAuthority
-from trustmesh.identity.models import IssuedSVID, RegistrationEntry
+from trustmesh.identity.models import IssuedSVID, RegistrationEntry, Suspension
 from trustmesh.identity.store import IdentityStore
 from trustmesh.reasons import Activity, Code, Reason
 from trustmesh.spiffeid import parse_spiffe_id
@@ -74,6 +77,8 @@ class IdentityService:
         self.sink = sink
         self.clock = clock
         self._entries: tuple[RegistrationEntry, ...] = ()
+        self._suspended: dict[str, Suspension] = {}
+        self._suspensions_version = -1
         self._issued: dict[str, X509SVID] = {}
         self.recorder = events.Recorder(sink, component="identity", clock=clock)
         self._ticks = 0
@@ -82,8 +87,9 @@ class IdentityService:
 
     # -- state -----------------------------------------------------------------------------
     def refresh_entries(self, *, written: bool = False) -> bool:
-        """Reload entries if another process changed the store, or this one did
-        (``written``: its own writes do not move PRAGMA data_version). True if changed."""
+        """Reload entries and suspensions if another process changed the store, or this
+        one did (``written``: its own writes do not move PRAGMA data_version). True if
+        changed."""
         version = self.store.data_version()
         if version == self._store_version and not written:
             return False
@@ -91,7 +97,30 @@ class IdentityService:
         entries = tuple(self.store.list_entries())
         changed = entries != self._entries
         self._entries = entries
-        return changed
+        return self._refresh_suspensions() or changed
+
+    def _refresh_suspensions(self) -> bool:
+        version = self.store.suspensions_version()
+        if version == self._suspensions_version:
+            return False
+        self._suspensions_version = version
+        now = int(self.clock().timestamp() * 1000)
+        self._suspended = {s.spiffe_id: s for s in self.store.suspensions(now)}
+        return True
+
+    def next_suspension_end(self) -> dt.datetime | None:
+        """When the first suspension in force ends by itself (None: none will): a stream
+        wakes then, and sends the SVID it withheld."""
+        now = int(self.clock().timestamp() * 1000)
+        ends = [s.until for s in self._suspended.values() if s.until is not None and s.until > now]
+        return dt.datetime.fromtimestamp(min(ends) / 1000, dt.UTC) if ends else None
+
+    def suspended(self, spiffe_id: str) -> Suspension | None:
+        """``spiffe_id``'s suspension in force now (as last read from the store), or None."""
+        found = self._suspended.get(spiffe_id)
+        if found is None or not found.active(int(self.clock().timestamp() * 1000)):
+            return None
+        return found
 
     def prune_bindings(self) -> int:
         """Forget join-token bindings of processes that have exited."""
@@ -125,7 +154,8 @@ class IdentityService:
     # -- attestation -----------------------------------------------------------------------
     def identities(self, proc: ProcessInfo) -> list[Identity]:
         """Every SPIFFE ID ``proc`` may hold: entries whose selectors it all presents,
-        and join tokens it redeemed. Raises AttestationError (and emits) when none."""
+        and join tokens it redeemed, but no suspended one (each refusal is an event).
+        Raises AttestationError (and emits) when none."""
         self.refresh_entries()  # an entry registered a moment ago counts at once
         selectors = proc.selectors()
         found: dict[str, dt.timedelta] = {}
@@ -138,6 +168,15 @@ class IdentityService:
         if not found:
             self._emit_refusal(proc, Reason.NO_MATCHING_ENTRY, "no registration entry matches")
             raise AttestationError("no registration entry matches", reason=Reason.NO_MATCHING_ENTRY)
+        for spiffe_id in [sid for sid in found if self.suspended(sid)]:
+            del found[spiffe_id]
+            self._emit_refusal(
+                proc, Reason.SPIFFE_ID_SUSPENDED, "the SPIFFE ID is suspended", spiffe_id=spiffe_id
+            )
+        if not found:
+            raise AttestationError(
+                "every SPIFFE ID of the workload is suspended", reason=Reason.SPIFFE_ID_SUSPENDED
+            )
         return [Identity(sid, ttl) for sid, ttl in sorted(found.items())]
 
     # -- issuance --------------------------------------------------------------------------
@@ -301,7 +340,9 @@ class IdentityService:
             )
 
     # -- events ------------------------------------------------------------------------------
-    def _emit_refusal(self, proc: ProcessInfo, reason: Code, message: str) -> None:
+    def _emit_refusal(
+        self, proc: ProcessInfo, reason: Code, message: str, *, spiffe_id: str | None = None
+    ) -> None:
         self._emit(
             events.EventClass.AUTHENTICATION,
             1,
@@ -309,6 +350,7 @@ class IdentityService:
             events.Decision.DENY,
             reason,
             f"workload refused: {message}",
+            spiffe_id=spiffe_id,
             attributes={
                 "pid": proc.pid,
                 "uid": proc.uid,

@@ -1,4 +1,5 @@
-"""Storage of the identity service: entries, join tokens, bindings, issued SVIDs, CAs.
+"""Storage of the identity service: entries, join tokens, bindings, issued SVIDs, CAs,
+suspended SPIFFE IDs.
 
 Behind a small Protocol; the default is one SQLite file in the state directory, shared by
 the running identity service and the CLI (WAL mode; the service notices the CLI's writes
@@ -16,7 +17,13 @@ from pathlib import Path
 from typing import Protocol
 
 from trustmesh.errors import ConflictError, NotFoundError, PermissionDeniedError
-from trustmesh.identity.models import Binding, IssuedSVID, JoinToken, RegistrationEntry
+from trustmesh.identity.models import (
+    Binding,
+    IssuedSVID,
+    JoinToken,
+    RegistrationEntry,
+    Suspension,
+)
 from trustmesh.reasons import Reason
 
 _SCHEMA = """
@@ -54,11 +61,21 @@ CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS suspensions (
+    spiffe_id TEXT PRIMARY KEY,
+    until_ms INTEGER,
+    cause TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    by TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS ca_generations (
     id INTEGER PRIMARY KEY,
     doc TEXT NOT NULL
 );
 """
+
+
+_SUSPENSION = "spiffe_id, until_ms, cause, created_ms, by"
 
 
 @dataclass(frozen=True)
@@ -87,6 +104,10 @@ class IdentityStore(Protocol):
     def last_svid(self, spiffe_id: str) -> IssuedSVID | None: ...
     def save_generations(self, generations: list[StoredGeneration]) -> None: ...
     def load_generations(self) -> list[StoredGeneration]: ...
+    def suspend(self, suspension: Suspension) -> None: ...
+    def lift_suspension(self, spiffe_id: str, now_ms: int) -> Suspension | None: ...
+    def suspensions(self, now_ms: int) -> list[Suspension]: ...
+    def suspensions_version(self) -> int: ...
 
 
 def _ts(value: dt.datetime) -> str:
@@ -179,6 +200,10 @@ class SqliteIdentityStore:
                 )
             if _dt(row[1]) <= now:
                 raise PermissionDeniedError("join token expired", reason=Reason.JOIN_TOKEN_EXPIRED)
+            if self._suspended(row[0], int(now.timestamp() * 1000)):  # the token stays unused
+                raise PermissionDeniedError(
+                    f"{row[0]} is suspended", reason=Reason.SPIFFE_ID_SUSPENDED
+                )
             self._db.execute(
                 "UPDATE join_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL",
                 (_ts(now), token_hash),
@@ -260,6 +285,65 @@ class SqliteIdentityStore:
     def load_generations(self) -> list[StoredGeneration]:
         rows = self._db.execute("SELECT id, doc FROM ca_generations ORDER BY id").fetchall()
         return [StoredGeneration(r[0], json.loads(r[1])) for r in rows]
+
+    # -- suspended SPIFFE IDs ----------------------------------------------------------
+    def suspend(self, suspension: Suspension) -> None:
+        """Suspend (or suspend again: the new end and cause replace the old)."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO suspensions VALUES (?, ?, ?, ?, ?)",
+                (
+                    suspension.spiffe_id,
+                    suspension.until,
+                    suspension.cause,
+                    suspension.created,
+                    suspension.by,
+                ),
+            )
+            self._bump_suspensions()
+
+    def lift_suspension(self, spiffe_id: str, now_ms: int) -> Suspension | None:
+        """Lift ``spiffe_id``'s suspension; the one lifted (None: none was in force)."""
+        with self._transaction():
+            row = self._db.execute(
+                f"SELECT {_SUSPENSION} FROM suspensions WHERE spiffe_id = ?",  # noqa: S608
+                (spiffe_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            self._db.execute("DELETE FROM suspensions WHERE spiffe_id = ?", (spiffe_id,))
+            self._bump_suspensions()
+        lifted = Suspension(*row)
+        return lifted if lifted.active(now_ms) else None
+
+    def suspensions(self, now_ms: int) -> list[Suspension]:
+        """The suspensions in force at ``now_ms`` (an ended one stays stored, unread, until
+        the ID is suspended again or lifted)."""
+        rows = self._db.execute(
+            f"SELECT {_SUSPENSION} FROM suspensions"  # noqa: S608 - a constant column list
+            " WHERE until_ms IS NULL OR until_ms > ? ORDER BY created_ms, spiffe_id",
+            (now_ms,),
+        ).fetchall()
+        return [Suspension(*r) for r in rows]
+
+    def suspensions_version(self) -> int:
+        """Moves on every change to the suspensions (what the feed's ETag is)."""
+        row = self._db.execute(
+            "SELECT value FROM meta WHERE key = 'suspensions_version'"
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def _suspended(self, spiffe_id: str, now_ms: int) -> bool:
+        row = self._db.execute(
+            "SELECT until_ms FROM suspensions WHERE spiffe_id = ?", (spiffe_id,)
+        ).fetchone()
+        return row is not None and (row[0] is None or now_ms < row[0])
+
+    def _bump_suspensions(self) -> None:
+        self._db.execute(
+            "INSERT INTO meta VALUES ('suspensions_version', '1') ON CONFLICT (key)"
+            " DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+        )
 
     def _transaction(self) -> _Tx:
         return _Tx(self._db)

@@ -345,7 +345,8 @@ class WorkloadAPI:
                 await stream.send_message(self._x509_response(svids))
                 sent_key = key
                 renew_at = min(s.renew_at for s in svids)
-            timeout = (renew_at - self.service.clock()).total_seconds()
+            wake = min(renew_at, self.service.next_suspension_end() or renew_at)
+            timeout = (wake - self.service.clock()).total_seconds()
             await self.feed.wait(version, timeout)
 
     def _x509_response(self, svids: list[X509SVID]) -> pb.X509SVIDResponse:

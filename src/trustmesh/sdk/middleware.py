@@ -6,6 +6,9 @@ On every request, in this order, each step answering with a structured JSON erro
    such a peer's ``GET /.well-known/trustmesh/health`` (exactly that raw path) is then
    answered ``200 {"status": "ok"}`` at once — no token, no policy, no event: the
    gateway's active health check, which learns nothing but that the service answers;
+   a peer whose SPIFFE ID is suspended (``suspended``: the identity service's feed, see
+   :mod:`trustmesh.sdk.suspensions`) → ``403 forbidden`` (``suspended-spiffe-id``),
+   health check included;
 2. the raw path must be canonical → else ``400 invalid_request`` (see
    :mod:`trustmesh.policy.paths`: a pattern can never be tricked);
 3. Cedar must permit (caller SPIFFE ID, method, canonical path) → else
@@ -21,6 +24,7 @@ Every decision, allow and deny, is an event (health checks decide nothing).
 from __future__ import annotations
 
 import json
+from collections.abc import Container
 from typing import Any
 
 from trustmesh import events
@@ -45,6 +49,7 @@ _NON_CANONICAL = _refusal(Reason.PATH_NON_CANONICAL, "the request path is not in
 _POLICY_DENY = _refusal(Reason.POLICY_DENY, "this call is not allowed")
 _TOKEN_MISSING = _refusal(Reason.TOKEN_MISSING, "a bearer access token is required")
 _TOKEN_INVALID = _refusal(Reason.TOKEN_MALFORMED, "the access token was refused")
+_SUSPENDED = _refusal(Reason.SPIFFE_ID_SUSPENDED, "the caller's SPIFFE ID is suspended")
 #: Where the gateway's health checks ask (``gateway.upstream.health_check.path``).
 HEALTH_PATH = b"/.well-known/trustmesh/health"
 _HEALTH_OK = json.dumps({"status": "ok"}).encode()
@@ -63,9 +68,13 @@ class ZeroTrustMiddleware:
         sink: events.EventSink,
         component: str | None = None,
         verifier: TokenVerifier | None = None,
+        suspended: Container[str] | None = None,
     ) -> None:
+        """``suspended``: the SPIFFE IDs refused whatever else holds (a
+        :class:`~trustmesh.sdk.suspensions.SuspensionFeed`); None: none is."""
         self.app = app
         self.verifier = verifier
+        self.suspended: Container[str] = suspended if suspended is not None else frozenset()
         self.authorizer = authorizer
         self.sink = sink
         self.component = component or authorizer.callee
@@ -92,6 +101,11 @@ class ZeroTrustMiddleware:
         if not caller:
             self._emit(events.Decision.DENY, Reason.UNAUTHENTICATED, "no valid peer SVID", scope)
             await respond_json(send, 401, UNAUTHENTICATED)
+            return
+        if caller in self.suspended:
+            refused = Reason.SPIFFE_ID_SUSPENDED
+            self._emit(events.Decision.DENY, refused, "peer suspended", scope, caller=caller)
+            await respond_json(send, ANSWERS[refused].status, _SUSPENDED)
             return
         raw = scope.get("raw_path") or scope["path"].encode("utf-8")
         if raw == HEALTH_PATH and method == "GET":  # only after the peer's SVID is verified

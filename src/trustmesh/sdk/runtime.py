@@ -45,6 +45,7 @@ from trustmesh.sdk.oauth import (
 )
 from trustmesh.sdk.secrets import SECRETS_URL_ENV, SecretsClient, secrets_url
 from trustmesh.sdk.serve import ASGIApp, Served, start
+from trustmesh.sdk.suspensions import SuspensionFeed
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.tokens import JWKSCache, TokenVerifier, VerifiedToken
 from trustmesh.sdk.workload import redeem_join_token
@@ -83,6 +84,8 @@ class Runtime:
     secrets_url: str | None = None
     #: Delivery of the service's events to the audit collector (``up`` names it).
     audit: AuditSink | None = None
+    #: The suspended SPIFFE IDs the middleware refuses (polled from discovery).
+    suspensions: SuspensionFeed | None = None
     _secrets: SecretsClient | None = None
 
     def secrets(self) -> SecretsClient:
@@ -138,6 +141,8 @@ class Runtime:
             await self._secrets.close()
         if self.discovery is not None:
             await self.discovery.close()
+        if self.suspensions is not None:
+            await self.suspensions.close()
         if self.revocations is not None:
             await self.revocations.close()
         if self.auth is not None:
@@ -278,13 +283,20 @@ async def run_service(
     if audit is not None:
         sink = events.FanoutSink(sink, audit)
     trust = await _TokenTrust.declared(tls, config, service, auth_url, gateway_url)
+    url = discovery_url or os.environ.get("TRUSTMESH_DISCOVERY_URL")
+    suspensions = SuspensionFeed(tls, url) if url else None
+    if suspensions is not None:
+        await suspensions.start()  # refused from the first request on
     guarded = ZeroTrustMiddleware(
-        app, authorizer=CallAuthorizer(config, service), sink=sink, verifier=trust.verifier
+        app,
+        authorizer=CallAuthorizer(config, service),
+        sink=sink,
+        verifier=trust.verifier,
+        suspended=suspensions,
     )
     if port is None:
         port = int(os.environ.get(PORT_ENV) or config.services[service].port or 0)
     served = await start(guarded, tls=tls, port=port)
-    url = discovery_url or os.environ.get("TRUSTMESH_DISCOVERY_URL")
     discovery = DiscoveryClient(tls, url) if url else None
     runtime = Runtime(
         config,
@@ -301,6 +313,7 @@ async def run_service(
         verifier=trust.verifier,
         own_clients=trust.clients,
         audit=audit,
+        suspensions=suspensions,
     )
     if discovery is not None:
         await discovery.register(runtime.url)
