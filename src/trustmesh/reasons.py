@@ -163,6 +163,9 @@ class Activity(enum.StrEnum):
     EVENTS_DROPPED = "events-dropped"
     #: A detection rule matched: an alert (OCSF Detection Finding, class 2004).
     ALERT_RAISED = "alert-raised"
+    #: Records past their class's retention were removed from the audit log, under a
+    #: signed prune checkpoint that names each one's link hash.
+    RECORDS_PRUNED = "records-pruned"
 
 
 #: What an event's ``reason`` carries: a decision's reason, or an activity.
