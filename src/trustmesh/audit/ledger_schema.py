@@ -121,6 +121,8 @@ def prune_grants(role: str, *, collector: str, schema: str | None = None) -> tup
     (``audit.retention.database``) can."""
     prefix = _names(role, schema)
     _names(collector, None)
+    if role == collector:
+        raise UsageError("the role that prunes must not be the collector's: it may DELETE")
     table = f'{prefix}"{prunes.name}"'
     statements = [
         f'REVOKE ALL ON {prefix}"{records.name}", {prefix}"{checkpoints.name}", '
