@@ -11,6 +11,8 @@ Events 5, 10, …, 50 are Authorize Session (3003, kept 30 days); the rest API A
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,14 +20,15 @@ import pytest
 from ledgerrig import T0, ledger_fixture, ocsf, sql, trusted  # noqa: F401 - the `ledger` fixture
 from sqlalchemy import text
 
-from trustmesh import crypto
+from trustmesh import crypto, events
 from trustmesh.audit.chain import PruneCheckpoint, make_prune_checkpoint
 from trustmesh.audit.checkpoint_file import read_checkpoints
 from trustmesh.audit.ledger import Ledger, Verification
-from trustmesh.audit.retention import Retention
+from trustmesh.audit.retention import Pruner, Retention
 from trustmesh.audit.verifier import Kind
 from trustmesh.errors import StateError
 from trustmesh.events import EventClass
+from trustmesh.reasons import Activity
 
 KEY = crypto.generate_signing_key()
 KEYS = trusted(KEY)
@@ -213,3 +216,27 @@ async def test_without_a_connection_that_may_delete_pruning_is_refused(log: Ledg
     with pytest.raises(StateError, match="pruning is off"):
         await log.prune(KEY, RULE, now=T0 + 12 * DAY)
     assert len(await stored(log)) == 50
+
+
+async def test_the_periodic_run_prunes_and_records_it(log: Ledger) -> None:
+    """The collector's loop (a short interval here; the ages come from the given clock,
+    never from waiting)."""
+    sink = events.MemorySink()
+    recorder = events.Recorder(sink, component="audit")
+    pruner = Pruner(log, KEY, RULE, recorder, lambda: T0 + 12 * DAY, batch=4)
+    task = asyncio.create_task(pruner.run(0.01))
+    try:
+        async with asyncio.timeout(10):
+            while not [e for e in sink.events if e.reason is Activity.RECORDS_PRUNED]:
+                await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    [recorded] = [e for e in sink.events if e.reason is Activity.RECORDS_PRUNED]
+    assert recorded.attributes["removed"] == 16  # in batches of 4, one prune recorded
+    assert len(await stored(log)) == 34
+    assert (recorded.attributes["by"], recorded.attributes["prune_checkpoints"]) == ("retention", 4)
+    assert (await pruner.prune()).total == 0
+    assert len([e for e in sink.events if e.reason is Activity.RECORDS_PRUNED]) == 1
+    assert (await verified(log)).finding is None

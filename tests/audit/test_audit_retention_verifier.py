@@ -21,6 +21,7 @@ from trustmesh.audit.chain import (
     Checkpoint,
     PruneCheckpoint,
     checkpoint_from_line,
+    link,
     make_prune_checkpoint,
 )
 from trustmesh.audit.verifier import ChainVerifier, Finding, Kind, Record
@@ -190,3 +191,15 @@ def test_a_prune_checkpoint_is_made_only_of_what_it_may_name() -> None:
             make_prune_checkpoint(removed, rule="default=7d", covered=covered, now=T0, key=KEY)
     with pytest.raises(UsageError):
         make_prune_checkpoint([(1, hash_)], rule="tab\there", covered=1, now=T0, key=KEY)
+
+
+def test_a_record_forged_back_into_a_pruned_place_is_named() -> None:
+    """Chained in right after the record before it, it passes its own link; the prune
+    checkpoint names another hash for that seq."""
+    forged_body = LOG[5].body.replace(b"GET /orders/6", b"GET /orders/x")
+    forged = Record(6, forged_body, link(LOG[4].hash, forged_body), None)
+    log = [*LOG[:5], forged, *LOG[6:]]
+    found, _ = run(log, [pruned([6])])
+    assert found is not None
+    assert (found.kind, found.seq) == (Kind.ALTERED, 6), found
+    assert "prune checkpoint" in found.message

@@ -179,11 +179,18 @@ class Pruner:
             if dry_run:
                 return await self.ledger.prune(self.key, self.retention, now=now, dry_run=True)
             done = Pruned(dry_run=False, rule=self.retention.rule)
-            for _ in range(self.batches):
-                step = await self.ledger.prune(self.key, self.retention, now=now, limit=self.batch)
-                done = done.add(step)
-                if step.total < self.batch:
-                    break
+            try:
+                for _ in range(self.batches):
+                    step = await self.ledger.prune(
+                        self.key, self.retention, now=now, limit=self.batch
+                    )
+                    done = done.add(step)
+                    if step.total < self.batch:
+                        break
+            except BaseException:  # a failure or a stop after some batches: those are done
+                if done.total:
+                    self._record(done, by)
+                raise
         if done.total or by is not None:
             self._record(done, by)
         return done

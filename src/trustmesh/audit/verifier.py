@@ -380,6 +380,14 @@ class ChainVerifier:
             )
         if record.fields is not None and (problem := _columns(record)) is not None:
             return Finding(Kind.ALTERED, record.seq, f"record {record.seq}: {problem}")
+        named = self._pruned_hash(record.seq)
+        if named is not None and named != record.hash:  # put back in a pruned record's place
+            return Finding(
+                Kind.ALTERED,
+                record.seq,
+                f"record {record.seq} is not the record a prune checkpoint removed from that "
+                "place (its hash differs): it was put back, forged",
+            )
         self._prev, self._prev_seq, self._expected = record.hash, record.seq, record.seq + 1
         self.records += 1
         self._remember(record.hash, record.seq)
