@@ -86,6 +86,7 @@ async def test_records_past_their_class_retention_are_pruned_and_the_chain_verif
     assert read_checkpoints(log.checkpoint_file)[-1] == made  # type: ignore[arg-type]
     verdict = await verified(log)
     assert (verdict.finding, verdict.records, verdict.pruned, verdict.covered) == (None, 34, 16, 40)
+    assert verdict.unsigned == 10
 
     # 20 days on: the second signed batch too; the unsigned tail 41..50 stays
     assert (await log.prune(KEY, RULE, now=T0 + 20 * DAY)).removed == {API: 16}

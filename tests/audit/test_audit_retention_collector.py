@@ -166,6 +166,16 @@ async def test_a_dry_run_from_the_command_line_removes_nothing(
     assert (await _stored(rig))[:2] == [1, 2]
 
 
+async def test_without_a_retention_the_prune_endpoint_says_pruning_is_off(
+    identity: RunningIdentityServer, short_tmp: Path
+) -> None:
+    async with collector_rig(identity, short_tmp / "state", collector_config()) as rig:
+        assert rig.running.pruner is None
+        status, answer = await rig.operator.call("POST", "/v1/prune", {"dry_run": True})
+        assert (status, answer["error"]) == (409, "conflict")
+        assert "pruning is off" in answer["message"]
+
+
 def test_pruning_off_on_postgresql_is_said_at_start(caplog: pytest.LogCaptureFixture) -> None:
     declared = collector_config(CONFIG).audit
     assert declared is not None

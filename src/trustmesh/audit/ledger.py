@@ -161,8 +161,9 @@ class Verification:
 
     @property
     def unsigned(self) -> int:
-        """Intact records after the last matching checkpoint (nothing signs them yet)."""
-        return self.records - self.covered
+        """Intact records after the last matching checkpoint (nothing signs them yet;
+        ``covered`` counts the pruned seqs under it too)."""
+        return self.records + self.pruned - self.covered
 
 
 def _raw(event: object) -> bytes:
