@@ -35,6 +35,7 @@ KEYS = trusted(KEY)
 DAY = timedelta(days=1)
 API, AUTHZ = int(EventClass.API_ACTIVITY), int(EventClass.AUTHORIZE_SESSION)
 RULE = Retention(default=7 * DAY, classes={AUTHZ: 30 * DAY})
+SQLITE_ONLY = pytest.mark.parametrize("ledger", ["sqlite"], indirect=True)
 
 
 @pytest.fixture
@@ -199,6 +200,7 @@ async def test_a_prune_checkpoint_removed_from_the_database_is_a_finding(log: Le
     assert "in the checkpoint file but not in the database" in finding.message
 
 
+@SQLITE_ONLY  # no database of its own: the file, and the ledger's setting
 async def test_a_prune_whose_file_write_fails_leaves_a_log_that_verifies(
     log: Ledger, tmp_path: Path
 ) -> None:
@@ -212,6 +214,7 @@ async def test_a_prune_whose_file_write_fails_leaves_a_log_that_verifies(
     assert (verdict.finding, verdict.pruned) == (None, 16)
 
 
+@SQLITE_ONLY  # no database of its own: the file, and the ledger's setting
 async def test_without_a_connection_that_may_delete_pruning_is_refused(log: Ledger) -> None:
     log.prune_engine = None
     with pytest.raises(StateError, match="pruning is off"):
