@@ -169,6 +169,9 @@ class Activity(enum.StrEnum):
     #: A SPIFFE ID suspended (no SVID issued, refused by services), or the suspension lifted.
     SPIFFE_ID_SUSPENDED = "spiffe-id-suspended"
     SPIFFE_ID_RESTORED = "spiffe-id-restored"
+    #: Records past their class's retention were removed from the audit log, under a
+    #: signed prune checkpoint that names each one's link hash.
+    RECORDS_PRUNED = "records-pruned"
 
 
 #: What an event's ``reason`` carries: a decision's reason, or an activity.

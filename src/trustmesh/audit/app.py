@@ -13,7 +13,10 @@ the trust domain; its SPIFFE ID is the verified peer certificate's).
   ``admin-denied`` event): ``GET /v1/events`` (filters: ``since``, ``until`` (ISO 8601),
   ``class_uid``, ``principal``, ``decision``, ``reason``, ``trace_id``, ``after`` (seq),
   ``newest``, ``limit``), ``POST /v1/verify`` {"checkpoints"?: [checkpoint line, …]}
-  (the verifier's own copy of the checkpoints, beside the stored ones and the file),
+  (the verifier's own copy of the checkpoints — prune checkpoints too — beside the
+  stored ones and the file), ``POST /v1/prune`` {"dry_run"?: bool} (remove the records
+  past retention now, or only count them: per class, the seqs, the prune checkpoints
+  signed; ``409`` when pruning is off — see :mod:`trustmesh.audit.retention`),
   ``GET /v1/alerts`` (the stored alerts, oldest first: ``after``, the id of the last
   alert seen; ``limit``; ``rule``, a rule id; ``level``, the least level),
   ``GET /v1/quarantine``, ``POST /v1/rules/test`` {"files": {name: Sigma YAML},
@@ -43,13 +46,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from trustmesh import events
-from trustmesh.audit.chain import Checkpoint
+from trustmesh.audit.chain import checkpoint_from_line
 from trustmesh.audit.detection import ReplayResult, run_rules
 from trustmesh.audit.response import Responder
+from trustmesh.audit.retention import Pruner
 from trustmesh.audit.search import Query
 from trustmesh.audit.service import MAX_BATCH, AuditService
 from trustmesh.errors import (
     ConfigError,
+    ConflictError,
     NotFoundError,
     TrustmeshError,
     UnavailableError,
@@ -131,11 +136,33 @@ def query_of(request: Request) -> Query:
 
 class _Collector:
     def __init__(
-        self, service: AuditService, recorder: events.Recorder, responder: Responder | None
+        self,
+        service: AuditService,
+        recorder: events.Recorder,
+        responder: Responder | None,
+        pruner: Pruner | None = None,
     ) -> None:
         self.service = service
         self.recorder = recorder
         self.responder = responder
+        self.pruner = pruner
+
+    async def prune(self, request: Request, actor: Actor) -> Response:
+        body = json_object(await request.body(), MAX_BODY, empty=True)
+        dry_run = body.get("dry_run", False)
+        if set(body) - {"dry_run"} or not isinstance(dry_run, bool):
+            raise UsageError('the body is {"dry_run"?: true or false}')
+        if self.pruner is None:
+            raise ConflictError(
+                "pruning is off: no retention is declared, or on PostgreSQL no "
+                "audit.retention.database may delete records"
+            )
+        if dry_run:  # a read of the log; a prune records itself (records-pruned)
+            done = await self.pruner.prune(dry_run=True)
+            record_read(self.recorder, "audit-prune-dry-run", actor)
+        else:
+            done = await self.pruner.prune(by=actor.name)
+        return JSONResponse(done.to_dict(), headers=_NO_STORE)
 
     async def responses(self, request: Request, actor: Actor) -> Response:
         limit = min(_int(request, "limit", 100) or 100, 1000)
@@ -198,10 +225,12 @@ class _Collector:
         if set(body) - {"checkpoints"} or not isinstance(lines, list):
             raise UsageError('the body is {"checkpoints": [checkpoint line, …]}')
         try:
-            given = [Checkpoint.from_line(str(line).encode()) for line in lines]
+            given = [checkpoint_from_line(str(line).encode()) for line in lines]
         except TrustmeshError as exc:
             raise UsageError(f"a checkpoint line is not one: {exc.detail}") from None
-        result = await self.service.verify(given or None)
+        # both kinds go on to Ledger.verify, which takes both (service.verify's hint
+        # names the older one)
+        result = await self.service.verify(given or None)  # type: ignore[arg-type]
         record_read(self.recorder, "audit-verify", actor)
         finding = result.finding
         return JSONResponse(
@@ -214,6 +243,7 @@ class _Collector:
                 "covered": result.covered,
                 "unsigned": result.unsigned,
                 "checkpoints": result.checkpoints,
+                "pruned": result.pruned,
             }
         )
 
@@ -336,8 +366,9 @@ def audit_app(
     recorder: events.Recorder,
     operator: str,
     responder: Responder | None = None,
+    pruner: Pruner | None = None,
 ) -> Starlette:
-    collector = _Collector(service, recorder, responder)
+    collector = _Collector(service, recorder, responder, pruner)
 
     async def as_operator(request: Request) -> Actor:
         return operator_only(request, operator)
@@ -351,6 +382,7 @@ def audit_app(
             Route("/v1/events", admin("audit-events", collector.search), methods=["GET"]),
             Route("/v1/health", collector.health, methods=["GET"]),
             Route("/v1/verify", admin("audit-verify", collector.verify), methods=["POST"]),
+            Route("/v1/prune", admin("audit-prune", collector.prune), methods=["POST"]),
             Route("/v1/alerts", admin("audit-alerts", collector.alerts), methods=["GET"]),
             Route(
                 "/v1/rules/test", admin("audit-rules-test", collector.test_rules), methods=["POST"]

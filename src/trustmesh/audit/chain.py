@@ -16,6 +16,13 @@ checkpoint, so the checkpoints form a chain of their own. Checkpoints are kept i
 database and, one JSON line each (:meth:`Checkpoint.to_line`), outside it: a log cut
 below a checkpoint kept elsewhere is visibly truncated.
 
+Records removed on purpose (retention: :mod:`trustmesh.audit.retention`) leave a
+:class:`PruneCheckpoint`, signed by the same key, that names each removed seq with its
+link hash: the record after a removed one links to that hash, so the chain still checks
+across the gap — and a seq missing without one is still a deletion. It is kept beside
+the checkpoints, in the database and in the same file (:func:`checkpoint_from_line`
+tells the two kinds of line apart).
+
 The indexed columns a record is searched by are derived from its body
 (:func:`fields_of`), and refused when absent or malformed (the caller quarantines the
 event, with the reason).
@@ -28,7 +35,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -41,20 +48,26 @@ from trustmesh.errors import StateError, UsageError
 __all__ = [
     "GENESIS",
     "LIMITS",
+    "MAX_PRUNE_LINE",
+    "PRUNE_CHUNK",
     "Checkpoint",
     "CheckpointPolicy",
     "Fields",
+    "PruneCheckpoint",
     "canonical",
     "checkpoint_due",
+    "checkpoint_from_line",
     "fields_of",
     "link",
     "make_checkpoint",
+    "make_prune_checkpoint",
     "ms",
 ]
 
 GENESIS = hashlib.sha256(b"trustmesh/audit/genesis/v1").digest()
 _RECORD = b"trustmesh/audit/record/v1\x00"
 _CHECKPOINT = b"trustmesh/audit/checkpoint/v1\x00"
+_PRUNE = b"trustmesh/audit/prune/v1\x00"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_LINE = 4096
 _UID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -64,6 +77,14 @@ _HEX_SIGNATURE = re.compile(r"[0-9a-f]{128}")
 _LINE_FIELDS = frozenset(
     {"v", "last_seq", "last_hash", "count", "time", "previous", "key_id", "signature"}
 )
+_PRUNE_FIELDS = frozenset(
+    {"v", "kind", "runs", "hashes", "rule", "covered", "time", "key_id", "signature"}
+)
+_RULE = re.compile(r"[ -~]{1,512}")  # printable ASCII: it is shown as it is
+#: The most records one prune checkpoint names (a prune of more writes several).
+PRUNE_CHUNK = 1000
+#: The longest line of a prune checkpoint (:data:`PRUNE_CHUNK` hashes and their runs).
+MAX_PRUNE_LINE = 160 * 1024
 #: The longest value each text column holds.
 LIMITS = {"principal": 2048, "src_ip": 64, "decision": 16, "reason": 128, "trace_id": 256}
 
@@ -349,3 +370,186 @@ def checkpoint_due(
     if last is None or head_seq - signed >= policy.records:
         return True
     return ms(now) - last.time >= policy.seconds * 1000
+
+
+# --- prune checkpoints -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PruneCheckpoint:
+    """A signed statement that records were removed on purpose: the seqs of ``runs``
+    (first seq, how many: consecutive seqs), ``hashes`` the link hash of each of them in
+    seq order (32 bytes each: what the record after a removed one links to), removed
+    under the retention ``rule`` (as the configuration said it) when records 1..``covered``
+    were signed by a :class:`Checkpoint`, at ``time`` (ms), signed by the key ``key_id``."""
+
+    runs: tuple[tuple[int, int], ...]
+    hashes: bytes
+    rule: str
+    covered: int
+    time: int
+    key_id: str
+    signature: bytes
+
+    @property
+    def first_seq(self) -> int:
+        return self.runs[0][0]
+
+    @property
+    def last_seq(self) -> int:
+        first, count = self.runs[-1]
+        return first + count - 1
+
+    @property
+    def count(self) -> int:
+        return sum(count for _, count in self.runs)
+
+    def removed(self) -> list[tuple[int, bytes]]:
+        """Each removed seq with its link hash, in seq order."""
+        seqs = [first + i for first, count in self.runs for i in range(count)]
+        return [(seq, self.hashes[32 * i : 32 * i + 32]) for i, seq in enumerate(seqs)]
+
+    def signed_fields(self) -> dict[str, object]:
+        return {
+            "v": 1,
+            "kind": "prune",
+            "runs": [list(run) for run in self.runs],
+            "hashes": self.hashes.hex(),
+            "rule": self.rule,
+            "covered": self.covered,
+            "time": self.time,
+            "key_id": self.key_id,
+        }
+
+    def signing_bytes(self) -> bytes:
+        """What the signature covers: a domain prefix of its own (a prune checkpoint's
+        signature can never pass for a checkpoint's), then the canonical JSON of every
+        field but the signature."""
+        return _PRUNE + canonical(self.signed_fields())
+
+    @property
+    def digest(self) -> bytes:
+        return hashlib.sha256(self.signing_bytes()).digest()
+
+    @property
+    def when(self) -> datetime:
+        return _EPOCH + timedelta(milliseconds=self.time)
+
+    def verifies(self, keys: Mapping[str, bytes]) -> bool:
+        """Whether it is signed by one of ``keys`` (key id → raw Ed25519 public key)."""
+        public = keys.get(self.key_id)
+        return public is not None and crypto.verify_detached(
+            public, self.signing_bytes(), self.signature
+        )
+
+    def to_line(self) -> bytes:
+        """One JSON line (with its newline), for the checkpoint file and the database."""
+        fields = self.signed_fields() | {"signature": self.signature.hex()}
+        return canonical(fields) + b"\n"
+
+    @classmethod
+    def from_line(cls, line: bytes) -> PruneCheckpoint:
+        """Parse :meth:`to_line`'s output; :class:`StateError` for anything else (runs
+        out of order or overlapping, a hash count that is not the runs' total…)."""
+        if len(line) > MAX_PRUNE_LINE:
+            raise StateError(f"a prune checkpoint line is at most {MAX_PRUNE_LINE} bytes")
+        try:
+            data = json.loads(line, object_pairs_hook=_unique, parse_constant=_no_constant)
+        except (ValueError, RecursionError):
+            raise StateError("a prune checkpoint line is not JSON") from None
+        if (
+            type(data) is not dict
+            or set(data) != _PRUNE_FIELDS
+            or data["v"] != 1
+            or data["kind"] != "prune"
+        ):
+            raise StateError("a prune checkpoint line must hold exactly the fields of version 1")
+        if any(type(data[n]) is not int or not 0 <= data[n] < 2**63 for n in ("covered", "time")):
+            raise StateError("a prune checkpoint's covered seq and time are non-negative integers")
+        runs = _runs(data["runs"])
+        texts = (data["hashes"], data["rule"], data["key_id"], data["signature"])
+        if not all(type(t) is str for t in texts) or not (
+            _RULE.fullmatch(data["rule"])
+            and _KEY_ID.fullmatch(data["key_id"])
+            and _HEX_SIGNATURE.fullmatch(data["signature"])
+            and re.fullmatch(r"(?:[0-9a-f]{64})+", data["hashes"])
+        ):
+            raise StateError("a prune checkpoint's hashes, rule, key id or signature are malformed")
+        if len(data["hashes"]) != 64 * sum(count for _, count in runs):
+            raise StateError("a prune checkpoint names one hash for each seq of its runs")
+        return cls(
+            runs=runs,
+            hashes=bytes.fromhex(data["hashes"]),
+            rule=data["rule"],
+            covered=data["covered"],
+            time=data["time"],
+            key_id=data["key_id"],
+            signature=bytes.fromhex(data["signature"]),
+        )
+
+
+def _runs(value: object) -> tuple[tuple[int, int], ...]:
+    """The runs of a prune checkpoint line: ascending, apart, at most PRUNE_CHUNK seqs."""
+    if type(value) is not list or not value:
+        raise StateError("a prune checkpoint's runs are a non-empty list")
+    out: list[tuple[int, int]] = []
+    end = 0  # the seq after the last run
+    for run in value:
+        if (
+            type(run) is not list
+            or len(run) != 2
+            or not all(type(n) is int for n in run)
+            or not (end < run[0] < 2**62 and 1 <= run[1] <= PRUNE_CHUNK)
+        ):
+            raise StateError("a prune checkpoint's runs are [first seq, count], ascending, apart")
+        out.append((run[0], run[1]))
+        end = run[0] + run[1]
+    if sum(count for _, count in out) > PRUNE_CHUNK:
+        raise StateError(f"a prune checkpoint names at most {PRUNE_CHUNK} records")
+    return tuple(out)
+
+
+def make_prune_checkpoint(
+    removed: Sequence[tuple[int, bytes]],
+    *,
+    rule: str,
+    covered: int,
+    now: datetime,
+    key: crypto.SigningKey,
+) -> PruneCheckpoint:
+    """Sign the removal of ``removed`` (seq, link hash; ascending seqs, at most
+    :data:`PRUNE_CHUNK`, none after ``covered``) under ``rule``."""
+    seqs = [seq for seq, _ in removed]
+    if not removed or len(removed) > PRUNE_CHUNK:
+        raise UsageError(f"a prune checkpoint names 1 to {PRUNE_CHUNK} records")
+    if seqs != sorted(set(seqs)) or seqs[0] < 1 or seqs[-1] > covered:
+        raise UsageError("removed seqs must ascend, each once, within the signed records")
+    if any(len(hash_) != 32 for _, hash_ in removed) or not _RULE.fullmatch(rule):
+        raise UsageError("a removed record's hash is 32 bytes; a rule is printable ASCII")
+    runs: list[list[int]] = []
+    for seq in seqs:
+        if runs and runs[-1][0] + runs[-1][1] == seq:
+            runs[-1][1] += 1
+        else:
+            runs.append([seq, 1])
+    unsigned = PruneCheckpoint(
+        runs=tuple((first, count) for first, count in runs),
+        hashes=b"".join(hash_ for _, hash_ in removed),
+        rule=rule,
+        covered=covered,
+        time=ms(now),
+        key_id=crypto.signing_key_id(crypto.signing_public_key(key)),
+        signature=b"",
+    )
+    return dataclasses.replace(
+        unsigned, signature=crypto.sign_detached(key, unsigned.signing_bytes())
+    )
+
+
+def checkpoint_from_line(line: bytes) -> Checkpoint | PruneCheckpoint:
+    """A line of the checkpoint file, of either kind; :class:`StateError` for anything
+    else. Only a prune checkpoint has the field ``kind`` (a checkpoint line with one is
+    refused by the prune parser, as it would be by its own)."""
+    if b'"kind"' in line:
+        return PruneCheckpoint.from_line(line)
+    return Checkpoint.from_line(line)

@@ -1,5 +1,7 @@
 """The checkpoint file: every signed checkpoint, one JSON line each, outside the
-database, so that cutting the log (and its stored checkpoints) stays visible.
+database, so that cutting the log (and its stored checkpoints) stays visible — and every
+prune checkpoint (:class:`~trustmesh.audit.chain.PruneCheckpoint`), so that records
+removed on purpose stay explained when the database's copy of it is gone.
 
 Appended with ``O_APPEND`` and fsynced before :meth:`Ledger.checkpoint
 <trustmesh.audit.ledger.Ledger.checkpoint>` returns; created 0600 (a file that exists
@@ -12,15 +14,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from trustmesh.audit.chain import Checkpoint
+from trustmesh.audit.chain import MAX_PRUNE_LINE, Checkpoint, PruneCheckpoint, checkpoint_from_line
 from trustmesh.errors import StateError
 
 __all__ = ["append_checkpoint", "read_checkpoints"]
 
-_MAX_LINE = 4096
+_MAX_LINE = MAX_PRUNE_LINE  # the longer kind of line
 
 
-def append_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
+def append_checkpoint(path: Path, checkpoint: Checkpoint | PruneCheckpoint) -> None:
     """Append ``checkpoint``'s line to ``path`` and fsync it (and, when the file is
     new, its directory); :class:`StateError` if it cannot be written."""
     try:
@@ -48,8 +50,9 @@ def append_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         ) from None
 
 
-def read_checkpoints(path: Path) -> list[Checkpoint]:
-    """Every checkpoint in ``path``, in file order (blank lines skipped)."""
+def read_checkpoints(path: Path) -> list[Checkpoint | PruneCheckpoint]:
+    """Every checkpoint and prune checkpoint in ``path``, in file order (blank lines
+    skipped)."""
     try:
         file = open(path, "rb")  # noqa: SIM115 - closed below; opened apart to name the error
     except OSError as exc:
@@ -62,7 +65,7 @@ def read_checkpoints(path: Path) -> list[Checkpoint]:
             if not line.strip():
                 continue
             try:
-                out.append(Checkpoint.from_line(line.rstrip(b"\n")))
+                out.append(checkpoint_from_line(line.rstrip(b"\n")))
             except StateError as exc:
                 raise StateError(f"{path}:{number}: {exc.detail}") from None
     return out

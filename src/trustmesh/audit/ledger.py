@@ -12,10 +12,15 @@ Tables:
   database: :mod:`trustmesh.audit.checkpoint_file`);
 - ``audit_quarantine``: what was refused — when, why, and the raw bytes (the first
   :data:`QUARANTINE_BYTES`, with the size and SHA-256 of the whole). Nothing received
-  is dropped silently.
+  is dropped silently;
+- ``audit_prunes``: the signed prune checkpoints of the records retention removed
+  (:meth:`Ledger.prune`, :mod:`trustmesh.audit.retention`).
 
-Writers never UPDATE or DELETE, so the collector's PostgreSQL role needs only INSERT
-and SELECT (:func:`~trustmesh.audit.ledger_schema.collector_grants`). They are
+Writers never UPDATE, and only :meth:`Ledger.prune` DELETEs — through its own engine
+(``prune_engine``; on PostgreSQL another role's, see
+:func:`~trustmesh.audit.ledger_schema.prune_grants`) — so the collector's PostgreSQL
+role needs only INSERT and SELECT
+(:func:`~trustmesh.audit.ledger_schema.collector_grants`). They are
 serialised without a row to update: a transaction-scoped advisory lock on PostgreSQL,
 ``BEGIN IMMEDIATE`` on SQLite; the head of the chain is the row with the highest seq,
 read under that lock. Appends go through the driver's executemany with the statement
@@ -29,6 +34,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,28 +42,41 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Row, select
+from sqlalchemy import Row, and_, bindparam, func, or_, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
 
 from trustmesh import crypto
 from trustmesh.audit.chain import (
     GENESIS,
+    PRUNE_CHUNK,
     Checkpoint,
     CheckpointPolicy,
     Fields,
+    PruneCheckpoint,
     canonical,
     checkpoint_due,
     fields_of,
     link,
     make_checkpoint,
+    make_prune_checkpoint,
     ms,
 )
 from trustmesh.audit.checkpoint_file import append_checkpoint, read_checkpoints
-from trustmesh.audit.ledger_schema import checkpoints, metadata, quarantine, records
+from trustmesh.audit.ledger_schema import (
+    checkpoints,
+    metadata,
+    prune_tables,
+    prunes,
+    quarantine,
+    records,
+)
+from trustmesh.audit.retention import Pruned, Retention
 from trustmesh.audit.search import Query, where
 from trustmesh.audit.verifier import ChainVerifier, Finding, Record
 from trustmesh.errors import StateError, UsageError
-from trustmesh.store import SqlStore, append_in_order
+from trustmesh.store import SqlStore, append_in_order, create_tables
 
 __all__ = [
     "MAX_EVENT_BYTES",
@@ -75,6 +94,9 @@ QUARANTINE_BYTES = 64 * 1024
 MAX_EVENT_BYTES = 1 << 20
 _IN_CHUNK = 500  # uids per `IN (...)`: far below every driver's limit on parameters
 _FIELDS = tuple(f.name for f in dataclasses.fields(Fields))
+_NO_PRIVILEGE = "42501"  # PostgreSQL's insufficient_privilege
+
+log = logging.getLogger("trustmesh.audit")
 
 
 def _insert_sql(connection: AsyncConnection) -> str:
@@ -135,11 +157,13 @@ class Verification:
     records: int
     covered: int  # records 1..covered match a signed checkpoint
     checkpoints: int  # checkpoints considered (the database's and the file's)
+    pruned: int = 0  # removed seqs a valid prune checkpoint names (not in ``records``)
 
     @property
     def unsigned(self) -> int:
-        """Intact records after the last matching checkpoint (nothing signs them yet)."""
-        return self.records - self.covered
+        """Intact records after the last matching checkpoint (nothing signs them yet;
+        ``covered`` counts the pruned seqs under it too)."""
+        return self.records + self.pruned - self.covered
 
 
 def _raw(event: object) -> bytes:
@@ -180,19 +204,37 @@ def _fields(row: Row[Any]) -> Fields:
 
 class Ledger(SqlStore):
     """The audit log on one engine. ``checkpoint_file``: where each checkpoint is also
-    appended (None: the database only)."""
+    appended (None: the database only). ``prune_engine``: the connection that may
+    DELETE records (:meth:`prune`): on SQLite the same file; None: pruning is off."""
 
     metadata = metadata
 
-    def __init__(self, engine: AsyncEngine, *, checkpoint_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        checkpoint_file: Path | None = None,
+        prune_engine: AsyncEngine | None = None,
+    ) -> None:
         super().__init__(engine)
         self.checkpoint_file = checkpoint_file
+        self.prune_engine = prune_engine
         self._insert: str | None = None  # compiled for the engine's dialect on first use
 
+    async def create(self) -> None:
+        await super().create()
+        await create_tables(self.engine, prune_tables)
+
+    async def close(self) -> None:
+        if self.prune_engine is not None and self.prune_engine is not self.engine:
+            await self.prune_engine.dispose()
+        await super().close()
+
     @contextlib.asynccontextmanager
-    async def _writing(self) -> AsyncIterator[AsyncConnection]:
-        """A transaction that is the only writer of the log until it ends."""
-        async with self.engine.connect() as connection, connection.begin():
+    async def _writing(self, engine: AsyncEngine | None = None) -> AsyncIterator[AsyncConnection]:
+        """A transaction that is the only writer of the log until it ends (on
+        ``engine``, the ledger's by default)."""
+        async with (engine or self.engine).connect() as connection, connection.begin():
             if connection.dialect.name == "sqlite":
                 await connection.exec_driver_sql("BEGIN IMMEDIATE")
             await append_in_order(connection, records)
@@ -318,6 +360,118 @@ class Ledger(SqlStore):
             query = select(checkpoints).order_by(checkpoints.c.last_seq)
             return [_checkpoint(row) for row in await connection.execute(query)]
 
+    async def prune_checkpoints(self) -> list[PruneCheckpoint]:
+        """The stored prune checkpoints, by their first seq (StateError: one unreadable).
+
+        A PostgreSQL role not granted SELECT on them (a deployment made before
+        retention, without :func:`~trustmesh.audit.ledger_schema.prune_grants`) reads
+        none, with a warning: fail-safe — a record retention removed then shows as
+        deleted, and nothing deleted can show as pruned."""
+        try:
+            async with self.engine.connect() as connection:
+                query = select(prunes.c.line).order_by(prunes.c.first_seq)
+                lines = [bytes(row.line) for row in await connection.execute(query)]
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) != _NO_PRIVILEGE:
+                raise
+            log.warning(
+                "audit: this role may not read %s (run prune_grants): records removed by "
+                "retention will show as deleted",
+                prunes.name,
+            )
+            return []
+        return [PruneCheckpoint.from_line(line.rstrip(b"\n")) for line in lines]
+
+    async def prune(
+        self,
+        key: crypto.SigningKey,
+        retention: Retention,
+        *,
+        now: datetime,
+        dry_run: bool = False,
+        limit: int = 10_000,
+    ) -> Pruned:
+        """Remove up to ``limit`` records past ``retention`` (the oldest first), under
+        prune checkpoints signed with ``key`` and written in the same transaction, then
+        appended to the checkpoint file; ``dry_run``: count them all, remove nothing.
+        What is past retention: see :mod:`trustmesh.audit.retention`. StateError when
+        pruning is off (no ``prune_engine``)."""
+        if self.prune_engine is None:
+            raise StateError("pruning is off: no connection may delete audit records")
+        done = Pruned(dry_run=dry_run, rule=retention.rule)
+        made: list[PruneCheckpoint] = []
+        async with self._writing(self.prune_engine) as connection:
+            head_seq, _ = await self._head(connection)
+            last = await self._last_checkpoint(connection)
+            if last is None or not retention.enabled:
+                return done
+            condition = await _past_retention(
+                connection, retention, now=now, top=min(last.last_seq, head_seq - 1)
+            )
+            if condition is None:
+                return done
+            if dry_run:
+                query = (
+                    select(records.c.class_uid, func.count(), func.min(records.c.seq))
+                    .add_columns(func.max(records.c.seq))
+                    .where(condition)
+                    .group_by(records.c.class_uid)
+                )
+                rows = (await connection.execute(query)).all()
+                return Pruned(
+                    dry_run=True,
+                    rule=retention.rule,
+                    removed={row[0]: row[1] for row in rows},
+                    first=min((row[2] for row in rows), default=None),
+                    last=max((row[3] for row in rows), default=None),
+                )
+            query = (
+                select(records.c.seq, records.c.class_uid, records.c.hash)
+                .where(condition)
+                .order_by(records.c.seq)
+                .limit(max(1, limit))
+            )
+            rows = (await connection.execute(query)).all()
+            if not rows:
+                return done
+            for start in range(0, len(rows), PRUNE_CHUNK):
+                chunk = rows[start : start + PRUNE_CHUNK]
+                cp = make_prune_checkpoint(
+                    [(row.seq, bytes(row.hash)) for row in chunk],
+                    rule=retention.rule,
+                    covered=last.last_seq,
+                    now=now,
+                    key=key,
+                )
+                await connection.execute(
+                    prunes.insert().values(
+                        first_seq=cp.first_seq,
+                        last_seq=cp.last_seq,
+                        time=cp.time,
+                        line=cp.to_line(),
+                    )
+                )
+                made.append(cp)
+            await connection.execute(
+                records.delete().where(records.c.seq == bindparam("pruned")),
+                [{"pruned": row.seq} for row in rows],
+            )
+            removed: dict[int, int] = {}
+            for row in rows:
+                removed[row.class_uid] = removed.get(row.class_uid, 0) + 1
+            done = Pruned(
+                dry_run=False,
+                rule=retention.rule,
+                removed=removed,
+                first=rows[0].seq,
+                last=rows[-1].seq,
+                checkpoints=len(made),
+            )
+        if self.checkpoint_file is not None:  # after the commit, as a checkpoint is
+            for cp in made:
+                append_checkpoint(self.checkpoint_file, cp)
+        return done
+
     async def search(self, query: Query) -> list[Stored]:
         """The records that match every filter of ``query``, in seq order."""
         order = records.c.seq.desc() if query.newest_first else records.c.seq
@@ -336,15 +490,17 @@ class Ledger(SqlStore):
         keys: Mapping[str, bytes],
         *,
         checkpoint_file: Path | None = None,
-        external: Sequence[Checkpoint] | None = None,
+        external: Sequence[Checkpoint | PruneCheckpoint] | None = None,
         page: int = 2000,
     ) -> Verification:
         """Check the whole log, ``page`` records at a time, against the stored
-        checkpoints, those in ``checkpoint_file`` and those given in ``external`` (a
-        verifier's own copy; ``keys``: key id → raw Ed25519 public key)."""
+        checkpoints and prune checkpoints, those in ``checkpoint_file`` and those given
+        in ``external`` (a verifier's own copy; ``keys``: key id → raw Ed25519 public
+        key)."""
         if checkpoint_file is not None:
             external = [*(external or ()), *read_checkpoints(checkpoint_file)]
-        stored = await self.checkpoints()
+        stored: list[Checkpoint | PruneCheckpoint] = [*await self.checkpoints()]
+        stored += await self.prune_checkpoints()
         verifier = ChainVerifier(keys, stored, external=external)
         columns = (records.c.seq, records.c.body, records.c.hash, *(records.c[n] for n in _FIELDS))
         after = None
@@ -365,4 +521,26 @@ class Ledger(SqlStore):
             records=verifier.records,
             covered=verifier.covered,
             checkpoints=len(stored) + len(external or ()),
+            pruned=verifier.pruned,
         )
+
+
+async def _past_retention(
+    connection: AsyncConnection, retention: Retention, *, now: datetime, top: int
+) -> ColumnElement[bool] | None:
+    """Which records are past ``retention``: per class, those covered by a checkpoint
+    signed at least its age before ``now``, never after seq ``top`` (None: none are)."""
+    conditions: list[ColumnElement[bool]] = []
+    listed = list(retention.classes)
+    for uid, age in retention.ages():
+        query = select(func.max(checkpoints.c.last_seq)).where(checkpoints.c.time <= ms(now - age))
+        bound = min((await connection.execute(query)).scalar() or 0, top)
+        if bound < 1:
+            continue
+        if uid is not None:
+            conditions.append(and_(records.c.class_uid == uid, records.c.seq <= bound))
+        elif listed:
+            conditions.append(and_(records.c.class_uid.not_in(listed), records.c.seq <= bound))
+        else:
+            conditions.append(records.c.seq <= bound)
+    return or_(*conditions) if conditions else None

@@ -2,19 +2,24 @@
 the audit key that signs checkpoints (Ed25519, sealed at rest under the state's sealing
 key), the detector over the shipped and declared Sigma rules, the alert store, the
 responder, the declared alert receivers (``audit.alerts``: signed webhooks, syslog over
-TLS), and the HTTP API, served over mTLS with its own SVID
-(``spiffe://<td>/trustmesh/audit``)."""
+TLS), the pruning of records past retention (``audit.retention``: every ``interval``,
+through the collector's own SQLite file or, on PostgreSQL, the pruning role's URL —
+without one, pruning is off and a warning says so at start), and the HTTP API, served
+over mTLS with its own SVID (``spiffe://<td>/trustmesh/audit``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
+
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from trustmesh import crypto, events
 from trustmesh.audit.alerts import AlertStore
@@ -26,11 +31,12 @@ from trustmesh.audit.endpoint import checkpoint_path
 from trustmesh.audit.ledger import Ledger
 from trustmesh.audit.response import AdminCaller, Caller, Responder
 from trustmesh.audit.response_store import ResponseStore
+from trustmesh.audit.retention import Pruner, Retention
 from trustmesh.audit.service import AuditService, OnAlerts
 from trustmesh.audit.syslog import SyslogSender
 from trustmesh.audit.webhook import WebhookSender, load_webhook
 from trustmesh.config import TrustmeshConfig
-from trustmesh.config.audit import AuditConfig, DetectionConfig
+from trustmesh.config.audit import AuditConfig, DetectionConfig, RetentionConfig
 from trustmesh.errors import ConfigError
 from trustmesh.platform.listeners import Served, bound_socket, start
 from trustmesh.sdk.tls import RotatingTLS
@@ -40,6 +46,8 @@ from trustmesh.store import create_engine, sqlite_url
 __all__ = ["RunningAudit", "detector_for", "serve_audit"]
 
 _KEY_CONTEXT: Final = b"trustmesh/audit/checkpoint-key"
+
+log = logging.getLogger("trustmesh.audit")
 
 
 class _Receiver(Protocol):
@@ -57,9 +65,13 @@ class RunningAudit:
     responder: Responder
     responding: asyncio.Task[None]
     receivers: list[_Receiver] = field(default_factory=list)
+    pruner: Pruner | None = None  # None: pruning is off
+    pruning: asyncio.Task[None] | None = None
 
     async def stop(self) -> None:
-        for task in (self.ticker, self.responding):
+        for task in (self.ticker, self.responding, self.pruning):
+            if task is None:
+                continue
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -120,6 +132,28 @@ def _paths(settings: AuditConfig, state: Path) -> tuple[Path, str, Path]:
     return folder, url, Path(file) if file else checkpoint_path(state.absolute())
 
 
+def retention_of(settings: RetentionConfig) -> Retention:
+    return Retention(default=settings.default, classes=dict(settings.classes))
+
+
+def prune_engine(settings: AuditConfig, url: str, engine: AsyncEngine) -> AsyncEngine | None:
+    """The connection that may delete records (the collector's own on SQLite, the
+    pruning role's on PostgreSQL); None, with a warning, when retention is declared
+    and there is none — never silently off."""
+    if not retention_of(settings.retention).enabled:
+        return None
+    if url.startswith("sqlite"):
+        return engine
+    if settings.retention.database is not None:
+        return create_engine(settings.retention.database)
+    log.warning(
+        "audit: retention is declared but pruning is off: on PostgreSQL the collector's "
+        "role may not DELETE; set audit.retention.database to the URL of a role given "
+        "prune_grants (trustmesh.audit.ledger_schema)"
+    )
+    return None
+
+
 async def serve_audit(
     config: TrustmeshConfig,
     state: Path,
@@ -138,7 +172,10 @@ async def serve_audit(
     settings = settings_of(config)
     detector = detector_for(config.detection, config_file.parent if config_file else None)
     folder, url, checkpoints = _paths(settings, state)
-    ledger = Ledger(create_engine(url), checkpoint_file=checkpoints)
+    engine = create_engine(url)
+    ledger = Ledger(
+        engine, checkpoint_file=checkpoints, prune_engine=prune_engine(settings, url, engine)
+    )
     sock = bound_socket(host, port if port is not None else settings.port)
     try:
         await ledger.create()
@@ -180,7 +217,18 @@ async def serve_audit(
             clock=clock,
         )
         receivers: list[_Receiver] = [r for r in (webhooks, syslog) if r is not None]
-        return await _serve(config, service, responder, source, host, sock, tick, receivers)
+        pruner = (
+            None
+            if ledger.prune_engine is None
+            else Pruner(ledger, key, retention_of(settings.retention), recorder, service.now)
+        )
+        running = await _serve(
+            config, service, responder, source, host, sock, tick, receivers, pruner
+        )
+        if pruner is not None:
+            interval = settings.retention.interval.total_seconds()
+            running.pruning = asyncio.create_task(pruner.run(interval))
+        return running
     except BaseException:
         sock.close()
         await ledger.close()
@@ -196,8 +244,10 @@ async def _serve(
     sock: socket.socket,
     tick: float,
     receivers: list[_Receiver],
+    pruner: Pruner | None = None,
 ) -> RunningAudit:
-    app = audit_app(service, responder.recorder, config.component_spiffe_id("operator"), responder)
+    operator = config.component_spiffe_id("operator")
+    app = audit_app(service, responder.recorder, operator, responder, pruner)
     outer = service.on_alerts
 
     async def on_alerts(alerts: list[Alert]) -> None:
@@ -216,5 +266,12 @@ async def _serve(
     ticker = asyncio.create_task(service.run(tick))
     responding = asyncio.create_task(responder.run())
     return RunningAudit(
-        service, served, f"https://{host}:{port}", ticker, responder, responding, receivers
+        service,
+        served,
+        f"https://{host}:{port}",
+        ticker,
+        responder,
+        responding,
+        receivers,
+        pruner,
     )

@@ -23,6 +23,15 @@ Stages, for each record in stored order (``seq`` ascending):
    those signed (``rewritten``: the chain was recomputed after a change somewhere in
    the range that checkpoint covers).
 
+Records removed by retention (:mod:`trustmesh.audit.retention`) are gaps in the seqs. A
+missing seq is accepted only when a validly signed
+:class:`~trustmesh.audit.chain.PruneCheckpoint` names it: its hash, as the prune
+checkpoint names it, takes the removed record's place in stages 1 and 3 — so the record
+after it must link to it, and a checkpoint at its seq must sign it. A missing seq that
+no valid prune checkpoint names is ``deleted``, as before, whoever removed it; a prune
+checkpoint that is not validly signed, or two that name one seq with different hashes,
+are a ``bad-checkpoint`` (reported first when they would explain a gap).
+
 At the end: a checkpoint beyond the last record means the log was cut (``truncated``).
 A checkpoint that is not validly signed by a known key, or whose predecessor is
 missing, is a ``bad-checkpoint`` at its seq. Checkpoints kept outside the database
@@ -41,7 +50,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from trustmesh.audit.chain import GENESIS, Checkpoint, Fields, fields_of, link
+from trustmesh.audit.chain import GENESIS, Checkpoint, Fields, PruneCheckpoint, fields_of, link
 from trustmesh.errors import UsageError
 
 __all__ = ["ChainVerifier", "Finding", "Kind", "Record", "verify_chain"]
@@ -95,16 +104,26 @@ def _when(cp: Checkpoint) -> str:
     return f"the checkpoint of seq {cp.last_seq} signed at {cp.when.isoformat()}"
 
 
+def _pruning(cp: PruneCheckpoint) -> str:
+    span = _span(cp.first_seq, cp.last_seq)
+    return f"the prune checkpoint of {span} ({cp.count} removed) signed at {cp.when.isoformat()}"
+
+
 class ChainVerifier:
     """Feed it the records in stored order (:meth:`feed`, any number of times), then
-    call :meth:`finish`. ``keys`` maps key ids to raw Ed25519 public keys."""
+    call :meth:`finish`. ``keys`` maps key ids to raw Ed25519 public keys. The stored
+    ``checkpoints`` and the ``external`` ones may include prune checkpoints (a
+    checkpoint file holds both kinds).
+
+    Memory: the window, the checkpoints, and 32 bytes per pruned record (the hashes the
+    prune checkpoints name, held as they were signed)."""
 
     def __init__(
         self,
         keys: Mapping[str, bytes],
-        checkpoints: Iterable[Checkpoint] = (),
+        checkpoints: Iterable[Checkpoint | PruneCheckpoint] = (),
         *,
-        external: Iterable[Checkpoint] | None = None,
+        external: Iterable[Checkpoint | PruneCheckpoint] | None = None,
         window: int = 1024,
     ) -> None:
         if window < 2:
@@ -112,6 +131,7 @@ class ChainVerifier:
         self._window = window
         self._prev, self._prev_seq, self._expected = GENESIS, 0, 1
         self.records = 0  # records that passed
+        self.pruned = 0  # removed seqs passed, each named by a valid prune checkpoint
         self.covered = 0  # the highest seq a matching checkpoint signed
         self._recent = {GENESIS: 0}  # the last `window` good hashes → seq
         self._buffer: list[Record] = []  # from the first broken link on
@@ -119,7 +139,17 @@ class ChainVerifier:
         # itself (a forged record chained in right at a checkpoint's seq)
         self._suspect: Finding | None = None
         self.finding: Finding | None = None
-        self._plan(list(checkpoints), None if external is None else list(external), keys)
+        stored, outside = list(checkpoints), None if external is None else list(external)
+        self._plan(
+            [c for c in stored if isinstance(c, Checkpoint)],
+            None if outside is None else [c for c in outside if isinstance(c, Checkpoint)],
+            keys,
+        )
+        self._plan_prunes(
+            [c for c in stored if isinstance(c, PruneCheckpoint)],
+            [c for c in outside or () if isinstance(c, PruneCheckpoint)],
+            keys,
+        )
 
     # --- checkpoints ----------------------------------------------------------------
 
@@ -167,19 +197,124 @@ class ChainVerifier:
     def _bad(cp: Checkpoint, message: str) -> Finding:
         return Finding(Kind.BAD_CHECKPOINT, cp.last_seq, message, checkpoint=cp.last_seq)
 
+    def _plan_prunes(
+        self,
+        stored: list[PruneCheckpoint],
+        external: list[PruneCheckpoint],
+        keys: Mapping[str, bytes],
+    ) -> None:
+        """The removed seqs the valid prune checkpoints name (as runs: first seq, the
+        hashes), and a finding for each invalid one, at its first seq."""
+        problems: list[Finding] = []
+        runs: list[tuple[int, bytes]] = []
+        seen: set[bytes] = set()
+        valid: set[bytes] = set()
+        for cp in stored + external:
+            if cp.digest in seen:
+                continue  # the same prune checkpoint from the database and the file
+            seen.add(cp.digest)
+            if not cp.verifies(keys):
+                why = "a key not trusted" if cp.key_id not in keys else "a bad signature"
+                problems.append(
+                    Finding(
+                        Kind.BAD_CHECKPOINT,
+                        cp.first_seq,
+                        f"{_pruning(cp)} has {why} (key id {cp.key_id}): the records it "
+                        "names are not known to have been pruned",
+                        end=cp.last_seq,
+                    )
+                )
+                continue
+            valid.add(cp.digest)
+            offset = 0
+            for first, count in cp.runs:
+                runs.append((first, cp.hashes[32 * offset : 32 * (offset + count)]))
+                offset += count
+        runs.sort(key=lambda run: run[0])
+        merged: list[tuple[int, bytes]] = []  # apart and ascending
+        for first, hashes in runs:
+            if merged and first < merged[-1][0] + len(merged[-1][1]) // 32:
+                top, held = merged[-1]  # overlapping: the two must agree where they do
+                shared = held[32 * (first - top) : 32 * (first - top) + len(hashes)]
+                if hashes[: len(shared)] != shared:
+                    problems.append(
+                        Finding(
+                            Kind.BAD_CHECKPOINT,
+                            first,
+                            f"two signed prune checkpoints name record {first}'s range "
+                            "with different hashes",
+                        )
+                    )
+                    continue
+                if len(hashes) > len(shared):
+                    merged[-1] = (top, held + hashes[len(shared) :])
+            else:
+                merged.append((first, hashes))
+        self._runs = merged[::-1]  # pop() = the next
+        self._prune_problems = sorted(problems, key=lambda f: f.seq, reverse=True)
+        kept = {cp.digest for cp in stored}
+        self._unstored_prunes = [
+            Finding(
+                Kind.BAD_CHECKPOINT,
+                cp.first_seq,
+                f"{_pruning(cp)} is in the checkpoint file but not in the database",
+                end=cp.last_seq,
+            )
+            for cp in sorted(external, key=lambda c: c.first_seq)
+            if cp.digest not in kept and cp.digest in valid
+        ]
+
+    def _pruned_hash(self, seq: int) -> bytes | None:
+        """The hash a valid prune checkpoint names for ``seq`` (None: none names it).
+        Seqs are asked in ascending order: the runs before ``seq`` are dropped."""
+        while self._runs:
+            first, hashes = self._runs[-1]
+            if seq < first:
+                return None
+            if seq < first + len(hashes) // 32:
+                return hashes[32 * (seq - first) : 32 * (seq - first) + 32]
+            self._runs.pop()
+        return None
+
+    def _skip_pruned(self, before: int) -> Finding | None:
+        """Pass the removed seqs from the expected one up to ``before`` that a valid
+        prune checkpoint names, each as its hash (checkpoints at them are checked)."""
+        if self._prune_problems and self._prune_problems[-1].seq < before:
+            return self._prune_problems.pop()  # it would have explained this gap
+        while self._expected < before:
+            hash_ = self._pruned_hash(self._expected)
+            if hash_ is None:
+                break
+            seq = self._expected
+            self._prev, self._prev_seq, self._expected = hash_, seq, seq + 1
+            self.pruned += 1
+            self._remember(hash_, seq)
+            found = self._check_marks(Record(seq, b"", hash_))
+            if found is not None and found.kind is Kind.REWRITTEN:
+                self._suspect, found = self._suspect or found, None
+            if found is not None:
+                return found
+        return None
+
+    def _remember(self, hash_: bytes, seq: int) -> None:
+        self._recent[hash_] = seq
+        if len(self._recent) > self._window:
+            del self._recent[next(iter(self._recent))]
+
     def _check_marks(self, record: Record) -> Finding | None:
         if self._problems and self._problems[-1].seq <= record.seq:
             return self._problems.pop()
         while self._marks and self._marks[-1].last_seq <= record.seq:
             cp = self._marks.pop()
-            if cp.last_hash != record.hash or cp.count != self.records:
+            if cp.last_hash != record.hash or cp.count != self.records + self.pruned:
                 first = self.covered + 1
                 return Finding(
                     Kind.REWRITTEN,
                     first,
                     f"{_span(first, cp.last_seq)}: the chain does not match {_when(cp)} "
                     f"(it signs hash {cp.last_hash.hex()[:16]}… over {cp.count} records; "
-                    f"the log has {record.hash.hex()[:16]}… over {self.records}): a record "
+                    f"the log has {record.hash.hex()[:16]}… over {self.records + self.pruned}):"
+                    " a record "
                     "in that range was altered, inserted or deleted and the chain recomputed",
                     end=cp.last_seq,
                     checkpoint=cp.last_seq,
@@ -198,6 +333,8 @@ class ChainVerifier:
                 self._buffer.append(record)
                 if len(self._buffer) >= self._window:
                     self.finding = self._conclude()
+            elif record.seq > self._expected and (found := self._skip_pruned(record.seq)):
+                self.finding = found
             elif link(self._prev, record.body) != record.hash:
                 self._buffer.append(record)
             else:
@@ -208,6 +345,8 @@ class ChainVerifier:
         """The first finding, after the last record was fed."""
         if self.finding is None and self._buffer:
             self.finding = self._conclude()
+        if self.finding is None and not self._buffer:  # pruned seqs after the last record
+            self.finding = self._skip_pruned(self._expected + 2**62)
         if self.finding is None:
             self.finding = self._suspect
         if self.finding is None and self._marks:
@@ -221,10 +360,14 @@ class ChainVerifier:
                     end=cp.last_seq,
                     checkpoint=cp.last_seq,
                 )
-        if self.finding is None and self._problems:
-            self.finding = self._problems.pop()
-        if self.finding is None and self._unstored:
-            self.finding = self._unstored[0]
+        if self.finding is None and (self._problems or self._prune_problems):
+            self.finding = min(
+                [*self._problems[-1:], *self._prune_problems[-1:]], key=lambda f: f.seq
+            )
+        if self.finding is None and (self._unstored or self._unstored_prunes):
+            self.finding = min(
+                [*self._unstored[:1], *self._unstored_prunes[:1]], key=lambda f: f.seq
+            )
         return self.finding
 
     def _accept(self, record: Record) -> Finding | None:
@@ -237,11 +380,17 @@ class ChainVerifier:
             )
         if record.fields is not None and (problem := _columns(record)) is not None:
             return Finding(Kind.ALTERED, record.seq, f"record {record.seq}: {problem}")
+        named = self._pruned_hash(record.seq)
+        if named is not None and named != record.hash:  # put back in a pruned record's place
+            return Finding(
+                Kind.ALTERED,
+                record.seq,
+                f"record {record.seq} is not the record a prune checkpoint removed from that "
+                "place (its hash differs): it was put back, forged",
+            )
         self._prev, self._prev_seq, self._expected = record.hash, record.seq, record.seq + 1
         self.records += 1
-        self._recent[record.hash] = record.seq
-        if len(self._recent) > self._window:
-            del self._recent[next(iter(self._recent))]
+        self._remember(record.hash, record.seq)
         found = self._check_marks(record)
         if found is not None and found.kind is Kind.REWRITTEN:
             self._suspect, found = found, None
@@ -348,9 +497,9 @@ def _columns(record: Record) -> str | None:
 def verify_chain(
     records: Iterable[Record],
     keys: Mapping[str, bytes],
-    checkpoints: Iterable[Checkpoint] = (),
+    checkpoints: Iterable[Checkpoint | PruneCheckpoint] = (),
     *,
-    external: Iterable[Checkpoint] | None = None,
+    external: Iterable[Checkpoint | PruneCheckpoint] | None = None,
 ) -> Finding | None:
     """Check ``records`` (in stored order) against ``checkpoints``: the first problem."""
     verifier = ChainVerifier(keys, checkpoints, external=external)

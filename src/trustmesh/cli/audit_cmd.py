@@ -263,3 +263,8 @@ def response_undo(
         print(json.dumps(record))
     else:
         _show_response(record)
+
+
+from trustmesh.cli.audit_prune_cmd import register_prune  # noqa: E402 - adds `audit prune`
+
+register_prune(app)

@@ -5,6 +5,11 @@ listener, store and checkpoints, how producers deliver to it, and the Sigma rule
       checkpoint_every: 1000        # sign the chain's head every N records ...
       checkpoint_interval: 10s      # ... or T, whichever comes first
       spool: {max_bytes: 67108864, on_full: block}
+      retention:
+        default: 365d               # prune records older than this (none: keep for ever)
+        classes: {6003: 90d, 2004: null}   # per OCSF class_uid; null keeps it for ever
+        interval: 1h                # how often the collector prunes
+        database: postgresql+asyncpg://audit_pruner@db/audit   # PostgreSQL only
     detection:
       rules: [rules/]               # more Sigma rule files or folders (beside the file)
       timezone: Europe/Paris
@@ -26,6 +31,7 @@ __all__ = [
     "AlertsConfig",
     "AuditConfig",
     "DetectionConfig",
+    "RetentionConfig",
     "SpoolConfig",
     "SyslogConfig",
     "WebhookConfig",
@@ -105,6 +111,56 @@ class AlertsConfig(BaseModel):
         return self
 
 
+class RetentionConfig(BaseModel):
+    """How long the audit log keeps each class of event (see trustmesh.audit.retention):
+    a record is pruned once a checkpoint signed at least its retention ago covers it,
+    and each prune leaves a signed prune checkpoint that keeps the chain verifiable."""
+
+    model_config = _MODEL_CONFIG
+
+    default: Duration | None = Field(
+        default=None, description="Keep records this long; none (the default): for ever."
+    )
+    classes: dict[int, Duration | None] = Field(
+        default_factory=dict,
+        max_length=256,
+        description="Per OCSF class_uid, a retention that overrides the default (null: for ever).",
+    )
+    interval: Duration = Field(
+        default="1h", validate_default=True, description="How often the collector prunes."
+    )
+    database: str | None = Field(
+        default=None,
+        pattern=r"^postgresql(\+asyncpg)?://",
+        max_length=2048,
+        description="PostgreSQL only: the URL of a role that may DELETE audit records and "
+        "INSERT prune checkpoints (trustmesh.audit.ledger_schema.prune_grants); the "
+        "collector's own role cannot. Without it pruning is off on PostgreSQL (the "
+        "collector says so when it starts). On SQLite the collector's own file is used.",
+    )
+
+    @field_validator("classes")
+    @classmethod
+    def _class_uids(cls, value: dict[int, object]) -> dict[int, object]:
+        for uid in value:
+            if not 0 < uid < 2**31:
+                raise PydanticCustomError(
+                    "invalid", "{uid} is not an OCSF class_uid (1 to 2^31-1)", {"uid": uid}
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RetentionConfig:
+        if not timedelta(seconds=10) <= self.interval <= timedelta(days=7):
+            raise PydanticCustomError("invalid", "retention.interval must be from 10s to 7d", {})
+        ages = [self.default, *self.classes.values()]
+        if any(age is not None and age < timedelta(hours=1) for age in ages):
+            raise PydanticCustomError(
+                "invalid", "a retention is at least 1h (or null: keep for ever)", {}
+            )
+        return self
+
+
 class AuditConfig(BaseModel):
     """The audit collector; `trustmesh up` runs it (every component delivers to it)."""
 
@@ -129,11 +185,21 @@ class AuditConfig(BaseModel):
     )
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
     @model_validator(mode="after")
     def _interval(self) -> AuditConfig:
         if not timedelta(seconds=1) <= self.checkpoint_interval <= timedelta(days=1):
             raise PydanticCustomError("invalid", "checkpoint_interval must be from 1s to 24h", {})
+        if self.retention.database is not None and not (self.database or "").startswith(
+            "postgresql"
+        ):
+            raise PydanticCustomError(
+                "invalid",
+                "retention.database is for a PostgreSQL audit database; on SQLite the "
+                "collector prunes its own file",
+                {},
+            )
         return self
 
 
