@@ -263,3 +263,6 @@ def response_undo(
         print(json.dumps(record))
     else:
         _show_response(record)
+
+
+from trustmesh.cli import audit_export_cmd as _export  # noqa: E402, F401 - registers its commands
