@@ -74,14 +74,21 @@ async def audit_stack(config: Path, state: Path, **serve: Any) -> AsyncIterator[
         identity.call(identity.server.service.register, AUDIT, selectors, None)
         source = X509Source(identity.address, spiffe_id=AUDIT)
         await source.start()
-        running = await serve_audit(
-            declared, state, source=source, sink=events.MemorySink(), config_file=config, **serve
-        )
-        where = endpoint_path(state)
-        where.write_text(json.dumps({"url": running.url}))
         try:
-            yield AuditStack(config, state, running)
+            running = await serve_audit(
+                declared,
+                state,
+                source=source,
+                sink=events.MemorySink(),
+                config_file=config,
+                **serve,
+            )
+            where = endpoint_path(state)
+            where.write_text(json.dumps({"url": running.url}))
+            try:
+                yield AuditStack(config, state, running)
+            finally:
+                where.unlink(missing_ok=True)
+                await running.stop()
         finally:
-            where.unlink(missing_ok=True)
-            await running.stop()
             await source.close()

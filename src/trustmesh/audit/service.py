@@ -10,7 +10,8 @@ Ingest, for one batch from one producer (its SPIFFE ID, from its certificate):
 3. only once it is durable is the batch acknowledged, and the stored events (never the
    duplicates) go through detection in chain order; alerts go to ``on_alerts``;
 4. a checkpoint is signed when N records or T seconds have passed since the last one
-   (:meth:`AuditService.tick` signs the time-due ones on a quiet log).
+   (:meth:`AuditService.tick` signs the time-due ones on a quiet log); each signed one
+   goes to ``on_checkpoint`` (a copy off the machine: the checkpoint webhook).
 
 The collector's own events (who read the log, the responses it took, the Detection
 Findings of its alerts) go into the same log: :attr:`AuditService.own` is an event sink
@@ -45,7 +46,7 @@ from trustmesh.audit.detection import Alert, Detector
 from trustmesh.audit.ledger import Appended, Ledger, Verification
 from trustmesh.audit.search import Query
 
-__all__ = ["MAX_BATCH", "AuditService", "Ingested", "OwnEvents"]
+__all__ = ["MAX_BATCH", "AuditService", "Ingested", "OnCheckpoint", "OwnEvents"]
 
 log = logging.getLogger("trustmesh.audit")
 
@@ -53,6 +54,9 @@ log = logging.getLogger("trustmesh.audit")
 MAX_BATCH: Final = 1000
 
 OnAlerts = Callable[[list[Alert]], Awaitable[None]]
+#: Given each checkpoint once it is stored and in the checkpoint file; it must not block
+#: (it queues: the event loop is the collector's).
+OnCheckpoint = Callable[[Checkpoint], None]
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,7 @@ class AuditService:
         clock: Callable[[], float] = time.time,
         spiffe_id: str = "",
         alert_store: AlertStore | None = None,
+        on_checkpoint: OnCheckpoint | None = None,
     ) -> None:
         self.ledger = ledger
         self.key = key
@@ -135,6 +140,7 @@ class AuditService:
         self.detector = detector
         self.policy = policy
         self.on_alerts = on_alerts
+        self.on_checkpoint = on_checkpoint
         self.clock = clock
         self.alerts: list[Alert] = []  # this process's, newest last (bounded)
         self._detecting = asyncio.Lock()  # detection sees records in chain order
@@ -158,7 +164,7 @@ class AuditService:
                     stored.discard(_uid(event))  # a uid twice in the batch: detected once
                     if event.get("class_uid") != _FINDING:
                         alerts.extend(self.detector.observe(event))
-        checkpoint = await self.ledger.checkpoint(self.key, now=self.now(), policy=self.policy)
+        checkpoint = await self._checkpoint()
         await self._raise(alerts)
         return Ingested(appended, tuple(alerts), checkpoint)
 
@@ -169,7 +175,14 @@ class AuditService:
         async with self._detecting:
             alerts = self.detector.advance(int(self.clock() * 1000))
         await self._raise(alerts)  # with any the store could not take before
-        return await self.ledger.checkpoint(self.key, now=self.now(), policy=self.policy)
+        return await self._checkpoint()
+
+    async def _checkpoint(self) -> Checkpoint | None:
+        """Sign the head if a checkpoint is due; hand it to ``on_checkpoint``."""
+        checkpoint = await self.ledger.checkpoint(self.key, now=self.now(), policy=self.policy)
+        if checkpoint is not None and self.on_checkpoint is not None:
+            self.on_checkpoint(checkpoint)
+        return checkpoint
 
     async def store_own(self) -> None:
         """Ingest the collector's own events (kept for the next try if the store fails)."""
