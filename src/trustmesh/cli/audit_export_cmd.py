@@ -8,6 +8,8 @@ export began (the collector records each page read as an event of its own: witho
 bound the export would chase them). Each page goes out before the next is read, so a
 log of any size is exported in bounded memory:
 
+Events go out as the collector stored them (OCSF, without the ``seq`` its API adds):
+
 - ``jsonl`` — one event a line (:func:`~trustmesh.audit.export.write_jsonl`) to
   ``--out`` (created 0600: it names users and addresses) or stdout;
 - ``syslog`` — RFC 5424 over TLS to ``--syslog HOST:PORT``
@@ -176,15 +178,17 @@ def read_key(path: Path, where: str) -> bytes:
     return key
 
 
-def _pseudonymiser(key_file: Path | None, config: Path | None) -> Pseudonymiser | None:
-    """From ``--pseudonymise-key-file``, else the declaration's (``--config``, else
-    ./trustmesh.yaml when there is one), else None."""
+def _pseudonymiser(
+    key_file: Path | None, config: Path | None, stack: TrustmeshConfig | None
+) -> Pseudonymiser | None:
+    """From ``--pseudonymise-key-file``, else the declaration's (``--config``, loaded
+    already as ``stack``, else ./trustmesh.yaml when there is one), else None."""
     if key_file is not None:
         return Pseudonymiser(read_key(key_file, "--pseudonymise-key-file"))
     path = config or Path.cwd() / CONFIG_FILE_NAME
     if config is None and not path.is_file():
         return None
-    declaration, _ = load_or_exit(path)
+    declaration = stack if stack is not None else load_or_exit(path)[0]
     name = declaration.audit.export.pseudonymise_key_file if declaration.audit else None
     if name is None:
         return None
@@ -343,7 +347,7 @@ def export_command(
     }
     stack = _declared(config)
     try:
-        pseudonymiser = _pseudonymiser(key_file, config)
+        pseudonymiser = _pseudonymiser(key_file, config, stack)
         _admin.admin_url(state, "audit")  # not running: said before anything is opened
         sink = _sink(fmt, out, syslog, otlp, ca_file)
     except TrustmeshError as exc:
