@@ -2,15 +2,18 @@
 the audit key that signs checkpoints (Ed25519, sealed at rest under the state's sealing
 key), the detector over the shipped and declared Sigma rules, the alert store, the
 responder, the declared alert receivers (``audit.alerts``: signed webhooks, syslog over
-TLS), the pruning of records past retention (``audit.retention``: every ``interval``,
-through the collector's own SQLite file or, on PostgreSQL, the pruning role's URL —
-without one, pruning is off and a warning says so at start), and the HTTP API, served
+TLS), the checkpoint webhook (``audit.checkpoint_webhook``: each signed checkpoint's
+line, POSTed signed, so that a copy lives off this machine), the pruning of records past
+retention (``audit.retention``: every ``interval``, through the collector's own SQLite
+file or, on PostgreSQL, the pruning role's URL — without one, pruning is off and a
+warning says so at start), and the HTTP API, served
 over mTLS with its own SVID (``spiffe://<td>/trustmesh/audit``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import socket
 import time
@@ -25,7 +28,7 @@ from trustmesh import crypto, events
 from trustmesh.audit.alerts import AlertStore
 from trustmesh.audit.app import audit_app
 from trustmesh.audit.behaviour import WorkingHours
-from trustmesh.audit.chain import CheckpointPolicy
+from trustmesh.audit.chain import Checkpoint, CheckpointPolicy
 from trustmesh.audit.detection import SHIPPED_RULES, Alert, Detector, DetectorSettings
 from trustmesh.audit.endpoint import checkpoint_path
 from trustmesh.audit.ledger import Ledger
@@ -36,7 +39,7 @@ from trustmesh.audit.service import AuditService, OnAlerts
 from trustmesh.audit.syslog import SyslogSender
 from trustmesh.audit.webhook import WebhookSender, load_webhook
 from trustmesh.config import TrustmeshConfig
-from trustmesh.config.audit import AuditConfig, DetectionConfig, RetentionConfig
+from trustmesh.config.audit import AuditConfig, DetectionConfig, RetentionConfig, WebhookConfig
 from trustmesh.errors import ConfigError
 from trustmesh.platform.listeners import Served, bound_socket, start
 from trustmesh.sdk.tls import RotatingTLS
@@ -67,6 +70,7 @@ class RunningAudit:
     receivers: list[_Receiver] = field(default_factory=list)
     pruner: Pruner | None = None  # None: pruning is off
     pruning: asyncio.Task[None] | None = None
+    checkpoints: WebhookSender | None = None  # the checkpoint webhook's
 
     async def stop(self) -> None:
         for task in (self.ticker, self.responding, self.pruning):
@@ -80,6 +84,8 @@ class RunningAudit:
             await self.service.store_own()
         for receiver in self.receivers:  # what they can send in a few seconds
             await asyncio.to_thread(receiver.close, 3.0)
+        if self.checkpoints is not None:  # after the last checkpoint store_own made
+            await asyncio.to_thread(self.checkpoints.close, 3.0)
         await self.service.ledger.close()
 
 
@@ -100,6 +106,32 @@ def _receivers(
             hostname=hostname,
         ),
     )
+
+
+def _checkpoint_sender(settings: AuditConfig, folder: Path) -> WebhookSender | None:
+    """The declared checkpoint webhook's sender (not started): every checkpoint, of any
+    level, to the one hook."""
+    declared = settings.checkpoint_webhook
+    if declared is None:
+        return None
+    hook = WebhookConfig(
+        name="checkpoints",
+        url=declared.url,
+        secret_file=declared.secret_file,
+        ca_file=declared.ca_file,
+        min_level="informational",
+    )
+    return WebhookSender([load_webhook(hook, folder, key="audit.checkpoint_webhook")])
+
+
+def _posting(sender: WebhookSender) -> Callable[[Checkpoint], None]:
+    """Queue a checkpoint on ``sender``: its line (:meth:`Checkpoint.to_line`, without
+    the line break) as the body, which is the same canonical JSON."""
+
+    def post(checkpoint: Checkpoint) -> None:
+        sender.submit(json.loads(checkpoint.to_line()))
+
+    return post
 
 
 def settings_of(config: TrustmeshConfig) -> AuditConfig:
@@ -203,9 +235,11 @@ async def serve_audit(
         )
         responses = ResponseStore(ledger.engine)
         await responses.create()
-        webhooks, syslog = _receivers(
-            settings, config_file.parent if config_file else Path.cwd(), socket.gethostname()
-        )
+        declared_in = config_file.parent if config_file else Path.cwd()
+        webhooks, syslog = _receivers(settings, declared_in, socket.gethostname())
+        copies = _checkpoint_sender(settings, declared_in)
+        if copies is not None:  # queued until it starts, with the collector
+            service.on_checkpoint = _posting(copies)
         recorder = events.Recorder(
             events.FanoutSink(sink, service.own), component="audit", spiffe_id=spiffe_id
         )
@@ -228,6 +262,9 @@ async def serve_audit(
         if pruner is not None:
             interval = settings.retention.interval.total_seconds()
             running.pruning = asyncio.create_task(pruner.run(interval))
+        if copies is not None:
+            copies.start()
+            running.checkpoints = copies
         return running
     except BaseException:
         sock.close()

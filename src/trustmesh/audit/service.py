@@ -10,7 +10,8 @@ Ingest, for one batch from one producer (its SPIFFE ID, from its certificate):
 3. only once it is durable is the batch acknowledged, and the stored events (never the
    duplicates) go through detection in chain order; alerts go to ``on_alerts``;
 4. a checkpoint is signed when N records or T seconds have passed since the last one
-   (:meth:`AuditService.tick` signs the time-due ones on a quiet log).
+   (:meth:`AuditService.tick` signs the time-due ones on a quiet log); each signed one
+   goes to ``on_checkpoint`` (a copy off the machine: the checkpoint webhook).
 
 The collector's own events (who read the log, the responses it took, the Detection
 Findings of its alerts) go into the same log: :attr:`AuditService.own` is an event sink
@@ -45,7 +46,7 @@ from trustmesh.audit.detection import Alert, Detector
 from trustmesh.audit.ledger import Appended, Ledger, Verification
 from trustmesh.audit.search import Query
 
-__all__ = ["MAX_BATCH", "AuditService", "Ingested", "OwnEvents"]
+__all__ = ["MAX_BATCH", "AuditService", "Ingested", "OnCheckpoint", "OwnEvents"]
 
 log = logging.getLogger("trustmesh.audit")
 
@@ -53,6 +54,9 @@ log = logging.getLogger("trustmesh.audit")
 MAX_BATCH: Final = 1000
 
 OnAlerts = Callable[[list[Alert]], Awaitable[None]]
+#: Given each checkpoint once it is stored and in the checkpoint file; it must not block
+#: (it queues: the event loop is the collector's).
+OnCheckpoint = Callable[[Checkpoint], None]
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,7 @@ class AuditService:
         clock: Callable[[], float] = time.time,
         spiffe_id: str = "",
         alert_store: AlertStore | None = None,
+        on_checkpoint: OnCheckpoint | None = None,
     ) -> None:
         self.ledger = ledger
         self.key = key
@@ -137,6 +142,7 @@ class AuditService:
         self.detector = detector
         self.policy = policy
         self.on_alerts = on_alerts
+        self.on_checkpoint = on_checkpoint
         self.clock = clock
         self.alerts: list[Alert] = []  # this process's, newest last (bounded)
         self._detecting = asyncio.Lock()  # detection sees records in chain order
@@ -177,10 +183,11 @@ class AuditService:
         return await self._checkpoint(None)
 
     async def _checkpoint(self, head: int | None) -> Checkpoint | None:
-        """A checkpoint if one is due. With the head just appended (``head``) and the
-        newest checkpoint known, a batch that makes none due costs no query; the ledger
-        decides under its lock otherwise (another collector may have signed since: a
-        stale newest checkpoint only makes this ask more often, never less)."""
+        """A checkpoint if one is due, handed to ``on_checkpoint``. With the head just
+        appended (``head``) and the newest checkpoint known, a batch that makes none due
+        costs no query; the ledger decides under its lock otherwise (another collector
+        may have signed since: a stale newest checkpoint only makes this ask more often,
+        never less)."""
         now = self.now()
         last = self._newest
         if (
@@ -191,6 +198,8 @@ class AuditService:
             return None
         made = await self.ledger.checkpoint(self.key, now=now, policy=self.policy)
         self._newest = made or await self.ledger.newest_checkpoint()
+        if made is not None and self.on_checkpoint is not None:
+            self.on_checkpoint(made)
         return made
 
     async def store_own(self) -> None:

@@ -107,13 +107,14 @@ class Webhook:
         return rank >= LEVELS.index(self.min_level)
 
 
-def load_webhook(config: WebhookConfig, folder: Path) -> Webhook:
+def load_webhook(config: WebhookConfig, folder: Path, *, key: str | None = None) -> Webhook:
     """The :class:`Webhook` a declaration's ``audit.alerts.webhooks`` entry describes:
     its secret read from ``secret_file`` (trailing line breaks dropped), which must be
     a regular file no one but its owner may read or write; relative paths are taken
-    from ``folder`` (the declaration's)."""
+    from ``folder`` (the declaration's). ``key``: the entry's key path in messages, for
+    a hook declared elsewhere (``audit.checkpoint_webhook``)."""
     path = folder / config.secret_file
-    where = f"{path}: audit.alerts.webhooks[{config.name}].secret_file"
+    where = f"{path}: {key or f'audit.alerts.webhooks[{config.name}]'}.secret_file"
     try:
         info = path.stat()
         if not stat.S_ISREG(info.st_mode):

@@ -268,3 +268,5 @@ def response_undo(
 from trustmesh.cli.audit_prune_cmd import register_prune  # noqa: E402 - adds `audit prune`
 
 register_prune(app)
+
+from trustmesh.cli import audit_export_cmd as _export  # noqa: E402, F401 - registers its commands

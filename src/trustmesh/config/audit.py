@@ -30,7 +30,9 @@ from trustmesh.config.durations import Duration
 __all__ = [
     "AlertsConfig",
     "AuditConfig",
+    "CheckpointWebhookConfig",
     "DetectionConfig",
+    "ExportConfig",
     "RetentionConfig",
     "SpoolConfig",
     "SyslogConfig",
@@ -161,6 +163,42 @@ class RetentionConfig(BaseModel):
         return self
 
 
+class ExportConfig(BaseModel):
+    """How ``trustmesh audit export`` sends the log to another tool."""
+
+    model_config = _MODEL_CONFIG
+
+    pseudonymise_key_file: str | None = Field(
+        default=None,
+        min_length=1,
+        description="A file (mode 0600 or stricter) holding at least 32 random bytes: "
+        "exported subjects and addresses become keyed pseudonyms (HMAC-SHA256); relative "
+        "to the declaration's folder. Never the key itself.",
+    )
+
+
+class CheckpointWebhookConfig(BaseModel):
+    """Where every signed checkpoint is also POSTed, signed with HMAC-SHA256 like the
+    alert webhooks: a copy off this machine, so cutting the log and the local checkpoint
+    file together stays visible."""
+
+    model_config = _MODEL_CONFIG
+
+    url: str = Field(
+        pattern=r"^https://[^\s@/]+(/[^\s]*)?$",
+        max_length=2048,
+        description="https only; no credentials in it.",
+    )
+    secret_file: str = Field(
+        min_length=1,
+        description="A file (mode 0600 or stricter) holding the signing secret, at least "
+        "16 bytes; relative to the declaration's folder. Never the secret itself.",
+    )
+    ca_file: str | None = Field(
+        default=None, description="PEM CA certificates to trust instead of the system's."
+    )
+
+
 class AuditConfig(BaseModel):
     """The audit collector; `trustmesh up` runs it (every component delivers to it)."""
 
@@ -186,6 +224,10 @@ class AuditConfig(BaseModel):
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    checkpoint_webhook: CheckpointWebhookConfig | None = Field(
+        default=None, description="Also POST each signed checkpoint here (signed)."
+    )
 
     @model_validator(mode="after")
     def _interval(self) -> AuditConfig:
