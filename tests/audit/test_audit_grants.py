@@ -43,6 +43,17 @@ def grants(*args: str) -> tuple[int, list[str], str]:
     return result.exit_code, result.stdout.splitlines(), result.stderr
 
 
+def test_a_prune_role_may_delete_records_and_nothing_else() -> None:
+    code, lines, _ = grants("tm_collector", "--prune-role", "tm_pruner")
+    assert code == 0
+    deleting = [line for line in lines if "DELETE" in line]
+    assert deleting == ['GRANT SELECT, DELETE ON "audit_records" TO "tm_pruner";']
+    assert 'GRANT SELECT, INSERT ON "audit_prunes" TO "tm_pruner";' in lines
+    code, _, err = grants("tm_collector", "--prune-role", "tm_collector")
+    assert code == 2
+    assert "must not be the collector" in err
+
+
 def test_every_table_is_granted_select_and_insert_only() -> None:
     assert len(TABLES) == 7
     code, lines, _ = grants("tm_collector")
@@ -52,11 +63,15 @@ def test_every_table_is_granted_select_and_insert_only() -> None:
     named = sorted(re.findall(r'"(audit_[a-z_]+)"', " ".join(granted)))
     assert named == TABLES  # each once
     revoked = " ".join(line for line in lines if line.startswith("REVOKE ALL ON "))
-    assert sorted(re.findall(r'"(audit_[a-z_]+)"', revoked)) == TABLES
+    assert sorted(re.findall(r'"(audit_[a-z_]+)"', revoked)) == sorted([*TABLES, "audit_prunes"])
     for line in lines:
         assert line.endswith('"tm_collector";')
         assert not re.search(r"\b(UPDATE|DELETE|TRUNCATE|OWNER|SUPERUSER)\b", line), line
-        assert line.startswith(("REVOKE ALL ON", "GRANT SELECT, INSERT ON", "GRANT USAGE ON "))
+        assert line.startswith(
+            ("REVOKE ALL ON", "GRANT SELECT, INSERT ON", "GRANT USAGE ON ", "GRANT SELECT ON ")
+        )
+    # the prune checkpoints: read (verify needs them), never written by the collector
+    assert 'GRANT SELECT ON "audit_prunes" TO "tm_collector";' in lines
     assert 'GRANT USAGE ON SEQUENCE "audit_alerts_id_seq" TO "tm_collector";' in lines
 
 

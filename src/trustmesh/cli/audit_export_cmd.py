@@ -49,6 +49,7 @@ from urllib.parse import urlencode
 
 import typer
 
+from trustmesh.audit import ledger_schema
 from trustmesh.audit._delivery import Backoff
 from trustmesh.audit.alerts import alert_grants
 from trustmesh.audit.export import OtlpExporter, export_syslog, write_jsonl
@@ -373,26 +374,41 @@ def export_command(
     )
 
 
-def grants_for(role: str, *, schema: str | None = None) -> tuple[str, ...]:
+def grants_for(
+    role: str, *, schema: str | None = None, prune_role: str | None = None
+) -> tuple[str, ...]:
     """Every statement that lets ``role`` (the collector) use all its tables — the log,
-    the alerts, the responses — with SELECT and INSERT only."""
-    return (
+    the alerts, the responses — with SELECT and INSERT only, and read the prune
+    checkpoints (verify needs them); with ``prune_role``, the statements that let that
+    role (``audit.retention.database``) prune, and nothing else."""
+    prefix = f'"{schema}".' if schema else ""
+    prunes = f'{prefix}"{ledger_schema.prunes.name}"'
+    statements = (
         *collector_grants(role, schema=schema),
         *alert_grants(role, schema=schema),
         *response_grants(role, schema=schema),
+        f'REVOKE ALL ON {prunes} FROM "{role}"',
+        f'GRANT SELECT ON {prunes} TO "{role}"',
     )
+    if prune_role is None:
+        return statements
+    return (*statements, *ledger_schema.prune_grants(prune_role, collector=role, schema=schema))
 
 
 @app.command("grants")
 def grants_command(
     role: Annotated[str, typer.Argument(help="The collector's PostgreSQL role.")],
     schema: Annotated[str | None, typer.Option(help="The tables' schema, if not public.")] = None,
+    prune_role: Annotated[
+        str | None,
+        typer.Option(help="The role that prunes past retention (DELETE on the records only)."),
+    ] = None,
 ) -> None:
     """Print the PostgreSQL statements that let ROLE (the collector) append to and read
-    its tables, and nothing else. The tables' owner runs them, after the tables exist;
-    the collector must not own them."""
+    its tables, and nothing else (with --prune-role, those that let that role prune).
+    The tables' owner runs them, after the tables exist; neither role may own them."""
     try:
-        statements = grants_for(role, schema=schema)
+        statements = grants_for(role, schema=schema, prune_role=prune_role)
     except TrustmeshError as exc:
         fail_on(exc)
     for statement in statements:
