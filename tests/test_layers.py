@@ -39,6 +39,10 @@ CLI_STILL_INSIDE: set[tuple[str, str]] = set()
 #: What the CLI may always read of a component: where it listens, and the names of
 #: what its admin API takes.
 CLI_MAY_READ = {"endpoint", "methods"}
+#: And of the audit collector: the SIEM formats and senders ``audit export`` applies to
+#: what the API answered, and the tables' grants ``audit grants`` prints (no store).
+CLI_MAY_READ |= {"export", "syslog", "pseudonymise", "_delivery", "ledger_schema"}
+CLI_MAY_READ |= {"alerts", "response_store"}
 
 
 def _module_of(path: Path) -> str:

@@ -770,7 +770,7 @@ async def test_the_stack_delivers_its_events_and_alerts_on_what_it_saw(
             assert (await orders.get("/orders/ord_1")).status == 403
     delivered: set[str] = set()
     deadline = time.monotonic() + 30
-    wanted = {"auth", "gateway", "secrets", "inventory", "orders", "audit"}
+    wanted = {"identity", "auth", "gateway", "secrets", "inventory", "orders", "audit"}
     while not wanted <= delivered and time.monotonic() < deadline:
         found = tm("audit", "events", "--state", state, "--json", "--limit", "1000")
         assert found.returncode == 0, found.stderr

@@ -253,3 +253,37 @@ async def test_the_sink_up_asks_for(
         assert sink.client.expected == AUDIT
     finally:
         await asyncio.to_thread(sink.close, 0.1)
+
+
+async def test_a_producer_follows_the_collector_where_it_says_it_listens(
+    identity: RunningIdentityServer,
+    payments: X509Source,
+    short_tmp: Path,
+    config: TrustmeshConfig,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Started before the collector (``up`` names none yet), a producer spools; once the
+    collector writes its endpoint file the events go there — and again after it comes
+    back on another port."""
+    state = short_tmp / "state"
+    endpoint = state / "audit" / "endpoint.json"
+    monkeypatch.setenv(AUDIT_URL_ENV, "")
+    sink = audit_sink_from_env(payments, config, state, "payments")
+    assert sink is not None
+    try:
+        await asyncio.to_thread(emit_numbered, sink, 0, 100)
+        assert not await asyncio.to_thread(sink.flush, 0.3)  # nowhere to go yet
+        assert sink.stats().spooled == 100
+        for first in (0, 100):
+            port = free_port()
+            async with rig_on(identity, short_tmp / "c", config, port) as rig:
+                endpoint.parent.mkdir(parents=True, exist_ok=True)
+                endpoint.write_text(json.dumps({"url": f"https://127.0.0.1:{port}"}))
+                if first:
+                    await asyncio.to_thread(emit_numbered, sink, first, 100)
+                assert await asyncio.to_thread(sink.flush, 20.0), sink.stats()
+                found = await stored(rig.operator)
+            endpoint.unlink()
+        assert numbers(found) == list(range(200))
+    finally:
+        await asyncio.to_thread(sink.close, 0.1)

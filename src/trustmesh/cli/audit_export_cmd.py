@@ -49,11 +49,10 @@ from urllib.parse import urlencode
 
 import typer
 
-from trustmesh.audit import ledger_schema
 from trustmesh.audit._delivery import Backoff
 from trustmesh.audit.alerts import alert_grants
 from trustmesh.audit.export import OtlpExporter, export_syslog, write_jsonl
-from trustmesh.audit.ledger_schema import collector_grants
+from trustmesh.audit.ledger_schema import collector_grants, prune_grants, prunes
 from trustmesh.audit.pseudonymise import MIN_KEY_BYTES, Pseudonymiser
 from trustmesh.audit.response_store import response_grants
 from trustmesh.audit.syslog import SyslogSender
@@ -382,17 +381,17 @@ def grants_for(
     checkpoints (verify needs them); with ``prune_role``, the statements that let that
     role (``audit.retention.database``) prune, and nothing else."""
     prefix = f'"{schema}".' if schema else ""
-    prunes = f'{prefix}"{ledger_schema.prunes.name}"'
+    table = f'{prefix}"{prunes.name}"'
     statements = (
         *collector_grants(role, schema=schema),
         *alert_grants(role, schema=schema),
         *response_grants(role, schema=schema),
-        f'REVOKE ALL ON {prunes} FROM "{role}"',
-        f'GRANT SELECT ON {prunes} TO "{role}"',
+        f'REVOKE ALL ON {table} FROM "{role}"',
+        f'GRANT SELECT ON {table} TO "{role}"',
     )
     if prune_role is None:
         return statements
-    return (*statements, *ledger_schema.prune_grants(prune_role, collector=role, schema=schema))
+    return (*statements, *prune_grants(prune_role, collector=role, schema=schema))
 
 
 @app.command("grants")

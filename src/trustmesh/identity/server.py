@@ -41,6 +41,7 @@ from trustmesh.identity.workload import ChangeFeed, GuardedServer, WorkloadAPI
 from trustmesh.platform.admin import Actor
 from trustmesh.platform.listeners import Served
 from trustmesh.platform.listeners import start as serve_start
+from trustmesh.sdk.delivery import AuditSink, audit_sink
 
 
 def _checked_paths(state_dir: Path) -> IdentityPaths:
@@ -97,6 +98,7 @@ class IdentityServer:
         worker_argv: list[str] | None = None,
         discovery: bool = False,
         locate_auth: Callable[[], str | None] | None = None,
+        deliver: bool = False,
     ) -> None:
         self.config, self.clock = config, clock
         self.paths = _checked_paths(state_dir)
@@ -111,9 +113,8 @@ class IdentityServer:
         if seal_key.warning and not self.follower:
             print(f"WARNING: {seal_key.warning}", file=sys.stderr, flush=True)
         self._file_sink = events.JsonLinesSink(self.paths.events)
-        self.sink: events.EventSink = (
-            events.FanoutSink(self._file_sink, sink) if sink else self._file_sink
-        )
+        self._fanout = events.FanoutSink(self._file_sink, *([sink] if sink else []))
+        self.sink: events.EventSink = self._fanout
         self.store = SqliteIdentityStore(self.paths.db)
         self.ca, self.service = self._issuer(seal_key, publish_delay)
         self.feed = ChangeFeed()
@@ -128,6 +129,13 @@ class IdentityServer:
             min(config.identity.svid_ttl, config.identity.max_svid_ttl),
             clock,
         )
+        #: Delivery to the audit collector (``deliver``, where the declaration has one):
+        #: the identity service starts first, so its events spool until the collector
+        #: writes where it listens.
+        self._audit: AuditSink | None = None
+        if deliver and not self.follower and config.audit is not None:
+            self._audit = audit_sink(self.self_svid, config, self.paths.root, "identity")
+            self._fanout.sinks = (*self._fanout.sinks, self._audit)
         self.discovery: Served | None = None
         self.operator: OperatorSocket | None = None
         self.admin_tokens = AdminTokens(
@@ -337,6 +345,8 @@ class IdentityServer:
             with contextlib.suppress(FileNotFoundError):
                 self.paths.socket.unlink()
         self.store.close()
+        if self._audit is not None:  # the collector stops first: the rest stays spooled
+            await asyncio.to_thread(self._audit.close, 1.0)
         self._file_sink.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -420,6 +430,7 @@ async def serve_until_signalled(
         listen_fd=worker_fd,
         worker_argv=worker_argv,
         discovery=worker_fd is None,
+        deliver=True,
     )
     await server.start()
     stop = asyncio.Event()

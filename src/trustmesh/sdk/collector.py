@@ -140,8 +140,11 @@ class CollectorClient:
 
     ``tls``: the workload's SVID source (a client context is made from its newest SVID
     for each new connection) or a ready :class:`ssl.SSLContext`. ``expected_spiffe_id``:
-    the collector's (``config.component_spiffe_id("audit")``). Not thread-safe: one
-    delivering thread owns it."""
+    the collector's (``config.component_spiffe_id("audit")``). ``locate``: where the
+    collector listens now (None: not known yet), asked before each new connection — a
+    collector restarted on another port is found again, and a producer started before
+    it (``url`` empty) spools until it appears. Not thread-safe: one delivering thread
+    owns it."""
 
     def __init__(
         self,
@@ -150,15 +153,14 @@ class CollectorClient:
         expected_spiffe_id: str,
         *,
         timeout: float = 10.0,
+        locate: Callable[[], str | None] | None = None,
     ) -> None:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme != "https" or not parts.hostname:
-            raise UsageError(f"the audit collector's URL must be https://host:port, not {url!r}")
         if not expected_spiffe_id.startswith("spiffe://"):
             raise UsageError("the collector's expected SPIFFE ID must be a spiffe:// URI")
-        self.url = url
-        self.host = parts.hostname
-        self.port = parts.port or 443
+        self.url, self.host, self.port = "", "", 0
+        if url or locate is None:
+            self._aim(url)
+        self._locate = locate
         self.expected = expected_spiffe_id
         self.trust_domain = expected_spiffe_id.removeprefix("spiffe://").split("/", 1)[0]
         self.timeout = timeout
@@ -166,6 +168,12 @@ class CollectorClient:
         self._made_from: X509Context | None = None
         self._context: ssl.SSLContext | None = tls if isinstance(tls, ssl.SSLContext) else None
         self._conn: http.client.HTTPSConnection | None = None
+
+    def _aim(self, url: str) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise UsageError(f"the audit collector's URL must be https://host:port, not {url!r}")
+        self.url, self.host, self.port = url, parts.hostname, parts.port or 443
 
     def _ssl_context(self) -> ssl.SSLContext:
         if isinstance(self._tls, ssl.SSLContext):
@@ -177,6 +185,15 @@ class CollectorClient:
         return self._context
 
     def _connect(self) -> http.client.HTTPSConnection:
+        if self._locate is not None:
+            found = self._locate()
+            if found and found != self.url:
+                try:
+                    self._aim(found)
+                except UsageError as exc:
+                    raise CollectorUnavailableError(exc.detail) from None
+        if not self.url:
+            raise CollectorUnavailableError("the audit collector is not running yet")
         conn = http.client.HTTPSConnection(
             self.host, self.port, context=self._ssl_context(), timeout=self.timeout
         )

@@ -30,6 +30,7 @@ the sink ``trustmesh up`` asks for (``TRUSTMESH_AUDIT_URL``).
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 import threading
@@ -60,7 +61,9 @@ __all__ = [
     "AuditSink",
     "DeliveryStats",
     "OnFull",
+    "audit_sink",
     "audit_sink_from_env",
+    "collector_endpoint",
 ]
 
 #: Where a process ``trustmesh up`` starts delivers its events (the collector's URL).
@@ -337,12 +340,54 @@ def audit_sink_from_env(
     """The sink delivering ``component``'s events to the collector named by
     ``TRUSTMESH_AUDIT_URL``, spooling in ``<state>/spool/<component>/`` (``audit.spool``
     of the declaration: its bound and policy, unless given); None when the variable is
-    unset or empty, and for the collector itself."""
-    url = os.environ.get(AUDIT_URL_ENV, "").strip()
-    if not url or component == _COLLECTOR:
+    unset, and for the collector itself. Where the collector listens is read again from
+    its endpoint file before each connection (a collector restarted on another port is
+    found again); an empty variable means it is not running yet: events spool until it
+    writes that file."""
+    url = os.environ.get(AUDIT_URL_ENV)
+    if url is None or component == _COLLECTOR:
         return None
+    return audit_sink(
+        source,
+        config,
+        state,
+        component,
+        url=url.strip(),
+        on_full=on_full,
+        spool_max_bytes=spool_max_bytes,
+    )
+
+
+def collector_endpoint(state: Path) -> str | None:
+    """Where the collector of ``state`` says it listens (``<state>/audit/endpoint.json``,
+    which it writes: :mod:`trustmesh.audit.endpoint`); None when it does not say."""
+    try:
+        doc = json.loads((state / "audit" / "endpoint.json").read_bytes())
+    except (OSError, ValueError):
+        return None
+    url = doc.get("url") if isinstance(doc, dict) else None
+    return url if isinstance(url, str) and url else None
+
+
+def audit_sink(
+    source: SVIDSource,
+    config: TrustmeshConfig,
+    state: Path,
+    component: str,
+    *,
+    url: str = "",
+    on_full: OnFull | None = None,
+    spool_max_bytes: int | None = None,
+) -> AuditSink:
+    """``component``'s sink to the collector of ``state`` (at ``url`` until its endpoint
+    file says otherwise), spooling in ``<state>/spool/<component>/``."""
     settings = config.audit.spool if config.audit is not None else SpoolConfig()
-    client = CollectorClient(url, source, config.component_spiffe_id(_COLLECTOR))
+    client = CollectorClient(
+        url,
+        source,
+        config.component_spiffe_id(_COLLECTOR),
+        locate=lambda: collector_endpoint(state),
+    )
     spool = Spool(state / "spool" / component, spool_max_bytes or settings.max_bytes)
     try:
         return AuditSink(
