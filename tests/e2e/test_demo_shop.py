@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 import requests
-from authrig import code_flow
+from authlib.common.security import generate_token
+from authlib.integrations.requests_client import OAuth2Session
+from authrig import FormLogin, code_flow
 from spiffe_http import spiffe_session, write_pems
 
 from trustmesh import crypto
@@ -747,6 +749,121 @@ async def test_a_users_token_does_not_walk_around_the_gateway(shop: dict[str, ob
     assert refused.headers["WWW-Authenticate"].startswith("Bearer")
     reasons = {e["status_detail"] for e in _events(shop, "orders")}
     assert reasons & {"token-wrong-audience", "token-not-bound", "token-wrong-issuer"}
+
+
+async def _alerts(audit: ServiceClient, title: str) -> list[dict[str, Any]]:
+    """The stored alerts of that title (read as the operator, in this process: the CLI's
+    start-up would blur the latency measured)."""
+    answer = await audit.get("/v1/alerts?limit=1000")
+    assert answer.status == 200, answer.body
+    return [a for a in answer.json()["alerts"] if a["title"] == title]
+
+
+async def test_attacks_on_the_demo_raise_their_alerts(shop: dict[str, object]) -> None:
+    """Ten failed logins for one account: exactly one brute-force alert, within 2 s of
+    the tenth; a revoked access token presented at the gateway: a revoked-token alert."""
+    from trustmesh.cli._admin import as_operator
+
+    status = shop["status"]
+    assert isinstance(status, dict)
+    url = next(c["url"] for c in status["components"] if c["name"] == "audit")
+    async with (
+        as_operator(Path(str(shop["state"]))) as operator,
+        ServiceClient(operator.tls, url, f"spiffe://{TD}/trustmesh/audit") as audit,
+    ):
+        await _attack(shop, audit)
+
+
+async def _attack(shop: dict[str, object], audit: ServiceClient) -> None:
+    config = load_config(Path(str(shop["config"])))
+    client_id = f"attack-{secrets.token_hex(3)}"
+    body = {
+        "client_id": client_id,
+        "method": "none",
+        "redirect_uris": [REDIRECT],
+        "audiences": [f"spiffe://{TD}/trustmesh/gateway"],
+    }
+    await asyncio.to_thread(
+        admin_call, config, Path(str(shop["state"])), "POST", "/admin/v1/clients", body
+    )
+    status = shop["status"]
+    assert isinstance(status, dict)
+    urls = {c["name"]: c for c in status["components"]}
+    public = urls["auth"]["public_url"]
+    ca = str(Path(str(shop["state"])) / "edge" / "ca.pem")
+    target = f"nobody{secrets.token_hex(4)}"
+    client = OAuth2Session(
+        client_id=client_id,
+        redirect_uri=REDIRECT,
+        scope="openid",
+        token_endpoint_auth_method="none",
+        code_challenge_method="S256",
+    )
+    start, _ = client.create_authorization_url(
+        public + "/oauth2/authorize", code_verifier=generate_token(48), nonce=generate_token(16)
+    )
+
+    def guess_ten_times() -> float:
+        with requests.Session() as browser:
+            browser.trust_env = False
+            browser.verify = ca
+            form = FormLogin(browser, public)
+            for _ in range(10):
+                assert form.login(start, target, "not the password at all").status_code != 303
+        return time.monotonic()
+
+    tenth = await asyncio.to_thread(guess_ten_times)
+    brute: list[dict[str, Any]] = []
+    while not brute and time.monotonic() < tenth + 10:
+        brute = [
+            a
+            for a in await _alerts(audit, "Brute-force login against one account")
+            if a["group"].get("unmapped.trustmesh.attributes.login") == target
+        ]
+    latency = time.monotonic() - tenth
+    assert brute, "no brute-force alert"
+    assert latency < 2, f"the alert came {latency:.1f} s after the tenth failure"
+    await asyncio.sleep(1)
+    again = await _alerts(audit, "Brute-force login against one account")
+    assert [a["uid"] for a in again if a["uid"] == brute[0]["uid"]] == [brute[0]["uid"]]
+    assert len([a for a in again if a["group"] == brute[0]["group"]]) == 1
+
+    # a revoked access token presented again at the gateway
+    def sign_in() -> str:
+        password, _ = _demo_credentials(shop)["support"]
+        with requests.Session() as browser:
+            browser.trust_env = False
+            browser.verify = ca
+            tokens = code_flow(browser, public, client_id, REDIRECT, "support", password)
+        USED.update(str(v) for k, v in tokens.items() if k.endswith("_token"))
+        return str(tokens["access_token"])
+
+    token = await asyncio.to_thread(sign_in)
+
+    def revoke_and_present() -> int:
+        with requests.Session() as s:
+            s.trust_env = False
+            s.verify = ca
+            revoked = s.post(
+                public + "/oauth2/revoke", data={"token": token, "client_id": client_id}
+            )
+            assert revoked.status_code == 200, revoked.text
+            deadline = time.monotonic() + 20
+            while True:  # the gateway hears of the revocation (pushed, or at its next poll)
+                answer = s.get(
+                    urls["gateway"]["url"] + "/orders",
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                if answer.status_code == 401 or time.monotonic() > deadline:
+                    return answer.status_code
+                time.sleep(0.5)
+
+    assert await asyncio.to_thread(revoke_and_present) == 401
+    revoked: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 10
+    while not revoked and time.monotonic() < deadline:
+        revoked = await _alerts(audit, "Revoked token presented")
+    assert revoked
 
 
 async def test_the_stack_delivers_its_events_and_alerts_on_what_it_saw(

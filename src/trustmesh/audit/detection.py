@@ -57,7 +57,10 @@ _INDEXED: Final = (REASON_FIELD, CLASS_FIELD, SERVICE_FIELD)
 @dataclass(frozen=True)
 class DetectorSettings:
     working_hours: WorkingHours = field(default_factory=WorkingHours)
-    lateness_ms: int = 2_000
+    #: How late (event time) an event may arrive and still be counted in order; a
+    #: correlation is decided once the stream passes its window by this much, so it
+    #: bounds the alert latency with the collector's tick (issue 16: < 2 s).
+    lateness_ms: int = 1_000
     max_groups: int = 10_000
     max_alert_events: int = 100
     dry_run: bool = False

@@ -197,7 +197,7 @@ async def serve_audit(
     clock: Callable[[], float] = time.time,
     config_file: Path | None = None,
     on_alerts: OnAlerts | None = None,
-    tick: float = 1.0,
+    tick: float = 0.25,
     caller: Caller | None = None,
 ) -> RunningAudit:
     """Start the collector; return once it listens."""

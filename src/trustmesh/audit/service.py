@@ -152,6 +152,7 @@ class AuditService:
         self._pending: list[Alert] = []  # raised, not stored yet (the store was down)
         self._findings = events.Recorder(self.own, component="audit", spiffe_id=spiffe_id)
         self._newest: Checkpoint | None = None  # the newest checkpoint this collector saw
+        self._head: int | None = None  # the newest seq this collector appended
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
@@ -190,10 +191,15 @@ class AuditService:
         never less)."""
         now = self.now()
         last = self._newest
+        if head is not None:
+            self._head = max(self._head or 0, head)
+        elif self._head is None:  # a first tick: what the log holds already
+            self._head = (await self.ledger.head())[0]
+        known = self._head
         if (
-            head is not None
+            known is not None
             and last is not None
-            and not checkpoint_due(self.policy, head_seq=head, last=last, now=now)
+            and not checkpoint_due(self.policy, head_seq=known, last=last, now=now)
         ):
             return None
         made = await self.ledger.checkpoint(self.key, now=now, policy=self.policy)
