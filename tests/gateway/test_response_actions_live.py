@@ -18,18 +18,15 @@ import requests
 from authrig import OPERATOR, TD, workload
 from liverig import CONFIG as BASE
 from liverig import GATEWAY, Live, live_gateway
+from responderrig import alert_with, responder_rig
 
 from trustmesh import events
 from trustmesh.audit.detection import Alert
 from trustmesh.audit.extensions import Action, PlannedAction
-from trustmesh.audit.response import AdminCaller, Responder
-from trustmesh.audit.response_store import ResponseStore
+from trustmesh.audit.response import Responder
 from trustmesh.errors import ConflictError, UsageError
 from trustmesh.platform.admin import Actor
 from trustmesh.reasons import Activity, Reason
-from trustmesh.sdk.tls import RotatingTLS
-from trustmesh.sdk.x509source import X509Source
-from trustmesh.store import create_engine, sqlite_url
 from trustmesh.testing import RunningIdentityServer
 
 AUDIT = f"spiffe://{TD}/trustmesh/audit"
@@ -65,35 +62,13 @@ async def responder(
     ):
         (state / folder).mkdir(parents=True)
         (state / folder / "endpoint.json").write_text(json.dumps(doc))
-    source = X509Source(identity.address, spiffe_id=AUDIT)
-    await source.start()
-    store = ResponseStore(create_engine(sqlite_url(short_tmp / "responses.db")))
-    await store.create()
-    sink = events.MemorySink()
-    recorder = events.Recorder(sink, component="audit", spiffe_id=AUDIT)
-    caller = AdminCaller(RotatingTLS(source), state, TD)
-    try:
-        yield Responder(store, caller, recorder, never_block=()), sink
-    finally:
-        await store.close()
-        await source.close()
+    db = short_tmp / "responses.db"
+    async with responder_rig(identity.address, AUDIT, state, db) as made:
+        yield made
 
 
 def _alert(*actions: PlannedAction) -> Alert:
-    return Alert(
-        uid="alert-1",
-        rule_id="rule-under-test",
-        title="a test rule",
-        level="high",
-        kind="match",
-        group=(),
-        event_uids=("e1",),
-        measure=1,
-        window_start=0,
-        window_end=0,
-        actions=actions,
-        rule_path="test.yml",
-    )
+    return alert_with("alert-1", "rule-under-test", "a test rule", *actions)
 
 
 def _action(action: Action, target: str, *, dry_run: bool = False, ms: int | None = None) -> Any:

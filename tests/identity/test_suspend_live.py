@@ -15,21 +15,20 @@ from typing import Any
 
 import pytest
 from grpclib.client import Channel, UnaryStreamMethod
+from responderrig import alert_with, responder_rig
 
 from trustmesh import events
 from trustmesh._proto import workload_pb2 as pb
 from trustmesh.audit.detection import Alert
 from trustmesh.audit.extensions import Action, PlannedAction
-from trustmesh.audit.response import AdminCaller, Responder, call_for, undo_for
-from trustmesh.audit.response_store import ResponseRecord, ResponseStore
+from trustmesh.audit.response import Responder, call_for, undo_for
+from trustmesh.audit.response_store import ResponseRecord
 from trustmesh.config import parse_config
 from trustmesh.events import read_events
 from trustmesh.platform.admin import Actor
 from trustmesh.reasons import Activity
-from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.workload import SECURITY_HEADER
-from trustmesh.sdk.x509source import FETCH_X509_SVID, X509Source
-from trustmesh.store import create_engine, sqlite_url
+from trustmesh.sdk.x509source import FETCH_X509_SVID
 from trustmesh.testing import RunningIdentityServer, identity_server_in_thread
 
 TD = "respond.example"
@@ -62,35 +61,13 @@ async def responder(
 ) -> AsyncIterator[tuple[Responder, events.MemorySink]]:
     """The collector's responder, with the collector's SVID, reading where the identity
     service listens from the state directory (as ``up`` has it)."""
-    source = X509Source(identity.address, spiffe_id=AUDIT)
-    await source.start()
-    store = ResponseStore(create_engine(sqlite_url(short_tmp / "responses.db")))
-    await store.create()
-    sink = events.MemorySink()
-    recorder = events.Recorder(sink, component="audit", spiffe_id=AUDIT)
-    caller = AdminCaller(RotatingTLS(source), identity.server.paths.root, TD)
-    try:
-        yield Responder(store, caller, recorder, never_block=()), sink
-    finally:
-        await store.close()
-        await source.close()
+    db = short_tmp / "responses.db"
+    async with responder_rig(identity.address, AUDIT, identity.server.paths.root, db) as made:
+        yield made
 
 
 def _alert(*actions: PlannedAction) -> Alert:
-    return Alert(
-        uid="alert-7",
-        rule_id="svid-abuse",
-        title="a workload misbehaves",
-        level="high",
-        kind="match",
-        group=(),
-        event_uids=("e1",),
-        measure=1,
-        window_start=0,
-        window_end=0,
-        actions=actions,
-        rule_path="test.yml",
-    )
+    return alert_with("alert-7", "svid-abuse", "a workload misbehaves", *actions)
 
 
 def _suspend(target: str, *, ms: int | None = None, dry_run: bool = False) -> PlannedAction:

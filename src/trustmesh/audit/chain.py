@@ -224,8 +224,45 @@ def fields_of(event: Mapping[str, Any]) -> Fields:
 # --- checkpoints -----------------------------------------------------------------------
 
 
+class _Signed:
+    """What a signed statement of the log (a checkpoint, a prune checkpoint) does with
+    its fields: ``signing_bytes`` (its own domain prefix, then the canonical JSON of
+    every field but the signature) is what the audit key signs."""
+
+    time: int
+    key_id: str
+    signature: bytes
+
+    def signed_fields(self) -> dict[str, object]:
+        raise NotImplementedError
+
+    def signing_bytes(self) -> bytes:
+        raise NotImplementedError
+
+    @property
+    def digest(self) -> bytes:
+        """What the next checkpoint names as ``previous``."""
+        return hashlib.sha256(self.signing_bytes()).digest()
+
+    @property
+    def when(self) -> datetime:
+        return _EPOCH + timedelta(milliseconds=self.time)
+
+    def verifies(self, keys: Mapping[str, bytes]) -> bool:
+        """Whether it is signed by one of ``keys`` (key id → raw Ed25519 public key)."""
+        public = keys.get(self.key_id)
+        return public is not None and crypto.verify_detached(
+            public, self.signing_bytes(), self.signature
+        )
+
+    def to_line(self) -> bytes:
+        """One JSON line (with its newline): the checkpoint file, the database, a webhook."""
+        fields = self.signed_fields() | {"signature": self.signature.hex()}
+        return canonical(fields) + b"\n"
+
+
 @dataclass(frozen=True)
-class Checkpoint:
+class Checkpoint(_Signed):
     """A signed statement of the chain's head: records 1..``last_seq`` (``count`` of
     them) end with ``last_hash``; made at ``time`` (ms) after the checkpoint whose
     digest is ``previous`` (GENESIS for the first), signed by the key ``key_id``."""
@@ -253,27 +290,6 @@ class Checkpoint:
         """What the signature covers: a domain prefix, then the canonical JSON of every
         field but the signature."""
         return _CHECKPOINT + canonical(self.signed_fields())
-
-    @property
-    def digest(self) -> bytes:
-        """What the next checkpoint names as ``previous``."""
-        return hashlib.sha256(self.signing_bytes()).digest()
-
-    @property
-    def when(self) -> datetime:
-        return _EPOCH + timedelta(milliseconds=self.time)
-
-    def verifies(self, keys: Mapping[str, bytes]) -> bool:
-        """Whether it is signed by one of ``keys`` (key id → raw Ed25519 public key)."""
-        public = keys.get(self.key_id)
-        return public is not None and crypto.verify_detached(
-            public, self.signing_bytes(), self.signature
-        )
-
-    def to_line(self) -> bytes:
-        """One JSON line (with its newline) for a checkpoint file or a webhook."""
-        fields = self.signed_fields() | {"signature": self.signature.hex()}
-        return canonical(fields) + b"\n"
 
     @classmethod
     def from_line(cls, line: bytes) -> Checkpoint:
@@ -376,7 +392,7 @@ def checkpoint_due(
 
 
 @dataclass(frozen=True)
-class PruneCheckpoint:
+class PruneCheckpoint(_Signed):
     """A signed statement that records were removed on purpose: the seqs of ``runs``
     (first seq, how many: consecutive seqs), ``hashes`` the link hash of each of them in
     seq order (32 bytes each: what the record after a removed one links to), removed
@@ -426,26 +442,6 @@ class PruneCheckpoint:
         signature can never pass for a checkpoint's), then the canonical JSON of every
         field but the signature."""
         return _PRUNE + canonical(self.signed_fields())
-
-    @property
-    def digest(self) -> bytes:
-        return hashlib.sha256(self.signing_bytes()).digest()
-
-    @property
-    def when(self) -> datetime:
-        return _EPOCH + timedelta(milliseconds=self.time)
-
-    def verifies(self, keys: Mapping[str, bytes]) -> bool:
-        """Whether it is signed by one of ``keys`` (key id → raw Ed25519 public key)."""
-        public = keys.get(self.key_id)
-        return public is not None and crypto.verify_detached(
-            public, self.signing_bytes(), self.signature
-        )
-
-    def to_line(self) -> bytes:
-        """One JSON line (with its newline), for the checkpoint file and the database."""
-        fields = self.signed_fields() | {"signature": self.signature.hex()}
-        return canonical(fields) + b"\n"
 
     @classmethod
     def from_line(cls, line: bytes) -> PruneCheckpoint:
