@@ -45,17 +45,27 @@ def _trustmesh(event: dict[str, Any]) -> dict[str, Any]:
     return found if isinstance(found, dict) else {}
 
 
+# The search filters (``audit events``, ``audit export``).
+SinceOption = Annotated[str | None, typer.Option(help="From this ISO 8601 time.")]
+UntilOption = Annotated[str | None, typer.Option(help="Up to this ISO 8601 time.")]
+ClassOption = Annotated[
+    int | None, typer.Option("--class", help="OCSF class_uid (3002 Authentication…).")
+]
+PrincipalOption = Annotated[str | None, typer.Option(help="A subject or a SPIFFE ID.")]
+DecisionOption = Annotated[str | None, typer.Option(help="allow, deny or error.")]
+ReasonOption = Annotated[str | None, typer.Option(help="A reason code (login-failed…).")]
+TraceOption = Annotated[str | None, typer.Option("--trace-id", help="One request's trace.")]
+
+
 @app.command("events")
 def events_command(
-    since: Annotated[str | None, typer.Option(help="From this ISO 8601 time.")] = None,
-    until: Annotated[str | None, typer.Option(help="Up to this ISO 8601 time.")] = None,
-    class_uid: Annotated[
-        int | None, typer.Option("--class", help="OCSF class_uid (3002 Authentication…).")
-    ] = None,
-    principal: Annotated[str | None, typer.Option(help="A subject or a SPIFFE ID.")] = None,
-    decision: Annotated[str | None, typer.Option(help="allow, deny or error.")] = None,
-    reason: Annotated[str | None, typer.Option(help="A reason code (login-failed…).")] = None,
-    trace_id: Annotated[str | None, typer.Option("--trace-id", help="One request's trace.")] = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    class_uid: ClassOption = None,
+    principal: PrincipalOption = None,
+    decision: DecisionOption = None,
+    reason: ReasonOption = None,
+    trace_id: TraceOption = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many.")] = 100,
     newest: Annotated[bool, typer.Option("--newest", help="Newest first.")] = False,
     state: StateOption = DEFAULT_STATE,

@@ -67,7 +67,16 @@ from trustmesh.cli._common import (
     load_or_exit,
 )
 from trustmesh.cli._common import declared as _declared
-from trustmesh.cli.audit_cmd import app
+from trustmesh.cli.audit_cmd import (
+    ClassOption,
+    DecisionOption,
+    PrincipalOption,
+    ReasonOption,
+    SinceOption,
+    TraceOption,
+    UntilOption,
+    app,
+)
 from trustmesh.config import CONFIG_FILE_NAME, TrustmeshConfig
 from trustmesh.errors import ConfigError, TrustmeshError, UnavailableError, UsageError
 
@@ -318,15 +327,13 @@ def export_command(
             dir_okay=False,
         ),
     ] = None,
-    since: Annotated[str | None, typer.Option(help="From this ISO 8601 time.")] = None,
-    until: Annotated[str | None, typer.Option(help="Up to this ISO 8601 time.")] = None,
-    class_uid: Annotated[
-        int | None, typer.Option("--class", help="OCSF class_uid (3002 Authentication…).")
-    ] = None,
-    principal: Annotated[str | None, typer.Option(help="A subject or a SPIFFE ID.")] = None,
-    decision: Annotated[str | None, typer.Option(help="allow, deny or error.")] = None,
-    reason: Annotated[str | None, typer.Option(help="A reason code (login-failed…).")] = None,
-    trace_id: Annotated[str | None, typer.Option("--trace-id", help="One request's trace.")] = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    class_uid: ClassOption = None,
+    principal: PrincipalOption = None,
+    decision: DecisionOption = None,
+    reason: ReasonOption = None,
+    trace_id: TraceOption = None,
     after: Annotated[
         int, typer.Option(min=0, help="Only records after this seq (resume an export).")
     ] = 0,
