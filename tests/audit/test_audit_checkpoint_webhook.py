@@ -90,6 +90,11 @@ async def test_every_checkpoint_reaches_the_receiver_signed(
         assert parsed == signed  # every one, in the order signed
         assert all(c.verifies(public) for c in parsed)
         assert [r.body + b"\n" for r in delivered] == [c.to_line() for c in signed]
+        # a receiver drops a repeat by its delivery id: the same on the retry
+        ids = [r.headers["X-Trustmesh-Delivery"] for r in received]
+        assert ids == [f"checkpoint-{signed[0].last_seq}"] + [
+            f"checkpoint-{c.last_seq}" for c in signed
+        ]
         # the copy, as a checkpoint file of the verifier's own
         copy = short_tmp / "offsite.jsonl"
         copy.write_bytes(b"".join(r.body + b"\n" for r in delivered))

@@ -144,6 +144,11 @@ async def test_the_operator_prunes_and_the_log_still_verifies(
     assert code == 0, stderr
     verdict = json.loads(stdout)
     assert (verdict["intact"], verdict["pruned"]) == (True, 16)
+    code, stdout, stderr = await asyncio.to_thread(
+        tm, "audit", "verify", "--state", str(state), "--checkpoint", str(copy)
+    )
+    assert code == 0, stderr
+    assert "16 pruned under signed prune checkpoints" in stdout
 
     code, stdout, _ = await asyncio.to_thread(tm, "audit", "prune", "--state", str(state))
     assert code == 0

@@ -129,7 +129,8 @@ def _posting(sender: WebhookSender) -> Callable[[Checkpoint], None]:
     the line break) as the body, which is the same canonical JSON."""
 
     def post(checkpoint: Checkpoint) -> None:
-        sender.submit(json.loads(checkpoint.to_line()))
+        line = json.loads(checkpoint.to_line())
+        sender.submit(line, delivery_id=f"checkpoint-{checkpoint.last_seq}")
 
     return post
 

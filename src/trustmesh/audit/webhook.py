@@ -221,11 +221,13 @@ class WebhookSender:
         for _, worker in self._workers.values():
             worker.start()
 
-    def submit(self, alert: Mapping[str, Any]) -> int:
+    def submit(self, alert: Mapping[str, Any], *, delivery_id: str | None = None) -> int:
         """Queue ``alert`` (an ``Alert.to_dict()`` or ``StoredAlert.to_dict()``) for
-        every hook that wants its level; how many queued it. Never blocks."""
+        every hook that wants its level; how many queued it. Never blocks.
+        ``X-Trustmesh-Delivery`` is ``delivery_id``, else the alert's uid: the same on
+        every retry, for receivers to drop a repeat by."""
         body = json.dumps(alert, sort_keys=True, separators=(",", ":"), default=str).encode()
-        item = _Item(str(alert.get("uid", ""))[:64], body)
+        item = _Item((delivery_id or str(alert.get("uid", "")))[:64], body)
         level = str(alert.get("level", ""))
         return sum(
             worker.submit(item) for hook, worker in self._workers.values() if hook.wants(level)

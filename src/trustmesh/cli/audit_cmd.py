@@ -132,9 +132,11 @@ def verify(
     if as_json:
         print(json.dumps(result))
     elif result["intact"]:
+        pruned = result.get("pruned") or 0
         out.print(
             f"audit log intact: {result['records']} records, {result['covered']} under a "
-            f"signed checkpoint ({result['unsigned']} newer, not signed yet)",
+            f"signed checkpoint ({result['unsigned']} newer, not signed yet)"
+            + (f"; {pruned} pruned under signed prune checkpoints" if pruned else ""),
             markup=False,
         )
     else:
