@@ -60,13 +60,12 @@ class SpoolConfig(BaseModel):
     )
 
 
-class WebhookConfig(BaseModel):
-    """A receiver of alerts: each is POSTed as JSON, signed with HMAC-SHA256
-    (``X-Trustmesh-Signature``, see trustmesh.audit.webhook)."""
+class SignedPostConfig(BaseModel):
+    """Where the collector POSTs JSON signed with HMAC-SHA256 (``X-Trustmesh-Signature``,
+    see trustmesh.audit.webhook)."""
 
     model_config = _MODEL_CONFIG
 
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="Names it in logs.")
     url: str = Field(
         pattern=r"^https://[^\s@/]+(/[^\s]*)?$",
         max_length=2048,
@@ -80,6 +79,12 @@ class WebhookConfig(BaseModel):
     ca_file: str | None = Field(
         default=None, description="PEM CA certificates to trust instead of the system's."
     )
+
+
+class WebhookConfig(SignedPostConfig):
+    """A receiver of alerts: each is POSTed as JSON, signed."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="Names it in logs.")
     min_level: Literal["informational", "low", "medium", "high", "critical"] = Field(
         default="low", description="Alerts of this level or above are sent."
     )
@@ -177,26 +182,10 @@ class ExportConfig(BaseModel):
     )
 
 
-class CheckpointWebhookConfig(BaseModel):
-    """Where every signed checkpoint is also POSTed, signed with HMAC-SHA256 like the
-    alert webhooks: a copy off this machine, so cutting the log and the local checkpoint
-    file together stays visible."""
-
-    model_config = _MODEL_CONFIG
-
-    url: str = Field(
-        pattern=r"^https://[^\s@/]+(/[^\s]*)?$",
-        max_length=2048,
-        description="https only; no credentials in it.",
-    )
-    secret_file: str = Field(
-        min_length=1,
-        description="A file (mode 0600 or stricter) holding the signing secret, at least "
-        "16 bytes; relative to the declaration's folder. Never the secret itself.",
-    )
-    ca_file: str | None = Field(
-        default=None, description="PEM CA certificates to trust instead of the system's."
-    )
+class CheckpointWebhookConfig(SignedPostConfig):
+    """Where every signed checkpoint is also POSTed, signed like the alert webhooks: a
+    copy off this machine, so cutting the log and the local checkpoint file together
+    stays visible."""
 
 
 class AuditConfig(BaseModel):
