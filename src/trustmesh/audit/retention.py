@@ -36,6 +36,7 @@ prune as an event (:attr:`Activity.RECORDS_PRUNED <trustmesh.reasons.Activity>`)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -216,7 +217,14 @@ class Pruner:
         """:meth:`prune` every ``interval`` seconds until cancelled."""
         while True:
             await asyncio.sleep(interval)
+            running = asyncio.ensure_future(self.prune())
             try:
-                await self.prune()
+                await asyncio.shield(running)
+            except asyncio.CancelledError:
+                # stopped mid-prune: let its transaction end (commit or roll back) first,
+                # or its connection would keep the write lock past the collector's stop
+                with contextlib.suppress(Exception):
+                    await running
+                raise
             except Exception:  # the store or a bug: logged, and the next run tries again
                 log.exception("audit: the periodic prune failed")
