@@ -67,8 +67,9 @@ CONFIG = textwrap.dedent(
 )
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _cpu_seconds(stat_path: str) -> float:
+    """User and system CPU seconds of the process or thread whose /proc stat file it is."""
+    fields = Path(stat_path).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -193,9 +194,9 @@ async def main(count: int, size: int, clients: int) -> None:
             await source.start()
             ctx = client_context(source.context)
             await probes(url, ctx, _fresh(made[:1], "p")[0])
-            cpu = _cpu_seconds(proc.pid)
+            cpu = _cpu_seconds(f"/proc/{proc.pid}/stat")
             seconds, latencies = await https_run(url, ctx, batches("h"), clients)
-            cpu = _cpu_seconds(proc.pid) - cpu
+            cpu = _cpu_seconds(f"/proc/{proc.pid}/stat") - cpu
             await source.close()
         finally:
             proc.terminate()

@@ -27,14 +27,13 @@ import http.client
 import json
 import os
 import ssl
-import subprocess
-import sys
 import tempfile
-import textwrap
 import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+from audit import AUDIT, CONFIG, TD, _cpu_seconds, _spawn
 
 from trustmesh import events
 from trustmesh.config import parse_config
@@ -45,32 +44,11 @@ from trustmesh.sdk.spool import Spool
 from trustmesh.sdk.x509source import X509Source
 from trustmesh.testing import identity_server_in_thread
 
-TD = "bench.example"
 GATEWAY = f"spiffe://{TD}/trustmesh/gateway"
-AUDIT = f"spiffe://{TD}/trustmesh/audit"
-CONFIG = textwrap.dedent(
-    f"""
-    trust_domain: {TD}
-    dev: true
-    services:
-      payments: {{external: true}}
-    audit: {{}}
-    """
-)
-
-
-def _cpu_seconds(stat_path: str) -> float:
-    fields = Path(stat_path).read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _thread_cpu(thread: threading.Thread) -> float:
     return _cpu_seconds(f"/proc/self/task/{thread.native_id}/stat")
-
-
-def _spawn(config_file: Path, state: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "trustmesh.audit", "--config", str(config_file)]
-    return subprocess.Popen([*argv, "--state", str(state)], env=env)
 
 
 def probes(url: str, source: X509Source) -> None:

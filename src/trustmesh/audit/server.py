@@ -211,29 +211,8 @@ async def serve_audit(
     )
     sock = bound_socket(host, port if port is not None else settings.port)
     try:
-        await ledger.create()
-        key = crypto.load_or_create_signing_key(
-            folder / "checkpoint-key.sealed",
-            crypto.load_seal_key(state, dev=config.dev),
-            context=_KEY_CONTEXT,
-        )
-        policy = CheckpointPolicy(
-            records=settings.checkpoint_every,
-            seconds=settings.checkpoint_interval.total_seconds(),
-        )
-        spiffe_id = config.component_spiffe_id("audit")
-        alerts = AlertStore(ledger.engine)
-        await alerts.create()
-        service = AuditService(
-            ledger,
-            key,
-            detector,
-            policy,
-            on_alerts=on_alerts,
-            clock=clock,
-            spiffe_id=spiffe_id,
-            alert_store=alerts,
-        )
+        service = await _open_service(config, state, ledger, detector, on_alerts, clock)
+        key, spiffe_id = service.key, service.spiffe_id
         responses = ResponseStore(ledger.engine)
         await responses.create()
         declared_in = config_file.parent if config_file else Path.cwd()
@@ -271,6 +250,41 @@ async def serve_audit(
         sock.close()
         await ledger.close()
         raise
+
+
+async def _open_service(
+    config: TrustmeshConfig,
+    state: Path,
+    ledger: Ledger,
+    detector: Detector,
+    on_alerts: OnAlerts | None,
+    clock: Callable[[], float],
+) -> AuditService:
+    """The ledger's tables made, the audit key (sealed under the state's sealing key),
+    the checkpoint policy and the alert store: the service over them."""
+    settings = settings_of(config)
+    await ledger.create()
+    key = crypto.load_or_create_signing_key(
+        _paths(settings, state)[0] / "checkpoint-key.sealed",
+        crypto.load_seal_key(state, dev=config.dev),
+        context=_KEY_CONTEXT,
+    )
+    policy = CheckpointPolicy(
+        records=settings.checkpoint_every,
+        seconds=settings.checkpoint_interval.total_seconds(),
+    )
+    alerts = AlertStore(ledger.engine)
+    await alerts.create()
+    return AuditService(
+        ledger,
+        key,
+        detector,
+        policy,
+        on_alerts=on_alerts,
+        clock=clock,
+        spiffe_id=config.component_spiffe_id("audit"),
+        alert_store=alerts,
+    )
 
 
 async def _serve(
