@@ -176,12 +176,55 @@ def test_events_late_within_the_lateness_count_where_they_belong(tmp_path: Path)
     assert d.stats.late == 0
 
 
-def test_an_event_later_than_the_lateness_counts_in_no_window(tmp_path: Path) -> None:
+def test_an_event_later_than_the_lateness_counts_in_the_late_lane_only(tmp_path: Path) -> None:
     d = detector(tmp_path, COUNT, lateness_ms=1_000)
     stream = [ev(i) for i in range(1, 9)] + [ev(40), ev(0.5)]  # 0.5 s: 39.5 s late
-    assert feed(d, stream) == []  # it would have been the tenth
-    assert d.stats.late == 1
+    assert feed(d, stream) == []  # it would have been the tenth: a replay is apart
+    assert (d.stats.late, d.stats.lost) == (1, 0)
     assert d.stats.matches == {"11111111-0000-4000-8000-00000000000a": 10}
+
+
+def test_a_replayed_spool_is_correlated_in_the_late_lane(tmp_path: Path) -> None:
+    """Ten failures spooled during an outage arrive after the stream moved on: they
+    alert once, from the late lane, when it falls quiet; the on-time stream is not held."""
+    d = detector(tmp_path, COUNT, lateness_ms=1_000)
+    assert d.advance(T0_MS + 600_000) == []  # the tick: ten minutes on
+    replay = [ev(100 + i) for i in range(10)]
+    assert [a for e in replay for a in d.observe(e)] == []  # the lane holds its last second
+    assert d.observe(ev(601, who="bob")) == []  # on time, meanwhile
+    assert d.advance(T0_MS + 602_000) == []  # not quiet for 2 s yet
+    (alert,) = d.advance(T0_MS + 602_001)
+    assert alert.measure == 10
+    assert alert.event_uids == tuple(e["metadata"]["uid"] for e in replay)
+    assert (alert.window_start, alert.window_end) == (T0_MS + 100_000, T0_MS + 109_000)
+    assert (d.stats.late, d.stats.lost) == (10, 0)
+    assert d.advance(T0_MS + 604_000) == []
+    # the same again after the lane fell quiet: a new lane, a new window
+    assert d._correlator._lane is None
+    again = [a for i in range(11) for a in d.observe(ev(300 + i))]  # the 11th releases
+    assert [a.window_start for a in again] == [T0_MS + 300_000]
+
+
+def test_the_late_lane_holds_its_own_order_and_closes_when_quiet(tmp_path: Path) -> None:
+    body = "  type: event_count\n  rules: [a]\n  timespan: 1m\n  condition: {lt: 4}\n"
+    d = detector(tmp_path, body, lateness_ms=1_000)
+    assert d.advance(T0_MS + 600_000) == []
+    assert [a for t in (10.5, 10, 30) for a in d.observe(ev(t))] == []  # 10.5 before 10
+    assert d.stats.lost == 0
+    assert d.advance(T0_MS + 601_500) == []  # not quiet yet: the window may still grow
+    (alert,) = d.advance(T0_MS + 602_001)  # quiet for lane_quiet_ms (2 s): decided
+    assert (alert.measure, alert.window_start) == (3, T0_MS + 10_000)
+    assert d._correlator._lane is None
+
+
+def test_a_match_too_late_for_the_late_lane_is_lost_and_counted(tmp_path: Path) -> None:
+    d = detector(tmp_path, COUNT, lateness_ms=1_000)
+    d.advance(T0_MS + 600_000)
+    for t in (100, 200, 50):  # 50 s comes after the lane passed 199 s
+        d.observe(ev(t))
+    assert (d.stats.late, d.stats.lost) == (3, 0)  # lost is counted when the lane closes
+    d.flush()
+    assert (d.stats.late, d.stats.lost) == (3, 1)
 
 
 def test_groups_are_bounded_and_dropped_once_out_of_the_window(tmp_path: Path) -> None:

@@ -4,12 +4,21 @@ and ``temporal_ordered``, per group (the values of ``group-by``), with bounded s
 **Order.** Events are correlated in event-time order. :class:`Correlator` holds each
 match back until the watermark (the latest event time seen, minus ``lateness_ms``) passes
 it, and releases the held matches in time order: an event up to ``lateness_ms`` late is
-counted exactly where it belongs. A match older than the watermark already released is
-too late: it is counted in no window (``late``), though the rule it matched still alerts
-on its own if it does. A correlation alert therefore leaves :meth:`Correlator.advance` once
-the watermark passes its last event (``lateness_ms`` of event time after it), or at
-:meth:`Correlator.flush` (end of a replay). At ``max_buffer`` held matches the oldest are
-released early (``forced``).
+counted exactly where it belongs. A correlation alert therefore leaves
+:meth:`Correlator.advance` once the watermark passes its last event (``lateness_ms`` of
+event time after it), or at :meth:`Correlator.flush` (end of a replay). At ``max_buffer``
+held matches the oldest are released early (``forced``).
+
+**Late events.** A match older than the watermark already released (``late``: a spool
+replayed after an outage, a producer whose clock or link lagged) is correlated in a
+*late lane*: a second set of windows, fed only late matches, in their own event-time
+order with the same lateness. The lane is decided and forgotten once no late match has
+arrived for ``lane_quiet_ms`` of stream time (twice the lateness, at least 2 s), so the
+alerts of a replay leave within that of its last event. A replay is correlated with
+itself, not with the on-time events of the same window: a burst split across an outage
+(five failures before, five in the spool) is counted as two. A match too late even for
+the lane's own watermark is counted in no window (``lost``), though the rule it matched
+still alerts on its own if it does.
 
 **Windows.** A window is ``timespan`` long, both ends included.
 
@@ -275,10 +284,17 @@ class Correlator:
         max_buffer: int = 100_000,
     ) -> None:
         self.windows = [_Window(rule, max_groups, max_events) for rule in rules]
+        self._rules, self._bounds = rules, (max_groups, max_events)
         self.lateness_ms = lateness_ms
         self.max_buffer = max_buffer
-        self.late = 0
+        self.late = 0  # matches that went to the late lane
+        self.lost = 0  # matches too late for the late lane too
         self.forced = 0
+        self.lane_quiet_ms = max(2 * lateness_ms, 2_000)
+        self._lane: Correlator | None = None
+        self._lane_seen = -_NEVER  # the stream time when a match last went to the lane
+        self._lane_firings: list[Firing] = []
+        self._is_lane = False
         self._held: list[tuple[int, int, int, Hit]] = []
         self._seq = 0
         self._latest = -_NEVER
@@ -287,36 +303,72 @@ class Correlator:
 
     @property
     def evicted(self) -> int:
-        return sum(w.evicted for w in self.windows)
+        lane = self._lane.evicted if self._lane is not None else 0
+        return sum(w.evicted for w in self.windows) + lane
 
     def push(self, index: int, hit: Hit) -> None:
-        """Hold ``hit`` for the window of rule ``index`` until the watermark passes it."""
+        """Hold ``hit`` for the window of rule ``index`` until the watermark passes it
+        (a late one goes to the late lane: module docstring)."""
         if hit.time < self._released:
+            if self._is_lane:
+                self.lost += 1
+                return
             self.late += 1
+            lane = self._lane
+            if lane is None:
+                max_groups, max_events = self._bounds
+                lane = self._lane = Correlator(
+                    self._rules,
+                    lateness_ms=self.lateness_ms,
+                    max_groups=max_groups,
+                    max_events=max_events,
+                    max_buffer=self.max_buffer,
+                )
+                lane._is_lane = True
+            lane.push(index, hit)
+            self._lane_firings.extend(lane.advance(hit.time))
+            self._lane_seen = self._latest
             return
         self._seq += 1
         heapq.heappush(self._held, (hit.time, self._seq, index, hit))
 
     def advance(self, time_ms: int) -> list[Firing]:
-        """An event of ``time_ms`` was seen: release what the watermark passed."""
+        """An event of ``time_ms`` was seen: release what the watermark passed (and
+        what the late lane decided)."""
         if time_ms > self._latest:
             self._latest = time_ms
         watermark = self._latest - self.lateness_ms
         held = self._held
-        if (held and held[0][0] <= watermark) or watermark >= self._due:
-            return self._release(watermark)
-        if len(held) > self.max_buffer:
-            return self._release(watermark)
-        return []
+        firings: list[Firing] = []
+        due = (held and held[0][0] <= watermark) or watermark >= self._due
+        if due or len(held) > self.max_buffer:
+            firings = self._release(watermark)
+        elif watermark > self._released:
+            self._released = watermark  # passed with nothing held: older is late
+        if self._lane is not None:
+            firings += self._drain_lane(quiet=self._latest - self._lane_seen > self.lane_quiet_ms)
+        return firings
+
+    def _drain_lane(self, *, quiet: bool) -> list[Firing]:
+        lane = self._lane
+        firings, self._lane_firings = self._lane_firings, []
+        if quiet and lane is not None:
+            firings += lane.flush()
+            self.lost += lane.lost
+            self.forced += lane.forced
+            self._lane = None
+        return firings
 
     def flush(self) -> list[Firing]:
         """Release every held match and decide every open window, then forget them
-        (the end of a replay, or of the stream)."""
+        (the end of a replay, or of the stream); the late lane's too."""
         firings = self._release(_NEVER - 1)
         for window in self.windows:
             window.groups.clear()
             window.ends.clear()
         self._released, self._due = self._latest, _NEVER
+        if self._lane is not None:
+            firings += self._drain_lane(quiet=True)
         return firings
 
     def _release(self, watermark: int) -> list[Firing]:

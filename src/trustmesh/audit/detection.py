@@ -117,7 +117,8 @@ class DetectorStats:
     events: int
     alerts: int
     matches: Mapping[str, int]
-    late: int  # correlated matches too late for their window
+    late: int  # correlated matches too late for their window (counted in the late lane)
+    lost: int  # correlated matches too late for the late lane too (counted nowhere)
     forced: int  # held matches released early (buffer full)
     groups_evicted: int
     baseline_evicted: int
@@ -289,10 +290,25 @@ class Detector:
             alerts=self._alerts,
             matches=dict(self._matches),
             late=self._correlator.late,
+            lost=self._correlator.lost,
             forced=self._correlator.forced,
             groups_evicted=self._correlator.evicted,
             baseline_evicted=sum(r.first_seen.evicted for r in self._rules if r.first_seen),
         )
+
+    @property
+    def memory_ms(self) -> int:
+        """How far back in event time the detector's state reaches: its longest
+        correlation window, dedup timespan or baseline learning, plus the lateness. A
+        detector shown the events of that span again (:meth:`AuditService.warm_start`)
+        holds the state it had."""
+        spans = [c.timespan_ms for c in self.ruleset.correlations]
+        for rule in self._rules:
+            if rule.dedup is not None:
+                spans.append(rule.dedup.timespan_ms)
+            if rule.baseline is not None:
+                spans.append(rule.baseline.learning_ms)
+        return max(spans, default=0) + self.settings.lateness_ms
 
     def _candidates(self, event: Mapping[str, Any]) -> list[_Rule]:
         found = list(self._always)

@@ -485,6 +485,27 @@ class Ledger(SqlStore):
             rows = (await connection.execute(statement)).all()
         return [Stored(row.seq, _fields(row), json.loads(row.body)) for row in rows]
 
+    async def recent(
+        self, *, since_ms: int, max_records: int, page: int = 1000
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """The events of the newest ``max_records`` records whose event time is at least
+        ``since_ms``, in seq order, a page at a time."""
+        head, _ = await self.head()
+        after = max(head - max_records, 0)
+        while True:
+            statement = (
+                select(records.c.seq, records.c.body)
+                .where(records.c.seq > after, records.c.time >= since_ms)
+                .order_by(records.c.seq)
+                .limit(page)
+            )
+            async with self.engine.connect() as connection:
+                rows = (await connection.execute(statement)).all()
+            if not rows:
+                return
+            after = rows[-1].seq
+            yield [json.loads(row.body) for row in rows]
+
     async def verify(
         self,
         keys: Mapping[str, bytes],

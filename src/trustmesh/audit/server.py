@@ -311,6 +311,9 @@ async def _serve(
             await outer(alerts)
 
     service.on_alerts = on_alerts
+    replayed = await service.warm_start(config.detection.warm_start)
+    if replayed:
+        log.info("audit: detection warmed with %d recent events", replayed)
     port = int(sock.getsockname()[1])
     served = await start(app, host=host, port=port, tls=RotatingTLS(source), sock=sock)
     for receiver in receivers:

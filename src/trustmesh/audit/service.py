@@ -18,6 +18,10 @@ Findings of its alerts) go into the same log: :attr:`AuditService.own` is an eve
 whose events :meth:`AuditService.tick` ingests, reported by the collector's own SPIFFE ID.
 Findings (class 2004) are not run through detection again: they are its output.
 
+Detection's state (correlation windows, dedup silences, baselines) lives in memory; at
+start-up :meth:`AuditService.warm_start` rebuilds it from the log's recent events before
+any delivery is taken.
+
 Alerts are stored (:class:`~trustmesh.audit.alerts.AlertStore`: once per rule, group and
 window, whichever collector or restart raised them) before anything acts on them; only
 the newly stored go to ``on_alerts`` (responses, webhooks, syslog), each recorded as a
@@ -173,6 +177,29 @@ class AuditService:
         checkpoint = await self._checkpoint(appended.head)
         await self._raise(alerts)
         return Ingested(appended, tuple(alerts), checkpoint)
+
+    async def warm_start(self, max_records: int) -> int:
+        """Show detection the log's recent events again (at start-up, before any
+        delivery is taken): the newest ``max_records`` within the detector's memory
+        (:attr:`Detector.memory_ms`). Its windows, dedup silences and baselines are
+        then those of a collector that never stopped, so a burst split by a restart is
+        counted whole. An alert raised again is already stored and goes nowhere; one
+        that was never stored (the collector died between acknowledging its events and
+        storing it) is raised now. The number of events replayed."""
+        if max_records < 1:
+            return 0
+        since = int(self.clock() * 1000) - self.detector.memory_ms
+        replayed = 0
+        async with self._detecting:
+            alerts: list[Alert] = []
+            async for page in self.ledger.recent(since_ms=since, max_records=max_records):
+                for event in page:
+                    replayed += 1
+                    if event.get("class_uid") != _FINDING:
+                        alerts.extend(self.detector.observe(event))
+            alerts.extend(self.detector.advance(int(self.clock() * 1000)))
+        await self._raise(alerts)
+        return replayed
 
     async def tick(self) -> Checkpoint | None:
         """What is due with no event arriving: the collector's own events, correlation

@@ -261,6 +261,13 @@ class DetectionConfig(BaseModel):
     dry_run: bool = Field(
         default=False, description="Response actions are only recorded, never taken."
     )
+    warm_start: int = Field(
+        default=100_000,
+        ge=0,
+        le=10_000_000,
+        description="At start, run detection again over at most this many of the newest "
+        "events within the rules' longest window (0: start with empty windows).",
+    )
     never_block: list[str] = Field(
         default_factory=lambda: ["127.0.0.0/8", "::1/128"],
         max_length=1024,
