@@ -16,9 +16,8 @@ It learns silently from the first event it is shown until ``learning`` has passe
 event time; after that a key it does not hold is new (it alerts once: the key is then
 held). At ``capacity`` keys the least recently seen is forgotten (counted in
 ``evicted``): a key seen again after being forgotten is new again. The memory starts
-empty with the process and is
-rebuilt from the log's recent events when the collector starts
-(:meth:`~trustmesh.audit.service.AuditService.warm_start`).
+empty with the process and is rebuilt from the log's recent events when the collector
+starts (:meth:`~trustmesh.audit.service.AuditService.warm_start`).
 """
 
 from __future__ import annotations
