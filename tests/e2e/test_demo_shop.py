@@ -19,6 +19,7 @@ import requests
 from authlib.common.security import generate_token
 from authlib.integrations.requests_client import OAuth2Session
 from authrig import FormLogin, code_flow
+from secretscan import UsedSecrets, assert_no_secret_recorded, event_files
 from spiffe_http import spiffe_session, write_pems
 
 from trustmesh import crypto
@@ -38,7 +39,7 @@ from trustmesh.testing import run_cli as tm
 TD = "trustmesh.local"
 #: Every secret the tests of this module used (tokens, passwords, one-time codes, secret
 #: values): no event may carry one (the last test greps every event for them).
-USED: set[str] = set()
+USED = UsedSecrets()
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +69,8 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]
             "up_output": up.stdout,
             "up_stderr": up.stderr,
         }
+        assert tm("down", "--state", str(state)).returncode == 0
+        assert_no_secret_recorded(state, USED, at_least=0)  # what `down` flushed too
     finally:
         tm("down", "--state", str(state))
         shutil.rmtree(root, ignore_errors=True)
@@ -298,14 +301,15 @@ def test_hvac_kv_and_transit_against_trustmesh_up(shop: dict[str, object], tmp_p
     session = spiffe_session(bundle, cert, key)
     client = hvac.Client(url=url, cert=(cert, key), verify=bundle, session=session)
     client.auth.cert.login()
+    USED.add(client.token, "first-db-passphrase", "second-db-passphrase")
     kv = client.secrets.kv.v2
-    kv.create_or_update_secret("shop/db", {"password": "one"})
-    kv.create_or_update_secret("shop/db", {"password": "two"}, cas=1)
+    kv.create_or_update_secret("shop/db", {"password": "first-db-passphrase"})
+    kv.create_or_update_secret("shop/db", {"password": "second-db-passphrase"}, cas=1)
     with pytest.raises(hvac.exceptions.InvalidRequest):
         kv.create_or_update_secret("shop/db", {"password": "late"}, cas=1)
     assert kv.read_secret_version("shop/db", version=1, raise_on_deleted_version=True)["data"][
         "data"
-    ] == {"password": "one"}
+    ] == {"password": "first-db-passphrase"}
     assert "db" in kv.list_secrets("shop")["data"]["keys"]
     kv.delete_secret_versions("shop/db", versions=[2])
     with pytest.raises(hvac.exceptions.InvalidPath):
@@ -359,6 +363,7 @@ def test_hvac_database_credentials_against_trustmesh_up(
         session = spiffe_session(bundle, cert, key)
         client = hvac.Client(url=url, cert=(cert, key), verify=bundle, session=session)
         client.auth.cert.login()
+        USED.add(client.token)
         return client
 
     async def login_as(port: int, user: str, password: str) -> Any:
@@ -372,6 +377,7 @@ def test_hvac_database_credentials_against_trustmesh_up(
 
     with private_postgres() as cluster:
         root_password = secrets.token_hex(16)
+        USED.add(root_password)
 
         async def make_root() -> None:
             admin = await cluster.admin()
@@ -406,6 +412,7 @@ def test_hvac_database_credentials_against_trustmesh_up(
         )
         first = database.generate_credentials("reader")
         user, password = first["data"]["username"], first["data"]["password"]
+        USED.add(password)
         assert asyncio.run(login_as(cluster.port, user, password)) == user
         client.sys.revoke_lease(first["lease_id"])
         assert not asyncio.run(exists(user))
@@ -630,8 +637,8 @@ def _sign_in(shop: dict[str, object], username: str) -> str:
         browser.trust_env = False
         browser.verify = str(Path(str(shop["state"])) / "edge" / "ca.pem")
         tokens = code_flow(browser, public, "shop-web", REDIRECT, username, password, otp)
-    USED.update(str(v) for k, v in tokens.items() if k.endswith("_token"))
-    USED.update(x for x in (password, secret, otp) if x)
+    USED.tokens(tokens)
+    USED.add(password, secret, otp)
     return str(tokens["access_token"])
 
 
@@ -727,7 +734,7 @@ def _sign_in_with(shop: dict[str, object], username: str, password: str) -> str:
         browser.trust_env = False
         browser.verify = str(Path(str(shop["state"])) / "edge" / "ca.pem")
         tokens = code_flow(browser, public, "shop-web", REDIRECT, username, password)
-    USED.update(str(v) for k, v in tokens.items() if k.endswith("_token"))
+    USED.tokens(tokens)
     USED.add(password)
     return str(tokens["access_token"])
 
@@ -835,7 +842,7 @@ async def _attack(shop: dict[str, object], audit: ServiceClient) -> None:
             browser.trust_env = False
             browser.verify = ca
             tokens = code_flow(browser, public, client_id, REDIRECT, "support", password)
-        USED.update(str(v) for k, v in tokens.items() if k.endswith("_token"))
+        USED.tokens(tokens)
         return str(tokens["access_token"])
 
     token = await asyncio.to_thread(sign_in)
@@ -927,23 +934,16 @@ async def test_the_stack_delivers_its_events_and_alerts_on_what_it_saw(
 
 def test_no_event_carries_a_secret_the_tests_used(shop: dict[str, object]) -> None:
     """Every event the stack recorded in this module — each component's log and the
-    collector's ledger, spools included — is grepped for every token, password, TOTP
-    secret and code, card and secret value the tests above used."""
-    used = set(USED) | {CARD}
+    collector's ledger, spools included — is searched for every token, password, TOTP
+    secret and code, card and secret value the tests above used (and again once the
+    stack is down: :func:`shop`)."""
+    USED.add(CARD)
     for password, secret in _demo_credentials(shop).values():
-        used.update(x for x in (password, secret) if x)
-    used = {u for u in used if len(u) >= 8}  # a short value would match by chance
-    assert len(used) >= 8, used  # the tests above ran and signed in
+        USED.add(password, secret)
     state = Path(str(shop["state"]))
-    logs = [
-        *(state / "events").glob("*.jsonl"),
-        *(state / "audit").rglob("*"),
-        *(state / "spool").rglob("*"),
-    ]
-    records = b"".join(p.read_bytes() for p in logs if p.is_file())
+    records = b"".join(p.read_bytes() for p in event_files(state))
     assert b"alert-raised" in records or b"policy-deny" in records  # the logs are there
-    for value in used:
-        assert value.encode() not in records, f"a secret ({value[:4]}…) is in an event"
+    assert_no_secret_recorded(state, USED, at_least=8)  # the tests above ran and signed in
 
 
 def test_down_leaves_no_process(shop: dict[str, object]) -> None:

@@ -16,6 +16,7 @@ import pytest
 import requests
 from authlib.common.security import generate_token
 from authlib.integrations.requests_client import OAuth2Session
+from secretscan import UsedSecrets, assert_no_secret_recorded
 
 from trustmesh.cli.auth_cmd import admin_call
 from trustmesh.config import load_config
@@ -40,12 +41,15 @@ def stack() -> Iterator[dict[str, Any]]:
     config.write_text(CONFIG)
     state = root / "state"
     up = tm("up", "--config", str(config), "--state", str(state), "--detach")
+    used = UsedSecrets()
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         status = json.loads(
             tm("status", "--config", str(config), "--state", str(state), "--json").stdout
         )
-        yield {"config": config, "state": state, "status": status}
+        yield {"config": config, "state": state, "status": status, "used": used}
+        assert tm("down", "--state", str(state)).returncode == 0
+        assert_no_secret_recorded(state, used, at_least=0)
     finally:
         tm("down", "--state", str(state))
         shutil.rmtree(root, ignore_errors=True)
@@ -67,7 +71,7 @@ def test_the_gateway_runs_healthy_with_its_own_identity(stack: dict[str, Any]) -
 
 def test_a_signed_in_user_reaches_a_service_through_the_gateway(stack: dict[str, Any]) -> None:
     config = load_config(stack["config"])
-    state = stack["state"]
+    state, used = stack["state"], stack["used"]
     ca = str(state / "edge" / "ca.pem")
     admin_call(config, state, "POST", "/admin/v1/users", {"username": "sam", "password": PASSWORD})
     admin_call(
@@ -122,6 +126,7 @@ def test_a_signed_in_user_reaches_a_service_through_the_gateway(stack: dict[str,
             public + signed_in.headers["Location"], allow_redirects=False, timeout=30
         )
         code = parse_qs(urlsplit(back.headers["Location"]).query)["code"][0]
+        used.add(PASSWORD, code, verifier)
         tokens = browser.post(
             public + "/oauth2/token",
             data={
@@ -133,6 +138,7 @@ def test_a_signed_in_user_reaches_a_service_through_the_gateway(stack: dict[str,
             },
             timeout=30,
         ).json()
+        used.tokens(tokens)
         through = browser.get(
             gateway + "/items/tea",
             headers={"Authorization": f"Bearer {tokens['access_token']}"},

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from secretscan import UsedSecrets, assert_no_secret_recorded
 
 from trustmesh.testing import run_cli as tm
 
@@ -18,7 +19,12 @@ CLIENT = Path(__file__).parents[1] / "identity" / "workload_client.py"
 
 
 @pytest.fixture
-def stack(short_tmp: Path) -> Iterator[tuple[Path, Path, str]]:
+def used() -> UsedSecrets:
+    return UsedSecrets()
+
+
+@pytest.fixture
+def stack(short_tmp: Path, used: UsedSecrets) -> Iterator[tuple[Path, Path, str]]:
     config = short_tmp / "trustmesh.yaml"
     config.write_text("trust_domain: e2e.example\ndev: true\n")
     state = short_tmp / "state"
@@ -31,6 +37,7 @@ def stack(short_tmp: Path) -> Iterator[tuple[Path, Path, str]]:
         yield config, state, status["workload_api"]
     finally:
         assert tm("down", "--state", str(state)).returncode == 0
+    assert_no_secret_recorded(state, used, at_least=0)
 
 
 def _client(python: object, address: str, token: str | None = None) -> dict[str, object]:
@@ -51,7 +58,7 @@ def _client(python: object, address: str, token: str | None = None) -> dict[str,
 
 
 def test_join_token_from_the_cli_gives_a_workload_its_svid(
-    stack: tuple[Path, Path, str], short_tmp: Path, python_copy: type
+    stack: tuple[Path, Path, str], short_tmp: Path, python_copy: type, used: UsedSecrets
 ) -> None:
     config, state, address = stack
     worker = python_copy.make(short_tmp / "bin", "batch-worker")
@@ -70,6 +77,7 @@ def test_join_token_from_the_cli_gives_a_workload_its_svid(
     )
     assert created.returncode == 0, created.stderr
     token = created.stdout.strip()
+    used.add(token)
     result = _client(worker, address, token)
     assert result["ok"] is True, result
     assert result["spiffe_id"] == "spiffe://e2e.example/batch"
