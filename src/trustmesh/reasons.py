@@ -164,6 +164,9 @@ class Activity(enum.StrEnum):
     RESPONSE_UNDONE = "response-undone"
     #: A producer's spool was full and events were dropped (the ``drop`` policy).
     EVENTS_DROPPED = "events-dropped"
+    #: An alert or checkpoint copy the audit collector could not deliver to a receiver
+    #: (a webhook, syslog) after every retry: stored still, but that copy is missing.
+    EXPORT_FAILED = "export-failed"
     #: A detection rule matched: an alert (OCSF Detection Finding, class 2004).
     ALERT_RAISED = "alert-raised"
     #: A SPIFFE ID suspended (no SVID issued, refused by services), or the suspension lifted.

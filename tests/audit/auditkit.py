@@ -194,6 +194,19 @@ def events_dropped(count: int, seconds: float, *, component: str = "gateway") ->
     )
 
 
+def export_failed(receiver: str, seconds: float) -> dict[str, Any]:
+    """trustmesh.audit.server: a receiver gave up on an alert or a checkpoint copy."""
+    recorder = events.Recorder(events.MemorySink(), component="audit", spiffe_id=spiffe("audit"))
+    return _one(
+        recorder,
+        Activity.EXPORT_FAILED,
+        f"{receiver}: alert x not delivered",
+        decision=events.Decision.ERROR,
+        attributes={"receiver": receiver, "item": "alert x", "why": "503 (after 6 attempts)"},
+        now=at(seconds),
+    )
+
+
 def write_rules(directory: Path, text: str, name: str = "rules.yml") -> Path:
     path = directory / name
     path.write_text(textwrap.dedent(text))

@@ -164,3 +164,41 @@ async def test_a_spool_replayed_after_the_stream_moved_on_still_alerts(
         stats = rig.running.service.detector.stats
         assert stats.late >= 10  # each rule a correlation references counts
         assert stats.lost == 0
+
+
+async def test_a_webhook_that_refuses_an_alert_is_recorded_and_alerted_on(
+    identity: RunningIdentityServer, short_tmp: Path, pki: Pki, hook: Receiver
+) -> None:
+    """The webhook refuses the alert (a 4xx: not retried). The alert stays stored; the
+    give-up is an export-failed event in the log, which raises an alert of its own."""
+    hook.statuses[:] = [403] * 10
+    file = _declaration(short_tmp, pki, hook.port)
+    config = collector_config(file.read_text())
+    attempts = [login_failed("dave", i * 3, ip="203.0.113.5") for i in range(12)]
+    async with collector_rig(
+        identity, short_tmp / "state", config, config_file=file, tick=3600
+    ) as rig:
+        status, _ = await rig.payments.call("POST", "/v1/events", {"events": attempts})
+        assert status == 200
+        hook.wait_for(1)
+        failed: list[dict[str, object]] = []
+        for _ in range(100):  # the sender's thread records it; the tick stores it
+            await rig.running.service.store_own()
+            status, page = await rig.operator.call("GET", "/v1/events?reason=export-failed")
+            if failed := page["events"]:
+                break
+            await asyncio.sleep(0.05)
+        status, answer = await rig.operator.call("GET", "/v1/alerts")
+        (brute,) = [a for a in answer["alerts"] if a["title"] == BRUTE]
+        attributes = [e["unmapped"]["trustmesh"]["attributes"] for e in failed]
+        assert {(a["receiver"], a["why"]) for a in attributes} == {
+            ("webhook siem", "refused: HTTP 403")
+        }
+        assert f"alert {brute['uid']}" in {a["item"] for a in attributes}
+        for _ in range(100):  # its own alert, once the event is stored and detected
+            status, answer = await rig.operator.call("GET", "/v1/alerts")
+            if "An audit export failed" in [a["title"] for a in answer["alerts"]]:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("no alert on the failed export")

@@ -15,6 +15,7 @@ from auditkit import (
     admin_change,
     call,
     events_dropped,
+    export_failed,
     feed,
     gateway_refusal,
     login_failed,
@@ -164,6 +165,10 @@ CASES: dict[str, tuple[Stream, list[Stream]]] = {
         [events_dropped(3, 0)],
         [[admin_change(Activity.USER_LOCKED, 0)], reads(1)],
     ),
+    "export_failed": (
+        [export_failed("webhook siem", 0), export_failed("webhook siem", 300)],  # one alert
+        [[events_dropped(3, 0)], [admin_change(Activity.USER_LOCKED, 0)]],
+    ),
     "new_spiffe_id": (
         calls_from(["orders", "storefront"], 0)
         + calls_from(["orders", "intruder", "intruder"], 3600),
@@ -261,7 +266,7 @@ def test_the_rule_files_ship_as_package_data() -> None:
     ]["trustmesh"]
     package = root / "src" / "trustmesh"
     files = sorted(SHIPPED_RULES.glob("*.yml"))
-    assert len(files) == 12
+    assert len(files) == 13
     for path in files:
         relative = str(path.relative_to(package))
         assert any(fnmatch.fnmatch(relative, p) for p in patterns), relative

@@ -128,6 +128,8 @@ def test_attempts_run_out_and_a_4xx_is_not_retried(
     sender = WebhookSender(
         [hook(rig, pki)], sleep=waits, backoff=Backoff(attempts=3), rand=lambda: 0.0
     )
+    reported: list[tuple[str, str, str]] = []
+    sender.notify(lambda *failure: reported.append(failure))
     sender.start()
     sender.submit(alert(1))
     sender.submit(alert(2))
@@ -136,9 +138,14 @@ def test_attempts_run_out_and_a_4xx_is_not_retried(
     stats = sender.stats["siem"]
     assert (stats.delivered, stats.failed, stats.retries) == (0, 2, 2)
     assert len(waits.waits) == 2
-    assert f"gave up on alert {1:032x} after 3 attempts: HTTP 500" in caplog.text
-    assert f"alert {2:032x} refused: HTTP 400" in caplog.text
+    assert f"gave up on alert {1:032x}: HTTP 500 (after 3 attempts)" in caplog.text
+    assert f"gave up on alert {2:032x}: refused: HTTP 400" in caplog.text
     assert SECRET.decode() not in caplog.text
+    # each give-up reported (the collector records it as an export-failed event)
+    assert reported == [
+        ("webhook siem", f"alert {1:032x}", "HTTP 500 (after 3 attempts)"),
+        ("webhook siem", f"alert {2:032x}", "refused: HTTP 400"),
+    ]
 
 
 def test_a_network_error_is_retried(pki: Pki, tmp_path: Path) -> None:

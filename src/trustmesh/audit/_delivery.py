@@ -9,7 +9,9 @@ delivers items one at a time, in order; an item whose delivery raises :class:`Re
 is tried again after ``min(cap, base * factor ** (attempt - 1))`` times a uniform
 random factor (AWS's "full jitter"), at most ``attempts`` times in all, then given up
 and logged (the item's label, never its content). :class:`GiveUp` gives up at once (a
-receiver that refuses the request: retrying changes nothing).
+receiver that refuses the request: retrying changes nothing). Each give-up is also
+passed to :attr:`Worker.on_failed` (the collector records it as an ``export-failed``
+event, which the shipped rule alerts on).
 """
 
 from __future__ import annotations
@@ -131,6 +133,9 @@ class Worker(Generic[T]):
         self._sleep = sleep or self._abort.wait
         self._thread: threading.Thread | None = None
         self._closed = False
+        #: Called on the worker's thread with (its name, the item's label, why) at each
+        #: give-up; it must not block.
+        self.on_failed: Callable[[str, str, str], None] | None = None
 
     def _count(self, name: str, n: int = 1) -> None:
         with self._counting:  # the caller's thread and the worker's both count
@@ -201,7 +206,7 @@ class Worker(Generic[T]):
                 self.deliver(item)
             except Retry as exc:
                 if attempt == self.backoff.attempts or self._abort.is_set():
-                    why = exc.why
+                    why = f"{exc.why} (after {attempt} attempts)"
                     break
                 self._count("retries")
                 self._sleep(self.backoff.delay(attempt, self.rand, exc.after))
@@ -210,23 +215,25 @@ class Worker(Generic[T]):
                     break
                 continue
             except GiveUp as exc:
-                self._count("failed")
-                log.warning("audit %s: %s refused: %s", self.name, self.label(item), exc)
+                self._failed(item, f"refused: {exc}")
                 return
             except Exception:  # a bug in a sender: logged, and the thread goes on
-                self._count("failed")
                 log.exception("audit %s: delivering %s failed", self.name, self.label(item))
+                self._failed(item, "the sender failed")
                 return
             self._count("delivered")
             return
+        self._failed(item, why)
+
+    def _failed(self, item: T, why: str) -> None:
         self._count("failed")
-        log.warning(
-            "audit %s: gave up on %s after %d attempts: %s",
-            self.name,
-            self.label(item),
-            attempt,
-            why,
-        )
+        label = self.label(item)
+        log.warning("audit %s: gave up on %s: %s", self.name, label, why)
+        if self.on_failed is not None:
+            try:
+                self.on_failed(self.name, label, why)
+            except Exception:  # reporting must not stop the deliveries that follow
+                log.exception("audit %s: reporting a give-up failed", self.name)
 
 
 def tls_context(ca_file: str | None) -> ssl.SSLContext:

@@ -42,6 +42,7 @@ from trustmesh.config import TrustmeshConfig
 from trustmesh.config.audit import AuditConfig, DetectionConfig, RetentionConfig, WebhookConfig
 from trustmesh.errors import ConfigError
 from trustmesh.platform.listeners import Served, bound_socket, start
+from trustmesh.reasons import Activity
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.x509source import SVIDSource
 from trustmesh.store import create_engine, sqlite_url
@@ -106,6 +107,21 @@ def _receivers(
             hostname=hostname,
         ),
     )
+
+
+def _reporting(recorder: events.Recorder) -> Callable[[str, str, str], None]:
+    """Record a receiver's give-up as an ``export-failed`` event (the shipped rule
+    ``export_failed`` alerts on it)."""
+
+    def report(receiver: str, item: str, why: str) -> None:
+        recorder.record(
+            Activity.EXPORT_FAILED,
+            f"{receiver}: {item} not delivered",
+            decision=events.Decision.ERROR,
+            attributes={"receiver": receiver[:256], "item": item[:256], "why": why[:512]},
+        )
+
+    return report
 
 
 def _checkpoint_sender(settings: AuditConfig, folder: Path) -> WebhookSender | None:
@@ -231,6 +247,9 @@ async def serve_audit(
             clock=clock,
         )
         receivers: list[_Receiver] = [r for r in (webhooks, syslog) if r is not None]
+        for sender in (webhooks, syslog, copies):
+            if sender is not None:
+                sender.notify(_reporting(recorder))
         pruner = (
             None
             if ledger.prune_engine is None

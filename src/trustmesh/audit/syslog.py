@@ -266,6 +266,10 @@ class SyslogSender:
     def stats(self) -> DeliveryStats:
         return self._worker.stats
 
+    def notify(self, on_failed: Callable[[str, str, str], None]) -> None:
+        """Call ``on_failed(receiver, item, why)`` at each give-up."""
+        self._worker.on_failed = on_failed
+
     def start(self) -> None:
         self._worker.start()
 

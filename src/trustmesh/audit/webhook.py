@@ -217,6 +217,11 @@ class WebhookSender:
         """Per hook: submitted, delivered, dropped (queue full), failed, retries."""
         return {name: worker.stats for name, (_, worker) in self._workers.items()}
 
+    def notify(self, on_failed: Callable[[str, str, str], None]) -> None:
+        """Call ``on_failed(receiver, item, why)`` at each give-up (any hook)."""
+        for _, worker in self._workers.values():
+            worker.on_failed = on_failed
+
     def start(self) -> None:
         for _, worker in self._workers.values():
             worker.start()
