@@ -92,6 +92,10 @@ class Reason(enum.StrEnum):
     KEY_STORE_UNAVAILABLE = "key-store-unavailable"
     VERIFICATION_UNAVAILABLE = "token-verification-unavailable"
     REQUEST_TOO_LARGE = "request-too-large"
+    #: The request breaks its route's contract (OpenAPI document or JSON Schema).
+    REQUEST_INVALID = "request-invalid"
+    #: The request's content type is not one its route's contract accepts.
+    MEDIA_TYPE_UNSUPPORTED = "media-type-unsupported"
     REQUEST_INCOMPLETE = "request-incomplete"
     UPSTREAM_UNAVAILABLE = "upstream-unavailable"
     UPSTREAM_TIMEOUT = "upstream-timeout"
@@ -286,6 +290,8 @@ ANSWERS: Final = MappingProxyType(
         Reason.KEY_STORE_UNAVAILABLE: _UNAVAILABLE,
         Reason.VERIFICATION_UNAVAILABLE: _UNAVAILABLE,
         Reason.REQUEST_TOO_LARGE: Answer(413, "request_too_large"),
+        Reason.REQUEST_INVALID: _BAD_REQUEST,
+        Reason.MEDIA_TYPE_UNSUPPORTED: Answer(415, "unsupported_media_type"),
         Reason.REQUEST_INCOMPLETE: _BAD_REQUEST,
         Reason.UPSTREAM_UNAVAILABLE: _UNAVAILABLE,
         Reason.UPSTREAM_TIMEOUT: Answer(504, "timeout"),

@@ -66,6 +66,13 @@ def _invalid(problem: str, expected: str) -> PydanticCustomError:
     )
 
 
+def _check_file_name(value: str) -> str:
+    """A file the declaration names: relative to its folder, or absolute."""
+    if not value or "\0" in value or len(value) > 4096:
+        raise _invalid("not a file name", "a path, relative to the declaration's folder")
+    return value
+
+
 def _check_prefix(value: str) -> str:
     """A literal, canonical path prefix: ``/``, ``/orders``, ``/api/v1``."""
     if value == "/":
@@ -247,7 +254,7 @@ class GatewayRoute(BaseModel):
     service ``to``, after ``auth``. The longest matching prefix wins; where the route
     lists ``paths``, the request must be one of those operations."""
 
-    model_config = _MODEL_CONFIG
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, validate_by_name=True)
 
     path: Annotated[str, AfterValidator(_check_prefix)] = Field(
         description="Path prefix: '/orders' matches /orders and /orders/…, never /ordersX."
@@ -321,6 +328,21 @@ class GatewayRoute(BaseModel):
         validate_default=True,
         description="How long the upstream may take to answer (then 504).",
     )
+    openapi: Annotated[str, AfterValidator(_check_file_name)] | None = Field(
+        default=None,
+        description="An OpenAPI 3.0 or 3.1 document (JSON or YAML; relative to the "
+        "declaration's folder) describing every operation of the route (list them in "
+        "paths): path, query and header parameters, the content type (415) and the body "
+        "are validated against it before the request is forwarded (400, naming where and "
+        "the rule that failed).",
+    )
+    schema_file: Annotated[str, AfterValidator(_check_file_name)] | None = Field(
+        default=None,
+        alias="schema",
+        description="A JSON Schema (JSON or YAML file, relative to the declaration's "
+        "folder) for the route's bodies: POST, PUT and PATCH must carry a JSON body valid "
+        "against it (415 for another content type, 400 when invalid); other methods none.",
+    )
 
     @property
     def route_name(self) -> str:
@@ -338,6 +360,8 @@ class GatewayRoute(BaseModel):
                 "either [anonymous] or the credentials the route accepts",
             )
         self._check_paths()
+        if self.openapi is not None and self.schema_file is not None:
+            raise _invalid("both openapi and schema", "one of them: a route has one contract")
         return self
 
     def _check_paths(self) -> None:
@@ -382,6 +406,23 @@ class GatewayRoute(BaseModel):
             return tuple(self._declared())
         patterns = ("/", "/*") if self.path == "/" else (self.path, self.path + "/*")
         return tuple((method, pattern) for method in self.methods for pattern in patterns)
+
+
+class JsonLimits(BaseModel):
+    """Bounds on a JSON body the gateway parses (a route with ``openapi`` or
+    ``schema``); duplicate keys, NaN and Infinity are refused whatever these say."""
+
+    model_config = _MODEL_CONFIG
+
+    max_depth: int = Field(default=32, ge=1, le=256, description="Nested objects and arrays.")
+    max_keys: int = Field(default=1000, ge=1, le=100_000, description="Keys of one object.")
+    max_items: int = Field(default=10_000, ge=1, le=1_000_000, description="Items of one array.")
+    max_string: int = Field(
+        default=65_536, ge=1, le=64 << 20, description="Characters of one string or key."
+    )
+    max_number_digits: int = Field(
+        default=64, ge=1, le=4000, description="Characters of one number's text."
+    )
 
 
 class HealthCheck(BaseModel):
@@ -538,6 +579,10 @@ class GatewayConfig(BaseModel):
     )
     max_body_bytes: int = Field(
         default=1 << 20, ge=1, le=64 << 20, description="Larger request bodies get 413."
+    )
+    json_limits: JsonLimits = Field(
+        default_factory=lambda: JsonLimits(),
+        description="How much JSON a validated route's body may hold (400 past any).",
     )
     trusted_proxies: list[Annotated[str, AfterValidator(_check_cidr)]] = Field(
         default_factory=list,

@@ -16,6 +16,10 @@ Each stage decides, and a refusal ends the request with a structured error and a
    (client address, path, the operation's template and values, time) → ``403`` unless a
    permit applies and no forbid does;
 6. the body must fit the limit → ``413``;
+6a. the route's contract, where it declares one (:mod:`trustmesh.gateway.validation`:
+   an OpenAPI document or a JSON Schema): the content type → ``415``; parameters and
+   body → ``400`` naming where (a JSON Pointer into the body) and the rule, never the
+   value;
 7. forward over mTLS (the gateway's SVID; the upstream's SPIFFE ID checked) with the
    internal token in place of the client's, hop-by-hop headers and those that claim an
    identity, an address, a URL or a method removed (on a strict route, every header it
@@ -31,8 +35,8 @@ from the reason (trustmesh.reasons.ANSWERS).
 The response goes back with the upstream's status and body, its hop-by-hop and internal
 headers removed and the security headers set; an upstream's error (≥ 400) in the gateway's
 own shape, with only the headers a client needs (:mod:`trustmesh.gateway.answers`),
-unless the route relays errors as they are (``relay_errors``). Later stages (request
-validation, the injection filter) slot in between 6 and 7.
+unless the route relays errors as they are (``relay_errors``). The injection filter
+slots in after 6a.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import logging
 import time
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from trustmesh import events
@@ -68,7 +73,9 @@ from trustmesh.gateway.metrics import GatewayMetrics
 from trustmesh.gateway.oidc import ExternalIssuers, ExternalVerifier
 from trustmesh.gateway.ratelimit import RateDecision, RateLimiter
 from trustmesh.gateway.routes import RouteDecision, RouteTable, request_host
+from trustmesh.gateway.strictjson import Parsed
 from trustmesh.gateway.upstreams import UpstreamTimeoutError
+from trustmesh.gateway.validation import load_validators
 from trustmesh.platform.guard import RefusalSummary
 from trustmesh.platform.listeners import Receive, Scope, Send, answer_lifespan, respond_json
 from trustmesh.policy.addresses import as_ipv4
@@ -113,6 +120,8 @@ class Refusal:
     detail: str
     message: str
     headers: tuple[tuple[bytes, bytes], ...] = ()
+    #: more members of the answer's body (where a request is invalid, and the rule)
+    fields: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def deny(
@@ -121,8 +130,9 @@ class Refusal:
         detail: str,
         message: str,
         headers: tuple[tuple[bytes, bytes], ...] = (),
+        fields: tuple[tuple[str, str], ...] = (),
     ) -> Refusal:
-        return cls(events.Decision.DENY, reason, detail, message, headers)
+        return cls(events.Decision.DENY, reason, detail, message, headers, fields)
 
     @classmethod
     def error(cls, reason: Reason, detail: str, message: str) -> Refusal:
@@ -173,6 +183,7 @@ class Exchange:
     principal: Principal = ANONYMOUS
     credential: object = None  # what the caller presented, as the internal token's key
     body: bytes = b""
+    parsed: Parsed | None = None  # the JSON body, where the route's validation read it
 
 
 class _TooLarge(Exception):
@@ -206,12 +217,16 @@ class GatewayApp:
         metrics: GatewayMetrics | None = None,
         blocks: Blocklist | None = None,
         clock: Callable[[], float] = time.time,
+        config_dir: Path | None = None,
     ) -> None:
+        """``config_dir``: where the declaration's files (a route's ``openapi`` or
+        ``schema``) are, compiled now (ConfigError naming the route)."""
         self.spiffe_id = spiffe_id  # the issuer of internal tokens, the audience it accepts
         self.trust_domain = trust_domain
         self.token_ttl = int(gateway.internal_token_ttl.total_seconds())
         self.max_body_bytes = gateway.max_body_bytes
         self.routes = RouteTable(gateway.routes)
+        self.validators = load_validators(gateway, config_dir or Path.cwd())
         self.ip_rules = IPRules.of(gateway.allow_ips, gateway.deny_ips)
         self.blocks = blocks if blocks is not None else Blocklist()
         self.route_ip_rules = tuple(IPRules.of(r.allow_ips, r.deny_ips) for r in gateway.routes)
@@ -245,6 +260,7 @@ class GatewayApp:
             self._limit_after_auth,
             self._authorize,
             self._body,
+            self._validate,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -313,7 +329,7 @@ class GatewayApp:
             await send({"type": "http.response.body", "body": b""})
             return
         self._emit(outcome.decision, outcome.reason, outcome.detail, context, ex.user)
-        await _refuse(send, outcome.reason, outcome.message, list(outcome.headers))
+        await _refuse(send, outcome.reason, outcome.message, list(outcome.headers), outcome.fields)
 
     # -- the stages: each refuses (a Refusal), answers (a Reply) or carries on (None) --
     async def _address(self, ex: Exchange) -> Outcome | None:
@@ -560,6 +576,26 @@ class GatewayApp:
             )
         return None
 
+    async def _validate(self, ex: Exchange) -> Outcome | None:
+        """The route's contract (:mod:`trustmesh.gateway.validation`): 415, or 400
+        naming where and the rule, never the value."""
+        validator = self.validators[ex.index]
+        if validator is None:
+            return None
+        query: bytes = ex.scope.get("query_string", b"")
+        checked = validator.check(ex.method, ex.template, ex.params, query, ex.headers, ex.body)
+        ex.parsed = checked.parsed
+        found = checked.violation
+        if found is None:
+            return None
+        ex.context["violation"] = f"{found.location} {found.rule}"
+        return Refusal.deny(
+            Reason.MEDIA_TYPE_UNSUPPORTED if found.media else Reason.REQUEST_INVALID,
+            f"{found.location}: {found.rule}",
+            found.message,
+            fields=() if found.media else (("location", found.location), ("rule", found.rule)),
+        )
+
     async def _forward(self, ex: Exchange, send: Send) -> Outcome | None:
         """Forward over mTLS with the internal token; relay the answer (an upstream's
         error in the gateway's shape unless the route relays errors)."""
@@ -770,12 +806,16 @@ async def _upstream_error(send: Send, answer: Response, extra: list[tuple[bytes,
 
 
 async def _refuse(
-    send: Send, reason: Reason, message: str, headers: list[tuple[bytes, bytes]] | None = None
+    send: Send,
+    reason: Reason,
+    message: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    fields: tuple[tuple[str, str], ...] = (),
 ) -> None:
     """The gateway's answer to a refusal: the status and code the vocabulary gives
     ``reason`` (trustmesh.reasons.ANSWERS), in the gateway's shape."""
     refusal = ANSWERS[reason]
-    await _error(send, refusal.status, refusal.code, message, headers)
+    await _error(send, refusal.status, refusal.code, message, headers, fields)
 
 
 async def _error(
@@ -784,8 +824,9 @@ async def _error(
     error: str,
     message: str,
     headers: list[tuple[bytes, bytes]] | None = None,
+    fields: tuple[tuple[str, str], ...] = (),
 ) -> None:
-    body = json.dumps({"error": error, "message": message}).encode()
+    body = json.dumps({"error": error, "message": message, **dict(fields)}).encode()
     await respond_json(send, status, body, [*SECURITY_HEADERS, *(headers or ())])
 
 

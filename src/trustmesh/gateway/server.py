@@ -204,6 +204,7 @@ async def serve_gateway(
         upstreams=parts.upstreams,
         sink=sink,
         clock=parts.clock,
+        config_dir=folder,
     )
     internal, key_store = await _start_internal(
         config, state, key, sink, parts, tls=tls, host=host, port=internal_port
