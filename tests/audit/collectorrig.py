@@ -40,8 +40,11 @@ def collector_config(text: str = CONFIG) -> TrustmeshConfig:
     return parse_config(text, source="test.yaml")
 
 
-def identity_for(config: TrustmeshConfig, where: Path) -> Iterator[RunningIdentityServer]:
-    with identity_server_in_thread(config, where) as running:
+def identity_for(
+    config: TrustmeshConfig, where: Path, **server: Any
+) -> Iterator[RunningIdentityServer]:
+    """``server``: IdentityServer options (``discovery=True``: its suspensions feed)."""
+    with identity_server_in_thread(config, where, **server) as running:
         exe = os.readlink("/proc/self/exe")
         for spiffe_id in (PAYMENTS, OPERATOR, AUDIT):
             running.call(

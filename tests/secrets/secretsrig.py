@@ -75,8 +75,11 @@ class Workload(spiffe_http.Workload):
         )
 
 
-def identity_for(config: TrustmeshConfig, where: Path) -> Iterator[RunningIdentityServer]:
-    with identity_server_in_thread(config, where) as running:
+def identity_for(
+    config: TrustmeshConfig, where: Path, **server: Any
+) -> Iterator[RunningIdentityServer]:
+    """``server``: IdentityServer options (``discovery=True``: its suspensions feed)."""
+    with identity_server_in_thread(config, where, **server) as running:
         exe = os.readlink("/proc/self/exe")
         for spiffe_id in (PAYMENTS, ORDERS, OPERATOR, SECRETS):
             running.call(

@@ -13,12 +13,16 @@ from trustmesh.audit.endpoint import endpoint_path
 from trustmesh.audit.server import serve_audit
 from trustmesh.config import TrustmeshConfig
 from trustmesh.platform.process import component_identity, component_main, serve_until_stopped
+from trustmesh.platform.suspensions import suspension_feed
 
 
 async def run(config: TrustmeshConfig, state: Path, config_file: Path) -> None:
-    async with component_identity(config, state, "audit") as (source, sink):
+    async with (
+        component_identity(config, state, "audit") as (source, sink),
+        suspension_feed(source, state, "audit") as suspended,
+    ):
         running = await serve_audit(
-            config, state, source=source, sink=sink, config_file=config_file
+            config, state, source=source, sink=sink, config_file=config_file, suspended=suspended
         )
         print(f"audit: {running.url}", flush=True)
         await serve_until_stopped(

@@ -7,7 +7,13 @@ line, POSTed signed, so that a copy lives off this machine), the pruning of reco
 retention (``audit.retention``: every ``interval``, through the collector's own SQLite
 file or, on PostgreSQL, the pruning role's URL — without one, pruning is off and a
 warning says so at start), and the HTTP API, served
-over mTLS with its own SVID (``spiffe://<td>/trustmesh/audit``)."""
+over mTLS with its own SVID (``spiffe://<td>/trustmesh/audit``).
+
+A workload whose SPIFFE ID is suspended is refused on every route (``403``, a
+``suspended-spiffe-id`` event; :mod:`trustmesh.platform.suspensions`) but one: its
+deliveries (``POST /v1/events``) are still taken, and nothing more is recorded of them.
+The events of a suspended workload are what an investigator needs most, and refusing
+them would drop events (its spool would hold them until it gives up)."""
 
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -41,7 +47,8 @@ from trustmesh.audit.webhook import WebhookSender, load_webhook
 from trustmesh.config import TrustmeshConfig
 from trustmesh.config.audit import AuditConfig, DetectionConfig, RetentionConfig, WebhookConfig
 from trustmesh.errors import ConfigError
-from trustmesh.platform.listeners import Served, bound_socket, start
+from trustmesh.platform.listeners import ASGIApp, Served, bound_socket, start
+from trustmesh.platform.suspensions import RefuseSuspended
 from trustmesh.reasons import Activity
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.x509source import SVIDSource
@@ -216,8 +223,10 @@ async def serve_audit(
     on_alerts: OnAlerts | None = None,
     tick: float = 0.25,
     caller: Caller | None = None,
+    suspended: Container[str] | None = None,
 ) -> RunningAudit:
-    """Start the collector; return once it listens."""
+    """Start the collector; return once it listens. ``suspended``: the SPIFFE IDs refused
+    everywhere but the ingest (the suspensions feed)."""
     settings = settings_of(config)
     detector = detector_for(config.detection, config_file.parent if config_file else None)
     folder, url, checkpoints = _paths(settings, state)
@@ -256,7 +265,7 @@ async def serve_audit(
             else Pruner(ledger, key, retention_of(settings.retention), recorder, service.now)
         )
         running = await _serve(
-            config, service, responder, source, host, sock, tick, receivers, pruner
+            config, service, responder, source, host, sock, tick, receivers, pruner, suspended
         )
         if pruner is not None:
             interval = settings.retention.interval.total_seconds()
@@ -306,6 +315,11 @@ async def _open_service(
     )
 
 
+def _ingest(method: str, path: str) -> bool:
+    """A delivery of events, taken from a suspended workload too."""
+    return method == "POST" and path == "/v1/events"
+
+
 async def _serve(
     config: TrustmeshConfig,
     service: AuditService,
@@ -316,9 +330,12 @@ async def _serve(
     tick: float,
     receivers: list[_Receiver],
     pruner: Pruner | None = None,
+    suspended: Container[str] | None = None,
 ) -> RunningAudit:
     operator = config.component_spiffe_id("operator")
-    app = audit_app(service, responder.recorder, operator, responder, pruner)
+    app: ASGIApp = audit_app(service, responder.recorder, operator, responder, pruner)
+    if suspended is not None:
+        app = RefuseSuspended(app, suspended, responder.recorder, exempt=_ingest)
     outer = service.on_alerts
 
     async def on_alerts(alerts: list[Alert]) -> None:

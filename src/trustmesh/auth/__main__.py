@@ -13,12 +13,18 @@ from trustmesh.auth.endpoint import endpoint_path
 from trustmesh.auth.server import serve_auth
 from trustmesh.config import TrustmeshConfig
 from trustmesh.platform.process import component_identity, component_main, serve_until_stopped
+from trustmesh.platform.suspensions import suspension_feed
 
 
 async def run(config: TrustmeshConfig, state: Path, config_file: Path) -> None:
     config_dir = config_file.parent
-    async with component_identity(config, state, "auth") as (source, sink):
-        running = await serve_auth(config, state, source=source, sink=sink, config_dir=config_dir)
+    async with (
+        component_identity(config, state, "auth") as (source, sink),
+        suspension_feed(source, state, "auth") as suspended,
+    ):
+        running = await serve_auth(
+            config, state, source=source, sink=sink, config_dir=config_dir, suspended=suspended
+        )
         print(f"auth: issuer {running.service.settings.issuer}", flush=True)
         await serve_until_stopped(
             source,

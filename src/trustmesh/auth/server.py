@@ -1,6 +1,11 @@
 """Run the identity provider: its store, keys and HTTP app, served over mTLS with its
 own SVID (``spiffe://<td>/trustmesh/auth``) through ``sdk.serve`` and, when enabled, over
-server-authenticated TLS for browsers (see :mod:`trustmesh.auth.app`)."""
+server-authenticated TLS for browsers (see :mod:`trustmesh.auth.app`).
+
+A workload whose SPIFFE ID is suspended is refused on the mTLS listener
+(:mod:`trustmesh.platform.suspensions`): ``403`` ``access_denied`` (RFC 6749 §5.2) on the
+OAuth endpoints — no token, however valid its certificate — and ``403 forbidden``
+elsewhere."""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +27,7 @@ from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import ConfigError
 from trustmesh.platform.guard import ConnectionGuard, ConnectionLimits
 from trustmesh.platform.listeners import PublicServed, Served, bound_socket, start, start_public
+from trustmesh.platform.suspensions import OAUTH, PLATFORM, Refusal, RefuseSuspended
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.x509source import SVIDSource
 from trustmesh.store import create_engine, sqlite_url
@@ -72,11 +78,13 @@ async def serve_auth(
     port: int | None = None,
     config_dir: Path | None = None,
     clock: Callable[[], float] = time.time,
+    suspended: Container[str] | None = None,
 ) -> RunningAuth:
     """Start the identity provider; return once it listens with an active signing key.
 
     ``config_dir`` resolves relative certificate paths (the config file's folder);
-    ``clock`` (epoch seconds) is the service's: signing keys, tokens, revocations."""
+    ``clock`` (epoch seconds) is the service's: signing keys, tokens, revocations;
+    ``suspended``: the SPIFFE IDs the mTLS listener refuses (the suspensions feed)."""
     port = port if port is not None else config.auth.port
     # the issuer names the ports: they are bound up front, so no one can take them before
     # the listeners start on them
@@ -90,7 +98,16 @@ async def serve_auth(
             raise
     try:
         return await _serve_on(
-            config, state, source, sink, host, sock, public_sock, config_dir or Path.cwd(), clock
+            config,
+            state,
+            source,
+            sink,
+            host,
+            sock,
+            public_sock,
+            config_dir or Path.cwd(),
+            clock,
+            suspended,
         )
     except BaseException:  # the listeners never took them
         sock.close()
@@ -109,6 +126,7 @@ async def _serve_on(
     public_sock: socket.socket | None,
     config_dir: Path,
     clock: Callable[[], float],
+    suspended: Container[str] | None,
 ) -> RunningAuth:
     port = int(sock.getsockname()[1])
     public_port = int(public_sock.getsockname()[1]) if public_sock is not None else None
@@ -126,8 +144,11 @@ async def _serve_on(
     await service.start()
     tls = RotatingTLS(source)  # one set of contexts: the server's and its own calls
     gateway_tokens = _gateway_tokens(config, state, tls, settings.token_leeway, service.clock)
+    app = auth_app(service, urls, gateway_tokens=gateway_tokens)
     served = await start(
-        auth_app(service, urls, gateway_tokens=gateway_tokens),
+        app
+        if suspended is None
+        else RefuseSuspended(app, suspended, service.recorder, answer=_refusal),
         host=host,
         port=port,
         tls=tls,
@@ -152,6 +173,12 @@ async def _serve_on(
             raise
     ticker = asyncio.create_task(_tick_forever(service), name="trustmesh-auth-keys")
     return RunningAuth(service, served, urls, public, ticker, gateway_tokens)
+
+
+def _refusal(path: str) -> Refusal:
+    """A suspended peer's answer: RFC 6749's shape on the OAuth endpoints, the admin
+    API's elsewhere."""
+    return OAUTH if path.startswith("/oauth2/") else PLATFORM
 
 
 def _gateway_tokens(

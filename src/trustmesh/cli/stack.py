@@ -138,23 +138,31 @@ def _audit_url(state: Path) -> str:
     return str((read_json(audit_endpoint_path(state)) or {}).get("url") or "")
 
 
+def _discovery_url(state: Path) -> str:
+    return str((read_json(IdentityPaths(state).discovery) or {}).get("url") or "")
+
+
 def _component_env(config: TrustmeshConfig, state: Path, name: str) -> Callable[[], dict[str, str]]:
     def make() -> dict[str, str]:
         token = _join_token(config, state, config.component_spiffe_id(name))
-        return {"TRUSTMESH_JOIN_TOKEN": token, AUDIT_URL_ENV: _audit_url(state)}
+        return {
+            "TRUSTMESH_JOIN_TOKEN": token,
+            # where the suspensions feed is polled (platform.suspensions)
+            "TRUSTMESH_DISCOVERY_URL": _discovery_url(state),
+            AUDIT_URL_ENV: _audit_url(state),
+        }
 
     return make
 
 
 def _service_env(config: TrustmeshConfig, state: Path, name: str) -> Callable[[], dict[str, str]]:
     def make() -> dict[str, str]:
-        discovery = read_json(IdentityPaths(state).discovery) or {}
         auth = read_json(auth_endpoint_path(state)) or {}
         gateway = read_json(gateway_endpoint_path(state)) or {}
         secrets = read_json(secrets_endpoint_path(state)) or {}
         return {
             "TRUSTMESH_JOIN_TOKEN": _join_token(config, state, config.spiffe_id(name)),
-            "TRUSTMESH_DISCOVERY_URL": str(discovery.get("url") or ""),
+            "TRUSTMESH_DISCOVERY_URL": _discovery_url(state),
             "TRUSTMESH_AUTH_URL": str(auth.get("url") or ""),
             "TRUSTMESH_GATEWAY_URL": str(gateway.get("internal_url") or ""),
             "TRUSTMESH_SECRETS_URL": str(secrets.get("url") or ""),

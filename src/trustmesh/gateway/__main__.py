@@ -18,6 +18,7 @@ from trustmesh.errors import UnavailableError
 from trustmesh.gateway.endpoint import endpoint_path
 from trustmesh.gateway.server import serve_gateway
 from trustmesh.platform.process import component_identity, component_main, serve_until_stopped
+from trustmesh.platform.suspensions import suspension_feed
 
 
 def _url_from(path: Path) -> str | None:
@@ -34,7 +35,10 @@ async def run(config: TrustmeshConfig, state: Path, config_file: Path) -> None:
     discovery_url = _url_from(state / "discovery.json")
     if discovery_url is None:
         raise UnavailableError("discovery is not running (no discovery.json)")
-    async with component_identity(config, state, "gateway") as (source, sink):
+    async with (
+        component_identity(config, state, "gateway") as (source, sink),
+        suspension_feed(source, state, "gateway") as suspended,
+    ):
         running = await serve_gateway(
             config,
             state,
@@ -43,6 +47,7 @@ async def run(config: TrustmeshConfig, state: Path, config_file: Path) -> None:
             discovery_url=discovery_url,
             auth_url=_url_from(state / "auth" / "endpoint.json"),
             config_dir=config_dir,
+            suspended=suspended,
         )
         print(f"gateway: {running.url}", flush=True)
         await serve_until_stopped(

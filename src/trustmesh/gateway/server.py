@@ -4,7 +4,11 @@ and the operator manages API keys (:mod:`trustmesh.gateway.admin_app`).
 
 User tokens are verified with the identity provider's keys, fetched over mTLS and cached
 (traffic keeps flowing while the provider is down); revocations arrive through the
-provider's feed (a second by polling, at once with Redis)."""
+provider's feed (a second by polling, at once with Redis).
+
+A workload whose SPIFFE ID is suspended is refused on the mTLS listener — its JWKS and
+the admin API — with ``403 forbidden`` and a ``suspended-spiffe-id`` event
+(:mod:`trustmesh.platform.suspensions`)."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +41,15 @@ from trustmesh.gateway.oidc import ExternalIssuers
 from trustmesh.gateway.ratelimit import RateLimiter
 from trustmesh.gateway.upstreams import UpstreamPool
 from trustmesh.platform.guard import ConnectionGuard, ConnectionLimits
-from trustmesh.platform.listeners import PublicServed, Served, start, start_loopback, start_public
+from trustmesh.platform.listeners import (
+    ASGIApp,
+    PublicServed,
+    Served,
+    start,
+    start_loopback,
+    start_public,
+)
+from trustmesh.platform.suspensions import RefuseSuspended
 from trustmesh.policy.edge import load_edge_policy
 from trustmesh.reasons import Activity
 from trustmesh.sdk.discovery import DiscoveryClient
@@ -140,17 +152,29 @@ async def _start_internal(
     tls: RotatingTLS,
     host: str,
     port: int,
+    suspended: Container[str] | None = None,
 ) -> tuple[Served, SqlKeyStore]:
     """The mTLS listener: the JWKS of the internal tokens, the health check, the admin
     API over the key store (a change there is seen by the gateway's API keys at its next
-    decision)."""
+    decision); ``suspended`` peers refused before any of them."""
     key_store = await open_keystore(state)
     api_keys = parts.api_keys
     changed = api_keys.reload_soon if api_keys else lambda: None
     admin = KeyAdmin(config, key_store, sink, changed=changed, clock=parts.clock)
     blocks = BlockAdmin(config, parts.blocks, sink, clock=parts.clock)
+    app: ASGIApp = internal_app(key, admin, blocks)
+    if suspended is not None:
+        recorder = events.Recorder(
+            sink, component="gateway", spiffe_id=config.component_spiffe_id("gateway")
+        )
+        app = RefuseSuspended(app, suspended, recorder)
     try:
-        internal = await start(internal_app(key, admin, blocks), tls=tls, host=host, port=port)
+        internal = await start(
+            app,
+            tls=tls,
+            host=host,
+            port=port,
+        )
     except BaseException:
         await key_store.close()
         raise
@@ -170,9 +194,11 @@ async def serve_gateway(
     internal_port: int = 0,
     config_dir: Path | None = None,
     clock: Callable[[], float] = time.time,
+    suspended: Container[str] | None = None,
 ) -> RunningGateway:
     """Start the gateway; return once both listeners accept. ``clock``: the wall clock
-    its decisions read (tokens' times, the introspection cache, API keys)."""
+    its decisions read (tokens' times, the introspection cache, API keys);
+    ``suspended``: the SPIFFE IDs its mTLS listener refuses (the suspensions feed)."""
     gateway = config.gateway
     if gateway is None:
         raise ConfigError("no gateway: section in the declaration")
@@ -207,7 +233,7 @@ async def serve_gateway(
         config_dir=folder,
     )
     internal, key_store = await _start_internal(
-        config, state, key, sink, parts, tls=tls, host=host, port=internal_port
+        config, state, key, sink, parts, tls=tls, host=host, port=internal_port, suspended=suspended
     )
     try:
         public, scraped = await _listen(app, gateway, certificate, metrics, parts, host, port)

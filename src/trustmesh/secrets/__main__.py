@@ -11,14 +11,18 @@ from pathlib import Path
 
 from trustmesh.config import TrustmeshConfig
 from trustmesh.platform.process import component_identity, component_main, serve_until_stopped
+from trustmesh.platform.suspensions import suspension_feed
 from trustmesh.secrets.endpoint import endpoint_path
 from trustmesh.secrets.server import serve_secrets
 
 
 async def run(config: TrustmeshConfig, state: Path, config_file: Path) -> None:
-    async with component_identity(config, state, "secrets") as (source, sink):
+    async with (
+        component_identity(config, state, "secrets") as (source, sink),
+        suspension_feed(source, state, "secrets") as suspended,
+    ):
         running = await serve_secrets(
-            config, state, source=source, sink=sink, config_file=config_file
+            config, state, source=source, sink=sink, config_file=config_file, suspended=suspended
         )
         print(f"secrets: {running.url}", flush=True)
         await serve_until_stopped(

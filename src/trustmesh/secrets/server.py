@@ -4,7 +4,12 @@ with its own SVID (``spiffe://<td>/trustmesh/secrets``).
 In dev mode (``secrets.dev_auto_unseal``, on by default with ``dev: true``) the service
 initialises itself with one share, keeps that share in a 0600 file beside the data and
 unseals from it at every start — and says so loudly: anyone who can read the state
-directory can then read every secret."""
+directory can then read every secret.
+
+A workload whose SPIFFE ID is suspended is refused before the Vault API sees its request
+(:mod:`trustmesh.platform.suspensions`): ``403`` in Vault's shape and a
+``suspended-spiffe-id`` event — no login, no read, no transit operation, whatever token
+it still holds."""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +31,7 @@ from trustmesh.config import TrustmeshConfig
 from trustmesh.config.secrets import SecretsConfig
 from trustmesh.errors import ConfigError, StateError
 from trustmesh.platform.listeners import Served, bound_socket, start
+from trustmesh.platform.suspensions import VAULT, RefuseSuspended
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.x509source import SVIDSource
 from trustmesh.secrets.app import SecretsApp
@@ -73,9 +79,11 @@ async def serve_secrets(
     port: int | None = None,
     clock: Callable[[], float] = time.time,
     config_file: Path | None = None,
+    suspended: Container[str] | None = None,
 ) -> RunningSecrets:
     """Start the secrets service; return once it listens (unsealed, in dev mode).
-    ``config_file``: where ``config`` was read, read again by ``sys/config/reload``."""
+    ``config_file``: where ``config`` was read, read again by ``sys/config/reload``;
+    ``suspended``: the SPIFFE IDs refused (the suspensions feed)."""
     settings = settings_of(config)
     sock = bound_socket(host, port if port is not None else settings.port)
     try:
@@ -84,7 +92,7 @@ async def serve_secrets(
         sock.close()
         raise
     try:
-        return await _serve(config, service, source, sink, host, sock)
+        return await _serve(config, service, source, sink, host, sock, suspended)
     except BaseException:
         sock.close()
         await service.close()
@@ -155,12 +163,14 @@ async def _serve(
     sink: events.EventSink,
     host: str,
     sock: socket.socket,
+    suspended: Container[str] | None = None,
 ) -> RunningSecrets:
     port = int(sock.getsockname()[1])
     recorder = events.Recorder(
         sink, component="secrets", spiffe_id=config.component_spiffe_id("secrets")
     )
-    app = SecretsApp(service, SecretsRoutes(service).table(), recorder)
+    vault = SecretsApp(service, SecretsRoutes(service).table(), recorder)
+    app = vault if suspended is None else RefuseSuspended(vault, suspended, recorder, answer=VAULT)
     served = await start(
         app, host=host, port=port, tls=RotatingTLS(source), sock=sock, parser="h11"
     )
