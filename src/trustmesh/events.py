@@ -128,11 +128,13 @@ class EventClass(enum.IntEnum):
 
 
 class Decision(enum.StrEnum):
-    """What the emitting component decided: let it through, refuse it, or fail (closed)."""
+    """What the emitting component decided: let it through, refuse it, or fail (closed);
+    or, for a control in dry-run, that it would have refused what it let through."""
 
     ALLOW = "allow"
     DENY = "deny"
     ERROR = "error"
+    WOULD_DENY = "would-deny"
 
 
 class Status(enum.IntEnum):
@@ -517,8 +519,12 @@ def _skeleton(ocsf: dict[str, Any], shape: tuple[bool, bool, bool, bool]) -> _Sk
     return tuple(literals), holes
 
 
-_STATUS_OF = {Decision.ALLOW: Status.SUCCESS, Decision.DENY: Status.FAILURE}
-_SEVERITY_OF = {Decision.ALLOW: Severity.INFORMATIONAL}
+_STATUS_OF = {
+    Decision.ALLOW: Status.SUCCESS,
+    Decision.DENY: Status.FAILURE,
+    Decision.WOULD_DENY: Status.SUCCESS,  # it went through: the control only watched
+}
+_SEVERITY_OF = {Decision.ALLOW: Severity.INFORMATIONAL, Decision.WOULD_DENY: Severity.LOW}
 
 
 def event(

@@ -13,7 +13,7 @@ from trustmesh.testing import run_cli as tm
 def _shop(tmp_path: Path) -> Path:
     """A copy of the packaged demo declaration with its policies and their cases."""
     folder = default_config_path().parent
-    for name in ("default.yaml", "shop.cedar", "shop.tests.yaml"):
+    for name in ("default.yaml", "shop.cedar", "shop.tests.yaml", "shop.openapi.yaml"):
         shutil.copy(folder / name, tmp_path / name)
     return tmp_path / "default.yaml"
 

@@ -95,3 +95,25 @@ def test_mounted_under_trustmesh_config(valid_yaml: str, tmp_path: Path) -> None
     result = runner.invoke(trustmesh_app, ["config", "check", "--config", str(path)])
     assert result.exit_code == 2
     assert f"{path}:1: trust_domain: 'shop..example' has an empty label" in result.stderr
+
+
+def test_check_compiles_each_routes_contract(tmp_path: Path) -> None:
+    """A route's OpenAPI document that is missing, or does not describe an operation the
+    route serves, fails the check as it would fail the gateway's start."""
+    from trustmesh.config import default_config_path
+
+    shipped = default_config_path().parent
+    for name in ("default.yaml", "shop.cedar"):
+        (tmp_path / name).write_text((shipped / name).read_text())
+    path = tmp_path / "default.yaml"
+    result = runner.invoke(config_cmd.app, ["check", "--config", str(path)])
+    assert result.exit_code == 2
+    assert "gateway.routes[0].openapi: cannot read" in result.stderr
+    document = (shipped / "shop.openapi.yaml").read_text()
+    (tmp_path / "shop.openapi.yaml").write_text(document.replace("/admin/orders:", "/x:"))
+    result = runner.invoke(config_cmd.app, ["check", "--config", str(path)])
+    assert result.exit_code == 2
+    assert "the route serves GET /admin/orders, not described" in result.stderr
+    (tmp_path / "shop.openapi.yaml").write_text(document)
+    result = runner.invoke(config_cmd.app, ["check", "--config", str(path)])
+    assert result.exit_code == 0, result.output

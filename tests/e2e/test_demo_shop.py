@@ -49,7 +49,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]
     root = Path(tempfile.mkdtemp(prefix="tm", dir="/tmp"))
     config = root / "trustmesh.yaml"
     # the packaged demo, which declares a storefront that runs outside `up` (this test)
-    for name in ("default.yaml", "shop.cedar", "shop.tests.yaml"):
+    for name in ("default.yaml", "shop.cedar", "shop.tests.yaml", "shop.openapi.yaml"):
         shutil.copy(default_config_path().with_name(name), root / name)
     (root / "default.yaml").rename(config)
     state = root / "state"
@@ -694,12 +694,24 @@ def test_the_shop_through_the_gateway(shop: dict[str, object]) -> None:
     assert [o["id"] for o in call("GET", "/orders", shopper).json()["orders"]] == [order]
     assert call("GET", "/orders", carol).json()["orders"] == []
     assert order in [o["id"] for o in call("GET", "/orders", support).json()["orders"]]
-    # the service's own error comes back in the gateway's shape, nothing of its framework's
+    # a body that breaks the shop's contract (shop.openapi.yaml) is refused at the edge
     bad = call("POST", "/orders", shopper, json={"item": "tea"})
-    assert bad.status_code == 422
+    assert bad.status_code == 400
     assert bad.json() == {
-        "error": "unprocessable_entity",
-        "message": "the service refused the request (422)",
+        "error": "invalid_request",
+        "message": "the request is invalid at body/quantity: required",
+        "location": "body/quantity",
+        "rule": "required",
+    }
+    unknown = call("POST", "/orders", shopper, json={"item": "tea", "quantity": 1, "x": "<b>"})
+    assert (unknown.status_code, unknown.json()["rule"]) == (400, "additionalProperties")
+    assert b"<b>" not in unknown.content  # the offending value is never echoed
+    # the service's own error comes back in the gateway's shape, nothing of its framework's
+    missing = call("POST", "/orders", shopper, json={"item": "nonesuch", "quantity": 1})
+    assert missing.status_code == 404
+    assert missing.json() == {
+        "error": "not_found",
+        "message": "the service refused the request (404)",
     }
     # another spelling of a refund is no operation of the shop: refused at the edge
     assert call("POST", f"/orders/{order}/refund/", shopper).status_code == 400

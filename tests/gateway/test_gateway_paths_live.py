@@ -75,7 +75,10 @@ async def shop(
     request: pytest.FixtureRequest, identity: RunningIdentityServer, short_tmp: Path
 ) -> AsyncIterator[Edge]:
     SEEN.clear()
-    files = {"edge.cedar": POLICY_SOURCES[request.param]()}
+    files = {
+        "edge.cedar": POLICY_SOURCES[request.param](),
+        "shop.openapi.yaml": (SHIPPED / "shop.openapi.yaml").read_text(),
+    }
     async with edge_stack(identity, short_tmp, shop_section(), recorder(SEEN), files) as edge:
         for who, roles in (
             ("carol", ["customer"]),

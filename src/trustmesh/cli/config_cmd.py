@@ -51,6 +51,14 @@ def check(config: ConfigOption = None) -> None:
     from trustmesh.cli.policy_cmd import edge_policy_or_exit
 
     policy = edge_policy_or_exit(loaded, path.parent)
+    if loaded.gateway is not None:  # each route's contract compiles, as the gateway will
+        from trustmesh.gateway.validation import load_validators
+
+        try:
+            load_validators(loaded.gateway, path.parent)
+        except ConfigError as exc:
+            Console(stderr=True, soft_wrap=True, markup=False).print(f"{path}: {exc.detail}")
+            raise typer.Exit(EXIT_BAD_CONFIG) from None
     out = Console(soft_wrap=True, markup=False, highlight=False)
     if loaded.gateway is not None and policy is None:
         out.print(

@@ -328,6 +328,10 @@ class GatewayRoute(BaseModel):
         validate_default=True,
         description="How long the upstream may take to answer (then 504).",
     )
+    modes: ControlModes = Field(
+        default_factory=lambda: ControlModes(),
+        description="enforce or dry-run, per control: policy, rate_limits, validation, waf.",
+    )
     openapi: Annotated[str, AfterValidator(_check_file_name)] | None = Field(
         default=None,
         description="An OpenAPI 3.0 or 3.1 document (JSON or YAML; relative to the "
@@ -406,6 +410,25 @@ class GatewayRoute(BaseModel):
             return tuple(self._declared())
         patterns = ("/", "/*") if self.path == "/" else (self.path, self.path + "/*")
         return tuple((method, pattern) for method in self.methods for pattern in patterns)
+
+
+ControlMode = Literal["enforce", "dry-run"]
+
+
+class ControlModes(BaseModel):
+    """Each control of a route enforces (refuses) or runs dry: the request passes and
+    what the control would have refused is an event (decision ``would-deny``, its
+    reason), read by ``trustmesh gateway dry-run report``. Switch a control on in
+    dry-run, read the report, then enforce it (a reload applies it)."""
+
+    model_config = _MODEL_CONFIG
+
+    policy: ControlMode = Field(default="enforce", description="The edge policies (Cedar).")
+    rate_limits: ControlMode = Field(default="enforce", description="The rate limits.")
+    validation: ControlMode = Field(
+        default="enforce", description="The route's contract (openapi or schema)."
+    )
+    waf: ControlMode = Field(default="enforce", description="The injection filter.")
 
 
 class JsonLimits(BaseModel):

@@ -45,7 +45,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -250,17 +250,21 @@ class GatewayApp:
         self.sink = sink
         self.recorder = events.Recorder(sink, component="gateway", spiffe_id=spiffe_id)
         self.clock = clock
-        self._stages = (
-            self._address,
-            self._path,
-            self._preflight,
-            self._route,
-            self._limit_before_auth,
-            self._authenticate,
-            self._limit_after_auth,
-            self._authorize,
-            self._body,
-            self._validate,
+        #: each stage, and the route's control it is (None: always enforced), which a
+        #: route may run dry (``modes``)
+        self._stages: tuple[
+            tuple[Callable[[Exchange], Awaitable[Outcome | None]], str | None], ...
+        ] = (
+            (self._address, None),
+            (self._path, None),
+            (self._preflight, None),
+            (self._route, None),
+            (self._limit_before_auth, "rate_limits"),
+            (self._authenticate, None),
+            (self._limit_after_auth, "rate_limits"),
+            (self._authorize, "policy"),
+            (self._body, None),
+            (self._validate, "validation"),
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -310,10 +314,14 @@ class GatewayApp:
         method: str = scope["method"]
         context.update(method=method, path=raw.decode("latin-1")[:512], client=peer)
         ex = Exchange(scope, receive, list(scope["headers"]), method, raw, peer, context)
-        for stage in self._stages:
+        for stage, control in self._stages:
             outcome = await stage(ex)
-            if outcome is not None:
-                break
+            if outcome is None:
+                continue
+            if control is not None and isinstance(outcome, Refusal) and self._dry(ex, control):
+                self._would_deny(ex, control, outcome)
+                continue
+            break
         else:
             outcome = await self._forward(ex, send)
             if outcome is None:
@@ -330,6 +338,17 @@ class GatewayApp:
             return
         self._emit(outcome.decision, outcome.reason, outcome.detail, context, ex.user)
         await _refuse(send, outcome.reason, outcome.message, list(outcome.headers), outcome.fields)
+
+    @staticmethod
+    def _dry(ex: Exchange, control: str) -> bool:
+        route = ex.route
+        return route is not None and getattr(route.modes, control) == "dry-run"
+
+    def _would_deny(self, ex: Exchange, control: str, refusal: Refusal) -> None:
+        """A control in dry-run refused: the event says so (``would-deny``, the reason,
+        the control) and the request goes on as if it had passed."""
+        context = dict(ex.context, control=control)
+        self._emit(events.Decision.WOULD_DENY, refusal.reason, refusal.detail, context, ex.user)
 
     # -- the stages: each refuses (a Refusal), answers (a Reply) or carries on (None) --
     async def _address(self, ex: Exchange) -> Outcome | None:
