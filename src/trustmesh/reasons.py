@@ -96,6 +96,8 @@ class Reason(enum.StrEnum):
     REQUEST_INVALID = "request-invalid"
     #: The request's content type is not one its route's contract accepts.
     MEDIA_TYPE_UNSUPPORTED = "media-type-unsupported"
+    #: The injection filter found SQL injection, XSS, traversal or command injection.
+    REQUEST_INJECTION = "request-injection"
     REQUEST_INCOMPLETE = "request-incomplete"
     UPSTREAM_UNAVAILABLE = "upstream-unavailable"
     UPSTREAM_TIMEOUT = "upstream-timeout"
@@ -292,6 +294,7 @@ ANSWERS: Final = MappingProxyType(
         Reason.REQUEST_TOO_LARGE: Answer(413, "request_too_large"),
         Reason.REQUEST_INVALID: _BAD_REQUEST,
         Reason.MEDIA_TYPE_UNSUPPORTED: Answer(415, "unsupported_media_type"),
+        Reason.REQUEST_INJECTION: _FORBIDDEN,
         Reason.REQUEST_INCOMPLETE: _BAD_REQUEST,
         Reason.UPSTREAM_UNAVAILABLE: _UNAVAILABLE,
         Reason.UPSTREAM_TIMEOUT: Answer(504, "timeout"),

@@ -168,4 +168,7 @@ def key_rotate(
 
 
 def register(parent: typer.Typer) -> None:
+    from trustmesh.cli import gateway_dryrun_cmd
+
+    app.add_typer(gateway_dryrun_cmd.app, name="dry-run")
     parent.add_typer(app, name="gateway")

@@ -328,6 +328,9 @@ class GatewayRoute(BaseModel):
         validate_default=True,
         description="How long the upstream may take to answer (then 504).",
     )
+    waf: WafConfig | None = Field(
+        default=None, description="The injection filter for this route (default: gateway.waf)."
+    )
     modes: ControlModes = Field(
         default_factory=lambda: ControlModes(),
         description="enforce or dry-run, per control: policy, rate_limits, validation, waf.",
@@ -429,6 +432,24 @@ class ControlModes(BaseModel):
         default="enforce", description="The route's contract (openapi or schema)."
     )
     waf: ControlMode = Field(default="enforce", description="The injection filter.")
+
+
+class WafConfig(BaseModel):
+    """The injection filter (:mod:`trustmesh.gateway.waf`): SQL injection, XSS, path
+    traversal and command injection in the path, query, listed headers and the body
+    (form fields, JSON strings), decoded as the service reads them."""
+
+    model_config = _MODEL_CONFIG
+
+    mode: Literal["fast", "off"] = Field(
+        default="fast",
+        description="fast: libinjection and high-signal traversal and command checks; off: none.",
+    )
+    action: Literal["block", "log"] = Field(
+        default="block",
+        description="block: 403 request-injection; log: the request passes and the finding "
+        "is a would-deny event (the same as the route's modes.waf: dry-run).",
+    )
 
 
 class JsonLimits(BaseModel):
@@ -602,6 +623,10 @@ class GatewayConfig(BaseModel):
     )
     max_body_bytes: int = Field(
         default=1 << 20, ge=1, le=64 << 20, description="Larger request bodies get 413."
+    )
+    waf: WafConfig = Field(
+        default_factory=lambda: WafConfig(),
+        description="The injection filter of every route that sets none of its own.",
     )
     json_limits: JsonLimits = Field(
         default_factory=lambda: JsonLimits(),

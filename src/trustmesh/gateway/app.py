@@ -20,6 +20,9 @@ Each stage decides, and a refusal ends the request with a structured error and a
    an OpenAPI document or a JSON Schema): the content type → ``415``; parameters and
    body → ``400`` naming where (a JSON Pointer into the body) and the rule, never the
    value;
+6b. the injection filter (:mod:`trustmesh.gateway.waf`, ``waf: {mode, action}``): SQL
+   injection, XSS, traversal, command injection in what the service will read →
+   ``403`` ``request-injection`` (the category, where and the check in the event);
 7. forward over mTLS (the gateway's SVID; the upstream's SPIFFE ID checked) with the
    internal token in place of the client's, hop-by-hop headers and those that claim an
    identity, an address, a URL or a method removed (on a strict route, every header it
@@ -35,8 +38,9 @@ from the reason (trustmesh.reasons.ANSWERS).
 The response goes back with the upstream's status and body, its hop-by-hop and internal
 headers removed and the security headers set; an upstream's error (≥ 400) in the gateway's
 own shape, with only the headers a client needs (:mod:`trustmesh.gateway.answers`),
-unless the route relays errors as they are (``relay_errors``). The injection filter
-slots in after 6a.
+unless the route relays errors as they are (``relay_errors``). A route may run its
+policy, rate limits, validation and injection filter dry (``modes``): what the control
+would have refused is recorded as ``would-deny`` and the request goes on.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from trustmesh import events
-from trustmesh.config.gateway import PROVIDER_ISSUER, GatewayConfig, GatewayRoute
+from trustmesh.config.gateway import PROVIDER_ISSUER, GatewayConfig, GatewayRoute, WafConfig
 from trustmesh.errors import InvalidTokenError, TrustmeshError, UnavailableError, UsageError
 from trustmesh.gateway.answers import error_code, error_headers, error_message
 from trustmesh.gateway.apikeys import presented_api_key
@@ -76,6 +80,7 @@ from trustmesh.gateway.routes import RouteDecision, RouteTable, request_host
 from trustmesh.gateway.strictjson import Parsed
 from trustmesh.gateway.upstreams import UpstreamTimeoutError
 from trustmesh.gateway.validation import load_validators
+from trustmesh.gateway.waf import FastFilter
 from trustmesh.platform.guard import RefusalSummary
 from trustmesh.platform.listeners import Receive, Scope, Send, answer_lifespan, respond_json
 from trustmesh.policy.addresses import as_ipv4
@@ -227,6 +232,7 @@ class GatewayApp:
         self.max_body_bytes = gateway.max_body_bytes
         self.routes = RouteTable(gateway.routes)
         self.validators = load_validators(gateway, config_dir or Path.cwd())
+        self.filters = tuple(_filter(r.waf or gateway.waf) for r in gateway.routes)
         self.ip_rules = IPRules.of(gateway.allow_ips, gateway.deny_ips)
         self.blocks = blocks if blocks is not None else Blocklist()
         self.route_ip_rules = tuple(IPRules.of(r.allow_ips, r.deny_ips) for r in gateway.routes)
@@ -265,6 +271,7 @@ class GatewayApp:
             (self._authorize, "policy"),
             (self._body, None),
             (self._validate, "validation"),
+            (self._inspect, "waf"),
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -615,6 +622,38 @@ class GatewayApp:
             fields=() if found.media else (("location", found.location), ("rule", found.rule)),
         )
 
+    async def _inspect(self, ex: Exchange) -> Outcome | None:
+        """The injection filter (:mod:`trustmesh.gateway.waf`), on what the service will
+        read: 403 ``request-injection``, the category, where and the check in the event."""
+        found = self.filters[ex.index]
+        if found is None:
+            return None
+        waf, action = found
+        finding = waf.inspect(
+            path=ex.path,
+            query=ex.scope.get("query_string", b""),
+            headers=ex.headers,
+            content_type=next(
+                (v.decode("latin-1") for k, v in ex.headers if k == b"content-type"), None
+            ),
+            body=ex.body,
+            json_strings=ex.parsed.strings if ex.parsed is not None else None,
+        )
+        if finding is None:
+            return None
+        ex.context.update(
+            category=finding.category.value, location=finding.location, check=finding.check
+        )
+        refusal = Refusal.deny(
+            Reason.REQUEST_INJECTION,
+            f"{finding.category.value} at {finding.location} ({finding.check})",
+            "the request was refused",
+        )
+        if action == "log":  # as a dry run: recorded, and the request goes on
+            self._would_deny(ex, "waf", refusal)
+            return None
+        return refusal
+
     async def _forward(self, ex: Exchange, send: Send) -> Outcome | None:
         """Forward over mTLS with the internal token; relay the answer (an upstream's
         error in the gateway's shape unless the route relays errors)."""
@@ -822,6 +861,16 @@ async def _upstream_error(send: Send, answer: Response, extra: list[tuple[bytes,
     kept = [(k, v) for k, v in error_headers(_cleaned(answer)) if k not in names]
     status = answer.status
     await _error(send, status, error_code(status), error_message(status), [*kept, *extra])
+
+
+def _filter(config: WafConfig) -> tuple[FastFilter, str] | None:
+    """The route's injection filter and its action, or None (off)."""
+    if config.mode == "off":
+        return None
+    return _FAST, config.action
+
+
+_FAST = FastFilter()
 
 
 async def _refuse(
