@@ -107,6 +107,10 @@ STRIPPED: Final = frozenset(
         b"x-http-method",
         b"x-method-override",
         b"x-http-destinationurl",
+        b"x-script-name",  # a mount prefix (SCRIPT_NAME) some WSGI middlewares take from it
+        b"x-override-url",
+        b"x-request-uri",
+        b"x-rewrite-uri",
     }
 )
 #: Families of :data:`STRIPPED`: every header whose name starts with one of these.

@@ -14,7 +14,10 @@ canonical; anything a server, proxy or framework might normalise differently is 
 - ``%25`` (double encoding: ``%252e`` is ``%2e`` after one decode);
 - a percent-encoded unreserved character (``%41`` for ``A``): RFC 3986 §6.2.2.2 says it
   is equivalent to the literal, so two spellings would name one resource;
-- malformed escapes (``%`` not followed by two hex digits), non-ASCII raw bytes.
+- malformed escapes (``%`` not followed by two hex digits), non-ASCII raw bytes;
+- an escaped non-ASCII character that Unicode compatibility normalisation (NFKC, or a
+  best-fit mapping) turns into ``.``, ``/``, ``\\``, ``;``, ``?``, ``#`` or ``%``:
+  ``%EF%BC%8E%EF%BC%8E`` (full-width ``．．``) is ``..`` to a server that normalises.
 
 What remains is decoded once, and that is the path patterns are matched against.
 """
@@ -22,6 +25,7 @@ What remains is decoded once, and that is the path patterns are matched against.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 __all__ = ["NonCanonicalPath", "canonical_path"]
@@ -34,6 +38,8 @@ _FORBIDDEN_ESCAPED = (
     frozenset({0x25, 0x2F, 0x5C, 0x3B, 0x2E, 0x3F, 0x23}) | frozenset(range(0x20)) | {0x7F}
 )
 MAX_PATH = 4096
+#: What a non-ASCII character may not become under compatibility normalisation.
+_SEPARATORS = frozenset("./\\;?#%")
 # the common case: only literal characters, no escape, no dot or empty segment
 _PLAIN = re.compile(rb"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9\-._~!$&'()*+,=:@]+)+/?|/")
 
@@ -92,6 +98,22 @@ def _canonical_path_slow(raw: bytes) -> str:
         if segment == b"" and position != len(segments) - 1:
             raise NonCanonicalPath("empty segment")
     try:
-        return out.decode("utf-8")
+        path = out.decode("utf-8")
     except UnicodeDecodeError:
         raise NonCanonicalPath("escapes do not decode to UTF-8") from None
+    if not path.isascii():
+        _no_compatibility_separators(path)
+    return path
+
+
+def _no_compatibility_separators(path: str) -> None:
+    """A character that Unicode compatibility normalisation (NFKC/NFKD, which some
+    servers and frameworks apply, and Windows' best-fit mapping) turns into ``.``, ``/``,
+    ``\\``, ``;``, ``?``, ``#`` or ``%`` would make another path of this one there
+    (``．．`` is ``..``)."""
+    for char in path:
+        if char.isascii():
+            continue
+        folded = unicodedata.normalize("NFKC", char)
+        if any(c in _SEPARATORS for c in folded):
+            raise NonCanonicalPath(f"U+{ord(char):04X} normalises to a path separator or dot")
