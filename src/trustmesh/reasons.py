@@ -168,6 +168,8 @@ class Activity(enum.StrEnum):
     #: An automated response action taken (or, in a dry run, planned), or undone.
     RESPONSE_TAKEN = "response-taken"
     RESPONSE_UNDONE = "response-undone"
+    #: A component applied a changed declaration while serving (the gateway's reload).
+    CONFIG_RELOADED = "config-reloaded"
     #: A producer's spool was full and events were dropped (the ``drop`` policy).
     EVENTS_DROPPED = "events-dropped"
     #: An alert or checkpoint copy the audit collector could not deliver to a receiver

@@ -24,6 +24,7 @@ from trustmesh.cli._common import (
     JsonOption,
     StateOption,
     err,
+    fail,
     out,
     seconds_option,
 )
@@ -165,6 +166,53 @@ def key_rotate(
     _show_issued(
         _gateway(state, config, "POST", _key_path(key_id, "rotate"), body), as_json, "rotated"
     )
+
+
+@app.command("reload")
+def reload(
+    state: StateOption = DEFAULT_STATE,
+    wait: Annotated[
+        float, typer.Option("--wait", min=1, max=120, help="Seconds to wait for the answer.")
+    ] = 10.0,
+) -> None:
+    """Apply the changed declaration to the running gateway without a restart: routes,
+    edge policies, contracts, injection filters, control modes (dry-run → enforce), rate
+    limits. A declaration that does not compile, or changes what only a restart applies,
+    is refused and the running one stays (exit 1, with why)."""
+    import json
+    import os
+    import signal
+    import time
+
+    from trustmesh.cli.supervisor import RunPaths, process_alive
+    from trustmesh.gateway.endpoint import reload_path
+
+    try:
+        run = json.loads(RunPaths(state).component("gateway").read_text())
+        pid, started = int(run["pid"]), int(run["start_time"])
+    except (OSError, ValueError, KeyError, TypeError):
+        fail(f"no gateway is running under {state}")
+    if not process_alive(pid, started):
+        fail(f"no gateway is running under {state}")
+    answer = reload_path(state)
+
+    def last() -> float:
+        try:
+            return float(json.loads(answer.read_text())["at"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0.0
+
+    before = last()
+    os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + wait
+    while last() <= before:
+        if time.monotonic() > deadline:
+            fail(f"the gateway did not answer within {wait:g}s (see its log)")
+        time.sleep(0.05)
+    outcome = json.loads(answer.read_text())
+    if not outcome.get("ok"):
+        fail(f"reload refused, the running declaration stays: {outcome.get('error')}")
+    out.print("gateway: the declaration is applied", markup=False)
 
 
 def register(parent: typer.Typer) -> None:

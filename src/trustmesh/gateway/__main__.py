@@ -5,20 +5,34 @@ services) with ``SPIFFE_ENDPOINT_SOCKET`` and a one-time join token for
 ``spiffe://<td>/trustmesh/gateway``; writes where it listens to
 ``<state>/gateway/endpoint.json`` once it serves (and again when its SVID rotates):
 ``url`` (public), ``internal_url`` (mTLS: its JWKS), ``admin_url`` (mTLS: its admin API),
-``metrics_url``."""
+``metrics_url``. On ``SIGHUP`` it reads its declaration again and applies it while it
+serves (:mod:`trustmesh.gateway.reload`), saying how that went in
+``<state>/gateway/reload.json`` (``trustmesh gateway reload`` sends the signal and reads
+the answer)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import signal
 import sys
+import time
 from pathlib import Path
 
-from trustmesh.config import TrustmeshConfig
-from trustmesh.errors import UnavailableError
-from trustmesh.gateway.endpoint import endpoint_path
+from trustmesh.config import TrustmeshConfig, load_config
+from trustmesh.errors import TrustmeshError, UnavailableError
+from trustmesh.gateway.endpoint import endpoint_path, reload_path
 from trustmesh.gateway.server import serve_gateway
-from trustmesh.platform.process import component_identity, component_main, serve_until_stopped
+from trustmesh.platform.process import (
+    component_identity,
+    component_main,
+    serve_until_stopped,
+    write_json_atomic,
+)
 from trustmesh.platform.suspensions import suspension_feed
+
+log = logging.getLogger("trustmesh.gateway")
 
 
 def _url_from(path: Path) -> str | None:
@@ -50,6 +64,28 @@ async def run(config: TrustmeshConfig, state: Path, config_file: Path) -> None:
             suspended=suspended,
         )
         print(f"gateway: {running.url}", flush=True)
+
+        async def _reload() -> None:
+            """SIGHUP: the declaration read again and applied, or refused (the running
+            one stays); the outcome in ``<state>/gateway/reload.json``."""
+            async with _one_at_a_time:
+                outcome: dict[str, object] = {"at": time.time(), "ok": True}
+                try:
+                    await running.reload(load_config(config_file), config_dir)
+                except TrustmeshError as exc:
+                    outcome.update(ok=False, error=exc.detail)
+                    log.error("gateway: reload refused: %s", exc.detail)
+                else:
+                    log.warning("gateway: declaration reloaded from %s", config_file)
+                write_json_atomic(reload_path(state), outcome)
+
+        def _on_hangup() -> None:
+            task = asyncio.ensure_future(_reload())
+            _reloading.add(task)
+            task.add_done_callback(_reloading.discard)
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _on_hangup)
+
         await serve_until_stopped(
             source,
             endpoint_path(state),
@@ -61,6 +97,11 @@ async def run(config: TrustmeshConfig, state: Path, config_file: Path) -> None:
             },
             running.stop,
         )
+
+
+#: Reloads in progress (each kept until it ends).
+_reloading: set[asyncio.Future[None]] = set()
+_one_at_a_time = asyncio.Lock()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,7 +75,7 @@ from trustmesh.gateway.iprules import IPRules
 from trustmesh.gateway.keystore import ApiKeyVerifier
 from trustmesh.gateway.metrics import GatewayMetrics
 from trustmesh.gateway.oidc import ExternalIssuers, ExternalVerifier
-from trustmesh.gateway.ratelimit import RateDecision, RateLimiter
+from trustmesh.gateway.ratelimit import RateDecision, RateLimiter, compile_rules
 from trustmesh.gateway.routes import RouteDecision, RouteTable, request_host
 from trustmesh.gateway.strictjson import Parsed
 from trustmesh.gateway.upstreams import UpstreamTimeoutError
@@ -246,6 +246,7 @@ class GatewayApp:
         self.verifier = verifier
         self.policy = policy
         self.limiter = limiter
+        self.rate_rules = compile_rules(gateway) if limiter is not None else None
         self.api_keys = api_keys
         self.external = external
         self.introspector = introspector
@@ -420,7 +421,12 @@ class GatewayApp:
         if self.limiter is None:
             return None
         early = await self.limiter.hit(
-            ex.index, consumer=None, roles=(), ip=ex.client, stage="before_auth"
+            ex.index,
+            consumer=None,
+            roles=(),
+            ip=ex.client,
+            stage="before_auth",
+            rules=self.rate_rules,
         )
         ex.early = early
         ex.grants = early.headers()
@@ -544,6 +550,7 @@ class GatewayApp:
             roles=principal.roles,
             ip=ex.client,
             stage="after_auth",
+            rules=self.rate_rules,
         )
         refused = self._limited(ex, limited)
         early = ex.early

@@ -52,7 +52,7 @@ from trustmesh.config.gateway import GatewayConfig, GatewayRoute, RateLimitRule
 from trustmesh.policy.addresses import address_bucket
 from trustmesh.reasons import Reason
 
-__all__ = ["RateDecision", "RateLimiter", "StorageListener"]
+__all__ = ["RateDecision", "RateLimiter", "Rules", "StorageListener", "compile_rules"]
 
 log = logging.getLogger("trustmesh.gateway.ratelimit")
 
@@ -148,9 +148,18 @@ class _Counter:
         return strategy.hit(rule.item, key)
 
 
+#: Each route's compiled rules, by route index.
+Rules = tuple[tuple["_Rule", ...], ...]
+
+
 def _digest(value: str) -> str:
     """A fixed-length name for an untrusted string (consumer id, role, address)."""
     return hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+
+
+def compile_rules(gateway: GatewayConfig) -> Rules:
+    """Each route's rate-limit rules, compiled (what :meth:`RateLimiter.hit` takes)."""
+    return _compile(gateway)
 
 
 def _compile(gateway: GatewayConfig) -> tuple[tuple[_Rule, ...], ...]:
@@ -311,11 +320,14 @@ class RateLimiter:
         roles: Sequence[str],
         ip: str,
         stage: Stage = "all",
+        rules: Rules | None = None,
     ) -> RateDecision:
         """Count one request on ``gateway.routes[route_index]`` unless a rule refuses it.
         ``stage``: ``before_auth`` counts only the rules that need nothing but the address
-        (``per: ip`` without ``roles``), ``after_auth`` the others, ``all`` every one."""
-        buckets = _buckets(self._rules[route_index], consumer, roles, ip, stage)
+        (``per: ip`` without ``roles``), ``after_auth`` the others, ``all`` every one.
+        ``rules``: the declaration's (:func:`compile_rules`) when it is not the one the
+        limiter started with (a reloaded pipeline brings its own; counters are shared)."""
+        buckets = _buckets((rules or self._rules)[route_index], consumer, roles, ip, stage)
         counter = self._counter()
         if not buckets:
             return RateDecision(True, Reason.OK, "", 0, 0, 0, 0, None, counter.kind)  # no rule

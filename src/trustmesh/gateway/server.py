@@ -39,6 +39,7 @@ from trustmesh.gateway.keystore import ApiKeyVerifier, SqlKeyStore, open_keystor
 from trustmesh.gateway.metrics import GatewayMetrics
 from trustmesh.gateway.oidc import ExternalIssuers
 from trustmesh.gateway.ratelimit import RateLimiter
+from trustmesh.gateway.reload import Pipeline, restart_only
 from trustmesh.gateway.upstreams import UpstreamPool
 from trustmesh.platform.guard import ConnectionGuard, ConnectionLimits
 from trustmesh.platform.listeners import (
@@ -84,6 +85,39 @@ class RunningGateway:
     api_keys: ApiKeyVerifier | None = None
     external: ExternalIssuers | None = None
     key_store: SqlKeyStore | None = None  # the admin API's
+    #: what the public listener serves, the declaration it was built from, and how to
+    #: build another (:meth:`reload`)
+    pipeline: Pipeline | None = None
+    config: TrustmeshConfig | None = None
+    build: Callable[[TrustmeshConfig, Path], GatewayApp] | None = None
+
+    async def reload(self, config: TrustmeshConfig, config_dir: Path) -> GatewayApp:
+        """Build the pipeline of ``config`` and swap it in (:mod:`trustmesh.gateway.reload`);
+        ConfigError (the running pipeline stays) when it cannot be applied without a
+        restart or does not compile."""
+        if self.pipeline is None or self.config is None or self.build is None:
+            raise ConfigError("this gateway was not started to be reloaded")
+        running, new = self.config, config.gateway
+        if new is None or running.gateway is None:
+            raise ConfigError("gateway: the new declaration has no gateway section")
+        problems = restart_only(running.gateway, new)
+        if config.trust_domain != running.trust_domain:
+            problems.append("trust_domain changed")
+        if problems:
+            raise ConfigError(
+                "; ".join(problems) + ": restart the gateway to apply it "
+                "(the running declaration stays)"
+            )
+        app = self.build(config, config_dir)  # compiles everything, or raises: nothing swapped
+        self.pipeline.app = app
+        self.config = config
+        app.record(
+            events.Decision.ALLOW,
+            Activity.CONFIG_RELOADED,
+            "the gateway's declaration was reloaded",
+            routes=len(new.routes),
+        )
+        return app
 
     @property
     def url(self) -> str:
@@ -209,41 +243,59 @@ async def serve_gateway(
     tls = RotatingTLS(source)
     spiffe_id = config.component_spiffe_id("gateway")
     trust, verifier = await _provider(config, gateway, tls, spiffe_id, auth_url)
-    policy = load_edge_policy(config, folder)
     metrics = GatewayMetrics() if gateway.metrics_port is not None else None
     changes = _Changes(metrics)
     parts = await _parts(config, gateway, state, folder, tls, discovery_url, trust, changes, clock)
-    app = changes.app = GatewayApp(
-        gateway,
-        policy=policy,
-        limiter=parts.limiter,
-        api_keys=parts.api_keys,
-        external=parts.external,
-        introspector=parts.introspector(trust, spiffe_id),
-        metrics=metrics,
-        blocks=parts.blocks,
-        spiffe_id=spiffe_id,
-        trust_domain=config.trust_domain,
-        verifier=verifier,
-        key=key,
-        tls=tls,
-        upstreams=parts.upstreams,
-        sink=sink,
-        clock=parts.clock,
-        config_dir=folder,
-    )
+    introspector = parts.introspector(trust, spiffe_id)
+
+    def build(declared: TrustmeshConfig, where: Path) -> GatewayApp:
+        """The pipeline of ``declared`` on this gateway's parts (compiled now)."""
+        section = declared.gateway
+        if section is None:
+            raise ConfigError("no gateway: section in the declaration")
+        if verifier is None and _needs_provider(section):
+            raise ConfigError(
+                "a route needs the identity provider's tokens and this gateway started "
+                "without it: restart the gateway to apply it"
+            )
+        app = GatewayApp(
+            section,
+            policy=load_edge_policy(declared, where),
+            limiter=parts.limiter,
+            api_keys=parts.api_keys,
+            external=parts.external,
+            introspector=introspector,
+            metrics=metrics,
+            blocks=parts.blocks,
+            spiffe_id=spiffe_id,
+            trust_domain=declared.trust_domain,
+            verifier=verifier,
+            key=key,
+            tls=tls,
+            upstreams=parts.upstreams,
+            sink=sink,
+            clock=parts.clock,
+            config_dir=where,
+        )
+        changes.app = app
+        return app
+
+    app = build(config, folder)
+    pipeline = Pipeline(app)
     internal, key_store = await _start_internal(
         config, state, key, sink, parts, tls=tls, host=host, port=internal_port, suspended=suspended
     )
     try:
-        public, scraped = await _listen(app, gateway, certificate, metrics, parts, host, port)
+        public, scraped = await _listen(pipeline, gateway, certificate, metrics, parts, host, port)
     except BaseException:
         await internal.stop()
         with contextlib.suppress(Exception):
             await key_store.close()
             await parts.close()
         raise
-    return parts.running(public, internal, trust, key, scraped, key_store)
+    running = parts.running(public, internal, trust, key, scraped, key_store)
+    running.pipeline, running.config, running.build = pipeline, config, build
+    return running
 
 
 def _certificate(
@@ -274,11 +326,7 @@ async def _provider(
     auth_url: str | None,
 ) -> tuple[ProviderTrust | None, TokenVerifier | None]:
     """The identity provider's keys and revocations, and the verifier of its tokens."""
-    needs_provider = any(
-        "introspection" in r.auth or ("jwt" in r.auth and not gateway.issuers)
-        for r in gateway.routes
-    )
-    if auth_url is None and needs_provider:
+    if auth_url is None and _needs_provider(gateway):
         # fail closed and loudly at start, rather than 503 on every request: once started,
         # the gateway keeps the provider's keys it has while the provider is down
         raise UnavailableError("the identity provider is not running; the routes need it")
@@ -294,6 +342,13 @@ async def _provider(
         require_binding=False,  # a browser has no certificate; a bound token still must match
     )
     return trust, verifier
+
+
+def _needs_provider(gateway: GatewayConfig) -> bool:
+    return any(
+        "introspection" in r.auth or ("jwt" in r.auth and not gateway.issuers)
+        for r in gateway.routes
+    )
 
 
 class _Changes:
@@ -413,7 +468,7 @@ async def _parts(
 
 def _guard(
     gateway: GatewayConfig,
-    app: GatewayApp,
+    pipeline: Pipeline,
     metrics: GatewayMetrics | None,
     upstreams: UpstreamPool,
 ) -> ConnectionGuard:
@@ -421,7 +476,7 @@ def _guard(
     and is exempt); the metrics read the upstreams and the open connections."""
     guard = ConnectionGuard(
         ConnectionLimits.of(gateway.limits),
-        exempt=lambda address: address in app.trusted,
+        exempt=lambda address: address in pipeline.app.trusted,
         on_refused=metrics.listener_refused if metrics is not None else None,
     )
     if metrics is not None:
@@ -435,7 +490,7 @@ def _guard(
 
 
 async def _listen(
-    app: GatewayApp,
+    pipeline: Pipeline,
     gateway: GatewayConfig,
     certificate: crypto.ServerCertificate,
     metrics: GatewayMetrics | None,
@@ -446,13 +501,13 @@ async def _listen(
     """The upstreams checked, then the public listener and the metrics."""
     await parts.upstreams.start()
     public = await start_public(
-        app,
+        pipeline,
         chain_pem=certificate.chain_pem(),
         key_pem=certificate.key_pem(),
         host=host,
         port=gateway.port if port is None else port,
-        guard=_guard(gateway, app, metrics, parts.upstreams),
-        on_refusals=app.refusals,
+        guard=_guard(gateway, pipeline, metrics, parts.upstreams),
+        on_refusals=lambda summaries: pipeline.app.refusals(summaries),
     )
     return public, await _start_metrics(gateway, metrics, public, host)
 
