@@ -38,9 +38,11 @@ _INERT = re.compile(r"[A-Za-z0-9_]*")
 #: attack made only of these needs one of _PLAIN_HINTS (a dot-dot, a ``.ini`` file, a
 #: UNION, a script URL, a ``0x`` spelling)
 _PLAIN = re.compile(r"[\w .,@!?+:-]*")
-_PLAIN_HINTS = ("..", ".ini", "union", "script:", "0x")
+_PLAIN_HINTS = ("..", ".ini", "union", "script:", "0x")  # spelled out in check()
+#: the characters the rule groups and gates look for (letters, digits and spaces never)
+_SPECIAL = re.compile(r"[^a-z0-9 ]")
 #: what SQL injection needs to break out of a value or end a statement (see _trusted_sqli)
-_SQL_SIGNIFICANT = re.compile(r"['\"`;()#]|--|/\*")
+_SQL_SIGNIFICANT = frozenset("'\"`;()#")  # or "--", "/*"
 _SQLI_MIN_TOKENS = 4
 #: two numbers compared, or a word (quoted or not) compared with itself (_SQL_RULES)
 _COMPARISON = (
@@ -106,17 +108,10 @@ _RE_BINARY_PATH = re.compile(_BINARY_PATH)
 
 # a program run from code: a shell-out function called on a string or variable (PHP,
 # Python, Java), a PHP open tag, a server-side include directive, Windows ``net`` admin
-_CODE_EXEC = tuple(
-    (keyword, re.compile(pattern))
-    for keyword, pattern in (
-        *(
-            (name, rf"\b{name}\s*\(\s*['\"$]")
-            for name in ("system", "exec", "shell_exec", "passthru", "popen", "proc_open")
-        ),
-        ("<?php", r"<\?php\b"),
-        ("os.", r"\bos\.(?:system|popen)\s*\("),
-        ("getruntime", r"getruntime\(\)\.exec\b"),
-    )
+# (matched at each parenthesis, the function's name looked up behind it)
+_CODE_EXEC = re.compile(
+    r"(?:(?<=system)|(?<=exec)|(?<=passthru)|(?<=popen)|(?<=proc_open))\(\s*['\"$]"
+    r"|(?:(?<=os\.system)|(?<=os\.popen)|(?<=getruntime\(\)\.exec))\("
 )
 _SSI = re.compile(r"<!--\s*#\s*(?:exec|include|echo|config|printenv)\b")
 _NET_ADMIN = re.compile(r"[;&|`\n\r]\s*net\s+(?:user|localgroup|view|use|share)\b")
@@ -135,12 +130,43 @@ _DOTDOT_U_ESCAPE = re.compile(r"\.\.%u[0-9a-f]{4}")
 # -- XSS and SQL injection: keyword-anchored rules ----------------------------------------
 # Each rule is (check, keyword, pattern): the pattern is matched only where the keyword
 # occurs (str.find), and starts there. A regex searched over a whole value tries every
-# branch at every character (µs on prose); a find costs tens of ns.
+# branch at every character (µs on prose); a find costs tens of ns. Rules are grouped by
+# the characters one of which they need (_NEEDS: ``(`` for a call, ``'`` for a quote…):
+# a group whose characters are all absent from the value is skipped with one set test.
 Rule = tuple[str, str, "re.Pattern[str]"]
+Groups = tuple[tuple[frozenset[str], tuple[Rule, ...]], ...]
+
+#: a keyword's rules need one of these characters in the value ("": none)
+_NEEDS = {
+    **dict.fromkeys(("<",), "<"),
+    **dict.fromkeys(("script", "data"), ":"),
+    **dict.fromkeys(("srcdoc", "formaction", "xlink:href", "innerhtml"), "="),
+    **dict.fromkeys(("sleep", "("), "("),
+    **dict.fromkeys(("document", "location", "mysql.user"), "."),
+    **dict.fromkeys(("+adw-",), "+"),
+    **dict.fromkeys(("`",), "`"),
+    **dict.fromkeys(("expression",), "("),
+    **dict.fromkeys(("waitfor", "'"), "'"),
+    **dict.fromkeys(('"',), '"'),
+    **dict.fromkeys(("_",), "_"),
+    **dict.fromkeys(("@@",), "@"),
+    **dict.fromkeys(("exec",), "._"),
+    **dict.fromkeys(("or", "and", "xor", "having", "where"), "=<>"),
+    **dict.fromkeys(("||",), "|"),
+    **dict.fromkeys(("&&",), "&"),
+    **dict.fromkeys(("order", "group"), "-#*"),
+    **dict.fromkeys(("/*",), "*"),
+    **dict.fromkeys((";",), ";"),
+}
 
 
-def _rules(*rules: tuple[str, str, str]) -> tuple[Rule, ...]:
-    return tuple((check, keyword, re.compile(pattern)) for check, keyword, pattern in rules)
+def _rules(*rules: tuple[str, str, str]) -> Groups:
+    """The rules, in order, grouped by what they need (first-match order kept within a
+    group; groups in the order of their first rule)."""
+    groups: dict[str, list[Rule]] = {}
+    for check, keyword, pattern in rules:
+        groups.setdefault(_NEEDS.get(keyword, ""), []).append((check, keyword, re.compile(pattern)))
+    return tuple((frozenset(needs), tuple(group)) for needs, group in groups.items())
 
 
 _XSS_RULES = _rules(
@@ -164,13 +190,16 @@ _XSS_RULES = _rules(
     ("xss-attribute", "srcdoc", r"srcdoc\s*="),
     ("xss-attribute", "formaction", r"formaction\s*="),
     ("xss-attribute", "xlink:href", r"xlink:href\s*="),
-    ("xss-attribute", "expression", r"expression\s*\("),
-    # a call of a dialog or eval sink (JavaScript), or a read of what an attack steals
-    ("xss-js", "alert", r"alert\s*(?:\(|`)"),
-    ("xss-js", "confirm", r"confirm\s*(?:\(|`)"),
-    ("xss-js", "prompt", r"prompt\s*(?:\(|`)"),
-    ("xss-js", "eval", r"eval\s*(?:\(|`)"),
-    ("xss-js", "fromcharcode", r"fromcharcode\s*\("),
+    # a CSS expression() in a style value
+    ("xss-attribute", "expression", r"(?:(?<=[:=(])|(?<=[:=(]\s))expression\s*\("),
+    # a call of a dialog or eval sink (JavaScript) or of a decoder, matched at the
+    # parenthesis or backtick with the name looked up behind it ("prompt(s)" is prose)
+    (
+        "xss-js",
+        "(",
+        r"(?:(?<=alert)|(?<=confirm)|(?<=prompt)|(?<=eval)|(?<=fromcharcode))\((?!e?s\)|ed\))",
+    ),
+    ("xss-js", "`", r"(?:(?<=alert)|(?<=confirm)|(?<=prompt)|(?<=eval))`"),
     ("xss-js", "document", r"document\s*\.\s*(?:cookie|domain|write)"),
     ("xss-js", "location", r"location\s*\.\s*(?:hash|href\s*=)"),
     ("xss-js", "innerhtml", r"innerhtml\s*="),
@@ -180,6 +209,9 @@ _XSS_RULES = _rules(
 _SCRIPT_SCHEMES = ("java", "vb", "live", "mocha")
 #: what a browser drops inside a URL scheme (``jav&#x09;ascript:``)
 _WHITESPACE_IN_SCHEME = re.compile(r"[\t\n\r\x00]")
+_DECODED_BY_BROWSER = frozenset("&\t\n\r\x00")
+#: a character reference (``&#40;``, ``&lt;``, ``&lt`` — HTML5 reads a few without ``;``)
+_ENTITY = re.compile(r"&(?:#|[a-z]+;|lt|gt|quot|amp|apos)")
 
 _SQL_RULES = _rules(
     # UNION [ALL|DISTINCT] SELECT, also with comments or parentheses for spaces
@@ -189,31 +221,34 @@ _SQL_RULES = _rules(
         r"\bunion\b(?:\s|/\*.*?\*/|\()*(?:all|distinct)?(?:\s|/\*.*?\*/|\()*select\b",
     ),
     # a time delay: sleep(), pg_sleep(), benchmark(n, …), WAITFOR DELAY '…', dbms_lock
-    ("sqli-time-delay", "sleep", r"sleep(?:\(|\s+\(\s*\d+\s*\))"),
-    ("sqli-time-delay", "benchmark", r"\bbenchmark\s*\(\s*\d+\s*,"),
+    # (matched at the parenthesis, the function's name looked up behind it)
+    (
+        "sqli-time-delay",
+        "(",
+        r"(?<=sleep)\(|(?<=benchmark)\(\s*\d+\s*,"
+        r"|(?:(?<=dbms_lock\.sleep)|(?<=dbms_pipe\.receive_message))\(",
+    ),
+    ("sqli-time-delay", "sleep", r"sleep\s+\(\s*\d+\s*\)"),
     ("sqli-time-delay", "waitfor", r"\bwaitfor\s+(?:delay|time)\s*'"),
     ("sqli-time-delay", "dbms_", r"dbms_(?:lock\.sleep|pipe\.receive_message)\s*\("),
     # the catalog, system variables and file functions an attack enumerates or calls
-    ("sqli-system-object", "information_schema", r"information_schema"),
     (
         "sqli-system-object",
         "sys",
-        r"\bsys(?:objects|columns|users|databases|logins)\b|\bsys(?:ibm|cat)\.",
+        r"sys(?:objects|columns|users|databases|logins)\b|sys(?:ibm|cat)\.",
     ),
-    ("sqli-system-object", "pg_", r"\bpg_(?:catalog|shadow|user|tables)\b"),
-    ("sqli-system-object", "mysql.user", r"\bmysql\.user\b"),
-    ("sqli-system-object", "sqlite_master", r"sqlite_master"),
-    ("sqli-system-object", "msysobjects", r"msysobjects"),
-    ("sqli-system-object", "xp_", r"\bxp_(?:cmdshell|regread|dirtree|servicecontrol|fileexist)\b"),
+    ("sqli-system-object", "mysql.user", r"mysql\.user\b"),
+    # names with an underscore, matched at it: information_schema, pg_catalog, xp_cmdshell…
     (
         "sqli-system-object",
-        "sp_",
-        r"\bsp_(?:executesql|oacreate|makewebtask|addlogin|password|configure)\b",
+        "_",
+        r"(?<=\binformation)_schema|(?<=\bpg)_(?:catalog|shadow|user|tables)\b"
+        r"|(?<=\bsqlite)_master|(?<=\bxp)_(?:cmdshell|regread|dirtree|servicecontrol|fileexist)\b"
+        r"|(?<=\bsp)_(?:executesql|oacreate|makewebtask|addlogin|password|configure)\b"
+        r"|(?<=\butl)_(?:http|inaddr)\.|(?<=\bload)_file\s*\(",
     ),
     ("sqli-system-object", "@@", r"@@(?:version|hostname|datadir|servername|basedir|user)\b"),
-    ("sqli-system-object", "load_file", r"load_file\s*\("),
     ("sqli-system-object", "into", r"\binto\s+(?:out|dump)file\b"),
-    ("sqli-system-object", "utl_", r"\butl_(?:http|inaddr)\."),
     # a boolean test: OR/AND/XOR/HAVING/WHERE/||/&& then a comparison of two numbers or of
     # a word (quoted or not) with itself (1=1, 'a'='a, x like x)
     *(
@@ -269,7 +304,8 @@ _SQL_RULES = _rules(
 
 #: every pattern needs one of these (a system file, a separator or ``.ini``; a scheme,
 #: ``:``… after a letter and ``/``): one scan spares the rest on most values
-_RE_ANY = re.compile(r"[./\\\x00;&|`$\n\r{(<%\uff0e]|0x2e")
+_OPERATORS = frozenset(";&|`\n\r")
+_ANY = frozenset("./\\\x00;&|`$\n\r{(<%\uff0e")  # or "0x2e"
 
 
 def _scheme_char(c: str) -> bool:
@@ -291,10 +327,11 @@ def _file_scheme(v: str) -> bool:
     return False
 
 
-def _command_after_operator(v: str) -> bool:
-    """Whether an operator in ``v`` is followed by a common command and a shell tail
-    (each operator found with str.find, the regex matched only there)."""
-    for operator in ";&|`\n\r":
+def _command_after_operator(v: str, operators: frozenset[str]) -> bool:
+    """Whether an operator in ``v`` (one of ``operators``, those it holds) is followed by
+    a common command and a shell tail (each operator found with str.find, the regex
+    matched only there)."""
+    for operator in operators:
         at = v.find(operator)
         while at != -1:
             match = _RE_WORD_AFTER_OPERATOR.match(v, at)
@@ -304,21 +341,23 @@ def _command_after_operator(v: str) -> bool:
     return False
 
 
-def _traversal(v: str) -> str | None:
-    """The traversal check that matches ``v`` (lower-cased)."""
+def _traversal(v: str, chars: frozenset[str]) -> str | None:
+    """The traversal check that matches ``v`` (lower-cased; its characters ``chars``)."""
     if (".." in v or "0x2e" in v) and _RE_DOTDOT.search(v):
         return "traversal-dotdot"
-    if ("%u" in v or "%c" in v or "%e0" in v or "\uff0e" in v) and (
+    if ("%" in chars or "\uff0e" in chars) and (
         _DOTDOT_U_ESCAPE.search(v) or _RE_DOTDOT.search(_fold_lookalikes(v))
     ):
         return "traversal-dotdot-unicode"
     if (
-        "etc" in v or "proc" in v or ".ini" in v or "windows" in v or "winnt" in v or "inetpub" in v
-    ) and _RE_SYSTEM_FILE.search(v):
+        ("/" in chars or "\\" in chars or ".ini" in v)
+        and ("etc" in v or "proc" in v or ".ini" in v or "win" in v or "inetpub" in v)
+        and _RE_SYSTEM_FILE.search(v)
+    ):
         return "traversal-system-file"
-    if "://" in v and _file_scheme(v):
+    if "/" in chars and "://" in v and _file_scheme(v):
         return "traversal-file-scheme"
-    if "\x00" in v:
+    if "\x00" in chars:
         return "traversal-nul"
     return None
 
@@ -330,41 +369,56 @@ def _fold_lookalikes(v: str) -> str:
     return v
 
 
-def _cmdi(v: str) -> str | None:
-    """The command-injection check that matches ``v`` (lower-cased)."""
-    if _command_after_operator(v):
+def _at_each(v: str, keyword: str, pattern: re.Pattern[str]) -> bool:
+    """Whether ``pattern`` matches where ``keyword`` occurs in ``v``."""
+    at = v.find(keyword)
+    while at != -1:
+        if pattern.match(v, at) is not None:
+            return True
+        at = v.find(keyword, at + 1)
+    return False
+
+
+def _cmdi(v: str, chars: frozenset[str]) -> str | None:
+    """The command-injection check that matches ``v`` (lower-cased; its characters
+    ``chars``)."""
+    operators = _OPERATORS & chars
+    if operators and _command_after_operator(v, operators):
         return "cmdi-shell-metachar"
-    if ("$(" in v or "`" in v) and _RE_SUBSHELL.search(v):
+    if ("$" in chars or "`" in chars) and _RE_SUBSHELL.search(v):
         return "cmdi-subshell"
-    if "$" in v and _RE_VARIABLE.search(v):
+    if "$" in chars and _RE_VARIABLE.search(v):
         return "cmdi-ifs" if "ifs" in v else "cmdi-variable"
-    if "bin/" in v and _RE_BINARY_PATH.search(v):
-        return "cmdi-binary-path"
-    if "/dev/" in v and re.search(_DEV_SOCKET, v):
-        return "cmdi-dev-socket"
-    if "{" in v and re.search(_BRACE, v):
+    if "/" in chars:
+        if "bin/" in v and _RE_BINARY_PATH.search(v):
+            return "cmdi-binary-path"
+        if "/dev/" in v and re.search(_DEV_SOCKET, v):
+            return "cmdi-dev-socket"
+    if "{" in chars and re.search(_BRACE, v):
         return "cmdi-brace-expansion"
-    if ("(" in v or "<?" in v) and any(
-        keyword in v and pattern.search(v) for keyword, pattern in _CODE_EXEC
-    ):
+    if ("(" in chars and _at_each(v, "(", _CODE_EXEC)) or ("<" in chars and "<?php" in v):
         return "cmdi-code-exec"
-    if "<!--" in v and _SSI.search(v):
+    if "<" in chars and "<!--" in v and _SSI.search(v):
         return "cmdi-ssi"
-    if "net " in v and _NET_ADMIN.search(v):
+    if operators and "net " in v and _NET_ADMIN.search(v):
         return "cmdi-net-admin"
     return None
 
 
-def _first(rules: tuple[Rule, ...], v: str) -> str | None:
-    """The first rule whose pattern matches where its keyword occurs in ``v``."""
-    for check, keyword, pattern in rules:
-        at = v.find(keyword)
-        while at != -1:
-            if pattern.match(v, at) is not None and (
-                check != "xss-script-url" or _script_scheme(v, at)
-            ):
-                return check
-            at = v.find(keyword, at + 1)
+def _first(groups: Groups, v: str, chars: frozenset[str]) -> str | None:
+    """The first rule whose pattern matches where its keyword occurs in ``v`` (whose
+    characters are ``chars``), among the groups whose needs ``v`` meets."""
+    for needs, rules in groups:
+        if needs and needs.isdisjoint(chars):
+            continue
+        for check, keyword, pattern in rules:
+            at = v.find(keyword)
+            while at != -1:
+                if pattern.match(v, at) is not None and (
+                    check != "xss-script-url" or _script_scheme(v, at)
+                ):
+                    return check
+                at = v.find(keyword, at + 1)
     return None
 
 
@@ -379,43 +433,45 @@ def _script_scheme(v: str, at: int) -> bool:
     )
 
 
-def _xss_rules(v: str) -> str | None:
-    return _first(_XSS_RULES, v)
+def _xss_rules(v: str, chars: frozenset[str]) -> str | None:
+    return _first(_XSS_RULES, v, chars)
 
 
-def _xss(value: str, v: str) -> str | None:
+def _xss(value: str, v: str, chars: frozenset[str]) -> str | None:
     """Generic XSS shapes, then libinjection-xss, on the value and on what a browser
     reads: HTML character references decoded (twice: ``&amp;#106;``) and the tab, line
     breaks and NUL it drops inside a URL scheme removed."""
-    if (found := _xss_rules(v)) is not None:
+    if (found := _xss_rules(v, chars)) is not None:
         return found
-    if ("<" in value or "=" in value) and _xss_c(value.encode("utf-8", "surrogatepass")):
+    if ("<" in chars or "=" in chars) and _xss_c(value.encode("utf-8", "surrogatepass")):
         return "libinjection-xss"
-    if "&" not in v and _WHITESPACE_IN_SCHEME.search(v) is None:
+    if _DECODED_BY_BROWSER.isdisjoint(chars):
+        return None
+    if _DECODED_BY_BROWSER.isdisjoint(chars - {"&"}) and _ENTITY.search(v) is None:
         return None
     read = _WHITESPACE_IN_SCHEME.sub("", html.unescape(html.unescape(value)))
     if read == value:
         return None
-    if (found := _xss_rules(read.lower())) is not None:
+    if (found := _xss_rules(read.lower(), frozenset(read))) is not None:
         return found
     if ("<" in read or "=" in read) and _xss_c(read.encode("utf-8", "surrogatepass")):
         return "libinjection-xss"
     return None
 
 
-def _sql_rules(v: str) -> str | None:
-    return _first(_SQL_RULES, v)
+def _sql_rules(v: str, chars: frozenset[str]) -> str | None:
+    return _first(_SQL_RULES, v, chars)
 
 
-def _trusted_sqli(value: str, data: bytes) -> bool:
+def _trusted_sqli(value: str, v: str, chars: frozenset[str]) -> bool:
     """libinjection-sqli's verdict, trusted only with evidence: a fingerprint of at least
     ``_SQLI_MIN_TOKENS`` tokens (the short ones, ``sos`` ``1&1`` ``1c``, are what prose
     with quotes, a dash pair or "and" between numbers makes) and a character that SQL
     injection needs to break out of a value or end a statement (a quote, ``;``, a
     parenthesis, a comment); a keyword-only or short attack is left to the rules above."""
-    if _SQL_SIGNIFICANT.search(value) is None:
+    if _SQL_SIGNIFICANT.isdisjoint(chars) and "--" not in v and "/*" not in v:
         return False
-    fingerprint = _sqli_c(data)
+    fingerprint = _sqli_c(value.encode("utf-8", "surrogatepass"))
     return fingerprint is not None and len(fingerprint) >= _SQLI_MIN_TOKENS
 
 
@@ -470,17 +526,25 @@ def check(value: str) -> tuple[str, str] | None:
     if _INERT.fullmatch(value) and "0x" not in value:
         return None
     v = value.lower()
-    if _PLAIN.fullmatch(v) and not any(hint in v for hint in _PLAIN_HINTS):
+    if (
+        _PLAIN.fullmatch(v)
+        and ".." not in v
+        and ".ini" not in v
+        and "union" not in v
+        and "script:" not in v
+        and "0x" not in v
+    ):
         return None
-    if (found := _xss(value, v)) is not None:
+    chars = frozenset(_SPECIAL.findall(v))
+    if (found := _xss(value, v, chars)) is not None:
         return "xss", found
-    if (found := _sql_rules(v)) is not None:
+    if (found := _sql_rules(v, chars)) is not None:
         return "sqli", found
-    if _RE_ANY.search(v) is not None:
-        if (found := _cmdi(v)) is not None:
+    if not _ANY.isdisjoint(chars) or "0x2e" in v:
+        if (found := _cmdi(v, chars)) is not None:
             return "cmdi", found
-        if (found := _traversal(v)) is not None:
+        if (found := _traversal(v, chars)) is not None:
             return "traversal", found
-    if _trusted_sqli(value, value.encode("utf-8", "surrogatepass")):
+    if _trusted_sqli(value, v, chars):
         return "sqli", "libinjection-sqli"
     return None

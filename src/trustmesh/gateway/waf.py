@@ -223,8 +223,13 @@ def _json_strings(document: object) -> Iterator[tuple[tuple[str, ...], str]]:
 def _value(value: str) -> tuple[Category, str] | None:
     """The category and check of the first attack in ``value`` (as read), or in what
     it becomes when decoded again."""
-    if (found := _windows(value)) is not None:
+    if len(value) <= WINDOW:  # most values: one check, no window loop
+        if (hit := check(value)) is not None:
+            return Category(hit[0]), hit[1]
+    elif (found := _windows(value)) is not None:
         return found
+    if "%" not in value:
+        return None
     layer = value
     for _ in range(_MORE_DECODINGS):
         if "%" not in layer or _ESCAPE.search(layer) is None:
