@@ -236,3 +236,97 @@ def test_inspect_never_raises(
         body=b"",
         json_strings=[(text, text)],
     )
+
+
+# -- the generic rules, each with an example of its own and benign near-misses ---------
+RULES = [
+    ("0 UNION ALL SELECT name, pass FROM accounts", Category.SQLI, "sqli-union-select"),
+    ("7 union/**/distinct/**/select 1", Category.SQLI, "sqli-union-select"),
+    ("3) AND SLEEP(4)", Category.SQLI, "sqli-time-delay"),
+    ("1 and benchmark(9000000,sha1(2))", Category.SQLI, "sqli-time-delay"),
+    ("5'; WAITFOR DELAY '0:0:9'", Category.SQLI, "sqli-time-delay"),
+    ("9 and 1=pg_sleep(7)", Category.SQLI, "sqli-time-delay"),
+    ("1 AND 2 > 1", Category.SQLI, "sqli-tautology"),
+    ("zz' OR 'k'='k", Category.SQLI, "sqli-tautology"),
+    ("x' || 'q'='q", Category.SQLI, "sqli-tautology"),
+    ("bob')--", Category.SQLI, "sqli-quote-comment"),
+    ("bob' #", Category.SQLI, "sqli-quote-comment"),
+    ("2 ORDER BY 12--", Category.SQLI, "sqli-order-by-comment"),
+    ("1 SEL/**/ECT 2", Category.SQLI, "sqli-inline-comment"),
+    ("1/*!12345UNION*/", Category.SQLI, "sqli-inline-comment"),
+    ("x; DROP TABLE carts", Category.SQLI, "sqli-stacked-query"),
+    ("x; exec master..xp_cmdshell 'dir'", Category.SQLI, "sqli-system-object"),
+    ("x' into outfile '/var/www/s.php", Category.SQLI, "sqli-system-object"),
+    ("1 AND (SELECT @@hostname)", Category.SQLI, "sqli-statement"),
+    ("CREATE TABLE t (c text)", Category.SQLI, "sqli-statement"),
+    ("INSERT INTO audit VALUES (1)", Category.SQLI, "sqli-statement"),
+    ("SELECT * FROM orders", Category.SQLI, "sqli-statement"),
+    ("x' AND 1 IN (SELECT 1)", Category.SQLI, "libinjection-sqli"),
+    ("<ScRiPt src=//evil.example/a.js></script>", Category.XSS, "xss-script-tag"),
+    ('<div data-x="1" onpointerenter=go()>', Category.XSS, "xss-event-handler"),
+    ("<iframe src=//evil.example>", Category.XSS, "xss-active-tag"),
+    ("jAvAsCrIpT:fetch(1)", Category.XSS, "xss-script-url"),
+    ("data:text/html,<b>x</b>", Category.XSS, "xss-script-url"),
+    ('<x srcdoc="&lt;b&gt;">', Category.XSS, "xss-attribute"),
+    ("width:expression(go())", Category.XSS, "xss-attribute"),
+    ('";prompt`7`;"', Category.XSS, "xss-js"),
+    ("x=String.fromCharCode(72,73)", Category.XSS, "xss-js"),
+    ("+ADw-b+AD4-", Category.XSS, "xss-utf7"),
+    ("jav&#x09;ascript:go()", Category.XSS, "xss-script-url"),  # a browser drops the tab
+    ("&lt;svg onload=go()&gt;", Category.XSS, "libinjection-xss"),  # references decoded
+    ("`/*`<svg/onload=go()>", Category.XSS, "xss-event-handler"),  # not cmdi: XSS first
+    ("%uff0e%uff0e%u2215app%u2215config.yml", Category.TRAVERSAL, "traversal-dotdot-unicode"),
+    ("..%uf025secret", Category.TRAVERSAL, "traversal-dotdot-unicode"),
+    ("0x2e0x2e0x2fsecret", Category.TRAVERSAL, "traversal-dotdot"),  # letters and digits only
+    ('<?php passthru($_GET["c"]); ?>', Category.CMDI, "cmdi-code-exec"),
+    ("os.system('id')", Category.CMDI, "cmdi-code-exec"),
+    ('<!--#exec cmd="ls" -->', Category.CMDI, "cmdi-ssi"),
+    ("x & net user eve P4ss /add", Category.CMDI, "cmdi-net-admin"),
+    ("run:/bin/id", Category.CMDI, "cmdi-binary-path"),
+]
+
+NEAR_MISSES = [
+    "select your size",
+    "Tom & Jerry; the sequel",
+    "Tom & Jerry; select the sequel",
+    "5 > 3",
+    "email me at a@b.c",
+    "on sale = yes",
+    "javascript tutorial",
+    "JavaScript: the good parts",
+    "drop-down menu",
+    "union station",
+    "Union Jack, 1 select",
+    "O'Reilly's -- notes",
+    'say "hi" -- then go',
+    "we're #1",
+    "Order by phone -- or email",
+    "Prompt(s) and confirm(ed) orders",
+    "regular expression(s)",
+    "alert: the bell (12) is broken",
+    "eval period: 3 months",
+    "Sleep (8 hours) or more",
+    "40% wool and 60% cotton",  # libinjection: 1&1, too short to trust
+    'the "AND" gate',  # libinjection: sos, too short to trust
+    "Tom or Jerry = cartoon",
+    "x = y or z",
+    "ranks: 1 or 2",
+    "select one from the list",
+    "(select all that apply)",
+    "create table settings",
+    "the system (of record)",
+    "a <b>bold</b> claim",
+    "document.pdf",
+]
+
+
+@pytest.mark.parametrize(("value", "category", "check"), RULES)
+def test_each_generic_rule_finds_its_shape(value: str, category: Category, check: str) -> None:
+    assert in_json(value) == Finding(category, "body/items/0/name", check)
+    assert in_query(value) == Finding(category, "query.q", check)
+
+
+@pytest.mark.parametrize("value", NEAR_MISSES)
+def test_benign_near_misses_pass(value: str) -> None:
+    assert in_json(value) is None
+    assert in_query(value) is None

@@ -35,10 +35,9 @@ __all__ = ["check"]
 #: Nothing in the checks below can match a value made only of these.
 _INERT = re.compile(r"[A-Za-z0-9_]*")
 #: letters, digits, spaces and the punctuation of names, addresses, dates and prose: an
-#: attack made only of these needs one of _PLAIN_HINTS (a dot-dot, a ``.ini`` file, a
-#: UNION, a script URL, a ``0x`` spelling)
+#: attack made only of these needs one of the hints check() tests (a dot-dot, a ``.ini`` file, a
+#: UNION, a script URL, a ``0x`` spelling, a ``--`` comment, UTF-7's ``<``)
 _PLAIN = re.compile(r"[\w .,@!?+:-]*")
-_PLAIN_HINTS = ("..", ".ini", "union", "script:", "0x")  # spelled out in check()
 #: the characters the rule groups and gates look for (letters, digits and spaces never)
 _SPECIAL = re.compile(r"[^a-z0-9 ]")
 #: what SQL injection needs to break out of a value or end a statement (see _trusted_sqli)
@@ -230,7 +229,6 @@ _SQL_RULES = _rules(
     ),
     ("sqli-time-delay", "sleep", r"sleep\s+\(\s*\d+\s*\)"),
     ("sqli-time-delay", "waitfor", r"\bwaitfor\s+(?:delay|time)\s*'"),
-    ("sqli-time-delay", "dbms_", r"dbms_(?:lock\.sleep|pipe\.receive_message)\s*\("),
     # the catalog, system variables and file functions an attack enumerates or calls
     (
         "sqli-system-object",
@@ -266,8 +264,9 @@ _SQL_RULES = _rules(
     # a quote closed, then a comment that cuts off the rest of the query
     ("sqli-quote-comment", "'", r"'\s*\)*\s*;?\s*(?:(?:--|#)[\s+-]*$|/\*)"),
     ("sqli-quote-comment", '"', r"\"\s*\)*\s*;?\s*(?:(?:--|#)[\s+-]*$|/\*)"),
-    ("sqli-order-by-comment", "order", r"\border\s+by\s+[\w\s,()]+?(?:--|#|/\*)"),
-    ("sqli-order-by-comment", "group", r"\bgroup\s+by\s+[\w\s,()]+?(?:--|#|/\*)"),
+    # ORDER/GROUP BY column numbers, then a comment: counting a query's columns
+    ("sqli-order-by-comment", "order", r"\border\s+by\s+\d+(?:\s*,\s*\d+)*[\s,]*(?:--|#|/\*)"),
+    ("sqli-order-by-comment", "group", r"\bgroup\s+by\s+\d+(?:\s*,\s*\d+)*[\s,]*(?:--|#|/\*)"),
     # a keyword cut by an inline comment (uni/**/on), or MySQL's executed comment
     ("sqli-inline-comment", "/*", r"/\*[^*]*\*/[a-z]|/\*!\d*\s*[a-z]"),
     # a second statement after a semicolon (stacked query)
@@ -533,6 +532,8 @@ def check(value: str) -> tuple[str, str] | None:
         and "union" not in v
         and "script:" not in v
         and "0x" not in v
+        and "--" not in v
+        and "+adw-" not in v
     ):
         return None
     chars = frozenset(_SPECIAL.findall(v))
