@@ -13,7 +13,7 @@ from spiffe_http import Workload
 
 from trustmesh.sdk.suspensions import SuspensionFeed
 from trustmesh.sdk.tls import RotatingTLS
-from trustmesh.sdk.x509source import SVIDSource
+from trustmesh.sdk.x509source import SVIDSource, X509Source
 from trustmesh.testing import RunningIdentityServer
 
 #: Never reached in a test: every poll is made by hand.
@@ -32,6 +32,20 @@ async def feed_of(
         yield feed
     finally:
         await feed.close()
+
+
+@contextlib.asynccontextmanager
+async def component_feed(
+    identity: RunningIdentityServer, spiffe_id: str
+) -> AsyncIterator[SuspensionFeed]:
+    """The feed of the component whose SVID is ``spiffe_id`` (fetched here)."""
+    source = X509Source(identity.address, spiffe_id=spiffe_id)
+    await source.start()
+    try:
+        async with feed_of(source, identity) as made:
+            yield made
+    finally:
+        await source.close()
 
 
 async def _admin(

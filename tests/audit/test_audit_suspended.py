@@ -18,12 +18,11 @@ from collectorrig import (
     collector_rig,
     identity_for,
 )
-from suspensionrig import feed_of, lift, suspend
+from suspensionrig import component_feed, lift, suspend
 
 from trustmesh import events
 from trustmesh.reasons import Reason
 from trustmesh.sdk.suspensions import SuspensionFeed
-from trustmesh.sdk.x509source import X509Source
 from trustmesh.testing import RunningIdentityServer
 
 
@@ -34,13 +33,8 @@ def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
 
 @pytest.fixture
 async def feed(identity: RunningIdentityServer) -> AsyncIterator[SuspensionFeed]:
-    source = X509Source(identity.address, spiffe_id=AUDIT)
-    await source.start()
-    try:
-        async with feed_of(source, identity) as made:
-            yield made
-    finally:
-        await source.close()
+    async with component_feed(identity, AUDIT) as made:
+        yield made
 
 
 @pytest.fixture

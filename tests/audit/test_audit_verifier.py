@@ -87,7 +87,7 @@ def test_a_changed_column_is_named(
     column = data.draw(st.sampled_from(["decision", "principal", "time", "uid", "trace_id"]))
     value = {"decision": "allow?", "principal": "mallory", "time": 0}.get(column, "x")
     tampered = list(log)
-    fields = dataclasses.replace(log[k - 1].fields, **{column: value})  # type: ignore[type-var]
+    fields = log[k - 1].fields._replace(**{column: value})
     tampered[k - 1] = dataclasses.replace(log[k - 1], fields=fields)
     finding = check(tampered, signed)
     named(finding, Kind.ALTERED, k)

@@ -18,6 +18,10 @@ from pathlib import Path
 
 from authrig import ORDERS, AuthRig
 from liverig import live_gateway
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from trustmesh import crypto, events
 from trustmesh.config.gateway import HealthCheck
@@ -82,6 +86,20 @@ class Edge:
             for name, _, value in (line.partition(":") for line in header_lines)
         ]
         return Answer(int(status_line.split(" ", 2)[1]), parsed, rest)
+
+
+def recording(seen: list[str], *, delay: float = 0.0) -> Starlette:
+    """An upstream that notes the path of each request reaching it (after ``delay``
+    seconds: long enough, say, to be in flight while the gateway reloads)."""
+
+    async def record(request: Request) -> JSONResponse:
+        if delay:
+            await asyncio.sleep(delay)
+        seen.append(request.url.path)
+        return JSONResponse({"reached": True})
+
+    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+    return Starlette(routes=[Route("/{p:path}", record, methods=methods)])
 
 
 def healthy(app: ASGIApp) -> ASGIApp:

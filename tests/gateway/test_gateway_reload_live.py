@@ -10,12 +10,8 @@ from pathlib import Path
 
 import pytest
 from authrig import CONFIG
-from edgerig import Edge, edge_stack
+from edgerig import Edge, edge_stack, recording
 from liverig import live_identity
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from trustmesh.config import parse_config
 from trustmesh.errors import ConfigError
@@ -35,15 +31,6 @@ forbid(principal, action, resource) when { context.path like "/shadow*" };
 """
 
 
-def recorder(seen: list[str]) -> Starlette:
-    async def record(request: Request) -> JSONResponse:
-        await asyncio.sleep(0.01)  # in flight long enough to straddle a swap
-        seen.append(request.url.path)
-        return JSONResponse({"reached": True})
-
-    return Starlette(routes=[Route("/{p:path}", record, methods=["GET", "POST"])])
-
-
 SEEN: list[str] = []
 
 
@@ -56,7 +43,7 @@ def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
 async def edge(identity: RunningIdentityServer, short_tmp: Path) -> AsyncIterator[Edge]:
     SEEN.clear()
     async with edge_stack(
-        identity, short_tmp, SECTION, recorder(SEEN), {"edge.cedar": POLICIES}
+        identity, short_tmp, SECTION, recording(SEEN, delay=0.01), {"edge.cedar": POLICIES}
     ) as running:
         yield running
 

@@ -12,12 +12,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from edgerig import Edge, edge_stack
+from edgerig import Edge, edge_stack, recording
 from liverig import live_identity
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 from typer.testing import CliRunner
 
 from trustmesh.cli import app as cli
@@ -46,14 +42,6 @@ FORM = [("Content-Type", "application/x-www-form-urlencoded")]
 JSON_TYPE = [("Content-Type", "application/json")]
 
 
-def recorder(seen: list[str]) -> Starlette:
-    async def record(request: Request) -> JSONResponse:
-        seen.append(request.url.path)
-        return JSONResponse({"reached": True})
-
-    return Starlette(routes=[Route("/{p:path}", record, methods=["GET", "POST"])])
-
-
 SEEN: list[str] = []
 
 
@@ -66,7 +54,7 @@ def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
 async def edge(identity: RunningIdentityServer, short_tmp: Path) -> AsyncIterator[Edge]:
     SEEN.clear()
     files = {"edge.cedar": POLICIES, "item.schema.json": json.dumps(ITEM)}
-    async with edge_stack(identity, short_tmp, SECTION, recorder(SEEN), files) as running:
+    async with edge_stack(identity, short_tmp, SECTION, recording(SEEN), files) as running:
         yield running
 
 

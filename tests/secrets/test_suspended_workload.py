@@ -13,12 +13,11 @@ import hvac
 import hvac.exceptions
 import pytest
 from secretsrig import PAYMENTS, SECRETS, SecretsRig, identity_for, secrets_config, secrets_rig
-from suspensionrig import feed_of, lift, suspend
+from suspensionrig import component_feed, lift, suspend
 
 from trustmesh import events
 from trustmesh.reasons import Reason
 from trustmesh.sdk.suspensions import SuspensionFeed
-from trustmesh.sdk.x509source import X509Source
 from trustmesh.testing import RunningIdentityServer
 
 
@@ -29,13 +28,8 @@ def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
 
 @pytest.fixture
 async def feed(identity: RunningIdentityServer) -> AsyncIterator[SuspensionFeed]:
-    source = X509Source(identity.address, spiffe_id=SECRETS)
-    await source.start()
-    try:
-        async with feed_of(source, identity) as made:
-            yield made
-    finally:
-        await source.close()
+    async with component_feed(identity, SECRETS) as made:
+        yield made
 
 
 @pytest.fixture

@@ -38,7 +38,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -146,9 +147,9 @@ def ms(when: datetime) -> int:
 # --- the columns a record is searched by ---------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Fields:
-    """What a record is found by, derived from its event (see :func:`fields_of`)."""
+class Fields(NamedTuple):
+    """What a record is found by, derived from its event (see :func:`fields_of`); a
+    named tuple (made for every event the collector takes: the cheapest record)."""
 
     uid: str
     time: int  # ms since the epoch (OCSF ``time``)
@@ -161,28 +162,15 @@ class Fields:
 
     def values(self) -> tuple[object, ...]:
         """The columns' values, in the order of the fields."""
-        return (
-            *(self.uid, self.time, self.class_uid, self.principal, self.src_ip),
-            *(self.decision, self.reason, self.trace_id),
-        )
+        return tuple(self)
 
 
-def _get(node: object, *path: str) -> object:
-    for key in path:
-        if type(node) is not dict:
-            return None
-        node = node.get(key)
-    return node
-
-
-def _text(name: str, *candidates: object) -> str | None:
-    for value in candidates:
-        if value is None:
-            continue
-        if type(value) is not str or not value or len(value) > LIMITS[name]:
-            raise UsageError(f"{name} must be a non-empty string of at most {LIMITS[name]}")
-        return value
-    return None
+def _text(name: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if type(value) is not str or not value or len(value) > LIMITS[name]:
+        raise UsageError(f"{name} must be a non-empty string of at most {LIMITS[name]}")
+    return value
 
 
 def _integer(name: str, value: object, limit: int) -> int:
@@ -195,30 +183,47 @@ def fields_of(event: Mapping[str, Any]) -> Fields:
     """The columns of an OCSF event: ``metadata.uid`` (required: what makes a retried
     delivery a duplicate), ``time`` and ``class_uid`` (required), and from
     ``unmapped.trustmesh`` (else the OCSF places) the principal, decision, reason and
-    trace id, and ``src_endpoint.ip``. :class:`UsageError` names what is wrong."""
+    trace id, and ``src_endpoint.ip``. :class:`UsageError` names what is wrong.
+
+    Every event the collector takes goes through here: the lookups are written out
+    (the first candidate that is there wins; later ones are not looked up)."""
     if type(event) is not dict:
         raise UsageError("an event must be a JSON object")
-    uid = _get(event, "metadata", "uid")
+    metadata = event.get("metadata")
+    metadata = metadata if type(metadata) is dict else _EMPTY
+    uid = metadata.get("uid")
     if type(uid) is not str or not _UID.fullmatch(uid):
         raise UsageError("metadata.uid must be 1 to 64 letters, digits or ._:-")
-    tm = _get(event, "unmapped", "trustmesh")
-    tm = tm if type(tm) is dict else {}
+    unmapped = event.get("unmapped")
+    tm = unmapped.get("trustmesh") if type(unmapped) is dict else None
+    tm = tm if type(tm) is dict else _EMPTY
+    principal = tm.get("sub")
+    if principal is None:
+        actor = event.get("actor")
+        actor = actor if type(actor) is dict else _EMPTY
+        user = actor.get("user")
+        principal = user.get("uid") if type(user) is dict else None
+        if principal is None:
+            principal = tm.get("spiffe_id")
+            if principal is None:
+                principal = actor.get("app_uid")
+    src = event.get("src_endpoint")
+    trace_id = tm.get("trace_id")
+    if trace_id is None:
+        trace_id = metadata.get("correlation_uid")
     return Fields(
-        uid=uid,
-        time=_integer("time", event.get("time"), 2**63),
-        class_uid=_integer("class_uid", event.get("class_uid"), 2**31),
-        principal=_text(
-            "principal",
-            tm.get("sub"),
-            _get(event, "actor", "user", "uid"),
-            tm.get("spiffe_id"),
-            _get(event, "actor", "app_uid"),
-        ),
-        src_ip=_text("src_ip", _get(event, "src_endpoint", "ip")),
-        decision=_text("decision", tm.get("decision")),
-        reason=_text("reason", tm.get("reason")),
-        trace_id=_text("trace_id", tm.get("trace_id"), _get(event, "metadata", "correlation_uid")),
+        uid,
+        _integer("time", event.get("time"), 2**63),
+        _integer("class_uid", event.get("class_uid"), 2**31),
+        _text("principal", principal),
+        _text("src_ip", src.get("ip") if type(src) is dict else None),
+        _text("decision", tm.get("decision")),
+        _text("reason", tm.get("reason")),
+        _text("trace_id", trace_id),
     )
+
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 # --- checkpoints -----------------------------------------------------------------------

@@ -31,7 +31,6 @@ compiled once (no per-row work in SQLAlchemy): the chain costs little beside the
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
@@ -93,7 +92,7 @@ QUARANTINE_BYTES = 64 * 1024
 #: The largest event stored (canonical bytes); a larger one is quarantined.
 MAX_EVENT_BYTES = 1 << 20
 _IN_CHUNK = 500  # uids per `IN (...)`: far below every driver's limit on parameters
-_FIELDS = tuple(f.name for f in dataclasses.fields(Fields))
+_FIELDS = Fields._fields
 _NO_PRIVILEGE = "42501"  # PostgreSQL's insufficient_privilege
 
 log = logging.getLogger("trustmesh.audit")

@@ -44,7 +44,6 @@ Undetectable by design: records appended after the newest checkpoint and then re
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import json
 from collections.abc import Iterable, Mapping
@@ -485,9 +484,7 @@ def _columns(record: Record) -> str | None:
     except (UsageError, ValueError, RecursionError):
         return "its body is not a valid event"
     changed = [
-        f.name
-        for f in dataclasses.fields(Fields)
-        if getattr(derived, f.name) != getattr(record.fields, f.name)
+        name for name in Fields._fields if getattr(derived, name) != getattr(record.fields, name)
     ]
     if not changed:
         return None
