@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -246,40 +247,18 @@ async def serve_gateway(
     metrics = GatewayMetrics() if gateway.metrics_port is not None else None
     changes = _Changes(metrics)
     parts = await _parts(config, gateway, state, folder, tls, discovery_url, trust, changes, clock)
-    introspector = parts.introspector(trust, spiffe_id)
 
-    def build(declared: TrustmeshConfig, where: Path) -> GatewayApp:
-        """The pipeline of ``declared`` on this gateway's parts (compiled now)."""
-        section = declared.gateway
-        if section is None:
-            raise ConfigError("no gateway: section in the declaration")
-        if verifier is None and _needs_provider(section):
-            raise ConfigError(
-                "a route needs the identity provider's tokens and this gateway started "
-                "without it: restart the gateway to apply it"
-            )
-        app = GatewayApp(
-            section,
-            policy=load_edge_policy(declared, where),
-            limiter=parts.limiter,
-            api_keys=parts.api_keys,
-            external=parts.external,
-            introspector=introspector,
-            metrics=metrics,
-            blocks=parts.blocks,
-            spiffe_id=spiffe_id,
-            trust_domain=declared.trust_domain,
-            verifier=verifier,
-            key=key,
-            tls=tls,
-            upstreams=parts.upstreams,
-            sink=sink,
-            clock=parts.clock,
-            config_dir=where,
-        )
-        changes.app = app
-        return app
-
+    build = _builder(
+        parts,
+        changes,
+        metrics=metrics,
+        introspector=parts.introspector(trust, spiffe_id),
+        spiffe_id=spiffe_id,
+        verifier=verifier,
+        key=key,
+        tls=tls,
+        sink=sink,
+    )
     app = build(config, folder)
     pipeline = Pipeline(app)
     internal, key_store = await _start_internal(
@@ -296,6 +275,45 @@ async def serve_gateway(
     running = parts.running(public, internal, trust, key, scraped, key_store)
     running.pipeline, running.config, running.build = pipeline, config, build
     return running
+
+
+def _builder(
+    parts: _Parts,
+    changes: _Changes,
+    *,
+    verifier: TokenVerifier | None,
+    **shared: Any,
+) -> Callable[[TrustmeshConfig, Path], GatewayApp]:
+    """How to build the request pipeline of a declaration on this gateway's parts (at
+    start, and at each reload): compiled at once, ConfigError naming what does not."""
+
+    def build(declared: TrustmeshConfig, where: Path) -> GatewayApp:
+        section = declared.gateway
+        if section is None:
+            raise ConfigError("no gateway: section in the declaration")
+        if verifier is None and _needs_provider(section):
+            raise ConfigError(
+                "a route needs the identity provider's tokens and this gateway started "
+                "without it: restart the gateway to apply it"
+            )
+        app = GatewayApp(
+            section,
+            policy=load_edge_policy(declared, where),
+            limiter=parts.limiter,
+            api_keys=parts.api_keys,
+            external=parts.external,
+            blocks=parts.blocks,
+            trust_domain=declared.trust_domain,
+            verifier=verifier,
+            upstreams=parts.upstreams,
+            clock=parts.clock,
+            config_dir=where,
+            **shared,
+        )
+        changes.app = app
+        return app
+
+    return build
 
 
 def _certificate(
