@@ -9,6 +9,9 @@ by any other gateway on the same store.
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,7 +34,9 @@ from trustmesh.cli._common import (
 from trustmesh.cli._common import (
     declared as _declared,
 )
+from trustmesh.cli.supervisor import RunPaths, read_json, recorded_process
 from trustmesh.errors import TrustmeshError
+from trustmesh.gateway.endpoint import reload_path
 
 app = typer.Typer(help="The edge gateway.", no_args_is_help=True)
 key_app = typer.Typer(
@@ -179,28 +184,15 @@ def reload(
     edge policies, contracts, injection filters, control modes (dry-run → enforce), rate
     limits. A declaration that does not compile, or changes what only a restart applies,
     is refused and the running one stays (exit 1, with why)."""
-    import json
-    import os
-    import signal
-    import time
-
-    from trustmesh.cli.supervisor import RunPaths, process_alive
-    from trustmesh.gateway.endpoint import reload_path
-
-    try:
-        run = json.loads(RunPaths(state).component("gateway").read_text())
-        pid, started = int(run["pid"]), int(run["start_time"])
-    except (OSError, ValueError, KeyError, TypeError):
+    found = recorded_process(RunPaths(state).component("gateway"))
+    if found is None:
         fail(f"no gateway is running under {state}")
-    if not process_alive(pid, started):
-        fail(f"no gateway is running under {state}")
+    pid, _ = found
     answer = reload_path(state)
 
     def last() -> float:
-        try:
-            return float(json.loads(answer.read_text())["at"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return 0.0
+        at = (read_json(answer) or {}).get("at")
+        return float(at) if isinstance(at, int | float) else 0.0
 
     before = last()
     os.kill(pid, signal.SIGHUP)
@@ -209,7 +201,7 @@ def reload(
         if time.monotonic() > deadline:
             fail(f"the gateway did not answer within {wait:g}s (see its log)")
         time.sleep(0.05)
-    outcome = json.loads(answer.read_text())
+    outcome = read_json(answer) or {}
     if not outcome.get("ok"):
         fail(f"reload refused, the running declaration stays: {outcome.get('error')}")
     out.print("gateway: the declaration is applied", markup=False)

@@ -85,6 +85,16 @@ def read_json(path: Path) -> dict[str, object] | None:
     return doc if isinstance(doc, dict) else None
 
 
+def recorded_process(path: Path) -> tuple[int, int] | None:
+    """(pid, start time) of the process a run file records, while it lives (the start
+    time tells it from a later process that reused the pid)."""
+    doc = read_json(path)
+    pid, start = (doc or {}).get("pid"), (doc or {}).get("start_time")
+    if isinstance(pid, int) and isinstance(start, int) and process_alive(pid, start):
+        return pid, start
+    return None
+
+
 def supervisor_running(paths: RunPaths) -> bool:
     """Whether a supervisor holds the lock (the only reliable sign of life)."""
     if not paths.lock.exists():
@@ -259,9 +269,9 @@ def reap_orphans(paths: RunPaths, log: Callable[[str], None]) -> None:
     for path in paths.run.glob("*.json"):
         if path == paths.supervisor:
             continue
-        doc = read_json(path)
-        pid, start = (doc or {}).get("pid"), (doc or {}).get("start_time")
-        if isinstance(pid, int) and isinstance(start, int) and process_alive(pid, start):
+        found = recorded_process(path)
+        if found is not None:
+            pid, start = found
             log(f"stopping leftover {path.stem} (pid {pid})")
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
