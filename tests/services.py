@@ -155,3 +155,16 @@ def private_postgres() -> Iterator[PrivatePostgres]:
                 cluster.stop()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def require_crs() -> Path:
+    """The OWASP Core Rule Set's rules directory (Debian's modsecurity-crs, which
+    ``.ci/run`` installs): skip where it is missing, fail in CI."""
+    from trustmesh.gateway.crs import DEFAULT_RULES
+
+    if any(DEFAULT_RULES.glob("REQUEST-9*.conf")):
+        return DEFAULT_RULES
+    message = f"the OWASP Core Rule Set is not in {DEFAULT_RULES} (apt-get install modsecurity-crs)"
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{message} and TRUSTMESH_REQUIRE_SERVICES=1")
+    pytest.skip(message)

@@ -43,9 +43,10 @@ CLI_MAY_READ = {"endpoint", "methods"}
 #: what the API answered, and the tables' grants ``audit grants`` prints (no store).
 CLI_MAY_READ |= {"export", "syslog", "pseudonymise", "_delivery", "ledger_schema"}
 CLI_MAY_READ |= {"alerts", "response_store"}
-#: And of the gateway: the compiler of routes' contracts (OpenAPI, JSON Schema), pure,
-#: which ``config check`` runs on the declaration as the gateway will at its start.
-CLI_MAY_READ |= {"validation"}
+#: And of the gateway: the compiler of routes' contracts (OpenAPI, JSON Schema) and the
+#: loader of the Core Rule Set, pure, which ``config check`` runs on the declaration as
+#: the gateway will at its start.
+CLI_MAY_READ |= {"validation", "crs"}
 
 
 def _module_of(path: Path) -> str:

@@ -117,3 +117,11 @@ def test_check_compiles_each_routes_contract(tmp_path: Path) -> None:
     (tmp_path / "shop.openapi.yaml").write_text(document)
     result = runner.invoke(config_cmd.app, ["check", "--config", str(path)])
     assert result.exit_code == 0, result.output
+    # the injection filter in crs mode: the Core Rule Set must load, as at the gateway's start
+    text = path.read_text()
+    assert "\ngateway:\n" in text
+    crs = text.replace("\ngateway:\n", "\ngateway:\n  waf: {mode: crs, crs_rules: no-such-dir}\n")
+    path.write_text(crs)
+    result = runner.invoke(config_cmd.app, ["check", "--config", str(path)])
+    assert result.exit_code == 2
+    assert "gateway.routes[0].waf: waf mode crs needs the OWASP Core Rule Set" in result.stderr

@@ -51,11 +51,13 @@ def check(config: ConfigOption = None) -> None:
     from trustmesh.cli.policy_cmd import edge_policy_or_exit
 
     policy = edge_policy_or_exit(loaded, path.parent)
-    if loaded.gateway is not None:  # each route's contract compiles, as the gateway will
+    if loaded.gateway is not None:  # each route's contract and rule set load, as the gateway's
+        from trustmesh.gateway.crs import load_rule_sets
         from trustmesh.gateway.validation import load_validators
 
         try:
             load_validators(loaded.gateway, path.parent)
+            load_rule_sets(loaded.gateway, path.parent)
         except ConfigError as exc:
             Console(stderr=True, soft_wrap=True, markup=False).print(f"{path}: {exc.detail}")
             raise typer.Exit(EXIT_BAD_CONFIG) from None

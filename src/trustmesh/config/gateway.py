@@ -435,21 +435,46 @@ class ControlModes(BaseModel):
 
 
 class WafConfig(BaseModel):
-    """The injection filter (:mod:`trustmesh.gateway.waf`): SQL injection, XSS, path
-    traversal and command injection in the path, query, listed headers and the body
-    (form fields, JSON strings), decoded as the service reads them."""
+    """The injection filter: SQL injection, XSS, path traversal and command injection in
+    the path, query, headers and body, in one of two modes — ``fast``
+    (:mod:`trustmesh.gateway.waf`) or ``crs`` (:mod:`trustmesh.gateway.crs`: the OWASP
+    Core Rule Set on libmodsecurity, with its anomaly scoring)."""
 
     model_config = _MODEL_CONFIG
 
-    mode: Literal["fast", "off"] = Field(
+    mode: Literal["fast", "crs", "off"] = Field(
         default="fast",
-        description="fast: libinjection and high-signal traversal and command checks; off: none.",
+        description="fast: libinjection and high-signal traversal and command checks; "
+        "crs: the OWASP Core Rule Set 3.3 on libmodsecurity (≈ 0.5–3 ms a request); off: none.",
     )
     action: Literal["block", "log"] = Field(
         default="block",
         description="block: 403 request-injection; log: the request passes and the finding "
         "is a would-deny event (the same as the route's modes.waf: dry-run).",
     )
+    paranoia: int = Field(
+        default=1,
+        ge=1,
+        le=4,
+        description="crs: the CRS paranoia level (more rules, more false positives).",
+    )
+    threshold: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="crs: the inbound anomaly score that refuses (5: one critical rule).",
+    )
+    crs_rules: str | None = Field(
+        default=None,
+        description="crs: the directory of the CRS's REQUEST-9*.conf files "
+        "(default /usr/share/modsecurity-crs/rules, Debian's modsecurity-crs).",
+    )
+
+    @model_validator(mode="after")
+    def _crs_settings_need_crs(self) -> WafConfig:
+        if self.mode != "crs" and self.model_fields_set & {"paranoia", "threshold", "crs_rules"}:
+            raise ValueError("paranoia, threshold and crs_rules apply to mode crs only")
+        return self
 
 
 class JsonLimits(BaseModel):

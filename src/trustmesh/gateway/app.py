@@ -55,12 +55,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from trustmesh import events
-from trustmesh.config.gateway import PROVIDER_ISSUER, GatewayConfig, GatewayRoute, WafConfig
-from trustmesh.errors import InvalidTokenError, TrustmeshError, UnavailableError, UsageError
+from trustmesh.config.gateway import PROVIDER_ISSUER, GatewayConfig, GatewayRoute
+from trustmesh.errors import (
+    InvalidTokenError,
+    TrustmeshError,
+    UnavailableError,
+    UsageError,
+)
 from trustmesh.gateway.answers import error_code, error_headers, error_message
 from trustmesh.gateway.apikeys import presented_api_key
 from trustmesh.gateway.blocklist import Blocklist
 from trustmesh.gateway.cors import is_preflight, preflight_headers, response_grants
+from trustmesh.gateway.crs import CrsFilter, CrsFinding, load_rule_sets
 from trustmesh.gateway.headers import (
     SECURITY_HEADERS,
     TrustedProxies,
@@ -80,7 +86,7 @@ from trustmesh.gateway.routes import RouteDecision, RouteTable, request_host
 from trustmesh.gateway.strictjson import Parsed
 from trustmesh.gateway.upstreams import UpstreamTimeoutError
 from trustmesh.gateway.validation import load_validators
-from trustmesh.gateway.waf import FastFilter
+from trustmesh.gateway.waf import FastFilter, Finding
 from trustmesh.platform.guard import RefusalSummary
 from trustmesh.platform.listeners import Receive, Scope, Send, answer_lifespan, respond_json
 from trustmesh.policy.addresses import as_ipv4
@@ -232,7 +238,7 @@ class GatewayApp:
         self.max_body_bytes = gateway.max_body_bytes
         self.routes = RouteTable(gateway.routes)
         self.validators = load_validators(gateway, config_dir or Path.cwd())
-        self.filters = tuple(_filter(r.waf or gateway.waf) for r in gateway.routes)
+        self.filters = _filters(gateway, config_dir or Path.cwd())
         self.ip_rules = IPRules.of(gateway.allow_ips, gateway.deny_ips)
         self.blocks = blocks if blocks is not None else Blocklist()
         self.route_ip_rules = tuple(IPRules.of(r.allow_ips, r.deny_ips) for r in gateway.routes)
@@ -636,21 +642,35 @@ class GatewayApp:
         if found is None:
             return None
         waf, action = found
-        finding = waf.inspect(
-            path=ex.path,
-            query=ex.scope.get("query_string", b""),
-            headers=ex.headers,
-            content_type=next(
-                (v.decode("latin-1") for k, v in ex.headers if k == b"content-type"), None
-            ),
-            body=ex.body,
-            json_strings=ex.parsed.strings if ex.parsed is not None else None,
-        )
+        query = ex.scope.get("query_string", b"")
+        finding: Finding | None
+        if isinstance(waf, CrsFilter):
+            raw = ex.scope.get("raw_path") or ex.scope["path"].encode("latin-1")
+            finding = waf.inspect(
+                method=ex.scope["method"],
+                target=raw + b"?" + query if query else raw,
+                headers=ex.headers,
+                body=ex.body,
+                client=ex.scope.get("client") or ("0.0.0.0", 0),  # noqa: S104
+            )
+        else:
+            finding = waf.inspect(
+                path=ex.path,
+                query=query,
+                headers=ex.headers,
+                content_type=next(
+                    (v.decode("latin-1") for k, v in ex.headers if k == b"content-type"), None
+                ),
+                body=ex.body,
+                json_strings=ex.parsed.strings if ex.parsed is not None else None,
+            )
         if finding is None:
             return None
         ex.context.update(
             category=finding.category.value, location=finding.location, check=finding.check
         )
+        if isinstance(finding, CrsFinding):
+            ex.context["score"] = finding.score
         refusal = Refusal.deny(
             Reason.REQUEST_INJECTION,
             f"{finding.category.value} at {finding.location} ({finding.check})",
@@ -870,11 +890,19 @@ async def _upstream_error(send: Send, answer: Response, extra: list[tuple[bytes,
     await _error(send, status, error_code(status), error_message(status), [*kept, *extra])
 
 
-def _filter(config: WafConfig) -> tuple[FastFilter, str] | None:
-    """The route's injection filter and its action, or None (off)."""
-    if config.mode == "off":
-        return None
-    return _FAST, config.action
+def _filters(
+    gateway: GatewayConfig, config_dir: Path
+) -> tuple[tuple[FastFilter | CrsFilter, str] | None, ...]:
+    """Each route's injection filter and its action, or None (off)."""
+    rule_sets = load_rule_sets(gateway, config_dir)
+    filters: list[tuple[FastFilter | CrsFilter, str] | None] = []
+    for route, crs in zip(gateway.routes, rule_sets, strict=True):
+        config = route.waf or gateway.waf
+        if config.mode == "off":
+            filters.append(None)
+        else:
+            filters.append((crs or _FAST, config.action))
+    return tuple(filters)
 
 
 _FAST = FastFilter()

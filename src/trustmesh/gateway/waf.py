@@ -89,12 +89,20 @@ _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 
 class Category(enum.StrEnum):
-    """What kind of attack a finding is (the event's category)."""
+    """What kind of attack a finding is (the event's category): fast mode finds the
+    first four; crs mode (:mod:`trustmesh.gateway.crs`) the CRS's other kinds too."""
 
     SQLI = "sqli"
     XSS = "xss"
     TRAVERSAL = "traversal"
     CMDI = "cmdi"
+    RFI = "rfi"
+    PHP = "php"
+    JAVA = "java"
+    NODEJS = "nodejs"
+    FIXATION = "session-fixation"
+    PROTOCOL = "protocol"
+    GENERIC = "generic"
 
 
 @dataclass(frozen=True, slots=True)
