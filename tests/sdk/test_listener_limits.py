@@ -33,11 +33,24 @@ FAST = ConnectionLimits(
 )
 
 
+RELEASE = asyncio.Event()
+
+
 async def echo(scope: Scope, receive: Receive, send: Send) -> None:
     """Reads the whole body, answers what it saw. ``/early`` answers 403 without reading
     the body (as the gateway refuses at the edge); ``/slow`` answers after 0.5 s and
     ``/late-read`` reads the body only after 0.8 s (longer than FAST's body timeout)."""
     if scope["type"] != "http":
+        return
+    if scope["path"] == "/stream":  # a head, then its body in two parts, the first late
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await RELEASE.wait()
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        await send({"type": "http.response.body", "body": b"second"})
+        return
+    if scope["path"] == "/empty":
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
         return
     if scope["path"] == "/early":
         await send({"type": "http.response.start", "status": 403, "headers": []})
@@ -582,6 +595,32 @@ async def test_a_client_waiting_for_100_continue_is_not_timed_out(
     answer = await until_closed(reader, 5)
     await close(writer)
     assert status_of(answer) == 200
+    assert not listener.guard.refused
+
+
+async def test_a_response_head_goes_out_with_its_first_body_bytes(
+    listen: ListenerFactory,
+) -> None:
+    """One TLS record (one read) for the head and the first body bytes; a response
+    without a body still gets its head, and the connection goes on serving."""
+    RELEASE.clear()
+    listener = await listen()
+    reader, writer = await listener.tls()
+    writer.write(b"GET /stream HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    await writer.drain()
+    with pytest.raises(TimeoutError):  # the head waits for the body
+        await asyncio.wait_for(reader.read(1), 0.3)
+    RELEASE.set()
+    first = await asyncio.wait_for(reader.read(65536), 3)
+    assert first.startswith(b"HTTP/1.1 200 ")
+    assert b"\r\n\r\n5\r\nfirst\r\n" in first
+    while not first.endswith(b"0\r\n\r\n"):  # the rest of the body, in its own time
+        first += await asyncio.wait_for(reader.read(65536), 3)
+    assert b"second" in first
+    writer.write(b"GET /empty HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    answer = await until_closed(reader, 5)
+    await close(writer)
+    assert status_of(answer) == 204
     assert not listener.guard.refused
 
 

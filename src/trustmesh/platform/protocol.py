@@ -18,6 +18,10 @@ A connection is, in order:
    ``Upgrade`` (WebSocket, h2c) is ``501``;
 6. while a body arrives, at most ``body_timeout`` of silence → ``408``.
 
+A response's head is held back and written with its first body bytes (one TLS record
+and one ``send`` for a whole small response, instead of two), or alone when the response
+ends without a body or the connection closes; an interim ``100 Continue`` is never held.
+
 Every refusal answers ``{"error", "message"}`` with ``Connection: close``, closes the
 connection, and is counted by the guard, which reports them in aggregate.
 """
@@ -57,6 +61,40 @@ _EARLY_BYTES = 4 << 20
 
 class _Stop(Exception):
     """Raised in a parser callback to stop parsing (the refusal is on the protocol)."""
+
+
+class _HeadHeld:
+    """What a request's cycle writes to: the connection's transport, but the first
+    write of a final response (its head) waits for the next write or :meth:`flush`."""
+
+    __slots__ = ("_head", "_held", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._head: bytes | None = None
+        self._held = False  # the one write held back has come
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._head is not None:
+            head, self._head = self._head, None
+            self._transport.write(head + bytes(data))
+        elif not self._held and not bytes(data[:10]).startswith(b"HTTP/1.1 1"):
+            self._held = True
+            self._head = bytes(data)
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        if self._head is not None:
+            head, self._head = self._head, None
+            self._transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
@@ -246,6 +284,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._head_started = False
         self._head_bytes = 0
         super().on_headers_complete()
+        if self.cycle is not None and self.cycle.transport is self.transport:
+            self.cycle.transport = _HeadHeld(self.transport)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -255,6 +295,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._body_timer = None
 
     def on_response_complete(self) -> None:
+        if self.cycle is not None and isinstance(self.cycle.transport, _HeadHeld):
+            self.cycle.transport.flush()  # a response without a body: its head alone
         if self.transport.is_closing():
             super().on_response_complete()
         elif self._deferred and not self.pipeline:  # the refused head's turn to be answered
