@@ -1,16 +1,17 @@
-"""Rate limits per consumer, role, route and client address, counted with the ``limits``
-library: a moving window (exact: at most N requests in any window-long span) or a sliding
-window counter (cheaper, approximate).
+"""Rate limits per consumer, role, route and client address: a moving window (exact: at
+most N requests in any window-long span) or a sliding window counter (cheaper,
+approximate), counted in the gateway's memory (:mod:`trustmesh.gateway.ratewindows`:
+synchronous, no await on the request path) or in Redis with the ``limits`` library.
 
 Every applicable rule must have room — the gateway-wide ``rate_limits`` and the route's
 own. A rule with ``roles`` applies only to consumers holding one of them. ``per: consumer``
 counts an anonymous caller by its address; ``per: role`` keeps one bucket per role the
 consumer holds (only the listed roles when the rule lists some), and each must have room;
 ``per: route`` counts the route as a whole; ``per: ip`` the client address. Buckets are
-looked at first and hit only when all have room, so a refusal consumes nothing — except
-when a concurrent request takes a bucket's last unit between the look and the hit: the
-units already taken from the other buckets stay taken. One bucket alone is exact: each hit
-is atomic in its store (under a lock in memory, one Lua script in Redis). The moving
+looked at first and hit only when all have room, so a refusal consumes nothing. In memory
+nothing runs between the look and the hit, so that holds always; in Redis a concurrent
+request may take a bucket's last unit in between (the units already taken from the other
+buckets stay taken), and one bucket alone is exact (each hit is one Lua script). The moving
 window in Redis stamps entries with each gateway's wall clock, so replicas keep their
 clocks in step (NTP); the sliding window counter goes by Redis's own expiry times.
 
@@ -40,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar
 
 from limits import RateLimitItem, parse
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.storage import RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 from limits.util import WindowStats
 from redis.asyncio import BlockingConnectionPool
@@ -49,6 +50,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from trustmesh.config.gateway import GatewayConfig, GatewayRoute, RateLimitRule
+from trustmesh.gateway.ratewindows import MemoryWindows, Stats
 from trustmesh.policy.addresses import address_bucket
 from trustmesh.reasons import Reason
 
@@ -248,6 +250,45 @@ def _seconds(reset_time: float, now: float, window: int) -> int:
     return min(window, max(0, math.ceil(reset_time - now)))
 
 
+def _admitted(
+    kind: StorageKind,
+    buckets: list[tuple[_Rule, str]],
+    stats: Sequence[WindowStats | Stats],
+    now: float,
+) -> RateDecision:
+    """Admitted: the headers speak of the tightest bucket (least left, latest reset)."""
+    tight = min(range(len(stats)), key=lambda i: (stats[i].remaining, -stats[i].reset_time))
+    rule, stat = buckets[tight][0], stats[tight]
+    fresh = stat.remaining >= rule.limit
+    reset = rule.window if fresh else _seconds(stat.reset_time, now, rule.window)
+    return RateDecision(
+        allowed=True,
+        reason=Reason.OK,
+        rule=rule.name,
+        limit=rule.limit,
+        window=rule.window,
+        remaining=stat.remaining - 1,
+        reset_after=reset,
+        retry_after=None,
+        storage=kind,
+    )
+
+
+def _refusal(kind: StorageKind, rule: _Rule, stat: WindowStats | Stats, now: float) -> RateDecision:
+    reset = max(1, _seconds(stat.reset_time, now, rule.window))
+    return RateDecision(
+        allowed=False,
+        reason=Reason.RATE_LIMITED,
+        rule=rule.name,
+        limit=rule.limit,
+        window=rule.window,
+        remaining=0,
+        reset_after=reset,
+        retry_after=reset,
+        storage=kind,
+    )
+
+
 class RateLimiter:
     """Decides requests against a gateway's compiled rate limits; see the module doc."""
 
@@ -263,8 +304,8 @@ class RateLimiter:
     ) -> None:
         self._rules = rules
         self._notify_listener = on_storage_change
-        self._memory_storage = MemoryStorage()
-        self._memory = _Counter.of("fallback" if redis else "memory", self._memory_storage)
+        self._windows = MemoryWindows()
+        self._memory_kind: StorageKind = "fallback" if redis else "memory"
         self._redis = redis
         self._pool = pool
         self._clock = clock
@@ -330,25 +371,21 @@ class RateLimiter:
         buckets = _buckets((rules or self._rules)[route_index], consumer, roles, ip, stage)
         counter = self._counter()
         if not buckets:
-            return RateDecision(True, Reason.OK, "", 0, 0, 0, 0, None, counter.kind)  # no rule
+            kind = self._memory_kind if counter is None else counter.kind
+            return RateDecision(True, Reason.OK, "", 0, 0, 0, 0, None, kind)  # no rule
+        if counter is None:
+            return self._decide_in_memory(buckets)
         try:
             return await self._decide(counter, buckets)
         except _STORAGE_ERRORS as exc:
-            if counter is self._memory:
-                raise
             self._lost(exc)
-            return await self._decide(self._memory, buckets)
+            return self._decide_in_memory(buckets)
 
     async def close(self) -> None:
         if self._probe is not None:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe
-        timer = self._memory_storage.timer  # the in-memory store's expiry task
-        if timer is not None:
-            timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await timer
         if self._pool is not None:
             await self._pool.aclose()
 
@@ -358,50 +395,41 @@ class RateLimiter:
         full = [i for i, s in enumerate(stats) if s.remaining < 1]
         if full:
             worst = max(full, key=lambda i: stats[i].reset_time)
-            return self._refusal(counter, buckets[worst][0], stats[worst], now)
+            return _refusal(counter.kind, buckets[worst][0], stats[worst], now)
         hits = await _each([counter.hit(rule, key) for rule, key in buckets])
         if not all(hits):  # a concurrent request took the last unit
             rule, key = buckets[hits.index(False)]
-            return self._refusal(counter, rule, await counter.stats(rule, key), time.time())
-        tight = min(range(len(stats)), key=lambda i: (stats[i].remaining, -stats[i].reset_time))
-        rule, stat = buckets[tight][0], stats[tight]
-        fresh = stat.remaining >= rule.limit
-        reset = rule.window if fresh else _seconds(stat.reset_time, now, rule.window)
-        return RateDecision(
-            allowed=True,
-            reason=Reason.OK,
-            rule=rule.name,
-            limit=rule.limit,
-            window=rule.window,
-            remaining=stat.remaining - 1,
-            reset_after=reset,
-            retry_after=None,
-            storage=counter.kind,
-        )
+            return _refusal(counter.kind, rule, await counter.stats(rule, key), time.time())
+        return _admitted(counter.kind, buckets, stats, now)
 
-    @staticmethod
-    def _refusal(counter: _Counter, rule: _Rule, stat: WindowStats, now: float) -> RateDecision:
-        reset = max(1, _seconds(stat.reset_time, now, rule.window))
-        return RateDecision(
-            allowed=False,
-            reason=Reason.RATE_LIMITED,
-            rule=rule.name,
-            limit=rule.limit,
-            window=rule.window,
-            remaining=0,
-            reset_after=reset,
-            retry_after=reset,
-            storage=counter.kind,
-        )
+    def _decide_in_memory(self, buckets: list[tuple[_Rule, str]]) -> RateDecision:
+        """The same decision on the in-memory windows, with no await in between: nothing
+        can take a unit between the look and the hit."""
+        windows, now = self._windows, time.time()
+        stats = [
+            (windows.moving_stats if rule.moving else windows.sliding_stats)(
+                key, rule.limit, rule.window, now
+            )
+            for rule, key in buckets
+        ]
+        full = [i for i, s in enumerate(stats) if s.remaining < 1]
+        if full:
+            worst = max(full, key=lambda i: stats[i].reset_time)
+            return _refusal(self._memory_kind, buckets[worst][0], stats[worst], now)
+        for rule, key in buckets:
+            hit = windows.moving_hit if rule.moving else windows.sliding_hit
+            hit(key, rule.limit, rule.window, now)
+        return _admitted(self._memory_kind, buckets, stats, now)
 
-    def _counter(self) -> _Counter:
+    def _counter(self) -> _Counter | None:
+        """Redis while it answers; None: the in-memory windows."""
         if self._redis is None:
-            return self._memory
+            return None
         if self._redis_up:
             return self._redis
         if self._probe is None and self._clock() >= self._probe_at:
             self._probe = asyncio.create_task(self._check(self._redis))
-        return self._memory
+        return None
 
     def _lost(self, exc: BaseException) -> None:
         if not self._redis_up:
