@@ -4,7 +4,7 @@ request.
 * **Endpoints** come from discovery (the gateway may look up only its routes' targets),
   re-read every :data:`REFRESH_SECONDS` off the request path; while discovery is
   unreachable the last answer is kept.
-* **One pooled mTLS client per instance** (:class:`~trustmesh.sdk.client.ServiceClient`:
+* **One pooled mTLS client per instance** (:class:`~trustmesh.gateway.wire.WireClient`:
   the gateway's SVID, the instance's SPIFFE ID checked on every new connection), with no
   retries and no breaker of its own: the pool decides both, per instance.
 * **Choice, health and ejection** are the pure decisions of
@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,14 +36,9 @@ from typing import Any, NamedTuple, Protocol
 from trustmesh.config.gateway import HealthCheck, UpstreamSettings
 from trustmesh.errors import NotFoundError, TrustmeshError, UnavailableError
 from trustmesh.gateway.balancer import Balancer, Change, HealthRules, OutlierRules
+from trustmesh.gateway.wire import WireClient
 from trustmesh.reasons import Reason
-from trustmesh.sdk.client import (
-    IDEMPOTENT,
-    CircuitBreaker,
-    Response,
-    ResponseTooLargeError,
-    ServiceClient,
-)
+from trustmesh.sdk.client import IDEMPOTENT, Response, ResponseTooLargeError
 from trustmesh.sdk.discovery import Endpoint
 from trustmesh.sdk.tls import RotatingTLS
 
@@ -54,8 +48,6 @@ log = logging.getLogger("trustmesh.gateway")
 
 REFRESH_SECONDS = 5.0
 _GATEWAY_FAILURES = frozenset({502, 503, 504})
-#: The clients' own limit: the longest route timeout; each call is bounded by its own.
-_CLIENT_TIMEOUT = 600.0
 #: ``on_change(service, endpoint_url, state, why)``; state: ejected, restored, unhealthy,
 #: healthy.
 OnChange = Callable[[str, str, str, str], None]
@@ -78,7 +70,7 @@ class Discovery(Protocol):
 @dataclass
 class _Instance:
     endpoint: Endpoint
-    client: ServiceClient
+    client: WireClient
     active: int = 0  # requests and probes using the client
     retired: bool = False  # gone from discovery: closed once idle
 
@@ -318,15 +310,8 @@ class UpstreamPool:
         for inst in retired:  # only once the pool is consistent again
             await self._release(inst, using=False)
 
-    def _client(self, endpoint: Endpoint) -> ServiceClient:
-        return ServiceClient(
-            self.tls,
-            endpoint.url,
-            endpoint.spiffe_id,
-            timeout=_CLIENT_TIMEOUT,
-            retries=0,
-            breaker=CircuitBreaker(threshold=sys.maxsize),  # the pool ejects instead
-        )
+    def _client(self, endpoint: Endpoint) -> WireClient:
+        return WireClient(self.tls, endpoint.url, endpoint.spiffe_id)
 
     def _balancer(self) -> Balancer:
         return Balancer(
