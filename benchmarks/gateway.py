@@ -12,9 +12,12 @@ checks and says so. nginx and HAProxy are never started as system services: each
 the foreground from its own config file in the run's temporary folder, on free loopback
 ports, and is stopped at the end.
 
-One ``trustmesh up`` stack (identity, provider, gateway, the demo ``inventory`` service)
-serves the mesh targets; every target answers ``GET /items/tea`` with the same app code
-(``trustmesh.demo.inventory:app``):
+One ``trustmesh up`` stack (identity, provider, gateway, the audit collector, the demo
+``inventory`` service) serves the mesh targets; every target answers ``GET /items/tea``
+with the same app code (``trustmesh.demo.inventory:app``). The collector takes the
+events of the gateway and of ``inventory`` (one per request each): without it
+(``--no-audit``) they are only spooled, and once a spool holds its 64 MiB (some 60,000
+requests) its service waits for room (``on_full: block``) and the run falls apart.
 
 - ``direct``: the app under plain-TLS uvicorn (one process, httptools) — no mTLS, no SDK
   middleware. wrk cannot present a client certificate, so this is the closest "no proxy"
@@ -112,7 +115,7 @@ CONFIG = textwrap.dedent(
         - {path: /items/kettle, to: inventory, name: limited,
            rate_limits: [{per: route, limit: "1/minute"}]}
         - {path: /items/mug, to: inventory, name: forbidden}
-    """
+    %(audit)s"""
 )
 #: The edge policy: the measured route and the rate-limit probe are permitted, the
 #: ``forbidden`` probe route is not (default deny).
@@ -266,13 +269,17 @@ def wait_until_up(url: str, ca: Path, headers: dict[str, str], what: str) -> Non
             time.sleep(0.1)
 
 
-def start_stack(root: Path, state: Path, with_policy: bool) -> tuple[Path, dict[str, Any]]:
+def start_stack(
+    root: Path, state: Path, with_policy: bool, with_audit: bool
+) -> tuple[Path, dict[str, Any]]:
     config = root / "trustmesh.yaml"
     policies = ""
     if with_policy:
         (root / "edge.cedar").write_text(EDGE_POLICY)
         policies = "  policies: [edge.cedar]\n"
-    config.write_text(CONFIG % {"policies": policies})
+    # the collector takes the events; the larger spool only bounds a slow collector
+    audit = "audit: {spool: {max_bytes: 1073741824}}\n" if with_audit else ""
+    config.write_text(CONFIG % {"policies": policies, "audit": audit})
     up = tm("up", "--config", str(config), "--state", str(state), "--detach", timeout=180)
     if up.returncode != 0:
         raise SystemExit(f"trustmesh up failed:\n{up.stdout}\n{up.stderr}")
@@ -568,6 +575,9 @@ def report(results: dict[str, Result], targets: list[Target], args: argparse.Nam
     )
     for target in targets[:-1]:
         base = results[target.name]
+        if base.requests == 0:
+            print(f"{target.name.partition(' (')[0]:34}   (no requests served: no ratios)")
+            continue
         proxy = (
             f"{gateway.proxy_cpu_us / base.proxy_cpu_us:14.2f}×"
             if gateway.proxy_cpu_us and base.proxy_cpu_us
@@ -607,6 +617,12 @@ def main() -> None:
         choices=("direct", "nginx", "haproxy", "python", "gateway"),
         help="measure only these targets (to profile one with py-spy meanwhile)",
     )
+    parser.add_argument(
+        "--no-audit",
+        action="store_true",
+        help="no audit collector: events only spooled; the stack's spools fill (64 MiB) "
+        "after some 60,000 requests and the services then wait (on_full: block)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--verbose", action="store_true", help="print wrk's own output")
     args = parser.parse_args()
@@ -630,7 +646,9 @@ def main() -> None:
     clean = False
     try:
         print("starting the trustmesh stack (trustmesh up) …", flush=True)
-        config, status = start_stack(root, state, with_policy=not args.no_edge_policy)
+        config, status = start_stack(
+            root, state, with_policy=not args.no_edge_policy, with_audit=not args.no_audit
+        )
         gateway, inventory = component(status, "gateway"), component(status, "inventory")
         edge_ca = Path(status["edge_ca"])
         public = component(status, "auth")["public_url"]
@@ -777,6 +795,14 @@ def main() -> None:
         print(
             f"gateway events written during its measured runs: {events} for {served} requests"
             + ("" if events >= served else "  <-- FEWER EVENTS THAN REQUESTS")
+        )
+        spooled = {
+            name: sum(f.stat().st_size for f in (state / "spool" / name).glob("seg-*"))
+            for name in ("gateway", "inventory")
+        }
+        print(
+            "audit spool files at the end (a spool blocks at 64 MiB without a collector): "
+            + ", ".join(f"{name} {size / 2**20:.1f} MiB" for name, size in spooled.items())
         )
         print(
             f"load average (1 min) before the runs {load_before:.1f}, after "

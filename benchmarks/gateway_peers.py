@@ -77,7 +77,7 @@ HAPROXY_CONF = textwrap.dedent(
       default_backend mesh
 
     backend per_subject
-      stick-table type string len 128 size 100k expire 60s store http_req_cnt,http_req_rate(1s)
+      stick-table type string len 128 size 100k expire 10m store http_req_cnt,http_req_rate(1s)
 
     backend mesh
       http-reuse always
