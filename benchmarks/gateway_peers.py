@@ -20,7 +20,11 @@ gateway's cheapest security work in C, and a bare Python proxy doing none of it.
   for any proxy written in Python on this stack.
 
 JWT checks in HAProxy 2.6 are signature-only (``jwt_verify``); the claims are compared
-by ACLs on ``jwt_payload_query``, as the 2.6 configuration manual shows (§7.3.1).
+by ACLs on ``jwt_payload_query``, as the 2.6 configuration manual shows (§7.3.1). ``aud``
+is compared as one string: a token whose ``aud`` is a list (RFC 7519 §4.1.3) is refused
+even when the list names the gateway (the provider writes one audience as a string). A
+run probes what it can send (:func:`probe_haproxy`); an expired token or another issuer
+cannot be minted with the provider's key, so those rules are not probed during a run.
 """
 
 from __future__ import annotations
@@ -145,8 +149,9 @@ def write_haproxy_config(
         combined.write_bytes(b"".join(p.read_bytes().rstrip(b"\n") + b"\n" for p in parts))
     # one alternative per signing key: HAProxy loads every key file named in a
     # jwt_verify at start, so the kid picks among constant paths. The algorithm is a
-    # constant too: given the token's own alg, jwt_verify would take an HS256 token's
-    # "key" argument (the file's path) as the HMAC secret.
+    # constant too: handed the token's own alg (the manual's example without its alg
+    # check), HAProxy 2.6.12 takes the key argument, the file's path, as an HS256
+    # token's HMAC secret and accepts a token keyed with it (tried on this machine).
     signature = " || ".join(
         f"{{ var(txn.kid) -m str {_quoted(kid)} }} "
         f'{{ var(txn.bearer),jwt_verify("ES256",{_quoted(str(path))}) -m int 1 }}'
@@ -199,7 +204,7 @@ def _admin(folder: Path, command: str) -> str:
 
 def haproxy_table(folder: Path) -> str:
     """The per-subject stick-table, from HAProxy's admin socket."""
-    lines = [line for line in _admin(folder, "show table per_subject").splitlines()]
+    lines = _admin(folder, "show table per_subject").splitlines()
     entries = [line.partition(": ")[2] for line in lines if line.startswith("0x")]
     return "; ".join(entries) or "(empty)"
 
