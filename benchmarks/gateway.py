@@ -1,18 +1,23 @@
 """The price of the edge: requests through the gateway's whole chain against the same
-upstream app reached directly and through nginx as a plain TLS reverse proxy, in one run,
-loaded by ``wrk``.
+upstream app reached directly, through nginx as a plain TLS reverse proxy, through an
+HAProxy edge doing JWT checks and a rate limit, and through a bare Python proxy, in one
+run, loaded by ``wrk``.
 
 Run: ``.venv/bin/python benchmarks/gateway.py [--duration 10] [--connections 32]
 [--threads 2] [--rounds 1] [--quick]`` (``--quick``: 3 s per target, a smoke run)
 
-Needs ``wrk`` and ``nginx`` on PATH (``apt-get update && apt-get install -y wrk nginx``,
-as root); the script only checks and says so. nginx is never started as a system service:
-it runs in the foreground from its own config file and prefix in the run's temporary
-folder, on free loopback ports, and is stopped at the end.
+Needs ``wrk``, ``nginx`` and ``haproxy`` (2.6 or later: ``jwt_verify``) on PATH
+(``apt-get update && apt-get install -y wrk nginx haproxy``, as root); the script only
+checks and says so. nginx and HAProxy are never started as system services: each runs in
+the foreground from its own config file in the run's temporary folder, on free loopback
+ports, and is stopped at the end.
 
-One ``trustmesh up`` stack (identity, provider, gateway, the demo ``inventory`` service)
-serves the mesh targets; every target answers ``GET /items/tea`` with the same app code
-(``trustmesh.demo.inventory:app``):
+One ``trustmesh up`` stack (identity, provider, gateway, the audit collector, the demo
+``inventory`` service) serves the mesh targets; every target answers ``GET /items/tea``
+with the same app code (``trustmesh.demo.inventory:app``). The collector takes the
+events of the gateway and of ``inventory`` (one per request each): without it
+(``--no-audit``) they are only spooled, and once a spool holds its 64 MiB (some 60,000
+requests) its service waits for room (``on_full: block``) and the run falls apart.
 
 - ``direct``: the app under plain-TLS uvicorn (one process, httptools) — no mTLS, no SDK
   middleware. wrk cannot present a client certificate, so this is the closest "no proxy"
@@ -24,6 +29,13 @@ serves the mesh targets; every target answers ``GET /items/tea`` with the same a
   ``inventory``: the same upstream the gateway calls, with the SDK middleware's mTLS,
   Cedar call policy, token check and events. nginx cannot match a SPIFFE ID (a URI SAN),
   so it does not verify the upstream's certificate.
+- ``haproxy → mesh svc``: the security peer (``benchmarks/gateway_peers.py``): HAProxy,
+  one thread, TLS in, the user's bearer JWT checked on every request (ES256 signature
+  with ``jwt_verify`` against the provider's key exported from its JWKS, ``alg``, ``iss``,
+  ``aud``, ``exp``), a per-subject stick-table limit that counts, and the same SVID and
+  static token as nginx to ``inventory`` (chain verified, ``http-reuse always``).
+- ``python proxy → mesh svc``: the floor for a proxy in Python (same module): uvicorn +
+  an ``aiohttp`` client, one process, TLS in, the same SVID and token out, no checks.
 - ``gateway``: TLS in, the user's bearer JWT verified (a real sign-in on the provider's
   public login form), the edge Cedar policy, a rate limit per consumer (generous: it
   counts, never refuses), an event per request, the internal token (signed once per
@@ -34,12 +46,17 @@ serves the mesh targets; every target answers ``GET /items/tea`` with the same a
 
 Before measuring, probes show which gateway stages this build enforces (401 without a
 token; 403 on a route the edge policy does not permit; 429 on a route limited to one
-call a minute; 431 for a 64 KiB header). Each target gets a short warm-up, then the measured run; the table shows
-throughput, p50/p99 latency, non-2xx answers and socket errors (either one is flagged and
-makes the exit status 1), and the CPU the proxy and the upstream each spent per
-request (from /proc, warm-up excluded). The machine is shared by wrk, the proxy and the
-upstream (and whatever else runs: the load average is printed); read the ratios, not the
-absolute figures, and use ``--rounds`` for medians on a busy machine.
+call a minute; 431 for a 64 KiB header) and what the HAProxy peer refuses (no token, an
+altered signature, ``alg: none``, HS256 keyed with the public key or its file's path,
+not a JWT, a provider-signed token for another audience: each 401; the good token 200).
+Each target gets a short warm-up, then the measured run; the table shows throughput,
+p50/p99 latency, non-2xx answers and socket errors (either one is flagged and makes the
+exit status 1), and the CPU the proxy and the upstream each spent per request (from
+/proc, warm-up excluded); then the gateway's ratios to each target, the upstream's CPU
+per request behind each proxy, HAProxy's stick-table entry and its upstream connection
+reuse. The machine is shared by wrk, the proxy and the upstream (and whatever else runs:
+the load average is printed); read the ratios, not the absolute figures, and use
+``--rounds`` for medians on a busy machine.
 """
 
 from __future__ import annotations
@@ -68,6 +85,9 @@ import requests
 from authlib.common.security import generate_token
 from authlib.integrations.requests_client import OAuth2Session
 
+sys.path.insert(0, str(Path(__file__).parent))
+import gateway_peers as peers
+
 from trustmesh import crypto
 from trustmesh.testing import run_cli as tm
 
@@ -95,7 +115,7 @@ CONFIG = textwrap.dedent(
         - {path: /items/kettle, to: inventory, name: limited,
            rate_limits: [{per: route, limit: "1/minute"}]}
         - {path: /items/mug, to: inventory, name: forbidden}
-    """
+    %(audit)s"""
 )
 #: The edge policy: the measured route and the rate-limit probe are permitted, the
 #: ``forbidden`` probe route is not (default deny).
@@ -249,13 +269,17 @@ def wait_until_up(url: str, ca: Path, headers: dict[str, str], what: str) -> Non
             time.sleep(0.1)
 
 
-def start_stack(root: Path, state: Path, with_policy: bool) -> tuple[Path, dict[str, Any]]:
+def start_stack(
+    root: Path, state: Path, with_policy: bool, with_audit: bool
+) -> tuple[Path, dict[str, Any]]:
     config = root / "trustmesh.yaml"
     policies = ""
     if with_policy:
         (root / "edge.cedar").write_text(EDGE_POLICY)
         policies = "  policies: [edge.cedar]\n"
-    config.write_text(CONFIG % {"policies": policies})
+    # the collector takes the events; the larger spool only bounds a slow collector
+    audit = "audit: {spool: {max_bytes: 1073741824}}\n" if with_audit else ""
+    config.write_text(CONFIG % {"policies": policies, "audit": audit})
     up = tm("up", "--config", str(config), "--state", str(state), "--detach", timeout=180)
     if up.returncode != 0:
         raise SystemExit(f"trustmesh up failed:\n{up.stdout}\n{up.stderr}")
@@ -340,9 +364,10 @@ def user_token(config: Path, state: Path, public: str, ca: Path) -> str:
 
 
 async def edge_proxy_identity(config: Path, state: Path, folder: Path) -> str:
-    """nginx's credentials for the mesh upstream: the ``edgeproxy`` workload's SVID (a
-    one-time join token redeemed over the Workload API) written as PEM files, and a
-    client-credentials access token for ``inventory`` bound to that certificate."""
+    """The proxies' credentials for the mesh upstream: the ``edgeproxy`` workload's SVID
+    (a one-time join token redeemed over the Workload API) and its trust bundle written
+    as PEM files, and a client-credentials access token for ``inventory`` bound to that
+    certificate."""
     from trustmesh.auth.__main__ import endpoint_path
     from trustmesh.cli.call_cmd import as_workload
     from trustmesh.config import load_config
@@ -353,6 +378,7 @@ async def edge_proxy_identity(config: Path, state: Path, folder: Path) -> str:
     async with as_workload(cfg, state, cfg.spiffe_id("edgeproxy")) as tls:
         svid = tls.source.context
         (folder / "svid.pem").write_bytes(svid.chain_pem())
+        (folder / "bundle.pem").write_bytes(svid.bundle_pem())
         key = folder / "svid.key"
         key.write_bytes(crypto.private_key_to_pem(svid.key))
         key.chmod(0o600)
@@ -543,13 +569,34 @@ def report(results: dict[str, Result], targets: list[Target], args: argparse.Nam
     if not targets[-1].name.startswith("gateway"):
         return clean
     gateway = results[targets[-1].name]
-    print()
+    print(
+        f"\n{'gateway / peer':34}{'req/s':>8}{'p50':>8}{'p99':>8}"
+        f"{'proxy CPU/req':>15}{'app CPU/req':>13}"
+    )
     for target in targets[:-1]:
         base = results[target.name]
+        if base.requests == 0:
+            print(f"{target.name.partition(' (')[0]:34}   (no requests served: no ratios)")
+            continue
+        proxy = (
+            f"{gateway.proxy_cpu_us / base.proxy_cpu_us:14.2f}×"
+            if gateway.proxy_cpu_us and base.proxy_cpu_us
+            else f"{'-':>15}"
+        )
         print(
-            f"gateway / {target.name.partition(' (')[0]:22} throughput "
-            f"{gateway.rps / base.rps:5.2f}×   p50 {gateway.p50_ms / base.p50_ms:5.2f}×   "
-            f"p99 {gateway.p99_ms / base.p99_ms:5.2f}×"
+            f"{target.name.partition(' (')[0]:34}{gateway.rps / base.rps:7.2f}×"
+            f"{gateway.p50_ms / base.p50_ms:7.2f}×{gateway.p99_ms / base.p99_ms:7.2f}×"
+            f"{proxy}{gateway.upstream_cpu_us / base.upstream_cpu_us:12.2f}×"
+        )
+    # the same SDK-guarded upstream behind each proxy: what the caller costs it
+    behind = [t for t in targets if "mesh svc" in t.name or t is targets[-1]]
+    if len(behind) > 1:
+        print(
+            "upstream (mesh inventory) CPU per request behind: "
+            + ", ".join(
+                f"{t.name.partition(' (')[0]} {results[t.name].upstream_cpu_us:.0f} µs"
+                for t in behind
+            )
         )
     return clean
 
@@ -567,20 +614,26 @@ def main() -> None:
     )
     parser.add_argument(
         "--only",
-        choices=("direct", "nginx", "gateway"),
+        choices=("direct", "nginx", "haproxy", "python", "gateway"),
         help="measure only these targets (to profile one with py-spy meanwhile)",
+    )
+    parser.add_argument(
+        "--no-audit",
+        action="store_true",
+        help="no audit collector: events only spooled; the stack's spools fill (64 MiB) "
+        "after some 60,000 requests and the services then wait (on_full: block)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--verbose", action="store_true", help="print wrk's own output")
     args = parser.parse_args()
     if args.quick:
         args.duration, args.warmup = 3, 1
-    missing = [tool for tool in ("wrk", "nginx") if shutil.which(tool) is None]
+    missing = [tool for tool in ("wrk", "nginx", "haproxy") if shutil.which(tool) is None]
     if missing:
         raise SystemExit(
             f"{' and '.join(missing)} not found on PATH; install with (as root):\n"
-            "  apt-get update && apt-get install -y wrk nginx\n"
-            "(nginx is only run from this script's own config, never as a service)"
+            "  apt-get update && apt-get install -y wrk nginx haproxy\n"
+            "(nginx and HAProxy only run from this script's own configs, never as services)"
         )
 
     # a short path: the Workload API's unix socket lives under it
@@ -588,17 +641,25 @@ def main() -> None:
     state = root / "state"
     plain: subprocess.Popen[bytes] | None = None
     nginx: subprocess.Popen[bytes] | None = None
+    haproxy: subprocess.Popen[bytes] | None = None
+    pyproxy: subprocess.Popen[bytes] | None = None
     clean = False
     try:
         print("starting the trustmesh stack (trustmesh up) …", flush=True)
-        config, status = start_stack(root, state, with_policy=not args.no_edge_policy)
+        config, status = start_stack(
+            root, state, with_policy=not args.no_edge_policy, with_audit=not args.no_audit
+        )
         gateway, inventory = component(status, "gateway"), component(status, "inventory")
         edge_ca = Path(status["edge_ca"])
-        token = user_token(config, state, component(status, "auth")["public_url"], edge_ca)
+        public = component(status, "auth")["public_url"]
+        token = user_token(config, state, public, edge_ca)
         mesh_token = asyncio.run(edge_proxy_identity(config, state, root))
+        issuer, signing_keys = peers.provider_keys(public, edge_ca, root)
 
         ca, cert, key = throwaway_certificate(root)
         app_port, app_listen, mesh_listen = free_port(), free_port(), free_port()
+        haproxy_listen, pyproxy_port = free_port(), free_port()
+        inventory_port = int(urlsplit(inventory["url"]).port or 0)
         plain = start_plain_app(cert, key, app_port)
         nginx = start_nginx(
             root / "nginx",
@@ -606,17 +667,40 @@ def main() -> None:
             key=key,
             ca=ca,
             app_port=app_port,
-            mesh_port=urlsplit(inventory["url"]).port,
+            mesh_port=inventory_port,
             app_listen=app_listen,
             mesh_listen=mesh_listen,
             svid=root / "svid.pem",
             svid_key=root / "svid.key",
             token=mesh_token,
         )
+        haproxy_conf = peers.write_haproxy_config(
+            root / "haproxy",
+            listen=haproxy_listen,
+            edge_cert=cert,
+            edge_key=key,
+            signing_keys=signing_keys,
+            issuer=issuer,
+            audience=GATEWAY_ID,
+            svid=root / "svid.pem",
+            svid_key=root / "svid.key",
+            bundle=root / "bundle.pem",
+            token=mesh_token,
+            upstream_port=inventory_port,
+        )
+        haproxy = peers.start_haproxy(haproxy_conf)
+        token_file = root / "token"
+        token_file.touch(mode=0o600)
+        token_file.write_text(mesh_token)
+        pyproxy = peers.start_python_proxy(
+            root, port=pyproxy_port, cert=cert, key=key, upstream_port=inventory_port
+        )
         time.sleep(0.3)
         if nginx.poll() is not None:
             log = root / "nginx" / "error.log"
             raise SystemExit(f"nginx did not start:\n{log.read_text() if log.exists() else ''}")
+        if haproxy.poll() is not None:
+            raise SystemExit(f"haproxy exited:\n{(root / 'haproxy' / 'haproxy.log').read_text()}")
         app_url, mesh_url = f"https://127.0.0.1:{app_listen}", f"https://127.0.0.1:{mesh_listen}"
         targets = [
             Target(
@@ -637,6 +721,22 @@ def main() -> None:
                 int(inventory["pid"]),
             ),
             Target(
+                "haproxy → mesh svc (JWT ES256, limit, SVID)",
+                f"https://127.0.0.1:{haproxy_listen}",
+                ca,
+                (f"Authorization: Bearer {token}",),
+                haproxy.pid,
+                int(inventory["pid"]),
+            ),
+            Target(
+                "python proxy → mesh svc (no checks, SVID)",
+                f"https://127.0.0.1:{pyproxy_port}",
+                ca,
+                (),
+                pyproxy.pid,
+                int(inventory["pid"]),
+            ),
+            Target(
                 "gateway (JWT, policy, limit, events, mTLS)",
                 gateway["url"],
                 edge_ca,
@@ -652,6 +752,18 @@ def main() -> None:
             wait_until_up(target.url + PATH, target.ca, header, target.name)
         stages = probe_gateway(gateway["url"], edge_ca, token)
         print("gateway stages in this build: " + "; ".join(f"{k}: {v}" for k, v in stages.items()))
+        refusals = peers.probe_haproxy(
+            f"https://127.0.0.1:{haproxy_listen}{PATH}",
+            ca,
+            token,
+            mesh_token,
+            list(signing_keys.values()),
+        )
+        print("haproxy peer: " + "; ".join(f"{k}: {v}" for k, v in refusals.items()))
+        print(
+            f"haproxy per-subject stick-table after the probes: {peers.haproxy_table(root / 'haproxy')}"
+        )
+        peer_holes = [k for k, v in refusals.items() if "NOT" in v or "REFUSED" in v]
 
         script = root / "count.lua"
         script.write_text(WRK_SCRIPT)
@@ -671,6 +783,10 @@ def main() -> None:
                     events += count_lines(events_file) - events_before
                     served += runs[target.name][-1].requests
         clean = report({name: median(r) for name, r in runs.items()}, targets, args)
+        if any(t.proxy_pid == haproxy.pid for t in targets):
+            table = peers.haproxy_table(root / "haproxy")
+            print(f"haproxy per-subject stick-table at the end (counted, never refused): {table}")
+            print(f"haproxy → inventory: {peers.haproxy_upstream(root / 'haproxy')}")
         if args.rounds > 1:
             for target in targets:
                 each = ", ".join(f"{r.rps:.0f}" for r in runs[target.name])
@@ -680,6 +796,14 @@ def main() -> None:
             f"gateway events written during its measured runs: {events} for {served} requests"
             + ("" if events >= served else "  <-- FEWER EVENTS THAN REQUESTS")
         )
+        spooled = {
+            name: sum(f.stat().st_size for f in (state / "spool" / name).glob("seg-*"))
+            for name in ("gateway", "inventory")
+        }
+        print(
+            "audit spool files at the end (a spool blocks at 64 MiB without a collector): "
+            + ", ".join(f"{name} {size / 2**20:.1f} MiB" for name, size in spooled.items())
+        )
         print(
             f"load average (1 min) before the runs {load_before:.1f}, after "
             f"{os.getloadavg()[0]:.1f}: other work on the machine shows up in every figure"
@@ -688,7 +812,12 @@ def main() -> None:
             "enforced"
         ):
             print("note: a stage this build does not enforce yet costs nothing in this run")
+        if peer_holes:
+            clean = False
+            print(f"haproxy peer checks that did not hold: {', '.join(peer_holes)}")
     finally:
+        stop(pyproxy)
+        stop(haproxy, signal.SIGUSR1)
         stop(nginx, signal.SIGQUIT)
         stop(plain)
         if state.exists():  # also after a start that failed half-way
