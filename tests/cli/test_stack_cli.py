@@ -75,6 +75,10 @@ def test_up_status_down(stack: Path, config: Path) -> None:
     pids = _pids(stack)
     assert len(pids) == 3  # supervisor, identity and auth
     assert all(process_alive(p, s) for p, s in pids)
+    # no audit: in the declaration, so no collector: events go to the local logs only,
+    # never into a spool that would fill and stop the components
+    assert (stack / "events" / "auth.jsonl").stat().st_size > 0
+    assert not (stack / "spool").exists()
 
     down = tm("down", "--state", str(stack))
     assert down.returncode == 0

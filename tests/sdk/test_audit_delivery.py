@@ -40,7 +40,7 @@ from trustmesh.sdk.collector import (
     CollectorClient,
     CollectorUnavailableError,
 )
-from trustmesh.sdk.delivery import AUDIT_URL_ENV, audit_sink_from_env
+from trustmesh.sdk.delivery import AUDIT_URL_ENV, NO_COLLECTOR, audit_sink_from_env
 from trustmesh.sdk.x509source import X509Source
 from trustmesh.testing import RunningIdentityServer
 
@@ -244,6 +244,9 @@ async def test_the_sink_up_asks_for(
 ) -> None:
     monkeypatch.delenv(AUDIT_URL_ENV, raising=False)
     assert audit_sink_from_env(payments, config, short_tmp, "gateway") is None
+    monkeypatch.setenv(AUDIT_URL_ENV, NO_COLLECTOR)  # up's word for a declaration without one
+    assert audit_sink_from_env(payments, config, short_tmp, "gateway") is None
+    assert not (short_tmp / "spool").exists()
     monkeypatch.setenv(AUDIT_URL_ENV, "https://127.0.0.1:9")
     assert audit_sink_from_env(payments, config, short_tmp, "audit") is None  # stores its own
     sink = audit_sink_from_env(payments, config, short_tmp, "gateway", on_full="drop")

@@ -49,7 +49,7 @@ from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import TrustmeshError, UnavailableError
 from trustmesh.gateway.endpoint import endpoint_path as gateway_endpoint_path
 from trustmesh.identity.endpoint import MAX_SOCKET_PATH, IdentityPaths, prepare_state_dir
-from trustmesh.sdk.delivery import AUDIT_URL_ENV
+from trustmesh.sdk.delivery import AUDIT_URL_ENV, NO_COLLECTOR
 from trustmesh.secrets.endpoint import DEV_UNSEAL_WARNING, dev_unseal_path
 from trustmesh.secrets.endpoint import endpoint_path as secrets_endpoint_path
 
@@ -134,7 +134,12 @@ def _join_token(config: TrustmeshConfig, state: Path, spiffe_id: str) -> str:
             time.sleep(0.2)
 
 
-def _audit_url(state: Path) -> str:
+def _audit_url(config: TrustmeshConfig, state: Path) -> str:
+    """Where the collector listens ("" while it starts), or that there is none: events
+    spooled for a collector that never comes would fill the spool and, under
+    ``on_full: block``, stop every component."""
+    if config.audit is None:
+        return NO_COLLECTOR
     return str((read_json(audit_endpoint_path(state)) or {}).get("url") or "")
 
 
@@ -149,7 +154,7 @@ def _component_env(config: TrustmeshConfig, state: Path, name: str) -> Callable[
             "TRUSTMESH_JOIN_TOKEN": token,
             # where the suspensions feed is polled (platform.suspensions)
             "TRUSTMESH_DISCOVERY_URL": _discovery_url(state),
-            AUDIT_URL_ENV: _audit_url(state),
+            AUDIT_URL_ENV: _audit_url(config, state),
         }
 
     return make
@@ -166,7 +171,7 @@ def _service_env(config: TrustmeshConfig, state: Path, name: str) -> Callable[[]
             "TRUSTMESH_AUTH_URL": str(auth.get("url") or ""),
             "TRUSTMESH_GATEWAY_URL": str(gateway.get("internal_url") or ""),
             "TRUSTMESH_SECRETS_URL": str(secrets.get("url") or ""),
-            AUDIT_URL_ENV: _audit_url(state),
+            AUDIT_URL_ENV: _audit_url(config, state),
         }
 
     return make

@@ -58,6 +58,7 @@ __all__ = [
     "AUDIT_URL_ENV",
     "MAX_BATCH",
     "MAX_BATCH_BYTES",
+    "NO_COLLECTOR",
     "AuditSink",
     "DeliveryStats",
     "OnFull",
@@ -68,6 +69,8 @@ __all__ = [
 
 #: Where a process ``trustmesh up`` starts delivers its events (the collector's URL).
 AUDIT_URL_ENV: Final = "TRUSTMESH_AUDIT_URL"
+#: ``TRUSTMESH_AUDIT_URL`` when the declaration has no collector (``audit:`` absent).
+NO_COLLECTOR: Final = "none"
 #: Events per delivery (the collector takes up to 1000 and 4 MiB).
 MAX_BATCH: Final = 500
 MAX_BATCH_BYTES: Final = 1024 * 1024
@@ -340,12 +343,14 @@ def audit_sink_from_env(
     """The sink delivering ``component``'s events to the collector named by
     ``TRUSTMESH_AUDIT_URL``, spooling in ``<state>/spool/<component>/`` (``audit.spool``
     of the declaration: its bound and policy, unless given); None when the variable is
-    unset, and for the collector itself. Where the collector listens is read again from
-    its endpoint file before each connection (a collector restarted on another port is
-    found again); an empty variable means it is not running yet: events spool until it
-    writes that file."""
+    unset or :data:`NO_COLLECTOR` (a declaration without ``audit:``: no collector will
+    ever take the events, so none are spooled for it, and the local event log is the
+    record), and for the collector itself. Where the collector listens is read again
+    from its endpoint file before each connection (a collector restarted on another
+    port is found again); an empty variable means it is not running yet: events spool
+    until it writes that file."""
     url = os.environ.get(AUDIT_URL_ENV)
-    if url is None or component == _COLLECTOR:
+    if url is None or url.strip() == NO_COLLECTOR or component == _COLLECTOR:
         return None
     return audit_sink(
         source,
