@@ -77,6 +77,9 @@ MAX_BATCH_BYTES: Final = 1024 * 1024
 #: The component whose events are not delivered: the collector stores its own directly.
 _COLLECTOR: Final = "audit"
 _IDLE: Final = 1.0  # seconds the thread sleeps with nothing to do (woken by emit)
+#: Seconds the thread, woken by an event, waits for more before spooling (group commit):
+#: at most 1/_LINGER wake-ups and fsyncs a second however many events are emitted.
+_LINGER: Final = 0.005
 _RECHECK: Final = 0.1  # a blocked emit / a flush re-checks at least this often
 
 OnFull = Literal["block", "drop"]
@@ -113,6 +116,7 @@ class AuditSink:
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
         block_timeout: float | None = None,
+        linger: float = _LINGER,
     ) -> None:
         if on_full not in ("block", "drop"):
             raise UsageError("on_full is 'block' or 'drop'")
@@ -125,6 +129,7 @@ class AuditSink:
         self.batch = batch
         self.max_queue = max_queue
         self.block_timeout = block_timeout
+        self.linger = linger
         self.backoff = backoff or Backoff(clock=clock)
         self.recorder = events.Recorder(self, component=component, spiffe_id=spiffe_id)
         self._queue: collections.deque[events.Event] = collections.deque()
@@ -228,6 +233,8 @@ class AuditSink:
         while True:
             try:
                 stop = self._stop
+                if not stop:
+                    self._gather()
                 self._to_spool(force=stop)
                 if stop:
                     return
@@ -243,6 +250,16 @@ class AuditSink:
                 if self._has_work():
                     continue
                 self._cond.wait(self._idle_wait())
+
+    def _gather(self) -> None:
+        """Group commit: woken by the first event of a burst, wait ``linger`` seconds
+        (while emits, seeing the thread awake, no longer wake it) so that the burst goes
+        to the spool in one write and one fsync — unless a batch is already there."""
+        if self.linger <= 0 or not self._queue or len(self._queue) >= self.batch:
+            return
+        with self._cond:
+            if not self._stop:
+                self._cond.wait(self.linger)
 
     def _has_work(self) -> bool:
         if self._stop:
