@@ -31,6 +31,7 @@ the trust domain; its SPIFFE ID is the verified peer certificate's).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import tempfile
@@ -38,6 +39,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
+import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -338,18 +340,42 @@ def _run_rules(files: dict[str, str], recorded: list[Any]) -> ReplayResult:
         return run_rules(paths, events_)
 
 
+#: ``raw.translate(_NUMBERS)``: each decimal digit a ``0``, each byte a JSON number may
+#: follow (``-``, ``:``, ``[``, ``,``, whitespace) a ``1``, anything else an ``x``.
+_NUMBERS: Final = bytes(
+    0x30 if 0x30 <= i <= 0x39 else 0x31 if i in b"-:[, \t\n\r" else 0x78 for i in range(256)
+)
+#: The start of an integer orjson cannot hold (below -2**63 or from 2**64 up: 19 digits
+#: at least), as ``_NUMBERS`` writes it.
+_LONG: Final = b"1" + b"0" * 19
+
+
 def _batch(raw: bytes) -> list[object]:
-    """The events of a delivery, parsed by the standard parser: it keeps a number of any
-    length exact (orjson would round one past 64 bits to a float), and on this machine
-    it is the faster of the two for these bodies (5 µs an event against 9 µs)."""
-    try:
-        doc = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise UsageError("the delivery is not JSON") from None
+    """The events of a delivery. Parsed by orjson (measured on these bodies: 4 µs an
+    event against the standard parser's 6, and 2.5 against 5 without the GC) where it
+    reads what the standard parser reads; that one reads the rest, as it read every
+    delivery before. orjson reads an integer past 64 bits as a float (an event would be
+    stored with a value it did not say): a body with 19 digits in a row where a number
+    may start — a long number, or a string that happens to hold ``:`` or ``,`` and 19
+    digits — goes to the standard parser. So does one orjson refuses: NaN, Infinity,
+    a lone surrogate, UTF-16, nesting past 1024 — taken as before, and quarantined
+    event by event where an event may not hold it."""
+    doc: object = _UNREAD
+    if raw.translate(_NUMBERS).find(_LONG) < 0:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            doc = orjson.loads(raw)
+    if doc is _UNREAD:
+        try:
+            doc = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise UsageError("the delivery is not JSON") from None
     if not isinstance(doc, dict) or set(doc) != {"events"} or not isinstance(doc["events"], list):
         raise UsageError('the delivery is not {"events": [...]}')
     events_: list[object] = doc["events"]
     return events_
+
+
+_UNREAD: Final = object()
 
 
 def audit_app(

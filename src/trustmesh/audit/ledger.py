@@ -47,6 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
 from trustmesh import crypto
+from trustmesh.audit._writer import sqlite_writer
 from trustmesh.audit.chain import (
     GENESIS,
     PRUNE_CHUNK,
@@ -232,8 +233,14 @@ class Ledger(SqlStore):
     @contextlib.asynccontextmanager
     async def _writing(self, engine: AsyncEngine | None = None) -> AsyncIterator[AsyncConnection]:
         """A transaction that is the only writer of the log until it ends (on
-        ``engine``, the ledger's by default)."""
-        async with (engine or self.engine).connect() as connection, connection.begin():
+        ``engine``, the ledger's by default); on SQLite, the collector's writers queue
+        for the file in the event loop (:mod:`trustmesh.audit._writer`)."""
+        engine = engine or self.engine
+        async with (
+            sqlite_writer(engine),
+            engine.connect() as connection,
+            connection.begin(),
+        ):
             if connection.dialect.name == "sqlite":
                 await connection.exec_driver_sql("BEGIN IMMEDIATE")
             await append_in_order(connection, records)
@@ -302,7 +309,7 @@ class Ledger(SqlStore):
     async def quarantine(self, raw: bytes, reason: str, *, now: datetime) -> None:
         """Keep what could not even be parsed as an event (bounded), with the reason."""
         row = _quarantine_row(raw, reason, ms(now))
-        async with self.engine.begin() as connection:
+        async with sqlite_writer(self.engine), self.engine.begin() as connection:
             await connection.execute(quarantine.insert().values(**row))
 
     async def quarantined(self, *, limit: int = 100) -> list[Quarantined]:
