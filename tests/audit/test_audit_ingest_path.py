@@ -13,13 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from auditkit import login_failed
+from auditkit import at, login_failed
 from sqlalchemy import event
 
 from trustmesh import crypto
 from trustmesh.audit._writer import sqlite_writer
 from trustmesh.audit.app import _batch
+from trustmesh.audit.chain import CheckpointPolicy
+from trustmesh.audit.detection import Detector
 from trustmesh.audit.ledger import Ledger
+from trustmesh.audit.service import AuditService
 from trustmesh.errors import UsageError
 from trustmesh.store import create_engine, sqlite_url
 
@@ -134,5 +137,47 @@ async def test_concurrent_deliveries_checkpoints_and_quarantines_never_wait_in_s
         verdict = await ledger.verify({crypto.signing_key_id(public): public})
         assert verdict.finding is None
         assert verdict.covered == 240
+    finally:
+        await ledger.close()
+
+
+async def test_a_durable_delivery_is_acknowledged_whatever_fails_after(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Signing the checkpoint and acting on the alerts come after the batch is durable:
+    their failure is logged, the delivery answered (an error would only bring the batch
+    back as duplicates), and the next tick signs the checkpoint still due."""
+    ledger = Ledger(create_engine(sqlite_url(tmp_path / "audit.db")))
+    await ledger.create()
+
+    async def no_alerts(_alerts: list[Any]) -> None:
+        raise RuntimeError("a receiver is broken")
+
+    service = AuditService(
+        ledger,
+        crypto.generate_signing_key(),
+        Detector.shipped(),
+        CheckpointPolicy(records=1),
+        on_alerts=no_alerts,
+        clock=lambda: at(120).timestamp(),
+    )
+    signing = ledger.checkpoint
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the disk is full")
+
+    try:
+        ledger.checkpoint = broken  # type: ignore[method-assign]
+        burst = [login_failed("alice", i) for i in range(12)]  # the shipped rule fires
+        ingested = await service.ingest(burst, "spiffe://trustmesh.local/payments")
+        assert ingested.answer() == {"stored": 12, "duplicates": 0, "quarantined": 0}
+        assert ingested.alerts
+        assert ingested.checkpoint is None
+        assert "signing a checkpoint failed" in caplog.text
+        assert "could not be acted on" in caplog.text
+        ledger.checkpoint = signing  # type: ignore[method-assign]
+        made = await service.tick()
+        assert made is not None
+        assert made.last_seq >= 12
     finally:
         await ledger.close()

@@ -8,7 +8,10 @@ Ingest, for one batch from one producer (its SPIFFE ID, from its certificate):
 2. the batch is appended in one transaction — duplicates (by ``metadata.uid``, a retry
    after a lost answer) are skipped, invalid events quarantined with the reason;
 3. only once it is durable is the batch acknowledged, and the stored events (never the
-   duplicates) go through detection in chain order; alerts go to ``on_alerts``;
+   duplicates) go through detection in chain order; alerts go to ``on_alerts``. What
+   fails after that (signing a checkpoint, acting on an alert) is logged and does not
+   fail the delivery: the tick signs what is due, and retries what the alert store
+   could not take;
 4. a checkpoint is signed when N records or T seconds have passed since the last one
    (:meth:`AuditService.tick` signs the time-due ones on a quiet log); each signed one
    goes to ``on_checkpoint`` (a copy off the machine: the checkpoint webhook).
@@ -174,8 +177,18 @@ class AuditService:
                     stored.discard(_uid(event))  # a uid twice in the batch: detected once
                     if event.get("class_uid") != _FINDING:
                         alerts.extend(self.detector.observe(event))
-        checkpoint = await self._checkpoint(appended.head)
-        await self._raise(alerts)
+        # durable now: acknowledged, whatever fails below (an error answer would only
+        # bring the batch back as duplicates). The tick signs a checkpoint still due,
+        # and stores alerts the store could not take.
+        checkpoint = None
+        try:
+            checkpoint = await self._checkpoint(appended.head)
+        except Exception:
+            log.exception("audit: signing a checkpoint failed; the next tick tries again")
+        try:
+            await self._raise(alerts)
+        except Exception:
+            log.exception("audit: %d alerts could not be acted on", len(alerts))
         return Ingested(appended, tuple(alerts), checkpoint)
 
     async def warm_start(self, max_records: int) -> int:
