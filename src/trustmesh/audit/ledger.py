@@ -95,6 +95,7 @@ MAX_EVENT_BYTES = 1 << 20
 _IN_CHUNK = 500  # uids per `IN (...)`: far below every driver's limit on parameters
 _FIELDS = Fields._fields
 _NO_PRIVILEGE = "42501"  # PostgreSQL's insufficient_privilege
+_HEAD = f"SELECT seq, hash FROM {records.name} ORDER BY seq DESC LIMIT 1"  # noqa: S608
 
 log = logging.getLogger("trustmesh.audit")
 
@@ -127,6 +128,8 @@ class Appended:
     duplicates: tuple[str, ...]
     quarantined: tuple[tuple[int, str], ...]
     head: int
+    #: the index in the batch of each stored event, in seq order (as ``stored``)
+    stored_at: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -248,9 +251,12 @@ class Ledger(SqlStore):
 
     @staticmethod
     async def _head(connection: AsyncConnection) -> tuple[int, bytes]:
-        query = select(records.c.seq, records.c.hash).order_by(records.c.seq.desc()).limit(1)
-        row = (await connection.execute(query)).first()
-        return (0, GENESIS) if row is None else (row.seq, bytes(row.hash))
+        # the driver's own SQL: no statement built and looked up in the cache per batch
+        row = (await connection.exec_driver_sql(_HEAD)).first()
+        if row is None:
+            return 0, GENESIS
+        seq, hash_ = tuple(row)
+        return int(seq), bytes(hash_)
 
     @staticmethod
     async def _last_checkpoint(connection: AsyncConnection) -> Checkpoint | None:
@@ -263,7 +269,7 @@ class Ledger(SqlStore):
         already (or earlier in the batch) is a duplicate and is skipped; one that is not
         a valid event is quarantined with the reason."""
         received = ms(now)
-        batch: dict[str, tuple[Fields, bytes]] = {}
+        batch: dict[str, tuple[Fields, bytes, int]] = {}
         duplicates: list[str] = []
         refused: list[tuple[int, str, bytes]] = []
         for index, event in enumerate(events):
@@ -277,7 +283,7 @@ class Ledger(SqlStore):
             if fields.uid in batch:
                 duplicates.append(fields.uid)
             else:
-                batch[fields.uid] = (fields, body)
+                batch[fields.uid] = (fields, body, index)
         async with self._writing() as connection:
             uids = list(batch)
             for start in range(0, len(uids), _IN_CHUNK):
@@ -287,9 +293,9 @@ class Ledger(SqlStore):
                     del batch[uid]
             seq, prev = await self._head(connection)
             rows = []
-            for fields, body in batch.values():
+            for fields, body, _ in batch.values():
                 seq, prev = seq + 1, link(prev, body)
-                rows.append((seq, *fields.values(), body, prev))
+                rows.append((seq, *fields, body, prev))
             if rows:  # the driver's executemany: no per-row work in SQLAlchemy
                 if self._insert is None:
                     self._insert = _insert_sql(connection)
@@ -304,6 +310,7 @@ class Ledger(SqlStore):
             duplicates=tuple(duplicates),
             quarantined=tuple((index, reason) for index, reason, _ in refused),
             head=seq,
+            stored_at=tuple(index for _, _, index in batch.values()),
         )
 
     async def quarantine(self, raw: bytes, reason: str, *, now: datetime) -> None:

@@ -170,13 +170,12 @@ class AuditService:
         stamped = [_stamped(event, reporter) for event in events]
         async with self._detecting:
             appended = await self.ledger.append(stamped, now=self.now())  # type: ignore[arg-type]
-            stored = set(appended.stored)
             alerts: list[Alert] = []
-            for event in stamped:
-                if isinstance(event, dict) and _uid(event) in stored:
-                    stored.discard(_uid(event))  # a uid twice in the batch: detected once
-                    if event.get("class_uid") != _FINDING:
-                        alerts.extend(self.detector.observe(event))
+            observe = self.detector.observe
+            for index in appended.stored_at:  # in chain order; a uid twice: its first
+                event: dict[str, Any] = stamped[index]  # type: ignore[assignment]
+                if event.get("class_uid") != _FINDING:
+                    alerts.extend(observe(event))
         # durable now: acknowledged, whatever fails below (an error answer would only
         # bring the batch back as duplicates). The tick signs a checkpoint still due,
         # and stores alerts the store could not take.
@@ -309,9 +308,3 @@ class AuditService:
         if missing and not await self.ledger.checkpoints():
             file = None  # a new log: nothing signed yet (a missing file after that is an error)
         return await self.ledger.verify(keys, checkpoint_file=file, external=external)
-
-
-def _uid(event: Mapping[str, Any]) -> str | None:
-    metadata = event.get("metadata")
-    uid = metadata.get("uid") if isinstance(metadata, Mapping) else None
-    return uid if isinstance(uid, str) else None
