@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 from auditkit import at, login_failed
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import event
 
 from trustmesh import crypto
@@ -62,6 +64,38 @@ def test_a_delivery_reads_as_the_standard_parser_reads_it(raw: bytes) -> None:
     try:
         expected = json.loads(raw)["events"]
     except RecursionError:
+        with pytest.raises(UsageError):
+            _batch(raw)
+        return
+    assert _same(_batch(raw), expected)
+
+
+_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.dictionaries(st.text(max_size=8), _VALUES, max_size=5), max_size=4),
+    st.booleans(),
+    st.booleans(),
+)
+def test_any_delivery_reads_as_the_standard_parser_reads_it(
+    events_: list[dict[str, Any]], ascii_only: bool, spaced: bool
+) -> None:
+    separators = (", ", ": ") if spaced else (",", ":")
+    text = json.dumps({"events": events_}, ensure_ascii=ascii_only, separators=separators)
+    raw = text.encode("utf-8", "surrogatepass")
+    try:
+        expected = json.loads(raw)["events"]
+    except ValueError:  # a lone surrogate written raw: not UTF-8
         with pytest.raises(UsageError):
             _batch(raw)
         return
