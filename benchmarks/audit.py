@@ -3,7 +3,9 @@
 baseline: the same events appended to the same store in the same batches with no chain
 and no detection).
 
-Run: ``.venv/bin/python benchmarks/audit.py [--events 50000] [--batch 500] [--clients 4]``
+Run: ``.venv/bin/python benchmarks/audit.py [--events 50000] [--batch 500] [--clients 4]
+[--profile FILE]`` (``--profile``: py-spy samples the collector during the HTTPS run, raw
+format; ``PROFILE_NATIVE=1`` adds the native frames, at a tenth of the rate)
 
 Measured in one run, on a realistic event mix (benchmarks/audit_detection.py's, with
 brute-force bursts the shipped rules alert on):
@@ -14,7 +16,13 @@ brute-force bursts the shipped rules alert on):
 3. HTTPS — the collector as ``trustmesh up`` runs it (its own process, mTLS), batches
    POSTed by ``--clients`` concurrent connections; throughput, batch round-trip p50/p99
    (an alert is raised inside the request that stores the event that completes it, so
-   this bounds the alert latency), and the collector's CPU per event.
+   this bounds the alert latency), and the collector's CPU per event (its event loop's,
+   and its other threads': the database connections').
+
+On a shared machine the rates move with the load; the CPU each side spends an event
+(the benchmark's own process for the baseline and the service, the collector's for
+HTTPS) moves far less, and the CPU ratios (baseline CPU / the other's) are printed too:
+what one core would reach, relative to the baseline.
 
 Before measuring, probes show the security is on: a workload may deliver but not read
 the log (403), and a delivery is stored once (a retry is all duplicates).
@@ -24,8 +32,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import ssl
 import subprocess
 import sys
@@ -73,6 +83,16 @@ def _cpu_seconds(stat_path: str) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _threads(pid: int) -> dict[str, float]:
+    """CPU seconds of each of the process's threads, by thread id (its main one is the
+    event loop; the others are the database connections' and the receivers')."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found[task.name] = _cpu_seconds(str(task / "stat"))
+    return found
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
@@ -99,6 +119,18 @@ async def service_run(folder: Path, batches: list[list[dict[str, Any]]]) -> tupl
     elapsed = time.perf_counter() - start
     await ledger.close()
     return elapsed, alerts
+
+
+def _profiler(pid: int, out: Path | None) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling the collector (its native frames too) into ``out``, raw format."""
+    if out is None:
+        return None
+    spy = Path(sys.executable).with_name("py-spy")
+    native = ["--native"] if os.environ.get("PROFILE_NATIVE") else []  # slow: 10× fewer events/s
+    argv = [str(spy), "record", *native, "--format", "raw", "-r", "250", "-o", str(out)]
+    started = subprocess.Popen([*argv, "-p", str(pid)], stderr=subprocess.DEVNULL)
+    time.sleep(1)  # attached before the load starts
+    return started
 
 
 def _spawn(config_file: Path, state: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -149,7 +181,7 @@ async def probes(url: str, ctx: ssl.SSLContext, one: dict[str, Any]) -> None:
     print("security on: a workload may not read the log (403); a retry is stored once")
 
 
-async def main(count: int, size: int, clients: int) -> None:
+async def main(count: int, size: int, clients: int, profile: Path | None = None) -> None:
     made = mix(count)
 
     def batches(tag: str) -> list[list[dict[str, Any]]]:
@@ -158,13 +190,22 @@ async def main(count: int, size: int, clients: int) -> None:
 
     root = Path(tempfile.mkdtemp(prefix="tmbench", dir="/tmp"))
     print(f"{count:,} events in batches of {size}")
-    base = count / await plain(root, batches("b"))
-    seconds, alerts = await service_run(root, batches("c"))
+    made_b, made_c = batches("b"), batches("c")
+    cpu = time.process_time()
+    base = count / await plain(root, made_b)
+    base_cpu = (time.process_time() - cpu) / count
+    cpu = time.process_time()
+    seconds, alerts = await service_run(root, made_c)
+    service_cpu = (time.process_time() - cpu) / count
     service = count / seconds
-    print(f"baseline (no chain, no detection): {base:>9,.0f} events/s")
+    print(
+        f"baseline (no chain, no detection): {base:>9,.0f} events/s  "
+        f"CPU {base_cpu * 1e6:.0f} µs/event"
+    )
     print(
         f"service (chain + detection):       {service:>9,.0f} events/s  "
-        f"ratio {service / base:.2f}  alerts {alerts}"
+        f"ratio {service / base:.2f}  alerts {alerts}  CPU {service_cpu * 1e6:.0f} µs/event "
+        f"(CPU ratio {base_cpu / service_cpu:.2f})"
     )
 
     config_file = root / "trustmesh.yaml"
@@ -194,19 +235,28 @@ async def main(count: int, size: int, clients: int) -> None:
             await source.start()
             ctx = client_context(source.context)
             await probes(url, ctx, _fresh(made[:1], "p")[0])
-            cpu = _cpu_seconds(f"/proc/{proc.pid}/stat")
+            spy = _profiler(proc.pid, profile)
+            cpu, threads = _cpu_seconds(f"/proc/{proc.pid}/stat"), _threads(proc.pid)
             seconds, latencies = await https_run(url, ctx, batches("h"), clients)
             cpu = _cpu_seconds(f"/proc/{proc.pid}/stat") - cpu
+            after = _threads(proc.pid)
+            loop = after.get(str(proc.pid), 0.0) - threads.get(str(proc.pid), 0.0)
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(30)
             await source.close()
         finally:
             proc.terminate()
             proc.wait(10)
     https = count / seconds
+    https_cpu = cpu / count
     print(
         f"HTTPS ({clients} connections):          {https:>9,.0f} events/s  "
         f"ratio {https / base:.2f}  batch p50 {_percentile(latencies, 0.5):.0f} ms  "
         f"p99 {_percentile(latencies, 0.99):.0f} ms  "
-        f"collector CPU {cpu / count * 1e6:.0f} µs/event"
+        f"collector CPU {cpu / count * 1e6:.0f} µs/event "
+        f"(event loop {loop / count * 1e6:.0f}, other threads {(cpu - loop) / count * 1e6:.0f}; "
+        f"CPU ratio {base_cpu / https_cpu:.2f})"
     )
     print(
         f"goal ≥ 20,000/s: service {service / 20_000:.2f}×, HTTPS {https / 20_000:.2f}×; "
@@ -220,5 +270,8 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy the collector during the HTTPS run into this file"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.events, args.batch, args.clients))
+    asyncio.run(main(args.events, args.batch, args.clients, args.profile))

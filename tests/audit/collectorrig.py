@@ -5,6 +5,7 @@ and the operator for an aiohttp client."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -64,7 +65,11 @@ class Caller:
     async def call(
         self, method: str, path: str, body: Any = None, *, raw: bytes | None = None
     ) -> tuple[int, Any]:
-        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        data: bytes | io.BytesIO | None = (
+            raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        )
+        if data is not None and len(data) > 1024 * 1024:  # aiohttp warns of large bytes
+            data = io.BytesIO(data)
         connector = aiohttp.TCPConnector(ssl=self.workload.ssl_context())
         async with (
             aiohttp.ClientSession(connector=connector) as session,

@@ -21,6 +21,7 @@ from collectorrig import (
     identity_for,
 )
 
+from trustmesh.audit.app import MAX_BODY
 from trustmesh.audit.chain import Checkpoint
 from trustmesh.testing import RunningIdentityServer
 
@@ -191,3 +192,18 @@ async def test_a_number_past_64_bits_is_stored_exactly(rig: CollectorRig) -> Non
     status, found = await rig.operator.call("GET", "/v1/events?limit=1")
     (stored,) = found["events"]
     assert stored["unmapped"]["trustmesh"]["attributes"]["big"] == 123456789012345678901234567890
+
+
+async def test_a_delivery_past_the_bound_is_413_and_nothing_is_kept(rig: CollectorRig) -> None:
+    """Past MAX_BODY the collector stops reading: 413 (the producer splits), nothing
+    stored or quarantined; the next delivery on a new connection is taken."""
+    event = login_failed("bob", 1)
+    event["message"] = "x" * 1024
+    raw = json.dumps({"events": [event] * 4200}).encode()
+    assert len(raw) > MAX_BODY
+    status, answer = await rig.payments.call("POST", "/v1/events", raw=raw)
+    assert (status, answer["error"]) == (413, "too_large")
+    status, answer = await rig.payments.call("POST", "/v1/events", {"events": [event]})
+    assert (status, answer) == (200, {"stored": 1, "duplicates": 0, "quarantined": 0})
+    status, kept = await rig.operator.call("GET", "/v1/quarantine")
+    assert (status, kept["quarantined"]) == (200, [])

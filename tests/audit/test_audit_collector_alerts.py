@@ -171,7 +171,7 @@ async def test_a_webhook_that_refuses_an_alert_is_recorded_and_alerted_on(
 ) -> None:
     """The webhook refuses the alert (a 4xx: not retried). The alert stays stored; the
     give-up is an export-failed event in the log, which raises an alert of its own."""
-    hook.statuses[:] = [403] * 10
+    hook.statuses[:] = [400] * 10  # a 403 is retried: an authorization being changed
     file = _declaration(short_tmp, pki, hook.port)
     config = collector_config(file.read_text())
     attempts = [login_failed("dave", i * 3, ip="203.0.113.5") for i in range(12)]
@@ -192,7 +192,7 @@ async def test_a_webhook_that_refuses_an_alert_is_recorded_and_alerted_on(
         (brute,) = [a for a in answer["alerts"] if a["title"] == BRUTE]
         attributes = [e["unmapped"]["trustmesh"]["attributes"] for e in failed]
         assert {(a["receiver"], a["why"]) for a in attributes} == {
-            ("webhook siem", "refused: HTTP 403")
+            ("webhook siem", "refused: HTTP 400")
         }
         assert f"alert {brute['uid']}" in {a["item"] for a in attributes}
         for _ in range(100):  # its own alert, once the event is stored and detected

@@ -112,6 +112,23 @@ def test_5xx_and_429_are_retried_with_backoff_then_delivered(rig: Receiver, pki:
     assert (stats.delivered, stats.retries, stats.failed) == (1, 3, 0)
 
 
+def test_a_403_or_401_is_retried_as_an_authorization_being_changed(rig: Receiver, pki: Pki) -> None:
+    """The receiver's authorization of the hook may be changing (a rotated secret, a
+    policy reload): retried with the backoff, not given up at the first answer."""
+    rig.statuses[:] = [403, 401, 408, 200]
+    waits = Waits()
+    sender = WebhookSender(
+        [hook(rig, pki)], sleep=waits, rand=lambda: 1.0, backoff=Backoff(attempts=5, base=1.0)
+    )
+    sender.start()
+    sender.submit(alert())
+    assert sender.close(10)
+    assert len(rig.requests) == 4
+    assert waits.waits == [1.0, 2.0, 4.0]
+    stats = sender.stats["siem"]
+    assert (stats.delivered, stats.retries, stats.failed) == (1, 3, 0)
+
+
 def test_the_jitter_stays_under_the_ceiling_and_retry_after_is_honoured() -> None:
     backoff = Backoff(attempts=10, base=0.5, factor=2.0, cap=8.0)
     assert backoff.delay(1, lambda: 0.5) == 0.25

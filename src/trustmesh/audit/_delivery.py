@@ -11,7 +11,15 @@ random factor (AWS's "full jitter"), at most ``attempts`` times in all, then giv
 and logged (the item's label, never its content). :class:`GiveUp` gives up at once (a
 receiver that refuses the request: retrying changes nothing). Each give-up is also
 passed to :attr:`Worker.on_failed` (the collector records it as an ``export-failed``
-event, which the shipped rule alerts on).
+event, which the shipped rule alerts on). So no item holds the queue for longer than
+its attempts, and none is given up silently; what was given up is still in the
+collector (the alert store, the checkpoint file).
+
+Which HTTP answers are worth another attempt (:func:`retryable`): a 5xx, and the 4xx
+that say who asks or when rather than what was sent — ``401``/``403`` (a token or an
+authorization being changed on the receiver's side), ``407``, ``408``, ``421``,
+``425``, ``429``. Any other 4xx (``400``, ``404``, ``413``, ``422``…) refuses the
+request itself: given up at once.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from urllib.parse import SplitResult
 from trustmesh.errors import ConfigError
 
 __all__ = [
+    "TRANSIENT_STATUSES",
     "Backoff",
     "DeliveryStats",
     "GiveUp",
@@ -38,6 +47,7 @@ __all__ = [
     "Retry",
     "Worker",
     "post",
+    "retryable",
     "tls_context",
 ]
 
@@ -46,6 +56,16 @@ log = logging.getLogger("trustmesh.audit.delivery")
 T = TypeVar("T")
 _random = secrets.SystemRandom()
 _STOP: Final = object()
+#: The 4xx answers that say who asks or when, not what was sent: worth another attempt.
+TRANSIENT_STATUSES: Final = frozenset({401, 403, 407, 408, 421, 425, 429})
+
+
+def retryable(status: int) -> bool:
+    """Whether an HTTP answer ``status`` (not 2xx) is worth another attempt (a 5xx, or
+    :data:`TRANSIENT_STATUSES`)."""
+    return status >= 500 or status in TRANSIENT_STATUSES
+
+
 #: The most of a response body read (and thrown away) to keep the connection usable.
 _MAX_RESPONSE = 64 * 1024
 

@@ -45,6 +45,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from trustmesh.audit._writer import sqlite_writer
 from trustmesh.audit.chain import ms
 from trustmesh.audit.detection import Alert
 from trustmesh.errors import StateError, UsageError
@@ -199,7 +200,11 @@ class AlertStore(SqlStore):
     @contextlib.asynccontextmanager
     async def _writing(self) -> AsyncIterator[AsyncConnection]:
         """A transaction that is the only writer of the alerts until it ends."""
-        async with self.engine.connect() as connection, connection.begin():
+        async with (
+            sqlite_writer(self.engine),
+            self.engine.connect() as connection,
+            connection.begin(),
+        ):
             if connection.dialect.name == "sqlite":
                 await connection.exec_driver_sql("BEGIN IMMEDIATE")
             await append_in_order(connection, alerts)

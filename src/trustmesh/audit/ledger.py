@@ -47,6 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
 from trustmesh import crypto
+from trustmesh.audit._writer import sqlite_writer
 from trustmesh.audit.chain import (
     GENESIS,
     PRUNE_CHUNK,
@@ -94,6 +95,7 @@ MAX_EVENT_BYTES = 1 << 20
 _IN_CHUNK = 500  # uids per `IN (...)`: far below every driver's limit on parameters
 _FIELDS = Fields._fields
 _NO_PRIVILEGE = "42501"  # PostgreSQL's insufficient_privilege
+_HEAD = f"SELECT seq, hash FROM {records.name} ORDER BY seq DESC LIMIT 1"  # noqa: S608
 
 log = logging.getLogger("trustmesh.audit")
 
@@ -126,6 +128,8 @@ class Appended:
     duplicates: tuple[str, ...]
     quarantined: tuple[tuple[int, str], ...]
     head: int
+    #: the index in the batch of each stored event, in seq order (as ``stored``)
+    stored_at: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -232,8 +236,14 @@ class Ledger(SqlStore):
     @contextlib.asynccontextmanager
     async def _writing(self, engine: AsyncEngine | None = None) -> AsyncIterator[AsyncConnection]:
         """A transaction that is the only writer of the log until it ends (on
-        ``engine``, the ledger's by default)."""
-        async with (engine or self.engine).connect() as connection, connection.begin():
+        ``engine``, the ledger's by default); on SQLite, the collector's writers queue
+        for the file in the event loop (:mod:`trustmesh.audit._writer`)."""
+        engine = engine or self.engine
+        async with (
+            sqlite_writer(engine),
+            engine.connect() as connection,
+            connection.begin(),
+        ):
             if connection.dialect.name == "sqlite":
                 await connection.exec_driver_sql("BEGIN IMMEDIATE")
             await append_in_order(connection, records)
@@ -241,9 +251,12 @@ class Ledger(SqlStore):
 
     @staticmethod
     async def _head(connection: AsyncConnection) -> tuple[int, bytes]:
-        query = select(records.c.seq, records.c.hash).order_by(records.c.seq.desc()).limit(1)
-        row = (await connection.execute(query)).first()
-        return (0, GENESIS) if row is None else (row.seq, bytes(row.hash))
+        # the driver's own SQL: no statement built and looked up in the cache per batch
+        row = (await connection.exec_driver_sql(_HEAD)).first()
+        if row is None:
+            return 0, GENESIS
+        seq, hash_ = tuple(row)
+        return int(seq), bytes(hash_)
 
     @staticmethod
     async def _last_checkpoint(connection: AsyncConnection) -> Checkpoint | None:
@@ -256,7 +269,7 @@ class Ledger(SqlStore):
         already (or earlier in the batch) is a duplicate and is skipped; one that is not
         a valid event is quarantined with the reason."""
         received = ms(now)
-        batch: dict[str, tuple[Fields, bytes]] = {}
+        batch: dict[str, tuple[Fields, bytes, int]] = {}
         duplicates: list[str] = []
         refused: list[tuple[int, str, bytes]] = []
         for index, event in enumerate(events):
@@ -270,7 +283,7 @@ class Ledger(SqlStore):
             if fields.uid in batch:
                 duplicates.append(fields.uid)
             else:
-                batch[fields.uid] = (fields, body)
+                batch[fields.uid] = (fields, body, index)
         async with self._writing() as connection:
             uids = list(batch)
             for start in range(0, len(uids), _IN_CHUNK):
@@ -280,9 +293,9 @@ class Ledger(SqlStore):
                     del batch[uid]
             seq, prev = await self._head(connection)
             rows = []
-            for fields, body in batch.values():
+            for fields, body, _ in batch.values():
                 seq, prev = seq + 1, link(prev, body)
-                rows.append((seq, *fields.values(), body, prev))
+                rows.append((seq, *fields, body, prev))
             if rows:  # the driver's executemany: no per-row work in SQLAlchemy
                 if self._insert is None:
                     self._insert = _insert_sql(connection)
@@ -297,12 +310,13 @@ class Ledger(SqlStore):
             duplicates=tuple(duplicates),
             quarantined=tuple((index, reason) for index, reason, _ in refused),
             head=seq,
+            stored_at=tuple(index for _, _, index in batch.values()),
         )
 
     async def quarantine(self, raw: bytes, reason: str, *, now: datetime) -> None:
         """Keep what could not even be parsed as an event (bounded), with the reason."""
         row = _quarantine_row(raw, reason, ms(now))
-        async with self.engine.begin() as connection:
+        async with sqlite_writer(self.engine), self.engine.begin() as connection:
             await connection.execute(quarantine.insert().values(**row))
 
     async def quarantined(self, *, limit: int = 100) -> list[Quarantined]:

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Boolean, Column, Index, MetaData, String, Table, select
 
+from trustmesh.audit._writer import sqlite_writer
 from trustmesh.audit.ledger_schema import collector_grants
 from trustmesh.store import SqlStore
 
@@ -86,13 +87,13 @@ class ResponseStore(SqlStore):
     async def add(self, record: ResponseRecord) -> ResponseRecord:
         row = record.to_dict()
         del row["undone_at"], row["undone_by"]
-        async with self.engine.begin() as connection:
+        async with sqlite_writer(self.engine), self.engine.begin() as connection:
             await connection.execute(responses.insert().values(**row))
         return record
 
     async def undo(self, record_id: str, *, now: int, by: str, detail: str) -> bool:
         """Mark ``record_id`` undone; False when it was undone already."""
-        async with self.engine.begin() as connection:
+        async with sqlite_writer(self.engine), self.engine.begin() as connection:
             found = await connection.execute(
                 select(undos.c.response_id).where(undos.c.response_id == record_id)
             )

@@ -8,7 +8,10 @@ Ingest, for one batch from one producer (its SPIFFE ID, from its certificate):
 2. the batch is appended in one transaction — duplicates (by ``metadata.uid``, a retry
    after a lost answer) are skipped, invalid events quarantined with the reason;
 3. only once it is durable is the batch acknowledged, and the stored events (never the
-   duplicates) go through detection in chain order; alerts go to ``on_alerts``;
+   duplicates) go through detection in chain order; alerts go to ``on_alerts``. What
+   fails after that (signing a checkpoint, acting on an alert) is logged and does not
+   fail the delivery: the tick signs what is due, and retries what the alert store
+   could not take;
 4. a checkpoint is signed when N records or T seconds have passed since the last one
    (:meth:`AuditService.tick` signs the time-due ones on a quiet log); each signed one
    goes to ``on_checkpoint`` (a copy off the machine: the checkpoint webhook).
@@ -167,15 +170,24 @@ class AuditService:
         stamped = [_stamped(event, reporter) for event in events]
         async with self._detecting:
             appended = await self.ledger.append(stamped, now=self.now())  # type: ignore[arg-type]
-            stored = set(appended.stored)
             alerts: list[Alert] = []
-            for event in stamped:
-                if isinstance(event, dict) and _uid(event) in stored:
-                    stored.discard(_uid(event))  # a uid twice in the batch: detected once
-                    if event.get("class_uid") != _FINDING:
-                        alerts.extend(self.detector.observe(event))
-        checkpoint = await self._checkpoint(appended.head)
-        await self._raise(alerts)
+            observe = self.detector.observe
+            for index in appended.stored_at:  # in chain order; a uid twice: its first
+                event: dict[str, Any] = stamped[index]  # type: ignore[assignment]
+                if event.get("class_uid") != _FINDING:
+                    alerts.extend(observe(event))
+        # durable now: acknowledged, whatever fails below (an error answer would only
+        # bring the batch back as duplicates). The tick signs a checkpoint still due,
+        # and stores alerts the store could not take.
+        checkpoint = None
+        try:
+            checkpoint = await self._checkpoint(appended.head)
+        except Exception:
+            log.exception("audit: signing a checkpoint failed; the next tick tries again")
+        try:
+            await self._raise(alerts)
+        except Exception:
+            log.exception("audit: %d alerts could not be acted on", len(alerts))
         return Ingested(appended, tuple(alerts), checkpoint)
 
     async def warm_start(self, max_records: int) -> int:
@@ -296,9 +308,3 @@ class AuditService:
         if missing and not await self.ledger.checkpoints():
             file = None  # a new log: nothing signed yet (a missing file after that is an error)
         return await self.ledger.verify(keys, checkpoint_file=file, external=external)
-
-
-def _uid(event: Mapping[str, Any]) -> str | None:
-    metadata = event.get("metadata")
-    uid = metadata.get("uid") if isinstance(metadata, Mapping) else None
-    return uid if isinstance(uid, str) else None

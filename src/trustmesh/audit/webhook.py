@@ -19,9 +19,13 @@ would end up in logs).
 
 Delivery (:class:`WebhookSender`, on :mod:`trustmesh.audit._delivery`): one bounded
 queue and thread per hook, so a slow receiver delays only its own alerts; 2xx is
-delivered; a network error, 5xx or 429 is retried with exponential backoff and jitter
-(at least the Retry-After), up to the backoff's attempts; any other status is given up
-at once. Either way a give-up is logged with the hook's name and the alert's uid.
+delivered; a network error, a 5xx, or a 4xx that says who asks or when (``401``,
+``403`` — the hook's secret or its authorization being changed —, ``408``, ``429``…:
+:func:`~trustmesh.audit._delivery.retryable`) is retried with exponential backoff and
+jitter (at least the Retry-After), up to the backoff's attempts; any other status is
+given up at once. Either way a give-up is logged with the hook's name and the alert's
+uid, and recorded as an ``export-failed`` event (the alert itself stays in the alert
+store).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from trustmesh.audit._delivery import (
     Retry,
     Worker,
     post,
+    retryable,
     tls_context,
 )
 from trustmesh.audit.alerts import LEVELS
@@ -280,7 +285,7 @@ class _Poster:
         )
         if 200 <= answer.status < 300:
             return
-        if answer.status == 429 or answer.status >= 500:
+        if retryable(answer.status):
             raise Retry(f"HTTP {answer.status}", after=answer.retry_after)
         raise GiveUp(f"HTTP {answer.status}")
 
