@@ -13,8 +13,9 @@ What an answer means (the collector's ``app`` module):
 - ``413`` — too big: :class:`BatchTooLargeError`; the caller splits the batch.
 - ``5xx``, a refused or broken connection, a timeout, a collector that is not the
   collector — :class:`CollectorUnavailableError`: keep the events, back off, retry.
-- another ``4xx`` — :class:`DeliveryRefusedError`: a bug (the collector quarantines what
-  it cannot read rather than refusing it); the events are kept and retried too.
+- another ``4xx`` — :class:`DeliveryRefusedError` with the status: a bug or a change on
+  one side (the collector quarantines what it cannot read rather than refusing it);
+  what the sink does with it: :mod:`trustmesh.sdk.delivery`.
 """
 
 from __future__ import annotations

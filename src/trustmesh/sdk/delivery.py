@@ -14,6 +14,27 @@ thread. That thread does the disk and network work, in order:
    being spooled. A retry after a lost answer is stored once: the collector keys events
    by their uid.
 
+What another ``4xx`` does — the collector quarantines what it cannot read and answers
+``200``, so a refusal is a bug or a change on one side, and one batch must not hold the
+spool behind it forever, nor may an acknowledged event vanish:
+
+- ``401``, ``403``, ``407``, ``408``, ``421``, ``425``, ``429`` say who asks or when,
+  not what the events are (an SVID not trusted yet, an authorization being changed, a
+  rate limit): the batch is kept and retried with the back-off, like a ``5xx``;
+- any other (``400``, ``422``…) may be about some of the events: the batch is split,
+  as for a ``413``, down to the events refused alone. Once the collector has taken
+  another part of the same batch — so it takes deliveries, and refuses those events —
+  each is moved to the dead-letter file (``dead-letter.jsonl`` in the spool's
+  directory, 0600, fsynced before the spool lets it go: the event with the time, the
+  status and the answer), counted (:attr:`DeliveryStats.dead_lettered`), logged, and
+  told to the collector with an ``events-dropped`` event (``attributes.refused``,
+  ``attributes.status``), which the shipped rule alerts on. When nothing of the batch
+  is taken (a collector that refuses everything: a wrong URL, a broken release), no
+  event is dead-lettered (nor when 64 requests of the split are refused before one is
+  taken): the batch waits and is retried with the back-off. A dead-letter file past
+  the spool's ``max_bytes`` takes nothing more: those events are counted dropped, and
+  told as the spool's drops are.
+
 A full spool (``max_bytes``) stops step 1, and memory fills up to ``max_queue`` events;
 then ``on_full`` decides: ``block`` — ``emit`` waits until there is room again (bounded
 waits on a condition, re-checked; ``block_timeout`` turns a wait that long into
@@ -56,9 +77,11 @@ from trustmesh.sdk.x509source import SVIDSource
 
 __all__ = [
     "AUDIT_URL_ENV",
+    "DEAD_LETTER",
     "MAX_BATCH",
     "MAX_BATCH_BYTES",
     "NO_COLLECTOR",
+    "TRANSIENT_REFUSALS",
     "AuditSink",
     "DeliveryStats",
     "OnFull",
@@ -81,6 +104,13 @@ _IDLE: Final = 1.0  # seconds the thread sleeps with nothing to do (woken by emi
 #: at most 1/_LINGER wake-ups and fsyncs a second however many events are emitted.
 _LINGER: Final = 0.005
 _RECHECK: Final = 0.1  # a blocked emit / a flush re-checks at least this often
+#: The 4xx answers that say who asks or when, not what the events are: kept, retried.
+TRANSIENT_REFUSALS: Final = frozenset({401, 403, 407, 408, 421, 425, 429})
+#: The most requests a refused batch is split into before one is taken: past them,
+#: nothing is dead-lettered (the collector refuses everything) and the batch waits.
+_SPLIT_TRIES: Final = 64
+#: Where a spool keeps the events the collector refused (in its directory).
+DEAD_LETTER: Final = "dead-letter.jsonl"
 
 OnFull = Literal["block", "drop"]
 
@@ -91,13 +121,16 @@ log = logging.getLogger("trustmesh.sdk.delivery")
 class DeliveryStats:
     """Where a sink's events are: ``queued`` in memory, ``spooled`` on disk and not yet
     acknowledged, ``delivered`` (acknowledged by the collector since this sink started),
-    ``dropped`` (a full spool under ``drop``), and ``failures`` (failed attempts)."""
+    ``dropped`` (a full spool under ``drop``, or a full dead-letter file), ``failures``
+    (failed attempts) and ``dead_lettered`` (refused by the collector, kept in the
+    dead-letter file)."""
 
     queued: int
     spooled: int
     delivered: int
     dropped: int
     failures: int
+    dead_lettered: int = 0
 
 
 class AuditSink:
@@ -142,6 +175,10 @@ class AuditSink:
         self._dropped = 0
         self._unreported = 0  # dropped, not yet told to the collector
         self._failures = 0
+        self._dead_lettered = 0
+        self._refused: list[tuple[bytes, DeliveryRefusedError]] = []  # held, this round
+        self._taken = False  # the collector took part of this round's batch
+        self._tries = 0  # requests this round
         self._thread = threading.Thread(
             target=self._run, name=f"trustmesh-audit-delivery-{component}", daemon=True
         )
@@ -205,6 +242,7 @@ class AuditSink:
             delivered=self._delivered,
             dropped=self._dropped,
             failures=self._failures,
+            dead_lettered=self._dead_lettered,
         )
 
     def close(self, timeout: float = 5.0) -> DeliveryStats:
@@ -290,7 +328,8 @@ class AuditSink:
                     self._cond.notify_all()
 
     def _deliver(self) -> None:
-        """Spool → collector: one batch (split on a 413), acknowledged once stored."""
+        """Spool → collector: one batch (split on a 413 or a refusal), acknowledged in
+        order once stored or dead-lettered (module docstring)."""
         records = self.spool.peek(self.batch)
         size = 0
         for i, record in enumerate(records):
@@ -298,8 +337,13 @@ class AuditSink:
             if size > MAX_BATCH_BYTES and i > 0:
                 records = records[:i]
                 break
+        self._refused, self._taken, self._tries = [], False, 0
         try:
             self._send(records)
+            if self._refused:
+                if not self._taken:  # nothing of it taken: not about these events
+                    raise self._refused[0][1]
+                self._settle(0)
         except TrustmeshError as exc:
             self._failures += 1
             wait = self.backoff.failed()
@@ -314,6 +358,8 @@ class AuditSink:
                     self.spool.records,
                 )
             return
+        finally:
+            self._refused = []
         if self.backoff.failures:
             log.warning("audit delivery of %s: the collector is back", self.component)
         self.backoff.succeeded()
@@ -321,19 +367,90 @@ class AuditSink:
             self._report_drops()
 
     def _send(self, records: Sequence[bytes]) -> None:
+        self._tries += 1
         try:
             self.client.send(records)
-        except BatchTooLargeError:
-            if len(records) == 1:
-                raise DeliveryRefusedError(
+        except DeliveryRefusedError as exc:
+            if exc.status_code in TRANSIENT_REFUSALS:
+                raise
+            if self._tries > _SPLIT_TRIES and not self._taken:
+                raise  # nothing taken after this many: the refusal is not the events'
+            if len(records) > 1:
+                half = len(records) // 2
+                self._send(records[:half])
+                self._send(records[half:])
+                return
+            if isinstance(exc, BatchTooLargeError):
+                exc = DeliveryRefusedError(
                     "the collector refuses one event as too large", status_code=413
-                ) from None
-            half = len(records) // 2
-            self._send(records[:half])
-            self._send(records[half:])
+                )
+            if self._taken:  # the collector takes deliveries: this event it refuses
+                self._dead_letter([(records[0], exc)])
+                self.spool.ack(1)
+            else:  # held until another part of the batch is taken (or none is)
+                self._refused.append((records[0], exc))
             return
-        self.spool.ack(len(records))
+        self._taken = True
+        self._settle(len(records))
         self._delivered += len(records)
+
+    def _settle(self, taken: int) -> None:
+        """Acknowledge, in spool order, the refused events held before ``taken`` events
+        the collector just took (dead-lettered first), and those."""
+        held, self._refused = self._refused, []
+        if held:
+            self._dead_letter(held)
+        if held or taken:
+            self.spool.ack(len(held) + taken)
+
+    def _dead_letter(self, refused: Sequence[tuple[bytes, DeliveryRefusedError]]) -> None:
+        """Keep ``refused`` in the dead-letter file (fsynced), count them, tell the
+        collector; past the spool's bound, count them dropped (told as drops are)."""
+        path = self.spool.directory / DEAD_LETTER
+        now = int(time.time() * 1000)
+        lines = b"".join(
+            b'{"time":%d,"status":%d,"reason":%s,"event":%s}\n'
+            % (now, exc.status_code, json.dumps(exc.detail[:300]).encode(), record)
+            for record, exc in refused
+        )
+        try:
+            kept = os.stat(path).st_size
+        except FileNotFoundError:
+            kept = 0
+        if kept + len(lines) > self.spool.max_bytes:
+            with self._cond:
+                self._dropped += len(refused)
+                self._unreported += len(refused)
+            log.error(
+                "audit delivery of %s: %d events refused by the collector and the "
+                "dead-letter file is full: dropped",
+                self.component,
+                len(refused),
+            )
+            return
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, lines)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._dead_lettered += len(refused)
+        status = refused[0][1].status_code
+        log.error(
+            "audit delivery of %s: %d events refused by the collector (%d: %s), kept in %s",
+            self.component,
+            len(refused),
+            status,
+            refused[0][1].detail[:200],
+            path,
+        )
+        notice = self.recorder.build(
+            Activity.EVENTS_DROPPED,
+            "events refused by the audit collector: kept in the producer's dead-letter file",
+            decision=events.Decision.ERROR,
+            attributes={"refused": len(refused), "status": status, "dead_letter": str(path)},
+        )
+        self._queue.append(notice)  # past the bound: it is the one that must get there
 
     def _report_drops(self) -> None:
         with self._cond:
