@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import ssl
 import time
 import zlib
@@ -62,7 +63,8 @@ from trustmesh.sdk.tls import RotatingTLS
 
 __all__ = ["WireClient"]
 
-_FORBIDDEN = frozenset("\r\n\0")
+_BAD = re.compile("[\r\n\0]")
+_BAD_TARGET = re.compile("[ \t\r\n\0]")
 _REPLACED = frozenset({"content-length", "transfer-encoding", "accept-encoding", "connection"})
 _IDENTITY = b"accept-encoding: identity\r\n"
 
@@ -315,19 +317,16 @@ class WireClient:
     def _request(
         self, method: str, target: str, headers: list[tuple[str, str]], content: bytes
     ) -> bytes:
-        if not target.startswith("/") or any(c in target for c in " \r\n\0\t"):
+        if not target.startswith("/") or _BAD_TARGET.search(target):
             raise UnavailableError(f"a request target the gateway cannot send: {target[:64]!r}")
-        parts = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1")]
-        has_host = False
-        for name, value in headers:
-            lowered = name.lower()
-            if lowered in _REPLACED:
-                continue
-            if _FORBIDDEN.intersection(name) or _FORBIDDEN.intersection(value):
-                raise UnavailableError(f"a header the gateway cannot send: {name[:64]!r}")
-            has_host = has_host or lowered == "host"
-            parts.append(f"{name}: {value}\r\n".encode("latin-1"))
-        if not has_host:
+        kept = [(n, v) for n, v in headers if n.lower() not in _REPLACED]
+        if _BAD.search("".join(n + v for n, v in kept)):
+            raise UnavailableError("a header the gateway cannot send (CR, LF or NUL in it)")
+        lines = [f"{method} {target} HTTP/1.1"]
+        lines += [f"{n}: {v}" for n, v in kept]
+        lines.append("")
+        parts = ["\r\n".join(lines).encode("latin-1")]
+        if not any(n.lower() == "host" for n, _ in kept):
             parts.append(self._host_line)
         parts.append(_IDENTITY)
         if content or method in ("POST", "PUT", "PATCH"):

@@ -17,6 +17,7 @@ counting per /128 would be no limit at all. Pure: no I/O.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Final
 
@@ -26,6 +27,7 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 _NAT64: Final = ipaddress.IPv6Network("64:ff9b::/96")
 
 
+@functools.lru_cache(maxsize=8192)  # clients come back: a request parses its address once
 def parse_address(text: str) -> Address | None:
     """The IPv4 or IPv6 address ``text`` spells; None for anything else, an address with
     a zone index included."""
@@ -50,6 +52,7 @@ def embedded_ipv4(ip: Address) -> ipaddress.IPv4Address | None:
     return ip.sixtofour
 
 
+@functools.lru_cache(maxsize=8192)
 def address_bucket(text: str) -> str:
     """What one per-address limit counts for ``text``: the IPv4 address it is or carries,
     or its IPv6 /64 (``text`` itself if it is no address)."""
