@@ -316,3 +316,13 @@ CONTEXTS = [
 def test_each_context_of_the_screen_lets_its_attack_through(value: str) -> None:
     assert screened_in(value)
     assert check(value) == checks._unscreened(value) is not None
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text("aAzZ09_xX-.", max_size=12))
+def test_inert_values_are_found_as_the_regex_finds_them(value: str) -> None:
+    """check()'s shortcut for inert values (an identifier, letters and digits) answers
+    what the regex (_INERT) and the checks after it answer."""
+    assert check(value) == checks._unscreened(value)
+    if checks._INERT.fullmatch(value) and "0x" not in value:
+        assert check(value) is None

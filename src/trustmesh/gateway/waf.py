@@ -74,7 +74,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote_plus
 
-from trustmesh.gateway._wafchecks import check, check_not_inert, inert
+from trustmesh.gateway._wafchecks import check
 
 __all__ = ["DEFAULT_HEADERS", "OVERLAP", "WINDOW", "Category", "FastFilter", "Finding"]
 
@@ -229,10 +229,8 @@ def _json_strings(document: object) -> Iterator[tuple[tuple[str, ...], str]]:
 def _value(value: str) -> tuple[Category, str] | None:
     """The category and check of the first attack in ``value`` (as read), or in what
     it becomes when decoded again."""
-    if inert(value) and "0x" not in value:  # most keys, ids and enum values
-        return None
     if len(value) <= WINDOW:  # most values: one check, no window loop
-        if (hit := check_not_inert(value)) is not None:
+        if (hit := check(value)) is not None:
             return Category(hit[0]), hit[1]
     elif (found := _windows(value)) is not None:
         return found
