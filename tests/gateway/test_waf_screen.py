@@ -100,6 +100,7 @@ PIECES = [
     *("os.system", "passthru", "net user", "cat", "id", "ls", "whoami", "nc", "python3"),
     *("O'Brien", "Tom & Jerry", "e.g.", "https://a.example/p?q=1&r=2", "rv:125.0", "x86_64"),
     *("Mozilla/5.0 (X11; Linux)", "12", "a", "The", "é", "K", "İ", "c:/", "d:\\", "inetpub"),
+    *("中文", "，", "🎉", "ｕｎｉｏｎ", "\u2215", "\uff0f", "\u2216"),
 ]
 
 
@@ -233,7 +234,20 @@ def test_a_plan_finds_the_rule_the_groups_find() -> None:
 @given(st.text(max_size=60))
 def test_the_special_characters_are_those_the_regex_finds(text: str) -> None:
     v = text.lower()
-    assert checks._specials(v) == frozenset(checks._SPECIAL.findall(v))
+    assert checks._specials(v) == frozenset(checks._SPECIAL.findall(v)) & checks._RELEVANT
+
+
+def test_a_plan_depends_only_on_the_characters_the_checks_test() -> None:
+    """Every special character a value holds, or only those of _RELEVANT (what _specials
+    keeps): the same plan, the same command-injection and traversal answers."""
+    assert checks._RELEVANT.isdisjoint("abcdefghijklmnopqrstuvwxyz0123456789 ")
+    for value in [*values(), *TYPICAL, "Café crème 🎉", "مرحبا بالعالم!", "中文，标点。(注)"]:
+        v = value.lower()
+        every = frozenset(checks._SPECIAL.findall(v))
+        kept = checks._specials(v)
+        assert checks._plan(every) == checks._plan(kept), value
+        assert checks._cmdi(v, every) == checks._cmdi(v, kept), value
+        assert checks._traversal(v, every) == checks._traversal(v, kept), value
 
 
 @settings(max_examples=300, deadline=None)

@@ -71,6 +71,7 @@ __all__ = ["check"]
 
 #: Nothing in the checks below can match a value made only of these.
 _INERT = re.compile(r"[A-Za-z0-9_]*")
+_DIGITS = frozenset("0123456789")  # what an inert value that is no identifier starts with
 #: letters, digits, spaces and the punctuation of names, addresses, dates and prose: an
 #: attack made only of these needs one of the hints check() tests (a dot-dot, a ``.ini`` file, a
 #: UNION, a script URL, a ``0x`` spelling, a ``--`` comment, UTF-7's ``<``)
@@ -537,24 +538,22 @@ def _c_entry_points() -> tuple[Callable[[bytes], str | None], Callable[[bytes], 
 _sqli_c, _xss_c = _c_entry_points() or (_python_sqli, _python_xss)
 
 
-#: what _specials deletes from an ASCII value (the characters no gate looks for)
-_NOT_SPECIAL = b"abcdefghijklmnopqrstuvwxyz0123456789 "
-
-
 def _specials(v: str) -> frozenset[str]:
-    """The characters of ``v`` (lower-cased) that are not ``a``–``z``, a digit or a space:
-    what every gate below tests (``_SPECIAL``; an ASCII value through ``bytes.translate``,
-    three times cheaper than the regex)."""
+    """The special characters of ``v`` (lower-cased) that a gate, a group's needs or a
+    screen tests (_RELEVANT; an ASCII value through ``bytes.translate``, three times
+    cheaper than a regex): a value's plan depends on nothing else, so that text in
+    other scripts, or with other punctuation, shares the plans of a few sets."""
     if v.isascii():
-        return frozenset(v.encode("ascii").translate(None, _NOT_SPECIAL).decode("ascii"))
-    return frozenset(_SPECIAL.findall(v))
+        return frozenset(v.encode("ascii").translate(None, _IRRELEVANT_ASCII).decode("ascii"))
+    return frozenset(_RE_RELEVANT.findall(v))
 
 
 class _Table(NamedTuple):
     """The rules of one table (XSS or SQL) that a value may match, given its special
-    characters: all of them (``rules``, in the order _first tries them), those whose
-    keyword the value is known to hold (``known``: a special character it holds, so
-    every one of them is matched), and the other keywords (``words``: when the value
+    characters: all of them (``rules``: group by group in the table's order, a group
+    left out when the value holds none of the characters it needs, a rule when it holds
+    none of its _ALSO_NEEDS), those whose keyword the value is known to hold (``known``:
+    a special character it holds), and the other keywords (``words``: when the value
     holds none of them, ``known`` are all the rules to try)."""
 
     rules: tuple[Planned, ...]
@@ -633,9 +632,8 @@ def _plan(chars: frozenset[str]) -> _Plan:
 
 
 def _first_of(table: _Table, v: str) -> str | None:
-    """The first rule of ``table`` whose pattern matches where its keyword occurs in
-    ``v`` (what _first finds: the rules whose keyword ``v`` does not hold are left out,
-    with one pass over the keywords when it holds none of them)."""
+    """The first rule of ``table`` (in its order) whose pattern matches where its
+    keyword occurs in ``v``, after one of its _BEFORE characters if it has them."""
     rules = table.known
     if table.words and any(map(v.__contains__, table.words)):
         rules = tuple(rule for rule in table.rules if rule[1] in v)
@@ -742,13 +740,41 @@ _RE_SCREENS = {char: re.compile(pattern) for char, pattern in _SCREENS.items()}
 _SHELL_WORDS = (("", "0x2e"), (".", ".."), (".", ".ini"))
 
 
+#: every character that a plan or a check of step 4 tests: the groups' needs and
+#: _ALSO_NEEDS, the keywords that are one character, what the other checks are gated
+#: on, _ALWAYS, _SCREENS and _SHELL_WORDS (no letter, digit or space)
+_RELEVANT = frozenset().union(
+    *(needs for needs, _ in (*_XSS_RULES, *_SQL_RULES)),
+    *_ALSO_NEEDS.values(),
+    (rule[1] for _, group in (*_XSS_RULES, *_SQL_RULES) for rule in group if len(rule[1]) == 1),
+    _ANY,
+    _OPERATORS,
+    _SQL_SIGNIFICANT,
+    _DECODED_BY_BROWSER,
+    "<=",
+    _ALWAYS,
+    _SCREENS,
+    (char for char, _ in _SHELL_WORDS if char),
+)
+_IRRELEVANT_ASCII = bytes(b for b in range(128) if chr(b) not in _RELEVANT)
+_RE_RELEVANT = re.compile("[" + "".join(re.escape(c) for c in sorted(_RELEVANT)) + "]")
+
+
 def check(value: str) -> tuple[str, str] | None:
     """The category and check name of the first check that matches ``value``."""
-    # inert (_INERT): an ASCII identifier or a run of letters and digits is found with
-    # two str methods, three times cheaper than the regex (most keys, ids and enum values)
+    # inert (_INERT: most keys, ids and enum values) with str methods, three times
+    # cheaper than the regex: an ASCII value is inert when it is an identifier, letters
+    # and digits, empty, or (the regex decides) starts with a digit
     if (
-        (value.isascii() and (value.isidentifier() or value.isalnum())) or _INERT.fullmatch(value)
-    ) and "0x" not in value:
+        value.isascii()
+        and (
+            value.isidentifier()
+            or value.isalnum()
+            or not value
+            or (value[0] in _DIGITS and _INERT.fullmatch(value))
+        )
+        and "0x" not in value
+    ):
         return None
     v = value.lower()
     if (
