@@ -4,6 +4,7 @@ XSS, ≥ 80% of traversal and command injection in ``payloads/``; ≤ 1% false p
 ≤ 30 µs for a 1 KB JSON request with 20 string fields).
 
 Run: ``PYTHONPATH=src .venv/bin/python benchmarks/waf.py [--vectors DIR] [--misses CAT]``
+(``--per-value``: only what each string of the typical request costs)
 
 - ``payloads/attacks.jsonl`` and ``benign.jsonl``, and libinjection's
   ``false_positives.txt`` (``+``/``%XX``-decoded, as upstream's reader does): each string
@@ -33,6 +34,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+from trustmesh.gateway._wafchecks import check
 from trustmesh.gateway.waf import FastFilter, Finding
 from trustmesh.policy.paths import NonCanonicalPath, canonical_path
 
@@ -242,6 +244,19 @@ def timing(seconds: float) -> None:
             raise SystemExit(f"the typical request was refused: {call()}")
         micros = best_of(call, seconds)
         print(f"  {label:42} {micros:6.1f} µs  (goal ≤ 30 µs: {micros / 30:.2f}× the budget)")
+    browser = FILTER.inspect(
+        path="/orders", query=b"", headers=BROWSER_HEADERS, content_type=None, body=b""
+    )
+    if browser is not None:
+        raise SystemExit(f"the browser's headers were refused: {browser}")
+    micros = best_of(
+        lambda: FILTER.inspect(
+            path="/orders", query=b"", headers=BROWSER_HEADERS, content_type=None, body=b""
+        ),
+        seconds,
+    )
+    label = f"a browser's {len(BROWSER_HEADERS)} headers alone (no goal)"
+    print(f"  {label:42} {micros:6.1f} µs")
     long = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit; " * 300)[:16384]
     micros = best_of(
         lambda: FILTER.inspect(
@@ -255,6 +270,47 @@ def timing(seconds: float) -> None:
         seconds,
     )
     print(f"  {'a long prose value (16 KiB, in windows)':42} {micros / 16:6.1f} µs per KiB")
+
+
+#: what a browser sends with a JSON request: the inspected ones are User-Agent, Referer,
+#: Cookie and X-* (Authorization never)
+BROWSER_HEADERS = [
+    (b"host", b"shop.example.com"),
+    (
+        b"user-agent",
+        b"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        b"Chrome/124.0.0.0 Safari/537.36",
+    ),
+    (b"accept", b"application/json, text/plain, */*"),
+    (b"accept-language", b"en-GB,en;q=0.9"),
+    (b"accept-encoding", b"gzip, deflate, br"),
+    (b"content-type", b"application/json"),
+    (b"content-length", b"928"),
+    (b"origin", b"https://shop.example.com"),
+    (b"referer", b"https://shop.example.com/checkout?step=2"),
+    (
+        b"cookie",
+        b"session=9f8e7d6c5b4a39281706f5e4d3c2b1a0; theme=dark; "
+        b"consent=analytics%3Dno%26ads%3Dno; _ga=GA1.2.1234567890.1712345678",
+    ),
+    (b"x-request-id", b"4bf92f3577b34da6a3ce929d0e0e4736"),
+    (b"x-forwarded-for", b"203.0.113.7"),
+    (b"authorization", b"Bearer eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2ln"),
+]
+
+
+def per_value(seconds: float) -> None:
+    """What each string of the typical request (and its User-Agent) costs the checks,
+    dearest first: where the request's time goes."""
+    _, strings = typical_request()
+    agent = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"
+    costs = [
+        (best_of(lambda s=s: check(s), seconds / 40), where, s)
+        for where, s in [*strings, ("header user-agent", agent)]
+    ]
+    print(f"\nper string (check() alone, {sum(c for c, _, _ in costs):.1f} µs in all):")
+    for micros, where, s in sorted(costs, reverse=True):
+        print(f"  {micros:5.2f} µs  {where[:24]:24} {s!r:.60}")
 
 
 def best_of(call: Callable[[], object], seconds: float) -> float:
@@ -389,5 +445,11 @@ if __name__ == "__main__":
         help="print the design half's misses of a category in the JSON position (or 'benign')",
     )
     parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument(
+        "--per-value", action="store_true", help="only time each string of the typical request"
+    )
     args = parser.parse_args()
-    main(args.vectors, args.misses, args.seconds)
+    if args.per_value:
+        per_value(args.seconds)
+    else:
+        main(args.vectors, args.misses, args.seconds)

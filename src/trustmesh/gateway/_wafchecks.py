@@ -24,19 +24,33 @@ In this order, cheapest first, then most specific category first:
 4. command injection, then traversal: the generic shapes listed in
    :mod:`trustmesh.gateway.waf` (only when the value holds a character they need);
 5. libinjection-sqli, trusted only with a fingerprint of 4 tokens or more and a quote,
-   ``;``, a parenthesis or a comment in the value (see :func:`_trusted_sqli`).
+   ``;``, a parenthesis or a comment in the value: the short fingerprints (``sos``,
+   ``1&1``, ``1c``) are what prose with quotes, a dash pair or "and" between numbers
+   makes; a keyword-only or short attack is left to the rules above.
 
 XSS and SQLi come before command injection and traversal: an XSS polyglot holds
 backticks and an SQLi may read ``/etc/passwd``; a shell command that reads a system file
 is command injection. Every rule is matched where its keyword occurs and only when the
-value holds a character it needs (see ``_NEEDS``), so a value costs a few ``str.find``s
-per rule group instead of a regex search per rule.
+value holds a character it needs (see ``_NEEDS``, ``_ALSO_NEEDS``), so a value costs a
+few ``str.find``s per rule group instead of a regex search per rule.
+
+What a value may match is planned from its special characters (those not ``a``–``z``, a
+digit or a space) and cached per set of them (:class:`_Plan`): the rules of the groups
+whose needs it meets, and the gates of the other checks. Then the screen (see
+``_SCREENS``): every rule of steps 2 and 3 and every check of step 4 matches only where
+the value holds its keyword, or at a special character in a context the screen's
+patterns find (a parenthesis after ``alert``, ``sleep``, ``system``…, an operator before
+a command, a quote before a comment…); a value where they find none of these — most
+benign text, even with quotes, parentheses, semicolons or URLs — goes to libinjection
+and to what a browser decodes only. The screen is a superset of the checks it stands
+for, so it changes no answer (``_unscreened``, the checks without it, answers the same:
+``tests/gateway/test_waf_screen.py``), only what an answer costs.
 
 libinjection is called through the C entry points of the ``libinjection`` extension
 (``libinjection_sqli``, ``libinjection_xss``; they take a length, so a NUL byte does not
 cut a value short) when they give the module's own answers in a self-test at import;
 otherwise through the module's Python functions, the same C code behind a wrapper that
-builds a token list on every call (≈ 2 µs a call instead of ≈ 0.8 µs).
+builds a token list on every call (≈ 2 µs a call instead of ≈ 0.3–1 µs).
 
 No pattern here names a payload of an evaluation set; each is a shape an attack of its
 kind must take (``benchmarks/waf.py`` measures them on attacks they were not written on).
@@ -46,8 +60,10 @@ from __future__ import annotations
 
 import ctypes
 import html
+import itertools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 import libinjection  # type: ignore[import-not-found]  # a C extension without stubs
 
@@ -55,6 +71,7 @@ __all__ = ["check"]
 
 #: Nothing in the checks below can match a value made only of these.
 _INERT = re.compile(r"[A-Za-z0-9_]*")
+_DIGITS = frozenset("0123456789")  # what an inert value that is no identifier starts with
 #: letters, digits, spaces and the punctuation of names, addresses, dates and prose: an
 #: attack made only of these needs one of the hints check() tests (a dot-dot, a ``.ini`` file, a
 #: UNION, a script URL, a ``0x`` spelling, a ``--`` comment, UTF-7's ``<``)
@@ -102,9 +119,11 @@ _SHELL_TAIL = r"(?:\s*$|\s*[;&|`)<>]|\s+(?:--?\w|[/\\$%'\"~]|\w+://|\d+\s*(?:$|[
 # operators that run a next command: ; & | && || a backtick, a line break (``$(`` is
 # cmdi-subshell); a character class first lets the regex engine skip ahead quickly
 _RUN = r"[;&|`\n\r]{1,2}"
-# the word after an operator, then a shell tail; the word is looked up in _COMMAND_SET
-# (a regex alternation of a hundred words is tried word by word at each operator)
-_WORD_AFTER_OPERATOR = rf"{_RUN}\s*['\"]?([a-z][a-z0-9]*)(?={_SHELL_TAIL})"
+# the word after an operator, looked up in _COMMAND_SET (a regex alternation of a hundred
+# words is tried word by word at each operator), then a shell tail after it. The word is
+# the whole run of letters and digits (a tail cannot start with one), so matching the
+# tail only after a command is what a look-ahead after the word would find
+_WORD_AFTER_OPERATOR = rf"{_RUN}\s*['\"]?([a-z][a-z0-9]*)"
 _COMMAND_SET = frozenset(_COMMANDS.replace("python[23]?", "python|python2|python3").split("|"))
 _SUBSHELL = r"\$\(\s*[\w/.]|`\s*(?:/[a-z]|(?:" + _COMMANDS + r")\b)[^`]*`"
 _VARIABLE_RUN = r"[;&|`]\s*\$\{?[A-Za-z_]\w*\}?\s*(?:$|[;&|`])"
@@ -120,6 +139,7 @@ _BRACE = r"\{\s*(?:" + _COMMANDS + r"),"
 _RE_DOTDOT = re.compile(_DOTDOT)
 _RE_SYSTEM_FILE = re.compile(_SYSTEM_FILE)
 _RE_WORD_AFTER_OPERATOR = re.compile(_WORD_AFTER_OPERATOR)
+_RE_SHELL_TAIL = re.compile(_SHELL_TAIL)
 _SCHEMES = ("file", "php", "phar", "zip", "expect", "glob")
 _RE_SUBSHELL = re.compile(_SUBSHELL)
 _RE_VARIABLE = re.compile(f"{_VARIABLE_RUN}|{_IFS}")
@@ -154,6 +174,9 @@ _DOTDOT_U_ESCAPE = re.compile(r"\.\.%u[0-9a-f]{4}")
 # the characters one of which they need (_NEEDS: ``(`` for a call, ``'`` for a quote…):
 # a group whose characters are all absent from the value is skipped with one set test.
 Rule = tuple[str, str, "re.Pattern[str]"]
+#: a rule as a plan holds it: with the characters one of which must come before its
+#: keyword ("": any), see _BEFORE
+Planned = tuple[str, str, "re.Pattern[str]", str]
 Groups = tuple[tuple[frozenset[str], tuple[Rule, ...]], ...]
 
 #: a keyword's rules need one of these characters in the value ("": none)
@@ -178,6 +201,31 @@ _NEEDS = {
     **dict.fromkeys(("/*",), "*"),
     **dict.fromkeys((";",), ";"),
 }
+
+
+#: a rule that also needs one of these characters, besides its keyword's (each read off
+#: its pattern: every string it matches holds one); checked when a value's plan is made
+_ALSO_NEEDS = {
+    ("xss-event-handler", "<"): "=",
+    ("xss-script-url", "data"): "/",
+    ("sqli-time-delay", "sleep"): ")",
+    ("sqli-quote-comment", "'"): "-#*",
+    ("sqli-quote-comment", '"'): "-#*",
+    ("sqli-statement", "select"): "*_(@",
+}
+
+
+#: a rule whose every branch starts with a look-behind (a function's or an object's name
+#: before its keyword): the character before the keyword is one of these (the names'
+#: last letters), tested before the pattern is
+_BEFORE = {
+    ("xss-js", "("): "tmle",  # alert confirm prompt eval fromcharcode
+    ("xss-js", "`"): "tml",  # alert confirm prompt eval
+    ("sqli-time-delay", "("): "pke",  # sleep benchmark dbms_pipe.receive_message
+    ("sqli-system-object", "_"): "ngepld",  # information pg sqlite xp sp utl load
+}
+#: the same for cmdi-code-exec at a parenthesis: system exec passthru popen proc_open
+_CODE_EXEC_BEFORE = "mcun"
 
 
 def _rules(*rules: tuple[str, str, str]) -> Groups:
@@ -355,7 +403,11 @@ def _command_after_operator(v: str, operators: frozenset[str]) -> bool:
         at = v.find(operator)
         while at != -1:
             match = _RE_WORD_AFTER_OPERATOR.match(v, at)
-            if match is not None and match[1] in _COMMAND_SET:
+            if (
+                match is not None
+                and match[1] in _COMMAND_SET
+                and _RE_SHELL_TAIL.match(v, match.end()) is not None
+            ):
                 return True
             at = v.find(operator, at + 1)
     return False
@@ -389,11 +441,12 @@ def _fold_lookalikes(v: str) -> str:
     return v
 
 
-def _at_each(v: str, keyword: str, pattern: re.Pattern[str]) -> bool:
-    """Whether ``pattern`` matches where ``keyword`` occurs in ``v``."""
+def _at_each(v: str, keyword: str, pattern: re.Pattern[str], before: str) -> bool:
+    """Whether ``pattern`` matches where ``keyword`` occurs in ``v`` after one of the
+    characters ``before``."""
     at = v.find(keyword)
     while at != -1:
-        if pattern.match(v, at) is not None:
+        if at and v[at - 1] in before and pattern.match(v, at) is not None:
             return True
         at = v.find(keyword, at + 1)
     return False
@@ -416,29 +469,14 @@ def _cmdi(v: str, chars: frozenset[str]) -> str | None:
             return "cmdi-dev-socket"
     if "{" in chars and re.search(_BRACE, v):
         return "cmdi-brace-expansion"
-    if ("(" in chars and _at_each(v, "(", _CODE_EXEC)) or ("<" in chars and "<?php" in v):
+    if ("(" in chars and _at_each(v, "(", _CODE_EXEC, _CODE_EXEC_BEFORE)) or (
+        "<" in chars and "<?php" in v
+    ):
         return "cmdi-code-exec"
     if "<" in chars and "<!--" in v and _SSI.search(v):
         return "cmdi-ssi"
     if operators and "net " in v and _NET_ADMIN.search(v):
         return "cmdi-net-admin"
-    return None
-
-
-def _first(groups: Groups, v: str, chars: frozenset[str]) -> str | None:
-    """The first rule whose pattern matches where its keyword occurs in ``v`` (whose
-    characters are ``chars``), among the groups whose needs ``v`` meets."""
-    for needs, rules in groups:
-        if needs and needs.isdisjoint(chars):
-            continue
-        for check, keyword, pattern in rules:
-            at = v.find(keyword)
-            while at != -1:
-                if pattern.match(v, at) is not None and (
-                    check != "xss-script-url" or _script_scheme(v, at)
-                ):
-                    return check
-                at = v.find(keyword, at + 1)
     return None
 
 
@@ -451,48 +489,6 @@ def _script_scheme(v: str, at: int) -> bool:
         head.endswith(name) and (len(head) == len(name) or not head[-len(name) - 1].isalnum())
         for name in _SCRIPT_SCHEMES
     )
-
-
-def _xss_rules(v: str, chars: frozenset[str]) -> str | None:
-    return _first(_XSS_RULES, v, chars)
-
-
-def _xss(value: str, v: str, chars: frozenset[str]) -> str | None:
-    """Generic XSS shapes, then libinjection-xss, on the value and on what a browser
-    reads: HTML character references decoded (twice: ``&amp;#106;``) and the tab, line
-    breaks and NUL it drops inside a URL scheme removed."""
-    if (found := _xss_rules(v, chars)) is not None:
-        return found
-    if ("<" in chars or "=" in chars) and _xss_c(value.encode("utf-8", "surrogatepass")):
-        return "libinjection-xss"
-    if _DECODED_BY_BROWSER.isdisjoint(chars):
-        return None
-    if _DECODED_BY_BROWSER.isdisjoint(chars - {"&"}) and _ENTITY.search(v) is None:
-        return None
-    read = _WHITESPACE_IN_SCHEME.sub("", html.unescape(html.unescape(value)))
-    if read == value:
-        return None
-    if (found := _xss_rules(read.lower(), frozenset(read))) is not None:
-        return found
-    if ("<" in read or "=" in read) and _xss_c(read.encode("utf-8", "surrogatepass")):
-        return "libinjection-xss"
-    return None
-
-
-def _sql_rules(v: str, chars: frozenset[str]) -> str | None:
-    return _first(_SQL_RULES, v, chars)
-
-
-def _trusted_sqli(value: str, v: str, chars: frozenset[str]) -> bool:
-    """libinjection-sqli's verdict, trusted only with evidence: a fingerprint of at least
-    ``_SQLI_MIN_TOKENS`` tokens (the short ones, ``sos`` ``1&1`` ``1c``, are what prose
-    with quotes, a dash pair or "and" between numbers makes) and a character that SQL
-    injection needs to break out of a value or end a statement (a quote, ``;``, a
-    parenthesis, a comment); a keyword-only or short attack is left to the rules above."""
-    if _SQL_SIGNIFICANT.isdisjoint(chars) and "--" not in v and "/*" not in v:
-        return False
-    fingerprint = _sqli_c(value.encode("utf-8", "surrogatepass"))
-    return fingerprint is not None and len(fingerprint) >= _SQLI_MIN_TOKENS
 
 
 # -- libinjection --------------------------------------------------------------------
@@ -514,21 +510,22 @@ def _c_entry_points() -> tuple[Callable[[bytes], str | None], Callable[[bytes], 
         c_xss = lib.libinjection_xss
     except (OSError, AttributeError, TypeError):
         return None
-    c_sqli.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p]
+    # no argtypes: ctypes passes bytes and a string buffer as char *, and the length as
+    # the size_t it is given (converting each argument through argtypes costs ≈ 0.1 µs)
     c_sqli.restype = ctypes.c_int
-    c_xss.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
     c_xss.restype = ctypes.c_int
+    size_t = ctypes.c_size_t
 
     # PyDLL keeps the GIL during the call, so one fingerprint buffer serves every thread
     fingerprint = ctypes.create_string_buffer(8)
 
     def sqli(data: bytes) -> str | None:
-        if not c_sqli(data, len(data), fingerprint):
+        if not c_sqli(data, size_t(len(data)), fingerprint):
             return None
         return fingerprint.value.decode("ascii", "replace")
 
     def xss(data: bytes) -> bool:
-        return bool(c_xss(data, len(data)))
+        return bool(c_xss(data, size_t(len(data))))
 
     probes = [b"1' or '1'='1", b"1 union select a from b", b"O'Brien", b"select your size"]
     probes += [b"<img src=x onerror=alert(1)>", b"a=b", b"x\x00' or 1=1--"]
@@ -541,8 +538,276 @@ def _c_entry_points() -> tuple[Callable[[bytes], str | None], Callable[[bytes], 
 _sqli_c, _xss_c = _c_entry_points() or (_python_sqli, _python_xss)
 
 
+def _specials(v: str) -> frozenset[str]:
+    """The special characters of ``v`` (lower-cased) that a gate, a group's needs or a
+    screen tests (_RELEVANT; an ASCII value through ``bytes.translate``, three times
+    cheaper than a regex): a value's plan depends on nothing else, so that text in
+    other scripts, or with other punctuation, shares the plans of a few sets."""
+    if v.isascii():
+        return frozenset(v.encode("ascii").translate(None, _IRRELEVANT_ASCII).decode("ascii"))
+    return frozenset(_RE_RELEVANT.findall(v))
+
+
+class _Table(NamedTuple):
+    """The rules of one table (XSS or SQL) that a value may match, given its special
+    characters: all of them (``rules``: group by group in the table's order, a group
+    left out when the value holds none of the characters it needs, a rule when it holds
+    none of its _ALSO_NEEDS), those whose keyword the value is known to hold (``known``:
+    a special character it holds), and the other keywords (``words``: when the value
+    holds none of them, ``known`` are all the rules to try)."""
+
+    rules: tuple[Planned, ...]
+    known: tuple[Planned, ...]
+    words: tuple[str, ...]
+
+
+def _table(groups: Groups, chars: frozenset[str]) -> _Table:
+    rules = tuple(
+        (*rule, _BEFORE.get(rule[:2], ""))
+        for needs, group in groups
+        if not needs or not needs.isdisjoint(chars)
+        for rule in group
+        if (also := _ALSO_NEEDS.get(rule[:2])) is None or not chars.isdisjoint(also)
+    )
+    known = tuple(rule for rule in rules if rule[1] in chars)
+    words = tuple(dict.fromkeys(rule[1] for rule in rules if rule[1] not in chars))
+    return _Table(rules, known, words)
+
+
+class _Plan(NamedTuple):
+    """What check() runs on a value, decided by its special characters alone: the rules
+    of the groups whose needs it meets and the gates of the other checks. Values with
+    the same special characters share one (see _plan)."""
+
+    xss: _Table
+    #: libinjection-xss: a ``<`` or a ``=``
+    xss_c: bool
+    #: what a browser decodes: 0 nothing, 1 only ``&`` (a reference search decides), 2 more
+    browser: int
+    sql: _Table
+    #: command injection and traversal (also when the value holds ``0x2e``)
+    shell: bool
+    #: libinjection-sqli (also when the value holds ``--`` or ``/*``)
+    sqli_c: bool
+    #: a character of _ALWAYS: every check runs
+    always: bool
+    #: the _SCREENS of the value's characters
+    screens: tuple[re.Pattern[str], ...]
+    #: the keywords of both tables' rules not known to be there, and _SHELL_WORDS: a
+    #: value holding none of them, in which no screen finds anything matches no rule of
+    #: the tables, no command injection and no traversal check
+    words: tuple[str, ...]
+
+
+#: plans by special characters; few distinct sets occur, but a client chooses them, so
+#: the cache is emptied when it holds _PLANS_MAX
+_PLANS: dict[frozenset[str], _Plan] = {}
+_PLANS_MAX = 1024
+
+
+def _plan(chars: frozenset[str]) -> _Plan:
+    browser = 0 if _DECODED_BY_BROWSER.isdisjoint(chars) else 1
+    if browser and not _DECODED_BY_BROWSER.isdisjoint(chars - {"&"}):
+        browser = 2
+    xss, sql = _table(_XSS_RULES, chars), _table(_SQL_RULES, chars)
+    plan = _Plan(
+        xss=xss,
+        xss_c="<" in chars or "=" in chars,
+        browser=browser,
+        sql=sql,
+        shell=not _ANY.isdisjoint(chars),
+        sqli_c=not _SQL_SIGNIFICANT.isdisjoint(chars),
+        always=not _ALWAYS.isdisjoint(chars),
+        screens=tuple(screen for char, screen in _RE_SCREENS.items() if char in chars),
+        words=tuple(
+            dict.fromkeys(
+                (*xss.words, *sql.words, *(w for c, w in _SHELL_WORDS if not c or c in chars))
+            )
+        ),
+    )
+    if len(_PLANS) >= _PLANS_MAX:
+        _PLANS.clear()
+    _PLANS[chars] = plan
+    return plan
+
+
+def _first_of(table: _Table, v: str) -> str | None:
+    """The first rule of ``table`` (in its order) whose pattern matches where its
+    keyword occurs in ``v``, after one of its _BEFORE characters if it has them."""
+    rules = table.known
+    if table.words and any(map(v.__contains__, table.words)):
+        rules = tuple(rule for rule in table.rules if rule[1] in v)
+    for check, keyword, pattern, before in rules:
+        at = v.find(keyword)
+        while at != -1:
+            if (
+                (not before or (at and v[at - 1] in before))
+                and pattern.match(v, at) is not None
+                and (check != "xss-script-url" or _script_scheme(v, at))
+            ):
+                return check
+            at = v.find(keyword, at + 1)
+    return None
+
+
+def _browser_read(value: str) -> str | None:
+    """XSS in what a browser reads of ``value``: HTML character references decoded
+    (twice: ``&amp;#106;``), the tab, line breaks and NUL it drops inside a URL scheme
+    removed."""
+    read = _WHITESPACE_IN_SCHEME.sub("", html.unescape(html.unescape(value)))
+    if read == value:
+        return None
+    lowered = read.lower()
+    chars = _specials(lowered)
+    plan = _PLANS.get(chars) or _plan(chars)
+    if plan.xss.rules and (found := _first_of(plan.xss, lowered)) is not None:
+        return found
+    if ("<" in read or "=" in read) and _xss_c(read.encode("utf-8", "surrogatepass")):
+        return "libinjection-xss"
+    return None
+
+
+# -- the screen -----------------------------------------------------------------------
+# Every rule of the two tables and every command-injection and traversal check matches
+# only where a value holds one of its keywords (a plan's words: union, script, or…,
+# searched with ``in``), or holds one of the characters of _ALWAYS, or at one of the
+# characters of _SCREENS in the context its pattern gives (a superset of what each check
+# it stands for matches there). A value with none of these can match none of those
+# checks: only libinjection and what a browser decodes are left (see check()). One
+# pattern per character, as each starts with it: the regex engine skips to it like
+# str.find does (a pattern starting with one of several characters is searched about
+# ten times slower), and a value's plan holds only those of its characters.
+
+
+def _trie(words: Iterable[str]) -> str:
+    """A regex matching exactly ``words`` (the empty string among them too), factored
+    by their first letters: the regex engine tries an alternation's branches one by one,
+    and a hundred commands tried at every operator of a value cost microseconds."""
+    ordered = sorted(set(words))
+    branches: list[str] = [
+        re.escape(letter) + _trie(word[1:] for word in group)
+        for letter, group in itertools.groupby((w for w in ordered if w), key=lambda w: w[0])
+    ]
+    if not branches:
+        return ""
+    if len(branches) == 1 and ordered[0]:
+        return branches[0]
+    return "(?:" + "|".join(branches) + ")" + ("?" if not ordered[0] else "")
+
+
+#: XSS tags, cmdi-code-exec's ``<?php``, cmdi-ssi; what only a backtick, a NUL, a percent
+#: escape or a fullwidth dot starts (xss-js, cmdi-subshell, traversal-nul,
+#: traversal-dotdot-unicode): a value holding one of these goes to every check
+_ALWAYS = frozenset("<`\x00%\uff0e")
+# cmdi-shell-metachar (a command, the whole word), cmdi-variable (a variable) and
+# cmdi-net-admin (net), after one or two operators: possessive, as the word after the
+# operators and the spaces (and a quote) starts at one place only
+_OPERATOR_THEN = rf"[;&|`\n\r]?+\s*+(?:['\"]?+{_trie(_COMMAND_SET)}(?![a-z0-9])|\$)"
+_SCREENS = {
+    # a call: xss-js, sqli-time-delay, cmdi-code-exec (the name before the parenthesis,
+    # its last letter first: one test rules out most parentheses), sqli-statement's
+    # sub-select
+    "(": r"\((?:(?<=[tmlepkcun]\()(?:(?<=alert\()|(?<=confirm\()|(?<=prompt\()|(?<=eval\()"
+    r"|(?<=fromcharcode\()|(?<=sleep\()|(?<=benchmark\()|(?<=receive_message\()"
+    r"|(?<=system\()|(?<=exec\()|(?<=passthru\()|(?<=popen\()|(?<=proc_open\())|\s*select)",
+    # sqli-system-object's names with an underscore
+    "_": r"_(?:(?<=information_)|(?<=pg_)|(?<=sqlite_)|(?<=xp_)|(?<=sp_)|(?<=utl_)|(?<=load_))",
+    # sqli-stacked-query; and the shell's operators
+    ";": r";(?:\s*(?:select|insert|update|delete|drop|create|alter|truncate|exec|declare"
+    rf"|shutdown|waitfor)|{_OPERATOR_THEN})",
+    **{op: re.escape(op) + _OPERATOR_THEN for op in "&|\n\r"},
+    # cmdi-subshell ($(…), cmdi-ifs
+    "$": r"\$(?:\(|\{?ifs)",
+    # cmdi-brace-expansion
+    "{": _BRACE,
+    # sqli-quote-comment
+    "'": r"'\s*\)*\s*;?\s*(?:(?:--|#)[\s+-]*$|/\*)",
+    '"': r"\"\s*\)*\s*;?\s*(?:(?:--|#)[\s+-]*$|/\*)",
+    # cmdi-binary-path, cmdi-dev-socket, sqli-inline-comment, and a system file after its
+    # directory or a drive (traversal-system-file; the letter before the slash first)
+    "/": r"/(?:s?bin/|dev/(?:tcp|udp)/|\*|(?<=[cst:]/)(?:(?<=etc/)|(?<=proc/)|(?<=windows/)"
+    r"|(?<=winnt/)|(?<=:/)(?:windows|winnt|inetpub|boot\.ini)))",
+    "\\": r"\\(?:(?<=etc\\)|(?<=proc\\)|(?<=windows\\)|(?<=winnt\\)"
+    r"|(?<=:\\)(?:windows|winnt|inetpub|boot\.ini))",
+    # traversal-file-scheme
+    ":": r"://(?:(?<=file://)|(?<=php://)|(?<=phar://)|(?<=zip://)|(?<=expect://)"
+    r"|(?<=glob://))",
+}
+_RE_SCREENS = {char: re.compile(pattern) for char, pattern in _SCREENS.items()}
+#: the words command injection and traversal need, by the character they need ("":
+#: none): the 0x2e spelling of a dot (traversal-dotdot), a dot-dot and ``.ini``
+#: (traversal-dotdot, traversal-system-file: words, as values hold dots often)
+_SHELL_WORDS = (("", "0x2e"), (".", ".."), (".", ".ini"))
+
+
+#: every character that a plan or a check of step 4 tests: the groups' needs and
+#: _ALSO_NEEDS, the keywords that are one character, what the other checks are gated
+#: on, _ALWAYS, _SCREENS and _SHELL_WORDS (no letter, digit or space)
+_RELEVANT = frozenset().union(
+    *(needs for needs, _ in (*_XSS_RULES, *_SQL_RULES)),
+    *_ALSO_NEEDS.values(),
+    (rule[1] for _, group in (*_XSS_RULES, *_SQL_RULES) for rule in group if len(rule[1]) == 1),
+    _ANY,
+    _OPERATORS,
+    _SQL_SIGNIFICANT,
+    _DECODED_BY_BROWSER,
+    "<=",
+    _ALWAYS,
+    _SCREENS,
+    (char for char, _ in _SHELL_WORDS if char),
+)
+_IRRELEVANT_ASCII = bytes(b for b in range(128) if chr(b) not in _RELEVANT)
+_RE_RELEVANT = re.compile("[" + "".join(re.escape(c) for c in sorted(_RELEVANT)) + "]")
+
+
 def check(value: str) -> tuple[str, str] | None:
     """The category and check name of the first check that matches ``value``."""
+    # inert (_INERT: most keys, ids and enum values) with str methods, three times
+    # cheaper than the regex: an ASCII value is inert when it is an identifier, letters
+    # and digits, empty, or (the regex decides) starts with a digit
+    if (
+        value.isascii()
+        and (
+            value.isidentifier()
+            or value.isalnum()
+            or not value
+            or (value[0] in _DIGITS and _INERT.fullmatch(value))
+        )
+        and "0x" not in value
+    ):
+        return None
+    v = value.lower()
+    if (
+        _PLAIN.fullmatch(v)
+        and ".." not in v
+        and ".ini" not in v
+        and "union" not in v
+        and "script:" not in v
+        and "0x" not in v
+        and "--" not in v
+        and "+adw-" not in v
+    ):
+        return None
+    chars = _specials(v)
+    plan = _PLANS.get(chars) or _plan(chars)
+    return _checks(value, v, chars, plan, plan.always or _screen(v, plan))
+
+
+def _screen(v: str, plan: _Plan) -> bool:
+    """Whether a rule of the tables, a command-injection or a traversal check may match
+    ``v`` (lower-cased, its plan ``plan``): a screen of its characters finds its context,
+    or ``v`` holds a word of its plan."""
+    for screen in plan.screens:
+        if screen.search(v) is not None:
+            return True
+    for word in plan.words:  # noqa: SIM110 - a loop: any() over a generator costs twice as much
+        if word in v:
+            return True
+    return False
+
+
+def _unscreened(value: str) -> tuple[str, str] | None:
+    """check() without the screen: every check runs (what check() must always answer)."""
     if _INERT.fullmatch(value) and "0x" not in value:
         return None
     v = value.lower()
@@ -557,16 +822,38 @@ def check(value: str) -> tuple[str, str] | None:
         and "+adw-" not in v
     ):
         return None
-    chars = frozenset(_SPECIAL.findall(v))
-    if (found := _xss(value, v, chars)) is not None:
+    chars = _specials(v)
+    return _checks(value, v, chars, _PLANS.get(chars) or _plan(chars), True)
+
+
+def _checks(
+    value: str, v: str, chars: frozenset[str], plan: _Plan, rules: bool
+) -> tuple[str, str] | None:
+    """The checks, in order; the rule tables, command injection and traversal only when
+    ``rules`` (when the screen cannot rule them out)."""
+    if rules and plan.xss.rules and (found := _first_of(plan.xss, v)) is not None:
         return "xss", found
-    if (found := _sql_rules(v, chars)) is not None:
-        return "sqli", found
-    if not _ANY.isdisjoint(chars) or "0x2e" in v:
-        if (found := _cmdi(v, chars)) is not None:
-            return "cmdi", found
-        if (found := _traversal(v, chars)) is not None:
-            return "traversal", found
-    if _trusted_sqli(value, v, chars):
-        return "sqli", "libinjection-sqli"
+    data = b""
+    if plan.xss_c:
+        data = value.encode("utf-8", "surrogatepass")
+        if _xss_c(data):
+            return "xss", "libinjection-xss"
+    if (
+        plan.browser
+        and (plan.browser == 2 or _ENTITY.search(v) is not None)
+        and (found := _browser_read(value)) is not None
+    ):
+        return "xss", found
+    if rules:
+        if plan.sql.rules and (found := _first_of(plan.sql, v)) is not None:
+            return "sqli", found
+        if plan.shell or "0x2e" in v:
+            if (found := _cmdi(v, chars)) is not None:
+                return "cmdi", found
+            if (found := _traversal(v, chars)) is not None:
+                return "traversal", found
+    if plan.sqli_c or "--" in v or "/*" in v:
+        fingerprint = _sqli_c(data or value.encode("utf-8", "surrogatepass"))
+        if fingerprint is not None and len(fingerprint) >= _SQLI_MIN_TOKENS:
+            return "sqli", "libinjection-sqli"
     return None
