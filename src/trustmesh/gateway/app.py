@@ -197,6 +197,18 @@ class Exchange:
     parsed: Parsed | None = None  # the JSON body, where the route's validation read it
 
 
+def _exchange(scope: Scope, receive: Receive, context: dict[str, Any]) -> Exchange:
+    peer = (scope.get("client") or ("0.0.0.0", 0))[0]  # noqa: S104 - a label, never bound
+    raw = scope.get("raw_path") or scope["path"].encode("utf-8")
+    method: str = scope["method"]
+    context.update(method=method, path=raw.decode("latin-1")[:512], client=peer)
+    return Exchange(scope, receive, list(scope["headers"]), method, raw, peer, context)
+
+
+async def _no_body() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
 class _TooLarge(Exception):
     pass
 
@@ -280,6 +292,8 @@ class GatewayApp:
             (self._validate, "validation"),
             (self._inspect, "waf"),
         )
+        #: how many stages, from the first, need no body (what :meth:`decide` runs)
+        self._checked = 1 + [stage for stage, _ in self._stages].index(self._authorize)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -287,16 +301,7 @@ class GatewayApp:
             return
         if scope["type"] != "http":
             return  # no websockets through the gateway (yet): the connection closes
-        # a trace goes on from the client only through a trusted proxy: anyone else could
-        # attach their requests to a trace of their choosing
-        peer = (scope.get("client") or ("", 0))[0]
-        incoming = (
-            next((v for k, v in scope["headers"] if k == b"traceparent"), None)
-            if self.trusted and peer in self.trusted
-            else None
-        )
-        current = trace.parse(incoming.decode("latin-1") if incoming else None)
-        token = trace.use(current.child() if current else trace.TraceParent.new())
+        token = trace.use(self._trace(scope))
         context: dict[str, Any] = {}
         metrics = self.metrics
         try:
@@ -323,20 +328,9 @@ class GatewayApp:
         """Run the stages in order; the first that refuses (or answers) ends the request:
         one place records the event and answers. A request every stage lets through is
         forwarded."""
-        peer = (scope.get("client") or ("0.0.0.0", 0))[0]  # noqa: S104 - a label, never bound
-        raw = scope.get("raw_path") or scope["path"].encode("utf-8")
-        method: str = scope["method"]
-        context.update(method=method, path=raw.decode("latin-1")[:512], client=peer)
-        ex = Exchange(scope, receive, list(scope["headers"]), method, raw, peer, context)
-        for stage, control in self._stages:
-            outcome = await stage(ex)
-            if outcome is None:
-                continue
-            if control is not None and isinstance(outcome, Refusal) and self._dry(ex, control):
-                self._would_deny(ex, control, outcome)
-                continue
-            break
-        else:
+        ex = _exchange(scope, receive, context)
+        outcome = await self._run(ex, self._stages)
+        if outcome is None:
             outcome = await self._forward(ex, send)
             if outcome is None:
                 return
@@ -352,6 +346,68 @@ class GatewayApp:
             return
         self._emit(outcome.decision, outcome.reason, outcome.detail, context, ex.user)
         await _refuse(send, outcome.reason, outcome.message, list(outcome.headers), outcome.fields)
+
+    def _trace(self, scope: Scope) -> trace.TraceParent:
+        """This request's span: a child of the client's trace only through a trusted
+        proxy (anyone else could attach their requests to a trace of their choosing)."""
+        peer = (scope.get("client") or ("", 0))[0]
+        incoming = (
+            next((v for k, v in scope["headers"] if k == b"traceparent"), None)
+            if self.trusted and peer in self.trusted
+            else None
+        )
+        current = trace.parse(incoming.decode("latin-1") if incoming else None)
+        return current.child() if current else trace.TraceParent.new()
+
+    async def _run(
+        self,
+        ex: Exchange,
+        stages: tuple[tuple[Callable[[Exchange], Awaitable[Outcome | None]], str | None], ...],
+    ) -> Outcome | None:
+        """The stages in order: the first outcome (a control in dry-run records its
+        refusal and lets the request on), or None when every stage let it through."""
+        for stage, control in stages:
+            outcome = await stage(ex)
+            if outcome is None:
+                continue
+            if control is not None and isinstance(outcome, Refusal) and self._dry(ex, control):
+                self._would_deny(ex, control, outcome)
+                continue
+            return outcome
+        return None
+
+    async def decide(
+        self, scope: Scope, context: dict[str, Any]
+    ) -> tuple[Exchange, Outcome | None]:
+        """For a proxy that forwards by itself (:mod:`trustmesh.gateway.authorizer`): the
+        stages that need no body — address, path, preflight, route, limits, credentials,
+        policy — on ``scope``; the exchange and the first outcome (None: allowed). The
+        caller records the allowed decision; a refusal is recorded here as ever."""
+        trace.use(self._trace(scope))  # for the rest of the caller's task: one request
+        ex = _exchange(scope, _no_body, context)
+        outcome = await self._run(ex, self._stages[: self._checked])
+        if isinstance(outcome, Refusal):
+            self._emit(outcome.decision, outcome.reason, outcome.detail, context, ex.user)
+        return ex, outcome
+
+    def needs_body(self, index: int) -> bool:
+        """Whether route ``index`` inspects bodies (a contract, or the injection filter):
+        what a proxy that asks only about heads cannot enforce."""
+        return self.validators[index] is not None or self.filters[index] is not None
+
+    def grant(self, ex: Exchange) -> list[tuple[bytes, bytes]]:
+        """What an allowed request carries to its upstream from the gateway: the internal
+        token (``authorization``) and the trace (``traceparent``); the event is recorded."""
+        route = ex.route
+        assert route is not None  # noqa: S101 - allowed requests have a route
+        headers = [
+            (b"authorization", self._internal_token(ex.index, route, ex.user, ex.credential))
+        ]
+        current = trace.current()
+        if current is not None:
+            headers.append((b"traceparent", current.header().encode("ascii")))
+        self._emit(events.Decision.ALLOW, Reason.POLICY_ALLOW, "authorized", ex.context, ex.user)
+        return headers
 
     @staticmethod
     def _dry(ex: Exchange, control: str) -> bool:

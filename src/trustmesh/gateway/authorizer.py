@@ -1,0 +1,143 @@
+"""The gateway's decisions for a proxy that forwards requests itself: an external
+authorization service in the shape of Envoy's ``ext_authz`` HTTP service, which nginx's
+``auth_request`` (and HAProxy, through a Lua or SPOE hook) can call too.
+
+The proxy asks before it forwards; the authorizer runs the gateway's own stages that
+need no body (:meth:`~trustmesh.gateway.app.GatewayApp.decide`: address rules, path
+form, CORS preflight, route, rate limits, credentials, edge policy — the same code, the
+same declaration, the same events) and answers:
+
+- **allowed:** ``200``, empty, with the headers the proxy puts on the upstream request
+  (``authorization``: the internal token, bound to the gateway's certificate, which the
+  proxy presents on its mTLS connection; ``traceparent``) and those it adds to the
+  client's answer (``ratelimit-policy``, ``ratelimit``). In Envoy:
+  ``allowed_upstream_headers`` and ``allowed_client_headers_on_success``; in nginx:
+  ``auth_request_set`` from ``$upstream_http_…``;
+- **refused:** the gateway's own answer — its status (401, 403, 404, 405, 429, 431…),
+  headers (``www-authenticate``, ``retry-after``, ``allow``) and JSON body, which Envoy
+  relays to the client as it is (nginx relays 401 and 403; its configuration maps the
+  others);
+- **a CORS preflight:** the gateway's 204 with its grants (a "denial" the proxy relays:
+  it is the preflight's answer).
+
+How the request asked about is told, both read here:
+
+- Envoy: the check request *is* the original request — its method, its path after
+  ``prefix`` (Envoy's ``path_prefix``), its headers;
+- nginx: a request for ``prefix`` itself, the original in ``X-Original-Method`` and
+  ``X-Original-URI``.
+
+What it cannot see, the declaration must not ask of it: the body (schema validation, the
+injection filter's body inspection), so a route that declares ``openapi``, ``schema`` or
+a ``waf`` mode other than ``off`` is answered ``500`` (``engine-unsupported``) rather than
+allowed unchecked. The client's address is the peer's unless the proxy is a trusted
+proxy (``gateway.trusted_proxies``), whose ``X-Forwarded-For`` is read as the gateway
+reads it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from trustmesh.gateway.app import GatewayApp, Refusal, Reply
+from trustmesh.platform.listeners import Receive, Scope, Send, answer_lifespan, respond_json
+from trustmesh.reasons import ANSWERS
+
+__all__ = ["DEFAULT_PREFIX", "Authorizer"]
+
+DEFAULT_PREFIX = "/ext_authz"
+_TO_CLIENT = (b"ratelimit-policy", b"ratelimit")
+
+
+class Authorizer:
+    """The ASGI app a proxy calls; ``current`` gives the gateway's current pipeline (so a
+    reload applies to the proxy's questions too)."""
+
+    def __init__(self, current: Callable[[], GatewayApp], *, prefix: str = DEFAULT_PREFIX) -> None:
+        if not prefix.startswith("/") or prefix.endswith("/"):
+            raise ValueError(f"the prefix is a path without a trailing slash, not {prefix!r}")
+        self.current = current
+        self.prefix = prefix
+        self._raw_prefix = prefix.encode("ascii")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await answer_lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        asked = self._asked(scope)
+        if asked is None:
+            await respond_json(
+                send, 404, json.dumps({"error": "not_found", "message": "not a check"}).encode()
+            )
+            return
+        app = self.current()
+        context: dict[str, Any] = {"engine": "authorizer"}
+        ex, outcome = await app.decide(asked, context)
+        if outcome is None:
+            if app.needs_body(ex.index):
+                await respond_json(
+                    send,
+                    500,
+                    json.dumps(
+                        {
+                            "error": "engine_unsupported",
+                            "message": "this route inspects bodies: only the gateway itself serves it",
+                        }
+                    ).encode(),
+                )
+                return
+            headers = app.grant(ex)
+            headers += [(k, v) for k, v in ex.grants if k in _TO_CLIENT]
+            headers.append((b"content-length", b"0"))
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if isinstance(outcome, Reply):
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": outcome.status,
+                    "headers": outcome.headers,
+                }
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await _refusal(send, outcome)
+
+    def _asked(self, scope: Scope) -> Scope | None:
+        """The original request's scope, as the proxy told it (None: not a check)."""
+        raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        headers = scope["headers"]
+        if raw == self._raw_prefix:  # nginx: the original in headers
+            method = next((v for k, v in headers if k == b"x-original-method"), None)
+            uri = next((v for k, v in headers if k == b"x-original-uri"), None)
+            if method is None or uri is None or not uri.startswith(b"/"):
+                return None
+            path, _, query = uri.partition(b"?")
+            kept = [
+                (k, v) for k, v in headers if k not in (b"x-original-method", b"x-original-uri")
+            ]
+            return {
+                **scope,
+                "method": method.decode("latin-1").upper(),
+                "raw_path": path,
+                "path": path.decode("latin-1"),
+                "query_string": query,
+                "headers": kept,
+            }
+        if raw.startswith(self._raw_prefix + b"/"):  # Envoy: the original, after the prefix
+            path = raw[len(self._raw_prefix) :]
+            return {**scope, "raw_path": path, "path": scope["path"][len(self.prefix) :]}
+        return None
+
+
+async def _refusal(send: Send, refusal: Refusal) -> None:
+    answer = ANSWERS[refusal.reason]
+    body = json.dumps(
+        {"error": answer.code, "message": refusal.message, **dict(refusal.fields)}
+    ).encode()
+    await respond_json(send, answer.status, body, list(refusal.headers))

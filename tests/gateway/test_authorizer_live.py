@@ -1,0 +1,144 @@
+"""The gateway as an external authorizer, live: a proxy that forwards by itself asks,
+Envoy's way (the original request after ``/ext_authz``) or nginx's (``X-Original-*``),
+and gets the gateway's own decisions — the internal token to attach when allowed, the
+gateway's refusal (status, headers, body) when not; a route that inspects bodies is
+never allowed unchecked."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import jwt
+import pytest
+from authrig import sign_in_user
+from edgerig import Edge, edge_stack, recording
+from liverig import GATEWAY, live_identity
+
+from trustmesh import crypto
+from trustmesh.gateway.authorizer import Authorizer
+from trustmesh.platform.guard import ConnectionGuard, ConnectionLimits
+from trustmesh.platform.listeners import PublicServed, start_public
+from trustmesh.testing import RunningIdentityServer
+from trustmesh.testing.rawtls import RawTLS
+
+SECTION = """auth: {roles: [customer]}
+gateway:
+  policies: [edge.cedar]
+  waf: {mode: "off"}
+  routes:
+    - {path: /shop, to: orders, auth: [jwt], methods: [GET, POST]}
+    - {path: /closed, to: orders, auth: [jwt], methods: [GET]}
+    - {path: /burst, to: orders, auth: [anonymous], methods: [GET],
+       rate_limits: [{per: ip, limit: 1/minute}]}
+    - {path: /inspected, to: orders, auth: [anonymous], methods: [GET], waf: {mode: fast}}
+"""
+POLICIES = """
+permit(principal, action, resource);
+forbid(principal, action, resource) when { context.path like "/closed*" };
+"""
+SEEN: list[str] = []
+
+
+@pytest.fixture
+def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
+    yield from live_identity(short_tmp, SECTION)
+
+
+@pytest.fixture
+async def edge(identity: RunningIdentityServer, short_tmp: Path) -> AsyncIterator[Edge]:
+    SEEN.clear()
+    files = {"edge.cedar": POLICIES}
+    async with edge_stack(identity, short_tmp, SECTION, recording(SEEN), files) as running:
+        running.tokens["carol"] = await asyncio.to_thread(
+            sign_in_user, running.rig, "carol", ["customer"], audience=GATEWAY
+        )
+        yield running
+
+
+@pytest.fixture
+async def checks(edge: Edge, short_tmp: Path) -> AsyncIterator[RawTLS]:
+    seal_key = crypto.load_seal_key(short_tmp / "authz", dev=True)
+    certificate = crypto.local_server_certificate(short_tmp / "authz", seal_key)
+    pipeline = edge.gateway.pipeline
+    assert pipeline is not None
+    served: PublicServed = await start_public(
+        Authorizer(lambda: pipeline.app),
+        chain_pem=certificate.chain_pem(),
+        key_pem=certificate.key_pem(),
+        guard=ConnectionGuard(ConnectionLimits()),
+        on_refusals=lambda _: None,
+        report_every=3600,
+    )
+    yield RawTLS(served.port, crypto.edge_ca_path(short_tmp / "authz"))
+    await served.stop()
+
+
+async def ask(checks: RawTLS, target: str, *headers: str) -> tuple[int, dict[str, str], bytes]:
+    lines = [f"GET {target} HTTP/1.1", "Host: shop.example", "Connection: close", *headers]
+    raw = await checks.exchange(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *rest = head.decode("latin-1").split("\r\n")
+    fields = dict((k.strip().lower(), v.strip()) for k, _, v in (h.partition(":") for h in rest))
+    return int(status_line.split()[1]), fields, body
+
+
+def bearer(edge: Edge) -> str:
+    return f"Authorization: Bearer {edge.tokens['carol']}"
+
+
+async def test_an_allowed_request_gets_the_internal_token_either_way(
+    edge: Edge, checks: RawTLS
+) -> None:
+    for asked in (
+        ("/ext_authz/shop/items?q=tea",),  # Envoy
+        ("/ext_authz", "X-Original-Method: GET", "X-Original-URI: /shop/items?q=tea"),  # nginx
+    ):
+        status, headers, body = await ask(checks, asked[0], *asked[1:], bearer(edge))
+        assert (status, body) == (200, b""), body
+        scheme, _, token = headers["authorization"].partition(" ")
+        assert scheme == "Bearer"
+        assert token != edge.tokens["carol"]  # the gateway's own token, not the client's
+        claims = jwt.decode(token, options={"verify_signature": False})
+        assert claims["iss"] == GATEWAY
+        assert claims["aud"].endswith("/orders")
+        assert headers["traceparent"].startswith("00-")
+    allowed = [e for e in edge.sink.events if e.reason.value == "policy-allow"]
+    assert [e.decision.value for e in allowed] == ["allow", "allow"]
+    assert allowed[0].sub is not None
+    assert SEEN == []  # the authorizer forwards nothing
+
+
+async def test_refusals_are_the_gateways_own_answers(edge: Edge, checks: RawTLS) -> None:
+    status, headers, body = await ask(checks, "/ext_authz/shop/items")  # no token
+    assert status == 401
+    assert headers["www-authenticate"].startswith("Bearer")
+    assert json.loads(body)["error"] == "unauthenticated"
+    status, _, body = await ask(checks, "/ext_authz/closed", bearer(edge))  # off policy
+    assert (status, json.loads(body)["error"]) == (403, "forbidden")
+    status, _, _ = await ask(checks, "/ext_authz/nowhere", bearer(edge))
+    assert status == 404
+    assert (await ask(checks, "/ext_authz/burst"))[0] == 200
+    status, headers, _ = await ask(checks, "/ext_authz/burst")
+    assert status == 429
+    assert int(headers["retry-after"]) > 0
+    reasons = [e.reason.value for e in edge.sink.events if e.decision.value == "deny"]
+    assert "policy-deny" in reasons
+    assert "rate-limited" in reasons
+
+
+async def test_a_route_that_inspects_bodies_is_not_allowed_unchecked(
+    edge: Edge, checks: RawTLS
+) -> None:
+    status, _, body = await ask(checks, "/ext_authz/inspected")
+    assert status == 500
+    assert json.loads(body)["error"] == "engine_unsupported"
+
+
+async def test_what_is_not_a_check_is_not_answered_as_one(checks: RawTLS) -> None:
+    for asked in (("/shop",), ("/ext_authz",), ("/ext_authz", "X-Original-Method: GET")):
+        status, headers, _ = await ask(checks, asked[0], *asked[1:])
+        assert status == 404
+        assert "authorization" not in headers
