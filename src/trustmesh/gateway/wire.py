@@ -48,17 +48,15 @@ import zlib
 from typing import Any
 
 import httptools
-from cryptography import x509
 
-from trustmesh import crypto
-from trustmesh.errors import CryptoError, UnavailableError
+from trustmesh.errors import UnavailableError
 from trustmesh.sdk.client import (
     IDEMPOTENT,
     MAX_RESPONSE_BYTES,
+    Response,
     ResponseTooLargeError,
-    ServerIdentityError,
+    check_server_identity,
 )
-from trustmesh.sdk.client import Response as Response
 from trustmesh.sdk.tls import RotatingTLS
 
 __all__ = ["WireClient"]
@@ -389,22 +387,9 @@ class WireClient:
                 )
         except (OSError, TimeoutError, ValueError) as exc:
             raise UnavailableError(f"{self.expected} unreachable: {type(exc).__name__}") from None
-        ssl_object = transport.get_extra_info("ssl_object")
-        try:
-            der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
-            if not der:
-                raise CryptoError("no server certificate")
-            found = crypto.leaf_spiffe_id(
-                x509.load_der_x509_certificate(der), trust_domain=self.trust_domain
-            )
-        except CryptoError as exc:
-            transport.close()
-            raise ServerIdentityError(f"server {self.host}:{self.port}: {exc.detail}") from None
-        if found != self.expected:
-            transport.close()
-            raise ServerIdentityError(
-                f"server {self.host}:{self.port} is {found}, expected {self.expected}"
-            )
+        check_server_identity(
+            transport, self.expected, self.trust_domain, f"{self.host}:{self.port}"
+        )
         return connection
 
     def _release(self, connection: _Connection) -> None:

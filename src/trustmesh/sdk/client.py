@@ -47,27 +47,33 @@ class _SpiffeConnector(aiohttp.TCPConnector):
         self, *args: Any, req: ClientRequest, **kwargs: Any
     ) -> tuple[asyncio.Transport, Any]:
         transport, protocol = await super()._wrap_create_connection(*args, req=req, **kwargs)
-        ssl_object = transport.get_extra_info("ssl_object")
-        try:
-            der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
-            if not der:
-                raise CryptoError("no server certificate")
-            from cryptography import x509
-
-            found = crypto.leaf_spiffe_id(
-                x509.load_der_x509_certificate(der), trust_domain=self.trust_domain
-            )
-        except CryptoError as exc:
-            transport.close()
-            raise ServerIdentityError(
-                f"server {req.url.host}:{req.url.port}: {exc.detail}"
-            ) from None
-        if found != self.expected:
-            transport.close()
-            raise ServerIdentityError(
-                f"server {req.url.host}:{req.url.port} is {found}, expected {self.expected}"
-            )
+        check_server_identity(
+            transport, self.expected, self.trust_domain, f"{req.url.host}:{req.url.port}"
+        )
         return transport, protocol
+
+
+def check_server_identity(
+    transport: asyncio.BaseTransport, expected: str, trust_domain: str, where: str
+) -> None:
+    """A new connection's server must present ``expected`` as its SPIFFE ID (checked
+    right after the handshake): else the connection is closed and ServerIdentityError."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    try:
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        if not der:
+            raise CryptoError("no server certificate")
+        from cryptography import x509
+
+        found = crypto.leaf_spiffe_id(
+            x509.load_der_x509_certificate(der), trust_domain=trust_domain
+        )
+    except CryptoError as exc:
+        transport.close()
+        raise ServerIdentityError(f"server {where}: {exc.detail}") from None
+    if found != expected:
+        transport.close()
+        raise ServerIdentityError(f"server {where} is {found}, expected {expected}")
 
 
 @dataclass
