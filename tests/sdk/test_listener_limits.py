@@ -624,6 +624,24 @@ async def test_a_response_head_goes_out_with_its_first_body_bytes(
     assert not listener.guard.refused
 
 
+async def test_pipelined_heads_and_empty_answers_each_get_their_head_in_order(
+    listen: ListenerFactory,
+) -> None:
+    listener = await listen()
+    reader, writer = await listener.tls()
+    writer.write(
+        b"HEAD /first HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        b"GET /empty HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        b"GET /last HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    answer = await until_closed(reader, 5)
+    await close(writer)
+    statuses = [int(line[9:12]) for line in answer.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")]
+    assert statuses == [200, 204, 200]
+    assert answer.endswith(b'{"path": "/last", "size": 0}\r\n0\r\n\r\n')
+    assert not listener.guard.refused
+
+
 async def test_a_failing_report_is_logged_and_reporting_goes_on(
     listen: ListenerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -20,7 +20,8 @@ A connection is, in order:
 
 A response's head is held back and written with its first body bytes (one TLS record
 and one ``send`` for a whole small response, instead of two), or alone when the response
-ends without a body or the connection closes; an interim ``100 Continue`` is never held.
+ends without a body or the connection closes; an interim ``100 Continue`` and the answer
+to a ``HEAD`` are never held.
 
 Every refusal answers ``{"error", "message"}`` with ``Connection: close``, closes the
 connection, and is counted by the guard, which reports them in aggregate.
@@ -284,8 +285,21 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._head_started = False
         self._head_bytes = 0
         super().on_headers_complete()
-        if self.cycle is not None and self.cycle.transport is self.transport:
-            self.cycle.transport = _HeadHeld(self.transport)  # type: ignore[assignment]
+        cycle = self.cycle
+        if (
+            cycle is not None
+            and cycle.transport is self.transport
+            and cycle.scope["method"] != "HEAD"  # a HEAD answer has no body to wait for
+        ):
+            held = _HeadHeld(self.transport)
+            cycle.transport = held  # type: ignore[assignment]
+            finished = cycle.on_response
+
+            def flush_then_finish() -> None:  # this cycle's head, whichever cycle is newest
+                held.flush()
+                finished()
+
+            cycle.on_response = flush_then_finish
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -295,8 +309,6 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._body_timer = None
 
     def on_response_complete(self) -> None:
-        if self.cycle is not None and isinstance(self.cycle.transport, _HeadHeld):
-            self.cycle.transport.flush()  # a response without a body: its head alone
         if self.transport.is_closing():
             super().on_response_complete()
         elif self._deferred and not self.pipeline:  # the refused head's turn to be answered
