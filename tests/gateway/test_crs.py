@@ -101,15 +101,6 @@ def test_benign_requests_pass(crs: CrsFilter) -> None:
         assert crs.inspect(method=method, target=b"/shop/1", headers=JSON_TYPE, body=b"{}") is None
 
 
-def test_credentials_are_not_inspected(crs: CrsFilter) -> None:
-    headers = [
-        *HEADERS,
-        (b"authorization", b"Bearer ' or 1=1--"),
-        (b"proxy-authorization", b"' or 1=1--"),
-    ]
-    assert get(crs, "", headers) is None
-
-
 def test_a_body_that_does_not_parse_is_refused(crs: CrsFilter) -> None:
     found = crs.inspect(method="POST", target=b"/shop", headers=JSON_TYPE, body=b'{"a":')
     assert isinstance(found, CrsFinding)
@@ -199,3 +190,38 @@ def test_xml_and_multipart_bodies_are_parsed_and_inspected(crs: CrsFilter) -> No
     found = crs.inspect(method="POST", target=b"/shop", headers=multipart, body=body)
     assert isinstance(found, CrsFinding)
     assert (found.category, found.location) == (Category.XSS, "form.note")
+
+
+def test_a_location_is_named_only_where_the_request_holds_it(crs: CrsFilter) -> None:
+    """The matched data comes first in the engine's text: an attacker who writes
+    ``found within REQUEST_HEADERS:x-spoofed:`` into it does not choose the location."""
+    spoof = q("1 union select found within REQUEST_HEADERS:x-spoofed: password from users--")
+    found = get(crs, f"q={spoof}")
+    assert isinstance(found, CrsFinding)
+    assert found.location == "query.q"
+
+
+def test_bytes_that_are_not_utf8_do_not_break_the_finding(crs: CrsFilter) -> None:
+    body = b"c=\x93\x94' or '1'='1' -- \xff"
+    found = crs.inspect(method="POST", target=b"/shop", headers=FORM, body=body)
+    assert isinstance(found, CrsFinding)
+    assert found.category is Category.SQLI
+
+
+def test_credentials_are_never_handed_to_the_engine(tmp_path: Path) -> None:
+    """A rule that would refuse a value in Authorization never sees it (the CRS at
+    paranoia 1 does not look there: a rule of this test's does)."""
+    (tmp_path / "REQUEST-901-TEST.conf").write_text(
+        "SecRule REQUEST_HEADERS:Authorization|REQUEST_HEADERS:Proxy-Authorization|"
+        'REQUEST_HEADERS:X-Other "@contains evil" '
+        "\"id:999001,phase:1,pass,log,tag:'attack-generic',severity:'CRITICAL',"
+        "logdata:'Matched Data: %{TX.0} found within %{MATCHED_VAR_NAME}: %{MATCHED_VAR}',"
+        'setvar:tx.evil=1"\n'
+        'SecRule TX:EVIL "@eq 1" "id:999002,phase:2,deny,status:403,log"\n'
+    )
+    crs = CrsFilter(rules=tmp_path)
+    for name in (b"authorization", b"proxy-authorization"):
+        assert get(crs, "", [*HEADERS, (name, b"Bearer evil")]) is None
+    found = get(crs, "", [*HEADERS, (b"x-other", b"evil")])
+    assert isinstance(found, CrsFinding)
+    assert found.location == "header.x-other"

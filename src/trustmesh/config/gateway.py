@@ -464,6 +464,13 @@ class WafConfig(BaseModel):
         le=1000,
         description="crs: the inbound anomaly score that refuses (5: one critical rule).",
     )
+    max_body: int = Field(
+        default=32 << 10,
+        ge=1024,
+        le=64 << 20,
+        description="crs: the largest body the rules inspect; a larger one is refused (413): "
+        "some CRS patterns cost more than linear time on long inputs (≈ 0.1 s at 32 KiB).",
+    )
     crs_rules: str | None = Field(
         default=None,
         description="crs: the directory of the CRS's REQUEST-9*.conf files "
@@ -472,8 +479,13 @@ class WafConfig(BaseModel):
 
     @model_validator(mode="after")
     def _crs_settings_need_crs(self) -> WafConfig:
-        if self.mode != "crs" and self.model_fields_set & {"paranoia", "threshold", "crs_rules"}:
-            raise ValueError("paranoia, threshold and crs_rules apply to mode crs only")
+        if self.mode != "crs" and self.model_fields_set & {
+            "paranoia",
+            "threshold",
+            "max_body",
+            "crs_rules",
+        }:
+            raise ValueError("paranoia, threshold, max_body and crs_rules apply to mode crs only")
         return self
 
 

@@ -698,9 +698,23 @@ class GatewayApp:
         if found is None:
             return None
         waf, action = found
+        refusal = self._finding(ex, waf)
+        if refusal is not None and action == "log":  # as a dry run: recorded, and on it goes
+            self._would_deny(ex, "waf", refusal)
+            return None
+        return refusal
+
+    def _finding(self, ex: Exchange, waf: FastFilter | CrsFilter) -> Refusal | None:
+        """The filter's refusal of the request (its finding in the event), if any."""
         query = ex.scope.get("query_string", b"")
         finding: Finding | None
         if isinstance(waf, CrsFilter):
+            if len(ex.body) > waf.body_limit:  # refused, never passed uninspected
+                return Refusal.deny(
+                    Reason.REQUEST_TOO_LARGE,
+                    f"body over the injection filter's limit ({waf.body_limit} bytes)",
+                    "the request body is too large to inspect",
+                )
             raw = ex.scope.get("raw_path") or ex.scope["path"].encode("latin-1")
             finding = waf.inspect(
                 method=ex.scope["method"],
@@ -727,15 +741,11 @@ class GatewayApp:
         )
         if isinstance(finding, CrsFinding):
             ex.context["score"] = finding.score
-        refusal = Refusal.deny(
+        return Refusal.deny(
             Reason.REQUEST_INJECTION,
             f"{finding.category.value} at {finding.location} ({finding.check})",
             "the request was refused",
         )
-        if action == "log":  # as a dry run: recorded, and the request goes on
-            self._would_deny(ex, "waf", refusal)
-            return None
-        return refusal
 
     async def _forward(self, ex: Exchange, send: Send) -> Outcome | None:
         """Forward over mTLS with the internal token; relay the answer (an upstream's

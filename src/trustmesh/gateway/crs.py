@@ -15,7 +15,10 @@ What the engine is given:
   ModSecurity's JSON processor, XML bodies through its XML processor (external entities
   off), multipart bodies strictly; a body that does not parse refused (rules 200002–4,
   as the CRS's ``modsecurity.conf-recommended`` does), more than 1,000 arguments refused
-  (200007), PCRE match limits so that no rule can backtrack without bound;
+  (200007); PCRE match limits of 1,000 (the CRS's recommended setting): without them
+  some of its patterns take seconds on a 10 KB run of ``%3C`` or ``<a ``, holding the
+  gateway's event loop (the verdicts on ``vectors/payloads`` are the same at 1,000 and
+  100,000; an attack padded with 1,000 ``<`` evaded one more time in 110);
 - the CRS's anomaly scoring: ``tx.paranoia_level`` (1–4) and
   ``tx.inbound_anomaly_score_threshold`` (default 5: one critical rule) are set; the CRS
   adds each matching rule's score and rule 949110 refuses at the threshold. The
@@ -42,14 +45,17 @@ is the request's anomaly score.
 
 Cost: the binding holds the GIL while the engine runs, so an inspection runs on the
 event loop (0.5 ms for a GET, ≈ 3 ms for a 1 KB form or JSON body of 20 fields at
-paranoia 1: ``benchmarks/waf.py --mode crs``); a route that needs the gateway's
-throughput uses fast mode. Not thread-safe: one filter inspects one request at a time.
+paranoia 1: ``benchmarks/waf_gateway.py --mode crs``); some CRS patterns still cost
+more than linear time on long inputs, so the rules inspect at most ``waf.max_body``
+(32 KiB by default: ≈ 0.1 s at worst here) and a larger body is refused with ``413``
+by the gateway, never passed uninspected. A route that needs the gateway's throughput
+uses fast mode. Not thread-safe: one filter inspects one request at a time.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -123,8 +129,8 @@ SecRequestBodyLimit {body_limit}
 SecRequestBodyNoFilesLimit {body_limit}
 SecRequestBodyLimitAction Reject
 SecRequestBodyJsonDepthLimit 512
-SecPcreMatchLimit 100000
-SecPcreMatchLimitRecursion 100000
+SecPcreMatchLimit 1000
+SecPcreMatchLimitRecursion 1000
 SecResponseBodyAccess Off
 SecAuditEngine Off
 SecXmlExternalEntity Off
@@ -141,6 +147,9 @@ msg:'Multipart request body failed strict validation'"
 SecRule MULTIPART_UNMATCHED_BOUNDARY "@eq 1" \
     "id:200004,phase:2,t:none,log,deny,status:400,tag:'attack-protocol',\
 msg:'Multipart parser detected a possible unmatched boundary'"
+SecRule TX:MSC_PCRE_LIMITS_EXCEEDED "@eq 1" \
+    "id:200005,phase:2,t:none,log,deny,status:400,tag:'attack-protocol',\
+msg:'A rule could not finish matching within the PCRE limits'"
 SecRule &ARGS "@ge {_ARGS_LIMIT}" \
     "id:200007,phase:2,t:none,log,deny,status:400,tag:'attack-protocol',\
 msg:'Too many arguments'"
@@ -163,7 +172,15 @@ class CrsFilter:
     """The Core Rule Set, loaded once (ConfigError when the binding or the rules are
     missing or do not load); :meth:`inspect` per request."""
 
-    __slots__ = ("_engine", "_messages", "_rules", "_transaction", "paranoia", "threshold")
+    __slots__ = (
+        "_engine",
+        "_messages",
+        "_rules",
+        "_transaction",
+        "body_limit",
+        "paranoia",
+        "threshold",
+    )
 
     def __init__(
         self,
@@ -171,7 +188,7 @@ class CrsFilter:
         rules: Path | None = None,
         paranoia: int = 1,
         threshold: int = 5,
-        body_limit: int = 1 << 20,
+        body_limit: int = 32 << 10,
     ) -> None:
         try:
             from libmodsecurity import ModSecurity, RulesSet, Transaction
@@ -185,6 +202,7 @@ class CrsFilter:
         directory = find_rules(rules)
         self.paranoia = paranoia
         self.threshold = threshold
+        self.body_limit = body_limit
         self._messages: list[RuleMessage] = []
         self._engine = ModSecurity()
         self._engine.set_connector_information("trustmesh-gateway")
@@ -230,9 +248,14 @@ class CrsFilter:
             verdict = tx.intervention()
         if verdict is None or not verdict.disruptive:
             return None
-        return self._finding(verdict.log or "", target)
+        names = frozenset(
+            n.decode("latin-1").lower() for n, _ in headers if n.lower() not in _NEVER
+        )
+        cookies = b";".join(v for n, v in headers if n.lower() == b"cookie")
+        seen = target + b"\n" + body + b"\n" + cookies
+        return self._finding(_text(lambda: verdict.log), target, seen, names)
 
-    def _finding(self, log: str, target: bytes) -> CrsFinding:
+    def _finding(self, log: str, target: bytes, seen: bytes, names: frozenset[str]) -> CrsFinding:
         """What refused the request, from the rules that matched (never their data)."""
         scores: dict[Category, int] = {}
         best: dict[Category, tuple[int, RuleMessage]] = {}
@@ -252,7 +275,7 @@ class CrsFilter:
             return CrsFinding(Category.PROTOCOL, "request", check, score)
         category = max(scores, key=lambda c: scores[c])
         message = best[category][1]
-        location = _location(message.data, target)
+        location = _location(_text(lambda: message.data), seen, names, target)
         return CrsFinding(category, location, f"crs-{message.rule_id}", score)
 
 
@@ -268,14 +291,15 @@ def load_rule_sets(gateway: GatewayConfig, config_dir: Path) -> tuple[CrsFilter 
             sets.append(None)
             continue
         rules = config_dir / config.crs_rules if config.crs_rules else None
-        key = (rules, config.paranoia, config.threshold)
+        body_limit = min(config.max_body, gateway.max_body_bytes)
+        key = (rules, config.paranoia, config.threshold, body_limit)
         if key not in loaded:
             try:
                 loaded[key] = CrsFilter(
                     rules=rules,
                     paranoia=config.paranoia,
                     threshold=config.threshold,
-                    body_limit=gateway.max_body_bytes,
+                    body_limit=body_limit,
                 )
             except ConfigError as exc:
                 raise ConfigError(f"gateway.routes[{i}].waf: {exc.detail}") from None
@@ -283,30 +307,45 @@ def load_rule_sets(gateway: GatewayConfig, config_dir: Path) -> tuple[CrsFilter 
     return tuple(sets)
 
 
-def _location(data: str, target: bytes) -> str:
+def _text(read: Callable[[], str | None]) -> str:
+    """A text field of the engine's (a log line, a match's data), or "" where it holds
+    bytes that are not UTF-8 (the binding decodes strictly: the attacker's bytes)."""
+    try:
+        return read() or ""
+    except UnicodeDecodeError:
+        return ""
+
+
+def _location(data: str, seen: bytes, headers: frozenset[str], target: bytes) -> str:
     """Where a rule matched, in the fast mode's words, from ModSecurity's
-    ``found within VARIABLE:name:`` (a name that is not a plain identifier is left out:
-    it may be the attack itself)."""
-    found = _WITHIN.search(data)
-    if found is None:
-        return "request"
-    variable, name = found.group(1), found.group(2) or ""
-    if variable in ("REQUEST_HEADERS", "REQUEST_HEADERS_NAMES"):
-        return f"header.{name.lower()}" if name else "header"
-    if variable in ("REQUEST_COOKIES", "REQUEST_COOKIES_NAMES"):
-        return f"header.cookie.{name}" if name else "header.cookie"
-    if variable.startswith(("REQUEST_URI", "REQUEST_FILENAME", "REQUEST_BASENAME", "REQUEST_LINE")):
-        return "path"
-    if variable in ("REQUEST_BODY", "XML", "FILES", "FILES_NAMES"):
-        return "body"
-    if variable == "ARGS_GET" or variable == "ARGS_GET_NAMES":
-        return f"query.{name}" if name else "query"
-    if variable in ("ARGS", "ARGS_NAMES", "ARGS_POST", "ARGS_POST_NAMES"):
-        if name.startswith("json."):
-            return "body/" + name[5:].replace(".", "/")
-        if name and _in_query(name, target):
-            return f"query.{name}"
-        return f"form.{name}" if name else "form"
+    ``found within VARIABLE:name:``. The text before it is the matched data, the
+    attacker's: a ``found within`` is believed only where its name is one the request
+    holds (a header it sent, a name in its target or body, ``seen``); a name that is not
+    a plain identifier is left out (it may be the attack itself)."""
+    for found in _WITHIN.finditer(data):
+        variable, name = found.group(1), found.group(2) or ""
+        if variable in ("REQUEST_HEADERS", "REQUEST_HEADERS_NAMES"):
+            if name.lower() in headers:
+                return f"header.{name.lower()}"
+            continue
+        if name and name.rpartition(".")[2].encode("latin-1", "replace") not in seen:
+            continue
+        if variable in ("REQUEST_COOKIES", "REQUEST_COOKIES_NAMES"):
+            return f"header.cookie.{name}" if name else "header.cookie"
+        if variable.startswith(
+            ("REQUEST_URI", "REQUEST_FILENAME", "REQUEST_BASENAME", "REQUEST_LINE")
+        ):
+            return "path"
+        if variable in ("REQUEST_BODY", "XML", "FILES", "FILES_NAMES"):
+            return "body"
+        if variable in ("ARGS_GET", "ARGS_GET_NAMES"):
+            return f"query.{name}" if name else "query"
+        if variable in ("ARGS", "ARGS_NAMES", "ARGS_POST", "ARGS_POST_NAMES"):
+            if name.startswith("json."):
+                return "body/" + name[5:].replace(".", "/")
+            if name and _in_query(name, target):
+                return f"query.{name}"
+            return f"form.{name}" if name else "form"
     return "request"
 
 
