@@ -34,6 +34,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
 from trustmesh import crypto
-from trustmesh.audit._writer import sqlite_writer
+from trustmesh.audit._writer import in_sqlite_thread, sqlite_writer
 from trustmesh.audit.chain import (
     GENESIS,
     PRUNE_CHUNK,
@@ -96,6 +97,20 @@ _IN_CHUNK = 500  # uids per `IN (...)`: far below every driver's limit on parame
 _FIELDS = Fields._fields
 _NO_PRIVILEGE = "42501"  # PostgreSQL's insufficient_privilege
 _HEAD = f"SELECT seq, hash FROM {records.name} ORDER BY seq DESC LIMIT 1"  # noqa: S608
+_CHECKPOINT_COLUMNS = ("last_seq", "last_hash", "count", "time", "previous", "key_id", "signature")
+_LAST_CHECKPOINT = (
+    f"SELECT {', '.join(_CHECKPOINT_COLUMNS)} FROM {checkpoints.name} "  # noqa: S608
+    "ORDER BY last_seq DESC LIMIT 1"
+)
+_INSERT_CHECKPOINT = (
+    f"INSERT INTO {checkpoints.name} ({', '.join(_CHECKPOINT_COLUMNS)}) "  # noqa: S608
+    f"VALUES ({', '.join('?' * len(_CHECKPOINT_COLUMNS))})"
+)
+_QUARANTINE_COLUMNS = ("id", "received", "reason", "size", "digest", "raw")
+_QUARANTINE_SQL = (
+    f"INSERT INTO {quarantine.name} ({', '.join(_QUARANTINE_COLUMNS)}) "  # noqa: S608
+    f"VALUES ({', '.join('?' * len(_QUARANTINE_COLUMNS))})"
+)
 
 log = logging.getLogger("trustmesh.audit")
 
@@ -116,6 +131,125 @@ def _lookup(connection: AsyncConnection, uids: list[str]) -> tuple[str, tuple[An
         return "SELECT uid FROM audit_records WHERE uid = ANY($1::varchar[])", (uids,)
     marks = ",".join("?" * len(uids))  # placeholders only: the uids are parameters
     return f"SELECT uid FROM audit_records WHERE uid IN ({marks})", tuple(uids)  # noqa: S608
+
+
+#: A batch to append: uid → (its columns, its canonical bytes, its index in the batch).
+_Batch = dict[str, tuple[Fields, bytes, int]]
+
+
+def _prepare(
+    events: Sequence[Mapping[str, Any]],
+) -> tuple[_Batch, list[str], list[tuple[int, str, bytes]]]:
+    """A batch's events checked and encoded (pure): the valid ones by uid (the first of
+    a uid: a later one is a duplicate), the uids repeated in the batch, and the refused
+    (index, reason, raw bytes to quarantine)."""
+    batch: _Batch = {}
+    duplicates: list[str] = []
+    refused: list[tuple[int, str, bytes]] = []
+    for index, event in enumerate(events):
+        try:
+            fields, body = fields_of(event), canonical(event)
+            if len(body) > MAX_EVENT_BYTES:
+                raise UsageError(f"an event is at most {MAX_EVENT_BYTES} bytes")
+        except UsageError as exc:
+            refused.append((index, exc.detail, _raw(event)))
+            continue
+        if fields.uid in batch:
+            duplicates.append(fields.uid)
+        else:
+            batch[fields.uid] = (fields, body, index)
+    return batch, duplicates, refused
+
+
+def _chained(batch: _Batch, seq: int, prev: bytes) -> list[tuple[Any, ...]]:
+    """The rows of ``batch`` after the head (``seq``, ``prev``), each linked to the one
+    before: ``(seq, *fields, body, hash)``."""
+    rows = []
+    for fields, body, _ in batch.values():
+        seq, prev = seq + 1, link(prev, body)
+        rows.append((seq, *fields, body, prev))
+    return rows
+
+
+def _append_sqlite(
+    native: sqlite3.Connection,
+    insert: str,
+    batch: _Batch,
+    quarantined: list[dict[str, object]],
+) -> tuple[list[str], int]:
+    """The append's transaction on SQLite, in the connection's thread
+    (:func:`~trustmesh.audit._writer.in_sqlite_thread`): the write lock taken first
+    (``BEGIN IMMEDIATE``: the head read next is the head written after), the uids
+    already stored looked up, the rest chained after the head and inserted, the refused
+    kept. The stored uids and the head's seq; ``batch`` is only read (the event loop
+    owns it)."""
+    native.execute("BEGIN IMMEDIATE")
+    uids = list(batch)
+    stored: list[str] = []
+    for start in range(0, len(uids), _IN_CHUNK):
+        part = uids[start : start + _IN_CHUNK]
+        marks = ",".join("?" * len(part))  # placeholders only: the uids are parameters
+        sql = f"SELECT uid FROM audit_records WHERE uid IN ({marks})"  # noqa: S608
+        stored.extend(uid for (uid,) in native.execute(sql, part))
+    head = native.execute(_HEAD).fetchone()
+    seq, prev = (0, GENESIS) if head is None else (int(head[0]), bytes(head[1]))
+    known = set(stored)
+    fresh = {uid: item for uid, item in batch.items() if uid not in known} if known else batch
+    rows = _chained(fresh, seq, prev)
+    if rows:
+        native.executemany(insert, rows)
+        seq = rows[-1][0]
+    if quarantined:
+        native.executemany(
+            _QUARANTINE_SQL, [tuple(r[c] for c in _QUARANTINE_COLUMNS) for r in quarantined]
+        )
+    return stored, seq
+
+
+def _signed_head(
+    head: tuple[int, bytes],
+    last: Checkpoint | None,
+    key: crypto.SigningKey,
+    now: datetime,
+    policy: CheckpointPolicy | None,
+) -> Checkpoint | None:
+    """The checkpoint of ``head`` (seq, hash) after ``last``; None when nothing is new
+    to sign (or, with ``policy``, it is not due)."""
+    head_seq, head_hash = head
+    signed = 0 if last is None else last.last_seq
+    if head_seq <= signed or (
+        policy is not None and not checkpoint_due(policy, head_seq=head_seq, last=last, now=now)
+    ):
+        return None
+    return make_checkpoint(last, last_seq=head_seq, last_hash=head_hash, now=now, key=key)
+
+
+def _checkpoint_sqlite(
+    native: sqlite3.Connection,
+    key: crypto.SigningKey,
+    now: datetime,
+    policy: CheckpointPolicy | None,
+) -> Checkpoint | None:
+    """:meth:`Ledger.checkpoint`'s transaction on SQLite, in the connection's thread: the
+    write lock first (one signer at a time: no fork), the head and the last checkpoint,
+    and the new one stored when one is due."""
+    native.execute("BEGIN IMMEDIATE")
+    head = native.execute(_HEAD).fetchone()
+    row = native.execute(_LAST_CHECKPOINT).fetchone()
+    last = None
+    if row is not None:
+        seq, last_hash, count, time, previous, key_id, signature = row
+        last = Checkpoint(
+            seq, bytes(last_hash), count, time, bytes(previous), key_id, bytes(signature)
+        )
+    made = _signed_head(
+        (0, GENESIS) if head is None else (int(head[0]), bytes(head[1])), last, key, now, policy
+    )
+    if made is not None:
+        native.execute(
+            _INSERT_CHECKPOINT, tuple(getattr(made, name) for name in _CHECKPOINT_COLUMNS)
+        )
+    return made
 
 
 @dataclass(frozen=True)
@@ -269,42 +403,35 @@ class Ledger(SqlStore):
         already (or earlier in the batch) is a duplicate and is skipped; one that is not
         a valid event is quarantined with the reason."""
         received = ms(now)
-        batch: dict[str, tuple[Fields, bytes, int]] = {}
-        duplicates: list[str] = []
-        refused: list[tuple[int, str, bytes]] = []
-        for index, event in enumerate(events):
-            try:
-                fields, body = fields_of(event), canonical(event)
-                if len(body) > MAX_EVENT_BYTES:
-                    raise UsageError(f"an event is at most {MAX_EVENT_BYTES} bytes")
-            except UsageError as exc:
-                refused.append((index, exc.detail, _raw(event)))
-                continue
-            if fields.uid in batch:
-                duplicates.append(fields.uid)
-            else:
-                batch[fields.uid] = (fields, body, index)
-        async with self._writing() as connection:
-            uids = list(batch)
-            for start in range(0, len(uids), _IN_CHUNK):
-                sql, params = _lookup(connection, uids[start : start + _IN_CHUNK])
-                for (uid,) in await connection.exec_driver_sql(sql, params):
-                    duplicates.append(uid)
-                    del batch[uid]
-            seq, prev = await self._head(connection)
-            rows = []
-            for fields, body, _ in batch.values():
-                seq, prev = seq + 1, link(prev, body)
-                rows.append((seq, *fields, body, prev))
-            if rows:  # the driver's executemany: no per-row work in SQLAlchemy
+        batch, duplicates, refused = _prepare(events)
+        quarantined = [_quarantine_row(raw, reason, received) for _, reason, raw in refused]
+        if self.engine.dialect.name == "sqlite":  # the whole transaction in one call
+            async with sqlite_writer(self.engine), self.engine.begin() as connection:
                 if self._insert is None:
                     self._insert = _insert_sql(connection)
-                await connection.exec_driver_sql(self._insert, rows)
-            if refused:
-                await connection.execute(
-                    quarantine.insert(),
-                    [_quarantine_row(raw, reason, received) for _, reason, raw in refused],
+                stored, seq = await in_sqlite_thread(
+                    connection, _append_sqlite, self._insert, batch, quarantined
                 )
+            duplicates.extend(stored)
+            for uid in stored:
+                del batch[uid]
+        else:
+            async with self._writing() as connection:
+                uids = list(batch)
+                for start in range(0, len(uids), _IN_CHUNK):
+                    sql, params = _lookup(connection, uids[start : start + _IN_CHUNK])
+                    for (uid,) in await connection.exec_driver_sql(sql, params):
+                        duplicates.append(uid)
+                        del batch[uid]
+                seq, prev = await self._head(connection)
+                rows = _chained(batch, seq, prev)
+                if rows:  # the driver's executemany: no per-row work in SQLAlchemy
+                    if self._insert is None:
+                        self._insert = _insert_sql(connection)
+                    await connection.exec_driver_sql(self._insert, rows)
+                    seq = rows[-1][0]
+                if quarantined:
+                    await connection.execute(quarantine.insert(), quarantined)
         return Appended(
             stored=tuple(batch),
             duplicates=tuple(duplicates),
@@ -347,18 +474,20 @@ class Ledger(SqlStore):
     ) -> Checkpoint | None:
         """Sign the head, store the checkpoint, then append it to the checkpoint file.
         None when there is nothing new to sign (or, with ``policy``, it is not due)."""
-        async with self._writing() as connection:  # one signer at a time: no fork
-            head_seq, head_hash = await self._head(connection)
-            last = await self._last_checkpoint(connection)
-            signed = 0 if last is None else last.last_seq
-            if head_seq <= signed or (
-                policy is not None
-                and not checkpoint_due(policy, head_seq=head_seq, last=last, now=now)
-            ):
-                return None
-            made = make_checkpoint(last, last_seq=head_seq, last_hash=head_hash, now=now, key=key)
-            values = {c.name: getattr(made, c.name) for c in checkpoints.c}
-            await connection.execute(checkpoints.insert().values(**values))
+        made: Checkpoint | None
+        if self.engine.dialect.name == "sqlite":  # the whole transaction in one call
+            async with sqlite_writer(self.engine), self.engine.begin() as connection:
+                made = await in_sqlite_thread(connection, _checkpoint_sqlite, key, now, policy)
+        else:
+            async with self._writing() as connection:  # one signer at a time: no fork
+                head = await self._head(connection)
+                last = await self._last_checkpoint(connection)
+                made = _signed_head(head, last, key, now, policy)
+                if made is not None:
+                    values = {c.name: getattr(made, c.name) for c in checkpoints.c}
+                    await connection.execute(checkpoints.insert().values(**values))
+        if made is None:
+            return None
         if self.checkpoint_file is not None:
             append_checkpoint(self.checkpoint_file, made)
         return made

@@ -88,7 +88,8 @@ class ResponseStore(SqlStore):
         row = record.to_dict()
         del row["undone_at"], row["undone_by"]
         async with sqlite_writer(self.engine), self.engine.begin() as connection:
-            await connection.execute(responses.insert().values(**row))
+            # the statement and its parameters apart: compiled once, not per record
+            await connection.execute(responses.insert(), row)
         return record
 
     async def undo(self, record_id: str, *, now: int, by: str, detail: str) -> bool:
