@@ -208,21 +208,51 @@ def fields_of(event: Mapping[str, Any]) -> Fields:
             if principal is None:
                 principal = actor.get("app_uid")
     src = event.get("src_endpoint")
+    src_ip = src.get("ip") if type(src) is dict else None
     trace_id = tm.get("trace_id")
     if trace_id is None:
         trace_id = metadata.get("correlation_uid")
-    return Fields(
-        uid,
-        _integer("time", event.get("time"), 2**63),
-        _integer("class_uid", event.get("class_uid"), 2**31),
-        _text("principal", principal),
-        _text("src_ip", src.get("ip") if type(src) is dict else None),
-        _text("decision", tm.get("decision")),
-        _text("reason", tm.get("reason")),
-        _text("trace_id", trace_id),
+    decision, reason = tm.get("decision"), tm.get("reason")
+    time, class_uid = event.get("time"), event.get("class_uid")
+    # the checks of _integer and _text inline, in the order of the columns (the first
+    # wrong one is named): no call per column
+    if type(time) is not int or not 0 <= time < _TIME_LIMIT:
+        _integer("time", time, _TIME_LIMIT)
+    if type(class_uid) is not int or not 0 <= class_uid < _CLASS_LIMIT:
+        _integer("class_uid", class_uid, _CLASS_LIMIT)
+    if principal is not None and (
+        type(principal) is not str or not principal or len(principal) > _PRINCIPAL_LIMIT
+    ):
+        _text("principal", principal)
+    if src_ip is not None and (
+        type(src_ip) is not str or not src_ip or len(src_ip) > _SRC_IP_LIMIT
+    ):
+        _text("src_ip", src_ip)
+    if decision is not None and (
+        type(decision) is not str or not decision or len(decision) > _DECISION_LIMIT
+    ):
+        _text("decision", decision)
+    if reason is not None and (
+        type(reason) is not str or not reason or len(reason) > _REASON_LIMIT
+    ):
+        _text("reason", reason)
+    if trace_id is not None and (
+        type(trace_id) is not str or not trace_id or len(trace_id) > _TRACE_LIMIT
+    ):
+        _text("trace_id", trace_id)
+    return _new_fields(
+        Fields, (uid, time, class_uid, principal, src_ip, decision, reason, trace_id)
     )
 
 
+_TIME_LIMIT, _CLASS_LIMIT = 2**63, 2**31
+_PRINCIPAL_LIMIT, _SRC_IP_LIMIT = LIMITS["principal"], LIMITS["src_ip"]
+_DECISION_LIMIT, _REASON_LIMIT, _TRACE_LIMIT = (
+    LIMITS["decision"],
+    LIMITS["reason"],
+    LIMITS["trace_id"],
+)
+_new_fields = tuple.__new__  # a named tuple from its values, without its __new__'s frame
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
