@@ -108,8 +108,9 @@ def canonical(event: Mapping[str, Any]) -> bytes:
     or :class:`UsageError` for a value JSON cannot hold (NaN, Infinity, bytes, sets,
     other objects, a cycle) or keys of mixed types.
 
-    Written by orjson where its bytes are these (ASCII, no ``null`` — orjson writes a
-    NaN as null —, integers of 64 bits); anything else by the standard encoder, which
+    Written by orjson where its bytes are these (ASCII, integers of 64 bits, and no
+    ``null`` but for None: orjson writes a NaN or an infinity as null, so a body with a
+    null is looked through for one); anything else by the standard encoder, which
     refuses what is not JSON. Both write a float as the shortest text that parses back
     to it, so the bytes of an event parsed from them are the same bytes again.
 
@@ -121,7 +122,7 @@ def canonical(event: Mapping[str, Any]) -> bytes:
         body = orjson.dumps(event, default=_refuse, option=_FAST)
     except (TypeError, ValueError, RecursionError):
         body = b""
-    if body.isascii() and body[:1] == b"{" and b"null" not in body:
+    if body.isascii() and body[:1] == b"{" and (b"null" not in body or _finite(event)):
         return body
     try:
         text = _encode(event)
@@ -130,6 +131,22 @@ def canonical(event: Mapping[str, Any]) -> bytes:
     if not text.startswith("{"):
         raise UsageError("not a JSON object")
     return text.encode("ascii")
+
+
+def _finite(value: object) -> bool:
+    """Whether no float in ``value`` is NaN or infinite (orjson writes those as null,
+    and a null it wrote for None is a null). Called once orjson wrote it: no cycle, and
+    no container orjson would not write."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            return False
+    return True
 
 
 def link(previous: bytes, body: bytes) -> bytes:
