@@ -15,7 +15,9 @@ when no alert has its uid and no alert of the same rule and group has a window t
 overlaps its own (both ends included, as the detector's dedup silences). A repeat
 stores nothing but links the events the stored alert did not name yet. Appends are
 serialised (:func:`~trustmesh.store.append_in_order`; ``BEGIN IMMEDIATE`` on SQLite),
-so two collectors never store the same alert twice and ids commit in order.
+so two collectors never store the same alert twice and ids commit in order. On SQLite
+an add is one call in the connection's thread, in plain SQL; what it decides
+(:func:`_plan`, :func:`_links`, :func:`_pending`) is the same on PostgreSQL.
 """
 
 from __future__ import annotations

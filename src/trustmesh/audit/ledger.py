@@ -25,17 +25,17 @@ serialised without a row to update: a transaction-scoped advisory lock on Postgr
 ``BEGIN IMMEDIATE`` on SQLite; the head of the chain is the row with the highest seq,
 read under that lock. Appends go through the driver's executemany with the statement
 compiled once (no per-row work in SQLAlchemy): the chain costs little beside them
-(``benchmarks/audit_ledger.py``).
+(``benchmarks/audit_ledger.py``). On SQLite an append and a checkpoint are each one call
+in the connection's own thread (:func:`~trustmesh.audit._writer.in_sqlite_thread`: lock,
+duplicate check, head, chain, inserts), not an await per statement; the steps that
+decide are the same on PostgreSQL (:mod:`trustmesh.audit.ledger_writes`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
-import sqlite3
-import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -56,11 +56,6 @@ from trustmesh.audit.chain import (
     CheckpointPolicy,
     Fields,
     PruneCheckpoint,
-    canonical,
-    checkpoint_due,
-    fields_of,
-    link,
-    make_checkpoint,
     make_prune_checkpoint,
     ms,
 )
@@ -73,10 +68,22 @@ from trustmesh.audit.ledger_schema import (
     quarantine,
     records,
 )
+from trustmesh.audit.ledger_writes import (
+    HEAD,
+    IN_CHUNK,
+    MAX_EVENT_BYTES,
+    QUARANTINE_BYTES,
+    append_sqlite,
+    chained,
+    checkpoint_sqlite,
+    prepare,
+    quarantine_row,
+    signed_head,
+)
 from trustmesh.audit.retention import Pruned, Retention
 from trustmesh.audit.search import Query, where
 from trustmesh.audit.verifier import ChainVerifier, Finding, Record
-from trustmesh.errors import StateError, UsageError
+from trustmesh.errors import StateError
 from trustmesh.store import SqlStore, append_in_order, create_tables
 
 __all__ = [
@@ -89,29 +96,9 @@ __all__ = [
     "Verification",
 ]
 
-#: The most of a refused body the quarantine keeps (its size and digest are kept whole).
-QUARANTINE_BYTES = 64 * 1024
-#: The largest event stored (canonical bytes); a larger one is quarantined.
-MAX_EVENT_BYTES = 1 << 20
-_IN_CHUNK = 500  # uids per `IN (...)`: far below every driver's limit on parameters
+_FIELDS = Fields._fields
 _FIELDS = Fields._fields
 _NO_PRIVILEGE = "42501"  # PostgreSQL's insufficient_privilege
-_HEAD = f"SELECT seq, hash FROM {records.name} ORDER BY seq DESC LIMIT 1"  # noqa: S608
-_CHECKPOINT_COLUMNS = ("last_seq", "last_hash", "count", "time", "previous", "key_id", "signature")
-_LAST_CHECKPOINT = (
-    f"SELECT {', '.join(_CHECKPOINT_COLUMNS)} FROM {checkpoints.name} "  # noqa: S608
-    "ORDER BY last_seq DESC LIMIT 1"
-)
-_INSERT_CHECKPOINT = (
-    f"INSERT INTO {checkpoints.name} ({', '.join(_CHECKPOINT_COLUMNS)}) "  # noqa: S608
-    f"VALUES ({', '.join('?' * len(_CHECKPOINT_COLUMNS))})"
-)
-_QUARANTINE_COLUMNS = ("id", "received", "reason", "size", "digest", "raw")
-_QUARANTINE_SQL = (
-    f"INSERT INTO {quarantine.name} ({', '.join(_QUARANTINE_COLUMNS)}) "  # noqa: S608
-    f"VALUES ({', '.join('?' * len(_QUARANTINE_COLUMNS))})"
-)
-
 log = logging.getLogger("trustmesh.audit")
 
 
@@ -131,125 +118,6 @@ def _lookup(connection: AsyncConnection, uids: list[str]) -> tuple[str, tuple[An
         return "SELECT uid FROM audit_records WHERE uid = ANY($1::varchar[])", (uids,)
     marks = ",".join("?" * len(uids))  # placeholders only: the uids are parameters
     return f"SELECT uid FROM audit_records WHERE uid IN ({marks})", tuple(uids)  # noqa: S608
-
-
-#: A batch to append: uid → (its columns, its canonical bytes, its index in the batch).
-_Batch = dict[str, tuple[Fields, bytes, int]]
-
-
-def _prepare(
-    events: Sequence[Mapping[str, Any]],
-) -> tuple[_Batch, list[str], list[tuple[int, str, bytes]]]:
-    """A batch's events checked and encoded (pure): the valid ones by uid (the first of
-    a uid: a later one is a duplicate), the uids repeated in the batch, and the refused
-    (index, reason, raw bytes to quarantine)."""
-    batch: _Batch = {}
-    duplicates: list[str] = []
-    refused: list[tuple[int, str, bytes]] = []
-    for index, event in enumerate(events):
-        try:
-            fields, body = fields_of(event), canonical(event)
-            if len(body) > MAX_EVENT_BYTES:
-                raise UsageError(f"an event is at most {MAX_EVENT_BYTES} bytes")
-        except UsageError as exc:
-            refused.append((index, exc.detail, _raw(event)))
-            continue
-        if fields.uid in batch:
-            duplicates.append(fields.uid)
-        else:
-            batch[fields.uid] = (fields, body, index)
-    return batch, duplicates, refused
-
-
-def _chained(batch: _Batch, seq: int, prev: bytes) -> list[tuple[Any, ...]]:
-    """The rows of ``batch`` after the head (``seq``, ``prev``), each linked to the one
-    before: ``(seq, *fields, body, hash)``."""
-    rows = []
-    for fields, body, _ in batch.values():
-        seq, prev = seq + 1, link(prev, body)
-        rows.append((seq, *fields, body, prev))
-    return rows
-
-
-def _append_sqlite(
-    native: sqlite3.Connection,
-    insert: str,
-    batch: _Batch,
-    quarantined: list[dict[str, object]],
-) -> tuple[list[str], int]:
-    """The append's transaction on SQLite, in the connection's thread
-    (:func:`~trustmesh.audit._writer.in_sqlite_thread`): the write lock taken first
-    (``BEGIN IMMEDIATE``: the head read next is the head written after), the uids
-    already stored looked up, the rest chained after the head and inserted, the refused
-    kept. The stored uids and the head's seq; ``batch`` is only read (the event loop
-    owns it)."""
-    native.execute("BEGIN IMMEDIATE")
-    uids = list(batch)
-    stored: list[str] = []
-    for start in range(0, len(uids), _IN_CHUNK):
-        part = uids[start : start + _IN_CHUNK]
-        marks = ",".join("?" * len(part))  # placeholders only: the uids are parameters
-        sql = f"SELECT uid FROM audit_records WHERE uid IN ({marks})"  # noqa: S608
-        stored.extend(uid for (uid,) in native.execute(sql, part))
-    head = native.execute(_HEAD).fetchone()
-    seq, prev = (0, GENESIS) if head is None else (int(head[0]), bytes(head[1]))
-    known = set(stored)
-    fresh = {uid: item for uid, item in batch.items() if uid not in known} if known else batch
-    rows = _chained(fresh, seq, prev)
-    if rows:
-        native.executemany(insert, rows)
-        seq = rows[-1][0]
-    if quarantined:
-        native.executemany(
-            _QUARANTINE_SQL, [tuple(r[c] for c in _QUARANTINE_COLUMNS) for r in quarantined]
-        )
-    return stored, seq
-
-
-def _signed_head(
-    head: tuple[int, bytes],
-    last: Checkpoint | None,
-    key: crypto.SigningKey,
-    now: datetime,
-    policy: CheckpointPolicy | None,
-) -> Checkpoint | None:
-    """The checkpoint of ``head`` (seq, hash) after ``last``; None when nothing is new
-    to sign (or, with ``policy``, it is not due)."""
-    head_seq, head_hash = head
-    signed = 0 if last is None else last.last_seq
-    if head_seq <= signed or (
-        policy is not None and not checkpoint_due(policy, head_seq=head_seq, last=last, now=now)
-    ):
-        return None
-    return make_checkpoint(last, last_seq=head_seq, last_hash=head_hash, now=now, key=key)
-
-
-def _checkpoint_sqlite(
-    native: sqlite3.Connection,
-    key: crypto.SigningKey,
-    now: datetime,
-    policy: CheckpointPolicy | None,
-) -> Checkpoint | None:
-    """:meth:`Ledger.checkpoint`'s transaction on SQLite, in the connection's thread: the
-    write lock first (one signer at a time: no fork), the head and the last checkpoint,
-    and the new one stored when one is due."""
-    native.execute("BEGIN IMMEDIATE")
-    head = native.execute(_HEAD).fetchone()
-    row = native.execute(_LAST_CHECKPOINT).fetchone()
-    last = None
-    if row is not None:
-        seq, last_hash, count, time, previous, key_id, signature = row
-        last = Checkpoint(
-            seq, bytes(last_hash), count, time, bytes(previous), key_id, bytes(signature)
-        )
-    made = _signed_head(
-        (0, GENESIS) if head is None else (int(head[0]), bytes(head[1])), last, key, now, policy
-    )
-    if made is not None:
-        native.execute(
-            _INSERT_CHECKPOINT, tuple(getattr(made, name) for name in _CHECKPOINT_COLUMNS)
-        )
-    return made
 
 
 @dataclass(frozen=True)
@@ -301,25 +169,6 @@ class Verification:
         """Intact records after the last matching checkpoint (nothing signs them yet;
         ``covered`` counts the pruned seqs under it too)."""
         return self.records + self.pruned - self.covered
-
-
-def _raw(event: object) -> bytes:
-    """The bytes to quarantine for an event that could not be stored."""
-    try:
-        return json.dumps(event, ensure_ascii=True, default=repr).encode()
-    except (TypeError, ValueError, RecursionError):
-        return repr(event).encode("ascii", "backslashreplace")
-
-
-def _quarantine_row(raw: bytes, reason: str, received: int) -> dict[str, object]:
-    return {
-        "id": uuid.uuid4().hex,
-        "received": received,
-        "reason": reason[:512],
-        "size": len(raw),
-        "digest": hashlib.sha256(raw).digest(),
-        "raw": raw[:QUARANTINE_BYTES],
-    }
 
 
 def _checkpoint(row: Row[Any]) -> Checkpoint:
@@ -386,7 +235,7 @@ class Ledger(SqlStore):
     @staticmethod
     async def _head(connection: AsyncConnection) -> tuple[int, bytes]:
         # the driver's own SQL: no statement built and looked up in the cache per batch
-        row = (await connection.exec_driver_sql(_HEAD)).first()
+        row = (await connection.exec_driver_sql(HEAD)).first()
         if row is None:
             return 0, GENESIS
         seq, hash_ = tuple(row)
@@ -403,14 +252,14 @@ class Ledger(SqlStore):
         already (or earlier in the batch) is a duplicate and is skipped; one that is not
         a valid event is quarantined with the reason."""
         received = ms(now)
-        batch, duplicates, refused = _prepare(events)
-        quarantined = [_quarantine_row(raw, reason, received) for _, reason, raw in refused]
+        batch, duplicates, refused = prepare(events)
+        quarantined = [quarantine_row(raw, reason, received) for _, reason, raw in refused]
         if self.engine.dialect.name == "sqlite":  # the whole transaction in one call
             async with sqlite_writer(self.engine), self.engine.begin() as connection:
                 if self._insert is None:
                     self._insert = _insert_sql(connection)
                 stored, seq = await in_sqlite_thread(
-                    connection, _append_sqlite, self._insert, batch, quarantined
+                    connection, append_sqlite, self._insert, batch, quarantined
                 )
             duplicates.extend(stored)
             for uid in stored:
@@ -418,13 +267,13 @@ class Ledger(SqlStore):
         else:
             async with self._writing() as connection:
                 uids = list(batch)
-                for start in range(0, len(uids), _IN_CHUNK):
-                    sql, params = _lookup(connection, uids[start : start + _IN_CHUNK])
+                for start in range(0, len(uids), IN_CHUNK):
+                    sql, params = _lookup(connection, uids[start : start + IN_CHUNK])
                     for (uid,) in await connection.exec_driver_sql(sql, params):
                         duplicates.append(uid)
                         del batch[uid]
                 seq, prev = await self._head(connection)
-                rows = _chained(batch, seq, prev)
+                rows = chained(batch, seq, prev)
                 if rows:  # the driver's executemany: no per-row work in SQLAlchemy
                     if self._insert is None:
                         self._insert = _insert_sql(connection)
@@ -442,7 +291,7 @@ class Ledger(SqlStore):
 
     async def quarantine(self, raw: bytes, reason: str, *, now: datetime) -> None:
         """Keep what could not even be parsed as an event (bounded), with the reason."""
-        row = _quarantine_row(raw, reason, ms(now))
+        row = quarantine_row(raw, reason, ms(now))
         async with sqlite_writer(self.engine), self.engine.begin() as connection:
             await connection.execute(quarantine.insert().values(**row))
 
@@ -477,12 +326,12 @@ class Ledger(SqlStore):
         made: Checkpoint | None
         if self.engine.dialect.name == "sqlite":  # the whole transaction in one call
             async with sqlite_writer(self.engine), self.engine.begin() as connection:
-                made = await in_sqlite_thread(connection, _checkpoint_sqlite, key, now, policy)
+                made = await in_sqlite_thread(connection, checkpoint_sqlite, key, now, policy)
         else:
             async with self._writing() as connection:  # one signer at a time: no fork
                 head = await self._head(connection)
                 last = await self._last_checkpoint(connection)
-                made = _signed_head(head, last, key, now, policy)
+                made = signed_head(head, last, key, now, policy)
                 if made is not None:
                     values = {c.name: getattr(made, c.name) for c in checkpoints.c}
                     await connection.execute(checkpoints.insert().values(**values))
