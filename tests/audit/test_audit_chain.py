@@ -48,6 +48,14 @@ def test_canonical_bytes_are_sorted_compact_ascii_and_parse_back(event: dict[str
     assert canonical(json.loads(body)) == body
 
 
+@given(st.dictionaries(st.text(), JSON, max_size=6))
+def test_canonical_bytes_are_the_standard_encoders(event: dict[str, Any]) -> None:
+    """Whichever encoder wrote them (orjson, and the standard one where a body holds a
+    null or what orjson cannot write), they are the standard encoder's bytes."""
+    standard = json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    assert canonical(event) == standard.encode()
+
+
 def test_canonical_bytes_of_an_event() -> None:
     assert canonical({"b": [1, "é"], "a": {"z": None, "y": True}}) == (
         b'{"a":{"y":true,"z":null},"b":[1,"\\u00e9"]}'
@@ -59,6 +67,8 @@ def test_canonical_bytes_of_an_event() -> None:
     [
         {"x": math.nan},
         {"x": math.inf},
+        {"x": None, "y": [1, {"z": -math.inf}]},  # a null of its own beside it
+        {"x": None, "y": (2, math.nan)},
         {"x": b"bytes"},
         {"x": {1, 2}},
         {"x": {1: "int key", "1": "the same key as JSON writes it"}},

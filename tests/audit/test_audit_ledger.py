@@ -63,6 +63,23 @@ async def test_a_retried_delivery_is_stored_once(ledger: Ledger) -> None:
     assert (await ledger.verify(KEYS)).finding is None
 
 
+async def test_an_append_that_fails_in_its_transaction_leaves_nothing(ledger: Ledger) -> None:
+    """The duplicate check, the chain, the inserts and the quarantine are one transaction
+    (on SQLite one call in the connection's thread): a failure in it stores no record
+    and quarantines nothing, and the next append chains from the head before it."""
+    await ledger.append([ocsf(1)], now=T0)
+    head = await ledger.head()
+    ledger._insert = "INSERT INTO audit_records_missing (seq) VALUES (1)"  # fails mid-way
+    with pytest.raises(Exception, match="audit_records_missing"):
+        await ledger.append([ocsf(2), {"not": "an event"}, ocsf(3)], now=T0)
+    assert await ledger.head() == head
+    assert await ledger.quarantined() == []
+    ledger._insert = None
+    done = await ledger.append([ocsf(2), ocsf(3)], now=T0)
+    assert (done.head, len(done.stored)) == (3, 2)
+    assert (await ledger.verify(KEYS)).finding is None
+
+
 async def test_an_invalid_event_is_quarantined_with_its_reason_and_the_rest_stored(
     ledger: Ledger,
 ) -> None:

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from sigma.conditions import ConditionFieldEqualsValueExpression, ConditionOR
 from sigma.types import SigmaCIDRExpression, SigmaString
 
-from trustmesh.audit.behaviour import LocalTime, WorkingHours
-from trustmesh.audit.matching import Predicate, compile_condition
+from trustmesh.audit.behaviour import MISSING, LocalTime, WorkingHours
+from trustmesh.audit.matching import Predicate, compile_condition, field_getter
 from trustmesh.audit.sigma_rules import load_ruleset
 
 LOCAL = LocalTime(WorkingHours())
@@ -381,3 +381,33 @@ def test_a_value_list_is_any_of_its_values(values: list[str], value: str) -> Non
     each = [compile_condition(item, LOCAL) for item in items]
     assert either({"f": value}) is any(p({"f": value}) for p in each)
     assert either({"f": value}) is (value.lower() in {v.lower() for v in values})
+
+
+def _reference_get(event: object, path: str) -> object:
+    """The field lookup as the module docstring reads it, one step at a time: each part
+    in turn, and once a part is absent the rest of the path as one key (a key that holds
+    dots itself)."""
+    parts = path.split(".")
+    node = event
+    for index, part in enumerate(parts):
+        if not isinstance(node, dict):
+            return MISSING
+        if part not in node:
+            return node.get(".".join(parts[index:]), MISSING)
+        node = node[part]
+    return node
+
+
+_KEYS = st.sampled_from(["a", "b", "c", "d", "a.b", "b.c", "c.d", "a.b.c", "b.c.d"])
+_TREES = st.recursive(
+    st.one_of(st.none(), st.integers(), st.text(max_size=3), st.lists(st.integers(), max_size=2)),
+    lambda inner: st.dictionaries(_KEYS, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(_TREES, st.sampled_from(["a.b", "a.b.c", "a.b.c.d", "b.c.d", "a.b.c.d.a"]))
+def test_field_getter_is_the_stepwise_lookup(event: object, path: str) -> None:
+    """The lookups written out for common depths find what the step-by-step reading
+    finds, dotted keys and non-objects on the way included."""
+    assert field_getter(path, LOCAL)(event) == _reference_get(event, path)  # type: ignore[arg-type]

@@ -15,7 +15,9 @@ when no alert has its uid and no alert of the same rule and group has a window t
 overlaps its own (both ends included, as the detector's dedup silences). A repeat
 stores nothing but links the events the stored alert did not name yet. Appends are
 serialised (:func:`~trustmesh.store.append_in_order`; ``BEGIN IMMEDIATE`` on SQLite),
-so two collectors never store the same alert twice and ids commit in order.
+so two collectors never store the same alert twice and ids commit in order. On SQLite
+an add is one call in the connection's thread, in plain SQL; what it decides
+(:func:`_plan`, :func:`_links`, :func:`_pending`) is the same on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import hashlib
 import ipaddress
 import json
 import re
+import sqlite3
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -45,7 +48,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from trustmesh.audit._writer import sqlite_writer
+from trustmesh.audit._writer import in_sqlite_thread, sqlite_writer
 from trustmesh.audit.chain import ms
 from trustmesh.audit.detection import Alert
 from trustmesh.errors import StateError, UsageError
@@ -192,6 +195,171 @@ def _chunks(values: Sequence[Any]) -> Iterable[Sequence[Any]]:
         yield values[start : start + _IN_CHUNK]
 
 
+#: The columns of a stored alert that decide whether a new one repeats it.
+_FOUND: Final = ("id", "uid", "rule_id", "group_key", "window_start", "window_end")
+#: The columns :func:`_row` fills, in the order the SQLite INSERT names them.
+_INSERTED: Final = (
+    "uid",
+    "rule_id",
+    "title",
+    "level",
+    "kind",
+    "group",
+    "group_key",
+    "measure",
+    "window_start",
+    "window_end",
+    "actions",
+    "stored_at",
+    "rule_path",
+)
+_JSON_COLUMNS: Final = frozenset({"group", "actions"})
+_QUOTED: Final = ", ".join('"' + c + '"' for c in _INSERTED)  # "group" is a keyword
+_INSERT_ALERT: Final = (
+    f"INSERT INTO {alerts.name} ({_QUOTED}) "  # noqa: S608
+    f"VALUES ({', '.join('?' * len(_INSERTED))})"
+)
+_INSERT_LINK: Final = (
+    f"INSERT INTO {alert_events.name} (alert_id, event_uid, position) VALUES (?, ?, ?)"  # noqa: S608
+)
+
+
+def _plan(
+    rows: Sequence[dict[str, Any]],
+    named: Sequence[tuple[str, ...]],
+    found: Iterable[dict[str, Any]],
+) -> tuple[builtins.list[dict[str, Any]], builtins.list[tuple[dict[str, Any], tuple[str, ...]]]]:
+    """Which of ``rows`` (the alerts' rows; ``named``: each one's event uids) are new,
+    given the stored alerts ``found`` that share a uid or a rule and group with one of
+    them: the new rows, in order, and for every row the alert its events go to (a
+    stored one it repeats, an earlier new one, or itself). Pure."""
+    known: dict[str, dict[str, Any]] = {}  # uid → stored row (id, window…)
+    by_group: dict[tuple[str, str], builtins.list[dict[str, Any]]] = {}
+    for row in found:
+        known[row["uid"]] = row
+        by_group.setdefault((row["rule_id"], row["group_key"]), []).append(row)
+    new: builtins.list[dict[str, Any]] = []  # rows to insert, in order
+    targets: builtins.list[tuple[dict[str, Any], tuple[str, ...]]] = []
+    for row, event_uids in zip(rows, named, strict=True):
+        target = known.get(row["uid"])
+        if target is None:
+            target = next(
+                (
+                    other
+                    for other in by_group.get((row["rule_id"], row["group_key"]), ())
+                    if _overlaps(other, row["window_start"], row["window_end"])
+                ),
+                None,
+            )
+        if target is None:
+            target = row
+            known[row["uid"]] = target
+            by_group.setdefault((row["rule_id"], row["group_key"]), []).append(target)
+            new.append(target)
+        targets.append((target, event_uids))
+    return new, targets
+
+
+def _links(
+    targets: Sequence[tuple[dict[str, Any], tuple[str, ...]]],
+) -> dict[int, builtins.list[str]]:
+    """Alert id → the event uids to link to it, in order (every target has its id)."""
+    links: dict[int, builtins.list[str]] = {}
+    for target, named in targets:
+        links.setdefault(target["id"], []).extend(named)
+    return links
+
+
+def _pending(
+    links: Mapping[int, Sequence[str]], linked: dict[int, builtins.list[str]]
+) -> builtins.list[dict[str, Any]]:
+    """The links to insert: each event of ``links`` not linked to its alert yet, at the
+    next position. ``linked`` (alert id → the uids linked, in order) is brought up to
+    date."""
+    pending = []
+    for alert_id, event_uids in links.items():
+        have = linked.setdefault(alert_id, [])
+        seen = set(have)
+        for uid in event_uids:
+            if uid not in seen:
+                seen.add(uid)
+                pending.append({"alert_id": alert_id, "event_uid": uid[:64], "position": len(have)})
+                have.append(uid)
+    return pending
+
+
+def _add_sqlite(
+    native: sqlite3.Connection,
+    rows: Sequence[dict[str, Any]],
+    named: Sequence[tuple[str, ...]],
+) -> tuple[builtins.list[dict[str, Any]], dict[int, builtins.list[str]]]:
+    """:meth:`AlertStore.add`'s transaction on SQLite, in the connection's thread
+    (:func:`~trustmesh.audit._writer.in_sqlite_thread`), with the same plan
+    (:func:`_plan`, :func:`_links`, :func:`_pending`): the new rows with their ids, and
+    each linked alert's event uids. JSON columns written as SQLAlchemy's JSON type
+    writes them (``json.dumps``), so the store reads them back alike."""
+    native.execute("BEGIN IMMEDIATE")
+    select_found = f"SELECT {', '.join(_FOUND)} FROM {alerts.name} WHERE "  # noqa: S608
+    found: dict[int, dict[str, Any]] = {}
+    uids = sorted({r["uid"] for r in rows})
+    keys = sorted({r["group_key"] for r in rows})
+    rules = sorted({r["rule_id"] for r in rows})
+    for part in _chunks(uids):
+        sql = f"{select_found}uid IN ({_marks(len(part))})"
+        for values in native.execute(sql, builtins.list(part)):
+            found[values[0]] = dict(zip(_FOUND, values, strict=True))
+    for part in _chunks(keys):
+        sql = f"{select_found}group_key IN ({_marks(len(part))}) AND rule_id IN ({_marks(len(rules))})"
+        for values in native.execute(sql, [*part, *rules]):
+            found[values[0]] = dict(zip(_FOUND, values, strict=True))
+    new, targets = _plan(rows, named, found.values())
+    for row in new:
+        values = [json.dumps(row[c]) if c in _JSON_COLUMNS else row[c] for c in _INSERTED]
+        cursor = native.execute(_INSERT_ALERT, values)
+        if cursor.lastrowid is None:
+            raise StateError("audit_alerts: the database handed out no id")
+        row["id"] = int(cursor.lastrowid)
+    links = _links(targets)
+    linked: dict[int, builtins.list[str]] = {}
+    ids = builtins.list(links)
+    for part in _chunks(ids):
+        sql = (
+            f"SELECT alert_id, event_uid FROM {alert_events.name} "  # noqa: S608
+            f"WHERE alert_id IN ({_marks(len(part))}) ORDER BY alert_id, position"
+        )
+        for alert_id, event_uid in native.execute(sql, builtins.list(part)):
+            linked.setdefault(alert_id, []).append(event_uid)
+    pending = _pending(links, linked)
+    if pending:
+        native.executemany(
+            _INSERT_LINK, [(p["alert_id"], p["event_uid"], p["position"]) for p in pending]
+        )
+    return new, linked
+
+
+def _marks(count: int) -> str:
+    return ",".join("?" * count)  # placeholders only: the values are parameters
+
+
+def _stored(row: Mapping[str, Any], event_uids: Sequence[str]) -> StoredAlert:
+    return StoredAlert(
+        id=row["id"],
+        uid=row["uid"],
+        rule_id=row["rule_id"],
+        title=row["title"],
+        level=row["level"],
+        kind=row["kind"],
+        group=row["group"],
+        measure=row["measure"],
+        window_start=row["window_start"],
+        window_end=row["window_end"],
+        actions=tuple(row["actions"]),
+        stored_at=row["stored_at"],
+        rule_path=row["rule_path"],
+        event_uids=tuple(event_uids),
+    )
+
+
 class AlertStore(SqlStore):
     """The alerts on one engine (the ledger's, or any other)."""
 
@@ -218,17 +386,13 @@ class AlertStore(SqlStore):
             return []
         stored_at = ms(now)
         rows = [_row(alert, stored_at) for alert in batch]
+        named = [alert.event_uids for alert in batch]
+        if self.engine.dialect.name == "sqlite":  # the whole transaction in one call
+            async with sqlite_writer(self.engine), self.engine.begin() as connection:
+                new, linked = await in_sqlite_thread(connection, _add_sqlite, rows, named)
+            return [_stored(row, linked[row["id"]]) for row in new]
         async with self._writing() as connection:
-            known: dict[str, dict[str, Any]] = {}  # uid → stored row (id, window…)
-            by_group: dict[tuple[str, str], builtins.list[dict[str, Any]]] = {}
-            columns = (
-                alerts.c.id,
-                alerts.c.uid,
-                alerts.c.rule_id,
-                alerts.c.group_key,
-                alerts.c.window_start,
-                alerts.c.window_end,
-            )
+            columns = [alerts.c[name] for name in _FOUND]
             uids = sorted({r["uid"] for r in rows})
             keys = sorted({r["group_key"] for r in rows})
             rules = sorted({r["rule_id"] for r in rows})
@@ -243,28 +407,7 @@ class AlertStore(SqlStore):
                 )
                 for r in await connection.execute(query):
                     found[r.id] = dict(r._mapping)
-            for row in found.values():
-                known[row["uid"]] = row
-                by_group.setdefault((row["rule_id"], row["group_key"]), []).append(row)
-            new: builtins.list[dict[str, Any]] = []  # rows to insert, in order
-            targets: builtins.list[tuple[dict[str, Any], tuple[str, ...]]] = []
-            for row, alert in zip(rows, batch, strict=True):
-                target = known.get(row["uid"])
-                if target is None:
-                    target = next(
-                        (
-                            other
-                            for other in by_group.get((row["rule_id"], row["group_key"]), ())
-                            if _overlaps(other, row["window_start"], row["window_end"])
-                        ),
-                        None,
-                    )
-                if target is None:
-                    target = row
-                    known[row["uid"]] = target
-                    by_group.setdefault((row["rule_id"], row["group_key"]), []).append(target)
-                    new.append(target)
-                targets.append((target, alert.event_uids))
+            new, targets = _plan(rows, named, found.values())
             if new:  # one statement; the ids come back in the rows' order
                 statement = alerts.insert().returning(alerts.c.id, sort_by_parameter_order=True)
                 ids = (await connection.execute(statement, new)).scalars().all()
@@ -272,42 +415,12 @@ class AlertStore(SqlStore):
                     raise StateError("audit_alerts: the database handed out fewer ids")
                 for target, new_id in zip(new, ids, strict=True):
                     target["id"] = int(new_id)
-            links: dict[int, builtins.list[str]] = {}  # alert id → event uids, in order
-            for target, named in targets:
-                links.setdefault(target["id"], []).extend(named)
+            links = _links(targets)
             linked = await self._linked(connection, builtins.list(links))
-            pending = []
-            for alert_id, event_uids in links.items():
-                have = linked.setdefault(alert_id, [])
-                seen = set(have)
-                for uid in event_uids:
-                    if uid not in seen:
-                        seen.add(uid)
-                        pending.append(
-                            {"alert_id": alert_id, "event_uid": uid[:64], "position": len(have)}
-                        )
-                        have.append(uid)
+            pending = _pending(links, linked)
             if pending:
                 await connection.execute(alert_events.insert(), pending)
-        return [
-            StoredAlert(
-                id=row["id"],
-                uid=row["uid"],
-                rule_id=row["rule_id"],
-                title=row["title"],
-                level=row["level"],
-                kind=row["kind"],
-                group=row["group"],
-                measure=row["measure"],
-                window_start=row["window_start"],
-                window_end=row["window_end"],
-                actions=tuple(row["actions"]),
-                stored_at=row["stored_at"],
-                rule_path=row["rule_path"],
-                event_uids=tuple(linked[row["id"]]),
-            )
-            for row in new
-        ]
+        return [_stored(row, linked[row["id"]]) for row in new]
 
     @staticmethod
     async def _linked(

@@ -108,8 +108,9 @@ def canonical(event: Mapping[str, Any]) -> bytes:
     or :class:`UsageError` for a value JSON cannot hold (NaN, Infinity, bytes, sets,
     other objects, a cycle) or keys of mixed types.
 
-    Written by orjson where its bytes are these (ASCII, no ``null`` — orjson writes a
-    NaN as null —, integers of 64 bits); anything else by the standard encoder, which
+    Written by orjson where its bytes are these (ASCII, integers of 64 bits, and no
+    ``null`` but for None: orjson writes a NaN or an infinity as null, so a body with a
+    null is looked through for one); anything else by the standard encoder, which
     refuses what is not JSON. Both write a float as the shortest text that parses back
     to it, so the bytes of an event parsed from them are the same bytes again.
 
@@ -121,7 +122,7 @@ def canonical(event: Mapping[str, Any]) -> bytes:
         body = orjson.dumps(event, default=_refuse, option=_FAST)
     except (TypeError, ValueError, RecursionError):
         body = b""
-    if body.isascii() and body[:1] == b"{" and b"null" not in body:
+    if body.isascii() and body[:1] == b"{" and (b"null" not in body or _finite(event)):
         return body
     try:
         text = _encode(event)
@@ -130,6 +131,22 @@ def canonical(event: Mapping[str, Any]) -> bytes:
     if not text.startswith("{"):
         raise UsageError("not a JSON object")
     return text.encode("ascii")
+
+
+def _finite(value: object) -> bool:
+    """Whether no float in ``value`` is NaN or infinite (orjson writes those as null,
+    and a null it wrote for None is a null). Called once orjson wrote it: no cycle, and
+    no container orjson would not write."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            return False
+    return True
 
 
 def link(previous: bytes, body: bytes) -> bytes:
@@ -208,21 +225,51 @@ def fields_of(event: Mapping[str, Any]) -> Fields:
             if principal is None:
                 principal = actor.get("app_uid")
     src = event.get("src_endpoint")
+    src_ip = src.get("ip") if type(src) is dict else None
     trace_id = tm.get("trace_id")
     if trace_id is None:
         trace_id = metadata.get("correlation_uid")
-    return Fields(
-        uid,
-        _integer("time", event.get("time"), 2**63),
-        _integer("class_uid", event.get("class_uid"), 2**31),
-        _text("principal", principal),
-        _text("src_ip", src.get("ip") if type(src) is dict else None),
-        _text("decision", tm.get("decision")),
-        _text("reason", tm.get("reason")),
-        _text("trace_id", trace_id),
+    decision, reason = tm.get("decision"), tm.get("reason")
+    time, class_uid = event.get("time"), event.get("class_uid")
+    # the checks of _integer and _text inline, in the order of the columns (the first
+    # wrong one is named): no call per column
+    if type(time) is not int or not 0 <= time < _TIME_LIMIT:
+        _integer("time", time, _TIME_LIMIT)
+    if type(class_uid) is not int or not 0 <= class_uid < _CLASS_LIMIT:
+        _integer("class_uid", class_uid, _CLASS_LIMIT)
+    if principal is not None and (
+        type(principal) is not str or not principal or len(principal) > _PRINCIPAL_LIMIT
+    ):
+        _text("principal", principal)
+    if src_ip is not None and (
+        type(src_ip) is not str or not src_ip or len(src_ip) > _SRC_IP_LIMIT
+    ):
+        _text("src_ip", src_ip)
+    if decision is not None and (
+        type(decision) is not str or not decision or len(decision) > _DECISION_LIMIT
+    ):
+        _text("decision", decision)
+    if reason is not None and (
+        type(reason) is not str or not reason or len(reason) > _REASON_LIMIT
+    ):
+        _text("reason", reason)
+    if trace_id is not None and (
+        type(trace_id) is not str or not trace_id or len(trace_id) > _TRACE_LIMIT
+    ):
+        _text("trace_id", trace_id)
+    return _new_fields(
+        Fields, (uid, time, class_uid, principal, src_ip, decision, reason, trace_id)
     )
 
 
+_TIME_LIMIT, _CLASS_LIMIT = 2**63, 2**31
+_PRINCIPAL_LIMIT, _SRC_IP_LIMIT = LIMITS["principal"], LIMITS["src_ip"]
+_DECISION_LIMIT, _REASON_LIMIT, _TRACE_LIMIT = (
+    LIMITS["decision"],
+    LIMITS["reason"],
+    LIMITS["trace_id"],
+)
+_new_fields = tuple.__new__  # a named tuple from its values, without its __new__'s frame
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 

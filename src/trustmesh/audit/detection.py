@@ -151,11 +151,11 @@ class _Feed:
     def hit(
         self, event: Mapping[str, Any], time: int, uid: str, rules: tuple[str, ...]
     ) -> Hit | None:
-        group = tuple(_hashable(get(event)) for get in self.group)
+        group = tuple([_hashable(get(event)) for get in self.group])
         if None in group:
             return None  # not correlated without its group
         value = _hashable(self.value(event)) if self.value is not None else None
-        targets = tuple(group[t] if isinstance(t, int) else t(event) for t in self.targets)
+        targets = tuple([group[t] if isinstance(t, int) else t(event) for t in self.targets])
         return Hit(time, uid, rules, group, value, targets)
 
 
@@ -188,12 +188,12 @@ class _Rule:
         group: tuple[tuple[str, Hashable], ...] = ()
         end = time
         if self.first_seen is not None and self.baseline is not None:
-            key = tuple(_hashable(get(event)) for get in self.baseline_get)
+            key = tuple([_hashable(get(event)) for get in self.baseline_get])
             if None in key or not self.first_seen.is_new(key, time):
                 return None
             group = tuple(zip(self.baseline.first_seen, key, strict=True))
         if self.dedup is not None:
-            values = tuple(_hashable(get(event)) for get in self.dedup_get)
+            values = tuple([_hashable(get(event)) for get in self.dedup_get])
             until = self.silent.get(values)
             if until is not None and time <= until:
                 return None

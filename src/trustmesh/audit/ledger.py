@@ -25,16 +25,17 @@ serialised without a row to update: a transaction-scoped advisory lock on Postgr
 ``BEGIN IMMEDIATE`` on SQLite; the head of the chain is the row with the highest seq,
 read under that lock. Appends go through the driver's executemany with the statement
 compiled once (no per-row work in SQLAlchemy): the chain costs little beside them
-(``benchmarks/audit_ledger.py``).
+(``benchmarks/audit_ledger.py``). On SQLite an append and a checkpoint are each one call
+in the connection's own thread (:func:`~trustmesh.audit._writer.in_sqlite_thread`: lock,
+duplicate check, head, chain, inserts), not an await per statement; the steps that
+decide are the same on PostgreSQL (:mod:`trustmesh.audit.ledger_writes`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
-import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -47,7 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
 from trustmesh import crypto
-from trustmesh.audit._writer import sqlite_writer
+from trustmesh.audit._writer import in_sqlite_thread, sqlite_writer
 from trustmesh.audit.chain import (
     GENESIS,
     PRUNE_CHUNK,
@@ -55,11 +56,6 @@ from trustmesh.audit.chain import (
     CheckpointPolicy,
     Fields,
     PruneCheckpoint,
-    canonical,
-    checkpoint_due,
-    fields_of,
-    link,
-    make_checkpoint,
     make_prune_checkpoint,
     ms,
 )
@@ -72,10 +68,22 @@ from trustmesh.audit.ledger_schema import (
     quarantine,
     records,
 )
+from trustmesh.audit.ledger_writes import (
+    HEAD,
+    IN_CHUNK,
+    MAX_EVENT_BYTES,
+    QUARANTINE_BYTES,
+    append_sqlite,
+    chained,
+    checkpoint_sqlite,
+    prepare,
+    quarantine_row,
+    signed_head,
+)
 from trustmesh.audit.retention import Pruned, Retention
 from trustmesh.audit.search import Query, where
 from trustmesh.audit.verifier import ChainVerifier, Finding, Record
-from trustmesh.errors import StateError, UsageError
+from trustmesh.errors import StateError
 from trustmesh.store import SqlStore, append_in_order, create_tables
 
 __all__ = [
@@ -88,15 +96,9 @@ __all__ = [
     "Verification",
 ]
 
-#: The most of a refused body the quarantine keeps (its size and digest are kept whole).
-QUARANTINE_BYTES = 64 * 1024
-#: The largest event stored (canonical bytes); a larger one is quarantined.
-MAX_EVENT_BYTES = 1 << 20
-_IN_CHUNK = 500  # uids per `IN (...)`: far below every driver's limit on parameters
+_FIELDS = Fields._fields
 _FIELDS = Fields._fields
 _NO_PRIVILEGE = "42501"  # PostgreSQL's insufficient_privilege
-_HEAD = f"SELECT seq, hash FROM {records.name} ORDER BY seq DESC LIMIT 1"  # noqa: S608
-
 log = logging.getLogger("trustmesh.audit")
 
 
@@ -169,25 +171,6 @@ class Verification:
         return self.records + self.pruned - self.covered
 
 
-def _raw(event: object) -> bytes:
-    """The bytes to quarantine for an event that could not be stored."""
-    try:
-        return json.dumps(event, ensure_ascii=True, default=repr).encode()
-    except (TypeError, ValueError, RecursionError):
-        return repr(event).encode("ascii", "backslashreplace")
-
-
-def _quarantine_row(raw: bytes, reason: str, received: int) -> dict[str, object]:
-    return {
-        "id": uuid.uuid4().hex,
-        "received": received,
-        "reason": reason[:512],
-        "size": len(raw),
-        "digest": hashlib.sha256(raw).digest(),
-        "raw": raw[:QUARANTINE_BYTES],
-    }
-
-
 def _checkpoint(row: Row[Any]) -> Checkpoint:
     values = row._mapping  # not attributes: a Row's `count` is tuple.count
     return Checkpoint(
@@ -252,7 +235,7 @@ class Ledger(SqlStore):
     @staticmethod
     async def _head(connection: AsyncConnection) -> tuple[int, bytes]:
         # the driver's own SQL: no statement built and looked up in the cache per batch
-        row = (await connection.exec_driver_sql(_HEAD)).first()
+        row = (await connection.exec_driver_sql(HEAD)).first()
         if row is None:
             return 0, GENESIS
         seq, hash_ = tuple(row)
@@ -269,42 +252,35 @@ class Ledger(SqlStore):
         already (or earlier in the batch) is a duplicate and is skipped; one that is not
         a valid event is quarantined with the reason."""
         received = ms(now)
-        batch: dict[str, tuple[Fields, bytes, int]] = {}
-        duplicates: list[str] = []
-        refused: list[tuple[int, str, bytes]] = []
-        for index, event in enumerate(events):
-            try:
-                fields, body = fields_of(event), canonical(event)
-                if len(body) > MAX_EVENT_BYTES:
-                    raise UsageError(f"an event is at most {MAX_EVENT_BYTES} bytes")
-            except UsageError as exc:
-                refused.append((index, exc.detail, _raw(event)))
-                continue
-            if fields.uid in batch:
-                duplicates.append(fields.uid)
-            else:
-                batch[fields.uid] = (fields, body, index)
-        async with self._writing() as connection:
-            uids = list(batch)
-            for start in range(0, len(uids), _IN_CHUNK):
-                sql, params = _lookup(connection, uids[start : start + _IN_CHUNK])
-                for (uid,) in await connection.exec_driver_sql(sql, params):
-                    duplicates.append(uid)
-                    del batch[uid]
-            seq, prev = await self._head(connection)
-            rows = []
-            for fields, body, _ in batch.values():
-                seq, prev = seq + 1, link(prev, body)
-                rows.append((seq, *fields, body, prev))
-            if rows:  # the driver's executemany: no per-row work in SQLAlchemy
+        batch, duplicates, refused = prepare(events)
+        quarantined = [quarantine_row(raw, reason, received) for _, reason, raw in refused]
+        if self.engine.dialect.name == "sqlite":  # the whole transaction in one call
+            async with sqlite_writer(self.engine), self.engine.begin() as connection:
                 if self._insert is None:
                     self._insert = _insert_sql(connection)
-                await connection.exec_driver_sql(self._insert, rows)
-            if refused:
-                await connection.execute(
-                    quarantine.insert(),
-                    [_quarantine_row(raw, reason, received) for _, reason, raw in refused],
+                stored, seq = await in_sqlite_thread(
+                    connection, append_sqlite, self._insert, batch, quarantined
                 )
+            duplicates.extend(stored)
+            for uid in stored:
+                del batch[uid]
+        else:
+            async with self._writing() as connection:
+                uids = list(batch)
+                for start in range(0, len(uids), IN_CHUNK):
+                    sql, params = _lookup(connection, uids[start : start + IN_CHUNK])
+                    for (uid,) in await connection.exec_driver_sql(sql, params):
+                        duplicates.append(uid)
+                        del batch[uid]
+                seq, prev = await self._head(connection)
+                rows = chained(batch, seq, prev)
+                if rows:  # the driver's executemany: no per-row work in SQLAlchemy
+                    if self._insert is None:
+                        self._insert = _insert_sql(connection)
+                    await connection.exec_driver_sql(self._insert, rows)
+                    seq = rows[-1][0]
+                if quarantined:
+                    await connection.execute(quarantine.insert(), quarantined)
         return Appended(
             stored=tuple(batch),
             duplicates=tuple(duplicates),
@@ -315,7 +291,7 @@ class Ledger(SqlStore):
 
     async def quarantine(self, raw: bytes, reason: str, *, now: datetime) -> None:
         """Keep what could not even be parsed as an event (bounded), with the reason."""
-        row = _quarantine_row(raw, reason, ms(now))
+        row = quarantine_row(raw, reason, ms(now))
         async with sqlite_writer(self.engine), self.engine.begin() as connection:
             await connection.execute(quarantine.insert().values(**row))
 
@@ -347,18 +323,20 @@ class Ledger(SqlStore):
     ) -> Checkpoint | None:
         """Sign the head, store the checkpoint, then append it to the checkpoint file.
         None when there is nothing new to sign (or, with ``policy``, it is not due)."""
-        async with self._writing() as connection:  # one signer at a time: no fork
-            head_seq, head_hash = await self._head(connection)
-            last = await self._last_checkpoint(connection)
-            signed = 0 if last is None else last.last_seq
-            if head_seq <= signed or (
-                policy is not None
-                and not checkpoint_due(policy, head_seq=head_seq, last=last, now=now)
-            ):
-                return None
-            made = make_checkpoint(last, last_seq=head_seq, last_hash=head_hash, now=now, key=key)
-            values = {c.name: getattr(made, c.name) for c in checkpoints.c}
-            await connection.execute(checkpoints.insert().values(**values))
+        made: Checkpoint | None
+        if self.engine.dialect.name == "sqlite":  # the whole transaction in one call
+            async with sqlite_writer(self.engine), self.engine.begin() as connection:
+                made = await in_sqlite_thread(connection, checkpoint_sqlite, key, now, policy)
+        else:
+            async with self._writing() as connection:  # one signer at a time: no fork
+                head = await self._head(connection)
+                last = await self._last_checkpoint(connection)
+                made = signed_head(head, last, key, now, policy)
+                if made is not None:
+                    values = {c.name: getattr(made, c.name) for c in checkpoints.c}
+                    await connection.execute(checkpoints.insert().values(**values))
+        if made is None:
+            return None
         if self.checkpoint_file is not None:
             append_checkpoint(self.checkpoint_file, made)
         return made

@@ -5,13 +5,14 @@ the ledger's (:func:`response_grants`)."""
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import BigInteger, Boolean, Column, Index, MetaData, String, Table, select
 
-from trustmesh.audit._writer import sqlite_writer
+from trustmesh.audit._writer import in_sqlite_thread, sqlite_writer
 from trustmesh.audit.ledger_schema import collector_grants
 from trustmesh.store import SqlStore
 
@@ -81,6 +82,14 @@ def response_grants(role: str, *, schema: str | None = None) -> tuple[str, ...]:
     return collector_grants(role, schema=schema, tables=metadata)
 
 
+def _marks(count: int) -> str:
+    return ", ".join("?" * count)
+
+
+def _execute(native: sqlite3.Connection, sql: str, values: tuple[object, ...]) -> None:
+    native.execute(sql, values)
+
+
 class ResponseStore(SqlStore):
     metadata = metadata
 
@@ -88,7 +97,12 @@ class ResponseStore(SqlStore):
         row = record.to_dict()
         del row["undone_at"], row["undone_by"]
         async with sqlite_writer(self.engine), self.engine.begin() as connection:
-            await connection.execute(responses.insert().values(**row))
+            if connection.dialect.name == "sqlite":  # one call in the connection's thread
+                names = ", ".join(row)  # the record's own field names, not input
+                sql = f"INSERT INTO {responses.name} ({names}) VALUES ({_marks(len(row))})"  # noqa: S608
+                await in_sqlite_thread(connection, _execute, sql, tuple(row.values()))
+            else:  # the statement and its parameters apart: compiled once
+                await connection.execute(responses.insert(), row)
         return record
 
     async def undo(self, record_id: str, *, now: int, by: str, detail: str) -> bool:
