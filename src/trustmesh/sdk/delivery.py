@@ -194,7 +194,7 @@ class AuditSink:
         if len(self._queue) >= self.max_queue and not self._room():
             return
         self._queue.append(event)
-        if not self._awake:
+        if not self._awake or len(self._queue) == self.batch:  # a full batch waits no more
             self._wake()
 
     def _room(self) -> bool:
