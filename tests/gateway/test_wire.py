@@ -212,6 +212,7 @@ async def test_an_answer_over_the_bound_is_refused(upstream: tuple[Upstream, Wir
         b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: %d\r\n\r\n%s"
         % (len(bomb), bomb),
         b"HTTP/1.1 200 OK\r\n" + b"x-big: " + b"y" * 70_000 + b"\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n" + b"x-big: " + b"y" * 200_000,  # a value that never ends
     ]
     for case in cases:
         server.answer(case)
@@ -227,6 +228,16 @@ async def test_broken_or_unexpected_answers_are_unavailable(
         (b"NOT HTTP AT ALL\r\n\r\n", "does not parse"),
         (b"HTTP/1.1 200 OK\r\ncontent-encoding: br\r\ncontent-length: 2\r\n\r\nzz", "'br'"),
         (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort", "cut short"),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: %d\r\n\r\n%s"
+            % (len(gzip.compress(b"hello world")[:-8]), gzip.compress(b"hello world")[:-8]),
+            "does not end",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: %d\r\n\r\n%s"
+            % (2 * len(gzip.compress(b"a")), gzip.compress(b"a") * 2),
+            "does not end",
+        ),
     ]:
         server.answer(answer, close=True)
         with pytest.raises(UnavailableError, match=match):
@@ -270,7 +281,7 @@ async def test_a_stale_keepalive_is_retried_for_an_idempotent_method_only(
         with pytest.raises(UnavailableError, match="closed the connection"):
             await client.forward(method, "/orders", [], b"")
         assert server.connections == 1
-    assert len(server.requests) == 3 if method == "GET" else 2
+    assert len(server.requests) == (3 if method == "GET" else 2)
 
 
 async def test_a_server_with_another_identity_is_refused(
@@ -324,3 +335,37 @@ async def test_after_a_rotation_new_requests_take_new_connections(
     gateway._rotate(gateway.source.context)  # as the SVID stream does at each rotation
     assert (await client.forward("GET", "/orders", [], b"")).body == b"ok"
     assert server.connections == 2
+
+
+async def test_two_answers_to_one_request_close_the_connection(
+    upstream: tuple[Upstream, WireClient],
+) -> None:
+    server, client = upstream
+    server.answer(OK + OK, OK)  # the second OK answers nothing: the server is out of step
+    assert (await client.forward("GET", "/orders", [], b"")).body == b"ok"
+    assert (await client.forward("GET", "/orders", [], b"")).body == b"ok"
+    assert server.connections == 2  # the first connection was not trusted again
+
+
+async def test_a_cancelled_waiter_passes_its_turn_on(tls: dict[str, RotatingTLS]) -> None:
+    """A connection freed while callers wait goes to the first of them; if that one is
+    cancelled (its route's timeout) before it runs, the next one gets the turn."""
+    server = Upstream(tls[ORDERS])
+    url = await server.start()
+    server.answer(OK)
+    client = WireClient(tls[GATEWAY], url, ORDERS, max_connections=1)
+    client._open = 1  # the one connection is out
+    second = asyncio.create_task(client._connection())
+    third = asyncio.create_task(client._connection())
+    await asyncio.sleep(0.01)  # both wait
+    client._open = 0  # as a release that closed its connection does:
+    client._notify()  # the turn goes to the second…
+    second.cancel()  # …which is cancelled before it runs
+    connection = await asyncio.wait_for(third, 5)  # the third still gets its turn
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    assert not connection.closed
+    connection.close()
+    await client.close()
+    assert server.server is not None
+    server.server.close()

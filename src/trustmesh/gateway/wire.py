@@ -91,6 +91,7 @@ class _Connection(asyncio.Protocol):
         self._size = 0
         self._started = False  # a byte of the answer has come
         self._until_close = False  # its body ends when the connection does
+        self._done = False  # the answer is complete
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -101,6 +102,13 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         self._started = True
+        if not self._status:  # still in the head: httptools holds a header value whole
+            self._head_size += len(data)
+            if self._head_size > self.client.max_head_bytes:
+                self._fail(
+                    ResponseTooLargeError(f"{self.client.expected}: response head too large")
+                )
+                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -131,10 +139,11 @@ class _Connection(asyncio.Protocol):
                 self._fail(UnavailableError(f"{self.client.expected}: the answer was cut short"))
 
     # -- httptools callbacks ------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self._done:  # a second answer to one request: the server is out of step
+            raise UnavailableError(f"{self.client.expected}: more than one answer to a request")
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_size += len(name) + len(value) + 4
-        if self._head_size > self.client.max_head_bytes:
-            raise ResponseTooLargeError(f"{self.client.expected}: response head too large")
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -168,7 +177,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         if self._status < 200:  # an interim answer: the final one follows
-            self._status, self._headers, self._head_size = 0, [], 0
+            self._status, self._headers = 0, []
             return
         if not self._head:
             self._answer()
@@ -179,7 +188,7 @@ class _Connection(asyncio.Protocol):
         if waiter is None or waiter.done() or parser is None:
             return
         self.reusable = not self._head and not self._until_close and parser.should_keep_alive()
-        self._parser = None
+        self._done = True
         try:
             body = _decoded(self._headers, b"".join(self._chunks), self.client)
         except UnavailableError as exc:
@@ -204,7 +213,7 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._head, self._status, self._headers, self._head_size = head, 0, [], 0
         self._chunks, self._size, self._started, self.reusable = [], 0, False, False
-        self._until_close = False
+        self._until_close, self._done = False, False
         self.transport.write(request)
         try:
             response: Response = await waiter
@@ -246,6 +255,8 @@ def _decoded(headers: list[tuple[bytes, bytes]], body: bytes, client: WireClient
         ) from None
     if len(plain) > limit or inflater.unconsumed_tail:
         raise ResponseTooLargeError(f"{client.expected}: response over {limit} bytes")
+    if body and (not inflater.eof or inflater.unused_data):  # cut short, or more than one
+        raise UnavailableError(f"{client.expected}: a compressed answer that does not end")
     return plain
 
 
@@ -361,6 +372,10 @@ class WireClient:
             self._waiting.append(turn)
             try:
                 await turn
+            except BaseException:  # cancelled: a turn it was given goes to the next caller
+                if turn.done() and not turn.cancelled():
+                    self._notify()
+                raise
             finally:
                 if turn in self._waiting:
                     self._waiting.remove(turn)
