@@ -135,10 +135,19 @@ async def test_a_route_that_inspects_bodies_is_not_allowed_unchecked(
     status, _, body = await ask(checks, "/ext_authz/inspected")
     assert status == 500
     assert json.loads(body)["error"] == "engine_unsupported"
+    (event,) = [e for e in edge.sink.events if e.attributes.get("path") == "/inspected"]
+    assert (event.decision.value, event.reason.value) == ("error", "policy-deny")
 
 
 async def test_what_is_not_a_check_is_not_answered_as_one(checks: RawTLS) -> None:
-    for asked in (("/shop",), ("/ext_authz",), ("/ext_authz", "X-Original-Method: GET")):
+    for asked in (
+        ("/shop",),
+        ("/ext_authz",),
+        ("/ext_authz", "X-Original-Method: GET"),
+        # a client's copy beside the proxy's: which one is meant cannot be told
+        ("/ext_authz", "X-Original-Method: GET", "X-Original-URI: /shop", "X-Original-URI: /x"),
+        ("/ext_authz", "X-Original-Method: GET", "X-Original-Method: POST", "X-Original-URI: /s"),
+    ):
         status, headers, _ = await ask(checks, asked[0], *asked[1:])
         assert status == 404
         assert "authorization" not in headers

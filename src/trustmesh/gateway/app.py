@@ -395,6 +395,17 @@ class GatewayApp:
         what a proxy that asks only about heads cannot enforce."""
         return self.validators[index] is not None or self.filters[index] is not None
 
+    def refused_unchecked(self, ex: Exchange) -> None:
+        """Recorded: an allowed request on a route that inspects bodies, which the proxy
+        that asked cannot show (it is refused, never allowed unchecked)."""
+        self._emit(
+            events.Decision.ERROR,
+            Reason.POLICY_DENY,
+            "the route inspects bodies: a proxy that forwards by itself cannot serve it",
+            ex.context,
+            ex.user,
+        )
+
     def grant(self, ex: Exchange) -> list[tuple[bytes, bytes]]:
         """What an allowed request carries to its upstream from the gateway: the internal
         token (``authorization``) and the trace (``traceparent``); the event is recorded."""
@@ -974,6 +985,11 @@ def _filters(
 _FAST = FastFilter()
 
 
+async def refuse(send: Send, refusal: Refusal) -> None:
+    """The gateway's answer to a refusal (its status, code, message, headers and fields)."""
+    await _refuse(send, refusal.reason, refusal.message, list(refusal.headers), refusal.fields)
+
+
 async def _refuse(
     send: Send,
     reason: Reason,
@@ -999,4 +1015,4 @@ async def _error(
     await respond_json(send, status, body, [*SECURITY_HEADERS, *(headers or ())])
 
 
-__all__ = ["GatewayApp", "Upstreams"]
+__all__ = ["GatewayApp", "Upstreams", "refuse"]

@@ -25,7 +25,8 @@ How the request asked about is told, both read here:
 - Envoy: the check request *is* the original request — its method, its path after
   ``prefix`` (Envoy's ``path_prefix``), its headers;
 - nginx: a request for ``prefix`` itself, the original in ``X-Original-Method`` and
-  ``X-Original-URI``.
+  ``X-Original-URI`` (each exactly once: a copy the client slipped in beside the proxy's
+  makes it no question, answered ``404``).
 
 What it cannot see, the declaration must not ask of it: the body (schema validation, the
 injection filter's body inspection), so a route that declares ``openapi``, ``schema`` or
@@ -41,9 +42,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from trustmesh.gateway.app import GatewayApp, Refusal, Reply
+from trustmesh.gateway.app import GatewayApp, Reply, refuse
 from trustmesh.platform.listeners import Receive, Scope, Send, answer_lifespan, respond_json
-from trustmesh.reasons import ANSWERS
 
 __all__ = ["DEFAULT_PREFIX", "Authorizer"]
 
@@ -79,6 +79,7 @@ class Authorizer:
         ex, outcome = await app.decide(asked, context)
         if outcome is None:
             if app.needs_body(ex.index):
+                app.refused_unchecked(ex)
                 await respond_json(
                     send,
                     500,
@@ -106,17 +107,18 @@ class Authorizer:
             )
             await send({"type": "http.response.body", "body": b""})
             return
-        await _refusal(send, outcome)
+        await refuse(send, outcome)
 
     def _asked(self, scope: Scope) -> Scope | None:
         """The original request's scope, as the proxy told it (None: not a check)."""
         raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
         headers = scope["headers"]
-        if raw == self._raw_prefix:  # nginx: the original in headers
-            method = next((v for k, v in headers if k == b"x-original-method"), None)
-            uri = next((v for k, v in headers if k == b"x-original-uri"), None)
-            if method is None or uri is None or not uri.startswith(b"/"):
-                return None
+        if raw == self._raw_prefix:  # nginx: the original in headers, each exactly once
+            methods = [v for k, v in headers if k == b"x-original-method"]
+            uris = [v for k, v in headers if k == b"x-original-uri"]
+            if len(methods) != 1 or len(uris) != 1 or not uris[0].startswith(b"/"):
+                return None  # a client's copy beside the proxy's is no question to answer
+            method, uri = methods[0], uris[0]
             path, _, query = uri.partition(b"?")
             kept = [
                 (k, v) for k, v in headers if k not in (b"x-original-method", b"x-original-uri")
@@ -133,11 +135,3 @@ class Authorizer:
             path = raw[len(self._raw_prefix) :]
             return {**scope, "raw_path": path, "path": scope["path"][len(self.prefix) :]}
         return None
-
-
-async def _refusal(send: Send, refusal: Refusal) -> None:
-    answer = ANSWERS[refusal.reason]
-    body = json.dumps(
-        {"error": answer.code, "message": refusal.message, **dict(refusal.fields)}
-    ).encode()
-    await respond_json(send, answer.status, body, list(refusal.headers))
