@@ -147,6 +147,28 @@ async def test_refused_events_are_dead_lettered_and_the_rest_delivered_in_order(
     assert collector.requests < 60  # a split, not an event a request
 
 
+async def test_many_refused_events_at_the_head_of_a_batch_do_not_hold_the_spool(
+    identity: RunningIdentityServer, payments: X509Source, short_tmp: Path
+) -> None:
+    """The split reaches every event alone if it must (2n - 1 requests): 40 refused events
+    before the first good one still let the good ones through."""
+    async with refusing_collector(identity) as (collector, port):
+        collector.status_for = lambda batch: (
+            400
+            if any(e["unmapped"]["trustmesh"]["attributes"].get("poison") for e in batch)
+            else None
+        )
+        sink = _sink(payments, short_tmp / "spool", port)
+        try:
+            _emit(sink, 100, poison=set(range(40)))
+            assert await asyncio.to_thread(sink.flush, 30.0)
+            stats = sink.stats()
+            assert (stats.dead_lettered, stats.spooled) == (40, 0)
+        finally:
+            await asyncio.to_thread(sink.close, 5.0)
+    assert _numbers(collector.taken) == list(range(40, 100))
+
+
 async def test_a_403_is_retried_with_the_backoff_until_it_passes(
     identity: RunningIdentityServer, payments: X509Source, short_tmp: Path
 ) -> None:

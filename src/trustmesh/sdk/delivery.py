@@ -106,9 +106,9 @@ _LINGER: Final = 0.005
 _RECHECK: Final = 0.1  # a blocked emit / a flush re-checks at least this often
 #: The 4xx answers that say who asks or when, not what the events are: kept, retried.
 TRANSIENT_REFUSALS: Final = frozenset({401, 403, 407, 408, 421, 425, 429})
-#: The most requests a refused batch is split into before one is taken: past them,
-#: nothing is dead-lettered (the collector refuses everything) and the batch waits.
-_SPLIT_TRIES: Final = 64
+#: A refused batch of n events is split at most into the 2n - 1 requests that reach each
+#: event alone; when none of them is taken, nothing is dead-lettered (the collector
+#: refuses everything: not about these events) and the batch waits.
 #: Where a spool keeps the events the collector refused (in its directory).
 DEAD_LETTER: Final = "dead-letter.jsonl"
 
@@ -179,6 +179,7 @@ class AuditSink:
         self._refused: list[tuple[bytes, DeliveryRefusedError]] = []  # held, this round
         self._taken = False  # the collector took part of this round's batch
         self._tries = 0  # requests this round
+        self._budget = 0  # … and how many it may take
         self._thread = threading.Thread(
             target=self._run, name=f"trustmesh-audit-delivery-{component}", daemon=True
         )
@@ -338,6 +339,7 @@ class AuditSink:
                 records = records[:i]
                 break
         self._refused, self._taken, self._tries = [], False, 0
+        self._budget = 2 * len(records) - 1
         try:
             self._send(records)
             if self._refused:
@@ -373,8 +375,8 @@ class AuditSink:
         except DeliveryRefusedError as exc:
             if exc.status_code in TRANSIENT_REFUSALS:
                 raise
-            if self._tries > _SPLIT_TRIES and not self._taken:
-                raise  # nothing taken after this many: the refusal is not the events'
+            if self._tries >= self._budget and not self._taken:
+                raise  # every part refused: the refusal is not the events'
             if len(records) > 1:
                 half = len(records) // 2
                 self._send(records[:half])
