@@ -411,13 +411,16 @@ class GatewayApp:
         token (``authorization``) and the trace (``traceparent``); the event is recorded."""
         route = ex.route
         assert route is not None  # noqa: S101 - allowed requests have a route
-        headers = [
-            (b"authorization", self._internal_token(ex.index, route, ex.user, ex.credential))
-        ]
+        self._emit(events.Decision.ALLOW, Reason.POLICY_ALLOW, "authorized", ex.context, ex.user)
+        return self._granted(ex, route)
+
+    def _granted(self, ex: Exchange, route: GatewayRoute) -> list[tuple[bytes, bytes]]:
+        """The gateway's own headers for the upstream: the internal token, the trace."""
+        token = self._internal_token(ex.index, route, ex.user, ex.credential)
+        headers = [(b"authorization", token)]
         current = trace.current()
         if current is not None:
             headers.append((b"traceparent", current.header().encode("ascii")))
-        self._emit(events.Decision.ALLOW, Reason.POLICY_ALLOW, "authorized", ex.context, ex.user)
         return headers
 
     @staticmethod
@@ -803,10 +806,7 @@ class GatewayApp:
     def _upstream_headers(self, ex: Exchange, route: GatewayRoute) -> list[tuple[str, str]]:
         """The request's headers for the upstream: the internal token in place of the
         client's credential, the trace, and only what the upstream may believe."""
-        extra = [(b"authorization", self._internal_token(ex.index, route, ex.user, ex.credential))]
-        current = trace.current()
-        if current is not None:
-            extra.append((b"traceparent", current.header().encode("ascii")))
+        extra = self._granted(ex, route)
         allowed = self.allowed_headers[ex.index]
         return [  # the client that sends sets Content-Length for the body it sends
             (k.decode("latin-1"), v.decode("latin-1"))
