@@ -369,3 +369,20 @@ async def test_a_cancelled_waiter_passes_its_turn_on(tls: dict[str, RotatingTLS]
     await client.close()
     assert server.server is not None
     server.server.close()
+
+
+async def test_a_large_answer_read_with_its_head_is_not_taken_for_a_large_head(
+    tls: dict[str, RotatingTLS],
+) -> None:
+    """The head's bound counts only reads that end inside the head: a read that holds a
+    small head and much of the body is the body's."""
+    server = Upstream(tls[ORDERS])
+    url = await server.start()
+    body = b"x" * (512 << 10)
+    server.answer(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+    client = WireClient(tls[GATEWAY], url, ORDERS)
+    answer = await client.forward("GET", "/orders", [], b"")
+    assert answer.body == body
+    await client.close()
+    assert server.server is not None
+    server.server.close()

@@ -92,6 +92,7 @@ class _Connection(asyncio.Protocol):
         self._started = False  # a byte of the answer has come
         self._until_close = False  # its body ends when the connection does
         self._done = False  # the answer is complete
+        self._unfinished = 0  # bytes read while the head is still incomplete
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -102,13 +103,6 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         self._started = True
-        if not self._status:  # still in the head: httptools holds a header value whole
-            self._head_size += len(data)
-            if self._head_size > self.client.max_head_bytes:
-                self._fail(
-                    ResponseTooLargeError(f"{self.client.expected}: response head too large")
-                )
-                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -120,6 +114,13 @@ class _Connection(asyncio.Protocol):
             self._fail(
                 UnavailableError(f"{self.client.expected}: an answer that does not parse: {exc}")
             )
+            return
+        if not self._status and self._parser is not None:  # the head goes on past this read:
+            self._unfinished += len(data)  # httptools holds a header value whole: bound it
+            if self._unfinished > self.client.max_head_bytes:
+                self._fail(
+                    ResponseTooLargeError(f"{self.client.expected}: response head too large")
+                )
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -144,6 +145,9 @@ class _Connection(asyncio.Protocol):
             raise UnavailableError(f"{self.client.expected}: more than one answer to a request")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self.client.max_head_bytes:
+            raise ResponseTooLargeError(f"{self.client.expected}: response head too large")
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -213,7 +217,7 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._head, self._status, self._headers, self._head_size = head, 0, [], 0
         self._chunks, self._size, self._started, self.reusable = [], 0, False, False
-        self._until_close, self._done = False, False
+        self._until_close, self._done, self._unfinished = False, False, 0
         self.transport.write(request)
         try:
             response: Response = await waiter
