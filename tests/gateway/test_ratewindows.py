@@ -18,7 +18,7 @@ steps = st.lists(st.floats(min_value=0.0, max_value=3.0), min_size=1, max_size=2
 def test_a_moving_window_admits_exactly_amount_in_any_window(
     gaps: list[float], amount: int, expiry: int
 ) -> None:
-    windows, admitted, now = MemoryWindows(sweep_every=7), [], 1_700_000_000.0
+    windows, admitted, now = MemoryWindows(examine=1), [], 1_700_000_000.0
     for gap in gaps:
         now += gap
         recent = [t for t in admitted if t > now - expiry]
@@ -36,7 +36,7 @@ def test_a_moving_window_admits_exactly_amount_in_any_window(
 def test_a_sliding_window_counter_weighs_the_previous_window(
     gaps: list[float], amount: int, expiry: int
 ) -> None:
-    windows, counts, now = MemoryWindows(sweep_every=5), {}, 1_700_000_000.0
+    windows, counts, now = MemoryWindows(examine=3), {}, 1_700_000_000.0
     for gap in gaps:
         now += gap
         index = math.floor(now / expiry)
@@ -52,7 +52,7 @@ def test_a_sliding_window_counter_weighs_the_previous_window(
 
 
 def test_buckets_are_counted_apart_and_idle_ones_are_swept() -> None:
-    windows, now = MemoryWindows(sweep_every=1_000_000), 1_700_000_000.0
+    windows, now = MemoryWindows(examine=0), 1_700_000_000.0
     assert windows.moving_hit("a", 1, 60, now)
     assert not windows.moving_hit("a", 1, 60, now + 1)
     assert windows.moving_hit("b", 1, 60, now + 1)
@@ -68,13 +68,14 @@ def test_buckets_are_counted_apart_and_idle_ones_are_swept() -> None:
     assert windows.moving_hit("a", 1, 60, now + 121)
 
 
-def test_the_sweep_runs_by_itself_every_so_many_hits() -> None:
-    windows, now = MemoryWindows(sweep_every=100), 1_700_000_000.0
-    for i in range(99):
+def test_idle_buckets_are_dropped_a_few_at_each_hit() -> None:
+    """No pass over every bucket on the request path: each hit looks at two."""
+    windows, now = MemoryWindows(examine=2), 1_700_000_000.0
+    for i in range(100):
         windows.moving_hit(f"old-{i}", 1, 1, now)
-    assert len(windows) == 99
-    windows.moving_hit("new-0", 1, 1, now + 5)  # the 100th hit sweeps the old ones first
-    assert len(windows) == 1
-    for i in range(1, 150):
+    windows.sliding_hit("old-sliding", 1, 1, now)
+    assert len(windows) == 101
+    for i in range(60):  # 120 looks: every old bucket, then the new ones (kept)
         windows.moving_hit(f"new-{i}", 1, 1, now + 5)
-    assert len(windows) == 150  # swept again at the 200th: all still in their window
+    assert len(windows) == 60
+    assert not windows.moving_hit("new-0", 1, 1, now + 5)  # a live one kept its count

@@ -12,9 +12,10 @@ follow (limits 5: ``MovingWindowRateLimiter``, ``SlidingWindowCounterRateLimiter
   sliding window: ``previous × (expiry − elapsed) / expiry + current``; a hit is admitted
   while that stays within ``amount``; approximate, and two numbers per bucket.
 
-Both take ``now`` (wall-clock seconds) from the caller. Expired buckets are dropped when
-next touched, and all of them in a sweep every ``sweep_every`` operations (at most one
-pass over the buckets per that many requests), so memory follows the active buckets.
+Both take ``now`` (wall-clock seconds) from the caller. Expired buckets are dropped a few
+at a time: each hit looks at the ``examine`` oldest-looked-at buckets (a queue in which
+every bucket stands once), so every bucket is looked at within ``len / examine`` hits,
+memory follows the active buckets, and no request pays for a pass over all of them.
 """
 
 from __future__ import annotations
@@ -36,14 +37,14 @@ class Stats(NamedTuple):
 class MemoryWindows:
     """Every in-memory bucket of one gateway, both kinds."""
 
-    __slots__ = ("_moving", "_ops", "_sliding", "sweep_every")
+    __slots__ = ("_moving", "_order", "_sliding", "examine")
 
-    def __init__(self, *, sweep_every: int = 4096) -> None:
+    def __init__(self, *, examine: int = 2) -> None:
         self._moving: dict[str, tuple[deque[float], float]] = {}
         # key → [window index, previous count, current count, expiry]
         self._sliding: dict[str, list[float]] = {}
-        self._ops = 0
-        self.sweep_every = sweep_every
+        self._order: deque[tuple[bool, str]] = deque()  # (moving?, key), each bucket once
+        self.examine = examine
 
     def __len__(self) -> int:
         return len(self._moving) + len(self._sliding)
@@ -71,6 +72,7 @@ class MemoryWindows:
         if hits is None:
             hits = deque()
             self._moving[key] = (hits, expiry)
+            self._order.append((True, key))
         if len(hits) >= amount:
             return False
         hits.append(now)
@@ -106,21 +108,36 @@ class MemoryWindows:
         previous, current, elapsed = self._counts(key, expiry, now)
         if previous * (expiry - elapsed) / expiry + current + 1 > amount:
             return False
+        if key not in self._sliding:
+            self._order.append((False, key))
         self._sliding[key] = [math.floor(now / expiry), previous, current + 1, expiry]
         return True
 
     # -- expiry --------------------------------------------------------------------------
     def _tick(self, now: float) -> None:
-        self._ops += 1
-        if self._ops >= self.sweep_every:
-            self._ops = 0
-            self.sweep(now)
+        order = self._order
+        for _ in range(min(self.examine, len(order))):
+            moving, key = order.popleft()
+            if not self._expired(moving, key, now):
+                order.append((moving, key))
+
+    def _expired(self, moving: bool, key: str, now: float) -> bool:
+        """Drop ``key`` if nothing is left in its window; whether it was."""
+        if moving:
+            hits, expiry = self._moving[key]
+            if hits and hits[-1] > now - expiry:
+                return False
+            del self._moving[key]
+            return True
+        held = self._sliding[key]
+        if held[0] >= math.floor(now / held[3]) - 1:
+            return False
+        del self._sliding[key]
+        return True
 
     def sweep(self, now: float) -> None:
-        """Drop every bucket with nothing left in its window."""
-        stale = [k for k, (hits, exp) in self._moving.items() if not hits or hits[-1] <= now - exp]
-        for key in stale:
-            del self._moving[key]
-        gone = [k for k, held in self._sliding.items() if held[0] < math.floor(now / held[3]) - 1]
-        for key in gone:
-            del self._sliding[key]
+        """Drop every bucket with nothing left in its window (all at once)."""
+        for _ in range(len(self._order)):
+            moving, key = self._order.popleft()
+            if not self._expired(moving, key, now):
+                self._order.append((moving, key))
