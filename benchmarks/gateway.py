@@ -408,30 +408,8 @@ def throwaway_certificate(folder: Path) -> tuple[Path, Path, Path]:
 
 
 def start_plain_app(cert: Path, key: Path, port: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "trustmesh.demo.inventory:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--ssl-certfile",
-            str(cert),
-            "--ssl-keyfile",
-            str(key),
-            "--http",
-            "httptools",
-            "--loop",
-            "asyncio",
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+    argv = peers.uvicorn_argv("trustmesh.demo.inventory:app", port, cert, key)
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL)
 
 
 def start_nginx(folder: Path, **values: object) -> subprocess.Popen[bytes]:

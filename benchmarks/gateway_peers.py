@@ -281,33 +281,45 @@ def start_python_proxy(
         "PEER_UPSTREAM": f"https://127.0.0.1:{upstream_port}",
     }
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
+        uvicorn_argv(
             "gateway_peers:proxy_app",
+            port,
+            cert,
+            key,
             "--factory",
             "--app-dir",
             str(Path(__file__).parent),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--ssl-certfile",
-            str(cert),
-            "--ssl-keyfile",
-            str(key),
-            "--http",
-            "httptools",
-            "--loop",
-            "asyncio",
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
+        ),
         env=env,
         stdout=subprocess.DEVNULL,
     )
+
+
+def uvicorn_argv(app: str, port: int, cert: Path, key: Path, *more: str) -> list[str]:
+    """``python -m uvicorn APP`` on 127.0.0.1:``port`` over TLS, one process, httptools
+    and asyncio, quiet: how the benchmark runs every Python target."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        app,
+        *more,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--ssl-certfile",
+        str(cert),
+        "--ssl-keyfile",
+        str(key),
+        "--http",
+        "httptools",
+        "--loop",
+        "asyncio",
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
 
 
 #: Not forwarded either way (RFC 9110 §7.6.1), plus what the proxy sets itself.
