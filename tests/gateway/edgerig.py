@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -86,6 +87,27 @@ class Edge:
             for name, _, value in (line.partition(":") for line in header_lines)
         ]
         return Answer(int(status_line.split(" ", 2)[1]), parsed, rest)
+
+
+async def refused_as_injection(
+    edge: Edge,
+    method: str,
+    path: str,
+    headers: Sequence[tuple[str, str]],
+    body: bytes,
+    category: str,
+    location: str,
+) -> events.Event:
+    """Send the request; it must be refused by the injection filter (403, the generic
+    message), with one ``request-injection`` denial naming ``category`` at
+    ``location``: that event."""
+    answer = await edge.send(method, path, headers=headers, body=body)
+    assert answer.status == 403, answer.body
+    assert json.loads(answer.body) == {"error": "forbidden", "message": "the request was refused"}
+    (event,) = [e for e in edge.sink.events if e.reason.value == "request-injection"]
+    assert event.decision.value == "deny"
+    assert (event.attributes["category"], event.attributes["location"]) == (category, location)
+    return event
 
 
 def recording(seen: list[str], *, delay: float = 0.0) -> Starlette:
