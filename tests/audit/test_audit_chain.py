@@ -60,6 +60,8 @@ def test_canonical_bytes_of_an_event() -> None:
     assert canonical({"b": [1, "é"], "a": {"z": None, "y": True}}) == (
         b'{"a":{"y":true,"z":null},"b":[1,"\\u00e9"]}'
     )
+    # DEL is ASCII, which orjson writes as it is; the standard encoder escapes it
+    assert canonical({"\x7f": None, "a": "x\x7fy"}) == b'{"a":"x\\u007fy","\\u007f":null}'
 
 
 @pytest.mark.parametrize(

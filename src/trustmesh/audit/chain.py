@@ -108,7 +108,7 @@ def canonical(event: Mapping[str, Any]) -> bytes:
     or :class:`UsageError` for a value JSON cannot hold (NaN, Infinity, bytes, sets,
     other objects, a cycle) or keys of mixed types.
 
-    Written by orjson where its bytes are these (ASCII, integers of 64 bits, and no
+    Written by orjson where its bytes are these (ASCII without DEL, integers of 64 bits, and no
     ``null`` but for None: orjson writes a NaN or an infinity as null, so a body with a
     null is looked through for one); anything else by the standard encoder, which
     refuses what is not JSON. Both write a float as the shortest text that parses back
@@ -122,7 +122,12 @@ def canonical(event: Mapping[str, Any]) -> bytes:
         body = orjson.dumps(event, default=_refuse, option=_FAST)
     except (TypeError, ValueError, RecursionError):
         body = b""
-    if body.isascii() and body[:1] == b"{" and (b"null" not in body or _finite(event)):
+    if (
+        body.isascii()
+        and b"\x7f" not in body  # DEL: orjson writes it as it is, the standard encoder escapes it
+        and body[:1] == b"{"
+        and (b"null" not in body or _finite(event))
+    ):
         return body
     try:
         text = _encode(event)
