@@ -128,6 +128,41 @@ def test_svid_has_exactly_one_uri_san_equal_to_the_spiffe_id(svid: x509.Certific
     assert crypto.uri_sans(svid) == [SPIFFE_ID]
 
 
+def test_svid_carries_the_dns_name_of_its_spiffe_id(svid: x509.Certificate) -> None:
+    """The one other SAN (§2 allows it): what a proxy that checks only host names checks."""
+    san = _ext(svid, x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == [crypto.svid_dns_name(SPIFFE_ID)]
+    assert crypto.leaf_spiffe_id(svid) == SPIFFE_ID
+
+
+@pytest.mark.parametrize(
+    ("spiffe_id", "name"),
+    [
+        ("spiffe://shop.example/orders", "orders.shop.example"),
+        ("spiffe://shop.example/trustmesh/gateway", "gateway.trustmesh.shop.example"),
+        ("spiffe://td/a-1/b2", "b2.a-1.td"),
+        ("spiffe://shop.example/Orders", None),  # not a lower-case label
+        ("spiffe://shop.example/orders.v2", None),  # a dot would make two labels
+        ("spiffe://shop.example/-orders", None),
+        ("spiffe://shop.example/a_b", None),
+        ("spiffe://shop.example/" + "a" * 64, None),
+        ("spiffe://shop.example/" + "/".join(["a" * 60] * 5), None),  # past 253
+        ("spiffe://shop.example", None),
+        ("https://shop.example/orders", None),
+    ],
+)
+def test_svid_dns_name(spiffe_id: str, name: str | None) -> None:
+    assert crypto.svid_dns_name(spiffe_id) == name
+
+
+def test_svid_dns_names_differ_for_different_ids() -> None:
+    """One-to-one within a trust domain: reversing the segments cannot make two IDs meet."""
+    ids = [f"spiffe://td/{p}" for p in ("a/b", "b/a", "a", "b", "a/b/c", "c/b/a", "ab")]
+    names = [crypto.svid_dns_name(i) for i in ids]
+    assert None not in names
+    assert len(set(names)) == len(ids)
+
+
 def test_leaf_basic_constraints_ca_false_and_critical(svid: x509.Certificate) -> None:
     ext = _ext(svid, x509.BasicConstraints)
     assert ext.critical

@@ -89,6 +89,7 @@ from trustmesh.crypto._x509 import (
     private_key_from_der,
     private_key_to_der,
     private_key_to_pem,
+    svid_dns_name,
     uri_sans,
     verify_svid_chain,
 )
@@ -155,6 +156,7 @@ __all__ = [
     "signing_key_from_seed",
     "signing_key_id",
     "signing_public_key",
+    "svid_dns_name",
     "totp_code",
     "totp_uri",
     "unverified_header",

@@ -4,13 +4,17 @@ SVIDs follow the SPIFFE X509-SVID standard (spiffe/standards X509-SVID.md):
 exactly one URI SAN holding the SPIFFE ID (§2), leaf ``CA=false`` (§4.1), key usage
 ``digitalSignature`` and never ``keyCertSign``/``cRLSign`` on a leaf (§4.3), signing
 certificates with ``CA=true`` and ``keyCertSign`` (§4.1, §4.3) carrying the trust domain's
-SPIFFE ID (§3).
+SPIFFE ID (§3). Besides the URI SAN, an SVID carries one DNS SAN derived from its SPIFFE ID
+(:func:`svid_dns_name`; §2 allows other SAN types), so that a proxy that can check only
+a host name (nginx's ``proxy_ssl_name``, HAProxy's ``verifyhost``) still checks which
+workload answers.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -236,6 +240,27 @@ def _aki(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
     return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
 
+_DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def svid_dns_name(spiffe_id: str) -> str | None:
+    """The DNS name an SVID of ``spiffe_id`` carries: its path's segments in reverse order,
+    then the trust domain (``spiffe://shop.example/trustmesh/gateway`` →
+    ``gateway.trustmesh.shop.example``); None where a segment or the trust domain is not
+    made of DNS labels (lower-case letters, digits, inner hyphens) or the name would be
+    longer than 253 characters. One-to-one within a trust domain: a label holds no dot."""
+    prefix = "spiffe://"
+    if not spiffe_id.startswith(prefix):
+        return None
+    td, _, path = spiffe_id[len(prefix) :].partition("/")
+    segments = path.split("/")
+    labels = [*reversed(segments), *td.split(".")]
+    if not path or not all(_DNS_LABEL.fullmatch(label) for label in labels):
+        return None
+    name = ".".join(labels)
+    return name if len(name) <= 253 else None
+
+
 def issue_x509_svid(
     spiffe_id: str,
     issuer: Issuer,
@@ -244,7 +269,8 @@ def issue_x509_svid(
     ttl: dt.timedelta,
     key: PrivateKey | None = None,
 ) -> tuple[x509.Certificate, PrivateKey]:
-    """Issue an X.509-SVID: one URI SAN, CA=false, digitalSignature, random serial.
+    """Issue an X.509-SVID: one URI SAN (and the DNS SAN of :func:`svid_dns_name`, where
+    the SPIFFE ID has one), CA=false, digitalSignature, random serial.
 
     The certificate never outlives its issuer: notAfter is clamped to the issuer's.
     """
@@ -264,11 +290,12 @@ def issue_x509_svid(
     )
     for value, critical in _SVID_EXTENSIONS:
         builder = builder.add_extension(value, critical=critical)
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(spiffe_id)]
+    dns_name = svid_dns_name(spiffe_id)
+    if dns_name is not None:
+        names.append(x509.DNSName(dns_name))
     cert = (
-        builder.add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]),
-            critical=False,
-        )
+        builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(_aki(issuer.cert), critical=False)
         .sign(issuer.key, hashes.SHA256())
