@@ -69,6 +69,7 @@ EXPECTED = {
         "signing_key_from_seed",
         "signing_key_id",
         "signing_public_key",
+        "svid_dns_name",
         "totp_code",
         "totp_uri",
         "unverified_header",

@@ -990,6 +990,14 @@ async def refuse(send: Send, refusal: Refusal) -> None:
     await _refuse(send, refusal.reason, refusal.message, list(refusal.headers), refusal.fields)
 
 
+def refusal_body(refusal: Refusal) -> tuple[int, bytes]:
+    """The status and JSON body of the gateway's answer to ``refusal`` (as :func:`refuse`
+    writes them: ASCII, for a proxy that carries it in a header)."""
+    answer = ANSWERS[refusal.reason]
+    body = {"error": answer.code, "message": refusal.message, **dict(refusal.fields)}
+    return answer.status, json.dumps(body).encode()
+
+
 async def _refuse(
     send: Send,
     reason: Reason,
@@ -1015,4 +1023,4 @@ async def _error(
     await respond_json(send, status, body, [*SECURITY_HEADERS, *(headers or ())])
 
 
-__all__ = ["GatewayApp", "Upstreams", "refuse"]
+__all__ = ["GatewayApp", "Upstreams", "refusal_body", "refuse"]

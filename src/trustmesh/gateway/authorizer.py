@@ -34,6 +34,14 @@ a ``waf`` mode other than ``off`` is answered ``500`` (``engine-unsupported``) r
 allowed unchecked. The client's address is the peer's unless the proxy is a trusted
 proxy (``gateway.trusted_proxies``), whose ``X-Forwarded-For`` is read as the gateway
 reads it.
+
+Behind nginx the gateway runs (``gateway.engine: nginx``, :mod:`trustmesh.gateway.nginx`),
+the authorizer listens on a socket only nginx can reach and is told the client's address
+(``client_from``: ``X-Original-Client``, nginx's ``$remote_addr``, exactly once). nginx's
+``auth_request`` turns every status but 2xx, 401 and 403 into its own 500, so a refusal
+to an nginx question also carries its status and body in headers
+(``x-trustmesh-status``, ``x-trustmesh-body``) for the rendered configuration to answer
+with (``auth_request_set``).
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from trustmesh.gateway.app import GatewayApp, Reply, refuse
+from trustmesh.gateway.app import GatewayApp, Reply, refusal_body, refuse
 from trustmesh.platform.listeners import Receive, Scope, Send, answer_lifespan, respond_json
 
 __all__ = ["DEFAULT_PREFIX", "Authorizer"]
@@ -55,12 +63,21 @@ class Authorizer:
     """The ASGI app a proxy calls; ``current`` gives the gateway's current pipeline (so a
     reload applies to the proxy's questions too)."""
 
-    def __init__(self, current: Callable[[], GatewayApp], *, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(
+        self,
+        current: Callable[[], GatewayApp],
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        client_from: bytes | None = None,
+    ) -> None:
+        """``client_from``: the header in which the proxy names the client's address, for
+        nginx questions (only where no one but the proxy can ask: its value is believed)."""
         if not prefix.startswith("/") or prefix.endswith("/"):
             raise ValueError(f"the prefix is a path without a trailing slash, not {prefix!r}")
         self.current = current
         self.prefix = prefix
         self._raw_prefix = prefix.encode("ascii")
+        self._client_from = client_from
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -93,6 +110,9 @@ class Authorizer:
                 return
             headers = app.grant(ex)
             headers += [(k, v) for k, v in ex.grants if k in _TO_CLIENT]
+            if scope.get("raw_path") == self._raw_prefix:  # nginx: its route check, the client
+                headers.append((b"x-trustmesh-route", str(ex.index).encode()))
+                headers.append((b"x-trustmesh-client", ex.client.encode("latin-1")))
             headers.append((b"content-length", b"0"))
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
@@ -107,6 +127,15 @@ class Authorizer:
             )
             await send({"type": "http.response.body", "body": b""})
             return
+        if scope.get("raw_path") == self._raw_prefix:
+            status, body = refusal_body(outcome)  # nginx: what to answer, in headers
+            headers = [
+                *outcome.headers,
+                (b"x-trustmesh-status", str(status).encode()),
+                (b"x-trustmesh-body", body),
+            ]
+            await respond_json(send, status, body, headers)
+            return
         await refuse(send, outcome)
 
     def _asked(self, scope: Scope) -> Scope | None:
@@ -120,17 +149,21 @@ class Authorizer:
                 return None  # a client's copy beside the proxy's is no question to answer
             method, uri = methods[0], uris[0]
             path, _, query = uri.partition(b"?")
-            kept = [
-                (k, v) for k, v in headers if k not in (b"x-original-method", b"x-original-uri")
-            ]
-            return {
+            told = (b"x-original-method", b"x-original-uri", self._client_from)
+            asked = {
                 **scope,
                 "method": method.decode("latin-1").upper(),
                 "raw_path": path,
                 "path": path.decode("latin-1"),
                 "query_string": query,
-                "headers": kept,
+                "headers": [(k, v) for k, v in headers if k not in told],
             }
+            if self._client_from is not None:
+                clients = [v for k, v in headers if k == self._client_from]
+                if len(clients) != 1:
+                    return None
+                asked["client"] = (clients[0].decode("latin-1"), 0)
+            return asked
         if raw.startswith(self._raw_prefix + b"/"):  # Envoy: the original, after the prefix
             path = raw[len(self._raw_prefix) :]
             return {**scope, "raw_path": path, "path": scope["path"][len(self.prefix) :]}

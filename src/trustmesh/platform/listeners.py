@@ -11,9 +11,11 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from trustmesh.errors import UsageError
 from trustmesh.platform.guard import ConnectionGuard, ConnectionLimits, RefusalSummary
@@ -48,6 +50,7 @@ __all__ = [
     "start",
     "start_loopback",
     "start_public",
+    "start_unix",
 ]
 
 log = logging.getLogger("trustmesh.platform")
@@ -175,3 +178,37 @@ async def start_loopback(
         raise UsageError(f"{host} is not a loopback address: plain HTTP stays on loopback")
     config = listener_config(app, host, port, log_level)
     return PublicServed(*await run_server(config, "trustmesh-serve-loopback"))
+
+
+async def start_unix(app: ASGIApp, path: Path, *, log_level: str = "warning") -> PublicServed:
+    """Serve ``app`` over plain HTTP on a unix socket at ``path`` that only this process's
+    user may connect to (0600, in a folder the caller keeps private): for a proxy on the
+    same machine that asks this process, where nothing else may."""
+    sock = _private_unix_socket(path)
+    config = listener_config(app, "127.0.0.1", 0, log_level, uds=str(path))
+    return _UnixServed(*await run_server(config, "trustmesh-serve-unix", sock))
+
+
+class _UnixServed(PublicServed):
+    @property
+    def port(self) -> int:
+        return 0  # a unix socket has none
+
+
+def _private_unix_socket(path: Path) -> socket.socket:
+    """A unix socket bound at ``path`` (replacing a socket a previous run left), 0600 from
+    the moment it exists."""
+    if path.is_socket():
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        old_mask = os.umask(0o177)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old_mask)
+        os.chmod(path, 0o600)
+    except OSError:
+        sock.close()
+        raise
+    return sock
