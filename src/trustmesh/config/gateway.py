@@ -30,6 +30,7 @@ __all__ = [
     "GatewayConfig",
     "GatewayRoute",
     "HealthCheck",
+    "NginxSettings",
     "OutlierDetection",
     "RateLimitRule",
     "UpstreamSettings",
@@ -641,10 +642,39 @@ class ExternalIssuer(BaseModel):
     )
 
 
+class NginxSettings(BaseModel):
+    """``engine: nginx``: nginx forwards, trustmesh decides (``auth_request`` to the
+    gateway's authorizer on a private socket) and runs nginx (its configuration rendered
+    from this declaration, its SVID rotated by a graceful reload)."""
+
+    model_config = _MODEL_CONFIG
+
+    binary: str = Field(default="nginx", description="The nginx executable (a path or on PATH).")
+    workers: int = Field(default=1, ge=1, le=64, description="nginx worker processes.")
+
+
+#: What a route may not declare where nginx forwards: nginx asks the authorizer about the
+#: request's head only, so nothing that reads the body can run.
+_NGINX_UNSUPPORTED: Final = (
+    ("openapi", "openapi", "a request contract reads the body"),
+    ("schema_file", "schema", "a request contract reads the body"),
+    ("cors", "cors", "CORS grants are not rendered for nginx yet"),
+    ("host", "host", "per-host routes are not rendered for nginx yet"),
+)
+
+
 class GatewayConfig(BaseModel):
     """The edge: a TLS listener for clients, and where each request goes."""
 
     model_config = _MODEL_CONFIG
+
+    engine: Literal["python", "nginx"] = Field(
+        default="python",
+        description="python: the gateway serves the edge itself; nginx: nginx serves it "
+        "and asks the gateway's authorizer about every request's head (nothing that reads "
+        "a body: no contract, the injection filter off).",
+    )
+    nginx: NginxSettings = Field(default_factory=lambda: NginxSettings())
 
     port: int = Field(default=0, ge=0, le=65535, description="Loopback port; 0 picks one.")
     tls_cert: str | None = Field(
@@ -734,6 +764,8 @@ class GatewayConfig(BaseModel):
                         f"routes[{index}].issuers names {name!r}",
                         "'trustmesh' or an issuer of gateway.issuers: " + ", ".join(sorted(known)),
                     )
+        if self.engine == "nginx":
+            self._check_nginx()
         if self.redis is not None and not self.redis.startswith(("redis://", "rediss://")):
             raise _invalid("gateway.redis is not a redis:// URL", "redis://host:port/db")
         seen: dict[tuple[str | None, str, str], int] = {}
@@ -748,3 +780,23 @@ class GatewayConfig(BaseModel):
                     )
                 seen[key] = index
         return self
+
+    def _check_nginx(self) -> None:
+        """Refuse what nginx cannot enforce, rather than serve it unchecked."""
+        for index, route in enumerate(self.routes):
+            for attribute, key, why in _NGINX_UNSUPPORTED:
+                if getattr(route, attribute) is not None:
+                    raise _invalid(
+                        f"routes[{index}].{key}: {why}", "engine: python for this declaration"
+                    )
+            if (route.waf or self.waf).mode != "off":
+                raise _invalid(
+                    f"routes[{index}]: the injection filter reads bodies and nginx forwards "
+                    "them unread",
+                    "waf: {mode: 'off'} (gateway-wide or on the route), or engine: python",
+                )
+            if route.relay_errors:
+                raise _invalid(
+                    f"routes[{index}].relay_errors: nginx answers errors in the gateway's shape",
+                    "relay_errors: false, or engine: python",
+                )

@@ -13,6 +13,7 @@ the answer)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -24,6 +25,7 @@ from pathlib import Path
 from trustmesh.config import TrustmeshConfig, load_config
 from trustmesh.errors import TrustmeshError, UnavailableError
 from trustmesh.gateway.endpoint import endpoint_path, reload_path
+from trustmesh.gateway.nginx import NginxEdge
 from trustmesh.gateway.server import serve_gateway
 from trustmesh.platform.process import (
     component_identity,
@@ -91,17 +93,33 @@ async def run(config: TrustmeshConfig, state: Path, config_file: Path) -> None:
 
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _on_hangup)
 
-        await serve_until_stopped(
-            source,
-            endpoint_path(state),
-            lambda: {
-                "url": running.url,
-                "internal_url": running.internal_url,
-                "admin_url": running.admin_url,
-                "metrics_url": running.metrics_url,
-            },
-            running.stop,
+        serving = asyncio.ensure_future(
+            serve_until_stopped(
+                source,
+                endpoint_path(state),
+                lambda: {
+                    "url": running.url,
+                    "internal_url": running.internal_url,
+                    "admin_url": running.admin_url,
+                    "metrics_url": running.metrics_url,
+                    "engine": config.gateway.engine if config.gateway else "python",
+                },
+                running.stop,
+            )
         )
+        edge = running.public
+        if not isinstance(edge, NginxEdge):
+            await serving
+            return
+        failing = asyncio.ensure_future(edge.failed.wait())
+        await asyncio.wait({serving, failing}, return_when=asyncio.FIRST_COMPLETED)
+        failing.cancel()
+        if not serving.done():  # nginx could not be kept running: the gateway stops too
+            serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
+            raise UnavailableError("nginx exited and could not be started again")
+        await serving
 
 
 #: Reloads in progress (each kept until it ends).

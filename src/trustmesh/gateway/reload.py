@@ -24,6 +24,8 @@ __all__ = ["RESTART_ONLY", "Pipeline", "restart_only"]
 
 #: The ``gateway:`` keys only a restart applies.
 RESTART_ONLY: Final = (
+    "engine",
+    "nginx",
     "port",
     "tls_cert",
     "tls_key",

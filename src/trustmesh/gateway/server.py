@@ -38,6 +38,7 @@ from trustmesh.gateway.internal import GatewayKey
 from trustmesh.gateway.introspection import Introspector
 from trustmesh.gateway.keystore import ApiKeyVerifier, SqlKeyStore, open_keystore
 from trustmesh.gateway.metrics import GatewayMetrics
+from trustmesh.gateway.nginx import NginxEdge, start_nginx_edge
 from trustmesh.gateway.oidc import ExternalIssuers
 from trustmesh.gateway.ratelimit import RateLimiter
 from trustmesh.gateway.reload import Pipeline, restart_only
@@ -75,7 +76,7 @@ __all__ = ["RunningGateway", "serve_gateway"]
 
 @dataclass
 class RunningGateway:
-    public: PublicServed
+    public: PublicServed | NginxEdge
     internal: Served
     upstreams: UpstreamPool
     discovery: DiscoveryClient
@@ -110,6 +111,8 @@ class RunningGateway:
                 "(the running declaration stays)"
             )
         app = self.build(config, config_dir)  # compiles everything, or raises: nothing swapped
+        if isinstance(self.public, NginxEdge):  # nginx refuses it, or runs it from now
+            await self.public.engine.apply(new)
         self.pipeline.app = app
         self.config = config
         app.record(
@@ -265,7 +268,23 @@ async def serve_gateway(
         config, state, key, sink, parts, tls=tls, host=host, port=internal_port, suspended=suspended
     )
     try:
-        public, scraped = await _listen(pipeline, gateway, certificate, metrics, parts, host, port)
+        if gateway.engine == "nginx":
+            edge = await start_nginx_edge(
+                config,
+                state / "gateway" / "nginx",
+                source,
+                parts.discovery,
+                lambda: pipeline.app,
+                certificate=certificate,
+                port=gateway.port if port is None else port,
+                host=host,
+            )
+            public: PublicServed | NginxEdge = edge
+            scraped = await _start_metrics(gateway, metrics, edge, host)
+        else:
+            public, scraped = await _listen(
+                pipeline, gateway, certificate, metrics, parts, host, port
+            )
     except BaseException:
         await internal.stop()
         with contextlib.suppress(Exception):
@@ -412,7 +431,7 @@ class _Parts:
 
     def running(
         self,
-        public: PublicServed,
+        public: PublicServed | NginxEdge,
         internal: Served,
         trust: ProviderTrust | None,
         key: GatewayKey,
@@ -531,7 +550,10 @@ async def _listen(
 
 
 async def _start_metrics(
-    gateway: GatewayConfig, metrics: GatewayMetrics | None, public: PublicServed, host: str
+    gateway: GatewayConfig,
+    metrics: GatewayMetrics | None,
+    public: PublicServed | NginxEdge,
+    host: str,
 ) -> PublicServed | None:
     """The metrics on loopback, when declared (the public listener stops if it fails)."""
     if metrics is None or gateway.metrics_port is None:

@@ -1,0 +1,337 @@
+"""The nginx configuration of ``gateway.engine: nginx``, rendered from the declaration.
+Pure: a plan in, the text of ``nginx.conf`` out (:mod:`trustmesh.gateway.nginx` writes it,
+checks it with ``nginx -t`` and runs nginx).
+
+What nginx does and what it asks:
+
+- **TLS in** with the gateway's certificate; the listener's bounds of ``gateway.limits``
+  (header sizes: 414/400, timeouts, connections) and ``max_body_bytes`` (413).
+- **Every request is asked about first** (``auth_request``) at the gateway's authorizer
+  (:mod:`trustmesh.gateway.authorizer`), on a unix socket only the gateway's user can
+  reach, with the request's method, its URI exactly as sent, and the client's address:
+  address rules, path form, route, rate limits, credentials and the edge policy run
+  there, with their events. Allowed, it answers the internal token, the trace, the route
+  and the client address; refused, its status, headers and body, which nginx answers.
+- **One location per route** (``/p`` and ``/p/``: a prefix matches itself and what is
+  under it, never ``/pX``) forwards only when the authorizer chose that very route (a
+  ``map`` of the route it names): a request nginx would place elsewhere than the
+  gateway does is never forwarded (502).
+- **Upstream over mTLS** with the gateway's SVID, the server's chain checked against
+  the trust bundle and its name against the DNS SAN of its SPIFFE ID
+  (:func:`trustmesh.crypto.svid_dns_name`), keep-alive pooled.
+- **Request headers: an allow-list.** nginx forwards no header of the client's but those
+  of :data:`FORWARDED` (or the route's ``request_headers``), besides what the gateway
+  sets (the internal token, ``traceparent``, ``X-Forwarded-For``/``-Proto``): nothing a
+  client could speak for the gateway with gets through, whatever its name.
+- **Answers:** the upstream's errors (≥ 400) and nginx's own in the gateway's shape
+  (:mod:`trustmesh.gateway.answers`), the security headers on every answer, and the
+  upstream's internal headers (``X-Trustmesh-*``, ``X-Envoy-*``, ``X-Gateway-*``,
+  ``Access-Control-*``, ``Server``) removed (the headers-more module).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from typing import Final
+
+from trustmesh.config.gateway import GatewayConfig, GatewayRoute
+from trustmesh.gateway.answers import error_code, error_message
+from trustmesh.gateway.headers import GATEWAY_SET, SECURITY_HEADERS, stripped
+from trustmesh.reasons import ANSWERS
+
+__all__ = ["AUTHZ_LOCATION", "FORWARDED", "NginxPlan", "Upstream", "render"]
+
+#: The internal location nginx asks the authorizer through.
+AUTHZ_LOCATION: Final = "/_trustmesh/authz"
+#: The request headers a route forwards where it lists none (``request_headers``): the
+#: end-to-end ones a service reads to serve a request, and nothing that names anyone.
+FORWARDED: Final = (
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "cache-control",
+    "content-language",
+    "content-type",
+    "cookie",
+    "idempotency-key",
+    "if-match",
+    "if-modified-since",
+    "if-none-match",
+    "if-range",
+    "if-unmodified-since",
+    "origin",
+    "prefer",
+    "range",
+    "referer",
+    "user-agent",
+    "x-request-id",
+)
+#: What the authorizer answers that nginx keeps (auth_request_set), by variable.
+_FROM_AUTHORIZER: Final = (
+    ("tm_status", "x_trustmesh_status"),
+    ("tm_body", "x_trustmesh_body"),
+    ("tm_route", "x_trustmesh_route"),
+    ("tm_client", "x_trustmesh_client"),
+    ("tm_token", "authorization"),
+    ("tm_traceparent", "traceparent"),
+    ("tm_www_authenticate", "www_authenticate"),
+    ("tm_retry_after", "retry_after"),
+    ("tm_allow", "allow"),
+    ("tm_ratelimit", "ratelimit"),
+    ("tm_ratelimit_policy", "ratelimit_policy"),
+)
+#: The authorizer's headers an answer carries to the client (refused or not).
+_TO_CLIENT: Final = (
+    ("WWW-Authenticate", "tm_www_authenticate"),
+    ("Retry-After", "tm_retry_after"),
+    ("Allow", "tm_allow"),
+    ("RateLimit-Policy", "tm_ratelimit_policy"),
+    ("RateLimit", "tm_ratelimit"),
+)
+#: The upstream's response headers never relayed (headers-more wildcards).
+_HIDDEN: Final = ("X-Trustmesh-*", "X-Envoy-*", "X-Gateway-*", "Access-Control-*", "Server")
+#: Every error status nginx answers in the gateway's shape.
+_ERRORS: Final = tuple(s.value for s in HTTPStatus if 400 <= s.value <= 599)
+#: The statuses the authorizer refuses with (the reasons' vocabulary).
+_REFUSALS: Final = tuple(sorted({answer.status for answer in ANSWERS.values()}))
+_NO_UPSTREAM: Final = "tm_none"
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A service as nginx reaches it: its instances (``host:port``) and the DNS name its
+    SVID carries."""
+
+    name: str
+    servers: tuple[str, ...]
+    dns_name: str
+
+
+@dataclass(frozen=True)
+class NginxPlan:
+    """Everything the configuration names: the declaration's gateway section, where
+    nginx runs (``root``: its pid, logs and temporary files), the files it reads, the
+    authorizer's socket and the upstreams found so far."""
+
+    gateway: GatewayConfig
+    root: Path
+    port: int
+    tls_cert: Path
+    tls_key: Path
+    svid_cert: Path
+    svid_key: Path
+    bundle: Path
+    authorizer: Path  # a unix socket
+    authorizer_prefix: str
+    upstreams: Sequence[Upstream]
+    modules: Path = Path("/usr/lib/nginx/modules")
+    host: str = "127.0.0.1"
+    user: str | None = None  # the workers' user, where nginx starts as root
+
+
+def render(plan: NginxPlan) -> str:
+    """The text of ``nginx.conf`` for ``plan``."""
+    gateway, limits = plan.gateway, plan.gateway.limits
+    by_service = {u.name: u for u in plan.upstreams}
+    lines = [
+        f"load_module {_quoted(plan.modules / 'ngx_http_headers_more_filter_module.so')};",
+        *([f"user {_quoted(plan.user)};"] if plan.user else []),
+        "daemon off;",
+        "master_process on;",
+        f"worker_processes {gateway.nginx.workers};",
+        f"pid {_quoted(plan.root / 'nginx.pid')};",
+        f"error_log {_quoted(plan.root / 'error.log')} warn;",
+        f"events {{ worker_connections {max(limits.max_connections + 64, 512)}; }}",
+        "http {",
+        *_indent(_http(plan, by_service)),
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _http(plan: NginxPlan, by_service: dict[str, Upstream]) -> list[str]:
+    gateway, limits = plan.gateway, plan.gateway.limits
+    temp = plan.root / "tmp"
+    lines = [
+        "server_tokens off;",
+        "more_clear_headers " + " ".join(_quoted(h) for h in _HIDDEN) + ";",
+        "access_log off;",  # every decision is the authorizer's event
+        *(
+            f"{kind}_temp_path {_quoted(temp / kind)};"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        ),
+        f"client_max_body_size {gateway.max_body_bytes};",
+        f"client_header_timeout {_seconds(limits.header_timeout.total_seconds())};",
+        f"client_body_timeout {_seconds(limits.body_timeout.total_seconds())};",
+        f"keepalive_timeout {_seconds(limits.keepalive_timeout.total_seconds())};",
+        f"client_header_buffer_size {min(limits.max_header_line_bytes, 8192)};",
+        "large_client_header_buffers "
+        f"{max(1, limits.max_header_bytes // limits.max_header_line_bytes)} "
+        f"{limits.max_header_line_bytes};",
+        "ignore_invalid_headers on;",  # names with '_' never reach anyone
+        "underscores_in_headers off;",
+        "merge_slashes off;",  # the authorizer sees the path as sent, and so do locations
+        "ssl_protocols TLSv1.2 TLSv1.3;",
+        "ssl_prefer_server_ciphers on;",
+        "proxy_http_version 1.1;",
+        "proxy_pass_request_headers off;",
+        f"proxy_ssl_certificate {_quoted(plan.svid_cert)};",
+        f"proxy_ssl_certificate_key {_quoted(plan.svid_key)};",
+        f"proxy_ssl_trusted_certificate {_quoted(plan.bundle)};",
+        "proxy_ssl_verify on;",
+        "proxy_ssl_verify_depth 4;",
+        "proxy_ssl_protocols TLSv1.2 TLSv1.3;",
+        "proxy_ssl_session_reuse on;",
+        "proxy_intercept_errors on;",
+        f"upstream tm_authorizer {{ server {_quoted('unix:' + str(plan.authorizer))}; "
+        "keepalive 32; }",
+        f"upstream {_NO_UPSTREAM} {{ server 127.0.0.1:9 down; }}",
+    ]
+    for upstream in plan.upstreams:
+        servers = upstream.servers or ("127.0.0.1:9 down",)
+        lines.append(
+            f"upstream {_upstream_name(upstream.name)} {{ "
+            + " ".join(f"server {s};" for s in servers)
+            + " keepalive 64; }"
+        )
+    for index, route in enumerate(plan.gateway.routes):
+        target = _upstream_name(route.to) if route.to in by_service else _NO_UPSTREAM
+        lines.append(
+            f'map $tm_route $tm_pass_{index} {{ "{index}" {target}; default {_NO_UPSTREAM}; }}'
+        )
+    lines += ["server {", *_indent(_server(plan, by_service)), "}"]
+    return lines
+
+
+def _server(plan: NginxPlan, by_service: dict[str, Upstream]) -> list[str]:
+    lines = [
+        f"listen {plan.host}:{plan.port} ssl;",
+        f"ssl_certificate {_quoted(plan.tls_cert)};",
+        f"ssl_certificate_key {_quoted(plan.tls_key)};",
+        *(f"error_page {status} = @tm_{status};" for status in _ERRORS),
+        *_authorizer_location(plan),
+    ]
+    for status in _ERRORS:
+        lines += _error_location(status)
+    prefixes = {route.path for route in plan.gateway.routes}
+    for index, route in enumerate(plan.gateway.routes):
+        upstream = by_service.get(route.to)
+        dns_name = upstream.dns_name if upstream is not None else "unknown.invalid"
+        for match in _matches(route.path):
+            lines += [f"location {match} {{", *_indent(_route(plan, index, route, dns_name)), "}"]
+    if "/" not in prefixes:  # the rest: asked about all the same (404, recorded), never forwarded
+        lines += [
+            "location / {",
+            *_indent(_asked()),
+            f"    proxy_pass https://{_NO_UPSTREAM};",
+            "}",
+        ]
+    return lines
+
+
+def _matches(prefix: str) -> list[str]:
+    """nginx locations for a route's prefix: itself and what is under it."""
+    if prefix == "/":
+        return ["/"]
+    return [f"= {_quoted(prefix)}", _quoted(prefix + "/")]
+
+
+def _authorizer_location(plan: NginxPlan) -> list[str]:
+    return [
+        f"location = {AUTHZ_LOCATION} {{",
+        "    internal;",
+        f"    proxy_pass http://tm_authorizer{plan.authorizer_prefix};",
+        "    proxy_pass_request_headers on;",
+        "    proxy_pass_request_body off;",
+        "    proxy_intercept_errors off;",
+        '    proxy_set_header Content-Length "";',
+        '    proxy_set_header Connection "";',
+        "    proxy_set_header X-Original-Method $request_method;",
+        "    proxy_set_header X-Original-URI $request_uri;",
+        "    proxy_set_header X-Original-Client $remote_addr;",
+        "}",
+    ]
+
+
+def _asked() -> list[str]:
+    return [
+        f"auth_request {AUTHZ_LOCATION};",
+        *(f"auth_request_set ${var} $upstream_http_{header};" for var, header in _FROM_AUTHORIZER),
+        *_answer_headers(),
+    ]
+
+
+def _answer_headers() -> list[str]:
+    """The security headers, and the authorizer's headers for the client."""
+    return [
+        *(
+            f"add_header {name.decode()} {_quoted(value.decode())} always;"
+            for name, value in SECURITY_HEADERS
+        ),
+        *(f"add_header {name} ${var} always;" for name, var in _TO_CLIENT),
+    ]
+
+
+def _route(plan: NginxPlan, index: int, route: GatewayRoute, dns_name: str) -> list[str]:
+    timeout = _seconds(route.timeout.total_seconds())
+    forwarded = (
+        FORWARDED
+        if route.request_headers is None
+        else tuple(h for h in route.request_headers if not stripped(h.encode()))
+    )
+    forwarded = tuple(h for h in forwarded if h.encode() not in GATEWAY_SET)
+    return [
+        *_asked(),
+        f"proxy_pass https://$tm_pass_{index};",
+        f"proxy_ssl_name {dns_name};",
+        f"proxy_connect_timeout {timeout};",
+        f"proxy_send_timeout {timeout};",
+        f"proxy_read_timeout {timeout};",
+        f"proxy_set_header Host {dns_name};",
+        'proxy_set_header Connection "";',
+        "proxy_set_header Authorization $tm_token;",
+        "proxy_set_header traceparent $tm_traceparent;",
+        "proxy_set_header X-Forwarded-For $tm_client;",
+        "proxy_set_header X-Forwarded-Proto https;",
+        *(f"proxy_set_header {name} $http_{name.replace('-', '_')};" for name in forwarded),
+    ]
+
+
+def _error_location(status: int) -> list[str]:
+    """The answer for ``status``: the authorizer's refusal where it made one (nginx turns
+    all but 401 and 403 into 500), else the upstream's or nginx's error in the gateway's
+    shape."""
+    upstream_body = json.dumps({"error": error_code(status), "message": error_message(status)})
+    refusals = [s for s in _REFUSALS if status == 500 or s == status]
+    return [
+        f"location @tm_{status} {{",
+        "    default_type application/json;",
+        *_indent(_answer_headers()),
+        *(f"    if ($tm_status = {s}) {{ return {s} $tm_body; }}" for s in refusals),
+        f"    return {status} {_quoted(upstream_body)};",
+        "}",
+    ]
+
+
+def _upstream_name(service: str) -> str:
+    return "tm_svc_" + "".join(c if c.isalnum() else "_" for c in service)
+
+
+def _seconds(value: float) -> str:
+    return f"{max(1, round(value * 1000))}ms"
+
+
+def _quoted(text: str | Path) -> str:
+    """An nginx string: single-quoted, its quotes and backslashes escaped."""
+    value = str(text)
+    if any(c in value for c in "\n\r\0"):
+        raise ValueError(f"no newline or NUL in an nginx string: {value!r}")
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _indent(lines: Iterable[str]) -> list[str]:
+    return ["    " + line for line in lines]

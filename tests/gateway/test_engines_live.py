@@ -1,0 +1,248 @@
+"""The same attacks, refused the same way, through both engines (issue 18): the gateway
+serving the edge itself (``engine: python``) and nginx serving it while the gateway's
+authorizer decides (``engine: nginx``). One declaration, one upstream that records what
+reaches it; every answer the client gets is compared with what the gateway answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import jwt
+import pytest
+from authrig import ORDERS, sign_in_user
+from edgerig import Answer, Edge, edge_stack
+from liverig import GATEWAY, live_identity
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from trustmesh.testing import RunningIdentityServer
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("nginx") is None
+    or not Path("/usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so").exists(),
+    reason="engine: nginx needs nginx and its headers-more module "
+    "(apt-get install nginx libnginx-mod-http-headers-more-filter)",
+)
+
+SECTION = """auth: {{roles: [customer]}}
+gateway:
+  engine: {engine}
+  policies: [edge.cedar]
+  waf: {{mode: "off"}}
+  routes:
+    - {{path: /shop, to: orders, auth: [jwt], methods: [GET, POST]}}
+    - {{path: /closed, to: orders, auth: [jwt], methods: [GET]}}
+    - {{path: /ping, to: orders, auth: [anonymous], methods: [GET]}}
+    - {{path: /burst, to: orders, auth: [anonymous], methods: [GET],
+       rate_limits: [{{per: ip, limit: 1/minute}}]}}
+    - {{path: /strict, to: orders, auth: [anonymous], methods: [GET],
+       request_headers: [x-tenant]}}
+"""
+POLICIES = """
+permit(principal, action, resource);
+forbid(principal, action, resource) when { context.path like "/closed*" };
+"""
+SEEN: list[dict[str, object]] = []
+#: Headers a client could speak for the gateway with: none may reach the upstream.
+FORGED = (
+    ("X-Forwarded-User", "admin"),
+    ("X-Forwarded-For", "10.9.9.9"),
+    ("Forwarded", "for=10.9.9.9"),
+    ("X-Real-IP", "10.9.9.9"),
+    ("X-Trustmesh-Subject", "admin"),
+    ("X-Client-Cert", "forged"),
+    ("X-Original-URL", "/closed"),
+    ("X-Spiffe-Id", "spiffe://shop.example/payments"),
+    ("Traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+)
+
+
+def recorder() -> Starlette:
+    async def record(request: Request) -> Response:
+        SEEN.append(
+            {
+                "method": request.method,
+                "path": request.scope["raw_path"].decode("latin-1"),
+                "headers": [(k.decode(), v.decode()) for k, v in request.scope["headers"]],
+            }
+        )
+        if request.url.path == "/shop/fail":
+            return PlainTextResponse("Traceback (most recent call last): secret", status_code=500)
+        return JSONResponse({"reached": True})
+
+    return Starlette(routes=[Route("/{p:path}", record, methods=["GET", "POST"])])
+
+
+@pytest.fixture(params=["python", "nginx"])
+def engine(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def identity(short_tmp: Path, engine: str) -> Iterator[RunningIdentityServer]:
+    yield from live_identity(short_tmp, SECTION.format(engine=engine))
+
+
+@pytest.fixture
+async def edge(
+    identity: RunningIdentityServer, short_tmp: Path, engine: str
+) -> AsyncIterator[Edge]:
+    SEEN.clear()
+    section = SECTION.format(engine=engine)
+    files = {"edge.cedar": POLICIES}
+    async with edge_stack(identity, short_tmp, section, recorder(), files) as running:
+        running.tokens["carol"] = await asyncio.to_thread(
+            sign_in_user, running.rig, "carol", ["customer"], audience=GATEWAY
+        )
+        await forwarding(running)
+        SEEN.clear()
+        yield running
+
+
+async def forwarding(edge: Edge) -> None:
+    """Until the upstream is reachable through the edge (nginx learns it from discovery)."""
+    for _ in range(100):
+        answer = await edge.send("GET", "/ping")
+        if answer.status == 200:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the edge never forwarded: {answer.status} {answer.body!r}")
+
+
+def error(answer: Answer) -> tuple[int, str]:
+    body = json.loads(answer.body)
+    assert set(body) >= {"error", "message"}, body
+    return answer.status, body["error"]
+
+
+def security_headers(answer: Answer) -> None:
+    assert answer.header("x-content-type-options") == "nosniff"
+    assert answer.header("x-frame-options") == "DENY"
+    assert answer.header("strict-transport-security") is not None
+
+
+def forged_alg_none(token: str) -> str:
+    _, payload, _ = token.split(".")
+    none = base64.urlsafe_b64encode(b'{"alg":"none","typ":"at+jwt"}').rstrip(b"=").decode()
+    return f"{none}.{payload}."
+
+
+async def test_a_user_token_passes_and_the_upstream_gets_only_the_gateway_s_word(
+    edge: Edge,
+) -> None:
+    answer = await edge.send("GET", "/shop/items?q=1", who="carol", headers=FORGED)
+    assert answer.status == 200, answer.body
+    assert json.loads(answer.body) == {"reached": True}
+    security_headers(answer)
+    (seen,) = SEEN
+    assert seen["path"] == "/shop/items"
+    headers = dict(seen["headers"])  # type: ignore[arg-type]
+    token = headers["authorization"].removeprefix("Bearer ")
+    internal = jwt.decode(token, options={"verify_signature": False})
+    assert internal["aud"] == ORDERS  # the gateway's internal token, for this upstream
+    assert internal["act"]["sub"] == GATEWAY
+    assert token != edge.tokens["carol"]
+    assert headers["x-forwarded-for"] == "127.0.0.1"
+    assert headers["x-forwarded-proto"] == "https"
+    names = {name for name, _ in seen["headers"]}  # type: ignore[union-attr]
+    for name, value in FORGED:
+        if name.lower() in ("x-forwarded-for", "traceparent"):
+            assert value not in headers.get(name.lower(), ""), name
+        else:
+            assert name.lower() not in names, name
+
+
+@pytest.mark.parametrize(
+    ("credential", "expected"),
+    [
+        (None, (401, "unauthenticated")),
+        ("garbage", (401, "invalid_token")),
+        ("altered", (401, "invalid_token")),
+        ("alg-none", (401, "invalid_token")),
+    ],
+)
+async def test_bad_credentials_are_refused_alike(
+    edge: Edge, credential: str | None, expected: tuple[int, str]
+) -> None:
+    token = edge.tokens["carol"]
+    values = {
+        "garbage": "garbage",
+        "altered": token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB"),
+        "alg-none": forged_alg_none(token),
+    }
+    headers = [] if credential is None else [("Authorization", f"Bearer {values[credential]}")]
+    answer = await edge.send("GET", "/shop/items", headers=headers)
+    assert error(answer) == expected, answer.body
+    assert (answer.header("www-authenticate") or "").startswith("Bearer")
+    security_headers(answer)
+    assert not SEEN
+
+
+async def test_the_edge_policy_and_unknown_routes_are_refused_alike(edge: Edge) -> None:
+    closed = await edge.send("GET", "/closed/x", who="carol")
+    assert error(closed) == (403, "forbidden")
+    unknown = await edge.send("GET", "/elsewhere", who="carol")
+    assert error(unknown) == (404, "not_found")
+    method = await edge.send("DELETE", "/shop/items", who="carol")
+    assert method.status in (404, 405)
+    assert not SEEN
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/shop/../closed",
+        "/shop/%2e%2e/closed",
+        "/shop/%2E%2E%2Fclosed",
+        "//closed",
+        "/closed%2F",
+        "/shop/..%2fclosed",
+        "/shop/.%2e/closed",
+        "/Closed",
+        "/shop%2f..%2fclosed",
+        "/shop/%252e%252e/closed",
+        "/shop/..;/closed",
+        "/shop\\..\\closed",
+    ],
+)
+async def test_spellings_of_a_denied_path_never_reach_the_upstream(edge: Edge, path: str) -> None:
+    answer = await edge.send("GET", path, who="carol")
+    assert answer.status in (400, 403, 404), (path, answer.status, answer.body)
+    assert all(not str(s["path"]).startswith("/closed") for s in SEEN), SEEN
+
+
+async def test_rate_limits_hold_alike(edge: Edge) -> None:
+    assert (await edge.send("GET", "/burst")).status == 200
+    limited = await edge.send("GET", "/burst")
+    assert error(limited) == (429, "rate_limited")
+    assert limited.header("retry-after") is not None
+    assert len(SEEN) == 1
+
+
+async def test_an_upstream_error_is_answered_in_the_gateway_s_shape(edge: Edge) -> None:
+    answer = await edge.send("GET", "/shop/fail", who="carol")
+    assert answer.status == 500
+    assert b"Traceback" not in answer.body
+    body = json.loads(answer.body)
+    assert set(body) == {"error", "message"}
+    security_headers(answer)
+
+
+async def test_a_strict_route_forwards_only_its_headers(edge: Edge) -> None:
+    answer = await edge.send(
+        "GET", "/strict/x", headers=[("X-Tenant", "t1"), ("X-Other", "o"), ("Accept", "a/b")]
+    )
+    assert answer.status == 200
+    (seen,) = SEEN
+    headers = dict(seen["headers"])  # type: ignore[arg-type]
+    assert headers["x-tenant"] == "t1"
+    assert "x-other" not in headers
+    assert "accept" not in headers

@@ -1,0 +1,172 @@
+"""The nginx configuration of ``engine: nginx`` (pure rendering, checked by nginx itself
+where it is installed), and the declarations that engine refuses."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from trustmesh import crypto
+from trustmesh.config import parse_config
+from trustmesh.errors import ConfigError
+from trustmesh.gateway.nginxconf import FORWARDED, NginxPlan, Upstream, render
+
+BASE = """trust_domain: shop.example
+dev: true
+services:
+  orders: {run: "trustmesh.demo.orders:app"}
+gateway:
+  engine: nginx
+  waf: {mode: "off"}
+  routes:
+"""
+ROUTES = """    - {path: /orders, to: orders, methods: [GET, POST]}
+    - {path: /public, to: orders, auth: [anonymous], request_headers: [x-tenant, x-forwarded-user]}
+"""
+MODULES = Path("/usr/lib/nginx/modules")
+
+
+def plan(
+    tmp_path: Path, routes: str = ROUTES, servers: tuple[str, ...] = ("127.0.0.1:8443",)
+) -> NginxPlan:
+    config = parse_config(BASE + routes, source="t.yaml")
+    assert config.gateway is not None
+    return NginxPlan(
+        gateway=config.gateway,
+        root=tmp_path,
+        port=18443,
+        tls_cert=tmp_path / "tls.pem",
+        tls_key=tmp_path / "tls.key",
+        svid_cert=tmp_path / "svid.pem",
+        svid_key=tmp_path / "svid.key",
+        bundle=tmp_path / "bundle.pem",
+        authorizer=tmp_path / "authz.sock",
+        authorizer_prefix="/ext_authz",
+        upstreams=[Upstream("orders", servers, "orders.shop.example")],
+    )
+
+
+def locations(text: str) -> dict[str, str]:
+    """Each top-level location block of the server, by its match."""
+    found: dict[str, str] = {}
+    for match in re.finditer(r"\n {8}location ([^{]+)\{\n(.*?)\n {8}\}", text, re.S):
+        found[match.group(1).strip()] = match.group(2)
+    return found
+
+
+def test_each_route_is_its_prefix_and_what_is_under_it(tmp_path: Path) -> None:
+    text = render(plan(tmp_path))
+    blocks = locations(text)
+    assert {"= '/orders'", "'/orders/'", "= '/public'", "'/public/'", "/"} <= set(blocks)
+    assert "proxy_pass https://$tm_pass_0;" in blocks["'/orders/'"]
+    assert "proxy_pass https://$tm_pass_1;" in blocks["= '/public'"]
+    # the rest is asked about (a 404, recorded) and never forwarded
+    assert "auth_request /_trustmesh/authz;" in blocks["/"]
+    assert "proxy_pass https://tm_none;" in blocks["/"]
+
+
+def test_a_route_forwards_only_where_the_authorizer_chose_it(tmp_path: Path) -> None:
+    text = render(plan(tmp_path))
+    assert 'map $tm_route $tm_pass_0 { "0" tm_svc_orders; default tm_none; }' in text
+    assert 'map $tm_route $tm_pass_1 { "1" tm_svc_orders; default tm_none; }' in text
+    assert "upstream tm_none { server 127.0.0.1:9 down; }" in text
+
+
+def test_every_location_asks_the_authorizer_first(tmp_path: Path) -> None:
+    text = render(plan(tmp_path))
+    forwarding = {m: b for m, b in locations(text).items() if "proxy_pass https://" in b}
+    assert len(forwarding) == 5
+    for match, block in forwarding.items():
+        assert "auth_request /_trustmesh/authz;" in block, match
+
+
+def test_only_allow_listed_client_headers_are_forwarded(tmp_path: Path) -> None:
+    text = render(plan(tmp_path))
+    assert "proxy_pass_request_headers off;" in text
+    blocks = locations(text)
+    orders = set(re.findall(r"\$http_([a-z0-9_]+)", blocks["'/orders/'"]))
+    assert orders == {name.replace("-", "_") for name in FORWARDED}
+    # a strict route: what it names, never a header the gateway strips
+    public = set(re.findall(r"\$http_([a-z0-9_]+)", blocks["'/public/'"]))
+    assert public == {"x_tenant"}
+    authz = blocks["= /_trustmesh/authz"]
+    assert "internal;" in authz
+    assert "proxy_pass_request_body off;" in authz
+    assert "proxy_set_header X-Original-URI $request_uri;" in authz
+    assert "proxy_set_header X-Original-Client $remote_addr;" in authz
+
+
+def test_the_upstream_is_checked_by_its_svid(tmp_path: Path) -> None:
+    text = render(plan(tmp_path))
+    assert "proxy_ssl_verify on;" in text
+    assert f"proxy_ssl_trusted_certificate '{tmp_path / 'bundle.pem'}';" in text
+    assert f"proxy_ssl_certificate '{tmp_path / 'svid.pem'}';" in text
+    assert "proxy_ssl_name orders.shop.example;" in locations(text)["'/orders/'"]
+
+
+def test_an_upstream_without_instances_is_never_reached(tmp_path: Path) -> None:
+    text = render(plan(tmp_path, servers=()))
+    assert "upstream tm_svc_orders { server 127.0.0.1:9 down; keepalive 64; }" in text
+
+
+def test_strings_are_quoted_and_never_break_out(tmp_path: Path) -> None:
+    odd = tmp_path / "a'b\\c;d}"
+    odd.mkdir()
+    text = render(plan(odd))
+    assert "'" + str(odd).replace("\\", "\\\\").replace("'", "\\'") + "/nginx.pid'" in text
+    with pytest.raises(ValueError, match="newline"):
+        render(plan(tmp_path / "x\ny"))
+
+
+@pytest.mark.skipif(
+    shutil.which("nginx") is None
+    or not (MODULES / "ngx_http_headers_more_filter_module.so").exists(),
+    reason="needs nginx and its headers-more module",
+)
+def test_nginx_accepts_the_rendered_configuration(tmp_path: Path) -> None:
+    key = crypto.generate_key()
+    pem = crypto.private_key_to_pem(key)
+    now = dt.datetime.now(dt.UTC)
+    ca = crypto.create_root_ca("shop.example", key, now=now, ttl=dt.timedelta(hours=1), label="t")
+    for name in ("tls", "svid"):
+        (tmp_path / f"{name}.pem").write_bytes(crypto.cert_pem(ca).encode())
+        (tmp_path / f"{name}.key").write_bytes(pem)
+    (tmp_path / "bundle.pem").write_bytes(crypto.cert_pem(ca).encode())
+    (tmp_path / "tmp").mkdir()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(render(plan(tmp_path)))
+    done = subprocess.run(
+        ["nginx", "-t", "-q", "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "e.log")],
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    ("route", "named"),
+    [
+        ("{path: /x, to: orders, schema: s.json}", "routes[0].schema"),
+        ("{path: /x, to: orders, openapi: o.yaml, paths: [/x]}", "routes[0].openapi"),
+        ("{path: /x, to: orders, cors: {origins: ['https://a.example']}}", "routes[0].cors"),
+        ("{path: /x, to: orders, host: a.example}", "routes[0].host"),
+        ("{path: /x, to: orders, waf: {mode: fast}}", "the injection filter"),
+        ("{path: /x, to: orders, relay_errors: true}", "routes[0].relay_errors"),
+    ],
+)
+def test_nginx_refuses_what_it_cannot_enforce(route: str, named: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(BASE + f"    - {route}\n", source="t.yaml")
+    assert named in str(caught.value.problems)
+
+
+def test_the_gateway_wide_filter_must_be_off_for_nginx() -> None:
+    text = BASE.replace('  waf: {mode: "off"}\n', "") + "    - {path: /x, to: orders}\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, source="t.yaml")
+    assert "waf" in str(caught.value.problems)
