@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import shutil
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,3 +28,21 @@ async def private_redis(short_tmp: Path) -> AsyncIterator[PrivateRedis]:
         yield server
     finally:
         await asyncio.to_thread(server.kill)
+
+
+#: The module ``engine: nginx`` renders ``more_clear_headers`` with (Debian's package).
+HEADERS_MORE = Path("/usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so")
+
+
+@pytest.fixture
+def nginx_available() -> None:
+    """nginx with the headers-more module, or the test skips (fails where services are
+    required: ``.ci/run`` installs them)."""
+    if shutil.which("nginx") is None or not HEADERS_MORE.exists():
+        message = (
+            "engine: nginx needs nginx and its headers-more module "
+            "(apt-get install nginx libnginx-mod-http-headers-more-filter)"
+        )
+        if os.environ.get("TRUSTMESH_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"{message} and TRUSTMESH_REQUIRE_SERVICES=1")
+        pytest.skip(message)

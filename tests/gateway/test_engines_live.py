@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -24,13 +23,6 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from trustmesh.testing import RunningIdentityServer
-
-pytestmark = pytest.mark.skipif(
-    shutil.which("nginx") is None
-    or not Path("/usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so").exists(),
-    reason="engine: nginx needs nginx and its headers-more module "
-    "(apt-get install nginx libnginx-mod-http-headers-more-filter)",
-)
 
 SECTION = """auth: {{roles: [customer]}}
 gateway:
@@ -83,6 +75,8 @@ def recorder() -> Starlette:
 
 @pytest.fixture(params=["python", "nginx"])
 def engine(request: pytest.FixtureRequest) -> str:
+    if request.param == "nginx":
+        request.getfixturevalue("nginx_available")
     return str(request.param)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -28,7 +27,6 @@ gateway:
 ROUTES = """    - {path: /orders, to: orders, methods: [GET, POST]}
     - {path: /public, to: orders, auth: [anonymous], request_headers: [x-tenant, x-forwarded-user]}
 """
-MODULES = Path("/usr/lib/nginx/modules")
 
 
 def plan(
@@ -123,11 +121,7 @@ def test_strings_are_quoted_and_never_break_out(tmp_path: Path) -> None:
         render(plan(tmp_path / "x\ny"))
 
 
-@pytest.mark.skipif(
-    shutil.which("nginx") is None
-    or not (MODULES / "ngx_http_headers_more_filter_module.so").exists(),
-    reason="needs nginx and its headers-more module",
-)
+@pytest.mark.usefixtures("nginx_available")
 def test_nginx_accepts_the_rendered_configuration(tmp_path: Path) -> None:
     key = crypto.generate_key()
     pem = crypto.private_key_to_pem(key)
