@@ -107,7 +107,7 @@ CONFIG = textwrap.dedent(
     calls:
       - {from: edgeproxy, to: inventory, allow: ["GET /items/{item}"]}
     gateway:
-    %(policies)s  routes:
+    %(engine)s%(policies)s  routes:
         - path: /items
           to: inventory
           name: items
@@ -234,8 +234,10 @@ def free_port() -> int:
 
 
 def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU of ``pid`` and its direct children (nginx's workers)."""
-    total = 0.0
+    """User + system CPU of ``pid`` and all its descendants (nginx's workers; the nginx
+    the gateway runs with ``--engine nginx``, and its workers)."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -243,9 +245,14 @@ def tree_cpu_seconds(pid: int) -> float:
             fields = (entry / "stat").read_text().rpartition(")")[2].split()
         except OSError:
             continue
-        if int(entry.name) == pid or int(fields[1]) == pid:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+        parents[int(entry.name)] = int(fields[1])
+        cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tree, grew = {pid}, True
+    while grew:
+        more = {child for child, parent in parents.items() if parent in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return sum(cpu.get(p, 0.0) for p in tree)
 
 
 def session(ca: Path) -> requests.Session:
@@ -270,7 +277,7 @@ def wait_until_up(url: str, ca: Path, headers: dict[str, str], what: str) -> Non
 
 
 def start_stack(
-    root: Path, state: Path, with_policy: bool, with_audit: bool
+    root: Path, state: Path, with_policy: bool, with_audit: bool, engine_name: str = "python"
 ) -> tuple[Path, dict[str, Any]]:
     config = root / "trustmesh.yaml"
     policies = ""
@@ -279,7 +286,8 @@ def start_stack(
         policies = "  policies: [edge.cedar]\n"
     # the collector takes the events; the larger spool only bounds a slow collector
     audit = "audit: {spool: {max_bytes: 1073741824}}\n" if with_audit else ""
-    config.write_text(CONFIG % {"policies": policies, "audit": audit})
+    engine = f'  engine: {engine_name}\n  waf: {{mode: "off"}}\n' if engine_name != "python" else ""
+    config.write_text(CONFIG % {"policies": policies, "audit": audit, "engine": engine})
     up = tm("up", "--config", str(config), "--state", str(state), "--detach", timeout=180)
     if up.returncode != 0:
         raise SystemExit(f"trustmesh up failed:\n{up.stdout}\n{up.stderr}")
@@ -601,6 +609,13 @@ def main() -> None:
         help="no audit collector: events only spooled; the stack's spools fill (64 MiB) "
         "after some 60,000 requests and the services then wait (on_full: block)",
     )
+    parser.add_argument(
+        "--engine",
+        choices=("python", "nginx"),
+        default="python",
+        help="the gateway's engine (nginx: nginx forwards, the gateway's authorizer "
+        "decides; the injection filter off, as that engine requires)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--verbose", action="store_true", help="print wrk's own output")
     args = parser.parse_args()
@@ -625,7 +640,11 @@ def main() -> None:
     try:
         print("starting the trustmesh stack (trustmesh up) …", flush=True)
         config, status = start_stack(
-            root, state, with_policy=not args.no_edge_policy, with_audit=not args.no_audit
+            root,
+            state,
+            with_policy=not args.no_edge_policy,
+            with_audit=not args.no_audit,
+            engine_name=args.engine,
         )
         gateway, inventory = component(status, "gateway"), component(status, "inventory")
         edge_ca = Path(status["edge_ca"])
@@ -715,7 +734,8 @@ def main() -> None:
                 int(inventory["pid"]),
             ),
             Target(
-                "gateway (JWT, policy, limit, events, mTLS)",
+                "gateway (JWT, policy, limit, events, mTLS)"
+                + (f" [engine {args.engine}]" if args.engine != "python" else ""),
                 gateway["url"],
                 edge_ca,
                 (f"Authorization: Bearer {token}",),

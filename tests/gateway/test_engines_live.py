@@ -240,3 +240,9 @@ async def test_a_strict_route_forwards_only_its_headers(edge: Edge) -> None:
     assert headers["x-tenant"] == "t1"
     assert "x-other" not in headers
     assert "accept" not in headers
+
+
+async def test_a_head_too_large_is_431(edge: Edge) -> None:
+    answer = await edge.send("GET", "/ping", headers=[("X-Big", "a" * 65536)])
+    assert answer.status == 431
+    assert not SEEN

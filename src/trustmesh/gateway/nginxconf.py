@@ -213,6 +213,7 @@ def _server(plan: NginxPlan, by_service: dict[str, Upstream]) -> list[str]:
         f"ssl_certificate {_quoted(plan.tls_cert)};",
         f"ssl_certificate_key {_quoted(plan.tls_key)};",
         *(f"error_page {status} = @tm_{status};" for status in _ERRORS),
+        "error_page 494 = @tm_431;",  # nginx's own code for a head too large: 431 (RFC 6585)
         *_authorizer_location(plan),
     ]
     for status in _ERRORS:
