@@ -34,7 +34,8 @@ is command injection.
 
 The modules behind it, one idea each: the rule tables (:mod:`._wafrules`), command
 injection and traversal (:mod:`._wafshell`), the plans and the screen that decide what
-a value costs (:mod:`._wafscreen`), libinjection (:mod:`._waflibinjection`).
+a value costs (:mod:`._wafscreen`), the same screen over many values at once
+(:mod:`._wafbody`), libinjection (:mod:`._waflibinjection`).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from trustmesh.gateway._wafrules import (
 from trustmesh.gateway._wafscreen import _PLANS, _Plan, _plan, _screen, _specials, _Table
 from trustmesh.gateway._wafshell import _cmdi, _traversal
 
-__all__ = ["check"]
+__all__ = ["check", "check_rest"]
 
 #: Nothing in the checks below can match a value made only of these.
 _INERT = re.compile(r"[A-Za-z0-9_]*")
@@ -110,8 +111,13 @@ def _browser_read(value: str) -> str | None:
     return None
 
 
-def check(value: str) -> tuple[str, str] | None:
-    """The category and check name of the first check that matches ``value``."""
+def check(value: str, *, screen: bool = True) -> tuple[str, str] | None:
+    """The category and check name of the first check that matches ``value``.
+
+    ``screen`` is ``False`` for a value in which the screen of many values
+    (:func:`trustmesh.gateway._wafbody.suspects`) found nothing the per-value screen
+    looks for: the rules, command injection and traversal are not tried (none could
+    match), only libinjection and what a browser decodes."""
     # inert (_INERT: most keys, ids and enum values) with str methods, three times
     # cheaper than the regex: an ASCII value is inert when it is an identifier, letters
     # and digits, empty, or (the regex decides) starts with a digit
@@ -140,7 +146,17 @@ def check(value: str) -> tuple[str, str] | None:
         return None
     chars = _specials(v)
     plan = _PLANS.get(chars) or _plan(chars)
-    return _checks(value, v, chars, plan, plan.always or _screen(v, plan))
+    return _checks(value, v, chars, plan, plan.always or (screen and _screen(v, plan)))
+
+
+def check_rest(value: str, specials: str) -> tuple[str, str] | None:
+    """check() of a value that is not plain, in which the screen of many values
+    (:func:`trustmesh.gateway._wafbody.suspects`) found nothing: libinjection and what a
+    browser decodes only, planned from ``specials``, the value's characters of _RELEVANT
+    that plain values do not hold (all that the gates of these checks test)."""
+    chars = frozenset(specials)
+    plan = _PLANS.get(chars) or _plan(chars)
+    return _checks(value, value.lower(), chars, plan, plan.always)
 
 
 def _unscreened(value: str) -> tuple[str, str] | None:

@@ -74,7 +74,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote_plus
 
-from trustmesh.gateway._wafchecks import check
+from trustmesh.gateway._wafbody import suspects
+from trustmesh.gateway._wafchecks import check, check_rest
 
 __all__ = ["DEFAULT_HEADERS", "OVERLAP", "WINDOW", "Category", "FastFilter", "Finding"]
 
@@ -159,46 +160,64 @@ class FastFilter:
         return None
 
     def _headers(self, headers: Sequence[tuple[bytes, bytes]]) -> Finding | None:
+        values: list[str] = []
+        #: where each value is: a header's name, or a cookie's (``None``: it is the name)
+        places: list[tuple[str, str | None]] = []
         for raw_name, raw_value in headers:
             name = raw_name.decode("latin-1").lower()
             if name in _NEVER or not (name in self._exact or name.startswith(self._prefixes)):
                 continue
             value = raw_value.decode("latin-1")
             if name == "cookie":
-                cookies = (part.partition("=") for part in value.split(";"))
-                pairs = [(k.strip(), v.strip()) for k, _, v in cookies]
-                if (found := _pairs(pairs, "header.cookie")) is not None:
-                    return found
-            elif (hit := _value(value)) is not None:
-                return Finding(hit[0], f"header.{_name(name)}", hit[1])
-        return None
+                for part in value.split(";"):
+                    cookie, _, text = part.partition("=")
+                    cookie = cookie.strip()
+                    values += (cookie, text.strip())
+                    places += (("header.cookie", None), ("header.cookie", cookie))
+            else:
+                values.append(value)
+                places.append(("header", name))
+        if (found := _first(values)) is None:
+            return None
+        i, (category, check_name) = found
+        where, key = places[i]
+        return Finding(category, where if key is None else f"{where}.{_name(key)}", check_name)
 
 
 def _qsl(text: str) -> list[tuple[str, str]]:
     return parse_qsl(text, keep_blank_values=True)
 
 
-def _pairs(pairs: Iterable[tuple[str, str]], where: str) -> Finding | None:
-    for name, value in pairs:
-        if (found := _value(name)) is not None:
-            return Finding(found[0], where, found[1])
-        if (found := _value(value)) is not None:
-            return Finding(found[0], f"{where}.{_name(name)}", found[1])
-    return None
+def _pairs(pairs: Sequence[tuple[str, str]], where: str) -> Finding | None:
+    if (found := _first([text for pair in pairs for text in pair])) is None:
+        return None
+    i, (category, check_name) = found
+    return Finding(
+        category, where if i % 2 == 0 else f"{where}.{_name(pairs[i // 2][0])}", check_name
+    )
 
 
 def _pointers(strings: Iterable[tuple[str, str]]) -> Finding | None:
-    for pointer, value in strings:
-        # most strings of a body are short and hold no percent-escape: check() is all
-        # that _value would run (one call less a string)
-        if len(value) <= WINDOW and "%" not in value:
-            hit = check(value)
-            found = None if hit is None else (Category(hit[0]), hit[1])
-        else:
-            found = _value(value)
-        if found is not None:
-            where = _pointer(_without_key(pointer, value))
-            return Finding(found[0], f"body{where}", found[1])
+    pairs = strings if isinstance(strings, Sequence) else list(strings)
+    if (found := _first([value for _, value in pairs])) is None:
+        return None
+    i, (category, check_name) = found
+    pointer, value = pairs[i]
+    return Finding(category, f"body{_pointer(_without_key(pointer, value))}", check_name)
+
+
+def _first(values: Sequence[str]) -> tuple[int, tuple[Category, str]] | None:
+    """The first of ``values`` (its index) in which :func:`_value` finds an attack, and
+    what it finds: only the suspects of the screen of many values
+    (:func:`~trustmesh.gateway._wafbody.suspects`) are looked at, and those in which it
+    found nothing by libinjection and what a browser decodes only."""
+    for i, specials in suspects(values):
+        value = values[i]
+        if specials is None or len(value) > WINDOW or "%" in value:
+            if (found := _value(value)) is not None:
+                return i, found
+        elif (hit := check_rest(value, specials)) is not None:
+            return i, (Category(hit[0]), hit[1])
     return None
 
 
@@ -216,13 +235,14 @@ def _json_body(body: bytes) -> Finding | None:
         document = json.loads(body)
     except (ValueError, RecursionError):
         text = body.decode("utf-8", "replace")
-        found = _value(text)
-        return None if found is None else Finding(found[0], "body", found[1])
-    for tokens, value in _json_strings(document):
-        if (found := _value(value)) is not None:
-            where = "".join("/" + t.replace("~", "~0").replace("/", "~1") for t in tokens)
-            return Finding(found[0], f"body{_pointer(where)}", found[1])
-    return None
+        hit = _value(text)
+        return None if hit is None else Finding(hit[0], "body", hit[1])
+    strings = list(_json_strings(document))
+    if (found := _first([value for _, value in strings])) is None:
+        return None
+    i, (category, check_name) = found
+    where = "".join("/" + t.replace("~", "~0").replace("/", "~1") for t in strings[i][0])
+    return Finding(category, f"body{_pointer(where)}", check_name)
 
 
 def _json_strings(document: object) -> Iterator[tuple[tuple[str, ...], str]]:

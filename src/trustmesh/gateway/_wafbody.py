@@ -1,0 +1,209 @@
+"""The screen of many values at once (a request's JSON strings, its query or form fields,
+its headers): which of them :func:`trustmesh.gateway._wafchecks.check` may find
+something in, in a few C-level passes over all of them instead of a Python call each.
+
+The values are lower-cased and joined by ``_JOIN`` (a character no check looks for);
+then
+
+1. ``bytes.translate`` deletes every character a plain value is made of (``_PLAIN_ASCII``:
+   letters, digits, spaces, ``_ . , @ ! ? + : -``): what is left between the separators
+   is the values that are not plain, the only ones check() plans (a plain value it rules
+   out at once, unless it holds one of a few hints);
+2. one RE2 search (a DFA: its cost grows with the text, not with the number of words it
+   looks for) finds, in any value, what the per-value screen of :mod:`._wafscreen` looks
+   for: a character of ``_ALWAYS``, the context of a screened character (``_CONTEXTS``,
+   each the RE2 form of a pattern of ``_SCREENS``: a look-behind becomes the text before,
+   a possessive quantifier a greedy one, a look-ahead the character after or the end),
+   a keyword of a rule together with the characters its group (and ``_ALSO_NEEDS``)
+   need, in any order within the value, a word of ``_SHELL_WORDS``; and ``--``, what a
+   plain value may hold that libinjection-sqli looks at.
+
+Each value found in step 2 goes through check() whole (its own screen decides); a value
+found only in step 1 goes to check() without the rules, command injection and traversal:
+the body screen is a superset of the per-value one, so no rule can match there
+(``tests/gateway/test_waf_screen.py`` holds it to that on every vector string and on
+generated ones). A value found by neither cannot be found by check() at all.
+
+Only ASCII values are screened together (``_JOIN`` stands for the end of a value; RE2 reads
+bytes); any other value is a suspect as it is. RE2 (``google-re2``, which pysigma
+requires) is called through its compiled object when it answers a self-test at import;
+without it every value is a suspect, and check() screens each alone, as before.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Callable, Sequence
+
+from trustmesh.gateway._wafrules import _ALSO_NEEDS, _SQL_RULES, _XSS_RULES
+from trustmesh.gateway._wafscreen import _RELEVANT, _SCREENS, _SHELL_WORDS
+from trustmesh.gateway._wafshell import _COMMANDS
+
+__all__ = ["suspects"]
+
+#: what joins the values: no check, screen or plan looks for it
+_JOIN = "\x01"
+#: what a plain value is made of, lower-cased (check()'s ``_PLAIN`` over ASCII)
+_PLAIN_ASCII = "abcdefghijklmnopqrstuvwxyz0123456789_ .,@!?+:-"
+#: what a value's plan and gates never depend on once the screen found nothing: what
+#: plain values are made of, and every character of no interest to a check (_RELEVANT)
+_PLAIN_OR_IRRELEVANT = bytes(
+    b for b in range(128) if chr(b) != _JOIN and (chr(b) in _PLAIN_ASCII or chr(b) not in _RELEVANT)
+)
+#: a run of characters that are not separators: a value that is not plain
+_RUN = re.compile(rb"[^\x01]+")
+
+# -- the RE2 pattern ----------------------------------------------------------------------
+#: what Python's ``\s`` matches in ASCII (RE2's ``\s`` leaves out 0x0b and 0x1c–0x1f)
+_S = r"[\t-\r\x1c-\x1f ]"
+#: what a value ends at: the separator, or the end of the text
+_END = r"(?:\x01|$)"
+_THEN_COMMAND = rf"[;&|`\n\r]?{_S}*(?:['\"]?(?:{_COMMANDS})(?:[^a-z0-9]|$)|\$)"
+_QUOTE_THEN_COMMENT = rf"{_S}*\)*{_S}*;?{_S}*(?:(?:--|#)[\t-\r\x1c-\x1f +-]*{_END}|/\*)"
+_SYSTEM_DIRS = r"(?:etc|proc|windows|winnt)"
+_DRIVE_DIRS = r"(?:windows|winnt|inetpub|boot\.ini)"
+#: the RE2 form of each pattern of _SCREENS (a superset of it; one per character)
+_CONTEXTS = {
+    "(": r"(?:alert|confirm|prompt|eval|fromcharcode|sleep|benchmark|receive_message"
+    rf"|system|exec|passthru|popen|proc_open)\(|\({_S}*select",
+    "_": r"(?:information|pg|sqlite|xp|sp|utl|load)_",
+    ";": rf";{_S}*(?:select|insert|update|delete|drop|create|alter|truncate|exec|declare"
+    rf"|shutdown|waitfor)|;{_THEN_COMMAND}",
+    **{op: re.escape(op) + _THEN_COMMAND for op in "&|\n\r"},
+    "$": r"\$(?:\(|\{?ifs)",
+    "{": rf"\{{{_S}*(?:{_COMMANDS}),",
+    "'": "'" + _QUOTE_THEN_COMMENT,
+    '"': '"' + _QUOTE_THEN_COMMENT,
+    "/": rf"/(?:s?bin/|dev/(?:tcp|udp)/|\*)|{_SYSTEM_DIRS}/|:/{_DRIVE_DIRS}",
+    "\\": rf"{_SYSTEM_DIRS}\\|:\\{_DRIVE_DIRS}",
+    ":": r"(?:file|php|phar|zip|expect|glob)://",
+}
+if set(_CONTEXTS) != set(_SCREENS):
+    raise ImportError("each screened character needs its RE2 context")
+#: keywords that need no character (all letters: common in keys and prose), as their
+#: rules need them (what follows the keyword in each)
+_KEYWORDS = {
+    "union": r"union[^\x01]*select",
+    "sys": r"sys(?:objects|columns|users|databases|logins|ibm\.|cat\.)",
+    "into": rf"into{_S}+(?:out|dump)file",
+    "create": rf"create{_S}+(?:table|user)",
+    "insert": rf"insert{_S}+into",
+    "select": rf"select{_S}",
+}
+#: the characters of _ALWAYS that ASCII holds
+_ALWAYS_ASCII = r"[<`\x00%]"
+
+
+def _in_one_value(parts: Sequence[str]) -> list[str]:
+    """Patterns matching ``parts`` in any order within one value (no separator between)."""
+    return [r"[^\x01]*".join(order) for order in itertools.permutations(parts)]
+
+
+def _words() -> list[str]:
+    """Each keyword of more than one character (or what its rule needs after it,
+    _KEYWORDS) with the characters its rule needs (the group's and _ALSO_NEEDS, those
+    the keyword does not hold itself), and the words of _SHELL_WORDS."""
+    patterns: list[str] = []
+    for needs, group in (*_XSS_RULES, *_SQL_RULES):
+        for check, keyword, _ in group:
+            if len(keyword) == 1:
+                continue  # a screened character (_CONTEXTS) or one of _ALWAYS
+            classes = [
+                chars
+                for chars in (needs, frozenset(_ALSO_NEEDS.get((check, keyword), "")))
+                if chars and chars.isdisjoint(keyword)
+            ]
+            parts = [_KEYWORDS.get(keyword, re.escape(keyword))]
+            parts += ["[" + "".join(re.escape(c) for c in sorted(c)) + "]" for c in classes]
+            patterns += _in_one_value(parts)
+    for char, word in _SHELL_WORDS:
+        parts = [re.escape(word)] + ([re.escape(char)] if char and char not in word else [])
+        patterns += _in_one_value(parts)
+    return list(dict.fromkeys(patterns))
+
+
+_PATTERN = "|".join([_ALWAYS_ASCII, *_CONTEXTS.values(), *_words(), "--"])
+
+
+def _re2_search() -> Callable[[bytes, int], int] | None:
+    """Where the first match of _PATTERN in ASCII bytes starts, from a position (-1:
+    none), through RE2's compiled object if it answers a self-test; ``None`` otherwise."""
+    try:
+        import re2  # type: ignore[import-untyped]  # no stubs
+
+        options = re2.Options()
+        options.encoding = re2.Options.Encoding.LATIN1
+        options.never_capture = True
+        compiled = re2._re2.RE2(_PATTERN.encode("latin-1"), options)
+        unanchored = re2._Anchor.UNANCHORED
+        match = compiled.Match
+    except (ImportError, AttributeError, TypeError):
+        return None
+    if not compiled.ok():
+        return None
+
+    def search(data: bytes, start: int) -> int:
+        at: int = match(unanchored, data, start, len(data))[0][0]
+        return at
+
+    probes = {
+        b"o'brien\x01hello": -1,
+        b"a\x01b; cat /etc/x": 3,
+        b"x\x01union all select": 2,
+        b"created_at\x01x": -1,
+        b"x\x01it's -- fine": 7,
+        b"a=b\x01or c": -1,
+        b"a\x01b or c=d": 4,
+    }
+    if any(search(probe, 0) != at for probe, at in probes.items()):
+        return None
+    return search
+
+
+_search = _re2_search()
+
+
+def suspects(values: Sequence[str]) -> list[tuple[int, str | None]]:
+    """The values check() may find something in, by index (in order), each with
+    ``None`` when check() must take it whole, or with its special characters that are
+    not those of a plain value (those of _RELEVANT), when the screen found nothing in it:
+    only libinjection and what a browser decodes can find something there
+    (:func:`~trustmesh.gateway._wafchecks.check_rest`). A value left out check() would
+    find nothing in."""
+    if _search is None:
+        return [(i, None) for i in range(len(values))]
+    joined = _JOIN.join(values)
+    if joined.isascii() and joined.count(_JOIN) == len(values) - 1:
+        return _screened(joined.lower().encode("ascii"), range(len(values)))
+    index = [i for i, value in enumerate(values) if value.isascii() and _JOIN not in value]
+    found: dict[int, str | None] = dict.fromkeys(set(range(len(values))).difference(index))
+    if index:
+        data = _JOIN.join(values[i] for i in index).lower().encode("ascii")
+        found.update(_screened(data, index))
+    return sorted(found.items())
+
+
+def _screened(data: bytes, index: Sequence[int]) -> list[tuple[int, str | None]]:
+    """The suspects among ASCII values joined in ``data`` (lower-cased), by their index
+    in ``index``."""
+    search = _search
+    if search is None:
+        return [(i, None) for i in index]
+    found: list[tuple[int, str | None]] = []
+    # the separators, and what is special in the values that are not plain
+    left = data.translate(None, _PLAIN_OR_IRRELEVANT)
+    if len(left) >= len(index):
+        k = last = 0
+        for run in _RUN.finditer(left):
+            k += left.count(b"\x01", last, last := run.start())
+            found.append((index[k], run[0].decode("ascii")))
+    at = search(data, 0)
+    if at == -1:
+        return found
+    whole: dict[int, str | None] = dict(found)
+    while at != -1:
+        whole[index[data.count(b"\x01", 0, at)]] = None
+        end = data.find(b"\x01", at)
+        at = -1 if end == -1 else search(data, end + 1)
+    return sorted(whole.items())
