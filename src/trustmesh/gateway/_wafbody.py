@@ -6,28 +6,33 @@ The values are lower-cased and joined by ``_JOIN`` (a character no check looks f
 then
 
 1. ``bytes.translate`` deletes every character a plain value is made of (``_PLAIN_ASCII``:
-   letters, digits, spaces, ``_ . , @ ! ? + : -``): what is left between the separators
-   is the values that are not plain, the only ones check() plans (a plain value it rules
-   out at once, unless it holds one of a few hints);
+   letters, digits, spaces, ``_ . , @ ! ? + : -``) and every character no check tests
+   (not in ``_RELEVANT``): what is left between the separators is, for each value that
+   is not plain, the special characters its plan and gates depend on; a value holding
+   one of ``_ALWAYS`` (``<``, a backtick, a NUL, ``%``) goes to check() whole;
 2. one RE2 search (a DFA: its cost grows with the text, not with the number of words it
-   looks for) finds, in any value, what the per-value screen of :mod:`._wafscreen` looks
-   for: a character of ``_ALWAYS``, the context of a screened character (``_CONTEXTS``,
-   each the RE2 form of a pattern of ``_SCREENS``: a look-behind becomes the text before,
-   a possessive quantifier a greedy one, a look-ahead the character after or the end),
-   a keyword of a rule together with the characters its group (and ``_ALSO_NEEDS``)
-   need, in any order within the value, a word of ``_SHELL_WORDS``; and ``--``, what a
-   plain value may hold that libinjection-sqli looks at.
+   looks for) finds, in any value, where a rule, a command-injection or a traversal
+   check may match: the context of a screened character (``_CONTEXTS``, each the RE2
+   form of a pattern of ``_SCREENS``: a look-behind becomes the text before it, a
+   possessive quantifier a greedy one, a look-ahead the character after or the end), a
+   keyword of a rule (for a keyword of letters only, what its rule needs after it:
+   ``_KEYWORDS``) with the characters its group and ``_ALSO_NEEDS`` need, in any order
+   within the value, a word of ``_SHELL_WORDS``; and ``--``, what a plain value may
+   hold that libinjection-sqli looks at. A value found here goes to check() whole.
 
-Each value found in step 2 goes through check() whole (its own screen decides); a value
-found only in step 1 goes to check() without the rules, command injection and traversal:
-the body screen is a superset of the per-value one, so no rule can match there
-(``tests/gateway/test_waf_screen.py`` holds it to that on every vector string and on
-generated ones). A value found by neither cannot be found by check() at all.
+A value found only in step 1 goes to :func:`~trustmesh.gateway._wafchecks.check_rest`:
+libinjection and what a browser decodes, no rule, command injection or traversal (none
+can match there: the screen is a superset of them, ``tests/gateway/test_waf_body.py``
+holds it to that on every vector string, and to the same findings together as alone).
+A value found by neither is one check() finds nothing in: plain (and with no hint of
+check(): they are words or contexts of step 2) or holding nothing the checks need.
 
-Only ASCII values are screened together (``_JOIN`` stands for the end of a value; RE2 reads
-bytes); any other value is a suspect as it is. RE2 (``google-re2``, which pysigma
-requires) is called through its compiled object when it answers a self-test at import;
-without it every value is a suspect, and check() screens each alone, as before.
+Only ASCII values are screened together (``_JOIN`` stands for the end of a value; RE2
+reads bytes), and none longer than a window (a window's end is an end for the
+patterns that look for one); any other value is a suspect as it is. RE2
+(``google-re2``, in the lock as pysigma requires it) is called through its compiled
+object when it answers a self-test at import; without it every value is a suspect and
+check() screens each alone.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import re
 from collections.abc import Callable, Sequence
 
 from trustmesh.gateway._wafrules import _ALSO_NEEDS, _SQL_RULES, _XSS_RULES
-from trustmesh.gateway._wafscreen import _RELEVANT, _SCREENS, _SHELL_WORDS
+from trustmesh.gateway._wafscreen import _ALWAYS, _RELEVANT, _SCREENS, _SHELL_WORDS
 from trustmesh.gateway._wafshell import _COMMANDS
 
 __all__ = ["suspects"]
@@ -51,8 +56,8 @@ _PLAIN_ASCII = "abcdefghijklmnopqrstuvwxyz0123456789_ .,@!?+:-"
 _PLAIN_OR_IRRELEVANT = bytes(
     b for b in range(128) if chr(b) != _JOIN and (chr(b) in _PLAIN_ASCII or chr(b) not in _RELEVANT)
 )
-#: a run of characters that are not separators: a value that is not plain
-_RUN = re.compile(rb"[^\x01]+")
+#: the separators before a value that is not plain, and its run of special characters
+_RUN = re.compile(rb"(\x01*)([^\x01]+)")
 
 # -- the RE2 pattern ----------------------------------------------------------------------
 #: what Python's ``\s`` matches in ASCII (RE2's ``\s`` leaves out 0x0b and 0x1c–0x1f)
@@ -91,8 +96,6 @@ _KEYWORDS = {
     "insert": rf"insert{_S}+into",
     "select": rf"select{_S}",
 }
-#: the characters of _ALWAYS that ASCII holds
-_ALWAYS_ASCII = r"[<`\x00%]"
 
 
 def _in_one_value(parts: Sequence[str]) -> list[str]:
@@ -123,7 +126,7 @@ def _words() -> list[str]:
     return list(dict.fromkeys(patterns))
 
 
-_PATTERN = "|".join([_ALWAYS_ASCII, *_CONTEXTS.values(), *_words(), "--"])
+_PATTERN = "|".join([*_CONTEXTS.values(), *_words(), "--"])
 
 
 def _re2_search() -> Callable[[bytes, int], int] | None:
@@ -164,19 +167,24 @@ def _re2_search() -> Callable[[bytes, int], int] | None:
 _search = _re2_search()
 
 
-def suspects(values: Sequence[str]) -> list[tuple[int, str | None]]:
+def suspects(values: Sequence[str], longest: int) -> list[tuple[int, str | None]]:
     """The values check() may find something in, by index (in order), each with
     ``None`` when check() must take it whole, or with its special characters that are
     not those of a plain value (those of _RELEVANT), when the screen found nothing in it:
     only libinjection and what a browser decodes can find something there
     (:func:`~trustmesh.gateway._wafchecks.check_rest`). A value left out check() would
-    find nothing in."""
-    if _search is None:
+    find nothing in. A value longer than ``longest`` (checked in windows), not ASCII or
+    holding _JOIN is a suspect as it is."""
+    if _search is None or not values:
         return [(i, None) for i in range(len(values))]
     joined = _JOIN.join(values)
-    if joined.isascii() and joined.count(_JOIN) == len(values) - 1:
+    if len(joined) <= longest and joined.isascii() and joined.count(_JOIN) == len(values) - 1:
         return _screened(joined.lower().encode("ascii"), range(len(values)))
-    index = [i for i, value in enumerate(values) if value.isascii() and _JOIN not in value]
+    index = [
+        i
+        for i, value in enumerate(values)
+        if len(value) <= longest and value.isascii() and _JOIN not in value
+    ]
     found: dict[int, str | None] = dict.fromkeys(set(range(len(values))).difference(index))
     if index:
         data = _JOIN.join(values[i] for i in index).lower().encode("ascii")
@@ -194,10 +202,11 @@ def _screened(data: bytes, index: Sequence[int]) -> list[tuple[int, str | None]]
     # the separators, and what is special in the values that are not plain
     left = data.translate(None, _PLAIN_OR_IRRELEVANT)
     if len(left) >= len(index):
-        k = last = 0
-        for run in _RUN.finditer(left):
-            k += left.count(b"\x01", last, last := run.start())
-            found.append((index[k], run[0].decode("ascii")))
+        k = 0
+        for separators, run in _RUN.findall(left):
+            k += len(separators)
+            specials = run.decode("ascii")
+            found.append((index[k], specials if _ALWAYS.isdisjoint(specials) else None))
     at = search(data, 0)
     if at == -1:
         return found

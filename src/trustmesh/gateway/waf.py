@@ -72,6 +72,7 @@ import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from urllib.parse import parse_qsl, unquote_plus
 
 from trustmesh.gateway._wafbody import suspects
@@ -199,7 +200,7 @@ def _pairs(pairs: Sequence[tuple[str, str]], where: str) -> Finding | None:
 
 def _pointers(strings: Iterable[tuple[str, str]]) -> Finding | None:
     pairs = strings if isinstance(strings, Sequence) else list(strings)
-    if (found := _first([value for _, value in pairs])) is None:
+    if (found := _first(list(map(itemgetter(1), pairs)))) is None:
         return None
     i, (category, check_name) = found
     pointer, value = pairs[i]
@@ -211,9 +212,9 @@ def _first(values: Sequence[str]) -> tuple[int, tuple[Category, str]] | None:
     what it finds: only the suspects of the screen of many values
     (:func:`~trustmesh.gateway._wafbody.suspects`) are looked at, and those in which it
     found nothing by libinjection and what a browser decodes only."""
-    for i, specials in suspects(values):
+    for i, specials in suspects(values, WINDOW):
         value = values[i]
-        if specials is None or len(value) > WINDOW or "%" in value:
+        if specials is None:
             if (found := _value(value)) is not None:
                 return i, found
         elif (hit := check_rest(value, specials)) is not None:
