@@ -70,7 +70,7 @@ from __future__ import annotations
 import enum
 import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from urllib.parse import parse_qsl, unquote_plus
@@ -142,26 +142,34 @@ class FastFilter:
     ) -> Finding | None:
         """The first finding in the request's path, query, headers and body, in that
         order, or ``None`` (see the module docstring for what each part is)."""
-        for segment in path.split("/"):
-            if (hit := _value(segment)) is not None:
-                return Finding(hit[0], "path", hit[1])
-        if query and (found := _pairs(_qsl(query.decode("latin-1")), "query")):
-            return found
-        if (found := self._headers(headers)) is not None:
-            return found
-        if not body and json_strings is None:
+        # every value of the request, in that order, screened together (_first); each
+        # part names where its values are, from its first one on
+        values = path.split("/")
+        parts: list[tuple[int, Callable[[int], str]]] = [(0, _path_place)]
+        if query:
+            _add_pairs(values, parts, _qsl(query.decode("latin-1")), "query")
+        self._add_headers(values, parts, headers)
+        if body or json_strings is not None:
+            media = (content_type or "").split(";", 1)[0].strip().lower()
+            if media == "application/x-www-form-urlencoded":
+                _add_pairs(values, parts, _qsl(body.decode("utf-8", "replace")), "form")
+            elif media == "application/json" or media.endswith("+json"):
+                if json_strings is None:
+                    _add_json_body(values, parts, body)
+                else:
+                    _add_pointers(values, parts, json_strings)
+        if (found := _first(values)) is None:
             return None
-        media = (content_type or "").split(";", 1)[0].strip().lower()
-        if media == "application/x-www-form-urlencoded":
-            return _pairs(_qsl(body.decode("utf-8", "replace")), "form")
-        if media == "application/json" or media.endswith("+json"):
-            if json_strings is None:
-                return _json_body(body)
-            return _pointers(json_strings)
-        return None
+        i, (category, check_name) = found
+        first, where = next(part for part in reversed(parts) if part[0] <= i)
+        return Finding(category, where(i - first), check_name)
 
-    def _headers(self, headers: Sequence[tuple[bytes, bytes]]) -> Finding | None:
-        values: list[str] = []
+    def _add_headers(
+        self,
+        values: list[str],
+        parts: list[tuple[int, Callable[[int], str]]],
+        headers: Sequence[tuple[bytes, bytes]],
+    ) -> None:
         #: where each value is: a header's name, or a cookie's (``None``: it is the name)
         places: list[tuple[str, str | None]] = []
         for raw_name, raw_value in headers:
@@ -178,33 +186,41 @@ class FastFilter:
             else:
                 values.append(value)
                 places.append(("header", name))
-        if (found := _first(values)) is None:
-            return None
-        i, (category, check_name) = found
-        where, key = places[i]
-        return Finding(category, where if key is None else f"{where}.{_name(key)}", check_name)
+        if places:
+            parts.append((len(values) - len(places), lambda i: _place(*places[i])))
+
+
+def _path_place(_: int) -> str:
+    return "path"
+
+
+def _place(where: str, name: str | None) -> str:
+    return where if name is None else f"{where}.{_name(name)}"
 
 
 def _qsl(text: str) -> list[tuple[str, str]]:
     return parse_qsl(text, keep_blank_values=True)
 
 
-def _pairs(pairs: Sequence[tuple[str, str]], where: str) -> Finding | None:
-    if (found := _first([text for pair in pairs for text in pair])) is None:
-        return None
-    i, (category, check_name) = found
-    return Finding(
-        category, where if i % 2 == 0 else f"{where}.{_name(pairs[i // 2][0])}", check_name
-    )
+def _add_pairs(
+    values: list[str],
+    parts: list[tuple[int, Callable[[int], str]]],
+    pairs: Sequence[tuple[str, str]],
+    where: str,
+) -> None:
+    """Names and values (a name that offends is left out of the location)."""
+    parts.append((len(values), lambda i: _place(where, None if i % 2 == 0 else pairs[i // 2][0])))
+    values += (text for pair in pairs for text in pair)
 
 
-def _pointers(strings: Iterable[tuple[str, str]]) -> Finding | None:
+def _add_pointers(
+    values: list[str],
+    parts: list[tuple[int, Callable[[int], str]]],
+    strings: Iterable[tuple[str, str]],
+) -> None:
     pairs = strings if isinstance(strings, Sequence) else list(strings)
-    if (found := _first(list(map(itemgetter(1), pairs)))) is None:
-        return None
-    i, (category, check_name) = found
-    pointer, value = pairs[i]
-    return Finding(category, f"body{_pointer(_without_key(pointer, value))}", check_name)
+    parts.append((len(values), lambda i: f"body{_pointer(_without_key(*pairs[i]))}"))
+    values += map(itemgetter(1), pairs)
 
 
 def _first(values: Sequence[str]) -> tuple[int, tuple[Category, str]] | None:
@@ -231,19 +247,26 @@ def _without_key(pointer: str, key: str) -> str:
     return pointer
 
 
-def _json_body(body: bytes) -> Finding | None:
+def _add_json_body(
+    values: list[str], parts: list[tuple[int, Callable[[int], str]]], body: bytes
+) -> None:
+    """A JSON body's keys and string values, or the body whole when it does not parse."""
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):
-        text = body.decode("utf-8", "replace")
-        hit = _value(text)
-        return None if hit is None else Finding(hit[0], "body", hit[1])
+        parts.append((len(values), lambda _: "body"))
+        values.append(body.decode("utf-8", "replace"))
+        return
     strings = list(_json_strings(document))
-    if (found := _first([value for _, value in strings])) is None:
-        return None
-    i, (category, check_name) = found
-    where = "".join("/" + t.replace("~", "~0").replace("/", "~1") for t in strings[i][0])
-    return Finding(category, f"body{_pointer(where)}", check_name)
+
+    def where(i: int) -> str:
+        tokens = strings[i][0]
+        return "body" + _pointer(
+            "".join("/" + t.replace("~", "~0").replace("/", "~1") for t in tokens)
+        )
+
+    parts.append((len(values), where))
+    values += map(itemgetter(1), strings)
 
 
 def _json_strings(document: object) -> Iterator[tuple[tuple[str, ...], str]]:
