@@ -6,14 +6,18 @@ a request's values cost, never what is found in them.
 - what the filter finds in values screened together is what it finds in each alone
   (the vectors one by one and mixed, generated values, values that cannot be screened
   together: not ASCII, holding the separator);
+- all the parts of a request screened together: a finding is located in its part;
 - the skipping itself: typical benign values are screened out of the rules.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Sequence
+from urllib.parse import urlencode
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_waf_screen import PIECES, TYPICAL, matches, values
@@ -117,3 +121,30 @@ def test_typical_benign_values_are_screened_out_of_the_rules() -> None:
     ascii_only = [value for value in TYPICAL if value.isascii()]
     assert all(specials is not None for _, specials in body.suspects(ascii_only, waf.WINDOW))
     assert body.suspects(["created_at", "Blue cotton T-shirt, size M", "en-GB"], waf.WINDOW) == []
+
+
+ATTACK = "1' or '1'='1' --"
+PLACES = ["path", "query.q", "header.cookie.c", "header.x-note", "body/items/1/note"]
+
+
+@pytest.mark.parametrize("place", PLACES)
+def test_a_finding_among_all_of_a_requests_values_is_located_in_its_part(place: str) -> None:
+    """All the parts of a request are screened together: the finding still names the
+    part (and the name) it is in."""
+
+    def at(here: str, benign: str) -> str:
+        return ATTACK if place == here else benign
+
+    found = waf.FastFilter().inspect(
+        path="/shop/" + at("path", "items") + "/7",
+        query=urlencode({"a": "1", "q": at("query.q", "blue shirt")}).encode(),
+        headers=[
+            (b"cookie", f"s=1; c={at('header.cookie.c', 'dark')}".encode()),
+            (b"x-note", at("header.x-note", "Alice O'Brien").encode()),
+        ],
+        content_type="application/json",
+        body=json.dumps(
+            {"items": [{"note": "x"}, {"note": at("body/items/1/note", "see you (soon)")}]}
+        ).encode(),
+    )
+    assert found == waf.Finding(waf.Category.SQLI, place, "sqli-quote-comment")

@@ -111,13 +111,8 @@ def _browser_read(value: str) -> str | None:
     return None
 
 
-def check(value: str, *, screen: bool = True) -> tuple[str, str] | None:
-    """The category and check name of the first check that matches ``value``.
-
-    ``screen`` is ``False`` for a value in which the screen of many values
-    (:func:`trustmesh.gateway._wafbody.suspects`) found nothing the per-value screen
-    looks for: the rules, command injection and traversal are not tried (none could
-    match), only libinjection and what a browser decodes."""
+def check(value: str) -> tuple[str, str] | None:
+    """The category and check name of the first check that matches ``value``."""
     # inert (_INERT: most keys, ids and enum values) with str methods, three times
     # cheaper than the regex: an ASCII value is inert when it is an identifier, letters
     # and digits, empty, or (the regex decides) starts with a digit
@@ -146,7 +141,7 @@ def check(value: str, *, screen: bool = True) -> tuple[str, str] | None:
         return None
     chars = _specials(v)
     plan = _PLANS.get(chars) or _plan(chars)
-    return _checks(value, v, chars, plan, plan.always or (screen and _screen(v, plan)))
+    return _checks(value, v, chars, plan, plan.always or _screen(v, plan))
 
 
 def check_rest(value: str, specials: str) -> tuple[str, str] | None:

@@ -56,7 +56,13 @@ fingerprints are what prose with quotes makes):
 Bounds: a value is checked in windows of ``WINDOW`` (4,096) characters that overlap by
 ``OVERLAP`` (512), so a long value costs linear time and nothing in it is skipped; the
 total is bounded by what the request may carry (the gateway's body limit, stage 6, runs
-first; ≈ 10 µs per KiB of prose, ``benchmarks/waf.py``).
+first; ≈ 10 µs per KiB of prose, ``benchmarks/waf.py``). A request's values (path
+segments, query and form fields, headers, JSON keys and strings) are screened together
+first (:mod:`trustmesh.gateway._wafbody`: one ``bytes.translate`` and one RE2 search over
+all of them); only those it cannot rule out are checked one by one, and those in which
+it found no word or context of a rule by libinjection and what a browser decodes only.
+It decides what a request costs, never what is found in it
+(``tests/gateway/test_waf_body.py``).
 
 Locations: ``path``, ``query.<name>``, ``form.<name>``, ``header.<name>``,
 ``header.cookie.<name>``, ``body<JSON pointer>`` (``body/items/0/name``). A name is cut
