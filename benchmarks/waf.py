@@ -309,8 +309,8 @@ def per_value(seconds: float) -> None:
     agent = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"
     places = [*strings, ("header user-agent", agent)]
     values = [s for _, s in places]
-    micros = best_of(lambda: suspects(values, WINDOW), seconds / 4)
-    found = suspects(values, WINDOW)
+    micros = best_of(lambda: list(suspects(values, WINDOW)), seconds / 4)
+    found = list(suspects(values, WINDOW))
     print(f"\nthe {len(values)} values screened together: {micros:.1f} µs, {len(found)} suspects")
     costs = [
         (

@@ -37,11 +37,11 @@ check() screens each alone.
 
 from __future__ import annotations
 
-import itertools
+import heapq
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from trustmesh.gateway._wafrules import _ALSO_NEEDS, _SQL_RULES, _XSS_RULES
+from trustmesh.gateway._wafrules import _SQL_RULES, _XSS_RULES
 from trustmesh.gateway._wafscreen import _ALWAYS, _RELEVANT, _SCREENS, _SHELL_WORDS
 from trustmesh.gateway._wafshell import _COMMANDS
 
@@ -86,47 +86,59 @@ _CONTEXTS = {
 }
 if set(_CONTEXTS) != set(_SCREENS):
     raise ImportError("each screened character needs its RE2 context")
-#: keywords that need no character (all letters: common in keys and prose), as their
-#: rules need them (what follows the keyword in each)
+#: a comparison after a boolean keyword (sqli-tautology's _COMPARISON: numbers, or a word
+#: quoted or not, then an operator or ``like``)
+_COMPARED = (
+    r"[\t-\r\x1c-\x1f (]+(?:[0-9]+(?:\.[0-9]+)?[\t-\r\x1c-\x1f )]*[=<>!]"
+    r"|['\"]?[a-z0-9_]+['\"]?[\t-\r\x1c-\x1f )]*(?:=|like))"
+)
+#: the RE2 form of each rule whose keyword is more than one character: the keyword and
+#: what the rule needs after it (a superset of what the rule matches there; no
+#: look-around, no back-reference, and, but for UNION's SELECT, nothing to remember
+#: across a value, so that the DFA stays small whatever a value holds)
 _KEYWORDS = {
+    # XSS
+    "script": rf"script{_S}*:",
+    "data": rf"data{_S}*:{_S}*(?:text/html|image/svg|application/)",
+    "srcdoc": rf"srcdoc{_S}*=",
+    "formaction": rf"formaction{_S}*=",
+    "xlink:href": rf"xlink:href{_S}*=",
+    "expression": rf"expression{_S}*\(",
+    "document": rf"document{_S}*\.",
+    "location": rf"location{_S}*\.",
+    "innerhtml": rf"innerhtml{_S}*=",
+    "+adw-": r"\+adw-",
+    # SQL injection
     "union": r"union[^\x01]*select",
+    "sleep": rf"sleep{_S}+\(",
+    "waitfor": rf"waitfor{_S}+(?:delay|time)",
     "sys": r"sys(?:objects|columns|users|databases|logins|ibm\.|cat\.)",
+    "mysql.user": r"mysql\.user",
+    "@@": "@@",
     "into": rf"into{_S}+(?:out|dump)file",
+    **{keyword: keyword + _COMPARED for keyword in ("or", "and", "xor", "having", "where")},
+    "||": r"\|\|" + _COMPARED.replace("+", "*", 1),
+    "&&": "&&" + _COMPARED.replace("+", "*", 1),
+    "order": rf"order{_S}+by{_S}+[0-9]",
+    "group": rf"group{_S}+by{_S}+[0-9]",
+    "/*": r"/\*",
     "create": rf"create{_S}+(?:table|user)",
     "insert": rf"insert{_S}+into",
-    "select": rf"select{_S}",
+    "select": rf"select{_S}+(?:\*|current_user|session_user|system_user|user\(|version\("
+    r"|database\(|@@)",
+    "exec": rf"exec(?:ute)?{_S}+(?:master\.|xp_|sp_)",
 }
-
-
-def _in_one_value(parts: Sequence[str]) -> list[str]:
-    """Patterns matching ``parts`` in any order within one value (no separator between)."""
-    return [r"[^\x01]*".join(order) for order in itertools.permutations(parts)]
-
-
-def _words() -> list[str]:
-    """Each keyword of more than one character (or what its rule needs after it,
-    _KEYWORDS) with the characters its rule needs (the group's and _ALSO_NEEDS, those
-    the keyword does not hold itself), and the words of _SHELL_WORDS."""
-    patterns: list[str] = []
-    for needs, group in (*_XSS_RULES, *_SQL_RULES):
-        for check, keyword, _ in group:
-            if len(keyword) == 1:
-                continue  # a screened character (_CONTEXTS) or one of _ALWAYS
-            classes = [
-                chars
-                for chars in (needs, frozenset(_ALSO_NEEDS.get((check, keyword), "")))
-                if chars and chars.isdisjoint(keyword)
-            ]
-            parts = [_KEYWORDS.get(keyword, re.escape(keyword))]
-            parts += ["[" + "".join(re.escape(c) for c in sorted(c)) + "]" for c in classes]
-            patterns += _in_one_value(parts)
-    for char, word in _SHELL_WORDS:
-        parts = [re.escape(word)] + ([re.escape(char)] if char and char not in word else [])
-        patterns += _in_one_value(parts)
-    return list(dict.fromkeys(patterns))
-
-
-_PATTERN = "|".join([*_CONTEXTS.values(), *_words(), "--"])
+_LONG_KEYWORDS = {
+    keyword
+    for _, group in (*_XSS_RULES, *_SQL_RULES)
+    for _, keyword, _ in group
+    if len(keyword) > 1
+}
+if set(_KEYWORDS) != _LONG_KEYWORDS:
+    raise ImportError("each rule's keyword needs its RE2 form")
+_PATTERN = "|".join(
+    [*_CONTEXTS.values(), *_KEYWORDS.values(), *(re.escape(w) for _, w in _SHELL_WORDS), "--"]
+)
 
 
 def _re2_search() -> Callable[[bytes, int], int] | None:
@@ -167,52 +179,82 @@ def _re2_search() -> Callable[[bytes, int], int] | None:
 _search = _re2_search()
 
 
-def suspects(values: Sequence[str], longest: int) -> list[tuple[int, str | None]]:
+def suspects(values: Sequence[str], longest: int) -> Iterable[tuple[int, str | None]]:
     """The values check() may find something in, by index (in order), each with
     ``None`` when check() must take it whole, or with its special characters that are
     not those of a plain value (those of _RELEVANT), when the screen found nothing in it:
     only libinjection and what a browser decodes can find something there
     (:func:`~trustmesh.gateway._wafchecks.check_rest`). A value left out check() would
     find nothing in. A value longer than ``longest`` (checked in windows), not ASCII or
-    holding _JOIN is a suspect as it is."""
+    holding _JOIN is a suspect as it is. Past the first value the RE2 search finds
+    something in, the rest is searched only as far as it is iterated (a caller that
+    stops at its first finding does not pay for the values after it)."""
     if _search is None or not values:
         return [(i, None) for i in range(len(values))]
     joined = _JOIN.join(values)
     if len(joined) <= longest and joined.isascii() and joined.count(_JOIN) == len(values) - 1:
-        return _screened(joined.lower().encode("ascii"), range(len(values)))
+        return _screened(_search, joined.lower().encode("ascii"), range(len(values)))
     index = [
         i
         for i, value in enumerate(values)
         if len(value) <= longest and value.isascii() and _JOIN not in value
     ]
-    found: dict[int, str | None] = dict.fromkeys(set(range(len(values))).difference(index))
-    if index:
-        data = _JOIN.join(values[i] for i in index).lower().encode("ascii")
-        found.update(_screened(data, index))
-    return sorted(found.items())
+    rest = [(i, None) for i in sorted(set(range(len(values))).difference(index))]
+    if not index:
+        return rest
+    data = _JOIN.join(values[i] for i in index).lower().encode("ascii")
+    return heapq.merge(rest, _screened(_search, data, index))
 
 
-def _screened(data: bytes, index: Sequence[int]) -> list[tuple[int, str | None]]:
+def _screened(
+    search: Callable[[bytes, int], int], data: bytes, index: Sequence[int]
+) -> Iterable[tuple[int, str | None]]:
     """The suspects among ASCII values joined in ``data`` (lower-cased), by their index
     in ``index``."""
-    search = _search
-    if search is None:
-        return [(i, None) for i in index]
-    found: list[tuple[int, str | None]] = []
     # the separators, and what is special in the values that are not plain
     left = data.translate(None, _PLAIN_OR_IRRELEVANT)
+    runs: list[tuple[int, str | None]] = []
     if len(left) >= len(index):
         k = 0
         for separators, run in _RUN.findall(left):
             k += len(separators)
             specials = run.decode("ascii")
-            found.append((index[k], specials if _ALWAYS.isdisjoint(specials) else None))
+            runs.append((index[k], specials if _ALWAYS.isdisjoint(specials) else None))
     at = search(data, 0)
     if at == -1:
-        return found
-    whole: dict[int, str | None] = dict(found)
+        return runs
+    return _merged(runs, _hits(search, data, index, at))
+
+
+def _hits(
+    search: Callable[[bytes, int], int], data: bytes, index: Sequence[int], at: int
+) -> Iterator[int]:
+    """The index of each value the RE2 search finds something in, the first at ``at``:
+    the next one is searched for (from the value after) only when asked for."""
+    k = last = 0
     while at != -1:
-        whole[index[data.count(b"\x01", 0, at)]] = None
+        k += data.count(b"\x01", last, at)
+        last = at
+        yield index[k]
         end = data.find(b"\x01", at)
         at = -1 if end == -1 else search(data, end + 1)
-    return sorted(whole.items())
+
+
+def _merged(
+    runs: list[tuple[int, str | None]], hits: Iterator[int]
+) -> Iterator[tuple[int, str | None]]:
+    """The runs and the hits in the order of the values (a hit: ``None``, the value
+    whole)."""
+    hit = next(hits, None)
+    for i, specials in runs:
+        while hit is not None and hit < i:
+            yield hit, None
+            hit = next(hits, None)
+        if hit == i:
+            yield i, None
+            hit = next(hits, None)
+        else:
+            yield i, specials
+    while hit is not None:
+        yield hit, None
+        hit = next(hits, None)
