@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from urllib.parse import urlencode
 
 import pytest
+import re2  # type: ignore[import-untyped]  # no stubs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_waf_screen import PIECES, TYPICAL, matches, values
@@ -57,27 +58,38 @@ def test_a_plain_value_is_what_check_calls_plain() -> None:
             assert (char in body._PLAIN_ASCII) == bool(checks._PLAIN.fullmatch(char)), char
 
 
+def checks_that_match(value: str) -> list[str]:
+    """Each rule that matches ``value`` on its own (in a group whose characters it
+    holds), not only the first, and the command-injection or traversal check."""
+    v = value.lower()
+    chars = waf_screen._specials(v)
+    hits = [
+        check_name
+        for needs, group in (*_XSS_RULES, *_SQL_RULES)
+        if not needs or not needs.isdisjoint(chars)
+        for check_name, keyword, pattern in group
+        if matches(pattern, keyword, v)
+    ]
+    shell = waf_shell._cmdi(v, chars) or waf_shell._traversal(v, chars)
+    return hits + ([shell] if shell else [])
+
+
 def test_every_check_that_matches_a_vector_is_let_through_the_body_screen() -> None:
-    """Each rule on its own (in a group whose characters the value holds), not only the
-    first that matches, and each command-injection and traversal check."""
     missed: set[tuple[str, str]] = set()
     for value in values():
         if not value.isascii() or body._JOIN in value:
             continue  # not screened together: a suspect as it is
-        v = value.lower()
-        chars = waf_screen._specials(v)
-        hits = [
-            check_name
-            for needs, group in (*_XSS_RULES, *_SQL_RULES)
-            if not needs or not needs.isdisjoint(chars)
-            for check_name, keyword, pattern in group
-            if matches(pattern, keyword, v)
-        ]
-        shell = waf_shell._cmdi(v, chars) or waf_shell._traversal(v, chars)
-        hits += [shell] if shell else []
-        if hits and not let_through(value):
+        if (hits := checks_that_match(value)) and not let_through(value):
             missed.update((hit, value) for hit in hits)
     assert missed == set()
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from([p for p in PIECES if p.isascii()]), max_size=12).map("".join))
+def test_every_check_that_matches_a_generated_value_is_let_through_the_body_screen(
+    value: str,
+) -> None:
+    assert not checks_that_match(value) or let_through(value)
 
 
 def test_each_vector_is_found_alone_as_before() -> None:
@@ -150,3 +162,56 @@ def test_a_finding_among_all_of_a_requests_values_is_located_in_its_part(place: 
         ).encode(),
     )
     assert found == waf.Finding(waf.Category.SQLI, place, "sqli-quote-comment")
+
+
+#: for each rule keyword of more than one character, a value its rule matches there
+KEYWORD_EXAMPLES = {
+    "script": "javascript:go()",
+    "data": "data:text/html,x",
+    "srcdoc": 'x srcdoc="y"',
+    "formaction": "formaction=//x",
+    "xlink:href": "xlink:href=x",
+    "expression": "width:expression(go())",
+    "document": "x=document.cookie",
+    "location": "location.hash",
+    "innerhtml": "el.innerhtml=x",
+    "+adw-": "+adw-script",
+    "union": "0 union all select 1",
+    "sleep": "x sleep (5)",
+    "waitfor": "1' waitfor delay '0:0:5'",
+    "sys": "from sysobjects",
+    "mysql.user": "from mysql.user",
+    "@@": "select @@version",
+    "into": "x into outfile y",
+    "or": "x or 1=1",
+    "and": "x and 2>1",
+    "xor": "x xor 'a'='a'",
+    "having": "x having 1=1",
+    "where": "x where a=a",
+    "||": "x || 1=1",
+    "&&": "x && 1=1",
+    "order": "1 order by 3--",
+    "group": "1 group by 2#",
+    "/*": "1 sel/**/ect",
+    "create": "create table t (c int)",
+    "insert": "insert into t values (1)",
+    "select": "select * from t",
+    "exec": "exec master.dbo.x",
+}
+
+
+def test_each_keywords_re2_form_finds_what_its_rule_matches() -> None:
+    """Each entry of _KEYWORDS on its own (not another pattern of the screen) finds a
+    value its rule matches at the keyword (in a group whose characters it holds)."""
+    assert set(KEYWORD_EXAMPLES) == set(body._KEYWORDS)
+    rules = [
+        (needs, keyword, pattern)
+        for needs, group in (*_XSS_RULES, *_SQL_RULES)
+        for _, keyword, pattern in group
+    ]
+    for keyword, example in KEYWORD_EXAMPLES.items():
+        assert any(
+            k == keyword and (not needs or not needs.isdisjoint(example)) and matches(p, k, example)
+            for needs, k, p in rules
+        ), keyword
+        assert re2.search(body._KEYWORDS[keyword], example) is not None, keyword

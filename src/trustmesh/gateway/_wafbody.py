@@ -10,22 +10,24 @@ then
    (not in ``_RELEVANT``): what is left between the separators is, for each value that
    is not plain, the special characters its plan and gates depend on; a value holding
    one of ``_ALWAYS`` (``<``, a backtick, a NUL, ``%``) goes to check() whole;
-2. one RE2 search (a DFA: its cost grows with the text, not with the number of words it
-   looks for) finds, in any value, where a rule, a command-injection or a traversal
+2. one RE2 search (a DFA: its cost grows with the text, not with the number of patterns
+   it looks for) finds, in any value, where a rule, a command-injection or a traversal
    check may match: the context of a screened character (``_CONTEXTS``, each the RE2
    form of a pattern of ``_SCREENS``: a look-behind becomes the text before it, a
-   possessive quantifier a greedy one, a look-ahead the character after or the end), a
-   keyword of a rule (for a keyword of letters only, what its rule needs after it:
-   ``_KEYWORDS``) with the characters its group and ``_ALSO_NEEDS`` need, in any order
-   within the value, a word of ``_SHELL_WORDS``; and ``--``, what a plain value may
-   hold that libinjection-sqli looks at. A value found here goes to check() whole.
+   possessive quantifier a greedy one, a look-ahead the character after or the end),
+   the keyword of a rule with what the rule needs after it (``_KEYWORDS``), a word of
+   ``_SHELL_WORDS``; and ``--``, what a plain value may hold that libinjection-sqli
+   looks at. A value found here goes to check() whole. The patterns remember nothing
+   across a value (but UNION before SELECT), so that no value makes the DFA build
+   state after state.
 
 A value found only in step 1 goes to :func:`~trustmesh.gateway._wafchecks.check_rest`:
 libinjection and what a browser decodes, no rule, command injection or traversal (none
-can match there: the screen is a superset of them, ``tests/gateway/test_waf_body.py``
-holds it to that on every vector string, and to the same findings together as alone).
-A value found by neither is one check() finds nothing in: plain (and with no hint of
-check(): they are words or contexts of step 2) or holding nothing the checks need.
+can match there: step 2 is a superset of them; ``tests/gateway/test_waf_body.py`` holds
+it to that on every vector string, and the filter to the same findings together as
+alone). A value found by neither is one check() finds nothing in: plain (check() finds
+nothing in it but what a rule or libinjection-sqli after ``--`` would, both of step 2)
+or holding none of the characters the gates test.
 
 Only ASCII values are screened together (``_JOIN`` stands for the end of a value; RE2
 reads bytes), and none longer than a window (a window's end is an end for the

@@ -94,6 +94,9 @@ _MORE_DECODINGS = 3
 _NEVER = frozenset({"authorization", "proxy-authorization"})
 _ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+#: the parts of a request's values: where each starts among them, and how it names the
+#: place of its i-th value
+_Parts = list[tuple[int, Callable[[int], str]]]
 
 
 class Category(enum.StrEnum):
@@ -151,7 +154,7 @@ class FastFilter:
         # every value of the request, in that order, screened together (_first); each
         # part names where its values are, from its first one on
         values = path.split("/")
-        parts: list[tuple[int, Callable[[int], str]]] = [(0, _path_place)]
+        parts: _Parts = [(0, _path_place)]
         if query:
             _add_pairs(values, parts, _qsl(query.decode("latin-1")), "query")
         self._add_headers(values, parts, headers)
@@ -173,7 +176,7 @@ class FastFilter:
     def _add_headers(
         self,
         values: list[str],
-        parts: list[tuple[int, Callable[[int], str]]],
+        parts: _Parts,
         headers: Sequence[tuple[bytes, bytes]],
     ) -> None:
         #: where each value is: a header's name, or a cookie's (``None``: it is the name)
@@ -210,7 +213,7 @@ def _qsl(text: str) -> list[tuple[str, str]]:
 
 def _add_pairs(
     values: list[str],
-    parts: list[tuple[int, Callable[[int], str]]],
+    parts: _Parts,
     pairs: Sequence[tuple[str, str]],
     where: str,
 ) -> None:
@@ -221,7 +224,7 @@ def _add_pairs(
 
 def _add_pointers(
     values: list[str],
-    parts: list[tuple[int, Callable[[int], str]]],
+    parts: _Parts,
     strings: Iterable[tuple[str, str]],
 ) -> None:
     pairs = strings if isinstance(strings, Sequence) else list(strings)
@@ -253,9 +256,7 @@ def _without_key(pointer: str, key: str) -> str:
     return pointer
 
 
-def _add_json_body(
-    values: list[str], parts: list[tuple[int, Callable[[int], str]]], body: bytes
-) -> None:
+def _add_json_body(values: list[str], parts: _Parts, body: bytes) -> None:
     """A JSON body's keys and string values, or the body whole when it does not parse."""
     try:
         document = json.loads(body)
