@@ -4,7 +4,8 @@ XSS, ≥ 80% of traversal and command injection in ``payloads/``; ≤ 1% false p
 ≤ 30 µs for a 1 KB JSON request with 20 string fields).
 
 Run: ``PYTHONPATH=src .venv/bin/python benchmarks/waf.py [--vectors DIR] [--misses CAT]``
-(``--per-value``: only what each string of the typical request costs)
+(``--per-value``: only where the typical request's time goes: the screen of its values
+together, then each suspect it leaves)
 
 - ``payloads/attacks.jsonl`` and ``benign.jsonl``, and libinjection's
   ``false_positives.txt`` (``+``/``%XX``-decoded, as upstream's reader does): each string
@@ -34,8 +35,9 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from trustmesh.gateway._wafchecks import check
-from trustmesh.gateway.waf import FastFilter, Finding
+from trustmesh.gateway._wafbody import suspects
+from trustmesh.gateway._wafchecks import check, check_rest
+from trustmesh.gateway.waf import WINDOW, FastFilter, Finding
 from trustmesh.policy.paths import NonCanonicalPath, canonical_path
 
 VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
@@ -300,15 +302,32 @@ BROWSER_HEADERS = [
 
 
 def per_value(seconds: float) -> None:
-    """What each string of the typical request (and its User-Agent) costs the checks,
-    dearest first: where the request's time goes."""
+    """Where the typical request's time goes: the screen of all its values together
+    (what the filter runs), then what each suspect it leaves costs, dearest first; and,
+    for comparison, what check() alone costs each string."""
     _, strings = typical_request()
     agent = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"
+    places = [*strings, ("header user-agent", agent)]
+    values = [s for _, s in places]
+    micros = best_of(lambda: list(suspects(values, WINDOW)), seconds / 4)
+    found = list(suspects(values, WINDOW))
+    print(f"\nthe {len(values)} values screened together: {micros:.1f} µs, {len(found)} suspects")
     costs = [
-        (best_of(lambda s=s: check(s), seconds / 40), where, s)
-        for where, s in [*strings, ("header user-agent", agent)]
+        (
+            best_of(
+                lambda s=values[i], c=specials: check(s) if c is None else check_rest(s, c),
+                seconds / 40,
+            ),
+            places[i][0],
+            values[i],
+        )
+        for i, specials in found
     ]
-    print(f"\nper string (check() alone, {sum(c for c, _, _ in costs):.1f} µs in all):")
+    print(f"per suspect ({sum(c for c, _, _ in costs):.1f} µs in all):")
+    for micros, where, s in sorted(costs, reverse=True):
+        print(f"  {micros:5.2f} µs  {where[:24]:24} {s!r:.60}")
+    costs = [(best_of(lambda s=s: check(s), seconds / 40), where, s) for where, s in places]
+    print(f"per string (check() alone, {sum(c for c, _, _ in costs):.1f} µs in all):")
     for micros, where, s in sorted(costs, reverse=True):
         print(f"  {micros:5.2f} µs  {where[:24]:24} {s!r:.60}")
 

@@ -1,4 +1,4 @@
-"""The fast mode's screen and plans (:mod:`trustmesh.gateway._wafchecks`): they decide
+"""The fast mode's screen and plans (:mod:`trustmesh.gateway._wafscreen`): they decide
 what a value costs, never what it is found to be.
 
 - on every string of the evaluation vectors (``../shared/vectors``: payloads, benign sets,
@@ -28,6 +28,9 @@ from hypothesis import strategies as st
 from test_waf import ATTACKS, BENIGN, NEAR_MISSES, RULES
 
 from trustmesh.gateway import _wafchecks as checks
+from trustmesh.gateway import _wafrules as waf_rules
+from trustmesh.gateway import _wafscreen as waf_screen
+from trustmesh.gateway import _wafshell as waf_shell
 from trustmesh.gateway._wafchecks import check
 
 VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors"
@@ -68,9 +71,9 @@ def values() -> list[str]:
 def screened_in(value: str) -> bool:
     """Whether check() sends ``value`` past the screen to every check."""
     v = value.lower()
-    chars = checks._specials(v)
-    plan = checks._plan(chars)
-    return plan.always or checks._screen(v, plan)
+    chars = waf_screen._specials(v)
+    plan = waf_screen._plan(chars)
+    return plan.always or waf_screen._screen(v, plan)
 
 
 # -- no answer changes -----------------------------------------------------------------
@@ -130,15 +133,15 @@ def test_every_rule_that_matches_a_vector_is_let_through_the_screen() -> None:
     """Each rule on its own (in a group whose characters the value holds, as the tables
     run), not only the first that matches: a rule hidden behind an earlier one must be
     let through too."""
-    groups = (*checks._XSS_RULES, *checks._SQL_RULES)
+    groups = (*waf_rules._XSS_RULES, *waf_rules._SQL_RULES)
     missed: set[tuple[str, str, str]] = set()
     seen: set[tuple[str, str]] = set()
     for value in values():
         v = value.lower()
-        chars = checks._specials(v)
+        chars = waf_screen._specials(v)
         shell = (
-            checks._cmdi(v, chars) or checks._traversal(v, chars)
-            if not checks._ANY.isdisjoint(chars) or "0x2e" in v
+            waf_shell._cmdi(v, chars) or waf_shell._traversal(v, chars)
+            if not waf_shell._ANY.isdisjoint(chars) or "0x2e" in v
             else None
         )
         hits = [
@@ -159,35 +162,37 @@ def test_what_the_patterns_need_holds_wherever_they_match() -> None:
     """_BEFORE (the letter before a keyword), _ALSO_NEEDS (a character besides the
     keyword's) and _CODE_EXEC_BEFORE, on every vector where the pattern matches."""
     rules = {
-        (c, k): p for _, group in (*checks._XSS_RULES, *checks._SQL_RULES) for c, k, p in group
+        (c, k): p
+        for _, group in (*waf_rules._XSS_RULES, *waf_rules._SQL_RULES)
+        for c, k, p in group
     }
-    assert set(checks._BEFORE) <= set(rules)
-    assert set(checks._ALSO_NEEDS) <= set(rules)
+    assert set(waf_rules._BEFORE) <= set(rules)
+    assert set(waf_rules._ALSO_NEEDS) <= set(rules)
     wrong = []
     for value in values():
         v = value.lower()
-        for (check_name, keyword), before in checks._BEFORE.items():
+        for (check_name, keyword), before in waf_rules._BEFORE.items():
             for at in matches(rules[check_name, keyword], keyword, v):
                 if not (at and v[at - 1] in before):
                     wrong.append((check_name, value))
-        for (check_name, keyword), also in checks._ALSO_NEEDS.items():
+        for (check_name, keyword), also in waf_rules._ALSO_NEEDS.items():
             if matches(rules[check_name, keyword], keyword, v) and not set(also) & set(v):
                 wrong.append((check_name, value))
-        for at in matches(checks._CODE_EXEC, "(", v):
-            if not (at and v[at - 1] in checks._CODE_EXEC_BEFORE):
+        for at in matches(waf_shell._CODE_EXEC, "(", v):
+            if not (at and v[at - 1] in waf_shell._CODE_EXEC_BEFORE):
                 wrong.append(("cmdi-code-exec", value))
     assert wrong == []
 
 
 # the word after an operator, as it was matched before it was split in two
-WORD_THEN_TAIL = re.compile(rf"{checks._WORD_AFTER_OPERATOR}(?={checks._SHELL_TAIL})")
+WORD_THEN_TAIL = re.compile(rf"{waf_shell._WORD_AFTER_OPERATOR}(?={waf_shell._SHELL_TAIL})")
 
 
 def command_after_operator_before(v: str) -> bool:
-    for operator in checks._OPERATORS:
+    for operator in waf_shell._OPERATORS:
         for at in (i for i, c in enumerate(v) if c == operator):
             match = WORD_THEN_TAIL.match(v, at)
-            if match is not None and match[1] in checks._COMMAND_SET:
+            if match is not None and match[1] in waf_shell._COMMAND_SET:
                 return True
     return False
 
@@ -196,19 +201,19 @@ def command_after_operator_before(v: str) -> bool:
 @given(st.lists(st.sampled_from(PIECES), max_size=10).map("".join))
 def test_a_command_after_an_operator_is_found_as_before(value: str) -> None:
     v = value.lower()
-    operators = checks._OPERATORS & checks._specials(v)
-    assert checks._command_after_operator(v, operators) == command_after_operator_before(v)
+    operators = waf_shell._OPERATORS & waf_screen._specials(v)
+    assert waf_shell._command_after_operator(v, operators) == command_after_operator_before(v)
 
 
 def test_a_command_after_an_operator_is_found_as_before_on_the_vectors() -> None:
     for value in values():
         v = value.lower()
-        operators = checks._OPERATORS & checks._specials(v)
-        assert checks._command_after_operator(v, operators) == command_after_operator_before(v)
+        operators = waf_shell._OPERATORS & waf_screen._specials(v)
+        assert waf_shell._command_after_operator(v, operators) == command_after_operator_before(v)
 
 
 # -- the plans choose the rules the groups would ----------------------------------------
-def first_by_groups(groups: checks.Groups, v: str, chars: frozenset[str]) -> str | None:
+def first_by_groups(groups: waf_rules.Groups, v: str, chars: frozenset[str]) -> str | None:
     """The first matching rule, as the tables were run before plans: group by group,
     a group skipped when the value holds none of the characters it needs."""
     for needs, rules in groups:
@@ -224,9 +229,9 @@ def first_by_groups(groups: checks.Groups, v: str, chars: frozenset[str]) -> str
 def test_a_plan_finds_the_rule_the_groups_find() -> None:
     for value in values():
         v = value.lower()
-        chars = checks._specials(v)
-        plan = checks._plan(chars)
-        for table, groups in ((plan.xss, checks._XSS_RULES), (plan.sql, checks._SQL_RULES)):
+        chars = waf_screen._specials(v)
+        plan = waf_screen._plan(chars)
+        for table, groups in ((plan.xss, waf_rules._XSS_RULES), (plan.sql, waf_rules._SQL_RULES)):
             assert checks._first_of(table, v) == first_by_groups(groups, v, chars), value
 
 
@@ -234,36 +239,38 @@ def test_a_plan_finds_the_rule_the_groups_find() -> None:
 @given(st.text(max_size=60))
 def test_the_special_characters_are_those_the_regex_finds(text: str) -> None:
     v = text.lower()
-    assert checks._specials(v) == frozenset(checks._SPECIAL.findall(v)) & checks._RELEVANT
+    assert (
+        waf_screen._specials(v) == frozenset(waf_screen._SPECIAL.findall(v)) & waf_screen._RELEVANT
+    )
 
 
 def test_a_plan_depends_only_on_the_characters_the_checks_test() -> None:
     """Every special character a value holds, or only those of _RELEVANT (what _specials
     keeps): the same plan, the same command-injection and traversal answers."""
-    assert checks._RELEVANT.isdisjoint("abcdefghijklmnopqrstuvwxyz0123456789 ")
+    assert waf_screen._RELEVANT.isdisjoint("abcdefghijklmnopqrstuvwxyz0123456789 ")
     for value in [*values(), *TYPICAL, "Café crème 🎉", "مرحبا بالعالم!", "中文，标点。(注)"]:
         v = value.lower()
-        every = frozenset(checks._SPECIAL.findall(v))
-        kept = checks._specials(v)
-        assert checks._plan(every) == checks._plan(kept), value
-        assert checks._cmdi(v, every) == checks._cmdi(v, kept), value
-        assert checks._traversal(v, every) == checks._traversal(v, kept), value
+        every = frozenset(waf_screen._SPECIAL.findall(v))
+        kept = waf_screen._specials(v)
+        assert waf_screen._plan(every) == waf_screen._plan(kept), value
+        assert waf_shell._cmdi(v, every) == waf_shell._cmdi(v, kept), value
+        assert waf_shell._traversal(v, every) == waf_shell._traversal(v, kept), value
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.sets(st.text("abcn23", max_size=5), max_size=12), st.text("abcn23", max_size=6))
 def test_a_trie_matches_exactly_its_words(words: set[str], candidate: str) -> None:
-    pattern = re.compile(f"(?:{checks._trie(words)})")
+    pattern = re.compile(f"(?:{waf_screen._trie(words)})")
     assert (pattern.fullmatch(candidate) is not None) == (
         candidate in words or (not words and not candidate)
     )
 
 
 def test_the_plan_cache_stays_bounded() -> None:
-    relevant = sorted(checks._RELEVANT)
-    for n in range(checks._PLANS_MAX + 10):  # that many sets of special characters
+    relevant = sorted(waf_screen._RELEVANT)
+    for n in range(waf_screen._PLANS_MAX + 10):  # that many sets of special characters
         check("x " + "".join(relevant[b] for b in range(12) if n >> b & 1) + ";")
-        assert len(checks._PLANS) <= checks._PLANS_MAX
+        assert len(waf_screen._PLANS) <= waf_screen._PLANS_MAX
     assert check("1' or '1'='1' --") == ("sqli", "sqli-quote-comment")
 
 

@@ -56,7 +56,13 @@ fingerprints are what prose with quotes makes):
 Bounds: a value is checked in windows of ``WINDOW`` (4,096) characters that overlap by
 ``OVERLAP`` (512), so a long value costs linear time and nothing in it is skipped; the
 total is bounded by what the request may carry (the gateway's body limit, stage 6, runs
-first; ≈ 10 µs per KiB of prose, ``benchmarks/waf.py``).
+first; ≈ 10 µs per KiB of prose, ``benchmarks/waf.py``). A request's values (path
+segments, query and form fields, headers, JSON keys and strings) are screened together
+first (:mod:`trustmesh.gateway._wafbody`: one ``bytes.translate`` and one RE2 search over
+all of them); only those it cannot rule out are checked one by one, and those in which
+it found no word or context of a rule by libinjection and what a browser decodes only.
+It decides what a request costs, never what is found in it
+(``tests/gateway/test_waf_body.py``).
 
 Locations: ``path``, ``query.<name>``, ``form.<name>``, ``header.<name>``,
 ``header.cookie.<name>``, ``body<JSON pointer>`` (``body/items/0/name``). A name is cut
@@ -70,11 +76,13 @@ from __future__ import annotations
 import enum
 import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from urllib.parse import parse_qsl, unquote_plus
 
-from trustmesh.gateway._wafchecks import check
+from trustmesh.gateway._wafbody import suspects
+from trustmesh.gateway._wafchecks import check, check_rest
 
 __all__ = ["DEFAULT_HEADERS", "OVERLAP", "WINDOW", "Category", "FastFilter", "Finding"]
 
@@ -86,6 +94,9 @@ _MORE_DECODINGS = 3
 _NEVER = frozenset({"authorization", "proxy-authorization"})
 _ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+#: the parts of a request's values: where each starts among them, and how it names the
+#: place of its i-th value
+_Parts = list[tuple[int, Callable[[int], str]]]
 
 
 class Category(enum.StrEnum):
@@ -140,65 +151,99 @@ class FastFilter:
     ) -> Finding | None:
         """The first finding in the request's path, query, headers and body, in that
         order, or ``None`` (see the module docstring for what each part is)."""
-        for segment in path.split("/"):
-            if (hit := _value(segment)) is not None:
-                return Finding(hit[0], "path", hit[1])
-        if query and (found := _pairs(_qsl(query.decode("latin-1")), "query")):
-            return found
-        if (found := self._headers(headers)) is not None:
-            return found
-        if not body and json_strings is None:
+        # every value of the request, in that order, screened together (_first); each
+        # part names where its values are, from its first one on
+        values = path.split("/")
+        parts: _Parts = [(0, _path_place)]
+        if query:
+            _add_pairs(values, parts, _qsl(query.decode("latin-1")), "query")
+        self._add_headers(values, parts, headers)
+        if body or json_strings is not None:
+            media = (content_type or "").split(";", 1)[0].strip().lower()
+            if media == "application/x-www-form-urlencoded":
+                _add_pairs(values, parts, _qsl(body.decode("utf-8", "replace")), "form")
+            elif media == "application/json" or media.endswith("+json"):
+                if json_strings is None:
+                    _add_json_body(values, parts, body)
+                else:
+                    _add_pointers(values, parts, json_strings)
+        if (found := _first(values)) is None:
             return None
-        media = (content_type or "").split(";", 1)[0].strip().lower()
-        if media == "application/x-www-form-urlencoded":
-            return _pairs(_qsl(body.decode("utf-8", "replace")), "form")
-        if media == "application/json" or media.endswith("+json"):
-            if json_strings is None:
-                return _json_body(body)
-            return _pointers(json_strings)
-        return None
+        i, (category, check_name) = found
+        first, where = next(part for part in reversed(parts) if part[0] <= i)
+        return Finding(category, where(i - first), check_name)
 
-    def _headers(self, headers: Sequence[tuple[bytes, bytes]]) -> Finding | None:
+    def _add_headers(
+        self,
+        values: list[str],
+        parts: _Parts,
+        headers: Sequence[tuple[bytes, bytes]],
+    ) -> None:
+        #: where each value is: a header's name, or a cookie's (``None``: it is the name)
+        places: list[tuple[str, str | None]] = []
         for raw_name, raw_value in headers:
             name = raw_name.decode("latin-1").lower()
             if name in _NEVER or not (name in self._exact or name.startswith(self._prefixes)):
                 continue
             value = raw_value.decode("latin-1")
             if name == "cookie":
-                cookies = (part.partition("=") for part in value.split(";"))
-                pairs = [(k.strip(), v.strip()) for k, _, v in cookies]
-                if (found := _pairs(pairs, "header.cookie")) is not None:
-                    return found
-            elif (hit := _value(value)) is not None:
-                return Finding(hit[0], f"header.{_name(name)}", hit[1])
-        return None
+                for part in value.split(";"):
+                    cookie, _, text = part.partition("=")
+                    cookie = cookie.strip()
+                    values += (cookie, text.strip())
+                    places += (("header.cookie", None), ("header.cookie", cookie))
+            else:
+                values.append(value)
+                places.append(("header", name))
+        if places:
+            parts.append((len(values) - len(places), lambda i: _place(*places[i])))
+
+
+def _path_place(_: int) -> str:
+    return "path"
+
+
+def _place(where: str, name: str | None) -> str:
+    return where if name is None else f"{where}.{_name(name)}"
 
 
 def _qsl(text: str) -> list[tuple[str, str]]:
     return parse_qsl(text, keep_blank_values=True)
 
 
-def _pairs(pairs: Iterable[tuple[str, str]], where: str) -> Finding | None:
-    for name, value in pairs:
-        if (found := _value(name)) is not None:
-            return Finding(found[0], where, found[1])
-        if (found := _value(value)) is not None:
-            return Finding(found[0], f"{where}.{_name(name)}", found[1])
-    return None
+def _add_pairs(
+    values: list[str],
+    parts: _Parts,
+    pairs: Sequence[tuple[str, str]],
+    where: str,
+) -> None:
+    """Names and values (a name that offends is left out of the location)."""
+    parts.append((len(values), lambda i: _place(where, None if i % 2 == 0 else pairs[i // 2][0])))
+    values += (text for pair in pairs for text in pair)
 
 
-def _pointers(strings: Iterable[tuple[str, str]]) -> Finding | None:
-    for pointer, value in strings:
-        # most strings of a body are short and hold no percent-escape: check() is all
-        # that _value would run (one call less a string)
-        if len(value) <= WINDOW and "%" not in value:
-            hit = check(value)
-            found = None if hit is None else (Category(hit[0]), hit[1])
-        else:
-            found = _value(value)
-        if found is not None:
-            where = _pointer(_without_key(pointer, value))
-            return Finding(found[0], f"body{where}", found[1])
+def _add_pointers(
+    values: list[str],
+    parts: _Parts,
+    strings: Iterable[tuple[str, str]],
+) -> None:
+    pairs = strings if isinstance(strings, Sequence) else list(strings)
+    parts.append((len(values), lambda i: f"body{_pointer(_without_key(*pairs[i]))}"))
+    values += map(itemgetter(1), pairs)
+
+
+def _first(values: Sequence[str]) -> tuple[int, tuple[Category, str]] | None:
+    """The first of ``values`` (its index) in which :func:`_value` finds an attack, and
+    what it finds: only the suspects of the screen of many values
+    (:func:`~trustmesh.gateway._wafbody.suspects`) are looked at, and those in which it
+    found nothing by libinjection and what a browser decodes only."""
+    for i, specials in suspects(values, WINDOW):
+        value = values[i]
+        if specials is None:
+            if (found := _value(value)) is not None:
+                return i, found
+        elif (hit := check_rest(value, specials)) is not None:
+            return i, (Category(hit[0]), hit[1])
     return None
 
 
@@ -211,18 +256,24 @@ def _without_key(pointer: str, key: str) -> str:
     return pointer
 
 
-def _json_body(body: bytes) -> Finding | None:
+def _add_json_body(values: list[str], parts: _Parts, body: bytes) -> None:
+    """A JSON body's keys and string values, or the body whole when it does not parse."""
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):
-        text = body.decode("utf-8", "replace")
-        found = _value(text)
-        return None if found is None else Finding(found[0], "body", found[1])
-    for tokens, value in _json_strings(document):
-        if (found := _value(value)) is not None:
-            where = "".join("/" + t.replace("~", "~0").replace("/", "~1") for t in tokens)
-            return Finding(found[0], f"body{_pointer(where)}", found[1])
-    return None
+        parts.append((len(values), lambda _: "body"))
+        values.append(body.decode("utf-8", "replace"))
+        return
+    strings = list(_json_strings(document))
+
+    def where(i: int) -> str:
+        tokens = strings[i][0]
+        return "body" + _pointer(
+            "".join("/" + t.replace("~", "~0").replace("/", "~1") for t in tokens)
+        )
+
+    parts.append((len(values), where))
+    values += map(itemgetter(1), strings)
 
 
 def _json_strings(document: object) -> Iterator[tuple[tuple[str, ...], str]]:
