@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from trustmesh.gateway.nginx import NginxEdge
 from trustmesh.testing import RunningIdentityServer
 
 SECTION = """auth: {{roles: [customer]}}
@@ -102,13 +103,25 @@ async def edge(
 
 
 async def forwarding(edge: Edge) -> None:
-    """Until the upstream is reachable through the edge (nginx learns it from discovery)."""
+    """Until the upstream is reachable through the edge (nginx learns it from discovery,
+    and its workers from before that reload have gone)."""
     for _ in range(100):
         answer = await edge.send("GET", "/ping")
         if answer.status == 200:
+            public = edge.gateway.public
+            if isinstance(public, NginxEdge):
+                assert await public.engine.settled(), proxy_log(edge)
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"the edge never forwarded: {answer.status} {answer.body!r}")
+
+
+def proxy_log(edge: Edge) -> str:
+    """nginx's error log, where nginx serves (what a failure message should show)."""
+    public = edge.gateway.public
+    if not isinstance(public, NginxEdge):
+        return ""
+    return public.engine.error_log_tail()
 
 
 def error(answer: Answer) -> tuple[int, str]:
@@ -133,7 +146,7 @@ async def test_a_user_token_passes_and_the_upstream_gets_only_the_gateway_s_word
     edge: Edge,
 ) -> None:
     answer = await edge.send("GET", "/shop/items?q=1", who="carol", headers=FORGED)
-    assert answer.status == 200, answer.body
+    assert answer.status == 200, (answer.body, proxy_log(edge))
     assert json.loads(answer.body) == {"reached": True}
     security_headers(answer)
     (seen,) = SEEN

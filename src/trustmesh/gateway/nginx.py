@@ -117,6 +117,7 @@ class NginxEngine:
         self._restarts: list[float] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
+        self._retiring: set[int] = set()  # workers of a configuration replaced by a reload
         self.failed = asyncio.Event()  # set when nginx could not be kept running
         self._dns_names = {route.to: _dns_name(config, route.to) for route in gateway.routes}
 
@@ -154,7 +155,7 @@ class NginxEngine:
                 self._gateway = previous
                 await self._write_config()
                 raise
-            self._signal(signal.SIGHUP)
+            self._reload()
 
     async def stop(self) -> None:
         self._stopping = True
@@ -251,7 +252,7 @@ class NginxEngine:
             if self._process.returncode is not None or time.monotonic() > deadline:
                 with contextlib.suppress(ProcessLookupError):
                     self._process.kill()
-                raise UnavailableError("nginx did not start: " + self._error_log_tail())
+                raise UnavailableError("nginx did not start: " + self.error_log_tail())
             await asyncio.sleep(0.05)
         log.info("gateway: nginx serves on %s:%d", self._host, self._port)
         self._spawn_task(self._supervise(self._process), "trustmesh-nginx-supervise")
@@ -260,7 +261,7 @@ class NginxEngine:
         code = await process.wait()
         if self._stopping:
             return
-        log.error("gateway: nginx exited (%s): %s", code, self._error_log_tail())
+        log.error("gateway: nginx exited (%s): %s", code, self.error_log_tail())
         now = time.monotonic()
         self._restarts = [t for t in self._restarts if now - t < 60.0] + [now]
         if len(self._restarts) > MAX_RESTARTS:
@@ -280,7 +281,30 @@ class NginxEngine:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signum)
 
-    def _error_log_tail(self) -> str:
+    def _reload(self) -> None:
+        """A graceful reload: nginx starts workers with the new configuration and retires
+        the ones it runs now (they finish their requests, but may still accept a connection
+        until the master has started the new ones; :meth:`settled` waits them out)."""
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        self._retiring |= _children(process.pid)
+        self._signal(signal.SIGHUP)
+
+    async def settled(self, timeout: float = STOP_SECONDS) -> bool:
+        """True once every worker retired by a reload has exited, so that only the
+        configuration applied last serves; False if some still run after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._retiring = {pid for pid in self._retiring if _alive(pid)}
+            if not self._retiring:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+
+    def error_log_tail(self) -> str:
+        """The end of nginx's error log (what a failure reports)."""
         try:
             return (self._root / "error.log").read_text(errors="replace")[-2000:].strip()
         except OSError:
@@ -301,7 +325,7 @@ class NginxEngine:
     async def _reload_identity(self, context: X509Context) -> None:
         async with self._lock:
             self._write_identity(context)
-            self._signal(signal.SIGHUP)
+            self._reload()
             log.info("gateway: nginx reloaded with the rotated SVID")
 
     async def _watch_upstreams(self) -> None:
@@ -318,7 +342,7 @@ class NginxEngine:
                         log.error("gateway: upstream change not applied: %s", exc.detail)
                         self._upstreams = before
                         continue
-                    self._signal(signal.SIGHUP)
+                    self._reload()
                     log.info("gateway: nginx reloaded with the upstreams %s", self._upstreams)
 
     async def _refresh_upstreams(self) -> None:
@@ -471,3 +495,30 @@ def _worker_user() -> str | None:
     if os.geteuid() != 0:
         return None
     return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def _children(parent: int) -> set[int]:
+    """The processes whose parent is ``parent`` (nginx's workers), read from /proc; none
+    where /proc is not there."""
+    found: set[int] = set()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = Path(entry.path, "stat").read_bytes()
+            except OSError:
+                continue  # exited while we looked
+            fields = stat[stat.rfind(b")") + 2 :].split()  # the name may hold spaces
+            if len(fields) > 1 and int(fields[1]) == parent:
+                found.add(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a retired worker that exited is reaped by its master)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"
