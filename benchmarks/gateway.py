@@ -277,7 +277,12 @@ def wait_until_up(url: str, ca: Path, headers: dict[str, str], what: str) -> Non
 
 
 def start_stack(
-    root: Path, state: Path, with_policy: bool, with_audit: bool, engine_name: str = "python"
+    root: Path,
+    state: Path,
+    with_policy: bool,
+    with_audit: bool,
+    engine_name: str = "python",
+    decision_ttl: int | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     config = root / "trustmesh.yaml"
     policies = ""
@@ -287,6 +292,8 @@ def start_stack(
     # the collector takes the events; the larger spool only bounds a slow collector
     audit = "audit: {spool: {max_bytes: 1073741824}}\n" if with_audit else ""
     engine = f'  engine: {engine_name}\n  waf: {{mode: "off"}}\n' if engine_name != "python" else ""
+    if decision_ttl:
+        engine += f"  nginx: {{decision_ttl: {decision_ttl}s}}\n"
     config.write_text(CONFIG % {"policies": policies, "audit": audit, "engine": engine})
     up = tm("up", "--config", str(config), "--state", str(state), "--detach", timeout=180)
     if up.returncode != 0:
@@ -616,6 +623,14 @@ def main() -> None:
         help="the gateway's engine (nginx: nginx forwards, the gateway's authorizer "
         "decides; the injection filter off, as that engine requires)",
     )
+    parser.add_argument(
+        "--decision-ttl",
+        type=int,
+        default=None,
+        metavar="SECONDS",
+        help="engine nginx: nginx keeps an allowed decision this long and counts the "
+        "consumer limit itself (gateway.nginx.decision_ttl; unset: every request asked)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--verbose", action="store_true", help="print wrk's own output")
     args = parser.parse_args()
@@ -645,6 +660,7 @@ def main() -> None:
             with_policy=not args.no_edge_policy,
             with_audit=not args.no_audit,
             engine_name=args.engine,
+            decision_ttl=args.decision_ttl,
         )
         gateway, inventory = component(status, "gateway"), component(status, "inventory")
         edge_ca = Path(status["edge_ca"])
@@ -735,7 +751,8 @@ def main() -> None:
             ),
             Target(
                 "gateway (JWT, policy, limit, events, mTLS)"
-                + (f" [engine {args.engine}]" if args.engine != "python" else ""),
+                + (f" [engine {args.engine}]" if args.engine != "python" else "")
+                + (f" [kept {args.decision_ttl}s]" if args.decision_ttl else ""),
                 gateway["url"],
                 edge_ca,
                 (f"Authorization: Bearer {token}",),

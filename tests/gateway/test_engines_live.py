@@ -1,7 +1,8 @@
 """The same attacks, refused the same way, through both engines (issue 18): the gateway
 serving the edge itself (``engine: python``) and nginx serving it while the gateway's
-authorizer decides (``engine: nginx``). One declaration, one upstream that records what
-reaches it; every answer the client gets is compared with what the gateway answers.
+authorizer decides (``engine: nginx``), also where nginx keeps the authorizer's decisions
+(``decision_ttl``). One declaration, one upstream that records what reaches it; every
+answer the client gets is compared with what the gateway answers.
 """
 
 from __future__ import annotations
@@ -74,11 +75,19 @@ def recorder() -> Starlette:
     return Starlette(routes=[Route("/{p:path}", record, methods=["GET", "POST"])])
 
 
-@pytest.fixture(params=["python", "nginx"])
+#: Each engine, as the declaration names it.
+ENGINES = {
+    "python": "python",
+    "nginx": "nginx",
+    "nginx-kept": "nginx\n  nginx: {decision_ttl: 30s}",
+}
+
+
+@pytest.fixture(params=list(ENGINES))
 def engine(request: pytest.FixtureRequest) -> str:
-    if request.param == "nginx":
+    if request.param != "python":
         request.getfixturevalue("nginx_available")
-    return str(request.param)
+    return ENGINES[request.param]
 
 
 @pytest.fixture

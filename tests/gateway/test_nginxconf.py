@@ -29,10 +29,25 @@ ROUTES = """    - {path: /orders, to: orders, methods: [GET, POST]}
 """
 
 
+KEPT = """    - {path: /orders, to: orders, methods: [GET],
+       rate_limits: [{per: consumer, limit: 10/minute}, {per: route, limit: 100 per 10 seconds}]}
+    - {path: /near, to: orders, methods: [GET], rate_limits: [{per: ip, limit: 5/minute}]}
+    - {path: /open, to: orders, auth: [anonymous]}
+    - {path: /one, to: orders, rate_limits: [{per: route, limit: 1/minute}]}
+"""
+
+
 def plan(
-    tmp_path: Path, routes: str = ROUTES, servers: tuple[str, ...] = ("127.0.0.1:8443",)
+    tmp_path: Path,
+    routes: str = ROUTES,
+    servers: tuple[str, ...] = ("127.0.0.1:8443",),
+    *,
+    kept: str | None = None,
 ) -> NginxPlan:
-    config = parse_config(BASE + routes, source="t.yaml")
+    base = BASE.replace(
+        "  engine: nginx\n", f"  engine: nginx\n  nginx: {{decision_ttl: {kept}}}\n"
+    )
+    config = parse_config((base if kept else BASE) + routes, source="t.yaml")
     assert config.gateway is not None
     return NginxPlan(
         gateway=config.gateway,
@@ -46,6 +61,8 @@ def plan(
         authorizer=tmp_path / "authz.sock",
         authorizer_prefix="/ext_authz",
         upstreams=[Upstream("orders", servers, "orders.shop.example")],
+        kept=tmp_path / "kept-3" if kept else None,
+        generation=3,
     )
 
 
@@ -121,8 +138,66 @@ def test_strings_are_quoted_and_never_break_out(tmp_path: Path) -> None:
         render(plan(tmp_path / "x\ny"))
 
 
+def test_kept_decisions_are_keyed_by_all_the_authorizer_reads(tmp_path: Path) -> None:
+    text = render(plan(tmp_path, KEPT, kept="20s"))
+    authz = locations(text)["= /_trustmesh/authz"]
+    assert "proxy_cache tm_kept_3;" in authz
+    key = re.search(r"proxy_cache_key '([^']*)';", authz)
+    assert key is not None
+    parts = key.group(1).split("|")
+    assert parts == [
+        "$request_method",
+        "$request_uri",
+        "$http_host",
+        "$http_authorization",
+        "$http_x_api_key",
+        "$remote_addr",
+        "$http_x_forwarded_for",
+    ]
+    assert f"proxy_cache_path '{tmp_path / 'kept-3'}' levels=1:2 keys_zone=tm_kept_3:4m" in text
+    # nothing else may make nginx keep an answer: only the authorizer's X-Accel-Expires
+    assert "proxy_cache_valid" not in text
+    assert "proxy_ignore_headers Cache-Control Expires Set-Cookie Vary;" in authz
+
+
+def test_nginx_counts_the_limits_it_can_after_the_authorizer_named_the_bucket(
+    tmp_path: Path,
+) -> None:
+    text = render(plan(tmp_path, KEPT, kept="20s"))
+    blocks = locations(text)
+    zones = re.findall(r"limit_req_zone \$(tm_lk_\w+) zone=(tm_rl_\w+):1m rate=(\d+)r/m;", text)
+    assert sorted(int(rate) for _, _, rate in zones) == [1, 10, 600]
+    orders = blocks["'/orders/'"]
+    assert "auth_request /_trustmesh/authz;" in orders
+    assert "try_files /.trustmesh-none @tm_route_0;" in orders
+    assert "proxy_pass" not in orders  # forwarded from the named location, once counted
+    named = blocks["@tm_route_0"]
+    assert "auth_request" not in named
+    assert "limit_req_status 429;" in named
+    counted = set(re.findall(r"limit_req zone=(tm_rl_\w+) ", named))
+    assert len(counted) == 2
+    assert counted <= {z for _, z, _ in zones}
+    assert "burst=9 nodelay" in named
+    assert "burst=99 nodelay" in named
+    assert "proxy_pass https://$tm_pass_0;" in named
+    # an address limit is counted by the authorizer, before the credential: asked each time
+    assert "proxy_pass https://$tm_pass_1;" in blocks["'/near/'"]
+    assert "@tm_route_1" not in blocks
+    assert "proxy_pass https://$tm_pass_2;" in blocks["'/open/'"]  # nothing to count
+    assert "add_header Retry-After $tm_limit_retry always;" in blocks["@tm_429"]
+    assert re.search(r"limit_req zone=tm_rl_\w+;", blocks["@tm_route_3"])  # no burst: one
+
+
+def test_without_decision_ttl_nothing_is_kept_nor_counted_by_nginx(tmp_path: Path) -> None:
+    text = render(plan(tmp_path, KEPT))
+    assert "proxy_cache" not in text
+    assert "limit_req" not in text
+    assert "@tm_route" not in text
+
+
 @pytest.mark.usefixtures("nginx_available")
-def test_nginx_accepts_the_rendered_configuration(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kept", [None, "20s"])
+def test_nginx_accepts_the_rendered_configuration(tmp_path: Path, kept: str | None) -> None:
     key = crypto.generate_key()
     pem = crypto.private_key_to_pem(key)
     now = dt.datetime.now(dt.UTC)
@@ -133,7 +208,7 @@ def test_nginx_accepts_the_rendered_configuration(tmp_path: Path) -> None:
     (tmp_path / "bundle.pem").write_bytes(crypto.cert_pem(ca).encode())
     (tmp_path / "tmp").mkdir()
     conf = tmp_path / "nginx.conf"
-    conf.write_text(render(plan(tmp_path)))
+    conf.write_text(render(plan(tmp_path, KEPT if kept else ROUTES, kept=kept)))
     done = subprocess.run(
         ["nginx", "-t", "-q", "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "e.log")],
         capture_output=True,

@@ -642,6 +642,15 @@ class ExternalIssuer(BaseModel):
     )
 
 
+def _check_decision_ttl(value: timedelta) -> timedelta:
+    if value > timedelta(seconds=60):
+        raise _invalid(
+            f"{format_duration(value)} is more than 60s",
+            "a short time: it bounds how late a revocation lands",
+        )
+    return value
+
+
 class NginxSettings(BaseModel):
     """``engine: nginx``: nginx forwards, trustmesh decides (``auth_request`` to the
     gateway's authorizer on a private socket) and runs nginx (its configuration rendered
@@ -651,6 +660,14 @@ class NginxSettings(BaseModel):
 
     binary: str = Field(default="nginx", description="The nginx executable (a path or on PATH).")
     workers: int = Field(default=1, ge=1, le=64, description="nginx worker processes.")
+    decision_ttl: Annotated[Duration, AfterValidator(_check_decision_ttl)] | None = Field(
+        default=None,
+        description="How long nginx keeps an allowed decision (per credential, method, URI, "
+        "host and client address) and asks the authorizer nothing more (unset: it asks "
+        "about every request). It bounds how late a revoked token, a blocked address or a "
+        "new policy reaches requests already allowed, and the requests it answers are not "
+        "recorded one by one (at most 60s).",
+    )
 
 
 #: What a route may not declare where nginx forwards: nginx asks the authorizer about the

@@ -81,7 +81,13 @@ from trustmesh.gateway.iprules import IPRules
 from trustmesh.gateway.keystore import ApiKeyVerifier
 from trustmesh.gateway.metrics import GatewayMetrics
 from trustmesh.gateway.oidc import ExternalIssuers, ExternalVerifier
-from trustmesh.gateway.ratelimit import RateDecision, RateLimiter, compile_rules
+from trustmesh.gateway.ratelimit import (
+    RateDecision,
+    RateLimiter,
+    compile_rules,
+    proxy_limit_keys,
+    proxy_limits,
+)
 from trustmesh.gateway.routes import RouteDecision, RouteTable, request_host
 from trustmesh.gateway.strictjson import Parsed
 from trustmesh.gateway.upstreams import UpstreamTimeoutError
@@ -195,6 +201,7 @@ class Exchange:
     credential: object = None  # what the caller presented, as the internal token's key
     body: bytes = b""
     parsed: Parsed | None = None  # the JSON body, where the route's validation read it
+    by_proxy: bool = False  # asked by a proxy that counts the route's limits itself
 
 
 def _exchange(scope: Scope, receive: Receive, context: dict[str, Any]) -> Exchange:
@@ -265,6 +272,14 @@ class GatewayApp:
         self.policy = policy
         self.limiter = limiter
         self.rate_rules = compile_rules(gateway) if limiter is not None else None
+        kept = gateway.nginx.decision_ttl if gateway.engine == "nginx" else None
+        #: how long nginx may keep an allowed decision (0: it asks about every request)
+        self.decision_ttl = int(kept.total_seconds()) if kept is not None else 0
+        #: per route, the limits nginx counts where it keeps decisions (None: counted here,
+        #: so every request there is asked about)
+        self.proxy_limits = (
+            proxy_limits(gateway) if self.decision_ttl else (None,) * len(gateway.routes)
+        )
         self.api_keys = api_keys
         self.external = external
         self.introspector = introspector
@@ -377,14 +392,24 @@ class GatewayApp:
         return None
 
     async def decide(
-        self, scope: Scope, context: dict[str, Any]
+        self,
+        scope: Scope,
+        context: dict[str, Any],
+        *,
+        by_proxy: bool = False,
+        parent: trace.TraceParent | None = None,
     ) -> tuple[Exchange, Outcome | None]:
         """For a proxy that forwards by itself (:mod:`trustmesh.gateway.authorizer`): the
         stages that need no body — address, path, preflight, route, limits, credentials,
         policy — on ``scope``; the exchange and the first outcome (None: allowed). The
-        caller records the allowed decision; a refusal is recorded here as ever."""
-        trace.use(self._trace(scope))  # for the rest of the caller's task: one request
+        caller records the allowed decision; a refusal is recorded here as ever.
+
+        ``by_proxy``: the proxy counts the limits of the routes :attr:`proxy_limits` names
+        (they are not counted here); ``parent``: the proxy's span of this request."""
+        # for the rest of the caller's task: one request
+        trace.use(parent.child() if parent is not None else self._trace(scope))
         ex = _exchange(scope, _no_body, context)
+        ex.by_proxy = by_proxy
         outcome = await self._run(ex, self._stages[: self._checked])
         if isinstance(outcome, Refusal):
             self._emit(outcome.decision, outcome.reason, outcome.detail, context, ex.user)
@@ -414,9 +439,33 @@ class GatewayApp:
         self._emit(events.Decision.ALLOW, Reason.POLICY_ALLOW, "authorized", ex.context, ex.user)
         return self._granted(ex, route)
 
+    def grant_kept(self, ex: Exchange) -> tuple[list[tuple[bytes, bytes]], int]:
+        """:meth:`grant` for nginx, which may keep the decision: the internal token, each
+        limit's bucket (``x-trustmesh-limit-<zone>``, for nginx to count), the rules'
+        ``ratelimit-policy``, and how many seconds nginx may answer it again (0: not at
+        all). Never longer than the internal token keeps a quarter of its life, so a kept
+        token reaches the upstream with at least that left."""
+        route = ex.route
+        assert route is not None  # noqa: S101 - allowed requests have a route
+        self._emit(events.Decision.ALLOW, Reason.POLICY_ALLOW, "authorized", ex.context, ex.user)
+        token, until = self._minted_token(ex.index, route, ex.user, ex.credential)
+        headers = [(b"authorization", token)]
+        limits = self.proxy_limits[ex.index]
+        if limits is None or not self.decision_ttl:
+            return headers, 0
+        if limits:
+            principal = ex.principal
+            consumer = None if ex.user is None else f"{principal.type}:{principal.id}"
+            rules = self.rate_rules[ex.index] if self.rate_rules is not None else ()
+            for zone, bucket in proxy_limit_keys(rules, consumer, principal.roles, ex.client):
+                headers.append((b"x-trustmesh-limit-" + zone.encode(), bucket.encode()))
+            policies = ",".join(f'"{p.name}";q={p.limit};w={p.window}' for p in limits)
+            headers.append((b"ratelimit-policy", policies.encode()))
+        return headers, max(0, min(self.decision_ttl, int(until - self.clock())))
+
     def _granted(self, ex: Exchange, route: GatewayRoute) -> list[tuple[bytes, bytes]]:
         """The gateway's own headers for the upstream: the internal token, the trace."""
-        token = self._internal_token(ex.index, route, ex.user, ex.credential)
+        token, _ = self._minted_token(ex.index, route, ex.user, ex.credential)
         headers = [(b"authorization", token)]
         current = trace.current()
         if current is not None:
@@ -494,7 +543,7 @@ class GatewayApp:
     async def _limit_before_auth(self, ex: Exchange) -> Outcome | None:
         """The address limits, before any credential is looked at: failed attempts
         count too."""
-        if self.limiter is None:
+        if self.limiter is None or (ex.by_proxy and self.proxy_limits[ex.index] is not None):
             return None
         early = await self.limiter.hit(
             ex.index,
@@ -617,7 +666,7 @@ class GatewayApp:
     async def _limit_after_auth(self, ex: Exchange) -> Outcome | None:
         """The consumer's, role's and route's limits; the tighter limit is the one the
         answer tells."""
-        if self.limiter is None:
+        if self.limiter is None or (ex.by_proxy and self.proxy_limits[ex.index] is not None):
             return None
         principal = ex.principal
         limited = await self.limiter.hit(
@@ -814,14 +863,15 @@ class GatewayApp:
             if k != b"content-length"
         ]
 
-    def _internal_token(
+    def _minted_token(
         self, index: int, route: GatewayRoute, user: dict[str, Any] | None, credential: object
-    ) -> bytes:
-        """The ``Authorization`` value for the upstream: the internal token for this
-        caller's credential and route, signed once and reused while more than a quarter of
-        its life is left (the service's verifier then hits its cache too). It is bound to
-        the gateway's current certificate and never outlives the caller's credential,
-        which is checked (revocation included) on every request before it is reused."""
+    ) -> tuple[bytes, float]:
+        """The ``Authorization`` value for the upstream, and until when it is reused: the
+        internal token for this caller's credential and route, signed once and reused while
+        more than a quarter of its life is left (the service's verifier then hits its cache
+        too). It is bound to the gateway's current certificate and never outlives the
+        caller's credential, which is checked (revocation included) on every request
+        before it is reused."""
         now = self.clock()
         thumbprint = self.tls.thumbprint
         # keyed by the credential itself (a token's digest, an API key's id), never by
@@ -829,7 +879,7 @@ class GatewayApp:
         key = (credential, index, thumbprint)
         cached = self._minted.get(key)
         if cached is not None and now < cached[0]:
-            return cached[1]
+            return cached[1], cached[0]
         claims = internal_claims(
             route=route,
             user=user,
@@ -844,7 +894,7 @@ class GatewayApp:
         if len(self._minted) >= _MINTED_CACHE:
             self._minted.pop(next(iter(self._minted)))
         self._minted[key] = (reuse_until, value)
-        return value
+        return value, reuse_until
 
     def record(
         self, decision: events.Decision, reason: Code, message: str, **attributes: str | int

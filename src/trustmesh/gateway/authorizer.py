@@ -37,21 +37,30 @@ reads it.
 
 Behind nginx the gateway runs (``gateway.engine: nginx``, :mod:`trustmesh.gateway.nginx`),
 the authorizer listens on a socket only nginx can reach and is told the client's address
-(``client_from``: ``X-Original-Client``, nginx's ``$remote_addr``, exactly once). nginx's
-``auth_request`` turns every status but 2xx, 401 and 403 into its own 500, so a refusal
-to an nginx question also carries its status and body in headers
-(``x-trustmesh-status``, ``x-trustmesh-body``) for the rendered configuration to answer
-with (``auth_request_set``).
+(``client_from``: ``X-Original-Client``, nginx's ``$remote_addr``, exactly once) and the
+request's span (``traceparent``: nginx's, which the upstream gets too). nginx's
+``auth_request`` relays 401 and 403 and turns any other status into its own 500 (with
+an error logged), so a refusal to an nginx question is a 401 or a 403 that carries its
+own status and body in headers (``x-trustmesh-status``, ``x-trustmesh-body``) for the
+rendered configuration to answer with (``auth_request_set``).
+
+Where nginx keeps decisions (``gateway.nginx.decision_ttl``), an allowed answer says for
+how long (``x-accel-expires``: never past the time the internal token keeps a quarter of
+its life), on the routes whose limits nginx counts itself
+(:func:`~trustmesh.gateway.ratelimit.proxy_limits`); it names the bucket of each of
+those limits (``x-trustmesh-limit-<zone>``), which are not counted here. A refusal is
+never kept, nor an answer to a request whose key parts (:data:`_KEYED`) are ambiguous.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from trustmesh.gateway.app import GatewayApp, Reply, refusal_body, refuse
 from trustmesh.platform.listeners import Receive, Scope, Send, answer_lifespan, respond_json
+from trustmesh.sdk import trace
 
 __all__ = ["DEFAULT_PREFIX", "Authorizer"]
 
@@ -93,7 +102,9 @@ class Authorizer:
             return
         app = self.current()
         context: dict[str, Any] = {"engine": "authorizer"}
-        ex, outcome = await app.decide(asked, context)
+        nginx = scope.get("raw_path") == self._raw_prefix
+        parent = _told_trace(scope["headers"]) if nginx else None
+        ex, outcome = await app.decide(asked, context, by_proxy=nginx, parent=parent)
         if outcome is None:
             if app.needs_body(ex.index):
                 app.refused_unchecked(ex)
@@ -108,11 +119,15 @@ class Authorizer:
                     ).encode(),
                 )
                 return
-            headers = app.grant(ex)
-            headers += [(k, v) for k, v in ex.grants if k in _TO_CLIENT]
-            if scope.get("raw_path") == self._raw_prefix:  # nginx: its route check, the client
+            if nginx:  # the internal token, its route check, the client; kept a while?
+                headers, seconds = app.grant_kept(ex)
                 headers.append((b"x-trustmesh-route", str(ex.index).encode()))
                 headers.append((b"x-trustmesh-client", ex.client.encode("latin-1")))
+                if seconds and _keepable(scope["headers"]):
+                    headers.append((b"x-accel-expires", str(seconds).encode()))
+            else:
+                headers = app.grant(ex)
+            headers += [(k, v) for k, v in ex.grants if k in _TO_CLIENT]
             headers.append((b"content-length", b"0"))
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
@@ -127,14 +142,16 @@ class Authorizer:
             )
             await send({"type": "http.response.body", "body": b""})
             return
-        if scope.get("raw_path") == self._raw_prefix:
+        if nginx:
             status, body = refusal_body(outcome)  # nginx: what to answer, in headers
             headers = [
                 *outcome.headers,
                 (b"x-trustmesh-status", str(status).encode()),
                 (b"x-trustmesh-body", body),
             ]
-            await respond_json(send, status, body, headers)
+            # auth_request relays 401 and 403 and logs any other status as an error of
+            # its own: a refusal is one of those two, its own status in the headers
+            await respond_json(send, 401 if status == 401 else 403, body, headers)
             return
         await refuse(send, outcome)
 
@@ -149,7 +166,7 @@ class Authorizer:
                 return None  # a client's copy beside the proxy's is no question to answer
             method, uri = methods[0], uris[0]
             path, _, query = uri.partition(b"?")
-            told = (b"x-original-method", b"x-original-uri", self._client_from)
+            told = (b"x-original-method", b"x-original-uri", b"traceparent", self._client_from)
             asked = {
                 **scope,
                 "method": method.decode("latin-1").upper(),
@@ -168,3 +185,34 @@ class Authorizer:
             path = raw[len(self._raw_prefix) :]
             return {**scope, "raw_path": path, "path": scope["path"][len(self.prefix) :]}
         return None
+
+
+#: The request's parts nginx keys a kept decision by (besides the client's address): a
+#: decision is kept only where each is there at most once and holds no ``|``, nginx's
+#: separator in the key, so no two requests that differ in them share a key.
+_KEYED: Final = (
+    b"x-original-method",
+    b"x-original-uri",
+    b"host",
+    b"authorization",
+    b"x-api-key",
+    b"x-forwarded-for",
+)
+
+
+def _keepable(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether nginx may keep this decision: every part it is keyed by is unambiguous."""
+    seen: set[bytes] = set()
+    for name, value in headers:
+        if name in _KEYED:
+            if name in seen or b"|" in value:
+                return False
+            seen.add(name)
+    return True
+
+
+def _told_trace(headers: list[tuple[bytes, bytes]]) -> trace.TraceParent | None:
+    """nginx's span of the request (``traceparent``, exactly once): the authorizer's
+    events and the upstream's request carry the same trace."""
+    told = [v for k, v in headers if k == b"traceparent"]
+    return trace.parse(told[0].decode("latin-1")) if len(told) == 1 else None

@@ -118,6 +118,8 @@ class NginxEngine:
         self._tasks: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
         self._retiring: set[int] = set()  # workers of a configuration replaced by a reload
+        self._generation = 0  # of the rendered configuration: its cache of decisions
+        self._served = 0  # the generation nginx was last started or reloaded with
         self.failed = asyncio.Event()  # set when nginx could not be kept running
         self._dns_names = {route.to: _dns_name(config, route.to) for route in gateway.routes}
 
@@ -202,6 +204,8 @@ class NginxEngine:
             svid_cert=self._keys / "svid.pem",
             svid_key=self._keys / "svid.key",
             bundle=self._keys / "bundle.pem",
+            kept=self._keys / f"kept-{self._generation}",
+            generation=self._generation,
             authorizer=self._authorizer,
             authorizer_prefix=self._prefix,
             upstreams=upstreams,
@@ -211,6 +215,7 @@ class NginxEngine:
     async def _write_config(self) -> None:
         """Render into a candidate file, let ``nginx -t`` check it, then put it in place."""
         candidate = self._root / "nginx.conf.new"
+        self._generation += 1
         candidate.write_text(render(self._plan()))
         process = await asyncio.create_subprocess_exec(
             *self._command(candidate),
@@ -241,6 +246,7 @@ class NginxEngine:
     # -- the process -------------------------------------------------------------------
 
     async def _spawn(self) -> None:
+        self._served = self._generation
         self._process = await asyncio.create_subprocess_exec(
             *self._command(self.config_file),
             stdin=asyncio.subprocess.DEVNULL,
@@ -290,6 +296,12 @@ class NginxEngine:
             return
         self._retiring |= _children(process.pid)
         self._signal(signal.SIGHUP)
+        # the decisions of the configurations before the one retired now
+        keep = {f"kept-{self._generation}", f"kept-{self._served}"}
+        for folder in self._keys.glob("kept-*"):
+            if folder.name not in keep:
+                shutil.rmtree(folder, ignore_errors=True)
+        self._served = self._generation
 
     async def settled(self, timeout: float = STOP_SECONDS) -> bool:
         """True once every worker retired by a reload has exited, so that only the

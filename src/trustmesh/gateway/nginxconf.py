@@ -41,6 +41,7 @@ from typing import Final
 from trustmesh.config.gateway import GatewayConfig, GatewayRoute
 from trustmesh.gateway.answers import error_code, error_message
 from trustmesh.gateway.headers import GATEWAY_SET, SECURITY_HEADERS, stripped
+from trustmesh.gateway.ratelimit import ProxyLimit, proxy_limits
 from trustmesh.reasons import ANSWERS
 
 __all__ = ["AUTHZ_LOCATION", "FORWARDED", "NginxPlan", "Upstream", "render"]
@@ -77,7 +78,6 @@ _FROM_AUTHORIZER: Final = (
     ("tm_route", "x_trustmesh_route"),
     ("tm_client", "x_trustmesh_client"),
     ("tm_token", "authorization"),
-    ("tm_traceparent", "traceparent"),
     ("tm_www_authenticate", "www_authenticate"),
     ("tm_retry_after", "retry_after"),
     ("tm_allow", "allow"),
@@ -99,6 +99,19 @@ _ERRORS: Final = tuple(s.value for s in HTTPStatus if 400 <= s.value <= 599)
 #: The statuses the authorizer refuses with (the reasons' vocabulary).
 _REFUSALS: Final = tuple(sorted({answer.status for answer in ANSWERS.values()}))
 _NO_UPSTREAM: Final = "tm_none"
+#: The request's span as nginx tells it to the authorizer and the upstream.
+_TRACEPARENT: Final = '"00-$request_id-$tm_span-01"'
+#: What nginx keys a kept decision by, in this order (:mod:`trustmesh.gateway.authorizer`
+#: keeps none where one of them is ambiguous).
+KEPT_BY: Final = (
+    "$request_method",
+    "$request_uri",
+    "$http_host",
+    "$http_authorization",
+    "$http_x_api_key",
+    "$remote_addr",
+    "$http_x_forwarded_for",
+)
 
 
 @dataclass(frozen=True)
@@ -128,6 +141,11 @@ class NginxPlan:
     authorizer: Path  # a unix socket
     authorizer_prefix: str
     upstreams: Sequence[Upstream]
+    #: a fresh folder for the decisions nginx keeps (``gateway.nginx.decision_ttl``), and
+    #: the name of this configuration's cache: a new configuration keeps none of the
+    #: decisions of the one before (a new policy, a rotated certificate)
+    kept: Path | None = None
+    generation: int = 0
     modules: Path = Path("/usr/lib/nginx/modules")
     host: str = "127.0.0.1"
     user: str | None = None  # the workers' user, where nginx starts as root
@@ -156,8 +174,10 @@ def render(plan: NginxPlan) -> str:
 def _http(plan: NginxPlan, by_service: dict[str, Upstream]) -> list[str]:
     gateway, limits = plan.gateway, plan.gateway.limits
     temp = plan.root / "tmp"
+    kept = _kept(plan)
     lines = [
         "server_tokens off;",
+        "uninitialized_variable_warn off;",  # the authorizer's answers, before it is asked
         "more_clear_headers " + " ".join(_quoted(h) for h in _HIDDEN) + ";",
         "access_log off;",  # every decision is the authorizer's event
         *(
@@ -190,7 +210,23 @@ def _http(plan: NginxPlan, by_service: dict[str, Upstream]) -> list[str]:
         f"upstream tm_authorizer {{ server {_quoted('unix:' + str(plan.authorizer))}; "
         "keepalive 32; }",
         f"upstream {_NO_UPSTREAM} {{ server 127.0.0.1:9 down; }}",
+        # this request's span (nginx's): its trace is the request's id
+        'map $request_id $tm_span { "~^([0-9a-f]{16})" $1; default 0000000000000001; }',
     ]
+    if kept is not None:
+        folder, seconds = kept
+        lines += [
+            f"proxy_cache_path {_quoted(folder)} levels=1:2 "
+            f"keys_zone={_cache_zone(plan)}:4m max_size=64m inactive={max(10, 2 * seconds)}s "
+            "use_temp_path=off;",
+            "limit_req_log_level info;",  # a refusal per line at warn would flood the log
+        ]
+        zones = {limit.zone: limit for limits in _counted(plan) if limits for limit in limits}
+        lines += [
+            f"limit_req_zone ${_key_variable(z)} zone={_zone_name(z)}:1m "
+            f"rate={limit.per_minute}r/m;"
+            for z, limit in zones.items()
+        ]
     for upstream in plan.upstreams:
         servers = upstream.servers or ("127.0.0.1:9 down",)
         lines.append(
@@ -217,13 +253,34 @@ def _server(plan: NginxPlan, by_service: dict[str, Upstream]) -> list[str]:
         *_authorizer_location(plan),
     ]
     for status in _ERRORS:
-        lines += _error_location(status)
+        lines += _error_location(status, limiting=any(_counted(plan)))
     prefixes = {route.path for route in plan.gateway.routes}
     for index, route in enumerate(plan.gateway.routes):
         upstream = by_service.get(route.to)
         dns_name = upstream.dns_name if upstream is not None else "unknown.invalid"
+        limits = _counted(plan)[index]
         for match in _matches(route.path):
-            lines += [f"location {match} {{", *_indent(_route(plan, index, route, dns_name)), "}"]
+            if limits:  # counted once the authorizer named the buckets: in a location after it
+                body = [
+                    *_asked(),
+                    *(
+                        f"auth_request_set ${_key_variable(limit.zone)} "
+                        f"$upstream_http_{_key_header(limit.zone).replace('-', '_')};"
+                        for limit in limits
+                    ),
+                    f"try_files /.trustmesh-none @tm_route_{index};",
+                ]
+            else:
+                body = [*_asked(), *_route(plan, index, route, dns_name)]
+            lines += [f"location {match} {{", *_indent(body), "}"]
+        if limits:
+            lines += [
+                f"location @tm_route_{index} {{",
+                *_indent(_limited(limits)),
+                *_indent(_answer_headers()),
+                *_indent(_route(plan, index, route, dns_name)),
+                "}",
+            ]
     if "/" not in prefixes:  # the rest: asked about all the same (404, recorded), never forwarded
         lines += [
             "location / {",
@@ -242,6 +299,14 @@ def _matches(prefix: str) -> list[str]:
 
 
 def _authorizer_location(plan: NginxPlan) -> list[str]:
+    kept = [
+        f"proxy_cache {_cache_zone(plan)};",
+        # what the authorizer's decision reads; it keeps none where one holds a '|' or
+        # comes twice (so no two requests share a key), nor any refusal
+        f"proxy_cache_key {_quoted('|'.join(KEPT_BY))};",
+        "proxy_cache_methods GET HEAD;",
+        "proxy_ignore_headers Cache-Control Expires Set-Cookie Vary;",
+    ]
     return [
         f"location = {AUTHZ_LOCATION} {{",
         "    internal;",
@@ -251,11 +316,61 @@ def _authorizer_location(plan: NginxPlan) -> list[str]:
         "    proxy_intercept_errors off;",
         '    proxy_set_header Content-Length "";',
         '    proxy_set_header Connection "";',
+        "    proxy_set_header Host $http_host;",
         "    proxy_set_header X-Original-Method $request_method;",
         "    proxy_set_header X-Original-URI $request_uri;",
         "    proxy_set_header X-Original-Client $remote_addr;",
+        f"    proxy_set_header traceparent {_TRACEPARENT};",
+        *(_indent(kept) if _kept(plan) is not None else []),
         "}",
     ]
+
+
+def _limited(limits: Sequence[ProxyLimit]) -> list[str]:
+    """nginx's own count of a route's limits (a leaky bucket per limit: its quota at
+    once, then its sustained rate), and how long a refused client waits."""
+    retry = max(-(-limit.window // limit.limit) for limit in limits)
+    return [
+        *(
+            f"limit_req zone={_zone_name(limit.zone)}"
+            + (f" burst={limit.limit - 1} nodelay;" if limit.limit > 1 else ";")
+            for limit in limits
+        ),
+        "limit_req_status 429;",
+        f"set $tm_limit_retry {retry};",
+    ]
+
+
+def _kept(plan: NginxPlan) -> tuple[Path, int] | None:
+    """Where nginx keeps decisions, and for how long at most (None: it keeps none)."""
+    ttl = plan.gateway.nginx.decision_ttl
+    if ttl is None or plan.kept is None:
+        return None
+    return plan.kept, int(ttl.total_seconds())
+
+
+def _counted(plan: NginxPlan) -> tuple[tuple[ProxyLimit, ...] | None, ...]:
+    """Per route, the limits nginx counts (where it keeps decisions)."""
+    if _kept(plan) is None:
+        return (None,) * len(plan.gateway.routes)
+    return proxy_limits(plan.gateway)
+
+
+def _cache_zone(plan: NginxPlan) -> str:
+    return f"tm_kept_{plan.generation}"
+
+
+def _zone_name(zone: str) -> str:
+    return "tm_rl_" + zone.replace(".", "_")
+
+
+def _key_variable(zone: str) -> str:
+    return "tm_lk_" + zone.replace(".", "_")
+
+
+def _key_header(zone: str) -> str:
+    """The authorizer's header naming this request's bucket of ``zone``."""
+    return "x-trustmesh-limit-" + zone.replace(".", "-")
 
 
 def _asked() -> list[str]:
@@ -286,7 +401,6 @@ def _route(plan: NginxPlan, index: int, route: GatewayRoute, dns_name: str) -> l
     )
     forwarded = tuple(h for h in forwarded if h.encode() not in GATEWAY_SET)
     return [
-        *_asked(),
         f"proxy_pass https://$tm_pass_{index};",
         f"proxy_ssl_name {dns_name};",
         f"proxy_connect_timeout {timeout};",
@@ -295,24 +409,29 @@ def _route(plan: NginxPlan, index: int, route: GatewayRoute, dns_name: str) -> l
         f"proxy_set_header Host {dns_name};",
         'proxy_set_header Connection "";',
         "proxy_set_header Authorization $tm_token;",
-        "proxy_set_header traceparent $tm_traceparent;",
+        f"proxy_set_header traceparent {_TRACEPARENT};",
         "proxy_set_header X-Forwarded-For $tm_client;",
         "proxy_set_header X-Forwarded-Proto https;",
         *(f"proxy_set_header {name} $http_{name.replace('-', '_')};" for name in forwarded),
     ]
 
 
-def _error_location(status: int) -> list[str]:
-    """The answer for ``status``: the authorizer's refusal where it made one (nginx turns
-    all but 401 and 403 into 500), else the upstream's or nginx's error in the gateway's
-    shape."""
+def _error_location(status: int, *, limiting: bool = False) -> list[str]:
+    """The answer for ``status``: the authorizer's refusal where it made one (a 401 or a
+    403 for ``auth_request``, its own status told; a 500 where it failed), else the
+    upstream's or nginx's error in the gateway's shape."""
     upstream_body = json.dumps({"error": error_code(status), "message": error_message(status)})
-    refusals = [s for s in _REFUSALS if status == 500 or s == status]
+    refusals = [s for s in _REFUSALS if status in (403, 500) or s == status]
     return [
         f"location @tm_{status} {{",
         "    default_type application/json;",
         *_indent(_answer_headers()),
         *(f"    if ($tm_status = {s}) {{ return {s} $tm_body; }}" for s in refusals),
+        *(
+            ["    add_header Retry-After $tm_limit_retry always;"]
+            if limiting and status == 429
+            else []
+        ),
         f"    return {status} {_quoted(upstream_body)};",
         "}",
     ]

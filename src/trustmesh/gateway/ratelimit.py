@@ -54,7 +54,16 @@ from trustmesh.gateway.ratewindows import MemoryWindows, Stats
 from trustmesh.policy.addresses import address_bucket
 from trustmesh.reasons import Reason
 
-__all__ = ["RateDecision", "RateLimiter", "Rules", "StorageListener", "compile_rules"]
+__all__ = [
+    "ProxyLimit",
+    "RateDecision",
+    "RateLimiter",
+    "Rules",
+    "StorageListener",
+    "compile_rules",
+    "proxy_limit_keys",
+    "proxy_limits",
+]
 
 log = logging.getLogger("trustmesh.gateway.ratelimit")
 
@@ -196,6 +205,56 @@ def _compile(gateway: GatewayConfig) -> tuple[tuple[_Rule, ...], ...]:
         return tuple(rules)
 
     return tuple(for_route(i, route) for i, route in enumerate(gateway.routes))
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyLimit:
+    """A rule a proxy in front of the gateway counts itself (nginx's ``limit_req``): the
+    bucket namespace it counts in (``zone``), the rule's quota and window, and the
+    sustained rate it becomes (whole requests per minute, rounded down). The proxy's
+    counter is a leaky bucket: ``limit`` requests at once, then one every
+    ``window / limit`` seconds; so any window-long span admits at most twice the quota,
+    where the gateway's own windows admit the quota."""
+
+    zone: str
+    name: str
+    limit: int
+    window: int
+    per_minute: int
+
+
+def proxy_limits(gateway: GatewayConfig) -> tuple[tuple[ProxyLimit, ...] | None, ...]:
+    """For each route, the rules a proxy counts for it once the authorizer has named each
+    rule's bucket (:func:`proxy_limit_keys`); None where it cannot count them all, so
+    the authorizer counts every request there itself: a rule per ``ip`` (counted before
+    the credential is looked at) or per ``role`` (a bucket per role held), a quota below
+    one request a minute, shared counters (``gateway.redis``), or the limits in dry-run
+    (their would-deny events come from the gateway)."""
+    compiled = _compile(gateway)
+
+    def of(index: int, route: GatewayRoute) -> tuple[ProxyLimit, ...] | None:
+        if gateway.redis is not None and compiled[index]:
+            return None
+        if compiled[index] and route.modes.rate_limits != "enforce":
+            return None
+        limits = []
+        for rule in compiled[index]:
+            per_minute = rule.limit * 60 // rule.window
+            if rule.per not in ("consumer", "route") or per_minute < 1:
+                return None
+            limits.append(ProxyLimit(rule.key, rule.name, rule.limit, rule.window, per_minute))
+        return tuple(limits)
+
+    return tuple(of(index, route) for index, route in enumerate(gateway.routes))
+
+
+def proxy_limit_keys(
+    rules: Sequence[_Rule], consumer: str | None, roles: Sequence[str], ip: str
+) -> list[tuple[str, str]]:
+    """Each rule's bucket namespace and the bucket this request counts in there (empty:
+    the rule does not apply to it), for a proxy that counts them (:func:`proxy_limits`)."""
+    applies = {rule.key: key for rule, key in _buckets(rules, consumer, roles, ip, "all")}
+    return [(rule.key, applies.get(rule.key, "")) for rule in rules]
 
 
 def _before_auth(rule: _Rule) -> bool:

@@ -111,9 +111,15 @@ class RunningGateway:
                 "(the running declaration stays)"
             )
         app = self.build(config, config_dir)  # compiles everything, or raises: nothing swapped
+        previous, self.pipeline.app = self.pipeline.app, app
         if isinstance(self.public, NginxEdge):  # nginx refuses it, or runs it from now
-            await self.public.engine.apply(new)
-        self.pipeline.app = app
+            # with the new decisions only: what its authorizer decided from now on (the
+            # decisions nginx kept are the configuration's, dropped with it)
+            try:
+                await self.public.engine.apply(new)
+            except ConfigError:
+                self.pipeline.app = previous
+                raise
         self.config = config
         app.record(
             events.Decision.ALLOW,

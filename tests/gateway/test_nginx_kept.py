@@ -1,0 +1,192 @@
+"""nginx keeping the authorizer's decisions (``gateway.nginx.decision_ttl``, issue 18):
+an allowed decision is answered again without asking, per credential, method, URI, host
+and client; a refusal never is; nginx counts each consumer's limits itself (across the
+decisions it keeps) where it can, and the authorizer counts every request where it
+cannot; the request's trace is nginx's, in the authorizer's events and at the upstream;
+a new declaration keeps nothing of the old one's decisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from authrig import CONFIG, sign_in_user
+from edgerig import Edge, edge_stack
+from liverig import GATEWAY, live_identity
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from trustmesh import events
+from trustmesh.config import parse_config
+from trustmesh.gateway.nginx import NginxEdge
+from trustmesh.testing import RunningIdentityServer
+
+pytestmark = pytest.mark.usefixtures("nginx_available")
+
+SECTION = """auth: {roles: [customer]}
+gateway:
+  engine: nginx
+  nginx: {decision_ttl: 30s}
+  policies: [edge.cedar]
+  waf: {mode: "off"}
+  routes:
+    - {path: /shop, to: orders, auth: [jwt], methods: [GET],
+       rate_limits: [{per: consumer, limit: 3/minute}]}
+    - {path: /ping, to: orders, auth: [anonymous], methods: [GET]}
+    - {path: /burst, to: orders, auth: [anonymous], methods: [GET],
+       rate_limits: [{per: ip, limit: 2/minute}]}
+"""
+POLICIES = """
+permit(principal, action, resource);
+forbid(principal, action, resource) when { context.path like "/shop/closed*" };
+"""
+SEEN: list[dict[str, str]] = []
+
+
+def recorder() -> Starlette:
+    async def record(request: Request) -> Response:
+        SEEN.append({k.decode(): v.decode() for k, v in request.scope["headers"]})
+        return JSONResponse({"reached": request.url.path})
+
+    return Starlette(routes=[Route("/{p:path}", record, methods=["GET"])])
+
+
+@pytest.fixture
+def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
+    yield from live_identity(short_tmp, SECTION)
+
+
+@pytest.fixture
+async def edge(identity: RunningIdentityServer, short_tmp: Path) -> AsyncIterator[Edge]:
+    SEEN.clear()
+    async with edge_stack(
+        identity, short_tmp, SECTION, recorder(), {"edge.cedar": POLICIES}
+    ) as running:
+        for user in ("carol", "dave"):
+            running.tokens[user] = await asyncio.to_thread(
+                sign_in_user, running.rig, user, ["customer"], audience=GATEWAY
+            )
+        for _ in range(100):
+            if (await running.send("GET", "/ping")).status == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert await nginx(running).engine.settled(), nginx(running).engine.error_log_tail()
+        SEEN.clear()
+        running.sink.events.clear()
+        yield running
+
+
+def nginx(edge: Edge) -> NginxEdge:
+    public = edge.gateway.public
+    assert isinstance(public, NginxEdge)
+    return public
+
+
+def asked(edge: Edge, path: str) -> list[events.Event]:
+    """The authorizer's allowed decisions about ``path`` (each time it was asked)."""
+    return [
+        e
+        for e in edge.sink.events
+        if e.reason.value == "policy-allow" and e.attributes.get("path") == path
+    ]
+
+
+async def test_an_allowed_decision_is_kept_and_a_refusal_never_is(edge: Edge) -> None:
+    first = await edge.send("GET", "/shop/a", who="carol")
+    again = await edge.send("GET", "/shop/a", who="carol")
+    assert (first.status, again.status) == (200, 200), (first.body, again.body)
+    assert len(asked(edge, "/shop/a")) == 1  # the second was answered by nginx
+    assert SEEN[0]["authorization"] == SEEN[1]["authorization"]  # the kept internal token
+    # another URI, another user, another host: each asked about on its own
+    assert (await edge.send("GET", "/shop/b", who="carol")).status == 200
+    assert (await edge.send("GET", "/shop/a", who="dave")).status == 200
+    assert len(asked(edge, "/shop/a")) == 2
+    assert SEEN[-1]["authorization"] != SEEN[0]["authorization"]
+    assert len(asked(edge, "/shop/b")) == 1
+    # refusals: asked every time
+    bad = [("Authorization", "Bearer " + edge.tokens["carol"][:-4] + "AAAA")]
+    for _ in range(2):
+        assert (await edge.send("GET", "/shop/a", headers=bad)).status == 401
+    closed = [await edge.send("GET", "/shop/closed", who="carol") for _ in range(2)]
+    assert [a.status for a in closed] == [403, 403]
+    refused = [e.reason.value for e in edge.sink.events if e.decision != events.Decision.ALLOW]
+    assert refused == ["token-bad-signature"] * 2 + ["policy-deny"] * 2, refused
+    assert len(SEEN) == 4  # no refused request reached the upstream
+
+
+async def test_an_ambiguous_key_part_is_never_kept(edge: Edge) -> None:
+    """A part of nginx's key given twice, or holding its separator (``|``), could let two
+    requests share a key: such a decision is made, and not kept."""
+    twice = [("X-Forwarded-For", "10.0.0.1"), ("X-Forwarded-For", "10.0.0.2")]
+    for headers in ([("X-Forwarded-For", "10.0.0.1|x")], twice):
+        for _ in range(2):
+            assert (await edge.send("GET", "/ping/x", headers=headers)).status == 200
+    assert len(asked(edge, "/ping/x")) == 4
+    assert (await edge.send("GET", "/ping/x")).status == 200
+    assert (await edge.send("GET", "/ping/x")).status == 200
+    assert len(asked(edge, "/ping/x")) == 5  # a plain one is kept
+
+
+async def test_nginx_counts_each_consumer_s_limit_across_kept_decisions(edge: Edge) -> None:
+    for path in ("/shop/a", "/shop/b", "/shop/a"):  # two kept decisions, three requests
+        answer = await edge.send("GET", path, who="carol")
+        assert answer.status == 200, answer.body
+        policy = answer.header("ratelimit-policy") or ""
+        assert policy.startswith('"routes[0].rate_limits[0]";q=3;w=60'), policy
+    limited = await edge.send("GET", "/shop/c", who="carol")
+    assert limited.status == 429, (limited.body, nginx(edge).engine.error_log_tail())
+    assert json.loads(limited.body)["error"] == "rate_limited"
+    assert limited.header("retry-after") == "20"  # one more every 60 s / 3
+    assert limited.header("x-content-type-options") == "nosniff"
+    kept = await edge.send("GET", "/shop/a", who="carol")  # a kept decision: counted too
+    assert kept.status == 429
+    assert (await edge.send("GET", "/shop/a", who="dave")).status == 200  # another consumer
+    assert len(SEEN) == 4
+    assert "unexpected status" not in nginx(edge).engine.error_log_tail()
+
+
+async def test_where_nginx_cannot_count_the_authorizer_counts_every_request(
+    edge: Edge,
+) -> None:
+    statuses = [(await edge.send("GET", "/burst")).status for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    assert len(asked(edge, "/burst")) == 2
+    limited = await edge.send("GET", "/burst")
+    assert limited.header("retry-after") is not None
+    log = nginx(edge).engine.error_log_tail()
+    assert "unexpected status" not in log, log  # auth_request was told 403, not 429
+
+
+async def test_the_request_s_trace_is_nginx_s_at_the_authorizer_and_the_upstream(
+    edge: Edge,
+) -> None:
+    client_trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    answer = await edge.send("GET", "/shop/t", who="carol", headers=[("traceparent", client_trace)])
+    assert answer.status == 200
+    upstream = SEEN[-1]["traceparent"]
+    assert upstream != client_trace  # nobody's but the edge's
+    (decision,) = asked(edge, "/shop/t")
+    assert decision.trace_id == upstream.split("-")[1]
+    again = await edge.send("GET", "/shop/t", who="carol")  # kept: a trace of its own
+    assert again.status == 200
+    assert SEEN[-1]["traceparent"].split("-")[1] != decision.trace_id
+
+
+async def test_a_new_declaration_keeps_none_of_the_old_decisions(
+    edge: Edge, short_tmp: Path
+) -> None:
+    assert (await edge.send("GET", "/shop/a", who="carol")).status == 200
+    (short_tmp / "edge.cedar").write_text(
+        POLICIES.replace('"/shop/closed*"', '"/shop/a*"'), encoding="utf-8"
+    )
+    config = parse_config(CONFIG + SECTION, source="reloaded.yaml")
+    await edge.gateway.reload(config, short_tmp)  # type: ignore[attr-defined]
+    assert await nginx(edge).engine.settled()
+    answer = await edge.send("GET", "/shop/a", who="carol")
+    assert answer.status == 403, answer.body  # asked again, under the new policy
