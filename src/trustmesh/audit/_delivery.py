@@ -15,6 +15,10 @@ event, which the shipped rule alerts on). So no item holds the queue for longer 
 its attempts, and none is given up silently; what was given up is still in the
 collector (the alert store, the checkpoint file).
 
+A sender's TLS context (:func:`tls_context`) verifies the receiver as the system's
+defaults do, against the roots given; a key or a secret is read only from a file
+no one but its owner may read or write (:func:`read_private_file`).
+
 Which HTTP answers are worth another attempt (:func:`retryable`): a 5xx, and the 4xx
 that say who asks or when rather than what was sent — ``401``/``403`` (a token or an
 authorization being changed on the receiver's side), ``407``, ``408``, ``421``,
@@ -26,13 +30,16 @@ from __future__ import annotations
 
 import http.client
 import logging
+import os
 import queue
 import secrets
 import ssl
+import stat
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final, Generic, TypeVar
 from urllib.parse import SplitResult
 
@@ -47,6 +54,7 @@ __all__ = [
     "Retry",
     "Worker",
     "post",
+    "read_private_file",
     "retryable",
     "tls_context",
 ]
@@ -267,6 +275,30 @@ def tls_context(ca_file: str | None) -> ssl.SSLContext:
         ) from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
+
+
+def read_private_file(path: Path, where: str) -> bytes:
+    """The bytes of ``path``, refused with a :class:`ConfigError` that starts with
+    ``where`` unless it is a regular file no one but its owner may read or write
+    (``mode & 0o077 == 0``). The checks are made on the file opened, so it cannot be
+    swapped between them and the read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO: no wait
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot be read ({exc.strerror})") from None
+    with open(fd, "rb") as file:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{where}: not a regular file")
+        if info.st_mode & 0o077:
+            raise ConfigError(
+                f"{where}: others may read or write it "
+                f"(mode {stat.S_IMODE(info.st_mode):04o}; chmod 600 it)"
+            )
+        try:
+            return file.read()
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot be read ({exc.strerror})") from None
 
 
 @dataclass(frozen=True)
