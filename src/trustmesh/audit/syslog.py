@@ -27,6 +27,16 @@ octets, so a message may hold any byte. Transport: TLS 1.2 or later, the receive
 certificate checked against ``ca_file`` and its name (``server_name``, default the
 host). TCP has no acknowledgement: a message written just before the connection breaks
 may be lost (a connection the receiver closed is noticed and replaced before writing).
+
+A receiver may refuse this client (no certificate, or one it does not trust). In TLS 1.2
+it says so within the handshake. In TLS 1.3 the client's handshake ends before the
+server has checked the client's certificate (RFC 8446 §4.4.2, §4.6.1): a refusal is an
+alert that arrives later, after a first message may have been written — and lost while
+counted as delivered. So on a new TLS 1.3 connection the sender first waits (at most
+``accept_wait`` seconds) for the receiver's first record: a session ticket
+(RFC 8446 §4.6.1) means it accepted; an alert or a close, that it refused — retried like
+any TLS error, then given up. A receiver that sends no ticket costs that wait once per
+connection, and a refusal later than it is noticed only at the next message.
 """
 
 from __future__ import annotations
@@ -233,6 +243,7 @@ class SyslogSender:
         sleep: Callable[[float], None] | None = None,
         rand: Callable[[], float] | None = None,
         timeout: float = 10.0,
+        accept_wait: float = 1.0,
     ) -> None:
         if not host or not 1 <= port <= 65535:
             raise ConfigError("syslog: a host and a port from 1 to 65535")
@@ -248,6 +259,7 @@ class SyslogSender:
             "enterprise": enterprise,
         }
         self.timeout = timeout
+        self.accept_wait = accept_wait
         self.context: ssl.SSLContext = tls_context(ca_file)
         self._socket: ssl.SSLSocket | None = None
         extra: dict[str, Any] = {} if rand is None else {"rand": rand}
@@ -288,10 +300,31 @@ class SyslogSender:
     def _connect(self) -> ssl.SSLSocket:
         raw = socket.create_connection((self.host, self.port), timeout=self.timeout)
         try:
-            return self.context.wrap_socket(raw, server_hostname=self.server_name)
+            sock = self.context.wrap_socket(raw, server_hostname=self.server_name)
         except BaseException:
             raw.close()
             raise
+        try:
+            if sock.version() == "TLSv1.3":
+                self._accepted(sock)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _accepted(self, sock: ssl.SSLSocket) -> None:
+        """Wait for the receiver's first record after a TLS 1.3 handshake (module
+        docstring); raise an OSError if it refused this client."""
+        if not select.select([sock], [], [], self.accept_wait)[0]:
+            return  # no ticket: nothing is known, go on
+        sock.setblocking(False)
+        try:
+            sock.recv(1)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return  # a session ticket (or part of one): accepted
+        finally:
+            sock.settimeout(self.timeout)
+        raise ConnectionError("the receiver ended the connection after the handshake")
 
     def _stale(self, sock: ssl.SSLSocket) -> bool:
         """Whether the receiver closed the connection (or sent data: a syslog receiver
