@@ -16,8 +16,10 @@ its attempts, and none is given up silently; what was given up is still in the
 collector (the alert store, the checkpoint file).
 
 A sender's TLS context (:func:`tls_context`) verifies the receiver as the system's
-defaults do, against the roots given; a key or a secret is read only from a file
-no one but its owner may read or write (:func:`read_private_file`).
+defaults do, against the roots given; :func:`load_client_certificate` adds the
+certificate it presents to a receiver that asks for one (mutual TLS). A key or a secret
+is read only from a file no one but its owner may read or write
+(:func:`read_private_file`).
 
 Which HTTP answers are worth another attempt (:func:`retryable`): a 5xx, and the 4xx
 that say who asks or when rather than what was sent — ``401``/``403`` (a token or an
@@ -53,6 +55,7 @@ __all__ = [
     "Response",
     "Retry",
     "Worker",
+    "load_client_certificate",
     "post",
     "read_private_file",
     "retryable",
@@ -299,6 +302,38 @@ def read_private_file(path: Path, where: str) -> bytes:
             return file.read()
         except OSError as exc:
             raise ConfigError(f"{where}: cannot be read ({exc.strerror})") from None
+
+
+def _no_password() -> bytes:
+    # Without a callback OpenSSL would prompt for a passphrase on the terminal.
+    raise ConfigError("an encrypted key")
+
+
+def load_client_certificate(
+    context: ssl.SSLContext, cert_file: str, key_file: str, *, where: str
+) -> None:
+    """Have ``context`` present the chain in ``cert_file`` (PEM: the certificate, then
+    any intermediates) with its key ``key_file`` (PEM, unencrypted, in a file no one but
+    its owner may read or write) to a server that asks for a client certificate. Each
+    problem — a file missing or unreadable, the key readable by others, not PEM, an
+    encrypted key, a key that is not the certificate's — is a :class:`ConfigError`
+    naming the file and the setting (``where``, the settings' key path)."""
+    at_cert, at_key = f"{cert_file}: {where}.cert_file", f"{key_file}: {where}.key_file"
+    read_private_file(Path(key_file), at_key)
+    try:  # parsed alone first, so that a problem is put on the right file
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=cert_file)
+    except OSError as exc:
+        problem = exc.reason if isinstance(exc, ssl.SSLError) else exc.strerror
+        raise ConfigError(f"{at_cert}: not a readable PEM certificate chain ({problem})") from None
+    try:
+        context.load_cert_chain(cert_file, key_file, password=_no_password)
+    except ConfigError:
+        raise ConfigError(f"{at_key}: an encrypted key (expected an unencrypted one)") from None
+    except OSError as exc:
+        if isinstance(exc, ssl.SSLError) and exc.reason == "KEY_VALUES_MISMATCH":
+            raise ConfigError(f"{at_key}: not the key of the certificate in {cert_file}") from None
+        problem = exc.reason if isinstance(exc, ssl.SSLError) else exc.strerror
+        raise ConfigError(f"{at_key}: not a readable PEM private key ({problem})") from None
 
 
 @dataclass(frozen=True)

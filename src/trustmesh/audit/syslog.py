@@ -25,7 +25,12 @@ A message (RFC 5424 §6)::
 Framing (RFC 5425 §4.3, RFC 6587 §3.4.1): ``MSG-LEN SP SYSLOG-MSG``, the length in
 octets, so a message may hold any byte. Transport: TLS 1.2 or later, the receiver's
 certificate checked against ``ca_file`` and its name (``server_name``, default the
-host). TCP has no acknowledgement: a message written just before the connection breaks
+host). With ``cert_file`` and ``key_file`` the sender presents a client certificate to
+a receiver that asks for one (RFC 5425 §4.2: mutual authentication; rsyslog's
+``StreamDriverAuthMode x509/certvalid``, syslog-ng's ``peer-verify(required-trusted)``):
+the key file must be readable by its owner only, and both files are loaded when the
+sender is made, so a missing, unreadable, unparsable or mismatched one stops the start
+with a :class:`~trustmesh.errors.ConfigError` naming the file and the setting. TCP has no acknowledgement: a message written just before the connection breaks
 may be lost (a connection the receiver closed is noticed and replaced before writing).
 
 A receiver may refuse this client (no certificate, or one it does not trust). In TLS 1.2
@@ -50,12 +55,28 @@ import socket
 import ssl
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Final
 
-from trustmesh.audit._delivery import Backoff, DeliveryStats, Retry, Worker, tls_context
+from trustmesh.audit._delivery import (
+    Backoff,
+    DeliveryStats,
+    Retry,
+    Worker,
+    load_client_certificate,
+    tls_context,
+)
+from trustmesh.config.audit import SyslogConfig
 from trustmesh.errors import ConfigError
 
-__all__ = ["FACILITY_LOG_AUDIT", "SyslogSender", "format_alert", "format_event", "frame"]
+__all__ = [
+    "FACILITY_LOG_AUDIT",
+    "SyslogSender",
+    "format_alert",
+    "format_event",
+    "frame",
+    "load_syslog",
+]
 
 #: RFC 5424 §6.2.1: facility 13, "log audit".
 FACILITY_LOG_AUDIT: Final = 13
@@ -225,7 +246,9 @@ class SyslogSender:
     """Sends alerts and events to ``host``:``port`` over TLS (module docstring), from a
     bounded queue on a thread of its own (:mod:`trustmesh.audit._delivery`: retries
     with backoff on a network or TLS error, drops counted). ``hostname``: this
-    collector's name in each message's HEADER."""
+    collector's name in each message's HEADER; ``cert_file`` and ``key_file``: the
+    client certificate, both or neither; ``where``: the settings' key path in the
+    messages of a :class:`ConfigError`."""
 
     def __init__(
         self,
@@ -244,6 +267,9 @@ class SyslogSender:
         rand: Callable[[], float] | None = None,
         timeout: float = 10.0,
         accept_wait: float = 1.0,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        where: str = "syslog",
     ) -> None:
         if not host or not 1 <= port <= 65535:
             raise ConfigError("syslog: a host and a port from 1 to 65535")
@@ -261,6 +287,10 @@ class SyslogSender:
         self.timeout = timeout
         self.accept_wait = accept_wait
         self.context: ssl.SSLContext = tls_context(ca_file)
+        if cert_file is not None and key_file is not None:
+            load_client_certificate(self.context, cert_file, key_file, where=where)
+        elif cert_file is not None or key_file is not None:
+            raise ConfigError(f"{where}: cert_file and key_file go together")
         self._socket: ssl.SSLSocket | None = None
         extra: dict[str, Any] = {} if rand is None else {"rand": rand}
         self._worker: Worker[bytes] = Worker(
@@ -359,3 +389,25 @@ class SyslogSender:
             sock, self._socket = self._socket, None
             with contextlib.suppress(OSError):
                 sock.close()
+
+
+def load_syslog(
+    declared: SyslogConfig, folder: Path, *, hostname: str, **options: Any
+) -> SyslogSender:
+    """The sender (not started) a declaration's ``audit.alerts.syslog`` describes, its
+    files taken relative to ``folder`` (the declaration's); ``options``: more
+    :class:`SyslogSender` arguments."""
+
+    def path(name: str | None) -> str | None:
+        return None if name is None else str(folder / name)
+
+    return SyslogSender(
+        declared.host,
+        declared.port,
+        path(declared.ca_file),
+        hostname=hostname,
+        cert_file=path(declared.cert_file),
+        key_file=path(declared.key_file),
+        where="audit.alerts.syslog",
+        **options,
+    )
