@@ -1,7 +1,10 @@
 """A real syslog-over-TLS receiver for the tests (RFC 5425): a TLS server on a free port
 of 127.0.0.1 that reads octet-counted frames, and an RFC 5424 parser (written from the
 RFC's ABNF, apart from the code under test) that splits each message into its header,
-structured data (unescaped) and MSG."""
+structured data (unescaped) and MSG. With ``client_ca`` the receiver requires a client
+certificate that CA issued (``ssl.CERT_REQUIRED``, as rsyslog's ``x509/certvalid`` or
+syslog-ng's ``peer-verify(required-trusted)``) and keeps the subject of each one it
+accepted and why it refused each handshake it did not."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tlsrig import Pki
 
@@ -111,6 +115,10 @@ class SyslogReceiver:
     hung_up: int = 0  # connections this side closed
     hang_up_after: int | None = None
     arrived: threading.Condition = field(default_factory=threading.Condition)
+    #: Per connection accepted: the client certificate's subject (RDN type → value), or
+    #: None when the receiver asks for none.
+    peers: list[dict[str, str] | None] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # why, per handshake refused
 
     @property
     def port(self) -> int:
@@ -120,6 +128,11 @@ class SyslogReceiver:
         with self.arrived:
             self.arrived.wait_for(lambda: len(self.frames) >= count, timeout)
             return list(self.frames)
+
+    def wait_refused(self, count: int, timeout: float = 10.0) -> list[str]:
+        with self.arrived:
+            self.arrived.wait_for(lambda: len(self.refused) >= count, timeout)
+            return list(self.refused)
 
     def wait_hung_up(self, count: int, timeout: float = 10.0) -> None:
         with self.arrived:
@@ -136,10 +149,14 @@ class SyslogReceiver:
     def _connection(self, raw: socket.socket) -> None:
         try:
             conn = self.context.wrap_socket(raw, server_side=True)
-        except OSError:
+        except OSError as exc:
             raw.close()
+            with self.arrived:
+                self.refused.append(str(exc))
+                self.arrived.notify_all()
             return
         self.connections += 1
+        self.peers.append(_subject(conn) if self.context.verify_mode else None)
         reader = conn.makefile("rb")
         count = 0
         try:
@@ -164,9 +181,19 @@ class SyslogReceiver:
                 self.arrived.notify_all()
 
 
-def syslog_receiver(pki: Pki) -> Iterator[SyslogReceiver]:
+def _subject(conn: ssl.SSLSocket) -> dict[str, str]:
+    cert = conn.getpeercert()
+    assert cert, "a verified client presented no certificate"
+    return {key: value for rdn in cert["subject"] for key, value in rdn}
+
+
+def syslog_receiver(pki: Pki, client_ca: Path | None = None) -> Iterator[SyslogReceiver]:
     sock = socket.create_server(("127.0.0.1", 0))
-    rig = SyslogReceiver(sock, pki.server_context())
+    context = pki.server_context()
+    if client_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(client_ca)
+    rig = SyslogReceiver(sock, context)
     thread = threading.Thread(target=rig.serve, daemon=True)
     thread.start()
     try:

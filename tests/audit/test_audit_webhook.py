@@ -303,7 +303,7 @@ def test_a_declared_webhook_reads_its_secret_from_a_private_file(tmp_path: Path)
         "medium",
     )
     secret_file.chmod(0o644)
-    with pytest.raises(ConfigError, match="others may read it"):
+    with pytest.raises(ConfigError, match="others may read or write it"):
         load_webhook(config, tmp_path)
     secret_file.chmod(0o600)
     secret_file.write_bytes(b"short\n")

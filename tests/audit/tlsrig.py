@@ -1,5 +1,6 @@
 """Real TLS for the alert senders' tests: a CA of the test's own and a server
-certificate for 127.0.0.1 and localhost (``Pki``), and a real HTTPS (or plain HTTP)
+certificate for 127.0.0.1 and localhost (``Pki``), a client certificate from another CA
+(``make_client_pki``: what a receiver requiring mutual TLS trusts), and a real HTTPS (or plain HTTP)
 receiver on a free port of 127.0.0.1 that keeps every request and answers with the
 statuses a test scripts (``Receiver``)."""
 
@@ -10,8 +11,13 @@ import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from trustmesh import crypto
 
@@ -40,6 +46,65 @@ def make_pki(folder: Path, names: tuple[str, ...] = ("127.0.0.1", "localhost")) 
     pki.ca_file.write_text(crypto.cert_pem(ca))
     pki.cert_file.write_bytes(issued.chain_pem())
     pki.key_file.write_bytes(issued.key_pem())
+    return pki
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def make_client_pki(folder: Path, common_name: str) -> Pki:
+    """A fresh CA (``ca_file``: what the receiver trusts) and a client certificate it
+    issued (``clientAuth``), subject ``O=trustmesh tests, CN=common_name``; the key
+    written 0600."""
+    now = datetime.now(UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{common_name} CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "trustmesh tests"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    pki = Pki(folder / "client-ca.pem", folder / "client.pem", folder / "client.key")
+    pki.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    pki.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pki.key_file.touch(mode=0o600)
+    pki.key_file.write_bytes(_pem_key(key))
     return pki
 
 

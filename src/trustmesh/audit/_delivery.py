@@ -15,6 +15,12 @@ event, which the shipped rule alerts on). So no item holds the queue for longer 
 its attempts, and none is given up silently; what was given up is still in the
 collector (the alert store, the checkpoint file).
 
+A sender's TLS context (:func:`tls_context`) verifies the receiver as the system's
+defaults do, against the roots given; :func:`load_client_certificate` adds the
+certificate it presents to a receiver that asks for one (mutual TLS). A key or a secret
+is read only from a file no one but its owner may read or write
+(:func:`read_private_file`).
+
 Which HTTP answers are worth another attempt (:func:`retryable`): a 5xx, and the 4xx
 that say who asks or when rather than what was sent — ``401``/``403`` (a token or an
 authorization being changed on the receiver's side), ``407``, ``408``, ``421``,
@@ -26,13 +32,16 @@ from __future__ import annotations
 
 import http.client
 import logging
+import os
 import queue
 import secrets
 import ssl
+import stat
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final, Generic, TypeVar
 from urllib.parse import SplitResult
 
@@ -46,7 +55,9 @@ __all__ = [
     "Response",
     "Retry",
     "Worker",
+    "load_client_certificate",
     "post",
+    "read_private_file",
     "retryable",
     "tls_context",
 ]
@@ -267,6 +278,62 @@ def tls_context(ca_file: str | None) -> ssl.SSLContext:
         ) from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
+
+
+def read_private_file(path: Path, where: str) -> bytes:
+    """The bytes of ``path``, refused with a :class:`ConfigError` that starts with
+    ``where`` unless it is a regular file no one but its owner may read or write
+    (``mode & 0o077 == 0``). The checks are made on the file opened, so it cannot be
+    swapped between them and the read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO: no wait
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot be read ({exc.strerror})") from None
+    with open(fd, "rb") as file:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{where}: not a regular file")
+        if info.st_mode & 0o077:
+            raise ConfigError(
+                f"{where}: others may read or write it "
+                f"(mode {stat.S_IMODE(info.st_mode):04o}; chmod 600 it)"
+            )
+        try:
+            return file.read()
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot be read ({exc.strerror})") from None
+
+
+def _no_password() -> bytes:
+    # Without a callback OpenSSL would prompt for a passphrase on the terminal.
+    raise ConfigError("an encrypted key")
+
+
+def load_client_certificate(
+    context: ssl.SSLContext, cert_file: str, key_file: str, *, where: str
+) -> None:
+    """Have ``context`` present the chain in ``cert_file`` (PEM: the certificate, then
+    any intermediates) with its key ``key_file`` (PEM, unencrypted, in a file no one but
+    its owner may read or write) to a server that asks for a client certificate. Each
+    problem — a file missing or unreadable, the key readable by others, not PEM, an
+    encrypted key, a key that is not the certificate's — is a :class:`ConfigError`
+    naming the file and the setting (``where``, the settings' key path)."""
+    at_cert, at_key = f"{cert_file}: {where}.cert_file", f"{key_file}: {where}.key_file"
+    read_private_file(Path(key_file), at_key)
+    try:  # parsed alone first, so that a problem is put on the right file
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=cert_file)
+    except OSError as exc:
+        problem = exc.reason if isinstance(exc, ssl.SSLError) else exc.strerror
+        raise ConfigError(f"{at_cert}: not a readable PEM certificate chain ({problem})") from None
+    try:
+        context.load_cert_chain(cert_file, key_file, password=_no_password)
+    except ConfigError:
+        raise ConfigError(f"{at_key}: an encrypted key (expected an unencrypted one)") from None
+    except OSError as exc:
+        if isinstance(exc, ssl.SSLError) and exc.reason == "KEY_VALUES_MISMATCH":
+            raise ConfigError(f"{at_key}: not the key of the certificate in {cert_file}") from None
+        problem = exc.reason if isinstance(exc, ssl.SSLError) else exc.strerror
+        raise ConfigError(f"{at_key}: not a readable PEM private key ({problem})") from None
 
 
 @dataclass(frozen=True)

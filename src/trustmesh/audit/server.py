@@ -42,7 +42,7 @@ from trustmesh.audit.response import AdminCaller, Caller, Responder
 from trustmesh.audit.response_store import ResponseStore
 from trustmesh.audit.retention import Pruner, Retention
 from trustmesh.audit.service import AuditService, OnAlerts
-from trustmesh.audit.syslog import SyslogSender
+from trustmesh.audit.syslog import SyslogSender, load_syslog
 from trustmesh.audit.webhook import WebhookSender, load_webhook
 from trustmesh.config import TrustmeshConfig
 from trustmesh.config.audit import AuditConfig, DetectionConfig, RetentionConfig, WebhookConfig
@@ -105,14 +105,7 @@ def _receivers(
     syslog = settings.alerts.syslog
     return (
         WebhookSender(hooks) if hooks else None,
-        None
-        if syslog is None
-        else SyslogSender(
-            syslog.host,
-            syslog.port,
-            None if syslog.ca_file is None else str(folder / syslog.ca_file),
-            hostname=hostname,
-        ),
+        None if syslog is None else load_syslog(syslog, folder, hostname=hostname),
     )
 
 

@@ -25,8 +25,23 @@ A message (RFC 5424 §6)::
 Framing (RFC 5425 §4.3, RFC 6587 §3.4.1): ``MSG-LEN SP SYSLOG-MSG``, the length in
 octets, so a message may hold any byte. Transport: TLS 1.2 or later, the receiver's
 certificate checked against ``ca_file`` and its name (``server_name``, default the
-host). TCP has no acknowledgement: a message written just before the connection breaks
+host). With ``cert_file`` and ``key_file`` the sender presents a client certificate to
+a receiver that asks for one (RFC 5425 §4.2: mutual authentication; rsyslog's
+``StreamDriverAuthMode x509/certvalid``, syslog-ng's ``peer-verify(required-trusted)``):
+the key file must be readable by its owner only, and both files are loaded when the
+sender is made, so a missing, unreadable, unparsable or mismatched one stops the start
+with a :class:`~trustmesh.errors.ConfigError` naming the file and the setting. TCP has no acknowledgement: a message written just before the connection breaks
 may be lost (a connection the receiver closed is noticed and replaced before writing).
+
+A receiver may refuse this client (no certificate, or one it does not trust). In TLS 1.2
+it says so within the handshake. In TLS 1.3 the client's handshake ends before the
+server has checked the client's certificate (RFC 8446 §4.4.2, §4.6.1): a refusal is an
+alert that arrives later, after a first message may have been written — and lost while
+counted as delivered. So on a new TLS 1.3 connection the sender first waits (at most
+``accept_wait`` seconds) for the receiver's first record: a session ticket
+(RFC 8446 §4.6.1) means it accepted; an alert or a close, that it refused — retried like
+any TLS error, then given up. A receiver that sends no ticket costs that wait once per
+connection, and a refusal later than it is noticed only at the next message.
 """
 
 from __future__ import annotations
@@ -40,12 +55,28 @@ import socket
 import ssl
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Final
 
-from trustmesh.audit._delivery import Backoff, DeliveryStats, Retry, Worker, tls_context
+from trustmesh.audit._delivery import (
+    Backoff,
+    DeliveryStats,
+    Retry,
+    Worker,
+    load_client_certificate,
+    tls_context,
+)
+from trustmesh.config.audit import SyslogConfig
 from trustmesh.errors import ConfigError
 
-__all__ = ["FACILITY_LOG_AUDIT", "SyslogSender", "format_alert", "format_event", "frame"]
+__all__ = [
+    "FACILITY_LOG_AUDIT",
+    "SyslogSender",
+    "format_alert",
+    "format_event",
+    "frame",
+    "load_syslog",
+]
 
 #: RFC 5424 §6.2.1: facility 13, "log audit".
 FACILITY_LOG_AUDIT: Final = 13
@@ -215,7 +246,9 @@ class SyslogSender:
     """Sends alerts and events to ``host``:``port`` over TLS (module docstring), from a
     bounded queue on a thread of its own (:mod:`trustmesh.audit._delivery`: retries
     with backoff on a network or TLS error, drops counted). ``hostname``: this
-    collector's name in each message's HEADER."""
+    collector's name in each message's HEADER; ``cert_file`` and ``key_file``: the
+    client certificate, both or neither; ``where``: the settings' key path in the
+    messages of a :class:`ConfigError`."""
 
     def __init__(
         self,
@@ -233,6 +266,10 @@ class SyslogSender:
         sleep: Callable[[float], None] | None = None,
         rand: Callable[[], float] | None = None,
         timeout: float = 10.0,
+        accept_wait: float = 1.0,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        where: str = "syslog",
     ) -> None:
         if not host or not 1 <= port <= 65535:
             raise ConfigError("syslog: a host and a port from 1 to 65535")
@@ -248,7 +285,12 @@ class SyslogSender:
             "enterprise": enterprise,
         }
         self.timeout = timeout
+        self.accept_wait = accept_wait
         self.context: ssl.SSLContext = tls_context(ca_file)
+        if cert_file is not None and key_file is not None:
+            load_client_certificate(self.context, cert_file, key_file, where=where)
+        elif cert_file is not None or key_file is not None:
+            raise ConfigError(f"{where}: cert_file and key_file go together")
         self._socket: ssl.SSLSocket | None = None
         extra: dict[str, Any] = {} if rand is None else {"rand": rand}
         self._worker: Worker[bytes] = Worker(
@@ -288,10 +330,31 @@ class SyslogSender:
     def _connect(self) -> ssl.SSLSocket:
         raw = socket.create_connection((self.host, self.port), timeout=self.timeout)
         try:
-            return self.context.wrap_socket(raw, server_hostname=self.server_name)
+            sock = self.context.wrap_socket(raw, server_hostname=self.server_name)
         except BaseException:
             raw.close()
             raise
+        try:
+            if sock.version() == "TLSv1.3":
+                self._accepted(sock)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _accepted(self, sock: ssl.SSLSocket) -> None:
+        """Wait for the receiver's first record after a TLS 1.3 handshake (module
+        docstring); raise an OSError if it refused this client."""
+        if not select.select([sock], [], [], self.accept_wait)[0]:
+            return  # no ticket: nothing is known, go on
+        sock.setblocking(False)
+        try:
+            sock.recv(1)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return  # a session ticket (or part of one): accepted
+        finally:
+            sock.settimeout(self.timeout)
+        raise ConnectionError("the receiver ended the connection after the handshake")
 
     def _stale(self, sock: ssl.SSLSocket) -> bool:
         """Whether the receiver closed the connection (or sent data: a syslog receiver
@@ -326,3 +389,25 @@ class SyslogSender:
             sock, self._socket = self._socket, None
             with contextlib.suppress(OSError):
                 sock.close()
+
+
+def load_syslog(
+    declared: SyslogConfig, folder: Path, *, hostname: str, **options: Any
+) -> SyslogSender:
+    """The sender (not started) a declaration's ``audit.alerts.syslog`` describes, its
+    files taken relative to ``folder`` (the declaration's); ``options``: more
+    :class:`SyslogSender` arguments."""
+
+    def path(name: str | None) -> str | None:
+        return None if name is None else str(folder / name)
+
+    return SyslogSender(
+        declared.host,
+        declared.port,
+        path(declared.ca_file),
+        hostname=hostname,
+        cert_file=path(declared.cert_file),
+        key_file=path(declared.key_file),
+        where="audit.alerts.syslog",
+        **options,
+    )

@@ -35,7 +35,6 @@ import hmac
 import http.client
 import json
 import re
-import stat
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from trustmesh.audit._delivery import (
     Retry,
     Worker,
     post,
+    read_private_file,
     retryable,
     tls_context,
 )
@@ -120,15 +120,7 @@ def load_webhook(config: WebhookConfig, folder: Path, *, key: str | None = None)
     a hook declared elsewhere (``audit.checkpoint_webhook``)."""
     path = folder / config.secret_file
     where = f"{path}: {key or f'audit.alerts.webhooks[{config.name}]'}.secret_file"
-    try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"{where}: not a regular file")
-        if info.st_mode & 0o077:
-            raise ConfigError(f"{where}: others may read it (chmod 600)")
-        secret = path.read_bytes().rstrip(b"\r\n")
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot be read ({exc.strerror})") from None
+    secret = read_private_file(path, where).rstrip(b"\r\n")
     ca_file = None if config.ca_file is None else str(folder / config.ca_file)
     return Webhook(config.name, config.url, secret, ca_file, config.min_level)
 

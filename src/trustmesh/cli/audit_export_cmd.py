@@ -39,7 +39,6 @@ import asyncio
 import enum
 import os
 import socket
-import stat
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -49,7 +48,7 @@ from urllib.parse import urlencode
 
 import typer
 
-from trustmesh.audit._delivery import Backoff
+from trustmesh.audit._delivery import Backoff, read_private_file
 from trustmesh.audit.alerts import alert_grants
 from trustmesh.audit.export import OtlpExporter, export_syslog, write_jsonl
 from trustmesh.audit.ledger_schema import collector_grants, prune_grants, prunes
@@ -170,18 +169,7 @@ def read_key(path: Path, where: str) -> bytes:
     """The pseudonymisation key in ``path`` (trailing line breaks dropped): refused,
     naming ``where``, unless it is a regular file no one but its owner may read or
     write, of at least :data:`~trustmesh.audit.pseudonymise.MIN_KEY_BYTES` bytes."""
-    try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"{where}: {path} is not a regular file")
-        if info.st_mode & 0o077:
-            raise ConfigError(
-                f"{where}: others may read or write {path} "
-                f"(mode {stat.S_IMODE(info.st_mode):04o}; chmod 600 it)"
-            )
-        key = path.read_bytes().rstrip(b"\r\n")
-    except OSError as exc:
-        raise ConfigError(f"{where}: {path} cannot be read ({exc.strerror})") from None
+    key = read_private_file(path, f"{where}: {path}").rstrip(b"\r\n")
     if len(key) < MIN_KEY_BYTES:
         raise ConfigError(f"{where}: {path} holds {len(key)} bytes, at least {MIN_KEY_BYTES}")
     return key

@@ -5,6 +5,9 @@ listener, store and checkpoints, how producers deliver to it, and the Sigma rule
       checkpoint_every: 1000        # sign the chain's head every N records ...
       checkpoint_interval: 10s      # ... or T, whichever comes first
       spool: {max_bytes: 67108864, on_full: block}
+      alerts:
+        syslog:                     # RFC 5424 over TLS; a client certificate if it asks
+          {host: siem.example, ca_file: siem-ca.pem, cert_file: tm.pem, key_file: tm.key}
       retention:
         default: 365d               # prune records older than this (none: keep for ever)
         classes: {6003: 90d, 2004: null}   # per OCSF class_uid; null keeps it for ever
@@ -22,8 +25,15 @@ import ipaddress
 from datetime import timedelta
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from trustmesh.config.durations import Duration
 
@@ -100,6 +110,37 @@ class SyslogConfig(BaseModel):
     ca_file: str | None = Field(
         default=None, description="PEM CA certificates to trust instead of the system's."
     )
+    cert_file: str | None = Field(
+        default=None,
+        min_length=1,
+        description="PEM certificate chain (the collector's certificate first) presented to "
+        "a receiver that asks for one (mutual TLS); relative to the declaration's folder. "
+        "Goes with key_file.",
+    )
+    key_file: str | None = Field(
+        default=None,
+        min_length=1,
+        description="PEM private key of cert_file, unencrypted, in a file (mode 0600 or "
+        "stricter) no one but its owner may read; relative to the declaration's folder.",
+    )
+
+    @model_validator(mode="after")
+    def _pair(self) -> SyslogConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            pair = ("cert_file", "key_file")
+            given, missing = pair if self.key_file is None else pair[::-1]
+            problem = PydanticCustomError(
+                "invalid",
+                "{problem} (expected {expected})",
+                {
+                    "problem": f"{given} without {missing}",
+                    "expected": "both cert_file and key_file, or neither",
+                },
+            )
+            raise ValidationError.from_exception_data(
+                "SyslogConfig", [InitErrorDetails(type=problem, loc=(missing,), input=None)]
+            )
+        return self
 
 
 class AlertsConfig(BaseModel):
