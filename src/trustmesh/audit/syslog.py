@@ -30,8 +30,9 @@ a receiver that asks for one (RFC 5425 §4.2: mutual authentication; rsyslog's
 ``StreamDriverAuthMode x509/certvalid``, syslog-ng's ``peer-verify(required-trusted)``):
 the key file must be readable by its owner only, and both files are loaded when the
 sender is made, so a missing, unreadable, unparsable or mismatched one stops the start
-with a :class:`~trustmesh.errors.ConfigError` naming the file and the setting. TCP has no acknowledgement: a message written just before the connection breaks
-may be lost (a connection the receiver closed is noticed and replaced before writing).
+with a :class:`~trustmesh.errors.ConfigError` naming the file and the setting. TCP has
+no acknowledgement: a message written just before the connection breaks may be lost (a
+connection the receiver closed is noticed and replaced before writing).
 
 A receiver may refuse this client (no certificate, or one it does not trust). In TLS 1.2
 it says so within the handshake. In TLS 1.3 the client's handshake ends before the
