@@ -703,6 +703,7 @@ class _Occurrence(TypedDict, total=False):
     src: Endpoint | None
     attributes: Mapping[str, AttributeValue] | None
     now: datetime | None
+    uid: str | None
     strict: bool
 
 
@@ -754,13 +755,16 @@ class Recorder:
         src: Endpoint | None = None,
         attributes: Mapping[str, AttributeValue] | None = None,
         now: datetime | None = None,
+        uid: str | None = None,
         strict: bool = False,
     ) -> Event:
         """One occurrence, not written: for a change whose event is made (and so checked)
         before the change, and written (:meth:`write`) once it is done. ``spiffe_id``: the
         workload the event is about, where it is not the recorder's own (an SVID issued
         to it); ``now``: the occurrence's time, where the caller has one (default: the
-        recorder's clock). ``strict``: a value no event may carry raises
+        recorder's clock); ``uid``: the event's id where the occurrence has one of its
+        own (32 hex digits: recorded again, it is stored once), else a random one.
+        ``strict``: a value no event may carry raises
         :class:`~trustmesh.errors.UsageError` (the caller refuses its input, and changes
         nothing) instead of being withheld."""
         decided = _decision_of(code) if decision is None else decision
@@ -771,16 +775,24 @@ class Recorder:
             now = self.clock()
         try:
             return restamp(
-                template, now=now, trace_id=trace_id, src=src, attributes=attributes, jti=jti
+                template,
+                now=now,
+                trace_id=trace_id,
+                src=src,
+                attributes=attributes,
+                jti=jti,
+                uid=uid,
             )
         except UsageError:  # a value no event may carry: withhold it, keep the decision
             if strict:
                 raise
         kept = _withheld(attributes)
         try:
-            return restamp(template, now=now, trace_id=trace_id, src=src, attributes=kept, jti=jti)
+            return restamp(
+                template, now=now, trace_id=trace_id, src=src, attributes=kept, jti=jti, uid=uid
+            )
         except UsageError:  # the trace or token id itself: the decision, without them
-            return restamp(template, now=now, src=src, attributes=kept)
+            return restamp(template, now=now, src=src, attributes=kept, uid=uid)
 
     def write(self, event: Event) -> None:
         """Write an occurrence made by :meth:`build`."""
@@ -872,10 +884,12 @@ def restamp(
     src: Endpoint | None = None,
     attributes: Mapping[str, AttributeValue] | None = None,
     jti: str | None = None,
+    uid: str | None = None,
 ) -> Event:
-    """A new occurrence of an already-validated event: new time and uid, and these
-    per-occurrence fields, each checked as :func:`event` would. For hot paths that emit
-    many events of one shape (the SDK middleware): far cheaper than building anew."""
+    """A new occurrence of an already-validated event: new time and uid (``uid``: the
+    occurrence's own, 32 hex digits), and these per-occurrence fields, each checked as
+    :func:`event` would. For hot paths that emit many events of one shape (the SDK
+    middleware): far cheaper than building anew."""
     if now is None:
         when = datetime.now(UTC)
     elif now.tzinfo is None or now.utcoffset() is None:
@@ -884,7 +898,12 @@ def restamp(
         when = now.astimezone(UTC)
     fields = template.__dict__.copy()
     fields["time"] = when
-    fields["uid"] = os.urandom(16).hex()
+    if uid is None:
+        fields["uid"] = os.urandom(16).hex()
+    elif len(uid) == 32 and all(c in "0123456789abcdef" for c in uid):
+        fields["uid"] = uid
+    else:
+        raise UsageError("invalid event field: uid is 32 lower-case hex digits")
     try:
         if trace_id is not None:
             fields["trace_id"] = _check_id(trace_id)

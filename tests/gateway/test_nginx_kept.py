@@ -93,8 +93,30 @@ def asked(edge: Edge, path: str) -> list[events.Event]:
     return [
         e
         for e in edge.sink.events
-        if e.reason.value == "policy-allow" and e.attributes.get("path") == path
+        if e.reason.value == "policy-allow"
+        and e.attributes.get("path") == path
+        and e.attributes.get("engine") == "authorizer"
     ]
+
+
+async def answered_by_nginx(edge: Edge, count: int) -> list[events.Event]:
+    """The events of what nginx answered itself (read from its kept.log), once there
+    are ``count`` of them (nginx flushes the log each second)."""
+
+    def found() -> list[events.Event]:  # (the fixture's own /ping may come late)
+        return [
+            e
+            for e in edge.sink.events
+            if e.attributes.get("engine") == "nginx"
+            and str(e.attributes["path"]).startswith("/shop")
+        ]
+
+    for _ in range(100):
+        if len(found()) >= count:
+            break
+        await asyncio.sleep(0.1)
+    assert len(found()) == count, [(e.reason, e.attributes) for e in found()]
+    return found()
 
 
 async def test_an_allowed_decision_is_kept_and_a_refusal_never_is(edge: Edge) -> None:
@@ -118,6 +140,15 @@ async def test_an_allowed_decision_is_kept_and_a_refusal_never_is(edge: Edge) ->
     refused = [e.reason.value for e in edge.sink.events if e.decision != events.Decision.ALLOW]
     assert refused == ["token-bad-signature"] * 2 + ["policy-deny"] * 2, refused
     assert len(SEEN) == 4  # no refused request reached the upstream
+    # what nginx answered itself is recorded too, with the request's own trace
+    (recorded,) = await answered_by_nginx(edge, 1)
+    assert recorded.decision == events.Decision.ALLOW
+    assert recorded.reason.value == "policy-allow"
+    assert recorded.sub == asked(edge, "/shop/a")[0].sub is not None
+    assert recorded.trace_id == SEEN[1]["traceparent"].split("-")[1] == recorded.uid
+    assert recorded.attributes["path"] == "/shop/a"
+    assert recorded.attributes["route"] == "routes[0]"
+    assert recorded.attributes["status"] == 200
 
 
 async def test_an_ambiguous_key_part_is_never_kept(edge: Edge) -> None:
@@ -148,6 +179,12 @@ async def test_nginx_counts_each_consumer_s_limit_across_kept_decisions(edge: Ed
     assert kept.status == 429
     assert (await edge.send("GET", "/shop/a", who="dave")).status == 200  # another consumer
     assert len(SEEN) == 4
+    recorded = await answered_by_nginx(edge, 3)  # a kept /shop/a, two refusals
+    refused = [e for e in recorded if e.decision == events.Decision.DENY]
+    assert [(e.reason.value, e.attributes["status"]) for e in refused] == [
+        ("rate-limited", 429),
+        ("rate-limited", 429),
+    ]
     assert "unexpected status" not in nginx(edge).engine.error_log_tail()
 
 

@@ -665,8 +665,8 @@ class NginxSettings(BaseModel):
         description="How long nginx keeps an allowed decision (per credential, method, URI, "
         "host and client address) and asks the authorizer nothing more (unset: it asks "
         "about every request). It bounds how late a revoked token, a blocked address or a "
-        "new policy reaches requests already allowed, and the requests it answers are not "
-        "recorded one by one (at most 60s).",
+        "new policy reaches requests already allowed (at most 60s); what nginx answers "
+        "itself is recorded from its log, each second.",
     )
 
 

@@ -49,10 +49,12 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 from trustmesh import events
 from trustmesh.config.gateway import PROVIDER_ISSUER, GatewayConfig, GatewayRoute
@@ -895,6 +897,39 @@ class GatewayApp:
             self._minted.pop(next(iter(self._minted)))
         self._minted[key] = (reuse_until, value)
         return value, reuse_until
+
+    def record_kept(self, line: Mapping[str, Any]) -> None:
+        """A request nginx answered without asking (:mod:`trustmesh.gateway.nginxlog`): by
+        a decision it kept (allowed, as the authorizer decided it), or refused by its own
+        count of a limit; recorded as the authorizer records the requests it decides,
+        with the request's id as the event's (KeyError, ValueError: not such a line)."""
+        index = int(line["route"])
+        if not 0 <= index < len(self.upstream_ids):
+            raise ValueError(f"no route {index}")
+        context: dict[str, Any] = {
+            "engine": "nginx",
+            "method": str(line["method"])[:16],
+            "path": str(line["path"])[:512],
+            "client": str(line["client"])[:64],
+            "route": f"routes[{index}]",
+            "status": int(line["status"]),
+        }
+        refused = line.get("limit") == "REJECTED"
+        decision = events.Decision.DENY if refused else events.Decision.ALLOW
+        reason = Reason.RATE_LIMITED if refused else Reason.POLICY_ALLOW
+        if self.metrics is not None:
+            self.metrics.decided(decision.value, reason)
+        self.recorder.record(
+            reason,
+            "rate limited" if refused else "authorized",
+            decision=decision,
+            sub=unquote(str(line["sub"])) or None,
+            client_id=unquote(str(line.get("client_id") or "")) or None,
+            trace_id=str(line["id"]),
+            uid=str(line["id"]),
+            now=datetime.fromtimestamp(float(line["t"]), UTC),
+            attributes=context,
+        )
 
     def record(
         self, decision: events.Decision, reason: Code, message: str, **attributes: str | int

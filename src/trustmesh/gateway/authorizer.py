@@ -57,6 +57,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from typing import Any, Final
+from urllib.parse import quote
 
 from trustmesh.gateway.app import GatewayApp, Reply, refusal_body, refuse
 from trustmesh.platform.listeners import Receive, Scope, Send, answer_lifespan, respond_json
@@ -123,6 +124,7 @@ class Authorizer:
                 headers, seconds = app.grant_kept(ex)
                 headers.append((b"x-trustmesh-route", str(ex.index).encode()))
                 headers.append((b"x-trustmesh-client", ex.client.encode("latin-1")))
+                headers += _who(ex.user)  # for nginx's record of what it answers itself
                 if seconds and _keepable(scope["headers"]):
                     headers.append((b"x-accel-expires", str(seconds).encode()))
             else:
@@ -216,3 +218,18 @@ def _told_trace(headers: list[tuple[bytes, bytes]]) -> trace.TraceParent | None:
     events and the upstream's request carry the same trace."""
     told = [v for k, v in headers if k == b"traceparent"]
     return trace.parse(told[0].decode("latin-1")) if len(told) == 1 else None
+
+
+def _who(user: dict[str, Any] | None) -> list[tuple[bytes, bytes]]:
+    """The caller's ``sub`` and ``client_id``, percent-encoded (any character a token
+    holds, in a header)."""
+    if user is None:
+        return []
+    return [
+        (header, quote(str(user[claim]), safe=_SAFE).encode("ascii"))
+        for header, claim in ((b"x-trustmesh-sub", "sub"), (b"x-trustmesh-client-id", "client_id"))
+        if user.get(claim)
+    ]
+
+
+_SAFE: Final = ":@/.-_~+="

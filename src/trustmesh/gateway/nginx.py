@@ -45,7 +45,8 @@ from trustmesh.config.gateway import GatewayConfig
 from trustmesh.errors import ConfigError, NotFoundError, TrustmeshError, UnavailableError
 from trustmesh.gateway.app import GatewayApp
 from trustmesh.gateway.authorizer import DEFAULT_PREFIX, Authorizer
-from trustmesh.gateway.nginxconf import NginxPlan, Upstream, render
+from trustmesh.gateway.nginxconf import KEPT_LOG, NginxPlan, Upstream, render
+from trustmesh.gateway.nginxlog import KeptLog
 from trustmesh.platform.listeners import PublicServed, start_unix
 from trustmesh.sdk.discovery import Endpoint
 from trustmesh.sdk.x509source import SVIDSource, X509Context
@@ -281,6 +282,10 @@ class NginxEngine:
             log.error("gateway: nginx could not be started again: %s", exc.detail)
             self.failed.set()
 
+    def signal(self, signum: int) -> None:
+        """Send nginx's master ``signum`` (where it runs)."""
+        self._signal(signum)
+
     def _signal(self, signum: int) -> None:
         process = self._process
         if process is not None and process.returncode is None:
@@ -378,10 +383,13 @@ class NginxEngine:
 
 @dataclass
 class NginxEdge:
-    """The edge as ``engine: nginx`` serves it: nginx, and the authorizer it asks."""
+    """The edge as ``engine: nginx`` serves it: nginx, the authorizer it asks, and where
+    nginx keeps decisions, the reader of its record of what it answered itself."""
 
     engine: NginxEngine
     authorizer: PublicServed
+    kept: KeptLog | None = None
+    reading: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -393,7 +401,15 @@ class NginxEdge:
 
     async def stop(self) -> None:
         await self.engine.stop()
+        if self.reading is not None:  # read to the end: nginx has flushed and stopped
+            self.reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.reading
         await self.authorizer.stop()
+
+    def reopen(self) -> None:
+        """nginx opens its logs again (the kept.log renamed)."""
+        self.engine.signal(signal.SIGUSR1)
 
 
 async def start_nginx_edge(
@@ -430,7 +446,11 @@ async def start_nginx_edge(
         await engine.stop()
         await authorizer.stop()
         raise
-    return NginxEdge(engine, authorizer)
+    edge = NginxEdge(engine, authorizer)
+    if config.gateway is not None and config.gateway.nginx.decision_ttl is not None:
+        edge.kept = KeptLog(root / KEPT_LOG, lambda line: current().record_kept(line), edge.reopen)
+        edge.reading = asyncio.create_task(edge.kept.run(), name="trustmesh-nginx-kept-log")
+    return edge
 
 
 def _dns_name(config: TrustmeshConfig, service: str) -> str:

@@ -44,7 +44,15 @@ from trustmesh.gateway.headers import GATEWAY_SET, SECURITY_HEADERS, stripped
 from trustmesh.gateway.ratelimit import ProxyLimit, proxy_limits
 from trustmesh.reasons import ANSWERS
 
-__all__ = ["AUTHZ_LOCATION", "FORWARDED", "NginxPlan", "Upstream", "render"]
+__all__ = [
+    "AUTHZ_LOCATION",
+    "FORWARDED",
+    "KEPT_BY",
+    "KEPT_LOG",
+    "NginxPlan",
+    "Upstream",
+    "render",
+]
 
 #: The internal location nginx asks the authorizer through.
 AUTHZ_LOCATION: Final = "/_trustmesh/authz"
@@ -77,6 +85,8 @@ _FROM_AUTHORIZER: Final = (
     ("tm_body", "x_trustmesh_body"),
     ("tm_route", "x_trustmesh_route"),
     ("tm_client", "x_trustmesh_client"),
+    ("tm_sub", "x_trustmesh_sub"),
+    ("tm_client_id", "x_trustmesh_client_id"),
     ("tm_token", "authorization"),
     ("tm_www_authenticate", "www_authenticate"),
     ("tm_retry_after", "retry_after"),
@@ -101,6 +111,13 @@ _REFUSALS: Final = tuple(sorted({answer.status for answer in ANSWERS.values()}))
 _NO_UPSTREAM: Final = "tm_none"
 #: The request's span as nginx tells it to the authorizer and the upstream.
 _TRACEPARENT: Final = '"00-$request_id-$tm_span-01"'
+#: nginx's record of a request it answered without asking (a kept decision, its own limit).
+KEPT_LOG: Final = "kept.log"
+_KEPT_LINE: Final = (
+    '{"t":"$msec","id":"$request_id","client":"$remote_addr","method":"$request_method",'
+    '"path":"$tm_path","status":"$status","route":"$tm_route","sub":"$tm_sub",'
+    '"client_id":"$tm_client_id","kept":"$tm_cache","limit":"$limit_req_status"}'
+)
 #: What nginx keys a kept decision by, in this order (:mod:`trustmesh.gateway.authorizer`
 #: keeps none where one of them is ambiguous).
 KEPT_BY: Final = (
@@ -179,7 +196,8 @@ def _http(plan: NginxPlan, by_service: dict[str, Upstream]) -> list[str]:
         "server_tokens off;",
         "uninitialized_variable_warn off;",  # the authorizer's answers, before it is asked
         "more_clear_headers " + " ".join(_quoted(h) for h in _HIDDEN) + ";",
-        "access_log off;",  # every decision is the authorizer's event
+        # every decision is the authorizer's event, but those nginx kept (kept.log)
+        *(["access_log off;"] if kept is None else []),
         *(
             f"{kind}_temp_path {_quoted(temp / kind)};"
             for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -220,6 +238,11 @@ def _http(plan: NginxPlan, by_service: dict[str, Upstream]) -> list[str]:
             f"keys_zone={_cache_zone(plan)}:4m max_size=64m inactive={max(10, 2 * seconds)}s "
             "use_temp_path=off;",
             "limit_req_log_level info;",  # a refusal per line at warn would flood the log
+            # what nginx answers without asking: recorded from its kept.log
+            'map $request_uri $tm_path { "~^([^?]*)" $1; }',
+            'map "$tm_cache:$limit_req_status" $tm_log { "~^HIT:" 1; "~:REJECTED$" 1; default 0; }',
+            f"log_format tm_kept escape=json {_quoted(_KEPT_LINE)};",
+            f"access_log {_quoted(plan.root / KEPT_LOG)} tm_kept buffer=64k flush=1s if=$tm_log;",
         ]
         zones = {limit.zone: limit for limits in _counted(plan) if limits for limit in limits}
         lines += [
@@ -376,6 +399,7 @@ def _key_header(zone: str) -> str:
 def _asked() -> list[str]:
     return [
         f"auth_request {AUTHZ_LOCATION};",
+        "auth_request_set $tm_cache $upstream_cache_status;",  # HIT: a kept decision
         *(f"auth_request_set ${var} $upstream_http_{header};" for var, header in _FROM_AUTHORIZER),
         *_answer_headers(),
     ]
