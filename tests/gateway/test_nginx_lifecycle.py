@@ -344,12 +344,6 @@ async def test_a_configuration_nginx_refuses_is_not_applied(
     assert "x-other" not in stack.upstream.seen[-1].headers
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NginxEngine.apply restores _gateway but not _dns_names when nginx refuses: the "
-    "running declaration is rendered again with the refused one's services, and that "
-    "configuration (its route sent nowhere) is written in place for the next reload",
-)
 async def test_a_refused_declaration_naming_another_service_leaves_the_running_one(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -369,19 +363,14 @@ async def test_a_refused_declaration_naming_another_service_leaves_the_running_o
     assert engine.config_file.read_text() == running_text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="nginxconf renders a location per route, so two routes on one prefix (other "
-    "methods; GatewayConfig allows it with engine: nginx) give duplicate locations, and "
-    "nginx -t refuses a declaration the configuration accepted",
-)
-async def test_a_declaration_splitting_a_prefix_by_method_is_applied(stack: Stack) -> None:
+async def test_a_declaration_splitting_a_prefix_by_method_is_refused(stack: Stack) -> None:
+    """nginx is rendered one location per path: two routes on one prefix (other methods)
+    are refused when the declaration is read, never half-applied."""
     assert SPLIT != SECTION
-    await stack.reload(SPLIT)
-    assert await stack.engine.settled(), proxy_log(stack.edge)
-    answer = await stack.edge.send("POST", "/old/a")
-    assert answer.status == 200, (answer.body, proxy_log(stack.edge))
-    assert stack.upstream.seen[-1].path == "/old/a"
+    before = stack.engine.config_file.read_bytes()
+    with pytest.raises(ConfigError, match=r"routes\[2\]\.path: '/old' is routes\[1\]'s too"):
+        await stack.reload(SPLIT)
+    assert stack.engine.config_file.read_bytes() == before
     await stack.reaches("/old/b")
 
 
@@ -405,12 +394,6 @@ async def test_nginx_crashed_is_started_again_and_serves(stack: Stack) -> None:
     await stack.reaches("/new/a")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="only the master is killed, and nginx's workers outlive it: they keep the "
-    "listening socket and serve the old configuration, the engine's next nginx cannot bind "
-    "(its _accepts check is answered by the orphans), and stop() never ends them",
-)
 async def test_nginx_master_killed_is_replaced_by_an_nginx_of_its_own(stack: Stack) -> None:
     engine = stack.engine
     gone = processes(engine)
@@ -516,11 +499,6 @@ async def test_stop_leaves_no_nginx_and_no_keys(stack: Stack) -> None:
     assert not await accepts(engine.port)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="stop() kills only the master after STOP_SECONDS: a worker still finishing a "
-    "request outlives the gateway (orphaned, until its upstream answers or times out)",
-)
 async def test_stop_leaves_no_worker_behind_a_slow_request(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -226,6 +226,10 @@ def test_nginx_accepts_the_rendered_configuration(tmp_path: Path, kept: str | No
         ("{path: /x, to: orders, host: a.example}", "routes[0].host"),
         ("{path: /x, to: orders, waf: {mode: fast}}", "the injection filter"),
         ("{path: /x, to: orders, relay_errors: true}", "routes[0].relay_errors"),
+        (
+            "{path: /x, to: orders, methods: [GET]}\n    - {path: /x, to: orders, methods: [POST]}",
+            "routes[1].path",
+        ),
     ],
 )
 def test_nginx_refuses_what_it_cannot_enforce(route: str, named: str) -> None:

@@ -18,7 +18,9 @@ The gateway process runs nginx as its child and keeps it in step:
 - **Supervision:** nginx exiting on its own is logged and nginx started again (at most
   :data:`MAX_RESTARTS` times a minute; then the gateway stops, and ``trustmesh up``'s
   supervisor sees it). When the gateway stops, nginx is asked to finish (``SIGQUIT``),
-  then killed after :data:`STOP_SECONDS`.
+  then killed after :data:`STOP_SECONDS`. nginx runs in a process group of its own, and
+  whatever is left of it once its master has exited (workers outlive their master, and
+  would serve on) is killed with the group.
 """
 
 from __future__ import annotations
@@ -149,13 +151,13 @@ class NginxEngine:
         """A reloaded declaration: rendered, checked and applied (ConfigError: nginx refused
         it and the running configuration stays)."""
         async with self._lock:
-            previous = self._gateway
+            previous, names = self._gateway, self._dns_names
             self._gateway = gateway
             self._dns_names = {r.to: _dns_name(self._config, r.to) for r in gateway.routes}
             try:
                 await self._write_config()
             except ConfigError:
-                self._gateway = previous
+                self._gateway, self._dns_names = previous, names
                 await self._write_config()
                 raise
             self._reload()
@@ -174,9 +176,10 @@ class NginxEngine:
             try:
                 await asyncio.wait_for(process.wait(), STOP_SECONDS)
             except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
+                _kill_group(process.pid)  # the master and every worker still finishing
                 await process.wait()
+        if process is not None:
+            _kill_group(process.pid)
         shutil.rmtree(self._keys, ignore_errors=True)
 
     # -- files -------------------------------------------------------------------------
@@ -253,12 +256,12 @@ class NginxEngine:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: its workers die with it
         )
         deadline = time.monotonic() + START_SECONDS
         while not await _accepts(self._host, self._port):
             if self._process.returncode is not None or time.monotonic() > deadline:
-                with contextlib.suppress(ProcessLookupError):
-                    self._process.kill()
+                _kill_group(self._process.pid)
                 raise UnavailableError("nginx did not start: " + self.error_log_tail())
             await asyncio.sleep(0.05)
         log.info("gateway: nginx serves on %s:%d", self._host, self._port)
@@ -266,6 +269,7 @@ class NginxEngine:
 
     async def _supervise(self, process: asyncio.subprocess.Process) -> None:
         code = await process.wait()
+        _kill_group(process.pid)  # workers outlive their master: they would serve on
         if self._stopping:
             return
         log.error("gateway: nginx exited (%s): %s", code, self.error_log_tail())
@@ -545,6 +549,13 @@ def _children(parent: int) -> set[int]:
             if len(fields) > 1 and int(fields[1]) == parent:
                 found.add(int(entry.name))
     return found
+
+
+def _kill_group(leader: int) -> None:
+    """SIGKILL every process left in the group nginx's master ``leader`` led (its
+    workers, its cache processes)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(leader, signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:
