@@ -70,6 +70,12 @@ def recorder() -> Starlette:
         )
         if request.url.path == "/shop/fail":
             return PlainTextResponse("Traceback (most recent call last): secret", status_code=500)
+        if request.url.path == "/shop/busy":  # what an error keeps of the upstream's answer
+            return PlainTextResponse(
+                "busy", status_code=503, headers={"Retry-After": "7", "X-Internal": "db-3"}
+            )
+        if request.url.path == "/shop/readonly":
+            return PlainTextResponse("no", status_code=405, headers={"Allow": "GET, HEAD"})
         return JSONResponse({"reached": True})
 
     return Starlette(routes=[Route("/{p:path}", record, methods=["GET", "POST"])])
@@ -250,6 +256,19 @@ async def test_an_upstream_error_is_answered_in_the_gateway_s_shape(edge: Edge) 
     body = json.loads(answer.body)
     assert set(body) == {"error", "message"}
     security_headers(answer)
+
+
+async def test_an_upstream_error_keeps_the_headers_that_tell_the_client_what_to_do(
+    edge: Edge,
+) -> None:
+    busy = await edge.send("GET", "/shop/busy", who="carol")
+    assert error(busy) == (503, "unavailable"), busy.body
+    assert busy.header("retry-after") == "7"
+    assert busy.header("x-internal") is None
+    readonly = await edge.send("GET", "/shop/readonly", who="carol")
+    assert readonly.status == 405
+    assert readonly.header("allow") == "GET, HEAD"
+    assert error(readonly) == (405, "method_not_allowed")  # the upstream's body withheld
 
 
 async def test_a_strict_route_forwards_only_its_headers(edge: Edge) -> None:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Final
 
 from trustmesh.config.gateway import GatewayConfig, GatewayRoute
-from trustmesh.gateway.answers import error_code, error_message
+from trustmesh.gateway.answers import ERROR_HEADERS, error_code, error_message
 from trustmesh.gateway.headers import GATEWAY_SET, SECURITY_HEADERS, stripped
 from trustmesh.gateway.ratelimit import ProxyLimit, proxy_limits
 from trustmesh.reasons import ANSWERS
@@ -101,6 +101,13 @@ _TO_CLIENT: Final = (
     ("Allow", "tm_allow"),
     ("RateLimit-Policy", "tm_ratelimit_policy"),
     ("RateLimit", "tm_ratelimit"),
+)
+#: What an upstream's error keeps of its answer (``answers.ERROR_HEADERS``, but for the
+#: rate limits, which the authorizer's answer tells).
+_UPSTREAM_ERROR_HEADERS: Final = tuple(
+    "-".join(part.capitalize() for part in name.decode().split("-"))
+    for name in sorted(ERROR_HEADERS)
+    if name not in (b"ratelimit", b"ratelimit-policy")
 )
 #: The upstream's response headers never relayed (headers-more wildcards).
 _HIDDEN: Final = ("X-Trustmesh-*", "X-Envoy-*", "X-Gateway-*", "Access-Control-*", "Server")
@@ -455,6 +462,10 @@ def _error_location(status: int, *, limiting: bool = False) -> list[str]:
             ["    add_header Retry-After $tm_limit_retry always;"]
             if limiting and status == 429
             else []
+        ),
+        *(
+            f"    add_header {name} $upstream_http_{name.lower().replace('-', '_')} always;"
+            for name in _UPSTREAM_ERROR_HEADERS
         ),
         f"    return {status} {_quoted(upstream_body)};",
         "}",
