@@ -39,6 +39,8 @@ gateway:
        rate_limits: [{{per: ip, limit: 1/minute}}]}}
     - {{path: /strict, to: orders, auth: [anonymous], methods: [GET],
        request_headers: [x-tenant]}}
+    - {{path: /web, to: orders, auth: [jwt], methods: [GET, POST],
+       cors: {{origins: ["https://shop.example"], credentials: true}}}}
 """
 POLICIES = """
 permit(principal, action, resource);
@@ -74,11 +76,16 @@ def recorder() -> Starlette:
             return PlainTextResponse(
                 "busy", status_code=503, headers={"Retry-After": "7", "X-Internal": "db-3"}
             )
+        if request.url.path == "/web/cors":  # the upstream's own grants never reach anyone
+            return JSONResponse(
+                {"reached": True},
+                headers={"Access-Control-Allow-Origin": "*", "Access-Control-Max-Age": "1"},
+            )
         if request.url.path == "/shop/readonly":
             return PlainTextResponse("no", status_code=405, headers={"Allow": "GET, HEAD"})
         return JSONResponse({"reached": True})
 
-    return Starlette(routes=[Route("/{p:path}", record, methods=["GET", "POST"])])
+    return Starlette(routes=[Route("/{p:path}", record, methods=["GET", "POST", "OPTIONS"])])
 
 
 #: Each engine, as the declaration names it.
@@ -269,6 +276,51 @@ async def test_an_upstream_error_keeps_the_headers_that_tell_the_client_what_to_
     assert readonly.status == 405
     assert readonly.header("allow") == "GET, HEAD"
     assert error(readonly) == (405, "method_not_allowed")  # the upstream's body withheld
+
+
+ORIGIN = ("Origin", "https://shop.example")
+
+
+async def test_a_cors_preflight_is_answered_at_the_edge_alike(edge: Edge) -> None:
+    asked = [ORIGIN, ("Access-Control-Request-Method", "POST")]
+    granted = await edge.send(
+        "OPTIONS", "/web/x", headers=[*asked, ("Access-Control-Request-Headers", "content-type")]
+    )
+    assert granted.status == 204, (granted.body, proxy_log(edge))
+    assert granted.header("access-control-allow-origin") == "https://shop.example"
+    assert granted.header("access-control-allow-methods") == "GET, POST"
+    assert granted.header("access-control-allow-credentials") == "true"
+    assert granted.header("access-control-max-age") == "600"
+    assert granted.header("vary") == "Origin"
+    security_headers(granted)
+    other = [("Origin", "https://evil.example"), ("Access-Control-Request-Method", "POST")]
+    refused = await edge.send("OPTIONS", "/web/x", headers=other)
+    assert refused.status == 403
+    assert refused.header("access-control-allow-origin") is None
+    wrong = await edge.send(
+        "OPTIONS", "/web/x", headers=[ORIGIN, ("Access-Control-Request-Method", "DELETE")]
+    )
+    assert wrong.status == 403
+    assert not SEEN  # a preflight never reaches the service
+
+
+async def test_cors_grants_on_an_answer_are_the_gateway_s_alike(edge: Edge) -> None:
+    allowed = await edge.send("GET", "/web/cors", who="carol", headers=[ORIGIN])
+    assert allowed.status == 200, (allowed.body, proxy_log(edge))
+    assert allowed.headers.count(("access-control-allow-origin", "https://shop.example")) == 1
+    assert allowed.header("access-control-allow-credentials") == "true"
+    assert allowed.header("access-control-max-age") is None  # the upstream's, withheld
+    other = await edge.send(
+        "GET", "/web/cors", who="carol", headers=[("Origin", "https://evil.example")]
+    )
+    assert other.status == 200
+    assert other.header("access-control-allow-origin") is None  # not the upstream's "*"
+    none = await edge.send("GET", "/web/cors", who="carol")
+    assert none.header("access-control-allow-origin") is None
+    again = await edge.send("GET", "/web/cors", who="carol", headers=[ORIGIN])  # kept or not
+    assert again.header("access-control-allow-origin") == "https://shop.example"
+    unauthenticated = await edge.send("GET", "/web/cors", headers=[ORIGIN])
+    assert unauthenticated.status == 401
 
 
 async def test_a_strict_route_forwards_only_its_headers(edge: Edge) -> None:

@@ -675,7 +675,6 @@ class NginxSettings(BaseModel):
 _NGINX_UNSUPPORTED: Final = (
     ("openapi", "openapi", "a request contract reads the body"),
     ("schema_file", "schema", "a request contract reads the body"),
-    ("cors", "cors", "CORS grants are not rendered for nginx yet"),
     ("host", "host", "per-host routes are not rendered for nginx yet"),
 )
 

@@ -60,6 +60,7 @@ from typing import Any, Final
 from urllib.parse import quote
 
 from trustmesh.gateway.app import GatewayApp, Reply, refusal_body, refuse
+from trustmesh.gateway.cors import response_grants
 from trustmesh.platform.listeners import Receive, Scope, Send, answer_lifespan, respond_json
 from trustmesh.sdk import trace
 
@@ -125,6 +126,8 @@ class Authorizer:
                 headers.append((b"x-trustmesh-route", str(ex.index).encode()))
                 headers.append((b"x-trustmesh-client", ex.client.encode("latin-1")))
                 headers += _who(ex.user)  # for nginx's record of what it answers itself
+                if ex.route is not None:  # the CORS grants of the answer, for nginx to add
+                    headers += response_grants(ex.route.cors, ex.headers)
                 if seconds and _keepable(scope["headers"]):
                     headers.append((b"x-accel-expires", str(seconds).encode()))
             else:
@@ -133,6 +136,10 @@ class Authorizer:
             headers.append((b"content-length", b"0"))
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
+            return
+        if isinstance(outcome, Reply) and nginx:  # a preflight's answer: a 2xx would forward it
+            headers = [*outcome.headers, (b"x-trustmesh-status", str(outcome.status).encode())]
+            await respond_json(send, 403, b"", headers)
             return
         if isinstance(outcome, Reply):
             await send(
@@ -199,6 +206,7 @@ _KEYED: Final = (
     b"authorization",
     b"x-api-key",
     b"x-forwarded-for",
+    b"origin",
 )
 
 

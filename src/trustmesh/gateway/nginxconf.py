@@ -93,6 +93,12 @@ _FROM_AUTHORIZER: Final = (
     ("tm_allow", "allow"),
     ("tm_ratelimit", "ratelimit"),
     ("tm_ratelimit_policy", "ratelimit_policy"),
+    ("tm_cors_origin", "access_control_allow_origin"),
+    ("tm_cors_credentials", "access_control_allow_credentials"),
+    ("tm_cors_methods", "access_control_allow_methods"),
+    ("tm_cors_headers", "access_control_allow_headers"),
+    ("tm_cors_max_age", "access_control_max_age"),
+    ("tm_vary", "vary"),
 )
 #: The authorizer's headers an answer carries to the client (refused or not).
 _TO_CLIENT: Final = (
@@ -101,6 +107,12 @@ _TO_CLIENT: Final = (
     ("Allow", "tm_allow"),
     ("RateLimit-Policy", "tm_ratelimit_policy"),
     ("RateLimit", "tm_ratelimit"),
+    ("Access-Control-Allow-Origin", "tm_cors_origin"),
+    ("Access-Control-Allow-Credentials", "tm_cors_credentials"),
+    ("Access-Control-Allow-Methods", "tm_cors_methods"),
+    ("Access-Control-Allow-Headers", "tm_cors_headers"),
+    ("Access-Control-Max-Age", "tm_cors_max_age"),
+    ("Vary", "tm_vary"),
 )
 #: What an upstream's error keeps of its answer (``answers.ERROR_HEADERS``, but for the
 #: rate limits, which the authorizer's answer tells).
@@ -110,7 +122,19 @@ _UPSTREAM_ERROR_HEADERS: Final = tuple(
     if name not in (b"ratelimit", b"ratelimit-policy")
 )
 #: The upstream's response headers never relayed (headers-more wildcards).
-_HIDDEN: Final = ("X-Trustmesh-*", "X-Envoy-*", "X-Gateway-*", "Access-Control-*", "Server")
+_HIDDEN: Final = ("X-Trustmesh-*", "X-Envoy-*", "X-Gateway-*", "Server")
+#: The upstream's CORS headers, never relayed: the grants are the gateway's (the
+#: authorizer's answer). Hidden where nginx reads the upstream's answer, so that the
+#: grants nginx adds itself stay.
+_UPSTREAM_CORS: Final = (
+    "Access-Control-Allow-Origin",
+    "Access-Control-Allow-Credentials",
+    "Access-Control-Allow-Methods",
+    "Access-Control-Allow-Headers",
+    "Access-Control-Expose-Headers",
+    "Access-Control-Max-Age",
+    "Access-Control-Allow-Private-Network",
+)
 #: Every error status nginx answers in the gateway's shape.
 _ERRORS: Final = tuple(s.value for s in HTTPStatus if 400 <= s.value <= 599)
 #: The statuses the authorizer refuses with (the reasons' vocabulary).
@@ -135,6 +159,7 @@ KEPT_BY: Final = (
     "$http_x_api_key",
     "$remote_addr",
     "$http_x_forwarded_for",
+    "$http_origin",
 )
 
 
@@ -203,6 +228,7 @@ def _http(plan: NginxPlan, by_service: dict[str, Upstream]) -> list[str]:
         "server_tokens off;",
         "uninitialized_variable_warn off;",  # the authorizer's answers, before it is asked
         "more_clear_headers " + " ".join(_quoted(h) for h in _HIDDEN) + ";",
+        *(f"proxy_hide_header {name};" for name in _UPSTREAM_CORS),
         # every decision is the authorizer's event, but those nginx kept (kept.log)
         *(["access_log off;"] if kept is None else []),
         *(
@@ -457,6 +483,7 @@ def _error_location(status: int, *, limiting: bool = False) -> list[str]:
         f"location @tm_{status} {{",
         "    default_type application/json;",
         *_indent(_answer_headers()),
+        *(["    if ($tm_status = 204) { return 204; }"] if status in (403, 500) else []),
         *(f"    if ($tm_status = {s}) {{ return {s} $tm_body; }}" for s in refusals),
         *(
             ["    add_header Retry-After $tm_limit_retry always;"]
