@@ -91,13 +91,21 @@ ATTACKS = [
         "header.user-agent",
     ),
     ("GET", f"/shop?next={q(q('../../etc/passwd'))}", [], b"", "traversal", "query.next"),
+    (  # a key given twice: the value a last-wins parser drops is inspected too
+        "POST",
+        "/shop",
+        JSON_TYPE,
+        b'{"note": "1 UNION SELECT password FROM users--", "note": "tea"}',
+        "sqli",
+        "body/note",
+    ),
 ]
 
 
 @pytest.mark.parametrize(
     ("method", "path", "headers", "body", "category", "location"),
     ATTACKS,
-    ids=[f"{a[4]}-{a[5]}" for a in ATTACKS],
+    ids=[f"{a[4]}-{a[5]}-{i}" for i, a in enumerate(ATTACKS)],
 )
 async def test_an_attack_is_refused_before_the_upstream(
     edge: Edge,

@@ -185,6 +185,22 @@ def test_other_content_types_are_not_inspected_and_bad_json_is_inspected_whole()
     )
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"q": "1 UNION SELECT password FROM users--", "q": "tea"}',
+        b'{"q": "tea", "q": "1 UNION SELECT password FROM users--"}',
+        b'{"a": [{"q": "tea", "q": "1 UNION SELECT password FROM users--"}]}',
+    ],
+)
+def test_a_key_given_twice_is_inspected_twice(body: bytes) -> None:
+    """A last-wins parser keeps one value of a repeated key; a service may read the
+    other (first-wins parsers exist): both are inspected."""
+    found = inspect(content_type="application/json", body=body)
+    assert found is not None
+    assert (found.category, found.check) == (Category.SQLI, "sqli-union-select")
+
+
 @pytest.mark.parametrize("at", [0, WINDOW - 10, 3 * WINDOW + 7, 10 * WINDOW - 30])
 def test_an_attack_anywhere_in_a_long_value_is_found(at: int) -> None:
     filler = "lorem ipsum dolor sit amet " * (10 * WINDOW // 27 + 1)

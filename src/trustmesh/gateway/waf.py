@@ -20,9 +20,11 @@ What is inspected, and how it is decoded (exactly as the service reads it):
 - the body, by content type: ``application/x-www-form-urlencoded`` as form fields
   (names and values, like the query, UTF-8); JSON (``application/json``, ``*+json``)
   as its keys and string values — the ``(pointer, string)`` pairs the gateway already
-  parsed, or, when it passes none, the body parsed here with :func:`json.loads`; a
-  JSON body that does not parse is inspected whole, as one value; every other content
-  type (multipart, XML, binary) is not inspected.
+  parsed, or, when it passes none, the body parsed here with :func:`json.loads`, every
+  member of an object kept (a key given twice is inspected twice: a service may read
+  either, and the one a last-wins parser drops must not pass unread); a JSON body that
+  does not parse is inspected whole, as one value; every other content type
+  (multipart, XML, binary) is not inspected.
 
 Decoding once is what the service does; a value that still holds a percent-escape after
 it is decoded again (``unquote_plus``, at most three more times), and each further
@@ -259,7 +261,7 @@ def _without_key(pointer: str, key: str) -> str:
 def _add_json_body(values: list[str], parts: _Parts, body: bytes) -> None:
     """A JSON body's keys and string values, or the body whole when it does not parse."""
     try:
-        document = json.loads(body)
+        document = json.loads(body, object_pairs_hook=_Members)
     except (ValueError, RecursionError):
         parts.append((len(values), lambda _: "body"))
         values.append(body.decode("utf-8", "replace"))
@@ -276,6 +278,10 @@ def _add_json_body(values: list[str], parts: _Parts, body: bytes) -> None:
     values += map(itemgetter(1), strings)
 
 
+class _Members(list[tuple[str, object]]):
+    """A JSON object as parsed here: every member, in order, a repeated key included."""
+
+
 def _json_strings(document: object) -> Iterator[tuple[tuple[str, ...], str]]:
     """Every key and string value of a parsed document, with the reference tokens of
     where it is (a key: the object holding it), without recursion."""
@@ -284,8 +290,8 @@ def _json_strings(document: object) -> Iterator[tuple[tuple[str, ...], str]]:
         tokens, node = stack.pop()
         if isinstance(node, str):
             yield tokens, node
-        elif isinstance(node, dict):
-            for key, child in node.items():
+        elif isinstance(node, _Members | dict):
+            for key, child in node.items() if isinstance(node, dict) else node:
                 yield tokens, key
                 stack.append(((*tokens, key), child))
         elif isinstance(node, list):
