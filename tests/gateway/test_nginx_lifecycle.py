@@ -16,7 +16,9 @@ of ``time.monotonic()``, no clock parameter) is not tested: only restarts in a r
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import os
 import re
 import signal
@@ -25,9 +27,11 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import jwt
 import pytest
 from authrig import CONFIG, identity_for
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from edgerig import Answer, Edge, edge_stack
 from liverig import GATEWAY, live_identity, within
 from starlette.applications import Starlette
@@ -76,6 +80,7 @@ class Seen:
     headers: dict[str, str]
     serial: int
     spiffe_id: str
+    thumbprint: str  # x5t#S256 of the certificate presented
 
 
 @dataclass
@@ -93,8 +98,16 @@ def upstream_app(upstream: Upstream) -> Starlette:
         (pem, *_) = request.scope["extensions"]["tls"]["client_cert_chain"]
         cert = x509.load_pem_x509_certificate(pem.encode())
         headers = {k.decode(): v.decode() for k, v in request.scope["headers"]}
+        digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
+        thumbprint = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
         upstream.seen.append(
-            Seen(request.url.path, headers, cert.serial_number, crypto.uri_sans(cert)[0])
+            Seen(
+                request.url.path,
+                headers,
+                cert.serial_number,
+                crypto.uri_sans(cert)[0],
+                thumbprint,
+            )
         )
         if request.url.path == "/old/hold":
             upstream.held.set()
@@ -140,9 +153,11 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def lifecycle_stack(identity: RunningIdentityServer, root: Path) -> AsyncIterator[Stack]:
+async def lifecycle_stack(
+    identity: RunningIdentityServer, root: Path, section: str = SECTION
+) -> AsyncIterator[Stack]:
     upstream = Upstream([], asyncio.Event(), asyncio.Event())
-    async with edge_stack(identity, root, SECTION, upstream_app(upstream)) as edge:
+    async with edge_stack(identity, root, section, upstream_app(upstream)) as edge:
         await forwarding(edge)
         upstream.seen.clear()
         try:
@@ -177,6 +192,15 @@ def _stat(pid: int) -> list[bytes] | None:
 def alive(pid: int) -> bool:
     fields = _stat(pid)
     return fields is not None and fields[0] != b"Z"
+
+
+async def exited(pids: set[int]) -> None:
+    """Until none of ``pids`` runs (a process killed dies once it is scheduled again)."""
+
+    async def none_alive() -> bool:
+        return not any(alive(pid) for pid in pids)
+
+    await within(DEADLINE, none_alive, f"still running: {sorted(p for p in pids if alive(p))}")
 
 
 def children(parent: int) -> set[int]:
@@ -239,11 +263,18 @@ async def restarted(stack: Stack, previous: Processes) -> Processes:
             now = processes(engine)
         except (OSError, ValueError, AssertionError):
             return False
-        return (
-            now.master != previous.master and len(now.workers) == 2 and await accepts(engine.port)
+        return (  # and the engine supervises it (a crash while it starts is another exit)
+            now.master != previous.master
+            and now.master == engine.master
+            and len(now.workers) == 2
+            and await accepts(engine.port)
         )
 
-    await within(DEADLINE, serving, "nginx was not started again: " + proxy_log(stack.edge))
+    try:
+        await within(DEADLINE, serving, "nginx was not started again")
+    except AssertionError as exc:  # what nginx said meanwhile, not before
+        failed = engine.failed.is_set()
+        raise AssertionError(f"{exc} (failed: {failed}): {proxy_log(stack.edge)}") from None
     return processes(engine)
 
 
@@ -384,7 +415,7 @@ async def test_nginx_crashed_is_started_again_and_serves(stack: Stack) -> None:
     gone = crash(engine)
     now = await restarted(stack, gone)
 
-    assert not any(alive(pid) for pid in gone.all())
+    await exited(set(gone.all()))
     assert not engine.failed.is_set()
     assert now.master in masters(engine.config_file.parent)
     for attempt in range(3):
@@ -412,7 +443,7 @@ async def test_nginx_master_killed_is_replaced_by_an_nginx_of_its_own(stack: Sta
         await stack.reaches("/new/a")  # served by the nginx the engine drives
         assert not engine.failed.is_set()
         await engine.stop()
-        assert not any(alive(pid) for pid in now.all())
+        await exited(set(now.all()))
     finally:
         kill(set(gone.workers))  # the orphans, where the engine left them
 
@@ -427,7 +458,7 @@ async def test_restarts_beyond_the_limit_fail_the_engine(stack: Stack) -> None:
     last = crash(engine)
     await asyncio.wait_for(engine.failed.wait(), DEADLINE)
 
-    assert not any(alive(pid) for pid in last.all())
+    await exited(set(last.all()))
     assert masters(engine.config_file.parent) == set()  # and none started after it
     assert not await accepts(engine.port)
 
@@ -473,6 +504,29 @@ async def test_a_rotated_svid_is_what_nginx_presents_upstream(
         assert leaf.serial_number != first.serial  # the file nginx reads holds the new one
 
 
+async def test_a_rotated_svid_keeps_none_of_the_decisions_bound_to_the_old_one(
+    fast_identity: RunningIdentityServer, short_tmp: Path
+) -> None:
+    """A kept decision carries an internal token bound to the certificate nginx presents:
+    after a rotation it is dropped (a new configuration's cache), so the token the
+    upstream gets is always bound to the certificate it sees."""
+    kept = SECTION.replace("nginx: {workers: 2}", "nginx: {workers: 2, decision_ttl: 60s}")
+    assert kept != SECTION
+    async with lifecycle_stack(fast_identity, short_tmp, kept) as stack:
+        first = await stack.reaches("/old/a")
+        bound: list[tuple[int, bool]] = []
+
+        async def rotated() -> bool:
+            seen = await stack.reaches("/old/a")  # the same request: kept while it may be
+            token = seen.headers["authorization"].removeprefix("Bearer ")
+            claims = jwt.decode(token, options={"verify_signature": False})
+            bound.append((seen.serial, claims["cnf"]["x5t#S256"] == seen.thumbprint))
+            return seen.serial != first.serial
+
+        await within(DEADLINE, rotated, "nginx still presents the first SVID")
+        assert all(ok for _, ok in bound), bound
+
+
 # -- 5. stop -------------------------------------------------------------------------------
 
 
@@ -493,7 +547,7 @@ async def test_stop_leaves_no_nginx_and_no_keys(stack: Stack) -> None:
 
     await engine.stop()
 
-    assert not any(alive(pid) for pid in running.all())
+    await exited(set(running.all()))
     assert masters(engine.config_file.parent) == set()
     assert not folder.exists()
     assert not await accepts(engine.port)
@@ -509,7 +563,7 @@ async def test_stop_leaves_no_worker_behind_a_slow_request(
     try:
         await asyncio.wait_for(stack.upstream.held.wait(), DEADLINE)
         await engine.stop()
-        assert not any(alive(pid) for pid in running.all())
+        await exited(set(running.all()))
     finally:
         stack.upstream.release.set()
         with contextlib.suppress(Exception):

@@ -49,6 +49,8 @@ def reader(path: Path, nginx: Nginx, clock: FakeClock, **options: Any) -> tuple[
     seen: list[str] = []
 
     def record(fields: Mapping[str, Any]) -> None:
+        if fields["id"] == "boom":
+            raise RuntimeError("any error of the recorder's")
         seen.append(str(fields["id"]))
 
     return KeptLog(path, record, nginx.reopen, clock=clock.monotonic, **options), seen
@@ -70,10 +72,10 @@ def test_what_is_not_nginx_s_is_skipped_and_counted(tmp_path: Path, nginx: Nginx
     path = tmp_path / "kept.log"
     clock = FakeClock(0.0)
     kept, seen = reader(path, nginx, clock)
-    nginx.write(b"not json\n[1]\n" + b'{"x": 1}\n' + line(7) + b"\n")
+    nginx.write(b"not json\n[1]\n" + b'{"x": 1}\n' + b'{"id": "boom"}\n' + line(7) + b"\n")
     assert kept.drain() == 1
     assert seen == [f"{7:032x}"]
-    assert kept.skipped == 3  # not JSON, not an object, no id
+    assert kept.skipped == 4  # not JSON, not an object, no id, refused by the recorder
 
 
 def test_a_large_file_is_renamed_reopened_and_read_to_its_end(tmp_path: Path, nginx: Nginx) -> None:

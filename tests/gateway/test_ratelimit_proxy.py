@@ -77,3 +77,25 @@ def test_the_bucket_is_the_consumer_s_whatever_token_it_presents() -> None:
     anonymous = proxy_limit_keys(rules, None, (), "203.0.113.7")
     other = proxy_limit_keys(rules, None, (), "203.0.113.8")
     assert anonymous[0][1] != other[0][1]  # no consumer: counted by address
+
+
+def test_a_rule_shared_with_a_route_the_authorizer_counts_is_counted_there_everywhere() -> None:
+    """One consumer's bucket of a gateway-wide rule is counted in one place: by the
+    authorizer on every route, as soon as one route needs it to count."""
+    config = gateway(
+        [
+            route(),
+            route({"per": "ip", "limit": "10/minute"}, path="/b"),
+            {"path": "/c", "to": "svc", "rate_limits": []},
+        ],
+        rate_limits=[{"per": "consumer", "limit": "10/minute"}],
+    )
+    assert proxy_limits(config) == (None, None, None)
+    apart = gateway(
+        [route(), route({"per": "ip", "limit": "10/minute"}, path="/b")],
+        rate_limits=[{"per": "route", "limit": "100/minute"}],  # a bucket per route
+    )
+    first, second = proxy_limits(apart)
+    assert first is not None
+    assert [x.name for x in first] == ["rate_limits[0]"]
+    assert second is None

@@ -903,9 +903,11 @@ class GatewayApp:
         a decision it kept (allowed, as the authorizer decided it), or refused by its own
         count of a limit; recorded as the authorizer records the requests it decides,
         with the request's id as the event's (KeyError, ValueError: not such a line)."""
-        index = int(line["route"])
+        index, uid, stamp = int(line["route"]), str(line["id"]), float(line["t"])
         if not 0 <= index < len(self.upstream_ids):
             raise ValueError(f"no route {index}")
+        if len(uid) != 32 or not 0 < stamp < 1e11:  # nginx's $request_id, its $msec
+            raise ValueError("not a request's id and time")
         context: dict[str, Any] = {
             "engine": "nginx",
             "method": str(line["method"])[:16],
@@ -925,9 +927,9 @@ class GatewayApp:
             decision=decision,
             sub=unquote(str(line["sub"])) or None,
             client_id=unquote(str(line.get("client_id") or "")) or None,
-            trace_id=str(line["id"]),
-            uid=str(line["id"]),
-            now=datetime.fromtimestamp(float(line["t"]), UTC),
+            trace_id=uid,
+            uid=uid,
+            now=datetime.fromtimestamp(stamp, UTC),
             attributes=context,
         )
 

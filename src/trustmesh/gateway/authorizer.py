@@ -211,9 +211,12 @@ _KEYED: Final = (
 
 
 def _keepable(headers: list[tuple[bytes, bytes]]) -> bool:
-    """Whether nginx may keep this decision: every part it is keyed by is unambiguous."""
+    """Whether nginx may keep this decision: every part it is keyed by is unambiguous,
+    and it is no ``OPTIONS`` (a CORS preflight is told apart by headers not in the key)."""
     seen: set[bytes] = set()
     for name, value in headers:
+        if name == b"x-original-method" and value.upper() == b"OPTIONS":
+            return False
         if name in _KEYED:
             if name in seen or b"|" in value:
                 return False

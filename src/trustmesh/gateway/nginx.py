@@ -124,6 +124,8 @@ class NginxEngine:
         self._generation = 0  # of the rendered configuration: its cache of decisions
         self._served = 0  # the generation nginx was last started or reloaded with
         self.failed = asyncio.Event()  # set when nginx could not be kept running
+        #: the pid of nginx's master once it serves, and while the engine supervises it
+        self.master: int | None = None
         self._dns_names = {route.to: _dns_name(config, route.to) for route in gateway.routes}
 
     @property
@@ -147,9 +149,12 @@ class NginxEngine:
         self._source.subscribe(self._rotated)
         self._spawn_task(self._watch_upstreams(), "trustmesh-nginx-upstreams")
 
-    async def apply(self, gateway: GatewayConfig) -> None:
+    async def apply(
+        self, gateway: GatewayConfig, *, before_reload: Callable[[], None] | None = None
+    ) -> None:
         """A reloaded declaration: rendered, checked and applied (ConfigError: nginx refused
-        it and the running configuration stays)."""
+        it and the running configuration stays); ``before_reload`` is called once nginx has
+        accepted it, right before nginx is told to load it."""
         async with self._lock:
             previous, names = self._gateway, self._dns_names
             self._gateway = gateway
@@ -160,6 +165,8 @@ class NginxEngine:
                 self._gateway, self._dns_names = previous, names
                 await self._write_config()
                 raise
+            if before_reload is not None:
+                before_reload()
             self._reload()
 
     async def stop(self) -> None:
@@ -265,26 +272,29 @@ class NginxEngine:
                 raise UnavailableError("nginx did not start: " + self.error_log_tail())
             await asyncio.sleep(0.05)
         log.info("gateway: nginx serves on %s:%d", self._host, self._port)
+        self.master = self._process.pid
         self._spawn_task(self._supervise(self._process), "trustmesh-nginx-supervise")
 
     async def _supervise(self, process: asyncio.subprocess.Process) -> None:
         code = await process.wait()
+        self.master = None
         _kill_group(process.pid)  # workers outlive their master: they would serve on
-        if self._stopping:
-            return
-        log.error("gateway: nginx exited (%s): %s", code, self.error_log_tail())
-        now = time.monotonic()
-        self._restarts = [t for t in self._restarts if now - t < 60.0] + [now]
-        if len(self._restarts) > MAX_RESTARTS:
-            log.error("gateway: nginx exited %d times in a minute; giving up", MAX_RESTARTS)
-            self.failed.set()
-            return
-        await asyncio.sleep(min(2.0 ** (len(self._restarts) - 1) * 0.1, 5.0))
-        try:
-            await self._spawn()
-        except TrustmeshError as exc:
-            log.error("gateway: nginx could not be started again: %s", exc.detail)
-            self.failed.set()
+        why = f"nginx exited ({code}): {self.error_log_tail()}"
+        while not self._stopping:  # a start that fails counts as one more exit
+            log.error("gateway: %s", why)
+            now = time.monotonic()
+            self._restarts = [t for t in self._restarts if now - t < 60.0] + [now]
+            if len(self._restarts) > MAX_RESTARTS:
+                log.error("gateway: nginx exited %d times in a minute; giving up", MAX_RESTARTS)
+                self.failed.set()
+                return
+            await asyncio.sleep(min(2.0 ** (len(self._restarts) - 1) * 0.1, 5.0))
+            try:
+                await self._spawn()
+            except TrustmeshError as exc:
+                why = f"nginx could not be started again: {exc.detail}"
+            else:
+                return
 
     def signal(self, signum: int) -> None:
         """Send nginx's master ``signum`` (where it runs)."""
@@ -346,6 +356,10 @@ class NginxEngine:
     async def _reload_identity(self, context: X509Context) -> None:
         async with self._lock:
             self._write_identity(context)
+            try:  # a new generation: the decisions kept hold tokens bound to the old SVID
+                await self._write_config()
+            except ConfigError as exc:
+                log.error("gateway: the rotated SVID's configuration refused: %s", exc.detail)
             self._reload()
             log.info("gateway: nginx reloaded with the rotated SVID")
 
@@ -553,9 +567,29 @@ def _children(parent: int) -> set[int]:
 
 def _kill_group(leader: int) -> None:
     """SIGKILL every process left in the group nginx's master ``leader`` led (its
-    workers, its cache processes)."""
+    workers, its cache processes), where one is left: a group no process is in any more
+    could have its number taken by another's."""
+    if not _group_members(leader):
+        return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(leader, signal.SIGKILL)
+
+
+def _group_members(group: int) -> set[int]:
+    """The running processes of process group ``group``, read from /proc."""
+    found: set[int] = set()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = Path(entry.path, "stat").read_bytes()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(b")") + 2 :].split()
+            if len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == group:
+                found.add(int(entry.name))
+    return found
 
 
 def _alive(pid: int) -> bool:

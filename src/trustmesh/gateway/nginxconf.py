@@ -145,7 +145,7 @@ _TRACEPARENT: Final = '"00-$request_id-$tm_span-01"'
 #: nginx's record of a request it answered without asking (a kept decision, its own limit).
 KEPT_LOG: Final = "kept.log"
 _KEPT_LINE: Final = (
-    '{"t":"$msec","id":"$request_id","client":"$remote_addr","method":"$request_method",'
+    '{"t":"$msec","id":"$request_id","client":"$tm_client","method":"$request_method",'
     '"path":"$tm_path","status":"$status","route":"$tm_route","sub":"$tm_sub",'
     '"client_id":"$tm_client_id","kept":"$tm_cache","limit":"$limit_req_status"}'
 )
@@ -385,7 +385,8 @@ def _authorizer_location(plan: NginxPlan) -> list[str]:
 def _limited(limits: Sequence[ProxyLimit]) -> list[str]:
     """nginx's own count of a route's limits (a leaky bucket per limit: its quota at
     once, then its sustained rate), and how long a refused client waits."""
-    retry = max(-(-limit.window // limit.limit) for limit in limits)
+    # nginx's rate is whole thousandths of a request a second: one more comes after
+    retry = max(-(-1000 // (limit.per_minute * 1000 // 60)) for limit in limits)
     return [
         *(
             f"limit_req zone={_zone_name(limit.zone)}"

@@ -130,7 +130,7 @@ class KeptLog:
             if not isinstance(fields, dict):
                 raise ValueError("not an object")
             self._record(fields)
-        except (ValueError, TypeError, KeyError) as exc:
+        except Exception as exc:  # noqa: BLE001 - one odd line never stops the reading
             self.skipped += 1
             log.warning("gateway: a line of nginx's kept.log skipped: %s", exc)
             return 0

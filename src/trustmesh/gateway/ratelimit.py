@@ -229,7 +229,8 @@ def proxy_limits(gateway: GatewayConfig) -> tuple[tuple[ProxyLimit, ...] | None,
     the authorizer counts every request there itself: a rule per ``ip`` (counted before
     the credential is looked at) or per ``role`` (a bucket per role held), a quota below
     one request a minute, shared counters (``gateway.redis``), or the limits in dry-run
-    (their would-deny events come from the gateway)."""
+    (their would-deny events come from the gateway); and on each route sharing a rule
+    (a gateway-wide one) with such a route, so that a bucket is counted in one place."""
     compiled = _compile(gateway)
 
     def of(index: int, route: GatewayRoute) -> tuple[ProxyLimit, ...] | None:
@@ -245,7 +246,19 @@ def proxy_limits(gateway: GatewayConfig) -> tuple[tuple[ProxyLimit, ...] | None,
             limits.append(ProxyLimit(rule.key, rule.name, rule.limit, rule.window, per_minute))
         return tuple(limits)
 
-    return tuple(of(index, route) for index, route in enumerate(gateway.routes))
+    planned = [of(index, route) for index, route in enumerate(gateway.routes)]
+    # a bucket counted in two places would be two buckets: where the authorizer counts a
+    # rule of one route, it counts it (and so every rule) on each route sharing it
+    held = {rule.key for i, rules in enumerate(compiled) if planned[i] is None for rule in rules}
+    while True:
+        shared = [
+            i for i, limits in enumerate(planned) if limits and held & {x.zone for x in limits}
+        ]
+        if not shared:
+            return tuple(planned)
+        for i in shared:
+            planned[i] = None
+            held |= {rule.key for rule in compiled[i]}
 
 
 def proxy_limit_keys(

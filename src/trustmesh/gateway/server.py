@@ -111,15 +111,18 @@ class RunningGateway:
                 "(the running declaration stays)"
             )
         app = self.build(config, config_dir)  # compiles everything, or raises: nothing swapped
-        previous, self.pipeline.app = self.pipeline.app, app
+        pipeline = self.pipeline
+
+        def swap() -> None:
+            pipeline.app = app
+
         if isinstance(self.public, NginxEdge):  # nginx refuses it, or runs it from now
-            # with the new decisions only: what its authorizer decided from now on (the
-            # decisions nginx kept are the configuration's, dropped with it)
-            try:
-                await self.public.engine.apply(new)
-            except ConfigError:
-                self.pipeline.app = previous
-                raise
+            # the authorizer decides by the new declaration from the moment nginx has
+            # accepted it and is told to reload (what it decides meanwhile is kept in the
+            # old configuration's cache, which goes with it)
+            await self.public.engine.apply(new, before_reload=swap)
+        else:
+            swap()
         self.config = config
         app.record(
             events.Decision.ALLOW,
