@@ -7,7 +7,9 @@ rules. Callers that are not declared, or hold no certificate, get nothing decide
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from liverig import GATEWAY
 
 from trustmesh import crypto, events
 from trustmesh.gateway.grpc_authz import ENGINE, RunningGrpcAuthz, asked, start_grpc_authz
+from trustmesh.sdk.tls import client_context
 from trustmesh.sdk.x509source import X509Context, X509Source
 from trustmesh.testing import RunningIdentityServer
 
@@ -352,3 +355,48 @@ def test_a_question_is_read_whole(
         assert dict(scope["headers"])[name.encode()] == b",".join(values)
     assert scope["client"] == (CLIENT, 40000)
     assert asked(question(path, headers, raw=raw, client=None)) is None
+
+
+async def served_leaf(port: int, x: X509Context) -> bytes:
+    """The certificate the authorizer presents to a new connection (DER)."""
+    context = client_context(x)
+    context.set_alpn_protocols(["h2"])
+    _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            await writer.wait_closed()
+    assert der
+    return bytes(der)
+
+
+async def test_a_new_connection_gets_the_rotated_svid(short_tmp: Path) -> None:
+    text = CONFIG.replace("identity: {svid_ttl: 1h}", "identity: {svid_ttl: 10s}")
+    with contextlib.ExitStack() as stack:
+        identity = stack.enter_context(
+            contextlib.contextmanager(identity_for)(short_tmp, text, (GATEWAY, PROXY))
+        )
+        source = X509Source(identity.address, spiffe_id=GATEWAY)
+        first = await source.start()
+        running = await start_grpc_authz(
+            lambda: pytest.fail("nothing is asked"),
+            source,
+            host="127.0.0.1",
+            port=0,
+            callers=frozenset({PROXY}),
+        )
+        try:
+            proxy = await svid(identity, PROXY)
+            assert await served_leaf(running.port, proxy) == crypto.cert_der(first.chain[0])
+            for _ in range(200):  # rotated at about half its 10 s
+                if source.updates > 1:
+                    break
+                await asyncio.sleep(0.05)
+            rotated = source.context.chain[0]
+            assert rotated != first.chain[0]
+            assert await served_leaf(running.port, proxy) == crypto.cert_der(rotated)
+        finally:
+            await running.stop()
+            await source.close()
