@@ -18,11 +18,12 @@ The question (a ``CheckRequest``) becomes the scope the stages read:
   no socket address is no question (``INVALID_ARGUMENT``, recorded): Envoy, failing
   closed, refuses the request.
 
-A joined header is one value. ``Authorization: Bearer a`` twice arrives as
-``Bearer a,Bearer b``: never split back into two, never read as its first part, it is
-handed on whole and refused as a token (``,`` is not in RFC 6750 §2.1's ``b64token``: no
-JWT, no introspected token holds it) — ``401 invalid_token``, recorded
-``token-malformed``. A request with two credentials is not a request with one.
+A joined header is one value. ``Authorization`` twice arrives as ``Bearer a,Bearer b``:
+never split back into two, never read as its first part. ``bearer_token`` takes all of it
+after ``Bearer `` (``a,Bearer b``) and the token check refuses that (``,`` is not in RFC
+6750 §2.1's ``b64token``: no compact JWS holds it; PyJWT refuses it) — ``401
+invalid_token``, recorded ``token-malformed``; on an introspection route the provider
+finds no such token. A request with two credentials is not a request with one.
 
 The answer (a ``CheckResponse``):
 
