@@ -36,7 +36,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from validate import validate_pb2
 
-__all__ = ["SchemaError", "check"]
+__all__ = ["SchemaError", "check", "check_message"]
 
 _WELL_KNOWN = {
     validate_pb2.HTTP_HEADER_NAME: re.compile(r"^:?[0-9a-zA-Z!#$%&'*+\-.^_|~`]+$"),
@@ -63,6 +63,12 @@ def check(bootstrap: Mapping[str, Any]) -> Any:
         raise SchemaError(str(exc)) from None
     _walk(message, "bootstrap")
     return message
+
+
+def check_message(message: Message) -> None:
+    """Any message of Envoy's (an ext_authz ``CheckResponse``, say) against the same rules:
+    :class:`SchemaError` naming the field that breaks one."""
+    _walk(message, message.DESCRIPTOR.name)
 
 
 def _walk(message: Message, where: str) -> None:
