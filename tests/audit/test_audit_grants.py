@@ -28,6 +28,7 @@ from trustmesh.audit.detection import Alert
 from trustmesh.audit.ledger import Ledger
 from trustmesh.audit.response_store import ResponseRecord, ResponseStore, new_id
 from trustmesh.cli import app
+from trustmesh.errors import ConfigError
 from trustmesh.store import create_engine
 
 MS0 = int(T0.timestamp() * 1000)
@@ -184,3 +185,43 @@ async def _collect(engine: AsyncEngine, tmp_path: Path) -> None:
                 await connection.execute(text(statement))
     verdict = await ledger.verify(trusted(key), checkpoint_file=ledger.checkpoint_file)
     assert (verdict.finding, verdict.records, verdict.covered) == (None, 5, 5)
+
+
+def test_the_tables_come_first_where_asked_and_in_the_schema() -> None:
+    code, lines, _ = grants("tm_collector", "--tables", "--schema", "audit")
+    assert code == 0
+    assert lines[0] == 'SET search_path TO "audit";'
+    made = [line for line in lines if line.startswith("CREATE TABLE IF NOT EXISTS")]
+    assert sorted(line.split()[5] for line in made) == sorted([*TABLES, "audit_prunes"])
+    first_grant = next(i for i, line in enumerate(lines) if line.startswith(("GRANT", "REVOKE")))
+    assert all(not line.startswith("CREATE") for line in lines[first_grant:])
+
+
+@pytest.mark.services
+async def test_a_role_that_may_not_make_the_tables_is_told_and_the_owner_makes_them(
+    tmp_path: Path,
+) -> None:
+    code, statements, _ = grants(role := f"tm_audit_tables_{uuid.uuid4().hex[:12]}", "--tables")
+    assert code == 0
+    admin = await asyncpg.connect(POSTGRES_ADMIN)
+    try:
+        await admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        async with postgres_database("tm_tables") as url:
+            owner = create_engine(url)
+            async with owner.begin() as connection:  # PostgreSQL 15: no CREATE on public
+                await connection.execute(text(f'REVOKE CREATE ON SCHEMA public FROM "{role}"'))
+            as_role = make_url(url).set(username=role).render_as_string(hide_password=False)
+            engine = create_engine(as_role)
+            try:
+                with pytest.raises(ConfigError, match=r"may not make the tables.*--tables"):
+                    await Ledger(engine).create()
+                async with owner.begin() as connection:  # the owner runs the printed script
+                    for statement in statements:
+                        await connection.execute(text(statement.removesuffix(";")))
+                await _collect(engine, tmp_path)
+            finally:
+                await engine.dispose()
+                await owner.dispose()
+    finally:
+        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        await admin.close()

@@ -30,7 +30,9 @@ export: exit 1, saying how many were sent before it (resume with ``--after``).
 
 ``grants`` prints the statements that give the collector's PostgreSQL role SELECT and
 INSERT (and the alert ids' sequence) on every table it uses, and nothing else; the
-tables' owner runs them.
+tables' owner runs them. With ``--tables`` they come after those that make the tables
+where they do not exist yet (``trustmesh audit grants ROLE --tables | psql …``, as the
+owner: a role that may only INSERT and SELECT cannot make them).
 """
 
 from __future__ import annotations
@@ -47,12 +49,17 @@ from typing import IO, Annotated, Any, Final, Protocol
 from urllib.parse import urlencode
 
 import typer
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.schema import CreateIndex, CreateTable
 
+from trustmesh.audit import ledger_schema
 from trustmesh.audit._delivery import Backoff, read_private_file
 from trustmesh.audit.alerts import alert_grants
+from trustmesh.audit.alerts import metadata as alert_tables
 from trustmesh.audit.export import OtlpExporter, export_syslog, write_jsonl
 from trustmesh.audit.ledger_schema import collector_grants, prune_grants, prunes
 from trustmesh.audit.pseudonymise import MIN_KEY_BYTES, Pseudonymiser
+from trustmesh.audit.response_store import metadata as response_tables
 from trustmesh.audit.response_store import response_grants
 from trustmesh.audit.syslog import SyslogSender
 from trustmesh.cli import _admin
@@ -368,6 +375,26 @@ def export_command(
     )
 
 
+def table_statements(schema: str | None = None) -> tuple[str, ...]:
+    """The PostgreSQL statements that make every table (and index) of the audit database
+    where it does not exist yet, in ``schema`` (or the search path's first)."""
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    made: list[str] = [f'SET search_path TO "{schema}"'] if schema else []
+    for tables in (
+        ledger_schema.metadata,
+        ledger_schema.prune_tables,
+        alert_tables,
+        response_tables,
+    ):
+        for table in tables.sorted_tables:
+            made.append(str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)))
+            made += (
+                str(CreateIndex(index, if_not_exists=True).compile(dialect=dialect))
+                for index in sorted(table.indexes, key=lambda i: str(i.name))
+            )
+    return tuple(" ".join(statement.split()) for statement in made)
+
+
 def grants_for(
     role: str, *, schema: str | None = None, prune_role: str | None = None
 ) -> tuple[str, ...]:
@@ -397,13 +424,19 @@ def grants_command(
         str | None,
         typer.Option(help="The role that prunes past retention (DELETE on the records only)."),
     ] = None,
+    tables: Annotated[
+        bool, typer.Option("--tables", help="First make the tables where they do not exist.")
+    ] = False,
 ) -> None:
     """Print the PostgreSQL statements that let ROLE (the collector) append to and read
     its tables, and nothing else (with --prune-role, those that let that role prune).
-    The tables' owner runs them, after the tables exist; neither role may own them."""
+    The tables' owner runs them, after the tables exist (--tables: the statements that
+    make them come first); neither role may own them."""
     try:
         statements = grants_for(role, schema=schema, prune_role=prune_role)
     except TrustmeshError as exc:
         fail_on(exc)
+    if tables:
+        statements = (*table_statements(schema), *statements)
     for statement in statements:
         print(f"{statement};")

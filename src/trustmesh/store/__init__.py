@@ -22,13 +22,16 @@ from sqlalchemy import MetaData, Table, event, inspect, select, text
 from sqlalchemy import column as column_clause
 from sqlalchemy import table as table_clause
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.schema import CreateColumn
 
-from trustmesh.errors import StateError, UsageError
+from trustmesh.errors import ConfigError, StateError, UsageError
 
 __all__ = ["SqlStore", "append_in_order", "create_engine", "create_tables", "sqlite_url"]
+
+#: PostgreSQL's SQLSTATE for a privilege the role does not hold.
+_INSUFFICIENT_PRIVILEGE = "42501"
 
 _DRIVERS = {"sqlite+aiosqlite", "postgresql+asyncpg"}
 
@@ -78,11 +81,21 @@ async def create_tables(engine: AsyncEngine, metadata: MetaData) -> None:
     """Create ``metadata``'s tables that do not exist yet, and add the columns a newer
     release declared to tables an older one made (idempotent). An added column must be
     nullable or have a server default: existing rows need a value."""
-    async with engine.begin() as connection:
-        await connection.run_sync(metadata.create_all)
-        await connection.run_sync(_add_missing_columns, metadata)
-        if connection.dialect.name == "sqlite":
-            await connection.run_sync(_add_autoincrement, metadata)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(metadata.create_all)
+            await connection.run_sync(_add_missing_columns, metadata)
+            if connection.dialect.name == "sqlite":
+                await connection.run_sync(_add_autoincrement, metadata)
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != _INSUFFICIENT_PRIVILEGE:
+            raise
+        names = ", ".join(t.name for t in metadata.sorted_tables)
+        raise ConfigError(
+            f"the database role {engine.url.username!r} may not make the tables it needs "
+            f"({names}) and they do not exist yet: their owner makes them "
+            "(for the audit database: trustmesh audit grants ROLE --tables)"
+        ) from None
 
 
 async def append_in_order(connection: AsyncConnection, table: Table) -> None:
