@@ -400,3 +400,29 @@ async def test_a_new_connection_gets_the_rotated_svid(short_tmp: Path) -> None:
         finally:
             await running.stop()
             await source.close()
+
+
+async def test_a_declared_ext_authz_is_served_by_the_gateway(
+    identity: RunningIdentityServer, short_tmp: Path
+) -> None:
+    """``gateway.ext_authz``: the gateway serves the decisions over gRPC itself, to the
+    declared callers, and a reload applies to the next question."""
+    section = SECTION.replace("gateway:\n", f"gateway:\n  ext_authz: {{callers: ['{PROXY}']}}\n")
+    assert section != SECTION
+    files = {"edge.cedar": POLICIES}
+    async with edge_stack(identity, short_tmp, section, recording([]), files) as running:
+        served = running.gateway.ext_authz  # type: ignore[attr-defined]
+        assert served is not None
+        assert running.gateway.ext_authz_address == f"127.0.0.1:{served.port}"  # type: ignore[attr-defined]
+        x = await svid(identity, PROXY)
+        async with channel(served.port, x, x.bundle_pem()) as open_channel:
+            envoy = pb_grpc.AuthorizationStub(open_channel)
+            code, status, _, body = denied(await ask(envoy, question("/closed/x")))
+            assert (code, status, body["error"]) == (UNAUTHENTICATED, 401, "unauthenticated")
+            unknown = denied(await ask(envoy, question("/elsewhere")))
+            assert unknown[:2] == (PERMISSION_DENIED, 404)
+        other = await svid(identity, PAYMENTS)  # a workload, not a declared caller
+        async with channel(served.port, other, other.bundle_pem()) as open_channel:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await pb_grpc.AuthorizationStub(open_channel).Check(question("/closed/x"))
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -679,6 +679,25 @@ _NGINX_UNSUPPORTED: Final = (
 )
 
 
+def _check_caller(value: str) -> str:
+    if not value.startswith("spiffe://") or "/" not in value[len("spiffe://") :]:
+        raise _invalid(f"{value!r} is not a workload's SPIFFE ID", "spiffe://<domain>/<path>")
+    return value
+
+
+class ExtAuthzSettings(BaseModel):
+    """The gateway's decisions for a proxy in front of it over gRPC (Envoy's ``ext_authz``
+    with a ``grpc_service``: ``envoy.service.auth.v3.Authorization/Check``), on a listener
+    of its own over mTLS with the gateway's SVID, to the declared callers only."""
+
+    model_config = _MODEL_CONFIG
+
+    port: int = Field(default=0, ge=0, le=65535, description="Loopback port; 0 picks one.")
+    callers: list[Annotated[str, AfterValidator(_check_caller)]] = Field(
+        min_length=1, description="The SPIFFE IDs of the proxies that may ask (Envoy's SVID)."
+    )
+
+
 class GatewayConfig(BaseModel):
     """The edge: a TLS listener for clients, and where each request goes."""
 
@@ -691,6 +710,11 @@ class GatewayConfig(BaseModel):
         "a body: no contract, the injection filter off).",
     )
     nginx: NginxSettings = Field(default_factory=lambda: NginxSettings())
+    ext_authz: ExtAuthzSettings | None = Field(
+        default=None,
+        description="Serve the gateway's decisions over gRPC to a proxy in front of it "
+        "(Envoy's ext_authz; unset: not served).",
+    )
 
     port: int = Field(default=0, ge=0, le=65535, description="Loopback port; 0 picks one.")
     tls_cert: str | None = Field(

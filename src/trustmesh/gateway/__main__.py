@@ -5,7 +5,7 @@ services) with ``SPIFFE_ENDPOINT_SOCKET`` and a one-time join token for
 ``spiffe://<td>/trustmesh/gateway``; writes where it listens to
 ``<state>/gateway/endpoint.json`` once it serves (and again when its SVID rotates):
 ``url`` (public), ``internal_url`` (mTLS: its JWKS), ``admin_url`` (mTLS: its admin API),
-``metrics_url``. On ``SIGHUP`` it reads its declaration again and applies it while it
+``metrics_url``, ``ext_authz_address`` (mTLS gRPC: ``gateway.ext_authz``). On ``SIGHUP`` it reads its declaration again and applies it while it
 serves (:mod:`trustmesh.gateway.reload`), saying how that went in
 ``<state>/gateway/reload.json`` (``trustmesh gateway reload`` sends the signal and reads
 the answer)."""
@@ -102,6 +102,7 @@ async def run(config: TrustmeshConfig, state: Path, config_file: Path) -> None:
                     "internal_url": running.internal_url,
                     "admin_url": running.admin_url,
                     "metrics_url": running.metrics_url,
+                    "ext_authz_address": running.ext_authz_address,
                     "engine": config.gateway.engine if config.gateway else "python",
                 },
                 running.stop,

@@ -26,6 +26,7 @@ __all__ = ["RESTART_ONLY", "Pipeline", "restart_only"]
 RESTART_ONLY: Final = (
     "engine",
     "nginx",
+    "ext_authz",
     "port",
     "tls_cert",
     "tls_key",

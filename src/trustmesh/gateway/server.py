@@ -34,6 +34,7 @@ from trustmesh.gateway.admin_app import KeyAdmin
 from trustmesh.gateway.app import GatewayApp
 from trustmesh.gateway.block_admin import BlockAdmin
 from trustmesh.gateway.blocklist import Blocklist
+from trustmesh.gateway.grpc_authz import RunningGrpcAuthz, start_grpc_authz
 from trustmesh.gateway.internal import GatewayKey
 from trustmesh.gateway.introspection import Introspector
 from trustmesh.gateway.keystore import ApiKeyVerifier, SqlKeyStore, open_keystore
@@ -87,6 +88,7 @@ class RunningGateway:
     api_keys: ApiKeyVerifier | None = None
     external: ExternalIssuers | None = None
     key_store: SqlKeyStore | None = None  # the admin API's
+    ext_authz: RunningGrpcAuthz | None = None  # the decisions over gRPC, where declared
     #: what the public listener serves, the declaration it was built from, and how to
     #: build another (:meth:`reload`)
     pipeline: Pipeline | None = None
@@ -146,10 +148,17 @@ class RunningGateway:
         return self.internal_url
 
     @property
+    def ext_authz_address(self) -> str | None:
+        """Where Envoy asks over gRPC (``host:port``, mTLS), where declared."""
+        return f"127.0.0.1:{self.ext_authz.port}" if self.ext_authz else None
+
+    @property
     def metrics_url(self) -> str | None:
         return f"http://127.0.0.1:{self.metrics.port}/metrics" if self.metrics else None
 
     async def stop(self) -> None:
+        if self.ext_authz is not None:
+            await self.ext_authz.stop()
         await self.public.stop()
         await self.internal.stop()
         if self.metrics is not None:
@@ -294,6 +303,21 @@ async def serve_gateway(
             public, scraped = await _listen(
                 pipeline, gateway, certificate, metrics, parts, host, port
             )
+        ext_authz = None
+        if gateway.ext_authz is not None:
+            try:
+                ext_authz = await start_grpc_authz(
+                    lambda: pipeline.app,
+                    source,
+                    host=host,
+                    port=gateway.ext_authz.port,
+                    callers=frozenset(gateway.ext_authz.callers),
+                )
+            except BaseException:
+                await public.stop()
+                if scraped is not None:
+                    await scraped.stop()
+                raise
     except BaseException:
         await internal.stop()
         with contextlib.suppress(Exception):
@@ -302,6 +326,7 @@ async def serve_gateway(
         raise
     running = parts.running(public, internal, trust, key, scraped, key_store)
     running.pipeline, running.config, running.build = pipeline, config, build
+    running.ext_authz = ext_authz
     return running
 
 
