@@ -52,12 +52,12 @@ import typer
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from trustmesh.audit import ledger_schema
 from trustmesh.audit._delivery import Backoff, read_private_file
 from trustmesh.audit.alerts import alert_grants
 from trustmesh.audit.alerts import metadata as alert_tables
 from trustmesh.audit.export import OtlpExporter, export_syslog, write_jsonl
-from trustmesh.audit.ledger_schema import collector_grants, prune_grants, prunes
+from trustmesh.audit.ledger_schema import collector_grants, prune_grants, prune_tables, prunes
+from trustmesh.audit.ledger_schema import metadata as ledger_tables
 from trustmesh.audit.pseudonymise import MIN_KEY_BYTES, Pseudonymiser
 from trustmesh.audit.response_store import metadata as response_tables
 from trustmesh.audit.response_store import response_grants
@@ -381,8 +381,8 @@ def table_statements(schema: str | None = None) -> tuple[str, ...]:
     dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     made: list[str] = [f'SET search_path TO "{schema}"'] if schema else []
     for tables in (
-        ledger_schema.metadata,
-        ledger_schema.prune_tables,
+        ledger_tables,
+        prune_tables,
         alert_tables,
         response_tables,
     ):
