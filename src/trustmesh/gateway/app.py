@@ -46,11 +46,9 @@ would have refused is recorded as ``would-deny`` and the request goes on.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -64,16 +62,29 @@ from trustmesh.errors import (
     UnavailableError,
     UsageError,
 )
-from trustmesh.gateway.answers import error_code, error_headers, error_message
 from trustmesh.gateway.apikeys import presented_api_key
 from trustmesh.gateway.blocklist import Blocklist
 from trustmesh.gateway.cors import is_preflight, preflight_headers, response_grants
 from trustmesh.gateway.crs import CrsFilter, CrsFinding, load_rule_sets
+from trustmesh.gateway.exchange import (
+    Exchange,
+    Incomplete,
+    Outcome,
+    Refusal,
+    Reply,
+    TooLarge,
+    new_exchange,
+    no_body,
+    read_body,
+    refuse_with,
+    relay,
+    target_of,
+    upstream_error,
+)
 from trustmesh.gateway.headers import (
     SECURITY_HEADERS,
     TrustedProxies,
     client_address,
-    response_headers,
     strict_headers,
     upstream_headers,
 )
@@ -91,16 +102,15 @@ from trustmesh.gateway.ratelimit import (
     proxy_limits,
 )
 from trustmesh.gateway.routes import RouteDecision, RouteTable, request_host
-from trustmesh.gateway.strictjson import Parsed
 from trustmesh.gateway.upstreams import UpstreamTimeoutError
 from trustmesh.gateway.validation import load_validators
 from trustmesh.gateway.waf import FastFilter, Finding
 from trustmesh.platform.guard import RefusalSummary
-from trustmesh.platform.listeners import Receive, Scope, Send, answer_lifespan, respond_json
+from trustmesh.platform.listeners import Receive, Scope, Send, answer_lifespan
 from trustmesh.policy.addresses import as_ipv4
-from trustmesh.policy.edge import ANONYMOUS, EdgePolicy, EdgeRequest, Principal
+from trustmesh.policy.edge import EdgePolicy, EdgeRequest, Principal
 from trustmesh.policy.paths import NonCanonicalPath, canonical_path
-from trustmesh.reasons import ANSWERS, Code, Reason
+from trustmesh.reasons import Code, Reason
 from trustmesh.sdk import trace
 from trustmesh.sdk.client import Response, ResponseTooLargeError
 from trustmesh.sdk.tls import RotatingTLS
@@ -128,47 +138,6 @@ class Upstreams(Protocol):
 _MINTED_CACHE = 16384
 
 
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """A stage's refusal: the decision and reason its event records (with ``detail``),
-    and what the client is told (``message``; the status and code are the reason's,
-    from trustmesh.reasons.ANSWERS), with any headers the answer needs."""
-
-    decision: events.Decision
-    reason: Reason
-    detail: str
-    message: str
-    headers: tuple[tuple[bytes, bytes], ...] = ()
-    #: more members of the answer's body (where a request is invalid, and the rule)
-    fields: tuple[tuple[str, str], ...] = ()
-
-    @classmethod
-    def deny(
-        cls,
-        reason: Reason,
-        detail: str,
-        message: str,
-        headers: tuple[tuple[bytes, bytes], ...] = (),
-        fields: tuple[tuple[str, str], ...] = (),
-    ) -> Refusal:
-        return cls(events.Decision.DENY, reason, detail, message, headers, fields)
-
-    @classmethod
-    def error(cls, reason: Reason, detail: str, message: str) -> Refusal:
-        """Refused, closed, because something the decision needs failed."""
-        return cls(events.Decision.ERROR, reason, detail, message)
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A stage's own answer, with no body (a CORS preflight's 204)."""
-
-    status: int
-    headers: list[tuple[bytes, bytes]]
-
-
-Outcome = Refusal | Reply
-
 _NOT_CANONICAL = "the request path is not in canonical form"
 _ADDRESS_REFUSED = Refusal.deny(
     Reason.IP_DENIED, "client address refused", "not allowed from this address"
@@ -176,54 +145,6 @@ _ADDRESS_REFUSED = Refusal.deny(
 _ADDRESS_BLOCKED = Refusal.deny(
     Reason.ADDRESS_BLOCKED, "client address blocked", "not allowed from this address"
 )
-
-
-@dataclass(slots=True)
-class Exchange:
-    """One request as the stages see it: what came in, and what each stage found."""
-
-    scope: Scope
-    receive: Receive
-    headers: list[tuple[bytes, bytes]]
-    method: str
-    raw: bytes  # the path as received, still encoded
-    peer: str
-    context: dict[str, Any]  # the event's attributes
-    client: str = ""
-    path: str = ""
-    host: str | None = None
-    route: GatewayRoute | None = None
-    index: int = -1
-    template: str = ""
-    params: tuple[tuple[str, str], ...] = ()
-    early: RateDecision | None = None
-    grants: list[tuple[bytes, bytes]] = field(default_factory=list)  # RateLimit headers
-    user: dict[str, Any] | None = None  # the caller's claims
-    principal: Principal = ANONYMOUS
-    credential: object = None  # what the caller presented, as the internal token's key
-    body: bytes = b""
-    parsed: Parsed | None = None  # the JSON body, where the route's validation read it
-    by_proxy: bool = False  # asked by a proxy that counts the route's limits itself
-
-
-def _exchange(scope: Scope, receive: Receive, context: dict[str, Any]) -> Exchange:
-    peer = (scope.get("client") or ("0.0.0.0", 0))[0]  # noqa: S104 - a label, never bound
-    raw = scope.get("raw_path") or scope["path"].encode("utf-8")
-    method: str = scope["method"]
-    context.update(method=method, path=raw.decode("latin-1")[:512], client=peer)
-    return Exchange(scope, receive, list(scope["headers"]), method, raw, peer, context)
-
-
-async def _no_body() -> dict[str, Any]:
-    return {"type": "http.request", "body": b"", "more_body": False}
-
-
-class _TooLarge(Exception):
-    pass
-
-
-class _Incomplete(Exception):
-    """The client went away before its whole body arrived."""
 
 
 class GatewayApp:
@@ -345,7 +266,7 @@ class GatewayApp:
         """Run the stages in order; the first that refuses (or answers) ends the request:
         one place records the event and answers. A request every stage lets through is
         forwarded."""
-        ex = _exchange(scope, receive, context)
+        ex = new_exchange(scope, receive, context)
         outcome = await self._run(ex, self._stages)
         if outcome is None:
             outcome = await self._forward(ex, send)
@@ -362,7 +283,9 @@ class GatewayApp:
             await send({"type": "http.response.body", "body": b""})
             return
         self._emit(outcome.decision, outcome.reason, outcome.detail, context, ex.user)
-        await _refuse(send, outcome.reason, outcome.message, list(outcome.headers), outcome.fields)
+        await refuse_with(
+            send, outcome.reason, outcome.message, list(outcome.headers), outcome.fields
+        )
 
     def _trace(self, scope: Scope) -> trace.TraceParent:
         """This request's span: a child of the client's trace only through a trusted
@@ -410,7 +333,7 @@ class GatewayApp:
         (they are not counted here); ``parent``: the proxy's span of this request."""
         # for the rest of the caller's task: one request
         trace.use(parent.child() if parent is not None else self._trace(scope))
-        ex = _exchange(scope, _no_body, context)
+        ex = new_exchange(scope, no_body, context)
         ex.by_proxy = by_proxy
         outcome = await self._run(ex, self._stages[: self._checked])
         if isinstance(outcome, Refusal):
@@ -725,12 +648,12 @@ class GatewayApp:
 
     async def _body(self, ex: Exchange) -> Outcome | None:
         try:
-            ex.body = await _read_body(ex.receive, ex.headers, self.max_body_bytes)
-        except _TooLarge:
+            ex.body = await read_body(ex.receive, ex.headers, self.max_body_bytes)
+        except TooLarge:
             return Refusal.deny(
                 Reason.REQUEST_TOO_LARGE, "body too large", "the request body is too large"
             )
-        except _Incomplete:
+        except Incomplete:
             return Refusal.deny(
                 Reason.REQUEST_INCOMPLETE, "body incomplete", "the request body is incomplete"
             )
@@ -821,7 +744,7 @@ class GatewayApp:
             answer = await self.upstreams.forward(
                 route.to,
                 ex.method,
-                _target(ex),
+                target_of(ex),
                 self._upstream_headers(ex, route),
                 ex.body,
                 timeout=self.timeouts[ex.index],
@@ -849,9 +772,9 @@ class GatewayApp:
         )
         extra = [*response_grants(route.cors, ex.headers), *ex.grants]
         if answer.status >= 400 and not route.relay_errors:
-            await _upstream_error(send, answer, extra)
+            await upstream_error(send, answer, extra)
         else:
-            await _relay(send, answer, extra)
+            await relay(send, answer, extra)
         return None
 
     def _upstream_headers(self, ex: Exchange, route: GatewayRoute) -> list[tuple[str, str]]:
@@ -991,69 +914,6 @@ def _unrouted(decision: RouteDecision) -> Refusal:
     return Refusal.deny(decision.reason, "no route", "no such route")
 
 
-def _target(ex: Exchange) -> str:
-    """The path as received (canonical, still encoded) and the query: what the policy
-    decided on is what the service is asked for, never re-encoded or re-parsed."""
-    query = ex.scope.get("query_string")
-    return ex.raw.decode("ascii") + ("?" + query.decode("latin-1") if query else "")
-
-
-async def _read_body(receive: Receive, headers: list[tuple[bytes, bytes]], limit: int) -> bytes:
-    declared = next((v for k, v in headers if k == b"content-length"), None)
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise _TooLarge
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":  # a partial body is never forwarded
-            raise _Incomplete
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            break
-    if declared is not None and size != int(declared):
-        raise _Incomplete
-    return b"".join(chunks)
-
-
-def _cleaned(answer: Response) -> list[tuple[bytes, bytes]]:
-    """The upstream's response headers, every one as received, through
-    :func:`response_headers`."""
-    raw = answer.raw_headers or tuple(
-        (k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items()
-    )
-    return response_headers(raw)
-
-
-async def _relay(
-    send: Send, answer: Response, extra: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    headers = [
-        (k, v)
-        for k, v in _cleaned(answer)
-        if k not in (b"content-length", b"content-encoding")  # the body is relayed decoded
-    ]
-    headers.append((b"content-length", str(len(answer.body)).encode()))
-    if extra:  # the gateway's CORS grants replace any the upstream set
-        names = {k for k, _ in extra}
-        headers = [(k, v) for k, v in headers if k not in names] + extra
-    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
-    await send({"type": "http.response.body", "body": answer.body})
-
-
-async def _upstream_error(send: Send, answer: Response, extra: list[tuple[bytes, bytes]]) -> None:
-    """The gateway's own answer for the upstream's error: its status, the gateway's
-    shape, and only the headers a client needs from the upstream's."""
-    names = {k for k, _ in extra}  # the gateway's own grants win
-    kept = [(k, v) for k, v in error_headers(_cleaned(answer)) if k not in names]
-    status = answer.status
-    await _error(send, status, error_code(status), error_message(status), [*kept, *extra])
-
-
 def _filters(
     gateway: GatewayConfig, config_dir: Path
 ) -> tuple[tuple[FastFilter | CrsFilter, str] | None, ...]:
@@ -1072,42 +932,4 @@ def _filters(
 _FAST = FastFilter()
 
 
-async def refuse(send: Send, refusal: Refusal) -> None:
-    """The gateway's answer to a refusal (its status, code, message, headers and fields)."""
-    await _refuse(send, refusal.reason, refusal.message, list(refusal.headers), refusal.fields)
-
-
-def refusal_body(refusal: Refusal) -> tuple[int, bytes]:
-    """The status and JSON body of the gateway's answer to ``refusal`` (as :func:`refuse`
-    writes them: ASCII, for a proxy that carries it in a header)."""
-    answer = ANSWERS[refusal.reason]
-    body = {"error": answer.code, "message": refusal.message, **dict(refusal.fields)}
-    return answer.status, json.dumps(body).encode()
-
-
-async def _refuse(
-    send: Send,
-    reason: Reason,
-    message: str,
-    headers: list[tuple[bytes, bytes]] | None = None,
-    fields: tuple[tuple[str, str], ...] = (),
-) -> None:
-    """The gateway's answer to a refusal: the status and code the vocabulary gives
-    ``reason`` (trustmesh.reasons.ANSWERS), in the gateway's shape."""
-    refusal = ANSWERS[reason]
-    await _error(send, refusal.status, refusal.code, message, headers, fields)
-
-
-async def _error(
-    send: Send,
-    status: int,
-    error: str,
-    message: str,
-    headers: list[tuple[bytes, bytes]] | None = None,
-    fields: tuple[tuple[str, str], ...] = (),
-) -> None:
-    body = json.dumps({"error": error, "message": message, **dict(fields)}).encode()
-    await respond_json(send, status, body, [*SECURITY_HEADERS, *(headers or ())])
-
-
-__all__ = ["GatewayApp", "Upstreams", "refusal_body", "refuse"]
+__all__ = ["GatewayApp", "Upstreams"]

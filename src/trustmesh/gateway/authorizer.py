@@ -59,8 +59,9 @@ from collections.abc import Callable
 from typing import Any, Final
 from urllib.parse import quote
 
-from trustmesh.gateway.app import GatewayApp, Reply, refusal_body, refuse
+from trustmesh.gateway.app import GatewayApp
 from trustmesh.gateway.cors import response_grants
+from trustmesh.gateway.exchange import Reply, refusal_body, refuse
 from trustmesh.platform.listeners import Receive, Scope, Send, answer_lifespan, respond_json
 from trustmesh.sdk import trace
 

@@ -68,7 +68,8 @@ from google.rpc import code_pb2, status_pb2
 
 from trustmesh import crypto, events
 from trustmesh.errors import CryptoError
-from trustmesh.gateway.app import Exchange, GatewayApp, Outcome, Reply, refusal_body
+from trustmesh.gateway.app import GatewayApp
+from trustmesh.gateway.exchange import Exchange, Outcome, Reply, refusal_body
 from trustmesh.gateway.headers import SECURITY_HEADERS
 from trustmesh.platform.listeners import Scope
 from trustmesh.reasons import Reason
