@@ -393,8 +393,8 @@ class AuditSink:
                 self._refused.append((records[0], exc))
             return
         self._taken = True
+        self._delivered += len(records)  # counted before the spool says so (flush reads it)
         self._settle(len(records))
-        self._delivered += len(records)
 
     def _settle(self, taken: int) -> None:
         """Acknowledge, in spool order, the refused events held before ``taken`` events
