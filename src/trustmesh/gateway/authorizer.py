@@ -61,7 +61,7 @@ from urllib.parse import quote
 
 from trustmesh.gateway.app import GatewayApp
 from trustmesh.gateway.cors import response_grants
-from trustmesh.gateway.exchange import Reply, refusal_body, refuse
+from trustmesh.gateway.exchange import Exchange, Outcome, Reply, refusal_body, refuse
 from trustmesh.platform.listeners import Receive, Scope, Send, answer_lifespan, respond_json
 from trustmesh.sdk import trace
 
@@ -122,25 +122,14 @@ class Authorizer:
                     ).encode(),
                 )
                 return
-            if nginx:  # the internal token, its route check, the client; kept a while?
-                headers, seconds = app.grant_kept(ex)
-                headers.append((b"x-trustmesh-route", str(ex.index).encode()))
-                headers.append((b"x-trustmesh-client", ex.client.encode("latin-1")))
-                headers += _who(ex.user)  # for nginx's record of what it answers itself
-                if ex.route is not None:  # the CORS grants of the answer, for nginx to add
-                    headers += response_grants(ex.route.cors, ex.headers)
-                if seconds and _keepable(scope["headers"]):
-                    headers.append((b"x-accel-expires", str(seconds).encode()))
-            else:
-                headers = app.grant(ex)
+            headers = _granted_to_nginx(app, ex, scope["headers"]) if nginx else app.grant(ex)
             headers += [(k, v) for k, v in ex.grants if k in _TO_CLIENT]
             headers.append((b"content-length", b"0"))
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
             return
-        if isinstance(outcome, Reply) and nginx:  # a preflight's answer: a 2xx would forward it
-            headers = [*outcome.headers, (b"x-trustmesh-status", str(outcome.status).encode())]
-            await respond_json(send, 403, b"", headers)
+        if nginx:
+            await _refuse_to_nginx(send, outcome)
             return
         if isinstance(outcome, Reply):
             await send(
@@ -151,17 +140,6 @@ class Authorizer:
                 }
             )
             await send({"type": "http.response.body", "body": b""})
-            return
-        if nginx:
-            status, body = refusal_body(outcome)  # nginx: what to answer, in headers
-            headers = [
-                *outcome.headers,
-                (b"x-trustmesh-status", str(status).encode()),
-                (b"x-trustmesh-body", body),
-            ]
-            # auth_request relays 401 and 403 and logs any other status as an error of
-            # its own: a refusal is one of those two, its own status in the headers
-            await respond_json(send, 401 if status == 401 else 403, body, headers)
             return
         await refuse(send, outcome)
 
@@ -245,3 +223,37 @@ def _who(user: dict[str, Any] | None) -> list[tuple[bytes, bytes]]:
 
 
 _SAFE: Final = ":@/.-_~+="
+
+
+def _granted_to_nginx(
+    app: GatewayApp, ex: Exchange, asked: list[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """An allowed answer to nginx: the internal token (and each limit's bucket), the
+    route it checks, the client and caller for its record of what it answers itself,
+    the CORS grants of the answer, and how long it may keep the decision."""
+    headers, seconds = app.grant_kept(ex)
+    headers.append((b"x-trustmesh-route", str(ex.index).encode()))
+    headers.append((b"x-trustmesh-client", ex.client.encode("latin-1")))
+    headers += _who(ex.user)
+    if ex.route is not None:
+        headers += response_grants(ex.route.cors, ex.headers)
+    if seconds and _keepable(asked):
+        headers.append((b"x-accel-expires", str(seconds).encode()))
+    return headers
+
+
+async def _refuse_to_nginx(send: Send, outcome: Outcome) -> None:
+    """A refusal (or a preflight's answer) as ``auth_request`` takes it: a 401 or a 403
+    (it relays those two and logs any other status as an error of its own; a 2xx would
+    forward the request), the gateway's own status and body in headers."""
+    if isinstance(outcome, Reply):
+        headers = [*outcome.headers, (b"x-trustmesh-status", str(outcome.status).encode())]
+        await respond_json(send, 403, b"", headers)
+        return
+    status, body = refusal_body(outcome)
+    headers = [
+        *outcome.headers,
+        (b"x-trustmesh-status", str(status).encode()),
+        (b"x-trustmesh-body", body),
+    ]
+    await respond_json(send, 401 if status == 401 else 403, body, headers)

@@ -36,7 +36,7 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -547,10 +547,9 @@ def _worker_user() -> str | None:
     return pwd.getpwuid(os.geteuid()).pw_name
 
 
-def _children(parent: int) -> set[int]:
-    """The processes whose parent is ``parent`` (nginx's workers), read from /proc; none
-    where /proc is not there."""
-    found: set[int] = set()
+def _processes() -> Iterator[tuple[int, list[bytes]]]:
+    """Each running process and the fields of its ``/proc/<pid>/stat`` after its name
+    (state, parent, process group, …); none where /proc is not there."""
     with contextlib.suppress(OSError):
         for entry in os.scandir("/proc"):
             if not entry.name.isdigit():
@@ -559,10 +558,12 @@ def _children(parent: int) -> set[int]:
                 stat = Path(entry.path, "stat").read_bytes()
             except OSError:
                 continue  # exited while we looked
-            fields = stat[stat.rfind(b")") + 2 :].split()  # the name may hold spaces
-            if len(fields) > 1 and int(fields[1]) == parent:
-                found.add(int(entry.name))
-    return found
+            yield int(entry.name), stat[stat.rfind(b")") + 2 :].split()  # a name has spaces
+
+
+def _children(parent: int) -> set[int]:
+    """The processes whose parent is ``parent`` (nginx's workers)."""
+    return {pid for pid, fields in _processes() if len(fields) > 1 and int(fields[1]) == parent}
 
 
 def _kill_group(leader: int) -> None:
@@ -576,20 +577,12 @@ def _kill_group(leader: int) -> None:
 
 
 def _group_members(group: int) -> set[int]:
-    """The running processes of process group ``group``, read from /proc."""
-    found: set[int] = set()
-    with contextlib.suppress(OSError):
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = Path(entry.path, "stat").read_bytes()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(b")") + 2 :].split()
-            if len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == group:
-                found.add(int(entry.name))
-    return found
+    """The running processes of process group ``group``."""
+    return {
+        pid
+        for pid, fields in _processes()
+        if len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == group
+    }
 
 
 def _alive(pid: int) -> bool:

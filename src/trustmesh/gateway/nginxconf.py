@@ -265,24 +265,7 @@ def _http(plan: NginxPlan, by_service: dict[str, Upstream]) -> list[str]:
         'map $request_id $tm_span { "~^([0-9a-f]{16})" $1; default 0000000000000001; }',
     ]
     if kept is not None:
-        folder, seconds = kept
-        lines += [
-            f"proxy_cache_path {_quoted(folder)} levels=1:2 "
-            f"keys_zone={_cache_zone(plan)}:4m max_size=64m inactive={max(10, 2 * seconds)}s "
-            "use_temp_path=off;",
-            "limit_req_log_level info;",  # a refusal per line at warn would flood the log
-            # what nginx answers without asking: recorded from its kept.log
-            'map $request_uri $tm_path { "~^([^?]*)" $1; }',
-            'map "$tm_cache:$limit_req_status" $tm_log { "~^HIT:" 1; "~:REJECTED$" 1; default 0; }',
-            f"log_format tm_kept escape=json {_quoted(_KEPT_LINE)};",
-            f"access_log {_quoted(plan.root / KEPT_LOG)} tm_kept buffer=64k flush=1s if=$tm_log;",
-        ]
-        zones = {limit.zone: limit for limits in _counted(plan) if limits for limit in limits}
-        lines += [
-            f"limit_req_zone ${_key_variable(z)} zone={_zone_name(z)}:1m "
-            f"rate={limit.per_minute}r/m;"
-            for z, limit in zones.items()
-        ]
+        lines += _kept_http(plan, *kept)
     for upstream in plan.upstreams:
         servers = upstream.servers or ("127.0.0.1:9 down",)
         lines.append(
@@ -297,6 +280,28 @@ def _http(plan: NginxPlan, by_service: dict[str, Upstream]) -> list[str]:
         )
     lines += ["server {", *_indent(_server(plan, by_service)), "}"]
     return lines
+
+
+def _kept_http(plan: NginxPlan, folder: Path, seconds: int) -> list[str]:
+    """Where nginx keeps decisions: the cache, each limit it counts, and its record of
+    what it answers itself (kept.log)."""
+    zones = {limit.zone: limit for limits in _counted(plan) if limits for limit in limits}
+    return [
+        f"proxy_cache_path {_quoted(folder)} levels=1:2 "
+        f"keys_zone={_cache_zone(plan)}:4m max_size=64m inactive={max(10, 2 * seconds)}s "
+        "use_temp_path=off;",
+        "limit_req_log_level info;",  # a refusal per line at warn would flood the log
+        # what nginx answers without asking: recorded from its kept.log
+        'map $request_uri $tm_path { "~^([^?]*)" $1; }',
+        'map "$tm_cache:$limit_req_status" $tm_log { "~^HIT:" 1; "~:REJECTED$" 1; default 0; }',
+        f"log_format tm_kept escape=json {_quoted(_KEPT_LINE)};",
+        f"access_log {_quoted(plan.root / KEPT_LOG)} tm_kept buffer=64k flush=1s if=$tm_log;",
+        *(
+            f"limit_req_zone ${_key_variable(z)} zone={_zone_name(z)}:1m "
+            f"rate={limit.per_minute}r/m;"
+            for z, limit in zones.items()
+        ),
+    ]
 
 
 def _server(plan: NginxPlan, by_service: dict[str, Upstream]) -> list[str]:

@@ -303,21 +303,13 @@ async def serve_gateway(
             public, scraped = await _listen(
                 pipeline, gateway, certificate, metrics, parts, host, port
             )
-        ext_authz = None
-        if gateway.ext_authz is not None:
-            try:
-                ext_authz = await start_grpc_authz(
-                    lambda: pipeline.app,
-                    source,
-                    host=host,
-                    port=gateway.ext_authz.port,
-                    callers=frozenset(gateway.ext_authz.callers),
-                )
-            except BaseException:
-                await public.stop()
-                if scraped is not None:
-                    await scraped.stop()
-                raise
+        try:
+            ext_authz = await _ext_authz(gateway, pipeline, source, host)
+        except BaseException:
+            await public.stop()
+            if scraped is not None:
+                await scraped.stop()
+            raise
     except BaseException:
         await internal.stop()
         with contextlib.suppress(Exception):
@@ -328,6 +320,21 @@ async def serve_gateway(
     running.pipeline, running.config, running.build = pipeline, config, build
     running.ext_authz = ext_authz
     return running
+
+
+async def _ext_authz(
+    gateway: GatewayConfig, pipeline: Pipeline, source: SVIDSource, host: str
+) -> RunningGrpcAuthz | None:
+    """Envoy's gRPC ``ext_authz`` served by this gateway, where declared."""
+    if gateway.ext_authz is None:
+        return None
+    return await start_grpc_authz(
+        lambda: pipeline.app,
+        source,
+        host=host,
+        port=gateway.ext_authz.port,
+        callers=frozenset(gateway.ext_authz.callers),
+    )
 
 
 def _builder(
