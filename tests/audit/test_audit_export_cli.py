@@ -19,7 +19,7 @@ import pytest
 from ledgerrig import ocsf
 from stackrig import TD, AuditStack, Ran, audit_stack, tm
 from syslogrig import SyslogReceiver, parse, syslog_receiver
-from tlsrig import Pki, Receiver, make_pki, receiver
+from tlsrig import Pki, Receiver, make_client_pki, make_pki, receiver
 
 from trustmesh.audit.pseudonymise import PREFIX, Pseudonymiser
 from trustmesh.audit.search import Query
@@ -191,6 +191,32 @@ async def test_syslog_over_tls_gets_every_event(
     expected = await stored(stack, last, principal="user3")
     assert [json.loads(m.msg) for m in messages] == expected
     assert all(m.msgid.startswith("ocsf-") for m in messages)
+
+
+async def test_syslog_that_requires_a_client_certificate_gets_it(
+    stack: AuditStack, pki: Pki, short_tmp: Path
+) -> None:
+    client = make_client_pki(short_tmp / "client", "trustmesh export")
+    for ready in syslog_receiver(pki, client_ca=client.ca_file):
+        where = f"127.0.0.1:{ready.port}"
+        args = ["--format", "syslog", "--syslog", where, "--ca-file", str(pki.ca_file)]
+        bare = await stack.tm("audit", "export", *args, "--principal", "user3")
+        assert bare.returncode == 1, bare.stderr  # refused without one: nothing counted sent
+        assert "0 events were exported before it" in bare.stderr
+        mine = ["--client-cert", str(client.cert_file), "--client-key", str(client.key_file)]
+        ran = await stack.tm("audit", "export", *args, *mine, "--principal", "user3")
+        assert ran.returncode == 0, ran.stderr
+        count, _ = summary(ran)
+        assert len(ready.wait_for(count)) == count
+        assert {"organizationName": "trustmesh tests", "commonName": "trustmesh export"} in (
+            ready.peers
+        )
+        alone = await stack.tm("audit", "export", *args, "--client-cert", str(client.cert_file))
+        assert alone.returncode == 2
+        assert "--client-cert/--client-key" in alone.stderr
+        other = await stack.tm("audit", "export", *mine)  # jsonl: no receiver to present it to
+        assert other.returncode == 2
+        assert "go with --syslog" in other.stderr
 
 
 async def test_otlp_gets_every_event_in_batches(stack: AuditStack, otlp: Receiver) -> None:

@@ -12,7 +12,8 @@ Events go out as the collector stored them (OCSF, without the ``seq`` its API ad
 
 - ``jsonl`` — one event a line (:func:`~trustmesh.audit.export.write_jsonl`) to
   ``--out`` (created 0600: it names users and addresses) or stdout;
-- ``syslog`` — RFC 5424 over TLS to ``--syslog HOST:PORT``
+- ``syslog`` — RFC 5424 over TLS to ``--syslog HOST:PORT`` (``--client-cert`` and
+  ``--client-key`` for a receiver that requires a client certificate)
   (:class:`~trustmesh.audit.syslog.SyslogSender`); a message counts as sent once
   written to the connection (TCP has no acknowledgement);
 - ``otlp`` — OTLP/HTTP JSON logs to ``--otlp URL``
@@ -226,6 +227,7 @@ def _sink(
     syslog: str | None,
     otlp: str | None,
     ca_file: Path | None,
+    client: tuple[Path | None, Path | None] = (None, None),
 ) -> _Sink:
     given = {"--out": out, "--syslog": syslog, "--otlp": otlp}
     wanted = {ExportFormat.jsonl: "--out", ExportFormat.syslog: "--syslog"}.get(fmt, "--otlp")
@@ -233,6 +235,8 @@ def _sink(
         if value is not None and option != wanted:
             raise UsageError(f"{option} does not go with --format {fmt.value}")
     ca = None if ca_file is None else str(ca_file)
+    if fmt is not ExportFormat.syslog and client != (None, None):
+        raise UsageError("--client-cert and --client-key go with --syslog")
     if fmt is ExportFormat.jsonl:
         if ca_file is not None:
             raise UsageError("--ca-file goes with --syslog or --otlp")
@@ -241,6 +245,7 @@ def _sink(
         if syslog is None:
             raise UsageError("--format syslog needs --syslog HOST:PORT")
         host, port = _host_port(syslog)
+        cert, key = client
         sender = SyslogSender(
             host,
             port,
@@ -248,6 +253,9 @@ def _sink(
             hostname=socket.gethostname(),
             max_queue=2 * PAGE,
             backoff=_SYSLOG_BACKOFF,
+            cert_file=None if cert is None else str(cert),
+            key_file=None if key is None else str(key),
+            where="--client-cert/--client-key",
         )
         return _Syslog(sender, syslog)
     if otlp is None:
@@ -313,6 +321,19 @@ def export_command(
         Path | None,
         typer.Option("--ca-file", help="PEM CAs to trust for the receiver.", dir_okay=False),
     ] = None,
+    client_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--client-cert",
+            help="syslog: the certificate (PEM chain) to present to a receiver that asks "
+            "for one; with --client-key.",
+            dir_okay=False,
+        ),
+    ] = None,
+    client_key: Annotated[
+        Path | None,
+        typer.Option("--client-key", help="syslog: its key (PEM, 0600).", dir_okay=False),
+    ] = None,
     key_file: Annotated[
         Path | None,
         typer.Option(
@@ -351,7 +372,7 @@ def export_command(
     try:
         pseudonymiser = _pseudonymiser(key_file, config, stack)
         _admin.admin_url(state, "audit")  # not running: said before anything is opened
-        sink = _sink(fmt, out, syslog, otlp, ca_file)
+        sink = _sink(fmt, out, syslog, otlp, ca_file, (client_cert, client_key))
     except TrustmeshError as exc:
         fail_on(exc)
     transform = _plain if pseudonymiser is None else pseudonymiser.event
