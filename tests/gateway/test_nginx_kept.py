@@ -41,6 +41,7 @@ gateway:
     - {path: /ping, to: orders, auth: [anonymous], methods: [GET]}
     - {path: /burst, to: orders, auth: [anonymous], methods: [GET],
        rate_limits: [{per: ip, limit: 2/minute}]}
+    - {path: /options, to: orders, auth: [anonymous], methods: [GET, OPTIONS]}
 """
 POLICIES = """
 permit(principal, action, resource);
@@ -54,7 +55,7 @@ def recorder() -> Starlette:
         SEEN.append({k.decode(): v.decode() for k, v in request.scope["headers"]})
         return JSONResponse({"reached": request.url.path})
 
-    return Starlette(routes=[Route("/{p:path}", record, methods=["GET"])])
+    return Starlette(routes=[Route("/{p:path}", record, methods=["GET", "OPTIONS"])])
 
 
 @pytest.fixture
@@ -162,6 +163,15 @@ async def test_an_ambiguous_key_part_is_never_kept(edge: Edge) -> None:
     assert (await edge.send("GET", "/ping/x")).status == 200
     assert (await edge.send("GET", "/ping/x")).status == 200
     assert len(asked(edge, "/ping/x")) == 5  # a plain one is kept
+
+
+async def test_an_options_request_is_never_kept(edge: Edge) -> None:
+    """A CORS preflight is an OPTIONS told apart by headers the key does not hold: no
+    OPTIONS decision is kept, so each is asked about (a GET on the same URI is kept)."""
+    for method in ("OPTIONS", "OPTIONS", "GET", "GET"):
+        assert (await edge.send(method, "/options/x")).status == 200
+    decided = [e.attributes["method"] for e in asked(edge, "/options/x")]
+    assert decided == ["OPTIONS", "OPTIONS", "GET"]
 
 
 async def test_nginx_counts_each_consumer_s_limit_across_kept_decisions(edge: Edge) -> None:
