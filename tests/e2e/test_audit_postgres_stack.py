@@ -145,9 +145,17 @@ def _trustmesh(event: dict[str, Any]) -> dict[str, Any]:
     return dict(event["unmapped"]["trustmesh"])
 
 
-def _sign_in(config: Path, state: Path, public: str, used: UsedSecrets, user: str) -> str:
+def sign_in_web_user(
+    config: Path,
+    state: Path,
+    public: str,
+    used: UsedSecrets,
+    user: str,
+    *,
+    audience: str = GATEWAY,
+) -> str:
     """``user`` made at the provider and signed in (code + PKCE) as the web client whose
-    tokens are for the gateway; the access token."""
+    tokens are for ``audience`` (the gateway); the access token."""
     declared = load_config(config)
     body = {"username": user, "password": PASSWORD}
     admin_call(declared, state, "POST", "/admin/v1/users", body)
@@ -155,7 +163,7 @@ def _sign_in(config: Path, state: Path, public: str, used: UsedSecrets, user: st
         "client_id": CLIENT,
         "method": "none",
         "redirect_uris": [REDIRECT],
-        "audiences": [GATEWAY],
+        "audiences": [audience],
     }
     admin_call(declared, state, "POST", "/admin/v1/clients", client)
     with requests.Session() as browser:
@@ -210,7 +218,7 @@ async def test_the_stack_audits_to_postgresql_and_verify_finds_an_edit_there() -
             assert components["audit"]["healthy"] is True, components["audit"]
             public, gateway = components["auth"]["public_url"], components["gateway"]["url"]
             user = f"sam{uuid.uuid4().hex[:6]}"
-            token = await asyncio.to_thread(_sign_in, config, state, public, used, user)
+            token = await asyncio.to_thread(sign_in_web_user, config, state, public, used, user)
             target = f"nobody{uuid.uuid4().hex[:8]}"
             await asyncio.to_thread(_guess_ten_times, state, public, target)
             forged = _forged(token)

@@ -23,12 +23,9 @@ from typing import Any
 
 import pytest
 import requests
-from authrig import code_flow
 from secretscan import UsedSecrets, assert_no_secret_recorded
-from test_audit_postgres_stack import _forged, _trustmesh, audit, until
+from test_audit_postgres_stack import _forged, _trustmesh, audit, sign_in_web_user, until
 
-from trustmesh.cli.auth_cmd import admin_call
-from trustmesh.config import load_config
 from trustmesh.testing import run_cli as tm
 
 TD = "edge.example"
@@ -122,23 +119,8 @@ def stack() -> Iterator[tuple[Path, Path, dict[str, Any], UsedSecrets]]:
 def sign_in(config: Path, state: Path, public: str, used: UsedSecrets) -> str:
     """A user made at the provider, signed in (code + PKCE) as a web client whose tokens
     are for the gateway; the access token."""
-    declared = load_config(config)
     user = f"sam{uuid.uuid4().hex[:6]}"
-    admin_call(declared, state, "POST", "/admin/v1/users", {"username": user, "password": PASSWORD})
-    client = {
-        "client_id": "shop-web",
-        "method": "none",
-        "redirect_uris": [REDIRECT],
-        "audiences": [GATEWAY],
-    }
-    admin_call(declared, state, "POST", "/admin/v1/clients", client)
-    with requests.Session() as browser:
-        browser.trust_env = False
-        browser.verify = str(state / "edge" / "ca.pem")
-        tokens = code_flow(browser, public, "shop-web", REDIRECT, user, PASSWORD)
-    used.add(PASSWORD)
-    used.tokens(tokens)
-    return str(tokens["access_token"])
+    return sign_in_web_user(config, state, public, used, user, audience=GATEWAY)
 
 
 def refused(answer: requests.Response, status: int, error: str) -> None:

@@ -313,13 +313,14 @@ def _server(plan: NginxPlan, by_service: dict[str, Upstream]) -> list[str]:
         "error_page 494 = @tm_431;",  # nginx's own code for a head too large: 431 (RFC 6585)
         *_authorizer_location(plan),
     ]
+    counted = _counted(plan)  # the declaration's rate rules compiled once per rendering
     for status in _ERRORS:
-        lines += _error_location(status, limiting=any(_counted(plan)))
+        lines += _error_location(status, limiting=any(counted))
     prefixes = {route.path for route in plan.gateway.routes}
     for index, route in enumerate(plan.gateway.routes):
         upstream = by_service.get(route.to)
         dns_name = upstream.dns_name if upstream is not None else "unknown.invalid"
-        limits = _counted(plan)[index]
+        limits = counted[index]
         for match in _matches(route.path):
             if limits:  # counted once the authorizer named the buckets: in a location after it
                 body = [
