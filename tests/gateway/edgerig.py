@@ -62,14 +62,16 @@ class Edge:
         who: str | None = None,
         headers: Sequence[tuple[str, str]] = (),
         body: bytes = b"",
+        host: str = "localhost",
     ) -> Answer:
-        """One request on its own connection, exactly as written: its answer."""
+        """One request on its own connection, exactly as written (``Host: host``): its
+        answer."""
         context = ssl.create_default_context(cafile=str(crypto.edge_ca_path(self.rig.state)))
         port = int(self.gateway.url.rsplit(":", 1)[1])
         reader, writer = await asyncio.open_connection(
             "127.0.0.1", port, ssl=context, server_hostname="localhost"
         )
-        lines = [f"{method} {path} HTTP/1.1", "Host: localhost", "Connection: close"]
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", "Connection: close"]
         if who is not None:
             lines.append(f"Authorization: Bearer {self.tokens[who]}")
         lines.extend(f"{name}: {value}" for name, value in headers)

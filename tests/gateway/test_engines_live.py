@@ -41,6 +41,14 @@ gateway:
        request_headers: [x-tenant]}}
     - {{path: /web, to: orders, auth: [jwt], methods: [GET, POST],
        cors: {{origins: ["https://shop.example"], credentials: true}}}}
+    - {{path: /menu, to: orders, auth: [anonymous], methods: [GET], request_headers: [x-tenant]}}
+    - {{path: /menu, to: orders, auth: [jwt], methods: [POST],
+       rate_limits: [{{per: consumer, limit: 100/minute}}]}}
+    - {{path: /desk, host: staff.shop.example, to: orders, auth: [anonymous], methods: [GET],
+       request_headers: [x-tenant]}}
+    - {{path: /desk, to: orders, auth: [jwt], methods: [GET]}}
+    - {{path: /desk/admin, host: staff.shop.example, to: orders, auth: [anonymous],
+       methods: [GET], request_headers: [x-tenant]}}
 """
 POLICIES = """
 permit(principal, action, resource);
@@ -333,6 +341,46 @@ async def test_a_strict_route_forwards_only_its_headers(edge: Edge) -> None:
     assert headers["x-tenant"] == "t1"
     assert "x-other" not in headers
     assert "accept" not in headers
+
+
+def strict(seen: dict[str, object]) -> bool:
+    """Whether the request reached the upstream through a route that forwards only
+    ``x-tenant`` (sent with ``TOLD``)."""
+    headers = dict(seen["headers"])  # type: ignore[call-overload]
+    assert ("x-tenant" in headers) or ("accept" in headers), headers
+    return "accept" not in headers
+
+
+TOLD = [("X-Tenant", "t1"), ("Accept", "a/b")]
+
+
+async def test_routes_on_one_path_are_told_apart_by_method_alike(edge: Edge) -> None:
+    read = await edge.send("GET", "/menu/today", headers=TOLD)
+    assert read.status == 200, read.body
+    refused = await edge.send("POST", "/menu/today", headers=TOLD)
+    assert error(refused) == (401, "unauthenticated")
+    written = await edge.send("POST", "/menu/today", who="carol", headers=TOLD)
+    assert written.status == 200, written.body
+    assert [strict(seen) for seen in SEEN] == [True, False]
+
+
+async def test_routes_for_a_host_are_taken_for_that_host_only_alike(edge: Edge) -> None:
+    staff = "staff.shop.example"
+    desk = await edge.send("GET", "/desk/today", headers=TOLD, host=staff)
+    assert desk.status == 200, desk.body
+    elsewhere = await edge.send("GET", "/desk/today", headers=TOLD)
+    assert error(elsewhere) == (401, "unauthenticated")  # the host-less route's auth
+    signed_in = await edge.send("GET", "/desk/today", who="carol", headers=TOLD)
+    assert signed_in.status == 200, signed_in.body
+    # under a host's longer prefix: that host's route; any other host's falls through to
+    # the host-less shorter prefix (not the host's route, not nginx's 502)
+    admin = await edge.send("GET", "/desk/admin/x", headers=TOLD, host=f"{staff}:443")
+    assert admin.status == 200, admin.body
+    other = await edge.send("GET", "/desk/admin/x", headers=TOLD, host="shop.example")
+    assert error(other) == (401, "unauthenticated")
+    other = await edge.send("GET", "/desk/admin/x", who="carol", headers=TOLD)
+    assert other.status == 200, other.body
+    assert [strict(seen) for seen in SEEN] == [True, False, True, False]
 
 
 async def test_a_head_too_large_is_431(edge: Edge) -> None:

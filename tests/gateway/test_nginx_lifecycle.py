@@ -394,15 +394,21 @@ async def test_a_refused_declaration_naming_another_service_leaves_the_running_o
     assert engine.config_file.read_text() == running_text
 
 
-async def test_a_declaration_splitting_a_prefix_by_method_is_refused(stack: Stack) -> None:
-    """nginx is rendered one location per path: two routes on one prefix (other methods)
-    are refused when the declaration is read, never half-applied."""
+async def test_a_declaration_splitting_a_prefix_by_method_is_applied(stack: Stack) -> None:
+    """Two routes on one prefix (other methods), reloaded in: nginx hands each request
+    to the route the authorizer chose, and still forwards only what it allowed."""
     assert SPLIT != SECTION
-    before = stack.engine.config_file.read_bytes()
-    with pytest.raises(ConfigError, match=r"routes\[2\]\.path: '/old' is routes\[1\]'s too"):
-        await stack.reload(SPLIT)
-    assert stack.engine.config_file.read_bytes() == before
+    await stack.reload(SPLIT)
+    assert await stack.engine.settled(), proxy_log(stack.edge)
     await stack.reaches("/old/b")
+    before = len(stack.upstream.seen)
+    posted = await stack.edge.send("POST", "/old/c", body=b"{}")
+    assert posted.status == 200, (posted.body, proxy_log(stack.edge))
+    assert [seen.path for seen in stack.upstream.seen[before:]] == ["/old/c"]
+    deleted = await stack.edge.send("DELETE", "/old/d")
+    assert deleted.status == 405, deleted.body
+    assert deleted.header("allow") is not None
+    assert len(stack.upstream.seen) == before + 1
 
 
 # -- 3. supervision ------------------------------------------------------------------------

@@ -675,7 +675,6 @@ class NginxSettings(BaseModel):
 _NGINX_UNSUPPORTED: Final = (
     ("openapi", "openapi", "a request contract reads the body"),
     ("schema_file", "schema", "a request contract reads the body"),
-    ("host", "host", "per-host routes are not rendered for nginx yet"),
 )
 
 
@@ -823,15 +822,7 @@ class GatewayConfig(BaseModel):
 
     def _check_nginx(self) -> None:
         """Refuse what nginx cannot enforce, rather than serve it unchecked."""
-        first: dict[str, int] = {}
         for index, route in enumerate(self.routes):
-            if route.path in first:  # one location per route
-                raise _invalid(
-                    f"routes[{index}].path: {route.path!r} is routes[{first[route.path]}]'s "
-                    "too, and nginx is rendered one location per path for now",
-                    "one route per path (its methods listed), or engine: python",
-                )
-            first[route.path] = index
             for attribute, key, why in _NGINX_UNSUPPORTED:
                 if getattr(route, attribute) is not None:
                     raise _invalid(

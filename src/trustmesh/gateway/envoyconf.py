@@ -44,7 +44,7 @@ What the rendered Envoy does and what it asks:
   ``Access-Control-*``, ``Server``) removed; Envoy adds no ``Server`` nor ``x-envoy-*``.
 
 Not enforced, or not rendered: what reads a body (a contract, the injection filter:
-refused, as for nginx), CORS grants and per-host routes (refused, as for nginx), the
+refused, as for nginx), CORS grants and per-host routes (refused), the
 upstream's errors in the gateway's shape (relayed as the service sent them, as with
 ``relay_errors``), ``limits.max_connections``, the upstream's health checks and retries,
 and SVID rotation (certificates are files read at start: a hot restart).

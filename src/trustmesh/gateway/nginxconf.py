@@ -12,10 +12,14 @@ What nginx does and what it asks:
   address rules, path form, route, rate limits, credentials and the edge policy run
   there, with their events. Allowed, it answers the internal token, the trace, the route
   and the client address; refused, its status, headers and body, which nginx answers.
-- **One location per route** (``/p`` and ``/p/``: a prefix matches itself and what is
-  under it, never ``/pX``) forwards only when the authorizer chose that very route (a
-  ``map`` of the route it names): a request nginx would place elsewhere than the
-  gateway does is never forwarded (502).
+- **One location per path prefix** (``/p`` and ``/p/``: a prefix matches itself and
+  what is under it, never ``/pX``) forwards only to a route the authorizer may choose for
+  what nginx places there (a ``map`` of the route it names), and only the one it chose:
+  a request nginx would place elsewhere than the gateway does is never forwarded (502).
+  Where a prefix has one such route it forwards itself; where it has several (routes on
+  one path for other methods or hosts, or host routes above a shorter host-less one that
+  takes the other hosts' requests) it hands the request to the chosen route's own
+  location (``@tm_route_N``), as it does where nginx counts a route's limits.
 - **Upstream over mTLS** with the gateway's SVID, the server's chain checked against
   the trust bundle and its name against the DNS SAN of its SPIFFE ID
   (:func:`trustmesh.crypto.svid_dns_name`), keep-alive pooled.
@@ -51,6 +55,7 @@ __all__ = [
     "KEPT_LOG",
     "NginxPlan",
     "Upstream",
+    "placement",
     "render",
 ]
 
@@ -278,7 +283,15 @@ def _http(plan: NginxPlan, by_service: dict[str, Upstream]) -> list[str]:
         lines.append(
             f'map $tm_route $tm_pass_{index} {{ "{index}" {target}; default {_NO_UPSTREAM}; }}'
         )
-    lines += ["server {", *_indent(_server(plan, by_service)), "}"]
+    placed = placement(plan.gateway.routes)
+    for number, (_, chosen) in enumerate(placed):
+        if len(chosen) > 1:  # the routes this prefix's locations hand a request to
+            lines.append(
+                f"map $tm_route $tm_go_{number} {{ "
+                + " ".join(f'"{i}" {i};' for i in chosen)
+                + " default none; }"
+            )
+    lines += ["server {", *_indent(_server(plan, by_service, placed)), "}"]
     return lines
 
 
@@ -304,7 +317,38 @@ def _kept_http(plan: NginxPlan, folder: Path, seconds: int) -> list[str]:
     ]
 
 
-def _server(plan: NginxPlan, by_service: dict[str, Upstream]) -> list[str]:
+def placement(routes: Sequence[GatewayRoute]) -> list[tuple[str, tuple[int, ...]]]:
+    """Each prefix the routes declare, in their order, with the routes the authorizer may
+    choose (:class:`~trustmesh.gateway.routes.RouteTable`) for a path nginx places under
+    it (the longest prefix): that prefix's own, then, while all of a prefix's routes are
+    for given hosts, those of the next shorter prefix above it (where another host's
+    request goes)."""
+    by_prefix: dict[str, list[int]] = {}
+    for index, route in enumerate(routes):
+        by_prefix.setdefault(route.path, []).append(index)
+    placed = []
+    for prefix in by_prefix:
+        chosen: list[int] = []
+        for above in _prefixes_above(prefix):
+            level = by_prefix.get(above, [])
+            chosen += level
+            if any(routes[i].host is None for i in level):
+                break
+        placed.append((prefix, tuple(chosen)))
+    return placed
+
+
+def _prefixes_above(prefix: str) -> list[str]:
+    """``/a/b``, ``/a``, ``/``: the prefix and each that takes what is under it."""
+    parts = prefix.strip("/").split("/") if prefix != "/" else []
+    return ["/" + "/".join(parts[:n]) for n in range(len(parts), -1, -1)]
+
+
+def _server(
+    plan: NginxPlan,
+    by_service: dict[str, Upstream],
+    placed: Sequence[tuple[str, tuple[int, ...]]],
+) -> list[str]:
     lines = [
         f"listen {plan.host}:{plan.port} ssl;",
         f"ssl_certificate {_quoted(plan.tls_cert)};",
@@ -316,34 +360,43 @@ def _server(plan: NginxPlan, by_service: dict[str, Upstream]) -> list[str]:
     counted = _counted(plan)  # the declaration's rate rules compiled once per rendering
     for status in _ERRORS:
         lines += _error_location(status, limiting=any(counted))
-    prefixes = {route.path for route in plan.gateway.routes}
-    for index, route in enumerate(plan.gateway.routes):
-        upstream = by_service.get(route.to)
-        dns_name = upstream.dns_name if upstream is not None else "unknown.invalid"
-        limits = counted[index]
-        for match in _matches(route.path):
-            if limits:  # counted once the authorizer named the buckets: in a location after it
-                body = [
-                    *_asked(),
-                    *(
-                        f"auth_request_set ${_key_variable(limit.zone)} "
-                        f"$upstream_http_{_key_header(limit.zone).replace('-', '_')};"
-                        for limit in limits
-                    ),
-                    f"try_files /.trustmesh-none @tm_route_{index};",
-                ]
-            else:
-                body = [*_asked(), *_route(plan, index, route, dns_name)]
-            lines += [f"location {match} {{", *_indent(body), "}"]
-        if limits:
-            lines += [
-                f"location @tm_route_{index} {{",
-                *_indent(_limited(limits)),
-                *_indent(_answer_headers()),
-                *_indent(_route(plan, index, route, dns_name)),
-                "}",
+    routes = plan.gateway.routes
+
+    def upstream(index: int) -> str:
+        found = by_service.get(routes[index].to)
+        return found.dns_name if found is not None else "unknown.invalid"
+
+    handed: set[int] = set()  # the routes with a location of their own
+    for number, (prefix, chosen) in enumerate(placed):
+        if len(chosen) == 1 and not counted[chosen[0]]:  # forwarded from here
+            body = [*_asked(), *_route(plan, chosen[0], routes[chosen[0]], upstream(chosen[0]))]
+        else:  # handed to the chosen route's location once the authorizer named it
+            zones = {limit.zone: limit for i in chosen for limit in counted[i] or ()}
+            go = f"$tm_go_{number}" if len(chosen) > 1 else str(chosen[0])
+            body = [
+                *_asked(),
+                *(
+                    f"auth_request_set ${_key_variable(zone)} "
+                    f"$upstream_http_{_key_header(zone).replace('-', '_')};"
+                    for zone in zones
+                ),
+                f"try_files /.trustmesh-none @tm_route_{go};",
             ]
-    if "/" not in prefixes:  # the rest: asked about all the same (404, recorded), never forwarded
+            handed.update(chosen)
+        for match in _matches(prefix):
+            lines += [f"location {match} {{", *_indent(body), "}"]
+    for index in sorted(handed):
+        lines += [
+            f"location @tm_route_{index} {{",
+            *_indent(_limited(limits) if (limits := counted[index]) else []),
+            *_indent(_answer_headers()),
+            *_indent(_route(plan, index, routes[index], upstream(index))),
+            "}",
+        ]
+    if any(len(chosen) > 1 for _, chosen in placed):  # named by no route it may take: 502
+        lines += ["location @tm_route_none {", f"    proxy_pass https://{_NO_UPSTREAM};", "}"]
+    if "/" not in {prefix for prefix, _ in placed}:
+        # the rest: asked about all the same (404, recorded), never forwarded
         lines += [
             "location / {",
             *_indent(_asked()),
