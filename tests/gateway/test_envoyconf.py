@@ -5,6 +5,7 @@ Envoy does not run here."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from envoyschema import SchemaError, check
 
 from trustmesh.config import parse_config
 from trustmesh.errors import ConfigError
-from trustmesh.gateway.envoyconf import ASKED, EnvoyPlan, Upstream, render
+from trustmesh.gateway.envoyconf import ASKED, EnvoyPlan, GrpcAuthorizer, Upstream, render
 from trustmesh.gateway.headers import SECURITY_HEADERS, STRIPPED, STRIPPED_FAMILIES
 
 BASE = """trust_domain: shop.example
@@ -172,6 +173,45 @@ def test_ext_authz_is_fail_closed_and_sends_what_the_authorizer_reads(tmp_path: 
     assert address["lb_endpoints"][0]["endpoint"]["address"] == {
         "pipe": {"path": str(tmp_path / "authz.sock")}
     }
+
+
+GATEWAY = "spiffe://shop.example/trustmesh/gateway"
+
+
+def grpc_plan(tmp_path: Path) -> EnvoyPlan:
+    caller = GrpcAuthorizer(
+        "127.0.0.1:9191", GATEWAY, tmp_path / "envoy.pem", tmp_path / "envoy.key"
+    )
+    return dataclasses.replace(plan(tmp_path), grpc=caller)
+
+
+def test_the_grpc_authorizer_is_asked_over_mtls_and_http2(tmp_path: Path) -> None:
+    bootstrap = render(grpc_plan(tmp_path))
+    check(bootstrap)  # Envoy's schema: the gRPC service, HTTP/2 options, the TLS context
+    authz = http_filter(bootstrap, "envoy.filters.http.ext_authz")
+    assert "http_service" not in authz
+    assert authz["grpc_service"]["envoy_grpc"] == {"cluster_name": "trustmesh_authorizer"}
+    assert authz["failure_mode_allow"] is False
+    assert {p["exact"] for p in authz["allowed_headers"]["patterns"]} == set(ASKED)
+    found = cluster(bootstrap, "trustmesh_authorizer")
+    options = found["typed_extension_protocol_options"]
+    (http,) = options.values()
+    assert http["explicit_http_config"] == {"http2_protocol_options": {}}
+    address = found["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    assert address == {"socket_address": {"address": "127.0.0.1", "port_value": 9191}}
+    common = found["transport_socket"]["typed_config"]["common_tls_context"]
+    # Envoy presents its own SVID (a declared caller), not the gateway's it forwards with
+    assert common["tls_certificates"][0]["certificate_chain"]["filename"].endswith("envoy.pem")
+    assert common["validation_context"]["match_typed_subject_alt_names"] == [
+        {"san_type": "URI", "matcher": {"exact": GATEWAY}}
+    ]
+    assert common["validation_context"]["trusted_ca"] == {"filename": str(tmp_path / "bundle.pem")}
+    # the services are reached as before, with the gateway's SVID
+    orders = cluster(bootstrap, "tm_svc_orders")["transport_socket"]["typed_config"]
+    assert orders["common_tls_context"]["tls_certificates"][0]["certificate_chain"][
+        "filename"
+    ].endswith("svid.pem")
+    assert orders["sni"] == "orders.shop.example"
 
 
 def test_the_upstream_is_checked_by_its_spiffe_id_and_sees_the_svid(tmp_path: Path) -> None:

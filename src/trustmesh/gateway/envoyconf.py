@@ -8,8 +8,11 @@ What the rendered Envoy does and what it asks:
 - **TLS in** with the gateway's certificate (TLS 1.2 at least); the listener's bounds of
   ``gateway.limits``: the request head's size (``max_request_headers_kb``) and header
   count (431), the head and idle timeouts; ``max_body_bytes`` (413, the buffer filter).
-- **Every request is asked about first** (``ext_authz``, the HTTP service of
-  :mod:`trustmesh.gateway.authorizer` at ``<prefix>/<original path>``), fail closed
+- **Every request is asked about first** (``ext_authz``: the HTTP service of
+  :mod:`trustmesh.gateway.authorizer` at ``<prefix>/<original path>``, or, with a
+  :class:`GrpcAuthorizer`, the gRPC one of :mod:`trustmesh.gateway.grpc_authz` over mTLS:
+  Envoy presents its SVID, one of ``gateway.ext_authz.callers``, and checks the
+  gateway's SPIFFE ID, HTTP/2 to the gateway's ``ext_authz`` port), fail closed
   (``failure_mode_allow: false``; the authorizer unreachable: 503), without the body.
   The check request carries the headers the authorizer's stages read (:data:`ASKED`):
   credentials, the host, CORS preflight's, and ``X-Forwarded-For``, which Envoy sets
@@ -64,7 +67,7 @@ from trustmesh.errors import ConfigError
 from trustmesh.gateway.authorizer import DEFAULT_PREFIX
 from trustmesh.gateway.headers import SECURITY_HEADERS, STRIPPED, STRIPPED_FAMILIES
 
-__all__ = ["ASKED", "EnvoyPlan", "Upstream", "render", "unsupported"]
+__all__ = ["ASKED", "EnvoyPlan", "GrpcAuthorizer", "Upstream", "render", "unsupported"]
 
 _TYPES: Final = "type.googleapis.com/envoy.extensions."
 _AUTHORIZER: Final = "trustmesh_authorizer"
@@ -116,10 +119,22 @@ class Upstream:
 
 
 @dataclass(frozen=True)
+class GrpcAuthorizer:
+    """The gateway's gRPC ``ext_authz`` as Envoy reaches it: its ``host:port``
+    (``gateway.ext_authz``), the SPIFFE ID its certificate must carry (the gateway's), and
+    the SVID Envoy presents (its own: a SPIFFE ID of ``gateway.ext_authz.callers``)."""
+
+    address: str
+    spiffe_id: str
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
 class EnvoyPlan:
     """Everything the bootstrap names: the declaration's gateway section, where Envoy
-    listens, the files it reads, the authorizer (a unix socket, or ``host:port``) and
-    the upstreams found so far."""
+    listens, the files it reads, the authorizer (the HTTP one: a unix socket, or
+    ``host:port``; ``grpc``: the gRPC one, asked instead) and the upstreams found so far."""
 
     gateway: GatewayConfig
     port: int
@@ -133,6 +148,7 @@ class EnvoyPlan:
     authorizer_prefix: str = DEFAULT_PREFIX
     host: str = "127.0.0.1"
     authorizer_timeout: timedelta = timedelta(seconds=2)
+    grpc: GrpcAuthorizer | None = None
 
 
 def unsupported(gateway: GatewayConfig) -> tuple[str, ...]:
@@ -252,28 +268,36 @@ def _connection_manager(plan: EnvoyPlan, by_service: dict[str, Upstream]) -> dic
 
 
 def _ext_authz(plan: EnvoyPlan) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "@type": _TYPES + "filters.http.ext_authz.v3.ExtAuthz",
+        "transport_api_version": "V3",
+        "failure_mode_allow": False,  # closed: no answer is no
+        "status_on_error": {"code": "ServiceUnavailable"},
+        "validate_mutations": True,
+        "allowed_headers": _names(ASKED),
+    }
+    if plan.grpc is not None:  # the answer's own fields say which header goes where
+        config["grpc_service"] = {
+            "envoy_grpc": {"cluster_name": _AUTHORIZER},
+            "timeout": _duration(plan.authorizer_timeout),
+        }
+    else:
+        config["http_service"] = _http_service(plan)
+    return {"name": "envoy.filters.http.ext_authz", "typed_config": config}
+
+
+def _http_service(plan: EnvoyPlan) -> dict[str, Any]:
     return {
-        "name": "envoy.filters.http.ext_authz",
-        "typed_config": {
-            "@type": _TYPES + "filters.http.ext_authz.v3.ExtAuthz",
-            "transport_api_version": "V3",
-            "failure_mode_allow": False,  # closed: no answer is no
-            "status_on_error": {"code": "ServiceUnavailable"},
-            "validate_mutations": True,
-            "allowed_headers": _names(ASKED),
-            "http_service": {
-                "server_uri": {
-                    "uri": "http://trustmesh-authorizer",
-                    "cluster": _AUTHORIZER,
-                    "timeout": _duration(plan.authorizer_timeout),
-                },
-                "path_prefix": plan.authorizer_prefix,
-                "authorization_response": {
-                    "allowed_upstream_headers": _names(_TO_UPSTREAM),
-                    "allowed_client_headers": _names(_TO_CLIENT),
-                    "allowed_client_headers_on_success": _names(_TO_CLIENT_ALLOWED),
-                },
-            },
+        "server_uri": {
+            "uri": "http://trustmesh-authorizer",
+            "cluster": _AUTHORIZER,
+            "timeout": _duration(plan.authorizer_timeout),
+        },
+        "path_prefix": plan.authorizer_prefix,
+        "authorization_response": {
+            "allowed_upstream_headers": _names(_TO_UPSTREAM),
+            "allowed_client_headers": _names(_TO_CLIENT),
+            "allowed_client_headers_on_success": _names(_TO_CLIENT_ALLOWED),
         },
     }
 
@@ -381,12 +405,13 @@ def _matches(prefix: str) -> list[dict[str, str]]:
 
 
 def _authorizer_cluster(plan: EnvoyPlan) -> dict[str, Any]:
-    if isinstance(plan.authorizer, Path):
-        address: dict[str, Any] = {"pipe": {"path": str(plan.authorizer)}}
-        kind = "STATIC"
+    if plan.grpc is not None:
+        address, kind = _address(plan.grpc.address)
+    elif isinstance(plan.authorizer, Path):
+        address, kind = {"pipe": {"path": str(plan.authorizer)}}, "STATIC"
     else:
         address, kind = _address(plan.authorizer)
-    return {
+    cluster = {
         "name": _AUTHORIZER,
         "type": kind,
         "connect_timeout": _duration(plan.authorizer_timeout),
@@ -395,25 +420,44 @@ def _authorizer_cluster(plan: EnvoyPlan) -> dict[str, Any]:
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
         },
     }
+    if plan.grpc is None:
+        return cluster
+    return {  # gRPC: HTTP/2 over mTLS, the gateway's SPIFFE ID checked
+        **cluster,
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _TYPES + "upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "transport_socket": _mtls(plan.grpc.cert, plan.grpc.key, plan, plan.grpc.spiffe_id),
+    }
+
+
+def _mtls(cert: Path, key: Path, plan: EnvoyPlan, spiffe_id: str, sni: str = "") -> dict[str, Any]:
+    """Envoy's side of an mTLS connection: ``cert`` presented, the peer's chain checked
+    against the trust bundle and its URI SAN against ``spiffe_id``."""
+    upstream_tls: dict[str, Any] = {
+        "@type": _TYPES + "transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": {
+            "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+            "tls_certificates": [_certificate(cert, key)],
+            "validation_context": {
+                "trusted_ca": {"filename": str(plan.bundle)},
+                "match_typed_subject_alt_names": [
+                    {"san_type": "URI", "matcher": {"exact": spiffe_id}}
+                ],
+            },
+        },
+    }
+    if sni:
+        upstream_tls["sni"] = sni
+    return {"name": "envoy.transport_sockets.tls", "typed_config": upstream_tls}
 
 
 def _service_cluster(plan: EnvoyPlan, upstream: Upstream) -> dict[str, Any]:
     found = [_address(server) for server in upstream.servers]
     name = _cluster_name(upstream.name)
-    upstream_tls = {
-        "@type": _TYPES + "transport_sockets.tls.v3.UpstreamTlsContext",
-        "sni": upstream.dns_name,
-        "common_tls_context": {
-            "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
-            "tls_certificates": [_certificate(plan.svid_cert, plan.svid_key)],
-            "validation_context": {
-                "trusted_ca": {"filename": str(plan.bundle)},
-                "match_typed_subject_alt_names": [
-                    {"san_type": "URI", "matcher": {"exact": upstream.spiffe_id}}
-                ],
-            },
-        },
-    }
     return {
         "name": name,
         "type": "STATIC" if all(kind == "STATIC" for _, kind in found) else "STRICT_DNS",
@@ -425,7 +469,9 @@ def _service_cluster(plan: EnvoyPlan, upstream: Upstream) -> dict[str, Any]:
                 {"lb_endpoints": [{"endpoint": {"address": address}} for address, _ in found]}
             ],
         },
-        "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": upstream_tls},
+        "transport_socket": _mtls(
+            plan.svid_cert, plan.svid_key, plan, upstream.spiffe_id, upstream.dns_name
+        ),
     }
 
 

@@ -47,8 +47,9 @@ aborted ``PERMISSION_DENIED`` before anything is decided, and recorded. A client
 certificate does not complete the handshake (grpc's C core refuses it; no event: the
 listener never sees a caller to name).
 
-Not wired into ``trustmesh up`` yet: :func:`start_grpc_authz` starts the service, for the
-gateway's server to call with its pipeline's ``current`` and its SVID source.
+Served from the gateway's process where the declaration asks for it (``gateway.ext_authz``:
+its port and callers; the gateway's endpoint file names it, ``ext_authz_address``);
+:mod:`trustmesh.gateway.envoyconf` renders an Envoy that asks it (``GrpcAuthorizer``).
 """
 
 from __future__ import annotations
