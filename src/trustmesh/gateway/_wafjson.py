@@ -75,11 +75,11 @@ def _walk(document: object) -> Iterator[tuple[tuple[str, ...], str]]:
 def fast_strings(body: bytes) -> list[str] | None:
     """The same strings as :func:`located` (as a multiset), in the order of the text, or
     ``None`` when this reader cannot answer for json.loads (module docstring)."""
+    if body.count(b"[") + body.count(b"{") > _MAX_OPENINGS:
+        return None
     try:
         orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None
-    if body.count(b"[") + body.count(b"{") > _MAX_OPENINGS:
         return None
     text = body.decode("utf-8")  # orjson has checked that it is UTF-8
     if "\\" not in text:  # no escape: each string is what lies between two quotes
