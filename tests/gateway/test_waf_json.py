@@ -101,7 +101,7 @@ def documents(draw: st.DrawFn, tree: st.SearchStrategy[Any]) -> bytes:
     return (dumped(draw, draw(tree)) + draw(_SPACE)).encode("utf-8", "surrogatepass")
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=800, deadline=None)
 @given(documents(trees(ANY_TEXT, ANY_NUMBER)))
 def test_the_fast_reader_finds_the_references_strings(body: bytes) -> None:
     strings = fast_strings(body)
@@ -116,7 +116,7 @@ def test_the_fast_reader_reads_what_orjson_takes(body: bytes) -> None:
     assert Counter(strings) == reference(body)
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=800, deadline=None)
 @given(documents(trees(ANY_TEXT, ANY_NUMBER)), st.data())
 def test_the_fast_reader_never_reads_what_json_loads_refuses(
     body: bytes, data: st.DataObject
