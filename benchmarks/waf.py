@@ -233,7 +233,7 @@ def timing(seconds: float) -> None:
             body=body,
             json_strings=strings,
         ),
-        "body parsed by the filter (json.loads)": lambda: FILTER.inspect(
+        "body parsed by the filter": lambda: FILTER.inspect(
             path="/orders",
             query=b"",
             headers=headers,
