@@ -59,6 +59,9 @@ _PLAIN_OR_IRRELEVANT = bytes(
     b for b in range(128) if chr(b) != _JOIN and (chr(b) in _PLAIN_ASCII or chr(b) not in _RELEVANT)
 )
 #: the separators before a value that is not plain, and its run of special characters
+#: (searched for in a text that does not end with separators: each match then starts
+#: where the one before it ended; separators at the end, with no run after them, would be
+#: tried one by one to the end, quadratic in their number)
 _RUN = re.compile(rb"(\x01*)([^\x01]+)")
 
 # -- the RE2 pattern ----------------------------------------------------------------------
@@ -218,7 +221,7 @@ def _screened(
     runs: list[tuple[int, str | None]] = []
     if len(left) >= len(index):
         k = 0
-        for separators, run in _RUN.findall(left):
+        for separators, run in _RUN.findall(left.rstrip(b"\x01")):
             k += len(separators)
             specials = run.decode("ascii")
             runs.append((index[k], specials if _ALWAYS.isdisjoint(specials) else None))

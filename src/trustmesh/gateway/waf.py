@@ -20,11 +20,13 @@ What is inspected, and how it is decoded (exactly as the service reads it):
 - the body, by content type: ``application/x-www-form-urlencoded`` as form fields
   (names and values, like the query, UTF-8); JSON (``application/json``, ``*+json``)
   as its keys and string values — the ``(pointer, string)`` pairs the gateway already
-  parsed, or, when it passes none, the body parsed here with :func:`json.loads`, every
-  member of an object kept (a key given twice is inspected twice: a service may read
-  either, and the one a last-wins parser drops must not pass unread); a JSON body that
-  does not parse is inspected whole, as one value; every other content type
-  (multipart, XML, binary) is not inspected.
+  parsed, or, when it passes none, the body read here (:mod:`trustmesh.gateway._wafjson`:
+  what :func:`json.loads` reads, every member of an object kept: a key given twice is
+  inspected twice, as a service may read either, and the one a last-wins parser drops
+  must not pass unread; most bodies are read fast, without the places of their strings,
+  and read again with them only when something is found); a JSON body that json.loads
+  does not parse is inspected whole, as one value; every other content type (multipart,
+  XML, binary) is not inspected.
 
 Decoding once is what the service does; a value that still holds a percent-escape after
 it is decoded again (``unquote_plus``, at most three more times), and each further
@@ -76,15 +78,15 @@ pointer of the object whose key it is).
 from __future__ import annotations
 
 import enum
-import json
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from urllib.parse import parse_qsl, unquote_plus
 
 from trustmesh.gateway._wafbody import suspects
 from trustmesh.gateway._wafchecks import check, check_rest
+from trustmesh.gateway._wafjson import fast_strings, located
 
 __all__ = ["DEFAULT_HEADERS", "OVERLAP", "WINDOW", "Category", "FastFilter", "Finding"]
 
@@ -173,6 +175,11 @@ class FastFilter:
             return None
         i, (category, check_name) = found
         first, where = next(part for part in reversed(parts) if part[0] <= i)
+        if where is _unplaced:
+            # in a JSON body read without places (the last part): read again with them,
+            # its first finding in the order it has always had (the same strings, so a
+            # finding; "body" only if the two readers ever disagreed)
+            return _in_json_body(body) or Finding(category, "body", check_name)
         return Finding(category, where(i - first), check_name)
 
     def _add_headers(
@@ -259,43 +266,49 @@ def _without_key(pointer: str, key: str) -> str:
 
 
 def _add_json_body(values: list[str], parts: _Parts, body: bytes) -> None:
-    """A JSON body's keys and string values, or the body whole when it does not parse."""
-    try:
-        document = json.loads(body, object_pairs_hook=_Members)
-    except (ValueError, RecursionError):
+    """A JSON body's keys and string values: read fast, without their places, when
+    :func:`~trustmesh.gateway._wafjson.fast_strings` can (most bodies); by json.loads with
+    them otherwise."""
+    if (fast := fast_strings(body)) is not None:
+        parts.append((len(values), _unplaced))
+        values += fast
+    else:
+        _add_located(values, parts, body)
+
+
+def _add_located(values: list[str], parts: _Parts, body: bytes) -> None:
+    """A JSON body's keys and string values with their places, or the body whole when it
+    does not parse."""
+    if (found := located(body)) is None:
         parts.append((len(values), lambda _: "body"))
         values.append(body.decode("utf-8", "replace"))
         return
-    strings = list(_json_strings(document))
 
     def where(i: int) -> str:
-        tokens = strings[i][0]
+        tokens = found[i][0]
         return "body" + _pointer(
             "".join("/" + t.replace("~", "~0").replace("/", "~1") for t in tokens)
         )
 
     parts.append((len(values), where))
-    values += map(itemgetter(1), strings)
+    values += map(itemgetter(1), found)
 
 
-class _Members(list[tuple[str, object]]):
-    """A JSON object as parsed here: every member, in order, a repeated key included."""
+def _unplaced(_: int) -> str:
+    """Where a string of a JSON body read fast is: not known (:meth:`FastFilter.inspect`
+    reads the body again, :func:`_in_json_body`)."""
+    return "body"
 
 
-def _json_strings(document: object) -> Iterator[tuple[tuple[str, ...], str]]:
-    """Every key and string value of a parsed document, with the reference tokens of
-    where it is (a key: the object holding it), without recursion."""
-    stack: list[tuple[tuple[str, ...], object]] = [((), document)]
-    while stack:
-        tokens, node = stack.pop()
-        if isinstance(node, str):
-            yield tokens, node
-        elif isinstance(node, _Members | dict):
-            for key, child in node.items() if isinstance(node, dict) else node:
-                yield tokens, key
-                stack.append(((*tokens, key), child))
-        elif isinstance(node, list):
-            stack.extend(((*tokens, str(i)), child) for i, child in enumerate(node))
+def _in_json_body(body: bytes) -> Finding | None:
+    """The first finding in a JSON body read with its places, or ``None``."""
+    values: list[str] = []
+    parts: _Parts = []
+    _add_located(values, parts, body)
+    if (found := _first(values)) is None:
+        return None
+    i, (category, check_name) = found
+    return Finding(category, parts[0][1](i), check_name)
 
 
 def _value(value: str) -> tuple[Category, str] | None:
