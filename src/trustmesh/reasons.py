@@ -98,6 +98,8 @@ class Reason(enum.StrEnum):
     MEDIA_TYPE_UNSUPPORTED = "media-type-unsupported"
     #: The injection filter found SQL injection, XSS, traversal or command injection.
     REQUEST_INJECTION = "request-injection"
+    #: The injection filter gave no verdict in time (its crs workers failed or were late).
+    INSPECTION_UNAVAILABLE = "inspection-unavailable"
     REQUEST_INCOMPLETE = "request-incomplete"
     UPSTREAM_UNAVAILABLE = "upstream-unavailable"
     UPSTREAM_TIMEOUT = "upstream-timeout"
@@ -297,6 +299,7 @@ ANSWERS: Final = MappingProxyType(
         Reason.REQUEST_INVALID: _BAD_REQUEST,
         Reason.MEDIA_TYPE_UNSUPPORTED: Answer(415, "unsupported_media_type"),
         Reason.REQUEST_INJECTION: _FORBIDDEN,
+        Reason.INSPECTION_UNAVAILABLE: _UNAVAILABLE,
         Reason.REQUEST_INCOMPLETE: _BAD_REQUEST,
         Reason.UPSTREAM_UNAVAILABLE: _UNAVAILABLE,
         Reason.UPSTREAM_TIMEOUT: Answer(504, "timeout"),

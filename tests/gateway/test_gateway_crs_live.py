@@ -7,6 +7,7 @@ lets the request through and records what it would have refused."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -16,6 +17,7 @@ from edgerig import Edge, edge_stack, recording, refused_as_injection
 from liverig import live_identity
 from services import require_crs
 
+from trustmesh.reasons import Reason
 from trustmesh.testing import RunningIdentityServer
 
 SECTION = """gateway:
@@ -135,3 +137,25 @@ async def test_a_body_over_the_crs_limit_is_refused_not_passed_uninspected(edge:
     assert answer.status == 413
     assert json.loads(answer.body)["error"] == "request_too_large"
     assert SEEN == []
+
+
+async def test_the_workers_inspect_and_a_request_without_a_verdict_is_refused(
+    edge: Edge,
+) -> None:
+    pipeline = edge.gateway.pipeline
+    assert pipeline is not None
+    workers = pipeline.app.crs_workers  # gateway.crs_workers: 2 by default
+    assert workers is not None
+    assert len(workers.pids()) == 2
+    assert os.getpid() not in workers.pids()
+    assert (await edge.send("GET", "/shop?q=tea")).status == 200
+    workers.deadline = 0.0005  # no verdict comes in time: refused, never passed
+    answer = await edge.send("GET", "/shop?q=green+tea")
+    assert answer.status == 503, answer.body
+    assert json.loads(answer.body)["error"] == "unavailable"
+    (event,) = [e for e in edge.sink.events if e.reason == Reason.INSPECTION_UNAVAILABLE]
+    assert event.decision.value == "error"
+    assert SEEN == ["/shop"]
+    workers.deadline = 30
+    assert workers.replaced >= 1
+    assert (await edge.send("GET", "/shop?q=tea")).status == 200  # a fresh worker

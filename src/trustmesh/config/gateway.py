@@ -734,6 +734,14 @@ class GatewayConfig(BaseModel):
         default_factory=lambda: WafConfig(),
         description="The injection filter of every route that sets none of its own.",
     )
+    crs_workers: int = Field(
+        default=2,
+        ge=0,
+        le=32,
+        description="Processes that run the injection filter's crs mode, off the event "
+        "loop (ModSecurity holds the interpreter while it inspects); 0: inspect in the "
+        "gateway's own process, every other request waiting meanwhile. Read at start.",
+    )
     json_limits: JsonLimits = Field(
         default_factory=lambda: JsonLimits(),
         description="How much JSON a validated route's body may hold (400 past any).",

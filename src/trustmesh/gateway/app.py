@@ -66,6 +66,7 @@ from trustmesh.gateway.apikeys import presented_api_key
 from trustmesh.gateway.blocklist import Blocklist
 from trustmesh.gateway.cors import is_preflight, preflight_headers, response_grants
 from trustmesh.gateway.crs import CrsFilter, CrsFinding, load_rule_sets
+from trustmesh.gateway.crs_workers import CrsWorkers, InspectionUnavailableError
 from trustmesh.gateway.exchange import (
     Exchange,
     Incomplete,
@@ -171,9 +172,11 @@ class GatewayApp:
         blocks: Blocklist | None = None,
         clock: Callable[[], float] = time.time,
         config_dir: Path | None = None,
+        crs_workers: CrsWorkers | None = None,
     ) -> None:
         """``config_dir``: where the declaration's files (a route's ``openapi`` or
-        ``schema``) are, compiled now (ConfigError naming the route)."""
+        ``schema``) are, compiled now (ConfigError naming the route); ``crs_workers``:
+        where crs mode inspects (None: here, on the event loop)."""
         self.spiffe_id = spiffe_id  # the issuer of internal tokens, the audience it accepts
         self.trust_domain = trust_domain
         self.token_ttl = int(gateway.internal_token_ttl.total_seconds())
@@ -181,6 +184,7 @@ class GatewayApp:
         self.routes = RouteTable(gateway.routes)
         self.validators = load_validators(gateway, config_dir or Path.cwd())
         self.filters = _filters(gateway, config_dir or Path.cwd())
+        self.crs_workers = crs_workers
         self.ip_rules = IPRules.of(gateway.allow_ips, gateway.deny_ips)
         self.blocks = blocks if blocks is not None else Blocklist()
         self.route_ip_rules = tuple(IPRules.of(r.allow_ips, r.deny_ips) for r in gateway.routes)
@@ -686,31 +690,39 @@ class GatewayApp:
         if found is None:
             return None
         waf, action = found
-        refusal = self._finding(ex, waf)
+        if isinstance(waf, CrsFilter) and self.crs_workers is not None:
+            try:
+                refusal = await self._crs_finding(ex, waf, self.crs_workers)
+            except InspectionUnavailableError as exc:  # no verdict: never passed uninspected
+                return Refusal.error(
+                    Reason.INSPECTION_UNAVAILABLE,
+                    exc.detail,
+                    "the request could not be inspected now",
+                )
+        else:
+            refusal = self._finding(ex, waf)
         if refusal is not None and action == "log":  # as a dry run: recorded, and on it goes
             self._would_deny(ex, "waf", refusal)
             return None
         return refusal
+
+    async def _crs_finding(
+        self, ex: Exchange, waf: CrsFilter, workers: CrsWorkers
+    ) -> Refusal | None:
+        """:meth:`_finding` of crs mode, inspected by a worker process."""
+        if (refusal := _over_crs_limit(ex, waf)) is not None:
+            return refusal
+        finding = await workers.inspect(waf.spec, **_crs_request(ex))
+        return None if finding is None else _refusal_of(ex, finding)
 
     def _finding(self, ex: Exchange, waf: FastFilter | CrsFilter) -> Refusal | None:
         """The filter's refusal of the request (its finding in the event), if any."""
         query = ex.scope.get("query_string", b"")
         finding: Finding | None
         if isinstance(waf, CrsFilter):
-            if len(ex.body) > waf.body_limit:  # refused, never passed uninspected
-                return Refusal.deny(
-                    Reason.REQUEST_TOO_LARGE,
-                    f"body over the injection filter's limit ({waf.body_limit} bytes)",
-                    "the request body is too large to inspect",
-                )
-            raw = ex.scope.get("raw_path") or ex.scope["path"].encode("latin-1")
-            finding = waf.inspect(
-                method=ex.scope["method"],
-                target=raw + b"?" + query if query else raw,
-                headers=ex.headers,
-                body=ex.body,
-                client=ex.scope.get("client") or ("0.0.0.0", 0),  # noqa: S104
-            )
+            if (refusal := _over_crs_limit(ex, waf)) is not None:
+                return refusal
+            finding = waf.inspect(**_crs_request(ex))
         else:
             finding = waf.inspect(
                 path=ex.path,
@@ -722,18 +734,7 @@ class GatewayApp:
                 body=ex.body,
                 json_strings=ex.parsed.strings if ex.parsed is not None else None,
             )
-        if finding is None:
-            return None
-        ex.context.update(
-            category=finding.category.value, location=finding.location, check=finding.check
-        )
-        if isinstance(finding, CrsFinding):
-            ex.context["score"] = finding.score
-        return Refusal.deny(
-            Reason.REQUEST_INJECTION,
-            f"{finding.category.value} at {finding.location} ({finding.check})",
-            "the request was refused",
-        )
+        return None if finding is None else _refusal_of(ex, finding)
 
     async def _forward(self, ex: Exchange, send: Send) -> Outcome | None:
         """Forward over mTLS with the internal token; relay the answer (an upstream's
@@ -912,6 +913,44 @@ def _unrouted(decision: RouteDecision) -> Refusal:
             decision.reason, "a trailing slash the route does not declare", _NOT_CANONICAL
         )
     return Refusal.deny(decision.reason, "no route", "no such route")
+
+
+def _over_crs_limit(ex: Exchange, waf: CrsFilter) -> Refusal | None:
+    """A body over crs mode's limit: refused, never passed uninspected."""
+    if len(ex.body) <= waf.body_limit:
+        return None
+    return Refusal.deny(
+        Reason.REQUEST_TOO_LARGE,
+        f"body over the injection filter's limit ({waf.body_limit} bytes)",
+        "the request body is too large to inspect",
+    )
+
+
+def _crs_request(ex: Exchange) -> dict[str, Any]:
+    """The request as crs mode reads it: the target as the client sent it."""
+    query = ex.scope.get("query_string", b"")
+    raw = ex.scope.get("raw_path") or ex.scope["path"].encode("latin-1")
+    return {
+        "method": ex.scope["method"],
+        "target": raw + b"?" + query if query else raw,
+        "headers": ex.headers,
+        "body": ex.body,
+        "client": ex.scope.get("client") or ("0.0.0.0", 0),  # noqa: S104
+    }
+
+
+def _refusal_of(ex: Exchange, finding: Finding) -> Refusal:
+    """The injection filter's refusal, its finding in the event."""
+    ex.context.update(
+        category=finding.category.value, location=finding.location, check=finding.check
+    )
+    if isinstance(finding, CrsFinding):
+        ex.context["score"] = finding.score
+    return Refusal.deny(
+        Reason.REQUEST_INJECTION,
+        f"{finding.category.value} at {finding.location} ({finding.check})",
+        "the request was refused",
+    )
 
 
 def _filters(

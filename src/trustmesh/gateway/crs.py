@@ -43,9 +43,11 @@ Categories, from the tags of the rules that matched (the one with most score win
 ``crs-<rule id>`` of the highest-scoring rule of that category; :attr:`CrsFinding.score`
 is the request's anomaly score.
 
-Cost: the binding holds the GIL while the engine runs, so an inspection runs on the
-event loop (0.5 ms for a GET, ≈ 3 ms for a 1 KB form or JSON body of 20 fields at
-paranoia 1: ``benchmarks/waf_gateway.py --mode crs``); some CRS patterns still cost
+Cost: the binding holds the GIL while the engine runs (0.5 ms for a GET, ≈ 3 ms for a
+1 KB form or JSON body of 20 fields at paranoia 1: ``benchmarks/waf_gateway.py --mode
+crs``), so the gateway inspects in worker processes of its own
+(:mod:`trustmesh.gateway.crs_workers`, ``gateway.crs_workers``), and its event loop
+serves other requests meanwhile; some CRS patterns still cost
 more than linear time on long inputs, so the rules inspect at most ``waf.max_body``
 (32 KiB by default: ≈ 0.1 s at worst here) and a larger body is refused with ``413``
 by the gateway, never passed uninspected. A route that needs the gateway's throughput
@@ -69,7 +71,7 @@ if TYPE_CHECKING:
 
     from trustmesh.config.gateway import GatewayConfig
 
-__all__ = ["DEFAULT_RULES", "CrsFilter", "CrsFinding", "find_rules", "load_rule_sets"]
+__all__ = ["DEFAULT_RULES", "CrsFilter", "CrsFinding", "CrsSpec", "find_rules", "load_rule_sets"]
 
 DEFAULT_RULES = Path("/usr/share/modsecurity-crs/rules")
 _SKIPPED = ("REQUEST-905-", "REQUEST-910-", "REQUEST-912-")
@@ -168,6 +170,26 @@ SecAction "id:900990,phase:1,nolog,pass,t:none,setvar:tx.crs_setup_version=334"
 """
 
 
+@dataclass(frozen=True)
+class CrsSpec:
+    """What a :class:`CrsFilter` is built from: its rules folder (None: Debian's), paranoia
+    level, anomaly threshold and body limit (the gateway's crs workers build their own
+    from it: :mod:`trustmesh.gateway.crs_workers`)."""
+
+    rules: Path | None
+    paranoia: int
+    threshold: int
+    body_limit: int
+
+    def build(self) -> CrsFilter:
+        return CrsFilter(
+            rules=self.rules,
+            paranoia=self.paranoia,
+            threshold=self.threshold,
+            body_limit=self.body_limit,
+        )
+
+
 class CrsFilter:
     """The Core Rule Set, loaded once (ConfigError when the binding or the rules are
     missing or do not load); :meth:`inspect` per request."""
@@ -179,6 +201,7 @@ class CrsFilter:
         "_transaction",
         "body_limit",
         "paranoia",
+        "spec",
         "threshold",
     )
 
@@ -200,6 +223,7 @@ class CrsFilter:
         if not 1 <= paranoia <= 4:
             raise ConfigError(f"waf.paranoia must be 1 to 4, not {paranoia}")
         directory = find_rules(rules)
+        self.spec = CrsSpec(rules, paranoia, threshold, body_limit)
         self.paranoia = paranoia
         self.threshold = threshold
         self.body_limit = body_limit

@@ -34,6 +34,7 @@ from trustmesh.gateway.admin_app import KeyAdmin
 from trustmesh.gateway.app import GatewayApp
 from trustmesh.gateway.block_admin import BlockAdmin
 from trustmesh.gateway.blocklist import Blocklist
+from trustmesh.gateway.crs_workers import CrsWorkers
 from trustmesh.gateway.grpc_authz import RunningGrpcAuthz, start_grpc_authz
 from trustmesh.gateway.internal import GatewayKey
 from trustmesh.gateway.introspection import Introspector
@@ -368,6 +369,7 @@ def _builder(
             upstreams=parts.upstreams,
             clock=parts.clock,
             config_dir=where,
+            crs_workers=parts.crs,
             **shared,
         )
         changes.app = app
@@ -463,6 +465,7 @@ class _Parts:
     routes: list[GatewayRoute]
     clock: Callable[[], float]
     blocks: Blocklist = field(default_factory=Blocklist)
+    crs: CrsWorkers | None = None  # where crs mode inspects (gateway.crs_workers)
 
     def introspector(self, trust: ProviderTrust | None, spiffe_id: str) -> Introspector | None:
         """Introspection at the provider, where a route asks for it."""
@@ -497,7 +500,7 @@ class _Parts:
     async def close(self) -> None:
         await self.upstreams.close()
         await self.discovery.close()
-        for part in (self.limiter, self.api_keys, self.external):
+        for part in (self.limiter, self.api_keys, self.external, self.crs):
             if part is not None:
                 await part.close()
 
@@ -541,7 +544,19 @@ async def _parts(
         routes,
         clock,
         await asyncio.to_thread(Blocklist.of_state, state, clock()),
+        _crs_workers(gateway),
     )
+
+
+def _crs_workers(gateway: GatewayConfig) -> CrsWorkers | None:
+    """crs mode's worker processes (started now where a route is in crs mode; else at a
+    reload's first inspection), or None (``crs_workers: 0``: inspected in the loop)."""
+    if gateway.crs_workers == 0:
+        return None
+    workers = CrsWorkers(gateway.crs_workers)
+    if any((r.waf or gateway.waf).mode == "crs" for r in gateway.routes):
+        workers.start()
+    return workers
 
 
 def _guard(
