@@ -4,8 +4,14 @@ baseline: the same events appended to the same store in the same batches with no
 and no detection).
 
 Run: ``.venv/bin/python benchmarks/audit.py [--events 50000] [--batch 500] [--clients 4]
-[--profile FILE]`` (``--profile``: py-spy samples the collector during the HTTPS run, raw
-format; ``PROFILE_NATIVE=1`` adds the native frames, at a tenth of the rate)
+[--core N | --no-pin] [--profile FILE]`` (``--profile``: py-spy samples the collector
+during the HTTPS run, raw format; ``PROFILE_NATIVE=1`` adds the native frames, at a tenth
+of the rate)
+
+"On one core", literally: the collector runs pinned to one core (``--core``, the last one
+by default: its event loop and its database threads share it) and this process (the
+producers, their TLS and JSON) to the others, so the HTTPS rate is what one core
+stores; ``--no-pin`` lets the scheduler spread them.
 
 Measured in one run, on a realistic event mix (benchmarks/audit_detection.py's, with
 brute-force bursts the shipped rules alert on):
@@ -134,10 +140,14 @@ def _profiler(pid: int, out: Path | None) -> subprocess.Popen[bytes] | None:
     return started
 
 
-def _spawn(config_file: Path, state: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """The collector, as ``trustmesh up`` runs it: its own process."""
+def _spawn(
+    config_file: Path, state: Path, env: dict[str, str], core: int | None
+) -> subprocess.Popen[bytes]:
+    """The collector, as ``trustmesh up`` runs it: its own process (on ``core`` alone,
+    every thread of it, where one is given)."""
     argv = [sys.executable, "-m", "trustmesh.audit", "--config", str(config_file)]
-    return subprocess.Popen([*argv, "--state", str(state)], env=env)
+    pin = None if core is None else (lambda: os.sched_setaffinity(0, {core}))
+    return subprocess.Popen([*argv, "--state", str(state)], env=env, preexec_fn=pin)
 
 
 async def _post(session: aiohttp.ClientSession, url: str, body: bytes) -> dict[str, Any]:
@@ -182,8 +192,16 @@ async def probes(url: str, ctx: ssl.SSLContext, one: dict[str, Any]) -> None:
     print("security on: a workload may not read the log (403); a retry is stored once")
 
 
-async def main(count: int, size: int, clients: int, profile: Path | None = None) -> None:
+async def main(
+    count: int, size: int, clients: int, profile: Path | None = None, core: int | None = None
+) -> None:
     made = mix(count)
+    if core is not None:  # the producers (and the in-process runs) on the other cores
+        others = os.sched_getaffinity(0) - {core}
+        if not others:
+            raise SystemExit(f"--core {core}: no other core is left for the producers")
+        os.sched_setaffinity(0, others)
+        print(f"the collector on core {core} alone, the producers on {sorted(others)}")
 
     def batches(tag: str) -> list[list[dict[str, Any]]]:
         fresh = _fresh(made, tag)
@@ -223,7 +241,7 @@ async def main(count: int, size: int, clients: int, profile: Path | None = None)
             )
         env = {**os.environ, "SPIFFE_ENDPOINT_SOCKET": identity.address}
         state = root / "state"
-        proc = _spawn(config_file, state, env)
+        proc = _spawn(config_file, state, env, core)
         try:
             endpoint = state / "audit" / "endpoint.json"
             deadline = time.monotonic() + 30
@@ -274,5 +292,11 @@ if __name__ == "__main__":
     parser.add_argument(
         "--profile", type=Path, help="py-spy the collector during the HTTPS run into this file"
     )
+    cores = sorted(os.sched_getaffinity(0))
+    parser.add_argument(
+        "--core", type=int, default=cores[-1], help="the core the collector runs on alone"
+    )
+    parser.add_argument("--no-pin", action="store_true", help="no core of its own")
     args = parser.parse_args()
-    asyncio.run(main(args.events, args.batch, args.clients, args.profile))
+    pinned = None if args.no_pin or len(cores) < 2 else args.core
+    asyncio.run(main(args.events, args.batch, args.clients, args.profile, pinned))
