@@ -4,7 +4,9 @@ HAProxy edge doing JWT checks and a rate limit, and through a bare Python proxy,
 run, loaded by ``wrk``.
 
 Run: ``.venv/bin/python benchmarks/gateway.py [--duration 10] [--connections 32]
-[--threads 2] [--rounds 1] [--quick]`` (``--quick``: 3 s per target, a smoke run)
+[--threads 2] [--rounds 1] [--quick] [--only gateway,haproxy]`` (``--quick``: 3 s per
+target, a smoke run; ``--only``: just the targets named, comma-separated, each round
+still alternating between them)
 
 Needs ``wrk``, ``nginx`` and ``haproxy`` (2.6 or later: ``jwt_verify``) on PATH
 (``apt-get update && apt-get install -y wrk nginx haproxy``, as root); the script only
@@ -594,6 +596,21 @@ def report(results: dict[str, Result], targets: list[Target], args: argparse.Nam
     return clean
 
 
+TARGET_NAMES = ("direct", "nginx", "haproxy", "python", "gateway")
+
+
+def only_targets(text: str) -> tuple[str, ...]:
+    """``--only``'s value: target names, comma-separated (``gateway,haproxy``), as the
+    tuple ``str.startswith`` takes."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in TARGET_NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown target {', '.join(unknown) or '(none)'}; choose from {', '.join(TARGET_NAMES)}"
+        )
+    return names
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per target")
@@ -607,8 +624,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--only",
-        choices=("direct", "nginx", "haproxy", "python", "gateway"),
-        help="measure only these targets (to profile one with py-spy meanwhile)",
+        type=only_targets,
+        metavar="NAMES",
+        help="measure only these targets, comma-separated, of direct, nginx, haproxy, "
+        "python, gateway (e.g. gateway,haproxy; to profile one with py-spy meanwhile)",
     )
     parser.add_argument(
         "--no-audit",

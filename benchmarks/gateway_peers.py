@@ -74,7 +74,7 @@ HAPROXY_CONF = textwrap.dedent(
       http-request set-var(txn.aud) var(txn.bearer),jwt_payload_query('$.aud')
       http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('$.exp','int')
       http-request set-var(txn.now) date()
-      http-request deny deny_status 401 hdr WWW-Authenticate "Bearer error=\\"invalid_token\\"" unless {{ var(txn.iss) -m str {issuer} }} {{ var(txn.aud) -m str {audience} }} {{ var(txn.exp),sub(txn.now) -m int gt 0 }}
+      http-request deny deny_status 401 hdr WWW-Authenticate "Bearer error=\\"invalid_token\\"" unless {{ var(txn.iss) -m str -- {issuer} }} {{ var(txn.aud) -m str -- {audience} }} {{ var(txn.exp),sub(txn.now) -m int gt 0 }}
       http-request set-var(txn.sub) var(txn.bearer),jwt_payload_query('$.sub')
       http-request track-sc0 var(txn.sub) table per_subject
       http-request deny deny_status 429 if {{ sc_http_req_rate(0) gt {limit} }}
@@ -148,12 +148,13 @@ def write_haproxy_config(
         combined.touch(mode=0o600)
         combined.write_bytes(b"".join(p.read_bytes().rstrip(b"\n") + b"\n" for p in parts))
     # one alternative per signing key: HAProxy loads every key file named in a
-    # jwt_verify at start, so the kid picks among constant paths. The algorithm is a
+    # jwt_verify at start, so the kid picks among constant paths ("--": a kid may begin
+    # with "-", which HAProxy would read as an option of the match). The algorithm is a
     # constant too: handed the token's own alg (the manual's example without its alg
     # check), HAProxy 2.6.12 takes the key argument, the file's path, as an HS256
     # token's HMAC secret and accepts a token keyed with it (tried on this machine).
     signature = " || ".join(
-        f"{{ var(txn.kid) -m str {_quoted(kid)} }} "
+        f"{{ var(txn.kid) -m str -- {_quoted(kid)} }} "
         f'{{ var(txn.bearer),jwt_verify("ES256",{_quoted(str(path))}) -m int 1 }}'
         for kid, path in sorted(signing_keys.items())
     )

@@ -358,6 +358,8 @@ class Event(BaseModel):
     attributes: _Attributes = Field(default_factory=lambda: types.MappingProxyType({}))
     # shared with the template a restamped event came from: its JSON with holes
     _skeletons: dict[tuple[bool, bool, bool, bool], _Skeleton] | None = PrivateAttr(default=None)
+    # its JSON once rendered (frozen: every sink it goes to writes the same text)
+    _json: str | None = PrivateAttr(default=None)
 
     @field_validator("time")
     @classmethod
@@ -433,11 +435,17 @@ class Event(BaseModel):
         """Compact, ASCII-only JSON on one line (every control character escaped).
 
         An event made by :func:`restamp` is rendered from its template's pre-rendered
-        skeleton (the same text, far cheaper: the hot path of every service call)."""
+        skeleton (the same text, far cheaper: the hot path of every service call), and
+        once: the event log and the audit spool write the same text."""
         private = self.__pydantic_private__  # not self._x: pydantic's lookup is slow
-        skeletons: dict[tuple[bool, bool, bool, bool], _Skeleton] | None = (
-            private["_skeletons"] if private else None
-        )
+        if private is None:
+            return _dumps(self.to_ocsf())
+        rendered: str | None = private.get("_json")
+        if rendered is None:
+            rendered = private["_json"] = self._render(private.get("_skeletons"))
+        return rendered
+
+    def _render(self, skeletons: dict[tuple[bool, bool, bool, bool], _Skeleton] | None) -> str:
         if skeletons is None:
             return _dumps(self.to_ocsf())
         src, attributes, trace_id, jti = self.src, self.attributes, self.trace_id, self.jti
@@ -463,6 +471,7 @@ class Event(BaseModel):
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         copied = super().model_copy(update=update, deep=deep)
+        copied._json = None
         if update:  # a changed field may be one the skeleton holds: render it anew
             copied._skeletons = None
         return copied
@@ -926,7 +935,7 @@ def restamp(
     object.__setattr__(stamped, "__pydantic_fields_set__", _stamped_fields(template))
     object.__setattr__(stamped, "__pydantic_extra__", None)
     # shared with the template: only per-occurrence fields changed
-    object.__setattr__(stamped, "__pydantic_private__", {"_skeletons": skeletons})
+    object.__setattr__(stamped, "__pydantic_private__", {"_skeletons": skeletons, "_json": None})
     return stamped
 
 

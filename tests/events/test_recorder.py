@@ -151,3 +151,26 @@ def test_strict_refuses_what_no_event_may_carry_instead_of_withholding_it() -> N
     with pytest.raises(UsageError):
         recorder.build(Activity.KEY_CREATED, "key created", sub=TOKEN, strict=True)
     assert sink.events == []
+
+
+def test_an_occurrence_is_rendered_once_and_a_copy_anew() -> None:
+    """The event log and the audit spool write the same text, rendered once; a copy
+    with a field changed renders its own."""
+    recorder, _ = _recorder()
+    event = recorder.record(Reason.POLICY_ALLOW, "call allowed", attributes={"n": 1})
+    text = event.to_json()
+    assert event.to_json() is text
+    changed = event.model_copy(update={"message": "another"})
+    assert '"message":"another"' in changed.to_json()
+    assert event.model_copy().to_json() == text
+    built = events.event(
+        EventClass.API_ACTIVITY,
+        activity_id=99,
+        activity_name="Other",
+        component="gateway",
+        decision=Decision.ALLOW,
+        reason=Reason.POLICY_ALLOW,
+        message="built",
+        now=T0,
+    )
+    assert built.to_json() is built.to_json()

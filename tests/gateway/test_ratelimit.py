@@ -15,7 +15,12 @@ from redis.exceptions import RedisError
 from services import require_service
 
 from trustmesh.config.gateway import GatewayConfig
-from trustmesh.gateway.ratelimit import RateDecision, RateLimiter
+from trustmesh.gateway.ratelimit import (
+    RateDecision,
+    RateLimiter,
+    compile_rules,
+    counts_before_auth,
+)
 from trustmesh.reasons import Reason
 from trustmesh.testing import FakeClock, PrivateRedis
 
@@ -512,3 +517,24 @@ async def test_a_silent_redis_costs_at_most_the_socket_timeout(limiters: Limiter
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+def test_only_routes_with_an_address_limit_count_before_authentication() -> None:
+    """What the gateway's before-authentication stage has to count, per route: a
+    ``per: ip`` rule without ``roles`` (gateway-wide or the route's own); a route with
+    none skips the stage (no headers, nothing counted)."""
+    config = gateway(
+        rate_limits=[{"per": "consumer", "limit": "10/minute"}],
+        routes=[
+            {"path": "/a", "to": "svc"},
+            {"path": "/b", "to": "svc", "rate_limits": [{"per": "ip", "limit": "5/minute"}]},
+            {
+                "path": "/c",
+                "to": "svc",
+                "rate_limits": [{"per": "ip", "limit": "5/minute", "roles": ["ops"]}],
+            },
+        ],
+    )
+    assert counts_before_auth(compile_rules(config)) == (False, True, False)
+    everywhere = gateway(rate_limits=[{"per": "ip", "limit": "5/minute"}])
+    assert counts_before_auth(compile_rules(everywhere)) == (True,)

@@ -168,3 +168,45 @@ def test_a_bad_ack_file_replays_rather_than_loses(tmp_path: Path) -> None:
     with Spool(tmp_path / "s", 1 << 20) as spool:
         assert spool.peek(10) == records(5)
     assert segment_numbers(tmp_path / "s") == [0]
+
+
+def test_a_batch_appended_where_reading_stands_is_peeked_without_reading_it_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The delivery that follows an append finds the batch in memory, exactly as written
+    (and as a new spool reads it back from disk)."""
+    from trustmesh.sdk import spool as spool_module
+
+    with Spool(tmp_path / "s", 1 << 20) as spool:
+        assert spool.append(records(5))
+
+        def no_reading(*_: object, **__: object) -> int:
+            raise AssertionError("read back from disk")
+
+        monkeypatch.setattr(spool_module, "open_segment", no_reading)
+        assert spool.peek(5) == records(5)
+        spool.ack(2)
+        assert spool.append(records(3, 5))
+        assert spool.peek(100) == records(6, 2)
+        monkeypatch.undo()
+    with Spool(tmp_path / "s", 1 << 20) as spool:
+        assert spool.peek(100) == records(6, 2)
+
+
+def test_records_past_what_is_kept_in_memory_are_read_back_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trustmesh.sdk import spool as spool_module
+
+    monkeypatch.setattr(spool_module, "_KEEP", 4)
+    with Spool(tmp_path / "s", 1 << 20, segment_bytes=256) as spool:
+        for i in range(10):
+            assert spool.append(records(3, i * 3))
+        seen: list[bytes] = []
+        while batch := spool.peek(7):
+            seen += batch
+            spool.ack(len(batch))
+            assert spool.append([]) is True
+        assert seen == records(30)
+        assert spool.append(records(2, 30))  # reading stands at the end again: kept
+        assert spool.peek(5) == records(2, 30)

@@ -99,6 +99,7 @@ from trustmesh.gateway.ratelimit import (
     RateDecision,
     RateLimiter,
     compile_rules,
+    counts_before_auth,
     proxy_limit_keys,
     proxy_limits,
 )
@@ -199,6 +200,10 @@ class GatewayApp:
         self.policy = policy
         self.limiter = limiter
         self.rate_rules = compile_rules(gateway) if limiter is not None else None
+        #: per route, whether an address limit counts before the credential is looked at
+        self.early_limits = (
+            counts_before_auth(self.rate_rules) if self.rate_rules is not None else ()
+        )
         kept = gateway.nginx.decision_ttl if gateway.engine == "nginx" else None
         #: how long nginx may keep an allowed decision (0: it asks about every request)
         self.decision_ttl = int(kept.total_seconds()) if kept is not None else 0
@@ -471,8 +476,10 @@ class GatewayApp:
 
     async def _limit_before_auth(self, ex: Exchange) -> Outcome | None:
         """The address limits, before any credential is looked at: failed attempts
-        count too."""
+        count too (none on the route: nothing to count, no headers)."""
         if self.limiter is None or (ex.by_proxy and self.proxy_limits[ex.index] is not None):
+            return None
+        if not self.early_limits[ex.index]:
             return None
         early = await self.limiter.hit(
             ex.index,

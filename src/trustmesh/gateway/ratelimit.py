@@ -61,6 +61,7 @@ __all__ = [
     "Rules",
     "StorageListener",
     "compile_rules",
+    "counts_before_auth",
     "proxy_limit_keys",
     "proxy_limits",
 ]
@@ -268,6 +269,12 @@ def proxy_limit_keys(
     the rule does not apply to it), for a proxy that counts them (:func:`proxy_limits`)."""
     applies = {rule.key: key for rule, key in _buckets(rules, consumer, roles, ip, "all")}
     return [(rule.key, applies.get(rule.key, "")) for rule in rules]
+
+
+def counts_before_auth(rules: Rules) -> tuple[bool, ...]:
+    """For each route, whether a rule of its counts before authentication (a ``per: ip``
+    rule without ``roles``): where none does, that stage has nothing to count."""
+    return tuple(any(_before_auth(rule) for rule in route) for route in rules)
 
 
 def _before_auth(rule: _Rule) -> bool:

@@ -139,11 +139,15 @@ class UpstreamPool:
         method = method.upper()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        try:
-            async with asyncio.timeout(timeout):
-                svc = await self._service(service)
-        except TimeoutError:
-            raise UpstreamTimeoutError(f"discovery of {service} took over {timeout:g}s") from None
+        svc = self._known(service)
+        if svc is None:  # discovery has not answered for it yet: wait for it, bounded
+            try:
+                async with asyncio.timeout(timeout):
+                    svc = await self.refresh(service, unless_known=True)
+            except TimeoutError:
+                raise UpstreamTimeoutError(
+                    f"discovery of {service} took over {timeout:g}s"
+                ) from None
         attempts = 1 + (self.settings.retries if method in IDEMPOTENT else 0)
         tried: list[str] = []
         last: Response | UnavailableError | None = None
@@ -207,7 +211,9 @@ class UpstreamPool:
             )
         finally:
             svc.balancer.end(key)
-            await self._release(inst)
+            inst.active -= 1
+            if inst.retired and inst.active == 0:  # _release, without an await per request
+                await inst.client.close()
         # a gateway failure (Envoy's consecutive_gateway_failure): the instance could not
         # serve. A 500 is the application's own answer to this request (bad input can
         # cause one), so no caller can eject a service, or make it retried, by sending them
@@ -230,10 +236,12 @@ class UpstreamPool:
 
     # --- endpoints from discovery -----------------------------------------------------
 
-    async def _service(self, name: str) -> _Service:
+    def _known(self, name: str) -> _Service | None:
+        """``name``'s endpoints as discovery last gave them (a refresh started off the
+        request path when they are stale); None when it never answered for it."""
         svc = self._services.get(name)
         if svc is None or not svc.known:
-            return await self.refresh(name, unless_known=True)
+            return None
         if svc.checked_at is None or self.clock() - svc.checked_at >= REFRESH_SECONDS:
             self._refresh_soon(name)
         return svc

@@ -9,7 +9,12 @@ thread. That thread does the disk and network work, in order:
    recorded, whatever happens to this process;
 2. spool → collector: the oldest spooled events POSTed as one batch
    (:class:`~trustmesh.sdk.collector.CollectorClient`), and acknowledged in the spool
-   only after the collector's ``200`` (durable there). A ``413`` splits the batch; a
+   only after the collector's ``200`` (durable there). While events keep coming, a
+   delivery goes at most every ``deliver_every`` seconds (50 ms), unless a whole batch
+   is spooled or a :meth:`~AuditSink.flush` (or a close) waits for it: a delivery costs
+   about as much CPU as the events it carries (a POST; an acknowledgement with two
+   fsyncs), so under load it carries many of them, each at most that much later at the
+   collector; an event after a quiet spell goes at once. A ``413`` splits the batch; a
    failure backs off (:class:`~trustmesh.sdk.collector.Backoff`) while events keep
    being spooled. A retry after a lost answer is stored once: the collector keys events
    by their uid.
@@ -104,6 +109,8 @@ _IDLE: Final = 1.0  # seconds the thread sleeps with nothing to do (woken by emi
 #: at most 1/_LINGER wake-ups and fsyncs a second however many events are emitted.
 _LINGER: Final = 0.005
 _RECHECK: Final = 0.1  # a blocked emit / a flush re-checks at least this often
+#: Seconds between two deliveries while events keep coming (the module docstring).
+_DELIVER_EVERY: Final = 0.05
 #: The 4xx answers that say who asks or when, not what the events are: kept, retried.
 TRANSIENT_REFUSALS: Final = frozenset({401, 403, 407, 408, 421, 425, 429})
 #: A refused batch of n events is split at most into the 2n - 1 requests that reach each
@@ -150,6 +157,7 @@ class AuditSink:
         clock: Callable[[], float] = time.monotonic,
         block_timeout: float | None = None,
         linger: float = _LINGER,
+        deliver_every: float = _DELIVER_EVERY,
     ) -> None:
         if on_full not in ("block", "drop"):
             raise UsageError("on_full is 'block' or 'drop'")
@@ -163,6 +171,10 @@ class AuditSink:
         self.max_queue = max_queue
         self.block_timeout = block_timeout
         self.linger = linger
+        self.deliver_every = deliver_every
+        self._clock = clock
+        self._delivered_at = float("-inf")  # the last delivery's start, on ``clock``
+        self._flushing = 0  # flush() calls waiting: they do not wait for deliver_every
         self.backoff = backoff or Backoff(clock=clock)
         self.recorder = events.Recorder(self, component=component, spiffe_id=spiffe_id)
         self._queue: collections.deque[events.Event] = collections.deque()
@@ -227,13 +239,17 @@ class AuditSink:
         seconds pass first (they stay queued or spooled)."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._queue or self._staged or self.spool.records:
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._thread.is_alive():
-                    return False
-                self._awake = True
-                self._cond.notify_all()
-                self._cond.wait(min(left, _RECHECK))
+            self._flushing += 1
+            try:
+                while self._queue or self._staged or self.spool.records:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self._thread.is_alive():
+                        return False
+                    self._awake = True
+                    self._cond.notify_all()
+                    self._cond.wait(min(left, _RECHECK))
+            finally:
+                self._flushing -= 1
         return True
 
     def stats(self) -> DeliveryStats:
@@ -277,7 +293,7 @@ class AuditSink:
                 self._to_spool(force=stop)
                 if stop:
                     return
-                if self.spool.records and self.backoff.remaining() <= 0:
+                if self.spool.records and self.backoff.remaining() <= 0 and self._due() <= 0:
                     self._deliver()
             except Exception:  # a disk error: keep what is in memory, retry later
                 log.exception("audit delivery of %s: spooling failed", self.component)
@@ -305,11 +321,18 @@ class AuditSink:
             return True
         if (self._queue or self._staged) and self.spool.fits(1):
             return True
-        return bool(self.spool.records) and self.backoff.remaining() <= 0
+        return bool(self.spool.records) and self.backoff.remaining() <= 0 and self._due() <= 0
+
+    def _due(self) -> float:
+        """Seconds until the spooled events are to be delivered (≤ 0: now): at once for
+        a whole batch or a flush, else ``deliver_every`` after the last delivery."""
+        if self._flushing or self.spool.records >= self.batch:
+            return 0.0
+        return self.deliver_every - (self._clock() - self._delivered_at)
 
     def _idle_wait(self) -> float:
         if self.spool.records:
-            return min(_IDLE, max(self.backoff.remaining(), 0.001))
+            return min(_IDLE, max(self.backoff.remaining(), self._due(), 0.001))
         return _IDLE
 
     def _to_spool(self, *, force: bool) -> None:
@@ -331,6 +354,7 @@ class AuditSink:
     def _deliver(self) -> None:
         """Spool → collector: one batch (split on a 413 or a refusal), acknowledged in
         order once stored or dead-lettered (module docstring)."""
+        self._delivered_at = self._clock()
         records = self.spool.peek(self.batch)
         size = 0
         for i, record in enumerate(records):

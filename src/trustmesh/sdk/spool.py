@@ -10,7 +10,9 @@ CRC32-checked records, and an ``ack`` file naming the first record not yet deliv
   It answers False, writing nothing, when the batch would take the records not yet
   delivered past ``max_bytes``.
 - :meth:`Spool.peek` reads the oldest records; :meth:`Spool.ack` moves past delivered
-  ones durably (the ``ack`` file replaced atomically) and removes spent segments.
+  ones durably (the ``ack`` file replaced atomically) and removes spent segments. A
+  batch appended right where reading stands is kept in memory as written (up to
+  :data:`_KEEP` records), so the delivery that follows does not read it back.
 - Opening resumes exactly where the last process stopped: segments before the
   acknowledged one are removed, and a torn or corrupt tail (a crash in the middle of a
   write, a flipped bit) is detected by its length and CRC and cut, never replayed.
@@ -53,6 +55,9 @@ __all__ = ["Spool"]
 _MAX_SEGMENT: Final = 8 * 1024 * 1024
 _MIN_SEGMENT: Final = 64 * 1024
 _READ_CHUNK: Final = 1024 * 1024
+#: At most this many records appended are kept in memory for the next peek (two of the
+#: largest deliveries); past it, they are read back from their segment.
+_KEEP: Final = 2000
 
 log = logging.getLogger("trustmesh.sdk.spool")
 
@@ -65,6 +70,7 @@ class Spool:
         if max_bytes < 1:
             raise UsageError("a spool's max_bytes must be positive")
         self.directory = Path(directory)
+        self._dir = str(self.directory)  # for the hot paths' joins
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes or min(_MAX_SEGMENT, max(_MIN_SEGMENT, max_bytes // 8))
         #: Bytes of torn or corrupt records cut when the spool was opened.
@@ -163,7 +169,19 @@ class Spool:
             self._sizes[active] = before + len(data)
             self._live_bytes += len(data)
             self._live_records += len(batch)
+            self._keep(batch, Position(active, before))
             return True
+
+    def _keep(self, batch: Sequence[bytes], start: Position) -> None:
+        """Keep a batch just written at ``start`` for the next peek, when reading stands
+        right there (the records in memory are then exactly those on disk next)."""
+        reading = self._peeked[-1][1] if self._peeked else self._head
+        if reading != start or len(self._peeked) + len(batch) > _KEEP:
+            return
+        offset = start.offset
+        for record in batch:
+            offset += HEADER.size + len(record)
+            self._peeked.append((bytes(record), Position(start.segment, offset)))
 
     def _writable(self, size: int) -> int:
         """The active segment's fd, a new segment when this one is full."""
@@ -177,7 +195,7 @@ class Spool:
             self._write_fd = None
         else:
             number = self._head.segment
-        self._write_fd = create_segment(self.directory, number)
+        self._write_fd = create_segment(self._dir, number)
         self._sizes[number] = 0
         self._advance(persist=False)
         return self._write_fd
@@ -213,7 +231,7 @@ class Spool:
         if moved:
             self._head = Position(min(newer), 0)
         if moved or persist:
-            write_ack(self.directory, self._head)
+            write_ack(self._dir, self._head)
         spent = [n for n in self._sizes if n < self._head.segment]
         for number in spent:
             del self._sizes[number]
@@ -234,7 +252,7 @@ class Spool:
                     return
                 pos = Position(min(later), 0)
                 continue
-            fd = open_segment(self.directory, pos.segment, write=False)
+            fd = open_segment(self._dir, pos.segment, write=False)
             try:
                 data = os.pread(fd, min(size - pos.offset, _READ_CHUNK), pos.offset)
                 records, _ = scan(data)
