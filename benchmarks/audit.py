@@ -62,7 +62,6 @@ from trustmesh import crypto
 from trustmesh.audit.chain import CheckpointPolicy
 from trustmesh.audit.detection import Detector
 from trustmesh.audit.ledger import Ledger
-from trustmesh.audit.ledger_schema import PAGE_SIZE
 from trustmesh.audit.service import AuditService
 from trustmesh.config import parse_config
 from trustmesh.sdk.tls import client_context
@@ -114,7 +113,7 @@ def _fresh(made: list[dict[str, Any]], tag: str) -> list[dict[str, Any]]:
 
 
 async def service_run(folder: Path, batches: list[list[dict[str, Any]]]) -> tuple[float, int]:
-    ledger = Ledger(create_engine(sqlite_url(folder / "service.db"), page_size=PAGE_SIZE))
+    ledger = Ledger(create_engine(sqlite_url(folder / "service.db")))
     await ledger.create()
     service = AuditService(
         ledger, crypto.generate_signing_key(), Detector.shipped(), CheckpointPolicy()

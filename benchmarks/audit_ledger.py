@@ -30,7 +30,7 @@ from sqlalchemy import Column, Index, MetaData, Table
 from trustmesh import crypto
 from trustmesh.audit.chain import fields_of
 from trustmesh.audit.ledger import Ledger
-from trustmesh.audit.ledger_schema import PAGE_SIZE, records
+from trustmesh.audit.ledger_schema import records
 from trustmesh.events import Decision, Endpoint, EventClass, event
 from trustmesh.reasons import Reason
 from trustmesh.store import create_engine, create_tables, sqlite_url
@@ -81,7 +81,7 @@ def _options(column: Column[Any]) -> dict[str, Any]:
 
 
 async def chained(folder: Path, batches: list[list[dict[str, Any]]]) -> float:
-    ledger = Ledger(create_engine(sqlite_url(folder / "chained.db"), page_size=PAGE_SIZE))
+    ledger = Ledger(create_engine(sqlite_url(folder / "chained.db")))
     await ledger.create()
     start = time.perf_counter()
     for batch in batches:
@@ -93,7 +93,7 @@ async def chained(folder: Path, batches: list[list[dict[str, Any]]]) -> float:
 
 async def verify(folder: Path) -> tuple[float, int]:
     """Verify the chained database (signed once at its head), page by page."""
-    ledger = Ledger(create_engine(sqlite_url(folder / "chained.db"), page_size=PAGE_SIZE))
+    ledger = Ledger(create_engine(sqlite_url(folder / "chained.db")))
     key = crypto.generate_signing_key()
     public = crypto.signing_public_key(key)
     await ledger.checkpoint(key, now=T0)
@@ -107,7 +107,7 @@ async def verify(folder: Path) -> tuple[float, int]:
 
 
 async def plain(folder: Path, batches: list[list[dict[str, Any]]]) -> float:
-    engine = create_engine(sqlite_url(folder / "plain.db"), page_size=PAGE_SIZE)
+    engine = create_engine(sqlite_url(folder / "plain.db"))
     metadata, table = plain_table()
     await create_tables(engine, metadata)
     insert = str(table.insert().compile(dialect=engine.dialect))  # as the ledger does

@@ -6,10 +6,8 @@ concurrent writers never fork the chain; checkpoints are signed, stored and writ
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import math
-import sqlite3
 import stat
 from datetime import timedelta
 from pathlib import Path
@@ -21,10 +19,9 @@ from trustmesh import crypto
 from trustmesh.audit.chain import GENESIS, Checkpoint, CheckpointPolicy, canonical, link
 from trustmesh.audit.checkpoint_file import read_checkpoints
 from trustmesh.audit.ledger import MAX_EVENT_BYTES, QUARANTINE_BYTES, Ledger
-from trustmesh.audit.ledger_schema import PAGE_SIZE
 from trustmesh.audit.search import Query
-from trustmesh.errors import ConfigError, StateError, UsageError
-from trustmesh.store import create_engine, sqlite_url
+from trustmesh.errors import StateError, UsageError
+from trustmesh.store import create_engine
 
 KEY = crypto.generate_signing_key()
 KEYS = trusted(KEY)
@@ -263,31 +260,3 @@ def test_the_fields_values_are_in_column_order() -> None:
 def test_the_checkpoint_line_of_a_stored_checkpoint_round_trips() -> None:
     made = Checkpoint(1, GENESIS, 1, 0, GENESIS, "k", b"\x00" * 64)
     assert Checkpoint.from_line(made.to_line()) == made
-
-
-async def test_a_new_sqlite_log_takes_the_page_size_and_an_existing_one_keeps_its_own(
-    tmp_path: Path,
-) -> None:
-    made = Ledger(create_engine(sqlite_url(tmp_path / "new.db"), page_size=PAGE_SIZE))
-    older = Ledger(create_engine(sqlite_url(tmp_path / "old.db")))  # SQLite's default
-    for store in (made, older):
-        await store.create()
-        await store.append([ocsf(1), ocsf(2)], now=T0)
-        await store.close()
-    # an existing log opened with the page size: kept as it is, and it goes on chaining
-    reopened = Ledger(create_engine(sqlite_url(tmp_path / "old.db"), page_size=PAGE_SIZE))
-    await reopened.create()
-    assert (await reopened.append([ocsf(3)], now=T0)).head == 3
-    assert (await reopened.verify(KEYS)).finding is None
-    await reopened.close()
-    sizes = {}
-    for name in ("new.db", "old.db"):
-        with contextlib.closing(sqlite3.connect(tmp_path / name)) as database:
-            sizes[name] = database.execute("PRAGMA page_size").fetchone()[0]
-    assert sizes == {"new.db": PAGE_SIZE, "old.db": 4096}
-
-
-@pytest.mark.parametrize("size", [0, 511, 1000, 131072, -4096])
-def test_a_page_size_that_sqlite_cannot_take_is_refused(tmp_path: Path, size: int) -> None:
-    with pytest.raises(ConfigError, match="power of two"):
-        create_engine(sqlite_url(tmp_path / "x.db"), page_size=size)

@@ -15,7 +15,6 @@ that let the collector append and read them — nothing else.
 from __future__ import annotations
 
 import re
-from typing import Final
 
 from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, MetaData, String, Table
 
@@ -23,7 +22,6 @@ from trustmesh.audit.chain import LIMITS
 from trustmesh.errors import UsageError
 
 __all__ = [
-    "PAGE_SIZE",
     "checkpoints",
     "collector_grants",
     "metadata",
@@ -36,13 +34,6 @@ __all__ = [
 
 _ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _SEQ = BigInteger().with_variant(Integer, "sqlite")  # SQLite: the rowid itself
-
-#: The page size of an SQLite audit log this release creates (an existing one keeps its
-#: own). A record is about a kilobyte (its canonical body inline): at SQLite's default
-#: 4 KiB a page holds three or four, and each batch's commit splits and writes many more
-#: pages. Measured on 500-event batches of ~930-byte events, with a busy event loop
-#: beside the connection's thread: 15 → 11 µs of that thread's CPU an event.
-PAGE_SIZE: Final = 16384
 
 metadata = MetaData()
 records = Table(

@@ -38,7 +38,6 @@ from trustmesh.audit.chain import Checkpoint, CheckpointPolicy
 from trustmesh.audit.detection import SHIPPED_RULES, Alert, Detector, DetectorSettings
 from trustmesh.audit.endpoint import checkpoint_path
 from trustmesh.audit.ledger import Ledger
-from trustmesh.audit.ledger_schema import PAGE_SIZE
 from trustmesh.audit.response import AdminCaller, Caller, Responder
 from trustmesh.audit.response_store import ResponseStore
 from trustmesh.audit.retention import Pruner, Retention
@@ -224,7 +223,7 @@ async def serve_audit(
     settings = settings_of(config)
     detector = detector_for(config.detection, config_file.parent if config_file else None)
     folder, url, checkpoints = _paths(settings, state)
-    engine = create_engine(url, page_size=PAGE_SIZE)
+    engine = create_engine(url)
     ledger = Ledger(
         engine, checkpoint_file=checkpoints, prune_engine=prune_engine(settings, url, engine)
     )

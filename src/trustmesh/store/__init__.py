@@ -40,18 +40,11 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite+aiosqlite:///{path.absolute()}"
 
 
-def create_engine(url: str, *, page_size: int | None = None, **kwargs: Any) -> AsyncEngine:
+def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     """An async engine for ``url``: ``sqlite+aiosqlite:///…`` or ``postgresql+asyncpg://…``.
 
     SQLite gets WAL, a busy timeout and foreign keys on every connection; the file is
-    created 0600 in a 0700 directory (it holds sealed keys and client records).
-    ``page_size`` (SQLite only: a power of two from 512 to 65536) is the page size of a
-    database this engine creates; SQLite keeps a database's page size once it holds a
-    table (and once it is in WAL mode), so an existing file keeps its own."""
-    if page_size is not None and (
-        page_size < 512 or page_size > 65536 or page_size & (page_size - 1)
-    ):
-        raise ConfigError(f"an SQLite page size is a power of two from 512 to 65536: {page_size}")
+    created 0600 in a 0700 directory (it holds sealed keys and client records)."""
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -74,8 +67,6 @@ def create_engine(url: str, *, page_size: int | None = None, **kwargs: Any) -> A
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
-            if page_size is not None:  # before WAL: a new file takes it, any other ignores it
-                cursor.execute(f"PRAGMA page_size={int(page_size)}")
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
