@@ -14,7 +14,10 @@ producers, their TLS and JSON) to the others, so the HTTPS rate is what one core
 stores; ``--no-pin`` lets the scheduler spread them.
 
 Measured in one run, on a realistic event mix (benchmarks/audit_detection.py's, with
-brute-force bursts the shipped rules alert on):
+brute-force bursts the shipped rules alert on), under uids as producers make them
+(:func:`trustmesh.events.new_uid`), each log first holding ``--prefill`` records (200,000
+by default: a log in use, whose indexes are no longer small; a new log flatters every
+figure):
 
 1. baseline — plain inserts of the same events in the same batches (audit_ledger.py's);
 2. service — ``AuditService.ingest`` in process: reporter stamp, duplicate check, chain,
@@ -48,17 +51,17 @@ import sys
 import tempfile
 import textwrap
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).parent))
-from audit_detection import mix
-from audit_ledger import plain
+from audit_detection import T0, mix
+from audit_ledger import CPU, plain
 
-from trustmesh import crypto
+from trustmesh import crypto, events
 from trustmesh.audit.chain import CheckpointPolicy
 from trustmesh.audit.detection import Detector
 from trustmesh.audit.ledger import Ledger
@@ -104,25 +107,37 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-def _fresh(made: list[dict[str, Any]], tag: str) -> list[dict[str, Any]]:
-    """The same events under new uids (each run stores them anew)."""
-    return [
-        {**e, "metadata": {**e["metadata"], "uid": f"{tag}{i:012x}{e['metadata']['uid'][14:]}"}}
-        for i, e in enumerate(made)
-    ]
+def _fresh(made: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The same events under new uids, as producers make them (each run stores them
+    anew)."""
+    return [{**e, "metadata": {**e["metadata"], "uid": events.new_uid()}} for e in made]
 
 
-async def service_run(folder: Path, batches: list[list[dict[str, Any]]]) -> tuple[float, int]:
-    ledger = Ledger(create_engine(sqlite_url(folder / "service.db")))
+def _in_batches(made: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
+    return [made[i : i + size] for i in range(0, len(made), size)]
+
+
+async def _hold(ledger: Ledger, held: list[list[dict[str, Any]]]) -> None:
+    """What the log holds before it is measured (chained as any append is)."""
     await ledger.create()
+    for batch in held:
+        await ledger.append(batch, now=datetime.now(UTC))
+
+
+async def service_run(
+    folder: Path, batches: list[list[dict[str, Any]]], held: list[list[dict[str, Any]]]
+) -> tuple[float, int]:
+    ledger = Ledger(create_engine(sqlite_url(folder / "service.db")))
+    await _hold(ledger, held)
     service = AuditService(
         ledger, crypto.generate_signing_key(), Detector.shipped(), CheckpointPolicy()
     )
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     alerts = 0
     for batch in batches:
         alerts += len((await service.ingest(batch, PAYMENTS)).alerts)
     elapsed = time.perf_counter() - start
+    CPU["service"] = time.process_time() - cpu
     await ledger.close()
     return elapsed, alerts
 
@@ -192,9 +207,16 @@ async def probes(url: str, ctx: ssl.SSLContext, one: dict[str, Any]) -> None:
 
 
 async def main(
-    count: int, size: int, clients: int, profile: Path | None = None, core: int | None = None
+    count: int,
+    size: int,
+    clients: int,
+    profile: Path | None = None,
+    core: int | None = None,
+    prefill: int = 0,
 ) -> None:
-    made = mix(count)
+    # the events measured come after those the logs hold (a log in use, going on)
+    prefilled = mix(prefill, seed=3) if prefill else []
+    made = mix(count, start=T0 + timedelta(milliseconds=prefill))
     if core is not None:  # the producers (and the in-process runs) on the other cores
         others = os.sched_getaffinity(0) - {core}
         if not others:
@@ -202,19 +224,22 @@ async def main(
         os.sched_setaffinity(0, others)
         print(f"the collector on core {core} alone, the producers on {sorted(others)}")
 
-    def batches(tag: str) -> list[list[dict[str, Any]]]:
-        fresh = _fresh(made, tag)
-        return [fresh[i : i + size] for i in range(0, count, size)]
+    def batches() -> list[list[dict[str, Any]]]:
+        return _in_batches(_fresh(made), size)
+
+    def held() -> list[list[dict[str, Any]]]:  # prefilled in batches of 5,000 (untimed)
+        return _in_batches(_fresh(prefilled), 5_000) if prefill else []
 
     root = Path(tempfile.mkdtemp(prefix="tmbench", dir="/tmp"))
-    print(f"{count:,} events in batches of {size}")
-    made_b, made_c = batches("b"), batches("c")
-    cpu = time.process_time()
-    base = count / await plain(root, made_b)
-    base_cpu = (time.process_time() - cpu) / count
-    cpu = time.process_time()
-    seconds, alerts = await service_run(root, made_c)
-    service_cpu = (time.process_time() - cpu) / count
+    print(
+        f"{count:,} events in batches of {size}, "
+        f"each log holding {prefill:,} records first (--prefill)"
+    )
+    made_b, made_c = batches(), batches()
+    base = count / await plain(root, made_b, held())
+    base_cpu = CPU["plain"] / count
+    seconds, alerts = await service_run(root, made_c, held())
+    service_cpu = CPU["service"] / count
     service = count / seconds
     print(
         f"baseline (no chain, no detection): {base:>9,.0f} events/s  "
@@ -240,6 +265,10 @@ async def main(
             )
         env = {**os.environ, "SPIFFE_ENDPOINT_SOCKET": identity.address}
         state = root / "state"
+        if prefill:  # the collector's own log, holding them before it starts
+            ledger = Ledger(create_engine(sqlite_url(state / "audit" / "audit.db")))
+            await _hold(ledger, held())
+            await ledger.close()
         proc = _spawn(config_file, state, env, core)
         try:
             endpoint = state / "audit" / "endpoint.json"
@@ -252,10 +281,10 @@ async def main(
             source = X509Source(identity.address, spiffe_id=PAYMENTS)
             await source.start()
             ctx = client_context(source.context)
-            await probes(url, ctx, _fresh(made[:1], "p")[0])
+            await probes(url, ctx, _fresh(made[:1])[0])
             spy = _profiler(proc.pid, profile)
             cpu, threads = _cpu_seconds(f"/proc/{proc.pid}/stat"), _threads(proc.pid)
-            seconds, latencies = await https_run(url, ctx, batches("h"), clients)
+            seconds, latencies = await https_run(url, ctx, batches(), clients)
             cpu = _cpu_seconds(f"/proc/{proc.pid}/stat") - cpu
             after = _threads(proc.pid)
             loop = after.get(str(proc.pid), 0.0) - threads.get(str(proc.pid), 0.0)
@@ -296,6 +325,12 @@ if __name__ == "__main__":
         "--core", type=int, default=cores[-1], help="the core the collector runs on alone"
     )
     parser.add_argument("--no-pin", action="store_true", help="no core of its own")
+    parser.add_argument(
+        "--prefill",
+        type=int,
+        default=200_000,
+        help="records each log holds before it is measured (0: a new log)",
+    )
     args = parser.parse_args()
     pinned = None if args.no_pin or len(cores) < 2 else args.core
-    asyncio.run(main(args.events, args.batch, args.clients, args.profile, pinned))
+    asyncio.run(main(args.events, args.batch, args.clients, args.profile, pinned, args.prefill))

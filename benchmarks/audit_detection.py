@@ -153,7 +153,9 @@ KINDS: list[tuple[int, Callable[[random.Random, int, str], Occurrence]]] = [
 CALLERS = ["orders", "storefront", "gateway"]
 
 
-def mix(n: int, seed: int = 7) -> list[dict[str, Any]]:
+def mix(n: int, seed: int = 7, start: datetime = T0) -> list[dict[str, Any]]:
+    """``n`` events a millisecond apart from ``start``, their trace ids as the gateway
+    makes them (:meth:`trustmesh.sdk.trace.TraceParent.new`: the time, then random)."""
     rnd = random.Random(seed)
     sink = events.MemorySink()
     names = ["orders", "payments", "inventory", "gateway", "secrets"]
@@ -165,8 +167,10 @@ def mix(n: int, seed: int = 7) -> list[dict[str, Any]]:
     out = []
     for i, make in enumerate(makers):
         name, code, message, fields = make(rnd, i, f"198.51.100.{rnd.randint(1, 200)}")
-        fields.setdefault("trace_id", f"{rnd.getrandbits(128):032x}")
-        now = T0 + timedelta(milliseconds=i)
+        now = start + timedelta(milliseconds=i)
+        fields.setdefault(
+            "trace_id", f"{round(now.timestamp() * 1000):012x}{rnd.getrandbits(80):020x}"
+        )
         out.append(recorders[name].record(code, message, now=now, **fields).to_ocsf())
     return out
 

@@ -38,13 +38,22 @@ import os
 import re
 import stat
 import threading
+import time
 import types
 import unicodedata
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Protocol, Self, TypedDict, Unpack, runtime_checkable
+from typing import (
+    Annotated,
+    Any,
+    Final,
+    Protocol,
+    Self,
+    TypedDict,
+    Unpack,
+    runtime_checkable,
+)
 
 from pydantic import (
     AfterValidator,
@@ -78,6 +87,7 @@ __all__ = [
     "Shape",
     "Status",
     "event",
+    "new_uid",
     "read_events",
     "restamp",
     "shape_of",
@@ -329,6 +339,22 @@ class Endpoint(BaseModel):
         return copied
 
 
+#: a UUID's variant bits (10) over a random hex digit's low two
+_VARIANT: Final = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
+def new_uid(at: float | None = None) -> str:
+    """A new event uid: 32 hex digits laid out as a UUIDv7 (RFC 9562 §5.7): the Unix time
+    in milliseconds (``at``, seconds; now by default), the version, and 74 random bits.
+    Uids made later sort later, so the audit log's uid index grows at its end, where a
+    random uid lands anywhere in it (on a log of 300,000 records, each such insert cost
+    the collector ≈ 10 µs more: benchmarks/audit.py ``--prefill``). The random part
+    keeps uids unguessable and distinct (2^74 a millisecond)."""
+    ms = round((time.time() if at is None else at) * 1000) & 0xFFFF_FFFF_FFFF
+    rand = os.urandom(10).hex()
+    return f"{ms:012x}7{rand[:3]}{_VARIANT[rand[3]]}{rand[4:19]}"
+
+
 class Event(BaseModel):
     """One security event. Build it with :func:`event`; render it with :meth:`to_ocsf`."""
 
@@ -346,7 +372,7 @@ class Event(BaseModel):
     message: _Text
     status: Status
     severity: Severity
-    uid: str = Field(default_factory=lambda: uuid.uuid4().hex, pattern=r"^[0-9a-f]{32}$")
+    uid: str = Field(default_factory=lambda: new_uid(), pattern=r"^[0-9a-f]{32}$")
     spiffe_id: _Id | None = None
     peer_spiffe_id: _Id | None = None
     sub: _Id | None = None
@@ -908,7 +934,7 @@ def restamp(
     fields = template.__dict__.copy()
     fields["time"] = when
     if uid is None:
-        fields["uid"] = os.urandom(16).hex()
+        fields["uid"] = new_uid()
     elif len(uid) == 32 and all(c in "0123456789abcdef" for c in uid):
         fields["uid"] = uid
     else:

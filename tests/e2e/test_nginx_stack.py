@@ -213,8 +213,9 @@ def test_nginx_serves_the_edge_of_the_stack_and_every_request_is_audited(
     (user,) = {t["sub"] for t in facts if t["attributes"]["engine"] == "authorizer" and "sub" in t}
     for event, t in zip(found, facts, strict=True):
         assert TRACE.fullmatch(t["trace_id"]), t
-        if t["attributes"]["engine"] == "nginx":  # its event's id is the request's: stored once
-            assert event["metadata"]["uid"] == t["trace_id"], event["metadata"]
+        if t["attributes"]["engine"] == "nginx":  # its event's id is the line's: stored once
+            assert event["metadata"]["uid"][12:] == t["trace_id"][12:], event["metadata"]
+            assert int(event["metadata"]["uid"][:12], 16) == event["time"], event
             assert (t["sub"], t["client_id"]) == (user, "shop-web"), t
     # each allowed request reached the service under the trace the gateway recorded; no
     # refused one did

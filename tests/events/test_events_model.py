@@ -41,6 +41,7 @@ def test_public_api_is_pinned() -> None:
         "Shape",
         "Status",
         "event",
+        "new_uid",
         "read_events",
         "restamp",
         "shape_of",
@@ -224,6 +225,30 @@ def test_event_ids_are_unique_and_stable(make: Make) -> None:
     ev = make()
     assert ev.to_ocsf()["metadata"]["uid"] == ev.to_ocsf()["metadata"]["uid"]
     assert len({make().uid for _ in range(100)}) == 100
+
+
+def test_event_ids_are_uuid7_and_sort_by_when_they_were_made(make: Make) -> None:
+    import time
+    import uuid
+
+    made = [events.new_uid((NOW_MS + i) / 1000) for i in range(50)]  # a ms apart
+    assert made == sorted(made)
+    assert len(set(made)) == 50
+    for uid in made:
+        parsed = uuid.UUID(uid)
+        assert (parsed.version, parsed.variant) == (7, uuid.RFC_4122)
+    assert int(made[0][:12], 16) == NOW_MS
+    # the same millisecond: 74 random bits apart
+    same = {events.new_uid(NOW_MS / 1000) for _ in range(2000)}
+    assert len(same) == 2000
+    assert {u[:12] for u in same} == {f"{NOW_MS:012x}"}
+    assert {u[16] for u in same} == set("89ab")  # the variant's bits, random below them
+    # what producers make: an event, and a restamped one, later sorts later
+    first = make()
+    time.sleep(0.002)
+    later = events.restamp(first, now=first.time - timedelta(days=1))  # its time: any
+    assert first.uid < later.uid
+    assert uuid.UUID(later.uid).version == 7
 
 
 def test_trustmesh_fields_under_unmapped(sample: Event) -> None:

@@ -146,7 +146,10 @@ async def test_an_allowed_decision_is_kept_and_a_refusal_never_is(edge: Edge) ->
     assert recorded.decision == events.Decision.ALLOW
     assert recorded.reason.value == "policy-allow"
     assert recorded.sub == asked(edge, "/shop/a")[0].sub is not None
-    assert recorded.trace_id == SEEN[1]["traceparent"].split("-")[1] == recorded.uid
+    assert recorded.trace_id == SEEN[1]["traceparent"].split("-")[1]
+    # its uid: the line's time (ms), then the request id's last 80 bits
+    assert recorded.uid[12:] == recorded.trace_id[12:]
+    assert int(recorded.uid[:12], 16) == round(recorded.time.timestamp() * 1000)
     assert recorded.attributes["path"] == "/shop/a"
     assert recorded.attributes["route"] == "routes[0]"
     assert recorded.attributes["status"] == 200

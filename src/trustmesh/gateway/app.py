@@ -833,12 +833,16 @@ class GatewayApp:
         """A request nginx answered without asking (:mod:`trustmesh.gateway.nginxlog`): by
         a decision it kept (allowed, as the authorizer decided it), or refused by its own
         count of a limit; recorded as the authorizer records the requests it decides,
-        with the request's id as the event's (KeyError, ValueError: not such a line)."""
-        index, uid, stamp = int(line["route"]), str(line["id"]), float(line["t"])
+        its trace the request's id (KeyError, ValueError: not such a line). The event's
+        uid is the line's own: its time in milliseconds, then the last 80 bits of the
+        request's id (a line read twice is one event; uids sort by time, as
+        :func:`~trustmesh.events.new_uid`'s do)."""
+        index, request, stamp = int(line["route"]), str(line["id"]), float(line["t"])
         if not 0 <= index < len(self.upstream_ids):
             raise ValueError(f"no route {index}")
-        if len(uid) != 32 or not 0 < stamp < 1e11:  # nginx's $request_id, its $msec
+        if len(request) != 32 or not 0 < stamp < 1e11:  # nginx's $request_id, its $msec
             raise ValueError("not a request's id and time")
+        uid = f"{round(stamp * 1000):012x}{request[12:]}"
         context: dict[str, Any] = {
             "engine": "nginx",
             "method": str(line["method"])[:16],
@@ -858,7 +862,7 @@ class GatewayApp:
             decision=decision,
             sub=unquote(str(line["sub"])) or None,
             client_id=unquote(str(line.get("client_id") or "")) or None,
-            trace_id=uid,
+            trace_id=request,
             uid=uid,
             now=datetime.fromtimestamp(stamp, UTC),
             attributes=context,
