@@ -27,10 +27,19 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 _NAT64: Final = ipaddress.IPv6Network("64:ff9b::/96")
 
 
-@functools.lru_cache(maxsize=8192)  # clients come back: a request parses its address once
+#: The longest text that spells an address (an IPv6 address ending in an IPv4 one):
+#: nothing longer is parsed, nor cached (a header's value may be 32 KiB).
+LONGEST_ADDRESS: Final = len("ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255")
+
+
 def parse_address(text: str) -> Address | None:
     """The IPv4 or IPv6 address ``text`` spells; None for anything else, an address with
     a zone index included."""
+    return _parse_address(text) if len(text) <= LONGEST_ADDRESS else None
+
+
+@functools.lru_cache(maxsize=8192)  # clients come back: a request parses its address once
+def _parse_address(text: str) -> Address | None:
     try:
         ip = ipaddress.ip_address(text)
     except ValueError:
@@ -52,10 +61,14 @@ def embedded_ipv4(ip: Address) -> ipaddress.IPv4Address | None:
     return ip.sixtofour
 
 
-@functools.lru_cache(maxsize=8192)
 def address_bucket(text: str) -> str:
     """What one per-address limit counts for ``text``: the IPv4 address it is or carries,
     or its IPv6 /64 (``text`` itself if it is no address)."""
+    return _address_bucket(text) if len(text) <= LONGEST_ADDRESS else text
+
+
+@functools.lru_cache(maxsize=8192)
+def _address_bucket(text: str) -> str:
     address = parse_address(text)
     if address is None:
         return text
