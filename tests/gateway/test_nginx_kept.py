@@ -147,6 +147,8 @@ async def test_an_allowed_decision_is_kept_and_a_refusal_never_is(edge: Edge) ->
     assert recorded.reason.value == "policy-allow"
     assert recorded.sub == asked(edge, "/shop/a")[0].sub is not None
     assert recorded.trace_id == SEEN[1]["traceparent"].split("-")[1]
+    # nginx's trace ids begin with the time in ms, as the gateway's do (13 decimal digits)
+    assert abs(int(recorded.trace_id[:13]) - recorded.time.timestamp() * 1000) < 60_000
     # its uid: the line's time (ms), then the request id's last 80 bits
     assert recorded.uid[12:] == recorded.trace_id[12:]
     assert int(recorded.uid[:12], 16) == round(recorded.time.timestamp() * 1000)

@@ -85,6 +85,19 @@ def test_each_route_is_its_prefix_and_what_is_under_it(tmp_path: Path) -> None:
     assert "proxy_pass https://tm_none;" in blocks["/"]
 
 
+def test_the_trace_begins_with_the_time_and_is_one_for_the_authorizer_and_upstream(
+    tmp_path: Path,
+) -> None:
+    text = render(plan(tmp_path, kept="20s"))
+    assert 'map $msec $tm_ms { "~^(?<s>[0-9]{10})\\.(?<m>[0-9]{3})$" $s$m;' in text
+    assert 'map $request_id $tm_random { "~(?<r>[0-9a-f]{19})$" $r; }' in text
+    assert "map $tm_ms $tm_trace { default $tm_ms$tm_random; }" in text
+    # the authorizer's question and the upstream request carry the same traceparent
+    assert text.count('traceparent "00-$tm_trace-$tm_span-01";') >= 2
+    assert "$request_id-" not in text
+    assert '"id":"$tm_trace"' in text  # kept.log's lines name the trace
+
+
 def test_a_route_forwards_only_where_the_authorizer_chose_it(tmp_path: Path) -> None:
     text = render(plan(tmp_path))
     assert 'map $tm_route $tm_pass_0 { "0" tm_svc_orders; default tm_none; }' in text

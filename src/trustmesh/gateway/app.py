@@ -833,15 +833,15 @@ class GatewayApp:
         """A request nginx answered without asking (:mod:`trustmesh.gateway.nginxlog`): by
         a decision it kept (allowed, as the authorizer decided it), or refused by its own
         count of a limit; recorded as the authorizer records the requests it decides,
-        its trace the request's id (KeyError, ValueError: not such a line). The event's
+        its trace the request's (KeyError, ValueError: not such a line). The event's
         uid is the line's own: its time in milliseconds, then the last 80 bits of the
-        request's id (a line read twice is one event; uids sort by time, as
+        request's trace id (a line read twice is one event; uids sort by time, as
         :func:`~trustmesh.events.new_uid`'s do)."""
         index, request, stamp = int(line["route"]), str(line["id"]), float(line["t"])
         if not 0 <= index < len(self.upstream_ids):
             raise ValueError(f"no route {index}")
-        if len(request) != 32 or not 0 < stamp < 1e11:  # nginx's $request_id, its $msec
-            raise ValueError("not a request's id and time")
+        if len(request) != 32 or not 0 < stamp < 1e11:  # the request's trace, nginx's $msec
+            raise ValueError("not a request's trace and time")
         uid = f"{round(stamp * 1000):012x}{request[12:]}"
         context: dict[str, Any] = {
             "engine": "nginx",

@@ -146,11 +146,11 @@ _ERRORS: Final = tuple(s.value for s in HTTPStatus if 400 <= s.value <= 599)
 _REFUSALS: Final = tuple(sorted({answer.status for answer in ANSWERS.values()}))
 _NO_UPSTREAM: Final = "tm_none"
 #: The request's span as nginx tells it to the authorizer and the upstream.
-_TRACEPARENT: Final = '"00-$request_id-$tm_span-01"'
+_TRACEPARENT: Final = '"00-$tm_trace-$tm_span-01"'
 #: nginx's record of a request it answered without asking (a kept decision, its own limit).
 KEPT_LOG: Final = "kept.log"
 _KEPT_LINE: Final = (
-    '{"t":"$msec","id":"$request_id","client":"$tm_client","method":"$request_method",'
+    '{"t":"$msec","id":"$tm_trace","client":"$tm_client","method":"$request_method",'
     '"path":"$tm_path","status":"$status","route":"$tm_route","sub":"$tm_sub",'
     '"client_id":"$tm_client_id","kept":"$tm_cache","limit":"$limit_req_status"}'
 )
@@ -266,7 +266,14 @@ def _http(plan: NginxPlan, by_service: dict[str, Upstream]) -> list[str]:
         f"upstream tm_authorizer {{ server {_quoted('unix:' + str(plan.authorizer))}; "
         "keepalive 32; }",
         f"upstream {_NO_UPSTREAM} {{ server 127.0.0.1:9 down; }}",
-        # this request's span (nginx's): its trace is the request's id
+        # this request's trace: the time in ms (13 decimal digits, which are hex digits
+        # too) then the request id's last 76 random bits, so trace ids sort by time (the
+        # audit log's trace index grows at its end), as the gateway's own do; its span
+        # the request id's first 64 bits. Maps are kept for the request and shared with
+        # the authorizer's subrequest: both see one trace.
+        'map $msec $tm_ms { "~^(?<s>[0-9]{10})\\.(?<m>[0-9]{3})$" $s$m; default 0000000000000; }',
+        'map $request_id $tm_random { "~(?<r>[0-9a-f]{19})$" $r; }',
+        "map $tm_ms $tm_trace { default $tm_ms$tm_random; }",
         'map $request_id $tm_span { "~^([0-9a-f]{16})" $1; default 0000000000000001; }',
     ]
     if kept is not None:
