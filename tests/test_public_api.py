@@ -57,6 +57,7 @@ EXPECTED = {
         "needs_rehash",
         "new_totp_secret",
         "open_sealed",
+        "prepare_password_checks",
         "private_key_from_der",
         "private_key_to_der",
         "private_key_to_pem",

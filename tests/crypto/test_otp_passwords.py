@@ -4,6 +4,8 @@ replay and window rules; argon2id password storage; the lockout policy."""
 from __future__ import annotations
 
 import base64
+import subprocess
+import sys
 import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -151,3 +153,19 @@ def test_backoff_is_capped() -> None:
 
 def test_login_names_are_counted_case_and_space_insensitively() -> None:
     assert normalize_login("  Alice   Smith ") == normalize_login("alice smith")
+
+
+def test_the_unknown_user_s_hash_is_made_where_passwords_are_checked_not_at_import() -> None:
+    """≈ 0.1 s of CPU that every command and component paid at start; the provider makes
+    it at its start (serve_auth), so its first unknown user costs what a known one does."""
+    code = (
+        "from trustmesh.crypto import _passwords as p\n"
+        "assert p._dummy.cache_info().currsize == 0\n"
+        "p.prepare_password_checks()\n"
+        "assert p._dummy.cache_info().currsize == 1\n"
+        "made = p._dummy()\n"
+        "assert p.verify_password(None, 'x' * 12) is False\n"
+        "assert p._dummy() is made\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr

@@ -86,6 +86,7 @@ async def serve_auth(
     ``clock`` (epoch seconds) is the service's: signing keys, tokens, revocations;
     ``suspended``: the SPIFFE IDs the mTLS listener refuses (the suspensions feed)."""
     port = port if port is not None else config.auth.port
+    await asyncio.to_thread(crypto.prepare_password_checks)  # an unknown user's cost, now
     # the issuer names the ports: they are bound up front, so no one can take them before
     # the listeners start on them
     sock = bound_socket(host, port or 0)

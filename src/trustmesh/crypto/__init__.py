@@ -47,6 +47,7 @@ from trustmesh.crypto._passwords import (
     check_password_policy,
     hash_password,
     needs_rehash,
+    prepare_password_checks,
     verify_password,
 )
 from trustmesh.crypto._seal import (
@@ -144,6 +145,7 @@ __all__ = [
     "needs_rehash",
     "new_totp_secret",
     "open_sealed",
+    "prepare_password_checks",
     "private_key_from_der",
     "private_key_to_der",
     "private_key_to_pem",

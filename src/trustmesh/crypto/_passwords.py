@@ -9,6 +9,8 @@ timing).
 
 from __future__ import annotations
 
+import functools
+
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
@@ -20,7 +22,21 @@ MAX_PASSWORD_LENGTH = 1024  # hashing cost must not be the attacker's to choose
 _HASHER = PasswordHasher(
     time_cost=3, memory_cost=64 * 1024, parallelism=4, hash_len=32, salt_len=16
 )
-_DUMMY = _HASHER.hash("trustmesh: no such user, same cost")
+
+
+@functools.cache
+def _dummy() -> str:
+    """A hash of the same cost, checked for an unknown user. Made once a process, where
+    passwords are checked (:func:`prepare_password_checks`), not at import: it costs
+    ≈ 0.1 s of CPU, which every command and component paid at start."""
+    return _HASHER.hash("trustmesh: no such user, same cost")
+
+
+def prepare_password_checks() -> None:
+    """Make the unknown user's dummy hash now (the identity provider, at start), not at
+    the first unknown user's sign-in, which would then take twice as long as a known
+    one's: telling that the user does not exist."""
+    _dummy()
 
 
 def check_password_policy(password: str) -> None:
@@ -43,7 +59,7 @@ def verify_password(stored: str | None, password: str) -> bool:
         password = password[:MAX_PASSWORD_LENGTH]  # still do the work; it cannot match
         stored = None
     try:
-        _HASHER.verify(stored or _DUMMY, password)
+        _HASHER.verify(stored or _dummy(), password)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
     return stored is not None
