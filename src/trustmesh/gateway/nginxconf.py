@@ -266,31 +266,51 @@ def _http(plan: NginxPlan, by_service: dict[str, Upstream]) -> list[str]:
         f"upstream tm_authorizer {{ server {_quoted('unix:' + str(plan.authorizer))}; "
         "keepalive 32; }",
         f"upstream {_NO_UPSTREAM} {{ server 127.0.0.1:9 down; }}",
-        # this request's trace: the time in ms (13 decimal digits, which are hex digits
-        # too) then the request id's last 76 random bits, so trace ids sort by time (the
-        # audit log's trace index grows at its end), as the gateway's own do; its span
-        # the request id's first 64 bits. Maps are kept for the request and shared with
-        # the authorizer's subrequest: both see one trace.
-        'map $msec $tm_ms { "~^(?<s>[0-9]{10})\\.(?<m>[0-9]{3})$" $s$m; default 0000000000000; }',
-        'map $request_id $tm_random { "~(?<r>[0-9a-f]{19})$" $r; }',
-        "map $tm_ms $tm_trace { default $tm_ms$tm_random; }",
-        'map $request_id $tm_span { "~^([0-9a-f]{16})" $1; default 0000000000000001; }',
+        *_TRACE_MAPS,
     ]
     if kept is not None:
         lines += _kept_http(plan, *kept)
-    for upstream in plan.upstreams:
-        servers = upstream.servers or ("127.0.0.1:9 down",)
-        lines.append(
-            f"upstream {_upstream_name(upstream.name)} {{ "
-            + " ".join(f"server {s};" for s in servers)
-            + " keepalive 64; }"
-        )
+    placed = placement(plan.gateway.routes)
+    lines += [
+        *_upstreams(plan, by_service, placed),
+        "server {",
+        *_indent(_server(plan, by_service, placed)),
+        "}",
+    ]
+    return lines
+
+
+#: This request's trace: the time in ms (13 decimal digits, which are hex digits too) then
+#: the request id's last 76 random bits, so trace ids sort by time (the audit log's trace
+#: index grows at its end), as the gateway's own do; its span the request id's first 64
+#: bits. Maps are kept for the request and shared with the authorizer's subrequest: both
+#: see one trace.
+_TRACE_MAPS: Final = (
+    'map $msec $tm_ms { "~^(?<s>[0-9]{10})\\.(?<m>[0-9]{3})$" $s$m; default 0000000000000; }',
+    'map $request_id $tm_random { "~(?<r>[0-9a-f]{19})$" $r; }',
+    "map $tm_ms $tm_trace { default $tm_ms$tm_random; }",
+    'map $request_id $tm_span { "~^([0-9a-f]{16})" $1; default 0000000000000001; }',
+)
+
+
+def _upstreams(
+    plan: NginxPlan,
+    by_service: dict[str, Upstream],
+    placed: Sequence[tuple[str, tuple[int, ...]]],
+) -> list[str]:
+    """Each service's instances, and which of them a request goes to: its route's, only
+    where the authorizer chose that route, and the route a prefix hands it to."""
+    lines = [
+        f"upstream {_upstream_name(u.name)} {{ "
+        + " ".join(f"server {s};" for s in (u.servers or ("127.0.0.1:9 down",)))
+        + " keepalive 64; }"
+        for u in plan.upstreams
+    ]
     for index, route in enumerate(plan.gateway.routes):
         target = _upstream_name(route.to) if route.to in by_service else _NO_UPSTREAM
         lines.append(
             f'map $tm_route $tm_pass_{index} {{ "{index}" {target}; default {_NO_UPSTREAM}; }}'
         )
-    placed = placement(plan.gateway.routes)
     for number, (_, chosen) in enumerate(placed):
         if len(chosen) > 1:  # the routes this prefix's locations hand a request to
             lines.append(
@@ -298,7 +318,6 @@ def _http(plan: NginxPlan, by_service: dict[str, Upstream]) -> list[str]:
                 + " ".join(f'"{i}" {i};' for i in chosen)
                 + " default none; }"
             )
-    lines += ["server {", *_indent(_server(plan, by_service, placed)), "}"]
     return lines
 
 
