@@ -182,36 +182,16 @@ class GatewayApp:
         self.trust_domain = trust_domain
         self.token_ttl = int(gateway.internal_token_ttl.total_seconds())
         self.max_body_bytes = gateway.max_body_bytes
-        self.routes = RouteTable(gateway.routes)
-        self.validators = load_validators(gateway, config_dir or Path.cwd())
-        self.filters = _filters(gateway, config_dir or Path.cwd())
+        self._compile_routes(gateway, trust_domain, config_dir or Path.cwd())
         self.crs_workers = crs_workers
         self.ip_rules = IPRules.of(gateway.allow_ips, gateway.deny_ips)
         self.blocks = blocks if blocks is not None else Blocklist()
-        self.route_ip_rules = tuple(IPRules.of(r.allow_ips, r.deny_ips) for r in gateway.routes)
-        self.timeouts = tuple(r.timeout.total_seconds() for r in gateway.routes)
-        self.upstream_ids = tuple(f"spiffe://{trust_domain}/{r.to}" for r in gateway.routes)
-        self.allowed_headers = tuple(
-            strict_headers(r, f"routes[{i}]") for i, r in enumerate(gateway.routes)
-        )
         self._minted: dict[tuple[object, ...], tuple[float, bytes]] = {}
         self.trusted = TrustedProxies(gateway.trusted_proxies)
         self.verifier = verifier
         self.policy = policy
         self.limiter = limiter
-        self.rate_rules = compile_rules(gateway) if limiter is not None else None
-        #: per route, whether an address limit counts before the credential is looked at
-        self.early_limits = (
-            counts_before_auth(self.rate_rules) if self.rate_rules is not None else ()
-        )
-        kept = gateway.nginx.decision_ttl if gateway.engine == "nginx" else None
-        #: how long nginx may keep an allowed decision (0: it asks about every request)
-        self.decision_ttl = int(kept.total_seconds()) if kept is not None else 0
-        #: per route, the limits nginx counts where it keeps decisions (None: counted here,
-        #: so every request there is asked about)
-        self.proxy_limits = (
-            proxy_limits(gateway) if self.decision_ttl else (None,) * len(gateway.routes)
-        )
+        self._compile_limits(gateway, limiter)
         self.api_keys = api_keys
         self.external = external
         self.introspector = introspector
@@ -241,6 +221,35 @@ class GatewayApp:
         )
         #: how many stages, from the first, need no body (what :meth:`decide` runs)
         self._checked = 1 + [stage for stage, _ in self._stages].index(self._authorize)
+
+    def _compile_routes(self, gateway: GatewayConfig, trust_domain: str, folder: Path) -> None:
+        """What each route declares, compiled once, by route index."""
+        routes = gateway.routes
+        self.routes = RouteTable(routes)
+        self.validators = load_validators(gateway, folder)
+        self.filters = _filters(gateway, folder)
+        self.route_ip_rules = tuple(IPRules.of(r.allow_ips, r.deny_ips) for r in routes)
+        self.timeouts = tuple(r.timeout.total_seconds() for r in routes)
+        self.upstream_ids = tuple(f"spiffe://{trust_domain}/{r.to}" for r in routes)
+        self.allowed_headers = tuple(
+            strict_headers(r, f"routes[{i}]") for i, r in enumerate(routes)
+        )
+
+    def _compile_limits(self, gateway: GatewayConfig, limiter: RateLimiter | None) -> None:
+        """The rate rules, where they count, and what nginx keeps and counts itself."""
+        self.rate_rules = compile_rules(gateway) if limiter is not None else None
+        #: per route, whether an address limit counts before the credential is looked at
+        self.early_limits = (
+            counts_before_auth(self.rate_rules) if self.rate_rules is not None else ()
+        )
+        kept = gateway.nginx.decision_ttl if gateway.engine == "nginx" else None
+        #: how long nginx may keep an allowed decision (0: it asks about every request)
+        self.decision_ttl = int(kept.total_seconds()) if kept is not None else 0
+        #: per route, the limits nginx counts where it keeps decisions (None: counted here,
+        #: so every request there is asked about)
+        self.proxy_limits = (
+            proxy_limits(gateway) if self.decision_ttl else (None,) * len(gateway.routes)
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
