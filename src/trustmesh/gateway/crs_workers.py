@@ -112,15 +112,17 @@ class _Worker:
         if reply is not None and not reply.done():
             reply.set_result(answer)
 
-    def kill(self) -> None:
+    def kill(self) -> asyncio.Future[None]:
+        """Kill it (in the event loop's thread, never waiting there); the future is done
+        once the process is reaped (in a thread of its own)."""
         self.dead = True
         with contextlib.suppress(ValueError, OSError):
             self.loop.remove_reader(self.conn.fileno())
         self.process.kill()
         self.conn.close()
-        self.process.join(timeout=5)
         if self.reply is not None and not self.reply.done():
             self.reply.set_result(("error", "the worker was stopped"))
+        return self.loop.run_in_executor(None, self.process.join, 5)
 
 
 class CrsWorkers:
@@ -239,7 +241,7 @@ class CrsWorkers:
             self._release(worker)
 
     def _replace(self, worker: _Worker) -> None:
-        worker.kill()
+        worker.kill()  # reaped in a thread; not waited for here
         with contextlib.suppress(ValueError):
             self._all.remove(worker)
         with contextlib.suppress(ValueError):
@@ -261,5 +263,4 @@ class CrsWorkers:
         for turn in self._turns:
             turn.cancel()
         self._turns.clear()
-        for worker in workers:
-            await asyncio.to_thread(worker.kill)
+        await asyncio.gather(*(worker.kill() for worker in workers))
