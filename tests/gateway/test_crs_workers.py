@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -174,3 +177,39 @@ def test_the_filter_knows_its_spec(spec: CrsSpec) -> None:
     built = spec.build()
     assert isinstance(built, CrsFilter)
     assert built.spec == spec
+
+
+def test_workers_exit_when_the_gateway_is_killed() -> None:
+    """No orphan: a worker's socket closes with the gateway, even by SIGKILL."""
+    code = (
+        "import asyncio\n"
+        "from trustmesh.gateway.crs_workers import CrsWorkers\n"
+        "async def main():\n"
+        "    workers = CrsWorkers(2)\n"
+        "    workers.start()\n"
+        "    print(*workers.pids(), flush=True)\n"
+        "    await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True
+    ) as gateway:
+        assert gateway.stdout is not None
+        pids = [int(p) for p in gateway.stdout.readline().split()]
+        assert len(pids) == 2
+        for pid in pids:
+            os.kill(pid, 0)  # running
+        gateway.kill()
+        gateway.wait(10)
+    deadline = time.monotonic() + 10
+    while any(_running(pid) for pid in pids):
+        assert time.monotonic() < deadline, "a worker outlived the gateway"
+        time.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -25,9 +25,11 @@ needs it (≈ 30 ms), and keeps it: a reload's new rule set costs its first requ
 The gateway's process still loads each rule set itself when it reads the declaration, so
 a rule set that does not load is a ConfigError there, never a worker's failure.
 
-Workers are started with ``spawn`` (never ``fork``: the gateway's process holds threads,
-locks and sockets), lazily, on the first inspection or :meth:`CrsWorkers.start`; each
-exits when its socket closes (the gateway gone, even by ``SIGKILL``).
+Workers are fresh interpreters running this module (never a ``fork`` of the gateway's
+process, which holds threads, locks, keys and sockets; nor ``spawn``, which would import
+the gateway's main module again), given one end of a socket pair, started lazily, on the
+first inspection or :meth:`CrsWorkers.start`; each exits when its socket closes (the
+gateway gone, even by ``SIGKILL``).
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
 import pickle
+import socket
+import subprocess
+import sys
 from collections import deque
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
@@ -84,13 +88,14 @@ class _Worker:
     awaited, if any."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.conn, theirs = context.Pipe(duplex=True)
-        self.process = context.Process(
-            target=_serve, args=(theirs,), name="trustmesh-crs", daemon=True
-        )
-        self.process.start()
-        theirs.close()
+        ours, theirs = socket.socketpair()
+        with theirs:  # a fresh interpreter running this module, given its end alone
+            self.process = subprocess.Popen(  # noqa: S603 - this interpreter, this module
+                [sys.executable, "-m", __name__, str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+        self.conn = Connection(ours.detach())
         self.loop = loop
         self.reply: asyncio.Future[tuple[str, Any]] | None = None
         self.dead = False  # its socket closed: it exited, or was killed
@@ -122,7 +127,14 @@ class _Worker:
         self.conn.close()
         if self.reply is not None and not self.reply.done():
             self.reply.set_result(("error", "the worker was stopped"))
-        return self.loop.run_in_executor(None, self.process.join, 5)
+        return self.loop.run_in_executor(None, self._reap)
+
+    def _reap(self) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(5)
+
+    def alive(self) -> bool:
+        return not self.dead and self.process.poll() is None
 
 
 class CrsWorkers:
@@ -206,7 +218,7 @@ class CrsWorkers:
     async def _turn(self) -> _Worker:
         while self._idle:
             worker = self._idle.popleft()
-            if not worker.dead and worker.process.is_alive():
+            if worker.alive():
                 return worker
             self._replace(worker)  # died idle: its successor joins the idle ones
         turn: asyncio.Future[_Worker] = asyncio.get_running_loop().create_future()
@@ -235,7 +247,7 @@ class CrsWorkers:
     def _after(self, worker: _Worker) -> None:
         """A worker whose verdict came for a request gone: back to work if it answered,
         else replaced."""
-        if worker.dead or not worker.process.is_alive():
+        if not worker.alive():
             self._replace(worker)
         elif self._all and worker in self._all:  # not closed meanwhile
             self._release(worker)
@@ -254,7 +266,7 @@ class CrsWorkers:
         self._release(fresh)
 
     def pids(self) -> list[int]:
-        return [w.process.pid for w in self._all if w.process.pid is not None]
+        return [w.process.pid for w in self._all]
 
     async def close(self) -> None:
         self._closed = True
@@ -264,3 +276,7 @@ class CrsWorkers:
             turn.cancel()
         self._turns.clear()
         await asyncio.gather(*(worker.kill() for worker in workers))
+
+
+if __name__ == "__main__":  # a worker: python -m trustmesh.gateway.crs_workers FD
+    _serve(Connection(int(sys.argv[1])))

@@ -90,6 +90,7 @@ class RunningGateway:
     external: ExternalIssuers | None = None
     key_store: SqlKeyStore | None = None  # the admin API's
     ext_authz: RunningGrpcAuthz | None = None  # the decisions over gRPC, where declared
+    crs: CrsWorkers | None = None  # crs mode's worker processes
     #: what the public listener serves, the declaration it was built from, and how to
     #: build another (:meth:`reload`)
     pipeline: Pipeline | None = None
@@ -172,6 +173,8 @@ class RunningGateway:
             await self.external.close()
         if self.key_store is not None:
             await self.key_store.close()
+        if self.crs is not None:
+            await self.crs.close()
         await self.upstreams.close()
         await self.discovery.close()
         if self.trust is not None:
@@ -494,7 +497,7 @@ class _Parts:
             self.api_keys,
             self.external,
         )
-        running.key_store = key_store
+        running.key_store, running.crs = key_store, self.crs
         return running
 
     async def close(self) -> None:
