@@ -46,23 +46,11 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Annotated, Any, Final, Protocol
+from typing import IO, TYPE_CHECKING, Annotated, Any, Final, Protocol
 from urllib.parse import urlencode
 
 import typer
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.schema import CreateIndex, CreateTable
 
-from trustmesh.audit._delivery import Backoff, read_private_file
-from trustmesh.audit.alerts import alert_grants
-from trustmesh.audit.alerts import metadata as alert_tables
-from trustmesh.audit.export import OtlpExporter, export_syslog, write_jsonl
-from trustmesh.audit.ledger_schema import collector_grants, prune_grants, prune_tables, prunes
-from trustmesh.audit.ledger_schema import metadata as ledger_tables
-from trustmesh.audit.pseudonymise import MIN_KEY_BYTES, Pseudonymiser
-from trustmesh.audit.response_store import metadata as response_tables
-from trustmesh.audit.response_store import response_grants
-from trustmesh.audit.syslog import SyslogSender
 from trustmesh.cli import _admin
 from trustmesh.cli._common import (
     DEFAULT_STATE,
@@ -87,13 +75,19 @@ from trustmesh.cli.audit_cmd import (
 from trustmesh.config import CONFIG_FILE_NAME, TrustmeshConfig
 from trustmesh.errors import ConfigError, TrustmeshError, UnavailableError, UsageError
 
+if TYPE_CHECKING:  # imported where they run: every command paid ≈ 0.45 s for them at start
+    from trustmesh.audit.export import OtlpExporter
+    from trustmesh.audit.pseudonymise import Pseudonymiser
+    from trustmesh.audit.syslog import SyslogSender
+
 __all__ = ["PAGE", "ExportFormat", "export_command", "grants_command", "grants_for"]
 
 #: Events read from the collector per request (its most).
 PAGE: Final = 1000
 #: How long the syslog sender may take to send what is queued when the export ends.
 _SYSLOG_DRAIN: Final = 30.0
-_SYSLOG_BACKOFF: Final = Backoff(attempts=3, base=0.2, cap=1.0)
+#: The syslog sender's retries (a trustmesh.audit._delivery.Backoff): attempts, base, cap.
+_SYSLOG_BACKOFF: Final = (3, 0.2, 1.0)
 
 
 class ExportFormat(enum.StrEnum):
@@ -119,6 +113,8 @@ class _Jsonl:
         self.sent = 0
 
     def send(self, records: Sequence[Mapping[str, Any]]) -> None:
+        from trustmesh.audit.export import write_jsonl
+
         try:
             self.sent += write_jsonl(records, self.out)
             self.out.flush()
@@ -141,6 +137,8 @@ class _Syslog:
         sender.start()
 
     def send(self, records: Sequence[Mapping[str, Any]]) -> None:
+        from trustmesh.audit.export import export_syslog
+
         stats = self.sender.stats
         if export_syslog(records, self.sender) != len(records):
             raise UnavailableError(f"syslog {self.where}: the send queue is full")
@@ -177,6 +175,9 @@ def read_key(path: Path, where: str) -> bytes:
     """The pseudonymisation key in ``path`` (trailing line breaks dropped): refused,
     naming ``where``, unless it is a regular file no one but its owner may read or
     write, of at least :data:`~trustmesh.audit.pseudonymise.MIN_KEY_BYTES` bytes."""
+    from trustmesh.audit._delivery import read_private_file
+    from trustmesh.audit.pseudonymise import MIN_KEY_BYTES
+
     key = read_private_file(path, f"{where}: {path}").rstrip(b"\r\n")
     if len(key) < MIN_KEY_BYTES:
         raise ConfigError(f"{where}: {path} holds {len(key)} bytes, at least {MIN_KEY_BYTES}")
@@ -188,6 +189,8 @@ def _pseudonymiser(
 ) -> Pseudonymiser | None:
     """From ``--pseudonymise-key-file``, else the declaration's (``--config``, loaded
     already as ``stack``, else ./trustmesh.yaml when there is one), else None."""
+    from trustmesh.audit.pseudonymise import Pseudonymiser
+
     if key_file is not None:
         return Pseudonymiser(read_key(key_file, "--pseudonymise-key-file"))
     path = config or Path.cwd() / CONFIG_FILE_NAME
@@ -229,6 +232,10 @@ def _sink(
     ca_file: Path | None,
     client: tuple[Path | None, Path | None] = (None, None),
 ) -> _Sink:
+    from trustmesh.audit._delivery import Backoff
+    from trustmesh.audit.export import OtlpExporter
+    from trustmesh.audit.syslog import SyslogSender
+
     given = {"--out": out, "--syslog": syslog, "--otlp": otlp}
     wanted = {ExportFormat.jsonl: "--out", ExportFormat.syslog: "--syslog"}.get(fmt, "--otlp")
     for option, value in given.items():
@@ -252,7 +259,7 @@ def _sink(
             ca,
             hostname=socket.gethostname(),
             max_queue=2 * PAGE,
-            backoff=_SYSLOG_BACKOFF,
+            backoff=Backoff(*_SYSLOG_BACKOFF),
             cert_file=None if cert is None else str(cert),
             key_file=None if key is None else str(key),
             where="--client-cert/--client-key",
@@ -399,6 +406,14 @@ def export_command(
 def table_statements(schema: str | None = None) -> tuple[str, ...]:
     """The PostgreSQL statements that make every table (and index) of the audit database
     where it does not exist yet, in ``schema`` (or the search path's first)."""
+    from sqlalchemy.dialects import postgresql
+    from sqlalchemy.schema import CreateIndex, CreateTable
+
+    from trustmesh.audit.alerts import metadata as alert_tables
+    from trustmesh.audit.ledger_schema import metadata as ledger_tables
+    from trustmesh.audit.ledger_schema import prune_tables
+    from trustmesh.audit.response_store import metadata as response_tables
+
     dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     made: list[str] = [f'SET search_path TO "{schema}"'] if schema else []
     for tables in (
@@ -423,6 +438,10 @@ def grants_for(
     the alerts, the responses — with SELECT and INSERT only, and read the prune
     checkpoints (verify needs them); with ``prune_role``, the statements that let that
     role (``audit.retention.database``) prune, and nothing else."""
+    from trustmesh.audit.alerts import alert_grants
+    from trustmesh.audit.ledger_schema import collector_grants, prune_grants, prunes
+    from trustmesh.audit.response_store import response_grants
+
     prefix = f'"{schema}".' if schema else ""
     table = f'{prefix}"{prunes.name}"'
     statements = (
