@@ -273,3 +273,15 @@ async def test_usage_mistakes_exit_2(stack: AuditStack, short_tmp: Path) -> None
     ran = await asyncio.to_thread(tm, "audit", "export", "--state", str(short_tmp / "none"))
     assert ran.returncode == 1
     assert "the audit collector is not running" in ran.stderr
+
+
+def test_the_syslog_export_retries_three_times_waiting_at_most_a_second() -> None:
+    """Its retries as declared (a positional Backoff once took the cap for the factor)."""
+    from trustmesh.audit._delivery import Backoff
+    from trustmesh.cli.audit_export_cmd import ExportFormat, _sink
+
+    sink = _sink(ExportFormat.syslog, None, "127.0.0.1:9", None, None)
+    try:
+        assert sink.sender._worker.backoff == Backoff(attempts=3, base=0.2, cap=1.0)  # type: ignore[attr-defined]
+    finally:
+        sink.close()

@@ -86,8 +86,6 @@ __all__ = ["PAGE", "ExportFormat", "export_command", "grants_command", "grants_f
 PAGE: Final = 1000
 #: How long the syslog sender may take to send what is queued when the export ends.
 _SYSLOG_DRAIN: Final = 30.0
-#: The syslog sender's retries (a trustmesh.audit._delivery.Backoff): attempts, base, cap.
-_SYSLOG_BACKOFF: Final = (3, 0.2, 1.0)
 
 
 class ExportFormat(enum.StrEnum):
@@ -259,7 +257,7 @@ def _sink(
             ca,
             hostname=socket.gethostname(),
             max_queue=2 * PAGE,
-            backoff=Backoff(*_SYSLOG_BACKOFF),
+            backoff=Backoff(attempts=3, base=0.2, cap=1.0),
             cert_file=None if cert is None else str(cert),
             key_file=None if key is None else str(key),
             where="--client-cert/--client-key",
