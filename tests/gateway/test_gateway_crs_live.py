@@ -6,6 +6,7 @@ lets the request through and records what it would have refused."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -159,3 +160,20 @@ async def test_the_workers_inspect_and_a_request_without_a_verdict_is_refused(
     workers.deadline = 30
     assert workers.replaced >= 1
     assert (await edge.send("GET", "/shop?q=tea")).status == 200  # a fresh worker
+
+
+IN_PROCESS = SECTION.replace("gateway:\n", "gateway:\n  crs_workers: 0\n", 1)
+
+
+async def test_without_workers_the_gateway_inspects_itself(short_tmp: Path) -> None:
+    require_crs()
+    SEEN.clear()
+    with contextlib.contextmanager(live_identity)(short_tmp, IN_PROCESS) as identity:
+        async with edge_stack(identity, short_tmp, IN_PROCESS, recording(SEEN), {}) as edge:
+            pipeline = edge.gateway.pipeline
+            assert pipeline is not None
+            assert pipeline.app.crs_workers is None
+            attack = await edge.send("GET", f"/shop?id={q(chr(39) + ' OR 1=1--')}")
+            assert attack.status == 403, attack.body
+            assert (await edge.send("GET", "/shop?q=green+tea")).status == 200
+            assert SEEN == ["/shop"]

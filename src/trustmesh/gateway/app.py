@@ -706,50 +706,59 @@ class GatewayApp:
         if found is None:
             return None
         waf, action = found
-        if isinstance(waf, CrsFilter) and self.crs_workers is not None:
-            try:
-                refusal = await self._crs_finding(ex, waf, self.crs_workers)
-            except InspectionUnavailableError as exc:  # no verdict: never passed uninspected
-                return Refusal.error(
-                    Reason.INSPECTION_UNAVAILABLE,
-                    exc.detail,
-                    "the request could not be inspected now",
-                )
-        else:
-            refusal = self._finding(ex, waf)
+        try:
+            refusal = (
+                await self._crs_finding(ex, waf)
+                if isinstance(waf, CrsFilter)
+                else self._fast_finding(ex, waf)
+            )
+        except InspectionUnavailableError as exc:  # no verdict: never passed uninspected
+            return Refusal.error(
+                Reason.INSPECTION_UNAVAILABLE, exc.detail, "the request could not be inspected now"
+            )
         if refusal is not None and action == "log":  # as a dry run: recorded, and on it goes
             self._would_deny(ex, "waf", refusal)
             return None
         return refusal
 
-    async def _crs_finding(
-        self, ex: Exchange, waf: CrsFilter, workers: CrsWorkers
-    ) -> Refusal | None:
-        """:meth:`_finding` of crs mode, inspected by a worker process."""
-        if (refusal := _over_crs_limit(ex, waf)) is not None:
-            return refusal
-        finding = await workers.inspect(waf.spec, **_crs_request(ex))
+    async def _crs_finding(self, ex: Exchange, waf: CrsFilter) -> Refusal | None:
+        """crs mode's refusal (its finding in the event), if any: inspected by a worker
+        process, or here where the gateway has none (``crs_workers: 0``)."""
+        if len(ex.body) > waf.body_limit:  # refused, never passed uninspected
+            return Refusal.deny(
+                Reason.REQUEST_TOO_LARGE,
+                f"body over the injection filter's limit ({waf.body_limit} bytes)",
+                "the request body is too large to inspect",
+            )
+        query = ex.scope.get("query_string", b"")
+        raw = ex.scope.get("raw_path") or ex.scope["path"].encode("latin-1")
+        request: dict[str, Any] = {
+            "method": ex.scope["method"],
+            "target": raw + b"?" + query if query else raw,  # as the client sent it
+            "headers": ex.headers,
+            "body": ex.body,
+            "client": ex.scope.get("client") or ("0.0.0.0", 0),  # noqa: S104
+        }
+        workers = self.crs_workers
+        finding = (
+            await workers.inspect(waf.spec, **request)
+            if workers is not None
+            else waf.inspect(**request)
+        )
         return None if finding is None else _refusal_of(ex, finding)
 
-    def _finding(self, ex: Exchange, waf: FastFilter | CrsFilter) -> Refusal | None:
-        """The filter's refusal of the request (its finding in the event), if any."""
-        query = ex.scope.get("query_string", b"")
-        finding: Finding | None
-        if isinstance(waf, CrsFilter):
-            if (refusal := _over_crs_limit(ex, waf)) is not None:
-                return refusal
-            finding = waf.inspect(**_crs_request(ex))
-        else:
-            finding = waf.inspect(
-                path=ex.path,
-                query=query,
-                headers=ex.headers,
-                content_type=next(
-                    (v.decode("latin-1") for k, v in ex.headers if k == b"content-type"), None
-                ),
-                body=ex.body,
-                json_strings=ex.parsed.strings if ex.parsed is not None else None,
-            )
+    def _fast_finding(self, ex: Exchange, waf: FastFilter) -> Refusal | None:
+        """Fast mode's refusal (its finding in the event), if any."""
+        finding = waf.inspect(
+            path=ex.path,
+            query=ex.scope.get("query_string", b""),
+            headers=ex.headers,
+            content_type=next(
+                (v.decode("latin-1") for k, v in ex.headers if k == b"content-type"), None
+            ),
+            body=ex.body,
+            json_strings=ex.parsed.strings if ex.parsed is not None else None,
+        )
         return None if finding is None else _refusal_of(ex, finding)
 
     async def _forward(self, ex: Exchange, send: Send) -> Outcome | None:
@@ -933,30 +942,6 @@ def _unrouted(decision: RouteDecision) -> Refusal:
             decision.reason, "a trailing slash the route does not declare", _NOT_CANONICAL
         )
     return Refusal.deny(decision.reason, "no route", "no such route")
-
-
-def _over_crs_limit(ex: Exchange, waf: CrsFilter) -> Refusal | None:
-    """A body over crs mode's limit: refused, never passed uninspected."""
-    if len(ex.body) <= waf.body_limit:
-        return None
-    return Refusal.deny(
-        Reason.REQUEST_TOO_LARGE,
-        f"body over the injection filter's limit ({waf.body_limit} bytes)",
-        "the request body is too large to inspect",
-    )
-
-
-def _crs_request(ex: Exchange) -> dict[str, Any]:
-    """The request as crs mode reads it: the target as the client sent it."""
-    query = ex.scope.get("query_string", b"")
-    raw = ex.scope.get("raw_path") or ex.scope["path"].encode("latin-1")
-    return {
-        "method": ex.scope["method"],
-        "target": raw + b"?" + query if query else raw,
-        "headers": ex.headers,
-        "body": ex.body,
-        "client": ex.scope.get("client") or ("0.0.0.0", 0),  # noqa: S104
-    }
 
 
 def _refusal_of(ex: Exchange, finding: Finding) -> Refusal:
