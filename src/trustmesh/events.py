@@ -41,7 +41,7 @@ import threading
 import time
 import types
 import unicodedata
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import (
@@ -1043,7 +1043,16 @@ class JsonLinesSink:
         self._fd: int | None = fd
 
     def emit(self, event: Event) -> None:
-        data = (event.to_json() + "\n").encode("ascii")
+        self._write((event.to_json() + "\n").encode("ascii"))
+
+    def write_lines(self, lines: Sequence[bytes]) -> None:
+        """Append events already rendered (each ``Event.to_json()`` as ASCII bytes, no
+        newline) in one ``write(2)``: what a batching producer calls instead of
+        ``emit`` per event."""
+        if lines:
+            self._write(b"\n".join(lines) + b"\n")
+
+    def _write(self, data: bytes) -> None:
         with self._lock:
             if self._fd is None:
                 raise ValueError("emit on a closed event sink")

@@ -10,7 +10,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -436,13 +436,15 @@ async def test_payments_may_not_call_orders(shop: dict[str, object]) -> None:
             refused = await orders.get("/orders/ord_1")
         assert refused.status == 403
         assert refused.json()["error"] == "forbidden"  # one spelling of 403 everywhere
-    events_file = Path(str(shop["state"])) / "events" / "orders.jsonl"
-    deny = [
-        json.loads(line) for line in events_file.read_text().splitlines() if '"policy-deny"' in line
-    ]
-    assert any(
-        e["unmapped"]["trustmesh"]["peer_spiffe_id"] == f"spiffe://{TD}/payments" for e in deny
-    )
+
+    def payments_denied(found: list[dict[str, Any]]) -> bool:
+        return any(
+            e["status_detail"] == "policy-deny"
+            and e["unmapped"]["trustmesh"]["peer_spiffe_id"] == f"spiffe://{TD}/payments"
+            for e in found
+        )
+
+    assert payments_denied(_events(shop, "orders", payments_denied))
 
 
 async def test_the_identity_provider_issues_a_bound_token_to_a_workload(
@@ -474,9 +476,19 @@ async def test_the_identity_provider_issues_a_bound_token_to_a_workload(
     assert claims["sub"] == f"spiffe://{TD}/storefront"
 
 
-def _events(shop: dict[str, object], name: str) -> list[dict[str, Any]]:
+def _events(
+    shop: dict[str, object], name: str, until: Callable[[list[dict[str, Any]]], bool]
+) -> list[dict[str, Any]]:
+    """``name``'s event log, read again until ``until`` holds of it (at most 10 s): with
+    the collector running, a component's delivery thread writes its log a spooled batch
+    at a time, a few milliseconds after the request."""
     path = Path(str(shop["state"])) / "events" / f"{name}.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    deadline = time.monotonic() + 10
+    while True:
+        found = [json.loads(line) for line in path.read_text().splitlines()]
+        if until(found) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.02)
 
 
 async def test_users_orders_are_theirs_and_the_chain_is_recorded(shop: dict[str, object]) -> None:
@@ -533,18 +545,25 @@ async def test_users_orders_are_theirs_and_the_chain_is_recorded(shop: dict[str,
             refused = await bob.get(f"/orders/{order['id']}")
             assert refused.status == 403
     # orders recorded bob's refusal; payments saw alice as the subject, orders as the actor
-    denied = [
-        e
-        for e in _events(shop, "orders")
-        if e["class_uid"] == 3003 and e["unmapped"]["trustmesh"].get("sub") == "bob"
-    ]
+
+    def bobs(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in found
+            if e["class_uid"] == 3003 and e["unmapped"]["trustmesh"].get("sub") == "bob"
+        ]
+
+    def alices(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            e["unmapped"]["trustmesh"]
+            for e in found
+            if e["unmapped"]["trustmesh"].get("sub") == "alice"
+        ]
+
+    denied = bobs(_events(shop, "orders", lambda found: bool(bobs(found))))
     assert denied
     assert denied[-1]["unmapped"]["trustmesh"]["decision"] == "deny"
-    charged = [
-        e["unmapped"]["trustmesh"]
-        for e in _events(shop, "payments")
-        if e["unmapped"]["trustmesh"].get("sub") == "alice"
-    ]
+    charged = alices(_events(shop, "payments", lambda found: bool(alices(found))))
     assert charged
     assert charged[-1]["attributes"]["actor"] == f"spiffe://{TD}/orders"
     assert charged[-1]["client_id"] == "orders"
@@ -723,11 +742,16 @@ def test_the_shop_through_the_gateway(shop: dict[str, object]) -> None:
     assert order in [o["id"] for o in listed.json()["orders"]]
     assert call("POST", f"/orders/{order}/refund", admin).json()["refunded"] is True
     assert call("GET", "/orders/x", None).status_code == 401
-    gateway_events = _events(shop, "gateway")
-    denied = [
-        e["unmapped"]["trustmesh"] for e in gateway_events if e["status_detail"] == "policy-deny"
-    ]
-    assert any(d["attributes"].get("policy") == "admin-routes-need-mfa" for d in denied)
+
+    def mfa_denied(found: list[dict[str, Any]]) -> bool:
+        return any(
+            e["status_detail"] == "policy-deny"
+            and e["unmapped"]["trustmesh"]["attributes"].get("policy") == "admin-routes-need-mfa"
+            for e in found
+        )
+
+    gateway_events = _events(shop, "gateway", mfa_denied)
+    assert mfa_denied(gateway_events)
     assert any(e["status_detail"] == "request-forwarded" for e in gateway_events)
     # the admin port counts it all (loopback, plain HTTP, for a local Prometheus)
     metrics_url = next(c for c in status["components"] if c["name"] == "gateway")["metrics_url"]
@@ -763,8 +787,9 @@ async def test_a_users_token_does_not_walk_around_the_gateway(shop: dict[str, ob
             refused = await bare.post("/orders", json={"item": "tea", "quantity": 1})
     assert refused.status == 401
     assert refused.headers["WWW-Authenticate"].startswith("Bearer")
-    reasons = {e["status_detail"] for e in _events(shop, "orders")}
-    assert reasons & {"token-wrong-audience", "token-not-bound", "token-wrong-issuer"}
+    why = {"token-wrong-audience", "token-not-bound", "token-wrong-issuer"}
+    found = _events(shop, "orders", lambda found: any(e["status_detail"] in why for e in found))
+    assert {e["status_detail"] for e in found} & why
 
 
 async def _alerts(audit: ServiceClient, title: str) -> list[dict[str, Any]]:

@@ -33,6 +33,7 @@ from deliveryrig import (
     stored,
 )
 
+from trustmesh import events
 from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import UnavailableError
 from trustmesh.reasons import Activity
@@ -322,3 +323,87 @@ async def test_a_burst_of_events_is_spooled_in_few_writes(
         assert appends == [30]
     finally:
         await asyncio.to_thread(sink.close, 0.1)
+
+
+def _logged(path: Path) -> list[int]:
+    return [e["unmapped"]["trustmesh"]["attributes"]["n"] for e in events.read_events(path)]
+
+
+async def test_the_event_log_is_written_a_spooled_batch_at_a_time(
+    payments: X509Source, short_tmp: Path
+) -> None:
+    """With the component's event log handed to it, the sink writes the log from its own
+    thread, one ``write`` per spooled batch and only once a batch is spooled: the request
+    path appends to memory and nothing else. Closing writes what is still queued."""
+    log_path = short_tmp / "events" / "payments.jsonl"
+    log = events.JsonLinesSink(log_path)
+    sink = producer(payments, short_tmp / "spool", free_port(), batch=30)  # no collector
+    sink.log = log
+    sink.linger = 30.0  # only a full batch ends the wait
+    writes: list[int] = []
+    write_lines = log.write_lines
+
+    def counted(lines: Any) -> None:
+        assert sink.spool.records >= len(lines)  # spooled first: the record comes first
+        writes.append(len(lines))
+        write_lines(lines)
+
+    log.write_lines = counted  # type: ignore[method-assign]
+    try:
+        emit_numbered(sink, 0, 30)
+        deadline = time.monotonic() + 10
+        while not writes and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert writes == [30]
+        assert _logged(log_path) == list(range(30))
+        emit_numbered(sink, 30, 5)  # a part batch, still waiting for its linger
+        assert _logged(log_path) == list(range(30))
+    finally:
+        await asyncio.to_thread(sink.close, 0.1)
+        log.close()
+    assert _logged(log_path) == list(range(35))  # each once, in order
+
+
+async def test_an_event_dropped_for_a_full_spool_is_still_in_the_event_log(
+    payments: X509Source, short_tmp: Path
+) -> None:
+    log_path = short_tmp / "events" / "payments.jsonl"
+    log = events.JsonLinesSink(log_path)
+    sink = producer(
+        payments,
+        short_tmp / "spool",
+        free_port(),
+        max_bytes=40 * 1024,
+        max_queue=20,
+        batch=10,
+        on_full="drop",
+    )
+    sink.log = log
+    try:
+        await asyncio.to_thread(emit_numbered, sink, 0, 200)
+        await asyncio.sleep(0.3)
+        assert sink.stats().dropped > 0
+    finally:
+        await asyncio.to_thread(sink.close, 0.1)
+        log.close()
+    assert sorted(_logged(log_path)) == list(range(200))
+
+
+async def test_a_failing_event_log_leaves_the_spool_whole(
+    payments: X509Source, short_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The log is written after the spool append: a log that fails is reported, and the
+    events stay spooled (the record) and are not written twice."""
+    log = events.JsonLinesSink(short_tmp / "events" / "payments.jsonl")
+    log.close()  # every write now fails
+    sink = producer(payments, short_tmp / "spool", free_port(), batch=10)
+    sink.log = log
+    try:
+        emit_numbered(sink, 0, 10)
+        deadline = time.monotonic() + 10
+        while sink.spool.records < 10 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert sink.spool.records == 10
+    finally:
+        await asyncio.to_thread(sink.close, 0.1)
+    assert "not in the event log" in caplog.text

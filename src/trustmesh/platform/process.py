@@ -103,12 +103,12 @@ async def component_identity(
         Path(os.environ.get(EVENTS_ENV) or state / "events" / f"{component}.jsonl")
     )
     try:
-        audit = audit_sink_from_env(source, config, state, component)
+        audit = audit_sink_from_env(source, config, state, component, log=log_sink)
     except BaseException:
         log_sink.close()
         await source.close()
         raise
-    sink: events.EventSink = log_sink if audit is None else events.FanoutSink(log_sink, audit)
+    sink: events.EventSink = log_sink if audit is None else audit  # it writes the log
     try:
         yield source, sink
     finally:

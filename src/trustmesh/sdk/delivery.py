@@ -158,6 +158,7 @@ class AuditSink:
         block_timeout: float | None = None,
         linger: float = _LINGER,
         deliver_every: float = _DELIVER_EVERY,
+        log: events.JsonLinesSink | None = None,
     ) -> None:
         if on_full not in ("block", "drop"):
             raise UsageError("on_full is 'block' or 'drop'")
@@ -165,6 +166,7 @@ class AuditSink:
             raise UsageError("batch is 1 to 1000 events; max_queue at least 1")
         self.spool = spool
         self.client = client
+        self.log = log
         self.component = component
         self.on_full: OnFull = on_full
         self.batch = batch
@@ -205,6 +207,8 @@ class AuditSink:
         if self._closing:
             raise UnavailableError("emit on a closed audit sink")
         if len(self._queue) >= self.max_queue and not self._room():
+            if self.log is not None:  # dropped here, still in the local log
+                self.log.emit(event)
             return
         self._queue.append(event)
         if not self._awake or len(self._queue) == self.batch:  # a full batch waits no more
@@ -347,9 +351,25 @@ class AuditSink:
             if not self.spool.append(staged, force=force):
                 return  # full: they wait here, the queue fills, on_full applies
             self._staged = []
+            self._to_log(staged)
             if not force:
                 with self._cond:
                     self._cond.notify_all()
+
+    def _to_log(self, lines: list[bytes]) -> None:
+        """The local event log gets what was just spooled, in one write (the spool has
+        them: a failure here is logged, never retried into duplicates)."""
+        if self.log is None:
+            return
+        try:
+            self.log.write_lines(lines)
+        except (OSError, ValueError):
+            log.exception(
+                "audit delivery of %s: %d events not in the event log %s",
+                self.component,
+                len(lines),
+                self.log.path,
+            )
 
     def _deliver(self) -> None:
         """Spool → collector: one batch (split on a 413 or a refusal), acknowledged in
@@ -499,6 +519,7 @@ def audit_sink_from_env(
     *,
     on_full: OnFull | None = None,
     spool_max_bytes: int | None = None,
+    log: events.JsonLinesSink | None = None,
 ) -> AuditSink | None:
     """The sink delivering ``component``'s events to the collector named by
     ``TRUSTMESH_AUDIT_URL``, spooling in ``<state>/spool/<component>/`` (``audit.spool``
@@ -520,6 +541,7 @@ def audit_sink_from_env(
         url=url.strip(),
         on_full=on_full,
         spool_max_bytes=spool_max_bytes,
+        log=log,
     )
 
 
@@ -543,9 +565,12 @@ def audit_sink(
     url: str = "",
     on_full: OnFull | None = None,
     spool_max_bytes: int | None = None,
+    log: events.JsonLinesSink | None = None,
 ) -> AuditSink:
     """``component``'s sink to the collector of ``state`` (at ``url`` until its endpoint
-    file says otherwise), spooling in ``<state>/spool/<component>/``."""
+    file says otherwise), spooling in ``<state>/spool/<component>/``; with ``log``, the
+    component's event log, written by the delivering thread a spooled batch at a time
+    (the sink then stands for both: off the request path)."""
     settings = config.audit.spool if config.audit is not None else SpoolConfig()
     client = CollectorClient(
         url,
@@ -561,6 +586,7 @@ def audit_sink(
             component=component,
             on_full=on_full or settings.on_full,
             spiffe_id=source.context.spiffe_id,
+            log=log,
         )
     except BaseException:
         spool.close()

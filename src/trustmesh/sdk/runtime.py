@@ -279,9 +279,14 @@ async def run_service(
     path = os.environ.get(EVENTS_ENV)
     if sink is None:
         sink = events.JsonLinesSink(Path(path)) if path else events.MemorySink()
-    audit = audit_sink_from_env(source, config, Path(path).parent.parent, service) if path else None
+    log = sink if isinstance(sink, events.JsonLinesSink) else None  # the delivery writes it
+    audit = (
+        audit_sink_from_env(source, config, Path(path).parent.parent, service, log=log)
+        if path
+        else None
+    )
     if audit is not None:
-        sink = events.FanoutSink(sink, audit)
+        sink = audit if log is not None else events.FanoutSink(sink, audit)
     trust = await _TokenTrust.declared(tls, config, service, auth_url, gateway_url)
     url = discovery_url or os.environ.get("TRUSTMESH_DISCOVERY_URL")
     suspensions = SuspensionFeed(tls, url) if url else None
