@@ -43,8 +43,10 @@ def sqlite_url(path: Path) -> str:
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     """An async engine for ``url``: ``sqlite+aiosqlite:///…`` or ``postgresql+asyncpg://…``.
 
-    SQLite gets WAL, a busy timeout and foreign keys on every connection; the file is
-    created 0600 in a 0700 directory (it holds sealed keys and client records)."""
+    SQLite gets WAL with synchronous=FULL (a commit is fsynced: what was acknowledged
+    survives power loss, as on PostgreSQL), a busy timeout and foreign keys on every
+    connection; the file is created 0600 in a 0700 directory (it holds sealed keys and
+    client records)."""
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -68,7 +70,7 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA synchronous=FULL")  # a commit survives power loss too
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
