@@ -90,7 +90,8 @@ def nginx(edge: Edge) -> NginxEdge:
 
 
 def asked(edge: Edge, path: str) -> list[events.Event]:
-    """The authorizer's allowed decisions about ``path`` (each time it was asked)."""
+    """The authorizer's allowed decisions about ``path`` (each time it was asked), on a
+    route whose limits it counts: it records them itself."""
     return [
         e
         for e in edge.sink.events
@@ -101,8 +102,11 @@ def asked(edge: Edge, path: str) -> list[events.Event]:
 
 
 async def answered_by_nginx(edge: Edge, count: int) -> list[events.Event]:
-    """The events of what nginx answered itself (read from its kept.log), once there
-    are ``count`` of them (nginx flushes the log each second)."""
+    """The events nginx recorded (read from its kept.log) of the requests to ``/shop``,
+    a route whose limit it counts: every request the authorizer did not refuse, each
+    once, with the outcome — answered from a kept decision (``kept``) or decided by the
+    authorizer just now — once there are ``count`` of them (nginx flushes the log each
+    second). The authorizer records no allowed decision there."""
 
     def found() -> list[events.Event]:  # (the fixture's own /ping may come late)
         return [
@@ -117,44 +121,62 @@ async def answered_by_nginx(edge: Edge, count: int) -> list[events.Event]:
             break
         await asyncio.sleep(0.1)
     assert len(found()) == count, [(e.reason, e.attributes) for e in found()]
+    assert not [e for e in asked_anywhere(edge) if str(e.attributes["path"]).startswith("/shop")]
     return found()
+
+
+def asked_anywhere(edge: Edge) -> list[events.Event]:
+    return [
+        e
+        for e in edge.sink.events
+        if e.reason.value == "policy-allow" and e.attributes.get("engine") == "authorizer"
+    ]
+
+
+def outcomes(recorded: list[events.Event]) -> list[tuple[str, bool, int]]:
+    return [
+        (str(e.attributes["path"]), e.attributes["kept"], e.attributes["status"]) for e in recorded
+    ]
 
 
 async def test_an_allowed_decision_is_kept_and_a_refusal_never_is(edge: Edge) -> None:
     first = await edge.send("GET", "/shop/a", who="carol")
     again = await edge.send("GET", "/shop/a", who="carol")
     assert (first.status, again.status) == (200, 200), (first.body, again.body)
-    assert len(asked(edge, "/shop/a")) == 1  # the second was answered by nginx
     assert SEEN[0]["authorization"] == SEEN[1]["authorization"]  # the kept internal token
     # another URI, another user, another host: each asked about on its own
     assert (await edge.send("GET", "/shop/b", who="carol")).status == 200
     assert (await edge.send("GET", "/shop/a", who="dave")).status == 200
-    assert len(asked(edge, "/shop/a")) == 2
     assert SEEN[-1]["authorization"] != SEEN[0]["authorization"]
-    assert len(asked(edge, "/shop/b")) == 1
     # refusals: asked every time
     bad = [("Authorization", "Bearer " + edge.tokens["carol"][:-4] + "AAAA")]
     for _ in range(2):
         assert (await edge.send("GET", "/shop/a", headers=bad)).status == 401
     closed = [await edge.send("GET", "/shop/closed", who="carol") for _ in range(2)]
     assert [a.status for a in closed] == [403, 403]
+    assert len(SEEN) == 4  # no refused request reached the upstream
+    # one event per allowed request, the second answered by nginx from the kept decision
+    recorded = await answered_by_nginx(edge, 4)
+    assert outcomes(recorded) == [
+        ("/shop/a", False, 200),
+        ("/shop/a", True, 200),
+        ("/shop/b", False, 200),
+        ("/shop/a", False, 200),
+    ]
+    assert [e.trace_id for e in recorded] == [s["traceparent"].split("-")[1] for s in SEEN]
     refused = [e.reason.value for e in edge.sink.events if e.decision != events.Decision.ALLOW]
     assert refused == ["token-bad-signature"] * 2 + ["policy-deny"] * 2, refused
-    assert len(SEEN) == 4  # no refused request reached the upstream
-    # what nginx answered itself is recorded too, with the request's own trace
-    (recorded,) = await answered_by_nginx(edge, 1)
-    assert recorded.decision == events.Decision.ALLOW
-    assert recorded.reason.value == "policy-allow"
-    assert recorded.sub == asked(edge, "/shop/a")[0].sub is not None
-    assert recorded.trace_id == SEEN[1]["traceparent"].split("-")[1]
+    kept = recorded[1]
+    assert kept.decision == events.Decision.ALLOW
+    assert kept.reason.value == "policy-allow"
+    assert kept.sub == recorded[0].sub is not None
     # nginx's trace ids begin with the time in ms, as the gateway's do (13 decimal digits)
-    assert abs(int(recorded.trace_id[:13]) - recorded.time.timestamp() * 1000) < 60_000
+    assert abs(int(kept.trace_id[:13]) - kept.time.timestamp() * 1000) < 60_000
     # its uid: the line's time (ms), then the request id's last 80 bits
-    assert recorded.uid[12:] == recorded.trace_id[12:]
-    assert int(recorded.uid[:12], 16) == round(recorded.time.timestamp() * 1000)
-    assert recorded.attributes["path"] == "/shop/a"
-    assert recorded.attributes["route"] == "routes[0]"
-    assert recorded.attributes["status"] == 200
+    assert kept.uid[12:] == kept.trace_id[12:]
+    assert int(kept.uid[:12], 16) == round(kept.time.timestamp() * 1000)
+    assert kept.attributes["route"] == "routes[0]"
+    assert recorded[3].sub != kept.sub  # dave's
 
 
 async def test_an_ambiguous_key_part_is_never_kept(edge: Edge) -> None:
@@ -194,12 +216,22 @@ async def test_nginx_counts_each_consumer_s_limit_across_kept_decisions(edge: Ed
     assert kept.status == 429
     assert (await edge.send("GET", "/shop/a", who="dave")).status == 200  # another consumer
     assert len(SEEN) == 4
-    recorded = await answered_by_nginx(edge, 3)  # a kept /shop/a, two refusals
-    refused = [e for e in recorded if e.decision == events.Decision.DENY]
-    assert [(e.reason.value, e.attributes["status"]) for e in refused] == [
-        ("rate-limited", 429),
-        ("rate-limited", 429),
+    # one event per request: /shop/c, allowed by the authorizer and refused by nginx's
+    # count, is one refusal (no "allowed" beside it)
+    recorded = await answered_by_nginx(edge, 6)
+    assert outcomes(recorded) == [
+        ("/shop/a", False, 200),
+        ("/shop/b", False, 200),
+        ("/shop/a", True, 200),
+        ("/shop/c", False, 429),
+        ("/shop/a", True, 429),
+        ("/shop/a", False, 200),
     ]
+    assert [(e.decision, e.reason.value) for e in recorded[3:5]] == [
+        (events.Decision.DENY, "rate-limited"),
+        (events.Decision.DENY, "rate-limited"),
+    ]
+    assert [e for e in edge.sink.events if e.attributes.get("path") == "/shop/c"] == [recorded[3]]
     assert "unexpected status" not in nginx(edge).engine.error_log_tail()
 
 
@@ -223,11 +255,16 @@ async def test_the_request_s_trace_is_nginx_s_at_the_authorizer_and_the_upstream
     assert answer.status == 200
     upstream = SEEN[-1]["traceparent"]
     assert upstream != client_trace  # nobody's but the edge's
-    (decision,) = asked(edge, "/shop/t")
-    assert decision.trace_id == upstream.split("-")[1]
     again = await edge.send("GET", "/shop/t", who="carol")  # kept: a trace of its own
     assert again.status == 200
-    assert SEEN[-1]["traceparent"].split("-")[1] != decision.trace_id
+    decision, kept = await answered_by_nginx(edge, 2)
+    assert (decision.attributes["kept"], kept.attributes["kept"]) == (False, True)
+    assert decision.trace_id == upstream.split("-")[1]
+    assert kept.trace_id == SEEN[-1]["traceparent"].split("-")[1] != decision.trace_id
+    # where the authorizer records the decision itself, it is under nginx's trace too
+    assert (await edge.send("GET", "/ping/t")).status == 200
+    (pinged,) = asked(edge, "/ping/t")
+    assert pinged.trace_id == SEEN[-1]["traceparent"].split("-")[1]
 
 
 async def test_a_new_declaration_keeps_none_of_the_old_decisions(

@@ -390,10 +390,13 @@ class GatewayApp:
         token reaches the upstream with at least that left."""
         route = ex.route
         assert route is not None  # noqa: S101 - allowed requests have a route
-        self._emit(events.Decision.ALLOW, Reason.POLICY_ALLOW, "authorized", ex.context, ex.user)
+        limits = self.proxy_limits[ex.index]
+        if not (limits and self.decision_ttl):  # else nginx records it (record_kept)
+            self._emit(
+                events.Decision.ALLOW, Reason.POLICY_ALLOW, "authorized", ex.context, ex.user
+            )
         token, until = self._minted_token(ex.index, route, ex.user, ex.credential)
         headers = [(b"authorization", token)]
-        limits = self.proxy_limits[ex.index]
         if limits is None or not self.decision_ttl:
             return headers, 0
         if limits:
@@ -850,8 +853,11 @@ class GatewayApp:
     def record_kept(self, line: Mapping[str, Any]) -> None:
         """A request nginx answered without asking (:mod:`trustmesh.gateway.nginxlog`): by
         a decision it kept (allowed, as the authorizer decided it), or refused by its own
-        count of a limit; recorded as the authorizer records the requests it decides,
-        its trace the request's (KeyError, ValueError: not such a line). The event's
+        count of a limit; or one the authorizer allowed on a route whose limits nginx
+        counts (which the authorizer leaves to this record: nginx may still refuse it).
+        Recorded as the authorizer records the requests it decides, its trace the
+        request's, ``kept`` saying whether the decision was a kept one (KeyError,
+        ValueError: not such a line). The event's
         uid is the line's own: its time in milliseconds, then the last 80 bits of the
         request's trace id (a line read twice is one event; uids sort by time, as
         :func:`~trustmesh.events.new_uid`'s do)."""
@@ -868,6 +874,7 @@ class GatewayApp:
             "client": str(line["client"])[:64],
             "route": f"routes[{index}]",
             "status": int(line["status"]),
+            "kept": line.get("kept") == "HIT",  # else the authorizer decided it just now
         }
         refused = line.get("limit") == "REJECTED"
         decision = events.Decision.DENY if refused else events.Decision.ALLOW

@@ -324,15 +324,22 @@ def _upstreams(
 def _kept_http(plan: NginxPlan, folder: Path, seconds: int) -> list[str]:
     """Where nginx keeps decisions: the cache, each limit it counts, and its record of
     what it answers itself (kept.log)."""
-    zones = {limit.zone: limit for limits in _counted(plan) if limits for limit in limits}
+    counted = _counted(plan)
+    zones = {limit.zone: limit for limits in counted if limits for limit in limits}
+    # on a route whose limits nginx counts, every request the authorizer allowed is
+    # recorded from here, once nginx's count has passed or refused it (the authorizer
+    # records none: its "allowed" would stand beside nginx's refusal of the same request)
+    indexes = "|".join(str(index) for index, limits in enumerate(counted) if limits)
+    every = [f'"~:({indexes})$" 1;'] if indexes else []
     return [
         f"proxy_cache_path {_quoted(folder)} levels=1:2 "
         f"keys_zone={_cache_zone(plan)}:4m max_size=64m inactive={max(10, 2 * seconds)}s "
         "use_temp_path=off;",
         "limit_req_log_level info;",  # a refusal per line at warn would flood the log
-        # what nginx answers without asking: recorded from its kept.log
+        # what nginx answers without asking, or counts: recorded from its kept.log
         'map $request_uri $tm_path { "~^([^?]*)" $1; }',
-        'map "$tm_cache:$limit_req_status" $tm_log { "~^HIT:" 1; "~:REJECTED$" 1; default 0; }',
+        'map "$tm_cache:$limit_req_status:$tm_route" $tm_log '
+        + " ".join(['{ "~^HIT:" 1;', '"~:REJECTED:" 1;', *every, "default 0; }"]),
         f"log_format tm_kept escape=json {_quoted(_KEPT_LINE)};",
         f"access_log {_quoted(plan.root / KEPT_LOG)} tm_kept buffer=64k flush=1s if=$tm_log;",
         *(

@@ -2,9 +2,11 @@
 
 Where nginx keeps decisions (``gateway.nginx.decision_ttl``), the requests it answers
 from a kept decision, and those its own count of a limit refuses, never reach the
-authorizer, which records every decision it makes. nginx writes a line for each of them
-(JSON, its ``kept.log``: the request's id, time, client, method, path, status, route,
-subject and whether the decision was kept or the limit refused), and :class:`KeptLog`
+authorizer, which records every decision it makes — but for the requests it allows on a
+route whose limits nginx counts: nginx may still refuse those, so they are recorded
+from here, once, with the outcome. nginx writes a line for each of them (JSON, its
+``kept.log``: the request's id, time, client, method, path, status, route, subject and
+whether the decision was kept or the limit refused), and :class:`KeptLog`
 reads the lines every :data:`INTERVAL` seconds and records each as an event
 (:meth:`~trustmesh.gateway.app.GatewayApp.record_kept`): the event's id is the
 request's, so a line recorded twice (the gateway restarted before it had read past it)
