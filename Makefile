@@ -32,7 +32,7 @@ typecheck: $(BIN)/trustmesh
 
 ## Re-pin dependencies (needs the package registry).
 lock: $(BIN)/trustmesh
-	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
+	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 --universal \
 	    -o requirements.lock -q
 
 ## Regenerate the Workload API protobuf modules (needs grpcio-tools).

@@ -1,45 +1,57 @@
 """libinjection for the fast mode: ``_sqli_c`` (the fingerprint, or ``None``) and ``_xss_c``
 over UTF-8 bytes.
 
-They are the C entry points of the ``libinjection`` extension (``libinjection_sqli``,
-``libinjection_xss``; they take a length, so a NUL byte does not cut a value short) when
-they give the module's own answers in a self-test at import; otherwise the module's
-Python functions, the same C code behind a wrapper that builds a token list on every
-call (≈ 2 µs a call instead of ≈ 0.3–1 µs).
+They are libinjection's own C entry points (``libinjection_sqli``, ``libinjection_xss``;
+they take a length, so a NUL byte does not cut a value short), called through ctypes,
+from the first of these that has them and answers a self-test at import:
+
+1. the ModSecurity library of the ``libmodsecurity`` wheel (Apache-2.0; crs mode's
+   engine), which carries libinjection (BSD-3-Clause) inside it and exports it — where
+   that wheel exists (Linux x86-64, macOS arm64), nothing under another licence is
+   installed for the fast mode;
+2. the ``libinjection`` extension of ``libinjection-python`` (GPLv3+), which the
+   package depends on only on the other platforms; if its C functions do not answer
+   the self-test, its Python functions are used (the same C code behind a wrapper that
+   builds a token list on every call: ≈ 2 µs a call instead of ≈ 0.3–1 µs).
+
+Neither: :class:`ImportError`, naming what to install (the fast mode is the gateway's
+default; it does not start without it).
 """
 
 from __future__ import annotations
 
 import ctypes
+import importlib
 from collections.abc import Callable
+from typing import Any
 
-import libinjection  # type: ignore[import-not-found]  # a C extension without stubs
+__all__ = ["SOURCE", "_sqli_c", "_xss_c"]
+
+Check = tuple[Callable[[bytes], str | None], Callable[[bytes], bool]]
+
+#: What each check must answer (SQL injection, XSS), whichever library gives it.
+_PROBES: tuple[tuple[bytes, bool, bool], ...] = (
+    (b"1' or '1'='1", True, False),
+    (b"1 union select a from b", True, False),
+    (b"x\x00' or 1=1--", True, False),  # past a NUL: the length is passed
+    (b"O'Brien", False, False),
+    (b"select your size", False, False),
+    (b"<img src=x onerror=alert(1)>", False, True),
+    (b"a=b", False, False),
+)
 
 
-def _python_sqli(data: bytes) -> str | None:
-    found = libinjection.is_sql_injection(data.decode("utf-8", "surrogatepass"))
-    return str(found["fingerprint"]) if found["is_sqli"] else None
-
-
-def _python_xss(data: bytes) -> bool:
-    return bool(libinjection.is_xss(data.decode("utf-8", "surrogatepass"))["is_xss"])
-
-
-def _c_entry_points() -> tuple[Callable[[bytes], str | None], Callable[[bytes], bool]] | None:
-    """libinjection's own C functions, if the extension exports them and they answer
-    a self-test; ``None`` otherwise."""
+def _entry_points(lib: Any) -> Check | None:
+    """libinjection's C functions in ``lib`` (a ctypes library), if it has them."""
     try:
-        lib = ctypes.PyDLL(libinjection.__file__)
-        c_sqli = lib.libinjection_sqli
-        c_xss = lib.libinjection_xss
-    except (OSError, AttributeError, TypeError):
+        c_sqli, c_xss = lib.libinjection_sqli, lib.libinjection_xss
+    except AttributeError:
         return None
     # no argtypes: ctypes passes bytes and a string buffer as char *, and the length as
     # the size_t it is given (converting each argument through argtypes costs ≈ 0.1 µs)
     c_sqli.restype = ctypes.c_int
     c_xss.restype = ctypes.c_int
     size_t = ctypes.c_size_t
-
     # PyDLL keeps the GIL during the call, so one fingerprint buffer serves every thread
     fingerprint = ctypes.create_string_buffer(8)
 
@@ -51,12 +63,60 @@ def _c_entry_points() -> tuple[Callable[[bytes], str | None], Callable[[bytes], 
     def xss(data: bytes) -> bool:
         return bool(c_xss(data, size_t(len(data))))
 
-    probes = [b"1' or '1'='1", b"1 union select a from b", b"O'Brien", b"select your size"]
-    probes += [b"<img src=x onerror=alert(1)>", b"a=b", b"x\x00' or 1=1--"]
-    for probe in probes:
-        if sqli(probe) != _python_sqli(probe) or xss(probe) != _python_xss(probe):
-            return None
     return sqli, xss
 
 
-_sqli_c, _xss_c = _c_entry_points() or (_python_sqli, _python_xss)
+def _answers(check: Check) -> bool:
+    sqli, xss = check
+    return all(
+        (sqli(probe) is not None, xss(probe)) == (is_sqli, is_xss)
+        for probe, is_sqli, is_xss in _PROBES
+    )
+
+
+def _from_modsecurity() -> Check | None:
+    try:
+        extension = importlib.import_module("libmodsecurity._libmodsecurity")
+        # dlsym searches the extension's own dependencies: the ModSecurity library
+        return _entry_points(ctypes.PyDLL(extension.__file__))
+    except (ImportError, OSError):
+        return None
+
+
+def _from_libinjection_python() -> Check | None:
+    try:
+        module: Any = importlib.import_module("libinjection")
+    except ImportError:
+        return None
+    try:
+        check = _entry_points(ctypes.PyDLL(module.__file__))
+    except (OSError, TypeError):
+        check = None
+    if check is not None and _answers(check):
+        return check
+
+    def sqli(data: bytes) -> str | None:
+        found = module.is_sql_injection(data.decode("utf-8", "surrogatepass"))
+        return str(found["fingerprint"]) if found["is_sqli"] else None
+
+    def xss(data: bytes) -> bool:
+        return bool(module.is_xss(data.decode("utf-8", "surrogatepass"))["is_xss"])
+
+    return sqli, xss
+
+
+def _load() -> tuple[Check, str]:
+    for source, find in (
+        ("libmodsecurity", _from_modsecurity),
+        ("libinjection-python", _from_libinjection_python),
+    ):
+        check = find()
+        if check is not None and _answers(check):
+            return check, source
+    raise ImportError(
+        "the injection filter's fast mode needs libinjection: install the libmodsecurity "
+        "wheel (Linux x86-64, macOS arm64) or libinjection-python"
+    )
+
+
+(_sqli_c, _xss_c), SOURCE = _load()
