@@ -39,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -103,16 +103,35 @@ _encode = _ENCODER.encode
 _FAST = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
 
+#: What ``ensure_ascii`` escapes and orjson writes as it is: DEL and every non-ASCII
+#: character (inside strings only: orjson's output is JSON).
+_WIDE: Final = re.compile("[^\x00-\x7e]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    """A character as ``\\uXXXX`` (lowercase hex; a surrogate pair past U+FFFF), as the
+    standard encoder writes it."""
+    code = ord(match.group())
+    if code > 0xFFFF:
+        code -= 0x10000
+        return f"\\u{0xD800 | code >> 10:04x}\\u{0xDC00 | code & 0x3FF:04x}"
+    return f"\\u{code:04x}"
+
+
 def canonical(event: Mapping[str, Any]) -> bytes:
     """The event's canonical bytes: sorted keys, no spaces, ASCII (``\\uXXXX`` escapes),
     or :class:`UsageError` for a value JSON cannot hold (NaN, Infinity, bytes, sets,
     other objects, a cycle) or keys of mixed types.
 
-    Written by orjson where its bytes are these (ASCII without DEL, integers of 64 bits, and no
-    ``null`` but for None: orjson writes a NaN or an infinity as null, so a body with a
-    null is looked through for one); anything else by the standard encoder, which
-    refuses what is not JSON. Both write a float as the shortest text that parses back
-    to it, so the bytes of an event parsed from them are the same bytes again.
+    Written by orjson (DEL and non-ASCII characters then escaped as ``\\uXXXX``, as the
+    standard encoder's ``ensure_ascii`` does) where it can write the event: integers of
+    64 bits, strings without lone surrogates, and no ``null`` but for None (orjson writes
+    a NaN or an infinity as null, so a body with a null is looked through for one);
+    anything else by the standard encoder, which refuses what is not JSON. The bytes are
+    the standard encoder's, but for a float from 1e-9 to 1e-4, which orjson writes its own
+    way (``1.5e-7``, ``0.00001``; the standard encoder ``1.5e-07``, ``1e-05``) — as every
+    record stored so far has it; both write the shortest text that parses back to the
+    float, so the bytes of an event parsed from them are the same bytes again.
 
     Events come parsed from JSON (or from ``Event.to_ocsf()``), so their keys are
     strings; a dict whose keys are all numbers, booleans or None is written as JSON
@@ -122,13 +141,11 @@ def canonical(event: Mapping[str, Any]) -> bytes:
         body = orjson.dumps(event, default=_refuse, option=_FAST)
     except (TypeError, ValueError, RecursionError):
         body = b""
-    if (
-        body.isascii()
-        and b"\x7f" not in body  # DEL: orjson writes it as it is, the standard encoder escapes it
-        and body[:1] == b"{"
-        and (b"null" not in body or _finite(event))
-    ):
-        return body
+    if body[:1] == b"{" and (b"null" not in body or _finite(event)):
+        if body.isascii() and b"\x7f" not in body:
+            return body
+        # DEL and non-ASCII escaped as the standard encoder does (the rest is the same)
+        return _WIDE.sub(_escape, body.decode("utf-8")).encode("ascii")
     try:
         text = _encode(event)
     except (TypeError, ValueError, RecursionError) as exc:
