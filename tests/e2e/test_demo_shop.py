@@ -19,6 +19,7 @@ import requests
 from authlib.common.security import generate_token
 from authlib.integrations.requests_client import OAuth2Session
 from authrig import FormLogin, code_flow
+from prometheus_client.parser import text_string_to_metric_families
 from secretscan import UsedSecrets, assert_no_secret_recorded, event_files
 from spiffe_http import spiffe_session, write_pems
 
@@ -964,6 +965,47 @@ async def test_the_stack_delivers_its_events_and_alerts_on_what_it_saw(
         r["action"] == "suspend-spiffe-id" and r["target"] == payments and r["dry_run"]
         for r in responses
     ), responses
+
+
+def _scrape(url: str) -> dict[str, float]:
+    """``/metrics`` as ``name{labels}`` → value (Prometheus' own text parser)."""
+    answer = requests.get(url, timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("text/plain; version=")
+    found = {}
+    for family in text_string_to_metric_families(answer.text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            found[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return found
+
+
+def test_every_component_serves_its_metrics(shop: dict[str, object]) -> None:
+    """Each component's Prometheus metrics on loopback, named in `trustmesh status`: its
+    decisions by outcome and reason, its SVID's time left, its audit delivery (spool
+    depth, delivered, dropped); the collector's alert and detection counts."""
+    where = ("--config", str(shop["config"]), "--state", str(shop["state"]))
+    status = json.loads(tm("status", *where, "--json").stdout)
+    rows = {c["name"]: c for c in status["components"]}
+    for name in ("auth", "secrets", "audit", "gateway"):
+        url = rows[name].get("metrics_url")
+        assert isinstance(url, str), (name, rows[name])
+        assert url.startswith("http://127.0.0.1:"), url  # loopback only
+        found = _scrape(url)
+        left = found[f"trustmesh_{name}_certificate_seconds_left"]
+        assert 0 < left <= 24 * 3600, (name, left)
+        assert any(k.startswith(f"trustmesh_{name}_decisions_total{{") for k in found), name
+        if name != "audit":  # the collector delivers to no one
+            assert found[f"trustmesh_{name}_audit_spooled_events"] >= 0
+            assert found[f"trustmesh_{name}_audit_dropped_total"] == 0
+            assert found[f"trustmesh_{name}_audit_delivered_total"] > 0, name
+        assert requests.get(url.replace("/metrics", "/nope"), timeout=10).status_code == 404
+    auth = _scrape(str(rows["auth"]["metrics_url"]))
+    allowed = [v for k, v in auth.items() if "decisions_total" in k and 'decision="allow"' in k]
+    assert sum(allowed) > 0
+    audit = _scrape(str(rows["audit"]["metrics_url"]))
+    assert audit["trustmesh_audit_detected_events_total"] > 0
+    assert audit["trustmesh_audit_alerts_total"] >= 0
 
 
 def test_no_event_carries_a_secret_the_tests_used(shop: dict[str, object]) -> None:

@@ -8,29 +8,58 @@ from __future__ import annotations
 
 import gc
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
+from prometheus_client.core import CounterMetricFamily, Metric
+
 from trustmesh.audit.endpoint import endpoint_path
-from trustmesh.audit.server import serve_audit
+from trustmesh.audit.server import RunningAudit, serve_audit
 from trustmesh.config import TrustmeshConfig
+from trustmesh.platform.metrics import component_metrics
 from trustmesh.platform.process import component_identity, component_main, serve_until_stopped
 from trustmesh.platform.suspensions import suspension_feed
 
 
 async def run(config: TrustmeshConfig, state: Path, config_file: Path) -> None:
+    serving: list[RunningAudit] = []  # once it serves: its detector's counts are scraped
     async with (
-        component_identity(config, state, "audit") as (source, sink),
+        component_identity(config, state, "audit") as (source, recorded),
+        component_metrics("audit", source, recorded, extra=lambda: _detected(serving)) as (
+            sink,
+            metrics_url,
+            _,
+        ),
         suspension_feed(source, state, "audit") as suspended,
     ):
         running = await serve_audit(
             config, state, source=source, sink=sink, config_file=config_file, suspended=suspended
         )
+        serving.append(running)
         settle_gc()
         print(f"audit: {running.url}", flush=True)
         await serve_until_stopped(
-            source, endpoint_path(state), lambda: {"url": running.url}, running.stop
+            source,
+            endpoint_path(state),
+            lambda: {"url": running.url, "metrics_url": metrics_url},
+            running.stop,
         )
+
+
+def _detected(serving: list[RunningAudit]) -> Iterator[Metric]:
+    """The collector's alerts and the events its detection saw, since it started."""
+    if not serving:
+        return
+    stats = serving[0].service.detector.stats
+    yield CounterMetricFamily(
+        "trustmesh_audit_alerts", "Alerts raised since the collector started.", value=stats.alerts
+    )
+    yield CounterMetricFamily(
+        "trustmesh_audit_detected_events",
+        "Events detection has seen since the collector started.",
+        value=stats.events,
+    )
 
 
 #: The cyclic GC's first threshold in the collector: containers allocated, less those

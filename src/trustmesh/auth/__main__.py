@@ -12,6 +12,7 @@ from pathlib import Path
 from trustmesh.auth.endpoint import endpoint_path
 from trustmesh.auth.server import serve_auth
 from trustmesh.config import TrustmeshConfig
+from trustmesh.platform.metrics import component_metrics
 from trustmesh.platform.process import component_identity, component_main, serve_until_stopped
 from trustmesh.platform.suspensions import suspension_feed
 
@@ -19,7 +20,8 @@ from trustmesh.platform.suspensions import suspension_feed
 async def run(config: TrustmeshConfig, state: Path, config_file: Path) -> None:
     config_dir = config_file.parent
     async with (
-        component_identity(config, state, "auth") as (source, sink),
+        component_identity(config, state, "auth") as (source, recorded),
+        component_metrics("auth", source, recorded) as (sink, metrics_url, _),
         suspension_feed(source, state, "auth") as suspended,
     ):
         running = await serve_auth(
@@ -33,6 +35,7 @@ async def run(config: TrustmeshConfig, state: Path, config_file: Path) -> None:
                 "url": running.url,
                 "public_url": running.urls.public,
                 "issuer": running.service.settings.issuer,
+                "metrics_url": metrics_url,
             },
             running.stop,
         )

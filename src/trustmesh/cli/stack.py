@@ -236,9 +236,9 @@ def _tcp_open(url: str) -> bool:
 #: Components that say where they listen: their file, the key of their mTLS listener's
 #: URL there, and what else of it `status` shows.
 _ENDPOINTS: dict[str, tuple[Callable[[Path], Path], str, tuple[str, ...]]] = {
-    "auth": (auth_endpoint_path, "url", ("issuer", "public_url")),
-    "secrets": (secrets_endpoint_path, "url", ()),
-    "audit": (audit_endpoint_path, "url", ()),
+    "auth": (auth_endpoint_path, "url", ("issuer", "public_url", "metrics_url")),
+    "secrets": (secrets_endpoint_path, "url", ("metrics_url",)),
+    "audit": (audit_endpoint_path, "url", ("metrics_url",)),
     "gateway": (gateway_endpoint_path, "internal_url", ("internal_url", "metrics_url")),
 }
 #: Where a component answers for its health, where it is not /healthz (the secrets

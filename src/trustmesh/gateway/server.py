@@ -54,6 +54,7 @@ from trustmesh.platform.listeners import (
     start_loopback,
     start_public,
 )
+from trustmesh.platform.metrics import LiveFacts
 from trustmesh.platform.suspensions import RefuseSuspended
 from trustmesh.policy.edge import load_edge_policy
 from trustmesh.reasons import Activity
@@ -270,6 +271,8 @@ async def serve_gateway(
     spiffe_id = config.component_spiffe_id("gateway")
     trust, verifier = await _provider(config, gateway, tls, spiffe_id, auth_url)
     metrics = GatewayMetrics() if gateway.metrics_port is not None else None
+    if metrics is not None:  # the SVID's time left and the audit delivery, as every component's
+        metrics.registry.register(LiveFacts("gateway", source, sink))
     changes = _Changes(metrics)
     parts = await _parts(config, gateway, state, folder, tls, discovery_url, trust, changes, clock)
 

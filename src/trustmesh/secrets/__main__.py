@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from trustmesh.config import TrustmeshConfig
+from trustmesh.platform.metrics import component_metrics
 from trustmesh.platform.process import component_identity, component_main, serve_until_stopped
 from trustmesh.platform.suspensions import suspension_feed
 from trustmesh.secrets.endpoint import endpoint_path
@@ -18,7 +19,8 @@ from trustmesh.secrets.server import serve_secrets
 
 async def run(config: TrustmeshConfig, state: Path, config_file: Path) -> None:
     async with (
-        component_identity(config, state, "secrets") as (source, sink),
+        component_identity(config, state, "secrets") as (source, recorded),
+        component_metrics("secrets", source, recorded) as (sink, metrics_url, _),
         suspension_feed(source, state, "secrets") as suspended,
     ):
         running = await serve_secrets(
@@ -26,7 +28,10 @@ async def run(config: TrustmeshConfig, state: Path, config_file: Path) -> None:
         )
         print(f"secrets: {running.url}", flush=True)
         await serve_until_stopped(
-            source, endpoint_path(state), lambda: {"url": running.url}, running.stop
+            source,
+            endpoint_path(state),
+            lambda: {"url": running.url, "metrics_url": metrics_url},
+            running.stop,
         )
 
 
