@@ -13,7 +13,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from trustmesh.platform.listeners import Receive, Scope, Send
+from trustmesh.platform.metrics import serve_metrics
 
 __all__ = ["CONTENT_TYPE_LATEST", "GatewayMetrics"]
 
@@ -76,6 +76,7 @@ class GatewayMetrics:
         )
         self._statuses = {code: f"{code // 100}xx" for code in range(100, 600)}
         self.refresh: Callable[[], None] | None = None  # called before each scrape
+        self.app = serve_metrics(self.render)  # ASGI: GET /metrics; everything else 404
 
     def answered(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, self._statuses.get(status, "other")).inc()
@@ -107,32 +108,3 @@ class GatewayMetrics:
         if self.refresh is not None:
             self.refresh()
         return generate_latest(self.registry)
-
-    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """ASGI: ``GET /metrics``; everything else 404."""
-        if scope["type"] != "http":
-            return
-        if scope["path"] != "/metrics" or scope["method"] not in ("GET", "HEAD"):
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 404,
-                    "headers": [(b"content-type", b"text/plain")],
-                }
-            )
-            await send({"type": "http.response.body", "body": b"not found\n"})
-            return
-        body = self.render()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", CONTENT_TYPE_LATEST.encode()),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send(
-            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
-        )
