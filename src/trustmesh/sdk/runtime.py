@@ -276,17 +276,7 @@ async def run_service(
     service, config = _declared(service, config_path)
     source = await _identity(config, service, address)
     tls = RotatingTLS(source)
-    path = os.environ.get(EVENTS_ENV)
-    if sink is None:
-        sink = events.JsonLinesSink(Path(path)) if path else events.MemorySink()
-    log = sink if isinstance(sink, events.JsonLinesSink) else None  # the delivery writes it
-    audit = (
-        audit_sink_from_env(source, config, Path(path).parent.parent, service, log=log)
-        if path
-        else None
-    )
-    if audit is not None:
-        sink = audit if log is not None else events.FanoutSink(sink, audit)
+    sink, audit = _event_sinks(source, config, service, sink)
     trust = await _TokenTrust.declared(tls, config, service, auth_url, gateway_url)
     url = discovery_url or os.environ.get("TRUSTMESH_DISCOVERY_URL")
     suspensions = SuspensionFeed(tls, url) if url else None
@@ -324,6 +314,24 @@ async def run_service(
         await discovery.register(runtime.url)
     _runtime = runtime
     return runtime
+
+
+def _event_sinks(
+    source: X509Source, config: TrustmeshConfig, service: str, sink: events.EventSink | None
+) -> tuple[events.EventSink, AuditSink | None]:
+    """Where the service's events go (``sink``, else the event log ``TRUSTMESH_EVENTS``,
+    else memory), and its delivery to the collector when ``up`` runs one — which then
+    writes the event log too, a spooled batch at a time."""
+    path = os.environ.get(EVENTS_ENV)
+    if sink is None:
+        sink = events.JsonLinesSink(Path(path)) if path else events.MemorySink()
+    if not path:
+        return sink, None
+    log = sink if isinstance(sink, events.JsonLinesSink) else None
+    audit = audit_sink_from_env(source, config, Path(path).parent.parent, service, log=log)
+    if audit is None:
+        return sink, None
+    return (audit if log is not None else events.FanoutSink(sink, audit)), audit
 
 
 def _declared(service: str | None, config_path: Path | None) -> tuple[str, TrustmeshConfig]:
