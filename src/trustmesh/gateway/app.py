@@ -390,8 +390,10 @@ class GatewayApp:
         token reaches the upstream with at least that left."""
         route = ex.route
         assert route is not None  # noqa: S101 - allowed requests have a route
+        # where nginx counts the route's limits (only where it keeps decisions), its
+        # kept.log records the request once the count has passed or refused it
         limits = self.proxy_limits[ex.index]
-        if not (limits and self.decision_ttl):  # else nginx records it (record_kept)
+        if not limits:
             self._emit(
                 events.Decision.ALLOW, Reason.POLICY_ALLOW, "authorized", ex.context, ex.user
             )
