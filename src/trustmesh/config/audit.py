@@ -13,6 +13,10 @@ listener, store and checkpoints, how producers deliver to it, and the Sigma rule
         classes: {6003: 90d, 2004: null}   # per OCSF class_uid; null keeps it for ever
         interval: 1h                # how often the collector prunes
         database: postgresql+asyncpg://audit_pruner@db/audit   # PostgreSQL only
+      tracing:
+        sample_ratio: 0.1           # allowed requests traced; denied and failed: all
+        retention: 7d               # spans older than this are pruned
+        otlp: {url: "http://127.0.0.1:4318"}   # also forward spans (OTLP/HTTP protobuf)
     detection:
       rules: [rules/]               # more Sigma rule files or folders (beside the file)
       timezone: Europe/Paris
@@ -45,7 +49,9 @@ __all__ = [
     "ExportConfig",
     "RetentionConfig",
     "SpoolConfig",
+    "OtlpConfig",
     "SyslogConfig",
+    "TracingConfig",
     "WebhookConfig",
 ]
 
@@ -223,6 +229,72 @@ class ExportConfig(BaseModel):
     )
 
 
+class OtlpConfig(BaseModel):
+    """An OTLP/HTTP receiver (an OpenTelemetry Collector, Jaeger, Tempo) to which the
+    collector forwards every span it stores: protobuf, ``POST <url>/v1/traces``."""
+
+    model_config = _MODEL_CONFIG
+
+    url: str = Field(
+        pattern=r"^(https://[^\s@/]+|http://(127\.0\.0\.1|\[::1\]|localhost)(:[0-9]{1,5})?)(/[^\s]*)?$",
+        max_length=2048,
+        description="The receiver's base URL (/v1/traces is added): https, or plain http "
+        "to a loopback address only; no credentials in it.",
+    )
+    ca_file: str | None = Field(
+        default=None, description="PEM CA certificates to trust instead of the system's."
+    )
+    cert_file: str | None = Field(
+        default=None,
+        min_length=1,
+        description="PEM certificate chain presented to a receiver that asks for one "
+        "(mutual TLS); relative to the declaration's folder. Goes with key_file.",
+    )
+    key_file: str | None = Field(
+        default=None,
+        min_length=1,
+        description="PEM private key of cert_file, unencrypted, in a file (mode 0600 or "
+        "stricter) no one but its owner may read; relative to the declaration's folder.",
+    )
+
+    @model_validator(mode="after")
+    def _pair(self) -> OtlpConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise PydanticCustomError(
+                "invalid", "cert_file and key_file go together: both, or neither", {}
+            )
+        return self
+
+
+class TracingConfig(BaseModel):
+    """Which requests every component traces (OpenTelemetry spans, W3C trace context),
+    how long the collector keeps their spans, and where else it sends them."""
+
+    model_config = _MODEL_CONFIG
+
+    sample_ratio: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="The share of allowed requests traced, decided where a trace starts "
+        "(the gateway) and followed by every hop. A denied or failed request is always "
+        "traced.",
+    )
+    max_queue: int = Field(
+        default=2048,
+        ge=16,
+        le=1_000_000,
+        description="Spans a component holds for the collector at most; past it, spans "
+        "are dropped and counted (the decisions stay in the audit log).",
+    )
+    retention: Duration = Field(
+        default="7d", validate_default=True, description="Spans older than this are pruned."
+    )
+    otlp: OtlpConfig | None = Field(
+        default=None, description="Also forward every stored span to this OTLP receiver."
+    )
+
+
 class CheckpointWebhookConfig(SignedPostConfig):
     """Where every signed checkpoint is also POSTed, signed like the alert webhooks: a
     copy off this machine, so cutting the log and the local checkpoint file together
@@ -258,6 +330,7 @@ class AuditConfig(BaseModel):
     checkpoint_webhook: CheckpointWebhookConfig | None = Field(
         default=None, description="Also POST each signed checkpoint here (signed)."
     )
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
 
     @model_validator(mode="after")
     def _interval(self) -> AuditConfig:
