@@ -224,26 +224,7 @@ class CollectorClient:
     def send(self, records: Sequence[bytes]) -> Delivered:
         """Deliver ``records`` (each one OCSF event as JSON) as one batch, in order."""
         body = b'{"events":[' + b",".join(records) + b"]}"
-        if self._conn is None:
-            self._conn = self._connect()
-        conn = self._conn
-        try:
-            conn.request(
-                "POST",
-                EVENTS_PATH,
-                body=body,
-                headers={"Content-Type": "application/json", "Connection": "keep-alive"},
-            )
-            answer = conn.getresponse()
-            status = answer.status
-            text = answer.read(_MAX_ANSWER + 1)
-            if answer.will_close:
-                self.close()
-        except (OSError, http.client.HTTPException) as exc:
-            self.close()
-            raise CollectorUnavailableError(
-                f"delivery to the audit collector failed: {exc}"
-            ) from None
+        status, text = self.post(EVENTS_PATH, body, "application/json")
         if status == 200:
             return _delivered(text)
         if status == 413:
@@ -255,6 +236,32 @@ class CollectorClient:
         raise DeliveryRefusedError(
             f"the audit collector refused a delivery: {status} {text[:200]!r}", status_code=status
         )
+
+    def post(self, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
+        """POST ``body`` to the collector's ``path`` on the kept connection: the status
+        and (the first 64 KiB of) the answer. CollectorUnavailableError when there was
+        no answer."""
+        if self._conn is None:
+            self._conn = self._connect()
+        conn = self._conn
+        try:
+            conn.request(
+                "POST",
+                path,
+                body=body,
+                headers={"Content-Type": content_type, "Connection": "keep-alive"},
+            )
+            answer = conn.getresponse()
+            status = answer.status
+            text = answer.read(_MAX_ANSWER + 1)
+            if answer.will_close:
+                self.close()
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise CollectorUnavailableError(
+                f"delivery to the audit collector failed: {exc}"
+            ) from None
+        return status, text
 
     def close(self) -> None:
         if self._conn is not None:

@@ -29,9 +29,14 @@ class TraceParent:
         """A new span in the same trace (what an outgoing call carries)."""
         return TraceParent(self.trace_id, secrets.token_hex(8), self.flags)
 
+    @property
+    def sampled(self) -> bool:
+        """The ``sampled`` flag (§3.2.2.5): every hop of the trace keeps its span."""
+        return int(self.flags, 16) & 1 == 1
+
     @classmethod
-    def new(cls) -> TraceParent:
-        """A new trace: its id the Unix time in milliseconds (48 bits) then 80 random
+    def new(cls, *, sampled: bool = True) -> TraceParent:
+        """A new trace (``sampled``: its flag): its id the Unix time in milliseconds (48 bits) then 80 random
         bits, its span 64 random bits. Trace ids made later sort later, so the audit
         log's trace index grows at its end (a random id lands anywhere in it: on a log of
         200,000 records that cost the collector ≈ 15 µs an event); 80 random bits keep
@@ -39,7 +44,7 @@ class TraceParent:
         random)."""
         ids = os.urandom(18).hex()  # one system call for both ids
         ms = round(time.time() * 1000) & 0xFFFF_FFFF_FFFF
-        return cls(f"{ms:012x}{ids[:20]}", ids[20:])
+        return cls(f"{ms:012x}{ids[:20]}", ids[20:], "01" if sampled else "00")
 
 
 def parse(value: str | None) -> TraceParent | None:

@@ -1,0 +1,479 @@
+"""Spans: what each hop of one request did, and when (OpenTelemetry tracing).
+
+A span opens where a request enters a component — the gateway, a service's middleware,
+the provider and the secrets service (:func:`traced`, :class:`TracedApp`) — and where a
+service calls another (:class:`~trustmesh.sdk.client.ServiceClient`: a client span,
+whose child is the callee's server span, and the on-behalf-of token exchange made for
+it). Its context travels in W3C ``traceparent`` (:mod:`trustmesh.sdk.trace`). Each
+decision recorded while a span is current (any event written through a
+:class:`NotingSink`) is noted on it: a span event ``decision`` with
+``trustmesh.decision`` and ``trustmesh.reason``, and the span's own
+``trustmesh.decision``/``trustmesh.reason`` — the first refusal if there was one, else
+the last decision.
+
+Sampling, per hop, decided at the end of the span (so a refusal deep in the call graph
+is never lost to a coin toss at the edge):
+
+- where a request starts a trace (the gateway; a service called with no
+  ``traceparent``), a draw against ``sample_ratio`` sets the ``sampled`` flag
+  (``traceparent`` flags ``01``), which every later hop follows; a call a service makes
+  outside any request (a poll, a refresh) starts an unsampled trace;
+- a span is **kept** when its trace is sampled, or when it saw a ``deny`` or ``error``
+  decision, an answer of 400 or more, or an exception: every refused or failed request
+  is traced whatever the ratio.
+
+A span that is not kept costs a clock read, a context variable and a few attribute
+writes. A kept one is built as the OpenTelemetry SDK's ``ReadableSpan`` and handed to the
+tracer's ``SpanProcessor`` — in a component, a :class:`SpanQueue`: bounded, drained in
+batches by one thread through :class:`CollectorSpanExporter`, which POSTs OTLP/HTTP
+protobuf (``ExportTraceServiceRequest``) to the audit collector's ``/v1/traces`` over
+mTLS. Spans are telemetry, not evidence: a full queue or an unreachable collector drops
+them, counted (:attr:`SpanQueue.dropped`, :attr:`CollectorSpanExporter.dropped`), never
+logged one by one (a flood of refusals must not flood the log); the decisions
+themselves are in the audit log, which loses nothing.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextvars
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event as SpanEvent
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from trustmesh import events
+from trustmesh.config import TrustmeshConfig
+from trustmesh.errors import TrustmeshError
+from trustmesh.sdk import trace
+from trustmesh.sdk.collector import CollectorClient
+from trustmesh.sdk.delivery import AUDIT_URL_ENV, NO_COLLECTOR, collector_endpoint
+from trustmesh.sdk.x509source import SVIDSource
+
+__all__ = [
+    "TRACES_PATH",
+    "CollectorSpanExporter",
+    "NotingSink",
+    "Span",
+    "SpanKind",
+    "SpanQueue",
+    "TracedApp",
+    "Tracer",
+    "current_span",
+    "install",
+    "note",
+    "traced",
+    "tracer",
+    "tracer_from_env",
+]
+
+log = logging.getLogger("trustmesh.sdk.spans")
+
+TRACES_PATH: Final = "/v1/traces"
+_SCOPE: Final = InstrumentationScope("trustmesh")
+_KEPT_DECISIONS: Final = frozenset({"deny", "error"})
+_OK: Final = Status(StatusCode.UNSET)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class Span:
+    """One hop, open: its context (``context``: this span's own ids and the trace's
+    flags), its parent's span id, and what it learns until it ends."""
+
+    __slots__ = ("attributes", "context", "decisions", "kind", "name", "parent_id", "start_ns")
+
+    def __init__(
+        self,
+        name: str,
+        kind: SpanKind,
+        context: trace.TraceParent,
+        parent_id: str | None,
+        start_ns: int,
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self.context = context
+        self.parent_id = parent_id
+        self.start_ns = start_ns
+        self.attributes: dict[str, str | int | bool | float] = {}
+        self.decisions: list[tuple[str, str, int]] = []
+
+    def decided(self, decision: str, reason: str, at_ns: int) -> None:
+        self.decisions.append((decision, reason, at_ns))
+
+    def outcome(self) -> tuple[str, str] | None:
+        """The span's decision and reason: the first refusal, else the last decision."""
+        for decision, reason, _ in self.decisions:
+            if decision in _KEPT_DECISIONS:
+                return decision, reason
+        if self.decisions:
+            decision, reason, _ = self.decisions[-1]
+            return decision, reason
+        return None
+
+
+class Tracer:
+    """A component's spans: the sampling draw where a trace starts, and, at each span's
+    end, whether it is kept — a kept span goes to ``processor`` as a ``ReadableSpan``.
+    ``clock_ns``: wall time in nanoseconds; ``draw``: uniform in [0, 1)."""
+
+    def __init__(
+        self,
+        component: str,
+        processor: SpanProcessor,
+        *,
+        sample_ratio: float,
+        spiffe_id: str | None = None,
+        clock_ns: Callable[[], int] = time.time_ns,
+        draw: Callable[[], float] | None = None,
+    ) -> None:
+        if not 0.0 <= sample_ratio <= 1.0:
+            raise ValueError("sample_ratio must be from 0 to 1")
+        self.component = component
+        self.processor = processor
+        self.sample_ratio = sample_ratio
+        self.clock_ns = clock_ns
+        self._draw = draw or secrets.SystemRandom().random
+        attributes: dict[str, str] = {"service.name": component}
+        if spiffe_id is not None:
+            attributes["trustmesh.spiffe_id"] = spiffe_id
+        self.resource = Resource(attributes)
+        self.kept = 0
+
+    def new_trace(self) -> trace.TraceParent:
+        """A new trace's first context: sampled at ``sample_ratio``."""
+        ratio = self.sample_ratio
+        sampled = ratio >= 1.0 or (ratio > 0.0 and self._draw() < ratio)
+        return trace.TraceParent.new(sampled=sampled)
+
+    def start(
+        self,
+        name: str,
+        kind: SpanKind,
+        context: trace.TraceParent,
+        parent_id: str | None,
+    ) -> Span:
+        return Span(name, kind, context, parent_id, self.clock_ns())
+
+    def end(self, span: Span, *, status: int = 0, error: str | None = None) -> bool:
+        """End ``span`` (``status``: the HTTP answer, 0 for none; ``error``: what failed,
+        when something raised); whether it was kept."""
+        outcome = span.outcome()
+        refused = outcome is not None and outcome[0] in _KEPT_DECISIONS
+        if not (span.context.flags == "01" or refused or status >= 400 or error is not None):
+            return False
+        self.processor.on_end(self._readable(span, outcome, status, error))
+        self.kept += 1
+        return True
+
+    def _readable(
+        self, span: Span, outcome: tuple[str, str] | None, status: int, error: str | None
+    ) -> ReadableSpan:
+        attributes = span.attributes
+        if status:
+            attributes["http.response.status_code"] = status
+        if outcome is not None:
+            attributes["trustmesh.decision"], attributes["trustmesh.reason"] = outcome
+        if error is not None or status >= 500:
+            state = Status(StatusCode.ERROR, error or f"HTTP {status}")
+        else:
+            state = _OK
+        ids = span.context
+        parent = (
+            SpanContext(int(ids.trace_id, 16), int(span.parent_id, 16), True, TraceFlags(1))
+            if span.parent_id is not None
+            else None
+        )
+        return ReadableSpan(
+            span.name,
+            SpanContext(int(ids.trace_id, 16), int(ids.span_id, 16), False, TraceFlags(1)),
+            parent,
+            resource=self.resource,
+            attributes=attributes,
+            events=[
+                SpanEvent(
+                    "decision",
+                    {"trustmesh.decision": decision, "trustmesh.reason": reason},
+                    at_ns,
+                )
+                for decision, reason, at_ns in span.decisions
+            ],
+            kind=span.kind,
+            status=state,
+            start_time=span.start_ns,
+            end_time=self.clock_ns(),
+            instrumentation_scope=_SCOPE,
+        )
+
+    def shutdown(self) -> None:
+        """Export what is queued (within the processor's timeout) and stop."""
+        self.processor.shutdown()
+
+
+_tracer: Tracer | None = None
+_span: contextvars.ContextVar[Span | None] = contextvars.ContextVar("trustmesh_span", default=None)
+
+
+def install(tracer: Tracer | None) -> Tracer | None:
+    """Make ``tracer`` this process's (None: no spans); the one it replaces."""
+    global _tracer
+    previous, _tracer = _tracer, tracer
+    return previous
+
+
+def tracer() -> Tracer | None:
+    """This process's tracer, if spans are recorded."""
+    return _tracer
+
+
+def current_span() -> Span | None:
+    return _span.get()
+
+
+def use_span(span: Span | None) -> contextvars.Token[Span | None]:
+    return _span.set(span)
+
+
+def reset_span(token: contextvars.Token[Span | None]) -> None:
+    _span.reset(token)
+
+
+def note(decision: str, reason: str) -> None:
+    """A decision made while the current span is open: noted on it."""
+    span = _span.get()
+    if span is not None:
+        span.decided(decision, reason, time.time_ns())
+
+
+class NotingSink:
+    """An event sink that notes each event's decision on the current span, then hands
+    the event on: every recorded decision reaches its span without the recorder
+    knowing spans exist."""
+
+    def __init__(self, inner: events.EventSink) -> None:
+        self.inner = inner
+
+    def emit(self, event: events.Event) -> None:
+        span = _span.get()
+        if span is not None:
+            span.decided(event.decision.value, event.reason.value, time.time_ns())
+        self.inner.emit(event)
+
+
+def _incoming(scope: Scope) -> trace.TraceParent | None:
+    raw = next((v for k, v in scope.get("headers", ()) if k == b"traceparent"), None)
+    return trace.parse(raw.decode("latin-1")) if raw else None
+
+
+async def traced(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    handle: ASGIApp,
+    *,
+    follow: bool = True,
+) -> None:
+    """Serve one HTTP request through ``handle`` as this component's server span: a child
+    of the caller's ``traceparent`` (``follow``; False: where anyone may connect, so no
+    one can attach requests to a trace of their choosing), else a new trace. The trace
+    is current while ``handle`` runs, and so is the span, when this process records
+    spans (named after the method and path until ``handle`` names it better: the
+    route)."""
+    parent = _incoming(scope) if follow else None
+    active = _tracer
+    own = parent.child() if parent else active.new_trace() if active else trace.TraceParent.new()
+    token = trace.use(own)
+    if active is None:
+        try:
+            await handle(scope, receive, send)
+        finally:
+            trace.reset(token)
+        return
+    method = scope.get("method", "")
+    path = (scope.get("raw_path") or scope.get("path", "").encode()).decode("latin-1")
+    span = active.start(
+        f"{method} {path[:128]}", SpanKind.SERVER, own, parent.span_id if parent else None
+    )
+    span.attributes["http.request.method"] = method
+    span.attributes["url.path"] = path[:512]
+    span_token = _span.set(span)
+    status = 0
+
+    async def watched(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        await send(message)
+
+    error: str | None = None
+    try:
+        await handle(scope, receive, watched)
+    except BaseException as exc:
+        error = type(exc).__name__
+        raise
+    finally:
+        _span.reset(span_token)
+        trace.reset(token)
+        active.end(span, status=status, error=error)
+
+
+class TracedApp:
+    """An ASGI app served as server spans (see :func:`traced`; ``follow``: whether the
+    caller's ``traceparent`` is followed)."""
+
+    def __init__(self, app: ASGIApp, *, follow: bool = True) -> None:
+        self.app = app
+        self.follow = follow
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await traced(scope, receive, send, self.app, follow=self.follow)
+
+
+class CollectorSpanExporter(SpanExporter):
+    """Exports spans to the audit collector: OTLP/HTTP, one protobuf
+    ``ExportTraceServiceRequest`` per batch, ``POST /v1/traces`` over mTLS (the
+    collector's SPIFFE ID checked). A batch the collector does not take is dropped and
+    counted (:attr:`dropped`). Called from the processor's one thread."""
+
+    def __init__(self, client: CollectorClient) -> None:
+        self.client = client
+        self.dropped = 0
+        self.exported = 0
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        body = encode_spans(spans).SerializeToString()
+        with self._lock:
+            try:
+                status, answer = self.client.post(TRACES_PATH, body, "application/x-protobuf")
+            except TrustmeshError as exc:
+                self.dropped += len(spans)
+                log.debug("spans not exported: %s", exc.detail)
+                return SpanExportResult.FAILURE
+        if status != 200:
+            self.dropped += len(spans)
+            log.warning("the audit collector refused %d spans: %s %r", len(spans), status, answer)
+            return SpanExportResult.FAILURE
+        self.exported += len(spans)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self.client.close()
+
+
+class SpanQueue(SpanProcessor):
+    """Ended spans, held for ``exporter``: at most ``max_queue`` (past it, a new span is
+    dropped and counted), exported by one thread in batches of up to ``batch``, at most
+    ``every`` seconds after the first span of a batch arrives (at once when a batch is
+    full). :meth:`shutdown` exports what is held, within ``timeout`` seconds."""
+
+    def __init__(
+        self,
+        exporter: SpanExporter,
+        *,
+        max_queue: int = 2048,
+        batch: int = 512,
+        every: float = 0.2,
+        timeout: float = 5.0,
+    ) -> None:
+        self.exporter = exporter
+        self.max_queue = max_queue
+        self.batch = batch
+        self.every = every
+        self.timeout = timeout
+        self.dropped = 0
+        self._queue: collections.deque[ReadableSpan] = collections.deque()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="trustmesh-spans", daemon=True)
+        self._thread.start()
+
+    def on_end(self, span: ReadableSpan) -> None:
+        queue = self._queue
+        if len(queue) >= self.max_queue or self._stopping:
+            self.dropped += 1
+            return
+        queue.append(span)
+        if len(queue) == 1 or len(queue) >= self.batch:
+            self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wake.wait()
+            self._wake.clear()
+            if len(self._queue) < self.batch and not self._stopping:
+                self._wake.wait(self.every)  # a batch's worth, or its first span's wait
+                self._wake.clear()
+            self._drain()
+        self._drain()
+
+    def _drain(self) -> None:
+        queue = self._queue
+        while queue:
+            taken = [queue.popleft() for _ in range(min(self.batch, len(queue)))]
+            try:
+                self.exporter.export(taken)
+            except Exception:  # an exporter's bug: these spans are lost, the thread is not
+                log.exception("spans: the exporter failed")
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        deadline = time.monotonic() + timeout_millis / 1000
+        self._wake.set()
+        while self._queue and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return not self._queue
+
+    def shutdown(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(self.timeout)
+        self.exporter.shutdown()
+
+
+def tracer_from_env(
+    source: SVIDSource, config: TrustmeshConfig, state: Path, component: str
+) -> Tracer | None:
+    """``component``'s tracer when ``trustmesh up`` runs an audit collector
+    (``TRUSTMESH_AUDIT_URL``; not for the collector itself) and tracing is on
+    (``audit.tracing``: whether, the ratio and the queue's bound), exporting to it in
+    the background; None otherwise."""
+    url = os.environ.get(AUDIT_URL_ENV)
+    if url is None or url.strip() == NO_COLLECTOR or component == "audit" or config.audit is None:
+        return None
+    settings = config.audit.tracing
+    if not settings.enabled:
+        return None
+    client = CollectorClient(
+        url.strip(),
+        source,
+        config.component_spiffe_id("audit"),
+        locate=lambda: collector_endpoint(state),
+    )
+    processor = SpanQueue(CollectorSpanExporter(client), max_queue=settings.max_queue)
+    return Tracer(
+        component,
+        processor,
+        sample_ratio=settings.sample_ratio,
+        spiffe_id=source.context.spiffe_id,
+    )
