@@ -28,6 +28,7 @@ from trustmesh.errors import ConfigError
 from trustmesh.platform.guard import ConnectionGuard, ConnectionLimits
 from trustmesh.platform.listeners import PublicServed, Served, bound_socket, start, start_public
 from trustmesh.platform.suspensions import OAUTH, PLATFORM, Refusal, RefuseSuspended
+from trustmesh.sdk.spans import TracedApp
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.x509source import SVIDSource
 from trustmesh.store import create_engine, sqlite_url
@@ -147,9 +148,11 @@ async def _serve_on(
     gateway_tokens = _gateway_tokens(config, state, tls, settings.token_leeway, service.clock)
     app = auth_app(service, urls, gateway_tokens=gateway_tokens)
     served = await start(
-        app
-        if suspended is None
-        else RefuseSuspended(app, suspended, service.recorder, answer=_refusal),
+        TracedApp(
+            app
+            if suspended is None
+            else RefuseSuspended(app, suspended, service.recorder, answer=_refusal)
+        ),
         host=host,
         port=port,
         tls=tls,
@@ -159,7 +162,7 @@ async def _serve_on(
     if certificate is not None and public_port is not None:
         try:
             public = await start_public(
-                auth_app(service, urls, public=True),
+                TracedApp(auth_app(service, urls, public=True), follow=False),
                 chain_pem=certificate.chain_pem(),
                 key_pem=certificate.key_pem(),
                 host=host,

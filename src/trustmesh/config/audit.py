@@ -47,9 +47,9 @@ __all__ = [
     "CheckpointWebhookConfig",
     "DetectionConfig",
     "ExportConfig",
+    "OtlpConfig",
     "RetentionConfig",
     "SpoolConfig",
-    "OtlpConfig",
     "SyslogConfig",
     "TracingConfig",
     "WebhookConfig",
@@ -272,6 +272,9 @@ class TracingConfig(BaseModel):
 
     model_config = _MODEL_CONFIG
 
+    enabled: bool = Field(
+        default=True, description="Whether components record spans at all (false: none)."
+    )
     sample_ratio: float = Field(
         default=0.1,
         ge=0.0,

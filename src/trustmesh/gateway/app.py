@@ -41,6 +41,12 @@ own shape, with only the headers a client needs (:mod:`trustmesh.gateway.answers
 unless the route relays errors as they are (``relay_errors``). A route may run its
 policy, rate limits, validation and injection filter dry (``modes``): what the control
 would have refused is recorded as ``would-deny`` and the request goes on.
+
+Each request is one span (:mod:`trustmesh.sdk.spans`, when the process records spans):
+a child of the client's ``traceparent`` through a trusted proxy only, else a new trace
+sampled at ``audit.tracing.sample_ratio``; the upstream's span is its child. Every
+answer then carries ``traceresponse`` (W3C Trace Context Level 2: the trace and the
+gateway's span), so a client can name the request it is asking about.
 """
 
 from __future__ import annotations
@@ -113,7 +119,7 @@ from trustmesh.policy.addresses import as_ipv4
 from trustmesh.policy.edge import EdgePolicy, EdgeRequest, Principal
 from trustmesh.policy.paths import NonCanonicalPath, canonical_path
 from trustmesh.reasons import Code, Reason
-from trustmesh.sdk import trace
+from trustmesh.sdk import spans, trace
 from trustmesh.sdk.client import Response, ResponseTooLargeError
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.tokens import TokenVerifier, bearer_token
@@ -257,26 +263,57 @@ class GatewayApp:
             return
         if scope["type"] != "http":
             return  # no websockets through the gateway (yet): the connection closes
-        token = trace.use(self._trace(scope))
+        parent = self._parent(scope)
+        tracer = spans.tracer()
+        own = (
+            parent.child()
+            if parent
+            else tracer.new_trace()
+            if tracer is not None
+            else trace.TraceParent.new()
+        )
+        token = trace.use(own)
         context: dict[str, Any] = {}
         metrics = self.metrics
-        try:
-            if metrics is None:
+        if metrics is None and tracer is None:
+            try:
                 await self._handle(scope, receive, send, context)
-                return
-            started = time.perf_counter()
-            status = 0
+            finally:
+                trace.reset(token)
+            return
+        started = time.perf_counter()
+        status = 0
 
-            async def watched(message: MutableMapping[str, Any]) -> None:
-                nonlocal status
-                if message["type"] == "http.response.start":
-                    status = message["status"]
-                await send(message)
+        told = (b"traceresponse", own.header().encode("ascii")) if tracer is not None else None
 
+        async def watched(message: MutableMapping[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if told is not None:  # the client may name its request's trace
+                    kept = [h for h in message.get("headers", ()) if h[0] != b"traceresponse"]
+                    message = {**message, "headers": [*kept, told]}
+            await send(message)
+
+        span = None
+        if tracer is not None:
+            span = tracer.start("", spans.SpanKind.SERVER, own, parent.span_id if parent else None)
+            span_token = spans.use_span(span)
+        error: str | None = None
+        try:
             await self._handle(scope, receive, watched, context)
-            metrics.answered(context.get("route_name", "-"), status, time.perf_counter() - started)
+        except BaseException as exc:
+            error = type(exc).__name__
+            raise
         finally:
             trace.reset(token)
+            route = context.get("route_name", "-")
+            if metrics is not None and error is None:
+                metrics.answered(route, status, time.perf_counter() - started)
+            if span is not None and tracer is not None:
+                spans.reset_span(span_token)
+                _describe(span, scope, route)
+                tracer.end(span, status=status, error=error)
 
     async def _handle(
         self, scope: Scope, receive: Receive, send: Send, context: dict[str, Any]
@@ -305,16 +342,21 @@ class GatewayApp:
             send, outcome.reason, outcome.message, list(outcome.headers), outcome.fields
         )
 
-    def _trace(self, scope: Scope) -> trace.TraceParent:
-        """This request's span: a child of the client's trace only through a trusted
-        proxy (anyone else could attach their requests to a trace of their choosing)."""
+    def _parent(self, scope: Scope) -> trace.TraceParent | None:
+        """The client's span, followed only through a trusted proxy (anyone else could
+        attach their requests to a trace of their choosing)."""
         peer = (scope.get("client") or ("", 0))[0]
         incoming = (
             next((v for k, v in scope["headers"] if k == b"traceparent"), None)
             if self.trusted and peer in self.trusted
             else None
         )
-        current = trace.parse(incoming.decode("latin-1") if incoming else None)
+        return trace.parse(incoming.decode("latin-1") if incoming else None)
+
+    def _trace(self, scope: Scope) -> trace.TraceParent:
+        """This request's span: a child of the client's (:meth:`_parent`), else a new
+        trace."""
+        current = self._parent(scope)
         return current.child() if current else trace.TraceParent.new()
 
     async def _run(
@@ -986,3 +1028,17 @@ _FAST = FastFilter()
 
 
 __all__ = ["GatewayApp", "Upstreams"]
+
+
+def _describe(span: spans.Span, scope: Scope, route: str) -> None:
+    """What the gateway's span of a request says: the route, the method, the raw path
+    and who asked (the client's address)."""
+    method = scope["method"]
+    span.name = f"{method} {route}"
+    attributes = span.attributes
+    attributes["http.request.method"] = method
+    attributes["http.route"] = route
+    attributes["url.path"] = (scope.get("raw_path") or b"").decode("latin-1")[:512]
+    client = scope.get("client")
+    if client:
+        attributes["client.address"] = client[0]

@@ -60,6 +60,7 @@ from trustmesh.policy.edge import load_edge_policy
 from trustmesh.reasons import Activity
 from trustmesh.sdk.discovery import DiscoveryClient
 from trustmesh.sdk.oauth import ProviderTrust
+from trustmesh.sdk.spans import NotingSink
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.tokens import TokenVerifier
 from trustmesh.sdk.x509source import SVIDSource
@@ -285,7 +286,7 @@ async def serve_gateway(
         verifier=verifier,
         key=key,
         tls=tls,
-        sink=sink,
+        sink=NotingSink(sink),  # each decision on the request's span too
     )
     app = build(config, folder)
     pipeline = Pipeline(app)

@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector
 
 from trustmesh import events
 from trustmesh.platform.listeners import Receive, Scope, Send, start_loopback
+from trustmesh.sdk import spans
 
 __all__ = ["ComponentMetrics", "CountingSink", "LiveFacts", "component_metrics", "serve_metrics"]
 
@@ -160,10 +161,13 @@ async def component_metrics(
     extra: Callable[[], Iterator[Metric]] | None = None,
 ) -> AsyncIterator[tuple[events.EventSink, str, ComponentMetrics]]:
     """``component``'s metrics served on loopback (a free port) while in the block: the
-    sink to record through (it counts), the URL of ``/metrics``, and the registry."""
+    sink to record through (it counts, and notes each decision on the span current when
+    it is recorded: :class:`~trustmesh.sdk.spans.NotingSink`), the URL of ``/metrics``,
+    and the registry."""
     metrics = ComponentMetrics(component, LiveFacts(component, source, sink, extra=extra))
     served = await start_loopback(serve_metrics(metrics.render))
     try:
-        yield CountingSink(sink, metrics), f"http://127.0.0.1:{served.port}/metrics", metrics
+        counted = CountingSink(spans.NotingSink(sink), metrics)
+        yield counted, f"http://127.0.0.1:{served.port}/metrics", metrics
     finally:
         await served.stop()

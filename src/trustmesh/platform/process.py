@@ -19,6 +19,7 @@ from typing import Any
 from trustmesh import events
 from trustmesh.config import TrustmeshConfig, load_config
 from trustmesh.errors import ConfigError, TrustmeshError, UnavailableError
+from trustmesh.sdk import spans
 from trustmesh.sdk.delivery import audit_sink_from_env
 from trustmesh.sdk.runtime import EVENTS_ENV
 from trustmesh.sdk.workload import JOIN_TOKEN_ENV, redeem_join_token
@@ -90,7 +91,9 @@ async def component_identity(
     ``<state>/events/<component>.jsonl``) and, when ``up`` names the audit collector
     (``TRUSTMESH_AUDIT_URL``), delivery to it through ``<state>/spool/<component>/``
     (:mod:`trustmesh.sdk.delivery`; not for the collector itself). What is not
-    delivered when the component stops stays spooled for its next start."""
+    delivered when the component stops stays spooled for its next start. With a
+    collector, the component's spans go to it too (:mod:`trustmesh.sdk.spans`: the
+    tracer is installed for the process)."""
     address = os.environ.get("SPIFFE_ENDPOINT_SOCKET")
     if not address:
         raise UnavailableError("SPIFFE_ENDPOINT_SOCKET is not set")
@@ -108,12 +111,17 @@ async def component_identity(
         log_sink.close()
         await source.close()
         raise
-    sink: events.EventSink = log_sink if audit is None else audit  # it writes the log
+    written: events.EventSink = log_sink if audit is None else audit  # it writes the log
+    tracer = spans.tracer_from_env(source, config, state, component)
+    spans.install(tracer)
     try:
-        yield source, sink
+        yield source, written
     finally:
         if audit is not None:
             await asyncio.to_thread(audit.close, 5.0)
+        if tracer is not None:
+            spans.install(None)
+            await asyncio.to_thread(tracer.shutdown)
         await source.close()
         log_sink.close()
 

@@ -4,7 +4,10 @@ the SPIFFE ID expected for that service (hostname checks off, SPIFFE ID check on
 Per target service: one aiohttp session whose pool survives rotations (each request is
 made with the newest client context; connections made with an older one stay pooled
 until they close), timeouts, bounded retries for idempotent methods only, a circuit
-breaker, and W3C ``traceparent`` propagation.
+breaker, and W3C ``traceparent`` propagation. Each :meth:`ServiceClient.request` is a
+client span (when the process records spans: :mod:`trustmesh.sdk.spans`), current while
+its token is fetched — an on-behalf-of exchange is its child — and the parent of the
+callee's server span.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from yarl import URL
 
 from trustmesh import crypto
 from trustmesh.errors import AuthenticationError, CryptoError, UnavailableError
-from trustmesh.sdk import trace
+from trustmesh.sdk import spans, trace
 from trustmesh.sdk.tls import RotatingTLS
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
@@ -157,6 +160,8 @@ class ServiceClient:
         self.token = token
         self.base_url = base_url.rstrip("/")
         self.expected = expected_spiffe_id
+        #: what its spans call it: the last segment of its SPIFFE ID's path
+        self.service = expected_spiffe_id.rsplit("/", 1)[-1]
         self.retries = retries
         self.breaker = breaker or CircuitBreaker()
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
@@ -208,8 +213,53 @@ class ServiceClient:
         provider = token if token is not None else self.token
         attempts = 1 + (self.retries if method in IDEMPOTENT else 0)
         parent = trace.current()
-        span = parent.child() if parent else trace.TraceParent.new()
-        sent_headers = {**(headers or {}), "traceparent": span.header()}
+        tracer = spans.tracer()
+        # outside any request (a poll, a refresh): a trace of its own, kept if it fails
+        own = parent.child() if parent else trace.TraceParent.new(sampled=tracer is None)
+        span = None
+        if tracer is not None:
+            span = tracer.start(
+                f"{method} {self.service}",
+                spans.SpanKind.CLIENT,
+                own,
+                parent.span_id if parent else None,
+            )
+            span.attributes["http.request.method"] = method
+            span.attributes["url.path"] = path[:512]
+            span.attributes["trustmesh.peer_spiffe_id"] = self.expected
+        # current while the token is fetched: an exchange for this call is its child
+        trace_token = trace.use(own)
+        span_token = spans.use_span(span)
+        status, error = 0, None
+        try:
+            response = await self._exchange(method, path, attempts, json, data, headers, provider)
+            status = response.status
+            return response
+        except BaseException as exc:
+            error = type(exc).__name__
+            raise
+        finally:
+            spans.reset_span(span_token)
+            trace.reset(trace_token)
+            if span is not None and tracer is not None:
+                tracer.end(span, status=status, error=error)
+
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        attempts: int,
+        json: Any,
+        data: Mapping[str, str] | None,
+        headers: Mapping[str, str] | None,
+        provider: TokenProvider | None,
+    ) -> Response:
+        """The request, with its token, and once again with a fresh one if the service
+        refused it as ``invalid_token``."""
+        current = trace.current()
+        sent_headers = {**(headers or {})}
+        if current is not None:
+            sent_headers["traceparent"] = current.header()
         if provider is not None:
             sent_headers["Authorization"] = f"Bearer {await provider(False)}"
         response = await self._send(method, path, attempts, json, data, sent_headers)

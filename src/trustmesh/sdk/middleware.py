@@ -18,7 +18,10 @@ On every request, in this order, each step answering with a structured JSON erro
    caller's certificate, not revoked (see :mod:`trustmesh.sdk.tokens`) → else ``401``
    with ``WWW-Authenticate: Bearer`` (``error="invalid_token"`` when one was sent).
 
-Every decision, allow and deny, is an event (health checks decide nothing).
+Every decision, allow and deny, is an event (health checks decide nothing). Each
+request is a server span (:func:`trustmesh.sdk.spans.traced`): a child of the caller's
+``traceparent``, named after the route the policy matched, with the caller's SPIFFE ID
+and the token's subject; its decisions are noted on it as they are recorded.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from trustmesh.errors import InvalidTokenError
 from trustmesh.policy.calls import CallAuthorizer
 from trustmesh.policy.paths import NonCanonicalPath, canonical_path
 from trustmesh.reasons import ANSWERS, Code, Reason
-from trustmesh.sdk import trace
+from trustmesh.sdk import spans, trace
 from trustmesh.sdk.serve import UNAUTHENTICATED, ASGIApp, Receive, Scope, Send, respond_json
 from trustmesh.sdk.tokens import TokenVerifier, VerifiedToken, bearer_token
 
@@ -86,13 +89,7 @@ class ZeroTrustMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = next((v for k, v in scope.get("headers", ()) if k == b"traceparent"), None)
-        current = trace.parse(incoming.decode("latin-1") if incoming else None)
-        token = trace.use(current or trace.TraceParent.new())
-        try:
-            await self._handle(scope, receive, send)
-        finally:
-            trace.reset(token)
+        await spans.traced(scope, receive, send, self._handle)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         tls: dict[str, Any] = (scope.get("extensions") or {}).get("tls") or {}
@@ -211,6 +208,9 @@ class ZeroTrustMiddleware:
                     self._endpoints.clear()
                 src = self._endpoints[client] = events.Endpoint(ip=client[0], port=client[1])
         attributes = {"method": method, "path": raw, "route": route, "policy": policy}
+        span = spans.current_span()
+        if span is not None:
+            _describe(span, method, caller, route, token)
         if token is not None:
             attributes["jti"] = token.jti
             if token.actor is not None:
@@ -226,3 +226,22 @@ class ZeroTrustMiddleware:
             src=src,
             attributes=attributes,
         )
+
+
+def _describe(
+    span: spans.Span,
+    method: str,
+    caller: str | None,
+    route: str | None,
+    token: VerifiedToken | None,
+) -> None:
+    """What the request's span says of it: the route, who called, for whom."""
+    if route:
+        span.name = f"{method} {route}"
+        span.attributes["http.route"] = route
+    if caller:
+        span.attributes["trustmesh.peer_spiffe_id"] = caller
+    if token is not None:
+        span.attributes["enduser.id"] = token.subject
+        if token.actor is not None:
+            span.attributes["trustmesh.actor"] = token.actor

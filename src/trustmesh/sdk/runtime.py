@@ -32,6 +32,7 @@ from trustmesh.errors import NotFoundError, UnavailableError
 from trustmesh.policy.calls import CallAuthorizer
 from trustmesh.policy.objects import AttributeValue, ObjectDecision, ObjectPolicy
 from trustmesh.reasons import Reason
+from trustmesh.sdk import spans
 from trustmesh.sdk.client import Response, ServiceClient, TokenProvider
 from trustmesh.sdk.delivery import AuditSink, audit_sink_from_env
 from trustmesh.sdk.discovery import DiscoveryClient, Endpoint
@@ -84,6 +85,8 @@ class Runtime:
     secrets_url: str | None = None
     #: Delivery of the service's events to the audit collector (``up`` names it).
     audit: AuditSink | None = None
+    #: The service's spans, exported to the audit collector (``up`` names it).
+    tracer: spans.Tracer | None = None
     #: The suspended SPIFFE IDs the middleware refuses (polled from discovery).
     suspensions: SuspensionFeed | None = None
     _secrets: SecretsClient | None = None
@@ -150,6 +153,10 @@ class Runtime:
         await self.served.stop()
         if self.audit is not None:  # what is not delivered stays spooled for the next start
             await asyncio.to_thread(self.audit.close, 5.0)
+        if self.tracer is not None:
+            if spans.tracer() is self.tracer:
+                spans.install(None)
+            await asyncio.to_thread(self.tracer.shutdown)
         await self.source.close()
 
 
@@ -277,6 +284,7 @@ async def run_service(
     source = await _identity(config, service, address)
     tls = RotatingTLS(source)
     sink, audit = _event_sinks(source, config, service, sink)
+    tracer = _tracer(source, config, service)
     trust = await _TokenTrust.declared(tls, config, service, auth_url, gateway_url)
     url = discovery_url or os.environ.get("TRUSTMESH_DISCOVERY_URL")
     suspensions = SuspensionFeed(tls, url) if url else None
@@ -309,6 +317,7 @@ async def run_service(
         own_clients=trust.clients,
         audit=audit,
         suspensions=suspensions,
+        tracer=tracer,
     )
     if discovery is not None:
         await discovery.register(runtime.url)
@@ -321,17 +330,30 @@ def _event_sinks(
 ) -> tuple[events.EventSink, AuditSink | None]:
     """Where the service's events go (``sink``, else the event log ``TRUSTMESH_EVENTS``,
     else memory), and its delivery to the collector when ``up`` runs one — which then
-    writes the event log too, a spooled batch at a time."""
+    writes the event log too, a spooled batch at a time. Each decision is also noted on
+    the span current when it is recorded."""
     path = os.environ.get(EVENTS_ENV)
     if sink is None:
         sink = events.JsonLinesSink(Path(path)) if path else events.MemorySink()
     if not path:
-        return sink, None
+        return spans.NotingSink(sink), None
     log = sink if isinstance(sink, events.JsonLinesSink) else None
     audit = audit_sink_from_env(source, config, Path(path).parent.parent, service, log=log)
     if audit is None:
-        return sink, None
-    return (audit if log is not None else events.FanoutSink(sink, audit)), audit
+        return spans.NotingSink(sink), None
+    return spans.NotingSink(audit if log is not None else events.FanoutSink(sink, audit)), audit
+
+
+def _tracer(source: X509Source, config: TrustmeshConfig, service: str) -> spans.Tracer | None:
+    """The service's spans, when ``up`` runs a collector to take them: installed for the
+    process (its middleware and clients use it)."""
+    path = os.environ.get(EVENTS_ENV)
+    tracer = (
+        spans.tracer_from_env(source, config, Path(path).parent.parent, service) if path else None
+    )
+    if tracer is not None:
+        spans.install(tracer)
+    return tracer
 
 
 def _declared(service: str | None, config_path: Path | None) -> tuple[str, TrustmeshConfig]:

@@ -32,6 +32,7 @@ from trustmesh.config.secrets import SecretsConfig
 from trustmesh.errors import ConfigError, StateError
 from trustmesh.platform.listeners import Served, bound_socket, start
 from trustmesh.platform.suspensions import VAULT, RefuseSuspended
+from trustmesh.sdk.spans import TracedApp
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.x509source import SVIDSource
 from trustmesh.secrets.app import SecretsApp
@@ -172,7 +173,7 @@ async def _serve(
     vault = SecretsApp(service, SecretsRoutes(service).table(), recorder)
     app = vault if suspended is None else RefuseSuspended(vault, suspended, recorder, answer=VAULT)
     served = await start(
-        app, host=host, port=port, tls=RotatingTLS(source), sock=sock, parser="h11"
+        TracedApp(app), host=host, port=port, tls=RotatingTLS(source), sock=sock, parser="h11"
     )
     sweeper = asyncio.create_task(service.database.run())
     return RunningSecrets(service, served, f"https://{host}:{port}", sweeper)
