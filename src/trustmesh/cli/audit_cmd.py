@@ -1,4 +1,4 @@
-"""``trustmesh audit events|verify|alerts|rules test|response list|undo``: the audit log, through the
+"""``trustmesh audit events|trace|verify|alerts|rules test|response list|undo``: the audit log, through the
 collector's API as the operator (whose SVID alone may read it); ``rules test`` runs Sigma
 rule files here, over events recorded by the collector or kept in a JSON-lines file."""
 
@@ -282,3 +282,4 @@ from trustmesh.cli.audit_prune_cmd import register_prune  # noqa: E402 - adds `a
 register_prune(app)
 
 from trustmesh.cli import audit_export_cmd as _export  # noqa: E402, F401 - registers its commands
+from trustmesh.cli import audit_trace_cmd as _trace  # noqa: E402, F401 - registers its command
