@@ -278,6 +278,14 @@ def wait_until_up(url: str, ca: Path, headers: dict[str, str], what: str) -> Non
             time.sleep(0.1)
 
 
+#: ``--tracing``: spans off, at the default ratio (one allowed request in ten), or all.
+TRACING = {
+    "off": ", tracing: {enabled: false}",
+    "default": "",
+    "all": ", tracing: {sample_ratio: 1.0}",
+}
+
+
 def start_stack(
     root: Path,
     state: Path,
@@ -285,6 +293,7 @@ def start_stack(
     with_audit: bool,
     engine_name: str = "python",
     decision_ttl: int | None = None,
+    tracing: str = "default",
 ) -> tuple[Path, dict[str, Any]]:
     config = root / "trustmesh.yaml"
     policies = ""
@@ -292,7 +301,8 @@ def start_stack(
         (root / "edge.cedar").write_text(EDGE_POLICY)
         policies = "  policies: [edge.cedar]\n"
     # the collector takes the events; the larger spool only bounds a slow collector
-    audit = "audit: {spool: {max_bytes: 1073741824}}\n" if with_audit else ""
+    traced = TRACING[tracing]
+    audit = f"audit: {{spool: {{max_bytes: 1073741824}}{traced}}}\n" if with_audit else ""
     engine = f'  engine: {engine_name}\n  waf: {{mode: "off"}}\n' if engine_name != "python" else ""
     if decision_ttl:
         engine += f"  nginx: {{decision_ttl: {decision_ttl}s}}\n"
@@ -650,6 +660,13 @@ def main() -> None:
         help="engine nginx: nginx keeps an allowed decision this long and counts the "
         "consumer limit itself (gateway.nginx.decision_ttl; unset: every request asked)",
     )
+    parser.add_argument(
+        "--tracing",
+        choices=tuple(TRACING),
+        default="default",
+        help="spans: off, the default ratio (audit.tracing.sample_ratio: 0.1), or every "
+        "request (1.0); compare runs for what tracing costs the gateway",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--verbose", action="store_true", help="print wrk's own output")
     args = parser.parse_args()
@@ -680,6 +697,7 @@ def main() -> None:
             with_audit=not args.no_audit,
             engine_name=args.engine,
             decision_ttl=args.decision_ttl,
+            tracing=args.tracing,
         )
         gateway, inventory = component(status, "gateway"), component(status, "inventory")
         edge_ca = Path(status["edge_ca"])

@@ -29,7 +29,7 @@ from trustmesh.cli.auth_cmd import admin_call
 from trustmesh.cli.supervisor import process_alive
 from trustmesh.config import default_config_path, load_config
 from trustmesh.errors import NotFoundError
-from trustmesh.sdk import redeem_join_token
+from trustmesh.sdk import redeem_join_token, trace
 from trustmesh.sdk.client import ServiceClient
 from trustmesh.sdk.discovery import DiscoveryClient
 from trustmesh.sdk.oauth import AuthClient, TokenSource
@@ -758,6 +758,124 @@ def test_the_shop_through_the_gateway(shop: dict[str, object]) -> None:
     metrics_url = next(c for c in status["components"] if c["name"] == "gateway")["metrics_url"]
     scraped = requests.get(metrics_url, timeout=10).text
     assert 'trustmesh_gateway_decisions_total{decision="deny",reason="policy-deny"}' in scraped
+
+
+def _trace(
+    shop: dict[str, object], trace_id: str, until: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    """``trustmesh audit trace --json``, asked again until ``until`` holds of it (at most
+    20 s: each hop exports its spans a fraction of a second after it answers)."""
+    where = ("--config", str(shop["config"]), "--state", str(shop["state"]))
+    deadline = time.monotonic() + 20
+    while True:
+        shown = tm("audit", "trace", trace_id, "--json", *where)
+        doc: dict[str, Any] = json.loads(shown.stdout) if shown.stdout.strip() else {}
+        if (doc and until(doc)) or time.monotonic() > deadline:
+            return doc
+        time.sleep(0.3)
+
+
+def test_one_request_is_one_trace_with_every_decision(shop: dict[str, object]) -> None:
+    """A shopper's order crosses the gateway, orders, inventory and payments, each call
+    made on the shopper's behalf with a token exchanged at the provider: one trace, each
+    hop a span with its decision and reason, in the right tree; ``trustmesh audit trace``
+    shows it; the gateway told the client the trace (``traceresponse``)."""
+    status = shop["status"]
+    assert isinstance(status, dict)
+    gateway = next(c for c in status["components"] if c["name"] == "gateway")["url"]
+    ca = str(Path(str(shop["state"])) / "edge" / "ca.pem")
+    shopper = _sign_in(shop, "shopper")
+    with requests.Session() as s:
+        s.trust_env = False
+        placed = s.post(
+            gateway + "/orders",
+            json={"item": "tea", "quantity": 1},
+            headers={"Authorization": f"Bearer {shopper}"},
+            verify=ca,
+            timeout=30,
+        )
+    assert placed.status_code == 201, placed.text
+    told = trace.parse(placed.headers["traceresponse"])
+    assert told is not None
+    assert told.sampled
+
+    def whole(doc: dict[str, Any]) -> bool:
+        services = [(s["service"], s["kind"]) for s in doc["spans"]]
+        wanted = {"gateway", "orders", "inventory", "payments", "auth"}
+        return {name for name, kind in services if kind == "server"} >= wanted
+
+    doc = _trace(shop, told.trace_id, whole)
+    assert whole(doc), doc
+    spans = {s["span_id"]: s for s in doc["spans"]}
+    assert {s["trace_id"] for s in spans.values()} == {told.trace_id}
+
+    def server(service: str) -> list[dict[str, Any]]:
+        return [s for s in spans.values() if s["service"] == service and s["kind"] == "server"]
+
+    def parent(span: dict[str, Any]) -> dict[str, Any]:
+        return spans[span["parent_span_id"]]
+
+    (edge,) = server("gateway")
+    assert edge["span_id"] == told.span_id
+    assert edge["parent_span_id"] is None
+    assert edge["name"] == "POST orders"
+    (orders,) = server("orders")
+    assert parent(orders) is edge
+    for callee in ("inventory", "payments"):
+        (hop,) = server(callee)
+        call = parent(hop)  # orders' client span of that call ...
+        assert (call["service"], call["kind"], parent(call)) == ("orders", "client", orders)
+        # ... under which orders exchanged the shopper's token for one to the callee
+        exchanges = [
+            s
+            for s in server("auth")
+            if parent(parent(s))["span_id"] == call["span_id"] and s["name"] == "POST /oauth2/token"
+        ]
+        assert len(exchanges) == 1, (callee, doc["spans"])
+    # every server hop decided, and says what and why; the reporter is who sent the span
+    for span in [edge, orders, *server("inventory"), *server("payments")]:
+        assert span["attributes"]["trustmesh.decision"] == "allow", span
+        assert span["attributes"]["trustmesh.reason"], span
+        assert span["attributes"]["http.response.status_code"] < 400, span
+        assert span["reporter"].endswith("/" + span["service"]), span
+    # the audit log's decisions of the trace come with it
+    deciders = {
+        e["metadata"]["product"]["feature"]["name"]
+        for e in doc["events"]
+        if e["unmapped"]["trustmesh"].get("decision") == "allow"
+    }
+    assert deciders >= {"gateway", "orders", "inventory", "payments"}
+    shown = tm(
+        "audit",
+        "trace",
+        told.trace_id,
+        "--config",
+        str(shop["config"]),
+        "--state",
+        str(shop["state"]),
+    )
+    assert shown.returncode == 0, shown.stderr
+    for word in ("gateway", "orders", "inventory", "payments", "auth", "POST /charges"):
+        assert word in shown.stdout, shown.stdout
+
+
+def test_a_refused_request_is_traced_and_told(shop: dict[str, object]) -> None:
+    """A request the edge refuses: its span says why (the decision, the reason)."""
+    status = shop["status"]
+    assert isinstance(status, dict)
+    gateway = next(c for c in status["components"] if c["name"] == "gateway")["url"]
+    ca = str(Path(str(shop["state"])) / "edge" / "ca.pem")
+    with requests.Session() as s:
+        s.trust_env = False
+        refused = s.get(gateway + "/orders/x", verify=ca, timeout=30)
+    assert refused.status_code == 401
+    told = trace.parse(refused.headers["traceresponse"])
+    assert told is not None
+    doc = _trace(shop, told.trace_id, lambda doc: bool(doc["spans"]))
+    (edge,) = doc["spans"]
+    assert edge["attributes"]["trustmesh.decision"] == "deny"
+    assert edge["attributes"]["trustmesh.reason"] == "token-missing"
+    assert edge["attributes"]["http.response.status_code"] == 401
 
 
 def _sign_in_with(shop: dict[str, object], username: str, password: str) -> str:
