@@ -44,12 +44,13 @@ def span(
     attributes: dict[str, Any] | None = None,
     events: Sequence[Event] = (),
     status: Status | None = None,
+    resource: dict[str, str] | None = None,
 ) -> ReadableSpan:
     return ReadableSpan(
         name=name,
         context=context(span_id, trace_id),
         parent=None if parent is None else context(parent, trace_id),
-        resource=Resource({"service.name": service}),
+        resource=Resource({"service.name": service, **(resource or {})}),
         attributes=attributes or {},
         events=events,
         kind=kind,
