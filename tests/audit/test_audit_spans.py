@@ -30,6 +30,7 @@ from spanrig import (
 )
 
 from trustmesh import events
+from trustmesh.audit.__main__ import _detected
 from trustmesh.audit.app import MAX_BODY
 from trustmesh.audit.otlp import MAX_SPANS
 from trustmesh.reasons import Reason
@@ -226,6 +227,10 @@ async def test_an_invalid_span_is_refused_alone(rig: CollectorRig) -> None:
     assert "trace_id" in partial.error_message
     status, trace = await rig.operator.call("GET", f"/v1/traces/{TRACE_HEX}")
     assert sorted(s["span_id"] for s in trace["spans"]) == ["0000000000000001", "0000000000000007"]
+    await post_otlp(rig.payments, request.SerializeToString())  # a retry: stored once
+    scraped = {m.name: m.samples[0].value for m in _detected([rig.running])}
+    assert scraped["trustmesh_audit_spans_stored"] == 2
+    assert scraped["trustmesh_audit_spans_rejected"] == 14
 
 
 async def test_the_reporter_is_the_peer_not_what_the_span_claims(rig: CollectorRig) -> None:
