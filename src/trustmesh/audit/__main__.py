@@ -48,7 +48,8 @@ async def run(config: TrustmeshConfig, state: Path, config_file: Path) -> None:
 
 
 def _detected(serving: list[RunningAudit]) -> Iterator[Metric]:
-    """The collector's alerts and the events its detection saw, since it started."""
+    """The collector's alerts and the events its detection saw, and the spans it stored
+    and refused, since it started."""
     if not serving:
         return
     stats = serving[0].service.detector.stats
@@ -60,6 +61,18 @@ def _detected(serving: list[RunningAudit]) -> Iterator[Metric]:
         "Events detection has seen since the collector started.",
         value=stats.events,
     )
+    traces = serving[0].traces
+    if traces is not None:
+        yield CounterMetricFamily(
+            "trustmesh_audit_spans_stored",
+            "Spans stored since the collector started (a retried span once).",
+            value=traces.stats.stored,
+        )
+        yield CounterMetricFamily(
+            "trustmesh_audit_spans_rejected",
+            "Spans refused (OTLP partial success) since the collector started.",
+            value=traces.stats.rejected,
+        )
 
 
 #: The cyclic GC's first threshold in the collector: containers allocated, less those

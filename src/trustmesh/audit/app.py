@@ -34,6 +34,9 @@ the trust domain; its SPIFFE ID is the verified peer certificate's).
   run, failed or skipped, and whether undone), ``POST /v1/responses/{id}/undo`` (``404``
   unknown, ``400`` one that cannot be undone, ``409`` undone already or refused by the
   component; see :mod:`trustmesh.audit.response`).
+- Traces (:mod:`trustmesh.audit.traces`): ``POST /v1/traces`` (OTLP/HTTP, any workload,
+  each span stored with the peer as its reporter) and the operator's
+  ``GET /v1/traces/{trace_id}`` (the trace's spans and its audit events).
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ from trustmesh.audit.response import Responder
 from trustmesh.audit.retention import Pruner
 from trustmesh.audit.search import Query
 from trustmesh.audit.service import MAX_BATCH, AuditService
+from trustmesh.audit.traces import Traces
 from trustmesh.errors import (
     ConfigError,
     ConflictError,
@@ -406,7 +410,9 @@ def audit_app(
     operator: str,
     responder: Responder | None = None,
     pruner: Pruner | None = None,
+    traces: Traces | None = None,
 ) -> Starlette:
+    """``traces``: the trace endpoints (None: not served)."""
     collector = _Collector(service, recorder, responder, pruner)
 
     async def as_operator(request: Request) -> Actor:
@@ -415,8 +421,17 @@ def audit_app(
     def admin(action: str, handler: Any) -> Any:
         return guarded(action, as_operator, handler, recorder)
 
+    traced = (
+        []
+        if traces is None
+        else [
+            Route("/v1/traces", traces.export, methods=["POST"]),
+            Route("/v1/traces/{trace_id}", admin("audit-trace", traces.trace), methods=["GET"]),
+        ]
+    )
     return Starlette(
         routes=[
+            *traced,
             Route("/v1/events", collector.deliver, methods=["POST"]),
             Route("/v1/events", admin("audit-events", collector.search), methods=["GET"]),
             Route("/v1/health", collector.health, methods=["GET"]),

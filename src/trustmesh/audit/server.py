@@ -6,14 +6,17 @@ TLS), the checkpoint webhook (``audit.checkpoint_webhook``: each signed checkpoi
 line, POSTed signed, so that a copy lives off this machine), the pruning of records past
 retention (``audit.retention``: every ``interval``, through the collector's own SQLite
 file or, on PostgreSQL, the pruning role's URL — without one, pruning is off and a
-warning says so at start), and the HTTP API, served
-over mTLS with its own SVID (``spiffe://<td>/trustmesh/audit``).
+warning says so at start), the span store (``audit.tracing``: spans past its
+retention removed on a timer, and each newly stored span forwarded to its ``otlp``
+receiver if declared), and the HTTP API, served over mTLS with its own SVID
+(``spiffe://<td>/trustmesh/audit``).
 
 A workload whose SPIFFE ID is suspended is refused on every route (``403``, a
 ``suspended-spiffe-id`` event; :mod:`trustmesh.platform.suspensions`) but one: its
-deliveries (``POST /v1/events``) are still taken, and nothing more is recorded of them.
-The events of a suspended workload are what an investigator needs most, and refusing
-them would drop events (its spool would hold them until it gives up)."""
+deliveries (``POST /v1/events``, and its spans: ``POST /v1/traces``) are still taken,
+and nothing more is recorded of them. The events of a suspended workload are what an
+investigator needs most, and refusing them would drop events (its spool would hold them
+until it gives up)."""
 
 from __future__ import annotations
 
@@ -32,17 +35,20 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from trustmesh import crypto, events
 from trustmesh.audit.alerts import AlertStore
-from trustmesh.audit.app import audit_app
+from trustmesh.audit.app import MAX_BODY, audit_app
 from trustmesh.audit.behaviour import WorkingHours
 from trustmesh.audit.chain import Checkpoint, CheckpointPolicy
 from trustmesh.audit.detection import SHIPPED_RULES, Alert, Detector, DetectorSettings
 from trustmesh.audit.endpoint import checkpoint_path
 from trustmesh.audit.ledger import Ledger
+from trustmesh.audit.otlp_forward import OtlpForwarder, load_forwarder
 from trustmesh.audit.response import AdminCaller, Caller, Responder
 from trustmesh.audit.response_store import ResponseStore
 from trustmesh.audit.retention import Pruner, Retention
 from trustmesh.audit.service import AuditService, OnAlerts
+from trustmesh.audit.spans import SpanStore
 from trustmesh.audit.syslog import SyslogSender, load_syslog
+from trustmesh.audit.traces import SpanRetention, Traces
 from trustmesh.audit.webhook import WebhookSender, load_webhook
 from trustmesh.config import TrustmeshConfig
 from trustmesh.config.audit import AuditConfig, DetectionConfig, RetentionConfig, WebhookConfig
@@ -79,9 +85,12 @@ class RunningAudit:
     pruner: Pruner | None = None  # None: pruning is off
     pruning: asyncio.Task[None] | None = None
     checkpoints: WebhookSender | None = None  # the checkpoint webhook's
+    traces: Traces | None = None
+    span_retention: SpanRetention | None = None
+    span_pruning: asyncio.Task[None] | None = None
 
     async def stop(self) -> None:
-        for task in (self.ticker, self.responding, self.pruning):
+        for task in (self.ticker, self.responding, self.pruning, self.span_pruning):
             if task is None:
                 continue
             task.cancel()
@@ -94,6 +103,9 @@ class RunningAudit:
             await asyncio.to_thread(receiver.close, 3.0)
         if self.checkpoints is not None:  # after the last checkpoint store_own made
             await asyncio.to_thread(self.checkpoints.close, 3.0)
+        forwarder = None if self.traces is None else self.traces.forwarder
+        if forwarder is not None:
+            await asyncio.to_thread(forwarder.close, 3.0)
         await self.service.ledger.close()
 
 
@@ -149,6 +161,12 @@ def _posting(sender: WebhookSender) -> Callable[[Checkpoint], None]:
         sender.submit(line, delivery_id=f"checkpoint-{checkpoint.last_seq}")
 
     return post
+
+
+def _span_interval(retention: float) -> float:
+    """How often spans past ``retention`` (seconds) are removed: a tenth of it, at
+    least every hour and at most every minute."""
+    return min(max(retention / 10, 60.0), 3600.0)
 
 
 def settings_of(config: TrustmeshConfig) -> AuditConfig:
@@ -217,9 +235,12 @@ async def serve_audit(
     tick: float = 0.25,
     caller: Caller | None = None,
     suspended: Container[str] | None = None,
+    forwarding: Mapping[str, Any] | None = None,
 ) -> RunningAudit:
     """Start the collector; return once it listens. ``suspended``: the SPIFFE IDs refused
-    everywhere but the ingest (the suspensions feed)."""
+    everywhere but the ingest (the suspensions feed); ``forwarding``: options of the OTLP
+    forwarder (:class:`~trustmesh.audit.otlp_forward.OtlpForwarder`: its backoff, sleep
+    and jitter)."""
     settings = settings_of(config)
     detector = detector_for(config.detection, config_file.parent if config_file else None)
     folder, url, checkpoints = _paths(settings, state)
@@ -233,6 +254,8 @@ async def serve_audit(
         key, spiffe_id = service.key, service.spiffe_id
         responses = ResponseStore(ledger.engine)
         await responses.create()
+        span_store = SpanStore(ledger.engine)
+        await span_store.create()
         declared_in = config_file.parent if config_file else Path.cwd()
         webhooks, syslog = _receivers(settings, declared_in, socket.gethostname())
         copies = _checkpoint_sender(settings, declared_in)
@@ -249,17 +272,38 @@ async def serve_audit(
             clock=clock,
         )
         receivers: list[_Receiver] = [r for r in (webhooks, syslog) if r is not None]
-        for sender in (webhooks, syslog, copies):
+        tracing = settings.tracing
+        forwarder: OtlpForwarder | None = None
+        if tracing.otlp is not None:
+            forwarder = load_forwarder(tracing.otlp, declared_in, **(forwarding or {}))
+        for sender in (webhooks, syslog, copies, forwarder):
             if sender is not None:
                 sender.notify(_reporting(recorder))
+        traces = Traces(span_store, service, recorder, max_body=MAX_BODY, forwarder=forwarder)
         pruner = (
             None
             if ledger.prune_engine is None
             else Pruner(ledger, key, retention_of(settings.retention), recorder, service.now)
         )
         running = await _serve(
-            config, service, responder, source, host, sock, tick, receivers, pruner, suspended
+            config,
+            service,
+            responder,
+            source,
+            host,
+            sock,
+            tick,
+            receivers,
+            pruner,
+            suspended,
+            traces,
         )
+        running.span_retention = SpanRetention(span_store, tracing.retention, clock)
+        running.span_pruning = asyncio.create_task(
+            running.span_retention.run(_span_interval(tracing.retention.total_seconds()))
+        )
+        if forwarder is not None:
+            forwarder.start()
         if pruner is not None:
             interval = settings.retention.interval.total_seconds()
             running.pruning = asyncio.create_task(pruner.run(interval))
@@ -309,8 +353,8 @@ async def _open_service(
 
 
 def _ingest(method: str, path: str) -> bool:
-    """A delivery of events, taken from a suspended workload too."""
-    return method == "POST" and path == "/v1/events"
+    """A delivery of events or spans, taken from a suspended workload too."""
+    return method == "POST" and path in ("/v1/events", "/v1/traces")
 
 
 async def _serve(
@@ -324,9 +368,10 @@ async def _serve(
     receivers: list[_Receiver],
     pruner: Pruner | None = None,
     suspended: Container[str] | None = None,
+    traces: Traces | None = None,
 ) -> RunningAudit:
     operator = config.component_spiffe_id("operator")
-    app: ASGIApp = audit_app(service, responder.recorder, operator, responder, pruner)
+    app: ASGIApp = audit_app(service, responder.recorder, operator, responder, pruner, traces)
     if suspended is not None:
         app = RefuseSuspended(app, suspended, responder.recorder, exempt=_ingest)
     outer = service.on_alerts
@@ -358,4 +403,5 @@ async def _serve(
         responding,
         receivers,
         pruner,
+        traces=traces,
     )
