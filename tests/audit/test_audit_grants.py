@@ -27,6 +27,7 @@ from trustmesh.audit.alerts import AlertStore
 from trustmesh.audit.detection import Alert
 from trustmesh.audit.ledger import Ledger
 from trustmesh.audit.response_store import ResponseRecord, ResponseStore, new_id
+from trustmesh.audit.spans import SpanStore
 from trustmesh.cli import app
 from trustmesh.errors import ConfigError
 from trustmesh.store import create_engine
@@ -47,7 +48,7 @@ def grants(*args: str) -> tuple[int, list[str], str]:
 def test_a_prune_role_may_delete_records_and_nothing_else() -> None:
     code, lines, _ = grants("tm_collector", "--prune-role", "tm_pruner")
     assert code == 0
-    deleting = [line for line in lines if "DELETE" in line]
+    deleting = [line for line in lines if "DELETE" in line and "tm_pruner" in line]
     assert deleting == ['GRANT SELECT, DELETE ON "audit_records" TO "tm_pruner";']
     assert 'GRANT SELECT, INSERT ON "audit_prunes" TO "tm_pruner";' in lines
     code, _, err = grants("tm_collector", "--prune-role", "tm_collector")
@@ -64,8 +65,13 @@ def test_every_table_is_granted_select_and_insert_only() -> None:
     named = sorted(re.findall(r'"(audit_[a-z_]+)"', " ".join(granted)))
     assert named == TABLES  # each once
     revoked = " ".join(line for line in lines if line.startswith("REVOKE ALL ON "))
-    assert sorted(re.findall(r'"(audit_[a-z_]+)"', revoked)) == sorted([*TABLES, "audit_prunes"])
-    for line in lines:
+    assert sorted(re.findall(r'"(audit_[a-z_]+)"', revoked)) == sorted(
+        [*TABLES, "audit_prunes", "audit_spans"]
+    )
+    # the spans, telemetry and no evidence, the collector prunes itself: DELETE there only
+    spans = 'GRANT SELECT, INSERT, DELETE ON "audit_spans" TO "tm_collector";'
+    assert spans in lines
+    for line in (line for line in lines if line != spans):
         assert line.endswith('"tm_collector";')
         assert not re.search(r"\b(UPDATE|DELETE|TRUNCATE|OWNER|SUPERUSER)\b", line), line
         assert line.startswith(
@@ -122,6 +128,9 @@ FORBIDDEN = [
     *(f"DELETE FROM {t}" for t in TABLES),  # noqa: S608 - our own table names
     *(f"TRUNCATE {t}" for t in TABLES),
     "SELECT setval('audit_alerts_id_seq', 1)",
+    # the spans: pruned (DELETE), never altered or emptied at once
+    "UPDATE audit_spans SET name = name",
+    "TRUNCATE audit_spans",
 ]  # fmt: skip
 
 
@@ -136,7 +145,7 @@ async def test_the_printed_grants_let_the_collector_append_and_nothing_else(
         await admin.execute(f'CREATE ROLE "{role}" LOGIN')
         async with postgres_database("tm_grants") as url:
             owner = create_engine(url)
-            for store in (Ledger(owner), AlertStore(owner), ResponseStore(owner)):
+            for store in (Ledger(owner), AlertStore(owner), ResponseStore(owner), SpanStore(owner)):
                 await store.create()
             async with owner.begin() as connection:  # as the owner runs the printed script
                 for statement in statements:
@@ -192,7 +201,9 @@ def test_the_tables_come_first_where_asked_and_in_the_schema() -> None:
     assert code == 0
     assert lines[0] == 'SET search_path TO "audit";'
     made = [line for line in lines if line.startswith("CREATE TABLE IF NOT EXISTS")]
-    assert sorted(line.split()[5] for line in made) == sorted([*TABLES, "audit_prunes"])
+    assert sorted(line.split()[5] for line in made) == sorted(
+        [*TABLES, "audit_prunes", "audit_spans"]
+    )
     first_grant = next(i for i, line in enumerate(lines) if line.startswith(("GRANT", "REVOKE")))
     assert all(not line.startswith("CREATE") for line in lines[first_grant:])
 

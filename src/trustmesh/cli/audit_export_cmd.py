@@ -411,6 +411,7 @@ def table_statements(schema: str | None = None) -> tuple[str, ...]:
     from trustmesh.audit.ledger_schema import metadata as ledger_tables
     from trustmesh.audit.ledger_schema import prune_tables
     from trustmesh.audit.response_store import metadata as response_tables
+    from trustmesh.audit.spans import span_tables
 
     dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     made: list[str] = [f'SET search_path TO "{schema}"'] if schema else []
@@ -419,6 +420,7 @@ def table_statements(schema: str | None = None) -> tuple[str, ...]:
         prune_tables,
         alert_tables,
         response_tables,
+        span_tables,
     ):
         for table in tables.sorted_tables:
             made.append(str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)))
@@ -434,11 +436,14 @@ def grants_for(
 ) -> tuple[str, ...]:
     """Every statement that lets ``role`` (the collector) use all its tables — the log,
     the alerts, the responses — with SELECT and INSERT only, and read the prune
-    checkpoints (verify needs them); with ``prune_role``, the statements that let that
-    role (``audit.retention.database``) prune, and nothing else."""
+    checkpoints (verify needs them); the spans with DELETE too (they are telemetry, not
+    evidence: the collector prunes them past ``audit.tracing.retention``); with
+    ``prune_role``, the statements that let that role (``audit.retention.database``)
+    prune, and nothing else."""
     from trustmesh.audit.alerts import alert_grants
     from trustmesh.audit.ledger_schema import collector_grants, prune_grants, prunes
     from trustmesh.audit.response_store import response_grants
+    from trustmesh.audit.spans import span_grants
 
     prefix = f'"{schema}".' if schema else ""
     table = f'{prefix}"{prunes.name}"'
@@ -446,6 +451,7 @@ def grants_for(
         *collector_grants(role, schema=schema),
         *alert_grants(role, schema=schema),
         *response_grants(role, schema=schema),
+        *span_grants(role, schema=schema),
         f'REVOKE ALL ON {table} FROM "{role}"',
         f'GRANT SELECT ON {table} TO "{role}"',
     )
