@@ -90,6 +90,7 @@ __all__ = [
     "new_uid",
     "read_events",
     "restamp",
+    "set_trace_source",
     "shape_of",
 ]
 
@@ -742,6 +743,24 @@ class _Occurrence(TypedDict, total=False):
     strict: bool
 
 
+def _no_trace() -> str | None:
+    return None
+
+
+#: Where a :class:`Recorder` finds the trace of the work in hand (see
+#: :func:`set_trace_source`).
+_trace_source: Callable[[], str | None] = _no_trace
+
+
+def set_trace_source(source: Callable[[], str | None] | None) -> None:
+    """Where every :class:`Recorder` finds the trace id of the work in hand when its
+    caller names none — the request being served (:mod:`trustmesh.sdk.trace` sets it) —
+    so that each decision made while a request is served carries its trace, whichever
+    component made it. None: no trace unless named."""
+    global _trace_source
+    _trace_source = source or _no_trace
+
+
 class Recorder:
     """The one way a component records what it decided or did: it builds the event
     (validated once per shape: code, message, decision and who), keeps it as a
@@ -797,12 +816,15 @@ class Recorder:
         before the change, and written (:meth:`write`) once it is done. ``spiffe_id``: the
         workload the event is about, where it is not the recorder's own (an SVID issued
         to it); ``now``: the occurrence's time, where the caller has one (default: the
-        recorder's clock); ``uid``: the event's id where the occurrence has one of its
+        recorder's clock); ``trace_id``: default, the trace of the request being served
+        (:func:`set_trace_source`); ``uid``: the event's id where the occurrence has one of its
         own (32 hex digits: recorded again, it is stored once), else a random one.
         ``strict``: a value no event may carry raises
         :class:`~trustmesh.errors.UsageError` (the caller refuses its input, and changes
         nothing) instead of being withheld."""
         decided = _decision_of(code) if decision is None else decision
+        if trace_id is None:
+            trace_id = _trace_source()
         template = self.template(
             code, message, decided, shape, sub, client_id, peer_spiffe_id, spiffe_id, strict
         )

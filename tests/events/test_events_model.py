@@ -44,6 +44,7 @@ def test_public_api_is_pinned() -> None:
         "new_uid",
         "read_events",
         "restamp",
+        "set_trace_source",
         "shape_of",
     ]
 

@@ -272,3 +272,18 @@ def test_kept_spans_encode_as_otlp() -> None:
     assert sent.trace_id.hex() == "8" * 32
     assert sent.parent_span_id.hex() == "7" * 16
     assert sent.events[0].name == "decision"
+
+
+def test_an_event_recorded_while_a_request_is_served_carries_its_trace() -> None:
+    """Whoever records it (a provider's, a secrets service's recorder names no trace)."""
+    sink = events.MemorySink()
+    recorder = events.Recorder(sink, component="auth")
+    recorder.record(Reason.TOKEN_ISSUED, "issued")
+    token = trace.use(trace.TraceParent("c" * 32, "d" * 16))
+    try:
+        recorder.record(Reason.TOKEN_ISSUED, "issued")
+        recorder.record(Reason.TOKEN_ISSUED, "issued", trace_id="e" * 32)  # named: kept
+    finally:
+        trace.reset(token)
+    found = [e.to_ocsf()["metadata"].get("correlation_uid") for e in sink.events]
+    assert found == [None, "c" * 32, "e" * 32]

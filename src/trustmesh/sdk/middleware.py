@@ -236,9 +236,10 @@ def _describe(
     token: VerifiedToken | None,
 ) -> None:
     """What the request's span says of it: the route, who called, for whom."""
-    if route:
-        span.name = f"{method} {route}"
-        span.attributes["http.route"] = route
+    if route:  # "<callee> <method> <pattern>": the span names the pattern
+        pattern = route.split(" ", 2)[-1]
+        span.name = f"{method} {pattern}"
+        span.attributes["http.route"] = pattern
     if caller:
         span.attributes["trustmesh.peer_spiffe_id"] = caller
     if token is not None:

@@ -1,5 +1,6 @@
 """W3C Trace Context (https://www.w3.org/TR/trace-context/): ``traceparent`` parsing,
-propagation, and the current trace of the request being served (a context variable)."""
+propagation, and the current trace of the request being served (a context variable),
+which every event recorded meanwhile carries (:func:`trustmesh.events.set_trace_source`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
+
+from trustmesh import events
 
 __all__ = ["TraceParent", "current", "parse", "reset", "use"]
 
@@ -75,3 +78,12 @@ def use(trace: TraceParent) -> contextvars.Token[TraceParent | None]:
 
 def reset(token: contextvars.Token[TraceParent | None]) -> None:
     _current.reset(token)
+
+
+def _trace_id() -> str | None:
+    current = _current.get()
+    return current.trace_id if current is not None else None
+
+
+# every event recorded while a request is served carries its trace, whoever records it
+events.set_trace_source(_trace_id)
