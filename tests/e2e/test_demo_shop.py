@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import re
 import secrets
@@ -19,6 +20,7 @@ import requests
 from authlib.common.security import generate_token
 from authlib.integrations.requests_client import OAuth2Session
 from authrig import FormLogin, code_flow
+from otlprig import OtlpReceiver, otlp_receiver
 from prometheus_client.parser import text_string_to_metric_families
 from secretscan import UsedSecrets, assert_no_secret_recorded, event_files
 from spiffe_http import spiffe_session, write_pems
@@ -53,6 +55,17 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]
     for name in ("default.yaml", "shop.cedar", "shop.tests.yaml", "shop.openapi.yaml"):
         shutil.copy(default_config_path().with_name(name), root / name)
     (root / "default.yaml").rename(config)
+    # every span the collector stores goes on to a real OTLP receiver too
+    receiver = contextlib.contextmanager(otlp_receiver)()
+    otlp = receiver.__enter__()
+    declared = config.read_text()
+    assert "  tracing: {sample_ratio: 1.0}\n" in declared
+    config.write_text(
+        declared.replace(
+            "  tracing: {sample_ratio: 1.0}\n",
+            f'  tracing: {{sample_ratio: 1.0, otlp: {{url: "{otlp.url}"}}}}\n',
+        )
+    )
     state = root / "state"
     started = time.monotonic()
     up = tm("up", "--config", str(config), "--state", str(state), "--detach")
@@ -69,11 +82,13 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]
             "up_seconds": elapsed,
             "up_output": up.stdout,
             "up_stderr": up.stderr,
+            "otlp": otlp,
         }
         assert tm("down", "--state", str(state)).returncode == 0
         assert_no_secret_recorded(state, USED, at_least=0)  # what `down` flushed too
     finally:
         tm("down", "--state", str(state))
+        receiver.__exit__(None, None, None)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -776,10 +791,11 @@ def _trace(
 
 
 def test_one_request_is_one_trace_with_every_decision(shop: dict[str, object]) -> None:
-    """A shopper's order crosses the gateway, orders, inventory and payments, each call
-    made on the shopper's behalf with a token exchanged at the provider: one trace, each
-    hop a span with its decision and reason, in the right tree; ``trustmesh audit trace``
-    shows it; the gateway told the client the trace (``traceresponse``)."""
+    """A shopper's order crosses the gateway, orders, inventory and payments (which seals
+    the card at the secrets service), each call made on the shopper's behalf with a
+    token exchanged at the provider: one trace, each hop a span with its decision and
+    reason, in the right tree; ``trustmesh audit trace`` shows it; a real OTLP receiver
+    gets the same spans; the gateway told the client the trace (``traceresponse``)."""
     status = shop["status"]
     assert isinstance(status, dict)
     gateway = next(c for c in status["components"] if c["name"] == "gateway")["url"]
@@ -789,7 +805,7 @@ def test_one_request_is_one_trace_with_every_decision(shop: dict[str, object]) -
         s.trust_env = False
         placed = s.post(
             gateway + "/orders",
-            json={"item": "tea", "quantity": 1},
+            json={"item": "tea", "quantity": 1, "card_number": CARD},
             headers={"Authorization": f"Bearer {shopper}"},
             verify=ca,
             timeout=30,
@@ -801,7 +817,7 @@ def test_one_request_is_one_trace_with_every_decision(shop: dict[str, object]) -
 
     def whole(doc: dict[str, Any]) -> bool:
         services = [(s["service"], s["kind"]) for s in doc["spans"]]
-        wanted = {"gateway", "orders", "inventory", "payments", "auth"}
+        wanted = {"gateway", "orders", "inventory", "payments", "auth", "secrets"}
         return {name for name, kind in services if kind == "server"} >= wanted
 
     doc = _trace(shop, told.trace_id, whole)
@@ -832,8 +848,11 @@ def test_one_request_is_one_trace_with_every_decision(shop: dict[str, object]) -
             if parent(parent(s))["span_id"] == call["span_id"] and s["name"] == "POST /oauth2/token"
         ]
         assert len(exchanges) == 1, (callee, doc["spans"])
+    # payments sealed the card at the secrets service: a hop of its own
+    (vault,) = [s for s in server("secrets") if "transit/encrypt" in s["name"]]
+    assert (parent(vault)["service"], parent(parent(vault))) == ("payments", server("payments")[0])
     # every server hop decided, and says what and why; the reporter is who sent the span
-    for span in [edge, orders, *server("inventory"), *server("payments")]:
+    for span in [edge, orders, *server("inventory"), *server("payments"), vault]:
         assert span["attributes"]["trustmesh.decision"] == "allow", span
         assert span["attributes"]["trustmesh.reason"], span
         assert span["attributes"]["http.response.status_code"] < 400, span
@@ -856,6 +875,15 @@ def test_one_request_is_one_trace_with_every_decision(shop: dict[str, object]) -
         str(shop["state"]),
     )
     assert shown.returncode == 0, shown.stderr
+    # the same spans reached the OTLP receiver, each naming the workload that reported it
+    otlp = shop["otlp"]
+    assert isinstance(otlp, OtlpReceiver)
+    received = {s["span_id"]: s for s in otlp.trace(told.trace_id, len(spans))}
+    assert set(received) >= set(spans)
+    for span_id, span in received.items():
+        assert span["parent_span_id"] == spans[span_id]["parent_span_id"]
+        assert span["resource"]["trustmesh.reporter"] == spans[span_id]["reporter"]
+    assert not otlp.refused
     for word in ("gateway", "orders", "inventory", "payments", "auth", "POST /charges"):
         assert word in shown.stdout, shown.stdout
 

@@ -287,3 +287,32 @@ def test_an_event_recorded_while_a_request_is_served_carries_its_trace() -> None
         trace.reset(token)
     found = [e.to_ocsf()["metadata"].get("correlation_uid") for e in sink.events]
     assert found == [None, "c" * 32, "e" * 32]
+
+
+def test_without_a_draw_the_trace_ids_random_bits_decide() -> None:
+    """As OpenTelemetry's TraceIdRatioBased: the id's random part against the ratio."""
+    tracer = spans.Tracer("gateway", Kept(), sample_ratio=0.25)
+    made = [tracer.new_trace() for _ in range(4000)]
+    share = sum(t.sampled for t in made) / len(made)
+    assert 0.2 < share < 0.3  # 7 standard deviations either side
+    for t in made:  # the decision follows from the id itself
+        assert t.sampled == (int(t.trace_id[18:], 16) < 0.25 * 2**56)
+
+
+def test_the_collectors_encoding_reads_back_as_the_same_spans() -> None:
+    """What the exporter sends (OTLP/JSON) is what the collector's OTLP reader takes: the
+    same ids, parent, kind, times, attributes and decision events as the SDK encoder's."""
+    from trustmesh.audit.otlp import JSON, PROTOBUF, judge, read_request
+
+    tracer, out = _tracer()
+    span = tracer.start("GET /a", SpanKind.CLIENT, trace.TraceParent("8" * 32, "9" * 16), "7" * 16)
+    span.attributes["http.request.method"] = "GET"
+    span.decided("deny", "policy-deny", 10)
+    tracer.end(span, status=503, error="TimeoutError")
+    ours = read_request(spans.otlp_json(out.spans), JSON, "", limit=1 << 20)
+    sdk = read_request(encode_spans(out.spans).SerializeToString(), PROTOBUF, "", limit=1 << 20)
+    (mine,), (theirs,) = judge(ours, "r").spans, judge(sdk, "r").spans
+    assert mine == theirs
+    assert (mine.kind, mine.status, mine.status_message) == ("client", "error", "TimeoutError")
+    assert mine.attributes["http.response.status_code"] == 503
+    assert mine.service == "orders"
