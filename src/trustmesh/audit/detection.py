@@ -28,7 +28,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from trustmesh.audit.behaviour import MISSING, FirstSeen, LocalTime, WorkingHours
 from trustmesh.audit.correlation import Correlator, Firing, Hit
@@ -70,6 +70,16 @@ class DetectorSettings:
             raise ConfigError("detection.lateness: from 0 to 1 hour")
         if self.max_groups < 1 or self.max_alert_events < 1:
             raise ConfigError("detection.max_groups and max_alert_events: at least 1")
+
+
+class Observer(Protocol):
+    """What else sees every event the rules see, in order (the anomaly detector)."""
+
+    @property
+    def memory_ms(self) -> int: ...
+    def observe(self, event: Mapping[str, Any]) -> list[Alert]: ...
+    def advance(self, time_ms: int) -> list[Alert]: ...
+    def flush(self) -> list[Alert]: ...
 
 
 @dataclass(frozen=True)
@@ -239,7 +249,16 @@ def _alert(
 class Detector:
     """Rules compiled once; :meth:`observe` each event (module docstring)."""
 
-    def __init__(self, ruleset: Ruleset, settings: DetectorSettings | None = None) -> None:
+    def __init__(
+        self,
+        ruleset: Ruleset,
+        settings: DetectorSettings | None = None,
+        *,
+        anomalies: Observer | None = None,
+    ) -> None:
+        """``anomalies``: the behavioural baselines (:mod:`trustmesh.audit.anomaly`),
+        shown every event after the rules."""
+        self.anomalies = anomalies
         self.settings = settings = settings or DetectorSettings()
         self.ruleset = ruleset
         local = LocalTime(settings.working_hours)
@@ -308,6 +327,8 @@ class Detector:
                 spans.append(rule.dedup.timespan_ms)
             if rule.baseline is not None:
                 spans.append(rule.baseline.learning_ms)
+        if self.anomalies is not None:
+            spans.append(self.anomalies.memory_ms)
         return max(spans, default=0) + self.settings.lateness_ms
 
     def _candidates(self, event: Mapping[str, Any]) -> list[_Rule]:
@@ -349,18 +370,24 @@ class Detector:
                 correlator.push(index, hit)
         if correlator.windows:
             alerts.extend(self._fired(correlator.advance(time)))
+        if self.anomalies is not None:
+            alerts.extend(self.anomalies.observe(event))
         self._alerts += len(alerts)
         return alerts
 
     def advance(self, time_ms: int) -> list[Alert]:
         """The stream has reached ``time_ms`` (no event): the correlations' alerts due."""
         alerts = self._fired(self._correlator.advance(time_ms))
+        if self.anomalies is not None:
+            alerts.extend(self.anomalies.advance(time_ms))
         self._alerts += len(alerts)
         return alerts
 
     def flush(self) -> list[Alert]:
         """Every correlation decided now, its open windows closed (end of a replay)."""
         alerts = self._fired(self._correlator.flush())
+        if self.anomalies is not None:
+            alerts.extend(self.anomalies.flush())
         self._alerts += len(alerts)
         return alerts
 

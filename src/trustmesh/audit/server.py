@@ -35,8 +35,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from trustmesh import crypto, events
 from trustmesh.audit.alerts import AlertStore
+from trustmesh.audit.anomaly import AnomalyDetector, AnomalySettings
 from trustmesh.audit.app import MAX_BODY, audit_app
-from trustmesh.audit.behaviour import WorkingHours
+from trustmesh.audit.behaviour import LocalTime, WorkingHours
 from trustmesh.audit.chain import Checkpoint, CheckpointPolicy
 from trustmesh.audit.detection import SHIPPED_RULES, Alert, Detector, DetectorSettings
 from trustmesh.audit.endpoint import checkpoint_path
@@ -46,6 +47,7 @@ from trustmesh.audit.response import AdminCaller, Caller, Responder
 from trustmesh.audit.response_store import ResponseStore
 from trustmesh.audit.retention import Pruner, Retention
 from trustmesh.audit.service import AuditService, OnAlerts
+from trustmesh.audit.sigma_rules import load_ruleset
 from trustmesh.audit.spans import SpanStore
 from trustmesh.audit.syslog import SyslogSender, load_syslog
 from trustmesh.audit.traces import SpanRetention, Traces
@@ -188,7 +190,23 @@ def detector_for(detection: DetectionConfig, config_dir: Path | None) -> Detecto
     paths: list[str | Path] = [SHIPPED_RULES] if detection.shipped_rules else []
     paths += [base / rule for rule in detection.rules]
     settings = DetectorSettings(working_hours=hours, dry_run=detection.dry_run)
-    return Detector.from_paths(paths, settings)
+    declared = detection.anomaly
+    anomalies = (
+        AnomalyDetector(
+            AnomalySettings(
+                window_ms=int(declared.window.total_seconds() * 1000),
+                learning_ms=int(declared.learning.total_seconds() * 1000),
+                threshold=declared.threshold,
+                rate_factor=declared.rate_factor,
+                min_requests=declared.min_requests,
+                stuffing_accounts=declared.stuffing_accounts,
+                level=declared.level,
+            )
+        )
+        if declared.enabled
+        else None
+    )
+    return Detector(load_ruleset(paths, LocalTime(hours)), settings, anomalies=anomalies)
 
 
 def _paths(settings: AuditConfig, state: Path) -> tuple[Path, str, Path]:

@@ -21,6 +21,7 @@ listener, store and checkpoints, how producers deliver to it, and the Sigma rule
       rules: [rules/]               # more Sigma rule files or folders (beside the file)
       timezone: Europe/Paris
       working_hours: [8, 18]
+      anomaly: {window: 10m, learning: 1d, threshold: 3}   # per-principal baselines
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from trustmesh.config.durations import Duration
 
 __all__ = [
     "AlertsConfig",
+    "AnomalyConfig",
     "AuditConfig",
     "CheckpointWebhookConfig",
     "DetectionConfig",
@@ -351,6 +353,47 @@ class AuditConfig(BaseModel):
         return self
 
 
+class AnomalyConfig(BaseModel):
+    """Per-principal baselines learned from the event stream (trustmesh.audit.anomaly):
+    an alert, explained, when a principal strays from its own."""
+
+    model_config = _MODEL_CONFIG
+
+    enabled: bool = Field(default=True, description="Learn baselines and alert on them.")
+    window: Duration = Field(
+        default="10m", validate_default=True, description="Each principal is judged per window."
+    )
+    learning: Duration = Field(
+        default="1d",
+        validate_default=True,
+        description="How long a principal is only learned, from when it is first seen.",
+    )
+    threshold: float = Field(
+        default=3.0, gt=0, le=100, description="The score that makes a window an alert."
+    )
+    rate_factor: float = Field(
+        default=4.0, gt=1, le=1000, description="A rate this many times the usual counts."
+    )
+    min_requests: int = Field(
+        default=20, ge=1, le=1_000_000, description="Fewer requests to one endpoint never do."
+    )
+    stuffing_accounts: int = Field(
+        default=5,
+        ge=2,
+        le=10_000,
+        description="An address refused sign-in for this many names in a day, none let in.",
+    )
+    level: Literal["informational", "low", "medium", "high", "critical"] = "high"
+
+    @model_validator(mode="after")
+    def _spans(self) -> AnomalyConfig:
+        if not timedelta(minutes=1) <= self.window <= timedelta(days=1):
+            raise PydanticCustomError("invalid", "anomaly.window must be from 1m to 1d", {})
+        if not timedelta(0) <= self.learning <= timedelta(days=90):
+            raise PydanticCustomError("invalid", "anomaly.learning must be from 0 to 90d", {})
+        return self
+
+
 class DetectionConfig(BaseModel):
     """The Sigma rules the collector runs on every event it stores."""
 
@@ -385,6 +428,7 @@ class DetectionConfig(BaseModel):
         description="At start, run detection again over at most this many of the newest "
         "events within the rules' longest window (0: start with empty windows).",
     )
+    anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig)
     never_block: list[str] = Field(
         default_factory=lambda: ["127.0.0.0/8", "::1/128"],
         max_length=1024,
