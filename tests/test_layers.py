@@ -41,7 +41,7 @@ CLI_STILL_INSIDE: set[tuple[str, str]] = set()
 CLI_MAY_READ = {"endpoint", "methods"}
 #: And of the audit collector: the SIEM formats and senders ``audit export`` applies to
 #: what the API answered, and the tables' grants ``audit grants`` prints (no store).
-CLI_MAY_READ |= {"export", "syslog", "pseudonymise", "_delivery", "ledger_schema"}
+CLI_MAY_READ |= {"export", "syslog", "pseudonymise", "_delivery", "ledger_schema", "spans"}
 CLI_MAY_READ |= {"alerts", "response_store"}
 #: And of the gateway: the compiler of routes' contracts (OpenAPI, JSON Schema) and the
 #: loader of the Core Rule Set, pure, which ``config check`` runs on the declaration as

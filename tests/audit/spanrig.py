@@ -12,14 +12,15 @@ from typing import Any
 
 import aiohttp
 from collectorrig import Caller
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from otlpwire import encode_spans
+
+from trustmesh._proto.otlp import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 
 TRACE = 0x4BF92F3577B34DA6A3CE929D0E0E4736
 TRACE_HEX = f"{TRACE:032x}"

@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 from collectorrig import OPERATOR, PAYMENTS, CollectorRig, collector_config, collector_rig
 from collectorrig import identity_for as identity_rig
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import Event
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from otlpwire import encode_spans
 from spanrig import (
     T0_NS,
     TRACE,
@@ -30,6 +29,7 @@ from spanrig import (
 )
 
 from trustmesh import events
+from trustmesh._proto.otlp import ExportTraceServiceRequest
 from trustmesh.audit.__main__ import _detected
 from trustmesh.audit.app import MAX_BODY
 from trustmesh.audit.otlp import MAX_SPANS

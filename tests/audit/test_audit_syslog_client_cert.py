@@ -125,8 +125,8 @@ def test_without_a_client_certificate_nothing_is_delivered(rig: SyslogReceiver, 
 def declaration(syslog: str) -> str:
     """The default declaration with ``audit.alerts.syslog`` set to ``syslog`` (flow YAML)."""
     text = default_config_path().read_text()
-    assert "audit: {}\n" in text
-    return text.replace("audit: {}\n", f"audit:\n  alerts:\n    syslog: {syslog}\n")
+    assert "\naudit:\n" in text
+    return text.replace("\naudit:\n", f"\naudit:\n  alerts:\n    syslog: {syslog}\n", 1)
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+from trustmesh._proto.otlp import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )

@@ -34,6 +34,7 @@ from typer.testing import CliRunner
 from trustmesh.audit.alerts import AlertStore
 from trustmesh.audit.ledger import Ledger
 from trustmesh.audit.response_store import ResponseStore
+from trustmesh.audit.spans import SpanStore
 from trustmesh.cli import app
 from trustmesh.cli.auth_cmd import admin_call
 from trustmesh.config import load_config
@@ -73,7 +74,12 @@ async def collector_database() -> AsyncIterator[tuple[str, str, str]]:
         async with postgres_database("tm_e2e_audit") as url:
             engine = create_engine(url)
             try:
-                for store in (Ledger(engine), AlertStore(engine), ResponseStore(engine)):
+                for store in (
+                    Ledger(engine),
+                    AlertStore(engine),
+                    ResponseStore(engine),
+                    SpanStore(engine),
+                ):
                     await store.create()
             finally:
                 await engine.dispose()

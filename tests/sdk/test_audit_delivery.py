@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -36,7 +37,7 @@ from deliveryrig import (
 from trustmesh import events
 from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import UnavailableError
-from trustmesh.reasons import Activity
+from trustmesh.reasons import Activity, Reason
 from trustmesh.sdk.collector import (
     Backoff,
     BatchTooLargeError,
@@ -215,6 +216,31 @@ async def test_the_client_checks_the_collectors_identity(
         client.close()
     with pytest.raises(CollectorUnavailableError, match="cannot connect"):
         await asyncio.to_thread(client.send, [one])
+
+
+async def test_a_kept_connection_the_collector_closed_is_made_again(
+    identity: RunningIdentityServer, payments: X509Source, short_tmp: Path, config: TrustmeshConfig
+) -> None:
+    """The collector hangs up a connection idle past its keep-alive timeout, and the
+    client learns it only when its next request gets no answer: that request is sent
+    again on a new connection, not failed (spans, which are not spooled, were lost)."""
+    port = free_port()
+    async with rig_on(identity, short_tmp / "c", config, port) as rig:
+        client = CollectorClient(f"https://127.0.0.1:{port}", payments, AUDIT)
+        recorder = events.Recorder(events.MemorySink(), component="t")
+        first = recorder.record(Reason.POLICY_ALLOW, "one")
+        await asyncio.to_thread(client.send, [first.to_json().encode()])
+        kept = client._conn
+        assert kept is not None
+        assert kept.sock is not None
+        kept.sock.shutdown(socket.SHUT_RD)  # as the peer's hang-up looks from here
+        second = recorder.record(Reason.POLICY_ALLOW, "two")
+        answer = await asyncio.to_thread(client.send, [second.to_json().encode()])
+        assert answer.stored == 1
+        assert client._conn is not kept
+        client.close()
+        found = await stored(rig.operator)
+        assert {e["message"] for e in found} >= {"one", "two"}
 
 
 def test_backoff_grows_caps_and_resets_on_a_fake_clock() -> None:

@@ -96,6 +96,17 @@ class AnomalySettings:
             )
 
 
+_NONE: Final[dict[str, Any]] = {}
+
+
+def _component(metadata: dict[str, Any]) -> str:
+    """The component that recorded the event (``metadata.product.feature.name``)."""
+    product = metadata.get("product")
+    feature = product.get("feature") if type(product) is dict else None
+    name = feature.get("name") if type(feature) is dict else None
+    return name if type(name) is str else ""
+
+
 def principal_of(event: Mapping[str, Any]) -> str | None:
     """Whose decision ``event`` is (module docstring), or None when it is not one."""
     if event.get("class_uid") not in _DECISION_CLASSES:
@@ -132,6 +143,7 @@ class _Baseline:
 @dataclass
 class _Window:
     start: int
+    baseline: _Baseline
     requests: int = 0
     denied: int = 0
     bytes: int = 0
@@ -214,14 +226,13 @@ class AnomalyDetector:
         if window is None or start > window.start:
             if window is not None:  # an older window of its own: judged first
                 alerts.extend(self._close(principal, window))
-            window = self._open[principal] = _Window(start)
+            baseline = self._baselines.get(principal) or _Baseline(first_seen=time)
+            # the least recently active forgotten first (once a window: cheap)
+            _remember(self._baselines, principal, baseline, self.settings.max_principals)
+            window = self._open[principal] = _Window(start, baseline)
             self._due_at(start, principal)
         # (an event later than its window's judgement counts in the open one)
-        baseline = self._baselines.get(principal)
-        if baseline is None:
-            baseline = _Baseline(first_seen=time)
-        _remember(self._baselines, principal, baseline, self.settings.max_principals)
-        address = self._add(window, baseline, event, time)
+        address = self._add(window, window.baseline, event, time)
         if address is not None and event.get("class_uid") == _AUTHENTICATION:
             alerts.extend(self._sign_in(address, principal, event, time, start))
         return alerts
@@ -316,55 +327,66 @@ class AnomalyDetector:
     def _add(
         self, window: _Window, baseline: _Baseline, event: Mapping[str, Any], time: int
     ) -> str | None:
-        """Count ``event`` in ``window``; the principal's own address, if it names one."""
+        """Count ``event`` in ``window``; the principal's own address, if it names one
+        (each event the collector stores comes here: lookups written out)."""
         tm: dict[str, Any] = event["unmapped"]["trustmesh"]
         attributes = tm.get("attributes")
-        attributes = attributes if isinstance(attributes, dict) else {}
+        if type(attributes) is not dict:
+            attributes = _NONE
         window.requests += 1
-        if tm.get("decision") == "deny":
+        denied = tm["decision"] == "deny"
+        if denied:
             window.denied += 1
         size = attributes.get("bytes")
         if type(size) is int and size > 0:
             window.bytes += size
-        product = (event.get("metadata") or {}).get("product") or {}
-        component = (product.get("feature") or {}).get("name", "")
+        metadata = event.get("metadata")
+        if type(metadata) is not dict:
+            metadata = _NONE
+        component = _component(metadata)
         route = attributes.get("route")
-        if isinstance(route, str) and route.startswith(f"{component} "):  # a service's own
-            endpoint = route
+        if (
+            type(route) is str
+            and route.startswith(component)
+            and route[len(component) : len(component) + 1] == " "
+        ):
+            endpoint = route  # a service's own: "<callee> <method> <pattern>"
         else:
             target = route or attributes.get("path") or tm.get("reason", "")
-            endpoint = f"{component} {attributes.get('method', '')} {target}".replace("  ", " ")
+            endpoint = f"{component} {attributes.get('method', '')} {target}"
         window.endpoints[endpoint] += 1
+        hour = time // _HOUR_MS % 24
+        if hour not in window.hours:
+            window.hours.add(hour)
+        uids = window.uids
+        if len(uids) < _MAX_UIDS:
+            uid = metadata.get("uid")
+            if type(uid) is str:
+                uids.append(uid)
+        if tm.get("peer_spiffe_id"):
+            return None  # a hop between workloads comes from the calling workload
         src = event.get("src_endpoint")
-        address = src.get("ip") if isinstance(src, dict) else None
-        address = address or attributes.get("client")
-        # a hop between workloads comes from the calling workload, not from the principal
-        if isinstance(address, str) and address and not tm.get("peer_spiffe_id"):
-            window.addresses[address] += 1
-            if tm.get("decision") == "deny":
-                window.refused_at[address] += 1
-            else:
-                window.allowed_at.add(address)
-            jti = tm.get("jti")
-            if isinstance(jti, str) and jti:
-                first = baseline.tokens.get(jti)
-                if first is None:
-                    _remember(baseline.tokens, jti, address, _MAX_TOKENS)
-                elif first != address:
-                    window.replayed.setdefault(jti, (first, address))
-        window.hours.add(time // _HOUR_MS % 24)
-        if len(window.uids) < _MAX_UIDS:
-            uid = (event.get("metadata") or {}).get("uid")
-            if isinstance(uid, str):
-                window.uids.append(uid)
-        if isinstance(address, str) and address and not tm.get("peer_spiffe_id"):
-            return address
-        return None
+        address = src.get("ip") if type(src) is dict else None
+        if not address:
+            address = attributes.get("client")
+        if type(address) is not str or not address:
+            return None
+        window.addresses[address] += 1
+        if denied:
+            window.refused_at[address] += 1
+        else:
+            window.allowed_at.add(address)
+        jti = tm.get("jti")
+        if type(jti) is str and jti:
+            first = baseline.tokens.get(jti)
+            if first is None:
+                _remember(baseline.tokens, jti, address, _MAX_TOKENS)
+            elif first != address:
+                window.replayed.setdefault(jti, (first, address))
+        return address
 
     def _close(self, principal: str, window: _Window) -> list[Alert]:
-        baseline = self._baselines.get(principal)
-        if baseline is None:  # forgotten meanwhile: nothing to judge against
-            return []
+        baseline = window.baseline
         settings = self.settings
         learned = window.start - baseline.first_seen >= settings.learning_ms
         alerts: list[Alert] = []

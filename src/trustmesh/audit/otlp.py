@@ -41,13 +41,15 @@ from typing import Any, Final
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+
+from trustmesh._proto.otlp import (
+    AnyValue,
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
+    KeyValue,
+    ResourceSpans,
+    Span,
 )
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span
-
 from trustmesh.errors import TrustmeshError, UsageError
 
 __all__ = [
@@ -251,13 +253,13 @@ class _Refused(Exception):
 def _scalar(value: AnyValue) -> str | bool | int | float:
     which = value.WhichOneof("value")
     if which == "string_value":
-        return value.string_value[:MAX_STRING]
+        return str(value.string_value[:MAX_STRING])
     if which == "bool_value":
-        return value.bool_value
+        return bool(value.bool_value)
     if which == "int_value":
-        return value.int_value
+        return int(value.int_value)
     if which == "double_value":
-        number = value.double_value
+        number = float(value.double_value)
         if math.isfinite(number):
             return number
         return "NaN" if math.isnan(number) else ("Infinity" if number > 0 else "-Infinity")
@@ -342,7 +344,7 @@ def _name(name: str) -> str:
 def _service(resource: ResourceSpans) -> str | None:
     for pair in resource.resource.attributes:
         if pair.key == "service.name" and pair.value.WhichOneof("value") == "string_value":
-            return pair.value.string_value[:MAX_NAME]
+            return str(pair.value.string_value[:MAX_NAME])
     return None
 
 
@@ -399,7 +401,7 @@ def answer(rejected: int, reason: str) -> bytes:
     if rejected:
         response.partial_success.rejected_spans = rejected
         response.partial_success.error_message = f"{rejected} spans refused; first: {reason}"
-    return response.SerializeToString()
+    return bytes(response.SerializeToString())
 
 
 def narrowed(request: ExportTraceServiceRequest, keep: set[tuple[str, str]]) -> bytes:

@@ -30,13 +30,11 @@ from datetime import timedelta
 from typing import Any, Final
 
 from google.protobuf import json_format
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceResponse,
-)
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from trustmesh import events
+from trustmesh._proto.otlp import ExportTraceServiceResponse
 from trustmesh.audit.otlp import JSON, PROTOBUF, TooLarge, answer, judge, narrowed, read_request
 from trustmesh.audit.otlp_forward import OtlpForwarder
 from trustmesh.audit.search import MAX_LIMIT, Query

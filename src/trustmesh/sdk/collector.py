@@ -54,6 +54,10 @@ class CollectorUnavailableError(UnavailableError):
     code = "collector_unavailable"
 
 
+class _Stale(Exception):
+    """The collector hung up without an answer (on a kept connection: its idle timeout)."""
+
+
 class DeliveryRefusedError(TrustmeshError):
     """The collector refused the batch with a 4xx: a bug on one side or the other."""
 
@@ -240,7 +244,20 @@ class CollectorClient:
     def post(self, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
         """POST ``body`` to the collector's ``path`` on the kept connection: the status
         and (the first 64 KiB of) the answer. CollectorUnavailableError when there was
-        no answer."""
+        no answer. A kept connection the collector closed while it was idle (its
+        keep-alive timeout: it hangs up without an answer) is made again, once: what
+        the collector takes is stored once, so a request it did see is no harm."""
+        for attempt in (1, 2) if self._conn is not None else (2,):
+            try:
+                return self._post(path, body, content_type)
+            except _Stale:
+                if attempt == 2:
+                    break
+        raise CollectorUnavailableError(
+            "delivery to the audit collector failed: it closed the connection without an answer"
+        )
+
+    def _post(self, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
         if self._conn is None:
             self._conn = self._connect()
         conn = self._conn
@@ -256,6 +273,9 @@ class CollectorClient:
             text = answer.read(_MAX_ANSWER + 1)
             if answer.will_close:
                 self.close()
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            self.close()
+            raise _Stale from None
         except (OSError, http.client.HTTPException) as exc:
             self.close()
             raise CollectorUnavailableError(
