@@ -277,3 +277,23 @@ async def test_the_collector_alerts_through_its_alert_path(
     )
     assert alert["group"] == {"principal": "address:203.0.113.77"}
     assert set(alert["event_uids"]) == {e["metadata"]["uid"] for e in tries}
+
+
+def test_made_up_names_do_not_crowd_out_real_baselines() -> None:
+    """Failed sign-ins with names no account has make no baselines: a flood of them
+    leaves every real principal's baseline (and judgement) where it was."""
+    flood = [
+        sign_in(T0 + DAY + timedelta(seconds=i), f"nobody{i}", f"198.51.100.{i % 250}", ok=False)
+        for i in range(500)
+    ]
+    detector, _ = run(habits() + flood, max_principals=10)
+    assert list(detector._baselines) == [ALICE]
+
+
+def test_an_endpoint_it_never_asked_needs_more_than_a_burst_to_count_as_a_surge() -> None:
+    at = T0 + 2 * DAY + timedelta(hours=10)
+    new = [request(at + timedelta(seconds=i), path="/orders/new-thing") for i in range(25)]
+    assert run(habits() + new)[1] == []  # 25: not four times min_requests
+    many = [request(at + timedelta(seconds=i), path="/orders/new-thing") for i in range(200)]
+    (alert,) = run(habits() + many)[1]
+    assert "× its usual rate" in alert.title

@@ -86,3 +86,18 @@ def test_a_malformed_trace_id_is_refused_before_anything_is_asked() -> None:
         result = CliRunner().invoke(app, ["audit", "trace", bad, "--state", "/nonexistent"])
         assert result.exit_code == 2, (bad, result.stdout)
         assert "not a trace id" in result.stderr
+
+
+def test_spans_whose_parents_loop_are_drawn_once_and_nothing_is_run() -> None:
+    """Any workload may report any parent id, any name: a loop of parents, a status that
+    is no number and a terminal escape neither hang, crash nor reach the terminal."""
+    a = _span("a" * 16, "b" * 16, "orders", 1_000_000)
+    b = _span("b" * 16, "a" * 16, "payments", 2_000_000, **{"http.response.status_code": "500"})
+    b["name"] = "\x1b]0;owned\x07\x1b[2J GET /x"
+    twin = _span("a" * 16, None, "mallory", 0)  # the same span id again
+    text = _render({"trace_id": TRACE, "spans": [a, b, twin], "events": []})
+    assert "\x1b" not in text
+    assert "? ]0;owned?? [2J GET /x".replace(" ", "") in text.replace(" ", "")
+    assert text.count("orders server") == 1
+    assert text.count("payments server") == 1
+    assert "mallory" not in text  # the span id's first report is the one drawn

@@ -65,6 +65,7 @@ def test_a_new_trace_is_sampled_at_the_ratio() -> None:
     ("flags", "decision", "status", "error", "kept"),
     [
         ("01", "allow", 200, None, True),  # sampled: every hop keeps it
+        ("03", "allow", 200, None, True),  # sampled, and another flag (§3.2.2.5)
         ("00", "allow", 200, None, False),
         ("00", "deny", 403, None, True),  # a refusal is always kept
         ("00", "error", 0, None, True),

@@ -15,14 +15,16 @@ from its windows before, and then learned. Nothing is read from the wall clock.
 
 **What counts** (each adds to the window's score, and says so):
 
-- *rate* — requests in the window at least ``rate_factor`` × its usual per active window
-  (an average that moves: ``1/16`` of each window), and at least ``min_requests``:
-  ``log2`` of the ratio;
+- *rate* — requests to one endpoint in the window at least ``rate_factor`` × its usual
+  there per active window (an average that moves: ``1/16`` of each window; an endpoint
+  it never asked counts as ``min_requests``), and at least ``min_requests``:
+  ``1.5 × log2`` of the ratio;
 - *a token from two addresses* — a token id presented from an address other than the
   one it was first seen from: 3 (a stolen token in use beside its owner's);
 - *a new address* — an address it was never seen from: 2, and 1.5 more when it was
   refused there (a sign-in that failed from where its owner never was);
-- *new endpoints* — endpoints it never asked: 1 each, at most 2;
+- *new endpoints* — endpoints it never asked, once it was seen with 100 requests: 1
+  each, at most 2;
 - *refusals* — at least 3 refused and a refused share ``0.5`` above its usual: 1.5;
 - *hours* — active at an hour of the day (UTC) that holds under 1% of the activity it
   was seen with (once it was seen with 200 requests): 1;
@@ -39,9 +41,12 @@ An :class:`~trustmesh.audit.detection.Alert` (rule ``anomaly``, kind ``anomaly``
 title the explanation, grouped by principal) when the score reaches ``threshold`` and
 the principal has been known for ``learning`` (event time): a principal first seen
 later is learned, not judged, until its own learning has passed — but for a token from
-two addresses, which needs no baseline. Memory is bounded:
-``max_principals`` (the least recently active forgotten), and per principal at most
-256 endpoints, 64 addresses and 64 tokens remembered.
+two addresses, which needs no baseline. A name no account has (``login:<name>``) has no
+baseline of its own: only its address is judged (below). Memory is bounded:
+``max_principals`` baselines (the least recently active forgotten) and addresses, as
+many windows open at once (past it, events are counted in :attr:`skipped`), per
+principal at most 256 endpoints, 64 addresses and 64 tokens remembered, and 1,024
+endpoints and addresses counted in one window.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ _MAX_ENDPOINTS: Final = 256
 _MAX_ADDRESSES: Final = 64
 _MAX_TOKENS: Final = 64
 _MAX_UIDS: Final = 100
+_MAX_KEYS: Final = 1024  # endpoints, addresses counted in one window of one principal
 _EWMA: Final = 1 / 16
 #: New endpoints count once a principal was seen with this many requests.
 _BROAD: Final = 100
@@ -105,6 +111,21 @@ def _component(metadata: dict[str, Any]) -> str:
     feature = product.get("feature") if type(product) is dict else None
     name = feature.get("name") if type(feature) is dict else None
     return name if type(name) is str else ""
+
+
+def _edge_address(event: Mapping[str, Any]) -> str | None:
+    """Where the principal itself asked from: ``src_endpoint.ip``, else the gateway's
+    ``attributes.client``; None for a hop between workloads (it comes from the calling
+    workload, not from the principal)."""
+    tm = event["unmapped"]["trustmesh"]
+    if tm.get("peer_spiffe_id"):
+        return None
+    src = event.get("src_endpoint")
+    address = src.get("ip") if type(src) is dict else None
+    if not address:
+        attributes = tm.get("attributes")
+        address = attributes.get("client") if type(attributes) is dict else None
+    return address if type(address) is str and address else None
 
 
 def principal_of(event: Mapping[str, Any]) -> str | None:
@@ -165,7 +186,7 @@ class _Source:
     refused: OrderedDict[str, int] = field(default_factory=OrderedDict)
     signed_in: int | None = None
     window: int = -1  # the open window's start (-1: none)
-    uids: list[str] = field(default_factory=list)
+    uids: list[tuple[str, int]] = field(default_factory=list)  # (uid, time), oldest first
 
 
 @dataclass(frozen=True)
@@ -208,6 +229,7 @@ class AnomalyDetector:
         self._watermark = 0
         self._sources: OrderedDict[str, _Source] = OrderedDict()
         self.judged: list[Judgement] = []  # every window over the threshold (for replays)
+        self.skipped = 0  # events not counted: more principals active than it may hold
 
     @property
     def memory_ms(self) -> int:
@@ -222,10 +244,18 @@ class AnomalyDetector:
             return self.advance(time) if type(time) is int else []
         alerts = self.advance(time)
         start = time - time % self.settings.window_ms
+        if principal.startswith("login:"):  # a name no account has: its address is judged
+            address = _edge_address(event)
+            if address is not None and event.get("class_uid") == _AUTHENTICATION:
+                alerts.extend(self._sign_in(address, principal, event, time, start))
+            return alerts
         window = self._open.get(principal)
         if window is None or start > window.start:
             if window is not None:  # an older window of its own: judged first
                 alerts.extend(self._close(principal, window))
+            elif len(self._open) >= self.settings.max_principals:
+                self.skipped += 1  # more principals at once than it may hold
+                return alerts
             baseline = self._baselines.get(principal) or _Baseline(first_seen=time)
             # the least recently active forgotten first (once a window: cheap)
             _remember(self._baselines, principal, baseline, self.settings.max_principals)
@@ -260,8 +290,11 @@ class AnomalyDetector:
             refused.popitem(last=False)  # past a day: forgotten
         _remember(refused, principal, time, _MAX_ENDPOINTS)
         uid = (event.get("metadata") or {}).get("uid")
-        if isinstance(uid, str) and len(source.uids) < _MAX_UIDS:
-            source.uids.append(uid)
+        uids = source.uids
+        while uids and uids[0][1] <= time - _DAY_MS:
+            del uids[0]  # past a day, as the names
+        if isinstance(uid, str) and len(uids) < _MAX_UIDS:
+            uids.append((uid, time))
         alerts: list[Alert] = []
         if start > source.window:
             if source.window >= 0:
@@ -278,7 +311,7 @@ class AnomalyDetector:
         let_in = source.signed_in is not None and source.signed_in > start - _DAY_MS
         if let_in or names < self.settings.stuffing_accounts or not source.uids:
             return []
-        uids, source.uids = tuple(source.uids), []
+        uids, source.uids = tuple(uid for uid, _ in source.uids), []
         judgement = Judgement(
             f"address:{address}",
             start,
@@ -354,7 +387,8 @@ class AnomalyDetector:
         else:
             target = route or attributes.get("path") or tm.get("reason", "")
             endpoint = f"{component} {attributes.get('method', '')} {target}"
-        window.endpoints[endpoint] += 1
+        if endpoint in window.endpoints or len(window.endpoints) < _MAX_KEYS:
+            window.endpoints[endpoint] += 1
         hour = time // _HOUR_MS % 24
         if hour not in window.hours:
             window.hours.add(hour)
@@ -363,14 +397,11 @@ class AnomalyDetector:
             uid = metadata.get("uid")
             if type(uid) is str:
                 uids.append(uid)
-        if tm.get("peer_spiffe_id"):
-            return None  # a hop between workloads comes from the calling workload
-        src = event.get("src_endpoint")
-        address = src.get("ip") if type(src) is dict else None
-        if not address:
-            address = attributes.get("client")
-        if type(address) is not str or not address:
-            return None
+        address = _edge_address(event)
+        if address is None or (
+            address not in window.addresses and len(window.addresses) >= _MAX_KEYS
+        ):
+            return address
         window.addresses[address] += 1
         if denied:
             window.refused_at[address] += 1
@@ -418,9 +449,11 @@ class AnomalyDetector:
                 tuple(reasons),
                 tuple(window.uids),
             )
+        floor = float(settings.min_requests)
         surge = max(
             (
-                (count / max(baseline.rates.get(endpoint, 0.0), 1.0), endpoint)
+                # an endpoint it never asked: as if it asked min_requests a window
+                (count / max(baseline.rates.get(endpoint, floor), 1.0), endpoint)
                 for endpoint, count in window.endpoints.items()
                 if count >= settings.min_requests
             ),
@@ -478,8 +511,10 @@ class AnomalyDetector:
         rates = baseline.rates
         for endpoint, rate in list(rates.items()):  # an endpoint it did not ask: 0 this time
             rates[endpoint] = rate + _EWMA * (window.endpoints.get(endpoint, 0) - rate)
-        for endpoint, count in window.endpoints.items():
-            if endpoint not in rates:
+        for endpoint, count in window.endpoints.items():  # the least recently asked go first
+            if endpoint in rates:
+                rates.move_to_end(endpoint)
+            else:
                 _remember(rates, endpoint, float(count), _MAX_ENDPOINTS)
         baseline.windows += 1
         baseline.requests += window.requests

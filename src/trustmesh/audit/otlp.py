@@ -8,7 +8,9 @@ What is decided here (OTLP/HTTP: https://opentelemetry.io/docs/specs/otlp/#otlph
   ``ExportTraceServiceRequest``; or ``application/json``, OTLP/JSON — the protobuf JSON
   mapping but for ``traceId``/``spanId``/``parentSpanId``, which are hex, not base64
   (https://opentelemetry.io/docs/specs/otlp/#json-protobuf-encoding); unknown JSON
-  fields are ignored, as the spec asks. ``Content-Encoding: gzip`` is read up to the
+  fields are ignored, as the spec asks; an id there that is not hex, or longer than its
+  kind's bytes, refuses the whole request (it cannot be read as OTLP). ``Content-Encoding:
+  gzip`` is read up to the
   same bound as a plain body. Anything else is refused whole: :class:`UsageError`
   (``400``) for a body that is not a request, :class:`UnsupportedMediaType` (``415``),
   :class:`TooLarge` (``413``: past :data:`MAX_SPANS` spans, or a gzip body that grows

@@ -10,7 +10,8 @@ pruning of old spans.
   nothing: ``400`` ``{"error": "invalid_request", "message"}`` (not a request), ``413``
   ``too_large`` (past the collector's body bound or :data:`~trustmesh.audit.otlp.MAX_SPANS`),
   ``415`` ``unsupported_media_type``; ``503`` ``unavailable`` when the store cannot take
-  them (OTLP's retryable status: the exporter tries again). The newly stored spans go to
+  them (OTLP's retryable status: an exporter may try again; trustmesh's drop the batch,
+  counted — spans are telemetry). The newly stored spans go to
   the OTLP forwarder, if declared, without waiting for it.
 - ``GET /v1/traces/{trace_id}`` — the operator's (the ``audit-trace`` admin action): the
   trace's spans by start (at most :data:`~trustmesh.audit.spans.MAX_TRACE_SPANS`) and
@@ -35,7 +36,16 @@ from starlette.responses import JSONResponse, Response
 
 from trustmesh import events
 from trustmesh._proto.otlp import ExportTraceServiceResponse
-from trustmesh.audit.otlp import JSON, PROTOBUF, TooLarge, answer, judge, narrowed, read_request
+from trustmesh.audit.otlp import (
+    JSON,
+    PROTOBUF,
+    Judged,
+    TooLarge,
+    answer,
+    judge,
+    narrowed,
+    read_request,
+)
 from trustmesh.audit.otlp_forward import OtlpForwarder
 from trustmesh.audit.search import MAX_LIMIT, Query
 from trustmesh.audit.service import AuditService
@@ -78,6 +88,10 @@ def _answer(rejected: int, reason: str, media: str) -> Response:
     return JSONResponse(json_format.MessageToDict(response))
 
 
+def _judged(body: bytes, content_type: str, encoding: str, limit: int, reporter: str) -> Judged:
+    return judge(read_request(body, content_type, encoding, limit=limit), reporter)
+
+
 class Traces:
     """The endpoints over ``store`` (module docstring). ``forwarder``: where newly
     stored spans also go (None: nowhere)."""
@@ -106,15 +120,17 @@ class Traces:
         media = headers.get("content-type", "").partition(";")[0].strip().lower()
         try:
             body = await _read(request, self.max_body)
-            parsed = read_request(
+            # parsed and judged off the event loop, which takes every component's events
+            judged = await asyncio.to_thread(
+                _judged,
                 body,
                 headers.get("content-type", ""),
                 headers.get("content-encoding", ""),
-                limit=self.max_body,
+                self.max_body,
+                reporter,
             )
         except TrustmeshError as exc:
             return failure_response(exc)
-        judged = judge(parsed, reporter)
         received = int(self.service.clock() * 1_000_000_000)
         try:
             stored = await self.store.add(judged.spans, received=received)

@@ -89,43 +89,74 @@ def trace_view(doc: Mapping[str, Any]) -> Group:
 
 
 def _tree(trace_id: str, spans: Sequence[Mapping[str, Any]]) -> Tree:
-    first = min(int(s["start_ns"]) for s in spans)
-    last = max(int(s["end_ns"]) for s in spans)
-    root = Tree(Text(f"trace {trace_id}  {_ms(last - first)}", style="bold"))
-    ids = {s["span_id"] for s in spans}
-    children: dict[str | None, list[Mapping[str, Any]]] = {}
+    """The spans as a tree, walked without recursion: a span id reported twice is drawn
+    once (its first), and spans whose parents make a loop (a workload may report any
+    parent id) are drawn at the top, as spans whose parent is not recorded are."""
+    first = min(_int(s.get("start_ns")) for s in spans)
+    last = max(_int(s.get("end_ns")) for s in spans)
+    root = Tree(Text(f"trace {_printable(trace_id)}  {_ms(last - first)}", style="bold"))
+    by_id: dict[str, Mapping[str, Any]] = {}
     for span in spans:
+        by_id.setdefault(str(span.get("span_id")), span)
+    children: dict[str | None, list[Mapping[str, Any]]] = {}
+    for span in by_id.values():
         parent = span.get("parent_span_id")
-        children.setdefault(parent if parent in ids else None, []).append(span)
+        children.setdefault(parent if parent in by_id else None, []).append(span)
+    drawn: set[str] = set()
 
-    def grow(node: Tree, parent: str | None) -> None:
-        for span in sorted(children.get(parent, ()), key=lambda s: int(s["start_ns"])):
-            orphan = parent is None and span.get("parent_span_id") is not None
-            grow(node.add(_label(span, first, orphan)), span["span_id"])
+    def draw(node: Tree, span: Mapping[str, Any], orphan: bool) -> None:
+        pending = [(node, span, orphan)]
+        while pending:
+            under, this, lonely = pending.pop()
+            span_id = str(this.get("span_id"))
+            if span_id in drawn:
+                continue
+            drawn.add(span_id)
+            added = under.add(_label(this, first, lonely))
+            below = sorted(children.get(span_id, ()), key=lambda s: _int(s.get("start_ns")))
+            pending.extend((added, child, False) for child in reversed(below))
 
-    grow(root, None)
+    tops = sorted(children.get(None, ()), key=lambda s: _int(s.get("start_ns")))
+    for span in tops:
+        draw(root, span, span.get("parent_span_id") is not None)
+    for span in sorted(by_id.values(), key=lambda s: _int(s.get("start_ns"))):
+        if str(span.get("span_id")) not in drawn:  # in a loop of parents
+            draw(root, span, True)
     return root
+
+
+def _int(value: object) -> int:
+    return value if type(value) is int else 0
+
+
+def _printable(value: object) -> str:
+    """``value`` as text with every character a terminal could act on (ESC and the
+    other controls) replaced: any workload may report what a span says."""
+    text = str(value)
+    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
 
 
 def _label(span: Mapping[str, Any], first: int, orphan: bool) -> Text:
     attributes: Mapping[str, Any] = span.get("attributes") or {}
-    start, end = int(span["start_ns"]), int(span["end_ns"])
+    start, end = _int(span.get("start_ns")), _int(span.get("end_ns"))
     label = Text()
-    label.append(f"{span.get('service', '?')} ", style="bold cyan")
-    label.append(f"{span.get('kind', '')} {span.get('name', '')}")
+    label.append(f"{_printable(span.get('service', '?'))} ", style="bold cyan")
+    label.append(f"{_printable(span.get('kind', ''))} {_printable(span.get('name', ''))}")
     label.append(f"  +{_ms(start - first)} {_ms(end - start)}", style="dim")
     decision = attributes.get("trustmesh.decision")
     if decision is not None:
-        label.append(f"  {decision}", style=_STYLE.get(str(decision), ""))
-        label.append(f" {attributes.get('trustmesh.reason', '')}")
+        label.append(f"  {_printable(decision)}", style=_STYLE.get(str(decision), ""))
+        label.append(f" {_printable(attributes.get('trustmesh.reason', ''))}")
     status = attributes.get("http.response.status_code")
-    if status is not None:
-        label.append(f"  [{status}]", style="red" if int(status) >= 400 else "")
+    if type(status) is int:
+        label.append(f"  [{status}]", style="red" if status >= 400 else "")
     if span.get("status") == "error":
-        label.append(f"  failed: {span.get('status_message') or ''}", style="bold yellow")
+        label.append(
+            f"  failed: {_printable(span.get('status_message') or '')}", style="bold yellow"
+        )
     reporter = span.get("reporter")
     if reporter:
-        label.append(f"  {reporter}", style="dim")
+        label.append(f"  {_printable(reporter)}", style="dim")
     if orphan:
         label.append("  (its parent span is not recorded)", style="dim italic")
     return label
@@ -142,11 +173,11 @@ def _decisions(recorded: Sequence[dict[str, Any]]) -> Table:
         who = mine.get("sub") or mine.get("peer_spiffe_id") or mine.get("spiffe_id") or ""
         table.add_row(  # Text, never markup: every field came from a component's event
             Text(when),
-            Text(str((product.get("feature") or {}).get("name", ""))),
-            Text(decision, style=_STYLE.get(decision, "")),
-            Text(str(mine.get("reason", ""))),
-            Text(str(who)),
-            Text(str(event.get("message", ""))[:80]),
+            Text(_printable((product.get("feature") or {}).get("name", ""))),
+            Text(_printable(decision), style=_STYLE.get(decision, "")),
+            Text(_printable(mine.get("reason", ""))),
+            Text(_printable(who)),
+            Text(_printable(event.get("message", ""))[:80]),
         )
     return table
 

@@ -42,7 +42,8 @@ unless the route relays errors as they are (``relay_errors``). A route may run i
 policy, rate limits, validation and injection filter dry (``modes``): what the control
 would have refused is recorded as ``would-deny`` and the request goes on.
 
-Each request is one span (:mod:`trustmesh.sdk.spans`, when the process records spans):
+Each request it serves is one span (:mod:`trustmesh.sdk.spans`, when the process records
+spans; a proxy's questions to the authorizer are not, yet):
 a child of the client's ``traceparent`` through a trusted proxy only, else a new trace
 sampled at ``audit.tracing.sample_ratio``; the upstream's span is its child. Every
 answer then carries ``traceresponse`` (W3C Trace Context Level 2: the trace and the
@@ -1031,14 +1032,12 @@ __all__ = ["GatewayApp", "Upstreams"]
 
 
 def _describe(span: spans.Span, scope: Scope, route: str) -> None:
-    """What the gateway's span of a request says: the route, the method, the raw path
-    and who asked (the client's address)."""
+    """What the gateway's span of a request says: the route, the method and the raw path
+    (who asked, and from where, is in the request's audit event: spans may leave for an
+    outside OTLP receiver)."""
     method = scope["method"]
     span.name = f"{method} {route}"
     attributes = span.attributes
     attributes["http.request.method"] = method
     attributes["http.route"] = route
     attributes["url.path"] = (scope.get("raw_path") or b"").decode("latin-1")[:512]
-    client = scope.get("client")
-    if client:
-        attributes["client.address"] = client[0]

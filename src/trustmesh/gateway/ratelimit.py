@@ -37,6 +37,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import Context
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar
 
@@ -507,7 +508,8 @@ class RateLimiter:
         if self._redis_up:
             return self._redis
         if self._probe is None and self._clock() >= self._probe_at:
-            self._probe = asyncio.create_task(self._check(self._redis))
+            # not the request's context: its trace is not this probe's
+            self._probe = asyncio.create_task(self._check(self._redis), context=Context())
         return None
 
     def _lost(self, exc: BaseException) -> None:

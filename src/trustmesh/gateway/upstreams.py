@@ -30,6 +30,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from contextvars import Context
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -292,7 +293,9 @@ class UpstreamPool:
         if svc.lock.locked() or self._closed:
             return
         svc.checked_at = self.clock()  # one refresh at a time, not one per request
-        task = asyncio.create_task(self._refresh_quietly(name), name=f"upstream-refresh-{name}")
+        task = asyncio.create_task(  # not the request's: its trace is not this refresh's
+            self._refresh_quietly(name), name=f"upstream-refresh-{name}", context=Context()
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -15,7 +15,8 @@ Sampling, per hop, decided at the end of the span (so a refusal deep in the call
 is never lost to a coin toss at the edge):
 
 - where a request starts a trace (the gateway; a service called with no
-  ``traceparent``), a draw against ``sample_ratio`` sets the ``sampled`` flag
+  ``traceparent``), the new trace id's random bits against ``sample_ratio`` (as
+  OpenTelemetry's ``TraceIdRatioBased``) set the ``sampled`` flag
   (``traceparent`` flags ``01``), which every later hop follows; a call a service makes
   outside any request (a poll, a refresh) starts an unsampled trace;
 - a span is **kept** when its trace is sampled, or when it saw a ``deny`` or ``error``
@@ -187,7 +188,7 @@ class Tracer:
         when something raised); whether it was kept."""
         outcome = span.outcome()
         refused = outcome is not None and outcome[0] in _KEPT_DECISIONS
-        if not (span.context.flags == "01" or refused or status >= 400 or error is not None):
+        if not (span.context.sampled or refused or status >= 400 or error is not None):
             return False
         self.processor.on_end(self._readable(span, outcome, status, error))
         self.kept += 1
@@ -437,11 +438,15 @@ class CollectorSpanExporter(SpanExporter):
         self.client = client
         self.dropped = 0
         self.exported = 0
+        self._closed = False
         self._lock = threading.Lock()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         body = otlp_json(spans)
         with self._lock:
+            if self._closed:  # shut down (a drain that outlived its wait): no new connection
+                self.dropped += len(spans)
+                return SpanExportResult.FAILURE
             try:
                 status, answer = self.client.post(TRACES_PATH, body, "application/json")
             except TrustmeshError as exc:
@@ -457,6 +462,7 @@ class CollectorSpanExporter(SpanExporter):
 
     def shutdown(self) -> None:
         with self._lock:
+            self._closed = True
             self.client.close()
 
 
