@@ -16,11 +16,13 @@ import pytest
 from authrig import sign_in_user
 from edgerig import Edge, edge_stack, recording
 from liverig import GATEWAY, live_identity
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
 from trustmesh import crypto
 from trustmesh.gateway.authorizer import Authorizer
 from trustmesh.platform.guard import ConnectionGuard, ConnectionLimits
 from trustmesh.platform.listeners import PublicServed, start_public
+from trustmesh.sdk import spans
 from trustmesh.testing import RunningIdentityServer
 from trustmesh.testing.rawtls import RawTLS
 
@@ -161,3 +163,42 @@ async def test_what_is_not_a_check_is_not_answered_as_one(checks: RawTLS) -> Non
         status, headers, _ = await ask(checks, asked[0], *asked[1:])
         assert status == 404
         assert "authorization" not in headers
+
+
+async def test_each_question_is_a_span_under_the_proxys(edge: Edge, checks: RawTLS) -> None:
+    """nginx tells its span of the request; the authorizer's span of the question is its
+    child, named after the request asked about, with the decision and the reason."""
+    kept = _Kept()
+    previous = spans.install(spans.Tracer("gateway", kept, sample_ratio=0.0))
+    nginx = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"  # not sampled
+    try:
+        for path in ("/shop/items", "/closed/x"):
+            await ask(
+                checks,
+                "/ext_authz",
+                "X-Original-Method: GET",
+                f"X-Original-URI: {path}",
+                f"traceparent: {nginx}",
+                bearer(edge),
+            )
+    finally:
+        spans.install(previous)
+    (refused,) = kept.spans  # the allowed one was not sampled: not kept
+    assert refused.name == "authorize GET /closed/x"
+    assert refused.parent is not None
+    assert f"{refused.parent.span_id:016x}" == "00f067aa0ba902b7"
+    assert refused.context is not None
+    assert f"{refused.context.trace_id:032x}" == "4bf92f3577b34da6a3ce929d0e0e4736"
+    attributes = dict(refused.attributes or {})
+    assert (attributes["trustmesh.decision"], attributes["trustmesh.reason"]) == (
+        "deny",
+        "policy-deny",
+    )
+
+
+class _Kept(SpanProcessor):
+    def __init__(self) -> None:
+        self.spans: list[ReadableSpan] = []
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.spans.append(span)

@@ -43,7 +43,7 @@ policy, rate limits, validation and injection filter dry (``modes``): what the c
 would have refused is recorded as ``would-deny`` and the request goes on.
 
 Each request it serves is one span (:mod:`trustmesh.sdk.spans`, when the process records
-spans; a proxy's questions to the authorizer are not, yet):
+spans; each question a proxy asks its authorizer is one too):
 a child of the client's ``traceparent`` through a trusted proxy only, else a new trace
 sampled at ``audit.tracing.sample_ratio``; the upstream's span is its child. Every
 answer then carries ``traceresponse`` (W3C Trace Context Level 2: the trace and the

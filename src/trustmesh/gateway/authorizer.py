@@ -38,7 +38,9 @@ reads it.
 Behind nginx the gateway runs (``gateway.engine: nginx``, :mod:`trustmesh.gateway.nginx`),
 the authorizer listens on a socket only nginx can reach and is told the client's address
 (``client_from``: ``X-Original-Client``, nginx's ``$remote_addr``, exactly once) and the
-request's span (``traceparent``: nginx's, which the upstream gets too). nginx's
+request's span (``traceparent``: nginx's, which the upstream gets too; each question
+is a span of the authorizer's, its child, with the decision: nginx records no span of
+its own, so a trace shows the authorizer's and the upstream's side by side). nginx's
 ``auth_request`` relays 401 and 403 and turns any other status into its own 500 (with
 an error logged), so a refusal to an nginx question is a 401 or a 403 that carries its
 own status and body in headers (``x-trustmesh-status``, ``x-trustmesh-body``) for the
@@ -63,7 +65,7 @@ from trustmesh.gateway.app import GatewayApp
 from trustmesh.gateway.cors import response_grants
 from trustmesh.gateway.exchange import Exchange, Outcome, Reply, refusal_body, refuse
 from trustmesh.platform.listeners import Receive, Scope, Send, answer_lifespan, respond_json
-from trustmesh.sdk import trace
+from trustmesh.sdk import spans, trace
 
 __all__ = ["DEFAULT_PREFIX", "Authorizer"]
 
@@ -97,7 +99,15 @@ class Authorizer:
             return
         if scope["type"] != "http":
             return
+        # one span per question (a child of the proxy's span of the request)
+        await spans.traced(scope, receive, send, self._check)
+
+    async def _check(self, scope: Scope, receive: Receive, send: Send) -> None:
         asked = self._asked(scope)
+        span = spans.current_span()
+        if span is not None and asked is not None:
+            span.name = f"authorize {asked['method']} {asked['path'][:128]}"
+            span.attributes["url.path"] = asked["path"][:512]
         if asked is None:
             await respond_json(
                 send, 404, json.dumps({"error": "not_found", "message": "not a check"}).encode()
