@@ -821,7 +821,12 @@ def test_one_request_is_one_trace_with_every_decision(shop: dict[str, object]) -
         return {name for name, kind in services if kind == "server"} >= wanted
 
     doc = _trace(shop, told.trace_id, whole)
-    assert whole(doc), " ".join(sorted({f"{s['service']}:{s['kind']}" for s in doc["spans"]}))
+    logs = Path(str(shop["state"])) / "logs"
+    assert whole(doc), (
+        " ".join(sorted({f"{s['service']}:{s['kind']}" for s in doc["spans"]})),
+        (logs / "secrets.log").read_text()[-2000:],
+        (logs / "audit.log").read_text()[-2000:],
+    )
     spans = {s["span_id"]: s for s in doc["spans"]}
     assert {s["trace_id"] for s in spans.values()} == {told.trace_id}
 

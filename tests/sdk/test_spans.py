@@ -317,3 +317,45 @@ def test_the_collectors_encoding_reads_back_as_the_same_spans() -> None:
     assert (mine.kind, mine.status, mine.status_message) == ("client", "error", "TimeoutError")
     assert mine.attributes["http.response.status_code"] == 503
     assert mine.service == "orders"
+
+
+class _Collector:
+    """The collector's answers, in order (a CollectorClient's ``post``)."""
+
+    def __init__(self, *answers: int) -> None:
+        self.answers = list(answers)
+        self.posted = 0
+
+    def post(self, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
+        from trustmesh.sdk.collector import CollectorUnavailableError
+
+        assert (path, content_type) == ("/v1/traces", "application/json")
+        self.posted += 1
+        answer = self.answers.pop(0) if self.answers else 200
+        if answer == 0:
+            raise CollectorUnavailableError("no answer")
+        return answer, b"{}"
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("answers", "exported", "posts", "slept"),
+    [
+        ((0, 503, 200), True, 3, [0.25, 0.5]),  # no answer, busy, then taken
+        ((400,), False, 1, []),  # refused: the same again gets the same
+        ((0, 0, 0, 0, 0, 0), False, 5, [0.25, 0.5, 1.0, 2.0]),  # gone: dropped, counted
+    ],
+)
+def test_the_exporter_tries_again_while_the_collector_cannot_take_spans(
+    answers: tuple[int, ...], exported: bool, posts: int, slept: list[float]
+) -> None:
+    tracer, _ = _tracer()
+    naps: list[float] = []
+    collector = _Collector(*answers)
+    exporter = spans.CollectorSpanExporter(collector, sleep=naps.append)  # type: ignore[arg-type]
+    result = exporter.export([_kept_span(tracer)])
+    assert (result is SpanExportResult.SUCCESS) is exported
+    assert (collector.posted, naps) == (posts, slept)
+    assert (exporter.exported, exporter.dropped) == ((1, 0) if exported else (0, 1))

@@ -273,7 +273,13 @@ class CollectorClient:
             text = answer.read(_MAX_ANSWER + 1)
             if answer.will_close:
                 self.close()
-        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+        except (
+            http.client.RemoteDisconnected,
+            BrokenPipeError,
+            ConnectionResetError,
+            ssl.SSLEOFError,
+            ssl.SSLZeroReturnError,
+        ):
             self.close()
             raise _Stale from None
         except (OSError, http.client.HTTPException) as exc:

@@ -39,6 +39,7 @@ from __future__ import annotations
 import collections
 import contextvars
 import logging
+import math
 import os
 import threading
 import time
@@ -431,34 +432,54 @@ def otlp_json(spans: Sequence[ReadableSpan]) -> bytes:
 class CollectorSpanExporter(SpanExporter):
     """Exports spans to the audit collector: OTLP/HTTP, one OTLP/JSON
     ``ExportTraceServiceRequest`` per batch (:func:`otlp_json`), ``POST /v1/traces`` over
-    mTLS (the collector's SPIFFE ID checked). A batch the collector does not take is
-    dropped and counted (:attr:`dropped`). Called from the processor's one thread."""
+    mTLS (the collector's SPIFFE ID checked). A batch the collector did not answer, or
+    answered ``429``/``5xx``, is sent again after ``0.25 × 2^n`` seconds, ``attempts``
+    times in all (new spans wait in the queue meanwhile); then, or at once for another
+    answer, it is dropped and counted (:attr:`dropped`; a warning at most every minute).
+    Called from the processor's one thread."""
 
-    def __init__(self, client: CollectorClient) -> None:
+    def __init__(
+        self,
+        client: CollectorClient,
+        *,
+        attempts: int = 5,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.client = client
+        self.attempts = attempts
+        self._sleep = sleep
         self.dropped = 0
         self.exported = 0
         self._closed = False
+        self._warned_at = -math.inf
         self._lock = threading.Lock()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         body = otlp_json(spans)
-        with self._lock:
-            if self._closed:  # shut down (a drain that outlived its wait): no new connection
-                self.dropped += len(spans)
-                return SpanExportResult.FAILURE
-            try:
-                status, answer = self.client.post(TRACES_PATH, body, "application/json")
-            except TrustmeshError as exc:
-                self.dropped += len(spans)
-                log.debug("spans not exported: %s", exc.detail)
-                return SpanExportResult.FAILURE
-        if status != 200:
-            self.dropped += len(spans)
-            log.warning("the audit collector refused %d spans: %s %r", len(spans), status, answer)
-            return SpanExportResult.FAILURE
-        self.exported += len(spans)
-        return SpanExportResult.SUCCESS
+        why = "shut down"
+        for attempt in range(self.attempts):
+            if attempt:
+                self._sleep(0.25 * 2 ** (attempt - 1))
+            with self._lock:
+                if self._closed:  # shut down (a drain that outlived its wait): no connection
+                    break
+                try:
+                    status, answer = self.client.post(TRACES_PATH, body, "application/json")
+                except TrustmeshError as exc:
+                    why = exc.detail
+                    continue
+            if status == 200:
+                self.exported += len(spans)
+                return SpanExportResult.SUCCESS
+            why = f"the collector answered {status} {answer[:200]!r}"
+            if status != 429 and status < 500:
+                break  # it refuses these spans: the same again gets the same
+        self.dropped += len(spans)
+        now = time.monotonic()
+        if now - self._warned_at >= 60:
+            self._warned_at = now
+            log.warning("spans: %d dropped so far; the last: %s", self.dropped, why)
+        return SpanExportResult.FAILURE
 
     def shutdown(self) -> None:
         with self._lock:
