@@ -52,6 +52,7 @@ __all__ = [
     "Backoff",
     "DeliveryStats",
     "GiveUp",
+    "OneWorker",
     "Response",
     "Retry",
     "Worker",
@@ -265,6 +266,28 @@ class Worker(Generic[T]):
                 self.on_failed(self.name, label, why)
             except Exception:  # reporting must not stop the deliveries that follow
                 log.exception("audit %s: reporting a give-up failed", self.name)
+
+
+class OneWorker(Generic[T]):
+    """A sender with one queue and one thread (``_worker``, made by the subclass): its
+    counts, who is told of each give-up, its start, and its close (what is queued is
+    sent for at most ``timeout`` seconds; True when all of it was)."""
+
+    _worker: Worker[T]
+
+    @property
+    def stats(self) -> DeliveryStats:
+        return self._worker.stats
+
+    def notify(self, on_failed: Callable[[str, str, str], None]) -> None:
+        """Call ``on_failed(receiver, item, why)`` at each give-up."""
+        self._worker.on_failed = on_failed
+
+    def start(self) -> None:
+        self._worker.start()
+
+    def close(self, timeout: float = 5.0) -> bool:
+        return self._worker.close(timeout)
 
 
 def tls_context(ca_file: str | None) -> ssl.SSLContext:

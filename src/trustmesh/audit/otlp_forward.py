@@ -31,8 +31,8 @@ from urllib.parse import urlsplit
 
 from trustmesh.audit._delivery import (
     Backoff,
-    DeliveryStats,
     GiveUp,
+    OneWorker,
     Retry,
     Worker,
     load_client_certificate,
@@ -64,7 +64,7 @@ def _loopback(host: str) -> bool:
         return False
 
 
-class OtlpForwarder:
+class OtlpForwarder(OneWorker[_Item]):
     """Forwards serialized ``ExportTraceServiceRequest`` bodies to ``url`` + ``/v1/traces``
     in the background (module docstring). ``sleep``, ``rand`` and ``backoff``: the waits
     between attempts (tests pass their own)."""
@@ -115,23 +115,9 @@ class OtlpForwarder:
             **extra,
         )
 
-    @property
-    def stats(self) -> DeliveryStats:
-        return self._worker.stats
-
-    def notify(self, on_failed: Callable[[str, str, str], None]) -> None:
-        """Call ``on_failed(receiver, item, why)`` at each give-up."""
-        self._worker.on_failed = on_failed
-
-    def start(self) -> None:
-        self._worker.start()
-
     def submit(self, body: bytes, spans: int) -> bool:
         """Queue one serialized request of ``spans`` spans; never blocks (False: dropped)."""
         return self._worker.submit(_Item(body, spans))
-
-    def close(self, timeout: float = 5.0) -> bool:
-        return self._worker.close(timeout)
 
     def _deliver(self, item: _Item) -> None:
         headers = {"Content-Type": "application/x-protobuf", "User-Agent": "trustmesh-audit"}

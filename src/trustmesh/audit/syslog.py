@@ -61,7 +61,7 @@ from typing import Any, Final
 
 from trustmesh.audit._delivery import (
     Backoff,
-    DeliveryStats,
+    OneWorker,
     Retry,
     Worker,
     load_client_certificate,
@@ -243,7 +243,7 @@ def frame(message: bytes) -> bytes:
     return b"%d %s" % (len(message), message)
 
 
-class SyslogSender:
+class SyslogSender(OneWorker[bytes]):
     """Sends alerts and events to ``host``:``port`` over TLS (module docstring), from a
     bounded queue on a thread of its own (:mod:`trustmesh.audit._delivery`: retries
     with backoff on a network or TLS error, drops counted). ``hostname``: this
@@ -305,17 +305,6 @@ class SyslogSender:
             **extra,
         )
 
-    @property
-    def stats(self) -> DeliveryStats:
-        return self._worker.stats
-
-    def notify(self, on_failed: Callable[[str, str, str], None]) -> None:
-        """Call ``on_failed(receiver, item, why)`` at each give-up."""
-        self._worker.on_failed = on_failed
-
-    def start(self) -> None:
-        self._worker.start()
-
     def submit(self, alert: Mapping[str, Any]) -> bool:
         """Queue an alert (:func:`format_alert`); False when the queue is full."""
         return self._worker.submit(frame(format_alert(alert, **self.options)))
@@ -323,10 +312,6 @@ class SyslogSender:
     def submit_event(self, event: Mapping[str, Any]) -> bool:
         """Queue an OCSF event (:func:`format_event`); False when the queue is full."""
         return self._worker.submit(frame(format_event(event, **self.options)))
-
-    def close(self, timeout: float = 5.0) -> bool:
-        """Send what is queued for at most ``timeout`` seconds, then disconnect."""
-        return self._worker.close(timeout)
 
     def _connect(self) -> ssl.SSLSocket:
         raw = socket.create_connection((self.host, self.port), timeout=self.timeout)

@@ -108,16 +108,12 @@ class WebhookConfig(SignedPostConfig):
     )
 
 
-class SyslogConfig(BaseModel):
-    """A syslog receiver: RFC 5424 over TLS (RFC 5425), octet-counted."""
+class _ClientCertificate(BaseModel):
+    """The certificate the collector presents to a receiver that asks for one (mutual
+    TLS): both files, or neither."""
 
     model_config = _MODEL_CONFIG
 
-    host: str = Field(pattern=r"^[A-Za-z0-9.:_-]{1,253}$", description="Receiver's host name.")
-    port: int = Field(default=6514, ge=1, le=65535, description="RFC 5425's port by default.")
-    ca_file: str | None = Field(
-        default=None, description="PEM CA certificates to trust instead of the system's."
-    )
     cert_file: str | None = Field(
         default=None,
         min_length=1,
@@ -133,7 +129,7 @@ class SyslogConfig(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _pair(self) -> SyslogConfig:
+    def _pair(self) -> _ClientCertificate:
         if (self.cert_file is None) != (self.key_file is None):
             pair = ("cert_file", "key_file")
             given, missing = pair if self.key_file is None else pair[::-1]
@@ -146,9 +142,22 @@ class SyslogConfig(BaseModel):
                 },
             )
             raise ValidationError.from_exception_data(
-                "SyslogConfig", [InitErrorDetails(type=problem, loc=(missing,), input=None)]
+                type(self).__name__,
+                [InitErrorDetails(type=problem, loc=(missing,), input=None)],
             )
         return self
+
+
+class SyslogConfig(_ClientCertificate):
+    """A syslog receiver: RFC 5424 over TLS (RFC 5425), octet-counted."""
+
+    model_config = _MODEL_CONFIG
+
+    host: str = Field(pattern=r"^[A-Za-z0-9.:_-]{1,253}$", description="Receiver's host name.")
+    port: int = Field(default=6514, ge=1, le=65535, description="RFC 5425's port by default.")
+    ca_file: str | None = Field(
+        default=None, description="PEM CA certificates to trust instead of the system's."
+    )
 
 
 class AlertsConfig(BaseModel):
@@ -231,7 +240,7 @@ class ExportConfig(BaseModel):
     )
 
 
-class OtlpConfig(BaseModel):
+class OtlpConfig(_ClientCertificate):
     """An OTLP/HTTP receiver (an OpenTelemetry Collector, Jaeger, Tempo) to which the
     collector forwards every span it stores: protobuf, ``POST <url>/v1/traces``."""
 
@@ -246,26 +255,6 @@ class OtlpConfig(BaseModel):
     ca_file: str | None = Field(
         default=None, description="PEM CA certificates to trust instead of the system's."
     )
-    cert_file: str | None = Field(
-        default=None,
-        min_length=1,
-        description="PEM certificate chain presented to a receiver that asks for one "
-        "(mutual TLS); relative to the declaration's folder. Goes with key_file.",
-    )
-    key_file: str | None = Field(
-        default=None,
-        min_length=1,
-        description="PEM private key of cert_file, unencrypted, in a file (mode 0600 or "
-        "stricter) no one but its owner may read; relative to the declaration's folder.",
-    )
-
-    @model_validator(mode="after")
-    def _pair(self) -> OtlpConfig:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise PydanticCustomError(
-                "invalid", "cert_file and key_file go together: both, or neither", {}
-            )
-        return self
 
 
 class TracingConfig(BaseModel):
