@@ -204,6 +204,23 @@ class Judgement:
         return f"{_short(self.principal)} " + ", ".join(self.reasons)
 
 
+def _novelty(window: _Window, baseline: _Baseline) -> list[tuple[float, str]]:
+    """Addresses it was never seen from (refused there, never let in); endpoints it
+    never asked, once its baseline is broad."""
+    parts: list[tuple[float, str]] = []
+    new_addresses = [a for a in window.addresses if a not in baseline.addresses]
+    if new_addresses:
+        parts.append((2.0, f"from a new address {new_addresses[0]}"))
+        refused = [a for a in new_addresses if window.refused_at[a] and a not in window.allowed_at]
+        if refused:
+            parts.append((1.5, f"refused there {window.refused_at[refused[0]]}×"))
+    new_endpoints = [e for e in window.endpoints if e not in baseline.rates]
+    if new_endpoints and baseline.requests >= _BROAD:
+        words = f"asked {', '.join(new_endpoints[:2])} (never before)"
+        parts.append((float(min(len(new_endpoints), 2)), words))
+    return parts
+
+
 def _short(principal: str) -> str:
     return principal.rsplit("/", 1)[-1] if principal.startswith("spiffe://") else principal
 
@@ -433,22 +450,27 @@ class AnomalyDetector:
         self, principal: str, window: _Window, baseline: _Baseline, learned: bool
     ) -> Judgement:
         """The window's score against ``baseline`` (not ``learned`` yet: the token's
-        addresses alone)."""
-        settings = self.settings
-        score = 0.0
-        reasons: list[str] = []
+        addresses alone), each part with its words."""
+        parts: list[tuple[float, str]] = []
         for jti, (first, now) in list(window.replayed.items())[:1]:
-            score += 3.0
-            reasons.append(f"its token {jti[:8]}… used from {now} as well as {first}")
-        if not learned:
-            return Judgement(
-                principal,
-                window.start,
-                window.start + settings.window_ms,
-                score,
-                tuple(reasons),
-                tuple(window.uids),
-            )
+            parts.append((3.0, f"its token {jti[:8]}… used from {now} as well as {first}"))
+        if learned:
+            parts += self._rate(window, baseline)
+            parts += _novelty(window, baseline)
+            parts += self._habits(window, baseline)
+        return Judgement(
+            principal,
+            window.start,
+            window.start + self.settings.window_ms,
+            round(sum(score for score, _ in parts), 2),
+            tuple(words for _, words in parts),
+            tuple(window.uids),
+        )
+
+    def _rate(self, window: _Window, baseline: _Baseline) -> list[tuple[float, str]]:
+        """The busiest endpoint against its usual rate; the bytes against theirs."""
+        settings = self.settings
+        parts: list[tuple[float, str]] = []
         floor = float(settings.min_requests)
         surge = max(
             (
@@ -460,46 +482,27 @@ class AnomalyDetector:
             default=None,
         )
         if surge is not None and surge[0] >= settings.rate_factor:
-            score += 1.5 * math.log2(surge[0])
-            reasons.append(f"called {surge[1]} {surge[0]:.0f}× its usual rate")
-        new_addresses = [a for a in window.addresses if a not in baseline.addresses]
-        if new_addresses:
-            score += 2.0
-            reasons.append(f"from a new address {new_addresses[0]}")
-            refused = [
-                a for a in new_addresses if window.refused_at[a] and a not in window.allowed_at
-            ]
-            if refused:
-                score += 1.5
-                reasons.append(f"refused there {window.refused_at[refused[0]]}×")
-        new_endpoints = [e for e in window.endpoints if e not in baseline.rates]
-        if new_endpoints and baseline.requests >= _BROAD:
-            score += min(len(new_endpoints), 2)
-            reasons.append(f"asked {', '.join(new_endpoints[:2])} (never before)")
-        share = window.denied / window.requests
-        if window.denied >= 3 and share >= baseline.denied + 0.5:
-            score += 1.5
-            reasons.append(
-                f"{window.denied} of {window.requests} refused (usually {baseline.denied:.0%})"
-            )
-        if baseline.requests >= 200:
-            quiet = [h for h in window.hours if baseline.hours[h] < baseline.requests / 100]
-            if quiet:
-                score += 1.0
-                reasons.append(f"at {min(quiet):02d}:00 UTC, when it is usually idle")
+            ratio, endpoint = surge
+            parts.append((1.5 * math.log2(ratio), f"called {endpoint} {ratio:.0f}× its usual rate"))
         if window.bytes and baseline.bytes:
             grown = window.bytes / baseline.bytes
             if grown >= settings.rate_factor:
-                score += math.log2(grown)
-                reasons.append(f"moved {grown:.0f}× its usual bytes")
-        return Judgement(
-            principal,
-            window.start,
-            window.start + settings.window_ms,
-            round(score, 2),
-            tuple(reasons),
-            tuple(window.uids),
-        )
+                parts.append((math.log2(grown), f"moved {grown:.0f}× its usual bytes"))
+        return parts
+
+    @staticmethod
+    def _habits(window: _Window, baseline: _Baseline) -> list[tuple[float, str]]:
+        """Refused far more than usual; active at an hour it is usually idle."""
+        parts: list[tuple[float, str]] = []
+        share = window.denied / window.requests
+        if window.denied >= 3 and share >= baseline.denied + 0.5:
+            usually = f"{baseline.denied:.0%}"
+            parts.append((1.5, f"{window.denied} of {window.requests} refused (usually {usually})"))
+        if baseline.requests >= 200:
+            quiet = [h for h in window.hours if baseline.hours[h] < baseline.requests / 100]
+            if quiet:
+                parts.append((1.0, f"at {min(quiet):02d}:00 UTC, when it is usually idle"))
+        return parts
 
     def _learn(self, window: _Window, baseline: _Baseline) -> None:
         if baseline.windows == 0:

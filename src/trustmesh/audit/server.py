@@ -53,7 +53,13 @@ from trustmesh.audit.syslog import SyslogSender, load_syslog
 from trustmesh.audit.traces import SpanRetention, Traces
 from trustmesh.audit.webhook import WebhookSender, load_webhook
 from trustmesh.config import TrustmeshConfig
-from trustmesh.config.audit import AuditConfig, DetectionConfig, RetentionConfig, WebhookConfig
+from trustmesh.config.audit import (
+    AuditConfig,
+    DetectionConfig,
+    RetentionConfig,
+    TracingConfig,
+    WebhookConfig,
+)
 from trustmesh.errors import ConfigError
 from trustmesh.platform.listeners import ASGIApp, Served, bound_socket, start
 from trustmesh.platform.suspensions import RefuseSuspended
@@ -272,8 +278,6 @@ async def serve_audit(
         key, spiffe_id = service.key, service.spiffe_id
         responses = ResponseStore(ledger.engine)
         await responses.create()
-        span_store = SpanStore(ledger.engine)
-        await span_store.create()
         declared_in = config_file.parent if config_file else Path.cwd()
         webhooks, syslog = _receivers(settings, declared_in, socket.gethostname())
         copies = _checkpoint_sender(settings, declared_in)
@@ -290,14 +294,10 @@ async def serve_audit(
             clock=clock,
         )
         receivers: list[_Receiver] = [r for r in (webhooks, syslog) if r is not None]
-        tracing = settings.tracing
-        forwarder: OtlpForwarder | None = None
-        if tracing.otlp is not None:
-            forwarder = load_forwarder(tracing.otlp, declared_in, **(forwarding or {}))
-        for sender in (webhooks, syslog, copies, forwarder):
+        for sender in (webhooks, syslog, copies):
             if sender is not None:
                 sender.notify(_reporting(recorder))
-        traces = Traces(span_store, service, recorder, max_body=MAX_BODY, forwarder=forwarder)
+        traces = await _traces(settings.tracing, service, recorder, declared_in, forwarding)
         pruner = (
             None
             if ledger.prune_engine is None
@@ -316,12 +316,7 @@ async def serve_audit(
             suspended,
             traces,
         )
-        running.span_retention = SpanRetention(span_store, tracing.retention, clock)
-        running.span_pruning = asyncio.create_task(
-            running.span_retention.run(_span_interval(tracing.retention.total_seconds()))
-        )
-        if forwarder is not None:
-            forwarder.start()
+        _keep_spans(running, traces, settings.tracing, clock)
         if pruner is not None:
             interval = settings.retention.interval.total_seconds()
             running.pruning = asyncio.create_task(pruner.run(interval))
@@ -333,6 +328,36 @@ async def serve_audit(
         sock.close()
         await ledger.close()
         raise
+
+
+async def _traces(
+    tracing: TracingConfig,
+    service: AuditService,
+    recorder: events.Recorder,
+    declared_in: Path,
+    forwarding: Mapping[str, Any] | None,
+) -> Traces:
+    """The span store (made where missing) and its endpoints, with the OTLP forwarder
+    when one is declared (not started yet), each give-up of which is recorded."""
+    store = SpanStore(service.ledger.engine)
+    await store.create()
+    forwarder: OtlpForwarder | None = None
+    if tracing.otlp is not None:
+        forwarder = load_forwarder(tracing.otlp, declared_in, **(forwarding or {}))
+        forwarder.notify(_reporting(recorder))
+    return Traces(store, service, recorder, max_body=MAX_BODY, forwarder=forwarder)
+
+
+def _keep_spans(
+    running: RunningAudit, traces: Traces, tracing: TracingConfig, clock: Callable[[], float]
+) -> None:
+    """Spans past ``tracing.retention`` pruned on a timer; the forwarder started."""
+    running.span_retention = SpanRetention(traces.store, tracing.retention, clock)
+    running.span_pruning = asyncio.create_task(
+        running.span_retention.run(_span_interval(tracing.retention.total_seconds()))
+    )
+    if traces.forwarder is not None:
+        traces.forwarder.start()
 
 
 async def _open_service(

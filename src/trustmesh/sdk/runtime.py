@@ -284,7 +284,6 @@ async def run_service(
     source = await _identity(config, service, address)
     tls = RotatingTLS(source)
     sink, audit = _event_sinks(source, config, service, sink)
-    tracer = _tracer(source, config, service)
     trust = await _TokenTrust.declared(tls, config, service, auth_url, gateway_url)
     url = discovery_url or os.environ.get("TRUSTMESH_DISCOVERY_URL")
     suspensions = SuspensionFeed(tls, url) if url else None
@@ -317,7 +316,7 @@ async def run_service(
         own_clients=trust.clients,
         audit=audit,
         suspensions=suspensions,
-        tracer=tracer,
+        tracer=_tracer(source, config, service),
     )
     if discovery is not None:
         await discovery.register(runtime.url)
