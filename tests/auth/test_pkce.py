@@ -105,3 +105,42 @@ def test_unsafe_registrations_are_refused(uri: str) -> None:
 def test_safe_registrations() -> None:
     for uri in (*REGISTERED, "http://[::1]:9000/cb", "https://app.example/cb?tenant=a"):
         assert check_registered_redirect_uri(uri) == uri
+
+
+LOOPBACK = ["https://127.0.0.1/auth/callback", "http://[::1]/cb"]
+
+
+@pytest.mark.parametrize(
+    "requested",
+    [
+        "https://127.0.0.1:8443/auth/callback",
+        "https://127.0.0.1:1/auth/callback",
+        "http://[::1]:9/cb",
+    ],
+)
+def test_a_loopback_uri_registered_without_a_port_matches_any_port(requested: str) -> None:
+    """RFC 8252 §7.3: the local listener takes whatever port is free."""
+    assert redirect_uri_matches(requested, LOOPBACK)
+
+
+@pytest.mark.parametrize(
+    "requested",
+    [
+        "https://127.0.0.1:0/auth/callback",  # no such port
+        "https://127.0.0.1:65536/auth/callback",
+        "https://127.0.0.1:08443/auth/callback",
+        "https://127.0.0.1:8443/auth/callback/",  # the path still exact
+        "https://127.0.0.1:8443/auth/callback?x=1",
+        "http://127.0.0.1:8443/auth/callback",  # the scheme still exact
+        "https://127.0.0.2:8443/auth/callback",  # another loopback address is another URI
+        "https://localhost:8443/auth/callback",  # a name, not a literal (RFC 8252 §8.3)
+        "https://127.0.0.1:8443@evil.example/auth/callback",
+        "https://127.0.0.1:8443:8443/auth/callback",
+    ],
+)
+def test_only_the_port_of_a_loopback_uri_may_vary(requested: str) -> None:
+    assert not redirect_uri_matches(requested, LOOPBACK)
+
+
+def test_a_loopback_uri_registered_with_a_port_keeps_it() -> None:
+    assert not redirect_uri_matches("http://127.0.0.1:8401/cb", REGISTERED)

@@ -42,7 +42,11 @@ async def run(config: TrustmeshConfig, state: Path, config_file: Path) -> None:
         await serve_until_stopped(
             source,
             endpoint_path(state),
-            lambda: {"url": running.url, "metrics_url": metrics_url},
+            lambda: {
+                "url": running.url,
+                "metrics_url": metrics_url,
+                "console_url": running.console.url if running.console is not None else None,
+            },
             running.stop,
         )
 

@@ -446,11 +446,12 @@ class AlertStore(SqlStore):
         rule: str | None = None,
         since: datetime | None = None,
         level: str | None = None,
+        newest: bool = False,
     ) -> builtins.list[StoredAlert]:
         """The alerts after ``after_id``, oldest first (a feed: pass the last id seen);
         at most ``limit`` (1 to 1000). ``rule``: of that rule id only; ``since``: whose
         window ends at or after it; ``level``: at least that level (``high`` gives high
-        and critical)."""
+        and critical); ``newest``: the newest ``limit`` of them, newest first."""
         query = select(alerts).where(alerts.c.id > after_id)
         if rule is not None:
             query = query.where(alerts.c.rule_id == rule)
@@ -460,7 +461,8 @@ class AlertStore(SqlStore):
             if level not in LEVELS:
                 raise UsageError(f"level: one of {', '.join(LEVELS)}")
             query = query.where(alerts.c.level.in_(LEVELS[LEVELS.index(level) :]))
-        query = query.order_by(alerts.c.id).limit(max(1, min(limit, 1000)))
+        order = alerts.c.id.desc() if newest else alerts.c.id
+        query = query.order_by(order).limit(max(1, min(limit, 1000)))
         return await self._select(query)
 
     async def get(self, alert_id: int) -> StoredAlert | None:

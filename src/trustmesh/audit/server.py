@@ -26,7 +26,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Callable, Container, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -60,6 +60,7 @@ from trustmesh.config.audit import (
     TracingConfig,
     WebhookConfig,
 )
+from trustmesh.console.server import RunningConsole, edge_counts, start_console
 from trustmesh.errors import ConfigError
 from trustmesh.platform.listeners import ASGIApp, Served, bound_socket, start
 from trustmesh.platform.suspensions import RefuseSuspended
@@ -96,8 +97,11 @@ class RunningAudit:
     traces: Traces | None = None
     span_retention: SpanRetention | None = None
     span_pruning: asyncio.Task[None] | None = None
+    console: RunningConsole | None = None
 
     async def stop(self) -> None:
+        if self.console is not None:  # no admin reads a log that is closing
+            await self.console.stop()
         for task in (self.ticker, self.responding, self.pruning, self.span_pruning):
             if task is None:
                 continue
@@ -298,6 +302,7 @@ async def serve_audit(
             if sender is not None:
                 sender.notify(_reporting(recorder))
         traces = await _traces(settings.tracing, service, recorder, declared_in, forwarding)
+        edges = edge_counts(config, service) if settings.console is not None else None
         pruner = (
             None
             if ledger.prune_engine is None
@@ -317,6 +322,22 @@ async def serve_audit(
             traces,
         )
         _keep_spans(running, traces, settings.tracing, clock)
+        if settings.console is not None and edges is not None:
+            running.console = await _console_or_stop(
+                running,
+                start_console(
+                    config,
+                    settings.console,
+                    state,
+                    service=service,
+                    spans=traces.store,
+                    edges=edges,
+                    tls=RotatingTLS(source),
+                    sink=events.FanoutSink(sink, service.own),
+                    declared_in=declared_in,
+                    host=host,
+                ),
+            )
         if pruner is not None:
             interval = settings.retention.interval.total_seconds()
             running.pruning = asyncio.create_task(pruner.run(interval))
@@ -327,6 +348,18 @@ async def serve_audit(
     except BaseException:
         sock.close()
         await ledger.close()
+        raise
+
+
+async def _console_or_stop(
+    running: RunningAudit, starting: Coroutine[Any, Any, RunningConsole]
+) -> RunningConsole:
+    """The console started, or the collector stopped (the caller's failure path only
+    closes what it opened before serving)."""
+    try:
+        return await starting
+    except BaseException:
+        await running.stop()
         raise
 
 

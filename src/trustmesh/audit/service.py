@@ -160,6 +160,8 @@ class AuditService:
         self._findings = events.Recorder(self.own, component="audit", spiffe_id=spiffe_id)
         self._newest: Checkpoint | None = None  # the newest checkpoint this collector saw
         self._head: int | None = None  # the newest seq this collector appended
+        #: what else sees every stored event, in chain order (the console's edge counts)
+        self.taps: list[Callable[[Mapping[str, Any]], None]] = []
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
@@ -175,6 +177,8 @@ class AuditService:
             observe = self.detector.observe
             for index in appended.stored_at:  # in chain order; a uid twice: its first
                 event: dict[str, Any] = stamped[index]  # type: ignore[assignment]
+                for tap in self.taps:
+                    tap(event)
                 if event.get("class_uid") != _FINDING:
                     alerts.extend(observe(event))
         # durable now: acknowledged, whatever fails below (an error answer would only
@@ -208,6 +212,8 @@ class AuditService:
             async for page in self.ledger.recent(since_ms=since, max_records=max_records):
                 for event in page:
                     replayed += 1
+                    for tap in self.taps:
+                        tap(event)
                     if event.get("class_uid") != _FINDING:
                         alerts.extend(self.detector.observe(event))
             alerts.extend(self.detector.advance(int(self.clock() * 1000)))

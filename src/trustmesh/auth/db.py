@@ -300,10 +300,11 @@ class AuthStore(SqlStore):
                 values = _client_values(client)
                 if old is None:
                     await conn.execute(insert(clients).values(**values))
-                elif (old.spiffe_id, old.audiences, old.scopes) != (
+                elif (old.spiffe_id, old.audiences, old.scopes, old.redirect_uris) != (
                     client.spiffe_id,
                     client.audiences,
                     client.scopes,
+                    client.redirect_uris,
                 ):
                     values.pop("created_at")
                     await conn.execute(

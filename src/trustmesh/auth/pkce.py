@@ -7,6 +7,9 @@ code in the hands of the client that asked for it.
 - Redirect URIs: byte-for-byte equal to one registered URI (RFC 9700 §4.1.3) — no prefix,
   case, trailing-slash, query or userinfo leniency; registered URIs are https (or
   http on a loopback address, for native apps, RFC 8252 §7.3) without fragment or userinfo.
+  The one exception both RFCs make: a URI registered on a loopback IP literal *without a
+  port* (``https://127.0.0.1/cb``) matches that URI with any port (RFC 8252 §7.3: a local
+  listener takes whatever port is free; RFC 9700 §4.1.3 allows the port to vary there).
 """
 
 from __future__ import annotations
@@ -76,8 +79,30 @@ def _loopback(host: str) -> bool:
         return False
 
 
+#: A loopback IP literal with a port: the parts around the port.
+_LOOPBACK_PORT = re.compile(r"(https?://(?:127\.0\.0\.1|\[::1\])):([1-9][0-9]{0,4})(/[^#]*)?")
+#: A loopback IP literal without one.
+_LOOPBACK_BARE = re.compile(r"https?://(?:127\.0\.0\.1|\[::1\])(?:/[^#]*)?")
+
+
+def _without_port(uri: str) -> str | None:
+    """``uri`` with its loopback port taken out (None: not a loopback URI with a port)."""
+    match = _LOOPBACK_PORT.fullmatch(uri)
+    if match is None or int(match[2]) > 65535:
+        return None
+    return match[1] + (match[3] or "")
+
+
 def redirect_uri_matches(requested: str | None, registered: Iterable[str]) -> bool:
-    """Exact string comparison against the registered URIs (no normalization at all)."""
+    """Exact string comparison against the registered URIs (no normalization at all),
+    but for the port of a loopback URI registered without one (RFC 8252 §7.3)."""
     if not requested:
         return False
-    return any(hmac.compare_digest(requested.encode(), r.encode()) for r in registered)
+    portless = _without_port(requested)
+    for uri in registered:
+        if hmac.compare_digest(requested.encode(), uri.encode()):
+            return True
+        bare = portless is not None and _LOOPBACK_BARE.fullmatch(uri) is not None
+        if bare and hmac.compare_digest(str(portless).encode(), uri.encode()):
+            return True
+    return False

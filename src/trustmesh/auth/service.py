@@ -45,6 +45,7 @@ ID_TOKEN_CLAIMS = (
     "amr",
     "at_hash",
     "preferred_username",
+    "roles",
 )
 
 
@@ -181,6 +182,23 @@ class AuthService:
             )
             for name in self.config.services
         ]
+        console = self.config.audit.console if self.config.audit is not None else None
+        if console is not None:
+            # the console (in the collector's process) signs admins in: code + PKCE, and
+            # the collector's SVID at the token endpoint
+            clients.append(
+                Client(
+                    client_id=console.client_id,
+                    auth_method="tls_client_auth",
+                    spiffe_id=self.config.component_spiffe_id("audit"),
+                    # its access token is addressed to itself: it needs only the ID token
+                    audiences=(self.config.component_spiffe_id("audit"),),
+                    scopes=("openid",),
+                    managed=True,
+                    created_at=int(self.clock()),
+                    redirect_uris=(console.redirect_uri,),
+                )
+            )
         if self.config.gateway is not None:
             # the gateway introspects the tokens addressed to it (RFC 7662); it asks for none
             clients.append(
@@ -322,8 +340,10 @@ class AuthService:
         auth_time: int,
         amr: list[str],
         access_token: str,
+        roles: list[str] | None = None,
     ) -> str:
-        """An OIDC ID token (Core §2) for ``client_id``, with ``at_hash`` (§3.1.3.6)."""
+        """An OIDC ID token (Core §2) for ``client_id``, with ``at_hash`` (§3.1.3.6) and
+        the user's ``roles`` (RFC 9068 §2.2.3.1's claim: the console admits admins)."""
         active = self.ring.active
         if active is None:
             raise UnavailableError(
@@ -342,6 +362,8 @@ class AuthService:
             "at_hash": base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode(),
             "preferred_username": username,
         }
+        if roles is not None:
+            claims["roles"] = roles
         if nonce:
             claims["nonce"] = nonce
         return crypto.sign_jwt(claims, self.ring.private[active.kid], kid=active.kid)

@@ -226,6 +226,7 @@ class AuthorizationCode(_UserGrant):
                 nonce=record.nonce,
                 auth_time=record.auth_time,
                 amr=list(record.amr),
+                roles=list(_check_user(request.user).roles),
                 access_token=issued.token,
             )
         return body

@@ -24,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from trustmesh.audit.trace_tree import in_tree_order, nanoseconds
 from trustmesh.cli._common import DEFAULT_STATE, ConfigOption, JsonOption, StateOption, err, out
 from trustmesh.cli.audit_cmd import _call, _trustmesh, app
 
@@ -89,44 +90,15 @@ def trace_view(doc: Mapping[str, Any]) -> Group:
 
 
 def _tree(trace_id: str, spans: Sequence[Mapping[str, Any]]) -> Tree:
-    """The spans as a tree, walked without recursion: a span id reported twice is drawn
-    once (its first), and spans whose parents make a loop (a workload may report any
-    parent id) are drawn at the top, as spans whose parent is not recorded are."""
-    first = min(_int(s.get("start_ns")) for s in spans)
-    last = max(_int(s.get("end_ns")) for s in spans)
+    """The spans as a tree (:func:`~trustmesh.audit.trace_tree.in_tree_order`)."""
+    first = min(nanoseconds(s.get("start_ns")) for s in spans)
+    last = max(nanoseconds(s.get("end_ns")) for s in spans)
     root = Tree(Text(f"trace {_printable(trace_id)}  {_ms(last - first)}", style="bold"))
-    by_id: dict[str, Mapping[str, Any]] = {}
-    for span in spans:
-        by_id.setdefault(str(span.get("span_id")), span)
-    children: dict[str | None, list[Mapping[str, Any]]] = {}
-    for span in by_id.values():
-        parent = span.get("parent_span_id")
-        children.setdefault(parent if parent in by_id else None, []).append(span)
-    drawn: set[str] = set()
-
-    def draw(node: Tree, span: Mapping[str, Any], orphan: bool) -> None:
-        pending = [(node, span, orphan)]
-        while pending:
-            under, this, lonely = pending.pop()
-            span_id = str(this.get("span_id"))
-            if span_id in drawn:
-                continue
-            drawn.add(span_id)
-            added = under.add(_label(this, first, lonely))
-            below = sorted(children.get(span_id, ()), key=lambda s: _int(s.get("start_ns")))
-            pending.extend((added, child, False) for child in reversed(below))
-
-    tops = sorted(children.get(None, ()), key=lambda s: _int(s.get("start_ns")))
-    for span in tops:
-        draw(root, span, span.get("parent_span_id") is not None)
-    for span in sorted(by_id.values(), key=lambda s: _int(s.get("start_ns"))):
-        if str(span.get("span_id")) not in drawn:  # in a loop of parents
-            draw(root, span, True)
+    path: list[Tree] = [root]  # path[d]: where a span of depth d is added
+    for placed in in_tree_order(spans):
+        del path[placed.depth + 1 :]
+        path.append(path[placed.depth].add(_label(placed.span, first, placed.orphan)))
     return root
-
-
-def _int(value: object) -> int:
-    return value if type(value) is int else 0
 
 
 def _printable(value: object) -> str:
@@ -138,7 +110,7 @@ def _printable(value: object) -> str:
 
 def _label(span: Mapping[str, Any], first: int, orphan: bool) -> Text:
     attributes: Mapping[str, Any] = span.get("attributes") or {}
-    start, end = _int(span.get("start_ns")), _int(span.get("end_ns"))
+    start, end = nanoseconds(span.get("start_ns")), nanoseconds(span.get("end_ns"))
     label = Text()
     label.append(f"{_printable(span.get('service', '?'))} ", style="bold cyan")
     label.append(f"{_printable(span.get('kind', ''))} {_printable(span.get('name', ''))}")
@@ -182,5 +154,5 @@ def _decisions(recorded: Sequence[dict[str, Any]]) -> Table:
     return table
 
 
-def _ms(nanoseconds: int) -> str:
-    return f"{nanoseconds / 1e6:.1f} ms"
+def _ms(duration_ns: int) -> str:
+    return f"{duration_ns / 1e6:.1f} ms"

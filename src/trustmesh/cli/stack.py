@@ -32,7 +32,7 @@ from trustmesh.cli._common import (
     load_or_exit,
     out,
 )
-from trustmesh.cli.health import HEALTH_PATH, Answer, Target, ask_all, probe_grpc
+from trustmesh.cli.health import HEALTH_PATH, Answer, Target, ask_all, probe_grpc, probe_web
 from trustmesh.cli.secrets_cmd import seed_demo
 from trustmesh.cli.supervisor import (
     ComponentSpec,
@@ -326,6 +326,24 @@ def _identity_rows(
     return rows
 
 
+def _console_row(config: TrustmeshConfig, state: Path, running: bool) -> dict[str, Any]:
+    """The console, served by the collector's process on a TLS listener for browsers:
+    healthy when its sign-in page answers."""
+    url = (read_json(audit_endpoint_path(state)) or {}).get("console_url") if running else None
+    answer = Answer()
+    if isinstance(url, str):
+        ca = crypto.edge_ca_path(state)
+        answer = probe_web(url, ca if ca.exists() else None, "/signin")
+    return {
+        "name": "console",
+        "url": url if isinstance(url, str) else None,
+        "spiffe_id": config.component_spiffe_id("audit"),
+        "healthy": answer.ok,
+        "cert_expires": answer.cert_expires,
+        "cert_kind": "web",
+    }
+
+
 def _pid(paths: RunPaths, name: str) -> int | None:
     """The component's process, as the supervisor recorded it, while it is that process."""
     doc = read_json(paths.component(name)) or {}
@@ -358,8 +376,11 @@ def stack_status(config: TrustmeshConfig, config_path: Path, state: Path) -> dic
     rows = _identity_rows(config, state, workload_api, discovery_answer)
     for name in names[1:]:
         rows.append(_component_row(config, state, name, answers.get(name, Answer()), discovery))
+        if name == "audit" and config.audit is not None and config.audit.console is not None:
+            rows.append(_console_row(config, state, running))
     for row in rows:
-        row["pid"] = _pid(paths, "identity" if row["name"] == "discovery" else row["name"])
+        owner = {"discovery": "identity", "console": "audit"}.get(row["name"], row["name"])
+        row["pid"] = _pid(paths, owner)
     listed = discovery.get("instances")
     instances = listed if isinstance(listed, list) else []
     return {
@@ -399,6 +420,8 @@ def _print_table(status: dict[str, Any]) -> None:
             )
         if c.get("metrics_url"):
             out.print(f"{c['name']}: Prometheus metrics at {c['metrics_url']}", markup=False)
+        if c["name"] == "console" and c.get("url"):
+            out.print(f"console: admins sign in at {c['url']}", markup=False)
     for instance in status.get("stale_instances", []):
         out.print(f"[yellow]stale:[/] {instance['service']} at {instance['url']} stopped renewing")
     out.print(

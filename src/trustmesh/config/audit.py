@@ -22,13 +22,16 @@ listener, store and checkpoints, how producers deliver to it, and the Sigma rule
       timezone: Europe/Paris
       working_hours: [8, 18]
       anomaly: {window: 10m, learning: 1d, threshold: 3}   # per-principal baselines
+
+    audit:
+      console: {port: 8443}         # the web console (admins sign in at the provider)
 """
 
 from __future__ import annotations
 
 import ipaddress
 from datetime import timedelta
-from typing import Final, Literal
+from typing import ClassVar, Final, Literal
 
 from pydantic import (
     BaseModel,
@@ -47,6 +50,7 @@ __all__ = [
     "AnomalyConfig",
     "AuditConfig",
     "CheckpointWebhookConfig",
+    "ConsoleConfig",
     "DetectionConfig",
     "ExportConfig",
     "OtlpConfig",
@@ -295,6 +299,60 @@ class CheckpointWebhookConfig(SignedPostConfig):
     stays visible."""
 
 
+class ConsoleConfig(BaseModel):
+    """The web console, served by the audit collector's process on a TLS listener of its
+    own; admins sign in at the identity provider (authorization code + PKCE, TOTP)."""
+
+    model_config = _MODEL_CONFIG
+
+    port: int = Field(
+        default=0, ge=0, le=65535, description="Loopback port of its listener; 0 picks one."
+    )
+    public_url: str | None = Field(
+        default=None,
+        pattern=r"^https://[A-Za-z0-9.:\[\]-]{1,253}$",
+        description="The https origin browsers use to reach it (behind a proxy, say); by "
+        "default https://127.0.0.1:<port>, and the provider then lets the sign-in return "
+        "to any loopback port (RFC 8252 §7.3).",
+    )
+    tls_cert: str | None = Field(
+        default=None,
+        description="PEM certificate chain, relative to this file (required outside dev "
+        "mode; dev mode issues one from the local edge CA).",
+    )
+    tls_key: str | None = Field(default=None, description="PEM private key of tls_cert.")
+    session_ttl: Duration = Field(
+        default="8h", validate_default=True, description="A sign-in lasts at most this long…"
+    )
+    idle_timeout: Duration = Field(
+        default="30m", validate_default=True, description="…and ends after this long unused."
+    )
+    refresh: Duration = Field(
+        default="2s", validate_default=True, description="How often live pages ask for news."
+    )
+
+    #: Its OAuth client at the provider (authenticated by the collector's SVID).
+    client_id: ClassVar[str] = "trustmesh-console"
+
+    @property
+    def redirect_uri(self) -> str:
+        """Where the provider sends a sign-in back: on the loopback address without a
+        port unless ``public_url`` says otherwise (the port then varies, RFC 8252 §7.3)."""
+        return f"{self.public_url or 'https://127.0.0.1'}/auth/callback"
+
+    @model_validator(mode="after")
+    def _lifetimes(self) -> ConsoleConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise PydanticCustomError("invalid", "tls_cert and tls_key go together", {})
+        if not timedelta(minutes=1) <= self.idle_timeout <= self.session_ttl <= timedelta(hours=24):
+            raise PydanticCustomError(
+                "invalid", "1m <= idle_timeout <= session_ttl <= 24h is required", {}
+            )
+        if not timedelta(seconds=1) <= self.refresh <= timedelta(minutes=1):
+            raise PydanticCustomError("invalid", "refresh must be from 1s to 1m", {})
+        return self
+
+
 class AuditConfig(BaseModel):
     """The audit collector; `trustmesh up` runs it (every component delivers to it)."""
 
@@ -325,6 +383,10 @@ class AuditConfig(BaseModel):
         default=None, description="Also POST each signed checkpoint here (signed)."
     )
     tracing: TracingConfig = Field(default_factory=TracingConfig)
+    console: ConsoleConfig | None = Field(
+        default=None,
+        description="Serve the web console too (`trustmesh status` names it `console`).",
+    )
 
     @model_validator(mode="after")
     def _interval(self) -> AuditConfig:

@@ -56,7 +56,9 @@ MAX_ACCESS_TOKEN_TTL: Final = timedelta(hours=1)
 MAX_TOKEN_LEEWAY: Final = timedelta(seconds=30)
 MIN_TTL: Final = timedelta(seconds=10)
 HTTP_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "*"})
-RESERVED_SERVICE_NAMES: Final = frozenset({"trustmesh"})
+#: "trustmesh-console" is the console's OAuth client at the provider (a service's client
+#: is named after the service).
+RESERVED_SERVICE_NAMES: Final = frozenset({"trustmesh", "trustmesh-console"})
 
 _MODEL_CONFIG: Final = ConfigDict(frozen=True, extra="forbid", strict=True)
 _SERVICE_NAME_RE: Final = re.compile(r"[a-z][a-z0-9-]{0,62}")
@@ -582,8 +584,28 @@ class TrustmeshConfig(BaseModel):
                         f"one of: {known}",
                     )
         self._check_secrets(problems)
+        self._check_console(problems)
         problems.raise_if_any("TrustmeshConfig")
         return self
+
+    def _check_console(self, problems: _Problems) -> None:
+        console = self.audit.console if self.audit is not None else None
+        if console is None:
+            return
+        if not self.auth_public_listener:
+            problems.add(
+                ("audit", "console"),
+                None,
+                "admins sign in to the console at the provider's public listener, which is off",
+                "auth.public_listener: true (with public_tls_cert outside dev mode)",
+            )
+        if not self.dev and console.tls_cert is None:
+            problems.add(
+                ("audit", "console", "tls_cert"),
+                None,
+                "the console needs a certificate outside dev mode",
+                "a PEM certificate chain file (and tls_key)",
+            )
 
     def _check_secrets(self, problems: _Problems) -> None:
         if self.secrets is None:
