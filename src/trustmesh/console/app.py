@@ -16,7 +16,8 @@ its session's CSRF token, or from another origin, 403.
 Every answer carries the same headers: a Content Security Policy that allows only this
 origin's own script and style (no inline script, no ``eval``, no framing:
 ``frame-ancestors 'none'``, with ``X-Frame-Options: DENY`` for older browsers),
-``nosniff``, ``no-referrer`` (the code in a callback URL goes nowhere) and ``no-store``.
+``nosniff``, ``Referrer-Policy: same-origin`` (the code in a callback URL goes to no
+other site) and ``no-store``.
 Sign-ins, refusals and sign-outs are events (component ``console``).
 """
 
@@ -27,6 +28,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
+from urllib.parse import parse_qsl
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
@@ -57,7 +59,8 @@ _HEADERS = [
     (b"content-security-policy", CSP.encode()),
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    # same-origin, not no-referrer: under no-referrer a browser's form sends "Origin: null"
+    (b"referrer-policy", b"same-origin"),
     (b"cache-control", b"no-store"),
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"cross-origin-resource-policy", b"same-origin"),
@@ -127,6 +130,8 @@ class ConsoleApp:
             autoescape=select_autoescape(default=True, default_for_string=True),
         )
         self.placed = layout(source.edges.graph)
+        folder = resources.files("trustmesh.console").joinpath("static")
+        self._static = {name: folder.joinpath(name).read_bytes() for name in _STATIC}
 
     @property
     def redirect_uri(self) -> str:
@@ -255,7 +260,8 @@ class ConsoleApp:
     async def signout(self, request: Request) -> Response:
         cookie = request.cookies.get(SESSION_COOKIE)
         session = self.sessions.get(cookie)
-        form = await request.form(max_files=0, max_fields=4)
+        raw = await request.body()
+        form = dict(parse_qsl(raw[:4096].decode("utf-8", "replace"), keep_blank_values=True))
         token = form.get("csrf")
         origin = request.headers.get("origin")
         if (
@@ -402,5 +408,4 @@ class ConsoleApp:
         name = str(request.path_params["name"])
         if name not in _STATIC:
             return Response(status_code=404)
-        body = resources.files("trustmesh.console").joinpath("static", name).read_bytes()
-        return Response(body, media_type=_STATIC[name])
+        return Response(self._static[name], media_type=_STATIC[name])

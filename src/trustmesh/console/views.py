@@ -76,6 +76,8 @@ def event_row(event: Mapping[str, Any]) -> dict[str, str]:
     product = (event.get("metadata") or {}).get("product") or {}
     feature = product.get("feature") if isinstance(product, dict) else None
     trace_id = mine.get("trace_id")
+    attributes = mine.get("attributes")
+    path = attributes.get("path") if isinstance(attributes, dict) else None
     return {
         "seq": _text(event.get("seq")),
         "uid": _text((event.get("metadata") or {}).get("uid")),
@@ -86,6 +88,7 @@ def event_row(event: Mapping[str, Any]) -> dict[str, str]:
         "reason": _text(mine.get("reason")),
         "who": _text(mine.get("sub") or mine.get("peer_spiffe_id") or mine.get("spiffe_id")),
         "message": _text(event.get("message")),
+        "path": _text(path),
         "trace_id": _text(trace_id) if isinstance(trace_id, str) else "",
     }
 

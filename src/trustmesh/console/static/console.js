@@ -37,7 +37,7 @@
     tr.setAttribute("data-seq", e.seq);
     tr.className = "fresh";
     [cell(e.seq), cell(e.time), cell(e.component), cell(e.decision, e.decision), cell(e.reason),
-     cell(e.who, "id"), cell(e.message, "message")].forEach(function (td) { tr.appendChild(td); });
+     cell(e.who, "id"), cell(e.message, "message"), cell(e.path, "id")].forEach(function (td) { tr.appendChild(td); });
     tr.appendChild(TRACE.test(e.trace_id) ? link("/traces/" + e.trace_id, e.trace_id.slice(0, 8) + "…") : cell(""));
     return tr;
   }
