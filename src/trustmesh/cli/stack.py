@@ -50,6 +50,7 @@ from trustmesh.errors import TrustmeshError, UnavailableError
 from trustmesh.gateway.endpoint import endpoint_path as gateway_endpoint_path
 from trustmesh.identity.endpoint import MAX_SOCKET_PATH, IdentityPaths, prepare_state_dir
 from trustmesh.sdk.delivery import AUDIT_URL_ENV, NO_COLLECTOR
+from trustmesh.sdk.metrics import METRICS_FILE_ENV, METRICS_PORT_ENV
 from trustmesh.secrets.endpoint import DEV_UNSEAL_WARNING, dev_unseal_path
 from trustmesh.secrets.endpoint import endpoint_path as secrets_endpoint_path
 
@@ -113,11 +114,27 @@ def components(config: TrustmeshConfig, config_path: Path, state: Path) -> list[
                     "TRUSTMESH_CONFIG": str(config_path),
                     "TRUSTMESH_SERVICE": name,
                     "TRUSTMESH_EVENTS": str(state / "events" / f"{name}.jsonl"),
+                    # its Prometheus metrics on loopback, and where it says they are
+                    METRICS_PORT_ENV: "0",
+                    METRICS_FILE_ENV: str(_metrics_file(state, name)),
                 },
                 env_factory=_service_env(config, state, name),
             )
         )
     return specs
+
+
+def _metrics_file(state: Path, service: str) -> Path:
+    return state / "metrics" / f"{service}.json"
+
+
+def _service_metrics_url(state: Path, service: str) -> str | None:
+    """Where ``service`` serves its metrics, as it says, while it is the process the
+    supervisor started (a file a crashed one left names a listener that is gone)."""
+    doc = read_json(_metrics_file(state, service)) or {}
+    url = doc.get("metrics_url")
+    alive = doc.get("pid") is not None and doc.get("pid") == _pid(RunPaths(state), service)
+    return url if isinstance(url, str) and alive else None
 
 
 def _join_token(config: TrustmeshConfig, state: Path, spiffe_id: str) -> str:
@@ -292,6 +309,7 @@ def _component_row(
         "healthy": answer.ok and not instance.get("stale"),
         "cert_expires": answer.cert_expires,
         "cert_kind": "svid",
+        "metrics_url": _service_metrics_url(state, name),
     }
 
 
