@@ -316,9 +316,12 @@ def _component_row(
 def _identity_rows(
     config: TrustmeshConfig, state: Path, workload_api: bool, answer: Answer | None
 ) -> list[dict[str, Any]]:
-    """The identity service (its Workload API, and its signing CA's expiry as it says),
-    then its mTLS listener (discovery and the admin API) when it has one."""
+    """The identity service (its Workload API, its signing CA's expiry as it says, and
+    where its metrics are), then its mTLS listener (discovery and the admin API) when it
+    has one."""
     signing = answer.doc.get("signing_ca_expires") if answer else None
+    discovery = read_json(IdentityPaths(state).discovery) or {}
+    metrics_url = discovery.get("metrics_url") if answer is not None else None
     rows = [
         {
             "name": "identity",
@@ -327,10 +330,10 @@ def _identity_rows(
             "healthy": workload_api,
             "cert_expires": signing if isinstance(signing, str) else None,
             "cert_kind": "signing-ca",
+            "metrics_url": metrics_url if isinstance(metrics_url, str) else None,
         }
     ]
     if answer is not None:
-        discovery = read_json(IdentityPaths(state).discovery) or {}
         rows.append(
             {
                 "name": "discovery",
