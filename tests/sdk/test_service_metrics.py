@@ -13,7 +13,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import ORDERS, PAYMENTS, TD
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -27,6 +26,10 @@ from trustmesh.sdk.runtime import EVENTS_ENV, run_service
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.x509source import X509Source
 from trustmesh.testing import RunningIdentityServer
+
+TD = "sdk.example"
+ORDERS = f"spiffe://{TD}/orders"  # registered for this process by conftest.py
+PAYMENTS = f"spiffe://{TD}/payments"
 
 CONFIG = f"""
 trust_domain: {TD}

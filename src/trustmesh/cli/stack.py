@@ -114,9 +114,6 @@ def components(config: TrustmeshConfig, config_path: Path, state: Path) -> list[
                     "TRUSTMESH_CONFIG": str(config_path),
                     "TRUSTMESH_SERVICE": name,
                     "TRUSTMESH_EVENTS": str(state / "events" / f"{name}.jsonl"),
-                    # its Prometheus metrics on loopback, and where it says they are
-                    METRICS_PORT_ENV: "0",
-                    METRICS_FILE_ENV: str(_metrics_file(state, name)),
                 },
                 env_factory=_service_env(config, state, name),
             )
@@ -189,6 +186,9 @@ def _service_env(config: TrustmeshConfig, state: Path, name: str) -> Callable[[]
             "TRUSTMESH_GATEWAY_URL": str(gateway.get("internal_url") or ""),
             "TRUSTMESH_SECRETS_URL": str(secrets.get("url") or ""),
             AUDIT_URL_ENV: _audit_url(config, state),
+            # its Prometheus metrics on loopback, and where it says they are
+            METRICS_PORT_ENV: "0",
+            METRICS_FILE_ENV: str(_metrics_file(state, name)),
         }
 
     return make

@@ -122,8 +122,7 @@ class IdentityServer:
             print(f"WARNING: {seal_key.warning}", file=sys.stderr, flush=True)
         self._file_sink = events.JsonLinesSink(self.paths.events)
         self._fanout = events.FanoutSink(self._file_sink, *([sink] if sink else []))
-        #: Every event counted on its way (the metrics; a worker reports its counts).
-        self.tally = Tally(self._fanout)
+        self.tally = Tally(self._fanout)  # every event counted (a worker reports its counts)
         self.sink: events.EventSink = self.tally
         self.reports = WorkerReports()
         self._reporter = Reporter(report_fd, self.tally) if report_fd is not None else None
@@ -143,13 +142,7 @@ class IdentityServer:
             min(config.identity.svid_ttl, config.identity.max_svid_ttl),
             clock,
         )
-        #: Delivery to the audit collector (``deliver``, where the declaration has one):
-        #: the identity service starts first, so its events spool until the collector
-        #: writes where it listens.
-        self._audit: AuditSink | None = None
-        if deliver and not self.follower and config.audit is not None:
-            self._audit = audit_sink(self.self_svid, config, self.paths.root, "identity")
-            self._fanout.sinks = (*self._fanout.sinks, self._audit)
+        self._audit = self._delivery() if deliver else None
         self.discovery: Served | None = None
         self.operator: OperatorSocket | None = None
         self.admin_tokens = AdminTokens(
@@ -159,6 +152,16 @@ class IdentityServer:
         )
         self._tick_interval = tick_interval
         self._ticker: asyncio.Task[None] | None = None
+
+    def _delivery(self) -> AuditSink | None:
+        """Delivery to the audit collector, where the declaration has one (the leader's):
+        the identity service starts first, so its events spool until the collector writes
+        where it listens."""
+        if self.follower or self.config.audit is None:
+            return None
+        audit = audit_sink(self.self_svid, self.config, self.paths.root, "identity")
+        self._fanout.sinks = (*self._fanout.sinks, audit)
+        return audit
 
     def _issuer(
         self, seal_key: crypto.SealKey, publish_delay: dt.timedelta | None

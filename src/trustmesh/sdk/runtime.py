@@ -144,6 +144,14 @@ class Runtime:
             raise UnavailableError("no identity provider configured")
         return OnBehalfClient(shared, self.tokens.provider(shared.expected, on_behalf_of=subject))
 
+    async def _announce(self) -> None:
+        """Serve the metrics (when asked for) and register with discovery (when there is
+        one): the service is up."""
+        if self.metrics is not None:
+            await self.metrics.start()
+        if self.discovery is not None:
+            await self.discovery.register(self.url)
+
     async def close(self) -> None:
         for c in [*self.clients.values(), *self.own_clients]:
             await c.close()
@@ -327,10 +335,7 @@ async def run_service(
         tracer=_tracer(source, config, service),
         metrics=metrics,
     )
-    if metrics is not None:
-        await metrics.start()
-    if discovery is not None:
-        await discovery.register(runtime.url)
+    await runtime._announce()
     _runtime = runtime
     return runtime
 
