@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from trustmesh.cli.supervisor import process_alive
 from trustmesh.testing import run_cli as tm
@@ -294,12 +295,40 @@ def test_workload_api_workers_serve_and_stop(short_tmp: Path) -> None:
         finally:
             store.close()
         address = f"unix://{state}/public/workload.sock"
+        # the leader's metrics count every process's SVIDs; `status` says where they are
+        _, status = _status(config, state)
+        url = next(c for c in status["components"] if c["name"] == "identity")["metrics_url"]  # type: ignore[union-attr]
+        assert url.startswith("http://127.0.0.1:")
         for _ in range(12):  # separate connections: the kernel spreads them over processes
             with WorkloadApiClient(address) as client:
                 assert str(client.fetch_x509_svid().spiffe_id) == "spiffe://workers.example/api"
+        # as many as every process recorded in the event log (the stack's own SVIDs too)
+        log = (state / "events" / "identity.jsonl").read_text().splitlines()
+        recorded = sum(1 for line in log if "X.509-SVID issued" in line)
+        assert recorded >= 12
+        assert _issued(url, recorded) == recorded
     finally:
         assert tm("down", "--state", str(state)).returncode == 0
     assert not any(process_alive(p, s) for p, s in workers)
+
+
+def _issued(url: str, expected: float, timeout: float = 10) -> float:
+    """X.509-SVIDs issued, as the identity service's metrics say once they do say
+    ``expected`` (its workers report once a second)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    deadline = time.monotonic() + timeout
+    while True:
+        text = requests.get(url, timeout=10).text
+        issued = next(
+            s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "trustmesh_identity_svids_issued_total" and s.labels == {"type": "x509"}
+        )
+        if issued == expected or time.monotonic() > deadline:
+            return issued
+        time.sleep(0.2)
 
 
 def _start_time(pid: int) -> int:

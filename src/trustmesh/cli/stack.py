@@ -50,6 +50,7 @@ from trustmesh.errors import TrustmeshError, UnavailableError
 from trustmesh.gateway.endpoint import endpoint_path as gateway_endpoint_path
 from trustmesh.identity.endpoint import MAX_SOCKET_PATH, IdentityPaths, prepare_state_dir
 from trustmesh.sdk.delivery import AUDIT_URL_ENV, NO_COLLECTOR
+from trustmesh.sdk.metrics import METRICS_FILE_ENV, METRICS_PORT_ENV
 from trustmesh.secrets.endpoint import DEV_UNSEAL_WARNING, dev_unseal_path
 from trustmesh.secrets.endpoint import endpoint_path as secrets_endpoint_path
 
@@ -120,6 +121,19 @@ def components(config: TrustmeshConfig, config_path: Path, state: Path) -> list[
     return specs
 
 
+def _metrics_file(state: Path, service: str) -> Path:
+    return state / "metrics" / f"{service}.json"
+
+
+def _service_metrics_url(state: Path, service: str) -> str | None:
+    """Where ``service`` serves its metrics, as it says, while it is the process the
+    supervisor started (a file a crashed one left names a listener that is gone)."""
+    doc = read_json(_metrics_file(state, service)) or {}
+    url = doc.get("metrics_url")
+    alive = doc.get("pid") is not None and doc.get("pid") == _pid(RunPaths(state), service)
+    return url if isinstance(url, str) and alive else None
+
+
 def _join_token(config: TrustmeshConfig, state: Path, spiffe_id: str) -> str:
     """A one-time join token for a process ``up`` starts, made by the identity service's
     admin API (started first) at the operator's request; an identity service that is
@@ -172,6 +186,9 @@ def _service_env(config: TrustmeshConfig, state: Path, name: str) -> Callable[[]
             "TRUSTMESH_GATEWAY_URL": str(gateway.get("internal_url") or ""),
             "TRUSTMESH_SECRETS_URL": str(secrets.get("url") or ""),
             AUDIT_URL_ENV: _audit_url(config, state),
+            # its Prometheus metrics on loopback, and where it says they are
+            METRICS_PORT_ENV: "0",
+            METRICS_FILE_ENV: str(_metrics_file(state, name)),
         }
 
     return make
@@ -292,15 +309,19 @@ def _component_row(
         "healthy": answer.ok and not instance.get("stale"),
         "cert_expires": answer.cert_expires,
         "cert_kind": "svid",
+        "metrics_url": _service_metrics_url(state, name),
     }
 
 
 def _identity_rows(
     config: TrustmeshConfig, state: Path, workload_api: bool, answer: Answer | None
 ) -> list[dict[str, Any]]:
-    """The identity service (its Workload API, and its signing CA's expiry as it says),
-    then its mTLS listener (discovery and the admin API) when it has one."""
+    """The identity service (its Workload API, its signing CA's expiry as it says, and
+    where its metrics are), then its mTLS listener (discovery and the admin API) when it
+    has one."""
     signing = answer.doc.get("signing_ca_expires") if answer else None
+    discovery = read_json(IdentityPaths(state).discovery) or {}
+    metrics_url = discovery.get("metrics_url") if answer is not None else None
     rows = [
         {
             "name": "identity",
@@ -309,10 +330,10 @@ def _identity_rows(
             "healthy": workload_api,
             "cert_expires": signing if isinstance(signing, str) else None,
             "cert_kind": "signing-ca",
+            "metrics_url": metrics_url if isinstance(metrics_url, str) else None,
         }
     ]
     if answer is not None:
-        discovery = read_json(IdentityPaths(state).discovery) or {}
         rows.append(
             {
                 "name": "discovery",

@@ -32,6 +32,7 @@ from trustmesh.identity.discovery_app import SuspensionFeed, discovery_app
 from trustmesh.identity.endpoint import MAX_SOCKET_PATH as MAX_SOCKET_PATH
 from trustmesh.identity.endpoint import IdentityPaths as IdentityPaths
 from trustmesh.identity.endpoint import prepare_state_dir
+from trustmesh.identity.metrics import IdentityFacts, Reporter, Tally, WorkerReports, registry
 from trustmesh.identity.models import IssuedSVID
 from trustmesh.identity.operator import OPERATOR_TOKEN_TTL, OperatorSocket
 from trustmesh.identity.selfsvid import CASource
@@ -39,8 +40,9 @@ from trustmesh.identity.service import Clock, IdentityService
 from trustmesh.identity.store import SqliteIdentityStore
 from trustmesh.identity.workload import ChangeFeed, GuardedServer, WorkloadAPI
 from trustmesh.platform.admin import Actor
-from trustmesh.platform.listeners import Served
+from trustmesh.platform.listeners import PublicServed, Served, start_loopback
 from trustmesh.platform.listeners import start as serve_start
+from trustmesh.platform.metrics import serve_metrics
 from trustmesh.sdk.delivery import AuditSink, audit_sink
 
 
@@ -83,6 +85,10 @@ class IdentityServer:
     starts ``workers - 1`` worker processes that accept on the same listening socket
     (handed to them as an inherited file descriptor). A worker (``listen_fd`` given) is a
     follower: it signs with the CA the leader stored and reloads it when it changes.
+
+    With ``metrics``, the leader serves Prometheus metrics on loopback, its workers'
+    counts included: each reports its own on a pipe (``report_fd``; see
+    :mod:`trustmesh.identity.metrics`).
     """
 
     def __init__(
@@ -99,6 +105,8 @@ class IdentityServer:
         discovery: bool = False,
         locate_auth: Callable[[], str | None] | None = None,
         deliver: bool = False,
+        metrics: bool = False,
+        report_fd: int | None = None,
     ) -> None:
         self.config, self.clock = config, clock
         self.paths = _checked_paths(state_dir)
@@ -114,7 +122,12 @@ class IdentityServer:
             print(f"WARNING: {seal_key.warning}", file=sys.stderr, flush=True)
         self._file_sink = events.JsonLinesSink(self.paths.events)
         self._fanout = events.FanoutSink(self._file_sink, *([sink] if sink else []))
-        self.sink: events.EventSink = self._fanout
+        self.tally = Tally(self._fanout)  # every event counted (a worker reports its counts)
+        self.sink: events.EventSink = self.tally
+        self.reports = WorkerReports()
+        self._reporter = Reporter(report_fd, self.tally) if report_fd is not None else None
+        self._metrics_wanted = metrics and not self.follower
+        self.metrics: PublicServed | None = None
         self.store = SqliteIdentityStore(self.paths.db)
         self.ca, self.service = self._issuer(seal_key, publish_delay)
         self.feed = ChangeFeed()
@@ -129,13 +142,7 @@ class IdentityServer:
             min(config.identity.svid_ttl, config.identity.max_svid_ttl),
             clock,
         )
-        #: Delivery to the audit collector (``deliver``, where the declaration has one):
-        #: the identity service starts first, so its events spool until the collector
-        #: writes where it listens.
-        self._audit: AuditSink | None = None
-        if deliver and not self.follower and config.audit is not None:
-            self._audit = audit_sink(self.self_svid, config, self.paths.root, "identity")
-            self._fanout.sinks = (*self._fanout.sinks, self._audit)
+        self._audit = self._delivery() if deliver else None
         self.discovery: Served | None = None
         self.operator: OperatorSocket | None = None
         self.admin_tokens = AdminTokens(
@@ -145,6 +152,16 @@ class IdentityServer:
         )
         self._tick_interval = tick_interval
         self._ticker: asyncio.Task[None] | None = None
+
+    def _delivery(self) -> AuditSink | None:
+        """Delivery to the audit collector, where the declaration has one (the leader's):
+        the identity service starts first, so its events spool until the collector writes
+        where it listens."""
+        if self.follower or self.config.audit is None:
+            return None
+        audit = audit_sink(self.self_svid, self.config, self.paths.root, "identity")
+        self._fanout.sinks = (*self._fanout.sinks, audit)
+        return audit
 
     def _issuer(
         self, seal_key: crypto.SealKey, publish_delay: dt.timedelta | None
@@ -181,9 +198,21 @@ class IdentityServer:
         if self._worker_argv is not None:
             for _ in range(worker_count(self.config) - 1):
                 self._spawn_worker()
+        if self._metrics_wanted:
+            await self._serve_metrics()
         if self._discovery_enabled:
             await self._serve_discovery()
         self._ticker = asyncio.create_task(self._tick_forever())
+
+    async def _serve_metrics(self) -> None:
+        """The leader's metrics, its workers' counts included, on loopback."""
+        facts = IdentityFacts(self.tally, self.reports, self.ca, self.clock)
+        render = registry(facts, self.self_svid, self._audit)
+        self.metrics = await start_loopback(serve_metrics(render))
+
+    @property
+    def metrics_url(self) -> str | None:
+        return f"http://127.0.0.1:{self.metrics.port}/metrics" if self.metrics else None
 
     async def _serve_discovery(self) -> None:
         """Discovery, the suspensions feed, the admin API and the health check on the mTLS
@@ -262,14 +291,21 @@ class IdentityServer:
         if self._listener is None or self._worker_argv is None:
             raise StateError("workers are started by a listening leader")
         fd = self._listener.fileno()
-        self._workers.append(
-            subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [*self._worker_argv, "--worker-fd", str(fd)],
-                pass_fds=(fd,),
+        read_end, write_end = self.reports.pipe()  # where the worker reports its counts
+        try:
+            worker = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [*self._worker_argv, "--worker-fd", str(fd), "--report-fd", str(write_end)],
+                pass_fds=(fd, write_end),
                 stdin=subprocess.DEVNULL,
                 preexec_fn=_die_with_parent,
             )
-        )
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)
+        self._workers.append(worker)
+        self.reports.add(worker.pid, read_end)
 
     @property
     def discovery_url(self) -> str | None:
@@ -283,6 +319,7 @@ class IdentityServer:
             "url": self.discovery_url,
             "spiffe_id": self.self_svid.spiffe_id,
             "cert_expires": self.self_svid.context.not_after.isoformat(),
+            "metrics_url": self.metrics_url,
             "updated_at": now.isoformat(),
             "instances": self.registry.snapshot(now),
         }
@@ -297,6 +334,8 @@ class IdentityServer:
         if self._discovery_enabled:
             self.self_svid.refresh()
             self._write_discovery_file()
+        if self._reporter is not None:
+            self._reporter.report()
         for worker in list(self._workers):
             if worker.poll() is not None:  # a crashed worker is replaced
                 print(
@@ -305,6 +344,7 @@ class IdentityServer:
                     flush=True,
                 )
                 self._workers.remove(worker)
+                self.reports.retire(worker.pid)  # what it counted stays counted
                 self._spawn_worker()
 
     def rotate_ca(self) -> None:
@@ -325,6 +365,8 @@ class IdentityServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
         await self.admin_tokens.close()
+        if self.metrics is not None:
+            await self.metrics.stop()
         if self.operator is not None:
             await self.operator.close()
         if self.discovery is not None:
@@ -341,6 +383,9 @@ class IdentityServer:
             except subprocess.TimeoutExpired:
                 worker.kill()
                 worker.wait()
+        self.reports.close()
+        if self._reporter is not None:
+            self._reporter.close()
         if not self.follower:
             with contextlib.suppress(FileNotFoundError):
                 self.paths.socket.unlink()
@@ -408,6 +453,7 @@ async def serve_until_signalled(
     *,
     config_path: Path | None = None,
     worker_fd: int | None = None,
+    report_fd: int | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT: the process entry point used by ``trustmesh up``.
     Paths are absolute (workers are started with them)."""
@@ -431,6 +477,8 @@ async def serve_until_signalled(
         worker_argv=worker_argv,
         discovery=worker_fd is None,
         deliver=True,
+        metrics=worker_fd is None,
+        report_fd=report_fd,
     )
     await server.start()
     stop = asyncio.Event()
@@ -439,6 +487,7 @@ async def serve_until_signalled(
         loop.add_signal_handler(sig, stop.set)
     if worker_fd is None:
         print(f"identity: Workload API on {server.paths.socket_address}", flush=True)
+        print(f"identity: Prometheus metrics at {server.metrics_url}", flush=True)
     try:
         await stop.wait()
     finally:

@@ -26,6 +26,8 @@ async def main(target: str) -> None:
         f"{runtime.service}: serving on {runtime.url} as {runtime.source.context.spiffe_id}",
         flush=True,
     )
+    if runtime.metrics_url:
+        print(f"{runtime.service}: Prometheus metrics at {runtime.metrics_url}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

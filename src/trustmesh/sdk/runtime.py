@@ -36,6 +36,7 @@ from trustmesh.sdk import spans
 from trustmesh.sdk.client import Response, ServiceClient, TokenProvider
 from trustmesh.sdk.delivery import AuditSink, audit_sink_from_env
 from trustmesh.sdk.discovery import DiscoveryClient, Endpoint
+from trustmesh.sdk.metrics import ServiceMetrics
 from trustmesh.sdk.middleware import TOKEN_STATE_KEY, ZeroTrustMiddleware
 from trustmesh.sdk.oauth import (
     AuthClient,
@@ -89,6 +90,8 @@ class Runtime:
     tracer: spans.Tracer | None = None
     #: The suspended SPIFFE IDs the middleware refuses (polled from discovery).
     suspensions: SuspensionFeed | None = None
+    #: Its Prometheus metrics on loopback, when asked for (``TRUSTMESH_METRICS_PORT``).
+    metrics: ServiceMetrics | None = None
     _secrets: SecretsClient | None = None
 
     def secrets(self) -> SecretsClient:
@@ -104,6 +107,10 @@ class Runtime:
     @property
     def url(self) -> str:
         return f"https://127.0.0.1:{self.served.port}"
+
+    @property
+    def metrics_url(self) -> str | None:
+        return self.metrics.url if self.metrics is not None else None
 
     async def client(self, service: str) -> ServiceClient:
         """A client for ``service`` (found through discovery), reused across calls."""
@@ -137,6 +144,14 @@ class Runtime:
             raise UnavailableError("no identity provider configured")
         return OnBehalfClient(shared, self.tokens.provider(shared.expected, on_behalf_of=subject))
 
+    async def _announce(self) -> None:
+        """Serve the metrics (when asked for) and register with discovery (when there is
+        one): the service is up."""
+        if self.metrics is not None:
+            await self.metrics.start()
+        if self.discovery is not None:
+            await self.discovery.register(self.url)
+
     async def close(self) -> None:
         for c in [*self.clients.values(), *self.own_clients]:
             await c.close()
@@ -151,6 +166,8 @@ class Runtime:
         if self.auth is not None:
             await self.auth.close()
         await self.served.stop()
+        if self.metrics is not None:
+            await self.metrics.stop()
         if self.audit is not None:  # what is not delivered stays spooled for the next start
             await asyncio.to_thread(self.audit.close, 5.0)
         if self.tracer is not None:
@@ -278,17 +295,16 @@ async def run_service(
     in the environment. With an event log (``TRUSTMESH_EVENTS``, in ``<state>/events/``)
     and the audit collector's URL (``TRUSTMESH_AUDIT_URL``), the service's events (its
     middleware's and clients') are also delivered to the collector, spooled in
-    ``<state>/spool/<service>/``."""
+    ``<state>/spool/<service>/``. With ``TRUSTMESH_METRICS_PORT``, its Prometheus
+    metrics are served on loopback (:mod:`trustmesh.sdk.metrics`)."""
     global _runtime
     service, config = _declared(service, config_path)
     source = await _identity(config, service, address)
     tls = RotatingTLS(source)
-    sink, audit = _event_sinks(source, config, service, sink)
+    sink, audit, metrics = _event_sinks(source, config, service, sink)
     trust = await _TokenTrust.declared(tls, config, service, auth_url, gateway_url)
     url = discovery_url or os.environ.get("TRUSTMESH_DISCOVERY_URL")
-    suspensions = SuspensionFeed(tls, url) if url else None
-    if suspensions is not None:
-        await suspensions.start()  # refused from the first request on
+    suspensions = await _suspensions(tls, url)
     guarded = ZeroTrustMiddleware(
         app,
         authorizer=CallAuthorizer(config, service),
@@ -317,14 +333,32 @@ async def run_service(
         audit=audit,
         suspensions=suspensions,
         tracer=_tracer(source, config, service),
+        metrics=metrics,
     )
-    if discovery is not None:
-        await discovery.register(runtime.url)
+    await runtime._announce()
     _runtime = runtime
     return runtime
 
 
+async def _suspensions(tls: RotatingTLS, url: str | None) -> SuspensionFeed | None:
+    """The suspensions feed from discovery, started: refused from the first request on."""
+    suspensions = SuspensionFeed(tls, url) if url else None
+    if suspensions is not None:
+        await suspensions.start()
+    return suspensions
+
+
 def _event_sinks(
+    source: X509Source, config: TrustmeshConfig, service: str, sink: events.EventSink | None
+) -> tuple[events.EventSink, AuditSink | None, ServiceMetrics | None]:
+    """The service's sink and delivery (:func:`_delivered`), each event counted on its way
+    when the service serves metrics (``TRUSTMESH_METRICS_PORT``: not yet listening)."""
+    sink, audit = _delivered(source, config, service, sink)
+    metrics = ServiceMetrics.from_env(service, source, sink, audit)
+    return (metrics.sink if metrics is not None else sink), audit, metrics
+
+
+def _delivered(
     source: X509Source, config: TrustmeshConfig, service: str, sink: events.EventSink | None
 ) -> tuple[events.EventSink, AuditSink | None]:
     """Where the service's events go (``sink``, else the event log ``TRUSTMESH_EVENTS``,
