@@ -207,6 +207,11 @@ def _gateway_get(stack: dict[str, Any], path: str) -> tuple[int, str]:
         connection.close()
 
 
+def _logged(stack: dict[str, Any], component: str) -> list[dict[str, Any]]:
+    path = Path(stack["state"]) / "events" / f"{component}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def _no_script_ran(driver: Any) -> None:
     assert driver.execute_script("return window.__tm_xss === undefined") is True
 
@@ -308,6 +313,16 @@ def test_an_admin_sees_every_page_live(stack: dict[str, Any], chrome: Any) -> No
     assert "gateway" in chrome.find_element(By.ID, "spans").text
     assert "path-non-canonical" in chrome.find_element(By.ID, "events").text
     _shot(chrome, "trace")
+    looked = _until(
+        lambda: [
+            e
+            for e in _logged(stack, "audit")
+            if e["unmapped"]["trustmesh"]["reason"] == "admin-read"
+            and e["unmapped"]["trustmesh"]["attributes"]["action"] == "console-trace"
+        ],
+        "the record of the admin's look at the trace",
+    )
+    assert looked[0]["unmapped"]["trustmesh"]["attributes"]["by"] == "user:admin"
 
     # alerts, live: ten failed logins for one (markup-named) account within a minute
     chrome.get(stack["console"] + "/alerts")

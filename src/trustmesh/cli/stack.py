@@ -32,7 +32,7 @@ from trustmesh.cli._common import (
     load_or_exit,
     out,
 )
-from trustmesh.cli.health import HEALTH_PATH, Answer, Target, ask_all, probe_grpc, probe_web
+from trustmesh.cli.health import Answer, Target, ask_all, probe_grpc, probe_web
 from trustmesh.cli.secrets_cmd import seed_demo
 from trustmesh.cli.supervisor import (
     ComponentSpec,
@@ -46,6 +46,8 @@ from trustmesh.cli.supervisor import (
     write_json,
 )
 from trustmesh.config import TrustmeshConfig
+from trustmesh.console.services import ENDPOINTS, instance
+from trustmesh.console.services import targets as asked_where
 from trustmesh.errors import TrustmeshError, UnavailableError
 from trustmesh.gateway.endpoint import endpoint_path as gateway_endpoint_path
 from trustmesh.identity.endpoint import MAX_SOCKET_PATH, IdentityPaths, prepare_state_dir
@@ -194,15 +196,6 @@ def _service_env(config: TrustmeshConfig, state: Path, name: str) -> Callable[[]
     return make
 
 
-def _instance(doc: dict[str, object], name: str) -> dict[str, Any] | None:
-    """``name``'s instance in the discovery snapshot the identity service writes."""
-    listed = doc.get("instances")
-    for instance in listed if isinstance(listed, list) else []:
-        if isinstance(instance, dict) and instance.get("service") == name:
-            return instance
-    return None
-
-
 # -- readiness (the supervisor's, while it starts the stack) --------------------------------
 def probe(spec: ComponentSpec, state: Path, timeout: float = 2.0) -> bool:
     if spec.name == "identity":
@@ -228,7 +221,7 @@ def probe(spec: ComponentSpec, state: Path, timeout: float = 2.0) -> bool:
         return isinstance(url, str) and isinstance(internal, str) and _tcp_open(url)
     # a service is up once it serves and has registered with discovery (which it does
     # only after its SVID arrived and its mTLS server listens)
-    return _serving(_instance(read_json(IdentityPaths(state).discovery) or {}, spec.name))
+    return _serving(instance(read_json(IdentityPaths(state).discovery) or {}, spec.name))
 
 
 def _serving(instance: dict[str, Any] | None) -> bool:
@@ -250,46 +243,12 @@ def _tcp_open(url: str) -> bool:
 
 
 # -- status: what the running components answer ------------------------------------------
-#: Components that say where they listen: their file, the key of their mTLS listener's
-#: URL there, and what else of it `status` shows.
-_ENDPOINTS: dict[str, tuple[Callable[[Path], Path], str, tuple[str, ...]]] = {
-    "auth": (auth_endpoint_path, "url", ("issuer", "public_url", "metrics_url")),
-    "secrets": (secrets_endpoint_path, "url", ("metrics_url",)),
-    "audit": (audit_endpoint_path, "url", ("metrics_url",)),
-    "gateway": (gateway_endpoint_path, "internal_url", ("internal_url", "metrics_url")),
-}
-#: Where a component answers for its health, where it is not /healthz (the secrets
-#: service: Vault's sys/health, 200 only when initialised and unsealed).
-_HEALTH = {"secrets": "/v1/sys/health", "audit": "/v1/health"}
-
-
-def _targets(
-    config: TrustmeshConfig, state: Path, names: list[str], discovery: dict[str, Any]
-) -> dict[str, Target]:
-    """Whom to ask, and where: every component's mTLS listener, as it says it listens."""
-    found: dict[str, Target] = {}
-    if isinstance(discovery.get("url"), str):  # discovery, and the identity service's CA
-        identity = config.component_spiffe_id("identity")
-        found["discovery"] = Target(discovery["url"], identity, "/healthz")
-    for name in names:
-        if name in _ENDPOINTS:
-            path, key, _ = _ENDPOINTS[name]
-            url = (read_json(path(state)) or {}).get(key)
-            spiffe_id, health = config.component_spiffe_id(name), _HEALTH.get(name, "/healthz")
-        else:
-            url = (_instance(discovery, name) or {}).get("url")
-            spiffe_id, health = config.spiffe_id(name), HEALTH_PATH
-        if isinstance(url, str):
-            found[name] = Target(url, spiffe_id, health)
-    return found
-
-
 def _component_row(
     config: TrustmeshConfig, state: Path, name: str, answer: Answer, discovery: dict[str, Any]
 ) -> dict[str, Any]:
     """A component's row (the identity service's is :func:`_identity_rows`)."""
-    if name in _ENDPOINTS:
-        path, _, extras = _ENDPOINTS[name]
+    if name in ENDPOINTS:
+        path, _, extras = ENDPOINTS[name]
         endpoint = read_json(path(state)) or {}
         return {
             "name": name,
@@ -300,13 +259,13 @@ def _component_row(
             "cert_kind": "svid",
             **{k: endpoint.get(k) for k in extras},
         }
-    instance = _instance(discovery, name) or {}
+    found = instance(discovery, name) or {}
     return {
         "name": name,
-        "url": instance.get("url"),
+        "url": found.get("url"),
         "spiffe_id": config.spiffe_id(name),
         # a service that stopped renewing its lease is not found by its callers
-        "healthy": answer.ok and not instance.get("stale"),
+        "healthy": answer.ok and not found.get("stale"),
         "cert_expires": answer.cert_expires,
         "cert_kind": "svid",
         "metrics_url": _service_metrics_url(state, name),
@@ -389,7 +348,7 @@ def stack_status(config: TrustmeshConfig, config_path: Path, state: Path) -> dic
     running = supervisor_running(paths)
     discovery = (read_json(IdentityPaths(state).discovery) or {}) if running else {}
     names = [spec.name for spec in components(config, config_path, state)]
-    targets = _targets(config, state, names[1:], discovery) if running else {}
+    targets = asked_where(config, state, names[1:], discovery) if running else {}
     workload_api, answers = (
         asyncio.run(_ask_stack(config, state, targets)) if running else (False, {})
     )
@@ -443,8 +402,8 @@ def _print_table(status: dict[str, Any]) -> None:
             out.print(f"{c['name']}: Prometheus metrics at {c['metrics_url']}", markup=False)
         if c["name"] == "console" and c.get("url"):
             out.print(f"console: admins sign in at {c['url']}", markup=False)
-    for instance in status.get("stale_instances", []):
-        out.print(f"[yellow]stale:[/] {instance['service']} at {instance['url']} stopped renewing")
+    for stale in status.get("stale_instances", []):
+        out.print(f"[yellow]stale:[/] {stale['service']} at {stale['url']} stopped renewing")
     out.print(
         f"Workload API: {status['workload_api']}  (export SPIFFE_ENDPOINT_SOCKET={status['workload_api']})"
     )

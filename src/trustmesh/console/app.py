@@ -18,7 +18,8 @@ origin's own script and style (no inline script, no ``eval``, no framing:
 ``frame-ancestors 'none'``, with ``X-Frame-Options: DENY`` for older browsers),
 ``nosniff``, ``Referrer-Policy: same-origin`` (the code in a callback URL goes to no
 other site) and ``no-store``.
-Sign-ins, refusals and sign-outs are events (component ``console``).
+Sign-ins, refusals and sign-outs are events (component ``console``), and so is every
+page an admin is shown (``admin-read``, ``console-<page>``, ``by: user:<name>``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from trustmesh.console.signin import SignIn
 from trustmesh.console.source import ConsoleSource
 from trustmesh.console.views import event_query, event_row, span_rows, when
 from trustmesh.errors import TrustmeshError, UsageError
+from trustmesh.platform.admin import Actor, record_read
 from trustmesh.reasons import Reason
 
 __all__ = ["CSP", "SESSION_COOKIE", "SIGNIN_COOKIE", "ConsoleApp", "SecurityHeaders"]
@@ -172,9 +174,15 @@ class ConsoleApp:
             if session is None:
                 return RedirectResponse("/signin", status_code=303)
             try:
-                return await handler(request, session)
+                answer = await handler(request, session)
             except UsageError as exc:
                 return self._render("error.html", 400, session=session, message=exc.detail)
+            # what an admin looked at is recorded, as the collector's API records its reads
+            # (the feeds a page polls are not: they add to what the page showed)
+            if answer.status_code == 200:
+                actor = Actor.user(None, session.admin.username)
+                record_read(self.recorder, f"console-{handler.__name__}", actor)
+            return answer
 
         return endpoint
 
