@@ -100,6 +100,7 @@ def test_up_starts_every_component_healthy_quickly(shop: dict[str, object]) -> N
         "identity",
         "discovery",
         "audit",
+        "console",
         "auth",
         "secrets",
         "gateway",

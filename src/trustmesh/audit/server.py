@@ -26,10 +26,11 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Callable, Container, Coroutine, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
+from urllib.parse import urlsplit
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -60,6 +61,7 @@ from trustmesh.config.audit import (
     TracingConfig,
     WebhookConfig,
 )
+from trustmesh.console.graph import EdgeCounts
 from trustmesh.console.server import RunningConsole, edge_counts, start_console
 from trustmesh.errors import ConfigError
 from trustmesh.platform.listeners import ASGIApp, Served, bound_socket, start
@@ -279,34 +281,18 @@ async def serve_audit(
     sock = bound_socket(host, port if port is not None else settings.port)
     try:
         service = await _open_service(config, state, ledger, detector, on_alerts, clock)
-        key, spiffe_id = service.key, service.spiffe_id
-        responses = ResponseStore(ledger.engine)
-        await responses.create()
         declared_in = config_file.parent if config_file else Path.cwd()
-        webhooks, syslog = _receivers(settings, declared_in, socket.gethostname())
-        copies = _checkpoint_sender(settings, declared_in)
-        if copies is not None:  # queued until it starts, with the collector
-            service.on_checkpoint = _posting(copies)
-        recorder = events.Recorder(
-            events.FanoutSink(sink, service.own), component="audit", spiffe_id=spiffe_id
+        recorder, responder, receivers, copies = await _responding(
+            config, service, sink, source, folder, declared_in, caller, clock
         )
-        responder = Responder(
-            responses,
-            caller or AdminCaller(RotatingTLS(source), folder.parent, config.trust_domain),
-            recorder,
-            never_block=config.detection.never_block,
-            clock=clock,
-        )
-        receivers: list[_Receiver] = [r for r in (webhooks, syslog) if r is not None]
-        for sender in (webhooks, syslog, copies):
-            if sender is not None:
-                sender.notify(_reporting(recorder))
         traces = await _traces(settings.tracing, service, recorder, declared_in, forwarding)
         edges = edge_counts(config, service) if settings.console is not None else None
         pruner = (
             None
             if ledger.prune_engine is None
-            else Pruner(ledger, key, retention_of(settings.retention), recorder, service.now)
+            else Pruner(
+                ledger, service.key, retention_of(settings.retention), recorder, service.now
+            )
         )
         running = await _serve(
             config,
@@ -322,21 +308,15 @@ async def serve_audit(
             traces,
         )
         _keep_spans(running, traces, settings.tracing, clock)
-        if settings.console is not None and edges is not None:
+        if edges is not None:
             running.console = await _console_or_stop(
                 running,
-                start_console(
-                    config,
-                    settings.console,
-                    state,
-                    service=service,
-                    spans=traces.store,
-                    edges=edges,
-                    tls=RotatingTLS(source),
-                    sink=events.FanoutSink(sink, service.own),
-                    declared_in=declared_in,
-                    host=host,
-                ),
+                config,
+                state,
+                (traces, edges),
+                source,
+                events.FanoutSink(sink, service.own),
+                declared_in,
             )
         if pruner is not None:
             interval = settings.retention.interval.total_seconds()
@@ -351,13 +331,72 @@ async def serve_audit(
         raise
 
 
+async def _responding(
+    config: TrustmeshConfig,
+    service: AuditService,
+    sink: events.EventSink,
+    source: SVIDSource,
+    folder: Path,
+    declared_in: Path,
+    caller: Caller | None,
+    clock: Callable[[], float],
+) -> tuple[events.Recorder, Responder, list[_Receiver], WebhookSender | None]:
+    """The collector's recorder (its log and its own chain), the responder that takes the
+    rules' actions, the alert receivers and the checkpoint copies (each not started yet;
+    each give-up of theirs recorded)."""
+    settings = settings_of(config)
+    responses = ResponseStore(service.ledger.engine)
+    await responses.create()
+    webhooks, syslog = _receivers(settings, declared_in, socket.gethostname())
+    copies = _checkpoint_sender(settings, declared_in)
+    if copies is not None:  # queued until it starts, with the collector
+        service.on_checkpoint = _posting(copies)
+    recorder = events.Recorder(
+        events.FanoutSink(sink, service.own), component="audit", spiffe_id=service.spiffe_id
+    )
+    responder = Responder(
+        responses,
+        caller or AdminCaller(RotatingTLS(source), folder.parent, config.trust_domain),
+        recorder,
+        never_block=config.detection.never_block,
+        clock=clock,
+    )
+    receivers: list[_Receiver] = [r for r in (webhooks, syslog) if r is not None]
+    for sender in (webhooks, syslog, copies):
+        if sender is not None:
+            sender.notify(_reporting(recorder))
+    return recorder, responder, receivers, copies
+
+
 async def _console_or_stop(
-    running: RunningAudit, starting: Coroutine[Any, Any, RunningConsole]
+    running: RunningAudit,
+    config: TrustmeshConfig,
+    state: Path,
+    shown: tuple[Traces, EdgeCounts],
+    source: SVIDSource,
+    sink: events.EventSink,
+    declared_in: Path,
 ) -> RunningConsole:
-    """The console started, or the collector stopped (the caller's failure path only
-    closes what it opened before serving)."""
+    """The console started beside the collector, or the collector stopped (the caller's
+    failure path only closes what it opened before serving)."""
+    settings = settings_of(config).console
+    if settings is None:
+        raise ConfigError("audit.console is not declared")
+    host = urlsplit(running.url).hostname or "127.0.0.1"
+    traces, edges = shown
     try:
-        return await starting
+        return await start_console(
+            config,
+            settings,
+            state,
+            service=running.service,
+            spans=traces.store,
+            edges=edges,
+            tls=RotatingTLS(source),
+            sink=sink,
+            declared_in=declared_in,
+            host=host,
+        )
     except BaseException:
         await running.stop()
         raise

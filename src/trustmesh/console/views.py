@@ -69,6 +69,11 @@ def event_query(
     )
 
 
+def _address(event: Mapping[str, Any]) -> object:
+    source = event.get("src_endpoint")
+    return source.get("ip") if isinstance(source, dict) else None
+
+
 def event_row(event: Mapping[str, Any]) -> dict[str, str]:
     mine = (event.get("unmapped") or {}).get("trustmesh") or {}
     if not isinstance(mine, dict):
@@ -86,7 +91,8 @@ def event_row(event: Mapping[str, Any]) -> dict[str, str]:
         "class": _text(event.get("class_name")),
         "decision": _text(mine.get("decision")),
         "reason": _text(mine.get("reason")),
-        "who": _text(mine.get("sub") or mine.get("peer_spiffe_id") or mine.get("spiffe_id")),
+        # the user, else the calling workload, else the address the request came from
+        "who": _text(mine.get("sub") or mine.get("peer_spiffe_id") or _address(event)),
         "message": _text(event.get("message")),
         "path": _text(path),
         "trace_id": _text(trace_id) if isinstance(trace_id, str) else "",
