@@ -43,6 +43,8 @@ CLI_MAY_READ = {"endpoint", "methods"}
 #: what the API answered, and the tables' grants ``audit grants`` prints (no store).
 CLI_MAY_READ |= {"export", "syslog", "pseudonymise", "_delivery", "ledger_schema", "spans"}
 CLI_MAY_READ |= {"alerts", "response_store"}
+#: And the pure order of a trace's spans, which ``audit trace`` draws from the answer.
+CLI_MAY_READ |= {"trace_tree"}
 #: And of the gateway: the compiler of routes' contracts (OpenAPI, JSON Schema) and the
 #: loader of the Core Rule Set, pure, which ``config check`` runs on the declaration as
 #: the gateway will at its start.

@@ -5,6 +5,8 @@
     TrustmeshError                      code               status
     ├── ConfigError                     invalid_config     (exit 2)
     ├── UsageError                      invalid_request    400
+    │   ├── PayloadTooLargeError        request_too_large  413
+    │   └── UnsupportedMediaTypeError   unsupported_media_type 415
     ├── NotFoundError                   not_found          404
     ├── ConflictError                   conflict           409
     ├── AuthenticationError             unauthenticated    401
@@ -36,11 +38,13 @@ __all__ = [
     "InvalidTokenError",
     "KeySourceError",
     "NotFoundError",
+    "PayloadTooLargeError",
     "PermissionDeniedError",
     "SealError",
     "StateError",
     "TrustmeshError",
     "UnavailableError",
+    "UnsupportedMediaTypeError",
     "UsageError",
 ]
 
@@ -78,6 +82,20 @@ class UsageError(TrustmeshError):
     code = "invalid_request"
     status = 400
     public_message = "invalid request"
+
+
+class PayloadTooLargeError(UsageError):
+    """A request body past its bound (read no further than the bound)."""
+
+    code = "request_too_large"
+    status = 413
+    public_message = "request too large"
+
+
+class UnsupportedMediaTypeError(UsageError):
+    code = "unsupported_media_type"
+    status = 415
+    public_message = "unsupported media type"
 
 
 class NotFoundError(TrustmeshError):

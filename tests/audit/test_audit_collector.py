@@ -202,7 +202,7 @@ async def test_a_delivery_past_the_bound_is_413_and_nothing_is_kept(rig: Collect
     raw = json.dumps({"events": [event] * 4200}).encode()
     assert len(raw) > MAX_BODY
     status, answer = await rig.payments.call("POST", "/v1/events", raw=raw)
-    assert (status, answer["error"]) == (413, "too_large")
+    assert (status, answer["error"]) == (413, "request_too_large")
     status, answer = await rig.payments.call("POST", "/v1/events", {"events": [event]})
     assert (status, answer) == (200, {"stored": 1, "duplicates": 0, "quarantined": 0})
     status, kept = await rig.operator.call("GET", "/v1/quarantine")

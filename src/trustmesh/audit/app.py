@@ -68,6 +68,7 @@ from trustmesh.errors import (
     ConfigError,
     ConflictError,
     NotFoundError,
+    PayloadTooLargeError,
     TrustmeshError,
     UnavailableError,
     UsageError,
@@ -198,10 +199,7 @@ class _Collector:
             return JSONResponse({"error": "unauthenticated"}, status_code=401)
         raw = await _body(request)
         if raw is None:
-            return JSONResponse(
-                {"error": "too_large", "message": f"a delivery is at most {MAX_BODY} bytes"},
-                status_code=413,
-            )
+            return failure_response(PayloadTooLargeError(f"a delivery is at most {MAX_BODY} bytes"))
         try:
             batch = _batch(raw)
         except UsageError as exc:  # kept, with why, never dropped: it may be all we get
@@ -212,9 +210,8 @@ class _Collector:
                 return failure_response(UnavailableError("the audit log cannot store events now"))
             return JSONResponse({"stored": 0, "duplicates": 0, "quarantined": 1})
         if len(batch) > MAX_BATCH:
-            return JSONResponse(
-                {"error": "too_large", "message": f"a delivery is at most {MAX_BATCH} events"},
-                status_code=413,
+            return failure_response(
+                PayloadTooLargeError(f"a delivery is at most {MAX_BATCH} events")
             )
         try:
             ingested = await self.service.ingest(batch, reporter)

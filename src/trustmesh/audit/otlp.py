@@ -12,8 +12,8 @@ What is decided here (OTLP/HTTP: https://opentelemetry.io/docs/specs/otlp/#otlph
   kind's bytes, refuses the whole request (it cannot be read as OTLP). ``Content-Encoding:
   gzip`` is read up to the
   same bound as a plain body. Anything else is refused whole: :class:`UsageError`
-  (``400``) for a body that is not a request, :class:`UnsupportedMediaType` (``415``),
-  :class:`TooLarge` (``413``: past :data:`MAX_SPANS` spans, or a gzip body that grows
+  (``400``) for a body that is not a request, :class:`~trustmesh.errors.UnsupportedMediaTypeError` (``415``),
+  :class:`~trustmesh.errors.PayloadTooLargeError` (``413``: past :data:`MAX_SPANS` spans, or a gzip body that grows
   past the bound);
 - each span (:func:`judge`), refused alone (OTLP's partial success: the others are
   stored) when its ``trace_id`` is not 16 bytes or is all zero, its ``span_id`` not 8
@@ -52,7 +52,11 @@ from trustmesh._proto.otlp import (
     ResourceSpans,
     Span,
 )
-from trustmesh.errors import TrustmeshError, UsageError
+from trustmesh.errors import (
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+    UsageError,
+)
 
 __all__ = [
     "JSON",
@@ -67,8 +71,6 @@ __all__ = [
     "Judged",
     "SpanEvent",
     "SpanRecord",
-    "TooLarge",
-    "UnsupportedMediaType",
     "answer",
     "judge",
     "narrowed",
@@ -92,18 +94,6 @@ _STATUSES: Final = ("unset", "ok", "error")
 _IDS: Final = (("traceId", 16), ("spanId", 8), ("parentSpanId", 8))
 
 Attribute = str | bool | int | float | list[str | bool | int | float]
-
-
-class UnsupportedMediaType(TrustmeshError):
-    code = "unsupported_media_type"
-    status = 415
-    public_message = "unsupported media type"
-
-
-class TooLarge(TrustmeshError):
-    code = "too_large"
-    status = 413
-    public_message = "request too large"
 
 
 @dataclass(frozen=True)
@@ -171,14 +161,14 @@ def _media(content_type: str) -> str:
 
 
 def _inflate(body: bytes, limit: int) -> bytes:
-    """A gzip body, read up to ``limit`` bytes (past it: :class:`TooLarge`)."""
+    """A gzip body, read up to ``limit`` bytes (past it: :class:`~trustmesh.errors.PayloadTooLargeError`)."""
     inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
     try:
         out = inflater.decompress(body, limit + 1)
     except zlib.error:
         raise UsageError("the body is not gzip") from None
     if len(out) > limit or inflater.unconsumed_tail:
-        raise TooLarge(f"a request is at most {limit} bytes, inflated")
+        raise PayloadTooLargeError(f"a request is at most {limit} bytes, inflated")
     if not inflater.eof:
         raise UsageError("the gzip body is truncated")
     return out
@@ -226,12 +216,12 @@ def read_request(
     """The request ``body`` holds (module docstring), else the error that refuses it."""
     media = _media(content_type)
     if media not in (PROTOBUF, JSON):
-        raise UnsupportedMediaType(f"Content-Type is {PROTOBUF} or {JSON}")
+        raise UnsupportedMediaTypeError(f"Content-Type is {PROTOBUF} or {JSON}")
     encoding = content_encoding.strip().lower()
     if encoding == "gzip":
         body = _inflate(body, limit)
     elif encoding not in ("", "identity"):
-        raise UnsupportedMediaType("Content-Encoding is gzip or none")
+        raise UnsupportedMediaTypeError("Content-Encoding is gzip or none")
     request = ExportTraceServiceRequest()
     try:
         if media == PROTOBUF:
@@ -244,7 +234,7 @@ def read_request(
         raise UsageError("the body is not an OTLP ExportTraceServiceRequest") from None
     count = sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
     if count > MAX_SPANS:
-        raise TooLarge(f"a request is at most {MAX_SPANS} spans")
+        raise PayloadTooLargeError(f"a request is at most {MAX_SPANS} spans")
     return request
 
 

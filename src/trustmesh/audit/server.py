@@ -40,6 +40,8 @@ from trustmesh.audit.anomaly import AnomalyDetector, AnomalySettings
 from trustmesh.audit.app import MAX_BODY, audit_app
 from trustmesh.audit.behaviour import LocalTime, WorkingHours
 from trustmesh.audit.chain import Checkpoint, CheckpointPolicy
+from trustmesh.audit.console.graph import EdgeCounts
+from trustmesh.audit.console.server import RunningConsole, edge_counts, start_console
 from trustmesh.audit.detection import SHIPPED_RULES, Alert, Detector, DetectorSettings
 from trustmesh.audit.endpoint import checkpoint_path
 from trustmesh.audit.ledger import Ledger
@@ -61,8 +63,6 @@ from trustmesh.config.audit import (
     TracingConfig,
     WebhookConfig,
 )
-from trustmesh.console.graph import EdgeCounts
-from trustmesh.console.server import RunningConsole, edge_counts, start_console
 from trustmesh.errors import ConfigError
 from trustmesh.platform.listeners import ASGIApp, Served, bound_socket, start
 from trustmesh.platform.suspensions import RefuseSuspended

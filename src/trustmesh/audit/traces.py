@@ -40,7 +40,6 @@ from trustmesh.audit.otlp import (
     JSON,
     PROTOBUF,
     Judged,
-    TooLarge,
     answer,
     judge,
     narrowed,
@@ -50,7 +49,7 @@ from trustmesh.audit.otlp_forward import OtlpForwarder
 from trustmesh.audit.search import MAX_LIMIT, Query
 from trustmesh.audit.service import AuditService
 from trustmesh.audit.spans import SpanStore, trace_id_of
-from trustmesh.errors import TrustmeshError, UnavailableError
+from trustmesh.errors import PayloadTooLargeError, TrustmeshError, UnavailableError
 from trustmesh.platform.admin import Actor, failure_response, peer_spiffe_id, record_read
 
 __all__ = ["SpanRetention", "SpanStats", "Traces"]
@@ -69,13 +68,13 @@ class SpanStats:
 
 
 async def _read(request: Request, limit: int) -> bytes:
-    """The body, or :class:`TooLarge` past ``limit`` bytes (read no further)."""
+    """The body, or :class:`~trustmesh.errors.PayloadTooLargeError` past ``limit`` bytes (read no further)."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise TooLarge(f"a request is at most {limit} bytes")
+            raise PayloadTooLargeError(f"a request is at most {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -46,11 +46,11 @@ from trustmesh.cli.supervisor import (
     write_json,
 )
 from trustmesh.config import TrustmeshConfig
-from trustmesh.console.services import ENDPOINTS, instance
-from trustmesh.console.services import targets as asked_where
 from trustmesh.errors import TrustmeshError, UnavailableError
 from trustmesh.gateway.endpoint import endpoint_path as gateway_endpoint_path
 from trustmesh.identity.endpoint import MAX_SOCKET_PATH, IdentityPaths, prepare_state_dir
+from trustmesh.platform.endpoints import ENDPOINTS, instance
+from trustmesh.platform.endpoints import targets as asked_where
 from trustmesh.sdk.delivery import AUDIT_URL_ENV, NO_COLLECTOR
 from trustmesh.sdk.metrics import METRICS_FILE_ENV, METRICS_PORT_ENV
 from trustmesh.secrets.endpoint import DEV_UNSEAL_WARNING, dev_unseal_path
@@ -249,7 +249,7 @@ def _component_row(
     """A component's row (the identity service's is :func:`_identity_rows`)."""
     if name in ENDPOINTS:
         path, _, extras = ENDPOINTS[name]
-        endpoint = read_json(path(state)) or {}
+        endpoint = read_json(state / path) or {}
         return {
             "name": name,
             "url": endpoint.get("url"),

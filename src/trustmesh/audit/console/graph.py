@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trustmesh.config import TrustmeshConfig
+from trustmesh.reasons import Reason
 
 __all__ = ["CLIENTS", "UNIDENTIFIED", "EdgeCounts", "Graph", "Placed", "declared", "layout"]
 
@@ -150,7 +151,7 @@ class EdgeCounts:
         denied = decision == "deny"
         peer = mine.get("peer_spiffe_id")
         if callee == self._gateway:
-            if not denied and mine.get("reason") != "policy-allow":
+            if not denied and mine.get("reason") != Reason.POLICY_ALLOW:
                 return None  # the request's other steps: one count per request
             source = CLIENTS
         else:

@@ -10,15 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trustmesh import crypto, events
+from trustmesh.audit.console.app import ConsoleApp, Pages
+from trustmesh.audit.console.graph import EdgeCounts, declared
+from trustmesh.audit.console.sessions import Sessions
+from trustmesh.audit.console.signin import SignIn, WireProvider
+from trustmesh.audit.console.source import ConsoleSource
 from trustmesh.audit.service import AuditService
 from trustmesh.audit.spans import SpanStore
 from trustmesh.config import TrustmeshConfig
 from trustmesh.config.audit import ConsoleConfig
-from trustmesh.console.app import ConsoleApp, Pages
-from trustmesh.console.graph import EdgeCounts, declared
-from trustmesh.console.sessions import Sessions
-from trustmesh.console.signin import SignIn, WireProvider
-from trustmesh.console.source import ConsoleSource
 from trustmesh.errors import ConfigError
 from trustmesh.platform.listeners import PublicServed, bound_socket, start_public
 from trustmesh.sdk.tls import RotatingTLS

@@ -10,12 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from trustmesh.audit.console.graph import EdgeCounts
+from trustmesh.audit.console.services import ServiceRow, rows
 from trustmesh.audit.search import MAX_LIMIT, Query
 from trustmesh.audit.service import AuditService
 from trustmesh.audit.spans import SpanStore
 from trustmesh.config import TrustmeshConfig
-from trustmesh.console.graph import EdgeCounts
-from trustmesh.console.services import ServiceRow, read_json, rows
+from trustmesh.platform.endpoints import read_json
 from trustmesh.sdk.tls import RotatingTLS
 
 __all__ = ["ConsoleSource", "posture_path"]

@@ -3,7 +3,7 @@ the identity provider, and the small JSON feeds its one script polls.
 
 Routes:
 - ``GET /signin``; ``GET /auth/start`` (to the provider); ``GET /auth/callback`` (back:
-  :mod:`trustmesh.console.signin` decides); ``POST /auth/signout`` (CSRF token).
+  :mod:`trustmesh.audit.console.signin` decides); ``POST /auth/signout`` (CSRF token).
 - Pages: ``/services``, ``/graph``, ``/events`` (filters as query parameters),
   ``/alerts``, ``/alerts/{id}``, ``/traces`` (``?id=``), ``/traces/{trace_id}``,
   ``/posture``; feeds: ``/api/graph``, ``/api/events?after=``, ``/api/alerts?after=``.
@@ -39,12 +39,12 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from trustmesh import events
+from trustmesh.audit.console.graph import layout
+from trustmesh.audit.console.sessions import PendingSignIns, Session, Sessions
+from trustmesh.audit.console.signin import SignIn
+from trustmesh.audit.console.source import ConsoleSource
+from trustmesh.audit.console.views import event_query, event_row, span_rows, when
 from trustmesh.audit.spans import trace_id_of
-from trustmesh.console.graph import layout
-from trustmesh.console.sessions import PendingSignIns, Session, Sessions
-from trustmesh.console.signin import SignIn
-from trustmesh.console.source import ConsoleSource
-from trustmesh.console.views import event_query, event_row, span_rows, when
 from trustmesh.errors import TrustmeshError, UsageError
 from trustmesh.platform.admin import Actor, record_read
 from trustmesh.reasons import Reason
@@ -128,11 +128,11 @@ class ConsoleApp:
         self.pending = PendingSignIns()
         self.recorder, self.pages = recorder, pages
         self.env = Environment(
-            loader=PackageLoader("trustmesh.console", "templates"),
+            loader=PackageLoader("trustmesh.audit.console", "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
         )
         self.placed = layout(source.edges.graph)
-        folder = resources.files("trustmesh.console").joinpath("static")
+        folder = resources.files("trustmesh.audit.console").joinpath("static")
         self._static = {name: folder.joinpath(name).read_bytes() for name in _STATIC}
 
     @property

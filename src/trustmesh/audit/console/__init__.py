@@ -1,7 +1,7 @@
 """The web console: services and their identities, certificate expiry, the declared
 call graph with live decisions, live security events, alerts, traces and the attack
 posture — for admins signed in at the identity provider. Served by the audit
-collector's process (:func:`~trustmesh.console.server.start_console`)."""
+collector's process (:func:`~trustmesh.audit.console.server.start_console`)."""
 
 from __future__ import annotations
 

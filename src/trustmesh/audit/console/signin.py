@@ -15,8 +15,9 @@ tokens goes back to the browser.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
-import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,10 +26,9 @@ from typing import Any, Protocol
 from urllib.parse import urlencode
 
 from trustmesh import crypto
-from trustmesh.auth.endpoint import endpoint_path as auth_endpoint_path
-from trustmesh.auth.pkce import s256
-from trustmesh.console.sessions import Admin, Pending
+from trustmesh.audit.console.sessions import Admin, Pending
 from trustmesh.errors import TrustmeshError, UnavailableError
+from trustmesh.platform.endpoints import ENDPOINTS, read_json
 from trustmesh.reasons import Reason
 from trustmesh.sdk.oauth import AuthClient
 from trustmesh.sdk.tls import RotatingTLS
@@ -64,6 +64,12 @@ class Provider(Protocol):
     async def key(self, kid: str) -> Any | None:
         """Its signing key ``kid`` (from its JWKS), or None."""
         ...
+
+
+def s256(verifier: str) -> str:
+    """The S256 code challenge of ``verifier`` (RFC 7636 §4.2)."""
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
 def authorize_url(public_url: str, client_id: str, redirect_uri: str, pending: Pending) -> str:
@@ -168,13 +174,10 @@ class WireProvider:
         self._jwks: JWKSCache | None = None
 
     def _endpoint(self) -> dict[str, Any]:
-        try:
-            doc = json.loads(auth_endpoint_path(self._state).read_text())
-        except (OSError, ValueError):
-            raise UnavailableError("the identity provider is not running") from None
-        if not isinstance(doc, dict) or not all(
-            isinstance(doc.get(k), str) for k in ("url", "public_url", "issuer")
-        ):
+        doc = read_json(self._state / ENDPOINTS["auth"][0])
+        if doc is None:
+            raise UnavailableError("the identity provider is not running")
+        if not all(isinstance(doc.get(k), str) for k in ("url", "public_url", "issuer")):
             raise UnavailableError("the identity provider serves no browsers")
         return doc
 
