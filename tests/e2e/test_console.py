@@ -306,6 +306,26 @@ def test_an_admin_sees_every_page_live(stack: dict[str, Any], chrome: Any) -> No
     _no_script_ran(chrome)
     _shot(chrome, "events")
 
+    # the next page holds older events only
+    for _ in range(50):  # more than a page, with what the stack's start recorded
+        _gateway_get(stack, "/orders")
+
+    def first_page() -> list[int]:
+        chrome.get(stack["console"] + "/events")
+        rows = chrome.find_elements(By.CSS_SELECTOR, "#events tbody tr")
+        return [int(r.get_attribute("data-seq")) for r in rows]
+
+    first = _until(lambda: (seqs := first_page()) and len(seqs) == 100 and seqs, "a full page")
+    chrome.find_element(By.ID, "older").click()
+    _until(lambda: "before=" in chrome.current_url, "the older page")
+    older = [
+        int(r.get_attribute("data-seq"))
+        for r in chrome.find_elements(By.CSS_SELECTOR, "#events tbody tr")
+    ]
+    assert older
+    assert max(older) < min(first)
+    assert older == sorted(older, reverse=True)
+
     # the trace of that request, from the link in its row
     trace_id = traceresponse.split("-")[1]
     chrome.get(stack["console"] + f"/traces/{trace_id}")

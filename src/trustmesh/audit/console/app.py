@@ -25,11 +25,12 @@ page an admin is shown (``admin-read``, ``console-<page>``, ``by: user:<name>``)
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
@@ -43,7 +44,13 @@ from trustmesh.audit.console.graph import layout
 from trustmesh.audit.console.sessions import PendingSignIns, Session, Sessions
 from trustmesh.audit.console.signin import SignIn
 from trustmesh.audit.console.source import ConsoleSource
-from trustmesh.audit.console.views import event_query, event_row, span_rows, when
+from trustmesh.audit.console.views import (
+    EVENT_FILTERS,
+    event_query,
+    event_row,
+    span_rows,
+    when,
+)
 from trustmesh.audit.spans import trace_id_of
 from trustmesh.errors import TrustmeshError, UsageError
 from trustmesh.platform.admin import Actor, record_read
@@ -68,6 +75,7 @@ _HEADERS = [
     (b"cross-origin-resource-policy", b"same-origin"),
     (b"strict-transport-security", b"max-age=31536000"),
 ]
+_ERROR_CODE = re.compile(r"[a-z_]{1,64}")
 _STATIC = {"console.css": "text/css; charset=utf-8", "console.js": "text/javascript; charset=utf-8"}
 
 
@@ -232,7 +240,8 @@ class ConsoleApp:
         pending = self.pending.take(request.cookies.get(SIGNIN_COOKIE), params.get("state"))
         code = params.get("code")
         if pending is None or not code or len(code) > 512:
-            why = params.get("error") or "no sign-in of this browser matches the answer"
+            error = params.get("error") or ""  # RFC 6749 §4.1.2.1: a code from a set
+            why = error if _ERROR_CODE.fullmatch(error) else "no sign-in of this browser matches"
             self._record(
                 Reason.LOGIN_FAILED, f"console sign-in: {why[:64]}", request, deny=True, sub=None
             )
@@ -317,9 +326,20 @@ class ConsoleApp:
         params = dict(request.query_params)
         query = event_query(params, self.source.now())
         found = [event_row(e) for e in await self.source.events(query)]
-        newest = max((int(r["seq"]) for r in found if r["seq"].isdigit()), default=0)
+        seqs = [int(r["seq"]) for r in found if r["seq"].isdigit()]
+        older = None
+        if len(found) >= query.limit and seqs:  # a next page of older ones, same filters
+            kept = {k: v for k, v in params.items() if k in EVENT_FILTERS and v}
+            older = "/events?" + urlencode({**kept, "before": str(min(seqs))})
         return self._render(
-            "events.html", session=session, page="events", rows=found, filters=params, newest=newest
+            "events.html",
+            session=session,
+            page="events",
+            rows=found,
+            filters=params,
+            # the live feed only on the newest page: it adds what came after the newest
+            newest=max(seqs, default=0) if "before" not in params else None,
+            older=older,
         )
 
     async def alerts(self, request: Request, session: Session) -> Response:

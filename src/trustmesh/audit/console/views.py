@@ -36,7 +36,12 @@ def _text(value: object) -> str:
 def event_query(
     params: Mapping[str, str], now: dt.datetime, *, after: int | None = None, limit: int = 100
 ) -> Query:
-    """The audit query the events page's filters stand for; UsageError names a bad one."""
+    """The audit query the events page's filters stand for; UsageError names a bad one.
+    ``after``: a feed's (oldest first, after that seq); else the newest first, before
+    the ``before`` parameter's seq when given (the next page of older ones)."""
+    before = params.get("before") or None
+    if before is not None and (not before.isdigit() or len(before) > 18):
+        raise UsageError("before: the oldest seq shown")
     decision = params.get("decision") or None
     if decision is not None and decision not in _DECISIONS:
         raise UsageError(f"decision: one of {', '.join(_DECISIONS)}")
@@ -61,7 +66,7 @@ def event_query(
         class_uid=class_uid,
         decision=decision,
         trace_id=trace_id,
-        after_seq=after,
+        after_seq=after if after is not None else (int(before) if before else None),
         newest_first=after is None,
         limit=limit,
         reason=reason,
