@@ -45,6 +45,7 @@ from trustmesh.audit.console.sessions import PendingSignIns, Session, Sessions
 from trustmesh.audit.console.signin import SignIn
 from trustmesh.audit.console.source import ConsoleSource
 from trustmesh.audit.console.views import (
+    DIGITS,
     EVENT_FILTERS,
     event_query,
     event_row,
@@ -326,7 +327,7 @@ class ConsoleApp:
         params = dict(request.query_params)
         query = event_query(params, self.source.now())
         found = [event_row(e) for e in await self.source.events(query)]
-        seqs = [int(r["seq"]) for r in found if r["seq"].isdigit()]
+        seqs = [int(r["seq"]) for r in found if DIGITS.fullmatch(r["seq"])]
         older = None
         if len(found) >= query.limit and seqs:  # a next page of older ones, same filters
             kept = {k: v for k, v in params.items() if k in EVENT_FILTERS and v}
@@ -420,14 +421,14 @@ class ConsoleApp:
 
     async def events_feed(self, request: Request, session: Session) -> Response:
         after = request.query_params.get("after", "0")
-        if not after.isdigit() or len(after) > 18:
+        if not DIGITS.fullmatch(after):
             raise UsageError("after: the last seq seen")
         query = event_query(dict(request.query_params), self.source.now(), after=int(after))
         return JSONResponse({"events": [event_row(e) for e in await self.source.events(query)]})
 
     async def alerts_feed(self, request: Request, session: Session) -> Response:
         after = request.query_params.get("after", "0")
-        if not after.isdigit() or len(after) > 18:
+        if not DIGITS.fullmatch(after):
             raise UsageError("after: the last alert id seen")
         found = await self.source.alerts(after_id=int(after), limit=100)
         return JSONResponse({"alerts": [self._alert_row(a) for a in found]})

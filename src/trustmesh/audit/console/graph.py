@@ -6,7 +6,8 @@ and ``calls``), laid out in columns, with what was decided on each edge lately.
   never written twice.
 - :class:`EdgeCounts` — sees every event the collector stores and counts, per minute,
   the decisions of each hop: the callee decided (a service's middleware names its
-  caller's SPIFFE ID; the gateway's callers are ``clients``). One event per request
+  caller's SPIFFE ID; the gateway's callers are ``clients``) — and only an event the
+  callee itself delivered (the collector stamps the reporter). One event per request
   and hop: a service's allow or deny; the gateway's ``policy-allow`` or its deny.
   A refused call on an edge the declaration does not have is counted too: it is drawn
   as an attempt. Memory is bounded (an hour of minutes, a bounded set of pairs).
@@ -15,8 +16,9 @@ and ``calls``), laid out in columns, with what was decided on each edge lately.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,11 +113,20 @@ def layout(graph: Graph, *, column: int = 200, row: int = 80) -> dict[str, Place
 
 
 class EdgeCounts:
-    """Decisions per edge and minute (see the module docstring)."""
+    """Decisions per edge and minute (see the module docstring). ``clock``: epoch
+    seconds, the collector's; an event is counted in its own minute, or in the present
+    one if it claims a later time (a workload's clock cannot push the present out)."""
 
-    def __init__(self, graph: Graph, gateway_id: str | None) -> None:
+    def __init__(
+        self,
+        graph: Graph,
+        gateway_id: str | None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.graph = graph
         self._gateway = gateway_id
+        self._clock = clock
         self._minutes: OrderedDict[int, dict[tuple[str, str], list[int]]] = OrderedDict()
         self.total: dict[tuple[str, str], list[int]] = {}
 
@@ -124,8 +135,9 @@ class EdgeCounts:
         if hop is None:
             return
         pair, denied = hop
-        time = event.get("time")
-        minute = time // _MINUTE_MS if type(time) is int else 0
+        now_ms = int(self._clock() * 1000)
+        claimed = event.get("time")
+        minute = min(claimed if type(claimed) is int else now_ms, now_ms) // _MINUTE_MS
         bucket = self._minutes.get(minute)
         if bucket is None:
             if self._minutes and minute < next(iter(self._minutes)):
@@ -139,11 +151,14 @@ class EdgeCounts:
                 table.setdefault(pair, [0, 0])[1 if denied else 0] += 1
 
     def _hop(self, event: Mapping[str, Any]) -> tuple[tuple[str, str], bool] | None:
-        mine = (event.get("unmapped") or {}).get("trustmesh")
+        unmapped = event.get("unmapped")
+        mine = unmapped.get("trustmesh") if isinstance(unmapped, dict) else None
         if not isinstance(mine, dict):
             return None
         callee, decision = mine.get("spiffe_id"), mine.get("decision")
         if decision not in ("allow", "deny") or not isinstance(callee, str):
+            return None
+        if mine.get("reporter") != callee:  # only the callee's own word about its calls
             return None
         target = self.graph.nodes_by_id.get(callee)
         if target is None:

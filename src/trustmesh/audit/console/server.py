@@ -41,7 +41,7 @@ class RunningConsole:
 def edge_counts(config: TrustmeshConfig, service: AuditService) -> EdgeCounts:
     """The counts, fed from now on by every event the collector stores."""
     gateway = config.component_spiffe_id("gateway") if config.gateway is not None else None
-    counts = EdgeCounts(declared(config), gateway)
+    counts = EdgeCounts(declared(config), gateway, clock=service.clock)
     service.taps.append(counts.observe)
     return counts
 

@@ -137,10 +137,10 @@ class PendingSignIns:
     def take(self, cookie: str | None, state: str | None) -> Pending | None:
         """The sign-in the cookie names, once, if ``state`` is its own and it is recent;
         any answer (right or wrong) ends it."""
-        if not cookie or not state or len(cookie) > 256:
+        if not cookie or len(cookie) > 256:
             return None
         pending = self._held.pop(_key(cookie), None)
-        if pending is None or self._clock() - pending.started >= PENDING_SECONDS:
+        if pending is None or not state or self._clock() - pending.started >= PENDING_SECONDS:
             return None
         if not hmac.compare_digest(pending.state.encode(), state.encode("utf-8", "replace")):
             return None

@@ -5,6 +5,7 @@ autoescape): a field a workload made up — ``<script>`` in a message — shows 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -13,12 +14,14 @@ from trustmesh.audit.spans import trace_id_of
 from trustmesh.audit.trace_tree import in_tree_order, nanoseconds
 from trustmesh.errors import UsageError
 
-__all__ = ["EVENT_FILTERS", "event_query", "event_row", "span_rows", "when"]
+__all__ = ["DIGITS", "EVENT_FILTERS", "event_query", "event_row", "span_rows", "when"]
 
 #: The events page's filters (query parameters), each an audit :class:`Query` field.
 EVENT_FILTERS = ("decision", "reason", "principal", "class_uid", "trace_id", "minutes")
 _DECISIONS = ("allow", "deny", "error")
 _MAX_TEXT = 300
+#: A whole number as a URL carries one: ASCII digits only (``str.isdigit`` takes "²").
+DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 def when(epoch_ms: object) -> str:
@@ -40,21 +43,21 @@ def event_query(
     ``after``: a feed's (oldest first, after that seq); else the newest first, before
     the ``before`` parameter's seq when given (the next page of older ones)."""
     before = params.get("before") or None
-    if before is not None and (not before.isdigit() or len(before) > 18):
+    if before is not None and not DIGITS.fullmatch(before):
         raise UsageError("before: the oldest seq shown")
     decision = params.get("decision") or None
     if decision is not None and decision not in _DECISIONS:
         raise UsageError(f"decision: one of {', '.join(_DECISIONS)}")
     class_uid = None
     if params.get("class_uid"):
-        if not params["class_uid"].isdigit() or len(params["class_uid"]) > 6:
+        if not DIGITS.fullmatch(params["class_uid"]) or len(params["class_uid"]) > 6:
             raise UsageError("class_uid: an OCSF class number, such as 6003")
         class_uid = int(params["class_uid"])
     trace_id = trace_id_of(params["trace_id"]) if params.get("trace_id") else None
     since = None
     if params.get("minutes"):
         minutes = params["minutes"]
-        if not minutes.isdigit() or not 1 <= int(minutes) <= 100_000:
+        if not DIGITS.fullmatch(minutes) or not 1 <= int(minutes) <= 100_000:
             raise UsageError("minutes: a whole number from 1 to 100000")
         since = now - dt.timedelta(minutes=int(minutes))
     reason, principal = params.get("reason") or None, params.get("principal") or None
@@ -74,23 +77,27 @@ def event_query(
     )
 
 
+def _object(value: object) -> Mapping[str, Any]:
+    """``value`` if it is a JSON object, else an empty one (a workload may send any
+    shape the ledger stores)."""
+    return value if isinstance(value, dict) else {}
+
+
 def _address(event: Mapping[str, Any]) -> object:
     source = event.get("src_endpoint")
     return source.get("ip") if isinstance(source, dict) else None
 
 
 def event_row(event: Mapping[str, Any]) -> dict[str, str]:
-    mine = (event.get("unmapped") or {}).get("trustmesh") or {}
-    if not isinstance(mine, dict):
-        mine = {}
-    product = (event.get("metadata") or {}).get("product") or {}
-    feature = product.get("feature") if isinstance(product, dict) else None
+    mine = _object(_object(event.get("unmapped")).get("trustmesh"))
+    metadata = _object(event.get("metadata"))
+    feature = _object(metadata.get("product")).get("feature")
     trace_id = mine.get("trace_id")
     attributes = mine.get("attributes")
     path = attributes.get("path") if isinstance(attributes, dict) else None
     return {
         "seq": _text(event.get("seq")),
-        "uid": _text((event.get("metadata") or {}).get("uid")),
+        "uid": _text(metadata.get("uid")),
         "time": when(event.get("time")),
         "component": _text(feature.get("name") if isinstance(feature, dict) else ""),
         "class": _text(event.get("class_name")),

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from trustmesh import crypto
+from trustmesh.audit.console.sessions import Pending
 from trustmesh.config import TrustmeshConfig, parse_config
-from trustmesh.console.sessions import Pending
 
 NOW = 1_900_000_000
 PUBLIC_URL = "https://127.0.0.1:8443"

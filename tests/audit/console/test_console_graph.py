@@ -1,4 +1,4 @@
-"""The console's call graph (trustmesh.console.graph): derived from the declaration,
+"""The console's call graph (trustmesh.audit.console.graph): derived from the declaration,
 laid out without hanging on a cycle, and the live decisions counted per hop — once per
 request, the callee's word only, bounded in time and in pairs. Events are built by the
 same Recorder, with the same fields, as the gateway and the SDK's middleware record."""
@@ -17,11 +17,7 @@ from consolerig import shop
 
 from trustmesh import crypto, events
 from trustmesh.audit.chain import CheckpointPolicy
-from trustmesh.audit.detection import Detector
-from trustmesh.audit.ledger import Ledger
-from trustmesh.audit.service import AuditService
-from trustmesh.config import parse_config
-from trustmesh.console.graph import (
+from trustmesh.audit.console.graph import (
     _MAX_PAIRS,
     CLIENTS,
     UNIDENTIFIED,
@@ -31,7 +27,11 @@ from trustmesh.console.graph import (
     declared,
     layout,
 )
-from trustmesh.console.server import edge_counts
+from trustmesh.audit.console.server import edge_counts
+from trustmesh.audit.detection import Detector
+from trustmesh.audit.ledger import Ledger
+from trustmesh.audit.service import AuditService
+from trustmesh.config import parse_config
 from trustmesh.reasons import Reason
 from trustmesh.store import create_engine, sqlite_url
 
@@ -55,7 +55,7 @@ def service_call(
     recorder = events.Recorder(events.MemorySink(), component="svc", spiffe_id=callee)
     if attributes is None:
         attributes = {"method": "POST", "path": "/charges", "route": None, "policy": None}
-    return recorder.record(
+    event = recorder.record(
         Reason.POLICY_ALLOW if decision is ALLOW else Reason.POLICY_DENY,
         "call allowed" if decision is ALLOW else "call denied by policy",
         decision=decision,
@@ -63,6 +63,13 @@ def service_call(
         attributes=attributes,
         now=_at(time_ms),
     ).to_ocsf()
+    return _reported(event, callee)
+
+
+def _reported(event: dict[str, Any], reporter: str) -> dict[str, Any]:
+    """As the collector stamps a delivery: the workload that delivered it."""
+    event["unmapped"]["trustmesh"]["reporter"] = reporter
+    return event
 
 
 def gateway_event(
@@ -70,21 +77,23 @@ def gateway_event(
 ) -> dict[str, Any]:
     """trustmesh.gateway.app.GatewayApp._emit: each step of a request."""
     recorder = events.Recorder(events.MemorySink(), component="gateway", spiffe_id=GATEWAY)
-    return recorder.record(
+    event = recorder.record(
         reason,
         reason.value,
         decision=decision,
         attributes={"method": "GET", "path": "/orders", "client": "203.0.113.7"},
         now=_at(time_ms),
     ).to_ocsf()
+    return _reported(event, GATEWAY)
 
 
 def _at(time_ms: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(time_ms / 1000, dt.UTC)
 
 
-def counts() -> EdgeCounts:
-    return EdgeCounts(declared(CONFIG), GATEWAY)
+def counts(now_ms: int = T_MS + 30_000) -> EdgeCounts:
+    """Counts on the collector's clock (by default within the minute of T_MS)."""
+    return EdgeCounts(declared(CONFIG), GATEWAY, clock=lambda: now_ms / 1000)
 
 
 # --- the declared graph -----------------------------------------------------------------
@@ -250,7 +259,7 @@ def test_an_event_without_the_trustmesh_fields_is_ignored(unmapped: dict[str, An
 
 
 def test_recent_counts_only_the_minutes_asked_for() -> None:
-    edges = counts()
+    edges = counts(T_MS + 10 * MINUTE_MS + 30_000)
     edges.observe(service_call(PAYMENTS, ORDERS, ALLOW, time_ms=T_MS))
     edges.observe(service_call(PAYMENTS, ORDERS, DENY, time_ms=T_MS + 10 * MINUTE_MS))
     now = T_MS + 10 * MINUTE_MS + 30_000
@@ -270,7 +279,7 @@ def test_an_event_older_than_the_kept_minutes_goes_to_the_totals_only() -> None:
 
 
 def test_an_hour_of_minutes_is_kept() -> None:
-    edges = counts()
+    edges = counts(T_MS + 60 * MINUTE_MS)
     for minute in range(61):
         edges.observe(service_call(PAYMENTS, ORDERS, ALLOW, time_ms=T_MS + minute * MINUTE_MS))
     assert len(edges._minutes) == 60
@@ -317,20 +326,15 @@ async def test_the_collector_feeds_every_stored_event_to_the_counts_once(
 ) -> None:
     edges = edge_counts(CONFIG, service)
     call = service_call(PAYMENTS, ORDERS, DENY)
-    await service.ingest([call, gateway_event(Reason.POLICY_ALLOW, ALLOW)], PAYMENTS)
+    await service.ingest([call], PAYMENTS)
+    await service.ingest([gateway_event(Reason.POLICY_ALLOW, ALLOW)], GATEWAY)
+    # the gateway's word delivered by another workload is not the gateway's
+    await service.ingest([gateway_event(Reason.POLICY_ALLOW, ALLOW)], PAYMENTS)
     retried = await service.ingest([copy.deepcopy(call)], PAYMENTS)
     assert retried.answer()["duplicates"] == 1  # a retried delivery is not counted again
     assert edges.recent(T_MS) == {"orders->payments": (0, 1), f"{CLIENTS}->gateway": (1, 0)}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="src bug: EdgeCounts._hop does (event.get('unmapped') or {}).get(...), so a "
-    "stored event whose 'unmapped' is not an object (the ledger accepts it) raises in the "
-    "collector's tap: ingest fails after the batch is durable, and the rest of the batch "
-    "is never counted nor seen by detection (a retry is a duplicate)",
-)
 async def test_an_event_with_an_odd_unmapped_neither_breaks_ingest_nor_hides_the_rest(
     service: AuditService,
 ) -> None:
@@ -346,17 +350,22 @@ async def test_an_event_with_an_odd_unmapped_neither_breaks_ingest_nor_hides_the
     assert edges.recent(T_MS) == {"orders->payments": (0, 1)}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="src bug: EdgeCounts buckets by the event's own 'time' (a workload's claim) and "
-    "keeps the 60 newest minutes seen: events stamped in the future evict the present "
-    "minutes, and every real event after them goes to the totals only (the live graph "
-    "shows no denies)",
-)
 def test_events_stamped_in_the_future_do_not_hide_the_present() -> None:
     edges = counts()
     for minute in range(1000, 1060):  # a workload whose events claim the next day
         edges.observe(service_call(ORDERS, LEDGER, DENY, time_ms=T_MS + minute * MINUTE_MS))
     edges.observe(service_call(PAYMENTS, ORDERS, DENY, time_ms=T_MS))
     assert edges.recent(T_MS).get("orders->payments") == (0, 1)
+
+
+def test_only_the_callee_s_own_delivery_counts() -> None:
+    """Any workload may deliver events; an edge counts only what its callee delivered."""
+    edges = counts()
+    forged = _reported(service_call(PAYMENTS, ORDERS, DENY), ORDERS)  # orders speaks for payments
+    edges.observe(forged)
+    unstamped = service_call(PAYMENTS, ORDERS, DENY)
+    del unstamped["unmapped"]["trustmesh"]["reporter"]
+    edges.observe(unstamped)
+    assert edges.recent(T_MS) == {}
+    edges.observe(service_call(PAYMENTS, ORDERS, DENY))
+    assert edges.recent(T_MS) == {"orders->payments": (0, 1)}

@@ -1,4 +1,4 @@
-"""Signing an admin in to the console (trustmesh.console.signin): the authorization
+"""Signing an admin in to the console (trustmesh.audit.console.signin): the authorization
 request (state, nonce, S256 PKCE challenge), the code redeemed with its verifier, and
 the ID token verified with the provider's real keys (OIDC Core §3.1.3.7) before
 ``admit`` lets only an admin with a second factor in. The provider is faked at the far
@@ -25,7 +25,7 @@ from consolerig import (
 )
 
 from trustmesh import crypto
-from trustmesh.console.signin import SignIn, admit, authorize_url
+from trustmesh.audit.console.signin import SignIn, admit, authorize_url
 from trustmesh.reasons import Reason
 
 REDIRECT = "https://127.0.0.1:9443/auth/callback"

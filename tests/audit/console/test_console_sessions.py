@@ -1,4 +1,4 @@
-"""The console's sessions and pending sign-ins (trustmesh.console.sessions): their
+"""The console's sessions and pending sign-ins (trustmesh.audit.console.sessions): their
 lifetimes against an injected clock, single use, constant-time CSRF tokens, bounded
 tables, and only a hash of each cookie kept."""
 
@@ -10,7 +10,7 @@ import re
 import pytest
 from consolerig import Clock
 
-from trustmesh.console.sessions import PENDING_SECONDS, Admin, PendingSignIns, Sessions
+from trustmesh.audit.console.sessions import PENDING_SECONDS, Admin, PendingSignIns, Sessions
 
 ALICE = Admin(sub="u-alice", username="alice", amr=("pwd", "otp"), auth_time=0)
 BOB = Admin(sub="u-bob", username="bob", amr=("pwd", "otp"), auth_time=0)
