@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state", type=Path, required=True)
     parser.add_argument("--worker-fd", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--report-fd", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-slot", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     def serve() -> None:
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
                 config_path=args.config.absolute(),
                 worker_fd=args.worker_fd,
                 report_fd=args.report_fd,
+                worker_slot=args.worker_slot,
             )
         )
 

@@ -107,8 +107,11 @@ class IdentityServer:
         deliver: bool = False,
         metrics: bool = False,
         report_fd: int | None = None,
+        worker_slot: int | None = None,
     ) -> None:
         self.config, self.clock = config, clock
+        self._slot = worker_slot  # a worker's place (1..workers-1), kept by its successor
+        self._slot_of: dict[int, int] = {}  # a worker's pid: its slot
         self.paths = _checked_paths(state_dir)
         self.follower = listen_fd is not None
         self._listen_fd, self._worker_argv = listen_fd, worker_argv
@@ -154,12 +157,16 @@ class IdentityServer:
         self._ticker: asyncio.Task[None] | None = None
 
     def _delivery(self) -> AuditSink | None:
-        """Delivery to the audit collector, where the declaration has one (the leader's):
-        the identity service starts first, so its events spool until the collector writes
-        where it listens."""
-        if self.follower or self.config.audit is None:
+        """Delivery to the audit collector, where the declaration has one: the identity
+        service starts first, so its events spool until the collector writes where it
+        listens. Each process delivers what it records: the leader through
+        ``spool/identity``, a worker through its slot's (``spool/identity-worker-<n>``),
+        which the worker that replaces it takes over — so nothing a crashed worker
+        spooled is left behind."""
+        if self.config.audit is None or (self.follower and self._slot is None):
             return None
-        audit = audit_sink(self.self_svid, self.config, self.paths.root, "identity")
+        name = "identity" if self._slot is None else f"identity-worker-{self._slot}"
+        audit = audit_sink(self.self_svid, self.config, self.paths.root, name)
         self._fanout.sinks = (*self._fanout.sinks, audit)
         return audit
 
@@ -196,8 +203,8 @@ class IdentityServer:
         self._listener.setblocking(False)
         await self._server.start(sock=self._listener)
         if self._worker_argv is not None:
-            for _ in range(worker_count(self.config) - 1):
-                self._spawn_worker()
+            for slot in range(1, worker_count(self.config)):
+                self._spawn_worker(slot)
         if self._metrics_wanted:
             await self._serve_metrics()
         if self._discovery_enabled:
@@ -287,14 +294,15 @@ class IdentityServer:
         url = doc.get("url") if isinstance(doc, dict) else None
         return url if isinstance(url, str) else None
 
-    def _spawn_worker(self) -> None:
+    def _spawn_worker(self, slot: int) -> None:
         if self._listener is None or self._worker_argv is None:
             raise StateError("workers are started by a listening leader")
         fd = self._listener.fileno()
         read_end, write_end = self.reports.pipe()  # where the worker reports its counts
+        given = ["--worker-fd", str(fd), "--report-fd", str(write_end), "--worker-slot", str(slot)]
         try:
             worker = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [*self._worker_argv, "--worker-fd", str(fd), "--report-fd", str(write_end)],
+                [*self._worker_argv, *given],
                 pass_fds=(fd, write_end),
                 stdin=subprocess.DEVNULL,
                 preexec_fn=_die_with_parent,
@@ -305,6 +313,7 @@ class IdentityServer:
         finally:
             os.close(write_end)
         self._workers.append(worker)
+        self._slot_of[worker.pid] = slot
         self.reports.add(worker.pid, read_end)
 
     @property
@@ -345,7 +354,7 @@ class IdentityServer:
                 )
                 self._workers.remove(worker)
                 self.reports.retire(worker.pid)  # what it counted stays counted
-                self._spawn_worker()
+                self._spawn_worker(self._slot_of.pop(worker.pid))  # and what it spooled
 
     def rotate_ca(self) -> None:
         """Prepare the next CA now (published at once, signing after the publish delay)."""
@@ -454,6 +463,7 @@ async def serve_until_signalled(
     config_path: Path | None = None,
     worker_fd: int | None = None,
     report_fd: int | None = None,
+    worker_slot: int | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT: the process entry point used by ``trustmesh up``.
     Paths are absolute (workers are started with them)."""
@@ -479,6 +489,7 @@ async def serve_until_signalled(
         deliver=True,
         metrics=worker_fd is None,
         report_fd=report_fd,
+        worker_slot=worker_slot,
     )
     await server.start()
     stop = asyncio.Event()
