@@ -94,6 +94,10 @@ def _stamp(events: Sequence[object], reporter: str) -> None:
                     mine["reporter"] = reporter
 
 
+#: How far ahead of the collector's clock an event's own time is believed (ms).
+MAX_SKEW_MS: Final = 60_000
+
+
 class OwnEvents:
     """The collector's own events, held until the next tick stores them (bounded: past
     :data:`OWN_LIMIT` waiting, ``emit`` raises rather than drop one)."""
@@ -160,6 +164,7 @@ class AuditService:
         self._findings = events.Recorder(self.own, component="audit", spiffe_id=spiffe_id)
         self._newest: Checkpoint | None = None  # the newest checkpoint this collector saw
         self._head: int | None = None  # the newest seq this collector appended
+        self._seen_ms: int | None = None  # the latest event time detection believed
         #: what else sees every stored event, in chain order (the console's edge counts)
         self.taps: list[Callable[[Mapping[str, Any]], None]] = []
 
@@ -175,8 +180,18 @@ class AuditService:
             appended = await self.ledger.append(stamped, now=self.now())  # type: ignore[arg-type]
             alerts: list[Alert] = []
             observe = self.detector.observe
+            now_ms = int(self.clock() * 1000)
             for index in appended.stored_at:  # in chain order; a uid twice: its first
                 event: dict[str, Any] = stamped[index]  # type: ignore[assignment]
+                claimed = event.get("time")
+                if type(claimed) is int:
+                    if claimed > now_ms + MAX_SKEW_MS:
+                        # a producer's clock ahead must not move detection's time (it
+                        # would close everyone's windows): judged at the latest time
+                        # already seen, stored as it was sent
+                        event = {**event, "time": min(self._seen_ms or now_ms, now_ms)}
+                    elif self._seen_ms is None or claimed > self._seen_ms:
+                        self._seen_ms = claimed
                 for tap in self.taps:
                     tap(event)
                 if event.get("class_uid") != _FINDING:
