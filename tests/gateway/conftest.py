@@ -34,7 +34,7 @@ async def private_redis(short_tmp: Path) -> AsyncIterator[PrivateRedis]:
 HEADERS_MORE = Path("/usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")  # a fact of the machine: modules that share a stack use it
 def nginx_available() -> None:
     """nginx with the headers-more module, or the test skips (fails where services are
     required: ``.ci/run`` installs them)."""
