@@ -4,7 +4,8 @@ import asyncio
 import os
 import shutil
 import sys
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,17 @@ import pytest
 from trustmesh.testing import PrivateRedis
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "auth"))  # authrig: the shared rig
+
+
+@pytest.fixture(scope="module")
+def module_tmp() -> Iterator[Path]:
+    """A short directory for a stack the tests of a module share (unix socket paths are
+    limited to 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="tm", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ does not take), recorded, and never reaches the upstream."""
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -115,16 +113,6 @@ SEEN: list[tuple[str, str, bytes]] = []
 
 #: The live tests only send requests: they share one stack, on the module's loop.
 on_module_loop = pytest.mark.asyncio(loop_scope="module")
-
-
-@pytest.fixture(scope="module")
-def module_tmp() -> Iterator[Path]:
-    """A short directory for the module's stack (unix socket paths are limited)."""
-    path = Path(tempfile.mkdtemp(prefix="tm", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
