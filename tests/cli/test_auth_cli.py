@@ -1,5 +1,8 @@
 """``trustmesh auth``: clients and signing keys from the command line, through the running
-identity provider's admin API (as the operator)."""
+identity provider's admin API (as the operator). The stack runs as real processes (`up`);
+the command runs in this process (``clirig.tm``: a process of its own costs its imports,
+most of a second each time), except where it reads a password from stdin
+(:func:`tm_stdin`, the installed entry point as a real process)."""
 
 from __future__ import annotations
 
@@ -15,10 +18,11 @@ import jwt
 import pytest
 import requests
 from authrig import code_flow
+from clirig import tm
 from joserfc.jwk import ECKey
 
 from trustmesh import crypto
-from trustmesh.testing import run_cli as tm
+from trustmesh.testing import run_cli
 
 CONFIG = """
 trust_domain: cli.example
@@ -37,12 +41,12 @@ def where() -> Iterator[tuple[str, ...]]:
     config = root / "trustmesh.yaml"
     config.write_text(CONFIG)
     args = ("--config", str(config), "--state", str(root / "state"))
-    up = tm("up", *args, "--detach")
+    up = run_cli("up", *args, "--detach")
     assert up.returncode == 0, up.stdout + up.stderr
     try:
         yield args
     finally:
-        tm("down", "--state", str(root / "state"))
+        run_cli("down", "--state", str(root / "state"))
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -1,4 +1,5 @@
-"""``trustmesh policy test|schema`` and the policy check in ``config check`` and ``up``."""
+"""``trustmesh policy test|schema`` and the policy check in ``config check`` and ``up``. The
+command runs in this process (``clirig.tm``), but for ``up``, which runs as a real process."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import json
 import shutil
 from pathlib import Path
 
+from clirig import tm
+
 from trustmesh.config import default_config_path
-from trustmesh.testing import run_cli as tm
+from trustmesh.testing import run_cli
 
 
 def _shop(tmp_path: Path) -> Path:
@@ -78,7 +81,7 @@ def test_config_check_and_up_refuse_a_policy_naming_an_unknown_route(tmp_path: P
     assert checked.returncode == 2
     assert "gateway.policies[0]: shop.cedar:" in checked.stderr
     assert '"/refunds"' in checked.stderr
-    started = tm("up", "--detach", "--config", str(config), "--state", str(tmp_path / "st"))
+    started = run_cli("up", "--detach", "--config", str(config), "--state", str(tmp_path / "st"))
     assert started.returncode == 2
     assert "shop.cedar" in started.stderr
     assert not (tmp_path / "st").exists() or not any((tmp_path / "st").iterdir())

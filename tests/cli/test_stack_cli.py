@@ -3,7 +3,6 @@ as real processes."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import signal
@@ -29,6 +28,8 @@ def config(short_tmp: Path) -> Path:
 
 @pytest.fixture
 def stack(short_tmp: Path, config: Path) -> Iterator[Path]:
+    """A stack of this test's own: it stops, kills or restarts it (the tests that only look
+    at a running stack share one, in test_stack_status_cli.py)."""
     state = short_tmp / "state"
     up = tm("up", "--config", str(config), "--state", str(state), "--detach")
     assert up.returncode == 0, up.stdout + up.stderr
@@ -51,79 +52,14 @@ def _pids(state: Path) -> list[tuple[int, int]]:
     return found
 
 
-def test_up_status_down(stack: Path, config: Path) -> None:
-    code, status = _status(config, stack)
-    assert code == 0
-    assert status["running"] is True
-    assert status["workload_api"] == f"unix://{stack}/public/workload.sock"
-    identity, discovery, auth = status["components"]  # type: ignore[misc]
-    assert discovery["name"] == "discovery"
-    assert discovery["healthy"] is True
-    assert discovery["url"].startswith("https://127.0.0.1:")
-    assert status["stale_instances"] == []
-    assert identity["name"] == "identity"
-    assert identity["healthy"] is True
-    assert identity["spiffe_id"] == "spiffe://cli.example/trustmesh/identity"
-    assert identity["cert_expires"]
-    assert auth["name"] == "auth"
-    assert auth["healthy"] is True
-    assert auth["spiffe_id"] == "spiffe://cli.example/trustmesh/auth"
-    assert auth["url"].startswith("https://127.0.0.1:")
-    # dev mode: browsers reach a public listener, whose URL is the issuer
-    assert auth["public_url"].startswith("https://127.0.0.1:")
-    assert auth["issuer"] == auth["public_url"] != auth["url"]
-    assert auth["cert_expires"]
-    pids = _pids(stack)
-    assert len(pids) == 3  # supervisor, identity and auth
-    assert all(process_alive(p, s) for p, s in pids)
-    # no audit: in the declaration, so no collector: events go to the local logs only,
-    # never into a spool that would fill and stop the components
-    assert (stack / "events" / "auth.jsonl").stat().st_size > 0
-    assert not (stack / "spool").exists()
+def test_down_restart_crash_and_another_trust_domain(
+    stack: Path, config: Path, short_tmp: Path
+) -> None:
+    """One stack through its life (each step was a test with a stack of its own): `down`
+    leaves no process; `up` again reuses the trust domain; a crashed supervisor leaves
+    nothing behind and a new `up` starts cleanly; another trust domain on the same state
+    fails clearly."""
 
-    down = tm("down", "--state", str(stack))
-    assert down.returncode == 0
-    assert not any(process_alive(p, s) for p, s in pids), "down must leave no process"
-    assert not (stack / "public" / "workload.sock").exists()
-    code, status = _status(config, stack)
-    assert code == 1
-    assert status["running"] is False
-
-
-def test_status_asks_the_components_not_their_files(stack: Path, config: Path) -> None:
-    """A component that stops answering is unhealthy, though its files still say where it
-    listens and its port still takes connections; once it answers again, it is healthy."""
-    code, status = _status(config, stack)
-    assert code == 0
-    rows = {c["name"]: c for c in status["components"]}  # type: ignore[union-attr]
-    auth = rows["auth"]
-    os.kill(auth["pid"], signal.SIGSTOP)
-    try:
-        code, status = _status(config, stack)
-    finally:
-        os.kill(auth["pid"], signal.SIGCONT)
-    assert code == 1
-    rows = {c["name"]: c for c in status["components"]}  # type: ignore[union-attr]
-    assert rows["auth"]["healthy"] is False
-    assert rows["auth"]["url"] == auth["url"]  # where it said it listens, as before
-    assert (stack / "auth" / "endpoint.json").exists()
-    assert rows["auth"]["cert_expires"] is None  # no answer, no certificate seen
-    assert rows["identity"]["healthy"]
-    assert rows["discovery"]["healthy"]
-    # the identity service's row: its signing CA, which outlives the SVIDs it signs
-    signing = dt.datetime.fromisoformat(rows["identity"]["cert_expires"])
-    assert signing > dt.datetime.fromisoformat(rows["discovery"]["cert_expires"])
-    code, _ = _status(config, stack)
-    assert code == 0
-
-
-def test_second_up_is_refused_while_running(stack: Path, config: Path) -> None:
-    again = tm("up", "--config", str(config), "--state", str(stack), "--detach")
-    assert again.returncode == 1
-    assert "already running" in again.stderr
-
-
-def test_restart_reuses_the_trust_domain(stack: Path, config: Path) -> None:
     def roots() -> list[str]:
         import sqlite3
 
@@ -133,24 +69,25 @@ def test_restart_reuses_the_trust_domain(stack: Path, config: Path) -> None:
         finally:
             db.close()
 
+    # down leaves no process
+    pids = _pids(stack)
+    assert pids
+    assert all(process_alive(p, s) for p, s in pids)
     before = roots()
-    assert tm("down", "--state", str(stack)).returncode == 0
+    down = tm("down", "--state", str(stack))
+    assert down.returncode == 0
+    assert not any(process_alive(p, s) for p, s in pids), "down must leave no process"
+    assert not (stack / "public" / "workload.sock").exists()
+    code, status = _status(config, stack)
+    assert code == 1
+    assert status["running"] is False
+
+    # a restart reuses the trust domain
     up = tm("up", "--config", str(config), "--state", str(stack), "--detach")
     assert up.returncode == 0, up.stderr
     assert roots() == before
 
-
-def test_another_trust_domain_on_the_same_state_fails_clearly(stack: Path, short_tmp: Path) -> None:
-    assert tm("down", "--state", str(stack)).returncode == 0
-    other = short_tmp / "other.yaml"
-    other.write_text("trust_domain: other.example\ndev: true\n")
-    up = tm("up", "--config", str(other), "--state", str(stack), "--detach")
-    assert up.returncode == 1
-    assert "spiffe://cli.example, not spiffe://other.example" in up.stderr
-    assert "another --state directory" in up.stderr
-
-
-def test_crashed_supervisor_leaves_nothing_behind(stack: Path, config: Path) -> None:
+    # a crashed supervisor leaves nothing behind
     pids = _pids(stack)
     sup = json.loads((stack / "run" / "supervisor.json").read_text())
     os.kill(sup["pid"], signal.SIGKILL)  # no chance to clean up
@@ -163,6 +100,15 @@ def test_crashed_supervisor_leaves_nothing_behind(stack: Path, config: Path) -> 
     assert up.returncode == 0, up.stderr
     code, _ = _status(config, stack)
     assert code == 0
+
+    # another trust domain on the same state fails clearly
+    assert tm("down", "--state", str(stack)).returncode == 0
+    other = short_tmp / "other.yaml"
+    other.write_text("trust_domain: other.example\ndev: true\n")
+    up = tm("up", "--config", str(other), "--state", str(stack), "--detach")
+    assert up.returncode == 1
+    assert "spiffe://cli.example, not spiffe://other.example" in up.stderr
+    assert "another --state directory" in up.stderr
 
 
 def test_down_when_not_running(short_tmp: Path) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,26 +20,35 @@ from trustmesh.testing import run_cli as tm
 CLIENT = Path(__file__).parents[1] / "identity" / "workload_client.py"
 
 
+#: Every secret the tests of this module used: no event may carry one (checked after `down`).
+USED = UsedSecrets()
+
+
 @pytest.fixture
 def used() -> UsedSecrets:
-    return UsedSecrets()
+    return USED
 
 
-@pytest.fixture
-def stack(short_tmp: Path, used: UsedSecrets) -> Iterator[tuple[Path, Path, str]]:
-    config = short_tmp / "trustmesh.yaml"
+@pytest.fixture(scope="module")
+def stack() -> Iterator[tuple[Path, Path, str]]:
+    """One stack for the module: its tests register entries of their own, and stop nothing."""
+    root = Path(tempfile.mkdtemp(prefix="tm", dir="/tmp"))
+    config = root / "trustmesh.yaml"
     config.write_text("trust_domain: e2e.example\ndev: true\n")
-    state = short_tmp / "state"
-    up = tm("up", "--config", str(config), "--state", str(state), "--detach")
-    assert up.returncode == 0, up.stderr
-    status = json.loads(
-        tm("status", "--config", str(config), "--state", str(state), "--json").stdout
-    )
+    state = root / "state"
     try:
-        yield config, state, status["workload_api"]
+        up = tm("up", "--config", str(config), "--state", str(state), "--detach")
+        assert up.returncode == 0, up.stderr
+        status = json.loads(
+            tm("status", "--config", str(config), "--state", str(state), "--json").stdout
+        )
+        try:
+            yield config, state, status["workload_api"]
+        finally:
+            assert tm("down", "--state", str(state)).returncode == 0
+        assert_no_secret_recorded(state, USED, at_least=0)
     finally:
-        assert tm("down", "--state", str(state)).returncode == 0
-    assert_no_secret_recorded(state, used, at_least=0)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _client(python: object, address: str, token: str | None = None) -> dict[str, object]:

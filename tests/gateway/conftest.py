@@ -4,7 +4,8 @@ import asyncio
 import os
 import shutil
 import sys
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,17 @@ import pytest
 from trustmesh.testing import PrivateRedis
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "auth"))  # authrig: the shared rig
+
+
+@pytest.fixture(scope="module")
+def module_tmp() -> Iterator[Path]:
+    """A short directory for a stack the tests of a module share (unix socket paths are
+    limited to 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="tm", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -34,7 +46,7 @@ async def private_redis(short_tmp: Path) -> AsyncIterator[PrivateRedis]:
 HEADERS_MORE = Path("/usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")  # a fact of the machine: modules that share a stack use it
 def nginx_available() -> None:
     """nginx with the headers-more module, or the test skips (fails where services are
     required: ``.ci/run`` installs them)."""

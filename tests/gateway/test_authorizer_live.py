@@ -13,6 +13,7 @@ from pathlib import Path
 
 import jwt
 import pytest
+import pytest_asyncio
 from authrig import sign_in_user
 from edgerig import Edge, edge_stack, recording
 from liverig import GATEWAY, live_identity
@@ -44,16 +45,19 @@ forbid(principal, action, resource) when { context.path like "/closed*" };
 SEEN: list[str] = []
 
 
-@pytest.fixture
-def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
-    yield from live_identity(short_tmp, SECTION)
+#: The tests only ask: they share one stack and authorizer, on the module's loop.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-@pytest.fixture
-async def edge(identity: RunningIdentityServer, short_tmp: Path) -> AsyncIterator[Edge]:
-    SEEN.clear()
+@pytest.fixture(scope="module")
+def identity(module_tmp: Path) -> Iterator[RunningIdentityServer]:
+    yield from live_identity(module_tmp, SECTION)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_edge(identity: RunningIdentityServer, module_tmp: Path) -> AsyncIterator[Edge]:
     files = {"edge.cedar": POLICIES}
-    async with edge_stack(identity, short_tmp, SECTION, recording(SEEN), files) as running:
+    async with edge_stack(identity, module_tmp, SECTION, recording(SEEN), files) as running:
         running.tokens["carol"] = await asyncio.to_thread(
             sign_in_user, running.rig, "carol", ["customer"], audience=GATEWAY
         )
@@ -61,10 +65,19 @@ async def edge(identity: RunningIdentityServer, short_tmp: Path) -> AsyncIterato
 
 
 @pytest.fixture
-async def checks(edge: Edge, short_tmp: Path) -> AsyncIterator[RawTLS]:
-    seal_key = crypto.load_seal_key(short_tmp / "authz", dev=True)
-    certificate = crypto.local_server_certificate(short_tmp / "authz", seal_key)
-    pipeline = edge.gateway.pipeline
+def edge(shared_edge: Edge) -> Edge:
+    """The module's stack, with nothing yet seen by its upstream or recorded by its
+    gateway in this test."""
+    SEEN.clear()
+    shared_edge.sink.events.clear()
+    return shared_edge
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def checks(shared_edge: Edge, module_tmp: Path) -> AsyncIterator[RawTLS]:
+    seal_key = crypto.load_seal_key(module_tmp / "authz", dev=True)
+    certificate = crypto.local_server_certificate(module_tmp / "authz", seal_key)
+    pipeline = shared_edge.gateway.pipeline
     assert pipeline is not None
     served: PublicServed = await start_public(
         Authorizer(lambda: pipeline.app),
@@ -74,7 +87,7 @@ async def checks(edge: Edge, short_tmp: Path) -> AsyncIterator[RawTLS]:
         on_refusals=lambda _: None,
         report_every=3600,
     )
-    yield RawTLS(served.port, crypto.edge_ca_path(short_tmp / "authz"))
+    yield RawTLS(served.port, crypto.edge_ca_path(module_tmp / "authz"))
     await served.stop()
 
 

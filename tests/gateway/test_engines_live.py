@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import jwt
 import pytest
+import pytest_asyncio
 from authrig import ORDERS, sign_in_user
 from edgerig import Answer, Edge, edge_stack
 from liverig import GATEWAY, live_identity
@@ -104,32 +107,51 @@ ENGINES = {
 }
 
 
-@pytest.fixture(params=list(ENGINES))
+#: The tests only send requests: they share one stack per engine, on the module's loop.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest.fixture(scope="module", params=list(ENGINES))
 def engine(request: pytest.FixtureRequest) -> str:
     if request.param != "python":
         request.getfixturevalue("nginx_available")
     return ENGINES[request.param]
 
 
-@pytest.fixture
-def identity(short_tmp: Path, engine: str) -> Iterator[RunningIdentityServer]:
-    yield from live_identity(short_tmp, SECTION.format(engine=engine))
+@pytest.fixture(scope="module")
+def engine_tmp(engine: str) -> Iterator[Path]:
+    """A short directory for one engine's stack (unix socket paths are limited)."""
+    path = Path(tempfile.mkdtemp(prefix="tm", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture
-async def edge(
-    identity: RunningIdentityServer, short_tmp: Path, engine: str
+@pytest.fixture(scope="module")
+def identity(engine_tmp: Path, engine: str) -> Iterator[RunningIdentityServer]:
+    yield from live_identity(engine_tmp, SECTION.format(engine=engine))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_edge(
+    identity: RunningIdentityServer, engine_tmp: Path, engine: str
 ) -> AsyncIterator[Edge]:
-    SEEN.clear()
     section = SECTION.format(engine=engine)
     files = {"edge.cedar": POLICIES}
-    async with edge_stack(identity, short_tmp, section, recorder(), files) as running:
+    async with edge_stack(identity, engine_tmp, section, recorder(), files) as running:
         running.tokens["carol"] = await asyncio.to_thread(
             sign_in_user, running.rig, "carol", ["customer"], audience=GATEWAY
         )
         await forwarding(running)
-        SEEN.clear()
         yield running
+
+
+@pytest.fixture
+def edge(shared_edge: Edge) -> Edge:
+    """The engine's stack, with nothing yet seen by its upstream in this test."""
+    SEEN.clear()
+    return shared_edge
 
 
 async def forwarding(edge: Edge) -> None:

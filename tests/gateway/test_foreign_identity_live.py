@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import pytest_asyncio
 from authrig import TD, AuthRig, sign_in_user
 from fake_oidc import FakeIssuer, fake_issuer
 from liverig import GATEWAY, live_gateway, live_identity
@@ -125,13 +126,27 @@ def recorder(seen: list[dict[str, Any]]) -> Starlette:
     return Starlette(routes=[Route("/{p:path}", note)])
 
 
-@pytest.fixture
-def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
-    yield from live_identity(short_tmp, SECTION)
+#: The tests only send requests: they share one stack, on the module's loop.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest.fixture(scope="module")
+def identity(module_tmp: Path) -> Iterator[RunningIdentityServer]:
+    yield from live_identity(module_tmp, SECTION)
 
 
 @pytest.fixture
-async def stack(identity: RunningIdentityServer, short_tmp: Path) -> AsyncIterator[Stack]:
+def stack(shared_stack: Stack) -> Stack:
+    """The module's stack, with nothing yet seen by its upstream or recorded by its
+    gateway in this test."""
+    shared_stack.seen.clear()
+    shared_stack.sink.events.clear()
+    return shared_stack
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_stack(identity: RunningIdentityServer, module_tmp: Path) -> AsyncIterator[Stack]:
+    short_tmp = module_tmp
     seen: list[dict[str, Any]] = []
     async with (
         fake_issuer(short_tmp / "kc") as kc,

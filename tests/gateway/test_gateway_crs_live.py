@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+import pytest_asyncio
 from edgerig import Edge, edge_stack, recording, refused_as_injection
 from liverig import live_identity
 from services import require_crs
@@ -36,17 +37,39 @@ JSON_TYPE = [("Content-Type", "application/json")]
 SEEN: list[str] = []
 
 
-@pytest.fixture
-def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
+#: The tests that only send requests share one stack; each test runs on the module's loop.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest.fixture(scope="module")
+def identity(module_tmp: Path) -> Iterator[RunningIdentityServer]:
     require_crs()
-    yield from live_identity(short_tmp, SECTION)
+    yield from live_identity(module_tmp, SECTION)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_edge(identity: RunningIdentityServer, module_tmp: Path) -> AsyncIterator[Edge]:
+    async with edge_stack(identity, module_tmp, SECTION, recording(SEEN), {}) as running:
+        yield running
 
 
 @pytest.fixture
-async def edge(identity: RunningIdentityServer, short_tmp: Path) -> AsyncIterator[Edge]:
+def edge(shared_edge: Edge) -> Edge:
+    """The module's stack, with nothing yet seen by its upstream or recorded by its
+    gateway in this test."""
     SEEN.clear()
-    async with edge_stack(identity, short_tmp, SECTION, recording(SEEN), {}) as running:
-        yield running
+    shared_edge.sink.events.clear()
+    return shared_edge
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def own_edge(short_tmp: Path) -> AsyncIterator[Edge]:
+    """A stack of the test's own: it makes the inspection workers miss their deadline."""
+    require_crs()
+    SEEN.clear()
+    with contextlib.contextmanager(live_identity)(short_tmp, SECTION) as identity:
+        async with edge_stack(identity, short_tmp, SECTION, recording(SEEN), {}) as running:
+            yield running
 
 
 def q(value: str) -> str:
@@ -141,8 +164,9 @@ async def test_a_body_over_the_crs_limit_is_refused_not_passed_uninspected(edge:
 
 
 async def test_the_workers_inspect_and_a_request_without_a_verdict_is_refused(
-    edge: Edge,
+    own_edge: Edge,
 ) -> None:
+    edge = own_edge
     pipeline = edge.gateway.pipeline
     assert pipeline is not None
     workers = pipeline.app.crs_workers  # gateway.crs_workers: 2 by default

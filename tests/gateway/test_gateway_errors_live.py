@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 from edgerig import Edge, edge_stack
 from fastapi import FastAPI, Response
 from fastapi.responses import PlainTextResponse
@@ -48,14 +49,18 @@ def service() -> FastAPI:
     return app
 
 
-@pytest.fixture
-def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
-    yield from live_identity(short_tmp, SECTION)
+#: The tests only send requests: they share one stack, on the module's loop.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-@pytest.fixture
-async def edge(identity: RunningIdentityServer, short_tmp: Path) -> AsyncIterator[Edge]:
-    async with edge_stack(identity, short_tmp, SECTION, service()) as running:
+@pytest.fixture(scope="module")
+def identity(module_tmp: Path) -> Iterator[RunningIdentityServer]:
+    yield from live_identity(module_tmp, SECTION)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def edge(identity: RunningIdentityServer, module_tmp: Path) -> AsyncIterator[Edge]:
+    async with edge_stack(identity, module_tmp, SECTION, service()) as running:
         yield running
 
 

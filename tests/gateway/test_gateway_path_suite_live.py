@@ -59,6 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 from authrig import sign_in_user
 from edgerig import Edge, edge_stack
 from liverig import GATEWAY, live_identity
@@ -194,21 +195,31 @@ def recorder(seen: list[Reached]) -> Starlette:
 SEEN: list[Reached] = []
 
 
-@pytest.fixture
-def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
-    yield from live_identity(short_tmp, SECTION)
+#: The groups only send requests: they share one stack, on the module's loop.
+on_module_loop = pytest.mark.asyncio(loop_scope="module")
 
 
-@pytest.fixture
-async def edge(identity: RunningIdentityServer, short_tmp: Path) -> AsyncIterator[Edge]:
-    SEEN.clear()
+@pytest.fixture(scope="module")
+def identity(module_tmp: Path) -> Iterator[RunningIdentityServer]:
+    yield from live_identity(module_tmp, SECTION)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_edge(identity: RunningIdentityServer, module_tmp: Path) -> AsyncIterator[Edge]:
     files = {"edge.cedar": POLICY}
-    async with edge_stack(identity, short_tmp, SECTION, recorder(SEEN), files) as running:
+    async with edge_stack(identity, module_tmp, SECTION, recorder(SEEN), files) as running:
         for who, roles in (("carol", ["customer"]), ("root", ["admin"])):  # root: MFA
             running.tokens[who] = await asyncio.to_thread(
                 sign_in_user, running.rig, who, roles, audience=GATEWAY
             )
         yield running
+
+
+@pytest.fixture
+def edge(shared_edge: Edge) -> Edge:
+    """The module's stack, with nothing yet seen by its upstream in this test."""
+    SEEN.clear()
+    return shared_edge
 
 
 async def send(edge: Edge, probe: Probe, who: str | None, tag: str) -> int | None:
@@ -303,6 +314,7 @@ def test_the_suite_sends_at_least_300_spellings_of_each_denied_operation() -> No
         assert row in doc, f"the module's table is stale: {row}"
 
 
+@on_module_loop
 @pytest.mark.parametrize("group", sorted(GROUPS))
 async def test_no_spelling_of_a_denied_operation_reaches_the_upstream(
     edge: Edge, group: str

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 from edgerig import Edge, edge_stack
 from liverig import live_identity
 from starlette.applications import Starlette
@@ -110,17 +111,29 @@ def recorder(seen: list[tuple[str, str, bytes]]) -> Starlette:
 SEEN: list[tuple[str, str, bytes]] = []
 
 
-@pytest.fixture
-def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
-    yield from live_identity(short_tmp, SECTION)
+#: The live tests only send requests: they share one stack, on the module's loop.
+on_module_loop = pytest.mark.asyncio(loop_scope="module")
 
 
-@pytest.fixture
-async def edge(identity: RunningIdentityServer, short_tmp: Path) -> AsyncIterator[Edge]:
-    SEEN.clear()
+@pytest.fixture(scope="module")
+def identity(module_tmp: Path) -> Iterator[RunningIdentityServer]:
+    yield from live_identity(module_tmp, SECTION)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_edge(identity: RunningIdentityServer, module_tmp: Path) -> AsyncIterator[Edge]:
     files = {"orders.openapi.yaml": OPENAPI, "item.schema.json": json.dumps(ITEM)}
-    async with edge_stack(identity, short_tmp, SECTION, recorder(SEEN), files) as running:
+    async with edge_stack(identity, module_tmp, SECTION, recorder(SEEN), files) as running:
         yield running
+
+
+@pytest.fixture
+def edge(shared_edge: Edge) -> Edge:
+    """The module's stack, with nothing yet seen by its upstream or recorded by its
+    gateway in this test."""
+    SEEN.clear()
+    shared_edge.sink.events.clear()
+    return shared_edge
 
 
 def order(**fields: object) -> bytes:
@@ -252,6 +265,7 @@ UNSUPPORTED = [
 ]
 
 
+@on_module_loop
 @pytest.mark.parametrize(
     ("method", "path", "headers", "body", "status", "location", "rule"),
     REFUSED,
@@ -281,6 +295,7 @@ async def test_a_request_that_breaks_its_contract_is_refused_at_the_edge(
             assert value.encode() not in answer.body
 
 
+@on_module_loop
 @pytest.mark.parametrize(("method", "path", "headers", "body"), UNSUPPORTED)
 async def test_a_content_type_the_contract_does_not_take_is_415(
     edge: Edge, method: str, path: str, headers: list[tuple[str, str]], body: bytes
@@ -292,6 +307,7 @@ async def test_a_content_type_the_contract_does_not_take_is_415(
     assert "media-type-unsupported" in edge.reasons()
 
 
+@on_module_loop
 async def test_requests_that_keep_their_contract_reach_the_service(edge: Edge) -> None:
     uuid = [("X-Request-Id", UUID)]
     form = [("Content-Type", "application/x-www-form-urlencoded")]

@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+import pytest_asyncio
 from edgerig import Edge, edge_stack, recording, refused_as_injection
 from liverig import live_identity
 from typer.testing import CliRunner
@@ -45,17 +46,30 @@ JSON_TYPE = [("Content-Type", "application/json")]
 SEEN: list[str] = []
 
 
-@pytest.fixture
-def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
-    yield from live_identity(short_tmp, SECTION)
+#: The tests only send requests (the dry rate limit's route, one of them): they share one
+#: stack, on the module's loop.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-@pytest.fixture
-async def edge(identity: RunningIdentityServer, short_tmp: Path) -> AsyncIterator[Edge]:
-    SEEN.clear()
+@pytest.fixture(scope="module")
+def identity(module_tmp: Path) -> Iterator[RunningIdentityServer]:
+    yield from live_identity(module_tmp, SECTION)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_edge(identity: RunningIdentityServer, module_tmp: Path) -> AsyncIterator[Edge]:
     files = {"edge.cedar": POLICIES, "item.schema.json": json.dumps(ITEM)}
-    async with edge_stack(identity, short_tmp, SECTION, recording(SEEN), files) as running:
+    async with edge_stack(identity, module_tmp, SECTION, recording(SEEN), files) as running:
         yield running
+
+
+@pytest.fixture
+def edge(shared_edge: Edge) -> Edge:
+    """The module's stack, with nothing yet seen by its upstream or recorded by its
+    gateway in this test."""
+    SEEN.clear()
+    shared_edge.sink.events.clear()
+    return shared_edge
 
 
 def q(value: str) -> str:

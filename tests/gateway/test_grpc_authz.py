@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import jwt
 import pytest
+import pytest_asyncio
 from authrig import CONFIG, PAYMENTS, TD, identity_for, sign_in_user
 from edgerig import Edge, edge_stack, recording
 from envoy.config.core.v3 import address_pb2, base_pb2
@@ -55,15 +56,25 @@ forbid(principal, action, resource) when { context.path like "/closed*" };
 OK, PERMISSION_DENIED, UNAUTHENTICATED = 0, 7, 16  # google.rpc.Code
 
 
+#: The tests that ask the authorizer share one stack, on the module's loop.
+on_module_loop = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest.fixture(scope="module")
+def identity(module_tmp: Path) -> Iterator[RunningIdentityServer]:
+    yield from identity_for(module_tmp, CONFIG + SECTION, (GATEWAY, PROXY), discovery=True)
+
+
 @pytest.fixture
-def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
+def own_identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
+    """An identity service of the test's own: it starts a gateway of its own beside it."""
     yield from identity_for(short_tmp, CONFIG + SECTION, (GATEWAY, PROXY), discovery=True)
 
 
-@pytest.fixture
-async def edge(identity: RunningIdentityServer, short_tmp: Path) -> AsyncIterator[Edge]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_edge(identity: RunningIdentityServer, module_tmp: Path) -> AsyncIterator[Edge]:
     files = {"edge.cedar": POLICIES}
-    async with edge_stack(identity, short_tmp, SECTION, recording([]), files) as running:
+    async with edge_stack(identity, module_tmp, SECTION, recording([]), files) as running:
         running.tokens["carol"] = await asyncio.to_thread(
             sign_in_user, running.rig, "carol", ["customer"], audience=GATEWAY
         )
@@ -71,8 +82,17 @@ async def edge(identity: RunningIdentityServer, short_tmp: Path) -> AsyncIterato
 
 
 @pytest.fixture
-async def authz(edge: Edge, identity: RunningIdentityServer) -> AsyncIterator[RunningGrpcAuthz]:
-    pipeline = edge.gateway.pipeline
+def edge(shared_edge: Edge) -> Edge:
+    """The module's stack, with nothing yet recorded by its gateway in this test."""
+    shared_edge.sink.events.clear()
+    return shared_edge
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def authz(
+    shared_edge: Edge, identity: RunningIdentityServer
+) -> AsyncIterator[RunningGrpcAuthz]:
+    pipeline = shared_edge.gateway.pipeline
     assert pipeline is not None
     source = X509Source(identity.address, spiffe_id=GATEWAY)
     await source.start()
@@ -108,7 +128,7 @@ def channel(port: int, x: X509Context | None, bundle: bytes) -> grpc.aio.Channel
     )
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="module")
 async def envoy(
     authz: RunningGrpcAuthz, identity: RunningIdentityServer
 ) -> AsyncIterator[pb_grpc.AuthorizationStub]:
@@ -184,6 +204,7 @@ def bearer(edge: Edge) -> dict[str, str]:
     return {"authorization": f"Bearer {edge.tokens['carol']}"}
 
 
+@on_module_loop
 async def test_an_allowed_request_gets_the_internal_token(
     edge: Edge, envoy: pb_grpc.AuthorizationStub
 ) -> None:
@@ -206,6 +227,7 @@ async def test_an_allowed_request_gets_the_internal_token(
     assert event.trace_id == upstream["traceparent"].split("-")[1]
 
 
+@on_module_loop
 async def test_refusals_are_the_gateways_own_answers(
     edge: Edge, envoy: pb_grpc.AuthorizationStub
 ) -> None:
@@ -229,6 +251,7 @@ async def test_refusals_are_the_gateways_own_answers(
     ]
 
 
+@on_module_loop
 async def test_limits_answer_with_their_headers(
     edge: Edge, envoy: pb_grpc.AuthorizationStub
 ) -> None:
@@ -243,6 +266,7 @@ async def test_limits_answer_with_their_headers(
     assert (await ask(envoy, question("/burst", client="203.0.113.8"))).status.code == OK
 
 
+@on_module_loop
 async def test_the_client_is_envoys_peer_never_a_header(
     edge: Edge, envoy: pb_grpc.AuthorizationStub
 ) -> None:
@@ -256,6 +280,7 @@ async def test_the_client_is_envoys_peer_never_a_header(
     assert [e.reason.value for e in checked(edge)][1:] == ["request-malformed"]
 
 
+@on_module_loop
 async def test_a_repeated_authorization_is_refused_not_split(
     edge: Edge, envoy: pb_grpc.AuthorizationStub
 ) -> None:
@@ -275,6 +300,7 @@ async def test_a_repeated_authorization_is_refused_not_split(
     assert (await ask(envoy, question("/shop", raw=once))).status.code == OK
 
 
+@on_module_loop
 async def test_a_route_that_inspects_bodies_is_not_allowed_unchecked(
     edge: Edge, envoy: pb_grpc.AuthorizationStub
 ) -> None:
@@ -284,6 +310,7 @@ async def test_a_route_that_inspects_bodies_is_not_allowed_unchecked(
     assert (event.decision.value, event.reason.value) == ("error", "policy-deny")
 
 
+@on_module_loop
 async def test_a_preflight_is_answered_by_the_proxy(
     edge: Edge, envoy: pb_grpc.AuthorizationStub
 ) -> None:
@@ -299,6 +326,7 @@ async def test_a_preflight_is_answered_by_the_proxy(
     assert "POST" in headers["access-control-allow-methods"]
 
 
+@on_module_loop
 async def test_an_undeclared_caller_gets_nothing_decided(
     edge: Edge, authz: RunningGrpcAuthz, identity: RunningIdentityServer
 ) -> None:
@@ -314,6 +342,7 @@ async def test_an_undeclared_caller_gets_nothing_decided(
     assert not [e for e in edge.sink.events if e.reason.value in ("policy-allow", "token-missing")]
 
 
+@on_module_loop
 async def test_a_client_without_a_certificate_cannot_connect(
     edge: Edge, authz: RunningGrpcAuthz, identity: RunningIdentityServer
 ) -> None:
@@ -403,10 +432,11 @@ async def test_a_new_connection_gets_the_rotated_svid(short_tmp: Path) -> None:
 
 
 async def test_a_declared_ext_authz_is_served_by_the_gateway(
-    identity: RunningIdentityServer, short_tmp: Path
+    own_identity: RunningIdentityServer, short_tmp: Path
 ) -> None:
     """``gateway.ext_authz``: the gateway serves the decisions over gRPC itself, to the
     declared callers, and a reload applies to the next question."""
+    identity = own_identity
     section = SECTION.replace("gateway:\n", f"gateway:\n  ext_authz: {{callers: ['{PROXY}']}}\n")
     assert section != SECTION
     files = {"edge.cedar": POLICIES}
