@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
 
 __all__ = ["NonCanonicalPath", "canonical_path"]
 
@@ -44,11 +43,13 @@ _SEPARATORS = frozenset("./\\;?#%")
 _PLAIN = re.compile(rb"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9\-._~!$&'()*+,=:@]+)+/?|/")
 
 
-@dataclass(frozen=True)
 class NonCanonicalPath(ValueError):
-    """Why a path was refused (for the event; the client only learns ``400``)."""
+    """Why a path was refused (for the event; the client only learns ``400``). Not a
+    frozen dataclass: Python sets ``__traceback__`` on an exception as it travels."""
 
-    why: str
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
 
     def __str__(self) -> str:
         return self.why
