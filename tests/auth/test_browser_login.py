@@ -9,9 +9,7 @@ spki-list``), not every certificate."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import os
 import shutil
 import ssl
@@ -27,9 +25,8 @@ import requests
 from authlib.common.security import generate_token
 from authlib.integrations.requests_client import OAuth2Session
 from authrig import AuthRig
+from browserrig import browser_binaries, spki_pin, start_chrome
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from services import REQUIRE_SERVICES
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
@@ -39,53 +36,20 @@ from trustmesh import crypto
 from trustmesh.platform.listeners import start_public
 
 PASSWORD = "correct horse battery staple"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 
 
 @pytest.fixture(scope="module")
-def browser_binaries() -> tuple[str, str]:
-    if CHROMIUM and CHROMEDRIVER:
-        return CHROMIUM, CHROMEDRIVER
-    message = (
-        "Chromium and ChromeDriver are not installed (apt-get install chromium chromium-driver)"
-    )
-    if REQUIRE_SERVICES:
-        pytest.fail(f"{message} and TRUSTMESH_REQUIRE_SERVICES=1")
-    pytest.skip(message)
-
-
-def _spki_pin(cert: x509.Certificate) -> str:
-    spki = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+def binaries() -> tuple[str, str]:
+    return browser_binaries()
 
 
 @pytest.fixture
-def chrome(browser_binaries: tuple[str, str]) -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, chromedriver = browser_binaries
+def chrome(binaries: tuple[str, str]) -> Iterator[Any]:
     profile = tempfile.mkdtemp(prefix="tm-chrome-")
     made: list[Any] = []
 
     def start(pins: list[str]) -> Any:
-        options = webdriver.ChromeOptions()
-        options.binary_location = chromium
-        for arg in (
-            "--headless=new",
-            "--no-sandbox",  # CI runs as root
-            "--disable-dev-shm-usage",
-            "--disable-gpu",
-            "--no-first-run",
-            f"--user-data-dir={profile}",
-            f"--ignore-certificate-errors-spki-list={','.join(pins)}",
-        ):
-            options.add_argument(arg)
-        driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
-        driver.set_page_load_timeout(30)
+        driver = start_chrome(binaries, profile, pins)
         made.append(driver)
         return driver
 
@@ -176,7 +140,7 @@ async def test_a_browser_logs_in_with_code_and_pkce(rig: AuthRig, chrome: Any) -
         start, _ = session.create_authorization_url(
             rig.public_url + "/oauth2/authorize", code_verifier=verifier, nonce=nonce
         )
-        pins = [_spki_pin(await _leaf(rig.public_url, ca)), _spki_pin(rp_cert.chain[0])]
+        pins = [spki_pin(await _leaf(rig.public_url, ca)), spki_pin(rp_cert.chain[0])]
         driver = chrome(pins)
         try:
             signed_in = await asyncio.to_thread(_drive, driver, start, "alice", PASSWORD)
@@ -233,7 +197,7 @@ async def test_a_browser_signs_in_to_the_account_page_and_out(rig: AuthRig, chro
     await asyncio.to_thread(
         _operator_post, rig, "/admin/v1/users", {"username": "shopper", "password": PASSWORD}
     )
-    driver = chrome([_spki_pin(await _leaf(rig.public_url, ca))])
+    driver = chrome([spki_pin(await _leaf(rig.public_url, ca))])
     try:
         after = await asyncio.to_thread(_account_round_trip, driver, rig.public_url)
     finally:

@@ -95,3 +95,20 @@ async def gateway_on(
 def events_of(state: Path, component: str) -> list[dict[str, object]]:
     """The events ``component`` wrote under ``state``."""
     return list(events.read_events(state / "events" / f"{component}.jsonl"))
+
+
+def stack_status(config: Path, state: Path) -> tuple[int, dict[str, object]]:
+    """``trustmesh status --json`` of a stack ``up`` started (a real process)."""
+    from trustmesh.testing import run_cli
+
+    result = run_cli("status", "--config", str(config), "--state", str(state), "--json")
+    return result.returncode, json.loads(result.stdout)
+
+
+def stack_pids(state: Path) -> list[tuple[int, int]]:
+    """(pid, start time) of every process the stack's supervisor recorded."""
+    found = []
+    for path in (state / "run").glob("*.json"):
+        doc = json.loads(path.read_text())
+        found.append((doc["pid"], doc["start_time"]))
+    return found

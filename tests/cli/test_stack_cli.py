@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from clirig import stack_pids, stack_status
 
 from trustmesh.cli.supervisor import process_alive
 from trustmesh.testing import run_cli as tm
@@ -39,19 +40,6 @@ def stack(short_tmp: Path, config: Path) -> Iterator[Path]:
         tm("down", "--state", str(state))
 
 
-def _status(config: Path, state: Path) -> tuple[int, dict[str, object]]:
-    result = tm("status", "--config", str(config), "--state", str(state), "--json")
-    return result.returncode, json.loads(result.stdout)
-
-
-def _pids(state: Path) -> list[tuple[int, int]]:
-    found = []
-    for path in (state / "run").glob("*.json"):
-        doc = json.loads(path.read_text())
-        found.append((doc["pid"], doc["start_time"]))
-    return found
-
-
 def test_down_restart_crash_and_another_trust_domain(
     stack: Path, config: Path, short_tmp: Path
 ) -> None:
@@ -70,7 +58,7 @@ def test_down_restart_crash_and_another_trust_domain(
             db.close()
 
     # down leaves no process
-    pids = _pids(stack)
+    pids = stack_pids(stack)
     assert pids
     assert all(process_alive(p, s) for p, s in pids)
     before = roots()
@@ -78,7 +66,7 @@ def test_down_restart_crash_and_another_trust_domain(
     assert down.returncode == 0
     assert not any(process_alive(p, s) for p, s in pids), "down must leave no process"
     assert not (stack / "public" / "workload.sock").exists()
-    code, status = _status(config, stack)
+    code, status = stack_status(config, stack)
     assert code == 1
     assert status["running"] is False
 
@@ -88,7 +76,7 @@ def test_down_restart_crash_and_another_trust_domain(
     assert roots() == before
 
     # a crashed supervisor leaves nothing behind
-    pids = _pids(stack)
+    pids = stack_pids(stack)
     sup = json.loads((stack / "run" / "supervisor.json").read_text())
     os.kill(sup["pid"], signal.SIGKILL)  # no chance to clean up
     deadline = time.monotonic() + 15
@@ -98,7 +86,7 @@ def test_down_restart_crash_and_another_trust_domain(
     assert not any(process_alive(p, s) for p, s in pids)
     up = tm("up", "--config", str(config), "--state", str(stack), "--detach")
     assert up.returncode == 0, up.stderr
-    code, _ = _status(config, stack)
+    code, _ = stack_status(config, stack)
     assert code == 0
 
     # another trust domain on the same state fails clearly
@@ -128,13 +116,13 @@ def test_foreground_up_stops_every_child_on_ctrl_c(short_tmp: Path, config: Path
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            code, _ = _status(config, state)
+            code, _ = stack_status(config, state)
             if code == 0:
                 break
             time.sleep(0.2)
         else:
             pytest.fail("foreground stack never became healthy")
-        children = [(p, s) for p, s in _pids(state) if p != proc.pid]
+        children = [(p, s) for p, s in stack_pids(state) if p != proc.pid]
         assert children
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
@@ -242,7 +230,7 @@ def test_workload_api_workers_serve_and_stop(short_tmp: Path) -> None:
             store.close()
         address = f"unix://{state}/public/workload.sock"
         # the leader's metrics count every process's SVIDs; `status` says where they are
-        _, status = _status(config, state)
+        _, status = stack_status(config, state)
         url = next(c for c in status["components"] if c["name"] == "identity")["metrics_url"]  # type: ignore[union-attr]
         assert url.startswith("http://127.0.0.1:")
         for _ in range(12):  # separate connections: the kernel spreads them over processes

@@ -5,7 +5,6 @@ one worker); the tests that stop, kill or restart a stack are in test_stack_cli.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import shutil
 import signal
@@ -14,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from clirig import stack_pids, stack_status
 
 from trustmesh.cli.supervisor import process_alive
 from trustmesh.testing import run_cli as tm
@@ -38,22 +38,9 @@ def running() -> Iterator[tuple[Path, Path]]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _status(config: Path, state: Path) -> tuple[int, dict[str, object]]:
-    result = tm("status", "--config", str(config), "--state", str(state), "--json")
-    return result.returncode, json.loads(result.stdout)
-
-
-def _pids(state: Path) -> list[tuple[int, int]]:
-    found = []
-    for path in (state / "run").glob("*.json"):
-        doc = json.loads(path.read_text())
-        found.append((doc["pid"], doc["start_time"]))
-    return found
-
-
 def test_status_of_a_running_stack(running: tuple[Path, Path]) -> None:
     config, stack = running
-    code, status = _status(config, stack)
+    code, status = stack_status(config, stack)
     assert code == 0
     assert status["running"] is True
     assert status["workload_api"] == f"unix://{stack}/public/workload.sock"
@@ -74,7 +61,7 @@ def test_status_of_a_running_stack(running: tuple[Path, Path]) -> None:
     assert auth["public_url"].startswith("https://127.0.0.1:")
     assert auth["issuer"] == auth["public_url"] != auth["url"]
     assert auth["cert_expires"]
-    pids = _pids(stack)
+    pids = stack_pids(stack)
     assert len(pids) == 3  # supervisor, identity and auth
     assert all(process_alive(p, s) for p, s in pids)
     # no audit: in the declaration, so no collector: events go to the local logs only,
@@ -87,13 +74,13 @@ def test_status_asks_the_components_not_their_files(running: tuple[Path, Path]) 
     """A component that stops answering is unhealthy, though its files still say where it
     listens and its port still takes connections; once it answers again, it is healthy."""
     config, stack = running
-    code, status = _status(config, stack)
+    code, status = stack_status(config, stack)
     assert code == 0
     rows = {c["name"]: c for c in status["components"]}  # type: ignore[union-attr]
     auth = rows["auth"]
     os.kill(auth["pid"], signal.SIGSTOP)
     try:
-        code, status = _status(config, stack)
+        code, status = stack_status(config, stack)
     finally:
         os.kill(auth["pid"], signal.SIGCONT)
     assert code == 1
@@ -107,7 +94,7 @@ def test_status_asks_the_components_not_their_files(running: tuple[Path, Path]) 
     # the identity service's row: its signing CA, which outlives the SVIDs it signs
     signing = dt.datetime.fromisoformat(rows["identity"]["cert_expires"])
     assert signing > dt.datetime.fromisoformat(rows["discovery"]["cert_expires"])
-    code, _ = _status(config, stack)
+    code, _ = stack_status(config, stack)
     assert code == 0
 
 

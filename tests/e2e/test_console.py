@@ -10,7 +10,6 @@ Screenshots go to ``artifacts/console/`` (``TRUSTMESH_ARTIFACTS`` moves it)."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import http.client
 import json
 import os
@@ -29,16 +28,14 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
+from browserrig import browser_binaries, spki_pin, start_chrome
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from services import REQUIRE_SERVICES
+from demorig import demo_credentials
 
 from trustmesh import crypto
 from trustmesh.config import default_config_path
 from trustmesh.testing import run_cli as tm
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 ARTIFACTS = Path(os.environ.get("TRUSTMESH_ARTIFACTS", "artifacts")) / "console"
 XSS = "<script>window.__tm_xss=1</script><img src=x onerror=window.__tm_xss=2>"
 
@@ -66,24 +63,11 @@ def stack() -> Iterator[dict[str, Any]]:
             "rows": rows,
             "console": rows["console"]["url"],
             "ca": str(state / "edge" / "ca.pem"),
-            "credentials": _credentials(up.stdout),
+            "credentials": demo_credentials(up.stdout),
         }
     finally:
         tm("down", "--state", str(state))
         shutil.rmtree(root, ignore_errors=True)
-
-
-def _credentials(output: str) -> dict[str, tuple[str, str]]:
-    """(password, TOTP secret) of each demo user, as `up` showed them once."""
-    found: dict[str, tuple[str, str]] = {}
-    lines = output.splitlines()
-    for i, line in enumerate(lines):
-        match = re.match(r"\s+(\w+)\s+password: (\S+)", line)
-        if match:
-            following = lines[i + 1] if i + 1 < len(lines) else ""
-            secret = re.search(r"secret=([A-Z2-7]+)", following)
-            found[match[1]] = (match[2], secret[1] if secret else "")
-    return found
 
 
 def _totp(secret: str) -> str:
@@ -102,55 +86,24 @@ def _pin(url: str, ca: str) -> str:
     ):
         der = tls.getpeercert(binary_form=True)
     assert der is not None
-    spki = (
-        x509.load_der_x509_certificate(der)
-        .public_key()
-        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
-    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+    return spki_pin(x509.load_der_x509_certificate(der))
 
 
 @pytest.fixture(scope="module")
-def browser_binaries() -> tuple[str, str]:
-    if CHROMIUM and CHROMEDRIVER:
-        return CHROMIUM, CHROMEDRIVER
-    message = (
-        "Chromium and ChromeDriver are not installed (apt-get install chromium chromium-driver)"
-    )
-    if REQUIRE_SERVICES:
-        pytest.fail(f"{message} and TRUSTMESH_REQUIRE_SERVICES=1")
-    pytest.skip(message)
+def binaries() -> tuple[str, str]:
+    return browser_binaries()
 
 
 @pytest.fixture
-def chrome(browser_binaries: tuple[str, str], stack: dict[str, Any]) -> Iterator[Any]:
+def chrome(binaries: tuple[str, str], stack: dict[str, Any]) -> Iterator[Any]:
     """A headless Chromium that trusts exactly the console's and the provider's
-    certificates (their SPKI pins), not every certificate."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, chromedriver = browser_binaries
+    certificates, its console and CSP messages kept."""
     profile = tempfile.mkdtemp(prefix="tm-chrome-")
     pins = [
         _pin(stack["console"], stack["ca"]),
         _pin(stack["rows"]["auth"]["public_url"], stack["ca"]),
     ]
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",  # CI runs as root
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        "--no-first-run",
-        "--window-size=1400,1000",
-        f"--user-data-dir={profile}",
-        f"--ignore-certificate-errors-spki-list={','.join(pins)}",
-    ):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
-    driver.set_page_load_timeout(30)
+    driver = start_chrome(binaries, profile, pins, "--window-size=1400,1000", logs=True)
     try:
         yield driver
     finally:

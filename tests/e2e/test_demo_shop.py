@@ -20,6 +20,7 @@ import requests
 from authlib.common.security import generate_token
 from authlib.integrations.requests_client import OAuth2Session
 from authrig import FormLogin, code_flow
+from demorig import demo_credentials
 from otlprig import OtlpReceiver, otlp_receiver
 from prometheus_client.parser import text_string_to_metric_families
 from secretscan import UsedSecrets, assert_no_secret_recorded, event_files
@@ -647,15 +648,7 @@ REDIRECT = "https://shop.example/cb"
 
 def _demo_credentials(shop: dict[str, object]) -> dict[str, tuple[str, str]]:
     """(password, TOTP secret) of each demo user, as `up` showed them once."""
-    found: dict[str, tuple[str, str]] = {}
-    lines = str(shop["up_output"]).splitlines()
-    for i, line in enumerate(lines):
-        match = re.match(r"\s+(\w+)\s+password: (\S+)", line)
-        if match:
-            following = lines[i + 1] if i + 1 < len(lines) else ""
-            secret = re.search(r"secret=([A-Z2-7]+)", following)
-            found[match[1]] = (match[2], secret[1] if secret else "")
-    return found
+    return demo_credentials(str(shop["up_output"]))
 
 
 def _sign_in(shop: dict[str, object], username: str) -> str:
