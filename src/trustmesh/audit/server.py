@@ -287,13 +287,7 @@ async def serve_audit(
         )
         traces = await _traces(settings.tracing, service, recorder, declared_in, forwarding)
         edges = edge_counts(config, service) if settings.console is not None else None
-        pruner = (
-            None
-            if ledger.prune_engine is None
-            else Pruner(
-                ledger, service.key, retention_of(settings.retention), recorder, service.now
-            )
-        )
+        pruner = _pruner(settings, service, recorder)
         running = await _serve(
             config,
             service,
@@ -308,6 +302,7 @@ async def serve_audit(
             traces,
         )
         _keep_spans(running, traces, settings.tracing, clock)
+        _keep_pruning(running, pruner, settings.retention)
         if edges is not None:
             running.console = await _console_or_stop(
                 running,
@@ -318,9 +313,6 @@ async def serve_audit(
                 events.FanoutSink(sink, service.own),
                 declared_in,
             )
-        if pruner is not None:
-            interval = settings.retention.interval.total_seconds()
-            running.pruning = asyncio.create_task(pruner.run(interval))
         if copies is not None:
             copies.start()
             running.checkpoints = copies
@@ -329,6 +321,22 @@ async def serve_audit(
         sock.close()
         await ledger.close()
         raise
+
+
+def _pruner(
+    settings: AuditConfig, service: AuditService, recorder: events.Recorder
+) -> Pruner | None:
+    """Retention's pruner, where the log is pruned by a role of its own (PostgreSQL)."""
+    ledger = service.ledger
+    if ledger.prune_engine is None:
+        return None
+    return Pruner(ledger, service.key, retention_of(settings.retention), recorder, service.now)
+
+
+def _keep_pruning(running: RunningAudit, pruner: Pruner | None, retention: RetentionConfig) -> None:
+    if pruner is not None:
+        interval = retention.interval.total_seconds()
+        running.pruning = asyncio.create_task(pruner.run(interval))
 
 
 async def _responding(

@@ -116,10 +116,7 @@ class IdentityServer:
         self.follower = listen_fd is not None
         self._listen_fd, self._worker_argv = listen_fd, worker_argv
         self._workers: list[subprocess.Popen[bytes]] = []
-        self._lock_fd: int | None = None
-        if not self.follower:
-            prepare_state_dir(self.paths.root)
-            self._lock_fd = _lock(self.paths.lock)
+        self._lock_fd = None if self.follower else self._take_state()
         seal_key = crypto.load_seal_key(self.paths.root, dev=config.dev)
         if seal_key.warning and not self.follower:
             print(f"WARNING: {seal_key.warning}", file=sys.stderr, flush=True)
@@ -139,12 +136,8 @@ class IdentityServer:
         self._listener: socket.socket | None = None
         self._discovery_enabled = discovery and not self.follower
         self.registry = Registry(config)
-        self.self_svid = CASource(
-            self.ca,
-            config.component_spiffe_id("identity"),
-            min(config.identity.svid_ttl, config.identity.max_svid_ttl),
-            clock,
-        )
+        ttl = min(config.identity.svid_ttl, config.identity.max_svid_ttl)
+        self.self_svid = CASource(self.ca, config.component_spiffe_id("identity"), ttl, clock)
         self._audit = self._delivery() if deliver else None
         self.discovery: Served | None = None
         self.operator: OperatorSocket | None = None
@@ -155,6 +148,12 @@ class IdentityServer:
         )
         self._tick_interval = tick_interval
         self._ticker: asyncio.Task[None] | None = None
+
+    def _take_state(self) -> int:
+        """The leader's: the state directory made private, and its lock held (the
+        lock's file descriptor)."""
+        prepare_state_dir(self.paths.root)
+        return _lock(self.paths.lock)
 
     def _delivery(self) -> AuditSink | None:
         """Delivery to the audit collector, where the declaration has one: the identity
