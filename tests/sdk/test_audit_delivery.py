@@ -104,12 +104,17 @@ async def test_ten_thousand_events_survive_two_killed_collectors(
     sink = producer(payments, short_tmp / "spool", port)
     try:
         for part in range(10):
-            await asyncio.to_thread(emit_numbered, sink, part * 1000, 1000)
+            start = part * 1000
             if part in (2, 6):
+                await asyncio.to_thread(emit_numbered, sink, start, 500)
                 await asyncio.sleep(0.05)  # some in flight, some spooled, some delivered
                 collector.kill()
-                await asyncio.sleep(0.3)  # refused while it is down: they are spooled
+                # emitted while it is down: spooled, their deliveries refused
+                await asyncio.to_thread(emit_numbered, sink, start + 500, 500)
+                await asyncio.sleep(0.3)
                 await collector.start()
+            else:
+                await asyncio.to_thread(emit_numbered, sink, start, 1000)
             await asyncio.sleep(0.02)
         assert await asyncio.to_thread(sink.flush, 25.0), sink.stats()
         stats = await asyncio.to_thread(sink.close, 5.0)

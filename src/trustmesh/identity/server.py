@@ -167,6 +167,7 @@ class IdentityServer:
         name = "identity" if self._slot is None else f"identity-worker-{self._slot}"
         audit = audit_sink(self.self_svid, self.config, self.paths.root, name)
         self._fanout.sinks = (*self._fanout.sinks, audit)
+        self.api.recorded = audit.spooled  # no SVID handed over before its issuance is spooled
         return audit
 
     def _issuer(

@@ -238,6 +238,9 @@ class WorkloadAPI:
         self.guard = ConnectionGuard()
         self._bundle_cache: tuple[int, bytes] = (-1, b"")
         self._tail_cache: tuple[tuple[Any, ...], bytes] = ((), b"")
+        #: Waits until the events recorded so far are durable (the audit spool): set
+        #: where the service delivers to a collector.
+        self.recorded: Callable[[], Awaitable[bool]] | None = None
 
     def __mapping__(self) -> dict[str, Handler]:
         def h(
@@ -342,12 +345,20 @@ class WorkloadAPI:
             key = (tuple(identities), self.service.ca.version)
             if key != sent_key or self.service.clock() >= renew_at:
                 svids = [self.service.issue_x509(i, proc) for i in identities]
+                await self._recorded()
                 await stream.send_message(self._x509_response(svids))
                 sent_key = key
                 renew_at = min(s.renew_at for s in svids)
             wake = min(renew_at, self.service.next_suspension_end() or renew_at)
             timeout = (wake - self.service.clock()).total_seconds()
             await self.feed.wait(version, timeout)
+
+    async def _recorded(self) -> None:
+        """As Vault answers no request it could not audit: an SVID goes to the workload
+        only once its issuance is in the audit spool (a crash right after the answer
+        loses no record of it); a spool that cannot take it refuses the SVID."""
+        if self.recorded is not None and not await self.recorded():
+            raise GRPCError(Status.UNAVAILABLE, "the issuance could not be recorded")
 
     def _x509_response(self, svids: list[X509SVID]) -> pb.X509SVIDResponse:
         bundle = self._bundle_der()
@@ -405,6 +416,7 @@ class WorkloadAPI:
             ]
         except UsageError as exc:
             raise GRPCError(Status.INVALID_ARGUMENT, exc.detail) from None
+        await self._recorded()
         await stream.send_message(pb.JWTSVIDResponse(svids=svids))
 
     async def fetch_jwt_bundles(self, stream: Stream[Any, Any]) -> None:

@@ -1,14 +1,18 @@
 """Delivery that loses nothing: every component's events, to the audit collector.
 
 :class:`AuditSink` is an :class:`~trustmesh.events.EventSink`. On the hot path ``emit``
-only appends the event to memory (a deque) and, if it sleeps, wakes the delivering
-thread. That thread does the disk and network work, in order:
+only appends the event to memory (a deque) and, if it sleeps, wakes the spooling
+thread. Two threads do the disk and network work, so that the disk never waits on the
+network:
 
-1. memory → spool: up to ``batch`` events rendered as OCSF JSON and appended with one
-   fsync (:class:`~trustmesh.sdk.spool.Spool`); from then on the event counts as
-   recorded, whatever happens to this process;
-2. spool → collector: the oldest spooled events POSTed as one batch
-   (:class:`~trustmesh.sdk.collector.CollectorClient`), and acknowledged in the spool
+1. memory → spool (the spooling thread): up to ``batch`` events rendered as OCSF JSON
+   and appended with one fsync (:class:`~trustmesh.sdk.spool.Spool`); from then on the
+   event counts as recorded, whatever happens to this process. An event is on disk
+   ``linger`` (5 ms) and an fsync after it was emitted, even while a delivery hangs on
+   a collector that accepted the connection and never answers (a process killed then
+   loses at most that window, not everything since the delivery began);
+2. spool → collector (the delivering thread): the oldest spooled events POSTed as one
+   batch (:class:`~trustmesh.sdk.collector.CollectorClient`), and acknowledged in the spool
    only after the collector's ``200`` (durable there). While events keep coming, a
    delivery goes at most every ``deliver_every`` seconds (50 ms), unless a whole batch
    is spooled or a :meth:`~AuditSink.flush` (or a close) waits for it: a delivery costs
@@ -55,6 +59,7 @@ the sink ``trustmesh up`` asks for (``TRUSTMESH_AUDIT_URL``).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
 import logging
@@ -109,6 +114,8 @@ _IDLE: Final = 1.0  # seconds the thread sleeps with nothing to do (woken by emi
 #: at most 1/_LINGER wake-ups and fsyncs a second however many events are emitted.
 _LINGER: Final = 0.005
 _RECHECK: Final = 0.1  # a blocked emit / a flush re-checks at least this often
+#: Seconds :meth:`AuditSink.spooled` waits for the spool before it gives up.
+_DURABLE_TIMEOUT: Final = 5.0
 #: Seconds between two deliveries while events keep coming (the module docstring).
 _DELIVER_EVERY: Final = 0.05
 #: The 4xx answers that say who asks or when, not what the events are: kept, retried.
@@ -180,6 +187,10 @@ class AuditSink:
         self.backoff = backoff or Backoff(clock=clock)
         self.recorder = events.Recorder(self, component=component, spiffe_id=spiffe_id)
         self._queue: collections.deque[events.Event] = collections.deque()
+        self._emit_lock = threading.Lock()
+        self._emitted = 0  # events queued, ever
+        self._spooled = 0  # … of which in the spool (the queue's order is the spool's)
+        self._waiting = 0  # wait_spooled() calls: the spooling thread does not linger
         self._staged: list[bytes] = []  # taken from the queue, not yet in the spool
         self._cond = threading.Condition()
         self._awake = False
@@ -194,10 +205,14 @@ class AuditSink:
         self._taken = False  # the collector took part of this round's batch
         self._tries = 0  # requests this round
         self._budget = 0  # … and how many it may take
-        self._thread = threading.Thread(
-            target=self._run, name=f"trustmesh-audit-delivery-{component}", daemon=True
+        self._spooler = threading.Thread(
+            target=self._spool_loop, name=f"trustmesh-audit-spool-{component}", daemon=True
         )
-        self._thread.start()
+        self._sender = threading.Thread(
+            target=self._send_loop, name=f"trustmesh-audit-delivery-{component}", daemon=True
+        )
+        self._spooler.start()
+        self._sender.start()
 
     # --- the producer's side (any thread) ----------------------------------------
 
@@ -210,9 +225,45 @@ class AuditSink:
             if self.log is not None:  # dropped here, still in the local log
                 self.log.emit(event)
             return
-        self._queue.append(event)
+        self._enqueue(event)
         if not self._awake or len(self._queue) == self.batch:  # a full batch waits no more
             self._wake()
+
+    def _enqueue(self, event: events.Event) -> None:
+        with self._emit_lock:  # the count names a place in the queue (mark())
+            self._queue.append(event)
+            self._emitted += 1
+
+    def mark(self) -> int:
+        """How many events were queued so far: :meth:`wait_spooled` waits for them."""
+        return self._emitted
+
+    def wait_spooled(self, mark: int, timeout: float) -> bool:
+        """Wait until the first ``mark`` events queued are in the spool (recorded,
+        whatever happens to this process next); False if ``timeout`` seconds pass
+        first. The spooling thread does not linger for more events while someone waits."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._waiting += 1
+            try:
+                self._cond.notify_all()
+                while self._spooled < mark:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self._spooler.is_alive():
+                        return False
+                    self._cond.wait(min(left, _RECHECK))
+            finally:
+                self._waiting -= 1
+        return True
+
+    async def spooled(self, timeout: float = _DURABLE_TIMEOUT) -> bool:
+        """Wait, off the event loop, until every event queued so far is in the spool:
+        for a component that must not answer before what it did is recorded (the
+        identity service, before it hands over an SVID). False after ``timeout``."""
+        mark = self._emitted
+        if self._spooled >= mark:
+            return True
+        return await asyncio.to_thread(self.wait_spooled, mark, timeout)
 
     def _room(self) -> bool:
         """Memory is full: wait for room (``block``) or count the event dropped."""
@@ -247,7 +298,7 @@ class AuditSink:
             try:
                 while self._queue or self._staged or self.spool.records:
                     left = deadline - time.monotonic()
-                    if left <= 0 or not self._thread.is_alive():
+                    if left <= 0 or not self._sender.is_alive():
                         return False
                     self._awake = True
                     self._cond.notify_all()
@@ -277,55 +328,74 @@ class AuditSink:
         with self._cond:
             self._stop = True
             self._cond.notify_all()
-        self._thread.join(self.client.timeout + 5.0)
-        if self._thread.is_alive():  # stuck in a send: leave it the spool
+        self._spooler.join(self.client.timeout + 5.0)
+        self._sender.join(self.client.timeout + 5.0)
+        if self._spooler.is_alive() or self._sender.is_alive():  # stuck: leave them the spool
             log.error("audit delivery of %s did not stop; its spool stays open", self.component)
             return self.stats()
+        self._to_spool(force=True)  # what the sender queued last (a notice of drops)
         stats = self.stats()
         self.client.close()
         self.spool.close()
         return stats
 
-    # --- the delivering thread ----------------------------------------------------
+    # --- the two threads -------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _spool_loop(self) -> None:
+        """Memory → spool, a group commit at a time. Never waits on the collector: an
+        event is on disk within ``linger`` and an fsync of being emitted, however long a
+        delivery takes (a collector that hangs holds the sender only)."""
         while True:
+            stop = self._stop
+            full = False
             try:
-                stop = self._stop
                 if not stop:
                     self._gather()
-                self._to_spool(force=stop)
-                if stop:
-                    return
-                if self.spool.records and self.backoff.remaining() <= 0 and self._due() <= 0:
-                    self._deliver()
+                full = not self._to_spool(force=stop)
             except Exception:  # a disk error: keep what is in memory, retry later
                 log.exception("audit delivery of %s: spooling failed", self.component)
                 self._failures += 1
+                full = True
+            with self._cond:
+                self._cond.notify_all()  # progress: the sender, flush(), blocked emits
+                if stop:
+                    return
+                self._awake = False
+                if full:  # until the sender frees room (or a disk recovers)
+                    self._cond.wait(_RECHECK)
+                elif not (self._stop or self._queue):
+                    self._cond.wait(_IDLE)
+
+    def _send_loop(self) -> None:
+        """Spool → collector, a batch at a time, when one is due (``_due``) and the
+        back-off allows."""
+        while True:
+            with self._cond:
+                while not self._stop and not self._sendable():
+                    self._cond.wait(self._idle_wait())
+                if self._stop:
+                    return
+            try:
+                self._deliver()
+            except Exception:  # a disk error acknowledging: the batch is sent again
+                log.exception("audit delivery of %s: delivery failed", self.component)
+                self._failures += 1
                 self.backoff.failed()
             with self._cond:
-                self._cond.notify_all()  # progress, for flush() and blocked emits
-                self._awake = False
-                if self._has_work():
-                    continue
-                self._cond.wait(self._idle_wait())
+                self._cond.notify_all()  # progress: the spooler (room), flush()
+
+    def _sendable(self) -> bool:
+        return bool(self.spool.records) and self.backoff.remaining() <= 0 and self._due() <= 0
 
     def _gather(self) -> None:
         """Group commit: woken by the first event of a burst, wait ``linger`` seconds
         (while emits, seeing the thread awake, no longer wake it) so that the burst goes
         to the spool in one write and one fsync — unless a batch is already there."""
-        if self.linger <= 0 or not self._queue or len(self._queue) >= self.batch:
+        if self.linger <= 0 or not self._queue or len(self._queue) >= self.batch or self._waiting:
             return
         with self._cond:
             if not self._stop:
                 self._cond.wait(self.linger)
-
-    def _has_work(self) -> bool:
-        if self._stop:
-            return True
-        if (self._queue or self._staged) and self.spool.fits(1):
-            return True
-        return bool(self.spool.records) and self.backoff.remaining() <= 0 and self._due() <= 0
 
     def _due(self) -> float:
         """Seconds until the spooled events are to be delivered (≤ 0: now): at once for
@@ -339,19 +409,24 @@ class AuditSink:
             return min(_IDLE, max(self.backoff.remaining(), self._due(), 0.001))
         return _IDLE
 
-    def _to_spool(self, *, force: bool) -> None:
-        """Memory → spool, a batch per fsync, in order, while it fits."""
+    def _to_spool(self, *, force: bool) -> bool:
+        """Memory → spool, a batch per fsync, in order, while it fits; False when the
+        spool is full (what is left waits in memory, and ``on_full`` applies)."""
         while True:
             staged = self._staged
             queue = self._queue
             while len(staged) < self.batch and queue:
                 staged.append(queue.popleft().to_json().encode("ascii"))
             if not staged:
-                return
-            if not self.spool.append(staged, force=force):
-                return  # full: they wait here, the queue fills, on_full applies
-            self._staged = []
-            self._to_log(staged)
+                return True
+            # as many as fit (a batch larger than the spool's room must not wait for
+            # a spool emptier than it can ever be)
+            fit = len(staged) if force else self.spool.fitting(staged)
+            if not fit or not self.spool.append(staged[:fit], force=force):
+                return False
+            self._staged, written = staged[fit:], staged[:fit]
+            self._spooled += fit
+            self._to_log(written)
             if not force:
                 with self._cond:
                     self._cond.notify_all()
@@ -496,7 +571,7 @@ class AuditSink:
             decision=events.Decision.ERROR,
             attributes={"refused": len(refused), "status": status, "dead_letter": str(path)},
         )
-        self._queue.append(notice)  # past the bound: it is the one that must get there
+        self._enqueue(notice)  # past the bound: it is the one that must get there
 
     def _report_drops(self) -> None:
         with self._cond:
@@ -507,7 +582,7 @@ class AuditSink:
             decision=events.Decision.ERROR,
             attributes={"dropped": count, "spool_max_bytes": self.spool.max_bytes},
         )
-        self._queue.append(notice)  # past the bound: it is the one that must get there
+        self._enqueue(notice)  # past the bound: it is the one that must get there
         log.error("audit delivery of %s: %d events were dropped", self.component, count)
 
 

@@ -60,6 +60,7 @@ _READ_CHUNK: Final = 1024 * 1024
 _KEEP: Final = 2000
 
 log = logging.getLogger("trustmesh.sdk.spool")
+_Records = Sequence[bytes]  # (named here: in the class, ``bytes`` is a property)
 
 
 class Spool:
@@ -280,6 +281,15 @@ class Spool:
     def bytes(self) -> int:
         """Bytes (framing included) of the records not yet acknowledged."""
         return self._live_bytes
+
+    def fitting(self, records: _Records) -> int:
+        """How many of ``records``, from the first, would fit now."""
+        room = self.max_bytes - self._live_bytes
+        for i, record in enumerate(records):
+            room -= HEADER.size + len(record)
+            if room < 0:
+                return i
+        return len(records)
 
     def fits(self, size: int) -> bool:
         """Would records of ``size`` payload bytes in all fit now?"""
