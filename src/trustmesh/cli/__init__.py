@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from trustmesh.cli import (
+    attack_cmd,
     audit_cmd,
     auth_cmd,
     call_cmd,
@@ -35,6 +36,7 @@ auth_cmd.register(app)
 gateway_cmd.register(app)
 secrets_cmd.register(app)
 app.add_typer(audit_cmd.app, name="audit")
+attack_cmd.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,582 @@
+"""The controls ``trustmesh attack`` tries, each with the attacks an outsider would send.
+
+Each probe sends its requests (a fresh TLS connection each, as an attacker's tool would,
+but the flood's keep-alive one) and notes, per answer, the trace it names
+(``traceresponse``). A control passes when every attack was refused as it must be and,
+where the stack records such a refusal, each refused request left a ``deny`` event in
+the audit log (looked up afterwards as the operator, by trace id).
+
+What is attacked (the stack's own endpoint files say where):
+
+- ``gateway-bypass-no-svid``: each service called straight, with no client certificate;
+- ``gateway-bypass-svid-no-token``: each service called with a valid SVID of the trust
+  domain (the operator's) and no token;
+- ``token-forged``, ``token-alg-none``, ``token-malformed``: the gateway given a token
+  signed by another key (with the issuer and audience it expects), an unsigned one, and
+  one that is not a JWT;
+- ``path-traversal``: dot segments in their encodings (``%2e``, ``%252e``, overlong
+  UTF-8, backslashes, ``;`` parameters, NUL) aimed at a route the caller may not reach;
+- ``sql-injection``, ``xss``: classic payloads in a query parameter;
+- ``request-smuggling``: a request with both ``Content-Length`` and
+  ``Transfer-Encoding`` followed by a smuggled second request;
+- ``rate-limit``: the declared per-address limit exceeded (last: it leaves this address
+  limited for a while).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import http.client
+import json
+import secrets
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import quote, urlsplit
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from limits import parse as parse_limit
+
+from trustmesh.config import TrustmeshConfig
+from trustmesh.config.gateway import GatewayRoute
+from trustmesh.errors import UsageError
+from trustmesh.platform.endpoints import DISCOVERY, ENDPOINTS, instance, read_json
+
+__all__ = ["CONTROLS", "Control", "Stack", "run_attacks"]
+
+#: Seconds each request may take; an attack that hangs the stack counts as not refused.
+TIMEOUT: Final = 10.0
+#: Seconds to wait for a refusal's event to reach the audit log.
+EVIDENCE_WAIT: Final = 10.0
+
+
+@dataclass(frozen=True)
+class Control:
+    """One control's verdict: the attack, what was observed, and the audit events that
+    recorded the refusals."""
+
+    name: str
+    passed: bool
+    attack: str
+    observed: str
+    event_ids: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "passed": self.passed,
+            "attack": self.attack,
+            "observed": self.observed,
+            "event_ids": list(self.event_ids),
+        }
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Where a running stack listens, from the files its components write."""
+
+    config: TrustmeshConfig
+    state: Path
+    gateway: str  # the public URL
+    edge_ca: Path
+    issuer: str | None
+    services: dict[str, str]  # name → the service's own mTLS URL
+    audit: str | None
+
+    @classmethod
+    def find(cls, config: TrustmeshConfig, state: Path) -> Stack:
+        """The stack running on ``state``; UsageError when there is none to attack."""
+        if config.gateway is None:
+            raise UsageError("the declaration has no gateway: nothing faces the outside")
+        gateway = (read_json(state / ENDPOINTS["gateway"][0]) or {}).get("url")
+        edge_ca = state / "edge" / "ca.pem"
+        if not isinstance(gateway, str) or not edge_ca.exists():
+            raise UsageError(f"no running gateway on {state} (start the stack: trustmesh up)")
+        discovery = read_json(state / DISCOVERY) or {}
+        services = {}
+        for name, service in config.services.items():
+            if service.external:
+                continue
+            url = (instance(discovery, name) or {}).get("url")
+            if isinstance(url, str):
+                services[name] = url
+        issuer = (read_json(state / ENDPOINTS["auth"][0]) or {}).get("issuer")
+        audit = (read_json(state / ENDPOINTS["audit"][0]) or {}).get("url")
+        return cls(
+            config,
+            state,
+            gateway,
+            edge_ca,
+            issuer if isinstance(issuer, str) else None,
+            services,
+            audit if isinstance(audit, str) else None,
+        )
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def trace_id(self) -> str | None:
+        """The trace the answer names (W3C ``traceresponse``: version-trace-span-flags)."""
+        parts = self.headers.get("traceresponse", "").split("-")
+        return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
+
+    def __str__(self) -> str:
+        reason = ""
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            reason = str(json.loads(self.body).get("error", ""))
+        return f"{self.status} {reason}".strip()
+
+
+@dataclass
+class Outcome:
+    """A probe's result before the evidence is looked up."""
+
+    name: str
+    attack: str
+    observed: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    traces: list[str] = field(default_factory=list)  # each must hold a deny event
+    recorded: bool = True  # whether a refusal must be in the audit log
+
+    def refused(self, what: str, answer: Answer, allowed: Iterable[int]) -> None:
+        """Note an answer that must be one of ``allowed`` statuses (and carry a trace,
+        when refusals are recorded)."""
+        self.observed.append(f"{what}: {answer}")
+        if answer.status not in set(allowed):
+            self.failures.append(f"{what}: answered {answer.status}")
+        elif self.recorded:
+            if answer.trace_id is None:
+                self.failures.append(f"{what}: the answer names no trace")
+            else:
+                self.traces.append(answer.trace_id)
+
+
+class Edge:
+    """Requests to the gateway's public listener, verified against the edge CA."""
+
+    def __init__(self, url: str, ca: Path) -> None:
+        parts = urlsplit(url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 443
+        self.context = ssl.create_default_context(cafile=str(ca))
+
+    def connection(self) -> http.client.HTTPSConnection:
+        return http.client.HTTPSConnection(
+            self.host, self.port, context=self.context, timeout=TIMEOUT
+        )
+
+    def request(
+        self,
+        method: str,
+        target: str,
+        headers: dict[str, str] | None = None,
+        connection: http.client.HTTPSConnection | None = None,
+    ) -> Answer:
+        conn = connection or self.connection()
+        try:
+            conn.request(method, target, headers=headers or {})
+            response = conn.getresponse()
+            body = response.read()
+            return Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, body)
+        finally:
+            if connection is None:
+                conn.close()
+
+
+# --- tokens --------------------------------------------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _jwt(
+    header: dict[str, Any], claims: dict[str, Any], key: ec.EllipticCurvePrivateKey | None
+) -> str:
+    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
+    if key is None:
+        return signing_input + "."
+    der = key.sign(signing_input.encode("ascii"), ec.ECDSA(hashes.SHA256()))
+    r, s = decode_dss_signature(der)
+    return f"{signing_input}.{_b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
+
+def _claims(stack: Stack) -> dict[str, Any]:
+    """What a real access token for the gateway claims (the issuer and audience it
+    expects, a user, a fresh lifetime): only the signature is wrong."""
+    now = int(time.time())
+    return {
+        "iss": stack.issuer or "https://trustmesh.invalid",
+        "aud": stack.config.component_spiffe_id("gateway"),
+        "sub": "attacker",
+        "client_id": "attacker",
+        "scope": "openid",
+        "roles": ["admin"],
+        "iat": now,
+        "exp": now + 300,
+        "jti": secrets.token_urlsafe(16),
+    }
+
+
+def _routes(stack: Stack) -> list[GatewayRoute]:
+    return list(stack.config.gateway.routes) if stack.config.gateway is not None else []
+
+
+def _protected(stack: Stack) -> str:
+    """A route of the gateway that needs a token (a route without ``anonymous``)."""
+    for route in _routes(stack):
+        if "anonymous" not in route.auth and "GET" in route.methods:
+            return route.path
+    raise UsageError("the gateway has no GET route that needs a token to attack")
+
+
+def _open_route(stack: Stack) -> str:
+    """A path the gateway serves: an anonymous route's operation if there is one."""
+    for route in _routes(stack):
+        if "anonymous" in route.auth:
+            return route.path + "/x"
+    return _protected(stack)
+
+
+def probe_tokens(stack: Stack, edge: Edge) -> list[Outcome]:
+    target = _protected(stack)
+    attacker = ec.generate_private_key(ec.SECP256R1())
+    kid = secrets.token_urlsafe(8)
+    cases = [
+        (
+            "token-forged",
+            "a token with the issuer and audience the gateway expects, signed by another key",
+            _jwt({"alg": "ES256", "typ": "at+jwt", "kid": kid}, _claims(stack), attacker),
+        ),
+        (
+            "token-alg-none",
+            'an unsigned token ("alg": "none") with the claims the gateway expects',
+            _jwt({"alg": "none", "typ": "at+jwt"}, _claims(stack), None),
+        ),
+        ("token-malformed", "a bearer credential that is not a JWT", secrets.token_urlsafe(40)),
+    ]
+    outcomes = []
+    for name, attack, token in cases:
+        outcome = Outcome(name, f"GET {target} with {attack}")
+        answer = edge.request("GET", target, {"Authorization": f"Bearer {token}"})
+        outcome.refused(f"GET {target}", answer, {401})
+        outcomes.append(outcome)
+    return outcomes
+
+
+# --- paths and payloads --------------------------------------------------------------
+
+#: Dot segments, spelled every way a server might decode one, aimed above the route.
+TRAVERSALS: Final = (
+    "/../admin/orders",
+    "/..%2fadmin%2forders",
+    "/%2e%2e/admin/orders",
+    "/%2E%2E%2Fadmin%2Forders",
+    "/%252e%252e/admin/orders",
+    "/%c0%ae%c0%ae/admin/orders",
+    "/..%5cadmin%5corders",
+    "/..\\admin\\orders",
+    "/..;/admin/orders",
+    "/.%2e/admin/orders",
+    "/x%00/../../admin/orders",
+    "/%ef%bc%8e%ef%bc%8e/admin/orders",
+)
+SQL_INJECTION: Final = (
+    "1' OR '1'='1",
+    "1 UNION SELECT username, password FROM users--",
+    "'; DROP TABLE orders; --",
+    "1' AND SLEEP(5)--",
+)
+XSS: Final = (
+    "<script>alert(document.cookie)</script>",
+    '"><img src=x onerror=alert(1)>',
+    "<svg/onload=alert(1)>",
+    "javascript:alert(1)//",
+)
+
+
+def probe_paths(stack: Stack, edge: Edge) -> list[Outcome]:
+    base = _open_route(stack).rsplit("/", 1)[0]
+    outcome = Outcome(
+        "path-traversal",
+        f"{len(TRAVERSALS)} encodings of dot segments under {base}, aimed at another route",
+    )
+    for trick in TRAVERSALS:
+        target = base + trick
+        outcome.refused(f"GET {target}", edge.request("GET", target), {400, 403, 404})
+    return [outcome]
+
+
+def probe_injection(stack: Stack, edge: Edge) -> list[Outcome]:
+    target = _open_route(stack)
+    outcomes = []
+    for name, kind, payloads in (
+        ("sql-injection", "SQL injection", SQL_INJECTION),
+        ("xss", "cross-site scripting", XSS),
+    ):
+        outcome = Outcome(name, f"{len(payloads)} {kind} payloads in a query parameter")
+        for payload in payloads:
+            answer = edge.request("GET", f"{target}?q={quote(payload, safe='')}")
+            outcome.refused(f"q={payload}", answer, {403})
+        outcomes.append(outcome)
+    return outcomes
+
+
+def probe_smuggling(stack: Stack, edge: Edge) -> list[Outcome]:
+    """CL.TE: a front end that took Content-Length would forward the smuggled request as
+    the next one. The gateway must refuse the pair and close the connection."""
+    target = _open_route(stack)
+    smuggled = f"GET {_protected(stack)} HTTP/1.1\r\nHost: {edge.host}\r\n\r\n"
+    chunked = "0\r\n\r\n" + smuggled
+    raw = (
+        f"POST {target} HTTP/1.1\r\nHost: {edge.host}\r\nContent-Type: text/plain\r\n"
+        f"Content-Length: {len(chunked)}\r\nTransfer-Encoding: chunked\r\n\r\n{chunked}"
+    ).encode()
+    outcome = Outcome(
+        "request-smuggling",
+        "a request with both Content-Length and Transfer-Encoding, a second request inside",
+        recorded=False,
+    )
+    try:
+        plain = socket.create_connection((edge.host, edge.port), timeout=TIMEOUT)
+        with plain, edge.context.wrap_socket(plain, server_hostname=edge.host) as tls:
+            tls.sendall(raw)
+            received = _read_until_closed(tls)
+    except OSError as exc:
+        outcome.observed.append(f"the connection failed: {exc}")
+        outcome.failures.append("no answer to judge")
+        return [outcome]
+    statuses = [line for line in received.split(b"\r\n") if line.startswith(b"HTTP/1.")]
+    outcome.observed.append(
+        "answers: " + (", ".join(s.decode("latin-1") for s in statuses) or "none")
+    )
+    if len(statuses) != 1 or b" 400 " not in statuses[0] + b" ":
+        outcome.failures.append("the pair was not refused with a single 400")
+    for line in received.split(b"\r\n"):
+        if line.lower().startswith(b"traceresponse:"):
+            trace = line.split(b":", 1)[1].strip().decode("latin-1").split("-")
+            if len(trace) == 4:
+                outcome.traces.append(trace[1])
+                outcome.recorded = True
+    return [outcome]
+
+
+def _read_until_closed(tls: ssl.SSLSocket) -> bytes:
+    chunks = []
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            chunk = tls.recv(65536)
+        except (TimeoutError, ssl.SSLError, OSError):
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def probe_rate_limit(stack: Stack, edge: Edge) -> list[Outcome]:
+    declared = stack.config.gateway.rate_limits if stack.config.gateway is not None else []
+    limits = [r for r in declared if r.per == "ip"]
+    outcome = Outcome("rate-limit", "requests from one address past its declared limit")
+    if not limits:
+        outcome.failures.append("no per-address limit is declared")
+        return [outcome]
+    allowed = min(parse_limit(rule.limit).amount for rule in limits)
+    budget = allowed + allowed // 5 + 20
+    outcome.attack = f"up to {budget} requests from one address (its limit: {allowed})"
+    target = _open_route(stack)
+    connection = edge.connection()
+    try:
+        for sent in range(1, budget + 1):
+            answer = edge.request("GET", target, connection=connection)
+            if answer.status == 429:
+                outcome.observed.append(
+                    f"429 after {sent} requests, Retry-After: {answer.headers.get('retry-after')}"
+                )
+                outcome.refused("the first refused request", answer, {429})
+                if "retry-after" not in answer.headers:
+                    outcome.failures.append("the 429 says not when to retry")
+                return [outcome]
+            if answer.headers.get("connection", "").lower() == "close":
+                connection.close()
+                connection = edge.connection()
+    finally:
+        connection.close()
+    outcome.observed.append(f"no 429 in {budget} requests")
+    outcome.failures.append("the flood was not limited")
+    return [outcome]
+
+
+# --- around the gateway --------------------------------------------------------------
+
+
+def probe_bypass_no_svid(stack: Stack, edge: Edge) -> list[Outcome]:
+    outcome = Outcome(
+        "gateway-bypass-no-svid",
+        f"each service ({', '.join(sorted(stack.services)) or 'none'}) called straight, "
+        "with no client certificate",
+        recorded=False,
+    )
+    if not stack.services:
+        outcome.failures.append("no service is running to attack")
+    for name, url in sorted(stack.services.items()):
+        parts = urlsplit(url)
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # whoever answers: the point is who it admits
+        conn = http.client.HTTPSConnection(
+            parts.hostname or "127.0.0.1", parts.port or 443, context=context, timeout=TIMEOUT
+        )
+        try:
+            conn.request("GET", "/")
+            answer = conn.getresponse()
+            answer.read()
+            outcome.observed.append(f"{name}: answered {answer.status}")
+            outcome.failures.append(f"{name} answered a caller with no certificate")
+        except (ssl.SSLError, ConnectionError, http.client.HTTPException, OSError) as exc:
+            outcome.observed.append(f"{name}: refused ({type(exc).__name__})")
+        finally:
+            conn.close()
+    return [outcome]
+
+
+async def probe_bypass_svid_no_token(stack: Stack) -> list[Outcome]:
+    """A valid SVID of the trust domain, the operator's, and no token: the services take
+    calls from the declared callers only, and users' requests only with the gateway's
+    token."""
+    from trustmesh.cli._admin import as_operator
+    from trustmesh.sdk import trace
+    from trustmesh.sdk.client import ServiceClient
+
+    outcome = Outcome(
+        "gateway-bypass-svid-no-token",
+        "each service called straight with a valid SVID of the trust domain and no token",
+    )
+    if not stack.services:
+        outcome.failures.append("no service is running to attack")
+        return [outcome]
+    async with as_operator(stack.state, stack.config) as operator:
+        for name, url in sorted(stack.services.items()):
+            ours = trace.TraceParent(secrets.token_hex(16), secrets.token_hex(8), "01")
+            current = trace.use(ours)  # the call is a span of this trace: found by it
+            try:
+                async with ServiceClient(
+                    operator.tls, url, stack.config.spiffe_id(name), retries=0
+                ) as client:
+                    response = await client.get("/")
+            finally:
+                trace.reset(current)
+            answer = Answer(response.status, {"traceresponse": ours.header()}, b"")
+            with contextlib.suppress(ValueError):
+                answer.body = json.dumps(response.json()).encode()
+            outcome.refused(name, answer, {401, 403})
+    return [outcome]
+
+
+# --- the run ------------------------------------------------------------------------
+
+Probe = Callable[[Stack, Edge], list[Outcome]]
+#: The controls in the order they run (the flood last: it leaves this address limited).
+CONTROLS: Final[tuple[str, ...]] = (
+    "gateway-bypass-no-svid",
+    "gateway-bypass-svid-no-token",
+    "token-forged",
+    "token-alg-none",
+    "token-malformed",
+    "path-traversal",
+    "sql-injection",
+    "xss",
+    "request-smuggling",
+    "rate-limit",
+)
+_PROBES: Final[tuple[Probe, ...]] = (
+    probe_bypass_no_svid,
+    probe_tokens,
+    probe_paths,
+    probe_injection,
+    probe_smuggling,
+    probe_rate_limit,
+)
+
+
+async def run_attacks(stack: Stack, only: Iterable[str] = ()) -> list[Control]:
+    """Every control (or those named in ``only``), attacked and judged with the audit
+    log's evidence."""
+    chosen = set(only)
+    unknown = chosen - set(CONTROLS)
+    if unknown:
+        raise UsageError(f"no such control: {sorted(unknown)[0]} (controls: {', '.join(CONTROLS)})")
+    edge = Edge(stack.gateway, stack.edge_ca)
+    outcomes: list[Outcome] = []
+    for probe in _PROBES[:1]:
+        outcomes += await asyncio.to_thread(probe, stack, edge)
+    if not chosen or "gateway-bypass-svid-no-token" in chosen:
+        outcomes += await probe_bypass_svid_no_token(stack)
+    for probe in _PROBES[1:]:
+        if chosen and probe is probe_rate_limit and "rate-limit" not in chosen:
+            continue
+        outcomes += await asyncio.to_thread(probe, stack, edge)
+    outcomes = [o for o in outcomes if not chosen or o.name in chosen]
+    evidence = await _evidence(stack, [t for o in outcomes for t in o.traces])
+    return [_judged(outcome, evidence) for outcome in outcomes]
+
+
+def _judged(outcome: Outcome, evidence: dict[str, list[str]]) -> Control:
+    failures = list(outcome.failures)
+    ids: list[str] = []
+    for trace in outcome.traces:
+        found = evidence.get(trace, [])
+        if not found:
+            failures.append(f"no deny event in the audit log for trace {trace}")
+        ids += found
+    observed = "; ".join(outcome.observed)
+    if failures:
+        observed += " — FAILED: " + "; ".join(failures)
+    return Control(outcome.name, not failures, outcome.attack, observed, tuple(ids))
+
+
+async def _evidence(stack: Stack, traces: list[str]) -> dict[str, list[str]]:
+    """The uids of the deny events each trace left in the audit log (as the operator;
+    waiting up to :data:`EVIDENCE_WAIT` seconds for deliveries)."""
+    if not traces or stack.audit is None:
+        return {}
+    from trustmesh.cli._admin import as_operator
+    from trustmesh.sdk.client import ServiceClient
+
+    found: dict[str, list[str]] = {}
+    deadline = time.monotonic() + EVIDENCE_WAIT
+    async with (
+        as_operator(stack.state, stack.config) as operator,
+        ServiceClient(
+            operator.tls, stack.audit, stack.config.component_spiffe_id("audit"), retries=0
+        ) as audit,
+    ):
+        waiting = list(dict.fromkeys(traces))
+        while waiting:
+            for trace in list(waiting):
+                answer = await audit.get(f"/v1/events?trace_id={trace}&decision=deny&limit=100")
+                if answer.status != 200:
+                    raise UsageError(f"the audit log refused the operator: {answer.status}")
+                uids = [e["metadata"]["uid"] for e in answer.json().get("events", [])]
+                if uids:
+                    found[trace] = uids
+                    waiting.remove(trace)
+            if waiting:
+                if time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.25)
+    return found
