@@ -19,6 +19,17 @@ What is attacked (the stack's own endpoint files say where):
 - ``sql-injection``, ``xss``: classic payloads in a query parameter;
 - ``request-smuggling``: a request with both ``Content-Length`` and
   ``Transfer-Encoding`` followed by a smuggled second request;
+- ``secret-unauthorised``: a workload of the trust domain that no secrets policy names
+  (an SVID the operator has issued to this process for the run, through a one-time join
+  token) logs in to the secrets service and reads a secret another identity holds;
+- ``lateral-movement``: a declared service (this process holding its SVID, the same
+  way) calls a service the declaration grants it no call to;
+- ``token-other-audience``: a real token of the provider, for a service, presented at
+  the gateway (a confidential client registered for the run, removed after);
+- ``token-bound-replay``: a token bound to a workload's certificate (RFC 8705),
+  presented at the gateway over a connection that presents no certificate;
+- ``brute-force``: ten wrong passwords for one login through the login form; the
+  evidence is the brute-force alert the collector raised, and its events;
 - ``rate-limit``: the declared per-address limit exceeded (last: it leaves this address
   limited for a while).
 """
@@ -34,7 +45,7 @@ import secrets
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -149,6 +160,7 @@ class Outcome:
     observed: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     traces: list[str] = field(default_factory=list)  # each must hold a deny event
+    events: list[str] = field(default_factory=list)  # evidence found otherwise (an alert's)
     recorded: bool = True  # whether a refusal must be in the audit log
 
     def refused(self, what: str, answer: Answer, allowed: Iterable[int]) -> None:
@@ -487,6 +499,317 @@ async def probe_bypass_svid_no_token(stack: Stack) -> list[Outcome]:
     return [outcome]
 
 
+# --- as other identities ------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _as(stack: Stack, operator: Any, spiffe_id: str) -> AsyncIterator[Any]:
+    """This process also holding ``spiffe_id``: a one-time join token the operator asks
+    the identity service for (its admin API, as SPIRE's), redeemed at once. The binding
+    ends with this process; the issuance is in the audit log like any other."""
+    from trustmesh.cli._admin import admin_request, redeemed
+
+    body = {"spiffe_id": spiffe_id, "ttl": 120}
+    made = await admin_request(
+        operator, stack.state, "identity", "POST", "/admin/v1/join-tokens", body
+    )
+    async with redeemed(stack.state, str(made["token"]), spiffe_id) as tls:
+        yield tls
+
+
+async def _traced_call(
+    tls: Any, url: str, expected: str, method: str, path: str, **kwargs: Any
+) -> Answer:
+    """One request over mTLS as ``tls``'s identity, inside a trace of its own (the
+    callee records its decision under it)."""
+    from trustmesh.sdk import trace
+    from trustmesh.sdk.client import ServiceClient
+
+    ours = trace.TraceParent(secrets.token_hex(16), secrets.token_hex(8), "01")
+    current = trace.use(ours)  # the call is a span of this trace: found by it
+    try:
+        async with ServiceClient(tls, url, expected, retries=0) as client:
+            response = await client.request(method, path, **kwargs)
+    finally:
+        trace.reset(current)
+    body = b""
+    with contextlib.suppress(ValueError, TypeError):
+        body = json.dumps(response.json()).encode()
+    return Answer(response.status, {"traceresponse": ours.header()}, body)
+
+
+def _secret_path(stack: Stack) -> tuple[str, str] | None:
+    """A KV path some identity may read, and that identity (from the declaration)."""
+    if stack.config.secrets is None:
+        return None
+    for grant in stack.config.secrets.policies:
+        for pattern, capabilities in grant.allow.items():
+            if "read" in capabilities and pattern.startswith("secret/data/"):
+                return pattern.replace("*", "processor"), grant.identity
+    return None
+
+
+async def probe_identities(stack: Stack) -> list[Outcome]:
+    """As identities the declaration grants nothing: a workload of the trust domain that
+    no policy names reads another's secret; a declared service calls a service it was
+    not granted (lateral movement)."""
+    from trustmesh.cli._admin import as_operator
+
+    secret = Outcome(
+        "secret-unauthorised", "a workload no secrets policy names reads another's secret"
+    )
+    lateral = Outcome("lateral-movement", "a declared service calls a service it was not granted")
+    found = _secret_path(stack)
+    secrets_url = (read_json(stack.state / ENDPOINTS["secrets"][0]) or {}).get("url")
+    pair = _ungranted_pair(stack)
+    async with as_operator(stack.state, stack.config) as operator:
+        if found is None or not isinstance(secrets_url, str):
+            secret.failures.append("no secrets service or readable secret is declared")
+        else:
+            path, owner = found
+            stranger = f"spiffe://{stack.config.trust_domain}/attack/probe-{secrets.token_hex(4)}"
+            secret.attack = f"{stranger} reads {path} (granted to {owner} only)"
+            secrets_id = stack.config.component_spiffe_id("secrets")
+            async with _as(stack, operator, stranger) as tls:
+                login = await _traced_call(
+                    tls, secrets_url, secrets_id, "POST", "/v1/auth/cert/login", json={}
+                )
+                if login.status != 200:
+                    secret.refused("login", login, {401, 403})
+                else:
+                    token = json.loads(login.body)["auth"]["client_token"]
+                    read = await _traced_call(
+                        tls, secrets_url, secrets_id, "GET", f"/v1/{path}",
+                        headers={"X-Vault-Token": token},
+                    )  # fmt: skip
+                    secret.refused(f"GET /v1/{path}", read, {403})
+        if pair is None:
+            lateral.failures.append("no two running services to test the call graph with")
+        else:
+            caller, callee = pair
+            url = stack.services[callee]
+            lateral.attack = f"{caller} calls {callee} (the declaration grants it no call there)"
+            async with _as(stack, operator, stack.config.spiffe_id(caller)) as tls:
+                answer = await _traced_call(tls, url, stack.config.spiffe_id(callee), "GET", "/")
+                lateral.refused(f"{caller} → {callee}", answer, {403})
+    return [secret, lateral]
+
+
+def _ungranted_pair(stack: Stack) -> tuple[str, str] | None:
+    """Two running services, the first granted no call to the second."""
+    granted = {(call.from_, call.to) for call in stack.config.calls}
+    names = sorted(stack.services)
+    for caller in names:
+        for callee in names:
+            if caller != callee and (caller, callee) not in granted:
+                return caller, callee
+    return None
+
+
+# --- the identity provider -----------------------------------------------------------
+
+#: Failed logins the brute force makes (the shipped rule alerts at ten within a minute).
+GUESSES: Final = 10
+REDIRECT: Final = "http://127.0.0.1/attack/callback"
+
+
+async def probe_provider(stack: Stack) -> list[Outcome]:
+    """With clients the operator registers for the run (removed after): a real token
+    for another audience, and a certificate-bound one replayed without its
+    certificate, presented at the gateway; a password guessed online for one login."""
+    from trustmesh.cli._admin import admin_request, as_operator
+
+    auth = read_json(stack.state / ENDPOINTS["auth"][0]) or {}
+    public, mtls = auth.get("public_url"), auth.get("url")
+    outcomes = [
+        Outcome("token-other-audience", "a real token of the provider, for another audience"),
+        Outcome(
+            "token-bound-replay",
+            "a token bound to a workload's certificate, presented without that certificate",
+        ),
+        Outcome("brute-force", f"{GUESSES} wrong passwords for one login within a minute"),
+    ]
+    if not isinstance(public, str) or not isinstance(mtls, str) or not stack.services:
+        for outcome in outcomes:
+            outcome.failures.append("no identity provider with a public listener is running")
+        return outcomes
+    other, bound, brute = outcomes
+    edge = Edge(stack.gateway, stack.edge_ca)
+    target = _protected(stack)
+    gateway_id = stack.config.component_spiffe_id("gateway")
+    suffix = secrets.token_hex(3)
+    made: list[str] = []
+    async with as_operator(stack.state, stack.config) as operator:
+
+        async def client(body: dict[str, Any]) -> dict[str, Any]:
+            doc = await admin_request(
+                operator, stack.state, "auth", "POST", "/admin/v1/clients", body
+            )
+            made.append(str(body["client_id"]))
+            return dict(doc)
+
+        try:
+            service = sorted(stack.services)[0]
+            confidential = await client(
+                {"client_id": f"attack-aud-{suffix}", "method": "client_secret_basic",
+                 "audiences": [service]}
+            )  # fmt: skip
+            token = await _client_credentials(public, stack.edge_ca, confidential)
+            other.attack = f"GET {target} with a real token of the provider for {service}"
+            answer = await asyncio.to_thread(
+                edge.request, "GET", target, {"Authorization": f"Bearer {token}"}
+            )
+            other.refused(f"GET {target}", answer, {401})
+
+            stranger = f"spiffe://{stack.config.trust_domain}/attack/probe-{suffix}"
+            await client(
+                {"client_id": f"attack-bound-{suffix}", "method": "tls_client_auth",
+                 "spiffe_id": stranger, "audiences": [gateway_id]}
+            )  # fmt: skip
+            async with _as(stack, operator, stranger) as tls:
+                issued = await _traced_call(
+                    tls, mtls, stack.config.component_spiffe_id("auth"), "POST",
+                    "/oauth2/token", data={"grant_type": "client_credentials",
+                                           "client_id": f"attack-bound-{suffix}"},
+                )  # fmt: skip
+            if issued.status != 200:
+                bound.failures.append(f"the provider issued no bound token ({issued})")
+            else:
+                replayed = json.loads(issued.body)["access_token"]
+                bound.attack = (
+                    f"GET {target} with a token bound to {stranger}'s certificate, over a "
+                    "connection presenting no certificate"
+                )
+                answer = await asyncio.to_thread(
+                    edge.request, "GET", target, {"Authorization": f"Bearer {replayed}"}
+                )
+                bound.refused(f"GET {target}", answer, {401})
+
+            await client(
+                {"client_id": f"attack-login-{suffix}", "method": "none",
+                 "redirect_uris": [REDIRECT], "audiences": [gateway_id]}
+            )  # fmt: skip
+            await _brute_force(stack, operator, public, f"attack-login-{suffix}", brute)
+        finally:
+            for client_id in made:
+                with contextlib.suppress(Exception):
+                    await admin_request(
+                        operator, stack.state, "auth", "DELETE", f"/admin/v1/clients/{client_id}"
+                    )
+    return outcomes
+
+
+async def _client_credentials(public: str, ca: Path, client: dict[str, Any]) -> str:
+    import aiohttp
+
+    context = ssl.create_default_context(cafile=str(ca))
+    basic = aiohttp.BasicAuth(str(client["client_id"]), str(client["client_secret"]))
+    async with (
+        aiohttp.ClientSession(trust_env=False) as session,
+        session.post(
+            public + "/oauth2/token",
+            data={"grant_type": "client_credentials"},
+            auth=basic,
+            ssl=context,
+            timeout=aiohttp.ClientTimeout(total=TIMEOUT),
+        ) as response,
+    ):
+        doc = await response.json(content_type=None)
+    if response.status != 200 or not isinstance(doc, dict) or "access_token" not in doc:
+        raise UsageError(f"the provider issued no client-credentials token: {response.status}")
+    return str(doc["access_token"])
+
+
+async def _brute_force(
+    stack: Stack, operator: Any, public: str, client_id: str, outcome: Outcome
+) -> None:
+    """Guesses through the login form, as a browser sends them; then the alert the
+    shipped rule raises, looked for in the collector (its events are the evidence)."""
+    import re
+
+    import aiohttp
+
+    login = f"attack-{secrets.token_hex(4)}"
+    outcome.attack = f"{GUESSES} wrong passwords for the login {login!r} through the login form"
+    context = ssl.create_default_context(cafile=str(stack.edge_ca))
+    verifier = secrets.token_urlsafe(48)
+    challenge = _b64(hashes_sha256(verifier.encode()))
+    query = (
+        f"response_type=code&client_id={client_id}&redirect_uri={quote(REDIRECT, safe='')}"
+        f"&scope=openid&state={secrets.token_urlsafe(8)}&nonce={secrets.token_urlsafe(8)}"
+        f"&code_challenge={challenge}&code_challenge_method=S256"
+    )
+    statuses: list[int] = []
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(cookie_jar=jar, trust_env=False) as browser:
+        for _ in range(GUESSES):
+            start = await browser.get(
+                f"{public}/oauth2/authorize?{query}", allow_redirects=False, ssl=context
+            )
+            where = start.headers.get("Location", "")
+            form = await browser.get(
+                where if where.startswith("http") else public + where,
+                allow_redirects=False,
+                ssl=context,
+            )
+            page = await form.text()
+            csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+            nxt = re.search(r'name="next" value="([^"]+)"', page)
+            if csrf is None or nxt is None:
+                outcome.failures.append(f"no login form to guess at ({form.status})")
+                return
+            sent = await browser.post(
+                public + "/login",
+                data={
+                    "csrf": csrf[1],
+                    "next": nxt[1].replace("&amp;", "&"),
+                    "username": login,
+                    "password": secrets.token_urlsafe(12),
+                    "otp": "",
+                },
+                allow_redirects=False,
+                ssl=context,
+            )
+            statuses.append(sent.status)
+    admitted = [s for s in statuses if s in (302, 303)]
+    outcome.observed.append(f"{len(statuses)} guesses answered {sorted(set(statuses))}")
+    if admitted:
+        outcome.failures.append(f"{len(admitted)} guesses were let in")
+    alert = await _alert(stack, operator, "Brute-force login against one account", login)
+    if alert is None:
+        outcome.failures.append("no brute-force alert in the audit log")
+    else:
+        outcome.observed.append(f"alert {alert['uid']} ({alert['level']})")
+        outcome.events.extend(str(uid) for uid in alert.get("event_uids", []))
+
+
+def hashes_sha256(data: bytes) -> bytes:
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(data)
+    return digest.finalize()
+
+
+async def _alert(stack: Stack, operator: Any, title: str, login: str) -> dict[str, Any] | None:
+    """The collector's alert of ``title`` grouped on ``login`` (waiting for it)."""
+    from trustmesh.sdk.client import ServiceClient
+
+    if stack.audit is None:
+        return None
+    deadline = time.monotonic() + EVIDENCE_WAIT
+    async with ServiceClient(
+        operator.tls, stack.audit, stack.config.component_spiffe_id("audit"), retries=0
+    ) as audit:
+        while time.monotonic() < deadline:
+            answer = await audit.get("/v1/alerts?limit=1000")
+            if answer.status == 200:
+                for alert in answer.json().get("alerts", []):
+                    group = alert.get("group") or {}
+                    if alert.get("title") == title and login in group.values():
+                        return dict(alert)
+            await asyncio.sleep(0.25)
+    return None
+
+
 # --- the run ------------------------------------------------------------------------
 
 Probe = Callable[[Stack, Edge], list[Outcome]]
@@ -501,6 +824,11 @@ CONTROLS: Final[tuple[str, ...]] = (
     "sql-injection",
     "xss",
     "request-smuggling",
+    "secret-unauthorised",
+    "lateral-movement",
+    "token-other-audience",
+    "token-bound-replay",
+    "brute-force",
     "rate-limit",
 )
 _PROBES: Final[tuple[Probe, ...]] = (
@@ -526,18 +854,23 @@ async def run_attacks(stack: Stack, only: Iterable[str] = ()) -> list[Control]:
         outcomes += await asyncio.to_thread(probe, stack, edge)
     if not chosen or "gateway-bypass-svid-no-token" in chosen:
         outcomes += await probe_bypass_svid_no_token(stack)
+    if not chosen or chosen & {"secret-unauthorised", "lateral-movement"}:
+        outcomes += await probe_identities(stack)
+    if not chosen or chosen & {"token-other-audience", "token-bound-replay", "brute-force"}:
+        outcomes += await probe_provider(stack)
     for probe in _PROBES[1:]:
         if chosen and probe is probe_rate_limit and "rate-limit" not in chosen:
             continue
         outcomes += await asyncio.to_thread(probe, stack, edge)
     outcomes = [o for o in outcomes if not chosen or o.name in chosen]
+    outcomes.sort(key=lambda outcome: CONTROLS.index(outcome.name))
     evidence = await _evidence(stack, [t for o in outcomes for t in o.traces])
     return [_judged(outcome, evidence) for outcome in outcomes]
 
 
 def _judged(outcome: Outcome, evidence: dict[str, list[str]]) -> Control:
     failures = list(outcome.failures)
-    ids: list[str] = []
+    ids: list[str] = list(outcome.events)
     for trace in outcome.traces:
         found = evidence.get(trace, [])
         if not found:
