@@ -9,8 +9,8 @@ import re
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 
-from trustmesh.attack import Control
-from trustmesh.attack.report import document, html_report
+from trustmesh.cli.attack_probes import Control
+from trustmesh.cli.attack_report import document, html_report
 
 CONTROLS = [
     Control("xss", True, "payloads in a query", "q=<script>alert(1)</script>: 403", ("01a2",)),

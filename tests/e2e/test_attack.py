@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from trustmesh.attack.probes import CONTROLS
+from trustmesh.cli.attack_probes import CONTROLS
 from trustmesh.config import default_config_path
 from trustmesh.testing import run_cli as tm
 

@@ -1,5 +1,5 @@
 """``trustmesh attack``: attack the running stack and report each control with its
-evidence (:mod:`trustmesh.attack`). Exit 0 when every control held, 1 when one did
+evidence (:mod:`trustmesh.cli.attack_probes`). Exit 0 when every control held, 1 when one did
 not, 2 when there is nothing to attack (no running stack) or the options are wrong."""
 
 from __future__ import annotations
@@ -12,9 +12,6 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from trustmesh.attack import Stack, run_attacks
-from trustmesh.attack.probes import CONTROLS
-from trustmesh.attack.report import document, html_report
 from trustmesh.cli._common import (
     DEFAULT_STATE,
     EXIT_FAILURE,
@@ -26,6 +23,8 @@ from trustmesh.cli._common import (
     load_or_exit,
     out,
 )
+from trustmesh.cli.attack_probes import CONTROLS, Stack, run_attacks
+from trustmesh.cli.attack_report import document, html_report
 from trustmesh.errors import TrustmeshError
 
 __all__ = ["attack", "register"]

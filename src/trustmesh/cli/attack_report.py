@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from trustmesh.attack.probes import Control
+from trustmesh.cli.attack_probes import Control
 
 __all__ = ["document", "html_report"]
 

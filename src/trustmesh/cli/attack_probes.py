@@ -1,4 +1,12 @@
-"""The controls ``trustmesh attack`` tries, each with the attacks an outsider would send.
+"""``trustmesh attack``: attack a running stack from outside and report, for each
+control, the attack, what was observed and the audit events that recorded it
+(:mod:`trustmesh.cli.attack_report` renders them for an auditor).
+
+A control passes only when the stack refused what it had to refuse *and* (where the
+stack records such a refusal) the refusal is in the audit log: the evidence is the
+event ids. Nothing here weakens the stack: the probes are requests an outsider could
+send, and those that need an identity use SVIDs the operator (this machine's user)
+issues to the run.
 
 Each probe sends its requests (a fresh TLS connection each, as an attacker's tool would,
 but the flood's keep-alive one) and notes, per answer, the trace it names
@@ -11,7 +19,7 @@ What is attacked (the stack's own endpoint files say where):
 - ``gateway-bypass-no-svid``: each service called straight, with no client certificate;
 - ``gateway-bypass-svid-no-token``: each service called with a valid SVID of the trust
   domain (the operator's) and no token;
-- ``token-forged``, ``token-alg-none``, ``token-malformed``: the gateway given a token
+- ``token-forged``, ``token-alg-none``, ``token-not-a-jwt``: the gateway given a token
   signed by another key (with the issuer and audience it expects), an unsigned one, and
   one that is not a JWT;
 - ``path-traversal``: dot segments in their encodings (``%2e``, ``%252e``, overlong
@@ -39,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import http.client
 import json
 import secrets
@@ -51,11 +60,9 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote, urlsplit
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from limits import parse as parse_limit
 
+from trustmesh import crypto
 from trustmesh.config import TrustmeshConfig
 from trustmesh.config.gateway import GatewayRoute
 from trustmesh.errors import UsageError
@@ -215,15 +222,10 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def _jwt(
-    header: dict[str, Any], claims: dict[str, Any], key: ec.EllipticCurvePrivateKey | None
-) -> str:
-    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
-    if key is None:
-        return signing_input + "."
-    der = key.sign(signing_input.encode("ascii"), ec.ECDSA(hashes.SHA256()))
-    r, s = decode_dss_signature(der)
-    return f"{signing_input}.{_b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+def _unsigned(claims: dict[str, Any]) -> str:
+    """A JWT with ``"alg": "none"`` and no signature (RFC 7519 §6)."""
+    header = {"alg": "none", "typ": "at+jwt"}
+    return f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}."
 
 
 def _claims(stack: Stack) -> dict[str, Any]:
@@ -265,20 +267,20 @@ def _open_route(stack: Stack) -> str:
 
 def probe_tokens(stack: Stack, edge: Edge) -> list[Outcome]:
     target = _protected(stack)
-    attacker = ec.generate_private_key(ec.SECP256R1())
+    attacker = crypto.generate_key()
     kid = secrets.token_urlsafe(8)
     cases = [
         (
             "token-forged",
             "a token with the issuer and audience the gateway expects, signed by another key",
-            _jwt({"alg": "ES256", "typ": "at+jwt", "kid": kid}, _claims(stack), attacker),
+            crypto.sign_jwt(_claims(stack), attacker, kid=kid, typ="at+jwt"),
         ),
         (
             "token-alg-none",
             'an unsigned token ("alg": "none") with the claims the gateway expects',
-            _jwt({"alg": "none", "typ": "at+jwt"}, _claims(stack), None),
+            _unsigned(_claims(stack)),
         ),
-        ("token-malformed", "a bearer credential that is not a JWT", secrets.token_urlsafe(40)),
+        ("token-not-a-jwt", "a bearer credential that is not a JWT", secrets.token_urlsafe(40)),
     ]
     outcomes = []
     for name, attack, token in cases:
@@ -733,7 +735,7 @@ async def _brute_force(
     outcome.attack = f"{GUESSES} wrong passwords for the login {login!r} through the login form"
     context = ssl.create_default_context(cafile=str(stack.edge_ca))
     verifier = secrets.token_urlsafe(48)
-    challenge = _b64(hashes_sha256(verifier.encode()))
+    challenge = _b64(hashlib.sha256(verifier.encode()).digest())
     query = (
         f"response_type=code&client_id={client_id}&redirect_uri={quote(REDIRECT, safe='')}"
         f"&scope=openid&state={secrets.token_urlsafe(8)}&nonce={secrets.token_urlsafe(8)}"
@@ -783,12 +785,6 @@ async def _brute_force(
         outcome.events.extend(str(uid) for uid in alert.get("event_uids", []))
 
 
-def hashes_sha256(data: bytes) -> bytes:
-    digest = hashes.Hash(hashes.SHA256())
-    digest.update(data)
-    return digest.finalize()
-
-
 async def _alert(stack: Stack, operator: Any, title: str, login: str) -> dict[str, Any] | None:
     """The collector's alert of ``title`` grouped on ``login`` (waiting for it)."""
     from trustmesh.sdk.client import ServiceClient
@@ -819,7 +815,7 @@ CONTROLS: Final[tuple[str, ...]] = (
     "gateway-bypass-svid-no-token",
     "token-forged",
     "token-alg-none",
-    "token-malformed",
+    "token-not-a-jwt",
     "path-traversal",
     "sql-injection",
     "xss",
