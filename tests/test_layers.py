@@ -45,6 +45,9 @@ CLI_MAY_READ |= {"export", "syslog", "pseudonymise", "_delivery", "ledger_schema
 CLI_MAY_READ |= {"alerts", "response_store"}
 #: And the pure order of a trace's spans, which ``audit trace`` draws from the answer.
 CLI_MAY_READ |= {"trace_tree"}
+#: And the pure verifier of the chain, which ``attack`` runs on a copy of the log it
+#: tampered with (the records, the checkpoints and their file; no store).
+CLI_MAY_READ |= {"verifier", "chain", "checkpoint_file"}
 #: And of the gateway: the compiler of routes' contracts (OpenAPI, JSON Schema) and the
 #: loader of the Core Rule Set, pure, which ``config check`` runs on the declaration as
 #: the gateway will at its start.

@@ -85,13 +85,14 @@ async def test_only_the_operator_reads_the_log(rig: CollectorRig) -> None:
     for method, path in (
         ("GET", "/v1/events"),
         ("POST", "/v1/verify"),
+        ("GET", "/v1/keys"),
         ("GET", "/v1/alerts"),
         ("GET", "/v1/quarantine"),
     ):
         status, _ = await rig.payments.call(method, path, {} if method == "POST" else None)
         assert status == 403, path
     denied = [e for e in rig.sink.events if e.reason == "admin-denied"]
-    assert len(denied) == 4
+    assert len(denied) == 5
     assert {e.peer_spiffe_id for e in denied} == {PAYMENTS}
     status, _answer = await rig.operator.call("GET", "/v1/events?color=red")
     assert status == 400
@@ -110,6 +111,31 @@ async def test_ten_failed_logins_raise_one_alert(rig: CollectorRig) -> None:
     last = answer["alerts"][-1]["id"]
     status, later = await rig.operator.call("GET", f"/v1/alerts?after={last}")
     assert later["alerts"] == []
+
+
+async def test_the_checkpoint_key_is_published_to_the_operator(rig: CollectorRig) -> None:
+    """``GET /v1/keys``: the public key the checkpoints are signed with — the one that
+    checks the signature of every checkpoint in the file, and no other."""
+    import base64
+
+    from trustmesh.audit.verifier import Record, verify_chain
+
+    batch = [login_failed(f"user{i}", i) for i in range(6)]
+    await rig.payments.call("POST", "/v1/events", {"events": batch})
+    status, answer = await rig.operator.call("GET", "/v1/keys")
+    assert status == 200
+    (key,) = answer["keys"]
+    assert key["alg"] == "Ed25519"
+    public = base64.urlsafe_b64decode(key["public_key"] + "==")
+    lines = (rig.state / "audit" / "checkpoints.jsonl").read_bytes().splitlines()
+    signed = [Checkpoint.from_line(line) for line in lines]
+    assert {c.key_id for c in signed} == {key["key_id"]}
+    with sqlite3.connect(rig.state / "audit" / "audit.db") as database:
+        rows = database.execute("SELECT seq, body, hash FROM audit_records ORDER BY seq")
+        records = [Record(seq, bytes(body), bytes(h)) for seq, body, h in rows]
+    assert verify_chain(records, {key["key_id"]: public}, signed) is None
+    other = bytes(31) + b"x"  # another key under the same id: refused
+    assert verify_chain(records, {key["key_id"]: other}, signed) is not None
 
 
 async def test_verify_names_an_altered_record(rig: CollectorRig) -> None:

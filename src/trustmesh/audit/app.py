@@ -22,7 +22,8 @@ the trust domain; its SPIFFE ID is the verified peer certificate's).
   ``class_uid``, ``principal``, ``decision``, ``reason``, ``trace_id``, ``after`` (seq),
   ``newest``, ``limit``), ``POST /v1/verify`` {"checkpoints"?: [checkpoint line, …]}
   (the verifier's own copy of the checkpoints — prune checkpoints too — beside the
-  stored ones and the file), ``POST /v1/prune`` {"dry_run"?: bool} (remove the records
+  stored ones and the file), ``GET /v1/keys`` (the checkpoints' Ed25519 public key, for
+  a verifier of a copy of the log), ``POST /v1/prune`` {"dry_run"?: bool} (remove the records
   past retention now, or only count them: per class, the seqs, the prune checkpoints
   signed; ``409`` when pruning is off — see :mod:`trustmesh.audit.retention`),
   ``GET /v1/alerts`` (the stored alerts, oldest first: ``after``, the id of the last
@@ -42,6 +43,7 @@ the trust domain; its SPIFFE ID is the verified peer certificate's).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -258,6 +260,16 @@ class _Collector:
             }
         )
 
+    async def keys(self, _: Request, actor: Actor) -> Response:
+        """The public key the checkpoints are signed with, for a verifier of its own (a
+        copy of the log, checked away from this collector)."""
+        record_read(self.recorder, "audit-keys", actor)
+        public = base64.urlsafe_b64encode(self.service.public_key).rstrip(b"=").decode()
+        return JSONResponse(
+            {"keys": [{"key_id": self.service.key_id, "alg": "Ed25519", "public_key": public}]},
+            headers=_NO_STORE,
+        )
+
     async def alerts(self, request: Request, actor: Actor) -> Response:
         after = _int(request, "after", 0) or 0
         limit = min(_int(request, "limit", 100) or 100, 1000)
@@ -433,6 +445,7 @@ def audit_app(
             Route("/v1/events", admin("audit-events", collector.search), methods=["GET"]),
             Route("/v1/health", collector.health, methods=["GET"]),
             Route("/v1/verify", admin("audit-verify", collector.verify), methods=["POST"]),
+            Route("/v1/keys", admin("audit-keys", collector.keys), methods=["GET"]),
             Route("/v1/prune", admin("audit-prune", collector.prune), methods=["POST"]),
             Route("/v1/alerts", admin("audit-alerts", collector.alerts), methods=["GET"]),
             Route(

@@ -38,6 +38,9 @@ What is attacked (the stack's own endpoint files say where):
   presented at the gateway over a connection that presents no certificate;
 - ``brute-force``: ten wrong passwords for one login through the login form; the
   evidence is the brute-force alert the collector raised, and its events;
+- ``audit-tamper``: a copy of the live audit log (SQLite) with a record altered, one
+  deleted, and its newest records cut off: verify, with the checkpoints' public key,
+  the stored checkpoints and the checkpoint file, must name each;
 - ``rate-limit``: the declared per-address limit exceeded (last: it leaves this address
   limited for a while).
 """
@@ -54,7 +57,7 @@ import secrets
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -806,6 +809,140 @@ async def _alert(stack: Stack, operator: Any, title: str, login: str) -> dict[st
     return None
 
 
+# --- the audit log ------------------------------------------------------------------
+
+
+def _log_file(stack: Stack) -> Path | None:
+    """The collector's SQLite log, where it keeps one (PostgreSQL's is not a file)."""
+    audit = stack.config.audit
+    if audit is None or audit.database is not None:
+        return None
+    path = stack.state / "audit" / "audit.db"
+    return path if path.exists() else None
+
+
+async def probe_audit_log(stack: Stack) -> list[Outcome]:
+    """Tampering an attacker with the database file would try, each on a copy of the
+    live log (the log itself is never touched): a record altered, one deleted, the
+    newest ones cut off. ``verify`` (the project's verifier, with the checkpoints' key
+    the collector publishes to the operator, the stored checkpoints and the checkpoint
+    file) must name each."""
+    from trustmesh.cli._admin import as_operator
+    from trustmesh.sdk.client import ServiceClient
+
+    outcome = Outcome(
+        "audit-tamper",
+        "a copy of the live audit log altered, a record deleted, the newest records cut "
+        "off; verify run on each",
+        recorded=False,
+    )
+    log_file = _log_file(stack)
+    if log_file is None or stack.audit is None:
+        outcome.failures.append("no SQLite audit log to copy (PostgreSQL: not run)")
+        return [outcome]
+    async with (
+        as_operator(stack.state, stack.config) as operator,
+        ServiceClient(
+            operator.tls, stack.audit, stack.config.component_spiffe_id("audit"), retries=0
+        ) as audit,
+    ):
+        answer = await audit.get("/v1/keys")
+    if answer.status != 200:
+        outcome.failures.append(f"the collector gave no checkpoint key ({answer.status})")
+        return [outcome]
+    keys = {
+        str(k["key_id"]): base64.urlsafe_b64decode(str(k["public_key"]) + "==")
+        for k in answer.json()["keys"]
+    }
+    await asyncio.to_thread(_tamper_and_verify, stack, log_file, keys, outcome)
+    return [outcome]
+
+
+def _tamper_and_verify(
+    stack: Stack, log_file: Path, keys: dict[str, bytes], outcome: Outcome
+) -> None:
+    import sqlite3
+    import tempfile
+
+    from trustmesh.audit.checkpoint_file import read_checkpoints
+
+    external_file = stack.state / "audit" / "checkpoints.jsonl"
+    external = read_checkpoints(external_file) if external_file.exists() else []
+    with tempfile.TemporaryDirectory(prefix="tm-attack-") as folder:
+        pristine = Path(folder) / "copy.db"
+        source = sqlite3.connect(f"file:{log_file}?mode=ro", uri=True)
+        try:
+            with sqlite3.connect(pristine) as target:
+                source.backup(target)
+        finally:
+            source.close()
+        intact, last = _verify_copy(pristine, keys, external)
+        if intact is not None:
+            outcome.observed.append(f"the copy as taken: {intact}")
+            outcome.failures.append("the log does not verify as it is")
+            return
+        signed = max((c.last_seq for c in external), default=0)
+        if last < 3 or signed < 2:
+            outcome.failures.append(f"too short a log to tamper with ({last} records)")
+            return
+        middle = max(1, signed // 2)
+        with contextlib.closing(sqlite3.connect(pristine)) as connection:
+            (body,) = connection.execute(
+                "SELECT body FROM audit_records WHERE seq = ?", (middle,)
+            ).fetchone()
+        forged = bytes(body).replace(b'"decision":"deny"', b'"decision":"allow"', 1)
+        if forged == bytes(body):
+            forged = bytes(body).replace(b"}", b',"note":"edited"}', 1)
+        cases = (
+            ("altered", f"record {middle}'s body changed",
+             "UPDATE audit_records SET body = ? WHERE seq = ?", (forged, middle)),
+            ("deleted", f"record {middle} deleted", "DELETE FROM audit_records WHERE seq = ?",
+             (middle,)),
+            ("truncated", f"records {signed} to {last} cut off",
+             "DELETE FROM audit_records WHERE seq >= ?", (signed,)),
+        )  # fmt: skip
+        for expected, what, sql, params in cases:
+            copy = Path(folder) / f"{expected}.db"
+            copy.write_bytes(pristine.read_bytes())
+            with sqlite3.connect(copy) as connection:
+                connection.execute(sql, params)
+            finding, _ = _verify_copy(copy, keys, external)
+            if finding is None:
+                outcome.observed.append(f"{what}: verify found nothing")
+                outcome.failures.append(f"{what}: not detected")
+            else:
+                outcome.observed.append(f"{what}: verify names {finding}")
+
+
+def _verify_copy(path: Path, keys: dict[str, bytes], external: list[Any]) -> tuple[str | None, int]:
+    """The first problem ``verify`` finds in the SQLite log at ``path`` (None: intact),
+    and its last seq."""
+    import sqlite3
+
+    from trustmesh.audit.chain import Checkpoint, checkpoint_from_line
+    from trustmesh.audit.verifier import Record, verify_chain
+
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        rows = connection.execute(
+            "SELECT seq, body, hash FROM audit_records ORDER BY seq"
+        ).fetchall()
+        stored: list[Any] = [
+            Checkpoint(seq, bytes(h), count, at, bytes(prev), kid, bytes(sig))
+            for seq, h, count, at, prev, kid, sig in connection.execute(
+                "SELECT last_seq, last_hash, count, time, previous, key_id, signature "
+                "FROM audit_checkpoints ORDER BY last_seq"
+            )
+        ]
+        stored += [
+            checkpoint_from_line(bytes(line))
+            for (line,) in connection.execute("SELECT line FROM audit_prunes ORDER BY first_seq")
+        ]
+    records = [Record(seq, bytes(body), bytes(digest)) for seq, body, digest in rows]
+    finding = verify_chain(records, keys, stored, external=external)
+    last = rows[-1][0] if rows else 0
+    return (None if finding is None else f"{finding.kind} at record {finding.seq}"), last
+
+
 # --- the run ------------------------------------------------------------------------
 
 Probe = Callable[[Stack, Edge], list[Outcome]]
@@ -825,15 +962,8 @@ CONTROLS: Final[tuple[str, ...]] = (
     "token-other-audience",
     "token-bound-replay",
     "brute-force",
+    "audit-tamper",
     "rate-limit",
-)
-_PROBES: Final[tuple[Probe, ...]] = (
-    probe_bypass_no_svid,
-    probe_tokens,
-    probe_paths,
-    probe_injection,
-    probe_smuggling,
-    probe_rate_limit,
 )
 
 
@@ -846,18 +976,35 @@ async def run_attacks(stack: Stack, only: Iterable[str] = ()) -> list[Control]:
         raise UsageError(f"no such control: {sorted(unknown)[0]} (controls: {', '.join(CONTROLS)})")
     edge = Edge(stack.gateway, stack.edge_ca)
     outcomes: list[Outcome] = []
-    for probe in _PROBES[:1]:
-        outcomes += await asyncio.to_thread(probe, stack, edge)
-    if not chosen or "gateway-bypass-svid-no-token" in chosen:
-        outcomes += await probe_bypass_svid_no_token(stack)
-    if not chosen or chosen & {"secret-unauthorised", "lateral-movement"}:
-        outcomes += await probe_identities(stack)
-    if not chosen or chosen & {"token-other-audience", "token-bound-replay", "brute-force"}:
-        outcomes += await probe_provider(stack)
-    for probe in _PROBES[1:]:
-        if chosen and probe is probe_rate_limit and "rate-limit" not in chosen:
-            continue
-        outcomes += await asyncio.to_thread(probe, stack, edge)
+
+    async def run(names: set[str], probe: Awaitable[list[Outcome]]) -> None:
+        """A probe whose controls are wanted; one that breaks fails its controls (an
+        attack the stack made impossible to judge is not one it withstood)."""
+        if chosen and not chosen & names:
+            probe.close()  # type: ignore[attr-defined]
+            return
+        try:
+            outcomes.extend(await probe)
+        except Exception as exc:  # noqa: BLE001 - reported as the controls' failure
+            for name in sorted(names, key=CONTROLS.index):
+                broken = Outcome(name, "(the probe broke)")
+                broken.failures.append(f"the probe failed: {type(exc).__name__}: {exc}")
+                outcomes.append(broken)
+
+    def sync(probe: Probe) -> Awaitable[list[Outcome]]:
+        return asyncio.to_thread(probe, stack, edge)
+
+    await run({"gateway-bypass-no-svid"}, sync(probe_bypass_no_svid))
+    await run({"gateway-bypass-svid-no-token"}, probe_bypass_svid_no_token(stack))
+    await run({"secret-unauthorised", "lateral-movement"}, probe_identities(stack))
+    provider = {"token-other-audience", "token-bound-replay", "brute-force"}
+    await run(provider, probe_provider(stack))
+    await run({"audit-tamper"}, probe_audit_log(stack))
+    await run({"token-forged", "token-alg-none", "token-not-a-jwt"}, sync(probe_tokens))
+    await run({"path-traversal"}, sync(probe_paths))
+    await run({"sql-injection", "xss"}, sync(probe_injection))
+    await run({"request-smuggling"}, sync(probe_smuggling))
+    await run({"rate-limit"}, sync(probe_rate_limit))
     outcomes = [o for o in outcomes if not chosen or o.name in chosen]
     outcomes.sort(key=lambda outcome: CONTROLS.index(outcome.name))
     evidence = await _evidence(stack, [t for o in outcomes for t in o.traces])
