@@ -11,6 +11,7 @@ from trustmesh.cli import (
     config_cmd,
     gateway_cmd,
     identity_cmd,
+    k8s_cmd,
     policy_cmd,
     secrets_cmd,
     stack,
@@ -35,6 +36,7 @@ auth_cmd.register(app)
 gateway_cmd.register(app)
 secrets_cmd.register(app)
 app.add_typer(audit_cmd.app, name="audit")
+app.add_typer(k8s_cmd.app, name="k8s")
 
 
 def main() -> None:
