@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from trustmesh.config import TrustmeshConfig
+from trustmesh.errors import UsageError
 
 __all__ = [
     "COMPONENT_ORDER",
@@ -137,6 +138,14 @@ def workloads(config: TrustmeshConfig) -> tuple[Workload, ...]:
         # a service's port comes from TRUSTMESH_PORT (sdk.runtime), which the pod sets
         port = Port("mtls", spec.port or DEFAULT_PORTS[("service", "mtls")], False, "", True)
         found.append(Workload(name, "service", (port,), stateful=False))
+    for pod in found:
+        numbers = [port.number for port in pod.ports]
+        if len(set(numbers)) != len(numbers):
+            where = ", ".join(f"{p.key or p.name}: {p.number}" for p in pod.ports)
+            raise UsageError(
+                f"{pod.name}'s listeners would share a port ({where}); expected "
+                "a distinct port for each"
+            )
     return tuple(found)
 
 
