@@ -399,3 +399,24 @@ def test_a_private_key_for_verify_images_is_refused(tmp_path: Path) -> None:
     assert ran.code == 2
     assert "is not a PEM public key" in ran.stderr
     assert not out.exists()
+
+
+def test_the_command_says_which_ports_to_pin_and_what_does_not_run_yet(tmp_path: Path) -> None:
+    config, out = shop(tmp_path), tmp_path / "out"
+    ran = tm("k8s", "render", "--config", str(config), "--out", str(out), "--image", IMAGE,
+             "--json")  # fmt: skip
+    assert ran.code == 0, ran.stderr
+    report = json.loads(ran.stdout)
+    assert sorted(Path(p).name for p in report["written"]) == sorted(_tree(out))
+    notes = report["notes"]
+    assert (
+        "set auth.port: 8443 in default.yaml so that auth listens where its Service sends" in notes
+    )
+    assert any(n.startswith("gateway's internal port is not set by the declaration") for n in notes)
+    assert any("bind their listeners to 127.0.0.1" in n for n in notes)
+    # a declaration that pins its ports is told only what it cannot pin
+    pinned = write(tmp_path, PRODUCTION, db_password="p", redis_password="r")
+    ran = tm("k8s", "render", "--config", str(pinned), "--out", str(tmp_path / "p"),
+             "--image", IMAGE, "--json")  # fmt: skip
+    notes = json.loads(ran.stdout)["notes"]
+    assert not any(n.startswith("set ") for n in notes)

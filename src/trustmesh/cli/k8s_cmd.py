@@ -20,6 +20,13 @@ from trustmesh.k8s import RenderOptions, render, unpinned_ports, workloads, writ
 
 __all__ = ["app"]
 
+#: What the manifests cannot change: said at every render, so that nobody mistakes them
+#: for a deployment that runs as it is.
+LOOPBACK_NOTE = (
+    "this version's components bind their listeners to 127.0.0.1: until they can bind the "
+    "pod's address, only each pod's own probes reach them (see trustmesh.k8s)"
+)
+
 app = typer.Typer(
     help="Kubernetes manifests for the whole stack, from the declaration.",
     no_args_is_help=True,
@@ -88,11 +95,14 @@ def render_cmd(
     except (TrustmeshError, OSError) as exc:
         _refuse(exc if isinstance(exc, TrustmeshError) else ConfigError(str(exc)), as_json)
     notes = [
-        f"set {note} in {path.name} so the component listens where its Service sends"
-        if ":" in note and " port:" not in note
-        else note
-        for note in unpinned_ports(workloads(declaration))
+        f"set {port.key}: {port.number} in {path.name} so that {pod.name} listens where its "
+        "Service sends"
+        if port.key
+        else f"{pod.name}'s {port.name} port is not set by the declaration yet: the "
+        f"manifests assume {port.number}"
+        for pod, port in unpinned_ports(workloads(declaration))
     ]
+    notes.append(LOOPBACK_NOTE)
     if as_json:
         print(json.dumps({"written": [str(p) for p in written], "notes": notes}, indent=2))
         return

@@ -149,19 +149,9 @@ def workloads(config: TrustmeshConfig) -> tuple[Workload, ...]:
     return tuple(found)
 
 
-def unpinned_ports(pods: tuple[Workload, ...]) -> list[str]:
-    """What to set in the declaration so that each component listens where its Service
-    sends (``key: number``), and the listeners no declaration key sets yet."""
-    notes = []
-    for pod in pods:
-        for port in pod.ports:
-            if port.declared:
-                continue
-            if port.key is None:
-                notes.append(
-                    f"{pod.name} {port.name} port: not settable in the declaration yet "
-                    f"(the manifests assume {port.number})"
-                )
-            else:
-                notes.append(f"{port.key}: {port.number}")
-    return notes
+def unpinned_ports(pods: tuple[Workload, ...]) -> list[tuple[Workload, Port]]:
+    """The listeners whose port the manifests chose (the declaration leaves it to the
+    system, or has no key for it): to be set to the same number in the declaration
+    (``port.key``), where it can be, so that the component listens where its Service
+    sends."""
+    return [(pod, port) for pod in pods for port in pod.ports if not port.declared]
