@@ -14,7 +14,7 @@ HEX = "0123456789abcdef"
 
 @given(
     repository=st.from_regex(
-        r"[a-z0-9]{1,8}(/[a-z0-9]{1,8}){0,2}(:[a-z0-9.]{1,8})?", fullmatch=True
+        r"[a-z0-9]{1,8}(/[a-z0-9]{1,8}){0,2}(:[a-z0-9][a-z0-9.-]{0,7})?", fullmatch=True
     ),
     digest=st.text(alphabet=HEX, min_size=64, max_size=64),
 )

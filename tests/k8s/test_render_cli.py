@@ -32,7 +32,7 @@ from trustmesh import crypto
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.yaml"))}
 
 
 # -- determinism ------------------------------------------------------------------------------
@@ -420,3 +420,28 @@ def test_the_command_says_which_ports_to_pin_and_what_does_not_run_yet(tmp_path:
              "--image", IMAGE, "--json")  # fmt: skip
     notes = json.loads(ran.stdout)["notes"]
     assert not any(n.startswith("set ") for n in notes)
+
+
+def test_a_render_removes_what_the_last_one_wrote_and_this_one_does_not(tmp_path: Path) -> None:
+    """A service dropped from the declaration loses its file, so that applying the folder
+    does not bring its pod back; files the renderer did not write stay."""
+    config, out = shop(tmp_path), tmp_path / "out"
+    render(config, out)
+    (out / "kustomization.yaml").write_text("resources: []\n")
+    text = config.read_text()
+    config.write_text(
+        text.replace('  inventory: {run: "trustmesh.demo.inventory:app"}\n', "")
+        .replace(
+            '  - {from: orders, to: inventory, allow: ["GET /items/{item}", "POST /reservations"]}\n',
+            "",
+        )
+        .replace(
+            '    - {path: /items, to: inventory, methods: [GET], auth: [anonymous], paths: ["/items/{item}"],\n       openapi: shop.openapi.yaml}\n',
+            "",
+        )
+    )
+    assert "inventory" not in config.read_text().split("services:")[1].split("auth:")[0]
+    render(config, out)
+    assert not (out / "inventory.yaml").exists()
+    assert (out / "orders.yaml").exists()
+    assert (out / "kustomization.yaml").read_text() == "resources: []\n"

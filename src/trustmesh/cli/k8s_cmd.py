@@ -103,6 +103,11 @@ def render_cmd(
         for pod, port in unpinned_ports(workloads(declaration))
     ]
     notes.append(LOOPBACK_NOTE)
+    if declaration.dev:
+        notes.append(
+            "the declaration is in dev mode (dev: true): for one machine, not a cluster; the "
+            "manifests still take the sealing key from the trustmesh-seal-key Secret"
+        )
     if as_json:
         print(json.dumps({"written": [str(p) for p in written], "notes": notes}, indent=2))
         return

@@ -85,12 +85,20 @@ def render(config: TrustmeshConfig, options: RenderOptions) -> dict[str, str]:
     return dict(sorted(files.items()))
 
 
+#: The names of the files the last render wrote into a directory: a re-render removes
+#: those it no longer writes (a service dropped from the declaration), so that
+#: ``kubectl apply -f DIR`` does not bring its pod back.
+INDEX: Final = ".trustmesh-k8s"
+
+
 def write_files(out: Path, files: Mapping[str, str]) -> list[Path]:
-    """Write ``files`` into ``out`` (made if missing); a file of another render there is
-    replaced, anything else is left alone."""
+    """Write ``files`` into ``out`` (made if missing); a file the last render wrote there
+    and this one does not is removed; any other file is left alone."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
+    index = out / INDEX
+    before = index.read_text(encoding="utf-8").splitlines() if index.is_file() else []
     written = []
     for name, text in files.items():
         path = out / name
@@ -98,4 +106,8 @@ def write_files(out: Path, files: Mapping[str, str]) -> list[Path]:
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
         written.append(path)
+    for name in sorted(set(before) - set(files)):
+        if "/" not in name and name.endswith(".yaml"):  # only what a render names
+            (out / name).unlink(missing_ok=True)
+    index.write_text("".join(f"{name}\n" for name in files), encoding="utf-8")
     return written
