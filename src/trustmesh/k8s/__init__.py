@@ -23,7 +23,9 @@ What these manifests do not do yet (said here and by the command, not hidden):
   Services reach nothing, and the declaration must pin the ports the manifests use
   (``trustmesh k8s render`` lists them; the gateway's internal port has no key yet);
 - the Workload API socket the CSI driver mounts is a node agent's (SPIRE's); trustmesh's
-  own identity service does not run as that agent;
+  own identity service does not run as that agent, and it finds the collector only
+  through the collector's endpoint file in a state directory that pods do not share (its
+  events spool until then);
 - egress to what lies outside the namespace (PostgreSQL, Redis, a SIEM, an OTLP
   collector) is denied: add a policy for each where the declaration uses one;
 - an ``external`` service has no pod, and its declared calls no allow; the console's
