@@ -25,6 +25,7 @@ LAYER = {
     **dict.fromkeys(FOUNDATION, 0),
     "sdk": 1,
     "platform": 2,
+    "k8s": 2,  # the manifests renderer: reads the declaration, runs nothing
     **dict.fromkeys(COMPONENTS, 3),
     "cli": 4,
     "demo": 4,

@@ -84,6 +84,18 @@ EXPECTED = {
         "verify_totp",
         "verifying_keys",
     ],
+    "trustmesh.k8s": [
+        "Edge",
+        "RenderOptions",
+        "Workload",
+        "check_image",
+        "edges",
+        "render",
+        "to_yaml",
+        "unpinned_ports",
+        "workloads",
+        "write_files",
+    ],
     "trustmesh.sdk": [
         "ENDPOINT_ENV",
         "AuthenticationError",

@@ -12,6 +12,7 @@ from trustmesh.cli import (
     config_cmd,
     gateway_cmd,
     identity_cmd,
+    k8s_cmd,
     policy_cmd,
     secrets_cmd,
     stack,
@@ -37,6 +38,7 @@ gateway_cmd.register(app)
 secrets_cmd.register(app)
 app.add_typer(audit_cmd.app, name="audit")
 attack_cmd.register(app)
+app.add_typer(k8s_cmd.app, name="k8s")
 
 
 def main() -> None:
