@@ -1,7 +1,10 @@
-"""`trustmesh attack` against `trustmesh up` (the demo shop): every control holds, each
-with the audit events that recorded its refusals; and with a defence switched off in
-the declaration (reloaded into the running gateway), the control that needs it fails
-and the command says so (exit 1)."""
+"""The demo shop under `trustmesh up`, attacked from outside: first DAST (schemathesis,
+from the OpenAPI document the gateway enforces, as a signed-in customer: valid and
+invalid requests to every operation — no 5xx, and every request the document forbids
+refused at the edge); then `trustmesh attack`: every control holds, each with the audit
+events that recorded its refusals; and with a defence switched off in the declaration
+(reloaded into the running gateway), the control that needs it fails and the command
+says so (exit 1)."""
 
 from __future__ import annotations
 
@@ -10,14 +13,23 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
+from authrig import code_flow
+from demorig import demo_credentials
 
 from trustmesh.cli.attack_probes import CONTROLS
-from trustmesh.config import default_config_path
+from trustmesh.cli.auth_cmd import admin_call
+from trustmesh.config import default_config_path, load_config
 from trustmesh.testing import run_cli as tm
 
 pytestmark = pytest.mark.xdist_group("attack-stack")
+REDIRECT = "https://shop.example/cb"
+
+
+STARTED: dict[str, str] = {}  # what `up` printed (the demo users' credentials, once)
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +42,78 @@ def shop() -> Iterator[tuple[Path, Path]]:
     state = root / "state"
     up = tm("up", "--config", str(config), "--state", str(state), "--detach")
     assert up.returncode == 0, up.stdout + up.stderr
+    STARTED["up"] = up.stdout
     try:
         yield config, state
     finally:
         tm("down", "--state", str(state))
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _customer_token(config: Path, state: Path) -> str:
+    """The demo's customer signed in at the provider (code + PKCE) as a web client the
+    operator registers: an access token for the gateway."""
+    password, _ = demo_credentials(STARTED["up"])["shopper"]
+    declared = load_config(config)
+    admin_call(
+        declared, state, "POST", "/admin/v1/clients",
+        {"client_id": "dast-web", "method": "none", "redirect_uris": [REDIRECT],
+         "audiences": [declared.component_spiffe_id("gateway")]},
+    )  # fmt: skip
+    public = json.loads((state / "auth" / "endpoint.json").read_text())["public_url"]
+    with requests.Session() as browser:
+        browser.trust_env = False
+        browser.verify = str(state / "edge" / "ca.pem")
+        tokens = code_flow(browser, public, "dast-web", REDIRECT, "shopper", password)
+    return str(tokens["access_token"])
+
+
+def test_dast_finds_no_server_error_and_no_hole_in_the_contract(shop: tuple[Path, Path]) -> None:
+    """schemathesis, positive and negative, on every operation of shop.openapi.yaml
+    through the gateway: never a 5xx; every request the document forbids refused (4xx)."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import GenerationMode, openapi
+    from schemathesis.checks import negative_data_rejection, not_a_server_error
+
+    config, state = shop
+    gateway = json.loads((state / "gateway" / "endpoint.json").read_text())["url"]
+    headers = {"Authorization": f"Bearer {_customer_token(config, state)}"}
+    schema = openapi.from_path(config.with_name("shop.openapi.yaml"))
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = str(state / "edge" / "ca.pem")
+    seen: dict[str, int] = {}
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) == 6
+
+    def exercise(strategy: Any, checks: list[Any]) -> None:
+        @settings(
+            max_examples=15,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(case=strategy)
+        def one(case: schemathesis.Case) -> None:
+            response = case.call(
+                base_url=gateway, session=session, headers=headers, verify=session.verify
+            )
+            seen[str(response.status_code)] = seen.get(str(response.status_code), 0) + 1
+            case.validate_response(response, checks=checks, headers=headers)
+
+        one()
+
+    for operation in operations:
+        exercise(operation.as_strategy(GenerationMode.POSITIVE), [not_a_server_error])
+        if list(operation.iter_parameters()) or len(operation.body):  # something to break
+            exercise(
+                operation.as_strategy(GenerationMode.NEGATIVE),
+                [not_a_server_error, negative_data_rejection],
+            )
+    assert not [status for status in seen if status.startswith("5")], seen
+    assert "400" in seen, seen  # the negative cases met the contract at the edge
 
 
 def _attack(config: Path, state: Path, *args: str) -> tuple[int, dict[str, dict[str, object]]]:
