@@ -6,6 +6,7 @@ fake at the far edge (what the sink sends, in order); the spool is real."""
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -71,13 +72,17 @@ def test_events_that_keep_coming_go_in_few_deliveries(tmp_path: Path) -> None:
     collector = Taking()
     sink = sink_for(tmp_path, collector, deliver_every=0.25, linger=0.001)
     try:
+        started = time.monotonic()
         for n in range(100):  # one event every 5 ms for about half a second
             emit(sink, n, 1)
             time.sleep(0.005)
+        took = time.monotonic() - started  # longer on a loaded machine
         assert sink.flush(10.0)
         assert collector.numbers() == list(range(100))
         # one at once (the first after a quiet spell), then one per 0.25 s, the flush's
-        assert len(collector.batches) <= 6, [len(b) for b in collector.batches]
+        bound = 2 + math.ceil(took / 0.25)
+        assert len(collector.batches) <= bound, (took, [len(b) for b in collector.batches])
+        assert len(collector.batches) < 50  # not one delivery per event
         assert sink.stats().delivered == 100
     finally:
         sink.close(1.0)
