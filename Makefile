@@ -32,15 +32,18 @@ gates: $(BIN)/trustmesh
 	@mkdir -p artifacts
 	@# the report goes to artifacts/ (bandit warns on stderr of every nosec on a multi-line
 	@# statement, which drowned the verdict), and is printed when it fails
+	@rm -f artifacts/bandit.txt artifacts/bandit.err
 	$(BIN)/bandit -c pyproject.toml -r src --severity-level medium --quiet \
-	    -f txt -o artifacts/bandit.txt 2>/dev/null \
+	    -f txt -o artifacts/bandit.txt 2>artifacts/bandit.err \
 	    && echo "bandit: ok: no finding of medium severity or above in src/" \
-	    || { cat artifacts/bandit.txt; exit 1; }
+	    || { cat artifacts/bandit.txt artifacts/bandit.err; exit 1; }
 	$(BIN)/trustmesh config check --strict --config src/trustmesh/config/default.yaml
 	$(BIN)/hadolint --failure-threshold style Dockerfile && echo "hadolint: ok: Dockerfile"
 	$(BIN)/python -m trustmesh.devsecops secrets-check .secrets.baseline
-	$(BIN)/cyclonedx-py requirements requirements.lock --pyproject pyproject.toml \
-	    --output-reproducible -o artifacts/sbom.cdx.json 2>/dev/null
+	@# (the lock lists no dependency graph: cyclonedx-py's warning that the root's is empty
+	@# says nothing here)
+	PYTHONWARNINGS=ignore::UserWarning $(BIN)/cyclonedx-py requirements requirements.lock \
+	    --pyproject pyproject.toml --output-reproducible -o artifacts/sbom.cdx.json
 	$(BIN)/python -m trustmesh.devsecops sbom-check artifacts/sbom.cdx.json requirements.lock
 	$(BIN)/python -m trustmesh.devsecops audit requirements.lock
 

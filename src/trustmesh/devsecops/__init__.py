@@ -5,10 +5,9 @@
 - :mod:`~trustmesh.devsecops.sbom` — the CycloneDX SBOM checked against the lock;
 - :mod:`~trustmesh.devsecops.secretscan` — detect-secrets against the audited baseline.
 
-Run as ``python -m trustmesh.devsecops audit LOCK`` and
-``python -m trustmesh.devsecops sbom-check SBOM LOCK`` and
-``python -m trustmesh.devsecops secrets-check .secrets.baseline``. Development tooling: it needs the
-``dev`` extra (pip-audit, cyclonedx-bom), and nothing at run time imports it.
+Each is run as ``python -m trustmesh.devsecops audit LOCK``, ``… sbom-check SBOM LOCK``
+and ``… secrets-check .secrets.baseline``. Development tooling: it needs the ``dev`` extra
+(pip-audit, cyclonedx-bom, detect-secrets), and nothing at run time imports it.
 """
 
 from __future__ import annotations
