@@ -99,3 +99,4 @@ def test_a_report_that_is_not_one_is_not_run() -> None:
         "pip-audit exited 2 without a report: ConnectionError: refused"
     )
     assert interpret({"dependencies": "x"}, 0, "").status is AuditStatus.NOT_RUN
+    assert interpret({"dependencies": ["idna"]}, 0, "").status is AuditStatus.NOT_RUN

@@ -91,3 +91,14 @@ def test_the_final_stage_runs_unprivileged_without_installers() -> None:
     assert "/opt/trustmesh/bin/python -m pip uninstall --yes pip" in stages[1]
     assert "--require-hashes" in stages[1]
     assert not re.search(r"^(RUN|COPY)\b.*\b(apt-get|gcc|build-essential)\b", final, re.M)
+
+
+def test_the_build_context_is_an_allow_list() -> None:
+    """Only what the build copies is sent: never .trustmesh/ (keys), .venv/ or .git/."""
+    lines = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    rules = [line for line in lines if line and not line.startswith("#")]
+    assert rules[0] == "*"
+    copied = set(re.findall(r"^COPY (?!--from)(.+) \S+$", DOCKERFILE.read_text(), re.M))
+    sources = {name for group in copied for name in group.split()}
+    assert sources == {"requirements-runtime.lock", "pyproject.toml", "README.md", "src"}
+    assert {f"!{name}" for name in sources} <= {rule.rstrip("/") for rule in rules}

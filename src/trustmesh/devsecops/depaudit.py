@@ -97,7 +97,7 @@ def interpret(report: dict[str, Any] | None, returncode: int, stderr: str) -> Au
         why = f"pip-audit exited {returncode} without a report"
         return AuditOutcome(AuditStatus.NOT_RUN, f"{why}: {last.strip()[:300]}" if last else why)
     deps = report.get("dependencies")
-    if not isinstance(deps, list):
+    if not isinstance(deps, list) or not all(isinstance(dep, dict) for dep in deps):
         return AuditOutcome(AuditStatus.NOT_RUN, "pip-audit's report has no dependency list")
     skipped: list[str] = []
     reasons: list[str] = []
