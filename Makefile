@@ -5,8 +5,10 @@ VENV   ?= .venv
 # workers than cores pay off; TEST_JOBS=0 runs everything in one process.
 TEST_JOBS ?= 4
 BIN     = $(VENV)/bin
+# the CI gates (make gates)
+GATES   = gate-bandit gate-config gate-dockerfile gate-secrets gate-sbom gate-audit
 
-.PHONY: up test gates lint typecheck lock proto bench clean
+.PHONY: up test gates $(GATES) lint typecheck lock proto bench clean
 
 $(BIN)/trustmesh: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -28,23 +30,37 @@ test: $(BIN)/trustmesh lint typecheck gates
 ## audited .secrets.baseline, a CycloneDX SBOM of the lock (artifacts/sbom.cdx.json) checked
 ## against it, and pip-audit over the lock. Where no vulnerability service answers, the
 ## audit prints NOT RUN and passes; TRUSTMESH_REQUIRE_AUDIT=1 makes that a failure.
+# three at a time (the audit mostly waits on the network), each one's output kept together
 gates: $(BIN)/trustmesh
 	@mkdir -p artifacts
-	@# the report goes to artifacts/ (bandit warns on stderr of every nosec on a multi-line
-	@# statement, which drowned the verdict), and is printed when it fails
+	@$(MAKE) --no-print-directory -j3 --output-sync=target $(GATES)
+
+# the report goes to artifacts/ (bandit warns on stderr of every nosec on a multi-line
+# statement, which drowned the verdict), and is printed when it fails
+gate-bandit:
 	@rm -f artifacts/bandit.txt artifacts/bandit.err
 	$(BIN)/bandit -c pyproject.toml -r src --severity-level medium --quiet \
 	    -f txt -o artifacts/bandit.txt 2>artifacts/bandit.err \
 	    && echo "bandit: ok: no finding of medium severity or above in src/" \
 	    || { cat artifacts/bandit.txt artifacts/bandit.err; exit 1; }
+
+gate-config:
 	$(BIN)/trustmesh config check --strict --config src/trustmesh/config/default.yaml
-	$(BIN)/hadolint --failure-threshold style Dockerfile && echo "hadolint: ok: Dockerfile"
+
+gate-dockerfile:
+	$(BIN)/hadolint --no-color --failure-threshold style Dockerfile && echo "hadolint: ok: Dockerfile"
+
+gate-secrets:
 	$(BIN)/python -m trustmesh.devsecops secrets-check .secrets.baseline
-	@# (the lock lists no dependency graph: cyclonedx-py's warning that the root's is empty
-	@# says nothing here)
+
+# (the lock lists no dependency graph: cyclonedx-py's warning that the root's is empty says
+# nothing here)
+gate-sbom:
 	PYTHONWARNINGS=ignore::UserWarning $(BIN)/cyclonedx-py requirements requirements.lock \
 	    --pyproject pyproject.toml --output-reproducible -o artifacts/sbom.cdx.json
 	$(BIN)/python -m trustmesh.devsecops sbom-check artifacts/sbom.cdx.json requirements.lock
+
+gate-audit:
 	$(BIN)/python -m trustmesh.devsecops audit requirements.lock
 
 lint: $(BIN)/trustmesh
