@@ -30,6 +30,7 @@ LAYER = {
     "cli": 4,
     "demo": 4,
     "testing": 4,
+    "devsecops": 4,  # the CI gates' checks: development tooling, imported by nothing
     "__main__": 5,
     "__init__": 0,  # the package root: its version, nothing else
 }

@@ -216,11 +216,11 @@ _INSERTED: Final = (
 _JSON_COLUMNS: Final = frozenset({"group", "actions"})
 _QUOTED: Final = ", ".join('"' + c + '"' for c in _INSERTED)  # "group" is a keyword
 _INSERT_ALERT: Final = (
-    f"INSERT INTO {alerts.name} ({_QUOTED}) "  # noqa: S608
+    f"INSERT INTO {alerts.name} ({_QUOTED}) "  # noqa: S608  # nosec B608 # table and column names are module constants; values are bound
     f"VALUES ({', '.join('?' * len(_INSERTED))})"
 )
 _INSERT_LINK: Final = (
-    f"INSERT INTO {alert_events.name} (alert_id, event_uid, position) VALUES (?, ?, ?)"  # noqa: S608
+    f"INSERT INTO {alert_events.name} (alert_id, event_uid, position) VALUES (?, ?, ?)"  # noqa: S608  # nosec B608 # the table name is a module constant; values are bound
 )
 
 
@@ -299,7 +299,7 @@ def _add_sqlite(
     each linked alert's event uids. JSON columns written as SQLAlchemy's JSON type
     writes them (``json.dumps``), so the store reads them back alike."""
     native.execute("BEGIN IMMEDIATE")
-    select_found = f"SELECT {', '.join(_FOUND)} FROM {alerts.name} WHERE "  # noqa: S608
+    select_found = f"SELECT {', '.join(_FOUND)} FROM {alerts.name} WHERE "  # noqa: S608  # nosec B608 # table and column names are module constants; values are bound
     found: dict[int, dict[str, Any]] = {}
     uids = sorted({r["uid"] for r in rows})
     keys = sorted({r["group_key"] for r in rows})
@@ -324,7 +324,7 @@ def _add_sqlite(
     ids = builtins.list(links)
     for part in _chunks(ids):
         sql = (
-            f"SELECT alert_id, event_uid FROM {alert_events.name} "  # noqa: S608
+            f"SELECT alert_id, event_uid FROM {alert_events.name} "  # noqa: S608  # nosec B608 # a constant table name and '?' marks; the ids are bound
             f"WHERE alert_id IN ({_marks(len(part))}) ORDER BY alert_id, position"
         )
         for alert_id, event_uid in native.execute(sql, builtins.list(part)):

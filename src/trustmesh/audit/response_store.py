@@ -99,7 +99,7 @@ class ResponseStore(SqlStore):
         async with sqlite_writer(self.engine), self.engine.begin() as connection:
             if connection.dialect.name == "sqlite":  # one call in the connection's thread
                 names = ", ".join(row)  # the record's own field names, not input
-                sql = f"INSERT INTO {responses.name} ({names}) VALUES ({_marks(len(row))})"  # noqa: S608
+                sql = f"INSERT INTO {responses.name} ({names}) VALUES ({_marks(len(row))})"  # noqa: S608  # nosec B608 # columns are the record model's own field names; values are bound
                 await in_sqlite_thread(connection, _execute, sql, tuple(row.values()))
             else:  # the statement and its parameters apart: compiled once
                 await connection.execute(responses.insert(), row)

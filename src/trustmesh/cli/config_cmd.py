@@ -1,4 +1,8 @@
-"""``trustmesh config check|schema``: validate the declaration, print its JSON Schema.
+"""``trustmesh config check [--strict]|schema``: validate the declaration, print its JSON Schema.
+
+``--strict`` also refuses what a declaration should not ship with
+(:mod:`trustmesh.config.strict`): a service without a policy, a wildcard allow, a token or
+SVID lifetime outside strict bounds. CI runs it on the shipped declaration (``make gates``).
 
 Exit codes: 0 the declaration is valid, 2 bad config or bad usage.
 """
@@ -12,7 +16,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from trustmesh.config import config_json_schema, load_config, resolve_config_path
+from trustmesh.config import (
+    TrustmeshConfig,
+    config_json_schema,
+    load_config,
+    resolve_config_path,
+)
 from trustmesh.errors import ConfigError
 
 __all__ = ["app"]
@@ -36,8 +45,18 @@ ConfigOption = Annotated[
 ]
 
 
+StrictOption = Annotated[
+    bool,
+    typer.Option(
+        "--strict",
+        help="Also refuse services without a policy, wildcard allows and lifetimes outside "
+        "strict bounds.",
+    ),
+]
+
+
 @app.command("check")
-def check(config: ConfigOption = None) -> None:
+def check(config: ConfigOption = None, strict: StrictOption = False) -> None:
     """Validate the declaration; print every problem as file:line: key.path: what is wrong."""
     path = resolve_config_path(config)
     try:
@@ -61,6 +80,8 @@ def check(config: ConfigOption = None) -> None:
         except ConfigError as exc:
             Console(stderr=True, soft_wrap=True, markup=False).print(f"{path}: {exc.detail}")
             raise typer.Exit(EXIT_BAD_CONFIG) from None
+    if strict:
+        _strict_or_exit(loaded, path)
     out = Console(soft_wrap=True, markup=False, highlight=False)
     if loaded.gateway is not None and policy is None:
         out.print(
@@ -70,7 +91,23 @@ def check(config: ConfigOption = None) -> None:
     out.print(
         f"ok: {path}: trust domain {loaded.trust_domain}, "
         f"{len(loaded.services)} services, {len(loaded.calls)} calls"
+        + (" (strict)" if strict else "")
     )
+
+
+def _strict_or_exit(loaded: TrustmeshConfig, path: Path) -> None:
+    from trustmesh.config.strict import strict_problems
+
+    names = loaded.gateway.policies if loaded.gateway is not None else []
+    # read as the edge policies just were: they loaded, so each is a readable UTF-8 file
+    texts = {name: (path.parent / name).read_text(encoding="utf-8") for name in names}
+    problems = strict_problems(loaded, path.read_text(encoding="utf-8"), str(path), texts)
+    if problems:
+        errors = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
+        for problem in problems:
+            errors.print(f"strict: {problem}")
+        errors.print(f"{path}: {len(problems)} problem(s) in strict mode", style="bold red")
+        raise typer.Exit(EXIT_BAD_CONFIG)
 
 
 @app.command("schema")

@@ -114,7 +114,7 @@ def _plan(chars: frozenset[str]) -> _Plan:
         xss_c="<" in chars or "=" in chars,
         browser=browser,
         sql=sql,
-        shell=not _ANY.isdisjoint(chars),
+        shell=not _ANY.isdisjoint(chars),  # nosec B604 # a plan field (shell metacharacters present), no subprocess
         sqli_c=not _SQL_SIGNIFICANT.isdisjoint(chars),
         always=not _ALWAYS.isdisjoint(chars),
         screens=tuple(screen for char, screen in _RE_SCREENS.items() if char in chars),

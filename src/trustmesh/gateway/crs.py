@@ -251,8 +251,8 @@ class CrsFilter:
         target: bytes,
         headers: Sequence[tuple[bytes, bytes]],
         body: bytes,
-        client: tuple[str, int] = ("0.0.0.0", 0),  # noqa: S104 - an address, not a bind
-        server: tuple[str, int] = ("0.0.0.0", 443),  # noqa: S104
+        client: tuple[str, int] = ("0.0.0.0", 0),  # noqa: S104 - an address, not a bind  # nosec B104 # a placeholder peer address, never bound
+        server: tuple[str, int] = ("0.0.0.0", 443),  # noqa: S104  # nosec B104 # a placeholder server address, never bound
     ) -> CrsFinding | None:
         """The CRS's verdict on one request (``target``: the request target as sent, path
         and query), or ``None`` when its anomaly score stays under the threshold."""

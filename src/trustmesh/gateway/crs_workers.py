@@ -67,7 +67,7 @@ def _serve(conn: Connection) -> None:
     filters: dict[CrsSpec, CrsFilter] = {}
     while True:
         try:
-            spec, request = pickle.loads(conn.recv_bytes())  # noqa: S301 - our own process's
+            spec, request = pickle.loads(conn.recv_bytes())  # noqa: S301 - our own process's  # nosec B301 # the parent's bytes over a private pipe, never network data
         except (EOFError, OSError):
             return
         try:
@@ -108,7 +108,7 @@ class _Worker:
 
     def _readable(self) -> None:
         try:
-            answer = pickle.loads(self.conn.recv_bytes())  # noqa: S301 - our own child's
+            answer = pickle.loads(self.conn.recv_bytes())  # noqa: S301 - our own child's  # nosec B301 # our own worker's answer over a private pipe
         except (EOFError, OSError, pickle.UnpicklingError):
             answer = ("error", "the worker exited")
             self.dead = True

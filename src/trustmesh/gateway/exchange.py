@@ -115,7 +115,7 @@ class Exchange:
 
 
 def new_exchange(scope: Scope, receive: Receive, context: dict[str, Any]) -> Exchange:
-    peer = (scope.get("client") or ("0.0.0.0", 0))[0]  # noqa: S104 - a label, never bound
+    peer = (scope.get("client") or ("0.0.0.0", 0))[0]  # noqa: S104 - a label, never bound  # nosec B104 # a placeholder peer label, never bound
     raw = scope.get("raw_path") or scope["path"].encode("utf-8")
     method: str = scope["method"]
     context.update(method=method, path=raw.decode("latin-1")[:512], client=peer)

@@ -519,7 +519,7 @@ def _private_root(root: Path) -> Path:
 def _private_folder(root: Path) -> Path:
     """A fresh 0700 folder for the keys nginx reads: in memory where the machine has
     ``/dev/shm``, else under ``root``."""
-    shm = Path("/dev/shm")  # noqa: S108 - a private 0700 folder of our own, made below
+    shm = Path("/dev/shm")  # noqa: S108 - a private 0700 folder of our own, made below  # nosec B108 # only the parent of a fresh 0700 mkdtemp folder
     parent = shm if shm.is_dir() and os.access(shm, os.W_OK) else root
     parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f"trustmesh-nginx-{secrets.token_hex(4)}-", dir=parent))
