@@ -17,12 +17,20 @@ $(BIN)/trustmesh: pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $@
 
+# checkov (the rendered Kubernetes manifests' checks) in a virtualenv of its own: its pins
+# conflict with the project's (it would downgrade packaging under pysigma and pytest)
+CHECKOV = .venv-checkov/bin/checkov
+$(CHECKOV): requirements-checkov.lock
+	$(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/python -m pip install --quiet --require-hashes -r requirements-checkov.lock
+	@touch $@
+
 ## Start the whole stack with the demo (state in .trustmesh/).
 up: $(BIN)/trustmesh
 	$(BIN)/trustmesh up
 
 ## Lint, type-check, run the CI gates and the whole test suite.
-test: $(BIN)/trustmesh lint typecheck gates
+test: $(BIN)/trustmesh $(CHECKOV) lint typecheck gates
 	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadgroup
 
 ## The CI gates: SAST (bandit, medium severity and up, each ignore justified inline), the
@@ -77,6 +85,8 @@ lock: $(BIN)/trustmesh
 	    -o requirements.lock -q
 	$(BIN)/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 --universal \
 	    -c requirements.lock -o requirements-runtime.lock -q
+	echo "checkov==3.3.30" | $(BIN)/uv pip compile - --generate-hashes --python-version 3.11 \
+	    --universal -o requirements-checkov.lock -q
 
 ## Regenerate the Workload API protobuf modules (needs grpcio-tools).
 proto:

@@ -256,7 +256,8 @@ def _volumes(
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "declaration", "mountPath": CONFIG_DIR, "readOnly": True},
-        {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - the pod's own emptyDir
+        # a path in the pod (its own emptyDir), not a temporary file of this process
+        {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108  # nosec B108 # the pod's emptyDir
         {"name": "state", "mountPath": STATE_DIR},
     ]
     if pod.name != "identity":
