@@ -10,6 +10,7 @@ from trustmesh.cli import (
     auth_cmd,
     call_cmd,
     config_cmd,
+    docs_cmd,
     gateway_cmd,
     identity_cmd,
     policy_cmd,
@@ -37,6 +38,7 @@ gateway_cmd.register(app)
 secrets_cmd.register(app)
 app.add_typer(audit_cmd.app, name="audit")
 attack_cmd.register(app)
+app.add_typer(docs_cmd.app, name="docs")
 
 
 def main() -> None:
