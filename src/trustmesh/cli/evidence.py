@@ -213,6 +213,7 @@ def certificates_item(
         if left <= dt.timedelta(0):
             problems.append(f"{name}: expired {expires}")
         svid = issued.get(spiffe_id)
+        row["lifetime"] = None  # the identity service's own SVID is in no issuance record
         if svid is not None:
             lifetime = dt.datetime.fromisoformat(
                 str(svid["not_after"])
@@ -225,10 +226,11 @@ def certificates_item(
         rows.append(row)
     if not rows:
         problems.append("no component's SVID was observed")
-    lifetimes = [r["lifetime"] for r in rows if "lifetime" in r]
+    lifetimes = [r["lifetime"] for r in rows if r.get("lifetime")]
     result = (
         f"{len(rows)} SVIDs observed, bound {_span(max_svid_ttl)} (identity.max_svid_ttl); "
-        f"issued lifetimes: {', '.join(sorted(set(lifetimes))) or 'none read'}"
+        f"issued lifetimes ({len(lifetimes)} on record): "
+        f"{', '.join(sorted(set(lifetimes))) or 'none'}; the rest bounded by their time left"
     )
     if problems:
         result += "; " + "; ".join(problems)
