@@ -6,7 +6,8 @@
 - ``evidence``: evidence from the running stack (:mod:`trustmesh.cli.evidence_collect`),
   each item mapped to the NIST SP 800-207 tenets and PCI DSS 4.0 requirements it
   evidences (:mod:`trustmesh.cli.evidence`), with the attack report given
-  (``--attack-report``, a ``trustmesh attack --json`` file) or run (``--run-attack``).
+  (``--attack-report``, a ``trustmesh attack --json`` file, observed when the file was
+  written) or run (``--run-attack``).
 
 Exit codes: 0 written (evidence: every item passed), 1 an evidence item failed or the
 stack could not be asked, 2 bad usage, a bad declaration or no running stack.
@@ -34,6 +35,8 @@ from trustmesh.cli._common import (
     load_or_exit,
 )
 from trustmesh.cli.access_matrix import access_matrix
+from trustmesh.cli.attack_probes import Stack, run_attacks
+from trustmesh.cli.attack_report import document as attack_document
 from trustmesh.cli.docs_render import Table, html_page, markdown_page, matrix_tables
 from trustmesh.cli.evidence import EvidenceItem, attack_item, controls_of, document
 from trustmesh.cli.evidence_collect import observe, stack_items
@@ -184,9 +187,6 @@ def evidence_command(
     items: list[EvidenceItem] = []
     try:
         if run_attack:
-            from trustmesh.cli.attack_probes import Stack, run_attacks
-            from trustmesh.cli.attack_report import document as attack_document
-
             controls = asyncio.run(run_attacks(Stack.find(cfg, state)))
             items.append(attack_item(attack_document(controls), dt.datetime.now(dt.UTC), "run now"))
         elif report is not None and attack_report is not None:
