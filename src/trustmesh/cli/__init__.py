@@ -10,6 +10,7 @@ from trustmesh.cli import (
     auth_cmd,
     call_cmd,
     config_cmd,
+    docs_cmd,
     gateway_cmd,
     identity_cmd,
     k8s_cmd,
@@ -39,6 +40,7 @@ secrets_cmd.register(app)
 app.add_typer(audit_cmd.app, name="audit")
 attack_cmd.register(app)
 app.add_typer(k8s_cmd.app, name="k8s")
+app.add_typer(docs_cmd.app, name="docs")
 
 
 def main() -> None:
