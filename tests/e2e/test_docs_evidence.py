@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from trustmesh.cli.attack_probes import CONTROLS
 from trustmesh.cli.evidence import mfa_item
 from trustmesh.config import default_config_path
 from trustmesh.testing import run_cli as tm
@@ -209,7 +210,7 @@ def test_run_attack_adds_the_attack_item(shop: Shop) -> None:
     code, doc = _json(shop, "--run-attack")
     item = doc["items"][0]
     assert item["name"] == "attack-report"
-    assert item["figures"]["controls"] == 15
+    assert item["figures"]["controls"] == len(CONTROLS)
     assert item["passed"] is True, item["result"]
     assert [i["name"] for i in doc["items"][1:]] == ITEMS
     assert code == 0
