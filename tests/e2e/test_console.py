@@ -30,10 +30,9 @@ import pytest
 import requests
 from browserrig import browser_binaries, spki_pin, start_chrome
 from cryptography import x509
-from demorig import demo_credentials
+from demorig import demo_copy, demo_credentials
 
 from trustmesh import crypto
-from trustmesh.config import default_config_path
 from trustmesh.testing import run_cli as tm
 
 ARTIFACTS = Path(os.environ.get("TRUSTMESH_ARTIFACTS", "artifacts")) / "console"
@@ -44,11 +43,8 @@ pytestmark = pytest.mark.xdist_group("console")
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[dict[str, Any]]:
-    root = Path(tempfile.mkdtemp(prefix="tmc", dir="/tmp"))
-    for name in ("default.yaml", "shop.cedar", "shop.tests.yaml", "shop.openapi.yaml"):
-        shutil.copy(default_config_path().with_name(name), root / name)
-    config = root / "trustmesh.yaml"
-    (root / "default.yaml").rename(config)
+    config = demo_copy("tmc")
+    root = config.parent
     state = root / "state"
     up = tm("up", "--config", str(config), "--state", str(state), "--detach")
     try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from demorig import demo_copy
 
 from trustmesh.cli.attack_probes import CONTROLS
 from trustmesh.cli.evidence import mfa_item
-from trustmesh.config import default_config_path
 from trustmesh.testing import run_cli as tm
 
 pytestmark = pytest.mark.xdist_group("docs-evidence-stack")
@@ -43,11 +42,8 @@ class Shop:
 
 @pytest.fixture(scope="module")
 def shop() -> Iterator[Shop]:
-    root = Path(tempfile.mkdtemp(prefix="tmev", dir="/tmp"))  # a short unix socket path
-    for name in ("default.yaml", "shop.cedar", "shop.tests.yaml", "shop.openapi.yaml"):
-        shutil.copy(default_config_path().with_name(name), root / name)
-    config = root / "trustmesh.yaml"
-    (root / "default.yaml").rename(config)
+    config = demo_copy("tmev")
+    root = config.parent
     state = root / "state"
     up = tm("up", "--config", str(config), "--state", str(state), "--detach")
     assert up.returncode == 0, up.stdout + up.stderr
