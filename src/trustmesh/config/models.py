@@ -29,6 +29,7 @@ from trustmesh.config.durations import Duration, format_duration
 from trustmesh.config.gateway import GatewayConfig
 from trustmesh.config.listener import ListenerLimits
 from trustmesh.config.patterns import path_problem
+from trustmesh.config.runtime import RuntimeProfile
 from trustmesh.config.secrets import SecretsConfig
 from trustmesh.errors import NotFoundError, UsageError
 
@@ -439,6 +440,11 @@ class ServiceSpec(BaseModel):
         default=False,
         description="runs outside `trustmesh up` (started by hand or elsewhere); it still "
         "gets an identity through a registration entry or a join token",
+    )
+    runtime: RuntimeProfile = Field(
+        default_factory=RuntimeProfile,
+        description="What its process may do once serving (trustmesh.sdk.guard); "
+        "default: nothing beyond what is implied, in monitor mode",
     )
 
     @model_validator(mode="after")
