@@ -9,11 +9,13 @@ is recorded; in enforce mode it is refused (PermissionError in the handler) and 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -23,6 +25,9 @@ from typing import Any
 import pytest
 
 from trustmesh import events
+from trustmesh.audit.detection import Alert
+from trustmesh.audit.server import serve_audit
+from trustmesh.config import parse_config
 from trustmesh.reasons import Reason
 from trustmesh.sdk.client import ServiceClient
 from trustmesh.sdk.tls import RotatingTLS
@@ -31,6 +36,7 @@ from trustmesh.testing import RunningIdentityServer
 
 ORDERS = "spiffe://sdk.example/orders"  # registered for this process's binary by conftest
 PAYMENTS = "spiffe://sdk.example/payments"
+AUDIT = "spiffe://sdk.example/trustmesh/audit"
 HERE = Path(__file__).resolve().parent
 
 
@@ -50,9 +56,10 @@ class Service:
         ]
 
 
-def declaration(profile: dict[str, Any]) -> str:
+def declaration(profile: dict[str, Any], extra: str = "") -> str:
     return (
         "trust_domain: sdk.example\n"
+        f"{extra}"
         "services:\n"
         f"  orders: {{run: 'guardapp:app', runtime: {json.dumps(profile)}}}\n"
         "  payments: {external: true}\n"
@@ -63,11 +70,17 @@ def declaration(profile: dict[str, Any]) -> str:
 
 @contextmanager
 def running(
-    tmp: Path, identity: RunningIdentityServer, profile: dict[str, Any]
+    tmp: Path,
+    identity: RunningIdentityServer,
+    profile: dict[str, Any],
+    *,
+    extra: str = "",
+    audit_url: str | None = None,
 ) -> Iterator[Service]:
-    """``guardapp`` served by ``python -m trustmesh.sdk.runner`` under ``profile``."""
+    """``guardapp`` served by ``python -m trustmesh.sdk.runner`` under ``profile``
+    (delivering its events to the collector at ``audit_url``, when given)."""
     config = tmp / "trustmesh.yaml"
-    config.write_text(declaration(profile))
+    config.write_text(declaration(profile, extra))
     log = tmp / "state" / "events" / "orders.jsonl"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TRUSTMESH_", "SPIFFE_"))}
     env |= {
@@ -77,6 +90,8 @@ def running(
         "TRUSTMESH_EVENTS": str(log),
         "PYTHONPATH": os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")]),
     }
+    if audit_url is not None:
+        env["TRUSTMESH_AUDIT_URL"] = audit_url
     process = subprocess.Popen(
         [sys.executable, "-m", "trustmesh.sdk.runner", "guardapp:app"],
         cwd=tmp,
@@ -207,3 +222,44 @@ async def test_what_the_profile_declares_goes_through_unrecorded(
         assert answers["spawn"] == {"done": 7}
         assert answers["eval"] == {"done": 42}
         assert service.recorded() == []
+
+
+async def test_a_shell_spawned_in_an_enforced_service_is_stopped_and_alerted(
+    short_tmp: Path, identity: RunningIdentityServer
+) -> None:
+    """The whole path: the handler is made to spawn a shell, the guard refuses it, the
+    service delivers the event to the audit collector, and the shipped rule alerts on it
+    naming the service."""
+    selectors = [f"unix:uid:{os.getuid()}", f"unix:path:{os.readlink('/proc/self/exe')}"]
+    identity.call(identity.server.service.register, AUDIT, selectors, None)
+    config = parse_config(declaration({}, "dev: true\naudit: {}\n"), source="t.yaml")
+    alerts: list[Alert] = []
+
+    async def on_alerts(raised: list[Alert]) -> None:
+        alerts.extend(raised)
+
+    source = X509Source(identity.address, spiffe_id=AUDIT)
+    await source.start()
+    state = short_tmp / "state"
+    collector = await serve_audit(
+        config, state, source=source, sink=events.MemorySink(), on_alerts=on_alerts
+    )
+    try:
+        extra = "dev: true\naudit: {}\n"
+        with running(
+            short_tmp, identity, {"mode": "enforce"}, extra=extra, audit_url=collector.url
+        ) as service:
+            async with caller(identity, service.url) as client:
+                assert "blocked" in await _do(client, "spawn")
+            deadline = time.monotonic() + 15
+            while not alerts and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+    finally:
+        await collector.stop()
+        await source.close()
+    (alert,) = alerts
+    assert alert.title == "Runtime profile violated in a service"
+    assert dict(alert.group) == {
+        "unmapped.trustmesh.spiffe_id": ORDERS,
+        "unmapped.trustmesh.reason": Reason.RUNTIME_SUBPROCESS_DENIED.value,
+    }

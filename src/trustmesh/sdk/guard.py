@@ -87,6 +87,7 @@ IMPORT_SYSTEM: Final = frozenset(
     {
         "_frozen_importlib",
         "_frozen_importlib_external",
+        "importlib._bootstrap",
         "importlib._bootstrap_external",
         "zipimport",
     }
