@@ -28,8 +28,8 @@ def test_a_service_without_a_profile_is_monitored_with_nothing_declared() -> Non
     assert profile == RuntimeProfile()
     assert profile.mode == "monitor"
     assert (profile.connect, profile.writable) == ([], [])
-    assert not (profile.subprocess or profile.deserialize or profile.dynamic_code)
-    assert not profile.native_libraries
+    allowed = (profile.subprocess, profile.deserialize, profile.dynamic_code)
+    assert (*allowed, profile.native_libraries) == (False, False, False, False)
     bare = parse_config(declared("{}").replace("    runtime: {}\n", ""), source="t.yaml")
     assert bare.services["orders"].runtime == RuntimeProfile()
 

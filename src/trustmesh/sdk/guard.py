@@ -140,6 +140,8 @@ class RuntimeGuard:
         self._locate = locate
         self._local = threading.local()
         self.handlers: dict[str, Handler] = self._handlers()
+        #: The audit hook (:func:`install` adds it; tests may call it directly).
+        self.hook: Handler = self._make_hook()
 
     # -- what may be reached -------------------------------------------------------------
 
@@ -185,19 +187,25 @@ class RuntimeGuard:
 
     # -- the hook --------------------------------------------------------------------------
 
-    def hook(self, event: str, args: tuple[Any, ...]) -> None:
-        """The audit hook: one dict lookup for an event no rule judges."""
-        handler = self.handlers.get(event)
-        if handler is None:
-            return
+    def _make_hook(self) -> Handler:
+        """The audit hook: for an event no rule judges, one lookup in a dict it holds (a
+        closure, not a bound method: measured about four times cheaper per event)."""
+        get = self.handlers.get
         local = self._local
-        if getattr(local, "busy", False):  # the guard's own work: never judged again
-            return
-        local.busy = True
-        try:
-            handler(event, args)
-        finally:
-            local.busy = False
+
+        def hook(event: str, args: tuple[Any, ...]) -> None:
+            handler = get(event)
+            if handler is None:
+                return
+            if getattr(local, "busy", False):  # the guard's own work: never judged again
+                return
+            local.busy = True
+            try:
+                handler(event, args)
+            finally:
+                local.busy = False
+
+        return hook
 
     def _handlers(self) -> dict[str, Handler]:
         p = self.profile
