@@ -226,3 +226,49 @@ def test_a_guard_is_installed_once(short_tmp: Path) -> None:
         """,
     )
     assert result["again"] == "a runtime guard is already installed in this process"
+
+
+def test_path_events_are_judged_on_the_path_they_write(short_tmp: Path) -> None:
+    """A symlink's or link's target is content, not a write; a path relative to an open
+    directory is judged where that directory is. (Judged without a hook, as the hook
+    judges: nothing is installed here.)"""
+    import os
+
+    from trustmesh import events
+    from trustmesh.config.runtime import RuntimeProfile
+    from trustmesh.sdk.guard import RuntimeGuard
+
+    inside, outside = short_tmp / "inside", short_tmp / "outside"
+    inside.mkdir()
+    outside.mkdir()
+    sink = events.MemorySink()
+    guard = RuntimeGuard(
+        RuntimeProfile.model_validate({"mode": "monitor", "writable": [str(inside)]}),
+        events.Recorder(sink, component="orders"),
+    )
+    fd_in = os.open(inside, os.O_RDONLY | os.O_DIRECTORY)
+    fd_out = os.open(outside, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        cases: list[tuple[str, tuple[Any, ...], str | None]] = [
+            ("os.symlink", ("/etc/passwd", str(inside / "l"), -1), None),
+            ("os.symlink", (str(inside / "f"), str(outside / "l"), -1), str(outside / "l")),
+            ("os.link", (str(outside / "f"), str(inside / "l"), -1, -1), None),
+            ("os.mkdir", ("d", 0o700, fd_in), None),
+            ("os.mkdir", ("d", 0o700, fd_out), str(outside / "d")),
+            ("os.rename", (str(inside / "a"), str(outside / "b"), -1, -1), str(outside / "b")),
+            ("os.rename", (str(outside / "a"), str(inside / "b"), -1, -1), str(outside / "a")),
+            ("os.remove", (str(outside / "f"), -1), str(outside / "f")),
+            ("os.chmod", (str(inside / "f"), 0o600, -1), None),
+            ("os.truncate", (str(outside / "f"), 0), str(outside / "f")),
+            ("open", (str(outside / "f"), "r", os.O_RDONLY), None),  # a read
+            ("open", (str(outside / "f"), None, os.O_WRONLY | os.O_APPEND), str(outside / "f")),
+        ]
+        for event, args, judged in cases:
+            before = len(sink.events)
+            guard.hook(event, args)
+            targets = [str(e.attributes["target"]) for e in sink.events[before:]]
+            assert targets == ([] if judged is None else [judged]), (event, args)
+    finally:
+        os.close(fd_in)
+        os.close(fd_out)
+    assert {e.reason for e in sink.events} == {Reason.RUNTIME_WRITE_DENIED}

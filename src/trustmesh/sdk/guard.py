@@ -294,7 +294,8 @@ class RuntimeGuard:
         host = args[0]
         if host is None:
             return
-        name = (host.decode("idna") if isinstance(host, bytes) else str(host)).lower().rstrip(".")
+        text = host.decode("ascii", "replace") if isinstance(host, bytes) else str(host)
+        name = text.lower().rstrip(".")
         if name in self._names:
             return
         try:
@@ -317,19 +318,31 @@ class RuntimeGuard:
         self._judge_path(event, path)
 
     def _first_path(self, event: str, args: tuple[Any, ...]) -> None:
+        # os.remove, os.rmdir: (path, dir_fd); os.mkdir, os.chmod: (path, mode, dir_fd);
+        # os.chown: (path, uid, gid, dir_fd); os.truncate: (path or fd, length)
         if args and not isinstance(args[0], int):
-            self._judge_path(event, args[0])
+            dir_fd = args[-1] if event != "os.truncate" else None
+            self._judge_path(event, args[0], dir_fd)
 
     def _two_paths(self, event: str, args: tuple[Any, ...]) -> None:
-        for path in args[:2]:
-            if not isinstance(path, int):
-                self._judge_path(event, path)
+        # os.rename, os.link: (src, dst, src_dir_fd, dst_dir_fd); os.symlink: (src, dst,
+        # dir_fd). A rename writes both; a link or symlink creates only dst.
+        if event == "os.rename":
+            self._judge_path(event, args[0], args[2])
+        self._judge_path(event, args[1], args[2] if event == "os.symlink" else args[3])
 
-    def _judge_path(self, event: str, path: Any) -> None:
+    def _judge_path(self, event: str, path: Any, dir_fd: Any = None) -> None:
+        if isinstance(path, int):
+            return
         try:
             text = os.fsdecode(os.fspath(path))
         except TypeError:
             text = repr(path)
+        if isinstance(dir_fd, int) and dir_fd >= 0 and not text.startswith("/"):
+            try:  # relative to an open directory: where that directory is
+                text = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), text)
+            except OSError:
+                text = f"<directory fd {dir_fd}>/{text}"
         if not self.may_write(text):
             self.violation(Reason.RUNTIME_WRITE_DENIED, "writable", event, text)
 
