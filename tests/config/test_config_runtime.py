@@ -78,3 +78,12 @@ def test_a_bad_profile_is_refused_naming_the_key(runtime: str, key: str, says: s
     assert f"shop.yaml:5: services.orders.{key}: " in message, message
     assert says in message, message
     assert info.value.code == "invalid_config"
+
+
+@pytest.mark.parametrize("how", ["command: [python, -m, shop]", "external: true"])
+def test_a_profile_where_no_runner_would_hold_it_is_refused(how: str) -> None:
+    text = declared("{mode: enforce}").replace("    run: shop.orders:app\n", f"    {how}\n")
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, source="shop.yaml")
+    message = str(info.value.detail)
+    assert "services.orders.runtime: a runtime profile is held only in a service" in message

@@ -449,6 +449,17 @@ class ServiceSpec(BaseModel):
 
     @model_validator(mode="after")
     def _exactly_one_way_to_run(self) -> ServiceSpec:
+        if self.run is None and self.runtime != RuntimeProfile():
+            # the SDK runner installs the guard; a command's process or an external one
+            # is not started by it, and a profile nobody holds must not look held
+            problems = _Problems()
+            problems.add(
+                ("runtime",),
+                None,
+                "a runtime profile is held only in a service the SDK runner runs",
+                "run: 'package.module:app' with it, or no runtime: here",
+            )
+            problems.raise_if_any("ServiceSpec")
         if self.external:
             if self.run is not None or self.command is not None:
                 raise _problem(

@@ -15,7 +15,9 @@ lets the service's process do once it serves::
           dynamic_code: false      # eval/exec/compile of text
           native_libraries: false  # ctypes loading a shared library
 
-Implied, never declared: the services the declaration lets it call (as discovery hands
+Held in a service ``trustmesh up`` runs with ``run:`` (the SDK runner installs the
+hook); declared on a ``command:`` or ``external`` service it is refused, since nothing
+would hold it. Implied, never declared: the services the declaration lets it call (as discovery hands
 them out), the platform endpoints ``trustmesh up`` names (the Workload API socket, the
 identity provider, the gateway's JWKS, the secrets service, discovery, the audit
 collector), its own event log and audit spool. A service declared without ``runtime:``
