@@ -4,26 +4,22 @@
 The SDK runner (``python -m trustmesh.sdk.runner``, how ``trustmesh up`` runs a declared
 service) installs it once the service serves: start-up (imports, the SVID, TLS, the
 first connections) is done by then. From then on every audit event of the process
-passes through :meth:`RuntimeGuard.hook`; the events it judges, by rule:
+passes through the guard's hook; the events it judges, by rule:
 
-=================  ==========================================================  =====================
-rule               audit events                                                reason
-=================  ==========================================================  =====================
-connect            ``socket.connect`` (inet, inet6, unix), ``socket.getaddrinfo``, runtime-connect-denied
-                   ``socket.gethostbyname``/``_ex`` (a name no rule names:
-                   the lookup itself can carry data out)
-subprocess         ``subprocess.Popen``, ``os.system``, ``os.exec``,            runtime-subprocess-denied
-                   ``os.posix_spawn``, ``os.spawn``, ``os.fork``, ``os.forkpty``
-writable           ``open`` with a write flag, ``os.remove``, ``os.rename``,    runtime-write-denied
-                   ``os.mkdir``, ``os.rmdir``, ``os.symlink``, ``os.link``,
-                   ``os.truncate``, ``os.chmod``, ``os.chown``
-deserialize        ``pickle.find_class``, ``marshal.loads``/``load`` (outside  runtime-deserialize-denied
-                   the import system)
-dynamic_code       ``compile`` of text or an AST, ``code.__new__`` (outside    runtime-dynamic-code-denied
-                   the import system and the standard library's code
-                   generators: namedtuple, dataclasses, typing, ast.parse)
-native_libraries   ``ctypes.dlopen``                                            runtime-native-library-denied
-=================  ==========================================================  =====================
+* ``connect`` (reason ``runtime-connect-denied``): ``socket.connect`` (inet, inet6,
+  unix), and ``socket.getaddrinfo``/``gethostbyname``/``_ex`` of a name no rule names (the
+  lookup itself can carry data out); numeric addresses make no lookup and pass it.
+* ``subprocess`` (``runtime-subprocess-denied``): ``subprocess.Popen``, ``os.system``,
+  ``os.exec``, ``os.posix_spawn``, ``os.spawn``, ``os.fork``, ``os.forkpty``.
+* ``writable`` (``runtime-write-denied``): ``open`` with a write flag, ``os.remove``,
+  ``os.rename``, ``os.mkdir``, ``os.rmdir``, ``os.symlink``, ``os.link``,
+  ``os.truncate``, ``os.chmod``, ``os.chown``.
+* ``deserialize`` (``runtime-deserialize-denied``): ``pickle.find_class``,
+  ``marshal.loads``/``load`` outside the import system.
+* ``dynamic_code`` (``runtime-dynamic-code-denied``): ``compile`` of text or an AST and
+  ``code.__new__``, outside the import system and the standard library's code generators
+  (namedtuple, dataclasses, typing, ``ast.parse``).
+* ``native_libraries`` (``runtime-native-library-denied``): ``ctypes.dlopen``.
 
 A violation is an event on the service's sink (so it reaches the audit collector, where
 the shipped Sigma rule ``runtime_violation`` raises an alert): decision ``deny`` and the
@@ -32,7 +28,8 @@ mode; decision ``would-deny`` and the operation let through in ``monitor`` mode.
 
 Cheap and safe by construction: an event no rule judges costs one dict lookup in a
 closure — about 0.3 µs added per event on the development machine, where a bound method
-cost 1.4 µs (``benchmarks/runtime_guard.py``); a judged event is handled with a per-thread guard, so
+cost 1.4 µs (``benchmarks/runtime_guard.py``; a judged write costs tens of µs, for
+resolving its path); a judged event is handled with a per-thread guard, so
 what the hook does itself (recording the violation, which may write the event log;
 resolving a path) is never judged again and never recurses; the platform's own needs are
 implied (see :mod:`trustmesh.config.runtime`); bytecode caches are not written once the
@@ -50,7 +47,9 @@ of plain data names none and runs no code, so it passes unseen). ``dynamic_code`
 text turned into code by whoever calls ``compile``/``exec``/``eval``: code generation in a
 library outside the short list above is a violation to allow (``dynamic_code: true``), and
 the check is by caller, which a determined attacker with code execution can imitate. Paths
-are judged after resolving symbolic links against the process's current directory. The
+are judged after resolving symbolic links, a relative one against the current directory
+(or the open directory of a ``dir_fd``, except for ``open``, whose audit event does not
+carry it). The
 profile is an early, precise alarm and a first barrier, not a sandbox: run the service
 under seccomp (RuntimeDefault or a tighter profile), with a read-only root filesystem and
 no capabilities, behind Kubernetes NetworkPolicies (``trustmesh k8s render``), and watch
