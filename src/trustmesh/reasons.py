@@ -128,6 +128,14 @@ class Reason(enum.StrEnum):
     #: The SPIFFE ID is suspended (an automated response, or the operator): the identity
     #: service issues it no SVID, and services refuse a peer presenting it.
     SPIFFE_ID_SUSPENDED = "suspended-spiffe-id"
+    # runtime protection (trustmesh.sdk.guard): what a service's process did against its
+    # declared runtime profile (blocked in enforce mode, recorded as would-deny in monitor)
+    RUNTIME_CONNECT_DENIED = "runtime-connect-denied"
+    RUNTIME_SUBPROCESS_DENIED = "runtime-subprocess-denied"
+    RUNTIME_WRITE_DENIED = "runtime-write-denied"
+    RUNTIME_DESERIALIZE_DENIED = "runtime-deserialize-denied"
+    RUNTIME_DYNAMIC_CODE_DENIED = "runtime-dynamic-code-denied"
+    RUNTIME_NATIVE_LIBRARY_DENIED = "runtime-native-library-denied"
 
 
 class Activity(enum.StrEnum):
@@ -322,6 +330,17 @@ ANSWERS: Final = MappingProxyType(
         Reason.AUDIT_UNAVAILABLE: _UNAVAILABLE,
         Reason.STORED_VALUE_CORRUPT: Answer(500, "service_error"),
         Reason.SPIFFE_ID_SUSPENDED: _FORBIDDEN,
+        **dict.fromkeys(
+            (
+                Reason.RUNTIME_CONNECT_DENIED,
+                Reason.RUNTIME_SUBPROCESS_DENIED,
+                Reason.RUNTIME_WRITE_DENIED,
+                Reason.RUNTIME_DESERIALIZE_DENIED,
+                Reason.RUNTIME_DYNAMIC_CODE_DENIED,
+                Reason.RUNTIME_NATIVE_LIBRARY_DENIED,
+            ),
+            _FORBIDDEN,
+        ),
     }
 )
 #: The code of a status that did not come from a reason here: a service's own error the

@@ -4,6 +4,7 @@ files, and a detector with the time it has reached."""
 
 from __future__ import annotations
 
+import contextlib
 import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -228,3 +229,21 @@ def named(alerts: list[Alert], name: str, detector: Detector) -> list[Alert]:
     keys = {r.info.key for r in detector.ruleset.detections if r.info.name == name}
     keys |= {r.info.key for r in detector.ruleset.correlations if r.info.name == name}
     return [a for a in alerts if a.rule_id in keys]
+
+
+def runtime_violation(
+    reason: Reason, seconds: float, *, service: str = "orders", mode: str = "enforce"
+) -> dict[str, Any]:
+    """trustmesh.sdk.guard.RuntimeGuard.violation: the service's process broke its
+    runtime profile (recorded by the service's own recorder, as the runner wires it)."""
+    from trustmesh.config.runtime import RuntimeProfile
+    from trustmesh.sdk.guard import RuntimeGuard, RuntimeViolation
+
+    sink = events.MemorySink()
+    recorder = events.Recorder(sink, component=service, spiffe_id=spiffe(service))
+    guard = RuntimeGuard(RuntimeProfile.model_validate({"mode": mode}), recorder)
+    recorder.clock = lambda: at(seconds)
+    with contextlib.suppress(RuntimeViolation):  # enforce mode refuses after recording
+        guard.violation(reason, "subprocess", "subprocess.Popen", "/bin/sh -c id")
+    (event,) = sink.events
+    return event.to_ocsf()

@@ -21,6 +21,7 @@ from auditkit import (
     login_failed,
     named,
     refresh_reused,
+    runtime_violation,
     secrets_decision,
     shipped,
     spiffe,
@@ -169,6 +170,17 @@ CASES: dict[str, tuple[Stream, list[Stream]]] = {
         [export_failed("webhook siem", 0), export_failed("webhook siem", 300)],  # one alert
         [[events_dropped(3, 0)], [admin_change(Activity.USER_LOCKED, 0)]],
     ),
+    "runtime_violation": (
+        # twice within 10 minutes, one service, one rule: one alert
+        [
+            runtime_violation(Reason.RUNTIME_SUBPROCESS_DENIED, 0),
+            runtime_violation(Reason.RUNTIME_SUBPROCESS_DENIED, 60),
+        ],
+        [
+            [call(ALLOW, Reason.POLICY_ALLOW, 0, callee="orders", caller=spiffe("payments"))],
+            [events_dropped(3, 0)],
+        ],
+    ),
     "new_spiffe_id": (
         calls_from(["orders", "storefront"], 0)
         + calls_from(["orders", "intruder", "intruder"], 3600),
@@ -249,6 +261,28 @@ def test_a_revoked_token_replayed_is_an_alert() -> None:
     )
 
 
+@pytest.mark.parametrize("mode", ["monitor", "enforce"])
+def test_a_shell_spawned_in_a_service_is_an_alert_in_either_mode(mode: str) -> None:
+    stream = [
+        runtime_violation(Reason.RUNTIME_SUBPROCESS_DENIED, 0, mode=mode),
+        runtime_violation(Reason.RUNTIME_CONNECT_DENIED, 1, mode=mode),
+        runtime_violation(Reason.RUNTIME_SUBPROCESS_DENIED, 2, service="payments", mode=mode),
+    ]
+    alerts = only(stream)()
+    assert [a.title for a in alerts] == ["Runtime profile violated in a service"] * 3
+    assert [dict(a.group)["unmapped.trustmesh.spiffe_id"] for a in alerts] == [
+        spiffe("orders"),
+        spiffe("orders"),
+        spiffe("payments"),
+    ]
+    suspend = alerts[0].actions[0]
+    assert (suspend.action, suspend.target, suspend.dry_run) == (
+        Action.SUSPEND_SPIFFE_ID,
+        spiffe("orders"),
+        True,
+    )
+
+
 def test_ordinary_traffic_raises_nothing() -> None:
     stream = (
         calls_from(["orders"] * 5, 0) + reads(3) + [gateway_refusal(Reason.REQUEST_FORWARDED, 9)]
@@ -266,7 +300,7 @@ def test_the_rule_files_ship_as_package_data() -> None:
     ]["trustmesh"]
     package = root / "src" / "trustmesh"
     files = sorted(SHIPPED_RULES.glob("*.yml"))
-    assert len(files) == 13
+    assert len(files) == 14
     for path in files:
         relative = str(path.relative_to(package))
         assert any(fnmatch.fnmatch(relative, p) for p in patterns), relative

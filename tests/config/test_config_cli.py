@@ -33,7 +33,7 @@ def test_check_reports_every_problem_on_stderr_and_exits_2(valid_yaml: str, tmp_
     lines = result.stderr.splitlines()
     assert lines[0] == (
         f"{path}:12: services.orders.prot: unknown key 'prot' (did you mean 'port'?) "
-        "(expected one of: command, external, port, run)"
+        "(expected one of: command, external, port, run, runtime)"
     )
     # user text is printed as-is, never interpreted as Rich markup
     assert lines[1].startswith(f"{path}:21: calls[1].allow[1]: path '/[bold]x[/bold]' has an")

@@ -66,7 +66,7 @@ def test_typo_at_top_level_names_line_and_expected_keys(valid_yaml: str) -> None
 def test_nested_typo_names_path_line_and_expected_keys(valid_yaml: str) -> None:
     [problem] = problems(valid_yaml.replace("    port: 8001", "    prot: 8001"))
     assert problem.startswith("trustmesh.yaml:12: services.orders.prot: unknown key 'prot'")
-    assert problem.endswith("(expected one of: command, external, port, run)")
+    assert problem.endswith("(expected one of: command, external, port, run, runtime)")
 
 
 def test_typo_in_a_call_uses_the_from_alias(valid_yaml: str) -> None:

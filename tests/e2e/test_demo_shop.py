@@ -1054,6 +1054,63 @@ async def _attack(shop: dict[str, object], audit: ServiceClient) -> None:
     assert revoked
 
 
+async def test_a_diagnostic_made_to_probe_the_network_is_stopped_and_alerted(
+    shop: dict[str, object],
+) -> None:
+    """orders' reachability diagnostic (admins only) asked for a host its enforced runtime
+    profile does not declare: refused inside the process before any packet leaves,
+    recorded, delivered and alerted on; and the whole run of the shop above, under the
+    same enforced profiles, broke none besides."""
+    from trustmesh.cli._admin import as_operator
+
+    status = shop["status"]
+    assert isinstance(status, dict)
+    urls = {c["name"]: c for c in status["components"]}
+    ca = str(Path(str(shop["state"])) / "edge" / "ca.pem")
+    probe = "/admin/reachability?host=192.0.2.10&port=22"  # TEST-NET-1: declared nowhere
+
+    def ask(token: str) -> requests.Response:
+        with requests.Session() as s:
+            s.trust_env = False
+            headers = {"Authorization": f"Bearer {token}"}
+            return s.get(urls["gateway"]["url"] + probe, headers=headers, verify=ca, timeout=30)
+
+    support, admin = _sign_in(shop, "support"), _sign_in(shop, "admin")
+    assert (await asyncio.to_thread(ask, support)).status_code == 403  # the edge
+    answer = await asyncio.to_thread(ask, admin)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["reachable"] is False
+    assert "trustmesh runtime profile: connect not allowed" in answer.json()["refused"]
+
+    title = "Runtime profile violated in a service"
+    async with (
+        as_operator(Path(str(shop["state"]))) as operator,
+        ServiceClient(
+            operator.tls, urls["audit"]["url"], f"spiffe://{TD}/trustmesh/audit"
+        ) as audit,
+    ):
+        found: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 10
+        while not found and time.monotonic() < deadline:
+            found = await _alerts(audit, title)
+            await asyncio.sleep(0.2)
+    (alert,) = found
+    assert alert["group"] == {
+        "unmapped.trustmesh.spiffe_id": f"spiffe://{TD}/orders",
+        "unmapped.trustmesh.reason": "runtime-connect-denied",
+    }
+
+    def runtime(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [e for e in found if str(e["status_detail"]).startswith("runtime-")]
+
+    orders = runtime(_events(shop, "orders", lambda found: bool(runtime(found))))
+    others = [runtime(_events(shop, name, lambda _: True)) for name in ("inventory", "payments")]
+    assert others == [[], []]
+    (refused,) = orders
+    assert refused["unmapped"]["trustmesh"]["decision"] == "deny"
+    assert refused["unmapped"]["trustmesh"]["attributes"]["target"] == "192.0.2.10:22"
+
+
 async def test_the_stack_delivers_its_events_and_alerts_on_what_it_saw(
     shop: dict[str, object],
 ) -> None:

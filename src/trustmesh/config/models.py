@@ -29,6 +29,7 @@ from trustmesh.config.durations import Duration, format_duration
 from trustmesh.config.gateway import GatewayConfig
 from trustmesh.config.listener import ListenerLimits
 from trustmesh.config.patterns import path_problem
+from trustmesh.config.runtime import RuntimeProfile
 from trustmesh.config.secrets import SecretsConfig
 from trustmesh.errors import NotFoundError, UsageError
 
@@ -440,9 +441,25 @@ class ServiceSpec(BaseModel):
         description="runs outside `trustmesh up` (started by hand or elsewhere); it still "
         "gets an identity through a registration entry or a join token",
     )
+    runtime: RuntimeProfile = Field(
+        default_factory=RuntimeProfile,
+        description="What its process may do once serving (trustmesh.sdk.guard); "
+        "default: nothing beyond what is implied, in monitor mode",
+    )
 
     @model_validator(mode="after")
     def _exactly_one_way_to_run(self) -> ServiceSpec:
+        if self.run is None and self.runtime != RuntimeProfile():
+            # the SDK runner installs the guard; a command's process or an external one
+            # is not started by it, and a profile nobody holds must not look held
+            problems = _Problems()
+            problems.add(
+                ("runtime",),
+                None,
+                "a runtime profile is held only in a service the SDK runner runs",
+                "run: 'package.module:app' with it, or no runtime: here",
+            )
+            problems.raise_if_any("ServiceSpec")
         if self.external:
             if self.run is not None or self.command is not None:
                 raise _problem(

@@ -3,13 +3,20 @@ behalf of whoever placed the order (token exchange). Object-level authorization 
 Cedar: an order can be read by its owner, and by support and admins; only an admin may
 refund one. ``GET /orders`` lists the caller's own orders — and every order for support
 and admins, who may read any (shop.cedar: "support reads any order"). (The gateway's
-policies decide first, per operation; these decide per order.)"""
+policies decide first, per operation; these decide per order.)
+
+``GET /admin/reachability?host=…&port=…`` (admins only) tells whether orders can open a
+TCP connection to a host: a diagnostic that, like every such feature, could be turned
+into a probe of the network (SSRF). The service's enforced runtime profile
+(``runtime:`` in the declaration, :mod:`trustmesh.sdk.guard`) confines it to the
+destinations declared: any other is refused in the process, recorded, and alerted on."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
 from trustmesh import sdk
@@ -33,6 +40,10 @@ POLICY = sdk.ObjectPolicy(
     @id("staff-list-orders")
     permit(principal, action == Action::"list", resource is Order)
       when { principal.roles.contains("support") || principal.roles.contains("admin") };
+
+    @id("admins-diagnose")
+    permit(principal, action == Action::"diagnose", resource is Shop)
+      when { principal.roles.contains("admin") };
 
     @id("admins-refund")
     permit(principal, action == Action::"refund", resource is Order)
@@ -141,3 +152,27 @@ async def all_orders(http: Request) -> dict[str, object]:
     if not sdk.authorize(http, POLICY, "list", "Order", "*", owner=sdk.User("")):
         raise HTTPException(403, "forbidden")
     return {"orders": sorted(ORDERS.values(), key=lambda o: str(o["id"]))}
+
+
+@app.get("/admin/reachability")
+async def reachability(
+    http: Request,
+    host: str = Query(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:-]+$"),
+    port: int = Query(ge=1, le=65535),
+) -> dict[str, object]:
+    """Whether orders reaches ``host:port`` (admins: the gateway admits only admins signed
+    in with MFA, and so does this check). What the runtime profile does not declare is
+    refused before any packet leaves: ``refused`` says so."""
+    if not sdk.authorize(http, POLICY, "diagnose", "Shop", "reachability"):
+        raise HTTPException(403, "forbidden")
+    answer: dict[str, object] = {"host": host, "port": port, "reachable": False}
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=3)
+    except PermissionError as exc:  # the runtime guard (sdk.guard.RuntimeViolation)
+        answer["refused"] = str(exc)
+    except (OSError, TimeoutError):
+        pass
+    else:
+        writer.close()
+        answer["reachable"] = True
+    return answer

@@ -32,7 +32,7 @@ from trustmesh.errors import NotFoundError, UnavailableError
 from trustmesh.policy.calls import CallAuthorizer
 from trustmesh.policy.objects import AttributeValue, ObjectDecision, ObjectPolicy
 from trustmesh.reasons import Reason
-from trustmesh.sdk import spans
+from trustmesh.sdk import guard, spans
 from trustmesh.sdk.client import Response, ServiceClient, TokenProvider
 from trustmesh.sdk.delivery import AuditSink, audit_sink_from_env
 from trustmesh.sdk.discovery import DiscoveryClient, Endpoint
@@ -123,6 +123,7 @@ class Runtime:
         if not endpoints:
             raise UnavailableError(f"no instance of {service} is running")
         endpoint = endpoints[0]
+        guard.allow_url(endpoint.url)  # discovery hands out only what this service may call
         created = ServiceClient(
             self.tls,
             endpoint.url,
