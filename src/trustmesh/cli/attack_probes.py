@@ -618,11 +618,38 @@ GUESSES: Final = 10
 REDIRECT: Final = "http://127.0.0.1/attack/callback"
 
 
+class _Clients:
+    """OAuth clients the operator registers for the run, removed when it ends."""
+
+    def __init__(self, stack: Stack, operator: Any) -> None:
+        self.stack, self.operator = stack, operator
+        self.made: list[str] = []
+
+    async def add(self, body: dict[str, Any]) -> dict[str, Any]:
+        from trustmesh.cli._admin import admin_request
+
+        path = "/admin/v1/clients"
+        doc = await admin_request(self.operator, self.stack.state, "auth", "POST", path, body)
+        self.made.append(str(body["client_id"]))
+        return dict(doc)
+
+    async def __aenter__(self) -> _Clients:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        from trustmesh.cli._admin import admin_request
+
+        for client_id in self.made:
+            with contextlib.suppress(Exception):
+                path = f"/admin/v1/clients/{client_id}"
+                await admin_request(self.operator, self.stack.state, "auth", "DELETE", path)
+
+
 async def probe_provider(stack: Stack) -> list[Outcome]:
     """With clients the operator registers for the run (removed after): a real token
     for another audience, and a certificate-bound one replayed without its
     certificate, presented at the gateway; a password guessed online for one login."""
-    from trustmesh.cli._admin import admin_request, as_operator
+    from trustmesh.cli._admin import as_operator
 
     auth = read_json(stack.state / ENDPOINTS["auth"][0]) or {}
     public, mtls = auth.get("public_url"), auth.get("url")
@@ -641,67 +668,62 @@ async def probe_provider(stack: Stack) -> list[Outcome]:
     other, bound, brute = outcomes
     edge = Edge(stack.gateway, stack.edge_ca)
     target = _protected(stack)
-    gateway_id = stack.config.component_spiffe_id("gateway")
     suffix = secrets.token_hex(3)
-    made: list[str] = []
-    async with as_operator(stack.state, stack.config) as operator:
-
-        async def client(body: dict[str, Any]) -> dict[str, Any]:
-            doc = await admin_request(
-                operator, stack.state, "auth", "POST", "/admin/v1/clients", body
-            )
-            made.append(str(body["client_id"]))
-            return dict(doc)
-
-        try:
-            service = sorted(stack.services)[0]
-            confidential = await client(
-                {"client_id": f"attack-aud-{suffix}", "method": "client_secret_basic",
-                 "audiences": [service]}
-            )  # fmt: skip
-            token = await _client_credentials(public, stack.edge_ca, confidential)
-            other.attack = f"GET {target} with a real token of the provider for {service}"
-            answer = await asyncio.to_thread(
-                edge.request, "GET", target, {"Authorization": f"Bearer {token}"}
-            )
-            other.refused(f"GET {target}", answer, {401})
-
-            stranger = f"spiffe://{stack.config.trust_domain}/attack/probe-{suffix}"
-            await client(
-                {"client_id": f"attack-bound-{suffix}", "method": "tls_client_auth",
-                 "spiffe_id": stranger, "audiences": [gateway_id]}
-            )  # fmt: skip
-            async with _as(stack, operator, stranger) as tls:
-                issued = await _traced_call(
-                    tls, mtls, stack.config.component_spiffe_id("auth"), "POST",
-                    "/oauth2/token", data={"grant_type": "client_credentials",
-                                           "client_id": f"attack-bound-{suffix}"},
-                )  # fmt: skip
-            if issued.status != 200:
-                bound.failures.append(f"the provider issued no bound token ({issued})")
-            else:
-                replayed = json.loads(issued.body)["access_token"]
-                bound.attack = (
-                    f"GET {target} with a token bound to {stranger}'s certificate, over a "
-                    "connection presenting no certificate"
-                )
-                answer = await asyncio.to_thread(
-                    edge.request, "GET", target, {"Authorization": f"Bearer {replayed}"}
-                )
-                bound.refused(f"GET {target}", answer, {401})
-
-            await client(
-                {"client_id": f"attack-login-{suffix}", "method": "none",
-                 "redirect_uris": [REDIRECT], "audiences": [gateway_id]}
-            )  # fmt: skip
-            await _brute_force(stack, operator, public, f"attack-login-{suffix}", brute)
-        finally:
-            for client_id in made:
-                with contextlib.suppress(Exception):
-                    await admin_request(
-                        operator, stack.state, "auth", "DELETE", f"/admin/v1/clients/{client_id}"
-                    )
+    async with (
+        as_operator(stack.state, stack.config) as operator,
+        _Clients(stack, operator) as clients,
+    ):
+        service = sorted(stack.services)[0]
+        confidential = await clients.add(
+            {"client_id": f"attack-aud-{suffix}", "method": "client_secret_basic",
+             "audiences": [service]}
+        )  # fmt: skip
+        token = await _client_credentials(public, stack.edge_ca, confidential)
+        other.attack = f"GET {target} with a real token of the provider for {service}"
+        answer = await asyncio.to_thread(
+            edge.request, "GET", target, {"Authorization": f"Bearer {token}"}
+        )
+        other.refused(f"GET {target}", answer, {401})
+        await _bound_replay(stack, operator, clients, mtls, suffix, bound)
+        await clients.add(
+            {"client_id": f"attack-login-{suffix}", "method": "none",
+             "redirect_uris": [REDIRECT],
+             "audiences": [stack.config.component_spiffe_id("gateway")]}
+        )  # fmt: skip
+        await _brute_force(stack, operator, public, f"attack-login-{suffix}", brute)
     return outcomes
+
+
+async def _bound_replay(
+    stack: Stack, operator: Any, clients: _Clients, mtls: str, suffix: str, outcome: Outcome
+) -> None:
+    """A workload's token, bound to its certificate (RFC 8705), presented at the
+    gateway over a connection that presents none."""
+    stranger = f"spiffe://{stack.config.trust_domain}/attack/probe-{suffix}"
+    client_id = f"attack-bound-{suffix}"
+    await clients.add(
+        {"client_id": client_id, "method": "tls_client_auth", "spiffe_id": stranger,
+         "audiences": [stack.config.component_spiffe_id("gateway")]}
+    )  # fmt: skip
+    async with _as(stack, operator, stranger) as tls:
+        issued = await _traced_call(
+            tls, mtls, stack.config.component_spiffe_id("auth"), "POST", "/oauth2/token",
+            data={"grant_type": "client_credentials", "client_id": client_id},
+        )  # fmt: skip
+    if issued.status != 200:
+        outcome.failures.append(f"the provider issued no bound token ({issued})")
+        return
+    replayed = json.loads(issued.body)["access_token"]
+    target = _protected(stack)
+    outcome.attack = (
+        f"GET {target} with a token bound to {stranger}'s certificate, over a connection "
+        "presenting no certificate"
+    )
+    edge = Edge(stack.gateway, stack.edge_ca)
+    answer = await asyncio.to_thread(
+        edge.request, "GET", target, {"Authorization": f"Bearer {replayed}"}
+    )
+    outcome.refused(f"GET {target}", answer, {401})
 
 
 async def _client_credentials(public: str, ca: Path, client: dict[str, Any]) -> str:
@@ -730,8 +752,6 @@ async def _brute_force(
 ) -> None:
     """Guesses through the login form, as a browser sends them; then the alert the
     shipped rule raises, looked for in the collector (its events are the evidence)."""
-    import re
-
     import aiohttp
 
     login = f"attack-{secrets.token_hex(4)}"
@@ -748,34 +768,11 @@ async def _brute_force(
     jar = aiohttp.CookieJar(unsafe=True)
     async with aiohttp.ClientSession(cookie_jar=jar, trust_env=False) as browser:
         for _ in range(GUESSES):
-            start = await browser.get(
-                f"{public}/oauth2/authorize?{query}", allow_redirects=False, ssl=context
-            )
-            where = start.headers.get("Location", "")
-            form = await browser.get(
-                where if where.startswith("http") else public + where,
-                allow_redirects=False,
-                ssl=context,
-            )
-            page = await form.text()
-            csrf = re.search(r'name="csrf" value="([^"]+)"', page)
-            nxt = re.search(r'name="next" value="([^"]+)"', page)
-            if csrf is None or nxt is None:
-                outcome.failures.append(f"no login form to guess at ({form.status})")
+            status = await _guess(browser, context, f"{public}/oauth2/authorize?{query}", login)
+            if status is None:
+                outcome.failures.append("no login form to guess at")
                 return
-            sent = await browser.post(
-                public + "/login",
-                data={
-                    "csrf": csrf[1],
-                    "next": nxt[1].replace("&amp;", "&"),
-                    "username": login,
-                    "password": secrets.token_urlsafe(12),
-                    "otp": "",
-                },
-                allow_redirects=False,
-                ssl=context,
-            )
-            statuses.append(sent.status)
+            statuses.append(status)
     admitted = [s for s in statuses if s in (302, 303)]
     outcome.observed.append(f"{len(statuses)} guesses answered {sorted(set(statuses))}")
     if admitted:
@@ -786,6 +783,33 @@ async def _brute_force(
     else:
         outcome.observed.append(f"alert {alert['uid']} ({alert['level']})")
         outcome.events.extend(str(uid) for uid in alert.get("event_uids", []))
+
+
+async def _guess(browser: Any, context: ssl.SSLContext, start: str, login: str) -> int | None:
+    """One wrong password for ``login``, as a browser sends it: the authorization
+    request, its login form, the form posted; the answer's status (None: no form)."""
+    import re
+
+    public = start.split("/oauth2/", 1)[0]
+    first = await browser.get(start, allow_redirects=False, ssl=context)
+    where = first.headers.get("Location", "")
+    form = await browser.get(
+        where if where.startswith("http") else public + where, allow_redirects=False, ssl=context
+    )
+    page = await form.text()
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+    nxt = re.search(r'name="next" value="([^"]+)"', page)
+    if csrf is None or nxt is None:
+        return None
+    fields = {
+        "csrf": csrf[1],
+        "next": nxt[1].replace("&amp;", "&"),
+        "username": login,
+        "password": secrets.token_urlsafe(12),
+        "otp": "",
+    }
+    sent = await browser.post(public + "/login", data=fields, allow_redirects=False, ssl=context)
+    return int(sent.status)
 
 
 async def _alert(stack: Stack, operator: Any, title: str, login: str) -> dict[str, Any] | None:
