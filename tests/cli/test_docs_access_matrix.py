@@ -51,6 +51,7 @@ def test_the_demo_matrix_has_the_decisions_of_shop_cedar(tmp_path: Path) -> None
         "GET /orders/{order_id}",
         "POST /orders/{order_id}/refund",
         "GET /admin/orders",
+        "GET /admin/reachability",
     ]
     ordering = _cell(matrix, "POST /orders", "customer")
     assert ordering.allowed
@@ -68,6 +69,9 @@ def test_the_demo_matrix_has_the_decisions_of_shop_cedar(tmp_path: Path) -> None
     assert not no_mfa.forbids
     admin = _cell(matrix, "GET /admin/orders", "admin without MFA")
     assert admin.forbids == ("admin-routes-need-mfa",)
+    probe = _cell(matrix, "GET /admin/reachability", "support")  # the SSRF diagnostic
+    assert not probe.allowed
+    assert _cell(matrix, "GET /admin/reachability", "admin with MFA").allowed
     # anonymous: the catalogue, and nothing else (refused before any policy)
     allowed = [
         op.name for op, row in zip(users.operations, users.cells, strict=True) if row[0].allowed
@@ -144,7 +148,7 @@ def test_service_calls_and_the_default_deny(tmp_path: Path) -> None:
     assert ("gateway", "orders", "POST", "/orders/{order_id}/refund") in declared
     assert all(c.allowed for c in matrix.calls)
     denied = {(d.caller, d.callee): d for d in matrix.denied}
-    assert denied[("payments", "orders")].asked == 5
+    assert denied[("payments", "orders")].asked == 6  # every operation orders serves
     assert denied[("payments", "orders")].allowed == 0
     assert ("gateway", "payments") in denied  # no route reaches payments
     assert ("orders", "payments") not in denied

@@ -430,7 +430,9 @@ def test_a_render_removes_what_the_last_one_wrote_and_this_one_does_not(tmp_path
     (out / "kustomization.yaml").write_text("resources: []\n")
     text = config.read_text()
     config.write_text(
-        text.replace('  inventory: {run: "trustmesh.demo.inventory:app"}\n', "")
+        text.replace(
+            '  inventory: {run: "trustmesh.demo.inventory:app", runtime: {mode: enforce}}\n', ""
+        )
         .replace(
             '  - {from: orders, to: inventory, allow: ["GET /items/{item}", "POST /reservations"]}\n',
             "",
