@@ -651,6 +651,9 @@ def _demo_credentials(shop: dict[str, object]) -> dict[str, tuple[str, str]]:
     return demo_credentials(str(shop["up_output"]))
 
 
+_OTP_STEPS: dict[str, int] = {}  # the last TOTP step each user signed in with
+
+
 def _sign_in(shop: dict[str, object], username: str) -> str:
     """The demo user signs in on the provider's public listener (code + PKCE, TOTP for the
     admin) as the shop's web client; the access token is for the gateway."""
@@ -658,6 +661,13 @@ def _sign_in(shop: dict[str, object], username: str) -> str:
     otp = ""
     if secret:
         key = base64.b32decode(secret + "=" * (-len(secret) % 8))
+        # a code is taken once (replay refused): a second sign-in in the same 30 s step
+        # waits for the next one
+        step = int(time.time() // 30)
+        if _OTP_STEPS.get(username, -1) >= step:
+            time.sleep((step + 1) * 30 - time.time() + 0.5)
+            step = int(time.time() // 30)
+        _OTP_STEPS[username] = step
         otp = crypto.totp_code(key, time.time())
     status = shop["status"]
     assert isinstance(status, dict)
