@@ -364,10 +364,7 @@ def test_the_verify_images_policy(tmp_path: Path) -> None:
 def test_a_private_key_for_verify_images_is_refused(tmp_path: Path) -> None:
     config, out = shop(tmp_path), tmp_path / "out"
     key_file = tmp_path / "cosign.key"
-    body = base64.b64encode(os.urandom(48)).decode()
-    key_file.write_text(
-        f"-----BEGIN ENCRYPTED PRIVATE KEY-----\n{body}\n-----END ENCRYPTED PRIVATE KEY-----\n"
-    )
+    key_file.write_bytes(crypto.private_key_to_pem(crypto.generate_key()))  # made now
     ran = tm(
         "k8s",
         "render",
