@@ -205,14 +205,14 @@ class AuditSink:
         self._taken = False  # the collector took part of this round's batch
         self._tries = 0  # requests this round
         self._budget = 0  # … and how many it may take
-        self._spooler = threading.Thread(
-            target=self._spool_loop, name=f"trustmesh-audit-spool-{component}", daemon=True
-        )
-        self._sender = threading.Thread(
-            target=self._send_loop, name=f"trustmesh-audit-delivery-{component}", daemon=True
-        )
-        self._spooler.start()
-        self._sender.start()
+        self._spooler = self._started("spool", self._spool_loop)
+        self._sender = self._started("delivery", self._send_loop)
+
+    def _started(self, role: str, loop: Callable[[], None]) -> threading.Thread:
+        name = f"trustmesh-audit-{role}-{self.component}"
+        thread = threading.Thread(target=loop, name=name, daemon=True)
+        thread.start()
+        return thread
 
     # --- the producer's side (any thread) ----------------------------------------
 
