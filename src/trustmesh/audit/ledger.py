@@ -40,7 +40,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import Row, and_, bindparam, func, or_, select
 from sqlalchemy.exc import DBAPIError
@@ -84,9 +84,10 @@ from trustmesh.audit.retention import Pruned, Retention
 from trustmesh.audit.search import Query, where
 from trustmesh.audit.verifier import ChainVerifier, Finding, Record
 from trustmesh.errors import StateError
-from trustmesh.store import SqlStore, append_in_order, create_tables
+from trustmesh.store import SqliteLayout, SqlStore, append_in_order, create_tables
 
 __all__ = [
+    "LAYOUT",
     "MAX_EVENT_BYTES",
     "QUARANTINE_BYTES",
     "Appended",
@@ -97,8 +98,14 @@ __all__ = [
 ]
 
 _FIELDS = Fields._fields
-_FIELDS = Fields._fields
 _NO_PRIVILEGE = "42501"  # PostgreSQL's insufficient_privilege
+#: The log's SQLite file: 16 KiB pages (a record is ~1.5 KB: a batch writes a quarter of
+#: the pages, each one ``pwrite`` to the WAL and one more at its checkpoint) and a
+#: 16 MiB page cache (the default 2 MB spilled a batch's pages mid-transaction and read
+#: index pages back). Measured on a log of 200,000 records, 50,000 events in batches of
+#: 500: 1.9 → 0.6 ``pwrite`` and 0.66 → 0.11 ``pread`` an event, the database thread's
+#: CPU ~3 µs an event less (benchmarks/audit.py).
+LAYOUT: Final = SqliteLayout(page_size=16384, cache_kib=16384)
 log = logging.getLogger("trustmesh.audit")
 
 

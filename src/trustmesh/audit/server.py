@@ -44,7 +44,7 @@ from trustmesh.audit.console.graph import EdgeCounts
 from trustmesh.audit.console.server import RunningConsole, edge_counts, start_console
 from trustmesh.audit.detection import SHIPPED_RULES, Alert, Detector, DetectorSettings
 from trustmesh.audit.endpoint import checkpoint_path
-from trustmesh.audit.ledger import Ledger
+from trustmesh.audit.ledger import LAYOUT, Ledger
 from trustmesh.audit.otlp_forward import OtlpForwarder, load_forwarder
 from trustmesh.audit.response import AdminCaller, Caller, Responder
 from trustmesh.audit.response_store import ResponseStore
@@ -274,7 +274,7 @@ async def serve_audit(
     settings = settings_of(config)
     detector = detector_for(config.detection, config_file.parent if config_file else None)
     folder, url, checkpoints = _paths(settings, state)
-    engine = create_engine(url)
+    engine = create_engine(url, sqlite_layout=LAYOUT)
     ledger = Ledger(
         engine, checkpoint_file=checkpoints, prune_engine=prune_engine(settings, url, engine)
     )

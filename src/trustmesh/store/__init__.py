@@ -15,6 +15,7 @@ start, not the order they commit: a reader could pass a key whose row commits la
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,7 +29,14 @@ from sqlalchemy.schema import CreateColumn
 
 from trustmesh.errors import ConfigError, StateError, UsageError
 
-__all__ = ["SqlStore", "append_in_order", "create_engine", "create_tables", "sqlite_url"]
+__all__ = [
+    "SqlStore",
+    "SqliteLayout",
+    "append_in_order",
+    "create_engine",
+    "create_tables",
+    "sqlite_url",
+]
 
 #: PostgreSQL's SQLSTATE for a privilege the role does not hold.
 _INSUFFICIENT_PRIVILEGE = "42501"
@@ -36,17 +44,39 @@ _INSUFFICIENT_PRIVILEGE = "42501"
 _DRIVERS = {"sqlite+aiosqlite", "postgresql+asyncpg"}
 
 
+@dataclass(frozen=True)
+class SqliteLayout:
+    """How an SQLite store lays out its file and caches it.
+
+    ``page_size`` (bytes, a power of two from 512 to 65,536) applies to a new file only:
+    SQLite fixes it when the first table is made, and a file in WAL mode keeps its own.
+    ``cache_kib``: each connection's page cache (SQLite's default is 2,000 KiB)."""
+
+    page_size: int = 4096
+    cache_kib: int = 2000
+
+    def __post_init__(self) -> None:
+        size = self.page_size
+        if not 512 <= size <= 65536 or size & (size - 1):
+            raise UsageError("an SQLite page size is a power of two from 512 to 65536")
+        if self.cache_kib < 1:
+            raise UsageError("an SQLite page cache is at least 1 KiB")
+
+
 def sqlite_url(path: Path) -> str:
     return f"sqlite+aiosqlite:///{path.absolute()}"
 
 
-def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+def create_engine(
+    url: str, *, sqlite_layout: SqliteLayout | None = None, **kwargs: Any
+) -> AsyncEngine:
     """An async engine for ``url``: ``sqlite+aiosqlite:///…`` or ``postgresql+asyncpg://…``.
 
     SQLite gets WAL with synchronous=FULL (a commit is fsynced: what was acknowledged
     survives power loss, as on PostgreSQL), a busy timeout and foreign keys on every
     connection; the file is created 0600 in a 0700 directory (it holds sealed keys and
-    client records)."""
+    client records). ``sqlite_layout``: the page size of a new file and the page cache of
+    each connection, for a store written in bulk (ignored on PostgreSQL)."""
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -69,6 +99,9 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
+            if sqlite_layout is not None:  # the page size first: WAL fixes a new file's
+                cursor.execute(f"PRAGMA page_size={int(sqlite_layout.page_size)}")
+                cursor.execute(f"PRAGMA cache_size={-int(sqlite_layout.cache_kib)}")
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=FULL")  # a commit survives power loss too
             cursor.execute("PRAGMA foreign_keys=ON")
