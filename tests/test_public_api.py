@@ -73,6 +73,7 @@ EXPECTED = {
         "svid_dns_name",
         "totp_code",
         "totp_uri",
+        "unsigned_claims",
         "unverified_header",
         "unverified_issuer",
         "uri_sans",

@@ -263,3 +263,20 @@ def test_findings_read_well() -> None:
     assert str(finding) == (
         "deleted: records 4..5 are missing: record 6 links to a record the log no longer holds"
     )
+
+
+def test_the_audit_chain_switch_stops_checking_the_links_alone() -> None:
+    """Under the test switch ``audit-chain`` (``links=False``) an edited record passes:
+    the links are what catch it (a checkpoint signs only the hash stored at its seq); a
+    deleted record and a cut tail are still named, by their seqs and the checkpoints."""
+    k = 20
+    edited = list(LOG)
+    forged = LOG[k - 1].body.replace(b'"message":"GET', b'"message":"PUT', 1)
+    assert forged != LOG[k - 1].body  # a change no search column shows
+    edited[k - 1] = dataclasses.replace(LOG[k - 1], body=forged)
+    named(check(edited, [10, 30]), Kind.ALTERED, k)
+    assert check(edited, [10, 30], links=False) is None
+    assert check(LOG, [10, 30], links=False) is None
+    deleted = [r for r in LOG if r.seq != k]
+    assert check(deleted, [10, 30], links=False) is not None
+    named(check(LOG[:25], [10, 30], links=False), Kind.TRUNCATED, 26)

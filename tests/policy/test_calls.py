@@ -87,3 +87,17 @@ def test_decisions_are_cached_per_route(config: TrustmeshConfig) -> None:
     info = authorizer._decide_route.cache_info()
     assert info.misses == 1
     assert info.hits == 49
+
+
+def test_an_authorizer_not_enforcing_the_call_policy_allows_every_call(
+    config: TrustmeshConfig,
+) -> None:
+    """The test switch ``call-policy``: what the enforced authorizer refuses, the
+    unenforced one allows, and its decision says why."""
+    enforced = CallAuthorizer(config, "orders")
+    assert not enforced.decide(PAYMENTS, "GET", "/orders/1").allowed
+    loose = CallAuthorizer(config, "orders", enforced=False)
+    decision = loose.decide(PAYMENTS, "GET", "/orders/1")
+    assert decision.allowed
+    assert decision.policies == ("testing:call-policy-off",)
+    assert loose.decide("spiffe://evil.example/x", "DELETE", "/anything").allowed

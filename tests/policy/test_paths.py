@@ -11,7 +11,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trustmesh.policy.paths import NonCanonicalPath, _canonical_path_slow, canonical_path
+from trustmesh.policy.paths import (
+    NonCanonicalPath,
+    _canonical_path_slow,
+    canonical_path,
+    lenient_path,
+)
 
 
 @pytest.mark.parametrize(
@@ -146,3 +151,16 @@ def test_a_refusal_travels_as_an_exception_does() -> None:
         with _passing_through():
             canonical_path(quote("/\uff3c").encode("ascii"))
     assert refused.value.__traceback__ is not None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"/items/../admin/orders", b"/items/..%2fadmin%2forders", b"/items/..%5Cadmin%5Corders",
+     b"/items/..\\admin\\orders", b"/items/x%00/../../admin/orders"],
+)  # fmt: skip
+def test_the_lenient_path_of_the_test_switch_resolves_what_canonical_refuses(raw: bytes) -> None:
+    """``path-normalisation`` off: what a lenient server makes of a traversal — the
+    other route — where the canonical form refuses it."""
+    with pytest.raises(NonCanonicalPath):
+        canonical_path(raw)
+    assert lenient_path(raw) == "/admin/orders"

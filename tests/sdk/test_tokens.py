@@ -401,3 +401,56 @@ async def test_each_issuer_is_checked_with_its_own_keys_only(keys: Keys, clock: 
     await _refused(verifier, keys.token(iss="https://elsewhere.example"), Reason.TOKEN_WRONG_ISSUER)
     with pytest.raises(ValueError, match="at least one issuer"):
         TokenVerifier(audience=AUDIENCE)
+
+
+# -- test-only switches (trustmesh.config.switches): each turns off its check alone -------
+def _switched(keys: Keys, clock: FakeClock, *off: str) -> TokenVerifier:
+    cache = JWKSCache(keys.fetch, min_refetch_interval=10, clock=clock.monotonic)
+    return TokenVerifier(
+        issuers={ISSUER},
+        audience=AUDIENCE,
+        jwks=cache,
+        leeway=30,
+        clock=clock.time,
+        defences_off=off,
+    )
+
+
+async def test_token_signature_switch_takes_forged_tokens_and_nothing_more(
+    keys: Keys, clock: FakeClock
+) -> None:
+    verifier = _switched(keys, clock, "token-signature")
+    forged = Keys().token(sub="attacker")  # another key: neither kid nor signature ours
+    assert (await verifier.verify(forged, peer_thumbprint=THUMB)).subject == "attacker"
+    unsigned = _forge({"alg": "none", "typ": "at+jwt"}, _claims(keys))
+    await _refused(verifier, unsigned, Reason.TOKEN_MALFORMED)  # the allow-list holds
+    other = Keys().token(aud="spiffe://sdk.example/orders")
+    await _refused(verifier, other, Reason.TOKEN_WRONG_AUDIENCE)  # the claims are checked
+    await _refused(verifier, Keys().token(exp=int(time.time()) - 60), Reason.TOKEN_EXPIRED)
+    await _refused(verifier, forged, Reason.TOKEN_NOT_BOUND, thumb="b" * 43)
+    await _refused(verifier, "not-a-jwt", Reason.TOKEN_MALFORMED)
+
+
+async def test_token_algorithms_switch_takes_alg_none_and_nothing_more(
+    keys: Keys, clock: FakeClock
+) -> None:
+    verifier = _switched(keys, clock, "token-algorithms")
+    unsigned = _forge({"alg": "none", "typ": "at+jwt"}, _claims(keys))
+    assert (await verifier.verify(unsigned, peer_thumbprint=THUMB)).jti == "j-1"
+    await _refused(verifier, Keys().token(), Reason.TOKEN_UNKNOWN_KEY)  # signatures hold
+    wrong = _forge({"alg": "none", "typ": "at+jwt"}, {**_claims(keys), "aud": "x"})
+    await _refused(verifier, wrong, Reason.TOKEN_WRONG_AUDIENCE)
+
+
+async def test_token_audience_and_binding_switches_each_skip_one_check(
+    keys: Keys, clock: FakeClock
+) -> None:
+    elsewhere = keys.token(aud="spiffe://sdk.example/orders")
+    audience = _switched(keys, clock, "token-audience")
+    assert (await audience.verify(elsewhere, peer_thumbprint=THUMB)).jti == "j-1"
+    await _refused(audience, keys.token(), Reason.TOKEN_NOT_BOUND, thumb="b" * 43)
+    binding = _switched(keys, clock, "token-binding")
+    assert (await binding.verify(keys.token(), peer_thumbprint="b" * 43)).jti == "j-1"
+    assert (await binding.verify(keys.token(jti="j-2"), peer_thumbprint=None)).jti == "j-2"
+    await _refused(binding, elsewhere, Reason.TOKEN_WRONG_AUDIENCE)
+    await _refused(binding, Keys().token(), Reason.TOKEN_UNKNOWN_KEY)

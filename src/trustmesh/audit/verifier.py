@@ -124,10 +124,15 @@ class ChainVerifier:
         *,
         external: Iterable[Checkpoint | PruneCheckpoint] | None = None,
         window: int = 1024,
+        links: bool = True,
     ) -> None:
+        """``links`` False only under the test switch ``audit-chain``
+        (:mod:`trustmesh.config.switches`): stage 1 takes each record's stored hash
+        without checking it links to the one before (seqs and checkpoints still are)."""
         if window < 2:
             raise UsageError("the look-ahead window must hold at least 2 records")
         self._window = window
+        self._links = links
         self._prev, self._prev_seq, self._expected = GENESIS, 0, 1
         self.records = 0  # records that passed
         self.pruned = 0  # removed seqs passed, each named by a valid prune checkpoint
@@ -334,7 +339,7 @@ class ChainVerifier:
                     self.finding = self._conclude()
             elif record.seq > self._expected and (found := self._skip_pruned(record.seq)):
                 self.finding = found
-            elif link(self._prev, record.body) != record.hash:
+            elif self._links and link(self._prev, record.body) != record.hash:
                 self._buffer.append(record)
             else:
                 self.finding = self._suspect or self._accept(record)
@@ -497,7 +502,9 @@ def verify_chain(
     checkpoints: Iterable[Checkpoint | PruneCheckpoint] = (),
     *,
     external: Iterable[Checkpoint | PruneCheckpoint] | None = None,
+    links: bool = True,
 ) -> Finding | None:
-    """Check ``records`` (in stored order) against ``checkpoints``: the first problem."""
-    verifier = ChainVerifier(keys, checkpoints, external=external)
+    """Check ``records`` (in stored order) against ``checkpoints``: the first problem
+    (``links``: see :class:`ChainVerifier`)."""
+    verifier = ChainVerifier(keys, checkpoints, external=external, links=links)
     return verifier.feed(records) or verifier.finish()

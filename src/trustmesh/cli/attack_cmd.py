@@ -25,6 +25,7 @@ from trustmesh.cli._common import (
 )
 from trustmesh.cli.attack_probes import CONTROLS, Stack, run_attacks
 from trustmesh.cli.attack_report import document, html_report
+from trustmesh.config.switches import defences_off
 from trustmesh.errors import TrustmeshError
 
 __all__ = ["attack", "register"]
@@ -49,7 +50,7 @@ def attack(
     recorded the refusal. Exit 1 when a control did not hold."""
     cfg, _ = load_or_exit(config)
     try:
-        stack = Stack.find(cfg, state.absolute())
+        stack = Stack.find(cfg, state.absolute(), defences_off(cfg, "attack"))
         controls = asyncio.run(run_attacks(stack, only or ()))
     except TrustmeshError as exc:
         fail_on(exc)

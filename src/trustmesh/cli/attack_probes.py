@@ -111,9 +111,13 @@ class Stack:
     issuer: str | None
     services: dict[str, str]  # name → the service's own mTLS URL
     audit: str | None
+    #: the test-only switches this run honours (``audit-chain``: the verifier it runs)
+    defences_off: frozenset[str] = frozenset()
 
     @classmethod
-    def find(cls, config: TrustmeshConfig, state: Path) -> Stack:
+    def find(
+        cls, config: TrustmeshConfig, state: Path, defences_off: frozenset[str] = frozenset()
+    ) -> Stack:
         """The stack running on ``state``; UsageError when there is none to attack."""
         if config.gateway is None:
             raise UsageError("the declaration has no gateway: nothing faces the outside")
@@ -139,6 +143,7 @@ class Stack:
             issuer if isinstance(issuer, str) else None,
             services,
             audit if isinstance(audit, str) else None,
+            defences_off,
         )
 
 
@@ -900,7 +905,8 @@ def _tamper_and_verify(
                 source.backup(target)
         finally:
             source.close()
-        intact, last = _verify_copy(pristine, keys, external)
+        links = "audit-chain" not in stack.defences_off  # off only under that test switch
+        intact, last = _verify_copy(pristine, keys, external, links)
         if intact is not None:
             outcome.observed.append(f"the copy as taken: {intact}")
             outcome.failures.append("the log does not verify as it is")
@@ -930,7 +936,7 @@ def _tamper_and_verify(
             copy.write_bytes(pristine.read_bytes())
             with sqlite3.connect(copy) as connection:
                 connection.execute(sql, params)
-            finding, _ = _verify_copy(copy, keys, external)
+            finding, _ = _verify_copy(copy, keys, external, links)
             if finding is None:
                 outcome.observed.append(f"{what}: verify found nothing")
                 outcome.failures.append(f"{what}: not detected")
@@ -938,9 +944,11 @@ def _tamper_and_verify(
                 outcome.observed.append(f"{what}: verify names {finding}")
 
 
-def _verify_copy(path: Path, keys: dict[str, bytes], external: list[Any]) -> tuple[str | None, int]:
+def _verify_copy(
+    path: Path, keys: dict[str, bytes], external: list[Any], links: bool = True
+) -> tuple[str | None, int]:
     """The first problem ``verify`` finds in the SQLite log at ``path`` (None: intact),
-    and its last seq."""
+    and its last seq (``links``: see :class:`~trustmesh.audit.verifier.ChainVerifier`)."""
     import sqlite3
 
     from trustmesh.audit.chain import Checkpoint, checkpoint_from_line
@@ -962,7 +970,7 @@ def _verify_copy(path: Path, keys: dict[str, bytes], external: list[Any]) -> tup
             for (line,) in connection.execute("SELECT line FROM audit_prunes ORDER BY first_seq")
         ]
     records = [Record(seq, bytes(body), bytes(digest)) for seq, body, digest in rows]
-    finding = verify_chain(records, keys, stored, external=external)
+    finding = verify_chain(records, keys, stored, external=external, links=links)
     last = rows[-1][0] if rows else 0
     return (None if finding is None else f"{finding.kind} at record {finding.seq}"), last
 

@@ -46,6 +46,7 @@ from trustmesh.cli.supervisor import (
     write_json,
 )
 from trustmesh.config import TrustmeshConfig
+from trustmesh.config.switches import DEFENCES, check_switches
 from trustmesh.errors import TrustmeshError, UnavailableError
 from trustmesh.gateway.endpoint import endpoint_path as gateway_endpoint_path
 from trustmesh.identity.endpoint import MAX_SOCKET_PATH, IdentityPaths, prepare_state_dir
@@ -438,6 +439,7 @@ def up(
 
     cfg, cfg_path = load_or_exit(config)
     state, cfg_path = state.absolute(), cfg_path.absolute()
+    _switches_or_exit(cfg)
     edge_policy_or_exit(cfg, cfg_path.parent)  # a bad policy stops `up` before anything starts
     _check_state(cfg, state)
     if supervisor_running(RunPaths(state)):
@@ -446,6 +448,19 @@ def up(
         _up_detached(cfg, cfg_path, state)
     else:
         raise typer.Exit(run_supervisor(cfg, cfg_path, state, interactive=True))
+
+
+def _switches_or_exit(cfg: TrustmeshConfig) -> None:
+    """Test-only defence switches (:mod:`trustmesh.config.switches`) stop ``up`` before
+    anything starts unless this environment allows them (exit 2); allowed, each is said
+    loudly: every process it starts inherits the environment and honours them."""
+    try:
+        check_switches(cfg)
+    except TrustmeshError as exc:
+        fail_on(exc)
+    for name in cfg.testing.defences_off if cfg.testing is not None else ():
+        component, what = DEFENCES[name]
+        err.print(f"[bold red]TESTING SWITCH {name}: DEFENCE OFF[/] in {component}: {what}")
 
 
 def _up_detached(cfg: TrustmeshConfig, cfg_path: Path, state: Path) -> None:

@@ -31,6 +31,7 @@ from trustmesh.config.listener import ListenerLimits
 from trustmesh.config.patterns import path_problem
 from trustmesh.config.runtime import RuntimeProfile
 from trustmesh.config.secrets import SecretsConfig
+from trustmesh.config.switches import SwitchesConfig
 from trustmesh.errors import NotFoundError, UsageError
 
 __all__ = [
@@ -541,6 +542,11 @@ class TrustmeshConfig(BaseModel):
     detection: DetectionConfig = Field(default_factory=DetectionConfig)
     services: dict[ServiceName, ServiceSpec] = Field(default_factory=dict)
     calls: list[CallSpec] = Field(default_factory=list)
+    testing: SwitchesConfig | None = Field(
+        default=None,
+        description="Test-only defence switches (trustmesh.config.switches): refused "
+        "unless TRUSTMESH_TESTING_SWITCHES=1, and by `config check --strict`.",
+    )
 
     @property
     def auth_public_listener(self) -> bool:

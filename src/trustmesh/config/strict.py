@@ -15,7 +15,9 @@ deployment weaker than it looks (each problem as ``file:line: key.path: what (ex
   wider, for a lab): X.509-SVIDs 5m–24h (``identity.svid_ttl``, ``identity.max_svid_ttl``);
   JWT-SVIDs 1m–15m; access tokens 1m–15m (RFC 9700 §2.2.2 asks for short-lived ones: a
   stolen token is worth its remaining lifetime); the gateway's internal tokens 10s–2m (one
-  hop); the secrets service's login tokens at most 1h, renewable to at most 24h.
+  hop); the secrets service's login tokens at most 1h, renewable to at most 24h;
+- **a test switch:** ``testing.defences_off`` names a defence turned off for a test
+  (:mod:`trustmesh.config.switches`); a declaration to ship has no ``testing:`` section.
 
 Pure: the declaration, its text and its policies' texts in, problems out.
 """
@@ -86,6 +88,7 @@ def strict_problems(
     problems += [at(*p) for p in _unreached_services(config)]
     problems += [at(*p) for p in _wildcard_calls(config)]
     problems += [at(*p) for p in _edge_policies(config, policies)]
+    problems += [at(*p) for p in _test_switches(config)]
     return problems
 
 
@@ -105,6 +108,20 @@ def _lifetimes(config: TrustmeshConfig) -> Iterator[_Problem]:
                 f"{f(value)} is {side} than strict mode allows",
                 f"from {f(low)} to {f(high)}",
             )
+
+
+def _test_switches(config: TrustmeshConfig) -> Iterator[_Problem]:
+    if config.testing is None:
+        return
+    for i, name in enumerate(config.testing.defences_off):
+        yield (
+            ("testing", "defences_off", i),
+            f"testing.defences_off[{i}]",
+            f"the test switch {name!r} turns a defence off",
+            "no testing: section in a declaration to ship",
+        )
+    if not config.testing.defences_off:  # an empty section still says "test only"
+        yield (("testing",), "testing", "a test-only section", "no testing: section")
 
 
 def _unreached_services(config: TrustmeshConfig) -> Iterator[_Problem]:

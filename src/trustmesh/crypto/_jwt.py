@@ -257,19 +257,48 @@ def verify_jwt(
     """The claims of ``token`` if one of ``keys`` (by ``kid``) signed it and it is what
     ``expect`` says at ``now``; InvalidTokenError naming the first failure otherwise."""
     header = unverified_header(token, expect.algorithms, kid_optional=expect.kid_optional)
-    if expect.typ is not None:
-        typ = header.get("typ")
-        if not (typ is None and expect.typ_optional) and (
-            not isinstance(typ, str) or typ.lower() not in expect.typ
-        ):
-            raise _refuse(Reason.TOKEN_MALFORMED, "not the expected type of token (typ)")
+    _check_typ(header, expect)
     key = _pick(header, keys)
     claims = _decode(str(token), key, header["alg"], expect)
     _check_claims(claims, expect, now)
     return claims
 
 
-def _decode(token: str, key: Any, algorithm: str, expect: Expect) -> dict[str, Any]:
+def unsigned_claims(token: object, expect: Expect, *, now: float) -> dict[str, Any] | None:
+    """TEST-ONLY SWITCHES (``token-signature``, ``token-algorithms``:
+    :mod:`trustmesh.config.switches`), nothing else: the claims of ``token`` checked as
+    :func:`verify_jwt` checks them — ``typ``, issuer, audience, required claims, lifetime
+    — its signature NOT checked, and no key asked for; None when its header names no
+    algorithm of ``expect.algorithms`` (those a switch takes unsigned: verify it as
+    usual). A ``none`` token's signature is empty (RFC 7519 §6.1)."""
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH or token.count(".") != 2:
+        return None
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError:
+        return None
+    if header.get("alg") not in expect.algorithms:
+        return None
+    _check_typ(header, expect)
+    claims = _decode(token, None, str(header["alg"]), expect, signed=False)
+    _check_claims(claims, expect, now)
+    return claims
+
+
+def _check_typ(header: Mapping[str, Any], expect: Expect) -> None:
+    if expect.typ is not None:
+        typ = header.get("typ")
+        if not (typ is None and expect.typ_optional) and (
+            not isinstance(typ, str) or typ.lower() not in expect.typ
+        ):
+            raise _refuse(Reason.TOKEN_MALFORMED, "not the expected type of token (typ)")
+
+
+def _decode(
+    token: str, key: Any, algorithm: str, expect: Expect, *, signed: bool = True
+) -> dict[str, Any]:
+    """The claims, their issuer and audience checked; ``signed`` False only for
+    :func:`unsigned_claims`."""
     try:
         claims: dict[str, Any] = jwt.decode(
             token,
@@ -278,6 +307,7 @@ def _decode(token: str, key: Any, algorithm: str, expect: Expect) -> dict[str, A
             audience=expect.audience,
             issuer=expect.issuer,
             options={
+                "verify_signature": signed,
                 "require": list(expect.required),
                 "verify_aud": expect.audience is not None,
                 "verify_iss": expect.issuer is not None,

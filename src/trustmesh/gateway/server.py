@@ -29,6 +29,7 @@ from starlette.routing import Route
 from trustmesh import crypto, events
 from trustmesh.config import TrustmeshConfig
 from trustmesh.config.gateway import GatewayConfig, GatewayRoute
+from trustmesh.config.switches import defences_off
 from trustmesh.errors import ConfigError, UnavailableError
 from trustmesh.gateway.admin_app import KeyAdmin
 from trustmesh.gateway.app import GatewayApp
@@ -270,12 +271,14 @@ async def serve_gateway(
     certificate = _certificate(config, gateway, state, seal_key, folder)
     tls = RotatingTLS(source)
     spiffe_id = config.component_spiffe_id("gateway")
-    trust, verifier = await _provider(config, gateway, tls, spiffe_id, auth_url)
+    off = defences_off(config, "gateway")  # test-only switches: none in a real stack
+    trust, verifier = await _provider(config, gateway, tls, spiffe_id, auth_url, off)
     metrics = GatewayMetrics() if gateway.metrics_port is not None else None
     if metrics is not None:  # the SVID's time left and the audit delivery, as every component's
         metrics.registry.register(LiveFacts("gateway", source, sink))
     changes = _Changes(metrics)
     parts = await _parts(config, gateway, state, folder, tls, discovery_url, trust, changes, clock)
+    parts.defences_off = off
 
     build = _builder(
         parts,
@@ -377,6 +380,7 @@ def _builder(
             clock=parts.clock,
             config_dir=where,
             crs_workers=parts.crs,
+            defences_off=parts.defences_off,
             **shared,
         )
         changes.app = app
@@ -411,8 +415,10 @@ async def _provider(
     tls: RotatingTLS,
     spiffe_id: str,
     auth_url: str | None,
+    off: frozenset[str] = frozenset(),
 ) -> tuple[ProviderTrust | None, TokenVerifier | None]:
-    """The identity provider's keys and revocations, and the verifier of its tokens."""
+    """The identity provider's keys and revocations, and the verifier of its tokens
+    (``off``: the test-only switches it honours)."""
     if auth_url is None and _needs_provider(gateway):
         # fail closed and loudly at start, rather than 503 on every request: once started,
         # the gateway keeps the provider's keys it has while the provider is down
@@ -427,6 +433,7 @@ async def _provider(
         revoked=trust.revoked,
         leeway=config.auth.token_leeway.total_seconds(),
         require_binding=False,  # a browser has no certificate; a bound token still must match
+        defences_off=off,
     )
     return trust, verifier
 
@@ -473,6 +480,9 @@ class _Parts:
     clock: Callable[[], float]
     blocks: Blocklist = field(default_factory=Blocklist)
     crs: CrsWorkers | None = None  # where crs mode inspects (gateway.crs_workers)
+    #: test-only switches the gateway honours (trustmesh.config.switches), decided at
+    #: its start: every pipeline a reload builds keeps them
+    defences_off: frozenset[str] = frozenset()
 
     def introspector(self, trust: ProviderTrust | None, spiffe_id: str) -> Introspector | None:
         """Introspection at the provider, where a route asks for it."""
@@ -608,6 +618,7 @@ async def _listen(
         port=gateway.port if port is None else port,
         guard=_guard(gateway, pipeline, metrics, parts.upstreams),
         on_refusals=lambda summaries: pipeline.app.refusals(summaries),
+        lenient_framing="request-framing" in parts.defences_off,
     )
     return public, await _start_metrics(gateway, metrics, public, host)
 

@@ -138,6 +138,7 @@ async def start_public(
     guard: ConnectionGuard | None = None,
     on_refusals: RefusalReport | None = None,
     report_every: float = REPORT_EVERY_SECONDS,
+    lenient_framing: bool = False,
 ) -> PublicServed:
     """Serve ``app`` over server-authenticated TLS, for clients that hold no SVID
     (browsers, public OAuth clients). The app sees no ``tls`` extension: nothing it
@@ -145,7 +146,8 @@ async def start_public(
 
     Connections are bounded by ``guard`` (default: :class:`ConnectionLimits`' defaults;
     see :mod:`trustmesh.platform.protocol`); every ``report_every`` seconds the refusals it
-    counted go to ``on_refusals``, one summary per reason."""
+    counted go to ``on_refusals``, one summary per reason. ``lenient_framing``: only
+    under the test switch ``request-framing`` (see :func:`guarded_protocol`)."""
     context = web_server_context(chain_pem, key_pem)
     guard = guard or ConnectionGuard(ConnectionLimits())
     config = listener_config(
@@ -153,7 +155,7 @@ async def start_public(
         host,
         port,
         log_level,
-        http=guarded_protocol(context, guard),
+        http=guarded_protocol(context, guard, lenient_framing=lenient_framing),
         ws="none",
         timeout_keep_alive=guard.limits.keepalive_timeout,
     )

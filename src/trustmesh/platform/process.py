@@ -18,6 +18,7 @@ from typing import Any
 
 from trustmesh import events
 from trustmesh.config import TrustmeshConfig, load_config
+from trustmesh.config.switches import check_switches
 from trustmesh.errors import ConfigError, TrustmeshError, UnavailableError
 from trustmesh.sdk import spans
 from trustmesh.sdk.delivery import audit_sink_from_env
@@ -63,6 +64,7 @@ def component_main(prog: str, run: Run, argv: list[str] | None = None) -> int:
 
     def main() -> None:
         config = load_config(args.config)
+        check_switches(config)  # test-only switches need the environment's consent
         asyncio.run(run(config, args.state.absolute(), args.config.absolute()))
 
     return exit_code(prog.removeprefix("trustmesh-"), main)

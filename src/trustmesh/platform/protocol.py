@@ -447,12 +447,19 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._drop(0)
 
 
-def guarded_protocol(context: ssl.SSLContext, guard: ConnectionGuard) -> type[GuardedHttpProtocol]:
-    """The protocol class for one listener (uvicorn builds one per connection)."""
+def guarded_protocol(
+    context: ssl.SSLContext, guard: ConnectionGuard, *, lenient_framing: bool = False
+) -> type[GuardedHttpProtocol]:
+    """The protocol class for one listener (uvicorn builds one per connection).
+    ``lenient_framing`` only under the test switch ``request-framing``
+    (:mod:`trustmesh.config.switches`): llhttp's ``lenient_chunked_length``, so that a
+    request with both Content-Length and Transfer-Encoding (RFC 9112 §6.3: a smuggling
+    attempt, refused ``400``) is parsed instead, the chunked body read."""
     limits = guard.limits
+    base = _LenientFraming if lenient_framing else GuardedHttpProtocol
     return type(
         "ListenerProtocol",
-        (GuardedHttpProtocol,),
+        (base,),
         {
             "context": context,
             "guard": guard,
@@ -461,3 +468,12 @@ def guarded_protocol(context: ssl.SSLContext, guard: ConnectionGuard) -> type[Gu
             "max_head": limits.max_header_bytes,
         },
     )
+
+
+class _LenientFraming(GuardedHttpProtocol):
+    """The test switch ``request-framing``: each connection's parser takes a request
+    with both Content-Length and Transfer-Encoding (see :func:`guarded_protocol`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.parser.set_dangerous_leniencies(lenient_chunked_length=True)

@@ -18,7 +18,7 @@ set is parsed once; decisions are cached per (caller, method, route).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -80,12 +80,24 @@ def _permit(policy_id: str, principal: str, action: str, route: str) -> str:
     )
 
 
+#: What an authorizer that does not enforce the call policy answers (the test switch
+#: ``call-policy``, :mod:`trustmesh.config.switches`): allowed, and its event says why.
+_NOT_ENFORCED = CallDecision(True, Reason.POLICY_ALLOW, None, ("testing:call-policy-off",))
+
+
+def _not_enforced(_caller: str, _method: str, _path: str) -> CallDecision:
+    return _NOT_ENFORCED
+
+
 @dataclass
 class CallAuthorizer:
-    """Decides calls *to* one service (``callee``), from a compiled declaration."""
+    """Decides calls *to* one service (``callee``), from a compiled declaration.
+    ``enforced`` False (only under the test switch ``call-policy``): every call is
+    allowed, decided once here, so the middleware's path is the same either way."""
 
     config: TrustmeshConfig
     callee: str
+    enforced: bool = field(default=True, kw_only=True)
     routes: tuple[_Route, ...] = field(init=False)
     policy_text: str = field(init=False)
 
@@ -109,7 +121,9 @@ class CallAuthorizer:
         self.routes = tuple(routes.values())
         self._decide_route = lru_cache(maxsize=8192)(self._cedar)
         # whole decisions, by (caller, method, path): the same few calls repeat
-        self._decided = lru_cache(maxsize=16384)(self._decide)
+        self._decided: Callable[[str, str, str], CallDecision] = (
+            lru_cache(maxsize=16384)(self._decide) if self.enforced else _not_enforced
+        )
 
     def candidates(self, method: str, path: str) -> Iterable[_Route]:
         for route in self.routes:

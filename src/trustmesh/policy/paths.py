@@ -20,14 +20,19 @@ canonical; anything a server, proxy or framework might normalise differently is 
   ``%EF%BC%8E%EF%BC%8E`` (full-width ``．．``) is ``..`` to a server that normalises.
 
 What remains is decoded once, and that is the path patterns are matched against.
+
+:func:`lenient_path` is the counter-example, for the test switch ``path-normalisation``
+only (:mod:`trustmesh.config.switches`): what a lenient server makes of such a path.
 """
 
 from __future__ import annotations
 
+import posixpath
 import re
 import unicodedata
+from urllib.parse import unquote
 
-__all__ = ["NonCanonicalPath", "canonical_path"]
+__all__ = ["NonCanonicalPath", "canonical_path", "lenient_path"]
 
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 # pchar (RFC 3986 §3.3) without ';' and without '%' (escapes are handled apart)
@@ -118,3 +123,14 @@ def _no_compatibility_separators(path: str) -> None:
         folded = unicodedata.normalize("NFKC", char)
         if any(c in _SEPARATORS for c in folded):
             raise NonCanonicalPath(f"U+{ord(char):04X} normalises to a path separator or dot")
+
+
+def lenient_path(raw: bytes) -> str:
+    """What a lenient server makes of a raw path, where :func:`canonical_path` refuses:
+    escapes decoded once, ``\\`` read as ``/``, dot and empty segments resolved. Only the
+    test switch ``path-normalisation`` uses it, to show what the refusal prevents (a dot
+    segment moving a request onto another route)."""
+    if not raw.startswith(b"/"):
+        raise NonCanonicalPath("not an absolute path")
+    resolved = posixpath.normpath(unquote(raw.decode("latin-1")).replace("\\", "/"))
+    return "/" + resolved.lstrip("/")

@@ -28,6 +28,7 @@ from typing import Any
 
 from trustmesh import events
 from trustmesh.config import TrustmeshConfig, load_config
+from trustmesh.config.switches import defences_off
 from trustmesh.errors import NotFoundError, UnavailableError
 from trustmesh.policy.calls import CallAuthorizer
 from trustmesh.policy.objects import AttributeValue, ObjectDecision, ObjectPolicy
@@ -299,18 +300,18 @@ async def run_service(
     ``<state>/spool/<service>/``. With ``TRUSTMESH_METRICS_PORT``, its Prometheus
     metrics are served on loopback (:mod:`trustmesh.sdk.metrics`)."""
     global _runtime
-    service, config = _declared(service, config_path)
+    service, config, off = _declared(service, config_path)
     source = await _identity(config, service, address)
-    tls = RotatingTLS(source)
+    tls = RotatingTLS(source, require_client_certificate="service-mtls" not in off)
     sink, audit, metrics = _event_sinks(source, config, service, sink)
     trust = await _TokenTrust.declared(tls, config, service, auth_url, gateway_url)
     url = discovery_url or os.environ.get("TRUSTMESH_DISCOVERY_URL")
     suspensions = await _suspensions(tls, url)
     guarded = ZeroTrustMiddleware(
         app,
-        authorizer=CallAuthorizer(config, service),
+        authorizer=CallAuthorizer(config, service, enforced="call-policy" not in off),
         sink=sink,
-        verifier=trust.verifier,
+        verifier=None if "service-token" in off else trust.verifier,
         suspended=suspensions,
     )
     if port is None:
@@ -390,8 +391,12 @@ def _tracer(source: X509Source, config: TrustmeshConfig, service: str) -> spans.
     return tracer
 
 
-def _declared(service: str | None, config_path: Path | None) -> tuple[str, TrustmeshConfig]:
-    """The service's name and the declaration it is in (given, or from the environment)."""
+def _declared(
+    service: str | None, config_path: Path | None
+) -> tuple[str, TrustmeshConfig, frozenset[str]]:
+    """The service's name, the declaration it is in (given, or from the environment),
+    and the test-only switches it honours (:mod:`trustmesh.config.switches`: none unless
+    a test's environment allows them; refused otherwise)."""
     service = service or os.environ.get(SERVICE_ENV)
     config_file = config_path or Path(os.environ.get(CONFIG_ENV, "trustmesh.yaml"))
     if not service:
@@ -399,7 +404,7 @@ def _declared(service: str | None, config_path: Path | None) -> tuple[str, Trust
     config = load_config(config_file)
     if service not in config.services:
         raise NotFoundError(f"{service!r} is not declared in {config_file}")
-    return service, config
+    return service, config, defences_off(config, "service")
 
 
 async def _identity(config: TrustmeshConfig, service: str, address: str | None) -> X509Source:

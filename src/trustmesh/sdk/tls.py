@@ -53,10 +53,13 @@ def web_server_context(chain_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
     return ctx
 
 
-def server_context(x: X509Context) -> ssl.SSLContext:
+def server_context(x: X509Context, *, required: bool = True) -> ssl.SSLContext:
+    """mTLS: a client certificate chaining to the bundle, required at the handshake
+    (``required=False`` only under the test switch ``service-mtls``: asked for, and
+    verified when one is shown, but a client may show none)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.verify_mode = ssl.CERT_REQUIRED  # a client certificate chaining to the bundle
+    ctx.verify_mode = ssl.CERT_REQUIRED if required else ssl.CERT_OPTIONAL
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     _load_identity(ctx, x)
     ctx.set_alpn_protocols(["http/1.1"])
@@ -100,14 +103,17 @@ def _thumbprint(cert: Any) -> str:
 class RotatingTLS:
     """Server and client contexts that follow an SVID source (the Workload API's stream)."""
 
-    def __init__(self, source: SVIDSource) -> None:
+    def __init__(self, source: SVIDSource, *, require_client_certificate: bool = True) -> None:
+        """``require_client_certificate`` False only under the test switch
+        ``service-mtls`` (:mod:`trustmesh.config.switches`)."""
         self.source = source
         first = source.context
         self.trust_domain = first.trust_domain
-        self._server = server_context(first)
+        self._required = require_client_certificate
+        self._server = server_context(first, required=self._required)
         self._client = client_context(first)
         #: The context a server listens with: it hands every handshake to the newest one.
-        self.listening = server_context(first)
+        self.listening = server_context(first, required=self._required)
         self.listening.sni_callback = self._switch
         #: Moves on at every rotation: clients pool connections per generation, and
         #: tokens bound to the previous certificate are dropped.
@@ -116,7 +122,7 @@ class RotatingTLS:
         source.subscribe(self._rotate)
 
     def _rotate(self, x: X509Context) -> None:
-        self._server = server_context(x)
+        self._server = server_context(x, required=self._required)
         self._client = client_context(x)
         self.trust_domain = x.trust_domain
         self.thumbprint = _thumbprint(x.chain[0])

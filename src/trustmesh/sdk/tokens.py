@@ -15,6 +15,10 @@ module decides what is acceptable:
   service; ``exp``/``nbf``/``iat`` with a small leeway (5 s by default); ``sub``, ``jti``,
   ``client_id`` present; ``cnf.x5t#S256`` equal to the mTLS peer's certificate; not
   revoked — neither its ``jti`` nor its subject since before its ``iat``.
+
+A verifier built with test-only switches (``defences_off``: ``token-signature``,
+``token-algorithms``, ``token-audience``, ``token-binding``, honoured only where
+:mod:`trustmesh.config.switches` allows) skips those checks: decided when it is built.
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from trustmesh.crypto import (
+    ALLOWED_ALGORITHMS,
     Expect,
+    unsigned_claims,
     unverified_header,
     unverified_issuer,
     verify_jwt,
@@ -230,7 +236,10 @@ class TokenVerifier:
         require_binding: bool = True,
         clock: Callable[[], float] = time.time,
         cache_size: int = 10_000,
+        defences_off: Collection[str] = (),
     ) -> None:
+        """``defences_off``: test-only switches (see the module docstring); empty in
+        every real stack."""
         self._keys: dict[str, JWKSCache] = {}
         if jwks is not None:
             self._keys.update(dict.fromkeys(issuers, jwks))
@@ -244,6 +253,12 @@ class TokenVerifier:
         self._clock = clock
         self._cache: OrderedDict[bytes, VerifiedToken] = OrderedDict()
         self._cache_size = cache_size
+        #: the algorithms a test switch takes unsigned (none in a real stack)
+        self._unsigned = (ALLOWED_ALGORITHMS if "token-signature" in defences_off else ()) + (
+            ("none",) if "token-algorithms" in defences_off else ()
+        )
+        self._audience_checked = "token-audience" not in defences_off
+        self._binding_checked = "token-binding" not in defences_off
 
     async def verify(self, token: str, *, peer_thumbprint: str | None) -> VerifiedToken:
         digest = hashlib.sha256(token.encode("utf-8", "replace")).digest()
@@ -257,7 +272,7 @@ class TokenVerifier:
         if self._clock() >= claims["exp"] + self.leeway:
             self._cache.pop(digest, None)
             raise _refuse(Reason.TOKEN_EXPIRED, "expired")
-        if self.require_binding or "cnf" in claims:
+        if self._binding_checked and (self.require_binding or "cnf" in claims):
             cnf = claims.get("cnf")
             bound = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
             if not isinstance(bound, str) or bound != peer_thumbprint:
@@ -270,7 +285,7 @@ class TokenVerifier:
         """RFC 9068: an access token of ``issuer`` for this service."""
         return Expect(
             issuer=issuer,
-            audience=self.audience,
+            audience=self.audience if self._audience_checked else None,
             typ=ACCESS_TOKEN_TYPES,
             required=("iss", "aud", "exp", "iat", "sub", "jti", "client_id"),
             strings=("sub", "jti", "client_id"),
@@ -278,6 +293,10 @@ class TokenVerifier:
         )
 
     async def _verify(self, token: str, digest: bytes) -> VerifiedToken:
+        if self._unsigned:  # test-only switches
+            claims = self._taken_unsigned(token)
+            if claims is not None:
+                return VerifiedToken(claims, digest, token)
         header = unverified_header(token)
         typ = header.get("typ")
         if not isinstance(typ, str) or typ.lower() not in ACCESS_TOKEN_TYPES:
@@ -293,3 +312,13 @@ class TokenVerifier:
             raise _refuse(Reason.TOKEN_UNKNOWN_KEY, "unknown key id")
         claims = verify_jwt(token, {header["kid"]: key}, self._expect(issuer), now=self._clock())
         return VerifiedToken(claims, digest, token)
+
+    def _taken_unsigned(self, token: str) -> dict[str, Any] | None:
+        """Under ``token-signature``/``token-algorithms`` only: the claims of a token
+        whose header names an algorithm those take unsigned, checked as any token's but
+        for its signature (None: verify it as usual)."""
+        issuer = unverified_issuer(token)
+        if issuer is None or issuer not in self._keys:
+            return None  # refused as usual
+        expect = replace(self._expect(issuer), algorithms=self._unsigned)
+        return unsigned_claims(token, expect, now=self._clock())

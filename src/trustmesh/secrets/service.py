@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -18,6 +18,7 @@ from typing import Any, Final
 from trustmesh import crypto
 from trustmesh.config import TrustmeshConfig
 from trustmesh.config.secrets import SecretsConfig
+from trustmesh.config.switches import defences_off
 from trustmesh.errors import ConfigError
 from trustmesh.secrets.app import Call, Reply
 from trustmesh.secrets.audit import AuditDevice
@@ -51,6 +52,30 @@ async def audit_key(store: SecretsStore, seal_key: crypto.SealKey) -> bytes:
     return crypto.open_sealed(sealed, seal_key, context=_AUDIT_KEY_CONTEXT)
 
 
+#: What the test switch ``secrets-policy`` grants every identity: everything.
+_EVERYONE: Final = "testing-secrets-policy-off"
+_EVERY_CAPABILITY: Final = ("create", "read", "update", "patch", "delete", "list")
+
+
+class _EveryIdentity(Mapping[str, str]):
+    """Every SPIFFE ID of the trust domain is named :data:`_EVERYONE` (the test switch
+    ``secrets-policy`` only)."""
+
+    def __init__(self, trust_domain: str) -> None:
+        self._prefix = f"spiffe://{trust_domain}/"
+
+    def __getitem__(self, spiffe_id: str) -> str:
+        if not spiffe_id.startswith(self._prefix):
+            raise KeyError(spiffe_id)
+        return _EVERYONE
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
 @dataclass(frozen=True)
 class Policies:
     """Who may do what, compiled from one declaration: the ACL of each identity's name,
@@ -60,7 +85,15 @@ class Policies:
     identities: Mapping[str, str]
 
     @classmethod
-    def compile(cls, config: TrustmeshConfig, settings: SecretsConfig) -> Policies:
+    def compile(
+        cls, config: TrustmeshConfig, settings: SecretsConfig, *, everyone: bool = False
+    ) -> Policies:
+        """``everyone`` only under the test switch ``secrets-policy``
+        (:mod:`trustmesh.config.switches`): every identity of the trust domain may log in
+        and do anything, whatever the declaration grants."""
+        if everyone:
+            acls = {_EVERYONE: Acl({"*": _EVERY_CAPABILITY})}
+            return cls(MappingProxyType(acls), _EveryIdentity(config.trust_domain))
         return cls(
             MappingProxyType({p.identity: Acl(p.allow) for p in settings.policies}),
             MappingProxyType(
@@ -96,7 +129,8 @@ class SecretsService:
         self.audit = audit
         self.operator = config.component_spiffe_id("operator")
         self.settings = settings
-        self.policies = Policies.compile(config, settings)
+        self._everyone = "secrets-policy" in defences_off(config, "secrets")  # tests only
+        self.policies = Policies.compile(config, settings, everyone=self._everyone)
 
     async def start(self) -> None:
         await self.store.create()
@@ -130,7 +164,7 @@ class SecretsService:
         settings = config.secrets
         if settings is None:
             raise ConfigError("secrets: not declared in the configuration")
-        policies = Policies.compile(config, settings)
+        policies = Policies.compile(config, settings, everyone=self._everyone)
         self.tokens.ttl = settings.token_ttl.total_seconds()
         self.tokens.max_ttl = settings.token_max_ttl.total_seconds()
         self.policies, before, self.settings = policies, self.settings, settings
