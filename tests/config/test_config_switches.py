@@ -34,12 +34,24 @@ calls:
   - {from: orders, to: payments, allow: ["POST /charges"]}
   - {from: payments, to: orders, allow: ["GET /orders/{id}"]}
 """
+#: What the gateway's and the secrets service's switches need running (after the
+#: switches: the tests name the section's line, 9)
+RUNNING = """\
+gateway:
+  policies: [edge.cedar]
+  routes:
+    - {path: /orders, to: orders, methods: [GET]}
+secrets: {}
+"""
 
 
 def _declaration(tmp_path: Path, *names: str) -> Path:
     path = tmp_path / "trustmesh.yaml"
     path.write_text(BASE, encoding="utf-8")
     switch_off(path, *names)
+    path.write_text(path.read_text(encoding="utf-8") + RUNNING, encoding="utf-8")
+    edge = 'permit (principal is User, action == Action::"GET", resource == Route::"/orders");\n'
+    (tmp_path / "edge.cedar").write_text(edge, encoding="utf-8")
     return path
 
 
@@ -90,7 +102,7 @@ def test_each_component_honours_its_own_switches_loudly(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     config = parse_config(
-        BASE + "testing: {defences_off: [token-binding, call-policy, service-mtls]}\n",
+        BASE + "testing: {defences_off: [token-binding, call-policy, service-mtls]}\n" + RUNNING,
         source="t",
     )
     allowed = {SWITCHES_ENV: "1"}
@@ -150,3 +162,25 @@ def test_the_helpers_write_a_section_the_loader_reads(tmp_path: Path) -> None:
     assert config.testing is not None
     assert config.testing.defences_off == ["audit-chain", "request-framing"]
     assert switched_env()[SWITCHES_ENV] == "1"
+
+
+@pytest.mark.parametrize(
+    ("switch", "running"),
+    [
+        ("token-binding", ""),  # no gateway
+        (
+            "path-normalisation",
+            RUNNING.replace("gateway:\n", 'gateway:\n  engine: nginx\n  waf: {mode: "off"}\n'),
+        ),
+        ("secrets-policy", RUNNING.replace("secrets: {}\n", "")),
+    ],
+)
+def test_a_switch_of_what_the_declaration_does_not_run_is_refused(
+    switch: str, running: str
+) -> None:
+    """A switch nothing consults would let a test pass with nothing off: refused, as is
+    a gateway switch under the nginx engine (nginx parses and routes; only the Python
+    engine is switched)."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(BASE + f"testing: {{defences_off: [{switch}]}}\n" + running, source="t")
+    assert f"{switch!r} switches off a defence of" in info.value.detail

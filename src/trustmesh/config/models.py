@@ -31,7 +31,7 @@ from trustmesh.config.listener import ListenerLimits
 from trustmesh.config.patterns import path_problem
 from trustmesh.config.runtime import RuntimeProfile
 from trustmesh.config.secrets import SecretsConfig
-from trustmesh.config.switches import SwitchesConfig
+from trustmesh.config.switches import DEFENCES, SwitchesConfig
 from trustmesh.errors import NotFoundError, UsageError
 
 __all__ = [
@@ -608,8 +608,35 @@ class TrustmeshConfig(BaseModel):
                     )
         self._check_secrets(problems)
         self._check_console(problems)
+        self._check_switches(problems)
         problems.raise_if_any("TrustmeshConfig")
         return self
+
+    def _check_switches(self, problems: _Problems) -> None:
+        """A test switch must turn off a defence this declaration runs: one for a
+        component it does not start (or a gateway engine that does not consult it:
+        nginx parses and routes, the Python engine alone is switched) would let a test
+        pass while nothing was off."""
+        if self.testing is None:
+            return
+        engine = self.gateway.engine if self.gateway is not None else None
+        running = {
+            "gateway": engine == "python",
+            "service": any(not spec.external for spec in self.services.values()),
+            "secrets": self.secrets is not None,
+            "attack": True,
+        }
+        for name in self.testing.defences_off:
+            component = DEFENCES[name][0]
+            if not running[component]:
+                where = "the Python gateway engine" if component == "gateway" else component
+                problems.add(
+                    ("testing", "defences_off"),
+                    name,
+                    f"{name!r} switches off a defence of {where}, which this declaration "
+                    "does not run",
+                    "only switches of what the declaration runs",
+                )
 
     def _check_console(self, problems: _Problems) -> None:
         console = self.audit.console if self.audit is not None else None
