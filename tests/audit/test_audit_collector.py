@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -126,10 +127,18 @@ async def test_the_checkpoint_key_is_published_to_the_operator(rig: CollectorRig
     assert status == 200
     (key,) = answer["keys"]
     assert key["alg"] == "Ed25519"
+    # dated by the checkpoints it signed: the first and the latest in the file
+    assert key["first_signed"] is not None
+    assert key["first_signed"] <= key["last_signed"]
     public = base64.urlsafe_b64decode(key["public_key"] + "==")
     lines = (rig.state / "audit" / "checkpoints.jsonl").read_bytes().splitlines()
     signed = [Checkpoint.from_line(line) for line in lines]
     assert {c.key_id for c in signed} == {key["key_id"]}
+    first, last = (
+        datetime.fromtimestamp(f(c.time for c in signed) / 1000, UTC) for f in (min, max)
+    )
+    assert datetime.fromisoformat(key["first_signed"].replace("Z", "+00:00")) == first
+    assert datetime.fromisoformat(key["last_signed"].replace("Z", "+00:00")) == last
     with sqlite3.connect(rig.state / "audit" / "audit.db") as database:
         rows = database.execute("SELECT seq, body, hash FROM audit_records ORDER BY seq")
         records = [Record(seq, bytes(body), bytes(h)) for seq, body, h in rows]

@@ -12,6 +12,7 @@ from trustmesh.cli.evidence import (
     PCI_DSS,
     attack_item,
     audit_item,
+    audit_key_item,
     ca_item,
     certificates_item,
     document,
@@ -133,3 +134,34 @@ def test_the_attack_item_and_the_document() -> None:
     # every control an item names is one of the catalogue, with its text
     assert {c["id"] for c in doc["controls"]} <= set(NIST_TENETS) | set(PCI_DSS)
     assert len(NIST_TENETS) == 7
+
+
+def _checkpoint_key(first: datetime | None, last: datetime | None) -> dict[str, object]:
+    return {
+        "key_id": "k1", "alg": "Ed25519", "public_key": "AAAA",
+        "first_signed": first.isoformat().replace("+00:00", "Z") if first else None,
+        "last_signed": last.isoformat().replace("+00:00", "Z") if last else None,
+    }  # fmt: skip
+
+
+def test_the_audit_key_item_dates_the_key_by_its_checkpoints() -> None:
+    """Its age from the first checkpoint it signed; it fails when records wait unsigned
+    longer than the checkpoint interval (the signer stalled), when a log with records
+    has no checkpoint at all, or when the collector publishes no key or several."""
+    interval = timedelta(seconds=10)
+    fresh = audit_key_item(
+        [_checkpoint_key(NOW - 30 * HOUR, NOW - timedelta(seconds=5))], _verify(), interval, NOW
+    )
+    assert fresh.passed
+    assert fresh.figures["keys"][0]["age"] == "1d6h"
+    assert "checkpoint key k1 age 1d6h" in fresh.result
+    stale = _checkpoint_key(NOW - 30 * HOUR, NOW - timedelta(minutes=5))
+    assert not audit_key_item([stale], _verify(), interval, NOW).passed  # 10 unsigned
+    assert audit_key_item([stale], _verify(unsigned=0), interval, NOW).passed  # all signed
+    unused = audit_key_item([_checkpoint_key(None, None)], _verify(), interval, NOW)
+    assert not unused.passed
+    assert "has signed no checkpoint" in unused.result
+    assert audit_key_item([_checkpoint_key(None, None)], _verify(records=0), interval, NOW).passed
+    assert not audit_key_item([], _verify(), interval, NOW).passed
+    two = [_checkpoint_key(NOW - HOUR, NOW), _checkpoint_key(NOW - HOUR, NOW)]
+    assert "2 checkpoint keys" in audit_key_item(two, _verify(), interval, NOW).result

@@ -26,6 +26,7 @@ pytestmark = pytest.mark.xdist_group("docs-evidence-stack")
 
 ITEMS = [
     "audit-log-integrity",
+    "audit-key-age",
     "certificate-lifetimes",
     "identity-ca-age",
     "admin-mfa-coverage",
@@ -96,6 +97,9 @@ def test_every_item_with_its_figures_and_controls(shop: Shop) -> None:
     assert names - set(on_record) <= {"discovery"}
     assert items["identity-ca-age"]["figures"]["max_age"] == "7d"
     assert items["admin-mfa-coverage"]["figures"]["admins"] >= 1
+    (checkpoint_key,) = items["audit-key-age"]["figures"]["keys"]
+    assert checkpoint_key["alg"] == "Ed25519"
+    assert checkpoint_key["signing_since"] <= checkpoint_key["last_signed"]  # ISO, UTC
     assert items["signing-key-age"]["figures"]["max_age"] == "1d6m"
     assert len(items["signing-key-age"]["figures"]["active"]) == 1
     for item in doc["items"]:

@@ -48,7 +48,7 @@ import contextlib
 import json
 import logging
 import tempfile
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -265,10 +265,11 @@ class _Collector:
         copy of the log, checked away from this collector)."""
         record_read(self.recorder, "audit-keys", actor)
         public = base64.urlsafe_b64encode(self.service.public_key).rstrip(b"=").decode()
-        return JSONResponse(
-            {"keys": [{"key_id": self.service.key_id, "alg": "Ed25519", "public_key": public}]},
-            headers=_NO_STORE,
-        )
+        used = await self.service.ledger.key_use(self.service.key_id)
+        first, last = (None, None) if used is None else (_iso_ms(used[0]), _iso_ms(used[1]))
+        key = {"key_id": self.service.key_id, "alg": "Ed25519", "public_key": public}
+        dates = {"first_signed": first, "last_signed": last}  # its age, as checkpoints say
+        return JSONResponse({"keys": [key | dates]}, headers=_NO_STORE)
 
     async def alerts(self, request: Request, actor: Actor) -> Response:
         after = _int(request, "after", 0) or 0
@@ -361,6 +362,10 @@ def _run_rules(files: dict[str, str], recorded: list[Any]) -> ReplayResult:
             paths.append(path)
         events_ = [e for e in recorded if isinstance(e, dict)]
         return run_rules(paths, events_)
+
+
+def _iso_ms(epoch_ms: int) -> str:
+    return datetime.fromtimestamp(epoch_ms / 1000, UTC).isoformat().replace("+00:00", "Z")
 
 
 async def _body(request: Request) -> bytes | None:

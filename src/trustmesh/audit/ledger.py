@@ -353,6 +353,16 @@ class Ledger(SqlStore):
         async with self.engine.connect() as connection:
             return await self._last_checkpoint(connection)
 
+    async def key_use(self, key_id: str) -> tuple[int, int] | None:
+        """When ``key_id`` signed its first and its latest stored checkpoint (epoch ms),
+        None before it signed any: the key's age as the log itself evidences it (a
+        file's date can be set; a checkpoint's time is under its signature)."""
+        column = checkpoints.c.time
+        query = select(func.min(column), func.max(column)).where(checkpoints.c.key_id == key_id)
+        async with self.engine.connect() as connection:
+            first, last = (await connection.execute(query)).one()
+        return None if first is None else (int(first), int(last))
+
     async def checkpoints(self) -> list[Checkpoint]:
         async with self.engine.connect() as connection:
             query = select(checkpoints).order_by(checkpoints.c.last_seq)

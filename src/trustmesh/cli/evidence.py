@@ -186,6 +186,52 @@ def audit_item(verify: Mapping[str, Any], at: dt.datetime) -> EvidenceItem:
     )
 
 
+def _moment(value: object) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else None
+
+
+def audit_key_item(
+    keys: Sequence[Mapping[str, Any]],
+    verify: Mapping[str, Any],
+    interval: dt.timedelta,
+    at: dt.datetime,
+) -> EvidenceItem:
+    """The collector's checkpoint key (``GET /v1/keys``): its age as its checkpoints
+    date it (the first it signed), and that it still signs — records newer than the last
+    checkpoint wait at most ``audit.checkpoint_interval`` (+:data:`KEY_SLACK`). The key
+    has no rotation bound to hold it to: its age is reported."""
+    problems: list[str] = []
+    rows = []
+    for key in keys:
+        first, last = _moment(key.get("first_signed")), _moment(key.get("last_signed"))
+        row = {"key_id": str(key.get("key_id")), "alg": str(key.get("alg"))}
+        if first is not None and last is not None:
+            row |= {"signing_since": _iso(first), "age": _span(at - first)}
+            row |= {"last_signed": _iso(last), "last_signed_ago": _span(at - last)}
+            if int(verify.get("unsigned") or 0) > 0 and at - last > interval + KEY_SLACK:
+                problems.append(f"key {row['key_id']} last signed {_span(at - last)} ago")
+        elif int(verify.get("records") or 0) > 0:
+            problems.append(f"key {row['key_id']} has signed no checkpoint")
+        rows.append(row)
+    if len(keys) != 1:
+        problems.append(f"{len(keys)} checkpoint keys published (expected exactly one)")
+    ages = ", ".join(f"{r['key_id']} age {r.get('age', 'unused')}" for r in rows) or "none"
+    result = f"checkpoint key {ages}; checkpoints at most {_span(interval)} apart"
+    if problems:
+        result += "; " + "; ".join(problems)
+    return EvidenceItem(
+        "audit-key-age",
+        "the audit collector's checkpoint-signing key (GET /v1/keys, as the operator): "
+        "its age from the first checkpoint it signed, and checkpoints still signed "
+        "within audit.checkpoint_interval (+1 minute) while records arrive",
+        not problems,
+        result,
+        at,
+        (_T + "5", "PCI DSS 4.0 req. 10", "PCI DSS 4.0 10.3.2"),
+        {"max_interval": _span(interval), "keys": rows},
+    )
+
+
 def certificates_item(
     status: Mapping[str, Any],
     issued: Mapping[str, Mapping[str, Any]],

@@ -8,7 +8,8 @@ items :mod:`trustmesh.cli.evidence` judges from the answers.
   never handed on);
 - the identity provider's admin API, ``GET /admin/v1/users`` (names, roles, MFA) and
   ``GET /admin/v1/keys`` (key ids and dates);
-- the audit collector, ``POST /v1/verify``.
+- the audit collector, ``POST /v1/verify`` and ``GET /v1/keys`` (its checkpoint key, and
+  when it signed its first and latest checkpoint).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from trustmesh.cli._admin import AdminError, Operator, admin_request, as_operato
 from trustmesh.cli.evidence import (
     EvidenceItem,
     audit_item,
+    audit_key_item,
     ca_item,
     certificates_item,
     mfa_item,
@@ -49,6 +51,7 @@ class Observed:
     users_at: dt.datetime | None = None
     keys: list[dict[str, Any]] = field(default_factory=list)
     keys_at: dt.datetime | None = None
+    audit_keys: list[dict[str, Any]] = field(default_factory=list)
     svids: dict[str, dict[str, str]] = field(default_factory=dict)
     chain_dates: list[tuple[dt.datetime, dt.datetime]] = field(default_factory=list)
 
@@ -85,6 +88,8 @@ async def _ask(config: TrustmeshConfig, state: Path, seen: Observed) -> None:
         if config.audit is not None:
             body: dict[str, list[str]] = {"checkpoints": []}
             seen.verify = await admin_request(operator, state, "audit", "POST", "/v1/verify", body)
+            keys = await admin_request(operator, state, "audit", "GET", "/v1/keys")
+            seen.audit_keys = list(keys["keys"])
             seen.verify_at = _now()
 
 
@@ -104,6 +109,9 @@ def stack_items(config: TrustmeshConfig, seen: Observed) -> list[EvidenceItem]:
     items: list[EvidenceItem] = []
     if seen.verify is not None and seen.verify_at is not None:
         items.append(audit_item(seen.verify, seen.verify_at))
+        if config.audit is not None:
+            interval = config.audit.checkpoint_interval
+            items.append(audit_key_item(seen.audit_keys, seen.verify, interval, seen.verify_at))
     else:
         items.append(
             audit_item(
