@@ -93,7 +93,6 @@ EXPECTED = {
         "edges",
         "render",
         "to_yaml",
-        "unpinned_ports",
         "workloads",
         "write_files",
     ],

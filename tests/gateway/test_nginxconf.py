@@ -3,6 +3,7 @@ where it is installed), and the declarations that engine refuses."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 import subprocess
@@ -251,6 +252,23 @@ def test_without_decision_ttl_nothing_is_kept_nor_counted_by_nginx(tmp_path: Pat
     assert "proxy_cache" not in text
     assert "limit_req" not in text
     assert "@tm_route" not in text
+
+
+@pytest.mark.parametrize(
+    ("host", "listen"),
+    [
+        ("127.0.0.1", "listen 127.0.0.1:18443 ssl;"),
+        ("0.0.0.0", "listen 0.0.0.0:18443 ssl;"),  # noqa: S104 - the address under test
+        ("::", "listen [::]:18443 ssl;"),
+        ("2001:db8::7", "listen [2001:db8::7]:18443 ssl;"),
+    ],
+)
+def test_nginx_listens_on_the_declared_address(tmp_path: Path, host: str, listen: str) -> None:
+    """listen.host, an IPv6 address in brackets (the only way nginx takes one)."""
+    text = render(dataclasses.replace(plan(tmp_path), host=host))
+    assert [line.strip() for line in text.splitlines() if line.strip().startswith("listen ")] == [
+        listen
+    ]
 
 
 @pytest.mark.usefixtures("nginx_available")

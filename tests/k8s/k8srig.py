@@ -37,12 +37,33 @@ def tm(*args: str) -> Ran:
     return Ran(result.exit_code, result.stdout, result.stderr)
 
 
+#: What the demo declaration becomes for a cluster: out of dev mode (a dev-mode declaration
+#: listens on loopback only, and the render refuses it), with a certificate for each
+#: listener that browsers reach (the files need not exist to render).
+SHOP_FOR_A_CLUSTER = (
+    ("dev: true\n", "dev: false\n"),
+    (
+        "auth:\n",
+        "auth:\n  public_tls_cert: tls/auth.pem\n  public_tls_key: tls/auth-key.pem\n",
+    ),
+    ("gateway:\n", "gateway:\n  tls_cert: tls/gateway.pem\n  tls_key: tls/gateway-key.pem\n"),
+    ("  console: {}\n", "  console: {tls_cert: tls/console.pem, tls_key: tls/console-key.pem}\n"),
+)
+
+
 def shop(folder: Path) -> Path:
-    """A copy of the packaged demo declaration and its files."""
+    """A copy of the packaged demo declaration and its files, made fit for a cluster
+    (:data:`SHOP_FOR_A_CLUSTER`)."""
     source = default_config_path().parent
     for name in ("default.yaml", "shop.cedar", "shop.tests.yaml", "shop.openapi.yaml"):
         shutil.copy(source / name, folder / name)
-    return folder / "default.yaml"
+    path = folder / "default.yaml"
+    text = path.read_text()
+    for old, new in SHOP_FOR_A_CLUSTER:
+        assert text.count(old) == 1, old  # the packaged demo changed: say where
+        text = text.replace(old, new)
+    path.write_text(text)
+    return path
 
 
 #: A declaration outside dev mode: TLS files for every browser-facing listener, a
@@ -66,6 +87,7 @@ services:
   partner: {external: true}
 gateway:
   port: 9000
+  internal_port: 9001
   tls_cert: tls/gateway.pem
   tls_key: tls/gateway-key.pem
   routes:

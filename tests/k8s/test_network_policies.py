@@ -42,7 +42,7 @@ def expected_pairs(declaration: dict[str, Any]) -> set[Pair]:
     if secrets is not None:
         pods["secrets"] = secrets.get("port") or DEFAULTS["secrets"]
     if gateway is not None:
-        pods["gateway"] = GATEWAY_INTERNAL
+        pods["gateway"] = gateway.get("internal_port") or GATEWAY_INTERNAL
     for name, spec in services.items():
         pods[name] = spec.get("port") or DEFAULTS["service"]
 

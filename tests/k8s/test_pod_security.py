@@ -80,8 +80,9 @@ def test_every_container_has_requests_limits_and_probes(rendered: list[dict[str,
         for probe in ("livenessProbe", "readinessProbe"):
             command = container[probe]["exec"]["command"]
             assert command[:2] == ["python", "-c"]
-            # it connects to one of the pod's own listeners
-            assert any(f"('127.0.0.1', {port})" in command[2] for port in ports)
+            # it connects to one of the pod's own listeners, at the address they bind
+            at = "(os.environ['TRUSTMESH_LISTEN_HOST'], {})"
+            assert any(at.format(port) in command[2] for port in ports)
 
 
 def test_pods_write_only_to_their_state_and_tmp(rendered: list[dict[str, Any]]) -> None:
@@ -127,4 +128,4 @@ def test_a_pod_per_component_and_service(tmp_path: Path) -> None:
         {"name": "mtls", "port": 9100, "targetPort": "mtls", "protocol": "TCP"}
     ]
     gateway = services["gateway"]["spec"]["ports"]
-    assert [(p["name"], p["port"]) for p in gateway] == [("public", 9000), ("internal", 8444)]
+    assert [(p["name"], p["port"]) for p in gateway] == [("public", 9000), ("internal", 9001)]

@@ -299,9 +299,9 @@ def test_no_secret_value_reaches_a_manifest(
             "name": crypto.SEAL_KEY_ENV,
             "valueFrom": {"secretKeyRef": {"name": "trustmesh-seal-key", "key": "seal-key"}},
         }
-    for name in ("billing", "ledger", "reports"):
+    for name in ("billing", "ledger", "reports"):  # a service reads no secret from the pod
         container = by_name[name]["spec"]["template"]["spec"]["containers"][0]
-        assert all("valueFrom" not in e for e in container["env"])
+        assert all("secretKeyRef" not in e.get("valueFrom", {}) for e in container["env"])
     volume = by_name["gateway"]["spec"]["template"]["spec"]["volumes"][0]
     assert volume["projected"]["sources"] == [
         {"configMap": {"name": "trustmesh-declaration"}},
@@ -398,7 +398,12 @@ def test_a_private_key_for_verify_images_is_refused(tmp_path: Path) -> None:
     assert not out.exists()
 
 
-def test_the_command_says_which_ports_to_pin_and_what_does_not_run_yet(tmp_path: Path) -> None:
+def test_the_command_says_what_does_not_run_yet_and_asks_no_port_to_be_pinned(
+    tmp_path: Path,
+) -> None:
+    """The manifests pin every port themselves (test_listeners): the command asks the
+    declaration for none; it says what does not run yet, and which settings a cluster
+    needs that the declaration leaves to their default."""
     config, out = shop(tmp_path), tmp_path / "out"
     ran = tm("k8s", "render", "--config", str(config), "--out", str(out), "--image", IMAGE,
              "--json")  # fmt: skip
@@ -406,17 +411,65 @@ def test_the_command_says_which_ports_to_pin_and_what_does_not_run_yet(tmp_path:
     report = json.loads(ran.stdout)
     assert sorted(Path(p).name for p in report["written"]) == sorted(_tree(out))
     notes = report["notes"]
-    assert (
-        "set auth.port: 8443 in default.yaml so that auth listens where its Service sends" in notes
+    assert notes[0].startswith("the pods take their SVIDs from a SPIRE agent's Workload API")
+    assert not any("listens where its Service sends" in n or "port is not set" in n for n in notes)
+    assert not any("127.0.0.1" in n for n in notes)
+    assert any(n.startswith("auth.issuer is not set") for n in notes)
+    assert any(n.startswith("audit.console.public_url is not set") for n in notes)
+    # set, they are not asked for; the caveat stays
+    config.write_text(
+        config.read_text()
+        .replace("auth:\n", "auth:\n  issuer: https://login.shop.example\n", 1)
+        .replace("  console: {", "  console: {public_url: https://console.shop.example, ", 1)
     )
-    assert any(n.startswith("gateway's internal port is not set by the declaration") for n in notes)
-    assert any("bind their listeners to 127.0.0.1" in n for n in notes)
-    # a declaration that pins its ports is told only what it cannot pin
-    pinned = write(tmp_path, PRODUCTION, db_password="p", redis_password="r")
-    ran = tm("k8s", "render", "--config", str(pinned), "--out", str(tmp_path / "p"),
-             "--image", IMAGE, "--json")  # fmt: skip
-    notes = json.loads(ran.stdout)["notes"]
-    assert not any(n.startswith("set ") for n in notes)
+    ran = tm("k8s", "render", "--config", str(config), "--out", str(out), "--image", IMAGE,
+             "--json")  # fmt: skip
+    assert ran.code == 0, ran.stderr
+    assert json.loads(ran.stdout)["notes"] == notes[:1]
+    # and on stderr without --json
+    ran = tm("k8s", "render", "--config", str(config), "--out", str(out), "--image", IMAGE)
+    assert ran.stderr == f"note: {notes[0]}\n"
+
+
+def test_a_declaration_in_dev_mode_is_refused(tmp_path: Path) -> None:
+    """Dev mode listens on loopback only; the pods listen on their own address."""
+    config, out = shop(tmp_path), tmp_path / "out"
+    config.write_text(config.read_text().replace("dev: false\n", "dev: true\n", 1))
+    ran = tm("k8s", "render", "--config", str(config), "--out", str(out), "--image", IMAGE)
+    assert ran.code == 2
+    assert "dev: true: a dev-mode declaration listens on loopback only" in ran.stderr
+    assert "expected dev: false" in ran.stderr
+    assert not out.exists()
+
+
+def test_a_declaration_with_test_switches_is_refused_naming_each(tmp_path: Path) -> None:
+    """A declaration that turns defences off for a test is no deployment: each switch is
+    named where it is, as `config check --strict` names it; an empty section too."""
+    config, out = shop(tmp_path), tmp_path / "out"
+    text = config.read_text()
+    config.write_text(text + "testing: {defences_off: [token-audience, call-policy]}\n")
+    line = len(text.splitlines()) + 1
+    ran = tm("k8s", "render", "--config", str(config), "--out", str(out), "--image", IMAGE)
+    assert ran.code == 2
+    assert ran.stderr.splitlines() == [
+        f"error: {config}:{line}: testing.defences_off[{i}]: the test switch {name!r} "
+        "turns a defence off (expected no testing: section in a declaration to ship)"
+        for i, name in enumerate(("token-audience", "call-policy"))
+    ]
+    strict = tm("config", "check", "--strict", "--config", str(config))
+    assert strict.code == 2
+    for problem in ran.stderr.splitlines():
+        assert problem.removeprefix("error: ") in strict.stderr
+    config.write_text(text + "testing: {}\n")
+    ran = tm("k8s", "render", "--config", str(config), "--out", str(out), "--image", IMAGE,
+             "--json")  # fmt: skip
+    assert ran.code == 2
+    error = json.loads(ran.stdout)["error"]
+    assert error["code"] == "invalid_config"
+    assert error["problems"] == [
+        f"{config}:{line}: testing: a test-only section (expected no testing: section)"
+    ]
+    assert not out.exists()
 
 
 def test_a_render_removes_what_the_last_one_wrote_and_this_one_does_not(tmp_path: Path) -> None:

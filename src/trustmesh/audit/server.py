@@ -30,7 +30,6 @@ from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
-from urllib.parse import urlsplit
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -63,6 +62,7 @@ from trustmesh.config.audit import (
     TracingConfig,
     WebhookConfig,
 )
+from trustmesh.config.listen import listen_url
 from trustmesh.errors import ConfigError
 from trustmesh.platform.listeners import ASGIApp, Served, bound_socket, start
 from trustmesh.platform.suspensions import RefuseSuspended
@@ -257,7 +257,7 @@ async def serve_audit(
     *,
     source: SVIDSource,
     sink: events.EventSink,
-    host: str = "127.0.0.1",
+    host: str | None = None,
     port: int | None = None,
     clock: Callable[[], float] = time.time,
     config_file: Path | None = None,
@@ -267,17 +267,14 @@ async def serve_audit(
     suspended: Container[str] | None = None,
     forwarding: Mapping[str, Any] | None = None,
 ) -> RunningAudit:
-    """Start the collector; return once it listens. ``suspended``: the SPIFFE IDs refused
-    everywhere but the ingest (the suspensions feed); ``forwarding``: options of the OTLP
-    forwarder (:class:`~trustmesh.audit.otlp_forward.OtlpForwarder`: its backoff, sleep
-    and jitter)."""
+    """Start the collector; return once it listens. ``host``, ``port``: the declaration's
+    (``listen.host``, where the console listens too; ``audit.port``) unless given;
+    ``suspended``: the SPIFFE IDs refused everywhere but the ingest (the suspensions
+    feed); ``forwarding``: the OTLP forwarder's options (:class:`OtlpForwarder`)."""
     settings = settings_of(config)
     detector = detector_for(config.detection, config_file.parent if config_file else None)
-    folder, url, checkpoints = _paths(settings, state)
-    engine = create_engine(url, sqlite_layout=LAYOUT)
-    ledger = Ledger(
-        engine, checkpoint_file=checkpoints, prune_engine=prune_engine(settings, url, engine)
-    )
+    ledger, folder = _open_ledger(settings, state)
+    host = config.listen.host if host is None else host
     sock = bound_socket(host, port if port is not None else settings.port)
     try:
         service = await _open_service(config, state, ledger, detector, on_alerts, clock)
@@ -304,23 +301,30 @@ async def serve_audit(
         _keep_spans(running, traces, settings.tracing, clock)
         _keep_pruning(running, pruner, settings.retention)
         if edges is not None:
-            running.console = await _console_or_stop(
-                running,
-                config,
-                state,
-                (traces, edges),
-                source,
-                events.FanoutSink(sink, service.own),
-                declared_in,
-            )
-        if copies is not None:
-            copies.start()
-            running.checkpoints = copies
+            shown, where = (traces, edges), (state, declared_in, host)
+            seen = events.FanoutSink(sink, service.own)
+            running.console = await _console_or_stop(running, config, shown, source, seen, where)
+        _keep_copies(running, copies)
         return running
     except BaseException:
         sock.close()
         await ledger.close()
         raise
+
+
+def _keep_copies(running: RunningAudit, copies: WebhookSender | None) -> None:
+    """The checkpoint copies sent from now on, where declared."""
+    if copies is not None:
+        copies.start()
+        running.checkpoints = copies
+
+
+def _open_ledger(settings: AuditConfig, state: Path) -> tuple[Ledger, Path]:
+    """The log (not opened yet) and the folder of the collector's state."""
+    folder, url, checkpoints = _paths(settings, state)
+    engine = create_engine(url, sqlite_layout=LAYOUT)
+    pruning = prune_engine(settings, url, engine)
+    return Ledger(engine, checkpoint_file=checkpoints, prune_engine=pruning), folder
 
 
 def _pruner(
@@ -379,18 +383,18 @@ async def _responding(
 async def _console_or_stop(
     running: RunningAudit,
     config: TrustmeshConfig,
-    state: Path,
     shown: tuple[Traces, EdgeCounts],
     source: SVIDSource,
     sink: events.EventSink,
-    declared_in: Path,
+    where: tuple[Path, Path, str],
 ) -> RunningConsole:
-    """The console started beside the collector, or the collector stopped (the caller's
-    failure path only closes what it opened before serving)."""
+    """The console started beside the collector, on the address it bound (``where``: the
+    state directory, the declaration's folder, that address), or the collector stopped
+    (the caller's failure path only closes what it opened before serving)."""
     settings = settings_of(config).console
     if settings is None:
         raise ConfigError("audit.console is not declared")
-    host = urlsplit(running.url).hostname or "127.0.0.1"
+    state, declared_in, host = where
     traces, edges = shown
     try:
         return await start_console(
@@ -520,7 +524,7 @@ async def _serve(
     return RunningAudit(
         service,
         served,
-        f"https://{host}:{port}",
+        listen_url(host, port),
         ticker,
         responder,
         responding,

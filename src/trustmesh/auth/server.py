@@ -24,6 +24,7 @@ from trustmesh.auth.db import AuthStore
 from trustmesh.auth.gateway_tokens import GatewayTokens, gateway_url_from
 from trustmesh.auth.service import AuthService, AuthSettings
 from trustmesh.config import TrustmeshConfig
+from trustmesh.config.listen import listen_url
 from trustmesh.errors import ConfigError
 from trustmesh.platform.guard import ConnectionGuard, ConnectionLimits
 from trustmesh.platform.listeners import PublicServed, Served, bound_socket, start, start_public
@@ -75,7 +76,7 @@ async def serve_auth(
     *,
     source: SVIDSource,
     sink: events.EventSink,
-    host: str = "127.0.0.1",
+    host: str | None = None,
     port: int | None = None,
     config_dir: Path | None = None,
     clock: Callable[[], float] = time.time,
@@ -83,10 +84,12 @@ async def serve_auth(
 ) -> RunningAuth:
     """Start the identity provider; return once it listens with an active signing key.
 
-    ``config_dir`` resolves relative certificate paths (the config file's folder);
+    ``host`` and ``port``: the declaration's (``listen.host``, ``auth.port``) unless
+    given; ``config_dir`` resolves relative certificate paths (the config file's folder);
     ``clock`` (epoch seconds) is the service's: signing keys, tokens, revocations;
     ``suspended``: the SPIFFE IDs the mTLS listener refuses (the suspensions feed)."""
     port = port if port is not None else config.auth.port
+    host = host if host is not None else config.listen.host
     await asyncio.to_thread(crypto.prepare_password_checks)  # an unknown user's cost, now
     # the issuer names the ports: they are bound up front, so no one can take them before
     # the listeners start on them
@@ -132,9 +135,9 @@ async def _serve_on(
 ) -> RunningAuth:
     port = int(sock.getsockname()[1])
     public_port = int(public_sock.getsockname()[1]) if public_sock is not None else None
-    urls = AuthURLs(
-        f"https://{host}:{port}",
-        f"https://{host}:{public_port}" if public_port is not None else None,
+    urls = AuthURLs(  # a wildcard bind names loopback: the issuer must be connectable
+        listen_url(host, port),
+        listen_url(host, public_port) if public_port is not None else None,
     )
     settings = _settings(config, urls)
     seal_key = crypto.load_seal_key(state, dev=config.dev)

@@ -3,6 +3,10 @@
 Exit codes: 0 written, 2 bad declaration or bad usage (nothing is written then). With
 ``--json`` the outcome is one JSON object on stdout: ``{"written": [...], "notes": [...]}``
 or ``{"error": {"code", "detail", "problems"}}``.
+
+Refused, besides a declaration that does not load: one with a ``testing:`` section (test-only
+defence switches: each named as ``config check --strict`` names it) and one in dev mode
+(its processes listen on loopback only; the pods listen on their own address).
 """
 
 from __future__ import annotations
@@ -14,17 +18,19 @@ from typing import Annotated, NoReturn
 import typer
 
 from trustmesh.cli._common import EXIT_USAGE, ConfigOption, JsonOption, err, out
-from trustmesh.config import load_config, resolve_config_path
+from trustmesh.config import TrustmeshConfig, load_config, resolve_config_path
+from trustmesh.config.strict import switch_problems
 from trustmesh.errors import ConfigError, TrustmeshError
-from trustmesh.k8s import RenderOptions, render, unpinned_ports, workloads, write_files
+from trustmesh.k8s import RenderOptions, render, write_files
 
 __all__ = ["app"]
 
 #: What the manifests cannot change: said at every render, so that nobody mistakes them
 #: for a deployment that runs as it is.
-LOOPBACK_NOTE = (
-    "this version's components bind their listeners to 127.0.0.1: until they can bind the "
-    "pod's address, only each pod's own probes reach them (see trustmesh.k8s)"
+CAVEAT_NOTE = (
+    "the pods take their SVIDs from a SPIRE agent's Workload API (the SPIFFE CSI driver), "
+    "not from trustmesh's identity service, and the components that find one another "
+    "through endpoint files in their state directory do not across pods (see trustmesh.k8s)"
 )
 
 app = typer.Typer(
@@ -77,37 +83,12 @@ def render_cmd(
     the declaration implies."""
     path = resolve_config_path(config)
     try:
-        declaration = load_config(path)
-        key = None
-        if verify_images_key is not None:
-            try:
-                key = verify_images_key.read_text(encoding="ascii")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise ConfigError(f"--verify-images-key {verify_images_key}: {exc}") from None
-        options = RenderOptions(
-            images=tuple(image or ()),
-            namespace=namespace,
-            verify_key=key,
-            verify_key_source=str(verify_images_key),
-        )
-        files = render(declaration, options)
-        written = write_files(out_dir, files)
+        declaration = _declaration(path)
+        options = _options(image or [], namespace, verify_images_key)
+        written = write_files(out_dir, render(declaration, options))
     except (TrustmeshError, OSError) as exc:
         _refuse(exc if isinstance(exc, TrustmeshError) else ConfigError(str(exc)), as_json)
-    notes = [
-        f"set {port.key}: {port.number} in {path.name} so that {pod.name} listens where its "
-        "Service sends"
-        if port.key
-        else f"{pod.name}'s {port.name} port is not set by the declaration yet: the "
-        f"manifests assume {port.number}"
-        for pod, port in unpinned_ports(workloads(declaration))
-    ]
-    notes.append(LOOPBACK_NOTE)
-    if declaration.dev:
-        notes.append(
-            "the declaration is in dev mode (dev: true): for one machine, not a cluster; the "
-            "manifests still take the sealing key from the trustmesh-seal-key Secret"
-        )
+    notes = _notes(declaration)
     if as_json:
         print(json.dumps({"written": [str(p) for p in written], "notes": notes}, indent=2))
         return
@@ -115,3 +96,48 @@ def render_cmd(
         out.print(f"wrote {p}", markup=False)
     for note in notes:
         err.print(f"note: {note}", markup=False)
+
+
+def _declaration(path: Path) -> TrustmeshConfig:
+    """The declaration at ``path``; refused with a ``testing:`` section, each switch named
+    as ``config check --strict`` names it (the manifests run what the declaration says,
+    and a declaration to deploy turns no defence off)."""
+    declaration = load_config(path)
+    problems = switch_problems(declaration, path.read_text(encoding="utf-8"), str(path))
+    if problems:
+        raise ConfigError("\n".join(problems), problems=tuple(problems))
+    return declaration
+
+
+def _options(images: list[str], namespace: str, verify_key: Path | None) -> RenderOptions:
+    key = None
+    if verify_key is not None:
+        try:
+            key = verify_key.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--verify-images-key {verify_key}: {exc}") from None
+    return RenderOptions(
+        images=tuple(images),
+        namespace=namespace,
+        verify_key=key,
+        verify_key_source=str(verify_key),
+    )
+
+
+def _notes(declaration: TrustmeshConfig) -> list[str]:
+    """What the operator must know of the manifests written: what they do not do yet, and
+    the declaration's settings that a cluster needs and it leaves to their default."""
+    notes = [CAVEAT_NOTE]
+    if declaration.auth.issuer is None:
+        notes.append(
+            "auth.issuer is not set: the identity provider names itself by its pod's address, "
+            "which changes with the pod and which browsers do not reach; set it to the URL "
+            "they use"
+        )
+    console = declaration.audit.console if declaration.audit is not None else None
+    if console is not None and console.public_url is None:
+        notes.append(
+            "audit.console.public_url is not set: the console's sign-in returns to a loopback "
+            "address; set it to the URL browsers use"
+        )
+    return notes

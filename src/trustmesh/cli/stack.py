@@ -46,6 +46,7 @@ from trustmesh.cli.supervisor import (
     write_json,
 )
 from trustmesh.config import TrustmeshConfig
+from trustmesh.config.listen import apply_listen_env
 from trustmesh.config.switches import DEFENCES, check_switches
 from trustmesh.errors import TrustmeshError, UnavailableError
 from trustmesh.gateway.endpoint import endpoint_path as gateway_endpoint_path
@@ -439,7 +440,7 @@ def up(
 
     cfg, cfg_path = load_or_exit(config)
     state, cfg_path = state.absolute(), cfg_path.absolute()
-    _switches_or_exit(cfg)
+    _environment_or_exit(cfg)
     edge_policy_or_exit(cfg, cfg_path.parent)  # a bad policy stops `up` before anything starts
     _check_state(cfg, state)
     if supervisor_running(RunPaths(state)):
@@ -450,12 +451,15 @@ def up(
         raise typer.Exit(run_supervisor(cfg, cfg_path, state, interactive=True))
 
 
-def _switches_or_exit(cfg: TrustmeshConfig) -> None:
-    """Test-only defence switches (:mod:`trustmesh.config.switches`) stop ``up`` before
-    anything starts unless this environment allows them (exit 2); allowed, each is said
-    loudly: every process it starts inherits the environment and honours them."""
+def _environment_or_exit(cfg: TrustmeshConfig) -> None:
+    """What this environment does to the declaration, which every process ``up`` starts
+    inherits and honours, checked before anything starts (exit 2): test-only defence
+    switches (:mod:`trustmesh.config.switches`) are refused unless it allows them, and
+    allowed, each is said loudly; a listen address or ports it pins
+    (:func:`~trustmesh.config.listen.apply_listen_env`) must be ones the processes take."""
     try:
         check_switches(cfg)
+        apply_listen_env(cfg)
     except TrustmeshError as exc:
         fail_on(exc)
     for name in cfg.testing.defences_off if cfg.testing is not None else ():

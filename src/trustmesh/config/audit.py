@@ -306,7 +306,7 @@ class ConsoleConfig(BaseModel):
     model_config = _MODEL_CONFIG
 
     port: int = Field(
-        default=0, ge=0, le=65535, description="Loopback port of its listener; 0 picks one."
+        default=0, ge=0, le=65535, description="Port of its listener on listen.host; 0 picks one."
     )
     public_url: str | None = Field(
         default=None,
@@ -358,7 +358,9 @@ class AuditConfig(BaseModel):
 
     model_config = _MODEL_CONFIG
 
-    port: int = Field(default=0, ge=0, le=65535, description="Loopback port; 0 picks one.")
+    port: int = Field(
+        default=0, ge=0, le=65535, description="Port on listen.host (mTLS); 0 picks one."
+    )
     database: str | None = Field(
         default=None,
         description="SQLAlchemy async URL (postgresql+asyncpg://…); default SQLite in the "

@@ -691,7 +691,9 @@ class ExtAuthzSettings(BaseModel):
 
     model_config = _MODEL_CONFIG
 
-    port: int = Field(default=0, ge=0, le=65535, description="Loopback port; 0 picks one.")
+    port: int = Field(
+        default=0, ge=0, le=65535, description="Port on listen.host (mTLS); 0 picks one."
+    )
     callers: list[Annotated[str, AfterValidator(_check_caller)]] = Field(
         min_length=1, description="The SPIFFE IDs of the proxies that may ask (Envoy's SVID)."
     )
@@ -715,7 +717,19 @@ class GatewayConfig(BaseModel):
         "(Envoy's ext_authz; unset: not served).",
     )
 
-    port: int = Field(default=0, ge=0, le=65535, description="Loopback port; 0 picks one.")
+    port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of the client listener on listen.host; 0 picks one.",
+    )
+    internal_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of the gateway's mTLS listener on listen.host (its internal "
+        "tokens' JWKS for the services, the admin API); 0 picks one.",
+    )
     tls_cert: str | None = Field(
         default=None,
         description="PEM certificate chain, relative to this file (required outside dev "
@@ -792,6 +806,10 @@ class GatewayConfig(BaseModel):
     def _distinct(self) -> GatewayConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise _invalid("tls_cert and tls_key go together", "both files, or neither")
+        if self.port != 0 and self.port == self.internal_port:
+            raise _invalid(
+                f"port and internal_port are both {self.port}", "a different port for each"
+            )
         names: dict[str, tuple[str | None, str]] = {}
         for index, route in enumerate(self.routes):
             where = (route.host, route.path)

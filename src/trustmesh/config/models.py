@@ -27,6 +27,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from trustmesh.config.audit import AuditConfig, DetectionConfig
 from trustmesh.config.durations import Duration, format_duration
 from trustmesh.config.gateway import GatewayConfig
+from trustmesh.config.listen import DEV_EXPECTED, ListenSettings, dev_bind_problem
 from trustmesh.config.listener import ListenerLimits
 from trustmesh.config.patterns import path_problem
 from trustmesh.config.runtime import RuntimeProfile
@@ -264,7 +265,7 @@ class IdentitySettings(BaseModel):
         default=0,
         ge=0,
         le=65535,
-        description="Loopback port of the discovery API (mTLS); 0 picks a free one.",
+        description="Port of the discovery API (mTLS) on listen.host; 0 picks a free one.",
     )
 
     @model_validator(mode="after")
@@ -338,7 +339,9 @@ class AuthConfig(BaseModel):
     key_rotation: Ttl = Field(
         default="24h", validate_default=True, description="Age at which a signing key is replaced."
     )
-    port: int = Field(default=0, ge=0, le=65535, description="Loopback port; 0 picks a free one.")
+    port: int = Field(
+        default=0, ge=0, le=65535, description="Port on listen.host (mTLS); 0 picks a free one."
+    )
     issuer: str | None = Field(
         default=None, description="The issuer URL; by default the server's own https URL."
     )
@@ -372,7 +375,10 @@ class AuthConfig(BaseModel):
         ),
     )
     public_port: int = Field(
-        default=0, ge=0, le=65535, description="Loopback port of the public listener; 0 picks one."
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of the public listener on listen.host; 0 picks one.",
     )
     public_tls_cert: str | None = Field(
         default=None,
@@ -525,6 +531,11 @@ class TrustmeshConfig(BaseModel):
         ),
     ] = Field(description="SPIFFE trust domain name (SPIFFE-ID §2.1), such as shop.example")
     dev: bool = Field(default=False, description="dev mode: allows a 0600 key file to seal keys")
+    listen: ListenSettings = Field(
+        default_factory=ListenSettings,
+        description="Where every listener binds (trustmesh.config.listen): loopback by "
+        "default, and only loopback in dev mode.",
+    )
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     gateway: GatewayConfig | None = Field(
@@ -609,6 +620,7 @@ class TrustmeshConfig(BaseModel):
         self._check_secrets(problems)
         self._check_console(problems)
         self._check_switches(problems)
+        self._check_listen(problems)
         problems.raise_if_any("TrustmeshConfig")
         return self
 
@@ -637,6 +649,12 @@ class TrustmeshConfig(BaseModel):
                     "does not run",
                     "only switches of what the declaration runs",
                 )
+
+    def _check_listen(self, problems: _Problems) -> None:
+        """Dev mode listens on loopback only (see :mod:`trustmesh.config.listen`)."""
+        bind = dev_bind_problem(self.dev, self.listen.host)
+        if bind is not None:
+            problems.add(("listen", "host"), self.listen.host, bind, DEV_EXPECTED)
 
     def _check_console(self, problems: _Problems) -> None:
         console = self.audit.console if self.audit is not None else None

@@ -111,7 +111,9 @@ class SecretsConfig(BaseModel):
 
     model_config = _MODEL_CONFIG
 
-    port: int = Field(default=0, ge=0, le=65535, description="Loopback port; 0 picks one.")
+    port: int = Field(
+        default=0, ge=0, le=65535, description="Port on listen.host (mTLS); 0 picks one."
+    )
     database: str | None = Field(
         default=None,
         description="SQLAlchemy async URL (postgresql+asyncpg://…); default SQLite in the "

@@ -36,7 +36,7 @@ from trustmesh.config.durations import format_duration
 from trustmesh.config.loader import _line_of
 from trustmesh.config.models import TrustmeshConfig
 
-__all__ = ["LIFETIME_BOUNDS", "strict_problems"]
+__all__ = ["LIFETIME_BOUNDS", "strict_problems", "switch_problems"]
 
 _M: Final = timedelta(minutes=1)
 _H: Final = timedelta(hours=1)
@@ -78,21 +78,34 @@ def strict_problems(
 ) -> list[str]:
     """Every strict-mode problem of ``config`` (parsed from ``text``, read from ``source``);
     ``policies`` maps each ``gateway.policies`` name to its Cedar text."""
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    found = [
+        *_lifetimes(config),
+        *_unreached_services(config),
+        *_wildcard_calls(config),
+        *_edge_policies(config, policies),
+        *_test_switches(config),
+    ]
+    return _located(found, text, source)
+
+
+def switch_problems(config: TrustmeshConfig, text: str, source: str) -> list[str]:
+    """The test switches of ``config`` as strict mode names them (empty: none): what a
+    command that deploys a declaration refuses too (``trustmesh k8s render``)."""
+    return _located(list(_test_switches(config)), text, source)
+
+
+_Problem = tuple[tuple[str | int, ...], str, str, str]
+
+
+def _located(problems: list[_Problem], text: str, source: str) -> list[str]:
+    """Each problem as ``source:line: key: what (expected …)``."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader) if problems else None
 
     def at(loc: tuple[str | int, ...], key: str, what: str, expected: str) -> str:
         line = 1 if root is None else _line_of(root, loc)
         return f"{source}:{line}: {key}: {what} (expected {expected})"
 
-    problems = [at(*p) for p in _lifetimes(config)]
-    problems += [at(*p) for p in _unreached_services(config)]
-    problems += [at(*p) for p in _wildcard_calls(config)]
-    problems += [at(*p) for p in _edge_policies(config, policies)]
-    problems += [at(*p) for p in _test_switches(config)]
-    return problems
-
-
-_Problem = tuple[tuple[str | int, ...], str, str, str]
+    return [at(*p) for p in problems]
 
 
 def _lifetimes(config: TrustmeshConfig) -> Iterator[_Problem]:

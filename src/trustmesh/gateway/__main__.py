@@ -23,10 +23,11 @@ import time
 from pathlib import Path
 
 from trustmesh.config import TrustmeshConfig, load_config
+from trustmesh.config.listen import apply_listen_env
 from trustmesh.errors import TrustmeshError, UnavailableError
 from trustmesh.gateway.endpoint import endpoint_path, reload_path
 from trustmesh.gateway.nginx import NginxEdge
-from trustmesh.gateway.server import serve_gateway
+from trustmesh.gateway.server import RunningGateway, serve_gateway
 from trustmesh.platform.process import (
     component_identity,
     component_main,
@@ -72,26 +73,7 @@ async def run(config: TrustmeshConfig, state: Path, config_file: Path) -> None:
         gc.collect()
         gc.freeze()
 
-        async def _reload() -> None:
-            """SIGHUP: the declaration read again and applied, or refused (the running
-            one stays); the outcome in ``<state>/gateway/reload.json``."""
-            async with _one_at_a_time:
-                outcome: dict[str, object] = {"at": time.time(), "ok": True}
-                try:
-                    await running.reload(load_config(config_file), config_dir)
-                except TrustmeshError as exc:
-                    outcome.update(ok=False, error=exc.detail)
-                    log.error("gateway: reload refused: %s", exc.detail)
-                else:
-                    log.warning("gateway: declaration reloaded from %s", config_file)
-                write_json_atomic(reload_path(state), outcome)
-
-        def _on_hangup() -> None:
-            task = asyncio.ensure_future(_reload())
-            _reloading.add(task)
-            task.add_done_callback(_reloading.discard)
-
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _on_hangup)
+        _reload_on_hangup(running, config_file, state)
 
         serving = asyncio.ensure_future(
             serve_until_stopped(
@@ -121,6 +103,32 @@ async def run(config: TrustmeshConfig, state: Path, config_file: Path) -> None:
                 await serving
             raise UnavailableError("nginx exited and could not be started again")
         await serving
+
+
+def _reload_on_hangup(running: RunningGateway, config_file: Path, state: Path) -> None:
+    """On SIGHUP, the declaration read again and applied, or refused (the running one
+    stays); the outcome in ``<state>/gateway/reload.json``."""
+
+    async def reload() -> None:
+        async with _one_at_a_time:
+            outcome: dict[str, object] = {"at": time.time(), "ok": True}
+            try:
+                # the listeners the environment pins, as at start
+                declared = apply_listen_env(load_config(config_file))
+                await running.reload(declared, config_file.parent)
+            except TrustmeshError as exc:
+                outcome.update(ok=False, error=exc.detail)
+                log.error("gateway: reload refused: %s", exc.detail)
+            else:
+                log.warning("gateway: declaration reloaded from %s", config_file)
+            write_json_atomic(reload_path(state), outcome)
+
+    def on_hangup() -> None:
+        task = asyncio.ensure_future(reload())
+        _reloading.add(task)
+        task.add_done_callback(_reloading.discard)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hangup)
 
 
 #: Reloads in progress (each kept until it ends).

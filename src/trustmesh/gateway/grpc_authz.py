@@ -68,6 +68,7 @@ from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
 
 from trustmesh import crypto, events
+from trustmesh.config.listen import authority
 from trustmesh.errors import CryptoError
 from trustmesh.gateway.app import GatewayApp
 from trustmesh.gateway.exchange import Exchange, Outcome, Reply, refusal_body
@@ -295,7 +296,7 @@ async def start_grpc_authz(
     )
     pb_grpc.add_AuthorizationServicer_to_server(_Authorization(current, callers), server)
     bound = server.add_secure_port(
-        f"{host}:{port}",
+        authority(host, port),  # [::]:port for IPv6
         grpc.dynamic_ssl_server_credentials(
             credentials.initial, credentials.fetch, require_client_authentication=True
         ),

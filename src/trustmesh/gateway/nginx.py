@@ -44,6 +44,7 @@ from typing import Any, Final, Protocol
 from trustmesh import crypto
 from trustmesh.config import TrustmeshConfig
 from trustmesh.config.gateway import GatewayConfig
+from trustmesh.config.listen import advertised_host
 from trustmesh.errors import ConfigError, NotFoundError, TrustmeshError, UnavailableError
 from trustmesh.gateway.app import GatewayApp
 from trustmesh.gateway.authorizer import DEFAULT_PREFIX, Authorizer
@@ -266,7 +267,7 @@ class NginxEngine:
             start_new_session=True,  # its own process group: its workers die with it
         )
         deadline = time.monotonic() + START_SECONDS
-        while not await _accepts(self._host, self._port):
+        while not await _accepts(advertised_host(self._host), self._port):  # not 0.0.0.0
             if self._process.returncode is not None or time.monotonic() > deadline:
                 _kill_group(self._process.pid)
                 raise UnavailableError("nginx did not start: " + self.error_log_tail())
@@ -504,7 +505,7 @@ async def _accepts(host: str, port: int) -> bool:
 
 
 def _free_port(host: str) -> int:
-    with socket.socket() as sock:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Final
 
 from trustmesh.config.gateway import GatewayConfig, GatewayRoute
+from trustmesh.config.listen import authority
 from trustmesh.gateway.answers import ERROR_HEADERS, error_code, error_message
 from trustmesh.gateway.headers import GATEWAY_SET, SECURITY_HEADERS, stripped
 from trustmesh.gateway.ratelimit import ProxyLimit, proxy_limits
@@ -383,7 +384,7 @@ def _server(
     placed: Sequence[tuple[str, tuple[int, ...]]],
 ) -> list[str]:
     lines = [
-        f"listen {plan.host}:{plan.port} ssl;",
+        f"listen {authority(plan.host, plan.port)} ssl;",  # [::]:443 for IPv6
         f"ssl_certificate {_quoted(plan.tls_cert)};",
         f"ssl_certificate_key {_quoted(plan.tls_key)};",
         *(f"error_page {status} = @tm_{status};" for status in _ERRORS),

@@ -7,7 +7,7 @@ request after the swap meets the new one; none is dropped.
 
 A declaration that does not load, or whose parts do not compile (a policy, an OpenAPI
 document), is refused and the running one stays, as is one that changes what only a
-restart can apply (:func:`restart_only`): the listeners (port, certificate, connection
+restart can apply (:func:`restart_only`): the listeners (ports, certificate, connection
 limits, metrics port), the rate-limit store, the trusted external issuers, the upstream
 settings, and a route needing a part the running gateway did not start (API keys,
 introspection, rate limiting, the identity provider's tokens where none was needed).
@@ -28,6 +28,7 @@ RESTART_ONLY: Final = (
     "nginx",
     "ext_authz",
     "port",
+    "internal_port",
     "tls_cert",
     "tls_key",
     "limits",

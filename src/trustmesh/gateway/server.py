@@ -29,6 +29,7 @@ from starlette.routing import Route
 from trustmesh import crypto, events
 from trustmesh.config import TrustmeshConfig
 from trustmesh.config.gateway import GatewayConfig, GatewayRoute
+from trustmesh.config.listen import LOOPBACK, advertised_host, authority, listen_url
 from trustmesh.config.switches import defences_off
 from trustmesh.errors import ConfigError, UnavailableError
 from trustmesh.gateway.admin_app import KeyAdmin
@@ -99,6 +100,8 @@ class RunningGateway:
     pipeline: Pipeline | None = None
     config: TrustmeshConfig | None = None
     build: Callable[[TrustmeshConfig, Path], GatewayApp] | None = None
+    #: the address its listeners bound (``listen.host``); its URLs name a connectable one
+    host: str = LOOPBACK
 
     async def reload(self, config: TrustmeshConfig, config_dir: Path) -> GatewayApp:
         """Build the pipeline of ``config`` and swap it in (:mod:`trustmesh.gateway.reload`);
@@ -112,6 +115,8 @@ class RunningGateway:
         problems = restart_only(running.gateway, new)
         if config.trust_domain != running.trust_domain:
             problems.append("trust_domain changed")
+        if config.listen != running.listen:
+            problems.append("listen.host changed")
         if problems:
             raise ConfigError(
                 "; ".join(problems) + ": restart the gateway to apply it "
@@ -141,11 +146,11 @@ class RunningGateway:
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.public.port}"
+        return listen_url(self.host, self.public.port)
 
     @property
     def internal_url(self) -> str:
-        return f"https://127.0.0.1:{self.internal.port}"
+        return listen_url(self.host, self.internal.port)
 
     @property
     def admin_url(self) -> str:
@@ -155,11 +160,13 @@ class RunningGateway:
     @property
     def ext_authz_address(self) -> str | None:
         """Where Envoy asks over gRPC (``host:port``, mTLS), where declared."""
-        return f"127.0.0.1:{self.ext_authz.port}" if self.ext_authz else None
+        if self.ext_authz is None:
+            return None
+        return authority(advertised_host(self.host), self.ext_authz.port)
 
     @property
     def metrics_url(self) -> str | None:
-        return f"http://127.0.0.1:{self.metrics.port}/metrics" if self.metrics else None
+        return f"http://{LOOPBACK}:{self.metrics.port}/metrics" if self.metrics else None
 
     async def stop(self) -> None:
         if self.ext_authz is not None:
@@ -252,19 +259,21 @@ async def serve_gateway(
     sink: events.EventSink,
     discovery_url: str,
     auth_url: str | None,
-    host: str = "127.0.0.1",
+    host: str | None = None,
     port: int | None = None,
-    internal_port: int = 0,
+    internal_port: int | None = None,
     config_dir: Path | None = None,
     clock: Callable[[], float] = time.time,
     suspended: Container[str] | None = None,
 ) -> RunningGateway:
-    """Start the gateway; return once both listeners accept. ``clock``: the wall clock
-    its decisions read (tokens' times, the introspection cache, API keys);
-    ``suspended``: the SPIFFE IDs its mTLS listener refuses (the suspensions feed)."""
+    """Start the gateway; return once both listeners accept. ``host``, ``port``,
+    ``internal_port``: the declaration's (``listen.host``, ``gateway.port``, ``.internal_port``)
+    unless given; ``clock``: the wall clock its decisions read (tokens' times, the
+    introspection cache, API keys); ``suspended``: the SPIFFE IDs its mTLS listener refuses."""
     gateway = config.gateway
     if gateway is None:
         raise ConfigError("no gateway: section in the declaration")
+    host = config.listen.host if host is None else host
     seal_key = crypto.load_seal_key(state, dev=config.dev)
     key = GatewayKey.load_or_create(state, seal_key)
     folder = config_dir or Path.cwd()
@@ -273,13 +282,10 @@ async def serve_gateway(
     spiffe_id = config.component_spiffe_id("gateway")
     off = defences_off(config, "gateway")  # test-only switches: none in a real stack
     trust, verifier = await _provider(config, gateway, tls, spiffe_id, auth_url, off)
-    metrics = GatewayMetrics() if gateway.metrics_port is not None else None
-    if metrics is not None:  # the SVID's time left and the audit delivery, as every component's
-        metrics.registry.register(LiveFacts("gateway", source, sink))
+    metrics = _metrics(gateway, source, sink)
     changes = _Changes(metrics)
     parts = await _parts(config, gateway, state, folder, tls, discovery_url, trust, changes, clock)
     parts.defences_off = off
-
     build = _builder(
         parts,
         changes,
@@ -291,46 +297,92 @@ async def serve_gateway(
         tls=tls,
         sink=NotingSink(sink),  # each decision on the request's span too
     )
-    app = build(config, folder)
-    pipeline = Pipeline(app)
+    pipeline = Pipeline(build(config, folder))
+    internal_port = gateway.internal_port if internal_port is None else internal_port
     internal, key_store = await _start_internal(
         config, state, key, sink, parts, tls=tls, host=host, port=internal_port, suspended=suspended
     )
-    try:
+    edge = _Edge(config, state, source, parts, pipeline, certificate, metrics, host)
+    public, scraped, ext_authz = await edge.serve_or_close(
+        gateway.port if port is None else port, internal, key_store
+    )
+    running = parts.running(public, internal, trust, key, scraped, key_store)
+    running.pipeline, running.config, running.build = pipeline, config, build
+    running.ext_authz, running.host = ext_authz, host
+    return running
+
+
+def _metrics(
+    gateway: GatewayConfig, source: SVIDSource, sink: events.EventSink
+) -> GatewayMetrics | None:
+    """The gateway's metrics, where declared, with the SVID's time left and the audit
+    delivery as every component's."""
+    if gateway.metrics_port is None:
+        return None
+    metrics = GatewayMetrics()
+    metrics.registry.register(LiveFacts("gateway", source, sink))
+    return metrics
+
+
+@dataclass
+class _Edge:
+    """What serves the clients: the gateway's own public listener or nginx asking it,
+    with the metrics (loopback) and Envoy's ``ext_authz`` where declared."""
+
+    config: TrustmeshConfig
+    state: Path
+    source: SVIDSource
+    parts: _Parts
+    pipeline: Pipeline
+    certificate: crypto.ServerCertificate
+    metrics: GatewayMetrics | None
+    host: str
+
+    async def serve_or_close(
+        self, port: int, internal: Served, key_store: SqlKeyStore
+    ) -> tuple[PublicServed | NginxEdge, PublicServed | None, RunningGrpcAuthz | None]:
+        """Serve the clients; or, failing, stop what the gateway started before (its
+        internal listener, the key store, its parts) and raise."""
+        try:
+            return await self._serve(port)
+        except BaseException:
+            await internal.stop()
+            with contextlib.suppress(Exception):
+                await key_store.close()
+                await self.parts.close()
+            raise
+
+    async def _serve(
+        self, port: int
+    ) -> tuple[PublicServed | NginxEdge, PublicServed | None, RunningGrpcAuthz | None]:
+        gateway = self.config.gateway
+        if gateway is None:
+            raise ConfigError("no gateway: section in the declaration")
+        public: PublicServed | NginxEdge
         if gateway.engine == "nginx":
-            edge = await start_nginx_edge(
-                config,
-                state / "gateway" / "nginx",
-                source,
-                parts.discovery,
-                lambda: pipeline.app,
-                certificate=certificate,
-                port=gateway.port if port is None else port,
-                host=host,
+            public = await start_nginx_edge(
+                self.config,
+                self.state / "gateway" / "nginx",
+                self.source,
+                self.parts.discovery,
+                lambda: self.pipeline.app,
+                certificate=self.certificate,
+                port=port,
+                host=self.host,
             )
-            public: PublicServed | NginxEdge = edge
-            scraped = await _start_metrics(gateway, metrics, edge, host)
+            scraped = await _start_metrics(gateway, self.metrics, public)
         else:
             public, scraped = await _listen(
-                pipeline, gateway, certificate, metrics, parts, host, port
+                self.pipeline, gateway, self.certificate, self.metrics, self.parts, self.host, port
             )
         try:
-            ext_authz = await _ext_authz(gateway, pipeline, source, host)
+            ext_authz = await _ext_authz(gateway, self.pipeline, self.source, self.host)
         except BaseException:
             await public.stop()
             if scraped is not None:
                 await scraped.stop()
             raise
-    except BaseException:
-        await internal.stop()
-        with contextlib.suppress(Exception):
-            await key_store.close()
-            await parts.close()
-        raise
-    running = parts.running(public, internal, trust, key, scraped, key_store)
-    running.pipeline, running.config, running.build = pipeline, config, build
-    running.ext_authz = ext_authz
-    return running
+        return public, scraped, ext_authz
 
 
 async def _ext_authz(
@@ -620,20 +672,20 @@ async def _listen(
         on_refusals=lambda summaries: pipeline.app.refusals(summaries),
         lenient_framing="request-framing" in parts.defences_off,
     )
-    return public, await _start_metrics(gateway, metrics, public, host)
+    return public, await _start_metrics(gateway, metrics, public)
 
 
 async def _start_metrics(
     gateway: GatewayConfig,
     metrics: GatewayMetrics | None,
     public: PublicServed | NginxEdge,
-    host: str,
 ) -> PublicServed | None:
-    """The metrics on loopback, when declared (the public listener stops if it fails)."""
+    """The metrics on loopback whatever ``listen.host`` says (plain HTTP), when declared
+    (the public listener stops if it fails)."""
     if metrics is None or gateway.metrics_port is None:
         return None
     try:
-        return await start_loopback(metrics.app, host=host, port=gateway.metrics_port)
+        return await start_loopback(metrics.app, host=LOOPBACK, port=gateway.metrics_port)
     except BaseException:
         await public.stop()
         raise

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from trustmesh.config import load_config
+from trustmesh.config.listen import apply_listen_env
 from trustmesh.config.switches import check_switches
 from trustmesh.identity.server import serve_until_signalled
 from trustmesh.platform.process import exit_code
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def serve() -> None:
-        config = load_config(args.config)
+        config = apply_listen_env(load_config(args.config))  # where the deployment pins
         check_switches(config)  # test-only switches need the environment's consent
         asyncio.run(
             serve_until_signalled(

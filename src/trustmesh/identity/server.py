@@ -223,7 +223,8 @@ class IdentityServer:
 
     async def _serve_discovery(self) -> None:
         """Discovery, the suspensions feed, the admin API and the health check on the mTLS
-        listener; the operator's socket; then the snapshot that says where they are."""
+        listener (on ``listen.host``: the services of other machines or pods register and
+        look up there); the operator's socket; then the snapshot that says where they are."""
         routes = IdentityAdmin(
             self.config,
             self.store,
@@ -244,7 +245,7 @@ class IdentityServer:
                 suspended=self.service.suspended,
             ),
             source=self.self_svid,
-            host="127.0.0.1",
+            host=self.config.listen.host,
             port=self.config.identity.discovery_port,
         )
         _remove_stale_socket(self.paths.operator_socket)
@@ -318,7 +319,8 @@ class IdentityServer:
 
     @property
     def discovery_url(self) -> str | None:
-        return f"https://127.0.0.1:{self.discovery.port}" if self.discovery else None
+        """Where discovery is reached (a wildcard bind: on loopback)."""
+        return self.config.listen.url(self.discovery.port) if self.discovery else None
 
     def _write_discovery_file(self) -> None:
         """What `trustmesh status` reads: the discovery URL and the live instances."""

@@ -16,16 +16,23 @@ ConfigMap ``trustmesh-declaration`` (``trustmesh.yaml`` and the files it names),
 declared certificates, the SPIFFE CSI driver (``csi.spiffe.io``) with a Workload API on each
 node, a CNI that enforces NetworkPolicies, and Kyverno for the verify-images policy.
 
+Every process binds its pod's address and the port its Service sends to, both pinned in
+the pod's environment (:mod:`.manifests`, :mod:`trustmesh.config.listen`); a dev-mode
+declaration, which listens on loopback only, is refused.
+
 What these manifests do not do yet (said here and by the command, not hidden):
 
-- the components bind their listeners to 127.0.0.1, and take their ports from the
-  declaration (0: one the system picks); until they can bind the pod's address, the
-  Services reach nothing, and the declaration must pin the ports the manifests use
-  (``trustmesh k8s render`` lists them; the gateway's internal port has no key yet);
 - the Workload API socket the CSI driver mounts is a node agent's (SPIRE's); trustmesh's
-  own identity service does not run as that agent, and it finds the collector only
-  through the collector's endpoint file in a state directory that pods do not share (its
-  events spool until then);
+  own identity service does not run as that agent;
+- components find one another through endpoint files in their state directory, which
+  pods do not share: the identity service finds the collector there (its events spool
+  until then), the gateway finds discovery and the identity provider there (without
+  discovery's it does not start), the provider finds the gateway's token keys there, and
+  the console's sign-in and the collector's responses find the provider and the gateway
+  there;
+- the identity provider's issuer is, unless ``auth.issuer`` says otherwise, its own URL:
+  the pod's address, which changes with the pod and which browsers do not reach (and the
+  console's sign-in returns to ``audit.console.public_url``, by default a loopback one);
 - egress to what lies outside the namespace (PostgreSQL, Redis, a SIEM, an OTLP
   collector) is denied: add a policy for each where the declaration uses one;
 - an ``external`` service has no pod, and its declared calls no allow; the console's
@@ -37,7 +44,7 @@ from __future__ import annotations
 from trustmesh.k8s.graph import Edge, edges
 from trustmesh.k8s.images import check_image
 from trustmesh.k8s.render import RenderOptions, render, to_yaml, write_files
-from trustmesh.k8s.workloads import Workload, unpinned_ports, workloads
+from trustmesh.k8s.workloads import Workload, workloads
 
 __all__ = [
     "Edge",
@@ -47,7 +54,6 @@ __all__ = [
     "edges",
     "render",
     "to_yaml",
-    "unpinned_ports",
     "workloads",
     "write_files",
 ]

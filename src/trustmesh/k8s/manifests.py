@@ -17,10 +17,20 @@ comes from the ConfigMap ``trustmesh-declaration`` the operator creates from
 never copied into a manifest). Workloads other than the identity service get their SVIDs
 from the Workload API socket the SPIFFE CSI driver (``csi.spiffe.io``) mounts.
 
+Listeners: every process of a pod binds the pod's own address, which it learns from
+the downward API (``TRUSTMESH_LISTEN_HOST`` from ``status.podIP``: the narrowest bind
+that other pods reach, in an IPv4 or an IPv6 cluster alike; it is also the address a
+service registers with discovery), and every listener's port is pinned in the pod's
+environment (``TRUSTMESH_LISTEN_PORTS``, by declaration key, for a component;
+``TRUSTMESH_PORT`` for a service) to the number its Service and NetworkPolicies use,
+whatever the declaration leaves to the system (:mod:`trustmesh.config.listen`). Metrics,
+plain HTTP, stay on the pod's loopback.
+
 Probes: the components' health endpoints answer only over mTLS to an SVID of the trust
 domain, which a kubelet does not have; each probe therefore opens a TCP connection to
-the pod's mTLS listener from inside the pod (an ``exec`` probe: it works whether the
-listener is bound to the pod's address or to loopback).
+the pod's mTLS listener, at the pod's address, from inside the pod (an ``exec`` probe:
+it needs no connection from the node, which not every CNI lets through the default-deny
+NetworkPolicies).
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from pathlib import PurePosixPath
 from typing import Any, Final
 
 from trustmesh.config import TrustmeshConfig
+from trustmesh.config.listen import LISTEN_HOST_ENV, LISTEN_PORTS_ENV
 from trustmesh.errors import UsageError
 from trustmesh.k8s.graph import Edge
 from trustmesh.k8s.workloads import Workload
@@ -62,6 +73,9 @@ WORKLOAD_API_SOCKET: Final = f"unix://{WORKLOAD_API_DIR}/spire-agent.sock"
 ENV_AUDIT_URL: Final = "TRUSTMESH_AUDIT_URL"
 ENV_DISCOVERY_URL: Final = "TRUSTMESH_DISCOVERY_URL"
 ENV_SEAL_KEY: Final = "TRUSTMESH_SEAL_KEY"
+#: Where each process listens (the foundation's names: the loader reads them).
+ENV_LISTEN_HOST: Final = LISTEN_HOST_ENV
+ENV_LISTEN_PORTS: Final = LISTEN_PORTS_ENV
 NO_COLLECTOR: Final = "none"
 
 #: (requests, limits) of a component's and of a service's container.
@@ -184,7 +198,11 @@ def _tls_files(config: TrustmeshConfig, name: str) -> tuple[str, str] | None:
 
 
 def _probe(port: int) -> dict[str, Any]:
-    check = f"import socket; socket.create_connection(('127.0.0.1', {port}), 2).close()"
+    """A TCP connection to ``port`` at the pod's address (where the listener is bound)."""
+    check = (
+        "import os, socket; "
+        f"socket.create_connection((os.environ[{ENV_LISTEN_HOST!r}], {port}), 2).close()"
+    )
     return {
         "exec": {"command": ["python", "-c", check]},
         "periodSeconds": 10,
@@ -218,12 +236,17 @@ def _env(
         return {"name": name, "value": text}
 
     audit = url(pods["audit"], ns) if "audit" in pods else NO_COLLECTOR
-    env = [value("TRUSTMESH_EVENTS", f"{STATE_DIR}/events/{pod.name}.jsonl")]
+    env = [
+        value("TRUSTMESH_EVENTS", f"{STATE_DIR}/events/{pod.name}.jsonl"),
+        {"name": ENV_LISTEN_HOST, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+    ]
     if pod.name != "identity":
         env.append(value("SPIFFE_ENDPOINT_SOCKET", WORKLOAD_API_SOCKET))
         env.append(value(ENV_DISCOVERY_URL, url(pods["identity"], ns)))
         env.append(value(ENV_AUDIT_URL, audit))
     if pod.kind == "component":
+        pinned = " ".join(f"{port.key}={port.number}" for port in pod.ports)
+        env.append(value(ENV_LISTEN_PORTS, pinned))
         secret = {"secretKeyRef": {"name": SEAL_KEY_SECRET, "key": SEAL_KEY_ITEM}}
         env.append({"name": ENV_SEAL_KEY, "valueFrom": secret})
         return env

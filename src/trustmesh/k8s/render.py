@@ -1,6 +1,9 @@
 """Render the whole stack of a declaration to YAML files, in memory first: a refusal
-(an image without a digest, an unknown name, a key that is not a public key) writes
-nothing.
+(a declaration in dev mode, an image without a digest, an unknown name, a key that is
+not a public key) writes nothing.
+
+A dev-mode declaration (``dev: true``) is refused: its processes listen on loopback only
+(:mod:`trustmesh.config.listen`), and the pods listen on their own address.
 
 Files, each a stream of YAML documents in a fixed order (same input, same bytes):
 
@@ -22,7 +25,7 @@ from typing import Any, Final
 import yaml
 
 from trustmesh.config import TrustmeshConfig
-from trustmesh.errors import UsageError
+from trustmesh.errors import ConfigError, UsageError
 from trustmesh.k8s import manifests
 from trustmesh.k8s.admission import check_public_key, verify_images_policy
 from trustmesh.k8s.graph import edges
@@ -54,6 +57,12 @@ def to_yaml(documents: Iterable[Mapping[str, Any]]) -> str:
 
 def render(config: TrustmeshConfig, options: RenderOptions) -> dict[str, str]:
     """File name → YAML text of every manifest of ``config``'s stack."""
+    if config.dev:
+        raise ConfigError(
+            "dev: true: a dev-mode declaration listens on loopback only, and the pods listen "
+            "on their own address (expected dev: false, with certificates for the "
+            "browser-facing listeners)"
+        )
     ns = options.namespace
     if _NAMESPACE_RE.fullmatch(ns) is None or ns in ("default", "kube-system", "kube-public"):
         raise UsageError(

@@ -5,8 +5,10 @@ the secrets service and the gateway when declared, and every service that is not
 
 Pure: the declaration in, frozen values out. Each listener gets a fixed port: the
 declared one, or this module's default where the declaration says 0 ("pick a free
-one", which a Kubernetes Service cannot follow). :func:`unpinned_ports` lists those, so
-the command can say which declaration keys to set to the same numbers.
+one", which a Kubernetes Service cannot follow). The manifests pin every one of them in
+the pod's environment (``TRUSTMESH_LISTEN_PORTS`` with the port's declaration key for a
+component, ``TRUSTMESH_PORT`` for a service: :mod:`trustmesh.config.listen`), so the pod
+listens where its Service sends whatever the declaration leaves to the system.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ __all__ = [
     "DEFAULT_PORTS",
     "Port",
     "Workload",
-    "unpinned_ports",
     "workloads",
 ]
 
@@ -46,14 +47,14 @@ DEFAULT_PORTS: Final = {
 @dataclass(frozen=True)
 class Port:
     """A listener: its name in the pod, its number, whether it takes connections from
-    outside the namespace (browsers, API clients), and the declaration key that sets it
-    (``None``: not settable yet; ``""``: set through the environment)."""
+    outside the namespace (browsers, API clients), and the declaration key of its port
+    (pinned through ``TRUSTMESH_LISTEN_PORTS``; ``""`` for a service's, pinned through
+    ``TRUSTMESH_PORT``)."""
 
     name: str
     number: int
     public: bool
-    key: str | None
-    declared: bool
+    key: str
 
 
 @dataclass(frozen=True)
@@ -75,69 +76,61 @@ class Workload:
         raise LookupError(self.name)  # every workload has one (see workloads())
 
 
-def _port(component: str, name: str, declared: int, key: str | None, public: bool) -> Port:
-    default = DEFAULT_PORTS[(component, name)]
-    return Port(name, declared or default, public, key, declared != 0)
+def _port(component: str, name: str, declared: int, key: str, public: bool) -> Port:
+    return Port(name, declared or DEFAULT_PORTS[(component, name)], public, key)
+
+
+def _component(name: str, *ports: Port) -> Workload:
+    return Workload(name, "component", ports, stateful=True)
+
+
+def _components(config: TrustmeshConfig) -> list[Workload]:
+    """The components the declaration runs, in start order."""
+    discovery = config.identity.discovery_port
+    found = [
+        _component(
+            "identity", _port("identity", "discovery", discovery, "identity.discovery_port", False)
+        )
+    ]
+    if (audit := config.audit) is not None:
+        ports = [_port("audit", "mtls", audit.port, "audit.port", False)]
+        if audit.console is not None:
+            ports.append(_port("audit", "console", audit.console.port, "audit.console.port", True))
+        found.append(_component("audit", *ports))
+    auth = [_port("auth", "mtls", config.auth.port, "auth.port", False)]
+    if config.auth_public_listener:
+        auth.append(_port("auth", "public", config.auth.public_port, "auth.public_port", True))
+    found.append(_component("auth", *auth))
+    if config.secrets is not None:
+        found.append(
+            _component(
+                "secrets", _port("secrets", "mtls", config.secrets.port, "secrets.port", False)
+            )
+        )
+    if (gateway := config.gateway) is not None:
+        public = _port("gateway", "public", gateway.port, "gateway.port", True)
+        internal = _port(
+            "gateway", "internal", gateway.internal_port, "gateway.internal_port", False
+        )
+        found.append(_component("gateway", public, internal))
+    return found
+
+
+def _services(config: TrustmeshConfig) -> list[Workload]:
+    """Every service that runs in the namespace (not ``external``), by name."""
+    found = []
+    for name in sorted(config.services):
+        spec = config.services[name]
+        if not spec.external:
+            port = Port("mtls", spec.port or DEFAULT_PORTS[("service", "mtls")], False, "")
+            found.append(Workload(name, "service", (port,), stateful=False))
+    return found
 
 
 def workloads(config: TrustmeshConfig) -> tuple[Workload, ...]:
     """Every pod of the declaration: the components in start order, then the services by
-    name."""
-    found = [
-        Workload(
-            "identity",
-            "component",
-            (
-                _port(
-                    "identity",
-                    "discovery",
-                    config.identity.discovery_port,
-                    "identity.discovery_port",
-                    False,
-                ),
-            ),
-            stateful=True,
-        )
-    ]
-    if config.audit is not None:
-        ports = [_port("audit", "mtls", config.audit.port, "audit.port", False)]
-        if config.audit.console is not None:
-            ports.append(
-                _port("audit", "console", config.audit.console.port, "audit.console.port", True)
-            )
-        found.append(Workload("audit", "component", tuple(ports), stateful=True))
-    auth = [_port("auth", "mtls", config.auth.port, "auth.port", False)]
-    if config.auth_public_listener:
-        auth.append(_port("auth", "public", config.auth.public_port, "auth.public_port", True))
-    found.append(Workload("auth", "component", tuple(auth), stateful=True))
-    if config.secrets is not None:
-        found.append(
-            Workload(
-                "secrets",
-                "component",
-                (_port("secrets", "mtls", config.secrets.port, "secrets.port", False),),
-                stateful=True,
-            )
-        )
-    if config.gateway is not None:
-        found.append(
-            Workload(
-                "gateway",
-                "component",
-                (
-                    _port("gateway", "public", config.gateway.port, "gateway.port", True),
-                    _port("gateway", "internal", 0, None, False),
-                ),
-                stateful=True,
-            )
-        )
-    for name in sorted(config.services):
-        spec = config.services[name]
-        if spec.external:
-            continue
-        # a service's port comes from TRUSTMESH_PORT (sdk.runtime), which the pod sets
-        port = Port("mtls", spec.port or DEFAULT_PORTS[("service", "mtls")], False, "", True)
-        found.append(Workload(name, "service", (port,), stateful=False))
+    name (UsageError: two listeners of one pod on one port)."""
+    found = (*_components(config), *_services(config))
     for pod in found:
         numbers = [port.number for port in pod.ports]
         if len(set(numbers)) != len(numbers):
@@ -146,12 +139,4 @@ def workloads(config: TrustmeshConfig) -> tuple[Workload, ...]:
                 f"{pod.name}'s listeners would share a port ({where}); expected "
                 "a distinct port for each"
             )
-    return tuple(found)
-
-
-def unpinned_ports(pods: tuple[Workload, ...]) -> list[tuple[Workload, Port]]:
-    """The listeners whose port the manifests chose (the declaration leaves it to the
-    system, or has no key for it): to be set to the same number in the declaration
-    (``port.key``), where it can be, so that the component listens where its Service
-    sends."""
-    return [(pod, port) for pod in pods for port in pod.ports if not port.declared]
+    return found

@@ -18,6 +18,7 @@ from typing import Any
 
 from trustmesh import events
 from trustmesh.config import TrustmeshConfig, load_config
+from trustmesh.config.listen import apply_listen_env
 from trustmesh.config.switches import check_switches
 from trustmesh.errors import ConfigError, TrustmeshError, UnavailableError
 from trustmesh.sdk import spans
@@ -56,14 +57,15 @@ async def until_stopped() -> None:
 
 
 def component_main(prog: str, run: Run, argv: list[str] | None = None) -> int:
-    """``python -m trustmesh.<component> --config FILE --state DIR``."""
+    """``python -m trustmesh.<component> --config FILE --state DIR``: the declaration as
+    the environment deploys it (:func:`~trustmesh.config.listen.apply_listen_env`)."""
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--state", type=Path, required=True)
     args = parser.parse_args(argv)
 
     def main() -> None:
-        config = load_config(args.config)
+        config = apply_listen_env(load_config(args.config))
         check_switches(config)  # test-only switches need the environment's consent
         asyncio.run(run(config, args.state.absolute(), args.config.absolute()))
 

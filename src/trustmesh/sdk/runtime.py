@@ -28,6 +28,7 @@ from typing import Any
 
 from trustmesh import events
 from trustmesh.config import TrustmeshConfig, load_config
+from trustmesh.config.listen import apply_listen_env, listen_url
 from trustmesh.config.switches import defences_off
 from trustmesh.errors import NotFoundError, UnavailableError
 from trustmesh.policy.calls import CallAuthorizer
@@ -107,7 +108,9 @@ class Runtime:
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.served.port}"
+        """Where others reach it, as it registers with discovery: the address it bound
+        (``listen.host``), or loopback for a wildcard bind."""
+        return listen_url(self.config.listen.host, self.served.port)
 
     @property
     def metrics_url(self) -> str | None:
@@ -298,7 +301,8 @@ async def run_service(
     and the audit collector's URL (``TRUSTMESH_AUDIT_URL``), the service's events (its
     middleware's and clients') are also delivered to the collector, spooled in
     ``<state>/spool/<service>/``. With ``TRUSTMESH_METRICS_PORT``, its Prometheus
-    metrics are served on loopback (:mod:`trustmesh.sdk.metrics`)."""
+    metrics are served on loopback (:mod:`trustmesh.sdk.metrics`). It listens on
+    ``listen.host`` (:mod:`trustmesh.config.listen`), on ``port``, else ``TRUSTMESH_PORT``."""
     global _runtime
     service, config, off = _declared(service, config_path)
     source = await _identity(config, service, address)
@@ -316,7 +320,7 @@ async def run_service(
     )
     if port is None:
         port = int(os.environ.get(PORT_ENV) or config.services[service].port or 0)
-    served = await start(guarded, tls=tls, port=port)
+    served = await start(guarded, tls=tls, host=config.listen.host, port=port)
     discovery = DiscoveryClient(tls, url) if url else None
     runtime = Runtime(
         config,
@@ -401,7 +405,7 @@ def _declared(
     config_file = config_path or Path(os.environ.get(CONFIG_ENV, "trustmesh.yaml"))
     if not service:
         raise UnavailableError(f"no service name: pass one or set {SERVICE_ENV}")
-    config = load_config(config_file)
+    config = apply_listen_env(load_config(config_file))  # the address a deployment pins
     if service not in config.services:
         raise NotFoundError(f"{service!r} is not declared in {config_file}")
     return service, config, defences_off(config, "service")

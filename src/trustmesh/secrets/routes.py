@@ -14,6 +14,7 @@ from typing import Any, Final
 from trustmesh import __version__
 from trustmesh.config import load_config
 from trustmesh.config.durations import seconds_or_zero
+from trustmesh.config.listen import apply_listen_env
 from trustmesh.errors import ConfigError, PermissionDeniedError, UsageError
 from trustmesh.reasons import Reason
 from trustmesh.secrets.app import NO_CONTENT, Call, Handler, Reply, Route, data_reply, envelope
@@ -214,7 +215,8 @@ class SecretsRoutes:
         if source is None:
             raise UsageError("this service was not started from a configuration file")
         try:
-            config = await asyncio.to_thread(load_config, source)
+            # the port the environment pins, as at start (no restart warning for it)
+            config = apply_listen_env(await asyncio.to_thread(load_config, source))
             restart = self.s.reload(config)
         except ConfigError as exc:
             return Reply(400, {"errors": list(exc.problems)})

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from trustmesh import crypto, events
 from trustmesh.config import TrustmeshConfig
+from trustmesh.config.listen import listen_url
 from trustmesh.config.secrets import SecretsConfig
 from trustmesh.errors import ConfigError, StateError
 from trustmesh.platform.listeners import Served, bound_socket, start
@@ -76,16 +77,18 @@ async def serve_secrets(
     *,
     source: SVIDSource,
     sink: events.EventSink,
-    host: str = "127.0.0.1",
+    host: str | None = None,
     port: int | None = None,
     clock: Callable[[], float] = time.time,
     config_file: Path | None = None,
     suspended: Container[str] | None = None,
 ) -> RunningSecrets:
     """Start the secrets service; return once it listens (unsealed, in dev mode).
-    ``config_file``: where ``config`` was read, read again by ``sys/config/reload``;
+    ``host`` and ``port``: the declaration's (``listen.host``, ``secrets.port``) unless
+    given; ``config_file``: where ``config`` was read, read again by ``sys/config/reload``;
     ``suspended``: the SPIFFE IDs refused (the suspensions feed)."""
     settings = settings_of(config)
+    host = host if host is not None else config.listen.host
     sock = bound_socket(host, port if port is not None else settings.port)
     try:
         service = await _service(config, settings, state, clock, config_file)
@@ -176,4 +179,4 @@ async def _serve(
         TracedApp(app), host=host, port=port, tls=RotatingTLS(source), sock=sock, parser="h11"
     )
     sweeper = asyncio.create_task(service.database.run())
-    return RunningSecrets(service, served, f"https://{host}:{port}", sweeper)
+    return RunningSecrets(service, served, listen_url(host, port), sweeper)

@@ -19,6 +19,7 @@ from trustmesh.audit.service import AuditService
 from trustmesh.audit.spans import SpanStore
 from trustmesh.config import TrustmeshConfig
 from trustmesh.config.audit import ConsoleConfig
+from trustmesh.config.listen import listen_url
 from trustmesh.errors import ConfigError
 from trustmesh.platform.listeners import PublicServed, bound_socket, start_public
 from trustmesh.sdk.tls import RotatingTLS
@@ -57,17 +58,21 @@ async def start_console(
     tls: RotatingTLS,
     sink: events.EventSink,
     declared_in: Path,
-    host: str = "127.0.0.1",
+    host: str | None = None,
 ) -> RunningConsole:
+    """The console's listener on ``host`` (the declaration's ``listen.host`` unless given)
+    and ``audit.console.port``; its URL names a connectable address (loopback for a
+    wildcard bind)."""
     cert, key = settings.tls_cert, settings.tls_key
     files = (declared_in / cert, declared_in / key) if cert and key else None
     seal_key = crypto.load_seal_key(state, dev=config.dev)
     certificate = crypto.server_certificate(state, seal_key, files, dev=config.dev)
     if certificate is None:  # the config check says so too
         raise ConfigError("audit.console.tls_cert: required outside dev mode")
+    host = config.listen.host if host is None else host
     sock = bound_socket(host, settings.port)
     port = int(sock.getsockname()[1])
-    url = f"https://{host}:{port}"
+    url = listen_url(host, port)
     provider = WireProvider(tls, state, config.component_spiffe_id("auth"))
     app = ConsoleApp(
         ConsoleSource(config, state, service, spans, edges, tls),
