@@ -136,6 +136,8 @@ class Reason(enum.StrEnum):
     RUNTIME_DESERIALIZE_DENIED = "runtime-deserialize-denied"
     RUNTIME_DYNAMIC_CODE_DENIED = "runtime-dynamic-code-denied"
     RUNTIME_NATIVE_LIBRARY_DENIED = "runtime-native-library-denied"
+    #: violations flood control counted and did not record one by one (their counts)
+    RUNTIME_FLOOD = "runtime-flood"
 
 
 class Activity(enum.StrEnum):
@@ -338,6 +340,7 @@ ANSWERS: Final = MappingProxyType(
                 Reason.RUNTIME_DESERIALIZE_DENIED,
                 Reason.RUNTIME_DYNAMIC_CODE_DENIED,
                 Reason.RUNTIME_NATIVE_LIBRARY_DENIED,
+                Reason.RUNTIME_FLOOD,
             ),
             _FORBIDDEN,
         ),

@@ -8,7 +8,9 @@ passes through the guard's hook; the events it judges, by rule:
 
 * ``connect`` (reason ``runtime-connect-denied``): ``socket.connect`` (inet, inet6,
   unix), and ``socket.getaddrinfo``/``gethostbyname``/``_ex`` of a name no rule names (the
-  lookup itself can carry data out); numeric addresses make no lookup and pass it.
+  lookup itself can carry data out); numeric addresses make no lookup and pass it. A
+  declared name's addresses are resolved at start, and again on a refused connection
+  (at most every :data:`RESOLVE_EVERY` seconds): a name that moved keeps working.
 * ``subprocess`` (``runtime-subprocess-denied``): ``subprocess.Popen``, ``os.system``,
   ``os.exec``, ``os.posix_spawn``, ``os.spawn``, ``os.fork``, ``os.forkpty``.
 * ``writable`` (``runtime-write-denied``): ``open`` with a write flag, ``os.remove``,
@@ -25,6 +27,14 @@ A violation is an event on the service's sink (so it reaches the audit collector
 the shipped Sigma rule ``runtime_violation`` raises an alert): decision ``deny`` and the
 operation refused with :class:`RuntimeViolation` (a ``PermissionError``) in ``enforce``
 mode; decision ``would-deny`` and the operation let through in ``monitor`` mode.
+
+Bounded: a loop that keeps violating (in monitor mode nothing stops it) must not flood
+the audit pipeline. In each :data:`FLOOD_WINDOW` seconds a violation is recorded once per
+rule and target, and at most :data:`FLOOD_EVENTS` are recorded in all; the others are
+counted, per rule, and told in one event (``suppressed``, ``suppressed_by_rule``:
+the counts) with the first
+violation of a later window, or when the process exits. In enforce mode every one is
+still refused.
 
 Cheap and safe by construction: an event no rule judges costs one dict lookup in a
 closure — about 0.3 µs added per event on the development machine, where a bound method
@@ -58,11 +68,14 @@ system calls with Falco or Tetragon.
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import os
 import socket
 import sys
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -72,7 +85,10 @@ from trustmesh.config.runtime import ConnectRule, RuntimeProfile
 from trustmesh.reasons import Reason
 
 __all__ = [
+    "FLOOD_EVENTS",
+    "FLOOD_WINDOW",
     "IMPORT_SYSTEM",
+    "RESOLVE_EVERY",
     "TRUSTED_GENERATORS",
     "RuntimeGuard",
     "RuntimeViolation",
@@ -96,6 +112,11 @@ IMPORT_SYSTEM: Final = frozenset(
 TRUSTED_GENERATORS: Final = (
     frozenset({"collections", "dataclasses", "typing", "ast"}) | IMPORT_SYSTEM
 )
+#: Seconds of a flood-control window, and the violation events recorded in one at most.
+FLOOD_WINDOW: Final = 60.0
+FLOOD_EVENTS: Final = 100
+#: Seconds between two resolutions of the declared host names, on a refused connection.
+RESOLVE_EVERY: Final = 30.0
 _WRITE_FLAGS: Final = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 _TARGET_MAX: Final = 512
 _SHAPE: Final[events.Shape] = (events.EventClass.API_ACTIVITY, 99, "Other")
@@ -122,6 +143,7 @@ class RuntimeGuard:
         unix: Iterable[str] = (),
         writable: Iterable[str] = (),
         locate: Callable[[], Iterable[str]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.profile = profile
         self.recorder = recorder
@@ -139,6 +161,14 @@ class RuntimeGuard:
         )
         self._locate = locate
         self._local = threading.local()
+        self._flood = _Flood(clock)
+        self._clock = clock
+        self._resolved_at = clock()
+        self._hosts = [
+            (rule.host, rule.port)
+            for rule in profile.connect_rules
+            if rule.network is None and rule.host is not None
+        ]
         self.handlers: dict[str, Handler] = self._handlers()
         #: The audit hook (:func:`install` adds it; tests may call it directly).
         self.hook: Handler = self._make_hook()
@@ -178,8 +208,23 @@ class RuntimeGuard:
         if self._locate is not None:  # a platform endpoint that moved (a restarted collector)
             for url in self._locate():
                 self.allow_url(url)
-            return self.may_connect(host, port)
-        return False
+            if self.may_connect(host, port):
+                return True
+        return self._resolve_again() and self.may_connect(host, port)
+
+    def _resolve_again(self) -> bool:
+        """The declared host names resolved anew (a name that moved to another address
+        since the start: its new one allowed, its old ones kept), at most once every
+        :data:`RESOLVE_EVERY` seconds; False when it was not time. Called inside the
+        hook: the lookups it makes are the guard's own, never judged."""
+        now = self._clock()
+        if not self._hosts or now - self._resolved_at < RESOLVE_EVERY:
+            return False
+        self._resolved_at = now
+        for name, port in self._hosts:
+            for address in _resolved(name):
+                self._exact.add((address, port))
+        return True
 
     def may_write(self, path: str) -> bool:
         real = os.path.realpath(path)
@@ -248,27 +293,44 @@ class RuntimeGuard:
         return handlers
 
     def violation(self, reason: Reason, rule: str, event: str, target: str) -> None:
-        """Record a violation of ``rule``; in enforce mode, refuse the operation."""
-        mode = "enforce" if self.enforce else "monitor"
-        try:
-            self.recorder.record(
-                reason,
-                f"runtime profile: {rule} {'blocked' if self.enforce else 'not blocked (monitor)'}",
-                decision=events.Decision.DENY if self.enforce else events.Decision.WOULD_DENY,
-                shape=_SHAPE,
-                attributes={
-                    "rule": rule,
-                    "mode": mode,
-                    "audit_event": event,
-                    "target": target[:_TARGET_MAX],
-                },
-            )
-        except Exception as exc:  # noqa: BLE001 - the decision stands even if unrecorded
-            sys.stderr.write(f"trustmesh: runtime violation not recorded: {type(exc).__name__}\n")
+        """Record a violation of ``rule`` (within the flood bound); in enforce mode,
+        refuse the operation."""
+        target = target[:_TARGET_MAX]
+        recorded, suppressed = self._flood.admit(rule, target)
+        if suppressed:
+            self.report_suppressed(suppressed)
+        if recorded:
+            self._record(reason, rule, {"audit_event": event, "target": target})
         if self.enforce:
             raise RuntimeViolation(
                 f"trustmesh runtime profile: {rule} not allowed ({event}: {target[:200]})"
             )
+
+    def report_suppressed(self, counts: dict[str, int] | None = None) -> None:
+        """One event with the violations flood control counted and did not record, per
+        rule (those of the window just closed; ``None``: those counted so far, at exit)."""
+        counts = self._flood.drain() if counts is None else counts
+        if counts:
+            total = sum(counts.values())
+            by_rule = " ".join(f"{rule}={n}" for rule, n in sorted(counts.items()))
+            attributes = {"suppressed": total, "suppressed_by_rule": by_rule}
+            self._record(Reason.RUNTIME_FLOOD, "flood", attributes, f"{total} more")
+
+    def _record(
+        self, reason: Reason, rule: str, attributes: dict[str, Any], more: str = ""
+    ) -> None:
+        mode = "enforce" if self.enforce else "monitor"
+        done = "blocked" if self.enforce else "not blocked (monitor)"
+        try:
+            self.recorder.record(
+                reason,
+                f"runtime profile: {more or rule} {done}",
+                decision=events.Decision.DENY if self.enforce else events.Decision.WOULD_DENY,
+                shape=_SHAPE,
+                attributes={"rule": rule, "mode": mode, **attributes},
+            )
+        except Exception as exc:  # noqa: BLE001 - the decision stands even if unrecorded
+            sys.stderr.write(f"trustmesh: runtime violation not recorded: {type(exc).__name__}\n")
 
     # -- the rules -------------------------------------------------------------------------
 
@@ -376,6 +438,38 @@ class RuntimeGuard:
         )
 
 
+class _Flood:
+    """Which violations a window records (module docstring: each rule and target once,
+    :data:`FLOOD_EVENTS` in all) and the counts of the rest. Thread-safe: violations
+    come from any thread."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._start = clock()
+        self._seen: set[tuple[str, str]] = set()
+        self._counted: Counter[str] = Counter()
+
+    def admit(self, rule: str, target: str) -> tuple[bool, dict[str, int]]:
+        """Whether to record this violation, and the counts of a window it closed."""
+        with self._lock:
+            closed: dict[str, int] = {}
+            if self._clock() - self._start >= FLOOD_WINDOW:
+                closed = dict(self._counted)
+                self._start, self._seen, self._counted = self._clock(), set(), Counter()
+            key = (rule, target)
+            if key in self._seen or len(self._seen) >= FLOOD_EVENTS:
+                self._counted[rule] += 1
+                return False, closed
+            self._seen.add(key)
+            return True, closed
+
+    def drain(self) -> dict[str, int]:
+        with self._lock:
+            counted, self._counted = dict(self._counted), Counter()
+            return counted
+
+
 def _caller() -> str:
     """The module of the first Python frame outside this one: who called the C function
     that raised the audit event."""
@@ -440,6 +534,7 @@ def install(guard: RuntimeGuard) -> None:
     sys.dont_write_bytecode = True
     _installed = guard
     sys.addaudithook(guard.hook)
+    atexit.register(guard.report_suppressed)  # what flood control only counted, told
 
 
 def installed() -> RuntimeGuard | None:
