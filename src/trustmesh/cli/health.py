@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import h2.exceptions
+from cryptography.hazmat.primitives.serialization import Encoding
 from grpclib import GRPCError
 from grpclib.client import Channel
 from grpclib.exceptions import StreamTerminatedError
@@ -54,18 +55,33 @@ async def ask_all(
     return dict(zip(targets, answers, strict=True))
 
 
-def probe_web(url: str, ca_file: Path | None, path: str, timeout: float = TIMEOUT) -> Answer:
+def probe_web(
+    url: str,
+    ca_file: Path | None,
+    path: str,
+    timeout: float = TIMEOUT,
+    *,
+    pinned: bytes | None = None,
+) -> Answer:
     """``GET path`` at a browser-facing listener (server-authenticated TLS, checked against
     ``ca_file`` — the dev edge CA — or the system's CAs): healthy on 200, with the expiry
-    of the certificate it presented."""
+    of the certificate it presented. ``pinned`` (the DER of the certificate the
+    declaration gives the listener): that certificate and no other, whoever issued it —
+    a private CA's, and a name other than the loopback address the probe dials."""
     parts = urlsplit(url)
     context = ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
+    if pinned is not None:  # checked below, byte for byte, instead of by a CA and a name
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     try:
         with (
             socket.create_connection((parts.hostname, parts.port or 443), timeout=timeout) as raw,
             context.wrap_socket(raw, server_hostname=parts.hostname) as tls,
         ):
-            expires = peer_certificate(tls).not_valid_after_utc.isoformat()
+            served = peer_certificate(tls)
+            if pinned is not None and served.public_bytes(Encoding.DER) != pinned:
+                return Answer()
+            expires = served.not_valid_after_utc.isoformat()
             tls.sendall(
                 f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nConnection: close\r\n\r\n".encode()
             )

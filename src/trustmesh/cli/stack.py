@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from cryptography.hazmat.primitives.serialization import Encoding
 from rich.table import Table
 
 from trustmesh import crypto
@@ -308,14 +309,23 @@ def _identity_rows(
     return rows
 
 
-def _console_row(config: TrustmeshConfig, state: Path, running: bool) -> dict[str, Any]:
+def _console_row(
+    config: TrustmeshConfig, declared_in: Path, state: Path, running: bool
+) -> dict[str, Any]:
     """The console, served by the collector's process on a TLS listener for browsers:
-    healthy when its sign-in page answers."""
+    healthy when its sign-in page answers, over TLS checked against the dev edge CA, or
+    — with a declared certificate (outside dev mode, often a private CA's) — presenting
+    exactly that certificate."""
     url = (read_json(audit_endpoint_path(state)) or {}).get("console_url") if running else None
     answer = Answer()
     if isinstance(url, str):
         ca = crypto.edge_ca_path(state)
-        answer = probe_web(url, ca if ca.exists() else None, "/signin")
+        answer = probe_web(
+            url,
+            ca if ca.exists() else None,
+            "/signin",
+            pinned=_declared_certificate(config, declared_in),
+        )
     return {
         "name": "console",
         "url": url if isinstance(url, str) else None,
@@ -324,6 +334,19 @@ def _console_row(config: TrustmeshConfig, state: Path, running: bool) -> dict[st
         "cert_expires": answer.cert_expires,
         "cert_kind": "web",
     }
+
+
+def _declared_certificate(config: TrustmeshConfig, declared_in: Path) -> bytes | None:
+    """The DER of the console's declared certificate (the first of its chain file);
+    None when none is declared, or it cannot be read (then the CA check decides)."""
+    console = config.audit.console if config.audit is not None else None
+    if console is None or console.tls_cert is None:
+        return None
+    try:
+        chain = crypto.certs_from_pem((declared_in / console.tls_cert).read_bytes())
+    except (OSError, ValueError, TrustmeshError):
+        return None
+    return chain[0].public_bytes(Encoding.DER) if chain else None
 
 
 def _pid(paths: RunPaths, name: str) -> int | None:
@@ -359,7 +382,7 @@ def stack_status(config: TrustmeshConfig, config_path: Path, state: Path) -> dic
     for name in names[1:]:
         rows.append(_component_row(config, state, name, answers.get(name, Answer()), discovery))
         if name == "audit" and config.audit is not None and config.audit.console is not None:
-            rows.append(_console_row(config, state, running))
+            rows.append(_console_row(config, config_path.parent, state, running))
     for row in rows:
         owner = {"discovery": "identity", "console": "audit"}.get(row["name"], row["name"])
         row["pid"] = _pid(paths, owner)
