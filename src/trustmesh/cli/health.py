@@ -12,13 +12,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import h2.exceptions
-from cryptography.hazmat.primitives.serialization import Encoding
 from grpclib import GRPCError
 from grpclib.client import Channel
 from grpclib.exceptions import StreamTerminatedError
 from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
+from trustmesh import crypto
 from trustmesh.cli._admin import as_operator
 from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import TrustmeshError
@@ -79,7 +79,7 @@ def probe_web(
             context.wrap_socket(raw, server_hostname=parts.hostname) as tls,
         ):
             served = peer_certificate(tls)
-            if pinned is not None and served.public_bytes(Encoding.DER) != pinned:
+            if pinned is not None and crypto.cert_der(served) != pinned:
                 return Answer()
             expires = served.not_valid_after_utc.isoformat()
             tls.sendall(

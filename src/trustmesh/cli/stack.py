@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from cryptography.hazmat.primitives.serialization import Encoding
 from rich.table import Table
 
 from trustmesh import crypto
@@ -346,7 +345,7 @@ def _declared_certificate(config: TrustmeshConfig, declared_in: Path) -> bytes |
         chain = crypto.certs_from_pem((declared_in / console.tls_cert).read_bytes())
     except (OSError, ValueError, TrustmeshError):
         return None
-    return chain[0].public_bytes(Encoding.DER) if chain else None
+    return crypto.cert_der(chain[0]) if chain else None
 
 
 def _pid(paths: RunPaths, name: str) -> int | None:
