@@ -214,11 +214,16 @@ class GatewayApp:
         self.clock = clock
         self._canonical = lenient_path if "path-normalisation" in defences_off else canonical_path
         self._format_checked = "token-format" not in defences_off
-        #: each stage, and the route's control it is (None: always enforced), which a
-        #: route may run dry (``modes``)
-        self._stages: tuple[
-            tuple[Callable[[Exchange], Awaitable[Outcome | None]], str | None], ...
-        ] = (
+        self._stages = self._pipeline()
+        #: how many stages, from the first, need no body (what :meth:`decide` runs)
+        self._checked = 1 + [stage for stage, _ in self._stages].index(self._authorize)
+
+    def _pipeline(
+        self,
+    ) -> tuple[tuple[Callable[[Exchange], Awaitable[Outcome | None]], str | None], ...]:
+        """Each stage in order, and the route's control it is (None: always enforced),
+        which a route may run dry (``modes``)."""
+        return (
             (self._address, None),
             (self._path, None),
             (self._preflight, None),
@@ -231,8 +236,6 @@ class GatewayApp:
             (self._validate, "validation"),
             (self._inspect, "waf"),
         )
-        #: how many stages, from the first, need no body (what :meth:`decide` runs)
-        self._checked = 1 + [stage for stage, _ in self._stages].index(self._authorize)
 
     def _compile_routes(self, gateway: GatewayConfig, trust_domain: str, folder: Path) -> None:
         """What each route declares, compiled once, by route index."""
