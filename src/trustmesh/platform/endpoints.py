@@ -98,8 +98,9 @@ def require_peer_url(state: Path, name: str, environ: Mapping[str, str] | None =
     url = peer_url(state, name, environ)
     if url is None:
         path, _ = _file_of(name)
+        what = "discovery (the identity service)" if name == "identity" else name
         raise UnavailableError(
-            f"{name} is not running: {URL_ENV[name]} is not set and {state / path} names no URL"
+            f"{what} is not running: {URL_ENV[name]} is not set and {state / path} names no URL"
         )
     return url
 
