@@ -58,7 +58,11 @@ async def responder(
     state = short_tmp / "collector-state"
     for folder, doc in (
         ("auth", {"url": live.rig.url}),
-        ("gateway", {"admin_url": live.gateway.admin_url}),
+        # as the gateway writes it: its admin API is on its mTLS (internal) listener
+        (
+            "gateway",
+            {"internal_url": live.gateway.internal_url, "admin_url": live.gateway.admin_url},
+        ),
     ):
         (state / folder).mkdir(parents=True)
         (state / folder / "endpoint.json").write_text(json.dumps(doc))

@@ -24,9 +24,10 @@ Pair = tuple[str, str, int]
 
 def expected_pairs(declaration: dict[str, Any]) -> set[Pair]:
     """Who may connect to whom, from the declaration's text: every pod to the identity
-    service and to the collector; services, the gateway and a console's collector to the
-    provider; secrets readers to the secrets service; the gateway to its routes' services;
-    services to the gateway's internal listener; each declared call between pods."""
+    service and to the collector; services, the gateway, the identity service and the
+    collector to the provider; secrets readers to the secrets service; the gateway to its routes' services;
+    services, the provider and the collector to the gateway's internal listener; each
+    declared call between pods."""
     services = {
         name: spec
         for name, spec in (declaration.get("services") or {}).items()
@@ -55,10 +56,8 @@ def expected_pairs(declaration: dict[str, Any]) -> set[Pair]:
     for name in pods:
         may(name, "identity")
         may(name, "audit")
-    for name in [*services, "gateway"]:
+    for name in [*services, "gateway", "audit", "identity"]:
         may(name, "auth")
-    if audit is not None and "console" in audit:
-        may("audit", "auth")
     trust_domain = declaration["trust_domain"]
     for policy in (secrets or {}).get("policies", []):
         who = policy["identity"].removeprefix(f"spiffe://{trust_domain}/")
@@ -67,7 +66,7 @@ def expected_pairs(declaration: dict[str, Any]) -> set[Pair]:
     if gateway is not None:
         for route in gateway.get("routes", []):
             may("gateway", route["to"])
-        for name in services:
+        for name in [*services, "auth", "audit"]:
             may(name, "gateway")
     for call in declaration.get("calls", []):
         may(call["from"], call["to"])
@@ -129,12 +128,15 @@ def test_the_shop_graph_is_what_its_declaration_says(tmp_path: Path) -> None:
     out = tmp_path / "out"
     render(shop(tmp_path), out)
     egress, _ = allowed_pairs(of_kind(documents(out), "NetworkPolicy"))
-    calls = {(a, b) for a, b, _ in egress if "identity" not in (a, b) and b != "audit"}
+    calls = {(a, b) for a, b, _ in egress if b not in ("identity", "audit")}
     assert calls == {
         ("gateway", "auth"),
+        ("identity", "auth"),  # its admin API checks an admin's token
         ("gateway", "inventory"),
         ("gateway", "orders"),
-        ("audit", "auth"),  # the console's sign-in
+        ("audit", "auth"),  # the console's sign-in, the responses that unlock users
+        ("audit", "gateway"),  # the responses that block an address
+        ("auth", "gateway"),  # the gateway's keys, for token exchange
         *((s, "auth") for s in ("inventory", "orders", "payments")),
         *((s, "gateway") for s in ("inventory", "orders", "payments")),
         ("payments", "secrets"),

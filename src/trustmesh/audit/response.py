@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import logging
 import time
 import urllib.parse
@@ -47,6 +46,7 @@ from trustmesh.audit.extensions import Action, PlannedAction
 from trustmesh.audit.response_store import ResponseRecord, ResponseStore, new_id
 from trustmesh.errors import ConflictError, NotFoundError, TrustmeshError, UsageError
 from trustmesh.platform.admin import Actor, named_by
+from trustmesh.platform.endpoints import peer_url
 from trustmesh.reasons import Activity
 from trustmesh.sdk.client import ServiceClient
 from trustmesh.sdk.tls import RotatingTLS
@@ -126,16 +126,11 @@ def undo_for(record: ResponseRecord) -> Call:
 
 
 class AdminCaller:
-    """Calls the components' admin APIs as the collector: where each listens is read from
-    the file it writes under the state directory (it may start after the collector, and
-    move; the identity service's is its discovery snapshot); its SPIFFE ID is checked on
-    every connection."""
-
-    _WHERE: Final = {
-        "auth": ("auth/endpoint.json", "url"),
-        "gateway": ("gateway/endpoint.json", "admin_url"),
-        "identity": ("discovery.json", "url"),
-    }
+    """Calls the components' admin APIs as the collector: where each listens is looked up
+    at each call (:func:`trustmesh.platform.endpoints.peer_url`: its variable, else the
+    file it writes under the state directory — it may start after the collector, and
+    move); its SPIFFE ID is checked on every connection. The gateway's admin API is on
+    its mTLS (internal) listener."""
 
     def __init__(self, tls: RotatingTLS, state: Path, trust_domain: str) -> None:
         self.tls = tls
@@ -143,12 +138,9 @@ class AdminCaller:
         self.trust_domain = trust_domain
 
     async def __call__(self, call: Call) -> tuple[int, Any]:
-        where, key = self._WHERE[call.component]
-        try:
-            doc = json.loads((self.state / where).read_text())
-            url = doc[key]
-        except (OSError, ValueError, KeyError, TypeError):
-            raise ConflictError(f"the {call.component} component is not running") from None
+        url = peer_url(self.state, call.component)
+        if url is None:
+            raise ConflictError(f"the {call.component} component is not running")
         expected = f"spiffe://{self.trust_domain}/trustmesh/{call.component}"
         async with ServiceClient(self.tls, str(url), expected, retries=0, timeout=5) as client:
             answer = await client.request(call.method, call.path, json=call.body)

@@ -2,21 +2,22 @@
 a request through the gateway trades the gateway's internal token for one addressed to
 the next service, on behalf of the same user, as it would a token of this provider.
 
-The gateway's keys are fetched from its mTLS listener (found through the endpoint file
-``trustmesh up`` has it write), cached, and refetched once for an unknown key id. A
+The gateway's keys are fetched from its mTLS listener (``TRUSTMESH_GATEWAY_URL``, else the
+endpoint file ``trustmesh up`` has it write: :func:`trustmesh.platform.endpoints.peer_url`;
+its SPIFFE ID checked on every connection), cached, and refetched once for an unknown key id. A
 gateway token is accepted only as a subject token — never at introspection, revocation,
 userinfo or the admin API — and only when the gateway is declared.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from trustmesh.crypto import Expect, unverified_header, verify_jwt
 from trustmesh.errors import InvalidTokenError, UnavailableError
+from trustmesh.platform.endpoints import peer_url
 from trustmesh.reasons import Reason
 from trustmesh.sdk.client import ServiceClient
 from trustmesh.sdk.oauth import jwks_fetcher
@@ -27,17 +28,8 @@ __all__ = ["GatewayTokens", "gateway_url_from"]
 
 
 def gateway_url_from(state: Path) -> Callable[[], str | None]:
-    """The gateway's mTLS URL, read from its endpoint file when needed."""
-
-    def locate() -> str | None:
-        try:
-            doc = json.loads((state / "gateway" / "endpoint.json").read_text())
-        except (OSError, ValueError):
-            return None
-        url = doc.get("internal_url") if isinstance(doc, dict) else None
-        return url if isinstance(url, str) else None
-
-    return locate
+    """The gateway's mTLS URL, looked up when needed (it may start after the provider)."""
+    return lambda: peer_url(state, "gateway")
 
 
 class GatewayTokens:

@@ -29,8 +29,8 @@ __all__ = ["app"]
 #: for a deployment that runs as it is.
 CAVEAT_NOTE = (
     "the pods take their SVIDs from a SPIRE agent's Workload API (the SPIFFE CSI driver), "
-    "not from trustmesh's identity service, and the components that find one another "
-    "through endpoint files in their state directory do not across pods (see trustmesh.k8s)"
+    "not from trustmesh's identity service, and the console's sign-in, which finds the "
+    "identity provider through its endpoint file, does not work across pods (see trustmesh.k8s)"
 )
 
 app = typer.Typer(

@@ -5,7 +5,10 @@ services) with ``SPIFFE_ENDPOINT_SOCKET`` and a one-time join token for
 ``spiffe://<td>/trustmesh/gateway``; writes where it listens to
 ``<state>/gateway/endpoint.json`` once it serves (and again when its SVID rotates):
 ``url`` (public), ``internal_url`` (mTLS: its JWKS), ``admin_url`` (mTLS: its admin API),
-``metrics_url``, ``ext_authz_address`` (mTLS gRPC: ``gateway.ext_authz``). On ``SIGHUP`` it reads its declaration again and applies it while it
+``metrics_url``, ``ext_authz_address`` (mTLS gRPC: ``gateway.ext_authz``). It finds
+discovery (without which it does not start) and the provider through
+:func:`trustmesh.platform.endpoints.peer_url`: ``TRUSTMESH_DISCOVERY_URL`` and
+``TRUSTMESH_AUTH_URL`` first, their files second. On ``SIGHUP`` it reads its declaration again and applies it while it
 serves (:mod:`trustmesh.gateway.reload`), saying how that went in
 ``<state>/gateway/reload.json`` (``trustmesh gateway reload`` sends the signal and reads
 the answer)."""
@@ -15,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import logging
 import signal
 import sys
@@ -28,6 +30,7 @@ from trustmesh.errors import TrustmeshError, UnavailableError
 from trustmesh.gateway.endpoint import endpoint_path, reload_path
 from trustmesh.gateway.nginx import NginxEdge
 from trustmesh.gateway.server import RunningGateway, serve_gateway
+from trustmesh.platform.endpoints import peer_url, require_peer_url
 from trustmesh.platform.process import (
     component_identity,
     component_main,
@@ -39,20 +42,10 @@ from trustmesh.platform.suspensions import suspension_feed
 log = logging.getLogger("trustmesh.gateway")
 
 
-def _url_from(path: Path) -> str | None:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    url = doc.get("url") if isinstance(doc, dict) else None
-    return url if isinstance(url, str) else None
-
-
 async def run(config: TrustmeshConfig, state: Path, config_file: Path) -> None:
     config_dir = config_file.parent
-    discovery_url = _url_from(state / "discovery.json")
-    if discovery_url is None:
-        raise UnavailableError("discovery is not running (no discovery.json)")
+    # where, not who: discovery and the provider are held to their SPIFFE IDs over mTLS
+    discovery_url = require_peer_url(state, "identity")
     async with (
         component_identity(config, state, "gateway") as (source, sink),
         suspension_feed(source, state, "gateway") as suspended,
@@ -63,7 +56,7 @@ async def run(config: TrustmeshConfig, state: Path, config_file: Path) -> None:
             source=source,
             sink=sink,
             discovery_url=discovery_url,
-            auth_url=_url_from(state / "auth" / "endpoint.json"),
+            auth_url=peer_url(state, "auth"),
             config_dir=config_dir,
             suspended=suspended,
         )

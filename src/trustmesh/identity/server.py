@@ -40,6 +40,7 @@ from trustmesh.identity.service import Clock, IdentityService
 from trustmesh.identity.store import SqliteIdentityStore
 from trustmesh.identity.workload import ChangeFeed, GuardedServer, WorkloadAPI
 from trustmesh.platform.admin import Actor
+from trustmesh.platform.endpoints import peer_url
 from trustmesh.platform.listeners import PublicServed, Served, start_loopback
 from trustmesh.platform.listeners import start as serve_start
 from trustmesh.platform.metrics import serve_metrics
@@ -157,15 +158,18 @@ class IdentityServer:
 
     def _delivery(self) -> AuditSink | None:
         """Delivery to the audit collector, where the declaration has one: the identity
-        service starts first, so its events spool until the collector writes where it
-        listens. Each process delivers what it records: the leader through
+        service starts first, so its events spool until the collector is found (its
+        variable or its endpoint file). Each process delivers what it records: the leader through
         ``spool/identity``, a worker through its slot's (``spool/identity-worker-<n>``),
         which the worker that replaces it takes over — so nothing a crashed worker
         spooled is left behind."""
         if self.config.audit is None or (self.follower and self._slot is None):
             return None
         name = "identity" if self._slot is None else f"identity-worker-{self._slot}"
-        audit = audit_sink(self.self_svid, self.config, self.paths.root, name)
+        # TRUSTMESH_AUDIT_URL where set (a pod: the collector's Service), until the
+        # collector's endpoint file says otherwise; the collector's SPIFFE ID is checked
+        url = peer_url(self.paths.root, "audit") or ""
+        audit = audit_sink(self.self_svid, self.config, self.paths.root, name, url=url)
         self._fanout.sinks = (*self._fanout.sinks, audit)
         self.api.recorded = audit.spooled  # no SVID handed over before its issuance is spooled
         return audit
@@ -288,12 +292,8 @@ class IdentityServer:
             self.feed.bump()  # streams re-send (or stop) at once
 
     def _auth_url(self) -> str | None:
-        try:
-            doc = json.loads(self.paths.auth_endpoint.read_text())
-        except (OSError, ValueError):
-            return None
-        url = doc.get("url") if isinstance(doc, dict) else None
-        return url if isinstance(url, str) else None
+        """The provider's mTLS URL (``TRUSTMESH_AUTH_URL``, else its endpoint file)."""
+        return peer_url(self.paths.root, "auth")
 
     def _spawn_worker(self, slot: int) -> None:
         if self._listener is None or self._worker_argv is None:

@@ -24,12 +24,13 @@ What these manifests do not do yet (said here and by the command, not hidden):
 
 - the Workload API socket the CSI driver mounts is a node agent's (SPIRE's); trustmesh's
   own identity service does not run as that agent;
-- components find one another through endpoint files in their state directory, which
-  pods do not share: the identity service finds the collector there (its events spool
-  until then), the gateway finds discovery and the identity provider there (without
-  discovery's it does not start), the provider finds the gateway's token keys there, and
-  the console's sign-in and the collector's responses find the provider and the gateway
-  there;
+- the console's sign-in finds the identity provider through its endpoint file in the
+  collector's state directory, which pods do not share (it needs the provider's public
+  URL and issuer as well, which no variable gives): it does not work across pods. Every
+  other lookup of a peer reads the peer's variable first (``TRUSTMESH_DISCOVERY_URL``,
+  ``TRUSTMESH_AUTH_URL``, ``TRUSTMESH_AUDIT_URL``, ``TRUSTMESH_SECRETS_URL``,
+  ``TRUSTMESH_GATEWAY_URL``: :mod:`trustmesh.platform.endpoints`), which every pod is
+  given with the peers' Services;
 - the identity provider's issuer is, unless ``auth.issuer`` says otherwise, its own URL:
   the pod's address, which changes with the pod and which browsers do not reach (and the
   console's sign-in returns to ``audit.console.public_url``, by default a loopback one);

@@ -6,12 +6,17 @@ Each edge is ``(from pod, to pod, port)``:
 - every pod → the identity service's discovery listener (discovery, suspensions);
 - every pod but the collector → the audit collector (each delivers its events there),
   when ``audit`` is declared;
-- every service, the gateway and (with a console: its sign-in) the collector → the
-  identity provider (tokens, JWKS, introspection, token exchange);
+- every service, the gateway, the identity service (its admin API checks an admin's
+  token) and the collector (its console's sign-in; its automated responses, which unlock
+  users) → the identity provider (tokens, JWKS, introspection,
+  token exchange);
 - every service that a ``secrets.policies`` entry names → the secrets service;
 - the gateway → each service a gateway route sends to;
-- every service → the gateway's internal listener (its JWKS: services trust the tokens it
-  signs, as ``trustmesh up`` tells each of them with ``TRUSTMESH_GATEWAY_URL``);
+- every service and the identity provider → the gateway's internal listener (its JWKS:
+  services trust the tokens it signs, as ``trustmesh up`` tells each of them with
+  ``TRUSTMESH_GATEWAY_URL``; the provider takes them as subject tokens of an exchange);
+- the collector → the gateway's internal listener (its admin API: the responses that
+  block an address);
 - each declared call ``from → to`` where both run in the namespace.
 
 Not edges: listeners for browsers and API clients (the gateway's, the provider's public
@@ -64,14 +69,14 @@ def edges(config: TrustmeshConfig, workloads: tuple[Workload, ...]) -> frozenset
         allow(name, "audit")
     for name in [*services, "gateway"]:
         allow(name, "auth")
-    if config.audit is not None and config.audit.console is not None:
-        allow("audit", "auth")
+    allow("audit", "auth")
+    allow("identity", "auth")
     for name in _secret_readers(config, pods):
         allow(name, "secrets")
     if config.gateway is not None:
         for route in config.gateway.routes:
             allow("gateway", route.to)
-        for name in services:
+        for name in [*services, "auth", "audit"]:
             allow(name, "gateway")
     for call in config.calls:
         allow(call.from_, call.to)

@@ -73,6 +73,16 @@ WORKLOAD_API_SOCKET: Final = f"unix://{WORKLOAD_API_DIR}/spire-agent.sock"
 ENV_AUDIT_URL: Final = "TRUSTMESH_AUDIT_URL"
 ENV_DISCOVERY_URL: Final = "TRUSTMESH_DISCOVERY_URL"
 ENV_SEAL_KEY: Final = "TRUSTMESH_SEAL_KEY"
+#: Where each component's mTLS listener is, by the variable every peer reads before the
+#: component's endpoint file (trustmesh.platform.endpoints.URL_ENV): pods share no state
+#: directory, so each pod is told its peers' Services.
+ENV_PEER_URLS: Final = {
+    "identity": ENV_DISCOVERY_URL,
+    "audit": ENV_AUDIT_URL,
+    "auth": "TRUSTMESH_AUTH_URL",
+    "secrets": "TRUSTMESH_SECRETS_URL",
+    "gateway": "TRUSTMESH_GATEWAY_URL",
+}
 #: Where each process listens (the foundation's names: the loader reads them).
 ENV_LISTEN_HOST: Final = LISTEN_HOST_ENV
 ENV_LISTEN_PORTS: Final = LISTEN_PORTS_ENV
@@ -235,15 +245,13 @@ def _env(
     def value(name: str, text: str) -> dict[str, Any]:
         return {"name": name, "value": text}
 
-    audit = url(pods["audit"], ns) if "audit" in pods else NO_COLLECTOR
     env = [
         value("TRUSTMESH_EVENTS", f"{STATE_DIR}/events/{pod.name}.jsonl"),
         {"name": ENV_LISTEN_HOST, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
     ]
     if pod.name != "identity":
         env.append(value("SPIFFE_ENDPOINT_SOCKET", WORKLOAD_API_SOCKET))
-        env.append(value(ENV_DISCOVERY_URL, url(pods["identity"], ns)))
-        env.append(value(ENV_AUDIT_URL, audit))
+    env += [value(name, text) for name, text in _peer_urls(pod, pods, ns)]
     if pod.kind == "component":
         pinned = " ".join(f"{port.key}={port.number}" for port in pod.ports)
         env.append(value(ENV_LISTEN_PORTS, pinned))
@@ -254,11 +262,26 @@ def _env(
         value("TRUSTMESH_CONFIG", f"{CONFIG_DIR}/trustmesh.yaml"),
         value("TRUSTMESH_SERVICE", pod.name),
         value("TRUSTMESH_PORT", str(pod.mtls.number)),
-        value("TRUSTMESH_AUTH_URL", url(pods["auth"], ns)),
-        value("TRUSTMESH_GATEWAY_URL", url(pods["gateway"], ns) if "gateway" in pods else ""),
-        value("TRUSTMESH_SECRETS_URL", url(pods["secrets"], ns) if "secrets" in pods else ""),
     ]
     return env
+
+
+def _peer_urls(pod: Workload, pods: Mapping[str, Workload], ns: str) -> list[tuple[str, str]]:
+    """Each other component's variable and its Service's URL (its mTLS port). A missing
+    collector is said (``none``: its events are not spooled for nobody); another missing
+    component is left unset, except for a service, whose sdk reads an empty one as
+    absent, as ``trustmesh up`` gives it."""
+    found = []
+    for name, variable in ENV_PEER_URLS.items():
+        if name == pod.name:
+            continue  # its own listener is its own: it reads no variable for it
+        if name in pods:
+            found.append((variable, url(pods[name], ns)))
+        elif name == "audit":
+            found.append((variable, NO_COLLECTOR))
+        elif pod.kind == "service":
+            found.append((variable, ""))
+    return found
 
 
 def _volumes(

@@ -2,18 +2,38 @@
 state directory (``<state>/<component>/endpoint.json``, and the identity service's
 discovery snapshot ``<state>/discovery.json``, which names every service's instance).
 Paths, not imports: whoever reads them — ``trustmesh status``, the console, the
-collector's automated responses — depends on no component's code."""
+collector's automated responses — depends on no component's code.
+
+A component that looks for a peer asks :func:`peer_url`: the peer's variable
+(:data:`URL_ENV`, ``TRUSTMESH_<COMPONENT>_URL``) first, its file second. Pods in
+Kubernetes share no state directory, so ``trustmesh k8s render`` sets the variables to
+the peers' Services; ``trustmesh up`` writes the files (and sets some variables to what
+they say). Either only says *where*: every caller still checks the peer's SPIFFE ID over
+mTLS, so a wrong URL reaches nobody it would trust."""
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
 from trustmesh.config import TrustmeshConfig
+from trustmesh.errors import UnavailableError
 from trustmesh.platform.health import HEALTH_PATH, Target
 
-__all__ = ["DISCOVERY", "ENDPOINTS", "HEALTH", "instance", "read_json", "targets"]
+__all__ = [
+    "DISCOVERY",
+    "ENDPOINTS",
+    "HEALTH",
+    "URL_ENV",
+    "instance",
+    "peer_url",
+    "read_json",
+    "require_peer_url",
+    "targets",
+]
 
 #: Components that say where they listen: their file (below the state directory), the
 #: key of their mTLS listener's URL there, and what else of it ``status`` shows.
@@ -28,6 +48,25 @@ DISCOVERY: Final = "discovery.json"
 #: Where a component answers for its health, where it is not /healthz (the secrets
 #: service: Vault's sys/health, 200 only when initialised and unsealed).
 HEALTH: Final = {"secrets": "/v1/sys/health", "audit": "/v1/health"}
+#: The variable naming each component's mTLS listener (the names the sdk already reads:
+#: sdk.discovery, sdk.delivery, sdk.secrets, sdk.runtime), read before its file.
+URL_ENV: Final = {
+    "identity": "TRUSTMESH_DISCOVERY_URL",
+    "auth": "TRUSTMESH_AUTH_URL",
+    "audit": "TRUSTMESH_AUDIT_URL",
+    "secrets": "TRUSTMESH_SECRETS_URL",
+    "gateway": "TRUSTMESH_GATEWAY_URL",
+}
+#: What ``TRUSTMESH_AUDIT_URL`` says when the declaration has no collector.
+_NOBODY: Final = "none"
+
+
+def _file_of(name: str) -> tuple[str, str]:
+    """The peer's file below the state directory, and the key of its mTLS URL there."""
+    if name == "identity":
+        return DISCOVERY, "url"
+    path, key, _ = ENDPOINTS[name]
+    return path, key
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -36,6 +75,34 @@ def read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None
+
+
+def peer_url(state: Path, name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """Where the component ``name`` (a key of :data:`URL_ENV`) takes mTLS connections:
+    its variable when set (a pod's Service, which outlives the pod), else the URL its
+    endpoint file under ``state`` gives (it may have moved: read at each call); None
+    when neither says. Only *where*: the caller checks the peer's SPIFFE ID."""
+    declared = (os.environ if environ is None else environ).get(URL_ENV[name], "").strip()
+    if declared == _NOBODY:
+        return None
+    if declared:
+        return declared
+    path, key = _file_of(name)
+    url = (read_json(state / path) or {}).get(key)
+    return url if isinstance(url, str) and url else None
+
+
+def require_peer_url(state: Path, name: str, environ: Mapping[str, str] | None = None) -> str:
+    """:func:`peer_url`, or UnavailableError naming both places it looked: a component
+    that cannot work without the peer does not start guessing."""
+    url = peer_url(state, name, environ)
+    if url is None:
+        path, _ = _file_of(name)
+        what = "discovery (the identity service)" if name == "identity" else name
+        raise UnavailableError(
+            f"{what} is not running: {URL_ENV[name]} is not set and {state / path} names no URL"
+        )
+    return url
 
 
 def instance(doc: dict[str, object], name: str) -> dict[str, Any] | None:

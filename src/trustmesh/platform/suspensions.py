@@ -30,13 +30,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 from collections.abc import AsyncIterator, Callable, Container
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from trustmesh import events
+from trustmesh.platform.endpoints import peer_url
 from trustmesh.reasons import ANSWERS, Reason
 from trustmesh.sdk import trace
 from trustmesh.sdk.discovery import DISCOVERY_ENV
@@ -158,15 +158,7 @@ class RefuseSuspended:
 def discovery_url(state: Path) -> str | None:
     """Where the identity service's discovery listener is: ``TRUSTMESH_DISCOVERY_URL``,
     else the ``url`` of ``<state>/discovery.json`` (None: neither says)."""
-    url = os.environ.get(DISCOVERY_ENV)
-    if url:
-        return url
-    try:
-        doc = json.loads((state / "discovery.json").read_text())
-    except (OSError, ValueError):
-        return None
-    found = doc.get("url") if isinstance(doc, dict) else None
-    return found if isinstance(found, str) and found else None
+    return peer_url(state, "identity")
 
 
 @contextlib.asynccontextmanager
