@@ -79,9 +79,7 @@ ENV_SEAL_KEY: Final = "TRUSTMESH_SEAL_KEY"
 ENV_PEER_URLS: Final = {
     "identity": ENV_DISCOVERY_URL,
     "audit": ENV_AUDIT_URL,
-    "auth": "TRUSTMESH_AUTH_URL",
-    "secrets": "TRUSTMESH_SECRETS_URL",
-    "gateway": "TRUSTMESH_GATEWAY_URL",
+    **{name: f"TRUSTMESH_{name.upper()}_URL" for name in ("auth", "secrets", "gateway")},
 }
 #: Where each process listens (the foundation's names: the loader reads them).
 ENV_LISTEN_HOST: Final = LISTEN_HOST_ENV

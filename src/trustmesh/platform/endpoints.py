@@ -52,10 +52,7 @@ HEALTH: Final = {"secrets": "/v1/sys/health", "audit": "/v1/health"}
 #: sdk.discovery, sdk.delivery, sdk.secrets, sdk.runtime), read before its file.
 URL_ENV: Final = {
     "identity": "TRUSTMESH_DISCOVERY_URL",
-    "auth": "TRUSTMESH_AUTH_URL",
-    "audit": "TRUSTMESH_AUDIT_URL",
-    "secrets": "TRUSTMESH_SECRETS_URL",
-    "gateway": "TRUSTMESH_GATEWAY_URL",
+    **{name: f"TRUSTMESH_{name.upper()}_URL" for name in ("auth", "audit", "secrets", "gateway")},
 }
 #: What ``TRUSTMESH_AUDIT_URL`` says when the declaration has no collector.
 _NOBODY: Final = "none"
