@@ -34,7 +34,7 @@ up: $(BIN)/trustmesh
 # take about a minute together, against two one after another)
 test: $(BIN)/trustmesh
 	@$(MAKE) --no-print-directory -j4 --output-sync=target $(CHECKOV) lint typecheck gates
-	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadgroup
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadgroup --durations=30
 
 ## The CI gates: SAST (bandit, medium severity and up, each ignore justified inline), the
 ## shipped declaration in strict mode, the Dockerfile's lint, secret scanning against the

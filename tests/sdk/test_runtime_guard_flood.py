@@ -1,5 +1,5 @@
 """A loop that keeps violating its runtime profile cannot flood the audit pipeline: in a
-window each rule and target is recorded once, and at most FLOOD_EVENTS in all; the rest
+window each rule, operation and target is recorded once, and at most FLOOD_EVENTS in all; the rest
 are counted per rule and told in one runtime-flood event with the first violation of a
 later window (or at exit). Enforce mode still refuses every one. And a declared name
 that moved to another address is resolved again. Judged by calling the guard's hook

@@ -30,11 +30,10 @@ mode; decision ``would-deny`` and the operation let through in ``monitor`` mode.
 
 Bounded: a loop that keeps violating (in monitor mode nothing stops it) must not flood
 the audit pipeline. In each :data:`FLOOD_WINDOW` seconds a violation is recorded once per
-rule and target, and at most :data:`FLOOD_EVENTS` are recorded in all; the others are
-counted, per rule, and told in one event (``suppressed``, ``suppressed_by_rule``:
-the counts) with the first
-violation of a later window, or when the process exits. In enforce mode every one is
-still refused.
+rule, operation and target, and at most :data:`FLOOD_EVENTS` are recorded in all; the
+others are counted, per rule, and told in one event (``suppressed``,
+``suppressed_by_rule``: the counts) with the first violation of a later window, or when
+the process exits. In enforce mode every one is still refused.
 
 Cheap and safe by construction: an event no rule judges costs one dict lookup in a
 closure — about 0.3 µs added per event on the development machine, where a bound method
@@ -296,7 +295,7 @@ class RuntimeGuard:
         """Record a violation of ``rule`` (within the flood bound); in enforce mode,
         refuse the operation."""
         target = target[:_TARGET_MAX]
-        recorded, suppressed = self._flood.admit(rule, target)
+        recorded, suppressed = self._flood.admit(rule, event, target)
         if suppressed:
             self.report_suppressed(suppressed)
         if recorded:
@@ -439,25 +438,25 @@ class RuntimeGuard:
 
 
 class _Flood:
-    """Which violations a window records (module docstring: each rule and target once,
-    :data:`FLOOD_EVENTS` in all) and the counts of the rest. Thread-safe: violations
-    come from any thread."""
+    """Which violations a window records (module docstring: each rule, operation and
+    target once, :data:`FLOOD_EVENTS` in all) and the counts of the rest. Thread-safe:
+    violations come from any thread."""
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self._start = clock()
-        self._seen: set[tuple[str, str]] = set()
+        self._seen: set[tuple[str, str, str]] = set()
         self._counted: Counter[str] = Counter()
 
-    def admit(self, rule: str, target: str) -> tuple[bool, dict[str, int]]:
+    def admit(self, rule: str, event: str, target: str) -> tuple[bool, dict[str, int]]:
         """Whether to record this violation, and the counts of a window it closed."""
         with self._lock:
             closed: dict[str, int] = {}
             if self._clock() - self._start >= FLOOD_WINDOW:
                 closed = dict(self._counted)
                 self._start, self._seen, self._counted = self._clock(), set(), Counter()
-            key = (rule, target)
+            key = (rule, event, target)
             if key in self._seen or len(self._seen) >= FLOOD_EVENTS:
                 self._counted[rule] += 1
                 return False, closed
