@@ -64,7 +64,7 @@ from audit_ledger import CPU, plain
 from trustmesh import crypto, events
 from trustmesh.audit.chain import CheckpointPolicy
 from trustmesh.audit.detection import Detector
-from trustmesh.audit.ledger import Ledger
+from trustmesh.audit.ledger import LAYOUT, Ledger
 from trustmesh.audit.service import AuditService
 from trustmesh.config import parse_config
 from trustmesh.sdk.tls import client_context
@@ -127,7 +127,7 @@ async def _hold(ledger: Ledger, held: list[list[dict[str, Any]]]) -> None:
 async def service_run(
     folder: Path, batches: list[list[dict[str, Any]]], held: list[list[dict[str, Any]]]
 ) -> tuple[float, int]:
-    ledger = Ledger(create_engine(sqlite_url(folder / "service.db")))
+    ledger = Ledger(create_engine(sqlite_url(folder / "service.db"), sqlite_layout=LAYOUT))
     await _hold(ledger, held)
     service = AuditService(
         ledger, crypto.generate_signing_key(), Detector.shipped(), CheckpointPolicy()
@@ -266,7 +266,9 @@ async def main(
         env = {**os.environ, "SPIFFE_ENDPOINT_SOCKET": identity.address}
         state = root / "state"
         if prefill:  # the collector's own log, holding them before it starts
-            ledger = Ledger(create_engine(sqlite_url(state / "audit" / "audit.db")))
+            ledger = Ledger(
+                create_engine(sqlite_url(state / "audit" / "audit.db"), sqlite_layout=LAYOUT)
+            )
             await _hold(ledger, held())
             await ledger.close()
         proc = _spawn(config_file, state, env, core)

@@ -29,7 +29,7 @@ from sqlalchemy import Column, Index, MetaData, Table
 
 from trustmesh import crypto
 from trustmesh.audit.chain import fields_of
-from trustmesh.audit.ledger import Ledger
+from trustmesh.audit.ledger import LAYOUT, Ledger
 from trustmesh.audit.ledger_schema import records
 from trustmesh.events import Decision, Endpoint, EventClass, event
 from trustmesh.reasons import Reason
@@ -111,7 +111,7 @@ async def plain(
 ) -> float:
     """Seconds to insert ``batches`` (and, in :data:`CPU`, this process's CPU seconds for
     it), after ``held`` (untimed: what the table holds already)."""
-    engine = create_engine(sqlite_url(folder / "plain.db"))
+    engine = create_engine(sqlite_url(folder / "plain.db"), sqlite_layout=LAYOUT)
     metadata, table = plain_table()
     await create_tables(engine, metadata)
     insert = str(table.insert().compile(dialect=engine.dialect))  # as the ledger does
