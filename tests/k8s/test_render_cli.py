@@ -19,6 +19,7 @@ from k8srig import (
     DIGEST,
     IMAGE,
     PRODUCTION,
+    attempt,
     documents,
     of_kind,
     public_key_pem,
@@ -104,7 +105,7 @@ def test_rendering_again_replaces_the_files(tmp_path: Path) -> None:
 )
 def test_an_image_without_a_digest_is_refused(tmp_path: Path, image: str) -> None:
     config, out = shop(tmp_path), tmp_path / "out"
-    ran = tm("k8s", "render", "--config", str(config), "--out", str(out), "--image", image)
+    ran = attempt(config, out, image=image)
     assert ran.code == 2
     assert repr(image) in ran.stderr
     assert "digest" in ran.stderr or "repository" in ran.stderr
@@ -122,7 +123,7 @@ def test_an_image_without_a_digest_is_refused(tmp_path: Path, image: str) -> Non
 )
 def test_an_image_pinned_by_digest_is_used_as_given(tmp_path: Path, image: str) -> None:
     config, out = shop(tmp_path), tmp_path / "out"
-    ran = tm("k8s", "render", "--config", str(config), "--out", str(out), "--image", image)
+    ran = attempt(config, out, image=image)
     assert ran.code == 0, ran.stderr
     for deployment in of_kind(documents(out), "Deployment"):
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
@@ -176,18 +177,7 @@ def test_an_unknown_component_is_refused_naming_the_known_ones(tmp_path: Path) -
     assert "'billing' is not a component or service of this declaration" in error["detail"]
     assert "audit, auth, gateway, identity, inventory, orders, payments, secrets" in error["detail"]
     # an external service has no pod, so no image either
-    ran = tm(
-        "k8s",
-        "render",
-        "--config",
-        str(config),
-        "--out",
-        str(out),
-        "--image",
-        IMAGE,
-        "--image",
-        f"storefront=registry.example/s@{DIGEST}",
-    )
+    ran = attempt(config, out, "--image", f"storefront=registry.example/s@{DIGEST}")
     assert ran.code == 2
     assert "'storefront' is not a component or service" in ran.stderr
     assert not out.exists()
@@ -211,13 +201,11 @@ def test_a_bad_declaration_is_refused_naming_the_key(tmp_path: Path) -> None:
         config.read_text().replace("{from: orders, to: payments,", "{from: orders, to: paymnts,")
     )
     out = tmp_path / "out"
-    ran = tm("k8s", "render", "--config", str(config), "--out", str(out), "--image", IMAGE)
+    ran = attempt(config, out)
     assert ran.code == 2
     assert "calls[2].to" in ran.stderr
     assert "'paymnts' is not a declared service" in ran.stderr
-    ran = tm(
-        "k8s", "render", "--config", str(config), "--out", str(out), "--image", IMAGE, "--json"
-    )
+    ran = attempt(config, out, "--json")
     assert ran.code == 2
     error = json.loads(ran.stdout)["error"]
     assert error["code"] == "invalid_config"
@@ -228,23 +216,12 @@ def test_a_bad_declaration_is_refused_naming_the_key(tmp_path: Path) -> None:
 def test_a_bad_namespace_or_listener_clash_is_refused(tmp_path: Path) -> None:
     config, out = shop(tmp_path), tmp_path / "out"
     for namespace in ("default", "Trust_Mesh", "kube-system"):
-        ran = tm(
-            "k8s",
-            "render",
-            "--config",
-            str(config),
-            "--out",
-            str(out),
-            "--image",
-            IMAGE,
-            "--namespace",
-            namespace,
-        )
+        ran = attempt(config, out, "--namespace", namespace)
         assert ran.code == 2
         assert f"namespace {namespace!r} is not usable" in ran.stderr
     # the gateway's public port on the one the manifests give its internal listener
     config.write_text(config.read_text().replace("gateway:\n", "gateway:\n  port: 8444\n", 1))
-    ran = tm("k8s", "render", "--config", str(config), "--out", str(out), "--image", IMAGE)
+    ran = attempt(config, out)
     assert ran.code == 2
     assert "gateway's listeners would share a port" in ran.stderr
     assert not out.exists()
@@ -253,7 +230,7 @@ def test_a_bad_namespace_or_listener_clash_is_refused(tmp_path: Path) -> None:
 def test_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
     config, out = shop(tmp_path), tmp_path / "out"
     out.write_text("mine")
-    ran = tm("k8s", "render", "--config", str(config), "--out", str(out), "--image", IMAGE)
+    ran = attempt(config, out)
     assert ran.code == 2
     assert out.read_text() == "mine"
 
@@ -326,7 +303,7 @@ def test_a_tls_file_outside_the_declaration_folder_is_refused(tmp_path: Path) ->
     config = write(tmp_path, PRODUCTION, db_password="p", redis_password="r")
     config.write_text(config.read_text().replace("tls/gateway-key.pem", "../gateway-key.pem"))
     out = tmp_path / "out"
-    ran = tm("k8s", "render", "--config", str(config), "--out", str(out), "--image", IMAGE)
+    ran = attempt(config, out)
     assert ran.code == 2
     assert "gateway tls_key '../gateway-key.pem' cannot be projected" in ran.stderr
     assert not out.exists()
@@ -365,34 +342,12 @@ def test_a_private_key_for_verify_images_is_refused(tmp_path: Path) -> None:
     config, out = shop(tmp_path), tmp_path / "out"
     key_file = tmp_path / "cosign.key"
     key_file.write_bytes(crypto.private_key_to_pem(crypto.generate_key()))  # made now
-    ran = tm(
-        "k8s",
-        "render",
-        "--config",
-        str(config),
-        "--out",
-        str(out),
-        "--image",
-        IMAGE,
-        "--verify-images-key",
-        str(key_file),
-    )
+    ran = attempt(config, out, "--verify-images-key", str(key_file))
     assert ran.code == 2
     assert "holds a private key" in ran.stderr
     assert not out.exists()
     key_file.write_text("not a key\n")
-    ran = tm(
-        "k8s",
-        "render",
-        "--config",
-        str(config),
-        "--out",
-        str(out),
-        "--image",
-        IMAGE,
-        "--verify-images-key",
-        str(key_file),
-    )
+    ran = attempt(config, out, "--verify-images-key", str(key_file))
     assert ran.code == 2
     assert "is not a PEM public key" in ran.stderr
     assert not out.exists()
@@ -405,8 +360,7 @@ def test_the_command_says_what_does_not_run_yet_and_asks_no_port_to_be_pinned(
     declaration for none; it says what does not run yet, and which settings a cluster
     needs that the declaration leaves to their default."""
     config, out = shop(tmp_path), tmp_path / "out"
-    ran = tm("k8s", "render", "--config", str(config), "--out", str(out), "--image", IMAGE,
-             "--json")  # fmt: skip
+    ran = attempt(config, out, "--json")
     assert ran.code == 0, ran.stderr
     report = json.loads(ran.stdout)
     assert sorted(Path(p).name for p in report["written"]) == sorted(_tree(out))
@@ -422,12 +376,11 @@ def test_the_command_says_what_does_not_run_yet_and_asks_no_port_to_be_pinned(
         .replace("auth:\n", "auth:\n  issuer: https://login.shop.example\n", 1)
         .replace("  console: {", "  console: {public_url: https://console.shop.example, ", 1)
     )
-    ran = tm("k8s", "render", "--config", str(config), "--out", str(out), "--image", IMAGE,
-             "--json")  # fmt: skip
+    ran = attempt(config, out, "--json")
     assert ran.code == 0, ran.stderr
     assert json.loads(ran.stdout)["notes"] == notes[:1]
     # and on stderr without --json
-    ran = tm("k8s", "render", "--config", str(config), "--out", str(out), "--image", IMAGE)
+    ran = attempt(config, out)
     assert ran.stderr == f"note: {notes[0]}\n"
 
 
@@ -435,7 +388,7 @@ def test_a_declaration_in_dev_mode_is_refused(tmp_path: Path) -> None:
     """Dev mode listens on loopback only; the pods listen on their own address."""
     config, out = shop(tmp_path), tmp_path / "out"
     config.write_text(config.read_text().replace("dev: false\n", "dev: true\n", 1))
-    ran = tm("k8s", "render", "--config", str(config), "--out", str(out), "--image", IMAGE)
+    ran = attempt(config, out)
     assert ran.code == 2
     assert "dev: true: a dev-mode declaration listens on loopback only" in ran.stderr
     assert "expected dev: false" in ran.stderr
@@ -449,7 +402,7 @@ def test_a_declaration_with_test_switches_is_refused_naming_each(tmp_path: Path)
     text = config.read_text()
     config.write_text(text + "testing: {defences_off: [token-audience, call-policy]}\n")
     line = len(text.splitlines()) + 1
-    ran = tm("k8s", "render", "--config", str(config), "--out", str(out), "--image", IMAGE)
+    ran = attempt(config, out)
     assert ran.code == 2
     assert ran.stderr.splitlines() == [
         f"error: {config}:{line}: testing.defences_off[{i}]: the test switch {name!r} "
@@ -461,8 +414,7 @@ def test_a_declaration_with_test_switches_is_refused_naming_each(tmp_path: Path)
     for problem in ran.stderr.splitlines():
         assert problem.removeprefix("error: ") in strict.stderr
     config.write_text(text + "testing: {}\n")
-    ran = tm("k8s", "render", "--config", str(config), "--out", str(out), "--image", IMAGE,
-             "--json")  # fmt: skip
+    ran = attempt(config, out, "--json")
     assert ran.code == 2
     error = json.loads(ran.stdout)["error"]
     assert error["code"] == "invalid_config"
