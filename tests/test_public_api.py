@@ -49,6 +49,7 @@ EXPECTED = {
         "jwks_document",
         "key_id",
         "leaf_spiffe_id",
+        "load_or_create_sealed",
         "load_or_create_sealed_key",
         "load_or_create_signing_key",
         "load_seal_key",

@@ -59,7 +59,7 @@ def test_typo_at_top_level_names_line_and_expected_keys(valid_yaml: str) -> None
     assert problem == (
         "trustmesh.yaml:2: devv: unknown key 'devv' (did you mean 'dev'?) "
         "(expected one of: audit, auth, calls, detection, dev, gateway, identity, listen, "
-        "secrets, services, testing, trust_domain)"
+        "secrets, services, shared, testing, trust_domain)"
     )
 
 

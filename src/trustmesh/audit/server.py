@@ -70,6 +70,7 @@ from trustmesh.reasons import Activity
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.x509source import SVIDSource
 from trustmesh.store import create_engine, sqlite_url
+from trustmesh.store.shared import component_url
 
 __all__ = ["RunningAudit", "detector_for", "serve_audit"]
 
@@ -221,10 +222,14 @@ def detector_for(detection: DetectionConfig, config_dir: Path | None) -> Detecto
     return Detector(load_ruleset(paths, LocalTime(hours)), settings, anomalies=anomalies)
 
 
-def _paths(settings: AuditConfig, state: Path) -> tuple[Path, str, Path]:
-    """The collector's folder, the database URL and the checkpoint file."""
+def _paths(
+    settings: AuditConfig, state: Path, config: TrustmeshConfig | None = None
+) -> tuple[Path, str, Path]:
+    """The collector's folder, the database URL (its own, its role in the shared one,
+    or SQLite) and the checkpoint file."""
     folder = state.absolute() / "audit"
-    url = settings.database or sqlite_url(folder / "audit.db")
+    shared = component_url(config, state, "audit") if config is not None else None
+    url = settings.database or shared or sqlite_url(folder / "audit.db")
     file = settings.checkpoint_file
     return folder, url, Path(file) if file else checkpoint_path(state.absolute())
 
@@ -233,16 +238,20 @@ def retention_of(settings: RetentionConfig) -> Retention:
     return Retention(default=settings.default, classes=dict(settings.classes))
 
 
-def prune_engine(settings: AuditConfig, url: str, engine: AsyncEngine) -> AsyncEngine | None:
+def prune_engine(
+    settings: AuditConfig, url: str, engine: AsyncEngine, shared: str | None = None
+) -> AsyncEngine | None:
     """The connection that may delete records (the collector's own on SQLite, the
-    pruning role's on PostgreSQL); None, with a warning, when retention is declared
-    and there is none — never silently off."""
+    pruning role's on PostgreSQL: declared, or ``shared``, its role in the shared
+    database); None, with a warning, when retention is declared and there is none —
+    never silently off."""
     if not retention_of(settings.retention).enabled:
         return None
     if url.startswith("sqlite"):
         return engine
-    if settings.retention.database is not None:
-        return create_engine(settings.retention.database)
+    pruner = settings.retention.database or shared
+    if pruner is not None:
+        return create_engine(pruner)
     log.warning(
         "audit: retention is declared but pruning is off: on PostgreSQL the collector's "
         "role may not DELETE; set audit.retention.database to the URL of a role given "
@@ -273,7 +282,7 @@ async def serve_audit(
     feed); ``forwarding``: the OTLP forwarder's options (:class:`OtlpForwarder`)."""
     settings = settings_of(config)
     detector = detector_for(config.detection, config_file.parent if config_file else None)
-    ledger, folder = _open_ledger(settings, state)
+    ledger, folder = _open_ledger(config, settings, state)
     host = config.listen.host if host is None else host
     sock = bound_socket(host, port if port is not None else settings.port)
     try:
@@ -319,11 +328,14 @@ def _keep_copies(running: RunningAudit, copies: WebhookSender | None) -> None:
         running.checkpoints = copies
 
 
-def _open_ledger(settings: AuditConfig, state: Path) -> tuple[Ledger, Path]:
+def _open_ledger(
+    config: TrustmeshConfig, settings: AuditConfig, state: Path
+) -> tuple[Ledger, Path]:
     """The log (not opened yet) and the folder of the collector's state."""
-    folder, url, checkpoints = _paths(settings, state)
+    folder, url, checkpoints = _paths(settings, state, config)
     engine = create_engine(url, sqlite_layout=LAYOUT)
-    pruning = prune_engine(settings, url, engine)
+    pruner = None if settings.database else component_url(config, state, "audit_pruner")
+    pruning = prune_engine(settings, url, engine, pruner)
     return Ledger(engine, checkpoint_file=checkpoints, prune_engine=pruning), folder
 
 

@@ -33,6 +33,7 @@ from trustmesh.sdk.spans import TracedApp
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.x509source import SVIDSource
 from trustmesh.store import create_engine, sqlite_url
+from trustmesh.store.shared import component_url
 
 log = logging.getLogger("trustmesh.auth")
 
@@ -67,7 +68,12 @@ class RunningAuth:
 
 
 def database_url(config: TrustmeshConfig, state: Path) -> str:
-    return config.auth.database or sqlite_url(state.absolute() / "auth" / "auth.db")
+    """The provider's store: its own ``database``, its role in the shared one, or SQLite."""
+    return (
+        config.auth.database
+        or component_url(config, state, "auth")
+        or sqlite_url(state.absolute() / "auth" / "auth.db")
+    )
 
 
 async def serve_auth(

@@ -33,6 +33,7 @@ from trustmesh.cli._common import (
     out,
 )
 from trustmesh.cli.health import Answer, Target, ask_all, probe_grpc, probe_web
+from trustmesh.cli.provision import provision
 from trustmesh.cli.secrets_cmd import seed_demo
 from trustmesh.cli.supervisor import (
     ComponentSpec,
@@ -467,6 +468,10 @@ def up(
     _check_state(cfg, state)
     if supervisor_running(RunPaths(state)):
         fail(f"trustmesh is already running with state {state} (see `trustmesh status`)")
+    try:  # the scale-out configuration's roles and schemas, before anything starts
+        provision(cfg, state, lambda message: err.print(message, markup=False))
+    except TrustmeshError as exc:
+        fail_on(exc)
     if detach:
         _up_detached(cfg, cfg_path, state)
     else:

@@ -32,6 +32,7 @@ from trustmesh.config.listener import ListenerLimits
 from trustmesh.config.patterns import path_problem
 from trustmesh.config.runtime import RuntimeProfile
 from trustmesh.config.secrets import SecretsConfig
+from trustmesh.config.shared import SharedState
 from trustmesh.config.switches import DEFENCES, SwitchesConfig
 from trustmesh.errors import NotFoundError, UsageError
 
@@ -551,6 +552,12 @@ class TrustmeshConfig(BaseModel):
         "component then delivers its events to it.",
     )
     detection: DetectionConfig = Field(default_factory=DetectionConfig)
+    shared: SharedState | None = Field(
+        default=None,
+        description="The scale-out configuration's shared state (trustmesh.config.shared): "
+        "every store on one PostgreSQL, a schema and a role per component; rate limits and "
+        "revocations on one Redis.",
+    )
     services: dict[ServiceName, ServiceSpec] = Field(default_factory=dict)
     calls: list[CallSpec] = Field(default_factory=list)
     testing: SwitchesConfig | None = Field(
@@ -558,6 +565,23 @@ class TrustmeshConfig(BaseModel):
         description="Test-only defence switches (trustmesh.config.switches): refused "
         "unless TRUSTMESH_TESTING_SWITCHES=1, and by `config check --strict`.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shared_redis(cls, data: Any) -> Any:
+        """``shared.redis`` is the gateway's and the provider's ``redis`` where they
+        declare none (the declaration as read, before its fields are checked)."""
+        if not isinstance(data, dict) or not isinstance(data.get("shared"), dict):
+            return data
+        url = data["shared"].get("redis")
+        if not isinstance(url, str):
+            return data
+        data = dict(data)
+        for section in ("auth", "gateway"):
+            declared = data.get(section, {} if section == "auth" else None)
+            if isinstance(declared, dict) and declared.get("redis") is None:
+                data[section] = {**declared, "redis": url}
+        return data
 
     @property
     def auth_public_listener(self) -> bool:

@@ -50,6 +50,7 @@ from trustmesh.gateway.apikeys import (
 from trustmesh.platform.admin import Actor, named_by
 from trustmesh.reasons import Activity, Reason
 from trustmesh.store import SqlStore, create_engine, sqlite_url
+from trustmesh.store.shared import component_url
 
 log = logging.getLogger("trustmesh.gateway")
 __all__ = [
@@ -204,9 +205,11 @@ def keys_db_path(state: Path) -> Path:
     return state.absolute() / "gateway" / "keys.db"
 
 
-async def open_keystore(state: Path) -> SqlKeyStore:
-    """The key store of the gateway of ``state`` (created if need be)."""
-    store = SqlKeyStore(create_engine(sqlite_url(keys_db_path(state))))
+async def open_keystore(state: Path, config: TrustmeshConfig | None = None) -> SqlKeyStore:
+    """The key store of the gateway of ``state`` (created if need be): in the gateway's
+    role of the shared database where ``config`` has one, else an SQLite file."""
+    shared = component_url(config, state, "gateway") if config is not None else None
+    store = SqlKeyStore(create_engine(shared or sqlite_url(keys_db_path(state))))
     try:
         await store.create()
     except BaseException:
@@ -391,7 +394,7 @@ class ApiKeyVerifier:
         refresh: float = REFRESH_SECONDS,
     ) -> ApiKeyVerifier:
         """The verifier of the keys under ``<state>/gateway/``; loads them once."""
-        store = await open_keystore(state)
+        store = await open_keystore(state, config)
         verifier = cls(store, declared_roles=config.auth.roles, clock=clock, refresh=refresh)
         try:
             await verifier._snapshot(clock())

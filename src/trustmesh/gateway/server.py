@@ -227,7 +227,7 @@ async def _start_internal(
     """The mTLS listener: the JWKS of the internal tokens, the health check, the admin
     API over the key store (a change there is seen by the gateway's API keys at its next
     decision); ``suspended`` peers refused before any of them."""
-    key_store = await open_keystore(state)
+    key_store = await open_keystore(state, config)
     api_keys = parts.api_keys
     changed = api_keys.reload_soon if api_keys else lambda: None
     admin = KeyAdmin(config, key_store, sink, changed=changed, clock=parts.clock)

@@ -43,6 +43,7 @@ from trustmesh.secrets.routes import SecretsRoutes
 from trustmesh.secrets.service import SecretsService, audit_key
 from trustmesh.secrets.store import SecretsStore
 from trustmesh.store import create_engine, sqlite_url
+from trustmesh.store.shared import component_url
 
 __all__ = ["RunningSecrets", "serve_secrets"]
 
@@ -103,10 +104,15 @@ async def serve_secrets(
         raise
 
 
-def _paths(settings: SecretsConfig, state: Path) -> tuple[str, Path]:
-    """The database URL and the audit file."""
+def _paths(config: TrustmeshConfig, settings: SecretsConfig, state: Path) -> tuple[str, Path]:
+    """The database URL (its own, its role in the shared one, or SQLite) and the audit
+    file."""
     folder = state.absolute() / "secrets"
-    url = settings.database or sqlite_url(folder / "secrets.db")
+    url = (
+        settings.database
+        or component_url(config, state, "secrets")
+        or sqlite_url(folder / "secrets.db")
+    )
     return url, Path(settings.audit_file) if settings.audit_file else folder / "audit.jsonl"
 
 
@@ -117,7 +123,7 @@ async def _service(
     clock: Callable[[], float],
     config_file: Path | None,
 ) -> SecretsService:
-    url, audit_file = _paths(settings, state)
+    url, audit_file = _paths(config, settings, state)
     store = SecretsStore(create_engine(url))
     await store.create()
     key = await audit_key(store, crypto.load_seal_key(state, dev=config.dev))
