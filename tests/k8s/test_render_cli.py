@@ -395,6 +395,19 @@ def test_a_declaration_in_dev_mode_is_refused(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+def test_shared_postgres_is_refused_pods_share_no_state(tmp_path: Path) -> None:
+    """`up` provisions the shared database's roles and keeps their passwords in its state
+    directory; pods share none, so a declaration that relies on it is refused."""
+    config, out = shop(tmp_path), tmp_path / "out"
+    shared = 'shared: {postgres: "postgresql://owner@db.internal:5432/shop"}\n'
+    config.write_text(config.read_text().replace("dev: false\n", "dev: false\n" + shared, 1))
+    ran = attempt(config, out)
+    assert ran.code == 2
+    assert "shared.postgres" in ran.stderr
+    assert "auth.database" in ran.stderr
+    assert not out.exists()
+
+
 def test_a_declaration_with_test_switches_is_refused_naming_each(tmp_path: Path) -> None:
     """A declaration that turns defences off for a test is no deployment: each switch is
     named where it is, as `config check --strict` names it; an empty section too."""

@@ -63,6 +63,13 @@ def render(config: TrustmeshConfig, options: RenderOptions) -> dict[str, str]:
             "on their own address (expected dev: false, with certificates for the "
             "browser-facing listeners)"
         )
+    if config.shared is not None and config.shared.postgres is not None:
+        raise ConfigError(
+            "shared.postgres: `trustmesh up` provisions the components' roles and keeps their "
+            "passwords in its state directory, which pods do not share (expected each "
+            "component's own database: URL — auth.database, secrets.database, "
+            "audit.database — with its role made by the database's owner)"
+        )
     ns = options.namespace
     if _NAMESPACE_RE.fullmatch(ns) is None or ns in ("default", "kube-system", "kube-public"):
         raise UsageError(
