@@ -64,3 +64,25 @@ def test_a_shared_section_that_cannot_work_is_refused_at_its_line(section: str, 
         parse_config(BASE + f"shared: {section}\n", source="t.yaml")
     assert said in str(caught.value)
     assert "t.yaml:5:" in str(caught.value)
+
+
+GATEWAY = "gateway:\n  workers: 4\n  routes: [{path: /items, to: inventory}]\n"
+
+
+def test_gateway_workers_with_limits_need_a_shared_redis() -> None:
+    limited = GATEWAY + "  rate_limits: [{per: ip, limit: 10/minute}]\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_config(BASE + limited, source="t.yaml")
+    assert "4 workers would each admit the whole rate limit" in str(caught.value)
+    assert "shared.redis" in str(caught.value)
+    config = parse_config(BASE + f"shared: {{redis: '{SHARED}'}}\n" + limited, source="t.yaml")
+    assert config.gateway is not None
+    assert config.gateway.workers == 4
+    assert parse_config(BASE + GATEWAY, source="t.yaml").gateway is not None  # no limits
+
+
+def test_gateway_workers_are_the_python_engines() -> None:
+    nginx = GATEWAY + "  engine: nginx\n  waf: {mode: 'off'}\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_config(BASE + nginx, source="t.yaml")
+    assert "nginx.workers for engine: nginx" in str(caught.value)

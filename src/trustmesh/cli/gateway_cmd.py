@@ -37,6 +37,7 @@ from trustmesh.cli._common import (
 from trustmesh.cli.supervisor import RunPaths, read_json, recorded_process
 from trustmesh.errors import TrustmeshError
 from trustmesh.gateway.endpoint import reload_path
+from trustmesh.platform.endpoints import gateway_worker_name
 
 app = typer.Typer(help="The edge gateway.", no_args_is_help=True)
 key_app = typer.Typer(
@@ -183,28 +184,41 @@ def reload(
     """Apply the changed declaration to the running gateway without a restart: routes,
     edge policies, contracts, injection filters, control modes (dry-run → enforce), rate
     limits. A declaration that does not compile, or changes what only a restart applies,
-    is refused and the running one stays (exit 1, with why)."""
-    found = recorded_process(RunPaths(state).component("gateway"))
-    if found is None:
+    is refused and the running one stays (exit 1, with why). Every gateway process
+    (``gateway.workers``) applies it."""
+    workers = _running_workers(state)
+    if not workers:
         fail(f"no gateway is running under {state}")
-    pid, _ = found
-    answer = reload_path(state)
-
-    def last() -> float:
-        at = (read_json(answer) or {}).get("at")
-        return float(at) if isinstance(at, int | float) else 0.0
-
-    before = last()
-    os.kill(pid, signal.SIGHUP)
+    before = {worker: _answered_at(state, worker) for worker in workers}
+    for pid in workers.values():
+        os.kill(pid, signal.SIGHUP)
     deadline = time.monotonic() + wait
-    while last() <= before:
-        if time.monotonic() > deadline:
-            fail(f"the gateway did not answer within {wait:g}s (see its log)")
-        time.sleep(0.05)
-    outcome = read_json(answer) or {}
-    if not outcome.get("ok"):
-        fail(f"reload refused, the running declaration stays: {outcome.get('error')}")
+    for worker in workers:
+        while _answered_at(state, worker) <= before[worker]:
+            if time.monotonic() > deadline:
+                name = gateway_worker_name(worker)
+                fail(f"{name} did not answer within {wait:g}s (see its log)")
+            time.sleep(0.05)
+        outcome = read_json(reload_path(state, worker)) or {}
+        if not outcome.get("ok"):
+            fail(f"reload refused, the running declaration stays: {outcome.get('error')}")
     out.print("gateway: the declaration is applied", markup=False)
+
+
+def _running_workers(state: Path) -> dict[int, int]:
+    """Every gateway process running under ``state``: worker number → pid."""
+    found: dict[int, int] = {}
+    for worker in range(1, 65):
+        recorded = recorded_process(RunPaths(state).component(gateway_worker_name(worker)))
+        if recorded is not None:
+            found[worker] = recorded[0]
+    return found
+
+
+def _answered_at(state: Path, worker: int) -> float:
+    """When gateway process ``worker`` last said how a reload went (0: never)."""
+    at = (read_json(reload_path(state, worker)) or {}).get("at")
+    return float(at) if isinstance(at, int | float) else 0.0
 
 
 def register(parent: typer.Typer) -> None:

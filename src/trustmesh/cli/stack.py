@@ -7,6 +7,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -47,13 +48,21 @@ from trustmesh.cli.supervisor import (
     write_json,
 )
 from trustmesh.config import TrustmeshConfig
-from trustmesh.config.listen import apply_listen_env
+from trustmesh.config.listen import LISTEN_PORTS_ENV, apply_listen_env
 from trustmesh.config.switches import DEFENCES, check_switches
 from trustmesh.errors import TrustmeshError, UnavailableError
+from trustmesh.gateway.endpoint import WORKER_ENV as GATEWAY_WORKER_ENV
 from trustmesh.gateway.endpoint import endpoint_path as gateway_endpoint_path
 from trustmesh.identity.endpoint import MAX_SOCKET_PATH, IdentityPaths, prepare_state_dir
-from trustmesh.platform.endpoints import ENDPOINTS, instance
+from trustmesh.platform.endpoints import (
+    component_of,
+    endpoint_of,
+    gateway_worker_name,
+    gateway_worker_number,
+    instance,
+)
 from trustmesh.platform.endpoints import targets as asked_where
+from trustmesh.platform.listeners import bound_socket
 from trustmesh.sdk.delivery import AUDIT_URL_ENV, NO_COLLECTOR
 from trustmesh.sdk.metrics import METRICS_FILE_ENV, METRICS_PORT_ENV
 from trustmesh.secrets.endpoint import DEV_UNSEAL_WARNING, dev_unseal_path
@@ -78,17 +87,22 @@ def components(config: TrustmeshConfig, config_path: Path, state: Path) -> list[
     ]
     paths = IdentityPaths(state)
 
-    def component(name: str) -> ComponentSpec:
-        """A trustmesh server component, with its own identity through a join token."""
+    def component(name: str, worker: int = 1) -> ComponentSpec:
+        """A trustmesh server component, with its own identity through a join token
+        (each gateway worker its own: ``gateway.workers``)."""
+        process = gateway_worker_name(worker) if name == "gateway" else name
+        env = {
+            "SPIFFE_ENDPOINT_SOCKET": paths.socket_address,
+            "TRUSTMESH_EVENTS": str(state / "events" / f"{process}.jsonl"),
+        }
+        if name == "gateway":
+            env[GATEWAY_WORKER_ENV] = str(worker)
         return ComponentSpec(
-            name,
+            process,
             python_module_argv(
                 f"trustmesh.{name}", "--config", str(config_path), "--state", str(state)
             ),
-            env={
-                "SPIFFE_ENDPOINT_SOCKET": paths.socket_address,
-                "TRUSTMESH_EVENTS": str(state / "events" / f"{name}.jsonl"),
-            },
+            env=env,
             env_factory=_component_env(config, state, name),
         )
 
@@ -101,7 +115,8 @@ def components(config: TrustmeshConfig, config_path: Path, state: Path) -> list[
             secrets = dataclasses.replace(secrets, on_ready=lambda: seed_demo(config, state))
         specs.append(secrets)
     if config.gateway is not None:  # before the services: they are told where its keys are
-        specs.append(component("gateway"))
+        workers = config.gateway.workers if config.gateway.engine == "python" else 1
+        specs += [component("gateway", worker) for worker in range(1, workers + 1)]
     for name, service in config.services.items():
         if service.external:
             continue
@@ -218,8 +233,9 @@ def probe(spec: ComponentSpec, state: Path, timeout: float = 2.0) -> bool:
         where = secrets_endpoint_path if spec.name == "secrets" else audit_endpoint_path
         url = (read_json(where(state)) or {}).get("url")
         return isinstance(url, str) and _tcp_open(url)
-    if spec.name == "gateway":
-        doc = read_json(gateway_endpoint_path(state)) or {}
+    worker = gateway_worker_number(spec.name)
+    if worker is not None:
+        doc = read_json(gateway_endpoint_path(state, worker)) or {}
         url, internal = doc.get("url"), doc.get("internal_url")
         return isinstance(url, str) and isinstance(internal, str) and _tcp_open(url)
     # a service is up once it serves and has registered with discovery (which it does
@@ -250,13 +266,14 @@ def _component_row(
     config: TrustmeshConfig, state: Path, name: str, answer: Answer, discovery: dict[str, Any]
 ) -> dict[str, Any]:
     """A component's row (the identity service's is :func:`_identity_rows`)."""
-    if name in ENDPOINTS:
-        path, _, extras = ENDPOINTS[name]
+    entry = endpoint_of(name)
+    if entry is not None:
+        path, _, extras = entry
         endpoint = read_json(state / path) or {}
         return {
             "name": name,
             "url": endpoint.get("url"),
-            "spiffe_id": config.component_spiffe_id(name),
+            "spiffe_id": config.component_spiffe_id(component_of(name)),
             "healthy": answer.ok,
             "cert_expires": answer.cert_expires,
             "cert_kind": "svid",
@@ -589,6 +606,7 @@ def run_supervisor(cfg: TrustmeshConfig, cfg_path: Path, state: Path, *, interac
             flush=True,
         )
 
+    held = _share_gateway_port(cfg)  # the port every gateway worker listens on
     specs = components(cfg, cfg_path, state)
     sup = Supervisor(state, specs, lambda spec: probe(spec, state), log=log)
     try:
@@ -620,8 +638,26 @@ def run_supervisor(cfg: TrustmeshConfig, cfg_path: Path, state: Path, *, interac
     finally:
         sup.stop_all()
         sup.release()
+        if held is not None:
+            held.close()
         if interactive:
             out.print("stopped.")
+
+
+def _share_gateway_port(cfg: TrustmeshConfig) -> socket.socket | None:
+    """With several gateway processes on a client port the declaration leaves to the
+    system (``port: 0``), the port they share: chosen now, held while the stack runs
+    (bound, never listening: no connection reaches this socket, and no other user's
+    socket may join the port) and pinned for each of them in ``TRUSTMESH_LISTEN_PORTS``
+    (a worker started again finds it too)."""
+    served = apply_listen_env(cfg)
+    gateway = served.gateway
+    if gateway is None or gateway.engine != "python" or gateway.workers == 1 or gateway.port:
+        return None
+    held = bound_socket(served.listen.host, 0, reuse_port=True)
+    pinned = os.environ.get(LISTEN_PORTS_ENV, "")
+    os.environ[LISTEN_PORTS_ENV] = f"{pinned} gateway.port={held.getsockname()[1]}".strip()
+    return held
 
 
 def status(

@@ -756,6 +756,16 @@ class GatewayConfig(BaseModel):
         "loop (ModSecurity holds the interpreter while it inspects); 0: inspect in the "
         "gateway's own process, every other request waiting meanwhile. Read at start.",
     )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Gateway processes `trustmesh up` runs (engine: python), all on the "
+        "client listener's port (SO_REUSEPORT): the kernel spreads connections over them. "
+        "Each has its own SVID, event spool and mTLS listener; the first serves the admin "
+        "API and the internal tokens' JWKS at internal_port. Rate limits are shared through "
+        "redis (required with limits when more than one).",
+    )
     json_limits: JsonLimits = Field(
         default_factory=lambda: JsonLimits(),
         description="How much JSON a validated route's body may hold (400 past any).",
@@ -831,6 +841,8 @@ class GatewayConfig(BaseModel):
                     )
         if self.engine == "nginx":
             self._check_nginx()
+        if self.workers > 1:
+            self._check_workers()
         if self.redis is not None and not self.redis.startswith(("redis://", "rediss://")):
             raise _invalid("gateway.redis is not a redis:// URL", "redis://host:port/db")
         seen: dict[tuple[str | None, str, str], int] = {}
@@ -845,6 +857,19 @@ class GatewayConfig(BaseModel):
                     )
                 seen[key] = index
         return self
+
+    def _check_workers(self) -> None:
+        """Several processes on one port: each counts what it sees unless they share."""
+        if self.engine != "python":
+            raise _invalid(
+                "workers is the Python engine's processes", "nginx.workers for engine: nginx"
+            )
+        limited = bool(self.rate_limits) or any(r.rate_limits for r in self.routes)
+        if limited and self.redis is None:
+            raise _invalid(
+                f"{self.workers} workers would each admit the whole rate limit",
+                "gateway.redis (or shared.redis), where the workers share their counters",
+            )
 
     def _check_nginx(self) -> None:
         """Refuse what nginx cannot enforce, rather than serve it unchecked."""

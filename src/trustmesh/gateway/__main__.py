@@ -11,7 +11,13 @@ discovery (without which it does not start) and the provider through
 ``TRUSTMESH_AUTH_URL`` first, their files second. On ``SIGHUP`` it reads its declaration again and applies it while it
 serves (:mod:`trustmesh.gateway.reload`), saying how that went in
 ``<state>/gateway/reload.json`` (``trustmesh gateway reload`` sends the signal and reads
-the answer)."""
+the answer).
+
+With ``gateway.workers`` above one, ``up`` runs that many of these processes, each with
+its number in ``TRUSTMESH_GATEWAY_WORKER`` (:mod:`trustmesh.gateway.endpoint`): all
+listen on the client port (``SO_REUSEPORT``); worker 1 keeps the declared mTLS,
+metrics and ``ext_authz`` ports, the others take free ones and say where in their own
+endpoint file; each spools its events under its own name."""
 
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ from pathlib import Path
 from trustmesh.config import TrustmeshConfig, load_config
 from trustmesh.config.listen import apply_listen_env
 from trustmesh.errors import TrustmeshError, UnavailableError
-from trustmesh.gateway.endpoint import endpoint_path, reload_path
+from trustmesh.gateway.endpoint import endpoint_path, reload_path, worker_name, worker_of
 from trustmesh.gateway.nginx import NginxEdge
 from trustmesh.gateway.server import RunningGateway, serve_gateway
 from trustmesh.platform.endpoints import peer_url, require_peer_url
@@ -44,10 +50,15 @@ log = logging.getLogger("trustmesh.gateway")
 
 async def run(config: TrustmeshConfig, state: Path, config_file: Path) -> None:
     config_dir = config_file.parent
+    worker = worker_of()
+    config = as_worker(config, worker)
     # where, not who: discovery and the provider are held to their SPIFFE IDs over mTLS
     discovery_url = require_peer_url(state, "identity")
     async with (
-        component_identity(config, state, "gateway") as (source, sink),
+        component_identity(config, state, "gateway", instance=worker_name(worker)) as (
+            source,
+            sink,
+        ),
         suspension_feed(source, state, "gateway") as suspended,
     ):
         running = await serve_gateway(
@@ -66,12 +77,12 @@ async def run(config: TrustmeshConfig, state: Path, config_file: Path) -> None:
         gc.collect()
         gc.freeze()
 
-        _reload_on_hangup(running, config_file, state)
+        _reload_on_hangup(running, config_file, state, worker)
 
         serving = asyncio.ensure_future(
             serve_until_stopped(
                 source,
-                endpoint_path(state),
+                endpoint_path(state, worker),
                 lambda: {
                     "url": running.url,
                     "internal_url": running.internal_url,
@@ -98,7 +109,21 @@ async def run(config: TrustmeshConfig, state: Path, config_file: Path) -> None:
         await serving
 
 
-def _reload_on_hangup(running: RunningGateway, config_file: Path, state: Path) -> None:
+def as_worker(config: TrustmeshConfig, worker: int) -> TrustmeshConfig:
+    """``config`` as gateway process ``worker`` serves it: the first keeps every declared
+    port; the others share only the client port, and take free ones for the rest."""
+    gateway = config.gateway
+    if worker == 1 or gateway is None:
+        return config
+    own: dict[str, object] = {"internal_port": 0}
+    if gateway.metrics_port is not None:
+        own["metrics_port"] = 0
+    if gateway.ext_authz is not None:
+        own["ext_authz"] = gateway.ext_authz.model_copy(update={"port": 0})
+    return config.model_copy(update={"gateway": gateway.model_copy(update=own)})
+
+
+def _reload_on_hangup(running: RunningGateway, config_file: Path, state: Path, worker: int) -> None:
     """On SIGHUP, the declaration read again and applied, or refused (the running one
     stays); the outcome in ``<state>/gateway/reload.json``."""
 
@@ -107,14 +132,14 @@ def _reload_on_hangup(running: RunningGateway, config_file: Path, state: Path) -
             outcome: dict[str, object] = {"at": time.time(), "ok": True}
             try:
                 # the listeners the environment pins, as at start
-                declared = apply_listen_env(load_config(config_file))
+                declared = as_worker(apply_listen_env(load_config(config_file)), worker)
                 await running.reload(declared, config_file.parent)
             except TrustmeshError as exc:
                 outcome.update(ok=False, error=exc.detail)
                 log.error("gateway: reload refused: %s", exc.detail)
             else:
                 log.warning("gateway: declaration reloaded from %s", config_file)
-            write_json_atomic(reload_path(state), outcome)
+            write_json_atomic(reload_path(state, worker), outcome)
 
     def on_hangup() -> None:
         task = asyncio.ensure_future(reload())

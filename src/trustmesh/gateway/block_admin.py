@@ -104,7 +104,7 @@ class BlockAdmin:
         return JSONResponse(block_doc(block), status_code=201)
 
     async def remove(self, request: Request, actor: Actor) -> Response:
-        block = self.blocks.unblock(request.path_params["address"])
+        block = self.blocks.unblock(request.path_params["address"], self.clock())
         if block is not None:
             self._record(Activity.BLOCK_REMOVED, "address block lifted", block, actor)
         return JSONResponse({"lifted": block is not None})

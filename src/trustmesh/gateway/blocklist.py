@@ -15,14 +15,24 @@ blocks.json``), every change is written there before it is acknowledged (a new f
 fsynced, renamed over the old, 0600), and a new list reads it back: a restart lifts no
 block that has not ended. A file that cannot be read is refused with its path named
 (blocks lost silently would let the blocked back in), never taken as empty.
+
+Several gateway processes (``gateway.workers``) share that file. A change is made under
+an exclusive lock on ``blocks.lock`` beside it, on the list read back from the file (so
+no process's change overwrites another's), and each process looks at the file again
+when it has changed, at most every :data:`LOOK_EVERY` seconds: a block made through one
+process holds in every other within that time. A file that cannot be read then keeps
+the blocks in force (it is said in the log), never lifts them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -30,7 +40,11 @@ from typing import Any, Final
 from trustmesh.errors import ConfigError, ConflictError, UnavailableError, UsageError
 from trustmesh.policy.addresses import Address, embedded_ipv4, parse_address
 
-__all__ = ["MAX_BLOCKS", "MAX_SECONDS", "Block", "Blocklist"]
+__all__ = ["LOOK_EVERY", "MAX_BLOCKS", "MAX_SECONDS", "Block", "Blocklist"]
+
+log = logging.getLogger("trustmesh.gateway")
+#: How often (seconds) a process looks whether another changed the shared file.
+LOOK_EVERY: Final = 0.25
 
 #: The most blocks in force at once.
 MAX_BLOCKS: Final = 100_000
@@ -62,17 +76,18 @@ class Blocklist:
         self._blocks: dict[Address, Block] = {}
         self._lock = threading.Lock()
         self._path = path
+        self._seen: tuple[int, int, int] | None = None  # the file as last read or written
+        self._next_look = now + LOOK_EVERY
         if path is not None:
-            for block in _load(path):
-                if block.until > now:
-                    self._blocks[_canonical(block.address)] = block
+            self._seen = _signature(path)
+            self._blocks = _in_force(_load(path), now)
 
     def block(self, address: str, *, seconds: float, reason: str, by: str, now: float) -> Block:
         """Block ``address`` for ``seconds`` (at most :data:`MAX_SECONDS`)."""
         if not 0 < seconds <= MAX_SECONDS:
             raise UsageError(f"a block lasts from 1 second to {MAX_SECONDS} seconds")
         key = _canonical(address)
-        with self._lock:
+        with self._lock, self._shared(now):
             old = self._blocks.get(key)
             if old is None and len(self._blocks) >= MAX_BLOCKS:
                 self._expire(now)
@@ -91,10 +106,10 @@ class Blocklist:
                 raise
             return block
 
-    def unblock(self, address: str) -> Block | None:
+    def unblock(self, address: str, now: float = 0.0) -> Block | None:
         """Lift the block on ``address``; the block lifted, or None if there was none."""
         key = _canonical(address)
-        with self._lock:
+        with self._lock, self._shared(now):
             old = self._blocks.pop(key, None)
             if old is not None:
                 try:
@@ -106,6 +121,8 @@ class Blocklist:
 
     def blocked(self, address: str, now: float) -> bool:
         """Whether ``address`` (as the gateway established it) is blocked at ``now``."""
+        if now >= self._next_look and self._path is not None:
+            self._look(now)
         if not self._blocks:  # the common case: one attribute read
             return False
         ip = parse_address(address)
@@ -124,6 +141,8 @@ class Blocklist:
         return False
 
     def active(self, now: float) -> list[Block]:
+        if self._path is not None:
+            self._look(now)
         with self._lock:
             self._expire(now)
             return sorted(self._blocks.values(), key=lambda b: b.until)
@@ -131,6 +150,39 @@ class Blocklist:
     def _expire(self, now: float) -> None:
         for key in [k for k, b in self._blocks.items() if b.until <= now]:
             del self._blocks[key]
+
+    def _look(self, now: float) -> None:
+        """Read the file again if another process changed it since."""
+        if self._path is None:
+            return
+        self._next_look = now + LOOK_EVERY
+        seen = _signature(self._path)
+        if seen == self._seen:
+            return
+        try:
+            found = _in_force(_load(self._path), now)
+        except ConfigError as exc:
+            log.error("gateway: %s; the blocks in force stay", exc.detail)
+            return
+        with self._lock:
+            self._blocks, self._seen = found, seen
+
+    @contextlib.contextmanager
+    def _shared(self, now: float) -> Iterator[None]:
+        """Hold the file's lock across a change, on the list as the file has it (the
+        list's own lock held)."""
+        if self._path is None:
+            yield
+            return
+        self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self._path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._blocks = _in_force(_load(self._path), now)
+            yield
+            self._seen = _signature(self._path)
+        finally:
+            os.close(fd)  # and with it the lock
 
     def _save(self) -> None:
         """Write the list (the lock held): durable before the change is acknowledged."""
@@ -145,6 +197,21 @@ class Blocklist:
     def of_state(cls, state: Path, now: float) -> Blocklist:
         """The gateway's blocks, kept in ``<state>/gateway/blocks.json``."""
         return cls(state.absolute() / "gateway" / "blocks.json", now=now)
+
+
+def _in_force(blocks: Iterable[Block], now: float) -> dict[Address, Block]:
+    return {_canonical(b.address): b for b in blocks if b.until > now}
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    """What changes when the file is replaced (its inode) or written; None: no file."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return (-1, -1, -1)  # unreadable: _load says why
+    return (found.st_ino, found.st_mtime_ns, found.st_size)
 
 
 def _write(path: Path, blocks: Iterable[Block]) -> None:

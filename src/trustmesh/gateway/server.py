@@ -52,6 +52,7 @@ from trustmesh.platform.listeners import (
     ASGIApp,
     PublicServed,
     Served,
+    bound_socket,
     start,
     start_loopback,
     start_public,
@@ -662,12 +663,16 @@ async def _listen(
 ) -> tuple[PublicServed, PublicServed | None]:
     """The upstreams checked, then the public listener and the metrics."""
     await parts.upstreams.start()
+    port = gateway.port if port is None else port
+    # several gateway processes share the port: the kernel spreads connections over them
+    shared = bound_socket(host, port, reuse_port=True) if gateway.workers > 1 else None
     public = await start_public(
         pipeline,
         chain_pem=certificate.chain_pem(),
         key_pem=certificate.key_pem(),
         host=host,
-        port=gateway.port if port is None else port,
+        port=port,
+        sock=shared,
         guard=_guard(gateway, pipeline, metrics, parts.upstreams),
         on_refusals=lambda summaries: pipeline.app.refusals(summaries),
         lenient_framing="request-framing" in parts.defences_off,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -28,6 +29,10 @@ __all__ = [
     "ENDPOINTS",
     "HEALTH",
     "URL_ENV",
+    "component_of",
+    "endpoint_of",
+    "gateway_worker_name",
+    "gateway_worker_number",
     "instance",
     "peer_url",
     "read_json",
@@ -56,6 +61,40 @@ URL_ENV: Final = {
 }
 #: What ``TRUSTMESH_AUDIT_URL`` says when the declaration has no collector.
 _NOBODY: Final = "none"
+
+
+_GATEWAY_WORKER: Final = re.compile(r"gateway(?:-([1-9][0-9]?))?")
+
+
+def gateway_worker_name(worker: int) -> str:
+    """The name of gateway process ``worker`` (``gateway.workers``): ``gateway`` for the
+    first, ``gateway-k`` for the others (its log, its spool, its row in status)."""
+    return "gateway" if worker == 1 else f"gateway-{worker}"
+
+
+def gateway_worker_number(name: str) -> int | None:
+    """The gateway worker ``name`` is (:func:`gateway_worker_name`'s inverse); None for
+    any other name."""
+    match = _GATEWAY_WORKER.fullmatch(name)
+    if match is None:
+        return None
+    return int(match[1]) if match[1] else 1
+
+
+def component_of(name: str) -> str:
+    """The component a process ``up`` runs belongs to (a gateway worker's is the
+    gateway: its SPIFFE ID, its health check)."""
+    return "gateway" if gateway_worker_number(name) is not None else name
+
+
+def endpoint_of(name: str) -> tuple[str, str, tuple[str, ...]] | None:
+    """:data:`ENDPOINTS`' entry of ``name``; a gateway worker's names its own file
+    (``gateway/endpoint-k.json``); None for a service (discovery names those)."""
+    number = gateway_worker_number(name)
+    if number is None or number == 1:
+        return ENDPOINTS.get(name)
+    _, key, extras = ENDPOINTS["gateway"]
+    return (f"gateway/endpoint-{number}.json", key, extras)
 
 
 def _file_of(name: str) -> tuple[str, str]:
@@ -120,10 +159,12 @@ def targets(
         identity = config.component_spiffe_id("identity")
         found["discovery"] = Target(discovery["url"], identity, "/healthz")
     for name in names:
-        if name in ENDPOINTS:
-            path, key, _ = ENDPOINTS[name]
+        entry = endpoint_of(name)
+        if entry is not None:
+            path, key, _ = entry
             url = (read_json(state / path) or {}).get(key)
-            spiffe_id, health = config.component_spiffe_id(name), HEALTH.get(name, "/healthz")
+            owner = component_of(name)
+            spiffe_id, health = config.component_spiffe_id(owner), HEALTH.get(owner, "/healthz")
         else:
             url = (instance(discovery, name) or {}).get("url")
             spiffe_id, health = config.spiffe_id(name), HEALTH_PATH

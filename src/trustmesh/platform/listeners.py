@@ -108,10 +108,14 @@ async def answer_lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-def bound_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+def bound_socket(
+    host: str = "127.0.0.1", port: int = 0, *, reuse_port: bool = False
+) -> socket.socket:
     """A TCP socket bound to ``host`` (port 0: one the system picks), not yet listening:
     its port is known, and no one else can take it, before the server starts on it (a port
-    merely found free could be given to another socket in between)."""
+    merely found free could be given to another socket in between). ``reuse_port``:
+    other processes of this user may listen on the same port (``SO_REUSEPORT``: the
+    kernel spreads new connections over them; no other user's socket may join)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets that say they are TCP
     # (an accepted socket inherits proto 0 otherwise, and every answer written in two
@@ -119,6 +123,8 @@ def bound_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
     except OSError:
         sock.close()

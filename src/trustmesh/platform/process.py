@@ -88,7 +88,7 @@ def exit_code(name: str, main: Callable[[], None]) -> int:
 
 @contextlib.asynccontextmanager
 async def component_identity(
-    config: TrustmeshConfig, state: Path, component: str
+    config: TrustmeshConfig, state: Path, component: str, *, instance: str | None = None
 ) -> AsyncIterator[tuple[X509Source, events.EventSink]]:
     """The component's SVID (a one-time join token from ``up`` redeemed first) and its
     event sink: the event log (``TRUSTMESH_EVENTS``, else
@@ -97,7 +97,9 @@ async def component_identity(
     (:mod:`trustmesh.sdk.delivery`; not for the collector itself). What is not
     delivered when the component stops stays spooled for its next start. With a
     collector, the component's spans go to it too (:mod:`trustmesh.sdk.spans`: the
-    tracer is installed for the process)."""
+    tracer is installed for the process). ``instance``: this process's name where
+    several run as one component (``gateway-2``): its event log and spool are its own."""
+    name = instance or component
     address = os.environ.get("SPIFFE_ENDPOINT_SOCKET")
     if not address:
         raise UnavailableError("SPIFFE_ENDPOINT_SOCKET is not set")
@@ -107,10 +109,10 @@ async def component_identity(
     source = X509Source(address, spiffe_id=config.component_spiffe_id(component))
     await source.start()
     log_sink = events.JsonLinesSink(
-        Path(os.environ.get(EVENTS_ENV) or state / "events" / f"{component}.jsonl")
+        Path(os.environ.get(EVENTS_ENV) or state / "events" / f"{name}.jsonl")
     )
     try:
-        audit = audit_sink_from_env(source, config, state, component, log=log_sink)
+        audit = audit_sink_from_env(source, config, state, name, log=log_sink)
     except BaseException:
         log_sink.close()
         await source.close()
