@@ -78,11 +78,9 @@ def get(url: str, state: Path) -> int:
 
 
 def gone(pid: int) -> bool:
-    """Whether process ``pid`` has exited (a zombie holds no socket)."""
-    try:
-        return "zombie" in Path(f"/proc/{pid}/status").read_text(errors="replace")
-    except FileNotFoundError:
-        return True
+    """Whether process ``pid`` has exited and been reaped (a zombie leader may still have
+    threads that hold its sockets; the supervisor reaps it once all are gone)."""
+    return not Path(f"/proc/{pid}").exists()
 
 
 def served(metrics_url: str) -> float:
