@@ -1,0 +1,375 @@
+"""What the gateway's fault tests drive a running gateway with, besides the gateway rigs
+(``tests/gateway``: :mod:`liverig`, :mod:`edgerig`, put on ``sys.path`` here):
+
+* :class:`Load` — clients that keep requests running concurrently over keep-alive TLS
+  connections while a test breaks something, each answer noted with when it started,
+  how long it took and what it said;
+* :class:`UpstreamProcess` — an instance of a service in a process of its own (its SVID
+  from the Workload API, registered in discovery), which a test kills with SIGKILL: its
+  sockets die with it, as a crashed instance's do;
+* :class:`Flood` — a process of its own that opens thousands of plain TCP connections to
+  the gateway's public port and holds them without a byte;
+* :func:`rss_bytes` — this process's resident memory (the gateway runs in it).
+
+Run as a script, this module is one of those child processes (``upstream`` or
+``flood``); it imports only what the child needs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import signal
+import socket
+import ssl
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trustmesh
+
+HERE = Path(__file__).resolve().parent
+for _folder in ("auth", "gateway"):  # authrig, liverig, edgerig: the gateway's rigs
+    if str(HERE.parent / _folder) not in sys.path:
+        sys.path.insert(0, str(HERE.parent / _folder))
+
+#: Where a child finds trustmesh: the sources this process imported it from.
+_SRC = str(Path(trustmesh.__file__).resolve().parents[1])
+
+
+def rss_bytes() -> int:
+    """This process's resident set size (``VmRSS`` of ``/proc/self/status``)."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+# -- load ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shot:
+    """One request of a :class:`Load` and its answer (``status`` 0: no answer at all)."""
+
+    worker: int
+    method: str
+    path: str
+    started: float  # time.monotonic()
+    took: float
+    status: int
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+    error: str = ""
+
+    @property
+    def ended(self) -> float:
+        return self.started + self.took
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def remaining(self) -> int | None:
+        """``r`` of the ``RateLimit`` header (draft-ietf-httpapi-ratelimit-headers §4)."""
+        value = self.headers.get("ratelimit")
+        if value is None:
+            return None
+        params = dict(p.split("=", 1) for p in value.split(";")[1:] if "=" in p)
+        return int(params["r"])
+
+
+def client_session(cafile: Path, connections: int) -> Any:
+    """An aiohttp session trusting the gateway's edge CA, keeping up to ``connections``
+    TLS connections alive (as a browser or an API client does)."""
+    import aiohttp
+
+    tls = ssl.create_default_context(cafile=str(cafile))
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=tls, limit=connections),
+        timeout=aiohttp.ClientTimeout(total=15),
+    )
+
+
+#: What a worker sends next: (method, path) for its n-th request.
+Plan = Callable[[int, int], tuple[str, str]]
+
+
+@dataclass
+class Load:
+    """``workers`` clients, each sending its next request as soon as the last is answered,
+    until :meth:`stop`; every answer is in :attr:`shots`."""
+
+    session: Any  # aiohttp.ClientSession
+    base_url: str
+    plan: Plan
+    workers: int
+    shots: list[Shot] = field(default_factory=list)
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._worker(w)) for w in range(self.workers)]
+
+    async def stop(self) -> list[Shot]:
+        self._stopping.set()
+        await asyncio.gather(*self._tasks)
+        return self.shots
+
+    async def _worker(self, worker: int) -> None:
+        import aiohttp
+
+        n = 0
+        while not self._stopping.is_set():
+            method, path = self.plan(worker, n)
+            n += 1
+            started = time.monotonic()
+            try:
+                async with self.session.request(method, self.base_url + path) as answer:
+                    body = await answer.read()
+                    shot = Shot(
+                        worker,
+                        method,
+                        path,
+                        started,
+                        time.monotonic() - started,
+                        answer.status,
+                        {k.lower(): v for k, v in answer.headers.items()},
+                        body,
+                    )
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                took = time.monotonic() - started
+                shot = Shot(worker, method, path, started, took, 0, {}, b"", repr(exc))
+            self.shots.append(shot)
+
+    def between(self, start: float, end: float = float("inf")) -> list[Shot]:
+        """The requests sent at ``start`` or later and answered before ``end``."""
+        return [s for s in self.shots if s.started >= start and s.ended < end]
+
+    async def until(self, count: int, after: float = 0.0, within: float = 10.0) -> None:
+        """Wait until ``count`` requests sent at ``after`` or later are answered."""
+        deadline = time.monotonic() + within
+        while len(self.between(after)) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"fewer than {count} answers within {within} s")
+            await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def running(load: Load) -> AsyncIterator[Load]:
+    """``load`` started, stopped on the way out (its shots stay)."""
+    load.start()
+    try:
+        yield load
+    finally:
+        await load.stop()
+
+
+async def eventually(check: Callable[[], bool], within: float, what: str) -> float:
+    """Wait until ``check()`` holds (a deadline, not a sleep): the monotonic time it did."""
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: still not so after {within} s")
+        await asyncio.sleep(0.02)
+    return time.monotonic()
+
+
+# -- child processes ----------------------------------------------------------------------
+
+
+def _child_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": _SRC, "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+async def _spawn(*argv: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(Path(__file__).resolve()),
+        *argv,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        env=_child_env(),
+    )
+
+
+async def _line(process: asyncio.subprocess.Process, within: float) -> dict[str, Any]:
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), within)
+    if not line:
+        raise RuntimeError(f"the child process ended ({await process.wait()}) without a word")
+    said: dict[str, Any] = json.loads(line)
+    return said
+
+
+async def _reap(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGKILL)
+    await process.wait()
+
+
+@dataclass
+class UpstreamProcess:
+    """An instance of ``spiffe_id``'s service in a child process: mTLS with its SVID from
+    the Workload API at ``address``, registered in discovery at ``discovery_url``; it
+    answers ``{"instance": name}`` to any request (its health probe ``200``)."""
+
+    name: str
+    address: str
+    discovery_url: str
+    spiffe_id: str
+    url: str = ""
+    process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> UpstreamProcess:
+        self.process = await _spawn(
+            "upstream", self.address, self.discovery_url, self.spiffe_id, self.name
+        )
+        try:
+            self.url = (await _line(self.process, 60))["url"]
+        except BaseException:
+            await _reap(self.process)
+            raise
+        return self
+
+    async def kill(self) -> None:
+        """SIGKILL: no goodbye, no deregistration (discovery still lists it)."""
+        if self.process is not None:
+            await _reap(self.process)
+
+
+@dataclass
+class Flood:
+    """A child process that opens ``count`` plain TCP connections to ``port``, spread over
+    the loopback ``sources``, and sends nothing on them."""
+
+    port: int
+    count: int
+    sources: Sequence[str]
+    process: asyncio.subprocess.Process | None = None
+
+    async def open(self) -> dict[str, Any]:
+        """Open them all: ``{"opened", "failed"}`` (connects that never completed)."""
+        self.process = await _spawn("flood", str(self.port), str(self.count), *self.sources)
+        try:
+            return await _line(self.process, 120)
+        except BaseException:
+            await _reap(self.process)
+            raise
+
+    async def tally(self) -> dict[str, Any]:
+        """How the connections stand now: ``{"open", "closed"}`` (closed by the server:
+        end of stream or reset)."""
+        assert self.process is not None
+        assert self.process.stdin is not None
+        self.process.stdin.write(b"tally\n")
+        await self.process.stdin.drain()
+        return await _line(self.process, 60)
+
+    async def close(self) -> None:
+        if self.process is not None:
+            if self.process.stdin is not None and self.process.returncode is None:
+                with contextlib.suppress(ConnectionError):
+                    self.process.stdin.write(b"quit\n")
+                    await self.process.stdin.drain()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.process.wait(), 10)
+            await _reap(self.process)
+
+
+# -- the children's side ------------------------------------------------------------------
+
+
+def _say(what: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(what) + "\n")
+    sys.stdout.flush()
+
+
+async def _serve_upstream(address: str, discovery_url: str, spiffe_id: str, name: str) -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    from trustmesh.config.gateway import HealthCheck
+    from trustmesh.platform.listeners import start
+    from trustmesh.sdk.discovery import DiscoveryClient
+    from trustmesh.sdk.x509source import X509Source
+
+    async def health(_: Request) -> Response:
+        return Response(status_code=200)
+
+    async def answer(request: Request) -> JSONResponse:
+        await request.body()
+        return JSONResponse({"instance": name})
+
+    app = Starlette(
+        routes=[
+            Route(HealthCheck().path, health),
+            Route("/{p:path}", answer, methods=["GET", "POST", "PUT", "DELETE"]),
+        ]
+    )
+    source = X509Source(address, spiffe_id=spiffe_id)
+    served = await start(app, source=source)
+    url = f"https://127.0.0.1:{served.port}"
+    await DiscoveryClient(served.tls, discovery_url).register(url)
+    _say({"url": url})
+    await asyncio.Event().wait()  # until killed
+
+
+def _closed(sock: socket.socket) -> bool:
+    """The server closed it (end of stream, or a reset)."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def _flood(port: int, count: int, sources: list[str]) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < count + 64:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, count + 64), hard))
+    held: list[socket.socket] = []
+    failed = 0
+    for i in range(count):
+        sock = socket.socket()
+        sock.settimeout(5)
+        try:
+            sock.bind((sources[i % len(sources)], 0))
+            sock.connect(("127.0.0.1", port))
+        except OSError:
+            failed += 1
+            sock.close()
+            continue
+        held.append(sock)
+    _say({"opened": len(held), "failed": failed})
+    for command in sys.stdin:
+        if command.strip() == "tally":
+            closed = sum(1 for s in held if _closed(s))
+            _say({"open": len(held) - closed, "closed": closed})
+        else:
+            break
+    for sock in held:
+        sock.close()
+
+
+def main(argv: list[str]) -> None:
+    if argv[0] == "upstream":
+        asyncio.run(_serve_upstream(*argv[1:5]))
+    elif argv[0] == "flood":
+        _flood(int(argv[1]), int(argv[2]), argv[3:])
+    else:
+        raise SystemExit(f"unknown child: {argv[0]}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
