@@ -1,0 +1,151 @@
+"""The gateway's faults, proven on a running gateway under load (ARCHITECTURE.md, "When
+something fails"): Redis killed and started again, upstream instances killed, slowloris
+and slow bodies, oversized heads, and thousands of idle connections from another
+process. Each test breaks one thing while clients keep sending, asserts the documented
+answer, that clients other than the attacker are served, and that every answer a client
+got has its event (nothing acknowledged is lost)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from edgefaultrig import Load, Shot, client_session, eventually, running
+from edgerig import Edge, edge_stack, recording
+from liverig import live_identity
+
+from trustmesh import crypto, events
+from trustmesh.reasons import Activity, Reason
+from trustmesh.testing import PrivateRedis, RunningIdentityServer
+
+REQUIRE_SERVICES = os.environ.get("TRUSTMESH_REQUIRE_SERVICES") == "1"
+
+
+@contextlib.contextmanager
+def identity_for(short_tmp: Path, section: str) -> Iterator[RunningIdentityServer]:
+    yield from live_identity(short_tmp, section)
+
+
+@pytest.fixture
+async def redis(short_tmp: Path) -> AsyncIterator[PrivateRedis]:
+    """A redis-server of the test's own (never the machine's), which it kills."""
+    if not PrivateRedis.available():
+        if REQUIRE_SERVICES:
+            pytest.fail("redis-server is not installed and TRUSTMESH_REQUIRE_SERVICES=1")
+        pytest.skip("redis-server is not installed")
+    (short_tmp / "redis").mkdir()
+    server = PrivateRedis(short_tmp / "redis")
+    await asyncio.to_thread(server.start)
+    try:
+        yield server
+    finally:
+        await asyncio.to_thread(server.kill)
+
+
+def _count(edge: Edge, reason: Reason | Activity) -> int:
+    return sum(1 for e in edge.sink.events if e.reason == reason)
+
+
+def _statuses(shots: list[Shot]) -> Counter[int]:
+    return Counter(s.status for s in shots)
+
+
+# -- Redis killed under load --------------------------------------------------------------
+
+TIGHT = 10  # /tight's limit
+
+
+def _redis_section(url: str) -> str:
+    return f"""gateway:
+  redis: {url}
+  routes:
+    - {{path: /load, to: orders, auth: [anonymous], methods: [GET],
+       rate_limits: [{{per: route, limit: 1000000/minute, window: sliding}}]}}
+    - {{path: /tight, to: orders, auth: [anonymous], methods: [GET],
+       rate_limits: [{{per: route, limit: {TIGHT}/minute}}]}}
+"""
+
+
+async def test_redis_killed_under_load_falls_back_to_the_instance_and_comes_back(
+    short_tmp: Path, redis: PrivateRedis, fault_scale: Any
+) -> None:
+    """Redis dies while clients keep sending: every request is still decided (no 5xx),
+    /tight's limit still holds, counted in this instance's memory from the kill, with one
+    event saying so; Redis comes back: one event, and the counts are shared in it again.
+    Each limit is exact, so /tight admits exactly its limit three times over: in Redis,
+    in memory, in the restarted Redis."""
+    workers = fault_scale.count(8, 32)
+    section = _redis_section(redis.url)
+    seen: list[str] = []
+    with identity_for(short_tmp, section) as identity:
+        async with (
+            edge_stack(identity, short_tmp, section, recording(seen)) as edge,
+            client_session(crypto.edge_ca_path(edge.rig.state), workers) as session,
+        ):
+            load = Load(
+                session,
+                edge.gateway.url,
+                lambda _w, n: ("GET", "/tight/x" if n % 4 == 0 else "/load/x"),
+                workers,
+            )
+            async with running(load):
+                # Redis holds /tight's count: full, refusing
+                await eventually(
+                    lambda: any(s.status == 429 for s in load.shots), 10, "/tight full in Redis"
+                )
+                assert await redis.keys("trustmesh:ratelimit:*")
+                killed = time.monotonic()
+                await asyncio.to_thread(redis.kill)
+                down = await eventually(
+                    lambda: _count(edge, Activity.RATE_LIMIT_STORE_DOWN) > 0, 5, "the down event"
+                )
+                # the outage lasts at least the probe interval (5 s): clients keep going
+                await load.until(200, after=down)
+                restarted = time.monotonic()
+                await asyncio.to_thread(redis.start)
+                back = await eventually(
+                    lambda: _count(edge, Activity.RATE_LIMIT_STORE_BACK) > 0, 10, "the back event"
+                )
+                # /tight fills up again, in the restarted Redis
+                await eventually(
+                    lambda: any(
+                        s.status == 429 and s.path == "/tight/x" for s in load.between(back)
+                    ),
+                    10,
+                    "/tight full in Redis again",
+                )
+            shots = load.shots
+
+    statuses = _statuses(shots)
+    assert set(statuses) <= {200, 429}, statuses  # no 5xx, no connection lost
+    assert all(s.status == 200 for s in shots if s.path == "/load/x")
+    tight = [s for s in shots if s.path == "/tight/x" and s.status == 200]
+    # exactly the limit in each of Redis, memory and Redis again
+    assert len(tight) == 3 * TIGHT, len(tight)
+    # those sent while Redis was dead were counted in memory, where nothing runs between
+    # the look and the hit: each saw its own remainder
+    during = [s for s in tight if s.started >= killed and s.ended < restarted]
+    assert 0 < len(during) <= TIGHT
+    assert len({s.remaining for s in during}) == len(during)
+    # decided throughout: answered, and quickly once the fallback was on
+    outage = load.between(down, restarted)
+    assert len(outage) >= 200
+    assert max(s.took for s in outage) < 1.0, max(s.took for s in outage)
+    # one event each way, in order, with its decision
+    (went,) = [e for e in edge.sink.events if e.reason == Activity.RATE_LIMIT_STORE_DOWN]
+    (came,) = [e for e in edge.sink.events if e.reason == Activity.RATE_LIMIT_STORE_BACK]
+    assert edge.sink.events.index(went) < edge.sink.events.index(came)
+    assert went.decision == events.Decision.ERROR
+    assert "redis unreachable" in went.message
+    assert came.decision == events.Decision.ALLOW
+    assert await redis.keys("trustmesh:ratelimit:*")  # counted in Redis again
+    # every answer has its event; every admitted request reached the upstream
+    assert _count(edge, Reason.RATE_LIMITED) == statuses[429]
+    assert _count(edge, Reason.REQUEST_FORWARDED) == statuses[200] == len(seen)
