@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from edgefaultrig import Load, Shot, client_session, eventually, running
+from edgefaultrig import Load, Shot, UpstreamProcess, client_session, eventually, running
 from edgerig import Edge, edge_stack, recording
-from liverig import live_identity
+from liverig import ORDERS, live_gateway, live_identity
 
 from trustmesh import crypto, events
 from trustmesh.reasons import Activity, Reason
@@ -149,3 +149,97 @@ async def test_redis_killed_under_load_falls_back_to_the_instance_and_comes_back
     # every answer has its event; every admitted request reached the upstream
     assert _count(edge, Reason.RATE_LIMITED) == statuses[429]
     assert _count(edge, Reason.REQUEST_FORWARDED) == statuses[200] == len(seen)
+
+
+# -- upstream instances killed ------------------------------------------------------------
+
+FAILURES = 3  # consecutive failures that eject an instance
+UPSTREAM_SECTION = f"""gateway:
+  upstream:
+    health_check: {{interval: 1s, timeout: 1s, unhealthy_after: 1, healthy_after: 1}}
+    outlier: {{consecutive_failures: {FAILURES}, ejection: 30s, max_ejected_percent: 50}}
+  routes:
+    - {{path: /things, to: orders, auth: [anonymous], methods: [GET, POST]}}
+"""
+
+
+def _taken_out(edge: Edge, url: str) -> bool:
+    """An event says the instance at ``url`` is out of rotation (ejected or unhealthy)."""
+    out = (Activity.UPSTREAM_EJECTED, Activity.UPSTREAM_UNHEALTHY)
+    return any(e.reason in out and e.attributes["instance"] == url for e in edge.sink.events)
+
+
+async def test_killed_upstream_instances_are_taken_out_and_then_503_comes_fast(
+    short_tmp: Path, fault_scale: Any
+) -> None:
+    """Two instances of orders, each a process; clients GET and POST through the gateway.
+    One is killed (SIGKILL): a few POSTs fail (503; a GET is retried on the other), the
+    instance is taken out of rotation, then every request is served by the survivor.
+    The survivor is killed too: every client gets 503 at once (well under a second),
+    the circuit open on both."""
+    workers = fault_scale.count(8, 32)
+    hold = fault_scale.pick(1.0, 5.0)
+    with identity_for(short_tmp, UPSTREAM_SECTION) as identity:
+        async with live_gateway(identity, short_tmp, UPSTREAM_SECTION) as live:
+            edge = Edge(live.rig, live.gateway, live.sink)
+            a, b = await asyncio.gather(
+                *(
+                    UpstreamProcess(name, identity.address, live.discovery_url, ORDERS).start()
+                    for name in ("a", "b")
+                )
+            )
+            try:
+                async with client_session(crypto.edge_ca_path(live.rig.state), workers) as session:
+                    load = Load(
+                        session,
+                        live.gateway.url,
+                        lambda w, n: ("GET" if (w + n) % 2 else "POST", "/things/x"),
+                        workers,
+                    )
+                    async with running(load):
+                        await eventually(
+                            lambda: (
+                                {s.json()["instance"] for s in load.shots if s.status == 200}
+                                == {"a", "b"}
+                            ),
+                            10,
+                            "both instances serving",
+                        )
+                        first_killed = time.monotonic()
+                        await a.kill()
+                        out = await eventually(lambda: _taken_out(edge, a.url), 5, "a out")
+                        settled = out + 0.5  # what was in flight has been answered
+                        await asyncio.sleep(0.5 + hold)
+                        second_killed = time.monotonic()
+                        await b.kill()
+                        await eventually(lambda: _taken_out(edge, b.url), 5, "b out")
+                        await asyncio.sleep(hold)
+                    shots = load.shots
+                    pool = live.gateway.upstreams.snapshot()["orders"]
+            finally:
+                await a.kill()
+                await b.kill()
+
+    before = [s for s in shots if s.ended < first_killed]
+    assert {s.status for s in before} == {200}
+    # one instance killed: bounded failures, POSTs only, each a 503; then none
+    one_down = load.between(first_killed, second_killed)
+    failed = [s for s in one_down if s.status != 200]
+    assert {s.status for s in failed} <= {503}, [(s.status, s.error) for s in failed]
+    assert {s.method for s in failed} <= {"POST"}  # a GET was retried on the other
+    assert len(failed) <= workers + FAILURES
+    afterwards = load.between(settled, second_killed)
+    assert len(afterwards) >= 20
+    assert {(s.status, s.json()["instance"]) for s in afterwards} == {(200, "b")}
+    # none left: 503 for everyone, quickly
+    none_left = load.between(second_killed + 0.2)
+    assert len(none_left) >= 20
+    assert {s.status for s in none_left} == {503}
+    assert {s.json()["error"] for s in none_left} == {"unavailable"}
+    assert max(s.took for s in none_left) < 1.0, max(s.took for s in none_left)
+    assert all(not view["healthy"] or view["ejected_until"] is not None for view in pool)
+    # every answer has its event
+    statuses = _statuses(shots)
+    assert set(statuses) <= {200, 503}, statuses
+    assert _count(edge, Reason.UPSTREAM_UNAVAILABLE) == statuses[503]
+    assert _count(edge, Reason.REQUEST_FORWARDED) == statuses[200]
