@@ -7,6 +7,8 @@
 * :class:`UpstreamProcess` — an instance of a service in a process of its own (its SVID
   from the Workload API, registered in discovery), which a test kills with SIGKILL: its
   sockets die with it, as a crashed instance's do;
+* :func:`slow_clients` — a process of its own whose connections send a request a byte
+  at a time (:func:`trickle`), then fall silent;
 * :class:`Flood` — a process of its own that opens thousands of plain TCP connections to
   the gateway's public port and holds them without a byte;
 * :func:`rss_bytes` — this process's resident memory (the gateway runs in it).
@@ -181,6 +183,62 @@ async def eventually(check: Callable[[], bool], within: float, what: str) -> flo
     return time.monotonic()
 
 
+# -- slow clients -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Trickled:
+    """What a slow client saw (monotonic times): when it began, when it sent its last
+    byte, when the first byte of the answer came, and everything the server sent before
+    it closed the connection."""
+
+    began: float
+    last_sent: float
+    answered: float
+    answer: bytes
+    error: str = ""  # what went wrong instead (no answer)
+
+    @property
+    def status(self) -> int:
+        return int(self.answer[9:12]) if self.answer[:5] == b"HTTP/" else 0
+
+    def said(self) -> dict[str, Any]:
+        return {**self.__dict__, "answer": self.answer.decode("latin-1")}
+
+    @classmethod
+    def heard(cls, said: dict[str, Any]) -> Trickled:
+        return cls(**{**said, "answer": said["answer"].encode("latin-1")})
+
+
+async def trickle(
+    raw: Any, source: str, first: bytes, drip: bytes, *, gap: float, within: float
+) -> Trickled:
+    """On a TLS connection from ``source`` (``raw``: a
+    :class:`~trustmesh.testing.rawtls.RawTLS`), send ``first``, then ``drip`` one byte
+    every ``gap`` seconds (then nothing) until the server answers; then read until it
+    closes the connection (TimeoutError if it has not within ``within`` seconds)."""
+    from trustmesh.testing.rawtls import close, until_closed
+
+    reader, writer = await raw.open(source)
+    try:
+        writer.write(first)
+        began = last = time.monotonic()
+        answer = asyncio.ensure_future(reader.read(1))
+        for byte in drip:
+            done, _ = await asyncio.wait([answer], timeout=gap)
+            if done:
+                break
+            with contextlib.suppress(ConnectionError, ssl.SSLError):
+                writer.write(bytes([byte]))
+            last = time.monotonic()
+        head = await asyncio.wait_for(answer, within)
+        answered = time.monotonic()
+        rest = await until_closed(reader, within)
+        return Trickled(began, last, answered, head + rest)
+    finally:
+        await close(writer)
+
+
 # -- child processes ----------------------------------------------------------------------
 
 
@@ -196,6 +254,7 @@ async def _spawn(*argv: str) -> asyncio.subprocess.Process:
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         env=_child_env(),
+        limit=1 << 24,  # a line may tell of thousands of connections
     )
 
 
@@ -284,6 +343,39 @@ class Flood:
             await _reap(self.process)
 
 
+SLOW_HEAD = (b"GET /things/slow-head HTTP/1.1\r\nHost: localhost\r\n", b"X-Slow: 1\r\n" * 100)
+SLOW_BODY = (
+    b"POST /things/slow-body HTTP/1.1\r\nHost: localhost\r\n"
+    b"Content-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n",
+    b"x" * 5,  # then silence
+)
+
+
+async def slow_clients(
+    port: int,
+    cafile: Path,
+    heads: int,
+    bodies: int,
+    sources: Sequence[str],
+    *,
+    ramp: float,
+    gap: float,
+) -> tuple[list[Trickled], list[Trickled]]:
+    """``heads`` connections trickling a request head (:data:`SLOW_HEAD`) and ``bodies``
+    trickling a body then falling silent (:data:`SLOW_BODY`), a byte every ``gap`` s, from a
+    process of their own (their TLS is not the gateway's work), started over ``ramp``
+    seconds from ``sources`` in turn: what each saw."""
+    process = await _spawn(
+        "slow", str(port), str(cafile), str(heads), str(bodies), str(ramp), str(gap), *sources
+    )
+    try:
+        said = await _line(process, 120)
+    finally:
+        await _reap(process)
+    seen = [Trickled.heard(t) for t in said["trickled"]]
+    return seen[:heads], seen[heads:]
+
+
 # -- the children's side ------------------------------------------------------------------
 
 
@@ -362,9 +454,34 @@ def _flood(port: int, count: int, sources: list[str]) -> None:
         sock.close()
 
 
+async def _slow(
+    port: int, cafile: str, heads: int, bodies: int, ramp: float, gap: float, sources: list[str]
+) -> None:
+    from trustmesh.testing.rawtls import RawTLS
+
+    raw = RawTLS(port, Path(cafile))
+    total = heads + bodies
+
+    async def one(i: int) -> dict[str, Any]:
+        await asyncio.sleep(ramp * i / total)
+        first, drip = SLOW_HEAD if i < heads else SLOW_BODY
+        source = sources[i % len(sources)]
+        try:
+            return (await trickle(raw, source, first, drip, gap=gap, within=15)).said()
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            return Trickled(0, 0, 0, b"", repr(exc)).said()
+
+    _say({"trickled": await asyncio.gather(*(one(i) for i in range(total)))})
+
+
 def main(argv: list[str]) -> None:
     if argv[0] == "upstream":
         asyncio.run(_serve_upstream(*argv[1:5]))
+    elif argv[0] == "slow":
+        port, cafile, heads, bodies, ramp, gap = argv[1:7]
+        asyncio.run(
+            _slow(int(port), cafile, int(heads), int(bodies), float(ramp), float(gap), argv[7:])
+        )
     elif argv[0] == "flood":
         _flood(int(argv[1]), int(argv[2]), argv[3:])
     else:

@@ -17,13 +17,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from edgefaultrig import Load, Shot, UpstreamProcess, client_session, eventually, running
+from edgefaultrig import (
+    Load,
+    Shot,
+    UpstreamProcess,
+    client_session,
+    eventually,
+    running,
+    slow_clients,
+)
 from edgerig import Edge, edge_stack, recording
 from liverig import ORDERS, live_gateway, live_identity
 
 from trustmesh import crypto, events
+from trustmesh.platform.guard import ConnectionGuard
 from trustmesh.reasons import Activity, Reason
 from trustmesh.testing import PrivateRedis, RunningIdentityServer
+from trustmesh.testing.rawtls import RawTLS
 
 REQUIRE_SERVICES = os.environ.get("TRUSTMESH_REQUIRE_SERVICES") == "1"
 
@@ -243,3 +253,104 @@ async def test_killed_upstream_instances_are_taken_out_and_then_503_comes_fast(
     assert set(statuses) <= {200, 503}, statuses
     assert _count(edge, Reason.UPSTREAM_UNAVAILABLE) == statuses[503]
     assert _count(edge, Reason.REQUEST_FORWARDED) == statuses[200]
+
+
+# -- the listener's bounds under attack ----------------------------------------------------
+
+LISTENER_SECTION = """gateway:
+  limits: {header_timeout: 1s, body_timeout: 1s,
+           max_header_bytes: 8192, max_header_line_bytes: 2048, max_headers: 50}
+  routes:
+    - {path: /things, to: orders, auth: [anonymous], methods: [GET, POST]}
+"""
+HEADER_TIMEOUT = BODY_TIMEOUT = 1.0
+GAP = 0.2  # between two bytes of a slow client
+#: How late a refusal may come past its timeout on a busy 2-core machine: far less than a
+#: trickled head or body would last were it not cut off (its 1,100 bytes, 220 s)
+LATE = 3.0
+#: Attackers come from these loopback addresses (a client is counted by its address),
+#: the clients being served from 127.0.0.1.
+ATTACKERS = [f"127.0.0.{i}" for i in range(2, 12)]
+
+
+@contextlib.asynccontextmanager
+async def listener_edge(short_tmp: Path, seen: list[str]) -> AsyncIterator[Edge]:
+    with identity_for(short_tmp, LISTENER_SECTION) as identity:
+        async with edge_stack(identity, short_tmp, LISTENER_SECTION, recording(seen)) as edge:
+            yield edge
+
+
+def _raw(edge: Edge) -> RawTLS:
+    return RawTLS(edge.gateway.public.port, crypto.edge_ca_path(edge.rig.state))
+
+
+def _guard(edge: Edge) -> ConnectionGuard:
+    guard = edge.gateway.public.guard  # type: ignore[union-attr]
+    assert guard is not None
+    return guard
+
+
+def _reported(edge: Edge) -> Counter[str]:
+    """The listener's refusals as its events tell them (the last interval reported now)."""
+    edge.gateway.public.report()  # type: ignore[union-attr]
+    told: Counter[str] = Counter()
+    for e in edge.sink.events:
+        if e.message == "refused at the listener":
+            told[e.reason] += int(e.attributes["count"])
+    return told
+
+
+async def test_slowloris_and_slow_bodies_are_cut_off_while_others_are_served(
+    short_tmp: Path, fault_scale: Any
+) -> None:
+    """Many connections trickle a request head a byte at a time, or send a head and then
+    a body a byte at a time before falling silent. Each is answered 408 and closed at the
+    listener's header timeout (counted from the head's first byte, however it trickles)
+    or its body timeout (of silence); nothing reaches the upstream; meanwhile clients on
+    keep-alive connections are served without delay. Every refusal is counted and
+    reported."""
+    heads = bodies = fault_scale.count(40, 400)
+    seen: list[str] = []
+    async with (
+        listener_edge(short_tmp, seen) as edge,
+        client_session(crypto.edge_ca_path(edge.rig.state), 4) as session,
+    ):
+        raw = _raw(edge)
+        load = Load(session, edge.gateway.url, lambda _w, _n: ("GET", "/things/ok"), 4)
+        async with running(load):
+            await load.until(40)
+            baseline = max(s.took for s in load.shots)
+            attack_began = time.monotonic()
+            slow, silent = await slow_clients(
+                raw.port,
+                raw.cafile,
+                heads,
+                bodies,
+                ATTACKERS,
+                ramp=fault_scale.pick(0.5, 4.0),
+                gap=GAP,
+            )
+            attack_ended = time.monotonic()
+        served = load.between(attack_began, attack_ended)
+
+    for t in slow:
+        assert t.status == 408, (t.answer[:80], t.error)
+        # cut off at the header timeout from the head's first byte, not before
+        assert HEADER_TIMEOUT - 0.1 <= t.answered - t.began < HEADER_TIMEOUT + LATE
+    for t in silent:
+        assert t.status == 408, (t.answer[:80], t.error)
+        assert BODY_TIMEOUT - 0.1 <= t.answered - t.last_sent < BODY_TIMEOUT + LATE
+        assert t.last_sent - t.began >= 4 * GAP  # it did trickle
+    assert all(b"connection: close" in t.answer.lower() for t in slow + silent)
+    assert set(seen) == {"/things/ok"}  # nothing of theirs reached the upstream
+    # the others: served throughout, as fast as before
+    assert len(served) >= 20
+    assert {s.status for s in served} == {200}
+    assert max(s.took for s in served) < max(1.0, 10 * baseline)
+    # every refusal counted, and reported
+    guard = _guard(edge)
+    assert guard.refused[Reason.HEADER_TIMEOUT] == heads
+    assert guard.refused[Reason.BODY_TIMEOUT] == bodies
+    told = _reported(edge)
+    assert told[Reason.HEADER_TIMEOUT] == heads
+    assert told[Reason.BODY_TIMEOUT] == bodies
