@@ -7,14 +7,15 @@
 * :class:`UpstreamProcess` — an instance of a service in a process of its own (its SVID
   from the Workload API, registered in discovery), which a test kills with SIGKILL: its
   sockets die with it, as a crashed instance's do;
-* :func:`slow_clients` — a process of its own whose connections send a request a byte
-  at a time (:func:`trickle`), then fall silent;
+* :func:`remote_clients` — a process of its own whose connections send what no
+  well-behaved client would: a request a byte at a time, then silence (:func:`trickle`),
+  an oversized head;
 * :class:`Flood` — a process of its own that opens thousands of plain TCP connections to
   the gateway's public port and holds them without a byte;
 * :func:`rss_bytes` — this process's resident memory (the gateway runs in it).
 
-Run as a script, this module is one of those child processes (``upstream`` or
-``flood``); it imports only what the child needs."""
+Run as a script, this module is one of those child processes (``upstream``,
+``clients`` or ``flood``); it imports only what the child needs."""
 
 from __future__ import annotations
 
@@ -343,37 +344,45 @@ class Flood:
             await _reap(self.process)
 
 
-SLOW_HEAD = (b"GET /things/slow-head HTTP/1.1\r\nHost: localhost\r\n", b"X-Slow: 1\r\n" * 100)
-SLOW_BODY = (
-    b"POST /things/slow-body HTTP/1.1\r\nHost: localhost\r\n"
-    b"Content-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n",
-    b"x" * 5,  # then silence
-)
+@dataclass(frozen=True)
+class Sent:
+    """``count`` connections that each send ``first``, then ``drip`` a byte at a time."""
+
+    first: bytes
+    drip: bytes = b""
+    count: int = 1
 
 
-async def slow_clients(
+async def remote_clients(
     port: int,
     cafile: Path,
-    heads: int,
-    bodies: int,
+    plan: Sequence[Sent],
     sources: Sequence[str],
     *,
     ramp: float,
-    gap: float,
-) -> tuple[list[Trickled], list[Trickled]]:
-    """``heads`` connections trickling a request head (:data:`SLOW_HEAD`) and ``bodies``
-    trickling a body then falling silent (:data:`SLOW_BODY`), a byte every ``gap`` s, from a
-    process of their own (their TLS is not the gateway's work), started over ``ramp``
-    seconds from ``sources`` in turn: what each saw."""
-    process = await _spawn(
-        "slow", str(port), str(cafile), str(heads), str(bodies), str(ramp), str(gap), *sources
-    )
+    gap: float = 0.2,
+) -> list[list[Trickled]]:
+    """Every connection of ``plan`` (:func:`trickle`, a byte of a drip every ``gap``
+    seconds), from a process of their own (their TLS is not the gateway's work), started
+    evenly over ``ramp`` seconds from ``sources`` in turn: what each saw, by entry."""
+    process = await _spawn("clients")
     try:
+        assert process.stdin is not None
+        order = {
+            "port": port,
+            "cafile": str(cafile),
+            "plan": [[s.first.decode("latin-1"), s.drip.decode("latin-1"), s.count] for s in plan],
+            "sources": list(sources),
+            "ramp": ramp,
+            "gap": gap,
+        }
+        process.stdin.write(json.dumps(order).encode() + b"\n")
+        await process.stdin.drain()
         said = await _line(process, 120)
     finally:
         await _reap(process)
-    seen = [Trickled.heard(t) for t in said["trickled"]]
-    return seen[:heads], seen[heads:]
+    seen = iter([Trickled.heard(t) for t in said["trickled"]])
+    return [[next(seen) for _ in range(s.count)] for s in plan]
 
 
 # -- the children's side ------------------------------------------------------------------
@@ -454,34 +463,34 @@ def _flood(port: int, count: int, sources: list[str]) -> None:
         sock.close()
 
 
-async def _slow(
-    port: int, cafile: str, heads: int, bodies: int, ramp: float, gap: float, sources: list[str]
-) -> None:
+async def _clients(order: dict[str, Any]) -> None:
     from trustmesh.testing.rawtls import RawTLS
 
-    raw = RawTLS(port, Path(cafile))
-    total = heads + bodies
+    raw = RawTLS(order["port"], Path(order["cafile"]))
+    sources, ramp, gap = order["sources"], order["ramp"], order["gap"]
+    sends = [
+        (first.encode("latin-1"), drip.encode("latin-1"))
+        for first, drip, count in order["plan"]
+        for _ in range(count)
+    ]
 
-    async def one(i: int) -> dict[str, Any]:
-        await asyncio.sleep(ramp * i / total)
-        first, drip = SLOW_HEAD if i < heads else SLOW_BODY
-        source = sources[i % len(sources)]
+    async def one(i: int, first: bytes, drip: bytes) -> dict[str, Any]:
+        await asyncio.sleep(ramp * i / len(sends))
         try:
-            return (await trickle(raw, source, first, drip, gap=gap, within=15)).said()
+            said = await trickle(raw, sources[i % len(sources)], first, drip, gap=gap, within=15)
         except (OSError, ssl.SSLError, TimeoutError) as exc:
-            return Trickled(0, 0, 0, b"", repr(exc)).said()
+            said = Trickled(0, 0, 0, b"", repr(exc))
+        return said.said()
 
-    _say({"trickled": await asyncio.gather(*(one(i) for i in range(total)))})
+    trickled = await asyncio.gather(*(one(i, *sent) for i, sent in enumerate(sends)))
+    _say({"trickled": trickled})
 
 
 def main(argv: list[str]) -> None:
     if argv[0] == "upstream":
         asyncio.run(_serve_upstream(*argv[1:5]))
-    elif argv[0] == "slow":
-        port, cafile, heads, bodies, ramp, gap = argv[1:7]
-        asyncio.run(
-            _slow(int(port), cafile, int(heads), int(bodies), float(ramp), float(gap), argv[7:])
-        )
+    elif argv[0] == "clients":
+        asyncio.run(_clients(json.loads(sys.stdin.readline())))
     elif argv[0] == "flood":
         _flood(int(argv[1]), int(argv[2]), argv[3:])
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import time
 from collections import Counter
@@ -19,12 +20,13 @@ from typing import Any
 import pytest
 from edgefaultrig import (
     Load,
+    Sent,
     Shot,
     UpstreamProcess,
     client_session,
     eventually,
+    remote_clients,
     running,
-    slow_clients,
 )
 from edgerig import Edge, edge_stack, recording
 from liverig import ORDERS, live_gateway, live_identity
@@ -265,6 +267,12 @@ LISTENER_SECTION = """gateway:
 """
 HEADER_TIMEOUT = BODY_TIMEOUT = 1.0
 GAP = 0.2  # between two bytes of a slow client
+SLOW_HEAD = (b"GET /things/slow-head HTTP/1.1\r\nHost: localhost\r\n", b"X-Slow: 1\r\n" * 100)
+SLOW_BODY = (
+    b"POST /things/slow-body HTTP/1.1\r\nHost: localhost\r\n"
+    b"Content-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n",
+    b"x" * 5,  # then silence
+)
 #: How late a refusal may come past its timeout on a busy 2-core machine: far less than a
 #: trickled head or body would last were it not cut off (its 1,100 bytes, 220 s)
 LATE = 3.0
@@ -321,11 +329,10 @@ async def test_slowloris_and_slow_bodies_are_cut_off_while_others_are_served(
             await load.until(40)
             baseline = max(s.took for s in load.shots)
             attack_began = time.monotonic()
-            slow, silent = await slow_clients(
+            slow, silent = await remote_clients(
                 raw.port,
                 raw.cafile,
-                heads,
-                bodies,
+                [Sent(*SLOW_HEAD, count=heads), Sent(*SLOW_BODY, count=bodies)],
                 ATTACKERS,
                 ramp=fault_scale.pick(0.5, 4.0),
                 gap=GAP,
@@ -354,3 +361,66 @@ async def test_slowloris_and_slow_bodies_are_cut_off_while_others_are_served(
     told = _reported(edge)
     assert told[Reason.HEADER_TIMEOUT] == heads
     assert told[Reason.BODY_TIMEOUT] == bodies
+
+
+def _head(*headers: bytes, target: bytes = b"/things/big") -> bytes:
+    return b"GET " + target + b" HTTP/1.1\r\nHost: localhost\r\n" + b"".join(headers) + b"\r\n"
+
+
+#: Heads over the section's limits, and the answer each must get.
+OVERSIZED = {
+    "a header line over 2 KiB": (_head(b"X-Big: " + b"a" * 3000 + b"\r\n"), 431),
+    "more than 50 header lines": (_head(*(b"X-%d: 1\r\n" % i for i in range(60))), 431),
+    "a head over 8 KiB": (_head(*(b"X-%d: %s\r\n" % (i, b"a" * 1900) for i in range(6))), 431),
+    "a request line over 2 KiB": (_head(target=b"/things/" + b"a" * 3000), 414),
+}
+
+
+async def test_oversized_heads_get_431_and_are_closed_while_others_are_served(
+    short_tmp: Path, fault_scale: Any
+) -> None:
+    """Many connections send heads over the listener's limits (a line, the number of
+    lines, the whole head; the request line): each gets 431 (414 for the request line)
+    with the structured error and ``Connection: close``, and is closed; nothing reaches
+    the upstream; keep-alive clients are served meanwhile; every refusal is counted and
+    reported."""
+    each = fault_scale.count(25, 250)
+    seen: list[str] = []
+    async with (
+        listener_edge(short_tmp, seen) as edge,
+        client_session(crypto.edge_ca_path(edge.rig.state), 4) as session,
+    ):
+        raw = _raw(edge)
+        load = Load(session, edge.gateway.url, lambda _w, _n: ("GET", "/things/ok"), 4)
+        async with running(load):
+            await load.until(40)
+            baseline = max(s.took for s in load.shots)
+            attack_began = time.monotonic()
+            answered = await remote_clients(
+                raw.port,
+                raw.cafile,
+                [Sent(head, count=each) for head, _ in OVERSIZED.values()],
+                ATTACKERS,
+                ramp=fault_scale.pick(0.5, 3.0),
+            )
+            attack_ended = time.monotonic()
+        served = load.between(attack_began, attack_ended)
+
+    for (what, (_, status)), seen_by in zip(OVERSIZED.items(), answered, strict=True):
+        for t in seen_by:
+            assert t.status == status, (what, t.answer[:80], t.error)
+            head, _, body = t.answer.partition(b"\r\n\r\n")
+            assert b"\r\nconnection: close" in head.lower()
+            assert json.loads(body)["error"] == (
+                "headers_too_large" if status == 431 else "uri_too_long"
+            )
+    assert set(seen) == {"/things/ok"}  # nothing of theirs reached the upstream
+    assert len(served) >= 20
+    assert {s.status for s in served} == {200}
+    assert max(s.took for s in served) < max(1.0, 10 * baseline)
+    guard = _guard(edge)
+    assert guard.refused[Reason.HEADERS_TOO_LARGE] == 3 * each
+    assert guard.refused[Reason.REQUEST_LINE_TOO_LONG] == each
+    told = _reported(edge)
+    assert told[Reason.HEADERS_TOO_LARGE] == 3 * each
+    assert told[Reason.REQUEST_LINE_TOO_LONG] == each
