@@ -54,6 +54,30 @@ def rss_bytes() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
+@dataclass
+class Peaks:
+    """The highest values ``gauges`` took, sampled every 10 ms while :meth:`sampling`."""
+
+    gauges: dict[str, Callable[[], int]]
+    highest: dict[str, int] = field(default_factory=dict)
+
+    @contextlib.asynccontextmanager
+    async def sampling(self) -> AsyncIterator[Peaks]:
+        async def sample() -> None:
+            while True:
+                for name, gauge in self.gauges.items():
+                    self.highest[name] = max(self.highest.get(name, 0), gauge())
+                await asyncio.sleep(0.01)
+
+        task = asyncio.create_task(sample())
+        try:
+            yield self
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 # -- load ---------------------------------------------------------------------------------
 
 
@@ -88,14 +112,15 @@ class Shot:
         return int(params["r"])
 
 
-def client_session(cafile: Path, connections: int) -> Any:
+def client_session(cafile: Path, connections: int, *, fresh: bool = False) -> Any:
     """An aiohttp session trusting the gateway's edge CA, keeping up to ``connections``
-    TLS connections alive (as a browser or an API client does)."""
+    TLS connections alive (as a browser or an API client does); ``fresh``: a new
+    connection for every request instead."""
     import aiohttp
 
     tls = ssl.create_default_context(cafile=str(cafile))
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=tls, limit=connections),
+        connector=aiohttp.TCPConnector(ssl=tls, limit=connections, force_close=fresh),
         timeout=aiohttp.ClientTimeout(total=15),
     )
 
