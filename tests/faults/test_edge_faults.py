@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -33,14 +32,13 @@ from edgefaultrig import (
 )
 from edgerig import Edge, edge_stack, recording
 from liverig import ORDERS, live_gateway, live_identity
+from services import REQUIRE_SERVICES
 
 from trustmesh import crypto, events
 from trustmesh.platform.guard import ConnectionGuard
 from trustmesh.reasons import Activity, Reason
 from trustmesh.testing import PrivateRedis, RunningIdentityServer
 from trustmesh.testing.rawtls import RawTLS
-
-REQUIRE_SERVICES = os.environ.get("TRUSTMESH_REQUIRE_SERVICES") == "1"
 
 
 @contextlib.contextmanager
@@ -88,6 +86,7 @@ def _redis_section(url: str) -> str:
 """
 
 
+@pytest.mark.services
 async def test_redis_killed_under_load_falls_back_to_the_instance_and_comes_back(
     short_tmp: Path, redis: PrivateRedis, fault_scale: Any
 ) -> None:
