@@ -275,9 +275,11 @@ SLOW_BODY = (
     b"Content-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n",
     b"x" * 5,  # then silence
 )
-#: How late a refusal may come past its timeout on a busy 2-core machine: far less than a
-#: trickled head or body would last were it not cut off (its 1,100 bytes, 220 s)
-LATE = 3.0
+#: How late a refusal may come past its timeout on a busy 2-core machine (the long form:
+#: hundreds of connections each sending a TLS record every 0.2 s, to the gateway's one
+#: event loop): far less than a trickled head or body would last were it not cut off (its
+#: 1,100 bytes, 220 s)
+LATE = {False: 3.0, True: 10.0}
 #: Attackers come from these loopback addresses (a client is counted by its address),
 #: the clients being served from 127.0.0.1.
 ATTACKERS = [f"127.0.0.{i}" for i in range(2, 12)]
@@ -320,6 +322,7 @@ async def test_slowloris_and_slow_bodies_are_cut_off_while_others_are_served(
     keep-alive connections are served without delay. Every refusal is counted and
     reported."""
     heads = bodies = fault_scale.count(40, 400)
+    late = LATE[fault_scale.long]
     seen: list[str] = []
     async with (
         listener_edge(short_tmp, seen) as edge,
@@ -336,20 +339,23 @@ async def test_slowloris_and_slow_bodies_are_cut_off_while_others_are_served(
                 raw.cafile,
                 [Sent(*SLOW_HEAD, count=heads), Sent(*SLOW_BODY, count=bodies)],
                 ATTACKERS,
-                ramp=fault_scale.pick(0.5, 4.0),
+                ramp=fault_scale.pick(0.5, 8.0),
                 gap=GAP,
             )
             attack_ended = time.monotonic()
         served = load.between(attack_began, attack_ended)
 
-    for t in slow:
+    for t, why in [(t, "head") for t in slow] + [(t, "body") for t in silent]:
         assert t.status == 408, (t.answer[:80], t.error)
-        # cut off at the header timeout from the head's first byte, not before
-        assert HEADER_TIMEOUT - 0.1 <= t.answered - t.began < HEADER_TIMEOUT + LATE
-    for t in silent:
-        assert t.status == 408, (t.answer[:80], t.error)
-        assert BODY_TIMEOUT - 0.1 <= t.answered - t.last_sent < BODY_TIMEOUT + LATE
-        assert t.last_sent - t.began >= 4 * GAP  # it did trickle
+        assert json.loads(t.answer.partition(b"\r\n\r\n")[2]) == {
+            "error": "request_timeout",
+            "message": f"the request {why} took too long",
+        }
+    for t in slow:  # cut off at the header timeout from the head's first byte
+        assert HEADER_TIMEOUT - 0.1 <= t.answered - t.began < HEADER_TIMEOUT + late
+    for t in silent:  # … and at the body timeout of silence, once it trickled
+        assert t.last_sent - t.began >= 4 * GAP
+        assert t.answered - t.last_sent < BODY_TIMEOUT + late
     assert all(b"connection: close" in t.answer.lower() for t in slow + silent)
     assert set(seen) == {"/things/ok"}  # nothing of theirs reached the upstream
     # the others: served throughout, as fast as before
@@ -403,7 +409,7 @@ async def test_oversized_heads_get_431_and_are_closed_while_others_are_served(
                 raw.cafile,
                 [Sent(head, count=each) for head, _ in OVERSIZED.values()],
                 ATTACKERS,
-                ramp=fault_scale.pick(0.5, 3.0),
+                ramp=fault_scale.pick(0.5, 8.0),
             )
             attack_ended = time.monotonic()
         served = load.between(attack_began, attack_ended)
@@ -494,9 +500,9 @@ async def test_thousands_of_idle_connections_cost_bounded_memory_and_others_are_
 
     assert opened["opened"] + opened["failed"] == count
     assert opened["opened"] > len(FLOODERS) * PER_ADDRESS
-    # held: at most the cap of each flooding address (and the clients' own)
+    # held: at most the cap of each flooding address (and the clients' own, some closing)
     held, grown = peaks.highest["open"], peaks.highest["rss"] - before
-    assert held <= len(FLOODERS) * PER_ADDRESS + 4, held
+    assert held <= len(FLOODERS) * PER_ADDRESS + 16, held
     assert grown < len(FLOODERS) * PER_ADDRESS * PER_CONNECTION, grown
     # served throughout, on kept and on new connections
     assert all(len(s) >= 5 for s in served), [len(s) for s in served]
