@@ -12,7 +12,8 @@
   an oversized head;
 * :class:`Flood` — a process of its own that opens thousands of plain TCP connections to
   the gateway's public port and holds them without a byte;
-* :func:`rss_bytes` — this process's resident memory (the gateway runs in it).
+* :func:`rss_bytes` — this process's resident memory (the gateway runs in it), and
+  :class:`Peaks`, the highest such gauges reached while something happens.
 
 Run as a script, this module is one of those child processes (``upstream``,
 ``clients`` or ``flood``); it imports only what the child needs."""
