@@ -20,8 +20,7 @@ them. When Redis fails, each gateway limits on its own with the same rules in me
 calls ``on_storage_change(False, why)`` once, probes Redis in the background at most every
 ``probe_interval`` seconds (requests never wait on the probe) on connections opened
 afresh, and goes back to Redis — calling ``on_storage_change(True, …)`` — once it
-answers. Units counted in memory during
-an outage are not carried over to Redis.
+answers. Units counted in memory during an outage are not carried over to Redis.
 
 Responses carry ``RateLimit-Policy`` and ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers-10
 §3, §4) for the rule that decided; a refusal adds ``Retry-After`` in delay-seconds
