@@ -18,9 +18,9 @@ clocks in step (NTP); the sliding window counter goes by Redis's own expiry time
 Counters live in memory, or in Redis when ``gateway.redis`` is set, so that replicas share
 them. When Redis fails, each gateway limits on its own with the same rules in memory,
 calls ``on_storage_change(False, why)`` once, probes Redis in the background at most every
-``probe_interval`` seconds (requests never wait on the probe), and goes back to Redis —
-calling ``on_storage_change(True, …)`` — once it answers. Units counted in memory during
-an outage are not carried over to Redis.
+``probe_interval`` seconds (requests never wait on the probe) on connections opened
+afresh, and goes back to Redis — calling ``on_storage_change(True, …)`` — once it
+answers. Units counted in memory during an outage are not carried over to Redis.
 
 Responses carry ``RateLimit-Policy`` and ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers-10
 §3, §4) for the rule that decided; a refusal adds ``Retry-After`` in delay-seconds
@@ -524,6 +524,11 @@ class RateLimiter:
 
     async def _check(self, redis: _Counter) -> None:
         try:
+            if self._pool is not None:
+                # the pool's connections are to the server that failed: were one taken up
+                # again (the server restarted), its first command would fail and tell
+                # another outage. Each is opened afresh when next used.
+                await self._pool.disconnect()
             if await redis.storage.check():  # PING, within the socket timeout
                 self._redis_up = True
                 self._tell(True, "redis reachable again; counters shared again")
