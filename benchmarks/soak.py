@@ -280,7 +280,8 @@ def main() -> None:
         )
         public = bench.component(status, "gateway")["url"]
         ca = state / "edge" / "ca.pem"
-        token = bench.user_token(config, state, public, ca)
+        provider = bench.component(status, "auth")["public_url"]
+        token = bench.user_token(config, state, provider, ca)
         url, headers = public + bench.PATH, {"authorization": f"Bearer {token}"}
         ok = run(args, url, headers, ca, stack_pids(status))
         verified = tm("audit", "verify", "--config", str(config), "--state", str(state))
