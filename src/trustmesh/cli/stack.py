@@ -37,6 +37,7 @@ from trustmesh.cli.health import Answer, Target, ask_all, probe_grpc, probe_web
 from trustmesh.cli.provision import provision
 from trustmesh.cli.secrets_cmd import seed_demo
 from trustmesh.cli.supervisor import (
+    FLUSH_GRACE,
     ComponentSpec,
     RunPaths,
     Supervisor,
@@ -608,7 +609,8 @@ def run_supervisor(cfg: TrustmeshConfig, cfg_path: Path, state: Path, *, interac
 
     held = _share_gateway_port(cfg)  # the port every gateway worker listens on
     specs = components(cfg, cfg_path, state)
-    sup = Supervisor(state, specs, lambda spec: probe(spec, state), log=log)
+    grace = cfg.listen.drain.total_seconds() + FLUSH_GRACE  # each child drains, then flushes
+    sup = Supervisor(state, specs, lambda spec: probe(spec, state), log=log, stop_grace=grace)
     try:
         sup.acquire()
     except TrustmeshError as exc:
