@@ -21,6 +21,7 @@ from rich.table import Table
 from trustmesh import crypto
 from trustmesh.audit.endpoint import endpoint_path as audit_endpoint_path
 from trustmesh.auth.endpoint import endpoint_path as auth_endpoint_path
+from trustmesh.cli import running_declaration
 from trustmesh.cli._admin import join_token
 from trustmesh.cli._common import (
     DEFAULT_STATE,
@@ -617,6 +618,7 @@ def run_supervisor(cfg: TrustmeshConfig, cfg_path: Path, state: Path, *, interac
         log(exc.detail)
         return EXIT_FAILURE
     sup.install_signal_handlers()
+    running_declaration.record(state, cfg_path)  # what `trustmesh reload` compares with
 
     def phase(name: str, **extra: object) -> None:
         doc = read_json(sup.paths.supervisor) or {}
