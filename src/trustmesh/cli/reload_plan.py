@@ -113,8 +113,8 @@ def _gateway(running: TrustmeshConfig, new: TrustmeshConfig) -> list[str]:
         ]
     problems = restart_only(running.gateway, new.gateway)
     problems += [
-        f"gateway.routes: {service} would be called at {method} {pattern}, which it "
-        "accepts from the gateway only after its restart"
+        f"gateway.routes: a route calls {service} at {method} {pattern}, which {service} "
+        "accepts only once restarted"
         for service, method, pattern in sorted(
             _forwarded(new.gateway) - _forwarded(running.gateway)
         )
