@@ -1,12 +1,12 @@
 """What ``trustmesh reload`` applies and what it refuses, decided from two declarations
-alone (:mod:`trustmesh.cli.reload_plan`): each refusal names its key."""
+alone (:mod:`trustmesh.config.reloadable`): each refusal names its key."""
 
 from __future__ import annotations
 
 import pytest
 
-from trustmesh.cli.reload_plan import Plan, differences, plan
 from trustmesh.config import TrustmeshConfig, parse_config
+from trustmesh.config.reloadable import Plan, differences, plan
 
 RUNNING = """trust_domain: plan.example
 dev: true

@@ -6,7 +6,7 @@ running stack without a restart, or refuse it whole.
    since each component reads it again.
 2. **Validate it whole** before anything is touched: its YAML and schema (every problem,
    with its key), the test switches, the gateway's Cedar policies, and what it changes
-   over the running declaration (:mod:`trustmesh.cli.reload_plan`: what a reload cannot
+   over the running declaration (:mod:`trustmesh.config.reloadable`: what a reload cannot
    apply is refused, each key named).
 3. **Apply**: the gateway first (``SIGHUP``: it compiles the new pipeline off the request
    path and swaps it in at once; a request in flight finishes in the pipeline it began
@@ -25,7 +25,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from trustmesh.cli import _admin, reload_plan, running_declaration
+from trustmesh.cli import _admin, running_declaration
 from trustmesh.cli._common import (
     DEFAULT_STATE,
     EXIT_FAILURE,
@@ -37,7 +37,7 @@ from trustmesh.cli._common import (
 )
 from trustmesh.cli.gateway_cmd import signal_reload
 from trustmesh.cli.supervisor import RunPaths, supervisor_running
-from trustmesh.config import TrustmeshConfig, parse_config
+from trustmesh.config import TrustmeshConfig, parse_config, reloadable
 from trustmesh.config.switches import check_switches
 from trustmesh.errors import ConfigError, TrustmeshError
 from trustmesh.policy.edge import load_edge_policy
@@ -64,7 +64,7 @@ def reload(
         _stop(exc.detail, EXIT_FAILURE)
     path = _the_running_file(running.path, config)
     text, new = _read(path)
-    plan = reload_plan.plan(running.config(), new)
+    plan = reloadable.plan(running.config(), new)
     if plan.refused:
         _refuse(plan.refused)
     if not plan.changes:
@@ -109,7 +109,7 @@ def _compiled_or_refuse(config: TrustmeshConfig, config_dir: Path) -> None:
         _refuse(exc.problems)
 
 
-def _apply(state: Path, plan: reload_plan.Plan, wait: float) -> list[str]:
+def _apply(state: Path, plan: reloadable.Plan, wait: float) -> list[str]:
     """The gateway first (its refusal changes nothing anywhere), then the secrets service."""
     applied: list[str] = []
     if plan.gateway:

@@ -1,11 +1,13 @@
-"""What ``trustmesh reload`` may apply to a running stack, and what it must refuse: pure,
-two declarations in (the running one, the changed one), a :class:`Plan` out.
+"""What a reload may apply to a running stack, and what it must refuse: pure, two
+declarations in (the running one, the changed one), a :class:`Plan` out (``trustmesh
+reload`` checks it before it asks a component; the gateway checks :func:`restart_only`
+again before it swaps its pipeline).
 
 Applied while the stack serves, each component swapping a compiled snapshot in at once:
 
 - the gateway: everything of ``gateway:`` — routes, edge policies, contracts, filters,
   control modes, rate limits — but what only its restart applies
-  (:func:`trustmesh.gateway.reload.restart_only`: its listeners, store, issuers, upstream
+  (:func:`restart_only`: its listeners, store, issuers, upstream
   settings, a part it did not start), and a route that would call a service at an
   operation it does not accept yet (each service compiles, at its start, the calls the
   gateway's routes make to it: a route removed or narrowed applies at once);
@@ -25,16 +27,33 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from pydantic import BaseModel
 
-from trustmesh.config import TrustmeshConfig
 from trustmesh.config.gateway import GatewayConfig
 from trustmesh.config.secrets import SecretsConfig
-from trustmesh.gateway.reload import restart_only
 
-__all__ = ["SECRETS_RELOADED", "Plan", "plan"]
+if TYPE_CHECKING:
+    from trustmesh.config.models import TrustmeshConfig
+
+__all__ = ["RESTART_ONLY", "SECRETS_RELOADED", "Plan", "differences", "plan", "restart_only"]
+
+#: The ``gateway:`` keys only a restart applies.
+RESTART_ONLY: Final = (
+    "engine",
+    "nginx",
+    "ext_authz",
+    "port",
+    "internal_port",
+    "tls_cert",
+    "tls_key",
+    "limits",
+    "metrics_port",
+    "redis",
+    "issuers",
+    "upstream",
+)
 
 #: The ``secrets:`` keys the secrets service applies on a reload.
 SECRETS_RELOADED: Final = ("policies", "token_ttl", "token_max_ttl")
@@ -137,3 +156,32 @@ def _secrets(running: SecretsConfig | None, new: SecretsConfig | None) -> list[s
         if name not in SECRETS_RELOADED
         for change in differences(f"secrets.{name}", getattr(running, name), getattr(new, name))
     ]
+
+
+def _needs(gateway: GatewayConfig) -> dict[str, bool]:
+    routes = gateway.routes
+    return {
+        "API keys (a route with auth api_key)": any("api_key" in r.auth for r in routes),
+        "introspection (a route with auth introspection)": any(
+            "introspection" in r.auth for r in routes
+        ),
+        "rate limiting (rate_limits)": bool(gateway.rate_limits)
+        or any(r.rate_limits for r in routes),
+    }
+
+
+def restart_only(running: GatewayConfig, new: GatewayConfig) -> list[str]:
+    """What ``new`` changes in the gateway's section that its reload cannot apply (empty:
+    it can)."""
+    problems = [
+        f"gateway.{key} changed"
+        for key in RESTART_ONLY
+        if getattr(running, key) != getattr(new, key)
+    ]
+    had = _needs(running)
+    problems += [
+        f"{part} is needed and the running gateway did not start it"
+        for part, needed in _needs(new).items()
+        if needed and not had[part]
+    ]
+    return problems
