@@ -29,7 +29,7 @@ from typing import Any, Final
 
 import uvicorn
 
-__all__ = ["DEFAULT_SECONDS", "begin", "configure", "cuttable", "draining", "track"]
+__all__ = ["DEFAULT_SECONDS", "begin", "configure", "cuttable", "track"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -72,11 +72,6 @@ def configure(seconds: float) -> None:
 def track(server: uvicorn.Server) -> None:
     """Count ``server`` among the listeners :func:`begin` drains."""
     _drain.servers.add(server)
-
-
-def draining() -> bool:
-    """Whether this process has begun to drain (it refuses new work from now on)."""
-    return _drain.begun
 
 
 def begin() -> float:
