@@ -53,6 +53,7 @@ RESTART_ONLY: Final = (
     "redis",
     "issuers",
     "upstream",
+    "workers",  # the processes `up` starts
 )
 
 #: The ``secrets:`` keys the secrets service applies on a reload.
