@@ -15,6 +15,7 @@ from trustmesh.cli import (
     identity_cmd,
     k8s_cmd,
     policy_cmd,
+    reload_cmd,
     secrets_cmd,
     stack,
 )
@@ -33,6 +34,7 @@ app.add_typer(identity_cmd.app, name="identity")
 app.add_typer(identity_cmd.svid_app, name="svid")
 app.add_typer(policy_cmd.app, name="policy")
 stack.register(app)
+reload_cmd.register(app)
 call_cmd.register(app)
 auth_cmd.register(app)
 gateway_cmd.register(app)

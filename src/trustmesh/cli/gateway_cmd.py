@@ -35,8 +35,8 @@ from trustmesh.cli._common import (
     declared as _declared,
 )
 from trustmesh.cli.supervisor import RunPaths, read_json, recorded_process
-from trustmesh.errors import TrustmeshError
-from trustmesh.gateway.endpoint import reload_path
+from trustmesh.errors import TrustmeshError, UnavailableError
+from trustmesh.gateway.endpoint import endpoint_path, reload_path
 from trustmesh.platform.endpoints import gateway_worker_name
 
 app = typer.Typer(help="The edge gateway.", no_args_is_help=True)
@@ -186,23 +186,41 @@ def reload(
     limits. A declaration that does not compile, or changes what only a restart applies,
     is refused and the running one stays (exit 1, with why). Every gateway process
     (``gateway.workers``) applies it."""
+    try:
+        outcome = signal_reload(state, wait)
+    except TrustmeshError as exc:
+        fail(exc.detail)
+    if not outcome.get("ok"):
+        fail(f"reload refused, the running declaration stays: {outcome.get('error')}")
+    out.print("gateway: the declaration is applied", markup=False)
+
+
+def signal_reload(state: Path, wait: float) -> dict[str, object]:
+    """Tell every running gateway process to read its declaration again (``SIGHUP``),
+    and return how it went: ``ok``, else the first refusal's ``error`` and its error's
+    ``code``. UnavailableError when no gateway runs under ``state``, when one has not set
+    its handler yet (it says where it listens once it has), or does not answer within
+    ``wait`` seconds."""
     workers = _running_workers(state)
     if not workers:
-        fail(f"no gateway is running under {state}")
+        raise UnavailableError(f"no gateway is running under {state}")
+    for worker, pid in workers.items():
+        if (read_json(endpoint_path(state, worker)) or {}).get("pid") != pid:
+            name = gateway_worker_name(worker)
+            raise UnavailableError(f"{name} is starting: try again once it serves")
     before = {worker: _answered_at(state, worker) for worker in workers}
     for pid in workers.values():
         os.kill(pid, signal.SIGHUP)
     deadline = time.monotonic() + wait
+    outcomes = []
     for worker in workers:
         while _answered_at(state, worker) <= before[worker]:
             if time.monotonic() > deadline:
                 name = gateway_worker_name(worker)
-                fail(f"{name} did not answer within {wait:g}s (see its log)")
+                raise UnavailableError(f"{name} did not answer within {wait:g}s (see its log)")
             time.sleep(0.05)
-        outcome = read_json(reload_path(state, worker)) or {}
-        if not outcome.get("ok"):
-            fail(f"reload refused, the running declaration stays: {outcome.get('error')}")
-    out.print("gateway: the declaration is applied", markup=False)
+        outcomes.append(read_json(reload_path(state, worker)) or {})
+    return next((o for o in outcomes if not o.get("ok")), {"ok": True})
 
 
 def _running_workers(state: Path) -> dict[int, int]:

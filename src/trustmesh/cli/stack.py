@@ -21,6 +21,7 @@ from rich.table import Table
 from trustmesh import crypto
 from trustmesh.audit.endpoint import endpoint_path as audit_endpoint_path
 from trustmesh.auth.endpoint import endpoint_path as auth_endpoint_path
+from trustmesh.cli import running_declaration
 from trustmesh.cli._admin import join_token
 from trustmesh.cli._common import (
     DEFAULT_STATE,
@@ -37,6 +38,7 @@ from trustmesh.cli.health import Answer, Target, ask_all, probe_grpc, probe_web
 from trustmesh.cli.provision import provision
 from trustmesh.cli.secrets_cmd import seed_demo
 from trustmesh.cli.supervisor import (
+    FLUSH_GRACE,
     ComponentSpec,
     RunPaths,
     Supervisor,
@@ -608,13 +610,15 @@ def run_supervisor(cfg: TrustmeshConfig, cfg_path: Path, state: Path, *, interac
 
     held = _share_gateway_port(cfg)  # the port every gateway worker listens on
     specs = components(cfg, cfg_path, state)
-    sup = Supervisor(state, specs, lambda spec: probe(spec, state), log=log)
+    grace = cfg.listen.drain.total_seconds() + FLUSH_GRACE  # each child drains, then flushes
+    sup = Supervisor(state, specs, lambda spec: probe(spec, state), log=log, stop_grace=grace)
     try:
         sup.acquire()
     except TrustmeshError as exc:
         log(exc.detail)
         return EXIT_FAILURE
     sup.install_signal_handlers()
+    running_declaration.record(state, cfg_path)  # what `trustmesh reload` compares with
 
     def phase(name: str, **extra: object) -> None:
         doc = read_json(sup.paths.supervisor) or {}

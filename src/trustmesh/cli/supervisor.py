@@ -29,6 +29,12 @@ _PR_SET_PDEATHSIG = 1
 RESTART_LIMIT = 5  # restarts of one component within RESTART_WINDOW before giving up
 RESTART_WINDOW = 60.0
 STOP_GRACE = 10.0
+#: Beyond a component's drain (``listen.drain``), what it gets to stop and flush its
+#: events before it is killed.
+FLUSH_GRACE = 10.0
+#: Stopped after the others: the audit collector (their last events) and the identity
+#: service (their SVIDs, and their leaving discovery).
+STOPPED_LAST = ("audit", "identity")
 
 
 @dataclass(frozen=True)
@@ -122,8 +128,11 @@ class Supervisor:
         ready: Callable[[ComponentSpec], bool],
         *,
         log: Callable[[str], None],
+        stop_grace: float = STOP_GRACE,
     ) -> None:
         self.paths = RunPaths(state.absolute())
+        #: how long the children get, from SIGTERM, to drain, flush and exit
+        self.stop_grace = stop_grace
         self.components = list(components)
         self.ready = ready
         self.log = log
@@ -152,6 +161,7 @@ class Supervisor:
                 "pid": os.getpid(),
                 "start_time": start_time_of(os.getpid()),
                 "started_at": time.time(),
+                "stop_grace": self.stop_grace,  # how long `down` waits, and more
             },
         )
 
@@ -235,12 +245,20 @@ class Supervisor:
         return None
 
     def stop_all(self) -> None:
-        for spec in reversed(self.components):
-            proc = self.children.get(spec.name)
-            if proc is not None and proc.poll() is None:
+        """SIGTERM to every child, in two waves: the others first (each drains its
+        requests and flushes its events), then the ones they flush to and register with
+        (:data:`STOPPED_LAST`): each wave waited for, or killed at its grace's end."""
+        order = [s.name for s in reversed(self.components)]
+        self._stop([n for n in order if n not in STOPPED_LAST], self.stop_grace)
+        self._stop([n for n in order if n in STOPPED_LAST], self.stop_grace)
+
+    def _stop(self, names: Sequence[str], grace: float) -> None:
+        procs = [p for p in map(self.children.get, names) if p is not None]
+        for proc in procs:
+            if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE
-        for proc in self.children.values():
+        deadline = time.monotonic() + grace
+        for proc in procs:
             try:
                 proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
@@ -300,6 +318,9 @@ def stop_stack(state: Path, log: Callable[[str], None], timeout: float = 30.0) -
     was_running = False
     doc = read_json(paths.supervisor)
     pid, start = (doc or {}).get("pid"), (doc or {}).get("start_time")
+    grace = (doc or {}).get("stop_grace")
+    if isinstance(grace, int | float):  # its children drain first: wait for them
+        timeout = max(timeout, 2 * float(grace) + STOP_GRACE)  # two waves (stop_all)
     if supervisor_running(paths) and isinstance(pid, int) and isinstance(start, int):
         was_running = True
         if process_alive(pid, start):

@@ -4,6 +4,7 @@ the address a listener tells others to connect to, and what a deployment pins at
 ::
 
     listen: {host: 0.0.0.0}        # default 127.0.0.1: this machine only
+    listen: {drain: 30s}           # at SIGTERM, what requests in flight get (default 10s)
 
 Every listener of every component and declared service binds ``listen.host``: the
 identity service's discovery API, the provider's mTLS and public listeners, the secrets
@@ -45,21 +46,32 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Final
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 
+from trustmesh.config.durations import Duration, format_duration
 from trustmesh.errors import ConfigError
 
 if TYPE_CHECKING:
     from trustmesh.config.models import TrustmeshConfig
 
 __all__ = [
+    "DRAIN_DEFAULT_SECONDS",
     "HOST_EXPECTED",
     "LISTEN_HOST_ENV",
     "LISTEN_PORTS_ENV",
     "LOOPBACK",
+    "MAX_DRAIN",
     "PORT_KEYS",
     "ListenSettings",
     "advertised_host",
@@ -71,6 +83,9 @@ __all__ = [
 ]
 
 LOOPBACK: Final = "127.0.0.1"
+#: ``listen.drain``: its default, and the longest a process may take to stop.
+DRAIN_DEFAULT_SECONDS: Final = 10
+MAX_DRAIN: Final = timedelta(minutes=5)
 LISTEN_HOST_ENV: Final = "TRUSTMESH_LISTEN_HOST"
 LISTEN_PORTS_ENV: Final = "TRUSTMESH_LISTEN_PORTS"
 HOST_EXPECTED: Final = (
@@ -173,6 +188,27 @@ class ListenSettings(BaseModel):
         "an address of this machine, or 0.0.0.0 / :: (every address). Loopback only in "
         "dev mode. TRUSTMESH_LISTEN_HOST, where set, replaces it.",
     )
+
+    drain: Duration = Field(
+        default=timedelta(seconds=DRAIN_DEFAULT_SECONDS),
+        description="At SIGTERM, how long the requests in flight get to finish, every "
+        "listener of the process having stopped accepting connections; a request still "
+        "running then is cut (503). At most 5m.",
+    )
+
+    @field_validator("drain")
+    @classmethod
+    def _bounded_drain(cls, value: timedelta) -> timedelta:
+        if value > MAX_DRAIN:
+            raise PydanticCustomError(
+                "invalid",
+                "{problem} (expected {expected})",
+                {
+                    "problem": f"{format_duration(value)} is longer than 5m",
+                    "expected": "a drain of at most 5m, such as 10s",
+                },
+            )
+        return value
 
     @property
     def advertised(self) -> str:

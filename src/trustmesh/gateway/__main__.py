@@ -135,7 +135,7 @@ def _reload_on_hangup(running: RunningGateway, config_file: Path, state: Path, w
                 declared = as_worker(apply_listen_env(load_config(config_file)), worker)
                 await running.reload(declared, config_file.parent)
             except TrustmeshError as exc:
-                outcome.update(ok=False, error=exc.detail)
+                outcome.update(ok=False, error=exc.detail, code=exc.code)
                 log.error("gateway: reload refused: %s", exc.detail)
             else:
                 log.warning("gateway: declaration reloaded from %s", config_file)

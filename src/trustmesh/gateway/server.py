@@ -116,8 +116,11 @@ class RunningGateway:
         problems = restart_only(running.gateway, new)
         if config.trust_domain != running.trust_domain:
             problems.append("trust_domain changed")
-        if config.listen != running.listen:
-            problems.append("listen.host changed")
+        problems += [
+            f"listen.{key} changed"
+            for key, value in config.listen
+            if value != getattr(running.listen, key)
+        ]
         if problems:
             raise ConfigError(
                 "; ".join(problems) + ": restart the gateway to apply it "

@@ -1,6 +1,11 @@
 """What every trustmesh server process does the same way: its command line, its exit
 codes (0, 1 at run time, 2 bad config), stopping on SIGTERM/SIGINT, and telling
-``trustmesh up`` where it listens through a small JSON file written atomically."""
+``trustmesh up`` where it listens through a small JSON file written atomically.
+
+Stopping is a drain (:mod:`trustmesh.sdk.drain`): at the signal every listener stops
+accepting connections, the requests in flight get ``listen.drain`` seconds to finish
+(those still running are cut with a ``503``), then the component stops what it runs and
+its events are flushed to the collector, or stay spooled for its next start; it exits 0."""
 
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from trustmesh.config import TrustmeshConfig, load_config
 from trustmesh.config.listen import apply_listen_env
 from trustmesh.config.switches import check_switches
 from trustmesh.errors import ConfigError, TrustmeshError, UnavailableError
-from trustmesh.sdk import spans
+from trustmesh.sdk import drain, spans
 from trustmesh.sdk.delivery import audit_sink_from_env
 from trustmesh.sdk.runtime import EVENTS_ENV
 from trustmesh.sdk.workload import JOIN_TOKEN_ENV, redeem_join_token
@@ -48,12 +53,13 @@ def write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
 
 
 async def until_stopped() -> None:
-    """Wait for SIGTERM or SIGINT."""
+    """Wait for SIGTERM or SIGINT; then begin to drain every listener of the process."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    drain.begin()
 
 
 def component_main(prog: str, run: Run, argv: list[str] | None = None) -> int:
@@ -67,6 +73,7 @@ def component_main(prog: str, run: Run, argv: list[str] | None = None) -> int:
     def main() -> None:
         config = apply_listen_env(load_config(args.config))
         check_switches(config)  # test-only switches need the environment's consent
+        drain.configure(config.listen.drain.total_seconds())
         asyncio.run(run(config, args.state.absolute(), args.config.absolute()))
 
     return exit_code(prog.removeprefix("trustmesh-"), main)

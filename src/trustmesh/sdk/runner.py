@@ -1,7 +1,8 @@
 """``python -m trustmesh.sdk.runner package.module:app``: how ``trustmesh up`` runs a
 declared service (settings from the environment; see ``sdk.runtime``). Once the service
 serves, its runtime profile is enforced (or monitored) by an audit hook for the rest of
-the process's life (:mod:`trustmesh.sdk.guard`)."""
+the process's life (:mod:`trustmesh.sdk.guard`). At SIGTERM it drains
+(:mod:`trustmesh.sdk.drain`: ``listen.drain``), then closes (its events flushed)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 
 from trustmesh.errors import TrustmeshError
-from trustmesh.sdk import guard
+from trustmesh.sdk import drain, guard
 from trustmesh.sdk.delivery import AUDIT_URL_ENV, collector_endpoint
 from trustmesh.sdk.metrics import METRICS_FILE_ENV
 from trustmesh.sdk.runtime import (
@@ -46,6 +47,7 @@ def load_app(target: str) -> object:
 async def main(target: str) -> None:
     app = load_app(target)
     runtime = await run_service(app)  # type: ignore[arg-type]
+    drain.configure(runtime.config.listen.drain.total_seconds())
     guard.install(runtime_guard(runtime))
     print(
         f"{runtime.service}: serving on {runtime.url} as {runtime.source.context.spiffe_id}",
@@ -58,6 +60,7 @@ async def main(target: str) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    drain.begin()  # the requests in flight finish (or are cut), then the runtime closes
     await runtime.close()
 
 

@@ -158,19 +158,22 @@ class Runtime:
             await self.discovery.register(self.url)
 
     async def close(self) -> None:
+        """Stop: out of discovery first (callers stop choosing it), then the listener (its
+        requests in flight finish, still able to call other services and read secrets),
+        then what they used, and last the events, flushed or left spooled."""
+        if self.discovery is not None:
+            await self.discovery.close()
+        await self.served.stop()
         for c in [*self.clients.values(), *self.own_clients]:
             await c.close()
         if self._secrets is not None:
             await self._secrets.close()
-        if self.discovery is not None:
-            await self.discovery.close()
         if self.suspensions is not None:
             await self.suspensions.close()
         if self.revocations is not None:
             await self.revocations.close()
         if self.auth is not None:
             await self.auth.close()
-        await self.served.stop()
         if self.metrics is not None:
             await self.metrics.stop()
         if self.audit is not None:  # what is not delivered stays spooled for the next start

@@ -23,6 +23,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.utils import get_remote_addr
 
 from trustmesh.errors import AuthenticationError
+from trustmesh.sdk import drain
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.x509source import SVIDSource, X509Source
 
@@ -35,6 +36,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 GRACEFUL_SHUTDOWN_SECONDS = 5
+#: How long a request cut at shutdown is given to send its answer before the listener
+#: is gone (:mod:`trustmesh.sdk.drain`).
+CUT_ANSWER_SECONDS = 1.0
 
 UNAUTHENTICATED = json.dumps(
     {"error": "unauthenticated", "message": "a valid SVID of this trust domain is required"}
@@ -135,6 +139,9 @@ class Listener:
         self.server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
+        cut = list(self.server.server_state.tasks)  # cancelled at the deadline: answering
+        if cut:
+            await asyncio.wait(cut, timeout=CUT_ANSWER_SECONDS)
 
 
 @dataclass
@@ -199,9 +206,10 @@ def listener_config(
     """A listener as every trustmesh server runs one: no proxy headers believed, no
     ``server``/``date`` headers, and the bounded graceful shutdown (in-flight requests
     get this long at shutdown; an idle keep-alive client that never answers the TLS
-    close would otherwise hold it for 30 s)."""
+    close would otherwise hold it for 30 s) — at a process's drain, its deadline
+    instead, and a request it cuts answered ``503`` (:mod:`trustmesh.sdk.drain`)."""
     return uvicorn.Config(
-        app,
+        drain.cuttable(app),
         host=host,
         port=port,
         interface="asgi3",
@@ -221,6 +229,7 @@ async def run_server(
     """Start uvicorn on ``config`` (on ``sock``, if bound already); return once it
     listens (or raise what stopped it)."""
     server = uvicorn.Server(config)
+    drain.track(server)  # drained with the process's other listeners at SIGTERM
     # _serve: uvicorn's serve() without its signal capture; the caller owns the signals
     # (pinned uvicorn version; covered by the tests).
     task = asyncio.create_task(server._serve([sock] if sock else None), name=name)
@@ -250,6 +259,7 @@ def serve(
             flush=True,
         )
         await stop.wait()
+        drain.begin()
         await served.stop()
 
     asyncio.run(main())

@@ -1,0 +1,98 @@
+"""What ``trustmesh reload`` applies and what it refuses, decided from two declarations
+alone (:mod:`trustmesh.config.reloadable`): each refusal names its key."""
+
+from __future__ import annotations
+
+import pytest
+
+from trustmesh.config import TrustmeshConfig, parse_config
+from trustmesh.config.reloadable import Plan, differences, plan
+
+RUNNING = """trust_domain: plan.example
+dev: true
+services:
+  orders: {run: "trustmesh.demo.orders:app"}
+  payments: {run: "trustmesh.demo.payments:app"}
+calls:
+  - {from: orders, to: payments, allow: ["POST /charges"]}
+gateway:
+  rate_limits: [{per: ip, limit: 100/minute}]
+  routes:
+    - {path: /orders, to: orders, methods: [GET], auth: [anonymous]}
+    - {path: /old, to: orders, methods: [GET], auth: [anonymous]}
+secrets:
+  policies:
+    - {identity: payments, allow: {"secret/data/payments/*": [read]}}
+"""
+
+
+def declared(text: str) -> TrustmeshConfig:
+    return parse_config(text, source="trustmesh.yaml")
+
+
+def planned(change: str, replacement: str) -> Plan:
+    assert change in RUNNING
+    return plan(declared(RUNNING), declared(RUNNING.replace(change, replacement)))
+
+
+def test_the_same_declaration_is_applied_by_each_declared_component() -> None:
+    same = plan(declared(RUNNING), declared(RUNNING))
+    assert same == Plan(gateway=True, secrets=True, refused=())  # its files may have changed
+    bare = declared("trust_domain: plan.example\n")
+    assert not plan(bare, bare).changes
+
+
+@pytest.mark.parametrize(
+    ("change", "replacement"),
+    [
+        ("100/minute", "5/minute"),  # a limit
+        ("    - {path: /old, to: orders, methods: [GET], auth: [anonymous]}\n", ""),  # a route
+        ("[read]}}\n", "[read, list]}}\n"),  # a secrets policy
+        ("gateway:\n", "gateway:\n  policies: []\n"),
+    ],
+)
+def test_routes_limits_and_policies_are_applied(change: str, replacement: str) -> None:
+    assert planned(change, replacement).refused == ()
+
+
+@pytest.mark.parametrize(
+    ("change", "replacement", "refused"),
+    [
+        ("plan.example", "other.example", "trust_domain changed"),
+        (
+            "trust_domain: plan.example\n",
+            "trust_domain: plan.example\nlisten: {drain: 30s}\n",
+            "listen.drain changed",
+        ),
+        (
+            '  payments: {run: "trustmesh.demo.payments:app"}\n',
+            '  payments: {run: "trustmesh.demo.payments:app"}\n  stock: {run: "x:app"}\n',
+            "services.stock added",
+        ),
+        ('["POST /charges"]', '["POST /charges", "GET /charges/{id}"]', "calls changed"),
+        ("gateway:\n", "gateway:\n  port: 8443\n", "gateway.port changed"),
+        (
+            "/old, to: orders",
+            "/new, to: orders",
+            "gateway.routes: a route calls orders at GET /new",
+        ),
+        ("secrets:\n", "secrets:\n  port: 8200\n", "secrets.port changed"),
+        (
+            'secrets:\n  policies:\n    - {identity: payments, allow: {"secret/data/payments/*": [read]}}\n',
+            "",
+            "secrets removed",
+        ),
+    ],
+)
+def test_what_only_a_restart_applies_is_refused_by_name(
+    change: str, replacement: str, refused: str
+) -> None:
+    problems = planned(change, replacement).refused
+    assert any(p.startswith(refused) and "takes a restart" in p for p in problems), problems
+
+
+def test_differences_name_the_deepest_key() -> None:
+    running = declared(RUNNING)
+    assert differences("x", running, running) == []
+    assert differences("services", {"a": 1}, {"b": 1}) == ["services.a removed", "services.b added"]
+    assert differences("gateway", running.gateway, None) == ["gateway removed"]
