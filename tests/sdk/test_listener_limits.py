@@ -6,6 +6,7 @@ it never gets there), and each test checks that a well-behaved client is still s
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import contextlib
 import json
 import ssl
@@ -27,6 +28,7 @@ FAST = ConnectionLimits(
     header_timeout=0.6,
     keepalive_timeout=0.8,
     body_timeout=0.5,
+    body_min_rate=40,
     max_header_bytes=4096,
     max_header_line_bytes=1024,
     max_headers=20,
@@ -343,6 +345,30 @@ async def test_a_slow_but_steady_body_is_served(listen: ListenerFactory) -> None
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
     await close(writer)
     assert status_of(head) == 200
+
+
+async def test_a_body_trickled_never_quite_silent_is_cut_at_the_minimum_rate(
+    listen: ListenerFactory,
+) -> None:
+    """A byte every 0.2 s is never silent for the body timeout (0.5 s), but averages
+    5 bytes a second: once the grace has passed it falls below body_min_rate (100)."""
+    listener = await listen(dataclasses.replace(FAST, body_min_rate=100))
+    reader, writer = await listener.tls()
+    writer.write(b"POST /ok HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n")
+    await writer.drain()
+    started = time.monotonic()
+    with contextlib.suppress(ConnectionError, ssl.SSLError):
+        while not reader.at_eof() and time.monotonic() - started < 10:
+            await asyncio.sleep(0.2)
+            writer.write(b"x")
+            await writer.drain()
+    answer = await until_closed(reader, 3)
+    await close(writer)
+    assert status_of(answer) == 408
+    assert error_of(answer)["message"] == "the request body arrives too slowly"
+    # the grace (0.5 s) and what the bytes earned (some 0.3 s), then a linger, closed
+    assert 0.7 < time.monotonic() - started < 6
+    assert listener.guard.refused == {Reason.BODY_TIMEOUT: 1}
 
 
 async def test_idle_connections_close_before_and_between_requests(

@@ -74,6 +74,15 @@ class ListenerLimits(BaseModel):
         validate_default=True,
         description="Longest silence while a request body is arriving (then 408).",
     )
+    body_min_rate: int = Field(
+        default=512,
+        ge=1,
+        le=1 << 30,
+        description="Bytes a second a request body must average once body_timeout has "
+        "passed since it began (then 408): a body trickled just fast enough never to be "
+        "silent for body_timeout is still cut (time the application keeps it waiting "
+        "does not count).",
+    )
     max_header_bytes: int = Field(
         default=32768,
         ge=1024,

@@ -47,6 +47,7 @@ class ConnectionLimits:
     header_timeout: float = _DEFAULTS.header_timeout.total_seconds()
     keepalive_timeout: float = _DEFAULTS.keepalive_timeout.total_seconds()
     body_timeout: float = _DEFAULTS.body_timeout.total_seconds()
+    body_min_rate: int = _DEFAULTS.body_min_rate
     max_header_bytes: int = _DEFAULTS.max_header_bytes
     max_header_line_bytes: int = _DEFAULTS.max_header_line_bytes
     max_headers: int = _DEFAULTS.max_headers
@@ -60,6 +61,7 @@ class ConnectionLimits:
             header_timeout=settings.header_timeout.total_seconds(),
             keepalive_timeout=settings.keepalive_timeout.total_seconds(),
             body_timeout=settings.body_timeout.total_seconds(),
+            body_min_rate=settings.body_min_rate,
             max_header_bytes=settings.max_header_bytes,
             max_header_line_bytes=settings.max_header_line_bytes,
             max_headers=settings.max_headers,

@@ -16,7 +16,10 @@ A connection is, in order:
    form (``/path``: no absolute URI, ``*`` or ``CONNECT`` authority), with exactly one
    valid ``Host`` (RFC 9112 §3.2: a missing, repeated or malformed one is ``400``); an
    ``Upgrade`` (WebSocket, h2c) is ``501``;
-6. while a body arrives, at most ``body_timeout`` of silence → ``408``.
+6. while a body arrives, at most ``body_timeout`` of silence, and once ``body_timeout``
+   has passed since it began, at least ``body_min_rate`` bytes a second on average
+   (mod_reqtimeout's ``MinRate``) → ``408``; time in which the application keeps the
+   body waiting (reading paused) does not count against the client.
 
 A response's head is held back and written with its first body bytes (one TLS record
 and one ``send`` for a whole small response, instead of two), or alone when the response
@@ -36,6 +39,7 @@ import ssl
 from typing import Any, ClassVar
 
 import httptools
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from trustmesh.platform.guard import ConnectionGuard
@@ -122,6 +126,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._host: bytes | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
+        self._body_began: float | None = None  # this request's body clock, and …
+        self._body_bytes = 0  # … what arrived since it started
+        self._body_pauses = 0  # the flow's pauses when it started
         self._refusal: tuple[int, Reason, str] | None = None  # what this connection ends with
         self._deferred = False  # … once the responses before it have gone out
         self._lingering = False
@@ -183,6 +190,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self.guard.release(self)
             return
         super().connection_made(tls)
+        self.flow.__class__ = _CountedFlow  # its pauses counted: see _body_too_slow
         self._ready = True
         self.timeout_keep_alive_task = self.loop.call_later(
             limits.keepalive_timeout, self.timeout_keep_alive_handler
@@ -233,11 +241,15 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             if self._head_bytes > self.max_head:
                 self._refuse(431, Reason.HEADERS_TOO_LARGE, "the request head is too large")
         elif self.cycle is not None and self.cycle.more_body:
+            if self._body_too_slow(len(data)):
+                self._refuse(408, Reason.BODY_TIMEOUT, "the request body arrives too slowly")
+                return
             self._arm_body_timer()  # a body is arriving: each chunk restarts its clock
 
     # -- parser callbacks ----------------------------------------------------------------
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._body_began = None
         self._header_lines = 0
         self._header_size = 0
         self._host = None
@@ -339,6 +351,19 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         return None
 
     # -- timers and refusals -------------------------------------------------------------
+    def _body_too_slow(self, arrived: int) -> bool:
+        """Whether the body, ``arrived`` bytes more of it now, averages less than
+        ``body_min_rate`` past its ``body_timeout`` of grace. A pause of reading (the
+        application behind) since the last chunk starts the clock again."""
+        now, pauses = self.loop.time(), getattr(self.flow, "pauses", 0)
+        if self._body_began is None or pauses != self._body_pauses:
+            self._body_began, self._body_bytes, self._body_pauses = now, 0, pauses
+        self._body_bytes += arrived
+        limits = self.guard.limits
+        return (
+            now - self._body_began > limits.body_timeout + self._body_bytes / limits.body_min_rate
+        )
+
     def _arm_body_timer(self) -> None:
         if self._body_timer is not None:
             self._body_timer.cancel()
@@ -477,3 +502,15 @@ class _LenientFraming(GuardedHttpProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.parser.set_dangerous_leniencies(lenient_chunked_length=True)
+
+
+class _CountedFlow(FlowControl):
+    """uvicorn's flow control, counting the times reading was paused (the application
+    behind): a body's rate is not held against its client across a pause."""
+
+    pauses = 0
+
+    def pause_reading(self) -> None:
+        if not self.read_paused:
+            self.pauses += 1
+        super().pause_reading()
