@@ -1,0 +1,194 @@
+"""A running stack (`trustmesh up --detach`) whose platform components a fault test
+kills for real: the supervisor held still (SIGSTOP) while a component is down, so that
+the outage lasts as long as the test says, then let go (SIGCONT) to restart it as it
+would; the gateway's public listener as a client reaches it; the collector's records
+as the operator reads them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import requests
+
+from trustmesh.cli._admin import admin_request, as_operator
+from trustmesh.config import TrustmeshConfig, load_config
+from trustmesh.testing import run_cli as tm
+
+T = TypeVar("T")
+Event = dict[str, Any]
+
+
+class Scale(Protocol):
+    """The ``fault_scale`` fixture (tests/faults/conftest.py): the CI form or the long one."""
+
+    def pick(self, short: float, long: float) -> float: ...
+
+    def count(self, short: int, long: int) -> int: ...
+
+
+def until(seconds: float, found: Callable[[], T | None], what: str, every: float = 0.2) -> T:
+    """Ask ``found`` until it answers something (not None, not False), for at most
+    ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        answer = found()
+        if answer is not None and answer is not False:
+            return answer
+        assert time.monotonic() < deadline, f"{what}: not within {seconds} s"
+        time.sleep(every)
+
+
+def _state_of(pid: int) -> str | None:
+    """The process's state letter (``Z`` a zombie), None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2]
+
+
+@dataclass
+class Stack:
+    """`trustmesh up --detach` with ``declaration``, in a short temporary folder."""
+
+    declaration: str
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="tmf", dir="/tmp")))
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "trustmesh.yaml"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "s"
+
+    @property
+    def config(self) -> TrustmeshConfig:
+        return load_config(self.config_file)
+
+    def up(self) -> None:
+        self.config_file.write_text(self.declaration)
+        started = tm(
+            "up", "--config", str(self.config_file), "--state", str(self.state), "--detach"
+        )
+        assert started.returncode == 0, started.stdout + started.stderr
+
+    def down(self) -> None:
+        tm("down", "--state", str(self.state))
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    # -- processes --------------------------------------------------------------------------
+    def run_file(self, name: str) -> dict[str, Any]:
+        return dict(json.loads((self.state / "run" / f"{name}.json").read_text()))
+
+    def pid(self, name: str) -> int:
+        return int(self.run_file(name)["pid"])
+
+    def endpoint(self, component: str) -> dict[str, Any]:
+        return dict(json.loads((self.state / component / "endpoint.json").read_text()))
+
+    @contextlib.contextmanager
+    def supervisor_held(self) -> Iterator[None]:
+        """The supervisor stopped (SIGSTOP): a component killed meanwhile stays down (a
+        zombie, its sockets closed) until this ends and the supervisor restarts it."""
+        supervisor = self.pid("supervisor")
+        os.kill(supervisor, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(supervisor, signal.SIGCONT)
+
+    def kill(self, name: str) -> int:
+        """SIGKILL to ``name``'s process; its pid once it is dead (it closed its sockets)."""
+        pid = self.pid(name)
+        os.kill(pid, signal.SIGKILL)
+        until(10, lambda: _state_of(pid) in (None, "Z"), f"{name} (pid {pid}) dead")
+        return pid
+
+    def restarted(self, name: str, old: int, ready: Callable[[], bool], seconds: float = 30) -> int:
+        """The pid of ``name``'s next process, once the supervisor started it and
+        ``ready`` says it serves."""
+        until(seconds, lambda: self.pid(name) != old and ready(), f"{name} restarted")
+        return self.pid(name)
+
+    # -- clients ----------------------------------------------------------------------------
+    def browser(self) -> requests.Session:
+        """An HTTPS client of the public listeners (the dev edge CA)."""
+        session = requests.Session()
+        session.trust_env = False
+        session.verify = str(self.state / "edge" / "ca.pem")
+        return session
+
+    def gateway_url(self) -> str:
+        return str(self.endpoint("gateway")["url"])
+
+    def event_log(self, component: str) -> list[Event]:
+        """The events ``component`` recorded, from its local log (written from its spool,
+        a spooled batch at a time)."""
+        path = self.state / "events" / f"{component}.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def spool_bytes(self, component: str) -> bytes:
+        """What ``component``'s audit spool holds on disk, every segment."""
+        folder = self.state / "spool" / component
+        return b"".join(p.read_bytes() for p in sorted(folder.glob("seg-*.log")))
+
+    def stored_events(self) -> list[Event]:
+        """Every record of the collector, in its order (seq), as the operator reads it."""
+
+        async def read() -> list[dict[str, Any]]:
+            found: list[dict[str, Any]] = []
+            async with as_operator(self.state, self.config) as operator:
+                after = 0
+                while True:
+                    page = await admin_request(
+                        operator,
+                        self.state,
+                        "audit",
+                        "GET",
+                        f"/v1/events?after={after}&limit=1000",
+                    )
+                    if not page["events"]:
+                        return found
+                    found += page["events"]
+                    after = page["events"][-1]["seq"]
+
+        return asyncio.run(read())
+
+
+@contextlib.contextmanager
+def stack_up(declaration: str) -> Iterator[Stack]:
+    stack = Stack(declaration)
+    try:
+        stack.up()
+        yield stack
+    finally:
+        stack.down()
+
+
+def trustmesh_of(event: Event) -> dict[str, Any]:
+    return dict(event["unmapped"]["trustmesh"])
+
+
+def uid_of(event: Event) -> str:
+    return str(event["metadata"]["uid"])
+
+
+def path_of(event: Event) -> str | None:
+    path = trustmesh_of(event).get("attributes", {}).get("path")
+    return path if isinstance(path, str) else None
+
+
+def component_of(event: Event) -> str:
+    return str(event["metadata"]["product"]["feature"]["name"])
