@@ -10,8 +10,10 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +23,12 @@ from typing import Any, Protocol, TypeVar
 
 import requests
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "auth"))
+
+from authrig import code_flow
+
 from trustmesh.cli._admin import admin_request, as_operator
+from trustmesh.cli.auth_cmd import admin_call
 from trustmesh.config import TrustmeshConfig, load_config
 from trustmesh.testing import run_cli as tm
 
@@ -132,6 +139,42 @@ class Stack:
 
     def gateway_url(self) -> str:
         return str(self.endpoint("gateway")["url"])
+
+    def public_auth_url(self) -> str:
+        return str(self.endpoint("auth")["public_url"])
+
+    def access_tokens(self, audience: str, count: int) -> list[str]:
+        """``count`` access tokens for ``audience``, each from its own sign-in (code +
+        PKCE) of a user made for it at the provider."""
+        config, client, redirect = self.config, "faults-web", "https://shop.example/cb"
+        admin_call(
+            config,
+            self.state,
+            "POST",
+            "/admin/v1/clients",
+            {
+                "client_id": client,
+                "method": "none",
+                "redirect_uris": [redirect],
+                "audiences": [audience],
+            },
+        )
+        password = secrets.token_urlsafe(24)
+        tokens = []
+        for n in range(count):
+            user = f"user{n}"
+            body = {"username": user, "password": password}
+            admin_call(config, self.state, "POST", "/admin/v1/users", body)
+            with self.browser() as browser:
+                answer = code_flow(
+                    browser, self.public_auth_url(), client, redirect, user, password
+                )
+            tokens.append(str(answer["access_token"]))
+        return tokens
+
+    def log_text(self, component: str) -> str:
+        """What ``component``'s processes wrote to their log (stderr)."""
+        return (self.state / "logs" / f"{component}.log").read_text(errors="replace")
 
     def event_log(self, component: str) -> list[Event]:
         """The events ``component`` recorded, from its local log (written from its spool,
