@@ -13,6 +13,8 @@ import os
 import secrets
 import shutil
 import signal
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,7 +25,8 @@ from typing import Any, Protocol, TypeVar
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "auth"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "auth"))  # authrig
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "secrets"))  # secretsrig
 
 from authrig import code_flow
 
@@ -235,3 +238,74 @@ def path_of(event: Event) -> str | None:
 
 def component_of(event: Event) -> str:
     return str(event["metadata"]["product"]["feature"]["name"])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class SecretsProcess:
+    """``python -m trustmesh.secrets`` (as ``trustmesh up`` runs it) on a fixed port of
+    127.0.0.1, taking its SVID from ``identity_address``; killed and started again on the
+    same state and port."""
+
+    def __init__(self, folder: Path, identity_address: str, declaration: str) -> None:
+        self.config_file = folder / "trustmesh.yaml"
+        self.state = folder / "state"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(declaration)
+        self.events = folder / "events.jsonl"
+        self.env = {
+            **os.environ,
+            "SPIFFE_ENDPOINT_SOCKET": identity_address,
+            "TRUSTMESH_EVENTS": str(self.events),  # its event log
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    async def start(self) -> str:
+        argv = [sys.executable, "-m", "trustmesh.secrets", "--config", str(self.config_file)]
+        log = open(self.state.parent / "secrets.log", "ab")  # noqa: SIM115 - the child's
+        with log:
+            self.proc = subprocess.Popen(
+                [*argv, "--state", str(self.state)], env=self.env, stdout=log, stderr=log
+            )
+        endpoint = self.state / "secrets" / "endpoint.json"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"the secrets service exited: {self.log()}"
+            with contextlib.suppress(OSError, ValueError):
+                doc = json.loads(endpoint.read_text())
+                if doc.get("pid") == self.proc.pid:
+                    self.url = str(doc["url"])
+                    return self.url
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"the secrets service did not start: {self.log()}")
+
+    def log(self) -> str:
+        return (self.state.parent / "secrets.log").read_text(errors="replace")[-3000:]
+
+    def reasons(self) -> list[str]:
+        """The reasons of the events it recorded, in order."""
+        lines = self.events.read_text().splitlines() if self.events.exists() else []
+        return [str(json.loads(line)["status_detail"]) for line in lines if line.strip()]
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
