@@ -14,6 +14,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -22,8 +23,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 import requests
+from cryptography import x509
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "auth"))  # authrig
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "secrets"))  # secretsrig
@@ -309,3 +312,19 @@ class SecretsProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+
+
+def served_certificate(url: str) -> x509.Certificate:
+    """The certificate a TLS server at ``url`` presents (its SVID, for an mTLS listener:
+    TLS 1.3 shows it before the server asks for ours)."""
+    parts = urlsplit(url)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # only looked at, never trusted
+    with (
+        socket.create_connection((parts.hostname, parts.port), timeout=5) as raw,
+        context.wrap_socket(raw) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)

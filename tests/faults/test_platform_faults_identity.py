@@ -1,0 +1,92 @@
+"""The identity service (the workload CA and its Workload API) killed under a running
+stack whose SVIDs live seconds (``svid_ttl``), so that what would happen in an hour
+happens during the test: every process keeps the SVID it holds — past the point where it
+would have renewed it — and keeps serving with it (the gateway calls the service over
+mTLS); once the supervisor has started the identity service again, renewal resumes, and
+each one presents a new SVID before its old one expires."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+from cryptography import x509
+from platformfaultrig import Scale, Stack, served_certificate, stack_up, until
+
+from trustmesh.platform.endpoints import instance
+
+TTL = 12  # seconds: an SVID is renewed at half its life
+DECLARATION = f"""trust_domain: faults-identity.example
+dev: true
+identity: {{svid_ttl: {TTL}s}}
+services:
+  inventory: {{run: "trustmesh.demo.inventory:app"}}
+gateway:
+  routes:
+    - {{path: /items, to: inventory, methods: [GET], auth: [anonymous]}}
+"""
+
+
+@pytest.fixture
+def stack() -> Iterator[Stack]:
+    with stack_up(DECLARATION) as running:
+        yield running
+
+
+def _inventory_url(stack: Stack) -> str:
+    found = instance(json.loads((stack.state / "discovery.json").read_text()), "inventory")
+    assert found is not None
+    return str(found["url"])
+
+
+def _through(stack: Stack) -> None:
+    """A request through the gateway to the service (mTLS between them), answered."""
+    with stack.browser() as browser:
+        answer = browser.get(stack.gateway_url() + "/items/tea", timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["item"] == "tea"
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _expiry(cert: x509.Certificate) -> dt.datetime:
+    return cert.not_valid_after_utc
+
+
+def test_a_killed_identity_service_leaves_svids_in_use_until_renewal_resumes(
+    stack: Stack, fault_scale: Scale
+) -> None:
+    _through(stack)
+    service = _inventory_url(stack)
+    with stack.supervisor_held():
+        stack.kill("identity")
+        held = served_certificate(service)
+        life = held.not_valid_after_utc - held.not_valid_before_utc
+        assert life <= dt.timedelta(seconds=TTL + 60)  # issued with the declared TTL
+        # past the point where it would have been renewed, and on to near its end
+        renew_at = held.not_valid_before_utc + life / 2
+        until_near_end = held.not_valid_before_utc + life * 0.85
+        requests = 0
+        while _now() < until_near_end or requests < fault_scale.count(3, 100):
+            _through(stack)
+            requests += 1
+            time.sleep(0.2)
+        assert _now() > renew_at
+        # not renewed (nothing could renew it), and in use
+        assert served_certificate(service).serial_number == held.serial_number
+        assert _now() < _expiry(held), "the test was too slow to see the SVID in use"
+
+    # the identity service back: renewal resumes before the held SVID runs out
+    def renewed() -> x509.Certificate | None:
+        served = served_certificate(service)
+        return served if served.serial_number != held.serial_number else None
+
+    fresh = until(TTL, renewed, "a renewed SVID")
+    assert fresh.not_valid_after_utc > _expiry(held)
+    _through(stack)
+    print(json.dumps({"served_after_renewal_point_s": (_now() - renew_at).total_seconds()}))
