@@ -20,16 +20,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+import asyncpg
 import pytest
 from platformfaultrig import Scale, SecretsProcess, free_port
-from secretsrig import CONFIG, PAYMENTS, SECRETS, identity_for, secrets_config
+from secretsrig import CONFIG, OPERATOR, PAYMENTS, SECRETS, identity_for, secrets_config
 from services import PrivatePostgres, private_postgres
 
 from trustmesh.errors import UnavailableError
 from trustmesh.sdk.client import CircuitBreaker, Response, ServiceClient
-from trustmesh.sdk.secrets import DEFAULT_TTL, SecretsClient
+from trustmesh.sdk.secrets import DEFAULT_TTL, DatabaseCredentials, SecretsClient
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.x509source import X509Source
+from trustmesh.secrets.database_model import PLUGIN
 from trustmesh.testing import FakeClock, RunningIdentityServer
 
 T = TypeVar("T")
@@ -197,3 +199,103 @@ async def test_postgresql_restarted_under_the_secrets_service(
                 await login.close()
                 await source.close()
                 service.stop()
+
+
+LEASED = '"transit/keys/payments": [read]\n        "database/creds/readonly": [read]'
+CREATE = [
+    "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
+    'GRANT SELECT ON items TO "{{name}}";',
+]
+LEASE = 60  # seconds: the role's default TTL
+
+
+async def _app_database(cluster: PrivatePostgres) -> tuple[str, str]:
+    """A database ``app`` with a table, and a superuser (name, password) for the secrets
+    service to make roles with."""
+    admin = await cluster.admin()
+    try:
+        await admin.execute("CREATE DATABASE app")
+        root, password = "tm_root", secrets.token_urlsafe(24)
+        await admin.execute(f"CREATE ROLE {root} SUPERUSER LOGIN PASSWORD '{password}'")
+    finally:
+        await admin.close()
+    app = await cluster.admin("app")
+    try:
+        await app.execute("CREATE TABLE items (id int)")
+    finally:
+        await app.close()
+    return root, password
+
+
+async def _logs_in(cluster: PrivatePostgres, credentials: DatabaseCredentials) -> bool:
+    session = await asyncpg.connect(
+        host="127.0.0.1",
+        port=cluster.port,
+        user=credentials.username,
+        password=credentials.password,
+        database="app",
+    )
+    try:
+        return await session.fetchval("SELECT count(*) FROM items") == 0
+    finally:
+        await session.close()
+
+
+async def test_a_killed_secrets_service_leaves_database_leases_until_they_expire(
+    identity: RunningIdentityServer, short_tmp: Path
+) -> None:
+    """Database credentials the service leased: served (and they log in) until the lease
+    runs out — past the point where the client would renew it, since the renewal cannot
+    be had — then a clear ``UnavailableError``; a fresh lease once the service is back."""
+    with private_postgres() as cluster:
+        root, password = await _app_database(cluster)
+        declaration = _on_port(free_port()).replace('"transit/keys/payments": [read]', LEASED)
+        service = SecretsProcess(short_tmp / "secrets", identity.address, declaration)
+        await service.start()
+        sources = [X509Source(identity.address, spiffe_id=who) for who in (PAYMENTS, OPERATOR)]
+        for source in sources:
+            await source.start()
+        clock = FakeClock()
+        client = SecretsClient(RotatingTLS(sources[0]), service.url, SECRETS, clock=clock.monotonic)
+        operator = SecretsClient(RotatingTLS(sources[1]), service.url, SECRETS)
+        try:
+            url = f"postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{cluster.port}/app"
+            connection = {
+                "plugin_name": PLUGIN,
+                "connection_url": url,
+                "username": root,
+                "password": password,
+                "allowed_roles": ["readonly"],
+            }
+            role = {
+                "db_name": "app",
+                "creation_statements": CREATE,
+                "default_ttl": LEASE,
+                "max_ttl": 5 * LEASE,
+            }
+            for path, body in (("config/app", connection), ("roles/readonly", role)):
+                written = await operator.request("POST", f"/v1/database/{path}", body)
+                assert written.status in (200, 204), written.body
+            held = await client.database_credentials("readonly")
+            assert await _logs_in(cluster, held)
+            service.kill()
+            # before the renewal point, and after it (the renewal fails): the lease held
+            for moved in (LEASE * 0.4, LEASE * 0.4):
+                clock.advance(moved)
+                assert await client.database_credentials("readonly") == held
+                assert await _logs_in(cluster, held)
+            # past the lease: a clear error at once
+            clock.advance(LEASE * 0.2 + 1)
+            await _refused_at_once(lambda: client.database_credentials("readonly"))
+            await service.start()
+            fresh = await _eventually(
+                15, lambda: client.database_credentials("readonly"), "a fresh lease"
+            )
+            assert fresh.lease_id != held.lease_id
+            assert await _logs_in(cluster, fresh)
+        finally:
+            await client.close()
+            await operator.close()
+            for source in sources:
+                await source.close()
+            service.stop()
