@@ -147,6 +147,9 @@ class Activity(enum.StrEnum):
     rotated, an upstream taken out of rotation. Not a decision on a request."""
 
     SVID_ISSUED = "svid-issued"
+    #: A process's own X.509-SVID has less than a fifth of its lifetime left and was not
+    #: renewed (the identity service unreachable): it stops working at its expiry.
+    SVID_EXPIRING = "svid-expiring"
     CA_PREPARED = "ca-prepared"
     CA_ACTIVATED = "ca-activated"
     CA_RETIRED = "ca-retired"
