@@ -285,6 +285,7 @@ class SecretsProcess:
                     self.url = str(doc["url"])
                     return self.url
             await asyncio.sleep(0.05)
+        self.stop()
         raise AssertionError(f"the secrets service did not start: {self.log()}")
 
     def log(self) -> str:
