@@ -1,8 +1,13 @@
-"""A running stack (`trustmesh up --detach`) whose platform components a fault test
-kills for real: the supervisor held still (SIGSTOP) while a component is down, so that
-the outage lasts as long as the test says, then let go (SIGCONT) to restart it as it
-would; the gateway's public listener as a client reaches it; the collector's records
-as the operator reads them."""
+"""What the platform fault tests kill for real, and how they look at it.
+
+- :class:`Stack`: `trustmesh up --detach`, whose components are killed (SIGKILL) while
+  the supervisor is held still (SIGSTOP), so that an outage lasts as long as the test
+  says, then let go (SIGCONT) to restart them as it would; its gateway as a client
+  reaches it, its producers' event logs and spools, the collector's records as the
+  operator reads them, access tokens from sign-ins at its provider.
+- :class:`SecretsProcess`: ``python -m trustmesh.secrets`` on a fixed port, killed and
+  started again on the same state.
+- :func:`served_certificate`: the SVID a TLS server presents."""
 
 from __future__ import annotations
 
@@ -98,6 +103,8 @@ class Stack:
         assert started.returncode == 0, started.stdout + started.stderr
 
     def down(self) -> None:
+        with contextlib.suppress(OSError, ValueError, KeyError):  # never left stopped
+            os.kill(self.pid("supervisor"), signal.SIGCONT)
         tm("down", "--state", str(self.state))
         shutil.rmtree(self.root, ignore_errors=True)
 
