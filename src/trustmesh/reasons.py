@@ -124,6 +124,8 @@ class Reason(enum.StrEnum):
     SECRETS_SEALED = "secrets-sealed"
     UNSEAL_SHARE_INVALID = "unseal-share-invalid"
     AUDIT_UNAVAILABLE = "audit-unavailable"
+    #: its database cannot be reached (down, restarting): the request is refused, not lost
+    STORE_UNAVAILABLE = "store-unavailable"
     STORED_VALUE_CORRUPT = "stored-value-corrupt"
     #: The SPIFFE ID is suspended (an automated response, or the operator): the identity
     #: service issues it no SVID, and services refuse a peer presenting it.
@@ -145,6 +147,9 @@ class Activity(enum.StrEnum):
     rotated, an upstream taken out of rotation. Not a decision on a request."""
 
     SVID_ISSUED = "svid-issued"
+    #: A process's own X.509-SVID has less than a fifth of its lifetime left and was not
+    #: renewed (the identity service unreachable): it stops working at its expiry.
+    SVID_EXPIRING = "svid-expiring"
     CA_PREPARED = "ca-prepared"
     CA_ACTIVATED = "ca-activated"
     CA_RETIRED = "ca-retired"
@@ -330,6 +335,7 @@ ANSWERS: Final = MappingProxyType(
         Reason.SECRETS_SEALED: _UNAVAILABLE,
         Reason.UNSEAL_SHARE_INVALID: _BAD_REQUEST,
         Reason.AUDIT_UNAVAILABLE: _UNAVAILABLE,
+        Reason.STORE_UNAVAILABLE: _UNAVAILABLE,
         Reason.STORED_VALUE_CORRUPT: Answer(500, "service_error"),
         Reason.SPIFFE_ID_SUSPENDED: _FORBIDDEN,
         **dict.fromkeys(

@@ -5,6 +5,7 @@ read, and how a refusal is answered."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -14,8 +15,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from trustmesh import events
-from trustmesh.errors import TrustmeshError, UsageError
+from trustmesh.errors import TrustmeshError, UnavailableError, UsageError
 from trustmesh.reasons import Reason
+from trustmesh.store import unreachable
+
+log = logging.getLogger("trustmesh.platform")
 
 __all__ = [
     "OPERATOR",
@@ -115,7 +119,8 @@ def guarded(
 ) -> Callable[[Request], Awaitable[Response]]:
     """An admin endpoint: who asks first (refused: its answer, and an ``admin-denied``
     event), then ``handler`` (a :class:`TrustmeshError` it raises is answered with
-    :func:`failure_response`)."""
+    :func:`failure_response`; a database that cannot be reached now,
+    :func:`trustmesh.store.unreachable`, with a 503, never a 500)."""
 
     async def endpoint(request: Request) -> Response:
         try:
@@ -133,6 +138,11 @@ def guarded(
             return await handler(request, actor)
         except TrustmeshError as exc:
             return failure_response(exc)
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+            log.warning("admin %s: the database is unreachable (%r)", action, exc)
+            return failure_response(UnavailableError("the store cannot be reached now"))
 
     return endpoint
 

@@ -30,7 +30,7 @@ from trustmesh.sdk import drain, spans
 from trustmesh.sdk.delivery import audit_sink_from_env
 from trustmesh.sdk.runtime import EVENTS_ENV
 from trustmesh.sdk.workload import JOIN_TOKEN_ENV, redeem_join_token
-from trustmesh.sdk.x509source import X509Context, X509Source
+from trustmesh.sdk.x509source import X509Context, X509Source, record_expiring
 
 __all__ = [
     "component_identity",
@@ -125,6 +125,9 @@ async def component_identity(
         await source.close()
         raise
     written: events.EventSink = log_sink if audit is None else audit  # it writes the log
+    # an SVID not renewed in time (the identity service down) is said, before it expires
+    recorder = events.Recorder(written, component=component, spiffe_id=source.context.spiffe_id)
+    source.on_expiring(record_expiring(recorder))
     tracer = spans.tracer_from_env(source, config, state, component)
     spans.install(tracer)
     try:

@@ -36,6 +36,7 @@ import asyncio
 import json
 import re
 import ssl
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import httptools
@@ -70,19 +71,33 @@ class _Stop(Exception):
 
 class _HeadHeld:
     """What a request's cycle writes to: the connection's transport, but the first
-    write of a final response (its head) waits for the next write or :meth:`flush`."""
+    write of a final response (its head) waits for the next write or :meth:`flush`.
 
-    __slots__ = ("_head", "_held", "_transport")
+    A head that goes out while the request's body is still arriving (``unread``: an
+    answer at the edge, before the body was read) says ``Connection: close``: the
+    connection closes after it (the rest of the body is dropped), so the client must
+    not send its next request on it (RFC 9112 §9.6); ``closes`` tells the protocol."""
 
-    def __init__(self, transport: asyncio.Transport) -> None:
+    __slots__ = ("_head", "_held", "_transport", "_unread", "closes")
+
+    def __init__(self, transport: asyncio.Transport, unread: Callable[[], bool]) -> None:
         self._transport = transport
         self._head: bytes | None = None
         self._held = False  # the one write held back has come
+        self._unread = unread
+        self.closes = False
+
+    def _said(self, head: bytes) -> bytes:
+        if self._unread() and head.endswith(b"\r\n\r\n"):
+            self.closes = True
+            if b"\r\nconnection: close\r\n" not in head.lower():
+                return head[:-2] + b"connection: close\r\n\r\n"
+        return head
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._head is not None:
             head, self._head = self._head, None
-            self._transport.write(head + bytes(data))
+            self._transport.write(self._said(head) + bytes(data))
         elif not self._held and not bytes(data[:10]).startswith(b"HTTP/1.1 1"):
             self._held = True
             self._head = bytes(data)
@@ -92,7 +107,7 @@ class _HeadHeld:
     def flush(self) -> None:
         if self._head is not None:
             head, self._head = self._head, None
-            self._transport.write(head)
+            self._transport.write(self._said(head))
 
     def close(self) -> None:
         self.flush()
@@ -303,7 +318,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             and cycle.transport is self.transport
             and cycle.scope["method"] != "HEAD"  # a HEAD answer has no body to wait for
         ):
-            held = _HeadHeld(self.transport)
+            held = _HeadHeld(self.transport, lambda: cycle.more_body)
             cycle.transport = held  # type: ignore[assignment]
             finished = cycle.on_response
 
@@ -328,10 +343,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._deferred = False
             assert self._refusal is not None  # noqa: S101 - deferred implies a refusal
             self._answer(*self._refusal)
-        elif self.cycle is not None and self.cycle.more_body and not self._deferred:
-            # answered before its body arrived (a refusal at the edge): the rest of the
-            # body is read and dropped for a moment, then the connection closes; a client
-            # trickling it cannot hold the connection
+        elif (
+            self.cycle is not None
+            and (self.cycle.more_body or getattr(self.cycle.transport, "closes", False))
+            and not self._deferred
+        ):
+            # answered before its body arrived (a refusal at the edge), as its head said
+            # (Connection: close): the rest of the body is read and dropped for a moment,
+            # then the connection closes; a client trickling it cannot hold the connection
             self.server_state.total_requests += 1
             self._linger_until = self.loop.time() + _LINGER_MAX
             self._lingering = True

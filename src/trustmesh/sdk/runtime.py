@@ -53,7 +53,7 @@ from trustmesh.sdk.suspensions import SuspensionFeed
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.tokens import JWKSCache, TokenVerifier, VerifiedToken
 from trustmesh.sdk.workload import redeem_join_token
-from trustmesh.sdk.x509source import X509Source
+from trustmesh.sdk.x509source import X509Source, record_expiring
 
 CONFIG_ENV = "TRUSTMESH_CONFIG"
 SERVICE_ENV = "TRUSTMESH_SERVICE"
@@ -344,6 +344,7 @@ async def run_service(
         tracer=_tracer(source, config, service),
         metrics=metrics,
     )
+    source.on_expiring(record_expiring(guarded.recorder))  # an SVID not renewed in time
     await runtime._announce()
     _runtime = runtime
     return runtime

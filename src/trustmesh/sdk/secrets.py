@@ -13,7 +13,9 @@ with cert auth): ``await sdk.secret("payments/db")`` and transit's ``encrypt``/`
   give at least half the lease again (the role's max TTL, or the end of the token that
   created it, is near), fails, or comes too late. The replaced lease runs out on its
   own, so connections opened with it have until then to be recycled: ask again
-  whenever a connection is opened (a pool's connect hook).
+  whenever a connection is opened (a pool's connect hook). While the service cannot be
+  reached, the lease held is used until it expires (its renewal tried at every ask);
+  then :class:`~trustmesh.errors.UnavailableError`, as for a value past its TTL.
 """
 
 from __future__ import annotations
@@ -176,8 +178,14 @@ class SecretsClient:
             held = self._leases.get(key)
             if held is not None and now < held.renew_at:
                 return held.credentials
-            if held is not None and now < held.credentials.expires and await self._renewed(held):
-                return held.credentials
+            if held is not None and now < held.credentials.expires:
+                try:
+                    if await self._renewed(held):
+                        return held.credentials
+                except UnavailableError:
+                    # the service cannot be reached: the lease holds until it expires
+                    # (its renewal is tried again at the next ask)
+                    return held.credentials
             fresh = await self._new_credentials(mount, role)
             self._leases[key] = fresh
             return fresh.credentials

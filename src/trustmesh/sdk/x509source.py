@@ -4,7 +4,9 @@ Speaks the wire protocol only (``/SpiffeWorkloadAPI/FetchX509SVID``), so the sam
 runs against trustmesh's identity service or SPIRE's agent. The stream is kept open; each
 pushed update replaces the current SVID atomically and notifies subscribers. When the
 stream breaks, the last SVID stays in use (until it expires) while the source reconnects
-with backoff.
+with backoff; once it has less than :data:`EXPIRING_FRACTION` of its lifetime left
+without a renewal, ``on_expiring`` callbacks are told, once per SVID (ARCHITECTURE: "an
+alert fires below 20% of lifetime"; :func:`record_expiring` makes it an event).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 import h2.exceptions
 from cryptography import x509
@@ -24,14 +26,18 @@ from grpclib import GRPCError
 from grpclib.client import Channel, UnaryStreamMethod
 from grpclib.exceptions import StreamTerminatedError
 
-from trustmesh import crypto
+from trustmesh import crypto, events
 from trustmesh._proto import workload_pb2 as pb
 from trustmesh.errors import CryptoError, UnavailableError, UsageError
+from trustmesh.reasons import Activity
 from trustmesh.sdk.workload import ENDPOINT_ENV, SECURITY_HEADER, socket_path
 
 log = logging.getLogger("trustmesh.sdk")
 
 FETCH_X509_SVID = "/SpiffeWorkloadAPI/FetchX509SVID"
+#: What is left of an SVID's lifetime (not before to not after) when, not renewed, it is
+#: reported as expiring. Renewal is due at half of it.
+EXPIRING_FRACTION: Final = 0.2
 
 
 @dataclass(frozen=True, repr=False)
@@ -53,6 +59,13 @@ class X509Context:
     @property
     def not_after(self) -> dt.datetime:
         return self.chain[0].not_valid_after_utc
+
+    @property
+    def expiring_at(self) -> dt.datetime:
+        """When, not renewed, the SVID has :data:`EXPIRING_FRACTION` of its life left."""
+        leaf = self.chain[0]
+        life = leaf.not_valid_after_utc - leaf.not_valid_before_utc
+        return leaf.not_valid_after_utc - life * EXPIRING_FRACTION
 
     def chain_pem(self) -> bytes:
         return "".join(crypto.cert_pem(c) for c in self.chain).encode("ascii")
@@ -103,6 +116,7 @@ class X509Source:
         *,
         spiffe_id: str | None = None,
         max_backoff: float = 5.0,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         address = address or os.environ.get(ENDPOINT_ENV)
         if not address:
@@ -114,6 +128,9 @@ class X509Source:
         self._subscribers: list[Callable[[X509Context], None]] = []
         self._first = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._expiring: list[Callable[[X509Context], None]] = []
+        self._watch: asyncio.Task[None] | None = None
+        self._clock = clock
         self.updates = 0
 
     @property
@@ -128,6 +145,13 @@ class X509Source:
         if self._context is not None:
             callback(self._context)
 
+    def on_expiring(self, callback: Callable[[X509Context], None]) -> None:
+        """``callback(context)`` once for each SVID that reaches its
+        :attr:`~X509Context.expiring_at` without being replaced (in the running loop)."""
+        self._expiring.append(callback)
+        if self._watch is None:
+            self._watch = asyncio.create_task(self._watch_expiry(), name="trustmesh-svid-expiry")
+
     async def start(self, timeout: float = 30.0) -> X509Context:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="trustmesh-x509-source")
@@ -140,11 +164,31 @@ class X509Source:
         return self.context
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._watch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._watch = None
+
+    async def _watch_expiry(self) -> None:
+        told: int | None = None  # the serial of the SVID told about
+        while True:
+            context = self._context
+            serial = context.chain[0].serial_number if context is not None else None
+            if context is None or serial == told:  # none yet, or told: wait for a new one
+                await asyncio.sleep(1.0)
+                continue
+            wait = (context.expiring_at - self._clock()).total_seconds()
+            if wait > 0:  # looked at again then (or sooner): a renewal replaces it
+                await asyncio.sleep(min(wait, 30.0))
+                continue
+            told = serial
+            for callback in list(self._expiring):
+                try:
+                    callback(context)
+                except Exception:  # one callback's bug must not silence the others
+                    log.exception("X.509-SVID expiry callback failed")
 
     def _update(self, context: X509Context) -> None:
         self._context = context
@@ -184,3 +228,26 @@ class X509Source:
                 channel.close()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self._max_backoff)
+
+
+def record_expiring(recorder: events.Recorder) -> Callable[[X509Context], None]:
+    """An :meth:`X509Source.on_expiring` callback recording ``svid-expiring`` (an error:
+    the process stops working at the SVID's expiry unless it is renewed by then)."""
+
+    def record(context: X509Context) -> None:
+        log.error(
+            "X.509-SVID of %s not renewed: it expires at %s",
+            context.spiffe_id,
+            context.not_after.isoformat(),
+        )
+        recorder.record(
+            Activity.SVID_EXPIRING,
+            "the X.509-SVID was not renewed and expires soon",
+            decision=events.Decision.ERROR,
+            attributes={
+                "not_after": context.not_after.isoformat(),
+                "serial": format(context.chain[0].serial_number, "x"),
+            },
+        )
+
+    return record

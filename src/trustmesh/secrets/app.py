@@ -20,6 +20,10 @@ Vault's shape (``{"errors": [...]}``) by one function:
 5. **audit** — the request is recorded (503 if it cannot be: nothing is served
    unaudited), the handler runs, the response is recorded before it is sent.
 
+A database that cannot be reached (down, restarting: :func:`trustmesh.store.unreachable`)
+at any stage is a 503 (``store-unavailable``), never a 500: the client may try again,
+and the service serves again once the database is back.
+
 Every decision is also an event (:mod:`trustmesh.events`) with its reason.
 """
 
@@ -47,6 +51,7 @@ from trustmesh.reasons import Reason
 from trustmesh.secrets.kv import DeletedVersion
 from trustmesh.secrets.policy import check_path, operation_capability
 from trustmesh.secrets.tokens import TokenEntry
+from trustmesh.store import unreachable
 
 __all__ = [
     "NO_CONTENT",
@@ -98,6 +103,10 @@ class Reply:
 
 
 Handler = Callable[[Call], Awaitable[Reply]]
+
+
+def _store_unavailable() -> Reply:
+    return Reply(503, {"errors": ["the secrets store is unavailable; try again"]})
 
 
 @dataclass(frozen=True)
@@ -251,6 +260,12 @@ class SecretsApp:
             reply = _error_reply(exc)
             await self._audit_refusal(call, reply, exc.reason or Reason.POLICY_DENY)
             return reply
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+            reply = _store_unavailable()
+            await self._audit_refusal(call, reply, Reason.STORE_UNAVAILABLE)
+            return reply
         try:
             await service.audit_request(call)
         except UnavailableError as exc:
@@ -278,7 +293,17 @@ class SecretsApp:
             if exc.reason is not None:
                 self._record(call, exc.reason, exc.detail)
             return _error_reply(exc)
-        except Exception:  # a bug: answered (and audited) as one, never half a request
+        except Exception as exc:
+            if unreachable(exc):  # an outage, not a bug
+                log.warning(
+                    "secrets: %s %s: the database is unreachable (%r)",
+                    call.method,
+                    call.path[:200],
+                    exc,
+                )
+                self._record(call, Reason.STORE_UNAVAILABLE, type(exc).__name__)
+                return _store_unavailable()
+            # a bug: answered (and audited) as one, never half a request
             log.exception("secrets: %s %s failed", call.method, call.path[:200])
             return Reply(500, {"errors": ["internal error"]})
 

@@ -23,7 +23,7 @@ from sqlalchemy import MetaData, Table, event, inspect, select, text
 from sqlalchemy import column as column_clause
 from sqlalchemy import table as table_clause
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.schema import CreateColumn
 
@@ -36,10 +36,14 @@ __all__ = [
     "create_engine",
     "create_tables",
     "sqlite_url",
+    "unreachable",
 ]
 
 #: PostgreSQL's SQLSTATE for a privilege the role does not hold.
 _INSUFFICIENT_PRIVILEGE = "42501"
+#: SQLSTATE classes of a server that cannot serve now: 08 (connection exception), 57P
+#: (operator intervention: shutting down, starting up).
+_UNREACHABLE_STATES = ("08", "57P")
 
 _DRIVERS = {"sqlite+aiosqlite", "postgresql+asyncpg"}
 
@@ -61,6 +65,20 @@ class SqliteLayout:
             raise UsageError("an SQLite page size is a power of two from 512 to 65536")
         if self.cache_kib < 1:
             raise UsageError("an SQLite page cache is at least 1 KiB")
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be reached now — the connection refused,
+    lost or timed out, the server shutting down or starting up — rather than that a
+    statement was wrong: an outage, to answer with a 503 (and retry), not a bug."""
+    if isinstance(exc, OSError):  # refused, reset, timed out (TimeoutError is one)
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
+            return True
+        state = getattr(exc.orig, "sqlstate", None)
+        return isinstance(state, str) and state.startswith(_UNREACHABLE_STATES)
+    return False
 
 
 def sqlite_url(path: Path) -> str:
