@@ -6,8 +6,8 @@ it never gets there), and each test checks that a well-behaved client is still s
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import contextlib
+import dataclasses
 import json
 import ssl
 import time
