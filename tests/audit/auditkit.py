@@ -231,6 +231,24 @@ def named(alerts: list[Alert], name: str, detector: Detector) -> list[Alert]:
     return [a for a in alerts if a.rule_id in keys]
 
 
+def svid_expiring(
+    seconds: float, *, component: str = "gateway", serial: str = "1f"
+) -> dict[str, Any]:
+    """trustmesh.sdk.x509source.record_expiring: an SVID below 20% of its lifetime that
+    was not renewed."""
+    recorder = events.Recorder(
+        events.MemorySink(), component=component, spiffe_id=spiffe(component)
+    )
+    return _one(
+        recorder,
+        Activity.SVID_EXPIRING,
+        "the X.509-SVID was not renewed and expires soon",
+        decision=events.Decision.ERROR,
+        attributes={"not_after": "2026-12-07T18:00:00+00:00", "serial": serial},
+        now=at(seconds),
+    )
+
+
 def runtime_violation(
     reason: Reason, seconds: float, *, service: str = "orders", mode: str = "enforce"
 ) -> dict[str, Any]:

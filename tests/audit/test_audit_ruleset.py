@@ -25,6 +25,7 @@ from auditkit import (
     secrets_decision,
     shipped,
     spiffe,
+    svid_expiring,
     token_revoked,
 )
 
@@ -181,6 +182,11 @@ CASES: dict[str, tuple[Stream, list[Stream]]] = {
             [events_dropped(3, 0)],
         ],
     ),
+    "svid_expiring": (
+        # told twice for one SVID (the gateway, then again after a restart): one alert
+        [svid_expiring(0), svid_expiring(120)],
+        [[events_dropped(3, 0)], [admin_change(Activity.USER_LOCKED, 0)]],
+    ),
     "new_spiffe_id": (
         calls_from(["orders", "storefront"], 0)
         + calls_from(["orders", "intruder", "intruder"], 3600),
@@ -300,7 +306,7 @@ def test_the_rule_files_ship_as_package_data() -> None:
     ]["trustmesh"]
     package = root / "src" / "trustmesh"
     files = sorted(SHIPPED_RULES.glob("*.yml"))
-    assert len(files) == 14
+    assert len(files) == 15
     for path in files:
         relative = str(path.relative_to(package))
         assert any(fnmatch.fnmatch(relative, p) for p in patterns), relative

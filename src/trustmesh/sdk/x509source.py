@@ -232,7 +232,8 @@ class X509Source:
 
 def record_expiring(recorder: events.Recorder) -> Callable[[X509Context], None]:
     """An :meth:`X509Source.on_expiring` callback recording ``svid-expiring`` (an error:
-    the process stops working at the SVID's expiry unless it is renewed by then)."""
+    the process stops working at the SVID's expiry unless it is renewed by then; the
+    collector's shipped rule ``svid_expiring`` raises an alert on it)."""
 
     def record(context: X509Context) -> None:
         log.error(
