@@ -196,6 +196,7 @@ def test_a_killed_identity_provider_leaves_jwts_working_and_introspection_503(
         assert items(before).status_code == 200
         assert reserve(before).status_code == 201, reserve(before).text
         rounds = fault_scale.count(4, 60)
+        provider = stack.endpoint("auth")["url"]
         with stack.supervisor_held():
             stack.kill("auth")
             failed = stack.log_text("gateway").count(JWKS_FAILED)
@@ -243,3 +244,11 @@ def test_a_killed_identity_provider_leaves_jwts_working_and_introspection_503(
                 "token-unknown-key": rounds,
             }
             until(10, lambda: recorded() == expected, f"the decisions recorded: {expected}")
+        # the supervisor starts the provider again where it was: the gateway, told its
+        # URL once, finds it there, and the routes that ask it work again
+        until(
+            30,
+            lambda: reserve(during).status_code == 201,
+            "introspection after the provider came back",
+        )
+        assert stack.endpoint("auth")["url"] == provider

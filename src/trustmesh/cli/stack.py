@@ -13,7 +13,8 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
+from urllib.parse import urlsplit
 
 import typer
 from rich.table import Table
@@ -105,7 +106,7 @@ def components(config: TrustmeshConfig, config_path: Path, state: Path) -> list[
                 f"trustmesh.{name}", "--config", str(config_path), "--state", str(state)
             ),
             env=env,
-            env_factory=_component_env(config, state, name),
+            env_factory=_component_env(config, state, name, process),
         )
 
     if config.audit is not None:  # first: every component after it delivers its events there
@@ -183,17 +184,57 @@ def _discovery_url(state: Path) -> str:
     return str((read_json(IdentityPaths(state).discovery) or {}).get("url") or "")
 
 
-def _component_env(config: TrustmeshConfig, state: Path, name: str) -> Callable[[], dict[str, str]]:
+def _component_env(
+    config: TrustmeshConfig, state: Path, name: str, process: str | None = None
+) -> Callable[[], dict[str, str]]:
+    started: list[bool] = []
+
     def make() -> dict[str, str]:
         token = _join_token(config, state, config.component_spiffe_id(name))
-        return {
+        made = {
             "TRUSTMESH_JOIN_TOKEN": token,
             # where the suspensions feed is polled (platform.suspensions)
             "TRUSTMESH_DISCOVERY_URL": _discovery_url(state),
             AUDIT_URL_ENV: _audit_url(config, state),
         }
+        if started:  # a restart: where its peers know it is
+            made.update(_same_ports(state, process or name))
+        started.append(True)
+        return made
 
     return make
+
+
+#: Per component: the keys of its endpoint file whose URL's port ``TRUSTMESH_LISTEN_PORTS``
+#: pins at a restart, and the port key each pins.
+_KEPT_PORTS: Final = {
+    "auth": (("url", "auth.port"), ("public_url", "auth.public_port")),
+    "secrets": (("url", "secrets.port"),),
+    "audit": (("url", "audit.port"), ("console_url", "audit.console.port")),
+    "gateway": (("url", "gateway.port"), ("internal_url", "gateway.internal_port")),
+}
+
+
+def _same_ports(state: Path, process: str) -> dict[str, str]:
+    """A component the supervisor starts again listens where it did: the ports its
+    endpoint file names pinned for it (those the declaration leaves to the system
+    would otherwise change, and the peers that found it at start — the gateway, the
+    services, each told once — would call a dead port). A gateway worker after the
+    first shares the first's client port already and takes free ones for the rest."""
+    entry = endpoint_of(process)
+    if entry is None or process not in _KEPT_PORTS:
+        return {}
+    doc = read_json(state / entry[0]) or {}
+    pinned = dict(
+        item.split("=", 1)
+        for item in os.environ.get(LISTEN_PORTS_ENV, "").replace(",", " ").split()
+    )
+    for key, port_key in _KEPT_PORTS[process]:
+        url = doc.get(key)
+        port = urlsplit(url).port if isinstance(url, str) and url else None
+        if port and port_key not in pinned:
+            pinned[port_key] = str(port)
+    return {LISTEN_PORTS_ENV: " ".join(f"{k}={v}" for k, v in pinned.items())} if pinned else {}
 
 
 def _service_env(config: TrustmeshConfig, state: Path, name: str) -> Callable[[], dict[str, str]]:
