@@ -85,6 +85,7 @@ def test_a_killed_identity_service_leaves_svids_in_use_until_renewal_resumes(
     service = _inventory_url(stack)
     gateway = str(stack.endpoint("gateway")["internal_url"])
     assert _expiring(stack) == {"gateway": [], "inventory": []}  # renewed in time: none
+    discovery = json.loads((stack.state / "discovery.json").read_text())["url"]
     with stack.supervisor_held():
         stack.kill("identity")
         held = served_certificate(service)
@@ -123,3 +124,5 @@ def test_a_killed_identity_service_leaves_svids_in_use_until_renewal_resumes(
     assert fresh.not_valid_after_utc > _expiry(held)
     _through(stack)
     assert _expiring(stack) == told  # the renewed ones: nothing more to say
+    # and it serves discovery where every process was told it is
+    assert json.loads((stack.state / "discovery.json").read_text())["url"] == discovery

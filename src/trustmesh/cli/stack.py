@@ -86,6 +86,7 @@ def components(config: TrustmeshConfig, config_path: Path, state: Path) -> list[
             python_module_argv(
                 "trustmesh.identity", "--config", str(config_path), "--state", str(state)
             ),
+            env_factory=_identity_env(state),
         )
     ]
     paths = IdentityPaths(state)
@@ -205,9 +206,23 @@ def _component_env(
     return make
 
 
+def _identity_env(state: Path) -> Callable[[], dict[str, str]]:
+    """The identity service's restarts keep its discovery port (every process was told
+    its URL once)."""
+    started: list[bool] = []
+
+    def make() -> dict[str, str]:
+        made = _same_ports(state, "identity") if started else {}
+        started.append(True)
+        return made
+
+    return make
+
+
 #: Per component: the keys of its endpoint file whose URL's port ``TRUSTMESH_LISTEN_PORTS``
 #: pins at a restart, and the port key each pins.
 _KEPT_PORTS: Final = {
+    "identity": (("url", "identity.discovery_port"),),
     "auth": (("url", "auth.port"), ("public_url", "auth.public_port")),
     "secrets": (("url", "secrets.port"),),
     "audit": (("url", "audit.port"), ("console_url", "audit.console.port")),
@@ -222,9 +237,13 @@ def _same_ports(state: Path, process: str) -> dict[str, str]:
     services, each told once — would call a dead port). A gateway worker after the
     first shares the first's client port already and takes free ones for the rest."""
     entry = endpoint_of(process)
-    if entry is None or process not in _KEPT_PORTS:
+    if process == "identity":
+        where: Path | None = IdentityPaths(state).discovery
+    else:
+        where = state / entry[0] if entry is not None else None
+    if where is None or process not in _KEPT_PORTS:
         return {}
-    doc = read_json(state / entry[0]) or {}
+    doc = read_json(where) or {}
     pinned = dict(
         item.split("=", 1)
         for item in os.environ.get(LISTEN_PORTS_ENV, "").replace(",", " ").split()
