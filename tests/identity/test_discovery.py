@@ -144,6 +144,32 @@ async def test_an_instance_that_stops_renewing_vanishes(
         assert await orders.lookup("payments") == []
 
 
+def test_a_registry_started_again_takes_back_the_leases_still_running() -> None:
+    """What the last run granted (its snapshot) is taken back for what is left of each
+    lease: a live one, not a stale or ended one, nor one of a service no longer declared
+    or under another service's name, nor anything that is not an entry."""
+    now = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    before = Registry(CONFIG)
+    before.register(sid("payments"), "https://10.0.0.1:1", now)
+    before.register(sid("inventory"), "https://10.0.0.2:2", now - LEASE / 2)
+    before.register(sid("orders"), "https://10.0.0.3:3", now - LEASE * 2)  # ended
+    listed: list[object] = list(before.snapshot(now))
+    payments = next(e for e in before.snapshot(now) if e["service"] == "payments")
+    listed.append(
+        {**payments, "service": "inventory", "url": "https://10.0.0.8:8"}
+    )  # not its SVID's
+    listed.append({**payments, "spiffe_id": sid("intruder"), "url": "https://10.0.0.9:9"})
+    listed.append("not an entry")
+    later = now + dt.timedelta(seconds=1)
+    again = Registry(CONFIG)
+    assert again.restore(listed, later) == 2
+    assert {i.url: i.expires_at for i in again.instances.values()} == {
+        "https://10.0.0.1:1": now + LEASE,  # what is left of each lease, not a new one
+        "https://10.0.0.2:2": now + LEASE / 2,
+    }
+    assert again.restore("not a list", later) == 0
+
+
 def test_registry_lease_and_snapshot() -> None:
     config: TrustmeshConfig = CONFIG
     registry = Registry(config)

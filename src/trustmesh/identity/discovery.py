@@ -10,7 +10,7 @@ same ``404`` as for a service that does not exist, so discovery reveals nothing.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from trustmesh.config import TrustmeshConfig
@@ -64,6 +64,44 @@ class Registry:
         )
         self.instances[key] = instance
         return instance
+
+    def restore(self, listed: object, now: dt.datetime) -> int:
+        """Take back the leases a snapshot of this registry lists (what the identity
+        service wrote before it was stopped or killed): each instance whose lease has
+        not ended, of a service still declared, at an address that is still valid, for
+        what is left of its lease — an identity service that starts again forgets no
+        one who registered, and a dead instance still vanishes when its lease ends.
+        How many were taken back."""
+        taken = 0
+        for entry in listed if isinstance(listed, list) else []:
+            try:
+                ends = dt.datetime.fromisoformat(str(entry["expires_at"]))
+                if ends <= now or entry.get("stale"):
+                    continue
+                cert = entry.get("cert_expires")
+                found = self.register(
+                    str(entry["spiffe_id"]),
+                    str(entry["url"]),
+                    now,
+                    cert if isinstance(cert, str) else None,
+                )
+            except (
+                KeyError,
+                TypeError,
+                ValueError,
+                AttributeError,
+                UsageError,
+                PermissionDeniedError,
+            ):
+                continue  # not an entry this registry wrote, or no longer declared
+            if found.service != entry.get("service"):
+                self.instances.pop((found.service, found.url), None)
+                continue
+            self.instances[(found.service, found.url)] = replace(
+                found, expires_at=min(ends, found.expires_at)
+            )
+            taken += 1
+        return taken
 
     def deregister(self, spiffe_id: str, url: str) -> bool:
         return self.instances.pop((self.service_of(spiffe_id), url), None) is not None

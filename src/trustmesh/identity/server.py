@@ -192,7 +192,9 @@ class IdentityServer:
 
     async def start(self) -> None:
         _raise_fd_limit()
-        if not self.follower:  # a snapshot left by a crash names a server that is gone
+        if not self.follower:  # a snapshot left by a crash names a server that is gone,
+            # and the instances still leased there
+            self._restore_instances()
             self.paths.discovery.unlink(missing_ok=True)
         if self._listen_fd is not None:
             self._listener = socket.socket(fileno=self._listen_fd)
@@ -322,6 +324,15 @@ class IdentityServer:
         """Where discovery is reached (a wildcard bind: on loopback)."""
         return self.config.listen.url(self.discovery.port) if self.discovery else None
 
+    def _restore_instances(self) -> None:
+        """The leases the last run of this service granted, from its snapshot."""
+        try:
+            doc = json.loads(self.paths.discovery.read_text())
+        except (OSError, ValueError):
+            return
+        if isinstance(doc, dict):
+            self.registry.restore(doc.get("instances"), self.clock())
+
     def _write_discovery_file(self) -> None:
         """What `trustmesh status` reads: the discovery URL and the live instances."""
         now = self.clock()
@@ -334,6 +345,14 @@ class IdentityServer:
             "updated_at": now.isoformat(),
             "instances": self.registry.snapshot(now),
         }
+        tmp = self.paths.discovery.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(self.paths.discovery)
+
+    def _keep_instances_only(self) -> None:
+        """At a stop, the snapshot keeps only the leases (for the next start), no URL:
+        nothing listens there any more."""
+        doc = {"instances": self.registry.snapshot(self.clock())}
         tmp = self.paths.discovery.with_suffix(".tmp")
         tmp.write_text(json.dumps(doc))
         tmp.replace(self.paths.discovery)
@@ -382,7 +401,7 @@ class IdentityServer:
             await self.operator.close()
         if self.discovery is not None:
             await self.discovery.stop()
-            self.paths.discovery.unlink(missing_ok=True)
+            self._keep_instances_only()
         workers, self._workers = self._workers, []
         for worker in workers:
             worker.terminate()
