@@ -46,7 +46,8 @@ def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
 
 async def _database(cluster: PrivatePostgres) -> str:
     """A database owned by a role of its own (a password, over TCP); its URL."""
-    role, password = "tm_audit", secrets.token_urlsafe(24)
+    role = "tm_audit"
+    password = secrets.token_urlsafe(24)
     admin = await cluster.admin()
     try:
         await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")

