@@ -105,6 +105,20 @@ class PrivatePostgres:
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
+    async def owned_database(self, name: str) -> str:
+        """A new database ``name`` owned by a role of the same name with a password of
+        its own (SCRAM over TCP, as a deployment connects); its SQLAlchemy URL."""
+        import secrets
+
+        password = secrets.token_urlsafe(24)
+        admin = await self.admin()
+        try:
+            await admin.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")
+            await admin.execute(f"CREATE DATABASE {name} OWNER {name}")
+        finally:
+            await admin.close()
+        return f"postgresql+asyncpg://{name}:{password}@127.0.0.1:{self.port}/{name}"
+
     async def admin(self, database: str = "postgres") -> Any:
         """An asyncpg connection as the superuser, over the unix socket."""
         import asyncpg

@@ -9,7 +9,6 @@ producer's order."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 import sys
 import time
 from collections.abc import Iterator
@@ -33,7 +32,7 @@ from deliveryrig import (
     stored,
 )
 from platformfaultrig import Scale, free_port
-from services import PrivatePostgres, private_postgres
+from services import private_postgres
 
 from trustmesh.sdk.x509source import X509Source
 from trustmesh.testing import RunningIdentityServer
@@ -44,25 +43,12 @@ def identity(short_tmp: Path) -> Iterator[RunningIdentityServer]:
     yield from identity_for(collector_config(), short_tmp / "identity")
 
 
-async def _database(cluster: PrivatePostgres) -> str:
-    """A database owned by a role of its own (a password, over TCP); its URL."""
-    role = "tm_audit"
-    password = secrets.token_urlsafe(24)
-    admin = await cluster.admin()
-    try:
-        await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
-        await admin.execute(f"CREATE DATABASE tm_audit OWNER {role}")
-    finally:
-        await admin.close()
-    return f"postgresql+asyncpg://{role}:{password}@127.0.0.1:{cluster.port}/tm_audit"
-
-
 async def test_postgresql_restarted_under_the_audit_collector(
     identity: RunningIdentityServer, short_tmp: Path, fault_scale: Scale
 ) -> None:
     count = fault_scale.count(200, 5000)
     with private_postgres() as cluster:
-        url = await _database(cluster)
+        url = await cluster.owned_database("tm_audit")
         port = free_port()
         collector = CollectorProcess(short_tmp / "c", identity.address, port)
         collector.config_file.write_text(

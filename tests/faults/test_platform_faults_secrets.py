@@ -115,20 +115,6 @@ async def test_a_killed_secrets_service_leaves_cached_values_until_their_ttl(
         service.stop()
 
 
-async def _database(cluster: PrivatePostgres) -> str:
-    """A database on ``cluster`` owned by a role of its own with a password (SCRAM over
-    TCP, as a deployment connects); its SQLAlchemy URL."""
-    role = "tm_secrets"
-    password = secrets.token_urlsafe(24)
-    admin = await cluster.admin()
-    try:
-        await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
-        await admin.execute(f"CREATE DATABASE tm_secrets OWNER {role}")
-    finally:
-        await admin.close()
-    return f"postgresql+asyncpg://{role}:{password}@127.0.0.1:{cluster.port}/tm_secrets"
-
-
 async def test_postgresql_restarted_under_the_secrets_service(
     identity: RunningIdentityServer, short_tmp: Path, fault_scale: Scale
 ) -> None:
@@ -137,7 +123,7 @@ async def test_postgresql_restarted_under_the_secrets_service(
     at once), then the same process serves again, and every write it acknowledged —
     before, during or after — reads back with its value."""
     with private_postgres() as cluster:
-        url = await _database(cluster)
+        url = await cluster.owned_database("tm_secrets")
         declaration = _on_port(free_port(), database=url)
         service = SecretsProcess(short_tmp / "secrets", identity.address, declaration)
         try:

@@ -121,28 +121,35 @@ def components(config: TrustmeshConfig, config_path: Path, state: Path) -> list[
     if config.gateway is not None:  # before the services: they are told where its keys are
         workers = config.gateway.workers if config.gateway.engine == "python" else 1
         specs += [component("gateway", worker) for worker in range(1, workers + 1)]
-    for name, service in config.services.items():
-        if service.external:
-            continue
-        argv = (
-            tuple(service.command)
-            if service.command
-            else python_module_argv("trustmesh.sdk.runner", str(service.run))
-        )
-        specs.append(
-            ComponentSpec(
-                name,
-                argv,
-                env={
-                    "SPIFFE_ENDPOINT_SOCKET": paths.socket_address,
-                    "TRUSTMESH_CONFIG": str(config_path),
-                    "TRUSTMESH_SERVICE": name,
-                    "TRUSTMESH_EVENTS": str(state / "events" / f"{name}.jsonl"),
-                },
-                env_factory=_service_env(config, state, name),
-            )
-        )
+    specs += [
+        _service_spec(config, config_path, state, name)
+        for name, service in config.services.items()
+        if not service.external
+    ]
     return specs
+
+
+def _service_spec(
+    config: TrustmeshConfig, config_path: Path, state: Path, name: str
+) -> ComponentSpec:
+    """A declared service: its command, or the SDK's runner on its app."""
+    service = config.services[name]
+    argv = (
+        tuple(service.command)
+        if service.command
+        else python_module_argv("trustmesh.sdk.runner", str(service.run))
+    )
+    return ComponentSpec(
+        name,
+        argv,
+        env={
+            "SPIFFE_ENDPOINT_SOCKET": IdentityPaths(state).socket_address,
+            "TRUSTMESH_CONFIG": str(config_path),
+            "TRUSTMESH_SERVICE": name,
+            "TRUSTMESH_EVENTS": str(state / "events" / f"{name}.jsonl"),
+        },
+        env_factory=_service_env(config, state, name),
+    )
 
 
 def _metrics_file(state: Path, service: str) -> Path:
