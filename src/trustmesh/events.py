@@ -644,6 +644,7 @@ _VERBS: tuple[tuple[tuple[int, str], tuple[Activity, ...]], ...] = (
             Activity.CA_PREPARED,
             Activity.CA_RENEWED,
             Activity.ENTRY_CREATED,
+            Activity.SERVER_CERT_ISSUED,
             Activity.JOIN_TOKEN_CREATED,
             Activity.CLIENT_CREATED,
             Activity.KEY_CREATED,

@@ -155,6 +155,8 @@ class Activity(enum.StrEnum):
     CA_RETIRED = "ca-retired"
     CA_RENEWED = "ca-renewed"
     ENTRY_CREATED = "entry-created"
+    #: A TLS server certificate (a database's, a cache's) issued by the workload CA.
+    SERVER_CERT_ISSUED = "server-cert-issued"
     ENTRY_REMOVED = "entry-removed"
     JOIN_TOKEN_CREATED = "token-created"
     CLIENT_CREATED = "client-created"

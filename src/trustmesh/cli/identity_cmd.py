@@ -20,6 +20,7 @@ from trustmesh.cli._common import (
     ConfigOption,
     JsonOption,
     StateOption,
+    err,
     fail,
     fail_on,
     out,
@@ -132,6 +133,66 @@ def token_create(
     body = {"spiffe_id": spiffe_id, "ttl": seconds_option("--ttl", ttl)}
     made = _identity(state, config, "POST", "/admin/v1/join-tokens", body)
     print(made["token"])  # plain stdout: scripts capture it
+
+
+@app.command("server-cert")
+def server_cert(
+    out_dir: Annotated[
+        Path,
+        typer.Option("--out", help="Where to write server.crt, server.key (0600) and ca.crt."),
+    ],
+    dns: Annotated[
+        list[str] | None, typer.Option("--dns", help="A host name clients dial (repeatable).")
+    ] = None,
+    ip: Annotated[
+        list[str] | None, typer.Option("--ip", help="An IP address clients dial (repeatable).")
+    ] = None,
+    ttl: Annotated[str, typer.Option(help="How long the certificate is valid.")] = "30d",
+    config: ConfigOption = None,
+    state: StateOption = DEFAULT_STATE,
+    as_json: JsonOption = False,
+) -> None:
+    """Issue a TLS server certificate from the workload CA for a server the components
+    connect to (the shared PostgreSQL with sslmode=verify-full, Redis over rediss://).
+    The key is made here and never leaves this machine; run again to renew."""
+    key = crypto.generate_key()
+    body = {
+        "csr": crypto.certificate_request(key, (dns or ip or ["server"])[0]).decode("ascii"),
+        "dns_names": dns or [],
+        "ip_addresses": ip or [],
+        "ttl": seconds_option("--ttl", ttl),
+    }
+    made = _identity(state, config, "POST", "/admin/v1/server-certificates", body)
+    files = {
+        "server.key": (crypto.private_key_to_pem(key), 0o600),
+        "server.crt": (str(made["chain_pem"]).encode(), 0o644),
+        "ca.crt": (str(made["bundle_pem"]).encode(), 0o644),
+    }
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for name, (data, mode) in files.items():
+            crypto.replace_file(out_dir / name, data, mode)
+    except OSError as exc:
+        fail(f"cannot write the certificate to {out_dir}: {exc}")
+    facts = {
+        "names": made["names"],
+        "serial": made["serial"],
+        "not_after": made["not_after"],
+        "files": [str(out_dir / name) for name in files],
+    }
+    if made["until_ca_expiry"]:
+        err.print(
+            f"valid until {made['not_after']}, when the signing CA that issued it expires: "
+            "renew it before then (run this again)",
+            markup=False,
+        )
+    if as_json:
+        out.print_json(json.dumps(facts))
+        return
+    table = Table(show_header=False)
+    for name, value in facts.items():
+        table.add_row(name, ", ".join(value) if isinstance(value, list) else str(value))
+    out.print(table)
 
 
 def _suspension_json(doc: dict[str, Any]) -> dict[str, object]:

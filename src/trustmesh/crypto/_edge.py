@@ -24,8 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPublicKeyTypes,
+    PrivateKeyTypes,
+)
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from trustmesh.crypto._seal import SealKey, load_or_create_sealed, open_sealed, seal
@@ -44,6 +49,9 @@ EDGE_LEAF_TTL = dt.timedelta(days=30)
 _CONTEXT = b"trustmesh edge CA key v1"
 #: What a dev listener's certificate names (the listeners bind loopback).
 LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
+#: What a certificate signing request's key may be (:func:`csr_public_key`).
+_CSR_CURVES = ("secp256r1", "secp384r1")
+_CSR_MIN_RSA = 2048
 
 
 @dataclass(frozen=True)
@@ -105,14 +113,29 @@ def issue_server_certificate(
     now: dt.datetime,
     ttl: dt.timedelta = EDGE_LEAF_TTL,
 ) -> ServerCertificate:
-    """A TLS server certificate for ``names`` (DNS names or IP addresses)."""
+    """A TLS server certificate for ``names`` (DNS names or IP addresses), with a new key."""
+    key = generate_key()
+    cert = server_certificate_for(key.public_key(), names, ca, ca_key, now=now, ttl=ttl)
+    return ServerCertificate((cert, ca), key)
+
+
+def server_certificate_for(
+    public: CertificateIssuerPublicKeyTypes,
+    names: Sequence[str],
+    ca: x509.Certificate,
+    ca_key: PrivateKey,
+    *,
+    now: dt.datetime,
+    ttl: dt.timedelta,
+) -> x509.Certificate:
+    """A TLS server certificate of ``public`` for ``names`` (DNS names or IP addresses):
+    serverAuth only (it cannot authenticate a client), no URI SAN (it is no SVID: no
+    workload accepts it as an identity), never outliving ``ca``."""
     if not names:
         raise CryptoError("a server certificate needs at least one name")
-    key = generate_key()
-    public = key.public_key()
     ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     not_after = min(now + ttl, ca.not_valid_after_utc)
-    cert = (
+    return (
         x509.CertificateBuilder()
         .subject_name(
             x509.Name(
@@ -139,7 +162,32 @@ def issue_server_certificate(
         )
         .sign(ca_key, hashes.SHA256())
     )
-    return ServerCertificate((cert, ca), key)
+
+
+def csr_public_key(pem: bytes) -> CertificateIssuerPublicKeyTypes:
+    """The public key of a PEM certificate signing request whose signature proves its
+    holder has the private key: ECDSA on P-256 or P-384, or RSA of 2048 bits or more.
+    Nothing else of the request is taken (the issuer decides the names)."""
+    try:
+        csr = x509.load_pem_x509_csr(pem)
+        signed = csr.is_signature_valid
+        public = csr.public_key()
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise CryptoError("not a PEM certificate signing request") from None
+    if not signed:
+        raise CryptoError("the certificate signing request's signature does not verify")
+    if isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name in _CSR_CURVES:
+        return public
+    if isinstance(public, rsa.RSAPublicKey) and public.key_size >= _CSR_MIN_RSA:
+        return public
+    raise CryptoError("the request's key must be ECDSA P-256 or P-384, or RSA of 2048 bits or more")
+
+
+def certificate_request(key: PrivateKey, name: str) -> bytes:
+    """A PEM certificate signing request of ``key`` (subject CN ``name``)."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
+    return csr.public_bytes(serialization.Encoding.PEM)
 
 
 def edge_ca_path(state: Path) -> Path:
@@ -189,13 +237,14 @@ def _create_ca(
     key = generate_key()
     ca = create_edge_ca(key, now=now)
     sealed = seal(private_key_to_der(key), seal_key, context=_CONTEXT)
-    _replace(folder / "ca.key.sealed", sealed, 0o600)
-    _replace(folder / "ca.pem", ca.public_bytes(serialization.Encoding.PEM), 0o644)
+    replace_file(folder / "ca.key.sealed", sealed, 0o600)
+    replace_file(folder / "ca.pem", ca.public_bytes(serialization.Encoding.PEM), 0o644)
     return ca, key
 
 
-def _replace(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` atomically (a temporary file renamed over it)."""
+def replace_file(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to ``path`` atomically (a temporary file, made with ``mode`` and
+    fsynced, renamed over it; a symlink is never followed): keys and certificates."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)

@@ -48,8 +48,9 @@ from trustmesh.errors import (
     UnavailableError,
     UsageError,
 )
-from trustmesh.identity import admin, suspensions
+from trustmesh.identity import admin, server_certs, suspensions
 from trustmesh.identity.admin import ServiceSettings, utcnow
+from trustmesh.identity.ca import CertificateAuthority
 from trustmesh.identity.models import IssuedSVID, RegistrationEntry
 from trustmesh.identity.service import Clock
 from trustmesh.identity.store import IdentityStore
@@ -168,10 +169,12 @@ class IdentityAdmin:
         tokens: AdminTokens,
         changed: Callable[[], None],
         last_svid: Callable[[str], IssuedSVID | None],
+        ca: CertificateAuthority,
         *,
         clock: Clock = utcnow,
     ) -> None:
         self.store, self.settings, self.sink, self.tokens = store, settings, sink, tokens
+        self.ca = ca
         self.changed, self.last_svid, self.clock = changed, last_svid, clock
         self.operator = config.component_spiffe_id("operator")
         self.responder = config.component_spiffe_id("audit")
@@ -192,6 +195,11 @@ class IdentityAdmin:
             Route(
                 "/admin/v1/join-tokens",
                 guarded("create-join-token", self.join_token),
+                methods=["POST"],
+            ),
+            Route(
+                "/admin/v1/server-certificates",
+                guarded("issue-server-cert", self.server_certificate),
                 methods=["POST"],
             ),
             *self._suspension_routes(),
@@ -275,6 +283,38 @@ class IdentityAdmin:
             status_code=201,
             headers={"Cache-Control": "no-store"},  # shown once; only its hash is stored
         )
+
+    async def server_certificate(self, request: Request, actor: Actor) -> Response:
+        """A TLS server certificate for a database or cache the components connect to
+        (:mod:`trustmesh.identity.server_certs`): ``{"csr", "dns_names", "ip_addresses",
+        "ttl"}``."""
+        doc = _fields(await _json_object(request), "csr", "dns_names", "ip_addresses", "ttl")
+        csr = doc.get("csr")
+        if not isinstance(csr, str):
+            raise UsageError("csr: expected a PEM certificate signing request")
+        lists = {key: doc.get(key, []) for key in ("dns_names", "ip_addresses")}
+        for key, value in lists.items():
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise UsageError(f"{key}: expected a list of strings")
+        names = server_certs.server_names(lists["dns_names"], lists["ip_addresses"])
+        issued = server_certs.issue(
+            self.ca,
+            csr.encode("utf-8", "replace"),
+            names,
+            _ttl(doc.get("ttl"), "ttl"),
+            self.sink,
+            now=self.clock(),
+            actor=actor,
+        )
+        body = {
+            "chain_pem": issued.chain_pem,
+            "bundle_pem": issued.bundle_pem,
+            "serial": issued.serial,
+            "names": list(issued.names),
+            "not_after": issued.not_after.isoformat(),
+            "until_ca_expiry": issued.until_ca_expiry,
+        }
+        return JSONResponse(body, status_code=201)
 
     async def show_svid(self, request: Request, actor: Actor) -> Response:
         spiffe_id = request.query_params.get("spiffe_id", "")

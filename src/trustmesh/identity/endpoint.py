@@ -6,7 +6,9 @@ service's own modules so that reading it imports nothing heavy (the CLI does).""
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,20 @@ class IdentityPaths:
     @property
     def db(self) -> Path:
         return self.root / "identity.db"
+
+    def published_roots(self) -> bytes:
+        """The root certificates (PEM) of every CA generation the store holds — the
+        trust bundle — read without writing (empty before the CA's first start)."""
+        if not self.db.exists():
+            return b""
+        db = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=10)
+        try:
+            rows = db.execute("SELECT doc FROM ca_generations ORDER BY id").fetchall()
+        except sqlite3.OperationalError:  # no table yet
+            return b""
+        finally:
+            db.close()
+        return "".join(str(json.loads(doc).get("root", "")) for (doc,) in rows).encode()
 
     @property
     def socket(self) -> Path:

@@ -239,6 +239,7 @@ class IdentityServer:
             self.admin_tokens,
             self._entries_changed,
             self._last_svid,
+            self.ca,
             clock=self.clock,
         ).routes()
         feed = SuspensionFeed(self.store, self.clock).routes()
