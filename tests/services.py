@@ -105,6 +105,23 @@ class PrivatePostgres:
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
+    def install_certificate(self, cert: Path, key: Path, ca: Path | None = None) -> None:
+        """Copy a server certificate and key (and the clients' CA) into the cluster, as
+        PostgreSQL demands them (its owner's, the key 0600); a running cluster takes them
+        at its next :meth:`reload`."""
+        files = [(cert, "server.crt", 0o644), (key, "server.key", 0o600)]
+        files += [(ca, "ca.crt", 0o644)] if ca is not None else []
+        for source, name, mode in files:
+            target = self.data / name
+            shutil.copyfile(source, target)
+            target.chmod(mode)
+            if os.geteuid() == 0:
+                who = pwd.getpwnam("nobody")
+                os.chown(target, who.pw_uid, who.pw_gid)
+
+    def reload(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "reload")
+
     async def owned_database(self, name: str) -> str:
         """A new database ``name`` owned by a role of the same name with a password of
         its own (SCRAM over TCP, as a deployment connects); its SQLAlchemy URL."""
@@ -134,10 +151,31 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class ServerTLS:
+    """What a private server presents and checks: its certificate chain and key (PEM
+    files), and the CA bundle its clients' certificates must chain to."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
+#: With TLS, the cluster's pg_hba: TLS only over TCP, and a client certificate from the
+#: CA as well as the password — except for roles named in ``password_only``.
+_HBA_TLS = (
+    "local all all trust\n{exempt}hostssl all all 127.0.0.1/32 scram-sha-256 clientcert=verify-ca\n"
+)
+
+
 @contextlib.contextmanager
-def private_postgres() -> Iterator[PrivatePostgres]:
+def private_postgres(
+    tls: ServerTLS | None = None, password_only: tuple[str, ...] = ()
+) -> Iterator[PrivatePostgres]:
     """A started :class:`PrivatePostgres`, stopped and removed afterwards. Skips where
-    ``initdb`` is not installed (fails with TRUSTMESH_REQUIRE_SERVICES=1)."""
+    ``initdb`` is not installed (fails with TRUSTMESH_REQUIRE_SERVICES=1). With ``tls``
+    it accepts TCP connections over TLS only, each with a client certificate that chains
+    to ``tls.ca`` (but the roles in ``password_only``: a password over TLS)."""
     if shutil.which("initdb") is None or shutil.which("pg_ctl") is None:
         message = "initdb and pg_ctl (PostgreSQL's server) are not on PATH"
         if REQUIRE_SERVICES:
@@ -161,6 +199,8 @@ def private_postgres() -> Iterator[PrivatePostgres]:
             "--auth-local=trust",
             "--auth-host=scram-sha-256",
         )
+        if tls is not None:
+            _server_tls(cluster, tls, password_only)
         cluster.start()
         try:
             yield cluster
@@ -169,6 +209,17 @@ def private_postgres() -> Iterator[PrivatePostgres]:
                 cluster.stop()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _server_tls(cluster: PrivatePostgres, tls: ServerTLS, password_only: tuple[str, ...]) -> None:
+    """Copy the certificate, key and CA into the cluster (its owner's, the key 0600, as
+    PostgreSQL demands), turn TLS on, and write pg_hba.conf (:data:`_HBA_TLS`)."""
+    cluster.install_certificate(tls.cert, tls.key, tls.ca)
+    with (cluster.data / "postgresql.conf").open("a") as conf:
+        conf.write("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
+        conf.write("ssl_ca_file = 'ca.crt'\n")
+    exempt = "".join(f"hostssl all {role} 127.0.0.1/32 scram-sha-256\n" for role in password_only)
+    (cluster.data / "pg_hba.conf").write_text(_HBA_TLS.format(exempt=exempt))
 
 
 def require_crs() -> Path:

@@ -67,6 +67,7 @@ from trustmesh.errors import ConfigError
 from trustmesh.platform.listeners import ASGIApp, Served, bound_socket, start
 from trustmesh.platform.suspensions import RefuseSuspended
 from trustmesh.reasons import Activity
+from trustmesh.sdk import store_tls
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.x509source import SVIDSource
 from trustmesh.store import create_engine, sqlite_url
@@ -251,7 +252,7 @@ def prune_engine(
         return engine
     pruner = settings.retention.database or shared
     if pruner is not None:
-        return create_engine(pruner)
+        return create_engine(pruner, tls=store_tls.postgres)
     log.warning(
         "audit: retention is declared but pruning is off: on PostgreSQL the collector's "
         "role may not DELETE; set audit.retention.database to the URL of a role given "
@@ -333,7 +334,7 @@ def _open_ledger(
 ) -> tuple[Ledger, Path]:
     """The log (not opened yet) and the folder of the collector's state."""
     folder, url, checkpoints = _paths(settings, state, config)
-    engine = create_engine(url, sqlite_layout=LAYOUT)
+    engine = create_engine(url, sqlite_layout=LAYOUT, tls=store_tls.postgres)
     pruner = None if settings.database else component_url(config, state, "audit_pruner")
     pruning = prune_engine(settings, url, engine, pruner)
     return Ledger(engine, checkpoint_file=checkpoints, prune_engine=pruning), folder

@@ -29,6 +29,7 @@ from trustmesh.errors import ConfigError
 from trustmesh.platform.guard import ConnectionGuard, ConnectionLimits
 from trustmesh.platform.listeners import PublicServed, Served, bound_socket, start, start_public
 from trustmesh.platform.suspensions import OAUTH, PLATFORM, Refusal, RefuseSuspended
+from trustmesh.sdk import store_tls
 from trustmesh.sdk.spans import TracedApp
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.x509source import SVIDSource
@@ -150,7 +151,7 @@ async def _serve_on(
     certificate = None
     if public_port is not None:
         certificate = _public_certificate(config, state, seal_key, config_dir)
-    store = AuthStore(create_engine(database_url(config, state)))
+    store = AuthStore(create_engine(database_url(config, state), tls=store_tls.postgres))
     service = AuthService(config, store, seal_key, settings, sink, clock=clock)
     await service.start()
     tls = RotatingTLS(source)  # one set of contexts: the server's and its own calls

@@ -26,6 +26,7 @@ from trustmesh.errors import UnavailableError
 from trustmesh.platform.guard import RefusalSummary
 from trustmesh.platform.names import GATEWAY_CLIENT_ID
 from trustmesh.reasons import Activity, Code, Reason
+from trustmesh.sdk import store_tls
 
 log = logging.getLogger("trustmesh.auth")
 
@@ -396,7 +397,7 @@ class AuthService:
 
         try:
             if self._redis is None:
-                self._redis = redis.from_url(url)
+                self._redis = store_tls.redis_client(url)
             await self._redis.publish(
                 self.config.auth.revocation_channel, json.dumps(dict(revocation))
             )

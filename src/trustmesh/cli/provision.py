@@ -14,19 +14,29 @@ Connected once as the owner ``shared.postgres`` names, for each role:
   grants``); with retention declared, the pruner's role may DELETE records (and nothing
   else), as :func:`~trustmesh.audit.ledger_schema.prune_grants` says.
 
-Idempotent: a second ``up`` finds everything in place and sets each password again."""
+Idempotent: a second ``up`` finds everything in place and sets each password again.
+
+With ``sslmode=verify-full`` (or ``verify-ca``) and no ``sslrootcert``, the owner checks
+the server against the workload CA's roots in the state directory, as the components
+will (:mod:`trustmesh.sdk.store_tls`); the server's certificate comes from
+``trustmesh identity server-cert``."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.engine import make_url
 
 from trustmesh import crypto
 from trustmesh.cli.audit_export_cmd import grants_for, table_statements
 from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import ConfigError, UnavailableError
+from trustmesh.identity.endpoint import IdentityPaths
+from trustmesh.sdk.tls import store_client_context
 from trustmesh.store.shared import SharedRole, owner_dsn, roles_of
 
 __all__ = ["provision"]
@@ -56,8 +66,9 @@ async def _provision(config: TrustmeshConfig, state: Path, roles: tuple[SharedRo
     import asyncpg  # type: ignore[import-untyped]
 
     seal_key = crypto.load_seal_key(state, dev=config.dev)
+    dsn, tls = _owner_tls(owner_dsn(config), state)
     try:
-        connection = await asyncpg.connect(owner_dsn(config), timeout=_CONNECT_TIMEOUT)
+        connection = await asyncpg.connect(dsn, ssl=tls, timeout=_CONNECT_TIMEOUT)
     except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         raise UnavailableError(f"shared.postgres cannot be reached: {exc}") from None
     try:
@@ -73,6 +84,26 @@ async def _provision(config: TrustmeshConfig, state: Path, roles: tuple[SharedRo
         ) from None
     finally:
         await connection.close()
+
+
+def _owner_tls(dsn: str, state: Path) -> tuple[str, ssl.SSLContext | None]:
+    """The owner's DSN and TLS: for ``sslmode=verify-full|verify-ca`` without
+    ``sslrootcert``, a context trusting the workload CA (its roots in ``state``); else
+    the DSN as libpq would take it (asyncpg reads its ssl parameters)."""
+    parsed = make_url(dsn)
+    mode = parsed.query.get("sslmode")
+    if mode not in ("verify-full", "verify-ca") or parsed.query.get("sslrootcert"):
+        return dsn, None
+    roots = IdentityPaths(state).published_roots()
+    if not roots:
+        raise ConfigError(
+            f"shared.postgres asks for sslmode={mode} against the workload CA, which does "
+            f"not exist yet in {state}: start once without it, then issue the server's "
+            "certificate with `trustmesh identity server-cert`"
+        )
+    context = store_client_context(None, trust_pem=roots, check_hostname=mode == "verify-full")
+    plain = parsed.difference_update_query(["sslmode", "sslrootcert"])
+    return plain.render_as_string(hide_password=False), context
 
 
 async def _role(connection: Any, role: SharedRole, password: str) -> None:

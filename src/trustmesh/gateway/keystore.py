@@ -49,6 +49,7 @@ from trustmesh.gateway.apikeys import (
 )
 from trustmesh.platform.admin import Actor, named_by
 from trustmesh.reasons import Activity, Reason
+from trustmesh.sdk import store_tls
 from trustmesh.store import SqlStore, create_engine, sqlite_url
 from trustmesh.store.shared import component_url
 
@@ -209,7 +210,9 @@ async def open_keystore(state: Path, config: TrustmeshConfig | None = None) -> S
     """The key store of the gateway of ``state`` (created if need be): in the gateway's
     role of the shared database where ``config`` has one, else an SQLite file."""
     shared = component_url(config, state, "gateway") if config is not None else None
-    store = SqlKeyStore(create_engine(shared or sqlite_url(keys_db_path(state))))
+    store = SqlKeyStore(
+        create_engine(shared or sqlite_url(keys_db_path(state)), tls=store_tls.postgres)
+    )
     try:
         await store.create()
     except BaseException:

@@ -54,6 +54,7 @@ from trustmesh.config.gateway import GatewayConfig, GatewayRoute, RateLimitRule
 from trustmesh.gateway.ratewindows import MemoryWindows, Stats
 from trustmesh.policy.addresses import address_bucket
 from trustmesh.reasons import Reason
+from trustmesh.sdk import store_tls
 
 __all__ = [
     "ProxyLimit",
@@ -411,8 +412,9 @@ class RateLimiter:
         redis: _Counter | None = None
         pool: BlockingConnectionPool | None = None
         if gateway.redis is not None:
-            pool = BlockingConnectionPool.from_url(
+            pool = store_tls.redis_pool(
                 gateway.redis,
+                BlockingConnectionPool,
                 max_connections=_POOL_SIZE,
                 timeout=_POOL_WAIT,
                 socket_timeout=socket_timeout,

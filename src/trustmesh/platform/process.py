@@ -26,7 +26,7 @@ from trustmesh.config import TrustmeshConfig, load_config
 from trustmesh.config.listen import apply_listen_env
 from trustmesh.config.switches import check_switches
 from trustmesh.errors import ConfigError, TrustmeshError, UnavailableError
-from trustmesh.sdk import drain, spans
+from trustmesh.sdk import drain, spans, store_tls
 from trustmesh.sdk.delivery import audit_sink_from_env
 from trustmesh.sdk.runtime import EVENTS_ENV
 from trustmesh.sdk.workload import JOIN_TOKEN_ENV, redeem_join_token
@@ -115,6 +115,7 @@ async def component_identity(
         await redeem_join_token(address, token)
     source = X509Source(address, spiffe_id=config.component_spiffe_id(component))
     await source.start()
+    store_tls.present(source)  # the SVID its PostgreSQL and Redis connections show
     log_sink = events.JsonLinesSink(
         Path(os.environ.get(EVENTS_ENV) or state / "events" / f"{name}.jsonl")
     )
@@ -138,6 +139,7 @@ async def component_identity(
         if tracer is not None:
             spans.install(None)
             await asyncio.to_thread(tracer.shutdown)
+        store_tls.present(None)
         await source.close()
         log_sink.close()
 

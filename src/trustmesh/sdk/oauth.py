@@ -25,6 +25,7 @@ from typing import Any
 
 from trustmesh.config import TrustmeshConfig
 from trustmesh.errors import AuthenticationError, TrustmeshError, UnavailableError, UsageError
+from trustmesh.sdk import store_tls
 from trustmesh.sdk.client import ServiceClient, TokenProvider
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.tokens import JWKSCache, RevocationList, VerifiedToken
@@ -301,7 +302,7 @@ class RevocationFeed:
 
         assert self.redis_url is not None  # noqa: S101 - started only with a URL
         while True:
-            client = redis.from_url(self.redis_url)
+            client = store_tls.redis_client(self.redis_url)
             try:
                 async with client.pubsub() as pubsub:
                     await pubsub.subscribe(self.redis_channel)

@@ -34,7 +34,7 @@ from trustmesh.errors import NotFoundError, UnavailableError
 from trustmesh.policy.calls import CallAuthorizer
 from trustmesh.policy.objects import AttributeValue, ObjectDecision, ObjectPolicy
 from trustmesh.reasons import Reason
-from trustmesh.sdk import guard, spans
+from trustmesh.sdk import guard, spans, store_tls
 from trustmesh.sdk.client import Response, ServiceClient, TokenProvider
 from trustmesh.sdk.delivery import AuditSink, audit_sink_from_env
 from trustmesh.sdk.discovery import DiscoveryClient, Endpoint
@@ -424,6 +424,7 @@ async def _identity(config: TrustmeshConfig, service: str, address: str | None) 
         await redeem_join_token(address, token)
     source = X509Source(address, spiffe_id=config.spiffe_id(service))
     await source.start()
+    store_tls.present(source)  # what it shows a Redis over rediss:// (revocations)
     return source
 
 

@@ -28,13 +28,17 @@ from trustmesh.sdk.x509source import SVIDSource, X509Context
 
 
 def _load_identity(ctx: ssl.SSLContext, x: X509Context) -> None:
+    _load_svid(ctx, x)
+    ctx.load_verify_locations(cadata=x.bundle_pem().decode("ascii"))
+
+
+def _load_svid(ctx: ssl.SSLContext, x: X509Context) -> None:
     fd = os.memfd_create("trustmesh-svid", os.MFD_CLOEXEC)
     try:
         os.write(fd, x.chain_pem() + crypto.private_key_to_pem(x.key))
         ctx.load_cert_chain(f"/proc/self/fd/{fd}")
     finally:
         os.close(fd)
-    ctx.load_verify_locations(cadata=x.bundle_pem().decode("ascii"))
 
 
 def web_server_context(chain_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
@@ -73,6 +77,26 @@ def client_context(x: X509Context) -> ssl.SSLContext:
     ctx.verify_mode = ssl.CERT_REQUIRED
     _load_identity(ctx, x)
     ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def store_client_context(
+    x: X509Context | None, *, trust_pem: bytes | None = None, check_hostname: bool = True
+) -> ssl.SSLContext:
+    """TLS to a server that is not a workload (a database, a cache): its certificate
+    must chain to ``trust_pem`` (by default the bundle of ``x``: a server certificate
+    from the workload CA) and, with ``check_hostname``, name the host dialled; ``x``'s
+    SVID is the client certificate, where there is one."""
+    trust = trust_pem if trust_pem is not None else (x.bundle_pem() if x is not None else None)
+    if trust is None:
+        raise CryptoError("no trust bundle to check the server's certificate against")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = check_hostname
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cadata=trust.decode("ascii"))
+    if x is not None:
+        _load_svid(ctx, x)
     return ctx
 
 

@@ -33,6 +33,7 @@ from trustmesh.config.secrets import SecretsConfig
 from trustmesh.errors import ConfigError, StateError
 from trustmesh.platform.listeners import Served, bound_socket, start
 from trustmesh.platform.suspensions import VAULT, RefuseSuspended
+from trustmesh.sdk import store_tls
 from trustmesh.sdk.spans import TracedApp
 from trustmesh.sdk.tls import RotatingTLS
 from trustmesh.sdk.x509source import SVIDSource
@@ -124,7 +125,7 @@ async def _service(
     config_file: Path | None,
 ) -> SecretsService:
     url, audit_file = _paths(config, settings, state)
-    store = SecretsStore(create_engine(url))
+    store = SecretsStore(create_engine(url, tls=store_tls.postgres))
     await store.create()
     key = await audit_key(store, crypto.load_seal_key(state, dev=config.dev))
     audit = AuditDevice(audit_file, key)

@@ -1,5 +1,7 @@
 """The relational store every server component shares: SQLAlchemy 2 async, SQLite by
-default (a file in the state directory), PostgreSQL at scale (``postgresql+asyncpg://``).
+default (a file in the state directory), PostgreSQL at scale (``postgresql+asyncpg://``; with ``sslmode=verify-full``, the server
+is checked against the workload CA by what the component passes as ``tls``:
+:func:`trustmesh.sdk.store_tls.postgres`).
 
 Each component declares its tables on its own :class:`sqlalchemy.MetaData` and creates
 them with :func:`create_tables`; nothing here knows any component.
@@ -15,6 +17,8 @@ start, not the order they commit: a reader could pass a key whose row commits la
 from __future__ import annotations
 
 import hashlib
+import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,7 +26,7 @@ from typing import Any, ClassVar
 from sqlalchemy import MetaData, Table, event, inspect, select, text
 from sqlalchemy import column as column_clause
 from sqlalchemy import table as table_clause
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.schema import CreateColumn
@@ -30,6 +34,7 @@ from sqlalchemy.schema import CreateColumn
 from trustmesh.errors import ConfigError, StateError, UsageError
 
 __all__ = [
+    "PostgresTLS",
     "SqlStore",
     "SqliteLayout",
     "append_in_order",
@@ -85,8 +90,18 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite+aiosqlite:///{path.absolute()}"
 
 
+#: What makes a PostgreSQL URL's TLS: the URL as the driver takes it, and what makes
+#: each connection's context (None: the driver's own, as the URL says).
+PostgresTLS = Callable[[URL], tuple[URL, Callable[[], ssl.SSLContext] | None]]
+_VERIFYING = ("verify-full", "verify-ca")
+
+
 def create_engine(
-    url: str, *, sqlite_layout: SqliteLayout | None = None, **kwargs: Any
+    url: str,
+    *,
+    sqlite_layout: SqliteLayout | None = None,
+    tls: PostgresTLS | None = None,
+    **kwargs: Any,
 ) -> AsyncEngine:
     """An async engine for ``url``: ``sqlite+aiosqlite:///…`` or ``postgresql+asyncpg://…``.
 
@@ -94,7 +109,9 @@ def create_engine(
     survives power loss, as on PostgreSQL), a busy timeout and foreign keys on every
     connection; the file is created 0600 in a 0700 directory (it holds sealed keys and
     client records). ``sqlite_layout``: the page size of a new file and the page cache of
-    each connection, for a store written in bulk (ignored on PostgreSQL)."""
+    each connection, for a store written in bulk (ignored on PostgreSQL). ``tls``: how a
+    PostgreSQL URL with ``sslmode=verify-full|verify-ca`` connects (the component's
+    SVID, :func:`trustmesh.sdk.store_tls.postgres`); without it such a URL is refused."""
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -127,7 +144,22 @@ def create_engine(
 
         return engine
     kwargs.setdefault("pool_pre_ping", True)
-    return create_async_engine(url, **kwargs)
+    tls_context = None
+    if tls is not None:
+        parsed, tls_context = tls(parsed)
+    elif parsed.query.get("sslmode") in _VERIFYING:
+        raise ConfigError(
+            f"sslmode={parsed.query['sslmode']}: this store has no identity to verify the "
+            "server with"
+        )
+    engine = create_async_engine(parsed, **kwargs)
+    if tls_context is not None:  # made at each connect: the SVID it presents rotates
+
+        @event.listens_for(engine.sync_engine, "do_connect")
+        def _verified(_dialect: Any, _record: Any, _args: Any, params: dict[str, Any]) -> None:
+            params["ssl"] = tls_context()
+
+    return engine
 
 
 async def create_tables(engine: AsyncEngine, metadata: MetaData) -> None:

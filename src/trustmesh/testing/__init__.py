@@ -2,11 +2,16 @@
 
 from trustmesh.testing.cli import run_cli
 from trustmesh.testing.clock import FakeClock
-from trustmesh.testing.identity import RunningIdentityServer, identity_server_in_thread
+from trustmesh.testing.identity import (
+    FixedSVIDSource,
+    RunningIdentityServer,
+    identity_server_in_thread,
+)
 from trustmesh.testing.redis import PrivateRedis
 
 __all__ = [
     "FakeClock",
+    "FixedSVIDSource",
     "PrivateRedis",
     "RunningIdentityServer",
     "identity_server_in_thread",

@@ -13,8 +13,26 @@ from typing import Any, TypeVar
 
 from trustmesh.config import TrustmeshConfig
 from trustmesh.identity.server import IdentityServer
+from trustmesh.sdk.x509source import X509Context
 
 T = TypeVar("T")
+
+
+@dataclass
+class FixedSVIDSource:
+    """An SVID source holding one SVID, never rotated: what a test presents where a
+    process presents its own (:func:`trustmesh.sdk.store_tls.present`)."""
+
+    context: X509Context
+
+    def subscribe(self, callback: Callable[[X509Context], None]) -> None:
+        callback(self.context)
+
+    async def start(self, timeout: float = 30.0) -> X509Context:
+        return self.context
+
+    async def close(self) -> None:
+        return None
 
 
 @dataclass
