@@ -33,6 +33,24 @@ def _one(recorder: events.Recorder, code: Code, message: str, **fields: Any) -> 
     return recorder.record(code, message, **fields).to_ocsf()
 
 
+def _component_event(
+    component: str, activity: Activity, message: str, attributes: dict[str, Any], seconds: float
+) -> dict[str, Any]:
+    """What ``component`` records of its own trouble (an ``error`` decision, no peer): the
+    shape of an activity such as a dropped event, an expiring SVID, a failed export."""
+    recorder = events.Recorder(
+        events.MemorySink(), component=component, spiffe_id=spiffe(component)
+    )
+    return _one(
+        recorder,
+        activity,
+        message,
+        decision=events.Decision.ERROR,
+        attributes=attributes,
+        now=at(seconds),
+    )
+
+
 def _auth() -> events.Recorder:
     # trustmesh.auth.service.AuthService: token decisions default to Service Ticket Request
     return events.Recorder(
@@ -182,29 +200,23 @@ def secrets_decision(
 def events_dropped(count: int, seconds: float, *, component: str = "gateway") -> dict[str, Any]:
     """trustmesh.sdk.delivery.AuditSink: a full spool dropped ``count`` events (the
     ``drop`` policy), told once the collector answers again."""
-    recorder = events.Recorder(
-        events.MemorySink(), component=component, spiffe_id=spiffe(component)
-    )
-    return _one(
-        recorder,
+    return _component_event(
+        component,
         Activity.EVENTS_DROPPED,
         "events dropped: the audit spool was full",
-        decision=events.Decision.ERROR,
-        attributes={"dropped": count, "spool_max_bytes": 65536},
-        now=at(seconds),
+        {"dropped": count, "spool_max_bytes": 65536},
+        seconds,
     )
 
 
 def export_failed(receiver: str, seconds: float) -> dict[str, Any]:
     """trustmesh.audit.server: a receiver gave up on an alert or a checkpoint copy."""
-    recorder = events.Recorder(events.MemorySink(), component="audit", spiffe_id=spiffe("audit"))
-    return _one(
-        recorder,
+    return _component_event(
+        "audit",
         Activity.EXPORT_FAILED,
         f"{receiver}: alert x not delivered",
-        decision=events.Decision.ERROR,
-        attributes={"receiver": receiver, "item": "alert x", "why": "503 (after 6 attempts)"},
-        now=at(seconds),
+        {"receiver": receiver, "item": "alert x", "why": "503 (after 6 attempts)"},
+        seconds,
     )
 
 
@@ -236,16 +248,12 @@ def svid_expiring(
 ) -> dict[str, Any]:
     """trustmesh.sdk.x509source.record_expiring: an SVID below 20% of its lifetime that
     was not renewed."""
-    recorder = events.Recorder(
-        events.MemorySink(), component=component, spiffe_id=spiffe(component)
-    )
-    return _one(
-        recorder,
+    return _component_event(
+        component,
         Activity.SVID_EXPIRING,
         "the X.509-SVID was not renewed and expires soon",
-        decision=events.Decision.ERROR,
-        attributes={"not_after": "2026-12-07T18:00:00+00:00", "serial": serial},
-        now=at(seconds),
+        {"not_after": "2026-12-07T18:00:00+00:00", "serial": serial},
+        seconds,
     )
 
 

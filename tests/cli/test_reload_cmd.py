@@ -24,28 +24,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 from clirig import tm
+from slowapp import write_slow_app
 
 from trustmesh.cli.supervisor import RunPaths, read_json, stop_stack
 
 pytestmark = pytest.mark.xdist_group("reload-cmd")
 
-SLOW_APP = """
-import asyncio
-
-
-async def app(scope, receive, send):
-    if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
-        return
-    if scope["path"].endswith("/slow"):
-        await asyncio.sleep(0.2)
-    body = scope["path"].encode()
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
-"""
 CONFIG = """trust_domain: reload.example
 dev: true
 services:
@@ -110,9 +94,9 @@ def _until(check: Callable[[], object], timeout: float, what: str) -> None:
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
     """The supervisor of ``trustmesh up`` (its detached form), with a service that
-    answers ``…/slow`` 200 ms late."""
+    answers ``/a/slow`` 200 ms late."""
     running = Stack(Path(tempfile.mkdtemp(prefix="tm", dir="/tmp")))
-    (running.root / "reloadslow.py").write_text(SLOW_APP)
+    write_slow_app(running.root / "reloadslow.py", "/a/slow", 0.2)
     running.declare(CONFIG, POLICY)
     paths = RunPaths(running.state)
     paths.logs.mkdir(parents=True, mode=0o700)

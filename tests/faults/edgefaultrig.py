@@ -3,7 +3,8 @@
 
 * :class:`Load` — clients that keep requests running concurrently over keep-alive TLS
   connections while a test breaks something, each answer noted with when it started,
-  how long it took and what it said;
+  how long it took and what it said; :func:`loaded_edge`, a gateway with such a load on
+  it;
 * :class:`UpstreamProcess` — an instance of a service in a process of its own (its SVID
   from the Workload API, registered in discovery), which a test kills with SIGKILL: its
   sockets die with it, as a crashed instance's do;
@@ -30,12 +31,15 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trustmesh
+
+if TYPE_CHECKING:  # not imported by the child processes
+    from trustmesh.testing import RunningIdentityServer
 
 HERE = Path(__file__).resolve().parent
 for _folder in ("auth", "gateway"):  # authrig, liverig, edgerig: the gateway's rigs
@@ -208,6 +212,49 @@ async def eventually(check: Callable[[], bool], within: float, what: str) -> flo
             raise AssertionError(f"{what}: still not so after {within} s")
         await asyncio.sleep(0.02)
     return time.monotonic()
+
+
+@contextlib.contextmanager
+def identity_for(short_tmp: Path, section: str) -> Iterator[RunningIdentityServer]:
+    """The identity service for a gateway of ``section`` (:func:`liverig.live_identity`)."""
+    from liverig import live_identity
+
+    yield from live_identity(short_tmp, section)
+
+
+@dataclass(frozen=True)
+class LoadedEdge:
+    """A running gateway (``edge``: an :class:`edgerig.Edge`), its public port as raw TLS
+    reaches it (``raw``: a :class:`~trustmesh.testing.rawtls.RawTLS`), the :class:`Load` on
+    it, and the slowest of the load's first answers (``baseline``, in seconds)."""
+
+    edge: Any
+    raw: Any
+    load: Load
+    baseline: float
+
+
+@contextlib.asynccontextmanager
+async def loaded_edge(short_tmp: Path, section: str, seen: list[str]) -> AsyncIterator[LoadedEdge]:
+    """A gateway of ``section`` whose upstream notes in ``seen`` the path of each request
+    it is asked, with four clients on keep-alive connections sending ``GET /things/ok``
+    back to back, 40 of them answered; the load is stopped on the way out (its shots
+    stay)."""
+    from edgerig import edge_stack, recording
+
+    from trustmesh import crypto
+    from trustmesh.testing.rawtls import RawTLS
+
+    with identity_for(short_tmp, section) as identity:
+        async with (
+            edge_stack(identity, short_tmp, section, recording(seen)) as edge,
+            client_session(crypto.edge_ca_path(edge.rig.state), 4) as session,
+        ):
+            raw = RawTLS(edge.gateway.public.port, crypto.edge_ca_path(edge.rig.state))
+            load = Load(session, edge.gateway.url, lambda _w, _n: ("GET", "/things/ok"), 4)
+            async with running(load):
+                await load.until(40)
+                yield LoadedEdge(edge, raw, load, max(s.took for s in load.shots))
 
 
 # -- slow clients -------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from trustmesh.cli._admin import admin_request, as_operator
 from trustmesh.cli.auth_cmd import admin_call
 from trustmesh.config import TrustmeshConfig, load_config
 from trustmesh.testing import run_cli as tm
+from trustmesh.testing.process import stop_process
 
 T = TypeVar("T")
 Event = dict[str, Any]
@@ -312,14 +313,8 @@ class SecretsProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
-        if self.alive():
-            assert self.proc is not None
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc is not None:
+            stop_process(self.proc, 10)
 
 
 def served_certificate(url: str) -> x509.Certificate:

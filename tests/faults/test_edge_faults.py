@@ -8,11 +8,10 @@ got has its event (nothing acknowledged is lost)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,24 +25,20 @@ from edgefaultrig import (
     UpstreamProcess,
     client_session,
     eventually,
+    identity_for,
+    loaded_edge,
     remote_clients,
     rss_bytes,
     running,
 )
 from edgerig import Edge, edge_stack, recording
-from liverig import ORDERS, live_gateway, live_identity
+from liverig import ORDERS, live_gateway
 from services import REQUIRE_SERVICES
 
 from trustmesh import crypto, events
 from trustmesh.platform.guard import ConnectionGuard
 from trustmesh.reasons import Activity, Reason
-from trustmesh.testing import PrivateRedis, RunningIdentityServer
-from trustmesh.testing.rawtls import RawTLS
-
-
-@contextlib.contextmanager
-def identity_for(short_tmp: Path, section: str) -> Iterator[RunningIdentityServer]:
-    yield from live_identity(short_tmp, section)
+from trustmesh.testing import PrivateRedis
 
 
 @pytest.fixture
@@ -286,17 +281,6 @@ LATE = {False: 3.0, True: 10.0}
 ATTACKERS = [f"127.0.0.{i}" for i in range(2, 12)]
 
 
-@contextlib.asynccontextmanager
-async def listener_edge(short_tmp: Path, seen: list[str]) -> AsyncIterator[Edge]:
-    with identity_for(short_tmp, LISTENER_SECTION) as identity:
-        async with edge_stack(identity, short_tmp, LISTENER_SECTION, recording(seen)) as edge:
-            yield edge
-
-
-def _raw(edge: Edge) -> RawTLS:
-    return RawTLS(edge.gateway.public.port, crypto.edge_ca_path(edge.rig.state))
-
-
 def _guard(edge: Edge) -> ConnectionGuard:
     guard = edge.gateway.public.guard  # type: ignore[union-attr]
     assert guard is not None
@@ -325,26 +309,19 @@ async def test_slowloris_and_slow_bodies_are_cut_off_while_others_are_served(
     heads = bodies = fault_scale.count(40, 400)
     late = LATE[fault_scale.long]
     seen: list[str] = []
-    async with (
-        listener_edge(short_tmp, seen) as edge,
-        client_session(crypto.edge_ca_path(edge.rig.state), 4) as session,
-    ):
-        raw = _raw(edge)
-        load = Load(session, edge.gateway.url, lambda _w, _n: ("GET", "/things/ok"), 4)
-        async with running(load):
-            await load.until(40)
-            baseline = max(s.took for s in load.shots)
-            attack_began = time.monotonic()
-            slow, silent = await remote_clients(
-                raw.port,
-                raw.cafile,
-                [Sent(*SLOW_HEAD, count=heads), Sent(*SLOW_BODY, count=bodies)],
-                ATTACKERS,
-                ramp=fault_scale.pick(0.5, 8.0),
-                gap=GAP,
-            )
-            attack_ended = time.monotonic()
-        served = load.between(attack_began, attack_ended)
+    async with loaded_edge(short_tmp, LISTENER_SECTION, seen) as loaded:
+        raw, edge, load, baseline = loaded.raw, loaded.edge, loaded.load, loaded.baseline
+        attack_began = time.monotonic()
+        slow, silent = await remote_clients(
+            raw.port,
+            raw.cafile,
+            [Sent(*SLOW_HEAD, count=heads), Sent(*SLOW_BODY, count=bodies)],
+            ATTACKERS,
+            ramp=fault_scale.pick(0.5, 8.0),
+            gap=GAP,
+        )
+        attack_ended = time.monotonic()
+    served = load.between(attack_began, attack_ended)
 
     for t, why in [(t, "head") for t in slow] + [(t, "body") for t in silent]:
         assert t.status == 408, (t.answer[:80], t.error)
@@ -400,25 +377,18 @@ async def test_oversized_heads_get_431_and_are_closed_while_others_are_served(
     reported."""
     each = fault_scale.count(25, 250)
     seen: list[str] = []
-    async with (
-        listener_edge(short_tmp, seen) as edge,
-        client_session(crypto.edge_ca_path(edge.rig.state), 4) as session,
-    ):
-        raw = _raw(edge)
-        load = Load(session, edge.gateway.url, lambda _w, _n: ("GET", "/things/ok"), 4)
-        async with running(load):
-            await load.until(40)
-            baseline = max(s.took for s in load.shots)
-            attack_began = time.monotonic()
-            answered = await remote_clients(
-                raw.port,
-                raw.cafile,
-                [Sent(head, count=each) for head, _ in OVERSIZED.values()],
-                ATTACKERS,
-                ramp=fault_scale.pick(0.5, 8.0),
-            )
-            attack_ended = time.monotonic()
-        served = load.between(attack_began, attack_ended)
+    async with loaded_edge(short_tmp, LISTENER_SECTION, seen) as loaded:
+        raw, edge, load, baseline = loaded.raw, loaded.edge, loaded.load, loaded.baseline
+        attack_began = time.monotonic()
+        answered = await remote_clients(
+            raw.port,
+            raw.cafile,
+            [Sent(head, count=each) for head, _ in OVERSIZED.values()],
+            ATTACKERS,
+            ramp=fault_scale.pick(0.5, 8.0),
+        )
+        attack_ended = time.monotonic()
+    served = load.between(attack_began, attack_ended)
 
     for (what, (_, status)), seen_by in zip(OVERSIZED.items(), answered, strict=True):
         for t in seen_by:

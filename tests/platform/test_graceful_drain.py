@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
+from slowapp import write_slow_app
 
 from trustmesh.cli import _admin
 from trustmesh.cli.supervisor import RunPaths, read_json, recorded_process, stop_stack
@@ -32,24 +33,6 @@ from trustmesh.platform.endpoints import instance
 pytestmark = pytest.mark.xdist_group("graceful-drain")
 
 DRAIN = 3  # seconds: listen.drain
-#: An upstream whose ``/slow/slow/<seconds>`` answers that much later.
-SLOW_APP = """
-import asyncio
-
-
-async def app(scope, receive, send):
-    if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
-        return
-    if scope["path"].startswith("/slow/slow/"):
-        await asyncio.sleep(float(scope["path"].rsplit("/", 1)[1]))
-    body = scope["path"].encode()
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
-"""
 CONFIG = f"""trust_domain: drain.example
 dev: true
 listen: {{drain: {DRAIN}s}}
@@ -92,7 +75,7 @@ def _until(check: Callable[[], object], timeout: float, what: str) -> None:
 def stack() -> Iterator[Stack]:
     """The supervisor of ``trustmesh up`` (its detached form), with a slow service."""
     root = Path(tempfile.mkdtemp(prefix="tm", dir="/tmp"))
-    (root / "graceslow.py").write_text(SLOW_APP)
+    write_slow_app(root / "graceslow.py", "/slow/slow/")  # /slow/slow/<seconds>
     (root / "trustmesh.yaml").write_text(CONFIG)
     state = root / "state"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), *sys.path])}

@@ -37,6 +37,7 @@ from trustmesh.sdk.collector import Backoff, CollectorClient
 from trustmesh.sdk.delivery import AuditSink, OnFull
 from trustmesh.sdk.spool import Spool
 from trustmesh.sdk.x509source import SVIDSource
+from trustmesh.testing.process import stop_process
 
 __all__ = [
     "AUDIT",
@@ -146,10 +147,5 @@ class CollectorProcess:
         self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc is not None:
+            stop_process(self.proc, 10)
