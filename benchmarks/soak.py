@@ -19,9 +19,13 @@ First the security under test is shown on (no token and an altered token: 401; t
 token: 200), then capacity is measured closed-loop (``--connections`` at once, as fast
 as they are answered), then the load runs open-loop at ``--load`` × that capacity: each
 request has its time in a fixed schedule and its latency counts from then (a stall
-delays the requests behind it, and they show it). Every minute: requests, errors, p50
-and p99, and the resident memory and open file descriptors of every process of the
-stack. At the end, the verdict against issue 21's acceptance: no error, the last
+delays the requests behind it, and they show it). The client holds a fixed pool of
+``--connections`` keep-alive connections, opened before the schedule starts (a request
+due while all are busy waits for one, and its wait counts): the stack's descriptors then
+follow the stack, not a client opening more connections when latency rises. Every
+minute: requests, errors, p50 and p99, and the resident memory and open file descriptors
+of every process of the stack (each the median of samples taken every 5 seconds; each
+process's own at the end). At the end, the verdict against issue 21's acceptance: no error, the last
 minute's p99 within 1.5× the first's, memory grown less than 10% (first minute to
 last), file descriptors flat; and the audit log verified. The exit status is 1 when any
 fails.
@@ -85,6 +89,20 @@ class Minute:
     statuses: dict[str, int] = field(default_factory=dict)
     rss_mib: float = 0.0
     fds: int = 0
+    samples: list[dict[int, tuple[float, int]]] = field(default_factory=list)
+
+    def settle(self) -> None:
+        """The minute's memory and descriptors: the medians of its samples."""
+        if self.samples:
+            self.rss_mib = statistics.median(sum(r for r, _ in s.values()) for s in self.samples)
+            self.fds = int(statistics.median(sum(f for _, f in s.values()) for s in self.samples))
+
+    def per_process(self) -> dict[int, int]:
+        pids = {pid for s in self.samples for pid in s}
+        return {
+            pid: int(statistics.median(s.get(pid, (0.0, 0))[1] for s in self.samples))
+            for pid in pids
+        }
 
     def percentile(self, q: float) -> float:
         if not self.latencies:
@@ -114,18 +132,32 @@ def stack_pids(status: dict[str, Any]) -> list[int]:
     return sorted(tree)
 
 
-def footprint(pids: list[int]) -> tuple[float, int]:
-    """Resident memory (MiB) and open file descriptors of ``pids``, summed."""
-    rss, fds = 0.0, 0
+def footprint(pids: list[int]) -> dict[int, tuple[float, int]]:
+    """Resident memory (MiB) and open file descriptors of each of ``pids``."""
+    found: dict[int, tuple[float, int]] = {}
     for pid in pids:
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    rss += int(line.split()[1]) / 1024
-            fds += len(os.listdir(f"/proc/{pid}/fd"))
+            rss = sum(
+                int(line.split()[1]) / 1024
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if line.startswith("VmRSS:")
+            )
+            found[pid] = (rss, len(os.listdir(f"/proc/{pid}/fd")))
         except OSError:
             continue
-    return rss, fds
+    return found
+
+
+def process_names(pids: list[int]) -> dict[int, str]:
+    names = {}
+    for pid in pids:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        module = next((a for a in argv if a.startswith(b"trustmesh")), argv[0])
+        names[pid] = module.decode(errors="replace")
+    return names
 
 
 def tls_context(ca: Path) -> ssl.SSLContext:
@@ -154,14 +186,23 @@ async def capacity(
         return done / (time.monotonic() - start)
 
 
+SAMPLE_EVERY = 5.0
+
+
 async def soak(
-    url: str, headers: dict[str, str], ca: Path, rate: float, minutes: int, pids: list[int]
+    url: str,
+    headers: dict[str, str],
+    ca: Path,
+    rate: float,
+    minutes: int,
+    pids: list[int],
+    connections: int,
 ) -> list[Minute]:
-    """Open-loop at ``rate`` requests a second for ``minutes``; each minute's figures."""
-    connector = aiohttp.TCPConnector(limit=256, ssl=tls_context(ca))
+    """Open-loop at ``rate`` requests a second for ``minutes`` over a fixed pool of
+    ``connections``; each minute's figures."""
+    connector = aiohttp.TCPConnector(limit=connections, keepalive_timeout=3600, ssl=tls_context(ca))
     timeout = aiohttp.ClientTimeout(total=30)
     record = [Minute() for _ in range(minutes)]
-    start = time.monotonic()
     pending: set[asyncio.Task[None]] = set()
 
     async def one(client: aiohttp.ClientSession, scheduled: float) -> None:
@@ -178,9 +219,14 @@ async def soak(
         minute.latencies.append(time.monotonic() - scheduled)
 
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
-        sent, sampled = 0, 0
+        await _open_pool(client, url, headers, connections)
+        start = time.monotonic()
+        sent, sampled, samples = 0, 0, 0
         end = start + minutes * 60
         while (now := time.monotonic()) < end:
+            if now - start >= samples * SAMPLE_EVERY:
+                record[min(minutes - 1, int((now - start) // 60))].samples.append(footprint(pids))
+                samples += 1
             due = start + sent / rate
             if due > now:
                 await asyncio.sleep(min(due - now, 0.05))
@@ -190,15 +236,29 @@ async def soak(
             task.add_done_callback(pending.discard)
             sent += 1
             if now - start >= (sampled + 1) * 60 - 1 and sampled < minutes:  # a minute's end
-                record[sampled].rss_mib, record[sampled].fds = footprint(pids)
+                record[sampled].settle()
                 report_minute(sampled, record[sampled])
                 sampled += 1
         await asyncio.gather(*pending)
         while sampled < minutes:
-            record[sampled].rss_mib, record[sampled].fds = footprint(pids)
+            record[sampled].settle()
             report_minute(sampled, record[sampled])
             sampled += 1
     return record
+
+
+async def _open_pool(
+    client: aiohttp.ClientSession, url: str, headers: dict[str, str], connections: int
+) -> None:
+    """Every connection of the pool opened (each held by a request at once), so the
+    first minute already counts them."""
+
+    async def hold() -> None:
+        async with client.get(url, headers=headers) as answer:
+            await answer.read()
+            await asyncio.sleep(0.5)  # still holding it while the others open
+
+    await asyncio.gather(*(hold() for _ in range(connections)))
 
 
 def report_minute(index: int, minute: Minute) -> None:
@@ -315,13 +375,20 @@ def run(
     print(
         f"capacity: {cap:.0f} requests/s closed-loop; soak at {rate:.0f}/s for {args.minutes} min"
     )
-    record = asyncio.run(soak(url, headers, ca, rate, args.minutes, pids))
+    record = asyncio.run(soak(url, headers, ca, rate, args.minutes, pids, args.connections))
     total = sum(len(m.latencies) for m in record)
     everything = [x for m in record for x in m.latencies]
     print(
         f"total: {total} requests, p50 {statistics.median(everything) * 1000:.1f} ms; "
         f"statuses {_merge(m.statuses for m in record)}"
     )
+    names = process_names(pids)
+    first, last = record[0].per_process(), record[-1].per_process()
+    print("descriptors per process, first → last minute:")
+    for pid in sorted(set(first) | set(last)):
+        print(
+            f"  {names.get(pid, '?'):<28} {pid:>7}  {first.get(pid, 0):>5} → {last.get(pid, 0):>5}"
+        )
     return verdict(record)
 
 

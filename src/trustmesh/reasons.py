@@ -126,6 +126,9 @@ class Reason(enum.StrEnum):
     AUDIT_UNAVAILABLE = "audit-unavailable"
     #: its database cannot be reached (down, restarting): the request is refused, not lost
     STORE_UNAVAILABLE = "store-unavailable"
+    #: any server: the request was still running at the drain's deadline (SIGTERM, then
+    #: ``listen.drain``) and was cut: answered 503, or its connection closed
+    SHUTTING_DOWN = "shutting-down"
     STORED_VALUE_CORRUPT = "stored-value-corrupt"
     #: The SPIFFE ID is suspended (an automated response, or the operator): the identity
     #: service issues it no SVID, and services refuse a peer presenting it.
@@ -338,6 +341,7 @@ ANSWERS: Final = MappingProxyType(
         Reason.UNSEAL_SHARE_INVALID: _BAD_REQUEST,
         Reason.AUDIT_UNAVAILABLE: _UNAVAILABLE,
         Reason.STORE_UNAVAILABLE: _UNAVAILABLE,
+        Reason.SHUTTING_DOWN: _UNAVAILABLE,
         Reason.STORED_VALUE_CORRUPT: Answer(500, "service_error"),
         Reason.SPIFFE_ID_SUSPENDED: _FORBIDDEN,
         **dict.fromkeys(

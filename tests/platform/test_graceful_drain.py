@@ -1,7 +1,7 @@
 """SIGTERM drains a component (:mod:`trustmesh.sdk.drain`), on a stack the supervisor of
 ``trustmesh up`` runs as real processes: every listener stops accepting connections at
 once, a request in flight finishes (``200``), one still running at the deadline
-(``listen.drain``) is cut with a ``503``, the events of the requests just before the
+(``listen.drain``) is cut with a ``503`` and recorded as cut (``shutting-down``), the events of the requests just before the
 signal and during the drain reach the collector, and the process exits 0 (the supervisor
 then starts it again)."""
 
@@ -29,6 +29,7 @@ from trustmesh.cli import _admin
 from trustmesh.cli.supervisor import RunPaths, read_json, recorded_process, stop_stack
 from trustmesh.identity.endpoint import IdentityPaths
 from trustmesh.platform.endpoints import instance
+from trustmesh.reasons import Reason
 
 pytestmark = pytest.mark.xdist_group("graceful-drain")
 
@@ -139,6 +140,15 @@ def _recorded(stack: Stack, trace_id: str, reporter: str) -> list[dict[str, obje
     return [e for e in mine if str(e["reporter"]).endswith("/" + reporter)]
 
 
+def _cut(stack: Stack, reporter: str, trace_id: str | None = None) -> list[dict[str, object]]:
+    """What the collector holds of the requests ``reporter`` cut at its drain deadline
+    (of one trace, with ``trace_id``)."""
+    query = f"reason={Reason.SHUTTING_DOWN}" + (f"&trace_id={trace_id}" if trace_id else "")
+    found = _admin.call(stack.state, "audit", "GET", f"/v1/events?{query}")
+    mine = [e["unmapped"]["trustmesh"] for e in found["events"]]
+    return [e["attributes"] for e in mine if str(e["reporter"]).endswith("/" + reporter)]
+
+
 Timed = tuple[requests.Response, float]  # an answer, and when it came
 
 
@@ -194,6 +204,7 @@ def test_sigterm_drains_the_gateway_and_flushes_its_events(stack: Stack) -> None
     for trace_id in _traces([*just_before, answer]):  # delivered before it exited
         statuses = [e["attributes"]["status"] for e in _recorded(stack, trace_id, "gateway")]  # type: ignore[index]
         assert statuses == [200], trace_id
+    assert _cut(stack, "gateway") == [{"method": "GET", "path": "/slow/slow/30", "answer": "503"}]
 
 
 def test_sigterm_drains_a_service_run_by_the_sdk(stack: Stack) -> None:
@@ -214,6 +225,11 @@ def test_sigterm_drains_a_service_run_by_the_sdk(stack: Stack) -> None:
     _exited_cleanly(stack, "slow", pid)
     (trace_id,) = _traces([answer])
     assert [e["decision"] for e in _recorded(stack, trace_id, "slow")] == ["allow"]
+    # the request the gateway passed on, cut by the service (named by the trace it carried)
+    (cut_trace,) = _traces([refused])
+    assert _cut(stack, "slow", cut_trace) == [
+        {"method": "GET", "path": "/slow/slow/30", "answer": "503"}
+    ]
 
 
 def test_sigterm_stops_the_collector_at_once_when_nothing_is_in_flight(stack: Stack) -> None:

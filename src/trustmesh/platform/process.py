@@ -129,6 +129,7 @@ async def component_identity(
     # an SVID not renewed in time (the identity service down) is said, before it expires
     recorder = events.Recorder(written, component=component, spiffe_id=source.context.spiffe_id)
     source.on_expiring(record_expiring(recorder))
+    drain.on_cut(drain.record_cuts(recorder))
     tracer = spans.tracer_from_env(source, config, state, component)
     spans.install(tracer)
     try:
@@ -140,6 +141,7 @@ async def component_identity(
             spans.install(None)
             await asyncio.to_thread(tracer.shutdown)
         store_tls.present(None)
+        drain.on_cut(None)
         await source.close()
         log_sink.close()
 

@@ -9,7 +9,11 @@
    by default: :func:`configure`);
 3. a request still running at the deadline is cut: answered ``503 unavailable``
    (``connection: close``, ``retry-after: 1``) when its answer has not begun
-   (:func:`cuttable`), its connection closed when it has.
+   (:func:`cuttable`), its connection closed when it has; either way it is an event
+   (``shutting-down``: its method, path, what the client got, and its trace when the
+   request named one), through what the
+   process registered with :func:`on_cut` — the request's own event, which its handler
+   would have written, never comes.
 
 What the process does next is its own ``stop``: the listeners' tasks end, then its
 events are flushed to the collector (what cannot be delivered in time stays spooled:
@@ -29,7 +33,11 @@ from typing import Any, Final
 
 import uvicorn
 
-__all__ = ["DEFAULT_SECONDS", "begin", "configure", "cuttable", "track"]
+from trustmesh import events
+from trustmesh.reasons import Reason
+from trustmesh.sdk import trace
+
+__all__ = ["DEFAULT_SECONDS", "begin", "configure", "cuttable", "on_cut", "record_cuts", "track"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -41,6 +49,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 DEFAULT_SECONDS: Final = 10.0
 #: Seconds between two looks at the closing connections.
 _TICK: Final = 0.25
+#: At most this much of a cut request's path is in its event.
+_MAX_PATH: Final = 512
 
 CUT: Final = json.dumps(
     {"error": "unavailable", "message": "the server is shutting down; retry the request"}
@@ -56,6 +66,7 @@ class _Drain:
         self.begun = False
         self.servers: weakref.WeakSet[uvicorn.Server] = weakref.WeakSet()
         self.closer: asyncio.Task[None] | None = None
+        self.on_cut: Callable[[Scope, bool], None] | None = None
 
 
 _drain = _Drain()
@@ -67,6 +78,32 @@ def configure(seconds: float) -> None:
     if seconds <= 0:
         raise ValueError("a drain lasts a positive number of seconds")
     _drain.seconds = seconds
+
+
+def on_cut(record: Callable[[Scope, bool], None] | None) -> None:
+    """``record(scope, answered)`` for each request a drain's deadline cuts
+    (``answered``: it got the 503; else its connection was closed mid-answer)."""
+    _drain.on_cut = record
+
+
+def record_cuts(recorder: events.Recorder) -> Callable[[Scope, bool], None]:
+    """What :func:`on_cut` takes: each cut request, an event of ``recorder``'s."""
+
+    def record(scope: Scope, answered: bool) -> None:
+        sent = dict(scope.get("headers") or ()).get(b"traceparent")
+        parent = trace.parse(sent.decode("latin-1")) if sent else None
+        recorder.record(
+            Reason.SHUTTING_DOWN,
+            "request cut at the drain deadline",
+            trace_id=parent.trace_id if parent is not None else None,
+            attributes={
+                "method": str(scope.get("method", "")),
+                "path": str(scope.get("path", ""))[:_MAX_PATH],
+                "answer": "503" if answered else "connection-closed",
+            },
+        )
+
+    return record
 
 
 def track(server: uvicorn.Server) -> None:
@@ -130,8 +167,12 @@ def cuttable(app: ASGIApp) -> ASGIApp:
         try:
             await app(scope, receive, sending)
         except asyncio.CancelledError:
-            if not _drain.begun or started:
-                raise  # not a drain's cut, or too late to answer: the connection closes
+            if not _drain.begun:
+                raise  # not a drain's cut
+            if _drain.on_cut is not None:
+                _drain.on_cut(scope, not started)
+            if started:
+                raise  # too late to answer: the connection closes
             await _answer_cut(send)
 
     return serve

@@ -34,7 +34,7 @@ from trustmesh.errors import NotFoundError, UnavailableError
 from trustmesh.policy.calls import CallAuthorizer
 from trustmesh.policy.objects import AttributeValue, ObjectDecision, ObjectPolicy
 from trustmesh.reasons import Reason
-from trustmesh.sdk import guard, spans, store_tls
+from trustmesh.sdk import drain, guard, spans, store_tls
 from trustmesh.sdk.client import Response, ServiceClient, TokenProvider
 from trustmesh.sdk.delivery import AuditSink, audit_sink_from_env
 from trustmesh.sdk.discovery import DiscoveryClient, Endpoint
@@ -345,6 +345,7 @@ async def run_service(
         metrics=metrics,
     )
     source.on_expiring(record_expiring(guarded.recorder))  # an SVID not renewed in time
+    drain.on_cut(drain.record_cuts(guarded.recorder))  # a request cut at shutdown
     await runtime._announce()
     _runtime = runtime
     return runtime
