@@ -346,6 +346,8 @@ def main() -> None:
         ok = run(args, url, headers, ca, stack_pids(status))
         verified = tm("audit", "verify", "--config", str(config), "--state", str(state))
         print(f"  {'PASS' if verified.returncode == 0 else 'FAIL'}  audit log verified")
+        if verified.returncode != 0:
+            print(textwrap.indent((verified.stdout + verified.stderr).strip(), "    "))
         ok = ok and verified.returncode == 0
     finally:
         tm("down", "--state", str(state), timeout=120)

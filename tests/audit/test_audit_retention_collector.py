@@ -16,6 +16,7 @@ import shutil
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from collectorrig import AUDIT, OPERATOR, PAYMENTS, CollectorRig, collector_config, collector_rig
@@ -24,7 +25,7 @@ from typer.testing import CliRunner
 
 from trustmesh.audit.endpoint import checkpoint_path, endpoint_path
 from trustmesh.audit.server import prune_engine
-from trustmesh.cli import app
+from trustmesh.cli import _admin, app
 from trustmesh.config import parse_config
 from trustmesh.errors import ConfigError
 from trustmesh.events import EventClass
@@ -153,6 +154,30 @@ async def test_the_operator_prunes_and_the_log_still_verifies(
     code, stdout, _ = await asyncio.to_thread(tm, "audit", "prune", "--state", str(state))
     assert code == 0
     assert "removed 0 audit records" in stdout  # nothing more is past retention yet
+
+
+async def test_verify_waits_for_a_long_verification_that_other_commands_would_not(
+    rig: CollectorRig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A whole log takes the collector longer to verify than any other admin request may
+    take (a log of months: minutes): the command waits for it. Here every admin request
+    may take 0.5 s, and the verification (the real one) takes 1.5 s."""
+    status, _ = await rig.payments.call("POST", "/v1/events", {"events": [ocsf(1), ocsf(2)]})
+    assert status == 200
+    monkeypatch.setattr(_admin, "ADMIN_TIMEOUT", 0.5)
+    service = rig.running.service
+    real = service.verify
+
+    async def slow(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(1.5)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(service, "verify", slow)
+    code, stdout, stderr = await asyncio.to_thread(
+        tm, "audit", "verify", "--state", str(rig.state), "--json"
+    )
+    assert code == 0, stderr  # at the ordinary bound, the command would have given up
+    assert json.loads(stdout)["intact"]
 
 
 async def test_a_dry_run_from_the_command_line_removes_nothing(

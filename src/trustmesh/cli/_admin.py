@@ -32,6 +32,9 @@ from trustmesh.sdk.x509source import X509Source
 from trustmesh.secrets.endpoint import endpoint_path as secrets_endpoint_path
 from trustmesh.spiffeid import parse_spiffe_id
 
+#: Seconds an admin request may take, unless its command says otherwise (a verification
+#: of the whole audit log reads every record: :data:`trustmesh.cli.audit_cmd.VERIFY_TIMEOUT`).
+ADMIN_TIMEOUT = 10.0
 #: A workload's token (``trustmesh call --as``) is redeemed at once, by this process.
 WORKLOAD_TOKEN_TTL = 60
 _ANSWER_LIMIT = 4096
@@ -149,13 +152,22 @@ async def as_operator(
 
 
 async def admin_request(
-    operator: Operator, state: Path, component: str, method: str, path: str, body: object = None
+    operator: Operator,
+    state: Path,
+    component: str,
+    method: str,
+    path: str,
+    body: object = None,
+    *,
+    timeout: float | None = None,
 ) -> Any:
-    """One request to ``component``'s admin API over mTLS as ``operator``; its JSON answer.
-    AdminError when it refuses, UnavailableError when it cannot be reached."""
+    """One request to ``component``'s admin API over mTLS as ``operator``; its JSON answer
+    within ``timeout`` seconds (:data:`ADMIN_TIMEOUT` by default). AdminError when it
+    refuses, UnavailableError when it cannot be reached or does not answer in time."""
     url = admin_url(state, component)
     expected = operator.component(component)
-    async with ServiceClient(operator.tls, url, expected, retries=0) as client:
+    wait = ADMIN_TIMEOUT if timeout is None else timeout
+    async with ServiceClient(operator.tls, url, expected, retries=0, timeout=wait) as client:
         response = await client.request(method, path, json=body)
     if response.status >= 400:
         try:
@@ -204,13 +216,17 @@ def call(
     body: object = None,
     *,
     config: TrustmeshConfig | None = None,
+    timeout: float | None = None,
 ) -> Any:
-    """One admin request as the operator; AdminError/TrustmeshError on failure."""
+    """One admin request as the operator (answered within ``timeout`` seconds:
+    :data:`ADMIN_TIMEOUT` by default); AdminError/TrustmeshError on failure."""
     admin_url(state, component)  # not running: said before anything else is tried
 
     async def run() -> Any:
         async with as_operator(state, config) as operator:
-            return await admin_request(operator, state, component, method, path, body)
+            return await admin_request(
+                operator, state, component, method, path, body, timeout=timeout
+            )
 
     return asyncio.run(run())
 

@@ -33,9 +33,25 @@ response_app = typer.Typer(
 app.add_typer(response_app, name="response")
 
 
-def _call(state: Path, config: Path | None, method: str, path: str, body: object = None) -> Any:
+#: Seconds ``audit verify`` waits for its answer: the collector reads and hashes every
+#: record (about 40,000 a second), so a log of months takes minutes, not the seconds of
+#: any other admin request.
+VERIFY_TIMEOUT = 3600.0
+
+
+def _call(
+    state: Path,
+    config: Path | None,
+    method: str,
+    path: str,
+    body: object = None,
+    *,
+    timeout: float | None = None,
+) -> Any:
     try:
-        return _admin.call(state, "audit", method, path, body, config=_declared(config))
+        return _admin.call(
+            state, "audit", method, path, body, config=_declared(config), timeout=timeout
+        )
     except TrustmeshError as exc:
         _admin.fail_admin(exc)
 
@@ -128,7 +144,9 @@ def verify(
         except OSError as exc:
             err.print(f"cannot read {checkpoint}: {exc.strerror}", markup=False)
             raise typer.Exit(2) from None
-    result = _call(state, config, "POST", "/v1/verify", {"checkpoints": lines})
+    result = _call(
+        state, config, "POST", "/v1/verify", {"checkpoints": lines}, timeout=VERIFY_TIMEOUT
+    )
     if as_json:
         print(json.dumps(result))
     elif result["intact"]:
