@@ -33,7 +33,7 @@ from trustmesh.cli.provision import provision
 from trustmesh.config import parse_config
 from trustmesh.errors import ConfigError
 from trustmesh.sdk import store_tls
-from trustmesh.sdk.x509source import X509Context, X509Source
+from trustmesh.sdk.x509source import X509Context
 from trustmesh.store import create_engine
 from trustmesh.testing import FixedSVIDSource, PrivateRedis
 
@@ -56,14 +56,6 @@ class Rig:
     redis: PrivateRedis
 
 
-async def _svid(address: str) -> X509Context:
-    source = X509Source(address, spiffe_id=SECRETS)
-    try:
-        return await source.start()
-    finally:
-        await source.close()
-
-
 async def _roles(cluster: PrivatePostgres, app_password: str, owner_password: str) -> None:
     admin = await cluster.admin()
     try:
@@ -84,7 +76,7 @@ def rig() -> Iterator[Rig]:
     try:
         with identity_on(config, state) as identity:
             register(identity, SECRETS)
-            svid = asyncio.run(_svid(identity.address))
+            svid = asyncio.run(FixedSVIDSource.fetched(identity.address, SECRETS)).context
             made = tm("identity", "server-cert", "--ip", "127.0.0.1", "--dns", "localhost",
                       "--out", str(certs), *args)  # fmt: skip
             assert made.returncode == 0, made.stdout + made.stderr

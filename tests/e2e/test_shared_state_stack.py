@@ -30,7 +30,6 @@ from sqlalchemy.engine import make_url
 
 from trustmesh.config import load_config
 from trustmesh.sdk import store_tls
-from trustmesh.sdk.x509source import X509Context, X509Source
 from trustmesh.store.shared import component_url
 from trustmesh.testing import FixedSVIDSource, PrivateRedis, identity_server_in_thread
 from trustmesh.testing import run_cli as tm
@@ -67,19 +66,11 @@ def _server_certificate(root: Path, state: Path) -> ServerTLS:
     selectors = [f"unix:uid:{os.getuid()}", f"unix:path:{os.readlink('/proc/self/exe')}"]
     with identity_server_in_thread(load_config(first), state, discovery=True) as identity:
         identity.call(identity.server.service.register, INSPECTOR, selectors, None)
-        store_tls.present(FixedSVIDSource(asyncio.run(_svid(identity.address))))
+        store_tls.present(asyncio.run(FixedSVIDSource.fetched(identity.address, INSPECTOR)))
         made = tm("identity", "server-cert", "--ip", "127.0.0.1", "--out", str(root / "tls"), *args)
         assert made.returncode == 0, made.stdout + made.stderr
     tls = root / "tls"
     return ServerTLS(tls / "server.crt", tls / "server.key", tls / "ca.crt")
-
-
-async def _svid(address: str) -> X509Context:
-    source = X509Source(address, spiffe_id=INSPECTOR)
-    try:
-        return await source.start()
-    finally:
-        await source.close()
 
 
 @contextlib.contextmanager

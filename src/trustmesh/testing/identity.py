@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from trustmesh.config import TrustmeshConfig
 from trustmesh.identity.server import IdentityServer
-from trustmesh.sdk.x509source import X509Context
+from trustmesh.sdk.x509source import X509Context, X509Source
 
 T = TypeVar("T")
 
@@ -24,6 +24,15 @@ class FixedSVIDSource:
     process presents its own (:func:`trustmesh.sdk.store_tls.present`)."""
 
     context: X509Context
+
+    @classmethod
+    async def fetched(cls, address: str, spiffe_id: str) -> FixedSVIDSource:
+        """``spiffe_id``'s SVID, fetched once from the Workload API at ``address``."""
+        source = X509Source(address, spiffe_id=spiffe_id)
+        try:
+            return cls(await source.start())
+        finally:
+            await source.close()
 
     def subscribe(self, callback: Callable[[X509Context], None]) -> None:
         callback(self.context)
