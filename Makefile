@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 # the CI gates (make gates)
 GATES   = gate-bandit gate-config gate-dockerfile gate-secrets gate-sbom gate-audit
 
-.PHONY: up test checks gates $(GATES) lint typecheck lock proto bench clean
+.PHONY: up test gates $(GATES) lint typecheck lock proto bench clean
 
 $(BIN)/trustmesh: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -31,19 +31,10 @@ up: $(BIN)/trustmesh
 
 ## Lint, type-check, run the CI gates and the whole test suite.
 # (checkov's install, lint, the type check and the gates side by side: on two cores they
-# take about a minute together, against two one after another). They run beside the test
-# suite, their output kept in artifacts/checks.log and printed after it: the suite's own
-# progress stays live, and the run fails when either fails.
+# take about a minute together, against two one after another)
 test: $(BIN)/trustmesh
-	@mkdir -p artifacts
-	@{ $(MAKE) --no-print-directory -j4 --output-sync=target checks > artifacts/checks.log 2>&1; \
-	   echo $$? > artifacts/checks.status; } & \
-	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadgroup --durations=30; tests=$$?; \
-	wait; cat artifacts/checks.log; checks=$$(cat artifacts/checks.status); \
-	echo "tests: exit $$tests; lint, type check and gates: exit $$checks"; \
-	[ $$tests -eq 0 ] && [ $$checks -eq 0 ]
-
-checks: $(CHECKOV) lint typecheck gates
+	@$(MAKE) --no-print-directory -j4 --output-sync=target $(CHECKOV) lint typecheck gates
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadgroup --durations=30
 
 ## The CI gates: SAST (bandit, medium severity and up, each ignore justified inline), the
 ## shipped declaration in strict mode, the Dockerfile's lint, secret scanning against the
