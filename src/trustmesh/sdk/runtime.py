@@ -324,6 +324,7 @@ async def run_service(
     if port is None:
         port = int(os.environ.get(PORT_ENV) or config.services[service].port or 0)
     served = await start(guarded, tls=tls, host=config.listen.host, port=port)
+    _record_lapses(source, guarded.recorder)
     discovery = DiscoveryClient(tls, url) if url else None
     runtime = Runtime(
         config,
@@ -344,11 +345,16 @@ async def run_service(
         tracer=_tracer(source, config, service),
         metrics=metrics,
     )
-    source.on_expiring(record_expiring(guarded.recorder))  # an SVID not renewed in time
-    drain.on_cut(drain.record_cuts(guarded.recorder))  # a request cut at shutdown
     await runtime._announce()
     _runtime = runtime
     return runtime
+
+
+def _record_lapses(source: X509Source, recorder: events.Recorder) -> None:
+    """What goes wrong outside any request is the service's event too: its SVID not
+    renewed in time, and a request cut at shutdown."""
+    source.on_expiring(record_expiring(recorder))
+    drain.on_cut(drain.record_cuts(recorder))
 
 
 async def _suspensions(tls: RotatingTLS, url: str | None) -> SuspensionFeed | None:

@@ -122,37 +122,45 @@ def create_engine(
             f"(expected one of: {', '.join(sorted(_DRIVERS))})"
         )
     if parsed.drivername.startswith("sqlite"):
-        database = parsed.database
-        if not database or database == ":memory:":
-            raise UsageError("an SQLite database must be a file")
-        path = Path(database)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path.touch(mode=0o600, exist_ok=True)
-        path.chmod(0o600)
-        engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
+        return _sqlite_engine(url, parsed.database, sqlite_layout, kwargs)
+    return _postgres_engine(parsed, tls, kwargs)
 
-        @event.listens_for(engine.sync_engine, "connect")
-        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            if sqlite_layout is not None:  # the page size first: WAL fixes a new file's
-                cursor.execute(f"PRAGMA page_size={int(sqlite_layout.page_size)}")
-                cursor.execute(f"PRAGMA cache_size={-int(sqlite_layout.cache_kib)}")
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")  # a commit survives power loss too
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
 
-        return engine
+def _sqlite_engine(
+    url: str, database: str | None, layout: SqliteLayout | None, kwargs: dict[str, Any]
+) -> AsyncEngine:
+    if not database or database == ":memory:":
+        raise UsageError("an SQLite database must be a file")
+    path = Path(database)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        if layout is not None:  # the page size first: WAL fixes a new file's
+            cursor.execute(f"PRAGMA page_size={int(layout.page_size)}")
+            cursor.execute(f"PRAGMA cache_size={-int(layout.cache_kib)}")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")  # a commit survives power loss too
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return engine
+
+
+def _postgres_engine(url: URL, tls: PostgresTLS | None, kwargs: dict[str, Any]) -> AsyncEngine:
     kwargs.setdefault("pool_pre_ping", True)
     tls_context = None
     if tls is not None:
-        parsed, tls_context = tls(parsed)
-    elif parsed.query.get("sslmode") in _VERIFYING:
+        url, tls_context = tls(url)
+    elif url.query.get("sslmode") in _VERIFYING:
         raise ConfigError(
-            f"sslmode={parsed.query['sslmode']}: this store has no identity to verify the "
-            "server with"
+            f"sslmode={url.query['sslmode']}: this store has no identity to verify the server with"
         )
-    engine = create_async_engine(parsed, **kwargs)
+    engine = create_async_engine(url, **kwargs)
     if tls_context is not None:  # made at each connect: the SVID it presents rotates
 
         @event.listens_for(engine.sync_engine, "do_connect")
