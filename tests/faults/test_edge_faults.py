@@ -220,6 +220,8 @@ async def test_killed_upstream_instances_are_taken_out_and_then_503_comes_fast(
                         out = await eventually(lambda: _taken_out(edge, a.url), 5, "a out")
                         settled = out + 0.5  # what was in flight has been answered
                         await asyncio.sleep(0.5 + hold)
+                        # enough answers from the survivor alone, however busy the machine
+                        await load.until(20, after=settled, within=30)
                         second_killed = time.monotonic()
                         await b.kill()
                         await eventually(lambda: _taken_out(edge, b.url), 5, "b out")
@@ -458,7 +460,14 @@ async def test_thousands_of_idle_connections_cost_bounded_memory_and_others_are_
                     async with peaks.sampling():
                         flooded = time.monotonic()
                         opened = await flood.open()
-                        await asyncio.sleep(0.2)  # a moment more with the flood held
+                        # answers while the flood is held (its last connections are
+                        # closed at the handshake timeout), however busy the machine
+                        await asyncio.gather(
+                            *(
+                                load.until(5, after=flooded, within=HANDSHAKE_TIMEOUT)
+                                for load in loads
+                            )
+                        )
                     served = [load.between(flooded) for load in loads]
                     # each one refused at its cap, or closed at the handshake timeout
                     await eventually(
