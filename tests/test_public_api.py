@@ -128,6 +128,8 @@ EXPECTED = {
         "RunningIdentityServer",
         "identity_server_in_thread",
         "run_cli",
+        "until",
+        "until_async",
     ],
 }
 

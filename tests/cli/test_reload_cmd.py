@@ -16,8 +16,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from clirig import tm
 from slowapp import write_slow_app
 
 from trustmesh.cli.supervisor import RunPaths, read_json, stop_stack
+from trustmesh.testing import until
 
 pytestmark = pytest.mark.xdist_group("reload-cmd")
 
@@ -83,14 +83,6 @@ class Stack:
         return (read_json(self.state / "gateway" / "reload.json") or {}).get("at")
 
 
-def _until(check: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
     """The supervisor of ``trustmesh up`` (its detached form), with a service that
@@ -109,7 +101,9 @@ def stack() -> Iterator[Stack]:
         )
     try:
         phase = lambda: (read_json(paths.supervisor) or {}).get("phase")  # noqa: E731
-        _until(lambda: phase() in ("ready", "failed") or supervisor.poll() is not None, 60, "up")
+        until(
+            lambda: phase() in ("ready", "failed") or supervisor.poll() is not None, "up", within=60
+        )
         assert phase() == "ready"
         yield running
     finally:

@@ -14,9 +14,8 @@ import contextlib
 import json
 import shutil
 import tempfile
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from trustmesh.cli.auth_cmd import admin_call
 from trustmesh.config import load_config
 from trustmesh.store import create_engine
 from trustmesh.testing import run_cli as tm
+from trustmesh.testing import until
 
 TD = "pgaudit.example"
 GATEWAY = f"spiffe://{TD}/trustmesh/gateway"
@@ -136,15 +136,6 @@ def audit(state: Path, *args: str) -> list[dict[str, Any]]:
 def verify(state: Path) -> tuple[int, dict[str, Any]]:
     ran = tm("audit", "verify", "--state", str(state), "--json")
     return ran.returncode, json.loads(ran.stdout)
-
-
-def until(seconds: float, found: Callable[[], list[dict[str, Any]]], what: str) -> list[Any]:
-    """Ask ``found`` until it finds something, for at most ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while not (answer := found()):
-        assert time.monotonic() < deadline, f"{what}: none after {seconds} s"
-        time.sleep(0.3)
-    return answer
 
 
 def _trustmesh(event: dict[str, Any]) -> dict[str, Any]:
@@ -258,12 +249,11 @@ async def test_the_stack_audits_to_postgresql_and_verify_finds_an_edit_there() -
                 done = reasons == ["request-forwarded", "token-bad-signature"] and len(failed) == 10
                 return [*of_gateway, *failed] if done else []
 
-            found = until(20, landed, "the gateway's allow and deny, the ten failed logins")
+            found = until(landed, "the gateway's allow and deny, the ten failed logins", within=20)
             denial = next(e for e in found if _trustmesh(e)["reason"] == "token-bad-signature")
             assert _trustmesh(denial)["decision"] == "deny"
             # one brute-force alert for the ten failures
             alerts = until(
-                10,
                 lambda: [
                     a
                     for a in audit(state, "alerts")
@@ -271,6 +261,7 @@ async def test_the_stack_audits_to_postgresql_and_verify_finds_an_edit_there() -
                     and a["group"].get("unmapped.trustmesh.attributes.login") == target
                 ],
                 "the brute-force alert",
+                within=10,
             )
             assert len(alerts) == 1, alerts
 

@@ -20,7 +20,7 @@ import ssl
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from demorig import demo_copy, demo_credentials
 
 from trustmesh import crypto
 from trustmesh.testing import run_cli as tm
+from trustmesh.testing import until
 
 ARTIFACTS = Path(os.environ.get("TRUSTMESH_ARTIFACTS", "artifacts")) / "console"
 XSS = "<script>window.__tm_xss=1</script><img src=x onerror=window.__tm_xss=2>"
@@ -112,16 +113,6 @@ def _shot(driver: Any, name: str) -> None:
     driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
 
 
-def _until(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _sign_in(driver: Any, stack: dict[str, Any], username: str) -> None:
     """Start at the console, sign in at the provider (with a TOTP code if the user has
     one), and come back."""
@@ -130,13 +121,13 @@ def _sign_in(driver: Any, stack: dict[str, Any], username: str) -> None:
     password, secret = stack["credentials"][username]
     driver.get(stack["console"] + "/signin")
     driver.find_element(By.ID, "signin").click()
-    _until(lambda: driver.find_elements(By.NAME, "username"), "the provider's login form")
+    until(lambda: driver.find_elements(By.NAME, "username"), "the provider's login form", within=30)
     driver.find_element(By.NAME, "username").send_keys(username)
     driver.find_element(By.NAME, "password").send_keys(password)
     if secret:
         driver.find_element(By.NAME, "otp").send_keys(_totp(secret))
     driver.find_element(By.CSS_SELECTOR, "form button, form input[type=submit]").click()
-    _until(lambda: driver.current_url.startswith(stack["console"]), "the way back")
+    until(lambda: driver.current_url.startswith(stack["console"]), "the way back", within=30)
 
 
 def _gateway_get(stack: dict[str, Any], path: str) -> tuple[int, str]:
@@ -196,7 +187,8 @@ def test_a_customer_is_refused(stack: dict[str, Any], chrome: Any) -> None:
     from selenium.webdriver.common.by import By
 
     _sign_in(chrome, stack, "shopper")
-    message = _until(lambda: chrome.find_elements(By.ID, "message"), "the refusal")[0].text
+    shown = until(lambda: chrome.find_elements(By.ID, "message"), "the refusal", within=30)
+    message = shown[0].text
     _shot(chrome, "refused-customer")
     assert "Only admins" in message
     chrome.get(stack["console"] + "/services")
@@ -235,8 +227,10 @@ def test_an_admin_sees_every_page_live(stack: dict[str, Any], chrome: Any) -> No
     before = int(chrome.find_element(By.CSS_SELECTOR, edge).text)
     for _ in range(3):
         assert _gateway_get(stack, "/orders")[0] == 401
-    _until(
-        lambda: int(chrome.find_element(By.CSS_SELECTOR, edge).text) >= before + 3, "live counts"
+    until(
+        lambda: int(chrome.find_element(By.CSS_SELECTOR, edge).text) >= before + 3,
+        "live counts",
+        within=30,
     )
     assert chrome.find_element(By.CSS_SELECTOR, "#graph [data-edge='orders->payments']")
     _shot(chrome, "graph")
@@ -245,11 +239,12 @@ def test_an_admin_sees_every_page_live(stack: dict[str, Any], chrome: Any) -> No
     chrome.get(stack["console"] + "/events?decision=deny")
     status, traceresponse = _gateway_get(stack, "/items/" + XSS.replace(" ", "%20"))
     assert status == 400
-    cell = _until(
+    cell = until(
         lambda: [
             c for c in chrome.find_elements(By.CSS_SELECTOR, "#events td") if "__tm_xss" in c.text
         ],
         "the new event, live",
+        within=30,
     )[0]
     assert "<script>" in cell.text
     _no_script_ran(chrome)
@@ -264,9 +259,11 @@ def test_an_admin_sees_every_page_live(stack: dict[str, Any], chrome: Any) -> No
         rows = chrome.find_elements(By.CSS_SELECTOR, "#events tbody tr")
         return [int(r.get_attribute("data-seq")) for r in rows]
 
-    first = _until(lambda: (seqs := first_page()) and len(seqs) == 100 and seqs, "a full page")
+    first = until(
+        lambda: (seqs := first_page()) and len(seqs) == 100 and seqs, "a full page", within=30
+    )
     chrome.find_element(By.ID, "older").click()
-    _until(lambda: "before=" in chrome.current_url, "the older page")
+    until(lambda: "before=" in chrome.current_url, "the older page", within=30)
     older = [
         int(r.get_attribute("data-seq"))
         for r in chrome.find_elements(By.CSS_SELECTOR, "#events tbody tr")
@@ -278,11 +275,15 @@ def test_an_admin_sees_every_page_live(stack: dict[str, Any], chrome: Any) -> No
     # the trace of that request, from the link in its row
     trace_id = traceresponse.split("-")[1]
     chrome.get(stack["console"] + f"/traces/{trace_id}")
-    _until(lambda: chrome.find_elements(By.CSS_SELECTOR, "#spans tbody tr"), "the trace's spans")
+    until(
+        lambda: chrome.find_elements(By.CSS_SELECTOR, "#spans tbody tr"),
+        "the trace's spans",
+        within=30,
+    )
     assert "gateway" in chrome.find_element(By.ID, "spans").text
     assert "path-non-canonical" in chrome.find_element(By.ID, "events").text
     _shot(chrome, "trace")
-    looked = _until(
+    looked = until(
         lambda: [
             e
             for e in _logged(stack, "audit")
@@ -290,26 +291,31 @@ def test_an_admin_sees_every_page_live(stack: dict[str, Any], chrome: Any) -> No
             and e["unmapped"]["trustmesh"]["attributes"]["action"] == "console-trace"
         ],
         "the record of the admin's look at the trace",
+        within=30,
     )
     assert looked[0]["unmapped"]["trustmesh"]["attributes"]["by"] == "user:admin"
 
     # alerts, live: ten failed logins for one (markup-named) account within a minute
     chrome.get(stack["console"] + "/alerts")
     _fail_logins(stack, XSS, 10)
-    row = _until(
+    row = until(
         lambda: [
             r
             for r in chrome.find_elements(By.CSS_SELECTOR, "#alerts tbody tr")
             if "Brute-force" in r.text
         ],
         "the alert, live",
-        timeout=60,
+        within=60,
     )[0]
     assert "<script>" in row.text
     _no_script_ran(chrome)
     _shot(chrome, "alerts")
     row.find_element(By.CSS_SELECTOR, "a").click()
-    _until(lambda: chrome.find_elements(By.CSS_SELECTOR, "#events tbody tr"), "the alert's events")
+    until(
+        lambda: chrome.find_elements(By.CSS_SELECTOR, "#events tbody tr"),
+        "the alert's events",
+        within=30,
+    )
     assert "login-failed" in chrome.find_element(By.ID, "events").text
     _no_script_ran(chrome)
     _shot(chrome, "alert")
@@ -340,9 +346,10 @@ def test_an_admin_sees_every_page_live(stack: dict[str, Any], chrome: Any) -> No
     framing = _framing_page(stack["console"] + "/services")
     try:
         chrome.get(framing)
-        _until(
+        until(
             lambda: [e for e in chrome.get_log("browser") if "frame-ancestors" in e["message"]],
             "the browser's refusal to frame the console",
+            within=30,
         )
     finally:
         _stop_framing_page()
@@ -350,9 +357,10 @@ def test_an_admin_sees_every_page_live(stack: dict[str, Any], chrome: Any) -> No
     # signing out ends the session (the form carries its CSRF token)
     chrome.get(stack["console"] + "/services")
     chrome.find_element(By.CSS_SELECTOR, "form.signout button").click()
-    _until(
+    until(
         lambda: urlsplit(chrome.current_url).path == "/signin",
         f"the sign-out (at {chrome.current_url})",
+        within=30,
     )
     chrome.get(stack["console"] + "/events")
     assert urlsplit(chrome.current_url).path == "/signin"

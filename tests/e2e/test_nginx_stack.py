@@ -24,9 +24,10 @@ from typing import Any
 import pytest
 import requests
 from secretscan import UsedSecrets, assert_no_secret_recorded
-from test_audit_postgres_stack import _forged, _trustmesh, audit, sign_in_web_user, until
+from test_audit_postgres_stack import _forged, _trustmesh, audit, sign_in_web_user
 
 from trustmesh.testing import run_cli as tm
+from trustmesh.testing import until
 
 TD = "edge.example"
 GATEWAY = f"spiffe://{TD}/trustmesh/gateway"
@@ -156,7 +157,9 @@ def test_nginx_serves_the_edge_of_the_stack_and_every_request_is_audited(
             return s.request(method, url + path, timeout=30, **kwargs)
 
         # nginx learns inventory's address from discovery once it runs (1 s at most)
-        until(15, lambda: [1] if send("GET", "/items/mug").status_code == 200 else [], "a 200")
+        until(
+            lambda: [1] if send("GET", "/items/mug").status_code == 200 else [], "a 200", within=15
+        )
 
         # 1. allowed, then answered again from the kept decision
         for _ in range(3):
@@ -206,7 +209,7 @@ def test_nginx_serves_the_edge_of_the_stack_and_every_request_is_audited(
         ]
         return found if len(found) >= sum(expected.values()) else []
 
-    found = until(10, of_gateway, "an event for each request")  # kept.log: read each second
+    found = until(of_gateway, "an event for each request", within=10)  # kept.log: read each second
     facts = [_trustmesh(e) for e in found]
     summary = Counter(
         (t["attributes"]["engine"], t["attributes"]["path"], t["reason"]) for t in facts
@@ -232,7 +235,7 @@ def test_nginx_serves_the_edge_of_the_stack_and_every_request_is_audited(
         )
         return found if len(found) >= len(allowed) else []
 
-    reached = until(10, served, "the service's events")
+    reached = until(served, "the service's events", within=10)
     assert reached == sorted((*kv, "policy-allow") for kv in allowed.items()), reached
 
     # 4. down stops nginx: its master and its workers (its process group) are gone

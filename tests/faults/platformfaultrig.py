@@ -42,6 +42,7 @@ from trustmesh.cli._admin import admin_request, as_operator
 from trustmesh.cli.auth_cmd import admin_call
 from trustmesh.config import TrustmeshConfig, load_config
 from trustmesh.testing import run_cli as tm
+from trustmesh.testing import until
 from trustmesh.testing.process import stop_process
 
 T = TypeVar("T")
@@ -54,18 +55,6 @@ class Scale(Protocol):
     def pick(self, short: float, long: float) -> float: ...
 
     def count(self, short: int, long: int) -> int: ...
-
-
-def until(seconds: float, found: Callable[[], T | None], what: str, every: float = 0.2) -> T:
-    """Ask ``found`` until it answers something (not None, not False), for at most
-    ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while True:
-        answer = found()
-        if answer is not None and answer is not False:
-            return answer
-        assert time.monotonic() < deadline, f"{what}: not within {seconds} s"
-        time.sleep(every)
 
 
 def _state_of(pid: int) -> str | None:
@@ -134,13 +123,13 @@ class Stack:
         """SIGKILL to ``name``'s process; its pid once it is dead (it closed its sockets)."""
         pid = self.pid(name)
         os.kill(pid, signal.SIGKILL)
-        until(10, lambda: _state_of(pid) in (None, "Z"), f"{name} (pid {pid}) dead")
+        until(lambda: _state_of(pid) in (None, "Z"), f"{name} (pid {pid}) dead", within=10)
         return pid
 
     def restarted(self, name: str, old: int, ready: Callable[[], bool], seconds: float = 30) -> int:
         """The pid of ``name``'s next process, once the supervisor started it and
         ``ready`` says it serves."""
-        until(seconds, lambda: self.pid(name) != old and ready(), f"{name} restarted")
+        until(lambda: self.pid(name) != old and ready(), f"{name} restarted", within=seconds)
         return self.pid(name)
 
     # -- clients ----------------------------------------------------------------------------

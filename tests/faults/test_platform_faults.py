@@ -36,10 +36,10 @@ from platformfaultrig import (
     stack_up,
     trustmesh_of,
     uid_of,
-    until,
 )
 
 from trustmesh import crypto
+from trustmesh.testing import until
 from trustmesh.testing.rawtls import RawTLS, close
 
 SPOOL_BYTES = 1 << 20
@@ -110,7 +110,7 @@ def test_a_killed_audit_collector_loses_no_event(stack: Stack, fault_scale: Scal
 
         # recorded while the collector is dead: in each producer's spool on disk, which
         # stays within its bound
-        for component, recorded in until(10, spooled, "the outage's events spooled").items():
+        for component, recorded in until(spooled, "the outage's events spooled", within=10).items():
             spool = stack.spool_bytes(component)
             assert 0 < len(spool) <= SPOOL_BYTES
             assert all(e["time"] >= killed for e in recorded)
@@ -123,7 +123,7 @@ def test_a_killed_audit_collector_loses_no_event(stack: Stack, fault_scale: Scal
         found = _recorded(stack, set(sent))
         return found if all(len(found[c]) >= len(sent) for c in PRODUCERS) else None
 
-    produced = until(10, all_recorded, "every request recorded by each producer")
+    produced = until(all_recorded, "every request recorded by each producer", within=10)
     for component in PRODUCERS:
         assert [path_of(e) for e in produced[component]] == sent, component  # each recorded once
     uids = {uid_of(e) for c in PRODUCERS for e in produced[c]}
@@ -133,7 +133,7 @@ def test_a_killed_audit_collector_loses_no_event(stack: Stack, fault_scale: Scal
         found = [e for e in stack.stored_events() if uid_of(e) in uids]
         return found if {uid_of(e) for e in found} == uids else None
 
-    stored = until(30, all_stored, "every event in the collector", every=0.5)
+    stored = until(all_stored, "every event in the collector", within=30, every=0.5)
     copies = collections.Counter(uid_of(e) for e in stored)
     assert [u for u, n in copies.items() if n > 1] == []  # exactly once
     for component in PRODUCERS:  # replayed in the order each producer recorded them
@@ -243,12 +243,12 @@ def test_a_killed_identity_provider_leaves_jwts_working_and_introspection_503(
                 "token-verification-unavailable": rounds + 1,
                 "token-unknown-key": rounds,
             }
-            until(10, lambda: recorded() == expected, f"the decisions recorded: {expected}")
+            until(lambda: recorded() == expected, f"the decisions recorded: {expected}", within=10)
         # the supervisor starts the provider again where it was: the gateway, told its
         # URL once, finds it there, and the routes that ask it work again
         until(
-            30,
             lambda: reserve(during).status_code == 201,
             "introspection after the provider came back",
+            within=30,
         )
         assert stack.endpoint("auth")["url"] == provider

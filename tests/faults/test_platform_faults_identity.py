@@ -16,10 +16,11 @@ from collections.abc import Iterator
 
 import pytest
 from cryptography import x509
-from platformfaultrig import Scale, Stack, served_certificate, stack_up, trustmesh_of, until
+from platformfaultrig import Scale, Stack, served_certificate, stack_up, trustmesh_of
 
 from trustmesh import crypto
 from trustmesh.platform.endpoints import instance
+from trustmesh.testing import until
 
 TTL = 12  # seconds: an SVID is renewed at half its life
 DECLARATION = f"""trust_domain: faults-identity.example
@@ -113,14 +114,14 @@ def test_a_killed_identity_service_leaves_svids_in_use_until_renewal_resumes(
             "inventory": [format(held.serial_number, "x")],
         }
         later = max(_fifth_left(held), _fifth_left(held_by_gateway)) - _now()
-        until(later.total_seconds() + 3, lambda: _expiring(stack) == told, f"told: {told}")
+        until(lambda: _expiring(stack) == told, f"told: {told}", within=later.total_seconds() + 3)
 
     # the identity service back: renewal resumes before the held SVID runs out
     def renewed() -> x509.Certificate | None:
         served = served_certificate(service)
         return served if served.serial_number != held.serial_number else None
 
-    fresh = until(TTL, renewed, "a renewed SVID")
+    fresh = until(renewed, "a renewed SVID", within=TTL)
     assert fresh.not_valid_after_utc > _expiry(held)
     _through(stack)
     assert _expiring(stack) == told  # the renewed ones: nothing more to say

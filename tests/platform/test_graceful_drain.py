@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +30,7 @@ from trustmesh.cli.supervisor import RunPaths, read_json, recorded_process, stop
 from trustmesh.identity.endpoint import IdentityPaths
 from trustmesh.platform.endpoints import instance
 from trustmesh.reasons import Reason
+from trustmesh.testing import until
 
 pytestmark = pytest.mark.xdist_group("graceful-drain")
 
@@ -64,14 +65,6 @@ class Stack:
         )
 
 
-def _until(check: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
     """The supervisor of ``trustmesh up`` (its detached form), with a slow service."""
@@ -89,7 +82,9 @@ def stack() -> Iterator[Stack]:
         )
     try:
         phase = lambda: (read_json(RunPaths(state).supervisor) or {}).get("phase")  # noqa: E731
-        _until(lambda: phase() in ("ready", "failed") or supervisor.poll() is not None, 60, "up")
+        until(
+            lambda: phase() in ("ready", "failed") or supervisor.poll() is not None, "up", within=60
+        )
         assert phase() == "ready", (root / "state" / "logs").glob("*.log")
         yield Stack(state)
     finally:
@@ -108,7 +103,7 @@ def _serving(stack: Stack) -> None:
         except (requests.RequestException, KeyError, TypeError):
             return False
 
-    _until(answered, 20, "the gateway and the service answer")
+    until(answered, "the gateway and the service answer", within=20)
 
 
 def _refused(url: str) -> bool:
@@ -122,10 +117,10 @@ def _refused(url: str) -> bool:
 
 def _exited_cleanly(stack: Stack, name: str, pid: int) -> None:
     """The process is gone, and the supervisor saw it exit 0."""
-    _until(lambda: not Path(f"/proc/{pid}").exists(), DRAIN + 15, f"{name} exits")
+    until(lambda: not Path(f"/proc/{pid}").exists(), f"{name} exits", within=DRAIN + 15)
     log = RunPaths(stack.state).log("supervisor")
     line = f"{name} exited with code 0"
-    _until(lambda: line in log.read_text(), 5, line)
+    until(lambda: line in log.read_text(), line, within=5)
     assert f"{name} exited with code 1" not in log.read_text()
 
 
@@ -170,7 +165,7 @@ def _stops_at_once(stack: Stack, name: str) -> None:
     urls = [str(v) for k, v in endpoint.items() if k.endswith("url") and v]
     assert urls
     os.kill(pid, signal.SIGTERM)
-    _until(lambda: all(map(_refused, urls)), 2.0, f"every listener of {name} refuses")
+    until(lambda: all(map(_refused, urls)), f"every listener of {name} refuses", within=2.0)
     _exited_cleanly(stack, name, pid)
 
 
@@ -191,7 +186,7 @@ def test_sigterm_drains_the_gateway_and_flushes_its_events(stack: Stack) -> None
         time.sleep(0.5)  # both are in flight
         os.kill(pid, signal.SIGTERM)
         signalled = time.monotonic()
-        _until(lambda: _refused(url), 2.0, "new connections refused at once")
+        until(lambda: _refused(url), "new connections refused at once", within=2.0)
         assert not finishing.done()  # refused while a request is still being served
         (answer, _), (refused, at) = finishing.result(), cut.result()
     assert answer.status_code == 200
@@ -217,7 +212,7 @@ def test_sigterm_drains_a_service_run_by_the_sdk(stack: Stack) -> None:
         finishing, cut = _in_flight(pool, stack, "/slow/slow/1.5", "/slow/slow/30")
         time.sleep(0.5)
         os.kill(pid, signal.SIGTERM)
-        _until(lambda: _refused(service_url), 2.0, "the service refuses new connections")
+        until(lambda: _refused(service_url), "the service refuses new connections", within=2.0)
         assert not finishing.done()
         (answer, _), (refused, _) = finishing.result(), cut.result()
     assert answer.status_code == 200  # it could still call out, had it needed to

@@ -8,6 +8,7 @@ from trustmesh.testing.identity import (
     identity_server_in_thread,
 )
 from trustmesh.testing.redis import PrivateRedis
+from trustmesh.testing.wait import until, until_async
 
 __all__ = [
     "FakeClock",
@@ -16,4 +17,6 @@ __all__ = [
     "RunningIdentityServer",
     "identity_server_in_thread",
     "run_cli",
+    "until",
+    "until_async",
 ]
