@@ -16,6 +16,7 @@ import pytest
 import requests
 from clirig import stack_pids, stack_status
 
+from trustmesh.cli.launcher import SPAWN_ENV
 from trustmesh.cli.supervisor import process_alive
 from trustmesh.testing import run_cli as tm
 
@@ -56,6 +57,12 @@ def test_down_restart_crash_and_another_trust_domain(
             return [json.loads(r[0])["root"] for r in db.execute("SELECT doc FROM ca_generations")]
         finally:
             db.close()
+
+    # the platform's components forked from the supervisor, each as if exec'd
+    assert _component_processes(stack) == {
+        name: (f"tm-{name}", "/dev/null", str(stack / "logs" / f"{name}.log"), [])
+        for name in ("identity", "auth")
+    }
 
     # down leaves no process
     pids = stack_pids(stack)
@@ -169,7 +176,11 @@ def test_up_with_a_sealing_key_from_the_environment(short_tmp: Path) -> None:
     config = short_tmp / "prod.yaml"
     config.write_text("trust_domain: prod.example\n")
     state = short_tmp / "p"
-    env = {**os.environ, "TRUSTMESH_SEAL_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode()}
+    env = {
+        **os.environ,
+        "TRUSTMESH_SEAL_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
+        SPAWN_ENV: "exec",
+    }
     try:
         result = subprocess.run(
             [
@@ -192,6 +203,9 @@ def test_up_with_a_sealing_key_from_the_environment(short_tmp: Path) -> None:
         assert result.returncode == 0, result.stderr
         assert "DEV MODE" not in result.stderr
         assert not (state / "seal.key").exists()
+        # with TRUSTMESH_SPAWN=exec, every component is a fresh interpreter
+        found = _component_processes(state)
+        assert {name: comm for name, (comm, *_) in found.items()} == dict.fromkeys(found, "python")
     finally:
         tm("down", "--state", str(state))
 
@@ -269,3 +283,18 @@ def _start_time(pid: int) -> int:
     from trustmesh.identity.attestation import start_time_of
 
     return start_time_of(pid)
+
+
+def _component_processes(state: Path) -> dict[str, tuple[str, str, str, list[str]]]:
+    """Each component process's name (``comm``), standard input and output, and any
+    descriptor it holds on the supervisor's run files (its lock among them)."""
+    found = {}
+    for path in (state / "run").glob("*.json"):
+        if path.stem == "supervisor":
+            continue
+        pid = json.loads(path.read_text())["pid"]
+        fds = {int(fd.name): os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()}
+        run_files = [t for t in fds.values() if t.startswith(str(state / "run"))]
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        found[path.stem] = (comm, fds[0], fds[1], run_files)
+    return found

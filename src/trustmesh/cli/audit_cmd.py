@@ -301,3 +301,7 @@ register_prune(app)
 
 from trustmesh.cli import audit_export_cmd as _export  # noqa: E402, F401 - registers its commands
 from trustmesh.cli import audit_trace_cmd as _trace  # noqa: E402, F401 - registers its command
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="audit")

@@ -114,3 +114,7 @@ def _strict_or_exit(loaded: TrustmeshConfig, path: Path) -> None:
 def schema() -> None:
     """Print the JSON Schema of trustmesh.yaml (for editors and CI)."""
     typer.echo(json.dumps(config_json_schema(), indent=2))
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="config")

@@ -219,3 +219,7 @@ def evidence_command(
     _write(text, out)
     if not all(item.passed for item in items):
         raise typer.Exit(EXIT_FAILURE)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="docs")

@@ -62,7 +62,7 @@ def _entry_json(doc: dict[str, Any]) -> dict[str, object]:
 
 
 @app.command("register")
-def register(
+def register_entry(
     spiffe_id: Annotated[str, typer.Option("--spiffe-id", help="spiffe://<trust-domain>/<path>")],
     selector: Annotated[
         list[str],
@@ -319,3 +319,8 @@ def svid_show(
     out.print(table)
     if pem:
         print(doc["chain_pem"], end="")
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="identity")
+    root.add_typer(svid_app, name="svid")

@@ -141,3 +141,7 @@ def _notes(declaration: TrustmeshConfig) -> list[str]:
             "address; set it to the URL browsers use"
         )
     return notes
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="k8s")

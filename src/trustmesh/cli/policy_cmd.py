@@ -111,3 +111,7 @@ def schema(config: ConfigOption = None) -> None:
         err.print("no gateway: section in the declaration")
         raise typer.Exit(EXIT_BAD_CONFIG)
     typer.echo(edge_schema(cfg.gateway), nl=False)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="policy")

@@ -36,6 +36,7 @@ from trustmesh.cli._common import (
     out,
 )
 from trustmesh.cli.health import Answer, Target, ask_all, probe_grpc, probe_web
+from trustmesh.cli.launcher import Launcher
 from trustmesh.cli.provision import provision
 from trustmesh.cli.secrets_cmd import seed_demo
 from trustmesh.cli.supervisor import (
@@ -678,7 +679,14 @@ def run_supervisor(cfg: TrustmeshConfig, cfg_path: Path, state: Path, *, interac
     held = _share_gateway_port(cfg)  # the port every gateway worker listens on
     specs = components(cfg, cfg_path, state)
     grace = cfg.listen.drain.total_seconds() + FLUSH_GRACE  # each child drains, then flushes
-    sup = Supervisor(state, specs, lambda spec: probe(spec, state), log=log, stop_grace=grace)
+    sup = Supervisor(
+        state,
+        specs,
+        lambda spec: probe(spec, state),
+        log=log,
+        stop_grace=grace,
+        launcher=Launcher(),  # the platform's components forked, imported once
+    )
     try:
         sup.acquire()
     except TrustmeshError as exc:
@@ -750,12 +758,6 @@ def status(
     raise typer.Exit(0 if healthy else EXIT_FAILURE)
 
 
-def down(state: StateOption = DEFAULT_STATE) -> None:
-    """Stop everything that `up` started; no process remains."""
-    was = stop_stack(state.absolute(), lambda m: err.print(m, markup=False))
-    out.print("stopped." if was else "trustmesh was not running.")
-
-
 def supervise(
     config: Annotated[Path, typer.Option("--config")],
     state: Annotated[Path, typer.Option("--state")],
@@ -769,5 +771,4 @@ def supervise(
 def register(app: typer.Typer) -> None:
     app.command("up")(up)
     app.command("status")(status)
-    app.command("down")(down)
     app.command("_supervise", hidden=True)(supervise)

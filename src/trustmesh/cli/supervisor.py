@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trustmesh.cli.launcher import Child, Launcher
 from trustmesh.errors import StateError, TrustmeshError
 from trustmesh.platform.procfs import process_alive as process_alive
 from trustmesh.platform.procfs import start_time_of
@@ -129,6 +130,7 @@ class Supervisor:
         *,
         log: Callable[[str], None],
         stop_grace: float = STOP_GRACE,
+        launcher: Launcher | None = None,
     ) -> None:
         self.paths = RunPaths(state.absolute())
         #: how long the children get, from SIGTERM, to drain, flush and exit
@@ -136,7 +138,9 @@ class Supervisor:
         self.components = list(components)
         self.ready = ready
         self.log = log
-        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        #: forks the platform's components from this process (:mod:`.launcher`)
+        self.launcher = launcher or Launcher(fork=False)
+        self.children: dict[str, Child] = {}
         self.restarts: dict[str, list[float]] = {}
         self.stopping = False
         self._lock_fd: int | None = None
@@ -186,16 +190,10 @@ class Supervisor:
         fd = os.open(self.paths.log(spec.name), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         log = os.fdopen(fd, "ab", buffering=0)
         env = {**os.environ, **spec.env, **made}
-        proc = subprocess.Popen(  # noqa: S603 - argv built by trustmesh, never a shell
-            spec.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            preexec_fn=_die_with_parent,
-            close_fds=True,
-        )
-        log.close()
+        try:
+            proc = self.launcher.spawn(spec.name, spec.argv, env, log, _die_with_parent)
+        finally:
+            log.close()
         self.children[spec.name] = proc
         write_json(
             self.paths.component(spec.name),
@@ -205,6 +203,7 @@ class Supervisor:
 
     def start_all(self) -> str | None:
         """Start every component in order; return the name of one that failed, if any."""
+        self.launcher.preload(spec.argv for spec in self.components)
         for spec in self.components:
             if not self.start(spec):
                 return spec.name
