@@ -77,3 +77,15 @@ def test_locked_packages_reads_pins_with_markers_and_normalises_names() -> None:
         "    # via requests\n"
     )
     assert locked_packages(text) == {("async-timeout", "5.0.1"), ("idna", "3.21")}
+
+
+def test_a_url_that_is_not_an_iri_is_refused_after_valid_ones_were_checked(
+    sbom: dict[str, Any],
+) -> None:
+    """The format checks' answers are kept between checks: a new string is still judged."""
+    lock_text = LOCK.read_text(encoding="utf-8")
+    assert sbom_problems(sbom, lock_text) == []  # every string of the document seen once
+    bad = copy.deepcopy(sbom)
+    bad["components"][0]["externalReferences"] = [{"type": "website", "url": "http://a b/<>"}]
+    (problem,) = sbom_problems(bad, lock_text)
+    assert problem.startswith("not valid CycloneDX 1.6 JSON: 'http://a b/<>' is not valid")

@@ -150,6 +150,7 @@ def _service_spec(
             "TRUSTMESH_EVENTS": str(state / "events" / f"{name}.jsonl"),
         },
         env_factory=_service_env(config, state, name),
+        together=True,  # services start side by side, after the platform
     )
 
 

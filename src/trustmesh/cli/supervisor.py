@@ -49,6 +49,9 @@ class ComponentSpec:
     #: Called once the component is ready at ``up`` (the demo's secrets, say); a
     #: TrustmeshError fails the start.
     on_ready: Callable[[], None] | None = None
+    #: Started with the ``together`` specs next to it at ``up``, none waiting for
+    #: another to be ready (declared services: each finds its peers when it calls them).
+    together: bool = False
 
 
 @dataclass(frozen=True)
@@ -202,26 +205,37 @@ class Supervisor:
         return True
 
     def start_all(self) -> str | None:
-        """Start every component in order; return the name of one that failed, if any."""
-        self.launcher.preload(spec.argv for spec in self.components)
-        for spec in self.components:
-            if not self.start(spec):
+        """Start every component in order, each once the one before is ready (a run of
+        ``together`` ones at once); return the name of one that failed, if any. The
+        components are imported ahead (:meth:`Launcher.preload`) while the first one —
+        exec'd, then — starts: on another core, its own imports take as long."""
+        for index, wave in enumerate(_waves(self.components)):
+            for spec in wave:
+                if not self.start(spec):
+                    return spec.name
+            if index == 0:
+                self.launcher.preload(spec.argv for spec in self.components)
+            for spec in wave:
+                failed = self._ready(spec)
+                if failed:
+                    return failed
+        return None
+
+    def _ready(self, spec: ComponentSpec) -> str | None:
+        """Wait for ``spec`` to be ready and run its ``on_ready``; its name if it fails."""
+        deadline = time.monotonic() + spec.ready_timeout
+        while not self.ready(spec):
+            if self.stopping:
                 return spec.name
-            deadline = time.monotonic() + spec.ready_timeout
-            while not self.ready(spec):
-                if self.stopping:
-                    return spec.name
-                if self.children[spec.name].poll() is not None or time.monotonic() > deadline:
-                    return spec.name
-                time.sleep(0.1)
-            if spec.on_ready is not None:
-                try:
-                    spec.on_ready()
-                except TrustmeshError as exc:
-                    self.log(
-                        f"{spec.name} started, but what follows its start failed: {exc.detail}"
-                    )
-                    return spec.name
+            if self.children[spec.name].poll() is not None or time.monotonic() > deadline:
+                return spec.name
+            time.sleep(0.1)
+        if spec.on_ready is not None:
+            try:
+                spec.on_ready()
+            except TrustmeshError as exc:
+                self.log(f"{spec.name} started, but what follows its start failed: {exc.detail}")
+                return spec.name
         return None
 
     def watch(self) -> str | None:
@@ -272,6 +286,17 @@ class Supervisor:
         signal.signal(signal.SIGINT, handler)
         if hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, handler)
+
+
+def _waves(specs: Sequence[ComponentSpec]) -> list[list[ComponentSpec]]:
+    """``specs`` in the order they start: each alone, but a run of ``together`` ones."""
+    waves: list[list[ComponentSpec]] = []
+    for spec in specs:
+        if spec.together and waves and waves[-1][-1].together:
+            waves[-1].append(spec)
+        else:
+            waves.append([spec])
+    return waves
 
 
 def _start_time_or_zero(pid: int) -> int:

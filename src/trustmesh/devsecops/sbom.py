@@ -8,6 +8,7 @@ once, with the pinned version.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -65,9 +66,26 @@ def _schema_problems(sbom: dict[str, Any]) -> list[str]:
         schema = SchemaVersion.from_version(version)
     except ValueError:
         return [f"specVersion {version!r} is not a CycloneDX version"]
+    _remember_iri_checks()
     validator = make_schemabased_validator(OutputFormat.JSON, schema)
     error = validator.validate_str(json.dumps(sbom))
     return [] if error is None else [f"not valid CycloneDX {version} JSON: {error}"]
+
+
+@functools.cache
+def _remember_iri_checks() -> None:
+    """The schema's ``iri-reference`` strings (each component's purl and URLs) are
+    checked by jsonschema's format checker with an Earley parser: about 4 s of CPU for
+    a document of this lock, every time. The checks are pure functions of the string,
+    so each answer is kept (in this process) and a string seen before — the same
+    document checked again, or changed in one place — is not parsed again."""
+    from jsonschema import Draft7Validator  # type: ignore[import-untyped]
+
+    checkers = Draft7Validator.FORMAT_CHECKER.checkers
+    for name in ("iri", "iri-reference", "uri", "uri-reference"):
+        if name in checkers:
+            check, raises = checkers[name]
+            checkers[name] = (functools.lru_cache(maxsize=1 << 16)(check), raises)
 
 
 def check_file(sbom_path: Path, lock_path: Path) -> list[str]:
