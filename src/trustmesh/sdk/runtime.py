@@ -321,9 +321,7 @@ async def run_service(
         verifier=None if "service-token" in off else trust.verifier,
         suspended=suspensions,
     )
-    if port is None:
-        port = int(os.environ.get(PORT_ENV) or config.services[service].port or 0)
-    served = await start(guarded, tls=tls, host=config.listen.host, port=port)
+    served = await _listen(guarded, tls, config, service, port)
     _record_lapses(source, guarded.recorder)
     discovery = DiscoveryClient(tls, url) if url else None
     runtime = Runtime(
@@ -348,6 +346,16 @@ async def run_service(
     await runtime._announce()
     _runtime = runtime
     return runtime
+
+
+async def _listen(
+    app: ASGIApp, tls: RotatingTLS, config: TrustmeshConfig, service: str, port: int | None
+) -> Served:
+    """Serve ``app`` on ``listen.host``, at ``port``, else ``TRUSTMESH_PORT``, else the
+    declared port (none: one the system picks)."""
+    if port is None:
+        port = int(os.environ.get(PORT_ENV) or config.services[service].port or 0)
+    return await start(app, tls=tls, host=config.listen.host, port=port)
 
 
 def _record_lapses(source: X509Source, recorder: events.Recorder) -> None:
