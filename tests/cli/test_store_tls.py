@@ -177,6 +177,39 @@ def test_server_cert_refuses_bad_requests(rig: Rig, args: tuple[str, ...], says:
     assert not out.exists()  # nothing written
 
 
+def test_server_cert_renews_only_when_due_for_the_same_names(rig: Rig) -> None:
+    """``--renew-within``: what a daily cron job runs. A certificate for these names that
+    outlives the window stays (nothing asked of the service, nothing written); one that
+    does not, one for other names, or a missing or unreadable one is renewed."""
+    out = rig.certs.parent / "renewing"
+
+    def run(*args: str) -> dict[str, Any]:
+        made = tm("identity", "server-cert", "--ip", "127.0.0.1", "--out", str(out),
+                  "--json", *args, *rig.args)  # fmt: skip
+        assert made.returncode == 0, made.stdout + made.stderr
+        return dict(json.loads(made.stdout))
+
+    first = run("--ttl", "2h", "--renew-within", "1h")  # missing: made
+    assert first["renewed"] is True
+    pem = (out / "server.crt").read_bytes()
+    kept = run("--renew-within", "90m")  # 2 h left: not due
+    assert kept == {"renewed": False, "not_after": first["not_after"], "files": []}
+    assert (out / "server.crt").read_bytes() == pem
+    due = run("--renew-within", "3h")  # 2 h left: due
+    assert due["renewed"] is True
+    assert due["serial"] != first["serial"]
+    more = tm("identity", "server-cert", "--ip", "127.0.0.1", "--dns", "db.example",
+              "--out", str(out), "--renew-within", "1h", *rig.args)  # fmt: skip
+    assert more.returncode == 0, more.stderr
+    assert "renewed" in more.stdout  # another set of names: renewed whatever the time
+    (out / "server.crt").write_text("not a certificate")
+    assert run("--renew-within", "1h")["renewed"] is True
+    refused = tm("identity", "server-cert", "--ip", "127.0.0.1", "--out", str(out),
+                 "--renew-within", "soon", *rig.args)  # fmt: skip
+    assert refused.returncode == 2
+    assert "--renew-within 'soon'" in refused.stderr
+
+
 # -- PostgreSQL ------------------------------------------------------------------------------
 def test_postgres_verify_full_checks_the_server_and_presents_the_svid(rig: Rig) -> None:
     store_tls.present(FixedSVIDSource(rig.svid))

@@ -5,12 +5,14 @@ API, as the operator (never its store)."""
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import json
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
 import typer
+from cryptography import x509
 from rich.table import Table
 
 from trustmesh import crypto
@@ -148,6 +150,14 @@ def server_cert(
         list[str] | None, typer.Option("--ip", help="An IP address clients dial (repeatable).")
     ] = None,
     ttl: Annotated[str, typer.Option(help="How long the certificate is valid.")] = "30d",
+    renew_within: Annotated[
+        str | None,
+        typer.Option(
+            "--renew-within",
+            help="Only when the certificate in --out (for these names) expires within this "
+            "time, or is missing: what a daily cron job runs. Says whether it renewed.",
+        ),
+    ] = None,
     config: ConfigOption = None,
     state: StateOption = DEFAULT_STATE,
     as_json: JsonOption = False,
@@ -155,6 +165,15 @@ def server_cert(
     """Issue a TLS server certificate from the workload CA for a server the components
     connect to (the shared PostgreSQL with sslmode=verify-full, Redis over rediss://).
     The key is made here and never leaves this machine; run again to renew."""
+    window = seconds_option("--renew-within", renew_within)
+    held = None if window is None else _held_until(out_dir / "server.crt", dns or [], ip or [])
+    if window is not None and held is not None and held - _now() > dt.timedelta(seconds=window):
+        not_due = {"renewed": False, "not_after": held.isoformat(), "files": []}
+        if as_json:
+            out.print_json(json.dumps(not_due))
+        else:
+            out.print(f"not due: {out_dir / 'server.crt'} is valid until {held.isoformat()}")
+        return
     key = crypto.generate_key()
     body = {
         "csr": crypto.certificate_request(key, (dns or ip or ["server"])[0]).decode("ascii"),
@@ -175,6 +194,7 @@ def server_cert(
     except OSError as exc:
         fail(f"cannot write the certificate to {out_dir}: {exc}")
     facts = {
+        "renewed": True,
         "names": made["names"],
         "serial": made["serial"],
         "not_after": made["not_after"],
@@ -193,6 +213,25 @@ def server_cert(
     for name, value in facts.items():
         table.add_row(name, ", ".join(value) if isinstance(value, list) else str(value))
     out.print(table)
+
+
+def _held_until(path: Path, dns: list[str], ip: list[str]) -> dt.datetime | None:
+    """Until when the server certificate at ``path`` is valid, if it is one for exactly
+    these names (None: missing, unreadable, or for other names: renew)."""
+    try:
+        (cert, *_) = crypto.certs_from_pem(path.read_bytes())
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        held = {n.lower() for n in sans.get_values_for_type(x509.DNSName)} | {
+            str(a) for a in sans.get_values_for_type(x509.IPAddress)
+        }
+        asked = {n.lower() for n in dns} | {str(ipaddress.ip_address(a)) for a in ip}
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return None
+    return cert.not_valid_after_utc if held == asked else None
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 def _suspension_json(doc: dict[str, Any]) -> dict[str, object]:
