@@ -166,13 +166,7 @@ def server_cert(
     connect to (the shared PostgreSQL with sslmode=verify-full, Redis over rediss://).
     The key is made here and never leaves this machine; run again to renew."""
     window = seconds_option("--renew-within", renew_within)
-    held = None if window is None else _held_until(out_dir / "server.crt", dns or [], ip or [])
-    if window is not None and held is not None and held - _now() > dt.timedelta(seconds=window):
-        not_due = {"renewed": False, "not_after": held.isoformat(), "files": []}
-        if as_json:
-            out.print_json(json.dumps(not_due))
-        else:
-            out.print(f"not due: {out_dir / 'server.crt'} is valid until {held.isoformat()}")
+    if window is not None and _not_due(out_dir, dns or [], ip or [], window, as_json=as_json):
         return
     key = crypto.generate_key()
     body = {
@@ -182,23 +176,12 @@ def server_cert(
         "ttl": seconds_option("--ttl", ttl),
     }
     made = _identity(state, config, "POST", "/admin/v1/server-certificates", body)
-    files = {
-        "server.key": (crypto.private_key_to_pem(key), 0o600),
-        "server.crt": (str(made["chain_pem"]).encode(), 0o644),
-        "ca.crt": (str(made["bundle_pem"]).encode(), 0o644),
-    }
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for name, (data, mode) in files.items():
-            crypto.replace_file(out_dir / name, data, mode)
-    except OSError as exc:
-        fail(f"cannot write the certificate to {out_dir}: {exc}")
     facts = {
         "renewed": True,
         "names": made["names"],
         "serial": made["serial"],
         "not_after": made["not_after"],
-        "files": [str(out_dir / name) for name in files],
+        "files": _write_server_files(out_dir, key, made),
     }
     if made["until_ca_expiry"]:
         err.print(
@@ -213,6 +196,36 @@ def server_cert(
     for name, value in facts.items():
         table.add_row(name, ", ".join(value) if isinstance(value, list) else str(value))
     out.print(table)
+
+
+def _write_server_files(out_dir: Path, key: crypto.PrivateKey, made: dict[str, Any]) -> list[str]:
+    """``server.key`` (0600), ``server.crt`` and ``ca.crt`` in ``out_dir``, each written
+    atomically; their paths."""
+    files = {
+        "server.key": (crypto.private_key_to_pem(key), 0o600),
+        "server.crt": (str(made["chain_pem"]).encode(), 0o644),
+        "ca.crt": (str(made["bundle_pem"]).encode(), 0o644),
+    }
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for name, (data, mode) in files.items():
+            crypto.replace_file(out_dir / name, data, mode)
+    except OSError as exc:
+        fail(f"cannot write the certificate to {out_dir}: {exc}")
+    return [str(out_dir / name) for name in files]
+
+
+def _not_due(out_dir: Path, dns: list[str], ip: list[str], window: int, *, as_json: bool) -> bool:
+    """Whether the server certificate in ``out_dir`` is for these names and outlives
+    ``window`` seconds (said, when so)."""
+    held = _held_until(out_dir / "server.crt", dns, ip)
+    if held is None or held - _now() <= dt.timedelta(seconds=window):
+        return False
+    if as_json:
+        out.print_json(json.dumps({"renewed": False, "not_after": held.isoformat(), "files": []}))
+    else:
+        out.print(f"not due: {out_dir / 'server.crt'} is valid until {held.isoformat()}")
+    return True
 
 
 def _held_until(path: Path, dns: list[str], ip: list[str]) -> dt.datetime | None:
