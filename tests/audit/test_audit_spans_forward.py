@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from spanrig import T0_NS, TRACE_HEX, encoded, post_otlp, request_of, span
 from tlsrig import Receiver, make_pki, receiver
 
 from trustmesh.audit.otlp import REPORTER_ATTRIBUTE
-from trustmesh.testing import RunningIdentityServer
+from trustmesh.testing import RunningIdentityServer, until_async
 
 TD = "trustmesh.local"
 
@@ -59,14 +59,6 @@ async def forwarding_rig(
             identity, folder / "state", collector_config(text), tick=3600, **serve
         ) as rig:
             yield rig, rx
-
-
-async def _until(done: Callable[[], bool]) -> None:
-    """Wait (at most 5 s) for the forwarder's thread to have counted its answer."""
-    for _ in range(250):
-        if done():
-            return
-        await asyncio.sleep(0.02)
 
 
 def _resource(body: bytes) -> dict[str, str]:
@@ -109,7 +101,9 @@ async def test_stored_spans_are_forwarded_once_over_tls_naming_the_reporter(
         requests = await asyncio.to_thread(rx.wait_for, 2)
         assert [_span_ids(r.body) for r in requests[1:]] == [["0000000000000004"]]
         stats = rig.running.traces.forwarder.stats  # type: ignore[union-attr]
-        await _until(lambda: stats.delivered == 2)
+        await until_async(
+            lambda: stats.delivered == 2, "the forwarder to count it", within=5, every=0.02
+        )
         assert (stats.delivered, stats.failed) == (2, 0)
 
 
@@ -126,7 +120,9 @@ async def test_a_retryable_answer_is_retried(
         assert first.body == second.body
         assert _span_ids(second.body) == ["0000000000000001"]
         stats = rig.running.traces.forwarder.stats  # type: ignore[union-attr]
-        await _until(lambda: stats.delivered == 1)
+        await until_async(
+            lambda: stats.delivered == 1, "the forwarder to count it", within=5, every=0.02
+        )
         assert (stats.retries, stats.delivered) == (1, 1)
 
 
@@ -139,7 +135,12 @@ async def test_a_refusal_is_given_up_at_once_and_recorded(
     ) as (rig, rx):
         status, _, _ = await post_otlp(rig.payments, encoded(span(0x1)))
         assert status == 200
-        await _until(lambda: any(e.reason == "export-failed" for e in rig.sink.events))
+        await until_async(
+            lambda: any(e.reason == "export-failed" for e in rig.sink.events),
+            "the export-failed event",
+            within=5,
+            every=0.02,
+        )
         failed = [e for e in rig.sink.events if e.reason == "export-failed"]
         assert [e.attributes for e in failed] == [
             {"receiver": "otlp", "item": "1 spans", "why": "refused: HTTP 500"}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -22,7 +22,7 @@ from trustmesh.gateway.ratelimit import (
     counts_before_auth,
 )
 from trustmesh.reasons import Reason
-from trustmesh.testing import FakeClock, PrivateRedis
+from trustmesh.testing import FakeClock, PrivateRedis, until_async
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 HOUR = 3600
@@ -393,14 +393,6 @@ async def test_keys_are_namespaced_and_hide_untrusted_ids(limiters: Limiters) ->
 # -- fallback when Redis is down -----------------------------------------------------------
 
 
-async def _until(condition: Callable[[], bool], what: str) -> None:
-    for _ in range(500):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.services
 async def test_fallback_while_redis_is_down_and_back_after(
     private_redis: PrivateRedis, limiters: Limiters
@@ -433,7 +425,7 @@ async def test_fallback_while_redis_is_down_and_back_after(
     # due: the next request starts a probe in the background and is decided in memory
     clock.advance(0.2)
     assert (await hits(limiter, 1, consumer="bob"))[0].storage == "fallback"
-    await _until(lambda: len(changes) == 2, "the recovery to be told")
+    await until_async(lambda: len(changes) == 2, "the recovery to be told", within=5, every=0.01)
     assert changes[1][0] is True
 
     after = await hits(limiter, 2)
@@ -465,7 +457,7 @@ async def test_redis_down_at_start_falls_back_and_retries(
     await asyncio.to_thread(private_redis.start)
     clock.advance(10)
     assert (await hits(limiter, 1))[0].storage == "fallback"
-    await _until(lambda: len(changes) == 2, "the recovery to be told")
+    await until_async(lambda: len(changes) == 2, "the recovery to be told", within=5, every=0.01)
     assert (await hits(limiter, 1))[0].storage == "redis"
 
 
@@ -509,7 +501,9 @@ async def test_a_silent_redis_costs_at_most_the_socket_timeout(limiters: Limiter
         decisions = await asyncio.wait_for(hits(limiter, 2, consumer=None), 5)
         assert allowed(decisions) == [True, False]
         assert {d.storage for d in decisions} == {"fallback"}
-        await _until(lambda: len(held) > connections, "the probe to connect")
+        await until_async(
+            lambda: len(held) > connections, "the probe to connect", within=5, every=0.01
+        )
         assert [ok for ok, _ in changes] == [False]
     finally:
         await limiter.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from trustmesh.sdk.delivery import DEAD_LETTER, AuditSink
 from trustmesh.sdk.serve import start
 from trustmesh.sdk.spool import Spool
 from trustmesh.sdk.x509source import X509Source
-from trustmesh.testing import RunningIdentityServer
+from trustmesh.testing import RunningIdentityServer, until_async
 
 
 class Refusing:
@@ -106,13 +105,6 @@ def _numbers(taken: list[dict[str, Any]]) -> list[int]:
         for e in taken
         if "n" in e["unmapped"]["trustmesh"].get("attributes", {})
     ]
-
-
-async def _until(check: Any, seconds: float = 15.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
 
 
 async def test_refused_events_are_dead_lettered_and_the_rest_delivered_in_order(
@@ -205,7 +197,9 @@ async def test_a_collector_that_refuses_everything_gets_nothing_dead_lettered(
         sink = _sink(payments, short_tmp / "spool", port)
         try:
             _emit(sink, 40)
-            await _until(lambda: sink.stats().failures >= 3)
+            await until_async(
+                lambda: sink.stats().failures >= 3, "the failures counted", within=15, every=0.02
+            )
             stats = sink.stats()
             assert (stats.delivered, stats.dead_lettered, stats.spooled) == (0, 0, 40)
             assert not (short_tmp / "spool" / DEAD_LETTER).exists()

@@ -219,7 +219,7 @@ def _not_due(out_dir: Path, dns: list[str], ip: list[str], window: int, *, as_js
     """Whether the server certificate in ``out_dir`` is for these names and outlives
     ``window`` seconds (said, when so)."""
     held = _held_until(out_dir / "server.crt", dns, ip)
-    if held is None or held - _now() <= dt.timedelta(seconds=window):
+    if held is None or held - dt.datetime.now(dt.UTC) <= dt.timedelta(seconds=window):
         return False
     if as_json:
         out.print_json(json.dumps({"renewed": False, "not_after": held.isoformat(), "files": []}))
@@ -241,10 +241,6 @@ def _held_until(path: Path, dns: list[str], ip: list[str]) -> dt.datetime | None
     except (OSError, ValueError, x509.ExtensionNotFound):
         return None
     return cert.not_valid_after_utc if held == asked else None
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def _suspension_json(doc: dict[str, Any]) -> dict[str, object]:
