@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,6 +45,8 @@ from trustmesh.platform.endpoints import peer_url
 from trustmesh.platform.listeners import PublicServed, Served, start_loopback
 from trustmesh.platform.listeners import start as serve_start
 from trustmesh.platform.metrics import serve_metrics
+from trustmesh.reasons import Reason
+from trustmesh.sdk import drain
 from trustmesh.sdk.delivery import AuditSink, audit_sink
 
 
@@ -389,6 +392,27 @@ class IdentityServer:
             await asyncio.sleep(self._tick_interval)
             self.tick()
 
+    async def drain(self) -> int:
+        """The service's part of a stop (SIGTERM): every listener stops accepting at once
+        (the Workload API's socket, and the discovery, admin and metrics listeners:
+        :mod:`trustmesh.sdk.drain`), the workers are told to drain too, every Workload API
+        stream ends (``UNAVAILABLE``: a workload keeps its SVIDs and asks again, as it does
+        when the service is gone), and the calls in flight get ``listen.drain`` seconds to
+        be answered. The number of calls still running then: :meth:`close` cuts them,
+        each recorded."""
+        deadline = time.monotonic() + drain.begin()
+        for worker in self._workers:
+            worker.terminate()
+        self.api.close_streams()
+        left = await self._server.drain(deadline)
+        for _ in range(left):
+            self.service.recorder.record(
+                Reason.SHUTTING_DOWN,
+                "Workload API call cut at the drain deadline",
+                attributes={"answer": "cancelled"},
+            )
+        return left
+
     async def close(self) -> None:
         self.service.flush_issued()
         if self._ticker:
@@ -487,8 +511,9 @@ async def serve_until_signalled(
     report_fd: int | None = None,
     worker_slot: int | None = None,
 ) -> None:
-    """Run until SIGTERM/SIGINT: the process entry point used by ``trustmesh up``.
-    Paths are absolute (workers are started with them)."""
+    """Run until SIGTERM/SIGINT, then drain (:meth:`IdentityServer.drain`) and stop: the
+    process entry point used by ``trustmesh up``. Paths are absolute (workers are
+    started with them)."""
     import signal
 
     worker_argv = None
@@ -513,7 +538,9 @@ async def serve_until_signalled(
         report_fd=report_fd,
         worker_slot=worker_slot,
     )
+    drain.configure(config.listen.drain.total_seconds())
     await server.start()
+    drain.on_cut(drain.record_cuts(server.service.recorder))  # a discovery or admin call
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -523,5 +550,6 @@ async def serve_until_signalled(
         print(f"identity: Prometheus metrics at {server.metrics_url}", flush=True)
     try:
         await stop.wait()
+        await server.drain()
     finally:
         await server.close()

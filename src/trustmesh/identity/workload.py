@@ -52,6 +52,8 @@ MAX_AUDIENCE_LENGTH = 256
 #: Workload API requests are small (a JWT-SVID to validate is the largest).
 MAX_REQUEST_BYTES = 64 * 1024
 _WARN_EVERY = 10.0
+#: What a stream ended by a drain says.
+SHUTTING_DOWN = "the identity service is shutting down; ask again"
 
 
 async def _recv(stream: Stream[Any, Any]) -> Any:
@@ -194,6 +196,30 @@ class GuardedServer(Server):
         super().close()
         self.guard.abort_all()
 
+    def stop_accepting(self) -> None:
+        """No new connection from now on (the listening socket is closed); those open
+        keep being served."""
+        if self._server is not None:
+            self._server.close()
+
+    def in_flight(self) -> list[asyncio.Task[None]]:
+        """The calls and streams running now, on every connection."""
+        return [
+            task
+            for handler in self._handlers
+            if not handler.check_closed()
+            for task in handler._tasks.values()
+        ]
+
+    async def drain(self, deadline: float) -> int:
+        """Stop accepting connections and wait, until ``deadline`` (monotonic), for the
+        calls in flight to end (one made meanwhile on a connection still open counts
+        too); the number still running then (to be cut)."""
+        self.stop_accepting()
+        while (running := self.in_flight()) and (left := deadline - time.monotonic()) > 0:
+            await asyncio.wait(running, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        return len(running)
+
     def _protocol_factory(self) -> Any:
         protocol = super()._protocol_factory()
         made, lost = protocol.connection_made, protocol.connection_lost
@@ -241,6 +267,23 @@ class WorkloadAPI:
         #: Waits until the events recorded so far are durable (the audit spool): set
         #: where the service delivers to a collector.
         self.recorded: Callable[[], Awaitable[bool]] | None = None
+        #: Set when the service drains: every stream ends (UNAVAILABLE: the workload
+        #: keeps its SVIDs and asks the next instance), the calls begun are answered, and
+        #: a call begun later is refused (UNAVAILABLE).
+        self.closing = False
+
+    def close_streams(self) -> None:
+        """End every stream (:attr:`closing`), now and for any opened from here on."""
+        self.closing = True
+        self.feed.bump()
+
+    async def _wait(self, version: int, timeout: float) -> None:
+        """A stream's wait for the feed to move past ``version`` (at most ``timeout``
+        seconds); it ends the stream instead when the service drains."""
+        if not self.closing:
+            await self.feed.wait(version, timeout)
+        if self.closing:
+            raise GRPCError(Status.UNAVAILABLE, SHUTTING_DOWN)
 
     def __mapping__(self) -> dict[str, Handler]:
         def h(
@@ -289,6 +332,10 @@ class WorkloadAPI:
 
     # -- common steps ----------------------------------------------------------------------
     def _check_header(self, stream: Stream[Any, Any]) -> None:
+        """Every call's first step: the service takes none once it drains (a connection
+        still open may carry one), and none without the security header."""
+        if self.closing:
+            raise GRPCError(Status.UNAVAILABLE, SHUTTING_DOWN)
         if stream.metadata is None or stream.metadata.get(SECURITY_HEADER) != "true":
             self.service.emit_attestation_failure(
                 Reason.MISSING_SECURITY_HEADER, "security header missing from request"
@@ -351,7 +398,7 @@ class WorkloadAPI:
                 renew_at = min(s.renew_at for s in svids)
             wake = min(renew_at, self.service.next_suspension_end() or renew_at)
             timeout = (wake - self.service.clock()).total_seconds()
-            await self.feed.wait(version, timeout)
+            await self._wait(version, timeout)
 
     async def _recorded(self) -> None:
         """As Vault answers no request it could not audit: an SVID goes to the workload
@@ -385,7 +432,7 @@ class WorkloadAPI:
                 td = self.service.settings.trust_domain
                 await stream.send_message(pb.X509BundlesResponse(bundles={td: self._bundle_der()}))
                 sent = self.service.ca.version
-            await self.feed.wait(version, 3600)
+            await self._wait(version, 3600)
 
     # -- JWT -------------------------------------------------------------------------------
     async def fetch_jwt_svid(self, stream: Stream[Any, Any]) -> None:
@@ -431,7 +478,7 @@ class WorkloadAPI:
                 jwks = crypto.jwks_document(self.service.ca.jwt_public_keys)
                 await stream.send_message(pb.JWTBundlesResponse(bundles={td: jwks}))
                 sent = self.service.ca.version
-            await self.feed.wait(version, 3600)
+            await self._wait(version, 3600)
 
     async def validate_jwt_svid(self, stream: Stream[Any, Any]) -> None:
         self._check_header(stream)
