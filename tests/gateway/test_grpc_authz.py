@@ -31,6 +31,7 @@ from liverig import GATEWAY
 
 from trustmesh import crypto, events
 from trustmesh.gateway.grpc_authz import ENGINE, RunningGrpcAuthz, asked, start_grpc_authz
+from trustmesh.sdk import drain
 from trustmesh.sdk.tls import client_context
 from trustmesh.sdk.x509source import X509Context, X509Source
 from trustmesh.testing import RunningIdentityServer
@@ -456,3 +457,85 @@ async def test_a_declared_ext_authz_is_served_by_the_gateway(
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await pb_grpc.AuthorizationStub(open_channel).Check(question("/closed/x"))
             assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+class _Slowed:
+    """The gateway's own decisions, each begun only ``seconds`` after it is asked (a
+    slow introspection would hold it so)."""
+
+    def __init__(self, app: Any, seconds: float) -> None:
+        self.app, self.seconds = app, seconds
+        self.asked = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.app, name)
+
+    async def decide(self, *args: Any) -> Any:
+        self.asked.set()
+        await asyncio.sleep(self.seconds)
+        return await self.app.decide(*args)
+
+
+@contextlib.asynccontextmanager
+async def _drained_authorizer(
+    edge: Edge, identity: RunningIdentityServer, seconds: float
+) -> AsyncIterator[tuple[_Slowed, pb_grpc.AuthorizationStub]]:
+    """An authorizer of the test's own whose decisions wait ``seconds``, tracked by a
+    drain of the test's own (``listen.drain``: 1 s), and Envoy's channel to it."""
+    pipeline = edge.gateway.pipeline
+    assert pipeline is not None
+    slowed = _Slowed(pipeline.app, seconds)
+    source = X509Source(identity.address, spiffe_id=GATEWAY)
+    await source.start()
+    running = await start_grpc_authz(
+        lambda: slowed, source, host="127.0.0.1", port=0, callers=frozenset({PROXY})
+    )
+    x = await svid(identity, PROXY)
+    try:
+        async with channel(running.port, x, x.bundle_pem()) as open_channel:
+            yield slowed, pb_grpc.AuthorizationStub(open_channel)
+    finally:
+        await running.stop()
+        await source.close()
+
+
+@pytest.fixture
+def own_drain(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drain of the test's own (the process's is every test's)."""
+    monkeypatch.setattr(drain, "_drain", drain._Drain())
+    drain.configure(1.0)
+
+
+@on_module_loop
+@pytest.mark.usefixtures("own_drain")
+async def test_a_drain_answers_the_check_in_flight_and_takes_no_new_one(
+    edge: Edge, identity: RunningIdentityServer
+) -> None:
+    async with _drained_authorizer(edge, identity, 0.4) as (slowed, envoy):
+        in_flight = asyncio.create_task(ask(envoy, question("/shop/items", bearer(edge))))
+        await asyncio.wait_for(slowed.asked.wait(), 10)
+        drain.begin()
+        with pytest.raises(grpc.aio.AioRpcError) as late:
+            await envoy.Check(question("/shop/items", bearer(edge)), timeout=5)
+        answer = await in_flight
+    assert late.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert answer.status.code == OK  # decided, and answered, after the drain began
+    assert [e.reason.value for e in checked(edge)] == ["policy-allow"]
+
+
+@on_module_loop
+@pytest.mark.usefixtures("own_drain")
+async def test_a_check_still_running_at_the_drain_deadline_is_cut_and_recorded(
+    edge: Edge, identity: RunningIdentityServer
+) -> None:
+    async with _drained_authorizer(edge, identity, 30) as (slowed, envoy):
+        in_flight = asyncio.create_task(ask(envoy, question("/shop/items", bearer(edge))))
+        await asyncio.wait_for(slowed.asked.wait(), 10)
+        began = asyncio.get_running_loop().time()
+        drain.begin()
+        with pytest.raises(grpc.aio.AioRpcError):  # never an answer it did not decide
+            await asyncio.wait_for(in_flight, 10)
+        assert asyncio.get_running_loop().time() - began < 5  # the deadline, not 30 s
+    (cut,) = checked(edge)
+    assert (cut.decision.value, cut.reason.value) == ("error", "shutting-down")
+    assert (cut.attributes["caller"], cut.attributes["path"]) == (PROXY, "/shop/items")

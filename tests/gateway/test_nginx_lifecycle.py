@@ -23,6 +23,7 @@ import os
 import re
 import signal
 import ssl
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ from trustmesh.errors import ConfigError
 from trustmesh.gateway import nginx as nginx_engine
 from trustmesh.gateway.nginx import MAX_RESTARTS, NginxEdge, NginxEngine
 from trustmesh.gateway.nginxconf import NginxPlan
+from trustmesh.sdk import drain
 from trustmesh.testing import RunningIdentityServer
 
 pytestmark = pytest.mark.usefixtures("nginx_available")
@@ -575,3 +577,76 @@ async def test_stop_leaves_no_worker_behind_a_slow_request(
         with contextlib.suppress(Exception):
             await asyncio.wait_for(slow, 10)
         kill({pid for pid in running.all() if alive(pid)})  # what the engine left
+
+
+# -- 6. the process's drain ------------------------------------------------------------
+
+
+@pytest.fixture
+def own_drain(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drain of the test's own (the process's is every test's), taken after the identity
+    service started and before the stack: the edge is tracked by it, the identity
+    service's listeners are not."""
+    monkeypatch.setattr(drain, "_drain", drain._Drain())
+
+
+async def _unix_refuses(path: Path) -> bool:
+    try:
+        _, writer = await asyncio.open_unix_connection(str(path))
+    except OSError:
+        return True
+    writer.close()
+    return False
+
+
+async def test_a_drain_quits_nginx_first_then_stops_its_authorizer(
+    identity: RunningIdentityServer, own_drain: None, stack: Stack
+) -> None:
+    edge = stack.edge.gateway.public
+    assert isinstance(edge, NginxEdge)
+    running = processes(stack.engine)
+    slow = asyncio.create_task(stack.send("/old/hold"))
+    await asyncio.wait_for(stack.upstream.held.wait(), DEADLINE)
+    drain.configure(10.0)
+    drain.begin()
+
+    async def refused() -> bool:
+        return not await accepts(stack.engine.port)
+
+    await within(2.0, refused, "nginx still accepts connections after the drain began")
+    assert not slow.done()
+    assert not edge.authorizer.task.done()  # nginx may still ask it about this request
+    stack.upstream.release.set()
+    answer = await asyncio.wait_for(slow, DEADLINE)
+    assert answer.status == 200  # the request in flight is answered
+    await exited(set(running.all()))
+    assert edge.draining is not None
+    await asyncio.wait_for(edge.draining, DEADLINE)
+    assert edge.authorizer.task.done()  # then the authorizer stopped
+    assert await _unix_refuses(Path(str(edge.authorizer.server.config.uds)))
+    assert "shutting-down" not in {e.reason.value for e in stack.edge.sink.events}
+
+
+async def test_nginx_still_answering_at_the_drain_deadline_is_cut_and_recorded(
+    identity: RunningIdentityServer, own_drain: None, stack: Stack
+) -> None:
+    edge = stack.edge.gateway.public
+    assert isinstance(edge, NginxEdge)
+    running = processes(stack.engine)
+    slow = asyncio.create_task(stack.send("/old/hold"))
+    try:
+        await asyncio.wait_for(stack.upstream.held.wait(), DEADLINE)
+        drain.configure(1.0)
+        began = time.monotonic()
+        drain.begin()
+        assert edge.draining is not None
+        await asyncio.wait_for(edge.draining, DEADLINE)
+        assert time.monotonic() - began < 5  # the deadline, not the request's 60 s
+        await exited(set(running.all()))
+        assert edge.authorizer.task.done()
+    finally:
+        stack.upstream.release.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(slow, 10)
+    (cut,) = [e for e in stack.edge.sink.events if e.reason.value == "shutting-down"]
+    assert cut.attributes["engine"] == "nginx"

@@ -54,6 +54,7 @@ its port and callers; the gateway's endpoint file names it, ``ext_authz_address`
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,6 +76,7 @@ from trustmesh.gateway.exchange import Exchange, Outcome, Reply, refusal_body
 from trustmesh.gateway.headers import SECURITY_HEADERS
 from trustmesh.platform.listeners import Scope
 from trustmesh.reasons import Reason
+from trustmesh.sdk import drain
 from trustmesh.sdk.x509source import SVIDSource, X509Context
 
 __all__ = ["ENGINE", "RunningGrpcAuthz", "asked", "start_grpc_authz"]
@@ -217,7 +219,20 @@ class _Authorization(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
                 caller=caller,
             )
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "not a request to decide")
-        ex, outcome = await app.decide(scope, {"engine": ENGINE, "caller": caller})
+        try:
+            ex, outcome = await app.decide(scope, {"engine": ENGINE, "caller": caller})
+        except asyncio.CancelledError:
+            if drain.draining():  # cut at the drain's deadline: the proxy gets no answer
+                app.record(
+                    events.Decision.ERROR,
+                    Reason.SHUTTING_DOWN,
+                    "check cut at the drain deadline",
+                    engine=ENGINE,
+                    caller=caller,
+                    method=str(scope.get("method", "")),
+                    path=str(scope.get("path", ""))[:512],
+                )
+            raise
         return _answer(app, ex, outcome)
 
 
@@ -264,15 +279,27 @@ def _configuration(x: X509Context) -> Any:
     )
 
 
-@dataclass
+@dataclass(eq=False)
 class RunningGrpcAuthz:
-    """The service, listening on ``port``."""
+    """The service, listening on ``port``; drained with the process's other listeners
+    (:mod:`trustmesh.sdk.drain`): at the signal it takes no new call, and those still
+    running at the deadline are cut (each an event)."""
 
     port: int
     server: Any
+    stopping: asyncio.Task[None] | None = None
+
+    def begin_drain(self, seconds: float) -> None:
+        self._stopping(seconds)
 
     async def stop(self, grace: float = 1.0) -> None:
-        await self.server.stop(grace)
+        """Stopped: at once if the drain stopped it, else with ``grace`` seconds."""
+        await self._stopping(grace)
+
+    def _stopping(self, grace: float) -> asyncio.Task[None]:
+        if self.stopping is None:
+            self.stopping = asyncio.get_running_loop().create_task(self.server.stop(grace))
+        return self.stopping
 
 
 async def start_grpc_authz(
@@ -303,4 +330,6 @@ async def start_grpc_authz(
     )
     await server.start()
     log.info("external authorizer (gRPC) on %s:%d for %s", host, bound, sorted(callers))
-    return RunningGrpcAuthz(bound, server)
+    running = RunningGrpcAuthz(bound, server)
+    drain.track(running)
+    return running

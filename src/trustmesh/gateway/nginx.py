@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from trustmesh import crypto
+from trustmesh import crypto, events
 from trustmesh.config import TrustmeshConfig
 from trustmesh.config.gateway import GatewayConfig
 from trustmesh.config.listen import advertised_host
@@ -51,6 +51,8 @@ from trustmesh.gateway.authorizer import DEFAULT_PREFIX, Authorizer
 from trustmesh.gateway.nginxconf import KEPT_LOG, NginxPlan, Upstream, render
 from trustmesh.gateway.nginxlog import KeptLog
 from trustmesh.platform.listeners import PublicServed, start_unix
+from trustmesh.reasons import Reason
+from trustmesh.sdk import drain
 from trustmesh.sdk.discovery import Endpoint
 from trustmesh.sdk.x509source import SVIDSource, X509Context
 
@@ -170,25 +172,31 @@ class NginxEngine:
                 before_reload()
             self._reload()
 
-    async def stop(self) -> None:
+    async def stop(self, seconds: float | None = None) -> bool:
+        """nginx asked to finish (``SIGQUIT``: it stops accepting at once, and ends once
+        the requests in progress are answered), killed with its group after ``seconds``
+        (:data:`STOP_SECONDS` by default); its keys removed. True when it finished in
+        time (or had stopped already)."""
         self._stopping = True
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        process = self._process
+        process, finished = self._process, True
         if process is not None and process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGQUIT)  # finish the requests in progress
             try:
-                await asyncio.wait_for(process.wait(), STOP_SECONDS)
+                await asyncio.wait_for(process.wait(), STOP_SECONDS if seconds is None else seconds)
             except TimeoutError:
+                finished = False
                 _kill_group(process.pid)  # the master and every worker still finishing
                 await process.wait()
         if process is not None:
             _kill_group(process.pid)
         shutil.rmtree(self._keys, ignore_errors=True)
+        return finished
 
     # -- files -------------------------------------------------------------------------
 
@@ -400,15 +408,38 @@ class NginxEngine:
             )
 
 
-@dataclass
+@dataclass(eq=False)
 class NginxEdge:
     """The edge as ``engine: nginx`` serves it: nginx, the authorizer it asks, and where
-    nginx keeps decisions, the reader of its record of what it answered itself."""
+    nginx keeps decisions, the reader of its record of what it answered itself.
+
+    Drained with the process's listeners (:mod:`trustmesh.sdk.drain`), in its own
+    order: nginx first (it stops accepting at once and answers the requests in
+    progress, each of which may still ask the authorizer), then, once nginx has exited
+    or been killed at the deadline, the authorizer."""
 
     engine: NginxEngine
     authorizer: PublicServed
     kept: KeptLog | None = None
     reading: asyncio.Task[None] | None = None
+    current: Callable[[], GatewayApp] | None = None
+    draining: asyncio.Task[None] | None = None
+
+    def begin_drain(self, seconds: float) -> None:
+        if self.draining is None:
+            self.draining = asyncio.get_running_loop().create_task(
+                self._drain(seconds), name="trustmesh-nginx-drain"
+            )
+
+    async def _drain(self, seconds: float) -> None:
+        if not await self.engine.stop(seconds) and self.current is not None:
+            self.current().record(
+                events.Decision.ERROR,
+                Reason.SHUTTING_DOWN,
+                "nginx was still answering at the drain deadline: its connections were cut",
+                engine="nginx",
+            )
+        await self.authorizer.stop()
 
     @property
     def port(self) -> int:
@@ -419,6 +450,9 @@ class NginxEdge:
         return self.engine.failed
 
     async def stop(self) -> None:
+        if self.draining is not None:
+            with contextlib.suppress(Exception):
+                await self.draining
         await self.engine.stop()
         if self.reading is not None:  # read to the end: nginx has flushed and stopped
             self.reading.cancel()
@@ -444,9 +478,10 @@ async def start_nginx_edge(
 ) -> NginxEdge:
     """The authorizer on a private unix socket under ``root``, then nginx asking it."""
     socket_path = _private_root(root) / "authz.sock"
-    authorizer = await start_unix(
+    authorizer = await start_unix(  # drained after nginx (NginxEdge), not beside it
         Authorizer(current, prefix=DEFAULT_PREFIX, client_from=b"x-original-client"),
         socket_path,
+        drained=False,
     )
     engine = NginxEngine(
         config,
@@ -465,7 +500,8 @@ async def start_nginx_edge(
         await engine.stop()
         await authorizer.stop()
         raise
-    edge = NginxEdge(engine, authorizer)
+    edge = NginxEdge(engine, authorizer, current=current)
+    drain.track(edge)
     if config.gateway is not None and config.gateway.nginx.decision_ttl is not None:
         edge.kept = KeptLog(root / KEPT_LOG, lambda line: current().record_kept(line), edge.reopen)
         edge.reading = asyncio.create_task(edge.kept.run(), name="trustmesh-nginx-kept-log")

@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -48,6 +49,8 @@ from trustmesh.platform.metrics import serve_metrics
 from trustmesh.reasons import Reason
 from trustmesh.sdk import drain
 from trustmesh.sdk.delivery import AuditSink, audit_sink
+
+log = logging.getLogger("trustmesh.identity")
 
 
 def _checked_paths(state_dir: Path) -> IdentityPaths:
@@ -390,7 +393,10 @@ class IdentityServer:
     async def _tick_forever(self) -> None:
         while True:
             await asyncio.sleep(self._tick_interval)
-            self.tick()
+            try:
+                self.tick()
+            except Exception:  # the store, the disk: said, and the next tick tries again
+                log.exception("identity: the periodic tick failed")
 
     async def drain(self) -> int:
         """The service's part of a stop (SIGTERM): every listener stops accepting at once

@@ -188,13 +188,16 @@ async def start_loopback(
     return PublicServed(*await run_server(config, "trustmesh-serve-loopback"))
 
 
-async def start_unix(app: ASGIApp, path: Path, *, log_level: str = "warning") -> PublicServed:
+async def start_unix(
+    app: ASGIApp, path: Path, *, log_level: str = "warning", drained: bool = True
+) -> PublicServed:
     """Serve ``app`` over plain HTTP on a unix socket at ``path`` that only this process's
     user may connect to (0600, in a folder the caller keeps private): for a proxy on the
-    same machine that asks this process, where nothing else may."""
+    same machine that asks this process, where nothing else may. ``drained``: False
+    where the caller stops it itself, after the proxy, at the process's drain."""
     sock = _private_unix_socket(path)
     config = listener_config(app, "127.0.0.1", 0, log_level, uds=str(path))
-    return _UnixServed(*await run_server(config, "trustmesh-serve-unix", sock))
+    return _UnixServed(*await run_server(config, "trustmesh-serve-unix", sock, drained=drained))
 
 
 class _UnixServed(PublicServed):

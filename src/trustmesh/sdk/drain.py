@@ -1,7 +1,8 @@
 """Draining a process's listeners when it is told to stop (SIGTERM, SIGINT).
 
 1. :func:`begin`: every listener of the process (each one
-   :func:`trustmesh.sdk.serve.run_server` started) stops accepting connections at
+   :func:`trustmesh.sdk.serve.run_server` started, and each other one it
+   :func:`track`: a gRPC server, :class:`Drainable`) stops accepting connections at
    once, closes its idle keep-alive connections, and lets the requests in flight finish
    (each connection closed once its last answer is out; a peer that does not answer the
    TLS close within a moment is cut off: it must not hold the process until the deadline);
@@ -29,7 +30,7 @@ import math
 import time
 import weakref
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import uvicorn
 
@@ -37,7 +38,17 @@ from trustmesh import events
 from trustmesh.reasons import Reason
 from trustmesh.sdk import trace
 
-__all__ = ["DEFAULT_SECONDS", "begin", "configure", "cuttable", "on_cut", "record_cuts", "track"]
+__all__ = [
+    "DEFAULT_SECONDS",
+    "Drainable",
+    "begin",
+    "configure",
+    "cuttable",
+    "draining",
+    "on_cut",
+    "record_cuts",
+    "track",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -57,6 +68,14 @@ CUT: Final = json.dumps(
 ).encode()
 
 
+class Drainable(Protocol):
+    """A listener that is not uvicorn's (a gRPC server): :func:`begin` calls
+    ``begin_drain(seconds)``, which must not block; the listener stops accepting at once
+    and ends what is still running ``seconds`` later."""
+
+    def begin_drain(self, seconds: float) -> None: ...
+
+
 class _Drain:
     """The process's drain: its deadline's length, whether it began, and the listeners
     it stops (weakly held: a listener that is gone is not waited for)."""
@@ -65,6 +84,7 @@ class _Drain:
         self.seconds = DEFAULT_SECONDS
         self.begun = False
         self.servers: weakref.WeakSet[uvicorn.Server] = weakref.WeakSet()
+        self.others: weakref.WeakSet[Drainable] = weakref.WeakSet()
         self.closer: asyncio.Task[None] | None = None
         self.on_cut: Callable[[Scope, bool], None] | None = None
 
@@ -106,9 +126,17 @@ def record_cuts(recorder: events.Recorder) -> Callable[[Scope, bool], None]:
     return record
 
 
-def track(server: uvicorn.Server) -> None:
+def track(server: uvicorn.Server | Drainable) -> None:
     """Count ``server`` among the listeners :func:`begin` drains."""
-    _drain.servers.add(server)
+    if isinstance(server, uvicorn.Server):
+        _drain.servers.add(server)
+    else:
+        _drain.others.add(server)
+
+
+def draining() -> bool:
+    """Whether this process's drain has begun (a request cancelled now was cut)."""
+    return _drain.begun
 
 
 def begin() -> float:
@@ -120,6 +148,8 @@ def begin() -> float:
     for server in servers:
         server.config.timeout_graceful_shutdown = seconds
         server.should_exit = True
+    for other in list(_drain.others):
+        other.begin_drain(float(seconds))
     _drain.closer = asyncio.get_running_loop().create_task(
         _close_answered(servers, time.monotonic() + seconds), name="trustmesh-drain"
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import socket
@@ -130,8 +131,9 @@ class Listener:
     server: uvicorn.Server
     task: asyncio.Task[None]
 
-    @property
+    @functools.cached_property
     def port(self) -> int:
+        """The port it listens on (as it was: known still once it stopped accepting)."""
         sockets = self.server.servers[0].sockets
         return int(sockets[0].getsockname()[1])
 
@@ -224,12 +226,14 @@ def listener_config(
 
 
 async def run_server(
-    config: uvicorn.Config, name: str, sock: socket.socket | None = None
+    config: uvicorn.Config, name: str, sock: socket.socket | None = None, *, drained: bool = True
 ) -> tuple[uvicorn.Server, asyncio.Task[None]]:
     """Start uvicorn on ``config`` (on ``sock``, if bound already); return once it
-    listens (or raise what stopped it)."""
+    listens (or raise what stopped it). ``drained``: with the process's other listeners
+    at SIGTERM (else its owner stops it)."""
     server = uvicorn.Server(config)
-    drain.track(server)  # drained with the process's other listeners at SIGTERM
+    if drained:
+        drain.track(server)
     # _serve: uvicorn's serve() without its signal capture; the caller owns the signals
     # (pinned uvicorn version; covered by the tests).
     task = asyncio.create_task(server._serve([sock] if sock else None), name=name)
