@@ -194,12 +194,9 @@ BAD = [
         "the gateway refused it",
     ),
     (
-        "a route to a path its service does not accept yet",
-        lambda c, p: (
-            c.replace("  routes:\n", "  routes:\n    - {path: /d, to: slow, auth: [anonymous]}\n"),
-            p,
-        ),
-        "a route calls slow at GET /d/*",
+        "a service run another way",
+        lambda c, p: (c.replace('{run: "reloadslow:app"}', '{run: "reloadslow:other"}'), p),
+        "services.slow.run changed",
     ),
     (
         "a changed port",
@@ -237,6 +234,33 @@ async def test_a_bad_declaration_is_refused_whole_and_the_running_one_stays(
             assert stack.reloads() == before, what  # the gateway was not even asked
         assert await client.statuses(*BEHAVIOUR) == running, what
     stack.declare(CHANGED, CHANGED_POLICY)
+
+
+async def test_a_new_route_is_accepted_by_its_service_before_the_gateway_forwards_it(
+    stack: Stack,
+) -> None:
+    """The service compiles the calls it accepts again (SIGHUP to its runner, no
+    restart): the gateway's new route reaches it, and one removed is refused there
+    again once reloaded back."""
+    client = Client(stack)
+    stack.declare(CHANGED, CHANGED_POLICY)
+    assert (await asyncio.to_thread(tm, "reload", "--state", str(stack.state))).returncode == 0
+    pid = (read_json(RunPaths(stack.state).component("slow")) or {}).get("pid")
+    assert await client.statuses("/d/x") == [404]
+    routed = CHANGED.replace(
+        "  routes:\n", "  routes:\n    - {path: /d, to: slow, auth: [anonymous]}\n"
+    )
+    stack.declare(routed, CHANGED_POLICY)
+    done = await asyncio.to_thread(tm, "reload", "--state", str(stack.state))
+    assert done.returncode == 0, done.stderr
+    assert "calls accepted by slow" in done.stdout
+    assert await client.statuses("/d/x", "/a/x") == [200, 200]
+    answer = read_json(stack.state / "run" / "slow.reload.json") or {}
+    assert answer["ok"] is True
+    assert (read_json(RunPaths(stack.state).component("slow")) or {}).get("pid") == pid
+    stack.declare(CHANGED, CHANGED_POLICY)  # back: the route and what slow accepts
+    assert (await asyncio.to_thread(tm, "reload", "--state", str(stack.state))).returncode == 0
+    assert await client.statuses("/d/x", "/a/x") == [404, 200]
 
 
 def test_reload_names_the_running_file_and_needs_a_running_stack(

@@ -69,13 +69,7 @@ def test_routes_limits_and_policies_are_applied(change: str, replacement: str) -
             '  payments: {run: "trustmesh.demo.payments:app"}\n  stock: {run: "x:app"}\n',
             "services.stock added",
         ),
-        ('["POST /charges"]', '["POST /charges", "GET /charges/{id}"]', "calls changed"),
         ("gateway:\n", "gateway:\n  port: 8443\n", "gateway.port changed"),
-        (
-            "/old, to: orders",
-            "/new, to: orders",
-            "gateway.routes: a route calls orders at GET /new",
-        ),
         ("secrets:\n", "secrets:\n  port: 8200\n", "secrets.port changed"),
         (
             'secrets:\n  policies:\n    - {identity: payments, allow: {"secret/data/payments/*": [read]}}\n',
@@ -96,3 +90,34 @@ def test_differences_name_the_deepest_key() -> None:
     assert differences("x", running, running) == []
     assert differences("services", {"a": 1}, {"b": 1}) == ["services.a removed", "services.b added"]
     assert differences("gateway", running.gateway, None) == ["gateway removed"]
+
+
+@pytest.mark.parametrize(
+    ("change", "replacement", "services"),
+    [
+        ('["POST /charges"]', '["POST /charges", "GET /charges/{id}"]', ("payments",)),  # wider
+        ('["POST /charges"]', '["GET /charges/{id}"]', ("payments",)),  # another
+        ('calls:\n  - {from: orders, to: payments, allow: ["POST /charges"]}\n', "", ("payments",)),
+        ("/old, to: orders", "/new, to: orders", ("orders",)),  # a route forwarded anew
+        ("/old, to: orders", "/old, to: payments", ("orders", "payments")),  # moved
+        ("100/minute", "5/minute", ()),  # what services accept is the same
+    ],
+)
+def test_a_service_run_by_up_compiles_the_calls_it_accepts_again(
+    change: str, replacement: str, services: tuple[str, ...]
+) -> None:
+    planned_ = planned(change, replacement)
+    assert planned_.refused == ()
+    assert planned_.services == services
+    assert planned_.changes
+
+
+def test_calls_to_a_service_up_does_not_run_from_an_app_take_a_restart() -> None:
+    commanded = RUNNING.replace(
+        '  payments: {run: "trustmesh.demo.payments:app"}',
+        '  payments: {command: ["payments-server"]}',
+    )
+    wider = commanded.replace('["POST /charges"]', '["POST /charges", "GET /charges/{id}"]')
+    (problem,) = plan(declared(commanded), declared(wider)).refused
+    assert problem.startswith("calls to payments (calls, gateway.routes) changed")
+    assert "takes a restart" in problem

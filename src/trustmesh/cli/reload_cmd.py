@@ -8,7 +8,10 @@ running stack without a restart, or refuse it whole.
    with its key), the test switches, the gateway's Cedar policies, and what it changes
    over the running declaration (:mod:`trustmesh.config.reloadable`: what a reload cannot
    apply is refused, each key named).
-3. **Apply**: the gateway first (``SIGHUP``: it compiles the new pipeline off the request
+3. **Apply**: first each service whose accepted calls change (``calls`` to it, the
+   gateway's routes to it; ``SIGHUP`` to its SDK runner, which compiles them again and
+   swaps them in: a route the gateway forwards from now on is accepted before it is
+   forwarded), then the gateway (``SIGHUP``: it compiles the new pipeline off the request
    path and swaps it in at once; a request in flight finishes in the pipeline it began
    in, none is dropped; what does not compile there is refused and nothing is applied
    anywhere), then the secrets service's policies (its ``sys/config/reload``).
@@ -20,6 +23,9 @@ not answer.
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -36,11 +42,13 @@ from trustmesh.cli._common import (
     out,
 )
 from trustmesh.cli.gateway_cmd import signal_reload
-from trustmesh.cli.supervisor import RunPaths, supervisor_running
+from trustmesh.cli.supervisor import RunPaths, read_json, recorded_process, supervisor_running
 from trustmesh.config import TrustmeshConfig, parse_config, reloadable
 from trustmesh.config.switches import check_switches
 from trustmesh.errors import ConfigError, TrustmeshError
+from trustmesh.policy.calls import CallAuthorizer
 from trustmesh.policy.edge import load_edge_policy
+from trustmesh.sdk.runner import reload_path
 
 __all__ = ["register", "reload"]
 
@@ -53,7 +61,7 @@ def reload(
     state: StateOption = DEFAULT_STATE, config: ConfigOption = None, wait: WaitOption = 10.0
 ) -> None:
     """Apply the changed declaration to the running stack: gateway routes, policies and
-    rate limits, secrets policies. A declaration that is invalid, does not compile, or
+    rate limits, the calls each service accepts, secrets policies. A declaration that is invalid, does not compile, or
     changes what only a restart applies is refused whole (exit 2): the running one stays."""
     state = state.absolute()
     if not supervisor_running(RunPaths(state)):
@@ -70,7 +78,7 @@ def reload(
     if not plan.changes:
         out.print(f"reload: {path} declares no gateway and no secrets service", markup=False)
         return
-    _compiled_or_refuse(new, path.parent)
+    _compiled_or_refuse(new, path.parent, plan.services)
     applied = _apply(state, plan, wait)
     running_declaration.record(state, path, text)
     out.print(f"reload: applied {path}: {', '.join(applied)}", markup=False)
@@ -101,17 +109,27 @@ def _read(path: Path) -> tuple[str, TrustmeshConfig]:
     return text, config
 
 
-def _compiled_or_refuse(config: TrustmeshConfig, config_dir: Path) -> None:
-    """The gateway's policies parse and validate (the gateway compiles the rest)."""
+def _compiled_or_refuse(
+    config: TrustmeshConfig, config_dir: Path, services: tuple[str, ...]
+) -> None:
+    """The gateway's policies parse and validate (the gateway compiles the rest), and
+    the call policies of each service that reloads them compile."""
     try:
         load_edge_policy(config, config_dir)
+        for name in services:
+            CallAuthorizer(config, name)
     except ConfigError as exc:
         _refuse(exc.problems)
 
 
 def _apply(state: Path, plan: reloadable.Plan, wait: float) -> list[str]:
-    """The gateway first (its refusal changes nothing anywhere), then the secrets service."""
+    """The services whose accepted calls change first (a route the gateway forwards from
+    now on is accepted before it is forwarded), then the gateway, then the secrets
+    service."""
     applied: list[str] = []
+    if plan.services:
+        _reload_services(state, plan.services, wait)
+        applied.append(f"calls accepted by {', '.join(plan.services)}")
     if plan.gateway:
         _reload_gateway(state, wait)
         applied.append("gateway (routes, policies, rate limits)")
@@ -124,6 +142,35 @@ def _apply(state: Path, plan: reloadable.Plan, wait: float) -> list[str]:
         names = ((doc or {}).get("data") or {}).get("identities") or []
         applied.append(f"secrets policies (identities: {', '.join(names) or 'none'})")
     return applied
+
+
+def _reload_services(state: Path, names: tuple[str, ...], wait: float) -> None:
+    """``SIGHUP`` to each service's process (the SDK runner), then its answer awaited
+    (:func:`~trustmesh.sdk.runner.reload_path`)."""
+    pids: list[int] = []
+    for name in names:
+        recorded = recorded_process(RunPaths(state).component(name))
+        if recorded is None:
+            _stop(f"{name} is not running (trustmesh status)", EXIT_FAILURE)
+        pids.append(recorded[0])
+    before = {name: _answered_at(state, name) for name in names}
+    for pid in pids:
+        os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + wait
+    for name in names:
+        while _answered_at(state, name) <= before[name]:
+            if time.monotonic() > deadline:
+                _stop(f"{name} did not answer within {wait:g}s (see its log)", EXIT_FAILURE)
+            time.sleep(0.05)
+        outcome = read_json(reload_path(state, name)) or {}
+        if not outcome.get("ok"):
+            _stop(f"{name} refused it: {outcome.get('error')}", EXIT_FAILURE)
+
+
+def _answered_at(state: Path, service: str) -> float:
+    """When ``service`` last said how a reload went (0: never)."""
+    at = (read_json(reload_path(state, service)) or {}).get("at")
+    return float(at) if isinstance(at, int | float) else 0.0
 
 
 def _reload_gateway(state: Path, wait: float) -> None:

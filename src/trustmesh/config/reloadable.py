@@ -8,9 +8,11 @@ Applied while the stack serves, each component swapping a compiled snapshot in a
 - the gateway: everything of ``gateway:`` — routes, edge policies, contracts, filters,
   control modes, rate limits — but what only its restart applies
   (:func:`restart_only`: its listeners, store, issuers, upstream
-  settings, a part it did not start), and a route that would call a service at an
-  operation it does not accept yet (each service compiles, at its start, the calls the
-  gateway's routes make to it: a route removed or narrowed applies at once);
+  settings, a part it did not start);
+- each service ``up`` runs from an ASGI app (``run:``): the calls it accepts — the
+  ``calls`` to it and the gateway's routes to it — compiled again in the service
+  (:attr:`Plan.services`); a service that is a ``command:`` or ``external`` takes a
+  restart for that;
 - the secrets service: its policies and token lifetimes (:data:`SECRETS_RELOADED`).
 
 Each declared one applies it, changed or not: the files the gateway's section names
@@ -18,8 +20,7 @@ Each declared one applies it, changed or not: the files the gateway's section na
 
 Anything else that differs takes a restart (``trustmesh down``, then ``up``), each named
 by its key path: the trust domain, dev mode, ``listen`` (where, and how long a stop
-drains), the services and who may call whom (their Cedar policies are compiled in each
-service at its start), the identity, provider, collector and detection settings, and a
+drains), the services themselves (added, removed, how they run), the identity, provider, collector and detection settings, and a
 gateway or secrets service declared or removed. A plan with a refusal is applied nowhere.
 """
 
@@ -59,22 +60,24 @@ RESTART_ONLY: Final = (
 #: The ``secrets:`` keys the secrets service applies on a reload.
 SECRETS_RELOADED: Final = ("policies", "token_ttl", "token_max_ttl")
 #: The sections a reload applies (each checked on its own terms).
-_APPLIED: Final = ("gateway", "secrets")
+_APPLIED: Final = ("gateway", "secrets", "calls")
 _RESTART: Final = "it takes a restart (trustmesh down, then trustmesh up)"
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Whether the gateway and the secrets service each apply the declaration, and what
-    is refused (each problem names its key; any refusal: nothing is applied)."""
+    """Whether the gateway and the secrets service each apply the declaration, the
+    services whose accepted calls change (each compiles them again), and what is refused
+    (each problem names its key; any refusal: nothing is applied)."""
 
     gateway: bool = False
     secrets: bool = False
+    services: tuple[str, ...] = ()
     refused: tuple[str, ...] = ()
 
     @property
     def changes(self) -> bool:
-        return self.gateway or self.secrets
+        return self.gateway or self.secrets or bool(self.services)
 
 
 def plan(running: TrustmeshConfig, new: TrustmeshConfig) -> Plan:
@@ -85,13 +88,43 @@ def plan(running: TrustmeshConfig, new: TrustmeshConfig) -> Plan:
         if key not in _APPLIED
         for change in differences(key, getattr(running, key), getattr(new, key))
     ]
-    refused += _gateway(running, new) + _secrets(running.secrets, new.secrets)
+    services, unapplied = _callees(running, new)
+    refused += _gateway(running, new) + unapplied + _secrets(running.secrets, new.secrets)
     # applied whenever declared: a policy or OpenAPI file it names may have changed
     return Plan(
         gateway=new.gateway is not None,
         secrets=new.secrets is not None,
+        services=services,
         refused=tuple(refused),
     )
+
+
+def _callees(running: TrustmeshConfig, new: TrustmeshConfig) -> tuple[tuple[str, ...], list[str]]:
+    """The services (in both declarations) whose accepted calls change — the ``calls``
+    to them, the gateway's routes to them — and the refusals: a service ``up`` runs
+    (``run:``) compiles them again on a reload; one it does not (``command:``,
+    ``external``) takes a restart."""
+    changed = sorted(
+        name
+        for name in set(running.services) & set(new.services)
+        if _accepted(running, name) != _accepted(new, name)
+    )
+    reloaded = tuple(n for n in changed if new.services[n].run is not None)
+    refused = [
+        f"calls to {name} (calls, gateway.routes) changed: {name} is not run by trustmesh up "
+        f"from an ASGI app (run:), so it applies them only once restarted: {_RESTART}"
+        for name in changed
+        if name not in reloaded
+    ]
+    return reloaded, refused
+
+
+def _accepted(config: TrustmeshConfig, service: str) -> tuple[object, ...]:
+    """What ``service`` compiles its call policies from (:mod:`trustmesh.policy.calls`):
+    the ``calls`` to it and the gateway's routes to it."""
+    calls = sorted((c.from_, tuple(c.allow)) for c in config.calls if c.to == service)
+    routes = {f for f in _forwarded(config.gateway) if f[0] == service} if config.gateway else set()
+    return tuple(calls), frozenset(routes)
 
 
 def differences(key: str, old: object, new: object) -> list[str]:
@@ -131,15 +164,7 @@ def _gateway(running: TrustmeshConfig, new: TrustmeshConfig) -> list[str]:
             f"{change}: {_RESTART}"
             for change in differences("gateway", running.gateway, new.gateway)
         ]
-    problems = restart_only(running.gateway, new.gateway)
-    problems += [
-        f"gateway.routes: a route calls {service} at {method} {pattern}, which {service} "
-        "accepts only once restarted"
-        for service, method, pattern in sorted(
-            _forwarded(new.gateway) - _forwarded(running.gateway)
-        )
-    ]
-    return [f"{problem}: {_RESTART}" for problem in problems]
+    return [f"{problem}: {_RESTART}" for problem in restart_only(running.gateway, new.gateway)]
 
 
 def _forwarded(gateway: GatewayConfig) -> set[tuple[str, str, str]]:
