@@ -2,15 +2,17 @@
 the capacity measured first (issue 21).
 
 Run: ``.venv/bin/python benchmarks/soak.py [--minutes 10] [--load 0.7] [--workers 2]
-[--capacity-seconds 20] [--connections 32] [--quick]`` (``--quick``: one minute after a
-5-second capacity run, a smoke run).
+[--capacity-seconds 20] [--connections 32] [--quick] [--plain-redis]`` (``--quick``: one
+minute after a 5-second capacity run, a smoke run).
 
 The stack (``trustmesh up``): the scale-out configuration — ``shared.postgres`` on a new
 database of the machine's PostgreSQL (127.0.0.1:5432, trust auth: ``--postgres`` names
 another server's owner role), every component's store in its own schema and role;
-``shared.redis`` a redis-server of the run's own on a free port; ``gateway.workers``
-gateway processes on one port — with the audit collector (every request's events land
-in PostgreSQL) and the demo ``inventory`` service behind the gateway. Each request is
+``shared.redis`` a redis-server of the run's own on a free port, over TLS with a
+certificate from the workload CA and client certificates required (``--plain-redis``:
+without); ``gateway.workers`` gateway processes on one port — with the audit collector
+(every request's events land in PostgreSQL) and the demo ``inventory`` service behind the
+gateway. Each request is
 ``GET /items/tea`` with a user's bearer JWT (a real sign-in on the provider's login
 form): TLS in, the token verified, a rate limit counted in Redis (generous: it never
 refuses), an event per request, the internal token, mTLS to ``inventory``.
@@ -58,7 +60,8 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).parent))
 import gateway as bench
 
-from trustmesh.testing import PrivateRedis
+from trustmesh.config import load_config
+from trustmesh.testing import PrivateRedis, identity_server_in_thread
 from trustmesh.testing import run_cli as tm
 
 CONFIG = textwrap.dedent(
@@ -299,6 +302,22 @@ async def new_database(owner: str) -> tuple[str, str]:
     return owner.rsplit("/", 1)[0] + f"/{name}", name
 
 
+def redis_tls(root: Path, state: Path) -> tuple[Path, Path, Path]:
+    """Redis's certificate, key and CA: the workload CA made first (the identity service
+    started once on ``state``, as ``up`` starts it again), then the server's certificate
+    issued from it (``trustmesh identity server-cert``). The components verify Redis
+    against that CA and present their SVIDs to it (``tls-auth-clients yes``)."""
+    first = root / "first.yaml"
+    first.write_text("trust_domain: bench.example\ndev: true\n")
+    args = ("--config", str(first), "--state", str(state))
+    with identity_server_in_thread(load_config(first), state, discovery=True):
+        made = tm("identity", "server-cert", "--ip", "127.0.0.1", "--out", str(root / "tls"), *args)
+    if made.returncode != 0:
+        raise SystemExit(f"no server certificate for Redis:\n{made.stdout}{made.stderr}")
+    tls = root / "tls"
+    return tls / "server.crt", tls / "server.key", tls / "ca.crt"
+
+
 async def drop_database(owner: str, name: str, prefix: str) -> None:
     admin = await asyncpg.connect(owner)
     try:
@@ -318,13 +337,17 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--plain-redis", action="store_true", help="Redis without TLS (rediss:// by default)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.minutes, args.capacity_seconds = 1, 5.0
     root = Path(tempfile.mkdtemp(prefix="tmsoak", dir="/tmp"))
     state, config = root / "state", root / "trustmesh.yaml"
-    redis = PrivateRedis(root)
+    redis = PrivateRedis(root, tls=None if args.plain_redis else redis_tls(root, state))
     redis.start()
+    print(f"redis: {redis.url.split(':')[0]}:// (a private server)")
     prefix = f"soak{uuid.uuid4().hex[:6]}"
     database, name = asyncio.run(new_database(args.postgres))
     ok = False
