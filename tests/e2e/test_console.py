@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import tempfile
@@ -33,6 +34,7 @@ from cryptography import x509
 from demorig import demo_copy, demo_credentials
 
 from trustmesh import crypto
+from trustmesh.cli.supervisor import RunPaths, read_json
 from trustmesh.testing import run_cli as tm
 from trustmesh.testing import until
 
@@ -354,6 +356,20 @@ def test_an_admin_sees_every_page_live(stack: dict[str, Any], chrome: Any) -> No
     finally:
         _stop_framing_page()
 
+    # the collector stopped and started again by the supervisor: still signed in
+    run = RunPaths(Path(stack["state"])).component("audit")
+    pid = (read_json(run) or {}).get("pid")
+    assert isinstance(pid, int)
+    os.kill(pid, signal.SIGTERM)
+    until(
+        lambda: (read_json(run) or {}).get("pid") not in (None, pid) and _answers(stack["console"]),
+        "the collector started again",
+        within=60,
+    )
+    chrome.get(stack["console"] + "/services")
+    assert urlsplit(chrome.current_url).path == "/services"
+    assert chrome.find_element(By.ID, "who").text == "admin"
+
     # signing out ends the session (the form carries its CSRF token)
     chrome.get(stack["console"] + "/services")
     chrome.find_element(By.CSS_SELECTOR, "form.signout button").click()
@@ -364,6 +380,16 @@ def test_an_admin_sees_every_page_live(stack: dict[str, Any], chrome: Any) -> No
     )
     chrome.get(stack["console"] + "/events")
     assert urlsplit(chrome.current_url).path == "/signin"
+
+
+def _answers(url: str) -> bool:
+    """Whether ``url``'s listener takes a connection."""
+    parts = urlsplit(url)
+    try:
+        socket.create_connection((parts.hostname, parts.port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def test_sign_out_without_the_session_csrf_token_is_refused(stack: dict[str, Any]) -> None:

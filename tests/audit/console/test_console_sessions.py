@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sqlite3
+from pathlib import Path
 
 import pytest
 from consolerig import Clock
@@ -231,3 +233,61 @@ def test_a_flood_of_sign_ins_ends_the_oldest_and_holds_no_more_than_capacity(
 def test_only_a_hash_of_the_sign_in_cookie_is_kept(signins: PendingSignIns) -> None:
     cookie, _ = signins.begin()
     assert list(signins._held) == [sha256(cookie)]
+
+
+# --- sessions kept in a file: a restarted collector signs no one out -----------------
+
+
+@pytest.fixture
+def kept(tmp_path: Path) -> Path:
+    return tmp_path / "audit" / "console-sessions.db"
+
+
+def test_a_session_outlives_the_collector_that_opened_it(clock: Clock, kept: Path) -> None:
+    cookie, opened = Sessions(TTL, IDLE, clock=clock, path=kept).open(ALICE)
+    clock.now += 60
+    restarted = Sessions(TTL, IDLE, clock=clock, path=kept)
+    found = restarted.get(cookie)
+    assert found is not None
+    assert (found.admin, found.csrf, found.started) == (ALICE, opened.csrf, opened.started)
+    assert restarted.get("another cookie") is None
+    assert kept.stat().st_mode & 0o777 == 0o600
+    assert kept.parent.stat().st_mode & 0o777 == 0o700
+    with sqlite3.connect(kept) as db:  # only the cookie's hash is kept
+        (key,) = db.execute("SELECT key FROM sessions").fetchone()
+    assert key == sha256(cookie)
+    assert cookie not in kept.read_bytes().decode("latin-1")
+
+
+def test_a_session_ended_is_ended_for_every_collector_after_it(clock: Clock, kept: Path) -> None:
+    first = Sessions(TTL, IDLE, clock=clock, path=kept)
+    out, _ = first.open(ALICE)
+    idle, _ = first.open(BOB)
+    clock.now += 10
+    assert first.get(out) is not None
+    assert first.close(out) is not None  # signed out
+    clock.now += IDLE - 5  # idle's last use was IDLE - 5 + 10 ago
+    restarted = Sessions(TTL, IDLE, clock=clock, path=kept)
+    assert restarted.get(out) is None
+    assert restarted.get(idle) is None  # its idle timeout ran while no collector ran
+    assert restarted.close(out) is None
+
+
+def test_a_restored_session_keeps_its_lifetime_and_its_use(clock: Clock, kept: Path) -> None:
+    first = Sessions(TTL, IDLE, clock=clock, path=kept)
+    cookie, _ = first.open(ALICE)
+    for _ in range(int(TTL // (IDLE / 2)) - 1):  # used every half idle timeout, until TTL
+        clock.now += IDLE / 2
+        assert Sessions(TTL, IDLE, clock=clock, path=kept).get(cookie) is not None
+    clock.now += IDLE / 2
+    assert Sessions(TTL, IDLE, clock=clock, path=kept).get(cookie) is None  # TTL since sign-in
+
+
+def test_the_file_holds_at_most_capacity_sessions(clock: Clock, kept: Path) -> None:
+    sessions = Sessions(TTL, IDLE, clock=clock, path=kept, capacity=3)
+    cookies = []
+    for _ in range(5):
+        clock.now += 1
+        cookies.append(sessions.open(ALICE)[0])
+    restarted = Sessions(TTL, IDLE, clock=clock, path=kept, capacity=3)
+    assert [restarted.get(c) is not None for c in cookies] == [False, False, True, True, True]

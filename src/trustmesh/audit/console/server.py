@@ -77,7 +77,11 @@ async def start_console(
     app = ConsoleApp(
         ConsoleSource(config, state, service, spans, edges, tls),
         SignIn(provider, settings.client_id, leeway=config.auth.token_leeway.total_seconds()),
-        Sessions(settings.session_ttl.total_seconds(), settings.idle_timeout.total_seconds()),
+        Sessions(
+            settings.session_ttl.total_seconds(),
+            settings.idle_timeout.total_seconds(),
+            path=state / "audit" / "console-sessions.db",  # a restart signs no one out
+        ),
         events.Recorder(sink, component="console", spiffe_id=service.spiffe_id),
         Pages(settings.public_url or url, int(settings.refresh.total_seconds() * 1000)),
     )
