@@ -152,14 +152,17 @@ def footprint(pids: list[int]) -> dict[int, tuple[float, int]]:
 
 
 def process_names(pids: list[int]) -> dict[int, str]:
+    """Each process's name: ``tm-<component>`` where ``up`` forked it, else the module it
+    runs (``trustmesh.identity``, ``trustmesh.sdk.runner``)."""
     names = {}
     for pid in pids:
         try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
         module = next((a for a in argv if a.startswith(b"trustmesh")), argv[0])
-        names[pid] = module.decode(errors="replace")
+        names[pid] = comm if comm.startswith("tm-") else module.decode(errors="replace")
     return names
 
 

@@ -19,7 +19,9 @@ import asyncio
 import base64
 import collections
 import json
+import os
 import secrets
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -140,6 +142,33 @@ def test_a_killed_audit_collector_loses_no_event(stack: Stack, fault_scale: Scal
         mine = sorted((e for e in stored if component_of(e) == component), key=lambda e: e["seq"])
         assert [path_of(e) for e in mine] == sent, component
     print(json.dumps({"events": len(uids), "seconds": round(time.monotonic() - started, 1)}))
+
+
+def test_a_component_stopped_cleanly_is_started_again_where_its_peers_know_it(
+    stack: Stack,
+) -> None:
+    """SIGTERM, a clean exit (its endpoint file moved aside: it must not look alive),
+    then the supervisor's restart: the collector listens again at the URLs the gateway
+    and the service were told once, and their events reach it there."""
+    before, pid = stack.endpoint("audit"), stack.pid("audit")
+    os.kill(pid, signal.SIGTERM)
+
+    def serving() -> bool:
+        try:
+            return bool(stack.endpoint("audit").get("pid") == stack.pid("audit"))
+        except (OSError, ValueError):  # between two lives: no endpoint file
+            return False
+
+    stack.restarted("audit", pid, serving)
+    after = stack.endpoint("audit")
+    assert (after["url"], after.get("console_url")) == (before["url"], before.get("console_url"))
+    sent = set(_requests(stack, "after-stop", 3))
+    until(
+        lambda: sent <= {path_of(e) for e in stack.stored_events()},
+        "the producers' new events stored by the restarted collector",
+        within=30,
+        every=0.5,
+    )
 
 
 JWKS_FAILED = "JWKS fetch failed"

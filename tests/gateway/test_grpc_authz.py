@@ -499,6 +499,15 @@ async def _drained_authorizer(
         await source.close()
 
 
+async def _deciding(
+    edge: Edge, slowed: _Slowed, envoy: pb_grpc.AuthorizationStub
+) -> asyncio.Task[Any]:
+    """A Check of carol's, its decision begun (and held)."""
+    in_flight = asyncio.create_task(ask(envoy, question("/shop/items", bearer(edge))))
+    await asyncio.wait_for(slowed.asked.wait(), 10)
+    return in_flight
+
+
 @pytest.fixture
 def own_drain(monkeypatch: pytest.MonkeyPatch) -> None:
     """A drain of the test's own (the process's is every test's)."""
@@ -512,8 +521,7 @@ async def test_a_drain_answers_the_check_in_flight_and_takes_no_new_one(
     edge: Edge, identity: RunningIdentityServer
 ) -> None:
     async with _drained_authorizer(edge, identity, 0.4) as (slowed, envoy):
-        in_flight = asyncio.create_task(ask(envoy, question("/shop/items", bearer(edge))))
-        await asyncio.wait_for(slowed.asked.wait(), 10)
+        in_flight = await _deciding(edge, slowed, envoy)
         drain.begin()
         with pytest.raises(grpc.aio.AioRpcError) as late:
             await envoy.Check(question("/shop/items", bearer(edge)), timeout=5)
@@ -529,8 +537,7 @@ async def test_a_check_still_running_at_the_drain_deadline_is_cut_and_recorded(
     edge: Edge, identity: RunningIdentityServer
 ) -> None:
     async with _drained_authorizer(edge, identity, 30) as (slowed, envoy):
-        in_flight = asyncio.create_task(ask(envoy, question("/shop/items", bearer(edge))))
-        await asyncio.wait_for(slowed.asked.wait(), 10)
+        in_flight = await _deciding(edge, slowed, envoy)
         began = asyncio.get_running_loop().time()
         drain.begin()
         with pytest.raises(grpc.aio.AioRpcError):  # never an answer it did not decide

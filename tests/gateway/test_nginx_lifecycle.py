@@ -599,14 +599,21 @@ async def _unix_refuses(path: Path) -> bool:
     return False
 
 
-async def test_a_drain_quits_nginx_first_then_stops_its_authorizer(
-    identity: RunningIdentityServer, own_drain: None, stack: Stack
-) -> None:
+async def _holding(stack: Stack) -> tuple[NginxEdge, Processes, asyncio.Task[Answer]]:
+    """nginx's edge, its processes, and a request in progress (held by the upstream
+    until ``stack.upstream.release`` is set)."""
     edge = stack.edge.gateway.public
     assert isinstance(edge, NginxEdge)
     running = processes(stack.engine)
     slow = asyncio.create_task(stack.send("/old/hold"))
     await asyncio.wait_for(stack.upstream.held.wait(), DEADLINE)
+    return edge, running, slow
+
+
+async def test_a_drain_quits_nginx_first_then_stops_its_authorizer(
+    identity: RunningIdentityServer, own_drain: None, stack: Stack
+) -> None:
+    edge, running, slow = await _holding(stack)
     drain.configure(10.0)
     drain.begin()
 
@@ -630,12 +637,8 @@ async def test_a_drain_quits_nginx_first_then_stops_its_authorizer(
 async def test_nginx_still_answering_at_the_drain_deadline_is_cut_and_recorded(
     identity: RunningIdentityServer, own_drain: None, stack: Stack
 ) -> None:
-    edge = stack.edge.gateway.public
-    assert isinstance(edge, NginxEdge)
-    running = processes(stack.engine)
-    slow = asyncio.create_task(stack.send("/old/hold"))
+    edge, running, slow = await _holding(stack)
     try:
-        await asyncio.wait_for(stack.upstream.held.wait(), DEADLINE)
         drain.configure(1.0)
         began = time.monotonic()
         drain.begin()

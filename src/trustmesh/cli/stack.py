@@ -64,6 +64,7 @@ from trustmesh.platform.endpoints import (
     gateway_worker_name,
     gateway_worker_number,
     instance,
+    stopped_endpoint,
 )
 from trustmesh.platform.endpoints import targets as asked_where
 from trustmesh.platform.listeners import bound_socket
@@ -252,7 +253,9 @@ def _same_ports(state: Path, process: str) -> dict[str, str]:
         where = state / entry[0] if entry is not None else None
     if where is None or process not in _KEPT_PORTS:
         return {}
-    doc = read_json(where) or {}
+    doc = read_json(where) or read_json(stopped_endpoint(where)) or {}  # crashed, or stopped
+    if process == "identity":  # a stopped identity service keeps its leases, not its URL
+        doc = {"url": doc.get("url") or doc.get("stopped_url")}
     pinned = dict(
         item.split("=", 1)
         for item in os.environ.get(LISTEN_PORTS_ENV, "").replace(",", " ").split()

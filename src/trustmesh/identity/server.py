@@ -359,7 +359,10 @@ class IdentityServer:
     def _keep_instances_only(self) -> None:
         """At a stop, the snapshot keeps only the leases (for the next start), no URL:
         nothing listens there any more."""
-        doc = {"instances": self.registry.snapshot(self.clock())}
+        doc = {
+            "instances": self.registry.snapshot(self.clock()),
+            "stopped_url": self.discovery_url,  # where a restart listens again
+        }
         tmp = self.paths.discovery.with_suffix(".tmp")
         tmp.write_text(json.dumps(doc))
         tmp.replace(self.paths.discovery)

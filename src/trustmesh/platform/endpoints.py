@@ -37,6 +37,7 @@ __all__ = [
     "peer_url",
     "read_json",
     "require_peer_url",
+    "stopped_endpoint",
     "targets",
 ]
 
@@ -111,6 +112,13 @@ def read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None
+
+
+def stopped_endpoint(endpoint: Path) -> Path:
+    """Where a component that stopped leaves what its endpoint file said
+    (``endpoint.stopped.json``): no reader of the endpoint file takes it for a live one,
+    and the supervisor starting it again finds its ports there."""
+    return endpoint.with_name(endpoint.stem + ".stopped" + endpoint.suffix)
 
 
 def peer_url(state: Path, name: str, environ: Mapping[str, str] | None = None) -> str | None:

@@ -26,6 +26,7 @@ from trustmesh.config import TrustmeshConfig, load_config
 from trustmesh.config.listen import apply_listen_env
 from trustmesh.config.switches import check_switches
 from trustmesh.errors import ConfigError, TrustmeshError, UnavailableError
+from trustmesh.platform.endpoints import stopped_endpoint
 from trustmesh.sdk import drain, spans, store_tls
 from trustmesh.sdk.delivery import audit_sink_from_env
 from trustmesh.sdk.runtime import EVENTS_ENV
@@ -153,8 +154,9 @@ async def serve_until_stopped(
     stop: Callable[[], Awaitable[None]],
 ) -> None:
     """Say where the component listens (``describe()``, with its SVID's facts) in
-    ``endpoint`` — again at each rotation — until SIGTERM/SIGINT; then remove the file
-    and ``stop()``."""
+    ``endpoint`` — again at each rotation — until SIGTERM/SIGINT; then move the file
+    aside (:func:`stopped_endpoint`: where the supervisor finds the ports to start it on
+    again) and ``stop()``."""
 
     def write(context: X509Context) -> None:
         doc = {
@@ -173,5 +175,5 @@ async def serve_until_stopped(
         await until_stopped()
     finally:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(endpoint)  # a gone component must not look alive
+            os.replace(endpoint, stopped_endpoint(endpoint))  # gone: it must not look alive
         await stop()
