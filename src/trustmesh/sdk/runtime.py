@@ -346,14 +346,13 @@ async def run_service(
     )
     served = await _listen(guarded, tls, config, service, port)
     _record_lapses(source, guarded.recorder)
-    discovery = DiscoveryClient(tls, url) if url else None
     runtime = Runtime(
         config,
         service,
         source,
         tls,
         served,
-        discovery,
+        DiscoveryClient(tls, url) if url else None,
         sink,
         guarded.recorder,
         auth=trust.auth,
@@ -365,8 +364,8 @@ async def run_service(
         suspensions=suspensions,
         tracer=_tracer(source, config, service),
         metrics=metrics,
+        guarded=guarded,
     )
-    runtime.guarded = guarded
     await runtime._announce()
     _runtime = runtime
     return runtime
