@@ -499,10 +499,10 @@ async def test_thousands_of_idle_connections_cost_bounded_memory_and_others_are_
     # then the held ones were closed at the handshake timeout
     assert tally == {"open": 0, "closed": opened["opened"]}
     refused = guard.refused
-    assert (
-        refused[Reason.CONNECTION_LIMIT_ADDRESS] + refused[Reason.TLS_HANDSHAKE_TIMEOUT]
-        == opened["opened"]
-    ), refused
+    # every flood connection, and at most the loads' own (2 sessions of 2 connections):
+    # on a loaded machine one may be left in its handshake when its load stops
+    cut = refused[Reason.CONNECTION_LIMIT_ADDRESS] + refused[Reason.TLS_HANDSHAKE_TIMEOUT]
+    assert opened["opened"] <= cut <= opened["opened"] + 4, refused
     told = _reported(edge)
     assert told[Reason.CONNECTION_LIMIT_ADDRESS] == refused[Reason.CONNECTION_LIMIT_ADDRESS]
     assert told[Reason.TLS_HANDSHAKE_TIMEOUT] == refused[Reason.TLS_HANDSHAKE_TIMEOUT]
