@@ -9,9 +9,6 @@ by any other gateway on the same store.
 
 from __future__ import annotations
 
-import os
-import signal
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,7 +31,7 @@ from trustmesh.cli._common import (
 from trustmesh.cli._common import (
     declared as _declared,
 )
-from trustmesh.cli.supervisor import RunPaths, read_json, recorded_process
+from trustmesh.cli.supervisor import RunPaths, hang_up, read_json, recorded_process
 from trustmesh.errors import TrustmeshError, UnavailableError
 from trustmesh.gateway.endpoint import endpoint_path, reload_path
 from trustmesh.platform.endpoints import gateway_worker_name
@@ -208,18 +205,11 @@ def signal_reload(state: Path, wait: float) -> dict[str, object]:
         if (read_json(endpoint_path(state, worker)) or {}).get("pid") != pid:
             name = gateway_worker_name(worker)
             raise UnavailableError(f"{name} is starting: try again once it serves")
-    before = {worker: _answered_at(state, worker) for worker in workers}
-    for pid in workers.values():
-        os.kill(pid, signal.SIGHUP)
-    deadline = time.monotonic() + wait
-    outcomes = []
-    for worker in workers:
-        while _answered_at(state, worker) <= before[worker]:
-            if time.monotonic() > deadline:
-                name = gateway_worker_name(worker)
-                raise UnavailableError(f"{name} did not answer within {wait:g}s (see its log)")
-            time.sleep(0.05)
-        outcomes.append(read_json(reload_path(state, worker)) or {})
+    answers = {
+        gateway_worker_name(worker): (pid, reload_path(state, worker))
+        for worker, pid in workers.items()
+    }
+    outcomes = hang_up(answers, wait).values()
     return next((o for o in outcomes if not o.get("ok")), {"ok": True})
 
 
@@ -231,12 +221,6 @@ def _running_workers(state: Path) -> dict[int, int]:
         if recorded is not None:
             found[worker] = recorded[0]
     return found
-
-
-def _answered_at(state: Path, worker: int) -> float:
-    """When gateway process ``worker`` last said how a reload went (0: never)."""
-    at = (read_json(reload_path(state, worker)) or {}).get("at")
-    return float(at) if isinstance(at, int | float) else 0.0
 
 
 def register(parent: typer.Typer) -> None:

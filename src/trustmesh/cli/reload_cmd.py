@@ -23,9 +23,6 @@ not answer.
 
 from __future__ import annotations
 
-import os
-import signal
-import time
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -42,7 +39,7 @@ from trustmesh.cli._common import (
     out,
 )
 from trustmesh.cli.gateway_cmd import signal_reload
-from trustmesh.cli.supervisor import RunPaths, read_json, recorded_process, supervisor_running
+from trustmesh.cli.supervisor import RunPaths, hang_up, recorded_process, supervisor_running
 from trustmesh.config import TrustmeshConfig, parse_config, reloadable
 from trustmesh.config.switches import check_switches
 from trustmesh.errors import ConfigError, TrustmeshError
@@ -147,30 +144,19 @@ def _apply(state: Path, plan: reloadable.Plan, wait: float) -> list[str]:
 def _reload_services(state: Path, names: tuple[str, ...], wait: float) -> None:
     """``SIGHUP`` to each service's process (the SDK runner), then its answer awaited
     (:func:`~trustmesh.sdk.runner.reload_path`)."""
-    pids: list[int] = []
+    answers: dict[str, tuple[int, Path]] = {}
     for name in names:
         recorded = recorded_process(RunPaths(state).component(name))
         if recorded is None:
             _stop(f"{name} is not running (trustmesh status)", EXIT_FAILURE)
-        pids.append(recorded[0])
-    before = {name: _answered_at(state, name) for name in names}
-    for pid in pids:
-        os.kill(pid, signal.SIGHUP)
-    deadline = time.monotonic() + wait
-    for name in names:
-        while _answered_at(state, name) <= before[name]:
-            if time.monotonic() > deadline:
-                _stop(f"{name} did not answer within {wait:g}s (see its log)", EXIT_FAILURE)
-            time.sleep(0.05)
-        outcome = read_json(reload_path(state, name)) or {}
+        answers[name] = (recorded[0], reload_path(state, name))
+    try:
+        outcomes = hang_up(answers, wait)
+    except TrustmeshError as exc:
+        _stop(exc.detail, EXIT_FAILURE)
+    for name, outcome in outcomes.items():
         if not outcome.get("ok"):
             _stop(f"{name} refused it: {outcome.get('error')}", EXIT_FAILURE)
-
-
-def _answered_at(state: Path, service: str) -> float:
-    """When ``service`` last said how a reload went (0: never)."""
-    at = (read_json(reload_path(state, service)) or {}).get("at")
-    return float(at) if isinstance(at, int | float) else 0.0
 
 
 def _reload_gateway(state: Path, wait: float) -> None:

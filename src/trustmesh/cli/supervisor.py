@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trustmesh.cli.launcher import Child, Launcher
-from trustmesh.errors import StateError, TrustmeshError
+from trustmesh.errors import StateError, TrustmeshError, UnavailableError
 from trustmesh.platform.procfs import process_alive as process_alive
 from trustmesh.platform.procfs import start_time_of
 
@@ -93,6 +93,28 @@ def read_json(path: Path) -> dict[str, object] | None:
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None
+
+
+def hang_up(answers: dict[str, tuple[int, Path]], wait: float) -> dict[str, dict[str, object]]:
+    """``SIGHUP`` to each named process (``name: (pid, the file it answers in)``), then
+    each one's answer, once the file's ``at`` has moved past what it said before.
+    UnavailableError naming the first that does not answer within ``wait`` seconds."""
+    before = {name: _answered_at(path) for name, (_, path) in answers.items()}
+    for pid, _ in answers.values():
+        os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + wait
+    for name, (_, path) in answers.items():
+        while _answered_at(path) <= before[name]:
+            if time.monotonic() > deadline:
+                raise UnavailableError(f"{name} did not answer within {wait:g}s (see its log)")
+            time.sleep(0.05)
+    return {name: read_json(path) or {} for name, (_, path) in answers.items()}
+
+
+def _answered_at(path: Path) -> float:
+    """When a process last said, in ``path``, how a reload went (0: never)."""
+    at = (read_json(path) or {}).get("at")
+    return float(at) if isinstance(at, int | float) else 0.0
 
 
 def recorded_process(path: Path) -> tuple[int, int] | None:
